@@ -1,0 +1,34 @@
+# Lazaretto: `make run` starts the whole system on loopback, `make test` runs every check.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PY := .venv/bin/python
+PACKAGES := libs/lazaretto-core $(wildcard services/*)
+
+.PHONY: deps peers test lint typecheck pytest run bench-e2e
+
+deps:
+	deploy/bin/install-deps
+	$(UV) sync --frozen
+
+peers: deps
+	deploy/bin/start-peers
+
+lint: deps
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+# One mypy run per package: every service has a tests/ folder of its own.
+typecheck: deps
+	@set -e; for p in $(PACKAGES); do echo "mypy $$p"; $(UV) run --frozen mypy $$p/src $$p/tests; done
+	$(UV) run --frozen mypy conftest.py tests bench deploy/lab
+
+pytest: peers
+	$(UV) run --frozen pytest
+
+test: lint typecheck pytest
+
+run: peers
+	$(UV) run --frozen python -m lazaretto_core.lab.run
+
+bench-e2e: peers
+	$(UV) run --frozen python bench/e2e.py

@@ -1,0 +1,293 @@
+"""Versioned bus contracts: one pydantic model per message type, its routing key and an example.
+
+The routing key carries the major version; a breaking change is a new model with a new key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+EVENTS_EXCHANGE = "lazaretto.events"
+COMMANDS_EXCHANGE = "lazaretto.commands"
+
+_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+
+
+def normalize_mac(value: str) -> str:
+    """Accept `00:02:8A:D3:7C:6E`, `00-02-8a-d3-7c-6e` or Cisco `0002.8ad3.7c6e`; return lower-case colons."""
+    digits = re.sub(r"[:\-.]", "", value.strip().lower())
+    if not _MAC_HEX.match(digits):
+        raise ValueError(f"not a MAC address: {value!r}")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def _normalize_ip(value: str) -> str:
+    return str(ipaddress.ip_address(value.strip()))
+
+
+Mac = Annotated[str, AfterValidator(normalize_mac)]
+IpAddress = Annotated[str, AfterValidator(_normalize_ip)]
+Category = Literal["scan", "malware", "spam", "dos", "bruteforce", "copyright", "other"]
+Scope = Literal["cpe", "modem"]
+CaseState = Literal[
+    "open",
+    "garden_requested",
+    "garden_applied",
+    "modem_reset_requested",
+    "quarantined",
+    "release_requested",
+    "garden_removed",
+    "release_reset_requested",
+    "released",
+    "failed_retrying",
+    "needs_operator",
+]
+
+
+class Contract(BaseModel):
+    """Base of every message body. Subclasses set the routing key, exchange and an example."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    routing_key: ClassVar[str]
+    exchange: ClassVar[str]
+    # An unroutable message is an error, except for broadcasts nobody is obliged to hear.
+    mandatory: ClassVar[bool] = True
+    example: ClassVar[dict[str, Any]]
+
+
+class AbuseObserved(Contract):
+    """A detector saw abuse from a subscriber-side address (possibly folded from many alerts)."""
+
+    routing_key = "abuse.observed.v1"
+    exchange = EVENTS_EXCHANGE
+
+    observation_id: UUID
+    detector: str = Field(min_length=1, max_length=64)
+    sensor: str = Field(min_length=1, max_length=128)
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    ip: IpAddress
+    category: Category
+    severity: int = Field(ge=1, le=5)
+    count: int = Field(ge=1)
+    signatures: list[str] = Field(default_factory=list, max_length=20)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    example = {
+        "observation_id": "6f1c2a3e-8a55-4c1f-9d7e-0b1e2f3a4b5c",
+        "detector": "detector-snort",
+        "sensor": "ids-edge-1",
+        "first_seen": "2026-11-26T05:00:00+00:00",
+        "last_seen": "2026-11-26T05:00:02+00:00",
+        "ip": "100.64.0.10",
+        "category": "scan",
+        "severity": 3,
+        "count": 42,
+        "signatures": ["1000001: LAZARETTO TEST port scan"],
+        "evidence": {"dst_ports": 42},
+    }
+
+
+class _CaseStep(Contract):
+    case_id: UUID
+    step_id: UUID
+
+
+class GardenApply(_CaseStep):
+    """Command: put the CPE (or the whole modem) into the walled garden."""
+
+    routing_key = "garden.apply.v1"
+    exchange = COMMANDS_EXCHANGE
+
+    scope: Scope
+    cpe_mac: Mac | None
+    cpe_ip: IpAddress
+    cm_mac: Mac | None
+    reason: str = Field(max_length=500)
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
+        "scope": "cpe",
+        "cpe_mac": "02:00:00:00:00:01",
+        "cpe_ip": "100.64.0.10",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "reason": "scan: 42 alerts from 100.64.0.10",
+    }
+
+
+class GardenRemove(GardenApply):
+    """Command: take the CPE (or modem) out of the walled garden."""
+
+    routing_key = "garden.remove.v1"
+
+
+class GardenApplied(_CaseStep):
+    """Fact: the garden is in place; `changes` says what changed where."""
+
+    routing_key = "garden.applied.v1"
+    exchange = EVENTS_EXCHANGE
+
+    changes: list[str]
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
+        "changes": ["kea: host 02:00:00:00:00:01 class quarantine", "rpz: client-ip 100.64.0.10"],
+    }
+
+
+class GardenRemoved(GardenApplied):
+    """Fact: the garden has been removed."""
+
+    routing_key = "garden.removed.v1"
+
+
+class GardenFailed(_CaseStep):
+    """Fact: applying or removing the garden failed; `error_class` says how."""
+
+    routing_key = "garden.failed.v1"
+    exchange = EVENTS_EXCHANGE
+
+    operation: Literal["apply", "remove"]
+    error_class: str
+    detail: str = Field(max_length=2000)
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
+        "operation": "apply",
+        "error_class": "dns_refused",
+        "detail": "BIND refused the update to quarantine.rpz",
+    }
+
+
+class ModemReset(_CaseStep):
+    """Command: reset the cable modem and report whether it came back online."""
+
+    routing_key = "modem.reset.v1"
+    exchange = COMMANDS_EXCHANGE
+
+    cm_mac: Mac
+    cmts_hint: str | None = None
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "cmts_hint": None,
+    }
+
+
+class ModemResetCompleted(_CaseStep):
+    """Fact: the modem was reset and was seen back online."""
+
+    routing_key = "modem.reset.completed.v1"
+    exchange = EVENTS_EXCHANGE
+
+    cm_mac: Mac
+    method: str
+    went_offline: bool
+    seconds_to_online: float
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "method": "cisco-cdxCmCpeResetNow",
+        "went_offline": True,
+        "seconds_to_online": 3.2,
+    }
+
+
+class ModemResetFailed(_CaseStep):
+    """Fact: the reset could not be done, or the modem never came back."""
+
+    routing_key = "modem.reset.failed.v1"
+    exchange = EVENTS_EXCHANGE
+
+    cm_mac: Mac
+    error_class: str
+    detail: str = Field(max_length=2000)
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "error_class": "snmp_timeout",
+        "detail": "no answer from the CMTS in 3 tries",
+    }
+
+
+class ReleaseRequested(Contract):
+    """The subscriber attested on the portal that the problem is fixed."""
+
+    routing_key = "release.requested.v1"
+    exchange = EVENTS_EXCHANGE
+
+    request_id: UUID
+    case_id: UUID
+    client_ip: IpAddress
+    attestation_version: str
+    requested_at: AwareDatetime
+    user_agent: str = Field(default="", max_length=500)
+
+    example = {
+        "request_id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "client_ip": "100.64.0.10",
+        "attestation_version": "2026-11-v1",
+        "requested_at": "2026-11-26T06:00:00+00:00",
+        "user_agent": "Mozilla/5.0",
+    }
+
+
+class CaseChanged(Contract):
+    """Broadcast: a case moved to a new state."""
+
+    routing_key = "case.changed.v1"
+    exchange = EVENTS_EXCHANGE
+    mandatory = False
+
+    case_id: UUID
+    state: CaseState
+    reason: str = Field(max_length=500)
+    scope: Scope
+    ip: IpAddress
+    changed_at: AwareDatetime
+
+    example = {
+        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
+        "state": "quarantined",
+        "reason": "modem back online after 3.2 s",
+        "scope": "cpe",
+        "ip": "100.64.0.10",
+        "changed_at": "2026-11-26T05:00:05+00:00",
+    }
+
+
+ALL_CONTRACTS: tuple[type[Contract], ...] = (
+    AbuseObserved,
+    GardenApply,
+    GardenRemove,
+    GardenApplied,
+    GardenRemoved,
+    GardenFailed,
+    ModemReset,
+    ModemResetCompleted,
+    ModemResetFailed,
+    ReleaseRequested,
+    CaseChanged,
+)
+BY_ROUTING_KEY: dict[str, type[Contract]] = {c.routing_key: c for c in ALL_CONTRACTS}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

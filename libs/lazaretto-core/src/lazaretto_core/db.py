@@ -1,0 +1,89 @@
+"""PostgreSQL access: an asyncpg pool, SQL migrations, and the inbox that makes consumers idempotent."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from collections.abc import Iterable
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Core tables every service database has: the inbox (deduplication) and the outbox (publish after commit).
+CORE_MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "core_0001_inbox_outbox",
+        """
+        CREATE TABLE inbox (
+            consumer    text        NOT NULL,
+            message_id  text        NOT NULL,
+            received_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer, message_id)
+        );
+        CREATE TABLE outbox (
+            id             bigserial   PRIMARY KEY,
+            message_id     uuid        NOT NULL UNIQUE,
+            routing_key    text        NOT NULL,
+            body           jsonb       NOT NULL,
+            correlation_id text,
+            created_at     timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+)
+
+# Any constant works; it only has to be the same for every service process.
+_MIGRATION_LOCK = 0x6C617A61
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+    assert pool is not None
+    return pool
+
+
+def package_migrations(package: str) -> list[tuple[str, str]]:
+    """`(name, sql)` for every `*.sql` in `<package>/migrations`, in file-name order."""
+    folder = importlib.resources.files(package) / "migrations"
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+
+
+async def migrate(pool: asyncpg.Pool, migrations: Iterable[tuple[str, str]]) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction, under an advisory lock."""
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for name, sql in [*CORE_MIGRATIONS, *migrations]:
+                if name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                applied_now.append(name)
+                log.info("applied migration %s", name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def claim_message(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
+    """Record a message as handled inside the caller's transaction; False if it already was."""
+    status: str = await conn.execute(
+        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        consumer,
+        message_id,
+    )
+    return status.endswith(" 1")
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=2.0) as conn:
+        await conn.fetchval("SELECT 1", timeout=2.0)

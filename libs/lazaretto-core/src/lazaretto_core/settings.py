@@ -1,0 +1,36 @@
+"""Settings every service shares: broker, database, HTTP listener, logging.
+
+Each service subclasses `ServiceSettings` with its own fields and defaults; values come from
+`LAZARETTO_*` environment variables or, for secrets, from files in `LAZARETTO_SECRETS_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Common settings; a subclass sets `service_name` and the default `http_port`."""
+
+    model_config = SettingsConfigDict(env_prefix="LAZARETTO_", extra="ignore", frozen=True)
+
+    service_name: ClassVar[str] = "lazaretto"
+
+    amqp_url: SecretStr = SecretStr("amqp://lazaretto:lazaretto@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("postgresql://lazaretto:lazaretto@127.0.0.1:5432/lazaretto")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    # Attempts of a message before it is dead-lettered, and the delays between them (seconds).
+    max_attempts: int = 5
+    retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+
+    def __init__(self, **values: Any) -> None:
+        secrets_dir = os.environ.get("LAZARETTO_SECRETS_DIR")
+        if secrets_dir:
+            values.setdefault("_secrets_dir", secrets_dir)
+        super().__init__(**values)

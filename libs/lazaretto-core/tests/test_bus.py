@@ -1,0 +1,154 @@
+"""The bus against the real RabbitMQ: delivery, retry counted in the message, dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from lazaretto_core.bus import (
+    ATTEMPT_HEADER,
+    REASON_HEADER,
+    Bus,
+    MessageContext,
+    PublishError,
+    dead_letter_queue_name,
+    queue_name,
+)
+from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_core.errors import InvalidMessage, RetryLater
+
+EXAMPLE = AbuseObserved.model_validate(AbuseObserved.example)
+
+
+@pytest.fixture
+async def bus(amqp_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(amqp_url, "test", max_attempts=3, retry_delays=(0.1, 0.2))
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+async def wait_for(predicate: object, timeout: float = 10.0) -> None:
+    assert callable(predicate)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def dead_letters(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        dlq = await channel.declare_queue(dead_letter_queue_name(queue), durable=True)
+        found = []
+        while (message := await dlq.get(fail=False, no_ack=True)) is not None:
+            found.append(message)
+        return found
+    finally:
+        await connection.close()
+
+
+async def test_published_event_reaches_the_handler_with_its_envelope(bus: Bus) -> None:
+    seen: list[tuple[AbuseObserved, MessageContext]] = []
+
+    async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.append((event, ctx))
+
+    await bus.consume(queue_name("test"), {AbuseObserved: handler})
+    message_id = await bus.publish(EXAMPLE, correlation_id="case-1")
+    await wait_for(lambda: seen)
+    event, ctx = seen[0]
+    assert event == EXAMPLE
+    assert ctx.message_id == message_id
+    assert ctx.correlation_id == "case-1"
+    assert ctx.attempt == 1
+    assert ctx.message_type == "abuse.observed.v1"
+
+
+async def test_invalid_body_goes_to_the_dlq_with_the_reason_and_consumer_keeps_running(
+    bus: Bus, amqp_url: str
+) -> None:
+    seen: list[AbuseObserved] = []
+
+    async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.append(event)
+
+    queue = queue_name("test")
+    await bus.consume(queue, {AbuseObserved: handler})
+    # Given a message that claims to be an observation but carries a bad severity and no ip
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange("lazaretto.events")
+    body = dict(AbuseObserved.example, severity=42)
+    del body["ip"]
+    await exchange.publish(
+        aio_pika.Message(json.dumps(body).encode(), type="abuse.observed.v1", message_id="bad-1"),
+        routing_key="abuse.observed.v1",
+    )
+    await connection.close()
+    # When a valid one follows, it is still handled
+    await bus.publish(EXAMPLE)
+    await wait_for(lambda: seen)
+    # Then the bad one sits in the DLQ with a reason naming the broken fields
+    letters = await dead_letters(amqp_url, queue)
+    assert [m.message_id for m in letters] == ["bad-1"]
+    reason = str((letters[0].headers or {})[REASON_HEADER])
+    assert "failed validation" in reason
+    assert "severity" in reason
+    assert "ip" in reason
+
+
+async def test_transient_failure_is_retried_with_the_attempt_counted_in_the_message(bus: Bus) -> None:
+    attempts: list[int] = []
+
+    async def flaky(event: AbuseObserved, ctx: MessageContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RetryLater("peer down")
+
+    await bus.consume(queue_name("test"), {AbuseObserved: flaky})
+    await bus.publish(EXAMPLE)
+    await wait_for(lambda: len(attempts) == 3)
+    await asyncio.sleep(0.5)  # no fourth delivery may follow a success
+    assert attempts == [1, 2, 3]
+
+
+async def test_exhausted_retries_and_invalid_requests_are_dead_lettered(bus: Bus, amqp_url: str) -> None:
+    calls: list[str] = []
+
+    async def always_failing(event: AbuseObserved, ctx: MessageContext) -> None:
+        calls.append(ctx.message_id)
+        raise RuntimeError("database exploded")
+
+    async def refusing(command: GardenApply, ctx: MessageContext) -> None:
+        raise InvalidMessage("no such case")
+
+    queue = queue_name("test")
+    await bus.consume(queue, {AbuseObserved: always_failing, GardenApply: refusing})
+    await bus.publish(EXAMPLE, message_id="doomed")
+    await bus.publish(GardenApply.model_validate(GardenApply.example), message_id="refused")
+    await wait_for(lambda: len(calls) == 3)
+    letters: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def collect() -> bool:
+        letters.extend(await dead_letters(amqp_url, queue))
+        return len(letters) == 2
+
+    for _ in range(100):
+        if await collect():
+            break
+        await asyncio.sleep(0.05)
+    by_id = {m.message_id: m.headers or {} for m in letters}
+    assert "gave up after 3 attempts: RuntimeError: database exploded" in str(by_id["doomed"][REASON_HEADER])
+    assert by_id["doomed"][ATTEMPT_HEADER] == 3
+    assert by_id["refused"][REASON_HEADER] == "no such case"
+
+
+async def test_unroutable_command_is_an_error_not_a_silent_drop(bus: Bus) -> None:
+    with pytest.raises(PublishError, match="not routed"):
+        await bus.publish(GardenApply.model_validate(GardenApply.example))
