@@ -5,8 +5,13 @@ from __future__ import annotations
 import importlib.resources
 import logging
 from collections.abc import Iterable
+from typing import Any, TypeAlias
 
 import asyncpg
+import asyncpg.pool
+
+# A plain connection or one borrowed from a pool: every query helper accepts both.
+Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ async def migrate(pool: asyncpg.Pool, migrations: Iterable[tuple[str, str]]) -> 
     return applied_now
 
 
-async def claim_message(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
+async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
     """Record a message as handled inside the caller's transaction; False if it already was."""
     status: str = await conn.execute(
         "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -16,11 +16,12 @@ import asyncpg
 
 from .bus import Bus, PublishError
 from .contracts import BY_ROUTING_KEY, Contract
+from .db import Connection
 
 log = logging.getLogger(__name__)
 
 
-async def enqueue(conn: asyncpg.Connection, message: Contract, *, correlation_id: str | None = None) -> str:
+async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
     message_id = str(uuid.uuid4())
     await conn.execute(
         "INSERT INTO outbox (message_id, routing_key, body, correlation_id) VALUES ($1, $2, $3::jsonb, $4)",

@@ -6,13 +6,17 @@ Both servers are the real ones started by `deploy/bin/start-peers`; isolation is
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
+
+from .contracts import BY_ROUTING_KEY, Contract
 
 AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
 AMQP_PASSWORD = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
@@ -72,3 +76,51 @@ async def database_url() -> AsyncIterator[str]:
     name = await create_database()
     yield database_dsn(name)
     await drop_database(name)
+
+
+class BusProbe:
+    """Listens on the real broker like any consumer would, so tests can see what was published."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self._url = amqp_url
+        self._connection: Any = None
+        self._queue: Any = None
+        self.received: list[tuple[str, Contract, str | None]] = []
+
+    async def start(self, routing_keys: Iterable[str]) -> BusProbe:
+        import aio_pika  # only the probe (a test tool) talks to the wire outside lazaretto_core.bus
+
+        self._connection = await aio_pika.connect(self._url)
+        channel = await self._connection.channel()
+        self._queue = await channel.declare_queue(exclusive=True)
+        for key in routing_keys:
+            contract = BY_ROUTING_KEY[key]
+            exchange = await channel.declare_exchange(
+                contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            await self._queue.bind(exchange, routing_key=key)
+
+        async def on_message(message: Any) -> None:
+            contract = BY_ROUTING_KEY[message.type]
+            self.received.append(
+                (message.type, contract.model_validate_json(message.body), message.correlation_id)
+            )
+            await message.ack()
+
+        await self._queue.consume(on_message)
+        return self
+
+    async def wait_for(self, routing_key: str, count: int = 1, timeout: float = 20.0) -> list[Contract]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = [m for key, m, _ in self.received if key == routing_key]
+            if len(found) >= count:
+                return found
+            if asyncio.get_running_loop().time() > deadline:
+                seen = [key for key, _, _ in self.received]
+                raise AssertionError(f"{count} x {routing_key} not published in {timeout}s; saw {seen}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()

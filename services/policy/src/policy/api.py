@@ -1,0 +1,136 @@
+"""Policy's admin API (operators) and the portal's narrow look-up, both bearer-token protected."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from pydantic import BaseModel, Field, SecretStr
+
+from lazaretto_core.contracts import Category, IpAddress, Scope
+from lazaretto_core.errors import RetryLater
+from lazaretto_core.http import bearer_token_guard
+
+from . import flow, store
+from .attribution import Attributor
+from .casework import CaseExists, CaseWork
+from .rules import Network, is_allowlisted
+
+
+class QuarantineRequest(BaseModel):
+    ip: IpAddress
+    reason: str = Field(min_length=1, max_length=500)
+    category: Category = "other"
+    scope: Scope = "cpe"
+    operator: str = Field(default="operator", min_length=1, max_length=64)
+
+
+class ReleaseRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    operator: str = Field(default="operator", min_length=1, max_length=64)
+
+
+def install_api(
+    app: FastAPI,
+    work: CaseWork,
+    attributor: Attributor,
+    allowlist: tuple[Network, ...],
+    admin_token: SecretStr,
+    portal_token: SecretStr,
+) -> None:
+    admin = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
+    portal = APIRouter(
+        prefix="/v1/portal", dependencies=[Depends(bearer_token_guard(portal_token))], tags=["portal"]
+    )
+
+    @admin.get("/cases")
+    async def list_cases(
+        state: str | None = None,
+        ip: str | None = None,
+        open_only: bool = False,
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> list[dict[str, Any]]:
+        if ip is not None:
+            ip = _valid_ip(ip)
+        async with work.pool.acquire() as conn:
+            cases = await store.list_cases(conn, state=state, ip=ip, open_only=open_only, limit=limit)
+        return [c.public() for c in cases]
+
+    @admin.get("/cases/{case_id}")
+    async def show_case(case_id: uuid.UUID) -> dict[str, Any]:
+        async with work.pool.acquire() as conn:
+            case = await store.get_case(conn, case_id)
+            if case is None:
+                raise HTTPException(404, "no such case")
+            history = await store.case_history(conn, case_id)
+            observations = await store.case_observations(conn, case_id)
+        return {**case.public(), "history": history, "observations": observations}
+
+    @admin.post("/quarantine", status_code=201)
+    async def quarantine(request: QuarantineRequest) -> dict[str, Any]:
+        if is_allowlisted(request.ip, allowlist):
+            raise HTTPException(409, f"{request.ip} is on the allowlist and is never quarantined")
+        try:
+            attribution = await attributor.attribute(request.ip)
+        except RetryLater as exc:
+            raise HTTPException(503, f"cannot attribute {request.ip} now: {exc}") from None
+        async with work.pool.acquire() as conn, conn.transaction():
+            try:
+                case = await work.open_case(
+                    conn,
+                    attribution,
+                    scope=request.scope,
+                    category=request.category,
+                    reason=request.reason,
+                    actor=f"operator:{request.operator}",
+                )
+            except CaseExists as exists:
+                raise HTTPException(
+                    409, f"case {exists.case.case_id} is already open for {request.ip}"
+                ) from None
+        work.relay.kick()
+        return case.public()
+
+    @admin.post("/cases/{case_id}/release")
+    async def release(case_id: uuid.UUID, request: ReleaseRequest) -> dict[str, Any]:
+        async with work.pool.acquire() as conn, conn.transaction():
+            case = await store.lock_case(conn, case_id)
+            if case is None:
+                raise HTTPException(404, "no such case")
+            try:
+                outcome = flow.release_requested(case.state)
+            except flow.NotReleasable as exc:
+                raise HTTPException(409, str(exc)) from None
+            case = await work.apply(
+                conn, case, outcome, f"operator:{request.operator}", {"reason": request.reason}
+            )
+        work.relay.kick()
+        return case.public()
+
+    @portal.get("/cases/by-ip/{ip}")
+    async def case_for_visitor(ip: str) -> dict[str, Any]:
+        """What the portal may show a visitor: only their own open case, nothing else."""
+        async with work.pool.acquire() as conn:
+            case = await store.open_case_for_ip(conn, _valid_ip(ip))
+        if case is None:
+            raise HTTPException(404, "no open case for this address")
+        return {
+            "case_id": str(case.case_id),
+            "category": case.category,
+            "reason": case.reason,
+            "state": case.state,
+            "opened_at": case.opened_at.isoformat(),
+            "self_release_allowed": case.state in flow.RELEASABLE,
+        }
+
+    app.include_router(admin)
+    app.include_router(portal)
+
+
+def _valid_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise HTTPException(422, f"not an IP address: {ip!r}") from None

@@ -1,0 +1,114 @@
+"""Policy bootstrap: builds the pool, bus, relay, handlers and API, and wires them; no work at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+from fastapi import FastAPI
+
+from lazaretto_core import db
+from lazaretto_core.bus import Bus, queue_name
+from lazaretto_core.contracts import (
+    AbuseObserved,
+    GardenApplied,
+    GardenFailed,
+    GardenRemoved,
+    ModemResetCompleted,
+    ModemResetFailed,
+    ReleaseRequested,
+)
+from lazaretto_core.http import ProgressMonitor, create_http_app
+from lazaretto_core.outbox import OutboxRelay
+
+from .api import install_api
+from .attribution import Attributor
+from .casework import CaseWork
+from .handlers import PolicyHandlers
+from .settings import PolicySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyService:
+    settings: PolicySettings
+    pool: asyncpg.Pool
+    bus: Bus
+    relay: OutboxRelay
+    work: CaseWork
+    handlers: PolicyHandlers
+    attributor: Attributor
+    progress: ProgressMonitor
+    http_app: FastAPI
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.bus.connect()
+        self.relay.start()
+        h = self.handlers
+        await self.bus.consume(
+            queue_name("policy"),
+            {
+                AbuseObserved: h.on_abuse_observed,
+                GardenApplied: h.on_garden_applied,
+                GardenRemoved: h.on_garden_removed,
+                GardenFailed: h.on_garden_failed,
+                ModemResetCompleted: h.on_modem_reset_completed,
+                ModemResetFailed: h.on_modem_reset_failed,
+                ReleaseRequested: h.on_release_requested,
+            },
+        )
+        self._tasks.append(asyncio.create_task(self._retry_loop(), name="step-retries"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.relay.stop()
+        await self.bus.close()
+        await self.attributor.close()
+        await self.pool.close()
+
+    async def _retry_loop(self) -> None:
+        while True:
+            self.progress.beat("step-retries")
+            try:
+                await self.work.retry_due()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("step retry scan failed: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+async def build(settings: PolicySettings, attributor: Attributor | None = None) -> PolicyService:
+    """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
+    pool = await db.create_pool(settings.database_url.get_secret_value())
+    await db.migrate(pool, db.package_migrations("policy"))
+    bus = Bus(
+        settings.amqp_url.get_secret_value(),
+        "policy",
+        max_attempts=settings.max_attempts,
+        retry_delays=settings.retry_delays,
+    )
+    relay = OutboxRelay(pool, bus)
+    work = CaseWork(pool, relay, step_max_attempts=settings.step_max_attempts)
+    attributor = attributor or Attributor(
+        settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
+    )
+    handlers = PolicyHandlers(
+        work, attributor, settings.rules, settings.allowlist, settings.max_self_releases
+    )
+    progress = ProgressMonitor()
+
+    async def database_ready() -> None:
+        await db.ping(pool)
+
+    app = create_http_app(
+        "policy", readiness={"broker": bus.ping, "database": database_ready}, progress=progress
+    )
+    install_api(app, work, attributor, settings.allowlist, settings.admin_token, settings.portal_token)
+    return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)

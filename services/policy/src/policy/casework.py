@@ -1,0 +1,171 @@
+"""Drives cases: each change is one transaction that stores the new state, its audit row and the
+commands it implies (outbox); the relay publishes them after the commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from lazaretto_core.contracts import (
+    CaseChanged,
+    CaseState,
+    Contract,
+    GardenApply,
+    GardenRemove,
+    ModemReset,
+    Scope,
+    utcnow,
+)
+from lazaretto_core.db import Connection
+from lazaretto_core.outbox import OutboxRelay, enqueue
+
+from . import flow, store
+from .attribution import Attribution
+from .flow import Outcome, Step
+from .store import Case
+
+log = logging.getLogger(__name__)
+
+# The state a case is in while a step's command is in flight.
+IN_FLIGHT_STATE: dict[Step, CaseState] = {
+    Step.GARDEN_APPLY: "garden_requested",
+    Step.RESET_IN: "modem_reset_requested",
+    Step.GARDEN_REMOVE: "release_requested",
+    Step.RESET_OUT: "release_reset_requested",
+}
+
+
+class CaseExists(Exception):
+    def __init__(self, case: Case) -> None:
+        super().__init__(f"case {case.case_id} is already open for {case.ip}")
+        self.case = case
+
+
+class CaseWork:
+    def __init__(self, pool: asyncpg.Pool, relay: OutboxRelay, *, step_max_attempts: int) -> None:
+        self.pool = pool
+        self.relay = relay
+        self.step_max_attempts = step_max_attempts
+
+    async def open_case(
+        self,
+        conn: Connection,
+        attribution: Attribution,
+        *,
+        scope: Scope,
+        category: str,
+        reason: str,
+        actor: str,
+    ) -> Case:
+        """Open a case inside the caller's transaction and request the garden."""
+        existing = await store.open_case_for_ip(conn, attribution.ip, lock=True)
+        if existing is not None:
+            raise CaseExists(existing)
+        case = await store.create_case(
+            conn,
+            ip=attribution.ip,
+            cpe_mac=attribution.cpe_mac,
+            cm_mac=attribution.cm_mac,
+            scope=scope,
+            category=category,
+            reason=reason,
+            opened_by=actor,
+        )
+        return await self.apply(conn, case, flow.opened(), actor, {"reason": reason})
+
+    async def apply(
+        self, conn: Connection, case: Case, outcome: Outcome, actor: str, detail: dict[str, Any]
+    ) -> Case:
+        """Store a transition, its audit row, and the command for its next step."""
+        step_id = uuid.uuid4() if outcome.next_step else None
+        attempts = case.step_attempts + 1 if outcome.next_step is case.step and case.step else 1
+        next_retry_at: datetime | None = None
+        if outcome.state == "failed_retrying":
+            # The step is re-issued by `retry_due` once the backoff has passed.
+            step_id = case.step_id
+            attempts = case.step_attempts
+            next_retry_at = datetime.now(UTC) + timedelta(seconds=flow.retry_delay(attempts))
+        await store.save_transition(
+            conn,
+            case,
+            state=outcome.state,
+            step=outcome.next_step,
+            step_id=step_id,
+            step_attempts=attempts if outcome.next_step else 0,
+            next_retry_at=next_retry_at,
+            closed=outcome.closed,
+            self_releases=detail.get("self_releases"),
+        )
+        await store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
+        if outcome.next_step and outcome.state != "failed_retrying":
+            assert step_id is not None
+            await self._enqueue(conn, self._command(case, outcome.next_step, step_id), case)
+        await self._enqueue(
+            conn,
+            CaseChanged(
+                case_id=case.case_id,
+                state=outcome.state,
+                reason=str(detail.get("reason", outcome.state))[:500],
+                scope=case.scope,
+                ip=case.ip,
+                changed_at=utcnow(),
+            ),
+            case,
+        )
+        updated = await store.get_case(conn, case.case_id)
+        assert updated is not None
+        return updated
+
+    async def step_result(
+        self, step: Step, step_id: uuid.UUID, succeeded: bool, actor: str, detail: dict[str, Any]
+    ) -> None:
+        """A result for a step: moves the case only if that step is the one in flight."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            case = await store.lock_case_by_step(conn, step_id)
+            if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
+                log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
+                return
+            if succeeded:
+                outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None)
+            else:
+                outcome = flow.step_failed(step, case.step_attempts, self.step_max_attempts)
+            await self.apply(conn, case, outcome, actor, detail)
+        self.relay.kick()
+
+    async def retry_due(self) -> int:
+        """Re-issue the commands of cases whose backoff has passed."""
+        count = 0
+        async with self.pool.acquire() as conn:
+            for case_id in await store.due_retries(conn):
+                async with conn.transaction():
+                    case = await store.lock_case(conn, case_id)
+                    if case is None or case.next_retry_at is None or case.step is None:
+                        continue
+                    outcome = Outcome(IN_FLIGHT_STATE[case.step], case.step)
+                    await self.apply(conn, case, outcome, "policy", {"reason": f"retry of {case.step.value}"})
+                    count += 1
+        if count:
+            self.relay.kick()
+        return count
+
+    def _command(self, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
+        if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):
+            command = GardenApply if step is Step.GARDEN_APPLY else GardenRemove
+            return command(
+                case_id=case.case_id,
+                step_id=step_id,
+                scope=case.scope,
+                cpe_mac=case.cpe_mac,
+                cpe_ip=case.ip,
+                cm_mac=case.cm_mac,
+                reason=case.reason[:500],
+            )
+        assert case.cm_mac is not None
+        return ModemReset(case_id=case.case_id, step_id=step_id, cm_mac=case.cm_mac)
+
+    async def _enqueue(self, conn: Connection, message: Contract, case: Case) -> None:
+        await enqueue(conn, message, correlation_id=str(case.case_id))

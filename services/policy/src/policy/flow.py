@@ -1,0 +1,66 @@
+"""The case state machine of DESIGN.md: which state and which next step follow each event. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lazaretto_core.contracts import CaseState
+
+
+class Step(StrEnum):
+    """A command in flight for a case; each maps to one executor."""
+
+    GARDEN_APPLY = "garden_apply"
+    RESET_IN = "modem_reset_in"
+    GARDEN_REMOVE = "garden_remove"
+    RESET_OUT = "modem_reset_out"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: CaseState
+    next_step: Step | None
+    closed: bool = False
+
+
+class NotReleasable(Exception):
+    """A release was asked for a case that is not (yet, or any more) in quarantine."""
+
+
+# States from which a subscriber or an operator may release the case.
+RELEASABLE: frozenset[str] = frozenset({"quarantined", "needs_operator"})
+
+
+def opened() -> Outcome:
+    return Outcome("garden_requested", Step.GARDEN_APPLY)
+
+
+def step_succeeded(step: Step, has_modem: bool) -> Outcome:
+    if step is Step.GARDEN_APPLY:
+        return Outcome("modem_reset_requested", Step.RESET_IN) if has_modem else Outcome("quarantined", None)
+    if step is Step.RESET_IN:
+        return Outcome("quarantined", None)
+    if step is Step.GARDEN_REMOVE:
+        if has_modem:
+            return Outcome("release_reset_requested", Step.RESET_OUT)
+        return Outcome("released", None, closed=True)
+    return Outcome("released", None, closed=True)
+
+
+def step_failed(step: Step, attempts: int, max_attempts: int) -> Outcome:
+    """Retry the same step with backoff until `max_attempts`, then hand the case to an operator."""
+    if attempts < max_attempts:
+        return Outcome("failed_retrying", step)
+    return Outcome("needs_operator", None)
+
+
+def release_requested(state: str) -> Outcome:
+    if state not in RELEASABLE:
+        raise NotReleasable(f"a case in state {state!r} cannot be released now")
+    return Outcome("release_requested", Step.GARDEN_REMOVE)
+
+
+def retry_delay(attempts: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Seconds before retry number `attempts` (1-based): exponential, capped."""
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))

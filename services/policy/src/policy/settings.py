@@ -1,0 +1,30 @@
+"""Policy's settings: rules, allowlist, peers for attribution, tokens."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import ClassVar
+
+from pydantic import SecretStr
+
+from lazaretto_core.settings import ServiceSettings
+
+from .rules import DEFAULT_RULES, Rule
+
+
+class PolicySettings(ServiceSettings):
+    service_name: ClassVar[str] = "policy"
+
+    http_port: int = 8400
+    # Operators' bearer token for the admin API (also presented to provisioner and cmts-agent).
+    admin_token: SecretStr
+    # The portal's bearer token: it may only look a case up by address.
+    portal_token: SecretStr
+    provisioner_url: str = "http://127.0.0.1:8300"
+    cmts_agent_url: str = "http://127.0.0.1:8500"
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Attempts of one step (garden apply, modem reset, ...) before the case needs an operator.
+    step_max_attempts: int = 5
+    # Self-releases a subscriber gets before release needs the helpdesk.
+    max_self_releases: int = 3

@@ -1,0 +1,170 @@
+"""Policy's case flow on the real PostgreSQL and RabbitMQ: open, quarantine, release, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import (
+    AbuseObserved,
+    GardenApplied,
+    GardenApply,
+    GardenRemove,
+    GardenRemoved,
+    ModemReset,
+    ModemResetCompleted,
+    ReleaseRequested,
+)
+from lazaretto_core.testing import BusProbe
+from policy.app import PolicyService
+from policy.attribution import Attribution
+
+
+def observation(ip: str = "100.64.0.10") -> AbuseObserved:
+    return AbuseObserved.model_validate(
+        {**AbuseObserved.example, "observation_id": str(uuid.uuid4()), "ip": ip}
+    )
+
+
+async def case_state(
+    admin: httpx.AsyncClient, case_id: uuid.UUID, state: str, timeout: float = 15.0
+) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            case: dict[str, Any] = (await admin.get(f"/v1/cases/{case_id}")).json()
+            if case["state"] == state:
+                return case
+            await asyncio.sleep(0.05)
+
+
+async def test_full_quarantine_and_self_release_cycle(
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str, attributed: Attribution
+) -> None:
+    CPE_MAC, CM_MAC = attributed.cpe_mac, attributed.cm_mac
+    executor = Bus(amqp_url, "test-executor")
+    await executor.connect()
+    try:
+        # Given an observation of a scanning subscriber host
+        await executor.publish(observation())
+        # Then policy opens a case and asks for the garden for that CPE
+        (apply,) = await probe.wait_for("garden.apply.v1")
+        assert isinstance(apply, GardenApply)
+        assert (apply.cpe_ip, apply.cpe_mac, apply.cm_mac) == ("100.64.0.10", CPE_MAC, CM_MAC)
+        # When the provisioner reports the garden applied, the modem is reset
+        await executor.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+        (reset_in,) = await probe.wait_for("modem.reset.v1")
+        assert isinstance(reset_in, ModemReset)
+        assert reset_in.cm_mac == CM_MAC
+        assert CM_MAC is not None
+        await executor.publish(
+            ModemResetCompleted(
+                case_id=apply.case_id,
+                step_id=reset_in.step_id,
+                cm_mac=CM_MAC,
+                method="cisco",
+                went_offline=True,
+                seconds_to_online=3.0,
+            )
+        )
+        await case_state(admin, apply.case_id, "quarantined")
+        # When someone else's address asks to release it, nothing happens
+        release = {
+            "request_id": str(uuid.uuid4()),
+            "case_id": str(apply.case_id),
+            "attestation_version": "v1",
+            "requested_at": datetime.now(UTC).isoformat(),
+        }
+        await executor.publish(ReleaseRequested.model_validate({**release, "client_ip": "100.64.0.11"}))
+        # When the subscriber attests from their own address, the garden is removed and the modem reset
+        await executor.publish(
+            ReleaseRequested.model_validate(
+                {**release, "request_id": str(uuid.uuid4()), "client_ip": "100.64.0.10"}
+            )
+        )
+        (remove,) = await probe.wait_for("garden.remove.v1")
+        assert isinstance(remove, GardenRemove)
+        await executor.publish(GardenRemoved(case_id=remove.case_id, step_id=remove.step_id, changes=["kea"]))
+        _, reset_out = await probe.wait_for("modem.reset.v1", count=2)
+        assert isinstance(reset_out, ModemReset)
+        assert CM_MAC is not None
+        await executor.publish(
+            ModemResetCompleted(
+                case_id=apply.case_id,
+                step_id=reset_out.step_id,
+                cm_mac=CM_MAC,
+                method="cisco",
+                went_offline=True,
+                seconds_to_online=3.0,
+            )
+        )
+        case = await case_state(admin, apply.case_id, "released")
+        assert case["closed_at"] is not None
+        actors = [event["actor"] for event in case["history"]]
+        assert "subscriber:100.64.0.10" in actors
+        assert "subscriber:100.64.0.11" not in actors
+    finally:
+        await executor.close()
+
+
+async def test_a_redelivered_observation_opens_no_second_case(
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str
+) -> None:
+    executor = Bus(amqp_url, "test-executor")
+    await executor.connect()
+    try:
+        event = observation("100.64.0.20")
+        await executor.publish(event, message_id="same-id")
+        await executor.publish(event, message_id="same-id")
+        await executor.publish(observation("100.64.0.20"))  # a new observation feeds the open case
+        await probe.wait_for("garden.apply.v1")
+        await asyncio.sleep(1.0)
+        cases = (await admin.get("/v1/cases", params={"ip": "100.64.0.20"})).json()
+        assert len(cases) == 1
+        assert len([k for k, _, _ in probe.received if k == "garden.apply.v1"]) == 1
+    finally:
+        await executor.close()
+
+
+async def test_admin_api_needs_the_token_and_refuses_allowlisted_addresses(
+    policy: PolicyService, admin: httpx.AsyncClient
+) -> None:
+    transport = httpx.ASGITransport(app=policy.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://policy") as anonymous:
+        assert (await anonymous.get("/v1/cases")).status_code == 401
+        wrong = await anonymous.get("/v1/cases", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert (
+            await anonymous.post("/v1/quarantine", json={"ip": "100.64.0.9", "reason": "x"})
+        ).status_code == 401
+    refused = await admin.post("/v1/quarantine", json={"ip": "100.64.99.7", "reason": "abuse@ complaint"})
+    assert refused.status_code == 409
+    assert "allowlist" in refused.json()["detail"]
+
+
+async def test_operator_quarantines_by_ip_and_the_portal_sees_only_that_address(
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient
+) -> None:
+    created = await admin.post(
+        "/v1/quarantine", json={"ip": "100.64.0.30", "reason": "RIAA notice", "category": "copyright"}
+    )
+    assert created.status_code == 201
+    case_id = created.json()["case_id"]
+    assert (
+        await admin.post("/v1/quarantine", json={"ip": "100.64.0.30", "reason": "again"})
+    ).status_code == 409
+    transport = httpx.ASGITransport(app=policy.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://policy") as portal:
+        headers = {"Authorization": "Bearer portal-token-for-tests-0123456789"}
+        mine = await portal.get("/v1/portal/cases/by-ip/100.64.0.30", headers=headers)
+        assert mine.json()["case_id"] == case_id
+        assert mine.json()["category"] == "copyright"
+        assert (await portal.get("/v1/portal/cases/by-ip/100.64.0.31", headers=headers)).status_code == 404
+        # The portal token opens nothing else
+        assert (await portal.get("/v1/cases", headers=headers)).status_code == 401
+    history = (await admin.get(f"/v1/cases/{case_id}")).json()["history"]
+    assert history[0]["actor"] == "operator:operator"
