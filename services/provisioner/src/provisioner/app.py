@@ -1,0 +1,79 @@
+"""Provisioner bootstrap: Kea's database, the RPZ adapter, the bus consumer and the admin API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from fastapi import FastAPI
+
+from lazaretto_core import db
+from lazaretto_core.bus import Bus, queue_name
+from lazaretto_core.contracts import GardenApply, GardenRemove
+from lazaretto_core.http import ProgressMonitor, create_http_app
+
+from .api import install_api
+from .garden import Garden
+from .handlers import ProvisionerHandlers
+from .kea import KeaHosts
+from .rpz import RpzAdapter
+from .settings import ProvisionerSettings
+
+
+@dataclass
+class ProvisionerService:
+    settings: ProvisionerSettings
+    kea_pool: asyncpg.Pool
+    bus: Bus
+    garden: Garden
+    handlers: ProvisionerHandlers
+    http_app: FastAPI
+
+    async def start(self) -> None:
+        await self.garden.kea.check_schema()
+        for name in self.settings.allow_names:
+            await self.garden.rpz.allow_name(name)
+        await self.bus.connect()
+        await self.bus.consume(
+            queue_name("provisioner"),
+            {GardenApply: self.handlers.on_garden_apply, GardenRemove: self.handlers.on_garden_remove},
+        )
+
+    async def stop(self) -> None:
+        await self.bus.close()
+        await self.kea_pool.close()
+
+
+async def build(settings: ProvisionerSettings) -> ProvisionerService:
+    kea_pool = await db.create_pool(settings.kea_database_url.get_secret_value())
+    rpz = RpzAdapter(
+        settings.dns_server,
+        settings.dns_port,
+        key_name=settings.tsig_key_name,
+        secret=settings.tsig_secret.get_secret_value(),
+        algorithm=settings.tsig_algorithm,
+        quarantine_zone=settings.quarantine_zone,
+        allow_zone=settings.allow_zone,
+        portal_name=settings.portal_name,
+    )
+    garden = Garden(KeaHosts(kea_pool), rpz)
+    bus = Bus(
+        settings.amqp_url.get_secret_value(),
+        "provisioner",
+        max_attempts=settings.max_attempts,
+        retry_delays=settings.retry_delays,
+    )
+
+    async def kea_ready() -> None:
+        await db.ping(kea_pool)
+
+    async def dns_ready() -> None:
+        await rpz.is_allowed(settings.portal_name)
+
+    app = create_http_app(
+        "provisioner",
+        readiness={"broker": bus.ping, "kea_database": kea_ready, "dns": dns_ready},
+        progress=ProgressMonitor(),
+    )
+    install_api(app, garden, settings.admin_token)
+    return ProvisionerService(settings, kea_pool, bus, garden, ProvisionerHandlers(garden, bus), app)

@@ -1,0 +1,73 @@
+"""What the provisioner does with garden commands: apply or remove, then report the result."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import asyncpg
+
+from lazaretto_core.bus import Bus, MessageContext
+from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
+from lazaretto_core.errors import RetryLater
+
+from .garden import Garden
+from .kea import KeaError
+from .rpz import RpzError
+
+log = logging.getLogger(__name__)
+
+
+class ProvisionerHandlers:
+    def __init__(self, garden: Garden, bus: Bus) -> None:
+        self.garden = garden
+        self.bus = bus
+
+    async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        try:
+            changes = await self.garden.apply(command)
+        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+            await self._failed(command, ctx, "apply", exc)
+            return
+        await self.bus.publish(
+            GardenApplied(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            correlation_id=str(command.case_id),
+        )
+
+    async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
+        try:
+            changes = await self.garden.remove(command)
+        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+            await self._failed(command, ctx, "remove", exc)
+            return
+        await self.bus.publish(
+            GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            correlation_id=str(command.case_id),
+        )
+
+    async def _failed(
+        self, command: GardenApply, ctx: MessageContext, operation: Literal["apply", "remove"], exc: Exception
+    ) -> None:
+        transient = getattr(exc, "transient", True)
+        if transient and ctx.attempt < self.bus.max_attempts:
+            raise RetryLater(f"garden {operation} for case {command.case_id}: {exc}") from exc
+        # Permanent, or out of attempts: tell policy, which decides (retry later or an operator).
+        log.error("garden %s for case %s failed: %s", operation, command.case_id, exc)
+        await self.bus.publish(
+            GardenFailed(
+                case_id=command.case_id,
+                step_id=command.step_id,
+                operation=operation,
+                error_class=_error_class(exc),
+                detail=str(exc)[:2000],
+            ),
+            correlation_id=str(command.case_id),
+        )
+
+
+def _error_class(exc: Exception) -> str:
+    if isinstance(exc, RpzError):
+        return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
+    if isinstance(exc, KeaError | asyncpg.PostgresError):
+        return "dhcp_" + type(exc).__name__.lower()
+    return "io_error"

@@ -1,0 +1,128 @@
+"""The provisioner service on the bus, applying and removing the garden in the real Kea and BIND."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
+from lazaretto_core.lab.bind import LabBind
+from lazaretto_core.lab.kea import LabKea
+from lazaretto_core.testing import BusProbe
+from provisioner.app import ProvisionerService, build
+from provisioner.settings import ProvisionerSettings
+
+TOKEN = "provisioner-admin-token-0123456789"
+
+
+def settings_for(
+    amqp_url: str, lab_kea: LabKea, lab_bind: LabBind, **overrides: object
+) -> ProvisionerSettings:
+    values: dict[str, object] = {
+        "amqp_url": SecretStr(amqp_url),
+        "admin_token": SecretStr(TOKEN),
+        "kea_database_url": SecretStr(lab_kea.dsn),
+        "dns_server": lab_bind.host,
+        "dns_port": lab_bind.port,
+        "tsig_key_name": lab_bind.tsig_key_name,
+        "tsig_secret": SecretStr(lab_bind.tsig_secret),
+        "tsig_algorithm": lab_bind.tsig_algorithm,
+        "quarantine_zone": lab_bind.quarantine_zone,
+        "allow_zone": lab_bind.allow_zone,
+        "portal_name": lab_bind.portal_name,
+        "max_attempts": 2,
+        "retry_delays": (0.1,),
+    }
+    values.update(overrides)
+    return ProvisionerSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def provisioner(amqp_url: str, lab_kea: LabKea, lab_bind: LabBind) -> AsyncIterator[ProvisionerService]:
+    service = await build(settings_for(amqp_url, lab_kea, lab_bind))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+def command(ip: str, mac: str) -> GardenApply:
+    return GardenApply(
+        case_id=uuid.uuid4(),
+        step_id=uuid.uuid4(),
+        scope="cpe",
+        cpe_mac=mac,
+        cpe_ip=ip,
+        cm_mac=None,
+        reason="scan",
+    )
+
+
+async def test_apply_then_remove_through_the_bus(
+    provisioner: ProvisionerService, amqp_url: str, lab_bind: LabBind
+) -> None:
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.removed.v1", "garden.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        apply = command("127.0.0.2", "02:00:00:00:00:42")
+        # When policy asks for the garden (twice: a redelivery changes nothing twice)
+        await bus.publish(apply)
+        await bus.publish(apply)
+        applied = await probe.wait_for("garden.applied.v1", count=2)
+        assert isinstance(applied[0], GardenApplied)
+        assert applied[0].step_id == apply.step_id
+        # Then the client's every answer is the portal, and its MAC has the quarantine class
+        assert lab_bind.portal_ip in lab_bind.resolve("www.example.test", source="127.0.0.2")
+        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:00:42")
+        # When policy asks to remove it, both are gone
+        remove = GardenRemove.model_validate(apply.model_dump() | {"step_id": uuid.uuid4()})
+        await bus.publish(remove)
+        (removed,) = await probe.wait_for("garden.removed.v1")
+        assert isinstance(removed, GardenRemoved)
+        assert not await provisioner.garden.kea.is_quarantined("02:00:00:00:00:42")
+        assert not await provisioner.garden.rpz.is_quarantined("127.0.0.2")
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
+async def test_a_refused_dns_update_is_reported_as_failed(
+    amqp_url: str, lab_kea: LabKea, lab_bind: LabBind
+) -> None:
+    # Given a provisioner whose TSIG key BIND does not know
+    bad = settings_for(amqp_url, lab_kea, lab_bind, tsig_key_name="not-the-key")
+    service = await build(bad)
+    await service.start()
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        await bus.publish(command("127.0.0.5", "02:00:00:00:00:43"))
+        (failed,) = await probe.wait_for("garden.failed.v1")
+        assert isinstance(failed, GardenFailed)
+        assert failed.operation == "apply"
+        assert failed.error_class.startswith("dns_")
+        assert lab_bind.tsig_secret not in failed.detail
+    finally:
+        await bus.close()
+        await probe.stop()
+        await service.stop()
+
+
+async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> None:
+    transport = httpx.ASGITransport(app=provisioner.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://provisioner") as client:
+        assert (await client.get("/v1/leases/100.64.0.10")).status_code == 401
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/v1/leases/100.64.0.250", headers=headers)).status_code == 404
+        assert (await client.get("/v1/leases/not-an-ip", headers=headers)).status_code == 422
+        ready = await client.get("/readyz")
+        assert ready.json() == {
+            "status": "ready",
+            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok"},
+        }
