@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +16,8 @@ from .logs import configure_logging
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 class Service(Protocol):
@@ -56,10 +58,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     log.info("%s stopped", settings.service_name)
 
 
-def main(
-    settings_factory: Callable[[], ServiceSettings],
-    build: Callable[[ServiceSettings], Awaitable[Service]],
-) -> None:
+def main(settings_factory: Callable[[], S], build: Callable[[S], Awaitable[Service]]) -> None:
     """Entry point for `python -m <service>`: validate settings, build, serve."""
     settings = settings_factory()
     configure_logging(settings.service_name, settings.log_level)

@@ -6,4 +6,4 @@ from .app import build
 from .settings import PolicySettings
 
 if __name__ == "__main__":
-    main(PolicySettings, build)  # type: ignore[arg-type]
+    main(PolicySettings, build)

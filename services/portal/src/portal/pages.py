@@ -1,0 +1,151 @@
+"""The walled-garden pages: why, what to do, the self-release form, captive-portal detection."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from lazaretto_core.bus import Bus, PublishError
+from lazaretto_core.contracts import ReleaseRequested, utcnow
+
+from .forms import issue_token, token_valid
+from .policy_client import PolicyClient, PolicyUnavailable, VisitorCase
+from .reasons import explain
+from .settings import PortalSettings
+from .visitor import visitor_ip
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("portal", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+)
+
+
+def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, bus: Bus) -> None:
+    secret = settings.form_secret.get_secret_value().encode()
+
+    def client_of(request: Request) -> str:
+        peer = request.client.host if request.client else "0.0.0.0"
+        return visitor_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+
+    def render(status: int = 200, **context: Any) -> HTMLResponse:
+        page = _templates.get_template("page.html").render(
+            isp_name=settings.isp_name, helpdesk=settings.helpdesk, links=settings.links, **context
+        )
+        return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
+
+    def page_for(case: VisitorCase | None, client_ip: str) -> HTMLResponse:
+        if case is None:
+            return render(title="Not restricted", state="free", client_ip=client_ip)
+        explanation = explain(case.category)
+        if case.state in ("quarantined", "needs_operator"):
+            token = issue_token(secret, case.case_id, client_ip)
+            return render(
+                title=explanation.headline,
+                state="quarantined",
+                case=case,
+                explanation=explanation,
+                form_token=token,
+            )
+        if case.state.startswith("release") or case.state == "garden_removed":
+            return render(title="Restoring your connection", state="releasing")
+        return render(title=explanation.headline, state="pending", explanation=explanation)
+
+    async def lookup(client_ip: str) -> VisitorCase | Response | None:
+        try:
+            return await policy.case_for(client_ip)
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return HTMLResponse(
+                "<h1>Please try again in a minute</h1>", status_code=503, headers=SECURITY_HEADERS
+            )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index(request: Request) -> Response:
+        client_ip = client_of(request)
+        case = await lookup(client_ip)
+        if isinstance(case, Response):
+            return case
+        return page_for(case, client_ip)
+
+    @app.post("/release", response_class=HTMLResponse)
+    async def release(
+        request: Request,
+        case_id: Annotated[str, Form(max_length=64)],
+        form_token: Annotated[str, Form(max_length=200)],
+        attest: Annotated[str, Form(max_length=10)] = "",
+    ) -> Response:
+        client_ip = client_of(request)
+        if not token_valid(secret, form_token, case_id, client_ip):
+            return HTMLResponse(
+                "<h1>This form has expired: reload the page</h1>", 403, headers=SECURITY_HEADERS
+            )
+        if attest != "yes":
+            return HTMLResponse("<h1>Please tick the box to confirm</h1>", 400, headers=SECURITY_HEADERS)
+        case = await lookup(client_ip)
+        if isinstance(case, Response):
+            return case
+        # The case must be the visitor's own, open one: a form for another address never validates.
+        if case is None or case.case_id != case_id or not case.self_release_allowed:
+            return page_for(case, client_ip)
+        request_event = ReleaseRequested(
+            request_id=uuid.uuid4(),
+            case_id=uuid.UUID(case.case_id),
+            client_ip=client_ip,
+            attestation_version=settings.attestation_version,
+            requested_at=utcnow(),
+            user_agent=request.headers.get("user-agent", "")[:500],
+        )
+        try:
+            await bus.publish(request_event, correlation_id=case.case_id)
+        except PublishError as exc:
+            log.error("release request for case %s not published: %s", case.case_id, exc)
+            return HTMLResponse("<h1>Please try again in a minute</h1>", 503, headers=SECURITY_HEADERS)
+        return render(title="Restoring your connection", state="releasing")
+
+    # Operating systems probe these to detect a captive portal: a quarantined visitor is sent to us.
+    async def detection(request: Request, normal: Response) -> Response:
+        case = await lookup(client_of(request))
+        if isinstance(case, Response) or case is None:
+            return normal
+        return RedirectResponse(settings.public_url, status_code=302)
+
+    @app.get("/generate_204")
+    async def android(request: Request) -> Response:
+        return await detection(request, Response(status_code=204))
+
+    @app.get("/hotspot-detect.html")
+    async def apple(request: Request) -> Response:
+        return await detection(
+            request, HTMLResponse("<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>")
+        )
+
+    @app.get("/connecttest.txt")
+    async def windows(request: Request) -> Response:
+        return await detection(request, Response("Microsoft Connect Test", media_type="text/plain"))
+
+    @app.get("/captive-portal/api")
+    async def rfc8908(request: Request) -> Response:
+        """RFC 8908 captive-portal API: tells the visitor's OS whether it is held and where to go."""
+        case = await lookup(client_of(request))
+        if isinstance(case, Response):
+            return case
+        body: dict[str, Any] = {"captive": case is not None}
+        if case is not None:
+            body["user-portal-url"] = settings.public_url
+        return JSONResponse(body, media_type="application/captive+json", headers={"Cache-Control": "private"})
