@@ -1,0 +1,266 @@
+"""Lab CMTS: a private net-snmp `snmpd` on loopback whose CMTS tables come from `deploy/lab/cmts_emulator.py`.
+
+`with LabCmts([LabModem("00:02:8a:d3:7c:6e", "10.1.0.10")]) as cmts: ...` gives `cmts.host`/`cmts.port`,
+the communities and v3 user, `cmts.sets()` (every SET the CMTS accepted) and `cmts.set_modems(...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lazaretto_core.lab.process import LabProcess, LabProcessError, free_port
+
+EMULATOR_ENV = "LAZARETTO_LAB_CMTS_EMULATOR"
+EMULATOR_RELPATH = Path("deploy/lab/cmts_emulator.py")
+SNMPD = "/usr/sbin/snmpd"
+SNMPGET = "/usr/bin/snmpget"
+SNMPGETNEXT = "/usr/bin/snmpgetnext"
+# The subtrees the emulator serves; net-snmp runs one emulator process per pass_persist line.
+DOCS_IF_CMTS_SUBTREE = ".1.3.6.1.2.1.10.127.1.3"
+CDX_CM_CPE_SUBTREE = ".1.3.6.1.4.1.9.9.116.1.3.1"
+SYS_DESCR = ".1.3.6.1.2.1.1.1.0"
+
+
+@dataclass(frozen=True)
+class LabCpe:
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class LabModem:
+    """One modem on the lab CMTS; `status` is its docsIfCmtsCmStatusValue while it is not resetting."""
+
+    cm_mac: str
+    cm_ip: str
+    cpes: tuple[LabCpe, ...] = ()
+    index: int | None = None
+    status: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cm_mac": self.cm_mac,
+            "cm_ip": self.cm_ip,
+            "cpes": [{"mac": c.mac, "ip": c.ip} for c in self.cpes],
+        }
+        if self.index is not None:
+            out["index"] = self.index
+        if self.status is not None:
+            out["status"] = self.status
+        return out
+
+
+@dataclass(frozen=True)
+class LabV3User:
+    name: str = "labuser"
+    auth_key: str = field(default="labauthpass", repr=False)
+    priv_key: str = field(default="labprivpass", repr=False)
+    auth_protocol: str = "SHA"
+    priv_protocol: str = "AES"
+
+
+def find_emulator(start: Path | None = None) -> Path:
+    """`$LAZARETTO_LAB_CMTS_EMULATOR`, else `deploy/lab/cmts_emulator.py` in the nearest enclosing repo."""
+    override = os.environ.get(EMULATOR_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise LabProcessError(f"{EMULATOR_ENV}={override} is not a file")
+        return path.resolve()
+    here = (start or Path(__file__)).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / EMULATOR_RELPATH
+        if candidate.is_file():
+            return candidate
+    raise LabProcessError(f"no {EMULATOR_RELPATH} above {here}; set {EMULATOR_ENV}")
+
+
+def _modem_json(modem: LabModem | Mapping[str, Any]) -> dict[str, Any]:
+    return modem.to_json() if isinstance(modem, LabModem) else dict(modem)
+
+
+class LabCmts:
+    """A running lab CMTS (snmpd + emulator) on 127.0.0.1; use as a context manager or start()/stop()."""
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        modems: Iterable[LabModem | Mapping[str, Any]],
+        *,
+        offline_seconds: float = 3.0,
+        port: int | None = None,
+        workdir: Path | None = None,
+        ro_community: str = "public",
+        rw_community: str = "private",
+        v3_user: LabV3User | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self._modems = [_modem_json(m) for m in modems]
+        self.offline_seconds = offline_seconds
+        self.port = port or free_port(socket.SOCK_DGRAM)
+        self.ro_community = ro_community
+        self.rw_community = rw_community
+        self.v3_user = v3_user or LabV3User()
+        self.start_timeout = start_timeout
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lazaretto-snmpd-"))
+        self.config_path = self.workdir / "cmts.json"
+        self.sets_log_path = self.workdir / "sets.jsonl"
+        self.snmpd_conf_path = self.workdir / "snmpd.conf"
+        self.persist_dir = self.workdir / "persist"
+        self.process: LabProcess | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> LabCmts:
+        emulator = find_emulator()
+        self.persist_dir.mkdir(parents=True, exist_ok=True)
+        self._write_modems()
+        self.sets_log_path.touch()
+        self.snmpd_conf_path.write_text(self._snmpd_conf(emulator))
+        argv = [
+            SNMPD,
+            "-f",  # foreground, so LabProcess owns it
+            "-Lo",  # log to stdout -> the LabProcess log file
+            "-C",  # only our config: no /etc/snmp files
+            "-c",
+            str(self.snmpd_conf_path),
+            "-I",
+            "-smux",  # SMUX would bind TCP 0.0.0.0:199 and clash with other instances
+            f"udp:{self.host}:{self.port}",
+        ]
+        self.process = LabProcess("snmpd", argv, self.workdir / "snmpd.log", env=self._env())
+        try:
+            self.process.wait_until(self._answers, timeout=self.start_timeout, what="answering SNMP")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LabCmts:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def modems(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self._modems]
+
+    def set_modems(self, modems: Iterable[LabModem | Mapping[str, Any]]) -> None:
+        """Replace the modem list; the running emulator picks it up on its next request."""
+        self._modems = [_modem_json(m) for m in modems]
+        self._write_modems()
+
+    def add_cpe(self, cm_mac: str, mac: str, ip: str) -> None:
+        """Put a CPE behind an existing modem (as a CMTS learns it after the CPE's DHCP lease)."""
+        wanted = _mac_key(cm_mac)
+        for modem in self._modems:
+            if _mac_key(str(modem["cm_mac"])) == wanted:
+                modem["cpes"] = [*modem.get("cpes", []), {"mac": mac, "ip": ip}]
+                self._write_modems()
+                return
+        raise KeyError(f"no modem {cm_mac} on the lab CMTS")
+
+    def sets(self) -> list[dict[str, Any]]:
+        """Every SET the CMTS accepted, oldest first: {ts, object, oid, mac, value}."""
+        if not self.sets_log_path.exists():
+            return []
+        lines = self.sets_log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines) if self.process else ""
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _write_modems(self) -> None:
+        doc = {
+            "offline_seconds": self.offline_seconds,
+            "sets_log": str(self.sets_log_path),
+            "modems": self._modems,
+        }
+        # Atomic replace: the emulator must never read a half-written file.
+        tmp = self.config_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, self.config_path)
+
+    def _env(self) -> dict[str, str]:
+        # MIBS= : no MIB modules to load (Debian lacks the IETF MIBs); persistent dir: not /var/lib/snmp.
+        return {"MIBS": "", "SNMP_PERSISTENT_DIR": str(self.persist_dir), "SNMPCONFPATH": str(self.workdir)}
+
+    def _snmpd_conf(self, emulator: Path) -> str:
+        u = self.v3_user
+        run = f"{sys.executable} {emulator} {self.config_path}"
+        return "\n".join(
+            [
+                "# Private snmpd for the Lazaretto lab CMTS (loopback only).",
+                f"rocommunity {self.ro_community} 127.0.0.1",
+                f"rwcommunity {self.rw_community} 127.0.0.1",
+                f'createUser {u.name} {u.auth_protocol} "{u.auth_key}" {u.priv_protocol} "{u.priv_key}"',
+                f"rwuser {u.name} priv",
+                "sysDescr Cisco IOS Software, cBR-8 (Lazaretto lab CMTS emulator)",
+                "sysName lab-cmts",
+                "dontLogTCPWrappersConnects yes",
+                # One process per line; the emulators share state through the JSON and the sets log.
+                f"pass_persist {DOCS_IF_CMTS_SUBTREE} {run} --subtree {DOCS_IF_CMTS_SUBTREE}",
+                f"pass_persist {CDX_CM_CPE_SUBTREE} {run} --subtree {CDX_CM_CPE_SUBTREE}",
+                "",
+            ]
+        )
+
+    def _snmp_cli(self, tool: str, oid: str) -> bool:
+        argv = [tool, "-v2c", "-c", self.ro_community, "-t", "2", "-r", "0", "-On"]
+        argv += [f"udp:{self.host}:{self.port}", oid]
+        try:
+            done = subprocess.run(argv, capture_output=True, env={**os.environ, **self._env()}, timeout=15)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0 and b"No Such" not in done.stdout
+
+    def _udp_bound(self) -> bool:
+        # Cheap check before asking over SNMP: a request sent before snmpd binds costs a whole timeout.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((self.host, self.port))
+            except OSError:
+                return True
+        return False
+
+    def _answers(self) -> bool:
+        if not self._udp_bound():
+            return False
+        # sysDescr proves snmpd listens; the GETNEXTs also spawn both emulator processes, so the first
+        # real request does not pay the Python start-up (and trip a short client timeout).
+        return (
+            self._snmp_cli(SNMPGET, SYS_DESCR)
+            and self._snmp_cli(SNMPGETNEXT, DOCS_IF_CMTS_SUBTREE)
+            and self._snmp_cli(SNMPGETNEXT, CDX_CM_CPE_SUBTREE)
+        )
+
+
+def _mac_key(mac: str) -> str:
+    return "".join(c for c in mac if c not in ":.- ").lower()

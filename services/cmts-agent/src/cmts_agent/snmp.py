@@ -1,0 +1,456 @@
+"""SNMP adapter for CMTSes (pysnmp 7, asyncio): reset a CM, read its status, find the CM behind a CPE.
+
+The only module that imports pysnmp. Failures are raised as `SnmpError` subclasses whose messages
+never contain a community or a v3 key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pysnmp.error import PySnmpError
+from pysnmp.hlapi.v3arch.asyncio import (
+    USM_AUTH_HMAC96_MD5,
+    USM_AUTH_HMAC96_SHA,
+    USM_AUTH_HMAC128_SHA224,
+    USM_AUTH_HMAC192_SHA256,
+    USM_AUTH_HMAC256_SHA384,
+    USM_AUTH_HMAC384_SHA512,
+    USM_PRIV_CBC56_DES,
+    USM_PRIV_CFB128_AES,
+    USM_PRIV_CFB192_AES,
+    USM_PRIV_CFB256_AES,
+    CommunityData,
+    ContextData,
+    EndOfMibView,
+    Integer,
+    NoSuchInstance,
+    NoSuchObject,
+    ObjectIdentity,
+    ObjectType,
+    SnmpEngine,
+    UdpTransportTarget,
+    UsmUserData,
+    get_cmd,
+    set_cmd,
+)
+from pysnmp.proto import errind
+from pysnmp.proto.error import StatusInformation
+
+# -- OIDs (numeric: the DOCS and Cisco MIBs are not bundled with pysnmp) ----------------------------
+
+CDX_CM_CPE_ENTRY = "1.3.6.1.4.1.9.9.116.1.3.1.1"  # CISCO-DOCS-EXT-MIB cdxCmCpeEntry, INDEX MacAddress
+CDX_CM_CPE_TYPE = f"{CDX_CM_CPE_ENTRY}.2"  # cm(1) | cpe(2)
+CDX_CM_CPE_CM_STATUS_INDEX = f"{CDX_CM_CPE_ENTRY}.6"  # -> docsIfCmtsCmStatusIndex of the (owning) CM
+CDX_CM_CPE_RESET_NOW = f"{CDX_CM_CPE_ENTRY}.8"  # TruthValue, RW: SET true(1) resets the CM
+CM_STATUS_ENTRY = "1.3.6.1.2.1.10.127.1.3.3.1"  # DOCS-IF-MIB docsIfCmtsCmStatusEntry, INDEX Integer32
+CM_STATUS_MAC = f"{CM_STATUS_ENTRY}.2"
+CM_STATUS_IP = f"{CM_STATUS_ENTRY}.3"
+CM_STATUS_VALUE = f"{CM_STATUS_ENTRY}.9"
+CM_PTR = "1.3.6.1.2.1.10.127.1.3.7.1.2"  # docsIfCmtsCmPtr, INDEX MacAddress -> status index
+
+CDX_TYPE_CM = 1
+TRUTH_TRUE = 1
+
+
+class CmStatusValue(enum.IntEnum):
+    """docsIfCmtsCmStatusValue (RFC 4546)."""
+
+    OTHER = 1
+    RANGING = 2
+    RANGING_ABORTED = 3
+    RANGING_COMPLETE = 4
+    IP_COMPLETE = 5
+    REGISTRATION_COMPLETE = 6
+    ACCESS_DENIED = 7
+    OPERATIONAL = 8  # "reserved, should not be used", yet some CMTSes report it for online modems
+    REGISTERED_BPI_INITIALIZING = 9
+
+
+ONLINE_VALUES = frozenset({CmStatusValue.REGISTRATION_COMPLETE, CmStatusValue.OPERATIONAL})
+
+
+@dataclass(frozen=True)
+class CmStatus:
+    """What the CMTS says about one CM right now."""
+
+    cm_mac: str
+    index: int  # docsIfCmtsCmStatusIndex
+    value: int  # docsIfCmtsCmStatusValue (an int: a CMTS may report values outside the enum)
+    ip: str | None
+
+    @property
+    def online(self) -> bool:
+        return self.value in ONLINE_VALUES
+
+    @property
+    def state(self) -> str:
+        try:
+            return CmStatusValue(self.value).name.lower()
+        except ValueError:
+            return f"unknown({self.value})"
+
+
+# -- credentials and target ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class V2cCredentials:
+    community: str = field(repr=False)
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.community,)
+
+
+AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"]
+PrivProtocol = Literal["DES", "AES", "AES192", "AES256"]
+
+_AUTH_PROTOCOLS: dict[str, Any] = {
+    "MD5": USM_AUTH_HMAC96_MD5,
+    "SHA": USM_AUTH_HMAC96_SHA,
+    "SHA224": USM_AUTH_HMAC128_SHA224,
+    "SHA256": USM_AUTH_HMAC192_SHA256,
+    "SHA384": USM_AUTH_HMAC256_SHA384,
+    "SHA512": USM_AUTH_HMAC384_SHA512,
+}
+_PRIV_PROTOCOLS: dict[str, Any] = {
+    "DES": USM_PRIV_CBC56_DES,
+    "AES": USM_PRIV_CFB128_AES,
+    "AES192": USM_PRIV_CFB192_AES,
+    "AES256": USM_PRIV_CFB256_AES,
+}
+
+
+@dataclass(frozen=True)
+class V3Credentials:
+    """SNMPv3 USM user, authPriv."""
+
+    user: str
+    auth_key: str = field(repr=False)
+    priv_key: str = field(repr=False)
+    auth_protocol: AuthProtocol = "SHA"
+    priv_protocol: PrivProtocol = "AES"
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.auth_key, self.priv_key)
+
+
+SnmpCredentials = V2cCredentials | V3Credentials
+
+
+@dataclass(frozen=True)
+class CmtsTarget:
+    """One CMTS: where it is, how to read and write it, and how long to wait.
+
+    Worst-case time per request is `timeout * (retries + 1)` seconds.
+    """
+
+    host: str
+    read: SnmpCredentials
+    write: SnmpCredentials
+    port: int = 161
+    timeout: float = 2.0
+    retries: int = 1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def secrets(self) -> tuple[str, ...]:
+        return (*self.read.secrets(), *self.write.secrets())
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class SnmpError(Exception):
+    """An SNMP operation failed. `transient`: worth retrying later as is."""
+
+    TRANSIENT: ClassVar[bool] = False
+
+    def __init__(
+        self, message: str, *, target: str = "", operation: str = "", transient: bool | None = None
+    ) -> None:
+        self.target = target
+        self.operation = operation
+        self.transient = self.TRANSIENT if transient is None else transient
+        prefix = f"{operation} on {target}: " if operation or target else ""
+        super().__init__(prefix + message)
+
+
+class SnmpTimeout(SnmpError):
+    """No (valid) answer in time: host down, port filtered, or a wrong v2c community (agents drop those)."""
+
+    TRANSIENT = True
+
+
+class SnmpAccessDenied(SnmpError):
+    """The agent answered but refused: read-only community, v3 user/key/view problems."""
+
+
+class SnmpRejected(SnmpError):
+    """The agent answered with an error status (wrongType, notWritable, genErr, ...)."""
+
+    def __init__(self, message: str, *, status: str, target: str = "", operation: str = "") -> None:
+        self.status = status
+        transient = status in _TRANSIENT_STATUSES
+        super().__init__(message, target=target, operation=operation, transient=transient)
+
+
+class SnmpBadResponse(SnmpError):
+    """The agent answered something that makes no sense for the object asked."""
+
+
+class UnknownModem(SnmpError):
+    """The CMTS does not know this MAC as a cable modem."""
+
+
+# errorStatus values (RFC 3416) by meaning
+_ACCESS_STATUSES = frozenset({"noAccess", "authorizationError", "readOnly"})
+_TRANSIENT_STATUSES = frozenset({"genErr", "resourceUnavailable", "commitFailed", "tooBig"})
+_MISSING_STATUSES = frozenset({"noSuchName", "noCreation", "notWritable", "inconsistentName"})
+_ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
+    errind.UnknownUserName,
+    errind.UnknownSecurityName,
+    errind.WrongDigest,
+    errind.DecryptionError,
+    errind.AuthenticationError,
+    errind.AuthenticationFailure,
+    errind.UnsupportedSecurityLevel,
+    errind.NoAuthentication,
+    errind.NoEncryption,
+    errind.NotInView,
+    errind.NoAccessEntry,
+    errind.UnknownCommunityName,
+)
+_EXCEPTION_VALUES = (NoSuchObject, NoSuchInstance, EndOfMibView)
+
+
+# -- MAC helpers --------------------------------------------------------------------------------
+
+
+def normalize_mac(mac: str) -> str:
+    """'0002.8ad3.7c6e', '00-02-8A-D3-7C-6E', '00028ad37c6e' -> '00:02:8a:d3:7c:6e'."""
+    digits = "".join(c for c in mac if c not in ":.- ").lower()
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def mac_index(mac: str) -> str:
+    """A MacAddress table index: six sub-ids, one per octet in decimal, no length prefix."""
+    return ".".join(str(int(octet, 16)) for octet in normalize_mac(mac).split(":"))
+
+
+def _mac_from_octets(value: Any) -> str:
+    raw = bytes(value.asOctets())
+    if len(raw) != 6:
+        raise ValueError(f"MacAddress of {len(raw)} octets")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+# -- client -------------------------------------------------------------------------------------
+
+
+class CmtsSnmp:
+    """SNMP client for one CMTS (Cisco cdx profile for reset and CPE lookup, DOCS-IF-MIB for status).
+
+    The pysnmp engine is created lazily on the running event loop (a pysnmp engine only works on the
+    loop it first ran on). Call `close()` on that loop when done; after `close()` the client may be
+    used again, on any loop. A call from a new loop without `close()` re-creates the engine, but the
+    old one's sockets cannot be closed once their loop is gone (ResourceWarning).
+    """
+
+    def __init__(self, target: CmtsTarget) -> None:
+        self.target = target
+        self._engine: SnmpEngine | None = None
+        self._transport: UdpTransportTarget | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> CmtsSnmp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            # Closing must not mask the caller's own error; RuntimeError: "Event loop is closed".
+            with contextlib.suppress(PySnmpError, OSError, RuntimeError):
+                self._engine.close_dispatcher()
+        self._engine = self._transport = self._loop = None
+
+    # -- operations ------------------------------------------------------------------------------
+
+    async def reset_cm(self, cm_mac: str) -> None:
+        """Reset a CM through the CMTS (Cisco cdxCmCpeResetNow = true). Raises UnknownModem if the
+        CMTS does not list the MAC as a CM (a CPE row would only flush the CPE, not bounce the modem)."""
+        mac = normalize_mac(cm_mac)
+        op = f"reset_cm({mac})"
+        (kind,) = await self._get(op, [f"{CDX_CM_CPE_TYPE}.{mac_index(mac)}"])
+        if kind is None:
+            raise UnknownModem(f"CMTS has no entry for {mac}", target=self.target.address, operation=op)
+        if self._int(op, kind) != CDX_TYPE_CM:
+            raise UnknownModem(
+                f"{mac} is a CPE on this CMTS, not a cable modem", target=self.target.address, operation=op
+            )
+        await self._set_int(op, f"{CDX_CM_CPE_RESET_NOW}.{mac_index(mac)}", TRUTH_TRUE)
+
+    async def cm_status(self, cm_mac: str) -> CmStatus | None:
+        """docsIfCmtsCmStatus of a CM (via docsIfCmtsCmPtr); None if the CMTS does not know the MAC."""
+        mac = normalize_mac(cm_mac)
+        op = f"cm_status({mac})"
+        (ptr,) = await self._get(op, [f"{CM_PTR}.{mac_index(mac)}"])
+        if ptr is None:
+            return None
+        index = self._int(op, ptr)
+        row_mac, ip, value = await self._get(
+            op, [f"{CM_STATUS_MAC}.{index}", f"{CM_STATUS_IP}.{index}", f"{CM_STATUS_VALUE}.{index}"]
+        )
+        if value is None:
+            return None  # the row went away between the two requests
+        if row_mac is not None and self._mac(op, row_mac) != mac:
+            raise SnmpBadResponse(
+                f"docsIfCmtsCmPtr of {mac} points at status row {index} of another MAC",
+                target=self.target.address,
+                operation=op,
+            )
+        ip_text = None if ip is None else ip.prettyPrint()
+        return CmStatus(mac, index, self._int(op, value), None if ip_text == "0.0.0.0" else ip_text)
+
+    async def cm_for_cpe(self, cpe_mac: str) -> str | None:
+        """MAC of the CM a CPE sits behind (cdxCmCpeCmStatusIndex -> docsIfCmtsCmStatusMacAddress);
+        None if the CMTS does not know the CPE. A CM's own MAC maps to itself."""
+        mac = normalize_mac(cpe_mac)
+        op = f"cm_for_cpe({mac})"
+        (ptr,) = await self._get(op, [f"{CDX_CM_CPE_CM_STATUS_INDEX}.{mac_index(mac)}"])
+        if ptr is None:
+            return None
+        (cm_mac,) = await self._get(op, [f"{CM_STATUS_MAC}.{self._int(op, ptr)}"])
+        return None if cm_mac is None else self._mac(op, cm_mac)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _session(self) -> tuple[SnmpEngine, UdpTransportTarget]:
+        loop = asyncio.get_running_loop()
+        if self._engine is None or self._loop is not loop:
+            await self.close()
+            self._engine = SnmpEngine()
+            self._loop = loop
+        if self._transport is None:
+            t = self.target
+            self._transport = await UdpTransportTarget.create(
+                (t.host, t.port), timeout=t.timeout, retries=t.retries
+            )
+        return self._engine, self._transport
+
+    def _auth(self, creds: SnmpCredentials) -> CommunityData | UsmUserData:
+        if isinstance(creds, V2cCredentials):
+            # v2c is what most CMTSes are managed with; V3Credentials is there for those that can.
+            return CommunityData(creds.community, mpModel=1)  # noqa: S508
+        return UsmUserData(
+            creds.user,
+            creds.auth_key,
+            creds.priv_key,
+            authProtocol=_AUTH_PROTOCOLS[creds.auth_protocol],
+            privProtocol=_PRIV_PROTOCOLS[creds.priv_protocol],
+        )
+
+    async def _get(self, op: str, oids: Sequence[str]) -> list[Any | None]:
+        """GET; values in request order, None for noSuchObject/noSuchInstance/endOfMibView."""
+        varbinds = [ObjectType(ObjectIdentity(oid)) for oid in oids]
+        result = await self._request(op, "GET", self.target.read, varbinds)
+        return [None if isinstance(value, _EXCEPTION_VALUES) else value for _, value in result]
+
+    async def _set_int(self, op: str, oid: str, value: int) -> None:
+        await self._request(op, "SET", self.target.write, [ObjectType(ObjectIdentity(oid), Integer(value))])
+
+    async def _request(
+        self, op: str, kind: Literal["GET", "SET"], creds: SnmpCredentials, varbinds: list[Any]
+    ) -> list[tuple[Any, Any]]:
+        where = self.target.address
+        # Safety net above pysnmp's own timer: a request must never hang the caller.
+        budget = self.target.timeout * (self.target.retries + 1) + 5.0
+        try:
+            engine, transport = await self._session()
+            send = get_cmd if kind == "GET" else set_cmd
+            call = send(engine, self._auth(creds), transport, ContextData(), *varbinds, lookupMib=False)
+            indication, status, index, result = await asyncio.wait_for(call, budget)
+        except TimeoutError:
+            raise SnmpTimeout(
+                f"{kind}: no response within {budget:.1f}s", target=where, operation=op
+            ) from None
+        except StatusInformation as exc:
+            # pysnmp raises some errors (v3 crypto, USM) instead of returning them as errorIndication.
+            raise self._from_indication(op, kind, _indication_of(exc)) from None
+        except (PySnmpError, OSError) as exc:
+            # `from None`: the original text might quote request details; ours is scrubbed.
+            raise SnmpError(
+                f"{kind}: {type(exc).__name__}: {self._scrub(str(exc))}", target=where, operation=op
+            ) from None
+        if indication:
+            raise self._from_indication(op, kind, indication)
+        if status:
+            raise self._from_status(op, kind, status, index, varbinds)
+        return [(oid, value) for oid, value in result]
+
+    def _from_indication(self, op: str, kind: str, indication: Any) -> SnmpError:
+        where = self.target.address
+        text = self._scrub(str(indication)) or type(indication).__name__
+        if isinstance(indication, errind.RequestTimedOut):
+            return SnmpTimeout(
+                f"{kind}: no response after {self.target.retries + 1} attempt(s) of "
+                f"{self.target.timeout}s (host down, or credentials the agent silently drops)",
+                target=where,
+                operation=op,
+            )
+        if isinstance(indication, _ACCESS_INDICATIONS):
+            return SnmpAccessDenied(f"{kind}: {text}", target=where, operation=op)
+        return SnmpError(f"{kind}: {type(indication).__name__}: {text}", target=where, operation=op)
+
+    def _from_status(self, op: str, kind: str, status: Any, index: Any, varbinds: list[Any]) -> SnmpError:
+        where = self.target.address
+        name = status.prettyPrint()
+        position = int(index) if index else 0
+        failed = str(varbinds[position - 1][0]) if 0 < position <= len(varbinds) else "?"
+        message = f"{kind}: agent answered {name} for {failed}"
+        if name in _ACCESS_STATUSES:
+            return SnmpAccessDenied(message, target=where, operation=op)
+        if name in _MISSING_STATUSES:
+            # v1 noSuchName, or a SET on a row the CMTS does not (or no longer) have.
+            return UnknownModem(message, target=where, operation=op)
+        return SnmpRejected(message, status=name, target=where, operation=op)
+
+    def _int(self, op: str, value: Any) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SnmpBadResponse(
+                f"expected an integer, got {type(value).__name__}", target=self.target.address, operation=op
+            ) from None
+
+    def _mac(self, op: str, value: Any) -> str:
+        try:
+            return _mac_from_octets(value)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise SnmpBadResponse(
+                f"expected a MacAddress: {exc}", target=self.target.address, operation=op
+            ) from None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.target.secrets():
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _indication_of(exc: StatusInformation) -> Any:
+    try:
+        return exc["errorIndication"]
+    except KeyError:
+        return exc
