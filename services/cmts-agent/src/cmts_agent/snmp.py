@@ -287,6 +287,12 @@ class CmtsSnmp:
 
     # -- operations ------------------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Raise unless the CMTS answers a read now (sysUpTime.0); for readiness probes."""
+        (uptime,) = await self._get("ping", ["1.3.6.1.2.1.1.3.0"])
+        if uptime is None:
+            raise SnmpBadResponse("no sysUpTime", target=self.target.address, operation="ping")
+
     async def reset_cm(self, cm_mac: str) -> None:
         """Reset a CM through the CMTS (Cisco cdxCmCpeResetNow = true). Raises UnknownModem if the
         CMTS does not list the MAC as a CM (a CPE row would only flush the CPE, not bounce the modem)."""

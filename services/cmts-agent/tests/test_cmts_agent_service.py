@@ -1,0 +1,98 @@
+"""cmts-agent on the bus and its admin API, against the real lab CMTS (snmpd)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from cmts_agent.app import CmtsAgentService, build
+from cmts_agent.settings import CmtsAgentSettings
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
+from lazaretto_core.lab.snmpd import LabCmts
+from lazaretto_core.testing import BusProbe
+
+TOKEN = "cmts-agent-admin-token-0123456789"
+CM_A = "00:02:8a:d3:7c:6e"
+CPE_A = "02:00:00:00:00:01"
+
+
+@pytest.fixture
+async def agent(amqp_url: str, lab_cmts: LabCmts) -> AsyncIterator[CmtsAgentService]:
+    settings = CmtsAgentSettings(
+        amqp_url=SecretStr(amqp_url),
+        admin_token=SecretStr(TOKEN),
+        cmts_host=lab_cmts.host,
+        cmts_port=lab_cmts.port,
+        cmts_read_community=SecretStr(lab_cmts.ro_community),
+        cmts_write_community=SecretStr(lab_cmts.rw_community),
+        snmp_timeout=1.0,
+        verify_max_wait=20.0,
+        verify_interval=0.2,
+        max_attempts=2,
+        retry_delays=(0.1,),
+    )
+    service = await build(settings)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+def reset_command(mac: str) -> ModemReset:
+    return ModemReset(case_id=uuid.uuid4(), step_id=uuid.uuid4(), cm_mac=mac)
+
+
+async def test_reset_command_bounces_the_modem_and_reports_it_back(
+    agent: CmtsAgentService, amqp_url: str, lab_cmts: LabCmts
+) -> None:
+    probe = await BusProbe(amqp_url).start(["modem.reset.completed.v1", "modem.reset.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        command = reset_command(CM_A)
+        await bus.publish(command)
+        (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
+        assert isinstance(done, ModemResetCompleted)
+        assert done.step_id == command.step_id
+        assert done.went_offline
+        assert done.seconds_to_online >= 2.0  # the lab modem stays down for 3 s
+        sets = lab_cmts.sets()
+        assert [(s["object"], s["mac"], s["value"]) for s in sets] == [("cdxCmCpeResetNow", CM_A, 1)]
+        assert sets[0]["oid"].endswith(".9.9.116.1.3.1.1.8.0.2.138.211.124.110")
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
+async def test_unknown_modem_is_reported_as_failed_not_done(agent: CmtsAgentService, amqp_url: str) -> None:
+    probe = await BusProbe(amqp_url).start(["modem.reset.completed.v1", "modem.reset.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        await bus.publish(reset_command("00:00:00:00:00:99"))
+        (failed,) = await probe.wait_for("modem.reset.failed.v1")
+        assert isinstance(failed, ModemResetFailed)
+        assert failed.error_class == "unknown_modem"
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
+async def test_admin_api_finds_the_modem_of_a_cpe_and_requires_the_token(agent: CmtsAgentService) -> None:
+    transport = httpx.ASGITransport(app=agent.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        assert (await client.post(f"/v1/modems/{CM_A}/reset")).status_code == 401
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        found = await client.get(f"/v1/cpes/{CPE_A}/modem", headers=headers)
+        assert found.json()["cm_mac"] == CM_A
+        assert (await client.get("/v1/cpes/02:00:00:00:00:77/modem", headers=headers)).status_code == 404
+        status = await client.get(f"/v1/modems/{CM_A}", headers=headers)
+        assert status.json()["online"] is True
+        assert (await client.get("/v1/modems/zz", headers=headers)).status_code == 422
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert "private" not in ready.text
