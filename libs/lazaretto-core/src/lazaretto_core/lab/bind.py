@@ -65,7 +65,13 @@ class LabBind:
         allow_zone: str = "allow.rpz",
         max_policy_ttl: int = 5,
         start_timeout: float = 60.0,
+        extra_listen: tuple[str, ...] = (),
+        clients: tuple[str, ...] = ("127.0.0.0/8",),
     ) -> None:
+        # `extra_listen`/`clients` let subscriber hosts in a netns (e.g. 100.64.0.0/24 via Kea's veth)
+        # use this resolver at their own addresses, as a real CPE would.
+        self.extra_listen = extra_listen
+        self.clients = clients
         self.portal_ip = portal_ip
         self.portal_name = portal_name
         self.internet = dict(DEFAULT_INTERNET if internet is None else internet)
@@ -206,6 +212,8 @@ class LabBind:
             }};
             """
         )
+        listen = " ".join(f"{a};" for a in ("127.0.0.1", *self.extra_listen))
+        clients = " ".join(f"{c};" for c in self.clients)
         conf = textwrap.dedent(
             f"""\
             // Lazaretto lab resolver: RPZ allow-list first, client-IP quarantine second.
@@ -216,11 +224,11 @@ class LabBind:
                 pid-file "{d}/named.pid";
                 session-keyfile "{d}/session.key";
                 managed-keys-directory "{d}";
-                listen-on port {self.port} {{ 127.0.0.1; }};
+                listen-on port {self.port} {{ {listen} }};
                 listen-on-v6 {{ none; }};
                 recursion yes;
-                allow-query {{ 127.0.0.0/8; }};
-                allow-recursion {{ 127.0.0.0/8; }};
+                allow-query {{ {clients} }};
+                allow-recursion {{ {clients} }};
                 dnssec-validation no;
                 notify no;
                 max-cache-size 32m;
