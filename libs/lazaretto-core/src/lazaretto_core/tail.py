@@ -1,0 +1,285 @@
+"""Follow a growing log file from asyncio: complete lines with their end offset, across rotations.
+
+Handles rename-and-create (new inode at the path: finish the old file, then read the new one from 0)
+and copy-truncate (same inode, size below our offset: start again at 0). The caller saves a
+`Checkpoint` once it has handled a line (e.g. after the bus confirmed the publish) and passes it back
+as `start=` after a restart. No bus code here.
+
+Known limits: lines a writer appends to the old file *after* the new one appeared are not read
+(Snort reopens at once, Debian's Suricata rotation is copy-truncate); a copy-truncated file that
+regrows past our offset between two polls is not noticed; a checkpoint's inode can be reused by a
+different file after deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+DEFAULT_MAX_LINE: Final = 1 << 20
+_COMPRESSED: Final = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where to resume: the file's inode and the offset just past the last line handled."""
+
+    inode: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TailLine:
+    """One complete line without its newline.
+
+    When `too_long`, `data` holds only the first bytes of the line and `length` its true length; the
+    rest was skipped without being kept in memory.
+    """
+
+    data: bytes
+    inode: int
+    offset: int  # just past the newline: resume here
+    too_long: bool = False
+    length: int = -1
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.inode, self.offset)
+
+
+class FileTailer:
+    """Tail `path` from the start, the end, or a checkpoint; iterate lines or batches of lines.
+
+    `async for line in tailer` (or `tailer.batches()` for lists, cheaper at high rates) runs until
+    `close()` is called or the consumer stops iterating (use `contextlib.aclosing` to release the file
+    at once). A missing file is waited for.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        start: Checkpoint | None = None,
+        from_end: bool = False,
+        poll_interval: float = 0.02,
+        max_line: int = DEFAULT_MAX_LINE,
+        read_size: int = 1 << 18,
+        head_bytes: int = 256,
+    ) -> None:
+        self.path = Path(path)
+        self.poll_interval = poll_interval
+        self.max_line = max_line
+        self.read_size = read_size
+        self.head_bytes = head_bytes
+        self._start = start
+        self._from_end = from_end
+        self._closed = False
+        # Counters for metrics.
+        self.rotations = 0
+        self.truncations = 0
+        self.too_long = 0
+        # Per open file.
+        self._fd = -1
+        self._inode = 0
+        self._pos = 0  # file offset of the next byte read
+        self._buf = bytearray()  # the incomplete last line
+        self._skipping = False  # inside an over-long line: discard until its newline
+        self._skip_head = b""
+        self._skip_len = 0
+        self._then_switch = False  # reading a rotated-away file found from a checkpoint
+
+    def close(self) -> None:
+        """Stop the iteration at the next chance (the file is closed by the iterator itself)."""
+        self._closed = True
+
+    async def __aiter__(self) -> AsyncGenerator[TailLine, None]:
+        async for batch in self.batches():
+            for line in batch:
+                yield line
+
+    async def batches(self) -> AsyncGenerator[list[TailLine], None]:
+        try:
+            await self._open_initial()
+            while not self._closed:
+                data = os.read(self._fd, self.read_size)
+                if data:
+                    lines = self._feed(data)
+                    if lines:
+                        yield lines
+                    await asyncio.sleep(0)  # let the loop breathe while catching up
+                    continue
+                if self._then_switch:
+                    self._then_switch = False
+                    leftover = self._flush_partial()
+                    self._open(0)
+                    if leftover:
+                        yield leftover
+                    continue
+                leftover = self._check_rotation()
+                if leftover:
+                    yield leftover
+                    continue
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            self._close_fd()
+
+    # ------------------------------------------------------------------------------------ files
+
+    async def _open_initial(self) -> None:
+        waited = False
+        while not self._closed:
+            try:
+                self._open(None)
+                break
+            except FileNotFoundError:
+                waited = True
+                await asyncio.sleep(self.poll_interval)
+        else:
+            return
+        start = self._start
+        size = os.fstat(self._fd).st_size
+        if start is None:
+            # A file that appeared while we waited holds only new lines, even when asked for its end.
+            self._seek(size if self._from_end and not waited else 0)
+        elif start.inode == self._inode:
+            if size >= start.offset:
+                self._seek(start.offset)
+            else:  # copy-truncated while we were away
+                self.truncations += 1
+                self._seek(0)
+        else:
+            rotated = self._find_rotated(start.inode)
+            if rotated is not None:  # finish the old file first, then the current one from 0
+                self._close_fd()
+                self._open(None, rotated)
+                self._seek(start.offset if os.fstat(self._fd).st_size >= start.offset else 0)
+                self._then_switch = True
+            else:
+                self._seek(0)
+
+    def _open(self, offset: int | None, path: Path | None = None) -> None:
+        self._close_fd()
+        self._fd = os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._inode = os.fstat(self._fd).st_ino
+        self._buf.clear()
+        self._skipping = False
+        if offset is not None:
+            self._seek(offset)
+
+    def _seek(self, offset: int) -> None:
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        self._pos = offset
+        self._buf.clear()
+        self._skipping = False
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+    def _find_rotated(self, inode: int) -> Path | None:
+        """A sibling such as `eve.json.1` or `alert_fast.txt.1700000000` that is the checkpoint's file."""
+        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if (
+                    entry.name.startswith(self.path.name)
+                    and entry.name != self.path.name
+                    and not entry.name.endswith(_COMPRESSED)
+                    and entry.is_file(follow_symlinks=False)
+                    and entry.inode() == inode
+                ):
+                    return Path(entry.path)
+        return None
+
+    def _check_rotation(self) -> list[TailLine]:
+        """At EOF: follow a new file at the path, or restart a truncated one. Returns a flushed last line."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []  # renamed away, not yet recreated: keep the old file until a new one appears
+        if st.st_ino != self._inode:
+            leftover = self._flush_partial()
+            try:
+                self._open(0)
+            except FileNotFoundError:
+                return leftover
+            self.rotations += 1
+            return leftover
+        if os.fstat(self._fd).st_size < self._pos:
+            self.truncations += 1
+            self._seek(0)
+        return []
+
+    def _flush_partial(self) -> list[TailLine]:
+        """A rotated-away file's unterminated last line is as complete as it will ever be."""
+        if self._skipping:
+            self.too_long += 1
+            return [TailLine(self._skip_head, self._inode, self._pos, True, self._skip_len)]
+        if self._buf:
+            return [TailLine(bytes(self._buf), self._inode, self._pos, False, len(self._buf))]
+        return []
+
+    # ------------------------------------------------------------------------------------ lines
+
+    def _feed(self, data: bytes) -> list[TailLine]:
+        out: list[TailLine] = []
+        inode, max_line = self._inode, self.max_line
+        size = len(data)
+        base = self._pos
+        self._pos += size
+        start = 0
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._skip_len += size
+                return out
+            self._skip_len += nl
+            self.too_long += 1
+            out.append(TailLine(self._skip_head, inode, base + nl + 1, True, self._skip_len))
+            self._skipping = False
+            start = nl + 1
+        elif self._buf:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._buf += data
+                if len(self._buf) > max_line:
+                    self._start_skipping(bytes(self._buf[: self.head_bytes]), len(self._buf))
+                return out
+            length = len(self._buf) + nl
+            if length > max_line:
+                self.too_long += 1
+                out.append(TailLine(bytes(self._buf[: self.head_bytes]), inode, base + nl + 1, True, length))
+            else:
+                out.append(TailLine(bytes(self._buf) + data[:nl], inode, base + nl + 1, False, length))
+            self._buf.clear()
+            start = nl + 1
+        last_nl = data.rfind(b"\n", start)
+        if last_nl >= 0:
+            offset = base + start
+            for part in data[start:last_nl].split(b"\n"):
+                length = len(part)
+                offset += length + 1
+                if length > max_line:
+                    self.too_long += 1
+                    out.append(TailLine(part[: self.head_bytes], inode, offset, True, length))
+                else:
+                    out.append(TailLine(part, inode, offset, False, length))
+            start = last_nl + 1
+        rest = size - start
+        if rest > max_line:
+            self._start_skipping(data[start : start + self.head_bytes], rest)
+        elif rest:
+            self._buf += data[start:]
+        return out
+
+    def _start_skipping(self, head: bytes, length: int) -> None:
+        self._buf.clear()
+        self._skipping = True
+        self._skip_head = head
+        self._skip_len = length

@@ -1,0 +1,188 @@
+"""FileTailer: appends, partial lines, rename and copy-truncate rotation, checkpoints, over-long lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tracemalloc
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from pathlib import Path
+
+from lazaretto_core.tail import Checkpoint, FileTailer, TailLine
+
+TIMEOUT = 20.0
+
+
+async def take(it: AsyncGenerator[TailLine, None], n: int) -> list[TailLine]:
+    out: list[TailLine] = []
+    async with asyncio.timeout(TIMEOUT):
+        while len(out) < n:
+            out.append(await anext(it))
+    return out
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+async def test_appended_lines_with_end_offsets(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"one\ntwo\n")
+    async with aclosing(FileTailer(log).__aiter__()) as it:
+        first = await take(it, 2)
+        assert [(x.data, x.offset) for x in first] == [(b"one", 4), (b"two", 8)]
+        append(log, b"thr")  # a writer in the middle of a line: nothing yet
+        append(log, b"ee\nfour\n")
+        more = await take(it, 2)
+    assert [(x.data, x.offset) for x in more] == [(b"three", 14), (b"four", 19)]
+    assert more[0].inode == os.stat(log).st_ino
+    assert more[-1].checkpoint == Checkpoint(os.stat(log).st_ino, 19)
+
+
+async def test_from_end_skips_history_and_waits_for_missing_file(tmp_path: Path) -> None:
+    log = tmp_path / "fast.log"
+    tailer = FileTailer(log, from_end=True)
+    async with aclosing(tailer.__aiter__()) as it:
+        pending = asyncio.ensure_future(take(it, 1))
+        await asyncio.sleep(0)  # one loop turn: the tailer looks for the file and starts waiting
+        append(log, b"late\n")  # the file appears after the tailer started: read from where it was found
+        got = await pending
+    assert [x.data for x in got] == [b"late"]  # a file that appears later is all new
+    log2 = tmp_path / "old.log"
+    append(log2, b"history\n")
+    async with aclosing(FileTailer(log2, from_end=True).__aiter__()) as it:
+        pending = asyncio.ensure_future(take(it, 1))
+        await asyncio.sleep(0)  # one loop turn: the tailer opens the file at its end
+        append(log2, b"new\n")
+        assert [x.data for x in await pending] == [b"new"]
+
+
+async def test_rename_rotation_reads_old_tail_then_new_file(tmp_path: Path) -> None:
+    log = tmp_path / "alert_fast.txt"
+    append(log, b"a1\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        assert [x.data for x in await take(it, 1)] == [b"a1"]
+        old_inode = os.stat(log).st_ino
+        append(log, b"a2\n")
+        log.rename(tmp_path / "alert_fast.txt.1700000000")  # Snort's RollAlertFile
+        append(tmp_path / "alert_fast.txt.1700000000", b"a3\n")  # the writer had not reopened yet
+        append(log, b"b1\nb2\n")
+        got = await take(it, 4)
+    assert [x.data for x in got] == [b"a2", b"a3", b"b1", b"b2"]
+    assert [x.inode == old_inode for x in got] == [True, True, False, False]
+    assert got[-1].offset == 6
+    assert tailer.rotations == 1
+
+
+async def test_copy_truncate_restarts_at_zero(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"x" * 50 + b"\n" + b"y" * 50 + b"\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        assert len(await take(it, 2)) == 2
+        inode = os.stat(log).st_ino
+        shutil.copyfile(log, tmp_path / "eve.json.1")  # logrotate copytruncate
+        with log.open("r+b") as f:
+            f.truncate(0)
+        append(log, b"after\n")
+        got = await take(it, 1)
+    assert (got[0].data, got[0].offset, got[0].inode) == (b"after", 6, inode)
+    assert tailer.truncations == 1
+
+
+async def test_resume_at_checkpoint_neither_loses_nor_repeats(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"l1\nl2\nl3\n")
+    async with aclosing(FileTailer(log).__aiter__()) as it:
+        handled = await take(it, 2)
+    checkpoint = handled[-1].checkpoint  # saved after l2's publish was confirmed
+    append(log, b"l4\n")
+    async with aclosing(FileTailer(log, start=checkpoint).__aiter__()) as it:
+        assert [x.data for x in await take(it, 2)] == [b"l3", b"l4"]
+
+
+async def test_resume_after_rotation_while_down_finishes_the_rotated_file(tmp_path: Path) -> None:
+    log = tmp_path / "alert_fast.txt"
+    append(log, b"l1\nl2\n")
+    async with aclosing(FileTailer(log).__aiter__()) as it:
+        checkpoint = (await take(it, 1))[-1].checkpoint
+    append(log, b"l3\n")
+    log.rename(tmp_path / "alert_fast.txt.1700000000")
+    append(log, b"n1\n")
+    async with aclosing(FileTailer(log, start=checkpoint).__aiter__()) as it:
+        assert [x.data for x in await take(it, 3)] == [b"l2", b"l3", b"n1"]
+
+
+async def test_resume_after_truncation_while_down_starts_at_zero(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"long line number one\n")
+    checkpoint = Checkpoint(os.stat(log).st_ino, 21)
+    with log.open("r+b") as f:
+        f.truncate(0)
+    append(log, b"new\n")
+    tailer = FileTailer(log, start=checkpoint)
+    async with aclosing(tailer.__aiter__()) as it:
+        assert [x.data for x in await take(it, 1)] == [b"new"]
+    assert tailer.truncations == 1
+
+
+async def test_ten_megabyte_line_is_reported_and_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    size = 10 * 1024 * 1024
+    append(log, b"before\n")
+    with log.open("ab") as f:
+        for _ in range(10):
+            f.write(b"z" * (size // 10))
+        f.write(b"\nafter\n")
+    tailer = FileTailer(log, max_line=1 << 20)
+    tracemalloc.start()
+    try:
+        async with aclosing(tailer.__aiter__()) as it:
+            got = await take(it, 3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [x.too_long for x in got] == [False, True, False]
+    assert got[1].length == size
+    assert got[1].data == b"z" * 256
+    assert got[1].offset == 7 + size + 1
+    assert got[2].data == b"after"
+    assert peak < 4 * 1024 * 1024, peak
+    assert tailer.too_long == 1
+
+
+async def test_long_line_split_across_reads_and_batches(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    lines = [bytes([97 + i % 26]) * (i * 37 % 5000) for i in range(300)]
+    append(log, b"\n".join(lines) + b"\n")
+    tailer = FileTailer(log, read_size=1000, max_line=4000)
+    got: list[TailLine] = []
+    async with aclosing(tailer.batches()) as batches:
+        async with asyncio.timeout(TIMEOUT):
+            async for batch in batches:
+                got.extend(batch)
+                if len(got) >= len(lines):
+                    break
+    assert [x.too_long for x in got] == [len(line) > 4000 for line in lines]
+    assert [x.data for x in got if not x.too_long] == [line for line in lines if len(line) <= 4000]
+    assert [x.length for x in got] == [len(line) for line in lines]
+    assert got[-1].offset == log.stat().st_size
+
+
+async def test_close_ends_iteration(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"one\n")
+    tailer = FileTailer(log)
+    seen: list[bytes] = []
+
+    async def consume() -> None:
+        async for line in tailer:
+            seen.append(line.data)
+            tailer.close()
+
+    await asyncio.wait_for(consume(), TIMEOUT)
+    assert seen == [b"one"]

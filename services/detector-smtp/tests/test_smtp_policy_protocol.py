@@ -1,0 +1,296 @@
+"""Policy delegation protocol: parsing real Postfix 3.7 requests, replies, and the asyncio server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from detector_smtp.policy_protocol import (
+    PolicyProtocolError,
+    PolicyRequest,
+    PolicyServer,
+    format_reply,
+    parse_request,
+)
+
+# Captured from Postfix 3.7.11 (lab notes 3.3), RCPT state, first of three recipients.
+REAL_RCPT = b"""request=smtpd_access_policy
+protocol_state=RCPT
+protocol_name=ESMTP
+client_address=100.64.2.20
+client_name=cpe-100-64-2-20.dyn.isp.example
+client_port=53916
+reverse_client_name=cpe-100-64-2-20.dyn.isp.example
+server_address=127.0.0.1
+server_port=2525
+helo_name=infected-pc
+sender=a@spam.example
+recipient=v1@example.org
+recipient_count=0
+queue_id=
+instance=7e27.6b07ae55.a3c3.0
+size=0
+etrn_domain=
+stress=
+sasl_method=
+sasl_username=
+sasl_sender=
+ccert_subject=
+ccert_issuer=
+ccert_fingerprint=
+ccert_pubkey_fingerprint=
+encryption_protocol=
+encryption_cipher=
+encryption_keysize=0
+policy_context=
+"""
+REAL_EOM = (
+    REAL_RCPT.replace(b"protocol_state=RCPT", b"protocol_state=END-OF-MESSAGE")
+    .replace(b"recipient=v1@example.org", b"recipient=")
+    .replace(b"recipient_count=0", b"recipient_count=3")
+    .replace(b"queue_id=\n", b"queue_id=0A72F218700\n")
+    .replace(b"size=0", b"size=246")
+)
+
+
+def test_parse_real_rcpt_request() -> None:
+    req = parse_request(REAL_RCPT)
+    assert req.request == "smtpd_access_policy"
+    assert req.protocol_state == "RCPT"
+    assert req.client_address == "100.64.2.20"
+    assert req.client_name == "cpe-100-64-2-20.dyn.isp.example"
+    assert req.instance == "7e27.6b07ae55.a3c3.0"
+    assert (req.sender, req.recipient, req.recipient_count, req.queue_id) == (
+        "a@spam.example",
+        "v1@example.org",
+        0,
+        "",
+    )
+    assert req.get("ccert_subject") == ""
+    assert req.get("never_sent", "?") == "?"
+    assert len(req.attrs) == 29
+
+
+def test_parse_real_end_of_message_request() -> None:
+    req = parse_request(REAL_EOM)
+    assert (req.protocol_state, req.recipient, req.recipient_count, req.size) == (
+        "END-OF-MESSAGE",
+        "",
+        3,
+        246,
+    )
+    assert req.queue_id == "0A72F218700"
+
+
+def test_parse_tolerates_crlf_unknown_attributes_and_8bit() -> None:
+    req = parse_request(
+        b"request=smtpd_access_policy\r\nfuture_attr=x=y\r\nsender=j\xc3\xbcrgen@x.example\r\n"
+    )
+    assert req.get("future_attr") == "x=y"
+    assert req.sender == "jürgen@x.example"
+    assert parse_request(b"request=smtpd_access_policy\nsender=\xff@x\n").sender == "\ufffd@x"
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        (b"", "empty_request"),
+        (b"protocol_state=RCPT\n", "missing_request"),
+        (b"request=junk\n", "unknown_request"),
+        (b"request=smtpd_access_policy\nno equals sign\n", "malformed"),
+        (b"request=smtpd_access_policy\n=value\n", "malformed"),
+        (b"request=smtpd_access_policy\nsender=a\x00b\n", "binary"),
+        (b"request=smtpd_access_policy\nsender=" + b"a" * 20_000 + b"\n", "too_long"),
+        (
+            b"request=smtpd_access_policy\n" + b"".join(b"a%d=1\n" % i for i in range(200)),
+            "too_many_attributes",
+        ),
+        (b"request=smtpd_access_policy\n" + b"a=" + b"b" * 70_000, "too_long"),
+    ],
+)
+def test_parse_errors(block: bytes, reason: str) -> None:
+    with pytest.raises(PolicyProtocolError) as err:
+        parse_request(block)
+    assert err.value.reason == reason
+
+
+def test_format_reply() -> None:
+    assert format_reply("DUNNO") == b"action=DUNNO\n\n"
+    assert format_reply("REJECT 5.7.1 too much mail") == b"action=REJECT 5.7.1 too much mail\n\n"
+    for bad in ("", "DUNNO\n\naction=OK", "OK\r"):
+        with pytest.raises(ValueError, match="invalid policy action"):
+            format_reply(bad)
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def ask(self, block: bytes) -> bytes:
+        self.writer.write(block + b"\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def reply(self) -> bytes:
+        async with asyncio.timeout(10):
+            return await self.reader.readuntil(b"\n\n")
+
+    async def closed_by_server(self) -> bool:
+        async with asyncio.timeout(10):
+            try:
+                return await self.reader.read(1) == b""
+            except ConnectionResetError:
+                return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+async def connect(server: PolicyServer) -> Client:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    return Client(reader, writer)
+
+
+def request_for(ip: str, n: int = 0) -> bytes:
+    return REAL_RCPT.replace(b"100.64.2.20", ip.encode()).replace(b"a3c3.0", b"a3c3.%d" % n)
+
+
+@pytest.fixture
+async def seen_server() -> AsyncIterator[tuple[PolicyServer, list[PolicyRequest]]]:
+    seen: list[PolicyRequest] = []
+
+    def handler(req: PolicyRequest) -> str:
+        seen.append(req)
+        if req.client_address == "100.64.9.9":
+            return "REJECT 5.7.1 infected"
+        if req.client_address == "100.64.6.6":
+            raise RuntimeError("detector bug")
+        if req.client_address == "100.64.7.7":
+            return "DUNNO\nbroken"
+        return "DUNNO"
+
+    async with PolicyServer(handler) as server:
+        yield server, seen
+
+
+async def test_many_requests_on_one_connection(seen_server: tuple[PolicyServer, list[PolicyRequest]]) -> None:
+    server, seen = seen_server
+    client = await connect(server)
+    for i in range(50):
+        assert await client.ask(request_for("100.64.0.10", i)) == b"action=DUNNO\n\n"
+    # pipelined, as a client may do: replies come back in order
+    client.writer.write(b"".join(request_for("100.64.9.9", i) + b"\n" for i in range(20)))
+    replies = [await client.reply() for _ in range(20)]
+    assert replies == [b"action=REJECT 5.7.1 infected\n\n"] * 20
+    await client.close()
+    assert len(seen) == 70
+    assert [r.instance for r in seen[:3]] == [
+        "7e27.6b07ae55.a3c3.0",
+        "7e27.6b07ae55.a3c3.1",
+        "7e27.6b07ae55.a3c3.2",
+    ]
+    assert server.connections == 1
+
+
+async def test_many_connections_at_once(seen_server: tuple[PolicyServer, list[PolicyRequest]]) -> None:
+    server, seen = seen_server
+
+    async def session(k: int) -> list[bytes]:
+        client = await connect(server)
+        replies = [await client.ask(request_for(f"100.64.1.{k}", i)) for i in range(10)]
+        await client.close()
+        return replies
+
+    results = await asyncio.gather(*(session(k) for k in range(30)))
+    assert all(r == [b"action=DUNNO\n\n"] * 10 for r in results)
+    assert len(seen) == 300
+    assert {r.client_address for r in seen} == {f"100.64.1.{k}" for k in range(30)}
+
+
+async def test_handler_failure_answers_dunno_and_keeps_the_connection(
+    seen_server: tuple[PolicyServer, list[PolicyRequest]],
+) -> None:
+    server, _ = seen_server
+    client = await connect(server)
+    assert await client.ask(request_for("100.64.6.6")) == b"action=DUNNO\n\n"
+    assert await client.ask(request_for("100.64.7.7")) == b"action=DUNNO\n\n"  # multi-line action refused
+    assert await client.ask(request_for("100.64.9.9")) == b"action=REJECT 5.7.1 infected\n\n"
+    await client.close()
+    assert server.handler_errors == 2
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"request=smtpd_access_policy\nsender=\x00\x01\x02\xff\n\n",
+        b"request=smtpd_access_policy\nsender=" + b"a" * (1 << 20) + b"\n\n",
+        b"\n",
+        bytes(range(256)) * 64,
+    ],
+    ids=["http", "binary", "1MB-attribute", "empty", "random-binary"],
+)
+async def test_garbage_gets_dunno_then_close_and_server_lives_on(
+    seen_server: tuple[PolicyServer, list[PolicyRequest]], garbage: bytes
+) -> None:
+    server, seen = seen_server
+    client = await connect(server)
+    client.writer.write(garbage)
+    await client.writer.drain()
+    assert await client.reply() == b"action=DUNNO\n\n"
+    assert await client.closed_by_server()
+    await client.close()
+    assert server.protocol_errors == 1
+    assert seen == []
+    # the server still answers a well-behaved client
+    other = await connect(server)
+    assert await other.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+    await other.close()
+
+
+async def test_slow_async_handler_times_out_to_dunno() -> None:
+    release = asyncio.Event()
+
+    async def slow(req: PolicyRequest) -> str:
+        if req.client_address == "100.64.5.5":
+            await release.wait()
+        return "REJECT slow"
+
+    async with PolicyServer(slow, handler_timeout=0.05) as server:
+        client = await connect(server)
+        assert await client.ask(request_for("100.64.5.5")) == b"action=DUNNO\n\n"
+        assert await client.ask(request_for("100.64.0.1")) == b"action=REJECT slow\n\n"
+        await client.close()
+        assert server.timeouts == 1
+
+
+async def test_client_hanging_up_mid_request_does_not_hurt(
+    seen_server: tuple[PolicyServer, list[PolicyRequest]],
+) -> None:
+    server, seen = seen_server
+    client = await connect(server)
+    client.writer.write(b"request=smtpd_access_policy\nclient_addr")
+    await client.writer.drain()
+    await client.close()
+    other = await connect(server)
+    assert await other.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+    await other.close()
+    assert len(seen) == 1
+
+
+async def test_stop_closes_open_connections() -> None:
+    server = PolicyServer(lambda req: "DUNNO")
+    await server.start()
+    client = await connect(server)
+    assert await client.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+    await server.stop()
+    assert await client.closed_by_server()
+    await client.close()

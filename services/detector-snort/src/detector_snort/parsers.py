@@ -1,0 +1,338 @@
+"""Parse one line of Suricata EVE JSON or Snort 2 / Snort 3 / Suricata "fast" text into an `Alert`.
+
+Pure functions, no I/O. Garbage raises `ParseError` with a short machine reason (for a metric label);
+they never raise anything else. Hot path: one `json.loads`, splits instead of regexes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Final, Literal
+
+from detector_snort.alerts import Alert
+
+MAX_EVE_LINE: Final = 1 << 20  # EVE alerts with http/files/metadata stay far below this
+MAX_FAST_LINE: Final = 64 * 1024
+
+# The timestamp layouts the products write; two-digit years are ambiguous, so the source config says which.
+#   "MM/DD/YYYY": Suricata fast.log       "MM/DD": Snort 2 and Snort 3 default (no year)
+#   "MM/DD/YY":   Snort 2 with -y         "YY/MM/DD": Snort 3 with -y
+#   "auto": the unambiguous two ("MM/DD/YYYY" and "MM/DD"); two-digit years are refused.
+FastLayout = Literal["auto", "MM/DD/YYYY", "MM/DD", "MM/DD/YY", "YY/MM/DD"]
+
+_PORT_PROTOS: Final = frozenset({"TCP", "UDP", "SCTP"})
+_BLOCKED: Final = frozenset({"blocked", "drop", "sdrop", "block", "reject"})
+
+
+class ParseError(ValueError):
+    """A line that is not a well-formed alert; `reason` is a short label such as "invalid_json"."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def normalise_action(raw: str | None) -> str:
+    """Fold the products' action words: nothing/"alert"/"allowed" -> "allowed", drops -> "blocked"."""
+    if not raw:
+        return "allowed"
+    word = raw.lower()
+    if word in _BLOCKED:
+        return "blocked"
+    if word in ("alert", "allowed", "allow"):
+        return "allowed"
+    return word
+
+
+def normalise_ip(text: str) -> str:
+    """Validate an address and return its canonical text (IPv6 compressed); ParseError if not an address."""
+    try:
+        if ":" in text:
+            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+        socket.inet_pton(socket.AF_INET, text)  # strict dotted quad, unlike inet_aton
+    except (OSError, ValueError) as exc:  # ValueError: embedded NUL, non-ASCII text
+        raise ParseError("bad_address", repr(text[:64])) from exc
+    return text
+
+
+# --------------------------------------------------------------------------------------------- EVE
+
+
+def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE) -> Alert | None:
+    """One EVE JSON line -> `Alert`; None for other event types (flow, smtp, http, stats...)."""
+    if len(line) > max_len:
+        raise ParseError("too_long", str(len(line)))
+    if b"\x00" in line:
+        raise ParseError("binary")
+    # Most EVE volume is flow/dns/http: skip them without decoding. An alert always has `"alert"`
+    # (as event_type value and as the alert object's key).
+    if b'"alert"' not in line and b'"event_type"' in line:
+        stripped = line.strip()
+        if stripped.startswith(b"{") and stripped.endswith(b"}"):
+            return None
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError("binary") from exc
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ParseError("invalid_json") from exc
+    if type(obj) is not dict:
+        raise ParseError("invalid_json", "not an object")
+    event_type = obj.get("event_type")
+    if event_type is None:
+        raise ParseError("missing_field", "event_type")
+    if event_type != "alert":
+        return None
+    alert = obj.get("alert")
+    if type(alert) is not dict:
+        raise ParseError("missing_field", "alert")
+
+    host = obj.get("host")
+    return Alert(
+        timestamp=_eve_timestamp(obj.get("timestamp")),
+        src_ip=normalise_ip(_str(obj, "src_ip")),
+        src_port=_opt_port(obj, "src_port"),
+        dst_ip=normalise_ip(_str(obj, "dest_ip")),
+        dst_port=_opt_port(obj, "dest_port"),
+        proto=_str(obj, "proto"),
+        gid=_opt_int(alert, "gid", 1),
+        signature_id=_int(alert, "signature_id"),
+        rev=_opt_int(alert, "rev", 0),
+        signature=_str(alert, "signature"),
+        classtype=_opt_str(alert, "category"),
+        priority=_opt_int(alert, "severity", 0) or None,
+        action=normalise_action(_opt_str(alert, "action")),
+        sensor=host if type(host) is str and host else sensor,
+        flow_id=_opt_int(obj, "flow_id", 0) or None,
+    )
+
+
+def _eve_timestamp(value: object) -> datetime:
+    if type(value) is not str:
+        raise ParseError("missing_field" if value is None else "bad_timestamp", "timestamp")
+    try:
+        ts = datetime.fromisoformat(value)  # 3.11 reads Suricata's "+0000" offsets
+    except ValueError as exc:
+        raise ParseError("bad_timestamp", value[:64]) from exc
+    if ts.tzinfo is None:
+        raise ParseError("bad_timestamp", "no UTC offset")
+    return ts
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if type(value) is str and value:
+        return value
+    raise ParseError("missing_field" if value is None else "bad_field", key)
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if type(value) is not str:
+        raise ParseError("bad_field", key)
+    return value
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if type(value) is int:  # not bool, not float
+        return value
+    raise ParseError("missing_field" if value is None else "bad_field", key)
+
+
+def _opt_int(obj: dict[str, Any], key: str, default: int) -> int:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if type(value) is not int:
+        raise ParseError("bad_field", key)
+    return value
+
+
+def _opt_port(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise ParseError("bad_field", key)
+    return value
+
+
+# -------------------------------------------------------------------------------------------- fast
+
+
+def parse_fast_line(
+    line: bytes,
+    *,
+    layout: FastLayout = "auto",
+    tz: tzinfo = UTC,
+    now: datetime | None = None,
+    sensor: str = "",
+    max_len: int = MAX_FAST_LINE,
+) -> Alert:
+    """One Snort 2 / Snort 3 / Suricata fast line -> `Alert`.
+
+    `tz` is the sensor's local time zone (fast lines carry none). `now` (aware) is only used for the
+    year of "MM/DD" lines: the latest year that does not put the alert more than a day in the future.
+    """
+    if len(line) > max_len:
+        raise ParseError("too_long", str(len(line)))
+    if b"\x00" in line:
+        raise ParseError("binary")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError("binary") from exc
+    text = text.rstrip("\r\n")
+
+    ts_token, sep, rest = text.partition(" ")
+    if not sep:
+        raise ParseError("malformed", "no fields")
+    rest = rest.lstrip(" ")
+    action: str | None = None
+    if rest.startswith("[") and not rest.startswith("[**]"):  # IPS action: [Drop], [drop], [would_drop]
+        close = rest.find("]")
+        if close < 0:
+            raise ParseError("malformed", "action")
+        action = rest[1:close]
+        rest = rest[close + 1 :].lstrip(" ")
+    if not rest.startswith("[**] ["):
+        raise ParseError("malformed", "no [**] marker")
+    close = rest.find("]", 6)
+    ids = rest[6:close].split(":") if close > 0 else []
+    if len(ids) != 3:
+        raise ParseError("malformed", "gid:sid:rev")
+    gid, sid, rev = (_digits(part, "malformed") for part in ids)
+    rest = rest[close + 1 :]
+    end = rest.rfind(" [**] ")
+    if end < 0:
+        raise ParseError("malformed", "no closing [**]")
+    msg = rest[:end].strip()
+    if len(msg) >= 2 and msg[0] == '"' and msg[-1] == '"':  # Snort 3 keeps the rule's quotes
+        msg = msg[1:-1]
+    if not msg:
+        raise ParseError("malformed", "empty message")
+
+    tail = rest[end + 6 :]
+    classtype: str | None = None
+    priority: int | None = None
+    while tail.startswith("["):  # [Classification: x] [Priority: n] [AppID: y], each optional
+        close = tail.find("]")
+        if close < 0:
+            raise ParseError("malformed", "unclosed bracket")
+        key, _, value = tail[1:close].partition(":")
+        value = value.strip()
+        if key == "Classification":
+            classtype = None if value in ("", "(null)") else value
+        elif key == "Priority":
+            priority = _digits(value, "malformed") or None  # Snort's "Priority: 0" means unset
+        tail = tail[close + 1 :].lstrip(" ")
+    if not tail.startswith("{"):
+        raise ParseError("malformed", "no {PROTO}")
+    close = tail.find("}")
+    proto = tail[1:close] if close > 0 else ""
+    if not proto:
+        raise ParseError("malformed", "protocol")
+    src_text, arrow, dst_text = tail[close + 1 :].strip().partition(" -> ")
+    if not arrow:
+        raise ParseError("malformed", "no ->")
+    has_ports = proto.upper() in _PORT_PROTOS
+    src_ip, src_port = _endpoint(src_text.strip(), has_ports)
+    dst_ip, dst_port = _endpoint(dst_text.strip(), has_ports)
+
+    return Alert(
+        timestamp=_fast_timestamp(ts_token, layout, tz, now),
+        src_ip=src_ip,
+        src_port=src_port,
+        dst_ip=dst_ip,
+        dst_port=dst_port,
+        proto=proto,
+        gid=gid,
+        signature_id=sid,
+        rev=rev,
+        signature=msg,
+        classtype=classtype,
+        priority=priority,
+        action=normalise_action(action),
+        sensor=sensor,
+    )
+
+
+def _digits(text: str, reason: str) -> int:
+    # int() alone would take " 7", "+7", "7_0" and non-ASCII digits.
+    if not (text.isascii() and text.isdigit()):
+        raise ParseError(reason, repr(text[:32]))
+    return int(text)
+
+
+def _endpoint(text: str, has_ports: bool) -> tuple[str, int | None]:
+    """`ip[:port]` without brackets, even for IPv6: split at the last colon when a port is there.
+
+    Suricata always appends a port (type:code for ICMP) and writes IPv6 fully expanded (7 colons
+    without a port); Snort appends one only for TCP/UDP and compresses IPv6.
+    """
+    colons = text.count(":")
+    if colons == 0:
+        return normalise_ip(text), None
+    if colons == 1:
+        split = True
+    elif "::" in text:
+        split = has_ports
+    else:
+        split = colons == 8
+    if not split:
+        return normalise_ip(text), None
+    host, _, port_text = text.rpartition(":")
+    port = _digits(port_text, "bad_address")
+    if port > 65535:
+        raise ParseError("bad_address", "port")
+    return normalise_ip(host), port if has_ports else None
+
+
+def _fast_timestamp(token: str, layout: FastLayout, tz: tzinfo, now: datetime | None) -> datetime:
+    date, sep, clock = token.partition("-")
+    parts = date.split("/")
+    if not sep or len(parts) not in (2, 3):
+        raise ParseError("bad_timestamp", token[:40])
+    if layout == "auto":
+        if len(parts) == 2:
+            layout = "MM/DD"
+        elif len(parts[2]) == 4:
+            layout = "MM/DD/YYYY"
+        else:
+            raise ParseError("ambiguous_timestamp", "two-digit year: configure the layout")
+    expected = 2 if layout == "MM/DD" else 3
+    if len(parts) != expected:
+        raise ParseError("bad_timestamp", f"{token[:40]} is not {layout}")
+    nums = [_digits(p, "bad_timestamp") for p in parts]
+    hms = clock.split(":")
+    if len(hms) != 3:
+        raise ParseError("bad_timestamp", token[:40])
+    sec_text, _, frac = hms[2].partition(".")
+    hour, minute = _digits(hms[0], "bad_timestamp"), _digits(hms[1], "bad_timestamp")
+    second = _digits(sec_text, "bad_timestamp")
+    micro = _digits((frac + "000000")[:6], "bad_timestamp") if frac else 0
+    try:
+        if layout == "MM/DD/YYYY":
+            month, day, year = nums
+            return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        if layout == "MM/DD/YY":
+            month, day, year = nums[0], nums[1], 2000 + nums[2]
+            return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        if layout == "YY/MM/DD":
+            year, month, day = 2000 + nums[0], nums[1], nums[2]
+            return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+        month, day = nums
+        ref = now or datetime.now(tz)
+        stamp = datetime(ref.year, month, day, hour, minute, second, micro, tzinfo=tz)
+        if stamp > ref + timedelta(days=1):  # a December alert read in January
+            stamp = stamp.replace(year=ref.year - 1)
+        return stamp
+    except ValueError as exc:  # month 13, Feb 30, hour 25 ...
+        raise ParseError("bad_timestamp", token[:40]) from exc
