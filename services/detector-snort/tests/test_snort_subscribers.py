@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector_snort.subscribers import SubscriberRanges
+from lazaretto_core.ranges import SubscriberRanges
 
 RANGES = SubscriberRanges(
     ["100.64.0.0/10", "198.18.0.0/15", "2001:db8:100::/40", " 10.0.0.0/8 ", "10.1.0.0/16"]

@@ -1,4 +1,5 @@
-"""The ISP's subscriber address ranges, with a fast membership test for the alert hot path."""
+"""The ISP's address ranges (subscribers, never-report servers), with a fast membership test for
+the detectors' hot paths (IDS alerts, SMTP policy requests)."""
 
 from __future__ import annotations
 
