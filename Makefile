@@ -17,10 +17,10 @@ lint: deps
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 
-# One mypy run per package: every service has a tests/ folder of its own.
+# One mypy run per package: every service has a tests/ folder (and a conftest) of its own.
 typecheck: deps
 	@set -e; for p in $(PACKAGES); do echo "mypy $$p"; $(UV) run --frozen mypy $$p/src $$p/tests; done
-	$(UV) run --frozen mypy conftest.py tests bench deploy/lab
+	@set -e; for p in conftest.py tests bench deploy/lab; do echo "mypy $$p"; $(UV) run --frozen mypy $$p; done
 
 pytest: peers
 	$(UV) run --frozen pytest
