@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,18 @@ class LabSystem:
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service, as a crash would (no clean shutdown, no final acks)."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.popen.wait(10)
+        process.stop()
+
+    def restart(self, name: str) -> None:
+        """Start a killed service again with the same configuration and wait until it is ready."""
+        self._spawn(name)
+        self._wait_ready(name)
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Crashes lose no decision: services killed with SIGKILL at awkward moments, the case still completes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_core.lab.system import CpeHost, LabSystem
+
+pytestmark = pytest.mark.e2e
+
+CM_MAC = "00:02:8a:d3:7c:6e"  # the modem the `cpe` fixture sits behind
+
+
+def wait_for_state(system: LabSystem, ip: str, state: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        cases = httpx.get(
+            f"{system.url('policy')}/v1/cases", params={"ip": ip}, headers=system.admin_headers()
+        ).json()
+        seen = cases[0]["state"] if cases else None
+        if seen == state:
+            return dict(cases[0])
+        time.sleep(0.1)
+    raise AssertionError(f"case for {ip} stuck in {seen}, wanted {state}")
+
+
+def alert_about(system: LabSystem, cpe: CpeHost, workdir: Path) -> None:
+    assert system.kea is not None
+    pcap = workdir / "scan.pcap"
+    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac)
+    output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
+    with system.eve_path.open("a") as eve:
+        eve.writelines(
+            line + "\n" for line in output.eve.read_text().splitlines() if '"event_type":"alert"' in line
+        )
+
+
+def test_policy_and_cmts_agent_crashes_lose_nothing(system: LabSystem, cpe: CpeHost, tmp_path: Path) -> None:
+    assert system.cmts is not None
+    # Given policy is down when the alert comes in: the observation waits in its durable queue
+    system.kill("policy")
+    alert_about(system, cpe, tmp_path)
+    deadline = time.monotonic() + 30
+    while (
+        'lazaretto_messages_published_total{routing_key="abuse.observed.v1"} 1.0'
+        not in httpx.get(f"{system.url('detector_snort')}/metrics").text
+    ):
+        assert time.monotonic() < deadline, "detector-snort published nothing"
+        time.sleep(0.05)
+    system.restart("policy")
+    wait_for_state(system, cpe.ip, "modem_reset_requested")
+    # When cmts-agent dies while it verifies the modem, its unacknowledged command is redelivered
+    deadline = time.monotonic() + 30
+    while not system.cmts.sets():
+        assert time.monotonic() < deadline, "no reset SET"
+        time.sleep(0.05)
+    system.kill("cmts_agent")
+    system.restart("cmts_agent")
+    # Then the case still ends quarantined, with the garden in place
+    case = wait_for_state(system, cpe.ip, "quarantined")
+    assert case["cm_mac"] == CM_MAC
+    assert cpe.dig(system)[-1:] == [system.portal_ip]
+    assert {s["mac"] for s in system.cmts.sets()} == {CM_MAC}
