@@ -11,6 +11,7 @@ import pytest
 
 from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
 from lazaretto_core.lab.system import CpeHost, LabSystem
+from lazaretto_core.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,10 +58,7 @@ def test_policy_and_cmts_agent_crashes_lose_nothing(system: LabSystem, cpe: CpeH
     system.restart("policy")
     wait_for_state(system, cpe.ip, "modem_reset_requested")
     # When cmts-agent dies while it verifies the modem, its unacknowledged command is redelivered
-    deadline = time.monotonic() + 30
-    while not system.cmts.sets():
-        assert time.monotonic() < deadline, "no reset SET"
-        time.sleep(0.05)
+    wait_until("the reset SET", lambda: system.resets_for(CM_MAC))
     system.kill("cmts_agent")
     system.restart("cmts_agent")
     # Then the case still ends quarantined, with the garden in place

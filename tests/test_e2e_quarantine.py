@@ -7,35 +7,21 @@ import asyncio
 import ipaddress
 import re
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from lazaretto_core.lab.dhcp_client import dhcp_exchange
 from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
 from lazaretto_core.lab.system import CpeHost, LabSystem
+from lazaretto_core.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
 CM_MAC = "00:02:8a:d3:7c:6e"  # the modem the `cpe` fixture sits behind
 
 REAL_WWW = "198.51.100.80"
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def dig_from_other_client(system: LabSystem, name: str = "www.example.test") -> list[str]:
@@ -60,13 +46,6 @@ def dig_from_other_client(system: LabSystem, name: str = "www.example.test") -> 
     return out.split()
 
 
-def case_of(system: LabSystem, ip: str) -> dict[str, Any] | None:
-    cases = httpx.get(
-        f"{system.url('policy')}/v1/cases", params={"ip": ip}, headers=system.admin_headers()
-    ).json()
-    return cases[0] if cases else None
-
-
 def kea_host_classes(system: LabSystem, mac: str) -> str | None:
     assert system.kea is not None
     dsn = system.kea.dsn
@@ -83,11 +62,6 @@ def kea_host_classes(system: LabSystem, mac: str) -> str | None:
             await conn.close()
 
     return asyncio.run(query())
-
-
-def resets_for(system: LabSystem, mac: str) -> list[dict[str, Any]]:
-    assert system.cmts is not None
-    return [s for s in system.cmts.sets() if s["mac"] == mac and s["object"] == "cdxCmCpeResetNow"]
 
 
 def test_a_scanning_cpe_is_quarantined_and_releases_itself(
@@ -107,7 +81,7 @@ def test_a_scanning_cpe_is_quarantined_and_releases_itself(
         eve.write("\n".join(alerts) + "\n")
 
     # Then the lab CMTS records a reset SET for the subscriber's modem, by its MAC index
-    first_reset = wait_until("the quarantine reset", lambda: resets_for(system, CM_MAC))
+    first_reset = wait_until("the quarantine reset", lambda: system.resets_for(CM_MAC))
     assert first_reset[0]["oid"].endswith(".1.3.6.1.4.1.9.9.116.1.3.1.1.8.0.2.138.211.124.110".lstrip("."))
     # and every name the CPE resolves is the portal, while another client gets the real answer
     wait_until("the garden DNS", lambda: cpe.dig(system)[-1:] == [system.portal_ip])
@@ -122,7 +96,7 @@ def test_a_scanning_cpe_is_quarantined_and_releases_itself(
     assert offer.dns_servers == [system.kea.garden_resolver]
     case = wait_until(
         "the case to be quarantined",
-        lambda: (c := case_of(system, cpe.ip)) and c["state"] == "quarantined" and c,
+        lambda: next((c for c in system.cases(cpe.ip) if c["state"] == "quarantined"), None),
     )
     assert case["cpe_mac"] == cpe.mac
     assert case["cm_mac"] == CM_MAC
@@ -141,10 +115,12 @@ def test_a_scanning_cpe_is_quarantined_and_releases_itself(
     assert "being restored" in done
 
     # Then the case is released, the reservation and the RPZ trigger are gone, and the modem is reset again
-    wait_until("the release", lambda: (c := case_of(system, cpe.ip)) and c["state"] == "released")
+    wait_until(
+        "the release", lambda: next((c for c in system.cases(cpe.ip) if c["state"] == "released"), None)
+    )
     assert kea_host_classes(system, cpe.mac) is None
     wait_until("normal DNS again", lambda: cpe.dig(system) == [REAL_WWW])
-    assert len(resets_for(system, CM_MAC)) == 2
+    assert len(system.resets_for(CM_MAC)) == 2
     offer = dhcp_exchange(system.kea.client_netns, system.kea.client_iface, cpe.mac, mode="discover")
     assert offer.ip is not None
     assert not system.kea.quarantine_cidr.overlaps(ipaddress.ip_network(f"{offer.ip}/32"))

@@ -3,34 +3,21 @@ becomes a policy case, and the CPE is quarantined (garden applied, modem reset b
 
 from __future__ import annotations
 
-import re
 import smtplib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
-from typing import Any
 
 import httpx
 import pytest
 
 from lazaretto_core.lab.postfix import LabPostfix
 from lazaretto_core.lab.system import CpeHost, LabSystem
+from lazaretto_core.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
 CM_MAC = "00:02:8a:d3:7c:6e"  # the modem the `cpe` fixture sits behind
 THRESHOLD = 20  # messages per hour, as tests/conftest.py configures the system
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -70,28 +57,6 @@ class Sender:
         self.smtp.quit()
 
 
-def metric(system: LabSystem, name: str, **labels: str) -> float:
-    """One sample from detector-smtp's /metrics (0 if the series does not exist yet)."""
-    text = httpx.get(f"{system.url('detector_smtp')}/metrics", timeout=10).text
-    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(selector)}\}} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def cases_of(system: LabSystem, ip: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{system.url('policy')}/v1/cases", params={"ip": ip}, headers=system.admin_headers(), timeout=10
-    )
-    response.raise_for_status()
-    cases: list[dict[str, Any]] = response.json()
-    return cases
-
-
-def resets_for(system: LabSystem, mac: str) -> list[dict[str, Any]]:
-    assert system.cmts is not None
-    return [s for s in system.cmts.sets() if s["mac"] == mac and s["object"] == "cdxCmCpeResetNow"]
-
-
 def test_a_spamming_cpe_is_reported_by_the_mta_and_quarantined(
     system: LabSystem, cpe: CpeHost, postfix: LabPostfix
 ) -> None:
@@ -100,19 +65,19 @@ def test_a_spamming_cpe_is_reported_by_the_mta_and_quarantined(
         # Given a subscriber PC (a real lease, behind its modem) sending one message under the threshold
         sender.send(THRESHOLD - 1)
         # Then detector-smtp was asked about each of them as that subscriber (RCPT + END-OF-MESSAGE)...
-        assert metric(system, "lazaretto_smtp_policy_requests_total", outcome="counted") == 2 * (
-            THRESHOLD - 1
-        )
+        assert system.metric(
+            "detector_smtp", "lazaretto_smtp_policy_requests_total", outcome="counted"
+        ) == 2 * (THRESHOLD - 1)
         # ...reported nothing, and policy has no case for it
-        assert metric(system, "lazaretto_smtp_observations_total", outcome="queued") == 0
-        assert cases_of(system, cpe.ip) == []
-        assert resets_for(system, CM_MAC) == []
+        assert system.metric("detector_smtp", "lazaretto_smtp_observations_total", outcome="queued") == 0
+        assert system.cases(cpe.ip) == []
+        assert system.resets_for(CM_MAC) == []
 
         # When it sends the message that reaches the threshold
         sender.send(1)
 
         # Then a spam case opens for the PC's address
-        (case,) = wait_until("a case for the spamming CPE", lambda: cases_of(system, cpe.ip))
+        (case,) = wait_until("a case for the spamming CPE", lambda: system.cases(cpe.ip))
         assert case["category"] == "spam"
         assert case["ip"] == cpe.ip
         detail = httpx.get(
@@ -127,18 +92,20 @@ def test_a_spamming_cpe_is_reported_by_the_mta_and_quarantined(
         # and the case reaches quarantine: attributed to the PC and its modem, which the CMTS reset
         quarantined = wait_until(
             "the case to be quarantined",
-            lambda: (c := cases_of(system, cpe.ip)) and c[0]["state"] == "quarantined" and c[0],
+            lambda: (c := system.cases(cpe.ip)) and c[0]["state"] == "quarantined" and c[0],
             timeout=90,
         )
         assert quarantined["case_id"] == case["case_id"]
         assert quarantined["cpe_mac"] == cpe.mac
         assert quarantined["cm_mac"] == CM_MAC
-        assert len(resets_for(system, CM_MAC)) == 1
+        assert len(system.resets_for(CM_MAC)) == 1
         # and after quarantine, Postfix keeps accepting, and the detector reports the address only once
         sender.send(5)
     finally:
         sender.close()
-    assert metric(system, "lazaretto_smtp_observations_total", outcome="published") == 1
-    assert metric(system, "lazaretto_smtp_policy_requests_total", outcome="counted") == 2 * (THRESHOLD + 10)
-    assert len(cases_of(system, cpe.ip)) == 1
+    assert system.metric("detector_smtp", "lazaretto_smtp_observations_total", outcome="published") == 1
+    assert system.metric("detector_smtp", "lazaretto_smtp_policy_requests_total", outcome="counted") == 2 * (
+        THRESHOLD + 10
+    )
+    assert len(system.cases(cpe.ip)) == 1
     assert " reject: " not in postfix.log_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,14 @@ def create_http_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def path_ip(text: str) -> str:
+    """An IP address taken from a URL, normalised; 422 with a clear message if it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise HTTPException(422, f"not an IP address: {text!r}") from None
 
 
 def bearer_token_guard(token: SecretStr) -> Callable[[Request], Awaitable[None]]:

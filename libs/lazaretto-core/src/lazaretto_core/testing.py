@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -22,6 +23,8 @@ AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
 AMQP_PASSWORD = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
 PG_USER = os.environ.get("LAZARETTO_DB_USER", "lazaretto")
 PG_PASSWORD = os.environ.get("LAZARETTO_DB_PASSWORD", "lazaretto")
+T = TypeVar("T")
+
 PG_ADMIN_DSN = f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/lazaretto"
 
 
@@ -60,6 +63,18 @@ async def drop_database(name: str) -> None:
 
 def database_dsn(name: str) -> str:
     return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1) -> T:
+    """Poll `check` until it returns something truthy (returned), or fail saying `what` never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 @pytest.fixture

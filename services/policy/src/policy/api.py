@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Any
 
@@ -11,7 +10,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.contracts import Category, IpAddress, Scope
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.http import bearer_token_guard
+from lazaretto_core.http import bearer_token_guard, path_ip
 
 from . import flow, store
 from .attribution import Attributor
@@ -53,7 +52,7 @@ def install_api(
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
         if ip is not None:
-            ip = _valid_ip(ip)
+            ip = path_ip(ip)
         async with work.pool.acquire() as conn:
             cases = await store.list_cases(conn, state=state, ip=ip, open_only=open_only, limit=limit)
         return [c.public() for c in cases]
@@ -113,7 +112,7 @@ def install_api(
     async def case_for_visitor(ip: str) -> dict[str, Any]:
         """What the portal may show a visitor: only their own open case, nothing else."""
         async with work.pool.acquire() as conn:
-            case = await store.open_case_for_ip(conn, _valid_ip(ip))
+            case = await store.open_case_for_ip(conn, path_ip(ip))
         if case is None:
             raise HTTPException(404, "no open case for this address")
         return {
@@ -127,10 +126,3 @@ def install_api(
 
     app.include_router(admin)
     app.include_router(portal)
-
-
-def _valid_ip(ip: str) -> str:
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        raise HTTPException(422, f"not an IP address: {ip!r}") from None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from pydantic import SecretStr
 
-from lazaretto_core.http import bearer_token_guard
+from lazaretto_core.http import bearer_token_guard, path_ip
 
 from .garden import Garden
 
@@ -19,7 +18,7 @@ def install_api(app: FastAPI, garden: Garden, admin_token: SecretStr) -> None:
     @router.get("/leases/{ip}")
     async def lease(ip: str) -> dict[str, Any]:
         """The CPE holding `ip` now, from Kea's lease table."""
-        found = await garden.kea.lease_by_ip(_valid_ip(ip))
+        found = await garden.kea.lease_by_ip(path_ip(ip))
         if found is None or found.mac is None:
             raise HTTPException(404, f"no active lease for {ip}")
         return {
@@ -31,7 +30,7 @@ def install_api(app: FastAPI, garden: Garden, admin_token: SecretStr) -> None:
 
     @router.get("/garden/{ip}")
     async def garden_state(ip: str) -> dict[str, Any]:
-        ip = _valid_ip(ip)
+        ip = path_ip(ip)
         lease = await garden.kea.lease_by_ip(ip)
         mac = lease.mac if lease else None
         return {
@@ -42,10 +41,3 @@ def install_api(app: FastAPI, garden: Garden, admin_token: SecretStr) -> None:
         }
 
     app.include_router(router)
-
-
-def _valid_ip(ip: str) -> str:
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        raise HTTPException(422, f"not an IP address: {ip!r}") from None

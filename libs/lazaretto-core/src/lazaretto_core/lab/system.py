@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -121,6 +123,27 @@ class LabSystem:
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def cases(self, ip: str) -> list[dict[str, Any]]:
+        """Policy's cases for `ip`, newest first, through the admin API an operator would use."""
+        response = httpx.get(
+            f"{self.url('policy')}/v1/cases", params={"ip": ip}, headers=self.admin_headers(), timeout=10
+        )
+        response.raise_for_status()
+        cases: list[dict[str, Any]] = response.json()
+        return cases
+
+    def resets_for(self, cm_mac: str) -> list[dict[str, Any]]:
+        """The reset SETs the lab CMTS accepted for one modem."""
+        assert self.cmts is not None
+        return [s for s in self.cmts.sets() if s["mac"] == cm_mac and s["object"] == "cdxCmCpeResetNow"]
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """One sample of a service's /metrics (0 when the series does not exist yet)."""
+        text = httpx.get(f"{self.url(service)}/metrics", timeout=10).text
+        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        match = re.search(rf"^{re.escape(name)}\{{{re.escape(selector)}\}} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
 
     def kill(self, name: str) -> None:
         """SIGKILL one service, as a crash would (no clean shutdown, no final acks)."""
