@@ -12,12 +12,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from lazaretto_core.bus import Bus, PublishError
+from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import Checkpoint, FileTailer
 
 from .aggregate import Aggregator
-from .checkpoints import CheckpointStore
 from .pipeline import LINES, AlertPipeline, Source
 from .settings import DetectorSnortSettings
 

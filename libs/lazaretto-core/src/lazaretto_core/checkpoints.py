@@ -1,4 +1,4 @@
-"""Where each alert file was read up to, on disk, written atomically after the publish was confirmed."""
+"""Where each tailed file was read up to, on disk, written atomically after the publish was confirmed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from lazaretto_core.tail import Checkpoint
+from .tail import Checkpoint
 
 
 class CheckpointStore:
