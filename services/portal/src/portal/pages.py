@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import jinja2
@@ -34,6 +35,18 @@ SECURITY_HEADERS = {
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("portal", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
 )
+
+
+def _when(iso: str) -> str:
+    """`2026-11-26T05:00:05+00:00` -> `26 Nov 2026, 05:00 UTC` for people."""
+    try:
+        moment = datetime.fromisoformat(iso).astimezone(UTC)
+    except ValueError:
+        return iso
+    return moment.strftime("%d %b %Y, %H:%M UTC")
+
+
+_templates.filters["when"] = _when
 
 
 def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, bus: Bus) -> None:
