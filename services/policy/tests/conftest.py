@@ -45,6 +45,8 @@ async def policy(amqp_url: str, database_url: str) -> AsyncIterator[PolicyServic
         allowlist=("100.64.99.0/24",),
         retry_delays=(0.1, 0.2),
         max_attempts=3,
+        step_max_attempts=2,
+        step_retry_base=0.2,
     )
     service = await build(settings, attributor=FixedAttributor())
     await service.start()

@@ -14,6 +14,7 @@ from lazaretto_core.contracts import (
     AbuseObserved,
     GardenApplied,
     GardenApply,
+    GardenFailed,
     GardenRemove,
     GardenRemoved,
     ModemReset,
@@ -168,3 +169,33 @@ async def test_operator_quarantines_by_ip_and_the_portal_sees_only_that_address(
         assert (await portal.get("/v1/cases", headers=headers)).status_code == 401
     history = (await admin.get(f"/v1/cases/{case_id}")).json()["history"]
     assert history[0]["actor"] == "operator:operator"
+
+
+async def test_a_failing_step_is_retried_with_backoff_then_handed_to_an_operator(
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str
+) -> None:
+    executor = Bus(amqp_url, "test-executor")
+    await executor.connect()
+    try:
+        await executor.publish(observation("100.64.0.40"))
+        (first,) = await probe.wait_for("garden.apply.v1")
+        assert isinstance(first, GardenApply)
+        failure = {"operation": "apply", "error_class": "dns_timeout", "detail": "BIND did not answer"}
+        # When the provisioner reports a failure, the same step is asked again, with a new step id
+        await executor.publish(GardenFailed(case_id=first.case_id, step_id=first.step_id, **failure))
+        _, second = await probe.wait_for("garden.apply.v1", count=2)
+        assert isinstance(second, GardenApply)
+        assert second.step_id != first.step_id
+        # When it fails again (step_max_attempts=2), the case waits for an operator
+        await executor.publish(GardenFailed(case_id=first.case_id, step_id=second.step_id, **failure))
+        case = await case_state(admin, first.case_id, "needs_operator")
+        states = [event["to_state"] for event in case["history"]]
+        assert states == [
+            "open", "garden_requested", "failed_retrying", "garden_requested", "needs_operator"
+        ]  # fmt: skip
+        # A late result for the abandoned first attempt changes nothing
+        await executor.publish(GardenApplied(case_id=first.case_id, step_id=first.step_id, changes=[]))
+        await asyncio.sleep(0.5)
+        assert (await admin.get(f"/v1/cases/{first.case_id}")).json()["state"] == "needs_operator"
+    finally:
+        await executor.close()

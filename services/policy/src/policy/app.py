@@ -95,7 +95,9 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         retry_delays=settings.retry_delays,
     )
     relay = OutboxRelay(pool, bus)
-    work = CaseWork(pool, relay, step_max_attempts=settings.step_max_attempts)
+    work = CaseWork(
+        pool, relay, step_max_attempts=settings.step_max_attempts, step_retry_base=settings.step_retry_base
+    )
     attributor = attributor or Attributor(
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
     )

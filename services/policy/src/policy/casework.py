@@ -46,7 +46,10 @@ class CaseExists(Exception):
 
 
 class CaseWork:
-    def __init__(self, pool: asyncpg.Pool, relay: OutboxRelay, *, step_max_attempts: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, relay: OutboxRelay, *, step_max_attempts: int, step_retry_base: float = 2.0
+    ) -> None:
+        self.step_retry_base = step_retry_base
         self.pool = pool
         self.relay = relay
         self.step_max_attempts = step_max_attempts
@@ -88,7 +91,9 @@ class CaseWork:
             # The step is re-issued by `retry_due` once the backoff has passed.
             step_id = case.step_id
             attempts = case.step_attempts
-            next_retry_at = datetime.now(UTC) + timedelta(seconds=flow.retry_delay(attempts))
+            next_retry_at = datetime.now(UTC) + timedelta(
+                seconds=flow.retry_delay(attempts, self.step_retry_base)
+            )
         await store.save_transition(
             conn,
             case,

@@ -26,5 +26,7 @@ class PolicySettings(ServiceSettings):
     allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Attempts of one step (garden apply, modem reset, ...) before the case needs an operator.
     step_max_attempts: int = 5
+    # Seconds before the first retry of a failed step; doubles with each attempt, capped at 300.
+    step_retry_base: float = 2.0
     # Self-releases a subscriber gets before release needs the helpdesk.
     max_self_releases: int = 3
