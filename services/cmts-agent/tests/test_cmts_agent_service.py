@@ -22,9 +22,10 @@ CPE_A = "02:00:00:00:00:01"
 
 
 @pytest.fixture
-async def agent(amqp_url: str, lab_cmts: LabCmts) -> AsyncIterator[CmtsAgentService]:
+async def agent(amqp_url: str, database_url: str, lab_cmts: LabCmts) -> AsyncIterator[CmtsAgentService]:
     settings = CmtsAgentSettings(
         amqp_url=SecretStr(amqp_url),
+        database_url=SecretStr(database_url),
         admin_token=SecretStr(TOKEN),
         cmts_host=lab_cmts.host,
         cmts_port=lab_cmts.port,

@@ -207,3 +207,36 @@ async def test_verify_reset_slow_polls_still_respect_the_deadline() -> None:
     # polls end at 4 s and (after a 2 s sleep) at 10 s: the deadline, so no third poll
     assert result.outcome is Outcome.NEVER_OFFLINE
     assert (result.polls, result.elapsed) == (2, 10)
+
+
+def test_not_down_within_offline_within_is_never_offline_early() -> None:
+    watch = ResetWatch(max_wait=300, offline_within=5)
+
+    assert feed(watch, [(0, ON), (2, ON), (4.9, ON)]) is None
+    verdict = watch.observe(5.0, ON)
+
+    assert verdict is not None
+    assert verdict.outcome is Outcome.NEVER_OFFLINE
+    assert verdict.elapsed == 5.0
+
+
+def test_offline_within_does_not_cut_a_modem_that_went_down() -> None:
+    watch = ResetWatch(max_wait=300, offline_within=5)
+
+    assert feed(watch, [(1, OFF), (6, OFF), (20, OFF)]) is None
+    verdict = watch.observe(25, ON)
+
+    assert verdict is not None
+    assert verdict.outcome is Outcome.BACK_ONLINE
+    assert verdict.seconds_to_online == 25
+
+
+def test_assume_offline_settles_on_the_first_online_poll() -> None:
+    # Resuming after a restart: the outage may already be over when the watch starts again.
+    watch = ResetWatch(max_wait=300, assume_offline=True)
+
+    verdict = watch.observe(3.0, ON)
+
+    assert verdict is not None
+    assert verdict.outcome is Outcome.BACK_ONLINE
+    assert verdict.went_offline

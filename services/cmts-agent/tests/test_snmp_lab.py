@@ -19,8 +19,8 @@ from cmts_agent.snmp import (
     UnknownModem,
     V2cCredentials,
     V3Credentials,
-    mac_index,
 )
+from cmts_agent.vendors import mac_index
 from cmts_agent.verify import Outcome, verify_reset
 from lazaretto_core.lab.process import free_port
 from lazaretto_core.lab.snmpd import LabCmts

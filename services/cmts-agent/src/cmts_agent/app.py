@@ -1,67 +1,92 @@
-"""cmts-agent bootstrap: the SNMP client, the resetter, the bus consumer and the admin API."""
+"""cmts-agent bootstrap: the CMTS fleet, the inventory (PostgreSQL), the resetter, the bus consumer
+and the admin API; no work at import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
+import asyncpg
 from fastapi import FastAPI
 
+from lazaretto_core import db
 from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import ModemReset
 from lazaretto_core.http import ProgressMonitor, create_http_app
 
 from .api import install_api
+from .fleet import Fleet
 from .handlers import CmtsAgentHandlers
+from .inventory import Inventory
 from .resets import Resetter
 from .settings import CmtsAgentSettings
-from .snmp import CmtsSnmp, CmtsTarget, V2cCredentials
+from .steps import ResetSteps
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class CmtsAgentService:
     settings: CmtsAgentSettings
-    snmp: CmtsSnmp
+    pool: asyncpg.Pool
+    fleet: Fleet
+    inventory: Inventory
+    resetter: Resetter
     bus: Bus
     handlers: CmtsAgentHandlers
+    progress: ProgressMonitor
     http_app: FastAPI
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.bus.connect()
         await self.bus.consume(
             queue_name("cmts-agent"),
             {ModemReset: self.handlers.on_modem_reset},
-            prefetch=self.settings.max_in_flight,
+            prefetch=self.settings.global_max_in_flight,
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self.inventory.run(self.settings.inventory_interval, self.progress), name="inventory"
+            )
         )
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.bus.close()
-        await self.snmp.close()
+        await self.fleet.close()
+        await self.pool.close()
 
 
 async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
-    target = CmtsTarget(
-        host=settings.cmts_host,
-        port=settings.cmts_port,
-        read=V2cCredentials(settings.cmts_read_community.get_secret_value()),
-        write=V2cCredentials(settings.cmts_write_community.get_secret_value()),
-        timeout=settings.snmp_timeout,
-        retries=settings.snmp_retries,
-    )
-    snmp = CmtsSnmp(target)
-    resetter = Resetter(
-        snmp,
-        max_wait=settings.verify_max_wait,
-        interval=settings.verify_interval,
-        max_in_flight=settings.max_in_flight,
-    )
+    profiles = settings.profiles()  # raises on a bad profile list: better not to start at all
+    pool = await db.create_pool(settings.database_url.get_secret_value())
+    await db.migrate(pool, db.package_migrations("cmts_agent"))
+    fleet = Fleet(profiles)
+    inventory = Inventory(pool, fleet, min_interval=settings.inventory_min_interval)
+    resetter = Resetter(fleet, inventory, global_max_in_flight=settings.global_max_in_flight)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "cmts-agent",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
     )
+    # The inventory loop beats once per walk: stalled after three missed walks.
+    progress = ProgressMonitor(stall_after=max(60.0, 3 * settings.inventory_interval + 60.0))
+
+    async def database_ready() -> None:
+        await db.ping(pool)
+
     app = create_http_app(
-        "cmts-agent", readiness={"broker": bus.ping, "cmts": snmp.ping}, progress=ProgressMonitor()
+        "cmts-agent",
+        readiness={"broker": bus.ping, "database": database_ready, "cmts": fleet.ping},
+        progress=progress,
     )
-    install_api(app, resetter, settings.admin_token)
-    return CmtsAgentService(settings, snmp, bus, CmtsAgentHandlers(resetter, bus), app)
+    install_api(app, fleet, inventory, resetter, settings.admin_token)
+    handlers = CmtsAgentHandlers(resetter, bus, ResetSteps(pool))
+    return CmtsAgentService(settings, pool, fleet, inventory, resetter, bus, handlers, progress, app)

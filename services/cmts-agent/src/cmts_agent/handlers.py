@@ -1,4 +1,8 @@
-"""What cmts-agent does with a reset command: reset, verify, and report success or a classified failure."""
+"""What cmts-agent does with a reset command: reset, verify, and report success or a classified failure.
+
+Idempotent by step id: the result of a step is stored before it is published, so a redelivered
+command republishes it; a step whose SET was accepted before a crash resumes its verification.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,53 @@ from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_core.errors import RetryLater
 
-from .resets import Resetter
-from .snmp import SnmpError, SnmpTimeout, UnknownModem
+from .resets import Attempt, ResetFailed, Resetter, error_class
+from .snmp import SnmpError, UnknownModem
+from .steps import ResetSteps, StepResult
 
 log = logging.getLogger(__name__)
 
 
 class CmtsAgentHandlers:
-    def __init__(self, resetter: Resetter, bus: Bus) -> None:
+    def __init__(self, resetter: Resetter, bus: Bus, steps: ResetSteps) -> None:
         self.resetter = resetter
         self.bus = bus
+        self.steps = steps
 
     async def on_modem_reset(self, command: ModemReset, ctx: MessageContext) -> None:
+        row = await self.steps.get(command.step_id)
+        if row is not None and row.result is not None:
+            log.info("step %s already handled: publishing its result again", command.step_id)
+            await self._publish(row.result)
+            return
+        resume = None
+        if row is not None and row.method and row.sent_at is not None:
+            log.info("step %s: reset SET was sent before a restart; verifying only", command.step_id)
+            resume = (row.method, row.sent_at.timestamp())
+
+        async def on_sent(cmts: str, method: str) -> None:
+            await self.steps.mark_sent(command.step_id, command.case_id, command.cm_mac, cmts, method)
+
         try:
-            report = await self.resetter.reset(command.cm_mac)
+            report = await self.resetter.reset(command.cm_mac, on_sent=on_sent, resume=resume)
         except UnknownModem as exc:
-            await self._failed(command, "unknown_modem", str(exc))
+            await self._failed(command, "unknown_modem", str(exc), None, ())
             return
         except SnmpError as exc:
+            attempts = exc.attempts if isinstance(exc, ResetFailed) else ()
+            cmts = exc.cmts if isinstance(exc, ResetFailed) else None
             if exc.transient and ctx.attempt < self.bus.max_attempts:
                 raise RetryLater(f"reset of {command.cm_mac}: {exc}") from exc
-            error_class = (
-                "snmp_timeout" if isinstance(exc, SnmpTimeout) else "snmp_" + type(exc).__name__.lower()
-            )
-            await self._failed(command, error_class, str(exc))
+            await self._failed(command, error_class(exc), str(exc), cmts, attempts)
             return
         result = report.verification
         if not result.ok:
             outcome, elapsed = result.outcome.value, result.elapsed
-            detail = f"reset sent but the modem did not come back: {outcome} after {elapsed:.1f} s"
-            await self._failed(command, "not_back_online", detail)
+            detail = f"reset sent ({report.method}) but the modem did not come back: {outcome}"
+            detail += f" after {elapsed:.1f} s"
+            await self._failed(command, "not_back_online", detail, report.cmts, report.attempts)
             return
-        await self.bus.publish(
+        await self._finish(
             ModemResetCompleted(
                 case_id=command.case_id,
                 step_id=command.step_id,
@@ -47,19 +66,30 @@ class CmtsAgentHandlers:
                 method=report.method,
                 went_offline=result.went_offline,
                 seconds_to_online=round(result.seconds_to_online or result.elapsed, 3),
-            ),
-            correlation_id=str(command.case_id),
+                cmts=report.cmts,
+                attempts=tuple(a.to_contract() for a in report.attempts),
+            )
         )
 
-    async def _failed(self, command: ModemReset, error_class: str, detail: str) -> None:
+    async def _failed(
+        self, command: ModemReset, error: str, detail: str, cmts: str | None, attempts: tuple[Attempt, ...]
+    ) -> None:
         log.warning("reset of %s for case %s failed: %s", command.cm_mac, command.case_id, detail)
-        await self.bus.publish(
+        await self._finish(
             ModemResetFailed(
                 case_id=command.case_id,
                 step_id=command.step_id,
                 cm_mac=command.cm_mac,
-                error_class=error_class,
+                error_class=error,
                 detail=detail[:2000],
-            ),
-            correlation_id=str(command.case_id),
+                cmts=cmts,
+                attempts=tuple(a.to_contract() for a in attempts),
+            )
         )
+
+    async def _finish(self, result: StepResult) -> None:
+        await self.steps.finish(result)  # stored first: a redelivery republishes, never resets again
+        await self._publish(result)
+
+    async def _publish(self, result: StepResult) -> None:
+        await self.bus.publish(result, correlation_id=str(result.case_id))

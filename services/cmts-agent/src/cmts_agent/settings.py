@@ -1,12 +1,140 @@
-"""cmts-agent settings: the CMTS to talk to, its SNMP credentials, and how long a modem may take."""
+"""cmts-agent settings: the CMTS profiles (address, SNMP credentials, vendor, limits) and reset timing.
+
+Several CMTSes: `LAZARETTO_CMTSES` is a JSON list of profiles. One CMTS: the `LAZARETTO_CMTS_*`
+settings make a profile named `default`. A secret field may hold `env:NAME` (read from the
+environment variable NAME) or `file:/path` (read from that file, trailing newline stripped) instead
+of the value itself, so the JSON can live in a config map and the secrets elsewhere.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from lazaretto_core.settings import ServiceSettings
+
+Vendor = Literal["cisco", "casa", "arris", "docsis3"]
+Method = Literal["cisco-reset", "cisco-delete", "casa-reset", "arris-reset", "docsis3-cmreinit", "cm-reset"]
+StatusTable = Literal["docsis2", "docsis3"]
+AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"]
+PrivProtocol = Literal["DES", "AES", "AES192", "AES256"]
+
+# Ordered fallbacks when a profile names none: the CMTS's own reset first, then the modem itself.
+DEFAULT_METHODS: dict[str, tuple[Method, ...]] = {
+    "cisco": ("cisco-reset", "cisco-delete", "cm-reset"),
+    "casa": ("casa-reset", "cm-reset"),
+    "arris": ("arris-reset", "cm-reset"),
+    "docsis3": ("docsis3-cmreinit", "cm-reset"),
+}
+DEFAULT_STATUS_TABLE: dict[str, StatusTable] = {
+    "cisco": "docsis2",
+    "casa": "docsis2",
+    "arris": "docsis2",
+    "docsis3": "docsis3",
+}
+
+
+def resolve_secret(value: Any) -> Any:
+    """`env:NAME` -> $NAME, `file:/path` -> the file's text; anything else as given."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in os.environ:
+            raise ValueError(f"secret refers to environment variable {name}, which is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        try:
+            return path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"secret file {path}: {exc.strerror}") from None
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+class V3User(BaseModel):
+    """An SNMPv3 USM user (authPriv)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user: str
+    auth_key: Secret
+    priv_key: Secret
+    auth_protocol: AuthProtocol = "SHA"
+    priv_protocol: PrivProtocol = "AES"
+
+
+class CmtsProfile(BaseModel):
+    """One CMTS: where, how to authenticate, which reset methods in which order, and its limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    host: str
+    port: int = 161
+    vendor: Vendor = "cisco"
+    snmp_version: Literal["2c", "3"] = "2c"
+    # v2c: read community for status and look-ups, write community for resets.
+    read_community: Secret | None = None
+    write_community: Secret | None = None
+    # v3: one user for reads and writes (a separate read-only user is optional).
+    v3: V3User | None = None
+    v3_read: V3User | None = None
+    methods: tuple[Method, ...] | None = None  # None: DEFAULT_METHODS[vendor]
+    status_table: StatusTable | None = None  # None: DEFAULT_STATUS_TABLE[vendor]
+    # The modem itself (method cm-reset): its management IP from the CMTS, this port and credentials.
+    cm_port: int = 161
+    cm_community: Secret | None = None
+    cm_v3: V3User | None = None
+    # Limits: resets in flight (SET + verification) and reset SETs per second on this CMTS.
+    max_in_flight: int = Field(default=10, ge=1)
+    resets_per_second: float = Field(default=10.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
+    retries: int = Field(default=1, ge=0)
+    # A reset SET that timed out is sent again this many times, after backoff, 2 x backoff, ...
+    set_retries: int = Field(default=2, ge=0)
+    set_backoff: float = Field(default=0.5, ge=0)
+    # Verification: the modem must leave the online state within offline_within seconds of the SET
+    # (else the method had no effect and the next one is tried) and be back within verify_max_wait.
+    verify_max_wait: float = Field(default=300.0, gt=0)
+    verify_interval: float = Field(default=2.0, gt=0)
+    offline_within: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials_fit_the_version(self) -> CmtsProfile:
+        if self.snmp_version == "2c" and self.write_community is None:
+            raise ValueError(f"CMTS {self.name}: SNMP v2c needs write_community")
+        if self.snmp_version == "3" and self.v3 is None:
+            raise ValueError(f"CMTS {self.name}: SNMP v3 needs v3 (user, auth_key, priv_key)")
+        if "cm-reset" in self.reset_methods and self.cm_community is None and self.cm_v3 is None:
+            raise ValueError(f"CMTS {self.name}: method cm-reset needs cm_community or cm_v3")
+        return self
+
+    @property
+    def reset_methods(self) -> tuple[Method, ...]:
+        if self.methods is not None:
+            return self.methods
+        chain = DEFAULT_METHODS[self.vendor]
+        # Without modem credentials the modem cannot be reached: leave cm-reset out of the default.
+        if self.cm_community is None and self.cm_v3 is None:
+            chain = tuple(m for m in chain if m != "cm-reset")
+        return chain
+
+    @property
+    def table(self) -> StatusTable:
+        return self.status_table or DEFAULT_STATUS_TABLE[self.vendor]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class CmtsAgentSettings(ServiceSettings):
@@ -14,15 +142,50 @@ class CmtsAgentSettings(ServiceSettings):
 
     http_port: int = 8500
     admin_token: SecretStr
+    # Every CMTS this agent manages (JSON list of CmtsProfile). Empty: one CMTS from cmts_* below.
+    cmtses: tuple[CmtsProfile, ...] = ()
+    # The single-CMTS form (a Cisco over v2c), used when `cmtses` is empty.
     cmts_host: str = "127.0.0.1"
     cmts_port: int = 161
-    # SNMP v2c communities: read for status and look-ups, write for resets.
-    cmts_read_community: SecretStr = SecretStr("public")
-    cmts_write_community: SecretStr
+    cmts_vendor: Vendor = "cisco"
+    cmts_read_community: Secret = SecretStr("public")
+    cmts_write_community: Secret | None = None
     snmp_timeout: float = 2.0
     snmp_retries: int = 1
-    # A reset counts as done when the modem was seen offline and then online again within this time.
     verify_max_wait: float = 300.0
     verify_interval: float = 2.0
-    # Resets in flight at once on this CMTS.
+    # Resets in flight at once on that one CMTS.
     max_in_flight: int = 10
+    # Resets in flight at once over all CMTSes (also the bus prefetch).
+    global_max_in_flight: int = 100
+    # Walk every CMTS's modem and CPE tables this often (seconds); a miss triggers a walk at once,
+    # but not more often than inventory_min_interval.
+    inventory_interval: float = 300.0
+    inventory_min_interval: float = 5.0
+
+    def profiles(self) -> tuple[CmtsProfile, ...]:
+        """The configured CMTSes; the single-CMTS settings make one named `default`."""
+        if self.cmtses:
+            names = [p.name for p in self.cmtses]
+            if len(set(names)) != len(names):
+                raise ValueError("CMTS profile names must be unique")
+            return self.cmtses
+        if self.cmts_write_community is None:
+            raise ValueError(
+                "set LAZARETTO_CMTSES, or LAZARETTO_CMTS_HOST and LAZARETTO_CMTS_WRITE_COMMUNITY"
+            )
+        return (
+            CmtsProfile(
+                name="default",
+                host=self.cmts_host,
+                port=self.cmts_port,
+                vendor=self.cmts_vendor,
+                read_community=self.cmts_read_community,
+                write_community=self.cmts_write_community,
+                timeout=self.snmp_timeout,
+                retries=self.snmp_retries,
+                verify_max_wait=self.verify_max_wait,
+                verify_interval=self.verify_interval,
+                max_in_flight=self.max_in_flight,
+            ),
+        )

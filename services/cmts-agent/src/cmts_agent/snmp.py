@@ -1,14 +1,14 @@
-"""SNMP adapter for CMTSes (pysnmp 7, asyncio): reset a CM, read its status, find the CM behind a CPE.
+"""SNMP adapter for CMTSes and modems (pysnmp 7, asyncio): GET, SET and walk one agent, classify failures.
 
 The only module that imports pysnmp. Failures are raised as `SnmpError` subclasses whose messages
-never contain a community or a v3 key.
+never contain a community or a v3 key. `reset_cm`, `cm_status` and `cm_for_cpe` are the Cisco /
+DOCSIS 2 short-cuts; the vendor-neutral reset and inventory logic lives in resets.py and inventory.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -33,46 +33,38 @@ from pysnmp.hlapi.v3arch.asyncio import (
     NoSuchObject,
     ObjectIdentity,
     ObjectType,
+    OctetString,
     SnmpEngine,
     UdpTransportTarget,
     UsmUserData,
+    bulk_walk_cmd,
     get_cmd,
     set_cmd,
 )
 from pysnmp.proto import errind
 from pysnmp.proto.error import StatusInformation
 
-# -- OIDs (numeric: the DOCS and Cisco MIBs are not bundled with pysnmp) ----------------------------
+from .vendors import (
+    CDX_CM_CPE_ENTRY,
+    CM_PTR,
+    CM_STATUS_ENTRY,
+    ONLINE_D2,
+    SYS_UPTIME,
+    TRUTH_TRUE,
+    TYPE_CM,
+    CmStatusValue,
+    SetValue,
+    mac_index,
+)
 
-CDX_CM_CPE_ENTRY = "1.3.6.1.4.1.9.9.116.1.3.1.1"  # CISCO-DOCS-EXT-MIB cdxCmCpeEntry, INDEX MacAddress
 CDX_CM_CPE_TYPE = f"{CDX_CM_CPE_ENTRY}.2"  # cm(1) | cpe(2)
 CDX_CM_CPE_CM_STATUS_INDEX = f"{CDX_CM_CPE_ENTRY}.6"  # -> docsIfCmtsCmStatusIndex of the (owning) CM
 CDX_CM_CPE_RESET_NOW = f"{CDX_CM_CPE_ENTRY}.8"  # TruthValue, RW: SET true(1) resets the CM
-CM_STATUS_ENTRY = "1.3.6.1.2.1.10.127.1.3.3.1"  # DOCS-IF-MIB docsIfCmtsCmStatusEntry, INDEX Integer32
 CM_STATUS_MAC = f"{CM_STATUS_ENTRY}.2"
 CM_STATUS_IP = f"{CM_STATUS_ENTRY}.3"
 CM_STATUS_VALUE = f"{CM_STATUS_ENTRY}.9"
-CM_PTR = "1.3.6.1.2.1.10.127.1.3.7.1.2"  # docsIfCmtsCmPtr, INDEX MacAddress -> status index
-
-CDX_TYPE_CM = 1
-TRUTH_TRUE = 1
-
-
-class CmStatusValue(enum.IntEnum):
-    """docsIfCmtsCmStatusValue (RFC 4546)."""
-
-    OTHER = 1
-    RANGING = 2
-    RANGING_ABORTED = 3
-    RANGING_COMPLETE = 4
-    IP_COMPLETE = 5
-    REGISTRATION_COMPLETE = 6
-    ACCESS_DENIED = 7
-    OPERATIONAL = 8  # "reserved, should not be used", yet some CMTSes report it for online modems
-    REGISTERED_BPI_INITIALIZING = 9
-
-
-ONLINE_VALUES = frozenset({CmStatusValue.REGISTRATION_COMPLETE, CmStatusValue.OPERATIONAL})
+CDX_TYPE_CM = TYPE_CM
+ONLINE_VALUES = ONLINE_D2
 
 
 @dataclass(frozen=True)
@@ -210,6 +202,22 @@ class UnknownModem(SnmpError):
     """The CMTS does not know this MAC as a cable modem."""
 
 
+def classify(exc: SnmpError) -> str:
+    """A stable name for an SNMP failure: unknown_modem, snmp_timeout, snmp_access_denied, ..."""
+    if isinstance(exc, UnknownModem):
+        return "unknown_modem"
+    if isinstance(exc, SnmpTimeout):
+        return "snmp_timeout"
+    if isinstance(exc, SnmpAccessDenied):
+        return "snmp_access_denied"
+    if isinstance(exc, SnmpRejected):
+        return "snmp_rejected"
+    if isinstance(exc, SnmpBadResponse):
+        return "snmp_bad_response"
+    name = "".join("_" + c.lower() if c.isupper() else c for c in type(exc).__name__).strip("_")
+    return name if name.startswith("snmp_") else "snmp_" + name.removeprefix("snmp_")
+
+
 # errorStatus values (RFC 3416) by meaning
 _ACCESS_STATUSES = frozenset({"noAccess", "authorizationError", "readOnly"})
 _TRANSIENT_STATUSES = frozenset({"genErr", "resourceUnavailable", "commitFailed", "tooBig"})
@@ -242,16 +250,52 @@ def normalize_mac(mac: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
-def mac_index(mac: str) -> str:
-    """A MacAddress table index: six sub-ids, one per octet in decimal, no length prefix."""
-    return ".".join(str(int(octet, 16)) for octet in normalize_mac(mac).split(":"))
-
-
 def _mac_from_octets(value: Any) -> str:
     raw = bytes(value.asOctets())
     if len(raw) != 6:
         raise ValueError(f"MacAddress of {len(raw)} octets")
     return ":".join(f"{b:02x}" for b in raw)
+
+
+def mac_from_index(suffix: str) -> str:
+    """The MAC encoded in a table index ('0.2.138.211.124.110' -> '00:02:8a:d3:7c:6e')."""
+    parts = [int(p) for p in suffix.split(".") if p]
+    if len(parts) != 6 or any(not 0 <= p <= 255 for p in parts):
+        raise ValueError(f"not a MacAddress index: {suffix!r}")
+    return ":".join(f"{p:02x}" for p in parts)
+
+
+def as_int(value: Any) -> int | None:
+    """An INTEGER/Gauge/Unsigned value as int; None for anything else."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def as_mac(value: Any) -> str | None:
+    """A MacAddress (6-octet OCTET STRING) as 'aa:bb:..'; None for anything else."""
+    if value is None:
+        return None
+    try:
+        return _mac_from_octets(value)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def as_ipv4(value: Any) -> str | None:
+    """An IpAddress, or a 4-byte InetAddressIPv4 OCTET STRING, as dotted text; None for 0.0.0.0 or junk."""
+    if value is None:
+        return None
+    try:
+        raw = bytes(value.asOctets())
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(raw) != 4 or raw == b"\0\0\0\0":
+        return None
+    return ".".join(str(b) for b in raw)
 
 
 # -- client -------------------------------------------------------------------------------------
@@ -289,7 +333,7 @@ class CmtsSnmp:
 
     async def ping(self) -> None:
         """Raise unless the CMTS answers a read now (sysUpTime.0); for readiness probes."""
-        (uptime,) = await self._get("ping", ["1.3.6.1.2.1.1.3.0"])
+        (uptime,) = await self._get("ping", [SYS_UPTIME])
         if uptime is None:
             raise SnmpBadResponse("no sysUpTime", target=self.target.address, operation="ping")
 
@@ -339,6 +383,56 @@ class CmtsSnmp:
             return None
         (cm_mac,) = await self._get(op, [f"{CM_STATUS_MAC}.{self._int(op, ptr)}"])
         return None if cm_mac is None else self._mac(op, cm_mac)
+
+    # -- generic operations (vendor logic lives in resets.py / inventory.py) ---------------------
+
+    async def get(self, op: str, oids: Sequence[str]) -> list[Any | None]:
+        """GET with the read credentials; values in request order, None where the agent has no instance."""
+        return await self._get(op, oids)
+
+    async def set(self, op: str, values: Sequence[SetValue]) -> None:
+        """One SET PDU with the write credentials (all varbinds applied together or none)."""
+        varbinds = [ObjectType(ObjectIdentity(v.oid), _set_value(v)) for v in values]
+        await self._request(op, "SET", self.target.write, varbinds)
+
+    async def walk(self, op: str, column: str, *, max_rows: int = 200_000) -> list[tuple[str, Any]]:
+        """Every instance under `column` as (index suffix, value), with GETBULK, read credentials."""
+        prefix = column.strip(".") + "."
+        rows: list[tuple[str, Any]] = []
+        where = self.target.address
+        try:
+            engine, transport = await self._session()
+            walker = bulk_walk_cmd(
+                engine,
+                self._auth(self.target.read),
+                transport,
+                ContextData(),
+                0,
+                50,
+                ObjectType(ObjectIdentity(column)),
+                lookupMib=False,
+                lexicographicMode=False,  # else it walks on past the column, to the end of the agent
+            )
+            async for indication, status, index, varbinds in walker:
+                # bulk_walk_cmd retries a timeout forever by itself: every error ends the walk here.
+                if indication:
+                    raise self._from_indication(op, "WALK", indication)
+                if status:
+                    raise self._from_status(op, "WALK", status, index, [])
+                for oid, value in varbinds:
+                    text = str(oid)
+                    if not text.startswith(prefix) or isinstance(value, _EXCEPTION_VALUES):
+                        continue
+                    rows.append((text[len(prefix) :], value))
+                if len(rows) > max_rows:
+                    raise SnmpBadResponse(f"WALK: more than {max_rows} rows", target=where, operation=op)
+        except StatusInformation as exc:
+            raise self._from_indication(op, "WALK", _indication_of(exc)) from None
+        except (PySnmpError, OSError) as exc:
+            raise SnmpError(
+                f"WALK: {type(exc).__name__}: {self._scrub(str(exc))}", target=where, operation=op
+            ) from None
+        return rows
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -453,6 +547,12 @@ class CmtsSnmp:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+def _set_value(value: SetValue) -> Any:
+    if value.kind == "integer":
+        return Integer(int(value.value))
+    return OctetString(hexValue=str(value.value))
 
 
 def _indication_of(exc: StatusInformation) -> Any:

@@ -55,17 +55,30 @@ class ResetWatch:
 
     `confirmations`: consecutive online observations needed after the outage, so a modem that
     flaps through registrationComplete and drops again is not declared back too early.
+    `offline_within`: a modem not seen down this long after the reset is NEVER_OFFLINE at once (the
+    reset had no effect: the caller may try another method) instead of at `max_wait`.
+    `assume_offline`: the outage is taken as seen at the start (resuming a watch whose first part
+    was lost, e.g. the agent restarted after the SET): the first online poll settles it.
     """
 
-    def __init__(self, *, max_wait: float, started_at: float = 0.0, confirmations: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        max_wait: float,
+        started_at: float = 0.0,
+        confirmations: int = 1,
+        offline_within: float | None = None,
+        assume_offline: bool = False,
+    ) -> None:
         if max_wait <= 0 or confirmations < 1:
             raise ValueError("max_wait must be > 0 and confirmations >= 1")
         self.max_wait = max_wait
         self.started_at = started_at
         self.confirmations = confirmations
+        self.offline_within = offline_within
         self.polls = 0
         self.errors = 0
-        self.seconds_to_offline: float | None = None
+        self.seconds_to_offline: float | None = 0.0 if assume_offline else None
         self.seconds_to_online: float | None = None
         self._online_streak = 0
         self._last_seen: Observation | None = None
@@ -95,6 +108,13 @@ class ResetWatch:
                     return self._decide(Outcome.BACK_ONLINE, since)
         if since >= self.max_wait:
             return self.expire(at)
+        if (
+            self.offline_within is not None
+            and self.seconds_to_offline is None
+            and self._last_seen is not None
+            and since >= self.offline_within
+        ):
+            return self._decide(Outcome.NEVER_OFFLINE, since)
         return None
 
     def expire(self, at: float) -> VerifyResult:
@@ -129,14 +149,23 @@ async def verify_reset(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     started_at: float | None = None,
+    offline_within: float | None = None,
+    assume_offline: bool = False,
 ) -> VerifyResult:
     """Poll until the modem has been seen down and then up again, or `max_wait` seconds have passed.
 
     Exceptions in `transient_errors` (e.g. SnmpTimeout) count as failed polls; any other propagates.
     `started_at` (same clock): when the reset was sent, so timings count from the reset itself.
+    `offline_within`, `assume_offline`: see ResetWatch.
     """
     origin = clock() if started_at is None else started_at
-    watch = ResetWatch(max_wait=max_wait, started_at=origin, confirmations=confirmations)
+    watch = ResetWatch(
+        max_wait=max_wait,
+        started_at=origin,
+        confirmations=confirmations,
+        offline_within=offline_within,
+        assume_offline=assume_offline,
+    )
     while True:
         try:
             seen = classify(await poll())

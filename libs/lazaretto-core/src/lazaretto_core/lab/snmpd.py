@@ -2,6 +2,8 @@
 
 `with LabCmts([LabModem("00:02:8a:d3:7c:6e", "10.1.0.10")]) as cmts: ...` gives `cmts.host`/`cmts.port`,
 the communities and v3 user, `cmts.sets()` (every SET the CMTS accepted) and `cmts.set_modems(...)`.
+`vendor=` picks the emulated profile (cisco, casa, arris, docsis3, or cm: a cable modem answering
+docsDevResetNow; give it its CMTS's `sets_log=` so the reboot shows in the CMTS's status tables).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ SNMPGETNEXT = "/usr/bin/snmpgetnext"
 DOCS_IF_CMTS_SUBTREE = ".1.3.6.1.2.1.10.127.1.3"
 CDX_CM_CPE_SUBTREE = ".1.3.6.1.4.1.9.9.116.1.3.1"
 SYS_DESCR = ".1.3.6.1.2.1.1.1.0"
+VENDORS = ("cisco", "casa", "arris", "docsis3", "cm")
+SYS_DESCRS = {
+    "cisco": "Cisco IOS Software, cBR-8 (Lazaretto lab CMTS emulator)",
+    "casa": "Casa Systems C100G (Lazaretto lab CMTS emulator)",
+    "arris": "ARRIS CMTS C4 (Lazaretto lab CMTS emulator)",
+    "docsis3": "DOCSIS 3.1 CMTS (Lazaretto lab CMTS emulator)",
+    "cm": "DOCSIS 3.1 cable modem (Lazaretto lab CM emulator)",
+}
 
 
 @dataclass(frozen=True)
@@ -40,13 +50,17 @@ class LabCpe:
 
 @dataclass(frozen=True)
 class LabModem:
-    """One modem on the lab CMTS; `status` is its docsIfCmtsCmStatusValue while it is not resetting."""
+    """One modem on the lab CMTS; `status` is its docsIfCmtsCmStatusValue while it is not resetting;
+    `reg_id` its docsIf3CmtsCmRegStatusId (default index + 1000); `comes_back=False`: after a reset
+    it stays offline for good."""
 
     cm_mac: str
     cm_ip: str
     cpes: tuple[LabCpe, ...] = ()
     index: int | None = None
     status: int | None = None
+    reg_id: int | None = None
+    comes_back: bool = True
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -58,6 +72,10 @@ class LabModem:
             out["index"] = self.index
         if self.status is not None:
             out["status"] = self.status
+        if self.reg_id is not None:
+            out["reg_id"] = self.reg_id
+        if not self.comes_back:
+            out["after_reset"] = "never"
         return out
 
 
@@ -106,7 +124,12 @@ class LabCmts:
         rw_community: str = "private",
         v3_user: LabV3User | None = None,
         start_timeout: float = 60.0,
+        vendor: str = "cisco",
+        sets_log: Path | None = None,
     ) -> None:
+        if vendor not in VENDORS:
+            raise ValueError(f"unknown vendor {vendor!r}: one of {', '.join(VENDORS)}")
+        self.vendor = vendor
         self._modems = [_modem_json(m) for m in modems]
         self.offline_seconds = offline_seconds
         self.port = port or free_port(socket.SOCK_DGRAM)
@@ -117,15 +140,21 @@ class LabCmts:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lazaretto-snmpd-"))
         self.config_path = self.workdir / "cmts.json"
-        self.sets_log_path = self.workdir / "sets.jsonl"
+        self.sets_log_path = sets_log or self.workdir / "sets.jsonl"
         self.snmpd_conf_path = self.workdir / "snmpd.conf"
         self.persist_dir = self.workdir / "persist"
         self.process: LabProcess | None = None
+        self.subtrees: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> LabCmts:
         emulator = find_emulator()
+        self.subtrees = _emulator_subtrees(emulator, self.vendor)
         self.persist_dir.mkdir(parents=True, exist_ok=True)
         self._write_modems()
         self.sets_log_path.touch()
@@ -186,11 +215,16 @@ class LabCmts:
         raise KeyError(f"no modem {cm_mac} on the lab CMTS")
 
     def sets(self) -> list[dict[str, Any]]:
-        """Every SET the CMTS accepted, oldest first: {ts, object, oid, mac, value}."""
+        """Every SET the CMTS accepted, oldest first: {ts, object, oid, mac, value, reset}
+        (with a CM emulator sharing this log: its docsDevResetNow SETs too)."""
         if not self.sets_log_path.exists():
             return []
         lines = self.sets_log_path.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def resets(self) -> list[tuple[str, str]]:
+        """(object, MAC) of every accepted SET that resets a modem, oldest first."""
+        return [(str(s["object"]), str(s["mac"])) for s in self.sets() if s.get("reset")]
 
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines) if self.process else ""
@@ -199,6 +233,7 @@ class LabCmts:
 
     def _write_modems(self) -> None:
         doc = {
+            "vendor": self.vendor,
             "offline_seconds": self.offline_seconds,
             "sets_log": str(self.sets_log_path),
             "modems": self._modems,
@@ -222,12 +257,11 @@ class LabCmts:
                 f"rwcommunity {self.rw_community} 127.0.0.1",
                 f'createUser {u.name} {u.auth_protocol} "{u.auth_key}" {u.priv_protocol} "{u.priv_key}"',
                 f"rwuser {u.name} priv",
-                "sysDescr Cisco IOS Software, cBR-8 (Lazaretto lab CMTS emulator)",
-                "sysName lab-cmts",
+                f"sysDescr {SYS_DESCRS[self.vendor]}",
+                f"sysName lab-{self.vendor}",
                 "dontLogTCPWrappersConnects yes",
                 # One process per line; the emulators share state through the JSON and the sets log.
-                f"pass_persist {DOCS_IF_CMTS_SUBTREE} {run} --subtree {DOCS_IF_CMTS_SUBTREE}",
-                f"pass_persist {CDX_CM_CPE_SUBTREE} {run} --subtree {CDX_CM_CPE_SUBTREE}",
+                *(f"pass_persist {tree} {run} --subtree {tree}" for tree in self.subtrees),
                 "",
             ]
         )
@@ -253,13 +287,21 @@ class LabCmts:
     def _answers(self) -> bool:
         if not self._udp_bound():
             return False
-        # sysDescr proves snmpd listens; the GETNEXTs also spawn both emulator processes, so the first
+        # sysDescr proves snmpd listens; the GETNEXTs also spawn every emulator process, so the first
         # real request does not pay the Python start-up (and trip a short client timeout).
-        return (
-            self._snmp_cli(SNMPGET, SYS_DESCR)
-            and self._snmp_cli(SNMPGETNEXT, DOCS_IF_CMTS_SUBTREE)
-            and self._snmp_cli(SNMPGETNEXT, CDX_CM_CPE_SUBTREE)
+        return self._snmp_cli(SNMPGET, SYS_DESCR) and all(
+            self._snmp_cli(SNMPGETNEXT, tree) for tree in self.subtrees
         )
+
+
+def _emulator_subtrees(emulator: Path, vendor: str) -> tuple[str, ...]:
+    """Ask the emulator itself which subtrees a vendor profile serves (one source of truth)."""
+    done = subprocess.run(
+        [sys.executable, str(emulator), "--subtrees", vendor], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        raise LabProcessError(f"{emulator} --subtrees {vendor}: {done.stderr.strip()}")
+    return tuple(line.strip() for line in done.stdout.splitlines() if line.strip())
 
 
 def _mac_key(mac: str) -> str:

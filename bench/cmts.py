@@ -1,0 +1,146 @@
+"""make bench-cmts: 1,000 modem resets over 10 emulated CMTSes, SET plus verification, per-CMTS limit 10.
+
+Ten real net-snmp `snmpd`s on loopback, each with our pass_persist emulator (vendors rotate through
+Cisco, Casa, Arris and DOCSIS 3 CmCtrl) listing 100 modems that stay down `--offline` seconds after
+a reset. cmts-agent's own Fleet / Inventory / Resetter (a fresh PostgreSQL database for the
+inventory) reset all 1,000 at once; each reset is its CMTS's SET followed by status polls until the
+modem was seen down and back online. Prints one `name=value` per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENDORS = ("cisco", "casa", "arris", "docsis3")
+
+
+def machine() -> str:
+    cpus = os.cpu_count() or 0
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.system()} {platform.machine()}, {cpus} CPUs, {model or 'unknown CPU'}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from cmts_agent.fleet import Fleet
+    from cmts_agent.inventory import Inventory
+    from cmts_agent.resets import Resetter
+    from cmts_agent.settings import CmtsProfile
+    from lazaretto_core import db
+    from lazaretto_core.lab.snmpd import LabCmts, LabModem
+    from lazaretto_core.testing import create_database, database_dsn, drop_database
+
+    per_cmts = args.resets // args.cmtses
+    started_setup = time.monotonic()
+    labs: list[LabCmts] = []
+    db_name = await create_database("bench_cmts")
+    pool = None
+    fleet = None
+    try:
+        for c in range(args.cmtses):
+            modems = [
+                LabModem(f"00:10:{c:02x}:00:{m // 256:02x}:{m % 256:02x}", f"10.{c}.{m // 250}.{m % 250 + 1}")
+                for m in range(per_cmts)
+            ]
+            labs.append(
+                await asyncio.to_thread(
+                    LabCmts(modems, vendor=VENDORS[c % len(VENDORS)], offline_seconds=args.offline).start
+                )
+            )
+        profiles = [
+            CmtsProfile(
+                name=f"cmts{c}",
+                host=lab.host,
+                port=lab.port,
+                vendor=lab.vendor,
+                read_community=SecretStr(lab.ro_community),
+                write_community=SecretStr(lab.rw_community),
+                max_in_flight=args.limit,
+                resets_per_second=args.rate,
+                timeout=2.0,
+                retries=2,
+                verify_interval=args.interval,
+                verify_max_wait=30.0,
+                offline_within=10.0,
+            )
+            for c, lab in enumerate(labs)
+        ]
+        pool = await db.create_pool(database_dsn(db_name))
+        await db.migrate(pool, db.package_migrations("cmts_agent"))
+        fleet = Fleet(profiles)
+        inventory = Inventory(pool, fleet)
+        walk_started = time.monotonic()
+        walks = await inventory.refresh()
+        inventory_seconds = time.monotonic() - walk_started
+        if any(w.error for w in walks):
+            print(f"inventory walk failed: {[w.error for w in walks if w.error]}", file=sys.stderr)
+            return 1
+        resetter = Resetter(fleet, inventory, global_max_in_flight=args.cmtses * args.limit)
+        setup_seconds = time.monotonic() - started_setup
+
+        macs = [m["cm_mac"] for lab in labs for m in lab.modems]
+        started = time.monotonic()
+        results = await asyncio.gather(*(resetter.reset(mac) for mac in macs), return_exceptions=True)
+        seconds = time.monotonic() - started
+
+        failed = [r for r in results if isinstance(r, BaseException) or not r.ok]
+        reports = [r for r in results if not isinstance(r, BaseException)]
+        back = sorted(r.verification.seconds_to_online or 0.0 for r in reports if r.ok)
+        logged = sum(len(lab.resets()) for lab in labs)
+        print(f"machine={machine()}")
+        print(f"cmtses={args.cmtses}")
+        print(f"per_cmts_limit={args.limit}")
+        print(f"offline_seconds={args.offline}")
+        print(f"verify_interval={args.interval}")
+        print(f"setup_seconds={setup_seconds:.2f}")
+        print(f"inventory_walk_seconds={inventory_seconds:.3f}")
+        print(f"inventory_modems={sum(w.modems for w in walks)}")
+        print(f"resets={len(macs)}")
+        print(f"seconds={seconds:.2f}")
+        print(f"resets_per_second={len(macs) / seconds:.1f}")
+        print(f"failed={len(failed)}")
+        print(f"sets_logged_by_emulators={logged}")
+        print(f"peak_in_flight_per_cmts={max(c.peak_in_flight for c in fleet.all())}")
+        if back:
+            print(f"seconds_to_online_p50={back[len(back) // 2]:.2f}")
+            print(f"seconds_to_online_max={back[-1]:.2f}")
+        for error in failed[:3]:
+            print(f"# failure: {error!r}"[:300], file=sys.stderr)
+        return 0 if not failed else 1
+    finally:
+        if fleet is not None:
+            await fleet.close()
+        if pool is not None:
+            await pool.close()
+        for lab in labs:
+            lab.stop()
+        await drop_database(db_name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resets", type=int, default=1000)
+    parser.add_argument("--cmtses", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=10, help="resets in flight per CMTS")
+    parser.add_argument("--rate", type=float, default=100.0, help="reset SETs per second per CMTS")
+    parser.add_argument("--offline", type=float, default=0.5, help="seconds an emulated modem stays down")
+    parser.add_argument("--interval", type=float, default=0.1, help="verification poll interval")
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Where each modem is: which CMTS serves a CM (and its status row), and which CM a CPE is behind.
+
+Built by walking every CMTS's status table (docsIfCmtsCmStatusTable or docsIf3CmtsCmRegStatusTable)
+and CPE table (cdxCmCpeTable, casaCmtsCmCpeTable, cadIfCmtsMacToIpTable) on a schedule and on a
+miss, and kept in PostgreSQL, so a reset needs only the CM MAC. Live status reads go to the CMTS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import Gauge
+
+from lazaretto_core.http import ProgressMonitor
+
+from .fleet import CmtsClient, Fleet
+from .snmp import SnmpError, as_int, as_ipv4, as_mac, classify, mac_from_index, normalize_mac
+from .vendors import CM_PTR, CPE_COLUMNS, STATUS_COLUMNS, TYPE_CM, StatusColumns, mac_index
+
+log = logging.getLogger(__name__)
+
+MODEMS = Gauge("lazaretto_cmts_inventory_modems", "Cable modems listed by the last walk", ["cmts"])
+CPES = Gauge("lazaretto_cmts_inventory_cpes", "CPEs listed by the last walk", ["cmts"])
+WALK_OK = Gauge("lazaretto_cmts_inventory_walk_ok", "1 if the last walk of the CMTS succeeded", ["cmts"])
+
+
+@dataclass(frozen=True)
+class ModemRecord:
+    """A cable modem as the inventory knows it."""
+
+    cm_mac: str
+    cmts: str
+    table: str  # docsis2 | docsis3
+    index: int  # the row in that table
+    ip: str | None
+    status_value: int | None
+    online: bool
+
+
+@dataclass(frozen=True)
+class CpeRecord:
+    cpe_mac: str
+    cm_mac: str
+    cmts: str
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class ModemStatus:
+    """What the CMTS says about one CM right now."""
+
+    cm_mac: str
+    cmts: str
+    table: str
+    index: int
+    value: int
+    state: str
+    online: bool
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class WalkResult:
+    cmts: str
+    modems: int
+    cpes: int
+    seconds: float
+    error: str | None = None
+    error_class: str | None = None
+    skipped: bool = False  # walked moments ago (min_interval): not walked again
+
+
+class InventoryIncomplete(SnmpError):
+    """A MAC was not found, but some CMTS could not be walked: it may be there (retry later).
+    Classified as snmp_inventory_incomplete."""
+
+    TRANSIENT = True
+
+
+class Inventory:
+    def __init__(self, pool: asyncpg.Pool, fleet: Fleet, *, min_interval: float = 5.0) -> None:
+        self.pool = pool
+        self.fleet = fleet
+        self.min_interval = min_interval
+        self._locks = {name: asyncio.Lock() for name in fleet.names()}
+        self._walked_at: dict[str, float] = {}
+        self._failed: dict[str, str] = {}  # CMTS -> error of its last walk
+        self._last: dict[str, WalkResult] = {}
+
+    # -- walking ----------------------------------------------------------------------------------
+
+    async def refresh(self, names: list[str] | None = None, *, force: bool = True) -> list[WalkResult]:
+        """Walk these CMTSes (all by default) concurrently and store what they list.
+
+        `force=False`: skip a CMTS walked less than `min_interval` ago (a miss must not turn into a
+        walk storm); concurrent callers share one walk per CMTS.
+        """
+        chosen = names if names is not None else self.fleet.names()
+        return list(await asyncio.gather(*(self._refresh_one(self.fleet[n], force) for n in chosen)))
+
+    async def _refresh_one(self, client: CmtsClient, force: bool) -> WalkResult:
+        result = await self._walk_and_store(client, force)
+        if not result.skipped:
+            self._last[client.name] = result
+        return result
+
+    async def _walk_and_store(self, client: CmtsClient, force: bool) -> WalkResult:
+        asked_at = time.monotonic()
+        async with self._locks[client.name]:
+            last = self._walked_at.get(client.name)
+            # Another caller walked while we waited, or a recent walk is good enough.
+            if last is not None and (last >= asked_at or (not force and asked_at - last < self.min_interval)):
+                previous = self._last.get(client.name) or WalkResult(client.name, 0, 0, 0.0)
+                return dataclasses.replace(previous, skipped=True)
+            started = time.monotonic()
+            try:
+                modems, cpes = await self._walk(client)
+            except SnmpError as exc:
+                self._walked_at[client.name] = time.monotonic()
+                self._failed[client.name] = str(exc)
+                WALK_OK.labels(client.name).set(0)
+                log.warning("inventory walk of CMTS %s failed: %s", client.name, exc)
+                return WalkResult(client.name, 0, 0, time.monotonic() - started, str(exc), classify(exc))
+            await self._store(client.name, modems, cpes)
+            self._walked_at[client.name] = time.monotonic()
+            self._failed.pop(client.name, None)
+            WALK_OK.labels(client.name).set(1)
+            MODEMS.labels(client.name).set(len(modems))
+            CPES.labels(client.name).set(len(cpes))
+            seconds = time.monotonic() - started
+            log.info(
+                "inventory: CMTS %s lists %d modems, %d CPEs (%.2f s)",
+                client.name,
+                len(modems),
+                len(cpes),
+                seconds,
+            )
+            return WalkResult(client.name, len(modems), len(cpes), seconds)
+
+    async def _walk(self, client: CmtsClient) -> tuple[list[ModemRecord], list[CpeRecord]]:
+        profile, snmp = client.profile, client.snmp
+        cols = STATUS_COLUMNS[profile.table]
+        op = f"inventory({profile.name})"
+        macs, ips, values = await asyncio.gather(
+            snmp.walk(op, cols.mac), snmp.walk(op, cols.ip), snmp.walk(op, cols.value)
+        )
+        ip_of = {k: as_ipv4(v) for k, v in ips}
+        value_of = {k: as_int(v) for k, v in values}
+        modems: list[ModemRecord] = []
+        for key, raw in macs:
+            mac, index = as_mac(raw), as_int(key)
+            if mac is None or index is None:
+                continue  # a malformed row must not hide the others
+            value = value_of.get(key)
+            online = value is not None and cols.online(value)
+            modems.append(ModemRecord(mac, profile.name, cols.table, index, ip_of.get(key), value, online))
+        cpes = await self._walk_cpes(client, modems)
+        return modems, cpes
+
+    async def _walk_cpes(self, client: CmtsClient, modems: list[ModemRecord]) -> list[CpeRecord]:
+        profile, snmp = client.profile, client.snmp
+        spec = CPE_COLUMNS.get(profile.vendor)
+        if spec is None:
+            return []  # no standard CPE table (DOCS-SUBMGT3 is not verified): CPE look-ups live only
+        op = f"inventory-cpes({profile.name})"
+        cm_of_rows = await snmp.walk(op, spec.cm_of)
+        types = dict(await snmp.walk(op, spec.cpe_type)) if spec.cpe_type else {}
+        ips = dict(await snmp.walk(op, spec.cpe_ip)) if spec.cpe_ip else {}
+        if spec.kind == "status-index":
+            # The cdx-like tables point at docsIfCmtsCmStatusIndex, whatever table the profile polls.
+            if profile.table == "docsis2":
+                by_index = {m.index: m.cm_mac for m in modems}
+            else:
+                rows = await snmp.walk(op, STATUS_COLUMNS["docsis2"].mac)
+                by_index = {i: m for k, v in rows if (i := as_int(k)) is not None and (m := as_mac(v))}
+        cpes: list[CpeRecord] = []
+        for key, raw in cm_of_rows:
+            try:
+                cpe_mac = mac_from_index(key)
+            except ValueError:
+                continue
+            if as_int(types.get(key)) == TYPE_CM:
+                continue  # the CM's own row
+            if spec.kind == "status-index":
+                idx = as_int(raw)
+                cm_mac = by_index.get(idx) if idx is not None else None
+            else:
+                cm_mac = as_mac(raw)
+            if cm_mac is None or cm_mac == cpe_mac:
+                continue
+            cpes.append(CpeRecord(cpe_mac, cm_mac, profile.name, as_ipv4(ips.get(key))))
+        return cpes
+
+    async def _store(self, cmts: str, modems: list[ModemRecord], cpes: list[CpeRecord]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            walked_at = await conn.fetchval("SELECT now()")
+            await conn.execute(
+                """
+                INSERT INTO cmts_modems
+                    (cm_mac, cmts, status_table, row_index, ip, status_value, online, seen_at)
+                SELECT m, $2, t, i, ip, v, o, $3
+                FROM unnest($1::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], $8::bool[])
+                     AS u(m, t, i, ip, v, o)
+                ON CONFLICT (cm_mac) DO UPDATE SET cmts = EXCLUDED.cmts, status_table = EXCLUDED.status_table,
+                    row_index = EXCLUDED.row_index, ip = EXCLUDED.ip, status_value = EXCLUDED.status_value,
+                    online = EXCLUDED.online, seen_at = EXCLUDED.seen_at
+                """,
+                [m.cm_mac for m in modems],
+                cmts,
+                walked_at,
+                [m.table for m in modems],
+                [m.index for m in modems],
+                [m.ip for m in modems],
+                [m.status_value for m in modems],
+                [m.online for m in modems],
+            )
+            # Gone from this CMTS (moved elsewhere rows now carry the other CMTS's name).
+            await conn.execute("DELETE FROM cmts_modems WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
+            await conn.execute(
+                """
+                INSERT INTO cmts_cpes (cpe_mac, cm_mac, cmts, ip, seen_at)
+                SELECT c, m, $2, ip, $3 FROM unnest($1::text[], $4::text[], $5::text[]) AS u(c, m, ip)
+                ON CONFLICT (cpe_mac) DO UPDATE SET cm_mac = EXCLUDED.cm_mac, cmts = EXCLUDED.cmts,
+                    ip = EXCLUDED.ip, seen_at = EXCLUDED.seen_at
+                """,
+                [c.cpe_mac for c in cpes],
+                cmts,
+                walked_at,
+                [c.cm_mac for c in cpes],
+                [c.ip for c in cpes],
+            )
+            if CPE_COLUMNS.get(self.fleet[cmts].profile.vendor) is not None:
+                await conn.execute("DELETE FROM cmts_cpes WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
+
+    async def run(self, interval: float, progress: ProgressMonitor | None = None) -> None:
+        """Walk every CMTS now and then every `interval` seconds, until cancelled."""
+        while True:
+            try:
+                await self.refresh()  # a CMTS that fails is logged per CMTS and does not stop the others
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("inventory walk not stored (database): %s", exc)
+            else:
+                if progress is not None:
+                    progress.beat("inventory")  # /healthz fails when walks stop being stored
+            await asyncio.sleep(interval)
+
+    # -- look-ups ---------------------------------------------------------------------------------
+
+    async def find(self, cm_mac: str) -> ModemRecord | None:
+        """The stored record of a CM, without asking any CMTS."""
+        row = await self.pool.fetchrow("SELECT * FROM cmts_modems WHERE cm_mac = $1", normalize_mac(cm_mac))
+        return None if row is None else _modem(row)
+
+    async def locate(self, cm_mac: str) -> ModemRecord | None:
+        """Which CMTS serves this CM: the inventory, else (a miss) a fresh walk, then the inventory.
+
+        None: no CMTS lists it. Raises InventoryIncomplete when it is not found and some CMTS
+        could not be walked (it may be on that one).
+        """
+        mac = normalize_mac(cm_mac)
+        found = await self.find(mac)
+        if found is not None and found.cmts in self._locks:
+            return found
+        results = await self.refresh(force=False)
+        found = await self.find(mac)
+        if found is not None and found.cmts in self._locks:
+            return found
+        failed = [r.cmts for r in results if r.error]
+        if failed:
+            raise InventoryIncomplete(
+                f"{mac} not found, and these CMTSes could not be walked: {', '.join(failed)}",
+                operation=f"locate({mac})",
+            )
+        return None
+
+    async def cpes_of(self, cm_mac: str) -> list[CpeRecord]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM cmts_cpes WHERE cm_mac = $1 ORDER BY cpe_mac", normalize_mac(cm_mac)
+        )
+        return [_cpe(r) for r in rows]
+
+    async def cpe(self, cpe_mac: str) -> CpeRecord | None:
+        """The CM a CPE is behind: asked live of every CMTS with a CPE table (CPEs come and go faster
+        than a walk schedule), remembered; the stored answer if no CMTS could answer now."""
+        mac = normalize_mac(cpe_mac)
+        clients = [c for c in self.fleet.all() if c.profile.vendor in CPE_COLUMNS]
+        answers = await asyncio.gather(*(self._cpe_live(c, mac) for c in clients), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, CpeRecord):
+                await self._remember_cpe(answer)
+                return answer
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        for error in errors:
+            if not isinstance(error, SnmpError):
+                raise error
+        row = await self.pool.fetchrow("SELECT * FROM cmts_cpes WHERE cpe_mac = $1", mac)
+        if row is not None:
+            return _cpe(row)
+        if errors and len(errors) == len(answers):
+            raise errors[0]  # nobody could answer: that is not "unknown"
+        return None
+
+    async def cpe_by_ip(self, ip: str) -> CpeRecord | None:
+        """The CPE (and its CM) holding this IPv4 as the CMTSes last listed it; walks on a miss."""
+        query = "SELECT * FROM cmts_cpes WHERE ip = $1 ORDER BY seen_at DESC LIMIT 1"
+        row = await self.pool.fetchrow(query, ip)
+        if row is None:
+            await self.refresh(force=False)
+            row = await self.pool.fetchrow(query, ip)
+        return None if row is None else _cpe(row)
+
+    async def _cpe_live(self, client: CmtsClient, cpe_mac: str) -> CpeRecord | None:
+        spec = CPE_COLUMNS[client.profile.vendor]
+        snmp, idx = client.snmp, mac_index(cpe_mac)
+        op = f"cpe({cpe_mac})"
+        oids = [f"{spec.cm_of}.{idx}"] + ([f"{spec.cpe_ip}.{idx}"] if spec.cpe_ip else [])
+        values = await snmp.get(op, oids)
+        raw, ip = values[0], as_ipv4(values[1]) if len(values) > 1 else None
+        if raw is None:
+            return None
+        if spec.kind == "cm-mac":
+            cm_mac = as_mac(raw)
+        else:
+            status_index = as_int(raw)
+            if status_index is None:
+                return None
+            cols = STATUS_COLUMNS["docsis2"]
+            (cm_raw,) = await snmp.get(op, [f"{cols.mac}.{status_index}"])
+            cm_mac = as_mac(cm_raw)
+        return None if cm_mac is None else CpeRecord(cpe_mac, cm_mac, client.name, ip)
+
+    async def _remember_cpe(self, cpe: CpeRecord) -> None:
+        await self.pool.execute(
+            """
+            INSERT INTO cmts_cpes (cpe_mac, cm_mac, cmts, ip) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (cpe_mac) DO UPDATE SET cm_mac = EXCLUDED.cm_mac, cmts = EXCLUDED.cmts,
+                ip = COALESCE(EXCLUDED.ip, cmts_cpes.ip), seen_at = now()
+            """,
+            cpe.cpe_mac,
+            cpe.cm_mac,
+            cpe.cmts,
+            cpe.ip,
+        )
+
+    # -- live status ------------------------------------------------------------------------------
+
+    async def status(self, record: ModemRecord) -> ModemStatus | None:
+        """The CM's status row now, on its CMTS; None if the CMTS no longer lists it there."""
+        client = self.fleet[record.cmts]
+        cols = STATUS_COLUMNS[record.table]
+        op = f"status({record.cm_mac})"
+        mac_raw, value_raw, ip_raw = await client.snmp.get(
+            op, [f"{cols.mac}.{record.index}", f"{cols.value}.{record.index}", f"{cols.ip}.{record.index}"]
+        )
+        if as_mac(mac_raw) != record.cm_mac or as_int(value_raw) is None:
+            # The row went away or now holds another modem: DOCSIS 2 can point at the new row.
+            moved = await self._relocate_d2(client, record, cols) if record.table == "docsis2" else None
+            return moved
+        return _status(record, cols, as_int(value_raw) or 0, as_ipv4(ip_raw))
+
+    async def _relocate_d2(
+        self, client: CmtsClient, record: ModemRecord, cols: StatusColumns
+    ) -> ModemStatus | None:
+        op = f"status({record.cm_mac})"
+        (ptr,) = await client.snmp.get(op, [f"{CM_PTR}.{mac_index(record.cm_mac)}"])
+        index = as_int(ptr)
+        if index is None:
+            return None
+        value_raw, ip_raw = await client.snmp.get(op, [f"{cols.value}.{index}", f"{cols.ip}.{index}"])
+        value = as_int(value_raw)
+        if value is None:
+            return None
+        moved = ModemRecord(
+            record.cm_mac, record.cmts, record.table, index, record.ip, value, cols.online(value)
+        )
+        return _status(moved, cols, value, as_ipv4(ip_raw))
+
+    async def counts(self) -> dict[str, tuple[int, int]]:
+        """(modems, CPEs) stored per CMTS."""
+        modems = {
+            r["cmts"]: r["n"]
+            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cmts_modems GROUP BY 1")
+        }
+        cpes = {
+            r["cmts"]: r["n"]
+            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cmts_cpes GROUP BY 1")
+        }
+        return {name: (int(modems.get(name, 0)), int(cpes.get(name, 0))) for name in self.fleet.names()}
+
+    def last_error(self, cmts: str) -> str | None:
+        return self._failed.get(cmts)
+
+
+def _status(record: ModemRecord, cols: StatusColumns, value: int, ip: str | None) -> ModemStatus:
+    return ModemStatus(
+        cm_mac=record.cm_mac,
+        cmts=record.cmts,
+        table=record.table,
+        index=record.index,
+        value=value,
+        state=cols.state_name(value),
+        online=cols.online(value),
+        ip=ip or record.ip,
+    )
+
+
+def _modem(row: Any) -> ModemRecord:
+    return ModemRecord(
+        cm_mac=row["cm_mac"],
+        cmts=row["cmts"],
+        table=row["status_table"],
+        index=int(row["row_index"]),
+        ip=row["ip"],
+        status_value=row["status_value"],
+        online=bool(row["online"]),
+    )
+
+
+def _cpe(row: Any) -> CpeRecord:
+    return CpeRecord(cpe_mac=row["cpe_mac"], cm_mac=row["cm_mac"], cmts=row["cmts"], ip=row["ip"])

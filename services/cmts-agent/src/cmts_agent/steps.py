@@ -1,0 +1,73 @@
+"""Reset commands already handled, by step id: a redelivered command republishes its result instead
+of resetting the modem again, and one interrupted mid-verification resumes without a second SET."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from lazaretto_core.contracts import ModemResetCompleted, ModemResetFailed
+
+StepResult = ModemResetCompleted | ModemResetFailed
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step_id: UUID
+    state: str  # sent | done
+    method: str | None
+    sent_at: datetime | None
+    result: StepResult | None
+
+
+class ResetSteps:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def get(self, step_id: UUID) -> StepRow | None:
+        row = await self.pool.fetchrow("SELECT * FROM cmts_reset_steps WHERE step_id = $1", step_id)
+        if row is None:
+            return None
+        result: StepResult | None = None
+        if row["result"] is not None:
+            body = json.loads(row["result"])
+            model = ModemResetCompleted if row["result_type"] == "completed" else ModemResetFailed
+            result = model.model_validate(body)
+        return StepRow(row["step_id"], row["state"], row["method"], row["sent_at"], result)
+
+    async def mark_sent(self, step_id: UUID, case_id: UUID, cm_mac: str, cmts: str, method: str) -> None:
+        """A reset SET was accepted for this step (the first one counts)."""
+        await self.pool.execute(
+            """
+            INSERT INTO cmts_reset_steps (step_id, case_id, cm_mac, cmts, method, state, sent_at)
+            VALUES ($1, $2, $3, $4, $5, 'sent', now())
+            ON CONFLICT (step_id) DO NOTHING
+            """,
+            step_id,
+            case_id,
+            cm_mac,
+            cmts,
+            method,
+        )
+
+    async def finish(self, result: StepResult) -> None:
+        kind = "completed" if isinstance(result, ModemResetCompleted) else "failed"
+        await self.pool.execute(
+            """
+            INSERT INTO cmts_reset_steps (step_id, case_id, cm_mac, cmts, state, result_type, result)
+            VALUES ($1, $2, $3, $4, 'done', $5, $6::jsonb)
+            ON CONFLICT (step_id) DO UPDATE SET state = 'done', result_type = EXCLUDED.result_type,
+                result = EXCLUDED.result, cmts = COALESCE(EXCLUDED.cmts, cmts_reset_steps.cmts),
+                updated_at = now()
+            """,
+            result.step_id,
+            result.case_id,
+            result.cm_mac,
+            result.cmts,
+            kind,
+            result.model_dump_json(),
+        )
