@@ -12,6 +12,7 @@ from lazaretto_core.lab.process import free_port
 
 @pytest.fixture(scope="module")
 def postfix_lab() -> Iterator[LabPostfix]:
-    """Postfix on 127.0.0.1:`.port`; serve policy on `.policy_port` (Postfix says DUNNO while none runs)."""
-    with LabPostfix(policy_port=free_port()) as mta:
+    """Postfix on 127.0.0.1:`.port`; serve policy on `.policy_port` (Postfix says DUNNO while none runs).
+    Recipients at nosuchuser.example are refused after the policy check."""
+    with LabPostfix(policy_port=free_port(), reject_domains=("nosuchuser.example",)) as mta:
         yield mta

@@ -1,130 +1,218 @@
-"""Sliding-window counters and policy accounting, on an injected clock."""
+"""Sliding windows, rules and policy accounting, on explicit times (no clock, no I/O)."""
 
 from __future__ import annotations
 
 import pytest
 
-from detector_smtp.counters import HOUR, PolicyAccounting, SlidingWindowCounter
+from detector_smtp.counters import PolicyAccounting, domain_of
+from detector_smtp.observations import AddressClasses, SpamDetector
 from detector_smtp.policy_protocol import PolicyRequest
+from detector_smtp.rules import RuleSet, SmtpRule, default_rules
+from detector_smtp.windows import ClientWindows, MailEvent
+from lazaretto_core.ranges import SubscriberRanges
+
+CPE = "100.64.2.20"
 
 
-def test_reports_the_moment_the_threshold_is_crossed_and_only_once_per_window() -> None:
-    counter = SlidingWindowCounter(threshold=1000, window=HOUR)
-    hits = [counter.add("100.64.0.10", now=1000.0 + i) for i in range(1500)]
-    crossings = [h for h in hits if h is not None]
-    assert len(crossings) == 1
-    assert hits.index(crossings[0]) == 999  # the 1000th message
-    c = crossings[0]
-    assert (c.key, c.metric, c.count, c.threshold, c.first_seen, c.at) == (
-        "100.64.0.10", "messages", 1000, 1000, 1000.0, 1999.0
-    )  # fmt: skip
+def detector(rules: tuple[SmtpRule, ...] | None = None, **windows: int) -> SpamDetector:
+    return SpamDetector(
+        ClientWindows(**windows),
+        RuleSet(rules if rules is not None else default_rules(messages_per_hour=1000)),
+        AddressClasses(
+            SubscriberRanges(["100.64.0.0/10"]),
+            SubscriberRanges(["100.64.50.0/24"]),
+            SubscriberRanges(["100.64.99.0/24"]),
+        ),
+    )
 
 
-def test_reported_again_after_a_window_if_still_above() -> None:
-    counter = SlidingWindowCounter(threshold=10, window=600)
-    reports = [t for t in range(0, 1800, 10) if counter.add("a", now=float(t))]
-    # 1 per 10 s: the 10th message at t=90 crosses; still above after one window: t=690, t=1290
-    assert reports == [90, 690, 1290]
+def test_the_1000th_message_in_an_hour_from_a_dynamic_address_is_reported_once() -> None:
+    det = detector()
+    reports = [det.observe(MailEvent(CPE, 1000.0 + i * 3, messages=1), "test")[1] for i in range(1500)]
+    hits = [(i, r) for i, r in enumerate(reports) if r is not None]
+    assert [i for i, _ in hits] == [999]
+    event = hits[0][1].observation
+    assert event.count == 1000
+    assert event.evidence["rules"][0]["rule"] == "dynamic-hourly"
+    assert event.evidence["hour"]["messages"] == 1000
+    assert event.evidence["minute"]["messages"] == 20  # one every 3 s
+    assert event.evidence["subscriber_class"] == "dynamic"
 
 
-def test_old_events_slide_out() -> None:
-    counter = SlidingWindowCounter(threshold=5, window=100, buckets=10)
-    for t in (0, 1, 2, 3):
-        assert counter.add("a", now=float(t)) is None
-    assert counter.count("a", now=50.0) == 4
-    assert counter.count("a", now=150.0) == 0
-    # four old ones have left the window, so four more do not cross
-    for t in (150, 151, 152, 153):
-        assert counter.add("a", now=float(t)) is None
-    assert counter.add("a", now=154.0) is not None
+def test_burst_rule_fires_on_a_minute_even_far_below_the_hourly_threshold() -> None:
+    det = detector()
+    reports = [det.observe(MailEvent(CPE, 500.0 + i * 0.1, messages=1), "t")[1] for i in range(150)]
+    first = next(r for r in reports if r is not None)
+    assert first.hits[0].rule.name == "dynamic-burst"
+    assert first.observation.count == 100
+    assert first.observation.evidence["window_seconds"] == 60.0
 
 
-def test_keys_are_independent_and_n_counts_many() -> None:
-    counter = SlidingWindowCounter(threshold=3, window=60, metric="recipients")
-    assert counter.add("a", 2, now=0.0) is None
-    assert counter.add("b", 2, now=0.0) is None
-    hit = counter.add("a", 5, now=1.0)
-    assert hit is not None
-    assert (hit.key, hit.count, hit.metric) == ("a", 7, "recipients")
+def test_business_addresses_have_their_own_thresholds_and_isp_servers_are_never_counted() -> None:
+    det = detector()
+    business = [det.observe(MailEvent("100.64.50.7", 10.0 + i, messages=1), "t") for i in range(1500)]
+    assert {k for k, _ in business} == {"business"}
+    assert all(r is None for _, r in business)  # 10x the dynamic volume
+    relay = [det.observe(MailEvent("100.64.99.5", 10.0 + i, messages=1), "t") for i in range(5000)]
+    assert {k for k, _ in relay} == {"never_report"}
+    assert "100.64.99.5" not in det.windows
+    assert det.observe(MailEvent("198.51.100.1", 1.0, messages=1), "t")[0] == "outside_ranges"
+    assert det.observe(MailEvent("unknown", 1.0, messages=1), "t")[0] == "no_address"
 
 
-def test_idle_keys_expire_and_memory_is_bounded() -> None:
-    counter = SlidingWindowCounter(threshold=100, window=60, max_keys=1000)
+def test_high_reject_ratio_needs_enough_recipients() -> None:
+    det = detector()
+    # 40 accepted, 60 refused: ratio 0.6 but the rule waits for 50 recipients offered
+    outcomes = []
+    for i in range(40):
+        outcomes.append(det.observe(MailEvent(CPE, 10.0 + i, messages=1, recipients=1), "t")[1])
+    for i in range(60):
+        outcomes.append(det.observe(MailEvent(CPE, 50.0 + i, rejected=1), "t")[1])
+    fired = [(i, r) for i, r in enumerate(outcomes) if r is not None]
+    # at 40 accepted + 40 refused (80 offered) the ratio reaches 0.5
+    assert [i for i, _ in fired] == [79]
+    report = fired[0][1]
+    assert report is not None
+    assert report.hits[0].rule.name == "dynamic-rejects"
+    assert report.observation.count == 40
+    assert report.observation.evidence["hour"]["reject_ratio"] == 0.5
+
+
+def test_old_events_slide_out_of_both_windows() -> None:
+    win = ClientWindows()
+    for t in (0.0, 1.0, 2.0):
+        win.record(MailEvent(CPE, t, messages=1, recipients=2, recipient_domain="example.org"))
+    state = win.get(CPE)
+    assert state is not None
+    short, long = win.counts(state, 30.0)
+    assert (short.messages, long.messages, long.recipients, long.recipient_domains) == (3, 3, 6, 1)
+    short, long = win.counts(state, 120.0)
+    assert (short.messages, short.recipient_domains, long.messages, long.recipient_domains) == (0, 0, 3, 1)
+    short, long = win.counts(state, 3700.0)
+    assert (long.messages, long.recipients, long.recipient_domains) == (0, 0, 0)
+
+
+def test_distinct_recipient_domains_and_samples_are_bounded() -> None:
+    win = ClientWindows(max_domains=10, sample_size=3)
+    for i in range(50):
+        d = f"d{i}.example"
+        win.record(
+            MailEvent(CPE, float(i), recipients=1, recipient_domain=d, recipient=d, sender="s.example")
+        )
+    state = win.get(CPE)
+    assert state is not None
+    assert win.counts(state, 50.0)[1].recipient_domains == 10
+    assert state.recipients == ["d47.example", "d48.example", "d49.example"]
+    assert state.senders == ["s.example"]
+
+
+def test_memory_is_bounded_and_idle_clients_expire() -> None:
+    win = ClientWindows(max_clients=1000)
     for i in range(5000):
-        counter.add(f"10.0.{i // 256}.{i % 256}", now=0.0)
-    assert len(counter) == 1000  # least recently seen dropped
-    counter.add("fresh", now=30.0)  # one more old key makes room
-    assert counter.expire(now=61.0) == 999
-    assert len(counter) == 1
-    counter.add("other", now=200.0)  # adding expires too
-    assert len(counter) == 1
+        win.record(MailEvent(f"10.0.{i // 256}.{i % 256}", 0.0, messages=1))
+    assert len(win) == 1000
+    assert win.evicted == 4000
+    win.record(MailEvent("10.9.9.9", 1800.0, messages=1))  # pushes out one more
+    assert win.expire(3601.0) == 999
+    assert list(win.keys()) == ["10.9.9.9"]
 
 
-def test_clock_is_injected() -> None:
-    now = [100.0]
-    counter = SlidingWindowCounter(threshold=2, window=10, clock=lambda: now[0])
-    assert counter.add("a") is None
-    now[0] = 105.0
-    hit = counter.add("a")
-    assert hit is not None
-    assert hit.at == 105.0
+def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
+    rule = SmtpRule(name="x", metric="messages", threshold=1)
+    with pytest.raises(ValueError, match="unique"):
+        RuleSet([rule, rule])
+    with pytest.raises(ValueError, match="greater than 0"):
+        SmtpRule(name="y", metric="messages", threshold=0)
 
 
-def test_rejects_nonsense_settings() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        SlidingWindowCounter(threshold=0)
-
-
-def req(state: str, instance: str, client: str = "100.64.2.20", rcpt_count: int = 0) -> PolicyRequest:
+def req(
+    state: str, instance: str, *, rcpt_count: int = 0, port: str = "40000", **extra: str
+) -> PolicyRequest:
     return PolicyRequest(
         {
             "request": "smtpd_access_policy",
             "protocol_state": state,
-            "client_address": client,
+            "client_address": CPE,
+            "client_port": port,
             "instance": instance,
             "recipient_count": str(rcpt_count),
+            **extra,
         }
     )
 
 
+def totals(acct: PolicyAccounting, requests: list[PolicyRequest]) -> dict[str, int]:
+    out = {"messages": 0, "recipients": 0, "connections": 0, "rejected": 0, "auth": 0}
+    for r in requests:
+        for e in acct.observe(r, 0.0):
+            out["messages"] += e.messages
+            out["recipients"] += e.recipients
+            out["connections"] += e.connections
+            out["rejected"] += e.rejected
+            out["auth"] += e.auth_messages
+    return out
+
+
 def test_message_counted_once_per_instance_across_rcpt_and_end_of_message() -> None:
-    acct = PolicyAccounting(messages_per_window=1000, recipients_per_window=1000)
-    for state in ("RCPT", "RCPT", "RCPT"):
-        acct.observe(req(state, "7e27.1"), now=0.0)
-    acct.observe(req("END-OF-MESSAGE", "7e27.1", rcpt_count=3), now=0.1)
-    assert acct.messages.count("100.64.2.20", now=1.0) == 1
-    assert acct.recipients is not None
-    assert acct.recipients.count("100.64.2.20", now=1.0) == 3
+    acct = PolicyAccounting()
+    got = totals(acct, [req("RCPT", "i.1")] * 3 + [req("END-OF-MESSAGE", "i.1", rcpt_count=3)])
+    assert got == {"messages": 1, "recipients": 3, "connections": 1, "rejected": 0, "auth": 0}
 
 
-def test_end_of_message_only_counts_its_recipients() -> None:
-    acct = PolicyAccounting(recipients_per_window=1000)
-    acct.observe(req("END-OF-MESSAGE", "i.1", rcpt_count=4), now=0.0)
-    acct.observe(req("END-OF-MESSAGE", "i.1", rcpt_count=4), now=0.0)  # a repeat adds nothing
-    assert acct.messages.count("100.64.2.20", now=0.0) == 1
-    assert acct.recipients is not None
-    assert acct.recipients.count("100.64.2.20", now=0.0) == 4
+def test_end_of_message_only_counts_its_recipients_once() -> None:
+    acct = PolicyAccounting()
+    got = totals(acct, [req("END-OF-MESSAGE", "i.1", rcpt_count=4)] * 2)
+    assert got == {"messages": 1, "recipients": 4, "connections": 1, "rejected": 0, "auth": 0}
 
 
-def test_rcpt_only_configuration_counts_messages_at_first_rcpt() -> None:
-    acct = PolicyAccounting(messages_per_window=3)
-    crossings = []
-    for i in range(5):
-        for _ in range(2):  # two recipients each
-            crossings += acct.observe(req("RCPT", f"i.{i}"), now=float(i))
-    assert [(c.metric, c.count, c.at) for c in crossings] == [("messages", 3, 2.0)]
+def test_recipients_refused_after_our_answer_are_counted_as_rejected() -> None:
+    acct = PolicyAccounting()
+    # 3 RCPTs seen, 1 accepted at END-OF-MESSAGE; then a transaction whose 2 RCPTs were all refused
+    # (no END-OF-MESSAGE), noticed when the same session starts a third one
+    got = totals(
+        acct,
+        [req("RCPT", "i.1")] * 3
+        + [req("END-OF-MESSAGE", "i.1", rcpt_count=1)]
+        + [req("RCPT", "i.2")] * 2
+        + [req("RCPT", "i.3"), req("END-OF-MESSAGE", "i.3", rcpt_count=1)],
+    )
+    assert got == {"messages": 3, "recipients": 2, "connections": 1, "rejected": 4, "auth": 0}
 
 
-def test_ignores_other_states_and_requests_without_client() -> None:
-    acct = PolicyAccounting(messages_per_window=1)
-    assert acct.observe(req("CONNECT", "x")) == []
-    assert acct.observe(req("RCPT", "x", client="")) == []
-    assert len(acct.messages) == 0
+def test_abandoned_transactions_are_swept_as_refusals() -> None:
+    acct = PolicyAccounting(abandon_after=60.0)
+    acct.observe(req("END-OF-MESSAGE", "i.0", rcpt_count=1), 0.0)  # END-OF-MESSAGE requests do come
+    acct.observe(req("RCPT", "i.1", port="1"), 0.0)
+    acct.observe(req("RCPT", "i.1", port="1"), 0.0)
+    assert acct.sweep(30.0) == []
+    (event,) = acct.sweep(61.0)
+    assert (event.rejected, event.recipients) == (2, -2)
 
 
-def test_instance_memory_is_bounded() -> None:
-    acct = PolicyAccounting(max_instances=100)
+def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
+    acct = PolicyAccounting()
+    got = totals(
+        acct,
+        [
+            req("CONNECT", "", port="1"),
+            req("RCPT", "a", port="1", sasl_username="joe"),
+            req("RCPT", "b", port="2"),
+            req("RCPT", "c", port="2"),
+        ],
+    )
+    assert got == {"messages": 3, "recipients": 3, "connections": 2, "rejected": 0, "auth": 1}
+
+
+def test_ignores_requests_without_client_and_bounds_its_tables() -> None:
+    acct = PolicyAccounting(max_messages=100, max_sessions=10)
+    assert acct.observe(PolicyRequest({"protocol_state": "RCPT", "instance": "x"}), 0.0) == []
     for i in range(1000):
-        acct.observe(req("RCPT", f"i.{i}"), now=0.0)
-    assert len(acct._instances) == 100
-    assert acct.messages.count("100.64.2.20", now=0.0) == 1000
+        acct.observe(req("RCPT", f"i.{i}", port=str(i)), 0.0)
+    assert len(acct._messages) == 100
+    assert len(acct._sessions) == 10
+
+
+def test_domain_of() -> None:
+    assert domain_of("Bulk.Mailer@Spam.Example.") == "spam.example"
+    assert domain_of("") is None
+    assert domain_of("postmaster") is None

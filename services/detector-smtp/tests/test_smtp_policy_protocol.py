@@ -294,3 +294,41 @@ async def test_stop_closes_open_connections() -> None:
     await server.stop()
     assert await client.closed_by_server()
     await client.close()
+
+
+async def test_missing_terminator_then_eof_gets_an_answer_and_a_named_error() -> None:
+    async with PolicyServer(lambda req: "REJECT never") as server:
+        client = await connect(server)
+        client.writer.write(REAL_RCPT)  # every attribute, but no empty line
+        client.writer.write_eof()
+        assert await client.reply() == b"action=DUNNO\n\n"
+        assert await client.closed_by_server()
+        await client.close()
+        assert server.errors_by_reason == {"missing_terminator": 1}
+
+
+async def test_missing_terminator_times_out_and_the_server_lives_on() -> None:
+    async with PolicyServer(lambda req: "DUNNO", request_timeout=0.2) as server:
+        stalled = await connect(server)
+        stalled.writer.write(REAL_RCPT)
+        assert await stalled.reply() == b"action=DUNNO\n\n"
+        assert await stalled.closed_by_server()
+        await stalled.close()
+        other = await connect(server)
+        assert await other.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+        await other.close()
+        assert server.errors_by_reason == {"missing_terminator": 1}
+
+
+async def test_a_1mb_attribute_and_binary_are_named_in_the_errors() -> None:
+    async with PolicyServer(lambda req: "DUNNO") as server:
+        for garbage in (
+            b"request=smtpd_access_policy\nsender=" + b"a" * (1 << 20) + b"\n\n",
+            b"\x00\x01\x02\n\n",
+        ):
+            client = await connect(server)
+            client.writer.write(garbage)
+            assert await client.reply() == b"action=DUNNO\n\n"
+            assert await client.closed_by_server()
+            await client.close()
+        assert server.errors_by_reason == {"too_long": 1, "binary": 1}

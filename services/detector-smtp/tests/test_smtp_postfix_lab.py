@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import smtplib
 import time
 from collections.abc import Iterable
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from detector_smtp.app import build
 from detector_smtp.counters import PolicyAccounting
 from detector_smtp.policy_protocol import PolicyRequest, PolicyServer
+from detector_smtp.settings import DetectorSmtpSettings
+from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.lab.postfix import LabPostfix
+from lazaretto_core.testing import BusProbe
 
 CPE = "100.64.0.10"
 
@@ -75,12 +84,14 @@ async def test_policy_server_sees_every_message_as_the_posed_client(postfix_lab:
     assert [r.instance for r in rcpt] == [inst for inst in instances for _ in range(2)]
     assert all(r.client_name == f"cpe-{CPE.replace('.', '-')}.isp.example" for r in seen)
 
-    # and accounting them counts N messages and 2N recipients for the CPE
-    acct = PolicyAccounting(messages_per_window=n, recipients_per_window=1000)
-    crossings = [c for r in seen for c in acct.observe(r, now=0.0)]
-    assert [(c.key, c.metric, c.count) for c in crossings] == [(CPE, "messages", n)]
-    assert acct.recipients is not None
-    assert acct.recipients.count(CPE, now=0.0) == 2 * n
+    # and accounting them counts N messages, 2N recipients and one connection for the CPE
+    acct = PolicyAccounting()
+    events = [e for r in seen for e in acct.observe(r, 0.0)]
+    assert {e.ip for e in events} == {CPE}
+    assert sum(e.messages for e in events) == n
+    assert sum(e.recipients for e in events) == 2 * n
+    assert sum(e.rejected for e in events) == 0
+    assert sum(e.connections for e in events) == 1
 
 
 async def test_policy_reject_reaches_the_smtp_client(postfix_lab: LabPostfix) -> None:
@@ -109,3 +120,152 @@ def test_maillog_records_the_posed_client(postfix_lab: LabPostfix) -> None:
     while needle not in postfix_lab.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)  # postlogd writes asynchronously: poll the file
     assert needle in postfix_lab.log_text()
+
+
+# ------------------------------------------------------------------- the real detector behind Postfix
+
+
+def detector_settings(amqp_url: str, state_dir: Path, **values: Any) -> DetectorSmtpSettings:
+    base: dict[str, Any] = {
+        "amqp_url": SecretStr(amqp_url),
+        "subscriber_ranges": (ipaddress.ip_network("100.64.0.0/10"),),
+        "state_dir": state_dir,
+        "handler_budget": 0.05,
+    }
+    return DetectorSmtpSettings(**(base | values))
+
+
+async def wait_for(what: str, check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def observed(probe: BusProbe, ip: str) -> list[AbuseObserved]:
+    return [m for _, m, _ in probe.received if isinstance(m, AbuseObserved) and m.ip == ip]
+
+
+async def test_detector_behind_postfix_reports_once_above_the_threshold(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    threshold = 8
+    service = await build(
+        detector_settings(
+            amqp_url, tmp_path, policy_server_port=policy_port(postfix_lab), messages_per_hour=threshold
+        )
+    )
+    await service.start()
+    try:
+        # Given a subscriber sending, through Postfix, one message below the threshold (2 recipients each)
+        below = [[f"v{i}@example.org", f"w{i}@example.net"] for i in range(threshold - 1)]
+        assert await asyncio.to_thread(send_as, postfix_lab.port, "100.64.5.1", below) == [{}] * (
+            threshold - 1
+        )
+        # Then nothing is reported (a fresh subscriber crossing afterwards proves the pipe is clear)
+        # When it sends the message that reaches the threshold and a few more
+        more = [[f"x{i}@example.org"] for i in range(3)]
+        assert await asyncio.to_thread(send_as, postfix_lab.port, "100.64.5.1", more) == [{}] * 3
+        # Then exactly one observation, with the counts Postfix showed us
+        (event,) = [e for e in await probe.wait_for("abuse.observed.v1") if isinstance(e, AbuseObserved)]
+        assert event.ip == "100.64.5.1"
+        assert event.count == threshold
+        assert event.evidence["hour"]["messages"] == threshold
+        # 7 messages x 2 recipients, and the crossing request is the 8th message's first RCPT
+        assert event.evidence["hour"]["recipients"] == 2 * (threshold - 1) + 1
+        assert event.evidence["hour"]["connections"] == 2  # two SMTP sessions
+        assert event.evidence["hour"]["recipient_domains"] == 2
+        assert event.evidence["sender_domains"] == ["spam.example"]
+        assert "@" not in json.dumps(event.evidence)
+        # and mail kept flowing: the detector reports, it does not refuse
+        await asyncio.to_thread(send_as, postfix_lab.port, "100.64.5.2", [["v@example.org"]] * threshold)
+        await wait_for("the barrier", lambda: observed(probe, "100.64.5.2"))
+        assert len(observed(probe, "100.64.5.1")) == 1
+    finally:
+        await service.stop()
+        await probe.stop()
+
+
+async def test_recipients_refused_by_postfix_after_the_policy_check_make_the_reject_ratio(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    service = await build(
+        detector_settings(
+            amqp_url,
+            tmp_path,
+            policy_server_port=policy_port(postfix_lab),
+            reject_ratio=0.6,
+            reject_ratio_min_recipients=10,
+        )
+    )
+    await service.start()
+    try:
+        # Given a subscriber whose messages go mostly to recipients the MTA refuses (a dictionary attack)
+        def dictionary_attack() -> None:
+            with smtplib.SMTP("127.0.0.1", postfix_lab.port, timeout=30) as smtp:
+                smtp.ehlo("lab-driver")
+                assert smtp.docmd("XCLIENT", "ADDR=100.64.6.1")[0] == 220
+                smtp.ehlo("infected-pc")
+                for i in range(6):
+                    rcpts = [f"a{i}@nosuchuser.example", f"b{i}@nosuchuser.example", f"ok{i}@example.org"]
+                    msg = EmailMessage()
+                    msg["From"] = "x@spam.example"
+                    msg.set_content("hi\n")
+                    refused = smtp.send_message(msg, to_addrs=rcpts)
+                    assert set(refused) == set(rcpts[:2])
+
+        await asyncio.to_thread(dictionary_attack)
+        # Then the refusals Postfix made after our answer are counted, and the ratio rule reports it
+        (event,) = [e for e in await probe.wait_for("abuse.observed.v1") if isinstance(e, AbuseObserved)]
+        assert event.ip == "100.64.6.1"
+        assert event.evidence["rules"][0]["rule"] == "dynamic-rejects"
+        hour = event.evidence["hour"]
+        assert hour["reject_ratio"] >= 0.6
+        assert hour["rejected"] == event.count
+        assert hour["rejected"] + hour["recipients"] >= 10
+    finally:
+        await service.stop()
+        await probe.stop()
+
+
+async def test_with_the_detector_stopped_postfix_still_accepts_mail(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    # Given the detector ran on Postfix's policy port and was then stopped
+    service = await build(detector_settings(amqp_url, tmp_path, policy_server_port=policy_port(postfix_lab)))
+    await service.start()
+    assert await asyncio.to_thread(send_as, postfix_lab.port, CPE, [["v@example.org"]]) == [{}]
+    await service.stop()
+    # Then Postfix falls back to default_action=DUNNO (try_limit=1) and accepts the mail
+    refused = await asyncio.to_thread(
+        send_as, postfix_lab.port, CPE, [["v1@example.org"], ["v2@example.org"]]
+    )
+    assert refused == [{}, {}]
+
+
+async def test_detector_tailing_the_real_postfix_maillog(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    threshold = 5
+    # Given the detector reading Postfix's own maillog (its policy server elsewhere: Postfix is not asking it)
+    service = await build(
+        detector_settings(
+            amqp_url, tmp_path, postfix_logs=(postfix_lab.maillog,), messages_per_hour=threshold
+        )
+    )
+    await service.start()
+    try:
+        # When a subscriber sends `threshold` messages of 2 recipients each
+        messages = [[f"v{i}@example.org", f"w{i}@example.com"] for i in range(threshold)]
+        await asyncio.to_thread(send_as, postfix_lab.port, "100.64.7.1", messages)
+        # Then the log lines (client=, qmgr nrcpt=) are counted and the crossing reported
+        await wait_for("the observation", lambda: observed(probe, "100.64.7.1"))
+        (event,) = observed(probe, "100.64.7.1")
+        assert event.evidence["source"] == "postfix-log"
+        assert event.count == threshold
+    finally:
+        await service.stop()
+        await probe.stop()

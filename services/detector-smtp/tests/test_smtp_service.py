@@ -8,6 +8,7 @@ import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,9 +97,10 @@ class PolicyConnection:
 
 
 @pytest.fixture
-async def detector(amqp_url: str) -> AsyncIterator[DetectorSmtpService]:
+async def detector(amqp_url: str, tmp_path: Path) -> AsyncIterator[DetectorSmtpService]:
     settings = DetectorSmtpSettings(
         amqp_url=SecretStr(amqp_url),
+        state_dir=tmp_path / "state",
         policy_server_port=0,  # the server picks a free port; read it back from policy_server.port
         subscriber_ranges=(ipaddress.ip_network("100.64.0.0/10"),),
         never_report=(ipaddress.ip_network("100.64.99.0/24"),),
@@ -173,6 +175,14 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert event.evidence["window_seconds"] == 3600.0
     assert event.evidence["messages"] == THRESHOLD
     assert event.evidence["recipients"] == 2 * (THRESHOLD - 1) + 1  # the crossing request is its first RCPT
+    assert event.evidence["rules"] == [
+        {"rule": "dynamic-hourly", "metric": "messages", "window_seconds": 3600.0, "threshold": 5, "value": 5}
+    ]
+    assert event.evidence["hour"]["connections"] == 1  # one policy connection, one client_port
+    assert event.evidence["hour"]["rejected"] == 0
+    assert event.evidence["hour"]["recipient_domains"] == 2
+    assert event.evidence["source"] == "postfix-policy"
+    assert event.evidence["subscriber_class"] == "dynamic"
     assert event.evidence["sasl_authenticated"] is False
     # with domains only: no local part of any address leaves the detector
     assert event.evidence["sender_domains"] == ["spam.example"]
@@ -194,8 +204,8 @@ async def test_clients_outside_the_subscriber_ranges_or_never_reported_are_not_c
     assert set(replies) == {"action=DUNNO\n\n"}
     await barrier(conn, probe)
     assert [m.ip for _, m, _ in probe.received if isinstance(m, AbuseObserved)] == [OTHER_CPE]
-    assert detector.handler.accounting.messages.count(OUTSIDER) == 0
-    assert detector.handler.accounting.messages.count(ISP_RELAY) == 0
+    assert OUTSIDER not in detector.detector.windows
+    assert ISP_RELAY not in detector.detector.windows
 
 
 @pytest.mark.parametrize(
@@ -279,10 +289,13 @@ async def test_health_and_metrics_reflect_the_work(
         assert ready.json()["checks"]["policy_server"].startswith("failed")
 
 
-async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(amqp_url: str) -> None:
+async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
+    amqp_url: str, tmp_path: Path
+) -> None:
     # Given a detector whose queue holds one observation and whose broker is unreachable
     settings = DetectorSmtpSettings(
         amqp_url=SecretStr(amqp_url),
+        state_dir=tmp_path,
         policy_server_port=0,
         messages_per_hour=1,
         publish_queue_size=1,

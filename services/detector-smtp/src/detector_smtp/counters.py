@@ -1,209 +1,159 @@
-"""Per-client sliding-window counters that report once when a threshold is crossed; pure, clock injected.
+"""Postfix policy requests -> per-client mail events (messages, recipients, connections, rejections).
 
-`SlidingWindowCounter` counts anything per key in time buckets (window / buckets precision) and
-returns a `Crossing` the moment a key's count reaches the threshold, then stays quiet for that key
-for one window. `PolicyAccounting` turns Postfix policy requests into message and recipient counts.
+Pure, times passed in. What the protocol lets us know (lab notes 3.3):
+- a message is one `instance` (counted at the first request that shows it);
+- recipients: one per RCPT request (`recipient_count` is 0 there), and at END-OF-MESSAGE any part of
+  `recipient_count` not seen at RCPT;
+- rejected recipients: RCPTs we saw that a later restriction refused show up as END-OF-MESSAGE
+  `recipient_count` below the RCPTs seen; a transaction that never reaches END-OF-MESSAGE (every
+  recipient refused) is counted rejected when the session starts another one or after
+  `abandon_after` seconds, once we know END-OF-MESSAGE requests come at all;
+- connections: a new (client_address, client_port) pair, or a CONNECT request.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
 
-if TYPE_CHECKING:
-    from detector_smtp.policy_protocol import PolicyRequest
+from .policy_protocol import PolicyRequest
+from .windows import MailEvent
 
-HOUR: Final = 3600.0
+_MESSAGE_STATES: Final = frozenset(("RCPT", "DATA", "END-OF-MESSAGE"))
 
 
-@dataclass(frozen=True, slots=True)
-class Crossing:
-    """`key` reached `threshold` (`count` in the last `window` seconds) at `at`; first seen `first_seen`."""
+def domain_of(address: str) -> str | None:
+    """The domain of an envelope address, lower-cased; None for the null sender or a bare local part."""
+    local, at, domain = address.strip().rpartition("@")
+    domain = domain.strip().rstrip(".").lower()
+    if not at or not local or not domain:
+        return None
+    return domain[:253]
 
-    key: str
-    metric: str
-    count: int
-    threshold: int
-    window: float
-    first_seen: float
-    at: float
+
+def shown(address: str, full_addresses: bool) -> str | None:
+    """What the evidence may carry of an address: its domain, or (operator's choice) the address."""
+    if not full_addresses:
+        return domain_of(address)
+    address = address.strip()
+    return address[:320] if address else None
 
 
 @dataclass(slots=True)
-class _KeyState:
-    buckets: deque[list[int]] = field(default_factory=deque)  # [bucket number, count], oldest first
-    total: int = 0
-    first_seen: float = 0.0
-    last_seen: float = 0.0
-    reported_at: float | None = None
-
-
-class SlidingWindowCounter:
-    """Counts per key over the last `window` seconds, in `buckets` slices; memory is bounded.
-
-    Idle keys (nothing for a whole window, no report pending) are dropped as time goes by; beyond
-    `max_keys` the least recently seen key is dropped (its count is lost, which only ever delays a report).
-    """
-
-    def __init__(
-        self,
-        threshold: int,
-        window: float = HOUR,
-        *,
-        metric: str = "messages",
-        buckets: int = 60,
-        max_keys: int = 1_000_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if threshold < 1 or window <= 0 or buckets < 1 or max_keys < 1:
-            raise ValueError("threshold, window, buckets and max_keys must be positive")
-        self.threshold = threshold
-        self.window = window
-        self.metric = metric
-        self.bucket_width = window / buckets
-        self._nbuckets = buckets
-        self.max_keys = max_keys
-        self.clock = clock
-        self._keys: OrderedDict[str, _KeyState] = OrderedDict()  # least recently seen first
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, key: str, n: int = 1, now: float | None = None) -> Crossing | None:
-        """Count `n` events for `key`; a `Crossing` if this pushes it to the threshold (once per window)."""
-        now = self.clock() if now is None else now
-        self.expire(now)
-        state = self._keys.get(key)
-        if state is None:
-            state = _KeyState(first_seen=now)
-            self._keys[key] = state
-            if len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(key)
-        state.last_seen = now
-        bucket = int(now // self.bucket_width)
-        self._drop_old(state, bucket)
-        if state.buckets and state.buckets[-1][0] == bucket:
-            state.buckets[-1][1] += n
-        else:
-            state.buckets.append([bucket, n])
-        state.total += n
-        if state.total < self.threshold:
-            return None
-        if state.reported_at is not None and now - state.reported_at < self.window:
-            return None
-        state.reported_at = now
-        return Crossing(key, self.metric, state.total, self.threshold, self.window, state.first_seen, now)
-
-    def count(self, key: str, now: float | None = None) -> int:
-        """The key's count over the current window."""
-        now = self.clock() if now is None else now
-        state = self._keys.get(key)
-        if state is None:
-            return 0
-        self._drop_old(state, int(now // self.bucket_width))
-        return state.total
-
-    def expire(self, now: float | None = None) -> int:
-        """Forget keys idle for a whole window (their count is 0 and any report is older than a window)."""
-        now = self.clock() if now is None else now
-        horizon = now - self.window
-        dropped = 0
-        while self._keys:
-            key, state = next(iter(self._keys.items()))
-            if state.last_seen > horizon:
-                break
-            del self._keys[key]
-            dropped += 1
-        return dropped
-
-    def _drop_old(self, state: _KeyState, bucket: int) -> None:
-        # The window is the current bucket and the buckets before it, `buckets` in all.
-        oldest = bucket - self._nbuckets + 1
-        while state.buckets and state.buckets[0][0] < oldest:
-            state.total -= state.buckets.popleft()[1]
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    rcpts: int
-    counted_at_eom: bool
+class _Message:
+    client: str
+    rcpts: int  # RCPT requests seen
+    eom: bool  # END-OF-MESSAGE seen
+    started: float
 
 
 class PolicyAccounting:
-    """Messages and recipients per `client_address` from Postfix policy requests.
-
-    A message is counted once per `instance` (Postfix's id for one message in one session) at the
-    first request that shows it, whatever the state: with `check_policy_service` only in the
-    recipient restrictions that is the first RCPT; with it also in the end-of-data restrictions the
-    END-OF-MESSAGE request adds nothing twice. Recipients: one per RCPT request, and at
-    END-OF-MESSAGE any part of `recipient_count` not seen at RCPT.
-    """
-
     def __init__(
         self,
-        messages_per_window: int = 1000,
-        recipients_per_window: int | None = None,
-        window: float = HOUR,
         *,
-        max_keys: int = 1_000_000,
-        max_instances: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = 100_000,
+        max_messages: int = 100_000,
+        abandon_after: float = 600.0,
+        full_addresses: bool = False,
     ) -> None:
-        self.clock = clock
-        self.messages = SlidingWindowCounter(
-            messages_per_window, window, metric="messages", max_keys=max_keys, clock=clock
-        )
-        self.recipients = (
-            SlidingWindowCounter(
-                recipients_per_window, window, metric="recipients", max_keys=max_keys, clock=clock
-            )
-            if recipients_per_window
-            else None
-        )
-        self.max_instances = max_instances
-        self._instances: OrderedDict[tuple[str, str], _Seen] = OrderedDict()
+        self.max_sessions = max_sessions
+        self.max_messages = max_messages
+        self.abandon_after = abandon_after
+        self.full_addresses = full_addresses
+        # (client, client_port) -> the instance of its current transaction ("" before the first one)
+        self._sessions: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._messages: OrderedDict[tuple[str, str], _Message] = OrderedDict()  # oldest first
+        self.end_of_message_seen = False  # Postfix asks us at END-OF-MESSAGE too
 
-    def observe(self, request: PolicyRequest, now: float | None = None) -> list[Crossing]:
-        """Account one policy request; the crossings it caused (usually none)."""
-        now = self.clock() if now is None else now
+    def observe(self, request: PolicyRequest, now: float) -> list[MailEvent]:
+        """The events one request means for its client (usually one; none for other states)."""
         client = request.client_address
         state = request.protocol_state
-        if not client or state not in ("RCPT", "DATA", "END-OF-MESSAGE"):
+        if not client:
             return []
-        crossings: list[Crossing] = []
-        if not request.instance:  # never seen from Postfix; count each request as its own message
-            ident = None
-            seen = None
-        else:
-            ident = (client, request.instance)
-            seen = self._instances.get(ident)
-        if seen is None:
-            seen = _Seen(0, False)
-            hit = self.messages.add(client, 1, now)
-            if hit:
-                crossings.append(hit)
-        rcpts = 0
+        events: list[MailEvent] = []
+        event = MailEvent(client, now)
+        port = request.client_port
+        session = (client, port) if port else None
+        if state == "CONNECT":
+            if session is not None:
+                self._remember_session(session, "")
+            event.connections = 1
+            return [event]
+        if session is not None:
+            if session in self._sessions:
+                self._sessions.move_to_end(session)
+            else:
+                event.connections = 1
+                self._remember_session(session, "")
+        if state not in _MESSAGE_STATES:
+            return [event] if event.connections else []
+        if state == "END-OF-MESSAGE":
+            self.end_of_message_seen = True
+        instance = request.instance
+        key = (client, instance)
+        message = self._messages.get(key) if instance else None
+        if message is None:
+            message = _Message(client, 0, False, now)
+            if instance:
+                self._messages[key] = message
+                self._trim()
+            event.messages = 1
+            if request.sasl_username:
+                event.auth_messages = 1
+            sender = request.sender
+            if sender:
+                event.sender = shown(sender, self.full_addresses)
+            if session is not None and instance:
+                previous = self._sessions.get(session, "")
+                if previous and previous != instance:
+                    abandoned = self._messages.pop((client, previous), None)
+                    if abandoned is not None:
+                        events.extend(self._close(abandoned, now))
+                self._sessions[session] = instance
         if state == "RCPT":
-            rcpts = 1
-            seen = _Seen(seen.rcpts + 1, seen.counted_at_eom)
-        elif state == "END-OF-MESSAGE" and not seen.counted_at_eom:
-            rcpts = max(0, request.recipient_count - seen.rcpts)
-            seen = _Seen(seen.rcpts + rcpts, True)
-        if ident is not None:
-            self._remember(ident, seen)
-        if rcpts and self.recipients is not None:
-            hit = self.recipients.add(client, rcpts, now)
-            if hit:
-                crossings.append(hit)
-        return crossings
+            message.rcpts += 1
+            event.recipients = 1
+            recipient = request.recipient
+            if recipient:
+                event.recipient_domain = domain_of(recipient)
+                event.recipient = shown(recipient, True) if self.full_addresses else event.recipient_domain
+        elif state == "END-OF-MESSAGE" and not message.eom:
+            message.eom = True
+            accepted = request.recipient_count
+            if accepted > message.rcpts:  # recipients we were not asked about (no RCPT-stage check)
+                event.recipients = accepted - message.rcpts
+            elif accepted < message.rcpts:  # refused after our answer, by a later restriction
+                event.recipients = accepted - message.rcpts
+                event.rejected = message.rcpts - accepted
+        events.append(event)
+        return events
 
-    def _remember(self, ident: tuple[str, str], seen: _Seen) -> None:
-        self._instances[ident] = seen
-        self._instances.move_to_end(ident)
-        while len(self._instances) > self.max_instances:  # instances finish within seconds; keep the newest
-            self._instances.popitem(last=False)
+    def sweep(self, now: float) -> list[MailEvent]:
+        """Close transactions silent for `abandon_after` seconds (call periodically)."""
+        events: list[MailEvent] = []
+        horizon = now - self.abandon_after
+        while self._messages:
+            key, message = next(iter(self._messages.items()))
+            if message.started > horizon:
+                break
+            del self._messages[key]
+            events.extend(self._close(message, now))
+        return events
+
+    def _close(self, message: _Message, now: float) -> list[MailEvent]:
+        # Without END-OF-MESSAGE requests at all we cannot tell an abandoned transaction from a sent one.
+        if message.eom or not message.rcpts or not self.end_of_message_seen:
+            return []
+        return [MailEvent(message.client, now, recipients=-message.rcpts, rejected=message.rcpts)]
+
+    def _remember_session(self, session: tuple[str, str], instance: str) -> None:
+        self._sessions[session] = instance
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def _trim(self) -> None:
+        while len(self._messages) > self.max_messages:  # transactions finish within seconds
+            self._messages.popitem(last=False)

@@ -1,5 +1,6 @@
-"""What detector-smtp does with each Postfix policy request (count it, answer DUNNO at once) and how
-the observations it produces reach the bus (a bounded queue drained by a publisher loop)."""
+"""What detector-smtp does with each Postfix policy request (count it, answer at once), with each
+case change (track quarantined addresses), and how the observations it produces reach the bus (a
+bounded queue drained by a publisher loop)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Final
 
 from prometheus_client import Counter, Gauge
 
-from lazaretto_core.bus import Bus, PublishError
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.bus import Bus, MessageContext, PublishError
+from lazaretto_core.contracts import AbuseObserved, CaseChanged
 from lazaretto_core.http import ProgressMonitor
-from lazaretto_core.ranges import SubscriberRanges
 
 from .counters import PolicyAccounting
-from .observations import DomainSamples, observation_for
+from .observations import COUNTED, SpamDetector
 from .policy_protocol import DEFAULT_ACTION, PolicyRequest
+from .quarantine import QuarantineList
+from .windows import MailEvent
 
 log = logging.getLogger(__name__)
 
 PUBLISHER_LOOP: Final = "publisher"
 
+OUTCOMES: Final = ("counted", "outside_ranges", "never_report", "no_address")
 REQUESTS = Counter(
     "lazaretto_smtp_policy_requests_total",
     "Postfix policy requests, by what was done with them",
     ["outcome"],  # counted | outside_ranges | never_report | no_address
+)
+QUARANTINE_ANSWERS = Counter(
+    "lazaretto_smtp_quarantine_answers_total", "Policy answers refusing mail from a quarantined address"
+)
+QUARANTINED = Gauge(
+    "lazaretto_smtp_quarantined_addresses", "Addresses under quarantine for spam, as known here"
 )
 OBSERVATIONS = Counter(
     "lazaretto_smtp_observations_total",
@@ -154,66 +162,74 @@ class ObservationPublisher:
 
 
 class SmtpPolicyHandler:
-    """The policy server's handler: synchronous (no I/O), so the DUNNO goes out in microseconds.
+    """The policy server's handler: synchronous (no I/O), so the answer goes out in microseconds.
 
-    Clients outside the subscriber ranges, or in `never_report` (the ISP's own servers), are not
-    counted. A crossing becomes an `AbuseObserved` offered to the publisher; the answer is always
-    DUNNO: this detector reports, it does not refuse mail (policy decides what happens).
+    Clients outside the subscriber classes (outsiders, the ISP's own servers) are not counted. A rule
+    that fires becomes an `AbuseObserved` offered to the publisher. The answer is DUNNO (this detector
+    reports; policy decides), except, when the operator turned it on, `quarantine_answer` for an
+    address under quarantine for spam.
     """
 
     def __init__(
         self,
         accounting: PolicyAccounting,
-        subscribers: SubscriberRanges,
-        never_report: SubscriberRanges,
+        detector: SpamDetector,
         publisher: ObservationPublisher,
         *,
-        samples: DomainSamples | None = None,
-        sensor: str = "mta",
-        severity: int = 3,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        quarantine: QuarantineList | None = None,
+        quarantine_answer: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.accounting = accounting
-        self.subscribers = subscribers
-        self.never_report = never_report
+        self.detector = detector
         self.publisher = publisher
-        self.samples = samples or DomainSamples()
-        self.sensor = sensor
-        self.severity = severity
-        self.wall_clock = wall_clock
+        self.quarantine = quarantine if quarantine is not None else QuarantineList()
+        self.quarantine_answer = quarantine_answer
+        self.clock = clock
+        self._requests = {o: REQUESTS.labels(o) for o in OUTCOMES}  # label look-ups off the hot path
 
     def __call__(self, request: PolicyRequest) -> str:
         client = request.client_address
-        outcome = self._classify(client)
-        REQUESTS.labels(outcome).inc()
-        if outcome != "counted":
-            return DEFAULT_ACTION
-        sample = self.samples.note(request)
-        crossings = self.accounting.observe(request)
-        if crossings:
-            recipients = self.accounting.recipients
-            event = observation_for(
-                client,
-                crossings,
-                sample,
-                messages=self.accounting.messages.count(client),
-                recipients=recipients.count(client) if recipients is not None else 0,
-                sensor=self.sensor,
-                severity=self.severity,
-                now=self.wall_clock(),
-            )
-            log.info(
-                "%s crossed %s; reporting", client, ", ".join(f"{c.metric}={c.count}" for c in crossings)
-            )
-            self.publisher.offer(event)
-        return DEFAULT_ACTION
+        action = DEFAULT_ACTION
+        if self.quarantine_answer is not None and client in self.quarantine:
+            action = self.quarantine_answer
+            QUARANTINE_ANSWERS.inc()
+        klass = self.detector.classes.classify(client)
+        if klass not in COUNTED:
+            self._requests[klass].inc()
+            return action
+        self._requests["counted"].inc()
+        for event in self.accounting.observe(request, self.clock()):
+            self._record(event, klass)
+        return action
 
-    def _classify(self, client: str) -> str:
-        try:
-            if not self.subscribers.contains(client):
-                return "outside_ranges"
-            if self.never_report.contains(client):
-                return "never_report"
-        except ValueError:  # "unknown", empty, or anything else that is not an address
-            return "no_address"
-        return "counted"
+    def sweep(self) -> None:
+        """Count the transactions that never finished (every recipient refused) as refusals."""
+        for event in self.accounting.sweep(self.clock()):
+            klass = self.detector.classes.classify(event.ip)
+            if klass in COUNTED:
+                self._record(event, klass)
+
+    def _record(self, event: MailEvent, klass: str) -> None:
+        report = self.detector.record(event, klass, "postfix-policy")
+        if report is not None:
+            log.info("%s (%s) reported: %s", event.ip, klass, "; ".join(report.observation.signatures))
+            self.publisher.offer(report.observation)
+
+
+class CaseTracker:
+    """Consumes `case.changed.v1`: keeps the quarantine list that the policy answer may use."""
+
+    def __init__(self, quarantine: QuarantineList) -> None:
+        self.quarantine = quarantine
+
+    async def on_case_changed(self, event: CaseChanged, ctx: MessageContext) -> None:
+        if self.quarantine.apply(event):
+            log.info(
+                "%s %s the quarantine list (case %s, %s)",
+                event.ip,
+                "entered" if event.ip in self.quarantine else "left",
+                event.case_id,
+                event.state,
+            )
+        QUARANTINED.set(len(self.quarantine))

@@ -1,120 +1,162 @@
-"""What an observation of a spamming mail client says: a bounded sample of the domains it used, and
-the `AbuseObserved` built from its threshold crossings. Pure: no I/O, clock passed in."""
+"""From mail events to `AbuseObserved`: classify the client, add the event to its windows, evaluate the
+rules of its class, and report it at most once per `report_interval`. Pure: no I/O, times passed in.
+
+The evidence carries counts over both windows, the rules that fired, and a few sender and recipient
+domains: never message content, never whole addresses unless the operator enables it.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.ranges import SubscriberRanges
 
-from .counters import Crossing
-from .policy_protocol import PolicyRequest
+from .rules import Hit, RuleSet
+from .windows import ClientState, ClientWindows, Counts, MailEvent
 
 DETECTOR: Final = "detector-smtp"
 CATEGORY: Final = "spam"
 
 
-def domain_of(address: str) -> str | None:
-    """The domain of an envelope address, lower-cased; None for the null sender or a bare local part."""
-    local, at, domain = address.strip().rpartition("@")
-    domain = domain.strip().rstrip(".").lower()
-    if not at or not local or not domain:
-        return None
-    return domain[:253]
+class AddressClasses:
+    """Which subscriber class an address belongs to; the ISP's own servers and outsiders have none."""
+
+    def __init__(
+        self, dynamic: SubscriberRanges, business: SubscriberRanges, never_report: SubscriberRanges
+    ) -> None:
+        self.dynamic = dynamic
+        self.business = business
+        self.never_report = never_report
+
+    def classify(self, ip: str) -> str:
+        """ "dynamic" | "business" | "never_report" | "outside_ranges" | "no_address"."""
+        try:
+            if self.never_report and self.never_report.contains(ip):
+                return "never_report"
+            if self.business and self.business.contains(ip):
+                return "business"
+            if self.dynamic.contains(ip):
+                return "dynamic"
+        except ValueError:  # "unknown", empty, or anything else that is not an address
+            return "no_address"
+        return "outside_ranges"
 
 
-@dataclass(slots=True)
-class DomainSample:
-    """The most recent distinct sender and recipient domains of one client, and whether it used SASL."""
-
-    sender_domains: list[str] = field(default_factory=list)
-    recipient_domains: list[str] = field(default_factory=list)
-    sasl_authenticated: bool = False
+COUNTED: Final = frozenset(("dynamic", "business"))
 
 
-def _remember(domains: list[str], domain: str | None, limit: int) -> None:
-    if domain is None:
-        return
-    if domain in domains:
-        domains.remove(domain)
-    domains.append(domain)
-    if len(domains) > limit:
-        del domains[0]
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What `SpamDetector.record` found: the event to publish and the rules behind it."""
+
+    observation: AbuseObserved
+    hits: tuple[Hit, ...]
 
 
-class DomainSamples:
-    """Per-client samples for the evidence. Only domains are kept, never whole addresses (the
-    observation is stored and shown to operators; the local parts are the victims' and senders' names).
-    Memory is bounded: `per_client` domains of each kind, `max_clients` clients (least recent dropped)."""
+class SpamDetector:
+    def __init__(
+        self,
+        windows: ClientWindows,
+        rules: RuleSet,
+        classes: AddressClasses,
+        *,
+        sensor: str = "mta",
+        severity: int = 3,
+        report_interval: float = 3600.0,
+    ) -> None:
+        self.windows = windows
+        self.rules = rules
+        self.classes = classes
+        self.sensor = sensor
+        self.severity = severity
+        self.report_interval = report_interval
 
-    def __init__(self, per_client: int = 5, max_clients: int = 100_000) -> None:
-        if per_client < 1 or max_clients < 1:
-            raise ValueError("per_client and max_clients must be positive")
-        self.per_client = per_client
-        self.max_clients = max_clients
-        self._clients: OrderedDict[str, DomainSample] = OrderedDict()
+    def observe(self, event: MailEvent, source: str) -> tuple[str, Report | None]:
+        """Classify the event's client; count it (and maybe report it) if its class is counted."""
+        klass = self.classes.classify(event.ip)
+        if klass not in COUNTED:
+            return klass, None
+        return klass, self.record(event, klass, source)
 
-    def __len__(self) -> int:
-        return len(self._clients)
-
-    def note(self, request: PolicyRequest) -> DomainSample:
-        client = request.client_address
-        sample = self._clients.get(client)
-        if sample is None:
-            sample = self._clients[client] = DomainSample()
-            if len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-        else:
-            self._clients.move_to_end(client)
-        _remember(sample.sender_domains, domain_of(request.sender), self.per_client)
-        _remember(sample.recipient_domains, domain_of(request.recipient), self.per_client)
-        if request.sasl_username:
-            sample.sasl_authenticated = True
-        return sample
+    def record(self, event: MailEvent, klass: str, source: str) -> Report | None:
+        """Count `event` for its (already classified, counted) client; a `Report` when a rule fires."""
+        state = self.windows.record(event)
+        if not self.rules.for_class(klass):
+            return None
+        if state.reported_at is not None and event.at - state.reported_at < self.report_interval:
+            return None
+        short, long = self.windows.counts(state, event.at)
+        hits = self.rules.evaluate(klass, short, long)
+        if not hits:
+            return None
+        state.reported_at = event.at
+        return Report(
+            observation_for(
+                event.ip,
+                hits,
+                state,
+                short,
+                long,
+                klass=klass,
+                source=source,
+                sensor=self.sensor,
+                severity=self.severity,
+                now=event.at,
+            ),
+            tuple(hits),
+        )
 
 
 def observation_for(
     client: str,
-    crossings: Sequence[Crossing],
-    sample: DomainSample,
+    hits: list[Hit],
+    state: ClientState,
+    short: Counts,
+    long: Counts,
     *,
-    messages: int,
-    recipients: int,
+    klass: str,
+    source: str,
     sensor: str,
     severity: int,
-    now: datetime,
+    now: float,
 ) -> AbuseObserved:
-    """One `AbuseObserved` for the crossings one request caused (usually one: messages per hour).
-
-    `count` is the first crossing's count in its window; crossings carry monotonic times, so
-    `first_seen` is placed `at - first_seen` seconds before the wall-clock `now`.
-    """
-    if not crossings:
-        raise ValueError("an observation needs at least one crossing")
-    first = crossings[0]
+    """One `AbuseObserved` for the rules one event made fire (usually one)."""
+    if not hits:
+        raise ValueError("an observation needs at least one rule hit")
+    first = hits[0]
+    # `count` is what the first rule counted; for a ratio, the refusals behind it.
+    count = first.counts.rejected if first.rule.metric == "reject_ratio" else int(first.value)
+    started = max(state.first_seen, now - first.counts.seconds)
     return AbuseObserved(
         observation_id=uuid.uuid4(),
         detector=DETECTOR,
         sensor=sensor,
-        first_seen=now - timedelta(seconds=max(0.0, first.at - first.first_seen)),
-        last_seen=now,
+        first_seen=datetime.fromtimestamp(started, UTC),
+        last_seen=datetime.fromtimestamp(now, UTC),
         ip=client,
         category=CATEGORY,
         severity=severity,
-        count=first.count,
-        signatures=[f"smtp {c.metric} >= {c.threshold} in {c.window:g}s" for c in crossings],
+        count=max(1, count),
+        signatures=[
+            f"smtp {h.rule.name}: {h.rule.metric} {h.value:g} >= {h.rule.threshold:g}"
+            f" in {h.counts.seconds:g}s"
+            for h in hits[:20]
+        ],
         evidence={
-            "window_seconds": first.window,
-            "messages": messages,
-            "recipients": recipients,
-            "thresholds": {c.metric: c.threshold for c in crossings},
-            "sender_domains": list(sample.sender_domains),
-            "recipient_domains": list(sample.recipient_domains),
-            "sasl_authenticated": sample.sasl_authenticated,
+            "source": source,
+            "subscriber_class": klass,
+            "window_seconds": first.counts.seconds,
+            "messages": first.counts.messages,
+            "recipients": first.counts.recipients,
+            "rules": [h.describe() for h in hits],
+            "minute": short.as_dict(),
+            "hour": long.as_dict(),
+            "sasl_authenticated": long.authenticated_messages > 0,
+            "sender_domains": list(state.senders),
+            "recipient_domains": list(state.recipients),
         },
     )

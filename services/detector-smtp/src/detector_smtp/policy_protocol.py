@@ -2,8 +2,9 @@
 
 A request is `name=value` lines ended by an empty line; the reply is `action=...` and an empty line.
 The server always answers (the default action on any internal error or a slow handler), so a
-detector fault never holds up mail; a client that sends garbage gets the default action and is
-disconnected (Postfix never does; it is something else on the port).
+detector fault never holds up mail; a client that sends garbage (binary, an over-long line, no empty
+line) gets the default action, a warning in the log naming the reason, and is disconnected (Postfix
+never does that; it is something else on the port).
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from prometheus_client import Counter
+
 log = logging.getLogger(__name__)
 
 MAX_LINE: Final = 16 * 1024  # longest attribute line; ccert_subject and SMTPUTF8 senders stay well below
 MAX_ATTRS: Final = 128  # Postfix 3.7 sends 29
 MAX_REQUEST: Final = 64 * 1024
 DEFAULT_ACTION: Final = "DUNNO"
+PROTOCOL_ERRORS = Counter(
+    "lazaretto_smtp_policy_protocol_errors_total",
+    "Policy requests refused as malformed (answered with the default action, then disconnected)",
+    ["reason"],  # too_long | binary | malformed | missing_terminator | empty_request | unknown_request ...
+)
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -93,6 +101,10 @@ class PolicyRequest:
         return self.get("sasl_username")
 
     @property
+    def client_port(self) -> str:
+        return self.get("client_port")
+
+    @property
     def helo_name(self) -> str:
         return self.get("helo_name")
 
@@ -103,26 +115,27 @@ def parse_request(
     """The attribute lines of one request (without the terminating empty line) -> `PolicyRequest`."""
     if len(block) > max_request:
         raise PolicyProtocolError("too_long", f"request of {len(block)} bytes")
-    lines = block.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if not lines:
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n")
+    if block.endswith(b"\n"):
+        block = block[:-1]
+    if not block:
         raise PolicyProtocolError("empty_request")
+    if _CONTROL.search(block):
+        raise PolicyProtocolError("binary")
+    lines = block.split(b"\n")
     if len(lines) > max_attrs:
         raise PolicyProtocolError("too_many_attributes", str(len(lines)))
+    longest = max(map(len, lines))
+    if longest > max_line:
+        raise PolicyProtocolError("too_long", f"attribute line of {longest} bytes")
     attrs: dict[str, str] = {}
-    for raw in lines:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if len(raw) > max_line:
-            raise PolicyProtocolError("too_long", f"attribute line of {len(raw)} bytes")
-        if _CONTROL.search(raw):
-            raise PolicyProtocolError("binary")
-        name, eq, value = raw.partition(b"=")
+    # Postfix passes 8-bit envelope data through; keep it readable rather than refuse it.
+    for line in block.decode("utf-8", "replace").split("\n"):
+        name, eq, value = line.partition("=")
         if not eq or not name:
-            raise PolicyProtocolError("malformed", repr(raw[:60]))
-        # Postfix passes 8-bit envelope data through; keep it readable rather than refuse it.
-        attrs[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+            raise PolicyProtocolError("malformed", repr(line[:60]))
+        attrs[name] = value
     kind = attrs.get("request")
     if kind is None:
         raise PolicyProtocolError("missing_request")
@@ -145,7 +158,9 @@ class PolicyServer:
     """Serve the policy protocol on host:port (port 0 = pick one); many connections, many requests each.
 
     `handler` returns the action text ("DUNNO", "REJECT 5.7.1 ..."); a coroutine handler slower than
-    `handler_timeout` seconds, or one that raises, yields `default_action` instead.
+    `handler_timeout` seconds, or one that raises, yields `default_action` instead. A request must be
+    complete (its empty line) within `request_timeout` of its first byte; an idle connection is closed
+    after `idle_timeout` (Postfix reconnects).
     """
 
     def __init__(
@@ -157,6 +172,7 @@ class PolicyServer:
         handler_timeout: float = 0.005,
         default_action: str = DEFAULT_ACTION,
         idle_timeout: float = 900.0,
+        request_timeout: float = 10.0,
         max_line: int = MAX_LINE,
         max_attrs: int = MAX_ATTRS,
         max_request: int = MAX_REQUEST,
@@ -168,6 +184,7 @@ class PolicyServer:
         self.handler_timeout = handler_timeout
         self.default_action = default_action
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self.max_line = max_line
         self.max_attrs = max_attrs
         self.max_request = max_request
@@ -177,6 +194,7 @@ class PolicyServer:
         self.connections = 0
         self.requests = 0
         self.protocol_errors = 0
+        self.errors_by_reason: dict[str, int] = {}
         self.handler_errors = 0
         self.timeouts = 0
 
@@ -187,10 +205,7 @@ class PolicyServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        # limit + 2 so a line of exactly max_line bytes plus CRLF still fits the reader's buffer.
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self._port, limit=self.max_line + 2, reuse_address=True
-        )
+        self._server = await asyncio.start_server(self._serve, self.host, self._port, reuse_address=True)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -216,35 +231,98 @@ class PolicyServer:
         self._tasks.add(task)
         self.connections += 1
         peer = writer.get_extra_info("peername")
+        buf = b""
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.idle_timeout):
-                        block = await self._read_block(reader)
-                    if block is None:
+                    # Whole requests in the buffer are answered together (one write for a pipelined burst).
+                    buf, blocks = self._split(buf)
+                    if blocks:
+                        replies = [format_reply(await self._answer(b)) for b in blocks]
+                        writer.write(b"".join(replies))
+                        await writer.drain()
+                    if buf:
+                        self._check_partial(buf)
+                    try:
+                        async with asyncio.timeout(self.request_timeout if buf else self.idle_timeout):
+                            data = await reader.read(65536)
+                    except TimeoutError:
+                        if not buf:
+                            return  # idle: Postfix reconnects when it needs us
+                        raise PolicyProtocolError(
+                            "missing_terminator", f"no empty line within {self.request_timeout:g}s"
+                        ) from None
+                    if not data:
+                        if buf:
+                            raise PolicyProtocolError("missing_terminator", "connection closed mid-request")
                         return
-                    request = parse_request(
-                        block, max_line=self.max_line, max_attrs=self.max_attrs, max_request=self.max_request
-                    )
+                    buf += data
+                    if b"\r" in data:
+                        buf = buf.replace(b"\r\n", b"\n")
                 except PolicyProtocolError as exc:
-                    self.protocol_errors += 1
-                    log.warning("policy client %s sent a bad request (%s); closing", peer, exc)
+                    self._protocol_error(exc, peer)
                     writer.write(format_reply(self.default_action))
                     await writer.drain()
                     await self._linger(reader, writer)
                     return
-                except TimeoutError:
-                    return
-                self.requests += 1
-                writer.write(format_reply(await self._answer(request)))
-                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            # Only stop() cancels a connection; ending normally spares asyncio 3.11's streams callback
+            # from logging the cancellation as an error.
             return
         finally:
             self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    def _split(self, buf: bytes) -> tuple[bytes, list[PolicyRequest]]:
+        """Parse every complete request at the front of `buf`; the rest is returned unparsed."""
+        blocks: list[PolicyRequest] = []
+        while buf:
+            if buf[0] == 0x0A:  # an empty line where a request should start
+                raise PolicyProtocolError("empty_request")
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            blocks.append(
+                parse_request(
+                    buf[: end + 1],
+                    max_line=self.max_line,
+                    max_attrs=self.max_attrs,
+                    max_request=self.max_request,
+                )
+            )
+            buf = buf[end + 2 :]
+        return buf, blocks
+
+    def _check_partial(self, buf: bytes) -> None:
+        """Refuse an incomplete request as soon as it cannot become a valid one (rather than wait for an
+        empty line that may never come, holding up to `max_request` bytes)."""
+        if len(buf) > self.max_request:
+            raise PolicyProtocolError("too_long", f"request over {self.max_request} bytes")
+        if len(buf) - buf.rfind(b"\n") - 1 > self.max_line:
+            raise PolicyProtocolError("too_long", f"attribute line over {self.max_line} bytes")
+        body = buf[:-1] if buf.endswith(b"\r") else buf  # a CR whose LF is still in flight
+        if _CONTROL.search(body):
+            raise PolicyProtocolError("binary")
+        first = buf.find(b"\n")
+        if first >= 0 and b"=" not in buf[:first]:
+            raise PolicyProtocolError("malformed", repr(buf[:60]))
+        if buf.count(b"\n") >= self.max_attrs:
+            raise PolicyProtocolError("too_many_attributes")
+
+    def _protocol_error(self, exc: PolicyProtocolError, peer: object) -> None:
+        self.protocol_errors += 1
+        self.errors_by_reason[exc.reason] = self.errors_by_reason.get(exc.reason, 0) + 1
+        PROTOCOL_ERRORS.labels(exc.reason).inc()
+        log.warning(
+            "policy client %s sent a bad request (%s); answering %s and closing",
+            peer,
+            exc,
+            self.default_action,
+        )
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then swallow what the client is still sending (briefly): closing a socket with
@@ -260,34 +338,8 @@ class PolicyServer:
                         break
                     swallowed += len(chunk)
 
-    async def _read_block(self, reader: asyncio.StreamReader) -> bytes | None:
-        """The bytes of one request up to its empty line; None on a clean EOF between requests."""
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                raise PolicyProtocolError("too_long", "attribute line over the limit") from exc
-            except asyncio.IncompleteReadError as exc:
-                if not parts and not exc.partial:
-                    return None
-                raise  # the client hung up mid-request: nobody to answer
-            if line in (b"\n", b"\r\n"):
-                if not parts:
-                    raise PolicyProtocolError("empty_request")
-                return b"".join(parts)
-            total += len(line)
-            if total > self.max_request or len(parts) >= self.max_attrs:
-                raise PolicyProtocolError("too_long", "request over the limit")
-            # Refuse garbage at its first line rather than wait for an empty line that may never come.
-            if _CONTROL.search(line, 0, len(line) - 1 - line.endswith(b"\r\n")):
-                raise PolicyProtocolError("binary")
-            if b"=" not in line:
-                raise PolicyProtocolError("malformed", repr(line[:60]))
-            parts.append(line)
-
     async def _answer(self, request: PolicyRequest) -> str:
+        self.requests += 1
         try:
             result = self.handler(request)
             if inspect.isawaitable(result):

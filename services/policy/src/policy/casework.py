@@ -118,6 +118,7 @@ class CaseWork:
                 scope=case.scope,
                 ip=case.ip,
                 changed_at=utcnow(),
+                category=case.category,
             ),
             case,
         )

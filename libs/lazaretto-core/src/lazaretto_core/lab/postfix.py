@@ -66,7 +66,8 @@ class LabPostfix:
     """`with LabPostfix(policy_port=p) as mta:` then SMTP to 127.0.0.1:`mta.port`; log in `mta.maillog`.
 
     `policy_port=None` runs without a policy service. `mynetworks` may relay (to the discard
-    transport); pose as a subscriber with `XCLIENT ADDR=100.64.0.10` from loopback.
+    transport); pose as a subscriber with `XCLIENT ADDR=100.64.0.10` from loopback. Recipients in
+    `reject_domains` are refused (554) after the policy check, as a real MX refuses unknown users.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class LabPostfix:
         mynetworks: str = "127.0.0.0/8 100.64.0.0/10",
         policy_timeout: str = "2s",
         end_of_data_policy: bool = True,
+        reject_domains: tuple[str, ...] = (),
         base_dir: Path | None = None,
         keep_dir: bool = False,
         startup_timeout: float = 60.0,
@@ -86,6 +88,7 @@ class LabPostfix:
         self.mynetworks = mynetworks
         self.policy_timeout = policy_timeout
         self.end_of_data_policy = end_of_data_policy
+        self.reject_domains = reject_domains
         self.keep_dir = keep_dir
         self.startup_timeout = startup_timeout
         # mkdtemp under /tmp (not pytest's 0700 tmp_path): unprivileged postfix daemons must traverse it.
@@ -107,6 +110,12 @@ class LabPostfix:
             recipient = [check]
             if self.end_of_data_policy:
                 end_of_data = f"smtpd_end_of_data_restrictions = {check}\n"
+        if self.reject_domains:
+            # Refused after the policy check: the policy server sees these RCPTs, then the refusal.
+            table = ", ".join(f"{d}=REJECT" for d in self.reject_domains)
+            recipient.insert(
+                1 if self.policy_port is not None else 0, f"check_recipient_access inline:{{{table}}}"
+            )
         return f"""\
 compatibility_level = 3.6
 queue_directory = {self.queue_dir}
