@@ -186,3 +186,37 @@ async def test_close_ends_iteration(tmp_path: Path) -> None:
 
     await asyncio.wait_for(consume(), TIMEOUT)
     assert seen == [b"one"]
+
+
+async def test_copy_truncate_before_we_read_the_tail_takes_it_from_the_copy(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"first line of the old file\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        assert [x.data for x in await take(it, 1)] == [b"first line of the old file"]
+        append(log, b"not read yet\npart")  # written before logrotate copied, not yet read
+        shutil.copyfile(log, tmp_path / "eve.json.1")
+        with log.open("r+b") as f:
+            f.truncate(0)
+        append(log, b"new\n")
+        got = await take(it, 3)
+    assert [x.data for x in got] == [b"not read yet", b"part", b"new"]
+    assert got[0].inode == os.stat(tmp_path / "eve.json.1").st_ino
+    assert got[-1].inode == os.stat(log).st_ino
+    assert tailer.truncations == 1
+
+
+async def test_truncated_and_regrown_while_down_is_noticed_by_its_first_bytes(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"old 1\nold 2\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        checkpoint = tailer.checkpoint((await take(it, 1))[0])
+    assert checkpoint == Checkpoint(os.stat(log).st_ino, 6, b"old 1\nold 2\n"[:6])
+    # while the reader is down: copy-truncate, and the file grows past the saved offset again
+    shutil.copyfile(log, tmp_path / "eve.json.1")
+    with log.open("r+b") as f:
+        f.truncate(0)
+    append(log, b"brand new line\n")
+    async with aclosing(FileTailer(log, start=checkpoint).__aiter__()) as it:
+        assert [x.data for x in await take(it, 2)] == [b"old 2", b"brand new line"]

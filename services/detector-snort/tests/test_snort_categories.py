@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from detector_snort.categories import Categorizer, Category, classify, classtype_short_name, severity_for
+from detector_snort.categories import (
+    Category,
+    Classification,
+    MappingError,
+    classify,
+    classtype_short_name,
+    load_mapping,
+    severity_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,21 +69,84 @@ def test_severity_grows_with_priority_and_c2() -> None:
     assert classify("trojan-activity", "x", priority=1).severity == 5
     assert classify("tcp-connection", "x").severity == 1
     assert classify(None, "x").severity == 2
-    assert severity_for(9, None, Category.OTHER) == 1
+    assert severity_for(9, None) == 1
     for prio in range(0, 10):
         for ct in ("trojan-activity", "attempted-recon", None):
             result = classify(ct, "MALWARE", prio)
             assert 1 <= result.severity <= 5
 
 
-def test_overrides() -> None:
-    cat = Categorizer(
-        sid_overrides={2012811: Category.MALWARE}, classtype_overrides={"bad-unknown": Category.DOS}
+MAPPING = """
+rules:
+  - sids: ["2012811", "3000000-3000099"]
+    category: malware
+    severity: 5
+  - classtypes: ["Potentially Bad Traffic"]
+    keywords: [DNS]
+    category: dos
+  - keywords: [ATTACK_RESPONSE]
+    category: malware
+inbound_infection:
+  sids: ["498"]
+  classtypes: [command-and-control]
+  keywords: [C2_REPLY]
+"""
+
+
+def test_a_mapping_file_decides_category_and_severity(tmp_path: Path) -> None:
+    # given an operator's mapping: a sid list and a range, a classtype-and-keyword rule, a substring
+    path = tmp_path / "mapping.yaml"
+    path.write_text(MAPPING)
+    mapping = load_mapping(path)
+    # then the first matching rule wins, with its fixed severity or one from the priority
+    assert mapping.classify("Potentially Bad Traffic", "ET DNS Query to .tk", 2, 2012811) == Classification(
+        Category.MALWARE, 5, "bad-unknown"
     )
+    assert mapping.classify("x", "y", 1, 3000050).category is Category.MALWARE
+    assert mapping.classify("bad-unknown", "ET DNS Query to .tk", 2, 1) == Classification(
+        Category.DOS, 3, "bad-unknown"
+    )
+    assert mapping.classify("bad-unknown", "ET WEB thing", 2, 1).category is Category.OTHER
     assert (
-        cat.classify("Potentially Bad Traffic", "ET DNS Query to .tk", 2, 2012811).category
+        mapping.classify(None, "GPL ATTACK_RESPONSE id check returned root", 2, 2).category
         is Category.MALWARE
     )
-    assert cat.classify("Potentially Bad Traffic", "ET DNS Query to .tk", 2, 1).category is Category.DOS
-    plain = Categorizer(use_signature_words=False)
-    assert plain.classify("Misc activity", "ET SCAN x").category is Category.OTHER
+    # and an unmapped alert falls back on its priority
+    assert mapping.classify(None, "anything", 1, 7) == Classification(Category.OTHER, 4, None)
+    assert mapping.classify("misc-activity", "anything", None, 7).severity == 2
+    # inbound-indicates-infection by sid, classtype (description or short name) or keyword
+    assert mapping.inbound_indicates_infection(None, "x", 498)
+    assert mapping.inbound_indicates_infection("Malware Command and Control Activity Detected", "x", 1)
+    assert mapping.inbound_indicates_infection(None, "ET C2_REPLY seen", 1)
+    assert not mapping.inbound_indicates_infection("trojan-activity", "ET MALWARE C2 beacon", 1)
+
+
+def test_the_shipped_default_marks_root_shell_replies_inbound() -> None:
+    default = load_mapping()
+    assert default.inbound_indicates_infection(
+        "Potentially Bad Traffic", "INDICATOR-COMPROMISE id check", 498
+    )
+    assert default.inbound_indicates_infection(None, "ET ATTACK_RESPONSE Output of id command", 2019284)
+    assert not default.inbound_indicates_infection("attempted-recon", "ET SCAN Nmap", 2000537)
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ("rules: [{category: scan}]", "needs sids, classtypes or keywords"),
+        ("rules: [{sids: ['1'], category: virus}]", "category must be one of"),
+        ("rules: [{sids: ['9-1'], category: scan}]", "empty sid range"),
+        ("rules: [{sids: ['x'], category: scan}]", "not a sid"),
+        ("rules: [{sids: ['1'], category: scan, severity: 9}]", "severity must be 1..5"),
+        ("rules: [{sids: ['1'], category: scan, colour: red}]", "unknown keys"),
+        ("inbound_infection: {ports: [1]}", "inbound_infection takes"),
+        ("rules: {sids: 1}", "rule 1: expected a mapping"),
+        ("[1, 2]", "expected a mapping"),
+        ("rules: [", "not YAML"),
+    ],
+)
+def test_a_bad_mapping_file_is_refused_with_the_reason(tmp_path: Path, document: str, error: str) -> None:
+    path = tmp_path / "mapping.yaml"
+    path.write_text(document)
+    with pytest.raises(MappingError, match=error):
+        load_mapping(path)

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from detector_snort.parsers import ParseError, parse_eve_line, parse_fast_line
+from detector_snort.parsers import (
+    ParseError,
+    SyslogMessage,
+    parse_eve_line,
+    parse_fast_line,
+    parse_snort3_json_line,
+    parse_syslog,
+    parse_syslog_header,
+)
 
 EVE_SCAN = (
     b'{"timestamp":"2025-01-15T10:00:00.219498+0000","flow_id":98314299770144,"pcap_cnt":49,'
@@ -325,3 +333,129 @@ def test_fast_garbage_raises_parse_error_with_reason(line: bytes, reason: str) -
     with pytest.raises(ParseError) as err:
         parse_fast_line(line, now=NOW)
     assert err.value.reason == reason
+
+
+# ------------------------------------------------------------------------------ Snort 3 and syslog
+
+
+def test_snort3_json_with_the_recommended_fields() -> None:
+    line = (
+        b'{ "seconds" : 1511787706, "timestamp" : "11/27-13:01:46.385525", "action" : "allow", "gid" : 1, '
+        b'"sid" : 19769, "rev" : 6, "msg" : "MALWARE-CNC Win.Trojan.Yoddos outbound indicator", '
+        b'"class" : "A Network Trojan was detected", "priority" : 1, "proto" : "ICMP", '
+        b'"src_addr" : "10.1.2.4", "dst_addr" : "10.9.8.7", "dir" : "UNK", "service" : "unknown" }'
+    )
+    alert = parse_snort3_json_line(line, sensor="s3")
+    assert alert.timestamp == datetime(2017, 11, 27, 13, 1, 46, 385525, tzinfo=UTC)
+    assert (alert.src_ip, alert.src_port, alert.dst_ip, alert.dst_port) == (
+        "10.1.2.4",
+        None,
+        "10.9.8.7",
+        None,
+    )
+    assert (alert.gid, alert.signature_id, alert.rev, alert.priority) == (1, 19769, 6, 1)
+    assert alert.signature == "MALWARE-CNC Win.Trojan.Yoddos outbound indicator"
+    assert alert.classtype == "A Network Trojan was detected"
+    assert (alert.action, alert.sensor) == ("allowed", "s3")
+
+
+def test_snort3_json_default_fields_split_ipv6_ap_at_the_last_colon() -> None:
+    line = (
+        b'{ "timestamp" : "07/16-09:23:39.153899", "pkt_num" : 5, "proto" : "TCP", "pkt_gen" : "stream_tcp", '
+        b'"pkt_len" : 97, "dir" : "C2S", "src_ap" : "0000:0000:0000:0000:0000:ffff:0a01:0203:48620", '
+        b'"dst_ap" : "192.168.2.3:80", "rule" : "1:1000000:0", "action" : "would_drop" }'
+    )
+    alert = parse_snort3_json_line(line, now=datetime(2025, 8, 1, tzinfo=UTC))
+    assert (alert.src_ip, alert.src_port) == ("::ffff:10.1.2.3", 48620)
+    assert (alert.dst_ip, alert.dst_port) == ("192.168.2.3", 80)
+    assert alert.timestamp == datetime(2025, 7, 16, 9, 23, 39, 153899, tzinfo=UTC)
+    assert (alert.signature_id, alert.signature, alert.action) == (1000000, "rule 1:1000000:0", "would_drop")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{ "proto" : "TCP", "msg" : ""bad"" }', "invalid_json"),
+        (b'{ "proto" : "TCP", "src_ap" : "1.2.3.4:1", "dst_ap" : "5.6.7.8:2", "rule" : "1:2" }', "bad_field"),
+        (
+            b'{ "proto" : "TCP", "src_ap" : "1.2.3.4:1", "dst_ap" : "5.6.7.8:2", "sid" : 1, '
+            b'"timestamp" : "x"}',
+            "bad_timestamp",
+        ),
+        (b'{ "proto" : "TCP", "src_ap" : "1.2.3.4", "dst_ap" : "5.6.7.8:2", "sid" : 1 }', "bad_field"),
+    ],
+)
+def test_snort3_json_garbage(line: bytes, reason: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_snort3_json_line(line)
+    assert err.value.reason == reason
+
+
+SYSLOG_NOW = datetime(2025, 1, 20, tzinfo=UTC)
+
+
+def test_syslog_snort2_rfc3164() -> None:
+    alert = parse_syslog(
+        b"<33>Sep  5 16:02:55 dev snort: [1:1000015:0] Pinging... [Classification: Misc activity] "
+        b"[Priority: 3] {ICMP} 10.50.10.88 -> 175.16.199.1",
+        now=SYSLOG_NOW,
+    )
+    assert alert is not None
+    assert alert.timestamp == datetime(2024, 9, 5, 16, 2, 55, tzinfo=UTC)  # September: last year
+    assert (alert.sensor, alert.signature, alert.classtype, alert.priority) == (
+        "dev",
+        "Pinging...",
+        "Misc activity",
+        3,
+    )
+    assert (alert.src_ip, alert.dst_ip, alert.src_port) == ("10.50.10.88", "175.16.199.1", None)
+
+
+def test_syslog_snort3_without_classification_and_priority() -> None:
+    alert = parse_syslog(
+        b'Apr 20 18:26:08 snort3 snort[13337]: [1:1000000:1] "Sample Dummy Alert" {TCP} '
+        b"192.168.0.1:14685 -> 173.37.145.84:25",
+        sensor="fallback",
+        now=SYSLOG_NOW,
+    )
+    assert alert is not None
+    assert (alert.sensor, alert.signature, alert.classtype, alert.priority) == (
+        "snort3",
+        "Sample Dummy Alert",
+        None,
+        None,
+    )
+    assert (alert.src_port, alert.dst_port) == (14685, 25)
+
+
+def test_syslog_rfc5424_with_structured_data_and_eve_json_body() -> None:
+    eve = EVE_SCAN.strip()
+    alert = parse_syslog(b'<14>1 2025-01-15T10:00:01Z - suricata 9 - [a b="x\\"]"][c] ' + eve, sensor="ids9")
+    assert alert is not None
+    assert (alert.sensor, alert.signature_id, alert.src_ip) == ("ids9", 9000001, "100.64.1.10")
+    assert parse_syslog(b"<14>1 - host suricata - - - " + EVE_SMTP) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (b"<999999>x", "bad_syslog"),
+        (b"<14>1 2025-01-15T10:00:01Z host", "bad_syslog"),
+        (b"<14>1 yesterday host app - - - [1:2:3] x {TCP} 1.2.3.4:1 -> 5.6.7.8:2", "bad_timestamp"),
+        (b"<14>Foo 12 10:00:00 host app: x", "bad_timestamp"),
+        (b"<14>Jan 99 10:00:00 host app: x", "bad_timestamp"),
+        (b"<14>Jan 15 10:00:00 host app: no alert here", "malformed"),
+        (b"<14>1 - host app - - [unterminated", "bad_syslog"),
+        (b"<14>Jan 15 10:00:00 host app: {not json", "invalid_json"),
+    ],
+)
+def test_syslog_garbage(message: bytes, reason: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse_syslog(message, now=SYSLOG_NOW)
+    assert err.value.reason == reason
+
+
+def test_syslog_header_forms() -> None:
+    header = parse_syslog_header("<13>2025-01-15T10:00:00.123+01:00 gw tag: hello", now=SYSLOG_NOW)
+    assert header == SyslogMessage(datetime(2025, 1, 15, 9, 0, 0, 123000, tzinfo=UTC), "gw", "tag", "hello")
+    assert parse_syslog_header("Jan  5 01:02:03 gw hello world", now=SYSLOG_NOW).message == "hello world"

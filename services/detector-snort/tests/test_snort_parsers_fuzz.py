@@ -1,8 +1,11 @@
-"""Property tests: whatever bytes arrive, the parsers return a result or raise ParseError, nothing else."""
+"""Property tests: whatever bytes arrive, every parser returns a result or raises ParseError, nothing
+else; and the byte-level prefilter never drops an alert the full parse would keep."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from ipaddress import ip_address
 
@@ -10,13 +13,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector_snort.alerts import Alert
-from detector_snort.parsers import ParseError, parse_eve_line, parse_fast_line
+from detector_snort.parsers import (
+    ParseError,
+    alert_from_object,
+    parse_eve_line,
+    parse_fast_line,
+    parse_snort3_json_line,
+    parse_syslog,
+)
+from detector_snort.pipeline import AlertPipeline, Source
+from lazaretto_core.ranges import SubscriberRanges
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 FAST = (
     "01/15/2025-10:00:00.219498  [**] [1:9000001:1] LAB SCAN subscriber TCP SYN port scan [**] "
     "[Classification: Attempted Information Leak] [Priority: 2] {TCP} 100.64.1.10:55000 -> 198.51.100.7:39"
 )
+ALERT: dict[str, object] = {
+    "action": "allowed",
+    "gid": 1,
+    "signature_id": 9000001,
+    "rev": 1,
+    "signature": "x",
+    "severity": 2,
+}
 EVE = {
     "timestamp": "2025-01-15T10:00:00.219498+0000",
     "event_type": "alert",
@@ -94,3 +114,77 @@ def test_fast_endpoints_round_trip(src: object, sport: int, dst: object, dport: 
     alert = parse_fast_line(line.encode(), now=NOW)
     got = (ip_address(alert.src_ip), alert.src_port, ip_address(alert.dst_ip), alert.dst_port)
     assert got == (src, sport, dst, dport)
+
+
+def _never_crashes(parse: Callable[[], object]) -> None:
+    with contextlib.suppress(ParseError):
+        parse()
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_crash_any_parser(data: bytes) -> None:
+    _never_crashes(lambda: parse_snort3_json_line(data, now=NOW))
+    _never_crashes(lambda: parse_syslog(data, now=NOW))
+    _never_crashes(lambda: parse_syslog(b"<13>Jan 15 10:00:00 host snort: " + data, now=NOW))
+    _never_crashes(lambda: parse_syslog(b"<13>1 2025-01-15T10:00:00Z h a - - - " + data, now=NOW))
+    _never_crashes(lambda: parse_fast_line(data, layout="YY/MM/DD", now=NOW))
+    _never_crashes(lambda: parse_fast_line(data, layout="MM/DD", now=NOW))
+    for obj in (data, data.decode("latin-1"), {"event_type": data.decode("latin-1")}, [data.hex()]):
+        _never_crashes(lambda obj=obj: alert_from_object(obj))  # type: ignore[misc]
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(["seconds", "timestamp", "sid", "rule", "src_ap", "src_addr", "priority", "msg"]),
+    json_values,
+)
+def test_snort3_with_any_field_value_never_crashes(key: str, value: object) -> None:
+    obj = {
+        "seconds": 1,
+        "proto": "TCP",
+        "src_ap": "1.2.3.4:5",
+        "dst_ap": "5.6.7.8:9",
+        "rule": "1:2:3",
+        key: value,
+    }
+    _never_crashes(lambda: parse_snort3_json_line(json.dumps(obj).encode()))
+
+
+PIPELINE = AlertPipeline(SubscriberRanges(["100.64.0.0/10", "2001:db8:100::/40"]))
+EVE_SOURCE = Source("eve.json", "eve", "ids")
+FAST_SOURCE = Source("fast.log", "fast", "ids", layout="MM/DD/YYYY")
+ADDRESSES = st.sampled_from(["100.64.1.10", "203.0.113.9", "2001:db8:100::9", "2001:db8:ffff::1", "100.64.9"])
+
+
+@settings(max_examples=300)
+@given(
+    ADDRESSES,
+    ADDRESSES,
+    st.sampled_from([9000001, 498, 2100498]),
+    st.sampled_from(["", "Attempted Information Leak", "x\\u0041"]),
+)
+def test_prefilter_drops_only_what_the_full_parse_drops(src: str, dst: str, sid: int, category: str) -> None:
+    # Given an EVE line and the same alert as a fast line, with any mix of subscriber addresses
+    fields: dict[str, object] = {**ALERT, "signature_id": sid, "category": category}
+    eve = dict(EVE, src_ip=src, dest_ip=dst, alert=fields)
+    eve_line = json.dumps(eve, separators=(",", ":")).encode()
+    fast_line = (
+        FAST.replace("100.64.1.10:55000 -> 198.51.100.7:39", f"{src}:1 -> {dst}:2")
+        .replace(":9000001:", f":{sid}:")
+        .encode()
+    )
+    for source, line, skip in (
+        (EVE_SOURCE, eve_line, PIPELINE._eve_prefilter),
+        (FAST_SOURCE, fast_line, PIPELINE._fast_prefilter),
+    ):
+        # When the prefilter says "not a subscriber's alert"
+        if skip(line) != "not_subscriber":
+            continue
+        # Then the full parse agrees (or the line is not a valid alert at all)
+        try:
+            alert = PIPELINE.parser(source)(line)
+        except ParseError:
+            continue
+        assert alert is not None
+        assert PIPELINE.subscriber_side(alert) is None, (source.format, line)

@@ -1,9 +1,13 @@
 """detector-snort as a service: real Suricata EVE output tailed, published on the real broker,
-garbage survived, and a restart resumes at its checkpoint without repeating an alert."""
+garbage survived, a restart resumes at its checkpoint without repeating an alert; Snort 3 JSON
+files, syslog over UDP and TCP, and HTTP POST as sources."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,123 @@ async def _status(service: DetectorSnortService, path: str) -> int:
     transport = httpx.ASGITransport(app=service.http_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://detector") as client:
         return (await client.get(path)).status_code
+
+
+SNORT3_JSON = (
+    '{ "seconds" : 1736935200, "timestamp" : "01/15-10:00:00.219498", "action" : "allow", "gid" : 1, '
+    '"sid" : 1000006, "rev" : 1, "msg" : "MALWARE-CNC Win.Trojan.Yoddos outbound indicator", '
+    '"class" : "A Network Trojan was detected", "priority" : 1, "proto" : "TCP", '
+    '"src_addr" : "100.64.0.20", "src_port" : 49152, "dst_addr" : "192.0.2.66", "dst_port" : 80, '
+    '"dir" : "C2S", "service" : "http" }'
+)
+
+
+async def test_snort3_json_syslog_and_http_sources(amqp_url: str, tmp_path: Path, probe: BusProbe) -> None:
+    # Given a Snort 3 alert_json file, syslog listeners on UDP and TCP, and the HTTP endpoint
+    import socket
+
+    import httpx
+
+    from detector_snort.settings import AlertFile
+    from lazaretto_core.lab.process import free_port
+
+    alert_json = tmp_path / "alert_json.txt"
+    alert_json.touch()
+    udp_port, tcp_port = free_port(socket.SOCK_DGRAM), free_port()
+    token = "s3cret-token-for-scripts"
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url),
+        sources=(AlertFile(path=alert_json, format="snort3_json", sensor="snort3-edge"),),
+        checkpoint_dir=tmp_path / "checkpoints",
+        syslog_udp_port=udp_port,
+        syslog_tcp_port=tcp_port,
+        ingest_token=SecretStr(token),
+    )
+    service = await started(settings)
+    try:
+        # When Snort 3 writes a JSON alert about subscriber .20
+        with alert_json.open("a") as out:
+            out.write(SNORT3_JSON + "\n")
+        # and a Snort 2 sensor sends alert_syslog over UDP (RFC 3164) about .21, with garbage around it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for datagram in (
+                b"<33>Sep  5 16:05:26 ids-udp snort: [1:2010937:3] ET SCAN Suspicious inbound to mySQL "
+                b"port 3306 [Classification: Potentially Bad Traffic] [Priority: 2] {TCP} "
+                b"100.64.0.21:55776 -> 203.0.113.22:3306",
+                b"\x00\xff\xfe binary",
+                b"<33>Yesterday ids-udp snort: [1:1:1] x {TCP} 1.2.3.4:1 -> 5.6.7.8:2",
+            ):
+                udp.sendto(datagram, ("127.0.0.1", udp_port))
+        # and a Snort 3 sensor sends RFC 5424 over TCP (octet counting) about .22, then a root-shell
+        # reply *to* .23 (inbound-indicates-infection) newline-framed, then an over-long line
+        rfc5424 = (
+            b'<165>1 2025-01-15T10:00:00.5Z ids-tcp snort 77 - [meta seq="1"] [1:2001219:20] '
+            b'"ET SCAN Potential SSH Scan" [Classification: Attempted Information Leak] [Priority: 2] '
+            b"{TCP} 100.64.0.22:40000 -> 198.51.100.9:22"
+        )
+        reply = (
+            b'<33>Jan 15 10:00:01 ids-tcp snort[1]: [1:498:11] "INDICATOR-COMPROMISE id check returned '
+            b'root" [Classification: Potentially Bad Traffic] [Priority: 2] {TCP} 217.160.0.187:80 -> '
+            b"100.64.0.23:36062\n"
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+        writer.write(str(len(rfc5424)).encode() + b" " + rfc5424 + reply + b"x" * 70_000 + b"\n")
+        await writer.drain()
+        # and a script POSTs a batch: an EVE alert about .24, a bad item and a non-alert
+        eve = json.loads(_eve_line("100.64.0.24"))
+        batch = {
+            "alerts": [
+                {**eve, "id": "a-1", "sensor": "script"},
+                {"event_type": "alert"},
+                {"event_type": "flow"},
+            ]
+        }
+        transport = httpx.ASGITransport(app=service.http_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://detector") as client:
+            refused = await client.post("/v1/alerts", json=batch)
+            accepted = await client.post(
+                "/v1/alerts", json=batch, headers={"Authorization": f"Bearer {token}"}
+            )
+            retried = await client.post(
+                "/v1/alerts", json=batch, headers={"Authorization": f"Bearer {token}"}
+            )
+        writer.close()
+
+        # Then each subscriber gets its observation, named after its sensor
+        found = await probe.wait_for("abuse.observed.v1", count=5)
+        by_ip = {str(o.ip): o for o in found if isinstance(o, AbuseObserved)}
+        assert {ip: (o.sensor, o.category) for ip, o in by_ip.items()} == {
+            "100.64.0.20": ("snort3-edge", "malware"),
+            "100.64.0.21": ("ids-udp", "scan"),
+            "100.64.0.22": ("ids-tcp", "scan"),
+            "100.64.0.23": ("ids-tcp", "other"),
+            "100.64.0.24": ("script", "scan"),
+        }
+        assert by_ip["100.64.0.20"].first_seen == datetime(2025, 1, 15, 10, 0, 0, 219498, tzinfo=UTC)
+        assert by_ip["100.64.0.22"].first_seen == datetime(2025, 1, 15, 10, 0, 0, 500000, tzinfo=UTC)
+        assert refused.status_code == 401
+        assert accepted.status_code == 202
+        body = accepted.json()
+        assert body["accepted"] == 1
+        assert body["rejected"] == [
+            {"index": 1, "reason": "missing_field"},
+            {"index": 2, "reason": "not_alert"},
+        ]
+        assert body["observations"] == [str(by_ip["100.64.0.24"].observation_id)]
+        assert retried.json()["accepted"] == 0  # the same alert id again is not counted twice
+        # and the garbage is counted by reason
+        metrics = (await _get(service, "/metrics")).decode()
+        for reason in ("binary", "bad_timestamp", "too_long", "missing_field"):
+            assert f'result="bad:{reason}"' in metrics, reason
+    finally:
+        await service.stop()
+
+
+def _eve_line(src: str) -> str:
+    return (
+        '{"timestamp":"2025-01-15T10:00:00.219498+0000","flow_id":1,"event_type":"alert",'
+        f'"src_ip":"{src}","src_port":55000,"dest_ip":"198.51.100.7","dest_port":39,"proto":"TCP",'
+        '"alert":{"action":"allowed","gid":1,"signature_id":9000001,"rev":1,'
+        '"signature":"LAB SCAN subscriber TCP SYN port scan","category":"Attempted Information Leak",'
+        '"severity":2}}'
+    )

@@ -5,10 +5,13 @@ and copy-truncate (same inode, size below our offset: start again at 0). The cal
 `Checkpoint` once it has handled a line (e.g. after the bus confirmed the publish) and passes it back
 as `start=` after a restart. No bus code here.
 
-Known limits: lines a writer appends to the old file *after* the new one appeared are not read
-(Snort reopens at once, Debian's Suricata rotation is copy-truncate); a copy-truncated file that
-regrows past our offset between two polls is not noticed; a checkpoint's inode can be reused by a
-different file after deletion.
+Copy-truncate loses nothing we could still read: the tail we had not read yet is taken from the
+copy (a sibling whose first bytes are the file's), then the truncated file is read from 0. A checkpoint
+carries the file's first bytes too, so a restart notices a file that was truncated and regrew, or a
+reused inode, instead of resuming in the middle of other lines.
+
+Known limits: lines a writer appends to the old file after we switched to the new one are not read
+(Snort reopens at once); lines written between logrotate's copy and its truncate are in neither file.
 """
 
 from __future__ import annotations
@@ -16,21 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 DEFAULT_MAX_LINE: Final = 1 << 20
+HEAD_BYTES: Final = 64  # a file's first bytes identify it across copy-truncate and inode reuse
 _COMPRESSED: Final = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Where to resume: the file's inode and the offset just past the last line handled."""
+    """Where to resume: the file's inode and the offset just past the last line handled.
+
+    `head` (optional) is the file's first bytes, up to `HEAD_BYTES` and never past `offset`: when the
+    file at that inode no longer starts with them, it is not the file we read.
+    """
 
     inode: int
     offset: int
+    head: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +79,10 @@ class FileTailer:
         max_line: int = DEFAULT_MAX_LINE,
         read_size: int = 1 << 18,
         head_bytes: int = 256,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.on_idle = on_idle  # called at each idle poll: a liveness signal for health checks
         self.poll_interval = poll_interval
         self.max_line = max_line
         self.read_size = read_size
@@ -91,11 +102,17 @@ class FileTailer:
         self._skipping = False  # inside an over-long line: discard until its newline
         self._skip_head = b""
         self._skip_len = 0
-        self._then_switch = False  # reading a rotated-away file found from a checkpoint
+        self._then_switch = False  # reading a rotated-away file (or a copy) before the current one
+        self._head = b""  # the open file's first bytes, as far as known
 
     def close(self) -> None:
         """Stop the iteration at the next chance (the file is closed by the iterator itself)."""
         self._closed = True
+
+    def checkpoint(self, line: TailLine) -> Checkpoint:
+        """`line.checkpoint` plus the first bytes of its file, for a restart that verifies identity."""
+        head = self._head if line.inode == self._inode else b""
+        return Checkpoint(line.inode, line.offset, head[: min(len(head), line.offset)])
 
     async def __aiter__(self) -> AsyncGenerator[TailLine, None]:
         async for batch in self.batches():
@@ -120,11 +137,13 @@ class FileTailer:
                     if leftover:
                         yield leftover
                     continue
-                leftover = self._check_rotation()
+                leftover, changed = self._check_rotation()
                 if leftover:
                     yield leftover
-                    continue
-                await asyncio.sleep(self.poll_interval)
+                if not changed:
+                    if self.on_idle is not None:
+                        self.on_idle()
+                    await asyncio.sleep(self.poll_interval)
         finally:
             self._close_fd()
 
@@ -146,18 +165,18 @@ class FileTailer:
         if start is None:
             # A file that appeared while we waited holds only new lines, even when asked for its end.
             self._seek(size if self._from_end and not waited else 0)
-        elif start.inode == self._inode:
-            if size >= start.offset:
-                self._seek(start.offset)
-            else:  # copy-truncated while we were away
-                self.truncations += 1
-                self._seek(0)
+        elif start.inode == self._inode and size >= start.offset and self._starts_with(self._fd, start.head):
+            self._seek(start.offset)
         else:
-            rotated = self._find_rotated(start.inode)
-            if rotated is not None:  # finish the old file first, then the current one from 0
+            # Renamed away (new inode at the path) or copy-truncated (same inode, shorter or other
+            # first bytes): finish the old contents from the checkpoint, then the current file from 0.
+            if start.inode == self._inode:
+                self.truncations += 1
+            older = self._find_sibling(start)
+            if older is not None:
                 self._close_fd()
-                self._open(None, rotated)
-                self._seek(start.offset if os.fstat(self._fd).st_size >= start.offset else 0)
+                self._open(None, older)
+                self._seek(start.offset)
                 self._then_switch = True
             else:
                 self._seek(0)
@@ -166,10 +185,15 @@ class FileTailer:
         self._close_fd()
         self._fd = os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC)
         self._inode = os.fstat(self._fd).st_ino
+        self._head = os.pread(self._fd, HEAD_BYTES, 0)
         self._buf.clear()
         self._skipping = False
         if offset is not None:
             self._seek(offset)
+
+    @staticmethod
+    def _starts_with(fd: int, head: bytes) -> bool:
+        return not head or os.pread(fd, len(head), 0) == head
 
     def _seek(self, offset: int) -> None:
         os.lseek(self._fd, offset, os.SEEK_SET)
@@ -183,8 +207,11 @@ class FileTailer:
                 os.close(self._fd)
             self._fd = -1
 
-    def _find_rotated(self, inode: int) -> Path | None:
-        """A sibling such as `eve.json.1` or `alert_fast.txt.1700000000` that is the checkpoint's file."""
+    def _find_sibling(self, start: Checkpoint) -> Path | None:
+        """The file a checkpoint was taken in, now under another name (`eve.json.1`, `x.1700000000`).
+
+        By inode after a rename; by first bytes after a copy-truncate (the copy has a new inode).
+        """
         with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
             for entry in entries:
                 if (
@@ -192,29 +219,59 @@ class FileTailer:
                     and entry.name != self.path.name
                     and not entry.name.endswith(_COMPRESSED)
                     and entry.is_file(follow_symlinks=False)
-                    and entry.inode() == inode
                 ):
-                    return Path(entry.path)
+                    by_inode = entry.inode() == start.inode
+                    if not (by_inode or start.head):
+                        continue
+                    with contextlib.suppress(OSError):
+                        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                        try:
+                            if os.fstat(fd).st_size >= start.offset and self._starts_with(fd, start.head):
+                                return Path(entry.path)
+                        finally:
+                            os.close(fd)
         return None
 
-    def _check_rotation(self) -> list[TailLine]:
-        """At EOF: follow a new file at the path, or restart a truncated one. Returns a flushed last line."""
+    def _check_rotation(self) -> tuple[list[TailLine], bool]:
+        """At EOF: follow a new file at the path, or restart a truncated one.
+
+        Returns the lines still due from the old file, and whether anything changed (read again now).
+        """
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return []  # renamed away, not yet recreated: keep the old file until a new one appears
+            return [], False  # renamed away, not yet recreated: keep the old file until one appears
         if st.st_ino != self._inode:
-            leftover = self._flush_partial()
+            # The writer may have appended between our last read and the rename: drain, then switch.
+            leftover = self._drain()
+            leftover += self._flush_partial()
             try:
                 self._open(0)
             except FileNotFoundError:
-                return leftover
+                return leftover, False
             self.rotations += 1
-            return leftover
-        if os.fstat(self._fd).st_size < self._pos:
+            return leftover, True
+        size = os.fstat(self._fd).st_size
+        regrown = size >= self._pos and self._pos > 0 and not self._starts_with(self._fd, self._head)
+        if size < self._pos or regrown:
             self.truncations += 1
-            self._seek(0)
-        return []
+            resume = self._pos - len(self._buf)  # the start of a partial line, if any
+            copy = self._find_sibling(Checkpoint(self._inode, resume, self._head[:resume]))
+            if copy is not None and not self._skipping:
+                self._open(None, copy)  # read what we missed from the copy first
+                self._seek(resume)
+                self._then_switch = True
+            else:
+                self._seek(0)
+                self._head = os.pread(self._fd, HEAD_BYTES, 0)
+            return [], True
+        return [], False
+
+    def _drain(self) -> list[TailLine]:
+        out: list[TailLine] = []
+        while data := os.read(self._fd, self.read_size):
+            out += self._feed(data)
+        return out
 
     def _flush_partial(self) -> list[TailLine]:
         """A rotated-away file's unterminated last line is as complete as it will ever be."""
@@ -233,6 +290,8 @@ class FileTailer:
         size = len(data)
         base = self._pos
         self._pos += size
+        if base == len(self._head) < HEAD_BYTES:  # the file was short when opened: learn its head
+            self._head += data[: HEAD_BYTES - base]
         start = 0
         if self._skipping:
             nl = data.find(b"\n")

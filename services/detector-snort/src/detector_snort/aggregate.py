@@ -1,7 +1,10 @@
 """Folds alert storms into a bounded stream of observations. Pure: time is passed in.
 
-The first alert for an (address, category) is reported at once (latency matters); later ones inside
-the window are counted and reported when the window closes, with first/last seen and top signatures.
+The first alert for a (sensor, address, category) is reported at once (latency matters); later ones
+inside the window are counted and reported when the window closes, with first/last seen and top
+signatures. Each alert may carry a `token` (where it was read): the observation of a window's first
+alert and the folded one take their identity from it, so a re-read after a crash yields the same ids.
+The open windows can be saved (`to_json`) and restored (`from_json`) with the read position.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Final
 
 from .alerts import Alert
 
@@ -25,6 +29,11 @@ class Folded:
     last_seen: datetime
     signatures: list[str]
     destinations: list[str]
+    sensor: str = ""
+    token: str | None = None  # what the observation id derives from; None: a fresh one
+
+
+MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 
 
 @dataclass
@@ -38,6 +47,37 @@ class _Window:
     count: int = 0
     signatures: Counter[str] = field(default_factory=Counter)
     destinations: list[str] = field(default_factory=list)
+    first_token: str | None = None  # the first folded alert's token
+
+    def to_json(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        return {
+            "sensor": key[0],
+            "ip": key[1],
+            "category": key[2],
+            "opened_at": self.opened_at,
+            "severity": self.severity,
+            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "count": self.count,
+            "signatures": dict(self.signatures),
+            "destinations": self.destinations,
+            "first_token": self.first_token,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> tuple[tuple[str, str, str], _Window]:
+        first, last = data.get("first_seen"), data.get("last_seen")
+        window = cls(
+            opened_at=float(data["opened_at"]),
+            severity=int(data["severity"]),
+            first_seen=datetime.fromisoformat(first) if first else None,
+            last_seen=datetime.fromisoformat(last) if last else None,
+            count=int(data["count"]),
+            signatures=Counter({str(k): int(v) for k, v in dict(data.get("signatures") or {}).items()}),
+            destinations=[str(d) for d in data.get("destinations") or []],
+            first_token=data.get("first_token"),
+        )
+        return (str(data["sensor"]), str(data["ip"]), str(data["category"])), window
 
 
 class Aggregator:
@@ -45,23 +85,44 @@ class Aggregator:
         self.window = window
         self.max_destinations = max_destinations
         self.top_signatures = top_signatures
-        self._open: dict[tuple[str, str], _Window] = {}
+        self._open: dict[tuple[str, str, str], _Window] = {}
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, alert: Alert, ip: str, category: str, severity: int, now: float) -> Folded | None:
+    def to_json(self) -> list[dict[str, Any]]:
+        return [window.to_json(key) for key, window in self._open.items()]
+
+    def load_json(self, windows: list[dict[str, Any]]) -> None:
+        """Replace the open windows with saved ones (KeyError/ValueError/TypeError if malformed)."""
+        self._open = dict(_Window.from_json(data) for data in windows)
+
+    def add(
+        self,
+        alert: Alert,
+        ip: str,
+        category: str,
+        severity: int,
+        now: float,
+        *,
+        sensor: str = "",
+        token: str | None = None,
+    ) -> Folded | None:
         """Returns an observation to publish now (the first of a window), else folds the alert."""
-        key = (ip, category)
+        key = (sensor, ip, category)
         window = self._open.get(key)
         if window is None:
             self._open[key] = _Window(now, severity)
-            return self._fold_one(alert, ip, category, severity)
+            return self._fold_one(alert, ip, category, severity, sensor, token)
         window.count += 1
+        if window.first_token is None:
+            window.first_token = token
         window.severity = max(window.severity, severity)
         window.first_seen = min(window.first_seen or alert.timestamp, alert.timestamp)
         window.last_seen = max(window.last_seen or alert.timestamp, alert.timestamp)
-        window.signatures[_signature(alert)] += 1
+        signature = _signature(alert)
+        if signature in window.signatures or len(window.signatures) < MAX_SIGNATURES:
+            window.signatures[signature] += 1
         if len(window.destinations) < self.max_destinations:
             window.destinations.append(_destination(alert))
         return None
@@ -76,19 +137,23 @@ class Aggregator:
             if window.count and window.first_seen and window.last_seen:
                 closed.append(
                     Folded(
-                        ip=key[0],
-                        category=key[1],
+                        ip=key[1],
+                        category=key[2],
                         severity=window.severity,
                         count=window.count,
                         first_seen=window.first_seen,
                         last_seen=window.last_seen,
                         signatures=[s for s, _ in window.signatures.most_common(self.top_signatures)],
                         destinations=window.destinations,
+                        sensor=key[0],
+                        token=f"fold:{window.first_token}" if window.first_token else None,
                     )
                 )
         return closed
 
-    def _fold_one(self, alert: Alert, ip: str, category: str, severity: int) -> Folded:
+    def _fold_one(
+        self, alert: Alert, ip: str, category: str, severity: int, sensor: str, token: str | None
+    ) -> Folded:
         return Folded(
             ip,
             category,
@@ -98,6 +163,8 @@ class Aggregator:
             alert.timestamp,
             [_signature(alert)],
             [_destination(alert)],
+            sensor,
+            token,
         )
 
 

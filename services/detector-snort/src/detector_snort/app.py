@@ -1,4 +1,5 @@
-"""detector-snort bootstrap: one tail loop per alert file, a flush loop for folded alerts, HTTP health."""
+"""detector-snort bootstrap: one tail loop per alert file, syslog listeners, POST /v1/alerts, a flush
+loop for folded alerts, HTTP health. Each source has its own engine (state, checkpoint, windows)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,24 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import FastAPI
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.checkpoints import CheckpointStore
+from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
-from lazaretto_core.tail import Checkpoint, FileTailer
+from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
 
 from .aggregate import Aggregator
-from .pipeline import LINES, AlertPipeline, Source
-from .settings import DetectorSnortSettings
+from .categories import load_mapping
+from .engine import SourceEngine
+from .ingest import add_ingest_route
+from .pipeline import AlertPipeline, Source
+from .settings import AlertFile, DetectorSnortSettings
+from .syslog import SyslogReceiver
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +34,28 @@ log = logging.getLogger(__name__)
 @dataclass
 class DetectorSnortService:
     settings: DetectorSnortSettings
-    sources: list[Source]
-    pipeline: AlertPipeline
+    files: list[SourceEngine]
+    engines: list[SourceEngine]
+    syslog: SyslogReceiver | None
     checkpoints: CheckpointStore
     bus: Bus
     progress: ProgressMonitor
     http_app: FastAPI
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def sources(self) -> list[Source]:
+        return [engine.source for engine in self.engines]
+
     async def start(self) -> None:
         await self.bus.connect()
-        for source in self.sources:
-            self._start_at_end_unless_checkpointed(Path(source.path))
-            self._tasks.append(asyncio.create_task(self._follow(source), name=f"tail {source.path}"))
+        for engine in self.engines:
+            await engine.recover()
+        for engine in self.files:
+            self._start_at_end_unless_checkpointed(engine)
+            self._tasks.append(asyncio.create_task(self._follow(engine), name=f"tail {engine.source.name}"))
+        if self.syslog is not None:
+            await self.syslog.start()
         self._tasks.append(asyncio.create_task(self._flush_folded(), name="flush"))
 
     async def stop(self) -> None:
@@ -47,71 +63,138 @@ class DetectorSnortService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._tasks.clear()
+        if self.syslog is not None:
+            await self.syslog.stop()
+        for engine in self.engines:
+            await engine.close()
         await self.bus.close()
 
-    def _start_at_end_unless_checkpointed(self, path: Path) -> None:
+    def _start_at_end_unless_checkpointed(self, engine: SourceEngine) -> None:
         """A new detector reports what happens from its start on, not the file's history."""
-        if self.checkpoints.load(path) is None and path.exists():
-            info = path.stat()
-            self.checkpoints.save(path, Checkpoint(info.st_ino, info.st_size))
+        if engine.position is not None:
+            return
+        path = Path(engine.source.name)
+        engine.position = self.checkpoints.load(path)  # a checkpoint from before per-source state
+        if engine.position is None and path.exists():
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(min(HEAD_BYTES, size))
+                engine.position = Checkpoint(os.fstat(f.fileno()).st_ino, size, head)
+        if engine.position is not None:
+            engine.save()
 
-    async def _follow(self, source: Source) -> None:
+    async def _follow(self, engine: SourceEngine) -> None:
         """Tail one file for ever; after a broker outage, resume from the last confirmed checkpoint."""
         while True:
             try:
-                await self._tail_once(source)
+                await self._tail_once(engine)
             except (PublishError, OSError) as exc:
-                log.error("tail of %s paused: %s; resuming from the last checkpoint", source.path, exc)
+                log.error("tail of %s paused: %s; resuming from the last checkpoint", engine.source.name, exc)
                 await asyncio.sleep(1.0)
 
-    async def _tail_once(self, source: Source) -> None:
-        path = Path(source.path)
+    async def _tail_once(self, engine: SourceEngine) -> None:
+        name = engine.source.name
+        beat = f"tail {name}"
         # No checkpoint means the file did not exist at start: read it all once it appears.
-        tailer = FileTailer(path, start=self.checkpoints.load(path))
-        beat = f"tail {source.path}"
+        tailer = FileTailer(
+            name,
+            start=engine.position,
+            max_line=self.settings.max_line,
+            on_idle=lambda: self.progress.beat(beat),
+        )
         self.progress.beat(beat)
         async with contextlib.aclosing(tailer.batches()) as batches:
             async for batch in batches:
-                for line in batch:
-                    if line.too_long:
-                        LINES.labels(source.path, "bad:too_long").inc()
-                        continue
-                    observation = self.pipeline.observe(source, line.data)
-                    if observation is not None:
-                        await self.bus.publish(observation)
-                # Only after the broker confirmed what these lines produced.
-                self.checkpoints.save(path, batch[-1].checkpoint)
+                await engine.feed_lines(batch, tailer.checkpoint(batch[-1]))
                 self.progress.beat(beat)
 
     async def _flush_folded(self) -> None:
+        interval = min(1.0, max(0.05, self.settings.aggregation_window / 4))
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(interval)
             self.progress.beat("flush")
-            for observation in self.pipeline.due(self.settings.sensor):
+            for engine in self.engines:
                 try:
-                    await self.bus.publish(observation)
+                    await engine.flush()
                 except PublishError as exc:
-                    log.error("folded observation for %s not published: %s", observation.ip, exc)
+                    log.error("folded observations of %s not published yet: %s", engine.source.name, exc)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def file_sources(settings: DetectorSnortSettings) -> list[Source]:
+    """The configured files: `sources` plus the EVE / fast shorthands."""
+    files = list(settings.sources)
+    files += [AlertFile(path=p, format="eve", sensor=settings.sensor) for p in settings.eve_files]
+    files += [
+        AlertFile(path=p, format="fast", sensor=settings.sensor, layout=settings.fast_layout)
+        for p in settings.fast_files
+    ]
+    sources = [Source(str(f.path), f.format, f.sensor, f.layout, _zone(f.timezone)) for f in files]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"an alert file is configured twice: {names}")
+    return sources
 
 
 async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
-    sources = [Source(str(p), "eve", settings.sensor) for p in settings.eve_files]
-    sources += [Source(str(p), "fast", settings.sensor, settings.fast_layout) for p in settings.fast_files]
-    if not sources:
-        raise ValueError("no alert files configured: set LAZARETTO_EVE_FILES and/or LAZARETTO_FAST_FILES")
+    files = file_sources(settings)
+    if not (files or settings.syslog_udp_port or settings.syslog_tcp_port or settings.ingest_token):
+        raise ValueError(
+            "no alert source configured: set LAZARETTO_SOURCES (or LAZARETTO_EVE_FILES / FAST_FILES), "
+            "a syslog port, or LAZARETTO_INGEST_TOKEN"
+        )
     pipeline = AlertPipeline(
-        SubscriberRanges(settings.subscriber_ranges), Aggregator(settings.aggregation_window)
+        SubscriberRanges(settings.subscriber_ranges), load_mapping(settings.mapping_file)
     )
+    store = CheckpointStore(settings.checkpoint_dir)
     bus = Bus(settings.amqp_url.get_secret_value(), "detector-snort")
     progress = ProgressMonitor(stall_after=30.0)
 
+    async def publish(observation: AbuseObserved) -> None:
+        # The message id is the observation id: a re-publish after a crash is deduplicated by id.
+        await bus.publish(observation, message_id=str(observation.observation_id))
+
+    def engine(source: Source) -> SourceEngine:
+        return SourceEngine(
+            source,
+            pipeline,
+            Aggregator(settings.aggregation_window),
+            store,
+            publish,
+            save_every=settings.checkpoint_interval,
+        )
+
+    file_engines = [engine(source) for source in files]
+    engines = list(file_engines)
+    syslog: SyslogReceiver | None = None
+    if settings.syslog_udp_port or settings.syslog_tcp_port:
+        tz = _zone(settings.syslog_timezone)
+        syslog_engine = engine(Source("syslog", "syslog", "syslog", tz=tz))
+        engines.append(syslog_engine)
+        syslog = SyslogReceiver(
+            syslog_engine,
+            settings.syslog_host,
+            udp_port=settings.syslog_udp_port,
+            tcp_port=settings.syslog_tcp_port,
+            tz=tz,
+        )
+
     async def files_readable() -> None:
-        for source in sources:
-            os.stat(source.path)  # a local stat does not block the loop noticeably
+        for source in files:
+            os.stat(source.name)  # a local stat does not block the loop noticeably
 
     app = create_http_app(
         "detector-snort", readiness={"broker": bus.ping, "alert_files": files_readable}, progress=progress
     )
-    return DetectorSnortService(
-        settings, sources, pipeline, CheckpointStore(settings.checkpoint_dir), bus, progress, app
-    )
+    if settings.ingest_token is not None:
+        http_engine = engine(Source("http", "http", "http"))
+        engines.append(http_engine)
+        add_ingest_route(app, http_engine, settings.ingest_token)
+    return DetectorSnortService(settings, file_engines, engines, syslog, store, bus, progress, app)

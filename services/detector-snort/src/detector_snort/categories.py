@@ -1,15 +1,23 @@
-"""Map an IDS alert's classtype and signature to a Lazaretto abuse category and a severity 1..5.
+"""Map an IDS alert's classtype, signature id and message to a Lazaretto abuse category and a
+severity 1..5, by a mapping file (YAML; `default_mapping.yaml` is the shipped default).
 
-Severity grows with badness (5 = worst); it comes from the classification priority (1 = most urgent),
-which the rule's `priority:` overrides, with command-and-control traffic raised one step.
+Severity grows with badness (5 = worst); unless the mapping fixes it, it comes from the priority the
+sensor gave (1 = most urgent), else from the classtype's default priority. The mapping also names the
+rules whose destination is the infected subscriber (`inbound_infection`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
 
 
 class Category(enum.StrEnum):
@@ -74,55 +82,13 @@ CLASSTYPES: Final[Mapping[str, tuple[str, int]]] = {
 }
 
 _BY_DESCRIPTION: Final = {desc.lower(): short for short, (desc, _) in CLASSTYPES.items()}
-
-CLASSTYPE_CATEGORIES: Final[Mapping[str, Category]] = {
-    "attempted-recon": Category.SCAN,
-    "successful-recon-limited": Category.SCAN,
-    "successful-recon-largescale": Category.SCAN,
-    "network-scan": Category.SCAN,
-    "trojan-activity": Category.MALWARE,
-    "malware-cnc": Category.MALWARE,
-    "command-and-control": Category.MALWARE,
-    "domain-c2": Category.MALWARE,
-    "exploit-kit": Category.MALWARE,
-    "file-format": Category.MALWARE,
-    "coin-mining": Category.MALWARE,
-    "attempted-dos": Category.DOS,
-    "successful-dos": Category.DOS,
-    "denial-of-service": Category.DOS,
-    "suspicious-login": Category.BRUTEFORCE,
-    "default-login-attempt": Category.BRUTEFORCE,
-}
-
-# Words in the rule message (ET/Snort rule families such as "ET SCAN", "MALWARE-CNC", "ET P2P"),
-# checked in this order, so "SCAN ... BruteForce" counts as brute force and "SPAM bot C2" as malware.
-SIGNATURE_WORDS: Final[tuple[tuple[Category, frozenset[str]], ...]] = (
-    (
-        Category.MALWARE,
-        frozenset(
-            {
-                "MALWARE",
-                "TROJAN",
-                "CNC",
-                "BOTCC",
-                "BOTNET",
-                "C2",
-                "WORM",
-                "BACKDOOR",
-                "RANSOMWARE",
-                "COINMINER",
-            }
-        ),
-    ),
-    (Category.SPAM, frozenset({"SPAM", "SPAMBOT"})),
-    (Category.BRUTEFORCE, frozenset({"BRUTE", "BRUTEFORCE", "BRUTEFORCING"})),
-    (Category.DOS, frozenset({"DOS", "DDOS"})),
-    (Category.COPYRIGHT, frozenset({"P2P", "BITTORRENT", "TORRENT", "EDONKEY", "GNUTELLA", "DMCA"})),
-    (Category.SCAN, frozenset({"SCAN", "PORTSCAN", "SCANNER", "SCANNING"})),
-)
-
-_C2_CLASSTYPES: Final = frozenset({"trojan-activity", "malware-cnc", "command-and-control", "domain-c2"})
 _DEFAULT_PRIORITY: Final = 3
+_WORD: Final = re.compile(r"[A-Za-z0-9]+")
+_CACHE_SIZE: Final = 4096
+
+
+class MappingError(ValueError):
+    """The mapping file is not valid; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,24 +107,60 @@ def classtype_short_name(classtype: str | None) -> str | None:
     return _BY_DESCRIPTION.get(classtype.lower(), classtype)
 
 
-def severity_for(priority: int | None, short_name: str | None, category: Category) -> int:
-    """Priority 1 -> 4, 2 -> 3, 3 -> 2, 4+ -> 1; C2/trojan traffic one step worse."""
+def severity_for(priority: int | None, short_name: str | None, add: int = 0) -> int:
+    """Priority 1 -> 4, 2 -> 3, 3 -> 2, 4+ -> 1 (the classtype's default when unset), plus `add`."""
     if not priority or priority < 1:
         known = CLASSTYPES.get(short_name) if short_name else None
         priority = known[1] if known else _DEFAULT_PRIORITY
-    severity = max(1, 5 - priority)
-    if category is Category.MALWARE and short_name in _C2_CLASSTYPES:
-        severity += 1
-    return min(5, severity)
+    return min(5, max(1, 5 - priority + add))
 
 
 @dataclass(frozen=True)
-class Categorizer:
-    """Classification with operator overrides: by signature id first, then by classtype short name."""
+class Match:
+    """Conditions on an alert; each given one must hold, any value of it will do."""
 
-    sid_overrides: Mapping[int, Category] = field(default_factory=dict)
-    classtype_overrides: Mapping[str, Category] = field(default_factory=dict)
-    use_signature_words: bool = True
+    sids: tuple[tuple[int, int], ...] = ()
+    classtypes: frozenset[str] = frozenset()  # short names, lower case
+    words: frozenset[str] = frozenset()  # upper-case words of the message
+    substrings: tuple[str, ...] = ()  # upper-case keywords with punctuation
+
+    def __bool__(self) -> bool:
+        return bool(self.sids or self.classtypes or self.words or self.substrings)
+
+    def has_sid(self, sid: int | None) -> bool:
+        return sid is not None and any(lo <= sid <= hi for lo, hi in self.sids)
+
+    def has_keyword(self, words: frozenset[str], upper: str) -> bool:
+        return not words.isdisjoint(self.words) or any(s in upper for s in self.substrings)
+
+    def all_of(self, sid: int | None, short: str | None, words: frozenset[str], upper: str) -> bool:
+        return (
+            (not self.sids or self.has_sid(sid))
+            and (not self.classtypes or (short or "").lower() in self.classtypes)
+            and (not (self.words or self.substrings) or self.has_keyword(words, upper))
+        )
+
+    def any_of(self, sid: int | None, short: str | None, words: frozenset[str], upper: str) -> bool:
+        return self.has_sid(sid) or (short or "").lower() in self.classtypes or self.has_keyword(words, upper)
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: Match
+    category: Category
+    severity: int | None = None
+    severity_add: int = 0
+
+
+@dataclass
+class Categorizer:
+    """The mapping: ordered rules (first match wins) and the inbound-indicates-infection rules."""
+
+    rules: tuple[Rule, ...] = ()
+    inbound: Match = field(default_factory=Match)
+    _cache: dict[tuple[str | None, str, int | None, int | None], Classification] = field(
+        default_factory=dict, repr=False
+    )
 
     def classify(
         self,
@@ -167,32 +169,132 @@ class Categorizer:
         priority: int | None = None,
         signature_id: int | None = None,
     ) -> Classification:
+        key = (classtype, signature, priority, signature_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         short = classtype_short_name(classtype)
-        category = self._category(short, signature, signature_id)
-        return Classification(category, severity_for(priority, short, category), short)
+        upper = signature.upper()
+        words = frozenset(_WORD.findall(upper))
+        result = Classification(Category.OTHER, severity_for(priority, short), short)
+        for rule in self.rules:
+            if rule.match.all_of(signature_id, short, words, upper):
+                severity = rule.severity or severity_for(priority, short, rule.severity_add)
+                result = Classification(rule.category, severity, short)
+                break
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
 
-    def _category(self, short: str | None, signature: str, signature_id: int | None) -> Category:
-        if signature_id is not None and signature_id in self.sid_overrides:
-            return self.sid_overrides[signature_id]
-        if short is not None and short in self.classtype_overrides:
-            return self.classtype_overrides[short]
-        if self.use_signature_words:
-            words = set("".join(ch if ch.isalnum() else " " for ch in signature.upper()).split())
-            for category, keys in SIGNATURE_WORDS:
-                if not words.isdisjoint(keys):
-                    return category
-            if short == "policy-violation" and "SMTP" in words:  # e.g. direct-to-MX from a subscriber
-                return Category.SPAM
-        if short is not None:
-            return CLASSTYPE_CATEGORIES.get(short, Category.OTHER)
-        return Category.OTHER
+    def inbound_indicates_infection(self, classtype: str | None, signature: str, signature_id: int) -> bool:
+        """True for rules whose destination is the infected host (a C2 answering, a root shell reply)."""
+        if not self.inbound:
+            return False
+        upper = signature.upper()
+        words = frozenset(_WORD.findall(upper))
+        return self.inbound.any_of(signature_id, classtype_short_name(classtype), words, upper)
 
 
-DEFAULT_CATEGORIZER: Final = Categorizer()
+def parse_mapping(document: Any, where: str = "mapping") -> Categorizer:
+    """A mapping document (as loaded from YAML) -> `Categorizer`; MappingError says what is wrong."""
+    if not isinstance(document, dict):
+        raise MappingError(f"{where}: expected a mapping with `rules` and `inbound_infection`")
+    unknown = set(document) - {"rules", "inbound_infection"}
+    if unknown:
+        raise MappingError(f"{where}: unknown keys {sorted(unknown)}")
+    rules: list[Rule] = []
+    for n, raw in enumerate(document.get("rules") or [], 1):
+        here = f"{where}: rule {n}"
+        if not isinstance(raw, dict):
+            raise MappingError(f"{here}: expected a mapping")
+        unknown = set(raw) - {
+            "sids",
+            "classtypes",
+            "keywords",
+            "category",
+            "severity",
+            "severity_add",
+            "name",
+        }
+        if unknown:
+            raise MappingError(f"{here}: unknown keys {sorted(unknown)}")
+        match = _match(raw, here)
+        if not match:
+            raise MappingError(f"{here}: needs sids, classtypes or keywords")
+        try:
+            category = Category(str(raw.get("category")))
+        except ValueError:
+            raise MappingError(f"{here}: category must be one of {[c.value for c in Category]}") from None
+        severity = raw.get("severity")
+        if severity is not None and (type(severity) is not int or not 1 <= severity <= 5):
+            raise MappingError(f"{here}: severity must be 1..5")
+        add = raw.get("severity_add", 0)
+        if type(add) is not int or not -4 <= add <= 4:
+            raise MappingError(f"{here}: severity_add must be -4..4")
+        rules.append(Rule(match, category, severity, add))
+    inbound = document.get("inbound_infection") or {}
+    if not isinstance(inbound, dict) or set(inbound) - {"sids", "classtypes", "keywords"}:
+        raise MappingError(f"{where}: inbound_infection takes sids, classtypes and keywords")
+    return Categorizer(tuple(rules), _match(inbound, f"{where}: inbound_infection"))
+
+
+def load_mapping(path: Path | None = None) -> Categorizer:
+    """The mapping in `path` (YAML), or the shipped default."""
+    if path is None:
+        text = resources.files(__package__).joinpath("default_mapping.yaml").read_text()
+        where = "default_mapping.yaml"
+    else:
+        text = path.read_text()
+        where = str(path)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{where}: not YAML: {exc}") from exc
+    return parse_mapping(document, where)
+
+
+def _match(raw: Mapping[str, Any], where: str) -> Match:
+    return Match(
+        sids=tuple(_sid_range(v, where) for v in _list(raw, "sids", where)),
+        classtypes=frozenset(
+            (classtype_short_name(str(v)) or "").lower() for v in _list(raw, "classtypes", where)
+        ),
+        words=frozenset(k for k in _keywords(raw, where) if k.isalnum()),
+        substrings=tuple(k for k in _keywords(raw, where) if not k.isalnum()),
+    )
+
+
+def _keywords(raw: Mapping[str, Any], where: str) -> Iterable[str]:
+    return [str(v).upper() for v in _list(raw, "keywords", where) if str(v).strip()]
+
+
+def _list(raw: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise MappingError(f"{where}: {key} must be a list")
+    return value
+
+
+def _sid_range(value: object, where: str) -> tuple[int, int]:
+    text = str(value).strip()
+    lo, dash, hi = text.partition("-")
+    if not (lo.isdigit() and (not dash or hi.isdigit())):
+        raise MappingError(f"{where}: {value!r} is not a sid or a range lo-hi")
+    low, high = int(lo), int(hi) if dash else int(lo)
+    if low > high:
+        raise MappingError(f"{where}: empty sid range {value!r}")
+    return low, high
+
+
+@functools.cache
+def default_categorizer() -> Categorizer:
+    """The shipped mapping, read once on first use (not at import)."""
+    return load_mapping()
 
 
 def classify(
     classtype: str | None, signature: str, priority: int | None = None, signature_id: int | None = None
 ) -> Classification:
-    """Classify with the built-in defaults (no overrides)."""
-    return DEFAULT_CATEGORIZER.classify(classtype, signature, priority, signature_id)
+    """Classify with the shipped default mapping."""
+    return default_categorizer().classify(classtype, signature, priority, signature_id)

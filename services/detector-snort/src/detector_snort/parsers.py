@@ -1,4 +1,6 @@
-"""Parse one line of Suricata EVE JSON or Snort 2 / Snort 3 / Suricata "fast" text into an `Alert`.
+"""Parse one alert into an `Alert`: Suricata EVE JSON, Snort 3 `alert_json`, the "fast" text of
+Snort 2 / Snort 3 / Suricata, and syslog messages (RFC 5424 / RFC 3164) carrying `alert_syslog` text
+or EVE JSON.
 
 Pure functions, no I/O. Garbage raises `ParseError` with a short machine reason (for a metric label);
 they never raise anything else. Hot path: one `json.loads`, splits instead of regexes.
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
 
@@ -15,6 +19,7 @@ from detector_snort.alerts import Alert
 
 MAX_EVE_LINE: Final = 1 << 20  # EVE alerts with http/files/metadata stay far below this
 MAX_FAST_LINE: Final = 64 * 1024
+MAX_SYSLOG_MESSAGE: Final = 64 * 1024
 
 # The timestamp layouts the products write; two-digit years are ambiguous, so the source config says which.
 #   "MM/DD/YYYY": Suricata fast.log       "MM/DD": Snort 2 and Snort 3 default (no year)
@@ -24,6 +29,7 @@ FastLayout = Literal["auto", "MM/DD/YYYY", "MM/DD", "MM/DD/YY", "YY/MM/DD"]
 
 _PORT_PROTOS: Final = frozenset({"TCP", "UDP", "SCTP"})
 _BLOCKED: Final = frozenset({"blocked", "drop", "sdrop", "block", "reject"})
+_GROUPS: Final = frozenset({"Classification", "Priority", "AppID"})
 
 
 class ParseError(ValueError):
@@ -82,6 +88,11 @@ def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE
         raise ParseError("invalid_json") from exc
     if type(obj) is not dict:
         raise ParseError("invalid_json", "not an object")
+    return alert_from_eve(obj, sensor=sensor)
+
+
+def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
+    """A decoded EVE event -> `Alert`; None for other event types."""
     event_type = obj.get("event_type")
     if event_type is None:
         raise ParseError("missing_field", "event_type")
@@ -194,32 +205,56 @@ def parse_fast_line(
     ts_token, sep, rest = text.partition(" ")
     if not sep:
         raise ParseError("malformed", "no fields")
+    return _rule_text(rest, lambda: _fast_timestamp(ts_token, layout, tz, now), sensor, marked=True)
+
+
+def _rule_text(rest: str, timestamp: Callable[[], datetime], sensor: str, *, marked: bool) -> Alert:
+    """`[action] [**] [g:s:r] msg [**] [Classification: c] [Priority: p] {PROTO} src -> dst` (fast),
+    or the same without the `[**]` markers (`alert_syslog`); action, classification, priority optional.
+    """
     rest = rest.lstrip(" ")
     action: str | None = None
     if rest.startswith("[") and not rest.startswith("[**]"):  # IPS action: [Drop], [drop], [would_drop]
         close = rest.find("]")
         if close < 0:
             raise ParseError("malformed", "action")
-        action = rest[1:close]
-        rest = rest[close + 1 :].lstrip(" ")
-    if not rest.startswith("[**] ["):
-        raise ParseError("malformed", "no [**] marker")
-    close = rest.find("]", 6)
-    ids = rest[6:close].split(":") if close > 0 else []
+        if marked or rest[1:close].count(":") != 2:  # unmarked text starts with [gid:sid:rev]
+            action = rest[1:close]
+            rest = rest[close + 1 :].lstrip(" ")
+    if marked:
+        if not rest.startswith("[**] "):
+            raise ParseError("malformed", "no [**] marker")
+        rest = rest[5:]
+    if not rest.startswith("["):
+        raise ParseError("malformed", "no [gid:sid:rev]")
+    close = rest.find("]", 1)
+    ids = rest[1:close].split(":") if close > 0 else []
     if len(ids) != 3:
         raise ParseError("malformed", "gid:sid:rev")
     gid, sid, rev = (_digits(part, "malformed") for part in ids)
     rest = rest[close + 1 :]
-    end = rest.rfind(" [**] ")
-    if end < 0:
-        raise ParseError("malformed", "no closing [**]")
-    msg = rest[:end].strip()
+    if marked:
+        end = rest.rfind(" [**] ")
+        if end < 0:
+            raise ParseError("malformed", "no closing [**]")
+        msg, tail = rest[:end], rest[end + 6 :]
+    else:
+        brace = rest.rfind(" {")
+        if brace < 0:
+            raise ParseError("malformed", "no {PROTO}")
+        msg, tail = rest[:brace], rest[brace + 1 :]
+        # The bracketed groups between the message and {PROTO} belong to the tail.
+        while msg.endswith("]"):
+            open_at = msg.rfind(" [")
+            if open_at < 0 or msg[open_at + 2 :].partition(":")[0] not in _GROUPS:
+                break
+            msg, tail = msg[:open_at], msg[open_at + 1 :] + " " + tail
+    msg = msg.strip()
     if len(msg) >= 2 and msg[0] == '"' and msg[-1] == '"':  # Snort 3 keeps the rule's quotes
         msg = msg[1:-1]
     if not msg:
         raise ParseError("malformed", "empty message")
 
-    tail = rest[end + 6 :]
     classtype: str | None = None
     priority: int | None = None
     while tail.startswith("["):  # [Classification: x] [Priority: n] [AppID: y], each optional
@@ -247,7 +282,7 @@ def parse_fast_line(
     dst_ip, dst_port = _endpoint(dst_text.strip(), has_ports)
 
     return Alert(
-        timestamp=_fast_timestamp(ts_token, layout, tz, now),
+        timestamp=timestamp(),  # after the body, so a garbled line is "malformed", not "bad_timestamp"
         src_ip=src_ip,
         src_port=src_port,
         dst_ip=dst_ip,
@@ -336,3 +371,264 @@ def _fast_timestamp(token: str, layout: FastLayout, tz: tzinfo, now: datetime | 
         return stamp
     except ValueError as exc:  # month 13, Feb 30, hour 25 ...
         raise ParseError("bad_timestamp", token[:40]) from exc
+
+
+# ---------------------------------------------------------------------------------- Snort 3 JSON
+
+
+def parse_snort3_json_line(
+    line: bytes,
+    *,
+    layout: FastLayout = "auto",
+    tz: tzinfo = UTC,
+    now: datetime | None = None,
+    sensor: str = "",
+    max_len: int = MAX_EVE_LINE,
+) -> Alert:
+    """One Snort 3 `alert_json` line -> `Alert` (the fields the README asks for; others are ignored).
+
+    `seconds` (epoch) gives the time when configured; else `timestamp` is read with `layout`/`tz`.
+    """
+    if len(line) > max_len:
+        raise ParseError("too_long", str(len(line)))
+    if b"\x00" in line:
+        raise ParseError("binary")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ParseError("binary") from exc
+    except (ValueError, RecursionError) as exc:  # Snort 3 writes `msg` unescaped: odd rules break it
+        raise ParseError("invalid_json") from exc
+    if type(obj) is not dict:
+        raise ParseError("invalid_json", "not an object")
+    return alert_from_snort3(obj, layout=layout, tz=tz, now=now, sensor=sensor)
+
+
+def alert_from_snort3(
+    obj: dict[str, Any],
+    *,
+    layout: FastLayout = "auto",
+    tz: tzinfo = UTC,
+    now: datetime | None = None,
+    sensor: str = "",
+) -> Alert:
+    proto = _str(obj, "proto")
+    has_ports = proto.upper() in _PORT_PROTOS
+    src_ip, src_port = _snort3_endpoint(obj, "src", has_ports)
+    dst_ip, dst_port = _snort3_endpoint(obj, "dst", has_ports)
+    if "sid" in obj:
+        gid, sid, rev = _opt_int(obj, "gid", 1), _int(obj, "sid"), _opt_int(obj, "rev", 0)
+    else:
+        ids = _str(obj, "rule").split(":")
+        if len(ids) != 3:
+            raise ParseError("bad_field", "rule")
+        gid, sid, rev = (_digits(part, "bad_field") for part in ids)
+    msg = _opt_str(obj, "msg") or f"rule {gid}:{sid}:{rev}"
+    if len(msg) >= 2 and msg[0] == '"' and msg[-1] == '"':
+        msg = msg[1:-1]
+    classtype = _opt_str(obj, "class")
+    return Alert(
+        timestamp=_snort3_timestamp(obj, layout, tz, now),
+        src_ip=src_ip,
+        src_port=src_port,
+        dst_ip=dst_ip,
+        dst_port=dst_port,
+        proto=proto,
+        gid=gid,
+        signature_id=sid,
+        rev=rev,
+        signature=msg,
+        classtype=None if classtype in (None, "none", "(null)") else classtype,
+        priority=_opt_int(obj, "priority", 0) or None,
+        action=normalise_action(_opt_str(obj, "action")),
+        sensor=sensor,
+    )
+
+
+def _snort3_endpoint(obj: dict[str, Any], side: str, has_ports: bool) -> tuple[str, int | None]:
+    addr = obj.get(f"{side}_addr")
+    if addr is not None:
+        if type(addr) is not str:
+            raise ParseError("bad_field", f"{side}_addr")
+        port = _opt_port(obj, f"{side}_port")
+        return normalise_ip(addr), port if has_ports else None
+    ap = _str(obj, f"{side}_ap")  # "ip:port", IPv6 without brackets: split at the last colon
+    host, colon, port_text = ap.rpartition(":")
+    if not colon:
+        raise ParseError("bad_field", f"{side}_ap")
+    port = _digits(port_text, "bad_field")
+    if port > 65535:
+        raise ParseError("bad_field", f"{side}_ap")
+    return normalise_ip(host), port if has_ports else None
+
+
+def _snort3_timestamp(obj: dict[str, Any], layout: FastLayout, tz: tzinfo, now: datetime | None) -> datetime:
+    seconds = obj.get("seconds")
+    text = obj.get("timestamp")
+    if seconds is not None:
+        if type(seconds) is not int or not 0 <= seconds < 1 << 40:
+            raise ParseError("bad_timestamp", "seconds")
+        micro = 0
+        if type(text) is str:  # "MM/DD-HH:MM:SS.uuuuuu": keep the microseconds the epoch lacks
+            frac = text.rpartition(".")[2]
+            if frac.isascii() and frac.isdigit():
+                micro = int((frac + "000000")[:6])
+        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micro)
+    if type(text) is not str:
+        raise ParseError("missing_field" if text is None else "bad_timestamp", "timestamp")
+    return _fast_timestamp(text, layout, tz, now)
+
+
+# ---------------------------------------------------------------------------------------- syslog
+
+_MONTH_NAMES: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS: Final = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogMessage:
+    timestamp: datetime | None  # None: the sender gave none ("-" in RFC 5424)
+    hostname: str | None
+    app: str | None
+    message: str
+
+
+def parse_syslog_header(text: str, *, tz: tzinfo = UTC, now: datetime | None = None) -> SyslogMessage:
+    """RFC 5424 (`<PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG`) or RFC 3164
+    (`<PRI>Mmm dd hh:mm:ss HOST TAG: MSG`, also with an RFC 3339 time as rsyslog sends it)."""
+    rest = text
+    if rest.startswith("<"):
+        close = rest.find(">", 1, 6)
+        if close < 0 or not rest[1:close].isdigit():
+            raise ParseError("bad_syslog", "PRI")
+        rest = rest[close + 1 :]
+    if rest[:2] == "1 ":  # RFC 5424
+        parts = rest[2:].split(" ", 5)
+        if len(parts) < 6:
+            raise ParseError("bad_syslog", "RFC 5424 header")
+        stamp, host, app, _procid, _msgid, sd_and_msg = parts
+        timestamp = None if stamp == "-" else _iso_timestamp(stamp)
+        message = _skip_structured_data(sd_and_msg)
+        if message.startswith("\ufeff"):
+            message = message[1:]
+        return SyslogMessage(timestamp, None if host == "-" else host, None if app == "-" else app, message)
+    # RFC 3164
+    if rest[:3] in _MONTHS:
+        if len(rest) < 16 or rest[15] != " ":
+            raise ParseError("bad_timestamp", rest[:16])
+        timestamp = _bsd_timestamp(rest[:15], tz, now)
+        rest = rest[16:]
+    else:
+        stamp, sep, after = rest.partition(" ")
+        if not sep or not stamp[:1].isdigit():
+            raise ParseError("bad_timestamp", rest[:32])
+        timestamp = _iso_timestamp(stamp)
+        rest = after
+    host, sep, rest = rest.partition(" ")
+    if not sep:
+        raise ParseError("bad_syslog", "no hostname")
+    tag, colon, message = rest.partition(": ")
+    if not colon or " " in tag:  # no TAG: the whole remainder is the message
+        tag, message = "", rest
+    return SyslogMessage(timestamp, host or None, tag.partition("[")[0] or None, message)
+
+
+def parse_syslog(
+    data: bytes,
+    *,
+    tz: tzinfo = UTC,
+    now: datetime | None = None,
+    sensor: str = "",
+    layout: FastLayout = "auto",
+    max_len: int = MAX_SYSLOG_MESSAGE,
+) -> Alert | None:
+    """A syslog message from an IDS -> `Alert`: `alert_syslog` text (Snort 2 / Snort 3), or EVE JSON
+    (Suricata `eve-log` with `filetype: syslog`); None for non-alert EVE events. The sensor is the
+    message's HOSTNAME when it has one, else `sensor`."""
+    if len(data) > max_len:
+        raise ParseError("too_long", str(len(data)))
+    if b"\x00" in data:
+        raise ParseError("binary")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ParseError("binary") from exc
+    header = parse_syslog_header(text, tz=tz, now=now)
+    name = header.hostname or sensor
+    body = header.message.strip()
+    if body.startswith("{"):
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise ParseError("invalid_json") from exc
+        if type(obj) is not dict:
+            raise ParseError("invalid_json", "not an object")
+        if "event_type" in obj:
+            return alert_from_eve(obj, sensor=name)
+        return alert_from_snort3(obj, layout=layout, tz=tz, now=now, sensor=name)
+    stamp = header.timestamp
+    return _rule_text(body, lambda: stamp or (now or datetime.now(UTC)), name, marked="[**] " in body)
+
+
+def alert_from_object(obj: object, *, sensor: str = "", tz: tzinfo = UTC) -> Alert | None:
+    """One alert posted as JSON: an EVE event, or a Snort 3 `alert_json` object (by its keys)."""
+    if type(obj) is not dict:
+        raise ParseError("invalid_json", "not an object")
+    if "event_type" in obj:
+        return alert_from_eve(obj, sensor=sensor)
+    return alert_from_snort3(obj, sensor=sensor, tz=tz)
+
+
+def _iso_timestamp(text: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ParseError("bad_timestamp", text[:40]) from exc
+    if ts.tzinfo is None:
+        raise ParseError("bad_timestamp", "no UTC offset")
+    return ts
+
+
+def _bsd_timestamp(text: str, tz: tzinfo, now: datetime | None) -> datetime:
+    """`Mmm dd hh:mm:ss` (day space-padded), in the sender's zone, in the latest year not in the future."""
+    month = _MONTHS.get(text[:3])
+    day_text, clock = text[4:6].strip(), text[7:15]
+    hms = clock.split(":")
+    if month is None or len(hms) != 3 or not day_text:
+        raise ParseError("bad_timestamp", text)
+    day = _digits(day_text, "bad_timestamp")
+    hour, minute, second = (_digits(part, "bad_timestamp") for part in hms)
+    ref = now or datetime.now(tz)
+    try:
+        stamp = datetime(ref.year, month, day, hour, minute, second, tzinfo=tz)
+        if stamp > ref + timedelta(days=1):
+            stamp = stamp.replace(year=ref.year - 1)
+    except ValueError as exc:
+        raise ParseError("bad_timestamp", text) from exc
+    return stamp
+
+
+def _skip_structured_data(text: str) -> str:
+    """RFC 5424 STRUCTURED-DATA is `-` or `[id k="v" ...]...` (with `\\]`, `\\"` escapes): skip it."""
+    if text.startswith("-"):
+        return text[2:] if text[1:2] == " " else text[1:]
+    i, n = 0, len(text)
+    while i < n and text[i] == "[":
+        in_quotes = False
+        i += 1
+        while i < n:
+            ch = text[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == '"':
+                in_quotes = not in_quotes
+            elif ch == "]" and not in_quotes:
+                break
+            i += 1
+        else:
+            raise ParseError("bad_syslog", "unterminated structured data")
+        i += 1
+    if i == 0:
+        raise ParseError("bad_syslog", "structured data")
+    return text[i + 1 :] if text[i : i + 1] == " " else text[i:]

@@ -1,4 +1,5 @@
-"""detector-snort settings: which alert files to tail, the subscriber ranges, aggregation."""
+"""detector-snort settings: the alert sources (files per sensor, syslog, HTTP), subscriber ranges,
+the category mapping, aggregation and checkpoints."""
 
 from __future__ import annotations
 
@@ -6,23 +7,59 @@ import ipaddress
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
 from lazaretto_core.settings import ServiceSettings
+
+from .parsers import FastLayout
+
+
+class AlertFile(BaseModel):
+    """One sensor's alert file: `{"path": "/var/log/suricata/eve.json", "format": "eve", "sensor": "ids1"}`.
+
+    `layout` and `timezone` read the timestamps of `fast` lines and of `snort3_json` lines without
+    `seconds` (they carry no zone; the two-digit-year layouts are ambiguous, so say which).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    format: Literal["eve", "snort3_json", "fast"] = "eve"
+    sensor: str = Field(default="ids", min_length=1, max_length=128)
+    layout: FastLayout = "auto"
+    timezone: str = "UTC"
 
 
 class DetectorSnortSettings(ServiceSettings):
     service_name: ClassVar[str] = "detector-snort"
 
     http_port: int = 8100
-    # Suricata EVE JSON files (event_type alert).
+    # Alert files, one per sensor, each with its format and sensor name (JSON list of AlertFile).
+    sources: tuple[AlertFile, ...] = ()
+    # Shorthands: EVE and fast files all named `sensor` (fast ones read with `fast_layout`).
     eve_files: tuple[Path, ...] = ()
-    # Snort 2 / Snort 3 / Suricata `fast` alert files, and their timestamp layout.
     fast_files: tuple[Path, ...] = ()
-    fast_layout: Literal["auto", "MM/DD/YYYY", "MM/DD", "MM/DD/YY", "YY/MM/DD"] = "MM/DD/YYYY"
+    fast_layout: FastLayout = "MM/DD/YYYY"
     sensor: str = "ids"
-    # An alert counts only when its source is a subscriber address.
+    # An alert counts when its source is a subscriber (or its destination, for the rules the mapping
+    # marks inbound-indicates-infection).
     subscriber_ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("100.64.0.0/10"),
     )
+    # YAML mapping of classtypes / sids / keywords to categories and severity; unset: the shipped one.
+    mapping_file: Path | None = None
     checkpoint_dir: Path = Path("/var/lib/lazaretto/detector-snort")
+    # Seconds between saves of a source's position when nothing was published (a restart re-reads
+    # at most this much; what was published is always saved at once).
+    checkpoint_interval: float = 1.0
     # Repeats of an (address, category) inside this many seconds are folded into one observation.
     aggregation_window: float = 60.0
+    # Longer lines are counted as bad ("too_long") and skipped without being held in memory.
+    max_line: int = 1 << 20
+    # Syslog from sensors that use alert_syslog (or Suricata EVE over syslog); 0 = not listening.
+    syslog_host: str = "127.0.0.1"
+    syslog_udp_port: int = 0
+    syslog_tcp_port: int = 0
+    syslog_timezone: str = "UTC"  # for RFC 3164 time stamps, which carry no zone
+    # Bearer token for POST /v1/alerts (at least 16 characters); unset: the endpoint is off.
+    ingest_token: SecretStr | None = None

@@ -45,6 +45,13 @@ class SuricataOutput:
         return [line + b"\n" for line in self.fast.read_bytes().splitlines()] if self.fast.exists() else []
 
 
+def readdress(lines: Iterable[bytes], old_ip: str, new_ip: str) -> list[bytes]:
+    """Copies of real alert lines as if another host had sent them (the address is swapped as text:
+    same length and form, IPv4 or compressed IPv6 as Suricata printed it)."""
+    old, new = old_ip.encode(), new_ip.encode()
+    return [line.replace(old, new) for line in lines]
+
+
 def suricata_yaml(outdir: Path, home_net: str) -> str:
     """A minimal config: EVE (alerts and flows) and fast.log in `outdir`, classtypes from the package."""
     return f"""%YAML 1.1

@@ -1,0 +1,125 @@
+"""Rotation while lines are being appended: Suricata's eve.json rotated by copy-truncate (Debian's
+logrotate) and Snort's alert_fast.txt rotated by rename (`limit`): no alert lost, none repeated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from detector_snort.app import build
+from detector_snort.settings import AlertFile, DetectorSnortSettings
+from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.lab.suricata import SuricataOutput, readdress
+from lazaretto_core.testing import BusProbe
+
+SUBSCRIBER = "100.64.0.10"
+SUBSCRIBERS = [f"100.64.0.{n}" for n in range(10, 30)]
+
+
+@pytest.fixture
+async def probe(amqp_url: str) -> AsyncIterator[BusProbe]:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    yield probe
+    await probe.stop()
+
+
+def effective_alerts(probe: BusProbe) -> Counter[str]:
+    """Alerts per subscriber over distinct observation ids (what a deduplicating consumer keeps)."""
+    first: dict[object, AbuseObserved] = {}
+    for _, message, _ in probe.received:
+        if isinstance(message, AbuseObserved):
+            first.setdefault(message.observation_id, message)
+    totals: Counter[str] = Counter()
+    for observation in first.values():
+        totals[str(observation.ip)] += observation.count
+    return totals
+
+
+class Writer:
+    """A sensor writing its log through one O_APPEND descriptor, as Suricata and Snort do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, lines: list[bytes]) -> None:
+        os.write(self.fd, b"".join(lines))
+
+    def copytruncate(self, n: int) -> None:
+        """logrotate `copytruncate`: copy aside, truncate in place; the writer keeps its descriptor."""
+        shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.{n}"))
+        os.truncate(self.path, 0)
+
+    def rename_and_reopen(self, n: int, late: list[bytes]) -> None:
+        """Snort's RollAlertFile: rename to `name.<epoch>`, (a last write to the old file), reopen."""
+        os.rename(self.path, self.path.with_name(f"{self.path.name}.{1_700_000_000 + n}"))
+        self.write(late)
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+async def test_rotation_both_ways_while_appending_loses_and_repeats_nothing(
+    amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput], probe: BusProbe
+) -> None:
+    # Given the detector following Suricata's eve.json and Snort's alert_fast.txt
+    eve, fast = tmp_path / "eve.json", tmp_path / "alert_fast.txt"
+    eve_writer, fast_writer = Writer(eve), Writer(fast)
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url),
+        sources=(
+            AlertFile(path=eve, format="eve", sensor="suricata"),
+            AlertFile(path=fast, format="fast", sensor="snort", layout="MM/DD/YYYY"),
+        ),
+        checkpoint_dir=tmp_path / "checkpoints",
+        aggregation_window=0.5,
+    )
+    service = await build(settings)
+    await service.start()
+    try:
+        eve_lines = [
+            line
+            for ip in SUBSCRIBERS
+            for line in readdress(suricata_scans[SUBSCRIBER].eve_alert_lines(), SUBSCRIBER, ip)
+        ]
+        fast_lines = [
+            line
+            for ip in SUBSCRIBERS
+            for line in readdress(suricata_scans[SUBSCRIBER].fast_lines(), SUBSCRIBER, ip)
+        ]
+        # When both sensors append in small bursts and each file is rotated three times meanwhile
+        step = 10
+        rotate_at = {len(eve_lines) * k // 4 // step for k in (1, 2, 3)}
+        for n, start in enumerate(range(0, len(eve_lines), step)):
+            eve_writer.write(eve_lines[start : start + step])
+            fast_writer.write(fast_lines[start : start + step - 2])
+            if n in rotate_at:
+                eve_writer.copytruncate(n)
+                fast_writer.rename_and_reopen(n, fast_lines[start + step - 2 : start + step])
+            else:
+                fast_writer.write(fast_lines[start + step - 2 : start + step])
+            await asyncio.sleep(0.003 if n % 5 else 0.03)  # sometimes ahead of the tailer, sometimes not
+
+        # Then every alert line is counted once for its subscriber, from both files
+        expected = Counter({ip: 80 for ip in SUBSCRIBERS})
+        async with asyncio.timeout(20):
+            while effective_alerts(probe) != expected:
+                assert all(effective_alerts(probe)[ip] <= 80 for ip in SUBSCRIBERS), effective_alerts(probe)
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)  # nothing more may arrive (a negative check cannot be polled)
+        assert effective_alerts(probe) == expected
+        rotated = sorted(p.name.split(".")[0] for p in os.scandir(tmp_path) if p.name.count(".") == 2)
+        assert rotated == ["alert_fast"] * 3 + ["eve"] * 3
+    finally:
+        eve_writer.close()
+        fast_writer.close()
+        await service.stop()
