@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 PACKAGES := libs/lazaretto-core $(wildcard services/*)
 
-.PHONY: deps peers test lint typecheck pytest run bench-e2e
+.PHONY: deps peers test lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts
 
 deps:
 	deploy/bin/install-deps
@@ -32,3 +32,12 @@ run: peers
 
 bench-e2e: peers
 	$(UV) run --frozen python bench/e2e.py
+
+bench-snort: deps
+	$(UV) run --frozen python bench/snort.py
+
+bench-smtp: peers
+	$(UV) run --frozen python bench/smtp.py
+
+bench-cmts: peers
+	$(UV) run --frozen python bench/cmts.py

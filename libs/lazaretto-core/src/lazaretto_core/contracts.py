@@ -186,6 +186,18 @@ class ModemReset(_CaseStep):
     }
 
 
+class ResetAttempt(BaseModel):
+    """One try of one reset method, as cmts-agent recorded it (fallbacks make several per reset)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str
+    # accepted | back_online | still_offline | never_offline | no_answer | rejected | denied | timeout | error
+    outcome: str
+    detail: str = Field(default="", max_length=500)
+    seconds: float = 0.0
+
+
 class ModemResetCompleted(_CaseStep):
     """Fact: the modem was reset and was seen back online."""
 
@@ -196,6 +208,8 @@ class ModemResetCompleted(_CaseStep):
     method: str
     went_offline: bool
     seconds_to_online: float
+    cmts: str | None = None  # the CMTS profile that served the modem
+    attempts: tuple[ResetAttempt, ...] = ()
 
     example = {
         "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
@@ -216,6 +230,8 @@ class ModemResetFailed(_CaseStep):
     cm_mac: Mac
     error_class: str
     detail: str = Field(max_length=2000)
+    cmts: str | None = None
+    attempts: tuple[ResetAttempt, ...] = ()
 
     example = {
         "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
@@ -262,6 +278,9 @@ class CaseChanged(Contract):
     scope: Scope
     ip: IpAddress
     changed_at: AwareDatetime
+    # The case's category (optional: older publishers leave it out); detector-smtp refuses mail
+    # from addresses under quarantine for spam when the operator asks it to.
+    category: Category | None = None
 
     example = {
         "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
@@ -270,6 +289,7 @@ class CaseChanged(Contract):
         "scope": "cpe",
         "ip": "100.64.0.10",
         "changed_at": "2026-11-26T05:00:05+00:00",
+        "category": "spam",
     }
 
 

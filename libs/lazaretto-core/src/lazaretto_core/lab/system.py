@@ -7,6 +7,7 @@ Used by `make run`, the end-to-end tests and the end-to-end benchmark.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -192,6 +193,8 @@ class LabSystem:
             }
         elif name == "cmts_agent":
             env |= {
+                # Its inventory and step tables are prefixed cmts_: policy's database can hold them.
+                "LAZARETTO_DATABASE_URL": self.config.database_url,
                 "LAZARETTO_CMTS_HOST": self.cmts.host,
                 "LAZARETTO_CMTS_PORT": str(self.cmts.port),
                 "LAZARETTO_CMTS_READ_COMMUNITY": self.cmts.ro_community,
@@ -208,8 +211,9 @@ class LabSystem:
                 "LAZARETTO_PUBLIC_URL": f"{self.url('portal')}/",
             }
         elif name == "detector_snort":
+            sources = [{"path": str(self.eve_path), "format": "eve", "sensor": "lab-ids"}]
             env |= {
-                "LAZARETTO_EVE_FILES": f'["{self.eve_path}"]',
+                "LAZARETTO_SOURCES": json.dumps(sources),
                 "LAZARETTO_SUBSCRIBER_RANGES": f'["{self.kea.subnet}"]',
                 "LAZARETTO_CHECKPOINT_DIR": str(self.workdir / "detector-snort"),
             }
@@ -218,6 +222,7 @@ class LabSystem:
                 "LAZARETTO_POLICY_SERVER_PORT": str(self.smtp_policy_port),
                 "LAZARETTO_SUBSCRIBER_RANGES": f'["{self.kea.subnet}"]',
                 "LAZARETTO_MESSAGES_PER_HOUR": str(self.config.smtp_threshold_per_hour),
+                "LAZARETTO_STATE_DIR": str(self.workdir / "detector-smtp"),
             }
         return env
 
