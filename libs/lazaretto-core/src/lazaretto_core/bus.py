@@ -94,7 +94,6 @@ class Bus:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._publish_lock = asyncio.Lock()
         self.last_progress = time.monotonic()
 
     async def connect(self) -> None:
@@ -149,9 +148,9 @@ class Bus:
         delay = 0.1
         for attempt in range(1, self._publish_tries + 1):
             try:
-                async with self._publish_lock:
-                    target = self._exchanges[exchange] if exchange else self._default_exchange()
-                    confirmation = await target.publish(message, routing_key, mandatory=mandatory, timeout=10)
+                # No lock: the channel pipelines concurrent publishes and matches each confirm to its tag.
+                target = self._exchanges[exchange] if exchange else self._default_exchange()
+                confirmation = await target.publish(message, routing_key, mandatory=mandatory, timeout=10)
             except aio_pika.exceptions.DeliveryError as exc:
                 raise PublishError(
                     f"{routing_key}: not routed or not confirmed by the broker ({exc})"
