@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from lazaretto_core.lab.dhcp_client import dhcp_exchange
@@ -124,3 +125,33 @@ def test_a_scanning_cpe_is_quarantined_and_releases_itself(
     offer = dhcp_exchange(system.kea.client_netns, system.kea.client_iface, cpe.mac, mode="discover")
     assert offer.ip is not None
     assert not system.kea.quarantine_cidr.overlaps(ipaddress.ip_network(f"{offer.ip}/32"))
+
+
+def test_a_static_address_is_attributed_through_the_cmts_cpe_table(system: LabSystem) -> None:
+    # Given a PC with a static address (no DHCP lease) that the CMTS lists behind the modem
+    assert system.cmts is not None
+    system.cmts.add_cpe(CM_MAC, "02:00:00:00:00:99", "100.64.0.77")
+    # (cmts-agent walks the CMTS on a miss, at most every LAZARETTO_INVENTORY_MIN_INTERVAL seconds)
+    wait_until(
+        "cmts-agent to see the new CPE",
+        lambda: (
+            httpx.get(
+                f"{system.url('cmts_agent')}/v1/ips/100.64.0.77/modem",
+                headers=system.admin_headers(),
+                timeout=10,
+            ).status_code
+            == 200
+        ),
+    )
+    # When an operator quarantines the address
+    response = httpx.post(
+        f"{system.url('policy')}/v1/quarantine",
+        json={"ip": "100.64.0.77", "reason": "abuse@ complaint", "category": "malware"},
+        headers=system.admin_headers(),
+        timeout=30,
+    )
+    # Then policy found the PC and its modem in the CMTS's CPE table
+    assert response.status_code == 201, response.text
+    case = response.json()
+    assert (case["cpe_mac"], case["cm_mac"]) == ("02:00:00:00:00:99", CM_MAC)
+    wait_until("the quarantine reset", lambda: system.resets_for(CM_MAC))

@@ -21,7 +21,8 @@ class Attribution:
 
 
 class Attributor:
-    """Asks the provisioner (lease for IP) then cmts-agent (CM for CPE MAC); a peer down is transient."""
+    """Asks the provisioner (DHCP lease for the IP) then cmts-agent (CM for that CPE MAC); without a
+    lease (a static address, an expired lease), the CMTSes' CPE tables by IP. A peer down is transient."""
 
     def __init__(self, provisioner_url: str, cmts_agent_url: str, token: str, timeout: float = 5.0) -> None:
         self._client = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"})
@@ -34,8 +35,13 @@ class Attributor:
     async def attribute(self, ip: str) -> Attribution:
         lease = await self._get(f"{self._provisioner}/v1/leases/{ip}")
         if lease is None:
-            log.info("no DHCP lease for %s: attributing by address only", ip)
-            return Attribution(ip, None, None)
+            listed = await self._get(f"{self._cmts_agent}/v1/ips/{ip}/modem")
+            if listed is None:
+                log.info("no DHCP lease and no CMTS lists %s: attributing by address only", ip)
+                return Attribution(ip, None, None)
+            return Attribution(
+                ip, normalize_mac(str(listed["cpe_mac"])), normalize_mac(str(listed["cm_mac"]))
+            )
         cpe_mac = normalize_mac(str(lease["mac"]))
         modem = await self._get(f"{self._cmts_agent}/v1/cpes/{cpe_mac}/modem")
         cm_mac = normalize_mac(str(modem["cm_mac"])) if modem else None
