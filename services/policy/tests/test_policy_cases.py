@@ -122,8 +122,12 @@ async def test_a_redelivered_observation_opens_no_second_case(
         await executor.publish(event, message_id="same-id")
         await executor.publish(event, message_id="same-id")
         await executor.publish(observation("100.64.0.20"))  # a new observation feeds the open case
-        await probe.wait_for("garden.apply.v1")
-        await asyncio.sleep(1.0)
+        (apply,) = await probe.wait_for("garden.apply.v1")
+        assert isinstance(apply, GardenApply)
+        # Once both distinct observations are stored against the case, every message was handled
+        async with asyncio.timeout(15):
+            while len((await admin.get(f"/v1/cases/{apply.case_id}")).json()["observations"]) < 2:
+                await asyncio.sleep(0.05)
         cases = (await admin.get("/v1/cases", params={"ip": "100.64.0.20"})).json()
         assert len(cases) == 1
         assert len([k for k, _, _ in probe.received if k == "garden.apply.v1"]) == 1
@@ -195,7 +199,7 @@ async def test_a_failing_step_is_retried_with_backoff_then_handed_to_an_operator
         ]  # fmt: skip
         # A late result for the abandoned first attempt changes nothing
         await executor.publish(GardenApplied(case_id=first.case_id, step_id=first.step_id, changes=[]))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # a negative check cannot be polled: give the stale result time to land
         assert (await admin.get(f"/v1/cases/{first.case_id}")).json()["state"] == "needs_operator"
     finally:
         await executor.close()
