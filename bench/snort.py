@@ -32,7 +32,7 @@ import httpx
 
 from detector_snort.aggregate import Aggregator
 from detector_snort.engine import SourceEngine
-from detector_snort.pipeline import AlertPipeline, Source
+from detector_snort.pipeline import AlertPipeline, Format, Source
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
@@ -118,12 +118,12 @@ def realistic(make: Any, count: int, seed: int = 1) -> bytes:
     return b"".join(out)
 
 
-async def throughput(data: bytes, fmt: str, workdir: Path) -> float:
+async def throughput(data: bytes, fmt: Format, workdir: Path) -> float:
     """Lines/s through tailer + engine (parse, filter, classify, fold, checkpoint)."""
     path = workdir / f"{fmt}-{time.monotonic_ns()}.log"
     path.write_bytes(data)
     total = data.count(b"\n")
-    source = Source(str(path), fmt, "bench", layout="MM/DD/YYYY")  # type: ignore[arg-type]
+    source = Source(str(path), fmt, "bench", layout="MM/DD/YYYY")
     published = 0
 
     async def publish(observation: AbuseObserved) -> None:

@@ -22,9 +22,7 @@ from .fleet import CmtsClient, Fleet, modem_target
 from .inventory import Inventory, ModemRecord, ModemStatus
 from .snmp import (
     CmtsSnmp,
-    SnmpAccessDenied,
     SnmpError,
-    SnmpRejected,
     SnmpTimeout,
     UnknownModem,
     as_int,
@@ -98,16 +96,17 @@ def error_class(exc: SnmpError) -> str:
     return classify(exc.error if isinstance(exc, ResetFailed) else exc)
 
 
+# An attempt's outcome is the short form of the error class policy sees.
+_ATTEMPT_OUTCOMES = {
+    "unknown_modem": "unknown",
+    "snmp_timeout": "timeout",
+    "snmp_access_denied": "denied",
+    "snmp_rejected": "rejected",
+}
+
+
 def _attempt_outcome(exc: SnmpError) -> str:
-    if isinstance(exc, UnknownModem):
-        return "unknown"
-    if isinstance(exc, SnmpTimeout):
-        return "timeout"
-    if isinstance(exc, SnmpAccessDenied):
-        return "denied"
-    if isinstance(exc, SnmpRejected):
-        return "rejected"
-    return "error"
+    return _ATTEMPT_OUTCOMES.get(classify(exc), "error")
 
 
 class Resetter:
