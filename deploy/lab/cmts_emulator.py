@@ -17,14 +17,17 @@ Per modem, optional: "index" (docsIfCmtsCmStatusIndex, default position + 1), "r
 "vendor" selects what is served besides the DOCSIS status tables (`subtrees(vendor)` lists them):
   cisco    cdxCmCpeTable (.2 type, .3 IP, .4 ifIndex, .5 SID, .6 CmStatusIndex, .8 ResetNow, .9 DeleteNow)
   casa     casaCmtsCmCpeTable (.2 type, .3 IP, .4 ifIndex, .5 SID, .6 CmStatusIndex, .7 ResetNow)
+           (CASA-CABLE-CMCPE-MIB: its entry is 1.3.6.1.4.1.20858.10.12.1.3.1, one level less than cdx)
   arris    cadMacResetCMMacAddress.0 / cadMacDeleteMacAddress.0, cadIfCmtsMacToIpTable (.3 CM MAC)
   docsis3  docsIf3CmtsCmCtrlCmdMacAddr.0 + docsIf3CmtsCmCtrlCmdCommit.0 (cmReinit(2) resets)
   cm       a cable modem: docsDevResetNow.0 only (the first modem of the list is the device itself)
-Every CMTS serves docsIfCmtsCmStatusTable (.2 MAC, .3 IP, .9 value), docsIfCmtsMacToCmTable (.2)
-and docsIf3CmtsCmRegStatusTable (.2 MAC, .5 IPv4, .6 value). The processes share state only
-through files: the JSON (re-read when it changes) and the append-only sets log, from which each
-process derives which modems are re-registering; a CM emulator pointed at its CMTS's sets log
-makes its docsDevResetNow visible in the CMTS's status tables.
+Every CMTS serves docsIfCmtsCmStatusTable (.2 MAC, .3 IP, .9 value, .22 ValueLastUpdate: the
+TimeStamp of the last state change, relative to the JSON's "boot_time"), docsIfCmtsMacToCmTable
+(.2) and docsIf3CmtsCmRegStatusTable (.2 MAC, .5 IPv4, .6 value, .14 LastRegTime: DateAndTime of
+the last registration). "offline_seconds": 0 makes a modem that is back before anyone can look.
+The processes share state only through files: the JSON (re-read when it changes) and the
+append-only sets log, from which each process derives which modems are re-registering; a CM
+emulator pointed at its CMTS's sets log makes its docsDevResetNow visible in the CMTS's status tables.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ STATUS_ENTRY: Oid = (1, 3, 6, 1, 2, 1, 10, 127, 1, 3, 3, 1)  # docsIfCmtsCmStatu
 MAC_TO_CM_ENTRY: Oid = (1, 3, 6, 1, 2, 1, 10, 127, 1, 3, 7, 1)  # docsIfCmtsMacToCmEntry
 REG_STATUS_ENTRY: Oid = (1, 3, 6, 1, 4, 1, 4491, 2, 1, 20, 1, 3, 1)  # docsIf3CmtsCmRegStatusEntry
 CDX_ENTRY: Oid = (1, 3, 6, 1, 4, 1, 9, 9, 116, 1, 3, 1, 1)  # cdxCmCpeEntry
-CASA_ENTRY: Oid = (1, 3, 6, 1, 4, 1, 20858, 10, 12, 1, 3, 1, 1)  # casaCmtsCmCpeEntry
+CASA_ENTRY: Oid = (1, 3, 6, 1, 4, 1, 20858, 10, 12, 1, 3, 1)  # casaCmtsCmCpeEntry ::= { ...Table 1 }
 CAD_MAC_CONTROL: Oid = (1, 3, 6, 1, 4, 1, 4998, 1, 1, 20, 2, 14)  # cadMacControl
 CAD_RESET_CM: Oid = (*CAD_MAC_CONTROL, 2, 0)  # cadMacResetCMMacAddress.0
 CAD_DELETE_MAC: Oid = (*CAD_MAC_CONTROL, 3, 0)  # cadMacDeleteMacAddress.0
@@ -62,7 +65,7 @@ DOCS_IF_SUBTREE = ".1.3.6.1.2.1.10.127.1.3"
 DOCS_IF3_REG_SUBTREE = ".1.3.6.1.4.1.4491.2.1.20.1.3"
 VENDOR_SUBTREES: dict[str, tuple[str, ...]] = {
     "cisco": (".1.3.6.1.4.1.9.9.116.1.3.1",),
-    "casa": (".1.3.6.1.4.1.20858.10.12.1.3.1",),
+    "casa": (".1.3.6.1.4.1.20858.10.12.1.3",),  # casaCmtsCmCpeTable
     "arris": (".1.3.6.1.4.1.4998.1.1.20.2.14", ".1.3.6.1.4.1.4998.1.1.20.2.21"),
     "docsis3": (".1.3.6.1.4.1.4491.2.1.20.1.27",),
     "cm": (".1.3.6.1.2.1.69.1.1.3",),
@@ -137,9 +140,10 @@ class Config:
     offline_seconds: float
     sets_log: Path
     modems: tuple[Modem, ...]
+    boot_time: float = 0.0  # epoch seconds of the emulated CMTS's sysUpTime 0 (TimeStamp origin)
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, default_boot: float = 0.0) -> Config:
     raw: dict[str, Any] = json.loads(path.read_text())
     modems = []
     for pos, m in enumerate(raw.get("modems", [])):
@@ -161,7 +165,8 @@ def load_config(path: Path) -> Config:
         log = path.parent / log
     vendor = str(raw.get("vendor", "cisco"))
     subtrees(vendor)  # validates
-    return Config(vendor, float(raw.get("offline_seconds", 3)), log, tuple(modems))
+    boot = float(raw.get("boot_time", default_boot))
+    return Config(vendor, float(raw.get("offline_seconds", 3)), log, tuple(modems), boot)
 
 
 class SetsLog:
@@ -173,6 +178,7 @@ class SetsLog:
         self._offset = 0
         self._partial = b""
         self.last_reset: dict[Mac, float] = {}  # MAC -> ts of the latest reset of that CM
+        self.resets: dict[Mac, list[float]] = {}  # MAC -> ts of every reset of that CM, in log order
 
     def append(self, path: Path, record: dict[str, Any]) -> None:
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
@@ -206,6 +212,7 @@ class SetsLog:
     def _reset_state(self, path: Path, key: tuple[int, int] | None) -> None:
         self.path, self._key, self._offset, self._partial = path, key, 0, b""
         self.last_reset = {}
+        self.resets = {}
 
     def _consume(self, line: bytes) -> None:
         try:
@@ -213,6 +220,7 @@ class SetsLog:
             if rec.get("reset") is True:
                 mac = parse_mac(str(rec["mac"]))
                 self.last_reset[mac] = max(float(rec["ts"]), self.last_reset.get(mac, 0.0))
+                self.resets.setdefault(mac, []).append(float(rec["ts"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             return  # a foreign or damaged line must not take the CMTS down
 
@@ -228,12 +236,13 @@ class Emulator:
     def __init__(self, config_path: Path, subtree: Oid = ()) -> None:
         self.config_path = config_path
         self.subtree = subtree
-        self.config = Config("cisco", 3.0, config_path.with_suffix(".sets.jsonl"), ())
+        self.started = time.time()  # the TimeStamp origin when the JSON names no boot_time
+        self.config = Config("cisco", 3.0, config_path.with_suffix(".sets.jsonl"), (), self.started)
         self._config_key: tuple[int, int, int, int] | None = None
         self.sets = SetsLog()
         self.static: dict[Oid, Value] = {}
         self.keys: list[Oid] = []
-        self.dynamic: dict[Oid, tuple[Modem, bool]] = {}  # status OID -> (modem, DOCSIS 3 table)
+        self.dynamic: dict[Oid, tuple[Modem, str]] = {}  # status OID -> (modem, DYNAMIC_KINDS)
         self.by_mac: dict[Mac, Modem] = {}
         self.ctrl_mac: Mac = (0, 0, 0, 0, 0, 0)
         self.ctrl_commit = 1
@@ -246,7 +255,7 @@ class Emulator:
             st = self.config_path.stat()
             key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             if key != self._config_key:
-                self.config = load_config(self.config_path)
+                self.config = load_config(self.config_path, self.started)
                 self._config_key = key
                 self._build()
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -256,7 +265,7 @@ class Emulator:
     def _build(self) -> None:
         cfg = self.config
         t: dict[Oid, Value] = {}
-        dynamic: dict[Oid, tuple[Modem, bool]] = {}
+        dynamic: dict[Oid, tuple[Modem, str]] = {}
         self.by_mac = {m.mac: m for m in cfg.modems}
         if cfg.vendor == "cm":
             t[DEV_RESET] = ("integer", str(TRUTH_FALSE))
@@ -264,12 +273,14 @@ class Emulator:
             for m in cfg.modems:
                 t[(*STATUS_ENTRY, 2, m.index)] = ("octet", hex_octets(m.mac))
                 t[(*STATUS_ENTRY, 3, m.index)] = ("ipaddress", m.ip)
-                dynamic[(*STATUS_ENTRY, 9, m.index)] = (m, False)
+                dynamic[(*STATUS_ENTRY, 9, m.index)] = (m, "value2")
+                dynamic[(*STATUS_ENTRY, 22, m.index)] = (m, "last_update")
                 t[(*MAC_TO_CM_ENTRY, 2, *m.mac)] = ("integer", str(m.index))
                 t[(*REG_STATUS_ENTRY, 2, m.reg_id)] = ("octet", hex_octets(m.mac))
                 ip4 = bytes(int(p) for p in m.ip.split("."))
                 t[(*REG_STATUS_ENTRY, 5, m.reg_id)] = ("octet", hex_octets(tuple(ip4)))
-                dynamic[(*REG_STATUS_ENTRY, 6, m.reg_id)] = (m, True)
+                dynamic[(*REG_STATUS_ENTRY, 6, m.reg_id)] = (m, "value3")
+                dynamic[(*REG_STATUS_ENTRY, 14, m.reg_id)] = (m, "last_reg")
         if cfg.vendor in CPE_TABLES:
             entry, reset_col, delete_col = CPE_TABLES[cfg.vendor]
             for m in cfg.modems:
@@ -310,11 +321,43 @@ class Emulator:
             return OPERATIONAL_D3  # the DOCSIS 3 table says operational(8) for an online modem
         return modem.status
 
+    def last_change(self, modem: Modem, now: float) -> float:
+        """When the modem's status value last changed (boot_time if it never did)."""
+        reset = self.sets.last_reset.get(modem.mac)
+        if reset is None or reset > now:
+            return self.config.boot_time
+        if not modem.comes_back:
+            return reset
+        window = self.config.offline_seconds
+        # ranging at the reset, then each RESETTING_STATES step, then back at reset + window
+        steps = [reset + window * i / len(RESETTING_STATES) for i in range(len(RESETTING_STATES))]
+        return max(t for t in (*steps, reset + window) if t <= now)
+
+    def last_registration(self, modem: Modem, now: float) -> float:
+        """When the modem last completed registration (boot_time, or the end of its latest outage)."""
+        if not modem.comes_back:
+            return self.config.boot_time  # it never registers again after a reset
+        window = self.config.offline_seconds
+        resets = sorted(self.sets.resets.get(modem.mac, ()))
+        done = self.config.boot_time
+        for i, reset in enumerate(resets):
+            back = reset + window
+            interrupted = i + 1 < len(resets) and resets[i + 1] < back  # reset again while ranging
+            if back <= now and not interrupted:
+                done = max(done, back)
+        return done
+
     def _value(self, oid: Oid) -> Value:
         value = self.static[oid]
         if value is DYNAMIC:
-            modem, docsis3 = self.dynamic[oid]
-            return ("integer", str(self.status_value(modem, time.time(), docsis3)))
+            modem, kind = self.dynamic[oid]
+            now = time.time()
+            if kind == "last_update":  # TimeStamp: hundredths of a second since boot_time
+                ticks = max(0, int((self.last_change(modem, now) - self.config.boot_time) * 100))
+                return ("timeticks", str(ticks))
+            if kind == "last_reg":
+                return ("octet", date_and_time(self.last_registration(modem, now)))
+            return ("integer", str(self.status_value(modem, now, kind == "value3")))
         return value
 
     def _refresh(self) -> None:
@@ -344,13 +387,13 @@ class Emulator:
             return self._set_mac_scalar(oid, typ, val)
         if oid in (CM_CTRL_COMMIT, DEV_RESET):
             return self._set_command(oid, typ, val)
-        column = oid[: len(CDX_ENTRY) + 1]
+        # The two CPE tables' entries differ in length (cdx 13 sub-ids, Casa 12): split by the MAC.
+        column, mac = oid[:-6], oid[-6:]
         if column not in OBJECT_NAMES or oid not in self.static:
             return "not-writable"  # what a uBR answers for an unknown MAC or a read-only column
         truth = _truth(typ, val)
         if isinstance(truth, str):
             return truth
-        mac = oid[len(CDX_ENTRY) + 1 :]
         self._log(OBJECT_NAMES[column], oid, mac, truth, reset=truth == TRUTH_TRUE)
         return "DONE"  # the object keeps reading false(2), like a real uBR
 
@@ -401,6 +444,14 @@ class Emulator:
         record = {"ts": time.time(), "object": name, "oid": fmt_oid(oid), "mac": fmt_mac(mac)}
         record.update({"value": value, "reset": reset})
         self.sets.append(self.config.sets_log, record)
+
+
+def date_and_time(epoch: float) -> str:
+    """SNMPv2-TC DateAndTime (8 octets, UTC: year(2) month day hour minutes seconds deci-seconds), hex."""
+    t = time.gmtime(epoch)
+    deci = int((epoch % 1) * 10)
+    raw = bytes([t.tm_year >> 8, t.tm_year & 0xFF, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, deci])
+    return " ".join(f"{b:02x}" for b in raw)
 
 
 def _truth(typ: str, val: str) -> int | str:

@@ -38,7 +38,7 @@ def modems(**first: Any) -> list[LabModem]:
 # What each vendor's reset must look like on the wire: (object, OID, logged value).
 EXPECTED_SET = {
     "cisco": ("cdxCmCpeResetNow", ".1.3.6.1.4.1.9.9.116.1.3.1.1.8.0.2.138.211.124.110", 1),
-    "casa": ("casaCmtsCmCpeResetNow", ".1.3.6.1.4.1.20858.10.12.1.3.1.1.7.0.2.138.211.124.110", 1),
+    "casa": ("casaCmtsCmCpeResetNow", ".1.3.6.1.4.1.20858.10.12.1.3.1.7.0.2.138.211.124.110", 1),
     "arris": ("cadMacResetCMMacAddress", ".1.3.6.1.4.1.4998.1.1.20.2.14.2.0", CM_1),
     "docsis3": ("docsIf3CmtsCmCtrlCmdCommit", ".1.3.6.1.4.1.4491.2.1.20.1.27.5.0", 2),
 }

@@ -12,19 +12,59 @@ from typing import Literal
 
 from lazaretto_core.contracts import normalize_mac
 
-# -- OIDs (numeric: the DOCS and vendor MIBs are not bundled with pysnmp) --------------------------
+# -- OIDs ----------------------------------------------------------------------------------------
+# Numeric, because the DOCS and vendor MIBs are not bundled with pysnmp. Every OID is the one its MIB
+# assigns to the named object (tests/test_cmts_mib_oids.py resolves each name from the MIBs' own
+# `::= { parent n }` clauses, in tests/data/mib_oid_assignments.txt, and compares).
 
-SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
-CDX_CM_CPE_ENTRY = "1.3.6.1.4.1.9.9.116.1.3.1.1"  # CISCO-DOCS-EXT-MIB cdxCmCpeEntry, INDEX MacAddress
-CASA_CM_CPE_ENTRY = "1.3.6.1.4.1.20858.10.12.1.3.1.1"  # CASA-CABLE-CMCPE-MIB, same layout as cdx
+SYS_UPTIME = "1.3.6.1.2.1.1.3.0"  # SNMPv2-MIB sysUpTime.0
+# CISCO-DOCS-EXT-MIB cdxCmCpeEntry (INDEX cdxCmCpeMacAddress): .2 cdxCmCpeType, .3 cdxCmCpeIpAddress,
+# .6 cdxCmCpeCmStatusIndex, .8 cdxCmCpeResetNow, .9 cdxCmCpeDeleteNow
+CDX_CM_CPE_ENTRY = "1.3.6.1.4.1.9.9.116.1.3.1.1"
+# CASA-CABLE-CMCPE-MIB casaCmtsCmCpeEntry (INDEX casaCmtsCmCpeMacAddress): the same column numbers
+# as cdx up to .6, then .7 casaCmtsCmCpeResetNow. The entry is { casaCmtsCmCpeTable 1 } =
+# 1.3.6.1.4.1.20858.10.12.1.3.1 (not ...1.3.1.1: that would be a column of the entry).
+CASA_CM_CPE_ENTRY = "1.3.6.1.4.1.20858.10.12.1.3.1"
 CM_STATUS_ENTRY = "1.3.6.1.2.1.10.127.1.3.3.1"  # DOCS-IF-MIB docsIfCmtsCmStatusEntry, INDEX Integer32
-CM_PTR = "1.3.6.1.2.1.10.127.1.3.7.1.2"  # docsIfCmtsCmPtr, INDEX MacAddress -> status index
+CM_PTR = "1.3.6.1.2.1.10.127.1.3.7.1.2"  # DOCS-IF-MIB docsIfCmtsCmPtr, INDEX MacAddress -> status index
 REG_STATUS_ENTRY = "1.3.6.1.4.1.4491.2.1.20.1.3.1"  # DOCS-IF3-MIB docsIf3CmtsCmRegStatusEntry
-CM_CTRL_MAC = "1.3.6.1.4.1.4491.2.1.20.1.27.1.0"  # docsIf3CmtsCmCtrlCmdMacAddr.0
-CM_CTRL_COMMIT = "1.3.6.1.4.1.4491.2.1.20.1.27.5.0"  # docsIf3CmtsCmCtrlCmdCommit.0
+CM_CTRL_MAC = "1.3.6.1.4.1.4491.2.1.20.1.27.1.0"  # DOCS-IF3-MIB docsIf3CmtsCmCtrlCmdMacAddr.0
+CM_CTRL_COMMIT = "1.3.6.1.4.1.4491.2.1.20.1.27.5.0"  # DOCS-IF3-MIB docsIf3CmtsCmCtrlCmdCommit.0
 CAD_RESET_CM = "1.3.6.1.4.1.4998.1.1.20.2.14.2.0"  # CADANT-CMTS-MAC-MIB cadMacResetCMMacAddress.0
-CAD_CM_MAC_OF = "1.3.6.1.4.1.4998.1.1.20.2.21.1.3"  # cadIfCmtsMacCmMacAddr, INDEX CM or CPE MAC
-DOCS_DEV_RESET_NOW = "1.3.6.1.2.1.69.1.1.3.0"  # DOCS-CABLE-DEVICE-MIB, on the modem itself
+CAD_CM_MAC_OF = "1.3.6.1.4.1.4998.1.1.20.2.21.1.3"  # CADANT-CMTS-MAC-MIB cadIfCmtsMacCmMacAddr
+DOCS_DEV_RESET_NOW = "1.3.6.1.2.1.69.1.1.3.0"  # DOCS-CABLE-DEVICE-MIB docsDevResetNow.0, on the modem
+
+# Every MIB object the agent reads or writes, by its MIB name (column or scalar, no instance).
+MIB_OBJECTS: dict[str, str] = {
+    "sysUpTime": SYS_UPTIME.removesuffix(".0"),
+    "cdxCmCpeEntry": CDX_CM_CPE_ENTRY,
+    "cdxCmCpeType": f"{CDX_CM_CPE_ENTRY}.2",
+    "cdxCmCpeIpAddress": f"{CDX_CM_CPE_ENTRY}.3",
+    "cdxCmCpeCmStatusIndex": f"{CDX_CM_CPE_ENTRY}.6",
+    "cdxCmCpeResetNow": f"{CDX_CM_CPE_ENTRY}.8",
+    "cdxCmCpeDeleteNow": f"{CDX_CM_CPE_ENTRY}.9",
+    "casaCmtsCmCpeEntry": CASA_CM_CPE_ENTRY,
+    "casaCmtsCmCpeType": f"{CASA_CM_CPE_ENTRY}.2",
+    "casaCmtsCmCpeIpAddress": f"{CASA_CM_CPE_ENTRY}.3",
+    "casaCmtsCmCpeCmStatusIndex": f"{CASA_CM_CPE_ENTRY}.6",
+    "casaCmtsCmCpeResetNow": f"{CASA_CM_CPE_ENTRY}.7",
+    "docsIfCmtsCmStatusEntry": CM_STATUS_ENTRY,
+    "docsIfCmtsCmStatusMacAddress": f"{CM_STATUS_ENTRY}.2",
+    "docsIfCmtsCmStatusIpAddress": f"{CM_STATUS_ENTRY}.3",
+    "docsIfCmtsCmStatusValue": f"{CM_STATUS_ENTRY}.9",
+    "docsIfCmtsCmStatusValueLastUpdate": f"{CM_STATUS_ENTRY}.22",
+    "docsIfCmtsCmPtr": CM_PTR,
+    "docsIf3CmtsCmRegStatusEntry": REG_STATUS_ENTRY,
+    "docsIf3CmtsCmRegStatusMacAddr": f"{REG_STATUS_ENTRY}.2",
+    "docsIf3CmtsCmRegStatusIPv4Addr": f"{REG_STATUS_ENTRY}.5",
+    "docsIf3CmtsCmRegStatusValue": f"{REG_STATUS_ENTRY}.6",
+    "docsIf3CmtsCmRegStatusLastRegTime": f"{REG_STATUS_ENTRY}.14",
+    "docsIf3CmtsCmCtrlCmdMacAddr": CM_CTRL_MAC.removesuffix(".0"),
+    "docsIf3CmtsCmCtrlCmdCommit": CM_CTRL_COMMIT.removesuffix(".0"),
+    "cadMacResetCMMacAddress": CAD_RESET_CM.removesuffix(".0"),
+    "cadIfCmtsMacCmMacAddr": CAD_CM_MAC_OF,
+    "docsDevResetNow": DOCS_DEV_RESET_NOW.removesuffix(".0"),
+}
 
 TRUTH_TRUE = 1
 CM_REINIT = 2
@@ -142,13 +182,17 @@ ONLINE_D3 = frozenset({CmRegState.REGISTRATION_COMPLETE, CmRegState.OPERATIONAL}
 
 @dataclass(frozen=True)
 class StatusColumns:
-    """Where a profile reads modem status: the table, its MAC, IPv4 and state columns."""
+    """Where a profile reads modem status: the table, its MAC, IPv4 and state columns, and the
+    column that changes whenever the modem re-registers (`marker`): a modem back online with a new
+    marker was reset, even if no poll caught it offline."""
 
     table: Literal["docsis2", "docsis3"]
     entry: str
     mac: str
     ip: str
     value: str
+    marker: str
+    marker_name: str
 
     def online(self, value: int) -> bool:
         return value in (ONLINE_D3 if self.table == "docsis3" else ONLINE_D2)
@@ -162,12 +206,27 @@ class StatusColumns:
 
 
 STATUS_COLUMNS = {
+    # docsIfCmtsCmStatusValueLastUpdate: "the value of sysUpTime when docsIfCmtsCmStatusValue was last
+    # updated" (RFC 4546): any state change in between two polls moves it.
     "docsis2": StatusColumns(
-        "docsis2", CM_STATUS_ENTRY, f"{CM_STATUS_ENTRY}.2", f"{CM_STATUS_ENTRY}.3", f"{CM_STATUS_ENTRY}.9"
+        "docsis2",
+        CM_STATUS_ENTRY,
+        MIB_OBJECTS["docsIfCmtsCmStatusMacAddress"],
+        MIB_OBJECTS["docsIfCmtsCmStatusIpAddress"],
+        MIB_OBJECTS["docsIfCmtsCmStatusValue"],
+        MIB_OBJECTS["docsIfCmtsCmStatusValueLastUpdate"],
+        "docsIfCmtsCmStatusValueLastUpdate",
     ),
     # IPv4Addr (.5) is an InetAddressIPv4: a 4-byte OCTET STRING, not an IpAddress.
+    # LastRegTime: "the last time the CM registered" (DateAndTime).
     "docsis3": StatusColumns(
-        "docsis3", REG_STATUS_ENTRY, f"{REG_STATUS_ENTRY}.2", f"{REG_STATUS_ENTRY}.5", f"{REG_STATUS_ENTRY}.6"
+        "docsis3",
+        REG_STATUS_ENTRY,
+        MIB_OBJECTS["docsIf3CmtsCmRegStatusMacAddr"],
+        MIB_OBJECTS["docsIf3CmtsCmRegStatusIPv4Addr"],
+        MIB_OBJECTS["docsIf3CmtsCmRegStatusValue"],
+        MIB_OBJECTS["docsIf3CmtsCmRegStatusLastRegTime"],
+        "docsIf3CmtsCmRegStatusLastRegTime",
     ),
 }
 

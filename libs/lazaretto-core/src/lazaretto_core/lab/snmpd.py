@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,7 @@ class LabCmts:
         self.ro_community = ro_community
         self.rw_community = rw_community
         self.v3_user = v3_user or LabV3User()
+        self.boot_time = time.time()  # the emulated CMTS's sysUpTime origin (its TimeStamp values)
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lazaretto-snmpd-"))
@@ -235,6 +237,7 @@ class LabCmts:
         doc = {
             "vendor": self.vendor,
             "offline_seconds": self.offline_seconds,
+            "boot_time": self.boot_time,
             "sets_log": str(self.sets_log_path),
             "modems": self._modems,
         }
