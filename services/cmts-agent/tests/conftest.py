@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from cmts_agent.fleet import Fleet
 from cmts_agent.inventory import Inventory
+from cmts_agent.journal import ModemLocks, ResetJournal
 from cmts_agent.resets import Resetter
 from cmts_agent.settings import CmtsProfile, V3User
 from lazaretto_core import db
@@ -69,17 +70,26 @@ async def make_agent(database_url: str) -> AsyncIterator[Callable[..., Awaitable
     pool = await db.create_pool(database_url)
     await db.migrate(pool, db.package_migrations("cmts_agent"))
 
-    async def build(*profiles: CmtsProfile, global_max_in_flight: int = 100) -> Agent:
+    async def build(
+        *profiles: CmtsProfile, global_max_in_flight: int = 100, max_resets_per_hour: int = 3
+    ) -> Agent:
         fleet = Fleet(profiles)
         inventory = Inventory(pool, fleet, min_interval=0.0)
-        agent = Agent(
-            pool, fleet, inventory, Resetter(fleet, inventory, global_max_in_flight=global_max_in_flight)
+        journal = ResetJournal(pool, ModemLocks(database_url, poll=0.05))
+        resetter = Resetter(
+            fleet,
+            inventory,
+            journal,
+            global_max_in_flight=global_max_in_flight,
+            max_resets_per_hour=max_resets_per_hour,
         )
+        agent = Agent(pool, fleet, inventory, resetter)
         made.append(agent)
         return agent
 
     yield build
     for agent in made:
+        await agent.resetter.close()
         await agent.fleet.close()
     await pool.close()
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr, ValidationError
 
 from cmts_agent.app import CmtsAgentService, build
 from cmts_agent.settings import CmtsAgentSettings, CmtsProfile
+from cmts_agent.vendors import reset_varbinds
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_core.lab.snmpd import LabCmts, LabCpe, LabModem
@@ -86,33 +87,42 @@ async def test_redelivered_command_republishes_and_never_resets_twice(
         await probe.stop()
 
 
-async def test_step_interrupted_after_its_set_resumes_without_a_second_set(
+async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again(
     fleet_agent: tuple[CmtsAgentService, LabCmts, LabCmts], amqp_url: str, database_url: str
 ) -> None:
-    _, ubr, _ = fleet_agent
+    service, ubr, _ = fleet_agent
     step = command(UBR_CM)
+    # What a crashed agent left behind: the intent (with the marker read before the SET), then the
+    # SET itself reached the CMTS, then the process died before recording anything else.
+    await service.inventory.refresh()
+    record = await service.inventory.find(UBR_CM)
+    assert record is not None
+    before = await service.inventory.status(record)
+    assert before is not None
+    assert before.marker is not None
     conn = await asyncpg.connect(database_url)
-    try:  # what a crashed agent left behind: the SET was accepted, no result yet
+    try:
         await conn.execute(
-            "INSERT INTO cmts_reset_steps (step_id, case_id, cm_mac, cmts, method, state, sent_at)"
-            " VALUES ($1, $2, $3, 'ubr', 'cisco-cdxCmCpeResetNow', 'sent', now())",
-            step.step_id,
-            step.case_id,
+            "INSERT INTO cmts_reset_intents (cm_mac, cmts, method, step_id, baseline)"
+            " VALUES ($1, 'ubr', 'cisco-cdxCmCpeResetNow', $2, $3)",
             UBR_CM,
+            step.step_id,
+            before.marker,
         )
     finally:
         await conn.close()
+    await service.fleet["ubr"].snmp.set("crashed run", reset_varbinds("cisco-reset", UBR_CM))
     probe = await BusProbe(amqp_url).start(RESULTS)
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
     try:
-        await bus.publish(step)
+        await bus.publish(step)  # the redelivery
         (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
 
         assert isinstance(done, ModemResetCompleted)
         assert done.method == "cisco-cdxCmCpeResetNow"
-        assert "resumed" in done.attempts[0].detail
-        assert ubr.sets() == []
+        assert "SET not sent again" in done.attempts[0].detail
+        assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the crashed run's SET only
     finally:
         await bus.close()
         await probe.stop()

@@ -232,7 +232,8 @@ async def test_wrong_community_is_a_classified_error_without_the_secret(
 
     assert error_class(failed.value) == "snmp_timeout"
     assert failed.value.transient
-    assert [a.outcome for a in failed.value.attempts] == ["timeout", "timeout"]  # cisco-reset, cisco-delete
+    # The CMTS does not even answer a read: no SET is sent, and no second method tried.
+    assert [a.outcome for a in failed.value.attempts] == ["timeout"]
     assert cmts.sets() == []
     for text in (str(incomplete.value), repr(failed.value), str(failed.value.attempts), caplog.text):
         assert SECRET not in text
@@ -255,22 +256,128 @@ async def test_unreachable_cmts_times_out_as_a_classified_error(
     assert f"{cmts.host}:{cmts.port}" in str(failed.value)
 
 
-async def test_wrong_v3_key_is_access_denied_without_the_key(
+async def test_wrong_v3_key_is_an_authentication_failure_without_the_key(
     make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     cmts = make_cmts(modems(), vendor="casa")
     user = cmts.v3_user
+    right = V3User(user=user.name, auth_key=SecretStr(user.auth_key), priv_key=SecretStr(user.priv_key))
     wrong = V3User(user=user.name, auth_key=SecretStr(SECRET), priv_key=SecretStr(user.priv_key))
-    agent = await make_agent(profile_for(cmts, version="3", v3=wrong))
+    reader = await make_agent(profile_for(cmts, version="3", v3=wrong))
+    # Reads with the right user, writes with a wrong key: snmpd answers the SET with a
+    # usmStatsWrongDigests report (RFC 3414), which is an authentication failure, not a dead CMTS.
+    writer = await make_agent(profile_for(cmts, name="writer", version="3", v3=wrong, v3_read=right))
 
-    (walk,) = await agent.inventory.refresh()
+    (walk,) = await reader.inventory.refresh()
+    await writer.inventory.refresh()
+    with pytest.raises(ResetFailed) as failed:
+        await writer.resetter.reset(CM_1)
 
     assert walk.error is not None
-    assert walk.error_class == "snmp_access_denied"
-    assert SECRET not in walk.error
+    assert walk.error_class == "snmp_auth_failure"
+    assert error_class(failed.value) == "snmp_auth_failure"
+    assert not failed.value.transient  # the same key fails again: policy must not retry it as is
+    assert [a.outcome for a in failed.value.attempts] == ["auth_failure"]
+    assert "digest" in failed.value.attempts[0].detail.lower()
+    assert cmts.sets() == []
+    for text in (walk.error, str(failed.value), caplog.text):
+        assert SECRET not in text
+        assert user.priv_key not in text
+
+
+async def test_v2c_write_community_never_answered_is_write_unanswered_not_a_dead_cmts(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cmts = make_cmts(modems(), vendor="cisco")
+    # The read community is right, the write community wrong: snmpd silently drops every SET.
+    profile = profile_for(
+        cmts, write_community=SecretStr(SECRET), timeout=0.3, retries=0, set_retries=1, offline_within=1.0
+    )
+    agent = await make_agent(profile)
+    await agent.inventory.refresh()
+
+    with pytest.raises(ResetFailed) as failed:
+        await agent.resetter.reset(CM_1)
+
+    assert error_class(failed.value) == "snmp_write_unanswered"
+    assert not failed.value.transient  # not retried like an unreachable CMTS
+    # cisco-delete uses the same write community on the same CMTS: not sent after that
+    assert [(a.method, a.outcome) for a in failed.value.attempts] == [
+        ("cisco-cdxCmCpeResetNow", "write_unanswered")
+    ]
+    assert "answers reads but not this SET" in failed.value.attempts[0].detail
+    assert cmts.sets() == []
     assert SECRET not in caplog.text
-    assert user.priv_key not in caplog.text
+    assert SECRET not in str(failed.value)
+
+
+async def test_modem_back_within_one_poll_is_seen_reset_and_never_bounced_again(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # offline_seconds=0: the modem has re-registered before the first status poll; every poll
+    # finds it online. Only its registration marker (docsIfCmtsCmStatusValueLastUpdate) moved.
+    cmts = make_cmts(modems(), vendor="cisco", offline_seconds=0.0)
+    agent = await make_agent(
+        profile_for(cmts, verify_interval=0.5, offline_within=2.0, methods=("cisco-reset", "cisco-delete"))
+    )
+
+    report = await agent.resetter.reset(CM_1)
+
+    assert report.ok, report
+    assert report.verification.reregistered
+    assert not report.verification.went_offline  # not seen, so not claimed
+    assert [(a.method, a.outcome) for a in report.attempts] == [("cisco-cdxCmCpeResetNow", "back_online")]
+    assert "re-registered between polls" in report.attempts[0].detail
+    assert cmts.resets() == [("cdxCmCpeResetNow", CM_1)]  # one SET: no second method
+
+
+async def test_fast_modem_on_docsis3_is_detected_by_its_last_registration_time(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    cmts = make_cmts(modems(), vendor="docsis3", offline_seconds=0.0)
+    agent = await make_agent(profile_for(cmts, verify_interval=0.5, offline_within=2.0))
+
+    report = await agent.resetter.reset(CM_1)
+
+    assert report.ok, report
+    assert report.verification.reregistered  # docsIf3CmtsCmRegStatusLastRegTime moved
+    assert cmts.resets() == [("docsIf3CmtsCmCtrlCmdCommit", CM_1)]
+
+
+async def test_resets_per_modem_are_capped_per_hour_across_calls_and_agents(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    cmts = make_cmts(modems(), vendor="casa")
+    first = await make_agent(profile_for(cmts), max_resets_per_hour=2)
+    second = await make_agent(profile_for(cmts), max_resets_per_hour=2)  # another replica
+
+    assert (await first.resetter.reset(CM_1)).ok
+    assert (await second.resetter.reset(CM_1)).ok
+    with pytest.raises(ResetFailed) as capped:
+        await first.resetter.reset(CM_1)  # e.g. policy retrying a step
+
+    assert error_class(capped.value) == "modem_reset_capped"
+    assert not capped.value.transient
+    assert "2 times in the last hour" in str(capped.value)
+    assert cmts.resets() == [("casaCmtsCmCpeResetNow", CM_1)] * 2
+    assert (await first.resetter.reset(CM_2)).ok  # per modem: another modem is not affected
+
+
+async def test_one_reset_of_a_modem_at_a_time_across_replicas(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    cmts = make_cmts(modems(), vendor="cisco", offline_seconds=1.0)
+    first = await make_agent(profile_for(cmts))
+    second = await make_agent(profile_for(cmts))  # its own process state, same database
+
+    a, b = await asyncio.gather(first.resetter.reset(CM_1), second.resetter.reset(CM_1))
+
+    assert a.ok
+    assert b.ok
+    assert cmts.resets() == [("cdxCmCpeResetNow", CM_1)]  # the second replica shared the first's reset
+    assert a.verification == b.verification
 
 
 async def test_one_reset_per_modem_in_flight_and_the_cmts_limit_holds(

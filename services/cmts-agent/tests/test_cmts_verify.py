@@ -15,6 +15,7 @@ ON, OFF, ERR = Observation.ONLINE, Observation.OFFLINE, Observation.ERROR
 @dataclass(frozen=True)
 class Status:
     online: bool
+    marker: str | None = None
 
 
 class FakeClock:
@@ -240,3 +241,45 @@ def test_assume_offline_settles_on_the_first_online_poll() -> None:
     assert verdict is not None
     assert verdict.outcome is Outcome.BACK_ONLINE
     assert verdict.went_offline
+
+
+async def test_back_online_with_a_new_marker_is_a_reset_nobody_saw() -> None:
+    # The modem re-registered between two polls: every poll finds it online, but its registration
+    # marker (docsIfCmtsCmStatusValueLastUpdate / docsIf3CmtsCmRegStatusLastRegTime) moved.
+    clock = FakeClock()
+    poll = Script([Status(True, "t0"), Status(True, "t1")], clock)
+
+    result = await verify_reset(
+        poll, max_wait=60, interval=2, offline_within=10, clock=clock, sleep=clock.sleep, baseline="t0"
+    )
+
+    assert result.outcome is Outcome.BACK_ONLINE
+    assert result.reregistered
+    assert not result.went_offline  # nobody saw it offline: never claimed
+    assert result.seconds_to_online == 2
+    assert not result.no_effect
+
+
+async def test_never_offline_is_proof_of_no_effect_only_with_an_unchanged_marker() -> None:
+    clock = FakeClock()
+    same = await verify_reset(
+        Script([Status(True, "t0")], clock),
+        max_wait=60,
+        interval=2,
+        offline_within=5,
+        clock=clock,
+        sleep=clock.sleep,
+        baseline="t0",
+    )
+    unknown = await verify_reset(
+        Script([Status(True, None)], clock),
+        max_wait=60,
+        interval=2,
+        offline_within=5,
+        clock=clock,
+        sleep=clock.sleep,
+        baseline="t0",
+    )
+
+    assert (same.outcome, same.no_effect) == (Outcome.NEVER_OFFLINE, True)
+    assert (unknown.outcome, unknown.no_effect) == (Outcome.NEVER_OFFLINE, False)

@@ -20,6 +20,7 @@ from .api import install_api
 from .fleet import Fleet
 from .handlers import CmtsAgentHandlers
 from .inventory import Inventory
+from .journal import ModemLocks, ResetJournal
 from .resets import Resetter
 from .settings import CmtsAgentSettings
 from .steps import ResetSteps
@@ -59,6 +60,7 @@ class CmtsAgentService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.bus.close()
+        await self.resetter.close()
         await self.fleet.close()
         await self.pool.close()
 
@@ -69,7 +71,16 @@ async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
     await db.migrate(pool, db.package_migrations("cmts_agent"))
     fleet = Fleet(profiles)
     inventory = Inventory(pool, fleet, min_interval=settings.inventory_min_interval)
-    resetter = Resetter(fleet, inventory, global_max_in_flight=settings.global_max_in_flight)
+    # Per-modem locks on their own connection: held for a whole reset, released by PostgreSQL if
+    # this process dies.
+    journal = ResetJournal(pool, ModemLocks(settings.database_url.get_secret_value()))
+    resetter = Resetter(
+        fleet,
+        inventory,
+        journal,
+        global_max_in_flight=settings.global_max_in_flight,
+        max_resets_per_hour=settings.modem_resets_per_hour,
+    )
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "cmts-agent",

@@ -1,7 +1,11 @@
 """What cmts-agent does with a reset command: reset, verify, and report success or a classified failure.
 
 Idempotent by step id: the result of a step is stored before it is published, so a redelivered
-command republishes it; a step whose SET was accepted before a crash resumes its verification.
+command republishes it; a step whose SET may have been sent before a crash is recovered by the
+resetter from its journal (the modem is looked at before anything is sent again).
+
+Failures policy should not retry as is (not transient): refused SETs, an unanswered write
+(snmp_write_unanswered), an SNMPv3 authentication failure, the per-modem hourly cap.
 """
 
 from __future__ import annotations
@@ -31,16 +35,10 @@ class CmtsAgentHandlers:
             log.info("step %s already handled: publishing its result again", command.step_id)
             await self._publish(row.result)
             return
-        resume = None
-        if row is not None and row.method and row.sent_at is not None:
-            log.info("step %s: reset SET was sent before a restart; verifying only", command.step_id)
-            resume = (row.method, row.sent_at.timestamp())
-
-        async def on_sent(cmts: str, method: str) -> None:
-            await self.steps.mark_sent(command.step_id, command.case_id, command.cm_mac, cmts, method)
-
         try:
-            report = await self.resetter.reset(command.cm_mac, on_sent=on_sent, resume=resume)
+            # The journal (not this step row) knows whether a SET of an earlier delivery may have
+            # reached the modem: the resetter looks at the modem before sending anything again.
+            report = await self.resetter.reset(command.cm_mac, step_id=command.step_id)
         except UnknownModem as exc:
             await self._failed(command, "unknown_modem", str(exc), None, ())
             return

@@ -63,6 +63,9 @@ class ModemStatus:
     state: str
     online: bool
     ip: str | None
+    # The registration marker (docsIfCmtsCmStatusValueLastUpdate / docsIf3CmtsCmRegStatusLastRegTime)
+    # as text; it changes whenever the modem re-registers. None: the CMTS does not serve it.
+    marker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -355,14 +358,15 @@ class Inventory:
         client = self.fleet[record.cmts]
         cols = STATUS_COLUMNS[record.table]
         op = f"status({record.cm_mac})"
-        mac_raw, value_raw, ip_raw = await client.snmp.get(
-            op, [f"{cols.mac}.{record.index}", f"{cols.value}.{record.index}", f"{cols.ip}.{record.index}"]
+        i = record.index
+        mac_raw, value_raw, ip_raw, marker_raw = await client.snmp.get(
+            op, [f"{cols.mac}.{i}", f"{cols.value}.{i}", f"{cols.ip}.{i}", f"{cols.marker}.{i}"]
         )
         if as_mac(mac_raw) != record.cm_mac or as_int(value_raw) is None:
             # The row went away or now holds another modem: DOCSIS 2 can point at the new row.
             moved = await self._relocate_d2(client, record, cols) if record.table == "docsis2" else None
             return moved
-        return _status(record, cols, as_int(value_raw) or 0, as_ipv4(ip_raw))
+        return _status(record, cols, as_int(value_raw) or 0, as_ipv4(ip_raw), as_marker(marker_raw))
 
     async def _relocate_d2(
         self, client: CmtsClient, record: ModemRecord, cols: StatusColumns
@@ -372,14 +376,19 @@ class Inventory:
         index = as_int(ptr)
         if index is None:
             return None
-        value_raw, ip_raw = await client.snmp.get(op, [f"{cols.value}.{index}", f"{cols.ip}.{index}"])
+        value_raw, ip_raw, marker_raw = await client.snmp.get(
+            op, [f"{cols.value}.{index}", f"{cols.ip}.{index}", f"{cols.marker}.{index}"]
+        )
         value = as_int(value_raw)
         if value is None:
             return None
         moved = ModemRecord(
             record.cm_mac, record.cmts, record.table, index, record.ip, value, cols.online(value)
         )
-        return _status(moved, cols, value, as_ipv4(ip_raw))
+        # A new status row is a new registration in itself: the marker names the row too.
+        marker = as_marker(marker_raw)
+        row_marker = f"row {index}" + ("" if marker is None else f" {marker}")
+        return _status(moved, cols, value, as_ipv4(ip_raw), row_marker if index != record.index else marker)
 
     async def counts(self) -> dict[str, tuple[int, int]]:
         """(modems, CPEs) stored per CMTS."""
@@ -397,7 +406,20 @@ class Inventory:
         return self._failed.get(cmts)
 
 
-def _status(record: ModemRecord, cols: StatusColumns, value: int, ip: str | None) -> ModemStatus:
+def as_marker(value: Any) -> str | None:
+    """A registration marker as text: TimeStamp ticks as a number, DateAndTime octets as hex."""
+    if value is None:
+        return None
+    octets = getattr(value, "asOctets", None)
+    if octets is not None:
+        return bytes(octets()).hex()
+    number = as_int(value)
+    return None if number is None else str(number)
+
+
+def _status(
+    record: ModemRecord, cols: StatusColumns, value: int, ip: str | None, marker: str | None = None
+) -> ModemStatus:
     return ModemStatus(
         cm_mac=record.cm_mac,
         cmts=record.cmts,
@@ -407,6 +429,7 @@ def _status(record: ModemRecord, cols: StatusColumns, value: int, ip: str | None
         state=cols.state_name(value),
         online=cols.online(value),
         ip=ip or record.ip,
+        marker=marker,
     )
 
 

@@ -1,18 +1,24 @@
 """Reset one modem safely and verify it came back: find its CMTS, try the profile's methods in order,
-within per-CMTS and global limits, never two resets of one modem at once.
+within per-CMTS and global limits, never two resets of one modem at once (across replicas too).
 
-Each method: SET (resent with backoff on a timeout), then watch the CMTS status until the modem has
-gone down and come back. A method whose SET is refused, or after which the modem never leaves the
-online state, gives way to the next; every try is recorded as an `Attempt`.
+Each method: read the modem's registration marker, record the intent (PostgreSQL), SET (resent with
+backoff on a timeout), then watch the CMTS status until the modem has gone down and come back, or
+came back with a new marker (re-registered between two polls). The next method is tried only when
+the previous one provably had no effect: its SET was refused, or the modem stayed online with the
+same marker. An intent left without an outcome by a dead run is looked at (the modem's marker and
+state) before anything is sent again. Every try is recorded as an `Attempt`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 from prometheus_client import Counter, Histogram
 
@@ -20,10 +26,12 @@ from lazaretto_core.contracts import ResetAttempt, normalize_mac
 
 from .fleet import CmtsClient, Fleet, modem_target
 from .inventory import Inventory, ModemRecord, ModemStatus
+from .journal import Intent, ResetJournal
 from .snmp import (
     CmtsSnmp,
     SnmpError,
     SnmpTimeout,
+    SnmpWriteUnanswered,
     UnknownModem,
     as_int,
     classify,
@@ -45,7 +53,9 @@ RESET_SECONDS = Histogram(
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
 
-OnSent = Callable[[str, str], Awaitable[None]]  # (CMTS name, method label) once a SET was accepted
+# Test hook for the crash-between-SET-and-record test: the process exits right after a reset SET was
+# answered, before anything about it is recorded (like a power cut). Never set in production.
+CRASH_AFTER_SET_ENV = "LAZARETTO_TEST_CRASH_AFTER_SET"
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class Attempt:
     """One try of one method: what happened and how long it took."""
 
     method: str
-    outcome: str  # a verification Outcome value, or accepted/rejected/denied/timeout/unknown/error/resumed
+    outcome: str  # a verification Outcome value, or rejected/denied/auth_failure/timeout/write_unanswered/...
     detail: str = ""
     seconds: float = 0.0
 
@@ -91,9 +101,17 @@ class ResetFailed(SnmpError):
         )
 
 
+class ResetCapped(SnmpError):
+    """The modem was already reset `max` times in the last hour (the per-modem cap): not sent."""
+
+
 def error_class(exc: SnmpError) -> str:
-    """A stable name for policy: snmp_timeout, snmp_access_denied, snmp_rejected, unknown_modem, ..."""
-    return classify(exc.error if isinstance(exc, ResetFailed) else exc)
+    """A stable name for policy: snmp_timeout, snmp_access_denied, snmp_auth_failure, snmp_rejected,
+    snmp_write_unanswered, unknown_modem, modem_reset_capped, ..."""
+    inner = exc.error if isinstance(exc, ResetFailed) else exc
+    if isinstance(inner, ResetCapped):
+        return "modem_reset_capped"
+    return classify(inner)
 
 
 # An attempt's outcome is the short form of the error class policy sees.
@@ -101,7 +119,9 @@ _ATTEMPT_OUTCOMES = {
     "unknown_modem": "unknown",
     "snmp_timeout": "timeout",
     "snmp_access_denied": "denied",
+    "snmp_auth_failure": "auth_failure",
     "snmp_rejected": "rejected",
+    "snmp_write_unanswered": "write_unanswered",
 }
 
 
@@ -109,28 +129,58 @@ def _attempt_outcome(exc: SnmpError) -> str:
     return _ATTEMPT_OUTCOMES.get(classify(exc), "error")
 
 
-class Resetter:
-    """Resets modems on any CMTS of the fleet; coalesces concurrent resets of one MAC into one."""
+def report_to_json(report: ResetReport) -> dict[str, Any]:
+    """A finished reset as stored in the journal (another replica may share it)."""
+    v = report.verification
+    return {
+        "cm_mac": report.cm_mac,
+        "cmts": report.cmts,
+        "method": report.method,
+        "verification": {**dataclasses.asdict(v), "outcome": v.outcome.value},
+        "attempts": [dataclasses.asdict(a) for a in report.attempts],
+    }
 
-    def __init__(self, fleet: Fleet, inventory: Inventory, *, global_max_in_flight: int = 100) -> None:
+
+def report_from_json(body: dict[str, Any]) -> ResetReport:
+    raw = dict(body["verification"])
+    raw["outcome"] = Outcome(raw["outcome"])
+    return ResetReport(
+        body["cm_mac"],
+        body["cmts"],
+        body["method"],
+        VerifyResult(**raw),
+        tuple(Attempt(**a) for a in body["attempts"]),
+    )
+
+
+class Resetter:
+    """Resets modems on any CMTS of the fleet. Concurrent resets of one MAC share one run in this
+    process; across replicas the journal's per-modem lock serializes them, and a replica that waited
+    shares the result the other one recorded meanwhile."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        inventory: Inventory,
+        journal: ResetJournal,
+        *,
+        global_max_in_flight: int = 100,
+        max_resets_per_hour: int = 3,
+    ) -> None:
         self.fleet = fleet
         self.inventory = inventory
+        self.journal = journal
+        self.max_resets_per_hour = max_resets_per_hour
         self._global = asyncio.Semaphore(global_max_in_flight)
         self._in_flight: dict[str, asyncio.Task[ResetReport]] = {}
 
-    async def reset(
-        self, cm_mac: str, *, on_sent: OnSent | None = None, resume: tuple[str, float] | None = None
-    ) -> ResetReport:
+    async def reset(self, cm_mac: str, *, step_id: UUID | None = None) -> ResetReport:
         """Reset `cm_mac` and verify it. Raises UnknownModem (no CMTS lists it), InventoryIncomplete,
-        or ResetFailed (no method's SET was accepted).
-
-        `resume=(method, sent_at)`: a SET was accepted at wall-clock `sent_at` by an earlier run
-        (the agent restarted during verification): only verify, never send it again.
-        """
+        or ResetFailed (no method's SET was accepted, the CMTS cannot be reached, or the hourly cap)."""
         mac = normalize_mac(cm_mac)
         task = self._in_flight.get(mac)
         if task is None:
-            task = asyncio.create_task(self._reset(mac, on_sent, resume), name=f"reset {mac}")
+            task = asyncio.create_task(self._reset(mac, step_id), name=f"reset {mac}")
             self._in_flight[mac] = task
             task.add_done_callback(lambda _: self._in_flight.pop(mac, None))
         else:
@@ -140,29 +190,122 @@ class Resetter:
     def in_flight(self) -> list[str]:
         return sorted(self._in_flight)
 
-    async def _reset(self, mac: str, on_sent: OnSent | None, resume: tuple[str, float] | None) -> ResetReport:
+    async def close(self) -> None:
+        await self.journal.locks.close()
+
+    async def _reset(self, mac: str, step_id: UUID | None) -> ResetReport:
         record = await self.inventory.locate(mac)
         if record is None:
             raise UnknownModem(f"no CMTS lists cable modem {mac}", operation=f"reset({mac})")
         client = self.fleet[record.cmts]
-        async with client.slot(), self._global:
-            if resume is not None:
-                return await self._resume(client, record, *resume)
-            return await self._try_methods(client, record, on_sent)
+        asked_at = await self.journal.now()
+        async with self.journal.locks.hold(mac) as waited:
+            if waited:
+                # Another replica reset this modem while we waited: its result is ours.
+                shared = await self.journal.finished_since(mac, asked_at)
+                if shared is not None:
+                    log.info("reset of %s was done by another replica meanwhile: sharing it", mac)
+                    return report_from_json(shared)
+            async with client.slot(), self._global:
+                for intent in await self.journal.unfinished(mac):
+                    recovered = await self._recover(client, record, intent)
+                    if recovered is not None:
+                        return recovered
+                return await self._try_methods(client, record, step_id)
+
+    async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
+        """A run died after recording this intent: did its SET reach the modem? Look before sending.
+
+        Watched from the intent's time: offline, or back with a registration marker other than the
+        one read before that SET, means it did (verified, never sent again). Online with the same
+        marker until offline_within after the intent means it provably did not: None (send now).
+        """
+        age = max(0.0, (await self.journal.now() - intent.intent_at).total_seconds())
+        started = time.monotonic() - age
+        log.warning(
+            "%s: a reset by %s recorded %.1f s ago has no outcome (the agent stopped): looking at the "
+            "modem before sending anything",
+            record.cm_mac,
+            intent.method,
+            age,
+        )
+        verification = await self._verify(client, record, started, intent.baseline)
+        if verification.no_effect:
+            await self.journal.finish(intent.id, "no_effect", counted=False)
+            log.info("%s: that reset provably had no effect: sending one now", record.cm_mac)
+            return None
+        attempt = Attempt(
+            intent.method,
+            verification.outcome.value,
+            "found after an agent restart: SET not sent again; " + _describe(verification),
+            verification.elapsed,
+        )
+        RESETS.labels(client.name, intent.method, verification.outcome.value).inc()
+        report = ResetReport(record.cm_mac, client.name, intent.method, verification, (attempt,))
+        await self.journal.finish(
+            intent.id, verification.outcome.value, counted=True, report=report_to_json(report)
+        )
+        return report
 
     async def _try_methods(
-        self, client: CmtsClient, record: ModemRecord, on_sent: OnSent | None
+        self, client: CmtsClient, record: ModemRecord, step_id: UUID | None
     ) -> ResetReport:
         profile = client.profile
         attempts: list[Attempt] = []
         last_error: SnmpError | None = None
         last_report: ResetReport | None = None
+        write_unanswered = False
         for name in profile.reset_methods:
             method = METHODS[name]
+            if write_unanswered and not method.on_modem:
+                continue  # the same write credentials on the same CMTS: unanswered again
             started = time.monotonic()
+            # The marker before the SET: what "re-registered since" and "no effect" compare with.
+            try:
+                before = await self.inventory.status(record)
+            except SnmpError as exc:
+                attempts.append(
+                    Attempt(method.label, _attempt_outcome(exc), str(exc), time.monotonic() - started)
+                )
+                raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
+            baseline = None if before is None else before.marker
+            await self._check_cap(client, record, tuple(attempts))
+            intent = await self.journal.intend(record.cm_mac, client.name, method.label, baseline, step_id)
             try:
                 await self._send(client, record, name)
+            except SnmpTimeout as exc:
+                # No answer: the SET may or may not have reached the CMTS. Watch the modem.
+                verification = await self._verify(client, record, started, baseline)
+                if verification.outcome is Outcome.NO_ANSWER:
+                    # Reads fail too: the CMTS is unreachable (transient, worth retrying later).
+                    await self.journal.finish(intent, "unreachable", counted=True)
+                    attempts.append(Attempt(method.label, "timeout", str(exc), time.monotonic() - started))
+                    RESETS.labels(client.name, method.label, "timeout").inc()
+                    raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
+                if not verification.no_effect:
+                    # It did act (its answer was lost), or nobody can tell: never send another.
+                    return await self._verified(
+                        client, record, method.label, started, verification, attempts, intent
+                    )
+                unanswered = SnmpWriteUnanswered(
+                    f"the CMTS answers reads but not this SET ({exc}), and the modem stayed online "
+                    f"with the same registration marker: wrong write community or no write access",
+                    target=exc.target,
+                    operation=exc.operation,
+                )
+                await self.journal.finish(intent, "write_unanswered", counted=False)
+                attempts.append(
+                    Attempt(method.label, "write_unanswered", str(unanswered), time.monotonic() - started)
+                )
+                RESETS.labels(client.name, method.label, "write_unanswered").inc()
+                log.warning(
+                    "reset of %s by %s on %s: %s", record.cm_mac, method.label, client.name, unanswered
+                )
+                last_error, write_unanswered = unanswered, not method.on_modem
+                continue
             except SnmpError as exc:
+                # Refused by the agent (or the modem is unknown there): provably no effect.
+                await self.journal.finish(intent, _attempt_outcome(exc), counted=False)
                 attempt = Attempt(method.label, _attempt_outcome(exc), str(exc), time.monotonic() - started)
                 attempts.append(attempt)
                 RESETS.labels(client.name, method.label, attempt.outcome).inc()
@@ -171,30 +314,82 @@ class Resetter:
                 )
                 last_error = exc
                 continue
-            if on_sent is not None:
-                await on_sent(client.name, method.label)
-            verification = await self._verify(client, record, started)
-            attempts.append(
-                Attempt(
-                    method.label, verification.outcome.value, _describe(verification), verification.elapsed
+            if os.environ.get(CRASH_AFTER_SET_ENV) == "1":
+                os._exit(70)  # test hook: die between the SET and its record
+            await self.journal.answered(intent)
+            verification = await self._verify(client, record, started, baseline)
+            if verification.no_effect:
+                await self.journal.finish(intent, verification.outcome.value, counted=False)
+                attempts.append(
+                    Attempt(
+                        method.label,
+                        verification.outcome.value,
+                        _describe(verification),
+                        verification.elapsed,
+                    )
                 )
-            )
-            RESETS.labels(client.name, method.label, verification.outcome.value).inc()
-            last_report = ResetReport(record.cm_mac, client.name, method.label, verification, tuple(attempts))
-            if verification.outcome is Outcome.NEVER_OFFLINE:
+                RESETS.labels(client.name, method.label, verification.outcome.value).inc()
                 log.warning(
-                    "%s never went offline after %s: trying the next method", record.cm_mac, method.label
+                    "%s stayed online with the same registration marker after %s: trying the next method",
+                    record.cm_mac,
+                    method.label,
                 )
+                last_report = ResetReport(
+                    record.cm_mac, client.name, method.label, verification, tuple(attempts)
+                )
+                last_error = None
                 continue
-            if verification.ok and verification.seconds_to_online is not None:
-                RESET_SECONDS.labels(client.name).observe(verification.seconds_to_online)
-            return last_report
-        if last_report is not None:
+            return await self._verified(client, record, method.label, started, verification, attempts, intent)
+        if last_error is None and last_report is not None:
+            # Every accepted SET provably had no effect: report the last verification.
             return ResetReport(
                 record.cm_mac, client.name, last_report.method, last_report.verification, tuple(attempts)
             )
         assert last_error is not None, "a profile has at least one method"
         raise ResetFailed(record.cm_mac, client.name, last_error, tuple(attempts))
+
+    async def _verified(
+        self,
+        client: CmtsClient,
+        record: ModemRecord,
+        label: str,
+        started: float,
+        verification: VerifyResult,
+        attempts: list[Attempt],
+        intent: int,
+    ) -> ResetReport:
+        attempts.append(
+            Attempt(label, verification.outcome.value, _describe(verification), verification.elapsed)
+        )
+        RESETS.labels(client.name, label, verification.outcome.value).inc()
+        if verification.ok and verification.seconds_to_online is not None:
+            RESET_SECONDS.labels(client.name).observe(verification.seconds_to_online)
+        if verification.outcome is Outcome.NEVER_OFFLINE:
+            log.warning(
+                "%s never seen offline after %s and its registration marker cannot prove the reset had "
+                "no effect: no other method is sent",
+                record.cm_mac,
+                label,
+            )
+        report = ResetReport(record.cm_mac, client.name, label, verification, tuple(attempts))
+        await self.journal.finish(
+            intent, verification.outcome.value, counted=True, report=report_to_json(report)
+        )
+        return report
+
+    async def _check_cap(
+        self, client: CmtsClient, record: ModemRecord, attempts: tuple[Attempt, ...]
+    ) -> None:
+        done = await self.journal.resets_last_hour(record.cm_mac)
+        if done >= self.max_resets_per_hour:
+            capped = ResetCapped(
+                f"{record.cm_mac} was already reset {done} times in the last hour "
+                f"(cap {self.max_resets_per_hour}): not sent",
+                target=client.name,
+                operation=f"reset({record.cm_mac})",
+            )
+            RESETS.labels(client.name, "-", "capped").inc()
+            raise ResetFailed(record.cm_mac, client.name, capped, attempts)
 
     async def _send(self, client: CmtsClient, record: ModemRecord, name: str) -> None:
         """One method's SET; a timeout is resent after backoff (CMTS methods) or left to the
@@ -235,7 +430,7 @@ class Resetter:
                 await asyncio.sleep(delay)
 
     async def _verify(
-        self, client: CmtsClient, record: ModemRecord, started: float, *, assume_offline: bool = False
+        self, client: CmtsClient, record: ModemRecord, started: float, baseline: str | None
     ) -> VerifyResult:
         profile = client.profile
 
@@ -249,29 +444,18 @@ class Resetter:
             offline_within=profile.offline_within,
             transient_errors=(SnmpTimeout,),
             started_at=started,
-            assume_offline=assume_offline,
+            baseline=baseline,
         )
-
-    async def _resume(
-        self, client: CmtsClient, record: ModemRecord, method: str, sent_at: float
-    ) -> ResetReport:
-        # Wall clock -> monotonic: timings count from the original SET.
-        started = time.monotonic() - max(0.0, time.time() - sent_at)
-        verification = await self._verify(client, record, started, assume_offline=True)
-        attempt = Attempt(
-            method,
-            verification.outcome.value,
-            "resumed after an agent restart: SET not sent again; " + _describe(verification),
-            verification.elapsed,
-        )
-        RESETS.labels(client.name, method, verification.outcome.value).inc()
-        return ResetReport(record.cm_mac, client.name, method, verification, (attempt,))
 
 
 def _describe(v: VerifyResult) -> str:
     parts = [f"{v.outcome.value} after {v.elapsed:.2f} s", f"{v.polls} polls"]
     if v.seconds_to_offline is not None:
         parts.append(f"offline at {v.seconds_to_offline:.2f} s")
+    if v.reregistered and not v.went_offline:
+        parts.append("re-registered between polls (registration marker changed; outage not seen)")
+    if v.no_effect:
+        parts.append("registration marker unchanged: no effect")
     if v.seconds_to_online is not None:
         parts.append(f"online at {v.seconds_to_online:.2f} s")
     if v.errors:

@@ -158,6 +158,9 @@ class CmtsAgentSettings(ServiceSettings):
     max_in_flight: int = 10
     # Resets in flight at once over all CMTSes (also the bus prefetch).
     global_max_in_flight: int = 100
+    # At most this many reset SETs per modem in any hour, over every command, retry and replica
+    # (SETs that provably had no effect, e.g. refused ones, do not count).
+    modem_resets_per_hour: int = Field(default=3, ge=1)
     # Walk every CMTS's modem and CPE tables this often (seconds); a miss triggers a walk at once,
     # but not more often than inventory_min_interval.
     inventory_interval: float = 300.0

@@ -75,6 +75,7 @@ class CmStatus:
     index: int  # docsIfCmtsCmStatusIndex
     value: int  # docsIfCmtsCmStatusValue (an int: a CMTS may report values outside the enum)
     ip: str | None
+    marker: str | None = None  # not read by this DOCSIS 2 short-cut (see Inventory.status)
 
     @property
     def online(self) -> bool:
@@ -182,7 +183,19 @@ class SnmpTimeout(SnmpError):
 
 
 class SnmpAccessDenied(SnmpError):
-    """The agent answered but refused: read-only community, v3 user/key/view problems."""
+    """The agent answered but refused: read-only community, no write view (noAccess, ...)."""
+
+
+class SnmpAuthFailure(SnmpAccessDenied):
+    """SNMPv3 authentication failed and the agent said so with a USM report (RFC 3414:
+    usmStatsWrongDigests, usmStatsUnknownUserNames, usmStatsDecryptionErrors, ...): wrong key or user.
+    (v2c has no such signal: an agent silently drops a wrong community, see SnmpWriteUnanswered.)"""
+
+
+class SnmpWriteUnanswered(SnmpError):
+    """The agent answers reads but never answered the SET (v2c: typically a wrong write community,
+    which agents drop without a word), and the modem shows no sign of a reset. Retrying as is will
+    not help: not transient, unlike an unreachable agent."""
 
 
 class SnmpRejected(SnmpError):
@@ -208,6 +221,10 @@ def classify(exc: SnmpError) -> str:
         return "unknown_modem"
     if isinstance(exc, SnmpTimeout):
         return "snmp_timeout"
+    if isinstance(exc, SnmpWriteUnanswered):
+        return "snmp_write_unanswered"
+    if isinstance(exc, SnmpAuthFailure):
+        return "snmp_auth_failure"
     if isinstance(exc, SnmpAccessDenied):
         return "snmp_access_denied"
     if isinstance(exc, SnmpRejected):
@@ -222,7 +239,8 @@ def classify(exc: SnmpError) -> str:
 _ACCESS_STATUSES = frozenset({"noAccess", "authorizationError", "readOnly"})
 _TRANSIENT_STATUSES = frozenset({"genErr", "resourceUnavailable", "commitFailed", "tooBig"})
 _MISSING_STATUSES = frozenset({"noSuchName", "noCreation", "notWritable", "inconsistentName"})
-_ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
+# What the agent's USM reports (RFC 3414 usmStats*) turn into on the manager side: authentication.
+_AUTH_INDICATIONS: tuple[type[Exception], ...] = (
     errind.UnknownUserName,
     errind.UnknownSecurityName,
     errind.WrongDigest,
@@ -230,8 +248,12 @@ _ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
     errind.AuthenticationError,
     errind.AuthenticationFailure,
     errind.UnsupportedSecurityLevel,
+    errind.UnknownEngineID,
+    errind.NotInTimeWindow,
     errind.NoAuthentication,
     errind.NoEncryption,
+)
+_ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
     errind.NotInView,
     errind.NoAccessEntry,
     errind.UnknownCommunityName,
@@ -506,6 +528,12 @@ class CmtsSnmp:
             return SnmpTimeout(
                 f"{kind}: no response after {self.target.retries + 1} attempt(s) of "
                 f"{self.target.timeout}s (host down, or credentials the agent silently drops)",
+                target=where,
+                operation=op,
+            )
+        if isinstance(indication, _AUTH_INDICATIONS):
+            return SnmpAuthFailure(
+                f"{kind}: SNMPv3 authentication failed ({text}): check the user and its keys",
                 target=where,
                 operation=op,
             )

@@ -1,5 +1,5 @@
 """Reset commands already handled, by step id: a redelivered command republishes its result instead
-of resetting the modem again, and one interrupted mid-verification resumes without a second SET."""
+of resetting the modem again (one interrupted mid-reset is recovered through the reset journal)."""
 
 from __future__ import annotations
 
@@ -38,21 +38,6 @@ class ResetSteps:
             model = ModemResetCompleted if row["result_type"] == "completed" else ModemResetFailed
             result = model.model_validate(body)
         return StepRow(row["step_id"], row["state"], row["method"], row["sent_at"], result)
-
-    async def mark_sent(self, step_id: UUID, case_id: UUID, cm_mac: str, cmts: str, method: str) -> None:
-        """A reset SET was accepted for this step (the first one counts)."""
-        await self.pool.execute(
-            """
-            INSERT INTO cmts_reset_steps (step_id, case_id, cm_mac, cmts, method, state, sent_at)
-            VALUES ($1, $2, $3, $4, $5, 'sent', now())
-            ON CONFLICT (step_id) DO NOTHING
-            """,
-            step_id,
-            case_id,
-            cm_mac,
-            cmts,
-            method,
-        )
 
     async def finish(self, result: StepResult) -> None:
         kind = "completed" if isinstance(result, ModemResetCompleted) else "failed"

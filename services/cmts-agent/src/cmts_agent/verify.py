@@ -1,4 +1,5 @@
-"""Did the modem really bounce? Watch its CMTS status after a reset: seen offline, then online again.
+"""Did the modem really bounce? Watch its CMTS status after a reset: seen offline, then online again,
+or back online with a new registration marker (it re-registered between two polls).
 
 `ResetWatch` is the pure decision logic (feed it timed observations); `verify_reset` drives it by
 polling a status callable with an injectable clock and sleep.
@@ -15,7 +16,7 @@ from typing import Protocol
 
 
 class Outcome(enum.Enum):
-    BACK_ONLINE = "back_online"  # seen not online, then online again: the reset worked
+    BACK_ONLINE = "back_online"  # seen not online then online again, or re-registered: it worked
     STILL_OFFLINE = "still_offline"  # went down and had not come back by the deadline
     NEVER_OFFLINE = "never_offline"  # online at every poll: no reset seen (or it was quicker than a poll)
     NO_ANSWER = "no_answer"  # not one poll succeeded
@@ -31,6 +32,9 @@ class StatusLike(Protocol):
     @property
     def online(self) -> bool: ...
 
+    @property
+    def marker(self) -> str | None: ...  # changes whenever the modem re-registers; None: unknown
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -40,6 +44,12 @@ class VerifyResult:
     seconds_to_online: float | None  # first online observation after the modem was seen down
     polls: int
     errors: int
+    # Back online with a registration marker other than the one read before the SET: the outage
+    # happened between two polls (seconds_to_offline stays None: nobody saw it).
+    reregistered: bool = False
+    # The marker was read before the SET and is still the same at the last poll: with NEVER_OFFLINE,
+    # proof that the reset had no effect (only then may another method be tried).
+    marker_unchanged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -47,7 +57,13 @@ class VerifyResult:
 
     @property
     def went_offline(self) -> bool:
+        """Seen offline by a poll (not merely inferred from a new registration)."""
         return self.seconds_to_offline is not None
+
+    @property
+    def no_effect(self) -> bool:
+        """The reset provably changed nothing: online at every poll, same registration marker."""
+        return self.outcome is Outcome.NEVER_OFFLINE and self.marker_unchanged
 
 
 class ResetWatch:
@@ -82,14 +98,30 @@ class ResetWatch:
         self.seconds_to_online: float | None = None
         self._online_streak = 0
         self._last_seen: Observation | None = None
+        self.reregistered = False
+        self.marker_unchanged = False
         self.result: VerifyResult | None = None
 
-    def observe(self, at: float, seen: Observation) -> VerifyResult | None:
-        """Record one poll made at time `at`; returns the verdict once there is one (then keeps it)."""
+    def observe(
+        self, at: float, seen: Observation, *, reregistered: bool = False, marker_unchanged: bool = False
+    ) -> VerifyResult | None:
+        """Record one poll made at time `at`; returns the verdict once there is one (then keeps it).
+
+        `reregistered`: the poll read a registration marker other than the baseline (the modem went
+        through registration since): online, that settles it even if no poll saw it offline.
+        `marker_unchanged`: the poll read the baseline marker itself.
+        """
         if self.result is not None:
             return self.result
         since = at - self.started_at
         self.polls += 1
+        if seen is not Observation.ERROR:
+            self.marker_unchanged = marker_unchanged
+        if seen is Observation.ONLINE and reregistered:
+            self.reregistered = True
+            if self.seconds_to_offline is None:
+                self.seconds_to_online = since
+                return self._decide(Outcome.BACK_ONLINE, since)
         if seen is Observation.ERROR:
             self.errors += 1
         elif seen is Observation.OFFLINE:
@@ -130,7 +162,16 @@ class ResetWatch:
 
     def _decide(self, outcome: Outcome, since: float) -> VerifyResult:
         back = self.seconds_to_online if outcome is Outcome.BACK_ONLINE else None
-        self.result = VerifyResult(outcome, since, self.seconds_to_offline, back, self.polls, self.errors)
+        self.result = VerifyResult(
+            outcome,
+            since,
+            self.seconds_to_offline,
+            back,
+            self.polls,
+            self.errors,
+            reregistered=self.reregistered,
+            marker_unchanged=self.marker_unchanged and outcome is Outcome.NEVER_OFFLINE,
+        )
         return self.result
 
 
@@ -151,8 +192,10 @@ async def verify_reset(
     started_at: float | None = None,
     offline_within: float | None = None,
     assume_offline: bool = False,
+    baseline: str | None = None,
 ) -> VerifyResult:
-    """Poll until the modem has been seen down and then up again, or `max_wait` seconds have passed.
+    """Poll until the modem has been seen down and then up again (or back with a registration marker
+    other than `baseline`, the one read before the reset), or `max_wait` seconds have passed.
 
     Exceptions in `transient_errors` (e.g. SnmpTimeout) count as failed polls; any other propagates.
     `started_at` (same clock): when the reset was sent, so timings count from the reset itself.
@@ -167,11 +210,20 @@ async def verify_reset(
         assume_offline=assume_offline,
     )
     while True:
+        status: StatusLike | None = None
         try:
-            seen = classify(await poll())
+            status = await poll()
+            seen = classify(status)
         except transient_errors:
             seen = Observation.ERROR
-        verdict = watch.observe(clock(), seen)
+        marker = None if status is None else status.marker
+        known = baseline is not None and marker is not None
+        verdict = watch.observe(
+            clock(),
+            seen,
+            reregistered=known and marker != baseline,
+            marker_unchanged=known and marker == baseline,
+        )
         if verdict is not None:
             return verdict
         remaining = origin + max_wait - clock()

@@ -1,0 +1,169 @@
+"""The reset journal in PostgreSQL: one reset of a modem at a time across every replica (advisory
+locks), each SET's intent recorded before it is sent and its outcome after, the per-modem hourly cap.
+
+Why PostgreSQL: two cmts-agent replicas may get commands for the same modem, and a replica may die
+between a SET and its outcome; only state outside the process survives both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Advisory lock keys are one bigint: hashtextextended() of a namespaced MAC keeps them apart from
+# other users of advisory locks in a shared database (db.migrate uses a small constant).
+_LOCK_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/modem/' || $1::text, 0)"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A reset SET about to be (or already) sent, as recorded."""
+
+    id: int
+    cm_mac: str
+    cmts: str
+    method: str
+    baseline: str | None
+    intent_at: datetime
+    answered_at: datetime | None
+
+
+class ModemLocks:
+    """Per-modem locks shared by every replica: session-level advisory locks on one dedicated
+    connection per process. If the process dies, PostgreSQL ends its session and frees its locks,
+    so a replica waiting for the modem (e.g. for the redelivered command) goes ahead at once."""
+
+    def __init__(self, dsn: str, *, poll: float = 0.2) -> None:
+        self.dsn = dsn
+        self.poll = poll
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._mutex = asyncio.Lock()  # one query at a time on the shared connection
+
+    async def _connection(self) -> asyncpg.Connection[Any]:
+        if self._conn is None or self._conn.is_closed():
+            if self._conn is not None:
+                log.error("modem lock connection was lost: locks held by this replica were released")
+            self._conn = await asyncpg.connect(self.dsn)
+        return self._conn
+
+    async def _query(self, sql: str, mac: str) -> Any:
+        async with self._mutex:
+            conn = await self._connection()
+            return await conn.fetchval(sql, mac)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, mac: str) -> AsyncIterator[bool]:
+        """Hold the modem's lock (waiting while another replica holds it); yields whether it waited."""
+        waited = False
+        acquire = f"SELECT pg_try_advisory_lock(({_LOCK_KEY}))"
+        while not await self._query(acquire, mac):
+            waited = True
+            await asyncio.sleep(self.poll)
+        try:
+            yield waited
+        finally:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._query(f"SELECT pg_advisory_unlock(({_LOCK_KEY}))", mac)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._conn.close()
+            self._conn = None
+
+
+class ResetJournal:
+    """Intents and outcomes of reset SETs (table cmts_reset_intents)."""
+
+    def __init__(self, pool: asyncpg.Pool, locks: ModemLocks) -> None:
+        self.pool = pool
+        self.locks = locks
+
+    async def intend(
+        self, cm_mac: str, cmts: str, method: str, baseline: str | None, step_id: UUID | None
+    ) -> int:
+        """Record a SET about to be sent; returns its id. Committed before the SET leaves."""
+        value = await self.pool.fetchval(
+            """
+            INSERT INTO cmts_reset_intents (cm_mac, cmts, method, step_id, baseline)
+            VALUES ($1, $2, $3, $4, $5) RETURNING id
+            """,
+            cm_mac,
+            cmts,
+            method,
+            step_id,
+            baseline,
+        )
+        return int(value)
+
+    async def answered(self, intent_id: int) -> None:
+        await self.pool.execute("UPDATE cmts_reset_intents SET answered_at = now() WHERE id = $1", intent_id)
+
+    async def finish(
+        self, intent_id: int, outcome: str, *, counted: bool, report: dict[str, Any] | None = None
+    ) -> None:
+        """What came of the SET; `counted=False`: it provably had no effect on the modem."""
+        await self.pool.execute(
+            """
+            UPDATE cmts_reset_intents SET outcome = $2, counted = $3, report = $4::jsonb,
+                finished_at = now() WHERE id = $1
+            """,
+            intent_id,
+            outcome,
+            counted,
+            None if report is None else json.dumps(report),
+        )
+
+    async def unfinished(self, cm_mac: str) -> list[Intent]:
+        """Intents of this modem without an outcome, newest first (only a dead run leaves them: the
+        caller holds the modem's lock)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM cmts_reset_intents WHERE cm_mac = $1 AND outcome IS NULL ORDER BY id DESC",
+            cm_mac,
+        )
+        return [
+            Intent(
+                r["id"], r["cm_mac"], r["cmts"], r["method"], r["baseline"], r["intent_at"], r["answered_at"]
+            )
+            for r in rows
+        ]
+
+    async def resets_last_hour(self, cm_mac: str) -> int:
+        """SETs of the last hour that may have reached the modem (the per-modem cap counts these)."""
+        value = await self.pool.fetchval(
+            """
+            SELECT count(*) FROM cmts_reset_intents
+            WHERE cm_mac = $1 AND counted AND intent_at > now() - interval '1 hour'
+            """,
+            cm_mac,
+        )
+        return int(value)
+
+    async def finished_since(self, cm_mac: str, since: datetime) -> dict[str, Any] | None:
+        """The report of a reset of this modem finished at or after `since` (by any replica)."""
+        value = await self.pool.fetchval(
+            """
+            SELECT report FROM cmts_reset_intents
+            WHERE cm_mac = $1 AND report IS NOT NULL AND finished_at >= $2
+            ORDER BY finished_at DESC LIMIT 1
+            """,
+            cm_mac,
+            since,
+        )
+        return None if value is None else dict(json.loads(value))
+
+    async def now(self) -> datetime:
+        value = await self.pool.fetchval("SELECT now()")
+        assert isinstance(value, datetime)
+        return value
