@@ -30,14 +30,16 @@ def test_walk_is_in_lexicographic_order_and_stays_in_the_tables(lab_cmts: LabCmt
 
     assert cdx.returncode == 0, cdx.stderr
     assert docs.returncode == 0, docs.stderr
-    # 3 rows (2 CMs, 1 CPE) x 7 columns; 2 status rows x 3 columns + 2 CmPtr
+    # 3 rows (2 CMs, 1 CPE) x 7 columns; 2 status rows x 4 columns (with ValueLastUpdate) + 2 CmPtr
     assert len(oids(cdx.stdout)) == 21
     assert oids(cdx.stdout) == sorted(oids(cdx.stdout))
-    assert len(oids(docs.stdout)) == 8
+    assert len(oids(docs.stdout)) == 10
     assert oids(docs.stdout) == sorted(oids(docs.stdout))
     assert f"{CDX}.2.{CPE_A_IDX} = INTEGER: 2" in cdx.stdout  # cdxCmCpeType cpe(2)
     assert f"{CDX}.6.{CPE_A_IDX} = INTEGER: 1" in cdx.stdout  # CPE -> status index of its CM
     assert ".1.3.6.1.2.1.10.127.1.3.3.1.2.1 = Hex-STRING: 00 02 8A D3 7C 6E" in docs.stdout
+    # docsIfCmtsCmStatusValueLastUpdate is a TimeStamp (TimeTicks): never changed since boot, 0
+    assert ".1.3.6.1.2.1.10.127.1.3.3.1.22.1 = Timeticks: (0)" in docs.stdout
 
 
 def test_set_errors_are_those_of_a_real_agent(lab_cmts: LabCmts) -> None:
