@@ -232,15 +232,16 @@ def test_offline_within_does_not_cut_a_modem_that_went_down() -> None:
     assert verdict.seconds_to_online == 25
 
 
-def test_assume_offline_settles_on_the_first_online_poll() -> None:
-    # Resuming after a restart: the outage may already be over when the watch starts again.
-    watch = ResetWatch(max_wait=300, assume_offline=True)
+def test_a_watch_never_starts_with_an_outage_it_did_not_see() -> None:
+    # Resuming after a restart: an online modem with no other evidence is not "back online".
+    watch = ResetWatch(max_wait=300, offline_within=5)
 
-    verdict = watch.observe(3.0, ON)
+    assert watch.observe(3.0, ON) is None
+    verdict = watch.observe(6.0, ON)
 
     assert verdict is not None
-    assert verdict.outcome is Outcome.BACK_ONLINE
-    assert verdict.went_offline
+    assert verdict.outcome is Outcome.NEVER_OFFLINE
+    assert not verdict.went_offline
 
 
 async def test_back_online_with_a_new_marker_is_a_reset_nobody_saw() -> None:

@@ -32,7 +32,10 @@ class ResetResult(BaseModel):
     method: str = Field(description="the method whose SET was accepted last (see attempts)")
     outcome: str = Field(description="back_online | still_offline | never_offline | no_answer")
     back_online: bool
-    went_offline: bool
+    went_offline: bool = Field(description="a status poll saw the modem offline")
+    reregistered: bool = Field(
+        description="back with a new registration marker: it re-registered between two polls (outage unseen)"
+    )
     seconds_to_offline: float | None
     seconds_to_online: float | None
     elapsed: float
@@ -280,6 +283,7 @@ def _result(report: ResetReport) -> ResetResult:
         outcome=v.outcome.value,
         back_online=v.ok,
         went_offline=v.went_offline,
+        reregistered=v.reregistered,
         seconds_to_offline=v.seconds_to_offline,
         seconds_to_online=v.seconds_to_online,
         elapsed=round(v.elapsed, 3),

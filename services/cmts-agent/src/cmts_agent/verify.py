@@ -73,8 +73,8 @@ class ResetWatch:
     flaps through registrationComplete and drops again is not declared back too early.
     `offline_within`: a modem not seen down this long after the reset is NEVER_OFFLINE at once (the
     reset had no effect: the caller may try another method) instead of at `max_wait`.
-    `assume_offline`: the outage is taken as seen at the start (resuming a watch whose first part
-    was lost, e.g. the agent restarted after the SET): the first online poll settles it.
+    Nothing is ever assumed seen: after an agent restart the outage may be over, and only a changed
+    registration marker (see `observe`) can tell that it happened.
     """
 
     def __init__(
@@ -84,7 +84,6 @@ class ResetWatch:
         started_at: float = 0.0,
         confirmations: int = 1,
         offline_within: float | None = None,
-        assume_offline: bool = False,
     ) -> None:
         if max_wait <= 0 or confirmations < 1:
             raise ValueError("max_wait must be > 0 and confirmations >= 1")
@@ -94,7 +93,7 @@ class ResetWatch:
         self.offline_within = offline_within
         self.polls = 0
         self.errors = 0
-        self.seconds_to_offline: float | None = 0.0 if assume_offline else None
+        self.seconds_to_offline: float | None = None
         self.seconds_to_online: float | None = None
         self._online_streak = 0
         self._last_seen: Observation | None = None
@@ -191,7 +190,6 @@ async def verify_reset(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     started_at: float | None = None,
     offline_within: float | None = None,
-    assume_offline: bool = False,
     baseline: str | None = None,
 ) -> VerifyResult:
     """Poll until the modem has been seen down and then up again (or back with a registration marker
@@ -199,7 +197,7 @@ async def verify_reset(
 
     Exceptions in `transient_errors` (e.g. SnmpTimeout) count as failed polls; any other propagates.
     `started_at` (same clock): when the reset was sent, so timings count from the reset itself.
-    `offline_within`, `assume_offline`: see ResetWatch.
+    `offline_within`: see ResetWatch.
     """
     origin = clock() if started_at is None else started_at
     watch = ResetWatch(
@@ -207,7 +205,6 @@ async def verify_reset(
         started_at=origin,
         confirmations=confirmations,
         offline_within=offline_within,
-        assume_offline=assume_offline,
     )
     while True:
         status: StatusLike | None = None
