@@ -2,9 +2,14 @@
 
 Ten real net-snmp `snmpd`s on loopback, each with our pass_persist emulator (vendors rotate through
 Cisco, Casa, Arris and DOCSIS 3 CmCtrl) listing 100 modems that stay down `--offline` seconds after
-a reset. cmts-agent's own Fleet / Inventory / Resetter (a fresh PostgreSQL database for the
-inventory) reset all 1,000 at once; each reset is its CMTS's SET followed by status polls until the
-modem was seen down and back online. Prints one `name=value` per line.
+a reset. cmts-agent's own Fleet / Inventory / Resetter / reset journal (a fresh PostgreSQL database)
+reset all 1,000 at once; each reset is a status read (the registration marker), its intent
+recorded, its CMTS's SET, then status polls until the modem was seen down and back online.
+
+The concurrency figure is measured at the emulators, from the SETs they logged: a modem is being
+reset from its SET until it is back (SET + `--offline`); `peak_concurrent_resets_per_cmts` is the
+most modems of one CMTS in that state at once. Prints one `name=value` per line, the settings used
+first.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ async def run(args: argparse.Namespace) -> int:
 
     from cmts_agent.fleet import Fleet
     from cmts_agent.inventory import Inventory
+    from cmts_agent.journal import ModemLocks, ResetJournal
     from cmts_agent.resets import Resetter
     from cmts_agent.settings import CmtsProfile
     from lazaretto_core import db
@@ -50,6 +56,7 @@ async def run(args: argparse.Namespace) -> int:
     db_name = await create_database("bench_cmts")
     pool = None
     fleet = None
+    resetter = None
     try:
         for c in range(args.cmtses):
             modems = [
@@ -74,8 +81,8 @@ async def run(args: argparse.Namespace) -> int:
                 timeout=2.0,
                 retries=2,
                 verify_interval=args.interval,
-                verify_max_wait=30.0,
-                offline_within=10.0,
+                verify_max_wait=args.max_wait,
+                offline_within=args.offline_within,
             )
             for c, lab in enumerate(labs)
         ]
@@ -89,7 +96,8 @@ async def run(args: argparse.Namespace) -> int:
         if any(w.error for w in walks):
             print(f"inventory walk failed: {[w.error for w in walks if w.error]}", file=sys.stderr)
             return 1
-        resetter = Resetter(fleet, inventory, global_max_in_flight=args.cmtses * args.limit)
+        journal = ResetJournal(pool, ModemLocks(database_dsn(db_name)))
+        resetter = Resetter(fleet, inventory, journal, global_max_in_flight=args.cmtses * args.limit)
         setup_seconds = time.monotonic() - started_setup
 
         macs = [m["cm_mac"] for lab in labs for m in lab.modems]
@@ -100,12 +108,16 @@ async def run(args: argparse.Namespace) -> int:
         failed = [r for r in results if isinstance(r, BaseException) or not r.ok]
         reports = [r for r in results if not isinstance(r, BaseException)]
         back = sorted(r.verification.seconds_to_online or 0.0 for r in reports if r.ok)
-        logged = sum(len(lab.resets()) for lab in labs)
+        set_times = [[float(s["ts"]) for s in lab.sets() if s.get("reset")] for lab in labs]
+        logged = sum(len(times) for times in set_times)
         print(f"machine={machine()}")
         print(f"cmtses={args.cmtses}")
         print(f"per_cmts_limit={args.limit}")
+        print(f"pacing_resets_per_second={args.rate}")
         print(f"offline_seconds={args.offline}")
         print(f"verify_interval={args.interval}")
+        print(f"offline_within={args.offline_within}")
+        print(f"verify_max_wait={args.max_wait}")
         print(f"setup_seconds={setup_seconds:.2f}")
         print(f"inventory_walk_seconds={inventory_seconds:.3f}")
         print(f"inventory_modems={sum(w.modems for w in walks)}")
@@ -114,7 +126,9 @@ async def run(args: argparse.Namespace) -> int:
         print(f"resets_per_second={len(macs) / seconds:.1f}")
         print(f"failed={len(failed)}")
         print(f"sets_logged_by_emulators={logged}")
-        print(f"peak_in_flight_per_cmts={max(c.peak_in_flight for c in fleet.all())}")
+        print(f"peak_concurrent_resets_per_cmts={max(peak_overlap(t, args.offline) for t in set_times)}")
+        print(f"peak_sets_in_one_second_per_cmts={max(peak_in_window(t, 1.0) for t in set_times)}")
+        print(f"agent_peak_slots_per_cmts={max(c.peak_in_flight for c in fleet.all())}")
         if back:
             print(f"seconds_to_online_p50={back[len(back) // 2]:.2f}")
             print(f"seconds_to_online_max={back[-1]:.2f}")
@@ -122,6 +136,8 @@ async def run(args: argparse.Namespace) -> int:
             print(f"# failure: {error!r}"[:300], file=sys.stderr)
         return 0 if not failed else 1
     finally:
+        if resetter is not None:
+            await resetter.close()
         if fleet is not None:
             await fleet.close()
         if pool is not None:
@@ -129,6 +145,27 @@ async def run(args: argparse.Namespace) -> int:
         for lab in labs:
             lab.stop()
         await drop_database(db_name)
+
+
+def peak_overlap(starts: list[float], duration: float) -> int:
+    """Most intervals [start, start + duration) open at once."""
+    events = sorted([(t, 1) for t in starts] + [(t + duration, -1) for t in starts])  # ends first on ties
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def peak_in_window(times: list[float], window: float) -> int:
+    """Most events within any `window` seconds."""
+    ordered = sorted(times)
+    peak = first = 0
+    for last, t in enumerate(ordered):
+        while t - ordered[first] >= window:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
 
 
 def main() -> int:
@@ -139,6 +176,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="reset SETs per second per CMTS")
     parser.add_argument("--offline", type=float, default=0.5, help="seconds an emulated modem stays down")
     parser.add_argument("--interval", type=float, default=0.1, help="verification poll interval")
+    parser.add_argument("--offline-within", type=float, default=10.0, help="must be seen down within")
+    parser.add_argument("--max-wait", type=float, default=30.0, help="must be back within")
     return asyncio.run(run(parser.parse_args()))
 
 

@@ -264,24 +264,38 @@ class Resetter:
             try:
                 before = await self.inventory.status(record)
             except SnmpError as exc:
+                # Not even a read is answered: the CMTS is unreachable; no method can do better.
                 attempts.append(
                     Attempt(method.label, _attempt_outcome(exc), str(exc), time.monotonic() - started)
                 )
                 raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
             baseline = None if before is None else before.marker
+            try:
+                await self._guard(client, record, name)
+            except SnmpError as exc:
+                attempt = Attempt(method.label, _attempt_outcome(exc), str(exc), time.monotonic() - started)
+                attempts.append(attempt)
+                RESETS.labels(client.name, method.label, attempt.outcome).inc()
+                if isinstance(exc, SnmpTimeout):
+                    raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
+                last_error = exc  # nothing was sent: the next method may apply
+                continue
             await self._check_cap(client, record, tuple(attempts))
             intent = await self.journal.intend(record.cm_mac, client.name, method.label, baseline, step_id)
             try:
                 await self._send(client, record, name)
             except SnmpTimeout as exc:
-                # No answer: the SET may or may not have reached the CMTS. Watch the modem.
-                verification = await self._verify(client, record, started, baseline)
-                if verification.outcome is Outcome.NO_ANSWER:
+                # No answer: the SET may or may not have reached the CMTS.
+                try:
+                    await self.inventory.status(record)
+                except SnmpTimeout:
                     # Reads fail too: the CMTS is unreachable (transient, worth retrying later).
                     await self.journal.finish(intent, "unreachable", counted=True)
                     attempts.append(Attempt(method.label, "timeout", str(exc), time.monotonic() - started))
                     RESETS.labels(client.name, method.label, "timeout").inc()
                     raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
+                # Reads work: watch the modem to tell a lost answer from a SET never taken.
+                verification = await self._verify(client, record, started, baseline)
                 if not verification.no_effect:
                     # It did act (its answer was lost), or nobody can tell: never send another.
                     return await self._verified(
@@ -391,6 +405,22 @@ class Resetter:
             RESETS.labels(client.name, "-", "capped").inc()
             raise ResetFailed(record.cm_mac, client.name, capped, attempts)
 
+    async def _guard(self, client: CmtsClient, record: ModemRecord, name: str) -> None:
+        """Checks before a method's SET (reads only): raise UnknownModem if it cannot apply."""
+        method = METHODS[name]
+        op = f"reset({record.cm_mac}, {method.label})"
+        if method.on_modem and record.ip is None:
+            raise UnknownModem(
+                "the CMTS lists no management IP for this modem", target=client.name, operation=op
+            )
+        if name in TYPE_COLUMN:
+            # The per-MAC reset objects also exist for CPE rows, where they only flush a CPE.
+            (kind,) = await client.snmp.get(op, [f"{TYPE_COLUMN[name]}.2.{mac_index(record.cm_mac)}"])
+            if kind is None:
+                raise UnknownModem(f"CMTS has no entry for {record.cm_mac}", target=client.name, operation=op)
+            if as_int(kind) != TYPE_CM:
+                raise UnknownModem(f"{record.cm_mac} is a CPE on this CMTS", target=client.name, operation=op)
+
     async def _send(self, client: CmtsClient, record: ModemRecord, name: str) -> None:
         """One method's SET; a timeout is resent after backoff (CMTS methods) or left to the
         verification (the modem itself may reboot before it answers)."""
@@ -399,10 +429,7 @@ class Resetter:
         op = f"reset({record.cm_mac}, {method.label})"
         varbinds = reset_varbinds(name, record.cm_mac)
         if method.on_modem:
-            if record.ip is None:
-                raise UnknownModem(
-                    "the CMTS lists no management IP for this modem", target=client.name, operation=op
-                )
+            assert record.ip is not None  # _guard checked it
             async with CmtsSnmp(modem_target(profile, record.ip)) as modem:
                 await client.rate.acquire()
                 try:
@@ -410,13 +437,6 @@ class Resetter:
                 except SnmpTimeout:
                     log.info("%s: no answer from the modem (it may be rebooting): verifying", op)
             return
-        if name in TYPE_COLUMN:
-            # Guard: the per-MAC reset objects also exist for CPE rows, where they only flush a CPE.
-            (kind,) = await client.snmp.get(op, [f"{TYPE_COLUMN[name]}.2.{mac_index(record.cm_mac)}"])
-            if kind is None:
-                raise UnknownModem(f"CMTS has no entry for {record.cm_mac}", target=client.name, operation=op)
-            if as_int(kind) != TYPE_CM:
-                raise UnknownModem(f"{record.cm_mac} is a CPE on this CMTS", target=client.name, operation=op)
         for retry in range(profile.set_retries + 1):
             await client.rate.acquire()
             try:
