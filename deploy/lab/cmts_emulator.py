@@ -12,7 +12,10 @@ cmts.json: {"vendor": "cisco", "offline_seconds": 3, "sets_log": "sets.jsonl",
 Per modem, optional: "index" (docsIfCmtsCmStatusIndex, default position + 1), "reg_id"
 (docsIf3CmtsCmRegStatusId, default index + 1000: the MIBs do not promise they are equal), "status"
 (docsIfCmtsCmStatusValue while not resetting, default registrationComplete(6)) and "after_reset"
-("back", the default, or "never": the modem stays offline after a reset).
+("back", the default, or "never": the modem stays offline after a reset), "ignores" (reset objects
+whose SET this modem's CMTS accepts without effect, e.g. ["cdxCmCpeResetNow"]: logged, no reset).
+Top level, optional: "markers": false serves neither ValueLastUpdate nor LastRegTime (a CMTS without
+a registration marker).
 
 "vendor" selects what is served besides the DOCSIS status tables (`subtrees(vendor)` lists them):
   cisco    cdxCmCpeTable (.2 type, .3 IP, .4 ifIndex, .5 SID, .6 CmStatusIndex, .8 ResetNow, .9 DeleteNow)
@@ -132,6 +135,7 @@ class Modem:
     status: int
     comes_back: bool
     cpes: tuple[tuple[Mac, str], ...]
+    ignores: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class Config:
     sets_log: Path
     modems: tuple[Modem, ...]
     boot_time: float = 0.0  # epoch seconds of the emulated CMTS's sysUpTime 0 (TimeStamp origin)
+    markers: bool = True  # serve docsIfCmtsCmStatusValueLastUpdate / docsIf3CmtsCmRegStatusLastRegTime
 
 
 def load_config(path: Path, default_boot: float = 0.0) -> Config:
@@ -157,6 +162,7 @@ def load_config(path: Path, default_boot: float = 0.0) -> Config:
                 reg_id=int(m.get("reg_id", index + 1000)),
                 status=int(m.get("status", REGISTRATION_COMPLETE)),
                 comes_back=str(m.get("after_reset", "back")) != "never",
+                ignores=frozenset(str(name) for name in m.get("ignores", ())),
                 cpes=cpes,
             )
         )
@@ -166,7 +172,8 @@ def load_config(path: Path, default_boot: float = 0.0) -> Config:
     vendor = str(raw.get("vendor", "cisco"))
     subtrees(vendor)  # validates
     boot = float(raw.get("boot_time", default_boot))
-    return Config(vendor, float(raw.get("offline_seconds", 3)), log, tuple(modems), boot)
+    markers = raw.get("markers", True) is not False
+    return Config(vendor, float(raw.get("offline_seconds", 3)), log, tuple(modems), boot, markers)
 
 
 class SetsLog:
@@ -274,13 +281,15 @@ class Emulator:
                 t[(*STATUS_ENTRY, 2, m.index)] = ("octet", hex_octets(m.mac))
                 t[(*STATUS_ENTRY, 3, m.index)] = ("ipaddress", m.ip)
                 dynamic[(*STATUS_ENTRY, 9, m.index)] = (m, "value2")
-                dynamic[(*STATUS_ENTRY, 22, m.index)] = (m, "last_update")
+                if cfg.markers:
+                    dynamic[(*STATUS_ENTRY, 22, m.index)] = (m, "last_update")
                 t[(*MAC_TO_CM_ENTRY, 2, *m.mac)] = ("integer", str(m.index))
                 t[(*REG_STATUS_ENTRY, 2, m.reg_id)] = ("octet", hex_octets(m.mac))
                 ip4 = bytes(int(p) for p in m.ip.split("."))
                 t[(*REG_STATUS_ENTRY, 5, m.reg_id)] = ("octet", hex_octets(tuple(ip4)))
                 dynamic[(*REG_STATUS_ENTRY, 6, m.reg_id)] = (m, "value3")
-                dynamic[(*REG_STATUS_ENTRY, 14, m.reg_id)] = (m, "last_reg")
+                if cfg.markers:
+                    dynamic[(*REG_STATUS_ENTRY, 14, m.reg_id)] = (m, "last_reg")
         if cfg.vendor in CPE_TABLES:
             entry, reset_col, delete_col = CPE_TABLES[cfg.vendor]
             for m in cfg.modems:
@@ -442,6 +451,10 @@ class Emulator:
 
     def _log(self, name: str, oid: Oid, mac: Mac, value: int | str, *, reset: bool) -> None:
         record = {"ts": time.time(), "object": name, "oid": fmt_oid(oid), "mac": fmt_mac(mac)}
+        modem = self.by_mac.get(mac)
+        if reset and modem is not None and name in modem.ignores:
+            reset = False  # accepted, but this CMTS does nothing with it
+            record["ignored"] = True
         record.update({"value": value, "reset": reset})
         self.sets.append(self.config.sets_log, record)
 

@@ -333,6 +333,42 @@ async def test_modem_back_within_one_poll_is_seen_reset_and_never_bounced_again(
     assert cmts.resets() == [("cdxCmCpeResetNow", CM_1)]  # one SET: no second method
 
 
+async def test_next_method_only_after_proof_that_the_first_had_no_effect(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # This CMTS accepts cdxCmCpeResetNow for CM_1 but does nothing with it; the modem stays online
+    # and its registration marker stays the same: proof enough to try cdxCmCpeDeleteNow.
+    cmts = make_cmts(modems(ignores=("cdxCmCpeResetNow",)), vendor="cisco")
+    agent = await make_agent(profile_for(cmts, offline_within=1.5))
+
+    report = await agent.resetter.reset(CM_1)
+
+    assert report.ok, report
+    assert [(a.method, a.outcome) for a in report.attempts] == [
+        ("cisco-cdxCmCpeResetNow", "never_offline"),
+        ("cisco-cdxCmCpeDeleteNow", "back_online"),
+    ]
+    assert "registration marker unchanged: no effect" in report.attempts[0].detail
+    assert [s["object"] for s in cmts.sets()] == ["cdxCmCpeResetNow", "cdxCmCpeDeleteNow"]
+    assert cmts.resets() == [("cdxCmCpeDeleteNow", CM_1)]
+
+
+async def test_without_a_registration_marker_no_second_method_is_risked(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # The same ignored reset on a CMTS that serves no ValueLastUpdate: "never seen offline" cannot
+    # tell a modem that ignored the SET from one that re-registered between two polls.
+    cmts = make_cmts(modems(ignores=("cdxCmCpeResetNow",)), vendor="cisco", markers=False)
+    agent = await make_agent(profile_for(cmts, offline_within=1.5))
+
+    report = await agent.resetter.reset(CM_1)
+
+    assert not report.ok
+    assert report.verification.outcome is Outcome.NEVER_OFFLINE
+    assert [(a.method, a.outcome) for a in report.attempts] == [("cisco-cdxCmCpeResetNow", "never_offline")]
+    assert [s["object"] for s in cmts.sets()] == ["cdxCmCpeResetNow"]  # cdxCmCpeDeleteNow never sent
+
+
 async def test_fast_modem_on_docsis3_is_detected_by_its_last_registration_time(
     make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
 ) -> None:

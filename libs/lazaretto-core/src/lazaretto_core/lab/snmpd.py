@@ -53,7 +53,7 @@ class LabCpe:
 class LabModem:
     """One modem on the lab CMTS; `status` is its docsIfCmtsCmStatusValue while it is not resetting;
     `reg_id` its docsIf3CmtsCmRegStatusId (default index + 1000); `comes_back=False`: after a reset
-    it stays offline for good."""
+    it stays offline for good; `ignores`: reset objects whose SET is accepted without effect."""
 
     cm_mac: str
     cm_ip: str
@@ -62,6 +62,7 @@ class LabModem:
     status: int | None = None
     reg_id: int | None = None
     comes_back: bool = True
+    ignores: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +78,8 @@ class LabModem:
             out["reg_id"] = self.reg_id
         if not self.comes_back:
             out["after_reset"] = "never"
+        if self.ignores:
+            out["ignores"] = list(self.ignores)
         return out
 
 
@@ -127,6 +130,7 @@ class LabCmts:
         start_timeout: float = 60.0,
         vendor: str = "cisco",
         sets_log: Path | None = None,
+        markers: bool = True,
     ) -> None:
         if vendor not in VENDORS:
             raise ValueError(f"unknown vendor {vendor!r}: one of {', '.join(VENDORS)}")
@@ -138,6 +142,7 @@ class LabCmts:
         self.rw_community = rw_community
         self.v3_user = v3_user or LabV3User()
         self.boot_time = time.time()  # the emulated CMTS's sysUpTime origin (its TimeStamp values)
+        self.markers = markers  # False: no registration marker columns (a CMTS without them)
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="lazaretto-snmpd-"))
@@ -238,6 +243,7 @@ class LabCmts:
             "vendor": self.vendor,
             "offline_seconds": self.offline_seconds,
             "boot_time": self.boot_time,
+            "markers": self.markers,
             "sets_log": str(self.sets_log_path),
             "modems": self._modems,
         }
