@@ -3,6 +3,7 @@ admin API and its OpenAPI document, settings with secrets from the environment o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -112,6 +113,13 @@ async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again
     finally:
         await conn.close()
     await service.fleet["ubr"].snmp.set("crashed run", reset_varbinds("cisco-reset", UBR_CM))
+    # ...and the modem was already back (re-registered) when the command came again.
+    async with asyncio.timeout(20):
+        while True:
+            now = await service.inventory.status(record)
+            if now is not None and now.online and now.marker != before.marker:
+                break
+            await asyncio.sleep(0.1)
     probe = await BusProbe(amqp_url).start(RESULTS)
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
@@ -122,6 +130,8 @@ async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again
         assert isinstance(done, ModemResetCompleted)
         assert done.method == "cisco-cdxCmCpeResetNow"
         assert "SET not sent again" in done.attempts[0].detail
+        assert "re-registered between polls" in done.attempts[0].detail
+        assert not done.went_offline  # nobody saw it offline after the restart: not claimed
         assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the crashed run's SET only
     finally:
         await bus.close()
@@ -286,3 +296,19 @@ def test_single_cmts_settings_still_work_and_bad_profiles_are_refused(
     for profile_json in bad:
         with pytest.raises(ValidationError):
             CmtsProfile.model_validate(profile_json)
+
+
+async def test_admin_api_answers_429_once_the_modem_hourly_cap_is_reached(
+    fleet_agent: tuple[CmtsAgentService, LabCmts, LabCmts],
+) -> None:
+    service, ubr, _ = fleet_agent
+    service.resetter.max_resets_per_hour = 1  # as LAZARETTO_MODEM_RESETS_PER_HOUR=1 would
+    transport = httpx.ASGITransport(app=service.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=60) as client:
+        first = await client.post(f"/v1/modems/{UBR_CM}/reset", headers=HEADERS)
+        second = await client.post(f"/v1/modems/{UBR_CM}/reset", headers=HEADERS)
+
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.json()["detail"]["error_class"] == "modem_reset_capped"
+    assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]

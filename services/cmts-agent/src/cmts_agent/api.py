@@ -105,6 +105,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or invalid bearer token"},
     404: {"model": ErrorOut, "description": "no CMTS lists this MAC / address"},
     422: {"model": ErrorOut, "description": "not a MAC or IP address"},
+    429: {"model": ErrorOut, "description": "the modem's hourly reset cap is reached (modem_reset_capped)"},
     502: {"model": ErrorOut, "description": "the CMTS failed: {error_class, detail, attempts}"},
 }
 
@@ -271,7 +272,8 @@ def _bad_gateway(exc: SnmpError) -> HTTPException:
     detail: dict[str, Any] = {"error_class": error_class(exc), "detail": str(exc)}
     if isinstance(exc, ResetFailed):
         detail["attempts"] = [a.to_contract().model_dump() for a in exc.attempts]
-    return HTTPException(502, detail)
+    # The hourly cap is this agent's own refusal, not a failing CMTS.
+    return HTTPException(429 if detail["error_class"] == "modem_reset_capped" else 502, detail)
 
 
 def _result(report: ResetReport) -> ResetResult:
