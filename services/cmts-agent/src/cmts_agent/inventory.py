@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -355,18 +356,26 @@ class Inventory:
 
     async def status(self, record: ModemRecord) -> ModemStatus | None:
         """The CM's status row now, on its CMTS; None if the CMTS no longer lists it there."""
+        found, _ = await self.status_and(record, ())
+        return found
+
+    async def status_and(
+        self, record: ModemRecord, also: Sequence[str]
+    ) -> tuple[ModemStatus | None, list[Any | None]]:
+        """`status()` and the values of `also` (other OIDs of the same CMTS) in the same GET."""
         client = self.fleet[record.cmts]
         cols = STATUS_COLUMNS[record.table]
         op = f"status({record.cm_mac})"
         i = record.index
-        mac_raw, value_raw, ip_raw, marker_raw = await client.snmp.get(
-            op, [f"{cols.mac}.{i}", f"{cols.value}.{i}", f"{cols.ip}.{i}", f"{cols.marker}.{i}"]
+        mac_raw, value_raw, ip_raw, marker_raw, *extra = await client.snmp.get(
+            op, [f"{cols.mac}.{i}", f"{cols.value}.{i}", f"{cols.ip}.{i}", f"{cols.marker}.{i}", *also]
         )
         if as_mac(mac_raw) != record.cm_mac or as_int(value_raw) is None:
             # The row went away or now holds another modem: DOCSIS 2 can point at the new row.
             moved = await self._relocate_d2(client, record, cols) if record.table == "docsis2" else None
-            return moved
-        return _status(record, cols, as_int(value_raw) or 0, as_ipv4(ip_raw), as_marker(marker_raw))
+            return moved, extra
+        value = as_int(value_raw) or 0
+        return _status(record, cols, value, as_ipv4(ip_raw), as_marker(marker_raw)), extra
 
     async def _relocate_d2(
         self, client: CmtsClient, record: ModemRecord, cols: StatusColumns

@@ -60,18 +60,22 @@ class ModemLocks:
     async def _query(self, sql: str, mac: str) -> Any:
         async with self._mutex:
             conn = await self._connection()
-            return await conn.fetchval(sql, mac)
+            row = await conn.fetchrow(sql, mac)
+            assert row is not None
+            return row[0] if len(row) == 1 else tuple(row)
 
     @contextlib.asynccontextmanager
-    async def hold(self, mac: str) -> AsyncIterator[bool]:
-        """Hold the modem's lock (waiting while another replica holds it); yields whether it waited."""
-        waited = False
-        acquire = f"SELECT pg_try_advisory_lock(({_LOCK_KEY}))"
-        while not await self._query(acquire, mac):
-            waited = True
+    async def hold(self, mac: str) -> AsyncIterator[tuple[bool, datetime]]:
+        """Hold the modem's lock (waiting while another replica holds it); yields whether it waited
+        and the database's time of the first try (what "finished meanwhile" is measured from)."""
+        acquire = f"SELECT pg_try_advisory_lock(({_LOCK_KEY})), now()"
+        got, asked_at = await self._query(acquire, mac)
+        waited = not got
+        while not got:
             await asyncio.sleep(self.poll)
+            got, _ = await self._query(acquire, mac)
         try:
-            yield waited
+            yield waited, asked_at
         finally:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._query(f"SELECT pg_advisory_unlock(({_LOCK_KEY}))", mac)

@@ -198,8 +198,7 @@ class Resetter:
         if record is None:
             raise UnknownModem(f"no CMTS lists cable modem {mac}", operation=f"reset({mac})")
         client = self.fleet[record.cmts]
-        asked_at = await self.journal.now()
-        async with self.journal.locks.hold(mac) as waited:
+        async with self.journal.locks.hold(mac) as (waited, asked_at):
             if waited:
                 # Another replica reset this modem while we waited: its result is ours.
                 shared = await self.journal.finished_since(mac, asked_at)
@@ -255,14 +254,17 @@ class Resetter:
         last_error: SnmpError | None = None
         last_report: ResetReport | None = None
         write_unanswered = False
+        resets_done: int | None = None  # counted SETs of the last hour (read again after a SET)
         for name in profile.reset_methods:
             method = METHODS[name]
             if write_unanswered and not method.on_modem:
                 continue  # the same write credentials on the same CMTS: unanswered again
             started = time.monotonic()
-            # The marker before the SET: what "re-registered since" and "no effect" compare with.
+            # One GET: the marker before the SET (what "re-registered since" and "no effect" compare
+            # with) and the method's own precondition (the cm/cpe type of the MAC's row).
+            guard = [f"{TYPE_COLUMN[name]}.2.{mac_index(record.cm_mac)}"] if name in TYPE_COLUMN else []
             try:
-                before = await self.inventory.status(record)
+                before, kinds = await self.inventory.status_and(record, guard)
             except SnmpError as exc:
                 # Not even a read is answered: the CMTS is unreachable; no method can do better.
                 attempts.append(
@@ -271,17 +273,18 @@ class Resetter:
                 raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
             baseline = None if before is None else before.marker
             try:
-                await self._guard(client, record, name)
+                self._guard(client, record, name, kinds)
             except SnmpError as exc:
                 attempt = Attempt(method.label, _attempt_outcome(exc), str(exc), time.monotonic() - started)
                 attempts.append(attempt)
                 RESETS.labels(client.name, method.label, attempt.outcome).inc()
-                if isinstance(exc, SnmpTimeout):
-                    raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
                 last_error = exc  # nothing was sent: the next method may apply
                 continue
-            await self._check_cap(client, record, tuple(attempts))
+            if resets_done is None:
+                resets_done = await self.journal.resets_last_hour(record.cm_mac)
+            self._check_cap(client, record, resets_done, tuple(attempts))
             intent = await self.journal.intend(record.cm_mac, client.name, method.label, baseline, step_id)
+            resets_done = None  # this SET may count: read the count again before another one
             try:
                 await self._send(client, record, name)
             except SnmpTimeout as exc:
@@ -391,10 +394,9 @@ class Resetter:
         )
         return report
 
-    async def _check_cap(
-        self, client: CmtsClient, record: ModemRecord, attempts: tuple[Attempt, ...]
+    def _check_cap(
+        self, client: CmtsClient, record: ModemRecord, done: int, attempts: tuple[Attempt, ...]
     ) -> None:
-        done = await self.journal.resets_last_hour(record.cm_mac)
         if done >= self.max_resets_per_hour:
             capped = ResetCapped(
                 f"{record.cm_mac} was already reset {done} times in the last hour "
@@ -405,8 +407,9 @@ class Resetter:
             RESETS.labels(client.name, "-", "capped").inc()
             raise ResetFailed(record.cm_mac, client.name, capped, attempts)
 
-    async def _guard(self, client: CmtsClient, record: ModemRecord, name: str) -> None:
-        """Checks before a method's SET (reads only): raise UnknownModem if it cannot apply."""
+    def _guard(self, client: CmtsClient, record: ModemRecord, name: str, kinds: list[Any]) -> None:
+        """Checks before a method's SET (`kinds`: the type column read with the status): raise
+        UnknownModem if the method cannot apply to this MAC."""
         method = METHODS[name]
         op = f"reset({record.cm_mac}, {method.label})"
         if method.on_modem and record.ip is None:
@@ -415,7 +418,7 @@ class Resetter:
             )
         if name in TYPE_COLUMN:
             # The per-MAC reset objects also exist for CPE rows, where they only flush a CPE.
-            (kind,) = await client.snmp.get(op, [f"{TYPE_COLUMN[name]}.2.{mac_index(record.cm_mac)}"])
+            (kind,) = kinds
             if kind is None:
                 raise UnknownModem(f"CMTS has no entry for {record.cm_mac}", target=client.name, operation=op)
             if as_int(kind) != TYPE_CM:
