@@ -111,9 +111,6 @@ class ResetJournal:
         )
         return int(value)
 
-    async def answered(self, intent_id: int) -> None:
-        await self.pool.execute("UPDATE cmts_reset_intents SET answered_at = now() WHERE id = $1", intent_id)
-
     async def finish(
         self, intent_id: int, outcome: str, *, counted: bool, report: dict[str, Any] | None = None
     ) -> None:
@@ -121,7 +118,7 @@ class ResetJournal:
         await self.pool.execute(
             """
             UPDATE cmts_reset_intents SET outcome = $2, counted = $3, report = $4::jsonb,
-                finished_at = now() WHERE id = $1
+                finished_at = now(), answered_at = COALESCE(answered_at, now()) WHERE id = $1
             """,
             intent_id,
             outcome,
@@ -129,19 +126,26 @@ class ResetJournal:
             None if report is None else json.dumps(report),
         )
 
-    async def unfinished(self, cm_mac: str) -> list[Intent]:
-        """Intents of this modem without an outcome, newest first (only a dead run leaves them: the
-        caller holds the modem's lock)."""
+    async def pending(self, cm_mac: str) -> tuple[list[Intent], int]:
+        """One round trip before a reset: this modem's intents without an outcome, newest first (only
+        a dead run leaves them: the caller holds the modem's lock), and `resets_last_hour`."""
         rows = await self.pool.fetch(
-            "SELECT * FROM cmts_reset_intents WHERE cm_mac = $1 AND outcome IS NULL ORDER BY id DESC",
+            """
+            SELECT *, (SELECT count(*) FROM cmts_reset_intents c WHERE c.cm_mac = $1 AND c.counted
+                       AND c.intent_at > now() - interval '1 hour') AS done
+            FROM (SELECT 1) one LEFT JOIN cmts_reset_intents i ON i.cm_mac = $1 AND i.outcome IS NULL
+            ORDER BY i.id DESC
+            """,
             cm_mac,
         )
-        return [
+        intents = [
             Intent(
                 r["id"], r["cm_mac"], r["cmts"], r["method"], r["baseline"], r["intent_at"], r["answered_at"]
             )
             for r in rows
+            if r["id"] is not None
         ]
+        return intents, int(rows[0]["done"])
 
     async def resets_last_hour(self, cm_mac: str) -> int:
         """SETs of the last hour that may have reached the modem (the per-modem cap counts these)."""

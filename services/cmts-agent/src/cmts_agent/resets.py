@@ -205,12 +205,14 @@ class Resetter:
                 if shared is not None:
                     log.info("reset of %s was done by another replica meanwhile: sharing it", mac)
                     return report_from_json(shared)
+            unfinished, resets_done = await self.journal.pending(mac)
             async with client.slot(), self._global:
-                for intent in await self.journal.unfinished(mac):
+                for intent in unfinished:
                     recovered = await self._recover(client, record, intent)
                     if recovered is not None:
                         return recovered
-                return await self._try_methods(client, record, step_id)
+                    resets_done = await self.journal.resets_last_hour(mac)  # that one no longer counts
+                return await self._try_methods(client, record, step_id, resets_done)
 
     async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
         """A run died after recording this intent: did its SET reach the modem? Look before sending.
@@ -247,14 +249,15 @@ class Resetter:
         return report
 
     async def _try_methods(
-        self, client: CmtsClient, record: ModemRecord, step_id: UUID | None
+        self, client: CmtsClient, record: ModemRecord, step_id: UUID | None, resets_done: int | None
     ) -> ResetReport:
+        """The profile's methods in order. `resets_done`: the counted SETs of the last hour, if the
+        caller just read them."""
         profile = client.profile
         attempts: list[Attempt] = []
         last_error: SnmpError | None = None
         last_report: ResetReport | None = None
         write_unanswered = False
-        resets_done: int | None = None  # counted SETs of the last hour (read again after a SET)
         for name in profile.reset_methods:
             method = METHODS[name]
             if write_unanswered and not method.on_modem:
@@ -333,7 +336,6 @@ class Resetter:
                 continue
             if os.environ.get(CRASH_AFTER_SET_ENV) == "1":
                 os._exit(70)  # test hook: die between the SET and its record
-            await self.journal.answered(intent)
             verification = await self._verify(client, record, started, baseline)
             if verification.no_effect:
                 await self.journal.finish(intent, verification.outcome.value, counted=False)

@@ -10,7 +10,7 @@ CREATE TABLE cmts_reset_intents (
     step_id      uuid,                          -- the reset command, if one asked for it
     baseline     text,                          -- registration marker read just before the SET
     intent_at    timestamptz NOT NULL DEFAULT now(),
-    answered_at  timestamptz,                   -- the SET was answered (accepted or refused)
+    answered_at  timestamptz,                   -- outcome known (for `sent` steps of a previous version: SET accepted)
     outcome      text,                          -- NULL: no outcome recorded (the run died)
     counted      boolean     NOT NULL DEFAULT true,  -- false: provably had no effect on the modem
     report       jsonb,                         -- the finished reset (shared across replicas)
