@@ -40,26 +40,30 @@ class Intent:
 
 
 class ModemLocks:
-    """Per-modem locks shared by every replica: session-level advisory locks on one dedicated
-    connection per process. If the process dies, PostgreSQL ends its session and frees its locks,
-    so a replica waiting for the modem (e.g. for the redelivered command) goes ahead at once."""
+    """Per-modem locks shared by every replica: session-level advisory locks on a few dedicated
+    connections per process (a MAC always on the same one: a session lock is released where it was
+    taken). If the process dies, PostgreSQL ends its sessions and frees its locks, so a replica
+    waiting for the modem (e.g. for the redelivered command) goes ahead at once."""
 
-    def __init__(self, dsn: str, *, poll: float = 0.2) -> None:
+    def __init__(self, dsn: str, *, poll: float = 0.2, connections: int = 4) -> None:
         self.dsn = dsn
         self.poll = poll
-        self._conn: asyncpg.Connection[Any] | None = None
-        self._mutex = asyncio.Lock()  # one query at a time on the shared connection
+        self._conns: list[asyncpg.Connection[Any] | None] = [None] * connections
+        # one query at a time per connection
+        self._mutexes = [asyncio.Lock() for _ in range(connections)]
 
-    async def _connection(self) -> asyncpg.Connection[Any]:
-        if self._conn is None or self._conn.is_closed():
-            if self._conn is not None:
-                log.error("modem lock connection was lost: locks held by this replica were released")
-            self._conn = await asyncpg.connect(self.dsn)
-        return self._conn
+    async def _connection(self, slot: int) -> asyncpg.Connection[Any]:
+        conn = self._conns[slot]
+        if conn is None or conn.is_closed():
+            if conn is not None:
+                log.error("modem lock connection was lost: locks held on it were released")
+            conn = self._conns[slot] = await asyncpg.connect(self.dsn)
+        return conn
 
     async def _query(self, sql: str, mac: str) -> Any:
-        async with self._mutex:
-            conn = await self._connection()
+        slot = hash(mac) % len(self._conns)  # stable within this process
+        async with self._mutexes[slot]:
+            conn = await self._connection(slot)
             row = await conn.fetchrow(sql, mac)
             assert row is not None
             return row[0] if len(row) == 1 else tuple(row)
@@ -81,10 +85,11 @@ class ModemLocks:
                 await self._query(f"SELECT pg_advisory_unlock(({_LOCK_KEY}))", mac)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._conn.close()
-            self._conn = None
+        for slot, conn in enumerate(self._conns):
+            if conn is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await conn.close()
+                self._conns[slot] = None
 
 
 class ResetJournal:

@@ -206,13 +206,20 @@ class Resetter:
                     log.info("reset of %s was done by another replica meanwhile: sharing it", mac)
                     return report_from_json(shared)
             unfinished, resets_done = await self.journal.pending(mac)
-            async with client.slot(), self._global:
-                for intent in unfinished:
-                    recovered = await self._recover(client, record, intent)
-                    if recovered is not None:
-                        return recovered
-                    resets_done = await self.journal.resets_last_hour(mac)  # that one no longer counts
-                return await self._try_methods(client, record, step_id, resets_done)
+            # The final outcome is written after the CMTS slot is free (the next reset on this CMTS
+            # need not wait for it) but before the modem's lock is let go (replicas read it).
+            finishes: list[tuple[int, str, bool, dict[str, Any] | None]] = []
+            try:
+                async with client.slot(), self._global:
+                    for intent in unfinished:
+                        recovered = await self._recover(client, record, intent)
+                        if recovered is not None:
+                            return recovered
+                        resets_done = await self.journal.resets_last_hour(mac)  # that one no longer counts
+                    return await self._try_methods(client, record, step_id, resets_done, finishes)
+            finally:
+                for intent_id, outcome, counted, body in finishes:
+                    await self.journal.finish(intent_id, outcome, counted=counted, report=body)
 
     async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
         """A run died after recording this intent: did its SET reach the modem? Look before sending.
@@ -249,10 +256,15 @@ class Resetter:
         return report
 
     async def _try_methods(
-        self, client: CmtsClient, record: ModemRecord, step_id: UUID | None, resets_done: int | None
+        self,
+        client: CmtsClient,
+        record: ModemRecord,
+        step_id: UUID | None,
+        resets_done: int | None,
+        finishes: list[tuple[int, str, bool, dict[str, Any] | None]],
     ) -> ResetReport:
         """The profile's methods in order. `resets_done`: the counted SETs of the last hour, if the
-        caller just read them."""
+        caller just read them. The final journal outcome is appended to `finishes` for the caller."""
         profile = client.profile
         attempts: list[Attempt] = []
         last_error: SnmpError | None = None
@@ -304,8 +316,8 @@ class Resetter:
                 verification = await self._verify(client, record, started, baseline)
                 if not verification.no_effect:
                     # It did act (its answer was lost), or nobody can tell: never send another.
-                    return await self._verified(
-                        client, record, method.label, started, verification, attempts, intent
+                    return self._verified(
+                        client, record, method.label, verification, attempts, intent, finishes
                     )
                 unanswered = SnmpWriteUnanswered(
                     f"the CMTS answers reads but not this SET ({exc}), and the modem stayed online "
@@ -358,7 +370,7 @@ class Resetter:
                 )
                 last_error = None
                 continue
-            return await self._verified(client, record, method.label, started, verification, attempts, intent)
+            return self._verified(client, record, method.label, verification, attempts, intent, finishes)
         if last_error is None and last_report is not None:
             # Every accepted SET provably had no effect: report the last verification.
             return ResetReport(
@@ -367,15 +379,15 @@ class Resetter:
         assert last_error is not None, "a profile has at least one method"
         raise ResetFailed(record.cm_mac, client.name, last_error, tuple(attempts))
 
-    async def _verified(
+    def _verified(
         self,
         client: CmtsClient,
         record: ModemRecord,
         label: str,
-        started: float,
         verification: VerifyResult,
         attempts: list[Attempt],
         intent: int,
+        finishes: list[tuple[int, str, bool, dict[str, Any] | None]],
     ) -> ResetReport:
         attempts.append(
             Attempt(label, verification.outcome.value, _describe(verification), verification.elapsed)
@@ -391,9 +403,7 @@ class Resetter:
                 label,
             )
         report = ResetReport(record.cm_mac, client.name, label, verification, tuple(attempts))
-        await self.journal.finish(
-            intent, verification.outcome.value, counted=True, report=report_to_json(report)
-        )
+        finishes.append((intent, verification.outcome.value, True, report_to_json(report)))
         return report
 
     def _check_cap(
