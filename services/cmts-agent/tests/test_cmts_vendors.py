@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -429,3 +430,38 @@ async def test_one_reset_per_modem_in_flight_and_the_cmts_limit_holds(
     assert all(r.ok for r in reports)
     assert sorted(mac for _, mac in cmts.resets()) == sorted(macs)  # the doubles were coalesced
     assert agent.fleet.all()[0].peak_in_flight == 2
+
+
+async def test_an_intent_whose_set_never_left_is_proven_harmless_then_the_reset_is_sent(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # A run died after recording its intent but before its SET left (nothing in the CMTS's log).
+    cmts = make_cmts(modems(), vendor="cisco")
+    agent = await make_agent(profile_for(cmts, offline_within=1.0))
+    await agent.inventory.refresh()
+    record = await agent.inventory.find(CM_1)
+    assert record is not None
+    before = await agent.inventory.status(record)
+    assert before is not None
+    for age in (timedelta(minutes=10), timedelta(seconds=5)):  # an older stale intent, then the newest
+        await agent.pool.execute(
+            "INSERT INTO cmts_reset_intents (cm_mac, cmts, method, baseline, intent_at)"
+            " VALUES ($1, $2, 'cisco-cdxCmCpeResetNow', $3, now() - $4::interval)",
+            CM_1,
+            record.cmts,
+            before.marker,
+            age,
+        )
+
+    report = await agent.resetter.reset(CM_1)
+
+    # The modem stayed online with the same marker since the newest intent: that SET never acted,
+    # so the reset is sent now, once.
+    assert report.ok, report
+    assert cmts.resets() == [("cdxCmCpeResetNow", CM_1)]
+    rows = await agent.pool.fetch("SELECT outcome, counted FROM cmts_reset_intents ORDER BY id")
+    assert [(r["outcome"], r["counted"]) for r in rows] == [
+        ("abandoned", True),
+        ("no_effect", False),
+        ("back_online", True),
+    ]

@@ -211,8 +211,13 @@ class Resetter:
             finishes: list[tuple[int, str, bool, dict[str, Any] | None]] = []
             try:
                 async with client.slot(), self._global:
-                    for intent in unfinished:
-                        recovered = await self._recover(client, record, intent)
+                    if unfinished:
+                        # Only the newest can still be in progress; older ones are closed as they
+                        # are (still counted) so they never stand in for a later reset.
+                        newest, *older = unfinished
+                        for stale in older:
+                            await self.journal.finish(stale.id, "abandoned", counted=True)
+                        recovered = await self._recover(client, record, newest)
                         if recovered is not None:
                             return recovered
                         resets_done = await self.journal.resets_last_hour(mac)  # that one no longer counts
