@@ -408,6 +408,7 @@ async def test_one_reset_of_a_modem_at_a_time_across_replicas(
     cmts = make_cmts(modems(), vendor="cisco", offline_seconds=1.0)
     first = await make_agent(profile_for(cmts))
     second = await make_agent(profile_for(cmts))  # its own process state, same database
+    await first.inventory.refresh()  # both find the modem at once: they really run side by side
 
     a, b = await asyncio.gather(first.resetter.reset(CM_1), second.resetter.reset(CM_1))
 
