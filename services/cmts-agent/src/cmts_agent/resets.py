@@ -205,12 +205,14 @@ class Resetter:
                 if shared is not None:
                     log.info("reset of %s was done by another replica meanwhile: sharing it", mac)
                     return report_from_json(shared)
-            unfinished, resets_done = await self.journal.pending(mac)
             # The final outcome is written after the CMTS slot is free (the next reset on this CMTS
             # need not wait for it) but before the modem's lock is let go (replicas read it).
             finishes: list[tuple[int, str, bool, dict[str, Any] | None]] = []
             try:
                 async with client.slot(), self._global:
+                    # In the slot: a burst of resets waiting for slots must not queue their journal
+                    # reads ahead of the intents and outcomes of the resets in flight.
+                    unfinished, resets_done = await self.journal.pending(mac)
                     if unfinished:
                         # Only the newest can still be in progress; older ones are closed as they
                         # are (still counted) so they never stand in for a later reset.
