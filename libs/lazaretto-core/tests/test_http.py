@@ -8,7 +8,7 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, SecretStr
 
 from lazaretto_core.http import (
@@ -40,6 +40,15 @@ def build() -> FastAPI:
     @max_body(1024 * 1024)
     async def bulk(request: Request) -> dict[str, int]:
         return {"bytes": len(await request.body())}
+
+    # Guards on an included router, as the services declare them.
+    router = APIRouter(prefix="/v2", dependencies=[Depends(guard)])
+
+    @router.post("/items")
+    async def add_v2(item: Item) -> dict[str, str]:
+        return {"name": item.name}
+
+    app.include_router(router)
 
     @app.post("/public")
     async def public(request: Request) -> dict[str, int]:
@@ -97,16 +106,16 @@ class Client:
         return status, json.loads(payload)
 
 
-async def test_an_unauthenticated_8_mb_body_is_refused_before_a_byte_is_read() -> None:
+@pytest.mark.parametrize("path", ["/v1/items", "/v2/items"])
+async def test_an_unauthenticated_8_mb_body_is_refused_before_a_byte_is_read(path: str) -> None:
     client = Client(build())
-    status, body = await client.post(
-        "/v1/items", 8 * 1024 * 1024, headers=[(b"authorization", b"Bearer wrong")]
-    )
+    status, body = await client.post(path, 8 * 1024 * 1024, headers=[(b"authorization", b"Bearer wrong")])
     assert (status, body) == (401, {"detail": "missing or invalid bearer token"})
     assert client.chunks_read == 0
-    status, _ = await client.post("/v1/items", 8 * 1024 * 1024, declare=False)
+    status, _ = await client.post(path, 8 * 1024 * 1024, declare=False)
     assert status == 401
     assert client.chunks_read == 0
+    assert await client.post(path, 100, headers=[AUTH]) == (200, {"name": "x" * 88})
 
 
 async def test_an_authenticated_body_over_the_limit_is_refused_unread_or_cut_short() -> None:

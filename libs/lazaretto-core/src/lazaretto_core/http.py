@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -16,7 +15,6 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
-from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .contracts import normalize_ip
@@ -53,7 +51,7 @@ def create_http_app(
     title: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
-    app.add_middleware(RequestGate, router=app.router)
+    app.add_middleware(RequestGate)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -144,67 +142,55 @@ class _Gate:
 
 
 class RequestGate:
-    """ASGI middleware in front of every service: authenticate, then read a bounded body, then route.
+    """ASGI middleware in front of every service: no body is read before its route's token is checked,
+    and none beyond its route's limit.
 
-    FastAPI reads and parses a body (JSON, form) before it runs a route's dependencies, so a bearer
-    guard alone lets anyone make a service buffer megabytes. Here the route's bearer guards run on the
-    headers first (401), a declared Content-Length over the route's limit is refused at once (413), and
-    a body sent without one is read only up to the limit; the body read is then replayed to the app.
+    FastAPI reads and parses a body (JSON, form) before it runs a route's dependencies, so a bearer guard
+    alone lets anyone make a service buffer and parse megabytes. The gate sits on `receive`: the first
+    time the app asks for the body (routing is done by then: `scope["route"]`), the route's bearer guards
+    run on the headers (401), a Content-Length over the route's limit is refused (413), and the body is
+    then passed through while it stays within the limit (413 once it does not, chunked or not). The
+    refusals are HTTPExceptions, which FastAPI's body parsing and endpoints pass on to its handler.
     """
 
-    def __init__(self, app: ASGIApp, router: Router) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.router = router
         self._gates: dict[int, _Gate] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        gate = self._gate(scope)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        authorization = headers.get("authorization", "")
-        if any(not guard.allows(authorization) for guard in gate.guards):
-            await _answer(send, 401, UNAUTHORIZED_DETAIL, [(b"www-authenticate", b"Bearer")])
-            return
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > gate.limit:
-            await _answer(send, 413, f"request body over {gate.limit} bytes")
-            return
-        chunks: list[bytes] = []
+        gate: _Gate | None = None
         size = 0
-        while True:
+
+        async def gated_receive() -> Message:
+            nonlocal gate, size
+            if gate is None:
+                gate = self._gate(scope)
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                authorization = headers.get("authorization", "")
+                if any(not guard.allows(authorization) for guard in gate.guards):
+                    raise HTTPException(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > gate.limit:
+                    raise HTTPException(413, f"request body over {gate.limit} bytes")
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > gate.limit:
-                await _answer(send, 413, f"request body over {gate.limit} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > gate.limit:
+                    raise HTTPException(413, f"request body over {gate.limit} bytes")
+            return message
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, gated_receive, send)
 
     def _gate(self, scope: Scope) -> _Gate:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                gate = self._gates.get(id(route))
-                if gate is None:
-                    gate = self._gates[id(route)] = _gate_of(route)
-                return gate
-        return _Gate((), DEFAULT_MAX_BODY)
+        route = scope.get("route")
+        key = id(route)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _gate_of(route)
+        return gate
 
 
 def _gate_of(route: object) -> _Gate:
@@ -220,12 +206,3 @@ def _gate_of(route: object) -> _Gate:
 
     collect(route.dependant)
     return _Gate(tuple(guards), getattr(route.endpoint, _MAX_BODY_ATTRIBUTE, DEFAULT_MAX_BODY))
-
-
-async def _answer(
-    send: Send, status_code: int, detail: str, extra: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status_code, "headers": [*headers, *extra]})
-    await send({"type": "http.response.body", "body": body})
