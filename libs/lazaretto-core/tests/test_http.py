@@ -49,6 +49,14 @@ def build() -> FastAPI:
         return {"name": item.name}
 
     app.include_router(router)
+    # ... and on the inclusion.
+    included = APIRouter(prefix="/v3")
+
+    @included.post("/items")
+    async def add_v3(item: Item) -> dict[str, str]:
+        return {"name": item.name}
+
+    app.include_router(included, dependencies=[Depends(guard)])
 
     @app.post("/public")
     async def public(request: Request) -> dict[str, int]:
@@ -106,7 +114,7 @@ class Client:
         return status, json.loads(payload)
 
 
-@pytest.mark.parametrize("path", ["/v1/items", "/v2/items"])
+@pytest.mark.parametrize("path", ["/v1/items", "/v2/items", "/v3/items"])
 async def test_an_unauthenticated_8_mb_body_is_refused_before_a_byte_is_read(path: str) -> None:
     client = Client(build())
     status, body = await client.post(path, 8 * 1024 * 1024, headers=[(b"authorization", b"Bearer wrong")])

@@ -186,14 +186,17 @@ class RequestGate:
 
     def _gate(self, scope: Scope) -> _Gate:
         route = scope.get("route")
-        key = id(route)
+        # A route reached through include_router(..., dependencies=[...]) has those dependencies only in
+        # FastAPI's effective route context, not on the route object itself.
+        context = scope.get("fastapi", {}).get("effective_route_context")
+        key = id(context) if context is not None else id(route)
         gate = self._gates.get(key)
         if gate is None:
-            gate = self._gates[key] = _gate_of(route)
+            gate = self._gates[key] = _gate_of(route, getattr(context, "dependant", None))
         return gate
 
 
-def _gate_of(route: object) -> _Gate:
+def _gate_of(route: object, effective: object) -> _Gate:
     if not isinstance(route, APIRoute):
         return _Gate((), DEFAULT_MAX_BODY)
     guards: list[BearerGuard] = []
@@ -204,5 +207,5 @@ def _gate_of(route: object) -> _Gate:
                 guards.append(sub.call)
             collect(sub)
 
-    collect(route.dependant)
+    collect(effective if isinstance(effective, Dependant) else route.dependant)
     return _Gate(tuple(guards), getattr(route.endpoint, _MAX_BODY_ATTRIBUTE, DEFAULT_MAX_BODY))
