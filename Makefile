@@ -29,7 +29,7 @@ pytest: peers
 
 test: lint typecheck pytest
 
-# Slow (about 2-3 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
+# Slow (2-4 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
 test-fresh:
 	deploy/bin/test-fresh
 
