@@ -1,13 +1,15 @@
 # Lazaretto: `make run` starts the whole system on loopback, `make test` runs every check.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# uv lives in a venv of its own (Debian's Python is externally managed): deploy/bin/install-deps puts it there.
+UV_HOME ?= /opt/lazaretto/uv
+UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := libs/lazaretto-core $(wildcard services/*)
 
-.PHONY: deps peers test lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts
+.PHONY: deps peers test test-fresh lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts
 
 deps:
-	deploy/bin/install-deps
+	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
 	$(UV) sync --frozen
 
 peers: deps
@@ -27,8 +29,12 @@ pytest: peers
 
 test: lint typecheck pytest
 
+# Slow (2-4 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
+test-fresh:
+	deploy/bin/test-fresh
+
 run: peers
-	$(UV) run --frozen python -m lazaretto_core.lab.run
+	$(UV) run --frozen python -m lazaretto_core.lab.run $(RUN_ARGS)
 
 bench-e2e: peers
 	$(UV) run --frozen python bench/e2e.py

@@ -247,7 +247,7 @@ class Bus:
             )
             await handler(body, context)
         except InvalidMessage as exc:
-            log.warning("dead-lettering %s from %s: %s", message_type, queue, exc)
+            log.warning("dead-lettering %r from %s: %s", message_type, queue, exc)
             await self._dead_letter(channel, queue, incoming, str(exc))
             MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
         except Exception as exc:  # anything else is transient until attempts run out

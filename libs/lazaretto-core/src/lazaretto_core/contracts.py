@@ -27,12 +27,20 @@ def normalize_mac(value: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
-def _normalize_ip(value: str) -> str:
-    return str(ipaddress.ip_address(value.strip()))
+def normalize_ip(value: str) -> str:
+    """One spelling per host: `::ffff:a.b.c.d` is the IPv4 address; a scoped IPv6 address
+    (`fe80::1%eth0`) names a link of some machine, not a subscriber, and is refused."""
+    ip = ipaddress.ip_address(value.strip())
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"scoped IPv6 address: {value!r}")
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]
-IpAddress = Annotated[str, AfterValidator(_normalize_ip)]
+IpAddress = Annotated[str, AfterValidator(normalize_ip)]
 Category = Literal["scan", "malware", "spam", "dos", "bruteforce", "copyright", "other"]
 Scope = Literal["cpe", "modem"]
 CaseState = Literal[

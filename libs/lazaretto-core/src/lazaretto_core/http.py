@@ -1,20 +1,31 @@
-"""The HTTP face every service shares: /healthz, /readyz, /metrics, and bearer-token auth."""
+"""The HTTP face every service shares: /healthz, /readyz, /metrics, bearer-token auth, body limits."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .contracts import normalize_ip
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+# Every request body is capped; an endpoint that needs more (or less) says so with @max_body.
+DEFAULT_MAX_BODY: Final = 64 * 1024
+_MAX_BODY_ATTRIBUTE: Final = "__lazaretto_max_body__"
+UNAUTHORIZED_DETAIL: Final = "missing or invalid bearer token"
 
 
 @dataclass
@@ -40,6 +51,7 @@ def create_http_app(
     title: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
+    app.add_middleware(RequestGate)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -71,27 +83,129 @@ def create_http_app(
 
 
 def path_ip(text: str) -> str:
-    """An IP address taken from a URL, normalised; 422 with a clear message if it is not one."""
+    """An IP address taken from a URL, normalised like the contracts' `IpAddress`; 422 if it is not one."""
     try:
-        return str(ipaddress.ip_address(text))
+        return normalize_ip(text)
     except ValueError:
         raise HTTPException(422, f"not an IP address: {text!r}") from None
 
 
-def bearer_token_guard(token: SecretStr) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency: 401 unless `Authorization: Bearer <token>` matches (constant time)."""
-    expected = token.get_secret_value().encode()
-    if len(expected) < 16:
-        raise ValueError("the admin token must be at least 16 characters")
+class BearerGuard:
+    """A FastAPI dependency: 401 unless `Authorization: Bearer <token>` matches (constant time).
 
-    async def guard(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+    `RequestGate` runs the same check before the request body is read, so an unauthenticated client
+    cannot make a service buffer or parse anything.
+    """
+
+    def __init__(self, token: SecretStr) -> None:
+        self._expected = token.get_secret_value().encode()
+        if len(self._expected) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
+
+    def allows(self, authorization: str) -> bool:
+        scheme, _, presented = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode("utf-8", "surrogateescape"), self._expected
+        )
+
+    async def __call__(self, request: Request) -> None:
+        if not self.allows(request.headers.get("authorization", "")):
             raise HTTPException(
                 status_code=status.HTTP_401_UNAUTHORIZED,
-                detail="missing or invalid bearer token",
+                detail=UNAUTHORIZED_DETAIL,
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    return guard
+
+def bearer_token_guard(token: SecretStr) -> BearerGuard:
+    """The bearer-token dependency for a router or route (`dependencies=[Depends(...)]`)."""
+    return BearerGuard(token)
+
+
+def max_body(limit: int) -> Callable[[Endpoint], Endpoint]:
+    """Give an endpoint its own request-body limit in bytes instead of `DEFAULT_MAX_BODY`.
+
+    Put it under the route decorator: `@app.post(...)` then `@max_body(4096)`.
+    """
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, _MAX_BODY_ATTRIBUTE, limit)
+        return endpoint
+
+    return mark
+
+
+@dataclass(frozen=True)
+class _Gate:
+    guards: tuple[BearerGuard, ...]
+    limit: int
+
+
+class RequestGate:
+    """ASGI middleware in front of every service: no body is read before its route's token is checked,
+    and none beyond its route's limit.
+
+    FastAPI reads and parses a body (JSON, form) before it runs a route's dependencies, so a bearer guard
+    alone lets anyone make a service buffer and parse megabytes. The gate sits on `receive`: the first
+    time the app asks for the body (routing is done by then: `scope["route"]`), the route's bearer guards
+    run on the headers (401), a Content-Length over the route's limit is refused (413), and the body is
+    then passed through while it stays within the limit (413 once it does not, chunked or not). The
+    refusals are HTTPExceptions, which FastAPI's body parsing and endpoints pass on to its handler.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._gates: dict[int, _Gate] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gate: _Gate | None = None
+        size = 0
+
+        async def gated_receive() -> Message:
+            nonlocal gate, size
+            if gate is None:
+                gate = self._gate(scope)
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                authorization = headers.get("authorization", "")
+                if any(not guard.allows(authorization) for guard in gate.guards):
+                    raise HTTPException(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > gate.limit:
+                    raise HTTPException(413, f"request body over {gate.limit} bytes")
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > gate.limit:
+                    raise HTTPException(413, f"request body over {gate.limit} bytes")
+            return message
+
+        await self.app(scope, gated_receive, send)
+
+    def _gate(self, scope: Scope) -> _Gate:
+        route = scope.get("route")
+        # A route reached through include_router(..., dependencies=[...]) has those dependencies only in
+        # FastAPI's effective route context, not on the route object itself.
+        context = scope.get("fastapi", {}).get("effective_route_context")
+        key = id(context) if context is not None else id(route)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _gate_of(route, getattr(context, "dependant", None))
+        return gate
+
+
+def _gate_of(route: object, effective: object) -> _Gate:
+    if not isinstance(route, APIRoute):
+        return _Gate((), DEFAULT_MAX_BODY)
+    guards: list[BearerGuard] = []
+
+    def collect(dependant: Dependant) -> None:
+        for sub in dependant.dependencies:
+            if isinstance(sub.call, BearerGuard) and sub.call not in guards:
+                guards.append(sub.call)
+            collect(sub)
+
+    collect(effective if isinstance(effective, Dependant) else route.dependant)
+    return _Gate(tuple(guards), getattr(route.endpoint, _MAX_BODY_ATTRIBUTE, DEFAULT_MAX_BODY))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -13,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .logs import configure_logging
-from .settings import ServiceSettings
+from .settings import ServiceSettings, SettingsInvalid
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,12 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
 
 def main(settings_factory: Callable[[], S], build: Callable[[S], Awaitable[Service]]) -> None:
     """Entry point for `python -m <service>`: validate settings, build, serve."""
-    settings = settings_factory()
+    try:
+        settings = settings_factory()
+    except SettingsInvalid as exc:
+        # One clear line (it never quotes a value: they may be secrets), no traceback.
+        print(f"lazaretto: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.service_name, settings.log_level)
 
     async def run() -> None:

@@ -9,8 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+
+class SettingsInvalid(ValueError):
+    """Settings that failed validation, told by variable and rule only.
+
+    pydantic's own message quotes every rejected input: a CMTS profile with a write community or an SNMPv3
+    key would print the secret to the terminal and the service log. This one never quotes a value.
+    """
 
 
 class ServiceSettings(BaseSettings):
@@ -33,4 +42,21 @@ class ServiceSettings(BaseSettings):
         secrets_dir = os.environ.get("LAZARETTO_SECRETS_DIR")
         if secrets_dir:
             values.setdefault("_secrets_dir", secrets_dir)
-        super().__init__(**values)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = [
+                _describe(e["loc"], e["msg"]) for e in exc.errors(include_input=False, include_url=False)
+            ]
+            raise SettingsInvalid(f"invalid {self.service_name} settings: " + "; ".join(problems)) from None
+        except SourceError as exc:
+            # "error parsing value for field X from source Y": names the field, not the value.
+            raise SettingsInvalid(f"invalid {self.service_name} settings: {exc}") from None
+
+
+def _describe(loc: tuple[int | str, ...], msg: str) -> str:
+    """`('cmtses', 0, 'v3', 'priv_key')` -> `LAZARETTO_CMTSES (cmtses.0.v3.priv_key): <rule>`."""
+    if not loc:
+        return msg
+    path = ".".join(str(part) for part in loc)
+    return f"LAZARETTO_{str(loc[0]).upper()} ({path}): {msg}"

@@ -7,6 +7,7 @@ Both servers are the real ones started by `deploy/bin/start-peers`; isolation is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -139,3 +140,42 @@ class BusProbe:
     async def stop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[int]:
+    """Serve an ASGI app with uvicorn on a free loopback port (as `service.serve` does); yields the port."""
+    import uvicorn
+
+    from .lab.process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def http_head_only(port: int, head: str, timeout: float = 5.0) -> str:
+    """Send only a request's head (no body, though it may announce one) and return the status line the
+    server answers; `TimeoutError` if it waits for the body instead."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode("latin-1"))
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
+        return line.decode("latin-1").strip()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()

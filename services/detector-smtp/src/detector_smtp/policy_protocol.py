@@ -140,7 +140,7 @@ def parse_request(
     if kind is None:
         raise PolicyProtocolError("missing_request")
     if kind != "smtpd_access_policy":
-        raise PolicyProtocolError("unknown_request", kind[:60])
+        raise PolicyProtocolError("unknown_request", repr(kind[:60]))
     return PolicyRequest(attrs)
 
 

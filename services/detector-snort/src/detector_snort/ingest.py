@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 
-from lazaretto_core.http import bearer_token_guard
+from lazaretto_core.http import bearer_token_guard, max_body
 
 from .alerts import Alert
 from .engine import SourceEngine
@@ -35,13 +35,9 @@ def add_ingest_route(app: FastAPI, engine: SourceEngine, token: SecretStr) -> No
     seen: OrderedDict[str, None] = OrderedDict()  # recent alert ids: a retried POST is not counted twice
 
     @app.post("/v1/alerts", status_code=202, dependencies=[Depends(guard)])
+    @max_body(MAX_BODY)  # enforced, after the token, by lazaretto_core.http.RequestGate
     async def post_alerts(request: Request) -> JSONResponse:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY:
-            return _error(413, f"body over {MAX_BODY} bytes")
         body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"body over {MAX_BODY} bytes")
         counts: dict[str, int] = {}
         try:
             document = json.loads(body)

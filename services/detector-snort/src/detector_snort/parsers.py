@@ -128,7 +128,7 @@ def _eve_timestamp(value: object) -> datetime:
     try:
         ts = datetime.fromisoformat(value)  # 3.11 reads Suricata's "+0000" offsets
     except ValueError as exc:
-        raise ParseError("bad_timestamp", value[:64]) from exc
+        raise ParseError("bad_timestamp", repr(value[:64])) from exc
     if ts.tzinfo is None:
         raise ParseError("bad_timestamp", "no UTC offset")
     return ts

@@ -13,14 +13,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.contracts import ReleaseRequested, utcnow
+from lazaretto_core.http import max_body
 
-from .forms import issue_token, token_valid
+from .forms import issue_token, token_valid, token_well_formed
 from .policy_client import PolicyClient, PolicyUnavailable, VisitorCase
 from .reasons import explain
 from .settings import PortalSettings
 from .visitor import visitor_ip
 
 log = logging.getLogger(__name__)
+
+# The release form is three short fields (case id, token, checkbox): a few hundred bytes urlencoded.
+RELEASE_FORM_MAX_BODY = 4096
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -54,7 +58,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
 
     def client_of(request: Request) -> str:
         peer = request.client.host if request.client else "0.0.0.0"
-        return visitor_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+        return visitor_ip(peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies)
 
     def render(status: int = 200, **context: Any) -> HTMLResponse:
         page = _templates.get_template("page.html").render(
@@ -97,6 +101,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         return page_for(case, client_ip)
 
     @app.post("/release", response_class=HTMLResponse)
+    @max_body(RELEASE_FORM_MAX_BODY)
     async def release(
         request: Request,
         case_id: Annotated[str, Form(max_length=64)],
@@ -104,6 +109,10 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         attest: Annotated[str, Form(max_length=10)] = "",
     ) -> Response:
         client_ip = client_of(request)
+        if not token_well_formed(form_token):
+            return HTMLResponse(
+                "<h1>This form is damaged: reload the page</h1>", 400, headers=SECURITY_HEADERS
+            )
         if not token_valid(secret, form_token, case_id, client_ip):
             return HTMLResponse(
                 "<h1>This form has expired: reload the page</h1>", 403, headers=SECURITY_HEADERS

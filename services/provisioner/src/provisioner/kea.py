@@ -231,7 +231,10 @@ class KeaHosts:
 
     async def lease_by_ip(self, ip: str, at: datetime | None = None) -> Lease | None:
         """The lease on `ip` that is active now, or that was active at `at` (if Kea still keeps it)."""
-        address = int(ipaddress.IPv4Address(ip))
+        parsed = ipaddress.ip_address(ip)
+        if parsed.version != 4:
+            return None  # Kea DHCPv4 leases only IPv4 addresses
+        address = int(parsed)
         if at is None:
             row = await self._pool.fetchrow(
                 f"SELECT {_LEASE_COLUMNS} FROM lease4 WHERE address = $1 AND state = $2 AND expire > now()",

@@ -1,15 +1,22 @@
-"""`make run`: the whole system on loopback with lab peers, until Ctrl-C.
+"""`make run`: the whole system on loopback with lab peers, until Ctrl-C, SIGTERM or the terminal closing.
 
-python -m lazaretto_core.lab.run [--workdir run]
+python -m lazaretto_core.lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
+
+Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
+kea-dhcp4 with its veth pair, network namespace and database. RabbitMQ and PostgreSQL are not started
+here (deploy/bin/start-peers, shared with `make test`) and keep running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
+from types import FrameType
 
 from .snmpd import LabModem
 from .system import LabSystem, SystemConfig
@@ -28,23 +35,46 @@ DEMO_MODEMS = [LabModem("00:02:8a:d3:7c:6e", "10.1.0.10"), LabModem("00:11:22:33
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("run"))
+    parser.add_argument("--free-ports", action="store_true", help="any free ports instead of 8080, 8100-8500")
+    parser.add_argument("--amqp-url", help="broker (default: the one deploy/bin/start-peers set up)")
+    parser.add_argument("--database-url", help="policy's database (default: start-peers' lazaretto)")
     args = parser.parse_args()
     user = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
     password = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
     db_password = os.environ.get("LAZARETTO_DB_PASSWORD", "lazaretto")
     config = SystemConfig(
         workdir=args.workdir.resolve(),
-        amqp_url=f"amqp://{user}:{password}@127.0.0.1:5672/",
-        database_url=f"postgresql://lazaretto:{db_password}@127.0.0.1:5432/lazaretto",
+        amqp_url=args.amqp_url or f"amqp://{user}:{password}@127.0.0.1:5672/",
+        database_url=args.database_url or f"postgresql://lazaretto:{db_password}@127.0.0.1:5432/lazaretto",
         modems=DEMO_MODEMS,
-        ports=DEFAULT_PORTS,
-        smtp_policy_port=10040,
+        ports={} if args.free_ports else DEFAULT_PORTS,
+        smtp_policy_port=0 if args.free_ports else 10040,
         portal_on_subscriber_side=False,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopping = threading.Event()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        # The first Ctrl-C, SIGTERM or SIGHUP (the terminal closed) unwinds whatever runs (start-up
+        # included: LabSystem cleans up on any exception); later ones are ignored so they cannot cut the
+        # clean-up short.
+        if not stopping.is_set():
+            stopping.set()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     print("starting Lazaretto (lab BIND, Kea, CMTS and the six services)...", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        run(config)
+    print(
+        "stopped: services, BIND, Kea (veth, netns, database) and the lab CMTS are gone; RabbitMQ and"
+        " PostgreSQL keep running (deploy/bin/stop-peers stops them)",
+        flush=True,
+    )
+
+
+def run(config: SystemConfig) -> None:
     with LabSystem(config) as system:
         assert system.bind is not None
         assert system.cmts is not None
@@ -64,11 +94,14 @@ def main() -> None:
             f"  lab CMTS      snmpwalk -v2c -c public 127.0.0.1:{system.cmts.port} 1.3.6.1.2.1.10.127\n"
             f"  subscribers   {system.kea.subnet} (Kea on {system.kea.client_netns})\n"
             f"  logs          {config.workdir / 'logs'}\n"
-            "Ctrl-C stops everything.",
+            "Ctrl-C stops everything started here.",
             flush=True,
         )
-        stop.wait()
-        print("stopping...", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            print("stopping...", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""`make run` then Ctrl-C (or closing the terminal), as a person would: nothing it started keeps running.
+
+The terminal's Ctrl-C is SIGINT to the whole foreground process group (make, uv, python); everything
+`make run` started must be gone afterwards: the services, BIND, snmpd and the CMTS emulator, kea-dhcp4,
+Kea's network namespace, veth pair and database. RabbitMQ and PostgreSQL are shared peers, started
+before (deploy/bin/start-peers) and documented as staying up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lazaretto_core.testing import wait_until
+
+ROOT = Path(__file__).parent.parent
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int) -> set[int]:
+    tree = _children()
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _psql(sql: str) -> str:
+    return subprocess.run(
+        ["su", "postgres", "-c", f'psql -qAtX -c "{sql}"'], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_ctrl_c_stops_everything_make_run_started(
+    tmp_path: Path, amqp_url: str, database_url: str, sig: signal.Signals
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    run_args = (
+        f"--workdir {tmp_path / 'run'} --free-ports --amqp-url {amqp_url} --database-url {database_url}"
+    )
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run", f"RUN_ARGS={run_args}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    output: list[str] = []
+    try:
+        assert make.stdout is not None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = make.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(output)
+        assert "Lazaretto is up" in text, text[-3000:]
+        netns = re.search(r"Kea on (lazaretto-kea-\S+)\)", text)
+        assert netns is not None, text
+        tag = netns.group(1).removeprefix("lazaretto-kea-")
+        started = _descendants(make.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started if _running(pid)}
+        # Given: the real peers run (not only the services).
+        assert {"named", "snmpd", "kea-dhcp4"} <= names, names
+        assert f"lzk{tag}s" in os.listdir("/sys/class/net")
+        kea_databases = _psql("SELECT datname FROM pg_database").split()
+        assert any(tag in name for name in kea_databases), kea_databases
+
+        # When: Ctrl-C (or the terminal goes away), to the whole foreground group.
+        os.killpg(make.pid, sig)
+        rest, _ = make.communicate(timeout=120)
+        output.append(rest)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    text = "".join(output)
+
+    # Then: every process it started is gone, and the network namespace, veth pair and Kea database.
+    assert "stopped:" in text, text[-3000:]
+    wait_until("every process make run started to exit", lambda: not any(_running(p) for p in started), 15)
+    netns_list = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"lazaretto-kea-{tag}" not in netns_list
+    assert f"lzk{tag}s" not in os.listdir("/sys/class/net")
+    assert not any(tag in name for name in _psql("SELECT datname FROM pg_database").split())
