@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,7 @@ async def dhcp(kea: LabKea, mac: str, mode: str = "dora", **kwargs: Any) -> Dhcp
 
 
 @pytest.fixture
-async def history(kea_pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[LeaseHistory]:
+async def history(kea_pool: asyncpg.Pool[asyncpg.Record]) -> LeaseHistory:
     history = LeaseHistory(kea_pool)
     await history.install()
     return history
