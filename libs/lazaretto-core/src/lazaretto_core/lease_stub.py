@@ -80,14 +80,19 @@ def stub_app(book: LeaseBook) -> FastAPI:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serve(book: LeaseBook) -> AsyncIterator[str]:
+def serve(book: LeaseBook) -> contextlib.AbstractAsyncContextManager[str]:
     """Serve the book on a free loopback port; yields the base URL."""
+    return serve_app(stub_app(book))
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(stub_app(book), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(10):
         while not server.started:

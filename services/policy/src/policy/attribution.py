@@ -6,6 +6,7 @@ leases (one transaction), so its answer is the record; cmts-agent answers from t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +74,9 @@ class Attributor:
         await self._client.aclose()
 
     async def holders(self, ip: str, at: datetime) -> LeaseHolders:
+        if ipaddress.ip_address(ip).version != 4:
+            # The lease history is DHCPv4's: an IPv6 address has no holder there (CMTS tables may know it).
+            return LeaseHolders(ip=ip, at=at, holders=[])
         url = self._provisioner + HOLDERS_PATH.format(ip=ip)
         return await self._require(url, LeaseHolders, {"at": at.isoformat()})
 
