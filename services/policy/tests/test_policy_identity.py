@@ -380,3 +380,22 @@ async def test_a_modem_case_is_the_households_and_any_of_its_devices_may_release
     again = await admin.post("/v1/quarantine", json={"ip": "100.64.9.11", "reason": "x", "scope": "modem"})
     assert again.status_code == 409
     assert CM_A in again.json()["detail"]
+
+
+async def test_an_operator_release_names_the_address_the_device_holds_now(
+    policy: PolicyService, book: LeaseBook, executors: Executors, admin: httpx.AsyncClient
+) -> None:
+    book.bind("100.64.10.10", A_MAC, now() - timedelta(minutes=30))
+    book.plug(A_MAC, CM_A, "100.64.10.10")
+    await executors.bus.publish(observation("100.64.10.10"))
+    apply = await executors.quarantine()
+    await case_state(admin, apply.case_id, "quarantined")
+    # The PC renewed into the quarantine pool and never visited the portal
+    book.bind("100.64.250.9", A_MAC)
+    released = await admin.post(f"/v1/cases/{apply.case_id}/release", json={"reason": "helpdesk call"})
+    assert released.status_code == 200
+    remove = await executors.release()
+    assert remove.cpe_ip == "100.64.250.9"
+    assert set(remove.case_ips) == {"100.64.10.10", "100.64.250.9"}
+    case = await case_state(admin, apply.case_id, "released")
+    assert any("device moved" in event["detail"].get("reason", "") for event in case["history"])

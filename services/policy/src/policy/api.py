@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from . import flow, identity, store
 from .attribution import Attributor
 from .casework import CaseExists, CaseWork
 from .rules import Network, is_allowlisted
+
+log = logging.getLogger(__name__)
 
 
 class QuarantineRequest(BaseModel):
@@ -119,6 +122,18 @@ def install_api(
 
     @admin.post("/cases/{case_id}/release")
     async def release(case_id: uuid.UUID, request: ReleaseRequest) -> dict[str, Any]:
+        async with work.pool.acquire() as conn:
+            known = await store.get_case(conn, case_id)
+        if known is None:
+            raise HTTPException(404, "no such case")
+        leases = None
+        if known.cpe_mac is not None:
+            try:  # where the device is now, so the removal names its current address
+                leases = await attributor.device_leases(known.cpe_mac, known.opened_at)
+            except RetryLater as exc:
+                # An operator's release does not wait for the lease history: the provisioner removes
+                # every address it gardened for the device anyway.
+                log.warning("releasing case %s without its current address: %s", case_id, exc)
         async with work.pool.acquire() as conn, conn.transaction():
             case = await store.lock_case(conn, case_id)
             if case is None:
@@ -127,6 +142,7 @@ def install_api(
                 outcome = flow.release_requested(case.state)
             except flow.NotReleasable as exc:
                 raise HTTPException(409, str(exc)) from None
+            case = await work.follow_device(conn, case, leases)
             case = await work.apply(
                 conn, case, outcome, f"operator:{request.operator}", {"reason": request.reason}
             )
