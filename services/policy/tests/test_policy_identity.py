@@ -17,6 +17,7 @@ from lazaretto_core.attribution import LeaseInterval
 from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import (
     AbuseObserved,
+    CaseChanged,
     GardenApplied,
     GardenApply,
     GardenRemove,
@@ -207,6 +208,14 @@ async def test_the_quarantined_device_sees_its_case_from_the_quarantine_pool(
     )  # fmt: skip
     case = (await admin.get(f"/v1/cases/{apply.case_id}")).json()
     assert case["ip"] == "100.64.250.7"
+    # and listeners that act per address hear of the move
+    async with asyncio.timeout(15):
+        while not any(
+            isinstance(m, CaseChanged) and m.ip == "100.64.250.7" and m.state == "quarantined"
+            for key, m, _ in executors.probe.received
+            if key == "case.changed.v1"
+        ):
+            await asyncio.sleep(0.05)
     assert [c["case_id"] for c in (await admin.get("/v1/cases?ip=100.64.250.7")).json()] == [
         str(apply.case_id)
     ]

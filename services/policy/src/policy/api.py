@@ -180,6 +180,7 @@ def install_api(
                 )
             since = utcnow() - self_release_window
             used = await store.self_releases_since(conn, case.key_kind, case.device_key, since)
+        work.relay.kick()  # a move is announced (case.changed.v1)
         left = max(0, max_self_releases - used)
         return {
             "case_id": str(case.case_id),

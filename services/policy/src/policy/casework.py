@@ -116,21 +116,23 @@ class CaseWork:
             until = None if lease.ended == "active" else lease.valid_until
             await store.record_address(conn, case.case_id, lease.ip, lease.valid_from, until, "lease")
         current = identity.current_lease(leases)
-        if current is not None and current.ip != case.ip:
-            await store.set_current_ip(conn, case.case_id, current.ip)
-            await store.add_event(
-                conn,
-                case.case_id,
-                "policy",
-                case.state,
-                case.state,
-                {
-                    "reason": f"device moved from {case.ip} to {current.ip}",
-                    "lease": current.model_dump(mode="json"),
-                },
-            )
-            return await store.get_case(conn, case.case_id) or case
-        return case
+        if current is None or current.ip == case.ip:
+            return case
+        reason = f"device moved from {case.ip} to {current.ip}"
+        await store.set_current_ip(conn, case.case_id, current.ip)
+        await store.add_event(
+            conn,
+            case.case_id,
+            "policy",
+            case.state,
+            case.state,
+            {"reason": reason, "lease": current.model_dump(mode="json")},
+        )
+        moved = await store.get_case(conn, case.case_id)
+        assert moved is not None
+        # Listeners that act per address (detector-smtp) learn the device's new one.
+        await self._enqueue(conn, self._changed(moved, moved.state, reason), moved)
+        return moved
 
     async def apply(
         self, conn: Connection, case: Case, outcome: Outcome, actor: str, detail: dict[str, Any]
@@ -161,22 +163,8 @@ class CaseWork:
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
             await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)
-        await self._enqueue(
-            conn,
-            CaseChanged(
-                case_id=case.case_id,
-                state=outcome.state,
-                reason=str(detail.get("reason", outcome.state))[:500],
-                scope=case.scope,
-                ip=case.ip,
-                changed_at=utcnow(),
-                category=case.category,
-                cpe_mac=case.cpe_mac,
-                cm_mac=case.cm_mac,
-                key_kind=case.key_kind,
-            ),
-            case,
-        )
+        reason = str(detail.get("reason", outcome.state))
+        await self._enqueue(conn, self._changed(case, outcome.state, reason), case)
         updated = await store.get_case(conn, case.case_id)
         assert updated is not None
         return updated
@@ -212,6 +200,20 @@ class CaseWork:
         if count:
             self.relay.kick()
         return count
+
+    def _changed(self, case: Case, state: CaseState, reason: str) -> CaseChanged:
+        return CaseChanged(
+            case_id=case.case_id,
+            state=state,
+            reason=reason[:500],
+            scope=case.scope,
+            ip=case.ip,
+            changed_at=utcnow(),
+            category=case.category,
+            cpe_mac=case.cpe_mac,
+            cm_mac=case.cm_mac,
+            key_kind=case.key_kind,
+        )
 
     async def _command(self, conn: Connection, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
         if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from lazaretto_core.contracts import AbuseObserved, KeyKind
+from lazaretto_core.contracts import AbuseObserved, CaseState, KeyKind
 from lazaretto_core.db import Connection
 
 from .flow import Step
@@ -31,7 +31,7 @@ class Case:
     scope: str
     category: str
     reason: str
-    state: str
+    state: CaseState
     opened_by: str
     opened_at: datetime
     updated_at: datetime
