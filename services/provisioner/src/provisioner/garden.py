@@ -128,9 +128,11 @@ class Garden:
                     "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1", mac
                 )
             else:
+                # An address-keyed case: its addresses, as far as no device's garden holds them.
                 rows = await self._pool.fetch(
-                    "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE ip = $1::inet AND mac IS NULL",
-                    str(command.cpe_ip),
+                    "SELECT host(ip) AS ip FROM lazaretto_garden_address"
+                    " WHERE ip = ANY($1::inet[]) AND mac IS NULL",
+                    [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
                 )
             ips = [r["ip"] for r in rows]
             if not ips and not self.in_quarantine_pool(str(command.cpe_ip)):
