@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from lazaretto_core.contracts import ReleaseRequested
@@ -230,3 +232,11 @@ async def test_captive_portal_detection(portal: PortalService) -> None:
     async with visitor(portal, "100.64.0.11") as free:
         assert (await free.get("/generate_204")).status_code == 204
         assert (await free.get("/captive-portal/api")).json() == {"captive": False}
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=st.text(max_size=80), case_id=st.text(max_size=40), device=st.text(max_size=20))
+def test_any_form_input_is_a_yes_or_no_never_an_error(token: str, case_id: str, device: str) -> None:
+    # Only a token this secret issued for exactly this case and device validates
+    valid = token_valid(SECRET, token, case_id, device)
+    assert valid is False or token == issue_token(SECRET, case_id, device, now=int(token.split(".")[0]))
