@@ -59,7 +59,7 @@ class PolicyHandlers:
 
     async def on_abuse_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """Attribute the observation to the device that held the address at `last_seen`, then open or
-        feed that device's case. A stale or future-dated observation, an unknown holder conflict, or no
+        feed that device's case. A stale or future-dated observation, a conflict about who held it, or no
         matching rule is recorded and acts on nothing."""
         decision = decide(event, self.rules, self.allowlist)
         action: str = decision.action
