@@ -188,3 +188,52 @@ async def test_a_client_moved_by_a_reservation_leaves_its_old_address(
     assert old.end_reason == "moved"
     assert new.ended_at is None
     assert await history.holders(bound.ip, datetime.now(UTC)) == []
+
+
+async def test_a_pc_back_after_its_lease_ran_out_gets_a_new_interval(
+    lab_kea: LabKea, history: LeaseHistory
+) -> None:
+    mac = new_mac()
+    bound = await dhcp(lab_kea, mac)
+    assert bound.ip is not None
+    # Given its lease ran out a moment ago and Kea has not reclaimed it yet
+    await asyncio.sleep(3)
+    expired_at = int(time.time()) - 1
+    reply = await asyncio.to_thread(
+        lab_kea.command,
+        "lease4-update",
+        {"ip-address": bound.ip, "hw-address": mac, "subnet-id": 1, "valid-lft": 2, "expire": expired_at},
+    )
+    assert reply["result"] == 0, reply
+    # When the PC comes back and asks for the same address again
+    back = await dhcp(lab_kea, mac, requested_ip=bound.ip)
+    assert back.ip == bound.ip
+    # Then the history says it held nothing between its expiry and its return
+    first, second = await wait_for_intervals(history, mac, ended=1)
+    assert first.end_reason == "expired"
+    assert first.ended_at == datetime.fromtimestamp(expired_at, UTC)
+    assert second.ended_at is None
+    assert second.valid_from > first.ended_at
+    gap = first.ended_at + (second.valid_from - first.ended_at) / 2
+    assert await history.holders(bound.ip, gap) == []
+
+
+async def test_old_intervals_are_forgotten_after_the_retention(
+    history: LeaseHistory, kea_pool: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    # Given one interval that ended 500 days ago and one that ended yesterday
+    now = datetime.now(UTC)
+    for ended, ip in ((now - timedelta(days=500), "192.0.2.10"), (now - timedelta(days=1), "192.0.2.11")):
+        await kea_pool.execute(
+            "INSERT INTO lazaretto_lease_history (ip, mac, valid_from, valid_until, ended_at, end_reason)"
+            " VALUES ($1::inet, '02:00:00:00:99:01', $2, $3, $3, 'released')",
+            ip,
+            ended - timedelta(hours=1),
+            ended,
+        )
+    # When the history is purged with a 400-day retention
+    purged = await history.purge(timedelta(days=400))
+    # Then only the old one is gone
+    assert purged == 1
+    kept = await history.device_leases("02:00:00:00:99:01", now - timedelta(days=1000))
+    assert [i.ip for i in kept] == ["192.0.2.11"]

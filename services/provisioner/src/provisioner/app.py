@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -88,7 +89,12 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
     )
     install_api(app, garden, history, settings.admin_token)
     follower = GardenFollower(
-        garden, settings.kea_database_url.get_secret_value(), settings.garden_sweep_interval, progress
+        garden,
+        settings.kea_database_url.get_secret_value(),
+        settings.garden_sweep_interval,
+        progress,
+        history=history,
+        retention=timedelta(days=settings.lease_history_days),
     )
     handlers = ProvisionerHandlers(garden, bus)
     return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower)

@@ -1,11 +1,13 @@
 """Keeps the garden on the devices: runs `Garden.follow()` when Kea's lease trigger notifies, and
-periodically as a safety net (a notification lost while the listener reconnects changes nothing)."""
+periodically as a safety net (a notification lost while the listener reconnects changes nothing).
+Once an hour it also forgets lease intervals older than the retention."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -13,16 +15,29 @@ import asyncpg
 from lazaretto_core.http import ProgressMonitor
 
 from .garden import Garden
-from .lease_history import NOTIFY_CHANNEL
+from .lease_history import NOTIFY_CHANNEL, LeaseHistory
 from .rpz import RpzError
 
 log = logging.getLogger(__name__)
 LOOP_NAME = "garden-follower"
+PURGE_EVERY = 3600.0
 
 
 class GardenFollower:
-    def __init__(self, garden: Garden, dsn: str, sweep_interval: float, progress: ProgressMonitor) -> None:
+    def __init__(
+        self,
+        garden: Garden,
+        dsn: str,
+        sweep_interval: float,
+        progress: ProgressMonitor,
+        *,
+        history: LeaseHistory | None = None,
+        retention: timedelta = timedelta(days=400),
+    ) -> None:
         self.garden = garden
+        self.history = history
+        self.retention = retention
+        self._next_purge = 0.0
         self._dsn = dsn
         self.sweep_interval = sweep_interval
         self._progress = progress
@@ -74,6 +89,11 @@ class GardenFollower:
                     self._wake.clear()
                     await self.garden.follow()
                     self.sweeps += 1
+                    if self.history is not None and loop.time() >= self._next_purge:
+                        purged = await self.history.purge(self.retention)
+                        self._next_purge = loop.time() + PURGE_EVERY
+                        if purged:
+                            log.info("forgot %d lease intervals older than %s", purged, self.retention)
                     next_sweep = loop.time() + self.sweep_interval
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RpzError) as exc:
                     # Kea's database or BIND is away: keep beating, try again after the interval.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -48,6 +48,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS lazaretto_lease_history_open
     ON lazaretto_lease_history (ip) WHERE ended_at IS NULL;
 CREATE INDEX IF NOT EXISTS lazaretto_lease_history_ip ON lazaretto_lease_history (ip, valid_from);
 CREATE INDEX IF NOT EXISTS lazaretto_lease_history_mac ON lazaretto_lease_history (mac, valid_from);
+CREATE INDEX IF NOT EXISTS lazaretto_lease_history_ended ON lazaretto_lease_history (ended_at)
+    WHERE ended_at IS NOT NULL;
 
 -- The devices under quarantine (by CPE MAC) and every address gardened for them; the trigger only
 -- notifies when one of these is involved.
@@ -128,8 +130,9 @@ BEGIN
     v_ip := lazaretto_lease4_ip(NEW.address);
     IF TG_OP = 'UPDATE' THEN
         IF OLD.state = 0 AND NEW.state = 0 AND OLD.hwaddr IS NOT DISTINCT FROM NEW.hwaddr
-           AND OLD.client_id IS NOT DISTINCT FROM NEW.client_id THEN
-            -- A renewal: the same holder, a later expiry.
+           AND OLD.client_id IS NOT DISTINCT FROM NEW.client_id AND OLD.expire > now() THEN
+            -- A renewal: the same holder, a later expiry. (Back after its lease ran out, the holder
+            -- gets a new interval below: it held nothing in between.)
             UPDATE lazaretto_lease_history h SET valid_until = NEW.expire
              WHERE h.ip = v_ip AND h.ended_at IS NULL;
             IF FOUND THEN
@@ -144,7 +147,8 @@ BEGIN
         ELSIF NEW.state = 0 THEN
             -- Another holder (or the same one back after a reclaim) on a row Kea reused.
             PERFORM lazaretto_lease_close(v_ip, now(),
-                CASE WHEN OLD.hwaddr IS DISTINCT FROM NEW.hwaddr THEN 'reassigned' ELSE 'expired' END);
+                CASE WHEN OLD.state = 0 AND OLD.expire > now() AND OLD.hwaddr IS DISTINCT FROM NEW.hwaddr
+                     THEN 'reassigned' ELSE 'expired' END);
         ELSE
             RETURN NEW;
         END IF;
@@ -217,6 +221,13 @@ class LeaseHistory:
             await conn.execute(INSTALL_SQL)
             for statement in RECONCILE_SQL:
                 await conn.execute(statement)
+
+    async def purge(self, older_than: timedelta) -> int:
+        """Forget intervals that ended more than `older_than` ago; returns how many."""
+        result = await self._pool.execute(
+            "DELETE FROM lazaretto_lease_history WHERE ended_at < now() - $1::interval", older_than
+        )
+        return int(result.split()[-1])
 
     async def holders(self, ip: str, at: datetime) -> list[Interval]:
         """Every interval during which `ip` was held at instant `at` (normally one; two is a conflict)."""

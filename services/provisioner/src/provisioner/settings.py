@@ -34,3 +34,5 @@ class ProvisionerSettings(ServiceSettings):
     # Seconds between sweeps that move the garden with the devices; the lease trigger's NOTIFY moves
     # it at once, the sweep only catches what a lost notification missed.
     garden_sweep_interval: float = Field(default=30.0, gt=0)
+    # Days an ended lease interval is kept (attribution of evidence older than this is impossible).
+    lease_history_days: int = Field(default=400, gt=0)
