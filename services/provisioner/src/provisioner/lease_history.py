@@ -164,7 +164,10 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE OR REPLACE TRIGGER lazaretto_lease_history
+-- DROP + CREATE rather than CREATE OR REPLACE TRIGGER (PostgreSQL 14+): Kea 2.2 supports older servers.
+-- Both run in the installing transaction, so no lease change falls between them.
+DROP TRIGGER IF EXISTS lazaretto_lease_history ON lease4;
+CREATE TRIGGER lazaretto_lease_history
 AFTER INSERT OR UPDATE OR DELETE ON lease4
 FOR EACH ROW EXECUTE FUNCTION lazaretto_lease4_changed();
 """
