@@ -102,7 +102,10 @@ def test_a_scanning_pc_moves_into_the_quarantine_pool_and_releases_itself(
     # and that resolver answers the portal for every name but the allow-listed ones
     assert cpe.resolve("www.example.test") == system.portal_ip
     assert cpe.resolve("mail.example.test") == system.portal_ip
+    assert cpe.resolve("no-such-host.example.test") == system.portal_ip
     assert cpe.resolve("av.example.test") == REAL_AV
+    assert system.bind is not None
+    assert cpe.resolve(system.bind.portal_name) == system.portal_ip
     # and the address it left is no longer gardened (its next holder would be free)
     wait_until("the old address un-gardened", lambda: not gardened(system, first_ip))
     case = case_in_state(system, first_ip, "quarantined")
