@@ -202,3 +202,28 @@ async def test_the_sweep_repairs_what_no_notification_announced(
 
 async def _not_quarantined(rpz: RpzAdapter, ip: str) -> bool:
     return not await rpz.is_quarantined(ip)
+
+
+async def test_the_follower_reconnects_and_sweeps_what_it_missed(
+    lab_kea: LabKea,
+    garden: Garden,
+    follower: GardenFollower,
+    kea_pool: asyncpg.Pool[asyncpg.Record],
+    rpz: RpzAdapter,
+) -> None:
+    pc = new_mac()
+    bound = await dhcp(lab_kea, pc)
+    assert bound.ip is not None
+    await garden.apply(apply(pc, bound.ip))
+    await follower.check_listening()
+    # Given the listener's database session is killed (a PostgreSQL restart, a network cut)
+    first_pid = follower.listener_pid
+    assert await kea_pool.fetchval("SELECT pg_terminate_backend($1)", first_pid)
+    # and the PC's lease goes meanwhile
+    reply = await asyncio.to_thread(lab_kea.command, "lease4-del", {"ip-address": bound.ip})
+    assert reply["result"] == 0, reply
+    # Then the follower listens again and its sweep removes the trigger (no sweep interval passed)
+    ip = bound.ip
+    await eventually("the address un-gardened after the reconnect", lambda: _not_quarantined(rpz, ip))
+    await follower.check_listening()
+    assert follower.listener_pid != first_pid

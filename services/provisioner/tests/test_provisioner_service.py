@@ -128,7 +128,7 @@ async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> 
         ready = await client.get("/readyz")
         assert ready.json() == {
             "status": "ready",
-            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok"},
+            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok", "lease_listener": "ok"},
         }
 
 

@@ -82,12 +82,6 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         await rpz.is_allowed(settings.portal_name)
 
     progress = ProgressMonitor()
-    app = create_http_app(
-        "provisioner",
-        readiness={"broker": bus.ping, "kea_database": kea_ready, "dns": dns_ready},
-        progress=progress,
-    )
-    install_api(app, garden, history, settings.admin_token)
     follower = GardenFollower(
         garden,
         settings.kea_database_url.get_secret_value(),
@@ -96,5 +90,16 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         history=history,
         retention=timedelta(days=settings.lease_history_days),
     )
+    app = create_http_app(
+        "provisioner",
+        readiness={
+            "broker": bus.ping,
+            "kea_database": kea_ready,
+            "dns": dns_ready,
+            "lease_listener": follower.check_listening,
+        },
+        progress=progress,
+    )
+    install_api(app, garden, history, settings.admin_token)
     handlers = ProvisionerHandlers(garden, bus)
     return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower)

@@ -61,14 +61,35 @@ class GardenFollower:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def listening(self) -> bool:
+        """Connected to Kea's database and listening for the lease trigger's notifications."""
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The PostgreSQL backend serving the listener (for operators and tests)."""
+        return self._conn.get_server_pid() if self._conn is not None else None
+
+    async def check_listening(self) -> None:
+        """Readiness: raises unless the listener's connection answers."""
+        if self._conn is None or self._conn.is_closed():
+            raise ConnectionError("not listening for lease changes")
+        await self._conn.fetchval("SELECT 1")
+
     # -- internals -------------------------------------------------------------------------------
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self._wake.set()
 
+    def _on_lost(self, _conn: object) -> None:
+        self._wake.set()
+
     async def _listen(self) -> None:
         self._conn = await asyncpg.connect(self._dsn)
         await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        # A lost connection wakes the loop, which reconnects and sweeps what it may have missed.
+        self._conn.add_termination_listener(self._on_lost)
 
     async def _close(self) -> None:
         if self._conn is not None:
