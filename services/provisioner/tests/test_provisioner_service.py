@@ -165,6 +165,7 @@ async def test_attribution_lookups_answer_typed_versioned_models(
             "/v1/leases/not-an-ip/holders",
             f"/v1/leases/{lease.ip}/holders?at=yesterday",
             f"/v1/leases/{lease.ip}/holders?at=2026-01-01T00:00:00",  # no offset: which zone?
+            f"/v1/leases/{lease.ip}/holders?at=0001-01-01T00:00:00%2B05:00",  # before year 1 in UTC
             "/v1/devices/not-a-mac/leases",
             "/v1/leases/2001:db8::1",
         ):

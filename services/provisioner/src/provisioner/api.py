@@ -49,6 +49,14 @@ def path_mac(text: str) -> str:
         raise HTTPException(422, f"not a MAC address: {text!r}") from None
 
 
+def utc(value: datetime, name: str) -> datetime:
+    """`value` in UTC; 422 when it cannot be (a date at the very edge of the calendar)."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(422, f"{name} is out of range: {value.isoformat()}") from None
+
+
 def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
     if interval.mac is None:  # a client-id-only lease names no device
         return None
@@ -75,7 +83,7 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token
         """Who held `ip` at `at` (default now), from the lease history; more than one is a conflict."""
         ip = path_ipv4(ip)
         now = datetime.now(UTC)
-        when = at or now
+        when = utc(at, "at") if at is not None else now
         found = [to_answer(i, now) for i in await history.holders(ip, when)]
         return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
 
@@ -84,7 +92,7 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token
         """Every address `mac` held from `since` on (default: all the history keeps), oldest first."""
         mac = path_mac(mac)
         now = datetime.now(UTC)
-        start = since or datetime(1970, 1, 1, tzinfo=UTC)
+        start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
         found = [to_answer(i, now) for i in await history.device_leases(mac, start)]
         return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
 
