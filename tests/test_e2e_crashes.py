@@ -27,7 +27,7 @@ def wait_for_state(system: LabSystem, ip: str, state: str) -> dict[str, Any]:
 def alert_about(system: LabSystem, cpe: CpeHost, workdir: Path) -> None:
     assert system.kea is not None
     pcap = workdir / "scan.pcap"
-    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac, start=time.time() - 1)
+    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     with system.eve_path.open("a") as eve:
         eve.writelines(

@@ -35,8 +35,8 @@ def suricata_alerts(system: LabSystem, src_ip: str, src_mac: str, workdir: Path)
     """Real Suricata reading a port scan from `src_ip`: the EVE alert lines it writes."""
     assert system.kea is not None
     pcap = workdir / "scan.pcap"
-    # The scan happens now: packet times (and so the alerts' times) are the current time.
-    write_portscan_pcap(pcap, src_ip, REAL_WWW, range(20, 60), src_mac=src_mac, start=time.time() - 1)
+    # The scan happens now, after the PC got its address: packet (and so alert) times are the current time.
+    write_portscan_pcap(pcap, src_ip, REAL_WWW, range(20, 60), src_mac=src_mac, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     alerts = [line for line in output.eve.read_text().splitlines() if '"event_type":"alert"' in line]
     assert alerts, "suricata raised no alert"
