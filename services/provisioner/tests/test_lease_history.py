@@ -78,7 +78,12 @@ async def test_bound_then_renewed_then_released(lab_kea: LabKea, history: LeaseH
     assert first.ip == bound.ip
     assert first.ended_at is None
     assert first.valid_from >= before
-    assert first.valid_until - first.valid_from == timedelta(seconds=lab_kea.normal_lifetime)
+    held_for = first.valid_until - first.valid_from
+    assert (
+        timedelta(seconds=lab_kea.normal_lifetime - 1)
+        <= held_for
+        <= timedelta(seconds=lab_kea.normal_lifetime)
+    )
     # and is the holder at a time inside the lease
     (holder,) = await history.holders(bound.ip, datetime.now(UTC))
     assert holder.mac == mac
@@ -161,7 +166,9 @@ async def test_address_given_to_another_mac(lab_kea: LabKea, history: LeaseHisto
     (third_interval,) = await intervals(history, third_mac)
     assert third_interval.ended_at is None
     assert second_done.ended_at is not None
-    assert third_interval.valid_from >= second_done.ended_at - timedelta(seconds=1)
+    # and never two holders at once, even within the same second
+    assert third_interval.valid_from >= second_done.ended_at
+    assert first.ended_at <= second.valid_from
 
 
 async def test_a_client_moved_by_a_reservation_leaves_its_old_address(

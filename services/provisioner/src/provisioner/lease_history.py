@@ -159,8 +159,9 @@ BEGIN
         -- An interval left open for this address means its end was never seen: close it now.
         PERFORM lazaretto_lease_close(v_ip, now(), 'reassigned');
     END IF;
-    PERFORM lazaretto_lease_open(v_ip, lazaretto_lease4_mac(NEW.hwaddr), NEW.subnet_id,
-        LEAST(now(), NEW.expire - make_interval(secs => NEW.valid_lifetime)), NEW.expire);
+    -- From now (the transaction that binds it), not from Kea's whole-second client transaction time:
+    -- a holder that took the address within the second another gave it up must not overlap it.
+    PERFORM lazaretto_lease_open(v_ip, lazaretto_lease4_mac(NEW.hwaddr), NEW.subnet_id, now(), NEW.expire);
     RETURN NEW;
 END $$;
 
