@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS lazaretto_lease_history (
     ip          inet        NOT NULL,
     mac         macaddr,                 -- NULL: a client-id-only lease
     subnet_id   bigint,
-    valid_from  timestamptz NOT NULL,    -- client's last transaction time when the holder got it
+    valid_from  timestamptz NOT NULL,    -- the transaction that gave the holder the address
     valid_until timestamptz NOT NULL,    -- the lease's expiry, moved on by every renewal
     ended_at    timestamptz,             -- NULL while the lease is current
     end_reason  text CHECK (end_reason IN ('released', 'expired', 'reassigned', 'moved', 'declined'))
