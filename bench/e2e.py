@@ -2,7 +2,10 @@
 
 For each subscriber: a real Suricata EVE alert line is appended to the file detector-snort tails;
 we time (a) until a DNS query from that subscriber's own address returns the portal, and (b) until
-the lab CMTS logs the reset SET for its modem. Prints one `name=value` per line.
+the lab CMTS logs the reset SET for its modem. Then, once every modem is back, each PC renews as a
+real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
+its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
+page it fetches from that address shows its own case. Prints one `name=value` per line.
 
 The DNS probe runs inside the subscribers' network namespace (CLOCK_MONOTONIC is shared across
 namespaces, so its timestamps compare with ours).
@@ -22,33 +25,63 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lazaretto_core.lab.system import CpeHost, LabSystem
 
 SUBSCRIBERS = 20
 
 
 def probe_main() -> None:
-    """Inside the netns: answer `src server port name expected timeout` lines with the monotonic time
-    at which `name` resolved to `expected` for queries sent from `src` (or `timeout`)."""
+    """Inside the netns, one request per stdin line, one answer line each (monotonic times):
+
+    `dns src server name expected timeout`: when `name` first resolved to `expected` for queries from
+    `src` (or `timeout`);
+    `portal src server name port expected timeout`: resolve the portal's `name` with `server` from
+    `src`, then GET it from `src` until the page contains `expected`: "<first query> <page seen>".
+    """
     import dns.message
     import dns.query
+    import httpx
+
+    def resolve(src: str, server: str, name: str) -> set[str]:
+        query = dns.message.make_query(name, "A")
+        try:
+            answer = dns.query.udp(query, server, port=53, source=src, timeout=1.0)
+        except (dns.exception.Timeout, OSError):
+            return set()
+        return {item.address for rrset in answer.answer for item in rrset if hasattr(item, "address")}
 
     for line in sys.stdin:
-        src, server, port, name, expected, timeout = line.split()
-        deadline = time.monotonic() + float(timeout)
+        kind, *args = line.split()
+        deadline = time.monotonic() + float(args[-1])
         seen = "timeout"
-        while time.monotonic() < deadline:
-            query = dns.message.make_query(name, "A")
-            try:
-                answer = dns.query.udp(query, server, port=int(port), source=src, timeout=1.0)
-            except (dns.exception.Timeout, OSError):
-                continue
-            addresses = {
-                item.address for rrset in answer.answer for item in rrset if hasattr(item, "address")
-            }
-            if expected in addresses:
-                seen = repr(time.monotonic())
-                break
-            time.sleep(0.002)
+        if kind == "dns":
+            src, server, name, expected, _ = args
+            while time.monotonic() < deadline:
+                if expected in resolve(src, server, name):
+                    seen = repr(time.monotonic())
+                    break
+                time.sleep(0.002)
+        else:
+            src, server, name, port, expected, _ = args
+            started = time.monotonic()
+            addresses: set[str] = set()
+            while not addresses and time.monotonic() < deadline:
+                addresses = resolve(src, server, name)
+            transport = httpx.HTTPTransport(local_address=src)
+            with httpx.Client(transport=transport, timeout=5.0) as client:
+                while addresses and time.monotonic() < deadline:
+                    address = sorted(addresses)[0]
+                    try:
+                        page = client.get(f"http://{address}:{port}/", headers={"Host": f"{name}:{port}"})
+                    except httpx.HTTPError:
+                        continue
+                    if expected in page.text:
+                        seen = f"{started!r} {time.monotonic()!r}"
+                        break
+                    time.sleep(0.01)
         print(seen, flush=True)
 
 
@@ -97,6 +130,7 @@ def bench(subscribers: int) -> dict[str, str]:
     )
     dns_ms: list[float] = []
     reset_ms: list[float] = []
+    portal_ms: list[float] = []
     try:
         with LabSystem(config) as system:
             assert system.kea is not None
@@ -121,9 +155,8 @@ def bench(subscribers: int) -> dict[str, str]:
                     written = time.monotonic()
                     with system.eve_path.open("a") as eve:
                         eve.write(line)
-                    server = system.kea.server_ip
                     probe.stdin.write(
-                        f"{cpe.ip} {server} {system.bind.port} www.example.test {system.portal_ip} 10\n"
+                        f"dns {cpe.ip} {cpe.dns_server} www.example.test {system.portal_ip} 10\n"
                     )
                     probe.stdin.flush()
                     answer = probe.stdout.readline().strip()
@@ -136,6 +169,7 @@ def bench(subscribers: int) -> dict[str, str]:
                             raise RuntimeError(f"no reset for {modem.cm_mac}")
                         time.sleep(0.005)
                     reset_ms.append((float(sets[0]["ts"]) - written_wall) * 1000)
+                portal_ms = moved_pcs_to_portal(system, cpes, probe.stdin, probe.stdout)
             finally:
                 probe.stdin.close()
                 probe.wait(10)
@@ -150,10 +184,41 @@ def bench(subscribers: int) -> dict[str, str]:
         "alert_to_reset_ms_p50": f"{statistics.median(reset_ms):.1f}",
         "alert_to_reset_ms_p99": f"{percentile(reset_ms, 99):.1f}",
         "alert_to_reset_ms_max": f"{max(reset_ms):.1f}",
+        "moved_pc_portal_ms_p50": f"{statistics.median(portal_ms):.1f}",
+        "moved_pc_portal_ms_p99": f"{percentile(portal_ms, 99):.1f}",
+        "moved_pc_portal_ms_max": f"{max(portal_ms):.1f}",
         "samples_dns_ms": " ".join(f"{v:.0f}" for v in dns_ms),
         "samples_reset_ms": " ".join(f"{v:.0f}" for v in reset_ms),
+        "samples_moved_pc_portal_ms": " ".join(f"{v:.0f}" for v in portal_ms),
         "machine": f"{platform.machine()}-{os.cpu_count()}cpu-{platform.python_version()}",
     }
+
+
+def moved_pcs_to_portal(
+    system: LabSystem, cpes: list[CpeHost], stdin: IO[str], stdout: IO[str]
+) -> list[float]:
+    """Once each case is quarantined (its modem back online), the PC renews into the quarantine pool;
+    time its first DNS query there until its portal page shows its own case."""
+    assert system.bind is not None
+    cases: list[str] = []
+    for cpe in cpes:
+        deadline = time.monotonic() + 120
+        while not (found := [c for c in system.cases(cpe.ip) if c["state"] == "quarantined"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the case of {cpe.ip} never reached quarantined")
+            time.sleep(0.05)
+        cases.append(found[0]["case_id"])
+    timings: list[float] = []
+    port = system.ports["portal"]
+    for cpe, case_id in zip(cpes, cases, strict=True):
+        cpe.renew()
+        stdin.write(f"portal {cpe.ip} {cpe.dns_server} {system.bind.portal_name} {port} {case_id} 30\n")
+        stdin.flush()
+        answer = stdout.readline().split()
+        if answer == ["timeout"]:
+            raise RuntimeError(f"{cpe.mac} at {cpe.ip} never saw its case on the portal")
+        timings.append((float(answer[1]) - float(answer[0])) * 1000)
+    return timings
 
 
 def _now_suricata() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def wait_for_state(system: LabSystem, ip: str, state: str) -> dict[str, Any]:
 def alert_about(system: LabSystem, cpe: CpeHost, workdir: Path) -> None:
     assert system.kea is not None
     pcap = workdir / "scan.pcap"
-    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac)
+    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     with system.eve_path.open("a") as eve:
         eve.writelines(
@@ -53,6 +54,6 @@ def test_policy_and_cmts_agent_crashes_lose_nothing(system: LabSystem, cpe: CpeH
     # Then the case still ends quarantined, with the garden in place
     case = wait_for_state(system, cpe.ip, "quarantined")
     assert case["cm_mac"] == CM_MAC
-    assert cpe.dig(system)[-1:] == [system.portal_ip]
+    assert cpe.dig()[-1:] == [system.portal_ip]
     # and the restarted agent resumed the verification instead of bouncing the modem twice
     assert len(system.resets_for(CM_MAC)) == 1

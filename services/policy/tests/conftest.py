@@ -1,4 +1,5 @@
-"""Policy built through its real bootstrap, on a fresh database and vhost, with a fixed attribution."""
+"""Policy built through its real bootstrap, on a fresh database and vhost, attributing over real HTTP
+to a small lease-history and CPE-table server the tests fill."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from lazaretto_core.lease_stub import LeaseBook, serve
 from lazaretto_core.testing import BusProbe
 from policy.app import PolicyService, build
-from policy.attribution import Attribution, Attributor
 from policy.settings import PolicySettings
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
@@ -19,36 +20,51 @@ CPE_MAC = "02:00:00:00:00:01"
 CM_MAC = "00:02:8a:d3:7c:6e"
 
 
-class FixedAttributor(Attributor):
-    """Stands in for the provisioner and cmts-agent look-ups (tested for real end to end)."""
-
-    def __init__(self) -> None:
-        super().__init__("http://127.0.0.1:9", "http://127.0.0.1:9", "unused")
-
-    async def attribute(self, ip: str) -> Attribution:
-        return Attribution(ip, CPE_MAC, CM_MAC)
+@pytest.fixture
+async def leases() -> AsyncIterator[tuple[LeaseBook, str]]:
+    book = LeaseBook()
+    async with serve(book) as url:
+        yield book, url
 
 
 @pytest.fixture
-def attributed() -> Attribution:
-    """The CPE and modem every observed address is attributed to in these tests."""
-    return Attribution("", CPE_MAC, CM_MAC)
+def book(leases: tuple[LeaseBook, str]) -> LeaseBook:
+    """Kea's lease history and the CMTS CPE table, as each test sets them."""
+    return leases[0]
+
+
+def settings_for(amqp_url: str, database_url: str, peers_url: str, **overrides: object) -> PolicySettings:
+    values: dict[str, object] = {
+        "amqp_url": SecretStr(amqp_url),
+        "database_url": SecretStr(database_url),
+        "admin_token": SecretStr(ADMIN_TOKEN),
+        "portal_token": SecretStr(PORTAL_TOKEN),
+        "provisioner_url": peers_url,
+        "cmts_agent_url": peers_url,
+        "allowlist": ("100.64.99.0/24",),
+        "retry_delays": (0.1, 0.2),
+        "max_attempts": 3,
+        "step_max_attempts": 2,
+        "step_retry_base": 0.2,
+        **overrides,
+    }
+    return PolicySettings.model_validate(values)
 
 
 @pytest.fixture
-async def policy(amqp_url: str, database_url: str) -> AsyncIterator[PolicyService]:
-    settings = PolicySettings(
-        amqp_url=SecretStr(amqp_url),
-        database_url=SecretStr(database_url),
-        admin_token=SecretStr(ADMIN_TOKEN),
-        portal_token=SecretStr(PORTAL_TOKEN),
-        allowlist=("100.64.99.0/24",),
-        retry_delays=(0.1, 0.2),
-        max_attempts=3,
-        step_max_attempts=2,
-        step_retry_base=0.2,
-    )
-    service = await build(settings, attributor=FixedAttributor())
+def policy_overrides() -> dict[str, object]:
+    """Settings a test module changes (override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def policy(
+    amqp_url: str,
+    database_url: str,
+    leases: tuple[LeaseBook, str],
+    policy_overrides: dict[str, object],
+) -> AsyncIterator[PolicyService]:
+    service = await build(settings_for(amqp_url, database_url, leases[1], **policy_overrides))
     await service.start()
     yield service
     await service.stop()
@@ -68,5 +84,15 @@ async def admin(policy: PolicyService) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=policy.http_app)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://policy", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def portal_api(policy: PolicyService) -> AsyncIterator[httpx.AsyncClient]:
+    """Policy as the portal reaches it: only with the portal token."""
+    transport = httpx.ASGITransport(app=policy.http_app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://policy", headers={"Authorization": f"Bearer {PORTAL_TOKEN}"}
     ) as client:
         yield client

@@ -1,10 +1,13 @@
-"""Policy's case flow on the real PostgreSQL and RabbitMQ: open, quarantine, release, and bad input."""
+"""Policy's case flow on the real PostgreSQL and RabbitMQ: open, quarantine, release, and bad input.
+
+Attribution goes over real HTTP to a lease-history and CPE-table server the tests fill (`book`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,15 +24,31 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ReleaseRequested,
 )
+from lazaretto_core.lease_stub import LeaseBook
 from lazaretto_core.testing import BusProbe
 from policy.app import PolicyService
-from policy.attribution import Attribution
+
+CPE_MAC = "02:00:00:00:00:01"
+CM_MAC = "00:02:8a:d3:7c:6e"
 
 
-def observation(ip: str = "100.64.0.10") -> AbuseObserved:
+def observation(ip: str = "100.64.0.10", last_seen: datetime | None = None) -> AbuseObserved:
+    last_seen = last_seen or datetime.now(UTC)
     return AbuseObserved.model_validate(
-        {**AbuseObserved.example, "observation_id": str(uuid.uuid4()), "ip": ip}
+        {
+            **AbuseObserved.example,
+            "observation_id": str(uuid.uuid4()),
+            "ip": ip,
+            "first_seen": (last_seen - timedelta(seconds=2)).isoformat(),
+            "last_seen": last_seen.isoformat(),
+        }
     )
+
+
+def device(book: LeaseBook, ip: str, cpe_mac: str, cm_mac: str = CM_MAC, ago: float = 600) -> None:
+    """A PC that got `ip` by DHCP `ago` seconds ago, behind `cm_mac`, listed so by the CMTS."""
+    book.bind(ip, cpe_mac, datetime.now(UTC) - timedelta(seconds=ago))
+    book.plug(cpe_mac, cm_mac, ip)
 
 
 async def case_state(
@@ -44,9 +63,10 @@ async def case_state(
 
 
 async def test_full_quarantine_and_self_release_cycle(
-    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str, attributed: Attribution
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str, book: LeaseBook
 ) -> None:
-    CPE_MAC, CM_MAC = attributed.cpe_mac, attributed.cm_mac
+    device(book, "100.64.0.10", CPE_MAC)
+    device(book, "100.64.0.11", "02:00:00:00:00:02")
     executor = Bus(amqp_url, "test-executor")
     await executor.connect()
     try:
@@ -73,6 +93,10 @@ async def test_full_quarantine_and_self_release_cycle(
             )
         )
         await case_state(admin, apply.case_id, "quarantined")
+        # The reset made the PC renew into the quarantine pool; a stranger took its old address
+        book.bind("100.64.200.10", CPE_MAC)
+        book.plug(CPE_MAC, CM_MAC, "100.64.200.10")
+        device(book, "100.64.0.10", "02:00:00:00:00:03", ago=0)
         # When someone else's address asks to release it, nothing happens
         release = {
             "request_id": str(uuid.uuid4()),
@@ -81,14 +105,28 @@ async def test_full_quarantine_and_self_release_cycle(
             "requested_at": datetime.now(UTC).isoformat(),
         }
         await executor.publish(ReleaseRequested.model_validate({**release, "client_ip": "100.64.0.11"}))
-        # When the subscriber attests from their own address, the garden is removed and the modem reset
+        # Nor when the new holder of the case's old address asks
         await executor.publish(
             ReleaseRequested.model_validate(
                 {**release, "request_id": str(uuid.uuid4()), "client_ip": "100.64.0.10"}
             )
         )
+        # When the subscriber attests from the address their device holds now, the garden is removed
+        # (at that address) and the modem reset
+        await executor.publish(
+            ReleaseRequested.model_validate(
+                {
+                    **release,
+                    "request_id": str(uuid.uuid4()),
+                    "client_ip": "100.64.200.10",
+                    "device_mac": CPE_MAC,
+                }
+            )
+        )
         (remove,) = await probe.wait_for("garden.remove.v1")
         assert isinstance(remove, GardenRemove)
+        assert (remove.cpe_ip, remove.cpe_mac) == ("100.64.200.10", CPE_MAC)
+        assert set(remove.case_ips) == {"100.64.0.10", "100.64.200.10"}
         await executor.publish(GardenRemoved(case_id=remove.case_id, step_id=remove.step_id, changes=["kea"]))
         _, reset_out = await probe.wait_for("modem.reset.v1", count=2)
         assert isinstance(reset_out, ModemReset)
@@ -106,15 +144,23 @@ async def test_full_quarantine_and_self_release_cycle(
         case = await case_state(admin, apply.case_id, "released")
         assert case["closed_at"] is not None
         actors = [event["actor"] for event in case["history"]]
-        assert "subscriber:100.64.0.10" in actors
+        assert "subscriber:100.64.200.10" in actors
         assert "subscriber:100.64.0.11" not in actors
+        assert "subscriber:100.64.0.10" not in actors
+        # Operators find the case by every address the device held during it
+        for ip in ("100.64.0.10", "100.64.200.10"):
+            found = (await admin.get("/v1/cases", params={"ip": ip})).json()
+            assert [c["case_id"] for c in found] == [str(apply.case_id)]
+        by_mac = (await admin.get("/v1/cases", params={"mac": CPE_MAC.upper()})).json()
+        assert [c["case_id"] for c in by_mac] == [str(apply.case_id)]
     finally:
         await executor.close()
 
 
 async def test_a_redelivered_observation_opens_no_second_case(
-    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str, book: LeaseBook
 ) -> None:
+    device(book, "100.64.0.20", "02:00:00:00:00:20")
     executor = Bus(amqp_url, "test-executor")
     await executor.connect()
     try:
@@ -151,14 +197,18 @@ async def test_admin_api_needs_the_token_and_refuses_allowlisted_addresses(
     assert "allowlist" in refused.json()["detail"]
 
 
-async def test_operator_quarantines_by_ip_and_the_portal_sees_only_that_address(
-    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient
+async def test_operator_quarantines_by_ip_and_the_portal_sees_only_that_device(
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, book: LeaseBook
 ) -> None:
+    device(book, "100.64.0.30", "02:00:00:00:00:30")
+    device(book, "100.64.0.31", "02:00:00:00:00:31")
     created = await admin.post(
         "/v1/quarantine", json={"ip": "100.64.0.30", "reason": "RIAA notice", "category": "copyright"}
     )
     assert created.status_code == 201
     case_id = created.json()["case_id"]
+    # The operator named an address; the case belongs to the device that holds it
+    assert (created.json()["key_kind"], created.json()["device_key"]) == ("cpe_mac", "02:00:00:00:00:30")
     assert (
         await admin.post("/v1/quarantine", json={"ip": "100.64.0.30", "reason": "again"})
     ).status_code == 409
@@ -176,8 +226,9 @@ async def test_operator_quarantines_by_ip_and_the_portal_sees_only_that_address(
 
 
 async def test_a_failing_step_is_retried_with_backoff_then_handed_to_an_operator(
-    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str
+    policy: PolicyService, probe: BusProbe, admin: httpx.AsyncClient, amqp_url: str, book: LeaseBook
 ) -> None:
+    device(book, "100.64.0.40", "02:00:00:00:00:40")
     executor = Bus(amqp_url, "test-executor")
     await executor.connect()
     try:

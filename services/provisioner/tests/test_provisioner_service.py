@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from lazaretto_core.attribution import DeviceLeases, LeaseHolders
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
 from lazaretto_core.lab.bind import LabBind
+from lazaretto_core.lab.dhcp_client import dhcp_exchange
 from lazaretto_core.lab.kea import LabKea
 from lazaretto_core.testing import BusProbe
 from provisioner.app import ProvisionerService, build
@@ -124,5 +128,46 @@ async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> 
         ready = await client.get("/readyz")
         assert ready.json() == {
             "status": "ready",
-            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok"},
+            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok", "lease_listener": "ok"},
         }
+
+
+async def test_attribution_lookups_answer_typed_versioned_models(
+    provisioner: ProvisionerService, lab_kea: LabKea
+) -> None:
+    # Given a PC that leased an address from the real Kea
+    mac = "02:00:00:00:7a:01"
+    lease = await asyncio.to_thread(dhcp_exchange, lab_kea.client_netns, lab_kea.client_iface, mac, "dora")
+    assert lease.ip is not None
+    transport = httpx.ASGITransport(app=provisioner.http_app)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://provisioner", headers=headers
+    ) as client:
+        # When policy asks who holds it now, and what the device held
+        now = datetime.now(UTC).isoformat()
+        held = await client.get(f"/v1/leases/{lease.ip}/holders", params={"at": now})
+        leases = await client.get(f"/v1/devices/{mac.upper()}/leases")
+        # Then the answers are the versioned models, naming the PC
+        holders = LeaseHolders.model_validate(held.json())
+        assert holders.schema_version == 1
+        assert [(h.mac, h.ended) for h in holders.holders] == [(mac, "active")]
+        device = DeviceLeases.model_validate(leases.json())
+        assert [(i.ip, i.ended) for i in device.leases] == [(lease.ip, "active")]
+        # and before the lease nobody held it (an empty answer, not a 404)
+        before = (
+            await client.get(f"/v1/leases/{lease.ip}/holders", params={"at": "2001-01-01T00:00:00Z"})
+        ).json()
+        assert before["holders"] == []
+        # and bad input is a clear 422, never a 500
+        for bad in (
+            "/v1/leases/2001:db8::1/holders",
+            "/v1/leases/not-an-ip/holders",
+            f"/v1/leases/{lease.ip}/holders?at=yesterday",
+            f"/v1/leases/{lease.ip}/holders?at=2026-01-01T00:00:00",  # no offset: which zone?
+            f"/v1/leases/{lease.ip}/holders?at=0001-01-01T00:00:00%2B05:00",  # before year 1 in UTC
+            "/v1/devices/not-a-mac/leases",
+            "/v1/leases/2001:db8::1",
+        ):
+            response = await client.get(bad)
+            assert response.status_code == 422, (bad, response.text)

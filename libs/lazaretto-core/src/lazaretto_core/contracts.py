@@ -43,6 +43,9 @@ Mac = Annotated[str, AfterValidator(normalize_mac)]
 IpAddress = Annotated[str, AfterValidator(normalize_ip)]
 Category = Literal["scan", "malware", "spam", "dos", "bruteforce", "copyright", "other"]
 Scope = Literal["cpe", "modem"]
+# What a case is keyed by: the CPE's MAC (scope cpe), the CM's MAC (scope modem) or, only for a device no
+# lease or CMTS table knows (a static address), the address.
+KeyKind = Literal["cpe_mac", "cm_mac", "address"]
 CaseState = Literal[
     "open",
     "garden_requested",
@@ -119,6 +122,11 @@ class GardenApply(_CaseStep):
     cpe_ip: IpAddress
     cm_mac: Mac | None
     reason: str = Field(max_length=500)
+    # Optional (older publishers leave them out). `cpe_ip` is the device's current address; these are
+    # every address policy knows the device held during the case (the alert's included), so the
+    # provisioner can drop a trigger the device has left; `key_kind` says what the case is keyed by.
+    case_ips: tuple[IpAddress, ...] = ()
+    key_kind: KeyKind | None = None
 
     example = {
         "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
@@ -262,6 +270,9 @@ class ReleaseRequested(Contract):
     attestation_version: str
     requested_at: AwareDatetime
     user_agent: str = Field(default="", max_length=500)
+    # The device holding `client_ip` now, as policy told the portal (optional for older portals);
+    # policy checks it again against its own look-up before releasing anything.
+    device_mac: Mac | None = None
 
     example = {
         "request_id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
@@ -270,6 +281,7 @@ class ReleaseRequested(Contract):
         "attestation_version": "2026-11-v1",
         "requested_at": "2026-11-26T06:00:00+00:00",
         "user_agent": "Mozilla/5.0",
+        "device_mac": "02:00:00:00:00:01",
     }
 
 
@@ -289,6 +301,11 @@ class CaseChanged(Contract):
     # The case's category (optional: older publishers leave it out); detector-smtp refuses mail
     # from addresses under quarantine for spam when the operator asks it to.
     category: Category | None = None
+    # The device the case belongs to (optional: older publishers leave them out); `ip` is its
+    # current address.
+    cpe_mac: Mac | None = None
+    cm_mac: Mac | None = None
+    key_kind: KeyKind | None = None
 
     example = {
         "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
@@ -298,6 +315,9 @@ class CaseChanged(Contract):
         "ip": "100.64.0.10",
         "changed_at": "2026-11-26T05:00:05+00:00",
         "category": "spam",
+        "cpe_mac": "02:00:00:00:00:01",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "key_kind": "cpe_mac",
     }
 
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
-from lazaretto_core.contracts import Category, IpAddress, Scope
+from lazaretto_core.attribution import DeviceLeases
+from lazaretto_core.contracts import Category, IpAddress, Scope, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import flow, store
+from . import flow, identity, store
 from .attribution import Attributor
 from .casework import CaseExists, CaseWork
 from .rules import Network, is_allowlisted
+
+log = logging.getLogger(__name__)
 
 
 class QuarantineRequest(BaseModel):
@@ -38,6 +43,9 @@ def install_api(
     allowlist: tuple[Network, ...],
     admin_token: SecretStr,
     portal_token: SecretStr,
+    *,
+    max_self_releases: int = 3,
+    self_release_window: timedelta = timedelta(days=30),
 ) -> None:
     admin = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
     portal = APIRouter(
@@ -48,13 +56,22 @@ def install_api(
     async def list_cases(
         state: str | None = None,
         ip: str | None = None,
+        mac: str | None = None,
         open_only: bool = False,
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
+        """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`."""
         if ip is not None:
             ip = path_ip(ip)
+        if mac is not None:
+            try:
+                mac = normalize_mac(mac)
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
         async with work.pool.acquire() as conn:
-            cases = await store.list_cases(conn, state=state, ip=ip, open_only=open_only, limit=limit)
+            cases = await store.list_cases(
+                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit
+            )
         return [c.public() for c in cases]
 
     @admin.get("/cases/{case_id}")
@@ -65,16 +82,23 @@ def install_api(
                 raise HTTPException(404, "no such case")
             history = await store.case_history(conn, case_id)
             observations = await store.case_observations(conn, case_id)
-        return {**case.public(), "history": history, "observations": observations}
+            addresses = await store.case_addresses(conn, case_id)
+        return {**case.public(), "history": history, "observations": observations, "addresses": addresses}
 
     @admin.post("/quarantine", status_code=201)
     async def quarantine(request: QuarantineRequest) -> dict[str, Any]:
         if is_allowlisted(request.ip, allowlist):
             raise HTTPException(409, f"{request.ip} is on the allowlist and is never quarantined")
         try:
+            # Like an alert: the device holding the address now, never the address itself if known.
             attribution = await attributor.attribute(request.ip)
+            leases = None
+            if attribution.cpe_mac is not None:
+                leases = await attributor.device_leases(attribution.cpe_mac, attribution.at)
         except RetryLater as exc:
             raise HTTPException(503, f"cannot attribute {request.ip} now: {exc}") from None
+        if attribution.found == "conflict":
+            raise HTTPException(409, f"who holds {request.ip} is in conflict: {attribution.conflict}")
         async with work.pool.acquire() as conn, conn.transaction():
             try:
                 case = await work.open_case(
@@ -84,16 +108,32 @@ def install_api(
                     category=request.category,
                     reason=request.reason,
                     actor=f"operator:{request.operator}",
+                    leases=leases,
+                    source="operator",
                 )
             except CaseExists as exists:
                 raise HTTPException(
-                    409, f"case {exists.case.case_id} is already open for {request.ip}"
+                    409,
+                    f"case {exists.case.case_id} is already open for {request.ip}"
+                    f" ({exists.case.key_kind} {exists.case.device_key})",
                 ) from None
         work.relay.kick()
         return case.public()
 
     @admin.post("/cases/{case_id}/release")
     async def release(case_id: uuid.UUID, request: ReleaseRequest) -> dict[str, Any]:
+        async with work.pool.acquire() as conn:
+            known = await store.get_case(conn, case_id)
+        if known is None:
+            raise HTTPException(404, "no such case")
+        leases = None
+        if known.cpe_mac is not None:
+            try:  # where the device is now, so the removal names its current address
+                leases = await attributor.device_leases(known.cpe_mac, known.opened_at)
+            except RetryLater as exc:
+                # An operator's release does not wait for the lease history: the provisioner removes
+                # every address it gardened for the device anyway.
+                log.warning("releasing case %s without its current address: %s", case_id, exc)
         async with work.pool.acquire() as conn, conn.transaction():
             case = await store.lock_case(conn, case_id)
             if case is None:
@@ -102,6 +142,7 @@ def install_api(
                 outcome = flow.release_requested(case.state)
             except flow.NotReleasable as exc:
                 raise HTTPException(409, str(exc)) from None
+            case = await work.follow_device(conn, case, leases)
             case = await work.apply(
                 conn, case, outcome, f"operator:{request.operator}", {"reason": request.reason}
             )
@@ -110,18 +151,48 @@ def install_api(
 
     @portal.get("/cases/by-ip/{ip}")
     async def case_for_visitor(ip: str) -> dict[str, Any]:
-        """What the portal may show a visitor: only their own open case, nothing else."""
-        async with work.pool.acquire() as conn:
-            case = await store.open_case_for_ip(conn, path_ip(ip))
-        if case is None:
+        """What the portal may show a visitor: only their own device's open case, nothing else.
+
+        The visitor is the device holding `ip` now (lease, else CMTS CPE table); a visitor nobody
+        knows sees only the case keyed by its own (static) address. Whether self-release is possible
+        now is decided here, so the portal offers the checkbox only then.
+        """
+        ip = path_ip(ip)
+        try:
+            visitor = await attributor.attribute(ip)
+        except RetryLater as exc:
+            raise HTTPException(503, f"cannot tell who holds {ip} now: {exc}") from None
+        if visitor.found == "conflict":
             raise HTTPException(404, "no open case for this address")
+        async with work.pool.acquire() as conn, conn.transaction():
+            case = await store.open_case_for_visitor(
+                conn,
+                mac=visitor.cpe_mac,
+                cm_mac=visitor.cm_mac,
+                static_ip=ip if visitor.found == "none" else None,
+            )
+            if case is None or not identity.owns(case, visitor):
+                raise HTTPException(404, "no open case for this address")
+            if visitor.lease is not None and visitor.cpe_mac == case.cpe_mac:
+                # The device shows up at an address: a fact of the case (and its current address).
+                await work.follow_device(
+                    conn, case, DeviceLeases(mac=visitor.lease.mac, leases=[visitor.lease])
+                )
+            since = utcnow() - self_release_window
+            used = await store.self_releases_since(conn, case.key_kind, case.device_key, since)
+        work.relay.kick()  # a move is announced (case.changed.v1)
+        left = max(0, max_self_releases - used)
         return {
             "case_id": str(case.case_id),
             "category": case.category,
             "reason": case.reason,
             "state": case.state,
             "opened_at": case.opened_at.isoformat(),
-            "self_release_allowed": case.state in flow.RELEASABLE,
+            "key_kind": case.key_kind,
+            "device_key": case.device_key,
+            "visitor_mac": visitor.cpe_mac,
+            "self_releases_left": left,
+            "self_release_allowed": case.state in flow.RELEASABLE and left > 0,
         }
 
     app.include_router(admin)

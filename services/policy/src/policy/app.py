@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -101,8 +102,15 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     attributor = attributor or Attributor(
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
     )
+    window = timedelta(seconds=settings.self_release_window)
     handlers = PolicyHandlers(
-        work, attributor, settings.rules, settings.allowlist, settings.max_self_releases
+        work,
+        attributor,
+        settings.rules,
+        settings.allowlist,
+        settings.max_self_releases,
+        max_observation_age=timedelta(seconds=settings.max_observation_age),
+        self_release_window=window,
     )
     progress = ProgressMonitor()
 
@@ -112,5 +120,14 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     app = create_http_app(
         "policy", readiness={"broker": bus.ping, "database": database_ready}, progress=progress
     )
-    install_api(app, work, attributor, settings.allowlist, settings.admin_token, settings.portal_token)
+    install_api(
+        app,
+        work,
+        attributor,
+        settings.allowlist,
+        settings.admin_token,
+        settings.portal_token,
+        max_self_releases=settings.max_self_releases,
+        self_release_window=window,
+    )
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)

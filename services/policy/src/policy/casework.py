@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import (
     CaseChanged,
     CaseState,
@@ -23,10 +24,10 @@ from lazaretto_core.contracts import (
 from lazaretto_core.db import Connection
 from lazaretto_core.outbox import OutboxRelay, enqueue
 
-from . import flow, store
+from . import flow, identity, store
 from .attribution import Attribution
 from .flow import Outcome, Step
-from .store import Case
+from .store import AddressSource, Case
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ IN_FLIGHT_STATE: dict[Step, CaseState] = {
 
 class CaseExists(Exception):
     def __init__(self, case: Case) -> None:
-        super().__init__(f"case {case.case_id} is already open for {case.ip}")
+        super().__init__(f"case {case.case_id} is already open for {case.key_kind} {case.device_key}")
         self.case = case
 
 
@@ -63,22 +64,75 @@ class CaseWork:
         category: str,
         reason: str,
         actor: str,
+        leases: DeviceLeases | None = None,
+        source: AddressSource = "alert",
     ) -> Case:
-        """Open a case inside the caller's transaction and request the garden."""
-        existing = await store.open_case_for_ip(conn, attribution.ip, lock=True)
+        """Open a case for the attributed device inside the caller's transaction and request the garden.
+
+        `leases` (the device's leases since the observation) say where the device is now: the garden
+        goes to its current address, which may no longer be the one the alert named.
+        """
+        key_kind, device_key = identity.case_key(scope, attribution)
+        existing = await store.open_case_for_device(conn, key_kind, device_key, lock=True)
         if existing is not None:
             raise CaseExists(existing)
+        current = identity.current_lease(leases)
         case = await store.create_case(
             conn,
-            ip=attribution.ip,
+            ip=current.ip if current else attribution.ip,
             cpe_mac=attribution.cpe_mac,
             cm_mac=attribution.cm_mac,
             scope=scope,
             category=category,
             reason=reason,
             opened_by=actor,
+            key_kind=key_kind,
+            device_key=device_key,
+            attribution=attribution.audit(),
         )
+        await self.record_alert_address(conn, case, attribution, source)
+        await self.follow_device(conn, case, leases)
+        case = await store.get_case(conn, case.case_id) or case
         return await self.apply(conn, case, flow.opened(), actor, {"reason": reason})
+
+    async def record_alert_address(
+        self, conn: Connection, case: Case, attribution: Attribution, source: AddressSource
+    ) -> None:
+        """The address the evidence named, over the lease that covered it when known."""
+        lease = attribution.lease
+        if lease is not None:
+            until = None if lease.ended == "active" else lease.valid_until
+            await store.record_address(conn, case.case_id, attribution.ip, lease.valid_from, until, source)
+        else:
+            if attribution.found == "cmts":
+                source = "cmts"
+            await store.record_address(conn, case.case_id, attribution.ip, attribution.at, None, source)
+
+    async def follow_device(self, conn: Connection, case: Case, leases: DeviceLeases | None) -> Case:
+        """Record every lease the device held during the case and make its newest active one current."""
+        if leases is None:
+            return case
+        for lease in leases.leases:
+            until = None if lease.ended == "active" else lease.valid_until
+            await store.record_address(conn, case.case_id, lease.ip, lease.valid_from, until, "lease")
+        current = identity.current_lease(leases)
+        if current is None or current.ip == case.ip:
+            return case
+        reason = f"device moved from {case.ip} to {current.ip}"
+        await store.set_current_ip(conn, case.case_id, current.ip)
+        await store.add_event(
+            conn,
+            case.case_id,
+            "policy",
+            case.state,
+            case.state,
+            {"reason": reason, "lease": current.model_dump(mode="json")},
+        )
+        moved = await store.get_case(conn, case.case_id)
+        assert moved is not None
+        # Listeners that act per address (detector-smtp) learn the device's new one.
+        await self._enqueue(conn, self._changed(moved, moved.state, reason), moved)
+        return moved
 
     async def apply(
         self, conn: Connection, case: Case, outcome: Outcome, actor: str, detail: dict[str, Any]
@@ -108,20 +162,9 @@ class CaseWork:
         await store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
-            await self._enqueue(conn, self._command(case, outcome.next_step, step_id), case)
-        await self._enqueue(
-            conn,
-            CaseChanged(
-                case_id=case.case_id,
-                state=outcome.state,
-                reason=str(detail.get("reason", outcome.state))[:500],
-                scope=case.scope,
-                ip=case.ip,
-                changed_at=utcnow(),
-                category=case.category,
-            ),
-            case,
-        )
+            await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)
+        reason = str(detail.get("reason", outcome.state))
+        await self._enqueue(conn, self._changed(case, outcome.state, reason), case)
         updated = await store.get_case(conn, case.case_id)
         assert updated is not None
         return updated
@@ -158,9 +201,24 @@ class CaseWork:
             self.relay.kick()
         return count
 
-    def _command(self, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
+    def _changed(self, case: Case, state: CaseState, reason: str) -> CaseChanged:
+        return CaseChanged(
+            case_id=case.case_id,
+            state=state,
+            reason=reason[:500],
+            scope=case.scope,
+            ip=case.ip,
+            changed_at=utcnow(),
+            category=case.category,
+            cpe_mac=case.cpe_mac,
+            cm_mac=case.cm_mac,
+            key_kind=case.key_kind,
+        )
+
+    async def _command(self, conn: Connection, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
         if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):
             command = GardenApply if step is Step.GARDEN_APPLY else GardenRemove
+            held = {a["ip"] for a in await store.case_addresses(conn, case.case_id)} | {case.ip}
             return command(
                 case_id=case.case_id,
                 step_id=step_id,
@@ -169,6 +227,8 @@ class CaseWork:
                 cpe_ip=case.ip,
                 cm_mac=case.cm_mac,
                 reason=case.reason[:500],
+                case_ips=tuple(sorted(held)),
+                key_kind=case.key_kind,
             )
         assert case.cm_mac is not None
         return ModemReset(case_id=case.case_id, step_id=step_id, cm_mac=case.cm_mac)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import ClassVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from lazaretto_core.settings import ServiceSettings
 
@@ -28,5 +28,11 @@ class PolicySettings(ServiceSettings):
     step_max_attempts: int = 5
     # Seconds before the first retry of a failed step; doubles with each attempt, capped at 300.
     step_retry_base: float = 2.0
-    # Self-releases a subscriber gets before release needs the helpdesk.
+    # Self-releases a device gets within `self_release_window` (across its cases) before release
+    # needs the helpdesk.
     max_self_releases: int = 3
+    # Seconds over which self-releases are counted per device (default 30 days).
+    self_release_window: float = Field(default=30 * 86400, gt=0)
+    # Seconds after an observation's last_seen beyond which it is recorded and not acted on: by then
+    # the address may be someone else's.
+    max_observation_age: float = Field(default=3600, gt=0)

@@ -6,19 +6,20 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, CaseState, KeyKind
 from lazaretto_core.db import Connection
 
 from .flow import Step
 
 _CASE_COLUMNS = (
     "case_id, host(ip) AS ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by, opened_at,"
-    " updated_at, closed_at, step, step_id, step_attempts, next_retry_at, self_releases"
+    " updated_at, closed_at, step, step_id, step_attempts, next_retry_at, self_releases, key_kind, device_key"
 )
+AddressSource = Literal["alert", "lease", "cmts", "operator"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Case:
     scope: str
     category: str
     reason: str
-    state: str
+    state: CaseState
     opened_by: str
     opened_at: datetime
     updated_at: datetime
@@ -40,6 +41,8 @@ class Case:
     step_attempts: int
     next_retry_at: datetime | None
     self_releases: int
+    key_kind: KeyKind
+    device_key: str
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Case:
@@ -53,10 +56,33 @@ class Case:
         return data
 
 
-async def open_case_for_ip(conn: Connection, ip: str, *, lock: bool = False) -> Case | None:
+async def open_case_for_device(
+    conn: Connection, key_kind: KeyKind, device_key: str, *, lock: bool = False
+) -> Case | None:
     suffix = " FOR UPDATE" if lock else ""
     row = await conn.fetchrow(
-        f"SELECT {_CASE_COLUMNS} FROM cases WHERE ip = $1::inet AND closed_at IS NULL{suffix}", ip
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE key_kind = $1 AND device_key = $2 AND closed_at IS NULL"
+        + suffix,
+        key_kind,
+        device_key,
+    )
+    return Case.from_row(row) if row else None
+
+
+async def open_case_for_visitor(
+    conn: Connection, *, mac: str | None, cm_mac: str | None, static_ip: str | None
+) -> Case | None:
+    """The open case of a visitor's device: its CPE case first, else its household's (modem) case; or,
+    for a visitor no lease or CMTS table knows, the case keyed by its (static) address."""
+    row = await conn.fetchrow(
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE closed_at IS NULL AND ("
+        " (key_kind = 'cpe_mac' AND device_key = $1)"
+        " OR (key_kind = 'cm_mac' AND (device_key = $2 OR cpe_mac = $1))"
+        " OR (key_kind = 'address' AND device_key = $3))"
+        " ORDER BY key_kind = 'cpe_mac' DESC, opened_at LIMIT 1",
+        mac,
+        cm_mac,
+        static_ip,
     )
     return Case.from_row(row) if row else None
 
@@ -81,10 +107,13 @@ async def create_case(
     category: str,
     reason: str,
     opened_by: str,
+    key_kind: KeyKind,
+    device_key: str,
+    attribution: dict[str, Any],
 ) -> Case:
     row = await conn.fetchrow(
-        "INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by)"
-        " VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8)"
+        "INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by,"
+        " key_kind, device_key) VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8, $9, $10)"
         f" RETURNING {_CASE_COLUMNS}",
         uuid.uuid4(),
         ip,
@@ -94,10 +123,67 @@ async def create_case(
         category,
         reason,
         opened_by,
+        key_kind,
+        device_key,
     )
     assert row is not None
-    await add_event(conn, row["case_id"], opened_by, None, "open", {"reason": reason})
+    detail = {"reason": reason, "key_kind": key_kind, "device_key": device_key, "attribution": attribution}
+    await add_event(conn, row["case_id"], opened_by, None, "open", detail)
     return Case.from_row(row)
+
+
+async def record_address(
+    conn: Connection,
+    case_id: uuid.UUID,
+    ip: str,
+    valid_from: datetime,
+    valid_until: datetime | None,
+    source: AddressSource,
+) -> None:
+    """Record that the case's device held `ip` over an interval (an update closes an open interval)."""
+    await conn.execute(
+        "INSERT INTO case_addresses (case_id, ip, valid_from, valid_until, source)"
+        " VALUES ($1, $2::inet, $3, $4, $5)"
+        " ON CONFLICT (case_id, ip, valid_from) DO UPDATE SET valid_until = EXCLUDED.valid_until",
+        case_id,
+        ip,
+        valid_from,
+        valid_until,
+        source,
+    )
+
+
+async def case_addresses(conn: Connection, case_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT host(ip) AS ip, valid_from, valid_until, source FROM case_addresses"
+        " WHERE case_id = $1 ORDER BY valid_from, ip",
+        case_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def set_current_ip(conn: Connection, case_id: uuid.UUID, ip: str) -> None:
+    await conn.execute("UPDATE cases SET ip = $2::inet WHERE case_id = $1 AND ip <> $2::inet", case_id, ip)
+
+
+async def self_releases_since(conn: Connection, key_kind: str, device_key: str, since: datetime) -> int:
+    """Self-releases of one device across all its cases since `since`."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM self_releases WHERE key_kind = $1 AND device_key = $2 AND at >= $3",
+        key_kind,
+        device_key,
+        since,
+    )
+    return count
+
+
+async def add_self_release(conn: Connection, case: Case) -> None:
+    await conn.execute(
+        "INSERT INTO self_releases (key_kind, device_key, case_id) VALUES ($1, $2, $3)",
+        case.key_kind,
+        case.device_key,
+        case.case_id,
+    )
 
 
 async def save_transition(
@@ -147,12 +233,16 @@ async def add_event(
 
 
 async def insert_observation(
-    conn: Connection, event: AbuseObserved, case_id: uuid.UUID | None, decision: str
+    conn: Connection,
+    event: AbuseObserved,
+    case_id: uuid.UUID | None,
+    decision: str,
+    attribution: dict[str, Any] | None = None,
 ) -> bool:
     status: str = await conn.execute(
         "INSERT INTO observations (observation_id, detector, sensor, ip, category, severity, count,"
-        " first_seen, last_seen, signatures, evidence, case_id, decision)"
-        " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13)"
+        " first_seen, last_seen, signatures, evidence, case_id, decision, attribution)"
+        " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14::jsonb)"
         " ON CONFLICT (observation_id) DO NOTHING",
         event.observation_id,
         event.detector,
@@ -167,8 +257,18 @@ async def insert_observation(
         json.dumps(event.evidence),
         case_id,
         decision,
+        json.dumps(attribution or {}, default=str),
     )
     return status.endswith(" 1")
+
+
+async def get_observation(conn: Connection, observation_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT observation_id, host(ip) AS ip, case_id, decision, attribution FROM observations"
+        " WHERE observation_id = $1",
+        observation_id,
+    )
+    return {**dict(row), "attribution": json.loads(row["attribution"])} if row else None
 
 
 async def due_retries(conn: Connection, limit: int = 50) -> list[uuid.UUID]:
@@ -181,16 +281,27 @@ async def due_retries(conn: Connection, limit: int = 50) -> list[uuid.UUID]:
 
 
 async def list_cases(
-    conn: Connection, *, state: str | None, ip: str | None, open_only: bool, limit: int
+    conn: Connection,
+    *,
+    state: str | None,
+    ip: str | None,
+    open_only: bool,
+    limit: int,
+    mac: str | None = None,
 ) -> list[Case]:
+    """Cases by state; by any address the device held during the case; by CPE or CM MAC."""
     rows = await conn.fetch(
-        f"SELECT {_CASE_COLUMNS} FROM cases"
-        " WHERE ($1::text IS NULL OR state = $1) AND ($2::inet IS NULL OR ip = $2::inet)"
+        f"SELECT {_CASE_COLUMNS} FROM cases c"
+        " WHERE ($1::text IS NULL OR state = $1)"
+        " AND ($2::inet IS NULL OR ip = $2::inet OR EXISTS ("
+        "   SELECT 1 FROM case_addresses a WHERE a.case_id = c.case_id AND a.ip = $2::inet))"
+        " AND ($5::text IS NULL OR cpe_mac = $5 OR cm_mac = $5)"
         " AND (NOT $3 OR closed_at IS NULL) ORDER BY opened_at DESC LIMIT $4",
         state,
         ip,
         open_only,
         limit,
+        mac,
     )
     return [Case.from_row(r) for r in rows]
 

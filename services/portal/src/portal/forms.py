@@ -1,4 +1,8 @@
-"""The release form's CSRF token: an HMAC over case, visitor address and issue time. Pure."""
+"""The release form's token: an HMAC over the case, the device it belongs to and the issue time. Pure.
+
+Bound to the device, not the address: the quarantine itself moves the device to another address, and
+a later holder of an address must never inherit a form. Any malformed token is simply invalid.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ import time
 _TOKEN = re.compile(r"[0-9]{1,12}\.[0-9a-f]{64}", re.ASCII)
 
 
-def issue_token(secret: bytes, case_id: str, client_ip: str, now: float | None = None) -> str:
+def issue_token(secret: bytes, case_id: str, device_key: str, now: float | None = None) -> str:
     issued = int(time.time() if now is None else now)
-    return f"{issued}.{_mac(secret, case_id, client_ip, issued)}"
+    return f"{issued}.{_mac(secret, case_id, device_key, issued)}"
 
 
 def token_valid(
-    secret: bytes, token: str, case_id: str, client_ip: str, max_age: float = 3600, now: float | None = None
+    secret: bytes, token: str, case_id: str, device_key: str, max_age: float = 3600, now: float | None = None
 ) -> bool:
     if _TOKEN.fullmatch(token) is None:
         return False
@@ -26,13 +30,9 @@ def token_valid(
     current = time.time() if now is None else now
     if not 0 <= current - issued <= max_age:
         return False
-    return hmac.compare_digest(mac.encode(), _mac(secret, case_id, client_ip, issued).encode())
+    expected = _mac(secret, case_id, device_key, issued)
+    return hmac.compare_digest(mac.encode(), expected.encode())
 
 
-def token_well_formed(token: str) -> bool:
-    """Tokens are printable ASCII: other text was not put in the form by our page (a damaged form)."""
-    return token.isascii() and token.isprintable()
-
-
-def _mac(secret: bytes, case_id: str, client_ip: str, issued: int) -> str:
-    return hmac.new(secret, f"{case_id}|{client_ip}|{issued}".encode(), hashlib.sha256).hexdigest()
+def _mac(secret: bytes, case_id: str, device_key: str, issued: int) -> str:
+    return hmac.new(secret, f"{case_id}|{device_key}|{issued}".encode(), hashlib.sha256).hexdigest()

@@ -15,7 +15,7 @@ from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.contracts import ReleaseRequested, utcnow
 from lazaretto_core.http import max_body
 
-from .forms import issue_token, token_valid, token_well_formed
+from .forms import issue_token, token_valid
 from .policy_client import PolicyClient, PolicyUnavailable, VisitorCase
 from .reasons import explain
 from .settings import PortalSettings
@@ -71,7 +71,8 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             return render(title="Not restricted", state="free", client_ip=client_ip)
         explanation = explain(case.category)
         if case.state in ("quarantined", "needs_operator"):
-            token = issue_token(secret, case.case_id, client_ip)
+            # Policy decides whether self-release is possible now; only then is there a form to sign.
+            token = issue_token(secret, case.case_id, case.device_key) if case.self_release_allowed else ""
             return render(
                 title=explanation.headline,
                 state="quarantined",
@@ -108,22 +109,28 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         form_token: Annotated[str, Form(max_length=200)],
         attest: Annotated[str, Form(max_length=10)] = "",
     ) -> Response:
-        client_ip = client_of(request)
-        if not token_well_formed(form_token):
+        # Our page only ever puts printable ASCII in the form: anything else is a damaged form.
+        if not all(field.isascii() and field.isprintable() for field in (case_id, form_token, attest)):
             return HTMLResponse(
                 "<h1>This form is damaged: reload the page</h1>", 400, headers=SECURITY_HEADERS
             )
-        if not token_valid(secret, form_token, case_id, client_ip):
+        client_ip = client_of(request)
+        case = await lookup(client_ip)
+        if isinstance(case, Response):
+            return case
+        # The form must be for the open case of the device holding this address now: policy found the
+        # case from the visitor's address, and the token binds that case to its device.
+        if (
+            case is None
+            or case.case_id != case_id
+            or not token_valid(secret, form_token, case_id, case.device_key)
+        ):
             return HTMLResponse(
                 "<h1>This form has expired: reload the page</h1>", 403, headers=SECURITY_HEADERS
             )
         if attest != "yes":
             return HTMLResponse("<h1>Please tick the box to confirm</h1>", 400, headers=SECURITY_HEADERS)
-        case = await lookup(client_ip)
-        if isinstance(case, Response):
-            return case
-        # The case must be the visitor's own, open one: a form for another address never validates.
-        if case is None or case.case_id != case_id or not case.self_release_allowed:
+        if not case.self_release_allowed:
             return page_for(case, client_ip)
         request_event = ReleaseRequested(
             request_id=uuid.uuid4(),
@@ -132,6 +139,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             attestation_version=settings.attestation_version,
             requested_at=utcnow(),
             user_agent=request.headers.get("user-agent", "")[:500],
+            device_mac=case.visitor_mac,
         )
         try:
             await bus.publish(request_event, correlation_id=case.case_id)

@@ -1,24 +1,32 @@
-"""The portal's read of policy: the visitor's own open case, if any."""
+"""The portal's read of policy: the open case of the device holding the visitor's address now, if any."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
+import pydantic
+from pydantic import BaseModel, ConfigDict
 
 
 class PolicyUnavailable(Exception):
     """Policy could not be asked; the page says so instead of guessing."""
 
 
-@dataclass(frozen=True)
-class VisitorCase:
+class VisitorCase(BaseModel):
+    """Policy's answer. The portal never decides identity or self-release itself: policy says who the
+    visitor is (`visitor_mac`), what the case is keyed by, and whether self-release is possible now."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
     case_id: str
     category: str
     reason: str
     state: str
     opened_at: str
     self_release_allowed: bool
+    key_kind: str = "address"
+    device_key: str = ""
+    visitor_mac: str | None = None
+    self_releases_left: int | None = None
 
 
 class PolicyClient:
@@ -35,7 +43,10 @@ class PolicyClient:
             return None
         if response.status_code != 200:
             raise PolicyUnavailable(f"policy answered {response.status_code}")
-        return VisitorCase(**response.json())
+        try:
+            return VisitorCase.model_validate_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise PolicyUnavailable(f"policy answered no valid case: {exc.error_count()} error(s)") from exc
 
     async def ping(self) -> None:
         response = await self._client.get(f"{self._base}/healthz")

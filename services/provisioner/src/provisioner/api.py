@@ -1,24 +1,105 @@
-"""Provisioner's admin API: lease look-ups for attribution and the garden state of an address."""
+"""Provisioner's admin API: typed attribution look-ups from the lease history, and garden state."""
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
-from pydantic import SecretStr
+from pydantic import AwareDatetime, SecretStr
 
+from lazaretto_core.attribution import (
+    DEVICE_LEASES_PATH,
+    HOLDERS_PATH,
+    DeviceLeases,
+    LeaseEnd,
+    LeaseHolders,
+    LeaseInterval,
+)
 from lazaretto_core.http import bearer_token_guard, path_ip
 
 from .garden import Garden
+from .kea import format_mac, parse_mac
+from .lease_history import Interval, LeaseHistory
+
+# How the history's end reasons read in the versioned answer: a client moved by Kea to another
+# address, or one that declined it, gave the address up.
+_END: dict[str, LeaseEnd] = {
+    "released": "released",
+    "moved": "released",
+    "declined": "released",
+    "expired": "expired",
+    "reassigned": "reassigned",
+}
 
 
-def install_api(app: FastAPI, garden: Garden, admin_token: SecretStr) -> None:
+def path_ipv4(text: str) -> str:
+    """An IPv4 address from a URL; 422 for anything else (Kea's lease4 holds IPv4 only)."""
+    ip = path_ip(text)
+    if not isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address):
+        raise HTTPException(422, f"not an IPv4 address: {text!r} (DHCPv4 leases only)")
+    return ip
+
+
+def path_mac(text: str) -> str:
+    try:
+        return format_mac(parse_mac(text))
+    except ValueError:
+        raise HTTPException(422, f"not a MAC address: {text!r}") from None
+
+
+def utc(value: datetime, name: str) -> datetime:
+    """`value` in UTC; 422 when it cannot be (a date at the very edge of the calendar)."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(422, f"{name} is out of range: {value.isoformat()}") from None
+
+
+def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
+    if interval.mac is None:  # a client-id-only lease names no device
+        return None
+    if interval.ended_at is not None and interval.end_reason is not None:
+        ended, until = _END[interval.end_reason], interval.ended_at
+    elif interval.valid_until <= now:
+        ended, until = "expired", interval.valid_until  # ran out; Kea has not reclaimed it yet
+    else:
+        ended, until = "active", interval.valid_until
+    return LeaseInterval(
+        ip=interval.ip,
+        mac=interval.mac,
+        valid_from=interval.valid_from,
+        valid_until=max(until, interval.valid_from),
+        ended=ended,
+    )
+
+
+def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token: SecretStr) -> None:
     router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
+
+    @router.get(HOLDERS_PATH.removeprefix("/v1"), response_model=LeaseHolders)
+    async def holders(ip: str, at: AwareDatetime | None = None) -> LeaseHolders:
+        """Who held `ip` at `at` (default now), from the lease history; more than one is a conflict."""
+        ip = path_ipv4(ip)
+        now = datetime.now(UTC)
+        when = utc(at, "at") if at is not None else now
+        found = [to_answer(i, now) for i in await history.holders(ip, when)]
+        return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
+
+    @router.get(DEVICE_LEASES_PATH.removeprefix("/v1"), response_model=DeviceLeases)
+    async def device_leases(mac: str, since: AwareDatetime | None = None) -> DeviceLeases:
+        """Every address `mac` held from `since` on (default: all the history keeps), oldest first."""
+        mac = path_mac(mac)
+        now = datetime.now(UTC)
+        start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
+        found = [to_answer(i, now) for i in await history.device_leases(mac, start)]
+        return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
 
     @router.get("/leases/{ip}")
     async def lease(ip: str) -> dict[str, Any]:
         """The CPE holding `ip` now, from Kea's lease table."""
-        found = await garden.kea.lease_by_ip(path_ip(ip))
+        found = await garden.kea.lease_by_ip(path_ipv4(ip))
         if found is None or found.mac is None:
             raise HTTPException(404, f"no active lease for {ip}")
         return {
@@ -31,11 +112,13 @@ def install_api(app: FastAPI, garden: Garden, admin_token: SecretStr) -> None:
     @router.get("/garden/{ip}")
     async def garden_state(ip: str) -> dict[str, Any]:
         ip = path_ip(ip)
-        lease = await garden.kea.lease_by_ip(ip)
+        v4 = isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address)
+        lease = await garden.kea.lease_by_ip(ip) if v4 else None
         mac = lease.mac if lease else None
         return {
             "ip": ip,
             "dns_quarantined": await garden.rpz.is_quarantined(ip),
+            "in_quarantine_pool": garden.in_quarantine_pool(ip),
             "mac": mac,
             "dhcp_quarantined": await garden.kea.is_quarantined(mac) if mac else None,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -13,9 +14,11 @@ from lazaretto_core.contracts import GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor, create_http_app
 
 from .api import install_api
+from .follower import GardenFollower
 from .garden import Garden
 from .handlers import ProvisionerHandlers
 from .kea import KeaHosts
+from .lease_history import LeaseHistory
 from .rpz import RpzAdapter
 from .settings import ProvisionerSettings
 
@@ -28,11 +31,17 @@ class ProvisionerService:
     garden: Garden
     handlers: ProvisionerHandlers
     http_app: FastAPI
+    history: LeaseHistory
+    follower: GardenFollower
 
     async def start(self) -> None:
         await self.garden.kea.check_schema()
+        # Lease history and the garden's records live in Kea's database, next to lease4.
+        await self.history.install()
         for name in self.settings.allow_names:
             await self.garden.rpz.allow_name(name)
+        await self.garden.install_pools()
+        await self.follower.start()
         await self.bus.connect()
         await self.bus.consume(
             queue_name("provisioner"),
@@ -41,6 +50,7 @@ class ProvisionerService:
 
     async def stop(self) -> None:
         await self.bus.close()
+        await self.follower.stop()
         await self.kea_pool.close()
 
 
@@ -56,7 +66,8 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         allow_zone=settings.allow_zone,
         portal_name=settings.portal_name,
     )
-    garden = Garden(KeaHosts(kea_pool), rpz)
+    garden = Garden(KeaHosts(kea_pool), rpz, kea_pool, [str(p) for p in settings.quarantine_pools])
+    history = LeaseHistory(kea_pool)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "provisioner",
@@ -70,10 +81,25 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
     async def dns_ready() -> None:
         await rpz.is_allowed(settings.portal_name)
 
+    progress = ProgressMonitor()
+    follower = GardenFollower(
+        garden,
+        settings.kea_database_url.get_secret_value(),
+        settings.garden_sweep_interval,
+        progress,
+        history=history,
+        retention=timedelta(days=settings.lease_history_days),
+    )
     app = create_http_app(
         "provisioner",
-        readiness={"broker": bus.ping, "kea_database": kea_ready, "dns": dns_ready},
-        progress=ProgressMonitor(),
+        readiness={
+            "broker": bus.ping,
+            "kea_database": kea_ready,
+            "dns": dns_ready,
+            "lease_listener": follower.check_listening,
+        },
+        progress=progress,
     )
-    install_api(app, garden, settings.admin_token)
-    return ProvisionerService(settings, kea_pool, bus, garden, ProvisionerHandlers(garden, bus), app)
+    install_api(app, garden, history, settings.admin_token)
+    handlers = ProvisionerHandlers(garden, bus)
+    return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower)

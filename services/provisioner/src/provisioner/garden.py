@@ -1,37 +1,200 @@
-"""Applies and removes the garden for one CPE across DHCP and DNS; every call is idempotent."""
+"""Applies and removes the garden for one device across DHCP and DNS, and keeps it on the device.
+
+The garden belongs to a device (CPE MAC), not to an address. The quarantine pools are gardened as a
+whole (one CIDR trigger each, installed at start); apply adds a trigger for each normal-pool address
+the device holds. Which device and which addresses are gardened is kept in Kea's database
+(`lazaretto_garden_device`, `lazaretto_garden_address`, created by `LeaseHistory.install`), so the
+lease trigger can tell the provisioner at once when one of them changes; `follow()` then moves the
+garden: an address the device left loses its trigger before its next holder can be gardened by
+someone else's case, and a new normal-pool address of a gardened device gains one. Every call is
+idempotent; DNS is changed before the row that records it, so a failure leaves work for the next sweep.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
 
 from lazaretto_core.contracts import GardenApply
 
-from .kea import KeaHosts
+from .kea import KeaHosts, format_mac, parse_mac
 from .rpz import RpzAdapter
 
 log = logging.getLogger(__name__)
 
+# A lease counts while Kea would still answer for it: state 0 (default) and not past its expiry.
+_ACTIVE = "l.state = 0 AND l.expire > now()"
+_MAC_BYTES = "decode(replace({}::text, ':', ''), 'hex')"
+
+_DEVICE_LEASES = f"""
+SELECT host(lazaretto_lease4_ip(l.address)) AS ip FROM lease4 l
+ WHERE l.hwaddr = {_MAC_BYTES.format("$1::macaddr")} AND {_ACTIVE}
+"""
+_OTHER_HOLDER = f"""
+SELECT 1 FROM lease4 l
+ WHERE lazaretto_lease4_ip(l.address) = $1::inet AND {_ACTIVE}
+   AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("$2::macaddr")}
+"""
+# Addresses to un-garden: the device no longer holds the lease it was gardened for, or another MAC
+# holds an active lease on it now (a static or address-keyed entry included).
+_LEFT = f"""
+SELECT host(g.ip) AS ip, g.mac::text AS mac FROM lazaretto_garden_address g
+ WHERE (g.leased AND NOT EXISTS (
+            SELECT 1 FROM lease4 l
+             WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
+               AND l.hwaddr = {_MAC_BYTES.format("g.mac")}))
+    OR EXISTS (
+            SELECT 1 FROM lease4 l
+             WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
+               AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("g.mac")})
+"""
+# Addresses a gardened device holds now that are not recorded yet.
+_JOINED = f"""
+SELECT host(lazaretto_lease4_ip(l.address)) AS ip, d.mac::text AS mac, d.case_id
+  FROM lazaretto_garden_device d JOIN lease4 l ON l.hwaddr = {_MAC_BYTES.format("d.mac")}
+ WHERE {_ACTIVE}
+   AND NOT EXISTS (SELECT 1 FROM lazaretto_garden_address g WHERE g.ip = lazaretto_lease4_ip(l.address))
+"""
+
+
+@dataclass(frozen=True)
+class GardenedAddress:
+    ip: str
+    mac: str | None
+    leased: bool
+
 
 class Garden:
-    def __init__(self, kea: KeaHosts, rpz: RpzAdapter) -> None:
+    """Garden of one provisioner: Kea host reservations, RPZ client-IP triggers, and their records."""
+
+    def __init__(
+        self,
+        kea: KeaHosts,
+        rpz: RpzAdapter,
+        pool: asyncpg.Pool[asyncpg.Record],
+        quarantine_pools: Sequence[str] = (),
+    ) -> None:
         self.kea = kea
         self.rpz = rpz
+        self._pool = pool
+        self.quarantine_pools = tuple(ipaddress.IPv4Network(p) for p in quarantine_pools)
+        # apply/remove and follow() never interleave within this process.
+        self._lock = asyncio.Lock()
+
+    def in_quarantine_pool(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in net for net in self.quarantine_pools)
+
+    async def install_pools(self) -> list[str]:
+        """One CIDR trigger per quarantine pool: every address Kea gives from it is gardened."""
+        for net in self.quarantine_pools:
+            await self.rpz.quarantine_client(str(net))
+        return [f"rpz: client-ip {net} (quarantine pool)" for net in self.quarantine_pools]
 
     async def apply(self, command: GardenApply) -> list[str]:
-        changes: list[str] = []
-        if command.cpe_mac:
-            context: dict[str, object] = {"case_id": str(command.case_id), "reason": command.reason}
-            await self.kea.quarantine_host(command.cpe_mac, context)
-            changes.append(f"kea: host {command.cpe_mac} in class quarantine")
-        await self.rpz.quarantine_client(command.cpe_ip)
-        changes.append(f"rpz: client-ip {command.cpe_ip} -> {self.rpz.portal_target.to_text()}")
-        return changes
+        async with self._lock:
+            changes: list[str] = []
+            mac = format_mac(parse_mac(command.cpe_mac)) if command.cpe_mac else None
+            if mac is not None:
+                context: dict[str, object] = {"case_id": str(command.case_id), "reason": command.reason}
+                await self.kea.quarantine_host(mac, context)
+                changes.append(f"kea: host {mac} in class quarantine")
+                await self._pool.execute(
+                    "INSERT INTO lazaretto_garden_device (mac, case_id) VALUES ($1, $2)"
+                    " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id",
+                    mac,
+                    command.case_id,
+                )
+            for address in await self._addresses_to_garden(mac, str(command.cpe_ip)):
+                await self._garden(address, command.case_id)
+                how = "leased by" if address.leased else "static, device"
+                changes.append(f"rpz: client-ip {address.ip} -> portal ({how} {address.mac or 'unknown'})")
+            return changes
 
     async def remove(self, command: GardenApply) -> list[str]:
-        changes: list[str] = []
-        if command.cpe_mac:
-            removed = await self.kea.release_host(command.cpe_mac)
-            changes.append(f"kea: host {command.cpe_mac} {'released' if removed else 'was not quarantined'}")
-        await self.rpz.release_client(command.cpe_ip)
-        changes.append(f"rpz: client-ip {command.cpe_ip} removed")
-        return changes
+        async with self._lock:
+            changes: list[str] = []
+            mac = format_mac(parse_mac(command.cpe_mac)) if command.cpe_mac else None
+            if mac is not None:
+                removed = await self.kea.release_host(mac)
+                changes.append(f"kea: host {mac} {'released' if removed else 'was not quarantined'}")
+                await self._pool.execute("DELETE FROM lazaretto_garden_device WHERE mac = $1", mac)
+                rows = await self._pool.fetch(
+                    "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1", mac
+                )
+            else:
+                # An address-keyed case: its addresses, as far as no device's garden holds them.
+                rows = await self._pool.fetch(
+                    "SELECT host(ip) AS ip FROM lazaretto_garden_address"
+                    " WHERE ip = ANY($1::inet[]) AND mac IS NULL",
+                    [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
+                )
+            ips = [r["ip"] for r in rows]
+            if not ips and not self.in_quarantine_pool(str(command.cpe_ip)):
+                # Nothing recorded (a garden applied before addresses were recorded): the command's
+                # own address, unless it is recorded for another device now.
+                owner = await self._pool.fetchrow(
+                    "SELECT mac FROM lazaretto_garden_address WHERE ip = $1::inet", str(command.cpe_ip)
+                )
+                if owner is None:
+                    ips = [str(command.cpe_ip)]
+            for ip in ips:
+                await self._ungarden(ip)
+                changes.append(f"rpz: client-ip {ip} removed")
+            return changes
+
+    async def gardened_addresses(self) -> list[GardenedAddress]:
+        rows = await self._pool.fetch(
+            "SELECT host(ip) AS ip, mac::text AS mac, leased FROM lazaretto_garden_address ORDER BY ip"
+        )
+        return [GardenedAddress(r["ip"], r["mac"], r["leased"]) for r in rows]
+
+    async def follow(self) -> list[str]:
+        """Move the garden with the devices: drop addresses they left, add normal-pool ones they took."""
+        async with self._lock:
+            changes: list[str] = []
+            for row in await self._pool.fetch(_LEFT):
+                await self._ungarden(row["ip"])
+                changes.append(f"rpz: client-ip {row['ip']} removed (left by {row['mac'] or 'static'})")
+            for row in await self._pool.fetch(_JOINED):
+                if self.in_quarantine_pool(row["ip"]):
+                    continue
+                await self._garden(GardenedAddress(row["ip"], row["mac"], True), row["case_id"])
+                changes.append(f"rpz: client-ip {row['ip']} -> portal (new address of {row['mac']})")
+            for change in changes:
+                log.info("garden follows the device: %s", change)
+            return changes
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _addresses_to_garden(self, mac: str | None, cpe_ip: str) -> list[GardenedAddress]:
+        if mac is not None:
+            leased = [r["ip"] for r in await self._pool.fetch(_DEVICE_LEASES, mac)]
+            if leased:
+                # The device's own leases now; the alert's address may already be someone else's.
+                return [GardenedAddress(ip, mac, True) for ip in leased if not self.in_quarantine_pool(ip)]
+            if self.in_quarantine_pool(cpe_ip) or await self._pool.fetchval(_OTHER_HOLDER, cpe_ip, mac):
+                return []
+            return [GardenedAddress(cpe_ip, mac, False)]  # a static address the CMTS lists for it
+        return [] if self.in_quarantine_pool(cpe_ip) else [GardenedAddress(cpe_ip, None, False)]
+
+    async def _garden(self, address: GardenedAddress, case_id: object) -> None:
+        await self.rpz.quarantine_client(address.ip)
+        await self._pool.execute(
+            "INSERT INTO lazaretto_garden_address (ip, mac, case_id, leased) VALUES ($1::inet, $2, $3, $4)"
+            " ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, case_id = EXCLUDED.case_id,"
+            " leased = EXCLUDED.leased, added_at = now()",
+            address.ip,
+            address.mac,
+            case_id,
+            address.leased,
+        )
+
+    async def _ungarden(self, ip: str) -> None:
+        await self.rpz.release_client(ip)
+        await self._pool.execute("DELETE FROM lazaretto_garden_address WHERE ip = $1::inet", ip)

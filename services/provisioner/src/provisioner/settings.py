@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from typing import ClassVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from lazaretto_core.settings import ServiceSettings
 
@@ -27,3 +28,11 @@ class ProvisionerSettings(ServiceSettings):
     portal_name: str = "portal.lazaretto.test"
     # Names a quarantined client may still resolve (antivirus, OS updates); `*.` covers subdomains.
     allow_names: tuple[str, ...] = ()
+    # Kea's quarantine pools as CIDRs: one rpz-client-ip trigger each, installed at start. Keep them
+    # CIDR-aligned and apart from the normal pools (an address inside one is never gardened per device).
+    quarantine_pools: tuple[IPv4Network, ...] = ()
+    # Seconds between sweeps that move the garden with the devices; the lease trigger's NOTIFY moves
+    # it at once, the sweep only catches what a lost notification missed.
+    garden_sweep_interval: float = Field(default=30.0, gt=0)
+    # Days an ended lease interval is kept (attribution of evidence older than this is impossible).
+    lease_history_days: int = Field(default=400, gt=0)

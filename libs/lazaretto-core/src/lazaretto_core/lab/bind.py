@@ -67,10 +67,13 @@ class LabBind:
         start_timeout: float = 60.0,
         extra_listen: tuple[str, ...] = (),
         clients: tuple[str, ...] = ("127.0.0.0/8",),
+        resolver_addresses: tuple[str, ...] = (),
     ) -> None:
         # `extra_listen`/`clients` let subscriber hosts in a netns (e.g. 100.64.0.0/24 via Kea's veth)
-        # use this resolver at their own addresses, as a real CPE would.
+        # use this resolver at their own addresses, as a real CPE would. `resolver_addresses` are the
+        # DNS servers Kea hands out (option 6): named answers there on port 53, as a CPE expects.
         self.extra_listen = extra_listen
+        self.resolver_addresses = resolver_addresses
         self.clients = clients
         self.portal_ip = portal_ip
         self.portal_name = portal_name
@@ -214,6 +217,11 @@ class LabBind:
         )
         listen = " ".join(f"{a};" for a in ("127.0.0.1", *self.extra_listen))
         clients = " ".join(f"{c};" for c in self.clients)
+        resolvers = (
+            "listen-on port 53 { " + " ".join(f"{a};" for a in self.resolver_addresses) + " };"
+            if self.resolver_addresses
+            else ""
+        )
         conf = textwrap.dedent(
             f"""\
             // Lazaretto lab resolver: RPZ allow-list first, client-IP quarantine second.
@@ -225,6 +233,7 @@ class LabBind:
                 session-keyfile "{d}/session.key";
                 managed-keys-directory "{d}";
                 listen-on port {self.port} {{ {listen} }};
+                {resolvers}
                 listen-on-v6 {{ none; }};
                 recursion yes;
                 allow-query {{ {clients} }};

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("discover", "dora", "renew")
+MODES = ("discover", "dora", "renew", "release")
 # Subnet mask, router, DNS, domain name, lease time, server id, captive portal (RFC 8910).
 PARAM_REQUEST_LIST = [1, 3, 6, 15, 51, 54, 114]
 _OFFER = frozenset({2})
@@ -72,11 +72,14 @@ def dhcp_exchange(
     timeout: float = 10.0,
     ip: str | None = None,
     server: str | None = None,
+    requested_ip: str | None = None,
 ) -> DhcpResult:
     """Run one DHCP exchange from inside `netns` on `iface` with chaddr `mac`.
 
-    mode: "discover" (DISCOVER -> OFFER), "dora" (DISCOVER/OFFER/REQUEST/ACK: Kea writes a lease), or
-    "renew" (RENEWING-state REQUEST for `ip` unicast to `server`). `timeout` bounds each reply wait.
+    mode: "discover" (DISCOVER -> OFFER), "dora" (DISCOVER/OFFER/REQUEST/ACK: Kea writes a lease),
+    "renew" (RENEWING-state REQUEST for `ip` unicast to `server`), or "release" (DHCPRELEASE of `ip`
+    unicast to `server`; RFC 2131 §4.4.6: the server sends no answer). `requested_ip` asks for an
+    address in DISCOVER/REQUEST (option 50). `timeout` bounds each reply wait.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -88,6 +91,8 @@ def dhcp_exchange(
         argv += ["--ip", ip]
     if server is not None:
         argv += ["--server", server]
+    if requested_ip is not None:
+        argv += ["--request-ip", requested_ip]
     # Python start-up plus scapy import is slow on a busy 2-core box: allow for it on top.
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=3 * timeout + 60, check=False)
     if proc.returncode != 0:
@@ -200,7 +205,13 @@ def _fill(result: dict[str, Any], reply: Any) -> None:
 
 
 def _run_client(
-    iface: str, mac: str, mode: str, timeout: float, ip: str | None, server: str | None
+    iface: str,
+    mac: str,
+    mode: str,
+    timeout: float,
+    ip: str | None,
+    server: str | None,
+    requested_ip: str | None = None,
 ) -> DhcpResult:
     from scapy.all import conf
 
@@ -216,7 +227,18 @@ def _run_client(
         if reply is not None:
             _fill(result, reply)
         return DhcpResult(**result)
-    offer = _exchange(iface, _packet(mac, xid, [("message-type", "discover")]), xid, timeout, _OFFER)
+    if mode == "release":
+        if ip is None or server is None:
+            raise SystemExit("--mode release needs --ip and --server")
+        from scapy.all import sendp
+
+        options = [("message-type", "release"), ("server_id", server)]
+        sendp(_packet(mac, xid, options, ciaddr=ip, dst=server), iface=iface, verbose=False)
+        result["message_type"] = "RELEASE"  # sent; RFC 2131 gives the server nothing to answer
+        return DhcpResult(**result)
+    wanted: list[Any] = [("requested_addr", requested_ip)] if requested_ip else []
+    discover = _packet(mac, xid, [("message-type", "discover"), *wanted])
+    offer = _exchange(iface, discover, xid, timeout, _OFFER)
     if offer is None:
         return DhcpResult(**result)
     _fill(result, offer)
@@ -246,9 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=MODES, default="dora")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--ip", help="renew: the leased address (ciaddr)")
-    parser.add_argument("--server", help="renew: the server address to unicast to")
+    parser.add_argument("--server", help="renew/release: the server address to unicast to")
+    parser.add_argument("--request-ip", help="discover/dora: the address to ask for (option 50)")
     args = parser.parse_args(argv)
-    result = _run_client(args.iface, args.mac, args.mode, args.timeout, args.ip, args.server)
+    result = _run_client(args.iface, args.mac, args.mode, args.timeout, args.ip, args.server, args.request_ip)
     print(result.to_json(), flush=True)
 
 

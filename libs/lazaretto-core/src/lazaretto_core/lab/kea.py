@@ -64,8 +64,8 @@ class LabKea:
         db_name: str | None = None,
         *,
         subnet: str | None = None,
-        normal_resolver: str = "198.51.100.53",
-        garden_resolver: str = "198.51.100.54",
+        normal_resolver: str | None = None,
+        garden_resolver: str | None = None,
         portal_url: str = "https://portal.lazaretto.test/captive-portal/api",
         normal_lifetime: int = 3600,
         quarantine_lifetime: int = 300,
@@ -81,8 +81,11 @@ class LabKea:
         if not _DB_NAME_RE.match(self.db_name):
             raise ValueError(f"not a plain PostgreSQL database name: {self.db_name!r}")
         self._requested_subnet = subnet
-        self.normal_resolver = normal_resolver
-        self.garden_resolver = garden_resolver
+        # Default: addresses of the lab subnet on the server end of the veth (the normal resolver is
+        # the server's own address, the garden resolver a second one), where a lab BIND can listen.
+        self._requested_resolvers = (normal_resolver, garden_resolver)
+        self.normal_resolver = normal_resolver or ""
+        self.garden_resolver = garden_resolver or ""
         self.portal_url = portal_url
         self.normal_lifetime = normal_lifetime
         self.quarantine_lifetime = quarantine_lifetime
@@ -245,12 +248,18 @@ class LabKea:
             else:
                 self.subnet = self._pick_subnet()
             self.server_ip = str(self.subnet[1])
+            self.normal_resolver = self._requested_resolvers[0] or self.server_ip
+            self.garden_resolver = self._requested_resolvers[1] or str(self.subnet[2])
             _run(["ip", "netns", "add", self.client_netns])
             self._netns_created = True
             _run(["ip", "link", "add", self.server_iface, "type", "veth", "peer", "name", self.client_iface])
             self._veth_created = True
             _run(["ip", "link", "set", self.client_iface, "netns", self.client_netns])
-            _run(["ip", "addr", "add", f"{self.server_ip}/{self.subnet.prefixlen}", "dev", self.server_iface])
+            for address in dict.fromkeys((self.server_ip, self.normal_resolver, self.garden_resolver)):
+                if ipaddress.IPv4Address(address) in self.subnet:
+                    _run(
+                        ["ip", "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", self.server_iface]
+                    )
             fcntl.flock(lock, fcntl.LOCK_UN)
         # No IPv6 on the pair: keeps router solicitations and DAD out of the client's sniffer.
         for ns_prefix, iface in (([], self.server_iface), (["-n", self.client_netns], self.client_iface)):

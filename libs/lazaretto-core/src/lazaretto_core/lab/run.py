@@ -49,7 +49,7 @@ def main() -> None:
         modems=DEMO_MODEMS,
         ports={} if args.free_ports else DEFAULT_PORTS,
         smtp_policy_port=0 if args.free_ports else 10040,
-        portal_on_subscriber_side=False,
+        portal_on_subscriber_side=True,
     )
     stopping = threading.Event()
 
@@ -92,7 +92,10 @@ def run(config: SystemConfig) -> None:
             f"  SMTP policy   check_policy_service inet:127.0.0.1:{system.smtp_policy_port}\n"
             f"  lab DNS       dig @127.0.0.1 -p {system.bind.port} www.example.test\n"
             f"  lab CMTS      snmpwalk -v2c -c public 127.0.0.1:{system.cmts.port} 1.3.6.1.2.1.10.127\n"
-            f"  subscribers   {system.kea.subnet} (Kea on {system.kea.client_netns})\n"
+            f"  subscribers   {system.kea.subnet}: Kea on {system.kea.server_iface}, PCs in netns "
+            f"{system.kea.client_netns}; their DNS {system.kea.normal_resolver} (normal pool) and "
+            f"{system.kea.garden_resolver} (quarantine pool {system.kea.quarantine_cidr}), port 53; portal "
+            f"{system.portal_public_url}\n"
             f"  logs          {config.workdir / 'logs'}\n"
             "Ctrl-C stops everything started here.",
             flush=True,

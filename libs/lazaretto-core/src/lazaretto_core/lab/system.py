@@ -7,6 +7,7 @@ Used by `make run`, the end-to-end tests and the end-to-end benchmark.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from .bind import LabBind
-from .dhcp_client import dhcp_exchange
+from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
 from .process import LabProcess, LabProcessError, free_port
 from .snmpd import LabCmts, LabModem
@@ -96,6 +98,8 @@ class LabSystem:
             portal_ip=portal_ip,
             extra_listen=(self.kea.server_ip,),
             clients=("127.0.0.0/8", str(self.kea.subnet)),
+            # The DNS servers Kea hands to the normal and the quarantine pool: BIND answers on both.
+            resolver_addresses=(self.kea.normal_resolver, self.kea.garden_resolver),
         ).start()
         self.cmts = LabCmts(
             self.config.modems, offline_seconds=self.config.offline_seconds, workdir=self.workdir / "cmts"
@@ -121,6 +125,14 @@ class LabSystem:
     def url(self, service: str) -> str:
         host = self.portal_ip if service == "portal" else "127.0.0.1"
         return f"http://{host}:{self.ports[service]}"
+
+    @property
+    def portal_public_url(self) -> str:
+        """The portal by name (the lab zone resolves it) when subscribers can reach it, else by address."""
+        assert self.bind is not None
+        if self.config.portal_on_subscriber_side:
+            return f"http://{self.bind.portal_name}:{self.ports['portal']}/"
+        return f"{self.url('portal')}/"
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
@@ -190,6 +202,8 @@ class LabSystem:
                 "LAZARETTO_QUARANTINE_ZONE": self.bind.quarantine_zone,
                 "LAZARETTO_ALLOW_ZONE": self.bind.allow_zone,
                 "LAZARETTO_PORTAL_NAME": self.bind.portal_name,
+                "LAZARETTO_QUARANTINE_POOLS": json.dumps([str(self.kea.quarantine_cidr)]),
+                "LAZARETTO_GARDEN_SWEEP_INTERVAL": "10",
             }
         elif name == "cmts_agent":
             env |= {
@@ -208,7 +222,7 @@ class LabSystem:
                 "LAZARETTO_HTTP_HOST": self.portal_ip,
                 "LAZARETTO_POLICY_URL": self.url("policy"),
                 "LAZARETTO_FORM_SECRET": self.form_secret,
-                "LAZARETTO_PUBLIC_URL": f"{self.url('portal')}/",
+                "LAZARETTO_PUBLIC_URL": self.portal_public_url,
             }
         elif name == "detector_snort":
             sources = [{"path": str(self.eve_path), "format": "eve", "sensor": "lab-ids"}]
@@ -250,14 +264,78 @@ class LabSystem:
         raise LabProcessError(f"{name} not ready after {timeout}s ({last}):\n{process.log_tail()}")
 
 
-@dataclass(frozen=True)
 class CpeHost:
-    """A subscriber PC: an address leased from the real Kea, configured in the client netns."""
+    """A subscriber PC in the lab's client netns that behaves like a real DHCP client: it takes the
+    address Kea gives (configured on the netns interface, replacing its previous one), renews, runs
+    DHCP again after a NAK, releases, and resolves with the DNS server its lease names."""
 
-    netns: str
-    iface: str
-    mac: str
-    ip: str
+    def __init__(self, system: LabSystem, mac: str) -> None:
+        assert system.kea is not None
+        self.system = system
+        self.netns = system.kea.client_netns
+        self.iface = system.kea.client_iface
+        self.mac = mac.lower()
+        self.lease: DhcpResult | None = None
+        # A PC with a static address (no DHCP): its address and DNS server, set by `configure_static`.
+        self._static: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"CpeHost(mac={self.mac!r}, ip={self.lease.ip if self.lease else None!r})"
+
+    @property
+    def ip(self) -> str:
+        if self._static is not None:
+            return self._static[0]
+        if self.lease is None or self.lease.ip is None:
+            raise RuntimeError(f"PC {self.mac} holds no lease")
+        return self.lease.ip
+
+    @property
+    def dns_server(self) -> str:
+        """The first DNS server (option 6) of the PC's lease, or the one configured by hand."""
+        if self._static is not None:
+            return self._static[1]
+        if self.lease is None or not self.lease.dns_servers:
+            raise RuntimeError(f"PC {self.mac}'s lease names no DNS server: {self.lease}")
+        return self.lease.dns_servers[0]
+
+    def configure_static(self, ip: str, dns_server: str) -> None:
+        """Give the PC a static address and resolver, as a business customer's router has (no DHCP)."""
+        assert self.system.kea is not None
+        address = f"{ip}/{self.system.kea.subnet.prefixlen}"
+        subprocess.run(["ip", "-n", self.netns, "addr", "replace", address, "dev", self.iface], check=True)
+        self._static = (ip, dns_server)
+
+    # -- DHCP, as a real client runs it ----------------------------------------------------------
+
+    def dhcp(self, requested_ip: str | None = None) -> DhcpResult:
+        """DISCOVER/OFFER/REQUEST/ACK; the acknowledged address replaces the PC's previous one."""
+        result = dhcp_exchange(self.netns, self.iface, self.mac, mode="dora", requested_ip=requested_ip)
+        if result.message_type != "ACK" or result.acked_ip is None:
+            raise RuntimeError(f"no lease for {self.mac}: {result}")
+        self._configure(result)
+        return result
+
+    def renew(self) -> DhcpResult:
+        """RENEWING-state REQUEST to the server; after a NAK the PC drops its address and starts over
+        with DISCOVER (RFC 2131 §4.4.5), as it does after the modem reset."""
+        lease = self._require_lease()
+        result = dhcp_exchange(
+            self.netns, self.iface, self.mac, mode="renew", ip=lease.ip, server=lease.server_id
+        )
+        if result.message_type == "ACK":
+            self._configure(result)
+            return result
+        self._unconfigure()
+        return self.dhcp()
+
+    def release(self) -> None:
+        """DHCPRELEASE to the server, then the address is taken off the interface."""
+        lease = self._require_lease()
+        dhcp_exchange(self.netns, self.iface, self.mac, mode="release", ip=lease.ip, server=lease.server_id)
+        self._unconfigure()
+
+    # -- what the person at the PC does ----------------------------------------------------------
 
     def run(self, *argv: str, timeout: float = 30.0) -> str:
         """Run a command on the PC (in its netns); raises with its stderr if it fails."""
@@ -272,44 +350,72 @@ class CpeHost:
             raise RuntimeError(f"{argv[0]} on the CPE failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
 
-    def dig(self, system: LabSystem, name: str = "www.example.test") -> list[str]:
-        """What this PC's resolver (BIND on Kea's subscriber-side address) answers for `name`."""
-        assert system.kea is not None
-        assert system.bind is not None
-        server = f"@{system.kea.server_ip}"
+    def dig(self, name: str = "www.example.test") -> list[str]:
+        """What the DNS server named by the PC's lease answers the PC for `name` (port 53)."""
         return self.run(
-            "dig", "+short", "+time=2", "+tries=1", "-b", self.ip, server, "-p", str(system.bind.port), name
+            "dig", "+short", "+time=2", "+tries=1", "-b", self.ip, f"@{self.dns_server}", name
         ).split()
 
+    def resolve(self, name: str) -> str:
+        """The address `name` resolves to for this PC (the last A record of the chain)."""
+        answers = [a for a in self.dig(name) if _is_ipv4(a)]
+        if not answers:
+            raise RuntimeError(f"{name} does not resolve for {self.mac} at {self.ip}")
+        return answers[-1]
+
     def fetch(self, url: str, *form: str) -> str:
-        """GET `url` (or POST the `name=value` pairs in `form`) from this PC's address with curl."""
+        """GET `url` (or POST the `name=value` pairs in `form`) from the PC's address with curl; a host
+        name in `url` is resolved the way the PC resolves it (its lease's DNS server)."""
         argv = ["curl", "-sS", "--max-time", "10", "--interface", self.ip]
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host and not _is_ipv4(host):
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            argv += ["--resolve", f"{host}:{port}:{self.resolve(host)}"]
         for field_value in form:
             argv += ["--data-urlencode", field_value]
         return self.run(*argv, url)
 
+    # -- internals -------------------------------------------------------------------------------
+
+    def _require_lease(self) -> DhcpResult:
+        if self.lease is None or self.lease.ip is None or self.lease.server_id is None:
+            raise RuntimeError(f"PC {self.mac} holds no lease")
+        return self.lease
+
+    def _configure(self, result: DhcpResult) -> None:
+        assert self.system.kea is not None
+        if self.lease is not None and self.lease.ip != result.acked_ip:
+            self._unconfigure()
+        address = f"{result.acked_ip}/{self.system.kea.subnet.prefixlen}"
+        subprocess.run(["ip", "-n", self.netns, "addr", "replace", address, "dev", self.iface], check=True)
+        self.lease = result
+
+    def _unconfigure(self) -> None:
+        assert self.system.kea is not None
+        if self.lease is not None and self.lease.ip is not None:
+            address = f"{self.lease.ip}/{self.system.kea.subnet.prefixlen}"
+            subprocess.run(
+                ["ip", "-n", self.netns, "addr", "del", address, "dev", self.iface],
+                check=False,
+                capture_output=True,
+            )
+        self.lease = None
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
 
 def lease_cpe(system: LabSystem, mac: str, cm_mac: str) -> CpeHost:
-    """DORA from `mac` against the real Kea, put the address on the client netns, and list the PC
-    behind modem `cm_mac` in the lab CMTS's CPE table (so attribution uses real data)."""
-    kea, cmts = system.kea, system.cmts
-    assert kea is not None
-    assert cmts is not None
-    lease = dhcp_exchange(kea.client_netns, kea.client_iface, mac, mode="dora")
-    if lease.message_type != "ACK" or lease.ip is None:
-        raise RuntimeError(f"no lease for {mac}: {lease}")
-    subprocess.run(
-        [
-            "ip",
-            "-n",
-            kea.client_netns,
-            "addr",
-            "replace",
-            f"{lease.ip}/{kea.subnet.prefixlen}",
-            "dev",
-            kea.client_iface,
-        ],
-        check=True,
-    )
-    cmts.add_cpe(cm_mac, mac, lease.ip)
-    return CpeHost(kea.client_netns, kea.client_iface, mac, lease.ip)
+    """A PC that runs DHCP against the real Kea, and is listed behind modem `cm_mac` in the lab CMTS's
+    CPE table (so attribution uses real data)."""
+    assert system.cmts is not None
+    pc = CpeHost(system, mac)
+    pc.dhcp()
+    system.cmts.add_cpe(cm_mac, mac, pc.ip)
+    return pc

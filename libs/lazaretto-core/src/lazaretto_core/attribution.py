@@ -1,0 +1,117 @@
+"""Typed, versioned attribution answers: who held an address when, which modem a CPE is behind.
+
+Served over HTTP by the provisioner (lease history captured in Kea's lease database) and cmts-agent
+(CMTS CPE tables); read by policy. A breaking change is a new `schema_version`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
+
+from .contracts import IpAddress, Mac
+
+# How an interval ended: still held (`active`: valid_until is the lease's expiry), ran out
+# (`expired`), given back by the client (`released`), or the address went to another MAC before the
+# interval's end (`reassigned`: valid_until is the moment it went).
+LeaseEnd = Literal["active", "expired", "released", "reassigned"]
+
+# Where `LeaseHolders` and `DeviceLeases` are served (paths relative to the provisioner's base URL).
+HOLDERS_PATH = "/v1/leases/{ip}/holders"  # ?at=<ISO-8601 with offset>
+DEVICE_LEASES_PATH = "/v1/devices/{mac}/leases"  # ?since=<ISO-8601 with offset>
+# cmts-agent's CPE table look-ups, both answering `CpeModem` (404 when no CMTS lists it).
+IP_MODEM_PATH = "/v1/ips/{ip}/modem"
+CPE_MODEM_PATH = "/v1/cpes/{mac}/modem"
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    example: ClassVar[dict[str, Any]]
+
+
+class LeaseInterval(_Answer):
+    """One MAC holding one address over [valid_from, valid_until)."""
+
+    ip: IpAddress
+    mac: Mac
+    valid_from: AwareDatetime
+    # The lease's expiry while it is active; otherwise the moment it ended.
+    valid_until: AwareDatetime
+    ended: LeaseEnd
+
+    example = {
+        "ip": "100.64.0.10",
+        "mac": "02:00:00:00:00:01",
+        "valid_from": "2026-11-26T04:00:00+00:00",
+        "valid_until": "2026-11-26T05:00:00+00:00",
+        "ended": "active",
+    }
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaseInterval:
+        if self.valid_until < self.valid_from:
+            raise ValueError("valid_until before valid_from")
+        return self
+
+    def covers(self, at: datetime) -> bool:
+        """True when `at` (an aware datetime) falls inside the interval."""
+        return self.valid_from <= at < self.valid_until
+
+
+class LeaseHolders(_Answer):
+    """Who held `ip` at `at`: none = unknown, one = attributed, more = conflict (never guessed away)."""
+
+    schema_version: Literal[1] = 1
+    ip: IpAddress
+    at: AwareDatetime
+    holders: list[LeaseInterval]
+
+    example = {
+        "schema_version": 1,
+        "ip": "100.64.0.10",
+        "at": "2026-11-26T05:00:02+00:00",
+        "holders": [LeaseInterval.example],
+    }
+
+    @property
+    def macs(self) -> frozenset[str]:
+        """The distinct MACs among the holders (two intervals of one MAC are not a conflict)."""
+        return frozenset(h.mac for h in self.holders)
+
+
+class DeviceLeases(_Answer):
+    """Every address `mac` held since `since` (oldest first), active ones included."""
+
+    schema_version: Literal[1] = 1
+    mac: Mac
+    since: AwareDatetime | None = None
+    leases: list[LeaseInterval]
+
+    example = {
+        "schema_version": 1,
+        "mac": "02:00:00:00:00:01",
+        "since": "2026-11-26T00:00:00+00:00",
+        "leases": [LeaseInterval.example],
+    }
+
+
+class CpeModem(_Answer):
+    """cmts-agent: the modem a CPE is behind, from a CMTS's CPE table (ip None when the table has none)."""
+
+    cpe_mac: Mac
+    cm_mac: Mac
+    cmts: str
+    ip: IpAddress | None = None
+
+    example = {
+        "cpe_mac": "02:00:00:00:00:01",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "cmts": "lab-cisco",
+        "ip": "100.64.0.10",
+    }
+
+
+ALL_ANSWERS: tuple[type[_Answer], ...] = (LeaseInterval, LeaseHolders, DeviceLeases, CpeModem)

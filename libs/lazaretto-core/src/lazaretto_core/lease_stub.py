@@ -1,0 +1,107 @@
+"""For tests only: a small real HTTP server answering the provisioner's lease-history and cmts-agent's
+CPE-table look-ups from an in-memory book, so policy's unit tests exercise its typed client over HTTP.
+
+Never a substitute for the real look-ups (Kea lease history, CMTS tables): those are tested end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import uvicorn
+from fastapi import FastAPI, HTTPException
+
+from .attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval
+from .contracts import normalize_mac, utcnow
+
+
+@dataclass
+class LeaseBook:
+    """Kea's lease history and the CMTS CPE table as the tests set them."""
+
+    intervals: list[LeaseInterval] = field(default_factory=list)
+    cpes: dict[str, CpeModem] = field(default_factory=dict)
+
+    def bind(self, ip: str, mac: str, at: datetime | None = None, lease_time: float = 3600) -> None:
+        """`mac` takes `ip` at `at`: the address's previous holder loses it, the MAC leaves its old one."""
+        at = at or utcnow()
+        mac = normalize_mac(mac)
+        kept: list[LeaseInterval] = []
+        for old in self.intervals:
+            if old.ended == "active" and (old.ip == ip) != (old.mac == mac) and old.valid_until > at:
+                ended = "reassigned" if old.ip == ip else "released"
+                old = old.model_copy(update={"valid_until": max(at, old.valid_from), "ended": ended})
+            kept.append(old)
+        self.intervals = kept
+        self.intervals.append(
+            LeaseInterval(
+                ip=ip, mac=mac, valid_from=at, valid_until=at + timedelta(seconds=lease_time), ended="active"
+            )
+        )
+
+    def plug(self, cpe_mac: str, cm_mac: str, ip: str | None) -> None:
+        """The CMTS lists `cpe_mac` behind `cm_mac` (with `ip`, or none for a DHCP-less table)."""
+        self.cpes[normalize_mac(cpe_mac)] = CpeModem(cpe_mac=cpe_mac, cm_mac=cm_mac, cmts="stub-cmts", ip=ip)
+
+
+def stub_app(book: LeaseBook) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/leases/{ip}/holders")
+    async def holders(ip: str, at: datetime) -> LeaseHolders:
+        found = [i for i in book.intervals if i.ip == ip and i.covers(at)]
+        return LeaseHolders(ip=ip, at=at, holders=found)
+
+    @app.get("/v1/devices/{mac}/leases")
+    async def device_leases(mac: str, since: datetime) -> DeviceLeases:
+        mac = normalize_mac(mac)
+        found = [i for i in book.intervals if i.mac == mac and i.valid_until >= since]
+        return DeviceLeases(mac=mac, since=since, leases=sorted(found, key=lambda i: i.valid_from))
+
+    @app.get("/v1/ips/{ip}/modem")
+    async def ip_modem(ip: str) -> CpeModem:
+        for cpe in book.cpes.values():
+            if cpe.ip == ip:
+                return cpe
+        raise HTTPException(404, "no CMTS lists it")
+
+    @app.get("/v1/cpes/{mac}/modem")
+    async def cpe_modem(mac: str) -> CpeModem:
+        found = book.cpes.get(normalize_mac(mac))
+        if found is None:
+            raise HTTPException(404, "no CMTS lists it")
+        return found
+
+    return app
+
+
+def serve(book: LeaseBook) -> contextlib.AbstractAsyncContextManager[str]:
+    """Serve the book on a free loopback port; yields the base URL."""
+    return serve_app(stub_app(book))
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(10):
+        while not server.started:
+            if task.done():
+                task.result()  # the server failed to start: say why
+            await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
