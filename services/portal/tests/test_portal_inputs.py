@@ -33,7 +33,15 @@ class OneCasePolicy(PolicyClient):
         if ip != HELD:
             return None
         return VisitorCase(
-            CASE_ID, "scan", f"scan: 42 alert(s) from {HELD}", "quarantined", "2026-11-26", True
+            case_id=CASE_ID,
+            category="scan",
+            reason=f"scan: 42 alert(s) from {HELD}",
+            state="quarantined",
+            opened_at="2026-11-26",
+            self_release_allowed=True,
+            key_kind="cpe_mac",
+            device_key="02:00:00:00:00:0a",
+            visitor_mac="02:00:00:00:00:0a",
         )
 
 
