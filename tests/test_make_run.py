@@ -93,7 +93,7 @@ def test_ctrl_c_stops_everything_make_run_started(
                 break
         text = "".join(output)
         assert "Lazaretto is up" in text, text[-3000:]
-        netns = re.search(r"Kea on (lazaretto-kea-\S+)\)", text)
+        netns = re.search(r"PCs in netns (lazaretto-kea-[0-9a-f]+)", text)
         assert netns is not None, text
         tag = netns.group(1).removeprefix("lazaretto-kea-")
         started = _descendants(make.pid)

@@ -49,10 +49,13 @@ async def test_kea_has_no_lease_for_an_ipv6_address(kea_hosts: KeaHosts) -> None
     assert await kea_hosts.lease_by_ip("2001:db8::1") is None
 
 
-async def test_ipv6_lease_look_ups_are_404_not_500(admin: httpx.AsyncClient) -> None:
+async def test_ipv6_lease_look_ups_are_a_clean_422_not_500(admin: httpx.AsyncClient) -> None:
+    # Kea's lease4 holds IPv4 only: an IPv6 look-up is a question this API cannot answer, said clearly.
     lease = await admin.get("/v1/leases/2001:db8::1")
-    assert lease.status_code == 404
-    assert "no active lease" in lease.json()["detail"]
+    assert lease.status_code == 422
+    assert "not an IPv4 address" in lease.json()["detail"]
+    holders = await admin.get("/v1/leases/2001:db8::1/holders")
+    assert holders.status_code == 422
     garden = await admin.get("/v1/garden/2001:db8::1")
     assert garden.status_code == 200
     assert garden.json() == {
@@ -60,6 +63,7 @@ async def test_ipv6_lease_look_ups_are_404_not_500(admin: httpx.AsyncClient) -> 
         "dns_quarantined": False,
         "mac": None,
         "dhcp_quarantined": None,
+        "in_quarantine_pool": False,
     }
 
 
