@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Final
@@ -27,14 +28,17 @@ from .policy_protocol import PolicyServer
 from .quarantine import QuarantineList
 from .rules import RuleSet
 from .settings import DetectorSmtpSettings
+from .slices import TimeSlice
 from .state import StateStore
 from .windows import ClientWindows
 
 log = logging.getLogger(__name__)
 
 _DRAIN_ON_STOP: Final = 5.0
-_SWEEP_EVERY: Final = 10.0
+_SWEEP_CHUNK: Final = 256  # expiries between two looks at the clock
+_SPARE_DESCRIPTORS: Final = 64  # for the broker, the logs, the state files, HTTP
 SNAPSHOT_LOOP: Final = "snapshot"
+SWEEP_LOOP: Final = "sweep"
 
 
 @dataclass
@@ -120,8 +124,33 @@ class DetectorSmtpService:
 
     async def _sweeps(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_EVERY)
-            self.handler.sweep()
+            self.progress.beat(SWEEP_LOOP)
+            await asyncio.sleep(self.settings.sweep_interval)
+            await self.sweep()
+
+    async def sweep(self) -> int:
+        """Expire idle clients and close abandoned transactions, a slice of at most the handler budget
+        per loop turn (never on the answer path); returns the clients expired."""
+        work = TimeSlice(self.settings.handler_budget)
+        windows = self.detector.windows
+        expired = 0
+        done = False
+        while not done:
+            work.start()
+            while not work.spent():
+                n = windows.expire(time.time(), _SWEEP_CHUNK)
+                expired += n
+                if n < _SWEEP_CHUNK:
+                    done = True
+                    break
+            await asyncio.sleep(0)
+        done = False
+        while not done:
+            work.start()
+            while not done and not work.spent():
+                done = self.handler.sweep(_SWEEP_CHUNK)
+            await asyncio.sleep(0)
+        return expired
 
     async def _follow(self, follower: LogFollower) -> None:
         while True:
@@ -130,6 +159,21 @@ class DetectorSmtpService:
             except OSError as exc:
                 log.error("tail of %s paused: %s; resuming", follower.source.path, exc)
                 await asyncio.sleep(1.0)
+
+
+def connection_cap(configured: int) -> int:
+    """`configured`, or less if the descriptor limit would not leave room for it and our own files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured + _SPARE_DESCRIPTORS <= soft:
+        return configured
+    cap = max(1, soft - _SPARE_DESCRIPTORS)
+    log.warning(
+        "LAZARETTO_POLICY_MAX_CONNECTIONS=%d does not fit the descriptor limit %d: using %d",
+        configured,
+        soft,
+        cap,
+    )
+    return cap
 
 
 async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
@@ -157,7 +201,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         report_interval=settings.report_interval,
     )
     quarantine = QuarantineList(settings.quarantine_categories)
-    state = StateStore(settings.state_dir)
+    state = StateStore(settings.state_dir, budget=settings.handler_budget)
     restored = state.load(windows, quarantine)
     if restored.saved_at:
         log.info(
@@ -174,11 +218,14 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         quarantine_answer=settings.quarantine_answer(),
     )
     policy_server = PolicyServer(
-        handler,
+        handler.answer,
         settings.policy_server_host,
         settings.policy_server_port,
+        account=handler.count,
         handler_timeout=settings.handler_budget,
         request_timeout=settings.request_timeout,
+        idle_timeout=settings.policy_idle_timeout,
+        max_connections=connection_cap(settings.policy_max_connections),
     )
     checkpoints = CheckpointStore(settings.state_dir / "checkpoints")
     sources = [LogSource(p, "postfix") for p in settings.postfix_logs]

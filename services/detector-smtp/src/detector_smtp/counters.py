@@ -65,6 +65,7 @@ class PolicyAccounting:
         self._sessions: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._messages: OrderedDict[tuple[str, str], _Message] = OrderedDict()  # oldest first
         self.end_of_message_seen = False  # Postfix asks us at END-OF-MESSAGE too
+        self.last_swept = 0  # transactions the last `sweep` closed
 
     def observe(self, request: PolicyRequest, now: float) -> list[MailEvent]:
         """The events one request means for its client (usually one; none for other states)."""
@@ -130,16 +131,20 @@ class PolicyAccounting:
         events.append(event)
         return events
 
-    def sweep(self, now: float) -> list[MailEvent]:
-        """Close transactions silent for `abandon_after` seconds (call periodically)."""
+    def sweep(self, now: float, limit: int | None = None) -> list[MailEvent]:
+        """Close transactions silent for `abandon_after` seconds, at most `limit` of them (call
+        periodically, from the background: never on the answer path)."""
         events: list[MailEvent] = []
         horizon = now - self.abandon_after
-        while self._messages:
+        closed = 0
+        while self._messages and (limit is None or closed < limit):
             key, message = next(iter(self._messages.items()))
             if message.started > horizon:
                 break
             del self._messages[key]
+            closed += 1
             events.extend(self._close(message, now))
+        self.last_swept = closed
         return events
 
     def _close(self, message: _Message, now: float) -> list[MailEvent]:

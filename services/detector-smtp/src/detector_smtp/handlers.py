@@ -162,7 +162,9 @@ class ObservationPublisher:
 
 
 class SmtpPolicyHandler:
-    """The policy server's handler: synchronous (no I/O), so the answer goes out in microseconds.
+    """The policy server's two halves: `answer` (a set look-up, the only thing between a request and its
+    reply) and `count` (accounting, windows, rules; run by the server after the reply went out, in
+    budget-sized slices).
 
     Clients outside the subscriber classes (outsiders, the ISP's own servers) are not counted. A rule
     that fires becomes an `AbuseObserved` offered to the publisher. The answer is DUNNO (this detector
@@ -188,27 +190,36 @@ class SmtpPolicyHandler:
         self.clock = clock
         self._requests = {o: REQUESTS.labels(o) for o in OUTCOMES}  # label look-ups off the hot path
 
-    def __call__(self, request: PolicyRequest) -> str:
-        client = request.client_address
-        action = DEFAULT_ACTION
-        if self.quarantine_answer is not None and client in self.quarantine:
-            action = self.quarantine_answer
+    def answer(self, request: PolicyRequest) -> str:
+        if self.quarantine_answer is not None and request.client_address in self.quarantine:
             QUARANTINE_ANSWERS.inc()
-        klass = self.detector.classes.classify(client)
+            return self.quarantine_answer
+        return DEFAULT_ACTION
+
+    def count(self, request: PolicyRequest, at: float) -> None:
+        """What the request says about its client, as of `at` (when it arrived)."""
+        klass = self.detector.classes.classify(request.client_address)
         if klass not in COUNTED:
             self._requests[klass].inc()
-            return action
+            return
         self._requests["counted"].inc()
-        for event in self.accounting.observe(request, self.clock()):
+        for event in self.accounting.observe(request, at):
             self._record(event, klass)
+
+    def __call__(self, request: PolicyRequest) -> str:
+        """Answer and count at once (for callers without a background counter)."""
+        action = self.answer(request)
+        self.count(request, self.clock())
         return action
 
-    def sweep(self) -> None:
-        """Count the transactions that never finished (every recipient refused) as refusals."""
-        for event in self.accounting.sweep(self.clock()):
+    def sweep(self, limit: int | None = None) -> bool:
+        """Count up to `limit` transactions that never finished (every recipient refused); True when
+        none is left to close."""
+        for event in self.accounting.sweep(self.clock(), limit):
             klass = self.detector.classes.classify(event.ip)
             if klass in COUNTED:
                 self._record(event, klass)
+        return limit is None or self.accounting.last_swept < limit
 
     def _record(self, event: MailEvent, klass: str) -> None:
         report = self.detector.record(event, klass, "postfix-policy")

@@ -2,8 +2,8 @@
 the log read positions, so a restart resumes the windows instead of silently starting from zero.
 
 One JSON-lines file, written to a temporary name, fsynced and renamed (a crash leaves the previous
-snapshot intact). The rows are serialized a chunk at a time between event-loop turns, so a large
-table never stalls the policy answers for long.
+snapshot intact). The rows are serialized in slices of at most `budget` seconds between event-loop
+turns, so a large table never holds up a policy answer for longer than that.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Final
 from lazaretto_core.tail import Checkpoint
 
 from .quarantine import QuarantineList
+from .slices import TimeSlice
 from .windows import ClientWindows
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class Restored:
 
 
 class StateStore:
-    def __init__(self, directory: Path, *, chunk: int = 500) -> None:
+    def __init__(self, directory: Path, *, budget: float = 0.005, chunk: int = 64) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / FILE_NAME
-        self.chunk = chunk
+        self.budget = budget
+        self.chunk = chunk  # rows between two looks at the clock
         self.saves = 0
 
     def load(self, windows: ClientWindows, quarantine: QuarantineList, now: float | None = None) -> Restored:
@@ -90,7 +92,6 @@ class StateStore:
     ) -> int:
         """Write a new snapshot; returns the number of clients in it."""
         now = time.time() if now is None else now
-        windows.expire(now)
         header: dict[str, Any] = {
             "version": VERSION,
             "saved_at": now,
@@ -101,18 +102,23 @@ class StateStore:
         tmp = self.path.with_suffix(".tmp")
         keys = windows.keys()
         written = 0
+        work = TimeSlice(self.budget)
         with tmp.open("wb") as out:
             out.write(json.dumps(header).encode() + b"\n")
-            for start in range(0, len(keys), self.chunk):
+            start = 0
+            while start < len(keys):
+                work.start()
                 lines = []
-                for ip in keys[start : start + self.chunk]:
-                    state = windows.get(ip)
-                    if state is not None:
-                        lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
+                while start < len(keys) and not work.spent():
+                    for ip in keys[start : start + self.chunk]:
+                        state = windows.get(ip)
+                        if state is not None:
+                            lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
+                    start += self.chunk
                 if lines:
                     out.write(("\n".join(lines) + "\n").encode())
                     written += len(lines)
-                await asyncio.sleep(0)  # let policy requests in between chunks
+                await asyncio.sleep(0)  # let policy requests in between slices
             out.flush()
             await asyncio.to_thread(os.fsync, out.fileno())
         os.replace(tmp, self.path)

@@ -3,7 +3,10 @@
 Pure: no I/O, times are epoch seconds passed in. Each client keeps only the time slices that saw
 activity (`bucket_seconds` wide, sparse), running totals over the long window, the distinct recipient
 domains with their last use, and a few sample senders/recipients. Clients idle for a whole long window
-are dropped; beyond `max_clients` the least recently active is dropped (which only delays a report).
+are dropped by `expire`, which the service calls from a background sweep a chunk at a time (never
+from `record`: an hour after a flood of one-off clients, expiring them all at once would hold up the
+policy answer for tens of milliseconds); beyond `max_clients` the least recently active is dropped
+(which only delays a report).
 """
 
 from __future__ import annotations
@@ -148,7 +151,6 @@ class ClientWindows:
         at = event.at
         state = clients.get(event.ip)
         if state is None:
-            self.expire(at)
             state = ClientState(at)
             clients[event.ip] = state
             if len(clients) > self.max_clients:
@@ -218,12 +220,13 @@ class ClientWindows:
         t = state.totals
         return _counts(self.short_window, short, short_domains), _counts(self.long_window, t, len(domains))
 
-    def expire(self, now: float) -> int:
-        """Forget clients idle for a whole long window."""
+    def expire(self, now: float, limit: int | None = None) -> int:
+        """Forget clients idle for a whole long window, at most `limit` of them (the least recently
+        active first); how many were forgotten. Fewer than `limit` means none is left to expire."""
         horizon = now - self.long_window
         clients = self._clients
         dropped = 0
-        while clients:
+        while clients and (limit is None or dropped < limit):
             ip = next(iter(clients))
             if clients[ip].last_seen > horizon:
                 break
