@@ -117,6 +117,21 @@ def test_memory_is_bounded_and_idle_clients_expire() -> None:
     assert list(win.keys()) == ["10.9.9.9"]
 
 
+def test_recording_a_new_client_never_expires_the_idle_ones() -> None:
+    # given 5,000 clients that have been idle for more than an hour
+    win = ClientWindows()
+    for i in range(5000):
+        win.record(MailEvent(f"10.0.{i // 256}.{i % 256}", 0.0, messages=1))
+    # when a new client's message is recorded (the answer path), then nothing is expired there
+    win.record(MailEvent("10.9.9.9", 3700.0, messages=1))
+    assert len(win) == 5001
+    # and the background sweep expires them a bounded chunk at a time, the active client last
+    assert win.expire(3700.0, limit=2000) == 2000
+    assert win.expire(3700.0, limit=2000) == 2000
+    assert win.expire(3700.0, limit=2000) == 1000
+    assert list(win.keys()) == ["10.9.9.9"]
+
+
 def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
     rule = SmtpRule(name="x", metric="messages", threshold=1)
     with pytest.raises(ValueError, match="unique"):

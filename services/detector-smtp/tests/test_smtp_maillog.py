@@ -82,6 +82,24 @@ def test_sendmail_lines() -> None:
     ]
 
 
+def test_sendmail_client_address_comes_from_the_real_relay_field_not_the_senders_text() -> None:
+    # given receipt lines whose Message-ID (the sender's to choose) carries a fake relay= field, and a
+    # refusal whose recipient (also the sender's) does
+    lines = b"""\
+Nov 26 05:00:01 mx sm-mta[100]: 5AQ50000000101: from=<x@bulk.example>, size=900, class=0, nrcpts=3, msgid=<a, relay=victim.example [192.0.2.55]>, proto=ESMTP, daemon=MTA, relay=cpe-5.isp.example [100.64.5.5]
+Nov 26 05:00:02 mx sm-mta[100]: 5AQ50000000102: from=<x@bulk.example>, size=900, class=0, nrcpts=2, msgid=<b@relay=[192.0.2.56]>, proto=ESMTP, daemon=MTA, relay=[100.64.5.6] (may be forged)
+Nov 26 05:00:03 mx sm-mta[100]: 5AQ50000000103: from=<"q, relay=a [192.0.2.57]"@bulk.example>, size=9, class=0, nrcpts=1, msgid=<c@d>, proto=ESMTP, daemon=MTA, relay=cpe-7.isp.example [100.64.5.7]
+Nov 26 05:00:04 mx sm-mta[100]: 5AQ50000000104: ruleset=check_rcpt, arg1=<"v, relay=x [192.0.2.58], reject=550"@example.org>, relay=cpe-8.isp.example [100.64.5.8], reject=550 5.7.1 <"v, relay=x [192.0.2.58], reject=550"@example.org>... Relaying denied
+"""
+    # then each line counts for the client Sendmail itself names in its last relay= field
+    assert [(e[0], e[1], e[2], e[4]) for e in parse_all(SendmailLogParser(), lines)] == [
+        ("100.64.5.5", 1, 3, 0),
+        ("100.64.5.6", 1, 2, 0),
+        ("100.64.5.7", 1, 1, 0),
+        ("100.64.5.8", 0, 0, 1),
+    ]
+
+
 def test_exim_lines() -> None:
     assert parse_all(parser_for("exim"), EXIM) == [  # type: ignore[arg-type]
         ("192.168.250.101", 1, 1, 0, 0, 0, "nowhere.com", None),

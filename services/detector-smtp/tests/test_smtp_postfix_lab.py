@@ -269,3 +269,40 @@ async def test_detector_tailing_the_real_postfix_maillog(
     finally:
         await service.stop()
         await probe.stop()
+
+
+async def test_idle_connections_at_the_cap_do_not_lock_postfix_out(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    threshold = 3
+    cap = 20
+    service = await build(
+        detector_settings(
+            amqp_url,
+            tmp_path,
+            policy_server_port=policy_port(postfix_lab),
+            messages_per_hour=threshold,
+            policy_max_connections=cap,
+        )
+    )
+    await service.start()
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        # Given something else holding as many idle connections to the policy port as the cap allows
+        for _ in range(cap):
+            _, writer = await asyncio.open_connection("127.0.0.1", service.policy_server.port)
+            idle.append(writer)
+        await wait_for("the idle connections", lambda: service.policy_server.open_connections == cap)
+        # When a subscriber sends mail through the real Postfix
+        messages = [[f"v{i}@example.org"] for i in range(threshold)]
+        assert await asyncio.to_thread(send_as, postfix_lab.port, "100.64.8.1", messages) == [{}] * threshold
+        # Then Postfix got through (idle connections made room for it) and the sender is reported
+        await wait_for("the observation", lambda: observed(probe, "100.64.8.1"))
+        assert service.policy_server.closed_by_reason.get("evicted_idle", 0) >= 1
+        assert service.policy_server.timeouts == 0
+    finally:
+        for writer in idle:
+            writer.close()
+        await service.stop()
+        await probe.stop()

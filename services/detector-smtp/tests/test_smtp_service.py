@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from detector_smtp.app import DetectorSmtpService, build
+from detector_smtp.policy_protocol import PolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.testing import BusProbe
@@ -315,3 +319,73 @@ async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
     finally:
         await conn.close()
         await service.stop()
+
+
+async def test_idle_clients_are_expired_by_the_background_sweep(amqp_url: str, tmp_path: Path) -> None:
+    # given a detector that counted 3 clients an hour and more ago, and one just now
+    settings = DetectorSmtpSettings(
+        amqp_url=SecretStr(amqp_url),
+        state_dir=tmp_path / "state",
+        policy_server_port=0,
+        sweep_interval=0.1,
+        policy_idle_timeout=0.3,
+        policy_max_connections=7,
+    )
+    service = await build(settings)
+    handler = service.handler
+    now = time.time()
+    for i, at in enumerate((now - 7200, now - 4000, now - 3601)):
+        handler.count(PolicyRequest({"client_address": f"100.64.5.{i}", "protocol_state": "CONNECT"}), at)
+    handler.count(PolicyRequest({"client_address": "100.64.5.9", "protocol_state": "CONNECT"}), now)
+    assert len(service.detector.windows) == 4
+    await service.start()
+    try:
+        # when the sweep runs, then only the active client is left
+        deadline = time.monotonic() + 10
+        while len(service.detector.windows) > 1:
+            assert time.monotonic() < deadline, "the idle clients were never expired"
+            await asyncio.sleep(0.05)
+        assert service.detector.windows.keys() == ["100.64.5.9"]
+        # and the connection settings reach the policy server
+        assert service.policy_server.max_connections == 7
+        conn = await PolicyConnection.open(service.policy_server.port)
+        assert await conn.ask(policy_request(CPE, "RCPT", instance="i.1")) == "action=DUNNO\n\n"
+        assert await asyncio.wait_for(conn.reader.read(), 10) == b""  # closed once idle
+        await conn.close()
+    finally:
+        await service.stop()
+
+
+async def test_the_real_handler_answers_before_its_counting_runs(
+    detector: DetectorSmtpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given counting that is stuck (the windows block the event loop) until Postfix holds its answer
+    answered = threading.Event()
+    record = detector.detector.windows.record
+    stuck: list[bool] = []
+
+    def slow_record(event: Any) -> Any:
+        stuck.append(answered.wait(10))
+        return record(event)
+
+    monkeypatch.setattr(detector.detector.windows, "record", slow_record)
+
+    def ask(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(policy_request(CPE, "RCPT", instance="slow.1", recipient="v@example.org"))
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            answered.set()
+            return reply
+
+    # when Postfix asks, then DUNNO arrives while the counting is still stuck, and it is counted after
+    assert await asyncio.to_thread(ask, detector.policy_server.port) == b"action=DUNNO\n\n"
+    deadline = time.monotonic() + 10
+    while not stuck:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert stuck == [True]

@@ -111,9 +111,20 @@ class PostfixLogParser(_Parser):
 
 # ----------------------------------------------------------------------------------------- Sendmail
 
-_SM_RELAY: Final = rb"relay=(?:[^\s,\[]*\s)?\[" + _IP + rb"\]"
-_SM_FROM: Final = re.compile(rb": from=<?([^,>]*)>?, .*?nrcpts=(\d+).*?" + _SM_RELAY)
-_SM_REJECT: Final = re.compile(rb"ruleset=check_rcpt, arg1=<?([^,>]*)>?, " + _SM_RELAY + rb".*?, reject=")
+# The sender and the Message-ID are the client's to choose and come first in the line, so a naive
+# "first relay= after nrcpts=" can be steered (`Message-ID: <x, relay=a [6.6.6.6]>`). Sendmail writes the
+# receipt line's fields in a fixed order, `relay=` last (logsender: from, size, class, [pri,] nrcpts,
+# msgid, bodytype, proto, daemon, relay), and the reject line's `relay=` right after an `arg1=` that is
+# a bracketed address (quoted parts may hold anything but a quote). Both are parsed that way.
+_SM_ADDR: Final = rb'(<(?:"[^"]*"|[^>"])*>|[^,\s]*)'
+_SM_HOST: Final = rb"relay=(?:[^\[]*\s)?\[" + _IP + rb"\](?: \(may be forged\))?"
+_SM_FROM: Final = re.compile(rb": from=" + _SM_ADDR + rb", size=\d+, class=-?\d+, (?:pri=\d+, )?nrcpts=(\d+)")
+_SM_FROM_RELAY: Final = re.compile(rb", " + _SM_HOST + rb"\s*$")
+_SM_REJECT: Final = re.compile(rb"ruleset=check_rcpt, arg1=" + _SM_ADDR + rb", " + _SM_HOST + rb", reject=")
+
+
+def _unbracket(address: bytes) -> bytes:
+    return address[1:-1] if address.startswith(b"<") and address.endswith(b">") else address
 
 
 class SendmailLogParser(_Parser):
@@ -124,20 +135,25 @@ class SendmailLogParser(_Parser):
             return None
         if b"nrcpts=" in line:
             m = _SM_FROM.search(line)
-            if m is None:
+            relay = _SM_FROM_RELAY.search(line)
+            if m is None or relay is None:
                 return None
             recipients = int(m.group(2))
             if recipients == 0:  # every recipient refused (those refusals have their own lines)
                 return None
             return MailEvent(
-                _text(m.group(3)), now, messages=1, recipients=recipients, sender=self._sender(m.group(1))
+                _text(relay.group(1)),
+                now,
+                messages=1,
+                recipients=recipients,
+                sender=self._sender(_unbracket(m.group(1))),
             )
         if b"ruleset=check_rcpt" in line and b"reject=" in line:
             m = _SM_REJECT.search(line)
             if m is None:
                 return None
             event = MailEvent(_text(m.group(2)), now, rejected=1)
-            self._recipient(event, m.group(1))
+            self._recipient(event, _unbracket(m.group(1)))
             return event
         return None
 
