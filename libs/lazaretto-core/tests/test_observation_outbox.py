@@ -298,3 +298,34 @@ def test_an_unreadable_document_starts_afresh(tmp_path: Path) -> None:
     outbox = make_outbox(store, None, Input())
     assert outbox.load() is None
     assert outbox.pending == []
+
+
+async def test_on_sent_marks_land_in_the_same_save_as_the_confirm(tmp_path: Path) -> None:
+    # Given a detector that marks a client reported only once the broker confirmed its report
+    reported: set[int] = set()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.count == 2:
+            raise PublishError("nacked")
+
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path, fsync=False),
+        "policy-server",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=lambda: {"reported": sorted(reported)},
+        on_sent=lambda o: reported.add(o.count),
+    )
+    outbox.stage([observation(1), observation(2)])
+
+    # When one is confirmed and the other refused
+    with pytest.raises(PublishError):
+        await outbox.flush()
+
+    # Then only the confirmed one is marked, and the saved document says the same
+    assert reported == {1}
+    saved = CheckpointStore(tmp_path).load_state("policy-server")
+    assert saved is not None
+    assert saved["state"] == {"reported": [1]}
+    assert [p["count"] for p in saved["pending"]] == [2]

@@ -79,6 +79,7 @@ class ObservationOutbox(Generic[M]):
         save_every: float = 1.0,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.monotonic,
+        on_sent: Callable[[M], None] | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -89,6 +90,9 @@ class ObservationOutbox(Generic[M]):
         self.save_every = save_every
         self.max_pending = max_pending
         self.clock = clock
+        # Called for each message once the broker confirmed it, before the save that follows (mark
+        # a client "reported" here: the mark and the removal from pending land in the same document).
+        self.on_sent = on_sent
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
         self._dirty = False
         self._saved_at = clock()
@@ -191,12 +195,14 @@ class ObservationOutbox(Generic[M]):
                     *(self._publish(message, key) for key, message in batch), return_exceptions=True
                 )
                 failure: BaseException | None = None
-                for (key, _), result in zip(batch, results, strict=True):
+                for (key, message), result in zip(batch, results, strict=True):
                     if isinstance(result, BaseException):
                         failure = failure or result
                     else:
                         self._pending.pop(key, None)
                         sent += 1
+                        if self.on_sent is not None:
+                            self.on_sent(message)
                 if failure is not None:
                     if isinstance(failure, PublishError | asyncio.CancelledError):
                         raise failure
