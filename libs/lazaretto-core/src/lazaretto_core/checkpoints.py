@@ -2,7 +2,8 @@
 
 `load`/`save` keep a file's `Checkpoint`; `load_state`/`save_state` keep any JSON document under a
 name (a detector's read position together with its aggregation windows and not-yet-confirmed
-observations), so that one atomic write covers everything a restart needs.
+observations: `observation_outbox.ObservationOutbox`), so that one atomic write (temporary file,
+fsync, rename, fsync of the directory) covers everything a restart needs.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ class CheckpointStore:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, target)
+        if self.fsync:
+            # The rename itself is durable only once the directory entry is on disk.
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 def checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, Any]:

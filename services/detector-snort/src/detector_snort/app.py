@@ -157,9 +157,9 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
     bus = Bus(settings.amqp_url.get_secret_value(), "detector-snort")
     progress = ProgressMonitor(stall_after=30.0)
 
-    async def publish(observation: AbuseObserved) -> None:
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
         # The message id is the observation id: a re-publish after a crash is deduplicated by id.
-        await bus.publish(observation, message_id=str(observation.observation_id))
+        await bus.publish(observation, message_id=message_id)
 
     def engine(source: Source) -> SourceEngine:
         return SourceEngine(
