@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from detector_smtp.app import DetectorSmtpService, build
@@ -110,7 +111,6 @@ async def detector(amqp_url: str, tmp_path: Path) -> AsyncIterator[DetectorSmtpS
         never_report=(ipaddress.ip_network("100.64.99.0/24"),),
         messages_per_hour=THRESHOLD,
         sensor="mx-test",
-        publish_attempts=2,
         handler_budget=0.05,
     )
     service = await build(settings)
@@ -194,8 +194,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert "@" not in json.dumps(event.evidence)
     await barrier(conn, probe, "100.64.7.8")  # OTHER_CPE has crossed already: a fresh subscriber
     assert len(observed(probe, CPE)) == 1
-    assert detector.publisher.dropped == 0
-    assert detector.publisher.failed == 0
+    assert len(detector.reports.outbox) == 0  # every report confirmed
 
 
 async def test_clients_outside_the_subscriber_ranges_or_never_reported_are_not_counted(
@@ -255,11 +254,11 @@ async def test_with_the_broker_gone_postfix_still_gets_dunno_at_once(
         # Then every request was still answered DUNNO, promptly (Postfix waits at most its timeout, 2 s)
         assert set(replies) == {"action=DUNNO\n\n"}
         assert max(conn.latencies) < 0.5, max(conn.latencies)
-        # and the observation that could not be published is counted as failed, not lost silently
-        deadline = time.monotonic() + 60
-        while detector.publisher.failed < 1:
-            assert time.monotonic() < deadline, "the failed publish was never given up"
-            await asyncio.sleep(0.05)
+        # and the report that could not be published is kept (saved), its client not marked reported
+        assert len(detector.reports.outbox) == 1
+        (pending,) = detector.reports.outbox.pending
+        assert pending.ip == CPE
+        assert CPE not in detector.reports.ledger.confirmed
         assert observed(probe, CPE) == []
         # and readiness says why, while the server and its publisher keep running
         ready = await http.get("/readyz")
@@ -268,7 +267,17 @@ async def test_with_the_broker_gone_postfix_still_gets_dunno_at_once(
         assert (await http.get("/healthz")).status_code == 200
         assert await conn.ask(message_requests(CPE, 99, "later")[0]) == "action=DUNNO\n\n"
         metrics = (await http.get("/metrics")).text
-        assert 'lazaretto_smtp_observations_total{outcome="failed"}' in metrics
+        assert 'lazaretto_outbox_pending{outbox="detector-smtp"} 1.0' in metrics
+        # When the broker is back, the same report (same id) is published and only then marked
+        await detector.bus.connect()
+        deadline = time.monotonic() + 60
+        while not observed(probe, CPE):
+            assert time.monotonic() < deadline, "the kept report was never published"
+            await asyncio.sleep(0.05)
+        (event,) = observed(probe, CPE)
+        assert event.observation_id == pending.observation_id
+        assert CPE in detector.reports.ledger.confirmed
+        assert len(detector.reports.outbox) == 0
 
 
 async def test_health_and_metrics_reflect_the_work(
@@ -293,17 +302,16 @@ async def test_health_and_metrics_reflect_the_work(
         assert ready.json()["checks"]["policy_server"].startswith("failed")
 
 
-async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
+async def test_a_full_outbox_drops_the_oldest_and_its_client_may_be_reported_again(
     amqp_url: str, tmp_path: Path
 ) -> None:
-    # Given a detector whose queue holds one observation and whose broker is unreachable
+    # Given a detector whose outbox holds one report and whose broker is unreachable
     settings = DetectorSmtpSettings(
         amqp_url=SecretStr(amqp_url),
         state_dir=tmp_path,
         policy_server_port=0,
         messages_per_hour=1,
         publish_queue_size=1,
-        publish_attempts=1,
     )
     service = await build(settings)
     await service.start()
@@ -312,10 +320,18 @@ async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
     try:
         # When many subscribers cross at once
         for i in range(20):
-            assert await conn.ask(message_requests(f"100.64.3.{i}", 0, "q")[0]) == "action=DUNNO\n\n"
-        # Then the answers stayed prompt and the overflow was dropped and counted
+            for request in message_requests(f"100.64.3.{i}", 0, "q"):
+                assert await conn.ask(request) == "action=DUNNO\n\n"
+        await service.policy_server.account.idle()  # type: ignore[union-attr]
+        # Then the answers stayed prompt, the outbox kept the newest and dropped (counted) the rest
         assert max(conn.latencies) < 0.5
-        assert service.publisher.dropped >= 18
+        assert [e.ip for e in service.reports.outbox.pending] == ["100.64.3.19"]
+        dropped = REGISTRY.get_sample_value("lazaretto_outbox_dropped_total", {"outbox": "detector-smtp"})
+        assert dropped is not None
+        assert dropped >= 19
+        # and a client whose report was dropped is not hidden: it may be reported again
+        assert service.reports.ledger.may_report("100.64.3.0", time.time())
+        assert not service.reports.ledger.may_report("100.64.3.19", time.time())
     finally:
         await conn.close()
         await service.stop()

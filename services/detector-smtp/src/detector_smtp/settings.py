@@ -80,10 +80,9 @@ class DetectorSmtpSettings(ServiceSettings):
     handler_budget: float = 0.005
     # Seconds between background sweeps: idle clients expired, unfinished transactions closed.
     sweep_interval: float = 10.0
-    # Observations waiting for the broker; beyond this they are dropped (and counted).
+    # Reports saved and waiting for the broker's confirm (retried until it comes); beyond this the
+    # oldest is dropped (counted, logged) and its client may be reported again.
     publish_queue_size: int = 1000
-    # Attempts per observation (each one is itself a Bus.publish with its own reconnect retries).
-    publish_attempts: int = 3
 
     @field_validator("request_timeout", "policy_idle_timeout", "handler_budget", "sweep_interval")
     @classmethod

@@ -87,7 +87,6 @@ class ClientState:
         "first_seen",
         "last_seen",
         "recipients",
-        "reported_at",
         "senders",
         "totals",
     )
@@ -95,7 +94,6 @@ class ClientState:
     def __init__(self, at: float) -> None:
         self.first_seen = at
         self.last_seen = at
-        self.reported_at: float | None = None
         # [bucket number, one count per metric], oldest first; a list, not a deque: a deque costs
         # 600 bytes even when empty, and a client rarely has more than a few slices.
         self.buckets: list[list[int]] = []
@@ -250,7 +248,6 @@ class ClientWindows:
             ip,
             state.first_seen,
             state.last_seen,
-            state.reported_at,
             [list(b) for b in state.buckets],
             state.domains,
             state.senders,
@@ -260,12 +257,11 @@ class ClientWindows:
     def load_row(self, row: list[Any], now: float) -> bool:
         """Restore one client saved by `to_row`; False if it is stale or malformed."""
         try:
-            ip, first_seen, last_seen, reported_at, buckets, domains, senders, recipients = row
+            ip, first_seen, last_seen, buckets, domains, senders, recipients = row
             if float(last_seen) <= now - self.long_window:
                 return False
             state = ClientState(float(first_seen))
             state.last_seen = float(last_seen)
-            state.reported_at = None if reported_at is None else float(reported_at)
             for slot in buckets:
                 if len(slot) != NMETRICS + 1:
                     return False
