@@ -180,7 +180,7 @@ def test_end_of_message_only_counts_its_recipients_once() -> None:
     assert got == {"messages": 1, "recipients": 4, "connections": 1, "rejected": 0, "auth": 0}
 
 
-def test_recipients_refused_after_our_answer_are_counted_as_rejected() -> None:
+def test_refused_recipients_are_rejected_and_an_all_refused_transaction_is_no_message() -> None:
     acct = PolicyAccounting()
     # 3 RCPTs seen, 1 accepted at END-OF-MESSAGE; then a transaction whose 2 RCPTs were all refused
     # (no END-OF-MESSAGE), noticed when the same session starts a third one
@@ -191,7 +191,8 @@ def test_recipients_refused_after_our_answer_are_counted_as_rejected() -> None:
         + [req("RCPT", "i.2")] * 2
         + [req("RCPT", "i.3"), req("END-OF-MESSAGE", "i.3", rcpt_count=1)],
     )
-    assert got == {"messages": 3, "recipients": 2, "connections": 1, "rejected": 4, "auth": 0}
+    # (as the maillog counts them: a qmgr nrcpt= line for i.1 and i.3 only, 4 reject lines)
+    assert got == {"messages": 2, "recipients": 2, "connections": 1, "rejected": 4, "auth": 0}
 
 
 def test_abandoned_transactions_are_swept_as_refusals() -> None:
@@ -201,7 +202,16 @@ def test_abandoned_transactions_are_swept_as_refusals() -> None:
     acct.observe(req("RCPT", "i.1", port="1"), 0.0)
     assert acct.sweep(30.0) == []
     (event,) = acct.sweep(61.0)
-    assert (event.rejected, event.recipients) == (2, -2)
+    assert (event.messages, event.recipients, event.rejected) == (0, 0, 2)
+
+
+def test_without_end_of_message_requests_a_transaction_counts_when_it_closes() -> None:
+    # Postfix asked at RCPT only: nothing tells a refused transaction from a sent one
+    acct = PolicyAccounting(abandon_after=60.0)
+    got = totals(acct, [req("RCPT", "i.1")] * 2 + [req("RCPT", "i.2")])
+    assert got == {"messages": 1, "recipients": 2, "connections": 1, "rejected": 0, "auth": 0}
+    (event,) = acct.sweep(61.0)
+    assert (event.messages, event.recipients, event.rejected) == (1, 1, 0)
 
 
 def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
@@ -211,8 +221,11 @@ def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
         [
             req("CONNECT", "", port="1"),
             req("RCPT", "a", port="1", sasl_username="joe"),
+            req("END-OF-MESSAGE", "a", port="1", rcpt_count=1, sasl_username="joe"),
             req("RCPT", "b", port="2"),
+            req("END-OF-MESSAGE", "b", port="2", rcpt_count=1),
             req("RCPT", "c", port="2"),
+            req("END-OF-MESSAGE", "c", port="2", rcpt_count=1),
         ],
     )
     assert got == {"messages": 3, "recipients": 3, "connections": 2, "rejected": 0, "auth": 1}

@@ -54,17 +54,22 @@ def parse_all(parser: PostfixLogParser | SendmailLogParser | EximLogParser, text
 def test_postfix_lines() -> None:
     assert parse_all(PostfixLogParser(), POSTFIX) == [
         ("100.64.2.20", 0, 0, 1, 0, 0, None, None),  # connect
-        ("100.64.2.20", 1, 0, 0, 0, 0, None, None),  # client=: one message
-        ("100.64.2.20", 0, 3, 0, 0, 0, "spam.example", None),  # qmgr nrcpt joined by queue id
+        # client= names the client of the queue id; the message counts once accepted (qmgr nrcpt=)
+        ("100.64.2.20", 1, 3, 0, 0, 0, "spam.example", None),
         ("100.64.2.21", 0, 0, 0, 1, 0, "bulk.example", "example.org"),  # NOQUEUE reject
         ("1.2.3.4", 0, 0, 0, 1, 0, "example.com", "example.org"),
-        ("2001:db8::7", 1, 0, 0, 0, 1, None, None),  # submission with SASL
     ]
+    # a SASL submission counts as an authenticated message once qmgr shows it accepted
+    parser = PostfixLogParser()
+    assert parse_all(parser, POSTFIX.splitlines()[-1]) == []
+    qmgr = b"Nov 26 04:00:01 mx postfix/qmgr[9]: 1B2C3D4E5F: from=<joe@isp.example>, size=9, nrcpt=2 (queue active)"
+    assert parse_all(parser, qmgr) == [("2001:db8::7", 1, 2, 0, 0, 1, "isp.example", None)]
+    assert parse_all(parser, qmgr) == []  # the same message through the active queue again (a retry)
 
 
 def test_postfix_full_addresses_only_when_enabled() -> None:
     rows = parse_all(PostfixLogParser(full_addresses=True), POSTFIX)
-    assert rows[3][6:] == ("noreply5@bulk.example", "user5@example.org")
+    assert rows[2][6:] == ("noreply5@bulk.example", "user5@example.org")
 
 
 def test_postfix_queue_join_is_bounded() -> None:

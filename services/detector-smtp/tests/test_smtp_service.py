@@ -178,7 +178,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert event.first_seen <= event.last_seen
     assert event.evidence["window_seconds"] == 3600.0
     assert event.evidence["messages"] == THRESHOLD
-    assert event.evidence["recipients"] == 2 * (THRESHOLD - 1) + 1  # the crossing request is its first RCPT
+    assert event.evidence["recipients"] == 2 * THRESHOLD  # the crossing request is its END-OF-MESSAGE
     assert event.evidence["rules"] == [
         {"rule": "dynamic-hourly", "metric": "messages", "window_seconds": 3600.0, "threshold": 5, "value": 5}
     ]
