@@ -15,7 +15,7 @@ from typing import Final
 from fastapi import FastAPI
 
 from lazaretto_core.bus import Bus, queue_name
-from lazaretto_core.checkpoints import CheckpointStore, checkpoint_from_json, checkpoint_to_json
+from lazaretto_core.checkpoints import checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import CaseChanged
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
@@ -26,6 +26,7 @@ from .handlers import CaseTracker, SmtpPolicyHandler
 from .logtail import LogFollower, LogSource
 from .maillog import parser_for
 from .observations import AddressClasses, SpamDetector
+from .offloop import OffLoopStore
 from .policy_protocol import PolicyServer
 from .quarantine import QuarantineList
 from .reports import Reports
@@ -103,7 +104,7 @@ class DetectorSmtpService:
             # Give reports a chance to leave now; those that do not are saved and sent at the next start.
             if not await self.reports.drain(_DRAIN_ON_STOP):
                 log.warning("stopping with %d report(s) unpublished (saved)", len(self.reports.outbox))
-        self.reports.outbox.close()
+        await self.reports.close()
         await self.bus.close()
 
     async def snapshot(self) -> str:
@@ -120,6 +121,7 @@ class DetectorSmtpService:
             self.reports.commit({"windows": generation, "tail": positions})
         finally:
             self.tail_gate.set()
+        await self.reports.written()  # the older generation is deleted only once no document names it
         self.state.prune(keep=generation)
         return generation
 
@@ -212,7 +214,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
     )
     progress = ProgressMonitor()
     reports = Reports(
-        CheckpointStore(settings.state_dir / "checkpoints"),
+        OffLoopStore(settings.state_dir / "checkpoints"),
         bus,
         progress,
         report_interval=settings.report_interval,

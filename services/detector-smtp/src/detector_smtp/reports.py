@@ -19,10 +19,11 @@ from typing import Any, Final
 from prometheus_client import Counter
 
 from lazaretto_core.bus import Bus, PublishError
-from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_core.observation_outbox import ObservationOutbox
+
+from .offloop import OffLoopStore
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Reports:
 
     def __init__(
         self,
-        store: CheckpointStore,
+        store: OffLoopStore,
         bus: Bus,
         progress: ProgressMonitor,
         *,
@@ -86,6 +87,7 @@ class Reports:
         beat_every: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.store = store
         self.bus = bus
         self.progress = progress
         self.beat_every = beat_every
@@ -146,6 +148,8 @@ class Reports:
                 except TimeoutError:
                     continue
             try:
+                # Write-ahead: what is published must be on disk first (no await between the two).
+                await self.store.written()
                 await self.outbox.flush()
             except PublishError as exc:
                 delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
@@ -161,10 +165,20 @@ class Reports:
         try:
             async with asyncio.timeout(timeout):
                 while len(self.outbox):
+                    await self.store.written()
                     await self.outbox.flush()
         except (TimeoutError, PublishError):
             return False
         return True
+
+    async def written(self) -> None:
+        """Once every state handed to the store is on disk."""
+        await self.store.written()
+
+    async def close(self) -> None:
+        """At shutdown: save what changed, and wait for it to be on disk."""
+        self.outbox.close()
+        await self.store.written()
 
     async def _publish(self, event: AbuseObserved, message_id: str) -> None:
         try:
