@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from detector_smtp.offloop import OffLoopStore
 from lazaretto_core.checkpoints import CheckpointStore
@@ -14,10 +15,10 @@ async def test_written_waits_for_the_newest_document_of_each_name(tmp_path: Path
     for i in range(50):
         store.save_state("detector-smtp", {"state": {"n": i}, "pending": []})
         store.save_state("other", {"state": {"n": -i}, "pending": []})
-    assert store.outstanding
+    assert store.outstanding()
     # when the caller waits for them, then the newest of each is on disk, as the core store reads it
     await store.written()
-    assert not store.outstanding
+    assert not store.outstanding()
     reader = CheckpointStore(tmp_path)
     assert reader.load_state("detector-smtp") == {"name": "detector-smtp", "state": {"n": 49}, "pending": []}
     assert reader.load_state("other") == {"name": "other", "state": {"n": -49}, "pending": []}
@@ -25,7 +26,7 @@ async def test_written_waits_for_the_newest_document_of_each_name(tmp_path: Path
 
 async def test_a_document_is_copied_when_handed_over(tmp_path: Path) -> None:
     store = OffLoopStore(tmp_path)
-    state = {"state": {"reported": {"100.64.0.1": 1.0}}, "pending": []}
+    state: dict[str, Any] = {"state": {"reported": {"100.64.0.1": 1.0}}, "pending": []}
     store.save_state("detector-smtp", state)
     state["state"]["reported"]["100.64.0.2"] = 2.0  # changed on the loop before the writer ran
     await store.written()

@@ -36,14 +36,13 @@ class OffLoopStore(CheckpointStore):
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_all(), name="state-writer")
 
-    @property
     def outstanding(self) -> bool:
         return self._written < self._handed
 
     async def written(self) -> None:
         """Return once every document handed over so far is on disk (a failing disk: wait for it)."""
         async with self._progress:
-            await self._progress.wait_for(lambda: not self.outstanding)
+            await self._progress.wait_for(lambda: not self.outstanding())
 
     async def _write_all(self) -> None:
         while self._latest:
