@@ -132,6 +132,21 @@ def test_recording_a_new_client_never_expires_the_idle_ones() -> None:
     assert list(win.keys()) == ["10.9.9.9"]
 
 
+def test_clients_restored_from_a_snapshot_expire_oldest_first() -> None:
+    # given clients saved in no particular order (a snapshot's rows)
+    saved = ClientWindows()
+    for i, at in enumerate((3000.0, 1000.0, 2000.0)):
+        saved.record(MailEvent(f"10.0.0.{i}", at, messages=1))
+    rows = [ClientWindows.to_row(ip, state) for ip in reversed(saved.keys()) if (state := saved.get(ip))]
+    restored = ClientWindows()
+    for row in rows:
+        assert restored.load_row(row, 3500.0)
+    restored.reorder()
+    # when the sweep expires one, then it is the least recently active
+    assert restored.expire(4700.0, limit=1) == 1
+    assert sorted(restored.keys()) == ["10.0.0.0", "10.0.0.2"]
+
+
 def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
     rule = SmtpRule(name="x", metric="messages", threshold=1)
     with pytest.raises(ValueError, match="unique"):

@@ -340,7 +340,11 @@ class PolicyServer:
                         conn.busy = True
                         arrived = self.clock()
                         replies = [format_reply(await self._answer(b, arrived)) for b in blocks]
-                        writer.write(b"".join(replies))
+                        writer.write(b"".join(replies))  # sent now if the socket takes it (it usually does)
+                        if self.account is not None:
+                            # Count what was answered, within the budget; the rest is left to its task.
+                            self.account.drain_slice()
+                            self.account.kick()
                         await writer.drain()
                     if buf:
                         self._check_partial(buf)

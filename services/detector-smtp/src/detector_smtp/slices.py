@@ -41,7 +41,9 @@ class TimeSlice:
 
 
 class SlicedWork(Generic[T]):
-    """A bounded FIFO of items for `work`, drained by `run()` at most `budget` seconds per loop turn.
+    """A bounded FIFO of items for `work`, drained at most `budget` seconds per loop turn: by whoever
+    calls `drain_slice()` (the policy server, right after writing its replies: no task switch per
+    request), and by `run()` for whatever is left (`kick()` wakes it).
 
     `put` never blocks (the answer path calls it): when `maxsize` items wait already, the item is
     dropped and counted. An item whose `work` raises is counted and logged (rate-limited); the rest go on.
@@ -84,8 +86,12 @@ class SlicedWork(Generic[T]):
             return False
         self._items.append(item)
         self._idle.clear()
-        self._wake.set()
         return True
+
+    def kick(self) -> None:
+        """Let `run()` take over the items still waiting (after an inline slice ran out of budget)."""
+        if self._items:
+            self._wake.set()
 
     def drain_slice(self) -> int:
         """Work through items until none is left or the budget is spent; how many were done."""
@@ -122,6 +128,7 @@ class SlicedWork(Generic[T]):
 
     async def idle(self) -> None:
         """Wait until every item put so far is done (needs `run` going)."""
+        self.kick()
         await self._idle.wait()
 
     def drain_all(self) -> int:

@@ -89,6 +89,7 @@ class StateStore:
                     restored.clients += 1
                 else:
                     restored.skipped += 1
+        windows.reorder()
         return restored
 
     async def save(self, windows: ClientWindows, quarantine: QuarantineList, now: float | None = None) -> str:
@@ -118,8 +119,11 @@ class StateStore:
                             lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
                     start += self.chunk
                 if lines:
-                    out.write(("\n".join(lines) + "\n").encode())
-                await asyncio.sleep(0)  # let policy requests in between slices
+                    # In a thread: a write can wait for the disk (dirty-page throttling) for tens of
+                    # milliseconds on a busy machine. The await lets policy requests in between slices.
+                    await asyncio.to_thread(out.write, ("\n".join(lines) + "\n").encode())
+                else:
+                    await asyncio.sleep(0)
             out.flush()
             await asyncio.to_thread(os.fsync, out.fileno())
         os.replace(tmp, target)
