@@ -143,10 +143,13 @@ class DetectorSmtpService:
             freeze_long_lived()
 
     async def _sweeps(self) -> None:
+        last = time.monotonic()
         while True:
-            self.progress.beat(SWEEP_LOOP)
-            await asyncio.sleep(self.settings.sweep_interval)
-            await self.sweep()
+            self.progress.beat(SWEEP_LOOP)  # at least every 5 s, whatever the interval (/healthz)
+            await asyncio.sleep(min(self.settings.sweep_interval, 5.0))
+            if time.monotonic() - last >= self.settings.sweep_interval:
+                await self.sweep()
+                last = time.monotonic()
 
     async def sweep(self) -> int:
         """Expire idle clients and close abandoned transactions, a slice of at most the handler budget
