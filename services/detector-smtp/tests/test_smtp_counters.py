@@ -147,6 +147,23 @@ def test_clients_restored_from_a_snapshot_expire_oldest_first() -> None:
     assert sorted(restored.keys()) == ["10.0.0.0", "10.0.0.2"]
 
 
+def test_rules_are_evaluated_only_for_events_that_change_what_they_read() -> None:
+    # given a client over the hourly message threshold already, and a rule on connections
+    rules = (
+        SmtpRule(name="msgs", metric="messages", threshold=2),
+        SmtpRule(name="conns", metric="connections", threshold=3),
+    )
+    det = detector(rules)
+    det.windows.record(MailEvent(CPE, 10.0, messages=5))
+    # when an event changes only the recipient domains, then no rule is looked at
+    assert det.observe(MailEvent(CPE, 11.0, recipient_domain="example.org"), "t")[1] is None
+    # and a connection is looked at by the connection rule (the message rule fires with it)
+    det.windows.record(MailEvent(CPE, 12.0, connections=2))
+    report = det.observe(MailEvent(CPE, 13.0, connections=1), "t")[1]
+    assert report is not None
+    assert [h.rule.name for h in report.hits] == ["msgs", "conns"]
+
+
 def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
     rule = SmtpRule(name="x", metric="messages", threshold=1)
     with pytest.raises(ValueError, match="unique"):

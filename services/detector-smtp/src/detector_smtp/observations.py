@@ -90,7 +90,7 @@ class SpamDetector:
     def record(self, event: MailEvent, klass: str, source: str) -> Report | None:
         """Count `event` for its (already classified, counted) client; a `Report` when a rule fires."""
         state = self.windows.record(event)
-        if not self.rules.for_class(klass):
+        if not self.rules.for_class(klass) or not touches(event, self.rules.metrics[klass]):
             return None
         if not self.ledger.may_report(event.ip, event.at):
             return None
@@ -115,6 +115,24 @@ class SpamDetector:
         )
         self.ledger.staged(report.observation)  # no second report while this one waits for the broker
         return report
+
+
+def touches(event: MailEvent, metrics: frozenset[str]) -> bool:
+    """Whether `event` changes any of `metrics` (most policy requests change only what no rule reads,
+    and then the rules are not evaluated at all)."""
+    if (event.messages or event.auth_messages) and (
+        "messages" in metrics or "authenticated_messages" in metrics or "unauthenticated_messages" in metrics
+    ):
+        return True
+    if (event.recipients or event.rejected) and (
+        "reject_ratio" in metrics
+        or ("recipients" in metrics and event.recipients)
+        or ("rejected" in metrics and event.rejected)
+    ):
+        return True
+    if event.connections and "connections" in metrics:
+        return True
+    return event.recipient_domain is not None and "recipient_domains" in metrics
 
 
 def observation_for(

@@ -17,6 +17,8 @@ from typing import Any
 
 from lazaretto_core.checkpoints import CheckpointStore
 
+from .ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class OffLoopStore(CheckpointStore):
         self._progress = asyncio.Condition()
         self._writer: asyncio.Task[None] | None = None
         self.failures = 0
+        self._errors = RateLimitedLog(log, interval=60.0)
 
     def save_state(self, name: str, state: dict[str, Any]) -> None:
         self._latest[name] = json.dumps({"name": name, **state}, separators=(",", ":"))
@@ -56,7 +59,9 @@ class OffLoopStore(CheckpointStore):
                 self.failures += 1
                 for name, text in batch.items():
                     self._latest.setdefault(name, text)
-                log.error("state not written to %s (%s); retrying", self.directory, exc)
+                self._errors.log(
+                    logging.ERROR, "write", "state not written to %s (%s); retrying", self.directory, exc
+                )
                 await asyncio.sleep(1.0)
                 continue
             async with self._progress:
