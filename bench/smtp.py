@@ -128,8 +128,11 @@ def serve(amqp_url: str, state_dir: str, conn: Connection) -> None:
 
         gc.callbacks.append(on_gc)
         ticker = asyncio.create_task(ticks())
+        requests_before, cpu_before = service.policy_server.requests, time.process_time()
         conn.send(service.policy_server.port)
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        cpu = time.process_time() - cpu_before
+        requests = service.policy_server.requests - requests_before
         ticker.cancel()
         gc.callbacks.remove(on_gc)
         gen2 = [d for g, d in collections if g == 2]
@@ -143,6 +146,7 @@ def serve(amqp_url: str, state_dir: str, conn: Connection) -> None:
                 "snapshots": snapshots,
                 "expired": IDLE_CLIENTS + ACTIVE_CLIENTS - left,
                 "reports": reports,
+                "server_cpu_us_per_request": cpu / max(1, requests) * 1e6,
                 "loop_lag_max_ms": max(lags, default=0.0) * 1000,
                 "loop_cpu_between_ticks_max_ms": max(busy, default=0.0) * 1000,
                 "gc_full_collections": len(gen2),
@@ -371,6 +375,9 @@ def main() -> None:
     print(f"policy_snapshots={median('snapshots'):.0f}")
     print(f"policy_expired_clients={median('expired'):.0f}")
     print(f"policy_reports={median('reports'):.0f}")
+    print(f"policy_server_cpu_us_per_request={median('server_cpu_us_per_request'):.0f}")
+    print(f"policy_loop_lag_max_ms={median('loop_lag_max_ms'):.1f}")
+    print(f"policy_gc_full_collections={median('gc_full_collections'):.0f}")
     print(f"tail_lines_per_s={statistics.median(tails):.0f}")
     print(f"memory_bytes_per_client={memory_per_client():.0f}")
 
