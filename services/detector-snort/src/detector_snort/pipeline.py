@@ -19,8 +19,9 @@ from typing import Final, Literal
 from prometheus_client import Counter
 
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
-from lazaretto_core.tail import TailLine
+from lazaretto_core.tail import TailLine, line_key
 
 from .aggregate import Aggregator, Folded
 from .alerts import Alert
@@ -37,9 +38,6 @@ from .parsers import (
 log = logging.getLogger(__name__)
 
 LINES = Counter("lazaretto_alert_lines_total", "Alert lines read, by source and result", ["source", "result"])
-
-# Observation ids are uuid5(source name | token): the same line read twice gives the same id.
-OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 
 Format = Literal["eve", "snort3_json", "fast", "syslog", "http"]
 
@@ -135,6 +133,8 @@ class AlertPipeline:
         skip = self.prefilter(source)
         out: list[AbuseObserved] = []
         now = self.clock()
+        last_head: bytes | None = None
+        head_crc = ""
         for line in lines:
             if line.too_long:
                 counts["bad:too_long"] = counts.get("bad:too_long", 0) + 1
@@ -154,9 +154,17 @@ class AlertPipeline:
             if alert is None:
                 counts["not_alert"] = counts.get("not_alert", 0) + 1
                 continue
-            # Inode and offset say where; the checksum tells a copy-truncated file's new lines from
-            # the old ones at the same offsets. A re-read of the same line gives the same token.
-            token = f"{line.inode}:{line.offset}:{zlib.crc32(data):08x}"
+            # Where the line was read (`line_key`: the file's first bytes and the offset, not the
+            # inode, so the same line read from a copy-truncate's copy gives the same token) and what
+            # it says. The head's checksum is the same for every line past the head: computed once.
+            head = line.head
+            if head is not last_head:
+                last_head, head_crc = head, f"{zlib.crc32(head):08x}"
+            token = (
+                f"{head_crc}:{line.offset}:{zlib.crc32(data):08x}"
+                if line.offset >= len(head)
+                else f"{line_key(line)}:{zlib.crc32(data):08x}"
+            )
             observation = self.fold(source, alert, aggregator, now, token, counts)
             if observation is not None:
                 out.append(observation)
@@ -337,8 +345,9 @@ def _strings(line: bytes, key: bytes) -> list[bytes]:
 
 
 def observation_id(source_name: str, token: str | None) -> uuid.UUID:
-    """Stable for a token (where the alert was read), fresh without one."""
-    return uuid.uuid5(OBSERVATION_NAMESPACE, f"{source_name}|{token}") if token else uuid.uuid4()
+    """Stable for a token (where the alert was read and what it says), fresh without one: the same
+    line read twice gives the same id."""
+    return deterministic_id(source_name, token) if token else uuid.uuid4()
 
 
 def to_observation(folded: Folded, source_name: str) -> AbuseObserved:
