@@ -40,8 +40,8 @@ _COMPRESSED: Final = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 class Checkpoint:
     """Where to resume: the file's inode and the offset just past the last line handled.
 
-    `head` (optional) is the file's first bytes, up to `HEAD_BYTES` and never past `offset`: when the
-    file at that inode no longer starts with them, it is not the file we read.
+    `head` (optional) is the file's first bytes, up to `HEAD_BYTES`, as far as known (possibly past
+    `offset`): when the file at that inode no longer starts with them, it is not the file we read.
     """
 
     inode: int

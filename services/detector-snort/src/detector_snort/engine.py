@@ -113,6 +113,7 @@ class SourceEngine:
         """Lines read from a file up to `position`. On PublishError the state is back at the last
         save (re-read from `self.position`)."""
         async with self.lock:
+            self._remember_identity(lines)
             try:
                 await self.outbox.flush()
                 observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
@@ -127,6 +128,18 @@ class SourceEngine:
                 self.load()
                 raise
             return observations
+
+    def _remember_identity(self, lines: Sequence[TailLine]) -> None:
+        """Save the file's first bytes with the unchanged offset before handling its first lines: a
+        position saved at offset 0 (an empty file at start) says nothing of what the file held, so
+        after a crash and a copy-truncate its lines could not be found in the copy."""
+        position = self.position
+        if position is None or not lines or lines[0].inode != position.inode:
+            return
+        head = lines[0].head
+        if len(head) > len(position.head) and head.startswith(position.head):
+            self.position = Checkpoint(position.inode, position.offset, head)
+            self.outbox.save()  # the offset is unchanged: nothing handled is claimed
 
     async def feed_alerts(
         self, alerts: Iterable[tuple[Alert, str | None]], counts: dict[str, int] | None = None
