@@ -1,5 +1,6 @@
 """kill -9 of the detector process mid-stream, a copy-truncate while it is down, then a restart: every
-alert is counted exactly once in effect, as policy sees it (first delivery per AMQP message id, first version per observation id)."""
+alert is counted exactly once in effect, as policy sees it (first delivery per AMQP message id, first
+version per observation id)."""
 
 from __future__ import annotations
 
