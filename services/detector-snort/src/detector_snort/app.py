@@ -200,7 +200,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
     syslog: SyslogReceiver | None = None
     if settings.syslog_udp_port or settings.syslog_tcp_port:
         tz = _zone(settings.syslog_timezone)
-        syslog_engine = engine(Source("syslog", "syslog", "syslog", tz=tz))
+        syslog_engine = engine(Source("syslog", "syslog", settings.syslog_sensor, tz=tz))
         engines.append(syslog_engine)
         syslog = SyslogReceiver(
             syslog_engine,
@@ -208,6 +208,8 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
             udp_port=settings.syslog_udp_port,
             tcp_port=settings.syslog_tcp_port,
             tz=tz,
+            peers=settings.syslog_peers,
+            on_progress=lambda: progress.beat("syslog"),
         )
 
     async def files_readable() -> None:

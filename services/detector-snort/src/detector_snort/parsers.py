@@ -102,7 +102,8 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
     if type(alert) is not dict:
         raise ParseError("missing_field", "alert")
 
-    host = obj.get("host")
+    # The sensor is the configured one, never the event's `host`: a name a sender chose could
+    # impersonate another sensor or break the observation contract (at most 128 characters).
     return Alert(
         timestamp=_eve_timestamp(obj.get("timestamp")),
         src_ip=normalise_ip(_str(obj, "src_ip")),
@@ -117,7 +118,7 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
         classtype=_opt_str(alert, "category"),
         priority=_opt_int(alert, "severity", 0) or None,
         action=normalise_action(_opt_str(alert, "action")),
-        sensor=host if type(host) is str and host else sensor,
+        sensor=sensor,
         flow_id=_opt_int(obj, "flow_id", 0) or None,
     )
 
@@ -543,8 +544,9 @@ def parse_syslog(
     max_len: int = MAX_SYSLOG_MESSAGE,
 ) -> Alert | None:
     """A syslog message from an IDS -> `Alert`: `alert_syslog` text (Snort 2 / Snort 3), or EVE JSON
-    (Suricata `eve-log` with `filetype: syslog`); None for non-alert EVE events. The sensor is the
-    message's HOSTNAME when it has one, else `sensor`."""
+    (Suricata `eve-log` with `filetype: syslog`); None for non-alert EVE events. The sensor is
+    `sensor` (configured per listener or peer), never the message's HOSTNAME: anyone who can send a
+    datagram chooses that."""
     if len(data) > max_len:
         raise ParseError("too_long", str(len(data)))
     if b"\x00" in data:
@@ -554,7 +556,7 @@ def parse_syslog(
     except UnicodeDecodeError as exc:
         raise ParseError("binary") from exc
     header = parse_syslog_header(text, tz=tz, now=now)
-    name = header.hostname or sensor
+    name = sensor
     body = header.message.strip()
     if body.startswith("{"):
         try:

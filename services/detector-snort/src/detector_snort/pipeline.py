@@ -17,6 +17,7 @@ from datetime import UTC, tzinfo
 from typing import Final, Literal
 
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.observation_outbox import deterministic_id
@@ -219,10 +220,32 @@ class AlertPipeline:
         folded = aggregator.add(
             alert, ip, verdict.category.value, verdict.severity, now, sensor=alert.sensor, token=token
         )
-        return to_observation(folded, source.name) if folded is not None else None
+        return self.observation(source, folded, counts) if folded is not None else None
 
     def due(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
-        return [to_observation(f, source.name) for f in aggregator.due(self.clock())]
+        counts: dict[str, int] = {}
+        out = [
+            observation
+            for folded in aggregator.due(self.clock())
+            if (observation := self.observation(source, folded, counts)) is not None
+        ]
+        count(source, counts)
+        return out
+
+    def observation(self, source: Source, folded: Folded, counts: dict[str, int]) -> AbuseObserved | None:
+        """The contract for a folded alert, or None (counted, logged) when it does not validate: one
+        bad alert must never stop a source."""
+        try:
+            return to_observation(folded, source.name)
+        except ValidationError as exc:
+            counts["bad:invalid_observation"] = counts.get("bad:invalid_observation", 0) + 1
+            self.bad_lines.warning(
+                "invalid_observation",
+                "alert in %s dropped, not a valid observation: %s",
+                source.name,
+                _short(exc),
+            )
+            return None
 
     # -- prefilters -------------------------------------------------------------------------------
 
@@ -337,6 +360,11 @@ _INSIDE: Final = 1
 _OUTSIDE: Final = 0
 _UNKNOWN: Final = 2
 _ADDRESS_CACHE: Final = 131_072
+
+
+def _short(exc: ValidationError) -> str:
+    """Field names and messages only: the rejected values are attacker-controlled text."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
 
 
 def _strings(line: bytes, key: bytes) -> list[bytes]:
