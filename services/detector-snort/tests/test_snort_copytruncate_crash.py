@@ -99,7 +99,8 @@ async def test_crash_after_confirm_then_copy_truncate_rereads_the_copy_with_the_
         def die(*args: object, **kwargs: object) -> None:
             raise Crash
 
-        monkeypatch.setattr(store, "save_state", die)
+        monkeypatch.setattr(store, "save_state", die)  # a full document or a journal record
+        monkeypatch.setattr(store, "append_journal", die)
         with pytest.raises(Crash):
             await run(first, lambda: False)
         assert len(published) == 10

@@ -4,11 +4,13 @@ The first alert for a (sensor, address, category) is reported at once (latency m
 inside the window are counted and reported when the window closes, with first/last seen and top
 signatures. Each alert may carry a `token` (where it was read): the observation of a window's first
 alert and the folded one take their identity from it, so a re-read after a crash yields the same ids.
-The open windows can be saved (`to_json`) and restored (`from_json`) with the read position.
+The open windows can be saved (`to_json`) and restored (`load_json`) with the read position, and
+`changes` tells which windows changed since it was last asked (a journal record instead of all).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -86,16 +88,28 @@ class Aggregator:
         self.max_destinations = max_destinations
         self.top_signatures = top_signatures
         self._open: dict[tuple[str, str, str], _Window] = {}
+        self._changed: set[tuple[str, str, str]] = set()  # since `changes` was last called
+        self._closed: set[tuple[str, str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [window.to_json(key) for key, window in self._open.items()]
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """The open windows by a text key (saved as a keyed collection)."""
+        return {_key_text(key): window.to_json(key) for key, window in self._open.items()}
 
-    def load_json(self, windows: list[dict[str, Any]]) -> None:
+    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Windows opened or changed, and keys of windows closed, since the last call (or load)."""
+        changed = {_key_text(k): self._open[k].to_json(k) for k in self._changed if k in self._open}
+        closed = [_key_text(k) for k in self._closed]
+        self._changed, self._closed = set(), set()
+        return changed, closed
+
+    def load_json(self, windows: dict[str, dict[str, Any]] | list[dict[str, Any]]) -> None:
         """Replace the open windows with saved ones (KeyError/ValueError/TypeError if malformed)."""
-        self._open = dict(_Window.from_json(data) for data in windows)
+        items = windows.values() if isinstance(windows, dict) else windows
+        self._open = dict(_Window.from_json(data) for data in items)
+        self._changed, self._closed = set(), set()
 
     def add(
         self,
@@ -110,6 +124,7 @@ class Aggregator:
     ) -> Folded | None:
         """Returns an observation to publish now (the first of a window), else folds the alert."""
         key = (sensor, ip, category)
+        self._changed.add(key)
         window = self._open.get(key)
         if window is None:
             self._open[key] = _Window(now, severity)
@@ -134,6 +149,8 @@ class Aggregator:
             if now - window.opened_at < self.window:
                 continue
             del self._open[key]
+            self._changed.discard(key)
+            self._closed.add(key)
             if window.count and window.first_seen and window.last_seen:
                 closed.append(
                     Folded(
@@ -166,6 +183,10 @@ class Aggregator:
             sensor,
             token,
         )
+
+
+def _key_text(key: tuple[str, str, str]) -> str:
+    return json.dumps(key)
 
 
 def _signature(alert: Alert) -> str:
