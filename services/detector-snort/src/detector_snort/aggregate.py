@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -120,24 +121,37 @@ class Aggregator:
         now: float,
         *,
         sensor: str = "",
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> Folded | None:
-        """Returns an observation to publish now (the first of a window), else folds the alert."""
+        """Returns an observation to publish now (the first of a window), else folds the alert.
+
+        `token` may be a function that makes it: only the alerts whose token is used pay for it."""
         key = (sensor, ip, category)
         self._changed.add(key)
         window = self._open.get(key)
         if window is None:
             self._open[key] = _Window(now, severity)
-            return self._fold_one(alert, ip, category, severity, sensor, token)
+            return self._fold_one(
+                alert, ip, category, severity, sensor, token() if callable(token) else token
+            )
+        # The hot path of a storm: plain comparisons instead of min()/max() calls.
         window.count += 1
         if window.first_token is None:
-            window.first_token = token
-        window.severity = max(window.severity, severity)
-        window.first_seen = min(window.first_seen or alert.timestamp, alert.timestamp)
-        window.last_seen = max(window.last_seen or alert.timestamp, alert.timestamp)
+            window.first_token = token() if callable(token) else token
+        if severity > window.severity:
+            window.severity = severity
+        ts = alert.timestamp
+        first, last = window.first_seen, window.last_seen
+        if first is None or ts < first:
+            window.first_seen = ts
+        if last is None or ts > last:
+            window.last_seen = ts
         signature = _signature(alert)
-        if signature in window.signatures or len(window.signatures) < MAX_SIGNATURES:
-            window.signatures[signature] += 1
+        signatures = window.signatures
+        if signature in signatures:
+            signatures[signature] += 1
+        elif len(signatures) < MAX_SIGNATURES:
+            signatures[signature] = 1
         if len(window.destinations) < self.max_destinations:
             window.destinations.append(_destination(alert))
         return None

@@ -3,7 +3,9 @@ Snort 2 / Snort 3 / Suricata, and syslog messages (RFC 5424 / RFC 3164) carrying
 or EVE JSON.
 
 Pure functions, no I/O. Garbage raises `ParseError` with a short machine reason (for a metric label);
-they never raise anything else. Hot path: one `json.loads`, splits instead of regexes.
+they never raise anything else. Hot path: one `orjson.loads` straight from the bytes (about twice as
+fast as `json.loads`), the fields read without a helper call per field, addresses validated once per
+distinct text, splits instead of regexes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
+
+import orjson
 
 from detector_snort.alerts import Alert
 
@@ -52,8 +56,23 @@ def normalise_action(raw: str | None) -> str:
     return word
 
 
+_CANONICAL_IP: dict[str, str] = {}  # address text -> canonical text (valid addresses only)
+_CANONICAL_IP_MAX: Final = 65_536
+
+
 def normalise_ip(text: str) -> str:
     """Validate an address and return its canonical text (IPv6 compressed); ParseError if not an address."""
+    known = _CANONICAL_IP.get(text)
+    if known is not None:
+        return known
+    canonical = _normalise_ip(text)
+    if len(_CANONICAL_IP) >= _CANONICAL_IP_MAX:
+        _CANONICAL_IP.clear()
+    _CANONICAL_IP[text] = canonical
+    return canonical
+
+
+def _normalise_ip(text: str) -> str:
     try:
         if ":" in text:
             return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
@@ -79,12 +98,12 @@ def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE
         if stripped.startswith(b"{") and stripped.endswith(b"}"):
             return None
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError("binary") from exc
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        obj = orjson.loads(line)  # validates UTF-8 itself
+    except orjson.JSONDecodeError as exc:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("binary") from exc
         raise ParseError("invalid_json") from exc
     if type(obj) is not dict:
         raise ParseError("invalid_json", "not an object")
@@ -101,7 +120,10 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
     alert = obj.get("alert")
     if type(alert) is not dict:
         raise ParseError("missing_field", "alert")
-
+    fast = _eve_fast(obj, alert, sensor)
+    if fast is not None:
+        return fast
+    # Something is missing or of another type: the field-by-field path names what.
     # The sensor is the configured one, never the event's `host`: a name a sender chose could
     # impersonate another sensor or break the observation contract (at most 128 characters).
     return Alert(
@@ -120,6 +142,51 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
         action=normalise_action(_opt_str(alert, "action")),
         sensor=sensor,
         flow_id=_opt_int(obj, "flow_id", 0) or None,
+    )
+
+
+def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert | None:
+    """The usual, well-formed alert in one go (None: let the field-by-field path find the fault)."""
+    get, aget = obj.get, alert.get
+    ts, src, dst, proto = get("timestamp"), get("src_ip"), get("dest_ip"), get("proto")
+    sport, dport, flow = get("src_port"), get("dest_port"), get("flow_id")
+    sid, sig, gid, rev = aget("signature_id"), aget("signature"), aget("gid", 1), aget("rev", 0)
+    category, severity, action = aget("category"), aget("severity", 0), aget("action")
+    if not (
+        type(ts) is str
+        and type(src) is str
+        and type(dst) is str
+        and type(proto) is str
+        and proto
+        and type(sid) is int
+        and type(sig) is str
+        and sig
+        and type(gid) is int
+        and type(rev) is int
+        and type(severity) is int
+        and (sport is None or (type(sport) is int and 0 <= sport <= 65535))
+        and (dport is None or (type(dport) is int and 0 <= dport <= 65535))
+        and (flow is None or type(flow) is int)
+        and (category is None or type(category) is str)
+        and (action is None or type(action) is str)
+    ):
+        return None
+    return Alert(  # positional: the fields in their declared order (cheaper than keywords)
+        _eve_timestamp(ts),
+        normalise_ip(src),
+        sport,
+        normalise_ip(dst),
+        dport,
+        proto,
+        gid,
+        sid,
+        rev,
+        sig,
+        category or None,
+        severity or None,
+        "allowed" if action == "allowed" else normalise_action(action),
+        sensor,
+        flow or None,
     )
 
 

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
+from functools import partial
 from typing import Final, Literal
 
 from prometheus_client import Counter
@@ -97,6 +98,8 @@ class AlertPipeline:
         self._inbound_classtypes = inbound.classtypes
         self._inbound_keywords = tuple(k.encode() for k in (*inbound.words, *inbound.substrings))
         self._address_cache: dict[bytes, int] = {}  # raw address -> _INSIDE / _OUTSIDE / _UNKNOWN
+        self._inside: dict[str, bool] = {}  # canonical address -> in the subscriber ranges
+        self._verdicts: dict[tuple[str | None, str, int | None, int], tuple[str, int]] = {}
 
     # -- parsing ----------------------------------------------------------------------------------
 
@@ -136,6 +139,8 @@ class AlertPipeline:
         now = self.clock()
         last_head: bytes | None = None
         head_crc = ""
+        subscriber_alerts = 0
+        inside_get, verdicts, add = self._inside.get, self._verdicts, aggregator.add
         for line in lines:
             if line.too_long:
                 counts["bad:too_long"] = counts.get("bad:too_long", 0) + 1
@@ -155,22 +160,36 @@ class AlertPipeline:
             if alert is None:
                 counts["not_alert"] = counts.get("not_alert", 0) + 1
                 continue
-            # Where the line was read (`line_key`: the file's first bytes and the offset, not the
-            # inode, so the same line read from a copy-truncate's copy gives the same token) and what
-            # it says. The head's checksum is the same for every line past the head: computed once.
             head = line.head
             if head is not last_head:
                 last_head, head_crc = head, f"{zlib.crc32(head):08x}"
-            token = (
-                f"{head_crc}:{line.offset}:{zlib.crc32(data):08x}"
-                if line.offset >= len(head)
-                else f"{line_key(line)}:{zlib.crc32(data):08x}"
-            )
-            observation = self.fold(source, alert, aggregator, now, token, counts)
-            if observation is not None:
+            # `fold`, inlined for the usual case (a subscriber's own alert, a known rule).
+            ip = alert.src_ip
+            if not inside_get(ip):
+                side = self.subscriber_side(alert)
+                if side is None:
+                    counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                    continue
+                ip = side
+            subscriber_alerts += 1
+            rule = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
+            verdict = verdicts.get(rule) or self._verdict(rule)
+            token = partial(_token, line, head_crc)
+            folded = add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
+            if folded is not None and (observation := self.observation(source, folded, counts)) is not None:
                 out.append(observation)
+        if subscriber_alerts:
+            counts["subscriber_alert"] = counts.get("subscriber_alert", 0) + subscriber_alerts
         count(source, counts)
         return out
+
+    def _verdict(self, rule: tuple[str | None, str, int | None, int]) -> tuple[str, int]:
+        """Category (as text) and severity of a rule, remembered: `verdicts` is the hot path's cache."""
+        found = self.categorizer.classify(*rule)
+        if len(self._verdicts) >= _ADDRESS_CACHE:
+            self._verdicts.clear()
+        verdict = self._verdicts[rule] = (found.category.value, found.severity)
+        return verdict
 
     def run_alerts(
         self,
@@ -192,7 +211,12 @@ class AlertPipeline:
 
     def subscriber_side(self, alert: Alert) -> str | None:
         """The subscriber the alert is about: its source, or for inbound-infection rules its destination."""
-        if alert.src_ip in self.ranges:
+        inside = self._inside.get(alert.src_ip)
+        if inside is None:
+            if len(self._inside) >= _ADDRESS_CACHE:
+                self._inside.clear()
+            inside = self._inside[alert.src_ip] = alert.src_ip in self.ranges
+        if inside:
             return alert.src_ip
         if alert.dst_ip in self.ranges and self.categorizer.inbound_indicates_infection(
             alert.classtype, alert.signature, alert.signature_id
@@ -206,7 +230,7 @@ class AlertPipeline:
         alert: Alert,
         aggregator: Aggregator,
         now: float,
-        token: str | None,
+        token: str | Callable[[], str] | None,
         counts: dict[str, int],
     ) -> AbuseObserved | None:
         ip = self.subscriber_side(alert)
@@ -256,7 +280,18 @@ class AlertPipeline:
                 return "not_alert"
             return None
         # Keys cannot occur inside JSON strings unescaped, so every `"src_ip":"` is a key (top level
-        # or in `flow`): when none is a subscriber, the alert is not about one.
+        # or in `flow`): when none is a subscriber, the alert is not about one. The usual subscriber
+        # alert is decided by the first one alone (it must be parsed anyway).
+        first = line.find(b'"src_ip":"')
+        if first < 0:
+            return None
+        end = line.find(b'"', first + 10)
+        raw = line[first + 10 : end] if end >= 0 else b"\\"
+        side = self._address_cache.get(raw)
+        if side is None:
+            side = self._side(raw)
+        if side is not _OUTSIDE:
+            return None
         sources = line.split(b'"src_ip":"')
         if len(sources) < 2 or self._sides(sources) is not _OUTSIDE:
             return None
@@ -365,6 +400,15 @@ _ADDRESS_CACHE: Final = 131_072
 def _short(exc: ValidationError) -> str:
     """Field names and messages only: the rejected values are attacker-controlled text."""
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def _token(line: TailLine, head_crc: str) -> str:
+    """Where the line was read (`line_key`: the file's first bytes and the offset, not the inode, so
+    the same line read from a copy-truncate's copy gives the same token) and what it says. `head_crc`
+    is the checksum of the file's head, the same for every line past it."""
+    if line.offset >= len(line.head):
+        return f"{head_crc}:{line.offset}:{zlib.crc32(line.data):08x}"
+    return f"{line_key(line)}:{zlib.crc32(line.data):08x}"
 
 
 def _strings(line: bytes, key: bytes) -> list[bytes]:
