@@ -146,7 +146,7 @@ class Aggregator:
             window.first_seen = ts
         if last is None or ts > last:
             window.last_seen = ts
-        signature = _signature(alert)
+        signature = f"{alert.signature_id}: {alert.signature}"[:200]  # _signature, inlined: per alert
         signatures = window.signatures
         if signature in signatures:
             signatures[signature] += 1

@@ -107,6 +107,12 @@ def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE
         raise ParseError("invalid_json") from exc
     if type(obj) is not dict:
         raise ParseError("invalid_json", "not an object")
+    if obj.get("event_type") == "alert":
+        alert = obj.get("alert")
+        if type(alert) is dict:
+            fast = _eve_fast(obj, alert, sensor)
+            if fast is not None:
+                return fast
     return alert_from_eve(obj, sensor=sensor)
 
 
@@ -171,11 +177,19 @@ def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert 
         and (action is None or type(action) is str)
     ):
         return None
+    canonical = _CANONICAL_IP.get  # both are text here (checked above)
+    src_ip, dst_ip = canonical(src), canonical(dst)
+    try:
+        stamp = datetime.fromisoformat(ts)  # 3.11 reads Suricata's "+0000" offsets
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        return None
     return Alert(  # positional: the fields in their declared order (cheaper than keywords)
-        _eve_timestamp(ts),
-        normalise_ip(src),
+        stamp,
+        src_ip or normalise_ip(src),
         sport,
-        normalise_ip(dst),
+        dst_ip or normalise_ip(dst),
         dport,
         proto,
         gid,

@@ -106,7 +106,7 @@ class AlertPipeline:
     def parser(self, source: Source) -> Callable[[bytes], Alert | None]:
         sensor, layout, tz = source.sensor, source.layout, source.tz
         if source.format == "eve":
-            return lambda line: parse_eve_line(line, sensor=sensor)
+            return partial(parse_eve_line, sensor=sensor)
         if source.format == "snort3_json":
             return lambda line: parse_snort3_json_line(line, sensor=sensor, layout=layout, tz=tz)
         if source.format == "fast":
