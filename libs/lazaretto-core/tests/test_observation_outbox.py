@@ -16,7 +16,7 @@ import pytest
 from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.observation_outbox import ObservationOutbox, deterministic_id
+from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta, deterministic_id
 
 TIMEOUT = 20.0
 
@@ -97,7 +97,7 @@ async def test_staged_messages_survive_kill_9_and_are_published_once_with_their_
         from pathlib import Path
         from lazaretto_core.checkpoints import CheckpointStore
         from lazaretto_core.contracts import AbuseObserved
-        from lazaretto_core.observation_outbox import ObservationOutbox, deterministic_id
+        from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta, deterministic_id
 
         async def never(message, message_id):
             raise AssertionError("not published before the crash")
@@ -285,11 +285,9 @@ def test_touch_saves_at_most_every_interval(tmp_path: Path) -> None:
     outbox.touch()
     assert outbox.saves == 1  # not due yet
     outbox.close()  # at shutdown the latest position is saved anyway
-    assert CheckpointStore(tmp_path).load_state("source-a") == {
-        "name": "source-a",
-        "state": {"position": 3, "counted": 0},
-        "pending": [],
-    }
+    saved = CheckpointStore(tmp_path).load_state("source-a")
+    assert saved is not None
+    assert (saved["state"], saved["pending"]) == ({"position": 3, "counted": 0}, [])
 
 
 def test_an_unreadable_document_starts_afresh(tmp_path: Path) -> None:
@@ -329,3 +327,122 @@ async def test_on_sent_marks_land_in_the_same_save_as_the_confirm(tmp_path: Path
     assert saved is not None
     assert saved["state"] == {"reported": [1]}
     assert [p["count"] for p in saved["pending"]] == [2]
+
+
+class Windows:
+    """A large keyed state (aggregation windows) that reports what changed since the last save."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.windows: dict[str, dict[str, int]] = {}
+        self.changed: set[str] = set()
+        self.closed: set[str] = set()
+
+    def put(self, key: str, count: int) -> None:
+        self.windows[key] = {"count": count}
+        self.changed.add(key)
+        self.closed.discard(key)
+
+    def close(self, key: str) -> None:
+        del self.windows[key]
+        self.changed.discard(key)
+        self.closed.add(key)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"position": self.position, "windows": dict(self.windows)}
+
+    def delta(self) -> StateDelta:
+        change = StateDelta(
+            state={"position": self.position},
+            set={"windows": {k: self.windows[k] for k in self.changed}} if self.changed else {},
+            delete={"windows": sorted(self.closed)} if self.closed else {},
+        )
+        self.changed, self.closed = set(), set()
+        return change
+
+
+def journal_in(directory: Path) -> Path:
+    return next(p for p in directory.iterdir() if p.name.endswith(".journal"))
+
+
+def journaled(store: CheckpointStore, state: Windows, publish: Any) -> ObservationOutbox[AbuseObserved]:
+    return ObservationOutbox(
+        store,
+        "big-state",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        delta=state.delta,
+        save_every=3600.0,
+    )
+
+
+async def test_a_journaled_state_is_rebuilt_after_a_crash_and_a_torn_record_ignored(tmp_path: Path) -> None:
+    sent: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        sent.append(message_id)
+
+    # Given a state of many windows, saved in full once and then as small journal records
+    store = CheckpointStore(tmp_path, fsync=False)
+    state = Windows()
+    outbox = journaled(store, state, publish)
+    outbox.load()
+    for n in range(1000):
+        state.put(f"w{n}", 1)
+    outbox.save()  # the first save is a full document
+    state.position = 10
+    state.put("w1", 2)
+    state.close("w2")
+    outbox.stage([observation(1), observation(2)])
+    state.position = 20
+    state.put("w3", 5)
+    outbox.add([observation(3)])
+    await outbox.flush()  # 1, 2, 3 confirmed: saved as sent
+    state.position = 30
+    state.put("w4", 7)
+    outbox.stage([observation(4)])
+    journal = journal_in(tmp_path)
+    assert journal.stat().st_size < 2_000  # records hold what changed, not the 1,000 windows
+
+    # When the process dies (no close) and starts again
+    reloaded = Windows()
+    again = journaled(CheckpointStore(tmp_path, fsync=False), reloaded, publish)
+    saved = again.load()
+
+    # Then the state and the pending messages are the last saved ones
+    assert saved == state.snapshot()
+    assert [o.count for o in again.pending] == [4]
+
+    # And a record torn by a crash mid-append counts as never written
+    with journal.open("ab") as out:
+        out.write(b'{"seq":99,"state":{"position":9')
+    torn = journaled(CheckpointStore(tmp_path, fsync=False), Windows(), publish)
+    assert torn.load() == state.snapshot()
+
+
+async def test_records_already_in_a_full_document_are_not_applied_again(tmp_path: Path) -> None:
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        return None
+
+    # Given journal records, then a full document written but the journal not yet emptied (a crash)
+    store = CheckpointStore(tmp_path, fsync=False)
+    state = Windows()
+    outbox = journaled(store, state, publish)
+    outbox.load()
+    state.put("a", 1)
+    outbox.save()
+    state.put("b", 1)
+    outbox.save()  # a journal record: sets b
+    monkey_journal = store.read_journal("big-state")
+    assert len(monkey_journal) == 1
+    state.close("b")
+    outbox._save_full()  # the document no longer has b ...
+    store.append_journal("big-state", monkey_journal[0])  # ... but the old record is still there
+
+    # When it is loaded
+    loaded = journaled(CheckpointStore(tmp_path, fsync=False), Windows(), publish).load()
+
+    # Then the older record is not applied on top of the newer document
+    assert loaded == {"position": 0, "windows": {"a": {"count": 1}}}
