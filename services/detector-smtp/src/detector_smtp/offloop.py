@@ -39,6 +39,11 @@ class OffLoopStore(CheckpointStore):
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_all(), name="state-writer")
 
+    def append_journal(self, name: str, record: dict[str, Any]) -> int:
+        # A journal record is acknowledged as durable when this returns: it cannot be deferred like a
+        # document. detector-smtp's outbox keeps no journal (no `delta`); refuse rather than mix them.
+        raise NotImplementedError("OffLoopStore keeps whole documents only (use the outbox without delta)")
+
     def outstanding(self) -> bool:
         return self._written < self._handed
 
