@@ -181,14 +181,18 @@ def load(port: int, rate: float, seconds: float, connections: int, conn: Connect
     """Child process: `connections` sessions, `rate` requests/s in all on an open-loop schedule; sends
     back each request's latency from when it was due."""
 
-    async def session(k: int, t0: float, latencies: list[float]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def session(
+        k: int,
+        stream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        requests: list[bytes],
+        t0: float,
+        latencies: list[float],
+    ) -> None:
+        reader, writer = stream
         interval = connections / rate
         start = t0 + k * interval / connections
         n = 0
         loop = asyncio.get_running_loop()
-        # Pre-built requests: the load generator must spend its CPU on the socket, not on f-strings.
-        requests = [request(k, j) for j in range(2000)]
         while True:
             due = start + n * interval
             if due - t0 > seconds:
@@ -209,8 +213,14 @@ def load(port: int, rate: float, seconds: float, connections: int, conn: Connect
     async def main() -> tuple[list[float], float]:
         latencies: list[float] = []
         loop = asyncio.get_running_loop()
-        t0 = loop.time() + 0.5
-        await asyncio.gather(*(session(k, t0, latencies) for k in range(connections)))
+        # Connections opened and requests built before the clock starts: the generator's own start-up
+        # must not count as latency, and during the run it spends its CPU on the sockets.
+        requests = [[request(k, j) for j in range(2000)] for k in range(connections)]
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+        t0 = loop.time() + 0.2
+        await asyncio.gather(
+            *(session(k, streams[k], requests[k], t0, latencies) for k in range(connections))
+        )
         return latencies, loop.time() - t0
 
     conn.send(asyncio.run(main()))
