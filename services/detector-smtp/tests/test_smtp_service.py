@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import resource
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from detector_smtp.app import DetectorSmtpService, build
+from detector_smtp.app import DetectorSmtpService, build, connection_cap
 from detector_smtp.policy_protocol import PolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
@@ -405,3 +406,10 @@ async def test_the_real_handler_answers_before_its_counting_runs(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
     assert stuck == [True]
+
+
+def test_the_connection_cap_is_lowered_to_fit_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process allowed 1,024 descriptors cannot hold 5,000 policy connections and its own files
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert connection_cap(5000) == 1024 - 64
+    assert connection_cap(500) == 500
