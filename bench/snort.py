@@ -126,7 +126,7 @@ async def throughput(data: bytes, fmt: Format, workdir: Path) -> float:
     source = Source(str(path), fmt, "bench", layout="MM/DD/YYYY")
     published = 0
 
-    async def publish(observation: AbuseObserved) -> None:
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
         nonlocal published
         published += 1
 

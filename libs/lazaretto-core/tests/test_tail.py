@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 
-from lazaretto_core.tail import Checkpoint, FileTailer, TailLine
+from lazaretto_core.tail import Checkpoint, FileTailer, TailLine, line_key
 
 TIMEOUT = 20.0
 
@@ -220,3 +220,82 @@ async def test_truncated_and_regrown_while_down_is_noticed_by_its_first_bytes(tm
     append(log, b"brand new line\n")
     async with aclosing(FileTailer(log, start=checkpoint).__aiter__()) as it:
         assert [x.data for x in await take(it, 2)] == [b"old 2", b"brand new line"]
+
+
+async def test_a_line_read_again_from_the_copy_has_the_same_key(tmp_path: Path) -> None:
+    # Given lines read from a file that was shorter than the head a key covers when it was opened,
+    # and a checkpoint saved after the first one
+    log = tmp_path / "eve.json"
+    append(log, b"short\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        first = await take(it, 1)
+        append(log, b"tiny\na line long enough to pass the sixty-four bytes of the head\nthird\n")
+        first += await take(it, 3)
+    checkpoint = tailer.checkpoint(first[0])
+    # When the file is copy-truncated (a new inode holds the old lines) and a restart resumes
+    shutil.copyfile(log, tmp_path / "eve.json.1")
+    with log.open("r+b") as f:
+        f.truncate(0)
+    append(log, b"new\n")
+    again = FileTailer(log, start=checkpoint)
+    async with aclosing(again.__aiter__()) as it:
+        reread = await take(it, 4)
+    # Then the old lines come from the copy, with another inode but the same keys
+    assert [x.data for x in reread[:3]] == [x.data for x in first[1:]]
+    assert reread[0].inode != first[1].inode
+    assert [line_key(x) for x in reread[:3]] == [line_key(x) for x in first[1:]]
+    # And the truncated file's new line, at an offset an old line had, has another key
+    assert (reread[3].data, reread[3].offset) == (b"new", 4)
+    assert line_key(reread[3]) not in {line_key(x) for x in first}
+
+
+async def test_writes_between_copy_and_truncate_are_counted_as_a_gap(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"before the copy\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        await take(it, 1)
+        # When logrotate copies, the sensor writes on (read here, so the copy is shorter than what
+        # was read), and then logrotate truncates
+        shutil.copyfile(log, tmp_path / "eve.json.1")
+        append(log, b"written after the copy\n")
+        assert [x.data for x in await take(it, 1)] == [b"written after the copy"]
+        append(log, b"maybe lost\n")
+        with log.open("r+b") as f:
+            f.truncate(0)
+        append(log, b"new\n")
+        got = await take(it, 1)
+    # Then the new file is read and the possible loss is counted
+    assert got[-1].data in (b"maybe lost", b"new")
+    assert tailer.gaps == 1
+
+
+async def test_a_clean_copy_truncate_counts_no_gap(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"one\n")
+    tailer = FileTailer(log)
+    async with aclosing(tailer.__aiter__()) as it:
+        await take(it, 1)
+        append(log, b"two\n")
+        shutil.copyfile(log, tmp_path / "eve.json.1")
+        with log.open("r+b") as f:
+            f.truncate(0)
+        append(log, b"three\n")
+        got = await take(it, 2)
+    assert [x.data for x in got] in ([b"two", b"three"],)
+    assert tailer.gaps == 0
+    assert tailer.truncations == 1
+
+
+async def test_truncated_while_down_without_a_copy_counts_a_gap(tmp_path: Path) -> None:
+    log = tmp_path / "eve.json"
+    append(log, b"long line number one\n")
+    checkpoint = Checkpoint(os.stat(log).st_ino, 21, b"long line number one\n")
+    with log.open("r+b") as f:
+        f.truncate(0)
+    append(log, b"new\n")
+    tailer = FileTailer(log, start=checkpoint)
+    async with aclosing(tailer.__aiter__()) as it:
+        assert [x.data for x in await take(it, 1)] == [b"new"]
+    assert tailer.gaps == 1

@@ -117,6 +117,53 @@ def test_memory_is_bounded_and_idle_clients_expire() -> None:
     assert list(win.keys()) == ["10.9.9.9"]
 
 
+def test_recording_a_new_client_never_expires_the_idle_ones() -> None:
+    # given 5,000 clients that have been idle for more than an hour
+    win = ClientWindows()
+    for i in range(5000):
+        win.record(MailEvent(f"10.0.{i // 256}.{i % 256}", 0.0, messages=1))
+    # when a new client's message is recorded (the answer path), then nothing is expired there
+    win.record(MailEvent("10.9.9.9", 3700.0, messages=1))
+    assert len(win) == 5001
+    # and the background sweep expires them a bounded chunk at a time, the active client last
+    assert win.expire(3700.0, limit=2000) == 2000
+    assert win.expire(3700.0, limit=2000) == 2000
+    assert win.expire(3700.0, limit=2000) == 1000
+    assert list(win.keys()) == ["10.9.9.9"]
+
+
+def test_clients_restored_from_a_snapshot_expire_oldest_first() -> None:
+    # given clients saved in no particular order (a snapshot's rows)
+    saved = ClientWindows()
+    for i, at in enumerate((3000.0, 1000.0, 2000.0)):
+        saved.record(MailEvent(f"10.0.0.{i}", at, messages=1))
+    rows = [ClientWindows.to_row(ip, state) for ip in reversed(saved.keys()) if (state := saved.get(ip))]
+    restored = ClientWindows()
+    for row in rows:
+        assert restored.load_row(row, 3500.0)
+    restored.reorder()
+    # when the sweep expires one, then it is the least recently active
+    assert restored.expire(4700.0, limit=1) == 1
+    assert sorted(restored.keys()) == ["10.0.0.0", "10.0.0.2"]
+
+
+def test_rules_are_evaluated_only_for_events_that_change_what_they_read() -> None:
+    # given a client over the hourly message threshold already, and a rule on connections
+    rules = (
+        SmtpRule(name="msgs", metric="messages", threshold=2),
+        SmtpRule(name="conns", metric="connections", threshold=3),
+    )
+    det = detector(rules)
+    det.windows.record(MailEvent(CPE, 10.0, messages=5))
+    # when an event changes only the recipient domains, then no rule is looked at
+    assert det.observe(MailEvent(CPE, 11.0, recipient_domain="example.org"), "t")[1] is None
+    # and a connection is looked at by the connection rule (the message rule fires with it)
+    det.windows.record(MailEvent(CPE, 12.0, connections=2))
+    report = det.observe(MailEvent(CPE, 13.0, connections=1), "t")[1]
+    assert report is not None
+    assert [h.rule.name for h in report.hits] == ["msgs", "conns"]
+
+
 def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
     rule = SmtpRule(name="x", metric="messages", threshold=1)
     with pytest.raises(ValueError, match="unique"):
@@ -165,7 +212,7 @@ def test_end_of_message_only_counts_its_recipients_once() -> None:
     assert got == {"messages": 1, "recipients": 4, "connections": 1, "rejected": 0, "auth": 0}
 
 
-def test_recipients_refused_after_our_answer_are_counted_as_rejected() -> None:
+def test_refused_recipients_are_rejected_and_an_all_refused_transaction_is_no_message() -> None:
     acct = PolicyAccounting()
     # 3 RCPTs seen, 1 accepted at END-OF-MESSAGE; then a transaction whose 2 RCPTs were all refused
     # (no END-OF-MESSAGE), noticed when the same session starts a third one
@@ -176,7 +223,8 @@ def test_recipients_refused_after_our_answer_are_counted_as_rejected() -> None:
         + [req("RCPT", "i.2")] * 2
         + [req("RCPT", "i.3"), req("END-OF-MESSAGE", "i.3", rcpt_count=1)],
     )
-    assert got == {"messages": 3, "recipients": 2, "connections": 1, "rejected": 4, "auth": 0}
+    # (as the maillog counts them: a qmgr nrcpt= line for i.1 and i.3 only, 4 reject lines)
+    assert got == {"messages": 2, "recipients": 2, "connections": 1, "rejected": 4, "auth": 0}
 
 
 def test_abandoned_transactions_are_swept_as_refusals() -> None:
@@ -186,7 +234,16 @@ def test_abandoned_transactions_are_swept_as_refusals() -> None:
     acct.observe(req("RCPT", "i.1", port="1"), 0.0)
     assert acct.sweep(30.0) == []
     (event,) = acct.sweep(61.0)
-    assert (event.rejected, event.recipients) == (2, -2)
+    assert (event.messages, event.recipients, event.rejected) == (0, 0, 2)
+
+
+def test_without_end_of_message_requests_a_transaction_counts_when_it_closes() -> None:
+    # Postfix asked at RCPT only: nothing tells a refused transaction from a sent one
+    acct = PolicyAccounting(abandon_after=60.0)
+    got = totals(acct, [req("RCPT", "i.1")] * 2 + [req("RCPT", "i.2")])
+    assert got == {"messages": 1, "recipients": 2, "connections": 1, "rejected": 0, "auth": 0}
+    (event,) = acct.sweep(61.0)
+    assert (event.messages, event.recipients, event.rejected) == (1, 1, 0)
 
 
 def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
@@ -196,8 +253,11 @@ def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
         [
             req("CONNECT", "", port="1"),
             req("RCPT", "a", port="1", sasl_username="joe"),
+            req("END-OF-MESSAGE", "a", port="1", rcpt_count=1, sasl_username="joe"),
             req("RCPT", "b", port="2"),
+            req("END-OF-MESSAGE", "b", port="2", rcpt_count=1),
             req("RCPT", "c", port="2"),
+            req("END-OF-MESSAGE", "c", port="2", rcpt_count=1),
         ],
     )
     assert got == {"messages": 3, "recipients": 3, "connections": 2, "rejected": 0, "auth": 1}

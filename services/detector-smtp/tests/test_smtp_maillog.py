@@ -54,17 +54,22 @@ def parse_all(parser: PostfixLogParser | SendmailLogParser | EximLogParser, text
 def test_postfix_lines() -> None:
     assert parse_all(PostfixLogParser(), POSTFIX) == [
         ("100.64.2.20", 0, 0, 1, 0, 0, None, None),  # connect
-        ("100.64.2.20", 1, 0, 0, 0, 0, None, None),  # client=: one message
-        ("100.64.2.20", 0, 3, 0, 0, 0, "spam.example", None),  # qmgr nrcpt joined by queue id
+        # client= names the client of the queue id; the message counts once accepted (qmgr nrcpt=)
+        ("100.64.2.20", 1, 3, 0, 0, 0, "spam.example", None),
         ("100.64.2.21", 0, 0, 0, 1, 0, "bulk.example", "example.org"),  # NOQUEUE reject
         ("1.2.3.4", 0, 0, 0, 1, 0, "example.com", "example.org"),
-        ("2001:db8::7", 1, 0, 0, 0, 1, None, None),  # submission with SASL
     ]
+    # a SASL submission counts as an authenticated message once qmgr shows it accepted
+    parser = PostfixLogParser()
+    assert parse_all(parser, POSTFIX.splitlines()[-1]) == []
+    qmgr = b"Nov 26 04:00:01 mx postfix/qmgr[9]: 1B2C3D4E5F: from=<joe@isp.example>, size=9, nrcpt=2 (queue active)"
+    assert parse_all(parser, qmgr) == [("2001:db8::7", 1, 2, 0, 0, 1, "isp.example", None)]
+    assert parse_all(parser, qmgr) == []  # the same message through the active queue again (a retry)
 
 
 def test_postfix_full_addresses_only_when_enabled() -> None:
     rows = parse_all(PostfixLogParser(full_addresses=True), POSTFIX)
-    assert rows[3][6:] == ("noreply5@bulk.example", "user5@example.org")
+    assert rows[2][6:] == ("noreply5@bulk.example", "user5@example.org")
 
 
 def test_postfix_queue_join_is_bounded() -> None:
@@ -79,6 +84,24 @@ def test_sendmail_lines() -> None:
         ("127.0.0.1", 1, 1, 0, 0, 0, "myhost.mydomain.com", None),  # nrcpts=0 line skipped
         ("128.68.136.133", 0, 0, 0, 1, 0, None, "freemailhost.ru"),
         ("100.64.4.4", 1, 4, 0, 0, 0, "bulk.example", None),
+    ]
+
+
+def test_sendmail_client_address_comes_from_the_real_relay_field_not_the_senders_text() -> None:
+    # given receipt lines whose Message-ID (the sender's to choose) carries a fake relay= field, and a
+    # refusal whose recipient (also the sender's) does
+    lines = b"""\
+Nov 26 05:00:01 mx sm-mta[100]: 5AQ50000000101: from=<x@bulk.example>, size=900, class=0, nrcpts=3, msgid=<a, relay=victim.example [192.0.2.55]>, proto=ESMTP, daemon=MTA, relay=cpe-5.isp.example [100.64.5.5]
+Nov 26 05:00:02 mx sm-mta[100]: 5AQ50000000102: from=<x@bulk.example>, size=900, class=0, nrcpts=2, msgid=<b@relay=[192.0.2.56]>, proto=ESMTP, daemon=MTA, relay=[100.64.5.6] (may be forged)
+Nov 26 05:00:03 mx sm-mta[100]: 5AQ50000000103: from=<"q, relay=a [192.0.2.57]"@bulk.example>, size=9, class=0, nrcpts=1, msgid=<c@d>, proto=ESMTP, daemon=MTA, relay=cpe-7.isp.example [100.64.5.7]
+Nov 26 05:00:04 mx sm-mta[100]: 5AQ50000000104: ruleset=check_rcpt, arg1=<"v, relay=x [192.0.2.58], reject=550"@example.org>, relay=cpe-8.isp.example [100.64.5.8], reject=550 5.7.1 <"v, relay=x [192.0.2.58], reject=550"@example.org>... Relaying denied
+"""
+    # then each line counts for the client Sendmail itself names in its last relay= field
+    assert [(e[0], e[1], e[2], e[4]) for e in parse_all(SendmailLogParser(), lines)] == [
+        ("100.64.5.5", 1, 3, 0),
+        ("100.64.5.6", 1, 2, 0),
+        ("100.64.5.7", 1, 1, 0),
+        ("100.64.5.8", 0, 0, 1),
     ]
 
 

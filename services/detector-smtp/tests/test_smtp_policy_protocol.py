@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -15,6 +19,7 @@ from detector_smtp.policy_protocol import (
     format_reply,
     parse_request,
 )
+from detector_smtp.slices import SlicedWork
 
 # Captured from Postfix 3.7.11 (lab notes 3.3), RCPT state, first of three recipients.
 REAL_RCPT = b"""request=smtpd_access_policy
@@ -332,3 +337,174 @@ async def test_a_1mb_attribute_and_binary_are_named_in_the_errors() -> None:
             assert await client.closed_by_server()
             await client.close()
         assert server.errors_by_reason == {"too_long": 1, "binary": 1}
+
+
+# ----------------------------------------------------------------------- answer path and connections
+
+
+async def test_the_answer_goes_out_before_the_counting_it_implies() -> None:
+    # given a counting step that blocks the event loop until the client holds its answer
+    answered = threading.Event()
+    counted: list[tuple[str, bool]] = []
+
+    def account(req: PolicyRequest, at: float) -> None:
+        counted.append((req.client_address, answered.wait(10)))
+
+    def ask(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(request_for("100.64.0.10") + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            answered.set()
+            return reply
+
+    async with PolicyServer(lambda req: "DUNNO", account=account) as server:
+        # when Postfix asks (from another thread: the loop is what the counting blocks)
+        reply = await asyncio.to_thread(ask, server.port)
+        while not counted:
+            await asyncio.sleep(0.01)
+
+    # then the answer arrived while the counting had not finished, and the request was counted
+    assert reply == b"action=DUNNO\n\n"
+    assert counted == [("100.64.0.10", True)]
+
+
+def test_background_work_yields_to_the_loop_once_its_budget_is_spent() -> None:
+    # given work items that each take 2 ms (of a fake clock) and a 5 ms budget
+    now = [0.0]
+    done: list[int] = []
+
+    def work(item: int) -> None:
+        now[0] += 0.002
+        done.append(item)
+
+    queue: SlicedWork[int] = SlicedWork(work, budget=0.005, clock=lambda: now[0])
+    for i in range(10):
+        assert queue.put(i)
+    # when one slice runs, then it stops after the item that spent the budget, and the next goes on
+    assert queue.drain_slice() == 3
+    assert queue.drain_slice() == 3
+    assert queue.drain_all() == 4
+    assert done == list(range(10))
+
+
+def test_background_work_is_bounded_and_survives_a_failing_item() -> None:
+    def work(item: int) -> None:
+        if item == 1:
+            raise RuntimeError("detector bug")
+
+    queue: SlicedWork[int] = SlicedWork(work, budget=1.0, maxsize=3)
+    assert [queue.put(i) for i in range(4)] == [True, True, True, False]
+    assert queue.drain_all() == 3
+    assert (queue.done, queue.errors, queue.dropped) == (3, 1, 1)
+
+
+async def test_the_request_deadline_counts_from_the_first_byte() -> None:
+    # given a 0.3 s request timeout and a client trickling a request one byte every 50 ms (3 s in all)
+    async with PolicyServer(lambda req: "DUNNO", request_timeout=0.3) as server:
+        client = await connect(server)
+        answer = asyncio.create_task(client.reader.read())  # until the server closes
+        sent = 0
+        for byte in REAL_RCPT[:60]:
+            if answer.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                client.writer.write(bytes([byte]))
+                await client.writer.drain()
+            sent += 1
+            await asyncio.sleep(0.05)
+        closed = answer.done()
+        assert await answer == b"action=DUNNO\n\n"
+        # then the server gave up long before the trickle ended, not 0.3 s after its last byte
+        assert closed
+        assert sent < 60
+        assert server.errors_by_reason == {"missing_terminator": 1}
+        await client.close()
+
+
+async def test_a_client_closing_mid_request_leaves_no_traceback() -> None:
+    # given a loop that records every unhandled error
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    async with PolicyServer(lambda req: "DUNNO") as server:
+        # when clients send half a request and close their socket
+        for _ in range(30):
+            client = await connect(server)
+            client.writer.write(b"request=smtpd_access_policy\nclient_addr")
+            await client.writer.drain()
+            await client.close()
+        while server.protocol_errors < 30:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        # then each is a counted protocol error, and nothing escaped the connection handler
+        assert server.errors_by_reason == {"missing_terminator": 30}
+        other = await connect(server)
+        assert await other.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+        await other.close()
+    assert errors == []
+
+
+async def test_at_the_connection_cap_the_longest_idle_connection_makes_room() -> None:
+    async with PolicyServer(lambda req: "DUNNO", max_connections=3) as server:
+        # given three connections, each used once and now idle, the oldest first
+        idle = [await connect(server) for _ in range(3)]
+        for i, client in enumerate(idle):
+            assert await client.ask(request_for("100.64.0.10", i)) == b"action=DUNNO\n\n"
+        # when a fourth client connects and asks
+        new = await connect(server)
+        assert await new.ask(request_for("100.64.0.11")) == b"action=DUNNO\n\n"
+        # then it was answered and the longest-idle connection was closed for it, the others not
+        assert await idle[0].closed_by_server()
+        assert await idle[2].ask(request_for("100.64.0.12")) == b"action=DUNNO\n\n"
+        assert server.closed_by_reason == {"evicted_idle": 1}
+        assert server.open_connections == 3
+        for client in [*idle, new]:
+            await client.close()
+
+
+async def test_at_the_cap_with_every_connection_mid_request_a_new_one_is_refused() -> None:
+    async with PolicyServer(lambda req: "DUNNO", max_connections=2) as server:
+        busy = [await connect(server) for _ in range(2)]
+        for client in busy:
+            client.writer.write(b"request=smtpd_access_policy\n")
+            await client.writer.drain()
+        while server.open_connections < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        refused = await connect(server)
+        assert await refused.closed_by_server()
+        assert server.closed_by_reason == {"refused": 1}
+        # the requests under way are not cut off
+        for client in busy:
+            client.writer.write(request_for("100.64.0.10").split(b"\n", 1)[1] + b"\n")
+            assert await client.reply() == b"action=DUNNO\n\n"
+            await client.close()
+        await refused.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
+    async with PolicyServer(lambda req: "DUNNO", idle_timeout=0.2) as server:
+        client = await connect(server)
+        assert await client.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
+        assert await client.closed_by_server()
+        await client.close()
+        assert server.closed_by_reason == {"idle_timeout": 1}
+
+
+async def test_bad_requests_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    # given a flood of 50 garbage connections
+    async with PolicyServer(lambda req: "DUNNO", log_interval=60.0) as server:
+        with caplog.at_level(logging.WARNING, logger="detector_smtp.policy_protocol"):
+            for _ in range(50):
+                client = await connect(server)
+                client.writer.write(b"\x00garbage\n\n")
+                assert await client.reply() == b"action=DUNNO\n\n"
+                await client.close()
+    # then every one is counted, and the log holds one line for them
+    assert server.errors_by_reason == {"binary": 50}
+    lines = [r for r in caplog.records if r.name == "detector_smtp.policy_protocol"]
+    assert len(lines) == 1

@@ -172,7 +172,7 @@ async def test_detector_behind_postfix_reports_once_above_the_threshold(
         assert event.ip == "100.64.5.1"
         assert event.count == threshold
         assert event.evidence["hour"]["messages"] == threshold
-        # 7 messages x 2 recipients, and the crossing request is the 8th message's first RCPT
+        # 7 messages x 2 recipients, and the 8th (1 recipient) accepted: its END-OF-MESSAGE crosses
         assert event.evidence["hour"]["recipients"] == 2 * (threshold - 1) + 1
         assert event.evidence["hour"]["connections"] == 2  # two SMTP sessions
         assert event.evidence["hour"]["recipient_domains"] == 2
@@ -269,3 +269,86 @@ async def test_detector_tailing_the_real_postfix_maillog(
     finally:
         await service.stop()
         await probe.stop()
+
+
+async def test_idle_connections_at_the_cap_do_not_lock_postfix_out(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    threshold = 3
+    cap = 20
+    service = await build(
+        detector_settings(
+            amqp_url,
+            tmp_path,
+            policy_server_port=policy_port(postfix_lab),
+            messages_per_hour=threshold,
+            policy_max_connections=cap,
+        )
+    )
+    await service.start()
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        # Given something else holding as many idle connections to the policy port as the cap allows
+        for _ in range(cap):
+            _, writer = await asyncio.open_connection("127.0.0.1", service.policy_server.port)
+            idle.append(writer)
+        await wait_for("the idle connections", lambda: service.policy_server.open_connections == cap)
+        # When a subscriber sends mail through the real Postfix
+        messages = [[f"v{i}@example.org"] for i in range(threshold)]
+        assert await asyncio.to_thread(send_as, postfix_lab.port, "100.64.8.1", messages) == [{}] * threshold
+        # Then Postfix got through (idle connections made room for it) and the sender is reported
+        await wait_for("the observation", lambda: observed(probe, "100.64.8.1"))
+        assert service.policy_server.closed_by_reason.get("evicted_idle", 0) >= 1
+        assert service.policy_server.timeouts == 0
+    finally:
+        for writer in idle:
+            writer.close()
+        await service.stop()
+        await probe.stop()
+
+
+async def test_the_policy_path_and_the_maillog_count_the_same_traffic_the_same_way(
+    postfix_lab: LabPostfix, amqp_url: str, tmp_path: Path
+) -> None:
+    # Given one detector asked by Postfix (policy path) and one reading Postfix's maillog (log path)
+    by_policy = await build(
+        detector_settings(amqp_url, tmp_path / "policy", policy_server_port=policy_port(postfix_lab))
+    )
+    by_log = await build(detector_settings(amqp_url, tmp_path / "log", postfix_logs=(postfix_lab.maillog,)))
+    await by_policy.start()
+    await by_log.start()
+    client = "100.64.9.50"
+    try:
+        # When a subscriber sends, in one session: a message with one of its 3 recipients refused, a
+        # transaction whose 2 recipients are all refused (no message), and a message to 1 recipient
+        def session() -> None:
+            with smtplib.SMTP("127.0.0.1", postfix_lab.port, timeout=30) as smtp:
+                smtp.ehlo("lab-driver")
+                assert smtp.docmd("XCLIENT", f"ADDR={client}")[0] == 220
+                smtp.ehlo("infected-pc")
+                msg = EmailMessage()
+                msg["From"] = "x@spam.example"
+                msg.set_content("hi\n")
+                rcpts = ["a@example.org", "b@example.net", "c@nosuchuser.example"]
+                assert set(smtp.send_message(msg, to_addrs=rcpts)) == {"c@nosuchuser.example"}
+                with pytest.raises(smtplib.SMTPRecipientsRefused):
+                    smtp.send_message(msg, to_addrs=["d@nosuchuser.example", "e@nosuchuser.example"])
+                assert smtp.send_message(msg, to_addrs=["f@example.org"]) == {}
+
+        await asyncio.to_thread(session)
+
+        def hour(service: Any) -> dict[str, int]:
+            state = service.detector.windows.get(client)
+            if state is None:
+                return {}
+            counts = service.detector.windows.counts(state, time.time())[1]
+            return {"messages": counts.messages, "recipients": counts.recipients, "rejected": counts.rejected}
+
+        expected = {"messages": 2, "recipients": 3, "rejected": 3}
+        # Then both count 2 messages, 3 accepted recipients and 3 refused ones
+        await wait_for("the policy path's counts", lambda: hour(by_policy) == expected)
+        await wait_for("the log path's counts", lambda: hour(by_log) == expected)
+    finally:
+        await by_policy.stop()
+        await by_log.stop()

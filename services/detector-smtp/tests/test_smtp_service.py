@@ -6,15 +6,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import resource
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from detector_smtp.app import DetectorSmtpService, build
+from detector_smtp.app import DetectorSmtpService, build, connection_cap
+from detector_smtp.policy_protocol import PolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.testing import BusProbe
@@ -106,7 +112,6 @@ async def detector(amqp_url: str, tmp_path: Path) -> AsyncIterator[DetectorSmtpS
         never_report=(ipaddress.ip_network("100.64.99.0/24"),),
         messages_per_hour=THRESHOLD,
         sensor="mx-test",
-        publish_attempts=2,
         handler_budget=0.05,
     )
     service = await build(settings)
@@ -174,7 +179,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert event.first_seen <= event.last_seen
     assert event.evidence["window_seconds"] == 3600.0
     assert event.evidence["messages"] == THRESHOLD
-    assert event.evidence["recipients"] == 2 * (THRESHOLD - 1) + 1  # the crossing request is its first RCPT
+    assert event.evidence["recipients"] == 2 * THRESHOLD  # the crossing request is its END-OF-MESSAGE
     assert event.evidence["rules"] == [
         {"rule": "dynamic-hourly", "metric": "messages", "window_seconds": 3600.0, "threshold": 5, "value": 5}
     ]
@@ -190,8 +195,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert "@" not in json.dumps(event.evidence)
     await barrier(conn, probe, "100.64.7.8")  # OTHER_CPE has crossed already: a fresh subscriber
     assert len(observed(probe, CPE)) == 1
-    assert detector.publisher.dropped == 0
-    assert detector.publisher.failed == 0
+    assert len(detector.reports.outbox) == 0  # every report confirmed
 
 
 async def test_clients_outside_the_subscriber_ranges_or_never_reported_are_not_counted(
@@ -251,11 +255,11 @@ async def test_with_the_broker_gone_postfix_still_gets_dunno_at_once(
         # Then every request was still answered DUNNO, promptly (Postfix waits at most its timeout, 2 s)
         assert set(replies) == {"action=DUNNO\n\n"}
         assert max(conn.latencies) < 0.5, max(conn.latencies)
-        # and the observation that could not be published is counted as failed, not lost silently
-        deadline = time.monotonic() + 60
-        while detector.publisher.failed < 1:
-            assert time.monotonic() < deadline, "the failed publish was never given up"
-            await asyncio.sleep(0.05)
+        # and the report that could not be published is kept (saved), its client not marked reported
+        assert len(detector.reports.outbox) == 1
+        (pending,) = detector.reports.outbox.pending
+        assert pending.ip == CPE
+        assert CPE not in detector.reports.ledger.confirmed
         assert observed(probe, CPE) == []
         # and readiness says why, while the server and its publisher keep running
         ready = await http.get("/readyz")
@@ -264,7 +268,17 @@ async def test_with_the_broker_gone_postfix_still_gets_dunno_at_once(
         assert (await http.get("/healthz")).status_code == 200
         assert await conn.ask(message_requests(CPE, 99, "later")[0]) == "action=DUNNO\n\n"
         metrics = (await http.get("/metrics")).text
-        assert 'lazaretto_smtp_observations_total{outcome="failed"}' in metrics
+        assert 'lazaretto_outbox_pending{outbox="detector-smtp"} 1.0' in metrics
+        # When the broker is back, the same report (same id) is published and only then marked
+        await detector.bus.connect()
+        deadline = time.monotonic() + 60
+        while not observed(probe, CPE):
+            assert time.monotonic() < deadline, "the kept report was never published"
+            await asyncio.sleep(0.05)
+        (event,) = observed(probe, CPE)
+        assert event.observation_id == pending.observation_id
+        assert CPE in detector.reports.ledger.confirmed
+        assert len(detector.reports.outbox) == 0
 
 
 async def test_health_and_metrics_reflect_the_work(
@@ -289,17 +303,16 @@ async def test_health_and_metrics_reflect_the_work(
         assert ready.json()["checks"]["policy_server"].startswith("failed")
 
 
-async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
+async def test_a_full_outbox_drops_the_oldest_and_its_client_may_be_reported_again(
     amqp_url: str, tmp_path: Path
 ) -> None:
-    # Given a detector whose queue holds one observation and whose broker is unreachable
+    # Given a detector whose outbox holds one report and whose broker is unreachable
     settings = DetectorSmtpSettings(
         amqp_url=SecretStr(amqp_url),
         state_dir=tmp_path,
         policy_server_port=0,
         messages_per_hour=1,
         publish_queue_size=1,
-        publish_attempts=1,
     )
     service = await build(settings)
     await service.start()
@@ -308,10 +321,95 @@ async def test_a_full_publish_queue_drops_and_counts_instead_of_blocking(
     try:
         # When many subscribers cross at once
         for i in range(20):
-            assert await conn.ask(message_requests(f"100.64.3.{i}", 0, "q")[0]) == "action=DUNNO\n\n"
-        # Then the answers stayed prompt and the overflow was dropped and counted
+            for request in message_requests(f"100.64.3.{i}", 0, "q"):
+                assert await conn.ask(request) == "action=DUNNO\n\n"
+        await service.policy_server.account.idle()  # type: ignore[union-attr]
+        # Then the answers stayed prompt, the outbox kept the newest and dropped (counted) the rest
         assert max(conn.latencies) < 0.5
-        assert service.publisher.dropped >= 18
+        assert [e.ip for e in service.reports.outbox.pending] == ["100.64.3.19"]
+        dropped = REGISTRY.get_sample_value("lazaretto_outbox_dropped_total", {"outbox": "detector-smtp"})
+        assert dropped is not None
+        assert dropped >= 19
+        # and a client whose report was dropped is not hidden: it may be reported again
+        assert service.reports.ledger.may_report("100.64.3.0", time.time())
+        assert not service.reports.ledger.may_report("100.64.3.19", time.time())
     finally:
         await conn.close()
         await service.stop()
+
+
+async def test_idle_clients_are_expired_by_the_background_sweep(amqp_url: str, tmp_path: Path) -> None:
+    # given a detector that counted 3 clients an hour and more ago, and one just now
+    settings = DetectorSmtpSettings(
+        amqp_url=SecretStr(amqp_url),
+        state_dir=tmp_path / "state",
+        policy_server_port=0,
+        sweep_interval=0.1,
+        policy_idle_timeout=0.3,
+        policy_max_connections=7,
+    )
+    service = await build(settings)
+    handler = service.handler
+    now = time.time()
+    for i, at in enumerate((now - 7200, now - 4000, now - 3601)):
+        handler.count(PolicyRequest({"client_address": f"100.64.5.{i}", "protocol_state": "CONNECT"}), at)
+    handler.count(PolicyRequest({"client_address": "100.64.5.9", "protocol_state": "CONNECT"}), now)
+    assert len(service.detector.windows) == 4
+    await service.start()
+    try:
+        # when the sweep runs, then only the active client is left
+        deadline = time.monotonic() + 10
+        while len(service.detector.windows) > 1:
+            assert time.monotonic() < deadline, "the idle clients were never expired"
+            await asyncio.sleep(0.05)
+        assert service.detector.windows.keys() == ["100.64.5.9"]
+        # and the connection settings reach the policy server
+        assert service.policy_server.max_connections == 7
+        conn = await PolicyConnection.open(service.policy_server.port)
+        assert await conn.ask(policy_request(CPE, "RCPT", instance="i.1")) == "action=DUNNO\n\n"
+        assert await asyncio.wait_for(conn.reader.read(), 10) == b""  # closed once idle
+        await conn.close()
+    finally:
+        await service.stop()
+
+
+async def test_the_real_handler_answers_before_its_counting_runs(
+    detector: DetectorSmtpService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given counting that is stuck (the windows block the event loop) until Postfix holds its answer
+    answered = threading.Event()
+    record = detector.detector.windows.record
+    stuck: list[bool] = []
+
+    def slow_record(event: Any) -> Any:
+        stuck.append(answered.wait(10))
+        return record(event)
+
+    monkeypatch.setattr(detector.detector.windows, "record", slow_record)
+
+    def ask(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(policy_request(CPE, "RCPT", instance="slow.1", recipient="v@example.org"))
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            answered.set()
+            return reply
+
+    # when Postfix asks, then DUNNO arrives while the counting is still stuck, and it is counted after
+    assert await asyncio.to_thread(ask, detector.policy_server.port) == b"action=DUNNO\n\n"
+    deadline = time.monotonic() + 10
+    while not stuck:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert stuck == [True]
+
+
+def test_the_connection_cap_is_lowered_to_fit_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process allowed 1,024 descriptors cannot hold 5,000 policy connections and its own files
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert connection_cap(5000) == 1024 - 64
+    assert connection_cap(500) == 500

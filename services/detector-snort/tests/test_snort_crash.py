@@ -1,11 +1,13 @@
-"""kill -9 of the detector process mid-stream, then a restart: every alert is counted exactly once in
-effect, as policy sees it (first delivery per AMQP message id, first version per observation id)."""
+"""kill -9 of the detector process mid-stream, a copy-truncate while it is down, then a restart: every
+alert is counted exactly once in effect, as policy sees it (first delivery per AMQP message id, first
+version per observation id)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 from collections import Counter
@@ -102,7 +104,7 @@ def interleave(scans: dict[str, SuricataOutput], fast: bool) -> list[bytes]:
     return mixed
 
 
-async def test_kill_9_mid_stream_then_restart_counts_every_alert_once(
+async def test_kill_9_mid_stream_copy_truncate_then_restart_counts_every_alert_once(
     amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput]
 ) -> None:
     # Given policy's deduplicating consumer, and detector-snort as its own process tailing an EVE
@@ -146,7 +148,11 @@ async def test_kill_9_mid_stream_then_restart_counts_every_alert_once(
             await killed.wait()
         detector.popen.wait(10)
         detector.stop()
-        await write(chunks[third : 2 * third])  # while it is down
+        # While it is down, logrotate copy-truncates the EVE file (lines not yet saved as handled
+        # are read again from the copy) and the sensors write on
+        shutil.copyfile(eve, tmp_path / "eve.json.1")
+        os.truncate(eve, 0)
+        await write(chunks[third : 2 * third])
         detector = start_detector(tmp_path, amqp_url, port, eve, fast)
         await wait_ready(detector, port)
         await write(chunks[2 * third :])

@@ -143,6 +143,8 @@ async def test_snort3_json_syslog_and_http_sources(amqp_url: str, tmp_path: Path
         checkpoint_dir=tmp_path / "checkpoints",
         syslog_udp_port=udp_port,
         syslog_tcp_port=tcp_port,
+        syslog_sensor="ids-syslog",
+        syslog_peers={"127.0.0.2": "ids-udp"},
         ingest_token=SecretStr(token),
     )
     service = await started(settings)
@@ -150,8 +152,10 @@ async def test_snort3_json_syslog_and_http_sources(amqp_url: str, tmp_path: Path
         # When Snort 3 writes a JSON alert about subscriber .20
         with alert_json.open("a") as out:
             out.write(SNORT3_JSON + "\n")
-        # and a Snort 2 sensor sends alert_syslog over UDP (RFC 3164) about .21, with garbage around it
+        # and a Snort 2 sensor at 127.0.0.2 sends alert_syslog over UDP (RFC 3164) about .21, with
+        # garbage around it
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.2", 0))
             for datagram in (
                 b"<33>Sep  5 16:05:26 ids-udp snort: [1:2010937:3] ET SCAN Suspicious inbound to mySQL "
                 b"port 3306 [Classification: Potentially Bad Traffic] [Priority: 2] {TCP} "
@@ -195,14 +199,15 @@ async def test_snort3_json_syslog_and_http_sources(amqp_url: str, tmp_path: Path
             )
         writer.close()
 
-        # Then each subscriber gets its observation, named after its sensor
+        # Then each subscriber gets its observation, named after its sensor as configured (per file,
+        # per syslog peer, else the listener's name; never the syslog HOSTNAME)
         found = await probe.wait_for("abuse.observed.v1", count=5)
         by_ip = {str(o.ip): o for o in found if isinstance(o, AbuseObserved)}
         assert {ip: (o.sensor, o.category) for ip, o in by_ip.items()} == {
             "100.64.0.20": ("snort3-edge", "malware"),
             "100.64.0.21": ("ids-udp", "scan"),
-            "100.64.0.22": ("ids-tcp", "scan"),
-            "100.64.0.23": ("ids-tcp", "other"),
+            "100.64.0.22": ("ids-syslog", "scan"),
+            "100.64.0.23": ("ids-syslog", "other"),
             "100.64.0.24": ("script", "scan"),
         }
         assert by_ip["100.64.0.20"].first_seen == datetime(2025, 1, 15, 10, 0, 0, 219498, tzinfo=UTC)

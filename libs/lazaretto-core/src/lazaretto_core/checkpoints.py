@@ -2,11 +2,15 @@
 
 `load`/`save` keep a file's `Checkpoint`; `load_state`/`save_state` keep any JSON document under a
 name (a detector's read position together with its aggregation windows and not-yet-confirmed
-observations), so that one atomic write covers everything a restart needs.
+observations: `observation_outbox.ObservationOutbox`), so that one atomic write (temporary file,
+fsync, rename, fsync of the directory) covers everything a restart needs. A document may be followed
+by a journal of appended records (`append_journal`), so that a small change does not rewrite a large
+document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +60,47 @@ class CheckpointStore:
         """Replace the document under `name` atomically (a crash leaves the old or the new one)."""
         self._write(self._state_file(name), json.dumps({"name": name, **state}, separators=(",", ":")))
 
+    def _journal_file(self, name: str) -> Path:
+        return self._state_file(name).with_suffix(".journal")
+
+    def append_journal(self, name: str, record: dict[str, Any]) -> int:
+        """Append one record to the journal of `name` (durable once this returns); returns its size.
+
+        A crash mid-append leaves a torn last line, which `read_journal` ignores: that record was
+        never acknowledged to the caller.
+        """
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self._journal_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+            if self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return len(line)
+
+    def read_journal(self, name: str) -> list[dict[str, Any]]:
+        """The complete records of the journal of `name`, oldest first."""
+        try:
+            data = self._journal_file(name).read_bytes()
+        except FileNotFoundError:
+            return []
+        records: list[dict[str, Any]] = []
+        for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn or empty
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break  # nothing after a damaged record can be trusted
+            if not isinstance(record, dict):
+                break
+            records.append(record)
+        return records
+
+    def reset_journal(self, name: str) -> None:
+        """Empty the journal (after a full document that includes its records was saved)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self._journal_file(name), 0)
+
     def _write(self, target: Path, text: str) -> None:
         tmp = target.with_suffix(".tmp")
         with tmp.open("w") as out:
@@ -64,6 +109,13 @@ class CheckpointStore:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, target)
+        if self.fsync:
+            # The rename itself is durable only once the directory entry is on disk.
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 def checkpoint_to_json(checkpoint: Checkpoint) -> dict[str, Any]:

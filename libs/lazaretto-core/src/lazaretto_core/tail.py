@@ -10,8 +10,14 @@ copy (a sibling whose first bytes are the file's), then the truncated file is re
 carries the file's first bytes too, so a restart notices a file that was truncated and regrew, or a
 reused inode, instead of resuming in the middle of other lines.
 
+Every line carries its file's first bytes (`TailLine.head`): with the offset, they name the line
+whichever copy of the file it is read from (`line_key`), unlike the inode, which a copy does not keep.
+
 Known limits: lines a writer appends to the old file after we switched to the new one are not read
 (Snort reopens at once); lines written between logrotate's copy and its truncate are in neither file.
+Where a truncation shows that such lines may be missing (no copy holds everything from our position:
+none was found, or it is shorter than what we had already read, so the writer wrote after the copy),
+`gaps` counts it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import zlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +40,8 @@ _COMPRESSED: Final = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 class Checkpoint:
     """Where to resume: the file's inode and the offset just past the last line handled.
 
-    `head` (optional) is the file's first bytes, up to `HEAD_BYTES` and never past `offset`: when the
-    file at that inode no longer starts with them, it is not the file we read.
+    `head` (optional) is the file's first bytes, up to `HEAD_BYTES`, as far as known (possibly past
+    `offset`): when the file at that inode no longer starts with them, it is not the file we read.
     """
 
     inode: int
@@ -55,10 +62,19 @@ class TailLine:
     offset: int  # just past the newline: resume here
     too_long: bool = False
     length: int = -1
+    # The file's first bytes (up to HEAD_BYTES, at least up to `offset`) when the line was read; the
+    # same bytes object is shared by every line of a file.
+    head: bytes = b""
 
     @property
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.inode, self.offset)
+
+
+def line_key(line: TailLine) -> str:
+    """Names a line by its file's first bytes and its end offset, not by the inode: reading the same
+    line again, from the file or from its copy-truncate copy, gives the same key."""
+    return f"{zlib.crc32(line.head[: line.offset]):08x}:{line.offset}"
 
 
 class FileTailer:
@@ -94,6 +110,7 @@ class FileTailer:
         self.rotations = 0
         self.truncations = 0
         self.too_long = 0
+        self.gaps = 0  # truncations after which lines may be missing (see the module's known limits)
         # Per open file.
         self._fd = -1
         self._inode = 0
@@ -111,8 +128,7 @@ class FileTailer:
 
     def checkpoint(self, line: TailLine) -> Checkpoint:
         """`line.checkpoint` plus the first bytes of its file, for a restart that verifies identity."""
-        head = self._head if line.inode == self._inode else b""
-        return Checkpoint(line.inode, line.offset, head[: min(len(head), line.offset)])
+        return Checkpoint(line.inode, line.offset, line.head[: line.offset])
 
     async def __aiter__(self) -> AsyncGenerator[TailLine, None]:
         async for batch in self.batches():
@@ -125,6 +141,11 @@ class FileTailer:
             while not self._closed:
                 data = os.read(self._fd, self.read_size)
                 if data:
+                    if self._pos and not self._starts_with(self._fd, self._head):
+                        # Truncated and regrown past our offset since the last poll: what we just
+                        # read may be the new file's middle. Drop it; resume from the copy or at 0.
+                        self._on_truncation()
+                        continue
                     lines = self._feed(data)
                     if lines:
                         yield lines
@@ -173,6 +194,8 @@ class FileTailer:
             if start.inode == self._inode:
                 self.truncations += 1
             older = self._find_sibling(start)
+            if older is None and start.inode == self._inode and start.offset > 0:
+                self.gaps += 1  # truncated while we were down, and no copy holds what we had not read
             if older is not None:
                 self._close_fd()
                 self._open(None, older)
@@ -196,6 +219,8 @@ class FileTailer:
         return not head or os.pread(fd, len(head), 0) == head
 
     def _seek(self, offset: int) -> None:
+        if len(self._head) < HEAD_BYTES:  # the file may have grown since it was opened
+            self._head = os.pread(self._fd, HEAD_BYTES, 0)
         os.lseek(self._fd, offset, os.SEEK_SET)
         self._pos = offset
         self._buf.clear()
@@ -254,18 +279,27 @@ class FileTailer:
         size = os.fstat(self._fd).st_size
         regrown = size >= self._pos and self._pos > 0 and not self._starts_with(self._fd, self._head)
         if size < self._pos or regrown:
-            self.truncations += 1
-            resume = self._pos - len(self._buf)  # the start of a partial line, if any
-            copy = self._find_sibling(Checkpoint(self._inode, resume, self._head[:resume]))
-            if copy is not None and not self._skipping:
-                self._open(None, copy)  # read what we missed from the copy first
-                self._seek(resume)
-                self._then_switch = True
-            else:
-                self._seek(0)
-                self._head = os.pread(self._fd, HEAD_BYTES, 0)
+            self._on_truncation()
             return [], True
         return [], False
+
+    def _on_truncation(self) -> None:
+        """The open file was truncated (copy-truncate): read what we missed from the copy, then the
+        file again from 0."""
+        self.truncations += 1
+        resume = self._pos - len(self._buf)  # the start of a partial line, if any
+        copy = self._find_sibling(Checkpoint(self._inode, resume, self._head[:resume]))
+        if copy is not None and not self._skipping:
+            self._open(None, copy)  # read what we missed from the copy first
+            self._seek(resume)
+            self._then_switch = True
+        else:
+            # No copy holds everything from our position: none at all, or one shorter than what we
+            # had read (the writer wrote between the copy and the truncate): lines may be lost.
+            if copy is None:
+                self.gaps += 1
+            self._head = os.pread(self._fd, HEAD_BYTES, 0)
+            self._seek(0)
 
     def _drain(self) -> list[TailLine]:
         out: list[TailLine] = []
@@ -277,9 +311,9 @@ class FileTailer:
         """A rotated-away file's unterminated last line is as complete as it will ever be."""
         if self._skipping:
             self.too_long += 1
-            return [TailLine(self._skip_head, self._inode, self._pos, True, self._skip_len)]
+            return [TailLine(self._skip_head, self._inode, self._pos, True, self._skip_len, self._head)]
         if self._buf:
-            return [TailLine(bytes(self._buf), self._inode, self._pos, False, len(self._buf))]
+            return [TailLine(bytes(self._buf), self._inode, self._pos, False, len(self._buf), self._head)]
         return []
 
     # ------------------------------------------------------------------------------------ lines
@@ -290,8 +324,10 @@ class FileTailer:
         size = len(data)
         base = self._pos
         self._pos += size
-        if base == len(self._head) < HEAD_BYTES:  # the file was short when opened: learn its head
-            self._head += data[: HEAD_BYTES - base]
+        known = len(self._head)
+        if base <= known < HEAD_BYTES and known < base + size:  # the file was short: learn its head
+            self._head += data[known - base : HEAD_BYTES - base]
+        head = self._head
         start = 0
         if self._skipping:
             nl = data.find(b"\n")
@@ -300,7 +336,7 @@ class FileTailer:
                 return out
             self._skip_len += nl
             self.too_long += 1
-            out.append(TailLine(self._skip_head, inode, base + nl + 1, True, self._skip_len))
+            out.append(TailLine(self._skip_head, inode, base + nl + 1, True, self._skip_len, head))
             self._skipping = False
             start = nl + 1
         elif self._buf:
@@ -313,9 +349,11 @@ class FileTailer:
             length = len(self._buf) + nl
             if length > max_line:
                 self.too_long += 1
-                out.append(TailLine(bytes(self._buf[: self.head_bytes]), inode, base + nl + 1, True, length))
+                out.append(
+                    TailLine(bytes(self._buf[: self.head_bytes]), inode, base + nl + 1, True, length, head)
+                )
             else:
-                out.append(TailLine(bytes(self._buf) + data[:nl], inode, base + nl + 1, False, length))
+                out.append(TailLine(bytes(self._buf) + data[:nl], inode, base + nl + 1, False, length, head))
             self._buf.clear()
             start = nl + 1
         last_nl = data.rfind(b"\n", start)
@@ -326,9 +364,9 @@ class FileTailer:
                 offset += length + 1
                 if length > max_line:
                     self.too_long += 1
-                    out.append(TailLine(part[: self.head_bytes], inode, offset, True, length))
+                    out.append(TailLine(part[: self.head_bytes], inode, offset, True, length, head))
                 else:
-                    out.append(TailLine(part, inode, offset, False, length))
+                    out.append(TailLine(part, inode, offset, False, length, head))
             start = last_nl + 1
         rest = size - start
         if rest > max_line:

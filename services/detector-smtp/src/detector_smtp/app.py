@@ -1,11 +1,14 @@
 """detector-smtp bootstrap: the Postfix policy server, the MTA log followers, the per-client windows and
-rules, the case consumer (quarantine list), the snapshot loop, the publisher loop and the health endpoints."""
+rules, the case consumer (quarantine list), the snapshot and sweep loops, the outbox's publisher loop
+and the health endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Final
@@ -13,28 +16,34 @@ from typing import Final
 from fastapi import FastAPI
 
 from lazaretto_core.bus import Bus, queue_name
-from lazaretto_core.checkpoints import CheckpointStore
+from lazaretto_core.checkpoints import checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import CaseChanged
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.tail import Checkpoint
 
 from .counters import PolicyAccounting
-from .handlers import CaseTracker, ObservationPublisher, SmtpPolicyHandler
+from .handlers import CaseTracker, SmtpPolicyHandler
 from .logtail import LogFollower, LogSource
 from .maillog import parser_for
 from .observations import AddressClasses, SpamDetector
+from .offloop import OffLoopStore
 from .policy_protocol import PolicyServer
 from .quarantine import QuarantineList
+from .reports import Reports
 from .rules import RuleSet
 from .settings import DetectorSmtpSettings
+from .slices import TimeSlice
 from .state import StateStore
 from .windows import ClientWindows
 
 log = logging.getLogger(__name__)
 
 _DRAIN_ON_STOP: Final = 5.0
-_SWEEP_EVERY: Final = 10.0
+_SWEEP_CHUNK: Final = 256  # expiries between two looks at the clock
+_SPARE_DESCRIPTORS: Final = 64  # for the broker, the logs, the state files, HTTP
 SNAPSHOT_LOOP: Final = "snapshot"
+SWEEP_LOOP: Final = "sweep"
 
 
 @dataclass
@@ -42,7 +51,7 @@ class DetectorSmtpService:
     settings: DetectorSmtpSettings
     bus: Bus
     policy_server: PolicyServer
-    publisher: ObservationPublisher
+    reports: Reports
     handler: SmtpPolicyHandler
     detector: SpamDetector
     quarantine: QuarantineList
@@ -62,7 +71,11 @@ class DetectorSmtpService:
             queue_name("detector-smtp", f"cases.{self.settings.sensor}"),
             {CaseChanged: CaseTracker(self.quarantine).on_case_changed},
         )
-        self._publisher_task = asyncio.create_task(self.publisher.run(), name="detector-smtp-publisher")
+        # The state to restart from exists before the first line is read or request counted: a crash
+        # before the first periodic snapshot re-reads the logs from here instead of skipping them.
+        await self.snapshot()
+        freeze_long_lived()
+        self._publisher_task = asyncio.create_task(self.reports.run(), name="detector-smtp-publisher")
         for follower in self.followers:
             self._tasks.append(asyncio.create_task(self._follow(follower), name=follower.name))
         self._tasks.append(asyncio.create_task(self._snapshots(), name="detector-smtp-snapshots"))
@@ -86,23 +99,33 @@ class DetectorSmtpService:
         self._tasks.clear()
         await self.snapshot()
         if self._publisher_task is not None:
-            # Give observations already counted a chance to leave before the connection goes.
-            if not self._publisher_task.done() and not await self.publisher.drain(_DRAIN_ON_STOP):
-                log.warning("stopping with %d observation(s) unpublished", self.publisher.queue.qsize())
             self._publisher_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher_task
             self._publisher_task = None
+            # Give reports a chance to leave now; those that do not are saved and sent at the next start.
+            if not await self.reports.drain(_DRAIN_ON_STOP):
+                log.warning("stopping with %d report(s) unpublished (saved)", len(self.reports.outbox))
+        await self.reports.close()
         await self.bus.close()
 
-    async def snapshot(self) -> int:
-        """Write the windows, the quarantine list and the log positions they reflect (tails paused)."""
+    async def snapshot(self) -> str:
+        """Write the windows and commit them with the log positions they reflect (tails paused) in the
+        outbox document; returns the generation written."""
         self.tail_gate.clear()
         try:
-            positions = {str(f.source.path): f.position for f in self.followers if f.position is not None}
-            return await self.state.save(self.detector.windows, self.quarantine, positions)
+            positions = {
+                str(f.source.path): checkpoint_to_json(f.position)
+                for f in self.followers
+                if f.position is not None
+            }
+            generation = await self.state.save(self.detector.windows, self.quarantine)
+            self.reports.commit({"windows": generation, "tail": positions})
         finally:
             self.tail_gate.set()
+        await self.reports.written()  # the older generation is deleted only once no document names it
+        self.state.prune(keep=generation)
+        return generation
 
     async def _snapshots(self) -> None:
         while True:
@@ -112,16 +135,45 @@ class DetectorSmtpService:
                 continue
             try:
                 started = time.monotonic()
-                clients = await self.snapshot()
-                log.debug("snapshot of %d client(s) in %.3fs", clients, time.monotonic() - started)
+                generation = await self.snapshot()
+                log.debug("snapshot %s in %.3fs", generation, time.monotonic() - started)
             except OSError as exc:
-                log.error("snapshot to %s failed: %s", self.state.path, exc)
+                log.error("snapshot to %s failed: %s", self.state.directory, exc)
             self._last_snapshot = time.monotonic()
+            freeze_long_lived()
 
     async def _sweeps(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(_SWEEP_EVERY)
-            self.handler.sweep()
+            self.progress.beat(SWEEP_LOOP)  # at least every 5 s, whatever the interval (/healthz)
+            await asyncio.sleep(min(self.settings.sweep_interval, 5.0))
+            if time.monotonic() - last >= self.settings.sweep_interval:
+                await self.sweep()
+                last = time.monotonic()
+
+    async def sweep(self) -> int:
+        """Expire idle clients and close abandoned transactions, a slice of at most the handler budget
+        per loop turn (never on the answer path); returns the clients expired."""
+        work = TimeSlice(self.settings.handler_budget)
+        windows = self.detector.windows
+        expired = 0
+        done = False
+        while not done:
+            work.start()
+            while not work.spent():
+                n = windows.expire(time.time(), _SWEEP_CHUNK)
+                expired += n
+                if n < _SWEEP_CHUNK:
+                    done = True
+                    break
+            await asyncio.sleep(0)
+        done = False
+        while not done:
+            work.start()
+            while not done and not work.spent():
+                done = self.handler.sweep(_SWEEP_CHUNK)
+            await asyncio.sleep(0)
+        return expired
 
     async def _follow(self, follower: LogFollower) -> None:
         while True:
@@ -132,6 +184,43 @@ class DetectorSmtpService:
                 await asyncio.sleep(1.0)
 
 
+def freeze_long_lived() -> None:
+    """Keep the garbage collector off the windows. Hundreds of thousands of tracked addresses are
+    millions of container objects; a full collection walks them all (half a second at 300,000
+    addresses here), holding up every answer. They are acyclic and freed by reference counting when
+    they expire, so after clearing the young generations, move what is alive to the permanent
+    generation (`gc.freeze`): the collector then walks only what was allocated since."""
+    gc.collect(1)
+    gc.freeze()
+
+
+def saved_position(tail: dict[str, object], source: LogSource) -> Checkpoint | None:
+    """Where the committed windows stopped reading `source`; None: never read (start at its end)."""
+    saved = tail.get(str(source.path))
+    if saved is None:
+        return None
+    try:
+        return checkpoint_from_json(saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("saved position of %s unreadable (%s): starting at its end", source.path, exc)
+        return None
+
+
+def connection_cap(configured: int) -> int:
+    """`configured`, or less if the descriptor limit would not leave room for it and our own files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured + _SPARE_DESCRIPTORS <= soft:
+        return configured
+    cap = max(1, soft - _SPARE_DESCRIPTORS)
+    log.warning(
+        "LAZARETTO_POLICY_MAX_CONNECTIONS=%d does not fit the descriptor limit %d: using %d",
+        configured,
+        soft,
+        cap,
+    )
+    return cap
+
+
 async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
     bus = Bus(
         settings.amqp_url.get_secret_value(),
@@ -140,8 +229,12 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         retry_delays=settings.retry_delays,
     )
     progress = ProgressMonitor()
-    publisher = ObservationPublisher(
-        bus, progress, maxsize=settings.publish_queue_size, attempts=settings.publish_attempts
+    reports = Reports(
+        OffLoopStore(settings.state_dir / "checkpoints"),
+        bus,
+        progress,
+        report_interval=settings.report_interval,
+        max_pending=settings.publish_queue_size,
     )
     windows = ClientWindows(max_clients=settings.max_clients, sample_size=settings.sample_domains)
     detector = SpamDetector(
@@ -155,32 +248,39 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         sensor=settings.sensor,
         severity=settings.severity,
         report_interval=settings.report_interval,
+        ledger=reports.ledger,
     )
     quarantine = QuarantineList(settings.quarantine_categories)
-    state = StateStore(settings.state_dir)
-    restored = state.load(windows, quarantine)
+    state = StateStore(settings.state_dir, budget=settings.handler_budget)
+    saved = reports.load()
+    restored = state.load(saved.get("windows"), windows, quarantine)
     if restored.saved_at:
         log.info(
-            "restored %d client(s) and %d quarantined address(es) from the snapshot of %.0fs ago",
+            "restored %d client(s), %d quarantined address(es) and %d unconfirmed report(s) from the "
+            "snapshot of %.0fs ago",
             restored.clients,
             len(quarantine),
+            len(reports.outbox),
             time.time() - restored.saved_at,
         )
+    tail: dict[str, object] = saved.get("tail") or {}
     handler = SmtpPolicyHandler(
         PolicyAccounting(full_addresses=settings.evidence_full_addresses),
         detector,
-        publisher,
+        reports,
         quarantine=quarantine,
         quarantine_answer=settings.quarantine_answer(),
     )
     policy_server = PolicyServer(
-        handler,
+        handler.answer,
         settings.policy_server_host,
         settings.policy_server_port,
+        account=handler.count,
         handler_timeout=settings.handler_budget,
         request_timeout=settings.request_timeout,
+        idle_timeout=settings.policy_idle_timeout,
+        max_connections=connection_cap(settings.policy_max_connections),
     )
-    checkpoints = CheckpointStore(settings.state_dir / "checkpoints")
     sources = [LogSource(p, "postfix") for p in settings.postfix_logs]
     sources += [LogSource(p, "sendmail") for p in settings.sendmail_logs]
     sources += [LogSource(p, "exim") for p in settings.exim_logs]
@@ -190,10 +290,9 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
             source,
             parser_for(source.format, settings.evidence_full_addresses),
             detector,
-            bus,
-            checkpoints,
+            reports,
             gate=gate,
-            resume_from=restored.tail.get(str(source.path)),
+            start=saved_position(tail, source),
         )
         for source in sources
     ]
@@ -217,7 +316,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         settings,
         bus,
         policy_server,
-        publisher,
+        reports,
         handler,
         detector,
         quarantine,

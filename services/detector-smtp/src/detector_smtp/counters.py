@@ -1,14 +1,17 @@
 """Postfix policy requests -> per-client mail events (messages, recipients, connections, rejections).
 
-Pure, times passed in. What the protocol lets us know (lab notes 3.3):
-- a message is one `instance` (counted at the first request that shows it);
-- recipients: one per RCPT request (`recipient_count` is 0 there), and at END-OF-MESSAGE any part of
-  `recipient_count` not seen at RCPT;
-- rejected recipients: RCPTs we saw that a later restriction refused show up as END-OF-MESSAGE
-  `recipient_count` below the RCPTs seen; a transaction that never reaches END-OF-MESSAGE (every
-  recipient refused) is counted rejected when the session starts another one or after
-  `abandon_after` seconds, once we know END-OF-MESSAGE requests come at all;
+Pure, times passed in. The definitions are the log path's (maillog.py), so that the same traffic
+counts the same whichever way it is seen (README, "What is counted"):
+- a message is a transaction the MTA accepted: one `instance` that reached END-OF-MESSAGE with at
+  least one recipient (Postfix logs its qmgr `nrcpt=` line then); a transaction whose recipients were
+  all refused is no message;
+- recipients: the accepted ones, END-OF-MESSAGE's `recipient_count`;
+- rejected recipients: RCPTs we saw that were refused — by a restriction after ours (END-OF-MESSAGE
+  `recipient_count` below the RCPTs seen), or all of them (no END-OF-MESSAGE: noticed when the
+  session starts another transaction, or after `abandon_after` seconds);
 - connections: a new (client_address, client_port) pair, or a CONNECT request.
+Without END-OF-MESSAGE requests (Postfix not configured to send them) a transaction is counted when it
+closes as a message of all its RCPTs: the best the protocol then tells.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class _Message:
     rcpts: int  # RCPT requests seen
     eom: bool  # END-OF-MESSAGE seen
     started: float
+    auth: bool  # SASL-authenticated
+    sender: str
 
 
 class PolicyAccounting:
@@ -65,6 +70,7 @@ class PolicyAccounting:
         self._sessions: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._messages: OrderedDict[tuple[str, str], _Message] = OrderedDict()  # oldest first
         self.end_of_message_seen = False  # Postfix asks us at END-OF-MESSAGE too
+        self.last_swept = 0  # transactions the last `sweep` closed
 
     def observe(self, request: PolicyRequest, now: float) -> list[MailEvent]:
         """The events one request means for its client (usually one; none for other states)."""
@@ -95,16 +101,10 @@ class PolicyAccounting:
         key = (client, instance)
         message = self._messages.get(key) if instance else None
         if message is None:
-            message = _Message(client, 0, False, now)
+            message = _Message(client, 0, False, now, bool(request.sasl_username), request.sender)
             if instance:
                 self._messages[key] = message
                 self._trim()
-            event.messages = 1
-            if request.sasl_username:
-                event.auth_messages = 1
-            sender = request.sender
-            if sender:
-                event.sender = shown(sender, self.full_addresses)
             if session is not None and instance:
                 previous = self._sessions.get(session, "")
                 if previous and previous != instance:
@@ -114,39 +114,59 @@ class PolicyAccounting:
                 self._sessions[session] = instance
         if state == "RCPT":
             message.rcpts += 1
-            event.recipients = 1
             recipient = request.recipient
-            if recipient:
+            if recipient:  # the domains offered: evidence, and the recipient_domains metric
                 event.recipient_domain = domain_of(recipient)
                 event.recipient = shown(recipient, True) if self.full_addresses else event.recipient_domain
         elif state == "END-OF-MESSAGE" and not message.eom:
             message.eom = True
             accepted = request.recipient_count
-            if accepted > message.rcpts:  # recipients we were not asked about (no RCPT-stage check)
-                event.recipients = accepted - message.rcpts
-            elif accepted < message.rcpts:  # refused after our answer, by a later restriction
-                event.recipients = accepted - message.rcpts
-                event.rejected = message.rcpts - accepted
-        events.append(event)
+            if accepted > 0:
+                event.messages = 1
+                event.recipients = accepted
+                event.auth_messages = 1 if message.auth or request.sasl_username else 0
+                sender = message.sender or request.sender
+                if sender:
+                    event.sender = shown(sender, self.full_addresses)
+            # RCPTs we answered that a later restriction refused
+            event.rejected = max(0, message.rcpts - accepted)
+        if event.connections or event.messages or event.rejected or event.recipient_domain:
+            events.append(event)
         return events
 
-    def sweep(self, now: float) -> list[MailEvent]:
-        """Close transactions silent for `abandon_after` seconds (call periodically)."""
+    def sweep(self, now: float, limit: int | None = None) -> list[MailEvent]:
+        """Close transactions silent for `abandon_after` seconds, at most `limit` of them (call
+        periodically, from the background: never on the answer path)."""
         events: list[MailEvent] = []
         horizon = now - self.abandon_after
-        while self._messages:
+        closed = 0
+        while self._messages and (limit is None or closed < limit):
             key, message = next(iter(self._messages.items()))
             if message.started > horizon:
                 break
             del self._messages[key]
+            closed += 1
             events.extend(self._close(message, now))
+        self.last_swept = closed
         return events
 
     def _close(self, message: _Message, now: float) -> list[MailEvent]:
-        # Without END-OF-MESSAGE requests at all we cannot tell an abandoned transaction from a sent one.
-        if message.eom or not message.rcpts or not self.end_of_message_seen:
+        """A transaction that ends without END-OF-MESSAGE."""
+        if message.eom or not message.rcpts:
             return []
-        return [MailEvent(message.client, now, recipients=-message.rcpts, rejected=message.rcpts)]
+        if self.end_of_message_seen:  # they do come: this one's recipients were all refused
+            return [MailEvent(message.client, now, rejected=message.rcpts)]
+        # Without END-OF-MESSAGE requests at all we cannot tell a refused transaction from a sent one.
+        return [
+            MailEvent(
+                message.client,
+                now,
+                messages=1,
+                recipients=message.rcpts,
+                auth_messages=1 if message.auth else 0,
+                sender=shown(message.sender, self.full_addresses) if message.sender else None,
+            )
+        ]
 
     def _remember_session(self, session: tuple[str, str], instance: str) -> None:
         self._sessions[session] = instance

@@ -5,10 +5,13 @@ gives them; a cheap substring test rejects the many lines that say nothing about
 regex runs. Times are the arrival time passed in, not the line's own timestamp: syslog stamps carry no
 year and no zone, and a detector in another time zone than the MTA would misplace every line.
 
-What each format gives (lab notes 3.4):
-- Postfix: `connect from host[ip]` (a connection), `QUEUEID: client=host[ip]` (a message, SASL if
-  `sasl_username=`), the qmgr `QUEUEID: from=<...>, size=..., nrcpt=N` (its recipients, joined by
-  queue id), `reject: RCPT from host[ip]: ... from=<..> to=<..>` (a rejected recipient).
+What each format gives (lab notes 3.4), counted as the policy path counts (counters.py; README, "What
+is counted"): a message is a transaction the MTA accepted, with its accepted recipients.
+- Postfix: `connect from host[ip]` (a connection), `QUEUEID: client=host[ip]` (the client of a queue
+  id, SASL if `sasl_username=`; logged at the first accepted recipient, before the data, so not yet a
+  message), the qmgr `QUEUEID: from=<...>, size=..., nrcpt=N` (the message accepted, with its N
+  recipients, joined to the client by queue id), `reject: RCPT from host[ip]: ... from=<..> to=<..>`
+  (a rejected recipient).
 - Sendmail: `QID: from=<...>, ..., nrcpts=N, ..., relay=host [ip]` (a message of N recipients),
   `ruleset=check_rcpt, arg1=<rcpt>, relay=host [ip], reject=...` (a rejected recipient).
 - Exim: `<= sender H=host (helo) [ip]:port P=esmtpa A=... for rcpt...` (a message; recipients from
@@ -71,7 +74,8 @@ class PostfixLogParser(_Parser):
     def __init__(self, full_addresses: bool = False, max_queue_ids: int = 100_000) -> None:
         super().__init__(full_addresses)
         self.max_queue_ids = max_queue_ids
-        self._queue: OrderedDict[bytes, str] = OrderedDict()  # queue id -> client, until qmgr shows it
+        # queue id -> (client, SASL-authenticated), until qmgr shows the message accepted
+        self._queue: OrderedDict[bytes, tuple[str, bool]] = OrderedDict()
 
     def parse(self, line: bytes, now: float) -> MailEvent | None:
         if b"postfix" not in line:
@@ -81,20 +85,29 @@ class PostfixLogParser(_Parser):
             if m is None:
                 return None
             queue_id, ip, rest = m.groups()
-            client = _text(ip)
-            self._queue[queue_id] = client
+            self._queue[queue_id] = (_text(ip), b"sasl_username=" in rest)
             if len(self._queue) > self.max_queue_ids:
                 self._queue.popitem(last=False)
-            return MailEvent(client, now, messages=1, auth_messages=1 if b"sasl_username=" in rest else 0)
+            return None
         if b", nrcpt=" in line:
             m = _PF_QMGR.search(line)
             if m is None:
                 return None
-            # Unknown id: a local submission, or a message accepted before we started reading.
-            joined = self._queue.pop(m.group(1), "")
-            if not joined:
+            # Unknown id: a local submission, a message accepted before we started reading, or a
+            # later pass of the same message through the active queue (a retry).
+            joined = self._queue.pop(m.group(1), None)
+            recipients = int(m.group(3))
+            if joined is None or recipients < 1:
                 return None
-            return MailEvent(joined, now, recipients=int(m.group(3)), sender=self._sender(m.group(2)))
+            client, auth = joined
+            return MailEvent(
+                client,
+                now,
+                messages=1,
+                recipients=recipients,
+                auth_messages=1 if auth else 0,
+                sender=self._sender(m.group(2)),
+            )
         if b"reject: RCPT from " in line:
             m = _PF_REJECT.search(line)
             if m is not None:
@@ -111,9 +124,20 @@ class PostfixLogParser(_Parser):
 
 # ----------------------------------------------------------------------------------------- Sendmail
 
-_SM_RELAY: Final = rb"relay=(?:[^\s,\[]*\s)?\[" + _IP + rb"\]"
-_SM_FROM: Final = re.compile(rb": from=<?([^,>]*)>?, .*?nrcpts=(\d+).*?" + _SM_RELAY)
-_SM_REJECT: Final = re.compile(rb"ruleset=check_rcpt, arg1=<?([^,>]*)>?, " + _SM_RELAY + rb".*?, reject=")
+# The sender and the Message-ID are the client's to choose and come first in the line, so a naive
+# "first relay= after nrcpts=" can be steered (`Message-ID: <x, relay=a [6.6.6.6]>`). Sendmail writes the
+# receipt line's fields in a fixed order, `relay=` last (logsender: from, size, class, [pri,] nrcpts,
+# msgid, bodytype, proto, daemon, relay), and the reject line's `relay=` right after an `arg1=` that is
+# a bracketed address (quoted parts may hold anything but a quote). Both are parsed that way.
+_SM_ADDR: Final = rb'(<(?:"[^"]*"|[^>"])*>|[^,\s]*)'
+_SM_HOST: Final = rb"relay=(?:[^\[]*\s)?\[" + _IP + rb"\](?: \(may be forged\))?"
+_SM_FROM: Final = re.compile(rb": from=" + _SM_ADDR + rb", size=\d+, class=-?\d+, (?:pri=\d+, )?nrcpts=(\d+)")
+_SM_FROM_RELAY: Final = re.compile(rb", " + _SM_HOST + rb"\s*$")
+_SM_REJECT: Final = re.compile(rb"ruleset=check_rcpt, arg1=" + _SM_ADDR + rb", " + _SM_HOST + rb", reject=")
+
+
+def _unbracket(address: bytes) -> bytes:
+    return address[1:-1] if address.startswith(b"<") and address.endswith(b">") else address
 
 
 class SendmailLogParser(_Parser):
@@ -124,20 +148,25 @@ class SendmailLogParser(_Parser):
             return None
         if b"nrcpts=" in line:
             m = _SM_FROM.search(line)
-            if m is None:
+            relay = _SM_FROM_RELAY.search(line)
+            if m is None or relay is None:
                 return None
             recipients = int(m.group(2))
             if recipients == 0:  # every recipient refused (those refusals have their own lines)
                 return None
             return MailEvent(
-                _text(m.group(3)), now, messages=1, recipients=recipients, sender=self._sender(m.group(1))
+                _text(relay.group(1)),
+                now,
+                messages=1,
+                recipients=recipients,
+                sender=self._sender(_unbracket(m.group(1))),
             )
         if b"ruleset=check_rcpt" in line and b"reject=" in line:
             m = _SM_REJECT.search(line)
             if m is None:
                 return None
             event = MailEvent(_text(m.group(2)), now, rejected=1)
-            self._recipient(event, m.group(1))
+            self._recipient(event, _unbracket(m.group(1)))
             return event
         return None
 

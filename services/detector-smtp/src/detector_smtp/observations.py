@@ -1,5 +1,6 @@
 """From mail events to `AbuseObserved`: classify the client, add the event to its windows, evaluate the
-rules of its class, and report it at most once per `report_interval`. Pure: no I/O, times passed in.
+rules of its class, and report it unless the `ReportLedger` says it was reported (confirmed) within
+`report_interval` or its report still waits for the broker. Pure: no I/O, times passed in.
 
 The evidence carries counts over both windows, the rules that fired, and a few sender and recipient
 domains: never message content, never whole addresses unless the operator enables it.
@@ -7,14 +8,15 @@ domains: never message content, never whole addresses unless the operator enable
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
 
+from .reports import ReportLedger
 from .rules import Hit, RuleSet
 from .windows import ClientState, ClientWindows, Counts, MailEvent
 
@@ -67,6 +69,7 @@ class SpamDetector:
         sensor: str = "mta",
         severity: int = 3,
         report_interval: float = 3600.0,
+        ledger: ReportLedger | None = None,
     ) -> None:
         self.windows = windows
         self.rules = rules
@@ -74,6 +77,8 @@ class SpamDetector:
         self.sensor = sensor
         self.severity = severity
         self.report_interval = report_interval
+        # Without an outbox (pure use, benchmarks) a report counts as sent at once.
+        self.ledger = ledger if ledger is not None else ReportLedger(report_interval, lambda _id: True)
 
     def observe(self, event: MailEvent, source: str) -> tuple[str, Report | None]:
         """Classify the event's client; count it (and maybe report it) if its class is counted."""
@@ -85,16 +90,15 @@ class SpamDetector:
     def record(self, event: MailEvent, klass: str, source: str) -> Report | None:
         """Count `event` for its (already classified, counted) client; a `Report` when a rule fires."""
         state = self.windows.record(event)
-        if not self.rules.for_class(klass):
+        if not self.rules.for_class(klass) or not touches(event, self.rules.metrics[klass]):
             return None
-        if state.reported_at is not None and event.at - state.reported_at < self.report_interval:
+        if not self.ledger.may_report(event.ip, event.at):
             return None
         short, long = self.windows.counts(state, event.at)
         hits = self.rules.evaluate(klass, short, long)
         if not hits:
             return None
-        state.reported_at = event.at
-        return Report(
+        report = Report(
             observation_for(
                 event.ip,
                 hits,
@@ -109,6 +113,26 @@ class SpamDetector:
             ),
             tuple(hits),
         )
+        self.ledger.staged(report.observation)  # no second report while this one waits for the broker
+        return report
+
+
+def touches(event: MailEvent, metrics: frozenset[str]) -> bool:
+    """Whether `event` changes any of `metrics` (most policy requests change only what no rule reads,
+    and then the rules are not evaluated at all)."""
+    if (event.messages or event.auth_messages) and (
+        "messages" in metrics or "authenticated_messages" in metrics or "unauthenticated_messages" in metrics
+    ):
+        return True
+    if (event.recipients or event.rejected) and (
+        "reject_ratio" in metrics
+        or ("recipients" in metrics and event.recipients)
+        or ("rejected" in metrics and event.rejected)
+    ):
+        return True
+    if event.connections and "connections" in metrics:
+        return True
+    return event.recipient_domain is not None and "recipient_domains" in metrics
 
 
 def observation_for(
@@ -132,7 +156,8 @@ def observation_for(
     count = first.counts.rejected if first.rule.metric == "reject_ratio" else int(first.value)
     started = max(state.first_seen, now - first.counts.seconds)
     return AbuseObserved(
-        observation_id=uuid.uuid4(),
+        # The same report re-published after a restart keeps this id (policy deduplicates by it).
+        observation_id=deterministic_id(DETECTOR, sensor, client, first.rule.name, repr(now)),
         detector=DETECTOR,
         sensor=sensor,
         first_seen=datetime.fromtimestamp(started, UTC),

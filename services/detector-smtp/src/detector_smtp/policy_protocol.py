@@ -3,8 +3,13 @@
 A request is `name=value` lines ended by an empty line; the reply is `action=...` and an empty line.
 The server always answers (the default action on any internal error or a slow handler), so a
 detector fault never holds up mail; a client that sends garbage (binary, an over-long line, no empty
-line) gets the default action, a warning in the log naming the reason, and is disconnected (Postfix
-never does that; it is something else on the port).
+line) gets the default action, a warning in the log naming the reason (rate-limited), and is
+disconnected (Postfix never does that; it is something else on the port).
+
+The answer path is a look-up: whatever a request implies beyond its answer (counting, rules, reports)
+is handed to `account`, which runs after the reply is written, in slices of at most the handler
+budget (`slices.SlicedWork`). Connections are capped: beyond `max_connections` the longest-idle one is
+closed (Postfix reconnects when it next needs us), so idle sockets can never lock Postfix out.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ import contextlib
 import inspect
 import logging
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import Counter
+
+from .ratelog import RateLimitedLog
+from .slices import SlicedWork
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,11 @@ PROTOCOL_ERRORS = Counter(
     "lazaretto_smtp_policy_protocol_errors_total",
     "Policy requests refused as malformed (answered with the default action, then disconnected)",
     ["reason"],  # too_long | binary | malformed | missing_terminator | empty_request | unknown_request ...
+)
+CONNECTIONS_CLOSED = Counter(
+    "lazaretto_smtp_policy_connections_closed_total",
+    "Policy connections the server closed on its own",
+    ["reason"],  # idle_timeout | evicted_idle (room for a new one) | refused (all busy, at the cap)
 )
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -152,15 +167,27 @@ def format_reply(action: str) -> bytes:
 
 
 PolicyHandler = Callable[[PolicyRequest], Awaitable[str] | str]
+Accounting = Callable[[PolicyRequest, float], None]
+
+
+class _Connection:
+    __slots__ = ("busy", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.busy = False  # part of a request received, or a reply being written
 
 
 class PolicyServer:
     """Serve the policy protocol on host:port (port 0 = pick one); many connections, many requests each.
 
-    `handler` returns the action text ("DUNNO", "REJECT 5.7.1 ..."); a coroutine handler slower than
-    `handler_timeout` seconds, or one that raises, yields `default_action` instead. A request must be
-    complete (its empty line) within `request_timeout` of its first byte; an idle connection is closed
-    after `idle_timeout` (Postfix reconnects).
+    `handler` returns the action text ("DUNNO", "REJECT 5.7.1 ..."); it must be a look-up (the server
+    cannot interrupt synchronous code); a coroutine handler slower than `handler_timeout` seconds, or
+    one that raises, yields `default_action` instead. `account(request, arrival_time)` is everything
+    else a request means: it runs after the reply went out, at most `handler_timeout` seconds per
+    loop turn. A request must be complete (its empty line) within `request_timeout` of its first
+    byte, however slowly it trickles in; an idle connection is closed after `idle_timeout` (Postfix
+    reconnects), and the longest-idle one at once when a new connection would exceed `max_connections`.
     """
 
     def __init__(
@@ -169,15 +196,22 @@ class PolicyServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        account: Accounting | None = None,
         handler_timeout: float = 0.005,
         default_action: str = DEFAULT_ACTION,
         idle_timeout: float = 900.0,
         request_timeout: float = 10.0,
+        max_connections: int = 500,
+        max_backlog: int = 100_000,
         max_line: int = MAX_LINE,
         max_attrs: int = MAX_ATTRS,
         max_request: int = MAX_REQUEST,
+        clock: Callable[[], float] = time.time,
+        log_interval: float = 10.0,
     ) -> None:
         format_reply(default_action)  # validate early
+        if max_connections < 1:
+            raise ValueError("max_connections must be positive")
         self.handler = handler
         self.host = host
         self._port = port
@@ -185,16 +219,32 @@ class PolicyServer:
         self.default_action = default_action
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
         self.max_line = max_line
         self.max_attrs = max_attrs
         self.max_request = max_request
+        self.clock = clock
+        self.account: SlicedWork[tuple[PolicyRequest, float]] | None = None
+        if account is not None:
+            counted = account
+            self.account = SlicedWork(
+                lambda item: counted(*item),
+                budget=handler_timeout,
+                maxsize=max_backlog,
+                name="policy accounting",
+            )
+        self._account_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Open connections, least recently active first: the eviction order at the cap.
+        self._open: OrderedDict[int, _Connection] = OrderedDict()
+        self._log = RateLimitedLog(log, interval=log_interval)
         # Counters for metrics and tests.
         self.connections = 0
         self.requests = 0
         self.protocol_errors = 0
         self.errors_by_reason: dict[str, int] = {}
+        self.closed_by_reason: dict[str, int] = {}
         self.handler_errors = 0
         self.timeouts = 0
 
@@ -204,19 +254,31 @@ class PolicyServer:
             return self._port
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
     async def start(self) -> None:
+        if self.account is not None:
+            self._account_task = asyncio.create_task(self.account.run(), name="policy-accounting")
         self._server = await asyncio.start_server(self._serve, self.host, self._port, reuse_address=True)
 
     async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self._account_task is not None:
+            self._account_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._account_task
+            self._account_task = None
+        if self.account is not None:
+            self.account.drain_all()  # answered requests are counted before the state is saved
 
     async def __aenter__(self) -> PolicyServer:
         await self.start()
@@ -225,37 +287,88 @@ class PolicyServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _closed(self, reason: str) -> None:
+        self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
+        CONNECTIONS_CLOSED.labels(reason).inc()
+
+    def _admit(self, key: int, conn: _Connection, peer: object) -> bool:
+        """Room for a new connection at the cap: close the longest-idle one; False if all are busy."""
+        if len(self._open) >= self.max_connections:
+            victim = next((k for k, c in self._open.items() if not c.busy), None)
+            if victim is None:
+                self._closed("refused")
+                self._log.log(
+                    logging.WARNING,
+                    "refused",
+                    "policy connection from %s refused: %d connections, all in a request",
+                    peer,
+                    len(self._open),
+                )
+                return False
+            old = self._open.pop(victim)
+            old.writer.close()  # its task sees EOF and ends
+            self._closed("evicted_idle")
+            self._log.log(
+                logging.WARNING,
+                "evicted",
+                "%d policy connections open (the cap): closed the longest idle for %s",
+                self.max_connections,
+                peer,
+            )
+        self._open[key] = conn
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
+        key = id(task)
+        conn = _Connection(writer)
         peer = writer.get_extra_info("peername")
         buf = b""
+        loop = asyncio.get_running_loop()
+        deadline = 0.0  # of the request under way: its first byte + request_timeout
         try:
+            if not self._admit(key, conn, peer):
+                return
             while True:
                 try:
                     # Whole requests in the buffer are answered together (one write for a pipelined burst).
                     buf, blocks = self._split(buf)
                     if blocks:
-                        replies = [format_reply(await self._answer(b)) for b in blocks]
-                        writer.write(b"".join(replies))
+                        conn.busy = True
+                        arrived = self.clock()
+                        replies = [format_reply(await self._answer(b, arrived)) for b in blocks]
+                        writer.write(b"".join(replies))  # sent now if the socket takes it (it usually does)
+                        if self.account is not None:
+                            # Count what was answered, within the budget; the rest is left to its task.
+                            self.account.drain_slice()
+                            self.account.kick()
                         await writer.drain()
                     if buf:
                         self._check_partial(buf)
+                        if blocks:  # what is left began in the same read as the requests answered
+                            deadline = loop.time() + self.request_timeout
+                    conn.busy = bool(buf)
                     try:
-                        async with asyncio.timeout(self.request_timeout if buf else self.idle_timeout):
+                        async with asyncio.timeout_at(deadline if buf else loop.time() + self.idle_timeout):
                             data = await reader.read(65536)
                     except TimeoutError:
                         if not buf:
+                            self._closed("idle_timeout")
                             return  # idle: Postfix reconnects when it needs us
                         raise PolicyProtocolError(
-                            "missing_terminator", f"no empty line within {self.request_timeout:g}s"
+                            "missing_terminator", f"not complete within {self.request_timeout:g}s"
                         ) from None
                     if not data:
                         if buf:
                             raise PolicyProtocolError("missing_terminator", "connection closed mid-request")
                         return
+                    if not buf:
+                        deadline = loop.time() + self.request_timeout  # the first byte of a request
+                    if key in self._open:
+                        self._open.move_to_end(key)  # active: the last to be closed for room
                     buf += data
                     if b"\r" in data:
                         buf = buf.replace(b"\r\n", b"\n")
@@ -265,7 +378,8 @@ class PolicyServer:
                     await writer.drain()
                     await self._linger(reader, writer)
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.IncompleteReadError):
+            # The client went away (reset, or ENOTCONN on the half-close of a socket it already closed).
             return
         except asyncio.CancelledError:
             # Only stop() cancels a connection; ending normally spares asyncio 3.11's streams callback
@@ -273,8 +387,9 @@ class PolicyServer:
             return
         finally:
             self._tasks.discard(task)
+            self._open.pop(key, None)
             writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
     def _split(self, buf: bytes) -> tuple[bytes, list[PolicyRequest]]:
@@ -317,7 +432,9 @@ class PolicyServer:
         self.protocol_errors += 1
         self.errors_by_reason[exc.reason] = self.errors_by_reason.get(exc.reason, 0) + 1
         PROTOCOL_ERRORS.labels(exc.reason).inc()
-        log.warning(
+        self._log.log(
+            logging.WARNING,
+            exc.reason,
             "policy client %s sent a bad request (%s); answering %s and closing",
             peer,
             exc,
@@ -329,7 +446,7 @@ class PolicyServer:
         unread input makes the kernel send RST, which can destroy our reply before the client reads it."""
         if writer.can_write_eof():
             writer.write_eof()
-        with contextlib.suppress(TimeoutError, ConnectionError):
+        with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(1.0):
                 swallowed = 0
                 while swallowed < 16 << 20:
@@ -338,8 +455,10 @@ class PolicyServer:
                         break
                     swallowed += len(chunk)
 
-    async def _answer(self, request: PolicyRequest) -> str:
+    async def _answer(self, request: PolicyRequest, arrived: float) -> str:
         self.requests += 1
+        if self.account is not None:
+            self.account.put((request, arrived))  # counted after the reply is out
         try:
             result = self.handler(request)
             if inspect.isawaitable(result):
@@ -348,11 +467,21 @@ class PolicyServer:
             return result
         except TimeoutError:
             self.timeouts += 1
-            log.warning(
-                "policy handler took over %.3fs; answering %s", self.handler_timeout, self.default_action
+            self._log.log(
+                logging.WARNING,
+                "slow_handler",
+                "policy handler took over %.3fs; answering %s",
+                self.handler_timeout,
+                self.default_action,
             )
         except Exception:
             # Never hold up mail for a detector bug: count it, log it with the traceback, answer.
             self.handler_errors += 1
-            log.exception("policy handler failed; answering %s", self.default_action)
+            self._log.log(
+                logging.ERROR,
+                "handler_error",
+                "policy handler failed; answering %s",
+                self.default_action,
+                exc_info=True,
+            )
         return self.default_action

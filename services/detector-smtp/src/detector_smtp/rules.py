@@ -119,6 +119,10 @@ class RuleSet:
         self._by_class: dict[str, tuple[SmtpRule, ...]] = {
             klass: tuple(r for r in self.rules if klass in r.classes) for klass in ("dynamic", "business")
         }
+        # The metrics each class's rules read: an event that changes none of them cannot make one fire.
+        self.metrics: dict[str, frozenset[str]] = {
+            klass: frozenset(r.metric for r in rules) for klass, rules in self._by_class.items()
+        }
 
     def for_class(self, klass: str) -> Sequence[SmtpRule]:
         return self._by_class.get(klass, ())

@@ -22,8 +22,14 @@ class DetectorSmtpSettings(ServiceSettings):
     # Postfix: `check_policy_service { inet:<host>:<port>, timeout=2s, default_action=DUNNO }`.
     policy_server_host: str = "127.0.0.1"
     policy_server_port: int = 10040
-    # Seconds a policy request may take to arrive whole (its empty line) once it has begun.
+    # Seconds a policy request may take to arrive whole (its empty line) from its first byte.
     request_timeout: float = 10.0
+    # Seconds a policy connection may sit idle before we close it (Postfix reconnects when needed;
+    # its own smtpd_policy_service_max_idle is 300 s).
+    policy_idle_timeout: float = 900.0
+    # Policy connections open at once; a new one beyond this closes the longest-idle one (or, if all
+    # are in a request, is refused). Kept below the process's descriptor limit at start.
+    policy_max_connections: int = 500
     # MTA logs to tail (for servers without a policy hook); rotation and restarts are followed.
     postfix_logs: tuple[Path, ...] = ()
     sendmail_logs: tuple[Path, ...] = ()
@@ -68,12 +74,29 @@ class DetectorSmtpSettings(ServiceSettings):
         "Your computer appears to be sending spam and is quarantined; see your ISP's notice"
     )
     quarantine_categories: tuple[str, ...] = ("spam",)
-    # Budget for one policy answer; the handler never waits on I/O, this only guards the server.
+    # The longest stretch of background work (counting what was answered, expiry sweeps, snapshot
+    # chunks) between two turns of the event loop, i.e. the most it can delay a policy answer; also
+    # the time an asynchronous answer may take before DUNNO goes out instead.
     handler_budget: float = 0.005
-    # Observations waiting for the broker; beyond this they are dropped (and counted).
+    # Seconds between background sweeps: idle clients expired, unfinished transactions closed.
+    sweep_interval: float = 10.0
+    # Reports saved and waiting for the broker's confirm (retried until it comes); beyond this the
+    # oldest is dropped (counted, logged) and its client may be reported again.
     publish_queue_size: int = 1000
-    # Attempts per observation (each one is itself a Bus.publish with its own reconnect retries).
-    publish_attempts: int = 3
+
+    @field_validator("request_timeout", "policy_idle_timeout", "handler_budget", "sweep_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("policy_max_connections")
+    @classmethod
+    def _positive_int(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
 
     @field_validator("quarantine_reply")
     @classmethod

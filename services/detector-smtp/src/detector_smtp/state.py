@@ -1,32 +1,35 @@
-"""The detector's memory on disk: a periodic snapshot of every client's windows, the quarantine list and
-the log read positions, so a restart resumes the windows instead of silently starting from zero.
+"""The windows on disk: every client's sliding windows and the quarantine list, one JSON-lines file per
+snapshot ("generation"), so that a restart resumes the windows instead of silently starting from zero.
 
-One JSON-lines file, written to a temporary name, fsynced and renamed (a crash leaves the previous
-snapshot intact). The rows are serialized a chunk at a time between event-loop turns, so a large
-table never stalls the policy answers for long.
+A generation is written to a temporary name, fsynced, renamed and its directory fsynced; it only
+becomes the one to restart from when the outbox document (`reports.Reports.commit`) names it, with
+the log positions it reflects. Older generations are removed after that commit, so a crash at any
+point leaves the committed one intact. Rows are serialized in slices of at most `budget` seconds
+between event-loop turns, so a large table never holds up a policy answer for longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from lazaretto_core.tail import Checkpoint
-
 from .quarantine import QuarantineList
+from .slices import TimeSlice
 from .windows import ClientWindows
 
 log = logging.getLogger(__name__)
 
-VERSION: Final = 1
-FILE_NAME: Final = "windows.jsonl"
+VERSION: Final = 2
+PREFIX: Final = "windows-"
+SUFFIX: Final = ".jsonl"
 
 
 @dataclass
@@ -34,40 +37,47 @@ class Restored:
     saved_at: float = 0.0
     clients: int = 0
     skipped: int = 0
-    tail: dict[str, Checkpoint] = field(default_factory=dict)
 
 
 class StateStore:
-    def __init__(self, directory: Path, *, chunk: int = 500) -> None:
+    def __init__(self, directory: Path, *, budget: float = 0.005, chunk: int = 64) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / FILE_NAME
-        self.chunk = chunk
+        self.budget = budget
+        self.chunk = chunk  # rows between two looks at the clock
         self.saves = 0
 
-    def load(self, windows: ClientWindows, quarantine: QuarantineList, now: float | None = None) -> Restored:
-        """Fill `windows` and `quarantine` from the last snapshot (nothing if there is none or it is
-        unreadable); clients idle for a whole window by now are skipped."""
+    def path(self, generation: str) -> Path:
+        return self.directory / generation
+
+    def load(
+        self,
+        generation: str | None,
+        windows: ClientWindows,
+        quarantine: QuarantineList,
+        now: float | None = None,
+    ) -> Restored:
+        """Fill `windows` and `quarantine` from `generation` (nothing if None or unreadable); clients
+        idle for a whole window by now are skipped."""
         now = time.time() if now is None else now
         restored = Restored()
+        if not generation or "/" in generation or not generation.startswith(PREFIX):
+            return restored
         try:
-            handle = self.path.open("rb")
+            handle = self.path(generation).open("rb")
         except FileNotFoundError:
+            log.error("snapshot %s named by the saved state is missing; starting empty", generation)
             return restored
         with handle:
             try:
                 header = json.loads(handle.readline())
                 if header.get("version") != VERSION or header.get("bucket_seconds") != windows.bucket_seconds:
-                    log.warning("snapshot %s has another layout (%s); starting empty", self.path, header)
+                    log.warning("snapshot %s has another layout (%s); starting empty", generation, header)
                     return restored
                 restored.saved_at = float(header["saved_at"])
                 quarantine.load(header.get("quarantined", {}))
-                restored.tail = {
-                    path: Checkpoint(int(inode), int(offset))
-                    for path, (inode, offset) in header.get("tail", {}).items()
-                }
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                log.error("snapshot %s unreadable (%s); starting empty", self.path, exc)
+                log.error("snapshot %s unreadable (%s); starting empty", generation, exc)
                 return restored
             for line in handle:
                 try:
@@ -79,42 +89,58 @@ class StateStore:
                     restored.clients += 1
                 else:
                     restored.skipped += 1
+        windows.reorder()
         return restored
 
-    async def save(
-        self,
-        windows: ClientWindows,
-        quarantine: QuarantineList,
-        tail: Mapping[str, Checkpoint] | None = None,
-        now: float | None = None,
-    ) -> int:
-        """Write a new snapshot; returns the number of clients in it."""
+    async def save(self, windows: ClientWindows, quarantine: QuarantineList, now: float | None = None) -> str:
+        """Write a new generation; returns its name (not yet the one to restart from: commit it)."""
         now = time.time() if now is None else now
-        windows.expire(now)
+        generation = f"{PREFIX}{int(now)}-{uuid.uuid4().hex[:8]}{SUFFIX}"
         header: dict[str, Any] = {
             "version": VERSION,
             "saved_at": now,
             "bucket_seconds": windows.bucket_seconds,
             "quarantined": quarantine.as_dict(),
-            "tail": {path: [cp.inode, cp.offset] for path, cp in (tail or {}).items()},
         }
-        tmp = self.path.with_suffix(".tmp")
+        target = self.path(generation)
+        tmp = target.with_suffix(".tmp")
         keys = windows.keys()
-        written = 0
+        work = TimeSlice(self.budget)
         with tmp.open("wb") as out:
             out.write(json.dumps(header).encode() + b"\n")
-            for start in range(0, len(keys), self.chunk):
+            start = 0
+            while start < len(keys):
+                work.start()
                 lines = []
-                for ip in keys[start : start + self.chunk]:
-                    state = windows.get(ip)
-                    if state is not None:
-                        lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
+                while start < len(keys) and not work.spent():
+                    for ip in keys[start : start + self.chunk]:
+                        state = windows.get(ip)
+                        if state is not None:
+                            lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
+                    start += self.chunk
                 if lines:
-                    out.write(("\n".join(lines) + "\n").encode())
-                    written += len(lines)
-                await asyncio.sleep(0)  # let policy requests in between chunks
+                    # In a thread: a write can wait for the disk (dirty-page throttling) for tens of
+                    # milliseconds on a busy machine. The await lets policy requests in between slices.
+                    await asyncio.to_thread(out.write, ("\n".join(lines) + "\n").encode())
+                else:
+                    await asyncio.sleep(0)
             out.flush()
             await asyncio.to_thread(os.fsync, out.fileno())
-        os.replace(tmp, self.path)
+        os.replace(tmp, target)
+        await asyncio.to_thread(self._sync_directory)
         self.saves += 1
-        return written
+        return generation
+
+    def prune(self, keep: str) -> None:
+        """Remove every generation but `keep` (the committed one), and leftovers of interrupted saves."""
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(PREFIX) and entry.name != keep:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

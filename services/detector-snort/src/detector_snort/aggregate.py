@@ -4,12 +4,15 @@ The first alert for a (sensor, address, category) is reported at once (latency m
 inside the window are counted and reported when the window closes, with first/last seen and top
 signatures. Each alert may carry a `token` (where it was read): the observation of a window's first
 alert and the folded one take their identity from it, so a re-read after a crash yields the same ids.
-The open windows can be saved (`to_json`) and restored (`from_json`) with the read position.
+The open windows can be saved (`to_json`) and restored (`load_json`) with the read position, and
+`changes` tells which windows changed since it was last asked (a journal record instead of all).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -86,16 +89,28 @@ class Aggregator:
         self.max_destinations = max_destinations
         self.top_signatures = top_signatures
         self._open: dict[tuple[str, str, str], _Window] = {}
+        self._changed: set[tuple[str, str, str]] = set()  # since `changes` was last called
+        self._closed: set[tuple[str, str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [window.to_json(key) for key, window in self._open.items()]
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """The open windows by a text key (saved as a keyed collection)."""
+        return {_key_text(key): window.to_json(key) for key, window in self._open.items()}
 
-    def load_json(self, windows: list[dict[str, Any]]) -> None:
+    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Windows opened or changed, and keys of windows closed, since the last call (or load)."""
+        changed = {_key_text(k): self._open[k].to_json(k) for k in self._changed if k in self._open}
+        closed = [_key_text(k) for k in self._closed]
+        self._changed, self._closed = set(), set()
+        return changed, closed
+
+    def load_json(self, windows: dict[str, dict[str, Any]] | list[dict[str, Any]]) -> None:
         """Replace the open windows with saved ones (KeyError/ValueError/TypeError if malformed)."""
-        self._open = dict(_Window.from_json(data) for data in windows)
+        items = windows.values() if isinstance(windows, dict) else windows
+        self._open = dict(_Window.from_json(data) for data in items)
+        self._changed, self._closed = set(), set()
 
     def add(
         self,
@@ -106,23 +121,37 @@ class Aggregator:
         now: float,
         *,
         sensor: str = "",
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> Folded | None:
-        """Returns an observation to publish now (the first of a window), else folds the alert."""
+        """Returns an observation to publish now (the first of a window), else folds the alert.
+
+        `token` may be a function that makes it: only the alerts whose token is used pay for it."""
         key = (sensor, ip, category)
+        self._changed.add(key)
         window = self._open.get(key)
         if window is None:
             self._open[key] = _Window(now, severity)
-            return self._fold_one(alert, ip, category, severity, sensor, token)
+            return self._fold_one(
+                alert, ip, category, severity, sensor, token() if callable(token) else token
+            )
+        # The hot path of a storm: plain comparisons instead of min()/max() calls.
         window.count += 1
         if window.first_token is None:
-            window.first_token = token
-        window.severity = max(window.severity, severity)
-        window.first_seen = min(window.first_seen or alert.timestamp, alert.timestamp)
-        window.last_seen = max(window.last_seen or alert.timestamp, alert.timestamp)
-        signature = _signature(alert)
-        if signature in window.signatures or len(window.signatures) < MAX_SIGNATURES:
-            window.signatures[signature] += 1
+            window.first_token = token() if callable(token) else token
+        if severity > window.severity:
+            window.severity = severity
+        ts = alert.timestamp
+        first, last = window.first_seen, window.last_seen
+        if first is None or ts < first:
+            window.first_seen = ts
+        if last is None or ts > last:
+            window.last_seen = ts
+        signature = f"{alert.signature_id}: {alert.signature}"[:200]  # _signature, inlined: per alert
+        signatures = window.signatures
+        if signature in signatures:
+            signatures[signature] += 1
+        elif len(signatures) < MAX_SIGNATURES:
+            signatures[signature] = 1
         if len(window.destinations) < self.max_destinations:
             window.destinations.append(_destination(alert))
         return None
@@ -134,6 +163,8 @@ class Aggregator:
             if now - window.opened_at < self.window:
                 continue
             del self._open[key]
+            self._changed.discard(key)
+            self._closed.add(key)
             if window.count and window.first_seen and window.last_seen:
                 closed.append(
                     Folded(
@@ -166,6 +197,10 @@ class Aggregator:
             sensor,
             token,
         )
+
+
+def _key_text(key: tuple[str, str, str]) -> str:
+    return json.dumps(key)
 
 
 def _signature(alert: Alert) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.checkpoints import CheckpointStore
@@ -29,6 +30,28 @@ from .settings import AlertFile, DetectorSnortSettings
 from .syslog import SyslogReceiver
 
 log = logging.getLogger(__name__)
+
+TAIL_EVENTS = Counter(
+    "lazaretto_tail_events_total",
+    "Alert file events: rotation (renamed away), truncation (copy-truncate), gap (a truncation after "
+    "which lines may be missing: written between logrotate's copy and its truncate)",
+    ["source", "event"],
+)
+
+
+class _TailMetrics:
+    """Carries a tailer's counters into Prometheus (a tailer is re-created after a broker outage)."""
+
+    def __init__(self, source: str) -> None:
+        self.counters = {e: TAIL_EVENTS.labels(source, e) for e in ("rotation", "truncation", "gap")}
+        self.seen = dict.fromkeys(self.counters, 0)
+
+    def sync(self, tailer: FileTailer) -> None:
+        now = {"rotation": tailer.rotations, "truncation": tailer.truncations, "gap": tailer.gaps}
+        for event, value in now.items():
+            if value > self.seen[event]:
+                self.counters[event].inc(value - self.seen[event])
+                self.seen[event] = value
 
 
 @dataclass
@@ -96,18 +119,19 @@ class DetectorSnortService:
     async def _tail_once(self, engine: SourceEngine) -> None:
         name = engine.source.name
         beat = f"tail {name}"
+        metrics = _TailMetrics(name)
+
+        def idle() -> None:
+            self.progress.beat(beat)
+            metrics.sync(tailer)
+
         # No checkpoint means the file did not exist at start: read it all once it appears.
-        tailer = FileTailer(
-            name,
-            start=engine.position,
-            max_line=self.settings.max_line,
-            on_idle=lambda: self.progress.beat(beat),
-        )
+        tailer = FileTailer(name, start=engine.position, max_line=self.settings.max_line, on_idle=idle)
         self.progress.beat(beat)
         async with contextlib.aclosing(tailer.batches()) as batches:
             async for batch in batches:
                 await engine.feed_lines(batch, tailer.checkpoint(batch[-1]))
-                self.progress.beat(beat)
+                idle()
 
     async def _flush_folded(self) -> None:
         interval = min(1.0, max(0.05, self.settings.aggregation_window / 4))
@@ -157,9 +181,9 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
     bus = Bus(settings.amqp_url.get_secret_value(), "detector-snort")
     progress = ProgressMonitor(stall_after=30.0)
 
-    async def publish(observation: AbuseObserved) -> None:
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
         # The message id is the observation id: a re-publish after a crash is deduplicated by id.
-        await bus.publish(observation, message_id=str(observation.observation_id))
+        await bus.publish(observation, message_id=message_id)
 
     def engine(source: Source) -> SourceEngine:
         return SourceEngine(
@@ -176,7 +200,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
     syslog: SyslogReceiver | None = None
     if settings.syslog_udp_port or settings.syslog_tcp_port:
         tz = _zone(settings.syslog_timezone)
-        syslog_engine = engine(Source("syslog", "syslog", "syslog", tz=tz))
+        syslog_engine = engine(Source("syslog", "syslog", settings.syslog_sensor, tz=tz))
         engines.append(syslog_engine)
         syslog = SyslogReceiver(
             syslog_engine,
@@ -184,6 +208,8 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
             udp_port=settings.syslog_udp_port,
             tcp_port=settings.syslog_tcp_port,
             tz=tz,
+            peers=settings.syslog_peers,
+            on_progress=lambda: progress.beat("syslog"),
         )
 
     async def files_readable() -> None:

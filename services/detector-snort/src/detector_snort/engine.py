@@ -1,15 +1,17 @@
-"""One source's state: its read position, its aggregation windows, and the observations not yet
-confirmed by the broker, saved together as one atomic document.
+"""One source's engine: its read position, its aggregation windows and its observations not yet
+confirmed by the broker, kept in one `ObservationOutbox` (one atomic document per source).
 
 What makes a restart (even after kill -9) neither lose nor repeat an alert in effect:
-- lines are folded in memory, their immediate observations published and confirmed, and only after
-  that is the position saved with the windows (at most every `save_every` seconds); a crash before
-  the save re-reads the same lines into the same windows, giving the same observation ids, which
-  consumers deduplicate (the id derives from where the line was read and what it says);
-- a window that closes is saved as `pending` *before* its folded observation is published, and
-  pending observations are published again at start (same id: deduplicated);
+- lines are folded in memory and the observations they yield at once are published; right after the
+  broker's confirms the position is saved with the windows (without observations, at most every
+  `save_every` seconds). A crash before that save re-reads the same lines into the same windows and
+  yields the same observations with the same ids — the id derives from the file's first bytes, the
+  line's offset and its content, never from the inode, so a re-read from a copy-truncated file's
+  copy gives the same ids — which consumers deduplicate;
+- a window that closes is saved as pending *before* its folded observation is published
+  (write-ahead), and pending observations are published again at start (same id);
 - a failed publish puts the state back to the last saved one, and the reader resumes from there.
-Sources that cannot be re-read (syslog) keep unpublished observations as pending instead.
+Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
-
-from pydantic import ValidationError
+from typing import Any
 
 from lazaretto_core.bus import PublishError
 from lazaretto_core.checkpoints import CheckpointStore, checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta
 from lazaretto_core.tail import Checkpoint, TailLine
 
 from .aggregate import Aggregator
@@ -33,8 +34,8 @@ from .pipeline import AlertPipeline, Source
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[AbuseObserved], Awaitable[None]]
-MAX_PENDING: Final = 10_000  # observations kept for a broker that stays away (oldest dropped)
+# publish(observation, message_id): returns after the broker's confirm, raises PublishError otherwise.
+Publish = Callable[[AbuseObserved, str], Awaitable[object]]
 
 
 class SourceEngine:
@@ -52,50 +53,60 @@ class SourceEngine:
         self.source = source
         self.pipeline = pipeline
         self.aggregator = aggregator
-        self.store = store
-        self.publish = publish
-        self.save_every = save_every
-        self.clock = clock
         self.lock = asyncio.Lock()
         self.position: Checkpoint | None = None
-        self.pending: list[AbuseObserved] = []
-        self._dirty = False
-        self._saved_at = clock()
+        self.outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+            store,
+            source.name,
+            AbuseObserved,
+            publish=publish,
+            ident=lambda o: str(o.observation_id),
+            snapshot=self._snapshot,
+            save_every=save_every,
+            clock=clock,
+            delta=self._delta,
+        )
+
+    @property
+    def pending(self) -> list[AbuseObserved]:
+        return self.outbox.pending
 
     # -- persistence ------------------------------------------------------------------------------
 
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "position": checkpoint_to_json(self.position) if self.position else None,
+            "windows": self.aggregator.to_json(),
+        }
+
+    def _delta(self) -> StateDelta:
+        """Only the windows that changed: a save after each confirm stays small with many windows."""
+        changed, closed = self.aggregator.changes()
+        return StateDelta(
+            state={"position": checkpoint_to_json(self.position) if self.position else None},
+            set={"windows": changed} if changed else {},
+            delete={"windows": closed} if closed else {},
+        )
+
     def load(self) -> None:
         """Put the state back to the last saved one (or to nothing)."""
-        self.position, self.pending = None, []
+        self.position = None
         self.aggregator.load_json([])
-        self._dirty = False
-        document = self.store.load_state(self.source.name)
-        if document is None:
+        state = self.outbox.load()
+        if state is None:
             return
         try:
-            raw = document.get("position")
+            raw = state.get("position")
             position = checkpoint_from_json(raw) if raw else None
-            pending = [AbuseObserved.model_validate(o) for o in document.get("pending") or []]
-            self.aggregator.load_json(list(document.get("windows") or []))
-        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            self.aggregator.load_json(state.get("windows") or {})
+        except (KeyError, TypeError, ValueError) as exc:
             log.error("state of %s unreadable (%s): starting afresh", self.source.name, exc)
             self.aggregator.load_json([])
             return
-        self.position, self.pending = position, pending
+        self.position = position
 
     def save(self) -> None:
-        document: dict[str, Any] = {
-            "position": checkpoint_to_json(self.position) if self.position else None,
-            "windows": self.aggregator.to_json(),
-            "pending": [o.model_dump(mode="json") for o in self.pending],
-        }
-        self.store.save_state(self.source.name, document)
-        self._dirty = False
-        self._saved_at = self.clock()
-
-    def _save_if_due(self) -> None:
-        if self._dirty and self.clock() - self._saved_at >= self.save_every:
-            self.save()
+        self.outbox.save()
 
     # -- work -------------------------------------------------------------------------------------
 
@@ -103,49 +114,58 @@ class SourceEngine:
         """At start: the saved state, and whatever it holds unconfirmed published again."""
         async with self.lock:
             self.load()
-            await self._publish_pending()
+            try:
+                await self.outbox.flush()
+            except PublishError as exc:
+                log.error("%s: pending observations not published yet: %s", self.source.name, exc)
 
     async def feed_lines(self, lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
         """Lines read from a file up to `position`. On PublishError the state is back at the last
         save (re-read from `self.position`)."""
         async with self.lock:
+            self._remember_identity(lines)
             try:
-                await self._publish_pending()
+                await self.outbox.flush()
                 observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
-                for observation in observations:
-                    await self.publish(observation)
+                self.position = position
+                if observations:
+                    # Re-derived with the same ids if we crash before the confirm: no write-ahead.
+                    self.outbox.add(observations)
+                    await self.outbox.flush()  # saves the position right after the confirms
+                else:
+                    self.outbox.touch()
             except PublishError:
                 self.load()
                 raise
-            self.position = position
-            self._dirty = True
-            # Saved at most every `save_every` seconds: a crash before the save re-reads those lines,
-            # which gives the same observations with the same ids (deduplicated downstream).
-            self._save_if_due()
             return observations
+
+    def _remember_identity(self, lines: Sequence[TailLine]) -> None:
+        """Save the file's first bytes with the unchanged offset before handling its first lines: a
+        position saved at offset 0 (an empty file at start) says nothing of what the file held, so
+        after a crash and a copy-truncate its lines could not be found in the copy."""
+        position = self.position
+        if position is None or not lines or lines[0].inode != position.inode:
+            return
+        head = lines[0].head
+        if len(head) > len(position.head) and head.startswith(position.head):
+            self.position = Checkpoint(position.inode, position.offset, head)
+            self.outbox.save()  # the offset is unchanged: nothing handled is claimed
 
     async def feed_alerts(
         self, alerts: Iterable[tuple[Alert, str | None]], counts: dict[str, int] | None = None
     ) -> list[AbuseObserved]:
-        """Alerts that cannot be read again (syslog, HTTP): unconfirmed observations stay pending."""
+        """Alerts that cannot be read again (syslog, HTTP): staged write-ahead, then published; a
+        failed publish leaves them pending (published again by the next flush or at start)."""
         async with self.lock:
             observations = self.pipeline.run_alerts(self.source, alerts, self.aggregator, counts)
-            self._dirty = True
-            self.pending.extend(observations)
-            if len(self.pending) > MAX_PENDING:
-                dropped = len(self.pending) - MAX_PENDING
-                log.error("%s: broker away, dropping %d oldest observations", self.source.name, dropped)
-                del self.pending[:dropped]
             if observations:
-                self.save()  # before publishing: a crash now publishes them at start
+                self.outbox.stage(observations)
                 try:
-                    await self._publish_pending()
+                    await self.outbox.flush()
                 except PublishError as exc:
-                    log.error(
-                        "%s: publish failed (%s); retrying from the pending list", self.source.name, exc
-                    )
+                    log.error("%s: publish failed (%s); kept pending", self.source.name, exc)
             else:
-                self._save_if_due()
+                self.outbox.touch()
             return observations
 
     async def flush(self) -> int:
@@ -153,19 +173,11 @@ class SourceEngine:
         async with self.lock:
             due = self.pipeline.due(self.source, self.aggregator)
             if due:
-                self.pending.extend(due)
-                self.save()  # write-ahead: a crash from here on publishes them at start
-            await self._publish_pending()
-            self._save_if_due()
+                self.outbox.stage(due)  # write-ahead: a crash from here on publishes them at start
+            await self.outbox.flush()
+            self.outbox.save_if_due()
             return len(due)
 
     async def close(self) -> None:
         async with self.lock:
-            if self._dirty:
-                self.save()
-
-    async def _publish_pending(self) -> None:
-        while self.pending:
-            await self.publish(self.pending[0])
-            del self.pending[0]
-            self._dirty = True
+            self.outbox.close()

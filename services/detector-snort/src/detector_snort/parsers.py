@@ -3,7 +3,9 @@ Snort 2 / Snort 3 / Suricata, and syslog messages (RFC 5424 / RFC 3164) carrying
 or EVE JSON.
 
 Pure functions, no I/O. Garbage raises `ParseError` with a short machine reason (for a metric label);
-they never raise anything else. Hot path: one `json.loads`, splits instead of regexes.
+they never raise anything else. Hot path: one `orjson.loads` straight from the bytes (about twice as
+fast as `json.loads`), the fields read without a helper call per field, addresses validated once per
+distinct text, splits instead of regexes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
+
+import orjson
 
 from detector_snort.alerts import Alert
 
@@ -52,8 +56,23 @@ def normalise_action(raw: str | None) -> str:
     return word
 
 
+_CANONICAL_IP: dict[str, str] = {}  # address text -> canonical text (valid addresses only)
+_CANONICAL_IP_MAX: Final = 65_536
+
+
 def normalise_ip(text: str) -> str:
     """Validate an address and return its canonical text (IPv6 compressed); ParseError if not an address."""
+    known = _CANONICAL_IP.get(text)
+    if known is not None:
+        return known
+    canonical = _normalise_ip(text)
+    if len(_CANONICAL_IP) >= _CANONICAL_IP_MAX:
+        _CANONICAL_IP.clear()
+    _CANONICAL_IP[text] = canonical
+    return canonical
+
+
+def _normalise_ip(text: str) -> str:
     try:
         if ":" in text:
             return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
@@ -79,15 +98,21 @@ def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE
         if stripped.startswith(b"{") and stripped.endswith(b"}"):
             return None
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError("binary") from exc
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        obj = orjson.loads(line)  # validates UTF-8 itself
+    except orjson.JSONDecodeError as exc:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("binary") from exc
         raise ParseError("invalid_json") from exc
     if type(obj) is not dict:
         raise ParseError("invalid_json", "not an object")
+    if obj.get("event_type") == "alert":
+        alert = obj.get("alert")
+        if type(alert) is dict:
+            fast = _eve_fast(obj, alert, sensor)
+            if fast is not None:
+                return fast
     return alert_from_eve(obj, sensor=sensor)
 
 
@@ -101,8 +126,12 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
     alert = obj.get("alert")
     if type(alert) is not dict:
         raise ParseError("missing_field", "alert")
-
-    host = obj.get("host")
+    fast = _eve_fast(obj, alert, sensor)
+    if fast is not None:
+        return fast
+    # Something is missing or of another type: the field-by-field path names what.
+    # The sensor is the configured one, never the event's `host`: a name a sender chose could
+    # impersonate another sensor or break the observation contract (at most 128 characters).
     return Alert(
         timestamp=_eve_timestamp(obj.get("timestamp")),
         src_ip=normalise_ip(_str(obj, "src_ip")),
@@ -117,8 +146,61 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
         classtype=_opt_str(alert, "category"),
         priority=_opt_int(alert, "severity", 0) or None,
         action=normalise_action(_opt_str(alert, "action")),
-        sensor=host if type(host) is str and host else sensor,
+        sensor=sensor,
         flow_id=_opt_int(obj, "flow_id", 0) or None,
+    )
+
+
+def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert | None:
+    """The usual, well-formed alert in one go (None: let the field-by-field path find the fault)."""
+    get, aget = obj.get, alert.get
+    ts, src, dst, proto = get("timestamp"), get("src_ip"), get("dest_ip"), get("proto")
+    sport, dport, flow = get("src_port"), get("dest_port"), get("flow_id")
+    sid, sig, gid, rev = aget("signature_id"), aget("signature"), aget("gid", 1), aget("rev", 0)
+    category, severity, action = aget("category"), aget("severity", 0), aget("action")
+    if not (
+        type(ts) is str
+        and type(src) is str
+        and type(dst) is str
+        and type(proto) is str
+        and proto
+        and type(sid) is int
+        and type(sig) is str
+        and sig
+        and type(gid) is int
+        and type(rev) is int
+        and type(severity) is int
+        and (sport is None or (type(sport) is int and 0 <= sport <= 65535))
+        and (dport is None or (type(dport) is int and 0 <= dport <= 65535))
+        and (flow is None or type(flow) is int)
+        and (category is None or type(category) is str)
+        and (action is None or type(action) is str)
+    ):
+        return None
+    canonical = _CANONICAL_IP.get  # both are text here (checked above)
+    src_ip, dst_ip = canonical(src), canonical(dst)
+    try:
+        stamp = datetime.fromisoformat(ts)  # 3.11 reads Suricata's "+0000" offsets
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return Alert(  # positional: the fields in their declared order (cheaper than keywords)
+        stamp,
+        src_ip or normalise_ip(src),
+        sport,
+        dst_ip or normalise_ip(dst),
+        dport,
+        proto,
+        gid,
+        sid,
+        rev,
+        sig,
+        category or None,
+        severity or None,
+        "allowed" if action == "allowed" else normalise_action(action),
+        sensor,
+        flow or None,
     )
 
 
@@ -543,8 +625,9 @@ def parse_syslog(
     max_len: int = MAX_SYSLOG_MESSAGE,
 ) -> Alert | None:
     """A syslog message from an IDS -> `Alert`: `alert_syslog` text (Snort 2 / Snort 3), or EVE JSON
-    (Suricata `eve-log` with `filetype: syslog`); None for non-alert EVE events. The sensor is the
-    message's HOSTNAME when it has one, else `sensor`."""
+    (Suricata `eve-log` with `filetype: syslog`); None for non-alert EVE events. The sensor is
+    `sensor` (configured per listener or peer), never the message's HOSTNAME: anyone who can send a
+    datagram chooses that."""
     if len(data) > max_len:
         raise ParseError("too_long", str(len(data)))
     if b"\x00" in data:
@@ -554,7 +637,7 @@ def parse_syslog(
     except UnicodeDecodeError as exc:
         raise ParseError("binary") from exc
     header = parse_syslog_header(text, tz=tz, now=now)
-    name = header.hostname or sensor
+    name = sensor
     body = header.message.strip()
     if body.startswith("{"):
         try:

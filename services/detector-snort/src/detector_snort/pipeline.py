@@ -14,13 +14,16 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
+from functools import partial
 from typing import Final, Literal
 
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
-from lazaretto_core.tail import TailLine
+from lazaretto_core.tail import TailLine, line_key
 
 from .aggregate import Aggregator, Folded
 from .alerts import Alert
@@ -37,9 +40,6 @@ from .parsers import (
 log = logging.getLogger(__name__)
 
 LINES = Counter("lazaretto_alert_lines_total", "Alert lines read, by source and result", ["source", "result"])
-
-# Observation ids are uuid5(source name | token): the same line read twice gives the same id.
-OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 
 Format = Literal["eve", "snort3_json", "fast", "syslog", "http"]
 
@@ -98,13 +98,15 @@ class AlertPipeline:
         self._inbound_classtypes = inbound.classtypes
         self._inbound_keywords = tuple(k.encode() for k in (*inbound.words, *inbound.substrings))
         self._address_cache: dict[bytes, int] = {}  # raw address -> _INSIDE / _OUTSIDE / _UNKNOWN
+        self._inside: dict[str, bool] = {}  # canonical address -> in the subscriber ranges
+        self._verdicts: dict[tuple[str | None, str, int | None, int], tuple[str, int]] = {}
 
     # -- parsing ----------------------------------------------------------------------------------
 
     def parser(self, source: Source) -> Callable[[bytes], Alert | None]:
         sensor, layout, tz = source.sensor, source.layout, source.tz
         if source.format == "eve":
-            return lambda line: parse_eve_line(line, sensor=sensor)
+            return partial(parse_eve_line, sensor=sensor)
         if source.format == "snort3_json":
             return lambda line: parse_snort3_json_line(line, sensor=sensor, layout=layout, tz=tz)
         if source.format == "fast":
@@ -135,6 +137,10 @@ class AlertPipeline:
         skip = self.prefilter(source)
         out: list[AbuseObserved] = []
         now = self.clock()
+        last_head: bytes | None = None
+        head_crc = ""
+        subscriber_alerts = 0
+        inside_get, verdicts, add = self._inside.get, self._verdicts, aggregator.add
         for line in lines:
             if line.too_long:
                 counts["bad:too_long"] = counts.get("bad:too_long", 0) + 1
@@ -154,14 +160,36 @@ class AlertPipeline:
             if alert is None:
                 counts["not_alert"] = counts.get("not_alert", 0) + 1
                 continue
-            # Inode and offset say where; the checksum tells a copy-truncated file's new lines from
-            # the old ones at the same offsets. A re-read of the same line gives the same token.
-            token = f"{line.inode}:{line.offset}:{zlib.crc32(data):08x}"
-            observation = self.fold(source, alert, aggregator, now, token, counts)
-            if observation is not None:
+            head = line.head
+            if head is not last_head:
+                last_head, head_crc = head, f"{zlib.crc32(head):08x}"
+            # `fold`, inlined for the usual case (a subscriber's own alert, a known rule).
+            ip = alert.src_ip
+            if not inside_get(ip):
+                side = self.subscriber_side(alert)
+                if side is None:
+                    counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                    continue
+                ip = side
+            subscriber_alerts += 1
+            rule = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
+            verdict = verdicts.get(rule) or self._verdict(rule)
+            token = partial(_token, line, head_crc)
+            folded = add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
+            if folded is not None and (observation := self.observation(source, folded, counts)) is not None:
                 out.append(observation)
+        if subscriber_alerts:
+            counts["subscriber_alert"] = counts.get("subscriber_alert", 0) + subscriber_alerts
         count(source, counts)
         return out
+
+    def _verdict(self, rule: tuple[str | None, str, int | None, int]) -> tuple[str, int]:
+        """Category (as text) and severity of a rule, remembered: `verdicts` is the hot path's cache."""
+        found = self.categorizer.classify(*rule)
+        if len(self._verdicts) >= _ADDRESS_CACHE:
+            self._verdicts.clear()
+        verdict = self._verdicts[rule] = (found.category.value, found.severity)
+        return verdict
 
     def run_alerts(
         self,
@@ -183,7 +211,12 @@ class AlertPipeline:
 
     def subscriber_side(self, alert: Alert) -> str | None:
         """The subscriber the alert is about: its source, or for inbound-infection rules its destination."""
-        if alert.src_ip in self.ranges:
+        inside = self._inside.get(alert.src_ip)
+        if inside is None:
+            if len(self._inside) >= _ADDRESS_CACHE:
+                self._inside.clear()
+            inside = self._inside[alert.src_ip] = alert.src_ip in self.ranges
+        if inside:
             return alert.src_ip
         if alert.dst_ip in self.ranges and self.categorizer.inbound_indicates_infection(
             alert.classtype, alert.signature, alert.signature_id
@@ -197,7 +230,7 @@ class AlertPipeline:
         alert: Alert,
         aggregator: Aggregator,
         now: float,
-        token: str | None,
+        token: str | Callable[[], str] | None,
         counts: dict[str, int],
     ) -> AbuseObserved | None:
         ip = self.subscriber_side(alert)
@@ -211,10 +244,32 @@ class AlertPipeline:
         folded = aggregator.add(
             alert, ip, verdict.category.value, verdict.severity, now, sensor=alert.sensor, token=token
         )
-        return to_observation(folded, source.name) if folded is not None else None
+        return self.observation(source, folded, counts) if folded is not None else None
 
     def due(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
-        return [to_observation(f, source.name) for f in aggregator.due(self.clock())]
+        counts: dict[str, int] = {}
+        out = [
+            observation
+            for folded in aggregator.due(self.clock())
+            if (observation := self.observation(source, folded, counts)) is not None
+        ]
+        count(source, counts)
+        return out
+
+    def observation(self, source: Source, folded: Folded, counts: dict[str, int]) -> AbuseObserved | None:
+        """The contract for a folded alert, or None (counted, logged) when it does not validate: one
+        bad alert must never stop a source."""
+        try:
+            return to_observation(folded, source.name)
+        except ValidationError as exc:
+            counts["bad:invalid_observation"] = counts.get("bad:invalid_observation", 0) + 1
+            self.bad_lines.warning(
+                "invalid_observation",
+                "alert in %s dropped, not a valid observation: %s",
+                source.name,
+                _short(exc),
+            )
+            return None
 
     # -- prefilters -------------------------------------------------------------------------------
 
@@ -225,7 +280,18 @@ class AlertPipeline:
                 return "not_alert"
             return None
         # Keys cannot occur inside JSON strings unescaped, so every `"src_ip":"` is a key (top level
-        # or in `flow`): when none is a subscriber, the alert is not about one.
+        # or in `flow`): when none is a subscriber, the alert is not about one. The usual subscriber
+        # alert is decided by the first one alone (it must be parsed anyway).
+        first = line.find(b'"src_ip":"')
+        if first < 0:
+            return None
+        end = line.find(b'"', first + 10)
+        raw = line[first + 10 : end] if end >= 0 else b"\\"
+        side = self._address_cache.get(raw)
+        if side is None:
+            side = self._side(raw)
+        if side is not _OUTSIDE:
+            return None
         sources = line.split(b'"src_ip":"')
         if len(sources) < 2 or self._sides(sources) is not _OUTSIDE:
             return None
@@ -331,14 +397,29 @@ _UNKNOWN: Final = 2
 _ADDRESS_CACHE: Final = 131_072
 
 
+def _short(exc: ValidationError) -> str:
+    """Field names and messages only: the rejected values are attacker-controlled text."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def _token(line: TailLine, head_crc: str) -> str:
+    """Where the line was read (`line_key`: the file's first bytes and the offset, not the inode, so
+    the same line read from a copy-truncate's copy gives the same token) and what it says. `head_crc`
+    is the checksum of the file's head, the same for every line past it."""
+    if line.offset >= len(line.head):
+        return f"{head_crc}:{line.offset}:{zlib.crc32(line.data):08x}"
+    return f"{line_key(line)}:{zlib.crc32(line.data):08x}"
+
+
 def _strings(line: bytes, key: bytes) -> list[bytes]:
     """Every raw string value of `key` in a JSON line (up to the next quote; escapes are kept)."""
     return [piece[: piece.find(b'"')] for piece in line.split(key)[1:]]
 
 
 def observation_id(source_name: str, token: str | None) -> uuid.UUID:
-    """Stable for a token (where the alert was read), fresh without one."""
-    return uuid.uuid5(OBSERVATION_NAMESPACE, f"{source_name}|{token}") if token else uuid.uuid4()
+    """Stable for a token (where the alert was read and what it says), fresh without one: the same
+    line read twice gives the same id."""
+    return deterministic_id(source_name, token) if token else uuid.uuid4()
 
 
 def to_observation(folded: Folded, source_name: str) -> AbuseObserved:

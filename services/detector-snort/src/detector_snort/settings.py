@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from lazaretto_core.settings import ServiceSettings
 
 from .parsers import FastLayout
+
+# What the observation contract accepts as a sensor name.
+SensorName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class AlertFile(BaseModel):
@@ -25,7 +28,7 @@ class AlertFile(BaseModel):
 
     path: Path
     format: Literal["eve", "snort3_json", "fast"] = "eve"
-    sensor: str = Field(default="ids", min_length=1, max_length=128)
+    sensor: SensorName = "ids"
     layout: FastLayout = "auto"
     timezone: str = "UTC"
 
@@ -40,7 +43,7 @@ class DetectorSnortSettings(ServiceSettings):
     eve_files: tuple[Path, ...] = ()
     fast_files: tuple[Path, ...] = ()
     fast_layout: FastLayout = "MM/DD/YYYY"
-    sensor: str = "ids"
+    sensor: SensorName = "ids"
     # An alert counts when its source is a subscriber (or its destination, for the rules the mapping
     # marks inbound-indicates-infection).
     subscriber_ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
@@ -61,5 +64,9 @@ class DetectorSnortSettings(ServiceSettings):
     syslog_udp_port: int = 0
     syslog_tcp_port: int = 0
     syslog_timezone: str = "UTC"  # for RFC 3164 time stamps, which carry no zone
+    # Sensor name of syslog alerts, and per sending address a name of its own: never the message's
+    # HOSTNAME (or EVE `host`), which whoever can send a datagram chooses.
+    syslog_sensor: SensorName = "syslog"
+    syslog_peers: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, SensorName] = {}
     # Bearer token for POST /v1/alerts (at least 16 characters); unset: the endpoint is off.
     ingest_token: SecretStr | None = None

@@ -2,14 +2,18 @@
 Suricata EVE over syslog). TCP takes both RFC 6587 framings: octet counting and newline-terminated.
 
 Syslog cannot be re-read, so a crash loses what was in flight (as with any syslog receiver); what
-was received is folded and saved like every other source.
+was received is folded and saved like every other source. The sensor name comes from configuration
+(per sending address, else the listener's), never from the message. The drain loop reports progress
+(`on_progress`, also while idle) so that /healthz fails if it ever stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import Any, Final
 
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE: Final = 10_000
 BATCH: Final = 1_000
+BEAT_EVERY: Final = 1.0  # seconds between progress reports of an idle drain loop
 
 
 class SyslogReceiver:
@@ -34,14 +39,18 @@ class SyslogReceiver:
         tcp_port: int = 0,
         tz: tzinfo,
         max_message: int = MAX_SYSLOG_MESSAGE,
+        peers: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None = None,
+        on_progress: Callable[[], object] = lambda: None,
     ) -> None:
         self.engine = engine
+        self.peers = {str(ip): sensor for ip, sensor in (peers or {}).items()}
+        self.on_progress = on_progress
         self.host = host
         self.udp_port = udp_port
         self.tcp_port = tcp_port
         self.tz = tz
         self.max_message = max_message
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_SIZE)
+        self.queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue(QUEUE_SIZE)  # (message, sensor)
         self._transport: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -71,23 +80,34 @@ class SyslogReceiver:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def offer(self, message: bytes) -> None:
+    def sensor_for(self, peer: object) -> str:
+        """The configured name of a sending address, else the listener's."""
+        if isinstance(peer, tuple) and peer:
+            address = str(peer[0]).partition("%")[0]
+            with contextlib.suppress(ValueError):
+                mapped = ipaddress.ip_address(address)
+                if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                    mapped = mapped.ipv4_mapped
+                return self.peers.get(str(mapped), self.engine.source.sensor)
+        return self.engine.source.sensor
+
+    def offer(self, message: bytes, peer: object = None) -> None:
         """From the UDP socket: never block the loop; a full queue drops (and counts) the datagram."""
         try:
-            self.queue.put_nowait(message)
+            self.queue.put_nowait((message, self.sensor_for(peer)))
         except asyncio.QueueFull:
             LINES.labels(self.engine.source.name, "dropped:queue_full").inc()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(asyncio.current_task())  # stopped with the receiver
         try:
-            await self._frames(reader)
+            await self._frames(reader, self.sensor_for(writer.get_extra_info("peername")))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    async def _frames(self, reader: asyncio.StreamReader) -> None:
+    async def _frames(self, reader: asyncio.StreamReader, sensor: str) -> None:
         buf = bytearray()
         skipping = False  # inside an over-long newline-terminated message
         while chunk := await reader.read(1 << 16):
@@ -114,7 +134,7 @@ class SyslogReceiver:
                         return
                     if len(buf) < space + 1 + length:
                         break
-                    await self.queue.put(bytes(buf[space + 1 : space + 1 + length]))
+                    await self.queue.put((bytes(buf[space + 1 : space + 1 + length]), sensor))
                     del buf[: space + 1 + length]
                     continue
                 newline = buf.find(b"\n")
@@ -127,7 +147,7 @@ class SyslogReceiver:
                 message = bytes(buf[:newline])
                 del buf[: newline + 1]
                 if message.strip():
-                    await self.queue.put(message)
+                    await self.queue.put((message, sensor))
 
     def _bad(self, reason: str) -> None:
         LINES.labels(self.engine.source.name, f"bad:{reason}").inc()
@@ -137,14 +157,18 @@ class SyslogReceiver:
         source = self.engine.source
         pipeline = self.engine.pipeline
         while True:
-            batch = [await self.queue.get()]
+            self.on_progress()
+            try:
+                batch = [await asyncio.wait_for(self.queue.get(), timeout=BEAT_EVERY)]
+            except TimeoutError:
+                continue
             while len(batch) < BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             counts: dict[str, int] = {}
             alerts: list[tuple[Alert, str | None]] = []
-            for message in batch:
+            for message, sensor in batch:
                 try:
-                    alert = parse_syslog(message, tz=self.tz, sensor=source.sensor, max_len=self.max_message)
+                    alert = parse_syslog(message, tz=self.tz, sensor=sensor, max_len=self.max_message)
                 except ParseError as exc:
                     pipeline.bad(source, exc, counts)
                     continue
@@ -152,7 +176,12 @@ class SyslogReceiver:
                     counts["not_alert"] = counts.get("not_alert", 0) + 1
                     continue
                 alerts.append((alert, None))
-            await self.engine.feed_alerts(alerts, counts)
+            try:
+                await self.engine.feed_alerts(alerts, counts)
+            except OSError as exc:
+                # The state could not be saved (disk full?): the observations stay pending in memory
+                # and are saved with the next batch; stopping would lose every later alert.
+                log.error("syslog: state not saved: %s", exc)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -160,7 +189,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.receiver = receiver
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.receiver.offer(data)
+        self.receiver.offer(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.warning("syslog UDP socket: %s", exc)

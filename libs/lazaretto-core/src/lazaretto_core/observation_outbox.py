@@ -1,0 +1,344 @@
+"""A detector's observation outbox: its unconfirmed messages and its input state saved as one atomic
+document, so that a restart neither loses, double-counts nor re-reports.
+
+The detector owns its input state (read positions, counters, windows: any JSON document, returned by
+its `snapshot` callable) and hands the outbox the messages that state implies. Rules:
+
+- `stage(messages)` queues messages that cannot be derived again from the input (a report decided
+  on the policy-request path, a window closed by the clock, a syslog alert) and saves the document
+  *before* they are published (write-ahead): a crash from then on publishes them at the next start.
+- `add(messages)` queues messages the input yields again after a crash (lines of a file re-read from
+  the saved position, with deterministic ids): nothing is written until their confirm.
+- `flush()` publishes what is pending (pipelined, with publisher confirms), drops each message only
+  once the broker confirmed it, and saves the document right after the confirms — the position
+  saved then includes the lines that produced them.
+- `touch()` says the input state moved without anything to publish: it is saved at most every
+  `save_every` seconds (a crash re-reads at most that much, which yields nothing to publish twice).
+
+A large state (thousands of aggregation windows) need not be rewritten at every confirm: with a
+`delta` callable the outbox appends each save as a journal record (what changed: top-level keys,
+entries of keyed collections, messages added and sent) after the last full document, and writes a
+full document again every `JOURNAL_RECORDS` records or `save_every` seconds. Loading applies the
+journal to the document; a record torn by a crash was never acknowledged, so it is ignored.
+
+A message is kept under its id (`ident`): ids must be deterministic (`deterministic_id`), so a message
+derived again after a crash, or re-published from the document, is the same message to consumers,
+who deduplicate by id (the AMQP message id is the same id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
+
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from .bus import PublishError
+from .checkpoints import CheckpointStore
+from .contracts import Contract
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Contract)
+
+# uuid5 namespace of deterministic observation ids.
+OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
+MAX_PENDING: Final = 10_000
+IN_FLIGHT: Final = 256  # publishes awaiting their confirm at once
+JOURNAL_RECORDS: Final = 1_000  # journal records before a full document is written again
+JOURNAL_BYTES: Final = 8 << 20
+
+DROPPED = Counter(
+    "lazaretto_outbox_dropped_total",
+    "Unconfirmed messages dropped because the outbox was full (broker away too long)",
+    ["outbox"],
+)
+PENDING = Gauge("lazaretto_outbox_pending", "Messages waiting for the broker's confirm", ["outbox"])
+
+
+@dataclass
+class StateDelta:
+    """What changed in the caller's state since the last save (the last call of `delta`).
+
+    `state`: top-level keys to overwrite; `set` / `delete`: entries of keyed collections (top-level
+    keys whose value is a JSON object, e.g. windows by window key) to write or remove.
+    """
+
+    state: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    delete: dict[str, list[str]] = field(default_factory=dict)
+
+
+def deterministic_id(*parts: str) -> uuid.UUID:
+    """The same parts give the same id, in every process and after every restart."""
+    return uuid.uuid5(OBSERVATION_NAMESPACE, "|".join(parts))
+
+
+class ObservationOutbox(Generic[M]):
+    """Pending messages of one input (a file, a listener, a policy server) plus that input's state.
+
+    `publish(message, message_id)` must return only after the broker's publisher confirm and raise
+    `PublishError` otherwise (`Bus.publish` does). `snapshot()` returns the caller's state as it is
+    now; it must be consistent with `pending`: every effect of the input up to the saved position is
+    in the state or in a pending (or already confirmed) message.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        name: str,
+        contract: type[M],
+        *,
+        publish: Callable[[M, str], Awaitable[object]],
+        ident: Callable[[M], str],
+        snapshot: Callable[[], dict[str, Any]],
+        save_every: float = 1.0,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.monotonic,
+        on_sent: Callable[[M], None] | None = None,
+        delta: Callable[[], StateDelta] | None = None,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.contract = contract
+        self._publish = publish
+        self.ident = ident
+        self.snapshot = snapshot
+        self.save_every = save_every
+        self.max_pending = max_pending
+        self.clock = clock
+        # Called for each message once the broker confirmed it, before the save that follows (mark
+        # a client "reported" here: the mark and the removal from pending land in the same document).
+        self.on_sent = on_sent
+        # What changed since the last save, for a journal record; None: journal off. Calling it must
+        # also reset the caller's change tracking.
+        self.delta = delta
+        self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
+        self._dirty = False
+        self._saved_at = clock()
+        self._full_at = clock()
+        self.saves = 0
+        # Journal bookkeeping: sequence of the last record or document written, and what changed in
+        # the pending messages since the last save.
+        self._seq = 0
+        self._need_full = True
+        self._journal_records = 0
+        self._journal_bytes = 0
+        self._added: list[str] = []
+        self._removed: list[str] = []
+        self._pending_gauge = PENDING.labels(name)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> list[M]:
+        return list(self._pending.values())
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._pending
+
+    def load(self) -> dict[str, Any] | None:
+        """The caller's state as last saved (None: never saved, or unreadable); the pending messages
+        saved with it are back in the outbox, to be published again by `flush()`."""
+        self._pending.clear()
+        self._dirty = False
+        self._need_full = True  # the caller's change tracking starts afresh with what it loads
+        self._added.clear()
+        self._removed.clear()
+        document = self.store.load_state(self.name)
+        if document is None:
+            self._pending_gauge.set(0)
+            return None
+        try:
+            pending = {
+                self.ident(m): m for m in map(self.contract.model_validate, document.get("pending") or [])
+            }
+            state = document.get("state")
+            if state is None:  # documents written before the outbox kept the caller's keys on top
+                state = {k: v for k, v in document.items() if k not in ("name", "pending", "seq")}
+            if not isinstance(state, dict):
+                raise TypeError(f"state is a {type(state).__name__}")
+            seq = int(document.get("seq") or 0)
+            for record in self.store.read_journal(self.name):
+                if int(record["seq"]) <= seq:
+                    continue  # already in the document (a crash came before the journal was emptied)
+                self._apply(record, state, pending)
+                seq = int(record["seq"])
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            log.error("saved state %s unreadable (%s): starting afresh", self.name, exc)
+            self._pending_gauge.set(0)
+            return None
+        self._seq = seq
+        self._pending = pending
+        self._pending_gauge.set(len(self._pending))
+        return state
+
+    def _apply(self, record: dict[str, Any], state: dict[str, Any], pending: dict[str, M]) -> None:
+        state.update(record.get("state") or {})
+        for collection, entries in (record.get("set") or {}).items():
+            target = state.setdefault(collection, {})
+            if not isinstance(target, dict):
+                raise TypeError(f"{collection} is not a keyed collection")
+            target.update(entries)
+        for collection, keys in (record.get("delete") or {}).items():
+            target = state.get(collection)
+            if isinstance(target, dict):
+                for key in keys:
+                    target.pop(key, None)
+        for raw in record.get("add") or []:
+            message = self.contract.model_validate(raw)
+            pending[self.ident(message)] = message
+        for key in record.get("removed") or []:
+            pending.pop(key, None)
+
+    def save(self) -> None:
+        """Save the caller's state and the pending messages atomically: a journal record of what
+        changed when that is possible, else (and regularly) one full document."""
+        now = self.clock()
+        if (
+            self.delta is None
+            or self._need_full
+            or self._journal_records >= JOURNAL_RECORDS
+            or self._journal_bytes >= JOURNAL_BYTES
+            or now - self._full_at >= max(self.save_every, 1.0)
+        ):
+            self._save_full()
+        else:
+            self._save_record()
+        self._added.clear()
+        self._removed.clear()
+        self._dirty = False
+        self._saved_at = now
+        self.saves += 1
+
+    def _save_full(self) -> None:
+        self._need_full = True  # until it is on disk
+        if self.delta is not None:
+            self.delta()  # the full snapshot covers every change so far
+        pending = [m.model_dump(mode="json") for m in self._pending.values()]
+        seq = self._seq + 1
+        self.store.save_state(self.name, {"seq": seq, "state": self.snapshot(), "pending": pending})
+        self._seq = seq
+        self.store.reset_journal(self.name)
+        self._need_full = False
+        self._journal_records = self._journal_bytes = 0
+        self._full_at = self.clock()
+
+    def _save_record(self) -> None:
+        assert self.delta is not None
+        change = self.delta()
+        added = set(self._added)
+        record: dict[str, Any] = {"seq": self._seq + 1}
+        if change.state:
+            record["state"] = change.state
+        if change.set:
+            record["set"] = change.set
+        if change.delete:
+            record["delete"] = change.delete
+        new = [
+            self._pending[k].model_dump(mode="json") for k in dict.fromkeys(self._added) if k in self._pending
+        ]
+        if new:
+            record["add"] = new
+        removed = [k for k in self._removed if k not in added]
+        if removed:
+            record["removed"] = removed
+        try:
+            self._journal_bytes += self.store.append_journal(self.name, record)
+        except OSError:
+            self._need_full = True  # the changes handed over by delta() are not on disk
+            raise
+        self._seq += 1
+        self._journal_records += 1
+
+    def touch(self) -> None:
+        """The input state moved, nothing new to publish: save within `save_every` seconds."""
+        self._dirty = True
+        self.save_if_due()
+
+    def save_if_due(self) -> None:
+        if self._dirty and self.clock() - self._saved_at >= self.save_every:
+            self.save()
+
+    def close(self) -> None:
+        """At shutdown: save what changed since the last save."""
+        if self._dirty:
+            self.save()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def add(self, messages: Iterable[M]) -> int:
+        """Queue messages the input would yield again (same ids) after a crash; nothing is written.
+        Returns how many were new (a message already pending under its id is not queued twice)."""
+        added = 0
+        for message in messages:
+            key = self.ident(message)
+            if key not in self._pending:
+                self._pending[key] = message
+                self._added.append(key)
+                added += 1
+        if added:
+            self._dirty = True
+            self._bound()
+        return added
+
+    def stage(self, messages: Iterable[M]) -> int:
+        """Queue messages that cannot be derived again, and save them with the state before any of
+        them is published (write-ahead)."""
+        added = self.add(messages)
+        if added:
+            self.save()
+        return added
+
+    async def flush(self) -> int:
+        """Publish every pending message; each is dropped once confirmed, and the document saved right
+        after the confirms. Returns how many were confirmed. On a failed publish the confirmed ones
+        are saved as sent and `PublishError` is raised (the rest stay pending)."""
+        if not self._pending:
+            return 0
+        sent = 0
+        try:
+            while self._pending:
+                batch = list(self._pending.items())[:IN_FLIGHT]
+                results = await asyncio.gather(
+                    *(self._publish(message, key) for key, message in batch), return_exceptions=True
+                )
+                failure: BaseException | None = None
+                for (key, message), result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        failure = failure or result
+                    else:
+                        self._pending.pop(key, None)
+                        self._removed.append(key)
+                        sent += 1
+                        if self.on_sent is not None:
+                            self.on_sent(message)
+                if failure is not None:
+                    if isinstance(failure, PublishError | asyncio.CancelledError):
+                        raise failure
+                    raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
+        finally:
+            self._pending_gauge.set(len(self._pending))
+            if sent:
+                self._dirty = True
+                self.save()  # right after the confirms: they are not published again after a crash
+        return sent
+
+    def _bound(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess > 0:
+            for key in list(self._pending)[:excess]:
+                del self._pending[key]
+                self._removed.append(key)
+            DROPPED.labels(self.name).inc(excess)
+            log.error("%s: broker away, dropped the %d oldest unconfirmed messages", self.name, excess)
+        self._pending_gauge.set(len(self._pending))

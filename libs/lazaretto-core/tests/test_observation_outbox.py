@@ -1,0 +1,448 @@
+"""ObservationOutbox: pending messages and input state saved as one document; sent only after the
+broker's confirm; re-published with the same id after a crash (a real kill -9 and the real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
+from lazaretto_core.checkpoints import CheckpointStore
+from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta, deterministic_id
+
+TIMEOUT = 20.0
+
+
+def observation(n: int) -> AbuseObserved:
+    return AbuseObserved.model_validate(
+        AbuseObserved.example | {"observation_id": str(deterministic_id("test", "line", str(n))), "count": n}
+    )
+
+
+class Input:
+    """A detector's input state: a read position and a counter."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.counted = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"position": self.position, "counted": self.counted}
+
+
+class Ledger:
+    """A consumer that deduplicates by message id, as policy does; remembers every delivery."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, AbuseObserved]] = []
+
+    async def on_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
+        self.deliveries.append((ctx.message_id, event))
+
+    async def wait(self, n: int) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while len(self.deliveries) < n:
+                await asyncio.sleep(0.02)
+
+
+def make_outbox(
+    store: CheckpointStore,
+    publish: Any,
+    state: Input,
+    *,
+    save_every: float = 3600.0,
+    max_pending: int = 10_000,
+) -> ObservationOutbox[AbuseObserved]:
+    return ObservationOutbox(
+        store,
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        save_every=save_every,
+        max_pending=max_pending,
+    )
+
+
+def bus_publish(bus: Bus) -> Any:
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        await bus.publish(message, message_id=message_id)
+
+    return publish
+
+
+def test_deterministic_ids_are_stable_and_distinct() -> None:
+    assert deterministic_id("eve.json", "a", "1") == deterministic_id("eve.json", "a", "1")
+    assert deterministic_id("eve.json", "a", "1") != deterministic_id("eve.json", "a", "2")
+    assert deterministic_id("x") == uuid.uuid5(uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f"), "x")
+
+
+async def test_staged_messages_survive_kill_9_and_are_published_once_with_their_id(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given a process that staged two observations with its read position and was then killed -9
+    # before publishing them
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from lazaretto_core.checkpoints import CheckpointStore
+        from lazaretto_core.contracts import AbuseObserved
+        from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta, deterministic_id
+
+        async def never(message, message_id):
+            raise AssertionError("not published before the crash")
+
+        outbox = ObservationOutbox(
+            CheckpointStore(Path({str(tmp_path)!r})), "source-a", AbuseObserved, publish=never,
+            ident=lambda o: str(o.observation_id), snapshot=lambda: {{"position": 1234, "counted": 7}},
+        )
+        messages = [
+            AbuseObserved.model_validate(
+                AbuseObserved.example
+                | {{"observation_id": str(deterministic_id("test", "line", str(n))), "count": n}}
+            )
+            for n in (1, 2)
+        ]
+        outbox.stage(messages)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    crashed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(crashed.communicate(), timeout=60)
+    assert crashed.returncode == -signal.SIGKILL, stderr.decode()
+    ledger = Ledger()
+    bus = Bus(amqp_url, "test")
+    await bus.connect()
+    try:
+        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        state = Input()
+        outbox = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), state)
+
+        # When the detector starts again
+        saved = outbox.load()
+        assert saved == {"position": 1234, "counted": 7}
+        state.position, state.counted = saved["position"], saved["counted"]
+        assert await outbox.flush() == 2
+
+        # Then both reach the consumer once, with the observation id as the AMQP message id
+        await ledger.wait(2)
+        assert sorted(mid for mid, _ in ledger.deliveries) == sorted(
+            str(observation(n).observation_id) for n in (1, 2)
+        )
+        assert all(mid == str(event.observation_id) for mid, event in ledger.deliveries)
+        # And a further restart has nothing left to publish, and the position is kept
+        again = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), Input())
+        assert again.load() == {"position": 1234, "counted": 7}
+        assert again.pending == []
+        assert await again.flush() == 0
+        await asyncio.sleep(0.3)
+        assert len(ledger.deliveries) == 2
+    finally:
+        await bus.close()
+
+
+async def test_position_is_saved_right_after_the_confirm_not_later(amqp_url: str, tmp_path: Path) -> None:
+    # Given an outbox that would save an unchanged-input position only once an hour
+    bus = Bus(amqp_url, "test")
+    await bus.connect()
+    ledger = Ledger()
+    try:
+        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        state = Input()
+        outbox = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), state, save_every=3600.0)
+        outbox.load()
+
+        # When lines up to 500 yield an observation that the input would yield again, and it is confirmed
+        state.position, state.counted = 500, 3
+        outbox.add([observation(1)])
+        assert CheckpointStore(tmp_path).load_state("source-a") is None  # nothing written before the confirm
+        assert await outbox.flush() == 1
+
+        # Then the saved document (what a kill -9 now leaves) holds the position and no pending message
+        after_crash = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), Input())
+        assert after_crash.load() == {"position": 500, "counted": 3}
+        assert after_crash.pending == []
+        await ledger.wait(1)
+    finally:
+        await bus.close()
+
+
+async def test_unroutable_publish_stays_pending_until_the_broker_confirms(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given a broker with no queue bound yet (a mandatory publish is returned, not confirmed)
+    bus = Bus(amqp_url, "test", publish_tries=1)
+    await bus.connect()
+    ledger = Ledger()
+    try:
+        state = Input()
+        outbox = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), state)
+        state.position = 10
+        outbox.stage([observation(1), observation(2)])
+
+        # When the publish is refused
+        with pytest.raises(PublishError):
+            await outbox.flush()
+
+        # Then both are still pending, on disk too
+        assert [o.count for o in outbox.pending] == [1, 2]
+        reloaded = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), Input())
+        assert reloaded.load() == {"position": 10, "counted": 0}
+        assert [o.count for o in reloaded.pending] == [1, 2]
+
+        # And once a consumer's queue exists, they are sent and no longer pending
+        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        assert await outbox.flush() == 2
+        await ledger.wait(2)
+        assert outbox.pending == []
+        fresh = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), Input())
+        fresh.load()
+        assert fresh.pending == []
+    finally:
+        await bus.close()
+
+
+async def test_a_failed_publish_saves_the_confirmed_ones_as_sent(tmp_path: Path) -> None:
+    # Given a broker that confirms the first message and refuses the second
+    confirmed: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.count == 2:
+            raise PublishError("nacked")
+        confirmed.append(message_id)
+
+    state = Input()
+    outbox = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, state)
+    outbox.stage([observation(1), observation(2)])
+
+    # When the outbox is flushed
+    with pytest.raises(PublishError):
+        await outbox.flush()
+
+    # Then only the refused one is pending, in memory and on disk
+    assert confirmed == [str(observation(1).observation_id)]
+    assert [o.count for o in outbox.pending] == [2]
+    reloaded = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, Input())
+    reloaded.load()
+    assert [o.count for o in reloaded.pending] == [2]
+
+
+async def test_a_message_already_pending_is_not_queued_twice(tmp_path: Path) -> None:
+    sent: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        sent.append(message_id)
+
+    outbox = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, Input())
+    assert outbox.stage([observation(1)]) == 1
+    assert outbox.add([observation(1), observation(2)]) == 1  # re-derived after a re-read: same id
+    assert await outbox.flush() == 2
+    assert sent == [str(observation(1).observation_id), str(observation(2).observation_id)]
+
+
+async def test_a_full_outbox_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        raise PublishError("broker away")
+
+    outbox = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, Input(), max_pending=3)
+    outbox.stage([observation(n) for n in range(1, 6)])
+    assert [o.count for o in outbox.pending] == [3, 4, 5]
+
+
+def test_touch_saves_at_most_every_interval(tmp_path: Path) -> None:
+    now = [0.0]
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path, fsync=False),
+        "source-a",
+        AbuseObserved,
+        publish=lambda m, i: asyncio.sleep(0),
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        save_every=1.0,
+        clock=lambda: now[0],
+    )
+    state.position = 1
+    outbox.touch()
+    assert outbox.saves == 0
+    now[0] = 1.5
+    state.position = 2
+    outbox.touch()
+    assert outbox.saves == 1
+    state.position = 3
+    outbox.touch()
+    assert outbox.saves == 1  # not due yet
+    outbox.close()  # at shutdown the latest position is saved anyway
+    saved = CheckpointStore(tmp_path).load_state("source-a")
+    assert saved is not None
+    assert (saved["state"], saved["pending"]) == ({"position": 3, "counted": 0}, [])
+
+
+def test_an_unreadable_document_starts_afresh(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, fsync=False)
+    store.save_state("source-a", {"state": {"position": 1}, "pending": [{"not": "an observation"}]})
+    outbox = make_outbox(store, None, Input())
+    assert outbox.load() is None
+    assert outbox.pending == []
+
+
+async def test_on_sent_marks_land_in_the_same_save_as_the_confirm(tmp_path: Path) -> None:
+    # Given a detector that marks a client reported only once the broker confirmed its report
+    reported: set[int] = set()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.count == 2:
+            raise PublishError("nacked")
+
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path, fsync=False),
+        "policy-server",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=lambda: {"reported": sorted(reported)},
+        on_sent=lambda o: reported.add(o.count),
+    )
+    outbox.stage([observation(1), observation(2)])
+
+    # When one is confirmed and the other refused
+    with pytest.raises(PublishError):
+        await outbox.flush()
+
+    # Then only the confirmed one is marked, and the saved document says the same
+    assert reported == {1}
+    saved = CheckpointStore(tmp_path).load_state("policy-server")
+    assert saved is not None
+    assert saved["state"] == {"reported": [1]}
+    assert [p["count"] for p in saved["pending"]] == [2]
+
+
+class Windows:
+    """A large keyed state (aggregation windows) that reports what changed since the last save."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.windows: dict[str, dict[str, int]] = {}
+        self.changed: set[str] = set()
+        self.closed: set[str] = set()
+
+    def put(self, key: str, count: int) -> None:
+        self.windows[key] = {"count": count}
+        self.changed.add(key)
+        self.closed.discard(key)
+
+    def close(self, key: str) -> None:
+        del self.windows[key]
+        self.changed.discard(key)
+        self.closed.add(key)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"position": self.position, "windows": dict(self.windows)}
+
+    def delta(self) -> StateDelta:
+        change = StateDelta(
+            state={"position": self.position},
+            set={"windows": {k: self.windows[k] for k in self.changed}} if self.changed else {},
+            delete={"windows": sorted(self.closed)} if self.closed else {},
+        )
+        self.changed, self.closed = set(), set()
+        return change
+
+
+def journal_in(directory: Path) -> Path:
+    return next(p for p in directory.iterdir() if p.name.endswith(".journal"))
+
+
+def journaled(store: CheckpointStore, state: Windows, publish: Any) -> ObservationOutbox[AbuseObserved]:
+    return ObservationOutbox(
+        store,
+        "big-state",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        delta=state.delta,
+        save_every=3600.0,
+    )
+
+
+async def test_a_journaled_state_is_rebuilt_after_a_crash_and_a_torn_record_ignored(tmp_path: Path) -> None:
+    sent: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        sent.append(message_id)
+
+    # Given a state of many windows, saved in full once and then as small journal records
+    store = CheckpointStore(tmp_path, fsync=False)
+    state = Windows()
+    outbox = journaled(store, state, publish)
+    outbox.load()
+    for n in range(1000):
+        state.put(f"w{n}", 1)
+    outbox.save()  # the first save is a full document
+    state.position = 10
+    state.put("w1", 2)
+    state.close("w2")
+    outbox.stage([observation(1), observation(2)])
+    state.position = 20
+    state.put("w3", 5)
+    outbox.add([observation(3)])
+    await outbox.flush()  # 1, 2, 3 confirmed: saved as sent
+    state.position = 30
+    state.put("w4", 7)
+    outbox.stage([observation(4)])
+    journal = journal_in(tmp_path)
+    assert journal.stat().st_size < 2_000  # records hold what changed, not the 1,000 windows
+
+    # When the process dies (no close) and starts again
+    reloaded = Windows()
+    again = journaled(CheckpointStore(tmp_path, fsync=False), reloaded, publish)
+    saved = again.load()
+
+    # Then the state and the pending messages are the last saved ones
+    assert saved == state.snapshot()
+    assert [o.count for o in again.pending] == [4]
+
+    # And a record torn by a crash mid-append counts as never written
+    with journal.open("ab") as out:
+        out.write(b'{"seq":99,"state":{"position":9')
+    torn = journaled(CheckpointStore(tmp_path, fsync=False), Windows(), publish)
+    assert torn.load() == state.snapshot()
+
+
+async def test_records_already_in_a_full_document_are_not_applied_again(tmp_path: Path) -> None:
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        return None
+
+    # Given journal records, then a full document written but the journal not yet emptied (a crash)
+    store = CheckpointStore(tmp_path, fsync=False)
+    state = Windows()
+    outbox = journaled(store, state, publish)
+    outbox.load()
+    state.put("a", 1)
+    outbox.save()
+    state.put("b", 1)
+    outbox.save()  # a journal record: sets b
+    monkey_journal = store.read_journal("big-state")
+    assert len(monkey_journal) == 1
+    state.close("b")
+    outbox._save_full()  # the document no longer has b ...
+    store.append_journal("big-state", monkey_journal[0])  # ... but the old record is still there
+
+    # When it is loaded
+    loaded = journaled(CheckpointStore(tmp_path, fsync=False), Windows(), publish).load()
+
+    # Then the older record is not applied on top of the newer document
+    assert loaded == {"position": 0, "windows": {"a": {"count": 1}}}

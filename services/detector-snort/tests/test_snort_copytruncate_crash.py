@@ -1,0 +1,139 @@
+"""A crash right after the broker confirmed, then a copy-truncate while down, then a restart: the lines
+are read again from logrotate's copy and give the same observation ids, so nothing is reported twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector_snort.aggregate import Aggregator
+from detector_snort.engine import SourceEngine
+from detector_snort.pipeline import AlertPipeline, Source
+from lazaretto_core.bus import Bus, MessageContext, queue_name
+from lazaretto_core.checkpoints import CheckpointStore
+from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.lab.suricata import SuricataOutput, readdress
+from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
+
+SUBSCRIBER = "100.64.0.10"
+OUTSIDER = "192.0.2.7"
+OLD = [f"100.64.0.{n}" for n in range(10, 20)]  # same length as SUBSCRIBER: offsets stay real
+NEW = [f"100.64.0.{n}" for n in range(20, 25)]
+
+
+class Crash(BaseException):
+    """The process dies here, like kill -9: nothing after it runs, nothing is saved."""
+
+
+class Ledger:
+    """Policy's view: every delivery, and the first observation per message id."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[str] = []
+        self.first: dict[str, AbuseObserved] = {}
+
+    async def on_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
+        assert ctx.message_id == str(event.observation_id)
+        self.deliveries.append(ctx.message_id)
+        self.first.setdefault(ctx.message_id, event)
+
+
+async def run(engine: SourceEngine, until: Any) -> None:
+    """Tail the engine's file from its position until `until()` holds."""
+    tailer = FileTailer(engine.source.name, start=engine.position)
+    async with asyncio.timeout(20), contextlib.aclosing(tailer.batches()) as batches:
+        async for batch in batches:
+            await engine.feed_lines(batch, tailer.checkpoint(batch[-1]))
+            if until():
+                return
+
+
+async def test_crash_after_confirm_then_copy_truncate_rereads_the_copy_with_the_same_ids(
+    amqp_url: str,
+    tmp_path: Path,
+    suricata_scans: dict[str, SuricataOutput],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given policy's consumer, and detector-snort's engine on an EVE file, its state saved at the start
+    ledger = Ledger()
+    bus = Bus(amqp_url, "detector-snort")
+    await bus.connect()
+    await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+    published: list[str] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        await bus.publish(observation, message_id=message_id)
+        published.append(message_id)
+
+    eve = tmp_path / "eve.json"
+    eve.touch()
+    source = Source(str(eve), "eve", "ids-eve")
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]))
+
+    def engine(store: CheckpointStore) -> SourceEngine:
+        return SourceEngine(source, pipeline, Aggregator(60.0), store, publish, save_every=3600.0)
+
+    one_alert = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
+    try:
+        store = CheckpointStore(tmp_path / "state")
+        first = engine(store)
+        first.load()
+        with eve.open("ab") as out:  # an outside host's alert was there before the detector started
+            out.writelines(suricata_scans[OUTSIDER].eve_alert_lines()[:1])
+        first.position = Checkpoint(os.stat(eve).st_ino, eve.stat().st_size, eve.read_bytes()[:HEAD_BYTES])
+        first.save()
+
+        # When ten subscribers' alerts are published and confirmed, and the process dies right
+        # after the confirms, before the position is saved
+        with eve.open("ab") as out:
+            out.writelines(line for ip in OLD for line in readdress(one_alert, SUBSCRIBER, ip))
+
+        def die(*args: object, **kwargs: object) -> None:
+            raise Crash
+
+        monkeypatch.setattr(store, "save_state", die)  # a full document or a journal record
+        monkeypatch.setattr(store, "append_journal", die)
+        with pytest.raises(Crash):
+            await run(first, lambda: False)
+        assert len(published) == 10
+        before_crash = set(published)
+
+        # and while it is down logrotate copy-truncates the file and the sensor writes five more
+        shutil.copyfile(eve, tmp_path / "eve.json.1")
+        os.truncate(eve, 0)
+        with eve.open("ab") as out:
+            out.writelines(line for ip in NEW for line in readdress(one_alert, SUBSCRIBER, ip))
+
+        # and detector-snort starts again
+        published.clear()
+        second = engine(CheckpointStore(tmp_path / "state"))
+        await second.recover()
+        await run(second, lambda: len(published) >= 15)
+
+        # Then the ten lines really were read again (from the copy), with the ids they had
+        assert len(published) == 15
+        assert before_crash <= set(published)
+        # And policy, deduplicating by id, has exactly one observation per alert line
+        async with asyncio.timeout(20):
+            while len(ledger.deliveries) < 25:
+                await asyncio.sleep(0.02)
+        assert len(ledger.first) == 15
+        assert Counter(str(o.ip) for o in ledger.first.values()) == Counter(OLD + NEW)
+
+        # And a third start has nothing to read again or to publish
+        published.clear()
+        third = engine(CheckpointStore(tmp_path / "state"))
+        await third.recover()
+        assert third.position is not None
+        assert third.position.offset == eve.stat().st_size
+        assert published == []
+    finally:
+        await bus.close()
