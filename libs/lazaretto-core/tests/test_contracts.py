@@ -40,11 +40,36 @@ def test_routing_keys_carry_a_major_version() -> None:
     assert all(k.rsplit(".", 1)[-1].startswith("v") for k in keys)
 
 
-def test_mac_forms_normalise() -> None:
-    assert normalize_mac("0002.8AD3.7C6E") == "00:02:8a:d3:7c:6e"
-    assert normalize_mac("00-02-8a-d3-7c-6e") == "00:02:8a:d3:7c:6e"
+@pytest.mark.parametrize(
+    "text",
+    [
+        "00:1a:2b:3c:4d:5e",
+        "00:1A:2B:3C:4D:5E",
+        "00-1a-2b-3c-4d-5e",
+        "001a.2b3c.4d5e",
+        "001A2B3C4D5E",
+        " 001a2b3c4d5e ",
+    ],
+)
+def test_mac_forms_normalise(text: str) -> None:
+    assert normalize_mac(text) == "00:1a:2b:3c:4d:5e"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "00:02:8a",
+        "00:1a:2b:3c:4d:5e:6f",
+        "00:1a-2b:3c:4d:5e",
+        "zz:1a:2b:3c:4d:5e",
+        "0:1a:2b:3c:4d:5e",
+        "00 1a 2b 3c 4d 5e",
+    ],
+)
+def test_bad_macs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a MAC"):
-        normalize_mac("00:02:8a")
+        normalize_mac(text)
 
 
 def test_unknown_fields_and_bad_values_are_rejected() -> None:

@@ -16,14 +16,20 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 EVENTS_EXCHANGE = "lazaretto.events"
 COMMANDS_EXCHANGE = "lazaretto.commands"
 
-_MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+# The three spellings of a MAC in the wild (one separator throughout, Cisco dotted quads, bare hex);
+# a mixed or short-group form like `00:1a-2b:…` or `0:1a:…` is a typo, not a MAC.
+_MAC_FORMS = re.compile(
+    r"^(?:[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}|[0-9a-f]{12})$"
+)
 
 
 def normalize_mac(value: str) -> str:
-    """Accept `00:02:8A:D3:7C:6E`, `00-02-8a-d3-7c-6e` or Cisco `0002.8ad3.7c6e`; return lower-case colons."""
-    digits = re.sub(r"[:\-.]", "", value.strip().lower())
-    if not _MAC_HEX.match(digits):
+    """Accept `00:02:8A:D3:7C:6E`, `00-02-8a-d3-7c-6e`, Cisco `0002.8ad3.7c6e` or bare `00028ad37c6e`
+    (surrounding blanks ignored); return lower-case colons. The one MAC parser of the project."""
+    candidate = value.strip().lower()
+    if not _MAC_FORMS.match(candidate):
         raise ValueError(f"not a MAC address: {value!r}")
+    digits = re.sub(r"[^0-9a-f]", "", candidate)
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 

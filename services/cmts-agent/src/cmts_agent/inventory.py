@@ -18,10 +18,11 @@ from typing import Any
 import asyncpg
 from prometheus_client import Gauge
 
+from lazaretto_core.contracts import normalize_mac
 from lazaretto_core.http import ProgressMonitor
 
 from .fleet import CmtsClient, Fleet
-from .snmp import SnmpError, as_int, as_ipv4, as_mac, classify, mac_from_index, normalize_mac
+from .snmp import SnmpError, as_int, as_ipv4, as_mac, classify, mac_from_index
 from .vendors import CM_PTR, CPE_COLUMNS, STATUS_COLUMNS, TYPE_CM, StatusColumns, mac_index
 
 log = logging.getLogger(__name__)

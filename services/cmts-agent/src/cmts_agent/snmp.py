@@ -44,6 +44,8 @@ from pysnmp.hlapi.v3arch.asyncio import (
 from pysnmp.proto import errind
 from pysnmp.proto.error import StatusInformation
 
+from lazaretto_core.contracts import normalize_mac
+
 from .vendors import (
     CDX_CM_CPE_ENTRY,
     CM_PTR,
@@ -262,14 +264,6 @@ _EXCEPTION_VALUES = (NoSuchObject, NoSuchInstance, EndOfMibView)
 
 
 # -- MAC helpers --------------------------------------------------------------------------------
-
-
-def normalize_mac(mac: str) -> str:
-    """'0002.8ad3.7c6e', '00-02-8A-D3-7C-6E', '00028ad37c6e' -> '00:02:8a:d3:7c:6e'."""
-    digits = "".join(c for c in mac if c not in ":.- ").lower()
-    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def _mac_from_octets(value: Any) -> str:

@@ -17,10 +17,10 @@ from lazaretto_core.attribution import (
     LeaseHolders,
     LeaseInterval,
 )
+from lazaretto_core.contracts import normalize_mac
 from lazaretto_core.http import bearer_token_guard, path_ip
 
 from .garden import Garden
-from .kea import format_mac, parse_mac
 from .lease_history import Interval, LeaseHistory
 
 # How the history's end reasons read in the versioned answer: a client moved by Kea to another
@@ -44,7 +44,7 @@ def path_ipv4(text: str) -> str:
 
 def path_mac(text: str) -> str:
     try:
-        return format_mac(parse_mac(text))
+        return normalize_mac(text)
     except ValueError:
         raise HTTPException(422, f"not a MAC address: {text!r}") from None
 

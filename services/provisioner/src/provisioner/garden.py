@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from lazaretto_core.contracts import GardenApply
+from lazaretto_core.contracts import GardenApply, normalize_mac
 
-from .kea import KeaHosts, format_mac, parse_mac
+from .kea import KeaHosts
 from .rpz import RpzAdapter
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Garden:
     async def apply(self, command: GardenApply) -> list[str]:
         async with self._lock:
             changes: list[str] = []
-            mac = format_mac(parse_mac(command.cpe_mac)) if command.cpe_mac else None
+            mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
             if mac is not None:
                 context: dict[str, object] = {"case_id": str(command.case_id), "reason": command.reason}
                 await self.kea.quarantine_host(mac, context)
@@ -119,7 +119,7 @@ class Garden:
     async def remove(self, command: GardenApply) -> list[str]:
         async with self._lock:
             changes: list[str] = []
-            mac = format_mac(parse_mac(command.cpe_mac)) if command.cpe_mac else None
+            mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
             if mac is not None:
                 removed = await self.kea.release_host(mac)
                 changes.append(f"kea: host {mac} {'released' if removed else 'was not quarantined'}")

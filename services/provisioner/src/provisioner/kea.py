@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+
+from lazaretto_core.contracts import normalize_mac
 
 SUPPORTED_SCHEMA_MAJOR = 13  # Kea 2.2.x; `kea-admin db-upgrade` moves it on with Kea
 HW_ADDRESS = 0  # host_identifier_type.type for 'hw-address'
 GLOBAL_SUBNET = 0  # dhcp4_subnet_id 0 = global reservation (needs reservations-global: true)
 LEASE_DEFAULT, LEASE_EXPIRED_RECLAIMED = 0, 2  # lease4.state
 CONTEXT_KEY = "lazaretto"  # our part of hosts.user_context; other keys belong to someone else
-
-_MAC_SEPARATED = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$")
-_MAC_CISCO = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
-_MAC_BARE = re.compile(r"^[0-9a-f]{12}$")
 
 
 class KeaError(RuntimeError):
@@ -34,11 +31,8 @@ class KeaSchemaError(KeaError):
 
 
 def parse_mac(text: str) -> bytes:
-    """'00:1A:2b:3c:4d:5e', '00-1a-…', '001a.2b3c.4d5e' (Cisco) or '001a2b3c4d5e' -> 6 bytes."""
-    candidate = text.strip().lower()
-    if not (_MAC_SEPARATED.match(candidate) or _MAC_CISCO.match(candidate) or _MAC_BARE.match(candidate)):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes.fromhex(re.sub(r"[^0-9a-f]", "", candidate))
+    """Any MAC spelling `normalize_mac` accepts -> the 6 bytes Kea stores (ValueError otherwise)."""
+    return bytes.fromhex(normalize_mac(text).replace(":", ""))
 
 
 def format_mac(raw: bytes) -> str:

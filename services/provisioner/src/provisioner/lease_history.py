@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from .kea import format_mac, parse_mac
+from lazaretto_core.contracts import normalize_mac
 
 NOTIFY_CHANNEL = "lazaretto_lease"
 # Any constant: serialises the installation between provisioner replicas.
@@ -251,7 +251,7 @@ class LeaseHistory:
             f"SELECT {_COLUMNS} FROM lazaretto_lease_history"
             " WHERE mac = $1 AND LEAST(valid_until, COALESCE(ended_at, 'infinity')) > $2"
             " ORDER BY valid_from, id",
-            format_mac(parse_mac(mac)),
+            normalize_mac(mac),
             since,
         )
         return [_interval(r) for r in rows]
