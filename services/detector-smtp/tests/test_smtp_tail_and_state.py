@@ -253,10 +253,18 @@ async def test_addresses_quarantined_for_spam_get_the_configured_answer(
         # Then the spammer's mail is deferred with the operator's text, the other's is not
         assert await conn.ask(ask) == "action=DEFER_IF_PERMIT 4.7.1 go away\n\n"
         assert await conn.ask(message_requests("100.64.8.9", 0, "q")[0]) == "action=DUNNO\n\n"
-        # When the subscriber asks for release, mail flows again
-        await publish_case(amqp_url, CPE, "release_requested", "spam", case)
-        await until("the release", lambda: CPE not in service.quarantine)
+        # When the device moves to another address, policy announces it and the old address is free
+        moved = "100.64.8.10"
+        await publish_case(amqp_url, moved, "quarantined", "spam", case)
+        await until("the move", lambda: moved in service.quarantine and CPE not in service.quarantine)
         assert await conn.ask(ask) == "action=DUNNO\n\n"
+        assert (
+            await conn.ask(message_requests(moved, 0, "q")[0]) == "action=DEFER_IF_PERMIT 4.7.1 go away\n\n"
+        )
+        # When the subscriber asks for release, mail flows again
+        await publish_case(amqp_url, moved, "release_requested", "spam", case)
+        await until("the release", lambda: moved not in service.quarantine)
+        assert await conn.ask(message_requests(moved, 0, "q")[0]) == "action=DUNNO\n\n"
     finally:
         await conn.close()
         await service.stop()

@@ -75,7 +75,7 @@ class StateStore:
                     log.warning("snapshot %s has another layout (%s); starting empty", generation, header)
                     return restored
                 restored.saved_at = float(header["saved_at"])
-                quarantine.load(header.get("quarantined", {}))
+                quarantine.load(_quarantined_cases(header))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("snapshot %s unreadable (%s); starting empty", generation, exc)
                 return restored
@@ -100,7 +100,7 @@ class StateStore:
             "version": VERSION,
             "saved_at": now,
             "bucket_seconds": windows.bucket_seconds,
-            "quarantined": quarantine.as_dict(),
+            "quarantined_cases": quarantine.as_dict(),
         }
         target = self.path(generation)
         tmp = target.with_suffix(".tmp")
@@ -144,3 +144,10 @@ class StateStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _quarantined_cases(header: dict[str, Any]) -> dict[str, str]:
+    """Case id -> address; a snapshot from before cases followed the device kept address -> case."""
+    if "quarantined_cases" in header:
+        return dict(header["quarantined_cases"])
+    return {case: ip for ip, case in dict(header.get("quarantined", {})).items()}
