@@ -6,7 +6,7 @@ import pytest
 
 from detector_smtp.counters import PolicyAccounting, domain_of
 from detector_smtp.observations import AddressClasses, SpamDetector
-from detector_smtp.policy_protocol import PolicyRequest
+from detector_smtp.postfix_policy import PostfixPolicyRequest
 from detector_smtp.rules import RuleSet, SmtpRule, default_rules
 from detector_smtp.windows import ClientWindows, MailEvent
 from lazaretto_core.ranges import SubscriberRanges
@@ -174,8 +174,8 @@ def test_rule_names_must_be_unique_and_thresholds_positive() -> None:
 
 def req(
     state: str, instance: str, *, rcpt_count: int = 0, port: str = "40000", **extra: str
-) -> PolicyRequest:
-    return PolicyRequest(
+) -> PostfixPolicyRequest:
+    return PostfixPolicyRequest(
         {
             "request": "smtpd_access_policy",
             "protocol_state": state,
@@ -188,7 +188,7 @@ def req(
     )
 
 
-def totals(acct: PolicyAccounting, requests: list[PolicyRequest]) -> dict[str, int]:
+def totals(acct: PolicyAccounting, requests: list[PostfixPolicyRequest]) -> dict[str, int]:
     out = {"messages": 0, "recipients": 0, "connections": 0, "rejected": 0, "auth": 0}
     for r in requests:
         for e in acct.observe(r, 0.0):
@@ -265,7 +265,7 @@ def test_sessions_count_connections_and_sasl_marks_the_message() -> None:
 
 def test_ignores_requests_without_client_and_bounds_its_tables() -> None:
     acct = PolicyAccounting(max_messages=100, max_sessions=10)
-    assert acct.observe(PolicyRequest({"protocol_state": "RCPT", "instance": "x"}), 0.0) == []
+    assert acct.observe(PostfixPolicyRequest({"protocol_state": "RCPT", "instance": "x"}), 0.0) == []
     for i in range(1000):
         acct.observe(req("RCPT", f"i.{i}", port=str(i)), 0.0)
     assert len(acct._messages) == 100

@@ -1,4 +1,5 @@
-"""Real Postfix 3.7 asks our PolicyServer about each recipient and each message, as the posed subscriber."""
+"""Real Postfix 3.7 asks our PostfixPolicyServer about each recipient and each message, as the posed
+subscriber."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pydantic import SecretStr
 
 from detector_smtp.app import build
 from detector_smtp.counters import PolicyAccounting
-from detector_smtp.policy_protocol import PolicyRequest, PolicyServer
+from detector_smtp.postfix_policy import PostfixPolicyRequest, PostfixPolicyServer
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.lab.postfix import LabPostfix
@@ -55,15 +56,15 @@ def send_as(
 
 async def test_policy_server_sees_every_message_as_the_posed_client(postfix_lab: LabPostfix) -> None:
     # given our policy server on the port Postfix asks, recording every request
-    seen: list[PolicyRequest] = []
+    seen: list[PostfixPolicyRequest] = []
 
-    def handler(req: PolicyRequest) -> str:
+    def handler(req: PostfixPolicyRequest) -> str:
         seen.append(req)
         return "DUNNO"
 
     n = 6
     messages = [[f"victim{i}a@example.org", f"victim{i}b@example.net"] for i in range(n)]
-    async with PolicyServer(handler, port=policy_port(postfix_lab), handler_timeout=1.0):
+    async with PostfixPolicyServer(handler, port=policy_port(postfix_lab), handler_timeout=1.0):
         # when a subscriber (posed with XCLIENT) sends N messages of 2 recipients each
         refused = await asyncio.to_thread(send_as, postfix_lab.port, CPE, messages)
 
@@ -95,10 +96,10 @@ async def test_policy_server_sees_every_message_as_the_posed_client(postfix_lab:
 
 
 async def test_policy_reject_reaches_the_smtp_client(postfix_lab: LabPostfix) -> None:
-    def handler(req: PolicyRequest) -> str:
+    def handler(req: PostfixPolicyRequest) -> str:
         return "REJECT 5.7.1 host may be infected" if req.client_address == "100.64.9.9" else "DUNNO"
 
-    async with PolicyServer(handler, port=policy_port(postfix_lab), handler_timeout=1.0):
+    async with PostfixPolicyServer(handler, port=policy_port(postfix_lab), handler_timeout=1.0):
         with pytest.raises(smtplib.SMTPRecipientsRefused) as err:
             await asyncio.to_thread(send_as, postfix_lab.port, "100.64.9.9", [["v@example.org"]])
         assert await asyncio.to_thread(send_as, postfix_lab.port, CPE, [["v@example.org"]]) == [{}]

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from detector_smtp.app import DetectorSmtpService, build, connection_cap
-from detector_smtp.policy_protocol import PolicyRequest
+from detector_smtp.postfix_policy import PostfixPolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.testing import BusProbe
@@ -352,8 +352,10 @@ async def test_idle_clients_are_expired_by_the_background_sweep(amqp_url: str, t
     handler = service.handler
     now = time.time()
     for i, at in enumerate((now - 7200, now - 4000, now - 3601)):
-        handler.count(PolicyRequest({"client_address": f"100.64.5.{i}", "protocol_state": "CONNECT"}), at)
-    handler.count(PolicyRequest({"client_address": "100.64.5.9", "protocol_state": "CONNECT"}), now)
+        handler.count(
+            PostfixPolicyRequest({"client_address": f"100.64.5.{i}", "protocol_state": "CONNECT"}), at
+        )
+    handler.count(PostfixPolicyRequest({"client_address": "100.64.5.9", "protocol_state": "CONNECT"}), now)
     assert len(service.detector.windows) == 4
     await service.start()
     try:

@@ -28,7 +28,7 @@ from .logtail import LogFollower, LogSource
 from .maillog import parser_for
 from .observations import AddressClasses, SpamDetector
 from .offloop import OffLoopStore
-from .policy_protocol import PolicyServer
+from .postfix_policy import PostfixPolicyServer
 from .quarantine import QuarantineList
 from .reports import Reports
 from .rules import RuleSet
@@ -50,7 +50,7 @@ SWEEP_LOOP: Final = "sweep"
 class DetectorSmtpService:
     settings: DetectorSmtpSettings
     bus: Bus
-    policy_server: PolicyServer
+    policy_server: PostfixPolicyServer
     reports: Reports
     handler: SmtpPolicyHandler
     detector: SpamDetector
@@ -271,7 +271,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         quarantine=quarantine,
         quarantine_answer=settings.quarantine_answer(),
     )
-    policy_server = PolicyServer(
+    policy_server = PostfixPolicyServer(
         handler.answer,
         settings.policy_server_host,
         settings.policy_server_port,

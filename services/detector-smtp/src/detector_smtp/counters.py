@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from .policy_protocol import PolicyRequest
+from .postfix_policy import PostfixPolicyRequest
 from .windows import MailEvent
 
 _MESSAGE_STATES: Final = frozenset(("RCPT", "DATA", "END-OF-MESSAGE"))
@@ -72,7 +72,7 @@ class PolicyAccounting:
         self.end_of_message_seen = False  # Postfix asks us at END-OF-MESSAGE too
         self.last_swept = 0  # transactions the last `sweep` closed
 
-    def observe(self, request: PolicyRequest, now: float) -> list[MailEvent]:
+    def observe(self, request: PostfixPolicyRequest, now: float) -> list[MailEvent]:
         """The events one request means for its client (usually one; none for other states)."""
         client = request.client_address
         state = request.protocol_state

@@ -16,7 +16,7 @@ from lazaretto_core.contracts import CaseChanged
 from .counters import PolicyAccounting
 from .logtail import ReportSink
 from .observations import COUNTED, SpamDetector
-from .policy_protocol import DEFAULT_ACTION, PolicyRequest
+from .postfix_policy import DEFAULT_ACTION, PostfixPolicyRequest
 from .quarantine import QuarantineList
 from .windows import MailEvent
 
@@ -65,13 +65,13 @@ class SmtpPolicyHandler:
         self.clock = clock
         self._requests = {o: REQUESTS.labels(o) for o in OUTCOMES}  # label look-ups off the hot path
 
-    def answer(self, request: PolicyRequest) -> str:
+    def answer(self, request: PostfixPolicyRequest) -> str:
         if self.quarantine_answer is not None and request.client_address in self.quarantine:
             QUARANTINE_ANSWERS.inc()
             return self.quarantine_answer
         return DEFAULT_ACTION
 
-    def count(self, request: PolicyRequest, at: float) -> None:
+    def count(self, request: PostfixPolicyRequest, at: float) -> None:
         """What the request says about its client, as of `at` (when it arrived)."""
         klass = self.detector.classes.classify(request.client_address)
         if klass not in COUNTED:
@@ -81,7 +81,7 @@ class SmtpPolicyHandler:
         for event in self.accounting.observe(request, at):
             self._record(event, klass)
 
-    def __call__(self, request: PolicyRequest) -> str:
+    def __call__(self, request: PostfixPolicyRequest) -> str:
         """Answer and count at once (for callers without a background counter)."""
         action = self.answer(request)
         self.count(request, self.clock())

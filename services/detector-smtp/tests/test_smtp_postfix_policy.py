@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from detector_smtp.policy_protocol import (
+from detector_smtp.postfix_policy import (
     PolicyProtocolError,
-    PolicyRequest,
-    PolicyServer,
+    PostfixPolicyRequest,
+    PostfixPolicyServer,
     format_reply,
     parse_request,
 )
@@ -159,7 +159,7 @@ class Client:
             await self.writer.wait_closed()
 
 
-async def connect(server: PolicyServer) -> Client:
+async def connect(server: PostfixPolicyServer) -> Client:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     return Client(reader, writer)
 
@@ -168,11 +168,14 @@ def request_for(ip: str, n: int = 0) -> bytes:
     return REAL_RCPT.replace(b"100.64.2.20", ip.encode()).replace(b"a3c3.0", b"a3c3.%d" % n)
 
 
-@pytest.fixture
-async def seen_server() -> AsyncIterator[tuple[PolicyServer, list[PolicyRequest]]]:
-    seen: list[PolicyRequest] = []
+Seen = tuple[PostfixPolicyServer, list[PostfixPolicyRequest]]
 
-    def handler(req: PolicyRequest) -> str:
+
+@pytest.fixture
+async def seen_server() -> AsyncIterator[Seen]:
+    seen: list[PostfixPolicyRequest] = []
+
+    def handler(req: PostfixPolicyRequest) -> str:
         seen.append(req)
         if req.client_address == "100.64.9.9":
             return "REJECT 5.7.1 infected"
@@ -182,11 +185,13 @@ async def seen_server() -> AsyncIterator[tuple[PolicyServer, list[PolicyRequest]
             return "DUNNO\nbroken"
         return "DUNNO"
 
-    async with PolicyServer(handler) as server:
+    async with PostfixPolicyServer(handler) as server:
         yield server, seen
 
 
-async def test_many_requests_on_one_connection(seen_server: tuple[PolicyServer, list[PolicyRequest]]) -> None:
+async def test_many_requests_on_one_connection(
+    seen_server: Seen,
+) -> None:
     server, seen = seen_server
     client = await connect(server)
     for i in range(50):
@@ -205,7 +210,9 @@ async def test_many_requests_on_one_connection(seen_server: tuple[PolicyServer, 
     assert server.connections == 1
 
 
-async def test_many_connections_at_once(seen_server: tuple[PolicyServer, list[PolicyRequest]]) -> None:
+async def test_many_connections_at_once(
+    seen_server: Seen,
+) -> None:
     server, seen = seen_server
 
     async def session(k: int) -> list[bytes]:
@@ -221,7 +228,7 @@ async def test_many_connections_at_once(seen_server: tuple[PolicyServer, list[Po
 
 
 async def test_handler_failure_answers_dunno_and_keeps_the_connection(
-    seen_server: tuple[PolicyServer, list[PolicyRequest]],
+    seen_server: Seen,
 ) -> None:
     server, _ = seen_server
     client = await connect(server)
@@ -243,9 +250,7 @@ async def test_handler_failure_answers_dunno_and_keeps_the_connection(
     ],
     ids=["http", "binary", "1MB-attribute", "empty", "random-binary"],
 )
-async def test_garbage_gets_dunno_then_close_and_server_lives_on(
-    seen_server: tuple[PolicyServer, list[PolicyRequest]], garbage: bytes
-) -> None:
+async def test_garbage_gets_dunno_then_close_and_server_lives_on(seen_server: Seen, garbage: bytes) -> None:
     server, seen = seen_server
     client = await connect(server)
     client.writer.write(garbage)
@@ -264,12 +269,12 @@ async def test_garbage_gets_dunno_then_close_and_server_lives_on(
 async def test_slow_async_handler_times_out_to_dunno() -> None:
     release = asyncio.Event()
 
-    async def slow(req: PolicyRequest) -> str:
+    async def slow(req: PostfixPolicyRequest) -> str:
         if req.client_address == "100.64.5.5":
             await release.wait()
         return "REJECT slow"
 
-    async with PolicyServer(slow, handler_timeout=0.05) as server:
+    async with PostfixPolicyServer(slow, handler_timeout=0.05) as server:
         client = await connect(server)
         assert await client.ask(request_for("100.64.5.5")) == b"action=DUNNO\n\n"
         assert await client.ask(request_for("100.64.0.1")) == b"action=REJECT slow\n\n"
@@ -278,7 +283,7 @@ async def test_slow_async_handler_times_out_to_dunno() -> None:
 
 
 async def test_client_hanging_up_mid_request_does_not_hurt(
-    seen_server: tuple[PolicyServer, list[PolicyRequest]],
+    seen_server: Seen,
 ) -> None:
     server, seen = seen_server
     client = await connect(server)
@@ -292,7 +297,7 @@ async def test_client_hanging_up_mid_request_does_not_hurt(
 
 
 async def test_stop_closes_open_connections() -> None:
-    server = PolicyServer(lambda req: "DUNNO")
+    server = PostfixPolicyServer(lambda req: "DUNNO")
     await server.start()
     client = await connect(server)
     assert await client.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
@@ -302,7 +307,7 @@ async def test_stop_closes_open_connections() -> None:
 
 
 async def test_missing_terminator_then_eof_gets_an_answer_and_a_named_error() -> None:
-    async with PolicyServer(lambda req: "REJECT never") as server:
+    async with PostfixPolicyServer(lambda req: "REJECT never") as server:
         client = await connect(server)
         client.writer.write(REAL_RCPT)  # every attribute, but no empty line
         client.writer.write_eof()
@@ -313,7 +318,7 @@ async def test_missing_terminator_then_eof_gets_an_answer_and_a_named_error() ->
 
 
 async def test_missing_terminator_times_out_and_the_server_lives_on() -> None:
-    async with PolicyServer(lambda req: "DUNNO", request_timeout=0.2) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", request_timeout=0.2) as server:
         stalled = await connect(server)
         stalled.writer.write(REAL_RCPT)
         assert await stalled.reply() == b"action=DUNNO\n\n"
@@ -326,7 +331,7 @@ async def test_missing_terminator_times_out_and_the_server_lives_on() -> None:
 
 
 async def test_a_1mb_attribute_and_binary_are_named_in_the_errors() -> None:
-    async with PolicyServer(lambda req: "DUNNO") as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO") as server:
         for garbage in (
             b"request=smtpd_access_policy\nsender=" + b"a" * (1 << 20) + b"\n\n",
             b"\x00\x01\x02\n\n",
@@ -347,7 +352,7 @@ async def test_the_answer_goes_out_before_the_counting_it_implies() -> None:
     answered = threading.Event()
     counted: list[tuple[str, bool]] = []
 
-    def account(req: PolicyRequest, at: float) -> None:
+    def account(req: PostfixPolicyRequest, at: float) -> None:
         counted.append((req.client_address, answered.wait(10)))
 
     def ask(port: int) -> bytes:
@@ -362,7 +367,7 @@ async def test_the_answer_goes_out_before_the_counting_it_implies() -> None:
             answered.set()
             return reply
 
-    async with PolicyServer(lambda req: "DUNNO", account=account) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", account=account) as server:
         # when Postfix asks (from another thread: the loop is what the counting blocks)
         reply = await asyncio.to_thread(ask, server.port)
         while not counted:
@@ -405,7 +410,7 @@ def test_background_work_is_bounded_and_survives_a_failing_item() -> None:
 
 async def test_the_request_deadline_counts_from_the_first_byte() -> None:
     # given a 0.3 s request timeout and a client trickling a request one byte every 50 ms (3 s in all)
-    async with PolicyServer(lambda req: "DUNNO", request_timeout=0.3) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", request_timeout=0.3) as server:
         client = await connect(server)
         answer = asyncio.create_task(client.reader.read())  # until the server closes
         sent = 0
@@ -430,7 +435,7 @@ async def test_a_client_closing_mid_request_leaves_no_traceback() -> None:
     # given a loop that records every unhandled error
     errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
-    async with PolicyServer(lambda req: "DUNNO") as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO") as server:
         # when clients send half a request and close their socket
         for _ in range(30):
             client = await connect(server)
@@ -449,7 +454,7 @@ async def test_a_client_closing_mid_request_leaves_no_traceback() -> None:
 
 
 async def test_at_the_connection_cap_the_longest_idle_connection_makes_room() -> None:
-    async with PolicyServer(lambda req: "DUNNO", max_connections=3) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", max_connections=3) as server:
         # given three connections, each used once and now idle, the oldest first
         idle = [await connect(server) for _ in range(3)]
         for i, client in enumerate(idle):
@@ -467,7 +472,7 @@ async def test_at_the_connection_cap_the_longest_idle_connection_makes_room() ->
 
 
 async def test_at_the_cap_with_every_connection_mid_request_a_new_one_is_refused() -> None:
-    async with PolicyServer(lambda req: "DUNNO", max_connections=2) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", max_connections=2) as server:
         busy = [await connect(server) for _ in range(2)]
         for client in busy:
             client.writer.write(b"request=smtpd_access_policy\n")
@@ -487,7 +492,7 @@ async def test_at_the_cap_with_every_connection_mid_request_a_new_one_is_refused
 
 
 async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
-    async with PolicyServer(lambda req: "DUNNO", idle_timeout=0.2) as server:
+    async with PostfixPolicyServer(lambda req: "DUNNO", idle_timeout=0.2) as server:
         client = await connect(server)
         assert await client.ask(request_for("100.64.0.10")) == b"action=DUNNO\n\n"
         assert await client.closed_by_server()
@@ -497,8 +502,8 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout() -> None:
 
 async def test_bad_requests_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     # given a flood of 50 garbage connections
-    async with PolicyServer(lambda req: "DUNNO", log_interval=60.0) as server:
-        with caplog.at_level(logging.WARNING, logger="detector_smtp.policy_protocol"):
+    async with PostfixPolicyServer(lambda req: "DUNNO", log_interval=60.0) as server:
+        with caplog.at_level(logging.WARNING, logger="detector_smtp.postfix_policy"):
             for _ in range(50):
                 client = await connect(server)
                 client.writer.write(b"\x00garbage\n\n")
@@ -506,5 +511,5 @@ async def test_bad_requests_are_logged_at_most_once_per_interval(caplog: pytest.
                 await client.close()
     # then every one is counted, and the log holds one line for them
     assert server.errors_by_reason == {"binary": 50}
-    lines = [r for r in caplog.records if r.name == "detector_smtp.policy_protocol"]
+    lines = [r for r in caplog.records if r.name == "detector_smtp.postfix_policy"]
     assert len(lines) == 1

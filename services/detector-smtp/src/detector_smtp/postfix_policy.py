@@ -58,7 +58,7 @@ class PolicyProtocolError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyRequest:
+class PostfixPolicyRequest:
     """One policy query; attributes Postfix did not send read as "" (or 0 for counts)."""
 
     attrs: Mapping[str, str]
@@ -126,8 +126,8 @@ class PolicyRequest:
 
 def parse_request(
     block: bytes, *, max_line: int = MAX_LINE, max_attrs: int = MAX_ATTRS, max_request: int = MAX_REQUEST
-) -> PolicyRequest:
-    """The attribute lines of one request (without the terminating empty line) -> `PolicyRequest`."""
+) -> PostfixPolicyRequest:
+    """The attribute lines of one request (without the terminating empty line) -> `PostfixPolicyRequest`."""
     if len(block) > max_request:
         raise PolicyProtocolError("too_long", f"request of {len(block)} bytes")
     if b"\r" in block:
@@ -156,7 +156,7 @@ def parse_request(
         raise PolicyProtocolError("missing_request")
     if kind != "smtpd_access_policy":
         raise PolicyProtocolError("unknown_request", repr(kind[:60]))
-    return PolicyRequest(attrs)
+    return PostfixPolicyRequest(attrs)
 
 
 def format_reply(action: str) -> bytes:
@@ -166,8 +166,8 @@ def format_reply(action: str) -> bytes:
     return b"action=" + action.encode("utf-8") + b"\n\n"
 
 
-PolicyHandler = Callable[[PolicyRequest], Awaitable[str] | str]
-Accounting = Callable[[PolicyRequest, float], None]
+PolicyHandler = Callable[[PostfixPolicyRequest], Awaitable[str] | str]
+Accounting = Callable[[PostfixPolicyRequest, float], None]
 
 
 class _Connection:
@@ -178,7 +178,7 @@ class _Connection:
         self.busy = False  # part of a request received, or a reply being written
 
 
-class PolicyServer:
+class PostfixPolicyServer:
     """Serve the policy protocol on host:port (port 0 = pick one); many connections, many requests each.
 
     `handler` returns the action text ("DUNNO", "REJECT 5.7.1 ..."); it must be a look-up (the server
@@ -224,7 +224,7 @@ class PolicyServer:
         self.max_attrs = max_attrs
         self.max_request = max_request
         self.clock = clock
-        self.account: SlicedWork[tuple[PolicyRequest, float]] | None = None
+        self.account: SlicedWork[tuple[PostfixPolicyRequest, float]] | None = None
         if account is not None:
             counted = account
             self.account = SlicedWork(
@@ -280,7 +280,7 @@ class PolicyServer:
         if self.account is not None:
             self.account.drain_all()  # answered requests are counted before the state is saved
 
-    async def __aenter__(self) -> PolicyServer:
+    async def __aenter__(self) -> PostfixPolicyServer:
         await self.start()
         return self
 
@@ -392,9 +392,9 @@ class PolicyServer:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    def _split(self, buf: bytes) -> tuple[bytes, list[PolicyRequest]]:
+    def _split(self, buf: bytes) -> tuple[bytes, list[PostfixPolicyRequest]]:
         """Parse every complete request at the front of `buf`; the rest is returned unparsed."""
-        blocks: list[PolicyRequest] = []
+        blocks: list[PostfixPolicyRequest] = []
         while buf:
             if buf[0] == 0x0A:  # an empty line where a request should start
                 raise PolicyProtocolError("empty_request")
@@ -455,7 +455,7 @@ class PolicyServer:
                         break
                     swallowed += len(chunk)
 
-    async def _answer(self, request: PolicyRequest, arrived: float) -> str:
+    async def _answer(self, request: PostfixPolicyRequest, arrived: float) -> str:
         self.requests += 1
         if self.account is not None:
             self.account.put((request, arrived))  # counted after the reply is out
