@@ -58,9 +58,9 @@ class DetectorSmtpService:
     async def start(self) -> None:
         self.tail_gate.set()
         await self.bus.connect()
+        self.bus.on(CaseChanged, CaseTracker(self.quarantine).on_case_changed)
         await self.bus.consume(
-            queue_name("detector-smtp", f"cases.{self.settings.sensor}"),
-            {CaseChanged: CaseTracker(self.quarantine).on_case_changed},
+            queue_name("detector-smtp", f"cases.{self.settings.sensor}"), progress=self.progress
         )
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="detector-smtp-publisher")
         for follower in self.followers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lazaretto_core.contracts import CaseState
+from lazaretto_core.contracts import RELEASABLE_STATES, CaseState
 
 
 class Step(StrEnum):
@@ -28,8 +28,9 @@ class NotReleasable(Exception):
     """A release was asked for a case that is not (yet, or any more) in quarantine."""
 
 
-# States from which a subscriber or an operator may release the case.
-RELEASABLE: frozenset[str] = frozenset({"quarantined", "needs_operator"})
+# States from which a subscriber or an operator may release the case (defined beside the contract,
+# where the portal reads it too).
+RELEASABLE: frozenset[CaseState] = RELEASABLE_STATES
 
 
 def opened() -> Outcome:
