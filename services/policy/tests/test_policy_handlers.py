@@ -4,6 +4,7 @@ lease-history stub. What a branch publishes is read back typed from the bus."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from lazaretto_core.contracts import (
 )
 from lazaretto_core.lease_stub import LeaseBook
 from lazaretto_core.memory_bus import InMemoryBus
-from lazaretto_core.outbox import OutboxRelay
+from lazaretto_core.outbox import OutboxRelay, enqueue
 from policy import store
 from policy.attribution import Attributor
 from policy.casework import CaseWork
@@ -261,3 +262,37 @@ async def test_a_message_from_a_newer_producer_is_handled(policy: Policy, book: 
     await policy.deliver()
     assert len(policy.bus.sent(GardenApply)) == 1
     assert policy.bus.dead_letters[QUEUE] == []
+
+
+async def test_the_unit_of_work_publishes_what_it_committed_at_once_and_nothing_it_rolled_back(
+    database_url: str,
+) -> None:
+    pool = await db.create_pool(database_url)
+    await db.migrate(pool, db.package_migrations("policy"))
+    bus = InMemoryBus("policy")
+    bus.listen("lazaretto.executors.main", CaseChanged)
+    # A relay whose timer would not fire during the test: only the commit's wake-up can drain it
+    relay = OutboxRelay(pool, bus, interval=3600)
+    relay.start()
+    uow = UnitOfWork(pool, relay)
+    changed = CaseChanged.model_validate(CaseChanged.example)
+    try:
+
+        async def changes_its_mind() -> None:
+            async with uow() as conn:
+                await enqueue(conn, changed.model_copy(update={"reason": "rolled back"}))
+                raise RuntimeError("changed my mind")
+
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            await changes_its_mind()
+        async with uow() as conn:
+            await enqueue(conn, changed)
+        async with asyncio.timeout(10):
+            while not bus.sent(CaseChanged):
+                await asyncio.sleep(0.02)
+        assert bus.sent(CaseChanged) == [changed]
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await pool.close()

@@ -28,11 +28,6 @@ class NotReleasable(Exception):
     """A release was asked for a case that is not (yet, or any more) in quarantine."""
 
 
-# States from which a subscriber or an operator may release the case (defined beside the contract,
-# where the portal reads it too).
-RELEASABLE: frozenset[CaseState] = RELEASABLE_STATES
-
-
 def opened() -> Outcome:
     return Outcome("garden_requested", Step.GARDEN_APPLY)
 
@@ -57,7 +52,8 @@ def step_failed(step: Step, attempts: int, max_attempts: int) -> Outcome:
 
 
 def release_requested(state: str) -> Outcome:
-    if state not in RELEASABLE:
+    # The releasable states are defined beside the contract, where the portal reads them too.
+    if state not in RELEASABLE_STATES:
         raise NotReleasable(f"a case in state {state!r} cannot be released now")
     return Outcome("release_requested", Step.GARDEN_REMOVE)
 
