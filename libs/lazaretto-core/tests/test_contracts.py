@@ -55,7 +55,12 @@ def test_schema_kept_every_field_and_type(contract: type[Contract]) -> None:
     snapshot_file = SCHEMAS / f"{contract.routing_key}.json"
     current = contract.model_json_schema()
     # A new contract's first schema is recorded on purpose (see the README), never by this test.
-    assert snapshot_file.exists(), f"no schema snapshot {snapshot_file.name}: record it and commit it"
+    assert snapshot_file.exists(), (
+        f"no schema snapshot {snapshot_file.name}: record it on purpose and commit it, e.g. with\n"
+        f"  .venv/bin/python -c 'import json, lazaretto_core.contracts as c;"
+        f" print(json.dumps(c.{contract.__name__}.model_json_schema(), indent=2, sort_keys=True))'"
+        f" > {snapshot_file}"
+    )
     snapshot: dict[str, Any] = json.loads(snapshot_file.read_text())
     for name, prop in snapshot["properties"].items():
         assert name in current["properties"], f"{contract.routing_key} lost field {name}"
