@@ -197,7 +197,8 @@ async def latency(workdir: Path, flood: bool, offset: int) -> list[float]:
     flooder: subprocess.Popen[bytes] | None = None
     try:
         await bus.connect()
-        await bus.consume(queue_name("bench"), {AbuseObserved: consumer.on_observed})
+        bus.on(AbuseObserved, consumer.on_observed)
+        await bus.consume(queue_name("bench"))
         detector.wait_until(lambda: _ready(port), timeout=60, what="ready")
         if flood:
             blob = workdir / "flood.bin"

@@ -112,7 +112,8 @@ async def test_kill_9_mid_stream_copy_truncate_then_restart_counts_every_alert_o
     ledger = PolicyLedger()
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
-    await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+    bus.on(AbuseObserved, ledger.on_observed)
+    await bus.consume(queue_name("test-policy"))
     eve, fast = tmp_path / "eve.json", tmp_path / "fast.log"
     eve.touch()
     fast.touch()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from lazaretto_core.contracts import GardenApply
+from lazaretto_core.contracts import GardenApply, GardenRemove
 
 from .kea import KeaHosts, format_mac, parse_mac
 from .rpz import RpzAdapter
@@ -116,7 +116,7 @@ class Garden:
                 changes.append(f"rpz: client-ip {address.ip} -> portal ({how} {address.mac or 'unknown'})")
             return changes
 
-    async def remove(self, command: GardenApply) -> list[str]:
+    async def remove(self, command: GardenRemove) -> list[str]:
         async with self._lock:
             changes: list[str] = []
             mac = format_mac(parse_mac(command.cpe_mac)) if command.cpe_mac else None
