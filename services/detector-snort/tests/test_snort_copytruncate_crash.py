@@ -66,7 +66,8 @@ async def test_crash_after_confirm_then_copy_truncate_rereads_the_copy_with_the_
     ledger = Ledger()
     bus = Bus(amqp_url, "detector-snort")
     await bus.connect()
-    await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+    bus.on(AbuseObserved, ledger.on_observed)
+    await bus.consume(queue_name("test-policy"))
     published: list[str] = []
 
     async def publish(observation: AbuseObserved, message_id: str) -> None:
