@@ -94,7 +94,6 @@ class SourceEngine:
     def _delta(self) -> StateDelta:
         """A journal record: the confirmed position only. The windows wait for the next full save
         (a restart folds the lines since then again)."""
-        self.aggregator.changes()  # reset its tracking: windows are never journaled here
         position = self.replay_until or self.position
         return StateDelta(state={"position": checkpoint_to_json(position) if position else None})
 
