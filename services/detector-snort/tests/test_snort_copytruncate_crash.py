@@ -139,3 +139,38 @@ async def test_crash_after_confirm_then_copy_truncate_rereads_the_copy_with_the_
         assert published == []
     finally:
         await bus.close()
+
+
+async def test_the_confirmed_position_is_saved_right_after_the_confirm(
+    tmp_path: Path, suricata_scans: dict[str, SuricataOutput]
+) -> None:
+    # Given an engine that would save a position without observations only once an hour
+    confirmed: list[str] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        confirmed.append(message_id)  # returns: the broker confirmed
+
+    eve = tmp_path / "eve.json"
+    with eve.open("ab") as out:
+        out.writelines(suricata_scans[OUTSIDER].eve_alert_lines()[:1])
+    source = Source(str(eve), "eve", "ids-eve")
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]))
+    store = CheckpointStore(tmp_path / "state")
+    engine = SourceEngine(source, pipeline, Aggregator(60.0), store, publish, save_every=3600.0)
+    engine.load()
+    engine.position = Checkpoint(os.stat(eve).st_ino, eve.stat().st_size, eve.read_bytes()[:HEAD_BYTES])
+    engine.save()
+
+    # When a subscriber's alert is read and its observation confirmed
+    with eve.open("ab") as out:
+        out.writelines(readdress(suricata_scans[SUBSCRIBER].eve_alert_lines()[:1], SUBSCRIBER, OLD[0]))
+    await run(engine, lambda: bool(confirmed))
+
+    # Then what a kill -9 leaves on disk already has the line as handled: a restart publishes nothing
+    after_crash = SourceEngine(
+        source, pipeline, Aggregator(60.0), CheckpointStore(tmp_path / "state"), publish
+    )
+    after_crash.load()
+    assert after_crash.replay_until is not None
+    assert after_crash.replay_until.offset == eve.stat().st_size
+    assert after_crash.pending == []
