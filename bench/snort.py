@@ -157,7 +157,10 @@ async def throughput(data: bytes, fmt: Format, workdir: Path) -> float:
         done += len(batch)
         if done >= total:
             break
-    return total / (time.perf_counter() - start)
+    await engine.unconfirmed_below(1)  # every observation confirmed (by the counter)
+    rate = total / (time.perf_counter() - start)
+    await engine.close()
+    return rate
 
 
 FLOOD = """

@@ -13,13 +13,17 @@ What makes a restart (even after kill -9) neither lose nor repeat an alert in ef
   copy-truncated file's copy gives the same ids — which consumers deduplicate;
 - a window that closes is saved as pending *before* its folded observation is published
   (write-ahead), and pending observations are published again at start (same id);
-- a failed publish puts the state back to the last saved one, and the reader resumes from there.
+- publishing runs beside the reader (one publisher task per source, confirms pipelined), so the
+  reader never waits for the broker: whatever a save records as read has its observations either
+  confirmed or pending in the same record; a failed publish leaves them pending and is retried;
+  beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a broker outage stops reading).
 Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -42,6 +46,8 @@ Publish = Callable[[AbuseObserved, str], Awaitable[object]]
 # Seconds between full saves of the windows: bounds what a restart reads again (and folds without
 # publishing); a full save costs time in proportion to the open windows.
 FULL_EVERY: Final = 10.0
+MAX_UNCONFIRMED: Final = 5_000  # observations awaiting their confirm before the reader waits
+RETRY_AFTER: Final = 1.0  # seconds before a failed publish is tried again
 
 
 class SourceEngine:
@@ -65,6 +71,8 @@ class SourceEngine:
         # windows but what they yield is not published again (it was confirmed).
         self.replay_until: Checkpoint | None = None
         self.replayed = 0  # lines folded again without publishing, since start
+        self._kick = asyncio.Event()  # something is pending: the publisher task should run
+        self._publisher: asyncio.Task[None] | None = None
         self.outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
             store,
             source.name,
@@ -134,32 +142,53 @@ class SourceEngine:
                 await self.outbox.flush()
             except PublishError as exc:
                 log.error("%s: pending observations not published yet: %s", self.source.name, exc)
+                self._publish_soon()
 
-    async def feed_lines(self, lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
-        """Lines read from a file up to `position`. On PublishError the state is back at the last
-        save (re-read from `self.position`)."""
-        async with self.lock:
-            self._remember_identity(lines)
+    def _publish_soon(self) -> None:
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_loop(), name=f"publish {self.source.name}")
+        self._kick.set()
+
+    async def _publish_loop(self) -> None:
+        """Publish what is pending; the outbox saves the state right after each round of confirms."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
             try:
                 await self.outbox.flush()
-                replayed = self._replayed(lines)
-                if replayed:
-                    # Confirmed before the restart: fold them into the windows, publish nothing.
-                    self.pipeline.run_lines(self.source, lines[:replayed], self.aggregator)
-                    self.replayed += replayed
-                    lines = lines[replayed:]
-                observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
-                self.position = position
-                if observations:
-                    # Re-derived with the same ids if we crash before the confirm: no write-ahead.
-                    self.outbox.add(observations)
-                    await self.outbox.flush()  # saves the position right after the confirms
-                else:
-                    self.outbox.touch()
-            except PublishError:
-                self.load()
-                raise
-            return observations
+            except (PublishError, OSError) as exc:  # OSError: the state could not be saved
+                log.error("%s: publish failed (%s); kept pending, retrying", self.source.name, exc)
+                await asyncio.sleep(RETRY_AFTER)
+                self._kick.set()
+
+    async def unconfirmed_below(self, limit: int = MAX_UNCONFIRMED) -> None:
+        """Wait until fewer than `limit` observations await their confirm (back-pressure)."""
+        while len(self.outbox) >= limit:
+            self._publish_soon()
+            await asyncio.sleep(0.01)
+
+    async def feed_lines(self, lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
+        """Lines read from a file up to `position`: folded at once, their observations handed to
+        the publisher (not awaited: the reader goes on while the broker confirms)."""
+        async with self.lock:
+            self._remember_identity(lines)
+            replayed = self._replayed(lines)
+            if replayed:
+                # Confirmed before the restart: fold them into the windows, publish nothing.
+                self.pipeline.run_lines(self.source, lines[:replayed], self.aggregator)
+                self.replayed += replayed
+                lines = lines[replayed:]
+            observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
+            self.position = position
+            if observations:
+                # Re-derived with the same ids if we crash before the confirm: no write-ahead. The
+                # save after their confirms records the position (or keeps them pending with it).
+                self.outbox.add(observations)
+                self._publish_soon()
+            else:
+                self.outbox.touch()
+        await self.unconfirmed_below()
+        return observations
 
     def _replayed(self, lines: Sequence[TailLine]) -> int:
         """How many of `lines` come before the confirmed position (0 once it is passed).
@@ -205,10 +234,7 @@ class SourceEngine:
             observations = self.pipeline.run_alerts(self.source, alerts, self.aggregator, counts)
             if observations:
                 self.outbox.stage(observations)
-                try:
-                    await self.outbox.flush()
-                except PublishError as exc:
-                    log.error("%s: publish failed (%s); kept pending", self.source.name, exc)
+                self._publish_soon()
             else:
                 self.outbox.touch()
             return observations
@@ -221,11 +247,18 @@ class SourceEngine:
                 # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
                 # them at start and does not fold their lines again.
                 self.outbox.stage(due, full=True)
-            await self.outbox.flush()
+            if len(self.outbox):
+                self._publish_soon()
             self.outbox.save_if_due()
             return len(due)
 
     async def close(self) -> None:
+        """Stop publishing (what is unconfirmed stays pending) and save the state in full."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher  # its loop handles every publish and save failure
+            self._publisher = None
         async with self.lock:
             self.outbox.close()
 
