@@ -58,8 +58,10 @@ class _Window:
             "category": key[2],
             "opened_at": self.opened_at,
             "severity": self.severity,
-            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
-            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            # Datetimes as they are: the state store (orjson) writes them as RFC 3339 text, faster
+            # than isoformat() here (a full save holds every open window).
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
             "count": self.count,
             "signatures": dict(self.signatures),
             "destinations": self.destinations,
@@ -72,8 +74,8 @@ class _Window:
         window = cls(
             opened_at=float(data["opened_at"]),
             severity=int(data["severity"]),
-            first_seen=datetime.fromisoformat(first) if first else None,
-            last_seen=datetime.fromisoformat(last) if last else None,
+            first_seen=_datetime(first),
+            last_seen=_datetime(last),
             count=int(data["count"]),
             signatures=Counter({str(k): int(v) for k, v in dict(data.get("signatures") or {}).items()}),
             destinations=[str(d) for d in data.get("destinations") or []],
@@ -183,6 +185,13 @@ class Aggregator:
             sensor,
             token,
         )
+
+
+def _datetime(value: object) -> datetime | None:
+    """A saved time: RFC 3339 text (or a datetime, before it was written)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 def _key_text(key: tuple[str, str, str]) -> str:
