@@ -42,7 +42,7 @@ from lazaretto_core.bus import Bus
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import Checkpoint
-from lazaretto_core.testing import BusProbe, create_vhost, delete_vhost
+from lazaretto_lab.testing import BusProbe, create_vhost, delete_vhost
 
 CLIENTS = 20_000
 

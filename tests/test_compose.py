@@ -138,7 +138,7 @@ def test_lab_cmts_is_only_in_the_lab_profile(compose: dict[str, Any]) -> None:
     command = " ".join(svc["lab-cmts"]["command"])
     assert "snmpd" in command
     mounts = svc["lab-cmts"]["volumes"]
-    assert any(m.startswith("./deploy/lab/cmts_emulator.py:") for m in mounts)
+    assert any(m.startswith("./libs/lazaretto-lab/src/lazaretto_lab/cmts_emulator.py:") for m in mounts)
 
 
 def test_no_secret_is_a_literal(compose: dict[str, Any]) -> None:

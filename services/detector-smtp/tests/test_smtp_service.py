@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from detector_smtp.app import DetectorSmtpService, build
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.testing import BusProbe
 
 THRESHOLD = 5
 CPE = "100.64.2.20"

@@ -22,7 +22,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from lazaretto_core.lab.process import LabProcess, free_port
+from lazaretto_lab.process import LabProcess, free_port
 
 # "The Internet" as the lab resolver knows it: name -> A.
 DEFAULT_INTERNET: dict[str, str] = {

@@ -1,7 +1,7 @@
 """Lab Kea DHCPv4 2.2: a fresh PostgreSQL lease+host database, a veth pair into a client netns, kea-dhcp4.
 
 Kea runs in the root namespace (it reaches PostgreSQL on 127.0.0.1 directly) on the root end of the
-veth; DHCP clients (see `lazaretto_core.lab.dhcp_client`) run inside the netns on the other end.
+veth; DHCP clients (see `lazaretto_lab.dhcp_client`) run inside the netns on the other end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError
+from lazaretto_lab.process import LabProcess, LabProcessError
 
 KEA_HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
 QUARANTINE_CLASS = "quarantine"

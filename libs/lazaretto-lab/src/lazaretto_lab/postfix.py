@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError, free_port, tcp_open
+from lazaretto_lab.process import LabProcess, LabProcessError, free_port, tcp_open
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"

@@ -1,4 +1,4 @@
-"""Lab CMTS: a private net-snmp `snmpd` on loopback whose CMTS tables come from `deploy/lab/cmts_emulator.py`.
+"""Lab CMTS: a private net-snmp `snmpd` on loopback whose CMTS tables come from `cmts_emulator.py` here.
 
 `with LabCmts([LabModem("00:02:8a:d3:7c:6e", "10.1.0.10")]) as cmts: ...` gives `cmts.host`/`cmts.port`,
 the communities and v3 user, `cmts.sets()` (every SET the CMTS accepted) and `cmts.set_modems(...)`.
@@ -22,10 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError, free_port
+from lazaretto_lab.process import LabProcess, LabProcessError, free_port
 
 EMULATOR_ENV = "LAZARETTO_LAB_CMTS_EMULATOR"
-EMULATOR_RELPATH = Path("deploy/lab/cmts_emulator.py")
+# Beside this module: stdlib-only, so compose's lab-cmts image mounts the very same file.
+EMULATOR = Path(__file__).with_name("cmts_emulator.py")
 SNMPD = "/usr/sbin/snmpd"
 SNMPGET = "/usr/bin/snmpget"
 SNMPGETNEXT = "/usr/bin/snmpgetnext"
@@ -92,20 +93,13 @@ class LabV3User:
     priv_protocol: str = "AES"
 
 
-def find_emulator(start: Path | None = None) -> Path:
-    """`$LAZARETTO_LAB_CMTS_EMULATOR`, else `deploy/lab/cmts_emulator.py` in the nearest enclosing repo."""
+def find_emulator() -> Path:
+    """`$LAZARETTO_LAB_CMTS_EMULATOR` if set, else the `cmts_emulator.py` shipped in this package."""
     override = os.environ.get(EMULATOR_ENV)
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            raise LabProcessError(f"{EMULATOR_ENV}={override} is not a file")
-        return path.resolve()
-    here = (start or Path(__file__)).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / EMULATOR_RELPATH
-        if candidate.is_file():
-            return candidate
-    raise LabProcessError(f"no {EMULATOR_RELPATH} above {here}; set {EMULATOR_ENV}")
+    path = Path(override) if override else EMULATOR
+    if not path.is_file():
+        raise LabProcessError(f"{path} is not a file" + (f" ({EMULATOR_ENV})" if override else ""))
+    return path.resolve()
 
 
 def _modem_json(modem: LabModem | Mapping[str, Any]) -> dict[str, Any]:

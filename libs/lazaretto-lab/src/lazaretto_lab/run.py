@@ -1,6 +1,6 @@
 """`make run`: the whole system on loopback with lab peers, until Ctrl-C, SIGTERM or the terminal closing.
 
-python -m lazaretto_core.lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
+python -m lazaretto_lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
 
 Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
 kea-dhcp4 with its veth pair, network namespace and database. RabbitMQ and PostgreSQL are not started
