@@ -254,5 +254,8 @@ def test_every_mounted_repo_file_exists(compose: dict[str, Any]) -> None:
     assert checked >= 8
     init = ROOT / "deploy" / "compose" / "postgres" / "init-databases.sh"
     assert "CREATE DATABASE kea" in init.read_text()
+    for own in ("lazaretto_policy", "lazaretto_cmts"):
+        assert f"CREATE DATABASE {own} OWNER {own};" in init.read_text()
+        assert f"REVOKE ALL ON DATABASE {own} FROM PUBLIC;" in init.read_text()
     kea_entrypoint = (ROOT / "deploy" / "compose" / "kea" / "entrypoint.sh").read_text()
     assert "db-init" in kea_entrypoint
