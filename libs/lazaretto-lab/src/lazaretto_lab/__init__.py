@@ -1,4 +1,6 @@
-"""Lab peers: start the real BIND, Kea, snmpd, Postfix and Suricata as local processes on loopback.
+"""Lazaretto's lab (dev only): the real BIND, Kea, snmpd, Postfix and Suricata as local processes on
+loopback, the whole system for `make run` and the end-to-end tests (`system`, `wiring`, `databases`),
+the CMTS emulator, and the shared pytest fixtures (`testing`, registered as the pytest plugin).
 
-Used by the tests and by `make run`; nothing here is imported by a service at run time.
+Never shipped in a service image; neither lazaretto_core nor any service imports it.
 """
