@@ -43,10 +43,10 @@ from detector_snort.settings import AlertFile, DetectorSnortSettings
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved, Contract
-from lazaretto_core.lab.process import free_port
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer
-from lazaretto_core.testing import AMQP_PASSWORD, AMQP_USER, create_vhost, delete_vhost
+from lazaretto_lab.process import free_port
+from lazaretto_lab.testing import AMQP_PASSWORD, AMQP_USER, create_vhost, delete_vhost
 
 RUNS = 3
 LINES = 300_000

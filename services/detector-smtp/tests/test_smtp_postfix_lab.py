@@ -20,8 +20,8 @@ from detector_smtp.counters import PolicyAccounting
 from detector_smtp.policy_protocol import PolicyRequest, PolicyServer
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.postfix import LabPostfix
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.postfix import LabPostfix
+from lazaretto_lab.testing import BusProbe
 
 CPE = "100.64.0.10"
 

@@ -19,9 +19,9 @@ from detector_snort.pipeline import AlertPipeline, Source
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.suricata import SuricataOutput, readdress
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
+from lazaretto_lab.suricata import SuricataOutput, readdress
 
 SUBSCRIBER = "100.64.0.10"
 OUTSIDER = "192.0.2.7"

@@ -19,8 +19,8 @@ import httpx
 
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.process import LabProcess, free_port
-from lazaretto_core.lab.suricata import SuricataOutput, readdress
+from lazaretto_lab.process import LabProcess, free_port
+from lazaretto_lab.suricata import SuricataOutput, readdress
 
 SUBSCRIBER = "100.64.0.10"
 OUTSIDER = "192.0.2.7"

@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from detector_snort.app import build
 from detector_snort.settings import AlertFile, DetectorSnortSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.suricata import SuricataOutput, readdress
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.suricata import SuricataOutput, readdress
+from lazaretto_lab.testing import BusProbe
 
 SUBSCRIBER = "100.64.0.10"
 SUBSCRIBERS = [f"100.64.0.{n}" for n in range(10, 30)]

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.lease_stub import LeaseBook, serve, serve_app
+from lazaretto_lab.lease_stub import LeaseBook, serve, serve_app
 from policy.attribution import Attributor
 
 A_MAC = "02:00:00:00:0a:01"

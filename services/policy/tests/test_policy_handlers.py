@@ -26,9 +26,9 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ReleaseRequested,
 )
-from lazaretto_core.lease_stub import LeaseBook
 from lazaretto_core.memory_bus import InMemoryBus
 from lazaretto_core.outbox import OutboxRelay, enqueue
+from lazaretto_lab.lease_stub import LeaseBook
 from policy import store
 from policy.attribution import Attributor
 from policy.casework import CaseWork

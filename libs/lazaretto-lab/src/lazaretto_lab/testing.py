@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 import asyncpg
 import pytest
 
-from .contracts import BY_ROUTING_KEY, Contract
+from lazaretto_core.contracts import BY_ROUTING_KEY, Contract
 
 AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
 AMQP_PASSWORD = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
@@ -157,7 +157,7 @@ async def serving(app: Any) -> AsyncIterator[int]:
     """Serve an ASGI app with uvicorn on a free loopback port (as `service.serve` does); yields the port."""
     import uvicorn
 
-    from .lab.process import free_port
+    from lazaretto_lab.process import free_port
 
     port = free_port()
     server = uvicorn.Server(
