@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV_HOME ?= /opt/lazaretto/uv
 UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
-PACKAGES := libs/lazaretto-core $(wildcard services/*)
+PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
 .PHONY: deps peers test test-fresh lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts
 
@@ -22,7 +22,7 @@ lint: deps
 # One mypy run per package: every service has a tests/ folder (and a conftest) of its own.
 typecheck: deps
 	@set -e; for p in $(PACKAGES); do echo "mypy $$p"; $(UV) run --frozen mypy $$p/src $$p/tests; done
-	@set -e; for p in conftest.py tests bench deploy/lab; do echo "mypy $$p"; $(UV) run --frozen mypy $$p; done
+	@set -e; for p in tests bench; do echo "mypy $$p"; $(UV) run --frozen mypy $$p; done
 
 pytest: peers
 	$(UV) run --frozen pytest
@@ -34,7 +34,7 @@ test-fresh:
 	deploy/bin/test-fresh
 
 run: peers
-	$(UV) run --frozen python -m lazaretto_core.lab.run $(RUN_ARGS)
+	$(UV) run --frozen python -m lazaretto_lab.run $(RUN_ARGS)
 
 bench-e2e: peers
 	$(UV) run --frozen python bench/e2e.py

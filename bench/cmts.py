@@ -47,8 +47,8 @@ async def run(args: argparse.Namespace) -> int:
     from cmts_agent.resets import Resetter
     from cmts_agent.settings import CmtsProfile
     from lazaretto_core import db
-    from lazaretto_core.lab.snmpd import LabCmts, LabModem
-    from lazaretto_core.testing import create_database, database_dsn, drop_database
+    from lazaretto_lab.snmpd import LabCmts, LabModem
+    from lazaretto_lab.testing import create_database, database_dsn, drop_database
 
     per_cmts = args.resets // args.cmtses
     started_setup = time.monotonic()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lazaretto_core.lab.system import CpeHost, LabSystem
+    from lazaretto_lab.system import CpeHost, LabSystem
 
 SUBSCRIBERS = 20
 
@@ -92,7 +92,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
-    from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+    from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
 
     pcap = workdir / "scan.pcap"
     template_ip = str(next(ipaddress.ip_network(subnet).hosts()))
@@ -106,9 +106,9 @@ def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
 
 
 def bench(subscribers: int) -> dict[str, str]:
-    from lazaretto_core.lab.snmpd import LabModem
-    from lazaretto_core.lab.system import LabSystem, SystemConfig, lease_cpe
-    from lazaretto_core.testing import (
+    from lazaretto_lab.snmpd import LabModem
+    from lazaretto_lab.system import LabSystem, SystemConfig, lease_cpe
+    from lazaretto_lab.testing import (
         create_database,
         create_vhost,
         database_dsn,

@@ -49,7 +49,7 @@ from detector_smtp.windows import ClientWindows, MailEvent
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import Checkpoint
-from lazaretto_core.testing import BusProbe, create_vhost, delete_vhost
+from lazaretto_lab.testing import BusProbe, create_vhost, delete_vhost
 
 CLIENTS = 20_000
 HEAVY = 100  # heavy senders: one message in ten, enough to cross MESSAGES_PER_HOUR during the run

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lazaretto_core.lab.snmpd import LabModem
-from lazaretto_core.lab.system import CpeHost, LabSystem, SystemConfig, lease_cpe
+from lazaretto_lab.snmpd import LabModem
+from lazaretto_lab.system import CpeHost, LabSystem, SystemConfig, lease_cpe
 
 CM_MAC = "00:02:8a:d3:7c:6e"
 CPE_MAC = "02:00:00:00:00:01"

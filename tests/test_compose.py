@@ -138,7 +138,7 @@ def test_lab_cmts_is_only_in_the_lab_profile(compose: dict[str, Any]) -> None:
     command = " ".join(svc["lab-cmts"]["command"])
     assert "snmpd" in command
     mounts = svc["lab-cmts"]["volumes"]
-    assert any(m.startswith("./deploy/lab/cmts_emulator.py:") for m in mounts)
+    assert any(m.startswith("./libs/lazaretto-lab/src/lazaretto_lab/cmts_emulator.py:") for m in mounts)
 
 
 def test_no_secret_is_a_literal(compose: dict[str, Any]) -> None:
@@ -254,5 +254,8 @@ def test_every_mounted_repo_file_exists(compose: dict[str, Any]) -> None:
     assert checked >= 8
     init = ROOT / "deploy" / "compose" / "postgres" / "init-databases.sh"
     assert "CREATE DATABASE kea" in init.read_text()
+    for own in ("lazaretto_policy", "lazaretto_cmts"):
+        assert f"CREATE DATABASE {own} OWNER {own};" in init.read_text()
+        assert f"REVOKE ALL ON DATABASE {own} FROM PUBLIC;" in init.read_text()
     kea_entrypoint = (ROOT / "deploy" / "compose" / "kea" / "entrypoint.sh").read_text()
     assert "db-init" in kea_entrypoint

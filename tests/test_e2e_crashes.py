@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
-from lazaretto_core.lab.system import CpeHost, LabSystem
-from lazaretto_core.testing import wait_until
+from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.system import CpeHost, LabSystem
+from lazaretto_lab.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

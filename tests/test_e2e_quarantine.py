@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
-from lazaretto_core.lab.system import CpeHost, LabSystem, lease_cpe
-from lazaretto_core.testing import wait_until
+from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.system import CpeHost, LabSystem, lease_cpe
+from lazaretto_lab.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

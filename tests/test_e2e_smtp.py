@@ -10,9 +10,9 @@ from email.message import EmailMessage
 import httpx
 import pytest
 
-from lazaretto_core.lab.postfix import LabPostfix
-from lazaretto_core.lab.system import CpeHost, LabSystem
-from lazaretto_core.testing import wait_until
+from lazaretto_lab.postfix import LabPostfix
+from lazaretto_lab.system import CpeHost, LabSystem
+from lazaretto_lab.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

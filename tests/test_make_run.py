@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lazaretto_core.testing import wait_until
+from lazaretto_lab.testing import wait_until
 
 ROOT = Path(__file__).parent.parent
 
@@ -93,7 +93,7 @@ def test_ctrl_c_stops_everything_make_run_started(
                 break
         text = "".join(output)
         assert "Lazaretto is up" in text, text[-3000:]
-        netns = re.search(r"PCs in netns (lazaretto-kea-[0-9a-f]+)", text)
+        netns = re.search(r"PCs in netns (lazaretto-kea-[0-9a-f]+);", text)
         assert netns is not None, text
         tag = netns.group(1).removeprefix("lazaretto-kea-")
         started = _descendants(make.pid)

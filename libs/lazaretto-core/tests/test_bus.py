@@ -20,6 +20,7 @@ from lazaretto_core.bus import (
 )
 from lazaretto_core.contracts import AbuseObserved, GardenApply
 from lazaretto_core.errors import InvalidMessage, RetryLater
+from lazaretto_core.progress import ProgressMonitor
 
 EXAMPLE = AbuseObserved.model_validate(AbuseObserved.example)
 
@@ -59,7 +60,8 @@ async def test_published_event_reaches_the_handler_with_its_envelope(bus: Bus) -
     async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
         seen.append((event, ctx))
 
-    await bus.consume(queue_name("test"), {AbuseObserved: handler})
+    bus.on(AbuseObserved, handler)
+    await bus.consume(queue_name("test"))
     message_id = await bus.publish(EXAMPLE, correlation_id="case-1")
     await wait_for(lambda: seen)
     event, ctx = seen[0]
@@ -79,7 +81,8 @@ async def test_invalid_body_goes_to_the_dlq_with_the_reason_and_consumer_keeps_r
         seen.append(event)
 
     queue = queue_name("test")
-    await bus.consume(queue, {AbuseObserved: handler})
+    bus.on(AbuseObserved, handler)
+    await bus.consume(queue)
     # Given a message that claims to be an observation but carries a bad severity and no ip
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
@@ -111,7 +114,8 @@ async def test_transient_failure_is_retried_with_the_attempt_counted_in_the_mess
         if ctx.attempt < 3:
             raise RetryLater("peer down")
 
-    await bus.consume(queue_name("test"), {AbuseObserved: flaky})
+    bus.on(AbuseObserved, flaky)
+    await bus.consume(queue_name("test"))
     await bus.publish(EXAMPLE)
     await wait_for(lambda: len(attempts) == 3)
     await asyncio.sleep(0.5)  # no fourth delivery may follow a success
@@ -121,15 +125,20 @@ async def test_transient_failure_is_retried_with_the_attempt_counted_in_the_mess
 async def test_exhausted_retries_and_invalid_requests_are_dead_lettered(bus: Bus, amqp_url: str) -> None:
     calls: list[str] = []
 
+    last: list[bool] = []
+
     async def always_failing(event: AbuseObserved, ctx: MessageContext) -> None:
         calls.append(ctx.message_id)
+        last.append(ctx.last_attempt)
         raise RuntimeError("database exploded")
 
     async def refusing(command: GardenApply, ctx: MessageContext) -> None:
         raise InvalidMessage("no such case")
 
     queue = queue_name("test")
-    await bus.consume(queue, {AbuseObserved: always_failing, GardenApply: refusing})
+    bus.on(AbuseObserved, always_failing)
+    bus.on(GardenApply, refusing)
+    await bus.consume(queue)
     await bus.publish(EXAMPLE, message_id="doomed")
     await bus.publish(GardenApply.model_validate(GardenApply.example), message_id="refused")
     await wait_for(lambda: len(calls) == 3)
@@ -147,8 +156,60 @@ async def test_exhausted_retries_and_invalid_requests_are_dead_lettered(bus: Bus
     assert "gave up after 3 attempts: RuntimeError: database exploded" in str(by_id["doomed"][REASON_HEADER])
     assert by_id["doomed"][ATTEMPT_HEADER] == 3
     assert by_id["refused"][REASON_HEADER] == "no such case"
+    # and the handler was told which attempt was its last (max_attempts=3)
+    assert last == [False, False, True]
 
 
 async def test_unroutable_command_is_an_error_not_a_silent_drop(bus: Bus) -> None:
     with pytest.raises(PublishError, match="not routed"):
         await bus.publish(GardenApply.model_validate(GardenApply.example))
+
+
+async def test_a_message_with_a_field_this_consumer_does_not_know_is_handled(bus: Bus, amqp_url: str) -> None:
+    """A newer producer added an optional field: an older consumer handles the message, no dead letter."""
+    seen: list[AbuseObserved] = []
+
+    async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.append(event)
+
+    queue = queue_name("test")
+    bus.on(AbuseObserved, handler)
+    await bus.consume(queue)
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange("lazaretto.events")
+    body = dict(AbuseObserved.example, asn=64500, geo={"country": "NL"})
+    await exchange.publish(
+        aio_pika.Message(json.dumps(body).encode(), type="abuse.observed.v1", message_id="newer-1"),
+        routing_key="abuse.observed.v1",
+    )
+    await connection.close()
+    await wait_for(lambda: seen)
+    assert seen == [EXAMPLE]
+    assert await dead_letters(amqp_url, queue) == []
+
+
+async def test_healthz_watches_the_consumer_and_sees_a_handler_stuck(bus: Bus) -> None:
+    # Given a consumer watched by a monitor tolerating 0.3 s without progress
+    progress = ProgressMonitor(stall_after=0.3)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck(event: AbuseObserved, ctx: MessageContext) -> None:
+        started.set()
+        await release.wait()
+
+    queue = queue_name("test")
+    bus.on(AbuseObserved, stuck)
+    await bus.consume(queue, progress=progress)
+    # When it idles, it is alive (an empty queue is no stall)
+    await wait_for(lambda: queue in progress.watched())
+    await asyncio.sleep(0.6)
+    assert progress.stalled() == []
+    # When a delivery hangs in its handler, /healthz names the queue
+    await bus.publish(EXAMPLE)
+    await started.wait()
+    await wait_for(lambda: progress.stalled() == [queue])
+    # And once it returns, the consumer is alive again
+    release.set()
+    await wait_for(lambda: progress.stalled() == [])

@@ -126,7 +126,8 @@ async def test_staged_messages_survive_kill_9_and_are_published_once_with_their_
     bus = Bus(amqp_url, "test")
     await bus.connect()
     try:
-        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        bus.on(AbuseObserved, ledger.on_observed)
+        await bus.consume(queue_name("test-policy"))
         state = Input()
         outbox = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), state)
 
@@ -159,7 +160,8 @@ async def test_position_is_saved_right_after_the_confirm_not_later(amqp_url: str
     await bus.connect()
     ledger = Ledger()
     try:
-        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        bus.on(AbuseObserved, ledger.on_observed)
+        await bus.consume(queue_name("test-policy"))
         state = Input()
         outbox = make_outbox(CheckpointStore(tmp_path), bus_publish(bus), state, save_every=3600.0)
         outbox.load()
@@ -203,7 +205,8 @@ async def test_unroutable_publish_stays_pending_until_the_broker_confirms(
         assert [o.count for o in reloaded.pending] == [1, 2]
 
         # And once a consumer's queue exists, they are sent and no longer pending
-        await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+        bus.on(AbuseObserved, ledger.on_observed)
+        await bus.consume(queue_name("test-policy"))
         assert await outbox.flush() == 2
         await ledger.wait(2)
         assert outbox.pending == []

@@ -16,7 +16,7 @@ from cmts_agent.journal import ModemLocks, ResetJournal
 from cmts_agent.resets import Resetter
 from cmts_agent.settings import CmtsProfile, V3User
 from lazaretto_core import db
-from lazaretto_core.lab.snmpd import LabCmts, LabCpe, LabModem
+from lazaretto_lab.snmpd import LabCmts, LabCpe, LabModem
 
 CM_A = "00:02:8a:d3:7c:6e"
 CM_A_IP = "10.1.0.10"

@@ -17,9 +17,9 @@ import httpx
 from cmts_agent.resets import CRASH_AFTER_SET_ENV
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted
-from lazaretto_core.lab.process import LabProcess, free_port
-from lazaretto_core.lab.snmpd import LabCmts, LabModem
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.process import LabProcess, free_port
+from lazaretto_lab.snmpd import LabCmts, LabModem
+from lazaretto_lab.testing import BusProbe
 
 CM = "00:02:8a:d3:7c:6e"
 TOKEN = "cmts-agent-admin-token-0123456789"

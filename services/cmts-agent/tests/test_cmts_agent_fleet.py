@@ -21,8 +21,8 @@ from cmts_agent.settings import CmtsAgentSettings, CmtsProfile
 from cmts_agent.vendors import reset_varbinds
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
-from lazaretto_core.lab.snmpd import LabCmts, LabCpe, LabModem
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.snmpd import LabCmts, LabCpe, LabModem
+from lazaretto_lab.testing import BusProbe
 
 TOKEN = "cmts-agent-admin-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,8 +13,8 @@ from cmts_agent.app import CmtsAgentService, build
 from cmts_agent.settings import CmtsAgentSettings
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
-from lazaretto_core.lab.snmpd import LabCmts
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.snmpd import LabCmts
+from lazaretto_lab.testing import BusProbe
 
 TOKEN = "cmts-agent-admin-token-0123456789"
 CM_A = "00:02:8a:d3:7c:6e"

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from cmts_agent.vendors import CPE_COLUMNS, MIB_OBJECTS, STATUS_COLUMNS, reset_varbinds
-from lazaretto_core.lab.snmpd import find_emulator
+from lazaretto_lab.snmpd import find_emulator
 
 ASSIGNMENTS = Path(__file__).parent / "data" / "mib_oid_assignments.txt"
 MAC = "00:02:8a:d3:7c:6e"

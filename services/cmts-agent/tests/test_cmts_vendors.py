@@ -16,7 +16,7 @@ from cmts_agent.resets import ResetFailed, error_class
 from cmts_agent.settings import CmtsProfile, V3User
 from cmts_agent.snmp import SnmpTimeout, UnknownModem
 from cmts_agent.verify import Outcome
-from lazaretto_core.lab.snmpd import LabCmts, LabCpe, LabModem
+from lazaretto_lab.snmpd import LabCmts, LabCpe, LabModem
 
 CM_1 = "00:02:8a:d3:7c:6e"  # index .0.2.138.211.124.110
 CM_2 = "00:11:22:33:44:55"

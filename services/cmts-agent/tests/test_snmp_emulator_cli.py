@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from lazaretto_core.lab.snmpd import LabCmts
+from lazaretto_lab.snmpd import LabCmts
 
 CDX = ".1.3.6.1.4.1.9.9.116.1.3.1.1"
 CM_A_IDX = "0.2.138.211.124.110"  # 00:02:8a:d3:7c:6e

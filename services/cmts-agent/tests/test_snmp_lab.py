@@ -22,8 +22,8 @@ from cmts_agent.snmp import (
 )
 from cmts_agent.vendors import mac_index
 from cmts_agent.verify import Outcome, verify_reset
-from lazaretto_core.lab.process import free_port
-from lazaretto_core.lab.snmpd import LabCmts
+from lazaretto_lab.process import free_port
+from lazaretto_lab.snmpd import LabCmts
 
 CM_A = "00:02:8a:d3:7c:6e"  # the lab_cmts fixture's modems (see conftest.py)
 CPE_A = "02:00:00:00:00:01"

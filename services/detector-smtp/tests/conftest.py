@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lazaretto_core.lab.postfix import LabPostfix
-from lazaretto_core.lab.process import free_port
+from lazaretto_lab.postfix import LabPostfix
+from lazaretto_lab.process import free_port
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from detector_smtp.state import StateStore
 from detector_smtp.windows import ClientWindows
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.process import free_port
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.process import free_port
+from lazaretto_lab.testing import BusProbe
 
 OBSERVED = "abuse.observed.v1"
 THRESHOLD = 5

@@ -21,8 +21,8 @@ from detector_smtp.counters import PolicyAccounting
 from detector_smtp.postfix_policy import PostfixPolicyRequest, PostfixPolicyServer
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.postfix import LabPostfix
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.postfix import LabPostfix
+from lazaretto_lab.testing import BusProbe
 
 CPE = "100.64.0.10"
 

@@ -23,7 +23,7 @@ from detector_smtp.app import DetectorSmtpService, build, connection_cap
 from detector_smtp.postfix_policy import PostfixPolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.testing import BusProbe
 
 THRESHOLD = 5
 CPE = "100.64.2.20"

@@ -20,7 +20,7 @@ from detector_smtp.app import DetectorSmtpService, build
 from detector_smtp.settings import DetectorSmtpSettings
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import AbuseObserved, CaseChanged
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.testing import BusProbe
 
 OBSERVED = "abuse.observed.v1"
 THRESHOLD = 6

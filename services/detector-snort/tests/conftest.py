@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lazaretto_core.lab.suricata import SuricataOutput, portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.suricata import SuricataOutput, portscan_rule, run_suricata, write_portscan_pcap
 
 SUBSCRIBER = "100.64.0.10"
 OUTSIDER = "192.0.2.7"

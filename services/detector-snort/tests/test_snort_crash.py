@@ -19,8 +19,8 @@ import httpx
 
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.process import LabProcess, free_port
-from lazaretto_core.lab.suricata import SuricataOutput, readdress
+from lazaretto_lab.process import LabProcess, free_port
+from lazaretto_lab.suricata import SuricataOutput, readdress
 
 SUBSCRIBER = "100.64.0.10"
 OUTSIDER = "192.0.2.7"
@@ -112,7 +112,8 @@ async def test_kill_9_mid_stream_copy_truncate_then_restart_counts_every_alert_o
     ledger = PolicyLedger()
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
-    await bus.consume(queue_name("test-policy"), {AbuseObserved: ledger.on_observed})
+    bus.on(AbuseObserved, ledger.on_observed)
+    await bus.consume(queue_name("test-policy"))
     eve, fast = tmp_path / "eve.json", tmp_path / "fast.log"
     eve.touch()
     fast.touch()

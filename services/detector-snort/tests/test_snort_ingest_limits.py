@@ -13,7 +13,7 @@ from detector_snort.app import build
 from detector_snort.ingest import MAX_BODY
 from detector_snort.settings import DetectorSnortSettings
 from lazaretto_core.http import DEFAULT_MAX_BODY
-from lazaretto_core.testing import http_head_only, serving
+from lazaretto_lab.testing import http_head_only, serving
 
 TOKEN = "ingest-token-0123456789"
 

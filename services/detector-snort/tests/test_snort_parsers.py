@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 
 from detector_snort.parsers import (
     ParseError,
     SyslogMessage,
+    _eve_typed,
+    alert_from_eve,
     parse_eve_line,
     parse_fast_line,
     parse_snort3_json_line,
@@ -464,3 +467,12 @@ def test_syslog_header_forms() -> None:
     header = parse_syslog_header("<13>2025-01-15T10:00:00.123+01:00 gw tag: hello", now=SYSLOG_NOW)
     assert header == SyslogMessage(datetime(2025, 1, 15, 9, 0, 0, 123000, tzinfo=UTC), "gw", "tag", "hello")
     assert parse_syslog_header("Jan  5 01:02:03 gw hello world", now=SYSLOG_NOW).message == "hello world"
+
+
+@pytest.mark.parametrize("line", [EVE_SCAN, EVE_HTTP, EVE_ICMP, EVE_V6])
+def test_eve_typed_decoding_gives_what_the_field_by_field_path_gives(line: bytes) -> None:
+    # The hot path decodes by type (msgspec); the general path (orjson + a check per field) must
+    # agree with it on every field of an alert
+    typed = _eve_typed(line, "s")
+    assert typed is not None
+    assert typed == parse_eve_line(line, sensor="s") == alert_from_eve(orjson.loads(line), sensor="s")

@@ -10,14 +10,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
 from detector_snort.app import build
 from detector_snort.settings import AlertFile, DetectorSnortSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.suricata import SuricataOutput, readdress
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.suricata import SuricataOutput, readdress
+from lazaretto_lab.testing import BusProbe
 
 SUBSCRIBER = "100.64.0.10"
 SUBSCRIBERS = [f"100.64.0.{n}" for n in range(10, 30)]
@@ -122,4 +123,44 @@ async def test_rotation_both_ways_while_appending_loses_and_repeats_nothing(
     finally:
         eve_writer.close()
         fast_writer.close()
+        await service.stop()
+
+
+async def test_lines_written_between_copy_and_truncate_are_counted_as_a_gap(
+    amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput], probe: BusProbe
+) -> None:
+    # Given the detector following eve.json
+    eve = tmp_path / "eve.json"
+    writer = Writer(eve)
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url),
+        sources=(AlertFile(path=eve, format="eve", sensor="suricata"),),
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    service = await build(settings)
+    await service.start()
+    one = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
+    try:
+        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
+        await probe.wait_for("abuse.observed.v1", count=1)
+        # When logrotate copies the file, Suricata writes on (and the detector reads it), then
+        # logrotate truncates: the copy lacks what was written after it
+        shutil.copyfile(eve, tmp_path / "eve.json.1")
+        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
+        await probe.wait_for("abuse.observed.v1", count=2)
+        os.truncate(eve, 0)
+        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[2]))
+        await probe.wait_for("abuse.observed.v1", count=3)
+
+        # Then the possible loss is counted in the metrics
+        gap = f'lazaretto_tail_events_total{{event="gap",source="{eve}"}} 1.0'
+        transport = httpx.ASGITransport(app=service.http_app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://detector") as client,
+            asyncio.timeout(10),
+        ):
+            while gap not in (await client.get("/metrics")).text:
+                await asyncio.sleep(0.05)
+    finally:
+        writer.close()
         await service.stop()

@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from detector_snort.app import DetectorSnortService, build
 from detector_snort.settings import DetectorSnortSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.testing import BusProbe
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ async def test_snort3_json_syslog_and_http_sources(amqp_url: str, tmp_path: Path
     import httpx
 
     from detector_snort.settings import AlertFile
-    from lazaretto_core.lab.process import free_port
+    from lazaretto_lab.process import free_port
 
     alert_json = tmp_path / "alert_json.txt"
     alert_json.touch()

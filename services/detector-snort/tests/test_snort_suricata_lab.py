@@ -12,9 +12,9 @@ import pytest
 from detector_snort.alerts import Alert
 from detector_snort.categories import Category, classify
 from detector_snort.parsers import parse_eve_line, parse_fast_line
-from lazaretto_core.lab.suricata import PORTSCAN_SID, portscan_rule, run_suricata, write_portscan_pcap
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer
+from lazaretto_lab.suricata import PORTSCAN_SID, portscan_rule, run_suricata, write_portscan_pcap
 
 HOME_NET = "[100.64.0.0/10,2001:db8:100::/40]"
 SUBSCRIBERS = SubscriberRanges(["100.64.0.0/10", "2001:db8:100::/40"])

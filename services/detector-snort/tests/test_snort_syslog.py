@@ -20,9 +20,9 @@ from detector_snort.app import DetectorSnortService, build
 from detector_snort.pipeline import AlertPipeline, Source
 from detector_snort.settings import DetectorSnortSettings
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.lab.process import free_port
 from lazaretto_core.ranges import SubscriberRanges
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.process import free_port
+from lazaretto_lab.testing import BusProbe
 
 TOKEN = "s3cret-token-for-scripts"
 

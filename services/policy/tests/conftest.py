@@ -9,8 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.lease_stub import LeaseBook, serve
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.lease_stub import LeaseBook, serve
+from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.lease_stub import LeaseBook, serve, serve_app
+from lazaretto_lab.lease_stub import LeaseBook, serve, serve_app
 from policy.attribution import Attributor
 
 A_MAC = "02:00:00:00:0a:01"
@@ -81,3 +81,30 @@ async def test_a_peer_down_is_transient() -> None:
             await client.attribute("100.64.0.10")
     finally:
         await client.close()
+
+
+async def test_an_answer_with_fields_a_newer_peer_added_is_understood() -> None:
+    # Given a provisioner of the same schema version that added fields policy does not know yet
+    app = FastAPI()
+
+    @app.get("/v1/leases/{ip}/holders")
+    async def holders(ip: str) -> dict[str, object]:
+        interval = {
+            "ip": ip,
+            "mac": A_MAC,
+            "valid_from": "2026-11-26T04:00:00+00:00",
+            "valid_until": "2026-11-26T06:00:00+00:00",
+            "ended": "active",
+            "pool": "normal",
+        }
+        at = "2026-11-26T05:00:00+00:00"
+        return {"schema_version": 1, "ip": ip, "at": at, "holders": [interval], "answered_by": "kea-2"}
+
+    async with serve_app(app) as url:
+        client = attributor(url)
+        try:
+            # Then policy reads what it knows, as strictly as ever
+            found = await client.holders("100.64.0.10", datetime(2026, 11, 26, 5, tzinfo=UTC))
+            assert [(h.ip, h.mac, h.ended) for h in found.holders] == [("100.64.0.10", A_MAC, "active")]
+        finally:
+            await client.close()

@@ -24,8 +24,8 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ReleaseRequested,
 )
-from lazaretto_core.lease_stub import LeaseBook
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService
 
 CPE_MAC = "02:00:00:00:00:01"

@@ -27,8 +27,8 @@ from lazaretto_core.contracts import (
     ReleaseRequested,
 )
 from lazaretto_core.errors import InvalidMessage
-from lazaretto_core.lease_stub import LeaseBook
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.testing import BusProbe
 from policy import store
 from policy.app import PolicyService
 

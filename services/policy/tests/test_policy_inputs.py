@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from lazaretto_core.testing import http_head_only, serving
+from lazaretto_lab.testing import http_head_only, serving
 from policy.app import PolicyService
 
 PORTAL_HEADERS = {"Authorization": "Bearer portal-token-for-tests-0123456789"}

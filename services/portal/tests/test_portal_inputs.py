@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.testing import http_head_only, serving
+from lazaretto_lab.testing import http_head_only, serving
 from portal.app import PortalService, build
 from portal.forms import token_valid
 from portal.policy_client import PolicyClient, VisitorCase

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from lazaretto_core.contracts import ReleaseRequested
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.testing import BusProbe
 from portal.app import PortalService, build
 from portal.forms import issue_token, token_valid
 from portal.policy_client import PolicyClient, VisitorCase

@@ -8,8 +8,8 @@ from typing import Protocol
 import asyncpg
 import pytest
 
-from lazaretto_core.lab.bind import LabBind
-from lazaretto_core.lab.kea import LabKea
+from lazaretto_lab.bind import LabBind
+from lazaretto_lab.kea import LabKea
 from provisioner.kea import KeaHosts
 from provisioner.rpz import RpzAdapter
 

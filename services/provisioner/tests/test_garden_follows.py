@@ -13,8 +13,8 @@ import pytest
 
 from lazaretto_core.contracts import GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor
-from lazaretto_core.lab.dhcp_client import DhcpResult, dhcp_exchange
-from lazaretto_core.lab.kea import LabKea
+from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
+from lazaretto_lab.kea import LabKea
 from provisioner.follower import GardenFollower
 from provisioner.garden import Garden
 from provisioner.kea import KeaHosts

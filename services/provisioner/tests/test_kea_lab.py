@@ -9,8 +9,8 @@ import uuid
 import asyncpg
 import pytest
 
-from lazaretto_core.lab.dhcp_client import DhcpResult, dhcp_exchange
-from lazaretto_core.lab.kea import LabKea
+from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
+from lazaretto_lab.kea import LabKea
 from provisioner.kea import HW_ADDRESS, KeaHosts, KeaSchemaError, parse_mac
 
 

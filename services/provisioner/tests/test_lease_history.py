@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from lazaretto_core.lab.dhcp_client import DhcpResult, dhcp_exchange
-from lazaretto_core.lab.kea import LabKea
+from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
+from lazaretto_lab.kea import LabKea
 from provisioner.lease_history import Interval, LeaseHistory
 
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.lab.bind import LabBind
-from lazaretto_core.lab.kea import LabKea
+from lazaretto_lab.bind import LabBind
+from lazaretto_lab.kea import LabKea
 from provisioner.app import ProvisionerService, build
 from provisioner.kea import KeaHosts
 from provisioner.settings import ProvisionerSettings

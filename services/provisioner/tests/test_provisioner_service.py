@@ -14,10 +14,10 @@ from pydantic import SecretStr
 from lazaretto_core.attribution import DeviceLeases, LeaseHolders
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
-from lazaretto_core.lab.bind import LabBind
-from lazaretto_core.lab.dhcp_client import dhcp_exchange
-from lazaretto_core.lab.kea import LabKea
-from lazaretto_core.testing import BusProbe
+from lazaretto_lab.bind import LabBind
+from lazaretto_lab.dhcp_client import dhcp_exchange
+from lazaretto_lab.kea import LabKea
+from lazaretto_lab.testing import BusProbe
 from provisioner.app import ProvisionerService, build
 from provisioner.settings import ProvisionerSettings
 

@@ -15,8 +15,8 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from lazaretto_core.lab.bind import LabBind
-from lazaretto_core.lab.process import free_port
+from lazaretto_lab.bind import LabBind
+from lazaretto_lab.process import free_port
 from provisioner.rpz import (
     RpzAdapter,
     RpzAuthError,

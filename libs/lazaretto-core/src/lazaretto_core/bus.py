@@ -2,32 +2,33 @@
 
 Topology per consumer queue `q`: the queue itself (bound to its routing keys), `q.retry.<n>s`
 holding queues whose TTL dead-letters back into `q`, and `q.dlq` for messages that can never be
-handled. Ack policy (one place): success -> ack after the handler returned (its work is committed);
-`InvalidMessage` or a schema error -> DLQ with the reason; `RetryLater` or anything unexpected ->
-a delayed retry counted in the `x-lazaretto-attempt` header, then the DLQ once attempts run out.
+handled. The ack policy lives in `dispatch.Dispatcher` (shared with the in-memory bus); this module carries
+its verdicts out: ack after the handler returned (its work is committed); a dead letter is copied to
+the DLQ with the reason; a retry is copied to the delay queue with the attempt counted in the
+`x-lazaretto-attempt` header. Only this module imports aio-pika (a ruff rule says so).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
-import pydantic
 from prometheus_client import Counter
 
 from .contracts import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
-from .errors import InvalidMessage, RetryLater
+from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
+from .dispatch import Handler as Handler
+from .dispatch import MessageContext as MessageContext
+from .progress import ProgressMonitor
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,6 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
-@dataclass(frozen=True)
-class MessageContext:
-    """What a handler may know of the envelope, without touching AMQP objects."""
-
-    message_id: str
-    message_type: str
-    correlation_id: str | None
-    attempt: int
-    app_id: str | None
-    timestamp: datetime | None
-
-
-Handler = Callable[[Any, MessageContext], Awaitable[None]]
-
-
 class PublishError(RuntimeError):
     """The broker did not confirm the message (unroutable, nacked, or unreachable after retries)."""
 
@@ -88,13 +74,21 @@ class Bus:
     ) -> None:
         self._url = url
         self.app_id = app_id
-        self.max_attempts = max_attempts
-        self.retry_delays = tuple(retry_delays)
+        self.dispatcher = Dispatcher(max_attempts=max_attempts, retry_delays=retry_delays)
         self._publish_tries = publish_tries
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.last_progress = time.monotonic()
+        self._watchers: list[asyncio.Task[None]] = []
+
+    @property
+    def max_attempts(self) -> int:
+        return self.dispatcher.max_attempts
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return self.dispatcher.retry_delays
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url, client_properties={"app_id": self.app_id})
@@ -105,6 +99,11 @@ class Bus:
             )
 
     async def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers.clear()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -178,14 +177,17 @@ class Bus:
 
     # -- consuming --------------------------------------------------------------------------------
 
+    def on(self, contract: type[C], handler: Handler[C]) -> None:
+        """Handle `contract` with `handler` on the queue `consume` opens; mypy checks the handler's type."""
+        self.dispatcher.on(contract, handler)
+
     async def consume(
-        self,
-        queue: str,
-        handlers: Mapping[type[Contract], Handler],
-        *,
-        prefetch: int = 32,
+        self, queue: str, *, prefetch: int = 32, progress: ProgressMonitor | None = None
     ) -> None:
-        """Declare `queue` with its retry and dead-letter queues, bind it, and start consuming."""
+        """Declare `queue` with its retry and dead-letter queues, bind it to every contract registered
+        with `on`, and start consuming. With `progress`, /healthz watches the consumer as `queue`: it
+        beats while the channel is open and no delivery has been in the handler since the last beat
+        for longer than the monitor tolerates."""
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch)
@@ -206,101 +208,73 @@ class Bus:
             durable=True,
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
         )
-        by_type = {contract.routing_key: (contract, handler) for contract, handler in handlers.items()}
-        for contract in handlers:
+        for contract in self.dispatcher.contracts():
             exchange = await channel.declare_exchange(
                 contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             await main.bind(exchange, routing_key=contract.routing_key)
+        in_flight: dict[int, float] = {}
 
         async def on_message(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
-            await self._dispatch(channel, queue, by_type, incoming)
+            key = id(incoming)
+            in_flight[key] = time.monotonic()
+            try:
+                await self._deliver(channel, queue, incoming)
+            finally:
+                del in_flight[key]
 
         await main.consume(on_message, no_ack=False)
-
-    async def _dispatch(
-        self,
-        channel: aio_pika.abc.AbstractChannel,
-        queue: str,
-        by_type: Mapping[str, tuple[type[Contract], Handler]],
-        incoming: aio_pika.abc.AbstractIncomingMessage,
-    ) -> None:
-        self.last_progress = time.monotonic()
-        headers = incoming.headers or {}
-        attempt = _as_int(headers.get(ATTEMPT_HEADER), default=1)
-        message_type = incoming.type or incoming.routing_key or ""
-        try:
-            if message_type not in by_type:
-                raise InvalidMessage(f"unknown message type {message_type!r} on {queue}")
-            contract, handler = by_type[message_type]
-            try:
-                body = contract.model_validate_json(incoming.body)
-            except pydantic.ValidationError as exc:
-                raise InvalidMessage(f"{message_type} failed validation: {_short(exc)}") from exc
-            context = MessageContext(
-                message_id=incoming.message_id or _fallback_id(incoming),
-                message_type=message_type,
-                correlation_id=incoming.correlation_id,
-                attempt=attempt,
-                app_id=incoming.app_id,
-                timestamp=incoming.timestamp,
+        if progress is not None:
+            self._watchers.append(
+                asyncio.create_task(_watch(queue, channel, in_flight, progress), name=f"watch {queue}")
             )
-            await handler(body, context)
-        except InvalidMessage as exc:
-            log.warning("dead-lettering %r from %s: %s", message_type, queue, exc)
-            await self._dead_letter(channel, queue, incoming, str(exc))
+
+    async def _deliver(
+        self,
+        channel: aio_pika.abc.AbstractChannel,
+        queue: str,
+        incoming: aio_pika.abc.AbstractIncomingMessage,
+    ) -> None:
+        self.last_progress = time.monotonic()
+        envelope = Envelope(
+            body=incoming.body,
+            message_type=incoming.type or incoming.routing_key or "",
+            message_id=incoming.message_id,
+            correlation_id=incoming.correlation_id,
+            attempt=_as_int((incoming.headers or {}).get(ATTEMPT_HEADER), default=1),
+            app_id=incoming.app_id,
+            timestamp=incoming.timestamp,
+        )
+        verdict = await self.dispatcher.dispatch(envelope, queue)
+        if isinstance(verdict, Retry):
+            copy = _copy(incoming, {ATTEMPT_HEADER: verdict.attempt})
+            # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
+            target = retry_queue_name(queue, verdict.delay)
+            await channel.default_exchange.publish(copy, target, mandatory=True)
+            MESSAGES_HANDLED.labels(queue, "retried").inc()
+        elif isinstance(verdict, DeadLetter):
+            copy = _copy(incoming, {REASON_HEADER: verdict.reason[:1000], "x-lazaretto-queue": queue})
+            await channel.default_exchange.publish(copy, dead_letter_queue_name(queue), mandatory=True)
             MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
-        except Exception as exc:  # anything else is transient until attempts run out
-            reason = f"{type(exc).__name__}: {exc}"
-            if attempt >= self.max_attempts:
-                log.error(
-                    "giving up on %s from %s after %d attempts: %s", message_type, queue, attempt, reason
-                )
-                await self._dead_letter(
-                    channel, queue, incoming, f"gave up after {attempt} attempts: {reason}"
-                )
-                MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
-            else:
-                level = logging.INFO if isinstance(exc, RetryLater) else logging.ERROR
-                log.log(
-                    level,
-                    "retrying %s from %s (attempt %d): %s",
-                    message_type,
-                    queue,
-                    attempt,
-                    reason,
-                    exc_info=not isinstance(exc, RetryLater),
-                )
-                await self._retry(channel, queue, incoming, attempt)
-                MESSAGES_HANDLED.labels(queue, "retried").inc()
         else:
-            await incoming.ack()
             MESSAGES_HANDLED.labels(queue, "ok").inc()
+        await incoming.ack()
         self.last_progress = time.monotonic()
 
-    async def _retry(
-        self,
-        channel: aio_pika.abc.AbstractChannel,
-        queue: str,
-        incoming: aio_pika.abc.AbstractIncomingMessage,
-        attempt: int,
-    ) -> None:
-        delay = self.retry_delays[min(attempt - 1, len(self.retry_delays) - 1)]
-        copy = _copy(incoming, {ATTEMPT_HEADER: attempt + 1})
-        # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
-        await channel.default_exchange.publish(copy, retry_queue_name(queue, delay), mandatory=True)
-        await incoming.ack()
 
-    async def _dead_letter(
-        self,
-        channel: aio_pika.abc.AbstractChannel,
-        queue: str,
-        incoming: aio_pika.abc.AbstractIncomingMessage,
-        reason: str,
-    ) -> None:
-        copy = _copy(incoming, {REASON_HEADER: reason[:1000], "x-lazaretto-queue": queue})
-        await channel.default_exchange.publish(copy, dead_letter_queue_name(queue), mandatory=True)
-        await incoming.ack()
+async def _watch(
+    queue: str,
+    channel: aio_pika.abc.AbstractChannel,
+    in_flight: Mapping[int, float],
+    progress: ProgressMonitor,
+) -> None:
+    """Beat for a consumer: a closed channel beats not at all, a delivery stuck in its handler holds
+    the beat at the moment it started, so either makes /healthz fail after the monitor's tolerance."""
+    while True:
+        if not channel.is_closed:
+            progress.beat(queue, at=min(in_flight.values(), default=time.monotonic()))
+        # Several beats within the tolerance, so an idle consumer is never mistaken for a stalled one.
+        await asyncio.sleep(min(1.0, progress.stall_after / 4))
 
 
 def _copy(
@@ -328,13 +302,3 @@ def _as_int(value: object, default: int) -> int:
         except ValueError:
             return default
     return default
-
-
-def _short(exc: pydantic.ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:5]]
-    return "; ".join(parts)
-
-
-def _fallback_id(incoming: aio_pika.abc.AbstractIncomingMessage) -> str:
-    # A message without an id (published by hand) still needs a stable key for deduplication.
-    return "sha256:" + hashlib.sha256(incoming.body).hexdigest()

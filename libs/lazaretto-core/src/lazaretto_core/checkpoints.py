@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .tail import Checkpoint
 
 
@@ -51,14 +53,15 @@ class CheckpointStore:
     def load_state(self, name: str) -> dict[str, Any] | None:
         """The document last saved under `name`, or None (never saved, or unreadable)."""
         try:
-            data = json.loads(self._state_file(name).read_text())
+            data = orjson.loads(self._state_file(name).read_bytes())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
     def save_state(self, name: str, state: dict[str, Any]) -> None:
         """Replace the document under `name` atomically (a crash leaves the old or the new one)."""
-        self._write(self._state_file(name), json.dumps({"name": name, **state}, separators=(",", ":")))
+        # orjson: a detector's state can hold thousands of windows; it is ~10x faster than json.
+        self._write(self._state_file(name), orjson.dumps({"name": name, **state}))
 
     def _journal_file(self, name: str) -> Path:
         return self._state_file(name).with_suffix(".journal")
@@ -69,7 +72,7 @@ class CheckpointStore:
         A crash mid-append leaves a torn last line, which `read_journal` ignores: that record was
         never acknowledged to the caller.
         """
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = orjson.dumps(record) + b"\n"
         fd = os.open(self._journal_file(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, line)
@@ -88,7 +91,7 @@ class CheckpointStore:
         records: list[dict[str, Any]] = []
         for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn or empty
             try:
-                record = json.loads(line)
+                record = orjson.loads(line)
             except ValueError:
                 break  # nothing after a damaged record can be trusted
             if not isinstance(record, dict):
@@ -101,9 +104,10 @@ class CheckpointStore:
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self._journal_file(name), 0)
 
-    def _write(self, target: Path, text: str) -> None:
+    def _write(self, target: Path, text: str | bytes) -> None:
         tmp = target.with_suffix(".tmp")
-        with tmp.open("w") as out:
+        with tmp.open("wb") as out:
+            text = text.encode() if isinstance(text, str) else text
             out.write(text)
             if self.fsync:
                 out.flush()

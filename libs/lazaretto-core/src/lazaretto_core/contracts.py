@@ -1,6 +1,10 @@
-"""Versioned bus contracts: one pydantic model per message type, its routing key and an example.
+"""Versioned bus contracts: one pydantic model per message type, its routing key and examples.
 
-The routing key carries the major version; a breaking change is a new model with a new key.
+The routing key carries the major version; a breaking change is a new model with a new key. An
+additive change (a new optional field) keeps the key, so both sides must live with it: producers build
+messages strictly (an unknown field is a bug of ours: `extra="forbid"`), consumers read them with
+`Contract.read`, which ignores fields they do not know yet (a newer producer's), so an older consumer
+never dead-letters a message only for carrying something new.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -66,9 +70,47 @@ CaseState = Literal[
     "needs_operator",
 ]
 
+# The groupings of case states other services act on, defined once (policy's flow moves cases between
+# them; detector-smtp, the portal and policy's API ask which one a case is in).
+# From the garden request until the release starts: the subscriber is walled in.
+QUARANTINED_STATES: Final[frozenset[CaseState]] = frozenset(
+    {"garden_requested", "garden_applied", "modem_reset_requested", "quarantined"}
+)
+# The release is under way or done: nothing is left to release.
+RELEASING_STATES: Final[frozenset[CaseState]] = frozenset(
+    {"release_requested", "garden_removed", "release_reset_requested", "released"}
+)
+# A subscriber or an operator may release the case now.
+RELEASABLE_STATES: Final[frozenset[CaseState]] = frozenset({"quarantined", "needs_operator"})
+# Every state but the final one: the device has an open case (at most one).
+_NOT_YET_OR_STUCK: Final[frozenset[CaseState]] = frozenset({"open", "failed_retrying", "needs_operator"})
+OPEN_STATES: Final[frozenset[CaseState]] = (
+    _NOT_YET_OR_STUCK | QUARANTINED_STATES | RELEASING_STATES.difference({"released"})
+)
+# What one try of one reset method came to (cmts-agent): a verification outcome (back_online,
+# still_offline, never_offline, no_answer), the short form of why the SET failed (unknown modem,
+# timeout, denied, auth_failure, rejected, write_unanswered, error), or an intent a stopped agent left
+# without an outcome (abandoned); `accepted` is a SET the CMTS took before any verification.
+ResetOutcome = Literal[
+    "accepted",
+    "back_online",
+    "still_offline",
+    "never_offline",
+    "no_answer",
+    "unknown",
+    "timeout",
+    "denied",
+    "auth_failure",
+    "rejected",
+    "write_unanswered",
+    "abandoned",
+    "error",
+]
+
 
 class Contract(BaseModel):
-    """Base of every message body. Subclasses set the routing key, exchange and an example."""
+    """Base of every message body. Subclasses set the routing key, exchange and examples (the first,
+    `example`, is the canonical one; the others show the optional fields and the other variants)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,7 +118,21 @@ class Contract(BaseModel):
     exchange: ClassVar[str]
     # An unroutable message is an error, except for broadcasts nobody is obliged to hear.
     mandatory: ClassVar[bool] = True
+    examples: ClassVar[tuple[dict[str, Any], ...]]
+
+    @classmethod
+    def read(cls, raw: str | bytes) -> Self:
+        """A consumer's view of a received body: fields this version does not know are ignored (a
+        newer producer added them); everything it does know is validated as strictly as ever."""
+        return cls.model_validate_json(raw, extra="ignore")
+
+    # The canonical example: each contract sets `example = examples[0]`.
     example: ClassVar[dict[str, Any]]
+
+
+_CASE = "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b"
+_STEP = "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d"
+_RESET_STEP = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
 
 
 class AbuseObserved(Contract):
@@ -97,19 +153,33 @@ class AbuseObserved(Contract):
     signatures: list[str] = Field(default_factory=list, max_length=20)
     evidence: dict[str, Any] = Field(default_factory=dict)
 
-    example = {
-        "observation_id": "6f1c2a3e-8a55-4c1f-9d7e-0b1e2f3a4b5c",
-        "detector": "detector-snort",
-        "sensor": "ids-edge-1",
-        "first_seen": "2026-11-26T05:00:00+00:00",
-        "last_seen": "2026-11-26T05:00:02+00:00",
-        "ip": "100.64.0.10",
-        "category": "scan",
-        "severity": 3,
-        "count": 42,
-        "signatures": ["1000001: LAZARETTO TEST port scan"],
-        "evidence": {"dst_ports": 42},
-    }
+    examples = (
+        {
+            "observation_id": "6f1c2a3e-8a55-4c1f-9d7e-0b1e2f3a4b5c",
+            "detector": "detector-snort",
+            "sensor": "ids-edge-1",
+            "first_seen": "2026-11-26T05:00:00+00:00",
+            "last_seen": "2026-11-26T05:00:02+00:00",
+            "ip": "100.64.0.10",
+            "category": "scan",
+            "severity": 3,
+            "count": 42,
+            "signatures": ["1000001: LAZARETTO TEST port scan"],
+            "evidence": {"dst_ports": 42},
+        },
+        {
+            "observation_id": "7a2d3b4f-9b66-4d20-8e8f-1c2f3a4b5c6d",
+            "detector": "detector-smtp",
+            "sensor": "mx-1",
+            "first_seen": "2026-11-26T05:00:00+00:00",
+            "last_seen": "2026-11-26T05:59:00+00:00",
+            "ip": "2001:db8::10",
+            "category": "spam",
+            "severity": 4,
+            "count": 1000,
+        },
+    )
+    example = examples[0]
 
 
 class _CaseStep(Contract):
@@ -117,10 +187,9 @@ class _CaseStep(Contract):
     step_id: UUID
 
 
-class GardenApply(_CaseStep):
-    """Command: put the CPE (or the whole modem) into the walled garden."""
+class _GardenCommand(_CaseStep):
+    """What applying and removing the garden both name: the device, its addresses, why."""
 
-    routing_key = "garden.apply.v1"
     exchange = COMMANDS_EXCHANGE
 
     scope: Scope
@@ -134,46 +203,113 @@ class GardenApply(_CaseStep):
     case_ips: tuple[IpAddress, ...] = ()
     key_kind: KeyKind | None = None
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
+
+_GARDEN_COMMAND_EXAMPLES: tuple[dict[str, Any], ...] = (
+    {
+        "case_id": _CASE,
+        "step_id": _STEP,
         "scope": "cpe",
         "cpe_mac": "02:00:00:00:00:01",
         "cpe_ip": "100.64.0.10",
         "cm_mac": "00:02:8a:d3:7c:6e",
         "reason": "scan: 42 alerts from 100.64.0.10",
-    }
+    },
+    {
+        "case_id": _CASE,
+        "step_id": _STEP,
+        "scope": "cpe",
+        "cpe_mac": "02:00:00:00:00:01",
+        "cpe_ip": "100.127.0.5",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "reason": "scan: 42 alerts from 100.64.0.10",
+        "case_ips": ["100.64.0.10", "100.127.0.5"],
+        "key_kind": "cpe_mac",
+    },
+    {
+        "case_id": _CASE,
+        "step_id": _STEP,
+        "scope": "modem",
+        "cpe_mac": None,
+        "cpe_ip": "100.64.0.20",
+        "cm_mac": "00:02:8a:d3:7c:6e",
+        "reason": "operator: household quarantine",
+        "key_kind": "cm_mac",
+    },
+    {
+        "case_id": _CASE,
+        "step_id": _STEP,
+        "scope": "cpe",
+        "cpe_mac": None,
+        "cpe_ip": "192.0.2.77",
+        "cm_mac": None,
+        "reason": "malware: static address nobody leases",
+        "case_ips": ["192.0.2.77"],
+        "key_kind": "address",
+    },
+)
 
 
-class GardenRemove(GardenApply):
+class GardenApply(_GardenCommand):
+    """Command: put the CPE (or the whole modem) into the walled garden."""
+
+    routing_key = "garden.apply.v1"
+
+    examples = _GARDEN_COMMAND_EXAMPLES
+    example = examples[0]
+
+
+class GardenRemove(_GardenCommand):
     """Command: take the CPE (or modem) out of the walled garden."""
 
     routing_key = "garden.remove.v1"
 
+    examples = _GARDEN_COMMAND_EXAMPLES
+    example = examples[0]
 
-class GardenApplied(_CaseStep):
-    """Fact: the garden is in place; `changes` says what changed where."""
 
-    routing_key = "garden.applied.v1"
+class _GardenDone(_CaseStep):
+    """What a finished garden step reports: what changed where."""
+
     exchange = EVENTS_EXCHANGE
 
     changes: list[str]
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
-        "changes": ["kea: host 02:00:00:00:00:01 class quarantine", "rpz: client-ip 100.64.0.10"],
-    }
+
+class GardenApplied(_GardenDone):
+    """Fact: the garden is in place; `changes` says what changed where."""
+
+    routing_key = "garden.applied.v1"
+
+    examples = (
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "changes": ["kea: host 02:00:00:00:00:01 class quarantine", "rpz: client-ip 100.64.0.10"],
+        },
+        {"case_id": _CASE, "step_id": _STEP, "changes": ["rpz: client-ip 192.0.2.77"]},
+    )
+    example = examples[0]
 
 
-class GardenRemoved(GardenApplied):
+class GardenRemoved(_GardenDone):
     """Fact: the garden has been removed."""
 
     routing_key = "garden.removed.v1"
 
+    examples = (
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "changes": ["kea: host 02:00:00:00:00:01 released", "rpz: client-ip 100.64.0.10 removed"],
+        },
+        {"case_id": _CASE, "step_id": _STEP, "changes": []},
+    )
+    example = examples[0]
+
 
 class GardenFailed(_CaseStep):
-    """Fact: applying or removing the garden failed; `error_class` says how."""
+    """Fact: applying or removing the garden failed; `error_class` says how (`dns_<rcode>`,
+    `kea_…`, `database`, … : an open set, read by operators)."""
 
     routing_key = "garden.failed.v1"
     exchange = EVENTS_EXCHANGE
@@ -182,13 +318,23 @@ class GardenFailed(_CaseStep):
     error_class: str
     detail: str = Field(max_length=2000)
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d",
-        "operation": "apply",
-        "error_class": "dns_refused",
-        "detail": "BIND refused the update to quarantine.rpz",
-    }
+    examples = (
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "operation": "apply",
+            "error_class": "dns_refused",
+            "detail": "BIND refused the update to quarantine.rpz",
+        },
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "operation": "remove",
+            "error_class": "database",
+            "detail": "connection to Kea's database lost",
+        },
+    )
+    example = examples[0]
 
 
 class ModemReset(_CaseStep):
@@ -200,12 +346,11 @@ class ModemReset(_CaseStep):
     cm_mac: Mac
     cmts_hint: str | None = None
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
-        "cm_mac": "00:02:8a:d3:7c:6e",
-        "cmts_hint": None,
-    }
+    examples = (
+        {"case_id": _CASE, "step_id": _RESET_STEP, "cm_mac": "00:02:8a:d3:7c:6e", "cmts_hint": None},
+        {"case_id": _CASE, "step_id": _RESET_STEP, "cm_mac": "0002.8ad3.7c6e", "cmts_hint": "cmts-north"},
+    )
+    example = examples[0]
 
 
 class ResetAttempt(BaseModel):
@@ -214,8 +359,7 @@ class ResetAttempt(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     method: str
-    # accepted | back_online | still_offline | never_offline | no_answer | rejected | denied | timeout | error
-    outcome: str
+    outcome: ResetOutcome
     detail: str = Field(default="", max_length=500)
     seconds: float = 0.0
 
@@ -233,18 +377,35 @@ class ModemResetCompleted(_CaseStep):
     cmts: str | None = None  # the CMTS profile that served the modem
     attempts: tuple[ResetAttempt, ...] = ()
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
-        "cm_mac": "00:02:8a:d3:7c:6e",
-        "method": "cisco-cdxCmCpeResetNow",
-        "went_offline": True,
-        "seconds_to_online": 3.2,
-    }
+    examples = (
+        {
+            "case_id": _CASE,
+            "step_id": _RESET_STEP,
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "method": "cisco-cdxCmCpeResetNow",
+            "went_offline": True,
+            "seconds_to_online": 3.2,
+        },
+        {
+            "case_id": _CASE,
+            "step_id": _RESET_STEP,
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "method": "docsis3-docsIf3CmtsCmCtrlCmd",
+            "went_offline": False,
+            "seconds_to_online": 12.5,
+            "cmts": "cmts-north",
+            "attempts": [
+                {"method": "cisco-cdxCmCpeResetNow", "outcome": "rejected", "detail": "noSuchName"},
+                {"method": "docsis3-docsIf3CmtsCmCtrlCmd", "outcome": "back_online", "seconds": 12.5},
+            ],
+        },
+    )
+    example = examples[0]
 
 
 class ModemResetFailed(_CaseStep):
-    """Fact: the reset could not be done, or the modem never came back."""
+    """Fact: the reset could not be done, or the modem never came back; `error_class` (`snmp_timeout`,
+    `snmp_auth_failure`, `unknown_modem`, `not_back_online`, `modem_reset_capped`, …) says how."""
 
     routing_key = "modem.reset.failed.v1"
     exchange = EVENTS_EXCHANGE
@@ -255,13 +416,28 @@ class ModemResetFailed(_CaseStep):
     cmts: str | None = None
     attempts: tuple[ResetAttempt, ...] = ()
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "step_id": "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e",
-        "cm_mac": "00:02:8a:d3:7c:6e",
-        "error_class": "snmp_timeout",
-        "detail": "no answer from the CMTS in 3 tries",
-    }
+    examples = (
+        {
+            "case_id": _CASE,
+            "step_id": _RESET_STEP,
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "error_class": "snmp_timeout",
+            "detail": "no answer from the CMTS in 3 tries",
+        },
+        {
+            "case_id": _CASE,
+            "step_id": _RESET_STEP,
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "error_class": "snmp_auth_failure",
+            "detail": "usmStatsWrongDigests: the v3 key is wrong",
+            "cmts": "cmts-south",
+            "attempts": [
+                {"method": "casa-casaCmtsCmCpeResetNow", "outcome": "auth_failure", "seconds": 0.4},
+                {"method": "docsis3-docsIf3CmtsCmCtrlCmd", "outcome": "write_unanswered"},
+            ],
+        },
+    )
+    example = examples[0]
 
 
 class ReleaseRequested(Contract):
@@ -280,15 +456,25 @@ class ReleaseRequested(Contract):
     # policy checks it again against its own look-up before releasing anything.
     device_mac: Mac | None = None
 
-    example = {
-        "request_id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "client_ip": "100.64.0.10",
-        "attestation_version": "2026-11-v1",
-        "requested_at": "2026-11-26T06:00:00+00:00",
-        "user_agent": "Mozilla/5.0",
-        "device_mac": "02:00:00:00:00:01",
-    }
+    examples = (
+        {
+            "request_id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
+            "case_id": _CASE,
+            "client_ip": "100.64.0.10",
+            "attestation_version": "2026-11-v1",
+            "requested_at": "2026-11-26T06:00:00+00:00",
+            "user_agent": "Mozilla/5.0",
+            "device_mac": "02:00:00:00:00:01",
+        },
+        {
+            "request_id": "4d5e6f7a-8b9c-4d0e-9f1a-2b3c4d5e6f7a",
+            "case_id": _CASE,
+            "client_ip": "::ffff:192.0.2.77",
+            "attestation_version": "2026-11-v1",
+            "requested_at": "2026-11-26T06:00:00+00:00",
+        },
+    )
+    example = examples[0]
 
 
 class CaseChanged(Contract):
@@ -313,18 +499,39 @@ class CaseChanged(Contract):
     cm_mac: Mac | None = None
     key_kind: KeyKind | None = None
 
-    example = {
-        "case_id": "0b8f5e1c-3d2a-4e6f-8a9b-1c2d3e4f5a6b",
-        "state": "quarantined",
-        "reason": "modem back online after 3.2 s",
-        "scope": "cpe",
-        "ip": "100.64.0.10",
-        "changed_at": "2026-11-26T05:00:05+00:00",
-        "category": "spam",
-        "cpe_mac": "02:00:00:00:00:01",
-        "cm_mac": "00:02:8a:d3:7c:6e",
-        "key_kind": "cpe_mac",
-    }
+    examples = (
+        {
+            "case_id": _CASE,
+            "state": "quarantined",
+            "reason": "modem back online after 3.2 s",
+            "scope": "cpe",
+            "ip": "100.64.0.10",
+            "changed_at": "2026-11-26T05:00:05+00:00",
+            "category": "spam",
+            "cpe_mac": "02:00:00:00:00:01",
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "key_kind": "cpe_mac",
+        },
+        {
+            "case_id": _CASE,
+            "state": "released",
+            "reason": "modem back online after 2.9 s",
+            "scope": "modem",
+            "ip": "100.64.0.20",
+            "changed_at": "2026-11-26T07:00:00+00:00",
+        },
+        {
+            "case_id": _CASE,
+            "state": "needs_operator",
+            "reason": "no answer from the CMTS in 3 tries",
+            "scope": "cpe",
+            "ip": "192.0.2.77",
+            "changed_at": "2026-11-26T05:10:00+00:00",
+            "category": "malware",
+            "key_kind": "address",
+        },
+    )
+    example = examples[0]
 
 
 ALL_CONTRACTS: tuple[type[Contract], ...] = (

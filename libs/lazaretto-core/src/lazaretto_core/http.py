@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request, Response, status
@@ -18,6 +17,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .contracts import normalize_ip
+from .progress import ProgressMonitor as ProgressMonitor  # where services have always found it
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -26,21 +26,6 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 DEFAULT_MAX_BODY: Final = 64 * 1024
 _MAX_BODY_ATTRIBUTE: Final = "__lazaretto_max_body__"
 UNAUTHORIZED_DETAIL: Final = "missing or invalid bearer token"
-
-
-@dataclass
-class ProgressMonitor:
-    """Loops report `beat(name)`; /healthz fails when one has been silent for `stall_after` seconds."""
-
-    stall_after: float = 60.0
-    _beats: dict[str, float] = field(default_factory=dict)
-
-    def beat(self, name: str) -> None:
-        self._beats[name] = time.monotonic()
-
-    def stalled(self) -> list[str]:
-        now = time.monotonic()
-        return [name for name, at in self._beats.items() if now - at > self.stall_after]
 
 
 def create_http_app(

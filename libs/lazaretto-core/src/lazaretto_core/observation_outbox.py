@@ -18,7 +18,8 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
 A large state (thousands of aggregation windows) need not be rewritten at every confirm: with a
 `delta` callable the outbox appends each save as a journal record (what changed: top-level keys,
 entries of keyed collections, messages added and sent) after the last full document, and writes a
-full document again every `JOURNAL_RECORDS` records or `save_every` seconds. Loading applies the
+full document again every `full_every` seconds (default `save_every`), every `JOURNAL_RECORDS`
+records, or when asked (`save(full=True)`). Loading applies the
 journal to the document; a record torn by a crash was never acknowledged, so it is ignored.
 
 A message is kept under its id (`ident`): ids must be deterministic (`deterministic_id`), so a message
@@ -103,6 +104,7 @@ class ObservationOutbox(Generic[M]):
         clock: Callable[[], float] = time.monotonic,
         on_sent: Callable[[M], None] | None = None,
         delta: Callable[[], StateDelta] | None = None,
+        full_every: float | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -119,6 +121,7 @@ class ObservationOutbox(Generic[M]):
         # What changed since the last save, for a journal record; None: journal off. Calling it must
         # also reset the caller's change tracking.
         self.delta = delta
+        self.full_every = max(save_every, 1.0) if full_every is None else full_every
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
         self._dirty = False
         self._saved_at = clock()
@@ -200,16 +203,17 @@ class ObservationOutbox(Generic[M]):
         for key in record.get("removed") or []:
             pending.pop(key, None)
 
-    def save(self) -> None:
+    def save(self, *, full: bool = False) -> None:
         """Save the caller's state and the pending messages atomically: a journal record of what
-        changed when that is possible, else (and regularly) one full document."""
+        changed when that is possible, else (and regularly, or when `full`) one full document."""
         now = self.clock()
         if (
-            self.delta is None
+            full
+            or self.delta is None
             or self._need_full
             or self._journal_records >= JOURNAL_RECORDS
             or self._journal_bytes >= JOURNAL_BYTES
-            or now - self._full_at >= max(self.save_every, 1.0)
+            or now - self._full_at >= self.full_every
         ):
             self._save_full()
         else:
@@ -270,9 +274,9 @@ class ObservationOutbox(Generic[M]):
             self.save()
 
     def close(self) -> None:
-        """At shutdown: save what changed since the last save."""
-        if self._dirty:
-            self.save()
+        """At shutdown: save what changed since the last save, as a full document."""
+        if self._dirty or self._journal_records:
+            self.save(full=True)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -291,12 +295,12 @@ class ObservationOutbox(Generic[M]):
             self._bound()
         return added
 
-    def stage(self, messages: Iterable[M]) -> int:
+    def stage(self, messages: Iterable[M], *, full: bool = False) -> int:
         """Queue messages that cannot be derived again, and save them with the state before any of
-        them is published (write-ahead)."""
+        them is published (write-ahead); `full`: as a full document."""
         added = self.add(messages)
         if added:
-            self.save()
+            self.save(full=full)
         return added
 
     async def flush(self) -> int:

@@ -14,9 +14,11 @@ import uuid
 
 import asyncpg
 
-from .bus import Bus, PublishError
+from .bus import PublishError
 from .contracts import BY_ROUTING_KEY, Contract
 from .db import Connection
+from .dispatch import MessageBus
+from .progress import ProgressMonitor
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,20 @@ async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | 
 class OutboxRelay:
     """Drains the outbox: at once when kicked after a commit, and on a timer as a safety net."""
 
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, *, interval: float = 1.0, batch: int = 100) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: MessageBus,
+        *,
+        interval: float = 1.0,
+        batch: int = 100,
+        progress: ProgressMonitor | None = None,
+    ) -> None:
         self._pool = pool
         self._bus = bus
         self._interval = interval
         self._batch = batch
+        self._progress = progress
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +75,9 @@ class OutboxRelay:
             try:
                 while await self.drain_once() == self._batch:
                     pass
+                if self._progress is not None:
+                    # /healthz fails when the outbox stops draining (broker or database gone for long).
+                    self._progress.beat("outbox-relay")
             except (PublishError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("outbox relay paused: %s", exc)
                 await asyncio.sleep(self._interval)

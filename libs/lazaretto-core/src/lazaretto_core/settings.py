@@ -1,4 +1,4 @@
-"""Settings every service shares: broker, database, HTTP listener, logging.
+"""Settings every service shares: broker, HTTP listener, logging (a stateful service adds its database).
 
 Each service subclasses `ServiceSettings` with its own fields and defaults; values come from
 `LAZARETTO_*` environment variables or, for secrets, from files in `LAZARETTO_SECRETS_DIR`.
@@ -30,7 +30,6 @@ class ServiceSettings(BaseSettings):
     service_name: ClassVar[str] = "lazaretto"
 
     amqp_url: SecretStr = SecretStr("amqp://lazaretto:lazaretto@127.0.0.1:5672/")
-    database_url: SecretStr = SecretStr("postgresql://lazaretto:lazaretto@127.0.0.1:5432/lazaretto")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

@@ -43,10 +43,9 @@ class CmtsAgentService:
 
     async def start(self) -> None:
         await self.bus.connect()
+        self.bus.on(ModemReset, self.handlers.on_modem_reset)
         await self.bus.consume(
-            queue_name("cmts-agent"),
-            {ModemReset: self.handlers.on_modem_reset},
-            prefetch=self.settings.global_max_in_flight,
+            queue_name("cmts-agent"), prefetch=self.settings.global_max_in_flight, progress=self.progress
         )
         self._tasks.append(
             asyncio.create_task(

@@ -45,7 +45,7 @@ class CmtsAgentHandlers:
         except SnmpError as exc:
             attempts = exc.attempts if isinstance(exc, ResetFailed) else ()
             cmts = exc.cmts if isinstance(exc, ResetFailed) else None
-            if exc.transient and ctx.attempt < self.bus.max_attempts:
+            if exc.transient and not ctx.last_attempt:
                 raise RetryLater(f"reset of {command.cm_mac}: {exc}") from exc
             await self._failed(command, error_class(exc), str(exc), cmts, attempts)
             return

@@ -68,8 +68,14 @@ class Attempt:
     seconds: float = 0.0
 
     def to_contract(self) -> ResetAttempt:
-        return ResetAttempt(
-            method=self.method, outcome=self.outcome, detail=self.detail[:500], seconds=round(self.seconds, 3)
+        # Validated: an outcome outside the contract's set is a bug here, not something to publish.
+        return ResetAttempt.model_validate(
+            {
+                "method": self.method,
+                "outcome": self.outcome,
+                "detail": self.detail[:500],
+                "seconds": round(self.seconds, 3),
+            }
         )
 
 

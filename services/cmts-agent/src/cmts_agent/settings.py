@@ -142,6 +142,8 @@ class CmtsAgentSettings(ServiceSettings):
 
     http_port: int = 8500
     admin_token: SecretStr
+    # cmts-agent's own database (inventory, reset journal), through a role no other service has.
+    database_url: SecretStr = SecretStr("postgresql://lazaretto_cmts:lazaretto@127.0.0.1:5432/lazaretto_cmts")
     # Every CMTS this agent manages (JSON list of CmtsProfile). Empty: one CMTS from cmts_* below.
     cmtses: tuple[CmtsProfile, ...] = ()
     # The single-CMTS form (a Cisco over v2c), used when `cmtses` is empty.

@@ -67,9 +67,9 @@ class DetectorSmtpService:
     async def start(self) -> None:
         self.tail_gate.set()
         await self.bus.connect()
+        self.bus.on(CaseChanged, CaseTracker(self.quarantine).on_case_changed)
         await self.bus.consume(
-            queue_name("detector-smtp", f"cases.{self.settings.sensor}"),
-            {CaseChanged: CaseTracker(self.quarantine).on_case_changed},
+            queue_name("detector-smtp", f"cases.{self.settings.sensor}"), progress=self.progress
         )
         # The state to restart from exists before the first line is read or request counted: a crash
         # before the first periodic snapshot re-reads the logs from here instead of skipping them.

@@ -9,17 +9,12 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Final
 
-from lazaretto_core.contracts import CaseChanged
+from lazaretto_core.contracts import QUARANTINED_STATES, CaseChanged
+from lazaretto_core.contracts import RELEASING_STATES as RELEASED_STATES
 
-# From the garden request until the release starts: the subscriber is walled in, mail may be refused.
-QUARANTINED_STATES: Final = frozenset(
-    ("garden_requested", "garden_applied", "modem_reset_requested", "quarantined")
-)
-RELEASED_STATES: Final = frozenset(
-    ("release_requested", "garden_removed", "release_reset_requested", "released")
-)
+# QUARANTINED_STATES (from the garden request until the release starts: mail may be refused) and the
+# release states are policy's groupings, defined beside the contract.
 
 
 class QuarantineList:

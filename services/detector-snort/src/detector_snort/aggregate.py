@@ -4,8 +4,7 @@ The first alert for a (sensor, address, category) is reported at once (latency m
 inside the window are counted and reported when the window closes, with first/last seen and top
 signatures. Each alert may carry a `token` (where it was read): the observation of a window's first
 alert and the folded one take their identity from it, so a re-read after a crash yields the same ids.
-The open windows can be saved (`to_json`) and restored (`load_json`) with the read position, and
-`changes` tells which windows changed since it was last asked (a journal record instead of all).
+The open windows can be saved (`to_json`) and restored (`load_json`) with the read position.
 """
 
 from __future__ import annotations
@@ -59,8 +58,10 @@ class _Window:
             "category": key[2],
             "opened_at": self.opened_at,
             "severity": self.severity,
-            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
-            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            # Datetimes as they are: the state store (orjson) writes them as RFC 3339 text, faster
+            # than isoformat() here (a full save holds every open window).
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
             "count": self.count,
             "signatures": dict(self.signatures),
             "destinations": self.destinations,
@@ -73,8 +74,8 @@ class _Window:
         window = cls(
             opened_at=float(data["opened_at"]),
             severity=int(data["severity"]),
-            first_seen=datetime.fromisoformat(first) if first else None,
-            last_seen=datetime.fromisoformat(last) if last else None,
+            first_seen=_datetime(first),
+            last_seen=_datetime(last),
             count=int(data["count"]),
             signatures=Counter({str(k): int(v) for k, v in dict(data.get("signatures") or {}).items()}),
             destinations=[str(d) for d in data.get("destinations") or []],
@@ -89,8 +90,6 @@ class Aggregator:
         self.max_destinations = max_destinations
         self.top_signatures = top_signatures
         self._open: dict[tuple[str, str, str], _Window] = {}
-        self._changed: set[tuple[str, str, str]] = set()  # since `changes` was last called
-        self._closed: set[tuple[str, str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -99,18 +98,10 @@ class Aggregator:
         """The open windows by a text key (saved as a keyed collection)."""
         return {_key_text(key): window.to_json(key) for key, window in self._open.items()}
 
-    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """Windows opened or changed, and keys of windows closed, since the last call (or load)."""
-        changed = {_key_text(k): self._open[k].to_json(k) for k in self._changed if k in self._open}
-        closed = [_key_text(k) for k in self._closed]
-        self._changed, self._closed = set(), set()
-        return changed, closed
-
     def load_json(self, windows: dict[str, dict[str, Any]] | list[dict[str, Any]]) -> None:
         """Replace the open windows with saved ones (KeyError/ValueError/TypeError if malformed)."""
         items = windows.values() if isinstance(windows, dict) else windows
         self._open = dict(_Window.from_json(data) for data in items)
-        self._changed, self._closed = set(), set()
 
     def add(
         self,
@@ -127,7 +118,6 @@ class Aggregator:
 
         `token` may be a function that makes it: only the alerts whose token is used pay for it."""
         key = (sensor, ip, category)
-        self._changed.add(key)
         window = self._open.get(key)
         if window is None:
             self._open[key] = _Window(now, severity)
@@ -163,8 +153,6 @@ class Aggregator:
             if now - window.opened_at < self.window:
                 continue
             del self._open[key]
-            self._changed.discard(key)
-            self._closed.add(key)
             if window.count and window.first_seen and window.last_seen:
                 closed.append(
                     Folded(
@@ -197,6 +185,13 @@ class Aggregator:
             sensor,
             token,
         )
+
+
+def _datetime(value: object) -> datetime | None:
+    """A saved time: RFC 3339 text (or a datetime, before it was written)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 def _key_text(key: tuple[str, str, str]) -> str:

@@ -3,24 +3,31 @@ confirmed by the broker, kept in one `ObservationOutbox` (one atomic document pe
 
 What makes a restart (even after kill -9) neither lose nor repeat an alert in effect:
 - lines are folded in memory and the observations they yield at once are published; right after the
-  broker's confirms the position is saved with the windows (without observations, at most every
-  `save_every` seconds). A crash before that save re-reads the same lines into the same windows and
-  yields the same observations with the same ids — the id derives from the file's first bytes, the
-  line's offset and its content, never from the inode, so a re-read from a copy-truncated file's
-  copy gives the same ids — which consumers deduplicate;
+  broker's confirms the position is saved (a small journal record; without observations at most
+  every `save_every` seconds). The windows are saved in full with the position they belong to every
+  `FULL_EVERY` seconds and whenever windows close. A restart loads the windows and reads again from
+  their position, folding the lines up to the confirmed position without publishing what they yield
+  (it was confirmed) — so the windows count every line once. A crash between a confirm and its save
+  re-reads those lines and yields the same observations with the same ids — the id derives from the
+  file's first bytes, the line's offset and its content, never from the inode, so a re-read from a
+  copy-truncated file's copy gives the same ids — which consumers deduplicate;
 - a window that closes is saved as pending *before* its folded observation is published
   (write-ahead), and pending observations are published again at start (same id);
-- a failed publish puts the state back to the last saved one, and the reader resumes from there.
+- publishing runs beside the reader (one publisher task per source, confirms pipelined), so the
+  reader never waits for the broker: whatever a save records as read has its observations either
+  confirmed or pending in the same record; a failed publish leaves them pending and is retried;
+  beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a broker outage stops reading).
 Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from lazaretto_core.bus import PublishError
 from lazaretto_core.checkpoints import CheckpointStore, checkpoint_from_json, checkpoint_to_json
@@ -36,6 +43,11 @@ log = logging.getLogger(__name__)
 
 # publish(observation, message_id): returns after the broker's confirm, raises PublishError otherwise.
 Publish = Callable[[AbuseObserved, str], Awaitable[object]]
+# Seconds between full saves of the windows: bounds what a restart reads again (and folds without
+# publishing); a full save costs time in proportion to the open windows.
+FULL_EVERY: Final = 10.0
+MAX_UNCONFIRMED: Final = 5_000  # observations awaiting their confirm before the reader waits
+RETRY_AFTER: Final = 1.0  # seconds before a failed publish is tried again
 
 
 class SourceEngine:
@@ -55,6 +67,12 @@ class SourceEngine:
         self.aggregator = aggregator
         self.lock = asyncio.Lock()
         self.position: Checkpoint | None = None
+        # After a restart: the confirmed position, up to which lines read again are folded into the
+        # windows but what they yield is not published again (it was confirmed).
+        self.replay_until: Checkpoint | None = None
+        self.replayed = 0  # lines folded again without publishing, since start
+        self._kick = asyncio.Event()  # something is pending: the publisher task should run
+        self._publisher: asyncio.Task[None] | None = None
         self.outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
             store,
             source.name,
@@ -65,6 +83,7 @@ class SourceEngine:
             save_every=save_every,
             clock=clock,
             delta=self._delta,
+            full_every=max(FULL_EVERY, save_every),
         )
 
     @property
@@ -74,36 +93,41 @@ class SourceEngine:
     # -- persistence ------------------------------------------------------------------------------
 
     def _snapshot(self) -> dict[str, Any]:
-        return {
-            "position": checkpoint_to_json(self.position) if self.position else None,
-            "windows": self.aggregator.to_json(),
-        }
+        """Full: the windows with the position they belong to (the confirmed one is the same)."""
+        position = self._reading_position()
+        raw = checkpoint_to_json(position) if position else None
+        replay = checkpoint_to_json(self.replay_until) if self.replay_until else None
+        return {"position": replay or raw, "windows_position": raw, "windows": self.aggregator.to_json()}
 
     def _delta(self) -> StateDelta:
-        """Only the windows that changed: a save after each confirm stays small with many windows."""
-        changed, closed = self.aggregator.changes()
-        return StateDelta(
-            state={"position": checkpoint_to_json(self.position) if self.position else None},
-            set={"windows": changed} if changed else {},
-            delete={"windows": closed} if closed else {},
-        )
+        """A journal record: the confirmed position only. The windows wait for the next full save
+        (a restart folds the lines since then again)."""
+        position = self.replay_until or self.position
+        return StateDelta(state={"position": checkpoint_to_json(position) if position else None})
+
+    def _reading_position(self) -> Checkpoint | None:
+        return self.position
 
     def load(self) -> None:
         """Put the state back to the last saved one (or to nothing)."""
-        self.position = None
+        self.position = self.replay_until = None
         self.aggregator.load_json([])
         state = self.outbox.load()
         if state is None:
             return
         try:
             raw = state.get("position")
-            position = checkpoint_from_json(raw) if raw else None
+            confirmed = checkpoint_from_json(raw) if raw else None
+            at = state.get("windows_position", raw)
+            windows_position = checkpoint_from_json(at) if at else None
             self.aggregator.load_json(state.get("windows") or {})
         except (KeyError, TypeError, ValueError) as exc:
             log.error("state of %s unreadable (%s): starting afresh", self.source.name, exc)
             self.aggregator.load_json([])
             return
-        self.position = position
+        self.position = windows_position
+        if confirmed is not None and confirmed != windows_position:
+            self.replay_until = confirmed
 
     def save(self) -> None:
         self.outbox.save()
@@ -118,26 +142,75 @@ class SourceEngine:
                 await self.outbox.flush()
             except PublishError as exc:
                 log.error("%s: pending observations not published yet: %s", self.source.name, exc)
+                self._publish_soon()
 
-    async def feed_lines(self, lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
-        """Lines read from a file up to `position`. On PublishError the state is back at the last
-        save (re-read from `self.position`)."""
-        async with self.lock:
-            self._remember_identity(lines)
+    def _publish_soon(self) -> None:
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_loop(), name=f"publish {self.source.name}")
+        self._kick.set()
+
+    async def _publish_loop(self) -> None:
+        """Publish what is pending; the outbox saves the state right after each round of confirms."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
             try:
                 await self.outbox.flush()
-                observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
-                self.position = position
-                if observations:
-                    # Re-derived with the same ids if we crash before the confirm: no write-ahead.
-                    self.outbox.add(observations)
-                    await self.outbox.flush()  # saves the position right after the confirms
-                else:
-                    self.outbox.touch()
-            except PublishError:
-                self.load()
-                raise
-            return observations
+            except (PublishError, OSError) as exc:  # OSError: the state could not be saved
+                log.error("%s: publish failed (%s); kept pending, retrying", self.source.name, exc)
+                await asyncio.sleep(RETRY_AFTER)
+                self._kick.set()
+
+    async def unconfirmed_below(self, limit: int = MAX_UNCONFIRMED) -> None:
+        """Wait until fewer than `limit` observations await their confirm (back-pressure)."""
+        while len(self.outbox) >= limit:
+            self._publish_soon()
+            await asyncio.sleep(0.01)
+
+    async def feed_lines(self, lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
+        """Lines read from a file up to `position`: folded at once, their observations handed to
+        the publisher (not awaited: the reader goes on while the broker confirms)."""
+        async with self.lock:
+            self._remember_identity(lines)
+            replayed = self._replayed(lines)
+            if replayed:
+                # Confirmed before the restart: fold them into the windows, publish nothing.
+                self.pipeline.run_lines(self.source, lines[:replayed], self.aggregator)
+                self.replayed += replayed
+                lines = lines[replayed:]
+            observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
+            self.position = position
+            if observations:
+                # Re-derived with the same ids if we crash before the confirm: no write-ahead. The
+                # save after their confirms records the position (or keeps them pending with it).
+                self.outbox.add(observations)
+                self._publish_soon()
+            else:
+                self.outbox.touch()
+        await self.unconfirmed_below()
+        return observations
+
+    def _replayed(self, lines: Sequence[TailLine]) -> int:
+        """How many of `lines` come before the confirmed position (0 once it is passed).
+
+        Lines of the confirmed position's file (same first bytes) count up to its offset; lines of
+        the windows' file before that also count. Any other file ends the replay (its lines are
+        published; their ids are the ones they had, so a repeat is deduplicated downstream)."""
+        until = self.replay_until
+        if until is None:
+            return 0
+        start = self.position
+        count = 0
+        for line in lines:
+            if _same_file(line.head, until.head):
+                if line.offset > until.offset:
+                    self.replay_until = None
+                    return count
+            elif start is None or not _same_file(line.head, start.head):
+                self.replay_until = None
+                return count
+            count += 1
+        return count
 
     def _remember_identity(self, lines: Sequence[TailLine]) -> None:
         """Save the file's first bytes with the unchanged offset before handling its first lines: a
@@ -149,7 +222,8 @@ class SourceEngine:
         head = lines[0].head
         if len(head) > len(position.head) and head.startswith(position.head):
             self.position = Checkpoint(position.inode, position.offset, head)
-            self.outbox.save()  # the offset is unchanged: nothing handled is claimed
+            if self.replay_until is None:
+                self.outbox.save(full=True)  # the offset is unchanged: nothing handled is claimed
 
     async def feed_alerts(
         self, alerts: Iterable[tuple[Alert, str | None]], counts: dict[str, int] | None = None
@@ -160,10 +234,7 @@ class SourceEngine:
             observations = self.pipeline.run_alerts(self.source, alerts, self.aggregator, counts)
             if observations:
                 self.outbox.stage(observations)
-                try:
-                    await self.outbox.flush()
-                except PublishError as exc:
-                    log.error("%s: publish failed (%s); kept pending", self.source.name, exc)
+                self._publish_soon()
             else:
                 self.outbox.touch()
             return observations
@@ -173,11 +244,26 @@ class SourceEngine:
         async with self.lock:
             due = self.pipeline.due(self.source, self.aggregator)
             if due:
-                self.outbox.stage(due)  # write-ahead: a crash from here on publishes them at start
-            await self.outbox.flush()
+                # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
+                # them at start and does not fold their lines again.
+                self.outbox.stage(due, full=True)
+            if len(self.outbox):
+                self._publish_soon()
             self.outbox.save_if_due()
             return len(due)
 
     async def close(self) -> None:
+        """Stop publishing (what is unconfirmed stays pending) and save the state in full."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher  # its loop handles every publish and save failure
+            self._publisher = None
         async with self.lock:
             self.outbox.close()
+
+
+def _same_file(head: bytes, other: bytes) -> bool:
+    """Do two files' first bytes (each as far as known) say they are the same file?"""
+    n = min(len(head), len(other))
+    return head[:n] == other[:n]

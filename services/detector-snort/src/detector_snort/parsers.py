@@ -3,9 +3,11 @@ Snort 2 / Snort 3 / Suricata, and syslog messages (RFC 5424 / RFC 3164) carrying
 or EVE JSON.
 
 Pure functions, no I/O. Garbage raises `ParseError` with a short machine reason (for a metric label);
-they never raise anything else. Hot path: one `orjson.loads` straight from the bytes (about twice as
-fast as `json.loads`), the fields read without a helper call per field, addresses validated once per
-distinct text, splits instead of regexes.
+they never raise anything else. Hot path for EVE: one typed `msgspec` decode straight from the bytes
+(the whole line is parsed and validated as JSON; only the fields an alert needs become Python
+objects — about twice as fast as `orjson.loads`, four times `json.loads`); anything it does not
+accept goes the field-by-field way (`orjson`), which names the fault. Addresses are validated once per
+distinct text; splits instead of regexes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, Literal
 
+import msgspec
 import orjson
 
 from detector_snort.alerts import Alert
@@ -85,6 +88,84 @@ def _normalise_ip(text: str) -> str:
 # --------------------------------------------------------------------------------------------- EVE
 
 
+class _EveAlert(msgspec.Struct):
+    """The `alert` object's fields an `Alert` needs (others are parsed as JSON and skipped)."""
+
+    signature_id: int
+    signature: str
+    gid: int = 1
+    rev: int = 0
+    category: str | None = None
+    severity: int = 0
+    action: str | None = None
+
+
+class _EveEvent(msgspec.Struct):
+    """An EVE event's fields an `Alert` needs; `alert` only for alerts."""
+
+    event_type: str
+    timestamp: str | None = None
+    src_ip: str | None = None
+    dest_ip: str | None = None
+    proto: str | None = None
+    src_port: int | None = None
+    dest_port: int | None = None
+    flow_id: int | None = None
+    alert: _EveAlert | None = None
+
+
+_EVE_DECODER: Final = msgspec.json.Decoder(_EveEvent)
+
+
+def _eve_typed(line: bytes, sensor: str) -> Alert | None:
+    """The usual alert line, decoded by type; None: not one (the general path decides why)."""
+    try:
+        event = _EVE_DECODER.decode(line)
+    except msgspec.MsgspecError:
+        return None
+    alert = event.alert
+    ts, src, dst, proto = event.timestamp, event.src_ip, event.dest_ip, event.proto
+    sport, dport = event.src_port, event.dest_port
+    if (
+        event.event_type != "alert"
+        or alert is None
+        or ts is None
+        or not src
+        or not dst
+        or not proto
+        or not alert.signature
+        or (sport is not None and not 0 <= sport <= 65535)
+        or (dport is not None and not 0 <= dport <= 65535)
+    ):
+        return None
+    try:
+        stamp = datetime.fromisoformat(ts)  # 3.11 reads Suricata's "+0000" offsets
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        return None
+    canonical = _CANONICAL_IP.get
+    src_ip, dst_ip = canonical(src), canonical(dst)
+    action = alert.action
+    return Alert(  # positional: the fields in their declared order (cheaper than keywords)
+        stamp,
+        src_ip or normalise_ip(src),
+        sport,
+        dst_ip or normalise_ip(dst),
+        dport,
+        proto,
+        alert.gid,
+        alert.signature_id,
+        alert.rev,
+        alert.signature,
+        alert.category or None,
+        alert.severity or None,
+        "allowed" if action == "allowed" else normalise_action(action),
+        sensor,
+        event.flow_id or None,
+    )
+
+
 def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE) -> Alert | None:
     """One EVE JSON line -> `Alert`; None for other event types (flow, smtp, http, stats...)."""
     if len(line) > max_len:
@@ -97,6 +178,9 @@ def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE
         stripped = line.strip()
         if stripped.startswith(b"{") and stripped.endswith(b"}"):
             return None
+    typed = _eve_typed(line, sensor)
+    if typed is not None:
+        return typed
     try:
         obj = orjson.loads(line)  # validates UTF-8 itself
     except orjson.JSONDecodeError as exc:

@@ -280,18 +280,7 @@ class AlertPipeline:
                 return "not_alert"
             return None
         # Keys cannot occur inside JSON strings unescaped, so every `"src_ip":"` is a key (top level
-        # or in `flow`): when none is a subscriber, the alert is not about one. The usual subscriber
-        # alert is decided by the first one alone (it must be parsed anyway).
-        first = line.find(b'"src_ip":"')
-        if first < 0:
-            return None
-        end = line.find(b'"', first + 10)
-        raw = line[first + 10 : end] if end >= 0 else b"\\"
-        side = self._address_cache.get(raw)
-        if side is None:
-            side = self._side(raw)
-        if side is not _OUTSIDE:
-            return None
+        # or in `flow`): when none is a subscriber, the alert is not about one.
         sources = line.split(b'"src_ip":"')
         if len(sources) < 2 or self._sides(sources) is not _OUTSIDE:
             return None

@@ -11,13 +11,14 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import Category, IpAddress, Scope, normalize_mac, utcnow
+from lazaretto_core.contracts import RELEASABLE_STATES, Category, IpAddress, Scope, normalize_mac
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import flow, identity, store
+from . import commands, identity, store
 from .attribution import Attributor
-from .casework import CaseExists, CaseWork
+from .casework import CaseWork
+from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
 from .rules import Network, is_allowlisted
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def install_api(
     portal = APIRouter(
         prefix="/v1/portal", dependencies=[Depends(bearer_token_guard(portal_token))], tags=["portal"]
     )
+    allowance = SelfReleaseAllowance(max_self_releases, self_release_window)
 
     @admin.get("/cases")
     async def list_cases(
@@ -68,7 +70,7 @@ def install_api(
                 mac = normalize_mac(mac)
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
-        async with work.pool.acquire() as conn:
+        async with work.uow.read() as conn:
             cases = await store.list_cases(
                 conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit
             )
@@ -76,7 +78,7 @@ def install_api(
 
     @admin.get("/cases/{case_id}")
     async def show_case(case_id: uuid.UUID) -> dict[str, Any]:
-        async with work.pool.acquire() as conn:
+        async with work.uow.read() as conn:
             case = await store.get_case(conn, case_id)
             if case is None:
                 raise HTTPException(404, "no such case")
@@ -87,6 +89,7 @@ def install_api(
 
     @admin.post("/quarantine", status_code=201)
     async def quarantine(request: QuarantineRequest) -> dict[str, Any]:
+        # Refused before any look-up; the command checks it again for the address it is given.
         if is_allowlisted(request.ip, allowlist):
             raise HTTPException(409, f"{request.ip} is on the allowlist and is never quarantined")
         try:
@@ -97,32 +100,31 @@ def install_api(
                 leases = await attributor.device_leases(attribution.cpe_mac, attribution.at)
         except RetryLater as exc:
             raise HTTPException(503, f"cannot attribute {request.ip} now: {exc}") from None
-        if attribution.found == "conflict":
-            raise HTTPException(409, f"who holds {request.ip} is in conflict: {attribution.conflict}")
-        async with work.pool.acquire() as conn, conn.transaction():
-            try:
-                case = await work.open_case(
-                    conn,
-                    attribution,
-                    scope=request.scope,
-                    category=request.category,
-                    reason=request.reason,
-                    actor=f"operator:{request.operator}",
-                    leases=leases,
-                    source="operator",
-                )
-            except CaseExists as exists:
-                raise HTTPException(
-                    409,
-                    f"case {exists.case.case_id} is already open for {request.ip}"
-                    f" ({exists.case.key_kind} {exists.case.device_key})",
-                ) from None
-        work.relay.kick()
+        command = OpenCase(
+            attribution,
+            scope=request.scope,
+            category=request.category,
+            reason=request.reason,
+            actor=f"operator:{request.operator}",
+            leases=leases,
+            source="operator",
+        )
+        try:
+            async with work.uow() as conn:
+                case = await commands.open_case(work, conn, command, allowlist)
+        except commands.AlreadyOpen as exists:
+            raise HTTPException(
+                409,
+                f"case {exists.case.case_id} is already open for {request.ip}"
+                f" ({exists.case.key_kind} {exists.case.device_key})",
+            ) from None
+        except Refused as exc:
+            raise HTTPException(exc.http_status, str(exc)) from None
         return case.public()
 
     @admin.post("/cases/{case_id}/release")
     async def release(case_id: uuid.UUID, request: ReleaseRequest) -> dict[str, Any]:
-        async with work.pool.acquire() as conn:
+        async with work.uow.read() as conn:
             known = await store.get_case(conn, case_id)
         if known is None:
             raise HTTPException(404, "no such case")
@@ -134,19 +136,13 @@ def install_api(
                 # An operator's release does not wait for the lease history: the provisioner removes
                 # every address it gardened for the device anyway.
                 log.warning("releasing case %s without its current address: %s", case_id, exc)
-        async with work.pool.acquire() as conn, conn.transaction():
-            case = await store.lock_case(conn, case_id)
-            if case is None:
-                raise HTTPException(404, "no such case")
-            try:
-                outcome = flow.release_requested(case.state)
-            except flow.NotReleasable as exc:
-                raise HTTPException(409, str(exc)) from None
-            case = await work.follow_device(conn, case, leases)
-            case = await work.apply(
-                conn, case, outcome, f"operator:{request.operator}", {"reason": request.reason}
-            )
-        work.relay.kick()
+        command = Release(case_id, actor=f"operator:{request.operator}", reason=request.reason, leases=leases)
+        try:
+            async with work.uow() as conn:
+                case = await commands.release(work, conn, command, allowance)
+        except Refused as exc:
+            raise HTTPException(exc.http_status, str(exc)) from None
+        assert case is not None  # only a subscriber's repeated release is a no-op
         return case.public()
 
     @portal.get("/cases/by-ip/{ip}")
@@ -164,7 +160,8 @@ def install_api(
             raise HTTPException(503, f"cannot tell who holds {ip} now: {exc}") from None
         if visitor.found == "conflict":
             raise HTTPException(404, "no open case for this address")
-        async with work.pool.acquire() as conn, conn.transaction():
+        # A unit of work: a move of the device is recorded and announced (case.changed.v1).
+        async with work.uow() as conn:
             case = await store.open_case_for_visitor(
                 conn,
                 mac=visitor.cpe_mac,
@@ -178,10 +175,8 @@ def install_api(
                 await work.follow_device(
                     conn, case, DeviceLeases(mac=visitor.lease.mac, leases=[visitor.lease])
                 )
-            since = utcnow() - self_release_window
-            used = await store.self_releases_since(conn, case.key_kind, case.device_key, since)
-        work.relay.kick()  # a move is announced (case.changed.v1)
-        left = max(0, max_self_releases - used)
+            used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
+        left = max(0, allowance.max_releases - used)
         return {
             "case_id": str(case.case_id),
             "category": case.category,
@@ -192,7 +187,7 @@ def install_api(
             "device_key": case.device_key,
             "visitor_mac": visitor.cpe_mac,
             "self_releases_left": left,
-            "self_release_allowed": case.state in flow.RELEASABLE and left > 0,
+            "self_release_allowed": case.state in RELEASABLE_STATES and left > 0,
         }
 
     app.include_router(admin)

@@ -30,6 +30,7 @@ from .attribution import Attributor
 from .casework import CaseWork
 from .handlers import PolicyHandlers
 from .settings import PolicySettings
+from .uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,14 @@ class PolicyService:
         await self.bus.connect()
         self.relay.start()
         h = self.handlers
-        await self.bus.consume(
-            queue_name("policy"),
-            {
-                AbuseObserved: h.on_abuse_observed,
-                GardenApplied: h.on_garden_applied,
-                GardenRemoved: h.on_garden_removed,
-                GardenFailed: h.on_garden_failed,
-                ModemResetCompleted: h.on_modem_reset_completed,
-                ModemResetFailed: h.on_modem_reset_failed,
-                ReleaseRequested: h.on_release_requested,
-            },
-        )
+        self.bus.on(AbuseObserved, h.on_abuse_observed)
+        self.bus.on(GardenApplied, h.on_garden_applied)
+        self.bus.on(GardenRemoved, h.on_garden_removed)
+        self.bus.on(GardenFailed, h.on_garden_failed)
+        self.bus.on(ModemResetCompleted, h.on_modem_reset_completed)
+        self.bus.on(ModemResetFailed, h.on_modem_reset_failed)
+        self.bus.on(ReleaseRequested, h.on_release_requested)
+        await self.bus.consume(queue_name("policy"), progress=self.progress)
         self._tasks.append(asyncio.create_task(self._retry_loop(), name="step-retries"))
 
     async def stop(self) -> None:
@@ -95,9 +92,12 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
     )
-    relay = OutboxRelay(pool, bus)
+    progress = ProgressMonitor()
+    relay = OutboxRelay(pool, bus, progress=progress)
     work = CaseWork(
-        pool, relay, step_max_attempts=settings.step_max_attempts, step_retry_base=settings.step_retry_base
+        UnitOfWork(pool, relay),
+        step_max_attempts=settings.step_max_attempts,
+        step_retry_base=settings.step_retry_base,
     )
     attributor = attributor or Attributor(
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
@@ -112,7 +112,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_observation_age=timedelta(seconds=settings.max_observation_age),
         self_release_window=window,
     )
-    progress = ProgressMonitor()
 
     async def database_ready() -> None:
         await db.ping(pool)

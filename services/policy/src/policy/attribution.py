@@ -144,7 +144,8 @@ class Attributor:
         if response.status_code != 200:
             raise RetryLater(f"attribution peer answered {response.status_code} for {url}")
         try:
-            return answer.model_validate_json(response.content)
+            # A newer peer may add fields (same schema_version): what policy knows is still checked.
+            return answer.model_validate_json(response.content, extra="ignore")
         except pydantic.ValidationError as exc:
             # A peer speaking another version: an operator must upgrade one side; retrying shows it.
             raise RetryLater(

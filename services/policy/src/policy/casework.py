@@ -1,5 +1,6 @@
-"""Drives cases: each change is one transaction that stores the new state, its audit row and the
-commands it implies (outbox); the relay publishes them after the commit."""
+"""How a case moves: each transition stores the new state, its audit row and the commands it implies
+(outbox) on the caller's unit of work (`uow.py`), whose commit wakes the relay that publishes them.
+What may move a case, and when, is decided by the commands (`commands.py`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import asyncpg
 
 from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import (
@@ -22,12 +21,13 @@ from lazaretto_core.contracts import (
     utcnow,
 )
 from lazaretto_core.db import Connection
-from lazaretto_core.outbox import OutboxRelay, enqueue
+from lazaretto_core.outbox import enqueue
 
 from . import flow, identity, store
 from .attribution import Attribution
 from .flow import Outcome, Step
 from .store import AddressSource, Case
+from .uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,9 @@ class CaseExists(Exception):
 
 
 class CaseWork:
-    def __init__(
-        self, pool: asyncpg.Pool, relay: OutboxRelay, *, step_max_attempts: int, step_retry_base: float = 2.0
-    ) -> None:
+    def __init__(self, uow: UnitOfWork, *, step_max_attempts: int, step_retry_base: float = 2.0) -> None:
         self.step_retry_base = step_retry_base
-        self.pool = pool
-        self.relay = relay
+        self.uow = uow
         self.step_max_attempts = step_max_attempts
 
     async def open_case(
@@ -169,36 +166,19 @@ class CaseWork:
         assert updated is not None
         return updated
 
-    async def step_result(
-        self, step: Step, step_id: uuid.UUID, succeeded: bool, actor: str, detail: dict[str, Any]
-    ) -> None:
-        """A result for a step: moves the case only if that step is the one in flight."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            case = await store.lock_case_by_step(conn, step_id)
-            if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
-                log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
-                return
-            if succeeded:
-                outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None)
-            else:
-                outcome = flow.step_failed(step, case.step_attempts, self.step_max_attempts)
-            await self.apply(conn, case, outcome, actor, detail)
-        self.relay.kick()
-
     async def retry_due(self) -> int:
-        """Re-issue the commands of cases whose backoff has passed."""
+        """Re-issue the commands of cases whose backoff has passed (one unit of work per case)."""
         count = 0
-        async with self.pool.acquire() as conn:
-            for case_id in await store.due_retries(conn):
-                async with conn.transaction():
-                    case = await store.lock_case(conn, case_id)
-                    if case is None or case.next_retry_at is None or case.step is None:
-                        continue
-                    outcome = Outcome(IN_FLIGHT_STATE[case.step], case.step)
-                    await self.apply(conn, case, outcome, "policy", {"reason": f"retry of {case.step.value}"})
-                    count += 1
-        if count:
-            self.relay.kick()
+        async with self.uow.read() as conn:
+            due = await store.due_retries(conn)
+        for case_id in due:
+            async with self.uow() as conn:
+                case = await store.lock_case(conn, case_id)
+                if case is None or case.next_retry_at is None or case.step is None:
+                    continue
+                outcome = Outcome(IN_FLIGHT_STATE[case.step], case.step)
+                await self.apply(conn, case, outcome, "policy", {"reason": f"retry of {case.step.value}"})
+                count += 1
         return count
 
     def _changed(self, case: Case, state: CaseState, reason: str) -> CaseChanged:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lazaretto_core.contracts import CaseState
+from lazaretto_core.contracts import RELEASABLE_STATES, CaseState
 
 
 class Step(StrEnum):
@@ -26,10 +26,6 @@ class Outcome:
 
 class NotReleasable(Exception):
     """A release was asked for a case that is not (yet, or any more) in quarantine."""
-
-
-# States from which a subscriber or an operator may release the case.
-RELEASABLE: frozenset[str] = frozenset({"quarantined", "needs_operator"})
 
 
 def opened() -> Outcome:
@@ -56,7 +52,8 @@ def step_failed(step: Step, attempts: int, max_attempts: int) -> Outcome:
 
 
 def release_requested(state: str) -> Outcome:
-    if state not in RELEASABLE:
+    # The releasable states are defined beside the contract, where the portal reads them too.
+    if state not in RELEASABLE_STATES:
         raise NotReleasable(f"a case in state {state!r} cannot be released now")
     return Outcome("release_requested", Step.GARDEN_REMOVE)
 

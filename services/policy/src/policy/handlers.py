@@ -1,8 +1,10 @@
-"""What policy does with each message it consumes."""
+"""What policy does with each message it consumes: attribute, then call the command (`commands.py`)
+on one unit of work with the message's claim, so a redelivery changes nothing twice."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -19,22 +21,19 @@ from lazaretto_core.contracts import (
     ReleaseRequested,
     utcnow,
 )
-from lazaretto_core.db import Connection, claim_message
+from lazaretto_core.db import claim_message
 from lazaretto_core.errors import InvalidMessage
 
-from . import flow, identity, store
+from . import commands, identity, store
 from .attribution import Attribution, Attributor
 from .casework import CaseWork
+from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
 from .flow import Step
 from .rules import Network, Rule, decide
-from .store import Case
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "policy"
-RELEASE_IN_PROGRESS = frozenset(
-    {"release_requested", "garden_removed", "release_reset_requested", "released"}
-)
 
 
 class PolicyHandlers:
@@ -52,10 +51,9 @@ class PolicyHandlers:
         self.work = work
         self.attributor = attributor
         self.rules = rules
-        self.allowlist = allowlist
-        self.max_self_releases = max_self_releases
+        self.allowlist = tuple(allowlist)
+        self.allowance = SelfReleaseAllowance(max_self_releases, self_release_window)
         self.max_observation_age = max_observation_age
-        self.self_release_window = self_release_window
 
     async def on_abuse_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """Attribute the observation to the device that held the address at `last_seen`, then open or
@@ -82,7 +80,7 @@ class PolicyHandlers:
                     action = "attribution_conflict"
                 elif attribution.cpe_mac is not None:
                     leases = await self.attributor.device_leases(attribution.cpe_mac, event.first_seen)
-        async with self.work.pool.acquire() as conn, conn.transaction():
+        async with self.work.uow() as conn:
             if not await claim_message(conn, CONSUMER, ctx.message_id):
                 return
             if attribution is None or action != "open" or decision.rule is None:
@@ -91,15 +89,7 @@ class PolicyHandlers:
                     "observation %s for %s: %s (%s)", event.observation_id, event.ip, action, decision.reason
                 )
                 return
-            key_kind, device_key = identity.case_key(decision.rule.scope, attribution)
-            open_case = await store.open_case_for_device(conn, key_kind, device_key, lock=True)
-            if open_case is not None:
-                await self.work.record_alert_address(conn, open_case, attribution, "alert")
-                await self.work.follow_device(conn, open_case, leases)
-                await store.insert_observation(conn, event, open_case.case_id, "fed_open_case", audit)
-                return
-            case = await self.work.open_case(
-                conn,
+            command = OpenCase(
                 attribution,
                 scope=decision.rule.scope,
                 category=event.category,
@@ -107,23 +97,26 @@ class PolicyHandlers:
                 actor=f"rule:{decision.rule.name}",
                 leases=leases,
             )
+            try:
+                case = await commands.open_case(self.work, conn, command, self.allowlist)
+            except commands.AlreadyOpen as exists:
+                # The device's case is open: the observation feeds it (and says where the device is).
+                await self.work.record_alert_address(conn, exists.case, attribution, "alert")
+                await self.work.follow_device(conn, exists.case, leases)
+                await store.insert_observation(conn, event, exists.case.case_id, "fed_open_case", audit)
+                return
             await store.insert_observation(conn, event, case.case_id, "opened_case", audit)
-        self.work.relay.kick()
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
-        await self.work.step_result(
-            Step.GARDEN_APPLY, event.step_id, True, "provisioner", {"changes": event.changes}
-        )
+        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", {"changes": event.changes})
 
     async def on_garden_removed(self, event: GardenRemoved, ctx: MessageContext) -> None:
-        await self.work.step_result(
-            Step.GARDEN_REMOVE, event.step_id, True, "provisioner", {"changes": event.changes}
-        )
+        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", {"changes": event.changes})
 
     async def on_garden_failed(self, event: GardenFailed, ctx: MessageContext) -> None:
         step = Step.GARDEN_APPLY if event.operation == "apply" else Step.GARDEN_REMOVE
         detail = {"error_class": event.error_class, "reason": event.detail}
-        await self.work.step_result(step, event.step_id, False, "provisioner", detail)
+        await self._result(step, event.step_id, False, "provisioner", detail)
 
     async def on_modem_reset_completed(self, event: ModemResetCompleted, ctx: MessageContext) -> None:
         detail = {
@@ -133,17 +126,25 @@ class PolicyHandlers:
             "reason": f"modem {event.cm_mac} back online after {event.seconds_to_online:.1f} s",
         }
         for step in (Step.RESET_IN, Step.RESET_OUT):
-            await self.work.step_result(step, event.step_id, True, "cmts-agent", detail)
+            await self._result(step, event.step_id, True, "cmts-agent", detail)
 
     async def on_modem_reset_failed(self, event: ModemResetFailed, ctx: MessageContext) -> None:
         detail = {"error_class": event.error_class, "reason": event.detail}
         for step in (Step.RESET_IN, Step.RESET_OUT):
-            await self.work.step_result(step, event.step_id, False, "cmts-agent", detail)
+            await self._result(step, event.step_id, False, "cmts-agent", detail)
+
+    async def _result(
+        self, step: Step, step_id: uuid.UUID, succeeded: bool, actor: str, detail: dict[str, Any]
+    ) -> None:
+        async with self.work.uow() as conn:
+            await commands.step_result(
+                self.work, conn, step, step_id, succeeded=succeeded, actor=actor, detail=detail
+            )
 
     async def on_release_requested(self, event: ReleaseRequested, ctx: MessageContext) -> None:
         """Release only for the case's own device, as policy itself finds it holding the address now,
         within the device's self-release allowance across its cases."""
-        async with self.work.pool.acquire() as conn:
+        async with self.work.uow.read() as conn:
             known = await store.get_case(conn, event.case_id)
         if known is None:
             raise InvalidMessage(f"release requested for unknown case {event.case_id}")
@@ -151,48 +152,24 @@ class PolicyHandlers:
         leases = None
         if known.cpe_mac is not None:
             leases = await self.attributor.device_leases(known.cpe_mac, known.opened_at)
-        async with self.work.pool.acquire() as conn, conn.transaction():
-            if not await claim_message(conn, CONSUMER, ctx.message_id):
-                return
-            case = await store.lock_case(conn, event.case_id)
-            assert case is not None
-            if not identity.owns(case, visitor):
-                # A subscriber can only ever release their own device's case.
-                raise InvalidMessage(
-                    f"client {event.client_ip} ({visitor.found} {visitor.cpe_mac}) is not the device of"
-                    f" case {case.case_id} ({case.key_kind} {case.device_key})"
-                )
-            if event.device_mac is not None and event.device_mac != visitor.cpe_mac:
-                raise InvalidMessage(
-                    f"the portal saw {event.device_mac} at {event.client_ip}, policy sees {visitor.cpe_mac}"
-                )
-            if case.state in RELEASE_IN_PROGRESS:
-                log.info("release of case %s already under way (%s)", case.case_id, case.state)
-                return
-            used = await self.self_releases_used(conn, case)
-            if used >= self.max_self_releases:
-                raise InvalidMessage(
-                    f"device {case.key_kind} {case.device_key} used its {self.max_self_releases}"
-                    f" self-releases in {self.self_release_window}"
-                )
-            try:
-                outcome = flow.release_requested(case.state)
-            except flow.NotReleasable as exc:
-                raise InvalidMessage(str(exc)) from exc
-            case = await self.work.follow_device(conn, case, leases)
-            await store.add_self_release(conn, case)
-            detail = {
-                "reason": "subscriber attested the problem is fixed",
-                "attestation_version": event.attestation_version,
-                "user_agent": event.user_agent,
-                "self_releases": case.self_releases + 1,
-                "device_self_releases": used + 1,
-                "visitor": visitor.audit(),
-            }
-            await self.work.apply(conn, case, outcome, f"subscriber:{event.client_ip}", detail)
-        self.work.relay.kick()
-
-    async def self_releases_used(self, conn: Connection, case: Case) -> int:
-        """Self-releases of the case's device across its cases within the window."""
-        since = utcnow() - self.self_release_window
-        return await store.self_releases_since(conn, case.key_kind, case.device_key, since)
+        command = Release(
+            event.case_id,
+            actor=f"subscriber:{event.client_ip}",
+            reason="subscriber attested the problem is fixed",
+            leases=leases,
+            subscriber=SelfRelease(
+                visitor,
+                client_ip=event.client_ip,
+                device_mac=event.device_mac,
+                attestation_version=event.attestation_version,
+                user_agent=event.user_agent,
+            ),
+        )
+        try:
+            async with self.work.uow() as conn:
+                if not await claim_message(conn, CONSUMER, ctx.message_id):
+                    return
+                await commands.release(self.work, conn, command, self.allowance)
+        except Refused as exc:
+            # Never deliverable: the same request would be refused again.
+            raise InvalidMessage(str(exc)) from exc

@@ -16,6 +16,10 @@ class PolicySettings(ServiceSettings):
     service_name: ClassVar[str] = "policy"
 
     http_port: int = 8400
+    # Policy's own database (cases, audit, inbox, outbox), through a role no other service has.
+    database_url: SecretStr = SecretStr(
+        "postgresql://lazaretto_policy:lazaretto@127.0.0.1:5432/lazaretto_policy"
+    )
     # Operators' bearer token for the admin API (also presented to provisioner and cmts-agent).
     admin_token: SecretStr
     # The portal's bearer token: it may only look a case up by address.

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from lazaretto_core.bus import Bus, PublishError
-from lazaretto_core.contracts import ReleaseRequested, utcnow
+from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES, ReleaseRequested, utcnow
 from lazaretto_core.http import max_body
 
 from .forms import issue_token, token_valid
@@ -70,7 +70,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         if case is None:
             return render(title="Not restricted", state="free", client_ip=client_ip)
         explanation = explain(case.category)
-        if case.state in ("quarantined", "needs_operator"):
+        if case.state in RELEASABLE_STATES:
             # Policy decides whether self-release is possible now; only then is there a form to sign.
             token = issue_token(secret, case.case_id, case.device_key) if case.self_release_allowed else ""
             return render(
@@ -80,7 +80,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
                 explanation=explanation,
                 form_token=token,
             )
-        if case.state.startswith("release") or case.state == "garden_removed":
+        if case.state in RELEASING_STATES:
             return render(title="Restoring your connection", state="releasing")
         return render(title=explanation.headline, state="pending", explanation=explanation)
 

@@ -33,6 +33,7 @@ class ProvisionerService:
     http_app: FastAPI
     history: LeaseHistory
     follower: GardenFollower
+    progress: ProgressMonitor
 
     async def start(self) -> None:
         await self.garden.kea.check_schema()
@@ -43,10 +44,9 @@ class ProvisionerService:
         await self.garden.install_pools()
         await self.follower.start()
         await self.bus.connect()
-        await self.bus.consume(
-            queue_name("provisioner"),
-            {GardenApply: self.handlers.on_garden_apply, GardenRemove: self.handlers.on_garden_remove},
-        )
+        self.bus.on(GardenApply, self.handlers.on_garden_apply)
+        self.bus.on(GardenRemove, self.handlers.on_garden_remove)
+        await self.bus.consume(queue_name("provisioner"), progress=self.progress)
 
     async def stop(self) -> None:
         await self.bus.close()
@@ -102,4 +102,4 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
     )
     install_api(app, garden, history, settings.admin_token)
     handlers = ProvisionerHandlers(garden, bus)
-    return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower)
+    return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower, progress)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from lazaretto_core.contracts import GardenApply, normalize_mac
+from lazaretto_core.contracts import GardenApply, GardenRemove, normalize_mac
 
 from .kea import KeaHosts
 from .rpz import RpzAdapter
@@ -116,7 +116,7 @@ class Garden:
                 changes.append(f"rpz: client-ip {address.ip} -> portal ({how} {address.mac or 'unknown'})")
             return changes
 
-    async def remove(self, command: GardenApply) -> list[str]:
+    async def remove(self, command: GardenRemove) -> list[str]:
         async with self._lock:
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None

@@ -46,10 +46,14 @@ class ProvisionerHandlers:
         )
 
     async def _failed(
-        self, command: GardenApply, ctx: MessageContext, operation: Literal["apply", "remove"], exc: Exception
+        self,
+        command: GardenApply | GardenRemove,
+        ctx: MessageContext,
+        operation: Literal["apply", "remove"],
+        exc: Exception,
     ) -> None:
         transient = getattr(exc, "transient", True)
-        if transient and ctx.attempt < self.bus.max_attempts:
+        if transient and not ctx.last_attempt:
             raise RetryLater(f"garden {operation} for case {command.case_id}: {exc}") from exc
         # Permanent, or out of attempts: tell policy, which decides (retry later or an operator).
         log.error("garden %s for case %s failed: %s", operation, command.case_id, exc)

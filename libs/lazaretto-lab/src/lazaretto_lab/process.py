@@ -1,7 +1,11 @@
-"""Start an outside program as a child process, wait until it serves, and stop it by PID."""
+"""Lab processes: start an outside program as a child, wait until it serves, stop it by PID.
+
+`LabPeer` is the start/stop/readiness shape every long-running lab peer (BIND, Kea, snmpd, Postfix) shares.
+"""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import signal
@@ -10,6 +14,8 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class LabProcessError(RuntimeError):
@@ -91,3 +97,64 @@ class LabProcess:
                     os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout)
         self._log.close()
+
+
+class LabPeer(abc.ABC):
+    """The one lifecycle of every long-running lab peer (BIND, Kea, snmpd, Postfix).
+
+    `start()` calls `_launch()` (write config, make what the peer needs, start its process) and waits
+    until `_ready()`; if anything in it fails, `stop()` undoes what was made before the error is
+    raised, so a half-started peer leaves nothing behind. `stop()` may run at any time and more than
+    once: `_shutdown()` first (a peer whose daemon leaves our process group), then the process, then
+    `_cleanup()` (temp dirs, databases, network namespaces), each in turn even if the one before failed.
+    Use as a context manager, or call `start()` / `stop()`.
+    """
+
+    process: LabProcess | None = None
+    start_timeout: float = 60.0
+    ready_what: str = "ready"
+
+    @abc.abstractmethod
+    def _launch(self) -> LabProcess:
+        """Prepare everything and start the peer's process (readiness is waited for by `start()`)."""
+
+    @abc.abstractmethod
+    def _ready(self) -> bool:
+        """True once the peer serves what the tests use (a real query, not just an open port)."""
+
+    def _shutdown(self) -> None:
+        """Stop what the process group does not cover (a daemon that starts its own session)."""
+        # Most peers stay in the process group LabProcess.stop() ends: nothing to do for them.
+        return
+
+    @abc.abstractmethod
+    def _cleanup(self) -> None:
+        """Remove what `_launch()` made outside the process; safe to call when it made nothing yet."""
+
+    def start(self) -> Self:
+        try:
+            self.process = self._launch()
+            self.process.wait_until(self._ready, timeout=self.start_timeout, what=self.ready_what)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._shutdown()
+        finally:
+            try:
+                if self.process is not None:
+                    self.process.stop()
+                    self.process = None
+            finally:
+                self._cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,6 +1,6 @@
 """`make run`: the whole system on loopback with lab peers, until Ctrl-C, SIGTERM or the terminal closing.
 
-python -m lazaretto_core.lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
+python -m lazaretto_lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
 
 Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
 kea-dhcp4 with its veth pair, network namespace and database. RabbitMQ and PostgreSQL are not started
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from .databases import STATEFUL
 from .snmpd import LabModem
 from .system import LabSystem, SystemConfig
 
@@ -37,7 +38,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("run"))
     parser.add_argument("--free-ports", action="store_true", help="any free ports instead of 8080, 8100-8500")
     parser.add_argument("--amqp-url", help="broker (default: the one deploy/bin/start-peers set up)")
-    parser.add_argument("--database-url", help="policy's database (default: start-peers' lazaretto)")
+    parser.add_argument(
+        "--database-url",
+        help="an admin connection (CREATEDB, CREATEROLE): this run makes policy's and cmts-agent's own "
+        "databases and roles there and drops them at the end (default: start-peers' lazaretto_policy and "
+        "lazaretto_cmts, which stay)",
+    )
     args = parser.parse_args()
     user = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
     password = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
@@ -46,6 +52,12 @@ def main() -> None:
         workdir=args.workdir.resolve(),
         amqp_url=args.amqp_url or f"amqp://{user}:{password}@127.0.0.1:5672/",
         database_url=args.database_url or f"postgresql://lazaretto:{db_password}@127.0.0.1:5432/lazaretto",
+        service_database_urls={}
+        if args.database_url
+        else {
+            service: f"postgresql://{name}:{db_password}@127.0.0.1:5432/{name}"
+            for service, name in STATEFUL.items()
+        },
         modems=DEMO_MODEMS,
         ports={} if args.free_ports else DEFAULT_PORTS,
         smtp_policy_port=0 if args.free_ports else 10040,

@@ -1,7 +1,7 @@
 """Lab Kea DHCPv4 2.2: a fresh PostgreSQL lease+host database, a veth pair into a client netns, kea-dhcp4.
 
 Kea runs in the root namespace (it reaches PostgreSQL on 127.0.0.1 directly) on the root end of the
-veth; DHCP clients (see `lazaretto_core.lab.dhcp_client`) run inside the netns on the other end.
+veth; DHCP clients (see `lazaretto_lab.dhcp_client`) run inside the netns on the other end.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError
+from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError
 
 KEA_HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
 QUARANTINE_CLASS = "quarantine"
@@ -52,12 +51,14 @@ def _used_24s() -> set[ipaddress.IPv4Network]:
     return used
 
 
-class LabKea:
+class LabKea(LabPeer):
     """kea-dhcp4 serving one subscriber subnet to a client netns, with a quarantine class and pool.
 
     Use as a context manager, or call `start()` / `stop()`. Everything it makes (database, netns,
     veth, temp dir, process) is removed by `stop()`, also when `start()` fails half way.
     """
+
+    ready_what = "serving DHCP"
 
     def __init__(
         self,
@@ -98,7 +99,6 @@ class LabKea:
         self.client_iface = f"lzk{tag}c"
         self.client_netns = f"lazaretto-kea-{tag}"
         self.tmpdir: Path | None = None
-        self.process: LabProcess | None = None
         self._db_created = False
         self._veth_created = False
         self._netns_created = False
@@ -138,43 +138,22 @@ class LabKea:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def __enter__(self) -> LabKea:
-        self.start()
-        return self
+    def _launch(self) -> LabProcess:
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="lazaretto-kea-"))
+        self._create_database()
+        self._create_network()
+        self.config_path.write_text(json.dumps(self._config(), indent=2))
+        env = {"KEA_PIDFILE_DIR": str(self.tmpdir), "KEA_LOCKFILE_DIR": str(self.tmpdir)}
+        _run(["kea-dhcp4", "-t", str(self.config_path)], env=env)
+        return LabProcess(
+            "kea-dhcp4",
+            ["kea-dhcp4", "-c", str(self.config_path)],
+            self.tmpdir / "kea-dhcp4.log",
+            env=env,
+            cwd=self.tmpdir,
+        )
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> LabKea:
-        try:
-            self.tmpdir = Path(tempfile.mkdtemp(prefix="lazaretto-kea-"))
-            self._create_database()
-            self._create_network()
-            self.config_path.write_text(json.dumps(self._config(), indent=2))
-            env = {"KEA_PIDFILE_DIR": str(self.tmpdir), "KEA_LOCKFILE_DIR": str(self.tmpdir)}
-            _run(["kea-dhcp4", "-t", str(self.config_path)], env=env)
-            self.process = LabProcess(
-                "kea-dhcp4",
-                ["kea-dhcp4", "-c", str(self.config_path)],
-                self.tmpdir / "kea-dhcp4.log",
-                env=env,
-                cwd=self.tmpdir,
-            )
-            self.process.wait_until(self._ready, timeout=self.start_timeout, what="serving DHCP")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+    def _cleanup(self) -> None:
         if self._netns_created:
             # Deleting the netns destroys the client end, and with it the whole veth pair.
             with contextlib.suppress(LabProcessError):

@@ -17,9 +17,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError, free_port, tcp_open
+from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError, free_port, tcp_open
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
@@ -62,13 +61,15 @@ def policy_check(policy_port: int, timeout: str = "2s") -> str:
     )
 
 
-class LabPostfix:
+class LabPostfix(LabPeer):
     """`with LabPostfix(policy_port=p) as mta:` then SMTP to 127.0.0.1:`mta.port`; log in `mta.maillog`.
 
     `policy_port=None` runs without a policy service. `mynetworks` may relay (to the discard
     transport); pose as a subscriber with `XCLIENT ADDR=100.64.0.10` from loopback. Recipients in
     `reject_domains` are refused (554) after the policy check, as a real MX refuses unknown users.
     """
+
+    ready_what = "accepting SMTP"
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class LabPostfix:
         reject_domains: tuple[str, ...] = (),
         base_dir: Path | None = None,
         keep_dir: bool = False,
-        startup_timeout: float = 60.0,
+        start_timeout: float = 60.0,
     ) -> None:
         self.policy_port = policy_port
         self.port = port or free_port()
@@ -90,7 +91,7 @@ class LabPostfix:
         self.end_of_data_policy = end_of_data_policy
         self.reject_domains = reject_domains
         self.keep_dir = keep_dir
-        self.startup_timeout = startup_timeout
+        self.start_timeout = start_timeout
         # mkdtemp under /tmp (not pytest's 0700 tmp_path): unprivileged postfix daemons must traverse it.
         self.dir = Path(tempfile.mkdtemp(prefix="lazaretto-postfix-", dir=base_dir))
         self.dir.chmod(0o755)
@@ -98,7 +99,6 @@ class LabPostfix:
         self.queue_dir = self.dir / "spool"
         self.data_dir = self.dir / "data"
         self.maillog = self.dir / "maillog"
-        self.process: LabProcess | None = None
 
     def main_cf(self) -> str:
         recipient = ["permit_mynetworks", "reject_unauth_destination"]
@@ -155,15 +155,7 @@ smtpd_policy_service_try_limit = 1
 smtpd_policy_service_timeout = {self.policy_timeout}
 """
 
-    def start(self) -> LabPostfix:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _start(self) -> None:
+    def _launch(self) -> LabProcess:
         for d in (self.config_dir, self.queue_dir, self.data_dir):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data_dir, "postfix")  # Postfix insists
@@ -184,14 +176,12 @@ smtpd_policy_service_timeout = {self.policy_timeout}
             raise LabProcessError(f"postfix check failed:\n{check.stdout}{check.stderr}")
         if tcp_open(self.port):
             raise LabProcessError(f"port {self.port} is already taken")
-        self.process = LabProcess(
+        return LabProcess(
             "postfix", [POSTFIX, "-c", str(self.config_dir), "start-fg"], self.dir / "master.out", env=env
         )
-        self.process.wait_until(
-            lambda: self.master_pid() is not None and tcp_open(self.port),
-            self.startup_timeout,
-            "accepting SMTP",
-        )
+
+    def _ready(self) -> bool:
+        return self.master_pid() is not None and tcp_open(self.port)
 
     def master_pid(self) -> int | None:
         """The running master's PID (it starts its own session, so it is not in our process group)."""
@@ -201,7 +191,8 @@ smtpd_policy_service_timeout = {self.policy_timeout}
             return pid
         return None
 
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
+        # `start-fg` hands over to a master that leads its own session: stop it the Postfix way first.
         master = self.master_pid()
         if master is not None:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -215,9 +206,8 @@ smtpd_policy_service_timeout = {self.policy_timeout}
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(master, signal.SIGKILL)  # the master leads its own group with its children
                 _wait_gone(master, 10.0)
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+
+    def _cleanup(self) -> None:
         if not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -225,14 +215,6 @@ smtpd_policy_service_timeout = {self.policy_timeout}
         with contextlib.suppress(OSError):
             return self.maillog.read_text(errors="replace")
         return ""
-
-    def __enter__(self) -> LabPostfix:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -14,7 +14,6 @@ import socket
 import tempfile
 import textwrap
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.message
@@ -22,7 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from lazaretto_core.lab.process import LabProcess, free_port
+from lazaretto_lab.process import LabPeer, LabProcess, free_port
 
 # "The Internet" as the lab resolver knows it: name -> A.
 DEFAULT_INTERNET: dict[str, str] = {
@@ -48,10 +47,12 @@ def _free_udp_tcp_port() -> int:
     raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
 
 
-class LabBind:
+class LabBind(LabPeer):
     """named serving recursion to 127.0.0.0/8 on a free port, with RPZ zones `allow.rpz` (first) and
     `quarantine.rpz` (second), both dynamically updatable with the generated TSIG key.
     """
+
+    ready_what = "answering queries"
 
     def __init__(
         self,
@@ -89,50 +90,28 @@ class LabBind:
         self.host = "127.0.0.1"
         self.port = 0
         self.tmpdir: Path | None = None
-        self.process: LabProcess | None = None
 
     def __repr__(self) -> str:  # never show the TSIG secret
         return f"LabBind(host={self.host!r}, port={self.port}, key={self.tsig_key_name!r})"
-
-    def __enter__(self) -> LabBind:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def conf_path(self) -> Path:
         assert self.tmpdir is not None
         return self.tmpdir / "named.conf"
 
-    def start(self) -> LabBind:
-        try:
-            self.tmpdir = Path(tempfile.mkdtemp(prefix="lazaretto-bind-"))
-            self.port = _free_udp_tcp_port()
-            self._write_files()
-            # As root without -u, named keeps root, so it can write journals in the temp dir.
-            self.process = LabProcess(
-                "named",
-                ["named", "-g", "-4", "-c", str(self.conf_path)],
-                self.tmpdir / "named.log",
-                cwd=self.tmpdir,
-            )
-            self.process.wait_until(self._ready, timeout=self.start_timeout, what="answering queries")
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def _launch(self) -> LabProcess:
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="lazaretto-bind-"))
+        self.port = _free_udp_tcp_port()
+        self._write_files()
+        # As root without -u, named keeps root, so it can write journals in the temp dir.
+        return LabProcess(
+            "named",
+            ["named", "-g", "-4", "-c", str(self.conf_path)],
+            self.tmpdir / "named.log",
+            cwd=self.tmpdir,
+        )
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+    def _cleanup(self) -> None:
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None

@@ -1,4 +1,4 @@
-"""Lab CMTS: a private net-snmp `snmpd` on loopback whose CMTS tables come from `deploy/lab/cmts_emulator.py`.
+"""Lab CMTS: a private net-snmp `snmpd` on loopback whose CMTS tables come from `cmts_emulator.py` here.
 
 `with LabCmts([LabModem("00:02:8a:d3:7c:6e", "10.1.0.10")]) as cmts: ...` gives `cmts.host`/`cmts.port`,
 the communities and v3 user, `cmts.sets()` (every SET the CMTS accepted) and `cmts.set_modems(...)`.
@@ -19,13 +19,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from lazaretto_core.lab.process import LabProcess, LabProcessError, free_port
+from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError, free_port
 
 EMULATOR_ENV = "LAZARETTO_LAB_CMTS_EMULATOR"
-EMULATOR_RELPATH = Path("deploy/lab/cmts_emulator.py")
+# Beside this module: stdlib-only, so compose's lab-cmts image mounts the very same file.
+EMULATOR = Path(__file__).with_name("cmts_emulator.py")
 SNMPD = "/usr/sbin/snmpd"
 SNMPGET = "/usr/bin/snmpget"
 SNMPGETNEXT = "/usr/bin/snmpgetnext"
@@ -92,30 +92,24 @@ class LabV3User:
     priv_protocol: str = "AES"
 
 
-def find_emulator(start: Path | None = None) -> Path:
-    """`$LAZARETTO_LAB_CMTS_EMULATOR`, else `deploy/lab/cmts_emulator.py` in the nearest enclosing repo."""
+def find_emulator() -> Path:
+    """`$LAZARETTO_LAB_CMTS_EMULATOR` if set, else the `cmts_emulator.py` shipped in this package."""
     override = os.environ.get(EMULATOR_ENV)
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            raise LabProcessError(f"{EMULATOR_ENV}={override} is not a file")
-        return path.resolve()
-    here = (start or Path(__file__)).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / EMULATOR_RELPATH
-        if candidate.is_file():
-            return candidate
-    raise LabProcessError(f"no {EMULATOR_RELPATH} above {here}; set {EMULATOR_ENV}")
+    path = Path(override) if override else EMULATOR
+    if not path.is_file():
+        raise LabProcessError(f"{path} is not a file" + (f" ({EMULATOR_ENV})" if override else ""))
+    return path.resolve()
 
 
 def _modem_json(modem: LabModem | Mapping[str, Any]) -> dict[str, Any]:
     return modem.to_json() if isinstance(modem, LabModem) else dict(modem)
 
 
-class LabCmts:
+class LabCmts(LabPeer):
     """A running lab CMTS (snmpd + emulator) on 127.0.0.1; use as a context manager or start()/stop()."""
 
     host = "127.0.0.1"
+    ready_what = "answering SNMP"
 
     def __init__(
         self,
@@ -150,7 +144,6 @@ class LabCmts:
         self.sets_log_path = sets_log or self.workdir / "sets.jsonl"
         self.snmpd_conf_path = self.workdir / "snmpd.conf"
         self.persist_dir = self.workdir / "persist"
-        self.process: LabProcess | None = None
         self.subtrees: tuple[str, ...] = ()
 
     @property
@@ -159,7 +152,7 @@ class LabCmts:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def start(self) -> LabCmts:
+    def _launch(self) -> LabProcess:
         emulator = find_emulator()
         self.subtrees = _emulator_subtrees(emulator, self.vendor)
         self.persist_dir.mkdir(parents=True, exist_ok=True)
@@ -177,28 +170,11 @@ class LabCmts:
             "-smux",  # SMUX would bind TCP 0.0.0.0:199 and clash with other instances
             f"udp:{self.host}:{self.port}",
         ]
-        self.process = LabProcess("snmpd", argv, self.workdir / "snmpd.log", env=self._env())
-        try:
-            self.process.wait_until(self._answers, timeout=self.start_timeout, what="answering SNMP")
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return LabProcess("snmpd", argv, self.workdir / "snmpd.log", env=self._env())
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+    def _cleanup(self) -> None:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> LabCmts:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -293,7 +269,7 @@ class LabCmts:
                 return True
         return False
 
-    def _answers(self) -> bool:
+    def _ready(self) -> bool:
         if not self._udp_bound():
             return False
         # sysDescr proves snmpd listens; the GETNEXTs also spawn every emulator process, so the first

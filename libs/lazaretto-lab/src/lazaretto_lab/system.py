@@ -6,9 +6,9 @@ Used by `make run`, the end-to-end tests and the end-to-end benchmark.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import secrets
@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bind import LabBind
+from .databases import STATEFUL, ServiceDatabase, create_service_databases, drop_service_databases
 from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
 from .process import LabProcess, LabProcessError, free_port
 from .snmpd import LabCmts, LabModem
+from .wiring import WIRINGS, LabWires
 
 SERVICES = ("policy", "provisioner", "cmts_agent", "portal", "detector_snort", "detector_smtp")
 
@@ -37,6 +39,8 @@ SERVICES = ("policy", "provisioner", "cmts_agent", "portal", "detector_snort", "
 class SystemConfig:
     workdir: Path
     amqp_url: str
+    # An admin connection (CREATEDB, CREATEROLE): the lab makes policy's and cmts-agent's own databases
+    # and roles there for this run and drops them at the end ...
     database_url: str
     modems: list[LabModem]
     # Where the portal listens; the RPZ sends quarantined clients here.
@@ -50,6 +54,8 @@ class SystemConfig:
     # Put the portal on Kea's subscriber-side address so a CPE in the netns can reach it.
     portal_on_subscriber_side: bool = False
     log_level: str = "INFO"
+    # ... unless a service's own database is given here by service (make run: start-peers' ones).
+    service_database_urls: dict[str, str] = field(default_factory=dict)
 
 
 class LabSystem:
@@ -70,6 +76,8 @@ class LabSystem:
         self.bind: LabBind | None = None
         self.cmts: LabCmts | None = None
         self.processes: dict[str, LabProcess] = {}
+        self.database_urls = dict(config.service_database_urls)
+        self.own_databases: dict[str, ServiceDatabase] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -90,6 +98,10 @@ class LabSystem:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.eve_path.parent.mkdir(parents=True, exist_ok=True)
         self.eve_path.touch()
+        missing = [service for service in STATEFUL if service not in self.database_urls]
+        if missing:
+            self.own_databases = asyncio.run(create_service_databases(self.config.database_url, missing))
+            self.database_urls |= {service: db.url for service, db in self.own_databases.items()}
         self.kea = LabKea().start()
         portal_ip = self.kea.server_ip if self.config.portal_on_subscriber_side else self.config.portal_host
         self.portal_ip = portal_ip
@@ -119,6 +131,10 @@ class LabSystem:
                 with contextlib.suppress(Exception):
                     peer.stop()
         self.cmts = self.bind = self.kea = None
+        if self.own_databases:
+            with contextlib.suppress(Exception):
+                asyncio.run(drop_service_databases(self.config.database_url, self.own_databases))
+            self.own_databases = {}
 
     # -- what the outside sees --------------------------------------------------------------------
 
@@ -173,9 +189,7 @@ class LabSystem:
     # -- internals --------------------------------------------------------------------------------
 
     def _env(self, name: str) -> dict[str, str]:
-        assert self.kea is not None
-        assert self.bind is not None
-        assert self.cmts is not None
+        """What every service gets, then the service's own wiring (`lazaretto_lab.wiring`)."""
         env = {
             "LAZARETTO_AMQP_URL": self.config.amqp_url,
             "LAZARETTO_HTTP_HOST": "127.0.0.1",
@@ -185,60 +199,27 @@ class LabSystem:
             "LAZARETTO_PORTAL_TOKEN": self.portal_token,
             "LAZARETTO_RETRY_DELAYS": "[0.5, 1, 2, 5]",
         }
-        if name == "policy":
-            env |= {
-                "LAZARETTO_DATABASE_URL": self.config.database_url,
-                "LAZARETTO_PROVISIONER_URL": self.url("provisioner"),
-                "LAZARETTO_CMTS_AGENT_URL": self.url("cmts_agent"),
-            }
-        elif name == "provisioner":
-            env |= {
-                "LAZARETTO_KEA_DATABASE_URL": self.kea.dsn,
-                "LAZARETTO_DNS_SERVER": self.bind.host,
-                "LAZARETTO_DNS_PORT": str(self.bind.port),
-                "LAZARETTO_TSIG_KEY_NAME": self.bind.tsig_key_name,
-                "LAZARETTO_TSIG_SECRET": self.bind.tsig_secret,
-                "LAZARETTO_TSIG_ALGORITHM": self.bind.tsig_algorithm,
-                "LAZARETTO_QUARANTINE_ZONE": self.bind.quarantine_zone,
-                "LAZARETTO_ALLOW_ZONE": self.bind.allow_zone,
-                "LAZARETTO_PORTAL_NAME": self.bind.portal_name,
-                "LAZARETTO_QUARANTINE_POOLS": json.dumps([str(self.kea.quarantine_cidr)]),
-                "LAZARETTO_GARDEN_SWEEP_INTERVAL": "10",
-            }
-        elif name == "cmts_agent":
-            env |= {
-                # Its inventory and step tables are prefixed cmts_: policy's database can hold them.
-                "LAZARETTO_DATABASE_URL": self.config.database_url,
-                "LAZARETTO_CMTS_HOST": self.cmts.host,
-                "LAZARETTO_CMTS_PORT": str(self.cmts.port),
-                "LAZARETTO_CMTS_READ_COMMUNITY": self.cmts.ro_community,
-                "LAZARETTO_CMTS_WRITE_COMMUNITY": self.cmts.rw_community,
-                "LAZARETTO_VERIFY_INTERVAL": str(self.config.verify_interval),
-                "LAZARETTO_VERIFY_MAX_WAIT": "60",
-                "LAZARETTO_SNMP_TIMEOUT": "1",
-            }
-        elif name == "portal":
-            env |= {
-                "LAZARETTO_HTTP_HOST": self.portal_ip,
-                "LAZARETTO_POLICY_URL": self.url("policy"),
-                "LAZARETTO_FORM_SECRET": self.form_secret,
-                "LAZARETTO_PUBLIC_URL": self.portal_public_url,
-            }
-        elif name == "detector_snort":
-            sources = [{"path": str(self.eve_path), "format": "eve", "sensor": "lab-ids"}]
-            env |= {
-                "LAZARETTO_SOURCES": json.dumps(sources),
-                "LAZARETTO_SUBSCRIBER_RANGES": f'["{self.kea.subnet}"]',
-                "LAZARETTO_CHECKPOINT_DIR": str(self.workdir / "detector-snort"),
-            }
-        elif name == "detector_smtp":
-            env |= {
-                "LAZARETTO_POLICY_SERVER_PORT": str(self.smtp_policy_port),
-                "LAZARETTO_SUBSCRIBER_RANGES": f'["{self.kea.subnet}"]',
-                "LAZARETTO_MESSAGES_PER_HOUR": str(self.config.smtp_threshold_per_hour),
-                "LAZARETTO_STATE_DIR": str(self.workdir / "detector-smtp"),
-            }
-        return env
+        return env | WIRINGS[name](self._wires())
+
+    def _wires(self) -> LabWires:
+        assert self.kea is not None
+        assert self.bind is not None
+        assert self.cmts is not None
+        return LabWires(
+            kea=self.kea,
+            bind=self.bind,
+            cmts=self.cmts,
+            urls={name: self.url(name) for name in SERVICES},
+            database_urls=self.database_urls,
+            workdir=self.workdir,
+            eve_path=self.eve_path,
+            form_secret=self.form_secret,
+            portal_ip=self.portal_ip,
+            portal_public_url=self.portal_public_url,
+            smtp_policy_port=self.smtp_policy_port,
+            smtp_threshold_per_hour=self.config.smtp_threshold_per_hour,
+            verify_interval=self.config.verify_interval,
+        )
 
     def _spawn(self, name: str) -> None:
         logs = self.workdir / "logs"

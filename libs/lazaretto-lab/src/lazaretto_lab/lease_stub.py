@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
-from .attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval
-from .contracts import normalize_mac, utcnow
+from lazaretto_core.attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval
+from lazaretto_core.contracts import normalize_mac, utcnow
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A tiny scapy DHCPv4 client for lab network namespaces, and a sync wrapper that runs it in one.
 
-`dhcp_exchange(netns, iface, mac)` runs `python -m lazaretto_core.lab.dhcp_client` inside the netns
+`dhcp_exchange(netns, iface, mac)` runs `python -m lazaretto_lab.dhcp_client` inside the netns
 (raw sockets there see only the lab veth) and returns what the server answered as a `DhcpResult`.
 """
 
@@ -84,7 +84,7 @@ def dhcp_exchange(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     argv = [
-        "ip", "netns", "exec", netns, sys.executable, "-m", "lazaretto_core.lab.dhcp_client",
+        "ip", "netns", "exec", netns, sys.executable, "-m", "lazaretto_lab.dhcp_client",
         "--iface", iface, "--mac", mac, "--mode", mode, "--timeout", str(timeout),
     ]  # fmt: skip
     if ip is not None:

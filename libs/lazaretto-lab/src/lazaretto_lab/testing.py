@@ -13,18 +13,19 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 import pytest
 
-from .contracts import BY_ROUTING_KEY, Contract
+from lazaretto_core.contracts import BY_ROUTING_KEY, Contract
 
 AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
 AMQP_PASSWORD = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
 PG_USER = os.environ.get("LAZARETTO_DB_USER", "lazaretto")
 PG_PASSWORD = os.environ.get("LAZARETTO_DB_PASSWORD", "lazaretto")
 T = TypeVar("T")
+C = TypeVar("C", bound=Contract)
 
 PG_ADMIN_DSN = f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/lazaretto"
 
@@ -118,15 +119,24 @@ class BusProbe:
 
         async def on_message(message: Any) -> None:
             contract = BY_ROUTING_KEY[message.type]
-            self.received.append(
-                (message.type, contract.model_validate_json(message.body), message.correlation_id)
-            )
+            self.received.append((message.type, contract.read(message.body), message.correlation_id))
             await message.ack()
 
         await self._queue.consume(on_message)
         return self
 
-    async def wait_for(self, routing_key: str, count: int = 1, timeout: float = 20.0) -> list[Contract]:
+    @overload
+    async def wait_for(self, contract: type[C], count: int = 1, timeout: float = 20.0) -> list[C]: ...
+
+    @overload
+    async def wait_for(self, contract: str, count: int = 1, timeout: float = 20.0) -> list[Contract]: ...
+
+    async def wait_for(
+        self, contract: type[Contract] | str, count: int = 1, timeout: float = 20.0
+    ) -> list[Any]:
+        """The messages of one type published so far, once there are `count`; typed when given the
+        contract (`wait_for(GardenApply)` is a `list[GardenApply]`)."""
+        routing_key = contract if isinstance(contract, str) else contract.routing_key
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             found = [m for key, m, _ in self.received if key == routing_key]
@@ -147,7 +157,7 @@ async def serving(app: Any) -> AsyncIterator[int]:
     """Serve an ASGI app with uvicorn on a free loopback port (as `service.serve` does); yields the port."""
     import uvicorn
 
-    from .lab.process import free_port
+    from lazaretto_lab.process import free_port
 
     port = free_port()
     server = uvicorn.Server(
