@@ -3,8 +3,6 @@ and the admin API; no work at import."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -15,6 +13,7 @@ from lazaretto_core import db
 from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import ModemReset
 from lazaretto_core.http import ProgressMonitor, create_http_app
+from lazaretto_core.supervise import Supervisor
 
 from .api import install_api
 from .fleet import Fleet
@@ -39,7 +38,10 @@ class CmtsAgentService:
     handlers: CmtsAgentHandlers
     progress: ProgressMonitor
     http_app: FastAPI
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loops: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loops = Supervisor(self.progress)
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -47,17 +49,18 @@ class CmtsAgentService:
         await self.bus.consume(
             queue_name("cmts-agent"), prefetch=self.settings.global_max_in_flight, progress=self.progress
         )
-        self._tasks.append(
-            asyncio.create_task(
-                self.inventory.run(self.settings.inventory_interval, self.progress), name="inventory"
-            )
+        # Walk every CMTS now and then every interval; /healthz fails when walks stop being stored
+        # (a CMTS that fails is logged per CMTS by `refresh` and does not stop the others).
+        self.loops.every(
+            "inventory",
+            self.settings.inventory_interval,
+            self.inventory.refresh,
+            errors=(OSError, asyncpg.PostgresError),
+            progress_on_error=False,
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.loops.stop()
         await self.bus.close()
         await self.resetter.close()
         await self.fleet.close()

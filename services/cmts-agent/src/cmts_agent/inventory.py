@@ -19,7 +19,6 @@ import asyncpg
 from prometheus_client import Gauge
 
 from lazaretto_core.contracts import normalize_mac
-from lazaretto_core.http import ProgressMonitor
 
 from .fleet import CmtsClient, Fleet
 from .snmp import SnmpError, as_int, as_ipv4, as_mac, classify, mac_from_index
@@ -242,18 +241,6 @@ class Inventory:
             )
             if CPE_COLUMNS.get(self.fleet[cmts].profile.vendor) is not None:
                 await conn.execute("DELETE FROM cmts_cpes WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
-
-    async def run(self, interval: float, progress: ProgressMonitor | None = None) -> None:
-        """Walk every CMTS now and then every `interval` seconds, until cancelled."""
-        while True:
-            try:
-                await self.refresh()  # a CMTS that fails is logged per CMTS and does not stop the others
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("inventory walk not stored (database): %s", exc)
-            else:
-                if progress is not None:
-                    progress.beat("inventory")  # /healthz fails when walks stop being stored
-            await asyncio.sleep(interval)
 
     # -- look-ups ---------------------------------------------------------------------------------
 

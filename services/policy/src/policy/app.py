@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +22,7 @@ from lazaretto_core.contracts import (
 )
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.outbox import OutboxRelay
+from lazaretto_core.supervise import Supervisor
 
 from .api import install_api
 from .attribution import Attributor
@@ -46,7 +45,10 @@ class PolicyService:
     attributor: Attributor
     progress: ProgressMonitor
     http_app: FastAPI
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loops: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loops = Supervisor(self.progress)
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -60,26 +62,15 @@ class PolicyService:
         self.bus.on(ModemResetFailed, h.on_modem_reset_failed)
         self.bus.on(ReleaseRequested, h.on_release_requested)
         await self.bus.consume(queue_name("policy"), progress=self.progress)
-        self._tasks.append(asyncio.create_task(self._retry_loop(), name="step-retries"))
+        # An outage is logged and is still a turn: /healthz is about the loop being alive.
+        self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.loops.stop()
         await self.relay.stop()
         await self.bus.close()
         await self.attributor.close()
         await self.pool.close()
-
-    async def _retry_loop(self) -> None:
-        while True:
-            self.progress.beat("step-retries")
-            try:
-                await self.work.retry_due()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("step retry scan failed: %s", exc)
-            await asyncio.sleep(1.0)
 
 
 async def build(settings: PolicySettings, attributor: Attributor | None = None) -> PolicyService:
