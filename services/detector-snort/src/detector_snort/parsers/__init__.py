@@ -10,26 +10,19 @@ importable from here, as it was when this was one module.
 
 from __future__ import annotations
 
-from .eve import (
+from .common import (
     MAX_EVE_LINE,
     MAX_FAST_LINE,
     MAX_SYSLOG_MESSAGE,
     FastLayout,
     ParseError,
-    SyslogMessage,
-    _endpoint,
-    _eve_typed,
-    alert_from_eve,
-    alert_from_object,
-    alert_from_snort3,
     normalise_action,
     normalise_ip,
-    parse_eve_line,
-    parse_fast_line,
-    parse_snort3_json_line,
-    parse_syslog,
-    parse_syslog_header,
 )
+from .eve import _eve_typed, alert_from_eve, parse_eve_line
+from .fast import _endpoint, parse_fast_line
+from .snort3 import alert_from_object, alert_from_snort3, parse_snort3_json_line
+from .syslog import SyslogMessage, parse_syslog, parse_syslog_header
 
 __all__ = [
     "MAX_EVE_LINE",
