@@ -3,8 +3,8 @@ loop for folded alerts, HTTP health. Each source has its own engine (state, chec
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.supervise import Supervisor
 from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
 
 from .aggregate import Aggregator
@@ -64,7 +65,10 @@ class DetectorSnortService:
     bus: Bus
     progress: ProgressMonitor
     http_app: FastAPI
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loops: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loops = Supervisor(self.progress)
 
     @property
     def sources(self) -> list[Source]:
@@ -76,17 +80,20 @@ class DetectorSnortService:
             await engine.recover()
         for engine in self.files:
             self._start_at_end_unless_checkpointed(engine)
-            self._tasks.append(asyncio.create_task(self._follow(engine), name=f"tail {engine.source.name}"))
+            # After a broker outage, resume from the last confirmed checkpoint.
+            self.loops.keep_running(
+                f"tail {engine.source.name}",
+                functools.partial(self._tail_once, engine),
+                errors=(PublishError, OSError),
+            )
         if self.syslog is not None:
             await self.syslog.start()
-        self._tasks.append(asyncio.create_task(self._flush_folded(), name="flush"))
+        self.loops.every(
+            "flush", min(1.0, max(0.05, self.settings.aggregation_window / 4)), self._flush_folded
+        )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.loops.stop()
         if self.syslog is not None:
             await self.syslog.stop()
         for engine in self.engines:
@@ -107,15 +114,6 @@ class DetectorSnortService:
         if engine.position is not None:
             engine.save()
 
-    async def _follow(self, engine: SourceEngine) -> None:
-        """Tail one file for ever; after a broker outage, resume from the last confirmed checkpoint."""
-        while True:
-            try:
-                await self._tail_once(engine)
-            except (PublishError, OSError) as exc:
-                log.error("tail of %s paused: %s; resuming from the last checkpoint", engine.source.name, exc)
-                await asyncio.sleep(1.0)
-
     async def _tail_once(self, engine: SourceEngine) -> None:
         name = engine.source.name
         beat = f"tail {name}"
@@ -134,15 +132,11 @@ class DetectorSnortService:
                 idle()
 
     async def _flush_folded(self) -> None:
-        interval = min(1.0, max(0.05, self.settings.aggregation_window / 4))
-        while True:
-            await asyncio.sleep(interval)
-            self.progress.beat("flush")
-            for engine in self.engines:
-                try:
-                    await engine.flush()
-                except PublishError as exc:
-                    log.error("folded observations of %s not published yet: %s", engine.source.name, exc)
+        for engine in self.engines:  # one engine's broker trouble does not hold up the others
+            try:
+                await engine.flush()
+            except PublishError as exc:
+                log.error("folded observations of %s not published yet: %s", engine.source.name, exc)
 
 
 def _zone(name: str) -> ZoneInfo:
