@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from lazaretto_core.http import ProgressMonitor
+from lazaretto_core.supervise import Supervisor
 
 from .garden import Garden
 from .lease_history import NOTIFY_CHANNEL, LeaseHistory
@@ -42,20 +43,16 @@ class GardenFollower:
         self.sweep_interval = sweep_interval
         self._progress = progress
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loops = Supervisor()  # `_run` beats for itself: it waits on notifications, not a clock
         self._conn: asyncpg.Connection[Any] | None = None
         self.sweeps = 0
 
     async def start(self) -> None:
         await self._listen()
-        self._task = asyncio.create_task(self._run(), name=LOOP_NAME)
+        self._loops.keep_running(LOOP_NAME, self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loops.stop()
         await self._close()
 
     def wake(self) -> None:
