@@ -20,14 +20,16 @@ from lazaretto_core.checkpoints import checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import CaseChanged
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.supervise import Supervisor
 from lazaretto_core.tail import Checkpoint
 
 from .counters import PolicyAccounting
-from .handlers import CaseTracker, SmtpPolicyHandler
+from .handlers import CaseTracker
 from .logtail import LogFollower, LogSource
 from .maillog import parser_for
 from .observations import AddressClasses, SpamDetector
 from .offloop import OffLoopStore
+from .postfix_answers import SmtpPolicyHandler
 from .postfix_policy import PostfixPolicyServer
 from .quarantine import QuarantineList
 from .reports import Reports
@@ -60,9 +62,14 @@ class DetectorSmtpService:
     progress: ProgressMonitor
     http_app: FastAPI
     tail_gate: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
-    _publisher_task: asyncio.Task[None] | None = field(default=None, init=False)
+    loops: Supervisor = field(init=False)
+    publisher: Supervisor = field(init=False)  # stopped after the last snapshot, so it can carry it
     _last_snapshot: float = field(default_factory=time.monotonic, init=False)
+    _last_sweep: float = field(default_factory=time.monotonic, init=False)
+
+    def __post_init__(self) -> None:
+        self.loops = Supervisor(self.progress)
+        self.publisher = Supervisor(self.progress)
 
     async def start(self) -> None:
         self.tail_gate.set()
@@ -75,11 +82,13 @@ class DetectorSmtpService:
         # before the first periodic snapshot re-reads the logs from here instead of skipping them.
         await self.snapshot()
         freeze_long_lived()
-        self._publisher_task = asyncio.create_task(self.reports.run(), name="detector-smtp-publisher")
+        self.publisher.keep_running("detector-smtp-publisher", self.reports.run)
         for follower in self.followers:
-            self._tasks.append(asyncio.create_task(self._follow(follower), name=follower.name))
-        self._tasks.append(asyncio.create_task(self._snapshots(), name="detector-smtp-snapshots"))
-        self._tasks.append(asyncio.create_task(self._sweeps(), name="detector-smtp-sweeps"))
+            self.loops.keep_running(follower.name, follower.run, errors=(OSError,))
+        # Both turn at least every 5 s whatever their interval, so /healthz sees them alive; a failed
+        # snapshot is logged and still a turn (the next one tries again).
+        self.loops.every(SNAPSHOT_LOOP, min(self.settings.snapshot_interval, 5.0), self._snapshot_if_due)
+        self.loops.every(SWEEP_LOOP, min(self.settings.sweep_interval, 5.0), self._sweep_if_due)
         await self.policy_server.start()
         log.info(
             "policy server on %s:%d; tailing %s; rules %s; %d client(s) restored",
@@ -92,17 +101,10 @@ class DetectorSmtpService:
 
     async def stop(self) -> None:
         await self.policy_server.stop()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.loops.stop()
         await self.snapshot()
-        if self._publisher_task is not None:
-            self._publisher_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher_task
-            self._publisher_task = None
+        if self.publisher.names:
+            await self.publisher.stop()
             # Give reports a chance to leave now; those that do not are saved and sent at the next start.
             if not await self.reports.drain(_DRAIN_ON_STOP):
                 log.warning("stopping with %d report(s) unpublished (saved)", len(self.reports.outbox))
@@ -127,29 +129,22 @@ class DetectorSmtpService:
         self.state.prune(keep=generation)
         return generation
 
-    async def _snapshots(self) -> None:
-        while True:
-            self.progress.beat(SNAPSHOT_LOOP)
-            await asyncio.sleep(min(self.settings.snapshot_interval, 5.0))
-            if time.monotonic() - self._last_snapshot < self.settings.snapshot_interval:
-                continue
-            try:
-                started = time.monotonic()
-                generation = await self.snapshot()
-                log.debug("snapshot %s in %.3fs", generation, time.monotonic() - started)
-            except OSError as exc:
-                log.error("snapshot to %s failed: %s", self.state.directory, exc)
-            self._last_snapshot = time.monotonic()
-            freeze_long_lived()
+    async def _snapshot_if_due(self) -> None:
+        if time.monotonic() - self._last_snapshot < self.settings.snapshot_interval:
+            return
+        try:
+            started = time.monotonic()
+            generation = await self.snapshot()
+            log.debug("snapshot %s in %.3fs", generation, time.monotonic() - started)
+        except OSError as exc:
+            log.error("snapshot to %s failed: %s", self.state.directory, exc)
+        self._last_snapshot = time.monotonic()
+        freeze_long_lived()
 
-    async def _sweeps(self) -> None:
-        last = time.monotonic()
-        while True:
-            self.progress.beat(SWEEP_LOOP)  # at least every 5 s, whatever the interval (/healthz)
-            await asyncio.sleep(min(self.settings.sweep_interval, 5.0))
-            if time.monotonic() - last >= self.settings.sweep_interval:
-                await self.sweep()
-                last = time.monotonic()
+    async def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep >= self.settings.sweep_interval:
+            await self.sweep()
+            self._last_sweep = time.monotonic()
 
     async def sweep(self) -> int:
         """Expire idle clients and close abandoned transactions, a slice of at most the handler budget
@@ -174,14 +169,6 @@ class DetectorSmtpService:
                 done = self.handler.sweep(_SWEEP_CHUNK)
             await asyncio.sleep(0)
         return expired
-
-    async def _follow(self, follower: LogFollower) -> None:
-        while True:
-            try:
-                await follower.run()
-            except OSError as exc:
-                log.error("tail of %s paused: %s; resuming", follower.source.path, exc)
-                await asyncio.sleep(1.0)
 
 
 def freeze_long_lived() -> None:
