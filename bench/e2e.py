@@ -1,8 +1,24 @@
-"""make bench-e2e: quarantine 20 subscribers one after another through the real path and time it.
+"""make bench-e2e: quarantine 200 subscribers one after another through the real path and time it.
 
-For each subscriber: a real Suricata EVE alert line is appended to the file detector-snort tails;
-we time (a) until a DNS query from that subscriber's own address returns the portal, and (b) until
-the lab CMTS logs the reset SET for its modem. Then, once every modem is back, each PC renews as a
+The lab Kea serves a /21 (400 normal, 256 quarantine addresses). While another process appends a
+flood of 50,000 EVE alert lines/s to the same file (alerts of 500 other addresses of the subscriber
+subnet that hold no lease: every line is parsed, classified and folded by the detector, and each
+address's first alert reaches policy, which cannot attribute it), for each subscriber a real
+Suricata EVE alert line is appended to the file detector-snort tails; we time (a) until a DNS query
+from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
+for its modem.
+
+Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
+of this machine): line written → policy's decision transaction began (`observations.received_at`
+and the case's first `case_events.at`, one transaction: the detector's read, parse and publish, the
+broker's confirm, the delivery to policy and policy's attribution look-ups at the provisioner and
+cmts-agent) → the provisioner wrote the Kea host row (its `lazaretto_garden_device.applied_at`,
+written right after the host row's commit: policy's commit, its outbox relay's publish and confirm,
+the command's delivery, the Kea write) → BIND acknowledged the RPZ update
+(`lazaretto_garden_address.added_at`, written right after the update's answer) → the client's DNS
+answer changed (the probe). PostgreSQL's `now()` is the time its statement's transaction started.
+The services record no time for the detector's read or the broker's confirms, so those hops are
+not split out. Then, once every modem is back, each PC renews as a
 real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
 its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
 page it fetches from that address shows its own case. Prints one `name=value` per line.
@@ -28,9 +44,29 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from lazaretto_lab.snmpd import LabModem
     from lazaretto_lab.system import CpeHost, LabSystem
 
-SUBSCRIBERS = 20
+SUBSCRIBERS = 200
+FLOOD_PER_S = 50_000
+FLOOD_ADDRESSES = 500
+KEA_PREFIXLEN = 21
+HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
+
+FLOOD = """
+import sys, time
+path, rate, blob = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read()
+lines = blob.splitlines(keepends=True)
+per_tick = rate // 100
+with open(path, "ab", buffering=0) as out:
+    n, start = 0, time.monotonic()
+    while True:
+        out.write(b"".join(lines[(n + i) % len(lines)] for i in range(per_tick)))
+        n += per_tick
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+"""
 
 
 def probe_main() -> None:
@@ -107,7 +143,7 @@ def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
 
 def bench(subscribers: int) -> dict[str, str]:
     from lazaretto_lab.snmpd import LabModem
-    from lazaretto_lab.system import LabSystem, SystemConfig, lease_cpe
+    from lazaretto_lab.system import LabSystem, SystemConfig
     from lazaretto_lab.testing import (
         create_database,
         create_vhost,
@@ -119,7 +155,10 @@ def bench(subscribers: int) -> dict[str, str]:
     vhost = create_vhost()
     db_name = asyncio.run(create_database("bench"))
     workdir = Path(tempfile.mkdtemp(prefix="lazaretto-bench-"))
-    modems = [LabModem(f"00:02:8a:00:00:{i:02x}", f"10.1.0.{10 + i}") for i in range(subscribers)]
+    modems = [
+        LabModem(f"00:02:8a:00:{i // 256:02x}:{i % 256:02x}", f"10.1.{i // 200}.{10 + i % 200}")
+        for i in range(subscribers)
+    ]
     config = SystemConfig(
         workdir=workdir,
         amqp_url=f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}",
@@ -127,19 +166,23 @@ def bench(subscribers: int) -> dict[str, str]:
         modems=modems,
         portal_on_subscriber_side=True,
         log_level="WARNING",
+        kea_prefixlen=KEA_PREFIXLEN,
     )
     dns_ms: list[float] = []
     reset_ms: list[float] = []
     portal_ms: list[float] = []
+    written_at: dict[str, float] = {}
+    dns_at: dict[str, float] = {}
+    hops: dict[str, list[float]] = {}
+    flood_lines = 0
     try:
         with LabSystem(config) as system:
             assert system.kea is not None
             assert system.bind is not None
             assert system.cmts is not None
-            cpes = [
-                lease_cpe(system, f"02:00:00:00:01:{i:02x}", modems[i].cm_mac) for i in range(subscribers)
-            ]
+            cpes = lease_cpes(system, modems)
             template = one_alert_line(workdir, str(system.kea.subnet))
+            flooder, flood_started = start_flood(system, template, workdir)
             probe = subprocess.Popen(
                 ["ip", "netns", "exec", system.kea.client_netns, sys.executable, __file__, "--probe"],
                 stdin=subprocess.PIPE,
@@ -151,33 +194,47 @@ def bench(subscribers: int) -> dict[str, str]:
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
                     line = json.dumps({**template, "src_ip": cpe.ip, "timestamp": _now_suricata()}) + "\n"
-                    written_wall = time.time()
+                    written_wall = written_at[cpe.ip] = time.time()
                     written = time.monotonic()
                     with system.eve_path.open("a") as eve:
                         eve.write(line)
                     probe.stdin.write(
-                        f"dns {cpe.ip} {cpe.dns_server} www.example.test {system.portal_ip} 10\n"
+                        f"dns {cpe.ip} {cpe.dns_server} www.example.test {system.portal_ip} 30\n"
                     )
                     probe.stdin.flush()
                     answer = probe.stdout.readline().strip()
                     if answer == "timeout":
                         raise RuntimeError(f"{cpe.ip} never got the portal")
                     dns_ms.append((float(answer) - written) * 1000)
-                    deadline = time.monotonic() + 10
+                    dns_at[cpe.ip] = written_wall + float(answer) - written
+                    deadline = time.monotonic() + 30
                     while not (sets := [s for s in system.cmts.sets() if s["mac"] == modem.cm_mac]):
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"no reset for {modem.cm_mac}")
                         time.sleep(0.005)
                     reset_ms.append((float(sets[0]["ts"]) - written_wall) * 1000)
+                flood_lines = round((time.monotonic() - flood_started) * FLOOD_PER_S)
+                flooder.kill()
+                flooder.wait()
+                # Before the PCs move: the provisioner forgets an address once its device leaves it.
+                hops = asyncio.run(hop_times(system, cpes, written_at, dns_at))
                 portal_ms = moved_pcs_to_portal(system, cpes, probe.stdin, probe.stdout)
             finally:
+                if flooder.poll() is None:
+                    flooder.kill()
+                    flooder.wait()
                 probe.stdin.close()
                 probe.wait(10)
     finally:
         delete_vhost(vhost)
         asyncio.run(drop_database(db_name))
+        # The flood leaves gigabytes in the EVE file; the services' logs stay.
+        (workdir / "suricata" / "eve.json").unlink(missing_ok=True)
+        print(f"# work directory (logs): {workdir}", flush=True)
     return {
         "subscribers": str(subscribers),
+        "flood_lines_per_s": str(FLOOD_PER_S),
+        "flood_lines_written": str(flood_lines),
         "alert_to_dns_ms_p50": f"{statistics.median(dns_ms):.1f}",
         "alert_to_dns_ms_p99": f"{percentile(dns_ms, 99):.1f}",
         "alert_to_dns_ms_max": f"{max(dns_ms):.1f}",
@@ -187,11 +244,129 @@ def bench(subscribers: int) -> dict[str, str]:
         "moved_pc_portal_ms_p50": f"{statistics.median(portal_ms):.1f}",
         "moved_pc_portal_ms_p99": f"{percentile(portal_ms, 99):.1f}",
         "moved_pc_portal_ms_max": f"{max(portal_ms):.1f}",
+        **{
+            f"hop_{name}_ms_{label}": f"{percentile(hops[name], q):.1f}"
+            for name in HOPS
+            for label, q in (("p50", 50), ("p99", 99))
+        },
         "samples_dns_ms": " ".join(f"{v:.0f}" for v in dns_ms),
         "samples_reset_ms": " ".join(f"{v:.0f}" for v in reset_ms),
         "samples_moved_pc_portal_ms": " ".join(f"{v:.0f}" for v in portal_ms),
         "machine": f"{platform.machine()}-{os.cpu_count()}cpu-{platform.python_version()}",
     }
+
+
+def lease_cpes(system: LabSystem, modems: list[LabModem]) -> list[CpeHost]:
+    """One PC behind each modem, each with a real Kea lease (four DHCP clients at a time: each is a
+    Python start-up in the namespace), then listed in the lab CMTS's CPE table."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lazaretto_lab.system import CpeHost
+
+    assert system.cmts is not None
+    pcs = [CpeHost(system, f"02:00:00:00:{i // 256 + 1:02x}:{i % 256:02x}") for i in range(len(modems))]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda pc: pc.dhcp(), pcs))
+    for pc, modem in zip(pcs, modems, strict=True):
+        system.cmts.add_cpe(modem.cm_mac, pc.mac, pc.ip)
+    return pcs
+
+
+def start_flood(
+    system: LabSystem, template: dict[str, object], workdir: Path
+) -> tuple[subprocess.Popen[bytes], float]:
+    """50,000 lines/s of alerts from addresses of the subscriber subnet outside both pools (no lease:
+    policy cannot attribute them), appended to the EVE file by another process; returns once the
+    first alert of each flood address has reached policy, so the run measures the steady state."""
+    assert system.kea is not None
+    kea = system.kea
+    first = int(ipaddress.IPv4Address(kea.normal_pool[1])) + 1
+    addresses = [str(ipaddress.IPv4Address(first + n)) for n in range(FLOOD_ADDRESSES)]
+    assert all(ipaddress.IPv4Address(a) < kea.quarantine_cidr[0] for a in addresses)
+    blob = workdir / "flood.json"
+    blob.write_text(
+        "".join(
+            json.dumps({**template, "src_ip": addresses[n % len(addresses)], "timestamp": _now_suricata()})
+            + "\n"
+            for n in range(5000)
+        )
+    )
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", FLOOD, str(system.eve_path), str(FLOOD_PER_S), str(blob)]
+    )
+    started = time.monotonic()
+    deadline = started + 120
+    while asyncio.run(_observed(system, addresses)) < len(addresses):
+        if time.monotonic() > deadline or flooder.poll() is not None:
+            flooder.kill()
+            raise RuntimeError("the flood's first alerts never all reached policy")
+        time.sleep(0.5)
+    return flooder, started
+
+
+async def _observed(system: LabSystem, addresses: list[str]) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(system.database_urls["policy"])
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(DISTINCT ip) FROM observations WHERE host(ip) = ANY($1::text[])", addresses
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def hop_times(
+    system: LabSystem, cpes: list[CpeHost], written_at: dict[str, float], dns_at: dict[str, float]
+) -> dict[str, list[float]]:
+    """Milliseconds per hop and subscriber, from the rows policy and the provisioner wrote anyway."""
+    import asyncpg
+
+    assert system.kea is not None
+    ips = [cpe.ip for cpe in cpes]
+    policy = await asyncpg.connect(system.database_urls["policy"])
+    try:
+        decided = {
+            row["ip"]: row["decided"]
+            for row in await policy.fetch(
+                "SELECT host(o.ip) AS ip, extract(epoch FROM min(e.at))::float8 AS decided"
+                " FROM observations o JOIN case_events e ON e.case_id = o.case_id"
+                " WHERE host(o.ip) = ANY($1::text[]) GROUP BY host(o.ip)",
+                ips,
+            )
+        }
+    finally:
+        await policy.close()
+    kea = await asyncpg.connect(system.kea.dsn)
+    try:
+        applied = {
+            str(row["mac"]): row["at"]
+            for row in await kea.fetch(
+                "SELECT mac, extract(epoch FROM applied_at)::float8 AS at FROM lazaretto_garden_device"
+            )
+        }
+        gardened = {
+            row["ip"]: row["at"]
+            for row in await kea.fetch(
+                "SELECT host(ip) AS ip, extract(epoch FROM added_at)::float8 AS at"
+                " FROM lazaretto_garden_address"
+            )
+        }
+    finally:
+        await kea.close()
+    out: dict[str, list[float]] = {name: [] for name in HOPS}
+    for cpe in cpes:
+        marks = (
+            written_at[cpe.ip],
+            decided[cpe.ip],
+            applied[normalize_mac(cpe.mac)],
+            gardened[cpe.ip],
+            dns_at[cpe.ip],
+        )
+        for name, start, end in zip(HOPS, marks[:-1], marks[1:], strict=True):
+            out[name].append((end - start) * 1000)
+    return out
 
 
 def moved_pcs_to_portal(
@@ -219,6 +394,12 @@ def moved_pcs_to_portal(
             raise RuntimeError(f"{cpe.mac} at {cpe.ip} never saw its case on the portal")
         timings.append((float(answer[1]) - float(answer[0])) * 1000)
     return timings
+
+
+def normalize_mac(mac: str) -> str:
+    from lazaretto_core.contracts import normalize_mac as normalize
+
+    return normalize(mac)
 
 
 def _now_suricata() -> str:

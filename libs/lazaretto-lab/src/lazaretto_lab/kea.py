@@ -24,7 +24,7 @@ from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError
 
 KEA_HOOKS_DIR = Path("/usr/lib/x86_64-linux-gnu/kea/hooks")
 QUARANTINE_CLASS = "quarantine"
-# Shared by every LabKea on this machine: serialises picking a free /24 out of 100.64.0.0/10.
+# Shared by every LabKea on this machine: serialises picking a free subnet out of 100.64.0.0/10.
 _SUBNET_LOCK = Path(tempfile.gettempdir()) / "lazaretto-lab-kea-subnets.lock"
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -41,13 +41,16 @@ def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def _used_24s() -> set[ipaddress.IPv4Network]:
+def _used_subnets() -> list[ipaddress.IPv4Network]:
+    """The CGNAT subnets on this machine's interfaces (with their own prefix lengths, and at least the
+    /24 around each address: older lab code reserved /24s that way)."""
     out = _run(["ip", "-4", "-o", "addr", "show"])
-    used: set[ipaddress.IPv4Network] = set()
+    used: list[ipaddress.IPv4Network] = []
     for match in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+)/(\d+)", out):
         iface = ipaddress.IPv4Interface(f"{match.group(1)}/{match.group(2)}")
         if iface.ip in _CGNAT:
-            used.add(ipaddress.IPv4Network(f"{iface.ip}/24", strict=False))
+            used.append(iface.network)
+            used.append(ipaddress.IPv4Network(f"{iface.ip}/24", strict=False))
     return used
 
 
@@ -65,6 +68,7 @@ class LabKea(LabPeer):
         db_name: str | None = None,
         *,
         subnet: str | None = None,
+        prefixlen: int = 24,
         normal_resolver: str | None = None,
         garden_resolver: str | None = None,
         portal_url: str = "https://portal.lazaretto.test/captive-portal/api",
@@ -81,7 +85,10 @@ class LabKea(LabPeer):
         self.db_name = db_name or f"lazaretto_kea_{tag}"
         if not _DB_NAME_RE.match(self.db_name):
             raise ValueError(f"not a plain PostgreSQL database name: {self.db_name!r}")
+        if not 16 <= prefixlen <= 24:
+            raise ValueError(f"a lab Kea subnet is a /16 to a /24, not a /{prefixlen}")
         self._requested_subnet = subnet
+        self._prefixlen = prefixlen
         # Default: addresses of the lab subnet on the server end of the veth (the normal resolver is
         # the server's own address, the garden resolver a second one), where a lab BIND can listen.
         self._requested_resolvers = (normal_resolver, garden_resolver)
@@ -114,13 +121,19 @@ class LabKea(LabPeer):
         return f"postgresql://{self.pg_user}:{self._pg_password}@{self.pg_host}:{self.pg_port}/{self.db_name}"
 
     @property
+    def _scale(self) -> int:
+        """How many /24s the subnet spans: the pools grow with it (a /24 has 50 + 32 addresses)."""
+        return max(1, self.subnet.num_addresses // 256)
+
+    @property
     def normal_pool(self) -> tuple[str, str]:
-        return (str(self.subnet[100]), str(self.subnet[149]))
+        return (str(self.subnet[100]), str(self.subnet[100 + 50 * self._scale - 1]))
 
     @property
     def quarantine_cidr(self) -> ipaddress.IPv4Network:
-        """The quarantine pool is CIDR-aligned so one rpz-client-ip trigger / ACL can cover it."""
-        return ipaddress.IPv4Network(f"{self.subnet[192]}/27")
+        """The quarantine pool is CIDR-aligned so one rpz-client-ip trigger / ACL can cover it: the
+        subnet's seventh eighth (.192/27 of a /24, a /24 of a /21)."""
+        return list(self.subnet.subnets(prefixlen_diff=3))[6]
 
     @property
     def quarantine_pool(self) -> tuple[str, str]:
@@ -225,7 +238,7 @@ class LabKea(LabPeer):
             if self._requested_subnet is not None:
                 self.subnet = ipaddress.IPv4Network(self._requested_subnet)
             else:
-                self.subnet = self._pick_subnet()
+                self.subnet = self._pick_subnet(self._prefixlen)
             self.server_ip = str(self.subnet[1])
             self.normal_resolver = self._requested_resolvers[0] or self.server_ip
             self.garden_resolver = self._requested_resolvers[1] or str(self.subnet[2])
@@ -249,12 +262,15 @@ class LabKea(LabPeer):
         _run(["ip", "-n", self.client_netns, "link", "set", self.client_iface, "up"])
 
     @staticmethod
-    def _pick_subnet() -> ipaddress.IPv4Network:
-        used = _used_24s()
-        for candidate in _CGNAT.subnets(new_prefix=24):
-            if candidate not in used:
+    def _pick_subnet(prefixlen: int) -> ipaddress.IPv4Network:
+        used = _used_subnets()
+        candidates = list(_CGNAT.subnets(new_prefix=prefixlen))
+        # /24s are taken from the bottom of the range, larger subnets from the top: a lab that only
+        # knows /24s (another branch's checkout running beside this one) never reaches them.
+        for candidate in candidates if prefixlen == 24 else reversed(candidates):
+            if not any(candidate.overlaps(taken) for taken in used):
                 return candidate
-        raise LabProcessError("no free /24 left in 100.64.0.0/10 for a lab Kea")
+        raise LabProcessError(f"no free /{prefixlen} left in 100.64.0.0/10 for a lab Kea")
 
     def _ready(self) -> bool:
         assert self.process is not None

@@ -54,6 +54,8 @@ class SystemConfig:
     # Put the portal on Kea's subscriber-side address so a CPE in the netns can reach it.
     portal_on_subscriber_side: bool = False
     log_level: str = "INFO"
+    # The lab Kea's subnet size: a /24 has 50 normal and 32 quarantine addresses, a /21 400 and 256.
+    kea_prefixlen: int = 24
     # ... unless a service's own database is given here by service (make run: start-peers' ones).
     service_database_urls: dict[str, str] = field(default_factory=dict)
 
@@ -102,7 +104,7 @@ class LabSystem:
         if missing:
             self.own_databases = asyncio.run(create_service_databases(self.config.database_url, missing))
             self.database_urls |= {service: db.url for service, db in self.own_databases.items()}
-        self.kea = LabKea().start()
+        self.kea = LabKea(prefixlen=self.config.kea_prefixlen).start()
         portal_ip = self.kea.server_ip if self.config.portal_on_subscriber_side else self.config.portal_host
         self.portal_ip = portal_ip
         self.kea_portal_url = f"http://{portal_ip}:{self.ports['portal']}/"
