@@ -96,7 +96,11 @@ def run(config: SystemConfig) -> None:
         token_file.chmod(0o600)
         print(
             "\nLazaretto is up; every /readyz is green.\n"
-            f"  portal        {system.url('portal')}/\n"
+            f"  portal        {system.portal_public_url}   (on {system.portal_ip}:{system.portal_https_port},"
+            f" certificate from the lab CA {system.ca_file})\n"
+            f"  captive API   {system.captive_api_url}   (RFC 8908; DHCP option 114 carries it)\n"
+            f"  catch-all     http://{system.portal_ip}:{system.portal_catch_all_port}/   (any name, any path)\n"
+            f"  portal HTTP   {system.url('portal')}/   (plain, for a reverse proxy and /readyz)\n"
             f"  admin API     {system.url('policy')}/docs   (bearer token in {token_file})\n"
             f"  cmts-agent    {system.url('cmts_agent')}/docs\n"
             f"  provisioner   {system.url('provisioner')}/docs\n"

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,8 +31,11 @@ from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
 from .process import LabProcess, LabProcessError, free_port
 from .snmpd import LabCmts, LabModem
+from .tls import LabCertificates, make_portal_certificates
 from .wiring import WIRINGS, LabWires
 
+# The portal's own name: the lab zone's A record, the TLS certificate's name, option 114's host.
+PORTAL_NAME = "portal.lazaretto.test"
 SERVICES = ("policy", "provisioner", "cmts_agent", "portal", "detector_snort", "detector_smtp")
 
 
@@ -72,6 +76,12 @@ class LabSystem:
         self.ports = {name: config.ports.get(name) or free_port() for name in SERVICES}
         if config.portal_port:
             self.ports["portal"] = config.portal_port
+        # On the subscriber side the portal has an address of its own (Kea's, unique per lab): it takes
+        # 443 and 80 there as a deployed portal does. On loopback, free ports keep parallel labs apart.
+        on_own_address = config.portal_on_subscriber_side
+        self.portal_https_port = 443 if on_own_address else free_port()
+        self.portal_catch_all_port = 80 if on_own_address else free_port()
+        self.portal_certificates: LabCertificates | None = None
         self.smtp_policy_port = config.smtp_policy_port or free_port()
         self.eve_path = self.workdir / "suricata" / "eve.json"
         self.kea: LabKea | None = None
@@ -104,12 +114,14 @@ class LabSystem:
         if missing:
             self.own_databases = asyncio.run(create_service_databases(self.config.database_url, missing))
             self.database_urls |= {service: db.url for service, db in self.own_databases.items()}
-        self.kea = LabKea(prefixlen=self.config.kea_prefixlen).start()
+        self.portal_certificates = make_portal_certificates(self.workdir / "tls", PORTAL_NAME)
+        # Option 114 carries exactly the portal's RFC 8908 API URL (RFC 8910).
+        self.kea = LabKea(prefixlen=self.config.kea_prefixlen, portal_url=self.captive_api_url).start()
         portal_ip = self.kea.server_ip if self.config.portal_on_subscriber_side else self.config.portal_host
         self.portal_ip = portal_ip
-        self.kea_portal_url = f"http://{portal_ip}:{self.ports['portal']}/"
         self.bind = LabBind(
             portal_ip=portal_ip,
+            portal_name=PORTAL_NAME,
             extra_listen=(self.kea.server_ip,),
             clients=("127.0.0.0/8", str(self.kea.subnet)),
             # The DNS servers Kea hands to the normal and the quarantine pool: BIND answers on both.
@@ -146,11 +158,22 @@ class LabSystem:
 
     @property
     def portal_public_url(self) -> str:
-        """The portal by name (the lab zone resolves it) when subscribers can reach it, else by address."""
-        assert self.bind is not None
-        if self.config.portal_on_subscriber_side:
-            return f"http://{self.bind.portal_name}:{self.ports['portal']}/"
-        return f"{self.url('portal')}/"
+        """The portal as subscribers open it: https by its name (the lab zone resolves it, the lab CA
+        signed its certificate), on 443 when it has the subscriber-side address to itself."""
+        if self.portal_https_port == 443:
+            return f"https://{PORTAL_NAME}/"
+        return f"https://{PORTAL_NAME}:{self.portal_https_port}/"
+
+    @property
+    def captive_api_url(self) -> str:
+        """The portal's RFC 8908 API, as DHCP option 114 carries it."""
+        return f"{self.portal_public_url}captive-portal/api"
+
+    @property
+    def ca_file(self) -> Path:
+        """The lab CA's certificate: what a subscriber device trusts to verify the portal."""
+        assert self.portal_certificates is not None
+        return self.portal_certificates.ca_file
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
@@ -221,6 +244,9 @@ class LabSystem:
             smtp_policy_port=self.smtp_policy_port,
             smtp_threshold_per_hour=self.config.smtp_threshold_per_hour,
             verify_interval=self.config.verify_interval,
+            portal_certificates=self.portal_certificates,
+            portal_https_port=self.portal_https_port,
+            portal_catch_all_port=self.portal_catch_all_port,
         )
 
     def _spawn(self, name: str) -> None:
@@ -245,6 +271,26 @@ class LabSystem:
                 last = response.text
             time.sleep(0.1)
         raise LabProcessError(f"{name} not ready after {timeout}s ({last}):\n{process.log_tail()}")
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What curl received: the status, the headers (names in lower case) and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+
+    @classmethod
+    def parse(cls, raw: str) -> HttpAnswer:
+        head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
+        status_line, *lines = head.split("\n")
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        return cls(
+            status=int(status_line.split()[1]),
+            headers={name.strip().lower(): value.strip() for name, value in fields.items()},
+            body=body,
+        )
 
 
 class CpeHost:
@@ -348,16 +394,41 @@ class CpeHost:
 
     def fetch(self, url: str, *form: str) -> str:
         """GET `url` (or POST the `name=value` pairs in `form`) from the PC's address with curl; a host
-        name in `url` is resolved the way the PC resolves it (its lease's DNS server)."""
-        argv = ["curl", "-sS", "--max-time", "10", "--interface", self.ip]
+        name in `url` is resolved the way the PC resolves it (its lease's DNS server), and https is
+        verified against the lab CA, which this PC trusts as an operator's devices would."""
+        return self.http(url, form=form).body
+
+    def http(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: Sequence[tuple[str, str]] = (),
+        form: Sequence[str] = (),
+        resolve_to: str | None = None,
+    ) -> HttpAnswer:
+        """One HTTP exchange from the PC with curl, redirects not followed: status, headers and body.
+
+        The host is resolved by the PC's DNS server unless `resolve_to` names the address (a client whose
+        cache still holds an earlier answer).
+        """
+        argv = ["curl", "-sS", "-i", "--max-time", "10", "--interface", self.ip]
         parts = urlsplit(url)
         host = parts.hostname or ""
         if host and not _is_ipv4(host):
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            argv += ["--resolve", f"{host}:{port}:{self.resolve(host)}"]
+            argv += ["--resolve", f"{host}:{port}:{resolve_to or self.resolve(host)}"]
+        if parts.scheme == "https" and self.system.portal_certificates is not None:
+            argv += ["--cacert", str(self.system.portal_certificates.ca_file)]
+        if method == "HEAD":
+            argv.append("--head")
+        elif method not in ("GET", "POST"):
+            argv += ["-X", method]  # GET, or POST when `form` has fields: curl's own choice
+        for name, value in headers:
+            argv += ["-H", f"{name}: {value}"]
         for field_value in form:
             argv += ["--data-urlencode", field_value]
-        return self.run(*argv, url)
+        return HttpAnswer.parse(self.run(*argv, url))
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.kea import LabKea
 from lazaretto_lab.snmpd import LabCmts
+from lazaretto_lab.tls import LabCertificates
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class LabWires:
     smtp_policy_port: int
     smtp_threshold_per_hour: int
     verify_interval: float
+    # The portal's TLS listener (its name's certificate, from the lab CA) and its port-80 catch-all.
+    portal_certificates: LabCertificates | None = None
+    portal_https_port: int | None = None
+    portal_catch_all_port: int | None = None
 
 
 Wiring = Callable[[LabWires], dict[str, str]]
@@ -96,12 +101,21 @@ def cmts_agent(w: LabWires) -> dict[str, str]:
 
 @wiring("portal")
 def portal(w: LabWires) -> dict[str, str]:
-    return {
+    env = {
         "LAZARETTO_HTTP_HOST": w.portal_ip,
         "LAZARETTO_POLICY_URL": w.urls["policy"],
         "LAZARETTO_FORM_SECRET": w.form_secret,
         "LAZARETTO_PUBLIC_URL": w.portal_public_url,
     }
+    if w.portal_certificates is not None and w.portal_https_port is not None:
+        env |= {
+            "LAZARETTO_HTTPS_PORT": str(w.portal_https_port),
+            "LAZARETTO_TLS_CERT_FILE": str(w.portal_certificates.cert_file),
+            "LAZARETTO_TLS_KEY_FILE": str(w.portal_certificates.key_file),
+        }
+    if w.portal_catch_all_port is not None:
+        env["LAZARETTO_CATCH_ALL_PORT"] = str(w.portal_catch_all_port)
+    return env
 
 
 @wiring("detector_snort")

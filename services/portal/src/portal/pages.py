@@ -1,4 +1,4 @@
-"""The walled-garden pages: why, what to do, the self-release form, captive-portal detection."""
+"""The walled-garden pages: why, what to do, the self-release form (probes, RFC 8908 API: captive.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES, ReleaseRequested, utcnow
 from lazaretto_core.http import max_body
 
+from .errors import unavailable_page
 from .forms import issue_token, token_valid
 from .policy_client import PolicyClient, PolicyUnavailable, VisitorCase
 from .reasons import explain
@@ -89,9 +90,7 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             return await policy.case_for(client_ip)
         except PolicyUnavailable as exc:
             log.warning("policy unavailable for the portal: %s", exc)
-            return HTMLResponse(
-                "<h1>Please try again in a minute</h1>", status_code=503, headers=SECURITY_HEADERS
-            )
+            return unavailable_page(settings)
 
     @app.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> Response:
@@ -147,35 +146,3 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             log.error("release request for case %s not published: %s", case.case_id, exc)
             return HTMLResponse("<h1>Please try again in a minute</h1>", 503, headers=SECURITY_HEADERS)
         return render(title="Restoring your connection", state="releasing")
-
-    # Operating systems probe these to detect a captive portal: a quarantined visitor is sent to us.
-    async def detection(request: Request, normal: Response) -> Response:
-        case = await lookup(client_of(request))
-        if isinstance(case, Response) or case is None:
-            return normal
-        return RedirectResponse(settings.public_url, status_code=302)
-
-    @app.get("/generate_204")
-    async def android(request: Request) -> Response:
-        return await detection(request, Response(status_code=204))
-
-    @app.get("/hotspot-detect.html")
-    async def apple(request: Request) -> Response:
-        return await detection(
-            request, HTMLResponse("<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>")
-        )
-
-    @app.get("/connecttest.txt")
-    async def windows(request: Request) -> Response:
-        return await detection(request, Response("Microsoft Connect Test", media_type="text/plain"))
-
-    @app.get("/captive-portal/api")
-    async def rfc8908(request: Request) -> Response:
-        """RFC 8908 captive-portal API: tells the visitor's OS whether it is held and where to go."""
-        case = await lookup(client_of(request))
-        if isinstance(case, Response):
-            return case
-        body: dict[str, Any] = {"captive": case is not None}
-        if case is not None:
-            body["user-portal-url"] = settings.public_url
-        return JSONResponse(body, media_type="application/captive+json", headers={"Cache-Control": "private"})

@@ -1,11 +1,13 @@
-"""Portal settings: where policy is, whom to trust for X-Forwarded-For, what to show."""
+"""Portal settings: where policy is, whom to trust for X-Forwarded-For, what to show, where to listen."""
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, field_validator, model_validator
 
 from lazaretto_core.settings import ServiceSettings
 
@@ -34,8 +36,51 @@ class PortalSettings(ServiceSettings):
     form_secret: SecretStr
     # Only these peers may tell us the visitor's address in X-Forwarded-For.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    public_url: str = "http://portal.lazaretto.test:8080/"
+    # The portal's own address as subscribers see it: its host is the name the TLS certificate is for,
+    # and it is the RFC 8908 `user-portal-url`.
+    public_url: str = "https://portal.lazaretto.test/"
+    # TLS listener (on http_host) serving the pages and the RFC 8908 API; 443 when subscribers reach the
+    # portal directly. None: no TLS here (a reverse proxy terminates it and forwards to http_port).
+    https_port: int | None = None
+    # The PEM certificate (chain) for public_url's host, and its key; files, e.g. /run/secrets/...
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Plain-HTTP catch-all listener (on http_host): any Host, any path lands on the portal; 80 when
+    # deployed directly, or any port the operator's reverse proxy forwards port 80 to.
+    catch_all_port: int | None = None
+    # RFC 8908 `venue-info-url`: a page about the provider (https), sent to every visitor when set.
+    venue_info_url: str | None = None
     attestation_version: str = "2026-11-v1"
     isp_name: str = "Your cable provider"
     helpdesk: str = "call the helpdesk"
     links: tuple[Link, ...] = DEFAULT_LINKS
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://portal.example.net/")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> PortalSettings:
+        if self.https_port is not None and (self.tls_cert_file is None or self.tls_key_file is None):
+            raise ValueError("LAZARETTO_HTTPS_PORT needs LAZARETTO_TLS_CERT_FILE and LAZARETTO_TLS_KEY_FILE")
+        return self
+
+    @property
+    def portal_name(self) -> str:
+        """The portal's host name (lower case), as in public_url."""
+        return (urlsplit(self.public_url).hostname or "").lower()
+
+    @property
+    def public_origin(self) -> str:
+        """`https://portal.example.net` (with its port, if any), without a path."""
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def captive_api_url(self) -> str:
+        """The RFC 8908 API's URL: exactly what DHCP option 114 (RFC 8910) must carry."""
+        return f"{self.public_origin}/captive-portal/api"
