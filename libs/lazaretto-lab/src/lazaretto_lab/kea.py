@@ -257,6 +257,12 @@ class LabKea(LabPeer):
         for ns_prefix, iface in (([], self.server_iface), (["-n", self.client_netns], self.client_iface)):
             with contextlib.suppress(LabProcessError):
                 _run(["ip", *ns_prefix, "link", "set", iface, "addrgenmode", "none"])
+        # Several lab PCs share the client end: without this, taking one PC's (primary) address off would
+        # silently take every other PC's address in the subnet with it.
+        _run(
+            ["ip", "netns", "exec", self.client_netns, "sysctl", "-qw",
+             f"net.ipv4.conf.{self.client_iface}.promote_secondaries=1"]
+        )  # fmt: skip
         _run(["ip", "link", "set", self.server_iface, "up"])
         _run(["ip", "-n", self.client_netns, "link", "set", "lo", "up"])
         _run(["ip", "-n", self.client_netns, "link", "set", self.client_iface, "up"])
