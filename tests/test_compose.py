@@ -7,7 +7,10 @@ services' settings classes and the files in the repository.
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,8 @@ APP_SERVICES = {
     "detector-snort": "detector_snort",
     "detector-smtp": "detector_smtp",
 }
-PEERS = ("rabbitmq", "postgres", "kea", "bind", "lab-cmts")
+PEERS = ("rabbitmq", "postgres", "kea", "bind", "portal-tls", "lab-cmts")
+PORTAL_PORTS = ("8080:8080", "443:8443", "80:8081")
 ADMIN_PORTS = {"policy": 8400, "provisioner": 8300, "cmts-agent": 8500}
 SECRET_NAME = re.compile(r"token|secret|password|passwd|_pass$|community", re.IGNORECASE)
 # The whole value is one ${VAR...} interpolation.
@@ -199,7 +203,8 @@ def test_only_portal_and_admin_ports_are_published_on_loopback(compose: dict[str
     for name, ports in published.items():
         for port in ports:
             if name == "portal":
-                assert port == "${LAZARETTO_PORTAL_BIND:-127.0.0.1}:8080:8080"
+                # The portal's own HTTP port, TLS on 443 and the catch-all on 80, on the garden side.
+                assert port in {f"${{LAZARETTO_PORTAL_BIND:-127.0.0.1}}:{p}" for p in PORTAL_PORTS}, port
             else:
                 assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
     for name, port_number in ADMIN_PORTS.items():
@@ -259,3 +264,59 @@ def test_every_mounted_repo_file_exists(compose: dict[str, Any]) -> None:
         assert f"REVOKE ALL ON DATABASE {own} FROM PUBLIC;" in init.read_text()
     kea_entrypoint = (ROOT / "deploy" / "compose" / "kea" / "entrypoint.sh").read_text()
     assert "db-init" in kea_entrypoint
+
+
+def test_the_portal_tls_peer_makes_a_certificate_devices_can_verify_for_the_portal_name(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    svc = services(compose)
+    portal_env = environment(svc["portal"])
+    assert "portal-tls" in svc["portal"]["depends_on"]
+    assert portal_env["LAZARETTO_TLS_CERT_FILE"].startswith("/etc/lazaretto/tls/")
+    assert "portal-tls:/etc/lazaretto/tls:ro" in svc["portal"]["volumes"]
+    # The compose portal name, the public URL's host and option 114's host are one name.
+    name = environment(svc["portal-tls"])["LAZARETTO_PORTAL_NAME"].split(":-")[1].rstrip("}")
+    assert portal_env["LAZARETTO_PUBLIC_URL"] == f"${{LAZARETTO_PUBLIC_URL:-https://{name}/}}"
+    kea = (ROOT / "deploy" / "compose" / "kea" / "kea-dhcp4.json").read_text()
+    assert f'"data": "https://{name}/captive-portal/api"' in kea
+    # When the peer's script runs (openssl, as in its image)
+    script = ROOT / "deploy" / "compose" / "tls" / "make-portal-cert.sh"
+    env = {"PATH": "/usr/bin:/bin", "TLS_DIR": str(tmp_path), "TLS_KEY_OWNER": f"{os.getuid()}:{os.getgid()}"}
+    subprocess.run([str(script), "--once"], env=env, check=True, capture_output=True)
+    # Then a client trusting its CA verifies the portal's certificate for that name, and only that name
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "portal.pem", tmp_path / "portal-key.pem")
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            tmp_path / "ca.pem",
+            "-verify_hostname",
+            name,
+            tmp_path / "portal.pem",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    other = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            tmp_path / "ca.pem",
+            "-verify_hostname",
+            "x.test",
+            tmp_path / "portal.pem",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert other.returncode != 0
+    assert oct((tmp_path / "portal-key.pem").stat().st_mode & 0o777) == "0o600"
+    # and a second run keeps the certificate the devices already trust
+    before = (tmp_path / "ca.pem").read_bytes()
+    subprocess.run([str(script), "--once"], env=env, check=True, capture_output=True)
+    assert (tmp_path / "ca.pem").read_bytes() == before

@@ -93,6 +93,11 @@ def test_ctrl_c_stops_everything_make_run_started(
                 break
         text = "".join(output)
         assert "Lazaretto is up" in text, text[-3000:]
+        # The portal by its https name, and the CA file a device must trust to verify it
+        assert "portal        https://portal.lazaretto.test/" in text, text
+        ca_file = re.search(r"certificate from the lab CA (\S+)\)", text)
+        assert ca_file is not None, text
+        assert Path(ca_file.group(1)).read_text().startswith("-----BEGIN CERTIFICATE-----")
         netns = re.search(r"PCs in netns (lazaretto-kea-[0-9a-f]+);", text)
         assert netns is not None, text
         tag = netns.group(1).removeprefix("lazaretto-kea-")
