@@ -12,17 +12,18 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from lazaretto_core.settings import SettingsInvalid
 from lazaretto_lab.tls import make_portal_certificates
 from portal.app import PortalService, build
-from portal.captive import CaptiveCheck
+from portal.captive import CaptiveCheck, original_url
 from portal.catchall import build_catch_all
 from portal.policy_client import PolicyClient, PolicyUnavailable, VisitorCase
 from portal.probes import match_probe, normal_host
@@ -297,3 +298,20 @@ def test_a_tls_port_without_certificate_and_key_is_refused_at_start(amqp_url: st
         settings_for(amqp_url, https_port=443)
     with pytest.raises(SettingsInvalid, match="absolute"):
         settings_for(amqp_url, public_url="portal.lazaretto.test")
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("http://www.example.test/some/path?q=1", "http://www.example.test/some/path?q=1"),
+        ("javascript:alert(1)", None),
+        ("//evil.test/", None),
+        ("http://" + "a" * 2100, None),
+        ("", None),
+    ],
+)
+def test_the_original_url_is_offered_to_the_page_only_when_it_is_a_plain_http_url(
+    given: str, shown: str | None
+) -> None:
+    request = Request({"type": "http", "query_string": urlencode({"from": given}).encode(), "headers": []})
+    assert original_url(request) == shown
