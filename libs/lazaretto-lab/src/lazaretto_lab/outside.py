@@ -27,7 +27,11 @@ async def _http(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
         return
     host = next(
-        (line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"host:")),
+        (
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"host:")
+        ),
         "",
     )
     peer = writer.get_extra_info("peername")[0]

@@ -1,6 +1,6 @@
 """A lab router between subscribers and an "outside": three network namespaces for the packet-filter garden.
 
-    subscribers (PCs on 100.64.0.0/24) -- router (forwards; the garden's nftables table lives here)
+    subscribers (PCs on 192.0.2.0/24) -- router (forwards; the garden's nftables table lives here)
         -- outside (203.0.113.0/24: origin web, portal, remediation site, SMTP servers, two resolvers)
 
 Everything lives in namespaces of its own (`lazaretto-{sub,rtr,out}-<tag>`), so the host's rules and
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError
 
-SUBSCRIBER_NET = "100.64.0.0/24"
-ROUTER_SUBSCRIBER_SIDE = "100.64.0.1"
+# Outside 100.64.0.0/10, where LabKea picks its subnets: a PC here is never in a Kea pool by accident.
+SUBSCRIBER_NET = "192.0.2.0/24"
+ROUTER_SUBSCRIBER_SIDE = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[
 def _must(argv: list[str]) -> str:
     proc = _run(argv)
     if proc.returncode != 0:
-        raise LabProcessError(f"{' '.join(argv[:6])} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+        raise LabProcessError(
+            f"{' '.join(argv[:6])} failed ({proc.returncode}): {proc.stderr or proc.stdout}"
+        )
     return proc.stdout
 
 
@@ -107,7 +110,15 @@ class LabRouter(LabPeer):
         self._ip(self.outside_netns, "link", "set", f"lzi{t}", "up")
         self._ip(self.outside_netns, "route", "add", "default", "via", "198.51.100.1")
         for ip in dict.fromkeys(
-            (a.origin_web, a.portal, a.remediation_web, a.smtp, a.isp_mail, a.garden_resolver, a.other_resolver)
+            (
+                a.origin_web,
+                a.portal,
+                a.remediation_web,
+                a.smtp,
+                a.isp_mail,
+                a.garden_resolver,
+                a.other_resolver,
+            )
         ):
             self._ip(self.outside_netns, "addr", "add", f"{ip}/32", "dev", "lo")
         records = {a.remediation_name: a.remediation_web, "www.example.test": a.origin_web}
@@ -170,7 +181,9 @@ class LabRouter(LabPeer):
 
     def dns(self, pc: str, resolver: str, name: str) -> list[str] | None:
         """The A records dig got, or None when the resolver never answered."""
-        proc = self._in_subscribers("dig", f"@{resolver}", "-b", pc, name, "A", "+short", "+time=1", "+tries=2")
+        proc = self._in_subscribers(
+            "dig", f"@{resolver}", "-b", pc, name, "A", "+short", "+time=1", "+tries=2"
+        )
         return proc.stdout.split() if proc.returncode == 0 else None
 
     def ruleset(self) -> str:

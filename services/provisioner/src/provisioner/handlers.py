@@ -13,6 +13,7 @@ from lazaretto_core.errors import RetryLater
 
 from .garden import Garden
 from .kea import KeaError
+from .nft import NftError
 from .rpz import RpzError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class ProvisionerHandlers:
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
         try:
             changes = await self.garden.apply(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+        except (RpzError, KeaError, NftError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
         await self.bus.publish(
@@ -37,7 +38,7 @@ class ProvisionerHandlers:
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
         try:
             changes = await self.garden.remove(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+        except (RpzError, KeaError, NftError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
         await self.bus.publish(
@@ -74,4 +75,6 @@ def _error_class(exc: Exception) -> str:
         return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
     if isinstance(exc, KeaError | asyncpg.PostgresError):
         return "dhcp_" + type(exc).__name__.lower()
+    if isinstance(exc, NftError):
+        return "filter_error"
     return "io_error"

@@ -128,11 +128,11 @@ class NftGarden:
     async def remove(self, addresses: Iterable[str]) -> None:
         await self.remove_many(addresses)
 
-    async def remove_many(self, addresses: Iterable[str]) -> None:
-        """Take the addresses out of every set; an address that was not gardened is fine."""
+    async def remove_many(self, addresses: Iterable[str], modes: Sequence[Mode] = MODES) -> None:
+        """Take the addresses out of the modes' sets, in one transaction; one not in them is fine."""
         ips = [address(ip) for ip in addresses]
         if ips:
-            await self._run([c for name in self.sets.values() for c in self._discard(name, ips)], "remove")
+            await self._run([c for m in modes for c in self._discard(self.sets[m], ips)], "remove")
 
     async def replace(self, entries: Mapping[str, Mode]) -> None:
         """Make the sets hold exactly `entries`, in one transaction (a full repair)."""
@@ -152,6 +152,17 @@ class NftGarden:
             frozenset(str(n.network_address) for n in full),
             frozenset(str(n.network_address) for n in smtp),
             tuple(allow),
+        )
+
+    async def uninstall(self) -> None:
+        """Delete the garden's table, its rules and every gardened address in it."""
+        await self._run([{"delete": {"table": {"family": self.config.family, "name": self.config.table}}}], "uninstall")
+
+    async def ping(self) -> None:
+        """Readiness: the table is there (raises NftError when it is not or nftables is unreachable)."""
+        await self._call(
+            {"nftables": [{"list": {"table": {"family": self.config.family, "name": self.config.table}}}]},
+            "ping",
         )
 
     async def close(self) -> None:
@@ -217,9 +228,13 @@ class NftGarden:
                 )
             )
             # Before any accept of established flows: a flow opened before the garden must not escape it.
-            batch.append(rule("garden_forward", _match("ip", "saddr", source), {"jump": {"target": "garden_full"}}))
+            batch.append(
+                rule("garden_forward", _match("ip", "saddr", source), {"jump": {"target": "garden_full"}})
+            )
         reset = {"reject": {"type": "tcp reset"}}
-        batch.append(rule("garden_forward", _match("ip", "saddr", "@smtp_block_v4"), _match("tcp", "dport", 25), reset))
+        batch.append(
+            rule("garden_forward", _match("ip", "saddr", "@smtp_block_v4"), _match("tcp", "dport", 25), reset)
+        )
         batch.append(
             rule(
                 "garden_forward",
@@ -233,7 +248,12 @@ class NftGarden:
             resolvers = {"set": [str(r) for r in c.resolvers]}
             for proto in ("udp", "tcp"):
                 batch.append(
-                    rule("garden_full", _match("ip", "daddr", resolvers), _match(proto, "dport", 53), {"accept": None})
+                    rule(
+                        "garden_full",
+                        _match("ip", "daddr", resolvers),
+                        _match(proto, "dport", 53),
+                        {"accept": None},
+                    )
                 )
         batch.append(
             rule(
@@ -274,13 +294,17 @@ class NftGarden:
         # json_cmd never raises: rc says whether the whole transaction was applied (it is all or nothing).
         rc, output, error = self._nft.json_cmd(command)
         if rc != 0:
-            raise NftError(f"nftables {what} in table {self.config.table}: {str(error).strip() or f'rc={rc}'}")
+            raise NftError(
+                f"nftables {what} in table {self.config.table}: {str(error).strip() or f'rc={rc}'}"
+            )
         return output
 
 
 def _match(protocol: str, fieldname: str, right: Any, op: str = "==") -> dict[str, Any]:
     left: dict[str, Any] = (
-        {"meta": {"key": fieldname}} if protocol == "meta" else {"payload": {"protocol": protocol, "field": fieldname}}
+        {"meta": {"key": fieldname}}
+        if protocol == "meta"
+        else {"payload": {"protocol": protocol, "field": fieldname}}
     )
     return {"match": {"op": op, "left": left, "right": right}}
 
