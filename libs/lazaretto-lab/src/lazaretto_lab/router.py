@@ -186,6 +186,10 @@ class LabRouter(LabPeer):
         )
         return proc.stdout.split() if proc.returncode == 0 else None
 
+    def nft(self, *args: str) -> str:
+        """Run the `nft` CLI in the router's namespace (a test changing the ruleset by hand)."""
+        return _must(["ip", "netns", "exec", self.router_netns, "nft", *args])
+
     def ruleset(self) -> str:
         """The router's whole ruleset as `nft list ruleset` prints it (for failure messages)."""
         return _run(["ip", "netns", "exec", self.router_netns, "nft", "list", "ruleset"]).stdout

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from lazaretto_core.remediation import RemediationList
 
 from .nft import NftGarden
-from .rpz import RpzAdapter
+from .rpz import RpzAdapter, RpzError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,20 @@ class AllowList:
         self.rpz = rpz
         self.nft = nft
         self._resolve = resolve
+        self.names_installed = False
 
     async def install_names(self) -> None:
         """Every name (and wildcard) into the allow zone; idempotent."""
         await self.rpz.allow_names(self.names)
+        self.names_installed = True
         log.info("allow zone holds remediation list %s: %d names", self.remediation.version, len(self.names))
+
+    async def try_install_names(self) -> None:
+        """`install_names`, but a DNS server that is down is logged and retried by `keep_refreshed`."""
+        try:
+            await self.install_names()
+        except RpzError as exc:
+            log.error("remediation names not in the allow zone yet (retried): %s", exc)
 
     async def networks(self) -> tuple[IPv4Network, ...]:
         """The list's own networks plus the current addresses of every plain name."""
@@ -73,10 +82,19 @@ class AllowList:
             await self.nft.set_allowed(networks)
         return networks
 
-    async def keep_refreshed(self, interval: float) -> None:
-        """Refresh the allow set every `interval` seconds until cancelled; a failed refresh is retried."""
+    async def keep_refreshed(self, interval: float, retry: float = 30.0) -> None:
+        """Refresh the allow set every `interval` seconds until cancelled; names the allow zone missed
+        at start are retried every `retry` seconds."""
+        since_refresh = 0.0
         while True:
-            await asyncio.sleep(interval)
+            step = interval if self.names_installed else min(retry, interval)
+            await asyncio.sleep(step)
+            since_refresh += step
+            if not self.names_installed:
+                await self.try_install_names()
+            if self.nft is None or since_refresh < interval:
+                continue
+            since_refresh = 0.0
             try:
                 await self.refresh_filter()
             except Exception:  # the next round retries; the garden keeps the set it had

@@ -46,13 +46,13 @@ class ProvisionerService:
         await self.garden.kea.check_schema()
         # Lease history and the garden's records live in Kea's database, next to lease4.
         await self.history.install()
-        await self.allowlist.install_names()
+        await self.allowlist.try_install_names()
         if self.garden.nft is not None:
             # The table, its rules and the allow set in one transaction; gardened addresses are kept.
             await self.garden.nft.install(await self.allowlist.networks())
-            self._allow_refresh = asyncio.create_task(
-                self.allowlist.keep_refreshed(self.settings.nft_allow_refresh_interval)
-            )
+        self._allow_refresh = asyncio.create_task(
+            self.allowlist.keep_refreshed(self.settings.nft_allow_refresh_interval)
+        )
         await self.garden.install_pools()
         await self.follower.start()
         await self.bus.connect()

@@ -156,7 +156,9 @@ class NftGarden:
 
     async def uninstall(self) -> None:
         """Delete the garden's table, its rules and every gardened address in it."""
-        await self._run([{"delete": {"table": {"family": self.config.family, "name": self.config.table}}}], "uninstall")
+        await self._run(
+            [{"delete": {"table": {"family": self.config.family, "name": self.config.table}}}], "uninstall"
+        )
 
     async def ping(self) -> None:
         """Readiness: the table is there (raises NftError when it is not or nftables is unreachable)."""
