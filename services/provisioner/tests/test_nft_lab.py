@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from lazaretto_lab.router import LabRouter
-from provisioner.nft import NftConfig, NftError, NftGarden
+from provisioner.nft import Mode, NftConfig, NftError, NftGarden
 
 GARDENED, NEIGHBOUR, SPAMMER = "192.0.2.10", "192.0.2.11", "192.0.2.12"
 
@@ -107,7 +107,7 @@ async def test_release_and_moves_between_modes(router: LabRouter, nft: NftGarden
 async def test_bulk_apply_list_and_repair(router: LabRouter, nft: NftGarden) -> None:
     a = router.addresses
     # Given 5,000 addresses applied in one call (one transaction), and the PC among them
-    many = {f"10.{i // 250}.{i % 250}.1": "full" for i in range(5000)}
+    many: dict[str, Mode] = {f"10.{i // 250}.{i % 250}.1": "full" for i in range(5000)}
     await nft.apply_many({**many, GARDENED: "full", SPAMMER: "smtp_block"})
     elements = await nft.elements()
     assert len(elements.full) == 5001

@@ -21,6 +21,7 @@ from .api import install_api
 from .follower import GardenFollower
 from .garden import Garden
 from .handlers import ProvisionerHandlers
+from .household import CmtsAgentCpes, Household
 from .kea import KeaHosts
 from .lease_history import LeaseHistory
 from .nft import NftConfig, NftGarden
@@ -136,7 +137,18 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         progress=progress,
     )
     install_api(app, garden, history, settings.admin_token)
-    handlers = ProvisionerHandlers(garden, bus)
+    cpes = None
+    if settings.cmts_agent_url and settings.cmts_agent_token is not None:
+        cpes = CmtsAgentCpes(settings.cmts_agent_url, settings.cmts_agent_token.get_secret_value())
+    next_server = settings.modem_filtered_next_server
+    household = Household(
+        garden,
+        cpes,
+        kea_pool,
+        filtered_boot_file=settings.modem_filtered_boot_file,
+        filtered_next_server=str(next_server) if next_server else None,
+    )
+    handlers = ProvisionerHandlers(garden, bus, household)
     return ProvisionerService(
         settings, kea_pool, bus, garden, handlers, app, history, follower, progress, allowlist
     )

@@ -28,6 +28,9 @@ from .rpz import RpzAdapter
 
 log = logging.getLogger(__name__)
 
+# The DHCP convention for "no address yet" (a CPE the CMTS lists without one): gardened by MAC only.
+NO_ADDRESS = "0.0.0.0"
+
 # A lease counts while Kea would still answer for it: state 0 (default) and not past its expiry.
 _ACTIVE = "l.state = 0 AND l.expire > now()"
 _MAC_BYTES = "decode(replace({}::text, ':', ''), 'hex')"
@@ -148,7 +151,11 @@ class Garden:
                     [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
                 )
             ips = [r["ip"] for r in rows]
-            if not ips and not self.in_quarantine_pool(str(command.cpe_ip)):
+            if (
+                not ips
+                and str(command.cpe_ip) != NO_ADDRESS
+                and not self.in_quarantine_pool(str(command.cpe_ip))
+            ):
                 # Nothing recorded (a garden applied before addresses were recorded): the command's
                 # own address, unless it is recorded for another device now.
                 owner = await self._pool.fetchrow(
@@ -202,7 +209,7 @@ class Garden:
         assert self.nft is not None
         held = [a.ip for a in await self._addresses_to_garden(mac, str(command.cpe_ip))]
         named = [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)]
-        ips = [ip for ip in dict.fromkeys([*held, *named]) if ip_version(ip) == 4]
+        ips = [ip for ip in dict.fromkeys([*held, *named]) if ip_version(ip) == 4 and ip != NO_ADDRESS]
         await self.nft.remove_many(ips, modes=("smtp_block",))
         return [f"nft: {ip} may send mail again" for ip in ips]
 
@@ -212,7 +219,9 @@ class Garden:
             if leased:
                 # The device's own leases now; the alert's address may already be someone else's.
                 return [GardenedAddress(ip, mac, True) for ip in leased if not self.in_quarantine_pool(ip)]
-            if self.in_quarantine_pool(cpe_ip) or await self._pool.fetchval(_OTHER_HOLDER, cpe_ip, mac):
+            if cpe_ip == NO_ADDRESS or self.in_quarantine_pool(cpe_ip):
+                return []
+            if await self._pool.fetchval(_OTHER_HOLDER, cpe_ip, mac):
                 return []
             return [GardenedAddress(cpe_ip, mac, False)]  # a static address the CMTS lists for it
         return [] if self.in_quarantine_pool(cpe_ip) else [GardenedAddress(cpe_ip, None, False)]

@@ -48,6 +48,13 @@ class ProvisionerSettings(ServiceSettings):
     # Kea's quarantine pools as CIDRs: one rpz-client-ip trigger each, installed at start. Keep them
     # CIDR-aligned and apart from the normal pools (an address inside one is never gardened per device).
     quarantine_pools: tuple[IPv4Network, ...] = ()
+    # Household quarantine (scope `modem`): the operator's filtered DOCSIS config file, as the modem's
+    # reservation hands it out (boot file name, and the TFTP server when it is not the usual one).
+    modem_filtered_boot_file: str | None = Field(default=None, min_length=1, max_length=128)
+    modem_filtered_next_server: IPv4Address | None = None
+    # cmts-agent's admin API, asked which CPEs are behind a household's modem (none: only the command's).
+    cmts_agent_url: str | None = None
+    cmts_agent_token: SecretStr | None = None
     # Seconds between sweeps that move the garden with the devices; the lease trigger's NOTIFY moves
     # it at once, the sweep only catches what a lost notification missed.
     garden_sweep_interval: float = Field(default=30.0, gt=0)
@@ -58,4 +65,6 @@ class ProvisionerSettings(ServiceSettings):
     def _packet_filter_complete(self) -> Self:
         if self.nft_enabled and self.nft_portal_address is None:
             raise ValueError("nft_enabled needs nft_portal_address (where gardened HTTP is redirected)")
+        if self.cmts_agent_url and self.cmts_agent_token is None:
+            raise ValueError("cmts_agent_url needs cmts_agent_token (cmts-agent's admin token)")
         return self
