@@ -1,7 +1,7 @@
 """A lab router between subscribers and an "outside": three network namespaces for the packet-filter garden.
 
     subscribers (PCs on 192.0.2.0/24) -- router (forwards; the garden's nftables table lives here)
-        -- outside (203.0.113.0/24: origin web, portal, remediation site, SMTP servers, two resolvers)
+        -- outside (198.18.0.0/24: origin web, portal, remediation site, SMTP servers, two resolvers)
 
 Everything lives in namespaces of its own (`lazaretto-{sub,rtr,out}-<tag>`), so the host's rules and
 addresses are never touched and parallel labs never meet. Probes run real clients inside the subscriber
@@ -28,14 +28,14 @@ ROUTER_SUBSCRIBER_SIDE = "192.0.2.1"
 
 @dataclass(frozen=True)
 class OutsideAddresses:
-    origin_web: str = "203.0.113.80"
-    portal: str = "203.0.113.10"
+    origin_web: str = "198.18.0.80"
+    portal: str = "198.18.0.10"
     portal_port: int = 8080
-    remediation_web: str = "203.0.113.100"
-    smtp: str = "203.0.113.25"
-    isp_mail: str = "203.0.113.26"  # the ISP's own submission server (465/587)
-    garden_resolver: str = "203.0.113.53"
-    other_resolver: str = "203.0.113.54"
+    remediation_web: str = "198.18.0.100"
+    smtp: str = "198.18.0.25"
+    isp_mail: str = "198.18.0.26"  # the ISP's own submission server (465/587)
+    garden_resolver: str = "198.18.0.53"
+    other_resolver: str = "198.18.0.54"
     remediation_name: str = "update.remediation.test"
 
 
@@ -104,7 +104,7 @@ class LabRouter(LabPeer):
         self._ip(self.router_netns, "link", "set", f"lzr{t}", "up")
         self._ip(self.router_netns, "addr", "add", "198.51.100.1/30", "dev", f"lzo{t}")
         self._ip(self.router_netns, "link", "set", f"lzo{t}", "up")
-        self._ip(self.router_netns, "route", "add", "203.0.113.0/24", "via", "198.51.100.2")
+        self._ip(self.router_netns, "route", "add", "198.18.0.0/24", "via", "198.51.100.2")
         _must(["ip", "netns", "exec", self.router_netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         self._ip(self.outside_netns, "addr", "add", "198.51.100.2/30", "dev", f"lzi{t}")
         self._ip(self.outside_netns, "link", "set", f"lzi{t}", "up")
