@@ -10,6 +10,7 @@ A queries from one fixed table.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from typing import Any
@@ -90,20 +91,20 @@ async def serve(spec: dict[str, Any]) -> None:
     for web in spec.get("web", []):
         servers.append(
             await asyncio.start_server(
-                lambda r, w, n=web["name"]: _http(n, r, w), web["ip"], web["port"], reuse_address=True
+                functools.partial(_http, web["name"]), web["ip"], web["port"], reuse_address=True
             )
         )
     for smtp in spec.get("smtp", []):
         for port in smtp["ports"]:
             servers.append(
                 await asyncio.start_server(
-                    lambda r, w, n=smtp["name"]: _smtp(n, r, w), smtp["ip"], port, reuse_address=True
+                    functools.partial(_smtp, smtp["name"]), smtp["ip"], port, reuse_address=True
                 )
             )
     for resolver in spec.get("dns", []):
         records = resolver["records"]
         transport, _ = await loop.create_datagram_endpoint(
-            lambda r=records: _Resolver(r), local_addr=(resolver["ip"], 53)
+            functools.partial(_Resolver, records), local_addr=(resolver["ip"], 53)
         )
         servers.append(transport)
     print("outside services ready", flush=True)
