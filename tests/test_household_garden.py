@@ -159,3 +159,36 @@ async def test_a_household_quarantine_gardens_every_cpe_behind_the_modem(
         assert not await kea.is_quarantined(mac)
         assert not await household.garden.rpz.is_quarantined(ip)
         assert router.http_get(ip, origin).startswith("ORIGIN ")
+
+
+async def test_a_spam_only_household_loses_outgoing_mail_on_every_cpe_and_nothing_else(
+    lab: tuple[LabRouter, LabCmts, LabKea, LabBind], household: Household
+) -> None:
+    router = lab[0]
+    a = router.addresses
+    kea = household.garden.kea
+    command = GardenApply.model_validate(
+        {
+            "case_id": uuid.uuid4(),
+            "step_id": uuid.uuid4(),
+            "scope": "modem",
+            "cpe_mac": None,
+            "cpe_ip": PC_A[1],
+            "cm_mac": CM,
+            "reason": "spam from the household",
+            "key_kind": "cm_mac",
+            "mode": "smtp_block",
+        }
+    )
+    await household.apply(command)
+    # Then both PCs behind the modem lose outside mail only; the modem keeps its normal config
+    assert await kea.modem_config(CM) == (None, None)
+    for mac, ip in (PC_A, PC_B):
+        assert router.smtp(ip, a.smtp, 25) == "refused", ip
+        assert router.http_get(ip, f"http://{a.origin_web}/").startswith("ORIGIN ")
+        assert not await kea.is_quarantined(mac)
+    assert router.smtp(OTHER_PC[1], a.smtp, 25).startswith("connected")
+    # When released, mail works again on both
+    await household.remove(GardenRemove.model_validate(command.model_dump() | {"step_id": uuid.uuid4()}))
+    for _, ip in (PC_A, PC_B):
+        assert router.smtp(ip, a.smtp, 25).startswith("connected"), ip

@@ -106,9 +106,15 @@ class Household:
         rows = await self._pool.fetch(
             "SELECT mac::text AS mac FROM lazaretto_garden_device WHERE case_id = $1", command.case_id
         )
-        macs = list(dict.fromkeys([r["mac"] for r in rows] + ([command.cpe_mac] if command.cpe_mac else [])))
-        for mac in macs:
-            ip = command.cpe_ip if command.cpe_mac and mac == normalize_mac(command.cpe_mac) else NO_ADDRESS
+        devices: dict[str, str] = dict.fromkeys((r["mac"] for r in rows), NO_ADDRESS)
+        if command.cpe_mac:
+            devices[normalize_mac(command.cpe_mac)] = str(command.cpe_ip)
+        if command.mode == "smtp_block" and cm_mac is not None and self.cpes is not None:
+            # Mail blocks are not recorded per device: the CPEs the CMTS lists now.
+            for cpe in await self.cpes.cpes_of(cm_mac):
+                devices.setdefault(cpe.mac, cpe.ip or NO_ADDRESS)
+        macs = list(devices)
+        for mac, ip in devices.items():
             device = command.model_copy(update={"scope": "cpe", "cpe_mac": mac, "cpe_ip": ip})
             changes += await self.garden.remove(device)
         if not macs:
