@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -265,6 +266,9 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
         allowed = (await service.garden.nft.elements()).allow
         assert IPv4Network(f"{a.remediation_web}/32") in allowed
         assert not any(IPv4Address(a.origin_web) in net for net in allowed)
+        transport = httpx.ASGITransport(app=service.http_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provisioner") as client:
+            assert (await client.get("/readyz")).json()["checks"]["packet_filter"] == "ok"
         # When policy gardens a static PC
         command = apply(STATIC_PC, None)
         await bus.publish(command)
