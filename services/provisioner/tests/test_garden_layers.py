@@ -285,3 +285,27 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
         await probe.stop()
         await service.garden.nft.uninstall()
         await service.stop()
+
+
+async def test_the_packet_filter_follows_the_device_like_the_rpz_trigger(
+    garden: Garden, lab_kea: LabKea, nft: NftGarden
+) -> None:
+    pc = new_mac()
+    bound = await dhcp(lab_kea, pc)
+    assert bound.ip is not None
+    # Given a device gardened at its leased address
+    await garden.apply(apply(bound.ip, pc))
+    assert bound.ip in (await nft.elements()).full
+    # When the reset makes it renew (NAK) and move into the quarantine pool
+    nak = await asyncio.to_thread(
+        dhcp_exchange, lab_kea.client_netns, lab_kea.client_iface, pc, "renew", 15.0,
+        ip=bound.ip, server=lab_kea.server_ip,
+    )  # fmt: skip
+    assert nak.message_type == "NAK"
+    moved = await dhcp(lab_kea, pc)
+    assert moved.ip is not None
+    assert garden.in_quarantine_pool(moved.ip)
+    # Then the sweep takes its old address out of the packet filter with the RPZ trigger
+    await garden.follow()
+    assert bound.ip not in (await nft.elements()).full
+    assert not await garden.rpz.is_quarantined(bound.ip)
