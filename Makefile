@@ -11,6 +11,7 @@ PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
 	$(UV) sync --frozen
+	deploy/bin/link-system-nftables .venv
 
 peers: deps
 	deploy/bin/start-peers

@@ -53,6 +53,9 @@ Mac = Annotated[str, AfterValidator(normalize_mac)]
 IpAddress = Annotated[str, AfterValidator(normalize_ip)]
 Category = Literal["scan", "malware", "spam", "dos", "bruteforce", "copyright", "other"]
 Scope = Literal["cpe", "modem"]
+# How much of the Internet a gardened device loses on the packet filter: everything but DNS, the portal
+# and the remediation allow-list ("full"), or only outgoing mail ("smtp_block", for spam-only cases).
+GardenMode = Literal["full", "smtp_block"]
 # What a case is keyed by: the CPE's MAC (scope cpe), the CM's MAC (scope modem) or, only for a device no
 # lease or CMTS table knows (a static address), the address.
 KeyKind = Literal["cpe_mac", "cm_mac", "address"]
@@ -202,6 +205,11 @@ class _GardenCommand(_CaseStep):
     # provisioner can drop a trigger the device has left; `key_kind` says what the case is keyed by.
     case_ips: tuple[IpAddress, ...] = ()
     key_kind: KeyKind | None = None
+    # Optional (older publishers leave it out): "smtp_block" (a spam-only case) keeps the device online
+    # and only refuses its outgoing mail on the packet filter; DHCP and DNS leave such a device alone
+    # (a provisioner without the packet-filter layer gardens it fully instead). A remove names the
+    # mode the apply had.
+    mode: GardenMode = "full"
 
 
 _GARDEN_COMMAND_EXAMPLES: tuple[dict[str, Any], ...] = (
@@ -254,7 +262,20 @@ class GardenApply(_GardenCommand):
 
     routing_key = "garden.apply.v1"
 
-    examples = _GARDEN_COMMAND_EXAMPLES
+    examples = (
+        *_GARDEN_COMMAND_EXAMPLES,
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "scope": "cpe",
+            "cpe_mac": "02:00:00:00:00:01",
+            "cpe_ip": "100.64.0.12",
+            "cm_mac": "00:02:8a:d3:7c:6e",
+            "reason": "spam: 900 messages in 10 minutes",
+            "key_kind": "cpe_mac",
+            "mode": "smtp_block",
+        },
+    )
     example = examples[0]
 
 

@@ -43,6 +43,8 @@ class DhcpResult:
     dns_servers: list[str] = field(default_factory=list)
     lease_time: int | None = None
     captive_portal: str | None = None  # option 114
+    boot_file: str | None = None  # BOOTP `file` (a cable modem's DOCSIS config file)
+    next_server: str | None = None  # BOOTP `siaddr` (the TFTP server to fetch it from)
 
     @property
     def replied(self) -> bool:
@@ -198,6 +200,10 @@ def _fill(result: dict[str, Any], reply: Any) -> None:
     portal = opts.get("captive-portal", opts.get("114"))
     result["captive_portal"] = _text(portal)
     yiaddr = str(reply[BOOTP].yiaddr)
+    boot_file = bytes(reply[BOOTP].file).rstrip(b"\0").decode("latin-1")
+    result["boot_file"] = boot_file or None
+    siaddr = str(reply[BOOTP].siaddr)
+    result["next_server"] = None if siaddr == "0.0.0.0" else siaddr
     if result["message_type"] == "OFFER":
         result["offered_ip"] = yiaddr
     elif result["message_type"] == "ACK":

@@ -12,21 +12,27 @@ from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, G
 from lazaretto_core.errors import RetryLater
 
 from .garden import Garden
+from .household import Household, HouseholdError
 from .kea import KeaError
+from .nft import NftError
 from .rpz import RpzError
 
 log = logging.getLogger(__name__)
 
 
 class ProvisionerHandlers:
-    def __init__(self, garden: Garden, bus: Bus) -> None:
+    def __init__(self, garden: Garden, bus: Bus, household: Household | None = None) -> None:
         self.garden = garden
         self.bus = bus
+        self.household = household
 
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
         try:
-            changes = await self.garden.apply(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+            if command.scope == "modem" and self.household is not None:
+                changes = await self.household.apply(command)
+            else:
+                changes = await self.garden.apply(command)
+        except (RpzError, KeaError, NftError, HouseholdError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
         await self.bus.publish(
@@ -36,8 +42,11 @@ class ProvisionerHandlers:
 
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
         try:
-            changes = await self.garden.remove(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+            if command.scope == "modem" and self.household is not None:
+                changes = await self.household.remove(command)
+            else:
+                changes = await self.garden.remove(command)
+        except (RpzError, KeaError, NftError, HouseholdError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
         await self.bus.publish(
@@ -74,4 +83,8 @@ def _error_class(exc: Exception) -> str:
         return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
     if isinstance(exc, KeaError | asyncpg.PostgresError):
         return "dhcp_" + type(exc).__name__.lower()
+    if isinstance(exc, HouseholdError):
+        return "cmts_lookup_error"
+    if isinstance(exc, NftError):
+        return "filter_error"
     return "io_error"

@@ -19,6 +19,7 @@ SUPPORTED_SCHEMA_MAJOR = 13  # Kea 2.2.x; `kea-admin db-upgrade` moves it on wit
 HW_ADDRESS = 0  # host_identifier_type.type for 'hw-address'
 GLOBAL_SUBNET = 0  # dhcp4_subnet_id 0 = global reservation (needs reservations-global: true)
 LEASE_DEFAULT, LEASE_EXPIRED_RECLAIMED = 0, 2  # lease4.state
+MODEM_CONTEXT_KEY = "lazaretto_modem"  # a household quarantine's part: the case and the normal config
 CONTEXT_KEY = "lazaretto"  # our part of hosts.user_context; other keys belong to someone else
 
 
@@ -198,6 +199,95 @@ class KeaHosts:
             else:
                 await conn.execute("DELETE FROM hosts WHERE host_id = $1", row["host_id"])
             return True
+
+    async def filtered_modem_config(
+        self, cm_mac: str, boot_file: str, next_server: str | None, context: dict[str, object]
+    ) -> None:
+        """Hand the cable modem the operator's filtered DOCSIS config file (household quarantine).
+
+        A global reservation with the boot file name and next server; what the row had before (an
+        operator's own per-modem file) is kept under user_context so `normal_modem_config` restores it.
+        Idempotent: a second call keeps the first call's saved values.
+        """
+        identifier = parse_mac(cm_mac)
+        next_server_int = int(ipaddress.IPv4Address(next_server)) if next_server else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO hosts (dhcp_identifier, dhcp_identifier_type, dhcp4_subnet_id)"
+                    " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    identifier,
+                    HW_ADDRESS,
+                    GLOBAL_SUBNET,
+                )
+                row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
+                if row is None:
+                    raise KeaError(f"host row for {format_mac(identifier)} vanished during upsert")
+            user_context = _context_object(row["user_context"])
+            saved = user_context.get(MODEM_CONTEXT_KEY)
+            normal = (
+                saved["normal"]
+                if isinstance(saved, dict) and "normal" in saved
+                else {"boot_file": row["dhcp4_boot_file_name"], "next_server": row["dhcp4_next_server"]}
+            )
+            user_context[MODEM_CONTEXT_KEY] = {**context, "normal": normal}
+            await conn.execute(
+                "UPDATE hosts SET dhcp4_boot_file_name = $2, dhcp4_next_server = $3, user_context = $4"
+                " WHERE host_id = $1",
+                row["host_id"],
+                boot_file,
+                next_server_int,
+                _context_text(user_context),
+            )
+
+    async def normal_modem_config(self, cm_mac: str) -> bool:
+        """Give the modem back the config file it had before; True if it had the filtered one."""
+        identifier = parse_mac(cm_mac)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
+            if row is None:
+                return False
+            user_context = _context_object(row["user_context"])
+            saved = user_context.pop(MODEM_CONTEXT_KEY, None)
+            if not isinstance(saved, dict):
+                return False
+            normal = saved.get("normal") or {}
+            boot_file, next_server = normal.get("boot_file"), normal.get("next_server")
+            empty = not (
+                boot_file
+                or next_server
+                or user_context
+                or row["dhcp4_client_classes"]
+                or row["has_options"]
+                or any(row[c] is not None for c in ("ipv4_address", "hostname", "dhcp4_server_hostname"))
+            )
+            if empty:
+                await conn.execute("DELETE FROM hosts WHERE host_id = $1", row["host_id"])
+            else:
+                await conn.execute(
+                    "UPDATE hosts SET dhcp4_boot_file_name = $2, dhcp4_next_server = $3, user_context = $4"
+                    " WHERE host_id = $1",
+                    row["host_id"],
+                    boot_file,
+                    next_server,
+                    _context_text(user_context),
+                )
+            return True
+
+    async def modem_config(self, cm_mac: str) -> tuple[str | None, str | None]:
+        """The boot file name and next server the modem's reservation hands out (None, None: none)."""
+        row = await self._pool.fetchrow(
+            "SELECT dhcp4_boot_file_name, dhcp4_next_server FROM hosts"
+            " WHERE dhcp_identifier = $1 AND dhcp_identifier_type = $2 AND dhcp4_subnet_id = $3",
+            parse_mac(cm_mac),
+            HW_ADDRESS,
+            GLOBAL_SUBNET,
+        )
+        if row is None:
+            return None, None
+        server = row["dhcp4_next_server"]
+        return row["dhcp4_boot_file_name"], str(ipaddress.IPv4Address(server)) if server else None
 
     async def is_quarantined(self, mac: str) -> bool:
         classes = await self._pool.fetchval(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
+from collections.abc import Sequence
 
 import dns.asyncquery
 import dns.exception
@@ -187,6 +188,17 @@ class RpzAdapter:
         update.delete(owner)
         update.add(owner, self.ttl, dns.rdatatype.CNAME, PASSTHRU)
         await self._send(update, "allow_name", self.allow_zone)
+
+    async def allow_names(self, names: Sequence[str]) -> None:
+        """Like `allow_name` for many names in one update (one zone change, one journal entry)."""
+        if not names:
+            return
+        update = self._update(self.allow_zone)
+        for name in names:
+            owner = self._allow_owner(name)
+            update.delete(owner)
+            update.add(owner, self.ttl, dns.rdatatype.CNAME, PASSTHRU)
+        await self._send(update, "allow_names", self.allow_zone)
 
     async def disallow_name(self, name: str) -> None:
         update = self._update(self.allow_zone)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
-from typing import ClassVar
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import ClassVar, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from lazaretto_core.settings import ServiceSettings
 
@@ -26,13 +27,44 @@ class ProvisionerSettings(ServiceSettings):
     allow_zone: str = "allow.rpz"
     # Every answer a quarantined client gets points here.
     portal_name: str = "portal.lazaretto.test"
-    # Names a quarantined client may still resolve (antivirus, OS updates); `*.` covers subdomains.
+    # Names a quarantined client may still resolve, on top of the remediation allow-list (shipped with
+    # lazaretto_core plus `remediation_file`, the operator's additions in the same YAML format).
     allow_names: tuple[str, ...] = ()
+    remediation_file: Path | None = None
+    # The packet-filter layer (optional): nftables on the router in front of the subscribers.
+    nft_enabled: bool = False
+    # The router's network namespace (`ip netns` name or path) when it is not the provisioner's own.
+    nft_netns: str | None = None
+    nft_table: str = "lazaretto_garden"
+    # Where plain HTTP of a gardened device is redirected (the portal sees the real client address).
+    nft_portal_address: IPv4Address | None = None
+    nft_portal_port: int = Field(default=80, gt=0, lt=65536)
+    # The garden resolvers (BIND with the response-policy zones): the only DNS a gardened device gets.
+    nft_resolvers: tuple[IPv4Address, ...] = ()
+    # The ISP's own submission servers: a device in smtp_block mode may still use 465/587 there.
+    nft_mail_servers: tuple[IPv4Network, ...] = ()
+    # Seconds between re-resolving the allow-list's names into the allow set.
+    nft_allow_refresh_interval: float = Field(default=3600.0, gt=0)
     # Kea's quarantine pools as CIDRs: one rpz-client-ip trigger each, installed at start. Keep them
     # CIDR-aligned and apart from the normal pools (an address inside one is never gardened per device).
     quarantine_pools: tuple[IPv4Network, ...] = ()
+    # Household quarantine (scope `modem`): the operator's filtered DOCSIS config file, as the modem's
+    # reservation hands it out (boot file name, and the TFTP server when it is not the usual one).
+    modem_filtered_boot_file: str | None = Field(default=None, min_length=1, max_length=128)
+    modem_filtered_next_server: IPv4Address | None = None
+    # cmts-agent's admin API, asked which CPEs are behind a household's modem (none: only the command's).
+    cmts_agent_url: str | None = None
+    cmts_agent_token: SecretStr | None = None
     # Seconds between sweeps that move the garden with the devices; the lease trigger's NOTIFY moves
     # it at once, the sweep only catches what a lost notification missed.
     garden_sweep_interval: float = Field(default=30.0, gt=0)
     # Days an ended lease interval is kept (attribution of evidence older than this is impossible).
     lease_history_days: int = Field(default=400, gt=0)
+
+    @model_validator(mode="after")
+    def _packet_filter_complete(self) -> Self:
+        if self.nft_enabled and self.nft_portal_address is None:
+            raise ValueError("nft_enabled needs nft_portal_address (where gardened HTTP is redirected)")
+        if self.cmts_agent_url and self.cmts_agent_token is None:
+            raise ValueError("cmts_agent_url needs cmts_agent_token (cmts-agent's admin token)")
+        return self
