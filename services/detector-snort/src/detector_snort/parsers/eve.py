@@ -25,7 +25,7 @@ from .common import (
     normalise_action,
     normalise_ip,
 )
-from .flow import MAX_APP_PROTO, MAX_INTERFACE, NO_APP_PROTO, eve_established, eve_flow_facts
+from .flow import MAX_APP_PROTO, MAX_INTERFACE, app_name, eve_established, eve_flow_facts, text
 
 
 class _EveAlert(msgspec.Struct):
@@ -104,12 +104,7 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
     src_ip, dst_ip = canonical(src), canonical(dst)
     action = alert.action
     flow = event.flow
-    app_proto = event.app_proto
-    if app_proto is not None and (len(app_proto) > MAX_APP_PROTO or not app_proto.isprintable()):
-        app_proto = None
-    iface = event.in_iface
-    if iface is not None and (not iface or len(iface) > MAX_INTERFACE or not iface.isprintable()):
-        iface = None
+    app_proto = text(event.app_proto, MAX_APP_PROTO)
     if flow is not None:
         established = eve_established(
             event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
@@ -134,9 +129,9 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
         "allowed" if action == "allowed" else normalise_action(action),
         sensor,
         event.flow_id or None,
-        iface,
+        text(event.in_iface, MAX_INTERFACE),
         established,
-        None if app_proto is None or app_proto in NO_APP_PROTO else app_proto.lower(),
+        app_name(app_proto),
         to_client,
     )
 

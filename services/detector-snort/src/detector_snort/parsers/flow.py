@@ -57,7 +57,7 @@ def eve_flow_facts(obj: dict[str, Any]) -> tuple[str | None, bool | None, str | 
         to_client = flow_src != obj.get("src_ip")
     else:
         to_client = obj.get("direction") == "to_client"
-    return text(obj.get("in_iface"), MAX_INTERFACE), established, _app(app_proto), to_client
+    return text(obj.get("in_iface"), MAX_INTERFACE), established, app_name(app_proto), to_client
 
 
 def snort3_flow_facts(obj: dict[str, Any]) -> tuple[str | None, bool | None, str | None, bool]:
@@ -76,5 +76,6 @@ def snort3_flow_facts(obj: dict[str, Any]) -> tuple[str | None, bool | None, str
     return text(obj.get("iface"), MAX_INTERFACE), established, app_proto, direction == "S2C"
 
 
-def _app(app_proto: str | None) -> str | None:
+def app_name(app_proto: str | None) -> str | None:
+    """The protocol a sensor identified, lower case; None if it identified none."""
     return None if app_proto is None or app_proto in NO_APP_PROTO else app_proto.lower()
