@@ -248,7 +248,7 @@ def write_http_beacon_pcap(
     server: an established flow with an app-layer transaction, as a real bot's beacon looks on the wire."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
+    from scapy.packet import Packet, Raw
     from scapy.utils import wrpcap
 
     cmac, smac = "02:00:00:00:00:01", "00:00:5e:00:53:01"
@@ -260,7 +260,7 @@ def write_http_beacon_pcap(
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
     c_seq, s_seq = 1000, 5000
 
-    def to_server(flags: str, seq: int, ack: int, data: bytes = b"") -> object:
+    def to_server(flags: str, seq: int, ack: int, data: bytes = b"") -> Packet:
         packet = (
             Ether(src=cmac, dst=smac)
             / IP(src=client_ip, dst=server_ip)
@@ -268,7 +268,7 @@ def write_http_beacon_pcap(
         )
         return packet / Raw(data) if data else packet
 
-    def to_client(flags: str, seq: int, ack: int, data: bytes = b"") -> object:
+    def to_client(flags: str, seq: int, ack: int, data: bytes = b"") -> Packet:
         packet = (
             Ether(src=smac, dst=cmac)
             / IP(src=server_ip, dst=client_ip)
@@ -289,7 +289,7 @@ def write_http_beacon_pcap(
         to_server("A", c_seq + 2 + len(request), s_seq + 2 + len(answer)),
     ]
     for n, packet in enumerate(packets):
-        packet.time = start + n * 0.001  # type: ignore[attr-defined]
+        packet.time = start + n * 0.001
     path.parent.mkdir(parents=True, exist_ok=True)
     wrpcap(str(path), packets)
     return len(packets)
