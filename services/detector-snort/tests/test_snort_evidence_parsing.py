@@ -3,6 +3,7 @@ from real product output, property tests of their parsing, and the discard of fo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -223,3 +224,52 @@ def test_upstream_interfaces_are_a_per_sensor_setting(monkeypatch: object) -> No
         {"amqp_url": "amqp://x@127.0.0.1/", "upstream_interfaces": {"ids-edge": ["eth0", "bond0.100"]}}
     )
     assert settings_.upstream_interfaces == {"ids-edge": ("eth0", "bond0.100")}
+
+
+async def test_syslog_revisions_keep_growing_across_a_crash(tmp_path: Path) -> None:
+    # Given the syslog source (its alerts cannot be read again) whose revisions the broker confirms
+    from detector_snort.engine import SourceEngine
+    from detector_snort.parsers import parse_syslog
+    from lazaretto_core.checkpoints import CheckpointStore
+    from lazaretto_core.contracts import AbuseObserved
+
+    confirmed: list[AbuseObserved] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        assert message_id == observation.message_key()
+        confirmed.append(observation)
+
+    source = Source("syslog", "syslog", "ids-syslog")
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]))
+
+    async def confirmed_all(engine: SourceEngine) -> None:
+        while len(engine.outbox):  # the engine's own publisher task flushes
+            await asyncio.sleep(0.01)
+
+    def engine() -> SourceEngine:
+        store = CheckpointStore(tmp_path / "state")
+        return SourceEngine(source, pipeline, Aggregator(600.0, burst=100), store, publish, save_every=3600)
+
+    def alerts(n: int) -> list[tuple[object, None]]:
+        text = (
+            "<38>Sep  5 16:05:26 dev snort: [1:1000017:0] UDP Connection [Classification: Misc activity] "
+            f"[Priority: 3] {{UDP}} 100.64.0.10:55776 -> 10.25.10.{n}:32414"
+        )
+        return [(parse_syslog(text.encode(), sensor="ids-syslog"), None)]
+
+    first = engine()
+    await first.recover()
+    for n in range(5):
+        await first.feed_alerts(alerts(n))  # type: ignore[arg-type]
+        await confirmed_all(first)
+    assert [o.revision for o in confirmed] == [0, 1, 2, 3, 4]
+    # When the process dies (no close: only what was journaled survives) and starts again
+    second = engine()
+    await second.recover()
+    await second.feed_alerts(alerts(9))  # type: ignore[arg-type]
+    await confirmed_all(second)
+    # Then the next revision continues the same observation above every confirmed one, with the
+    # evidence of all six alerts (a lower or equal revision would be dropped as a duplicate)
+    last = confirmed[-1]
+    assert last.observation_id == confirmed[0].observation_id
+    assert (last.revision, last.count, last.distinct_destinations) == (5, 6, 6)
