@@ -145,3 +145,16 @@ def test_revisions_grow_and_respect_the_rate(times: list[float], rate: float, bu
     # No more than the burst plus the rate's share in any span of the run (the close excepted)
     during = [t for t, _ in out if t < 3600]
     assert len(during) <= burst + rate * (times[-1] - times[0]) + 1e-6
+
+
+def test_a_repeated_alert_revises_every_count_up_to_20_then_at_each_doubling() -> None:
+    # Given no rate limit in the way, the same alert (same host and port) 100 times
+    aggregator = Aggregator(window=60, rate=1000.0, burst=1000)
+    counts = []
+    for n in range(100):
+        aggregator.add(alert(22), SUBSCRIBER, "scan", 3, now=n / 1000, token="w")
+        counts += [r.count for r in aggregator.updates(now=n / 1000)]
+    # Then every count up to 20 is published, beyond it only when the count doubled, and the close
+    # publishes the exact total
+    assert counts == [*range(1, 21), 40, 80]
+    assert [r.count for r in aggregator.due(now=61)] == [100]

@@ -50,8 +50,12 @@ class Folded:
     established: bool | None = None
     app_protos: tuple[str, ...] = ()
     interface: str | None = None
+    # The window this revision is of, where the caller may keep what it built from the window's last
+    # revision (`memo`), to build the next one cheaply: opaque here, never saved.
+    window: _Window | None = field(default=None, compare=False, repr=False)
 
 
+EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 MAX_APP_PROTOS: Final = 10
 SAMPLE_DESTINATIONS: Final = 5  # destinations quoted in `evidence` (the distinct count covers all)
@@ -77,6 +81,7 @@ class _Window:
     published: int = 0  # the count of the last revision handed out (0: none yet)
     tokens: float = 0.0  # the rate's token bucket
     refilled_at: float = 0.0
+    memo: Any = field(default=None, compare=False, repr=False)  # see Folded.window
 
     def to_json(self, key: Key) -> dict[str, Any]:
         return {
@@ -221,11 +226,15 @@ class Aggregator:
             )
         elif severity > window.severity:
             window.severity = severity
+            self._changed[key] = window
         if self._touched is not None:
             self._touched.add(key)
-        self._changed[key] = window
         # The hot path of a storm: plain comparisons instead of min()/max() calls.
-        window.count += 1
+        count = window.count = window.count + 1
+        # What a rule may weigh changed: a small count, a count that doubled since the last revision,
+        # a new destination, port, signature or protocol, an established flow. A repeat of the same
+        # alert otherwise waits for the count to double (or the window's close).
+        material = count <= EXACT_COUNTS or count >= 2 * window.published
         if ts < window.first_seen:
             window.first_seen = ts
         elif ts > window.last_seen:
@@ -236,29 +245,39 @@ class Aggregator:
             signatures[signature] += 1
         elif len(signatures) < MAX_SIGNATURES:
             signatures[signature] = 1
+            material = True
         # The flow's two ends: the packet goes client -> server unless the sensor says otherwise.
         if alert.to_client:
             client, server, server_port = alert.dst_ip, alert.src_ip, alert.src_port
         else:
             client, server, server_port = alert.src_ip, alert.dst_ip, alert.dst_port
         if client == ip:
-            window.outbound = True
+            if not window.outbound:
+                window.outbound = material = True
             peer = server
         else:
-            window.inbound = True
+            if not window.inbound:
+                window.inbound = material = True
             peer = client
-        if window.peers.add(peer) and len(window.destinations) < SAMPLE_DESTINATIONS:
-            window.destinations.append(_destination(alert))
-        if server_port is not None:
-            window.ports.add(server_port)
+        if window.peers.add(peer):
+            material = True
+            if len(window.destinations) < SAMPLE_DESTINATIONS:
+                window.destinations.append(_destination(alert))
+        if server_port is not None and window.ports.add(server_port):
+            material = True
         established = alert.established
-        if established is not None and window.established is not True:
+        if established is not None and window.established is not True and window.established != established:
             window.established = established
+            material = True
         app = alert.app_proto
         if app is not None and app not in window.app_protos and len(window.app_protos) < MAX_APP_PROTOS:
             window.app_protos.append(app)
+            material = True
         if window.interface is None and alert.interface is not None:
             window.interface = alert.interface
+            material = True
+        if material:
+            self._changed[key] = window
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
@@ -295,7 +314,8 @@ class Aggregator:
             del self._open[key]
             if self._touched is not None:
                 self._touched.add(key)
-            if self._changed.pop(key, None) is not None and window.count > window.published:
+            self._changed.pop(key, None)
+            if window.count > window.published:
                 closed.append(self._revision(key, window))
         return closed
 
@@ -319,6 +339,7 @@ class Aggregator:
             established=window.established,
             app_protos=tuple(window.app_protos),
             interface=window.interface,
+            window=window,
         )
 
 

@@ -293,10 +293,19 @@ class AlertPipeline:
         return out
 
     def observation(self, source: Source, folded: Folded, counts: dict[str, int]) -> AbuseObserved | None:
-        """The contract for a folded alert, or None (counted, logged) when it does not validate: one
-        bad alert must never stop a source."""
+        """The contract for a revision, or None (counted, logged) when it does not validate: one
+        bad alert must never stop a source. A window's first revision is validated in full; the later
+        ones copy it with what changed (values of our own making, within the contract's bounds by
+        construction: counts, times, at most `top_signatures` signatures and 10 app protocols)."""
+        window = folded.window
+        if window is not None and isinstance(window.memo, AbuseObserved):
+            revision = window.memo = next_revision(window.memo, folded)
+            return revision
         try:
-            return to_observation(folded, source.name)
+            observation = to_observation(folded, source.name)
+            if window is not None:
+                window.memo = observation
+            return observation
         except ValidationError as exc:
             counts["bad:invalid_observation"] = counts.get("bad:invalid_observation", 0) + 1
             self.bad_lines.warning(
@@ -445,6 +454,27 @@ def observation_id(source_name: str, token: str | None) -> uuid.UUID:
     """Stable for a token (where the alert was read and what it says), fresh without one: the same
     line read twice gives the same id."""
     return deterministic_id(source_name, token) if token else uuid.uuid4()
+
+
+def next_revision(previous: AbuseObserved, folded: Folded) -> AbuseObserved:
+    """A later revision of the same window: what changes, on the validated earlier one."""
+    return previous.model_copy(
+        update={
+            "first_seen": folded.first_seen,
+            "last_seen": folded.last_seen,
+            "severity": folded.severity,
+            "count": folded.count,
+            "signatures": folded.signatures,
+            "evidence": {"destinations": folded.destinations},
+            "revision": folded.revision,
+            "distinct_destinations": folded.distinct_destinations,
+            "distinct_dst_ports": folded.distinct_dst_ports,
+            "direction": folded.direction,
+            "established": folded.established,
+            "app_protos": list(folded.app_protos),
+            "interface": folded.interface,
+        }
+    )
 
 
 def to_observation(folded: Folded, source_name: str) -> AbuseObserved:
