@@ -158,3 +158,22 @@ def test_a_repeated_alert_revises_every_count_up_to_20_then_at_each_doubling() -
     # publishes the exact total
     assert counts == [*range(1, 21), 40, 80]
     assert [r.count for r in aggregator.due(now=61)] == [100]
+
+
+def test_later_revisions_share_a_total_budget_but_first_revisions_never_wait() -> None:
+    # Given 50 addresses already reported once, and a total budget of 10 later revisions a second
+    aggregator = Aggregator(window=60, rate=100.0, burst=100, total_rate=10.0)
+    subscribers = [f"100.64.1.{n}" for n in range(50)]
+    for n, ip in enumerate(subscribers):
+        aggregator.add(alert(n, src_ip=ip), ip, "scan", 3, now=0, token=ip)
+    assert len(aggregator.updates(now=0)) == 50  # every first revision at once
+    # When each alerts again, and a new address alerts for the first time
+    for n, ip in enumerate(subscribers):
+        aggregator.add(alert(1000 + n, src_ip=ip), ip, "scan", 3, now=0.5, token=ip)
+    aggregator.add(alert(1, src_ip="100.64.2.1"), "100.64.2.1", "scan", 3, now=0.5, token="new")
+    now = aggregator.updates(now=0.5)
+    # Then the new address's first revision goes out with the budget's 10, the others wait their turn
+    assert sum(r.revision == 0 for r in now) == 1
+    assert sum(r.revision == 1 for r in now) == 10
+    assert len(aggregator.updates(now=1.5)) == 10
+    assert aggregator.changed == 30

@@ -156,14 +156,21 @@ class Aggregator:
         top_signatures: int = 5,
         rate: float = 1.0,
         burst: int = 3,
+        total_rate: float = 1000.0,
         track_changes: bool = False,
     ) -> None:
         self.window = window
         self.top_signatures = top_signatures
         self.rate = rate
         self.burst = float(max(1, burst))
+        # Later revisions of all windows together, per second (one second's worth at once): however
+        # many addresses alert, the broker gets a bounded stream; a window's first goes out regardless.
+        self.total_rate = total_rate
+        self._total_tokens = total_rate
+        self._total_at: float | None = None
         self._open: dict[Key, _Window] = {}  # in the order they opened
-        self._changed: dict[Key, _Window] = {}  # with evidence not handed out yet
+        self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
+        self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -178,7 +185,10 @@ class Aggregator:
 
     @property
     def changed(self) -> int:
-        return len(self._changed)
+        return len(self._fresh) + len(self._changed)
+
+    def _mark(self, key: Key, window: _Window) -> None:
+        (self._fresh if window.published == 0 else self._changed)[key] = window
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The open windows by a text key (saved as a keyed collection)."""
@@ -190,7 +200,10 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._changed = {k: w for k, w in self._open.items() if w.count > w.published}
+        self._fresh, self._changed = {}, {}
+        for key, window in self._open.items():
+            if window.count > window.published:
+                self._mark(key, window)
         if self._touched is not None:
             self._touched.clear()
 
@@ -226,7 +239,7 @@ class Aggregator:
             )
         elif severity > window.severity:
             window.severity = severity
-            self._changed[key] = window
+            self._mark(key, window)
         if self._touched is not None:
             self._touched.add(key)
         # The hot path of a storm: plain comparisons instead of min()/max() calls.
@@ -277,32 +290,48 @@ class Aggregator:
             window.interface = alert.interface
             material = True
         if material:
-            self._changed[key] = window
+            (self._fresh if window.published == 0 else self._changed)[key] = window
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
         queued) with before; a changed window covered by it owes nothing."""
-        for key, window in list(self._changed.items()):
+        for key, window in [*self._fresh.items(), *self._changed.items()]:
+            self._fresh.pop(key, None)
+            self._changed.pop(key, None)
             published = handed_out(window.token)
             if published >= window.count:
                 window.published = window.count
-                del self._changed[key]
-            elif published > window.published:
-                window.published = published
+                continue
+            window.published = max(window.published, published)
+            self._mark(key, window)
 
     def updates(self, now: float) -> list[Folded]:
         """A revision of each changed window whose rate allows one now (the others wait)."""
         out: list[Folded] = []
         rate, burst = self.rate, self.burst
+        for key, window in self._fresh.items():  # a window's first revision: its bucket is full
+            window.tokens = min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0
+            window.refilled_at = now
+            out.append(self._revision(key, window))
+        self._fresh.clear()
+        if not self._changed:
+            return out
+        at = self._total_at if self._total_at is not None else now
+        total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
+        self._total_at = now
         for key, window in list(self._changed.items()):
+            if total < 1.0:
+                break  # the rest wait (oldest first) for the next round
             tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
             window.refilled_at = now
             if tokens < 1.0:
                 window.tokens = tokens
                 continue
             window.tokens = tokens - 1.0
+            total -= 1.0
             del self._changed[key]
             out.append(self._revision(key, window))
+        self._total_tokens = total
         return out
 
     def due(self, now: float) -> list[Folded]:
@@ -315,6 +344,7 @@ class Aggregator:
             if self._touched is not None:
                 self._touched.add(key)
             self._changed.pop(key, None)
+            self._fresh.pop(key, None)
             if window.count > window.published:
                 closed.append(self._revision(key, window))
         return closed

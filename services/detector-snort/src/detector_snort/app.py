@@ -190,6 +190,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
                 settings.aggregation_window,
                 rate=settings.evidence_updates_per_s,
                 burst=settings.evidence_burst,
+                total_rate=settings.evidence_updates_total_per_s,
             ),
             store,
             publish,

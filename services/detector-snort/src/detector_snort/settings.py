@@ -61,6 +61,9 @@ class DetectorSnortSettings(ServiceSettings):
     # Revisions of one window's evidence: `evidence_burst` at once, then at most this many a second.
     evidence_updates_per_s: float = Field(default=1.0, gt=0)
     evidence_burst: int = Field(default=3, ge=1)
+    # Later revisions of all windows of a source together, per second (a window's first revision is
+    # never held back): however many addresses alert, the broker gets a bounded stream.
+    evidence_updates_total_per_s: float = Field(default=1000.0, gt=0)
     # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
     # subscriber's source address arrived on one of them was forged, and is discarded (counted in
     # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
