@@ -6,7 +6,10 @@ subnet that hold no lease: every line is parsed, classified and folded by the de
 address's first alert reaches policy, which cannot attribute it), for each subscriber a real
 Suricata EVE alert line is appended to the file detector-snort tails; we time (a) until a DNS query
 from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
-for its modem.
+for its modem. With `--evidence-lines N` (N > 1: policy's rules want corroboration, e.g. a scan of
+20 destinations) the subscriber's first N-1 alert lines (other destinations) are written first, and
+the clock starts at the line that completes the evidence (the detector publishes the window's running
+evidence as it grows: that line's revision reaches policy at once).
 
 Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
 of this machine): line written → policy's decision transaction began (`observations.received_at`
@@ -51,6 +54,10 @@ SUBSCRIBERS = 200
 FLOOD_PER_S = 50_000
 FLOOD_ADDRESSES = 500
 KEA_PREFIXLEN = 21
+# Alert lines per subscriber (the last completes the evidence), and how long the ones before it get to
+# reach policy first.
+EVIDENCE_LINES = 1
+EVIDENCE_SETTLE = 0.5
 HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
 
 FLOOD = """
@@ -141,7 +148,7 @@ def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
     raise RuntimeError("suricata raised no alert")
 
 
-def bench(subscribers: int) -> dict[str, str]:
+def bench(subscribers: int, evidence_lines: int = 1) -> dict[str, str]:
     from lazaretto_lab.snmpd import LabModem
     from lazaretto_lab.system import LabSystem, SystemConfig
     from lazaretto_lab.testing import (
@@ -193,6 +200,23 @@ def bench(subscribers: int) -> dict[str, str]:
             assert probe.stdout is not None
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
+                    if evidence_lines > 1:
+                        # The evidence so far (other destinations), published before the line that
+                        # completes it; the clock starts at that line.
+                        with system.eve_path.open("a") as eve:
+                            eve.writelines(
+                                json.dumps(
+                                    {
+                                        **template,
+                                        "src_ip": cpe.ip,
+                                        "dest_ip": f"198.51.100.{100 + n}",
+                                        "timestamp": _now_suricata(),
+                                    }
+                                )
+                                + "\n"
+                                for n in range(evidence_lines - 1)
+                            )
+                        time.sleep(EVIDENCE_SETTLE)
                     line = json.dumps({**template, "src_ip": cpe.ip, "timestamp": _now_suricata()}) + "\n"
                     written_wall = written_at[cpe.ip] = time.time()
                     written = time.monotonic()
@@ -233,6 +257,7 @@ def bench(subscribers: int) -> dict[str, str]:
         print(f"# work directory (logs): {workdir}", flush=True)
     return {
         "subscribers": str(subscribers),
+        "evidence_lines": str(evidence_lines),
         "flood_lines_per_s": str(FLOOD_PER_S),
         "flood_lines_written": str(flood_lines),
         "alert_to_dns_ms_p50": f"{statistics.median(dns_ms):.1f}",
@@ -412,11 +437,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
+    parser.add_argument("--evidence-lines", type=int, default=EVIDENCE_LINES)
     args = parser.parse_args()
     if args.probe:
         probe_main()
         return
-    for name, value in bench(args.subscribers).items():
+    for name, value in bench(args.subscribers, args.evidence_lines).items():
         print(f"{name}={value}")
 
 
