@@ -152,6 +152,19 @@ class AbuseObserved(Contract):
     count: int = Field(ge=1)
     signatures: list[str] = Field(default_factory=list, max_length=20)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    # Running evidence: a detector republishes a growing window with the same `observation_id` and a
+    # higher `revision`; a consumer keeps the highest (an older or equal revision is a duplicate).
+    revision: int = 0
+    # Exact or a bounded sketch's estimate; None = the producer does not count them.
+    distinct_destinations: int | None = None
+    distinct_dst_ports: int | None = None
+    # "outbound" = from the subscriber.
+    direction: Literal["outbound", "inbound", "unknown"] = "unknown"
+    # Any flow of the evidence was established / had an app-layer transaction; None = not known.
+    established: bool | None = None
+    app_protos: list[str] = Field(default_factory=list, max_length=10)
+    # The sensor's capture interface.
+    interface: str | None = None
 
     examples = (
         {
@@ -177,6 +190,25 @@ class AbuseObserved(Contract):
             "category": "spam",
             "severity": 4,
             "count": 1000,
+        },
+        {
+            "observation_id": "8b3e4c5a-0c77-4e31-9f90-2d3a4b5c6d7e",
+            "detector": "detector-snort",
+            "sensor": "ids-edge-1",
+            "first_seen": "2026-11-26T05:00:00+00:00",
+            "last_seen": "2026-11-26T05:03:10+00:00",
+            "ip": "100.64.0.11",
+            "category": "scan",
+            "severity": 3,
+            "count": 57,
+            "signatures": ["1000001: LAZARETTO TEST port scan"],
+            "revision": 4,
+            "distinct_destinations": 31,
+            "distinct_dst_ports": 2,
+            "direction": "outbound",
+            "established": False,
+            "app_protos": [],
+            "interface": "eth1",
         },
     )
     example = examples[0]
