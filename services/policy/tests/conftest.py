@@ -4,6 +4,7 @@ to a small lease-history and CPE-table server the tests fill."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,6 +32,24 @@ async def leases() -> AsyncIterator[tuple[LeaseBook, str]]:
 def book(leases: tuple[LeaseBook, str]) -> LeaseBook:
     """Kea's lease history and the CMTS CPE table, as each test sets them."""
     return leases[0]
+
+
+# A scan rule for tests that cycle one device through several cases: no grace, no escalation.
+REPEATABLE_SCAN_RULES = """
+name: repeatable
+rules:
+  - name: scan
+    categories: [scan]
+    when: [{distinct_destinations: 20}]
+    ladder: {grace: 0, escalation: [{self_release: now}]}
+"""
+
+
+@pytest.fixture
+def repeatable_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(REPEATABLE_SCAN_RULES)
+    return path
 
 
 def settings_for(amqp_url: str, database_url: str, peers_url: str, **overrides: object) -> PolicySettings:

@@ -26,6 +26,7 @@ from lazaretto_core.outbox import enqueue
 from . import flow, identity, store
 from .attribution import Attribution
 from .flow import Outcome, Step
+from .ladder import CaseTerms
 from .store import AddressSource, Case
 from .uow import UnitOfWork
 
@@ -63,11 +64,13 @@ class CaseWork:
         actor: str,
         leases: DeviceLeases | None = None,
         source: AddressSource = "alert",
+        terms: CaseTerms | None = None,
     ) -> Case:
         """Open a case for the attributed device inside the caller's transaction and request the garden.
 
         `leases` (the device's leases since the observation) say where the device is now: the garden
-        goes to its current address, which may no longer be the one the alert named.
+        goes to its current address, which may no longer be the one the alert named. A rule's `terms`
+        are stored beside the case; with a delay, the case waits in state `open` for `enforce_due`.
         """
         key_kind, device_key = identity.case_key(scope, attribution)
         existing = await store.open_case_for_device(conn, key_kind, device_key, lock=True)
@@ -90,7 +93,31 @@ class CaseWork:
         await self.record_alert_address(conn, case, attribution, source)
         await self.follow_device(conn, case, leases)
         case = await store.get_case(conn, case.case_id) or case
-        return await self.apply(conn, case, flow.opened(), actor, {"reason": reason})
+        detail: dict[str, Any] = {"reason": reason}
+        if terms is not None:
+            await store.save_terms(conn, case.case_id, terms)
+            detail |= {"rule": terms.rule, "ruleset_version": terms.ruleset_version, "offence": terms.offence}
+            if terms.enforce_at is not None:
+                detail["enforce_at"] = terms.enforce_at.isoformat()
+                await store.add_event(conn, case.case_id, actor, case.state, case.state, detail)
+                return case
+        return await self.apply(conn, case, flow.opened(), actor, detail)
+
+    async def enforce_due(self) -> int:
+        """Request the garden for cases whose enforcement delay has passed (stored, so a restart
+        loses none); one unit of work per case."""
+        count = 0
+        async with self.uow.read() as conn:
+            due = await store.due_enforcements(conn)
+        for case_id in due:
+            async with self.uow() as conn:
+                case = await store.lock_case(conn, case_id)
+                await store.clear_due(conn, case_id, "enforce_at")
+                if case is None or case.state != "open":
+                    continue
+                await self.apply(conn, case, flow.opened(), "policy", {"reason": "enforcement delay over"})
+                count += 1
+        return count
 
     async def record_alert_address(
         self, conn: Connection, case: Case, attribution: Attribution, source: AddressSource
