@@ -3,7 +3,7 @@ to a small lease-history and CPE-table server the tests fill."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -74,6 +74,18 @@ def settings_for(amqp_url: str, database_url: str, peers_url: str, **overrides: 
 def policy_overrides() -> dict[str, object]:
     """Settings a test module changes (override this fixture)."""
     return {}
+
+
+@pytest.fixture
+def make_settings(
+    amqp_url: str, database_url: str, leases: tuple[LeaseBook, str], policy_overrides: dict[str, object]
+) -> Callable[..., PolicySettings]:
+    """The fixture's settings, with more overrides (a test that builds policy itself, e.g. twice)."""
+
+    def make(**more: object) -> PolicySettings:
+        return settings_for(amqp_url, database_url, leases[1], **{**policy_overrides, **more})
+
+    return make
 
 
 @pytest.fixture
