@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from policy import flow, ladder
 from policy.flow import Step
 from policy.rulebook import RuleBook, RulesError, load, parse
 from policy.rules import Ladder, Rule, RuleSet, Seen, Threshold, evaluate, is_allowlisted
+from policy.settings import PolicySettings
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DEFAULTS = load(None)
@@ -235,3 +237,13 @@ def test_failed_steps_back_off_then_need_an_operator() -> None:
     assert flow.step_failed(Step.RESET_IN, attempts=1, max_attempts=3).state == "failed_retrying"
     assert flow.step_failed(Step.RESET_IN, attempts=3, max_attempts=3).state == "needs_operator"
     assert flow.retry_delay(1) < flow.retry_delay(3) <= 300
+
+
+def test_a_bad_rule_file_stops_the_start_with_its_reasons(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("name: x\nrules:\n  - {name: a, categories: [worms], when: [{count: 2}]}\n")
+    with pytest.raises(ValidationError) as refused:
+        PolicySettings.model_validate(
+            {"admin_token": "a" * 32, "portal_token": "p" * 32, "rules_file": str(path)}
+        )
+    assert f"{path}: invalid rule set: rules.0.categories.0" in str(refused.value)
