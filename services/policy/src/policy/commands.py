@@ -19,7 +19,7 @@ from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import RELEASING_STATES, Category, IpAddress, Scope, utcnow
 from lazaretto_core.db import Connection
 
-from . import flow, identity, ladder, store
+from . import flow, identity, ladder
 from .attribution import Attribution
 from .casework import IN_FLIGHT_STATE, CaseExists, CaseWork
 from .flow import Step
@@ -161,7 +161,7 @@ async def release(
     address now), within the device's allowance; a repeated self-release of a case already being
     released does nothing (None). An operator may release any case that is releasable.
     """
-    case = await store.lock_case(conn, command.case_id)
+    case = await work.store.lock_case(conn, command.case_id)
     if case is None:
         raise UnknownCase(f"no case {command.case_id}")
     detail: dict[str, Any] = {"reason": command.reason}
@@ -181,8 +181,8 @@ async def release(
         if case.state in RELEASING_STATES:
             log.info("release of case %s already under way (%s)", case.case_id, case.state)
             return None
-        used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
-        terms = await store.get_terms(conn, case.case_id)
+        used = await work.store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
+        terms = await work.store.get_terms(conn, case.case_id)
         answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
         if answer.when != "now" and used >= allowance.max_releases:
             raise SelfReleasesUsed(
@@ -206,7 +206,7 @@ async def release(
         raise NotReleasable(str(exc)) from None
     case = await work.follow_device(conn, case, command.leases)
     if subscriber is not None:
-        await store.add_self_release(conn, case)
+        await work.store.add_self_release(conn, case)
     return await work.apply(conn, case, outcome, command.actor, detail)
 
 
@@ -222,7 +222,7 @@ async def step_result(
 ) -> Case | None:
     """A result for a step moves the case only if that step is the one in flight (None otherwise: a
     stale or duplicate result, or one for the other reset step)."""
-    case = await store.lock_case_by_step(conn, step_id)
+    case = await work.store.lock_case_by_step(conn, step_id)
     if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
         log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
         return None
@@ -237,11 +237,11 @@ async def expire_due(work: CaseWork, allowance: SelfReleaseAllowance) -> int:
     """Release the cases whose rule's expiry has passed (stored, so a restart loses none)."""
     count = 0
     async with work.uow.read() as conn:
-        due = await store.due_expiries(conn)
+        due = await work.store.due_expiries(conn)
     for case_id in due:
         command = Release(case_id, actor="policy:expiry", reason="the rule's quarantine expired")
         async with work.uow() as conn:
-            await store.clear_due(conn, case_id, "expires_at")
+            await work.store.clear_due(conn, case_id, "expires_at")
             try:
                 await release(work, conn, command, allowance)
             except Refused as exc:

@@ -24,10 +24,9 @@ from lazaretto_core.contracts import (
     ReleaseRequested,
     utcnow,
 )
-from lazaretto_core.db import claim_message
 from lazaretto_core.errors import InvalidMessage
 
-from . import commands, identity, ladder, store
+from . import commands, identity, ladder
 from .attribution import Attribution, Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
@@ -76,13 +75,13 @@ class PolicyHandlers:
         loaded = self.rules.current
         now = utcnow()
         async with self.work.uow.read() as conn:
-            stored = await store.observation_revision(conn, event.observation_id)
+            stored = await self.work.store.observation_revision(conn, event.observation_id)
             if stored is not None and stored >= event.revision:
                 log.info("observation %s revision %d: duplicate", event.observation_id, event.revision)
                 return
             since = event.last_seen - loaded.rules.longest_window()
-            history = await store.recent_observations(conn, event.ip, since)
-            released_at = await store.last_release_at_address(conn, event.ip)
+            history = await self.work.store.recent_observations(conn, event.ip, since)
+            released_at = await self.work.store.last_release_at_address(conn, event.ip)
         current = Seen.of(event)
         history = [s for s in history if s.observation_id != event.observation_id] + [current]
         decision = evaluate(loaded.rules, history, current, released_at=released_at, now=now)
@@ -121,12 +120,12 @@ class PolicyHandlers:
 
         async def record(case_id: uuid.UUID | None, outcome: str) -> bool:
             DECISIONS.labels(outcome, rule_name or "").inc()
-            return await store.insert_observation(
+            return await self.work.store.insert_observation(
                 conn, event, case_id, outcome, audit, rule=rule_name, ruleset_version=version
             )
 
         async with self.work.uow() as conn:
-            if not await claim_message(conn, CONSUMER, ctx.message_id):
+            if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
                 return
             if attribution is None or action != "quarantine" or rule is None:
                 if await record(None, action):
@@ -140,13 +139,13 @@ class PolicyHandlers:
                     )
                 return
             key_kind, device_key = identity.case_key(rule.scope, attribution)
-            released = await store.last_release_of_device(conn, key_kind, device_key)
+            released = await self.work.store.last_release_of_device(conn, key_kind, device_key)
             if released is not None and now - released < timedelta(seconds=rule.ladder.grace):
                 audit["grace_until"] = (released + timedelta(seconds=rule.ladder.grace)).isoformat()
                 await record(None, "grace")
                 return
             decay_since = now - timedelta(seconds=rule.ladder.decay)
-            offence = await store.cases_of_device_since(conn, key_kind, device_key, decay_since) + 1
+            offence = await self.work.store.cases_of_device_since(conn, key_kind, device_key, decay_since) + 1
             command = OpenCase(
                 attribution,
                 scope=rule.scope,
@@ -204,7 +203,7 @@ class PolicyHandlers:
         """Release only for the case's own device, as policy itself finds it holding the address now,
         within the device's self-release allowance across its cases."""
         async with self.work.uow.read() as conn:
-            known = await store.get_case(conn, event.case_id)
+            known = await self.work.store.get_case(conn, event.case_id)
         if known is None:
             raise InvalidMessage(f"release requested for unknown case {event.case_id}")
         visitor = await self.attributor.attribute(event.client_ip)
@@ -226,7 +225,7 @@ class PolicyHandlers:
         )
         try:
             async with self.work.uow() as conn:
-                if not await claim_message(conn, CONSUMER, ctx.message_id):
+                if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
                     return
                 await commands.release(self.work, conn, command, self.allowance)
         except Refused as exc:

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from lazaretto_core.contracts import RELEASABLE_STATES, AbuseObserved, CaseState, KeyKind
+from lazaretto_core import db, outbox
+from lazaretto_core.contracts import RELEASABLE_STATES, AbuseObserved, CaseState, Contract, KeyKind
 from lazaretto_core.db import Connection
 
 from .flow import Step
@@ -472,3 +473,13 @@ async def case_observations(conn: Connection, case_id: uuid.UUID) -> list[dict[s
         case_id,
     )
     return [{**dict(r), "signatures": json.loads(r["signatures"])} for r in rows]
+
+
+async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
+    """Record a consumed message in the inbox (False: handled before), in the caller's transaction."""
+    return await db.claim_message(conn, consumer, message_id)
+
+
+async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
+    """Store a message in the outbox, published by the relay once the transaction commits."""
+    return await outbox.enqueue(conn, message, correlation_id=correlation_id)
