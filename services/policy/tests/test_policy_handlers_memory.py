@@ -4,6 +4,7 @@ real peers (test_policy_handlers.py, test_policy_evidence.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import uuid
 from dataclasses import dataclass
@@ -261,9 +262,11 @@ async def test_delay_and_expiry_are_driven_by_the_loops(policy: Policy) -> None:
     [case_id] = policy.store.state.cases
     assert policy.state(case_id) == "open"
     assert policy.bus.sent(GardenApply) == []
+    await asyncio.sleep(0.01)  # the 1 ms delay is over
     assert await policy.work.enforce_due() == 1
     await policy.bus.drain()
     await quarantined(policy)
+    await asyncio.sleep(0.01)
     assert await commands.expire_due(policy.work, SelfReleaseAllowance()) == 1
     await policy.bus.drain()
     assert policy.state(case_id) == "release_requested"
