@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 SURICATA: Final = "/usr/bin/suricata"
 PORTSCAN_SID: Final = 9_100_001
@@ -182,32 +182,5 @@ def write_portscan_pcap(
             packets.append(rst)
         t += interval
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrpcap(str(path), packets)
-    return len(packets)
-
-
-def write_sweep_pcap(
-    path: Path,
-    src_ip: str,
-    dst_ips: Sequence[str],
-    ports: Iterable[int],
-    src_mac: str | None = None,
-    *,
-    start: float = PCAP_EPOCH,
-    interval: float = 0.01,
-) -> int:
-    """A CPE's SYN scan of several hosts (`ports` on each, one host after the other): the evidence of
-    a scan by distinct destinations, as policy's default scan rule wants it. Returns packets."""
-    from scapy.utils import rdpcap, wrpcap
-
-    ports = list(ports)
-    packets: list[Any] = []
-    for n, dst_ip in enumerate(dst_ips):
-        part = path.with_name(f"{path.stem}.{n}{path.suffix}")
-        write_portscan_pcap(
-            part, src_ip, dst_ip, ports, src_mac, start=start + n * len(ports) * interval, interval=interval
-        )
-        packets.extend(rdpcap(str(part)))
-        part.unlink()
     wrpcap(str(path), packets)
     return len(packets)
