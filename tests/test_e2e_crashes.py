@@ -29,7 +29,7 @@ def alert_about(system: LabSystem, cpe: CpeHost, workdir: Path) -> None:
     pcap = workdir / "scan.pcap"
     # A scan of 25 hosts: the evidence policy's default scan rule wants (20 distinct destinations).
     hosts = [f"198.51.100.{n}" for n in range(100, 125)]
-    write_sweep_pcap(pcap, cpe.ip, hosts, [445], src_mac=cpe.mac, start=time.time())
+    write_sweep_pcap(pcap, cpe.ip, hosts, 445, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     with system.eve_path.open("a") as eve:
         eve.writelines(
