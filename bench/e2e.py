@@ -4,7 +4,9 @@ The lab Kea serves a /21 (400 normal, 256 quarantine addresses). While another p
 flood of 50,000 EVE alert lines/s to the same file (alerts of 500 other addresses of the subscriber
 subnet that hold no lease: every line is parsed, classified and folded by the detector, and each
 address's first alert reaches policy, which cannot attribute it), for each subscriber a real
-Suricata EVE alert line is appended to the file detector-snort tails; we time (a) until a DNS query
+Suricata EVE alert line completing a scan's evidence (after 19 lines to other hosts: policy's default
+scan rule wants 20 distinct destinations) is appended to the file detector-snort tails; we time (a) from
+that line until a DNS query
 from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
 for its modem.
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 SUBSCRIBERS = 200
 FLOOD_PER_S = 50_000
 FLOOD_ADDRESSES = 500
+# Distinct hosts each subscriber scans: what policy's default scan rule needs to open a case.
+EVIDENCE_DESTINATIONS = 20
 KEA_PREFIXLEN = 21
 HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
 
@@ -193,6 +197,21 @@ def bench(subscribers: int) -> dict[str, str]:
             assert probe.stdout is not None
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
+                    # Policy's default scan rule wants 20 distinct destinations and one alert never
+                    # opens a case: 19 alerts to other hosts first, then the timed one completes it.
+                    with system.eve_path.open("a") as eve:
+                        eve.writelines(
+                            json.dumps(
+                                {
+                                    **template,
+                                    "src_ip": cpe.ip,
+                                    "dest_ip": f"198.51.100.{100 + n}",
+                                    "timestamp": _now_suricata(),
+                                }
+                            )
+                            + "\n"
+                            for n in range(EVIDENCE_DESTINATIONS - 1)
+                        )
                     line = json.dumps({**template, "src_ip": cpe.ip, "timestamp": _now_suricata()}) + "\n"
                     written_wall = written_at[cpe.ip] = time.time()
                     written = time.monotonic()
