@@ -4,11 +4,12 @@ The lab Kea serves a /21 (400 normal, 256 quarantine addresses). While another p
 flood of 50,000 EVE alert lines/s to the same file (alerts of 500 other addresses of the subscriber
 subnet that hold no lease: every line is parsed, classified and folded by the detector, and each
 address's first alert reaches policy, which cannot attribute it), for each subscriber a real
-Suricata EVE alert line is appended to the file detector-snort tails; we time (a) until a DNS query
+Suricata EVE alert line completing a scan's evidence (after 19 lines to other hosts: policy's default
+scan rule wants 20 distinct destinations) is appended to the file detector-snort tails; we time (a) from
+that line until a DNS query
 from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
-for its modem. With `--evidence-lines N` (N > 1: policy's rules want corroboration, e.g. a scan of
-20 destinations) the subscriber's first N-1 alert lines (other destinations) are written first, and
-the clock starts at the line that completes the evidence (the detector publishes the window's running
+for its modem. `--evidence-lines N` (default 20) sets how many lines make the evidence: the first
+N-1 (other destinations) are written first, and the clock starts at the line that completes it (the detector publishes the window's running
 evidence as it grows: that line's revision reaches policy at once).
 
 Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
@@ -53,10 +54,12 @@ if TYPE_CHECKING:
 SUBSCRIBERS = 200
 FLOOD_PER_S = 50_000
 FLOOD_ADDRESSES = 500
+# Distinct hosts each subscriber scans: what policy's default scan rule needs to open a case.
+EVIDENCE_DESTINATIONS = 20
 KEA_PREFIXLEN = 21
 # Alert lines per subscriber (the last completes the evidence), and how long the ones before it get to
 # reach policy first.
-EVIDENCE_LINES = 1
+EVIDENCE_LINES = EVIDENCE_DESTINATIONS
 EVIDENCE_SETTLE = 0.5
 HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
 
@@ -148,7 +151,7 @@ def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
     raise RuntimeError("suricata raised no alert")
 
 
-def bench(subscribers: int, evidence_lines: int = 1) -> dict[str, str]:
+def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, str]:
     from lazaretto_lab.snmpd import LabModem
     from lazaretto_lab.system import LabSystem, SystemConfig
     from lazaretto_lab.testing import (
