@@ -4,13 +4,12 @@ The lab Kea serves a /21 (400 normal, 256 quarantine addresses). While another p
 flood of 50,000 EVE alert lines/s to the same file (alerts of 500 other addresses of the subscriber
 subnet that hold no lease: every line is parsed, classified and folded by the detector, and each
 address's first alert reaches policy, which cannot attribute it), for each subscriber a real
-Suricata EVE alert line completing a scan's evidence (after 19 lines to other hosts: policy's default
-scan rule wants 20 distinct destinations) is appended to the file detector-snort tails; we time (a) from
-that line until a DNS query
-from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
-for its modem. `--evidence-lines N` (default 20) sets how many lines make the evidence: the first
-N-1 (other destinations) are written first, and the clock starts at the line that completes it (the detector publishes the window's running
-evidence as it grows: that line's revision reaches policy at once).
+Suricata EVE alert line completing a scan's evidence is appended to the file detector-snort tails
+(policy's default scan rule wants 20 distinct destinations: the 19 lines to other hosts go first;
+`--evidence-lines N` changes that). We time (a) from that line until a DNS query from that
+subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET for its
+modem. The detector publishes the window's running evidence as it grows: the completing line's
+revision reaches policy at once.
 
 Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
 of this machine): line written → policy's decision transaction began (`observations.received_at`
