@@ -24,7 +24,11 @@ from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
+from . import allowlist, guard
 from .api import install_api
+from .breaker import BreakerLimits
+from .guard import Guard
+from .guard_api import install_guard_api
 from .attribution import Attributor
 from .casework import CaseWork
 from .handlers import PolicyHandlers
@@ -53,6 +57,12 @@ class PolicyService:
     async def start(self) -> None:
         await self.bus.connect()
         self.relay.start()
+        # The settings' static allowlist seeds the database's; executors get the snapshot at once
+        # and again every interval (a lost or reordered snapshot is healed by the next).
+        async with self.work.uow() as conn:
+            await allowlist.seed(conn, self.settings.allowlist)
+            await allowlist.publish_snapshot(conn, bump=False)
+            await guard.status(conn, self.work.guard.limits)  # sets the open-trips gauge after a restart
         h = self.handlers
         self.bus.on(AbuseObserved, h.on_abuse_observed)
         self.bus.on(GardenApplied, h.on_garden_applied)
@@ -64,6 +74,16 @@ class PolicyService:
         await self.bus.consume(queue_name("policy"), progress=self.progress)
         # An outage is logged and is still a turn: /healthz is about the loop being alive.
         self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
+        self.loops.every(
+            "allowlist-republish",
+            self.settings.allowlist_publish_interval,
+            self._republish_allowlist,
+            errors=(OSError, asyncpg.PostgresError),
+        )
+
+    async def _republish_allowlist(self) -> None:
+        async with self.work.uow() as conn:
+            await allowlist.publish_snapshot(conn, bump=False)
 
     async def stop(self) -> None:
         await self.loops.stop()
@@ -85,11 +105,19 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     )
     progress = ProgressMonitor()
     relay = OutboxRelay(pool, bus, progress=progress)
+    limits = BreakerLimits(
+        window=timedelta(seconds=settings.breaker_window),
+        global_limit=settings.breaker_global_limit,
+        per_cmts=settings.breaker_per_cmts,
+        per_net=settings.breaker_per_net,
+    )
     work = CaseWork(
         UnitOfWork(pool, relay),
         step_max_attempts=settings.step_max_attempts,
         step_retry_base=settings.step_retry_base,
+        guard=Guard(limits),
     )
+    tokens = settings.token_book()
     attributor = attributor or Attributor(
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
     )
@@ -115,9 +143,10 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         work,
         attributor,
         settings.allowlist,
-        settings.admin_token,
+        tokens,
         settings.portal_token,
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
     )
+    install_guard_api(app, work, tokens, limits)
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)

@@ -26,6 +26,8 @@ from lazaretto_core.outbox import enqueue
 from . import flow, identity, store
 from .attribution import Attribution
 from .flow import Outcome, Step
+from .breaker import BreakerLimits
+from .guard import Guard
 from .store import AddressSource, Case
 from .uow import UnitOfWork
 
@@ -47,8 +49,17 @@ class CaseExists(Exception):
 
 
 class CaseWork:
-    def __init__(self, uow: UnitOfWork, *, step_max_attempts: int, step_retry_base: float = 2.0) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        *,
+        step_max_attempts: int,
+        step_retry_base: float = 2.0,
+        guard: Guard | None = None,
+    ) -> None:
         self.step_retry_base = step_retry_base
+        # The allowlist and circuit breaker `commands.open_case` consults (policy-guard).
+        self.guard = guard or Guard(BreakerLimits())
         self.uow = uow
         self.step_max_attempts = step_max_attempts
 
@@ -63,6 +74,7 @@ class CaseWork:
         actor: str,
         leases: DeviceLeases | None = None,
         source: AddressSource = "alert",
+        hold: bool = False,
     ) -> Case:
         """Open a case for the attributed device inside the caller's transaction and request the garden.
 
@@ -90,7 +102,8 @@ class CaseWork:
         await self.record_alert_address(conn, case, attribution, source)
         await self.follow_device(conn, case, leases)
         case = await store.get_case(conn, case.case_id) or case
-        return await self.apply(conn, case, flow.opened(), actor, {"reason": reason})
+        # A case the circuit breaker holds is recorded without its garden (policy-guard).
+        return await self.apply(conn, case, flow.held() if hold else flow.opened(), actor, {"reason": reason})
 
     async def record_alert_address(
         self, conn: Connection, case: Case, attribution: Attribution, source: AddressSource

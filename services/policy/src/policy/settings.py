@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from lazaretto_core.settings import ServiceSettings
 
+from .roles import OperatorToken, TokenBook
 from .rules import DEFAULT_RULES, Rule
 
 
@@ -40,3 +41,26 @@ class PolicySettings(ServiceSettings):
     # Seconds after an observation's last_seen beyond which it is recorded and not acted on: by then
     # the address may be someone else's.
     max_observation_age: float = Field(default=3600, gt=0)
+
+    # Named operator tokens with their roles (JSON list of {"name", "role": viewer|operator|admin,
+    # "token"}; a token may be `env:NAME` or `file:/path`). `admin_token` stays an admin named `admin`.
+    operator_tokens: tuple[OperatorToken, ...] = ()
+    # The circuit breaker: more than these many new automatic enforcements within `breaker_window`
+    # seconds, everywhere / behind one CMTS / in one /24 (IPv6 /64), pause automatic enforcement there.
+    breaker_window: float = Field(default=600.0, gt=0)
+    breaker_global_limit: int = Field(default=50, ge=0)
+    breaker_per_cmts: int = Field(default=20, ge=0)
+    breaker_per_net: int = Field(default=10, ge=0)
+    # Seconds between republications of the allowlist snapshot (heals a lost allowlist.changed.v1).
+    allowlist_publish_interval: float = Field(default=60.0, gt=0)
+
+    def token_book(self) -> TokenBook:
+        legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
+        return TokenBook([legacy, *self.operator_tokens])
+
+    @model_validator(mode="after")
+    def _portal_token_is_nobody_elses(self) -> PolicySettings:
+        # The portal faces the internet: its token must never open the admin API.
+        if self.token_book().holds(self.portal_token.get_secret_value()):
+            raise ValueError("the portal token equals an operator token: give the portal its own")
+        return self
