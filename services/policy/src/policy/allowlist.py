@@ -34,7 +34,7 @@ class DuplicateEntry(Exception):
 
 
 def _entry(row: asyncpg.Record) -> AllowlistEntry:
-    return AllowlistEntry.model_validate(dict(row))
+    return AllowlistEntry.model_validate({k: row[k] for k in _COLUMNS.split(", ")})
 
 
 async def entries(conn: Connection, *, include_expired: bool = True) -> list[AllowlistEntry]:
