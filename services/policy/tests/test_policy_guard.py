@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -25,8 +24,8 @@ from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
-from .conftest import ADMIN_TOKEN, PORTAL_TOKEN, settings_for
-
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+PORTAL_TOKEN = "portal-token-for-tests-0123456789"
 VIEWER_TOKEN = "viewer-token-for-tests-0123456789"
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
 TOKENS = [
@@ -165,14 +164,9 @@ async def test_an_allow_listed_mac_is_never_quarantined_and_executors_get_the_sn
 
 
 async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operator_resumes(
-    amqp_url: str,
-    database_url: str,
-    leases: tuple[LeaseBook, str],
-    policy_overrides: dict[str, object],
-    guard_probe: BusProbe,
+    amqp_url: str, policy_settings: PolicySettings, book: LeaseBook, guard_probe: BusProbe
 ) -> None:
-    book, peers = leases
-    settings = settings_for(amqp_url, database_url, peers, **policy_overrides)
+    settings = policy_settings
     policy = await build(settings)
     await policy.start()
     devices = [device(book, n) for n in range(10, 16)]
@@ -194,7 +188,8 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
         assert len(await guard_probe.wait_for(GardenApply, count=3)) == 3
         async with client(policy, VIEWER_TOKEN) as viewer:
             status = (await viewer.get("/v1/breaker")).json()
-        assert status["paused"] and status["held_cases"] == 3
+        assert status["paused"]
+        assert status["held_cases"] == 3
         metrics = (await client(policy, None).get("/metrics")).text
         assert 'lazaretto_policy_breaker_trips_total{kind="global"}' in metrics
     finally:
@@ -207,10 +202,13 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
         late = observation(late_ip)
         await bus.publish(late)
         await observation_decision(policy.pool, late.observation_id)
-        assert await policy.pool.fetchval(
-            "SELECT c.state FROM cases c JOIN observations o USING (case_id) WHERE o.observation_id = $1",
-            late.observation_id,
-        ) == "held"
+        assert (
+            await policy.pool.fetchval(
+                "SELECT c.state FROM cases c JOIN observations o USING (case_id) WHERE o.observation_id = $1",
+                late.observation_id,
+            )
+            == "held"
+        )
         assert len([m for m in guard_probe.received if m[0] == "garden.apply.v1"]) == 3
         async with client(policy, VIEWER_TOKEN) as viewer:
             assert (await viewer.post("/v1/breaker/resume", json={"reason": "x"})).status_code == 403
@@ -222,7 +220,9 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
             await bus.publish(observation(fresh_ip))
             applies = await guard_probe.wait_for(GardenApply, count=4)
             assert applies[-1].cpe_ip == fresh_ip
-            held = [r["case_id"] for r in await policy.pool.fetch("SELECT case_id FROM cases WHERE state='held'")]
+            held = [
+                r["case_id"] for r in await policy.pool.fetch("SELECT case_id FROM cases WHERE state='held'")
+            ]
             assert len(held) == 4
             released = await operator.post(
                 "/v1/breaker/held/release", json={"case_ids": [str(held[0])], "reason": "false positive"}
@@ -238,8 +238,12 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
                 ("breaker_tripped", "policy"),
                 ("breaker_resumed", "operator:otto"),
             ]
-            closed = await policy.pool.fetchrow("SELECT state, closed_at FROM cases WHERE case_id = $1", held[0])
-            assert closed["state"] == "released" and closed["closed_at"] is not None
+            closed = await policy.pool.fetchrow(
+                "SELECT state, closed_at FROM cases WHERE case_id = $1", held[0]
+            )
+            assert closed is not None
+            assert closed["state"] == "released"
+            assert closed["closed_at"] is not None
     finally:
         await bus.close()
         await policy.stop()
@@ -252,7 +256,12 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/quarantine", "operator", {"ip": "100.64.7.7", "reason": "x"}),
     ("POST", f"/v1/cases/{uuid.uuid4()}/release", "operator", {"reason": "x"}),
     ("GET", "/v1/allowlist", "viewer", None),
-    ("POST", "/v1/allowlist", "admin", {"kind": "address", "value": "192.0.2.1", "owner": "o", "reason": "r"}),
+    (
+        "POST",
+        "/v1/allowlist",
+        "admin",
+        {"kind": "address", "value": "192.0.2.1", "owner": "o", "reason": "r"},
+    ),
     ("DELETE", f"/v1/allowlist/{uuid.uuid4()}", "admin", None),
     ("GET", "/v1/breaker", "viewer", None),
     ("POST", "/v1/breaker/resume", "operator", {"reason": "x"}),
@@ -281,9 +290,14 @@ async def test_every_admin_operation_needs_a_token_of_its_role(policy: PolicySer
 
 def test_policy_refuses_to_start_when_the_portal_token_is_an_operator_token() -> None:
     def settings(tokens: list[dict[str, str]], portal: str) -> PolicySettings:
-        return PolicySettings(admin_token=SecretStr(ADMIN_TOKEN), portal_token=SecretStr(portal), operator_tokens=tokens)
+        return PolicySettings(
+            admin_token=SecretStr(ADMIN_TOKEN), portal_token=SecretStr(portal), operator_tokens=tokens
+        )
 
-    assert settings(TOKENS, PORTAL_TOKEN).token_book().identify(f"Bearer {VIEWER_TOKEN}") == ("vera", "viewer")
+    assert settings(TOKENS, PORTAL_TOKEN).token_book().identify(f"Bearer {VIEWER_TOKEN}") == (
+        "vera",
+        "viewer",
+    )
     for tokens, portal in (([], ADMIN_TOKEN), (TOKENS, OPERATOR_TOKEN), (TOKENS, VIEWER_TOKEN)):
         with pytest.raises(SettingsInvalid, match="portal token"):
             settings(tokens, portal)
@@ -296,8 +310,9 @@ def test_policy_refuses_to_start_when_the_portal_token_is_an_operator_token() ->
 async def test_tokens_may_come_from_files(tmp_path: Any) -> None:
     secret = tmp_path / "otto.token"
     secret.write_text(OPERATOR_TOKEN + "\n")
-    settings = settings_for(
-        "amqp://x", "postgresql://x", "http://x",
+    settings = PolicySettings(
+        admin_token=SecretStr(ADMIN_TOKEN),
+        portal_token=SecretStr(PORTAL_TOKEN),
         operator_tokens=[{"name": "otto", "role": "operator", "token": f"file:{secret}"}],
     )
     assert settings.token_book().identify(f"Bearer {OPERATOR_TOKEN}") == ("otto", "operator")
@@ -321,13 +336,15 @@ async def test_the_audit_chain_names_an_edited_row(
         case_id = created.json()["case_id"]
         assert created.json()["ip"] == ip
         ok = (await operator.get("/v1/audit/verify")).json()
-        assert ok["ok"] and ok["rows"] >= 3
+        assert ok["ok"]
+        assert ok["rows"] >= 3
     rows = await policy.pool.fetch(
         "SELECT id, seq, kind, actor, body FROM audit_log WHERE chain = $1 ORDER BY seq", f"case:{case_id}"
     )
     assert {"transition", "manual_case"} <= {r["kind"] for r in rows}
     manual = next(r for r in rows if r["kind"] == "manual_case")
-    assert manual["actor"] == "operator:otto" and "TICKET-7" in manual["body"]
+    assert manual["actor"] == "operator:otto"
+    assert "TICKET-7" in manual["body"]
     # When someone edits the transition row's body with SQL
     victim = rows[0]
     await policy.pool.execute(
@@ -338,16 +355,22 @@ async def test_the_audit_chain_names_an_edited_row(
     async with client(policy, VIEWER_TOKEN) as viewer:
         broken = (await viewer.get("/v1/audit/verify")).json()
     assert not broken["ok"]
-    assert f"case:{case_id}" in broken["broken"] and f"id {victim['id']}" in broken["broken"]
-    cli = subprocess.run(
-        [sys.executable, "-m", "policy", "audit-verify"],
+    assert f"case:{case_id}" in broken["broken"]
+    assert f"id {victim['id']}" in broken["broken"]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "policy",
+        "audit-verify",
         env={**os.environ, "LAZARETTO_DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert cli.returncode == 1, cli.stderr
-    assert f"audit_log id {victim['id']}" in cli.stdout and "edited" in cli.stdout
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    stdout = out.decode()
+    assert cli.returncode == 1, err.decode()
+    assert f"audit_log id {victim['id']}" in stdout
+    assert "edited" in stdout
 
 
 async def test_the_abuse_desk_opens_cases_by_address_and_time_and_by_household(
@@ -378,8 +401,12 @@ async def test_the_abuse_desk_opens_cases_by_address_and_time_and_by_household(
         # A spam complaint about a household quarantines the modem
         household = await operator.post(
             "/v1/quarantine",
-            json={"cm_mac": household_cm, "reason": "spam complaint", "category": "spam",
-                  "evidence": [{"kind": "spam_complaint", "reference": "abuse-42"}]},
+            json={
+                "cm_mac": household_cm,
+                "reason": "spam complaint",
+                "category": "spam",
+                "evidence": [{"kind": "spam_complaint", "reference": "abuse-42"}],
+            },
         )
         assert household.status_code == 201, household.text
         assert (household.json()["key_kind"], household.json()["device_key"]) == ("cm_mac", household_cm)
@@ -389,5 +416,6 @@ async def test_the_abuse_desk_opens_cases_by_address_and_time_and_by_household(
         assert (await operator.post("/v1/quarantine", json={"reason": "x"})).status_code == 422
         # The old form still works
         old = await operator.post("/v1/quarantine", json={"ip": "100.64.50.5", "reason": "old form"})
-        assert old.status_code == 201 and old.json()["device_key"] == "02:00:00:00:50:02"
+        assert old.status_code == 201
+        assert old.json()["device_key"] == "02:00:00:00:50:02"
     await guard_probe.wait_for(GardenApply, count=3)

@@ -115,7 +115,9 @@ async def add(
 async def remove(
     conn: Connection, entry_id: uuid.UUID, *, actor: str, audit_detail: dict[str, Any]
 ) -> AllowlistEntry | None:
-    row = await conn.fetchrow(f"DELETE FROM allowlist_entries WHERE entry_id = $1 RETURNING {_COLUMNS}", entry_id)
+    row = await conn.fetchrow(
+        f"DELETE FROM allowlist_entries WHERE entry_id = $1 RETURNING {_COLUMNS}", entry_id
+    )
     if row is None:
         return None
     entry = _entry(row)
@@ -130,7 +132,10 @@ async def seed(conn: Connection, networks: Sequence[ipaddress.IPv4Network | ipad
     """Make the settings' static allowlist (LAZARETTO_ALLOWLIST) entries of the database: add what is
     new, drop seeded entries the setting no longer names; operators' entries are left alone."""
     wanted = {
-        ("address" if n.num_addresses == 1 else "prefix", str(n.network_address) if n.num_addresses == 1 else str(n))
+        (
+            "address" if n.num_addresses == 1 else "prefix",
+            str(n.network_address) if n.num_addresses == 1 else str(n),
+        )
         for n in networks
     }
     rows = await conn.fetch("SELECT entry_id, kind, value FROM allowlist_entries WHERE source = 'settings'")
@@ -140,7 +145,9 @@ async def seed(conn: Connection, networks: Sequence[ipaddress.IPv4Network | ipad
         if (kind, value) not in wanted:
             await remove(conn, entry_id, actor="settings", audit_detail=detail)
     for kind, value in sorted(wanted - set(present)):
-        taken = await conn.fetchval("SELECT 1 FROM allowlist_entries WHERE kind = $1 AND value = $2", kind, value)
+        taken = await conn.fetchval(
+            "SELECT 1 FROM allowlist_entries WHERE kind = $1 AND value = $2", kind, value
+        )
         if taken:  # an operator's entry covers it already
             continue
         await add(

@@ -26,11 +26,11 @@ from lazaretto_core.supervise import Supervisor
 
 from . import allowlist, guard
 from .api import install_api
+from .attribution import Attributor
 from .breaker import BreakerLimits
+from .casework import CaseWork
 from .guard import Guard
 from .guard_api import install_guard_api
-from .attribution import Attributor
-from .casework import CaseWork
 from .handlers import PolicyHandlers
 from .settings import PolicySettings
 from .uow import UnitOfWork

@@ -106,7 +106,9 @@ class Attributor:
 
     async def cpes_of_modem(self, cm_mac: str) -> ModemCpes | None:
         """The devices a modem's CMTS lists behind it (a household), None when no CMTS lists it."""
-        return await self._get(self._cmts_agent + MODEM_CPES_PATH.format(mac=normalize_mac(cm_mac)), ModemCpes)
+        return await self._get(
+            self._cmts_agent + MODEM_CPES_PATH.format(mac=normalize_mac(cm_mac)), ModemCpes
+        )
 
     async def attribute(self, ip: str, at: datetime | None = None) -> Attribution:
         """Who held `ip` at `at` (default now): the lease covering that moment; without one, the CMTS
@@ -136,7 +138,13 @@ class Attributor:
                         f"lease says {lease.mac} holds {ip}, CMTS {listed.cmts} lists {listed.cpe_mac}",
                     )
             return Attribution(
-                ip, lease.mac, modem.cm_mac if modem else None, at, "lease", lease, cmts=modem.cmts if modem else None
+                ip,
+                lease.mac,
+                modem.cm_mac if modem else None,
+                at,
+                "lease",
+                lease,
+                cmts=modem.cmts if modem else None,
             )
         listed = await self.modem_of_ip(ip)
         if listed is None:

@@ -21,7 +21,11 @@ GENESIS = bytes(32)
 async def append(conn: Connection, chain: str, kind: str, actor: str, detail: dict[str, Any]) -> int:
     """Append to `chain` inside the caller's transaction (serialised per chain only)."""
     entry_id: int = await conn.fetchval(
-        "SELECT lazaretto_audit_append($1, $2, $3, $4::jsonb)", chain, kind, actor, json.dumps(detail, default=str)
+        "SELECT lazaretto_audit_append($1, $2, $3, $4::jsonb)",
+        chain,
+        kind,
+        actor,
+        json.dumps(detail, default=str),
     )
     return entry_id
 
@@ -34,7 +38,8 @@ class BrokenLink:
     problem: str
 
     def __str__(self) -> str:
-        return f"audit chain {self.chain!r} broken at seq {self.seq} (audit_log id {self.row_id}): {self.problem}"
+        where = f"seq {self.seq} (audit_log id {self.row_id})"
+        return f"audit chain {self.chain!r} broken at {where}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,7 @@ class Verification:
         return self.broken is None
 
 
-def check_link(
-    row: dict[str, Any], expected_seq: int, prev_hash: bytes
-) -> str | None:
+def check_link(row: dict[str, Any], expected_seq: int, prev_hash: bytes) -> str | None:
     """What is wrong with one row given its predecessor's hash, or None. Pure."""
     if row["seq"] != expected_seq:
         return f"sequence jumps from {expected_seq - 1} to {row['seq']} (a row is missing)"

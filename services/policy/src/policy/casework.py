@@ -25,8 +25,8 @@ from lazaretto_core.outbox import enqueue
 
 from . import flow, identity, store
 from .attribution import Attribution
-from .flow import Outcome, Step
 from .breaker import BreakerLimits
+from .flow import Outcome, Step
 from .guard import Guard
 from .store import AddressSource, Case
 from .uow import UnitOfWork

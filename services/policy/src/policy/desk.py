@@ -88,8 +88,14 @@ async def attribute(
             raise NotFound(f"{request.ip} is behind modem {attribution.cm_mac}, not {request.cm_mac}")
         if request.cm_mac is not None and attribution.cm_mac is None:
             attribution = Attribution(
-                attribution.ip, attribution.cpe_mac, request.cm_mac, attribution.at, attribution.found,
-                attribution.lease, attribution.conflict, attribution.cmts,
+                attribution.ip,
+                attribution.cpe_mac,
+                request.cm_mac,
+                attribution.at,
+                attribution.found,
+                attribution.lease,
+                attribution.conflict,
+                attribution.cmts,
             )
         leases = None
         if attribution.cpe_mac is not None:
@@ -125,8 +131,13 @@ async def _by_household(attributor: Attributor, cm_mac: str) -> tuple[Attributio
             continue
         return (
             Attribution(
-                attribution.ip, attribution.cpe_mac, cm_mac, attribution.at, attribution.found,
-                attribution.lease, cmts=household.cmts,
+                attribution.ip,
+                attribution.cpe_mac,
+                cm_mac,
+                attribution.at,
+                attribution.found,
+                attribution.lease,
+                cmts=household.cmts,
             ),
             leases,
         )

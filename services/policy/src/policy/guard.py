@@ -95,7 +95,9 @@ class Guard:
             list(scopes),
         )
         if tripped is not None:
-            return Verdict(True, f"circuit breaker tripped for {tripped}: waiting for an operator", scopes, cmts)
+            return Verdict(
+                True, f"circuit breaker tripped for {tripped}: waiting for an operator", scopes, cmts
+            )
         window = self.limits.window
         for scope in scopes:
             count = await self._count(conn, scope, window)
@@ -111,13 +113,23 @@ class Guard:
 
     async def _count(self, conn: Connection, scope: str, window: timedelta) -> int:
         # Counting restarts at the scope's last resume (else the backlog would trip it again at once).
-        since = "GREATEST(now() - $1::interval, COALESCE((SELECT max(resumed_at) FROM breaker_trips WHERE scope = $2), '-infinity'))"
+        since = (
+            "GREATEST(now() - $1::interval,"
+            " COALESCE((SELECT max(resumed_at) FROM breaker_trips WHERE scope = $2), '-infinity'))"
+        )
         if scope == GLOBAL:
-            return int(await conn.fetchval(f"SELECT count(*) FROM breaker_enforcements WHERE at > {since}", window, scope))
+            return int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM breaker_enforcements WHERE at > {since}", window, scope
+                )
+            )
         kind, _, value = scope.partition(":")
         column = "cmts" if kind == "cmts" else "net"
         count = await conn.fetchval(
-            f"SELECT count(*) FROM breaker_enforcements WHERE at > {since} AND {column} = $3", window, scope, value
+            f"SELECT count(*) FROM breaker_enforcements WHERE at > {since} AND {column} = $3",
+            window,
+            scope,
+            value,
         )
         return int(count)
 
@@ -132,10 +144,15 @@ class Guard:
             window_s,
         )
         await audit.append(
-            conn, "operator:breaker", "breaker_tripped", "policy", {"scope": scope, "count": count, "limit": limit}
+            conn,
+            "operator:breaker",
+            "breaker_tripped",
+            "policy",
+            {"scope": scope, "count": count, "limit": limit},
         )
         await enqueue(
-            conn, BreakerTripped(scope=scope, count=count, limit=limit, window_s=window_s, tripped_at=utcnow())
+            conn,
+            BreakerTripped(scope=scope, count=count, limit=limit, window_s=window_s, tripped_at=utcnow()),
         )
         TRIPS.labels(scope.partition(":")[0]).inc()
         OPEN_TRIPS.inc()

@@ -5,7 +5,7 @@ name, role and the client's address."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -51,12 +51,14 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
     as_admin = RoleGuard(tokens, "admin")
 
     @viewer.get("/allowlist")
-    async def list_allowlist(principal: Principal = Depends(as_viewer)) -> list[dict[str, Any]]:
+    async def list_allowlist(principal: Annotated[Principal, Depends(as_viewer)]) -> list[dict[str, Any]]:
         async with work.uow.read() as conn:
             return await allowlist.entry_details(conn)
 
     @viewer.post("/allowlist", status_code=201)
-    async def add_allowlist(request: AllowlistRequest, principal: Principal = Depends(as_admin)) -> dict[str, Any]:
+    async def add_allowlist(
+        request: AllowlistRequest, principal: Annotated[Principal, Depends(as_admin)]
+    ) -> dict[str, Any]:
         if request.expires_at is not None and request.expires_at <= utcnow():
             raise HTTPException(422, "expires_at is in the past")
         try:
@@ -80,20 +82,26 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
         return entry.model_dump(mode="json")
 
     @viewer.delete("/allowlist/{entry_id}")
-    async def remove_allowlist(entry_id: uuid.UUID, principal: Principal = Depends(as_admin)) -> dict[str, Any]:
+    async def remove_allowlist(
+        entry_id: uuid.UUID, principal: Annotated[Principal, Depends(as_admin)]
+    ) -> dict[str, Any]:
         async with work.uow() as conn:
-            entry = await allowlist.remove(conn, entry_id, actor=principal.actor, audit_detail=principal.audit())
+            entry = await allowlist.remove(
+                conn, entry_id, actor=principal.actor, audit_detail=principal.audit()
+            )
         if entry is None:
             raise HTTPException(404, "no such allowlist entry")
         return entry.model_dump(mode="json")
 
     @viewer.get("/breaker")
-    async def breaker_status(principal: Principal = Depends(as_viewer)) -> dict[str, Any]:
+    async def breaker_status(principal: Annotated[Principal, Depends(as_viewer)]) -> dict[str, Any]:
         async with work.uow.read() as conn:
             return await guard.status(conn, limits)
 
     @viewer.post("/breaker/resume")
-    async def resume(request: ResumeRequest, principal: Principal = Depends(as_operator)) -> dict[str, Any]:
+    async def resume(
+        request: ResumeRequest, principal: Annotated[Principal, Depends(as_operator)]
+    ) -> dict[str, Any]:
         """Resume automatic enforcement (one scope or all); held cases stay held until released or
         enforced on purpose."""
         async with work.uow() as conn:
@@ -101,16 +109,22 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
                 conn, request.scope, principal.actor, {**principal.audit(), "reason": request.reason}
             )
         if not resumed:
-            raise HTTPException(404, "no tripped scope to resume" + (f" named {request.scope}" if request.scope else ""))
+            raise HTTPException(
+                404, "no tripped scope to resume" + (f" named {request.scope}" if request.scope else "")
+            )
         return {"resumed": resumed}
 
     @viewer.post("/breaker/held/release")
-    async def release_held(request: HeldRequest, principal: Principal = Depends(as_operator)) -> dict[str, Any]:
+    async def release_held(
+        request: HeldRequest, principal: Annotated[Principal, Depends(as_operator)]
+    ) -> dict[str, Any]:
         """Let held cases go: nothing was applied, so they close as released."""
         return await _move_held(request, principal, enforce=False)
 
     @viewer.post("/breaker/held/enforce")
-    async def enforce_held(request: HeldRequest, principal: Principal = Depends(as_operator)) -> dict[str, Any]:
+    async def enforce_held(
+        request: HeldRequest, principal: Annotated[Principal, Depends(as_operator)]
+    ) -> dict[str, Any]:
         """Enforce held cases now (the garden, then the modem reset), as the rules decided."""
         return await _move_held(request, principal, enforce=True)
 
@@ -118,7 +132,9 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
         async with work.uow.read() as conn:
             ids = request.case_ids or [
                 r["case_id"]
-                for r in await conn.fetch("SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL")
+                for r in await conn.fetch(
+                    "SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL"
+                )
             ]
         moved: list[str] = []
         skipped: list[str] = []
@@ -136,7 +152,8 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
 
     @viewer.get("/audit/verify")
     async def verify_audit(
-        principal: Principal = Depends(as_viewer), batch: int = Query(default=5000, ge=100, le=50_000)
+        principal: Annotated[Principal, Depends(as_viewer)],
+        batch: int = Query(default=5000, ge=100, le=50_000),
     ) -> dict[str, Any]:
         async with work.uow.read() as conn:
             result = await audit.verify(conn, batch)

@@ -102,7 +102,9 @@ class PolicyHandlers:
             except commands.Allowlisted as covered:
                 # policy-guard: the database allowlist covers the device (exempt, or notify only).
                 action = "notify_only" if covered.effect == "notify_only" else "allowlisted"
-                await store.insert_observation(conn, event, None, action, {**audit, "allowlist": str(covered)})
+                await store.insert_observation(
+                    conn, event, None, action, {**audit, "allowlist": str(covered)}
+                )
                 log.info("observation %s for %s: %s", event.observation_id, event.ip, covered)
                 return
             except commands.AlreadyOpen as exists:

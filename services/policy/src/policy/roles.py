@@ -115,5 +115,7 @@ class RoleGuard(BearerGuard):
             )
         name, role = found
         if RANK[role] < RANK[self._role]:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"needs the {self._role} role; token {name} is {role}")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"needs the {self._role} role; token {name} is {role}"
+            )
         return Principal(name, role, request.client.host if request.client else None)

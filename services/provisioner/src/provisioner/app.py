@@ -9,8 +9,9 @@ import asyncpg
 from fastapi import FastAPI
 
 from lazaretto_core import db
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, queue_name
-from lazaretto_core.contracts import GardenApply, GardenRemove
+from lazaretto_core.contracts import AllowlistChanged, GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor, create_http_app
 
 from .api import install_api
@@ -39,6 +40,7 @@ class ProvisionerService:
         await self.garden.kea.check_schema()
         # Lease history and the garden's records live in Kea's database, next to lease4.
         await self.history.install()
+        await self.handlers.allowlist.install()
         for name in self.settings.allow_names:
             await self.garden.rpz.allow_name(name)
         await self.garden.install_pools()
@@ -46,6 +48,7 @@ class ProvisionerService:
         await self.bus.connect()
         self.bus.on(GardenApply, self.handlers.on_garden_apply)
         self.bus.on(GardenRemove, self.handlers.on_garden_remove)
+        self.bus.on(AllowlistChanged, self.handlers.on_allowlist_changed)
         await self.bus.consume(queue_name("provisioner"), progress=self.progress)
 
     async def stop(self) -> None:
@@ -101,5 +104,5 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         progress=progress,
     )
     install_api(app, garden, history, settings.admin_token)
-    handlers = ProvisionerHandlers(garden, bus)
+    handlers = ProvisionerHandlers(garden, bus, AllowlistCopy(kea_pool))
     return ProvisionerService(settings, kea_pool, bus, garden, handlers, app, history, follower, progress)

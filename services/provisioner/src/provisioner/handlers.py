@@ -7,8 +7,17 @@ from typing import Literal
 
 import asyncpg
 
+from lazaretto_core import allowlist as matcher
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
-from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
+from lazaretto_core.contracts import (
+    AllowlistChanged,
+    GardenApplied,
+    GardenApply,
+    GardenFailed,
+    GardenRemove,
+    GardenRemoved,
+)
 from lazaretto_core.errors import RetryLater
 
 from .garden import Garden
@@ -19,11 +28,33 @@ log = logging.getLogger(__name__)
 
 
 class ProvisionerHandlers:
-    def __init__(self, garden: Garden, bus: Bus) -> None:
+    def __init__(self, garden: Garden, bus: Bus, allowlist: AllowlistCopy) -> None:
         self.garden = garden
         self.bus = bus
+        self.allowlist = allowlist
+
+    async def on_allowlist_changed(self, snapshot: AllowlistChanged, ctx: MessageContext) -> None:
+        await self.allowlist.store(snapshot)
 
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        # Checked again here, whoever sent the command: an allow-listed device is never gardened.
+        entry = await self.allowlist.covering(
+            ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
+        )
+        if entry is not None:
+            detail = f"refused to garden case {command.case_id}: {matcher.describe(entry)}"
+            log.warning("%s", detail)
+            await self.bus.publish(
+                GardenFailed(
+                    case_id=command.case_id,
+                    step_id=command.step_id,
+                    operation="apply",
+                    error_class="allowlisted",
+                    detail=detail[:2000],
+                ),
+                correlation_id=str(command.case_id),
+            )
+            return
         try:
             changes = await self.garden.apply(command)
         except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
