@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
@@ -84,7 +84,7 @@ def install_api(
 
     @admin.post("/quarantine", status_code=201)
     async def quarantine(
-        request: desk.QuarantineRequest, principal: Annotated[Principal, Depends(as_operator)]
+        request: desk.QuarantineRequest, principal: Principal = Depends(as_operator)
     ) -> dict[str, Any]:
         """Open a case by address (now, or as of `at`), by device (`mac`) or household (`cm_mac`),
         with the desk's evidence; refused for an allow-listed address before any look-up."""
@@ -133,7 +133,7 @@ def install_api(
 
     @admin.post("/cases/{case_id}/release")
     async def release(
-        case_id: uuid.UUID, request: ReleaseRequest, principal: Annotated[Principal, Depends(as_operator)]
+        case_id: uuid.UUID, request: ReleaseRequest, principal: Principal = Depends(as_operator)
     ) -> dict[str, Any]:
         async with work.uow.read() as conn:
             known = await store.get_case(conn, case_id)

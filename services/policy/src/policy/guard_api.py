@@ -5,7 +5,7 @@ name, role and the client's address."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -51,13 +51,13 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
     as_admin = RoleGuard(tokens, "admin")
 
     @viewer.get("/allowlist")
-    async def list_allowlist(principal: Annotated[Principal, Depends(as_viewer)]) -> list[dict[str, Any]]:
+    async def list_allowlist(principal: Principal = Depends(as_viewer)) -> list[dict[str, Any]]:
         async with work.uow.read() as conn:
             return await allowlist.entry_details(conn)
 
     @viewer.post("/allowlist", status_code=201)
     async def add_allowlist(
-        request: AllowlistRequest, principal: Annotated[Principal, Depends(as_admin)]
+        request: AllowlistRequest, principal: Principal = Depends(as_admin)
     ) -> dict[str, Any]:
         if request.expires_at is not None and request.expires_at <= utcnow():
             raise HTTPException(422, "expires_at is in the past")
@@ -83,7 +83,7 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
 
     @viewer.delete("/allowlist/{entry_id}")
     async def remove_allowlist(
-        entry_id: uuid.UUID, principal: Annotated[Principal, Depends(as_admin)]
+        entry_id: uuid.UUID, principal: Principal = Depends(as_admin)
     ) -> dict[str, Any]:
         async with work.uow() as conn:
             entry = await allowlist.remove(
@@ -94,14 +94,12 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
         return entry.model_dump(mode="json")
 
     @viewer.get("/breaker")
-    async def breaker_status(principal: Annotated[Principal, Depends(as_viewer)]) -> dict[str, Any]:
+    async def breaker_status(principal: Principal = Depends(as_viewer)) -> dict[str, Any]:
         async with work.uow.read() as conn:
             return await guard.status(conn, limits)
 
     @viewer.post("/breaker/resume")
-    async def resume(
-        request: ResumeRequest, principal: Annotated[Principal, Depends(as_operator)]
-    ) -> dict[str, Any]:
+    async def resume(request: ResumeRequest, principal: Principal = Depends(as_operator)) -> dict[str, Any]:
         """Resume automatic enforcement (one scope or all); held cases stay held until released or
         enforced on purpose."""
         async with work.uow() as conn:
@@ -116,14 +114,14 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
 
     @viewer.post("/breaker/held/release")
     async def release_held(
-        request: HeldRequest, principal: Annotated[Principal, Depends(as_operator)]
+        request: HeldRequest, principal: Principal = Depends(as_operator)
     ) -> dict[str, Any]:
         """Let held cases go: nothing was applied, so they close as released."""
         return await _move_held(request, principal, enforce=False)
 
     @viewer.post("/breaker/held/enforce")
     async def enforce_held(
-        request: HeldRequest, principal: Annotated[Principal, Depends(as_operator)]
+        request: HeldRequest, principal: Principal = Depends(as_operator)
     ) -> dict[str, Any]:
         """Enforce held cases now (the garden, then the modem reset), as the rules decided."""
         return await _move_held(request, principal, enforce=True)
@@ -152,7 +150,7 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
 
     @viewer.get("/audit/verify")
     async def verify_audit(
-        principal: Annotated[Principal, Depends(as_viewer)],
+        principal: Principal = Depends(as_viewer),
         batch: int = Query(default=5000, ge=100, le=50_000),
     ) -> dict[str, Any]:
         async with work.uow.read() as conn:
