@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import asyncpg
@@ -41,6 +42,7 @@ def policy_overrides() -> dict[str, object]:
         "breaker_global_limit": 3,
         "breaker_per_cmts": 100,
         "breaker_per_net": 100,
+        "own_prefixes": ("100.64.0.0/10",),
     }
 
 
@@ -279,6 +281,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/breaker/held/release", "operator", {"reason": "x"}),
     ("POST", "/v1/breaker/held/enforce", "operator", {"reason": "x"}),
     ("GET", "/v1/audit/verify", "viewer", None),
+    ("POST", "/v1/reports", "operator", {"not": "a report"}),
 ]
 RANKED = [("viewer", VIEWER_TOKEN), ("operator", OPERATOR_TOKEN), ("admin", ADMIN_TOKEN)]
 
@@ -430,3 +433,36 @@ async def test_the_abuse_desk_opens_cases_by_address_and_time_and_by_household(
         assert old.status_code == 201
         assert old.json()["device_key"] == "02:00:00:00:50:02"
     await guard_probe.wait_for(GardenApply, count=3)
+
+
+async def test_an_arf_report_opens_the_case_of_the_device_that_held_the_address_then(
+    policy: PolicyService, book: LeaseBook, guard_probe: BusProbe
+) -> None:
+    now = datetime.now(UTC)
+    # The address was one PC's when the spam arrived, another's since
+    book.bind("100.64.60.5", "02:00:00:00:60:01", now - timedelta(minutes=30), lease_time=86400)
+    book.bind("100.64.60.5", "02:00:00:00:60:02", now - timedelta(minutes=10), lease_time=86400)
+    book.bind("100.64.60.6", "02:00:00:00:60:01", now - timedelta(minutes=10), lease_time=86400)
+    arrival = format_datetime(now - timedelta(minutes=20))
+    report = (
+        "From: <fbl@mailbox.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nAn abuse report.\r\n"
+        "--b\r\nContent-Type: message/feedback-report\r\n\r\n"
+        f"Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\nSource-IP: 100.64.60.5\r\n"
+        f"Arrival-Date: {arrival}\r\n\r\n--b--\r\n"
+    )
+    async with client(policy, OPERATOR_TOKEN) as operator:
+        accepted = await operator.post("/v1/reports", content=report.encode())
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["category"] == "spam"
+        # A report about someone else's address, or no report at all, is refused with the reason
+        foreign = await operator.post(
+            "/v1/reports", content=report.replace("100.64.60.5", "192.0.2.1").encode()
+        )
+        assert foreign.status_code == 422
+        assert "prefixes" in foreign.json()["detail"]
+        assert (await operator.post("/v1/reports", content=b"hello")).status_code == 422
+    # Then the PC that held the address at arrival is gardened where it is now
+    (apply,) = await guard_probe.wait_for(GardenApply)
+    assert (apply.cpe_mac, apply.cpe_ip) == ("02:00:00:00:60:01", "100.64.60.6")

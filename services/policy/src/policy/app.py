@@ -148,5 +148,5 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
     )
-    install_guard_api(app, work, tokens, limits)
+    install_guard_api(app, work, tokens, limits, settings.own_prefixes)
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)

@@ -7,15 +7,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from lazaretto_core.contracts import AllowlistEffect, AllowlistKind, utcnow
+from lazaretto_core.contracts import AbuseObserved, AllowlistEffect, AllowlistKind, utcnow
+from lazaretto_core.http import max_body
+from lazaretto_core.outbox import enqueue
 
-from . import allowlist, audit, flow, guard, store
+from . import allowlist, audit, flow, guard, reports, store
 from .breaker import BreakerLimits
 from .casework import CaseWork
 from .roles import Principal, RoleGuard, TokenBook
+from .rules import Network
 
 
 class AllowlistRequest(BaseModel):
@@ -44,7 +47,13 @@ class HeldRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: BreakerLimits) -> None:
+def install_guard_api(
+    app: FastAPI,
+    work: CaseWork,
+    tokens: TokenBook,
+    limits: BreakerLimits,
+    own_prefixes: tuple[Network, ...] = (),
+) -> None:
     viewer = APIRouter(prefix="/v1", tags=["admin"])
     as_viewer = RoleGuard(tokens, "viewer")
     as_operator = RoleGuard(tokens, "operator")
@@ -160,6 +169,49 @@ def install_guard_api(app: FastAPI, work: CaseWork, tokens: TokenBook, limits: B
             "chains": result.chains,
             "rows": result.rows,
             "broken": str(result.broken) if result.broken else None,
+        }
+
+    @viewer.post("/reports", status_code=202)
+    @max_body(1024 * 1024)
+    async def abuse_report(request: Request, principal: Principal = Depends(as_operator)) -> dict[str, Any]:
+        """An ARF (RFC 5965) or X-ARF report as received (the whole message): a report about one of
+        the ISP's own prefixes becomes an observation attributed as of the report's time."""
+        try:
+            report = reports.parse_report(await request.body())
+        except reports.ReportInvalid as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not reports.within(report.ip, own_prefixes):
+            raise HTTPException(422, f"{report.ip} is not in our prefixes (LAZARETTO_OWN_PREFIXES)")
+        observation = AbuseObserved(
+            observation_id=uuid.uuid4(),
+            detector="abuse-report",
+            sensor=report.reporter[:128],
+            first_seen=report.at,
+            last_seen=report.at,
+            ip=report.ip,
+            category=report.category,
+            severity=3,
+            count=1,
+            evidence={"format": report.format, "report_type": report.report_type, "via": principal.actor},
+        )
+        async with work.uow() as conn:  # the outbox: policy consumes it like a detector's
+            await enqueue(conn, observation)
+            await audit.append(
+                conn,
+                f"address:{report.ip}",
+                "abuse_report",
+                principal.actor,
+                {
+                    **principal.audit(),
+                    "observation_id": str(observation.observation_id),
+                    "format": report.format,
+                },
+            )
+        return {
+            "observation_id": str(observation.observation_id),
+            "ip": report.ip,
+            "at": report.at.isoformat(),
+            "category": report.category,
         }
 
     app.include_router(viewer)

@@ -53,6 +53,8 @@ class PolicySettings(ServiceSettings):
     breaker_per_net: int = Field(default=10, ge=0)
     # Seconds between republications of the allowlist snapshot (heals a lost allowlist.changed.v1).
     allowlist_publish_interval: float = Field(default=60.0, gt=0)
+    # The ISP's own prefixes: an abuse report (ARF, X-ARF) about an address outside them is refused.
+    own_prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
