@@ -390,12 +390,10 @@ class Inventory:
     async def counts(self) -> dict[str, tuple[int, int]]:
         """(modems, CPEs) stored per CMTS."""
         modems = {
-            r["cmts"]: r["n"]
-            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM modems GROUP BY 1")
+            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM modems GROUP BY 1")
         }
         cpes = {
-            r["cmts"]: r["n"]
-            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cpes GROUP BY 1")
+            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cpes GROUP BY 1")
         }
         return {name: (int(modems.get(name, 0)), int(cpes.get(name, 0))) for name in self.fleet.names()}
 
