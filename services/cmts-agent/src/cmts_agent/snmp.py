@@ -265,7 +265,7 @@ _ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
 _EXCEPTION_VALUES = (NoSuchObject, NoSuchInstance, EndOfMibView)
 
 # GET and SET go to pysnmp's command generators with numeric OIDs as they are. pysnmp's get_cmd /
-# set_cmd first look every OID up in its MIB view, which cost over a third of the CPU of a status
+# set_cmd first look every OID up in its MIB view, which cost about a third of the CPU of a status
 # poll (bench-cmts: the agent's CPU per reset is what limits its resets per second); we never want
 # names, only the numbers we sent.
 _GENERATORS = {"GET": GetCommandGenerator(), "SET": SetCommandGenerator()}
