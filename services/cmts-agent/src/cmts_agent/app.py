@@ -104,6 +104,6 @@ async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
     )
     install_api(app, fleet, inventory, resetter, settings.admin_token)
     handlers = CmtsAgentHandlers(
-        resetter, bus, ResetSteps(pool), AllowlistCopy(pool, "cmts_allowlist_copy"), inventory
+        resetter, bus, ResetSteps(pool), AllowlistCopy(pool, "allowlist_copy"), inventory
     )
     return CmtsAgentService(settings, pool, fleet, inventory, resetter, bus, handlers, progress, app)
