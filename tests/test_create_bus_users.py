@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import aio_pika
-import aiormq.exceptions
 import pytest
 
 from lazaretto_core.bus import Bus, PublishError
@@ -28,6 +27,25 @@ def vhost() -> Iterator[str]:
     delete_vhost(name)
 
 
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A user-name prefix of this test's own; its users are deleted afterwards."""
+    prefix = f"lazaretto-{secrets.token_hex(4)}-"
+    yield prefix
+    users = ", ".join(f'<<"{prefix}{a.service}">>' for a in ACCOUNTS)
+    subprocess.run(
+        [
+            "/usr/sbin/rabbitmqctl",
+            "-q",
+            "eval",
+            f'[rabbit_auth_backend_internal:delete_user(U, <<"test">>) || U <- [{users}]], ok.',
+        ],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def run_script(vhost: str, prefix: str, passwords: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARETTO_BUS_PASSWORD_")}
     env |= {password_variable(service): password for service, password in passwords.items()}
@@ -41,42 +59,32 @@ def run_script(vhost: str, prefix: str, passwords: dict[str, str]) -> subprocess
     )
 
 
-async def test_the_script_creates_a_user_per_service_with_its_permissions(vhost: str) -> None:
-    prefix = f"lazaretto-{secrets.token_hex(4)}-"
+async def portal_may_release_but_not_reset(vhost: str, prefix: str, password: str) -> None:
+    portal = Bus(f"amqp://{prefix}portal:{password}@127.0.0.1:5672/{vhost}", "portal")
+    await portal.connect()
+    try:
+        with pytest.raises(PublishError, match="NO_ROUTE"):  # allowed; nobody consumes here yet
+            await portal.publish(ReleaseRequested.model_validate(ReleaseRequested.example))
+        with pytest.raises(PublishError, match="ACCESS_REFUSED"):
+            await portal.publish(ModemReset.model_validate(ModemReset.example))
+    finally:
+        await portal.close()
+    stranger = Bus(f"amqp://{prefix}portal:wrong@127.0.0.1:5672/{vhost}", "portal")
+    with pytest.raises(Exception, match="ACCESS_REFUSED"):
+        await stranger.connect()
+
+
+def test_the_script_creates_a_user_per_service_with_its_permissions(vhost: str, prefix: str) -> None:
     passwords = {a.service: secrets.token_urlsafe(12) for a in ACCOUNTS}
     # Without every password it refuses, naming what is missing
     partial = run_script(vhost, prefix, {"policy": "x"})
     assert partial.returncode != 0
     assert password_variable("portal") in partial.stderr
+    # With them, it succeeds without printing any
     result = run_script(vhost, prefix, passwords)
-    try:
-        assert result.returncode == 0, result.stderr
-        for secret in passwords.values():
-            assert secret not in result.stdout + result.stderr
-        # The portal's user logs in, may request a release, may not command a reset
-        url = f"amqp://{prefix}portal:{passwords['portal']}@127.0.0.1:5672/{vhost}"
-        portal = Bus(url, "portal")
-        await portal.connect()
-        try:
-            with pytest.raises(PublishError, match="NO_ROUTE"):  # allowed; nobody consumes here yet
-                await portal.publish(ReleaseRequested.model_validate(ReleaseRequested.example))
-            with pytest.raises(PublishError, match="ACCESS_REFUSED"):
-                await portal.publish(ModemReset.model_validate(ModemReset.example))
-        finally:
-            await portal.close()
-        # And a wrong password does not log in
-        with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
-            await aio_pika.connect(f"amqp://{prefix}portal:wrong@127.0.0.1:5672/{vhost}")
-    finally:
-        users = " ".join(f'<<"{prefix}{a.service}">>' for a in ACCOUNTS).replace(" ", ", ")
-        subprocess.run(
-            [
-                "/usr/sbin/rabbitmqctl",
-                "-q",
-                "eval",
-                f'[rabbit_auth_backend_internal:delete_user(U, <<"test">>) || U <- [{users}]], ok.',
-            ],
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
+    assert result.returncode == 0, result.stderr
+    for secret in passwords.values():
+        assert secret not in result.stdout + result.stderr
+    # Then the portal's user logs in, may request a release, may not command a reset; a wrong
+    # password does not log in
+    asyncio.run(portal_may_release_but_not_reset(vhost, prefix, passwords["portal"]))

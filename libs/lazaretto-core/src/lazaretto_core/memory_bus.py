@@ -129,7 +129,7 @@ class InMemoryBus:
         message_id: str | None = None,
         correlation_id: str | None = None,
         mandatory: bool = False,
-        user_id: str | None | _Own = _Own.USER,
+        user_id: str | _Own | None = _Own.USER,
     ) -> None:
         """Route a body as some other publisher wrote it (an older or newer version, or garbage);
         `user_id` as the broker would carry it (default: this bus's shared user)."""
