@@ -4,9 +4,12 @@ The lab Kea serves a /21 (400 normal, 256 quarantine addresses). While another p
 flood of 50,000 EVE alert lines/s to the same file (alerts of 500 other addresses of the subscriber
 subnet that hold no lease: every line is parsed, classified and folded by the detector, and each
 address's first alert reaches policy, which cannot attribute it), for each subscriber a real
-Suricata EVE alert line is appended to the file detector-snort tails; we time (a) until a DNS query
-from that subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET
-for its modem.
+Suricata EVE alert line completing a scan's evidence is appended to the file detector-snort tails
+(policy's default scan rule wants 20 distinct destinations: the 19 lines to other hosts go first;
+`--evidence-lines N` changes that). We time (a) from that line until a DNS query from that
+subscriber's own address returns the portal, and (b) until the lab CMTS logs the reset SET for its
+modem. The detector publishes the window's running evidence as it grows: the completing line's
+revision reaches policy at once.
 
 Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
 of this machine): line written → policy's decision transaction began (`observations.received_at`
@@ -50,7 +53,13 @@ if TYPE_CHECKING:
 SUBSCRIBERS = 200
 FLOOD_PER_S = 50_000
 FLOOD_ADDRESSES = 500
+# Distinct hosts each subscriber scans: what policy's default scan rule needs to open a case.
+EVIDENCE_DESTINATIONS = 20
 KEA_PREFIXLEN = 21
+# Alert lines per subscriber (the last completes the evidence), and how long the ones before it get to
+# reach policy first.
+EVIDENCE_LINES = EVIDENCE_DESTINATIONS
+EVIDENCE_SETTLE = 0.5
 HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
 
 FLOOD = """
@@ -141,7 +150,7 @@ def one_alert_line(workdir: Path, subnet: str) -> dict[str, object]:
     raise RuntimeError("suricata raised no alert")
 
 
-def bench(subscribers: int) -> dict[str, str]:
+def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, str]:
     from lazaretto_lab.snmpd import LabModem
     from lazaretto_lab.system import LabSystem, SystemConfig
     from lazaretto_lab.testing import (
@@ -193,6 +202,23 @@ def bench(subscribers: int) -> dict[str, str]:
             assert probe.stdout is not None
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
+                    if evidence_lines > 1:
+                        # The evidence so far (other destinations), published before the line that
+                        # completes it; the clock starts at that line.
+                        with system.eve_path.open("a") as eve:
+                            eve.writelines(
+                                json.dumps(
+                                    {
+                                        **template,
+                                        "src_ip": cpe.ip,
+                                        "dest_ip": f"198.51.100.{100 + n}",
+                                        "timestamp": _now_suricata(),
+                                    }
+                                )
+                                + "\n"
+                                for n in range(evidence_lines - 1)
+                            )
+                        time.sleep(EVIDENCE_SETTLE)
                     line = json.dumps({**template, "src_ip": cpe.ip, "timestamp": _now_suricata()}) + "\n"
                     written_wall = written_at[cpe.ip] = time.time()
                     written = time.monotonic()
@@ -233,6 +259,7 @@ def bench(subscribers: int) -> dict[str, str]:
         print(f"# work directory (logs): {workdir}", flush=True)
     return {
         "subscribers": str(subscribers),
+        "evidence_lines": str(evidence_lines),
         "flood_lines_per_s": str(FLOOD_PER_S),
         "flood_lines_written": str(flood_lines),
         "alert_to_dns_ms_p50": f"{statistics.median(dns_ms):.1f}",
@@ -412,11 +439,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
+    parser.add_argument("--evidence-lines", type=int, default=EVIDENCE_LINES)
     args = parser.parse_args()
     if args.probe:
         probe_main()
         return
-    for name, value in bench(args.subscribers).items():
+    for name, value in bench(args.subscribers, args.evidence_lines).items():
         print(f"{name}={value}")
 
 

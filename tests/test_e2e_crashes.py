@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.suricata import portscan_rule, run_suricata, write_sweep_pcap
 from lazaretto_lab.system import CpeHost, LabSystem
 from lazaretto_lab.testing import wait_until
 
@@ -27,7 +27,9 @@ def wait_for_state(system: LabSystem, ip: str, state: str) -> dict[str, Any]:
 def alert_about(system: LabSystem, cpe: CpeHost, workdir: Path) -> None:
     assert system.kea is not None
     pcap = workdir / "scan.pcap"
-    write_portscan_pcap(pcap, cpe.ip, "198.51.100.80", range(20, 25), src_mac=cpe.mac, start=time.time())
+    # A scan of 25 hosts: the evidence policy's default scan rule wants (20 distinct destinations).
+    hosts = [f"198.51.100.{n}" for n in range(100, 125)]
+    write_sweep_pcap(pcap, cpe.ip, hosts, 445, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     with system.eve_path.open("a") as eve:
         eve.writelines(

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.suricata import portscan_rule, run_suricata, write_sweep_pcap
 from lazaretto_lab.system import CpeHost, LabSystem, lease_cpe
 from lazaretto_lab.testing import wait_until
 
@@ -32,11 +32,13 @@ def in_quarantine_pool(system: LabSystem, ip: str) -> bool:
 
 
 def suricata_alerts(system: LabSystem, src_ip: str, src_mac: str, workdir: Path) -> list[str]:
-    """Real Suricata reading a port scan from `src_ip`: the EVE alert lines it writes."""
+    """Real Suricata reading a sweep from `src_ip` (25 hosts: policy's default scan rule wants 20
+    distinct destinations, one alert is never enough): the EVE alert lines it writes."""
     assert system.kea is not None
     pcap = workdir / "scan.pcap"
     # The scan happens now, after the PC got its address: packet (and so alert) times are the current time.
-    write_portscan_pcap(pcap, src_ip, REAL_WWW, range(20, 60), src_mac=src_mac, start=time.time())
+    hosts = [f"198.51.100.{n}" for n in range(100, 125)]
+    write_sweep_pcap(pcap, src_ip, hosts, 445, start=time.time())
     output = run_suricata(pcap, portscan_rule(), workdir / "suricata", home_net=f"[{system.kea.subnet}]")
     alerts = [line for line in output.eve.read_text().splitlines() if '"event_type":"alert"' in line]
     assert alerts, "suricata raised no alert"

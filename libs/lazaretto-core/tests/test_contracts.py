@@ -160,3 +160,20 @@ def test_unknown_fields_and_bad_values_are_rejected() -> None:
         AbuseObserved.model_validate(dict(AbuseObserved.example, surprise=1))
     with pytest.raises(pydantic.ValidationError):
         AbuseObserved.model_validate(dict(AbuseObserved.example, ip="300.1.1.1"))
+
+
+def test_evidence_fields_are_optional_and_revisions_have_their_own_message_ids() -> None:
+    # An older producer's observation (no evidence fields) reads with the neutral defaults
+    old = AbuseObserved.read(json.dumps(AbuseObserved.examples[1]))
+    assert (old.revision, old.direction, old.established) == (0, "unknown", None)
+    assert old.distinct_destinations is None
+    assert old.app_protos == []
+    assert old.interface is None
+    assert old.message_key() == str(old.observation_id)
+    # A later revision of the same observation has a message id of its own (an inbox lets it through)
+    running = AbuseObserved.model_validate(AbuseObserved.examples[2])
+    assert running.message_key() == f"{running.observation_id}/r56"
+    with pytest.raises(pydantic.ValidationError):
+        AbuseObserved.model_validate(dict(AbuseObserved.examples[2], app_protos=["x"] * 11))
+    with pytest.raises(pydantic.ValidationError):
+        AbuseObserved.model_validate(dict(AbuseObserved.examples[2], direction="sideways"))

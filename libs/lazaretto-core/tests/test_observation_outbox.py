@@ -449,3 +449,46 @@ async def test_records_already_in_a_full_document_are_not_applied_again(tmp_path
 
     # Then the older record is not applied on top of the newer document
     assert loaded == {"position": 0, "windows": {"a": {"count": 1}}}
+
+
+async def test_a_newer_revision_replaces_the_pending_one_even_while_the_older_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox whose messages are revisions of running evidence (same id, higher revision)
+    sent: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        await gate.wait()
+        sent.append((message_id, message.revision))
+
+    def revision(n: int) -> AbuseObserved:
+        return AbuseObserved.model_validate(AbuseObserved.example | {"revision": n, "count": n + 1})
+
+    outbox = ObservationOutbox(
+        CheckpointStore(tmp_path, fsync=False),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        supersedes=lambda new, old: new.revision > old.revision,
+    )
+    # When revision 1 is queued over revision 0 (an older one never replaces a newer one)
+    outbox.add([revision(0)])
+    assert outbox.add([revision(1), revision(0)]) == 1
+    assert [o.revision for o in outbox.pending] == [1]
+    # and revision 2 arrives while revision 1 awaits its confirm
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.sleep(0.01)
+    outbox.add([revision(2)])
+    gate.set()
+    await flushing
+    # Then both were published in order, and nothing stays pending: revision 2 was not dropped by
+    # revision 1's confirm
+    key = str(revision(0).observation_id)
+    assert sent == [(key, 1), (key, 2)]
+    assert outbox.pending == []
+    reloaded = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, Input())
+    reloaded.load()
+    assert reloaded.pending == []

@@ -37,6 +37,8 @@ def test_the_1000th_message_in_an_hour_from_a_dynamic_address_is_reported_once()
     assert event.evidence["hour"]["messages"] == 1000
     assert event.evidence["minute"]["messages"] == 20  # one every 3 s
     assert event.evidence["subscriber_class"] == "dynamic"
+    assert (event.direction, event.established, event.app_protos) == ("outbound", True, ["smtp"])
+    assert event.distinct_destinations == 0  # messages without a recipient domain
 
 
 def test_burst_rule_fires_on_a_minute_even_far_below_the_hourly_threshold() -> None:

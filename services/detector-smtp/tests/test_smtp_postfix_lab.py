@@ -177,6 +177,9 @@ async def test_detector_behind_postfix_reports_once_above_the_threshold(
         assert event.evidence["hour"]["recipients"] == 2 * (threshold - 1) + 1
         assert event.evidence["hour"]["connections"] == 2  # two SMTP sessions
         assert event.evidence["hour"]["recipient_domains"] == 2
+        # and the evidence fields a rule weighs: outbound SMTP, established, 2 recipient domains
+        assert (event.direction, event.established, event.app_protos) == ("outbound", True, ["smtp"])
+        assert (event.distinct_destinations, event.revision) == (2, 0)
         assert event.evidence["sender_domains"] == ["spam.example"]
         assert "@" not in json.dumps(event.evidence)
         # and mail kept flowing: the detector reports, it does not refuse

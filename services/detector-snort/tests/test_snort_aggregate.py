@@ -1,21 +1,28 @@
-"""Aggregation: the first alert is reported at once, a storm becomes one folded observation."""
+"""Aggregation: a window's evidence is published as it grows (same identity, higher revision), at most
+`burst` revisions at once and then `rate` a second; the window's close publishes what is still owed."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector_snort.aggregate import Aggregator
 from detector_snort.alerts import Alert
+from detector_snort.distinct import EXACT, Distinct
 
 T0 = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
+SUBSCRIBER = "100.64.0.10"
 
 
-def alert(port: int, seconds: float = 0.0, sid: int = 1) -> Alert:
-    return Alert(
+def alert(port: int, seconds: float = 0.0, sid: int = 1, dst: str = "198.51.100.80", **flow: object) -> Alert:
+    base = Alert(
         timestamp=T0 + timedelta(seconds=seconds),
-        src_ip="100.64.0.10",
+        src_ip=SUBSCRIBER,
         src_port=5000,
-        dst_ip="198.51.100.80",
+        dst_ip=dst,
         dst_port=port,
         proto="TCP",
         gid=1,
@@ -25,29 +32,148 @@ def alert(port: int, seconds: float = 0.0, sid: int = 1) -> Alert:
         classtype="attempted-recon",
         priority=2,
     )
+    return dataclasses.replace(base, **flow)  # type: ignore[arg-type]
 
 
-def test_first_alert_is_reported_at_once_and_repeats_are_folded() -> None:
-    aggregator = Aggregator(window=60)
-    first = aggregator.add(alert(22), "100.64.0.10", "scan", 3, now=0)
-    assert first is not None
-    assert first.count == 1
-    assert [
-        aggregator.add(alert(p, p / 10, sid=1 + p % 2), "100.64.0.10", "scan", 3, now=1)
-        for p in range(1, 100)
-    ] == [None] * 99
+def test_the_first_alert_is_revision_0_and_a_storm_is_coalesced_into_a_few_revisions() -> None:
+    aggregator = Aggregator(window=60, rate=1.0, burst=3)
+    aggregator.add(alert(22), SUBSCRIBER, "scan", 3, now=0, token="line-1")
+    (first,) = aggregator.updates(now=0)
+    assert (first.revision, first.count, first.token) == (0, 1, "line-1")
+    assert (first.distinct_destinations, first.distinct_dst_ports, first.direction) == (1, 1, "outbound")
+    # 99 more alerts, each followed by an update round within the same second: two more revisions
+    # (the burst), the rest wait for the rate
+    revisions = []
+    for p in range(1, 100):
+        aggregator.add(alert(p, p / 10, sid=1 + p % 2), SUBSCRIBER, "scan", 3, now=0.5, token=f"line-{p}")
+        revisions += aggregator.updates(now=0.5)
+    assert [r.revision for r in revisions] == [1, 2]
+    assert {r.token for r in revisions} == {"line-1"}  # one observation identity for the window
+    # One second later one more revision may go: it carries everything so far
+    (later,) = aggregator.updates(now=1.5)
+    assert (later.revision, later.count, later.distinct_dst_ports) == (99, 100, 100)
+    assert later.first_seen == T0
+    assert later.last_seen == T0 + timedelta(seconds=9.9)
+    assert sorted(later.signatures) == ["1: rule 1", "2: rule 2"]
+    assert len(later.destinations) == 1  # one peer: the sample lists distinct ones
+    assert aggregator.updates(now=1.6) == []
     assert aggregator.due(now=30) == []
-    (folded,) = aggregator.due(now=61)
-    assert folded.count == 99
-    assert folded.first_seen == T0 + timedelta(seconds=0.1)
-    assert folded.last_seen == T0 + timedelta(seconds=9.9)
-    assert folded.signatures == ["2: rule 2", "1: rule 1"]
-    assert len(folded.destinations) == 5
+    assert aggregator.due(now=61) == []  # nothing owed: the last revision covered every alert
     assert len(aggregator) == 0
 
 
-def test_a_lone_alert_is_not_reported_twice() -> None:
-    aggregator = Aggregator(window=60)
-    assert aggregator.add(alert(22), "100.64.0.10", "scan", 3, now=0) is not None
-    assert aggregator.due(now=61) == []
-    assert aggregator.add(alert(23), "100.64.0.10", "scan", 3, now=62) is not None  # a new window
+def test_the_close_publishes_the_revision_still_owed() -> None:
+    aggregator = Aggregator(window=60, rate=1.0, burst=1)
+    aggregator.add(alert(22), SUBSCRIBER, "scan", 3, now=0, token="t")
+    assert len(aggregator.updates(now=0)) == 1
+    aggregator.add(alert(23), SUBSCRIBER, "scan", 3, now=0.1, token="u")
+    assert aggregator.updates(now=0.2) == []  # the rate holds it back
+    (last,) = aggregator.due(now=60)
+    assert (last.revision, last.count, last.token) == (1, 2, "t")
+    aggregator.add(alert(24), SUBSCRIBER, "scan", 3, now=62, token="v")
+    (fresh,) = aggregator.updates(now=62)
+    assert (fresh.revision, fresh.token) == (0, "v")  # a new window, a new observation
+
+
+def test_flow_facts_fold_into_the_evidence() -> None:
+    aggregator = Aggregator(window=60, burst=10)
+    # The subscriber's own flows (one answered by the server: the packet went to the client)
+    aggregator.add(alert(80, established=False, interface="eth1"), SUBSCRIBER, "malware", 1, now=0)
+    reply = alert(5000, dst=SUBSCRIBER, established=True, app_proto="http", to_client=True, interface="eth0")
+    reply = dataclasses.replace(reply, src_ip="192.0.2.66", src_port=80)
+    aggregator.add(reply, SUBSCRIBER, "malware", 1, now=0)
+    (revision,) = aggregator.updates(now=0)
+    assert revision.direction == "outbound"  # the subscriber opened both flows
+    assert revision.established is True
+    assert revision.app_protos == ("http",)
+    assert revision.interface == "eth1"  # the first one the sensor named
+    assert (revision.distinct_destinations, revision.distinct_dst_ports) == (2, 1)  # server port 80 twice
+    # An attack on the subscriber from outside is inbound
+    inbound = Aggregator(window=60)
+    attack = dataclasses.replace(alert(445, dst=SUBSCRIBER), src_ip="203.0.113.5", src_port=40000)
+    inbound.add(attack, SUBSCRIBER, "malware", 1, now=0)
+    (seen,) = inbound.updates(now=0)
+    assert seen.direction == "inbound"
+    assert seen.established is None
+
+
+def test_saved_windows_restore_their_evidence_and_what_they_owe() -> None:
+    aggregator = Aggregator(window=60, rate=1.0, burst=1)
+    for n in range(30):
+        aggregator.add(alert(n, dst=f"198.51.100.{n}"), SUBSCRIBER, "scan", 3, now=0, token=f"t{n}")
+    aggregator.updates(now=0)
+    aggregator.add(alert(99, dst="198.51.100.99"), SUBSCRIBER, "scan", 3, now=0.1, token="x")
+    restored = Aggregator(window=60, rate=1.0, burst=1)
+    restored.load_json(aggregator.to_json())
+    assert restored.changed == 1
+    (last,) = restored.due(now=60)
+    assert (last.revision, last.distinct_destinations, last.token) == (30, 31, "t0")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 5_000), max_size=600))
+def test_distinct_counts_exactly_up_to_its_bound_and_estimates_beyond(values: list[int]) -> None:
+    distinct = Distinct()
+    for v in values:
+        distinct.add(f"198.51.{v // 256}.{v % 256}")
+    true = len(set(values))
+    if true <= EXACT:
+        assert len(distinct) == true
+    else:
+        assert len(distinct) > EXACT
+        assert abs(len(distinct) - true) <= 0.5 * true
+    # Saved and read back it is the same count, and the memory stays bounded
+    again = Distinct.from_json(distinct.to_json())
+    assert len(again) == len(distinct)
+    assert len(distinct.hashes) <= EXACT
+    assert distinct.exact is None or len(distinct.exact) <= EXACT
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=1, max_size=200).map(sorted), st.floats(0.5, 5), st.integers(1, 5))
+def test_revisions_grow_and_respect_the_rate(times: list[float], rate: float, burst: int) -> None:
+    aggregator = Aggregator(window=3600, rate=rate, burst=burst)
+    out = []
+    for n, now in enumerate(times):
+        aggregator.add(alert(n), SUBSCRIBER, "scan", 3, now=now, token="w")
+        out += [(now, r) for r in aggregator.updates(now=now)]
+    out += [(3600.0, r) for r in aggregator.due(now=10_000)]
+    revisions = [r.revision for _, r in out]
+    assert revisions == sorted(set(revisions))
+    assert revisions[-1] == len(times) - 1
+    assert all(r.count == r.revision + 1 for _, r in out)
+    # No more than the burst plus the rate's share in any span of the run (the close excepted)
+    during = [t for t, _ in out if t < 3600]
+    assert len(during) <= burst + rate * (times[-1] - times[0]) + 1e-6
+
+
+def test_a_repeated_alert_revises_every_count_up_to_20_then_at_each_doubling() -> None:
+    # Given no rate limit in the way, the same alert (same host and port) 100 times
+    aggregator = Aggregator(window=60, rate=1000.0, burst=1000)
+    counts = []
+    for n in range(100):
+        aggregator.add(alert(22), SUBSCRIBER, "scan", 3, now=n / 1000, token="w")
+        counts += [r.count for r in aggregator.updates(now=n / 1000)]
+    # Then every count up to 20 is published, beyond it only when the count doubled, and the close
+    # publishes the exact total
+    assert counts == [*range(1, 21), 40, 80]
+    assert [r.count for r in aggregator.due(now=61)] == [100]
+
+
+def test_later_revisions_share_a_total_budget_but_first_revisions_never_wait() -> None:
+    # Given 50 addresses already reported once, and a total budget of 10 later revisions a second
+    aggregator = Aggregator(window=60, rate=100.0, burst=100, total_rate=10.0)
+    subscribers = [f"100.64.1.{n}" for n in range(50)]
+    for n, ip in enumerate(subscribers):
+        aggregator.add(alert(n, src_ip=ip), ip, "scan", 3, now=0, token=ip)
+    assert len(aggregator.updates(now=0)) == 50  # every first revision at once
+    # When each alerts again, and a new address alerts for the first time
+    for n, ip in enumerate(subscribers):
+        aggregator.add(alert(1000 + n, src_ip=ip), ip, "scan", 3, now=0.5, token=ip)
+    aggregator.add(alert(1, src_ip="100.64.2.1"), "100.64.2.1", "scan", 3, now=0.5, token="new")
+    now = aggregator.updates(now=0.5)
+    # Then the new address's first revision goes out with the budget's 10, the others wait their turn
+    assert sum(r.revision == 0 for r in now) == 1
+    assert sum(r.revision == 1 for r in now) == 10
+    assert len(aggregator.updates(now=1.5)) == 10
+    assert aggregator.changed == 30

@@ -29,7 +29,8 @@ WINDOW = 1.0
 
 
 class PolicyLedger:
-    """Policy's deduplication: the inbox claims a message id once, observations upsert by their id."""
+    """Policy's deduplication: the inbox claims a message id once (one per revision), observations
+    keep their highest revision; a repeated revision must be the same message."""
 
     def __init__(self) -> None:
         self.inbox: set[str] = set()
@@ -41,12 +42,14 @@ class PolicyLedger:
     async def on_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
         self.deliveries += 1
         self.on_delivery(self.deliveries)
-        if ctx.message_id != str(event.observation_id):
+        if ctx.message_id != event.message_key():
             self.id_mismatches.append(ctx.message_id)
         if ctx.message_id in self.inbox:
             return
         self.inbox.add(ctx.message_id)
-        self.observations.setdefault(event.observation_id, event)
+        kept = self.observations.get(event.observation_id)
+        if kept is None or event.revision > kept.revision:
+            self.observations[event.observation_id] = event
 
     def alerts_per_ip(self) -> Counter[str]:
         totals: Counter[str] = Counter()

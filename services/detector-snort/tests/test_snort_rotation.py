@@ -32,13 +32,16 @@ async def probe(amqp_url: str) -> AsyncIterator[BusProbe]:
 
 
 def effective_alerts(probe: BusProbe) -> Counter[str]:
-    """Alerts per subscriber over distinct observation ids (what a deduplicating consumer keeps)."""
-    first: dict[object, AbuseObserved] = {}
+    """Alerts per subscriber over distinct observation ids, each at its highest revision (what a
+    deduplicating consumer keeps of running evidence)."""
+    latest: dict[object, AbuseObserved] = {}
     for _, message, _ in probe.received:
         if isinstance(message, AbuseObserved):
-            first.setdefault(message.observation_id, message)
+            kept = latest.get(message.observation_id)
+            if kept is None or message.revision > kept.revision:
+                latest[message.observation_id] = message
     totals: Counter[str] = Counter()
-    for observation in first.values():
+    for observation in latest.values():
         totals[str(observation.ip)] += observation.count
     return totals
 

@@ -62,11 +62,20 @@ async def test_subscriber_alerts_become_observations_and_garbage_is_survived(
         with eve.open("ab") as out:
             out.write(b'{"event_type":"alert", truncated\n\x00\x01\x02 binary junk\n')
             out.write(("\n".join(eve_alerts) + "\n").encode())
-        found = await probe.wait_for("abuse.observed.v1", count=2)
-        observations = [m for m in found if isinstance(m, AbuseObserved)]
-        assert sorted(o.ip for o in observations) == ["100.64.0.10", "100.64.0.11"]
+        # Then each scanning subscriber's evidence reaches its full count (10 SYNs to 10 ports of one
+        # host), in revisions of one observation each, with the flow facts from Suricata's EVE
+        async with asyncio.timeout(20):
+            while {o.ip: o.count for o in latest_revisions(probe).values()} != {
+                "100.64.0.10": 10,
+                "100.64.0.11": 10,
+            }:
+                await asyncio.sleep(0.02)
+        observations = list(latest_revisions(probe).values())
         assert {o.category for o in observations} == {"scan"}
-        assert all(o.sensor == "ids-test" and o.count == 1 for o in observations)
+        assert {o.sensor for o in observations} == {"ids-test"}
+        assert {(o.distinct_destinations, o.distinct_dst_ports) for o in observations} == {(1, 10)}
+        assert {o.direction for o in observations} == {"outbound"}
+        assert {o.established for o in observations} == {False}  # SYNs nobody answered
         metrics = (await _get(service, "/metrics")).decode()
         assert 'result="bad:invalid_json"' in metrics
         assert 'result="not_subscriber"' in metrics
@@ -97,6 +106,17 @@ async def test_restart_resumes_at_the_checkpoint(
         assert [m.ip for m in found if isinstance(m, AbuseObserved)] == ["100.64.0.10", "100.64.0.11"]
     finally:
         await service.stop()
+
+
+def latest_revisions(probe: BusProbe) -> dict[str, AbuseObserved]:
+    """Each observation at its highest revision, by subscriber (one observation each here)."""
+    latest: dict[object, AbuseObserved] = {}
+    for _, message, _ in probe.received:
+        if isinstance(message, AbuseObserved):
+            kept = latest.get(message.observation_id)
+            if kept is None or message.revision > kept.revision:
+                latest[message.observation_id] = message
+    return {o.ip: o for o in latest.values()}
 
 
 async def _get(service: DetectorSnortService, path: str) -> bytes:

@@ -8,13 +8,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from detector_snort.alerts import Alert
+from detector_snort.app import build
 from detector_snort.categories import Category, classify
 from detector_snort.parsers import parse_eve_line, parse_fast_line
+from detector_snort.settings import DetectorSnortSettings
+from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer
-from lazaretto_lab.suricata import PORTSCAN_SID, portscan_rule, run_suricata, write_portscan_pcap
+from lazaretto_lab.suricata import (
+    PORTSCAN_SID,
+    beacon_rule,
+    portscan_rule,
+    run_suricata,
+    write_http_beacon_pcap,
+    write_portscan_pcap,
+    write_sweep_pcap,
+)
+from lazaretto_lab.testing import BusProbe
 
 HOME_NET = "[100.64.0.0/10,2001:db8:100::/40]"
 SUBSCRIBERS = SubscriberRanges(["100.64.0.0/10", "2001:db8:100::/40"])
@@ -86,3 +99,63 @@ async def test_suricata_eve_appended_to_a_tailed_file_reaches_the_parser(tmp_pat
         ("100.64.7.7", 23),
         ("100.64.7.7", 80),
     ]
+
+
+async def test_real_suricata_sweep_and_beacon_become_evidence_a_rule_can_weigh(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given real Suricata output for a CPE sweeping 25 hosts on 445 (SYNs nobody answers but with a
+    # RST) and another CPE's complete HTTP exchange carrying a bot's beacon
+    targets = [f"198.51.100.{n}" for n in range(1, 26)]
+    write_sweep_pcap(tmp_path / "sweep.pcap", "100.64.1.10", targets)
+    write_http_beacon_pcap(tmp_path / "beacon.pcap", "100.64.3.30", "192.0.2.66")
+    sweep, beacon = await asyncio.gather(
+        asyncio.to_thread(run_suricata, tmp_path / "sweep.pcap", portscan_rule(), tmp_path / "out-sweep"),
+        asyncio.to_thread(run_suricata, tmp_path / "beacon.pcap", beacon_rule(), tmp_path / "out-beacon"),
+    )
+    # and detector-snort tailing the sensor's EVE file, publishing to RabbitMQ
+    eve = tmp_path / "eve.json"
+    eve.touch()
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url), eve_files=(eve,), checkpoint_dir=tmp_path / "state", sensor="ids-lab"
+    )
+    service = await build(settings)
+    await service.start()
+    try:
+        # When Suricata's alert lines are appended
+        with eve.open("ab") as out:
+            out.writelines(sweep.eve_alert_lines() + beacon.eve_alert_lines())
+
+        # Then the sweep's evidence reaches 25 distinct destinations (a scan by the default
+        # threshold of 20), outbound, on flows that never were established
+        def latest() -> dict[str, AbuseObserved]:
+            kept: dict[str, AbuseObserved] = {}
+            for _, message, _ in probe.received:
+                if isinstance(message, AbuseObserved):
+                    old = kept.get(message.ip)
+                    if old is None or message.revision > old.revision:
+                        kept[message.ip] = message
+            return kept
+
+        async with asyncio.timeout(20):
+            while (s := latest().get("100.64.1.10")) is None or s.count < 25 or "100.64.3.30" not in latest():
+                await asyncio.sleep(0.02)
+        scan, malware = latest()["100.64.1.10"], latest()["100.64.3.30"]
+        assert (scan.category, scan.count, scan.distinct_destinations) == ("scan", 25, 25)
+        assert scan.distinct_destinations is not None
+        assert scan.distinct_destinations >= 20
+        assert (scan.distinct_dst_ports, scan.direction, scan.established) == (1, "outbound", False)
+        assert scan.app_protos == []
+        # and the beacon's is one alert on an established flow with an HTTP transaction
+        assert (malware.category, malware.count, malware.direction) == ("malware", 1, "outbound")
+        assert malware.established is True
+        assert malware.app_protos == ["http"]
+        assert (malware.distinct_destinations, malware.distinct_dst_ports) == (1, 1)
+        # and every revision of one observation kept its identity
+        ids = {m.ip: m.observation_id for _, m, _ in probe.received if isinstance(m, AbuseObserved)}
+        revisions = [m for _, m, _ in probe.received if isinstance(m, AbuseObserved)]
+        assert all(m.observation_id == ids[m.ip] for m in revisions)
+    finally:
+        await service.stop()
+        await probe.stop()

@@ -3,7 +3,8 @@ to a small lease-history and CPE-table server the tests fill."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +34,24 @@ def book(leases: tuple[LeaseBook, str]) -> LeaseBook:
     return leases[0]
 
 
+# A scan rule for tests that cycle one device through several cases: no grace, no escalation.
+REPEATABLE_SCAN_RULES = """
+name: repeatable
+rules:
+  - name: scan
+    categories: [scan]
+    when: [{distinct_destinations: 20}]
+    ladder: {grace: 0, escalation: [{self_release: now}]}
+"""
+
+
+@pytest.fixture
+def repeatable_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(REPEATABLE_SCAN_RULES)
+    return path
+
+
 def settings_for(amqp_url: str, database_url: str, peers_url: str, **overrides: object) -> PolicySettings:
     values: dict[str, object] = {
         "amqp_url": SecretStr(amqp_url),
@@ -55,6 +74,18 @@ def settings_for(amqp_url: str, database_url: str, peers_url: str, **overrides: 
 def policy_overrides() -> dict[str, object]:
     """Settings a test module changes (override this fixture)."""
     return {}
+
+
+@pytest.fixture
+def make_settings(
+    amqp_url: str, database_url: str, leases: tuple[LeaseBook, str], policy_overrides: dict[str, object]
+) -> Callable[..., PolicySettings]:
+    """The fixture's settings, with more overrides (a test that builds policy itself, e.g. twice)."""
+
+    def make(**more: object) -> PolicySettings:
+        return settings_for(amqp_url, database_url, leases[1], **{**policy_overrides, **more})
+
+    return make
 
 
 @pytest.fixture

@@ -37,6 +37,9 @@ def observation(ip: str = "100.64.0.10", last_seen: datetime | None = None) -> A
     return AbuseObserved.model_validate(
         {
             **AbuseObserved.example,
+            # A real scan: enough distinct destinations for the default scan rule.
+            "distinct_destinations": 25,
+            "direction": "outbound",
             "observation_id": str(uuid.uuid4()),
             "ip": ip,
             "first_seen": (last_seen - timedelta(seconds=2)).isoformat(),

@@ -33,13 +33,12 @@ from policy import store
 from policy.attribution import Attributor
 from policy.casework import CaseWork
 from policy.handlers import PolicyHandlers
-from policy.rules import Rule
+from policy.rulebook import RuleBook
 from policy.uow import UnitOfWork
 
 CPE_MAC = "02:00:00:00:00:01"
 CM_MAC = "00:02:8a:d3:7c:6e"
 QUEUE = "lazaretto.policy.main"
-SCAN_RULE = Rule.model_validate({"name": "scan", "categories": ["scan"], "min_count": 1, "scope": "cpe"})
 
 
 @dataclass
@@ -74,7 +73,7 @@ async def policy(database_url: str, leases: tuple[LeaseBook, str]) -> AsyncItera
     relay = OutboxRelay(pool, bus)
     work = CaseWork(UnitOfWork(pool, relay), step_max_attempts=1)
     attributor = Attributor(leases[1], leases[1], "token")
-    handlers = PolicyHandlers(work, attributor, [SCAN_RULE], [], max_self_releases=1)
+    handlers = PolicyHandlers(work, attributor, RuleBook(None), [], max_self_releases=1)
     bus.on(AbuseObserved, handlers.on_abuse_observed)
     bus.on(GardenApplied, handlers.on_garden_applied)
     bus.on(GardenFailed, handlers.on_garden_failed)
@@ -93,6 +92,9 @@ def observation(ip: str = "100.64.0.10") -> AbuseObserved:
     return AbuseObserved.model_validate(
         {
             **AbuseObserved.example,
+            # A real scan: enough distinct destinations for the default scan rule.
+            "distinct_destinations": 25,
+            "direction": "outbound",
             "observation_id": str(uuid.uuid4()),
             "ip": ip,
             "first_seen": (now - timedelta(seconds=2)).isoformat(),
@@ -155,7 +157,7 @@ async def test_an_observation_nobody_can_attribute_now_is_retried_then_dead_lett
     relay = OutboxRelay(pool, bus)
     attributor = Attributor("http://127.0.0.1:9", "http://127.0.0.1:9", "token", timeout=1.0)
     handlers = PolicyHandlers(
-        CaseWork(UnitOfWork(pool, relay), step_max_attempts=1), attributor, [SCAN_RULE], [], 1
+        CaseWork(UnitOfWork(pool, relay), step_max_attempts=1), attributor, RuleBook(None), [], 1
     )
     bus.on(AbuseObserved, handlers.on_abuse_observed)
     await bus.consume(QUEUE)

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +48,9 @@ def observation(ip: str, last_seen: datetime | None = None) -> AbuseObserved:
     return AbuseObserved.model_validate(
         {
             **AbuseObserved.example,
+            # A real scan: enough distinct destinations for the default scan rule.
+            "distinct_destinations": 25,
+            "direction": "outbound",
             "observation_id": str(uuid.uuid4()),
             "ip": ip,
             "first_seen": (last_seen - timedelta(seconds=2)).isoformat(),
@@ -323,8 +327,8 @@ async def test_an_address_nobody_knows_gets_an_address_keyed_case_its_next_holde
 
 
 @pytest.fixture
-def policy_overrides() -> dict[str, object]:
-    return {"max_self_releases": 1}
+def policy_overrides(repeatable_rules: Path) -> dict[str, object]:
+    return {"max_self_releases": 1, "rules_file": repeatable_rules}
 
 
 async def test_self_releases_count_per_device_across_cases(

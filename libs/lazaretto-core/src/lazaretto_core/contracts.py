@@ -155,6 +155,29 @@ class AbuseObserved(Contract):
     count: int = Field(ge=1)
     signatures: list[str] = Field(default_factory=list, max_length=20)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    # The evidence rules weigh (optional: older producers leave them out). A detector publishes a
+    # window's running evidence as it grows: every update has the same `observation_id` and a higher
+    # `revision` (an older or equal revision is a duplicate); `count`, `first_seen` and `last_seen`
+    # are then running totals of the window.
+    revision: int = Field(default=0, ge=0)
+    # Distinct other parties and distinct server-side ports of the flows (exact, or a bounded
+    # sketch's estimate); None: the detector does not know.
+    distinct_destinations: int | None = Field(default=None, ge=0)
+    distinct_dst_ports: int | None = Field(default=None, ge=0)
+    # "outbound": from the subscriber (it initiated the flow, or sent the packet); "inbound": towards it.
+    direction: Literal["outbound", "inbound", "unknown"] = "unknown"
+    # Any flow of the evidence was established / had an application-layer transaction; None: unknown.
+    established: bool | None = None
+    app_protos: list[str] = Field(default_factory=list, max_length=10)
+    interface: str | None = Field(default=None, max_length=64)  # the sensor's capture interface
+
+    def message_key(self) -> str:
+        """The AMQP message id of this revision: the observation id for the first (as before
+        revisions existed), `<observation_id>/r<revision>` for later ones, so an inbox that claims
+        message ids lets every new revision through and drops only true repeats."""
+        if self.revision == 0:
+            return str(self.observation_id)
+        return f"{self.observation_id}/r{self.revision}"
 
     examples = (
         {
@@ -180,6 +203,42 @@ class AbuseObserved(Contract):
             "category": "spam",
             "severity": 4,
             "count": 1000,
+        },
+        {
+            "observation_id": "8b3e4c50-ac77-4e31-9f90-2d3a4b5c6d7e",
+            "detector": "detector-snort",
+            "sensor": "ids-edge-1",
+            "first_seen": "2026-11-26T05:00:00+00:00",
+            "last_seen": "2026-11-26T05:00:09+00:00",
+            "ip": "100.64.0.10",
+            "category": "scan",
+            "severity": 3,
+            "count": 57,
+            "signatures": ["1:9000001: LAB SCAN subscriber TCP SYN port scan"],
+            "evidence": {"destinations": ["TCP 198.51.100.7:39"]},
+            "revision": 56,
+            "distinct_destinations": 24,
+            "distinct_dst_ports": 3,
+            "direction": "outbound",
+            "established": False,
+            "app_protos": [],
+            "interface": "eth1",
+        },
+        {
+            "observation_id": "9c4f5d61-bd88-4f42-8a01-3e4b5c6d7e8f",
+            "detector": "detector-smtp",
+            "sensor": "mx-1",
+            "first_seen": "2026-11-26T05:00:00+00:00",
+            "last_seen": "2026-11-26T05:10:00+00:00",
+            "ip": "100.64.2.20",
+            "category": "spam",
+            "severity": 4,
+            "count": 120,
+            "revision": 3,
+            "distinct_destinations": 87,
+            "direction": "outbound",
+            "established": True,
+            "app_protos": ["smtp"],
         },
     )
     example = examples[0]

@@ -8,7 +8,9 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
   on the policy-request path, a window closed by the clock, a syslog alert) and saves the document
   *before* they are published (write-ahead): a crash from then on publishes them at the next start.
 - `add(messages)` queues messages the input yields again after a crash (lines of a file re-read from
-  the saved position, with deterministic ids): nothing is written until their confirm.
+  the saved position, with deterministic ids): nothing is written until their confirm. With
+  `supersedes`, a newer version of a pending message (a later revision, same id) replaces it; one
+  confirmed while a newer one was queued leaves the newer one pending.
 - `flush()` publishes what is pending (pipelined, with publisher confirms), drops each message only
   once the broker confirmed it, and saves the document right after the confirms — the position
   saved then includes the lines that produced them.
@@ -105,6 +107,7 @@ class ObservationOutbox(Generic[M]):
         on_sent: Callable[[M], None] | None = None,
         delta: Callable[[], StateDelta] | None = None,
         full_every: float | None = None,
+        supersedes: Callable[[M, M], bool] | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -122,6 +125,9 @@ class ObservationOutbox(Generic[M]):
         # also reset the caller's change tracking.
         self.delta = delta
         self.full_every = max(save_every, 1.0) if full_every is None else full_every
+        # supersedes(new, pending): a newer version of a message (a later revision of running
+        # evidence, same id) replaces the pending one; None: the first queued version stays.
+        self.supersedes = supersedes
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
         self._dirty = False
         self._saved_at = clock()
@@ -284,9 +290,11 @@ class ObservationOutbox(Generic[M]):
         """Queue messages the input would yield again (same ids) after a crash; nothing is written.
         Returns how many were new (a message already pending under its id is not queued twice)."""
         added = 0
+        supersedes = self.supersedes
         for message in messages:
             key = self.ident(message)
-            if key not in self._pending:
+            queued = self._pending.get(key)
+            if queued is None or (supersedes is not None and supersedes(message, queued)):
                 self._pending[key] = message
                 self._added.append(key)
                 added += 1
@@ -321,11 +329,13 @@ class ObservationOutbox(Generic[M]):
                     if isinstance(result, BaseException):
                         failure = failure or result
                     else:
-                        self._pending.pop(key, None)
-                        self._removed.append(key)
                         sent += 1
                         if self.on_sent is not None:
                             self.on_sent(message)
+                        if self._pending.get(key) is not message:
+                            continue  # a newer version replaced it meanwhile: that one is still due
+                        del self._pending[key]
+                        self._removed.append(key)
                 if failure is not None:
                     if isinstance(failure, PublishError | asyncio.CancelledError):
                         raise failure

@@ -184,3 +184,112 @@ def write_portscan_pcap(
     path.parent.mkdir(parents=True, exist_ok=True)
     wrpcap(str(path), packets)
     return len(packets)
+
+
+BEACON_SID: Final = 9_100_002
+BEACON_AGENT: Final = "EvilBot/6.6 (lazaretto lab)"
+
+
+def beacon_rule(sid: int = BEACON_SID) -> str:
+    """An app-layer rule: fires on an HTTP request with the lab's bot User-Agent in an established flow."""
+    return (
+        'alert http $HOME_NET any -> any any (msg:"LAZARETTO TEST EvilBot C2 beacon"; '
+        f'flow:established,to_server; http.user_agent; content:"EvilBot/"; classtype:trojan-activity; '
+        f"sid:{sid}; rev:1;)\n"
+    )
+
+
+def write_sweep_pcap(
+    path: Path,
+    src_ip: str,
+    targets: Iterable[str],
+    port: int = 445,
+    *,
+    start: float = PCAP_EPOCH,
+    interval: float = 0.01,
+) -> int:
+    """A CPE's SYN sweep of many hosts on one port (one SYN each, RST/ACK replies); returns packets."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    cpe_mac, gw_mac = "02:00:00:00:00:01", "00:00:5e:00:53:01"
+    packets = []
+    t = start
+    for i, target in enumerate(targets):
+        syn = (
+            Ether(src=cpe_mac, dst=gw_mac)
+            / IP(src=src_ip, dst=target)
+            / TCP(sport=40000 + i, dport=port, flags="S", seq=1000)
+        )
+        syn.time = t
+        rst = (
+            Ether(src=gw_mac, dst=cpe_mac)
+            / IP(src=target, dst=src_ip)
+            / TCP(sport=port, dport=40000 + i, flags="RA", seq=0, ack=1001)
+        )
+        rst.time = t + interval / 2
+        packets += [syn, rst]
+        t += interval
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), packets)
+    return len(packets)
+
+
+def write_http_beacon_pcap(
+    path: Path,
+    client_ip: str,
+    server_ip: str,
+    *,
+    user_agent: str = BEACON_AGENT,
+    start: float = PCAP_EPOCH + 5,
+) -> int:
+    """One complete HTTP/1.1 exchange (handshake, POST, 200 answer, FIN both ways) from a CPE to a
+    server: an established flow with an app-layer transaction, as a real bot's beacon looks on the wire."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Packet, Raw
+    from scapy.utils import wrpcap
+
+    cmac, smac = "02:00:00:00:00:01", "00:00:5e:00:53:01"
+    cport, sport = 49152, 80
+    request = (
+        f"POST /gate.php HTTP/1.1\r\nHost: c2.bad.example\r\nUser-Agent: {user_agent}\r\n"
+        "Content-Length: 4\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\nid=1"
+    ).encode()
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+    c_seq, s_seq = 1000, 5000
+
+    def to_server(flags: str, seq: int, ack: int, data: bytes = b"") -> Packet:
+        packet = (
+            Ether(src=cmac, dst=smac)
+            / IP(src=client_ip, dst=server_ip)
+            / TCP(sport=cport, dport=sport, flags=flags, seq=seq, ack=ack)
+        )
+        return packet / Raw(data) if data else packet
+
+    def to_client(flags: str, seq: int, ack: int, data: bytes = b"") -> Packet:
+        packet = (
+            Ether(src=smac, dst=cmac)
+            / IP(src=server_ip, dst=client_ip)
+            / TCP(sport=sport, dport=cport, flags=flags, seq=seq, ack=ack)
+        )
+        return packet / Raw(data) if data else packet
+
+    packets = [
+        to_server("S", c_seq, 0),
+        to_client("SA", s_seq, c_seq + 1),
+        to_server("A", c_seq + 1, s_seq + 1),
+        to_server("PA", c_seq + 1, s_seq + 1, request),
+        to_client("A", s_seq + 1, c_seq + 1 + len(request)),
+        to_client("PA", s_seq + 1, c_seq + 1 + len(request), answer),
+        to_server("A", c_seq + 1 + len(request), s_seq + 1 + len(answer)),
+        to_server("FA", c_seq + 1 + len(request), s_seq + 1 + len(answer)),
+        to_client("FA", s_seq + 1 + len(answer), c_seq + 2 + len(request)),
+        to_server("A", c_seq + 2 + len(request), s_seq + 2 + len(answer)),
+    ]
+    for n, packet in enumerate(packets):
+        packet.time = start + n * 0.001
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrpcap(str(path), packets)
+    return len(packets)

@@ -3,7 +3,11 @@ rules of its class, and report it unless the `ReportLedger` says it was reported
 `report_interval` or its report still waits for the broker. Pure: no I/O, times passed in.
 
 The evidence carries counts over both windows, the rules that fired, and a few sender and recipient
-domains: never message content, never whole addresses unless the operator enables it.
+domains: never message content, never whole addresses unless the operator enables it. The contract's
+evidence fields say: outbound, established (an SMTP dialogue), protocol smtp, and the distinct
+recipient domains as the distinct destinations. A report is one observation (revision 0): it is made
+when a rule fires and not repeated within the report interval, so there is no running evidence to
+publish in revisions.
 """
 
 from __future__ import annotations
@@ -184,4 +188,11 @@ def observation_for(
             "sender_domains": list(state.senders),
             "recipient_domains": list(state.recipients),
         },
+        # Evidence fields: mail from the subscriber, to this many distinct recipient domains (in the
+        # first rule's window); every event comes from an SMTP dialogue with the client, which a
+        # forged source address cannot hold (the TCP handshake needs the answers), so established.
+        direction="outbound",
+        distinct_destinations=first.counts.recipient_domains,
+        established=True,
+        app_protos=["smtp"],
     )

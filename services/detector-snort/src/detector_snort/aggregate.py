@@ -1,27 +1,37 @@
-"""Folds alert storms into a bounded stream of observations. Pure: time is passed in.
+"""Folds alert storms into running evidence, one window per (sensor, address, category). Pure: time is
+passed in.
 
-The first alert for a (sensor, address, category) is reported at once (latency matters); later ones
-inside the window are counted and reported when the window closes, with first/last seen and top
-signatures. Each alert may carry a `token` (where it was read): the observation of a window's first
-alert and the folded one take their identity from it, so a re-read after a crash yields the same ids.
-The open windows can be saved (`to_json`) and restored (`load_json`) with the read position.
+A window's evidence is published as it grows: every revision has the window's observation identity
+(from the `token` of its first alert: where it was read, so a re-read after a crash yields the same
+id) and the revision number `count - 1`, so the same alerts always give the same revision with the
+same content, whichever run publishes it. `add` folds an alert and marks the window changed;
+`updates` returns a revision of each changed window whose rate allows one (a token bucket per window:
+`burst` at once, then `rate` per second — the alert that completes the evidence goes out at once
+unless the address is already updating several times a second); `due` closes the windows that are
+over and returns the revisions they still owe. The open windows can be saved (`to_json`) and restored
+(`load_json`) with the read position.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .alerts import Alert
+from .distinct import Distinct
+
+Direction = Literal["outbound", "inbound", "unknown"]
+Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
 class Folded:
-    """What one observation reports: `count` alerts for `ip`/`category` between first and last seen."""
+    """One revision of a window's evidence: `count` alerts for `ip`/`category` so far."""
 
     ip: str
     category: str
@@ -32,32 +42,55 @@ class Folded:
     signatures: list[str]
     destinations: list[str]
     sensor: str = ""
-    token: str | None = None  # what the observation id derives from; None: a fresh one
+    token: str | None = None  # what the observation id derives from
+    revision: int = 0
+    distinct_destinations: int | None = None
+    distinct_dst_ports: int | None = None
+    direction: Direction = "unknown"
+    established: bool | None = None
+    app_protos: tuple[str, ...] = ()
+    interface: str | None = None
+    # The window this revision is of, where the caller may keep what it built from the window's last
+    # revision (`memo`), to build the next one cheaply: opaque here, never saved.
+    window: _Window | None = field(default=None, compare=False, repr=False)
 
 
+EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
+MAX_APP_PROTOS: Final = 10
+SAMPLE_DESTINATIONS: Final = 5  # destinations quoted in `evidence` (the distinct count covers all)
 
 
 @dataclass
 class _Window:
-    """Alerts folded since the window's first (already reported) alert."""
-
     opened_at: float
     severity: int
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
+    token: str
+    first_seen: datetime
+    last_seen: datetime
     count: int = 0
     signatures: Counter[str] = field(default_factory=Counter)
     destinations: list[str] = field(default_factory=list)
-    first_token: str | None = None  # the first folded alert's token
+    peers: Distinct = field(default_factory=Distinct)
+    ports: Distinct = field(default_factory=Distinct)
+    outbound: bool = False
+    inbound: bool = False
+    established: bool | None = None
+    app_protos: list[str] = field(default_factory=list)
+    interface: str | None = None
+    published: int = 0  # the count of the last revision handed out (0: none yet)
+    tokens: float = 0.0  # the rate's token bucket
+    refilled_at: float = 0.0
+    memo: Any = field(default=None, compare=False, repr=False)  # see Folded.window
 
-    def to_json(self, key: tuple[str, str, str]) -> dict[str, Any]:
+    def to_json(self, key: Key) -> dict[str, Any]:
         return {
             "sensor": key[0],
             "ip": key[1],
             "category": key[2],
             "opened_at": self.opened_at,
             "severity": self.severity,
+            "token": self.token,
             # Datetimes as they are: the state store (orjson) writes them as RFC 3339 text, faster
             # than isoformat() here (a full save holds every open window).
             "first_seen": self.first_seen,
@@ -65,43 +98,122 @@ class _Window:
             "count": self.count,
             "signatures": dict(self.signatures),
             "destinations": self.destinations,
-            "first_token": self.first_token,
+            "peers": self.peers.to_json(),
+            "ports": self.ports.to_json(),
+            "outbound": self.outbound,
+            "inbound": self.inbound,
+            "established": self.established,
+            "app_protos": self.app_protos,
+            "interface": self.interface,
+            "published": self.published,
+            "tokens": self.tokens,
+            "refilled_at": self.refilled_at,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> tuple[tuple[str, str, str], _Window]:
-        first, last = data.get("first_seen"), data.get("last_seen")
+    def from_json(cls, data: dict[str, Any]) -> tuple[Key, _Window] | None:
+        """A saved window; None for one saved before running evidence that owes nothing (its only
+        alert was reported on its own)."""
+        first, last = _datetime(data.get("first_seen")), _datetime(data.get("last_seen"))
+        if first is None or last is None:
+            if int(data["count"]) == 0:
+                return None
+            raise ValueError("a window without its first and last alert times")
+        token = data.get("token")
+        count = int(data["count"])
+        if token is None:  # saved before running evidence: the first alert was reported on its own
+            old = data.get("first_token")
+            token = f"fold:{old}" if old else f"fresh:{uuid.uuid4()}"
+        established = data.get("established")
         window = cls(
             opened_at=float(data["opened_at"]),
             severity=int(data["severity"]),
-            first_seen=_datetime(first),
-            last_seen=_datetime(last),
-            count=int(data["count"]),
+            token=str(token),
+            first_seen=first,
+            last_seen=last,
+            count=count,
             signatures=Counter({str(k): int(v) for k, v in dict(data.get("signatures") or {}).items()}),
-            destinations=[str(d) for d in data.get("destinations") or []],
-            first_token=data.get("first_token"),
+            destinations=[str(d) for d in data.get("destinations") or []][:SAMPLE_DESTINATIONS],
+            peers=Distinct.from_json(data.get("peers")),
+            ports=Distinct.from_json(data.get("ports")),
+            outbound=bool(data.get("outbound", False)),
+            inbound=bool(data.get("inbound", False)),
+            established=established if isinstance(established, bool) else None,
+            app_protos=[str(p) for p in data.get("app_protos") or []][:MAX_APP_PROTOS],
+            interface=data.get("interface") if isinstance(data.get("interface"), str) else None,
+            published=int(data.get("published", 0)),
+            tokens=float(data.get("tokens", 0.0)),
+            refilled_at=float(data.get("refilled_at", 0.0)),
         )
         return (str(data["sensor"]), str(data["ip"]), str(data["category"])), window
 
 
 class Aggregator:
-    def __init__(self, window: float = 60.0, max_destinations: int = 5, top_signatures: int = 5) -> None:
+    def __init__(
+        self,
+        window: float = 60.0,
+        *,
+        top_signatures: int = 5,
+        rate: float = 1.0,
+        burst: int = 3,
+        total_rate: float = 1000.0,
+        track_changes: bool = False,
+    ) -> None:
         self.window = window
-        self.max_destinations = max_destinations
         self.top_signatures = top_signatures
-        self._open: dict[tuple[str, str, str], _Window] = {}
+        self.rate = rate
+        self.burst = float(max(1, burst))
+        # Later revisions of all windows together, per second (one second's worth at once): however
+        # many addresses alert, the broker gets a bounded stream; a window's first goes out regardless.
+        self.total_rate = total_rate
+        self._total_tokens = total_rate
+        self._total_at: float | None = None
+        self._open: dict[Key, _Window] = {}  # in the order they opened
+        self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
+        self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
+        # Keys whose window changed or closed since `changes()` was last called (for journals of
+        # sources that cannot be read again); None: not tracked.
+        self._touched: set[Key] | None = set() if track_changes else None
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def track_changes(self) -> None:
+        """Remember which windows changed or closed, for `changes()`."""
+        if self._touched is None:
+            self._touched = set()
+
+    @property
+    def changed(self) -> int:
+        return len(self._fresh) + len(self._changed)
+
+    def _mark(self, key: Key, window: _Window) -> None:
+        (self._fresh if window.published == 0 else self._changed)[key] = window
+
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The open windows by a text key (saved as a keyed collection)."""
-        return {_key_text(key): window.to_json(key) for key, window in self._open.items()}
+        return {key_text(key): window.to_json(key) for key, window in self._open.items()}
 
     def load_json(self, windows: dict[str, dict[str, Any]] | list[dict[str, Any]]) -> None:
         """Replace the open windows with saved ones (KeyError/ValueError/TypeError if malformed)."""
         items = windows.values() if isinstance(windows, dict) else windows
-        self._open = dict(_Window.from_json(data) for data in items)
+        windows_read = (_Window.from_json(data) for data in items)
+        loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
+        self._open = dict(loaded)
+        self._fresh, self._changed = {}, {}
+        for key, window in self._open.items():
+            if window.count > window.published:
+                self._mark(key, window)
+        if self._touched is not None:
+            self._touched.clear()
+
+    def changes(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Windows changed (as saved) and closed since the last call; needs `track_changes`."""
+        touched = self._touched or set()
+        changed = {key_text(k): self._open[k].to_json(k) for k in touched if k in self._open}
+        closed = [key_text(k) for k in touched if k not in self._open]
+        touched.clear()
+        return changed, closed
 
     def add(
         self,
@@ -113,77 +225,151 @@ class Aggregator:
         *,
         sensor: str = "",
         token: str | Callable[[], str] | None = None,
-    ) -> Folded | None:
-        """Returns an observation to publish now (the first of a window), else folds the alert.
+    ) -> None:
+        """Fold an alert about subscriber `ip` into its window (opened if need be).
 
-        `token` may be a function that makes it: only the alerts whose token is used pay for it."""
+        `token` may be a function that makes it: only the alerts that open a window pay for it."""
         key = (sensor, ip, category)
         window = self._open.get(key)
-        if window is None:
-            self._open[key] = _Window(now, severity)
-            return self._fold_one(
-                alert, ip, category, severity, sensor, token() if callable(token) else token
-            )
-        # The hot path of a storm: plain comparisons instead of min()/max() calls.
-        window.count += 1
-        if window.first_token is None:
-            window.first_token = token() if callable(token) else token
-        if severity > window.severity:
-            window.severity = severity
         ts = alert.timestamp
-        first, last = window.first_seen, window.last_seen
-        if first is None or ts < first:
+        if window is None:
+            made = token() if callable(token) else token
+            window = self._open[key] = _Window(
+                now, severity, made or f"fresh:{uuid.uuid4()}", ts, ts, tokens=self.burst, refilled_at=now
+            )
+        elif severity > window.severity:
+            window.severity = severity
+            self._mark(key, window)
+        if self._touched is not None:
+            self._touched.add(key)
+        # The hot path of a storm: plain comparisons instead of min()/max() calls.
+        count = window.count = window.count + 1
+        # What a rule may weigh changed: a small count, a count that doubled since the last revision,
+        # a new destination, port, signature or protocol, an established flow. A repeat of the same
+        # alert otherwise waits for the count to double (or the window's close).
+        material = count <= EXACT_COUNTS or count >= 2 * window.published
+        if ts < window.first_seen:
             window.first_seen = ts
-        if last is None or ts > last:
+        elif ts > window.last_seen:
             window.last_seen = ts
-        signature = f"{alert.signature_id}: {alert.signature}"[:200]  # _signature, inlined: per alert
+        signature = f"{alert.signature_id}: {alert.signature}"[:200]
         signatures = window.signatures
         if signature in signatures:
             signatures[signature] += 1
         elif len(signatures) < MAX_SIGNATURES:
             signatures[signature] = 1
-        if len(window.destinations) < self.max_destinations:
-            window.destinations.append(_destination(alert))
-        return None
+            material = True
+        # The flow's two ends: the packet goes client -> server unless the sensor says otherwise.
+        if alert.to_client:
+            client, server, server_port = alert.dst_ip, alert.src_ip, alert.src_port
+        else:
+            client, server, server_port = alert.src_ip, alert.dst_ip, alert.dst_port
+        if client == ip:
+            if not window.outbound:
+                window.outbound = material = True
+            peer = server
+        else:
+            if not window.inbound:
+                window.inbound = material = True
+            peer = client
+        if window.peers.add(peer):
+            material = True
+            if len(window.destinations) < SAMPLE_DESTINATIONS:
+                window.destinations.append(_destination(alert))
+        if server_port is not None and window.ports.add(server_port):
+            material = True
+        established = alert.established
+        if established is not None and window.established is not True and window.established != established:
+            window.established = established
+            material = True
+        app = alert.app_proto
+        if app is not None and app not in window.app_protos and len(window.app_protos) < MAX_APP_PROTOS:
+            window.app_protos.append(app)
+            material = True
+        if window.interface is None and alert.interface is not None:
+            window.interface = alert.interface
+            material = True
+        if material:
+            (self._fresh if window.published == 0 else self._changed)[key] = window
+
+    def settle(self, handed_out: Callable[[str], int]) -> None:
+        """After a restart: `handed_out(token)` is the count a window's evidence was published (or
+        queued) with before; a changed window covered by it owes nothing."""
+        for key, window in [*self._fresh.items(), *self._changed.items()]:
+            self._fresh.pop(key, None)
+            self._changed.pop(key, None)
+            published = handed_out(window.token)
+            if published >= window.count:
+                window.published = window.count
+                continue
+            window.published = max(window.published, published)
+            self._mark(key, window)
+
+    def updates(self, now: float) -> list[Folded]:
+        """A revision of each changed window whose rate allows one now (the others wait)."""
+        out: list[Folded] = []
+        rate, burst = self.rate, self.burst
+        for key, window in self._fresh.items():  # a window's first revision: its bucket is full
+            window.tokens = min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0
+            window.refilled_at = now
+            out.append(self._revision(key, window))
+        self._fresh.clear()
+        if not self._changed:
+            return out
+        at = self._total_at if self._total_at is not None else now
+        total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
+        self._total_at = now
+        for key, window in list(self._changed.items()):
+            if total < 1.0:
+                break  # the rest wait (oldest first) for the next round
+            tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
+            window.refilled_at = now
+            if tokens < 1.0:
+                window.tokens = tokens
+                continue
+            window.tokens = tokens - 1.0
+            total -= 1.0
+            del self._changed[key]
+            out.append(self._revision(key, window))
+        self._total_tokens = total
+        return out
 
     def due(self, now: float) -> list[Folded]:
-        """Close the windows that are over; report those that folded anything."""
+        """Close the windows that are over; return the last revision of those that owe one."""
         closed: list[Folded] = []
         for key, window in list(self._open.items()):
             if now - window.opened_at < self.window:
-                continue
+                break  # opened in order: the rest are younger
             del self._open[key]
-            if window.count and window.first_seen and window.last_seen:
-                closed.append(
-                    Folded(
-                        ip=key[1],
-                        category=key[2],
-                        severity=window.severity,
-                        count=window.count,
-                        first_seen=window.first_seen,
-                        last_seen=window.last_seen,
-                        signatures=[s for s, _ in window.signatures.most_common(self.top_signatures)],
-                        destinations=window.destinations,
-                        sensor=key[0],
-                        token=f"fold:{window.first_token}" if window.first_token else None,
-                    )
-                )
+            if self._touched is not None:
+                self._touched.add(key)
+            self._changed.pop(key, None)
+            self._fresh.pop(key, None)
+            if window.count > window.published:
+                closed.append(self._revision(key, window))
         return closed
 
-    def _fold_one(
-        self, alert: Alert, ip: str, category: str, severity: int, sensor: str, token: str | None
-    ) -> Folded:
+    def _revision(self, key: Key, window: _Window) -> Folded:
+        window.published = window.count
         return Folded(
-            ip,
-            category,
-            severity,
-            1,
-            alert.timestamp,
-            alert.timestamp,
-            [_signature(alert)],
-            [_destination(alert)],
-            sensor,
-            token,
+            ip=key[1],
+            category=key[2],
+            severity=window.severity,
+            count=window.count,
+            first_seen=window.first_seen,
+            last_seen=window.last_seen,
+            signatures=[s for s, _ in window.signatures.most_common(self.top_signatures)],
+            destinations=list(window.destinations),
+            sensor=key[0],
+            token=window.token,
+            revision=window.count - 1,
+            distinct_destinations=len(window.peers),
+            distinct_dst_ports=len(window.ports) if window.ports.exact != set() else None,
+            direction="outbound" if window.outbound else "inbound" if window.inbound else "unknown",
+            established=window.established,
+            app_protos=tuple(window.app_protos),
+            interface=window.interface,
+            window=window,
         )
 
 
@@ -194,12 +380,8 @@ def _datetime(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-def _key_text(key: tuple[str, str, str]) -> str:
+def key_text(key: Key) -> str:
     return json.dumps(key)
-
-
-def _signature(alert: Alert) -> str:
-    return f"{alert.signature_id}: {alert.signature}"[:200]
 
 
 def _destination(alert: Alert) -> str:

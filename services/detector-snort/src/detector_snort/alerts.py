@@ -14,6 +14,12 @@ class Alert:
     ("Attempted Information Leak"), not the short name; `categories` understands both.
     `priority` is the sensor's priority (1 = most urgent); None when the sensor gave none (or 0).
     `action` is normalised: "allowed", "blocked", or the sensor's own word in lower case ("would_drop").
+
+    The flow facts, where the format carries them (else None / False): `interface` the capture
+    interface (EVE `in_iface`, Snort 3 `iface`); `established` whether the flow was established or had
+    an application-layer transaction; `app_proto` the application protocol the sensor identified;
+    `to_client` the packet went from the flow's server to its client (EVE `direction`/`flow.src_ip`,
+    Snort 3 `dir`), so its destination, not its source, opened the flow.
     """
 
     timestamp: datetime
@@ -31,6 +37,10 @@ class Alert:
     action: str = "allowed"
     sensor: str = ""
     flow_id: int | None = None
+    interface: str | None = None
+    established: bool | None = None
+    app_proto: str | None = None
+    to_client: bool = False
 
     @property
     def rule_key(self) -> str:

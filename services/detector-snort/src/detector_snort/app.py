@@ -88,8 +88,9 @@ class DetectorSnortService:
             )
         if self.syslog is not None:
             await self.syslog.start()
+        # Often enough that a revision held back by its window's rate goes out soon after it may.
         self.loops.every(
-            "flush", min(1.0, max(0.05, self.settings.aggregation_window / 4)), self._flush_folded
+            "flush", min(0.1, max(0.05, self.settings.aggregation_window / 4)), self._flush_folded
         )
 
     async def stop(self) -> None:
@@ -169,7 +170,9 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
             "a syslog port, or LAZARETTO_INGEST_TOKEN"
         )
     pipeline = AlertPipeline(
-        SubscriberRanges(settings.subscriber_ranges), load_mapping(settings.mapping_file)
+        SubscriberRanges(settings.subscriber_ranges),
+        load_mapping(settings.mapping_file),
+        upstream_interfaces=settings.upstream_interfaces,
     )
     store = CheckpointStore(settings.checkpoint_dir)
     bus = Bus(settings.amqp_url.get_secret_value(), "detector-snort")
@@ -183,7 +186,12 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
         return SourceEngine(
             source,
             pipeline,
-            Aggregator(settings.aggregation_window),
+            Aggregator(
+                settings.aggregation_window,
+                rate=settings.evidence_updates_per_s,
+                burst=settings.evidence_burst,
+                total_rate=settings.evidence_updates_total_per_s,
+            ),
             store,
             publish,
             save_every=settings.checkpoint_interval,

@@ -37,7 +37,7 @@ from lazaretto_core.tail import Checkpoint, TailLine
 
 from .aggregate import Aggregator
 from .alerts import Alert
-from .pipeline import AlertPipeline, Source
+from .pipeline import AlertPipeline, Source, observation_id
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,32 @@ class SourceEngine:
         # windows but what they yield is not published again (it was confirmed).
         self.replay_until: Checkpoint | None = None
         self.replayed = 0  # lines folded again without publishing, since start
+        # Revisions confirmed since the last save (observation id -> count covered), journaled with
+        # the position; after a restart, with the pending ones: what was handed out before the crash,
+        # so the lines read again up to the confirmed position do not publish it again.
+        self._confirmed: dict[str, int] = {}
+        self._handed_out: dict[str, int] = {}
         self._kick = asyncio.Event()  # something is pending: the publisher task should run
         self._publisher: asyncio.Task[None] | None = None
+        # Sources that cannot be read again journal their changed windows with every save (a
+        # restart cannot rebuild them by folding lines again, and revisions must keep growing).
+        self.rereadable = source.format not in ("syslog", "http")
+        if not self.rereadable:
+            aggregator.track_changes()
+
+        async def publish_revision(observation: AbuseObserved, _key: str) -> object:
+            # Each revision has a message id of its own (the first: the observation id).
+            return await publish(observation, observation.message_key())
+
         self.outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
             store,
             source.name,
             AbuseObserved,
-            publish=publish,
+            publish=publish_revision,
+            # One pending message per observation: a newer revision replaces a queued older one.
             ident=lambda o: str(o.observation_id),
+            supersedes=lambda new, queued: new.revision > queued.revision,
+            on_sent=self._confirmed_revision,
             snapshot=self._snapshot,
             save_every=save_every,
             clock=clock,
@@ -97,13 +115,24 @@ class SourceEngine:
         position = self._reading_position()
         raw = checkpoint_to_json(position) if position else None
         replay = checkpoint_to_json(self.replay_until) if self.replay_until else None
+        self._confirmed = {}  # the windows saved now say what was handed out
         return {"position": replay or raw, "windows_position": raw, "windows": self.aggregator.to_json()}
 
     def _delta(self) -> StateDelta:
         """A journal record: the confirmed position only. The windows wait for the next full save
         (a restart folds the lines since then again)."""
         position = self.replay_until or self.position
-        return StateDelta(state={"position": checkpoint_to_json(position) if position else None})
+        delta = StateDelta(state={"position": checkpoint_to_json(position) if position else None})
+        if self._confirmed:
+            delta.set["confirmed"] = self._confirmed
+            self._confirmed = {}
+        if not self.rereadable:
+            changed, closed = self.aggregator.changes()
+            if changed:
+                delta.set["windows"] = changed
+            if closed:
+                delta.delete["windows"] = closed
+        return delta
 
     def _reading_position(self) -> Checkpoint | None:
         return self.position
@@ -128,6 +157,24 @@ class SourceEngine:
         self.position = windows_position
         if confirmed is not None and confirmed != windows_position:
             self.replay_until = confirmed
+        handed_out = {str(k): int(v) for k, v in dict(state.get("confirmed") or {}).items()}
+        for observation in self.outbox.pending:
+            key = str(observation.observation_id)
+            handed_out[key] = max(handed_out.get(key, 0), observation.revision + 1)
+        self._handed_out = handed_out
+        self._settle()
+        if self.replay_until is None:
+            self._handed_out = {}
+
+    def _settle(self) -> None:
+        """Windows whose evidence was handed out before a restart owe no revision for it."""
+        if self._handed_out:
+            name = self.source.name
+            self.aggregator.settle(lambda token: self._handed_out.get(str(observation_id(name, token)), 0))
+
+    def _confirmed_revision(self, observation: AbuseObserved) -> None:
+        key = str(observation.observation_id)
+        self._confirmed[key] = max(self._confirmed.get(key, 0), observation.revision + 1)
 
     def save(self) -> None:
         self.outbox.save()
@@ -174,8 +221,11 @@ class SourceEngine:
             self._remember_identity(lines)
             replayed = self._replayed(lines)
             if replayed:
-                # Confirmed before the restart: fold them into the windows, publish nothing.
-                self.pipeline.run_lines(self.source, lines[:replayed], self.aggregator)
+                # Confirmed before the restart: fold them into the windows, publish nothing now (the
+                # windows they changed publish their revision with the next lines: the same
+                # revision again, if it was confirmed, has the same id and content).
+                self.pipeline.run_lines(self.source, lines[:replayed], self.aggregator, emit=False)
+                self._settle()
                 self.replayed += replayed
                 lines = lines[replayed:]
             observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
@@ -205,9 +255,11 @@ class SourceEngine:
             if _same_file(line.head, until.head):
                 if line.offset > until.offset:
                     self.replay_until = None
+                    self._handed_out = {}
                     return count
             elif start is None or not _same_file(line.head, start.head):
                 self.replay_until = None
+                self._handed_out = {}
                 return count
             count += 1
         return count
@@ -240,8 +292,15 @@ class SourceEngine:
             return observations
 
     async def flush(self) -> int:
-        """Close the windows that are over and publish their folded observations; returns how many."""
+        """Publish the revisions that waited for their window's rate, close the windows that are
+        over and publish their last revisions; returns how many observations were queued."""
         async with self.lock:
+            waited = self.pipeline.updates(self.source, self.aggregator) if self.aggregator.changed else []
+            if waited:
+                if self.rereadable:
+                    self.outbox.add(waited)  # derived again from the lines after a crash
+                else:
+                    self.outbox.stage(waited)
             due = self.pipeline.due(self.source, self.aggregator)
             if due:
                 # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
@@ -250,7 +309,7 @@ class SourceEngine:
             if len(self.outbox):
                 self._publish_soon()
             self.outbox.save_if_due()
-            return len(due)
+            return len(waited) + len(due)
 
     async def close(self) -> None:
         """Stop publishing (what is unconfirmed stays pending) and save the state in full."""

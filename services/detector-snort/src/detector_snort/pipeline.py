@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 from functools import partial
@@ -40,6 +40,12 @@ from .parsers import (
 log = logging.getLogger(__name__)
 
 LINES = Counter("lazaretto_alert_lines_total", "Alert lines read, by source and result", ["source", "result"])
+DISCARDED = Counter(
+    "lazaretto_alerts_discarded_total",
+    "Subscriber alerts discarded as not the subscriber's, by source, sensor and reason (spoofed_source: "
+    "the packet with the subscriber's source address arrived on an upstream interface of the sensor)",
+    ["source", "sensor", "reason"],
+)
 
 Format = Literal["eve", "snort3_json", "fast", "syslog", "http"]
 
@@ -82,14 +88,23 @@ def count(source: Source, counts: dict[str, int]) -> None:
             LINES.labels(source.name, result).inc(n)
 
 
+def _spoofed(source: Source, alert: Alert, counts: dict[str, int]) -> None:
+    counts["discarded:spoofed_source"] = counts.get("discarded:spoofed_source", 0) + 1
+    DISCARDED.labels(source.name, alert.sensor, "spoofed_source").inc()
+
+
 class AlertPipeline:
     def __init__(
         self,
         ranges: SubscriberRanges,
         categorizer: Categorizer | None = None,
         clock: Callable[[], float] = time.time,
+        upstream_interfaces: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.ranges = ranges
+        # Per sensor, its interfaces facing the internet: a packet from a subscriber's address that
+        # arrived on one of them was forged (the subscriber sits on the other side).
+        self.upstream = {s: frozenset(i) for s, i in (upstream_interfaces or {}).items() if i}
         self.categorizer = categorizer or default_categorizer()
         self.clock = clock
         self.bad_lines = RateLimitedLog()
@@ -129,9 +144,10 @@ class AlertPipeline:
     # -- the hot path -----------------------------------------------------------------------------
 
     def run_lines(
-        self, source: Source, lines: Sequence[TailLine], aggregator: Aggregator
+        self, source: Source, lines: Sequence[TailLine], aggregator: Aggregator, *, emit: bool = True
     ) -> list[AbuseObserved]:
-        """Lines of a file -> observations to publish now; repeats are folded into `aggregator`."""
+        """Lines of a file folded into `aggregator` -> the revisions of running evidence to publish
+        now (none with `emit` False: lines read again whose revisions were confirmed before)."""
         counts: dict[str, int] = {}
         parse = self.parser(source)
         skip = self.prefilter(source)
@@ -141,6 +157,7 @@ class AlertPipeline:
         head_crc = ""
         subscriber_alerts = 0
         inside_get, verdicts, add = self._inside.get, self._verdicts, aggregator.add
+        upstream = self.upstream
         for line in lines:
             if line.too_long:
                 counts["bad:too_long"] = counts.get("bad:too_long", 0) + 1
@@ -171,13 +188,16 @@ class AlertPipeline:
                     counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
                     continue
                 ip = side
+            if upstream and ip == alert.src_ip and self._forged(alert):
+                _spoofed(source, alert, counts)
+                continue
             subscriber_alerts += 1
             rule = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
             verdict = verdicts.get(rule) or self._verdict(rule)
             token = partial(_token, line, head_crc)
-            folded = add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
-            if folded is not None and (observation := self.observation(source, folded, counts)) is not None:
-                out.append(observation)
+            add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
+        if emit:
+            out = self._observations(source, aggregator.updates(now), counts)
         if subscriber_alerts:
             counts["subscriber_alert"] = counts.get("subscriber_alert", 0) + subscriber_alerts
         count(source, counts)
@@ -191,6 +211,23 @@ class AlertPipeline:
         verdict = self._verdicts[rule] = (found.category.value, found.severity)
         return verdict
 
+    def _forged(self, alert: Alert) -> bool:
+        """Did a packet from the subscriber's address arrive on an upstream interface?"""
+        interfaces = self.upstream.get(alert.sensor)
+        return interfaces is not None and alert.interface in interfaces
+
+    def _observations(
+        self, source: Source, revisions: Iterable[Folded], counts: dict[str, int]
+    ) -> list[AbuseObserved]:
+        return [o for folded in revisions if (o := self.observation(source, folded, counts)) is not None]
+
+    def updates(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
+        """Revisions that waited for their window's rate and may go now."""
+        counts: dict[str, int] = {}
+        out = self._observations(source, aggregator.updates(self.clock()), counts)
+        count(source, counts)
+        return out
+
     def run_alerts(
         self,
         source: Source,
@@ -198,14 +235,12 @@ class AlertPipeline:
         aggregator: Aggregator,
         counts: dict[str, int] | None = None,
     ) -> list[AbuseObserved]:
-        """Already parsed alerts (syslog, HTTP) with their tokens -> observations to publish now."""
+        """Already parsed alerts (syslog, HTTP) with their tokens -> revisions to publish now."""
         counts = {} if counts is None else counts
         now = self.clock()
-        out = [
-            observation
-            for alert, token in alerts
-            if (observation := self.fold(source, alert, aggregator, now, token, counts)) is not None
-        ]
+        for alert, token in alerts:
+            self.fold(source, alert, aggregator, now, token, counts)
+        out = self._observations(source, aggregator.updates(now), counts)
         count(source, counts)
         return out
 
@@ -232,35 +267,45 @@ class AlertPipeline:
         now: float,
         token: str | Callable[[], str] | None,
         counts: dict[str, int],
-    ) -> AbuseObserved | None:
+    ) -> bool:
+        """Fold one alert; False if it is not about a subscriber (or not the subscriber's)."""
         ip = self.subscriber_side(alert)
         if ip is None:
             counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
-            return None
+            return False
+        if ip == alert.src_ip and self.upstream and self._forged(alert):
+            _spoofed(source, alert, counts)
+            return False
         counts["subscriber_alert"] = counts.get("subscriber_alert", 0) + 1
         verdict = self.categorizer.classify(
             alert.classtype, alert.signature, alert.priority, alert.signature_id
         )
-        folded = aggregator.add(
+        aggregator.add(
             alert, ip, verdict.category.value, verdict.severity, now, sensor=alert.sensor, token=token
         )
-        return self.observation(source, folded, counts) if folded is not None else None
+        return True
 
     def due(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
+        """The last revisions of the windows that close now."""
         counts: dict[str, int] = {}
-        out = [
-            observation
-            for folded in aggregator.due(self.clock())
-            if (observation := self.observation(source, folded, counts)) is not None
-        ]
+        out = self._observations(source, aggregator.due(self.clock()), counts)
         count(source, counts)
         return out
 
     def observation(self, source: Source, folded: Folded, counts: dict[str, int]) -> AbuseObserved | None:
-        """The contract for a folded alert, or None (counted, logged) when it does not validate: one
-        bad alert must never stop a source."""
+        """The contract for a revision, or None (counted, logged) when it does not validate: one
+        bad alert must never stop a source. A window's first revision is validated in full; the later
+        ones copy it with what changed (values of our own making, within the contract's bounds by
+        construction: counts, times, at most `top_signatures` signatures and 10 app protocols)."""
+        window = folded.window
+        if window is not None and isinstance(window.memo, AbuseObserved):
+            revision = window.memo = next_revision(window.memo, folded)
+            return revision
         try:
-            return to_observation(folded, source.name)
+            observation = to_observation(folded, source.name)
+            if window is not None:
+                window.memo = observation
+            return observation
         except ValidationError as exc:
             counts["bad:invalid_observation"] = counts.get("bad:invalid_observation", 0) + 1
             self.bad_lines.warning(
@@ -411,6 +456,27 @@ def observation_id(source_name: str, token: str | None) -> uuid.UUID:
     return deterministic_id(source_name, token) if token else uuid.uuid4()
 
 
+def next_revision(previous: AbuseObserved, folded: Folded) -> AbuseObserved:
+    """A later revision of the same window: what changes, on the validated earlier one."""
+    return previous.model_copy(
+        update={
+            "first_seen": folded.first_seen,
+            "last_seen": folded.last_seen,
+            "severity": folded.severity,
+            "count": folded.count,
+            "signatures": folded.signatures,
+            "evidence": {"destinations": folded.destinations},
+            "revision": folded.revision,
+            "distinct_destinations": folded.distinct_destinations,
+            "distinct_dst_ports": folded.distinct_dst_ports,
+            "direction": folded.direction,
+            "established": folded.established,
+            "app_protos": list(folded.app_protos),
+            "interface": folded.interface,
+        }
+    )
+
+
 def to_observation(folded: Folded, source_name: str) -> AbuseObserved:
     return AbuseObserved(
         observation_id=observation_id(source_name, folded.token),
@@ -424,4 +490,11 @@ def to_observation(folded: Folded, source_name: str) -> AbuseObserved:
         count=folded.count,
         signatures=folded.signatures,
         evidence={"destinations": folded.destinations},
+        revision=folded.revision,
+        distinct_destinations=folded.distinct_destinations,
+        distinct_dst_ports=folded.distinct_dst_ports,
+        direction=folded.direction,
+        established=folded.established,
+        app_protos=list(folded.app_protos),
+        interface=folded.interface,
     )

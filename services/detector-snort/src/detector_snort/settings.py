@@ -55,8 +55,20 @@ class DetectorSnortSettings(ServiceSettings):
     # Seconds between saves of a source's position when nothing was published (a restart re-reads
     # at most this much; what was published is always saved at once).
     checkpoint_interval: float = 1.0
-    # Repeats of an (address, category) inside this many seconds are folded into one observation.
+    # Repeats of an (address, category) inside this many seconds are folded into one observation,
+    # published as running evidence while it grows (same observation id, higher revision).
     aggregation_window: float = 60.0
+    # Revisions of one window's evidence: `evidence_burst` at once, then at most this many a second.
+    evidence_updates_per_s: float = Field(default=1.0, gt=0)
+    evidence_burst: int = Field(default=3, ge=1)
+    # Later revisions of all windows of a source together, per second (a window's first revision is
+    # never held back): however many addresses alert, the broker gets a bounded stream.
+    evidence_updates_total_per_s: float = Field(default=1000.0, gt=0)
+    # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
+    # subscriber's source address arrived on one of them was forged, and is discarded (counted in
+    # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
+    # (EVE `in_iface`, Snort 3 alert_json `iface`).
+    upstream_interfaces: dict[SensorName, tuple[str, ...]] = {}
     # Longer lines are counted as bad ("too_long") and skipped without being held in memory.
     max_line: int = 1 << 20
     # Syslog from sensors that use alert_syslog (or Suricata EVE over syslog); 0 = not listening.

@@ -11,14 +11,16 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import RELEASABLE_STATES, Category, IpAddress, Scope, normalize_mac
+from lazaretto_core.contracts import Category, IpAddress, Scope, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import commands, identity, store
+from . import commands, identity, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
+from .rulebook import RuleBook, RulesError
+from .rulebook import load as rulebook_load
 from .rules import Network, is_allowlisted
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,38 @@ def install_api(
     *,
     max_self_releases: int = 3,
     self_release_window: timedelta = timedelta(days=30),
+    rules: RuleBook | None = None,
 ) -> None:
     admin = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
     portal = APIRouter(
         prefix="/v1/portal", dependencies=[Depends(bearer_token_guard(portal_token))], tags=["portal"]
     )
     allowance = SelfReleaseAllowance(max_self_releases, self_release_window)
+    rulebook = rules if rules is not None else RuleBook(None)
+
+    @admin.get("/rules")
+    async def rules_in_force() -> dict[str, Any]:
+        """The rule set in force and its version (the one recorded with each decision)."""
+        loaded = rulebook.current
+        return {"version": loaded.version, "source": loaded.source, **loaded.rules.model_dump(mode="json")}
+
+    @admin.post("/rules/reload")
+    async def reload_rules() -> dict[str, Any]:
+        """Reload the rule file now (as SIGHUP does); a file that does not load is refused, 422."""
+        try:
+            rulebook_load(rulebook.path)
+        except RulesError as exc:
+            raise HTTPException(422, str(exc)) from None
+        changed = rulebook.reload()
+        return {"version": rulebook.version, "changed": changed}
+
+    @admin.get("/dry-runs")
+    async def dry_runs(
+        rule: str | None = None, limit: int = Query(default=100, ge=1, le=1000)
+    ) -> list[dict[str, Any]]:
+        """What dry-run rules would have done, newest first (also counted: lazaretto_policy_dry_run_total)."""
+        async with work.uow.read() as conn:
+            return await store.dry_runs(conn, rule, limit)
 
     @admin.get("/cases")
     async def list_cases(
@@ -176,7 +204,10 @@ def install_api(
                     conn, case, DeviceLeases(mac=visitor.lease.mac, leases=[visitor.lease])
                 )
             used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
-        left = max(0, allowance.max_releases - used)
+            terms = await store.get_terms(conn, case.case_id)
+        answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
+        limit = min(allowance.max_releases, terms.max_self_releases) if terms else allowance.max_releases
+        left = max(0, limit - used)
         return {
             "case_id": str(case.case_id),
             "category": case.category,
@@ -187,7 +218,9 @@ def install_api(
             "device_key": case.device_key,
             "visitor_mac": visitor.cpe_mac,
             "self_releases_left": left,
-            "self_release_allowed": case.state in RELEASABLE_STATES and left > 0,
+            "self_release_allowed": answer.when == "now",
+            "self_release": answer.public(),
+            "portal_template": terms.portal_template if terms else "default",
         }
 
     app.include_router(admin)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -27,7 +29,9 @@ from lazaretto_core.supervise import Supervisor
 from .api import install_api
 from .attribution import Attributor
 from .casework import CaseWork
+from .commands import expire_due
 from .handlers import PolicyHandlers
+from .rulebook import RuleBook
 from .settings import PolicySettings
 from .uow import UnitOfWork
 
@@ -45,6 +49,7 @@ class PolicyService:
     attributor: Attributor
     progress: ProgressMonitor
     http_app: FastAPI
+    rules: RuleBook
     loops: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,8 +69,28 @@ class PolicyService:
         await self.bus.consume(queue_name("policy"), progress=self.progress)
         # An outage is logged and is still a turn: /healthz is about the loop being alive.
         self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
+        # Delayed enforcement and expiry are stored: these loops pick them up after a restart too.
+        self.loops.every("enforcements", 1.0, self.work.enforce_due, errors=(OSError, asyncpg.PostgresError))
+        self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))
+        self.loops.every("rules-reload", self.settings.rules_reload_interval, self.rules.reload_if_changed)
+        self._on_sighup(install=True)
+
+    async def _expire_due(self) -> int:
+        return await expire_due(self.work, self.handlers.allowance)
+
+    def _on_sighup(self, *, install: bool) -> None:
+        """SIGHUP reloads the rules (only where signals can be handled: the main thread's loop)."""
+        loop = asyncio.get_running_loop()
+        try:
+            if install:
+                loop.add_signal_handler(signal.SIGHUP, self.rules.reload)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            log.debug("no SIGHUP handler: %s", exc)
 
     async def stop(self) -> None:
+        self._on_sighup(install=False)
         await self.loops.stop()
         await self.relay.stop()
         await self.bus.close()
@@ -94,10 +119,12 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
     )
     window = timedelta(seconds=settings.self_release_window)
+    rules = RuleBook(settings.rules_file)
+    log.info("rules in force: %s (%s)", rules.version, rules.current.source)
     handlers = PolicyHandlers(
         work,
         attributor,
-        settings.rules,
+        rules,
         settings.allowlist,
         settings.max_self_releases,
         max_observation_age=timedelta(seconds=settings.max_observation_age),
@@ -119,5 +146,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         settings.portal_token,
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
+        rules=rules,
     )
-    return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)
+    return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)

@@ -21,13 +21,14 @@ from lazaretto_core.contracts import (
     utcnow,
 )
 from lazaretto_core.db import Connection
-from lazaretto_core.outbox import enqueue
 
 from . import flow, identity, store
 from .attribution import Attribution
+from .casestore import CaseStore
 from .flow import Outcome, Step
+from .ladder import CaseTerms
 from .store import AddressSource, Case
-from .uow import UnitOfWork
+from .uow import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,19 @@ class CaseExists(Exception):
 
 
 class CaseWork:
-    def __init__(self, uow: UnitOfWork, *, step_max_attempts: int, step_retry_base: float = 2.0) -> None:
+    def __init__(
+        self,
+        uow: Transactions,
+        *,
+        step_max_attempts: int,
+        step_retry_base: float = 2.0,
+        storage: CaseStore = store,
+    ) -> None:
         self.step_retry_base = step_retry_base
         self.uow = uow
         self.step_max_attempts = step_max_attempts
+        # The PostgreSQL module by default; unit tests pass `memory.MemoryStore` with its unit of work.
+        self.store = storage
 
     async def open_case(
         self,
@@ -63,18 +73,20 @@ class CaseWork:
         actor: str,
         leases: DeviceLeases | None = None,
         source: AddressSource = "alert",
+        terms: CaseTerms | None = None,
     ) -> Case:
         """Open a case for the attributed device inside the caller's transaction and request the garden.
 
         `leases` (the device's leases since the observation) say where the device is now: the garden
-        goes to its current address, which may no longer be the one the alert named.
+        goes to its current address, which may no longer be the one the alert named. A rule's `terms`
+        are stored beside the case; with a delay, the case waits in state `open` for `enforce_due`.
         """
         key_kind, device_key = identity.case_key(scope, attribution)
-        existing = await store.open_case_for_device(conn, key_kind, device_key, lock=True)
+        existing = await self.store.open_case_for_device(conn, key_kind, device_key, lock=True)
         if existing is not None:
             raise CaseExists(existing)
         current = identity.current_lease(leases)
-        case = await store.create_case(
+        case = await self.store.create_case(
             conn,
             ip=current.ip if current else attribution.ip,
             cpe_mac=attribution.cpe_mac,
@@ -89,8 +101,32 @@ class CaseWork:
         )
         await self.record_alert_address(conn, case, attribution, source)
         await self.follow_device(conn, case, leases)
-        case = await store.get_case(conn, case.case_id) or case
-        return await self.apply(conn, case, flow.opened(), actor, {"reason": reason})
+        case = await self.store.get_case(conn, case.case_id) or case
+        detail: dict[str, Any] = {"reason": reason}
+        if terms is not None:
+            await self.store.save_terms(conn, case.case_id, terms)
+            detail |= {"rule": terms.rule, "ruleset_version": terms.ruleset_version, "offence": terms.offence}
+            if terms.enforce_at is not None:
+                detail["enforce_at"] = terms.enforce_at.isoformat()
+                await self.store.add_event(conn, case.case_id, actor, case.state, case.state, detail)
+                return case
+        return await self.apply(conn, case, flow.opened(), actor, detail)
+
+    async def enforce_due(self) -> int:
+        """Request the garden for cases whose enforcement delay has passed (stored, so a restart
+        loses none); one unit of work per case."""
+        count = 0
+        async with self.uow.read() as conn:
+            due = await self.store.due_enforcements(conn)
+        for case_id in due:
+            async with self.uow() as conn:
+                case = await self.store.lock_case(conn, case_id)
+                await self.store.clear_due(conn, case_id, "enforce_at")
+                if case is None or case.state != "open":
+                    continue
+                await self.apply(conn, case, flow.opened(), "policy", {"reason": "enforcement delay over"})
+                count += 1
+        return count
 
     async def record_alert_address(
         self, conn: Connection, case: Case, attribution: Attribution, source: AddressSource
@@ -99,11 +135,13 @@ class CaseWork:
         lease = attribution.lease
         if lease is not None:
             until = None if lease.ended == "active" else lease.valid_until
-            await store.record_address(conn, case.case_id, attribution.ip, lease.valid_from, until, source)
+            await self.store.record_address(
+                conn, case.case_id, attribution.ip, lease.valid_from, until, source
+            )
         else:
             if attribution.found == "cmts":
                 source = "cmts"
-            await store.record_address(conn, case.case_id, attribution.ip, attribution.at, None, source)
+            await self.store.record_address(conn, case.case_id, attribution.ip, attribution.at, None, source)
 
     async def follow_device(self, conn: Connection, case: Case, leases: DeviceLeases | None) -> Case:
         """Record every lease the device held during the case and make its newest active one current."""
@@ -111,13 +149,13 @@ class CaseWork:
             return case
         for lease in leases.leases:
             until = None if lease.ended == "active" else lease.valid_until
-            await store.record_address(conn, case.case_id, lease.ip, lease.valid_from, until, "lease")
+            await self.store.record_address(conn, case.case_id, lease.ip, lease.valid_from, until, "lease")
         current = identity.current_lease(leases)
         if current is None or current.ip == case.ip:
             return case
         reason = f"device moved from {case.ip} to {current.ip}"
-        await store.set_current_ip(conn, case.case_id, current.ip)
-        await store.add_event(
+        await self.store.set_current_ip(conn, case.case_id, current.ip)
+        await self.store.add_event(
             conn,
             case.case_id,
             "policy",
@@ -125,7 +163,7 @@ class CaseWork:
             case.state,
             {"reason": reason, "lease": current.model_dump(mode="json")},
         )
-        moved = await store.get_case(conn, case.case_id)
+        moved = await self.store.get_case(conn, case.case_id)
         assert moved is not None
         # Listeners that act per address (detector-smtp) learn the device's new one.
         await self._enqueue(conn, self._changed(moved, moved.state, reason), moved)
@@ -145,7 +183,7 @@ class CaseWork:
             next_retry_at = datetime.now(UTC) + timedelta(
                 seconds=flow.retry_delay(attempts, self.step_retry_base)
             )
-        await store.save_transition(
+        await self.store.save_transition(
             conn,
             case,
             state=outcome.state,
@@ -156,13 +194,13 @@ class CaseWork:
             closed=outcome.closed,
             self_releases=detail.get("self_releases"),
         )
-        await store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
+        await self.store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
             await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)
         reason = str(detail.get("reason", outcome.state))
         await self._enqueue(conn, self._changed(case, outcome.state, reason), case)
-        updated = await store.get_case(conn, case.case_id)
+        updated = await self.store.get_case(conn, case.case_id)
         assert updated is not None
         return updated
 
@@ -170,10 +208,10 @@ class CaseWork:
         """Re-issue the commands of cases whose backoff has passed (one unit of work per case)."""
         count = 0
         async with self.uow.read() as conn:
-            due = await store.due_retries(conn)
+            due = await self.store.due_retries(conn)
         for case_id in due:
             async with self.uow() as conn:
-                case = await store.lock_case(conn, case_id)
+                case = await self.store.lock_case(conn, case_id)
                 if case is None or case.next_retry_at is None or case.step is None:
                     continue
                 outcome = Outcome(IN_FLIGHT_STATE[case.step], case.step)
@@ -198,7 +236,7 @@ class CaseWork:
     async def _command(self, conn: Connection, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
         if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):
             command = GardenApply if step is Step.GARDEN_APPLY else GardenRemove
-            held = {a["ip"] for a in await store.case_addresses(conn, case.case_id)} | {case.ip}
+            held = {a["ip"] for a in await self.store.case_addresses(conn, case.case_id)} | {case.ip}
             return command(
                 case_id=case.case_id,
                 step_id=step_id,
@@ -214,4 +252,4 @@ class CaseWork:
         return ModemReset(case_id=case.case_id, step_id=step_id, cm_mac=case.cm_mac)
 
     async def _enqueue(self, conn: Connection, message: Contract, case: Case) -> None:
-        await enqueue(conn, message, correlation_id=str(case.case_id))
+        await self.store.enqueue(conn, message, correlation_id=str(case.case_id))

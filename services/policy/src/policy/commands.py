@@ -19,10 +19,11 @@ from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import RELEASING_STATES, Category, IpAddress, Scope, utcnow
 from lazaretto_core.db import Connection
 
-from . import flow, identity, store
+from . import flow, identity, ladder
 from .attribution import Attribution
 from .casework import IN_FLIGHT_STATE, CaseExists, CaseWork
 from .flow import Step
+from .ladder import CaseTerms
 from .rules import Network, is_allowlisted
 from .store import AddressSource, Case
 
@@ -61,6 +62,16 @@ class NotReleasable(Refused):
     pass
 
 
+class SelfReleaseNever(Refused):
+    """The case's ladder leaves its release to the helpdesk."""
+
+    http_status = 403
+
+
+class SelfReleaseLater(Refused):
+    http_status = 429
+
+
 class AlreadyOpen(Refused):
     def __init__(self, exists: CaseExists) -> None:
         super().__init__(str(exists))
@@ -78,6 +89,8 @@ class OpenCase:
     actor: str
     leases: DeviceLeases | None = None
     source: AddressSource = "alert"
+    # The ladder's terms when a rule opens the case (None: an operator's case, released as before).
+    terms: CaseTerms | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ async def open_case(
             actor=command.actor,
             leases=command.leases,
             source=command.source,
+            terms=command.terms,
         )
     except CaseExists as exists:
         raise AlreadyOpen(exists) from None
@@ -147,7 +161,7 @@ async def release(
     address now), within the device's allowance; a repeated self-release of a case already being
     released does nothing (None). An operator may release any case that is releasable.
     """
-    case = await store.lock_case(conn, command.case_id)
+    case = await work.store.lock_case(conn, command.case_id)
     if case is None:
         raise UnknownCase(f"no case {command.case_id}")
     detail: dict[str, Any] = {"reason": command.reason}
@@ -167,12 +181,18 @@ async def release(
         if case.state in RELEASING_STATES:
             log.info("release of case %s already under way (%s)", case.case_id, case.state)
             return None
-        used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
-        if used >= allowance.max_releases:
+        used = await work.store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
+        terms = await work.store.get_terms(conn, case.case_id)
+        answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
+        if answer.when != "now" and used >= allowance.max_releases:
             raise SelfReleasesUsed(
                 f"device {case.key_kind} {case.device_key} used its {allowance.max_releases}"
                 f" self-releases in {allowance.window}"
             )
+        if answer.when == "never":
+            raise SelfReleaseNever(answer.reason)
+        if answer.when == "later" and answer.not_before is not None:
+            raise SelfReleaseLater(f"{answer.reason} (not before {answer.not_before.isoformat()})")
         detail |= {
             "attestation_version": subscriber.attestation_version,
             "user_agent": subscriber.user_agent,
@@ -186,7 +206,7 @@ async def release(
         raise NotReleasable(str(exc)) from None
     case = await work.follow_device(conn, case, command.leases)
     if subscriber is not None:
-        await store.add_self_release(conn, case)
+        await work.store.add_self_release(conn, case)
     return await work.apply(conn, case, outcome, command.actor, detail)
 
 
@@ -202,7 +222,7 @@ async def step_result(
 ) -> Case | None:
     """A result for a step moves the case only if that step is the one in flight (None otherwise: a
     stale or duplicate result, or one for the other reset step)."""
-    case = await store.lock_case_by_step(conn, step_id)
+    case = await work.store.lock_case_by_step(conn, step_id)
     if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
         log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
         return None
@@ -211,3 +231,21 @@ async def step_result(
     else:
         outcome = flow.step_failed(step, case.step_attempts, work.step_max_attempts)
     return await work.apply(conn, case, outcome, actor, detail)
+
+
+async def expire_due(work: CaseWork, allowance: SelfReleaseAllowance) -> int:
+    """Release the cases whose rule's expiry has passed (stored, so a restart loses none)."""
+    count = 0
+    async with work.uow.read() as conn:
+        due = await work.store.due_expiries(conn)
+    for case_id in due:
+        command = Release(case_id, actor="policy:expiry", reason="the rule's quarantine expired")
+        async with work.uow() as conn:
+            await work.store.clear_due(conn, case_id, "expires_at")
+            try:
+                await release(work, conn, command, allowance)
+            except Refused as exc:
+                log.info("case %s not released at expiry: %s", case_id, exc)
+                continue
+            count += 1
+    return count

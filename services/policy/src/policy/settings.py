@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from lazaretto_core.settings import ServiceSettings
 
-from .rules import DEFAULT_RULES, Rule
+from . import rulebook
 
 
 class PolicySettings(ServiceSettings):
@@ -26,7 +27,11 @@ class PolicySettings(ServiceSettings):
     portal_token: SecretStr
     provisioner_url: str = "http://127.0.0.1:8300"
     cmts_agent_url: str = "http://127.0.0.1:8500"
-    rules: tuple[Rule, ...] = DEFAULT_RULES
+    # The rule set (YAML, see the README); None: the packaged defaults (default_rules.yaml). Checked at
+    # start; reloaded on SIGHUP and when the file changes.
+    rules_file: Path | None = None
+    # Seconds between checks of the rule file for a change.
+    rules_reload_interval: float = Field(default=2.0, gt=0)
     allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Attempts of one step (garden apply, modem reset, ...) before the case needs an operator.
     step_max_attempts: int = 5
@@ -40,3 +45,10 @@ class PolicySettings(ServiceSettings):
     # Seconds after an observation's last_seen beyond which it is recorded and not acted on: by then
     # the address may be someone else's.
     max_observation_age: float = Field(default=3600, gt=0)
+
+    @field_validator("rules_file")
+    @classmethod
+    def _rules_load(cls, path: Path | None) -> Path | None:
+        # A rule file that does not load stops the start with its reasons (RulesError is a ValueError).
+        rulebook.load(path)
+        return path

@@ -10,10 +10,13 @@ from typing import Any, Literal
 
 import asyncpg
 
-from lazaretto_core.contracts import AbuseObserved, CaseState, KeyKind
+from lazaretto_core import db, outbox
+from lazaretto_core.contracts import RELEASABLE_STATES, AbuseObserved, CaseState, Contract, KeyKind
 from lazaretto_core.db import Connection
 
 from .flow import Step
+from .ladder import CaseTerms
+from .rules import Seen
 
 _CASE_COLUMNS = (
     "case_id, host(ip) AS ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by, opened_at,"
@@ -238,12 +241,30 @@ async def insert_observation(
     case_id: uuid.UUID | None,
     decision: str,
     attribution: dict[str, Any] | None = None,
+    *,
+    rule: str | None = None,
+    ruleset_version: str | None = None,
 ) -> bool:
+    """Store the observation, or replace the stored one by this higher revision of its running
+    evidence; False when an equal or higher revision is stored already (a duplicate)."""
     status: str = await conn.execute(
         "INSERT INTO observations (observation_id, detector, sensor, ip, category, severity, count,"
-        " first_seen, last_seen, signatures, evidence, case_id, decision, attribution)"
-        " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14::jsonb)"
-        " ON CONFLICT (observation_id) DO NOTHING",
+        " first_seen, last_seen, signatures, evidence, case_id, decision, attribution, revision,"
+        " distinct_destinations, distinct_dst_ports, direction, established, app_protos, interface,"
+        " rule, ruleset_version)"
+        " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14::jsonb,"
+        " $15, $16, $17, $18, $19, $20::jsonb, $21, $22, $23)"
+        " ON CONFLICT (observation_id) DO UPDATE SET"
+        " count = EXCLUDED.count, severity = EXCLUDED.severity, first_seen = EXCLUDED.first_seen,"
+        " last_seen = EXCLUDED.last_seen, signatures = EXCLUDED.signatures, evidence = EXCLUDED.evidence,"
+        " case_id = COALESCE(EXCLUDED.case_id, observations.case_id), decision = EXCLUDED.decision,"
+        " attribution = EXCLUDED.attribution, revision = EXCLUDED.revision,"
+        " distinct_destinations = EXCLUDED.distinct_destinations,"
+        " distinct_dst_ports = EXCLUDED.distinct_dst_ports, direction = EXCLUDED.direction,"
+        " established = EXCLUDED.established, app_protos = EXCLUDED.app_protos,"
+        " interface = EXCLUDED.interface, rule = EXCLUDED.rule,"
+        " ruleset_version = EXCLUDED.ruleset_version, decided_at = now()"
+        " WHERE observations.revision < EXCLUDED.revision",
         event.observation_id,
         event.detector,
         event.sensor,
@@ -258,13 +279,139 @@ async def insert_observation(
         case_id,
         decision,
         json.dumps(attribution or {}, default=str),
+        event.revision,
+        event.distinct_destinations,
+        event.distinct_dst_ports,
+        event.direction,
+        event.established,
+        json.dumps(event.app_protos),
+        event.interface,
+        rule,
+        ruleset_version,
     )
     return status.endswith(" 1")
 
 
+async def observation_revision(conn: Connection, observation_id: uuid.UUID) -> int | None:
+    revision: int | None = await conn.fetchval(
+        "SELECT revision FROM observations WHERE observation_id = $1", observation_id
+    )
+    return revision
+
+
+async def recent_observations(conn: Connection, ip: str, since: datetime, limit: int = 1000) -> list[Seen]:
+    """The address's stored observations last seen since `since` (what the rules' windows read)."""
+    rows = await conn.fetch(
+        "SELECT observation_id, detector, category, severity, count, first_seen, last_seen,"
+        " distinct_destinations, distinct_dst_ports, direction, established FROM observations"
+        " WHERE ip = $1::inet AND last_seen >= $2 ORDER BY last_seen DESC LIMIT $3",
+        ip,
+        since,
+        limit,
+    )
+    return [Seen(**dict(r)) for r in rows]
+
+
+async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
+    """When a case of whichever device held `ip` was last released (probation, before attribution)."""
+    at: datetime | None = await conn.fetchval(
+        "SELECT max(c.closed_at) FROM cases c WHERE c.state = 'released' AND (c.ip = $1::inet OR EXISTS ("
+        " SELECT 1 FROM case_addresses a WHERE a.case_id = c.case_id AND a.ip = $1::inet))",
+        ip,
+    )
+    return at
+
+
+async def last_release_of_device(conn: Connection, key_kind: str, device_key: str) -> datetime | None:
+    at: datetime | None = await conn.fetchval(
+        "SELECT max(closed_at) FROM cases WHERE key_kind = $1 AND device_key = $2 AND state = 'released'",
+        key_kind,
+        device_key,
+    )
+    return at
+
+
+async def cases_of_device_since(conn: Connection, key_kind: str, device_key: str, since: datetime) -> int:
+    """The device's cases opened since `since` (its offences within the escalation's decay)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM cases WHERE key_kind = $1 AND device_key = $2 AND opened_at >= $3",
+        key_kind,
+        device_key,
+        since,
+    )
+    return count
+
+
+async def save_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
+    await conn.execute(
+        "INSERT INTO case_terms (case_id, rule, ruleset_version, offence, self_release,"
+        " self_release_not_before, max_self_releases, portal_template, enforce_at, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        case_id,
+        terms.rule,
+        terms.ruleset_version,
+        terms.offence,
+        terms.self_release,
+        terms.self_release_not_before,
+        terms.max_self_releases,
+        terms.portal_template,
+        terms.enforce_at,
+        terms.expires_at,
+    )
+
+
+async def get_terms(conn: Connection, case_id: uuid.UUID) -> CaseTerms | None:
+    row = await conn.fetchrow(
+        "SELECT rule, ruleset_version, offence, self_release, self_release_not_before,"
+        " max_self_releases, portal_template, enforce_at, expires_at FROM case_terms WHERE case_id = $1",
+        case_id,
+    )
+    return CaseTerms(**dict(row)) if row else None
+
+
+async def clear_due(
+    conn: Connection, case_id: uuid.UUID, column: Literal["enforce_at", "expires_at"]
+) -> None:
+    await conn.execute(f"UPDATE case_terms SET {column} = NULL WHERE case_id = $1", case_id)
+
+
+async def due_enforcements(conn: Connection, limit: int = 50) -> list[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT t.case_id FROM case_terms t JOIN cases c USING (case_id)"
+        " WHERE t.enforce_at <= now() AND c.closed_at IS NULL ORDER BY t.enforce_at LIMIT $1",
+        limit,
+    )
+    return [r["case_id"] for r in rows]
+
+
+async def due_expiries(conn: Connection, limit: int = 50) -> list[uuid.UUID]:
+    """Expired cases a release can start from now (others wait for their step to finish)."""
+    rows = await conn.fetch(
+        "SELECT t.case_id FROM case_terms t JOIN cases c USING (case_id)"
+        " WHERE t.expires_at <= now() AND c.closed_at IS NULL AND c.state = ANY($1::text[])"
+        " ORDER BY t.expires_at LIMIT $2",
+        sorted(RELEASABLE_STATES),
+        limit,
+    )
+    return [r["case_id"] for r in rows]
+
+
+async def dry_runs(conn: Connection, rule: str | None, limit: int) -> list[dict[str, Any]]:
+    """What dry-run rules would have done, newest first."""
+    rows = await conn.fetch(
+        "SELECT observation_id, host(ip) AS ip, detector, category, count, distinct_destinations,"
+        " established, rule, ruleset_version, decided_at, attribution AS detail FROM observations"
+        " WHERE decision = 'dry_run' AND ($1::text IS NULL OR rule = $1) ORDER BY decided_at DESC LIMIT $2",
+        rule,
+        limit,
+    )
+    return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
 async def get_observation(conn: Connection, observation_id: uuid.UUID) -> dict[str, Any] | None:
     row = await conn.fetchrow(
-        "SELECT observation_id, host(ip) AS ip, case_id, decision, attribution FROM observations"
+        "SELECT observation_id, host(ip) AS ip, case_id, decision, attribution, revision, rule,"
+        " ruleset_version FROM observations"
         " WHERE observation_id = $1",
         observation_id,
     )
@@ -326,3 +473,13 @@ async def case_observations(conn: Connection, case_id: uuid.UUID) -> list[dict[s
         case_id,
     )
     return [{**dict(r), "signatures": json.loads(r["signatures"])} for r in rows]
+
+
+async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
+    """Record a consumed message in the inbox (False: handled before), in the caller's transaction."""
+    return await db.claim_message(conn, consumer, message_id)
+
+
+async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
+    """Store a message in the outbox, published by the relay once the transaction commits."""
+    return await outbox.enqueue(conn, message, correlation_id=correlation_id)

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import asyncpg
 
 from lazaretto_core.db import Connection
 from lazaretto_core.outbox import OutboxRelay
+
+
+class Transactions(Protocol):
+    """What the case work needs of a unit of work: `UnitOfWork` (PostgreSQL) and
+    `memory.MemoryUnitOfWork` (unit tests)."""
+
+    def __call__(self) -> contextlib.AbstractAsyncContextManager[Connection]: ...
+
+    def read(self) -> contextlib.AbstractAsyncContextManager[Connection]: ...
 
 
 class UnitOfWork:

@@ -25,6 +25,7 @@ from .common import (
     normalise_action,
     normalise_ip,
 )
+from .flow import MAX_APP_PROTO, MAX_INTERFACE, app_name, eve_established, eve_flow_facts, text
 
 
 class _EveAlert(msgspec.Struct):
@@ -39,6 +40,17 @@ class _EveAlert(msgspec.Struct):
     action: str | None = None
 
 
+class _EveFlow(msgspec.Struct):
+    """The `flow` object of an alert (Suricata 7): what says whether the flow was two-way."""
+
+    pkts_toserver: int = 0
+    pkts_toclient: int | None = None
+    bytes_toserver: int = 0
+    bytes_toclient: int = 0
+    state: str | None = None
+    src_ip: str | None = None
+
+
 class _EveEvent(msgspec.Struct):
     """An EVE event's fields an `Alert` needs; `alert` only for alerts."""
 
@@ -51,6 +63,11 @@ class _EveEvent(msgspec.Struct):
     dest_port: int | None = None
     flow_id: int | None = None
     alert: _EveAlert | None = None
+    in_iface: str | None = None
+    app_proto: str | None = None
+    tx_id: int | None = None
+    direction: str | None = None
+    flow: _EveFlow | None = None
 
 
 _EVE_DECODER: Final = msgspec.json.Decoder(_EveEvent)
@@ -86,6 +103,16 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
     canonical = _CANONICAL_IP.get
     src_ip, dst_ip = canonical(src), canonical(dst)
     action = alert.action
+    flow = event.flow
+    app_proto = text(event.app_proto, MAX_APP_PROTO)
+    if flow is not None:
+        established = eve_established(
+            event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
+        )
+        to_client = flow.src_ip != src if flow.src_ip else event.direction == "to_client"
+    else:
+        established = eve_established(event.tx_id is not None, app_proto, None, False, None)
+        to_client = event.direction == "to_client"
     return Alert(  # positional: the fields in their declared order (cheaper than keywords)
         stamp,
         src_ip or normalise_ip(src),
@@ -102,6 +129,10 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
         "allowed" if action == "allowed" else normalise_action(action),
         sensor,
         event.flow_id or None,
+        text(event.in_iface, MAX_INTERFACE),
+        established,
+        app_name(app_proto),
+        to_client,
     )
 
 
@@ -155,6 +186,7 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
     # Something is missing or of another type: the field-by-field path names what.
     # The sensor is the configured one, never the event's `host`: a name a sender chose could
     # impersonate another sensor or break the observation contract (at most 128 characters).
+    interface, established, app_proto, to_client = eve_flow_facts(obj)
     return Alert(
         timestamp=_eve_timestamp(obj.get("timestamp")),
         src_ip=normalise_ip(_str(obj, "src_ip")),
@@ -171,6 +203,10 @@ def alert_from_eve(obj: dict[str, Any], *, sensor: str = "") -> Alert | None:
         action=normalise_action(_opt_str(alert, "action")),
         sensor=sensor,
         flow_id=_opt_int(obj, "flow_id", 0) or None,
+        interface=interface,
+        established=established,
+        app_proto=app_proto,
+        to_client=to_client,
     )
 
 
@@ -208,6 +244,7 @@ def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert 
         return None
     if stamp.tzinfo is None:
         return None
+    interface, established, app_proto, to_client = eve_flow_facts(obj)
     return Alert(  # positional: the fields in their declared order (cheaper than keywords)
         stamp,
         src_ip or normalise_ip(src),
@@ -224,6 +261,10 @@ def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert 
         "allowed" if action == "allowed" else normalise_action(action),
         sensor,
         flow or None,
+        interface,
+        established,
+        app_proto,
+        to_client,
     )
 
 

@@ -99,6 +99,7 @@ def _rule_text(rest: str, timestamp: Callable[[], datetime], sensor: str, *, mar
 
     classtype: str | None = None
     priority: int | None = None
+    app_id: str | None = None
     while tail.startswith("["):  # [Classification: x] [Priority: n] [AppID: y], each optional
         close = tail.find("]")
         if close < 0:
@@ -109,6 +110,8 @@ def _rule_text(rest: str, timestamp: Callable[[], datetime], sensor: str, *, mar
             classtype = None if value in ("", "(null)") else value
         elif key == "Priority":
             priority = _digits(value, "malformed") or None  # Snort's "Priority: 0" means unset
+        elif key == "AppID":  # Snort 3's application id: the service it identified
+            app_id = value.lower() if value and value.lower() != "unknown" else None
         tail = tail[close + 1 :].lstrip(" ")
     if not tail.startswith("{"):
         raise ParseError("malformed", "no {PROTO}")
@@ -138,6 +141,7 @@ def _rule_text(rest: str, timestamp: Callable[[], datetime], sensor: str, *, mar
         priority=priority,
         action=normalise_action(action),
         sensor=sensor,
+        app_proto=app_id[:32] if app_id else None,
     )
 
 

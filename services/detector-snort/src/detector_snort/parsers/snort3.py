@@ -24,6 +24,7 @@ from .common import (
 )
 from .eve import alert_from_eve
 from .fast import _fast_timestamp
+from .flow import snort3_flow_facts
 
 
 def parse_snort3_json_line(
@@ -77,6 +78,7 @@ def alert_from_snort3(
     if len(msg) >= 2 and msg[0] == '"' and msg[-1] == '"':
         msg = msg[1:-1]
     classtype = _opt_str(obj, "class")
+    interface, established, app_proto, to_client = snort3_flow_facts(obj)
     return Alert(
         timestamp=_snort3_timestamp(obj, layout, tz, now),
         src_ip=src_ip,
@@ -92,6 +94,10 @@ def alert_from_snort3(
         priority=_opt_int(obj, "priority", 0) or None,
         action=normalise_action(_opt_str(obj, "action")),
         sensor=sensor,
+        interface=interface,
+        established=established,
+        app_proto=app_proto,
+        to_client=to_client,
     )
 
 
