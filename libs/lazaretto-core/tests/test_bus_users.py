@@ -19,9 +19,10 @@ from lazaretto_core.bus import (
     dead_letter_queue_name,
     queue_name,
 )
-from lazaretto_core.bus_users import ACCOUNTS, VERIFIED, BusIdentity, definitions, senders
+from lazaretto_core.bus_users import ACCOUNTS, ANNOUNCEMENTS, VERIFIED, BusIdentity, definitions, senders
 from lazaretto_core.contracts import (
     ALL_CONTRACTS,
+    AllowlistChanged,
     CaseChanged,
     GardenApply,
     GardenRemove,
@@ -66,6 +67,8 @@ def test_only_policy_commands_gardens_and_resets_and_only_the_portal_requests_a_
         GardenApply: ("policy",),
         GardenRemove: ("policy",),
         ModemReset: ("policy",),
+        # An allowlist from anyone else could switch enforcement off at the executors.
+        AllowlistChanged: ("policy",),
         ReleaseRequested: ("portal",),
     }
     assert senders(CaseChanged) == ()
@@ -75,7 +78,8 @@ def test_every_contract_has_a_publisher_and_a_consumer_in_the_table() -> None:
     published = {c for a in ACCOUNTS for c in a.publishes}
     consumed = {c for a in ACCOUNTS for c in a.consumes}
     assert published == set(ALL_CONTRACTS)
-    assert consumed == set(ALL_CONTRACTS)
+    assert consumed | set(ANNOUNCEMENTS) == set(ALL_CONTRACTS)
+    assert not consumed & set(ANNOUNCEMENTS)
 
 
 def test_a_login_named_after_its_service_gives_the_names_of_the_others() -> None:

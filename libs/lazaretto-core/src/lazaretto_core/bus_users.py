@@ -38,6 +38,8 @@ from .contracts import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
     AbuseObserved,
+    AllowlistChanged,
+    BreakerTripped,
     CaseChanged,
     Contract,
     GardenApplied,
@@ -101,7 +103,7 @@ def _any_of(names: Any) -> str:
 ACCOUNTS: tuple[Account, ...] = (
     Account(
         "policy",
-        publishes=(GardenApply, GardenRemove, ModemReset, CaseChanged),
+        publishes=(GardenApply, GardenRemove, ModemReset, CaseChanged, AllowlistChanged, BreakerTripped),
         consumes=(
             AbuseObserved,
             GardenApplied,
@@ -115,18 +117,31 @@ ACCOUNTS: tuple[Account, ...] = (
     Account(
         "provisioner",
         publishes=(GardenApplied, GardenRemoved, GardenFailed),
-        consumes=(GardenApply, GardenRemove),
+        consumes=(GardenApply, GardenRemove, AllowlistChanged),
     ),
-    Account("cmts-agent", publishes=(ModemResetCompleted, ModemResetFailed), consumes=(ModemReset,)),
+    Account(
+        "cmts-agent",
+        publishes=(ModemResetCompleted, ModemResetFailed),
+        consumes=(ModemReset, AllowlistChanged),
+    ),
     Account("portal", publishes=(ReleaseRequested,)),
     Account("detector-snort", publishes=(AbuseObserved,)),
     Account("detector-smtp", publishes=(AbuseObserved,), consumes=(CaseChanged,)),
 )
 BY_SERVICE: dict[str, Account] = {account.service: account for account in ACCOUNTS}
 
-# The messages whose publisher the consumer verifies: commands to an executor, and the subscriber's
-# release request. Only the services the table lets publish them may send them.
-VERIFIED: tuple[type[Contract], ...] = (GardenApply, GardenRemove, ModemReset, ReleaseRequested)
+# The messages whose publisher the consumer verifies: commands to an executor, the allowlist the
+# executors obey, and the subscriber's release request. Only the services the table lets publish them
+# may send them.
+VERIFIED: tuple[type[Contract], ...] = (
+    GardenApply,
+    GardenRemove,
+    ModemReset,
+    AllowlistChanged,
+    ReleaseRequested,
+)
+# Events for operators' tools (alerting, a console), which no service consumes.
+ANNOUNCEMENTS: tuple[type[Contract], ...] = (BreakerTripped,)
 
 
 def senders(contract: type[Contract]) -> tuple[str, ...]:
