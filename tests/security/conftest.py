@@ -24,6 +24,8 @@ from lazaretto_lab.testing import (
 )
 
 CM_MAC = "00:02:8a:d3:7c:6e"
+HEAD_TIMEOUT = 2.0
+POLICY_REQUEST_TIMEOUT = 2.0
 
 
 class SecurityLab(LabSystem):
@@ -36,6 +38,10 @@ class SecurityLab(LabSystem):
 
     def _env(self, name: str) -> dict[str, str]:
         env = super()._env(name)
+        # Short deadlines, so the slowloris test sees the cut within seconds (defaults: 10 s each).
+        env["LAZARETTO_HTTP_HEAD_TIMEOUT"] = str(HEAD_TIMEOUT)
+        if name == "detector_smtp":
+            env["LAZARETTO_REQUEST_TIMEOUT"] = str(POLICY_REQUEST_TIMEOUT)
         if name == "detector_snort":
             env["LAZARETTO_INGEST_TOKEN"] = self.ingest_token
         if name == "portal":
