@@ -8,9 +8,11 @@ engine mutates them and also feeds raw bytes.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -253,6 +255,7 @@ def _contract(contract: type[Contract]) -> Target:
 # inputs go to the operator's file, the part an outsider writes.
 remediation.shipped = functools.cache(remediation.shipped)
 _SCRATCH = Path(tempfile.mkdtemp(prefix="lazaretto-fuzz-"))
+atexit.register(shutil.rmtree, _SCRATCH, True)
 
 
 def _remediation(data: bytes) -> object:
