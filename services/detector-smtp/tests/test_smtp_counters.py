@@ -284,7 +284,7 @@ def test_domain_of() -> None:
     assert domain_of("postmaster") is None
 
 
-async def test_a_snapshot_restores_every_field_and_leaves_out_clients_idle_for_an_hour(tmp_path: Path) -> None:
+async def test_a_snapshot_restores_every_field_and_leaves_out_clients_idle_an_hour(tmp_path: Path) -> None:
     # given an active client with slices, domains and samples, and one idle for over an hour
     saved = ClientWindows()
     now = 10_000.0
@@ -301,7 +301,8 @@ async def test_a_snapshot_restores_every_field_and_leaves_out_clients_idle_for_a
     assert (result.clients, result.skipped) == (1, 0)
     assert restored.keys() == ["10.0.0.2"]
     before, after = saved.get("10.0.0.2"), restored.get("10.0.0.2")
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert ClientWindows.to_row("10.0.0.2", after) == ClientWindows.to_row("10.0.0.2", before)
     assert after.totals == before.totals
     assert restored.counts(after, now) == saved.counts(before, now)

@@ -8,7 +8,7 @@ point leaves the committed one intact. Rows are serialized in slices of at most 
 between event-loop turns, so a large table never holds up a policy answer for longer than that.
 
 The rows are encoded by msgspec straight from the live windows (no copy: a slice runs without an
-await), about six times less CPU than the standard library's encoder per row; the output is plain
+await), about a fifth of the CPU of the standard library's encoder; the output is plain
 JSON, read back by `json` like before. That CPU is taken from the policy answers (bench-smtp).
 """
 

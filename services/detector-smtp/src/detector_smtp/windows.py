@@ -262,7 +262,8 @@ class ClientWindows:
     @staticmethod
     def to_row(ip: str, state: ClientState) -> tuple[Any, ...]:
         """One client as a JSON array; it shares the state's lists: encode it before the next event."""
-        return (ip, state.first_seen, state.last_seen, state.buckets, state.domains, state.senders, state.recipients)
+        s = state
+        return (ip, s.first_seen, s.last_seen, s.buckets, s.domains, s.senders, s.recipients)
 
     def load_row(self, row: Sequence[Any], now: float) -> bool:
         """Restore one client saved by `to_row`; False if it is stale or malformed."""
