@@ -25,6 +25,7 @@ from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
 from .api import install_api
+from .appeals import AppealLimit
 from .attribution import Attributor
 from .casework import CaseWork
 from .handlers import PolicyHandlers
@@ -119,5 +120,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         settings.portal_token,
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
+        appeal_limit=AppealLimit(settings.max_appeals_per_day, timedelta(days=1)),
     )
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app)
