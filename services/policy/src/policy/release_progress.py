@@ -38,8 +38,14 @@ async def record_refusal(
     case = await store.get_case(conn, case_id)
     if case is None:
         return
-    detail = {"release_refused": refusal_code(exc), "reason": str(exc), "request_id": str(request_id)}
-    await store.add_event(conn, case_id, f"subscriber:{client_ip}", case.state, case.state, detail)
+    # Policy's decision, not the subscriber's act: the subscriber is named in the detail.
+    detail = {
+        "release_refused": refusal_code(exc),
+        "reason": str(exc),
+        "request_id": str(request_id),
+        "client_ip": client_ip,
+    }
+    await store.add_event(conn, case_id, "policy", case.state, case.state, detail)
 
 
 async def progress(conn: Connection, case: store.Case, since: datetime | None) -> dict[str, Any]:
