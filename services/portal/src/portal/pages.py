@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import FastAPI, Form, Request
@@ -129,10 +130,18 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         refused = state.refusal is not None and not state.accepted
         stuck = state.state == "needs_operator" or (not state.accepted and waited > PROGRESS_PATIENCE)
         final = refused or step == len(STEPS)
+        # The page reloads itself (HTTP Refresh, no JavaScript) until the release is done or refused;
+        # a link stops that (WCAG 2.2.1: a time limit the visitor can turn off).
+        auto = request.query_params.get("auto") != "0"
+        here = {k: v for k, v in request.query_params.items() if k in ("case", "since", "lang")}
         return render(
             request,
             "progress.html",
             language,
+            headers={"Refresh": "5"} if not final and auto else {},
+            auto=auto,
+            still_url=f"{request.url.path}?{urlencode({**here, 'auto': '0'})}",
+            auto_url=f"{request.url.path}?{urlencode(here)}",
             progress=state,
             steps=STEPS,
             step=step,
