@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 
 from lazaretto_lab.testing import BusProbe, serving
 from portal.app import PortalService
@@ -24,8 +24,8 @@ from portal.reasons import PAGES
 MakePortal = Callable[..., Awaitable[PortalService]]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts" / "portal"
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1366, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1366, "height": 900}
 ME = "127.0.0.1"  # the browser reaches the portal over loopback
 CASE_ID = str(uuid.uuid4())
 
