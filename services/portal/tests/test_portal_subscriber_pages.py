@@ -266,15 +266,17 @@ async def test_after_the_checkbox_the_progress_page_follows_policy_and_never_pro
         still = re.search(r'href="([^"]*auto=0[^"]*)">Stop updating', waiting.text)
         assert still is not None
         assert "refresh" not in (await client.get(still.group(1).replace("&amp;", "&"))).headers
+        # (the step under way, and how many are ticked done before it)
         expected = {
-            "release_requested": "Restriction removed",
-            "garden_removed": "Modem restarting: expect a few minutes offline",
-            "release_reset_requested": "Done",
+            "release_requested": ("Restriction removed", 1),
+            "garden_removed": ("Modem restarting: expect a few minutes offline", 2),
+            "release_reset_requested": ("Modem restarting: expect a few minutes offline", 2),
         }
-        for state, current in expected.items():
+        for state, (current, done_steps) in expected.items():
             policy.progress_of[HELD] = progress(state)
             step = (await client.get(url)).text
             assert re.search(rf'<li aria-current="step">\s*{re.escape(current)}</li>', step), state
+            assert step.count("✓") == done_steps, state
             assert "Your request was accepted." in text_of(step)
         policy.progress_of[HELD] = progress("released", closed=True)
         done = await client.get(url)

@@ -40,7 +40,8 @@ LANGUAGE_COOKIE = "lz_lang"
 PROGRESS_PATIENCE = 120.0
 # The progress page's steps, in order, and the case states that complete each.
 STEPS = ("accepted", "garden_removed", "modem_restarting", "done")
-_STEP_OF_STATE = {"release_requested": 1, "garden_removed": 2, "release_reset_requested": 3, "released": 4}
+# (how many steps are done: the next one is under way; the modem restarts from garden_removed on)
+_STEP_OF_STATE = {"release_requested": 1, "garden_removed": 2, "release_reset_requested": 2, "released": 4}
 
 
 def remediation_links(remediation: RemediationList, category: str) -> list[RemediationEntry]:
