@@ -265,14 +265,14 @@ def test_a_static_pc_known_only_to_the_cmts_is_quarantined_and_releases_itself(s
     # and the PC, which keeps its address, sees the portal for every name but the allow-listed ones
     wait_until("the garden DNS", lambda: pc.resolve("www.example.test") == system.portal_ip)
     assert pc.resolve("av.example.test") == REAL_AV
+
     # When it opens the portal, it sees its case and can release it
     # (while policy cannot yet tell who holds the address, the page says "try again in a minute": they do)
-    page = wait_until(
-        "the portal page to show the case",
-        lambda: (text := pc.fetch(portal_url(system))) if case["reference"] in text else None,
-        timeout=30,
-        interval=1.0,
-    )
+    def case_page() -> str | None:
+        text = pc.fetch(portal_url(system))
+        return text if case["reference"] in text else None
+
+    page = wait_until("the portal page to show the case", case_page, timeout=30, interval=1.0)
     assert CHECKBOX in page
     tick_and_follow(pc, system, case["case_id"], page)
     case_in_state(system, static_ip, "released")
