@@ -15,14 +15,16 @@ from lazaretto_core.contracts import normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import audit, commands, desk, identity, ladder, store
+from . import appeals, audit, commands, desk, identity, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
+from .reference import normalize_reference
 from .roles import Principal, RoleGuard, TokenBook
 from .rulebook import RuleBook, RulesError
 from .rulebook import load as rulebook_load
 from .rules import Network, is_allowlisted
+from .subscriber_api import install_subscriber_routes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def install_api(
     max_self_releases: int = 3,
     self_release_window: timedelta = timedelta(days=30),
     rules: RuleBook | None = None,
+    appeal_limit: appeals.AppealLimit | None = None,
 ) -> None:
     # Every admin route needs a known token (viewer or higher); changes ask for more (policy-guard).
     admin = APIRouter(prefix="/v1", dependencies=[Depends(RoleGuard(tokens, "viewer"))], tags=["admin"])
@@ -84,8 +87,15 @@ def install_api(
         mac: str | None = None,
         open_only: bool = False,
         limit: int = Query(default=100, ge=1, le=1000),
+        reference: str | None = Query(default=None, max_length=40),
     ) -> list[dict[str, Any]]:
-        """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`."""
+        """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`;
+        by the reference a subscriber reads out (`reference`, e.g. `lz 7k3m q9`)."""
+        if reference is not None:
+            typed = reference
+            reference = normalize_reference(typed)
+            if reference is None:
+                raise HTTPException(422, f"{typed!r} is not a case reference like LZ-7K3M-Q9")
         if ip is not None:
             ip = path_ip(ip)
         if mac is not None:
@@ -95,7 +105,7 @@ def install_api(
                 raise HTTPException(422, str(exc)) from None
         async with work.uow.read() as conn:
             cases = await store.list_cases(
-                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit
+                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit, reference=reference
             )
         return [c.public() for c in cases]
 
@@ -108,7 +118,14 @@ def install_api(
             history = await store.case_history(conn, case_id)
             observations = await store.case_observations(conn, case_id)
             addresses = await store.case_addresses(conn, case_id)
-        return {**case.public(), "history": history, "observations": observations, "addresses": addresses}
+            filed = await appeals.case_appeals(conn, case_id)
+        return {
+            **case.public(),
+            "history": history,
+            "observations": observations,
+            "addresses": addresses,
+            "appeals": filed,
+        }
 
     @admin.post("/quarantine", status_code=201)
     async def quarantine(
@@ -219,11 +236,15 @@ def install_api(
                 )
             used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
             terms = await store.get_terms(conn, case.case_id)
+            seen = await store.case_seen(conn, case.case_id)
         answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
         limit = min(allowance.max_releases, terms.max_self_releases) if terms else allowance.max_releases
         left = max(0, limit - used)
         return {
             "case_id": str(case.case_id),
+            "reference": case.reference,
+            # What was seen and when (counts and times only: never signatures or anyone else's data).
+            "seen": seen,
             "category": case.category,
             "reason": case.reason,
             "state": case.state,
@@ -237,5 +258,6 @@ def install_api(
             "portal_template": terms.portal_template if terms else "default",
         }
 
+    install_subscriber_routes(portal, work, attributor, appeal_limit or appeals.AppealLimit())
     app.include_router(admin)
     app.include_router(portal)
