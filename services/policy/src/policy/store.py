@@ -483,3 +483,9 @@ async def claim_message(conn: Connection, consumer: str, message_id: str) -> boo
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
     """Store a message in the outbox, published by the relay once the transaction commits."""
     return await outbox.enqueue(conn, message, correlation_id=correlation_id)
+
+
+async def replace_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
+    """An operator's change of a case's terms (`lazaretto cases extend`): the row, made if missing."""
+    await conn.execute("DELETE FROM case_terms WHERE case_id = $1", case_id)
+    await save_terms(conn, case_id, terms)
