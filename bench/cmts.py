@@ -101,9 +101,12 @@ async def run(args: argparse.Namespace) -> int:
         setup_seconds = time.monotonic() - started_setup
 
         macs = [m["cm_mac"] for lab in labs for m in lab.modems]
-        started = time.monotonic()
+        emulator_cpu_before = sum(tree_cpu_seconds(lab.process.pid) for lab in labs if lab.process)
+        started, cpu_started = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(resetter.reset(mac) for mac in macs), return_exceptions=True)
-        seconds = time.monotonic() - started
+        seconds, agent_cpu = time.monotonic() - started, time.process_time() - cpu_started
+        emulator_cpu = sum(tree_cpu_seconds(lab.process.pid) for lab in labs if lab.process)
+        emulator_cpu -= emulator_cpu_before
 
         failed = [r for r in results if isinstance(r, BaseException) or not r.ok]
         reports = [r for r in results if not isinstance(r, BaseException)]
@@ -132,6 +135,21 @@ async def run(args: argparse.Namespace) -> int:
         if back:
             print(f"seconds_to_online_p50={back[len(back) // 2]:.2f}")
             print(f"seconds_to_online_max={back[-1]:.2f}")
+        # Where the time goes: the agent's own CPU (one process: it cannot use more than one core),
+        # the emulated CMTSes' CPU (snmpd and its emulator processes), the status polls per reset,
+        # and, from the emulators' SET logs, how long a reset slot is busy beyond the modem's outage
+        # (the SET of the reset that took over a slot minus the end of the outage it waited for).
+        polls = sorted(a.verification.polls for a in reports)
+        overheads = sorted(o for times in set_times for o in slot_overheads(times, args.limit, args.offline))
+        print(f"agent_cpu_seconds={agent_cpu:.2f}")
+        print(f"agent_cpu_ms_per_reset={agent_cpu * 1000 / len(macs):.1f}")
+        print(f"emulators_cpu_seconds={emulator_cpu:.2f}")
+        if polls:
+            print(f"status_polls_per_reset_p50={polls[len(polls) // 2]}")
+        if overheads:
+            print(f"slot_overhead_ms_p50={overheads[len(overheads) // 2] * 1000:.0f}")
+            print(f"slot_overhead_ms_p90={overheads[int(len(overheads) * 0.9)] * 1000:.0f}")
+        print(f"load_average_1m={os.getloadavg()[0]:.1f}")
         for error in failed[:3]:
             print(f"# failure: {error!r}"[:300], file=sys.stderr)
         return 0 if not failed else 1
@@ -145,6 +163,26 @@ async def run(args: argparse.Namespace) -> int:
         for lab in labs:
             lab.stop()
         await drop_database(db_name)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (snmpd's pass_persist emulators)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            own, parent = int(stat.parent.name), int(fields[1])
+            if pid in (own, parent):
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def slot_overheads(starts: list[float], limit: int, outage: float) -> list[float]:
+    """With `limit` slots busy, SET k waited for a slot freed by SET k - limit: what passed between
+    the end of that modem's outage and SET k (verification noticing it back, records, the next read)."""
+    ordered = sorted(starts)
+    return [max(0.0, t - (ordered[k - limit] + outage)) for k, t in enumerate(ordered) if k >= limit]
 
 
 def peak_overlap(starts: list[float], duration: float) -> int:

@@ -145,7 +145,9 @@ def test_reset_attempt_outcomes_are_a_closed_set() -> None:
 
 def test_case_state_groupings_partition_the_states_as_the_flow_means_them() -> None:
     every: frozenset[str] = frozenset(get_args(CaseState))
-    assert QUARANTINED_STATES | RELEASING_STATES | {"open", "failed_retrying", "needs_operator"} == every
+    assert (
+        QUARANTINED_STATES | RELEASING_STATES | {"open", "failed_retrying", "needs_operator", "held"} == every
+    )
     assert not QUARANTINED_STATES & RELEASING_STATES
     assert every - OPEN_STATES == {"released"}
     assert {"quarantined", "needs_operator"} == RELEASABLE_STATES

@@ -104,7 +104,7 @@ async def test_killed_between_set_and_record_then_restarted_never_resets_twice(
         assert cmts.resets() == [("cdxCmCpeResetNow", CM)]  # still the one SET of the first agent
         conn = await asyncpg.connect(database_url)
         try:
-            rows = await conn.fetch("SELECT outcome, counted FROM cmts_reset_intents WHERE cm_mac = $1", CM)
+            rows = await conn.fetch("SELECT outcome, counted FROM reset_intents WHERE cm_mac = $1", CM)
         finally:
             await conn.close()
         assert [(r["outcome"], r["counted"]) for r in rows] == [("back_online", True)]

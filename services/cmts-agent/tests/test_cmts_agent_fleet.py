@@ -104,7 +104,7 @@ async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
-            "INSERT INTO cmts_reset_intents (cm_mac, cmts, method, step_id, baseline)"
+            "INSERT INTO reset_intents (cm_mac, cmts, method, step_id, baseline)"
             " VALUES ($1, 'ubr', 'cisco-cdxCmCpeResetNow', $2, $3)",
             UBR_CM,
             step.step_id,

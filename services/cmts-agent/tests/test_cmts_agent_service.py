@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -12,7 +14,13 @@ from pydantic import SecretStr
 from cmts_agent.app import CmtsAgentService, build
 from cmts_agent.settings import CmtsAgentSettings
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
+from lazaretto_core.contracts import (
+    AllowlistChanged,
+    AllowlistEntry,
+    ModemReset,
+    ModemResetCompleted,
+    ModemResetFailed,
+)
 from lazaretto_lab.snmpd import LabCmts
 from lazaretto_lab.testing import BusProbe
 
@@ -97,3 +105,45 @@ async def test_admin_api_finds_the_modem_of_a_cpe_and_requires_the_token(agent: 
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert "private" not in ready.text
+
+
+def allowlist(version: int, kind: str, value: str) -> AllowlistChanged:
+    entry = AllowlistEntry.model_validate(
+        {"entry_id": str(uuid.uuid4()), "kind": kind, "value": value, "owner": "noc", "reason": "hospital"}
+    )
+    return AllowlistChanged(version=version, published_at=datetime.now(UTC), entries=(entry,))
+
+
+async def test_an_allow_listed_household_is_never_reset_even_when_commanded_directly(
+    agent: CmtsAgentService, amqp_url: str, lab_cmts: LabCmts
+) -> None:
+    probe = await BusProbe(amqp_url).start(["modem.reset.completed.v1", "modem.reset.failed.v1"])
+    bus = Bus(amqp_url, "test-anyone")
+    await bus.connect()
+    try:
+        async with asyncio.timeout(20):  # the inventory walk lists the CPEs behind each modem
+            while not await agent.inventory.cpes_of(CM_A):
+                await asyncio.sleep(0.1)
+        for version, kind, value in ((3, "mac", CM_A), (4, "mac", CPE_A)):
+            # Given policy's allowlist names the modem, then (only) a device behind it
+            await bus.publish(allowlist(version, kind, value))
+            async with asyncio.timeout(10):
+                while await agent.handlers.allowlist.version() != version:
+                    await asyncio.sleep(0.05)
+            # When a reset for the modem arrives on the bus (from anyone)
+            command = reset_command(CM_A)
+            await bus.publish(command)
+            failed = await probe.wait_for(ModemResetFailed, count=version - 2)
+            # Then it is refused with the reason, and no SET reaches the CMTS
+            assert failed[-1].step_id == command.step_id
+            assert failed[-1].error_class == "allowlisted"
+            assert f"mac {value}" in failed[-1].detail
+            assert "hospital" in failed[-1].detail
+        # An older snapshot arriving late changes nothing
+        await bus.publish(allowlist(2, "mac", "02:00:00:00:99:99"))
+        await asyncio.sleep(0.5)
+        assert await agent.handlers.allowlist.version() == 4
+        assert lab_cmts.sets() == []
+    finally:
+        await bus.close()
+        await probe.stop()

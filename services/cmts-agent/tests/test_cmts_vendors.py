@@ -446,7 +446,7 @@ async def test_an_intent_whose_set_never_left_is_proven_harmless_then_the_reset_
     assert before is not None
     for age in (timedelta(minutes=10), timedelta(seconds=5)):  # an older stale intent, then the newest
         await agent.pool.execute(
-            "INSERT INTO cmts_reset_intents (cm_mac, cmts, method, baseline, intent_at)"
+            "INSERT INTO reset_intents (cm_mac, cmts, method, baseline, intent_at)"
             " VALUES ($1, $2, 'cisco-cdxCmCpeResetNow', $3, now() - $4::interval)",
             CM_1,
             record.cmts,
@@ -460,7 +460,7 @@ async def test_an_intent_whose_set_never_left_is_proven_harmless_then_the_reset_
     # so the reset is sent now, once.
     assert report.ok, report
     assert cmts.resets() == [("cdxCmCpeResetNow", CM_1)]
-    rows = await agent.pool.fetch("SELECT outcome, counted FROM cmts_reset_intents ORDER BY id")
+    rows = await agent.pool.fetch("SELECT outcome, counted FROM reset_intents ORDER BY id")
     assert [(r["outcome"], r["counted"]) for r in rows] == [
         ("abandoned", True),
         ("no_effect", False),

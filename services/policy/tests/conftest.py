@@ -89,13 +89,14 @@ def make_settings(
 
 
 @pytest.fixture
-async def policy(
-    amqp_url: str,
-    database_url: str,
-    leases: tuple[LeaseBook, str],
-    policy_overrides: dict[str, object],
-) -> AsyncIterator[PolicyService]:
-    service = await build(settings_for(amqp_url, database_url, leases[1], **policy_overrides))
+def policy_settings(make_settings: Callable[..., PolicySettings]) -> PolicySettings:
+    """The settings the `policy` fixture starts with (a test may build a second service from them)."""
+    return make_settings()
+
+
+@pytest.fixture
+async def policy(policy_settings: PolicySettings) -> AsyncIterator[PolicyService]:
+    service = await build(policy_settings)
     await service.start()
     yield service
     await service.stop()

@@ -33,7 +33,7 @@ from policy.attribution import Attribution, Attributor
 from policy.casework import CaseWork
 from policy.commands import SelfReleaseAllowance
 from policy.handlers import PolicyHandlers
-from policy.memory import MemoryStore, MemoryUnitOfWork
+from policy.memory import MemoryStore, MemoryUnitOfWork, NoGuards
 from policy.rulebook import RuleBook, parse
 
 QUEUE = "lazaretto.policy.main"
@@ -100,7 +100,7 @@ class Policy:
 async def policy() -> Policy:
     bus = InMemoryBus("policy", max_attempts=2, retry_delays=(0.0,))
     store = MemoryStore()
-    work = CaseWork(MemoryUnitOfWork(store, bus), step_max_attempts=1, storage=store)
+    work = CaseWork(MemoryUnitOfWork(store, bus), step_max_attempts=1, storage=store, guard=NoGuards())
     rules = RuleBook(None)
     rules.current = parse(RULES, "unit")
     attributor = TableAttributor()

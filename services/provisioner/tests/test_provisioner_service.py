@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -13,7 +13,15 @@ from pydantic import SecretStr
 
 from lazaretto_core.attribution import DeviceLeases, LeaseHolders
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
+from lazaretto_core.contracts import (
+    AllowlistChanged,
+    AllowlistEntry,
+    GardenApplied,
+    GardenApply,
+    GardenFailed,
+    GardenRemove,
+    GardenRemoved,
+)
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.dhcp_client import dhcp_exchange
 from lazaretto_lab.kea import LabKea
@@ -171,3 +179,100 @@ async def test_attribution_lookups_answer_typed_versioned_models(
         ):
             response = await client.get(bad)
             assert response.status_code == 422, (bad, response.text)
+
+
+# The executor keeps its own copy of policy's allowlist and refuses an allow-listed device even when
+# a garden command for it arrives directly on the bus.
+
+
+def entry(kind: str, value: str, **extra: object) -> AllowlistEntry:
+    return AllowlistEntry.model_validate(
+        {
+            "entry_id": str(uuid.uuid4()),
+            "kind": kind,
+            "value": value,
+            "owner": "noc",
+            "reason": "hospital",
+            **extra,
+        }
+    )
+
+
+def snapshot(version: int, *entries: AllowlistEntry) -> AllowlistChanged:
+    return AllowlistChanged(version=version, published_at=datetime.now(UTC), entries=entries)
+
+
+def garden(ip: str, mac: str, cm_mac: str | None = None) -> GardenApply:
+    return GardenApply(
+        case_id=uuid.uuid4(),
+        step_id=uuid.uuid4(),
+        scope="cpe",
+        cpe_mac=mac,
+        cpe_ip=ip,
+        cm_mac=cm_mac,
+        reason="scan",
+    )
+
+
+async def until_version(service: ProvisionerService, version: int) -> None:
+    async with asyncio.timeout(10):
+        while await service.handlers.allowlist.version() != version:
+            await asyncio.sleep(0.05)
+
+
+async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_directly(
+    provisioner: ProvisionerService, amqp_url: str, lab_bind: LabBind
+) -> None:
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
+    bus = Bus(amqp_url, "test-anyone")
+    await bus.connect()
+    try:
+        # Given policy's allowlist names a CPE's MAC, a modem, and a prefix
+        await bus.publish(
+            snapshot(
+                5,
+                entry("mac", "02:00:00:00:aa:01"),
+                entry("mac", "00:02:8a:00:aa:00"),
+                entry("prefix", "127.0.9.0/24", effect="notify_only", subscriber_class="business"),
+                entry(
+                    "address", "127.0.0.66", expires_at=(datetime.now(UTC) - timedelta(hours=1)).isoformat()
+                ),
+            )
+        )
+        await until_version(provisioner, 5)
+        # And an older snapshot arriving late changes nothing
+        await bus.publish(snapshot(4))
+        # When garden commands for them arrive on the bus (from anyone)
+        by_mac, by_modem, by_prefix = (
+            garden("127.0.0.61", "02:00:00:00:aa:01"),
+            garden("127.0.0.62", "02:00:00:00:aa:02", cm_mac="00:02:8a:00:aa:00"),
+            garden("127.0.9.7", "02:00:00:00:aa:03"),
+        )
+        expired = garden("127.0.0.66", "02:00:00:00:aa:04")
+        for command in (by_mac, by_modem, by_prefix, expired):
+            await bus.publish(command)
+        failed = await probe.wait_for(GardenFailed, count=3)
+        await probe.wait_for("garden.applied.v1")
+        # Then each is refused with the reason, and nothing is gardened
+        assert {f.step_id for f in failed} == {by_mac.step_id, by_modem.step_id, by_prefix.step_id}
+        assert all(f.error_class == "allowlisted" and "hospital" in f.detail for f in failed)
+        assert "class business" in next(f.detail for f in failed if f.step_id == by_prefix.step_id)
+        for mac in ("02:00:00:00:aa:01", "02:00:00:00:aa:02", "02:00:00:00:aa:03"):
+            assert not await provisioner.garden.kea.is_quarantined(mac)
+        for ip in ("127.0.0.61", "127.0.0.62", "127.0.9.7"):
+            assert not await provisioner.garden.rpz.is_quarantined(ip)
+        # An expired entry protects nobody
+        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:aa:04")
+        assert await provisioner.handlers.allowlist.version() == 5
+        # When the list drops the MAC, the device can be gardened again
+        await bus.publish(snapshot(6))
+        await until_version(provisioner, 6)
+        again = garden("127.0.0.61", "02:00:00:00:aa:01")
+        await bus.publish(again)
+        async with asyncio.timeout(20):
+            while again.step_id not in {m.step_id for k, m, _ in probe.received if k == "garden.applied.v1"}:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.05)
+        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:aa:01")
+    finally:
+        await bus.close()
+        await probe.stop()

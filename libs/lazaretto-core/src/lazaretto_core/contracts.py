@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 EVENTS_EXCHANGE = "lazaretto.events"
 COMMANDS_EXCHANGE = "lazaretto.commands"
@@ -71,6 +71,8 @@ CaseState = Literal[
     "released",
     "failed_retrying",
     "needs_operator",
+    # The circuit breaker paused automatic enforcement: recorded, nothing applied, an operator decides.
+    "held",
 ]
 
 # The groupings of case states other services act on, defined once (policy's flow moves cases between
@@ -86,7 +88,9 @@ RELEASING_STATES: Final[frozenset[CaseState]] = frozenset(
 # A subscriber or an operator may release the case now.
 RELEASABLE_STATES: Final[frozenset[CaseState]] = frozenset({"quarantined", "needs_operator"})
 # Every state but the final one: the device has an open case (at most one).
-_NOT_YET_OR_STUCK: Final[frozenset[CaseState]] = frozenset({"open", "failed_retrying", "needs_operator"})
+_NOT_YET_OR_STUCK: Final[frozenset[CaseState]] = frozenset(
+    {"open", "failed_retrying", "needs_operator", "held"}
+)
 OPEN_STATES: Final[frozenset[CaseState]] = (
     _NOT_YET_OR_STUCK | QUARANTINED_STATES | RELEASING_STATES.difference({"released"})
 )
@@ -614,6 +618,119 @@ class CaseChanged(Contract):
     example = examples[0]
 
 
+AllowlistKind = Literal["address", "prefix", "mac"]
+# exempt: never enforced; notify_only: observed and recorded, never gardened or reset (e.g. business).
+AllowlistEffect = Literal["exempt", "notify_only"]
+
+
+class AllowlistEntry(BaseModel):
+    """One allow-listed address, prefix or MAC (a CPE's or a CM's), who owns it, why, until when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entry_id: UUID
+    kind: AllowlistKind
+    value: str = Field(min_length=1, max_length=64)
+    effect: AllowlistEffect = "exempt"
+    subscriber_class: str | None = Field(default=None, max_length=64)
+    owner: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=500)
+    expires_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_kind(self) -> Self:
+        canonical = canonical_allowlist_value(self.kind, self.value)
+        if canonical != self.value:
+            raise ValueError(f"{self.kind} {self.value!r} is not in canonical form ({canonical!r})")
+        return self
+
+
+def canonical_allowlist_value(kind: AllowlistKind, value: str) -> str:
+    """The one spelling of an entry's value: a normalised address, a network, a lower-case MAC."""
+    if kind == "address":
+        return normalize_ip(value)
+    if kind == "prefix":
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    return normalize_mac(value)
+
+
+class AllowlistChanged(Contract):
+    """Broadcast: policy's whole allowlist as of `version`. Each message is a full snapshot, so an
+    executor keeps the highest version it has seen: a lost message is healed by the next (policy
+    republishes periodically) and an older one arriving late is ignored."""
+
+    routing_key = "allowlist.changed.v1"
+    exchange = EVENTS_EXCHANGE
+    mandatory = False
+
+    version: int = Field(ge=1)
+    published_at: AwareDatetime
+    entries: tuple[AllowlistEntry, ...] = Field(default=(), max_length=100_000)
+
+    examples = (
+        {
+            "version": 7,
+            "published_at": "2026-11-26T05:00:00+00:00",
+            "entries": [
+                {
+                    "entry_id": "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b",
+                    "kind": "prefix",
+                    "value": "192.0.2.0/24",
+                    "effect": "notify_only",
+                    "subscriber_class": "business",
+                    "owner": "noc@isp.example",
+                    "reason": "business static range: notify only",
+                },
+                {
+                    "entry_id": "6f7a8b9c-0d1e-4f2a-9b3c-4d5e6f7a8b9c",
+                    "kind": "mac",
+                    "value": "00:02:8a:d3:7c:6e",
+                    "owner": "helpdesk",
+                    "reason": "hospital's modem",
+                    "expires_at": "2027-01-01T00:00:00+00:00",
+                },
+            ],
+        },
+        {"version": 1, "published_at": "2026-11-26T05:00:00+00:00", "entries": []},
+    )
+    example = examples[0]
+
+
+class BreakerTripped(Contract):
+    """Broadcast: too many new enforcements in a window; automatic enforcement in `scope` (`global`,
+    `cmts:<name>` or `net:<a.b.c.0/24>`) is paused and new cases are held until an operator resumes."""
+
+    routing_key = "breaker.tripped.v1"
+    exchange = EVENTS_EXCHANGE
+    mandatory = False
+
+    scope: str = Field(min_length=1, max_length=128)
+    count: int = Field(ge=0)
+    limit: int = Field(ge=0)
+    window_s: float = Field(gt=0)
+    tripped_at: AwareDatetime
+    case_id: UUID | None = None
+
+    examples = (
+        {
+            "scope": "global",
+            "count": 51,
+            "limit": 50,
+            "window_s": 600.0,
+            "tripped_at": "2026-11-26T05:00:00+00:00",
+            "case_id": _CASE,
+        },
+        {
+            "scope": "net:100.64.0.0/24",
+            "count": 11,
+            "limit": 10,
+            "window_s": 600.0,
+            "tripped_at": "2026-11-26T05:00:00+00:00",
+        },
+    )
+    example = examples[0]
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     AbuseObserved,
     GardenApply,
@@ -626,6 +743,8 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     ModemResetFailed,
     ReleaseRequested,
     CaseChanged,
+    AllowlistChanged,
+    BreakerTripped,
 )
 BY_ROUTING_KEY: dict[str, type[Contract]] = {c.routing_key: c for c in ALL_CONTRACTS}
 

@@ -70,6 +70,14 @@ def stub_app(book: LeaseBook) -> FastAPI:
                 return cpe
         raise HTTPException(404, "no CMTS lists it")
 
+    @app.get("/v1/modems/{mac}/cpes")
+    async def modem_cpes(mac: str) -> dict[str, object]:
+        mac = normalize_mac(mac)
+        found = [c for c in book.cpes.values() if c.cm_mac == mac]
+        if not found:
+            raise HTTPException(404, "no CMTS lists it")
+        return {"cm_mac": mac, "cmts": found[0].cmts, "cpes": [c.model_dump(mode="json") for c in found]}
+
     @app.get("/v1/cpes/{mac}/modem")
     async def cpe_modem(mac: str) -> CpeModem:
         found = book.cpes.get(normalize_mac(mac))

@@ -62,6 +62,8 @@ class SystemConfig:
     kea_prefixlen: int = 24
     # ... unless a service's own database is given here by service (make run: start-peers' ones).
     service_database_urls: dict[str, str] = field(default_factory=dict)
+    # Extra settings per service, over the lab's wiring (e.g. a benchmark raising policy's breaker).
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class LabSystem:
@@ -224,7 +226,7 @@ class LabSystem:
             "LAZARETTO_PORTAL_TOKEN": self.portal_token,
             "LAZARETTO_RETRY_DELAYS": "[0.5, 1, 2, 5]",
         }
-        return env | WIRINGS[name](self._wires())
+        return env | WIRINGS[name](self._wires()) | self.config.service_env.get(name, {})
 
     def _wires(self) -> LabWires:
         assert self.kea is not None

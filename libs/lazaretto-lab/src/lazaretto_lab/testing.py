@@ -58,7 +58,19 @@ async def create_database(prefix: str = "test") -> str:
 async def drop_database(name: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.InsufficientPrivilegeError:
+            # FORCE may not terminate an autovacuum worker (no role) busy in the database after a
+            # write-heavy test; a plain DROP stops autovacuum itself once the test's sessions are gone.
+            for attempt in range(20):
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    break
+                except asyncpg.ObjectInUseError:
+                    if attempt == 19:
+                        raise
+                    await asyncio.sleep(0.5)
     finally:
         await conn.close()
 

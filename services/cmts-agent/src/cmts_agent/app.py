@@ -10,8 +10,9 @@ import asyncpg
 from fastapi import FastAPI
 
 from lazaretto_core import db
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, queue_name
-from lazaretto_core.contracts import ModemReset
+from lazaretto_core.contracts import AllowlistChanged, ModemReset
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.supervise import Supervisor
 
@@ -46,6 +47,7 @@ class CmtsAgentService:
     async def start(self) -> None:
         await self.bus.connect()
         self.bus.on(ModemReset, self.handlers.on_modem_reset)
+        self.bus.on(AllowlistChanged, self.handlers.on_allowlist_changed)
         await self.bus.consume(
             queue_name("cmts-agent"), prefetch=self.settings.global_max_in_flight, progress=self.progress
         )
@@ -101,5 +103,7 @@ async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
         progress=progress,
     )
     install_api(app, fleet, inventory, resetter, settings.admin_token)
-    handlers = CmtsAgentHandlers(resetter, bus, ResetSteps(pool))
+    handlers = CmtsAgentHandlers(
+        resetter, bus, ResetSteps(pool), AllowlistCopy(pool, "allowlist_copy"), inventory
+    )
     return CmtsAgentService(settings, pool, fleet, inventory, resetter, bus, handlers, progress, app)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 
+from lazaretto_core import allowlist as matcher
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
-from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
+from lazaretto_core.contracts import AllowlistChanged, ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_core.errors import RetryLater
 
+from .inventory import Inventory
 from .resets import Attempt, ResetFailed, Resetter, error_class
 from .snmp import SnmpError, UnknownModem
 from .steps import ResetSteps, StepResult
@@ -24,16 +27,33 @@ log = logging.getLogger(__name__)
 
 
 class CmtsAgentHandlers:
-    def __init__(self, resetter: Resetter, bus: Bus, steps: ResetSteps) -> None:
+    def __init__(
+        self, resetter: Resetter, bus: Bus, steps: ResetSteps, allowlist: AllowlistCopy, inventory: Inventory
+    ) -> None:
         self.resetter = resetter
         self.bus = bus
         self.steps = steps
+        self.allowlist = allowlist
+        self.inventory = inventory
+
+    async def on_allowlist_changed(self, snapshot: AllowlistChanged, ctx: MessageContext) -> None:
+        await self.allowlist.store(snapshot)
 
     async def on_modem_reset(self, command: ModemReset, ctx: MessageContext) -> None:
         row = await self.steps.get(command.step_id)
         if row is not None and row.result is not None:
             log.info("step %s already handled: publishing its result again", command.step_id)
             await self._publish(row.result)
+            return
+        # Checked again here, whoever sent the command: a reset bounces the whole household, so the
+        # modem and every device its CMTS lists behind it must be clear of the allowlist.
+        household = await self.inventory.cpes_of(command.cm_mac)
+        entry = await self.allowlist.covering(
+            ips=[c.ip for c in household], macs=[command.cm_mac, *(c.cpe_mac for c in household)]
+        )
+        if entry is not None:
+            detail = f"refused to reset {command.cm_mac}: {matcher.describe(entry)}"
+            await self._failed(command, "allowlisted", detail, None, ())
             return
         try:
             # The journal (not this step row) knows whether a SET of an earlier delivery may have

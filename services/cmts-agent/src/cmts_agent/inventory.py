@@ -206,7 +206,7 @@ class Inventory:
             walked_at = await conn.fetchval("SELECT now()")
             await conn.execute(
                 """
-                INSERT INTO cmts_modems
+                INSERT INTO modems
                     (cm_mac, cmts, status_table, row_index, ip, status_value, online, seen_at)
                 SELECT m, $2, t, i, ip, v, o, $3
                 FROM unnest($1::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], $8::bool[])
@@ -225,10 +225,10 @@ class Inventory:
                 [m.online for m in modems],
             )
             # Gone from this CMTS (moved elsewhere rows now carry the other CMTS's name).
-            await conn.execute("DELETE FROM cmts_modems WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
+            await conn.execute("DELETE FROM modems WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
             await conn.execute(
                 """
-                INSERT INTO cmts_cpes (cpe_mac, cm_mac, cmts, ip, seen_at)
+                INSERT INTO cpes (cpe_mac, cm_mac, cmts, ip, seen_at)
                 SELECT c, m, $2, ip, $3 FROM unnest($1::text[], $4::text[], $5::text[]) AS u(c, m, ip)
                 ON CONFLICT (cpe_mac) DO UPDATE SET cm_mac = EXCLUDED.cm_mac, cmts = EXCLUDED.cmts,
                     ip = EXCLUDED.ip, seen_at = EXCLUDED.seen_at
@@ -240,13 +240,13 @@ class Inventory:
                 [c.ip for c in cpes],
             )
             if CPE_COLUMNS.get(self.fleet[cmts].profile.vendor) is not None:
-                await conn.execute("DELETE FROM cmts_cpes WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
+                await conn.execute("DELETE FROM cpes WHERE cmts = $1 AND seen_at < $2", cmts, walked_at)
 
     # -- look-ups ---------------------------------------------------------------------------------
 
     async def find(self, cm_mac: str) -> ModemRecord | None:
         """The stored record of a CM, without asking any CMTS."""
-        row = await self.pool.fetchrow("SELECT * FROM cmts_modems WHERE cm_mac = $1", normalize_mac(cm_mac))
+        row = await self.pool.fetchrow("SELECT * FROM modems WHERE cm_mac = $1", normalize_mac(cm_mac))
         return None if row is None else _modem(row)
 
     async def locate(self, cm_mac: str) -> ModemRecord | None:
@@ -273,7 +273,7 @@ class Inventory:
 
     async def cpes_of(self, cm_mac: str) -> list[CpeRecord]:
         rows = await self.pool.fetch(
-            "SELECT * FROM cmts_cpes WHERE cm_mac = $1 ORDER BY cpe_mac", normalize_mac(cm_mac)
+            "SELECT * FROM cpes WHERE cm_mac = $1 ORDER BY cpe_mac", normalize_mac(cm_mac)
         )
         return [_cpe(r) for r in rows]
 
@@ -291,7 +291,7 @@ class Inventory:
         for error in errors:
             if not isinstance(error, SnmpError):
                 raise error
-        row = await self.pool.fetchrow("SELECT * FROM cmts_cpes WHERE cpe_mac = $1", mac)
+        row = await self.pool.fetchrow("SELECT * FROM cpes WHERE cpe_mac = $1", mac)
         if row is not None:
             return _cpe(row)
         if errors and len(errors) == len(answers):
@@ -300,7 +300,7 @@ class Inventory:
 
     async def cpe_by_ip(self, ip: str) -> CpeRecord | None:
         """The CPE (and its CM) holding this IPv4 as the CMTSes last listed it; walks on a miss."""
-        query = "SELECT * FROM cmts_cpes WHERE ip = $1 ORDER BY seen_at DESC LIMIT 1"
+        query = "SELECT * FROM cpes WHERE ip = $1 ORDER BY seen_at DESC LIMIT 1"
         row = await self.pool.fetchrow(query, ip)
         if row is None:
             await self.refresh(force=False)
@@ -330,9 +330,9 @@ class Inventory:
     async def _remember_cpe(self, cpe: CpeRecord) -> None:
         await self.pool.execute(
             """
-            INSERT INTO cmts_cpes (cpe_mac, cm_mac, cmts, ip) VALUES ($1, $2, $3, $4)
+            INSERT INTO cpes (cpe_mac, cm_mac, cmts, ip) VALUES ($1, $2, $3, $4)
             ON CONFLICT (cpe_mac) DO UPDATE SET cm_mac = EXCLUDED.cm_mac, cmts = EXCLUDED.cmts,
-                ip = COALESCE(EXCLUDED.ip, cmts_cpes.ip), seen_at = now()
+                ip = COALESCE(EXCLUDED.ip, cpes.ip), seen_at = now()
             """,
             cpe.cpe_mac,
             cpe.cm_mac,
@@ -390,12 +390,10 @@ class Inventory:
     async def counts(self) -> dict[str, tuple[int, int]]:
         """(modems, CPEs) stored per CMTS."""
         modems = {
-            r["cmts"]: r["n"]
-            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cmts_modems GROUP BY 1")
+            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM modems GROUP BY 1")
         }
         cpes = {
-            r["cmts"]: r["n"]
-            for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cmts_cpes GROUP BY 1")
+            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cpes GROUP BY 1")
         }
         return {name: (int(modems.get(name, 0)), int(cpes.get(name, 0))) for name in self.fleet.names()}
 

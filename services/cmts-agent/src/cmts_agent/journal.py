@@ -93,7 +93,7 @@ class ModemLocks:
 
 
 class ResetJournal:
-    """Intents and outcomes of reset SETs (table cmts_reset_intents)."""
+    """Intents and outcomes of reset SETs (table reset_intents)."""
 
     def __init__(self, pool: asyncpg.Pool, locks: ModemLocks) -> None:
         self.pool = pool
@@ -105,7 +105,7 @@ class ResetJournal:
         """Record a SET about to be sent; returns its id. Committed before the SET leaves."""
         value = await self.pool.fetchval(
             """
-            INSERT INTO cmts_reset_intents (cm_mac, cmts, method, step_id, baseline)
+            INSERT INTO reset_intents (cm_mac, cmts, method, step_id, baseline)
             VALUES ($1, $2, $3, $4, $5) RETURNING id
             """,
             cm_mac,
@@ -122,7 +122,7 @@ class ResetJournal:
         """What came of the SET; `counted=False`: it provably had no effect on the modem."""
         await self.pool.execute(
             """
-            UPDATE cmts_reset_intents SET outcome = $2, counted = $3, report = $4::jsonb,
+            UPDATE reset_intents SET outcome = $2, counted = $3, report = $4::jsonb,
                 finished_at = now(), answered_at = COALESCE(answered_at, now()) WHERE id = $1
             """,
             intent_id,
@@ -136,9 +136,9 @@ class ResetJournal:
         a dead run leaves them: the caller holds the modem's lock), and `resets_last_hour`."""
         rows = await self.pool.fetch(
             """
-            SELECT *, (SELECT count(*) FROM cmts_reset_intents c WHERE c.cm_mac = $1 AND c.counted
+            SELECT *, (SELECT count(*) FROM reset_intents c WHERE c.cm_mac = $1 AND c.counted
                        AND c.intent_at > now() - interval '1 hour') AS done
-            FROM (SELECT 1) one LEFT JOIN cmts_reset_intents i ON i.cm_mac = $1 AND i.outcome IS NULL
+            FROM (SELECT 1) one LEFT JOIN reset_intents i ON i.cm_mac = $1 AND i.outcome IS NULL
             ORDER BY i.id DESC
             """,
             cm_mac,
@@ -156,7 +156,7 @@ class ResetJournal:
         """SETs of the last hour that may have reached the modem (the per-modem cap counts these)."""
         value = await self.pool.fetchval(
             """
-            SELECT count(*) FROM cmts_reset_intents
+            SELECT count(*) FROM reset_intents
             WHERE cm_mac = $1 AND counted AND intent_at > now() - interval '1 hour'
             """,
             cm_mac,
@@ -167,7 +167,7 @@ class ResetJournal:
         """The report of a reset of this modem finished at or after `since` (by any replica)."""
         value = await self.pool.fetchval(
             """
-            SELECT report FROM cmts_reset_intents
+            SELECT report FROM reset_intents
             WHERE cm_mac = $1 AND report IS NOT NULL AND finished_at >= $2
             ORDER BY finished_at DESC LIMIT 1
             """,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from pysnmp.entity.rfc3413.cmdgen import GetCommandGenerator, SetCommandGenerator
 from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch.asyncio import (
     USM_AUTH_HMAC96_MD5,
@@ -38,11 +39,12 @@ from pysnmp.hlapi.v3arch.asyncio import (
     UdpTransportTarget,
     UsmUserData,
     bulk_walk_cmd,
-    get_cmd,
-    set_cmd,
 )
+from pysnmp.hlapi.v3arch.asyncio.lcd import CommandGeneratorLcdConfigurator
 from pysnmp.proto import errind
 from pysnmp.proto.error import StatusInformation
+from pysnmp.proto.rfc1902 import ObjectName
+from pysnmp.proto.rfc1905 import unSpecified
 
 from lazaretto_core.contracts import normalize_mac
 
@@ -262,6 +264,14 @@ _ACCESS_INDICATIONS: tuple[type[Exception], ...] = (
 )
 _EXCEPTION_VALUES = (NoSuchObject, NoSuchInstance, EndOfMibView)
 
+# GET and SET go to pysnmp's command generators with numeric OIDs as they are. pysnmp's get_cmd /
+# set_cmd first look every OID up in its MIB view, which cost about a third of the CPU of a status
+# poll (bench-cmts: the agent's CPU per reset is what limits its resets per second); we never want
+# names, only the numbers we sent.
+_GENERATORS = {"GET": GetCommandGenerator(), "SET": SetCommandGenerator()}
+_TARGETS = CommandGeneratorLcdConfigurator()  # registers credentials + address once per engine
+_CONTEXT = ContextData()
+
 
 # -- MAC helpers --------------------------------------------------------------------------------
 
@@ -408,7 +418,7 @@ class CmtsSnmp:
 
     async def set(self, op: str, values: Sequence[SetValue]) -> None:
         """One SET PDU with the write credentials (all varbinds applied together or none)."""
-        varbinds = [ObjectType(ObjectIdentity(v.oid), _set_value(v)) for v in values]
+        varbinds = [(ObjectName(v.oid), _set_value(v)) for v in values]
         await self._request(op, "SET", self.target.write, varbinds)
 
     async def walk(self, op: str, column: str, *, max_rows: int = 200_000) -> list[tuple[str, Any]]:
@@ -479,12 +489,12 @@ class CmtsSnmp:
 
     async def _get(self, op: str, oids: Sequence[str]) -> list[Any | None]:
         """GET; values in request order, None for noSuchObject/noSuchInstance/endOfMibView."""
-        varbinds = [ObjectType(ObjectIdentity(oid)) for oid in oids]
+        varbinds = [(ObjectName(oid), unSpecified) for oid in oids]
         result = await self._request(op, "GET", self.target.read, varbinds)
         return [None if isinstance(value, _EXCEPTION_VALUES) else value for _, value in result]
 
     async def _set_int(self, op: str, oid: str, value: int) -> None:
-        await self._request(op, "SET", self.target.write, [ObjectType(ObjectIdentity(oid), Integer(value))])
+        await self._request(op, "SET", self.target.write, [(ObjectName(oid), Integer(value))])
 
     async def _request(
         self, op: str, kind: Literal["GET", "SET"], creds: SnmpCredentials, varbinds: list[Any]
@@ -494,9 +504,9 @@ class CmtsSnmp:
         budget = self.target.timeout * (self.target.retries + 1) + 5.0
         try:
             engine, transport = await self._session()
-            send = get_cmd if kind == "GET" else set_cmd
-            call = send(engine, self._auth(creds), transport, ContextData(), *varbinds, lookupMib=False)
-            indication, status, index, result = await asyncio.wait_for(call, budget)
+            indication, status, index, result = await asyncio.wait_for(
+                self._send(engine, transport, kind, creds, varbinds), budget
+            )
         except TimeoutError:
             raise SnmpTimeout(
                 f"{kind}: no response within {budget:.1f}s", target=where, operation=op
@@ -514,6 +524,30 @@ class CmtsSnmp:
         if status:
             raise self._from_status(op, kind, status, index, varbinds)
         return [(oid, value) for oid, value in result]
+
+    async def _send(
+        self,
+        engine: SnmpEngine,
+        transport: UdpTransportTarget,
+        kind: Literal["GET", "SET"],
+        creds: SnmpCredentials,
+        varbinds: list[Any],
+    ) -> tuple[Any, Any, Any, list[tuple[Any, Any]]]:
+        """One request through pysnmp's command generator: (indication, status, index, varbinds)."""
+        future: asyncio.Future[tuple[Any, Any, Any, list[tuple[Any, Any]]]]
+        future = asyncio.get_running_loop().create_future()
+
+        def answered(
+            _engine: Any, _handle: Any, indication: Any, status: Any, index: Any, result: Any, _ctx: Any
+        ) -> None:
+            if not future.done():
+                future.set_result((indication, status, index, list(result)))
+
+        target, _ = _TARGETS.configure(engine, self._auth(creds), transport, _CONTEXT.contextName)
+        _GENERATORS[kind].send_varbinds(
+            engine, target, _CONTEXT.contextEngineId, _CONTEXT.contextName, varbinds, answered
+        )
+        return await future
 
     def _from_indication(self, op: str, kind: str, indication: Any) -> SnmpError:
         where = self.target.address

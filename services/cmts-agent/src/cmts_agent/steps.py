@@ -29,7 +29,7 @@ class ResetSteps:
         self.pool = pool
 
     async def get(self, step_id: UUID) -> StepRow | None:
-        row = await self.pool.fetchrow("SELECT * FROM cmts_reset_steps WHERE step_id = $1", step_id)
+        row = await self.pool.fetchrow("SELECT * FROM reset_steps WHERE step_id = $1", step_id)
         if row is None:
             return None
         result: StepResult | None = None
@@ -43,10 +43,10 @@ class ResetSteps:
         kind = "completed" if isinstance(result, ModemResetCompleted) else "failed"
         await self.pool.execute(
             """
-            INSERT INTO cmts_reset_steps (step_id, case_id, cm_mac, cmts, state, result_type, result)
+            INSERT INTO reset_steps (step_id, case_id, cm_mac, cmts, state, result_type, result)
             VALUES ($1, $2, $3, $4, 'done', $5, $6::jsonb)
             ON CONFLICT (step_id) DO UPDATE SET state = 'done', result_type = EXCLUDED.result_type,
-                result = EXCLUDED.result, cmts = COALESCE(EXCLUDED.cmts, cmts_reset_steps.cmts),
+                result = EXCLUDED.result, cmts = COALESCE(EXCLUDED.cmts, reset_steps.cmts),
                 updated_at = now()
             """,
             result.step_id,

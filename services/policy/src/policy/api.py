@@ -11,27 +11,20 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import Category, IpAddress, Scope, normalize_mac, utcnow
+from lazaretto_core.contracts import normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import commands, identity, ladder, store
+from . import audit, commands, desk, identity, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
+from .roles import Principal, RoleGuard, TokenBook
 from .rulebook import RuleBook, RulesError
 from .rulebook import load as rulebook_load
 from .rules import Network, is_allowlisted
 
 log = logging.getLogger(__name__)
-
-
-class QuarantineRequest(BaseModel):
-    ip: IpAddress
-    reason: str = Field(min_length=1, max_length=500)
-    category: Category = "other"
-    scope: Scope = "cpe"
-    operator: str = Field(default="operator", min_length=1, max_length=64)
 
 
 class ReleaseRequest(BaseModel):
@@ -44,14 +37,16 @@ def install_api(
     work: CaseWork,
     attributor: Attributor,
     allowlist: tuple[Network, ...],
-    admin_token: SecretStr,
+    tokens: TokenBook,
     portal_token: SecretStr,
     *,
     max_self_releases: int = 3,
     self_release_window: timedelta = timedelta(days=30),
     rules: RuleBook | None = None,
 ) -> None:
-    admin = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
+    # Every admin route needs a known token (viewer or higher); changes ask for more (policy-guard).
+    admin = APIRouter(prefix="/v1", dependencies=[Depends(RoleGuard(tokens, "viewer"))], tags=["admin"])
+    as_operator = RoleGuard(tokens, "operator")
     portal = APIRouter(
         prefix="/v1/portal", dependencies=[Depends(bearer_token_guard(portal_token))], tags=["portal"]
     )
@@ -116,18 +111,20 @@ def install_api(
         return {**case.public(), "history": history, "observations": observations, "addresses": addresses}
 
     @admin.post("/quarantine", status_code=201)
-    async def quarantine(request: QuarantineRequest) -> dict[str, Any]:
-        # Refused before any look-up; the command checks it again for the address it is given.
-        if is_allowlisted(request.ip, allowlist):
+    async def quarantine(
+        request: desk.QuarantineRequest, principal: Principal = Depends(as_operator)
+    ) -> dict[str, Any]:
+        """Open a case by address (now, or as of `at`), by device (`mac`) or household (`cm_mac`),
+        with the desk's evidence; refused for an allow-listed address before any look-up."""
+        if request.ip is not None and is_allowlisted(request.ip, allowlist):
             raise HTTPException(409, f"{request.ip} is on the allowlist and is never quarantined")
         try:
-            # Like an alert: the device holding the address now, never the address itself if known.
-            attribution = await attributor.attribute(request.ip)
-            leases = None
-            if attribution.cpe_mac is not None:
-                leases = await attributor.device_leases(attribution.cpe_mac, attribution.at)
+            # Like an alert: the device holding the address (then), never the address itself if known.
+            attribution, leases = await desk.attribute(attributor, request)
         except RetryLater as exc:
-            raise HTTPException(503, f"cannot attribute {request.ip} now: {exc}") from None
+            raise HTTPException(503, f"cannot attribute {request.describe()} now: {exc}") from None
+        except desk.NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
         command = OpenCase(
             attribution,
             scope=request.scope,
@@ -140,10 +137,22 @@ def install_api(
         try:
             async with work.uow() as conn:
                 case = await commands.open_case(work, conn, command, allowlist)
+                await audit.append(
+                    conn,
+                    f"case:{case.case_id}",
+                    "manual_case",
+                    principal.actor,
+                    {
+                        **principal.audit(),
+                        "operator": request.operator,
+                        "subject": request.describe(),
+                        "evidence": [e.model_dump(mode="json") for e in request.evidence],
+                    },
+                )
         except commands.AlreadyOpen as exists:
             raise HTTPException(
                 409,
-                f"case {exists.case.case_id} is already open for {request.ip}"
+                f"case {exists.case.case_id} is already open for {request.describe()}"
                 f" ({exists.case.key_kind} {exists.case.device_key})",
             ) from None
         except Refused as exc:
@@ -151,7 +160,9 @@ def install_api(
         return case.public()
 
     @admin.post("/cases/{case_id}/release")
-    async def release(case_id: uuid.UUID, request: ReleaseRequest) -> dict[str, Any]:
+    async def release(
+        case_id: uuid.UUID, request: ReleaseRequest, principal: Principal = Depends(as_operator)
+    ) -> dict[str, Any]:
         async with work.uow.read() as conn:
             known = await store.get_case(conn, case_id)
         if known is None:
@@ -168,6 +179,9 @@ def install_api(
         try:
             async with work.uow() as conn:
                 case = await commands.release(work, conn, command, allowance)
+                await audit.append(
+                    conn, f"case:{case_id}", "operator_release", principal.actor, principal.audit()
+                )
         except Refused as exc:
             raise HTTPException(exc.http_status, str(exc)) from None
         assert case is not None  # only a subscriber's repeated release is a no-op

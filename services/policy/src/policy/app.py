@@ -26,10 +26,14 @@ from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
+from . import allowlist, guard
 from .api import install_api
 from .attribution import Attributor
+from .breaker import BreakerLimits
 from .casework import CaseWork
 from .commands import expire_due
+from .guard import Guard
+from .guard_api import install_guard_api
 from .handlers import PolicyHandlers
 from .rulebook import RuleBook
 from .settings import PolicySettings
@@ -58,6 +62,13 @@ class PolicyService:
     async def start(self) -> None:
         await self.bus.connect()
         self.relay.start()
+        # The settings' static allowlist seeds the database's; executors get the snapshot at once
+        # and again every interval (a lost or reordered snapshot is healed by the next).
+        async with self.work.uow() as conn:
+            await allowlist.seed(conn, self.settings.allowlist)
+            await allowlist.publish_snapshot(conn, bump=False)
+            # Sets the open-trips gauge after a restart.
+            await guard.status(conn, breaker_limits(self.settings))
         h = self.handlers
         self.bus.on(AbuseObserved, h.on_abuse_observed)
         self.bus.on(GardenApplied, h.on_garden_applied)
@@ -73,10 +84,20 @@ class PolicyService:
         self.loops.every("enforcements", 1.0, self.work.enforce_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("rules-reload", self.settings.rules_reload_interval, self.rules.reload_if_changed)
+        self.loops.every(
+            "allowlist-republish",
+            self.settings.allowlist_publish_interval,
+            self._republish_allowlist,
+            errors=(OSError, asyncpg.PostgresError),
+        )
         self._on_sighup(install=True)
 
     async def _expire_due(self) -> int:
         return await expire_due(self.work, self.handlers.allowance)
+
+    async def _republish_allowlist(self) -> None:
+        async with self.work.uow() as conn:
+            await allowlist.publish_snapshot(conn, bump=False)
 
     def _on_sighup(self, *, install: bool) -> None:
         """SIGHUP reloads the rules (only where signals can be handled: the main thread's loop)."""
@@ -98,6 +119,15 @@ class PolicyService:
         await self.pool.close()
 
 
+def breaker_limits(settings: PolicySettings) -> BreakerLimits:
+    return BreakerLimits(
+        window=timedelta(seconds=settings.breaker_window),
+        global_limit=settings.breaker_global_limit,
+        per_cmts=settings.breaker_per_cmts,
+        per_net=settings.breaker_per_net,
+    )
+
+
 async def build(settings: PolicySettings, attributor: Attributor | None = None) -> PolicyService:
     """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
     pool = await db.create_pool(settings.database_url.get_secret_value())
@@ -110,11 +140,14 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     )
     progress = ProgressMonitor()
     relay = OutboxRelay(pool, bus, progress=progress)
+    limits = breaker_limits(settings)
     work = CaseWork(
         UnitOfWork(pool, relay),
         step_max_attempts=settings.step_max_attempts,
         step_retry_base=settings.step_retry_base,
+        guard=Guard(limits),
     )
+    tokens = settings.token_book()
     attributor = attributor or Attributor(
         settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
     )
@@ -142,10 +175,11 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         work,
         attributor,
         settings.allowlist,
-        settings.admin_token,
+        tokens,
         settings.portal_token,
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
         rules=rules,
     )
+    install_guard_api(app, work, tokens, limits, settings.own_prefixes)
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)

@@ -25,7 +25,7 @@ from lazaretto_core.attribution import (
     LeaseHolders,
     LeaseInterval,
 )
-from lazaretto_core.contracts import normalize_mac, utcnow
+from lazaretto_core.contracts import Mac, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,17 @@ Answer = TypeVar("Answer", bound=pydantic.BaseModel)
 # How the device was found: a DHCP lease, a CMTS CPE table (static address), nothing (address only),
 # or sources that disagree (never guessed away).
 Found = Literal["lease", "cmts", "none", "conflict"]
+
+
+MODEM_CPES_PATH = "/v1/modems/{mac}/cpes"
+
+
+class ModemCpes(pydantic.BaseModel):
+    """cmts-agent's answer: the CPEs behind a modem (`/v1/modems/{mac}/cpes`)."""
+
+    cm_mac: Mac
+    cmts: str
+    cpes: list[CpeModem]
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class Attribution:
     found: Found = "lease"
     lease: LeaseInterval | None = None
     conflict: str | None = None
+    # The CMTS serving the device, when a CMTS table named it (the breaker counts per CMTS).
+    cmts: str | None = None
 
     def audit(self) -> dict[str, Any]:
         """What the observation and the audit trail keep of this attribution."""
@@ -58,6 +71,7 @@ class Attribution:
             "cm_mac": self.cm_mac,
             "lease": self.lease.model_dump(mode="json") if self.lease else None,
             "conflict": self.conflict,
+            "cmts": self.cmts,
         }
 
 
@@ -90,6 +104,12 @@ class Attributor:
     async def modem_of_cpe(self, mac: str) -> CpeModem | None:
         return await self._get(self._cmts_agent + CPE_MODEM_PATH.format(mac=normalize_mac(mac)), CpeModem)
 
+    async def cpes_of_modem(self, cm_mac: str) -> ModemCpes | None:
+        """The devices a modem's CMTS lists behind it (a household), None when no CMTS lists it."""
+        return await self._get(
+            self._cmts_agent + MODEM_CPES_PATH.format(mac=normalize_mac(cm_mac)), ModemCpes
+        )
+
     async def attribute(self, ip: str, at: datetime | None = None) -> Attribution:
         """Who held `ip` at `at` (default now): the lease covering that moment; without one, the CMTS
         CPE table (static addresses); two holders, or a live lease the CMTS table contradicts, is a
@@ -117,12 +137,20 @@ class Attributor:
                         lease,
                         f"lease says {lease.mac} holds {ip}, CMTS {listed.cmts} lists {listed.cpe_mac}",
                     )
-            return Attribution(ip, lease.mac, modem.cm_mac if modem else None, at, "lease", lease)
+            return Attribution(
+                ip,
+                lease.mac,
+                modem.cm_mac if modem else None,
+                at,
+                "lease",
+                lease,
+                cmts=modem.cmts if modem else None,
+            )
         listed = await self.modem_of_ip(ip)
         if listed is None:
             log.info("no lease and no CMTS lists %s at %s: attributing by address only", ip, at)
             return Attribution(ip, None, None, at, "none")
-        return Attribution(ip, listed.cpe_mac, listed.cm_mac, at, "cmts")
+        return Attribution(ip, listed.cpe_mac, listed.cm_mac, at, "cmts", cmts=listed.cmts)
 
     async def _require(self, url: str, answer: type[Answer], params: dict[str, str]) -> Answer:
         # The lease history answers 200 even when nobody held the address: a 404 is a provisioner

@@ -24,8 +24,10 @@ from lazaretto_core.db import Connection
 
 from . import flow, identity, store
 from .attribution import Attribution
+from .breaker import BreakerLimits
 from .casestore import CaseStore
 from .flow import Outcome, Step
+from .guard import Guard, Guards
 from .ladder import CaseTerms
 from .store import AddressSource, Case
 from .uow import Transactions
@@ -55,8 +57,11 @@ class CaseWork:
         step_max_attempts: int,
         step_retry_base: float = 2.0,
         storage: CaseStore = store,
+        guard: Guards | None = None,
     ) -> None:
         self.step_retry_base = step_retry_base
+        # The allowlist and circuit breaker `commands.open_case` consults (policy-guard).
+        self.guard = guard or Guard(BreakerLimits())
         self.uow = uow
         self.step_max_attempts = step_max_attempts
         # The PostgreSQL module by default; unit tests pass `memory.MemoryStore` with its unit of work.
@@ -74,6 +79,7 @@ class CaseWork:
         leases: DeviceLeases | None = None,
         source: AddressSource = "alert",
         terms: CaseTerms | None = None,
+        hold: bool = False,
     ) -> Case:
         """Open a case for the attributed device inside the caller's transaction and request the garden.
 
@@ -106,11 +112,12 @@ class CaseWork:
         if terms is not None:
             await self.store.save_terms(conn, case.case_id, terms)
             detail |= {"rule": terms.rule, "ruleset_version": terms.ruleset_version, "offence": terms.offence}
-            if terms.enforce_at is not None:
+            if terms.enforce_at is not None and not hold:
                 detail["enforce_at"] = terms.enforce_at.isoformat()
                 await self.store.add_event(conn, case.case_id, actor, case.state, case.state, detail)
                 return case
-        return await self.apply(conn, case, flow.opened(), actor, detail)
+        # A case the circuit breaker holds is recorded without its garden (policy-guard).
+        return await self.apply(conn, case, flow.held() if hold else flow.opened(), actor, detail)
 
     async def enforce_due(self) -> int:
         """Request the garden for cases whose enforcement delay has passed (stored, so a restart

@@ -19,7 +19,7 @@ from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import RELEASING_STATES, Category, IpAddress, Scope, utcnow
 from lazaretto_core.db import Connection
 
-from . import flow, identity, ladder
+from . import flow, guard, identity, ladder
 from .attribution import Attribution
 from .casework import IN_FLIGHT_STATE, CaseExists, CaseWork
 from .flow import Step
@@ -37,7 +37,9 @@ class Refused(Exception):
 
 
 class Allowlisted(Refused):
-    pass
+    """On the allowlist; `effect` notify_only means: record, never enforce."""
+
+    effect = "exempt"
 
 
 class AttributionConflict(Refused):
@@ -136,8 +138,16 @@ async def open_case(
         raise Allowlisted(f"{attribution.ip} is on the allowlist and is never quarantined")
     if attribution.found == "conflict":
         raise AttributionConflict(f"who holds {attribution.ip} is in conflict: {attribution.conflict}")
+    # Guard rails (policy-guard): the database allowlist (every address and MAC of the device), then
+    # the circuit breaker, which holds automatic cases when enforcement is paused.
     try:
-        return await work.open_case(
+        verdict = await work.guard.check(conn, attribution, automatic=command.source != "operator")
+    except guard.Covered as covered:
+        refusal = Allowlisted(f"{attribution.ip} is never quarantined: {covered}")
+        refusal.effect = covered.entry.effect
+        raise refusal from None
+    try:
+        case = await work.open_case(
             conn,
             attribution,
             scope=command.scope,
@@ -147,9 +157,12 @@ async def open_case(
             leases=command.leases,
             source=command.source,
             terms=command.terms,
+            hold=verdict.hold,
         )
     except CaseExists as exists:
         raise AlreadyOpen(exists) from None
+    await work.guard.opened(conn, case, verdict)
+    return case
 
 
 async def release(

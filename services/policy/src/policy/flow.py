@@ -32,6 +32,16 @@ def opened() -> Outcome:
     return Outcome("garden_requested", Step.GARDEN_APPLY)
 
 
+def held() -> Outcome:
+    """The circuit breaker paused enforcement: the case is recorded, nothing is applied."""
+    return Outcome("held", None)
+
+
+def held_released() -> Outcome:
+    """An operator let a held case go: nothing was applied, so nothing is removed."""
+    return Outcome("released", None, closed=True)
+
+
 def step_succeeded(step: Step, has_modem: bool) -> Outcome:
     if step is Step.GARDEN_APPLY:
         return Outcome("modem_reset_requested", Step.RESET_IN) if has_modem else Outcome("quarantined", None)

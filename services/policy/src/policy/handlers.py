@@ -157,6 +157,13 @@ class PolicyHandlers:
             )
             try:
                 case = await commands.open_case(self.work, conn, command, self.allowlist)
+            except commands.Allowlisted as covered:
+                # policy-guard: the database allowlist covers the device (exempt, or notify only).
+                action = "notify_only" if covered.effect == "notify_only" else "allowlisted"
+                audit["allowlist"] = str(covered)
+                await record(None, action)
+                log.info("observation %s for %s: %s", event.observation_id, event.ip, covered)
+                return
             except commands.AlreadyOpen as exists:
                 # The device's case is open: the observation feeds it (and says where the device is).
                 await self.work.record_alert_address(conn, exists.case, attribution, "alert")

@@ -22,7 +22,9 @@ from lazaretto_core.contracts import RELEASABLE_STATES, AbuseObserved, Contract,
 from lazaretto_core.db import Connection
 from lazaretto_core.memory_bus import InMemoryBus
 
+from .attribution import Attribution
 from .flow import Step
+from .guard import Verdict
 from .ladder import CaseTerms
 from .rules import Seen
 from .store import AddressSource, Case
@@ -363,3 +365,14 @@ class MemoryUnitOfWork:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         yield cast(Connection, self.store)
+
+
+class NoGuards:
+    """No allowlist table and no breaker in memory: the handlers' unit tests are about their branches;
+    the guard rails are tested against PostgreSQL (test_policy_guard.py)."""
+
+    async def check(self, conn: Connection, attribution: Attribution, *, automatic: bool) -> Verdict:
+        return Verdict(hold=False)
+
+    async def opened(self, conn: Connection, case: Case, verdict: Verdict) -> None:
+        return None

@@ -6,11 +6,12 @@ import ipaddress
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from lazaretto_core.settings import ServiceSettings
 
 from . import rulebook
+from .roles import OperatorToken, TokenBook
 
 
 class PolicySettings(ServiceSettings):
@@ -52,3 +53,28 @@ class PolicySettings(ServiceSettings):
         # A rule file that does not load stops the start with its reasons (RulesError is a ValueError).
         rulebook.load(path)
         return path
+
+    # Named operator tokens with their roles (JSON list of {"name", "role": viewer|operator|admin,
+    # "token"}; a token may be `env:NAME` or `file:/path`). `admin_token` stays an admin named `admin`.
+    operator_tokens: tuple[OperatorToken, ...] = ()
+    # The circuit breaker: more than these many new automatic enforcements within `breaker_window`
+    # seconds, everywhere / behind one CMTS / in one /24 (IPv6 /64), pause automatic enforcement there.
+    breaker_window: float = Field(default=600.0, gt=0)
+    breaker_global_limit: int = Field(default=50, ge=0)
+    breaker_per_cmts: int = Field(default=20, ge=0)
+    breaker_per_net: int = Field(default=10, ge=0)
+    # Seconds between republications of the allowlist snapshot (heals a lost allowlist.changed.v1).
+    allowlist_publish_interval: float = Field(default=60.0, gt=0)
+    # The ISP's own prefixes: an abuse report (ARF, X-ARF) about an address outside them is refused.
+    own_prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def token_book(self) -> TokenBook:
+        legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
+        return TokenBook([legacy, *self.operator_tokens])
+
+    @model_validator(mode="after")
+    def _portal_token_is_nobody_elses(self) -> PolicySettings:
+        # The portal faces the internet: its token must never open the admin API.
+        if self.token_book().holds(self.portal_token.get_secret_value()):
+            raise ValueError("the portal token equals an operator token: give the portal its own")
+        return self

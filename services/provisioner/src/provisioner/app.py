@@ -11,8 +11,9 @@ import asyncpg
 from fastapi import FastAPI
 
 from lazaretto_core import db
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, queue_name
-from lazaretto_core.contracts import GardenApply, GardenRemove
+from lazaretto_core.contracts import AllowlistChanged, GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor, ReadinessCheck, create_http_app
 from lazaretto_core.remediation import load_remediation
 
@@ -47,6 +48,7 @@ class ProvisionerService:
         await self.garden.kea.check_schema()
         # Lease history and the garden's records live in Kea's database, next to lease4.
         await self.history.install()
+        await self.handlers.allowlist.install()
         await self.allowlist.try_install_names()
         if self.garden.nft is not None:
             # The table, its rules and the allow set in one transaction; gardened addresses are kept.
@@ -59,6 +61,7 @@ class ProvisionerService:
         await self.bus.connect()
         self.bus.on(GardenApply, self.handlers.on_garden_apply)
         self.bus.on(GardenRemove, self.handlers.on_garden_remove)
+        self.bus.on(AllowlistChanged, self.handlers.on_allowlist_changed)
         await self.bus.consume(queue_name("provisioner"), progress=self.progress)
 
     async def stop(self) -> None:
@@ -148,7 +151,7 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         filtered_boot_file=settings.modem_filtered_boot_file,
         filtered_next_server=str(next_server) if next_server else None,
     )
-    handlers = ProvisionerHandlers(garden, bus, household)
+    handlers = ProvisionerHandlers(garden, bus, AllowlistCopy(kea_pool), household)
     return ProvisionerService(
         settings, kea_pool, bus, garden, handlers, app, history, follower, progress, allowlist
     )

@@ -7,8 +7,17 @@ from typing import Literal
 
 import asyncpg
 
+from lazaretto_core import allowlist as matcher
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
-from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
+from lazaretto_core.contracts import (
+    AllowlistChanged,
+    GardenApplied,
+    GardenApply,
+    GardenFailed,
+    GardenRemove,
+    GardenRemoved,
+)
 from lazaretto_core.errors import RetryLater
 
 from .garden import Garden
@@ -21,12 +30,37 @@ log = logging.getLogger(__name__)
 
 
 class ProvisionerHandlers:
-    def __init__(self, garden: Garden, bus: Bus, household: Household | None = None) -> None:
+    def __init__(
+        self, garden: Garden, bus: Bus, allowlist: AllowlistCopy, household: Household | None = None
+    ) -> None:
         self.garden = garden
         self.bus = bus
+        # The executor's own copy of policy's allowlist (allowlist.changed.v1), checked before acting.
+        self.allowlist = allowlist
         self.household = household
 
+    async def on_allowlist_changed(self, snapshot: AllowlistChanged, ctx: MessageContext) -> None:
+        await self.allowlist.store(snapshot)
+
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        # Checked again here, whoever sent the command: an allow-listed device is never gardened.
+        entry = await self.allowlist.covering(
+            ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
+        )
+        if entry is not None:
+            detail = f"refused to garden case {command.case_id}: {matcher.describe(entry)}"
+            log.warning("%s", detail)
+            await self.bus.publish(
+                GardenFailed(
+                    case_id=command.case_id,
+                    step_id=command.step_id,
+                    operation="apply",
+                    error_class="allowlisted",
+                    detail=detail[:2000],
+                ),
+                correlation_id=str(command.case_id),
+            )
+            return
         try:
             if command.scope == "modem" and self.household is not None:
                 changes = await self.household.apply(command)

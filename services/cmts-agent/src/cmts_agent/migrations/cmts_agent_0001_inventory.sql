@@ -1,4 +1,4 @@
--- cmts-agent's tables (prefixed: the agent may share a database with policy).
+-- cmts-agent's tables (prefixed while the agent could share a database with policy; 0003 drops the prefix).
 -- Which CMTS serves which cable modem, as last walked (docsIfCmtsCmStatusTable / docsIf3CmtsCmRegStatusTable).
 CREATE TABLE cmts_modems (
     cm_mac        text        PRIMARY KEY,
