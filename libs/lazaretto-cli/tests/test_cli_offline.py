@@ -95,7 +95,8 @@ def test_help_documents_the_exit_codes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("3d", 259200), ("1w", 604800)]
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("3d", 259200), ("1w", 604800)],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text).total_seconds() == seconds

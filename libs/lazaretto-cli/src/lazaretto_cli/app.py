@@ -45,7 +45,8 @@ def _url(service: str) -> object:
 def root(
     ctx: typer.Context,
     token_file: Annotated[
-        Path | None, typer.Option(help="A file holding the bearer token (its first line).", show_default=False)
+        Path | None,
+        typer.Option(help="A file holding the bearer token (its first line).", show_default=False),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a service.", min=0.1)] = 10.0,

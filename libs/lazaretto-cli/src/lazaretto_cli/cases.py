@@ -26,7 +26,8 @@ CASE_COLUMNS = [
 ]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the case and the audit).")]
 Operator = Annotated[
-    str | None, typer.Option(help="Your name for the record (default: your login); the token is recorded too.")
+    str | None,
+    typer.Option(help="Your name for the record (default: your login); the token is recorded too."),
 ]
 
 
@@ -47,7 +48,9 @@ def _columns(cases: list[dict[str, Any]]) -> list[tuple[str, str]]:
 @guarded
 def list_cases(
     ctx: typer.Context,
-    state: Annotated[str | None, typer.Option(help="Only cases in this state (quarantined, held, ...).")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only cases in this state (quarantined, held, ...).")
+    ] = None,
     ip: Annotated[str | None, typer.Option(help="Cases of the device that held this address.")] = None,
     mac: Annotated[str | None, typer.Option(help="Cases of this CPE or cable-modem MAC.")] = None,
     open_only: Annotated[bool, typer.Option("--open", help="Only open cases.")] = False,
@@ -67,7 +70,9 @@ def list_cases(
 
 @app.command("show")
 @guarded
-def show(ctx: typer.Context, case_id: Annotated[str, typer.Argument(help="The case's id.")], json: JsonFlag = False) -> None:
+def show(
+    ctx: typer.Context, case_id: Annotated[str, typer.Argument(help="The case's id.")], json: JsonFlag = False
+) -> None:
     """One case with its history, observations and addresses."""
     with api(ctx, "policy") as policy:
         case = policy.get(f"/v1/cases/{_case_path(case_id)}")
@@ -84,7 +89,11 @@ def show(ctx: typer.Context, case_id: Annotated[str, typer.Argument(help="The ca
     typer.echo("\naddresses:")
     output.table(
         [
-            {**a, "valid_from": short_time(a.get("valid_from")), "valid_until": short_time(a.get("valid_until"))}
+            {
+                **a,
+                "valid_from": short_time(a.get("valid_from")),
+                "valid_until": short_time(a.get("valid_until")),
+            }
             for a in case.get("addresses", [])
         ],
         [("IP", "ip"), ("FROM", "valid_from"), ("UNTIL", "valid_until"), ("SOURCE", "source")],
@@ -135,9 +144,13 @@ def quarantine(
     ctx: typer.Context,
     reason: Reason,
     ip: Annotated[str | None, typer.Option(help="The device holding this address (now, or --at).")] = None,
-    at: Annotated[str | None, typer.Option(help="With --ip: the device that held it then (ISO 8601, with offset).")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="With --ip: the device that held it then (ISO 8601, with offset).")
+    ] = None,
     mac: Annotated[str | None, typer.Option(help="A device by its CPE MAC.")] = None,
-    cm_mac: Annotated[str | None, typer.Option("--cm-mac", help="A household by its cable modem (scope modem).")] = None,
+    cm_mac: Annotated[
+        str | None, typer.Option("--cm-mac", help="A household by its cable modem (scope modem).")
+    ] = None,
     category: Annotated[str, typer.Option(help="botnet, scanning, spam, ... or other.")] = "other",
     scope: Annotated[str, typer.Option(help="cpe (the device) or modem (the household).")] = "cpe",
     operator: Operator = None,
@@ -175,7 +188,8 @@ def release(
     """Release a case by hand (needs the operator role): garden removed, modem bounced."""
     with api(ctx, "policy") as policy:
         case = policy.post(
-            f"/v1/cases/{_case_path(case_id)}/release", {"reason": reason, "operator": operator or operator_name()}
+            f"/v1/cases/{_case_path(case_id)}/release",
+            {"reason": reason, "operator": operator or operator_name()},
         )
     if want_json(ctx, json):
         output.emit_json(case)

@@ -43,10 +43,13 @@ class Api:
         try:
             return self._client.request(method, path, **kwargs)
         except httpx.TimeoutException:
-            raise CliError(f"{self.service} at {self.base_url} did not answer in time", Exit.UNREACHABLE) from None
+            raise CliError(
+                f"{self.service} at {self.base_url} did not answer in time", Exit.UNREACHABLE
+            ) from None
         except httpx.TransportError as exc:
             raise CliError(
-                f"{self.service} unreachable at {self.base_url}: {exc or type(exc).__name__}", Exit.UNREACHABLE
+                f"{self.service} unreachable at {self.base_url}: {exc or type(exc).__name__}",
+                Exit.UNREACHABLE,
             ) from None
 
 

@@ -87,7 +87,9 @@ def admin_checks(service: str, agent: Api) -> list[Problem]:
             if not cmtses:
                 return [Problem(service, "cmts", "no CMTS is configured")]
             return [
-                Problem(service, f"cmts:{c['name']}", f"CMTS {c['name']} ({c['address']}): {c['last_walk_error']}")
+                Problem(
+                    service, f"cmts:{c['name']}", f"CMTS {c['name']} ({c['address']}): {c['last_walk_error']}"
+                )
                 for c in cmtses
                 if c.get("last_walk_error")
             ]
@@ -135,7 +137,9 @@ def doctor(
     """Check every service and what it depends on; one line per problem, exit code 1 if there is any."""
     unknown = set(skip or []) - set(SERVICES)
     if unknown:
-        raise CliError(f"unknown service(s): {', '.join(sorted(unknown))}; known: {', '.join(SERVICES)}", Exit.USAGE)
+        raise CliError(
+            f"unknown service(s): {', '.join(sorted(unknown))}; known: {', '.join(SERVICES)}", Exit.USAGE
+        )
     answers, problems = diagnose(ctx, skip or [])
     if want_json(ctx, json):
         output.emit_json({"ok": not problems, "problems": [asdict(p) for p in problems], "services": answers})

@@ -52,8 +52,12 @@ def allow_add(
     owner: Annotated[str, typer.Option(help="Who the entry is for (customer, team).")],
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why it is never gardened.")],
     effect: Annotated[str, typer.Option(help="exempt (never enforced) or notify_only.")] = "exempt",
-    subscriber_class: Annotated[str | None, typer.Option("--class", help="Subscriber class, e.g. business.")] = None,
-    expires: Annotated[str | None, typer.Option(help="Until when (ISO 8601 with offset); default: forever.")] = None,
+    subscriber_class: Annotated[
+        str | None, typer.Option("--class", help="Subscriber class, e.g. business.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Until when (ISO 8601 with offset); default: forever.")
+    ] = None,
     json: JsonFlag = False,
 ) -> None:
     """Add an entry (needs the admin role)."""

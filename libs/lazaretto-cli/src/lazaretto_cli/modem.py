@@ -53,7 +53,9 @@ def cpes(
 def bounce(
     ctx: typer.Context,
     mac: Mac,
-    wait: Annotated[bool, typer.Option(help="Wait until it is back online (--no-wait: only start it).")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until it is back online (--no-wait: only start it).")
+    ] = True,
     json: JsonFlag = False,
 ) -> None:
     """Reset the modem through its CMTS and, by default, wait until it is back.

@@ -21,7 +21,9 @@ app = typer.Typer(help="Rule files: check one before deploying it.", no_args_is_
 @guarded
 def check(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The rule file (YAML), as LAZARETTO_RULES_FILE would name it.")],
+    file: Annotated[
+        Path, typer.Argument(help="The rule file (YAML), as LAZARETTO_RULES_FILE would name it.")
+    ],
     json: JsonFlag = False,
 ) -> None:
     """Load the file as policy would; exit code 1 with every problem if it would be refused."""

@@ -86,9 +86,7 @@ def self_release(
     return SelfReleaseAnswer("now", None, "the subscriber may release the case after fixing the device")
 
 
-def extended(
-    terms: CaseTerms | None, by: timedelta, now: datetime, max_releases: int
-) -> CaseTerms:
+def extended(terms: CaseTerms | None, by: timedelta, now: datetime, max_releases: int) -> CaseTerms:
     """An operator keeps a case longer: its expiry (if it has one) and the subscriber's earliest
     self-release move `by` later (from now at the earliest); "now" becomes "later", "never" stays.
     A case opened without terms (by hand) gets operator terms that say so."""
