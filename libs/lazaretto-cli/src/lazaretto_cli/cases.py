@@ -82,7 +82,10 @@ def show(
     print_case(case)
     typer.echo("\nhistory:")
     output.table(
-        [{**h, "at": short_time(h.get("at"))} for h in case.get("history", [])],
+        [
+            {**h, "at": short_time(h.get("at")), "detail": _brief(h.get("detail"))}
+            for h in case.get("history", [])
+        ],
         [("AT", "at"), ("ACTOR", "actor"), ("FROM", "from_state"), ("TO", "to_state"), ("DETAIL", "detail")],
         "  (none)",
     )
@@ -135,7 +138,8 @@ def print_case(case: dict[str, Any]) -> None:
         "step",
         "self_releases",
     ]
-    output.fields(case, [k for k in keys if k in case])
+    times = {k: short_time(case.get(k)) for k in ("opened_at", "updated_at", "closed_at")}
+    output.fields({**case, **times}, [k for k in keys if k in case])
 
 
 @app.command("quarantine")
@@ -227,6 +231,12 @@ def extend(
             "not_before": short_time(terms.get("self_release_not_before")),
         }
     )
+
+
+def _brief(detail: object, width: int = 100) -> str:
+    """A history entry's detail on one table line (`cases show --json` has all of it)."""
+    text = output.cell(detail)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _case_path(case_id: str) -> str:
