@@ -34,6 +34,8 @@ APP_SERVICES = {
     "detector-smtp": "detector_smtp",
 }
 PEERS = ("rabbitmq", "postgres", "kea", "bind", "portal-tls", "lab-cmts")
+# Steps that run once and exit; services wait for them to complete instead of being healthy.
+ONE_SHOTS = ("bus-users",)
 PORTAL_PORTS = ("8080:8080", "443:8443", "80:8081")
 ADMIN_PORTS = {"policy": 8400, "provisioner": 8300, "cmts-agent": 8500}
 SECRET_NAME = re.compile(r"token|secret|password|passwd|_pass$|community", re.IGNORECASE)
@@ -87,7 +89,7 @@ def walk_strings(node: object, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def test_every_expected_service_is_defined(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) == set(APP_SERVICES) | set(PEERS)
+    assert set(services(compose)) == set(APP_SERVICES) | set(PEERS) | set(ONE_SHOTS)
 
 
 @pytest.mark.parametrize(("name", "module"), sorted(APP_SERVICES.items()))
@@ -128,9 +130,11 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
         for target, spec in depends_on.items():
             assert target in svc, f"{name} depends on unknown {target}"
             assert "lab" not in svc[target].get("profiles", []), f"{name} depends on lab-only {target}"
-            assert spec == {"condition": "service_healthy"}, f"{name} -> {target}: {spec}"
+            expected = "service_completed_successfully" if target in ONE_SHOTS else "service_healthy"
+            assert spec == {"condition": expected}, f"{name} -> {target}: {spec}"
     for name in APP_SERVICES:
         assert "rabbitmq" in svc[name]["depends_on"], f"{name} does not wait for rabbitmq"
+        assert "bus-users" in svc[name]["depends_on"], f"{name} does not wait for its broker user"
     for name in ("policy", "provisioner", "kea"):
         assert "postgres" in svc[name]["depends_on"], f"{name} does not wait for postgres"
 
@@ -320,3 +324,23 @@ def test_the_portal_tls_peer_makes_a_certificate_devices_can_verify_for_the_port
     before = (tmp_path / "ca.pem").read_bytes()
     subprocess.run([str(script), "--once"], env=env, check=True, capture_output=True)
     assert (tmp_path / "ca.pem").read_bytes() == before
+
+
+def test_each_service_connects_as_its_own_broker_user_which_bus_users_creates(
+    compose: dict[str, Any],
+) -> None:
+    from lazaretto_core.bus_users import ACCOUNTS, password_variable
+
+    svc = services(compose)
+    setup = environment(svc["bus-users"])
+    assert svc["bus-users"]["command"][:3] == ["python", "-m", "lazaretto_core.bus_users"]
+    assert svc["bus-users"]["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert "management" in svc["rabbitmq"]["image"]  # bus-users posts to the management API
+    assert {a.service for a in ACCOUNTS} == set(APP_SERVICES)
+    for account in ACCOUNTS:
+        variable = password_variable(account.service)
+        assert setup[variable] == f"${{{variable}:?set {variable}}}"
+        url = environment(svc[account.service])["LAZARETTO_AMQP_URL"]
+        assert url == f"amqp://lazaretto-{account.service}:${{{variable}:?set {variable}}}@rabbitmq:5672/"
+        example = (ROOT / "deploy" / "compose" / "env.example").read_text()
+        assert f"\n{variable}=\n" in example

@@ -140,6 +140,10 @@ def test_a_scanning_pc_moves_into_the_quarantine_pool_and_releases_itself(
     # and an operator finds the case by every address the PC held during it
     for ip in (first_ip, quarantine_ip):
         assert [c["case_id"] for c in system.cases(ip)] == [case["case_id"]], ip
+    # and every service did its part as its own broker user (the lab made one per service for this run)
+    for name in system.processes:
+        user = system.bus_users.user(name.replace("_", "-"))
+        assert f"bus login '{user}'" in (system.workdir / "logs" / f"{name}.log").read_text(), name
 
 
 def test_the_next_holder_of_a_gardened_address_is_not_gardened(system: LabSystem, cpe: CpeHost) -> None:

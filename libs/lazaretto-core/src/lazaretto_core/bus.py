@@ -6,6 +6,12 @@ handled. The ack policy lives in `dispatch.Dispatcher` (shared with the in-memor
 its verdicts out: ack after the handler returned (its work is committed); a dead letter is copied to
 the DLQ with the reason; a retry is copied to the delay queue with the attempt counted in the
 `x-lazaretto-attempt` header. Only this module imports aio-pika (a ruff rule says so).
+
+Privileges (`bus_users`): every message carries `user_id` = this connection's login (the broker
+refuses any other), and the dispatcher checks it for commands. A copy this consumer puts in its own
+retry queue carries its own `user_id` and the original publisher in `x-lazaretto-publisher`, which
+is believed only from a message whose `user_id` is this consumer's. The exchanges are declared only
+when missing: a service's user need not be allowed to configure them (the deployment creates them).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -24,6 +31,7 @@ import aio_pika.exceptions
 import aiormq.exceptions
 from prometheus_client import Counter
 
+from .bus_users import BusIdentity
 from .contracts import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
 from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
 from .dispatch import Handler as Handler
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 ATTEMPT_HEADER = "x-lazaretto-attempt"
 REASON_HEADER = "x-lazaretto-reason"
 SCHEMA_HEADER = "schema-version"
+PUBLISHER_HEADER = "x-lazaretto-publisher"
 
 MESSAGES_HANDLED = Counter(
     "lazaretto_messages_handled_total", "Messages consumed, by queue and outcome", ["queue", "outcome"]
@@ -57,7 +66,7 @@ def dead_letter_queue_name(queue: str) -> str:
 
 
 class PublishError(RuntimeError):
-    """The broker did not confirm the message (unroutable, nacked, or unreachable after retries)."""
+    """The broker did not confirm the message (unroutable, nacked, refused, or unreachable after retries)."""
 
 
 class Bus:
@@ -74,7 +83,11 @@ class Bus:
     ) -> None:
         self._url = url
         self.app_id = app_id
-        self.dispatcher = Dispatcher(max_attempts=max_attempts, retry_delays=retry_delays)
+        # aio-pika logs in as guest when the URL names no user.
+        self.identity = BusIdentity.of(unquote(urlsplit(url).username or "guest"), app_id)
+        self.dispatcher = Dispatcher(
+            identity=self.identity, max_attempts=max_attempts, retry_delays=retry_delays
+        )
         self._publish_tries = publish_tries
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
@@ -92,11 +105,32 @@ class Bus:
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self._url, client_properties={"app_id": self.app_id})
+        log.info(
+            "bus login %r: %s",
+            self.identity.login,
+            "one user shared by every service"
+            if self.identity.shared
+            else f"one user per service, named {self.identity.prefix}<service>",
+        )
+        await self._ensure_exchanges()
         self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         for name in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE):
-            self._exchanges[name] = await self._publish_channel.declare_exchange(
-                name, aio_pika.ExchangeType.TOPIC, durable=True
-            )
+            self._exchanges[name] = await self._publish_channel.get_exchange(name, ensure=False)
+
+    async def _ensure_exchanges(self) -> None:
+        """Declare the two exchanges only if missing: a passive declare needs no permission, so a
+        service's user may lack `configure` on them once the deployment has created them."""
+        assert self._connection is not None
+        for name in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE):
+            channel = await self._connection.channel()
+            try:
+                await channel.declare_exchange(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                channel = await self._connection.channel()
+                await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
 
     async def close(self) -> None:
         for task in self._watchers:
@@ -134,6 +168,7 @@ class Bus:
             type=message.routing_key,
             timestamp=utcnow(),
             app_id=self.app_id,
+            user_id=self.identity.login,
             correlation_id=correlation_id,
             headers={SCHEMA_HEADER: message.routing_key.rsplit(".", 1)[-1], ATTEMPT_HEADER: 1},
         )
@@ -154,6 +189,9 @@ class Bus:
                 raise PublishError(
                     f"{routing_key}: not routed or not confirmed by the broker ({exc})"
                 ) from exc
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                # This user may not publish that routing key (topic permissions): final, no retry.
+                raise PublishError(f"{routing_key}: refused by the broker ({exc})") from exc
             except (
                 TimeoutError,
                 aiormq.exceptions.AMQPConnectionError,
@@ -209,9 +247,8 @@ class Bus:
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
         )
         for contract in self.dispatcher.contracts():
-            exchange = await channel.declare_exchange(
-                contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-            )
+            # connect() made sure the exchange exists; the topic read permission is checked here.
+            exchange = await channel.get_exchange(contract.exchange, ensure=False)
             await main.bind(exchange, routing_key=contract.routing_key)
         in_flight: dict[int, float] = {}
 
@@ -236,30 +273,61 @@ class Bus:
         incoming: aio_pika.abc.AbstractIncomingMessage,
     ) -> None:
         self.last_progress = time.monotonic()
+        headers = incoming.headers or {}
+        publisher = incoming.user_id
+        if publisher == self.identity.login and PUBLISHER_HEADER in headers:
+            # Our own retry copy: only we can publish with our user_id, so its header is ours too.
+            publisher = str(headers[PUBLISHER_HEADER]) or None
         envelope = Envelope(
             body=incoming.body,
             message_type=incoming.type or incoming.routing_key or "",
             message_id=incoming.message_id,
             correlation_id=incoming.correlation_id,
-            attempt=_as_int((incoming.headers or {}).get(ATTEMPT_HEADER), default=1),
+            attempt=_as_int(headers.get(ATTEMPT_HEADER), default=1),
             app_id=incoming.app_id,
             timestamp=incoming.timestamp,
+            user_id=publisher,
         )
         verdict = await self.dispatcher.dispatch(envelope, queue)
         if isinstance(verdict, Retry):
-            copy = _copy(incoming, {ATTEMPT_HEADER: verdict.attempt})
+            copy = self._copy(incoming, publisher, {ATTEMPT_HEADER: verdict.attempt})
             # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
             target = retry_queue_name(queue, verdict.delay)
             await channel.default_exchange.publish(copy, target, mandatory=True)
             MESSAGES_HANDLED.labels(queue, "retried").inc()
         elif isinstance(verdict, DeadLetter):
-            copy = _copy(incoming, {REASON_HEADER: verdict.reason[:1000], "x-lazaretto-queue": queue})
+            copy = self._copy(
+                incoming, publisher, {REASON_HEADER: verdict.reason[:1000], "x-lazaretto-queue": queue}
+            )
             await channel.default_exchange.publish(copy, dead_letter_queue_name(queue), mandatory=True)
             MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
         else:
             MESSAGES_HANDLED.labels(queue, "ok").inc()
         await incoming.ack()
         self.last_progress = time.monotonic()
+
+    def _copy(
+        self,
+        incoming: aio_pika.abc.AbstractIncomingMessage,
+        publisher: str | None,
+        extra_headers: Mapping[str, Any],
+    ) -> aio_pika.Message:
+        """The delivery as this consumer republishes it: under its own user, naming the publisher."""
+        headers: dict[str, Any] = dict(incoming.headers or {})
+        headers.update(extra_headers)
+        headers[PUBLISHER_HEADER] = publisher or ""
+        return aio_pika.Message(
+            body=incoming.body,
+            content_type=incoming.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=incoming.message_id,
+            type=incoming.type or incoming.routing_key,
+            timestamp=incoming.timestamp,
+            app_id=incoming.app_id,
+            user_id=self.identity.login,
+            correlation_id=incoming.correlation_id,
+            headers=headers,
+        )
 
 
 async def _watch(
@@ -275,24 +343,6 @@ async def _watch(
             progress.beat(queue, at=min(in_flight.values(), default=time.monotonic()))
         # Several beats within the tolerance, so an idle consumer is never mistaken for a stalled one.
         await asyncio.sleep(min(1.0, progress.stall_after / 4))
-
-
-def _copy(
-    incoming: aio_pika.abc.AbstractIncomingMessage, extra_headers: Mapping[str, Any]
-) -> aio_pika.Message:
-    headers: dict[str, Any] = dict(incoming.headers or {})
-    headers.update(extra_headers)
-    return aio_pika.Message(
-        body=incoming.body,
-        content_type=incoming.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=incoming.message_id,
-        type=incoming.type or incoming.routing_key,
-        timestamp=incoming.timestamp,
-        app_id=incoming.app_id,
-        correlation_id=incoming.correlation_id,
-        headers=headers,
-    )
 
 
 def _as_int(value: object, default: int) -> int:

@@ -6,6 +6,8 @@ Both buses (RabbitMQ in `bus.py`, in-memory in `memory_bus.py`) hand every deliv
 success -> `Ack`; `InvalidMessage` or a body that fails validation -> `DeadLetter` with the reason;
 `RetryLater` or anything unexpected -> `Retry` with the attempt counted, then `DeadLetter` once the
 attempts run out. A handler learns whether it has the last attempt from `ctx.last_attempt`.
+Before any of that, a verified contract (a command, `bus_users.VERIFIED`) from a publisher the table
+does not allow -> `DeadLetter` naming the publisher: the handler never sees it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import pydantic
 
+from .bus_users import BusIdentity
 from .contracts import Contract
 from .errors import InvalidMessage, RetryLater
 from .progress import ProgressMonitor
@@ -57,6 +60,8 @@ class Envelope:
     attempt: int = 1
     app_id: str | None = None
     timestamp: datetime | None = None
+    # The broker-checked user that published it (None: the publisher did not say).
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,16 @@ class _Route:
 class Dispatcher:
     """Handlers by message type, and the one ack policy both buses apply."""
 
-    def __init__(self, *, max_attempts: int = 5, retry_delays: Sequence[float] = (0.5, 2.0, 10.0, 30.0)):
+    def __init__(
+        self,
+        *,
+        identity: BusIdentity,
+        max_attempts: int = 5,
+        retry_delays: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
+    ):
         if max_attempts < 1 or not retry_delays:
             raise ValueError("max_attempts must be at least 1 and retry_delays not empty")
+        self.identity = identity
         self.max_attempts = max_attempts
         self.retry_delays = tuple(retry_delays)
         self._routes: dict[str, _Route] = {}
@@ -118,6 +130,9 @@ class Dispatcher:
             route = self._routes.get(envelope.message_type)
             if route is None:
                 raise InvalidMessage(f"unknown message type {envelope.message_type!r} on {queue}")
+            refusal = self.identity.refusal(route.contract, envelope.user_id)
+            if refusal is not None:
+                raise InvalidMessage(refusal)
             try:
                 body = route.contract.read(envelope.body)
             except pydantic.ValidationError as exc:

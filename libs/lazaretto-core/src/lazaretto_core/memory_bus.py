@@ -6,10 +6,12 @@ delivers until every queue is empty. Each delivery goes through the same `dispat
 RabbitMQ, so the ack policy is the real one: a dead letter lands in `dead_letters[queue]` with its
 reason, a retry is delivered again at once (its delay is recorded, not waited) with the attempt
 counted. An unroutable mandatory message raises `PublishError`, as the broker's return does.
+Every service on it shares one user (`app_id`), as on a broker with one shared login.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -17,11 +19,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .bus import PublishError
+from .bus_users import BusIdentity
 from .contracts import Contract, utcnow
 from .dispatch import DeadLetter, Dispatcher, Envelope, Handler, Retry
 from .progress import ProgressMonitor
 
 C = TypeVar("C", bound=Contract)
+
+
+class _Own(enum.Enum):
+    USER = "own user"
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,10 @@ class InMemoryBus:
         retry_delays: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
     ) -> None:
         self.app_id = app_id
-        self.dispatcher = Dispatcher(max_attempts=max_attempts, retry_delays=retry_delays)
+        self.identity = BusIdentity(app_id, prefix=None)
+        self.dispatcher = Dispatcher(
+            identity=self.identity, max_attempts=max_attempts, retry_delays=retry_delays
+        )
         self.published: list[Published] = []
         self.dead_letters: dict[str, list[DeadLettered]] = {}
         self.retries: dict[str, list[Retry]] = {}
@@ -119,8 +129,10 @@ class InMemoryBus:
         message_id: str | None = None,
         correlation_id: str | None = None,
         mandatory: bool = False,
+        user_id: str | _Own | None = _Own.USER,
     ) -> None:
-        """Route a body as some other publisher wrote it (an older or newer version, or garbage)."""
+        """Route a body as some other publisher wrote it (an older or newer version, or garbage);
+        `user_id` as the broker would carry it (default: this bus's shared user)."""
         queues = [q for q, keys in self._bindings.items() if routing_key in keys]
         if mandatory and not queues:
             raise PublishError(f"{routing_key}: not routed (no queue bound)")
@@ -133,6 +145,7 @@ class InMemoryBus:
                     correlation_id=correlation_id,
                     app_id=self.app_id,
                     timestamp=utcnow(),
+                    user_id=self.identity.login if isinstance(user_id, _Own) else user_id,
                 )
             )
 
@@ -169,4 +182,5 @@ def _with_attempt(envelope: Envelope, attempt: int) -> Envelope:
         attempt=attempt,
         app_id=envelope.app_id,
         timestamp=envelope.timestamp,
+        user_id=envelope.user_id,
     )

@@ -113,6 +113,8 @@ def run(config: SystemConfig) -> None:
             f"{system.kea.client_netns}; their DNS {system.kea.normal_resolver} (normal pool) and "
             f"{system.kea.garden_resolver} (quarantine pool {system.kea.quarantine_cidr}), port 53; portal "
             f"{system.portal_public_url}\n"
+            f"  broker users  {system.bus_users.prefix}<service>, one per service, in vhost "
+            f"{system.bus_users.vhost} (deleted at exit)\n"
             f"  logs          {config.workdir / 'logs'}\n"
             "Ctrl-C stops everything started here.",
             flush=True,

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bind import LabBind
+from .bus_users import LabBusUsers
 from .databases import STATEFUL, ServiceDatabase, create_service_databases, drop_service_databases
 from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
@@ -42,6 +43,8 @@ SERVICES = ("policy", "provisioner", "cmts_agent", "portal", "detector_snort", "
 @dataclass
 class SystemConfig:
     workdir: Path
+    # An admin connection (and its vhost): the lab makes each service's own user there for this run
+    # (lazaretto_lab.bus_users) and deletes them at the end.
     amqp_url: str
     # An admin connection (CREATEDB, CREATEROLE): the lab makes policy's and cmts-agent's own databases
     # and roles there for this run and drops them at the end ...
@@ -92,6 +95,7 @@ class LabSystem:
         self.processes: dict[str, LabProcess] = {}
         self.database_urls = dict(config.service_database_urls)
         self.own_databases: dict[str, ServiceDatabase] = {}
+        self.bus_users = LabBusUsers(config.amqp_url)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class LabSystem:
         if missing:
             self.own_databases = asyncio.run(create_service_databases(self.config.database_url, missing))
             self.database_urls |= {service: db.url for service, db in self.own_databases.items()}
+        self.bus_users.create()
         self.portal_certificates = make_portal_certificates(self.workdir / "tls", PORTAL_NAME)
         # Option 114 carries exactly the portal's RFC 8908 API URL (RFC 8910).
         self.kea = LabKea(prefixlen=self.config.kea_prefixlen, portal_url=self.captive_api_url).start()
@@ -147,6 +152,8 @@ class LabSystem:
                 with contextlib.suppress(Exception):
                     peer.stop()
         self.cmts = self.bind = self.kea = None
+        with contextlib.suppress(Exception):
+            self.bus_users.delete()
         if self.own_databases:
             with contextlib.suppress(Exception):
                 asyncio.run(drop_service_databases(self.config.database_url, self.own_databases))
@@ -218,7 +225,8 @@ class LabSystem:
     def _env(self, name: str) -> dict[str, str]:
         """What every service gets, then the service's own wiring (`lazaretto_lab.wiring`)."""
         env = {
-            "LAZARETTO_AMQP_URL": self.config.amqp_url,
+            # The service's own broker user (`lazaretto_core.bus_users`), e.g. lazaretto-<tag>-cmts-agent.
+            "LAZARETTO_AMQP_URL": self.bus_users.urls[name.replace("_", "-")],
             "LAZARETTO_HTTP_HOST": "127.0.0.1",
             "LAZARETTO_HTTP_PORT": str(self.ports[name]),
             "LAZARETTO_LOG_LEVEL": self.config.log_level,
