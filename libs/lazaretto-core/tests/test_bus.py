@@ -18,7 +18,7 @@ from lazaretto_core.bus import (
     dead_letter_queue_name,
     queue_name,
 )
-from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_core.contracts import AbuseObserved, GardenApply, GardenRemove
 from lazaretto_core.errors import InvalidMessage, RetryLater
 from lazaretto_core.progress import ProgressMonitor
 
@@ -213,3 +213,40 @@ async def test_healthz_watches_the_consumer_and_sees_a_handler_stuck(bus: Bus) -
     # And once it returns, the consumer is alive again
     release.set()
     await wait_for(lambda: progress.stalled() == [])
+
+
+async def test_a_type_on_another_types_routing_key_is_dead_lettered_not_handled(
+    bus: Bus, amqp_url: str
+) -> None:
+    # Given a consumer of garden.apply.v1 and garden.remove.v1
+    seen: list[str] = []
+
+    async def apply(event: GardenApply, ctx: MessageContext) -> None:
+        seen.append("apply")
+
+    async def remove(event: GardenRemove, ctx: MessageContext) -> None:
+        seen.append("remove")
+
+    queue = queue_name("test")
+    bus.on(GardenApply, apply)
+    bus.on(GardenRemove, remove)
+    await bus.consume(queue)
+    # When an apply is published on the remove key (a publisher allowed one key posing as another)
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange(GardenApply.exchange)
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(GardenApply.example).encode(), type="garden.apply.v1", message_id="lie-1"
+        ),
+        routing_key="garden.remove.v1",
+    )
+    await connection.close()
+    # Then nothing is applied or removed; the message waits in the DLQ saying why
+    await bus.publish(GardenRemove.model_validate(GardenRemove.example))
+    await wait_for(lambda: seen)
+    assert seen == ["remove"]
+    letters = await dead_letters(amqp_url, queue)
+    assert [m.message_id for m in letters] == ["lie-1"]
+    reason = str((letters[0].headers or {})[REASON_HEADER])
+    assert reason == "message type 'garden.apply.v1' arrived with routing key 'garden.remove.v1'"

@@ -32,7 +32,7 @@ import aiormq.exceptions
 from prometheus_client import Counter
 
 from .bus_users import BusIdentity
-from .contracts import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
+from .contracts import BY_ROUTING_KEY, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
 from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
 from .dispatch import Handler as Handler
 from .dispatch import MessageContext as MessageContext
@@ -288,7 +288,10 @@ class Bus:
             timestamp=incoming.timestamp,
             user_id=publisher,
         )
-        verdict = await self.dispatcher.dispatch(envelope, queue)
+        mismatch = _routing_mismatch(incoming)
+        if mismatch is not None:
+            log.warning("dead-lettering %r from %s: %s", incoming.type, queue, mismatch)
+        verdict = DeadLetter(mismatch) if mismatch else await self.dispatcher.dispatch(envelope, queue)
         if isinstance(verdict, Retry):
             copy = self._copy(incoming, publisher, {ATTEMPT_HEADER: verdict.attempt})
             # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
@@ -343,6 +346,16 @@ async def _watch(
             progress.beat(queue, at=min(in_flight.values(), default=time.monotonic()))
         # Several beats within the tolerance, so an idle consumer is never mistaken for a stalled one.
         await asyncio.sleep(min(1.0, progress.stall_after / 4))
+
+
+def _routing_mismatch(incoming: aio_pika.abc.AbstractIncomingMessage) -> str | None:
+    """The routing key chose the queue and the type chooses the handler: when both name a contract and
+    differ, one of them lies (a publisher allowed one key must not get another key's handling). A retry
+    comes back with the queue's name as its key, which names no contract."""
+    kind, key = incoming.type or "", incoming.routing_key or ""
+    if kind in BY_ROUTING_KEY and key in BY_ROUTING_KEY and kind != key:
+        return f"message type {kind!r} arrived with routing key {key!r}"
+    return None
 
 
 def _as_int(value: object, default: int) -> int:

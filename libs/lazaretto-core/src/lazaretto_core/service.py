@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from .logs import configure_logging
 from .settings import ServiceSettings, SettingsInvalid
+from .slow_clients import head_deadline_protocol
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         log_level="warning",
         lifespan="off",
         proxy_headers=False,
+        http=head_deadline_protocol(settings.http_head_timeout),
     )
     server = uvicorn.Server(config)
     http_task = asyncio.create_task(server.serve(), name="http")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -33,6 +33,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"
+    # Seconds a client has to send a whole HTTP request head (slowloris: cut, not waited for).
+    http_head_timeout: float = Field(default=10.0, gt=0)
     # Attempts of a message before it is dead-lettered, and the delays between them (seconds).
     max_attempts: int = 5
     retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)

@@ -192,8 +192,8 @@ class EximLogParser(_Parser):
             recipients = 1
             first: bytes | None = None
             rcpts = _EX_FOR.search(rest)
-            if rcpts is not None:
-                addresses = rcpts.group(1).split()
+            addresses = rcpts.group(1).split() if rcpts is not None else []
+            if addresses:  # "for" followed by only blanks (a damaged line) names nobody
                 recipients, first = len(addresses), addresses[0]
             auth = b" A=" in rest or b" P=esmtpa " in rest or b" P=esmtpsa " in rest
             event = MailEvent(

@@ -63,10 +63,17 @@ async def build(settings: PortalSettings, policy: PolicyClient | None = None) ->
                 settings.https_port,
                 cert_file=settings.tls_cert_file,
                 key_file=settings.tls_key_file,
+                head_timeout=settings.http_head_timeout,
             )
         )
     if settings.catch_all_port is not None:
         listeners.append(
-            Listener("catch-all", build_catch_all(check), settings.http_host, settings.catch_all_port)
+            Listener(
+                "catch-all",
+                build_catch_all(check),
+                settings.http_host,
+                settings.catch_all_port,
+                head_timeout=settings.http_head_timeout,
+            )
         )
     return PortalService(settings, bus, policy, app, listeners)

@@ -13,6 +13,8 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from lazaretto_core.slow_clients import head_deadline_protocol
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class Listener:
         *,
         cert_file: Path | None = None,
         key_file: Path | None = None,
+        head_timeout: float = 10.0,
     ) -> None:
         self.name = name
         self.host = host
@@ -42,6 +45,7 @@ class Listener:
             proxy_headers=False,
             ssl_certfile=str(cert_file) if cert_file else None,
             ssl_keyfile=str(key_file) if key_file else None,
+            http=head_deadline_protocol(head_timeout),  # slowloris: a request head has a deadline
         )
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None

@@ -208,5 +208,5 @@ def _fast_timestamp(token: str, layout: FastLayout, tz: tzinfo, now: datetime | 
         if stamp > ref + timedelta(days=1):  # a December alert read in January
             stamp = stamp.replace(year=ref.year - 1)
         return stamp
-    except ValueError as exc:  # month 13, Feb 30, hour 25 ...
+    except (ValueError, OverflowError) as exc:  # month 13, Feb 30, hour 25, a 30-digit year ...
         raise ParseError("bad_timestamp", token[:40]) from exc

@@ -122,7 +122,8 @@ def _snort3_timestamp(obj: dict[str, Any], layout: FastLayout, tz: tzinfo, now: 
     seconds = obj.get("seconds")
     text = obj.get("timestamp")
     if seconds is not None:
-        if type(seconds) is not int or not 0 <= seconds < 1 << 40:
+        # Up to 9999-12-31T23:59:59Z, the last second a datetime can hold.
+        if type(seconds) is not int or not 0 <= seconds < 253_402_300_800:
             raise ParseError("bad_timestamp", "seconds")
         micro = 0
         if type(text) is str:  # "MM/DD-HH:MM:SS.uuuuuu": keep the microseconds the epoch lacks
