@@ -272,6 +272,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/cases?reference=lz%207k3m%20q9", "viewer", None),
     ("POST", "/v1/quarantine", "operator", {"ip": "100.64.7.7", "reason": "x"}),
     ("POST", f"/v1/cases/{uuid.uuid4()}/release", "operator", {"reason": "x"}),
+    ("POST", f"/v1/cases/{uuid.uuid4()}/extend", "operator", {"by_seconds": 3600, "reason": "x"}),
     ("GET", "/v1/allowlist", "viewer", None),
     (
         "POST",

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import normalize_mac, utcnow
+from lazaretto_core.contracts import RELEASING_STATES, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 
 class ReleaseRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    operator: str = Field(default="operator", min_length=1, max_length=64)
+
+
+class ExtendRequest(BaseModel):
+    # Up to a year at a time; the CLI's `lazaretto cases extend --by 3d`.
+    by_seconds: float = Field(gt=0, le=366 * 86400)
     reason: str = Field(min_length=1, max_length=500)
     operator: str = Field(default="operator", min_length=1, max_length=64)
 
@@ -203,6 +210,46 @@ def install_api(
             raise HTTPException(exc.http_status, str(exc)) from None
         assert case is not None  # only a subscriber's repeated release is a no-op
         return case.public()
+
+    @admin.post("/cases/{case_id}/extend")
+    async def extend(
+        case_id: uuid.UUID, request: ExtendRequest, principal: Principal = Depends(as_operator)
+    ) -> dict[str, Any]:
+        """Keep an open case longer: its expiry (if any) and the subscriber's earliest self-release
+        move `by_seconds` later; a case the subscriber could release now can only be released later."""
+        by = timedelta(seconds=request.by_seconds)
+        async with work.uow() as conn:
+            case = await store.lock_case(conn, case_id)
+            if case is None:
+                raise HTTPException(404, "no such case")
+            if case.closed_at is not None or case.state in RELEASING_STATES:
+                raise HTTPException(409, f"case {case_id} is {case.state}: there is nothing to extend")
+            terms = ladder.extended(
+                await store.get_terms(conn, case_id), by, utcnow(), allowance.max_releases
+            )
+            await store.replace_terms(conn, case_id, terms)
+            detail = {
+                "extended_by_s": request.by_seconds,
+                "reason": request.reason,
+                "operator": request.operator,
+                "expires_at": terms.expires_at,
+                "self_release_not_before": terms.self_release_not_before,
+            }
+            actor = f"operator:{request.operator}"
+            await store.add_event(conn, case_id, actor, case.state, case.state, detail)
+            await audit.append(
+                conn, f"case:{case_id}", "operator_extend", principal.actor, {**principal.audit(), **detail}
+            )
+        return {
+            **case.public(),
+            "terms": {
+                "expires_at": terms.expires_at.isoformat() if terms.expires_at else None,
+                "self_release": terms.self_release,
+                "self_release_not_before": (
+                    terms.self_release_not_before.isoformat() if terms.self_release_not_before else None
+                ),
+            },
+        }
 
     @portal.get("/cases/by-ip/{ip}")
     async def case_for_visitor(ip: str) -> dict[str, Any]:

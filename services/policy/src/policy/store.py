@@ -518,3 +518,9 @@ async def case_seen(conn: Connection, case_id: uuid.UUID) -> dict[str, Any] | No
         "last_seen": row["last_seen"].isoformat(),
         "count": int(row["count"]),
     }
+
+
+async def replace_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
+    """An operator's change of a case's terms (`lazaretto cases extend`): the row, made if missing."""
+    await conn.execute("DELETE FROM case_terms WHERE case_id = $1", case_id)
+    await save_terms(conn, case_id, terms)
