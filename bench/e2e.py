@@ -285,13 +285,26 @@ def start_probe(system: LabSystem) -> subprocess.Popen[str]:
     )
 
 
+def alert_event(template: dict[str, object], src_ip: str, dest_ip: str) -> dict[str, object]:
+    """The template alert from `src_ip` to `dest_ip`, its `flow` object too (Suricata 7 names the
+    flow's originator there: a top-level source that is not the flow's reads as a reply, i.e. inbound)."""
+    event: dict[str, object] = {**template, "src_ip": src_ip, "dest_ip": dest_ip}
+    flow = template.get("flow")
+    if isinstance(flow, dict):
+        event["flow"] = {**flow, "src_ip": src_ip, "dest_ip": dest_ip}
+    return event
+
+
 def evidence_lines_for(template: dict[str, object], src_ip: str, lines: int) -> list[str]:
     """One subscriber's scan as EVE alert lines (Suricata's compact JSON): `lines - 1` to other hosts,
     then the line that completes the evidence (the template's own destination)."""
-    others = [{**template, "src_ip": src_ip, "dest_ip": f"198.51.100.{100 + n}"} for n in range(lines - 1)]
+    dests = [f"198.51.100.{100 + n}" for n in range(lines - 1)] + [str(template["dest_ip"])]
     return [
-        json.dumps({**event, "timestamp": _now_suricata()}, separators=(",", ":")) + "\n"
-        for event in [*others, {**template, "src_ip": src_ip}]
+        json.dumps(
+            {**alert_event(template, src_ip, dest), "timestamp": _now_suricata()}, separators=(",", ":")
+        )
+        + "\n"
+        for dest in dests
     ]
 
 

@@ -81,10 +81,8 @@ def write_stream_blob(path: Path, template: dict[str, object], addresses: list[s
         "".join(
             json.dumps(
                 {
-                    **template,
+                    **e2e.alert_event(template, addresses[n % len(addresses)], f"198.51.100.{n % 200 + 1}"),
                     "timestamp": PLACEHOLDER,
-                    "src_ip": addresses[n % len(addresses)],
-                    "dest_ip": f"198.51.100.{n % 200 + 1}",
                 },
                 separators=(",", ":"),
             )
@@ -216,8 +214,10 @@ def fail2ban_version() -> str:
 
 def crowdsec_note() -> str:
     return (
-        "not run: Debian 12 has crowdsec 1.4.6 but its parsers and scenarios come from the CrowdSec hub"
-        " (only Debian's and PyPI's registries are reachable here) and an EVE scenario would need writing"
+        "not run: Debian 12 has crowdsec 1.4.6 (with an offline hub snapshot: crowdsecurity/suricata parses"
+        " EVE and fast.log), but its scenarios count severities and signatures, not destinations; the"
+        " equivalent (a leaky scenario with distinct dest_ip, its own LAPI and agent config, an action via a"
+        " notification plugin) is not built yet"
     )
 
 
