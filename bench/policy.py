@@ -30,7 +30,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+SCRIPT = Path(__file__).resolve()
+HERE = SCRIPT.parent
 # `python bench/policy.py` puts bench/ first on sys.path, where this file would shadow the policy package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.append(str(HERE))  # for policy_load, after the packages
@@ -38,6 +39,7 @@ sys.path.append(str(HERE))  # for policy_load, after the packages
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import cProfile  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -283,7 +285,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"loaded_observations={loaded.observations}")
 
         port = free_port()
-        script = str(Path(__file__).resolve())
+        script = str(SCRIPT)
         common = ["--amqp", amqp, "--subscribers", str(args.subscribers)]
         peers = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, script, "--child", "peers", "--port", str(port), *common],
@@ -336,13 +338,24 @@ async def run(args: argparse.Namespace) -> int:
         await detector.close()
         print(f"backlog={args.backlog}")
         print(f"backlog_publish_s={time.monotonic() - began:.1f}")
+        profile = cProfile.Profile() if args.profile else None
+        cpu = time.process_time()
         released = time.time()
+        if profile is not None:
+            profile.enable()
         gate.set()
         if not await decisions.wait_for(args.backlog, timeout=args.backlog / 200 + 60):
             print(f"backlog not drained: {decisions.done} of {args.backlog}", file=sys.stderr)
         elapsed = decisions.last_done - released
+        cpu = time.process_time() - cpu
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
         print(f"observations_per_s={decisions.done / elapsed:.0f}")
         print(f"backlog_drain_s={elapsed:.1f}")
+        # CPU of this process (policy's app; the publishers and peers are other processes) per
+        # decision: what the machine's load does not change.
+        print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
         print(f"backlog_failed={decisions.failed}")
         print(f"load_average_after_backlog={load()}")
 
@@ -361,7 +374,7 @@ async def run(args: argparse.Namespace) -> int:
         report = await asyncio.to_thread(publisher.stdout.read)
         await asyncio.to_thread(publisher.wait)
         offered = int(args.rate * args.seconds)
-        await decisions.wait_for(before + offered, timeout=120)
+        await decisions.wait_for(before + offered, timeout=300)
         print(f"offered_rate={args.rate}")
         print(f"offered={offered}")
         for pair in report.split():
@@ -369,6 +382,7 @@ async def run(args: argparse.Namespace) -> int:
         from_due = [1000 * x for x in decisions.from_due]
         handler = [1000 * x for x in decisions.handler]
         print(f"decided={len(from_due)}")
+        print(f"undecided_after_300s={offered - len(from_due)}")
         print(f"decision_p50_ms={percentile(from_due, 50):.1f}")
         print(f"decision_p99_ms={percentile(from_due, 99):.1f}")
         print(f"decision_max_ms={max(from_due, default=float('nan')):.1f}")
@@ -450,12 +464,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=400_000)
     parser.add_argument("--observations", type=int, default=1_000_000)
-    parser.add_argument("--backlog", type=int, default=40_000, help="observations for observations_per_s")
+    parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of the open-loop run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the open-loop run")
     parser.add_argument("--searches", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")  # noqa: S108
+    parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
+    parser.add_argument("--profile", help="write a cProfile of the backlog's drain to this file")
     parser.add_argument("--child", choices=("peers", "publish"), help=argparse.SUPPRESS)
     parser.add_argument("--amqp", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
