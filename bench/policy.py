@@ -267,9 +267,15 @@ async def run(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
     from lazaretto_core import db
-    from lazaretto_lab.lease_stub import serve_app
     from lazaretto_lab.process import free_port
-    from lazaretto_lab.testing import create_database, create_vhost, database_dsn, delete_vhost, drop_database
+    from lazaretto_lab.testing import (
+        create_database,
+        create_vhost,
+        database_dsn,
+        delete_vhost,
+        drop_database,
+        serving,
+    )
     from policy.app import build
     from policy.settings import PolicySettings
 
@@ -365,7 +371,7 @@ async def run(args: argparse.Namespace) -> int:
         cpu = time.process_time() - cpu
         if profile is not None:
             profile.disable()
-            profile.dump_stats(args.profile)
+            profile.dump_stats(args.profile + ".drain")
         print(f"observations_per_s={decisions.done / elapsed:.0f}")
         print(f"backlog_drain_s={elapsed:.1f}")
         # CPU of this process (policy's app; the publishers and peers are other processes) per
@@ -405,7 +411,13 @@ async def run(args: argparse.Namespace) -> int:
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
         print(f"load_average_after_latency={load()}")
 
-        # 3. The admin search over HTTP.
+        # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
+        while True:
+            seen = decisions.done + decisions.failed
+            await asyncio.sleep(3)
+            if decisions.done + decisions.failed == seen:
+                break
+        print(f"decisions_total={decisions.done}")
         async with service.pool.acquire() as conn:
             open_cases = await conn.fetchval("SELECT count(*) FROM cases WHERE closed_at IS NULL")
             stored = await conn.fetchval("SELECT count(*) FROM observations")
@@ -426,10 +438,13 @@ async def run(args: argparse.Namespace) -> int:
         latencies: dict[str, list[float]] = {
             k: [] for k in ("ip", "prior_ip", "cpe_mac", "household", "miss")
         }
+        # Served as the service serves it (uvicorn on host and port: its sockets get TCP_NODELAY).
         async with (
-            serve_app(service.http_app) as url,
+            serving(service.http_app) as http_port,
             httpx.AsyncClient(
-                base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+                base_url=f"http://127.0.0.1:{http_port}",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=30,
             ) as client,
         ):
             for n in range(args.searches):
@@ -452,10 +467,15 @@ async def run(args: argparse.Namespace) -> int:
                 if kind != "miss" and kind != "prior_ip" and not response.json():
                     print(f"search by {kind} {params} found nothing", file=sys.stderr)
             cpu = time.process_time() - cpu
+            during = decisions.done + decisions.failed - seen
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile + ".search")
         every = [x for values in latencies.values() for x in values]
         print(f"searches={len(every)}")
         # The client and the server share this process: CPU per request far below the latency means
         # the time went waiting for a core.
+        print(f"decisions_during_search={during}")
         print(f"search_cpu_ms_per_request={1000 * cpu / max(1, len(every)):.2f}")
         print(f"search_p50_ms={percentile(every, 50):.1f}")
         print(f"search_p99_ms={percentile(every, 99):.1f}")
@@ -489,7 +509,10 @@ def main() -> int:
     parser.add_argument("--searches", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
-    parser.add_argument("--profile", help="write a cProfile of the backlog's drain to this file")
+    parser.add_argument(
+        "--profile",
+        help="write cProfiles of the backlog's drain and of the searches to PROFILE.drain, PROFILE.search",
+    )
     parser.add_argument("--child", choices=("peers", "publish"), help=argparse.SUPPRESS)
     parser.add_argument("--amqp", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
