@@ -172,6 +172,7 @@ async def load_history(
     await conn.copy_records_to_table(
         "cases",
         records=cases,
+        timeout=900,
         columns=[
             "case_id", "ip", "cpe_mac", "cm_mac", "scope", "category", "reason", "state", "opened_by",
             "opened_at", "updated_at", "closed_at", "step", "step_id", "step_attempts", "next_retry_at",
@@ -179,14 +180,21 @@ async def load_history(
         ],
     )  # fmt: skip
     await conn.copy_records_to_table(
-        "case_addresses", records=addresses, columns=["case_id", "ip", "valid_from", "valid_until", "source"]
+        "case_addresses",
+        timeout=900,
+        records=addresses,
+        columns=["case_id", "ip", "valid_from", "valid_until", "source"],
     )
     await conn.copy_records_to_table(
-        "case_events", records=events, columns=["case_id", "at", "actor", "from_state", "to_state", "detail"]
+        "case_events",
+        timeout=900,
+        records=events,
+        columns=["case_id", "at", "actor", "from_state", "to_state", "detail"],
     )
     await conn.copy_records_to_table(
         "case_terms",
         records=terms,
+        timeout=900,
         columns=[
             "case_id", "rule", "ruleset_version", "offence", "self_release", "self_release_not_before",
             "max_self_releases", "portal_template", "enforce_at", "expires_at",
@@ -196,12 +204,15 @@ async def load_history(
     # from generate_series): the same distributions as Python would draw, at server speed.
     await conn.execute("SELECT setseed($1)", (seed % 1000) / 1000)
     mapping = json.dumps({"signatures": SIGNATURES, "rules": RULE_OF})
-    status = await conn.execute(_CASE_OBSERVATIONS, mapping, RULESET_VERSION)
+    # No statement timeout of the pool's here: a busy machine takes minutes for a million rows.
+    status = await conn.execute(_CASE_OBSERVATIONS, mapping, RULESET_VERSION, timeout=900)
     loaded.observations = int(status.split()[-1])
     noise = max(0, observations - loaded.observations)
-    status = await conn.execute(_NOISE_OBSERVATIONS, mapping, RULESET_VERSION, noise, pop.subscribers, now)
+    status = await conn.execute(
+        _NOISE_OBSERVATIONS, mapping, RULESET_VERSION, noise, pop.subscribers, now, timeout=900
+    )
     loaded.observations += int(status.split()[-1])
-    await conn.execute("ANALYZE")
+    await conn.execute("ANALYZE", timeout=900)
     return loaded
 
 
