@@ -365,7 +365,7 @@ async def run(args: argparse.Namespace) -> int:
         if profile is not None:
             profile.enable()
         gate.set()
-        if not await decisions.wait_for(args.backlog, timeout=args.backlog / 200 + 60):
+        if not await decisions.wait_for(args.backlog, timeout=args.backlog / 50 + 60):
             print(f"backlog not drained: {decisions.done} of {args.backlog}", file=sys.stderr)
         elapsed = decisions.last_done - released
         cpu = time.process_time() - cpu
