@@ -447,6 +447,10 @@ async def run(args: argparse.Namespace) -> int:
                 timeout=30,
             ) as client,
         ):
+            profile = cProfile.Profile() if args.profile else None
+            if profile is not None:
+                profile.enable()
+            cpu = time.process_time()
             for n in range(args.searches):
                 i = rng.randrange(0, args.subscribers // 4) * 4  # a subscriber with an open case
                 kind = list(latencies)[n % len(latencies)]
