@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from lazaretto_lab.bind import LabBind
+from lazaretto_lab.dhcpd import LabDhcpd
 from lazaretto_lab.kea import LabKea
 from provisioner.kea import KeaHosts
 from provisioner.rpz import RpzAdapter
@@ -18,6 +19,12 @@ from provisioner.rpz import RpzAdapter
 def lab_kea() -> Iterator[LabKea]:
     with LabKea() as kea:
         yield kea
+
+
+@pytest.fixture(scope="module")
+def lab_dhcpd() -> Iterator[LabDhcpd]:
+    with LabDhcpd() as dhcpd:
+        yield dhcpd
 
 
 @pytest.fixture(scope="module")
