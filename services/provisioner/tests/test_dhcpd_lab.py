@@ -19,7 +19,9 @@ def new_mac() -> str:
 
 
 async def discover(dhcpd: LabDhcpd, mac: str) -> DhcpResult:
-    return await asyncio.to_thread(dhcp_exchange, dhcpd.client_netns, dhcpd.client_iface, mac, "discover", 15.0)
+    return await asyncio.to_thread(
+        dhcp_exchange, dhcpd.client_netns, dhcpd.client_iface, mac, "discover", 15.0
+    )
 
 
 def assert_normal(result: DhcpResult, dhcpd: LabDhcpd) -> None:

@@ -160,7 +160,9 @@ class LabDhcpd(LabPeer):
             self._made_netns.append(netns)
             _run(["ip", "-n", netns, "link", "set", "lo", "up"])
         srv, cli = ["-n", self.server_netns], ["-n", self.client_netns]
-        _run(["ip", *srv, "link", "add", self.server_iface, "type", "veth", "peer", "name", self.client_iface])
+        _run(
+            ["ip", *srv, "link", "add", self.server_iface, "type", "veth", "peer", "name", self.client_iface]
+        )
         _run(["ip", *srv, "link", "set", self.client_iface, "netns", self.client_netns])
         for prefix, iface in ((srv, self.server_iface), (cli, self.client_iface)):
             # No IPv6: keeps router solicitations and DAD out of the client's sniffer.
@@ -176,7 +178,19 @@ class LabDhcpd(LabPeer):
             fcntl.flock(lock, fcntl.LOCK_EX)
             link = _pick_link()
             root_ip, ns_ip = str(link[1]), str(link[2])
-            _run(["ip", "link", "add", self.link_root_iface, "type", "veth", "peer", "name", self.link_ns_iface])
+            _run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    self.link_root_iface,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.link_ns_iface,
+                ]
+            )
             self._link_made = True
             _run(["ip", "link", "set", self.link_ns_iface, "netns", self.server_netns])
             _run(["ip", "addr", "add", f"{root_ip}/30", "dev", self.link_root_iface])
@@ -204,7 +218,8 @@ class LabDhcpd(LabPeer):
             subnet {s.network_address} netmask {s.netmask} {{
               option routers {self.server_ip};
               option domain-name-servers {self.normal_resolver};
-              pool {{ deny members of "{QUARANTINE_CLASS}"; range {self.normal_pool[0]} {self.normal_pool[1]}; }}
+              pool {{ deny members of "{QUARANTINE_CLASS}";
+                     range {self.normal_pool[0]} {self.normal_pool[1]}; }}
               pool {{ allow members of "{QUARANTINE_CLASS}";
                      range {self.quarantine_pool[0]} {self.quarantine_pool[1]};
                      default-lease-time {self.quarantine_lifetime}; max-lease-time {self.quarantine_lifetime};

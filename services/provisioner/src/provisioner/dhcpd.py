@@ -125,7 +125,9 @@ class DhcpdHosts:
     async def quarantined_among(self, macs: Iterable[str]) -> set[str]:
         """Which of `macs` are members now. OMAPI can look objects up but not list them."""
         wanted = [normalize_mac(m) for m in macs]
-        found = await self._call(lambda conn: [self._lookup(conn, _hashstring(m)) is not None for m in wanted])
+        found = await self._call(
+            lambda conn: [self._lookup(conn, _hashstring(m)) is not None for m in wanted]
+        )
         return {mac for mac, present in zip(wanted, found, strict=True) if present}
 
     async def ping(self) -> None:

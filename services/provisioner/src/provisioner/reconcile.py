@@ -1,0 +1,112 @@
+"""Reconcile: compare what each layer holds with the desired state, repair drift, count and log it.
+
+Runs at start and then every `reconcile_interval` seconds. Each layer is reconciled on its own: one
+that is down is logged and counted, and the others are still repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
+
+from .desired import DesiredState, LayeredGarden
+from .layers import Element, Layer
+
+log = logging.getLogger(__name__)
+
+DRIFT_REPAIRED = Counter(
+    "lazaretto_provisioner_drift_repaired",
+    "Garden elements a reconcile found out of line with the desired state and repaired.",
+    ["layer", "kind"],  # kind: missing (desired, not in the layer) or extra (in the layer, not desired)
+)
+RECONCILE_FAILURES = Counter(
+    "lazaretto_provisioner_reconcile_failures",
+    "Reconciles of one layer that failed (the layer was down or refused).",
+    ["layer"],
+)
+RECONCILE_SECONDS = Histogram(
+    "lazaretto_provisioner_reconcile_seconds", "Duration of one full reconcile of every layer."
+)
+
+
+@dataclass
+class ReconcileReport:
+    missing: dict[str, list[Element]] = field(default_factory=dict)
+    extra: dict[str, list[Element]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def repaired(self) -> int:
+        return sum(map(len, self.missing.values())) + sum(map(len, self.extra.values()))
+
+
+class Reconciler:
+    def __init__(self, garden: LayeredGarden, interval: float) -> None:
+        self.garden = garden
+        self.desired: DesiredState = garden.desired
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def reconcile(self) -> ReconcileReport:
+        report = ReconcileReport()
+        started = time.monotonic()
+        for layer in self.garden.layers:
+            try:
+                await self._reconcile_layer(layer, report)
+            except Exception as exc:  # one layer down must not stop the others (counted, logged)
+                RECONCILE_FAILURES.labels(layer.name).inc()
+                report.failed[layer.name] = f"{type(exc).__name__}: {exc}"
+                log.error("reconcile of layer %s failed, retried next round: %s", layer.name, exc)
+        RECONCILE_SECONDS.observe(time.monotonic() - started)
+        return report
+
+    async def _reconcile_layer(self, layer: Layer, report: ReconcileReport) -> None:
+        wanted = await self.desired.elements(layer.name, present=True)
+        unwanted = await self.desired.elements(layer.name, present=False)
+        actual = {e for e in await layer.list_elements(wanted | unwanted) if e.kind in layer.kinds}
+        missing = sorted(wanted - actual)
+        extra = sorted(actual - wanted)
+        if missing:
+            await layer.apply_many(missing)
+            for element in missing:
+                log.warning(
+                    "reconcile repaired drift: layer %s lacked %s %s", layer.name, element.kind, element.value
+                )
+            DRIFT_REPAIRED.labels(layer.name, "missing").inc(len(missing))
+            report.missing[layer.name] = missing
+        if extra:
+            await layer.remove_many(extra)
+            for element in extra:
+                log.warning(
+                    "reconcile repaired drift: layer %s held %s %s that is not desired",
+                    layer.name,
+                    element.kind,
+                    element.value,
+                )
+            DRIFT_REPAIRED.labels(layer.name, "extra").inc(len(extra))
+            report.extra[layer.name] = extra
+        # Whatever was pending is in line now: wanted ones are present, unwanted ones absent.
+        await self.desired.confirm(layer.name, wanted, present=True)
+        await self.desired.confirm(layer.name, unwanted, present=False)
+
+    async def start(self) -> None:
+        """One reconcile now, then one every `interval` seconds in the background."""
+        await self.reconcile()
+        self._task = asyncio.create_task(self._loop(), name="garden-reconcile")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.reconcile()
