@@ -79,6 +79,13 @@ class DesiredState:
         )
         return {Element(r["kind"], r["value"]) for r in rows}
 
+    async def case_elements(self, case_id: uuid.UUID) -> set[Element]:
+        """What `case_id` asked to be present, in any layer."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT kind, value FROM garden_desired WHERE case_id = $1 AND present", case_id
+        )
+        return {Element(r["kind"], r["value"]) for r in rows}
+
     async def unconfirmed_layers(self, case_id: uuid.UUID) -> list[str]:
         rows = await self._pool.fetch(
             "SELECT DISTINCT layer FROM garden_desired"

@@ -62,7 +62,7 @@ class _HmacSha256(omapi.OmapiAuthenticatorBase):
         return hmac.new(self.key, message, digestmod=hashlib.sha256).digest()
 
 
-_AUTHENTICATORS: dict[str, type[omapi.OmapiAuthenticatorBase]] = {
+_AUTHENTICATORS: dict[str, Callable[[bytes, bytes], omapi.OmapiAuthenticatorBase]] = {
     "hmac-md5": omapi.OmapiHMACMD5Authenticator,
     "hmac-sha256": _HmacSha256,
 }
@@ -114,7 +114,7 @@ class DhcpdHosts:
     async def quarantine_many(self, macs: Iterable[str]) -> None:
         """Add every MAC on one connection (one worker-thread hop for the whole batch)."""
         keys = [_hashstring(m) for m in macs]
-        await self._call(lambda conn: [self._add(conn, key) for key in keys])
+        await self._call(lambda conn: self._add_all(conn, keys))
 
     async def release_many(self, macs: Iterable[str]) -> list[str]:
         """Remove every MAC; returns those that were members."""
@@ -173,6 +173,10 @@ class DhcpdHosts:
     def _lookup(self, conn: omapi.Omapi, key: bytes) -> int | None:
         reply = conn.query_server(self._subclass(key))
         return int(reply.handle) if reply.opcode == omapi.OMAPI_OP_UPDATE else None
+
+    def _add_all(self, conn: omapi.Omapi, keys: list[bytes]) -> None:
+        for key in keys:
+            self._add(conn, key)
 
     def _add(self, conn: omapi.Omapi, key: bytes) -> None:
         message = self._subclass(key)

@@ -11,7 +11,8 @@ from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove, GardenRemoved
 from lazaretto_core.errors import RetryLater
 
-from .garden import Garden
+from .dhcpd import DhcpdError
+from .garden import Garden, GardenPending
 from .kea import KeaError
 from .rpz import RpzError
 
@@ -26,7 +27,7 @@ class ProvisionerHandlers:
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
         try:
             changes = await self.garden.apply(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+        except (GardenPending, RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
         await self.bus.publish(
@@ -37,7 +38,7 @@ class ProvisionerHandlers:
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
         try:
             changes = await self.garden.remove(command)
-        except (RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
+        except (GardenPending, RpzError, KeaError, asyncpg.PostgresError, OSError) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
         await self.bus.publish(
@@ -70,6 +71,11 @@ class ProvisionerHandlers:
 
 
 def _error_class(exc: Exception) -> str:
+    if isinstance(exc, GardenPending):
+        # One class per layer that did not confirm (the others did), e.g. "dns_refused+dhcp_unavailable".
+        return "+".join(_error_class(e) for _, e in sorted(exc.outcome.failed.items()))
+    if isinstance(exc, DhcpdError):
+        return "dhcp_" + type(exc).__name__.removeprefix("Dhcpd").lower()
     if isinstance(exc, RpzError):
         return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
     if isinstance(exc, KeaError | asyncpg.PostgresError):
