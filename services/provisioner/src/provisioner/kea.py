@@ -135,8 +135,22 @@ class KeaHosts:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"context is not JSON-serialisable: {exc}") from None
         async with self._pool.acquire() as conn, conn.transaction():
+            # New rows in one statement; rows that exist already are merged one by one.
+            inserted = await conn.fetch(
+                "INSERT INTO hosts (dhcp_identifier, dhcp_identifier_type, dhcp4_subnet_id,"
+                " dhcp4_client_classes, user_context)"
+                " SELECT i, $2, $3, $4, $5 FROM unnest($1::bytea[]) AS i"
+                " ON CONFLICT DO NOTHING RETURNING dhcp_identifier",
+                identifiers,
+                HW_ADDRESS,
+                GLOBAL_SUBNET,
+                self.quarantine_class,
+                _context_text({CONTEXT_KEY: context}),
+            )
+            done = {bytes(r["dhcp_identifier"]) for r in inserted}
             for identifier in identifiers:
-                await self._quarantine_on(conn, identifier, context)
+                if identifier not in done:
+                    await self._quarantine_on(conn, identifier, context)
 
     async def quarantined_macs(self) -> set[str]:
         """Every MAC whose global reservation carries the quarantine class (for reconcile)."""
