@@ -214,3 +214,26 @@ async def test_a_storm_is_applied_in_batched_zone_updates(desired: DesiredState,
     held = await rpz.quarantined_networks()
     assert {ipaddress.ip_network(e.value) for e in elements} <= held
     await rpz.release_clients([e.value for e in elements])
+
+
+async def test_the_first_start_adopts_what_the_layers_hold_instead_of_releasing_it(
+    desired: DesiredState, kea_hosts: KeaHosts, rpz: RpzAdapter
+) -> None:
+    # given quarantines made before the provisioner kept a desired state (an upgrade)
+    mac, ip = new_mac(), new_ip()
+    await kea_hosts.quarantine_host(mac, {"case_id": "old"})
+    await rpz.quarantine_client(ip)
+    reconciler = Reconciler(LayeredGarden([KeaLayer(kea_hosts), RpzLayer(rpz)], desired), 3600)
+
+    # when it starts for the first time
+    await reconciler.start()
+    await reconciler.stop()
+
+    # then both stay, now desired and confirmed; and the next reconcile finds nothing to repair
+    assert await kea_hosts.is_quarantined(mac)
+    assert await rpz.is_quarantined(ip)
+    assert Element.mac(mac) in await desired.elements("dhcp", present=True)
+    assert Element.ip(ip) in await desired.elements("dns", present=True)
+    assert (await reconciler.reconcile()).repaired == 0
+    # and a later start adopts nothing more
+    assert await reconciler.adopt_if_new() == {}

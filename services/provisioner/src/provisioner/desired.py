@@ -79,6 +79,18 @@ class DesiredState:
         )
         return {Element(r["kind"], r["value"]) for r in rows}
 
+    async def is_empty(self) -> bool:
+        return not await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM garden_desired)")
+
+    async def adopt(self, layer: str, elements: Iterable[Element]) -> None:
+        """Record what `layer` holds as desired and confirmed (first start over an existing garden)."""
+        rows = [(layer, e.kind, e.value) for e in elements]
+        await self._pool.executemany(
+            "INSERT INTO garden_desired (layer, kind, value, present, confirmed_at)"
+            " VALUES ($1, $2, $3, true, now()) ON CONFLICT DO NOTHING",
+            rows,
+        )
+
     async def case_elements(self, case_id: uuid.UUID) -> set[Element]:
         """What `case_id` asked to be present, in any layer."""
         rows = await self._pool.fetch(

@@ -94,8 +94,29 @@ class Reconciler:
         await self.desired.confirm(layer.name, wanted, present=True)
         await self.desired.confirm(layer.name, unwanted, present=False)
 
+    async def adopt_if_new(self) -> dict[str, int]:
+        """With no desired state at all (first start, e.g. over a garden made before it existed), take
+        what every layer holds as desired: never release a quarantine only because it was not recorded."""
+        if not await self.desired.is_empty():
+            return {}
+        adopted: dict[str, int] = {}
+        for layer in self.garden.layers:
+            try:
+                held = {e for e in await layer.list_elements(()) if e.kind in layer.kinds}
+            except Exception as exc:  # the layer is down: it is reconciled (not adopted) later
+                log.error("could not adopt what layer %s holds: %s", layer.name, exc)
+                continue
+            await self.desired.adopt(layer.name, held)
+            adopted[layer.name] = len(held)
+            if held:
+                log.warning(
+                    "adopted %d elements layer %s held before any desired state", len(held), layer.name
+                )
+        return adopted
+
     async def start(self) -> None:
-        """One reconcile now, then one every `interval` seconds in the background."""
+        """Adopt an existing garden on the first start; one reconcile now, then one every `interval` s."""
+        await self.adopt_if_new()
         await self.reconcile()
         self._task = asyncio.create_task(self._loop(), name="garden-reconcile")
 
