@@ -129,10 +129,21 @@ def main() -> None:
     try:
         with LabKea(prefixlen=24) as kea, LabBind() as bind:
             figures = asyncio.run(run(args.devices, args.batch, kea, bind, database_dsn(name)))
+        for key, value in figures.items():
+            print(f"{key}={value}", flush=True)
     finally:
-        asyncio.run(drop_database(name))
-    for key, value in figures.items():
-        print(f"{key}={value}")
+        asyncio.run(drop_soon(name))
+
+
+async def drop_soon(name: str) -> None:
+    # An autovacuum worker on the big tables (a superuser's process) may hold the database a moment.
+    for _ in range(30):
+        try:
+            await drop_database(name)
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            await asyncio.sleep(2)
+    await drop_database(name)
 
 
 if __name__ == "__main__":

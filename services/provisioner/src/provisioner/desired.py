@@ -8,6 +8,7 @@ reconcile, and never stops the other layers. A case counts as applied only once 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -149,6 +150,9 @@ class LayeredGarden:
             raise ValueError(f"layer names must be unique: {names}")
         self.layers = list(layers)
         self.desired = desired
+        # Held by every change and by each layer's reconcile: a reconcile that listed a layer before
+        # an apply recorded its wish would otherwise remove what the apply just added.
+        self.lock = asyncio.Lock()
 
     def for_layer(self, layer: Layer, elements: Iterable[Element]) -> list[Element]:
         return sorted({e for e in elements if e.kind in layer.kinds})
@@ -160,6 +164,12 @@ class LayeredGarden:
         return await self._change(list(elements), case_id, present=False)
 
     async def _change(
+        self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
+    ) -> LayerOutcome:
+        async with self.lock:
+            return await self._change_locked(elements, case_id, present=present)
+
+    async def _change_locked(
         self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
     ) -> LayerOutcome:
         outcome = LayerOutcome()

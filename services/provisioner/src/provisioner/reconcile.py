@@ -57,7 +57,8 @@ class Reconciler:
         started = time.monotonic()
         for layer in self.garden.layers:
             try:
-                await self._reconcile_layer(layer, report)
+                async with self.garden.lock:
+                    await self._reconcile_layer(layer, report)
             except Exception as exc:  # one layer down must not stop the others (counted, logged)
                 RECONCILE_FAILURES.labels(layer.name).inc()
                 report.failed[layer.name] = f"{type(exc).__name__}: {exc}"
@@ -102,7 +103,8 @@ class Reconciler:
         adopted: dict[str, int] = {}
         for layer in self.garden.layers:
             try:
-                held = {e for e in await layer.list_elements(()) if e.kind in layer.kinds}
+                async with self.garden.lock:
+                    held = {e for e in await layer.list_elements(()) if e.kind in layer.kinds}
             except Exception as exc:  # the layer is down: it is reconciled (not adopted) later
                 log.error("could not adopt what layer %s holds: %s", layer.name, exc)
                 continue
