@@ -94,10 +94,10 @@ async def run(devices: int, batch: int, kea: LabKea, bind: LabBind, desired_dsn:
         # RPZ zone, the later ones only the changes since (IXFR). Time both.
         reconciler = Reconciler(garden, interval=3600)
         started = time.monotonic()
-        first = await reconciler.reconcile()
+        startup = await reconciler.reconcile()
         reconcile_first_seconds = time.monotonic() - started
-        if first.failed or first.repaired:
-            raise RuntimeError(f"first reconcile: failed {first.failed}, repaired {first.repaired}")
+        if startup.failed or startup.repaired:
+            raise RuntimeError(f"first reconcile: failed {startup.failed}, repaired {startup.repaired}")
 
         # 1% drift by hand: half the devices lose their Kea host row, the other half their RPZ trigger.
         drift = max(2, devices // 100)
