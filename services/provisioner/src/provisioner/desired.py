@@ -54,6 +54,15 @@ class DesiredState:
             present,
         )
 
+    async def confirm_layer(self, layer: str) -> int:
+        """Mark everything pending in `layer` confirmed (after a reconcile put the layer in line)."""
+        status = await self._pool.execute(
+            "UPDATE garden_desired SET confirmed_at = now(), last_error = NULL"
+            " WHERE layer = $1 AND confirmed_at IS NULL",
+            layer,
+        )
+        return int(status.split()[-1])
+
     async def failed(self, layer: str, elements: Iterable[Element], error: str) -> None:
         kinds, values = _columns(elements)
         await self._pool.execute(

@@ -91,9 +91,9 @@ class Reconciler:
                 )
             DRIFT_REPAIRED.labels(layer.name, "extra").inc(len(extra))
             report.extra[layer.name] = extra
-        # Whatever was pending is in line now: wanted ones are present, unwanted ones absent.
-        await self.desired.confirm(layer.name, wanted, present=True)
-        await self.desired.confirm(layer.name, unwanted, present=False)
+        # Whatever was pending is in line now (the lock kept changes out): wanted ones are present,
+        # unwanted ones absent.
+        await self.desired.confirm_layer(layer.name)
 
     async def adopt_if_new(self) -> dict[str, int]:
         """With no desired state at all (first start, e.g. over a garden made before it existed), take
