@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import platform
 import subprocess
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1_000)
     args = parser.parse_args()
+    # Each layer's reconcile logs how its time was spent (INFO); the repairs themselves are WARNINGs.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     print(f"machine={platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"devices={args.devices}")
     print(f"batch={args.batch}")

@@ -67,9 +67,12 @@ class Reconciler:
         return report
 
     async def _reconcile_layer(self, layer: Layer, report: ReconcileReport) -> None:
+        started = time.monotonic()
         wanted = await self.desired.elements(layer.name, present=True)
         unwanted = await self.desired.elements(layer.name, present=False)
+        read = time.monotonic()
         actual = {e for e in await layer.list_elements(wanted | unwanted) if e.kind in layer.kinds}
+        listed = time.monotonic()
         missing = sorted(wanted - actual)
         extra = sorted(actual - wanted)
         if missing:
@@ -94,6 +97,17 @@ class Reconciler:
         # Whatever was pending is in line now (the lock kept changes out): wanted ones are present,
         # unwanted ones absent.
         await self.desired.confirm_layer(layer.name)
+        log.info(
+            "reconciled layer %s: %d desired, %d missing, %d extra; desired state %.2fs, layer listed"
+            " %.2fs, repaired and confirmed %.2fs",
+            layer.name,
+            len(wanted),
+            len(missing),
+            len(extra),
+            read - started,
+            listed - read,
+            time.monotonic() - listed,
+        )
 
     async def adopt_if_new(self) -> dict[str, int]:
         """With no desired state at all (first start, e.g. over a garden made before it existed), take
