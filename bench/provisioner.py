@@ -7,9 +7,9 @@ the RPZ zone), confirmed in every layer. Then 1% drift is injected by hand (half
 with SQL; half: RPZ triggers deleted with `nsupdate`), and one full reconcile runs and repairs it.
 Before the drift, one reconcile runs as the service's start-up one does (it finds nothing to repair).
 Prints one `name=value` per line (settings first): apply_per_s (devices confirmed in every layer per
-second, sustained over the whole storm), gardened, reconcile_first_seconds (the start-up reconcile:
-the whole RPZ zone transferred), reconcile_seconds (the next, scheduled reconcile with the drift:
-every layer listed and compared in full, the RPZ zone's changes by IXFR), drift_injected, drift_repaired.
+second, sustained over the whole storm), gardened, reconcile_first_seconds (the start-up reconcile),
+reconcile_seconds (the next one, with the drift: every layer listed in full — Kea's host rows, the RPZ
+zone by AXFR — compared with the desired state and repaired), drift_injected, drift_repaired.
 Run it with `python -P` (as the Makefile does): this file's name would otherwise hide the package.
 """
 
@@ -91,8 +91,8 @@ async def run(devices: int, batch: int, kea: LabKea, bind: LabBind, desired_dsn:
         gardened = len(await hosts.quarantined_macs())
         in_zone = len(await rpz.quarantined_networks())
 
-        # The service reconciles at start and then on a schedule: the first one transfers the whole
-        # RPZ zone, the later ones only the changes since (IXFR). Time both.
+        # The service reconciles at start and then on a schedule: time the start-up one (nothing to
+        # repair) and, below, the next one with the drift.
         reconciler = Reconciler(garden, interval=3600)
         started = time.monotonic()
         startup = await reconciler.reconcile()

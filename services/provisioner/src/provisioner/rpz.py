@@ -146,8 +146,6 @@ class RpzAdapter:
         self.portal_target = dns.name.from_text(portal_name)
         self.ttl = ttl
         self.timeout = timeout
-        # The quarantine zone as of the last transfer, kept up to date by incremental transfers.
-        self._copy: dns.zone.Zone | None = None
         try:
             self._key = dns.tsig.Key(key_name, secret, algorithm)
         except (binascii.Error, ValueError):
@@ -194,40 +192,21 @@ class RpzAdapter:
         return await self._exists(self._client_owner(ip), self.quarantine_zone, "is_quarantined")
 
     async def quarantined_networks(self) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """Every client-IP trigger now in the quarantine zone, for reconcile.
-
-        The first call transfers the whole zone (AXFR); later calls ask only for the changes since the
-        copy's serial (IXFR from BIND's journal, which records every change, by us or by hand). Any
-        failure of an incremental transfer drops the copy and transfers the whole zone again.
-        """
-        if self._copy is not None:
-            try:
-                await self._transfer(self._copy)
-            except RpzError:
-                self._copy = None
-            except (dns.xfr.SerialWentBackwards, dns.exception.FormError):
-                self._copy = None  # the zone was made anew (or the journal is gone): start over
-        if self._copy is None:
-            fresh = dns.zone.Zone(self.quarantine_zone)
-            await self._transfer(fresh)
-            self._copy = fresh
-        found: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
-        for name in self._copy.nodes:
-            net = network_from_owner(name.to_text())
-            if net is not None:
-                found.add(net)
-        return found
-
-    async def _transfer(self, zone: dns.zone.Zone) -> None:
+        """Every client-IP trigger now in the quarantine zone (zone transfer), for reconcile."""
+        zone = dns.zone.Zone(self.quarantine_zone)
         query, _ = dns.xfr.make_query(zone, keyring=self._key)
         try:
             await dns.asyncquery.inbound_xfr(self.server, zone, query, port=self.port, timeout=self.timeout)
         except dns.xfr.TransferError as exc:
             raise self._rcode_error(exc.rcode, "quarantined_networks", self.quarantine_zone) from None
-        except (dns.xfr.SerialWentBackwards, dns.exception.FormError):
-            raise
         except Exception as exc:
             raise self._classify(exc, "quarantined_networks", self.quarantine_zone) from exc
+        found: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        for name in zone.nodes:
+            net = network_from_owner(name.to_text())
+            if net is not None:
+                found.add(net)
+        return found
 
     # -- allow zone: remediation sites ------------------------------------------------------------
 
