@@ -6,7 +6,7 @@ UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
-.PHONY: deps peers test test-fresh lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts
+.PHONY: deps peers test test-fresh lint typecheck pytest run bench-e2e bench-snort bench-smtp bench-cmts bench-provisioner
 
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
@@ -48,3 +48,6 @@ bench-smtp: peers
 
 bench-cmts: peers
 	$(UV) run --frozen python bench/cmts.py
+
+bench-provisioner: peers
+	$(UV) run --frozen python -P bench/provisioner.py

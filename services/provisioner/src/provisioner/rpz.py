@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import dns.asyncquery
 import dns.exception
@@ -23,7 +24,11 @@ import dns.xfr
 import dns.zone
 
 PASSTHRU = "rpz-passthru."
+# Triggers per UPDATE message: a delete and an add of ~50 bytes each stay far below the 64 KiB a
+# DNS message over TCP may carry, and BIND applies the whole message as one journal transaction.
+UPDATE_BATCH = 250
 _CLIENT_IP_LABEL = "rpz-client-ip"
+T = TypeVar("T")
 
 
 class RpzError(Exception):
@@ -63,6 +68,13 @@ class RpzServerError(RpzError):
     """Any other error rcode (SERVFAIL, NOTZONE, ...)."""
 
     transient = True
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def client_ip_owner(address: str) -> str:
@@ -158,6 +170,23 @@ class RpzAdapter:
         update = self._update(self.quarantine_zone)
         update.delete(self._client_owner(ip))
         await self._send(update, "release_client", self.quarantine_zone)
+
+    async def quarantine_clients(self, ips: Iterable[str], batch: int = UPDATE_BATCH) -> None:
+        """`quarantine_client` for many addresses: one UPDATE message per `batch` triggers, not one each."""
+        for chunk in _chunks([self._client_owner(ip) for ip in ips], batch):
+            update = self._update(self.quarantine_zone)
+            for owner in chunk:
+                update.delete(owner)
+                update.add(owner, self.ttl, dns.rdatatype.CNAME, self.portal_target.to_text())
+            await self._send(update, "quarantine_clients", self.quarantine_zone)
+
+    async def release_clients(self, ips: Iterable[str], batch: int = UPDATE_BATCH) -> None:
+        """`release_client` for many addresses, `batch` per UPDATE message."""
+        for chunk in _chunks([self._client_owner(ip) for ip in ips], batch):
+            update = self._update(self.quarantine_zone)
+            for owner in chunk:
+                update.delete(owner)
+            await self._send(update, "release_clients", self.quarantine_zone)
 
     async def is_quarantined(self, ip: str) -> bool:
         return await self._exists(self._client_owner(ip), self.quarantine_zone, "is_quarantined")
