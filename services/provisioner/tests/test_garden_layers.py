@@ -373,3 +373,30 @@ async def test_reconcile_repairs_packet_filter_elements_changed_by_hand(
     held = await nft.elements()
     assert not held.full
     assert not held.smtp_block
+
+
+async def test_a_mail_block_follows_the_device_off_an_address_it_released(
+    garden: Garden, lab_kea: LabKea, nft: NftGarden
+) -> None:
+    pc = new_mac()
+    bound = await dhcp(lab_kea, pc)
+    assert bound.ip is not None
+    # Given a spam-only case on a device at its leased address
+    command = apply(bound.ip, pc, mode="smtp_block")
+    await garden.apply(command)
+    assert bound.ip in (await nft.elements()).smtp_block
+    # When the device gives the address back (DHCPRELEASE), whoever gets it next must not be blocked
+    await asyncio.to_thread(
+        dhcp_exchange, lab_kea.client_netns, lab_kea.client_iface, pc, "release", 15.0,
+        ip=bound.ip, server=lab_kea.server_ip,
+    )  # fmt: skip
+    changes = await garden.follow()
+    assert f"nft: {bound.ip} may send mail again (left by {pc})" in changes
+    assert bound.ip not in (await nft.elements()).smtp_block
+    # And a new lease of the device is blocked again
+    again = await dhcp(lab_kea, pc)
+    assert again.ip is not None
+    await garden.follow()
+    assert again.ip in (await nft.elements()).smtp_block
+    await garden.remove(remove(command))
+    assert again.ip not in (await nft.elements()).smtp_block

@@ -54,7 +54,7 @@ SELECT 1 FROM lease4 l
 # Addresses to un-garden: the device no longer holds the lease it was gardened for, or another MAC
 # holds an active lease on it now (a static or address-keyed entry included).
 _LEFT = f"""
-SELECT host(g.ip) AS ip, g.mac::text AS mac FROM lazaretto_garden_address g
+SELECT host(g.ip) AS ip, g.mac::text AS mac, g.mode FROM lazaretto_garden_address g
  WHERE (g.leased AND NOT EXISTS (
             SELECT 1 FROM lease4 l
              WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
@@ -64,10 +64,9 @@ SELECT host(g.ip) AS ip, g.mac::text AS mac FROM lazaretto_garden_address g
              WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
                AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("g.mac")})
 """
-_RECORDED = "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE ip = ANY($1::inet[])"
 # Addresses a gardened device holds now that are not recorded yet.
 _JOINED = f"""
-SELECT host(lazaretto_lease4_ip(l.address)) AS ip, d.mac::text AS mac, d.case_id
+SELECT host(lazaretto_lease4_ip(l.address)) AS ip, d.mac::text AS mac, d.case_id, d.mode
   FROM lazaretto_garden_device d JOIN lease4 l ON l.hwaddr = {_MAC_BYTES.format("d.mac")}
  WHERE {_ACTIVE}
    AND NOT EXISTS (SELECT 1 FROM lazaretto_garden_address g WHERE g.ip = lazaretto_lease4_ip(l.address))
@@ -168,8 +167,8 @@ class Garden:
                 changes.append(f"dhcp: host {mac} in class quarantine")
                 if self._pool is not None:
                     await self._pool.execute(
-                        "INSERT INTO lazaretto_garden_device (mac, case_id) VALUES ($1, $2)"
-                        " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id",
+                        "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'full')"
+                        " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id, mode = 'full'",
                         mac,
                         command.case_id,
                     )
@@ -195,7 +194,9 @@ class Garden:
                 elements.append(Element.mac(mac))
                 changes.append(f"dhcp: host {mac} out of class quarantine")
                 if self._pool is not None:
-                    await self._pool.execute("DELETE FROM lazaretto_garden_device WHERE mac = $1", mac)
+                    await self._pool.execute(
+                        "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'full'", mac
+                    )
             outcome = await self.layers.remove(elements, command.case_id)
             for ip in ips:
                 await self._unrecord(ip)
@@ -215,13 +216,13 @@ class Garden:
             ] or ([] if self._not_gardened(str(command.cpe_ip)) else [str(command.cpe_ip)])
         if mac is not None:
             rows = await self._pool.fetch(
-                "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1", mac
+                "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1 AND mode = 'full'", mac
             )
         else:
             # An address-keyed case: its addresses, as far as no device's garden holds them.
             rows = await self._pool.fetch(
                 "SELECT host(ip) AS ip FROM lazaretto_garden_address"
-                " WHERE ip = ANY($1::inet[]) AND mac IS NULL",
+                " WHERE ip = ANY($1::inet[]) AND mac IS NULL AND mode = 'full'",
                 [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
             )
         ips = [r["ip"] for r in rows]
@@ -250,13 +251,20 @@ class Garden:
         async with self._lock:
             changes: list[str] = []
             for row in await self._pool.fetch(_LEFT):
-                await self._ungarden(row["ip"])
-                changes.append(f"rpz: client-ip {row['ip']} removed (left by {row['mac'] or 'static'})")
+                await self._ungarden(row["ip"], row["mode"])
+                if row["mode"] == "smtp_block":
+                    changes.append(f"nft: {row['ip']} may send mail again (left by {row['mac']})")
+                else:
+                    changes.append(f"rpz: client-ip {row['ip']} removed (left by {row['mac'] or 'static'})")
             for row in await self._pool.fetch(_JOINED):
                 if self.in_quarantine_pool(row["ip"]):
                     continue
-                await self._garden(GardenedAddress(row["ip"], row["mac"], True), row["case_id"])
-                changes.append(f"rpz: client-ip {row['ip']} -> portal (new address of {row['mac']})")
+                address = GardenedAddress(row["ip"], row["mac"], True)
+                await self._garden(address, row["case_id"], row["mode"])
+                if row["mode"] == "smtp_block":
+                    changes.append(f"nft: {row['ip']} may not send mail (new address of {row['mac']})")
+                else:
+                    changes.append(f"rpz: client-ip {row['ip']} -> portal (new address of {row['mac']})")
             for change in changes:
                 log.info("garden follows the device: %s", change)
             return changes
@@ -267,11 +275,22 @@ class Garden:
         """A spam-only case: only the packet filter acts (mail refused), the device stays online.
 
         The addresses are recorded in the desired state (kind `smtp`, with the case) so reconcile repairs
-        the block and the release finds them; not in the garden's address records, which follow() would
-        garden fully."""
-        held = [a.ip for a in await self._addresses_to_garden(mac, str(command.cpe_ip))]
-        elements = [e for e in (Element.smtp(ip) for ip in held) if self._filters(e)]
+        the block and the release finds them, and in the garden's records with mode `smtp_block` so the
+        block follows the device (a full garden's record of the same device or address wins)."""
+        held = await self._addresses_to_garden(mac, str(command.cpe_ip))
+        blocked = [a for a in held if self._filters(Element.smtp(a.ip))]
+        elements = [Element.smtp(a.ip) for a in blocked]
         outcome = await self.layers.apply(elements, command.case_id)
+        if self._pool is not None:
+            if mac is not None:
+                await self._pool.execute(
+                    "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'smtp_block')"
+                    " ON CONFLICT (mac) DO NOTHING",
+                    mac,
+                    command.case_id,
+                )
+            for address in blocked:
+                await self._record(address, command.case_id, "smtp_block")
         if not outcome.complete:
             raise GardenPending(outcome)
         return [f"nft: {e.address} may not send mail (TCP/25, 465/587 outside the ISP)" for e in elements]
@@ -283,9 +302,27 @@ class Garden:
         recorded = [
             e.address for e in await self.layers.desired.case_elements(command.case_id) if e.kind == "smtp"
         ]
+        if self._pool is not None and mac is not None:
+            recorded += [
+                r["ip"]
+                for r in await self._pool.fetch(
+                    "SELECT host(ip) AS ip FROM lazaretto_garden_address"
+                    " WHERE mac = $1 AND mode = 'smtp_block'",
+                    mac,
+                )
+            ]
         ips = [ip for ip in dict.fromkeys([*recorded, *held, *named]) if ip != NO_ADDRESS]
         elements = [e for e in (Element.smtp(ip) for ip in ips) if self._filters(e)]
         outcome = await self.layers.remove(elements, command.case_id)
+        if self._pool is not None:
+            if mac is not None:
+                await self._pool.execute(
+                    "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'smtp_block'", mac
+                )
+            await self._pool.execute(
+                "DELETE FROM lazaretto_garden_address WHERE ip = ANY($1::inet[]) AND mode = 'smtp_block'",
+                [e.address for e in elements],
+            )
         if not outcome.complete:
             raise GardenPending(outcome)
         return [f"nft: {e.address} may send mail again" for e in elements]
@@ -309,34 +346,43 @@ class Garden:
             return [GardenedAddress(cpe_ip, mac, False)]  # a static address the CMTS lists for it
         return [] if self._not_gardened(cpe_ip) else [GardenedAddress(cpe_ip, None, False)]
 
-    async def _garden(self, address: GardenedAddress, case_id: object) -> None:
-        outcome = await self.layers.apply([Element.ip(address.ip)], _case_uuid(case_id))
-        await self._record(address, case_id)
+    async def _garden(self, address: GardenedAddress, case_id: object, mode: str = "full") -> None:
+        outcome = await self.layers.apply([_element(address.ip, mode)], _case_uuid(case_id))
+        await self._record(address, case_id, mode)
         if not outcome.complete:
             raise GardenPending(outcome)
 
-    async def _ungarden(self, ip: str) -> None:
-        outcome = await self.layers.remove([Element.ip(ip)], None)
+    async def _ungarden(self, ip: str, mode: str = "full") -> None:
+        outcome = await self.layers.remove([_element(ip, mode)], None)
         await self._unrecord(ip)
         if not outcome.complete:
             raise GardenPending(outcome)
 
-    async def _record(self, address: GardenedAddress, case_id: object) -> None:
+    async def _record(self, address: GardenedAddress, case_id: object, mode: str = "full") -> None:
         if self._pool is None:
             return
+        # A full garden's record replaces a mail block's; a mail block never replaces a full garden's.
         await self._pool.execute(
-            "INSERT INTO lazaretto_garden_address (ip, mac, case_id, leased) VALUES ($1::inet, $2, $3, $4)"
+            "INSERT INTO lazaretto_garden_address (ip, mac, case_id, leased, mode)"
+            " VALUES ($1::inet, $2, $3, $4, $5)"
             " ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, case_id = EXCLUDED.case_id,"
-            " leased = EXCLUDED.leased, added_at = now()",
+            " leased = EXCLUDED.leased, mode = EXCLUDED.mode, added_at = now()"
+            " WHERE EXCLUDED.mode = 'full' OR lazaretto_garden_address.mode = 'smtp_block'",
             address.ip,
             address.mac,
             case_id,
             address.leased,
+            mode,
         )
 
     async def _unrecord(self, ip: str) -> None:
         if self._pool is not None:
             await self._pool.execute("DELETE FROM lazaretto_garden_address WHERE ip = $1::inet", ip)
+
+
+def _element(ip: str, mode: str) -> Element:
+    """The layers' element for a recorded address: a mail block (`smtp`) or the full garden (`ip`)."""
+    return Element.smtp(ip) if mode == "smtp_block" else Element.ip(ip)
 
 
 def _case_uuid(case_id: object) -> uuid.UUID | None:
