@@ -6,7 +6,7 @@ UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
-.PHONY: deps peers test test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy
+.PHONY: deps peers test test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner
 
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
@@ -61,3 +61,6 @@ bench-vs: peers
 
 bench-policy: peers
 	$(UV) run --frozen python bench/policy.py
+
+bench-provisioner: peers
+	$(UV) run --frozen python -P bench/provisioner.py

@@ -15,15 +15,18 @@ from pydantic import SecretStr
 
 from cmts_agent.app import build as build_cmts_agent
 from cmts_agent.settings import CmtsAgentSettings, CmtsProfile
+from lazaretto_core import db
 from lazaretto_core.contracts import GardenApply, GardenRemove
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.kea import LabKea
 from lazaretto_lab.router import LabRouter
 from lazaretto_lab.snmpd import LabCmts, LabCpe, LabModem
 from lazaretto_lab.testing import serving
+from provisioner.desired import DesiredState, LayeredGarden
 from provisioner.garden import Garden
 from provisioner.household import CmtsAgentCpes, Household
 from provisioner.kea import KeaHosts
+from provisioner.layers import KeaLayer, ModemConfig, NftLayer, RpzLayer
 from provisioner.lease_history import LeaseHistory
 from provisioner.nft import NftConfig, NftGarden
 from provisioner.rpz import RpzAdapter
@@ -83,7 +86,7 @@ async def cmts_agent_url(
 
 @pytest.fixture
 async def household(
-    lab: tuple[LabRouter, LabCmts, LabKea, LabBind], cmts_agent_url: str
+    lab: tuple[LabRouter, LabCmts, LabKea, LabBind], cmts_agent_url: str, database_url: str
 ) -> AsyncIterator[Household]:
     router, _, kea, bind = lab
     a = router.addresses
@@ -108,16 +111,18 @@ async def household(
         )
     )
     await nft.install([IPv4Network(f"{a.remediation_web}/32")])
-    garden = Garden(KeaHosts(pool), rpz, pool, [str(kea.quarantine_cidr)], nft=nft)
+    desired_pool = await db.create_pool(database_url, max_size=4)
+    await db.migrate(desired_pool, db.package_migrations("provisioner"))
+    hosts = KeaHosts(pool)
+    layers = LayeredGarden(
+        [KeaLayer(hosts, modem=ModemConfig("filtered.cm", "10.9.8.7")), RpzLayer(rpz), NftLayer(nft)],
+        DesiredState(desired_pool),
+    )
+    garden = Garden(hosts, rpz, pool, [str(kea.quarantine_cidr)], layers=layers)
     try:
-        yield Household(
-            garden,
-            CmtsAgentCpes(cmts_agent_url, TOKEN),
-            pool,
-            filtered_boot_file="filtered.cm",
-            filtered_next_server="10.9.8.7",
-        )
+        yield Household(garden, CmtsAgentCpes(cmts_agent_url, TOKEN))
     finally:
+        await desired_pool.close()
         await nft.uninstall()
         await nft.close()
         await pool.close()
@@ -128,7 +133,8 @@ async def test_a_household_quarantine_gardens_every_cpe_behind_the_modem(
 ) -> None:
     router = lab[0]
     origin = f"http://{router.addresses.origin_web}/"
-    kea = household.garden.kea
+    kea = household.garden.dhcp
+    assert isinstance(kea, KeaHosts)
     # Given a household case that names only the modem and the address the alert saw
     command = GardenApply.model_validate(
         {
@@ -166,7 +172,8 @@ async def test_a_spam_only_household_loses_outgoing_mail_on_every_cpe_and_nothin
 ) -> None:
     router = lab[0]
     a = router.addresses
-    kea = household.garden.kea
+    kea = household.garden.dhcp
+    assert isinstance(kea, KeaHosts)
     command = GardenApply.model_validate(
         {
             "case_id": uuid.uuid4(),

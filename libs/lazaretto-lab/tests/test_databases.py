@@ -12,7 +12,7 @@ from lazaretto_lab.testing import PG_ADMIN_DSN
 async def test_each_service_owns_its_database_and_cannot_connect_to_the_others() -> None:
     dbs = await create_service_databases(PG_ADMIN_DSN)
     try:
-        assert set(dbs) == set(STATEFUL) == {"policy", "cmts_agent"}
+        assert set(dbs) == set(STATEFUL) == {"policy", "cmts_agent", "provisioner"}
         policy, cmts = dbs["policy"], dbs["cmts_agent"]
         assert policy.name != cmts.name
         for db in (policy, cmts):

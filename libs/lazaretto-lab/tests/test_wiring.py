@@ -41,7 +41,7 @@ def wires(tmp_path: Path) -> LabWires:
         bind=LabBind(),
         cmts=cmts,
         urls={name: f"http://127.0.0.1:{8000 + i}" for i, name in enumerate(SERVICES)},
-        database_urls={s: f"postgresql://{s}@127.0.0.1/{s}" for s in ("policy", "cmts_agent")},
+        database_urls={s: f"postgresql://{s}@127.0.0.1/{s}" for s in ("policy", "cmts_agent", "provisioner")},
         workdir=tmp_path,
         eve_path=tmp_path / "eve.json",
         form_secret="form-secret-of-the-lab",

@@ -8,7 +8,9 @@ from typing import Protocol
 import asyncpg
 import pytest
 
+from lazaretto_core import db
 from lazaretto_lab.bind import LabBind
+from lazaretto_lab.dhcpd import LabDhcpd
 from lazaretto_lab.kea import LabKea
 from provisioner.kea import KeaHosts
 from provisioner.rpz import RpzAdapter
@@ -21,6 +23,12 @@ def lab_kea() -> Iterator[LabKea]:
 
 
 @pytest.fixture(scope="module")
+def lab_dhcpd() -> Iterator[LabDhcpd]:
+    with LabDhcpd() as dhcpd:
+        yield dhcpd
+
+
+@pytest.fixture(scope="module")
 def lab_bind() -> Iterator[LabBind]:
     with LabBind() as bind:
         yield bind
@@ -30,6 +38,17 @@ def lab_bind() -> Iterator[LabBind]:
 async def kea_pool(lab_kea: LabKea) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
     pool = await asyncpg.create_pool(lab_kea.dsn, min_size=1, max_size=4)
     try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def provisioner_pool(database_url: str) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    """Provisioner's own database (desired state), migrated, fresh per test."""
+    pool = await db.create_pool(database_url, max_size=4)
+    try:
+        await db.migrate(pool, db.package_migrations("provisioner"))
         yield pool
     finally:
         await pool.close()

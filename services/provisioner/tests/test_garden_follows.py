@@ -15,9 +15,11 @@ from lazaretto_core.contracts import GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
 from lazaretto_lab.kea import LabKea
+from provisioner.desired import DesiredState, LayeredGarden
 from provisioner.follower import GardenFollower
 from provisioner.garden import Garden
 from provisioner.kea import KeaHosts
+from provisioner.layers import KeaLayer, RpzLayer
 from provisioner.lease_history import LeaseHistory
 from provisioner.rpz import RpzAdapter
 
@@ -57,9 +59,16 @@ def remove(command: GardenApply) -> GardenRemove:
 
 
 @pytest.fixture
-async def garden(lab_kea: LabKea, kea_pool: asyncpg.Pool[asyncpg.Record], rpz: RpzAdapter) -> Garden:
+async def garden(
+    lab_kea: LabKea,
+    kea_pool: asyncpg.Pool[asyncpg.Record],
+    rpz: RpzAdapter,
+    provisioner_pool: asyncpg.Pool[asyncpg.Record],
+) -> Garden:
     await LeaseHistory(kea_pool).install()
-    garden = Garden(KeaHosts(kea_pool), rpz, kea_pool, [str(lab_kea.quarantine_cidr)])
+    kea = KeaHosts(kea_pool)
+    layers = LayeredGarden([KeaLayer(kea), RpzLayer(rpz)], DesiredState(provisioner_pool))
+    garden = Garden(kea, rpz, kea_pool, [str(lab_kea.quarantine_cidr)], layers=layers)
     await garden.install_pools()
     return garden
 
@@ -103,12 +112,12 @@ async def test_apply_gardens_the_devices_current_lease_not_a_stale_alert_address
     # Then the PC's own address is gardened, the other PC's is not
     assert await rpz.is_quarantined(pc_lease.ip), changes
     assert not await rpz.is_quarantined(other_lease.ip)
-    assert await garden.kea.is_quarantined(pc)
+    assert await garden.dhcp.is_quarantined(pc)
     # When the garden is removed (twice), its address is free again and the reservation gone
     await garden.remove(remove(command))
     await garden.remove(remove(command))
     assert not await rpz.is_quarantined(pc_lease.ip)
-    assert not await garden.kea.is_quarantined(pc)
+    assert not await garden.dhcp.is_quarantined(pc)
 
 
 async def test_the_garden_follows_the_pc_into_the_quarantine_pool(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -25,11 +25,14 @@ from lazaretto_lab.kea import LabKea
 from lazaretto_lab.router import LabRouter
 from lazaretto_lab.testing import BusProbe
 from provisioner.app import build
+from provisioner.desired import DesiredState, LayeredGarden
 from provisioner.garden import Garden
 from provisioner.household import Household
 from provisioner.kea import KeaHosts, parse_mac
+from provisioner.layers import Element, KeaLayer, ModemConfig, NftLayer, RpzLayer
 from provisioner.lease_history import LeaseHistory
 from provisioner.nft import Mode, NftConfig, NftGarden
+from provisioner.reconcile import Reconciler
 from provisioner.rpz import RpzAdapter
 from provisioner.settings import ProvisionerSettings
 
@@ -92,12 +95,32 @@ async def nft(router: LabRouter) -> AsyncIterator[NftGarden]:
     await layer.close()
 
 
+GardenFactory = Callable[[ModemConfig | None], Awaitable[Garden]]
+
+
 @pytest.fixture
-async def garden(
-    lab_kea: LabKea, kea_pool: asyncpg.Pool[asyncpg.Record], rpz: RpzAdapter, nft: NftGarden
-) -> Garden:
+async def make_garden(
+    lab_kea: LabKea,
+    kea_pool: asyncpg.Pool[asyncpg.Record],
+    provisioner_pool: asyncpg.Pool[asyncpg.Record],
+    rpz: RpzAdapter,
+    nft: NftGarden,
+) -> GardenFactory:
     await LeaseHistory(kea_pool).install()
-    return Garden(KeaHosts(kea_pool), rpz, kea_pool, [str(lab_kea.quarantine_cidr)], nft=nft)
+
+    async def make(modem: ModemConfig | None) -> Garden:
+        kea = KeaHosts(kea_pool)
+        layers = LayeredGarden(
+            [KeaLayer(kea, modem=modem), RpzLayer(rpz), NftLayer(nft)], DesiredState(provisioner_pool)
+        )
+        return Garden(kea, rpz, kea_pool, [str(lab_kea.quarantine_cidr)], layers=layers)
+
+    return make
+
+
+@pytest.fixture
+async def garden(make_garden: GardenFactory) -> Garden:
+    return await make_garden(None)
 
 
 async def test_a_static_address_pc_is_gardened_by_the_packet_filter_alone(
@@ -132,13 +155,13 @@ async def test_cpe_scope_leaves_the_other_pc_behind_the_modem_alone(
     command = apply(PC, mac, cm=CM)
     await garden.apply(command)
     # Then the PC is gardened in every layer, its neighbour behind the same modem in none
-    assert await garden.kea.is_quarantined(mac)
+    assert await garden.dhcp.is_quarantined(mac)
     assert await garden.rpz.is_quarantined(PC)
     assert router.http_get(PC, f"http://{a.origin_web}/").startswith("PORTAL ")
     assert router.http_get(NEIGHBOUR, f"http://{a.origin_web}/").startswith("ORIGIN ")
     assert router.smtp(NEIGHBOUR, a.smtp, 25).startswith("connected")
     await garden.remove(remove(command))
-    assert not await garden.kea.is_quarantined(mac)
+    assert not await garden.dhcp.is_quarantined(mac)
     assert router.http_get(PC, f"http://{a.origin_web}/").startswith("ORIGIN ")
 
 
@@ -151,7 +174,7 @@ async def test_a_spam_only_case_blocks_mail_and_keeps_the_device_online(
     changes = await garden.apply(command)
     assert changes == [f"nft: {PC} may not send mail (TCP/25, 465/587 outside the ISP)"]
     # Then DHCP and DNS leave it alone, and only outside mail is refused
-    assert not await garden.kea.is_quarantined(mac)
+    assert not await garden.dhcp.is_quarantined(mac)
     assert not await garden.rpz.is_quarantined(PC)
     assert router.smtp(PC, a.smtp, 25) == "refused"
     assert router.smtp(PC, a.smtp, 465) == "refused"
@@ -176,12 +199,10 @@ async def dhcp(kea: LabKea, mac: str) -> DhcpResult:
 
 
 async def test_household_quarantine_hands_the_modem_the_filtered_config_file(
-    router: LabRouter, garden: Garden, lab_kea: LabKea, kea_pool: asyncpg.Pool[asyncpg.Record]
+    router: LabRouter, make_garden: GardenFactory, lab_kea: LabKea
 ) -> None:
     cm = new_mac()
-    household = Household(
-        garden, None, kea_pool, filtered_boot_file="quarantine/filtered.cm", filtered_next_server="10.9.8.7"
-    )
+    household = Household(await make_garden(ModemConfig("quarantine/filtered.cm", "10.9.8.7")), None)
     # Given a modem that boots the normal way (no file of its own in this lab's Kea)
     before = await dhcp(lab_kea, cm)
     assert before.message_type == "ACK"
@@ -189,11 +210,15 @@ async def test_household_quarantine_hands_the_modem_the_filtered_config_file(
     # When its household is quarantined (the case names one PC behind it)
     command = apply(PC, new_mac(), scope="modem", cm=cm)
     changes = await household.apply(command)
-    assert f"kea: modem {cm} gets the filtered config quarantine/filtered.cm" in changes
+    assert f"dhcp: modem {cm} gets the filtered config file" in changes
     # Then the modem's next DHCP answer names the filtered file and its TFTP server
     during = await dhcp(lab_kea, cm)
     assert (during.boot_file, during.next_server) == ("quarantine/filtered.cm", "10.9.8.7")
     assert router.http_get(PC, f"http://{router.addresses.origin_web}/").startswith("PORTAL ")
+    # And a reconcile keeps the modem's filtered config: it is recorded, not a stray
+    report = await Reconciler(household.garden.layers, 3600).reconcile()
+    assert "dhcp" not in report.extra
+    assert (await dhcp(lab_kea, cm)).boot_file == "quarantine/filtered.cm"
     # When released, the normal config again, and the PC is free
     await household.remove(remove(command))
     after = await dhcp(lab_kea, cm)
@@ -202,7 +227,7 @@ async def test_household_quarantine_hands_the_modem_the_filtered_config_file(
 
 
 async def test_release_restores_the_modems_own_config_file(
-    garden: Garden, lab_kea: LabKea, kea_pool: asyncpg.Pool[asyncpg.Record]
+    make_garden: GardenFactory, lab_kea: LabKea, kea_pool: asyncpg.Pool[asyncpg.Record]
 ) -> None:
     cm = new_mac()
     # Given an operator's per-modem reservation with its own config file
@@ -212,18 +237,24 @@ async def test_release_restores_the_modems_own_config_file(
         parse_mac(cm),
         int(IPv4Address("10.1.1.1")),
     )
-    household = Household(garden, None, kea_pool, filtered_boot_file="filtered.cm")
+    household = Household(await make_garden(ModemConfig("filtered.cm")), None)
+    kea = KeaHosts(kea_pool)
     command = apply(PC, None, scope="modem", cm=cm)
     await household.apply(command)
     await household.apply(command)  # a redelivery keeps the saved normal file
-    assert await garden.kea.modem_config(cm) == ("filtered.cm", None)
+    assert await kea.modem_config(cm) == ("filtered.cm", None)
     await household.remove(remove(command))
-    assert await garden.kea.modem_config(cm) == ("gold-100M.cm", "10.1.1.1")
+    assert await kea.modem_config(cm) == ("gold-100M.cm", "10.1.1.1")
     assert (await dhcp(lab_kea, cm)).boot_file == "gold-100M.cm"
 
 
 async def test_the_service_gardens_in_every_layer_through_the_bus(
-    router: LabRouter, amqp_url: str, lab_kea: LabKea, lab_bind: LabBind, tmp_path: Path
+    router: LabRouter,
+    amqp_url: str,
+    database_url: str,
+    lab_kea: LabKea,
+    lab_bind: LabBind,
+    tmp_path: Path,
 ) -> None:
     a = router.addresses
     # Given the operator's own remediation entry (a support site reachable by address)
@@ -236,6 +267,7 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
     settings = ProvisionerSettings(
         amqp_url=SecretStr(amqp_url),
         admin_token=SecretStr(TOKEN),
+        database_url=SecretStr(database_url),
         kea_database_url=SecretStr(lab_kea.dsn),
         dns_server=lab_bind.host,
         dns_port=lab_bind.port,
@@ -254,7 +286,7 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
     )
     service = await build(settings)
     await service.start()
-    assert service.garden.nft is not None
+    assert service.nft is not None
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.removed.v1"])
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
@@ -263,7 +295,7 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
         assert await service.garden.rpz.is_allowed("support.isp.test")
         assert await service.garden.rpz.is_allowed("*.eset.com")
         # (the shipped names resolve through this host's resolver: none may be the lab's origin server)
-        allowed = (await service.garden.nft.elements()).allow
+        allowed = (await service.nft.elements()).allow
         assert IPv4Network(f"{a.remediation_web}/32") in allowed
         assert not any(IPv4Address(a.origin_web) in net for net in allowed)
         transport = httpx.ASGITransport(app=service.http_app)
@@ -283,7 +315,7 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
     finally:
         await bus.close()
         await probe.stop()
-        await service.garden.nft.uninstall()
+        await service.nft.uninstall()
         await service.stop()
 
 
@@ -309,3 +341,62 @@ async def test_the_packet_filter_follows_the_device_like_the_rpz_trigger(
     await garden.follow()
     assert bound.ip not in (await nft.elements()).full
     assert not await garden.rpz.is_quarantined(bound.ip)
+
+
+async def test_reconcile_repairs_packet_filter_elements_changed_by_hand(
+    router: LabRouter, garden: Garden, nft: NftGarden
+) -> None:
+    a = router.addresses
+    table = nft.config.table
+    # Given a fully gardened static PC and a spam-only PC
+    full = apply(STATIC_PC, None)
+    spam = apply(PC, new_mac(), mode="smtp_block")
+    await garden.apply(full)
+    await garden.apply(spam)
+    # When someone deletes both from the packet filter by hand and adds the neighbour
+    router.nft("delete", "element", "inet", table, "full_v4", "{", STATIC_PC, "}")
+    router.nft("delete", "element", "inet", table, "smtp_block_v4", "{", PC, "}")
+    router.nft("add", "element", "inet", table, "full_v4", "{", NEIGHBOUR, "}")
+    assert router.http_get(STATIC_PC, f"http://{a.origin_web}/").startswith("ORIGIN ")
+    assert router.smtp(PC, a.smtp, 25).startswith("connected")
+    # Then the next reconcile puts back what the desired state records and removes the stray
+    report = await Reconciler(garden.layers, 3600).reconcile()
+    assert report.missing["nft"] == [Element.ip(STATIC_PC), Element.smtp(PC)]
+    assert report.extra["nft"] == [Element.ip(NEIGHBOUR)]
+    assert router.http_get(STATIC_PC, f"http://{a.origin_web}/").startswith("PORTAL ")
+    assert router.smtp(PC, a.smtp, 25) == "refused"
+    assert router.http_get(NEIGHBOUR, f"http://{a.origin_web}/").startswith("ORIGIN ")
+    # And a second reconcile finds nothing to repair
+    assert (await Reconciler(garden.layers, 3600).reconcile()).repaired == 0
+    await garden.remove(remove(full))
+    await garden.remove(remove(spam))
+    held = await nft.elements()
+    assert not held.full
+    assert not held.smtp_block
+
+
+async def test_a_mail_block_follows_the_device_off_an_address_it_released(
+    garden: Garden, lab_kea: LabKea, nft: NftGarden
+) -> None:
+    pc = new_mac()
+    bound = await dhcp(lab_kea, pc)
+    assert bound.ip is not None
+    # Given a spam-only case on a device at its leased address
+    command = apply(bound.ip, pc, mode="smtp_block")
+    await garden.apply(command)
+    assert bound.ip in (await nft.elements()).smtp_block
+    # When the device gives the address back (DHCPRELEASE), whoever gets it next must not be blocked
+    await asyncio.to_thread(
+        dhcp_exchange, lab_kea.client_netns, lab_kea.client_iface, pc, "release", 15.0,
+        ip=bound.ip, server=lab_kea.server_ip,
+    )  # fmt: skip
+    changes = await garden.follow()
+    assert f"nft: {bound.ip} may send mail again (left by {pc})" in changes
+    assert bound.ip not in (await nft.elements()).smtp_block
+    # And a new lease of the device is blocked again
+    again = await dhcp(lab_kea, pc)
+    assert again.ip is not None
+    await garden.follow()
+    assert again.ip in (await nft.elements()).smtp_block
+    await garden.remove(remove(command))
+    assert again.ip not in (await nft.elements()).smtp_block

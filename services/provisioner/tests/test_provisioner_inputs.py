@@ -19,10 +19,13 @@ TOKEN = "provisioner-admin-token-0123456789"
 
 
 @pytest.fixture
-async def admin(amqp_url: str, lab_kea: LabKea, lab_bind: LabBind) -> AsyncIterator[httpx.AsyncClient]:
+async def admin(
+    amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind
+) -> AsyncIterator[httpx.AsyncClient]:
     settings = ProvisionerSettings(
         amqp_url=SecretStr(amqp_url),
         admin_token=SecretStr(TOKEN),
+        database_url=SecretStr(database_url),
         kea_database_url=SecretStr(lab_kea.dsn),
         dns_server=lab_bind.host,
         dns_port=lab_bind.port,

@@ -33,10 +33,11 @@ TOKEN = "provisioner-admin-token-0123456789"
 
 
 def settings_for(
-    amqp_url: str, lab_kea: LabKea, lab_bind: LabBind, **overrides: object
+    amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind, **overrides: object
 ) -> ProvisionerSettings:
     values: dict[str, object] = {
         "amqp_url": SecretStr(amqp_url),
+        "database_url": SecretStr(database_url),
         "admin_token": SecretStr(TOKEN),
         "kea_database_url": SecretStr(lab_kea.dsn),
         "dns_server": lab_bind.host,
@@ -55,8 +56,10 @@ def settings_for(
 
 
 @pytest.fixture
-async def provisioner(amqp_url: str, lab_kea: LabKea, lab_bind: LabBind) -> AsyncIterator[ProvisionerService]:
-    service = await build(settings_for(amqp_url, lab_kea, lab_bind))
+async def provisioner(
+    amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind
+) -> AsyncIterator[ProvisionerService]:
+    service = await build(settings_for(amqp_url, database_url, lab_kea, lab_bind))
     await service.start()
     yield service
     await service.stop()
@@ -90,13 +93,13 @@ async def test_apply_then_remove_through_the_bus(
         assert applied[0].step_id == apply.step_id
         # Then the client's every answer is the portal, and its MAC has the quarantine class
         assert lab_bind.portal_ip in lab_bind.resolve("www.example.test", source="127.0.0.2")
-        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:00:42")
+        assert await provisioner.garden.dhcp.is_quarantined("02:00:00:00:00:42")
         # When policy asks to remove it, both are gone
         remove = GardenRemove.model_validate(apply.model_dump() | {"step_id": uuid.uuid4()})
         await bus.publish(remove)
         (removed,) = await probe.wait_for("garden.removed.v1")
         assert isinstance(removed, GardenRemoved)
-        assert not await provisioner.garden.kea.is_quarantined("02:00:00:00:00:42")
+        assert not await provisioner.garden.dhcp.is_quarantined("02:00:00:00:00:42")
         assert not await provisioner.garden.rpz.is_quarantined("127.0.0.2")
     finally:
         await bus.close()
@@ -104,10 +107,10 @@ async def test_apply_then_remove_through_the_bus(
 
 
 async def test_a_refused_dns_update_is_reported_as_failed(
-    amqp_url: str, lab_kea: LabKea, lab_bind: LabBind
+    amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind
 ) -> None:
     # Given a provisioner whose TSIG key BIND does not know
-    bad = settings_for(amqp_url, lab_kea, lab_bind, tsig_key_name="not-the-key")
+    bad = settings_for(amqp_url, database_url, lab_kea, lab_bind, tsig_key_name="not-the-key")
     service = await build(bad)
     await service.start()
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
@@ -136,7 +139,13 @@ async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> 
         ready = await client.get("/readyz")
         assert ready.json() == {
             "status": "ready",
-            "checks": {"broker": "ok", "kea_database": "ok", "dns": "ok", "lease_listener": "ok"},
+            "checks": {
+                "broker": "ok",
+                "database": "ok",
+                "kea_database": "ok",
+                "dns": "ok",
+                "lease_listener": "ok",
+            },
         }
 
 
@@ -258,11 +267,11 @@ async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_dire
         assert all(f.error_class == "allowlisted" and "hospital" in f.detail for f in failed)
         assert "class business" in next(f.detail for f in failed if f.step_id == by_prefix.step_id)
         for mac in ("02:00:00:00:aa:01", "02:00:00:00:aa:02", "02:00:00:00:aa:03"):
-            assert not await provisioner.garden.kea.is_quarantined(mac)
+            assert not await provisioner.garden.dhcp.is_quarantined(mac)
         for ip in ("127.0.0.61", "127.0.0.62", "127.0.9.7"):
             assert not await provisioner.garden.rpz.is_quarantined(ip)
         # An expired entry protects nobody
-        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:aa:04")
+        assert await provisioner.garden.dhcp.is_quarantined("02:00:00:00:aa:04")
         assert await provisioner.handlers.allowlist.version() == 5
         # When the list drops the MAC, the device can be gardened again
         await bus.publish(snapshot(6))
@@ -272,7 +281,7 @@ async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_dire
         async with asyncio.timeout(20):
             while again.step_id not in {m.step_id for k, m, _ in probe.received if k == "garden.applied.v1"}:  # type: ignore[attr-defined]
                 await asyncio.sleep(0.05)
-        assert await provisioner.garden.kea.is_quarantined("02:00:00:00:aa:01")
+        assert await provisioner.garden.dhcp.is_quarantined("02:00:00:00:aa:01")
     finally:
         await bus.close()
         await probe.stop()

@@ -6,17 +6,21 @@ import asyncio
 import base64
 import ipaddress
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import dns.asyncquery
 import dns.message
+import dns.name
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.process import free_port
+from provisioner.axfr import read_name
 from provisioner.rpz import (
     RpzAdapter,
     RpzAuthError,
@@ -212,3 +216,68 @@ def test_bad_secret_encoding_is_rejected_without_echo(lab_bind: LabBind) -> None
     with pytest.raises(ValueError, match="not valid base64") as caught:
         RpzAdapter(lab_bind.host, lab_bind.port, key_name="k", secret="@@not-base64@@", portal_name="p.test")
     assert "not-base64" not in str(caught.value)
+
+
+async def test_zone_listing_needs_a_signed_transfer(
+    make_rpz: Callable[..., RpzAdapter], silent_server: int
+) -> None:
+    # A wrong secret: BIND refuses the transfer
+    with pytest.raises(RpzAuthError):
+        await make_rpz(secret=base64.b64encode(b"w" * 32).decode()).quarantined_networks()
+    # Nobody answering: a timeout, worth a retry
+    with pytest.raises(RpzTimeout):
+        await make_rpz(port=silent_server, timeout=1.0).quarantined_networks()
+
+
+async def test_an_unsigned_transfer_answer_is_not_believed(make_rpz: Callable[..., RpzAdapter]) -> None:
+    """A server (or anyone on the path) answering the signed AXFR without TSIG: not a zone listing."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        query = dns.message.from_wire(await reader.readexactly(length), keyring=False)
+        response = dns.message.make_response(query)
+        origin = query.question[0].name
+        soa = dns.rrset.from_text(origin, 60, "IN", "SOA", "ns. admin. 1 60 60 60 60")
+        fake = dns.rrset.from_text(
+            dns.name.from_text("32.5.0.0.127.rpz-client-ip", origin), 60, "IN", "CNAME", "."
+        )
+        response.answer = [soa, fake, soa]
+        wire = response.to_wire()
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RpzError) as caught:
+            await make_rpz(port=port, timeout=5.0).quarantined_networks()
+        assert "AxfrError" in str(caught.value)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_owner_names_are_read_through_compression_pointers() -> None:
+    query = dns.message.make_query("quarantine.rpz.", "AXFR")
+    response = dns.message.make_response(query)
+    origin = dns.name.from_text("quarantine.rpz.")
+    response.answer = [
+        dns.rrset.from_text(dns.name.from_text("32.7.0.0.10.rpz-client-ip", origin), 60, "IN", "CNAME", "."),
+        dns.rrset.from_text(dns.name.from_text("24.0.9.0.127.rpz-client-ip", origin), 60, "IN", "CNAME", "."),
+    ]
+    wire = response.to_wire()  # the second owner's suffix is a pointer into the first
+    offset = 12
+    _, offset = read_name(wire, offset)
+    offset += 4
+    owners = []
+    for _ in range(2):
+        owner, offset = read_name(wire, offset)
+        owners.append(owner)
+        (rdlen,) = struct.unpack_from("!H", wire, offset + 8)
+        offset += 10 + rdlen
+    assert owners == [
+        b"32.7.0.0.10.rpz-client-ip.quarantine.rpz",
+        b"24.0.9.0.127.rpz-client-ip.quarantine.rpz",
+    ]
+    assert offset == len(wire)

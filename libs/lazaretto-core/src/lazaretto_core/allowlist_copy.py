@@ -1,5 +1,5 @@
 """An executor's own copy of policy's allowlist (from `allowlist.changed.v1`), kept in its own store
-(the provisioner: Kea's database; cmts-agent: its database), so a command for an allow-listed device is
+(the provisioner and cmts-agent: each its own database), so a command for an allow-listed device is
 refused there too, whoever sent it. Snapshots are whole and versioned: only a newer one replaces the
 copy, so a lost snapshot is healed by the next and a late, older one changes nothing."""
 

@@ -1,9 +1,9 @@
 """A database and a login role of its own for each stateful service, as production has them.
 
-policy (cases) and cmts-agent (inventory, reset journal) each own one database through one role;
-PUBLIC may not connect to it, so neither service can read the other's tables. The lab makes the
-pairs with the lab's admin connection (start-peers' `lazaretto` role: CREATEDB, CREATEROLE), under
-uuid-tagged names so parallel runs never meet, and drops them again.
+policy (cases), cmts-agent (inventory, reset journal) and provisioner (the garden's desired state) each
+own one database through one role; PUBLIC may not connect to it, so no service can read another's
+tables. The lab makes the pairs with the lab's admin connection (start-peers' `lazaretto` role:
+CREATEDB, CREATEROLE), under uuid-tagged names so parallel runs never meet, and drops them again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 # Service import name -> the name its database and role take (start-peers and compose use the same).
-STATEFUL = {"policy": "lazaretto_policy", "cmts_agent": "lazaretto_cmts"}
+STATEFUL = {
+    "policy": "lazaretto_policy",
+    "cmts_agent": "lazaretto_cmts",
+    "provisioner": "lazaretto_provisioner",
+}
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

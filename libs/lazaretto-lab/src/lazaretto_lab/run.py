@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--amqp-url", help="broker (default: the one deploy/bin/start-peers set up)")
     parser.add_argument(
         "--database-url",
-        help="an admin connection (CREATEDB, CREATEROLE): this run makes policy's and cmts-agent's own "
-        "databases and roles there and drops them at the end (default: start-peers' lazaretto_policy and "
-        "lazaretto_cmts, which stay)",
+        help="an admin connection (CREATEDB, CREATEROLE): this run makes policy's, cmts-agent's and "
+        "provisioner's own databases and roles there and drops them at the end (default: start-peers' "
+        "lazaretto_policy, lazaretto_cmts and lazaretto_provisioner, which stay)",
     )
     args = parser.parse_args()
     user = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")

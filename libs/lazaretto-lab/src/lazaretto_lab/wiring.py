@@ -71,6 +71,7 @@ def policy(w: LabWires) -> dict[str, str]:
 @wiring("provisioner")
 def provisioner(w: LabWires) -> dict[str, str]:
     return {
+        "LAZARETTO_DATABASE_URL": w.database_urls["provisioner"],
         "LAZARETTO_KEA_DATABASE_URL": w.kea.dsn,
         "LAZARETTO_DNS_SERVER": w.bind.host,
         "LAZARETTO_DNS_PORT": str(w.bind.port),

@@ -21,6 +21,7 @@ from lazaretto_core.contracts import normalize_mac
 from lazaretto_core.http import bearer_token_guard, path_ip
 
 from .garden import Garden
+from .kea import KeaHosts
 from .lease_history import Interval, LeaseHistory
 
 # How the history's end reasons read in the versioned answer: a client moved by Kea to another
@@ -75,7 +76,19 @@ def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
     )
 
 
-def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token: SecretStr) -> None:
+def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admin_token: SecretStr) -> None:
+    """`history` None (dhcp_backend = "dhcpd"): the lease look-ups answer 501, the garden state stays."""
+
+    def lease_history() -> LeaseHistory:
+        if history is None:
+            raise HTTPException(501, "no lease history: it needs Kea's lease database (dhcp_backend=kea)")
+        return history
+
+    def kea_hosts() -> KeaHosts:
+        if not isinstance(garden.dhcp, KeaHosts):
+            raise HTTPException(501, "no lease look-up: it needs Kea's lease database (dhcp_backend=kea)")
+        return garden.dhcp
+
     router = APIRouter(prefix="/v1", dependencies=[Depends(bearer_token_guard(admin_token))], tags=["admin"])
 
     @router.get(HOLDERS_PATH.removeprefix("/v1"), response_model=LeaseHolders)
@@ -84,7 +97,7 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token
         ip = path_ipv4(ip)
         now = datetime.now(UTC)
         when = utc(at, "at") if at is not None else now
-        found = [to_answer(i, now) for i in await history.holders(ip, when)]
+        found = [to_answer(i, now) for i in await lease_history().holders(ip, when)]
         return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
 
     @router.get(DEVICE_LEASES_PATH.removeprefix("/v1"), response_model=DeviceLeases)
@@ -93,13 +106,13 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token
         mac = path_mac(mac)
         now = datetime.now(UTC)
         start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
-        found = [to_answer(i, now) for i in await history.device_leases(mac, start)]
+        found = [to_answer(i, now) for i in await lease_history().device_leases(mac, start)]
         return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
 
     @router.get("/leases/{ip}")
     async def lease(ip: str) -> dict[str, Any]:
         """The CPE holding `ip` now, from Kea's lease table."""
-        found = await garden.kea.lease_by_ip(path_ipv4(ip))
+        found = await kea_hosts().lease_by_ip(path_ipv4(ip))
         if found is None or found.mac is None:
             raise HTTPException(404, f"no active lease for {ip}")
         return {
@@ -113,14 +126,15 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory, admin_token
     async def garden_state(ip: str) -> dict[str, Any]:
         ip = path_ip(ip)
         v4 = isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address)
-        lease = await garden.kea.lease_by_ip(ip) if v4 else None
+        kea = garden.dhcp if isinstance(garden.dhcp, KeaHosts) else None
+        lease = await kea.lease_by_ip(ip) if v4 and kea is not None else None
         mac = lease.mac if lease else None
         return {
             "ip": ip,
             "dns_quarantined": await garden.rpz.is_quarantined(ip),
             "in_quarantine_pool": garden.in_quarantine_pool(ip),
             "mac": mac,
-            "dhcp_quarantined": await garden.kea.is_quarantined(mac) if mac else None,
+            "dhcp_quarantined": await garden.dhcp.is_quarantined(mac) if mac else None,
         }
 
     app.include_router(router)

@@ -1,4 +1,5 @@
-"""Provisioner bootstrap: Kea's database, the RPZ adapter, the bus consumer and the admin API."""
+"""Provisioner bootstrap: its own database, the DHCP backend (Kea or dhcpd), RPZ, the layers and their
+reconcile, the bus consumer and the admin API."""
 
 from __future__ import annotations
 
@@ -19,13 +20,18 @@ from lazaretto_core.remediation import load_remediation
 
 from .allowlist import AllowList
 from .api import install_api
+from .desired import DesiredState, LayeredGarden
+from .dhcp import DhcpHosts
+from .dhcpd import DhcpdHosts
 from .follower import GardenFollower
 from .garden import Garden
 from .handlers import ProvisionerHandlers
 from .household import CmtsAgentCpes, Household
 from .kea import KeaHosts
+from .layers import DhcpdLayer, KeaLayer, Layer, ModemConfig, NftLayer, RpzLayer
 from .lease_history import LeaseHistory
 from .nft import NftConfig, NftGarden
+from .reconcile import Reconciler
 from .rpz import RpzAdapter
 from .settings import ProvisionerSettings
 
@@ -33,31 +39,40 @@ from .settings import ProvisionerSettings
 @dataclass
 class ProvisionerService:
     settings: ProvisionerSettings
-    kea_pool: asyncpg.Pool
+    pool: asyncpg.Pool
+    kea_pool: asyncpg.Pool | None  # None with dhcp_backend = "dhcpd"
+    dhcpd: DhcpdHosts | None
     bus: Bus
     garden: Garden
     handlers: ProvisionerHandlers
     http_app: FastAPI
-    history: LeaseHistory
-    follower: GardenFollower
+    history: LeaseHistory | None
+    follower: GardenFollower | None
+    reconciler: Reconciler
     progress: ProgressMonitor
     allowlist: AllowList
+    nft: NftGarden | None
     _allow_refresh: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
-        await self.garden.kea.check_schema()
-        # Lease history and the garden's records live in Kea's database, next to lease4.
-        await self.history.install()
+        await db.migrate(self.pool, db.package_migrations("provisioner"))
+        if isinstance(self.garden.dhcp, KeaHosts):
+            await self.garden.dhcp.check_schema()
+        if self.history is not None:
+            # Lease history and the records the lease trigger follows live in Kea's database, next to lease4.
+            await self.history.install()
         await self.handlers.allowlist.install()
         await self.allowlist.try_install_names()
-        if self.garden.nft is not None:
+        if self.nft is not None:
             # The table, its rules and the allow set in one transaction; gardened addresses are kept.
-            await self.garden.nft.install(await self.allowlist.networks())
+            await self.nft.install(await self.allowlist.networks())
         self._allow_refresh = asyncio.create_task(
             self.allowlist.keep_refreshed(self.settings.nft_allow_refresh_interval)
         )
         await self.garden.install_pools()
-        await self.follower.start()
+        await self.reconciler.start()
+        if self.follower is not None:
+            await self.follower.start()
         await self.bus.connect()
         self.bus.on(GardenApply, self.handlers.on_garden_apply)
         self.bus.on(GardenRemove, self.handlers.on_garden_remove)
@@ -66,18 +81,24 @@ class ProvisionerService:
 
     async def stop(self) -> None:
         await self.bus.close()
-        await self.follower.stop()
+        await self.reconciler.stop()
+        if self.follower is not None:
+            await self.follower.stop()
         if self._allow_refresh is not None:
             self._allow_refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._allow_refresh
-        if self.garden.nft is not None:
-            await self.garden.nft.close()
-        await self.kea_pool.close()
+        if self.nft is not None:
+            await self.nft.close()
+        if self.dhcpd is not None:
+            await self.dhcpd.close()
+        if self.kea_pool is not None:
+            await self.kea_pool.close()
+        await self.pool.close()
 
 
 async def build(settings: ProvisionerSettings) -> ProvisionerService:
-    kea_pool = await db.create_pool(settings.kea_database_url.get_secret_value())
+    pool = await db.create_pool(settings.database_url.get_secret_value())
     rpz = RpzAdapter(
         settings.dns_server,
         settings.dns_port,
@@ -103,8 +124,35 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
             )
         )
     allowlist = AllowList(load_remediation(settings.remediation_file), settings.allow_names, rpz, nft)
-    garden = Garden(KeaHosts(kea_pool), rpz, kea_pool, [str(p) for p in settings.quarantine_pools], nft=nft)
-    history = LeaseHistory(kea_pool)
+    kea_pool: asyncpg.Pool | None = None
+    dhcpd: DhcpdHosts | None = None
+    dhcp: DhcpHosts
+    dhcp_layer: Layer
+    if settings.dhcp_backend == "dhcpd":
+        assert settings.dhcpd_omapi_secret is not None  # the settings' validator says so
+        dhcpd = DhcpdHosts(
+            settings.dhcpd_omapi_host,
+            settings.dhcpd_omapi_port,
+            key_name=settings.dhcpd_omapi_key_name,
+            secret=settings.dhcpd_omapi_secret.get_secret_value(),
+            algorithm=settings.dhcpd_omapi_algorithm,
+            quarantine_class=settings.dhcpd_quarantine_class,
+        )
+        dhcp, dhcp_layer = dhcpd, DhcpdLayer(dhcpd)
+    else:
+        kea_pool = await db.create_pool(settings.kea_database_url.get_secret_value())
+        kea = KeaHosts(kea_pool)
+        modem = None
+        if settings.modem_filtered_boot_file:
+            next_server = settings.modem_filtered_next_server
+            modem = ModemConfig(settings.modem_filtered_boot_file, str(next_server) if next_server else None)
+        dhcp, dhcp_layer = kea, KeaLayer(kea, modem=modem)
+    all_layers: list[Layer] = [dhcp_layer, RpzLayer(rpz)]
+    if nft is not None:
+        all_layers.append(NftLayer(nft))
+    layers = LayeredGarden(all_layers, DesiredState(pool))
+    garden = Garden(dhcp, rpz, kea_pool, [str(p) for p in settings.quarantine_pools], layers=layers)
+    reconciler = Reconciler(layers, settings.reconcile_interval)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "provisioner",
@@ -112,46 +160,58 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         retry_delays=settings.retry_delays,
     )
 
-    async def kea_ready() -> None:
-        await db.ping(kea_pool)
+    async def database_ready() -> None:
+        await db.ping(pool)
 
     async def dns_ready() -> None:
         await rpz.is_allowed(settings.portal_name)
 
     progress = ProgressMonitor()
-    readiness: dict[str, ReadinessCheck] = {
-        "broker": bus.ping,
-        "kea_database": kea_ready,
-        "dns": dns_ready,
-    }
+    readiness: dict[str, ReadinessCheck] = {"broker": bus.ping, "database": database_ready, "dns": dns_ready}
     if nft is not None:
         readiness["packet_filter"] = nft.ping
-    follower = GardenFollower(
-        garden,
-        settings.kea_database_url.get_secret_value(),
-        settings.garden_sweep_interval,
-        progress,
-        history=history,
-        retention=timedelta(days=settings.lease_history_days),
-    )
-    app = create_http_app(
-        "provisioner",
-        readiness={**readiness, "lease_listener": follower.check_listening},
-        progress=progress,
-    )
+    history: LeaseHistory | None = None
+    follower: GardenFollower | None = None
+    if kea_pool is not None:
+        history = LeaseHistory(kea_pool)
+        follower = GardenFollower(
+            garden,
+            settings.kea_database_url.get_secret_value(),
+            settings.garden_sweep_interval,
+            progress,
+            history=history,
+            retention=timedelta(days=settings.lease_history_days),
+        )
+        ready_pool = kea_pool
+
+        async def kea_ready() -> None:
+            await db.ping(ready_pool)
+
+        readiness |= {"kea_database": kea_ready, "lease_listener": follower.check_listening}
+    if dhcpd is not None:
+        readiness["dhcpd_omapi"] = dhcpd.ping
+    app = create_http_app("provisioner", readiness=readiness, progress=progress)
     install_api(app, garden, history, settings.admin_token)
     cpes = None
     if settings.cmts_agent_url and settings.cmts_agent_token is not None:
         cpes = CmtsAgentCpes(settings.cmts_agent_url, settings.cmts_agent_token.get_secret_value())
-    next_server = settings.modem_filtered_next_server
-    household = Household(
-        garden,
-        cpes,
-        kea_pool,
-        filtered_boot_file=settings.modem_filtered_boot_file,
-        filtered_next_server=str(next_server) if next_server else None,
-    )
-    handlers = ProvisionerHandlers(garden, bus, AllowlistCopy(kea_pool), household)
+    # The executor's copy of policy's allowlist lives in provisioner's own database.
+    policy_allowlist = AllowlistCopy(pool)
+    household = Household(garden, cpes, policy_allowlist)
+    handlers = ProvisionerHandlers(garden, bus, policy_allowlist, household)
     return ProvisionerService(
-        settings, kea_pool, bus, garden, handlers, app, history, follower, progress, allowlist
+        settings,
+        pool,
+        kea_pool,
+        dhcpd,
+        bus,
+        garden,
+        handlers,
+        app,
+        history,
+        follower,
+        reconciler,
+        progress,
+        allowlist,
+        nft,
     )

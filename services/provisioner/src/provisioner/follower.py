@@ -15,7 +15,7 @@ import asyncpg
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_core.supervise import Supervisor
 
-from .garden import Garden
+from .garden import Garden, GardenPending
 from .lease_history import NOTIFY_CHANNEL, LeaseHistory
 from .rpz import RpzError
 
@@ -113,8 +113,15 @@ class GardenFollower:
                         if purged:
                             log.info("forgot %d lease intervals older than %s", purged, self.retention)
                     next_sweep = loop.time() + self.sweep_interval
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RpzError) as exc:
-                    # Kea's database or BIND is away: keep beating, try again after the interval.
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    RpzError,
+                    GardenPending,
+                ) as exc:
+                    # Kea's database or a layer is away: keep beating, try again after the interval
+                    # (a layer that missed a change also gets it from the next reconcile).
                     log.warning("garden follow failed, retrying in %.0fs: %s", self.sweep_interval, exc)
                     await self._close()
                     self._wake.clear()

@@ -7,7 +7,12 @@ the device holds. Which device and which addresses are gardened is kept in Kea's
 lease trigger can tell the provisioner at once when one of them changes; `follow()` then moves the
 garden: an address the device left loses its trigger before its next holder can be gardened by
 someone else's case, and a new normal-pool address of a gardened device gains one. Every call is
-idempotent; DNS is changed before the row that records it, so a failure leaves work for the next sweep.
+idempotent. The layers are changed through `LayeredGarden` (desired state in provisioner's own
+database, per-layer confirmation): an apply is complete only once every layer confirmed it
+(`GardenPending` otherwise, and the layer that failed is retried by the bus retry and by reconcile).
+
+Without Kea's lease database (`dhcp_backend = "dhcpd"`, `pool` None) nothing follows the device: the
+command's own address is gardened, and remove takes the addresses the desired state holds for the case.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,8 +28,9 @@ import asyncpg
 
 from lazaretto_core.contracts import GardenApply, GardenRemove, normalize_mac
 
-from .kea import KeaHosts
-from .nft import NftGarden
+from .desired import LayeredGarden, LayerOutcome
+from .dhcp import DhcpHosts
+from .layers import Element
 from .rpz import RpzAdapter
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ SELECT 1 FROM lease4 l
 # Addresses to un-garden: the device no longer holds the lease it was gardened for, or another MAC
 # holds an active lease on it now (a static or address-keyed entry included).
 _LEFT = f"""
-SELECT host(g.ip) AS ip, g.mac::text AS mac FROM lazaretto_garden_address g
+SELECT host(g.ip) AS ip, g.mac::text AS mac, g.mode FROM lazaretto_garden_address g
  WHERE (g.leased AND NOT EXISTS (
             SELECT 1 FROM lease4 l
              WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
@@ -57,14 +64,23 @@ SELECT host(g.ip) AS ip, g.mac::text AS mac FROM lazaretto_garden_address g
              WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
                AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("g.mac")})
 """
-_RECORDED = "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE ip = ANY($1::inet[])"
 # Addresses a gardened device holds now that are not recorded yet.
 _JOINED = f"""
-SELECT host(lazaretto_lease4_ip(l.address)) AS ip, d.mac::text AS mac, d.case_id
+SELECT host(lazaretto_lease4_ip(l.address)) AS ip, d.mac::text AS mac, d.case_id, d.mode
   FROM lazaretto_garden_device d JOIN lease4 l ON l.hwaddr = {_MAC_BYTES.format("d.mac")}
  WHERE {_ACTIVE}
    AND NOT EXISTS (SELECT 1 FROM lazaretto_garden_address g WHERE g.ip = lazaretto_lease4_ip(l.address))
 """
+
+
+class GardenPending(Exception):
+    """Some layer did not confirm the change; the others did (and stay applied)."""
+
+    def __init__(self, outcome: LayerOutcome) -> None:
+        detail = "; ".join(f"{name}: {exc}" for name, exc in sorted(outcome.failed.items()))
+        super().__init__(f"garden layers not confirmed: {detail}")
+        self.outcome = outcome
+        self.transient = outcome.transient
 
 
 @dataclass(frozen=True)
@@ -79,20 +95,49 @@ class Garden:
 
     def __init__(
         self,
-        kea: KeaHosts,
+        dhcp: DhcpHosts,
         rpz: RpzAdapter,
-        pool: asyncpg.Pool[asyncpg.Record],
+        pool: asyncpg.Pool[asyncpg.Record] | None,
         quarantine_pools: Sequence[str] = (),
-        nft: NftGarden | None = None,
+        *,
+        layers: LayeredGarden,
     ) -> None:
-        self.kea = kea
+        self.dhcp = dhcp
         self.rpz = rpz
-        # The packet-filter layer (optional): its `full` set mirrors the recorded addresses.
-        self.nft = nft
+        self.layers = layers
         self._pool = pool
         self.quarantine_pools = tuple(ipaddress.IPv4Network(p) for p in quarantine_pools)
         # apply/remove and follow() never interleave within this process.
         self._lock = asyncio.Lock()
+
+    @property
+    def blocks_mail(self) -> bool:
+        """A layer can block only a device's outgoing mail (the packet filter: spam-only cases)."""
+        return any("smtp" in layer.kinds for layer in self.layers.layers)
+
+    async def apply_modem(self, cm_mac: str, case_id: uuid.UUID) -> list[str]:
+        """Household scope: the modem's reservation hands out the filtered config file (if a layer can)."""
+        element = Element.modem(cm_mac)
+        if not any(layer.handles(element) for layer in self.layers.layers):
+            return []
+        outcome = await self.layers.apply([element], case_id)
+        if not outcome.complete:
+            raise GardenPending(outcome)
+        return [f"dhcp: modem {element.value} gets the filtered config file"]
+
+    async def remove_modem(self, cm_mac: str, case_id: uuid.UUID) -> list[str]:
+        """The modem's reservation hands out its normal config file again."""
+        element = Element.modem(cm_mac)
+        if not any(layer.handles(element) for layer in self.layers.layers):
+            return []
+        outcome = await self.layers.remove([element], case_id)
+        if not outcome.complete:
+            raise GardenPending(outcome)
+        return [f"dhcp: modem {element.value} gets its normal config again"]
+
+    def _not_gardened(self, ip: str) -> bool:
+        """No address yet, or one the quarantine pools garden as a whole: no element of its own."""
+        return ip == NO_ADDRESS or self.in_quarantine_pool(ip)
 
     def in_quarantine_pool(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
@@ -100,8 +145,9 @@ class Garden:
 
     async def install_pools(self) -> list[str]:
         """One CIDR trigger per quarantine pool: every address Kea gives from it is gardened."""
-        for net in self.quarantine_pools:
-            await self.rpz.quarantine_client(str(net))
+        outcome = await self.layers.apply([Element.ip(str(net)) for net in self.quarantine_pools], None)
+        if not outcome.complete:
+            raise GardenPending(outcome)
         return [f"rpz: client-ip {net} (quarantine pool)" for net in self.quarantine_pools]
 
     async def apply(self, command: GardenApply) -> list[str]:
@@ -109,68 +155,90 @@ class Garden:
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
             if command.mode == "smtp_block":
-                if self.nft is not None:
+                if self.blocks_mail:
                     return await self._smtp_block(mac, command)
                 changes.append("no packet-filter layer to block only mail: gardened fully instead")
+            addresses = await self._addresses_to_garden(mac, str(command.cpe_ip))
+            elements = [Element.ip(a.ip) for a in addresses]
             if mac is not None:
-                context: dict[str, object] = {"case_id": str(command.case_id), "reason": command.reason}
-                await self.kea.quarantine_host(mac, context)
-                changes.append(f"kea: host {mac} in class quarantine")
-                await self._pool.execute(
-                    "INSERT INTO lazaretto_garden_device (mac, case_id) VALUES ($1, $2)"
-                    " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id",
-                    mac,
-                    command.case_id,
-                )
-            for address in await self._addresses_to_garden(mac, str(command.cpe_ip)):
-                await self._garden(address, command.case_id)
+                elements.append(Element.mac(mac))
+            outcome = await self.layers.apply(elements, command.case_id)
+            if mac is not None:
+                changes.append(f"dhcp: host {mac} in class quarantine")
+                if self._pool is not None:
+                    await self._pool.execute(
+                        "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'full')"
+                        " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id, mode = 'full'",
+                        mac,
+                        command.case_id,
+                    )
+            for address in addresses:
+                await self._record(address, command.case_id)
                 how = "leased by" if address.leased else "static, device"
                 changes.append(f"rpz: client-ip {address.ip} -> portal ({how} {address.mac or 'unknown'})")
-                if self.nft is not None and ip_version(address.ip) == 4:
+                if self._filters(Element.ip(address.ip)):
                     changes.append(f"nft: {address.ip} in the full garden")
+            if not outcome.complete:
+                raise GardenPending(outcome)
             return changes
 
     async def remove(self, command: GardenRemove) -> list[str]:
         async with self._lock:
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
-            if command.mode == "smtp_block" and self.nft is not None:
+            if command.mode == "smtp_block" and self.blocks_mail:
                 return await self._smtp_unblock(mac, command)
+            ips = await self._addresses_to_ungarden(mac, command)
+            elements = [Element.ip(ip) for ip in ips]
             if mac is not None:
-                removed = await self.kea.release_host(mac)
-                changes.append(f"kea: host {mac} {'released' if removed else 'was not quarantined'}")
-                await self._pool.execute("DELETE FROM lazaretto_garden_device WHERE mac = $1", mac)
-                rows = await self._pool.fetch(
-                    "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1", mac
-                )
-            else:
-                # An address-keyed case: its addresses, as far as no device's garden holds them.
-                rows = await self._pool.fetch(
-                    "SELECT host(ip) AS ip FROM lazaretto_garden_address"
-                    " WHERE ip = ANY($1::inet[]) AND mac IS NULL",
-                    [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
-                )
-            ips = [r["ip"] for r in rows]
-            if (
-                not ips
-                and str(command.cpe_ip) != NO_ADDRESS
-                and not self.in_quarantine_pool(str(command.cpe_ip))
-            ):
-                # Nothing recorded (a garden applied before addresses were recorded): the command's
-                # own address, unless it is recorded for another device now.
-                owner = await self._pool.fetchrow(
-                    "SELECT mac FROM lazaretto_garden_address WHERE ip = $1::inet", str(command.cpe_ip)
-                )
-                if owner is None:
-                    ips = [str(command.cpe_ip)]
+                elements.append(Element.mac(mac))
+                changes.append(f"dhcp: host {mac} out of class quarantine")
+                if self._pool is not None:
+                    await self._pool.execute(
+                        "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'full'", mac
+                    )
+            outcome = await self.layers.remove(elements, command.case_id)
             for ip in ips:
-                await self._ungarden(ip)
+                await self._unrecord(ip)
                 changes.append(f"rpz: client-ip {ip} removed")
-                if self.nft is not None and ip_version(ip) == 4:
+                if self._filters(Element.ip(ip)):
                     changes.append(f"nft: {ip} out of the full garden")
+            if not outcome.complete:
+                raise GardenPending(outcome)
             return changes
 
+    async def _addresses_to_ungarden(self, mac: str | None, command: GardenRemove) -> list[str]:
+        if self._pool is None:
+            return [
+                e.address
+                for e in await self.layers.desired.case_elements(command.case_id)
+                if e.kind == "ip" and not self.in_quarantine_pool(e.address)
+            ] or ([] if self._not_gardened(str(command.cpe_ip)) else [str(command.cpe_ip)])
+        if mac is not None:
+            rows = await self._pool.fetch(
+                "SELECT host(ip) AS ip FROM lazaretto_garden_address WHERE mac = $1 AND mode = 'full'", mac
+            )
+        else:
+            # An address-keyed case: its addresses, as far as no device's garden holds them.
+            rows = await self._pool.fetch(
+                "SELECT host(ip) AS ip FROM lazaretto_garden_address"
+                " WHERE ip = ANY($1::inet[]) AND mac IS NULL AND mode = 'full'",
+                [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)],
+            )
+        ips = [r["ip"] for r in rows]
+        if not ips and not self._not_gardened(str(command.cpe_ip)):
+            # Nothing recorded (a garden applied before addresses were recorded): the command's
+            # own address, unless it is recorded for another device now.
+            owner = await self._pool.fetchrow(
+                "SELECT mac FROM lazaretto_garden_address WHERE ip = $1::inet", str(command.cpe_ip)
+            )
+            if owner is None:
+                ips = [str(command.cpe_ip)]
+        return ips
+
     async def gardened_addresses(self) -> list[GardenedAddress]:
+        if self._pool is None:
+            return []
         rows = await self._pool.fetch(
             "SELECT host(ip) AS ip, mac::text AS mac, leased FROM lazaretto_garden_address ORDER BY ip"
         )
@@ -178,16 +246,25 @@ class Garden:
 
     async def follow(self) -> list[str]:
         """Move the garden with the devices: drop addresses they left, add normal-pool ones they took."""
+        if self._pool is None:
+            return []  # no lease database to follow the device in
         async with self._lock:
             changes: list[str] = []
             for row in await self._pool.fetch(_LEFT):
-                await self._ungarden(row["ip"])
-                changes.append(f"rpz: client-ip {row['ip']} removed (left by {row['mac'] or 'static'})")
+                await self._ungarden(row["ip"], row["mode"])
+                if row["mode"] == "smtp_block":
+                    changes.append(f"nft: {row['ip']} may send mail again (left by {row['mac']})")
+                else:
+                    changes.append(f"rpz: client-ip {row['ip']} removed (left by {row['mac'] or 'static'})")
             for row in await self._pool.fetch(_JOINED):
                 if self.in_quarantine_pool(row["ip"]):
                     continue
-                await self._garden(GardenedAddress(row["ip"], row["mac"], True), row["case_id"])
-                changes.append(f"rpz: client-ip {row['ip']} -> portal (new address of {row['mac']})")
+                address = GardenedAddress(row["ip"], row["mac"], True)
+                await self._garden(address, row["case_id"], row["mode"])
+                if row["mode"] == "smtp_block":
+                    changes.append(f"nft: {row['ip']} may not send mail (new address of {row['mac']})")
+                else:
+                    changes.append(f"rpz: client-ip {row['ip']} -> portal (new address of {row['mac']})")
             for change in changes:
                 log.info("garden follows the device: %s", change)
             return changes
@@ -195,25 +272,68 @@ class Garden:
     # -- internals -------------------------------------------------------------------------------
 
     async def _smtp_block(self, mac: str | None, command: GardenApply) -> list[str]:
-        """A spam-only case: only the packet filter acts (mail refused), the device stays online."""
-        assert self.nft is not None
-        held = [a.ip for a in await self._addresses_to_garden(mac, str(command.cpe_ip))]
-        # An address someone's full garden holds stays fully gardened (moving it would loosen it).
-        full = {r["ip"] for r in await self._pool.fetch(_RECORDED, held)}
-        ips = [ip for ip in held if ip_version(ip) == 4 and ip not in full]
-        await self.nft.apply(ips, "smtp_block")
-        return [f"nft: {ip} may not send mail (TCP/25, 465/587 outside the ISP)" for ip in ips]
+        """A spam-only case: only the packet filter acts (mail refused), the device stays online.
+
+        The addresses are recorded in the desired state (kind `smtp`, with the case) so reconcile repairs
+        the block and the release finds them, and in the garden's records with mode `smtp_block` so the
+        block follows the device (a full garden's record of the same device or address wins)."""
+        held = await self._addresses_to_garden(mac, str(command.cpe_ip))
+        blocked = [a for a in held if self._filters(Element.smtp(a.ip))]
+        elements = [Element.smtp(a.ip) for a in blocked]
+        outcome = await self.layers.apply(elements, command.case_id)
+        if self._pool is not None:
+            if mac is not None:
+                await self._pool.execute(
+                    "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'smtp_block')"
+                    " ON CONFLICT (mac) DO NOTHING",
+                    mac,
+                    command.case_id,
+                )
+            for address in blocked:
+                await self._record(address, command.case_id, "smtp_block")
+        if not outcome.complete:
+            raise GardenPending(outcome)
+        return [f"nft: {e.address} may not send mail (TCP/25, 465/587 outside the ISP)" for e in elements]
 
     async def _smtp_unblock(self, mac: str | None, command: GardenRemove) -> list[str]:
-        """End a spam-only case: its addresses now and those the case named leave the mail block."""
-        assert self.nft is not None
+        """End a spam-only case: what it recorded, its addresses now and those it named leave the block."""
         held = [a.ip for a in await self._addresses_to_garden(mac, str(command.cpe_ip))]
         named = [str(command.cpe_ip), *(str(ip) for ip in command.case_ips)]
-        ips = [ip for ip in dict.fromkeys([*held, *named]) if ip_version(ip) == 4 and ip != NO_ADDRESS]
-        await self.nft.remove_many(ips, modes=("smtp_block",))
-        return [f"nft: {ip} may send mail again" for ip in ips]
+        recorded = [
+            e.address for e in await self.layers.desired.case_elements(command.case_id) if e.kind == "smtp"
+        ]
+        if self._pool is not None and mac is not None:
+            recorded += [
+                r["ip"]
+                for r in await self._pool.fetch(
+                    "SELECT host(ip) AS ip FROM lazaretto_garden_address"
+                    " WHERE mac = $1 AND mode = 'smtp_block'",
+                    mac,
+                )
+            ]
+        ips = [ip for ip in dict.fromkeys([*recorded, *held, *named]) if ip != NO_ADDRESS]
+        elements = [e for e in (Element.smtp(ip) for ip in ips) if self._filters(e)]
+        outcome = await self.layers.remove(elements, command.case_id)
+        if self._pool is not None:
+            if mac is not None:
+                await self._pool.execute(
+                    "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'smtp_block'", mac
+                )
+            await self._pool.execute(
+                "DELETE FROM lazaretto_garden_address WHERE ip = ANY($1::inet[]) AND mode = 'smtp_block'",
+                [e.address for e in elements],
+            )
+        if not outcome.complete:
+            raise GardenPending(outcome)
+        return [f"nft: {e.address} may send mail again" for e in elements]
+
+    def _filters(self, element: Element) -> bool:
+        """Whether a packet-filter layer enforces `element` (an IPv4 host address)."""
+        return any(layer.handles(element) for layer in self.layers.layers if "smtp" in layer.kinds)
 
     async def _addresses_to_garden(self, mac: str | None, cpe_ip: str) -> list[GardenedAddress]:
+        if self._pool is None:
+            return [] if self._not_gardened(cpe_ip) else [GardenedAddress(cpe_ip, mac, False)]
         if mac is not None:
             leased = [r["ip"] for r in await self._pool.fetch(_DEVICE_LEASES, mac)]
             if leased:
@@ -224,28 +344,46 @@ class Garden:
             if await self._pool.fetchval(_OTHER_HOLDER, cpe_ip, mac):
                 return []
             return [GardenedAddress(cpe_ip, mac, False)]  # a static address the CMTS lists for it
-        return [] if self.in_quarantine_pool(cpe_ip) else [GardenedAddress(cpe_ip, None, False)]
+        return [] if self._not_gardened(cpe_ip) else [GardenedAddress(cpe_ip, None, False)]
 
-    async def _garden(self, address: GardenedAddress, case_id: object) -> None:
-        await self.rpz.quarantine_client(address.ip)
-        if self.nft is not None and ip_version(address.ip) == 4:
-            await self.nft.apply([address.ip], "full")
+    async def _garden(self, address: GardenedAddress, case_id: object, mode: str = "full") -> None:
+        outcome = await self.layers.apply([_element(address.ip, mode)], _case_uuid(case_id))
+        await self._record(address, case_id, mode)
+        if not outcome.complete:
+            raise GardenPending(outcome)
+
+    async def _ungarden(self, ip: str, mode: str = "full") -> None:
+        outcome = await self.layers.remove([_element(ip, mode)], None)
+        await self._unrecord(ip)
+        if not outcome.complete:
+            raise GardenPending(outcome)
+
+    async def _record(self, address: GardenedAddress, case_id: object, mode: str = "full") -> None:
+        if self._pool is None:
+            return
+        # A full garden's record replaces a mail block's; a mail block never replaces a full garden's.
         await self._pool.execute(
-            "INSERT INTO lazaretto_garden_address (ip, mac, case_id, leased) VALUES ($1::inet, $2, $3, $4)"
+            "INSERT INTO lazaretto_garden_address (ip, mac, case_id, leased, mode)"
+            " VALUES ($1::inet, $2, $3, $4, $5)"
             " ON CONFLICT (ip) DO UPDATE SET mac = EXCLUDED.mac, case_id = EXCLUDED.case_id,"
-            " leased = EXCLUDED.leased, added_at = now()",
+            " leased = EXCLUDED.leased, mode = EXCLUDED.mode, added_at = now()"
+            " WHERE EXCLUDED.mode = 'full' OR lazaretto_garden_address.mode = 'smtp_block'",
             address.ip,
             address.mac,
             case_id,
             address.leased,
+            mode,
         )
 
-    async def _ungarden(self, ip: str) -> None:
-        await self.rpz.release_client(ip)
-        if self.nft is not None and ip_version(ip) == 4:
-            await self.nft.remove_many([ip], modes=("full",))
-        await self._pool.execute("DELETE FROM lazaretto_garden_address WHERE ip = $1::inet", ip)
+    async def _unrecord(self, ip: str) -> None:
+        if self._pool is not None:
+            await self._pool.execute("DELETE FROM lazaretto_garden_address WHERE ip = $1::inet", ip)
 
 
-def ip_version(ip: str) -> int:
-    return ipaddress.ip_address(ip).version
+def _element(ip: str, mode: str) -> Element:
+    """The layers' element for a recorded address: a mail block (`smtp`) or the full garden (`ip`)."""
+    return Element.smtp(ip) if mode == "smtp_block" else Element.ip(ip)
+
+
+def _case_uuid(case_id: object) -> uuid.UUID | None:
+    return case_id if isinstance(case_id, uuid.UUID) else None

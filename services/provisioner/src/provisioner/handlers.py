@@ -20,7 +20,8 @@ from lazaretto_core.contracts import (
 )
 from lazaretto_core.errors import RetryLater
 
-from .garden import Garden
+from .dhcpd import DhcpdError
+from .garden import Garden, GardenPending
 from .household import Household, HouseholdError
 from .kea import KeaError
 from .nft import NftError
@@ -66,7 +67,15 @@ class ProvisionerHandlers:
                 changes = await self.household.apply(command)
             else:
                 changes = await self.garden.apply(command)
-        except (RpzError, KeaError, NftError, HouseholdError, asyncpg.PostgresError, OSError) as exc:
+        except (
+            GardenPending,
+            RpzError,
+            KeaError,
+            NftError,
+            HouseholdError,
+            asyncpg.PostgresError,
+            OSError,
+        ) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
         await self.bus.publish(
@@ -80,7 +89,15 @@ class ProvisionerHandlers:
                 changes = await self.household.remove(command)
             else:
                 changes = await self.garden.remove(command)
-        except (RpzError, KeaError, NftError, HouseholdError, asyncpg.PostgresError, OSError) as exc:
+        except (
+            GardenPending,
+            RpzError,
+            KeaError,
+            NftError,
+            HouseholdError,
+            asyncpg.PostgresError,
+            OSError,
+        ) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
         await self.bus.publish(
@@ -113,6 +130,11 @@ class ProvisionerHandlers:
 
 
 def _error_class(exc: Exception) -> str:
+    if isinstance(exc, GardenPending):
+        # One class per layer that did not confirm (the others did), e.g. "dns_refused+dhcp_unavailable".
+        return "+".join(_error_class(e) for _, e in sorted(exc.outcome.failed.items()))
+    if isinstance(exc, DhcpdError):
+        return "dhcp_" + type(exc).__name__.removeprefix("Dhcpd").lower()
     if isinstance(exc, RpzError):
         return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
     if isinstance(exc, KeaError | asyncpg.PostgresError):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import asyncpg
 import httpx
 
+from lazaretto_core import allowlist as matcher
+from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.contracts import GardenApply, GardenRemove, normalize_mac
 
 from .garden import NO_ADDRESS, Garden
@@ -60,30 +61,19 @@ class CmtsAgentCpes:
 
 class Household:
     def __init__(
-        self,
-        garden: Garden,
-        cpes: CmtsAgentCpes | None,
-        pool: asyncpg.Pool[asyncpg.Record],
-        *,
-        filtered_boot_file: str | None,
-        filtered_next_server: str | None = None,
+        self, garden: Garden, cpes: CmtsAgentCpes | None, allowlist: AllowlistCopy | None = None
     ) -> None:
         self.garden = garden
         self.cpes = cpes
-        self._pool = pool
-        self.filtered_boot_file = filtered_boot_file
-        self.filtered_next_server = filtered_next_server
+        # policy's allowlist: a CPE behind the modem that it covers is left alone (never gardened).
+        self.allowlist = allowlist
 
     async def apply(self, command: GardenApply) -> list[str]:
         changes: list[str] = []
         cm_mac = normalize_mac(command.cm_mac) if command.cm_mac else None
         # The filtered config file is a full garden; a spam-only household keeps its normal one.
-        if cm_mac is not None and self.filtered_boot_file and command.mode == "full":
-            context: dict[str, object] = {"case_id": str(command.case_id), "reason": command.reason}
-            await self.garden.kea.filtered_modem_config(
-                cm_mac, self.filtered_boot_file, self.filtered_next_server, context
-            )
-            changes.append(f"kea: modem {cm_mac} gets the filtered config {self.filtered_boot_file}")
+        if cm_mac is not None and command.mode == "full":
+            changes += await self.garden.apply_modem(cm_mac, command.case_id)
         devices: dict[str, str] = {}
         if command.cpe_mac:
             devices[normalize_mac(command.cpe_mac)] = str(command.cpe_ip)
@@ -91,6 +81,13 @@ class Household:
             for cpe in await self.cpes.cpes_of(cm_mac):
                 devices.setdefault(cpe.mac, cpe.ip or NO_ADDRESS)
         for mac, ip in devices.items():
+            if self.allowlist is not None:
+                entry = await self.allowlist.covering(ips=(ip,) if ip != NO_ADDRESS else (), macs=(mac,))
+                if entry is not None:
+                    detail = f"{mac} ({ip}) behind modem {cm_mac} left alone: {matcher.describe(entry)}"
+                    log.warning("household garden of case %s: %s", command.case_id, detail)
+                    changes.append(f"skipped {detail}")
+                    continue
             device = command.model_copy(update={"scope": "cpe", "cpe_mac": mac, "cpe_ip": ip})
             changes += await self.garden.apply(device)
         if not devices and command.cpe_mac is None:
@@ -101,22 +98,19 @@ class Household:
     async def remove(self, command: GardenRemove) -> list[str]:
         changes: list[str] = []
         cm_mac = normalize_mac(command.cm_mac) if command.cm_mac else None
-        if cm_mac is not None and await self.garden.kea.normal_modem_config(cm_mac):
-            changes.append(f"kea: modem {cm_mac} gets its normal config again")
-        rows = await self._pool.fetch(
-            "SELECT mac::text AS mac FROM lazaretto_garden_device WHERE case_id = $1", command.case_id
+        if cm_mac is not None:
+            changes += await self.garden.remove_modem(cm_mac, command.case_id)
+        # The devices and mail-blocked addresses the case recorded (desired state), whatever the CMTS
+        # lists now.
+        recorded = await self.garden.layers.desired.case_elements(command.case_id)
+        devices: dict[str, str] = dict.fromkeys(
+            sorted(e.value for e in recorded if e.kind == "mac"), NO_ADDRESS
         )
-        devices: dict[str, str] = dict.fromkeys((r["mac"] for r in rows), NO_ADDRESS)
         if command.cpe_mac:
             devices[normalize_mac(command.cpe_mac)] = str(command.cpe_ip)
-        if command.mode == "smtp_block" and cm_mac is not None and self.cpes is not None:
-            # Mail blocks are not recorded per device: the CPEs the CMTS lists now.
-            for cpe in await self.cpes.cpes_of(cm_mac):
-                devices.setdefault(cpe.mac, cpe.ip or NO_ADDRESS)
-        macs = list(devices)
         for mac, ip in devices.items():
             device = command.model_copy(update={"scope": "cpe", "cpe_mac": mac, "cpe_ip": ip})
             changes += await self.garden.remove(device)
-        if not macs:
+        if not devices:
             changes += await self.garden.remove(command.model_copy(update={"scope": "cpe"}))
         return changes

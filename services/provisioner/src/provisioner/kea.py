@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from lazaretto_core.contracts import normalize_mac
+from lazaretto_core.db import Connection
 
 SUPPORTED_SCHEMA_MAJOR = 13  # Kea 2.2.x; `kea-admin db-upgrade` moves it on with Kea
 HW_ADDRESS = 0  # host_identifier_type.type for 'hw-address'
@@ -124,39 +126,93 @@ class KeaHosts:
         `context` (case id, reason, …) is stored under user_context["lazaretto"]; classes and
         context keys that others put on an existing row are kept.
         """
-        identifier = parse_mac(mac)
+        await self.quarantine_many([mac], context)
+
+    async def quarantine_many(self, macs: Iterable[str], context: dict[str, object]) -> None:
+        """`quarantine_host` for many MACs in one transaction on one connection (storms)."""
+        identifiers = [parse_mac(m) for m in macs]
         try:
             json.dumps(context)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"context is not JSON-serialisable: {exc}") from None
         async with self._pool.acquire() as conn, conn.transaction():
+            # New rows in one statement; rows that exist already are merged one by one.
+            inserted = await conn.fetch(
+                "INSERT INTO hosts (dhcp_identifier, dhcp_identifier_type, dhcp4_subnet_id,"
+                " dhcp4_client_classes, user_context)"
+                " SELECT i, $2, $3, $4, $5 FROM unnest($1::bytea[]) AS i"
+                " ON CONFLICT DO NOTHING RETURNING dhcp_identifier",
+                identifiers,
+                HW_ADDRESS,
+                GLOBAL_SUBNET,
+                self.quarantine_class,
+                _context_text({CONTEXT_KEY: context}),
+            )
+            done = {bytes(r["dhcp_identifier"]) for r in inserted}
+            for identifier in identifiers:
+                if identifier not in done:
+                    await self._quarantine_on(conn, identifier, context)
+
+    async def quarantined_macs(self) -> set[str]:
+        """Every MAC whose global reservation carries the quarantine class (for reconcile)."""
+        rows = await self._pool.fetch(
+            "SELECT dhcp_identifier, dhcp4_client_classes FROM hosts"
+            " WHERE dhcp_identifier_type = $1 AND dhcp4_subnet_id = $2"
+            "   AND dhcp4_client_classes LIKE '%' || $3 || '%'",
+            HW_ADDRESS,
+            GLOBAL_SUBNET,
+            self.quarantine_class,
+        )
+        return {
+            format_mac(bytes(r["dhcp_identifier"]))
+            for r in rows
+            if self.quarantine_class in _split_classes(r["dhcp4_client_classes"])
+        }
+
+    async def filtered_modems(self) -> set[str]:
+        """Every modem whose global reservation hands out the filtered config file (for reconcile)."""
+        rows = await self._pool.fetch(
+            "SELECT dhcp_identifier, user_context FROM hosts"
+            " WHERE dhcp_identifier_type = $1 AND dhcp4_subnet_id = $2"
+            "   AND user_context LIKE '%' || $3 || '%'",
+            HW_ADDRESS,
+            GLOBAL_SUBNET,
+            MODEM_CONTEXT_KEY,
+        )
+        return {
+            format_mac(bytes(r["dhcp_identifier"]))
+            for r in rows
+            if MODEM_CONTEXT_KEY in _context_object(r["user_context"])
+        }
+
+    async def _quarantine_on(self, conn: Connection, identifier: bytes, context: dict[str, object]) -> None:
+        row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
+        if row is None:
+            host_id = await conn.fetchval(
+                _INSERT_HOST,
+                identifier,
+                HW_ADDRESS,
+                GLOBAL_SUBNET,
+                self.quarantine_class,
+                _context_text({CONTEXT_KEY: context}),
+            )
+            if host_id is not None:
+                return
+            # A concurrent insert won the race; merge into its row instead.
             row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
             if row is None:
-                host_id = await conn.fetchval(
-                    _INSERT_HOST,
-                    identifier,
-                    HW_ADDRESS,
-                    GLOBAL_SUBNET,
-                    self.quarantine_class,
-                    _context_text({CONTEXT_KEY: context}),
-                )
-                if host_id is not None:
-                    return
-                # A concurrent insert won the race; merge into its row instead.
-                row = await conn.fetchrow(_SELECT_HOST, identifier, HW_ADDRESS, GLOBAL_SUBNET)
-                if row is None:
-                    raise KeaError(f"host row for {format_mac(identifier)} vanished during upsert")
-            classes = _split_classes(row["dhcp4_client_classes"])
-            if self.quarantine_class not in classes:
-                classes.append(self.quarantine_class)
-            user_context = _context_object(row["user_context"])
-            user_context[CONTEXT_KEY] = context
-            await conn.execute(
-                "UPDATE hosts SET dhcp4_client_classes = $2, user_context = $3 WHERE host_id = $1",
-                row["host_id"],
-                ",".join(classes),
-                _context_text(user_context),
-            )
+                raise KeaError(f"host row for {format_mac(identifier)} vanished during upsert")
+        classes = _split_classes(row["dhcp4_client_classes"])
+        if self.quarantine_class not in classes:
+            classes.append(self.quarantine_class)
+        user_context = _context_object(row["user_context"])
+        user_context[CONTEXT_KEY] = context
+        await conn.execute(
+            "UPDATE hosts SET dhcp4_client_classes = $2, user_context = $3 WHERE host_id = $1",
+            row["host_id"],
+            ",".join(classes),
+            _context_text(user_context),
+        )
 
     async def release_host(self, mac: str) -> bool:
         """Take the quarantine class off `mac`; True if it had it.

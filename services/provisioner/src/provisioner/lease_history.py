@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS lazaretto_garden_address (
     leased     boolean     NOT NULL,    -- the device held a Kea lease on it when it was gardened
     added_at   timestamptz NOT NULL DEFAULT now()
 );
+-- `full` (the whole garden) or `smtp_block` (a spam-only case's mail block): follow() moves either.
+ALTER TABLE lazaretto_garden_device ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
+ALTER TABLE lazaretto_garden_address ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
 
 CREATE OR REPLACE FUNCTION lazaretto_lease4_ip(address bigint) RETURNS inet
 LANGUAGE sql IMMUTABLE AS $$ SELECT '0.0.0.0'::inet + address $$;

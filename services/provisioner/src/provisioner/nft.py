@@ -134,6 +134,25 @@ class NftGarden:
         if ips:
             await self._run([c for m in modes for c in self._discard(self.sets[m], ips)], "remove")
 
+    async def add_many(self, by_mode: Mapping[Mode, Sequence[str]]) -> None:
+        """Add addresses to the modes' sets, leaving them in any other set, in one transaction."""
+        batch = [
+            {"add": self._element(self.sets[m], [address(ip) for ip in ips])}
+            for m, ips in by_mode.items()
+            if ips
+        ]
+        await self._run(batch, "apply")
+
+    async def discard_many(self, by_mode: Mapping[Mode, Sequence[str]]) -> None:
+        """Take addresses out of the modes' sets only, in one transaction; one not in them is fine."""
+        batch = [
+            c
+            for m, ips in by_mode.items()
+            if ips
+            for c in self._discard(self.sets[m], [address(ip) for ip in ips])
+        ]
+        await self._run(batch, "remove")
+
     async def replace(self, entries: Mapping[str, Mode]) -> None:
         """Make the sets hold exactly `entries`, in one transaction (a full repair)."""
         batch: list[dict[str, Any]] = []

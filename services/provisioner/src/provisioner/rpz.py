@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import dns.asyncquery
 import dns.exception
@@ -22,8 +23,14 @@ import dns.update
 import dns.xfr
 import dns.zone
 
+from .axfr import AxfrError, transfer_owner_names
+
 PASSTHRU = "rpz-passthru."
+# Triggers per UPDATE message: a delete and an add of ~50 bytes each stay far below the 64 KiB a
+# DNS message over TCP may carry, and BIND applies the whole message as one journal transaction.
+UPDATE_BATCH = 250
 _CLIENT_IP_LABEL = "rpz-client-ip"
+T = TypeVar("T")
 
 
 class RpzError(Exception):
@@ -63,6 +70,13 @@ class RpzServerError(RpzError):
     """Any other error rcode (SERVFAIL, NOTZONE, ...)."""
 
     transient = True
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def client_ip_owner(address: str) -> str:
@@ -159,24 +173,48 @@ class RpzAdapter:
         update.delete(self._client_owner(ip))
         await self._send(update, "release_client", self.quarantine_zone)
 
+    async def quarantine_clients(self, ips: Iterable[str], batch: int = UPDATE_BATCH) -> None:
+        """`quarantine_client` for many addresses: one UPDATE message per `batch` triggers, not one each."""
+        for chunk in _chunks([self._client_owner(ip) for ip in ips], batch):
+            update = self._update(self.quarantine_zone)
+            for owner in chunk:
+                update.delete(owner)
+                update.add(owner, self.ttl, dns.rdatatype.CNAME, self.portal_target.to_text())
+            await self._send(update, "quarantine_clients", self.quarantine_zone)
+
+    async def release_clients(self, ips: Iterable[str], batch: int = UPDATE_BATCH) -> None:
+        """`release_client` for many addresses, `batch` per UPDATE message."""
+        for chunk in _chunks([self._client_owner(ip) for ip in ips], batch):
+            update = self._update(self.quarantine_zone)
+            for owner in chunk:
+                update.delete(owner)
+            await self._send(update, "release_clients", self.quarantine_zone)
+
     async def is_quarantined(self, ip: str) -> bool:
         return await self._exists(self._client_owner(ip), self.quarantine_zone, "is_quarantined")
 
     async def quarantined_networks(self) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """Every client-IP trigger now in the quarantine zone (zone transfer), for reconcile."""
-        zone = dns.zone.Zone(self.quarantine_zone)
-        query, _ = dns.xfr.make_query(zone, keyring=self._key)
+        """Every client-IP trigger now in the quarantine zone (zone transfer), for reconcile.
+
+        Only the owner names are read from the transfer's wire messages (`axfr.py`): building
+        dnspython's zone of 100,000 triggers cost most of a reconcile."""
         try:
-            await dns.asyncquery.inbound_xfr(self.server, zone, query, port=self.port, timeout=self.timeout)
-        except dns.xfr.TransferError as exc:
-            raise self._rcode_error(exc.rcode, "quarantined_networks", self.quarantine_zone) from None
+            owners = await transfer_owner_names(
+                self.server, self.port, self.quarantine_zone, self._key, self.timeout
+            )
+        except AxfrError as exc:
+            if exc.rcode is not None:
+                raise self._rcode_error(exc.rcode, "quarantined_networks", self.quarantine_zone) from None
+            raise self._classify(exc, "quarantined_networks", self.quarantine_zone) from exc
         except Exception as exc:
             raise self._classify(exc, "quarantined_networks", self.quarantine_zone) from exc
+        suffix = b"." + self.quarantine_zone.to_text(omit_final_dot=True).lower().encode("ascii")
         found: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
-        for name in zone.nodes:
-            net = network_from_owner(name.to_text())
-            if net is not None:
-                found.add(net)
+        for owner in owners:
+            if owner.endswith(suffix):
+                net = network_from_owner(owner[: -len(suffix)].decode("ascii"))
+                if net is not None:
+                    found.add(net)
         return found
 
     # -- allow zone: remediation sites ------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Provisioner settings: Kea's host database, the BIND primary and its TSIG key, remediation sites."""
+"""Provisioner settings: its database, the DHCP backend (Kea or dhcpd), BIND and its TSIG key, reconcile."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -16,7 +16,24 @@ class ProvisionerSettings(ServiceSettings):
 
     http_port: int = 8300
     admin_token: SecretStr
-    # Kea's PostgreSQL lease and host database (the one `kea-admin db-init pgsql` created).
+    # Provisioner's own database: the garden's desired state per layer (start-peers makes it).
+    database_url: SecretStr = SecretStr(
+        "postgresql://lazaretto_provisioner:lazaretto@127.0.0.1:5432/lazaretto_provisioner"
+    )
+    # Which DHCP server the garden's DHCP layer drives: Kea (host database) or ISC dhcpd (OMAPI).
+    dhcp_backend: Literal["kea", "dhcpd"] = "kea"
+    # ISC dhcpd's OMAPI listener and key (`omapi-port`, `omapi-key`), for dhcp_backend = "dhcpd".
+    dhcpd_omapi_host: str = "127.0.0.1"
+    dhcpd_omapi_port: int = 7911
+    dhcpd_omapi_key_name: str = "omapi_key"
+    dhcpd_omapi_secret: SecretStr | None = None
+    dhcpd_omapi_algorithm: Literal["hmac-md5", "hmac-sha256"] = "hmac-md5"
+    # dhcpd's class whose members get the quarantine pool (`class "quarantine" { match hardware; }`).
+    dhcpd_quarantine_class: str = "quarantine"
+    # Seconds between reconciles of every layer with the desired state (one also runs at start).
+    reconcile_interval: float = Field(default=300.0, gt=0)
+    # Kea's PostgreSQL lease and host database (the one `kea-admin db-init pgsql` created); with
+    # dhcp_backend = "dhcpd" it is not used (no lease history, nothing follows the device).
     kea_database_url: SecretStr = SecretStr("postgresql://kea:kea@127.0.0.1:5432/kea")
     dns_server: str = "127.0.0.1"
     dns_port: int = 53
@@ -62,9 +79,11 @@ class ProvisionerSettings(ServiceSettings):
     lease_history_days: int = Field(default=400, gt=0)
 
     @model_validator(mode="after")
-    def _packet_filter_complete(self) -> Self:
+    def _settings_complete(self) -> Self:
         if self.nft_enabled and self.nft_portal_address is None:
             raise ValueError("nft_enabled needs nft_portal_address (where gardened HTTP is redirected)")
         if self.cmts_agent_url and self.cmts_agent_token is None:
             raise ValueError("cmts_agent_url needs cmts_agent_token (cmts-agent's admin token)")
+        if self.dhcp_backend == "dhcpd" and self.dhcpd_omapi_secret is None:
+            raise ValueError("dhcp_backend=dhcpd needs dhcpd_omapi_secret (the OMAPI key's base64 secret)")
         return self

@@ -1,0 +1,209 @@
+"""Desired state of the garden in provisioner's own database, and applying it layer by layer.
+
+`DesiredState` records, per layer, which elements should be present (or absent) and whether the
+layer confirmed it. `LayeredGarden.apply`/`remove` record first, then push each layer's part as one
+batch: a layer that fails keeps its rows unconfirmed (with the error) for the next try or the next
+reconcile, and never stops the other layers. A case counts as applied only once every layer confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from .layers import Element, Layer
+
+log = logging.getLogger(__name__)
+
+
+class DesiredState:
+    """The `garden_desired` table (migrations/provisioner_0001_desired_state.sql)."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    async def want(
+        self, layer: str, elements: Iterable[Element], *, present: bool, case_id: uuid.UUID | None
+    ) -> None:
+        rows = [(layer, e.kind, e.value, case_id, present) for e in elements]
+        if not rows:
+            return
+        # Every new wish is unconfirmed until the layer says so, even one equal to the last.
+        await self._pool.executemany(
+            "INSERT INTO garden_desired (layer, kind, value, case_id, present) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (layer, kind, value) DO UPDATE SET case_id = EXCLUDED.case_id,"
+            " present = EXCLUDED.present, confirmed_at = NULL, last_error = NULL, updated_at = now()",
+            rows,
+        )
+
+    async def confirm(self, layer: str, elements: Iterable[Element], *, present: bool) -> None:
+        kinds, values = _columns(elements)
+        await self._pool.execute(
+            "UPDATE garden_desired SET confirmed_at = now(), last_error = NULL"
+            " FROM unnest($2::text[], $3::text[]) AS e(kind, value)"
+            " WHERE layer = $1 AND garden_desired.kind = e.kind AND garden_desired.value = e.value"
+            "   AND present = $4",
+            layer,
+            kinds,
+            values,
+            present,
+        )
+
+    async def confirm_layer(self, layer: str) -> int:
+        """Mark everything pending in `layer` confirmed (after a reconcile put the layer in line)."""
+        status = await self._pool.execute(
+            "UPDATE garden_desired SET confirmed_at = now(), last_error = NULL"
+            " WHERE layer = $1 AND confirmed_at IS NULL",
+            layer,
+        )
+        return int(status.split()[-1])
+
+    async def failed(self, layer: str, elements: Iterable[Element], error: str) -> None:
+        kinds, values = _columns(elements)
+        await self._pool.execute(
+            "UPDATE garden_desired SET last_error = $4 FROM unnest($2::text[], $3::text[]) AS e(kind, value)"
+            " WHERE layer = $1 AND garden_desired.kind = e.kind AND garden_desired.value = e.value",
+            layer,
+            kinds,
+            values,
+            error[:500],
+        )
+
+    async def elements(self, layer: str, *, present: bool) -> set[Element]:
+        rows = await self._pool.fetch(
+            "SELECT kind, value FROM garden_desired WHERE layer = $1 AND present = $2", layer, present
+        )
+        return {Element(r["kind"], r["value"]) for r in rows}
+
+    async def pending(self, layer: str, *, present: bool) -> set[Element]:
+        rows = await self._pool.fetch(
+            "SELECT kind, value FROM garden_desired"
+            " WHERE layer = $1 AND present = $2 AND confirmed_at IS NULL",
+            layer,
+            present,
+        )
+        return {Element(r["kind"], r["value"]) for r in rows}
+
+    async def is_empty(self) -> bool:
+        return not await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM garden_desired)")
+
+    async def adopt(self, layer: str, elements: Iterable[Element]) -> None:
+        """Record what `layer` holds as desired and confirmed (first start over an existing garden)."""
+        rows = [(layer, e.kind, e.value) for e in elements]
+        await self._pool.executemany(
+            "INSERT INTO garden_desired (layer, kind, value, present, confirmed_at)"
+            " VALUES ($1, $2, $3, true, now()) ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+    async def case_elements(self, case_id: uuid.UUID) -> set[Element]:
+        """What `case_id` asked to be present, in any layer."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT kind, value FROM garden_desired WHERE case_id = $1 AND present", case_id
+        )
+        return {Element(r["kind"], r["value"]) for r in rows}
+
+    async def unconfirmed_layers(self, case_id: uuid.UUID) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT layer FROM garden_desired"
+            " WHERE case_id = $1 AND confirmed_at IS NULL ORDER BY 1",
+            case_id,
+        )
+        return [r["layer"] for r in rows]
+
+    async def forget_absent_confirmed(self, layer: str, elements: Iterable[Element]) -> None:
+        """Drop removal rows the layer confirmed and nobody needs checked any more."""
+        kinds, values = _columns(elements)
+        await self._pool.execute(
+            "DELETE FROM garden_desired USING unnest($2::text[], $3::text[]) AS e(kind, value)"
+            " WHERE layer = $1 AND garden_desired.kind = e.kind AND garden_desired.value = e.value"
+            "   AND NOT present AND confirmed_at IS NOT NULL",
+            layer,
+            kinds,
+            values,
+        )
+
+
+def _columns(elements: Iterable[Element]) -> tuple[list[str], list[str]]:
+    items = list(elements)
+    return [e.kind for e in items], [e.value for e in items]
+
+
+@dataclass
+class LayerOutcome:
+    """What one apply/remove did: layers that confirmed, and the error of each that did not."""
+
+    confirmed: list[str] = field(default_factory=list)
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+    @property
+    def transient(self) -> bool:
+        return all(getattr(exc, "transient", True) for exc in self.failed.values())
+
+
+class LayeredGarden:
+    """Applies and removes elements in every configured layer, through the desired state."""
+
+    def __init__(self, layers: Sequence[Layer], desired: DesiredState) -> None:
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique: {names}")
+        self.layers = list(layers)
+        self.desired = desired
+        # Held by every change and by each layer's reconcile: a reconcile that listed a layer before
+        # an apply recorded its wish would otherwise remove what the apply just added.
+        self.lock = asyncio.Lock()
+
+    def for_layer(self, layer: Layer, elements: Iterable[Element]) -> list[Element]:
+        return sorted({e for e in elements if layer.handles(e)})
+
+    async def apply(self, elements: Iterable[Element], case_id: uuid.UUID | None) -> LayerOutcome:
+        return await self._change(list(elements), case_id, present=True)
+
+    async def remove(self, elements: Iterable[Element], case_id: uuid.UUID | None) -> LayerOutcome:
+        return await self._change(list(elements), case_id, present=False)
+
+    async def _change(
+        self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
+    ) -> LayerOutcome:
+        async with self.lock:
+            return await self._change_locked(elements, case_id, present=present)
+
+    async def _change_locked(
+        self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
+    ) -> LayerOutcome:
+        outcome = LayerOutcome()
+        wanted: Mapping[str, list[Element]] = {
+            layer.name: self.for_layer(layer, elements) for layer in self.layers
+        }
+        for layer in self.layers:
+            await self.desired.want(layer.name, wanted[layer.name], present=present, case_id=case_id)
+        for layer in self.layers:
+            mine = wanted[layer.name]
+            if not mine:
+                outcome.confirmed.append(layer.name)
+                continue
+            try:
+                if present:
+                    await layer.apply_many(mine)
+                else:
+                    await layer.remove_many(mine)
+            except Exception as exc:  # any layer's failure: recorded, reported, retried; never hidden
+                log.warning(
+                    "garden layer %s %s failed: %s", layer.name, "apply" if present else "remove", exc
+                )
+                await self.desired.failed(layer.name, mine, f"{type(exc).__name__}: {exc}")
+                outcome.failed[layer.name] = exc
+                continue
+            await self.desired.confirm(layer.name, mine, present=present)
+            outcome.confirmed.append(layer.name)
+        return outcome
