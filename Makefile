@@ -6,7 +6,7 @@ UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
-.PHONY: deps peers test test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts
+.PHONY: deps peers test test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs
 
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
@@ -55,3 +55,6 @@ bench-smtp: peers
 
 bench-cmts: peers
 	$(UV) run --frozen python bench/cmts.py
+
+bench-vs: peers
+	$(UV) run --frozen python bench/vs.py

@@ -48,7 +48,7 @@ from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lazaretto_lab.snmpd import LabModem
-    from lazaretto_lab.system import CpeHost, LabSystem
+    from lazaretto_lab.system import CpeHost, LabSystem, SystemConfig
 
 SUBSCRIBERS = 200
 FLOOD_PER_S = 50_000
@@ -158,8 +158,7 @@ BREAKER_LIMITS = {
 
 
 def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, str]:
-    from lazaretto_lab.snmpd import LabModem
-    from lazaretto_lab.system import LabSystem, SystemConfig
+    from lazaretto_lab.system import LabSystem
     from lazaretto_lab.testing import (
         create_database,
         create_vhost,
@@ -171,21 +170,8 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
     vhost = create_vhost()
     db_name = asyncio.run(create_database("bench"))
     workdir = Path(tempfile.mkdtemp(prefix="lazaretto-bench-"))
-    modems = [
-        LabModem(f"00:02:8a:00:{i // 256:02x}:{i % 256:02x}", f"10.1.{i // 200}.{10 + i % 200}")
-        for i in range(subscribers)
-    ]
-    config = SystemConfig(
-        workdir=workdir,
-        amqp_url=f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}",
-        database_url=database_dsn(db_name),
-        modems=modems,
-        portal_on_subscriber_side=True,
-        log_level="WARNING",
-        kea_prefixlen=KEA_PREFIXLEN,
-        # The benchmark quarantines every subscriber on purpose: the circuit breaker must not hold them.
-        service_env={"policy": BREAKER_LIMITS},
-    )
+    modems = lab_modems(subscribers)
+    config = lab_config(workdir, vhost, database_dsn(db_name), modems)
     dns_ms: list[float] = []
     reset_ms: list[float] = []
     portal_ms: list[float] = []
@@ -201,47 +187,15 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
             cpes = lease_cpes(system, modems)
             template = one_alert_line(workdir, str(system.kea.subnet))
             flooder, flood_started = start_flood(system, template, workdir)
-            probe = subprocess.Popen(
-                ["ip", "netns", "exec", system.kea.client_netns, sys.executable, __file__, "--probe"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            probe = start_probe(system)
             assert probe.stdin is not None
             assert probe.stdout is not None
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
-                    if evidence_lines > 1:
-                        # The evidence so far (other destinations), published before the line that
-                        # completes it; the clock starts at that line.
-                        with system.eve_path.open("a") as eve:
-                            eve.writelines(
-                                json.dumps(
-                                    {
-                                        **template,
-                                        "src_ip": cpe.ip,
-                                        "dest_ip": f"198.51.100.{100 + n}",
-                                        "timestamp": _now_suricata(),
-                                    }
-                                )
-                                + "\n"
-                                for n in range(evidence_lines - 1)
-                            )
-                        time.sleep(EVIDENCE_SETTLE)
-                    line = json.dumps({**template, "src_ip": cpe.ip, "timestamp": _now_suricata()}) + "\n"
-                    written_wall = written_at[cpe.ip] = time.time()
-                    written = time.monotonic()
-                    with system.eve_path.open("a") as eve:
-                        eve.write(line)
-                    probe.stdin.write(
-                        f"dns {cpe.ip} {cpe.dns_server} www.example.test {system.portal_ip} 30\n"
-                    )
-                    probe.stdin.flush()
-                    answer = probe.stdout.readline().strip()
-                    if answer == "timeout":
-                        raise RuntimeError(f"{cpe.ip} never got the portal")
-                    dns_ms.append((float(answer) - written) * 1000)
-                    dns_at[cpe.ip] = written_wall + float(answer) - written
+                    written_wall, answer_ms = time_to_garden(system, probe, template, cpe, evidence_lines)
+                    written_at[cpe.ip] = written_wall
+                    dns_ms.append(answer_ms)
+                    dns_at[cpe.ip] = written_wall + answer_ms / 1000
                     deadline = time.monotonic() + 30
                     while not (sets := [s for s in system.cmts.sets() if s["mac"] == modem.cm_mac]):
                         if time.monotonic() > deadline:
@@ -293,6 +247,95 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
         "samples_moved_pc_portal_ms": " ".join(f"{v:.0f}" for v in portal_ms),
         "machine": f"{platform.machine()}-{os.cpu_count()}cpu-{platform.python_version()}",
     }
+
+
+def lab_modems(subscribers: int) -> list[LabModem]:
+    from lazaretto_lab.snmpd import LabModem
+
+    return [
+        LabModem(f"00:02:8a:00:{i // 256:02x}:{i % 256:02x}", f"10.1.{i // 200}.{10 + i % 200}")
+        for i in range(subscribers)
+    ]
+
+
+def lab_config(workdir: Path, vhost: str, database_url: str, modems: list[LabModem]) -> SystemConfig:
+    from lazaretto_lab.system import SystemConfig
+
+    return SystemConfig(
+        workdir=workdir,
+        amqp_url=f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}",
+        database_url=database_url,
+        modems=modems,
+        portal_on_subscriber_side=True,
+        log_level="WARNING",
+        kea_prefixlen=KEA_PREFIXLEN,
+        # The benchmark quarantines every subscriber on purpose: the circuit breaker must not hold them.
+        service_env={"policy": BREAKER_LIMITS},
+    )
+
+
+def start_probe(system: LabSystem) -> subprocess.Popen[str]:
+    """The DNS/portal probe (`probe_main`), inside the subscribers' network namespace."""
+    assert system.kea is not None
+    return subprocess.Popen(
+        ["ip", "netns", "exec", system.kea.client_netns, sys.executable, __file__, "--probe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def alert_event(template: dict[str, object], src_ip: str, dest_ip: str) -> dict[str, object]:
+    """The template alert from `src_ip` to `dest_ip`, its `flow` object too (Suricata 7 names the
+    flow's originator there: a top-level source that is not the flow's reads as a reply, i.e. inbound)."""
+    event: dict[str, object] = {**template, "src_ip": src_ip, "dest_ip": dest_ip}
+    flow = template.get("flow")
+    if isinstance(flow, dict):
+        event["flow"] = {**flow, "src_ip": src_ip, "dest_ip": dest_ip}
+    return event
+
+
+def evidence_lines_for(template: dict[str, object], src_ip: str, lines: int) -> list[str]:
+    """One subscriber's scan as EVE alert lines (Suricata's compact JSON): `lines - 1` to other hosts,
+    then the line that completes the evidence (the template's own destination)."""
+    dests = [f"198.51.100.{100 + n}" for n in range(lines - 1)] + [str(template["dest_ip"])]
+    return [
+        json.dumps(
+            {**alert_event(template, src_ip, dest), "timestamp": _now_suricata()}, separators=(",", ":")
+        )
+        + "\n"
+        for dest in dests
+    ]
+
+
+def time_to_garden(
+    system: LabSystem,
+    probe: subprocess.Popen[str],
+    template: dict[str, object],
+    cpe: CpeHost,
+    evidence_lines: int,
+) -> tuple[float, float]:
+    """Append one subscriber's evidence to the EVE file and time the line that completes it until a DNS
+    query from the subscriber's address returns the portal: (that line's wall-clock time, ms)."""
+    assert probe.stdin is not None
+    assert probe.stdout is not None
+    *before, last = evidence_lines_for(template, cpe.ip, evidence_lines)
+    if before:
+        # The evidence so far (other destinations), published before the line that completes it; the
+        # clock starts at that line.
+        with system.eve_path.open("a") as eve:
+            eve.writelines(before)
+        time.sleep(EVIDENCE_SETTLE)
+    written_wall = time.time()
+    written = time.monotonic()
+    with system.eve_path.open("a") as eve:
+        eve.write(last)
+    probe.stdin.write(f"dns {cpe.ip} {cpe.dns_server} www.example.test {system.portal_ip} 30\n")
+    probe.stdin.flush()
+    answer = probe.stdout.readline().strip()
+    if answer == "timeout":
+        raise RuntimeError(f"{cpe.ip} never got the portal")
+    return written_wall, (float(answer) - written) * 1000
 
 
 def lease_cpes(system: LabSystem, modems: list[LabModem]) -> list[CpeHost]:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from lazaretto_core.bus import REASON_HEADER, dead_letter_queue_name, queue_name
+from lazaretto_core.bus_users import senders
 from lazaretto_core.contracts import (
     AbuseObserved,
     CaseChanged,
@@ -134,26 +135,36 @@ async def test_every_invalid_message_is_dead_lettered_with_its_reason_and_the_co
     await dead_letters(amqp_url, consumer.queue)  # whatever earlier tests left
     before = handled(lab, consumer.service, consumer.queue)
     messages = hostile(consumer)
-    connection = await aio_pika.connect(amqp_url)
+    # A command's consumer checks its publisher first (lazaretto_core.bus_users): what reaches its
+    # validation must come from the one service allowed to send it, with that login as user_id.
+    allowed = senders(consumer.consumes)
+    sender_url = lab.bus_users.urls[allowed[0]] if allowed else amqp_url
+    sender = lab.bus_users.user(allowed[0]) if allowed else None
+    admin = await aio_pika.connect(amqp_url)
+    as_sender = await aio_pika.connect(sender_url)
     try:
-        channel = await connection.channel()
+        admin_channel, sender_channel = await admin.channel(), await as_sender.channel()
         for message, exchange_name, routing_key, _ in messages.values():
-            exchange = (
-                channel.default_exchange
-                if exchange_name == ""
-                else await channel.get_exchange(exchange_name, ensure=False)
-            )
+            if exchange_name == "":  # straight into the queue: only the broker's admin may
+                await admin_channel.default_exchange.publish(message, routing_key=routing_key)
+                continue
+            message.user_id = sender
+            exchange = await sender_channel.get_exchange(exchange_name, ensure=False)
             await exchange.publish(message, routing_key=routing_key)
         valid_id = f"valid-{uuid.uuid4().hex[:8]}"
         valid = consumer.consumes.model_validate(consumer.valid)
-        await (await channel.get_exchange(consumer.consumes.exchange, ensure=False)).publish(
+        await (await sender_channel.get_exchange(consumer.consumes.exchange, ensure=False)).publish(
             aio_pika.Message(
-                valid.model_dump_json().encode(), type=consumer.consumes.routing_key, message_id=valid_id
+                valid.model_dump_json().encode(),
+                type=consumer.consumes.routing_key,
+                message_id=valid_id,
+                user_id=sender,
             ),
             routing_key=consumer.consumes.routing_key,
         )
     finally:
-        await connection.close()
+        await as_sender.close()
+        await admin.close()
 
     # The consumer handles all of them, the valid one last (one consumer, prefetch keeps the order).
     deadline = asyncio.get_running_loop().time() + 30

@@ -175,3 +175,31 @@ def test_path_ips_that_are_no_host_address_are_422(text: str) -> None:
     with pytest.raises(HTTPException) as raised:
         path_ip(text)
     assert raised.value.status_code == 422
+
+
+@pytest.mark.parametrize(("path", "query"), [("/public", b"rule=a%00b"), ("/public\x00", b"")])
+async def test_a_nul_byte_in_path_or_query_is_a_400_before_any_route(path: str, query: bytes) -> None:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "headers": [],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1234),
+        "root_path": "",
+    }
+    await build()(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b"NUL" in sent[1]["body"]

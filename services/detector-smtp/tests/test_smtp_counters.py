@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from detector_smtp.counters import PolicyAccounting, domain_of
 from detector_smtp.observations import AddressClasses, SpamDetector
 from detector_smtp.postfix_policy import PostfixPolicyRequest
+from detector_smtp.quarantine import QuarantineList
 from detector_smtp.rules import RuleSet, SmtpRule, default_rules
+from detector_smtp.state import StateStore
 from detector_smtp.windows import ClientWindows, MailEvent
 from lazaretto_core.ranges import SubscriberRanges
 
@@ -278,3 +282,28 @@ def test_domain_of() -> None:
     assert domain_of("Bulk.Mailer@Spam.Example.") == "spam.example"
     assert domain_of("") is None
     assert domain_of("postmaster") is None
+
+
+async def test_a_snapshot_restores_every_field_and_leaves_out_clients_idle_an_hour(tmp_path: Path) -> None:
+    # given an active client with slices, domains and samples, and one idle for over an hour
+    saved = ClientWindows()
+    now = 10_000.0
+    saved.record(MailEvent("10.0.0.1", now - 3700.0, messages=1))
+    saved.record(MailEvent("10.0.0.2", now - 600.0, messages=1, recipients=2, sender="a.example"))
+    saved.record(MailEvent("10.0.0.2", now - 5.5, recipients=-1, rejected=1, recipient_domain="b.example"))
+    saved.record(MailEvent("10.0.0.2", now - 5.0, auth_messages=1, recipient="u@b.example"))
+    store = StateStore(tmp_path)
+    # when it is saved and loaded into fresh windows
+    generation = await store.save(saved, QuarantineList(), now=now)
+    restored = ClientWindows()
+    result = store.load(generation, restored, QuarantineList(), now=now)
+    # then the active client is back exactly, and the idle one was not even written
+    assert (result.clients, result.skipped) == (1, 0)
+    assert restored.keys() == ["10.0.0.2"]
+    before, after = saved.get("10.0.0.2"), restored.get("10.0.0.2")
+    assert before is not None
+    assert after is not None
+    assert ClientWindows.to_row("10.0.0.2", after) == ClientWindows.to_row("10.0.0.2", before)
+    assert after.totals == before.totals
+    assert restored.counts(after, now) == saved.counts(before, now)
+    assert len(store.path(generation).read_bytes().splitlines()) == 2  # the header and one client

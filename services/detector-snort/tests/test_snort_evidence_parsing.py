@@ -97,6 +97,9 @@ def test_snort3_alert_json_flow_facts() -> None:
     assert (answer.established, answer.to_client) == (False, True)
     service = parse_snort3_json_line(SNORT3_ALL.replace(b'"unknown"', b'"http"'))
     assert (service.app_proto, service.established) == ("http", True)
+    # A field of the wrong type is ignored, never a crash (schemathesis found `"pkt_gen": []` as a 500).
+    odd = parse_snort3_json_line(SNORT3_DEFAULT.replace(b'"stream_tcp"', b"[]"))
+    assert odd.established is False
 
 
 def test_fast_lines_carry_snort3_appid_and_nothing_of_flows() -> None:

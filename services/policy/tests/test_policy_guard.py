@@ -269,8 +269,10 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/cases", "viewer", None),
     ("GET", f"/v1/cases/{uuid.uuid4()}", "viewer", None),
+    ("GET", "/v1/cases?reference=lz%207k3m%20q9", "viewer", None),
     ("POST", "/v1/quarantine", "operator", {"ip": "100.64.7.7", "reason": "x"}),
     ("POST", f"/v1/cases/{uuid.uuid4()}/release", "operator", {"reason": "x"}),
+    ("POST", f"/v1/cases/{uuid.uuid4()}/extend", "operator", {"by_seconds": 3600, "reason": "x"}),
     ("GET", "/v1/allowlist", "viewer", None),
     (
         "POST",
@@ -303,6 +305,25 @@ async def test_every_admin_operation_needs_a_token_of_its_role(policy: PolicySer
                 assert answer.status_code == 403, (method, path, name, answer.text)
             else:
                 assert answer.status_code not in (401, 403), (method, path, name, answer.text)
+
+
+# The subscriber's own operations, asked by the portal: its token only, never an operator's.
+PORTAL_OPERATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/portal/cases/by-ip/100.64.7.7", None),
+    ("POST", "/v1/portal/cases/by-ip/100.64.7.7/appeal", {"case_id": str(uuid.uuid4()), "message": "x"}),
+    ("GET", f"/v1/portal/cases/by-ip/100.64.7.7/progress/{uuid.uuid4()}", None),
+]
+
+
+async def test_the_portal_operations_need_the_portal_token(policy: PolicyService) -> None:
+    for method, path, body in PORTAL_OPERATIONS:
+        for token in (None, "wrong-token-0123456789abcdef", VIEWER_TOKEN, OPERATOR_TOKEN, ADMIN_TOKEN):
+            async with client(policy, token) as anyone:
+                answer = await anyone.request(method, path, json=body)
+            assert answer.status_code in (401, 403), (method, path, token)
+        async with client(policy, PORTAL_TOKEN) as portal:
+            answer = await portal.request(method, path, json=body)
+        assert answer.status_code not in (401, 403), (method, path, answer.text)
 
 
 def test_policy_refuses_to_start_when_the_portal_token_is_an_operator_token() -> None:

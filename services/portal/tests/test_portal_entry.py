@@ -211,10 +211,14 @@ async def test_browsers_get_html_errors_and_the_api_keeps_json(portal: PortalSer
         incomplete = await browser.post("/release", data={"case_id": CASE_ID})
         api_missing = await browser.get("/v1/nothing")
         head = await browser.head("/")
+        spanish = await browser.get("/no/such/page", headers={"Accept-Language": "es"})
+    assert spanish.status_code == 404
+    assert "No existe esa página" in spanish.text
     for answer, status in ((missing, 404), (wrong_method, 405), (incomplete, 422)):
         assert answer.status_code == status
         assert answer.headers["content-type"].startswith("text/html"), answer.text
-        assert "<h1>" in answer.text
+        assert '<h1 id="headline">' in answer.text
+        assert "tel:+15550100" in answer.text  # the portal's own layout, with the helpdesk
         assert "detail" not in answer.text
     assert api_missing.status_code == 404
     assert api_missing.json() == {"detail": "Not Found"}

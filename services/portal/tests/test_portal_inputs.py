@@ -104,7 +104,7 @@ async def test_a_token_that_is_not_printable_ascii_is_a_clean_400(portal: Portal
             "/release", data={"case_id": CASE_ID, "form_token": token, "attest": "yes"}
         )
     assert answer.status_code == 400
-    assert "reload the page" in answer.text
+    assert "Reload the page" in answer.text
 
 
 async def test_non_ascii_digits_in_an_ascii_looking_token_are_refused(portal: PortalService) -> None:

@@ -138,8 +138,9 @@ async def test_quarantined_visitor_sees_why_and_releases_with_the_checkbox(
             data={"case_id": CASE_ID, "form_token": token, "attest": "yes"},
             headers={"user-agent": "pytest"},
         )
-        assert done.status_code == 200
-        assert "being restored" in done.text
+        # Then the visitor follows the case: nothing is promised before policy accepts
+        assert done.status_code == 303
+        assert done.headers["location"].startswith(f"/progress?case={CASE_ID}&since=")
     (request,) = await released.wait_for("release.requested.v1")
     assert isinstance(request, ReleaseRequested)
     assert str(request.case_id) == CASE_ID
@@ -165,7 +166,7 @@ async def test_the_form_follows_the_device_not_the_address(portal: PortalService
     # Then the device's own form still works from where it is now
     async with visitor(portal, "100.64.250.7") as moved:
         done = await moved.post("/release", data={"case_id": CASE_ID, "form_token": token, "attest": "yes"})
-        assert done.status_code == 200
+        assert done.status_code == 303
     (request,) = await released.wait_for("release.requested.v1")
     assert isinstance(request, ReleaseRequested)
     assert (request.client_ip, request.device_mac) == ("100.64.250.7", DEVICE)
@@ -212,7 +213,7 @@ async def test_the_checkbox_shows_only_when_policy_allows_self_release(
         assert "scanning other computers" in page.text
         assert 'name="attest"' not in page.text
         assert "form_token" not in page.text
-        assert "used all the self-service releases" in page.text
+        assert "used all the self-service restores" in page.text
         # A form signed correctly still releases nothing: policy said no
         token = issue_token(SECRET, CASE_ID, DEVICE)
         answer = await client.post(

@@ -126,6 +126,17 @@ class _Gate:
     limit: int
 
 
+def _holds_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query
+
+
+async def _plain_answer(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestGate:
     """ASGI middleware in front of every service: no body is read before its route's token is checked,
     and none beyond its route's limit.
@@ -145,6 +156,10 @@ class RequestGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _holds_nul(scope):
+            # No service has a use for a NUL, and PostgreSQL text cannot hold one (a 500 otherwise).
+            await _plain_answer(send, 400, b"a NUL byte in the path or query is refused\n")
             return
         gate: _Gate | None = None
         size = 0

@@ -65,7 +65,8 @@ class SystemConfig:
     kea_prefixlen: int = 24
     # ... unless a service's own database is given here by service (make run: start-peers' ones).
     service_database_urls: dict[str, str] = field(default_factory=dict)
-    # Extra settings per service, over the lab's wiring (e.g. a benchmark raising policy's breaker).
+    # Extra settings per service over the lab's wiring, applied last
+    # (`{"policy": {"LAZARETTO_MAX_SELF_RELEASES": "1"}}`, a benchmark raising policy's breaker).
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 

@@ -6,6 +6,10 @@ becomes the one to restart from when the outbox document (`reports.Reports.commi
 the log positions it reflects. Older generations are removed after that commit, so a crash at any
 point leaves the committed one intact. Rows are serialized in slices of at most `budget` seconds
 between event-loop turns, so a large table never holds up a policy answer for longer than that.
+
+The rows are encoded by msgspec straight from the live windows (no copy: a slice runs without an
+await), about a fifth of the CPU of the standard library's encoder; the output is plain
+JSON, read back by `json` like before. That CPU is taken from the policy answers (bench-smtp).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
+
+import msgspec
 
 from .quarantine import QuarantineList
 from .slices import TimeSlice
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 VERSION: Final = 2
 PREFIX: Final = "windows-"
 SUFFIX: Final = ".jsonl"
+_ENCODE: Final = msgspec.json.Encoder().encode
 
 
 @dataclass
@@ -109,19 +116,21 @@ class StateStore:
         with tmp.open("wb") as out:
             out.write(json.dumps(header).encode() + b"\n")
             start = 0
+            get, to_row, encode, chunk = windows.get, ClientWindows.to_row, _ENCODE, self.chunk
+            stale = now - windows.long_window  # `load` would skip these; the sweep has not dropped them yet
             while start < len(keys):
                 work.start()
-                lines = []
+                lines: list[bytes] = []
                 while start < len(keys) and not work.spent():
-                    for ip in keys[start : start + self.chunk]:
-                        state = windows.get(ip)
-                        if state is not None:
-                            lines.append(json.dumps(ClientWindows.to_row(ip, state), separators=(",", ":")))
-                    start += self.chunk
+                    for ip in keys[start : start + chunk]:
+                        state = get(ip)
+                        if state is not None and state.last_seen > stale:
+                            lines.append(encode(to_row(ip, state)))
+                    start += chunk
                 if lines:
                     # In a thread: a write can wait for the disk (dirty-page throttling) for tens of
                     # milliseconds on a busy machine. The await lets policy requests in between slices.
-                    await asyncio.to_thread(out.write, ("\n".join(lines) + "\n").encode())
+                    await asyncio.to_thread(_write_lines, out, lines)
                 else:
                     await asyncio.sleep(0)
             out.flush()
@@ -144,6 +153,11 @@ class StateStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_lines(out: IO[bytes], lines: list[bytes]) -> None:
+    lines.append(b"")
+    out.write(b"\n".join(lines))
 
 
 def _quarantined_cases(header: dict[str, Any]) -> dict[str, str]:

@@ -12,6 +12,7 @@ policy answer for tens of milliseconds); beyond `max_clients` the least recently
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -259,18 +260,12 @@ class ClientWindows:
     # -------------------------------------------------------------------------------- persistence
 
     @staticmethod
-    def to_row(ip: str, state: ClientState) -> list[Any]:
-        return [
-            ip,
-            state.first_seen,
-            state.last_seen,
-            [list(b) for b in state.buckets],
-            state.domains,
-            state.senders,
-            state.recipients,
-        ]
+    def to_row(ip: str, state: ClientState) -> tuple[Any, ...]:
+        """One client as a JSON array; it shares the state's lists: encode it before the next event."""
+        s = state
+        return (ip, s.first_seen, s.last_seen, s.buckets, s.domains, s.senders, s.recipients)
 
-    def load_row(self, row: list[Any], now: float) -> bool:
+    def load_row(self, row: Sequence[Any], now: float) -> bool:
         """Restore one client saved by `to_row`; False if it is stale or malformed."""
         try:
             ip, first_seen, last_seen, buckets, domains, senders, recipients = row

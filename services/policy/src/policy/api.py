@@ -11,23 +11,32 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import normalize_mac, utcnow
+from lazaretto_core.contracts import RELEASING_STATES, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import audit, commands, desk, identity, ladder, store
+from . import appeals, audit, commands, desk, identity, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
+from .reference import normalize_reference
 from .roles import Principal, RoleGuard, TokenBook
 from .rulebook import RuleBook, RulesError
 from .rulebook import load as rulebook_load
 from .rules import Network, is_allowlisted
+from .subscriber_api import install_subscriber_routes
 
 log = logging.getLogger(__name__)
 
 
 class ReleaseRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    operator: str = Field(default="operator", min_length=1, max_length=64)
+
+
+class ExtendRequest(BaseModel):
+    # Up to a year at a time; the CLI's `lazaretto cases extend --by 3d`.
+    by_seconds: float = Field(gt=0, le=366 * 86400)
     reason: str = Field(min_length=1, max_length=500)
     operator: str = Field(default="operator", min_length=1, max_length=64)
 
@@ -43,6 +52,7 @@ def install_api(
     max_self_releases: int = 3,
     self_release_window: timedelta = timedelta(days=30),
     rules: RuleBook | None = None,
+    appeal_limit: appeals.AppealLimit | None = None,
 ) -> None:
     # Every admin route needs a known token (viewer or higher); changes ask for more (policy-guard).
     admin = APIRouter(prefix="/v1", dependencies=[Depends(RoleGuard(tokens, "viewer"))], tags=["admin"])
@@ -84,8 +94,15 @@ def install_api(
         mac: str | None = None,
         open_only: bool = False,
         limit: int = Query(default=100, ge=1, le=1000),
+        reference: str | None = Query(default=None, max_length=40),
     ) -> list[dict[str, Any]]:
-        """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`."""
+        """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`;
+        by the reference a subscriber reads out (`reference`, e.g. `lz 7k3m q9`)."""
+        if reference is not None:
+            typed = reference
+            reference = normalize_reference(typed)
+            if reference is None:
+                raise HTTPException(422, f"{typed!r} is not a case reference like LZ-7K3M-Q9")
         if ip is not None:
             ip = path_ip(ip)
         if mac is not None:
@@ -95,7 +112,7 @@ def install_api(
                 raise HTTPException(422, str(exc)) from None
         async with work.uow.read() as conn:
             cases = await store.list_cases(
-                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit
+                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit, reference=reference
             )
         return [c.public() for c in cases]
 
@@ -108,7 +125,14 @@ def install_api(
             history = await store.case_history(conn, case_id)
             observations = await store.case_observations(conn, case_id)
             addresses = await store.case_addresses(conn, case_id)
-        return {**case.public(), "history": history, "observations": observations, "addresses": addresses}
+            filed = await appeals.case_appeals(conn, case_id)
+        return {
+            **case.public(),
+            "history": history,
+            "observations": observations,
+            "addresses": addresses,
+            "appeals": filed,
+        }
 
     @admin.post("/quarantine", status_code=201)
     async def quarantine(
@@ -187,6 +211,46 @@ def install_api(
         assert case is not None  # only a subscriber's repeated release is a no-op
         return case.public()
 
+    @admin.post("/cases/{case_id}/extend")
+    async def extend(
+        case_id: uuid.UUID, request: ExtendRequest, principal: Principal = Depends(as_operator)
+    ) -> dict[str, Any]:
+        """Keep an open case longer: its expiry (if any) and the subscriber's earliest self-release
+        move `by_seconds` later; a case the subscriber could release now can only be released later."""
+        by = timedelta(seconds=request.by_seconds)
+        async with work.uow() as conn:
+            case = await store.lock_case(conn, case_id)
+            if case is None:
+                raise HTTPException(404, "no such case")
+            if case.closed_at is not None or case.state in RELEASING_STATES:
+                raise HTTPException(409, f"case {case_id} is {case.state}: there is nothing to extend")
+            terms = ladder.extended(
+                await store.get_terms(conn, case_id), by, utcnow(), allowance.max_releases
+            )
+            await store.replace_terms(conn, case_id, terms)
+            detail = {
+                "extended_by_s": request.by_seconds,
+                "reason": request.reason,
+                "operator": request.operator,
+                "expires_at": terms.expires_at,
+                "self_release_not_before": terms.self_release_not_before,
+            }
+            actor = f"operator:{request.operator}"
+            await store.add_event(conn, case_id, actor, case.state, case.state, detail)
+            await audit.append(
+                conn, f"case:{case_id}", "operator_extend", principal.actor, {**principal.audit(), **detail}
+            )
+        return {
+            **case.public(),
+            "terms": {
+                "expires_at": terms.expires_at.isoformat() if terms.expires_at else None,
+                "self_release": terms.self_release,
+                "self_release_not_before": (
+                    terms.self_release_not_before.isoformat() if terms.self_release_not_before else None
+                ),
+            },
+        }
+
     @portal.get("/cases/by-ip/{ip}")
     async def case_for_visitor(ip: str) -> dict[str, Any]:
         """What the portal may show a visitor: only their own device's open case, nothing else.
@@ -219,11 +283,15 @@ def install_api(
                 )
             used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
             terms = await store.get_terms(conn, case.case_id)
+            seen = await store.case_seen(conn, case.case_id)
         answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
         limit = min(allowance.max_releases, terms.max_self_releases) if terms else allowance.max_releases
         left = max(0, limit - used)
         return {
             "case_id": str(case.case_id),
+            "reference": case.reference,
+            # What was seen and when (counts and times only: never signatures or anyone else's data).
+            "seen": seen,
             "category": case.category,
             "reason": case.reason,
             "state": case.state,
@@ -237,5 +305,6 @@ def install_api(
             "portal_template": terms.portal_template if terms else "default",
         }
 
+    install_subscriber_routes(portal, work, attributor, appeal_limit or appeals.AppealLimit())
     app.include_router(admin)
     app.include_router(portal)

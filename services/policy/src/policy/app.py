@@ -28,6 +28,7 @@ from lazaretto_core.supervise import Supervisor
 
 from . import allowlist, guard
 from .api import install_api
+from .appeals import AppealLimit
 from .attribution import Attributor
 from .breaker import BreakerLimits
 from .casework import CaseWork
@@ -189,6 +190,7 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_self_releases=settings.max_self_releases,
         self_release_window=window,
         rules=rules,
+        appeal_limit=AppealLimit(settings.max_appeals_per_day, timedelta(days=1)),
     )
     install_guard_api(app, work, tokens, limits, settings.own_prefixes)
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)

@@ -31,6 +31,7 @@ from .attribution import Attribution, Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
 from .flow import Step
+from .release_progress import record_refusal
 from .rulebook import RuleBook
 from .rules import Network, Seen, evaluate, is_allowlisted
 
@@ -236,5 +237,10 @@ class PolicyHandlers:
                     return
                 await commands.release(self.work, conn, command, self.allowance)
         except Refused as exc:
-            # Never deliverable: the same request would be refused again.
+            # Never deliverable: the same request would be refused again. Recorded on the case so
+            # the subscriber's progress page can say so (release_progress).
+            async with self.work.uow() as conn:
+                await record_refusal(
+                    self.work.store, conn, event.case_id, event.client_ip, event.request_id, exc
+                )
             raise InvalidMessage(str(exc)) from exc

@@ -4,6 +4,7 @@ portal only shows the answer."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,3 +87,30 @@ def self_release(
     if state not in RELEASABLE_STATES:
         return SelfReleaseAnswer("later", None, "the quarantine is still being put in place")
     return SelfReleaseAnswer("now", None, "the subscriber may release the case after fixing the device")
+
+
+def extended(terms: CaseTerms | None, by: timedelta, now: datetime, max_releases: int) -> CaseTerms:
+    """An operator keeps a case longer: its expiry (if it has one) and the subscriber's earliest
+    self-release move `by` later (from now at the earliest); "now" becomes "later", "never" stays.
+    A case opened without terms (by hand) gets operator terms that say so."""
+    if terms is None:
+        terms = CaseTerms(
+            rule="operator",
+            ruleset_version="operator",
+            offence=1,
+            self_release="now",
+            self_release_not_before=None,
+            max_self_releases=max_releases,
+            portal_template="default",
+            enforce_at=None,
+            expires_at=None,
+        )
+    not_before = None
+    if terms.self_release != "never":
+        not_before = max(terms.self_release_not_before or now, now) + by
+    return dataclasses.replace(
+        terms,
+        self_release="never" if terms.self_release == "never" else "later",
+        self_release_not_before=not_before,
+        expires_at=max(terms.expires_at, now) + by if terms.expires_at is not None else None,
+    )

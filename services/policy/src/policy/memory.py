@@ -26,6 +26,7 @@ from .attribution import Attribution
 from .flow import Step
 from .guard import Verdict
 from .ladder import CaseTerms
+from .reference import reference_for
 from .rules import Seen
 from .store import AddressSource, Case
 
@@ -91,8 +92,9 @@ class MemoryStore:
         attribution: dict[str, Any],
     ) -> Case:
         now = _now()
+        case_id = uuid.uuid4()
         case = Case(
-            case_id=uuid.uuid4(),
+            case_id=case_id,
             ip=ip,
             cpe_mac=cpe_mac,
             cm_mac=cm_mac,
@@ -111,6 +113,7 @@ class MemoryStore:
             self_releases=0,
             key_kind=key_kind,
             device_key=device_key,
+            reference=reference_for(case_id),
         )
         self.state.cases[case.case_id] = case
         detail = {

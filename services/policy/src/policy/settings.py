@@ -43,6 +43,8 @@ class PolicySettings(ServiceSettings):
     max_self_releases: int = 3
     # Seconds over which self-releases are counted per device (default 30 days).
     self_release_window: float = Field(default=30 * 86400, gt=0)
+    # Appeals ("I think this is a mistake") one device may file per day, across its cases.
+    max_appeals_per_day: int = Field(default=3, ge=1)
     # Seconds after an observation's last_seen beyond which it is recorded and not acted on: by then
     # the address may be someone else's.
     max_observation_age: float = Field(default=3600, gt=0)

@@ -16,11 +16,13 @@ from lazaretto_core.db import Connection
 
 from .flow import Step
 from .ladder import CaseTerms
+from .reference import reference_for
 from .rules import Seen
 
 _CASE_COLUMNS = (
     "case_id, host(ip) AS ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by, opened_at,"
-    " updated_at, closed_at, step, step_id, step_attempts, next_retry_at, self_releases, key_kind, device_key"
+    " updated_at, closed_at, step, step_id, step_attempts, next_retry_at, self_releases, key_kind,"
+    " device_key, reference"
 )
 AddressSource = Literal["alert", "lease", "cmts", "operator"]
 
@@ -46,6 +48,8 @@ class Case:
     self_releases: int
     key_kind: KeyKind
     device_key: str
+    # The short reference a person reads out (`LZ-7K3M-Q9`, policy.reference); unique.
+    reference: str = ""
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Case:
@@ -114,21 +118,33 @@ async def create_case(
     device_key: str,
     attribution: dict[str, Any],
 ) -> Case:
-    row = await conn.fetchrow(
-        "INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state, opened_by,"
-        " key_kind, device_key) VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8, $9, $10)"
-        f" RETURNING {_CASE_COLUMNS}",
-        uuid.uuid4(),
-        ip,
-        cpe_mac,
-        cm_mac,
-        scope,
-        category,
-        reason,
-        opened_by,
-        key_kind,
-        device_key,
-    )
+    row = None
+    # The reference is unique: on the rare collision of its 30 bits, the id's other word, then a new id.
+    for attempt in range(6):
+        case_id = uuid.uuid4()
+        try:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state,"
+                    " opened_by, key_kind, device_key, reference)"
+                    " VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11)"
+                    f" RETURNING {_CASE_COLUMNS}",
+                    case_id,
+                    ip,
+                    cpe_mac,
+                    cm_mac,
+                    scope,
+                    category,
+                    reason,
+                    opened_by,
+                    key_kind,
+                    device_key,
+                    reference_for(case_id, word=attempt % 2),
+                )
+            break
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "cases_reference":
+                raise
     assert row is not None
     detail = {"reason": reason, "key_kind": key_kind, "device_key": device_key, "attribution": attribution}
     await add_event(conn, row["case_id"], opened_by, None, "open", detail)
@@ -437,20 +453,23 @@ async def list_cases(
     open_only: bool,
     limit: int,
     mac: str | None = None,
+    reference: str | None = None,
 ) -> list[Case]:
-    """Cases by state; by any address the device held during the case; by CPE or CM MAC."""
+    """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference."""
     rows = await conn.fetch(
         f"SELECT {_CASE_COLUMNS} FROM cases c"
         " WHERE ($1::text IS NULL OR state = $1)"
         " AND ($2::inet IS NULL OR ip = $2::inet OR EXISTS ("
         "   SELECT 1 FROM case_addresses a WHERE a.case_id = c.case_id AND a.ip = $2::inet))"
         " AND ($5::text IS NULL OR cpe_mac = $5 OR cm_mac = $5)"
+        " AND ($6::text IS NULL OR reference = $6)"
         " AND (NOT $3 OR closed_at IS NULL) ORDER BY opened_at DESC LIMIT $4",
         state,
         ip,
         open_only,
         limit,
         mac,
+        reference,
     )
     return [Case.from_row(r) for r in rows]
 
@@ -485,3 +504,25 @@ async def claim_message(conn: Connection, consumer: str, message_id: str) -> boo
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
     """Store a message in the outbox, published by the relay once the transaction commits."""
     return await outbox.enqueue(conn, message, correlation_id=correlation_id)
+
+
+async def case_seen(conn: Connection, case_id: uuid.UUID) -> dict[str, Any] | None:
+    """When the case's observations were first and last seen and how many events they counted."""
+    row = await conn.fetchrow(
+        "SELECT min(first_seen) AS first_seen, max(last_seen) AS last_seen, sum(count) AS count"
+        " FROM observations WHERE case_id = $1",
+        case_id,
+    )
+    if row is None or row["first_seen"] is None:
+        return None
+    return {
+        "first_seen": row["first_seen"].isoformat(),
+        "last_seen": row["last_seen"].isoformat(),
+        "count": int(row["count"]),
+    }
+
+
+async def replace_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
+    """An operator's change of a case's terms (`lazaretto cases extend`): the row, made if missing."""
+    await conn.execute("DELETE FROM case_terms WHERE case_id = $1", case_id)
+    await save_terms(conn, case_id, terms)

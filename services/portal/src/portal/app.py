@@ -14,6 +14,7 @@ from .captive import CaptiveCheck, install_captive
 from .catchall import build_catch_all
 from .errors import install_html_errors
 from .listeners import Listener
+from .pagekit import PageKit
 from .pages import install_pages
 from .policy_client import PolicyClient
 from .settings import PortalSettings
@@ -49,10 +50,11 @@ async def build(settings: PortalSettings, policy: PolicyClient | None = None) ->
         "portal", readiness={"broker": bus.ping, "policy": policy.ping}, progress=ProgressMonitor()
     )
     check = CaptiveCheck(settings, policy)
-    install_html_errors(app, settings)
+    kit = PageKit(settings)
+    install_html_errors(app, kit)
     # Before the pages: the probes and the API answer by these rules (fail closed) whatever pages.py has.
     install_captive(app, check)
-    install_pages(app, settings, policy, bus)
+    install_pages(app, kit, policy, bus)
     listeners: list[Listener] = []
     if settings.https_port is not None:
         listeners.append(

@@ -1,104 +1,153 @@
-"""The walled-garden pages: why, what to do, the self-release form (probes, RFC 8908 API: captive.py)."""
+"""The walled-garden pages: why, what to do, the way out (self-release and its progress, or the appeal),
+in the visitor's language (probes, RFC 8908 API: captive.py)."""
 
 from __future__ import annotations
 
 import logging
+import mimetypes
+import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
+from urllib.parse import urlencode
 
-import jinja2
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES, ReleaseRequested, utcnow
 from lazaretto_core.http import max_body
+from lazaretto_core.remediation import RemediationEntry, RemediationList, load_remediation
 
-from .errors import unavailable_page
 from .forms import issue_token, token_valid
-from .policy_client import PolicyClient, PolicyUnavailable, VisitorCase
-from .reasons import explain
-from .settings import PortalSettings
+from .i18n import Language
+from .pagekit import PageKit
+from .policy_client import AppealRefused, PolicyClient, PolicyUnavailable, ReleaseProgress, VisitorCase
+from .reasons import page_for
+from .rendering import SECURITY_HEADERS
+from .settings import Link
 from .visitor import visitor_ip
 
 log = logging.getLogger(__name__)
 
-# The release form is three short fields (case id, token, checkbox): a few hundred bytes urlencoded.
+# The release form is four short fields (case id, token, checkbox, language): a few hundred bytes.
 RELEASE_FORM_MAX_BODY = 4096
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("portal", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-)
+# An appeal is at most 2000 characters; urlencoded, a non-Latin character takes up to 12 bytes.
+APPEAL_MAX_CHARS = 2000
+APPEAL_FORM_MAX_BODY = 32 * 1024
+# After this long without policy's answer the progress page says to call instead of only waiting.
+PROGRESS_PATIENCE = 120.0
+# The progress page's steps, in order, and the case states that complete each.
+STEPS = ("accepted", "garden_removed", "modem_restarting", "done")
+# (how many steps are done: the next one is under way; the modem restarts from garden_removed on)
+_STEP_OF_STATE = {"release_requested": 1, "garden_removed": 2, "release_reset_requested": 2, "released": 4}
 
 
-def _when(iso: str) -> str:
-    """`2026-11-26T05:00:05+00:00` -> `26 Nov 2026, 05:00 UTC` for people."""
-    try:
-        moment = datetime.fromisoformat(iso).astimezone(UTC)
-    except ValueError:
-        return iso
-    return moment.strftime("%d %b %Y, %H:%M UTC")
+def remediation_links(remediation: RemediationList, category: str) -> list[RemediationEntry]:
+    purposes = page_for(category).link_purposes
+    return [entry for entry in remediation.links() if entry.purpose in purposes]
 
 
-_templates.filters["when"] = _when
+def check_purchase_links(remediation: RemediationList, links: tuple[Link, ...]) -> None:
+    """A link the garden blocks would be a broken promise: refuse to start with one."""
+    for link in links:
+        if not remediation.allows_url(link.url):
+            raise ValueError(f"purchase link {link.url} is not on the remediation allow-list")
 
 
-def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, bus: Bus) -> None:
+def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) -> None:
+    settings = kit.settings
     secret = settings.form_secret.get_secret_value().encode()
+    remediation = load_remediation(settings.remediation_file)
+    check_purchase_links(remediation, settings.purchase_links)
+    language_of = kit.language_of
+    render = kit.render
+    unavailable = kit.unavailable
 
     def client_of(request: Request) -> str:
         peer = request.client.host if request.client else "0.0.0.0"
         return visitor_ip(peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxies)
 
-    def render(status: int = 200, **context: Any) -> HTMLResponse:
-        page = _templates.get_template("page.html").render(
-            isp_name=settings.isp_name, helpdesk=settings.helpdesk, links=settings.links, **context
-        )
-        return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
+    def error(request: Request, language: Language, status: int, problem: str) -> Response:
+        return kit.error(request, language, status, problem)
 
-    def page_for(case: VisitorCase | None, client_ip: str) -> HTMLResponse:
-        if case is None:
-            return render(title="Not restricted", state="free", client_ip=client_ip)
-        explanation = explain(case.category)
-        if case.state in RELEASABLE_STATES:
+    def case_page(request: Request, case: VisitorCase, language: Language) -> Response:
+        release = case.release
+        token = ""
+        if release.when == "now" and case.state in RELEASABLE_STATES:
             # Policy decides whether self-release is possible now; only then is there a form to sign.
-            token = issue_token(secret, case.case_id, case.device_key) if case.self_release_allowed else ""
-            return render(
-                title=explanation.headline,
-                state="quarantined",
-                case=case,
-                explanation=explanation,
-                form_token=token,
-            )
-        if case.state in RELEASING_STATES:
-            return render(title="Restoring your connection", state="releasing")
-        return render(title=explanation.headline, state="pending", explanation=explanation)
+            token = issue_token(secret, case.case_id, case.device_key)
+        return render(
+            request,
+            [page_for(case.category).template, "category/other.html"],
+            language,
+            case=case,
+            release=release,
+            form_token=token,
+            links=remediation_links(remediation, case.category),
+            purchase_links=settings.purchase_links,
+        )
 
-    async def lookup(client_ip: str) -> VisitorCase | Response | None:
-        try:
-            return await policy.case_for(client_ip)
-        except PolicyUnavailable as exc:
-            log.warning("policy unavailable for the portal: %s", exc)
-            return unavailable_page(settings)
+    def page_for_visitor(request: Request, case: VisitorCase | None, language: Language) -> Response:
+        if case is None:
+            return render(request, "free.html", language, client_ip=client_of(request))
+        if case.state in RELEASING_STATES:
+            state = ReleaseProgress(
+                case_id=case.case_id, reference=case.reference, state=case.state, closed=False, accepted=True
+            )
+            return progress_page(request, state, language, waited=0.0)
+        if case.state in ("open", "failed_retrying") and case.state not in RELEASABLE_STATES:
+            return render(request, "pending.html", language, case=case)
+        return case_page(request, case, language)
+
+    def progress_page(
+        request: Request, state: ReleaseProgress, language: Language, waited: float
+    ) -> Response:
+        step = 4 if state.closed else _STEP_OF_STATE.get(state.state, 0)
+        refused = state.refusal is not None and not state.accepted
+        stuck = state.state == "needs_operator" or (not state.accepted and waited > PROGRESS_PATIENCE)
+        final = refused or step == len(STEPS)
+        # The page reloads itself (HTTP Refresh, no JavaScript) until the release is done or refused;
+        # a link stops that (WCAG 2.2.1: a time limit the visitor can turn off).
+        auto = request.query_params.get("auto") != "0"
+        here = {k: v for k, v in request.query_params.items() if k in ("case", "since", "lang")}
+        return render(
+            request,
+            "progress.html",
+            language,
+            headers={"Refresh": "5"} if not final and auto else {},
+            auto=auto,
+            still_url=f"{request.url.path}?{urlencode({**here, 'auto': '0'})}",
+            auto_url=f"{request.url.path}?{urlencode(here)}",
+            progress=state,
+            steps=STEPS,
+            step=step,
+            refusal=(state.refusal or {}).get("code", "") if refused else "",
+            stuck=stuck and not refused,
+            refresh=not final,
+        )
+
+    async def lookup(client_ip: str) -> VisitorCase | None:
+        return await policy.case_for(client_ip)
 
     @app.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> Response:
-        client_ip = client_of(request)
-        case = await lookup(client_ip)
-        if isinstance(case, Response):
-            return case
-        return page_for(case, client_ip)
+        language = language_of(request)
+        try:
+            case = await lookup(client_of(request))
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return unavailable(request, language)
+        return page_for_visitor(request, case, language)
+
+    @app.get("/logo", include_in_schema=False)
+    async def logo() -> Response:
+        if settings.isp_logo is None or not settings.isp_logo.is_file():
+            return Response(status_code=404, headers=SECURITY_HEADERS)
+        media_type = mimetypes.guess_type(settings.isp_logo.name)[0] or "application/octet-stream"
+        return FileResponse(
+            settings.isp_logo, media_type=media_type, headers={"Cache-Control": "max-age=3600"}
+        )
 
     @app.post("/release", response_class=HTMLResponse)
     @max_body(RELEASE_FORM_MAX_BODY)
@@ -107,16 +156,19 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
         case_id: Annotated[str, Form(max_length=64)],
         form_token: Annotated[str, Form(max_length=200)],
         attest: Annotated[str, Form(max_length=10)] = "",
+        lang: Annotated[str, Form(max_length=16)] = "",
     ) -> Response:
         # Our page only ever puts printable ASCII in the form: anything else is a damaged form.
-        if not all(field.isascii() and field.isprintable() for field in (case_id, form_token, attest)):
-            return HTMLResponse(
-                "<h1>This form is damaged: reload the page</h1>", 400, headers=SECURITY_HEADERS
-            )
+        fields = (case_id, form_token, attest, lang)
+        language = language_of(request, lang if lang.isascii() else "")
+        if not all(field.isascii() and field.isprintable() for field in fields):
+            return error(request, language, 400, "damaged")
         client_ip = client_of(request)
-        case = await lookup(client_ip)
-        if isinstance(case, Response):
-            return case
+        try:
+            case = await lookup(client_ip)
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return unavailable(request, language)
         # The form must be for the open case of the device holding this address now: policy found the
         # case from the visitor's address, and the token binds that case to its device.
         if (
@@ -124,13 +176,11 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             or case.case_id != case_id
             or not token_valid(secret, form_token, case_id, case.device_key)
         ):
-            return HTMLResponse(
-                "<h1>This form has expired: reload the page</h1>", 403, headers=SECURITY_HEADERS
-            )
+            return error(request, language, 403, "expired")
         if attest != "yes":
-            return HTMLResponse("<h1>Please tick the box to confirm</h1>", 400, headers=SECURITY_HEADERS)
-        if not case.self_release_allowed:
-            return page_for(case, client_ip)
+            return error(request, language, 400, "unticked")
+        if case.release.when != "now" or case.state not in RELEASABLE_STATES:
+            return page_for_visitor(request, case, language)
         request_event = ReleaseRequested(
             request_id=uuid.uuid4(),
             case_id=uuid.UUID(case.case_id),
@@ -144,5 +194,94 @@ def install_pages(app: FastAPI, settings: PortalSettings, policy: PolicyClient, 
             await bus.publish(request_event, correlation_id=case.case_id)
         except PublishError as exc:
             log.error("release request for case %s not published: %s", case.case_id, exc)
-            return HTMLResponse("<h1>Please try again in a minute</h1>", 503, headers=SECURITY_HEADERS)
-        return render(title="Restoring your connection", state="releasing")
+            return unavailable(request, language)
+        # The progress page follows the case: only policy says whether the release was accepted.
+        since = int(time.time()) - 1
+        return RedirectResponse(
+            f"/progress?case={case.case_id}&since={since}&lang={language.tag}",
+            status_code=303,
+            headers=SECURITY_HEADERS,
+        )
+
+    @app.get("/progress", response_class=HTMLResponse)
+    async def progress(request: Request, case: str = "", since: int = 0) -> Response:
+        language = language_of(request)
+        try:
+            case_id = str(uuid.UUID(case))
+        except ValueError:
+            return error(request, language, 400, "damaged")
+        asked_at = datetime.fromtimestamp(since, UTC) if 0 < since < 2**33 else None
+        client_ip = client_of(request)
+        try:
+            state = await policy.progress(client_ip, case_id, asked_at)
+            if state is None:  # not this device's case: the visitor's own page instead
+                return page_for_visitor(request, await lookup(client_ip), language)
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return unavailable(request, language)
+        waited = time.time() - since if asked_at is not None else 0.0
+        return progress_page(request, state, language, waited)
+
+    @app.get("/appeal", response_class=HTMLResponse)
+    async def appeal_form(request: Request) -> Response:
+        language = language_of(request)
+        try:
+            case = await lookup(client_of(request))
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return unavailable(request, language)
+        if case is None:
+            return page_for_visitor(request, case, language)
+        token = issue_token(secret, f"appeal:{case.case_id}", case.device_key)
+        return render(
+            request, "appeal.html", language, case=case, form_token=token, max_chars=APPEAL_MAX_CHARS
+        )
+
+    @app.post("/appeal", response_class=HTMLResponse)
+    @max_body(APPEAL_FORM_MAX_BODY)
+    async def appeal(
+        request: Request,
+        case_id: Annotated[str, Form(max_length=64)],
+        form_token: Annotated[str, Form(max_length=200)],
+        message: Annotated[str, Form(max_length=APPEAL_MAX_CHARS * 2)] = "",
+        lang: Annotated[str, Form(max_length=16)] = "",
+    ) -> Response:
+        language = language_of(request, lang if lang.isascii() else "")
+        if not all(field.isascii() and field.isprintable() for field in (case_id, form_token, lang)):
+            return error(request, language, 400, "damaged")
+        # The visitor's words as written, without control characters (line breaks kept).
+        words = "".join(c for c in message.replace("\r\n", "\n") if c.isprintable() or c == "\n").strip()
+        client_ip = client_of(request)
+        try:
+            case = await lookup(client_ip)
+        except PolicyUnavailable as exc:
+            log.warning("policy unavailable for the portal: %s", exc)
+            return unavailable(request, language)
+        if (
+            case is None
+            or case.case_id != case_id
+            or not token_valid(secret, form_token, f"appeal:{case_id}", case.device_key)
+        ):
+            return error(request, language, 403, "expired")
+        if not words or len(words) > APPEAL_MAX_CHARS:
+            token = issue_token(secret, f"appeal:{case.case_id}", case.device_key)
+            return render(
+                request,
+                "appeal.html",
+                language,
+                status=400,
+                case=case,
+                form_token=token,
+                max_chars=APPEAL_MAX_CHARS,
+                problem="empty" if not words else "too_long",
+                message=words[: APPEAL_MAX_CHARS * 2],
+            )
+        try:
+            reference = await policy.appeal(client_ip, case.case_id, words, language.html)
+        except AppealRefused as refused:
+            status = 429 if refused.why == "too_many" else 403
+            return error(request, language, status, f"appeal_{refused.why}")
+        except PolicyUnavailable as exc:
+            log.warning("policy did not take an appeal: %s", exc)
+            return unavailable(request, language)
+        return render(request, "appeal_done.html", language, reference=reference or case.reference)

@@ -1,63 +1,35 @@
-"""What the page tells a subscriber for each category: why, and what to do."""
+"""Which page a category gets, and which remediation links fit it. Pure.
+
+The words live in the templates (`category/<name>.html`, operator-overridable, translated through
+gettext); this module only says which template and which kinds of allow-listed links go with a category.
+A copyright notice needs no antivirus links; a page for an unknown category is the generic one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lazaretto_core.remediation import Purpose
+
 
 @dataclass(frozen=True)
-class Explanation:
-    headline: str
-    why: str
-    todo: tuple[str, ...]
+class CategoryPage:
+    template: str
+    link_purposes: tuple[Purpose, ...]
 
 
-_CLEAN_UP = (
-    "Install antivirus software and run a full scan of every computer in your home.",
-    "Install all pending updates for your operating system and browser.",
-    "Change the passwords of your e-mail and router once the computer is clean.",
-)
+_CLEAN_UP: tuple[Purpose, ...] = ("antivirus", "os_update", "isp")
 
-EXPLANATIONS: dict[str, Explanation] = {
-    "scan": Explanation(
-        "A device in your home is scanning other computers",
-        "Our network saw a device on your connection probing many other computers. "
-        "That is what viruses and worms do to spread.",
-        _CLEAN_UP,
-    ),
-    "malware": Explanation(
-        "A device in your home appears to be infected",
-        "A device on your connection talked to servers that control infected computers.",
-        _CLEAN_UP,
-    ),
-    "spam": Explanation(
-        "A device in your home is sending spam",
-        "A device on your connection sent far more e-mail than a person does, typically because a virus "
-        "uses it to send spam.",
-        (*_CLEAN_UP, "If you run a mail server, contact us to move to a business plan."),
-    ),
-    "dos": Explanation(
-        "A device in your home is attacking other computers",
-        "A device on your connection flooded another network with traffic.",
-        _CLEAN_UP,
-    ),
-    "bruteforce": Explanation(
-        "A device in your home is trying to break into other computers",
-        "A device on your connection tried many passwords against other computers.",
-        _CLEAN_UP,
-    ),
-    "copyright": Explanation(
-        "We received a copyright complaint about your connection",
-        "A rights holder reported that a device on your connection shared copyrighted material.",
-        ("Remove file-sharing software you do not use.", "Make sure your Wi-Fi is protected by a password."),
-    ),
-    "other": Explanation(
-        "Your connection was restricted",
-        "Our abuse team restricted your connection because of a problem reported with it.",
-        _CLEAN_UP,
-    ),
+PAGES: dict[str, CategoryPage] = {
+    "scan": CategoryPage("category/scan.html", _CLEAN_UP),
+    "malware": CategoryPage("category/malware.html", _CLEAN_UP),
+    "spam": CategoryPage("category/spam.html", _CLEAN_UP),
+    "dos": CategoryPage("category/dos.html", _CLEAN_UP),
+    "bruteforce": CategoryPage("category/bruteforce.html", _CLEAN_UP),
+    "copyright": CategoryPage("category/copyright.html", ("isp",)),
+    "other": CategoryPage("category/other.html", _CLEAN_UP),
 }
 
 
-def explain(category: str) -> Explanation:
-    return EXPLANATIONS.get(category, EXPLANATIONS["other"])
+def page_for(category: str) -> CategoryPage:
+    return PAGES.get(category, PAGES["other"])

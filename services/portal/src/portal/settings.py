@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import zoneinfo
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from lazaretto_core.settings import ServiceSettings
 
 
 class Link(BaseModel):
-    title: str
-    url: str
-
-
-DEFAULT_LINKS: tuple[Link, ...] = (
-    Link(title="Free online virus scanner", url="https://av.example.test/scan"),
-    Link(title="Buy or renew antivirus software", url="https://av.example.test/buy"),
-    Link(title="Operating system updates", url="https://update.example.test/"),
-)
+    title: str = Field(min_length=1, max_length=120)
+    url: str = Field(pattern=r"^https?://", max_length=500)
 
 
 class PortalSettings(ServiceSettings):
@@ -51,9 +45,38 @@ class PortalSettings(ServiceSettings):
     # RFC 8908 `venue-info-url`: a page about the provider (https), sent to every visitor when set.
     venue_info_url: str | None = None
     attestation_version: str = "2026-11-v1"
-    isp_name: str = "Your cable provider"
-    helpdesk: str = "call the helpdesk"
-    links: tuple[Link, ...] = DEFAULT_LINKS
+
+    # -- what the page says (issue 13) ------------------------------------------------------------
+    isp_name: str = Field(default="Your cable provider", min_length=1, max_length=80)
+    # A PNG, SVG, JPEG or WebP shown beside the name (served by the portal itself at /logo).
+    isp_logo: Path | None = None
+    # The helpdesk: the phone is shown on the first screen of every page, as a tap-to-call link.
+    helpdesk_phone: str = Field(default="+1 555 0100", pattern=r"^\+?[0-9][0-9 ()./-]{2,30}$")
+    helpdesk_hours: str = Field(default="Monday to Friday, 8:00 to 20:00", max_length=120)
+    helpdesk_email: str = Field(default="", max_length=120)
+    # How many working days the abuse desk takes to answer an appeal (the page says so).
+    appeal_reply_days: int = Field(default=2, ge=1, le=30)
+    # Times are shown in this IANA zone (the ISP's service area) when set, else in UTC, saying which.
+    time_zone: str | None = None
+    # The operator's templates: any file here replaces the portal's own of the same name.
+    templates_dir: Path | None = None
+    # The operator's catalogues (`<lang>/LC_MESSAGES/messages.po`): override ours, or add a language.
+    locales_dir: Path | None = None
+    default_language: str = "en"
+    # The operator's remediation allow-list file (lazaretto_core.remediation), the same the garden uses.
+    remediation_file: Path | None = None
+    # Links to buy protection: none unless the operator names some; each must be allow-listed.
+    purchase_links: tuple[Link, ...] = ()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -66,12 +66,12 @@ def snort3_flow_facts(obj: dict[str, Any]) -> tuple[str | None, bool | None, str
     ("C2S", "S2C", "UNK")."""
     service = text(obj.get("service"), MAX_APP_PROTO)
     app_proto = None if service in (None, "unknown") else service
-    pkt_gen = obj.get("pkt_gen")
+    pkt_gen = text(obj.get("pkt_gen"), MAX_APP_PROTO)  # any other type (a list: unhashable) is ignored
     direction = obj.get("dir")
     established: bool | None = None
     if app_proto is not None or pkt_gen in _STREAM_PACKETS:
         established = True
-    elif service is not None or type(pkt_gen) is str or direction in ("C2S", "S2C"):
+    elif service is not None or pkt_gen is not None or direction in ("C2S", "S2C"):
         established = False
     return text(obj.get("iface"), MAX_INTERFACE), established, app_proto, direction == "S2C"
 

@@ -1,0 +1,7 @@
+"""`python -m lazaretto_cli`: the same as the `lazaretto` command."""
+
+from __future__ import annotations
+
+from .app import main
+
+main()

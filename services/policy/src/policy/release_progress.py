@@ -1,0 +1,76 @@
+"""Where a subscriber's self-release stands, as the portal's progress page shows it.
+
+A release request policy refuses is dead-lettered (it would be refused again); it is also recorded on the
+case as an event with a short code, so the subscriber's page can say it was refused and why instead of
+waiting for a release that will never come.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from lazaretto_core.contracts import RELEASING_STATES
+from lazaretto_core.db import Connection
+
+from . import commands, store
+from .casestore import CaseStore
+
+log = logging.getLogger(__name__)
+
+# Refusal codes the portal has words for; anything else is "other".
+REFUSAL_CODES: dict[type[commands.Refused], str] = {
+    commands.SelfReleasesUsed: "allowance_used",
+    commands.NotTheDevice: "not_this_device",
+    commands.NotReleasable: "not_releasable",
+}
+
+
+def refusal_code(exc: commands.Refused) -> str:
+    return next((code for kind, code in REFUSAL_CODES.items() if isinstance(exc, kind)), "other")
+
+
+async def record_refusal(
+    storage: CaseStore,
+    conn: Connection,
+    case_id: uuid.UUID,
+    client_ip: str,
+    request_id: uuid.UUID,
+    exc: commands.Refused,
+) -> None:
+    case = await storage.get_case(conn, case_id)
+    if case is None:
+        return
+    # Policy's decision, not the subscriber's act: the subscriber is named in the detail.
+    detail = {
+        "release_refused": refusal_code(exc),
+        "reason": str(exc),
+        "request_id": str(request_id),
+        "client_ip": client_ip,
+    }
+    await storage.add_event(conn, case_id, "policy", case.state, case.state, detail)
+
+
+async def progress(conn: Connection, case: store.Case, since: datetime | None) -> dict[str, Any]:
+    """The case's step for the visitor, and the newest refusal of a self-release since `since`."""
+    refused = await conn.fetchrow(
+        "SELECT at, detail FROM case_events WHERE case_id = $1 AND detail ? 'release_refused'"
+        " AND ($2::timestamptz IS NULL OR at >= $2) ORDER BY id DESC LIMIT 1",
+        case.case_id,
+        since,
+    )
+    refusal = None
+    if refused is not None:
+        detail = json.loads(refused["detail"])
+        refusal = {"code": detail["release_refused"], "at": refused["at"].isoformat()}
+    return {
+        "case_id": str(case.case_id),
+        "reference": case.reference,
+        "state": case.state,
+        "closed": case.closed_at is not None,
+        "accepted": case.state in RELEASING_STATES,
+        "refusal": refusal,
+    }
