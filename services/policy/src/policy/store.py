@@ -330,9 +330,12 @@ async def recent_observations(conn: Connection, ip: str, since: datetime, limit:
 
 async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
     """When a case of whichever device held `ip` was last released (probation, before attribution)."""
+    # Read on every observation: the cases at the address come from two indexes (cases_ip,
+    # case_addresses_ip), never from a scan of all cases.
     at: datetime | None = await conn.fetchval(
-        "SELECT max(c.closed_at) FROM cases c WHERE c.state = 'released' AND (c.ip = $1::inet OR EXISTS ("
-        " SELECT 1 FROM case_addresses a WHERE a.case_id = c.case_id AND a.ip = $1::inet))",
+        "SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
+        " SELECT case_id FROM cases WHERE ip = $1::inet"
+        " UNION SELECT case_id FROM case_addresses WHERE ip = $1::inet)",
         ip,
     )
     return at
@@ -456,20 +459,33 @@ async def list_cases(
     reference: str | None = None,
 ) -> list[Case]:
     """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference."""
+    # Only the filters asked for are in the query, so each one can use its index (a prepared
+    # `$n IS NULL OR ...` has one generic plan for all: a scan of every case).
+    where: list[str] = []
+    values: list[Any] = []
+    if state is not None:
+        values.append(state)
+        where.append(f"state = ${len(values)}")
+    if ip is not None:
+        values.append(ip)
+        n = len(values)
+        where.append(
+            f"case_id IN (SELECT case_id FROM cases WHERE ip = ${n}::inet"
+            f" UNION SELECT case_id FROM case_addresses WHERE ip = ${n}::inet)"
+        )
+    if mac is not None:
+        values.append(mac)
+        where.append(f"(cpe_mac = ${len(values)} OR cm_mac = ${len(values)})")
+    if reference is not None:
+        values.append(reference)
+        where.append(f"reference = ${len(values)}")
+    if open_only:
+        where.append("closed_at IS NULL")
+    values.append(limit)
     rows = await conn.fetch(
-        f"SELECT {_CASE_COLUMNS} FROM cases c"
-        " WHERE ($1::text IS NULL OR state = $1)"
-        " AND ($2::inet IS NULL OR ip = $2::inet OR EXISTS ("
-        "   SELECT 1 FROM case_addresses a WHERE a.case_id = c.case_id AND a.ip = $2::inet))"
-        " AND ($5::text IS NULL OR cpe_mac = $5 OR cm_mac = $5)"
-        " AND ($6::text IS NULL OR reference = $6)"
-        " AND (NOT $3 OR closed_at IS NULL) ORDER BY opened_at DESC LIMIT $4",
-        state,
-        ip,
-        open_only,
-        limit,
-        mac,
-        reference,
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE {' AND '.join(where) or 'true'}"
+        f" ORDER BY opened_at DESC LIMIT ${len(values)}",
+        *values,
     )
     return [Case.from_row(r) for r in rows]
 

@@ -1,0 +1,534 @@
+"""make bench-policy: policy's decisions from the bus into PostgreSQL, and the admin search, at ISP scale.
+
+- Real RabbitMQ (a fresh vhost) and PostgreSQL (a fresh database, policy's own migrations), then
+  policy's history COPYed into its schema (`policy_load.py`): 100,000 open cases of 400,000
+  subscribers, 20,000 released ones, 1,000,000 stored observations.
+- Policy is its real app (`policy.app.build`: bus consumers, rules, outbox relay, loops, HTTP API)
+  run in this process, so the bench can time each decision where it commits (the handler returns
+  once its transaction committed) without adding a column to policy's tables. Its log goes to a
+  file at WARNING (the service logs each decision at INFO).
+- Attribution and the executors: a separate process answers the provisioner's lease-history and
+  cmts-agent's CPE-table look-ups over HTTP (the real paths and typed answers of
+  `lazaretto_core.attribution`, from the arithmetic population: one active lease per subscriber) and
+  consumes the garden and modem-reset commands from the broker, answering them at once as the
+  provisioner and cmts-agent would once done. `lazaretto_lab.lease_stub` is not used: it scans a list
+  per look-up, too slow for 400,000 subscribers.
+- observations_per_s: a backlog of observations (realistic evidence, one in four a later revision of
+  a running window, a few percent reaching a rule) is published while the handler is held, then
+  released; the rate is the backlog over the time until the last decision committed.
+- decision_p99_ms: another process publishes at a fixed rate (open loop); each observation carries
+  the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
+  committed; `handler_p99_ms` is consumed -> committed only.
+- search_p99_ms: the admin list endpoint over HTTP, one request at a time: by a case's address, by an
+  address it held before, by CPE MAC, by household (CM MAC), and by an address without a case.
+
+Prints one `name=value` per line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve()
+HERE = SCRIPT.parent
+# `python bench/policy.py` puts bench/ first on sys.path, where this file would shadow the policy package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.append(str(HERE))  # for policy_load, after the packages
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import cProfile  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, HTTPException  # noqa: E402
+from policy_load import LiveTraffic, Population, load_history  # noqa: E402
+
+# FastAPI reads the stub's annotations at run time: its types are imported here, not in the function.
+from lazaretto_core.attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval  # noqa: E402
+from lazaretto_core.bus import Bus, MessageContext, queue_name  # noqa: E402
+from lazaretto_core.contracts import (  # noqa: E402
+    AbuseObserved,
+    GardenApplied,
+    GardenApply,
+    GardenRemove,
+    GardenRemoved,
+    ModemReset,
+    ModemResetCompleted,
+    normalize_mac,
+)
+
+ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105
+PORTAL_TOKEN = "bench-portal-token-0123456789"  # noqa: S105
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {model or 'unknown CPU'}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# -- the peers process: attribution look-ups and the executors' answers -------------------------------
+
+
+def lease_start() -> datetime:
+    """The start of every subscriber's active lease (the same in every process: yesterday, midnight)."""
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+
+
+async def run_peers(args: argparse.Namespace) -> None:
+    pop = Population(args.subscribers)
+    start = lease_start()
+
+    def lease(i: int) -> LeaseInterval:
+        return LeaseInterval(
+            ip=pop.ip(i),
+            mac=pop.cpe_mac(i),
+            valid_from=start,
+            valid_until=start + timedelta(days=3),
+            ended="active",
+        )
+
+    def modem(i: int) -> CpeModem:
+        return CpeModem(cpe_mac=pop.cpe_mac(i), cm_mac=pop.cm_mac(i), cmts=f"cmts-{i % 16}", ip=pop.ip(i))
+
+    def by_mac(mac: str) -> int | None:
+        mac = normalize_mac(mac)
+        i = int(mac.replace(":", "")[4:], 16)
+        return i if mac.startswith("02:4c:") and i < pop.subscribers else None
+
+    app = FastAPI()
+
+    @app.get("/v1/leases/{ip}/holders")
+    async def holders(ip: str, at: datetime) -> LeaseHolders:
+        i = pop.index(ip)
+        found = [lease(i)] if i is not None and lease(i).covers(at) else []
+        return LeaseHolders(ip=ip, at=at, holders=found)
+
+    @app.get("/v1/devices/{mac}/leases")
+    async def device_leases(mac: str, since: datetime) -> DeviceLeases:
+        i = by_mac(mac)
+        return DeviceLeases(mac=normalize_mac(mac), since=since, leases=[lease(i)] if i is not None else [])
+
+    @app.get("/v1/ips/{ip}/modem")
+    async def ip_modem(ip: str) -> CpeModem:
+        i = pop.index(ip)
+        if i is None:
+            raise HTTPException(404, "no CMTS lists it")
+        return modem(i)
+
+    @app.get("/v1/cpes/{mac}/modem")
+    async def cpe_modem(mac: str) -> CpeModem:
+        i = by_mac(mac)
+        if i is None:
+            raise HTTPException(404, "no CMTS lists it")
+        return modem(i)
+
+    bus = Bus(args.amqp, "bench-peers")
+    await bus.connect()
+
+    async def applied(event: GardenApply, ctx: MessageContext) -> None:
+        changes = [f"kea: {event.cpe_mac} reserved in the quarantine pool", f"rpz: {event.cpe_ip} walled"]
+        await bus.publish(GardenApplied(case_id=event.case_id, step_id=event.step_id, changes=changes))
+
+    async def removed(event: GardenRemove, ctx: MessageContext) -> None:
+        await bus.publish(GardenRemoved(case_id=event.case_id, step_id=event.step_id, changes=["kea", "rpz"]))
+
+    async def reset(event: ModemReset, ctx: MessageContext) -> None:
+        done = ModemResetCompleted(
+            case_id=event.case_id,
+            step_id=event.step_id,
+            cm_mac=event.cm_mac,
+            method="docsDevResetNow",
+            went_offline=True,
+            seconds_to_online=25.0,
+        )
+        await bus.publish(done)
+
+    bus.on(GardenApply, applied)
+    bus.on(GardenRemove, removed)
+    bus.on(ModemReset, reset)
+    await bus.consume(queue_name("bench-peers"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    server.should_exit = True
+    await task
+    await bus.close()
+
+
+# -- the publisher process: open-loop observations ----------------------------------------------------
+
+
+async def run_publisher(args: argparse.Namespace) -> None:
+    bus = Bus(args.amqp, "bench-detector")
+    await bus.connect()
+    traffic = LiveTraffic(Population(args.subscribers), seed=args.seed)
+    total = int(args.rate * args.seconds)
+    # At most this many publishes wait for the broker's confirm: beyond it the publisher falls behind
+    # its schedule (the lateness counts in each observation's time, which runs from when it was due)
+    # instead of piling up publishes the broker then times out and retries.
+    in_flight = asyncio.Semaphore(1000)
+    pending: set[asyncio.Task[str]] = set()
+
+    async def publish(event: AbuseObserved) -> str:
+        try:
+            return await bus.publish(event, message_id=event.message_key())
+        finally:
+            in_flight.release()
+
+    start = time.time() + 0.5
+    late = 0.0
+    for n in range(total):
+        due = start + n / args.rate
+        delay = due - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            late = max(late, -delay)
+        await in_flight.acquire()
+        event = traffic.next(datetime.fromtimestamp(due, UTC), {"bench_due": due})
+        task = asyncio.create_task(publish(event))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    print(f"published={total} publisher_max_late_ms={late * 1000:.1f}", flush=True)
+    await bus.close()
+
+
+# -- the bench ----------------------------------------------------------------------------------------
+
+
+class Decisions:
+    """Counts and times each decision as the real handler returns (its transaction committed)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.failed = 0
+        self.last_done = 0.0
+        self.from_due: list[float] = []
+        self.handler: list[float] = []
+        self.timed: set[str] = set()  # a publish the broker confirmed late may be delivered twice
+        self.changed = asyncio.Event()
+
+    def record(self, event: Any, started: float, finished: float) -> None:
+        self.done += 1
+        self.last_done = finished
+        due = event.evidence.get("bench_due")
+        if isinstance(due, float) and event.message_key() not in self.timed:
+            self.timed.add(event.message_key())
+            self.from_due.append(finished - due)
+            self.handler.append(finished - started)
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.done + self.failed < count:
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+        return True
+
+
+async def run(args: argparse.Namespace) -> int:
+    import httpx
+    from pydantic import SecretStr
+
+    from lazaretto_core import db
+    from lazaretto_lab.process import free_port
+    from lazaretto_lab.testing import (
+        create_database,
+        create_vhost,
+        database_dsn,
+        delete_vhost,
+        drop_database,
+        serving,
+    )
+    from policy.app import build
+    from policy.settings import PolicySettings
+
+    logging.basicConfig(filename=args.log, level=logging.WARNING, force=True)
+    started_all = time.monotonic()
+    print(f"machine={machine()}")
+    print(f"cores={os.cpu_count()}")
+    print(f"load_average_start={load()}")
+    print(f"subscribers={args.subscribers}")
+    vhost = create_vhost()
+    amqp = f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}"
+    db_name = await create_database("bench_policy")
+    children: list[subprocess.Popen[str]] = []
+    service = None
+    try:
+        pop = Population(args.subscribers)
+        pool = await db.create_pool(database_dsn(db_name))
+        try:
+            await db.migrate(pool, db.package_migrations("policy"))
+            began = time.monotonic()
+            async with pool.acquire() as conn:
+                loaded = await load_history(conn, pop, args.observations, now=datetime.now(UTC))
+            print(f"load_seconds={time.monotonic() - began:.1f}")
+        finally:
+            await pool.close()
+        print(f"loaded_cases={loaded.cases}")
+        print(f"loaded_open_cases={loaded.open_cases}")
+        print(f"loaded_observations={loaded.observations}")
+
+        port = free_port()
+        script = str(SCRIPT)
+        common = ["--amqp", amqp, "--subscribers", str(args.subscribers)]
+        peers = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, script, "--child", "peers", "--port", str(port), *common],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        children.append(peers)
+        assert peers.stdout is not None
+        ready = await asyncio.to_thread(peers.stdout.readline)
+        if ready.strip() != "ready":
+            print("the peers process did not start", file=sys.stderr)
+            return 1
+        peer_url = f"http://127.0.0.1:{port}"
+        settings = PolicySettings(
+            amqp_url=SecretStr(amqp),
+            database_url=SecretStr(database_dsn(db_name)),
+            admin_token=SecretStr(ADMIN_TOKEN),
+            portal_token=SecretStr(PORTAL_TOKEN),
+            provisioner_url=peer_url,
+            cmts_agent_url=peer_url,
+        )
+        service = await build(settings)
+        decisions = Decisions()
+        gate = asyncio.Event()
+        real = service.handlers.on_abuse_observed
+
+        async def timed(event: Any, ctx: Any) -> None:
+            await gate.wait()
+            began = time.time()
+            try:
+                await real(event, ctx)
+            except BaseException:
+                decisions.failed += 1
+                raise
+            decisions.record(event, began, time.time())
+
+        service.handlers.on_abuse_observed = timed  # type: ignore[method-assign]
+        await service.start()
+
+        # 1. Throughput: a backlog, then the handler released.
+        detector = Bus(amqp, "bench-detector")
+        await detector.connect()
+        traffic = LiveTraffic(pop, seed=args.seed)
+        began = time.monotonic()
+        for offset in range(0, args.backlog, 500):
+            now = datetime.now(UTC)
+            batch = [traffic.next(now) for _ in range(min(500, args.backlog - offset))]
+            await asyncio.gather(*(detector.publish(e, message_id=e.message_key()) for e in batch))
+        await detector.close()
+        print(f"backlog={args.backlog}")
+        print(f"backlog_publish_s={time.monotonic() - began:.1f}")
+        profile = cProfile.Profile() if args.profile else None
+        cpu = time.process_time()
+        released = time.time()
+        if profile is not None:
+            profile.enable()
+        gate.set()
+        if not await decisions.wait_for(args.backlog, timeout=args.backlog / 50 + 60):
+            print(f"backlog not drained: {decisions.done} of {args.backlog}", file=sys.stderr)
+        elapsed = decisions.last_done - released
+        cpu = time.process_time() - cpu
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile + ".drain")
+        print(f"observations_per_s={decisions.done / elapsed:.0f}")
+        print(f"backlog_drain_s={elapsed:.1f}")
+        # CPU of this process (policy's app; the publishers and peers are other processes) per
+        # decision: what the machine's load does not change.
+        print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
+        print(f"backlog_failed={decisions.failed}")
+        print(f"load_average_after_backlog={load()}")
+
+        # 2. Latency at a fixed offered rate, from another process.
+        before = decisions.done + decisions.failed
+        publisher = subprocess.Popen(  # noqa: ASYNC220
+            [
+                sys.executable, script, "--child", "publish", "--rate", str(args.rate),
+                "--seconds", str(args.seconds), "--seed", str(args.seed + 1), *common,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        children.append(publisher)
+        assert publisher.stdout is not None
+        report = await asyncio.to_thread(publisher.stdout.read)
+        await asyncio.to_thread(publisher.wait)
+        offered = int(args.rate * args.seconds)
+        await decisions.wait_for(before + offered, timeout=300)
+        print(f"offered_rate={args.rate}")
+        print(f"offered={offered}")
+        for pair in report.split():
+            print(pair)
+        from_due = [1000 * x for x in decisions.from_due]
+        handler = [1000 * x for x in decisions.handler]
+        print(f"decided={len(from_due)}")
+        print(f"undecided_after_300s={offered - len(from_due)}")
+        print(f"decision_p50_ms={percentile(from_due, 50):.1f}")
+        print(f"decision_p99_ms={percentile(from_due, 99):.1f}")
+        print(f"decision_max_ms={max(from_due, default=float('nan')):.1f}")
+        print(f"handler_p50_ms={percentile(handler, 50):.1f}")
+        print(f"handler_p99_ms={percentile(handler, 99):.1f}")
+        print(f"load_average_after_latency={load()}")
+
+        # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
+        while True:
+            seen = decisions.done + decisions.failed
+            await asyncio.sleep(3)
+            if decisions.done + decisions.failed == seen:
+                break
+        print(f"decisions_total={decisions.done}")
+        async with service.pool.acquire() as conn:
+            open_cases = await conn.fetchval("SELECT count(*) FROM cases WHERE closed_at IS NULL")
+            stored = await conn.fetchval("SELECT count(*) FROM observations")
+            decided = await conn.fetch(
+                "SELECT decision, count(*) AS n FROM observations WHERE decided_at >= $1 GROUP BY decision",
+                datetime.fromtimestamp(released - 5, UTC),
+            )
+            prior = await conn.fetch(
+                "SELECT host(a.ip) AS ip FROM case_addresses a JOIN cases c USING (case_id)"
+                " WHERE a.source = 'lease' AND c.closed_at IS NULL LIMIT 2000"
+            )
+        print(f"open_cases={open_cases}")
+        print(f"observations_stored={stored}")
+        for row in decided:
+            print(f"decisions_{row['decision']}={row['n']}")
+        rng = random.Random(args.seed)
+        held_before = [r["ip"] for r in prior]
+        latencies: dict[str, list[float]] = {
+            k: [] for k in ("ip", "prior_ip", "cpe_mac", "household", "miss")
+        }
+        # Served as the service serves it (uvicorn on host and port: its sockets get TCP_NODELAY).
+        async with (
+            serving(service.http_app) as http_port,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{http_port}",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=30,
+            ) as client,
+        ):
+            profile = cProfile.Profile() if args.profile else None
+            if profile is not None:
+                profile.enable()
+            cpu = time.process_time()
+            for n in range(args.searches):
+                i = rng.randrange(0, args.subscribers // 4) * 4  # a subscriber with an open case
+                kind = list(latencies)[n % len(latencies)]
+                params: dict[str, str] = {
+                    "ip": {
+                        "prior_ip": rng.choice(held_before) if held_before else pop.ip(i),
+                        "miss": pop.ip(i + 2),
+                    }.get(kind, pop.ip(i)),
+                }
+                if kind in ("cpe_mac", "household"):
+                    params = {"mac": pop.cpe_mac(i) if kind == "cpe_mac" else pop.cm_mac(i)}
+                if n % 2:
+                    params["open_only"] = "true"
+                t0 = time.perf_counter()
+                response = await client.get("/v1/cases", params=params)
+                latencies[kind].append(1000 * (time.perf_counter() - t0))
+                response.raise_for_status()
+                if kind != "miss" and kind != "prior_ip" and not response.json():
+                    print(f"search by {kind} {params} found nothing", file=sys.stderr)
+            cpu = time.process_time() - cpu
+            during = decisions.done + decisions.failed - seen
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile + ".search")
+        every = [x for values in latencies.values() for x in values]
+        print(f"searches={len(every)}")
+        # The client and the server share this process: CPU per request far below the latency means
+        # the time went waiting for a core.
+        print(f"decisions_during_search={during}")
+        print(f"search_cpu_ms_per_request={1000 * cpu / max(1, len(every)):.2f}")
+        print(f"search_p50_ms={percentile(every, 50):.1f}")
+        print(f"search_p99_ms={percentile(every, 99):.1f}")
+        for kind, values in latencies.items():
+            print(f"search_{kind}_p99_ms={percentile(values, 99):.1f}")
+        print(f"load_average_end={load()}")
+        print(f"total_seconds={time.monotonic() - started_all:.0f}")
+        return 0
+    finally:
+        if service is not None:
+            await service.stop()
+        for child in children:
+            if child.stdin is not None:
+                with contextlib.suppress(OSError):
+                    child.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(child.wait, 10)
+            if child.poll() is None:
+                child.kill()
+        await drop_database(db_name)
+        delete_vhost(vhost)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", type=int, default=400_000)
+    parser.add_argument("--observations", type=int, default=1_000_000)
+    parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
+    parser.add_argument("--searches", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
+    parser.add_argument(
+        "--profile",
+        help="write cProfiles of the backlog's drain and of the searches to PROFILE.drain, PROFILE.search",
+    )
+    parser.add_argument("--child", choices=("peers", "publish"), help=argparse.SUPPRESS)
+    parser.add_argument("--amqp", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "peers":
+        asyncio.run(run_peers(args))
+        return 0
+    if args.child == "publish":
+        asyncio.run(run_publisher(args))
+        return 0
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
