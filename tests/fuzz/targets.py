@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 import pydantic
@@ -34,6 +35,9 @@ from lazaretto_core import remediation
 from lazaretto_core.contracts import ALL_CONTRACTS, Contract
 from lazaretto_core.remediation import load_remediation, shipped
 from lazaretto_core.settings import ServiceSettings, SettingsInvalid
+from policy.reports import ReportInvalid, parse_report
+from policy.rulebook import RulesError
+from policy.rulebook import parse as parse_rules
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 # A value the settings parser must never quote back in its error (it may be a secret).
@@ -381,6 +385,94 @@ def _settings_target() -> Target:
     )
 
 
+# ------------------------------------------------------------------------------------------- policy
+
+# RFC 5965 appendix B.2 (an ARF report with the original message), as a mailbox provider sends it.
+ARF_RFC5965 = (
+    b"From: <arf-daemon@example.com>\r\nTo: <abuse@example.net>\r\nSubject: FW: Earn money\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/report; report-type=feedback-report; boundary="part1_13d.2e68ed54_boundary"\r\n'
+    b'\r\n--part1_13d.2e68ed54_boundary\r\nContent-Type: text/plain; charset="US-ASCII"\r\n'
+    b"Content-Transfer-Encoding: 7bit\r\n\r\nThis is an email abuse report for an email message\r\n"
+    b"received from IP 192.0.2.1 on Thu, 8 Mar 2005 14:00:00 EDT.\r\n"
+    b"--part1_13d.2e68ed54_boundary\r\nContent-Type: message/feedback-report\r\n\r\n"
+    b"Feedback-Type: abuse\r\nUser-Agent: SomeGenerator/1.0\r\nVersion: 1\r\n"
+    b"Original-Mail-From: <somespammer@example.net>\r\nOriginal-Rcpt-To: <user@example.com>\r\n"
+    b"Arrival-Date: Thu, 8 Mar 2005 14:00:00 EDT\r\nReporting-MTA: dns; mail.example.com\r\n"
+    b"Source-IP: 192.0.2.1\r\n"
+    b"Authentication-Results: mail.example.com; spf=fail smtp.mail=somespammer@example.com\r\n"
+    b"Reported-Domain: example.net\r\nReported-Uri: http://example.net/earn_money.html\r\n"
+    b"Reported-Uri: mailto:user@example.com\r\nRemoved-Recipient: user@example.com\r\n\r\n"
+    b"--part1_13d.2e68ed54_boundary\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n"
+    b"From: <somespammer@example.net>\r\nReceived: from mailserver.example.net (mailserver.example.net\r\n"
+    b"        [192.0.2.1]) by example.com with ESMTP id M63d4137594e46;\r\n"
+    b"        Thu, 08 Mar 2005 14:00:00 -0400\r\nTo: <Undisclosed Recipients>\r\n"
+    b"Subject: Earn money\r\nMIME-Version: 1.0\r\nContent-type: text/plain\r\n"
+    b"Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net\r\nDate: Thu, 02 Sep 2004 12:31:03 -0500\r\n"
+    b"\r\nSpam Spam Spam\r\nSpam Spam Spam\r\n--part1_13d.2e68ed54_boundary--\r\n"
+)
+# X-ARF v0.2: a plain-text part, then the YAML report, then the evidence.
+X_ARF = (
+    b"From: <abuse@reporter.example>\r\nTo: <abuse@isp.example>\r\n"
+    b"Subject: abuse report about 100.64.0.10\r\n"
+    b"X-ARF: Yes\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="Abuse-bb4a1f8a"\r\n\r\n'
+    b"--Abuse-bb4a1f8a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"We received a port scan from 100.64.0.10.\r\n"
+    b'--Abuse-bb4a1f8a\r\nContent-Type: text/plain; charset=utf-8; name="report.txt"\r\n\r\n'
+    b"---\r\nReported-From: abuse@reporter.example\r\nCategory: abuse\r\nReport-Type: portscan\r\n"
+    b"Service: tcp\r\nVersion: 0.2\r\nUser-Agent: fail2ban\r\nDate: Thu, 08 Mar 2024 14:00:00 +0000\r\n"
+    b"Source-Type: ipv4\r\nSource: 100.64.0.10\r\nPort: 22\r\nSchema-URL: http://www.x-arf.org/schema/abuse_login-attack_0.1.2.json\r\n"
+    b'--Abuse-bb4a1f8a\r\nContent-Type: text/plain; charset=utf-8; name="logfile.log"\r\n\r\n'
+    b"2024-03-08 14:00:00 sshd: Failed password for root from 100.64.0.10\r\n--Abuse-bb4a1f8a--\r\n"
+)
+ARF_SEEDS = (ARF_RFC5965, X_ARF, ARF_RFC5965.replace(b"192.0.2.1", b"2001:db8::1"))
+ARF_TOKENS = (
+    b"multipart/report",
+    b"message/feedback-report",
+    b"Feedback-Type: ",
+    b"Source-IP: ",
+    b"Arrival-Date: ",
+    b"X-ARF: yes\r\n",
+    b"Content-Transfer-Encoding: base64\r\n",
+    b"=?utf-8?b?",
+    b"boundary=",
+    b"\r\n--",
+)
+
+
+def _policy_rules(data: bytes) -> object:
+    # The rule file as policy loads it at start and on reload.
+    return parse_rules(data, "fuzz")
+
+
+def _policy_rules_seeds() -> tuple[bytes, ...]:
+    shipped_rules = resources.files("policy").joinpath("default_rules.yaml").read_bytes()
+    return (
+        shipped_rules,
+        b"name: isp\nrules:\n  - name: scan\n    categories: [scan]\n"
+        b"    when: [{distinct_destinations: 20}]\n"
+        b"    scope: modem\n    garden: full\n    ladder: {grace: 0, delay: 60, expiry: 86400,"
+        b" escalation: [{self_release: now}, {self_release: later, wait: 3600}, {self_release: never}]}\n",
+        b"name: spam\nrules:\n  - {name: spam, categories: [spam], when: [{count: 2}], garden: smtp_block}\n",
+    )
+
+
+RULES_TOKENS = (
+    b"garden: smtp_block",
+    b"action: dry_run",
+    b"self_release: later",
+    b"weights: {1: 1.5}",
+    b"when: [{score: 1e309}]",
+    b"window: -1",
+    b"!!python/object:os.system",
+    b"&a [*a, *a]",
+    b"- ",
+    b": ",
+    b"~",
+)
+
+
 # ------------------------------------------------------------------------------------------- registry
 
 
@@ -410,8 +502,5 @@ def all_targets() -> Iterator[Target]:
     yield Target("remediation-file", _remediation, (ValueError,), _remediation_seeds(), REMEDIATION_TOKENS)
     for contract in ALL_CONTRACTS:
         yield _contract(contract)
-    # ---- TO ADD (being written by other helpers now; one `yield Target(...)` each, same shape) ----
-    # ARF reports (detector-smtp, the abuse-report reader): Target("arf", <parse one report message>,
-    #   (<its documented rejection>,), <real ARF seeds (RFC 5965 examples)>, MAIL_TOKENS)
-    # Policy rule files (policy-rules): Target("policy-rules", <load one rule file's text>,
-    #   (<its documented rejection>,), <the shipped rule file and README examples>, <YAML tokens>)
+    yield Target("arf", parse_report, (ReportInvalid,), ARF_SEEDS, (*MAIL_TOKENS, *ARF_TOKENS))
+    yield Target("policy-rules", _policy_rules, (RulesError,), _policy_rules_seeds(), RULES_TOKENS)

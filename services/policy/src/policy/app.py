@@ -36,6 +36,7 @@ from .commands import expire_due
 from .guard import Guard
 from .guard_api import install_guard_api
 from .handlers import PolicyHandlers
+from .maildir import MaildirWatcher
 from .rulebook import RuleBook
 from .settings import PolicySettings
 from .uow import UnitOfWork
@@ -91,6 +92,14 @@ class PolicyService:
             self._republish_allowlist,
             errors=(OSError, asyncpg.PostgresError),
         )
+        if self.settings.reports_maildir is not None:
+            watcher = MaildirWatcher(self.settings.reports_maildir, self.work.uow, self.settings.own_prefixes)
+            self.loops.every(
+                "reports-maildir",
+                self.settings.reports_maildir_interval,
+                watcher.scan,
+                errors=(OSError, asyncpg.PostgresError),
+            )
         self._on_sighup(install=True)
 
     async def _expire_due(self) -> int:

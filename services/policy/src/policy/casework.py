@@ -244,6 +244,8 @@ class CaseWork:
         if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):
             command = GardenApply if step is Step.GARDEN_APPLY else GardenRemove
             held = {a["ip"] for a in await self.store.case_addresses(conn, case.case_id)} | {case.ip}
+            # The rule's garden mode (an operator's case: full); the remove names the apply's mode.
+            terms = await self.store.get_terms(conn, case.case_id)
             return command(
                 case_id=case.case_id,
                 step_id=step_id,
@@ -254,6 +256,7 @@ class CaseWork:
                 reason=case.reason[:500],
                 case_ips=tuple(sorted(held)),
                 key_kind=case.key_kind,
+                mode=terms.garden if terms is not None else "full",
             )
         assert case.cm_mac is not None
         return ModemReset(case_id=case.case_id, step_id=step_id, cm_mac=case.cm_mac)

@@ -242,7 +242,13 @@ async def step_result(
     if succeeded:
         outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None)
     else:
-        outcome = flow.step_failed(step, case.step_attempts, work.step_max_attempts)
+        error_class = detail.get("error_class")
+        outcome = flow.step_failed(step, case.step_attempts, work.step_max_attempts, error_class)
+        if error_class in flow.FINAL_ERRORS:
+            detail = {
+                **detail,
+                "reason": f"{actor} refused: the device is allow-listed ({detail.get('reason')})",
+            }
     return await work.apply(conn, case, outcome, actor, detail)
 
 

@@ -54,8 +54,16 @@ def step_succeeded(step: Step, has_modem: bool) -> Outcome:
     return Outcome("released", None, closed=True)
 
 
-def step_failed(step: Step, attempts: int, max_attempts: int) -> Outcome:
-    """Retry the same step with backoff until `max_attempts`, then hand the case to an operator."""
+# Failures no retry can change: the executor refused on purpose (its own copy of the allowlist names
+# the device), so the case goes to an operator at once.
+FINAL_ERRORS = frozenset({"allowlisted"})
+
+
+def step_failed(step: Step, attempts: int, max_attempts: int, error_class: str | None = None) -> Outcome:
+    """Retry the same step with backoff until `max_attempts`, then hand the case to an operator; a
+    final error (`FINAL_ERRORS`) hands it over at once."""
+    if error_class in FINAL_ERRORS:
+        return Outcome("needs_operator", None)
     if attempts < max_attempts:
         return Outcome("failed_retrying", step)
     return Outcome("needs_operator", None)

@@ -10,11 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from lazaretto_core.contracts import AbuseObserved, AllowlistEffect, AllowlistKind, utcnow
+from lazaretto_core.contracts import AllowlistEffect, AllowlistKind, utcnow
 from lazaretto_core.http import max_body
-from lazaretto_core.outbox import enqueue
 
-from . import allowlist, audit, flow, guard, reports, store
+from . import allowlist, audit, flow, guard, report_intake, store
 from .breaker import BreakerLimits
 from .casework import CaseWork
 from .roles import Principal, RoleGuard, TokenBook
@@ -177,44 +176,13 @@ def install_guard_api(
         """An ARF (RFC 5965) or X-ARF report as received (the whole message): a report about one of
         the ISP's own prefixes becomes an observation attributed as of the report's time."""
         try:
-            report = reports.parse_report(await request.body())
-        except reports.ReportInvalid as exc:
-            raise HTTPException(422, str(exc)) from None
-        if not reports.within(report.ip, own_prefixes):
-            raise HTTPException(422, f"{report.ip} is not in our prefixes (LAZARETTO_OWN_PREFIXES)")
-        observation = AbuseObserved(
-            observation_id=uuid.uuid4(),
-            detector="abuse-report",
-            sensor=report.reporter[:128],
-            first_seen=report.at,
-            last_seen=report.at,
-            ip=report.ip,
-            category=report.category,
-            severity=3,
-            count=1,
-            # A report is a complaint about traffic someone received from us: an established exchange.
-            direction="outbound",
-            established=True,
-            evidence={"format": report.format, "report_type": report.report_type, "via": principal.actor},
-        )
-        async with work.uow() as conn:  # the outbox: policy consumes it like a detector's
-            await enqueue(conn, observation)
-            await audit.append(
-                conn,
-                f"address:{report.ip}",
-                "abuse_report",
-                principal.actor,
-                {
-                    **principal.audit(),
-                    "observation_id": str(observation.observation_id),
-                    "format": report.format,
-                },
+            report, observation = report_intake.observation_for(
+                await request.body(), own_prefixes, principal.actor
             )
-        return {
-            "observation_id": str(observation.observation_id),
-            "ip": report.ip,
-            "at": report.at.isoformat(),
-            "category": report.category,
-        }
+        except report_intake.ReportRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        async with work.uow() as conn:
+            await report_intake.record(conn, report, observation, principal.actor, principal.audit())
+        return report_intake.answer(report, observation)
 
     app.include_router(viewer)

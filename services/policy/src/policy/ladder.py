@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES
+from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES, GardenMode
 
 from .rules import Rule, SelfReleaseWhen
 
@@ -27,6 +27,8 @@ class CaseTerms:
     portal_template: str
     enforce_at: datetime | None
     expires_at: datetime | None
+    # The garden's mode the rule asked for; the release removes the same one.
+    garden: GardenMode = "full"
 
 
 def terms_for(rule: Rule, version: str, offence: int, now: datetime) -> CaseTerms:
@@ -46,6 +48,7 @@ def terms_for(rule: Rule, version: str, offence: int, now: datetime) -> CaseTerm
         portal_template=ladder.portal_template,
         enforce_at=now + delay if ladder.delay > 0 else None,
         expires_at=now + delay + timedelta(seconds=ladder.expiry) if ladder.expiry else None,
+        garden=rule.garden,
     )
 
 

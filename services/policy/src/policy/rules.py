@@ -20,7 +20,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lazaretto_core.contracts import AbuseObserved, Category, Scope
+from lazaretto_core.contracts import AbuseObserved, Category, GardenMode, Scope
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Action = Literal["quarantine", "notify", "dry_run"]
@@ -127,6 +127,9 @@ class Rule(_Strict):
     priority: int = 0
     scope: Scope = "cpe"
     action: Action = "quarantine"
+    # What the garden blocks: "full" (the walled garden) or "smtp_block" (a spam-only case: only
+    # outgoing mail is refused on the packet filter, DHCP and DNS untouched).
+    garden: GardenMode = "full"
     ladder: Ladder = Field(default_factory=Ladder)
 
     def covers(self, seen: Seen) -> bool:

@@ -69,6 +69,11 @@ class PolicySettings(ServiceSettings):
     allowlist_publish_interval: float = Field(default=60.0, gt=0)
     # The ISP's own prefixes: an abuse report (ARF, X-ARF) about an address outside them is refused.
     own_prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # A maildir (tmp/, new/, cur/) an MDA delivers abuse reports into; None: no watcher. Each message
+    # in new/ is taken in like POST /v1/reports, then moved to cur/ (or failed/, with a .reason file).
+    reports_maildir: Path | None = None
+    # Seconds between looks into the maildir's new/.
+    reports_maildir_interval: float = Field(default=5.0, gt=0)
 
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)

@@ -364,8 +364,8 @@ async def cases_of_device_since(conn: Connection, key_kind: str, device_key: str
 async def save_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
     await conn.execute(
         "INSERT INTO case_terms (case_id, rule, ruleset_version, offence, self_release,"
-        " self_release_not_before, max_self_releases, portal_template, enforce_at, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " self_release_not_before, max_self_releases, portal_template, enforce_at, expires_at, garden)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         case_id,
         terms.rule,
         terms.ruleset_version,
@@ -376,13 +376,15 @@ async def save_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> 
         terms.portal_template,
         terms.enforce_at,
         terms.expires_at,
+        terms.garden,
     )
 
 
 async def get_terms(conn: Connection, case_id: uuid.UUID) -> CaseTerms | None:
     row = await conn.fetchrow(
         "SELECT rule, ruleset_version, offence, self_release, self_release_not_before,"
-        " max_self_releases, portal_template, enforce_at, expires_at FROM case_terms WHERE case_id = $1",
+        " max_self_releases, portal_template, enforce_at, expires_at, garden FROM case_terms"
+        " WHERE case_id = $1",
         case_id,
     )
     return CaseTerms(**dict(row)) if row else None
