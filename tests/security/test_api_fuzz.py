@@ -31,8 +31,18 @@ from targets import all_targets
 
 EXAMPLES = int(os.environ.get("LAZARETTO_SCHEMATHESIS_EXAMPLES", "12"))
 SERVICES = ("policy", "provisioner", "cmts_agent", "detector_snort", "portal")
-# What a subscriber's browser may call without a token: the portal's page, its form, RFC 8908's API.
-PUBLIC = {("portal", "GET /"), ("portal", "POST /release"), ("portal", "GET /captive-portal/api")}
+# What a subscriber's browser may call without a token: the page, its forms, progress, RFC 8908's API.
+PUBLIC = {
+    ("portal", route)
+    for route in (
+        "GET /",
+        "POST /release",
+        "GET /captive-portal/api",
+        "GET /progress",
+        "GET /appeal",
+        "POST /appeal",
+    )
+}
 GENERATED: Counter[str] = Counter()
 # Cases of each operation also sent without a token, with a wrong one and with the other roles'.
 AUTH_CHECKS = 4

@@ -71,6 +71,11 @@ def test_a_device_cannot_release_another_devices_case_nor_use_its_form(lab: LabS
         assert {c: state_of(lab, c) for c in before} == before
         # Alice's own form, from her address, still works
         done = release(portal, alice, alice_case, alice_token)
-        assert done.status_code == 200, done.text
-        assert "being restored" in done.text
+        # Accepted: the portal sends her to the page that follows her case (policy moves it on).
+        assert done.status_code == 303, done.text
+        assert "/progress" in done.headers["location"]
+        deadline = time.monotonic() + 30
+        while state_of(lab, alice_case) == before[alice_case]:
+            assert time.monotonic() < deadline, "policy never took Alice's release"
+            time.sleep(0.2)
     assert state_of(lab, bob_case) == before[bob_case]

@@ -100,7 +100,7 @@ def test_an_operator_quarantines_extends_and_releases_a_case(
     table = lazaretto("cases", "list", "--ip", cpe.ip)
     assert table.exit_code == 0
     assert case_id in table.stdout
-    assert table.stdout.splitlines()[0].split()[:3] == ["CASE", "STATE", "CATEGORY"]
+    assert table.stdout.splitlines()[0].split()[:3] == ["CASE", "REF", "STATE"]
     wait_until(
         "the case quarantined",
         lambda: lazaretto.json("cases", "show", case_id)["state"] == "quarantined",
