@@ -7,11 +7,37 @@ Each service subclasses `ServiceSettings` with its own fields and defaults; valu
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+
+def resolve_secret(value: Any) -> Any:
+    """A secret nested in a JSON setting (which cannot be a secrets-dir file of its own):
+    `env:NAME` -> $NAME, `file:/path` -> the file's text (trailing newline stripped), else as given."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in os.environ:
+            raise ValueError(f"secret refers to environment variable {name}, which is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        try:
+            return path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"secret file {path}: {exc.strerror}") from None
+    return value
+
+
+# A nested secret: its value, `env:NAME` or `file:/path`.
+NestedSecret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
 
 
 class SettingsInvalid(ValueError):

@@ -8,13 +8,11 @@ of the value itself, so the JSON can live in a config map and the secrets elsewh
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from lazaretto_core.settings import ServiceSettings
+from lazaretto_core.settings import NestedSecret, ServiceSettings
 
 Vendor = Literal["cisco", "casa", "arris", "docsis3"]
 Method = Literal["cisco-reset", "cisco-delete", "casa-reset", "arris-reset", "docsis3-cmreinit", "cm-reset"]
@@ -37,27 +35,7 @@ DEFAULT_STATUS_TABLE: dict[str, StatusTable] = {
 }
 
 
-def resolve_secret(value: Any) -> Any:
-    """`env:NAME` -> $NAME, `file:/path` -> the file's text; anything else as given."""
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    if value.startswith("env:"):
-        name = value.removeprefix("env:")
-        if name not in os.environ:
-            raise ValueError(f"secret refers to environment variable {name}, which is not set")
-        return os.environ[name]
-    if value.startswith("file:"):
-        path = Path(value.removeprefix("file:"))
-        try:
-            return path.read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ValueError(f"secret file {path}: {exc.strerror}") from None
-    return value
-
-
-Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+Secret = NestedSecret
 
 
 class V3User(BaseModel):

@@ -7,39 +7,18 @@ admin token named `admin`.
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import HTTPException, Request, status
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from lazaretto_core.http import UNAUTHORIZED_DETAIL, BearerGuard
+from lazaretto_core.settings import NestedSecret
 
 Role = Literal["viewer", "operator", "admin"]
 RANK: dict[str, int] = {"viewer": 1, "operator": 2, "admin": 3}
 MIN_TOKEN_LENGTH = 16
-
-
-def resolve_secret(value: Any) -> Any:
-    """`env:NAME` -> $NAME, `file:/path` -> the file's text (trailing newline stripped)."""
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    if value.startswith("env:"):
-        name = value.removeprefix("env:")
-        if name not in os.environ:
-            raise ValueError(f"token refers to environment variable {name}, which is not set")
-        return os.environ[name]
-    if value.startswith("file:"):
-        path = Path(value.removeprefix("file:"))
-        try:
-            return path.read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ValueError(f"token file {path}: {exc.strerror}") from None
-    return value
 
 
 class OperatorToken(BaseModel):
@@ -49,7 +28,7 @@ class OperatorToken(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     role: Role
-    token: Annotated[SecretStr, BeforeValidator(resolve_secret)]
+    token: NestedSecret
 
 
 @dataclass(frozen=True)
