@@ -47,7 +47,7 @@ run: peers
 bench-e2e: peers
 	$(UV) run --frozen python bench/e2e.py
 
-bench-snort: deps
+bench-snort: peers
 	$(UV) run --frozen python bench/snort.py
 
 bench-smtp: peers
