@@ -4,7 +4,10 @@ self-release refused once the device's allowance is used (policy allows one here
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import ReleaseRequested, utcnow
 from lazaretto_lab.snmpd import LabModem
 from lazaretto_lab.system import CpeHost, LabSystem, SystemConfig, lease_cpe
 from lazaretto_lab.testing import wait_until
@@ -174,3 +179,41 @@ def test_both_languages_an_appeal_and_a_refused_self_release_from_the_subscriber
     )
     assert "This form has expired" in text_of(refused) or "Este formulario ha caducado" in text_of(refused)
     assert admin_case(system, second["case_id"])["state"] == "quarantined"
+    # When a release request the portal already sent reaches policy, which refuses it (a portal replica
+    # checked a moment before the allowance was used up: the portal's own check cannot close that race)
+    since = int(time.time()) - 1
+    asyncio.run(
+        publish_as_portal(
+            system,
+            ReleaseRequested(
+                request_id=uuid.uuid4(),
+                case_id=uuid.UUID(second["case_id"]),
+                client_ip=pc.ip,
+                attestation_version="2026-11-v1",
+                requested_at=utcnow(),
+                device_mac=PC_MAC,
+            ),
+        )
+    )
+    progress_path = f"/progress?case={second['case_id']}&since={since}&lang=en"
+    # Then the progress page the PC is on says it was refused, why, and how to reach the helpdesk
+    wait_until(
+        "the refusal on the progress page",
+        lambda: "could not be restored" in text_of(browse(pc, system, progress_path)),
+        timeout=60,
+    )
+    page_now = browse(pc, system, progress_path)
+    assert "has used all the self-service restores it is allowed for now." in text_of(page_now)
+    assert 'href="tel:' in page_now
+    assert admin_case(system, second["case_id"])["state"] == "quarantined"
+
+
+async def publish_as_portal(system: LabSystem, request: ReleaseRequested) -> None:
+    """Publish as the portal does, with the portal's own broker user (policy only takes release
+    requests from it)."""
+    bus = Bus(system.bus_users.urls["portal"], "portal")
+    await bus.connect()
+    try:
+        await bus.publish(request, correlation_id=str(request.case_id))
+    finally:
+        await bus.close()

@@ -59,6 +59,7 @@ class BrowserPolicy(PolicyClient):
     progress_now: ReleaseProgress | None = None
     too_many_appeals: bool = False
     down: bool = False
+    broken: bool = False  # a bug of ours: the look-up raises what nobody expects
     appeals: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,8 @@ class BrowserPolicy(PolicyClient):
     async def case_for(self, ip: str) -> VisitorCase | None:
         if self.down:
             raise PolicyUnavailable("test: policy is down")
+        if self.broken:
+            raise RuntimeError("test: a bug in the portal")
         return self.case if ip == ME else None
 
     async def progress(self, ip: str, case_id: str, since: datetime | None) -> ReleaseProgress | None:
@@ -226,6 +229,29 @@ async def test_the_other_pages_pass_axe_and_show_the_essentials_on_a_phone(
             assert answer.status == status, name
             assert headline in await page.inner_text("h1"), name
             await check(f"error-{name}")
+        # A damaged form (a field missing, as a broken proxy or an old cached page sends it): 422
+        await page.goto(f"{base}/?lang=en")
+        await page.locator('input[name="form_token"]').evaluate("field => field.remove()")
+        await page.locator('input[name="attest"]').check()
+        async with page.expect_navigation() as sent:
+            await page.locator('button[type="submit"]').click()
+        answer = await sent.value
+        assert answer is not None
+        assert answer.status == 422
+        assert "The form was incomplete or damaged" in await page.inner_text("h1")
+        await check("error-422")
+        # A bug of ours: 500, still the portal's page with the helpdesk, in the visitor's language
+        policy.broken = True
+        for name, language, headline in (
+            ("500", "en", "Something went wrong on our side"),
+            ("500-es", "es", "Algo salió mal de nuestro lado"),
+        ):
+            answer = await page.goto(f"{base}/?lang={language}")
+            assert answer is not None, name
+            assert answer.status == 500, name
+            assert headline in await page.inner_text("h1"), name
+            await check(f"error-{name}")
+        policy.broken = False
         await page.close()
     await released.wait_for("release.requested.v1")
     await released.stop()

@@ -294,6 +294,8 @@ async def test_after_the_checkbox_the_progress_page_follows_policy_and_never_pro
     [
         ("allowance_used", "used all the self-service restores"),
         ("not_releasable", "still being put in place"),
+        ("not_yet", "asked to keep the restriction a while longer"),
+        ("helpdesk_only", "can only be lifted by our helpdesk"),
         ("other", "We could not accept the request."),
     ],
 )
@@ -384,6 +386,19 @@ async def test_spanish_by_accept_language_with_a_visible_switch_that_is_remember
         assert again.headers["content-language"] == "en"
     async with visitor(portal, **{"accept-language": "de-DE, fr;q=0.5"}) as client:
         assert (await client.get("/")).headers["content-language"] == "en"
+
+
+async def test_the_helpdesk_hours_are_shown_in_the_visitors_language(make_portal: MakePortal) -> None:
+    portal = await make_portal(TablePolicy(), helpdesk_hours="Mon-Fri 08:00-20:00; Sat 09:00-13:00")
+    async with visitor(portal, **{"accept-language": "es"}) as client:
+        spanish = text_of((await client.get("/")).text)
+    async with visitor(portal, **{"accept-language": "en"}) as client:
+        english = text_of((await client.get("/")).text)
+    assert "lunes\u2013viernes 8:00\u201320:00; sábado 9:00\u201313:00" in spanish
+    assert "Monday" not in spanish
+    assert (
+        "Monday\u2013Friday 8:00 AM\u20138:00 PM; Saturday 9:00 AM\u20131:00 PM" in english
+    )  # text_of folds U+202F
 
 
 async def test_an_operator_adds_a_language_and_overrides_a_template_without_forking(

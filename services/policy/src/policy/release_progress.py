@@ -26,6 +26,8 @@ REFUSAL_CODES: dict[type[commands.Refused], str] = {
     commands.SelfReleasesUsed: "allowance_used",
     commands.NotTheDevice: "not_this_device",
     commands.NotReleasable: "not_releasable",
+    commands.SelfReleaseLater: "not_yet",
+    commands.SelfReleaseNever: "helpdesk_only",
 }
 
 

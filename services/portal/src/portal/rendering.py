@@ -15,6 +15,7 @@ from babel.dates import format_datetime
 from fastapi.responses import HTMLResponse
 
 from .i18n import Catalogues, Language
+from .opening_hours import render_hours
 from .settings import PortalSettings
 
 SECURITY_HEADERS = {
@@ -48,7 +49,19 @@ class Renderer:
         self.catalogues = catalogues
         self.zone = ZoneInfo(settings.time_zone) if settings.time_zone else UTC
         self.zone_label = settings.time_zone or "UTC"
-        self.helpdesk = Helpdesk(settings.helpdesk_phone, settings.helpdesk_hours, settings.helpdesk_email)
+        # The hours in each language: a schedule gets the language's day names and clock.
+        self.helpdesks = {
+            language.tag: Helpdesk(
+                settings.helpdesk_phone,
+                render_hours(
+                    settings.helpdesk_hours,
+                    language.tag,
+                    catalogues.translations(language.tag).gettext("Every day"),
+                ),
+                settings.helpdesk_email,
+            )
+            for language in catalogues.languages
+        }
         loaders: list[jinja2.BaseLoader] = []
         if settings.templates_dir is not None:
             if not settings.templates_dir.is_dir():
@@ -98,7 +111,7 @@ class Renderer:
         page = env.get_or_select_template(template).render(
             isp_name=self.settings.isp_name,
             has_logo=self.settings.isp_logo is not None,
-            helpdesk=self.helpdesk,
+            helpdesk=self.helpdesks[language.tag],
             appeal_reply_days=self.settings.appeal_reply_days,
             lang=language,
             switch=[

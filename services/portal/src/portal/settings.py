@@ -52,7 +52,9 @@ class PortalSettings(ServiceSettings):
     isp_logo: Path | None = None
     # The helpdesk: the phone is shown on the first screen of every page, as a tap-to-call link.
     helpdesk_phone: str = Field(default="+1 555 0100", pattern=r"^\+?[0-9][0-9 ()./-]{2,30}$")
-    helpdesk_hours: str = Field(default="Monday to Friday, 8:00 to 20:00", max_length=120)
+    # A schedule (`Mon-Fri 08:00-20:00; Sat 09:00-13:00`) is shown in each visitor's language; any
+    # other text is shown as written (portal.opening_hours).
+    helpdesk_hours: str = Field(default="Mon-Fri 08:00-20:00", max_length=120)
     helpdesk_email: str = Field(default="", max_length=120)
     # How many working days the abuse desk takes to answer an appeal (the page says so).
     appeal_reply_days: int = Field(default=2, ge=1, le=30)
