@@ -77,7 +77,7 @@ class PortalSettings(ServiceSettings):
             try:
                 zoneinfo.ZoneInfo(value)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{value!r} is not an IANA time zone") from None
+                raise ValueError("is not an IANA time zone name, e.g. America/Bogota") from None
         return value
 
     @field_validator("public_url")
