@@ -16,6 +16,7 @@ from babel import Locale
 from babel.dates import format_time
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # babel's index: 0 = Monday
+DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 EN_DASH = "\u2013"  # ranges of days and times, as typographers write them
 _SPAN = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 
@@ -27,20 +28,9 @@ class Opening:
 
 
 def _day(name: str) -> int | None:
-    key = name.strip().lower()[:3]
-    return DAYS.index(key) if key in DAYS and name.strip().lower() in (key, _long(key)) else None
-
-
-def _long(key: str) -> str:
-    return {
-        "mon": "monday",
-        "tue": "tuesday",
-        "wed": "wednesday",
-        "thu": "thursday",
-        "fri": "friday",
-        "sat": "saturday",
-        "sun": "sunday",
-    }[key]
+    """Monday is 0; `mon` and `monday` (any case) both name it."""
+    key = name.strip().lower()
+    return next((index for index, day in enumerate(DAYS) if key in (day, DAY_NAMES[index])), None)
 
 
 def _days(text: str) -> tuple[int, ...] | None:
