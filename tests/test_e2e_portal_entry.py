@@ -47,7 +47,19 @@ def quarantine(system: LabSystem, pc: CpeHost) -> str:
     assert lease.captive_portal is not None
     case_id: str = response.json()["case_id"]
     wait_until("the garden DNS", lambda: pc.resolve("www.example.test") == system.portal_ip)
+    # Until policy has verified every step the page says "being restricted, come back in a minute";
+    # the case page (with its id in the release form) comes once the case is quarantined.
+    wait_until("the case quarantined", lambda: case_state(system, case_id) == "quarantined", timeout=90)
     return case_id
+
+
+def case_state(system: LabSystem, case_id: str) -> str:
+    response = httpx.get(
+        f"{system.url('policy')}/v1/cases/{case_id}", headers=system.admin_headers(), timeout=10
+    )
+    response.raise_for_status()
+    state: str = response.json()["state"]
+    return state
 
 
 def test_a_quarantined_pc_lands_on_the_portal_every_way_and_a_free_one_sees_success(
