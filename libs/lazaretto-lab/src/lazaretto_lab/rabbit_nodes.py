@@ -86,6 +86,17 @@ class LabRabbitNodes:
     def urls(self) -> list[str]:
         return [self.url(i) for i in range(len(self.nodes))]
 
+    def add_vhost(self, vhost: str) -> list[str]:
+        """A fresh vhost the cluster's user may use fully; its URL on every node, in node order."""
+        self.ctl(0, "add_vhost", vhost)
+        self.ctl(0, "set_permissions", "-p", vhost, self.user, ".*", ".*", ".*")
+        root = self.vhost
+        try:
+            self.vhost = vhost
+            return self.urls
+        finally:
+            self.vhost = root
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> Self:

@@ -162,6 +162,7 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         "provisioner",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
+        queue_type=settings.bus_queue_type,
     )
 
     async def database_ready() -> None:
