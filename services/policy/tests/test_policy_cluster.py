@@ -11,10 +11,11 @@ import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 
 from lazaretto_core.bus import Bus, PublishError, queue_name
 from lazaretto_core.contracts import AbuseObserved, GardenApply
@@ -23,8 +24,6 @@ from lazaretto_lab.rabbit_nodes import LabRabbitNodes
 from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
-
-from .conftest import settings_for
 
 SUBSCRIBERS = max(20, int(os.environ.get("LAZARETTO_CLUSTER_FLOOD", "1500")) // 25)
 CM_MAC = "00:02:8a:d3:7c:6e"
@@ -75,10 +74,9 @@ async def publish_until_confirmed(bus: Bus, message: AbuseObserved) -> None:
 
 async def test_two_policy_replicas_open_one_case_per_subscriber_while_a_node_dies(
     cluster: LabRabbitNodes,
-    database_url: str,
-    leases: tuple[LeaseBook, str],
+    book: LeaseBook,
+    make_settings: Callable[..., PolicySettings],
 ) -> None:
-    book, peers_url = leases
     urls = cluster.urls
     subscribers = [subscriber(i) for i in range(SUBSCRIBERS)]
     for ip, mac in subscribers:
@@ -86,17 +84,14 @@ async def test_two_policy_replicas_open_one_case_per_subscriber_while_a_node_die
         book.plug(mac, CM_MAC, ip)
 
     def replica_settings(first_node: int) -> PolicySettings:
-        return settings_for(
-            starting_at(urls, first_node),
-            database_url,
-            peers_url,
+        return make_settings(
             bus_queue_type="quorum",
             retry_delays=(0.2, 1.0),
             max_attempts=5,
             breaker_global_limit=100_000,
             breaker_per_cmts=100_000,
             breaker_per_net=100_000,
-        )
+        ).model_copy(update={"amqp_url": SecretStr(starting_at(urls, first_node))})
 
     replicas: list[PolicyService] = []
     detector = Bus(starting_at(urls, 2), "test-detector", queue_type="quorum")
