@@ -66,7 +66,8 @@ async def publish_until_confirmed(bus: Bus, message_id: str) -> None:
         except PublishError as exc:
             error = exc
             await asyncio.sleep(1.0)
-    raise AssertionError(f"message {message_id} never confirmed: {error!r} from {error.__cause__!r}")
+    cause = error.__cause__ if error is not None else None
+    raise AssertionError(f"message {message_id} never confirmed: {error!r} from {cause!r}")
 
 
 @pytest.fixture

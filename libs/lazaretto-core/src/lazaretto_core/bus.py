@@ -31,7 +31,6 @@ import aio_pika.exceptions
 import aiormq.exceptions
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from prometheus_client import Counter
-from yarl import URL
 
 from .bus_queues import (
     QueueType,
@@ -402,7 +401,8 @@ class _FailoverConnection(aio_pika.RobustConnection):
 
     def __init__(self, url: Any, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._nodes = [URL(node) for node in self.URLS]
+        # The URL type aio-pika parsed `url` into (yarl's): one per node, with its own credentials.
+        self._nodes = [type(self.url)(node) for node in self.URLS]
         self._next = 0
 
     async def _RobustConnection__connect_transport(self) -> None:
