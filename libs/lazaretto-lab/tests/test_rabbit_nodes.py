@@ -10,19 +10,14 @@ import aio_pika
 
 from lazaretto_lab.rabbit_nodes import LabRabbitNodes
 
+SHARED_PID_FILE = Path("/var/lib/rabbitmq/mnesia/rabbit@localhost.pid")
 
-def _shared_broker_pids() -> set[int]:
-    """The shared node's VMs: their command line has the Debian HOME, never ours."""
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"beam" in cmdline and b"/var/lib/rabbitmq" in cmdline:
-                pids.add(int(proc.name))
-    return pids
+
+def _shared_broker_pid() -> int:
+    """The shared node's VM, from the pid file it writes (CLI calls of other tests come and go)."""
+    pid = int(SHARED_PID_FILE.read_text().strip())
+    assert Path(f"/proc/{pid}").exists()
+    return pid
 
 
 async def _round_trip(url: str, queue_name: str) -> bytes:
@@ -37,7 +32,7 @@ async def _round_trip(url: str, queue_name: str) -> bytes:
 
 
 def test_three_nodes_join_survive_a_kill_and_leave_nothing_behind() -> None:
-    shared_before = _shared_broker_pids()
+    shared_before = _shared_broker_pid()
     nodes = LabRabbitNodes(3).start()
     root = nodes.root
     assert root is not None
@@ -68,5 +63,5 @@ def test_three_nodes_join_survive_a_kill_and_leave_nothing_behind() -> None:
         assert pid is not None
         assert not Path(f"/proc/{pid}").exists()
     # The shared broker on 5672 was never touched.
-    assert _shared_broker_pids() == shared_before
+    assert _shared_broker_pid() == shared_before
     assert os.path.exists("/var/lib/rabbitmq")
