@@ -6,7 +6,7 @@ UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
-.PHONY: deps peers test test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner
+.PHONY: deps peers test test-cluster test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner
 
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
@@ -29,6 +29,11 @@ pytest: peers
 	$(UV) run --frozen pytest
 
 test: lint typecheck pytest
+
+# A real 3-node RabbitMQ cluster on loopback (lazaretto_lab.rabbit_nodes): a long flood while the queue
+# leader's node is killed, then two policy replicas on the cluster (`make test` runs a short flood).
+test-cluster: peers
+	LAZARETTO_CLUSTER_FLOOD=20000 $(UV) run --frozen pytest -q -s libs/lazaretto-core/tests/test_bus_cluster.py services/policy/tests/test_policy_cluster.py
 
 # Slow (2-4 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
 test-fresh:

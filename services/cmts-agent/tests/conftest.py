@@ -71,7 +71,10 @@ async def make_agent(database_url: str) -> AsyncIterator[Callable[..., Awaitable
     await db.migrate(pool, db.package_migrations("cmts_agent"))
 
     async def build(
-        *profiles: CmtsProfile, global_max_in_flight: int = 100, max_resets_per_hour: int = 3
+        *profiles: CmtsProfile,
+        global_max_in_flight: int = 100,
+        max_resets_per_hour: int = 3,
+        max_resets_per_cmts_hour: int | None = None,
     ) -> Agent:
         fleet = Fleet(profiles)
         inventory = Inventory(pool, fleet, min_interval=0.0)
@@ -82,6 +85,7 @@ async def make_agent(database_url: str) -> AsyncIterator[Callable[..., Awaitable
             journal,
             global_max_in_flight=global_max_in_flight,
             max_resets_per_hour=max_resets_per_hour,
+            max_resets_per_cmts_hour=max_resets_per_cmts_hour,
         )
         agent = Agent(pool, fleet, inventory, resetter)
         made.append(agent)

@@ -402,6 +402,35 @@ async def test_resets_per_modem_are_capped_per_hour_across_calls_and_agents(
     assert (await first.resetter.reset(CM_2)).ok  # per modem: another modem is not affected
 
 
+async def test_the_per_cmts_hourly_budget_is_one_budget_for_every_replica(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    cm_3 = "00:11:22:33:44:66"
+    cmts = make_cmts([*modems(), LabModem(cm_3, "10.1.0.12")], vendor="casa")
+    first = await make_agent(profile_for(cmts), max_resets_per_cmts_hour=2)
+    second = await make_agent(profile_for(cmts), max_resets_per_cmts_hour=2)  # another replica
+    await first.inventory.refresh()
+
+    # Three different modems (the per-modem cap allows each) at once, from both replicas.
+    outcomes = await asyncio.gather(
+        first.resetter.reset(CM_1),
+        second.resetter.reset(CM_2),
+        first.resetter.reset(cm_3),
+        return_exceptions=True,
+    )
+
+    refused = [o for o in outcomes if isinstance(o, ResetFailed)]
+    assert len(refused) == 1, outcomes
+    assert error_class(refused[0]) == "cmts_reset_budget_spent"
+    assert not refused[0].transient
+    assert "budget 2 per CMTS and hour" in str(refused[0])
+    assert len(cmts.resets()) == 2  # the refused SET never left
+    # Another CMTS has a budget of its own.
+    other = make_cmts([LabModem("00:11:22:33:44:77", "10.2.0.10")], vendor="casa")
+    third = await make_agent(profile_for(other, name="lab-other"), max_resets_per_cmts_hour=2)
+    assert (await third.resetter.reset("00:11:22:33:44:77")).ok
+
+
 async def test_one_reset_of_a_modem_at_a_time_across_replicas(
     make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
 ) -> None:

@@ -168,6 +168,28 @@ async def test_an_allow_listed_refusal_goes_to_an_operator_at_once_other_failure
     assert len(policy.bus.sent(GardenApply)) == 2
 
 
+async def test_an_address_outside_the_provisioners_ranges_goes_to_an_operator_with_the_reason(
+    policy: Policy, book: LeaseBook
+) -> None:
+    book.bind("100.64.72.5", CPE_MAC, datetime.now(UTC) - timedelta(seconds=600))
+    await policy.deliver(scan("100.64.72.5"))
+    [apply] = policy.bus.sent(GardenApply)
+    await policy.deliver(
+        GardenFailed(
+            case_id=apply.case_id,
+            step_id=apply.step_id,
+            operation="apply",
+            error_class="outside_subscriber_ranges",
+            detail="refused to garden: address 100.64.72.5 is outside the subscriber ranges",
+        )
+    )
+    case = await policy.case(apply.case_id)
+    assert (case.state, case.step_attempts) == ("needs_operator", 0)
+    [changed] = [c for c in policy.bus.sent(CaseChanged) if c.case_id == apply.case_id][-1:]
+    assert "provisioner refused: the address is outside its subscriber ranges" in changed.reason
+    assert "100.64.72.5 is outside the subscriber ranges" in changed.reason
+
+
 def test_the_rule_sets_the_garden_mode_and_the_rulebook_checks_it() -> None:
     shipped = RuleBook(None).current
     by_name = {rule.name: rule for rule in shipped.rules.rules}

@@ -285,3 +285,41 @@ async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_dire
     finally:
         await bus.close()
         await probe.stop()
+
+
+async def test_an_address_outside_the_subscriber_ranges_is_never_gardened(
+    amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind
+) -> None:
+    settings = settings_for(amqp_url, database_url, lab_kea, lab_bind, subscriber_ranges=("127.0.0.0/25",))
+    service = await build(settings)
+    await service.start()
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
+    bus = Bus(amqp_url, "test-anyone")
+    await bus.connect()
+    try:
+        # When commands arrive for an address outside the ranges, or a case naming one outside
+        outside = garden("127.0.0.200", "02:00:00:00:bb:01")
+        mixed = GardenApply.model_validate(
+            garden("127.0.0.20", "02:00:00:00:bb:02").model_dump() | {"case_ips": ("127.0.0.20", "127.0.1.9")}
+        )
+        inside = garden("127.0.0.21", "02:00:00:00:bb:03")
+        for command in (outside, mixed, inside):
+            await bus.publish(command)
+        failed = await probe.wait_for(GardenFailed, count=2)
+        (applied,) = await probe.wait_for(GardenApplied)
+        # Then both are refused with the address named, and only the subscriber is gardened
+        assert {f.step_id for f in failed} == {outside.step_id, mixed.step_id}
+        assert all(f.error_class == "outside_subscriber_ranges" for f in failed)
+        by_step = {f.step_id: f.detail for f in failed}
+        assert "127.0.0.200 is outside the subscriber ranges" in by_step[outside.step_id]
+        assert "127.0.1.9 is outside the subscriber ranges" in by_step[mixed.step_id]
+        assert applied.step_id == inside.step_id
+        for mac in ("02:00:00:00:bb:01", "02:00:00:00:bb:02"):
+            assert not await service.garden.dhcp.is_quarantined(mac)
+        for ip in ("127.0.0.200", "127.0.0.20"):
+            assert not await service.garden.rpz.is_quarantined(ip)
+        assert await service.garden.dhcp.is_quarantined("02:00:00:00:bb:03")
+    finally:
+        await bus.close()
+        await probe.stop()
+        await service.stop()

@@ -22,15 +22,24 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from prometheus_client import Counter
 
+from .bus_queues import (
+    QueueType,
+    QueueTypeMismatch,
+    broker_urls,
+    dead_letter_queue_arguments,
+    main_queue_arguments,
+    retry_queue_arguments,
+)
 from .bus_users import BusIdentity
 from .contracts import BY_ROUTING_KEY, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
 from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
@@ -80,11 +89,17 @@ class Bus:
         max_attempts: int = 5,
         retry_delays: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
         publish_tries: int = 5,
+        queue_type: QueueType = "classic",
     ) -> None:
-        self._url = url
+        # `url` may list several nodes of one cluster, comma-separated: see _connect_robust().
+        self._urls = broker_urls(url)
         self.app_id = app_id
+        self.queue_type: QueueType = queue_type
         # aio-pika logs in as guest when the URL names no user.
-        self.identity = BusIdentity.of(unquote(urlsplit(url).username or "guest"), app_id)
+        logins = {unquote(urlsplit(u).username or "guest") for u in self._urls}
+        if len(logins) != 1:
+            raise ValueError("every broker URL must log in as the same user")
+        self.identity = BusIdentity.of(logins.pop(), app_id)
         self.dispatcher = Dispatcher(
             identity=self.identity, max_attempts=max_attempts, retry_delays=retry_delays
         )
@@ -94,6 +109,7 @@ class Bus:
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.last_progress = time.monotonic()
         self._watchers: list[asyncio.Task[None]] = []
+        self._renew_lock = asyncio.Lock()
 
     @property
     def max_attempts(self) -> int:
@@ -104,7 +120,7 @@ class Bus:
         return self.dispatcher.retry_delays
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(self._url, client_properties={"app_id": self.app_id})
+        self._connection = await _connect_robust(self._urls, self.app_id)
         log.info(
             "bus login %r: %s",
             self.identity.login,
@@ -113,9 +129,16 @@ class Bus:
             else f"one user per service, named {self.identity.prefix}<service>",
         )
         await self._ensure_exchanges()
-        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        for name in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE):
-            self._exchanges[name] = await self._publish_channel.get_exchange(name, ensure=False)
+        await self._open_publish_channel()
+
+    async def _open_publish_channel(self) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchanges = {
+            name: await channel.get_exchange(name, ensure=False)
+            for name in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE)
+        }
+        self._publish_channel, self._exchanges = channel, exchanges
 
     async def _ensure_exchanges(self) -> None:
         """Declare the two exchanges only if missing: a passive declare needs no permission, so a
@@ -183,12 +206,19 @@ class Bus:
         for attempt in range(1, self._publish_tries + 1):
             try:
                 # No lock: the channel pipelines concurrent publishes and matches each confirm to its tag.
+                channel = self._publish_channel
                 target = self._exchanges[exchange] if exchange else self._default_exchange()
                 confirmation = await target.publish(message, routing_key, mandatory=mandatory, timeout=10)
             except aio_pika.exceptions.DeliveryError as exc:
-                raise PublishError(
-                    f"{routing_key}: not routed or not confirmed by the broker ({exc})"
-                ) from exc
+                if not _nacked(exc) or attempt == self._publish_tries:
+                    raise PublishError(
+                        f"{routing_key}: not routed or not confirmed by the broker ({exc})"
+                    ) from exc
+                log.warning("publish of %s nacked by the broker, retrying on a new channel", routing_key)
+                await self._renew_publish_channel(channel)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
             except aiormq.exceptions.ChannelAccessRefused as exc:
                 # This user may not publish that routing key (topic permissions): final, no retry.
                 raise PublishError(f"{routing_key}: refused by the broker ({exc})") from exc
@@ -208,6 +238,20 @@ class Bus:
             if confirmation is not None and not isinstance(confirmation, aiormq.spec.Basic.Ack):
                 raise PublishError(f"{routing_key}: broker did not ack ({confirmation!r})")
             return
+
+    async def _renew_publish_channel(self, nacked_on: aio_pika.abc.AbstractChannel | None) -> None:
+        """Publish on a new channel from now on. A nack means the broker could not store the message
+        (a quorum queue between leaders); retrying is safe, but on RabbitMQ 3.10 a channel that
+        published while the leader was gone went on being nacked after the new leader was elected,
+        while a new channel was acked at once. Concurrent publishes nacked on one channel renew it once."""
+        async with self._renew_lock:
+            if self._publish_channel is not nacked_on or self._connection is None:
+                return
+            old = self._publish_channel
+            await self._open_publish_channel()
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
 
     def _default_exchange(self) -> aio_pika.abc.AbstractExchange:
         assert self._publish_channel is not None
@@ -229,23 +273,7 @@ class Bus:
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch)
-        dlq = dead_letter_queue_name(queue)
-        await channel.declare_queue(dlq, durable=True)
-        for delay in self.retry_delays:
-            await channel.declare_queue(
-                retry_queue_name(queue, delay),
-                durable=True,
-                arguments={
-                    "x-message-ttl": int(delay * 1000),
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue,
-                },
-            )
-        main = await channel.declare_queue(
-            queue,
-            durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
-        )
+        main = await self.declare_queues(channel, queue)
         for contract in self.dispatcher.contracts():
             # connect() made sure the exchange exists; the topic read permission is checked here.
             exchange = await channel.get_exchange(contract.exchange, ensure=False)
@@ -265,6 +293,23 @@ class Bus:
             self._watchers.append(
                 asyncio.create_task(_watch(queue, channel, in_flight, progress), name=f"watch {queue}")
             )
+
+    async def declare_queues(
+        self, channel: aio_pika.abc.AbstractChannel, queue: str
+    ) -> aio_pika.abc.AbstractQueue:
+        """The work queue with its DLQ and retry queues, all of `self.queue_type` (see bus_queues);
+        `consume` declares them, tools may declare them without consuming."""
+        dlq = dead_letter_queue_name(queue)
+        await _declare_queue(channel, dlq, self.queue_type, dead_letter_queue_arguments(self.queue_type))
+        for delay in self.retry_delays:
+            await _declare_queue(
+                channel,
+                retry_queue_name(queue, delay),
+                self.queue_type,
+                retry_queue_arguments(self.queue_type, queue, delay),
+            )
+        arguments = main_queue_arguments(self.queue_type, dlq, self.max_attempts)
+        return await _declare_queue(channel, queue, self.queue_type, arguments)
 
     async def _deliver(
         self,
@@ -331,6 +376,72 @@ class Bus:
             correlation_id=incoming.correlation_id,
             headers=headers,
         )
+
+
+async def _declare_queue(
+    channel: aio_pika.abc.AbstractChannel, name: str, queue_type: QueueType, arguments: Mapping[str, Any]
+) -> aio_pika.abc.AbstractQueue:
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=dict(arguments))
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        # The broker closed the channel: this consumer cannot start, and must say why.
+        raise QueueTypeMismatch(name, queue_type, str(exc)) from exc
+
+
+class _FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over several nodes of one cluster: each (re)connect tries the node after
+    the last one it used, then the rest in turn, so a dead node is left for the next live one.
+
+    aio-pika's robust connection retries only its one URL; this hooks its private transport
+    connect (aio-pika 10.2, checked below at import and by the cluster tests), which every first
+    connect and reconnect goes through, after which channels, queues and consumers are restored.
+    """
+
+    URLS: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, url: Any, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        # The URL type aio-pika parsed `url` into (yarl's): one per node, with its own credentials.
+        self._nodes = [type(self.url)(node) for node in self.URLS]
+        self._next = 0
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        last: BaseException | None = None
+        for _ in range(len(self._nodes)):
+            self.url = self._nodes[self._next % len(self._nodes)]
+            self._next += 1
+            try:
+                await _ROBUST_CONNECT_TRANSPORT(self)
+                return
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning(
+                    "broker %s:%s unreachable (%s), trying the next", self.url.host, self.url.port, exc
+                )
+                last = exc
+        assert last is not None
+        raise last
+
+
+_ROBUST_CONNECT_TRANSPORT = aio_pika.RobustConnection._RobustConnection__connect_transport  # type: ignore[attr-defined]
+
+
+async def _connect_robust(urls: Sequence[str], app_id: str) -> aio_pika.abc.AbstractRobustConnection:
+    """One node: aio-pika's own robust connection. Several: one that fails over along the list,
+    retrying each second (the default 5 s only suits waiting for the one broker to come back)."""
+    if len(urls) == 1:
+        return await aio_pika.connect_robust(urls[0], client_properties={"app_id": app_id})
+
+    class Failover(_FailoverConnection):
+        URLS = tuple(urls)
+
+    return await aio_pika.connect_robust(
+        urls[0], client_properties={"app_id": app_id}, reconnect_interval=1, connection_class=Failover
+    )
+
+
+def _nacked(exc: aio_pika.exceptions.DeliveryError) -> bool:
+    """A Basic.Nack (the broker could not store it: retry) rather than a return (unroutable: final)."""
+    return isinstance(getattr(exc, "frame", None), aiormq.spec.Basic.Nack)
 
 
 async def _watch(

@@ -14,6 +14,8 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from .bus_queues import QueueType
+
 
 def resolve_secret(value: Any) -> Any:
     """A secret nested in a JSON setting (which cannot be a secrets-dir file of its own):
@@ -64,6 +66,8 @@ class ServiceSettings(BaseSettings):
     # Attempts of a message before it is dead-lettered, and the delays between them (seconds).
     max_attempts: int = 5
     retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+    # classic, or quorum on a RabbitMQ cluster (bus_queues says why classic is the default).
+    bus_queue_type: QueueType = "classic"
 
     def __init__(self, **values: Any) -> None:
         secrets_dir = os.environ.get("LAZARETTO_SECRETS_DIR")

@@ -84,12 +84,14 @@ async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
         journal,
         global_max_in_flight=settings.global_max_in_flight,
         max_resets_per_hour=settings.modem_resets_per_hour,
+        max_resets_per_cmts_hour=settings.cmts_resets_per_hour,
     )
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "cmts-agent",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
+        queue_type=settings.bus_queue_type,
     )
     # The inventory loop beats once per walk: stalled after three missed walks.
     progress = ProgressMonitor(stall_after=max(60.0, 3 * settings.inventory_interval + 60.0))

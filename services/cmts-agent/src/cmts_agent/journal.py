@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 # Advisory lock keys are one bigint: hashtextextended() of a namespaced MAC keeps them apart from
 # other users of advisory locks in a shared database (db.migrate uses a small constant).
 _LOCK_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/modem/' || $1::text, 0)"
+_CMTS_BUDGET_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/cmts-budget/' || $1::text, 0)"
+
+
+class CmtsBudgetSpent(Exception):
+    """The CMTS's resets of the last hour already reach its budget: the SET was not recorded."""
+
+    def __init__(self, cmts: str, done: int, budget: int) -> None:
+        super().__init__(
+            f"CMTS {cmts} already had {done} resets in the last hour (budget {budget} per CMTS and hour)"
+        )
+        self.cmts = cmts
 
 
 @dataclass(frozen=True)
@@ -100,20 +111,43 @@ class ResetJournal:
         self.locks = locks
 
     async def intend(
-        self, cm_mac: str, cmts: str, method: str, baseline: str | None, step_id: UUID | None
+        self,
+        cm_mac: str,
+        cmts: str,
+        method: str,
+        baseline: str | None,
+        step_id: UUID | None,
+        *,
+        cmts_budget: int | None = None,
     ) -> int:
-        """Record a SET about to be sent; returns its id. Committed before the SET leaves."""
-        value = await self.pool.fetchval(
-            """
-            INSERT INTO reset_intents (cm_mac, cmts, method, step_id, baseline)
-            VALUES ($1, $2, $3, $4, $5) RETURNING id
-            """,
-            cm_mac,
-            cmts,
-            method,
-            step_id,
-            baseline,
-        )
+        """Record a SET about to be sent; returns its id. Committed before the SET leaves.
+
+        With `cmts_budget`: raises CmtsBudgetSpent instead when the CMTS's SETs of the last hour that
+        may have reached a modem already reach it. Counted and recorded in one transaction under a
+        per-CMTS lock, so every replica spends the one budget and none overdraws it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if cmts_budget is not None:
+                await conn.execute(f"SELECT pg_advisory_xact_lock(({_CMTS_BUDGET_KEY}))", cmts)
+                done = await conn.fetchval(
+                    """
+                    SELECT count(*) FROM reset_intents
+                    WHERE cmts = $1 AND counted AND intent_at > now() - interval '1 hour'
+                    """,
+                    cmts,
+                )
+                if int(done) >= cmts_budget:
+                    raise CmtsBudgetSpent(cmts, int(done), cmts_budget)
+            value = await conn.fetchval(
+                """
+                INSERT INTO reset_intents (cm_mac, cmts, method, step_id, baseline)
+                VALUES ($1, $2, $3, $4, $5) RETURNING id
+                """,
+                cm_mac,
+                cmts,
+                method,
+                step_id,
+                baseline,
+            )
         return int(value)
 
     async def finish(

@@ -26,7 +26,7 @@ from lazaretto_core.contracts import ResetAttempt, normalize_mac
 
 from .fleet import CmtsClient, Fleet, modem_target
 from .inventory import Inventory, ModemRecord, ModemStatus
-from .journal import Intent, ResetJournal
+from .journal import CmtsBudgetSpent, Intent, ResetJournal
 from .snmp import (
     CmtsSnmp,
     SnmpError,
@@ -111,12 +111,18 @@ class ResetCapped(SnmpError):
     """The modem was already reset `max` times in the last hour (the per-modem cap): not sent."""
 
 
+class CmtsBudgetExhausted(SnmpError):
+    """The modem's CMTS already had its hourly budget of resets (every replica's count): not sent."""
+
+
 def error_class(exc: SnmpError) -> str:
     """A stable name for policy: snmp_timeout, snmp_access_denied, snmp_auth_failure, snmp_rejected,
     snmp_write_unanswered, unknown_modem, modem_reset_capped, ..."""
     inner = exc.error if isinstance(exc, ResetFailed) else exc
     if isinstance(inner, ResetCapped):
         return "modem_reset_capped"
+    if isinstance(inner, CmtsBudgetExhausted):
+        return "cmts_reset_budget_spent"
     return classify(inner)
 
 
@@ -172,11 +178,14 @@ class Resetter:
         *,
         global_max_in_flight: int = 100,
         max_resets_per_hour: int = 3,
+        max_resets_per_cmts_hour: int | None = None,
     ) -> None:
         self.fleet = fleet
         self.inventory = inventory
         self.journal = journal
         self.max_resets_per_hour = max_resets_per_hour
+        # None: no per-CMTS budget (the per-modem cap still holds).
+        self.max_resets_per_cmts_hour = max_resets_per_cmts_hour
         self._global = asyncio.Semaphore(global_max_in_flight)
         self._in_flight: dict[str, asyncio.Task[ResetReport]] = {}
 
@@ -311,7 +320,7 @@ class Resetter:
             if resets_done is None:
                 resets_done = await self.journal.resets_last_hour(record.cm_mac)
             self._check_cap(client, record, resets_done, tuple(attempts))
-            intent = await self.journal.intend(record.cm_mac, client.name, method.label, baseline, step_id)
+            intent = await self._intend(client, record, method.label, baseline, step_id, tuple(attempts))
             resets_done = None  # this SET may count: read the count again before another one
             try:
                 await self._send(client, record, name)
@@ -418,6 +427,32 @@ class Resetter:
         report = ResetReport(record.cm_mac, client.name, label, verification, tuple(attempts))
         finishes.append((intent, verification.outcome.value, True, report_to_json(report)))
         return report
+
+    async def _intend(
+        self,
+        client: CmtsClient,
+        record: ModemRecord,
+        label: str,
+        baseline: str | None,
+        step_id: UUID | None,
+        attempts: tuple[Attempt, ...],
+    ) -> int:
+        """Record the SET's intent, within the CMTS's hourly budget (shared by every replica)."""
+        try:
+            return await self.journal.intend(
+                record.cm_mac,
+                client.name,
+                label,
+                baseline,
+                step_id,
+                cmts_budget=self.max_resets_per_cmts_hour,
+            )
+        except CmtsBudgetSpent as exc:
+            RESETS.labels(client.name, "-", "budget_spent").inc()
+            spent = CmtsBudgetExhausted(
+                f"{exc}: not sent", target=client.name, operation=f"reset({record.cm_mac})"
+            )
+            raise ResetFailed(record.cm_mac, client.name, spent, attempts) from exc
 
     def _check_cap(
         self, client: CmtsClient, record: ModemRecord, done: int, attempts: tuple[Attempt, ...]

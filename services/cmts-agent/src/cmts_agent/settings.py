@@ -141,6 +141,10 @@ class CmtsAgentSettings(ServiceSettings):
     # At most this many reset SETs per modem in any hour, over every command, retry and replica
     # (SETs that provably had no effect, e.g. refused ones, do not count).
     modem_resets_per_hour: int = Field(default=3, ge=1)
+    # At most this many reset SETs per CMTS in any hour, counted alike in the shared journal (every
+    # replica spends one budget): the executor's own stop for a flood of reset commands, whoever
+    # sent them. Above policy's circuit breaker (breaker_per_cmts per breaker_window) by default.
+    cmts_resets_per_hour: int = Field(default=200, ge=1)
     # Walk every CMTS's modem and CPE tables this often (seconds); a miss triggers a walk at once,
     # but not more often than inventory_min_interval.
     inventory_interval: float = 300.0

@@ -214,6 +214,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         "detector-smtp",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
+        queue_type=settings.bus_queue_type,
     )
     progress = ProgressMonitor()
     reports = Reports(

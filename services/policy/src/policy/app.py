@@ -147,6 +147,7 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         "policy",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
+        queue_type=settings.bus_queue_type,
     )
     progress = ProgressMonitor()
     relay = OutboxRelay(pool, bus, progress=progress)

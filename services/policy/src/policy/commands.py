@@ -245,10 +245,8 @@ async def step_result(
         error_class = detail.get("error_class")
         outcome = flow.step_failed(step, case.step_attempts, work.step_max_attempts, error_class)
         if error_class in flow.FINAL_ERRORS:
-            detail = {
-                **detail,
-                "reason": f"{actor} refused: the device is allow-listed ({detail.get('reason')})",
-            }
+            why = flow.FINAL_ERRORS[error_class]
+            detail = {**detail, "reason": f"{actor} refused: {why} ({detail.get('reason')})"}
     return await work.apply(conn, case, outcome, actor, detail)
 
 

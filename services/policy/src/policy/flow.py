@@ -55,8 +55,11 @@ def step_succeeded(step: Step, has_modem: bool) -> Outcome:
 
 
 # Failures no retry can change: the executor refused on purpose (its own copy of the allowlist names
-# the device), so the case goes to an operator at once.
-FINAL_ERRORS = frozenset({"allowlisted"})
+# the device, or the address is outside its subscriber ranges), so the case goes to an operator at once.
+FINAL_ERRORS = {
+    "allowlisted": "the device is allow-listed",
+    "outside_subscriber_ranges": "the address is outside its subscriber ranges",
+}
 
 
 def step_failed(step: Step, attempts: int, max_attempts: int, error_class: str | None = None) -> Outcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -16,6 +17,7 @@ from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import AllowlistChanged, GardenApply, GardenRemove
 from lazaretto_core.http import ProgressMonitor, ReadinessCheck, create_http_app
+from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.remediation import load_remediation
 
 from .allowlist import AllowList
@@ -34,6 +36,8 @@ from .nft import NftConfig, NftGarden
 from .reconcile import Reconciler
 from .rpz import RpzAdapter
 from .settings import ProvisionerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -158,6 +162,7 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         "provisioner",
         max_attempts=settings.max_attempts,
         retry_delays=settings.retry_delays,
+        queue_type=settings.bus_queue_type,
     )
 
     async def database_ready() -> None:
@@ -198,7 +203,10 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
     # The executor's copy of policy's allowlist lives in provisioner's own database.
     policy_allowlist = AllowlistCopy(pool)
     household = Household(garden, cpes, policy_allowlist)
-    handlers = ProvisionerHandlers(garden, bus, policy_allowlist, household)
+    ranges = SubscriberRanges(settings.subscriber_ranges)
+    if not ranges:
+        log.warning("LAZARETTO_SUBSCRIBER_RANGES is empty: garden commands are not checked against them")
+    handlers = ProvisionerHandlers(garden, bus, policy_allowlist, household, ranges)
     return ProvisionerService(
         settings,
         pool,

@@ -19,6 +19,7 @@ from lazaretto_core.contracts import (
     GardenRemoved,
 )
 from lazaretto_core.errors import RetryLater
+from lazaretto_core.ranges import SubscriberRanges
 
 from .dhcpd import DhcpdError
 from .garden import Garden, GardenPending
@@ -32,35 +33,36 @@ log = logging.getLogger(__name__)
 
 class ProvisionerHandlers:
     def __init__(
-        self, garden: Garden, bus: Bus, allowlist: AllowlistCopy, household: Household | None = None
+        self,
+        garden: Garden,
+        bus: Bus,
+        allowlist: AllowlistCopy,
+        household: Household | None = None,
+        subscriber_ranges: SubscriberRanges | None = None,
     ) -> None:
         self.garden = garden
         self.bus = bus
         # The executor's own copy of policy's allowlist (allowlist.changed.v1), checked before acting.
         self.allowlist = allowlist
         self.household = household
+        # Only subscribers are ever gardened (None or empty: not checked).
+        self.subscriber_ranges = subscriber_ranges
 
     async def on_allowlist_changed(self, snapshot: AllowlistChanged, ctx: MessageContext) -> None:
         await self.allowlist.store(snapshot)
 
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        outside = self._outside_subscriber_ranges(command)
+        if outside:
+            detail = f"address {', '.join(outside)} is outside the subscriber ranges"
+            await self._refuse(command, "outside_subscriber_ranges", detail)
+            return
         # Checked again here, whoever sent the command: an allow-listed device is never gardened.
         entry = await self.allowlist.covering(
             ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
         )
         if entry is not None:
-            detail = f"refused to garden case {command.case_id}: {matcher.describe(entry)}"
-            log.warning("%s", detail)
-            await self.bus.publish(
-                GardenFailed(
-                    case_id=command.case_id,
-                    step_id=command.step_id,
-                    operation="apply",
-                    error_class="allowlisted",
-                    detail=detail[:2000],
-                ),
-                correlation_id=str(command.case_id),
-            )
+            await self._refuse(command, "allowlisted", matcher.describe(entry))
             return
         try:
             if command.scope == "modem" and self.household is not None:
@@ -80,6 +82,27 @@ class ProvisionerHandlers:
             return
         await self.bus.publish(
             GardenApplied(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            correlation_id=str(command.case_id),
+        )
+
+    def _outside_subscriber_ranges(self, command: GardenApply) -> list[str]:
+        if not self.subscriber_ranges:
+            return []
+        addresses = dict.fromkeys(str(ip) for ip in (command.cpe_ip, *command.case_ips))
+        return [ip for ip in addresses if not self.subscriber_ranges.contains(ip)]
+
+    async def _refuse(self, command: GardenApply, error_class: str, why: str) -> None:
+        """A command this executor will not carry out, whoever sent it: policy is told, and why."""
+        detail = f"refused to garden case {command.case_id}: {why}"
+        log.warning("%s", detail)
+        await self.bus.publish(
+            GardenFailed(
+                case_id=command.case_id,
+                step_id=command.step_id,
+                operation="apply",
+                error_class=error_class,
+                detail=detail[:2000],
+            ),
             correlation_id=str(command.case_id),
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import ClassVar, Literal, Self
 
@@ -22,6 +22,9 @@ class ProvisionerSettings(ServiceSettings):
     )
     # Which DHCP server the garden's DHCP layer drives: Kea (host database) or ISC dhcpd (OMAPI).
     dhcp_backend: Literal["kea", "dhcpd"] = "kea"
+    # The subscribers' address ranges (as the detectors have them): a garden command for an address
+    # outside them is refused, whoever sent it. Empty: not checked (a warning at start says so).
+    subscriber_ranges: tuple[IPv4Network | IPv6Network, ...] = ()
     # ISC dhcpd's OMAPI listener and key (`omapi-port`, `omapi-key`), for dhcp_backend = "dhcpd".
     dhcpd_omapi_host: str = "127.0.0.1"
     dhcpd_omapi_port: int = 7911
