@@ -27,11 +27,10 @@ import platform
 import random
 import secrets
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -48,6 +47,7 @@ import httpx
 from lazaretto_core.attribution import IP_MODEM_PATH
 from lazaretto_lab.private_postgres import LabPostgres
 from lazaretto_lab.process import free_port
+from lazaretto_lab.rabbit_nodes import LabRabbitNodes
 from lazaretto_lab.snmpd import LabCpe, LabModem
 from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
 from lazaretto_lab.system import LabSystem, SystemConfig
@@ -64,6 +64,10 @@ BREAKER_LIMITS = {
     "LAZARETTO_BREAKER_PER_CMTS": "100000",
     "LAZARETTO_BREAKER_PER_NET": "100000",
 }
+# The shipped retry schedule (lazaretto_core.settings), not the lab's short one (8.5 s in all): a
+# service restarted under this load takes longer than that, and policy dead-letters an observation
+# whose attribution peer stayed unreachable through every retry (see the README's Faults section).
+PRODUCTION_RETRIES = {"LAZARETTO_RETRY_DELAYS": "[0.5, 2, 10, 30]"}
 # Dead letters a fault may explain (reason prefixes); anything else is unexplained.
 EXPECTED_DLQ_REASONS: tuple[str, ...] = ()
 SERVICES = ("detector_snort", "detector_smtp", "policy", "provisioner", "cmts_agent", "portal")
@@ -75,6 +79,7 @@ ALL_FAULTS = (
     "snmp_loss",
     "postgres_restart",
     "kea_db_down",
+    "rabbitmq_restart",
 )
 
 
@@ -110,7 +115,6 @@ class FaultRun:
     def __init__(
         self,
         workdir: Path,
-        amqp_url: str,
         *,
         subscribers: int,
         cmtses: int = 4,
@@ -118,7 +122,9 @@ class FaultRun:
         log: Callable[[str], None] = print,
     ) -> None:
         self.workdir = workdir
-        self.amqp_url = amqp_url
+        # A broker and a PostgreSQL of this run's own, which it may restart (never the shared ones).
+        self.rabbit = LabRabbitNodes(1)
+        self.amqp_url = ""
         self.count = subscribers
         self.time_scale = time_scale
         self.log = log
@@ -126,11 +132,10 @@ class FaultRun:
         self.syslog_port = free_port()
         self.rng = random.Random(1)
         modems = [LabModem(_mac("00:02:8a", i), f"10.9.{i >> 8}.{i & 255}") for i in range(subscribers)]
-        # The services' databases live on a PostgreSQL of this run's own, which it may restart.
         self.postgres = LabPostgres()
         self.config = SystemConfig(
             workdir=workdir / "system",
-            amqp_url=amqp_url,
+            amqp_url="",
             database_url="",
             modems=modems,
             portal_on_subscriber_side=False,
@@ -142,15 +147,18 @@ class FaultRun:
             secret_communities=True,
             offline_seconds=2.0,
             kea_db_relay=True,
-            service_env={
-                "policy": BREAKER_LIMITS,
+            rabbitmqctl=self._rabbitmqctl,
+            service_env={name: dict(PRODUCTION_RETRIES) for name in SERVICES}
+            | {
+                "policy": BREAKER_LIMITS | PRODUCTION_RETRIES,
                 "detector_snort": {
                     "LAZARETTO_SYSLOG_TCP_PORT": str(self.syslog_port),
                     "LAZARETTO_INGEST_TOKEN": self.ingest_token,
-                },
+                }
+                | PRODUCTION_RETRIES,
             },
         )
-        self.system = LabSystem(self.config)  # its database URL is known once PostgreSQL runs
+        self.system = LabSystem(self.config)  # its URLs are known once the broker and PostgreSQL run
         self.subscribers: list[Subscriber] = []
         self.fed: set[int] = set()  # offenders whose evidence went out
         self.keep_scanning: list[Subscriber] = []  # syslog offenders: they scan all run long
@@ -164,13 +172,17 @@ class FaultRun:
 
     def __enter__(self) -> FaultRun:
         self.started = time.monotonic()
-        self.postgres.start()
-        self.config.database_url = self.postgres.admin_url
         try:
+            self.rabbit.start()
+            self.postgres.start()
+            self.amqp_url = self.config.amqp_url = self.rabbit.url(0)
+            self.config.database_url = self.postgres.admin_url
+            self.system = LabSystem(self.config)
             self.system.start()
         except BaseException:
             self.system.stop()
             self.postgres.stop()
+            self.rabbit.stop()
             raise
         try:
             self._place_subscribers()
@@ -179,6 +191,7 @@ class FaultRun:
         except BaseException:
             self.system.stop()
             self.postgres.stop()
+            self.rabbit.stop()
             raise
         return self
 
@@ -190,6 +203,22 @@ class FaultRun:
             self.system.stop()
         finally:
             self.postgres.stop()
+            self.rabbit.stop()
+
+    def _rabbitmqctl(self, args: Sequence[str], stdin: str | None) -> None:
+        """rabbitmqctl on the run's own broker; definitions go through a file only its owner reads,
+        removed at once (the CLI reads them from a file or stdin; the node's CLI wrapper takes no stdin)."""
+        if stdin is None:
+            self.rabbit.ctl(0, *args)
+            return
+        assert self.rabbit.root is not None
+        path = self.rabbit.root / f"input-{secrets.token_hex(4)}.json"
+        path.touch(mode=0o600)
+        try:
+            path.write_text(stdin)
+            self.rabbit.ctl(0, *args, str(path))
+        finally:
+            path.unlink()
 
     def _place_subscribers(self) -> None:
         """One static address per PC (outside both Kea pools), listed behind its modem by its CMTS."""
@@ -356,7 +385,14 @@ class FaultRun:
         out["snmp_loss"] = self._snmp_loss
         out["postgres_restart"] = self._postgres_restart
         out["kea_db_down"] = self._kea_db_down
+        out["rabbitmq_restart"] = self._rabbitmq_restart
         return out
+
+    def _rabbitmq_restart(self, batch: list[Subscriber]) -> None:
+        feeder = threading.Thread(target=self.feed, args=(batch,))
+        feeder.start()
+        self.rabbit.restart(0)
+        feeder.join()
 
     def _postgres_restart(self, batch: list[Subscriber]) -> None:
         feeder = threading.Thread(target=self.feed, args=(batch,))
@@ -564,13 +600,7 @@ class FaultRun:
         return out
 
     def _unexplained_dead_letters(self, report: Report) -> int:
-        listing = subprocess.run(
-            ["/usr/sbin/rabbitmqctl", "-q", "list_queues", "-p", _vhost(self.amqp_url), "name"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout.split()
+        listing = self.rabbit.ctl(0, "list_queues", "-p", self.rabbit.vhost, "name").split()
         dlqs = [q for q in listing if q.endswith(".dlq")]
         letters = asyncio.run(dead_letters(self.amqp_url, dlqs))
         unexplained = [x for x in letters if not x[2].startswith(EXPECTED_DLQ_REASONS or ("\0",))]
@@ -590,6 +620,8 @@ class FaultRun:
             "form secret": s.form_secret,
             "ingest token": self.ingest_token,
             "TSIG secret": s.bind.tsig_secret,
+            "broker admin password": self.rabbit.password,
+            "PostgreSQL admin password": self.postgres.password,
         }
         for n, cmts in enumerate(s.cmtses):
             found[f"cmts {n} read community"] = cmts.ro_community
@@ -654,12 +686,6 @@ def _policy_message(port: int, sub: Subscriber, instance: str) -> None:
                 answer += line
             if not answer.startswith(b"action="):
                 raise ConnectionError(f"policy server answered {answer!r}")
-
-
-def _vhost(amqp_url: str) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(amqp_url).path.lstrip("/")) or "/"
 
 
 def machine() -> str:

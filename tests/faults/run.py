@@ -14,8 +14,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fault_harness import ALL_FAULTS, FaultRun, Report, machine
 
-from lazaretto_lab.testing import AMQP_PASSWORD, AMQP_USER, create_vhost, delete_vhost
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -24,19 +22,16 @@ def main() -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--faults", default=",".join(ALL_FAULTS))
     args = parser.parse_args()
-    vhost = create_vhost()
     workdir = Path(tempfile.mkdtemp(prefix="lazaretto-faults-"))
     report = Report()
     try:
-        amqp_url = f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@127.0.0.1:5672/{vhost}"
         with FaultRun(
-            workdir, amqp_url, subscribers=args.subscribers, cmtses=args.cmtses, time_scale=args.time_scale
+            workdir, subscribers=args.subscribers, cmtses=args.cmtses, time_scale=args.time_scale
         ) as run:
             run.flood_with_faults(args.faults.split(","), report)
             run.verify(report)
             leaks = run.leaked_secrets()
     finally:
-        delete_vhost(vhost)
         print(f"# work directory (logs): {workdir}", flush=True)
     print(f"machine={machine()}")
     print("\n".join(report.lines()))

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.timeout(1200)
-def test_faults_lose_nothing_and_do_nothing_twice(tmp_path: Path, amqp_url: str) -> None:
+def test_faults_lose_nothing_and_do_nothing_twice(tmp_path: Path) -> None:
     report = Report()
-    with FaultRun(tmp_path, amqp_url, subscribers=100, cmtses=4, time_scale=1 / 3) as run:
+    with FaultRun(tmp_path, subscribers=100, cmtses=4, time_scale=1 / 3) as run:
         run.flood_with_faults(list(ALL_FAULTS), report)
         run.verify(report)
         leaks = run.leaked_secrets()

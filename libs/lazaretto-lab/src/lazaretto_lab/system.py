@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bind import LabBind
-from .bus_users import LabBusUsers
+from .bus_users import Ctl, LabBusUsers
 from .databases import STATEFUL, ServiceDatabase, create_service_databases, drop_service_databases
 from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
@@ -78,6 +78,9 @@ class SystemConfig:
     # Kea (and the provisioner's Kea writes) reach Kea's PostgreSQL through a relay that can be cut
     # (`LabSystem.kea_db_relay`).
     kea_db_relay: bool = False
+    # How to run rabbitmqctl on the broker of `amqp_url` when it is not the shared one (a private
+    # `rabbit_nodes` broker): makes the services' users there.
+    rabbitmqctl: Ctl | None = None
 
 
 class LabSystem:
@@ -109,7 +112,7 @@ class LabSystem:
         self.processes: dict[str, LabProcess] = {}
         self.database_urls = dict(config.service_database_urls)
         self.own_databases: dict[str, ServiceDatabase] = {}
-        self.bus_users = LabBusUsers(config.amqp_url)
+        self.bus_users = LabBusUsers(config.amqp_url, config.rabbitmqctl)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
