@@ -116,6 +116,14 @@ class CuttableTcpRelay:
         self._listener.close()
         self._drop_all()
 
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
     def cut(self) -> None:
         self.cut_now = True
         self._drop_all()
