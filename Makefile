@@ -35,7 +35,7 @@ test: lint typecheck pytest
 # of each consumer; prints lost=… duplicates=… diverged=… duplicate_resets=… unexplained_dlq=… and
 # heal_seconds_<fault>=…, fails unless all are 0. A short run (100 subscribers) is part of `make test`.
 test-faults: peers
-	$(UV) run --frozen python tests/faults/run.py
+	$(UV) run --frozen python tests/faults/run_faults.py
 
 # Slow (2-4 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
 test-fresh:
