@@ -26,6 +26,10 @@ class LossyUdpRelay:
         self.target = (target_host, target_port)
         self.port = free_port(socket.SOCK_DGRAM)
         self.loss = 0.0
+        # The answers to the next this-many SNMP v1/v2c SetRequests are dropped, whatever `loss`
+        # says: a SET that arrived and acted, whose answer was lost.
+        self.drop_set_answers = 0
+        self._sets_to_drop = 0
         self.dropped = 0
         self.forwarded = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -79,10 +83,41 @@ class LossyUdpRelay:
                         upstream.connect(self.target)
                         self._upstream[sender] = upstream
                         self._selector.register(upstream, selectors.EVENT_READ, sender)
-                    if not self._lost():
+                    if self.drop_set_answers > 0 and _snmp_pdu_tag(data) == SET_REQUEST:
+                        self.drop_set_answers -= 1
+                        self._sets_to_drop += 1
+                        self.forwarded += 1
                         upstream.send(data)
+                    elif not self._lost():
+                        upstream.send(data)
+                elif self._sets_to_drop > 0:
+                    self._sets_to_drop -= 1
+                    self.dropped += 1
                 elif not self._lost():  # an answer: back to the client this socket stands for
                     self._listener.sendto(data, key.data)
+
+
+SET_REQUEST = 0xA3  # the SNMP SetRequest-PDU's BER tag (RFC 3416)
+
+
+def _snmp_pdu_tag(data: bytes) -> int | None:
+    """The PDU tag of an SNMP v1/v2c message: SEQUENCE { version, community, PDU } (RFC 3416)."""
+    try:
+        at = 1
+        at += 1 + (data[at] & 0x7F) if data[at] & 0x80 else 1  # the SEQUENCE's length
+        at += 2 + data[at + 1]  # version INTEGER
+        if data[at] != 0x04:
+            return None
+        length = data[at + 1]
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[at + 2 : at + 2 + size], "big")
+            at += 2 + size + length
+        else:
+            at += 2 + length
+        return data[at]
+    except IndexError:
+        return None
 
 
 class CuttableTcpRelay:
