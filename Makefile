@@ -6,7 +6,7 @@ UV := $(UV_HOME)/bin/uv
 PY := .venv/bin/python
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
-.PHONY: deps peers test test-cluster test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner
+.PHONY: deps peers test test-cluster test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner test-faults
 
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
@@ -34,6 +34,13 @@ test: lint typecheck pytest
 # leader's node is killed, then two policy replicas on the cluster (`make test` runs a short flood).
 test-cluster: peers
 	LAZARETTO_CLUSTER_FLOOD=20000 $(UV) run --frozen pytest -q -s libs/lazaretto-core/tests/test_bus_cluster.py services/policy/tests/test_policy_cluster.py
+
+# Faults (under 40 minutes here): 1,000 subscribers behind four lab CMTSes while each service is
+# SIGKILLed, PostgreSQL restarted, BIND down 30 s, 30% SNMP loss, Kea's database cut 20 s, two replicas
+# of each consumer; prints lost=… duplicates=… diverged=… duplicate_resets=… unexplained_dlq=… and
+# heal_seconds_<fault>=…, fails unless all are 0. A short run (100 subscribers) is part of `make test`.
+test-faults: peers
+	$(UV) run --frozen python tests/faults/run_faults.py
 
 # Slow (2-4 minutes here, as root), not part of `make test`: the README's install step in a fresh Debian 12 chroot.
 test-fresh:

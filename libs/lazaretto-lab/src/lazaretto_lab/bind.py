@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import textwrap
@@ -110,6 +112,24 @@ class LabBind(LabPeer):
             self.tmpdir / "named.log",
             cwd=self.tmpdir,
         )
+
+    def crash(self) -> None:
+        """SIGKILL named, as a crash or an OOM kill would: no clean shutdown; files and port stay."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.stop()
+
+    def revive(self) -> None:
+        """Start named again on the same configuration, zones and journals (and port) after `crash`."""
+        assert self.tmpdir is not None
+        self.process = LabProcess(
+            "named",
+            ["named", "-g", "-4", "-c", str(self.conf_path)],
+            self.tmpdir / "named.log",
+            cwd=self.tmpdir,
+        )
+        self.process.wait_until(self._ready, timeout=self.start_timeout, what=self.ready_what)
 
     def _cleanup(self) -> None:
         if self.tmpdir is not None:

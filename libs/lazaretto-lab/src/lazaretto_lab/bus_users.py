@@ -11,17 +11,22 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from collections.abc import Callable, Sequence
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from lazaretto_core.bus_users import ACCOUNTS, definitions
 
 RABBITMQCTL = "/usr/sbin/rabbitmqctl"
+# Runs `rabbitmqctl <args>` (with `stdin`) against the broker of the admin URL.
+Ctl = Callable[[Sequence[str], str | None], None]
 
 
 class LabBusUsers:
     """`create()` the users for the vhost of `admin_url`; `urls[service]` is each one's AMQP URL."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, ctl: Ctl | None = None) -> None:
+        # The shared broker's CLI by default; a private broker (`rabbit_nodes`) brings its own.
+        self._ctl = ctl or _shared_ctl
         parts = urlsplit(admin_url)
         self._admin = parts
         self.vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
@@ -34,7 +39,7 @@ class LabBusUsers:
 
     def create(self) -> LabBusUsers:
         document = definitions(self.vhost, self.passwords, self.prefix)
-        _rabbitmqctl("import_definitions", stdin=json.dumps(document))
+        self._ctl(["import_definitions"], json.dumps(document))
         host = self._admin.hostname or "127.0.0.1"
         netloc_host = f"{host}:{self._admin.port}" if self._admin.port else host
         for service, password in self.passwords.items():
@@ -49,14 +54,12 @@ class LabBusUsers:
         if not self.urls:
             return
         names = ", ".join(f'<<"{self.user(service)}">>' for service in self.passwords)
-        _rabbitmqctl(
-            "eval",
-            f'[rabbit_auth_backend_internal:delete_user(U, <<"lazaretto-lab">>) || U <- [{names}]], ok.',
-        )
+        erlang = f'[rabbit_auth_backend_internal:delete_user(U, <<"lazaretto-lab">>) || U <- [{names}]], ok.'
+        self._ctl(["eval", erlang], None)
         self.urls = {}
 
 
-def _rabbitmqctl(*args: str, stdin: str | None = None) -> None:
+def _shared_ctl(args: Sequence[str], stdin: str | None) -> None:
     result = subprocess.run(
         [RABBITMQCTL, "-q", *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
     )

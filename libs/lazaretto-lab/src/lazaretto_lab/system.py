@@ -26,14 +26,15 @@ from urllib.parse import urlsplit
 import httpx
 
 from .bind import LabBind
-from .bus_users import LabBusUsers
+from .bus_users import Ctl, LabBusUsers
 from .databases import STATEFUL, ServiceDatabase, create_service_databases, drop_service_databases
 from .dhcp_client import DhcpResult, dhcp_exchange
 from .kea import LabKea
 from .process import LabProcess, LabProcessError, free_port
+from .relays import CuttableTcpRelay, LossyUdpRelay
 from .snmpd import LabCmts, LabModem
 from .tls import LabCertificates, make_portal_certificates
-from .wiring import WIRINGS, LabWires
+from .wiring import WIRINGS, CmtsTarget, LabWires
 
 # The portal's own name: the lab zone's A record, the TLS certificate's name, option 114's host.
 PORTAL_NAME = "portal.lazaretto.test"
@@ -68,6 +69,18 @@ class SystemConfig:
     # Extra settings per service over the lab's wiring, applied last
     # (`{"policy": {"LAZARETTO_MAX_SELF_RELEASES": "1"}}`, a benchmark raising policy's breaker).
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Several lab CMTSes: the modems are dealt out in contiguous runs, one run per CMTS.
+    cmts_count: int = 1
+    # A lossy UDP relay in front of each CMTS (`LabSystem.relays`), which cmts-agent talks to instead.
+    snmp_relays: bool = False
+    # Random SNMP communities instead of public/private (a run that scans its output for secrets).
+    secret_communities: bool = False
+    # Kea (and the provisioner's Kea writes) reach Kea's PostgreSQL through a relay that can be cut
+    # (`LabSystem.kea_db_relay`).
+    kea_db_relay: bool = False
+    # How to run rabbitmqctl on the broker of `amqp_url` when it is not the shared one (a private
+    # `rabbit_nodes` broker): makes the services' users there.
+    rabbitmqctl: Ctl | None = None
 
 
 class LabSystem:
@@ -93,10 +106,13 @@ class LabSystem:
         self.kea: LabKea | None = None
         self.bind: LabBind | None = None
         self.cmts: LabCmts | None = None
+        self.cmtses: list[LabCmts] = []
+        self.relays: list[LossyUdpRelay] = []
+        self.kea_db_relay: CuttableTcpRelay | None = None
         self.processes: dict[str, LabProcess] = {}
         self.database_urls = dict(config.service_database_urls)
         self.own_databases: dict[str, ServiceDatabase] = {}
-        self.bus_users = LabBusUsers(config.amqp_url)
+        self.bus_users = LabBusUsers(config.amqp_url, config.rabbitmqctl)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -124,7 +140,13 @@ class LabSystem:
         self.bus_users.create()
         self.portal_certificates = make_portal_certificates(self.workdir / "tls", PORTAL_NAME)
         # Option 114 carries exactly the portal's RFC 8908 API URL (RFC 8910).
-        self.kea = LabKea(prefixlen=self.config.kea_prefixlen, portal_url=self.captive_api_url).start()
+        if self.config.kea_db_relay:
+            self.kea_db_relay = CuttableTcpRelay(5432).start()
+        self.kea = LabKea(
+            prefixlen=self.config.kea_prefixlen,
+            portal_url=self.captive_api_url,
+            pg_port=self.kea_db_relay.port if self.kea_db_relay else 5432,
+        ).start()
         portal_ip = self.kea.server_ip if self.config.portal_on_subscriber_side else self.config.portal_host
         self.portal_ip = portal_ip
         self.bind = LabBind(
@@ -135,9 +157,7 @@ class LabSystem:
             # The DNS servers Kea hands to the normal and the quarantine pool: BIND answers on both.
             resolver_addresses=(self.kea.normal_resolver, self.kea.garden_resolver),
         ).start()
-        self.cmts = LabCmts(
-            self.config.modems, offline_seconds=self.config.offline_seconds, workdir=self.workdir / "cmts"
-        ).start()
+        self._start_cmtses()
         for name in SERVICES:
             self._spawn(name)
         for name in SERVICES:
@@ -148,10 +168,18 @@ class LabSystem:
             with contextlib.suppress(Exception):
                 process.stop()
         self.processes.clear()
-        for peer in (self.cmts, self.bind, self.kea):
+        for relay in self.relays:
+            with contextlib.suppress(Exception):
+                relay.stop()
+        self.relays = []
+        for peer in (*self.cmtses, self.bind, self.kea):
             if peer is not None:
                 with contextlib.suppress(Exception):
                     peer.stop()
+        if self.kea_db_relay is not None:
+            self.kea_db_relay.stop()
+            self.kea_db_relay = None
+        self.cmtses = []
         self.cmts = self.bind = self.kea = None
         with contextlib.suppress(Exception):
             self.bus_users.delete()
@@ -198,9 +226,14 @@ class LabSystem:
         return cases
 
     def resets_for(self, cm_mac: str) -> list[dict[str, Any]]:
-        """The reset SETs the lab CMTS accepted for one modem."""
+        """The reset SETs the lab CMTSes accepted for one modem."""
         assert self.cmts is not None
-        return [s for s in self.cmts.sets() if s["mac"] == cm_mac and s["object"] == "cdxCmCpeResetNow"]
+        return [
+            s
+            for cmts in self.cmtses
+            for s in cmts.sets()
+            if s["mac"] == cm_mac and s["object"] == "cdxCmCpeResetNow"
+        ]
 
     def metric(self, service: str, name: str, **labels: str) -> float:
         """One sample of a service's /metrics (0 when the series does not exist yet)."""
@@ -221,21 +254,42 @@ class LabSystem:
         self._spawn(name)
         self._wait_ready(name)
 
+    def start_replica(self, name: str) -> str:
+        """A second instance of `name` (same settings, its own HTTP port), as a scaled deployment runs
+        it; returns the key `kill`/`stop_replica` take (`<name>-2`)."""
+        replica = f"{name}-2"
+        self.ports[replica] = free_port()
+        self._spawn(replica)
+        self._wait_ready(replica)
+        return replica
+
+    def stop_replica(self, replica: str) -> None:
+        """Stop a replica cleanly (SIGTERM: it finishes and acknowledges what it holds)."""
+        self.processes.pop(replica).stop()
+
     # -- internals --------------------------------------------------------------------------------
 
-    def _env(self, name: str) -> dict[str, str]:
-        """What every service gets, then the service's own wiring (`lazaretto_lab.wiring`)."""
+    def _env(self, key: str) -> dict[str, str]:
+        """What every service gets, then the service's own wiring (`lazaretto_lab.wiring`); `key` is
+        the service's name, or a replica's (`policy-2`: same settings, its own port)."""
+        name = key.removesuffix("-2")
         env = {
             # The service's own broker user (`lazaretto_core.bus_users`), e.g. lazaretto-<tag>-cmts-agent.
             "LAZARETTO_AMQP_URL": self.bus_users.urls[name.replace("_", "-")],
             "LAZARETTO_HTTP_HOST": "127.0.0.1",
-            "LAZARETTO_HTTP_PORT": str(self.ports[name]),
+            "LAZARETTO_HTTP_PORT": str(self.ports[key]),
             "LAZARETTO_LOG_LEVEL": self.config.log_level,
             "LAZARETTO_ADMIN_TOKEN": self.admin_token,
             "LAZARETTO_PORTAL_TOKEN": self.portal_token,
             "LAZARETTO_RETRY_DELAYS": "[0.5, 1, 2, 5]",
         }
-        return env | WIRINGS[name](self._wires()) | self.config.service_env.get(name, {})
+        wired = env | WIRINGS[name](self._wires()) | self.config.service_env.get(name, {})
+        if key != name:
+            wired["LAZARETTO_HTTP_PORT"] = str(self.ports[key])
+            # The portal's other listeners would clash with the first instance's.
+            wired.pop("LAZARETTO_HTTPS_PORT", None)
+            wired.pop("LAZARETTO_CATCH_ALL_PORT", None)
+        return wired
 
     def _wires(self) -> LabWires:
         assert self.kea is not None
@@ -245,6 +299,7 @@ class LabSystem:
             kea=self.kea,
             bind=self.bind,
             cmts=self.cmts,
+            cmts_targets=tuple(self._cmts_targets()),
             urls={name: self.url(name) for name in SERVICES},
             database_urls=self.database_urls,
             workdir=self.workdir,
@@ -260,14 +315,43 @@ class LabSystem:
             portal_catch_all_port=self.portal_catch_all_port,
         )
 
-    def _spawn(self, name: str) -> None:
+    def _start_cmtses(self) -> None:
+        count = max(1, self.config.cmts_count)
+        modems = self.config.modems
+        per = -(-len(modems) // count) if modems else 0
+        for n in range(count):
+            secret = self.config.secret_communities
+            cmts = LabCmts(
+                modems[n * per : (n + 1) * per],
+                offline_seconds=self.config.offline_seconds,
+                workdir=self.workdir / ("cmts" if n == 0 else f"cmts{n + 1}"),
+                ro_community=secrets.token_hex(8) if secret else "public",
+                rw_community=secrets.token_hex(8) if secret else "private",
+            )
+            self.cmtses.append(cmts)
+            cmts.start()
+            if self.config.snmp_relays:
+                self.relays.append(LossyUdpRelay(cmts.port).start())
+        self.cmts = self.cmtses[0]
+
+    def _cmts_targets(self) -> list[CmtsTarget]:
+        """Where cmts-agent finds each CMTS: the CMTS itself, or its relay."""
+        targets = []
+        for n, cmts in enumerate(self.cmtses):
+            relay = self.relays[n] if self.relays else None
+            port = relay.port if relay else cmts.port
+            targets.append(CmtsTarget(f"lab-cmts-{n + 1}", cmts, "127.0.0.1", port))
+        return targets
+
+    def _spawn(self, key: str) -> None:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAZARETTO_")}
-        env |= self._env(name)
-        self.processes[name] = LabProcess(name, [sys.executable, "-m", name], logs / f"{name}.log", env=env)
+        env |= self._env(key)
+        module = key.removesuffix("-2")
+        self.processes[key] = LabProcess(key, [sys.executable, "-m", module], logs / f"{key}.log", env=env)
 
-    def _wait_ready(self, name: str, timeout: float = 60.0) -> None:
+    def _wait_ready(self, name: str, timeout: float = 120.0) -> None:
         url = f"{self.url(name)}/readyz"
         process = self.processes[name]
         deadline = time.monotonic() + timeout

@@ -201,3 +201,26 @@ async def http_head_only(port: int, head: str, timeout: float = 5.0) -> str:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def dead_letters(amqp_url: str, queues: Iterable[str]) -> list[tuple[str, str, str]]:
+    """Every message in the dead-letter queues `queues` as (queue, message type, reason), read with
+    basic.get and left in place (rejected with requeue) so the run's evidence stays on the broker."""
+    import aio_pika  # a test tool reading the broker as an operator would
+
+    found: list[tuple[str, str, str]] = []
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for name in queues:
+            queue = await channel.declare_queue(name, passive=True)
+            held = []
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                headers = message.headers or {}
+                found.append((name, str(message.type), str(headers.get("x-lazaretto-reason", ""))))
+                held.append(message)
+            for message in held:
+                await message.nack(requeue=True)
+    finally:
+        await connection.close()
+    return found

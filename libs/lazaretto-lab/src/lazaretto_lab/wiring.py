@@ -22,6 +22,17 @@ from lazaretto_lab.tls import LabCertificates
 
 
 @dataclass(frozen=True)
+class CmtsTarget:
+    """One lab CMTS as cmts-agent reaches it: a profile name and the address to talk to (the CMTS
+    itself, or a relay in front of it)."""
+
+    name: str
+    cmts: LabCmts
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class LabWires:
     """What a service can be wired to: the running lab peers, the other services' URLs, the lab's
     secrets and per-service databases. Built by `LabSystem` once its peers run."""
@@ -43,6 +54,8 @@ class LabWires:
     portal_certificates: LabCertificates | None = None
     portal_https_port: int | None = None
     portal_catch_all_port: int | None = None
+    # Every CMTS when there are several or they sit behind relays (empty: `cmts`, directly).
+    cmts_targets: tuple[CmtsTarget, ...] = ()
 
 
 Wiring = Callable[[LabWires], dict[str, str]]
@@ -88,6 +101,25 @@ def provisioner(w: LabWires) -> dict[str, str]:
 
 @wiring("cmts_agent")
 def cmts_agent(w: LabWires) -> dict[str, str]:
+    direct = len(w.cmts_targets) <= 1 and all(t.port == t.cmts.port for t in w.cmts_targets)
+    if not direct:
+        profiles = [
+            {
+                "name": t.name,
+                "host": t.host,
+                "port": t.port,
+                "read_community": t.cmts.ro_community,
+                "write_community": t.cmts.rw_community,
+                "timeout": 1,
+                "verify_interval": w.verify_interval,
+                "verify_max_wait": 60,
+            }
+            for t in w.cmts_targets
+        ]
+        return {
+            "LAZARETTO_DATABASE_URL": w.database_urls["cmts_agent"],
+            "LAZARETTO_CMTSES": json.dumps(profiles),
+        }
     return {
         "LAZARETTO_DATABASE_URL": w.database_urls["cmts_agent"],
         "LAZARETTO_CMTS_HOST": w.cmts.host,

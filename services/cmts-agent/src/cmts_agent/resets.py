@@ -323,7 +323,7 @@ class Resetter:
             intent = await self._intend(client, record, method.label, baseline, step_id, tuple(attempts))
             resets_done = None  # this SET may count: read the count again before another one
             try:
-                await self._send(client, record, name)
+                await self._send(client, record, name, baseline)
             except SnmpTimeout as exc:
                 # No answer: the SET may or may not have reached the CMTS.
                 try:
@@ -484,9 +484,10 @@ class Resetter:
             if as_int(kind) != TYPE_CM:
                 raise UnknownModem(f"{record.cm_mac} is a CPE on this CMTS", target=client.name, operation=op)
 
-    async def _send(self, client: CmtsClient, record: ModemRecord, name: str) -> None:
-        """One method's SET; a timeout is resent after backoff (CMTS methods) or left to the
-        verification (the modem itself may reboot before it answers)."""
+    async def _send(self, client: CmtsClient, record: ModemRecord, name: str, baseline: str | None) -> None:
+        """One method's SET; a timeout is resent after backoff (CMTS methods) unless the modem shows
+        the SET took effect (its answer was lost), or left to the verification (the modem itself may
+        reboot before it answers)."""
         profile = client.profile
         method = METHODS[name]
         op = f"reset({record.cm_mac}, {method.label})"
@@ -509,8 +510,22 @@ class Resetter:
                 if retry == profile.set_retries:
                     raise
                 delay = profile.set_backoff * 2**retry
-                log.info("%s timed out; sending again in %.1f s", op, delay)
                 await asyncio.sleep(delay)
+                if await self._acted(record, baseline):
+                    log.info("%s: no answer, but the modem is resetting: not sent again", op)
+                    return
+                log.info("%s timed out and the modem is unchanged; sending again", op)
+
+    async def _acted(self, record: ModemRecord, baseline: str | None) -> bool:
+        """Whether a SET whose answer never came reached the CMTS: the modem left the online state or
+        re-registered (a resend would reset it a second time). A failed read tells nothing: False."""
+        try:
+            status = await self.inventory.status(record)
+        except SnmpTimeout:
+            return False
+        if status is None:
+            return True  # the CMTS no longer lists it: it went down
+        return not status.online or (baseline is not None and status.marker not in (None, baseline))
 
     async def _verify(
         self, client: CmtsClient, record: ModemRecord, started: float, baseline: str | None

@@ -340,6 +340,9 @@ class CmtsSnmp:
         self.target = target
         self._engine: SnmpEngine | None = None
         self._transport: UdpTransportTarget | None = None
+        # SETs go out once per call: pysnmp's own retransmission would repeat a SET whose answer was
+        # lost, and a reset SET repeated is a second reset. The caller decides whether to send again.
+        self._set_transport: UdpTransportTarget | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> CmtsSnmp:
@@ -353,7 +356,7 @@ class CmtsSnmp:
             # Closing must not mask the caller's own error; RuntimeError: "Event loop is closed".
             with contextlib.suppress(PySnmpError, OSError, RuntimeError):
                 self._engine.close_dispatcher()
-        self._engine = self._transport = self._loop = None
+        self._engine = self._transport = self._set_transport = self._loop = None
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -462,14 +465,20 @@ class CmtsSnmp:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def _session(self) -> tuple[SnmpEngine, UdpTransportTarget]:
+    async def _session(self, kind: str = "GET") -> tuple[SnmpEngine, UdpTransportTarget]:
         loop = asyncio.get_running_loop()
         if self._engine is None or self._loop is not loop:
             await self.close()
             self._engine = SnmpEngine()
             self._loop = loop
+        t = self.target
+        if kind == "SET":
+            if self._set_transport is None:
+                self._set_transport = await UdpTransportTarget.create(
+                    (t.host, t.port), timeout=t.timeout, retries=0
+                )
+            return self._engine, self._set_transport
         if self._transport is None:
-            t = self.target
             self._transport = await UdpTransportTarget.create(
                 (t.host, t.port), timeout=t.timeout, retries=t.retries
             )
@@ -501,9 +510,10 @@ class CmtsSnmp:
     ) -> list[tuple[Any, Any]]:
         where = self.target.address
         # Safety net above pysnmp's own timer: a request must never hang the caller.
-        budget = self.target.timeout * (self.target.retries + 1) + 5.0
+        attempts = 1 if kind == "SET" else self.target.retries + 1
+        budget = self.target.timeout * attempts + 5.0
         try:
-            engine, transport = await self._session()
+            engine, transport = await self._session(kind)
             indication, status, index, result = await asyncio.wait_for(
                 self._send(engine, transport, kind, creds, varbinds), budget
             )
@@ -554,7 +564,7 @@ class CmtsSnmp:
         text = self._scrub(str(indication)) or type(indication).__name__
         if isinstance(indication, errind.RequestTimedOut):
             return SnmpTimeout(
-                f"{kind}: no response after {self.target.retries + 1} attempt(s) of "
+                f"{kind}: no response after {1 if kind == 'SET' else self.target.retries + 1} attempt(s) of "
                 f"{self.target.timeout}s (host down, or credentials the agent silently drops)",
                 target=where,
                 operation=op,

@@ -1,0 +1,146 @@
+"""A private PostgreSQL 15 server for one run (Debian's `initdb`/`pg_ctl`), so a fault run can restart
+or stop "the database" without touching the shared server on 5432.
+
+`with LabPostgres() as pg:` gives `pg.admin_url` (a superuser's DSN on 127.0.0.1:<free port>, password
+authenticated); `pg.restart()` (fast shutdown, then start on the same data), `pg.kill()` (SIGKILL of
+the postmaster: a crash, recovery on the next start) and `pg.start_again()`. The data directory is a
+temp dir owned by the `postgres` account (initdb refuses root) and removed on `stop()`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .process import LabPeer, LabProcess, free_port, tcp_open
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+OS_USER = "postgres"
+
+
+class LabPostgres(LabPeer):
+    ready_what = "accepting connections"
+
+    def __init__(self, user: str = "lazaretto_admin") -> None:
+        self.user = user
+        self.password = secrets.token_urlsafe(18)
+        self.port = 0
+        self.root: Path | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"LabPostgres(port={self.port})"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def data(self) -> Path:
+        assert self.root is not None
+        return self.root / "data"
+
+    def _launch(self) -> LabProcess:
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="lazaretto-pg-"))
+            self.port = free_port()
+            shutil.chown(self.root, OS_USER, OS_USER)
+            pwfile = self.root / "pw"
+            pwfile.write_text(self.password + "\n")
+            shutil.chown(pwfile, OS_USER, OS_USER)
+            self._as_postgres(
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "--pwfile",
+                str(pwfile),
+                "--auth-host=scram-sha-256",
+                "--auth-local=peer",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
+            pwfile.unlink()
+        return self._postmaster()
+
+    def _postmaster(self) -> LabProcess:
+        assert self.root is not None
+        argv = [
+            "runuser",
+            "-u",
+            OS_USER,
+            "--",
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.root}",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "fsync=off",  # a lab run: a host crash may lose it, a postgres crash may not (WAL stays on)
+        ]
+        return LabProcess("postgres", argv, self.root / "postgres.log")
+
+    def _ready(self) -> bool:
+        if not tcp_open(self.port):
+            return False
+        result = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", OS_USER, "--", *argv],
+            check=True,
+            capture_output=True,
+            timeout=300,
+            cwd=self.root,
+        )
+
+    def _postmaster_pid(self) -> int | None:
+        pidfile = self.data / "postmaster.pid"
+        if not pidfile.exists():
+            return None
+        return int(pidfile.read_text().split()[0])
+
+    def restart(self) -> None:
+        """A clean restart (fast shutdown: sessions are ended), on the same data and port."""
+        assert self.process is not None
+        pid = self._postmaster_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        self.process.popen.wait(120)
+        self.process.stop()
+        self.start_again()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its backends, as an OOM kill would; `start_again()` recovers."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.popen.wait(30)
+        self.process.stop()
+        # Backends outlive a killed postmaster briefly; the next start waits for them (its pid file).
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+
+    def start_again(self) -> None:
+        self.process = self._postmaster()
+        self.process.wait_until(self._ready, timeout=self.start_timeout, what=self.ready_what)
+
+    def _cleanup(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
