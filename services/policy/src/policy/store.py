@@ -64,6 +64,11 @@ class Case:
         return data
 
 
+class DeviceCaseOpened(Exception):
+    """Another transaction opened this device's case first (the unique index
+    `cases_one_open_per_device`): two observations of one device decided at once."""
+
+
 async def open_case_for_device(
     conn: Connection, key_kind: KeyKind, device_key: str, *, lock: bool = False
 ) -> Case | None:
@@ -144,6 +149,9 @@ async def create_case(
                 )
             break
         except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "cases_one_open_per_device":
+                # Only a savepoint rolled back: the caller's transaction goes on (and feeds that case).
+                raise DeviceCaseOpened(f"{key_kind} {device_key} has an open case already") from None
             if exc.constraint_name != "cases_reference":
                 raise
     assert row is not None
