@@ -332,19 +332,30 @@ async def run(args: argparse.Namespace) -> int:
         service = await build(settings)
         decisions = Decisions()
         gate = asyncio.Event()
-        real = service.handlers.on_abuse_observed
+        real_batch = service.handlers.on_abuse_batch
+        real_one = service.handlers.on_abuse_observed
 
-        async def timed(event: Any, ctx: Any) -> None:
+        async def timed_batch(items: Any) -> None:
+            # Policy decides observations in batches (policy.batch), each batch in one transaction;
+            # a batch that fails is rolled back and its observations decided one by one (below).
             await gate.wait()
             began = time.time()
+            await real_batch(items)
+            finished = time.time()
+            for event, _ in items:
+                decisions.record(event, began, finished)
+
+        async def timed_one(event: Any, ctx: Any) -> None:
+            began = time.time()
             try:
-                await real(event, ctx)
+                await real_one(event, ctx)
             except BaseException:
                 decisions.failed += 1
                 raise
             decisions.record(event, began, time.time())
 
-        service.handlers.on_abuse_observed = timed  # type: ignore[method-assign]
+        service.handlers.on_abuse_batch = timed_batch  # type: ignore[method-assign]
+        service.handlers.on_abuse_observed = timed_one  # type: ignore[method-assign]
         await service.start()
 
         # 1. Throughput: a backlog, then the handler released.
