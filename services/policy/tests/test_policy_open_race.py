@@ -20,6 +20,7 @@ from policy import commands
 from policy.attribution import Attribution
 from policy.casework import CaseWork
 from policy.commands import OpenCase
+from policy.store import AddressSource
 from policy.uow import UnitOfWork
 
 IP = "100.64.40.10"
@@ -37,11 +38,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 def opening(actor: str) -> OpenCase:
     seen = Attribution(IP, MAC, CM_MAC, at=datetime.now(UTC) - timedelta(seconds=1))
-    source = "operator" if actor.startswith("operator:") else "alert"
+    source: AddressSource = "operator" if actor.startswith("operator:") else "alert"
     return OpenCase(seen, scope="cpe", category="scan", reason=actor, actor=actor, source=source)
 
 
-async def waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> bool:
+async def waiting_for_a_lock(conn: db.Connection, pid: int) -> bool:
     kind = await conn.fetchval("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
     return bool(kind == "Lock")
 
