@@ -538,8 +538,11 @@ async def list_cases(
     limit: int,
     mac: str | None = None,
     reference: str | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Case]:
-    """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference."""
+    """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference.
+    Newest first, `limit` at a time: the next page is the cases `before` the last one's
+    (opened_at, case_id), read on from the index where the last page ended (keyset, not OFFSET)."""
     # Only the filters asked for are in the query, so each one can use its index (a prepared
     # `$n IS NULL OR ...` has one generic plan for all: a scan of every case).
     where: list[str] = []
@@ -562,10 +565,13 @@ async def list_cases(
         where.append(f"reference = ${len(values)}")
     if open_only:
         where.append("closed_at IS NULL")
+    if before is not None:
+        values.extend(before)
+        where.append(f"(opened_at, case_id) < (${len(values) - 1}, ${len(values)})")
     values.append(limit)
     rows = await conn.fetch(
         f"SELECT {_CASE_COLUMNS} FROM cases WHERE {' AND '.join(where) or 'true'}"
-        f" ORDER BY opened_at DESC LIMIT ${len(values)}",
+        f" ORDER BY opened_at DESC, case_id DESC LIMIT ${len(values)}",
         *values,
     )
     return [Case.from_row(r) for r in rows]
