@@ -39,3 +39,11 @@ BEGIN
     UPDATE audit_heads SET seq = v_seq + 1, hash = v_hash WHERE chain = p_chain;
     RETURN v_id;
 END $$;
+
+-- The admin search pages newest first by (opened_at, case_id) (keyset: the next page starts where the
+-- last ended). Listing by state read the whole opened_at index backwards filtering on state (115 ms
+-- for 100 of 3,000 `needs_operator` among 120,000 cases); by (state, opened_at, case_id) it reads
+-- only the page. The plain list reads (opened_at, case_id), which replaces the opened_at index.
+CREATE INDEX cases_state_opened ON cases (state, opened_at, case_id);
+CREATE INDEX cases_opened ON cases (opened_at, case_id);
+DROP INDEX cases_opened_at;
