@@ -88,6 +88,21 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
+def batches() -> tuple[float, float]:
+    """Observations decided and batches they went in so far (policy.batch's histogram)."""
+    from prometheus_client import REGISTRY
+
+    name = "lazaretto_policy_observation_batch_size"
+    total = REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+    count = REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    return total, count
+
+
+def mean_batch(before: tuple[float, float]) -> str:
+    total, count = batches()
+    return f"{(total - before[0]) / max(1.0, count - before[1]):.1f}"
+
+
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -373,6 +388,7 @@ async def run(args: argparse.Namespace) -> int:
         profile = cProfile.Profile() if args.profile else None
         cpu = time.process_time()
         released = time.time()
+        batched = batches()
         if profile is not None:
             profile.enable()
         gate.set()
@@ -389,10 +405,12 @@ async def run(args: argparse.Namespace) -> int:
         # decision: what the machine's load does not change.
         print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
         print(f"backlog_failed={decisions.failed}")
+        print(f"backlog_mean_batch={mean_batch(batched)}")
         print(f"load_average_after_backlog={load()}")
 
         # 2. Latency at a fixed offered rate, from another process.
         before = decisions.done + decisions.failed
+        batched = batches()
         publisher = subprocess.Popen(  # noqa: ASYNC220
             [
                 sys.executable, script, "--child", "publish", "--rate", str(args.rate),
@@ -420,6 +438,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"decision_max_ms={max(from_due, default=float('nan')):.1f}")
         print(f"handler_p50_ms={percentile(handler, 50):.1f}")
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
+        print(f"latency_mean_batch={mean_batch(batched)}")
         print(f"load_average_after_latency={load()}")
 
         # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
