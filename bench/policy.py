@@ -343,7 +343,17 @@ async def run(args: argparse.Namespace) -> int:
             portal_token=SecretStr(PORTAL_TOKEN),
             provisioner_url=peer_url,
             cmts_agent_url=peer_url,
+            # The live traffic opens hundreds of cases in minutes: the circuit breaker's defaults would
+            # hold most of them (held cases publish no command), so the bench raises them.
+            breaker_global_limit=1_000_000,
+            breaker_per_cmts=1_000_000,
+            breaker_per_net=1_000_000,
         )
+        print(
+            f"breaker_limits={settings.breaker_global_limit}/{settings.breaker_per_cmts}/{settings.breaker_per_net}"
+        )
+        print(f"consumer_prefetch={settings.consumer_prefetch}")
+        print(f"observation_batch_max={settings.observation_batch_max}")
         service = await build(settings)
         decisions = Decisions()
         gate = asyncio.Event()
