@@ -25,8 +25,6 @@ async def main(amqp_url: str, database_url: str, peers_url: str) -> None:
             "portal_token": "portal-token-for-tests-0123456789",
             "provisioner_url": peers_url,
             "cmts_agent_url": peers_url,
-            # One worker: its first batch holds the backlog's first messages.
-            "observation_batch_workers": 1,
         }
     )
     service = await build(settings)

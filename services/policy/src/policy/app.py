@@ -62,11 +62,7 @@ class PolicyService:
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
-        self.batcher = ObservationBatcher(
-            self.handlers,
-            max_size=self.settings.observation_batch_max,
-            workers=self.settings.observation_batch_workers,
-        )
+        self.batcher = ObservationBatcher(self.handlers, max_size=self.settings.observation_batch_max)
 
     async def start(self) -> None:
         await self.bus.connect()

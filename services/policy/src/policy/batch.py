@@ -9,14 +9,8 @@ returns (so its message is acked) once its batch committed: a crash between the 
 redelivers the messages, and their claimed ids make them duplicates.
 
 A batch that fails is rolled back whole and its messages taken one by one (`on_abuse_observed`), so
-a poisonous message gets its own retry or dead letter and the others their decision.
-
-`workers` batches run at once (while one waits for PostgreSQL or attribution, another decides),
-each for its own share of the addresses: the observations of one address (every revision of an
-observation among them) go to one worker and are decided in the order they were delivered. Two
-workers can still meet on one device (a device seen at two addresses): the second opener feeds the
-first's case (`CaseWork.open_case`), and a deadlock between their transactions fails one batch,
-which is then taken one by one.
+a poisonous message gets its own retry or dead letter and the others their decision. One worker
+keeps the order of the deliveries: a later revision of an observation is decided after the earlier.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -55,60 +48,49 @@ class _Delivery:
     decided: asyncio.Future[None]
 
 
-class _Lane:
-    """The deliveries waiting for one worker, and that worker."""
-
-    def __init__(self) -> None:
-        self.waiting: deque[_Delivery] = deque()
-        self.ready = asyncio.Event()
-        self.worker: asyncio.Task[None] | None = None
-
-
 class ObservationBatcher:
-    def __init__(self, handlers: PolicyHandlers, *, max_size: int = 200, workers: int = 1) -> None:
-        if max_size < 1 or workers < 1:
-            raise ValueError("max_size and workers must be at least 1")
+    def __init__(self, handlers: PolicyHandlers, *, max_size: int = 200) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
         self._handlers = handlers
         self.max_size = max_size
-        # One lane per worker; an address always goes to the same lane, so the observations of one
-        # address (every revision of an observation among them) are decided in delivery order.
-        self._lanes = [_Lane() for _ in range(workers)]
+        self._waiting: deque[_Delivery] = deque()
+        self._ready = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """The bus handler: returns once the observation's batch committed; raises what deciding
         it alone raised (the bus then retries or dead-letters this message only)."""
-        lane = self._lanes[zlib.crc32(event.ip.encode()) % len(self._lanes)]
-        if lane.worker is None:
-            lane.worker = asyncio.create_task(self._run(lane), name="policy observation batches")
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="policy observation batches")
         decided = asyncio.get_running_loop().create_future()
-        lane.waiting.append(_Delivery(event, ctx, decided))
-        lane.ready.set()
+        self._waiting.append(_Delivery(event, ctx, decided))
+        self._ready.set()
         await decided
 
     async def stop(self) -> None:
         """Stop deciding; the messages still waiting are not acked (the broker redelivers them)."""
-        for lane in self._lanes:
-            if lane.worker is not None:
-                lane.worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await lane.worker
-                lane.worker = None
-            while lane.waiting:
-                lane.waiting.popleft().decided.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        while self._waiting:
+            self._waiting.popleft().decided.cancel()
 
-    async def _run(self, lane: _Lane) -> None:
+    async def _run(self) -> None:
         while True:
-            await lane.ready.wait()
+            await self._ready.wait()
             # Deliveries read from the socket with this one are in tasks about to submit: one turn
             # of the loop lets them join this batch (no timer: an idle consumer decides at once).
             await asyncio.sleep(0)
             batch: list[_Delivery] = []
-            while lane.waiting and len(batch) < self.max_size:
-                delivery = lane.waiting.popleft()
+            while self._waiting and len(batch) < self.max_size:
+                delivery = self._waiting.popleft()
                 if not delivery.decided.done():  # its task was cancelled: the broker redelivers it
                     batch.append(delivery)
-            if not lane.waiting:
-                lane.ready.clear()
+            if not self._waiting:
+                self._ready.clear()
             if batch:
                 try:
                     await self._decide(batch)

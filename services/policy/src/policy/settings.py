@@ -81,9 +81,6 @@ class PolicySettings(ServiceSettings):
     # Observations decided in one transaction at most. Batches form only under load: an observation
     # reaching an idle consumer is decided at once, alone.
     observation_batch_max: int = Field(default=200, ge=1)
-    # Batches decided at once, each for its own share of the addresses (the observations of one
-    # address stay in delivery order).
-    observation_batch_workers: int = Field(default=2, ge=1)
 
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
