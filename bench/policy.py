@@ -18,7 +18,8 @@
   released; the rate is the backlog over the time until the last decision committed.
 - decision_p99_ms: another process publishes at a fixed rate (open loop); each observation carries
   the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
-  committed; `handler_p99_ms` is consumed -> committed only.
+  committed; `handler_p99_ms` is consumed -> committed only. Then the same at a low rate
+  (`--low-rate`, 50/s): `low_rate_decision_p99_ms`, where no observation waits for a batch to fill.
 - search_p99_ms: the admin list endpoint over HTTP, one request at a time: by a case's address, by an
   address it held before, by CPE MAC, by household (CM MAC), and by an address without a case.
 
@@ -418,29 +419,35 @@ async def run(args: argparse.Namespace) -> int:
         print(f"backlog_mean_batch={mean_batch(batched)}")
         print(f"load_average_after_backlog={load()}")
 
-        # 2. Latency at a fixed offered rate, from another process.
-        before = decisions.done + decisions.failed
-        batched = batches()
-        publisher = subprocess.Popen(  # noqa: ASYNC220
-            [
-                sys.executable, script, "--child", "publish", "--rate", str(args.rate),
-                "--seconds", str(args.seconds), "--seed", str(args.seed + 1), *common,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        children.append(publisher)
-        assert publisher.stdout is not None
-        report = await asyncio.to_thread(publisher.stdout.read)
-        await asyncio.to_thread(publisher.wait)
+        # 2. Latency at a fixed offered rate, from another process; then at a low rate, where a
+        # decision must not wait for company (policy.batch has no timer).
+        async def offer(rate: float, seconds: float, seed: int) -> tuple[str, list[float], list[float], str]:
+            before = decisions.done + decisions.failed
+            timed_before = len(decisions.from_due)
+            batched = batches()
+            publisher = subprocess.Popen(  # noqa: ASYNC220
+                [
+                    sys.executable, script, "--child", "publish", "--rate", str(rate),
+                    "--seconds", str(seconds), "--seed", str(seed), *common,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            children.append(publisher)
+            assert publisher.stdout is not None
+            report = await asyncio.to_thread(publisher.stdout.read)
+            await asyncio.to_thread(publisher.wait)
+            await decisions.wait_for(before + int(rate * seconds), timeout=300)
+            from_due = [1000 * x for x in decisions.from_due[timed_before:]]
+            handler = [1000 * x for x in decisions.handler[timed_before:]]
+            return report, from_due, handler, mean_batch(batched)
+
         offered = int(args.rate * args.seconds)
-        await decisions.wait_for(before + offered, timeout=300)
+        report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1)
         print(f"offered_rate={args.rate}")
         print(f"offered={offered}")
         for pair in report.split():
             print(pair)
-        from_due = [1000 * x for x in decisions.from_due]
-        handler = [1000 * x for x in decisions.handler]
         print(f"decided={len(from_due)}")
         print(f"undecided_after_300s={offered - len(from_due)}")
         print(f"decision_p50_ms={percentile(from_due, 50):.1f}")
@@ -448,8 +455,14 @@ async def run(args: argparse.Namespace) -> int:
         print(f"decision_max_ms={max(from_due, default=float('nan')):.1f}")
         print(f"handler_p50_ms={percentile(handler, 50):.1f}")
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
-        print(f"latency_mean_batch={mean_batch(batched)}")
+        print(f"latency_mean_batch={mean}")
         print(f"load_average_after_latency={load()}")
+        _, low, _, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
+        print(f"low_rate={args.low_rate}")
+        print(f"low_rate_decided={len(low)}")
+        print(f"low_rate_decision_p50_ms={percentile(low, 50):.1f}")
+        print(f"low_rate_decision_p99_ms={percentile(low, 99):.1f}")
+        print(f"low_rate_mean_batch={low_mean}")
 
         # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
         while True:
@@ -550,6 +563,10 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
+    parser.add_argument(
+        "--low-rate", type=float, default=50.0, help="observations/s for the low-rate latency"
+    )
+    parser.add_argument("--low-seconds", type=float, default=5.0, help="length of the low-rate run")
     parser.add_argument("--searches", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
