@@ -18,7 +18,8 @@
   released; the rate is the backlog over the time until the last decision committed.
 - decision_p99_ms: another process publishes at a fixed rate (open loop); each observation carries
   the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
-  committed; `handler_p99_ms` is consumed -> committed only.
+  committed; `handler_p99_ms` is consumed -> committed only. Then the same at a low rate
+  (`--low-rate`, 50/s): `low_rate_decision_p99_ms`, where no observation waits for a batch to fill.
 - search_p99_ms: the admin list endpoint over HTTP, one request at a time: by a case's address, by an
   address it held before, by CPE MAC, by household (CM MAC), and by an address without a case.
 
@@ -86,6 +87,21 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def batches() -> tuple[float, float]:
+    """Observations decided and batches they went in so far (policy.batch's histogram)."""
+    from prometheus_client import REGISTRY
+
+    name = "lazaretto_policy_observation_batch_size"
+    total = REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+    count = REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    return total, count
+
+
+def mean_batch(before: tuple[float, float]) -> str:
+    total, count = batches()
+    return f"{(total - before[0]) / max(1.0, count - before[1]):.1f}"
 
 
 def load() -> str:
@@ -328,23 +344,44 @@ async def run(args: argparse.Namespace) -> int:
             portal_token=SecretStr(PORTAL_TOKEN),
             provisioner_url=peer_url,
             cmts_agent_url=peer_url,
+            # The live traffic opens hundreds of cases in minutes: the circuit breaker's defaults would
+            # hold most of them (held cases publish no command), so the bench raises them.
+            breaker_global_limit=1_000_000,
+            breaker_per_cmts=1_000_000,
+            breaker_per_net=1_000_000,
         )
+        print(
+            f"breaker_limits={settings.breaker_global_limit}/{settings.breaker_per_cmts}/{settings.breaker_per_net}"
+        )
+        print(f"consumer_prefetch={settings.consumer_prefetch}")
+        print(f"observation_batch_max={settings.observation_batch_max}")
         service = await build(settings)
         decisions = Decisions()
         gate = asyncio.Event()
-        real = service.handlers.on_abuse_observed
+        real_batch = service.handlers.on_abuse_batch
+        real_one = service.handlers.on_abuse_observed
 
-        async def timed(event: Any, ctx: Any) -> None:
+        async def timed_batch(items: Any) -> None:
+            # Policy decides observations in batches (policy.batch), each batch in one transaction;
+            # a batch that fails is rolled back and its observations decided one by one (below).
             await gate.wait()
             began = time.time()
+            await real_batch(items)
+            finished = time.time()
+            for event, _ in items:
+                decisions.record(event, began, finished)
+
+        async def timed_one(event: Any, ctx: Any) -> None:
+            began = time.time()
             try:
-                await real(event, ctx)
+                await real_one(event, ctx)
             except BaseException:
                 decisions.failed += 1
                 raise
             decisions.record(event, began, time.time())
 
-        service.handlers.on_abuse_observed = timed  # type: ignore[method-assign]
+        service.handlers.on_abuse_batch = timed_batch  # type: ignore[method-assign]
+        service.handlers.on_abuse_observed = timed_one  # type: ignore[method-assign]
         await service.start()
 
         # 1. Throughput: a backlog, then the handler released.
@@ -362,6 +399,7 @@ async def run(args: argparse.Namespace) -> int:
         profile = cProfile.Profile() if args.profile else None
         cpu = time.process_time()
         released = time.time()
+        batched = batches()
         if profile is not None:
             profile.enable()
         gate.set()
@@ -378,30 +416,38 @@ async def run(args: argparse.Namespace) -> int:
         # decision: what the machine's load does not change.
         print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
         print(f"backlog_failed={decisions.failed}")
+        print(f"backlog_mean_batch={mean_batch(batched)}")
         print(f"load_average_after_backlog={load()}")
 
-        # 2. Latency at a fixed offered rate, from another process.
-        before = decisions.done + decisions.failed
-        publisher = subprocess.Popen(  # noqa: ASYNC220
-            [
-                sys.executable, script, "--child", "publish", "--rate", str(args.rate),
-                "--seconds", str(args.seconds), "--seed", str(args.seed + 1), *common,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        children.append(publisher)
-        assert publisher.stdout is not None
-        report = await asyncio.to_thread(publisher.stdout.read)
-        await asyncio.to_thread(publisher.wait)
+        # 2. Latency at a fixed offered rate, from another process; then at a low rate, where a
+        # decision must not wait for company (policy.batch has no timer).
+        async def offer(rate: float, seconds: float, seed: int) -> tuple[str, list[float], list[float], str]:
+            before = decisions.done + decisions.failed
+            timed_before = len(decisions.from_due)
+            batched = batches()
+            publisher = subprocess.Popen(  # noqa: ASYNC220
+                [
+                    sys.executable, script, "--child", "publish", "--rate", str(rate),
+                    "--seconds", str(seconds), "--seed", str(seed), *common,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            children.append(publisher)
+            assert publisher.stdout is not None
+            report = await asyncio.to_thread(publisher.stdout.read)
+            await asyncio.to_thread(publisher.wait)
+            await decisions.wait_for(before + int(rate * seconds), timeout=300)
+            from_due = [1000 * x for x in decisions.from_due[timed_before:]]
+            handler = [1000 * x for x in decisions.handler[timed_before:]]
+            return report, from_due, handler, mean_batch(batched)
+
         offered = int(args.rate * args.seconds)
-        await decisions.wait_for(before + offered, timeout=300)
+        report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1)
         print(f"offered_rate={args.rate}")
         print(f"offered={offered}")
         for pair in report.split():
             print(pair)
-        from_due = [1000 * x for x in decisions.from_due]
-        handler = [1000 * x for x in decisions.handler]
         print(f"decided={len(from_due)}")
         print(f"undecided_after_300s={offered - len(from_due)}")
         print(f"decision_p50_ms={percentile(from_due, 50):.1f}")
@@ -409,7 +455,14 @@ async def run(args: argparse.Namespace) -> int:
         print(f"decision_max_ms={max(from_due, default=float('nan')):.1f}")
         print(f"handler_p50_ms={percentile(handler, 50):.1f}")
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
+        print(f"latency_mean_batch={mean}")
         print(f"load_average_after_latency={load()}")
+        _, low, _, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
+        print(f"low_rate={args.low_rate}")
+        print(f"low_rate_decided={len(low)}")
+        print(f"low_rate_decision_p50_ms={percentile(low, 50):.1f}")
+        print(f"low_rate_decision_p99_ms={percentile(low, 99):.1f}")
+        print(f"low_rate_mean_batch={low_mean}")
 
         # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
         while True:
@@ -510,6 +563,10 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
+    parser.add_argument(
+        "--low-rate", type=float, default=50.0, help="observations/s for the low-rate latency"
+    )
+    parser.add_argument("--low-seconds", type=float, default=5.0, help="length of the low-rate run")
     parser.add_argument("--searches", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")

@@ -39,6 +39,16 @@ async def test_history_is_what_policy_reads(database_url: str) -> None:
             loaded = await load_history(conn, pop, 5_000, now=now)
             assert (loaded.cases, loaded.open_cases, loaded.observations) == (600, 500, 5_000)
             assert await conn.fetchval("SELECT count(*) FROM observations") == 5_000
+            # Loaded without audit rows, and the audit triggers are on again for live decisions
+            assert await conn.fetchval("SELECT count(*) FROM audit_log") == 0
+            enabled = await conn.fetch(
+                "SELECT tgname, tgenabled::text FROM pg_trigger"
+                " WHERE tgname IN ('observations_audit', 'case_events_audit')"
+            )
+            assert {(r["tgname"], r["tgenabled"]) for r in enabled} == {
+                ("observations_audit", "O"),
+                ("case_events_audit", "O"),
+            }
             rows = await conn.fetch(
                 "SELECT state, count(*) AS n FROM cases WHERE closed_at IS NULL GROUP BY 1"
             )

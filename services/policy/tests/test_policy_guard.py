@@ -18,7 +18,13 @@ import pytest
 from pydantic import SecretStr
 
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import AbuseObserved, AllowlistChanged, BreakerTripped, GardenApply
+from lazaretto_core.contracts import (
+    AbuseObserved,
+    AllowlistChanged,
+    BreakerResumed,
+    BreakerTripped,
+    GardenApply,
+)
 from lazaretto_core.settings import SettingsInvalid
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
@@ -49,7 +55,14 @@ def policy_overrides() -> dict[str, object]:
 @pytest.fixture
 async def guard_probe(amqp_url: str) -> AsyncIterator[BusProbe]:
     probe = await BusProbe(amqp_url).start(
-        ["garden.apply.v1", "modem.reset.v1", "allowlist.changed.v1", "breaker.tripped.v1", "case.changed.v1"]
+        [
+            "garden.apply.v1",
+            "modem.reset.v1",
+            "allowlist.changed.v1",
+            "breaker.tripped.v1",
+            "breaker.resumed.v1",
+            "case.changed.v1",
+        ]
     )
     yield probe
     await probe.stop()
@@ -232,6 +245,12 @@ async def test_a_storm_trips_the_breaker_and_nothing_is_enforced_until_an_operat
             # When an operator resumes, new cases are enforced again; held ones wait for a decision
             resumed = await operator.post("/v1/breaker/resume", json={"reason": "IDS rule fixed"})
             assert resumed.json() == {"resumed": ["global"]}
+            # And operators' tools hear it, by whom and why, as they heard the trip
+            (announced,) = await guard_probe.wait_for(BreakerResumed)
+            assert (announced.scope, announced.reason) == ("global", "IDS rule fixed")
+            assert announced.actor.startswith("operator:")
+            assert announced.tripped_at is not None
+            assert announced.tripped_at <= announced.resumed_at
             fresh_ip, _ = device(book, 21)
             await bus.publish(observation(fresh_ip))
             applies = await guard_probe.wait_for(GardenApply, count=4)

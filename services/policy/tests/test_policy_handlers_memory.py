@@ -27,6 +27,7 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ReleaseRequested,
 )
+from lazaretto_core.dispatch import MessageContext
 from lazaretto_core.memory_bus import InMemoryBus
 from policy import commands
 from policy.attribution import Attribution, Attributor
@@ -285,3 +286,45 @@ async def test_a_failing_unit_of_work_rolls_back_and_publishes_nothing(policy: P
         await failing()
     assert policy.store.state.events == []
     assert policy.bus.published == []
+
+
+def context(message_id: str) -> MessageContext:
+    return MessageContext(
+        message_id=message_id,
+        message_type=AbuseObserved.routing_key,
+        correlation_id=None,
+        attempt=1,
+        app_id="test",
+        timestamp=None,
+    )
+
+
+async def test_a_batch_weighs_each_observation_with_the_ones_before_it_as_one_by_one(policy: Policy) -> None:
+    policy.attributor.table[IP] = Attribution(ip=IP, cpe_mac=MAC, cm_mac=CM_MAC)
+    scan = uuid.uuid4()
+    # Given one batch: a running scan window growing past the threshold revision by revision, a
+    # stale lower revision after it, another address's noise, and one message twice
+    grown = [observation(d, observation_id=str(scan), revision=r) for r, d in enumerate((8, 16, 24, 30))]
+    stale = observation(12, observation_id=str(scan), revision=1)
+    other = observation(1, ip="100.64.0.77")
+    items = [
+        (grown[0], context("m0")),
+        (other, context("m-other")),
+        (grown[1], context("m1")),
+        (grown[2], context("m2")),
+        (stale, context("m-stale")),
+        (grown[3], context("m3")),
+        (grown[3], context("m3")),
+    ]
+    await policy.handlers.on_abuse_batch(items)
+    # Then the scan opened one case at revision 2 and revision 3 fed it; the rest changed nothing
+    stored = policy.store.state.observations[scan]
+    assert (stored["revision"], stored["decision"]) == (3, "fed_open_case")
+    [case] = policy.store.state.cases.values()
+    assert stored["case_id"] == case.case_id
+    assert policy.decision(other.observation_id) == "below_threshold"
+    assert len(policy.store.state.inbox) == 6  # every message id once (the duplicate id too)
+    # And the batch delivered again (a crash before its acks) decides nothing twice
+    await policy.handlers.on_abuse_batch(items)
+    assert len(policy.store.state.cases) == 1
+    assert policy.store.state.observations[scan]["decision"] == "fed_open_case"

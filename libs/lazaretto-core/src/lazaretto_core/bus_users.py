@@ -39,6 +39,7 @@ from .contracts import (
     EVENTS_EXCHANGE,
     AbuseObserved,
     AllowlistChanged,
+    BreakerResumed,
     BreakerTripped,
     CaseChanged,
     Contract,
@@ -103,7 +104,15 @@ def _any_of(names: Any) -> str:
 ACCOUNTS: tuple[Account, ...] = (
     Account(
         "policy",
-        publishes=(GardenApply, GardenRemove, ModemReset, CaseChanged, AllowlistChanged, BreakerTripped),
+        publishes=(
+            GardenApply,
+            GardenRemove,
+            ModemReset,
+            CaseChanged,
+            AllowlistChanged,
+            BreakerTripped,
+            BreakerResumed,
+        ),
         consumes=(
             AbuseObserved,
             GardenApplied,
@@ -141,7 +150,7 @@ VERIFIED: tuple[type[Contract], ...] = (
     ReleaseRequested,
 )
 # Events for operators' tools (alerting, a console), which no service consumes.
-ANNOUNCEMENTS: tuple[type[Contract], ...] = (BreakerTripped,)
+ANNOUNCEMENTS: tuple[type[Contract], ...] = (BreakerTripped, BreakerResumed)
 
 
 def senders(contract: type[Contract]) -> tuple[str, ...]:

@@ -731,6 +731,38 @@ class BreakerTripped(Contract):
     example = examples[0]
 
 
+class BreakerResumed(Contract):
+    """Broadcast: an operator resumed automatic enforcement in `scope` (one of the scopes a
+    `breaker.tripped.v1` named); `actor` is the operator as the audit log records them. The cases the
+    trip held stay held until an operator releases or enforces them."""
+
+    routing_key = "breaker.resumed.v1"
+    exchange = EVENTS_EXCHANGE
+    mandatory = False
+
+    scope: str = Field(min_length=1, max_length=128)
+    actor: str = Field(min_length=1, max_length=128)
+    reason: str = Field(default="", max_length=500)
+    tripped_at: AwareDatetime | None = None
+    resumed_at: AwareDatetime
+
+    examples = (
+        {
+            "scope": "global",
+            "actor": "operator:alice",
+            "reason": "IDS rule 2019284 fixed, backlog checked",
+            "tripped_at": "2026-11-26T05:00:00+00:00",
+            "resumed_at": "2026-11-26T05:20:00+00:00",
+        },
+        {
+            "scope": "cmts:cmts-east-1",
+            "actor": "operator:bob",
+            "resumed_at": "2026-11-26T06:00:00+00:00",
+        },
+    )
+    example = examples[0]
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     AbuseObserved,
     GardenApply,
@@ -745,6 +777,7 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     CaseChanged,
     AllowlistChanged,
     BreakerTripped,
+    BreakerResumed,
 )
 BY_ROUTING_KEY: dict[str, type[Contract]] = {c.routing_key: c for c in ALL_CONTRACTS}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
@@ -39,6 +39,16 @@ class ExtendRequest(BaseModel):
     by_seconds: float = Field(gt=0, le=366 * 86400)
     reason: str = Field(min_length=1, max_length=500)
     operator: str = Field(default="operator", min_length=1, max_length=64)
+
+
+def page_cursor(text: str) -> tuple[datetime, uuid.UUID] | None:
+    """The (opened_at, case_id) an `X-Lazaretto-Next` header names (`<ISO time>~<case id>`), or None."""
+    opened, _, case_id = text.partition("~")
+    try:
+        at = datetime.fromisoformat(opened)
+        return (at, uuid.UUID(case_id)) if at.tzinfo is not None else None
+    except ValueError:
+        return None
 
 
 def install_api(
@@ -95,9 +105,13 @@ def install_api(
         open_only: bool = False,
         limit: int = Query(default=100, ge=1, le=1000),
         reference: str | None = Query(default=None, max_length=40),
+        before: str | None = Query(default=None, max_length=100),
+        *,
+        response: Response,
     ) -> list[dict[str, Any]]:
         """Cases by state; by any address the device held during the case (`ip`); by CPE or CM `mac`;
-        by the reference a subscriber reads out (`reference`, e.g. `lz 7k3m q9`)."""
+        by the reference a subscriber reads out (`reference`, e.g. `lz 7k3m q9`). Newest first; a full
+        page names the next one in the `X-Lazaretto-Next` header, passed back as `before`."""
         if reference is not None:
             typed = reference
             reference = normalize_reference(typed)
@@ -110,10 +124,25 @@ def install_api(
                 mac = normalize_mac(mac)
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
+        cursor = None
+        if before is not None:
+            cursor = page_cursor(before)
+            if cursor is None:
+                raise HTTPException(422, f"{before!r} is not a page cursor (the X-Lazaretto-Next header)")
         async with work.uow.read() as conn:
             cases = await store.list_cases(
-                conn, state=state, ip=ip, mac=mac, open_only=open_only, limit=limit, reference=reference
+                conn,
+                state=state,
+                ip=ip,
+                mac=mac,
+                open_only=open_only,
+                limit=limit,
+                reference=reference,
+                before=cursor,
             )
+        if len(cases) == limit:
+            last = cases[-1]
+            response.headers["X-Lazaretto-Next"] = f"{last.opened_at.isoformat()}~{last.case_id}"
         return [c.public() for c in cases]
 
     @admin.get("/cases/{case_id}")

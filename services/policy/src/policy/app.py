@@ -30,6 +30,7 @@ from . import allowlist, guard
 from .api import install_api
 from .appeals import AppealLimit
 from .attribution import Attributor
+from .batch import ObservationBatcher
 from .breaker import BreakerLimits
 from .casework import CaseWork
 from .commands import expire_due
@@ -57,9 +58,11 @@ class PolicyService:
     http_app: FastAPI
     rules: RuleBook
     loops: Supervisor = field(init=False)
+    batcher: ObservationBatcher = field(init=False)
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
+        self.batcher = ObservationBatcher(self.handlers, max_size=self.settings.observation_batch_max)
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -72,14 +75,17 @@ class PolicyService:
             # Sets the open-trips gauge after a restart.
             await guard.status(conn, breaker_limits(self.settings))
         h = self.handlers
-        self.bus.on(AbuseObserved, h.on_abuse_observed)
+        # Observations are decided in batches, one transaction each (batch.py).
+        self.bus.on(AbuseObserved, self.batcher.submit)
         self.bus.on(GardenApplied, h.on_garden_applied)
         self.bus.on(GardenRemoved, h.on_garden_removed)
         self.bus.on(GardenFailed, h.on_garden_failed)
         self.bus.on(ModemResetCompleted, h.on_modem_reset_completed)
         self.bus.on(ModemResetFailed, h.on_modem_reset_failed)
         self.bus.on(ReleaseRequested, h.on_release_requested)
-        await self.bus.consume(queue_name("policy"), progress=self.progress)
+        await self.bus.consume(
+            queue_name("policy"), prefetch=self.settings.consumer_prefetch, progress=self.progress
+        )
         # An outage is logged and is still a turn: /healthz is about the loop being alive.
         self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
         # Delayed enforcement and expiry are stored: these loops pick them up after a restart too.
@@ -123,6 +129,7 @@ class PolicyService:
     async def stop(self) -> None:
         self._on_sighup(install=False)
         await self.loops.stop()
+        await self.batcher.stop()
         await self.relay.stop()
         await self.bus.close()
         await self.attributor.close()

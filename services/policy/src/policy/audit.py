@@ -3,6 +3,8 @@
 Case transitions and observation decisions are appended by triggers in the database (so no writer can
 forget them); operator actions that are not case transitions are appended here. Each row's hash is
 sha256(prev_hash || body) over the stored body text; a chain starts from 32 zero bytes.
+Each chain's newest link is also kept as its head (`audit_heads`, migration 0008): the verifier
+compares every chain's last row with its head, so deleting the newest rows of a chain shows too.
 `python -m policy audit-verify` (and later `lazaretto audit verify`) call `verify`.
 """
 
@@ -71,18 +73,50 @@ def check_link(row: dict[str, Any], expected_seq: int, prev_hash: bytes) -> str 
     return None
 
 
+def check_head(last: dict[str, Any] | None, head_seq: int | None, head_hash: bytes | None) -> str | None:
+    """What is wrong with a chain's end given its head (audit_heads, migration 0008), or None. Pure.
+    `last`: the chain's last row as walked (None: no row is left)."""
+    if head_seq is None:
+        return "the chain has no head (its head was deleted, or its rows were not appended by policy)"
+    if last is None:
+        return f"every row is missing: its head says seq {head_seq} (the whole chain was deleted)"
+    if last["seq"] != head_seq:
+        return (
+            f"the chain ends at seq {last['seq']} but its head says seq {head_seq}"
+            " (its newest rows were deleted)"
+        )
+    if bytes(last["hash"]) != head_hash:
+        return "the last row's hash is not the head's (the newest row was replaced)"
+    return None
+
+
 async def verify(conn: Connection, batch: int = 5000) -> Verification:
-    """Walk every chain in order; the first broken link (lowest id among the first breaks) is named."""
+    """Walk every chain in order, each ending where its head says; the first broken link (lowest id
+    among the first breaks) is named."""
     first: BrokenLink | None = None
     chains = rows = 0
-    current: str | None = None
+    current: dict[str, Any] | None = None  # the last row walked, with its chain's head
     expected, prev = 1, GENESIS
     broken_chain: str | None = None
     last = (None, 0)
+
+    def broken(link: BrokenLink) -> None:
+        nonlocal first, broken_chain
+        broken_chain = link.chain
+        if first is None or link.row_id < first.row_id:
+            first = link
+
+    def end_of(row: dict[str, Any]) -> None:
+        if broken_chain != row["chain"]:
+            problem = check_head(row, row["head_seq"], row["head_hash"])
+            if problem is not None:
+                broken(BrokenLink(row["chain"], row["seq"], row["id"], problem))
+
     while True:
         page = await conn.fetch(
-            "SELECT id, chain, seq, kind, actor, body, prev_hash, hash FROM audit_log"
-            " WHERE (chain, seq) > ($1, $2) OR $1::text IS NULL ORDER BY chain, seq LIMIT $3",
+            "SELECT a.id, a.chain, a.seq, a.kind, a.actor, a.body, a.prev_hash, a.hash,"
+            " h.seq AS head_seq, h.hash AS head_hash FROM audit_log a LEFT JOIN audit_heads h USING (chain)"
+            " WHERE (a.chain, a.seq) > ($1, $2) OR $1::text IS NULL ORDER BY a.chain, a.seq LIMIT $3",
             last[0],
             last[1],
             batch,
@@ -92,16 +126,27 @@ async def verify(conn: Connection, batch: int = 5000) -> Verification:
         for record in page:
             row = dict(record)
             rows += 1
-            if row["chain"] != current:
-                current, expected, prev = row["chain"], 1, GENESIS
+            if current is None or row["chain"] != current["chain"]:
+                if current is not None:
+                    end_of(current)
+                expected, prev = 1, GENESIS
                 chains += 1
-            if broken_chain != current:
+            if broken_chain != row["chain"]:
                 problem = check_link(row, expected, prev)
                 if problem is not None:
-                    broken_chain = current
-                    link = BrokenLink(row["chain"], row["seq"], row["id"], problem)
-                    if first is None or link.row_id < first.row_id:
-                        first = link
+                    broken(BrokenLink(row["chain"], row["seq"], row["id"], problem))
             expected, prev = row["seq"] + 1, bytes(row["hash"])
+            current = row
         last = (page[-1]["chain"], page[-1]["seq"])
+    if current is not None:
+        end_of(current)
+    # Heads whose chain has no row left at all.
+    for head in await conn.fetch(
+        "SELECT chain, seq FROM audit_heads h"
+        " WHERE NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.chain = h.chain) ORDER BY chain LIMIT 1"
+    ):
+        chains += 1
+        problem = check_head(None, head["seq"], None)
+        assert problem is not None
+        broken(BrokenLink(head["chain"], head["seq"], 0, problem))
     return Verification(chains, rows, first)

@@ -5,6 +5,7 @@ the unit of work's connection first, as `store`'s functions do."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -14,7 +15,7 @@ from lazaretto_core.db import Connection
 from .flow import Step
 from .ladder import CaseTerms
 from .rules import Seen
-from .store import AddressSource, Case
+from .store import AddressSource, Case, ObservationRow
 
 
 class CaseStore(Protocol):
@@ -98,7 +99,21 @@ class CaseStore(Protocol):
         ruleset_version: str | None = None,
     ) -> bool: ...
 
+    async def insert_observations(self, conn: Connection, rows: Sequence[ObservationRow]) -> None: ...
+
     async def observation_revision(self, conn: Connection, observation_id: uuid.UUID) -> int | None: ...
+
+    async def observation_revisions(
+        self, conn: Connection, observation_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int]: ...
+
+    async def recent_observations_at(
+        self, conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
+    ) -> dict[str, list[Seen]]: ...
+
+    async def last_releases_at_addresses(
+        self, conn: Connection, ips: Sequence[str]
+    ) -> dict[str, datetime]: ...
 
     async def recent_observations(
         self, conn: Connection, ip: str, since: datetime, limit: int = 1000
@@ -131,6 +146,10 @@ class CaseStore(Protocol):
     async def get_case(self, conn: Connection, case_id: uuid.UUID) -> Case | None: ...
 
     async def claim_message(self, conn: Connection, consumer: str, message_id: str) -> bool: ...
+
+    async def claim_messages(
+        self, conn: Connection, consumer: str, message_ids: Sequence[str]
+    ) -> set[str]: ...
 
     async def enqueue(
         self, conn: Connection, message: Contract, *, correlation_id: str | None = None

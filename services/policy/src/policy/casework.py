@@ -92,19 +92,27 @@ class CaseWork:
         if existing is not None:
             raise CaseExists(existing)
         current = identity.current_lease(leases)
-        case = await self.store.create_case(
-            conn,
-            ip=current.ip if current else attribution.ip,
-            cpe_mac=attribution.cpe_mac,
-            cm_mac=attribution.cm_mac,
-            scope=scope,
-            category=category,
-            reason=reason,
-            opened_by=actor,
-            key_kind=key_kind,
-            device_key=device_key,
-            attribution=attribution.audit(),
-        )
+        try:
+            case = await self.store.create_case(
+                conn,
+                ip=current.ip if current else attribution.ip,
+                cpe_mac=attribution.cpe_mac,
+                cm_mac=attribution.cm_mac,
+                scope=scope,
+                category=category,
+                reason=reason,
+                opened_by=actor,
+                key_kind=key_kind,
+                device_key=device_key,
+                attribution=attribution.audit(),
+            )
+        except store.DeviceCaseOpened:
+            # Opened by a concurrent transaction since the look-up above (which had no row to lock):
+            # committed now, so it is read (and locked) like any open case, and fed instead.
+            existing = await self.store.open_case_for_device(conn, key_kind, device_key, lock=True)
+            if existing is None:
+                raise  # and closed again meanwhile: the message is retried
+            raise CaseExists(existing) from None
         await self.record_alert_address(conn, case, attribution, source)
         await self.follow_device(conn, case, leases)
         case = await self.store.get_case(conn, case.case_id) or case

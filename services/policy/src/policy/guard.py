@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge
 
 from lazaretto_core import allowlist as matcher
-from lazaretto_core.contracts import AllowlistEntry, BreakerTripped, utcnow
+from lazaretto_core.contracts import AllowlistEntry, BreakerResumed, BreakerTripped, utcnow
 from lazaretto_core.db import Connection
 from lazaretto_core.outbox import enqueue
 
@@ -202,13 +202,23 @@ async def resume(conn: Connection, scope: str | None, actor: str, detail: dict[s
     """Resume one tripped scope, or every one (`scope` None); audited. Returns the scopes resumed."""
     rows = await conn.fetch(
         "UPDATE breaker_trips SET resumed_at = now(), resumed_by = $2"
-        " WHERE resumed_at IS NULL AND ($1::text IS NULL OR scope = $1) RETURNING scope",
+        " WHERE resumed_at IS NULL AND ($1::text IS NULL OR scope = $1) RETURNING scope, tripped_at",
         scope,
         actor,
     )
     resumed = [r["scope"] for r in rows]
     if resumed:
         await audit.append(conn, "operator:breaker", "breaker_resumed", actor, {**detail, "scopes": resumed})
+        # Operators' tools learn it as they learned the trip: one announcement per scope resumed.
+        for row in rows:
+            resumed_now = BreakerResumed(
+                scope=row["scope"],
+                actor=actor[:128],
+                reason=str(detail.get("reason") or "")[:500],
+                tripped_at=row["tripped_at"],
+                resumed_at=utcnow(),
+            )
+            await enqueue(conn, resumed_now)
         OPEN_TRIPS.dec(len(resumed))
         log.warning("circuit breaker resumed for %s by %s", ", ".join(resumed), actor)
     return resumed

@@ -3,11 +3,12 @@ on one unit of work with the message's claim, so a redelivery changes nothing tw
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
-from datetime import timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
@@ -24,6 +25,7 @@ from lazaretto_core.contracts import (
     ReleaseRequested,
     utcnow,
 )
+from lazaretto_core.db import Connection
 from lazaretto_core.errors import InvalidMessage
 
 from . import commands, identity, ladder
@@ -32,8 +34,9 @@ from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
 from .flow import Step
 from .release_progress import record_refusal
-from .rulebook import RuleBook
-from .rules import Network, Seen, evaluate, is_allowlisted
+from .rulebook import LoadedRules, RuleBook
+from .rules import Decision, Network, Seen, evaluate, is_allowlisted
+from .store import ObservationRow
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,33 @@ DECISIONS = Counter(
 DRY_RUNS = Counter(
     "lazaretto_policy_dry_run_total", "What dry-run rules would have enforced, by rule", ["rule"]
 )
+
+
+@dataclass
+class Weighed:
+    """An observation weighed under the rules in force, before its decision is written."""
+
+    event: AbuseObserved
+    ctx: MessageContext
+    decision: Decision
+    # What the rules' action became here (allowlisted, stale, attribution_conflict, ...).
+    action: str
+    version: str
+    audit: dict[str, Any]
+    attribution: Attribution | None = None
+    leases: DeviceLeases | None = None
+    # What storing it decided last (grace, opened_case, fed_open_case, ...), and the case it feeds.
+    outcome: str | None = None
+    case_id: uuid.UUID | None = None
+
+    @property
+    def rule_name(self) -> str | None:
+        return self.decision.rule.name if self.decision.rule else None
+
+    @property
+    def opens(self) -> bool:
+        """Enforcing and attributed to a device: opens (or feeds) that device's case."""
+        return self.attribution is not None and self.action == "quarantine" and self.decision.rule is not None
 
 
 class PolicyHandlers:
@@ -72,7 +102,10 @@ class PolicyHandlers:
         rule enforces, attribute it to the device that held the address at `last_seen`, then open or
         feed that device's case. A higher revision of a stored observation replaces it and is weighed
         again; an equal or lower one is a duplicate. Everything is recorded with the rule set's
-        version; a stale observation, a conflict, grace or no rule reached acts on nothing."""
+        version; a stale observation, a conflict, grace or no rule reached acts on nothing.
+
+        This is the one-message path (tests, and the fallback of a failed batch); the service
+        consumes through `batch.ObservationBatcher`, which calls `on_abuse_batch`."""
         loaded = self.rules.current
         now = utcnow()
         async with self.work.uow.read() as conn:
@@ -83,13 +116,80 @@ class PolicyHandlers:
             since = event.last_seen - loaded.rules.longest_window()
             history = await self.work.store.recent_observations(conn, event.ip, since)
             released_at = await self.work.store.last_release_at_address(conn, event.ip)
+        weighed = self._weigh(event, ctx, history, released_at, loaded, now)
+        await self._attribute(weighed)
+        async with self.work.uow() as conn:
+            if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
+                return
+            if weighed.opens:
+                await self._open_or_feed(conn, weighed, now)
+            else:
+                await self._record(conn, [weighed])
+
+    async def on_abuse_batch(self, items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        """`on_abuse_observed` for many messages at once, in their order: one pass of reads (`= ANY`),
+        the rules weighed in memory (each observation sees the ones before it in the batch, as it
+        would have seen them stored), attribution for the few that enforce, then ONE transaction that
+        claims every message id, opens or feeds cases, and stores the rest with one `executemany`.
+        Any error rolls the whole batch back (the caller then takes its messages one by one)."""
+        loaded = self.rules.current
+        now = utcnow()
+        window = loaded.rules.longest_window()
+        events = [event for event, _ in items]
+        async with self.work.uow.read() as conn:
+            revisions = await self.work.store.observation_revisions(conn, [e.observation_id for e in events])
+            since_by_ip: dict[str, datetime] = {}
+            for e in events:
+                since_by_ip[e.ip] = min(since_by_ip.get(e.ip, e.last_seen), e.last_seen - window)
+            stored = await self.work.store.recent_observations_at(conn, since_by_ip)
+            released = await self.work.store.last_releases_at_addresses(conn, list(since_by_ip))
+        weighed: list[Weighed] = []
+        for event, ctx in items:
+            highest = revisions.get(event.observation_id)
+            if highest is not None and highest >= event.revision:
+                log.info("observation %s revision %d: duplicate", event.observation_id, event.revision)
+                continue
+            revisions[event.observation_id] = event.revision
+            since = event.last_seen - window
+            at_ip = stored.setdefault(event.ip, [])
+            history = [s for s in at_ip if s.last_seen >= since and s.observation_id != event.observation_id]
+            weighed.append(self._weigh(event, ctx, history, released.get(event.ip), loaded, now))
+            # The next observations of this address weigh this one as stored (its highest revision).
+            at_ip[:] = [s for s in at_ip if s.observation_id != event.observation_id] + [Seen.of(event)]
+        enforcing = [w for w in weighed if w.action == "quarantine"]
+        # Network I/O outside the transaction, concurrently; a peer down fails the batch (retried).
+        await asyncio.gather(*(self._attribute(w) for w in enforcing))
+        async with self.work.uow() as conn:
+            claimed = await self.work.store.claim_messages(
+                conn, CONSUMER, [ctx.message_id for _, ctx in items]
+            )
+            recorded: list[Weighed] = []
+            for w in weighed:
+                if w.ctx.message_id not in claimed:
+                    continue
+                claimed.discard(w.ctx.message_id)  # the same message twice in a batch counts once
+                if w.opens:
+                    # Cases first, in order: a later revision stored below keeps the case it opened.
+                    await self._open_or_feed(conn, w, now)
+                else:
+                    recorded.append(w)
+            await self._record(conn, recorded)
+
+    def _weigh(
+        self,
+        event: AbuseObserved,
+        ctx: MessageContext,
+        history: list[Seen],
+        released_at: datetime | None,
+        loaded: LoadedRules,
+        now: datetime,
+    ) -> Weighed:
+        """The rules' decision on `event` with the address's other observations (`history`)."""
         current = Seen.of(event)
         history = [s for s in history if s.observation_id != event.observation_id] + [current]
         decision = evaluate(loaded.rules, history, current, released_at=released_at, now=now)
         rule = decision.rule
         action: str = decision.action
-        attribution: Attribution | None = None
-        leases: DeviceLeases | None = None
         audit: dict[str, Any] = {}
         if decision.evidence is not None:
             audit["evidence"] = asdict(decision.evidence)
@@ -108,70 +208,86 @@ class PolicyHandlers:
                     "last_seen": event.last_seen.isoformat(),
                     "max_age_s": self.max_observation_age.total_seconds(),
                 }
-            else:
-                # Network I/O stays outside the transaction; a peer down retries the message.
-                attribution = await self.attributor.attribute(event.ip, event.last_seen)
-                audit |= attribution.audit()
-                if attribution.found == "conflict":
-                    action = "attribution_conflict"
-                elif attribution.cpe_mac is not None:
-                    leases = await self.attributor.device_leases(attribution.cpe_mac, event.first_seen)
-        rule_name = rule.name if rule else None
-        version = loaded.version
+        return Weighed(event, ctx, decision, action, loaded.version, audit)
 
-        async def record(case_id: uuid.UUID | None, outcome: str) -> bool:
-            DECISIONS.labels(outcome, rule_name or "").inc()
-            return await self.work.store.insert_observation(
-                conn, event, case_id, outcome, audit, rule=rule_name, ruleset_version=version
-            )
+    async def _attribute(self, weighed: Weighed) -> None:
+        """Who held the address when an enforcing observation was last seen (HTTP to the peers)."""
+        if weighed.action != "quarantine":
+            return
+        event = weighed.event
+        attribution = await self.attributor.attribute(event.ip, event.last_seen)
+        weighed.attribution = attribution
+        weighed.audit |= attribution.audit()
+        if attribution.found == "conflict":
+            weighed.action = "attribution_conflict"
+        elif attribution.cpe_mac is not None:
+            weighed.leases = await self.attributor.device_leases(attribution.cpe_mac, event.first_seen)
 
-        async with self.work.uow() as conn:
-            if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
-                return
-            if attribution is None or action != "quarantine" or rule is None:
-                if await record(None, action):
-                    log.info(
-                        "observation %s for %s: %s (%s, rules %s)",
-                        event.observation_id,
-                        event.ip,
-                        action,
-                        decision.reason,
-                        version,
-                    )
-                return
-            key_kind, device_key = identity.case_key(rule.scope, attribution)
-            released = await self.work.store.last_release_of_device(conn, key_kind, device_key)
-            if released is not None and now - released < timedelta(seconds=rule.ladder.grace):
-                audit["grace_until"] = (released + timedelta(seconds=rule.ladder.grace)).isoformat()
-                await record(None, "grace")
-                return
-            decay_since = now - timedelta(seconds=rule.ladder.decay)
-            offence = await self.work.store.cases_of_device_since(conn, key_kind, device_key, decay_since) + 1
-            command = OpenCase(
-                attribution,
-                scope=rule.scope,
-                category=event.category,
-                reason=decision.reason,
-                actor=f"rule:{rule.name}",
-                leases=leases,
-                terms=ladder.terms_for(rule, version, offence, now),
+    async def _record(self, conn: Connection, weighed: Sequence[Weighed]) -> None:
+        """Store observations with their decision (one statement for many)."""
+        if not weighed:
+            return
+        rows = []
+        for w in weighed:
+            outcome = w.outcome or w.action
+            DECISIONS.labels(outcome, w.rule_name or "").inc()
+            rows.append(
+                ObservationRow(
+                    w.event, w.case_id, outcome, w.audit, rule=w.rule_name, ruleset_version=w.version
+                )
             )
-            try:
-                case = await commands.open_case(self.work, conn, command, self.allowlist)
-            except commands.Allowlisted as covered:
-                # policy-guard: the database allowlist covers the device (exempt, or notify only).
-                action = "notify_only" if covered.effect == "notify_only" else "allowlisted"
-                audit["allowlist"] = str(covered)
-                await record(None, action)
-                log.info("observation %s for %s: %s", event.observation_id, event.ip, covered)
-                return
-            except commands.AlreadyOpen as exists:
-                # The device's case is open: the observation feeds it (and says where the device is).
-                await self.work.record_alert_address(conn, exists.case, attribution, "alert")
-                await self.work.follow_device(conn, exists.case, leases)
-                await record(exists.case.case_id, "fed_open_case")
-                return
-            await record(case.case_id, "opened_case")
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "observation %s for %s: %s (%s, rules %s)",
+                    w.event.observation_id,
+                    w.event.ip,
+                    outcome,
+                    w.decision.reason,
+                    w.version,
+                )
+        await self.work.store.insert_observations(conn, rows)
+
+    async def _open_or_feed(self, conn: Connection, w: Weighed, now: datetime) -> None:
+        """An enforcing observation attributed to a device: open its case (or feed the open one)."""
+        event, rule, attribution = w.event, w.decision.rule, w.attribution
+        assert rule is not None
+        assert attribution is not None
+        key_kind, device_key = identity.case_key(rule.scope, attribution)
+        released = await self.work.store.last_release_of_device(conn, key_kind, device_key)
+        if released is not None and now - released < timedelta(seconds=rule.ladder.grace):
+            w.audit["grace_until"] = (released + timedelta(seconds=rule.ladder.grace)).isoformat()
+            w.outcome = "grace"
+            await self._record(conn, [w])
+            return
+        decay_since = now - timedelta(seconds=rule.ladder.decay)
+        offence = await self.work.store.cases_of_device_since(conn, key_kind, device_key, decay_since) + 1
+        command = OpenCase(
+            attribution,
+            scope=rule.scope,
+            category=event.category,
+            reason=w.decision.reason,
+            actor=f"rule:{rule.name}",
+            leases=w.leases,
+            terms=ladder.terms_for(rule, w.version, offence, now),
+        )
+        try:
+            case = await commands.open_case(self.work, conn, command, self.allowlist)
+        except commands.Allowlisted as covered:
+            # policy-guard: the database allowlist covers the device (exempt, or notify only).
+            w.outcome = "notify_only" if covered.effect == "notify_only" else "allowlisted"
+            w.audit["allowlist"] = str(covered)
+            await self._record(conn, [w])
+            log.info("observation %s for %s: %s", event.observation_id, event.ip, covered)
+            return
+        except commands.AlreadyOpen as exists:
+            # The device's case is open: the observation feeds it (and says where the device is).
+            await self.work.record_alert_address(conn, exists.case, attribution, "alert")
+            await self.work.follow_device(conn, exists.case, w.leases)
+            w.case_id, w.outcome = exists.case.case_id, "fed_open_case"
+            await self._record(conn, [w])
+            return
+        w.case_id, w.outcome = case.case_id, "opened_case"
+        await self._record(conn, [w])
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
         await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", {"changes": event.changes})

@@ -13,7 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -28,7 +28,7 @@ from .guard import Verdict
 from .ladder import CaseTerms
 from .reference import reference_for
 from .rules import Seen
-from .store import AddressSource, Case
+from .store import AddressSource, Case, ObservationRow
 
 
 def _now() -> datetime:
@@ -318,6 +318,33 @@ class MemoryStore:
         }
         return True
 
+    async def insert_observations(self, conn: Connection, rows: Sequence[ObservationRow]) -> None:
+        for row in rows:
+            await self.insert_observation(
+                conn,
+                row.event,
+                row.case_id,
+                row.decision,
+                row.attribution,
+                rule=row.rule,
+                ruleset_version=row.ruleset_version,
+            )
+
+    async def observation_revisions(
+        self, conn: Connection, observation_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int]:
+        found = {i: await self.observation_revision(conn, i) for i in observation_ids}
+        return {i: r for i, r in found.items() if r is not None}
+
+    async def recent_observations_at(
+        self, conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
+    ) -> dict[str, list[Seen]]:
+        return {ip: await self.recent_observations(conn, ip, s, limit) for ip, s in since_by_ip.items()}
+
+    async def last_releases_at_addresses(self, conn: Connection, ips: Sequence[str]) -> dict[str, datetime]:
+        found = {ip: await self.last_release_at_address(conn, ip) for ip in ips}
+        return {ip: at for ip, at in found.items() if at is not None}
+
     async def observation_revision(self, conn: Connection, observation_id: uuid.UUID) -> int | None:
         stored = self.state.observations.get(observation_id)
         return None if stored is None else int(stored["revision"])
@@ -337,6 +364,9 @@ class MemoryStore:
             return False
         self.state.inbox.add((consumer, message_id))
         return True
+
+    async def claim_messages(self, conn: Connection, consumer: str, message_ids: Sequence[str]) -> set[str]:
+        return {m for m in dict.fromkeys(message_ids) if await self.claim_message(conn, consumer, m)}
 
     async def enqueue(self, conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
         self.state.outbox.append((message, correlation_id))

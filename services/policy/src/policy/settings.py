@@ -75,6 +75,13 @@ class PolicySettings(ServiceSettings):
     # Seconds between looks into the maildir's new/.
     reports_maildir_interval: float = Field(default=5.0, gt=0)
 
+    # Deliveries the broker may have in flight to policy at once (AMQP prefetch): the most
+    # observations one batch can gather.
+    consumer_prefetch: int = Field(default=400, ge=1)
+    # Observations decided in one transaction at most. Batches form only under load: an observation
+    # reaching an idle consumer is decided at once, alone.
+    observation_batch_max: int = Field(default=200, ge=1)
+
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
         return TokenBook([legacy, *self.operator_tokens])

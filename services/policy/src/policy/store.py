@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -61,6 +62,11 @@ class Case:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["step"] = self.step.value if self.step else None
         return data
+
+
+class DeviceCaseOpened(Exception):
+    """Another transaction opened this device's case first (the unique index
+    `cases_one_open_per_device`): two observations of one device decided at once."""
 
 
 async def open_case_for_device(
@@ -143,6 +149,9 @@ async def create_case(
                 )
             break
         except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "cases_one_open_per_device":
+                # Only a savepoint rolled back: the caller's transaction goes on (and feeds that case).
+                raise DeviceCaseOpened(f"{key_kind} {device_key} has an open case already") from None
             if exc.constraint_name != "cases_reference":
                 raise
     assert row is not None
@@ -251,6 +260,67 @@ async def add_event(
     )
 
 
+_INSERT_OBSERVATION = (
+    "INSERT INTO observations (observation_id, detector, sensor, ip, category, severity, count,"
+    " first_seen, last_seen, signatures, evidence, case_id, decision, attribution, revision,"
+    " distinct_destinations, distinct_dst_ports, direction, established, app_protos, interface,"
+    " rule, ruleset_version)"
+    " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14::jsonb,"
+    " $15, $16, $17, $18, $19, $20::jsonb, $21, $22, $23)"
+    " ON CONFLICT (observation_id) DO UPDATE SET"
+    " count = EXCLUDED.count, severity = EXCLUDED.severity, first_seen = EXCLUDED.first_seen,"
+    " last_seen = EXCLUDED.last_seen, signatures = EXCLUDED.signatures, evidence = EXCLUDED.evidence,"
+    " case_id = COALESCE(EXCLUDED.case_id, observations.case_id), decision = EXCLUDED.decision,"
+    " attribution = EXCLUDED.attribution, revision = EXCLUDED.revision,"
+    " distinct_destinations = EXCLUDED.distinct_destinations,"
+    " distinct_dst_ports = EXCLUDED.distinct_dst_ports, direction = EXCLUDED.direction,"
+    " established = EXCLUDED.established, app_protos = EXCLUDED.app_protos,"
+    " interface = EXCLUDED.interface, rule = EXCLUDED.rule,"
+    " ruleset_version = EXCLUDED.ruleset_version, decided_at = now()"
+    " WHERE observations.revision < EXCLUDED.revision"
+)
+
+
+@dataclass(frozen=True)
+class ObservationRow:
+    """An observation with the decision taken on it, as `insert_observations` stores it."""
+
+    event: AbuseObserved
+    case_id: uuid.UUID | None
+    decision: str
+    attribution: dict[str, Any] | None = None
+    rule: str | None = None
+    ruleset_version: str | None = None
+
+    def arguments(self) -> tuple[Any, ...]:
+        event = self.event
+        return (
+            event.observation_id,
+            event.detector,
+            event.sensor,
+            event.ip,
+            event.category,
+            event.severity,
+            event.count,
+            event.first_seen,
+            event.last_seen,
+            json.dumps(event.signatures),
+            json.dumps(event.evidence),
+            self.case_id,
+            self.decision,
+            json.dumps(self.attribution or {}, default=str),
+            event.revision,
+            event.distinct_destinations,
+            event.distinct_dst_ports,
+            event.direction,
+            event.established,
+            json.dumps(event.app_protos),
+            event.interface,
+            self.rule,
+            self.ruleset_version,
+        )
+
+
 async def insert_observation(
     conn: Connection,
     event: AbuseObserved,
@@ -263,49 +333,16 @@ async def insert_observation(
 ) -> bool:
     """Store the observation, or replace the stored one by this higher revision of its running
     evidence; False when an equal or higher revision is stored already (a duplicate)."""
-    status: str = await conn.execute(
-        "INSERT INTO observations (observation_id, detector, sensor, ip, category, severity, count,"
-        " first_seen, last_seen, signatures, evidence, case_id, decision, attribution, revision,"
-        " distinct_destinations, distinct_dst_ports, direction, established, app_protos, interface,"
-        " rule, ruleset_version)"
-        " VALUES ($1, $2, $3, $4::inet, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12, $13, $14::jsonb,"
-        " $15, $16, $17, $18, $19, $20::jsonb, $21, $22, $23)"
-        " ON CONFLICT (observation_id) DO UPDATE SET"
-        " count = EXCLUDED.count, severity = EXCLUDED.severity, first_seen = EXCLUDED.first_seen,"
-        " last_seen = EXCLUDED.last_seen, signatures = EXCLUDED.signatures, evidence = EXCLUDED.evidence,"
-        " case_id = COALESCE(EXCLUDED.case_id, observations.case_id), decision = EXCLUDED.decision,"
-        " attribution = EXCLUDED.attribution, revision = EXCLUDED.revision,"
-        " distinct_destinations = EXCLUDED.distinct_destinations,"
-        " distinct_dst_ports = EXCLUDED.distinct_dst_ports, direction = EXCLUDED.direction,"
-        " established = EXCLUDED.established, app_protos = EXCLUDED.app_protos,"
-        " interface = EXCLUDED.interface, rule = EXCLUDED.rule,"
-        " ruleset_version = EXCLUDED.ruleset_version, decided_at = now()"
-        " WHERE observations.revision < EXCLUDED.revision",
-        event.observation_id,
-        event.detector,
-        event.sensor,
-        event.ip,
-        event.category,
-        event.severity,
-        event.count,
-        event.first_seen,
-        event.last_seen,
-        json.dumps(event.signatures),
-        json.dumps(event.evidence),
-        case_id,
-        decision,
-        json.dumps(attribution or {}, default=str),
-        event.revision,
-        event.distinct_destinations,
-        event.distinct_dst_ports,
-        event.direction,
-        event.established,
-        json.dumps(event.app_protos),
-        event.interface,
-        rule,
-        ruleset_version,
-    )
+    row = ObservationRow(event, case_id, decision, attribution, rule, ruleset_version)
+    status: str = await conn.execute(_INSERT_OBSERVATION, *row.arguments())
     return status.endswith(" 1")
+
+
+async def insert_observations(conn: Connection, rows: Sequence[ObservationRow]) -> None:
+    """`insert_observation` for many, in order, pipelined in one round trip (`executemany`); a lower
+    revision after a higher one of the same observation changes nothing, as one by one."""
+    if rows:
+        await conn.executemany(_INSERT_OBSERVATION, [row.arguments() for row in rows])
 
 
 async def observation_revision(conn: Connection, observation_id: uuid.UUID) -> int | None:
@@ -326,6 +363,50 @@ async def recent_observations(conn: Connection, ip: str, since: datetime, limit:
         limit,
     )
     return [Seen(**dict(r)) for r in rows]
+
+
+async def observation_revisions(
+    conn: Connection, observation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """The stored revision of each of these observations that is stored."""
+    rows = await conn.fetch(
+        "SELECT observation_id, revision FROM observations WHERE observation_id = ANY($1::uuid[])",
+        list(set(observation_ids)),
+    )
+    return {r["observation_id"]: r["revision"] for r in rows}
+
+
+async def recent_observations_at(
+    conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
+) -> dict[str, list[Seen]]:
+    """`recent_observations` for many addresses in one query (each address with its own `since`)."""
+    ips = list(since_by_ip)
+    rows = await conn.fetch(
+        "SELECT a.n, o.observation_id, o.detector, o.category, o.severity, o.count, o.first_seen,"
+        " o.last_seen, o.distinct_destinations, o.distinct_dst_ports, o.direction, o.established"
+        " FROM unnest($1::inet[], $2::timestamptz[]) WITH ORDINALITY AS a(ip, since, n)"
+        " CROSS JOIN LATERAL (SELECT * FROM observations WHERE ip = a.ip AND last_seen >= a.since"
+        " ORDER BY last_seen DESC LIMIT $3) o",
+        ips,
+        [since_by_ip[ip] for ip in ips],
+        limit,
+    )
+    found: dict[str, list[Seen]] = {ip: [] for ip in ips}
+    for r in rows:
+        values = dict(r)
+        found[ips[values.pop("n") - 1]].append(Seen(**values))
+    return found
+
+
+async def last_releases_at_addresses(conn: Connection, ips: Sequence[str]) -> dict[str, datetime]:
+    """`last_release_at_address` for many addresses in one query (addresses without one left out)."""
+    rows = await conn.fetch(
+        "SELECT a.n, (SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
+        " SELECT case_id FROM cases WHERE ip = a.ip UNION SELECT case_id FROM case_addresses"
+        " WHERE ip = a.ip)) AS at FROM unnest($1::inet[]) WITH ORDINALITY AS a(ip, n)",
+        list(ips),
+    )
+    return {ips[r["n"] - 1]: r["at"] for r in rows if r["at"] is not None}
 
 
 async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
@@ -457,8 +538,11 @@ async def list_cases(
     limit: int,
     mac: str | None = None,
     reference: str | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Case]:
-    """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference."""
+    """Cases by state; by any address the device held during the case; by CPE or CM MAC; by reference.
+    Newest first, `limit` at a time: the next page is the cases `before` the last one's
+    (opened_at, case_id), read on from the index where the last page ended (keyset, not OFFSET)."""
     # Only the filters asked for are in the query, so each one can use its index (a prepared
     # `$n IS NULL OR ...` has one generic plan for all: a scan of every case).
     where: list[str] = []
@@ -481,10 +565,13 @@ async def list_cases(
         where.append(f"reference = ${len(values)}")
     if open_only:
         where.append("closed_at IS NULL")
+    if before is not None:
+        values.extend(before)
+        where.append(f"(opened_at, case_id) < (${len(values) - 1}, ${len(values)})")
     values.append(limit)
     rows = await conn.fetch(
         f"SELECT {_CASE_COLUMNS} FROM cases WHERE {' AND '.join(where) or 'true'}"
-        f" ORDER BY opened_at DESC LIMIT ${len(values)}",
+        f" ORDER BY opened_at DESC, case_id DESC LIMIT ${len(values)}",
         *values,
     )
     return [Case.from_row(r) for r in rows]
@@ -515,6 +602,17 @@ async def case_observations(conn: Connection, case_id: uuid.UUID) -> list[dict[s
 async def claim_message(conn: Connection, consumer: str, message_id: str) -> bool:
     """Record a consumed message in the inbox (False: handled before), in the caller's transaction."""
     return await db.claim_message(conn, consumer, message_id)
+
+
+async def claim_messages(conn: Connection, consumer: str, message_ids: Sequence[str]) -> set[str]:
+    """`claim_message` for many in one statement: the ids claimed now (the others were handled)."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::text[])"
+        " ON CONFLICT DO NOTHING RETURNING message_id",
+        consumer,
+        list(dict.fromkeys(message_ids)),
+    )
+    return {r["message_id"] for r in rows}
 
 
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:

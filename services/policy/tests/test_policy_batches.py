@@ -1,0 +1,246 @@
+"""Observations decided in batches on the real service (RabbitMQ, PostgreSQL, attribution over HTTP):
+a backlog is decided in batches of many, each observation once and in order; a poisonous message
+in a batch is dead-lettered alone; a batch committed but never acked (the process killed in between)
+is redelivered and decides nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika  # noqa: TID251 (the test reads the dead-letter queue as an operator would)
+import pytest
+from prometheus_client import REGISTRY
+
+from lazaretto_core.bus import REASON_HEADER, Bus, MessageContext, dead_letter_queue_name, queue_name
+from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.testing import BusProbe
+from policy.app import PolicyService, build
+from policy.settings import PolicySettings
+
+SCAN_IP = "100.64.30.10"
+MAC = "02:00:00:00:1b:01"
+CM_MAC = "00:02:8a:d3:1b:01"
+QUEUE = queue_name("policy")
+
+
+def observation(
+    ip: str,
+    destinations: int,
+    *,
+    observation_id: uuid.UUID | None = None,
+    revision: int = 0,
+    sensor: str = "s1",
+) -> AbuseObserved:
+    last = datetime.now(UTC)
+    return AbuseObserved.model_validate(
+        {
+            **AbuseObserved.example,
+            "observation_id": str(observation_id or uuid.uuid4()),
+            "ip": ip,
+            "sensor": sensor,
+            "count": 30,
+            "first_seen": (last - timedelta(seconds=5)).isoformat(),
+            "last_seen": last.isoformat(),
+            "revision": revision,
+            "distinct_destinations": destinations,
+            "direction": "outbound",
+        }
+    )
+
+
+def noise(n: int) -> list[AbuseObserved]:
+    """Observations of other subscribers that reach no rule (one destination each)."""
+    return [observation(f"100.64.31.{i + 1}", 1) for i in range(n)]
+
+
+@pytest.fixture
+async def sender(amqp_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def scanner(book: LeaseBook) -> None:
+    book.bind(SCAN_IP, MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(MAC, CM_MAC, SCAN_IP)
+
+
+async def stored(service: PolicyService, count: int, timeout: float = 60) -> dict[uuid.UUID, dict[str, Any]]:
+    """The stored observations, once there are `count`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with service.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT observation_id, revision, decision, case_id, decided_at FROM observations"
+                )
+            if len(rows) >= count:
+                return {r["observation_id"]: dict(r) for r in rows}
+            await asyncio.sleep(0.05)
+
+
+def handled(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "lazaretto_messages_handled_total", {"queue": QUEUE, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisions_in_order(
+    policy: PolicyService, sender: Bus, probe: BusProbe, scanner: None
+) -> None:
+    sizes: list[int] = []
+    gate = asyncio.Event()
+    decide = policy.handlers.on_abuse_batch
+
+    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        sizes.append(len(items))
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    # Given a backlog: a running scan window growing revision by revision among other subscribers'
+    # noise, a stale lower revision, and one message delivered twice (same message id)
+    scan = uuid.uuid4()
+    grown = [
+        observation(SCAN_IP, d, observation_id=scan, revision=r) for r, d in enumerate((5, 10, 15, 25, 30))
+    ]
+    others = noise(60)
+    for i, event in enumerate(others):
+        await sender.publish(event, message_id=event.message_key())
+        if i % 12 == 0 and grown:
+            event = grown.pop(0)
+            await sender.publish(event, message_id=event.message_key())
+    await sender.publish(observation(SCAN_IP, 12, observation_id=scan, revision=2))
+    await sender.publish(others[0], message_id=others[0].message_key())
+    gate.set()
+    # Then every observation is stored once, with the decision on its highest revision
+    rows = await stored(policy, 61)
+    await asyncio.sleep(0.5)  # the duplicates have been consumed too
+    assert len(await stored(policy, 61)) == 61
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    assert (rows[scan]["revision"], rows[scan]["decision"]) == (4, "fed_open_case")
+    # And the scan opened one case (at revision 3), asked for one garden, and revision 4 fed it
+    [apply] = await probe.wait_for(GardenApply)
+    assert (apply.cpe_mac, apply.cpe_ip) == (MAC, SCAN_IP)
+    assert rows[scan]["case_id"] == apply.case_id
+    async with policy.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM cases") == 1
+    await asyncio.sleep(0.5)
+    assert len([m for key, m, _ in probe.received if key == GardenApply.routing_key]) == 1
+    # And the backlog went in batches of many (the first delivery waited alone at the gate)
+    assert sum(sizes) == 60 + 5 + 1 + 1
+    assert max(sizes) > 10
+
+
+async def dead_letters(amqp_url: str) -> list[tuple[bytes, str]]:
+    connection = await aio_pika.connect(amqp_url)
+    letters: list[tuple[bytes, str]] = []
+    try:
+        channel = await connection.channel()
+        dlq = await channel.declare_queue(dead_letter_queue_name(QUEUE), durable=True, passive=True)
+        while (letter := await dlq.get(fail=False, no_ack=True)) is not None:
+            letters.append((letter.body, str((letter.headers or {}).get(REASON_HEADER, ""))))
+    finally:
+        await connection.close()
+    return letters
+
+
+async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_decided(
+    policy: PolicyService, sender: Bus, amqp_url: str
+) -> None:
+    gate = asyncio.Event()
+    decide = policy.handlers.on_abuse_batch
+
+    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    # Given a backlog with one observation PostgreSQL cannot store (a NUL in its sensor's name)
+    others = noise(30)
+    poison = observation("100.64.32.1", 1, sensor="sensor\x00one")
+    for event in [*others[:15], poison, *others[15:]]:
+        await sender.publish(event)
+    ok, dead = handled("ok"), handled("dead_lettered")
+    gate.set()
+    # Then the others are decided, and the poisonous one alone is dead-lettered with the reason
+    rows = await stored(policy, 30)
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    async with asyncio.timeout(30):
+        while handled("dead_lettered") == dead:
+            await asyncio.sleep(0.05)
+    assert handled("ok") - ok == 30
+    [(body, reason)] = await dead_letters(amqp_url)
+    assert AbuseObserved.read(body).observation_id == poison.observation_id
+    assert "gave up after 3 attempts" in reason
+    assert poison.observation_id not in await stored(policy, 30)
+
+
+async def test_a_batch_committed_but_never_acked_is_redelivered_and_decides_nothing_twice(
+    make_settings: Callable[..., PolicySettings],
+    leases: tuple[LeaseBook, str],
+    amqp_url: str,
+    database_url: str,
+    sender: Bus,
+    probe: BusProbe,
+    scanner: None,
+) -> None:
+    # Given policy's queue with a backlog: a scan that opens a case first, then others' noise
+    first = await build(make_settings())
+    await first.start()
+    await first.stop()
+    scan = observation(SCAN_IP, 25)
+    others = noise(40)
+    for event in [scan, *others]:
+        await sender.publish(event, message_id=event.message_key())
+    # When policy commits its first batch and is killed before acking any of it
+    script = Path(__file__).with_name("policy_dies_after_commit.py")
+    child = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, str(script), amqp_url, database_url, leases[1]], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = await asyncio.to_thread(child.communicate, timeout=120)
+    assert child.returncode == -9, out
+    committed = int(out.split("committed ")[1].split()[0])
+    # And policy starts again
+    second = await build(make_settings())
+    ok = handled("ok")
+    try:
+        async with second.pool.acquire() as conn:
+            before = await conn.fetchrow(
+                "SELECT decision, case_id, decided_at FROM observations WHERE observation_id = $1",
+                scan.observation_id,
+            )
+            claimed = await conn.fetchval("SELECT count(*) FROM inbox")
+        assert before is not None
+        assert before["decision"] == "opened_case"
+        assert claimed == committed
+        await second.start()
+        # Then every message is delivered to it, the killed batch's again
+        rows = await stored(second, 41)
+        async with asyncio.timeout(30):
+            while handled("ok") - ok < 41:
+                await asyncio.sleep(0.05)
+        # And the redelivered ones decided nothing twice: the scan's decision, its one case, one garden
+        assert rows[scan.observation_id]["decided_at"] == before["decided_at"]
+        async with second.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM cases") == 1
+            assert await conn.fetchval("SELECT count(*) FROM case_events WHERE to_state = 'open'") == 1
+            assert await conn.fetchval("SELECT count(*) FROM inbox") == 41
+        await probe.wait_for(GardenApply)
+        await asyncio.sleep(0.5)
+        applies = [m for _, m, _ in probe.received if isinstance(m, GardenApply)]
+        assert {a.case_id for a in applies} == {before["case_id"]}  # the outbox may resend the same one
+        assert len({a.step_id for a in applies}) == 1
+        assert {r["decision"] for i, r in rows.items() if i != scan.observation_id} == {"below_threshold"}
+    finally:
+        await second.stop()
