@@ -57,7 +57,7 @@ class Reconciler:
         started = time.monotonic()
         for layer in self.garden.layers:
             try:
-                async with self.garden.lock:
+                async with self.garden.lock.held():
                     await self._reconcile_layer(layer, report)
             except Exception as exc:  # one layer down must not stop the others (counted, logged)
                 RECONCILE_FAILURES.labels(layer.name).inc()
@@ -117,7 +117,7 @@ class Reconciler:
         adopted: dict[str, int] = {}
         for layer in self.garden.layers:
             try:
-                async with self.garden.lock:
+                async with self.garden.lock.held():
                     held = {e for e in await layer.list_elements(()) if layer.handles(e)}
             except Exception as exc:  # the layer is down: it is reconciled (not adopted) later
                 log.error("could not adopt what layer %s holds: %s", layer.name, exc)
