@@ -111,7 +111,8 @@ async def test_a_reconcile_waits_for_another_replicas_change_and_undoes_none_of_
         assert not reconciling.done()
     # Then the reconcile runs after the change, finds nothing out of line and removes nothing
     report = await asyncio.wait_for(reconciling, 300)
-    assert report.repaired == 0 and not report.failed
+    assert report.repaired == 0
+    assert not report.failed
     assert await second.garden.dhcp.is_quarantined(str(device.cpe_mac))
     assert await second.garden.rpz.is_quarantined(str(device.cpe_ip))
     for layer in second.garden.layers.layers:
