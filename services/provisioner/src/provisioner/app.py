@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -31,9 +32,12 @@ from .kea import KeaHosts
 from .layers import DhcpdLayer, KeaLayer, Layer, ModemConfig, NftLayer, RpzLayer
 from .lease_history import LeaseHistory
 from .nft import NftConfig, NftGarden
+from .policy_allowlist import take_over_old_copy
 from .reconcile import Reconciler
 from .rpz import RpzAdapter
 from .settings import ProvisionerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +65,12 @@ class ProvisionerService:
         if self.history is not None:
             # Lease history and the records the lease trigger follows live in Kea's database, next to lease4.
             await self.history.install()
-        await self.handlers.allowlist.install()
+        # Policy's allowlist copy is in provisioner's schema (provisioner_0003); an older version's copy
+        # in Kea's database is taken over, so the garden does not wait for policy's next snapshot.
+        if self.kea_pool is not None:
+            await take_over_old_copy(self.handlers.allowlist, self.kea_pool)
+        if await self.handlers.allowlist.version() is None:
+            log.warning("no allowlist from policy yet: garden commands are held until one arrives")
         await self.allowlist.try_install_names()
         if self.nft is not None:
             # The table, its rules and the allow set in one transaction; gardened addresses are kept.
