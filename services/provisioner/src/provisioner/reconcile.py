@@ -39,6 +39,7 @@ class ReconcileReport:
     missing: dict[str, list[Element]] = field(default_factory=dict)
     extra: dict[str, list[Element]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # each layer's reconcile, lock wait included
 
     @property
     def repaired(self) -> int:
@@ -56,6 +57,7 @@ class Reconciler:
         report = ReconcileReport()
         started = time.monotonic()
         for layer in self.garden.layers:
+            layer_started = time.monotonic()
             try:
                 async with self.garden.lock.held():
                     await self._reconcile_layer(layer, report)
@@ -63,6 +65,7 @@ class Reconciler:
                 RECONCILE_FAILURES.labels(layer.name).inc()
                 report.failed[layer.name] = f"{type(exc).__name__}: {exc}"
                 log.error("reconcile of layer %s failed, retried next round: %s", layer.name, exc)
+            report.seconds[layer.name] = time.monotonic() - layer_started
         RECONCILE_SECONDS.observe(time.monotonic() - started)
         return report
 
