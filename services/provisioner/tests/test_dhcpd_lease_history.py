@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -22,13 +23,14 @@ from provisioner.dhcpd import DhcpdHosts
 from provisioner.settings import ProvisionerSettings
 
 CM = "00:02:8a:d3:7c:90"
+TOKEN = "provisioner-admin-token-0123456789"
 
 
 def settings_for(amqp_url: str, database_url: str, dhcpd: LabDhcpd, bind: LabBind) -> ProvisionerSettings:
     return ProvisionerSettings(
         amqp_url=SecretStr(amqp_url),
         database_url=SecretStr(database_url),
-        admin_token=SecretStr("provisioner-admin-token-0123456789"),
+        admin_token=SecretStr(TOKEN),
         dhcp_backend="dhcpd",
         dhcpd_omapi_host=dhcpd.omapi_host,
         dhcpd_omapi_port=dhcpd.omapi_port,
@@ -104,6 +106,14 @@ async def test_dhcpd_leases_answer_who_held_an_address_and_the_garden_follows_th
     # Then the lease history answers who held the address now (attribution by address and time)
     await eventually(held_by_pc, f"{normal_ip} held by {pc} in the lease history")
     bound_at = datetime.now(UTC)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=provisioner.http_app),
+        base_url="http://provisioner",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as admin:
+        answer = await admin.get(f"/v1/leases/{normal_ip}/holders")
+    assert answer.status_code == 200, answer.text
+    assert [h["mac"] for h in answer.json()["holders"]] == [pc]
     # When the PC is gardened at that address
     case = uuid.uuid4()
     apply = GardenApply(
@@ -148,6 +158,32 @@ async def test_dhcpd_leases_answer_who_held_an_address_and_the_garden_follows_th
     await eventually(followed_to_new_address, f"{back_ip} gardened as the new address of {pc}")
     await provisioner.reconciler.reconcile()
     assert await hosts.is_quarantined(pc)
+
+
+async def test_a_dhcpd_restart_rewriting_its_leases_file_changes_no_interval(
+    provisioner: ProvisionerService, lab_dhcpd: LabDhcpd
+) -> None:
+    history = provisioner.history
+    assert history is not None
+    pc = new_mac()
+    bound = await exchange(lab_dhcpd, pc)
+    assert bound.message_type == "ACK", bound
+    ip = str(bound.ip)
+
+    async def in_history() -> bool:
+        return bool(await history.holders(ip, datetime.now(UTC)))
+
+    await eventually(in_history, f"{ip} in the lease history")
+    (before,) = await history.device_leases(pc, datetime(1970, 1, 1, tzinfo=UTC))
+    inode = lab_dhcpd.lease_path.stat().st_ino
+    # When dhcpd restarts, it writes a fresh leases file (a new file renamed into place)
+    await asyncio.to_thread(lab_dhcpd.restart)
+    assert lab_dhcpd.lease_path.stat().st_ino != inode
+    assert provisioner.lease_feed is not None
+    await provisioner.lease_feed.read_once()  # the new file read from its start (as the poll does)
+    # Then the interval is the same one, still open: reading the current leases again changed nothing
+    assert await history.device_leases(pc, datetime(1970, 1, 1, tzinfo=UTC)) == [before]
+    assert before.ended_at is None
 
 
 async def test_a_household_modem_on_dhcpd_gets_the_filtered_config_file_until_release(
