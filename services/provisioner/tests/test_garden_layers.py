@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import GardenApplied, GardenApply, GardenRemove, GardenRemoved
+from lazaretto_core.contracts import AllowlistChanged, GardenApplied, GardenApply, GardenRemove, GardenRemoved
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
 from lazaretto_lab.kea import LabKea
@@ -35,6 +36,9 @@ from provisioner.nft import Mode, NftConfig, NftGarden
 from provisioner.reconcile import Reconciler
 from provisioner.rpz import RpzAdapter
 from provisioner.settings import ProvisionerSettings
+
+# Policy's first allowlist snapshot: the provisioner gardens nobody before it holds one.
+FIRST_ALLOWLIST = AllowlistChanged(version=1, published_at=datetime.now(UTC))
 
 STATIC_PC, PC, NEIGHBOUR = "192.0.2.77", "192.0.2.10", "192.0.2.11"
 CM = "00:02:8a:d3:7c:6e"
@@ -286,6 +290,7 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
     )
     service = await build(settings)
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     assert service.nft is not None
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.removed.v1"])
     bus = Bus(amqp_url, "test-policy")

@@ -8,19 +8,23 @@ import asyncio
 import ipaddress
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import GardenApplied, GardenApply, GardenFailed, GardenRemove
+from lazaretto_core.contracts import AllowlistChanged, GardenApplied, GardenApply, GardenFailed, GardenRemove
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.dhcp_client import DhcpResult, dhcp_exchange
 from lazaretto_lab.dhcpd import LabDhcpd
 from lazaretto_lab.testing import BusProbe
 from provisioner.app import ProvisionerService, build
 from provisioner.settings import ProvisionerSettings
+
+# Policy's first allowlist snapshot: the provisioner gardens nobody before it holds one.
+FIRST_ALLOWLIST = AllowlistChanged(version=1, published_at=datetime.now(UTC))
 
 TOKEN = "provisioner-admin-token-0123456789"
 
@@ -60,6 +64,7 @@ async def provisioner(
 ) -> AsyncIterator[ProvisionerService]:
     service = await build(settings_for(amqp_url, database_url, lab_dhcpd, lab_bind))
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     yield service
     await service.stop()
 
@@ -137,6 +142,7 @@ async def test_garden_applied_waits_for_every_layer(
     settings = settings_for(amqp_url, database_url, lab_dhcpd, lab_bind, dhcpd_omapi_port=9)
     service = await build(settings)
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
@@ -158,6 +164,7 @@ async def test_garden_applied_waits_for_every_layer(
     # when the provisioner starts again with dhcpd reachable, its start-up reconcile applies the rest
     service = await build(settings_for(amqp_url, database_url, lab_dhcpd, lab_bind))
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     try:
         assert await service.garden.dhcp.is_quarantined(mac)
         assert await service.garden.layers.desired.unconfirmed_layers(failed.case_id) == []

@@ -29,6 +29,9 @@ from lazaretto_lab.testing import BusProbe
 from provisioner.app import ProvisionerService, build
 from provisioner.settings import ProvisionerSettings
 
+# Policy's first allowlist snapshot: the provisioner gardens nobody before it holds one.
+FIRST_ALLOWLIST = AllowlistChanged(version=1, published_at=datetime.now(UTC))
+
 TOKEN = "provisioner-admin-token-0123456789"
 
 
@@ -61,6 +64,7 @@ async def provisioner(
 ) -> AsyncIterator[ProvisionerService]:
     service = await build(settings_for(amqp_url, database_url, lab_kea, lab_bind))
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     yield service
     await service.stop()
 
@@ -113,6 +117,7 @@ async def test_a_refused_dns_update_is_reported_as_failed(
     bad = settings_for(amqp_url, database_url, lab_kea, lab_bind, tsig_key_name="not-the-key")
     service = await build(bad)
     await service.start()
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()

@@ -78,6 +78,9 @@ def policy(w: LabWires) -> dict[str, str]:
         "LAZARETTO_DATABASE_URL": w.database_urls["policy"],
         "LAZARETTO_PROVISIONER_URL": w.urls["provisioner"],
         "LAZARETTO_CMTS_AGENT_URL": w.urls["cmts_agent"],
+        # Every service starts at once in the lab: the snapshot policy publishes at its start may come
+        # before the provisioner's queue is bound, and the provisioner gardens nobody before it has one.
+        "LAZARETTO_ALLOWLIST_PUBLISH_INTERVAL": "5",
     }
 
 

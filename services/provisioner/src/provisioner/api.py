@@ -77,11 +77,15 @@ def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
 
 
 def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admin_token: SecretStr) -> None:
-    """`history` None (dhcp_backend = "dhcpd"): the lease look-ups answer 501, the garden state stays."""
+    """`history` None (dhcpd without its leases file): the lease look-ups answer 501, the garden state
+    stays."""
 
     def lease_history() -> LeaseHistory:
         if history is None:
-            raise HTTPException(501, "no lease history: it needs Kea's lease database (dhcp_backend=kea)")
+            raise HTTPException(
+                501,
+                "no lease history: it needs Kea's lease database or dhcpd's leases file (dhcpd_leases_file)",
+            )
         return history
 
     def kea_hosts() -> KeaHosts:

@@ -25,6 +25,7 @@ from .api import install_api
 from .desired import DesiredState, LayeredGarden
 from .dhcp import DhcpHosts
 from .dhcpd import DhcpdHosts
+from .dhcpd_leases import DhcpdLeaseFeed
 from .follower import GardenFollower
 from .garden import Garden
 from .handlers import ProvisionerHandlers
@@ -33,6 +34,7 @@ from .kea import KeaHosts
 from .layers import DhcpdLayer, KeaLayer, Layer, ModemConfig, NftLayer, RpzLayer
 from .lease_history import LeaseHistory
 from .nft import NftConfig, NftGarden
+from .policy_allowlist import take_over_old_copy
 from .reconcile import Reconciler
 from .rpz import RpzAdapter
 from .settings import ProvisionerSettings
@@ -56,16 +58,27 @@ class ProvisionerService:
     progress: ProgressMonitor
     allowlist: AllowList
     nft: NftGarden | None
+    lease_feed: DhcpdLeaseFeed | None = None  # dhcpd's leases file as lease history
     _allow_refresh: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         await db.migrate(self.pool, db.package_migrations("provisioner"))
         if isinstance(self.garden.dhcp, KeaHosts):
             await self.garden.dhcp.check_schema()
+        if self.lease_feed is not None:
+            await self.lease_feed.install()  # the lease4 mirror the history's trigger goes on
         if self.history is not None:
-            # Lease history and the records the lease trigger follows live in Kea's database, next to lease4.
+            # Lease history and the records the lease trigger follows live next to lease4: in Kea's
+            # database, or with dhcpd in provisioner's own (fed from dhcpd's leases file).
             await self.history.install()
-        await self.handlers.allowlist.install()
+        if self.lease_feed is not None:
+            await self.lease_feed.start()
+        # Policy's allowlist copy is in provisioner's schema (provisioner_0003); an older version's copy
+        # in Kea's database is taken over, so the garden does not wait for policy's next snapshot.
+        if self.kea_pool is not None:
+            await take_over_old_copy(self.handlers.allowlist, self.kea_pool)
+        if await self.handlers.allowlist.version() is None:
+            log.warning("no allowlist from policy yet: garden commands are held until one arrives")
         await self.allowlist.try_install_names()
         if self.nft is not None:
             # The table, its rules and the allow set in one transaction; gardened addresses are kept.
@@ -88,6 +101,8 @@ class ProvisionerService:
         await self.reconciler.stop()
         if self.follower is not None:
             await self.follower.stop()
+        if self.lease_feed is not None:
+            await self.lease_feed.stop()
         if self._allow_refresh is not None:
             self._allow_refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,6 +147,13 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
     dhcpd: DhcpdHosts | None = None
     dhcp: DhcpHosts
     dhcp_layer: Layer
+    modem = None
+    if settings.modem_filtered_boot_file:
+        next_server = settings.modem_filtered_next_server
+        modem = ModemConfig(settings.modem_filtered_boot_file, str(next_server) if next_server else None)
+    lease_pool: asyncpg.Pool | None = None  # where lease4 and the lease history are
+    lease_dsn = settings.kea_database_url.get_secret_value()
+    lease_feed: DhcpdLeaseFeed | None = None
     if settings.dhcp_backend == "dhcpd":
         assert settings.dhcpd_omapi_secret is not None  # the settings' validator says so
         dhcpd = DhcpdHosts(
@@ -142,20 +164,19 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
             algorithm=settings.dhcpd_omapi_algorithm,
             quarantine_class=settings.dhcpd_quarantine_class,
         )
-        dhcp, dhcp_layer = dhcpd, DhcpdLayer(dhcpd)
+        dhcp, dhcp_layer = dhcpd, DhcpdLayer(dhcpd, modem=modem)
+        if settings.dhcpd_leases_file is not None:
+            lease_pool, lease_dsn = pool, settings.database_url.get_secret_value()
+            lease_feed = DhcpdLeaseFeed(pool, settings.dhcpd_leases_file, settings.dhcpd_leases_poll_interval)
     else:
-        kea_pool = await db.create_pool(settings.kea_database_url.get_secret_value())
+        kea_pool = lease_pool = await db.create_pool(settings.kea_database_url.get_secret_value())
         kea = KeaHosts(kea_pool)
-        modem = None
-        if settings.modem_filtered_boot_file:
-            next_server = settings.modem_filtered_next_server
-            modem = ModemConfig(settings.modem_filtered_boot_file, str(next_server) if next_server else None)
         dhcp, dhcp_layer = kea, KeaLayer(kea, modem=modem)
     all_layers: list[Layer] = [dhcp_layer, RpzLayer(rpz)]
     if nft is not None:
         all_layers.append(NftLayer(nft))
     layers = LayeredGarden(all_layers, DesiredState(pool))
-    garden = Garden(dhcp, rpz, kea_pool, [str(p) for p in settings.quarantine_pools], layers=layers)
+    garden = Garden(dhcp, rpz, lease_pool, [str(p) for p in settings.quarantine_pools], layers=layers)
     reconciler = Reconciler(layers, settings.reconcile_interval)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
@@ -177,22 +198,24 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         readiness["packet_filter"] = nft.ping
     history: LeaseHistory | None = None
     follower: GardenFollower | None = None
-    if kea_pool is not None:
-        history = LeaseHistory(kea_pool)
+    if lease_pool is not None:
+        history = LeaseHistory(lease_pool)
         follower = GardenFollower(
             garden,
-            settings.kea_database_url.get_secret_value(),
+            lease_dsn,
             settings.garden_sweep_interval,
             progress,
             history=history,
             retention=timedelta(days=settings.lease_history_days),
         )
+        readiness["lease_listener"] = follower.check_listening
+    if kea_pool is not None:
         ready_pool = kea_pool
 
         async def kea_ready() -> None:
             await db.ping(ready_pool)
 
-        readiness |= {"kea_database": kea_ready, "lease_listener": follower.check_listening}
+        readiness["kea_database"] = kea_ready
     if dhcpd is not None:
         readiness["dhcpd_omapi"] = dhcpd.ping
     app = create_http_app("provisioner", readiness=readiness, progress=progress)
@@ -222,4 +245,5 @@ async def build(settings: ProvisionerSettings) -> ProvisionerService:
         progress,
         allowlist,
         nft,
+        lease_feed,
     )

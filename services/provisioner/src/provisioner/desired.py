@@ -8,7 +8,6 @@ reconcile, and never stops the other layers. A case counts as applied only once 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from .garden_lock import GardenLock
 from .layers import Element, Layer
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,10 @@ class DesiredState:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        return self._pool
 
     async def want(
         self, layer: str, elements: Iterable[Element], *, present: bool, case_id: uuid.UUID | None
@@ -159,9 +163,9 @@ class LayeredGarden:
             raise ValueError(f"layer names must be unique: {names}")
         self.layers = list(layers)
         self.desired = desired
-        # Held by every change and by each layer's reconcile: a reconcile that listed a layer before
-        # an apply recorded its wish would otherwise remove what the apply just added.
-        self.lock = asyncio.Lock()
+        # Held by every change and by each layer's reconcile, in every replica: a reconcile that listed
+        # a layer before an apply recorded its wish would otherwise remove what the apply just added.
+        self.lock = GardenLock(desired.pool)
 
     def for_layer(self, layer: Layer, elements: Iterable[Element]) -> list[Element]:
         return sorted({e for e in elements if layer.handles(e)})
@@ -175,7 +179,7 @@ class LayeredGarden:
     async def _change(
         self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
     ) -> LayerOutcome:
-        async with self.lock:
+        async with self.lock.held():
             return await self._change_locked(elements, case_id, present=present)
 
     async def _change_locked(

@@ -14,6 +14,7 @@ import asyncio
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import socket
 import struct
 import threading
@@ -130,6 +131,29 @@ class DhcpdHosts:
         )
         return {mac for mac, present in zip(wanted, found, strict=True) if present}
 
+    async def filtered_modem_config(self, mac: str, boot_file: str, next_server: str | None) -> None:
+        """Household scope: a host declaration for the cable modem that hands it the filtered DOCSIS
+        config file (`filename`, and `next-server` when set); host scope overrides the pool's and the
+        subnet's. Idempotent: an existing declaration is replaced (the file name may have changed)."""
+        statements = f'filename "{_quoted(boot_file)}";'
+        if next_server is not None:
+            statements += f" next-server {ipaddress.IPv4Address(next_server)};"
+        name = _modem_host_name(mac)
+        await self._call(lambda conn: self._put_host(conn, name, mac, statements))
+
+    async def normal_modem_config(self, mac: str) -> bool:
+        """Delete the modem's declaration: the conf's normal config file again. False if it had none."""
+        name = _modem_host_name(mac)
+        return await self._call(lambda conn: self._delete_host(conn, name))
+
+    async def filtered_modems_among(self, macs: Iterable[str]) -> set[str]:
+        """Which of the modems `macs` have the filtered config's declaration (look-ups: OMAPI cannot list)."""
+        wanted = [normalize_mac(m) for m in macs]
+        found = await self._call(
+            lambda conn: [self._lookup_host(conn, _modem_host_name(m)) is not None for m in wanted]
+        )
+        return {mac for mac, present in zip(wanted, found, strict=True) if present}
+
     async def ping(self) -> None:
         """Connect and authenticate (readiness)."""
         await self._call(lambda conn: None)
@@ -197,6 +221,37 @@ class DhcpdHosts:
             raise DhcpdError(f"OMAPI delete subclass on {self.host}:{self.port}: {_status_text(reply)}")
         return True
 
+    def _host(self, name: str) -> omapi.OmapiMessage:
+        message = omapi.OmapiMessage.open(b"host")
+        message.obj.append((b"name", name.encode()))
+        return message
+
+    def _lookup_host(self, conn: omapi.Omapi, name: str) -> int | None:
+        reply = conn.query_server(self._host(name))
+        return int(reply.handle) if reply.opcode == omapi.OMAPI_OP_UPDATE else None
+
+    def _put_host(self, conn: omapi.Omapi, name: str, mac: str, statements: str) -> None:
+        self._delete_host(conn, name)
+        message = self._host(name)
+        message.message += [(b"create", struct.pack("!I", 1)), (b"exclusive", struct.pack("!I", 1))]
+        message.obj += [
+            (b"hardware-address", bytes.fromhex(normalize_mac(mac).replace(":", ""))),
+            (b"hardware-type", struct.pack("!I", 1)),
+            (b"statements", statements.encode()),
+        ]
+        reply = conn.query_server(message)
+        if reply.opcode != omapi.OMAPI_OP_UPDATE:
+            raise DhcpdError(f"OMAPI create host {name} on {self.host}:{self.port}: {_status_text(reply)}")
+
+    def _delete_host(self, conn: omapi.Omapi, name: str) -> bool:
+        handle = self._lookup_host(conn, name)
+        if handle is None:
+            return False
+        reply = conn.query_server(omapi.OmapiMessage.delete(handle))
+        if reply.opcode != omapi.OMAPI_OP_STATUS:
+            raise DhcpdError(f"OMAPI delete host {name} on {self.host}:{self.port}: {_status_text(reply)}")
+        return True
+
     def _connect(self) -> omapi.Omapi:
         if self._conn is not None:
             return self._conn
@@ -228,3 +283,14 @@ def _hashstring(mac: str) -> bytes:
 def _status_text(reply: omapi.OmapiMessage) -> str:
     text = dict(reply.message).get(b"message", b"")
     return text.decode(errors="replace") if text else f"opcode {reply.opcode}"
+
+
+def _modem_host_name(mac: str) -> str:
+    """dhcpd writes host names unquoted to its leases file: only [a-z0-9-] survive its restart."""
+    return "lz-cm-" + normalize_mac(mac).replace(":", "")
+
+
+def _quoted(text: str) -> str:
+    if any(c in text for c in '"\\;\n{}') or not text.isprintable():
+        raise ValueError(f"not usable as a dhcpd file name: {text!r}")
+    return text

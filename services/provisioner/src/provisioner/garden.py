@@ -17,7 +17,6 @@ command's own address is gardened, and remove takes the addresses the desired st
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import uuid
@@ -107,8 +106,8 @@ class Garden:
         self.layers = layers
         self._pool = pool
         self.quarantine_pools = tuple(ipaddress.IPv4Network(p) for p in quarantine_pools)
-        # apply/remove and follow() never interleave within this process.
-        self._lock = asyncio.Lock()
+        # apply/remove and follow() never interleave, in this process or in another replica.
+        self._lock = layers.lock
 
     @property
     def blocks_mail(self) -> bool:
@@ -151,7 +150,7 @@ class Garden:
         return [f"rpz: client-ip {net} (quarantine pool)" for net in self.quarantine_pools]
 
     async def apply(self, command: GardenApply) -> list[str]:
-        async with self._lock:
+        async with self._lock.held():
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
             if command.mode == "smtp_block":
@@ -183,7 +182,7 @@ class Garden:
             return changes
 
     async def remove(self, command: GardenRemove) -> list[str]:
-        async with self._lock:
+        async with self._lock.held():
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
             if command.mode == "smtp_block" and self.blocks_mail:
@@ -248,7 +247,7 @@ class Garden:
         """Move the garden with the devices: drop addresses they left, add normal-pool ones they took."""
         if self._pool is None:
             return []  # no lease database to follow the device in
-        async with self._lock:
+        async with self._lock.held():
             changes: list[str] = []
             for row in await self._pool.fetch(_LEFT):
                 await self._ungarden(row["ip"], row["mode"])

@@ -57,6 +57,12 @@ class ProvisionerHandlers:
             detail = f"address {', '.join(outside)} is outside the subscriber ranges"
             await self._refuse(command, "outside_subscriber_ranges", detail)
             return
+        if await self.allowlist.version() is None:
+            # Fail closed: without any allowlist the provisioner cannot tell an allow-listed device
+            # from another, so it gardens nobody until policy's snapshot (republished every minute)
+            # arrives; the command is held (retried), then reported for policy to retry later.
+            await self._no_allowlist_yet(command, ctx)
+            return
         # Checked again here, whoever sent the command: an allow-listed device is never gardened.
         entry = await self.allowlist.covering(
             ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
@@ -125,6 +131,22 @@ class ProvisionerHandlers:
             return
         await self.bus.publish(
             GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            correlation_id=str(command.case_id),
+        )
+
+    async def _no_allowlist_yet(self, command: GardenApply, ctx: MessageContext) -> None:
+        detail = f"case {command.case_id} not gardened: no allowlist received from policy yet"
+        if not ctx.last_attempt:
+            raise RetryLater(detail)
+        log.error("%s (out of attempts: policy retries later)", detail)
+        await self.bus.publish(
+            GardenFailed(
+                case_id=command.case_id,
+                step_id=command.step_id,
+                operation="apply",
+                error_class="allowlist_unknown",
+                detail=detail,
+            ),
             correlation_id=str(command.case_id),
         )
 

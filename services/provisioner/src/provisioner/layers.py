@@ -119,26 +119,39 @@ class KeaLayer:
 
 
 class DhcpdLayer:
-    """DHCP on ISC dhcpd: quarantine class membership over OMAPI (look-ups only: no listing)."""
+    """DHCP on ISC dhcpd: quarantine class membership over OMAPI (look-ups only: no listing); with
+    `modem`, a household's cable modem gets a host declaration handing it the filtered config file."""
 
-    kinds: frozenset[ElementKind] = frozenset({"mac"})
-
-    def __init__(self, hosts: DhcpdHosts, name: str = "dhcp") -> None:
+    def __init__(self, hosts: DhcpdHosts, name: str = "dhcp", *, modem: ModemConfig | None = None) -> None:
         self.hosts = hosts
         self.name = name
+        self.modem = modem
+        self.kinds: frozenset[ElementKind] = frozenset({"mac", "modem"} if modem else {"mac"})
 
     def handles(self, element: Element) -> bool:
         return element.kind in self.kinds
 
     async def apply_many(self, elements: Sequence[Element]) -> None:
-        await self.hosts.quarantine_many([e.value for e in elements])
+        await self.hosts.quarantine_many([e.value for e in elements if e.kind == "mac"])
+        for element in elements:
+            if element.kind == "modem" and self.modem is not None:
+                await self.hosts.filtered_modem_config(
+                    element.value, self.modem.boot_file, self.modem.next_server
+                )
 
     async def remove_many(self, elements: Sequence[Element]) -> None:
-        await self.hosts.release_many([e.value for e in elements])
+        await self.hosts.release_many([e.value for e in elements if e.kind == "mac"])
+        for element in elements:
+            if element.kind == "modem":
+                await self.hosts.normal_modem_config(element.value)
 
     async def list_elements(self, known: Collection[Element]) -> set[Element]:
         macs = [e.value for e in known if e.kind == "mac"]
-        return {Element("mac", mac) for mac in await self.hosts.quarantined_among(macs)}
+        held = {Element("mac", mac) for mac in await self.hosts.quarantined_among(macs)}
+        modems = [e.value for e in known if e.kind == "modem"]
+        if self.modem is not None and modems:
+            held |= {Element("modem", mac) for mac in await self.hosts.filtered_modems_among(modems)}
+        return held
 
 
 class RpzLayer:
@@ -177,10 +190,9 @@ class NftLayer:
         self.name = name
 
     def handles(self, element: Element) -> bool:
-        if element.kind not in self.kinds:
-            return False
-        net = ipaddress.ip_network(element.value)
-        return net.version == 4 and net.num_addresses == 1
+        # Values are in ipaddress's spelling (`Element.ip`): an IPv4 host is "a.b.c.d/32". A string
+        # test, not a parse: reconcile asks this of every desired element (100,000 parses took seconds).
+        return element.kind in self.kinds and element.value.endswith("/32") and ":" not in element.value
 
     async def apply_many(self, elements: Sequence[Element]) -> None:
         await self.nft.add_many(self._by_mode(elements))
@@ -190,7 +202,10 @@ class NftLayer:
 
     async def list_elements(self, known: Collection[Element]) -> set[Element]:
         held = await self.nft.elements()
-        return {Element.ip(ip) for ip in held.full} | {Element.smtp(ip) for ip in held.smtp_block}
+        # nftables lists canonical IPv4 literals: their elements are spelled directly, not parsed.
+        return {Element("ip", f"{ip}/32") for ip in held.full} | {
+            Element("smtp", f"{ip}/32") for ip in held.smtp_block
+        }
 
     def _by_mode(self, elements: Sequence[Element]) -> dict[Mode, list[str]]:
         by_mode: dict[Mode, list[str]] = {}

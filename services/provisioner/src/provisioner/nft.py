@@ -164,14 +164,10 @@ class NftGarden:
         await self._run(batch, "replace")
 
     async def elements(self) -> NftElements:
-        full = await self._list("full_v4")
-        smtp = await self._list("smtp_block_v4")
+        full = await self._list_addresses("full_v4")
+        smtp = await self._list_addresses("smtp_block_v4")
         allow = await self._list("allow_v4")
-        return NftElements(
-            frozenset(str(n.network_address) for n in full),
-            frozenset(str(n.network_address) for n in smtp),
-            tuple(allow),
-        )
+        return NftElements(frozenset(full), frozenset(smtp), tuple(allow))
 
     async def uninstall(self) -> None:
         """Delete the garden's table, its rules and every gardened address in it."""
@@ -293,10 +289,24 @@ class NftGarden:
     # -- running batches -------------------------------------------------------------------------
 
     async def _list(self, name: str) -> list[IPv4Network]:
+        return [net for e in await self._list_raw(name) for net in _networks(e)]
+
+    async def _list_addresses(self, name: str) -> list[str]:
+        """A set of host addresses: nftables lists each as its IPv4 literal, taken as is (parsing
+        100,000 of them into ipaddress objects was much of a reconcile's time); other forms parsed."""
+        addresses: list[str] = []
+        for elem in await self._list_raw(name):
+            if isinstance(elem, str):
+                addresses.append(elem)
+            else:
+                addresses += [str(net.network_address) for net in _networks(elem)]
+        return addresses
+
+    async def _list_raw(self, name: str) -> list[Any]:
         out = await self._call({"nftables": [{"list": {"set": self._set(name)}}]}, f"list {name}")
         for item in out.get("nftables", []) if isinstance(out, dict) else []:
             if "set" in item:
-                return [net for e in item["set"].get("elem", []) for net in _networks(e)]
+                return list(item["set"].get("elem", []))
         return []
 
     async def _run(self, batch: list[dict[str, Any]], what: str) -> None:

@@ -39,6 +39,7 @@ class ReconcileReport:
     missing: dict[str, list[Element]] = field(default_factory=dict)
     extra: dict[str, list[Element]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # each layer's reconcile, lock wait included
 
     @property
     def repaired(self) -> int:
@@ -56,13 +57,15 @@ class Reconciler:
         report = ReconcileReport()
         started = time.monotonic()
         for layer in self.garden.layers:
+            layer_started = time.monotonic()
             try:
-                async with self.garden.lock:
+                async with self.garden.lock.held():
                     await self._reconcile_layer(layer, report)
             except Exception as exc:  # one layer down must not stop the others (counted, logged)
                 RECONCILE_FAILURES.labels(layer.name).inc()
                 report.failed[layer.name] = f"{type(exc).__name__}: {exc}"
                 log.error("reconcile of layer %s failed, retried next round: %s", layer.name, exc)
+            report.seconds[layer.name] = time.monotonic() - layer_started
         RECONCILE_SECONDS.observe(time.monotonic() - started)
         return report
 
@@ -117,7 +120,7 @@ class Reconciler:
         adopted: dict[str, int] = {}
         for layer in self.garden.layers:
             try:
-                async with self.garden.lock:
+                async with self.garden.lock.held():
                     held = {e for e in await layer.list_elements(()) if layer.handles(e)}
             except Exception as exc:  # the layer is down: it is reconciled (not adopted) later
                 log.error("could not adopt what layer %s holds: %s", layer.name, exc)

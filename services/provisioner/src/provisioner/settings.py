@@ -31,6 +31,12 @@ class ProvisionerSettings(ServiceSettings):
     dhcpd_omapi_key_name: str = "omapi_key"
     dhcpd_omapi_secret: SecretStr | None = None
     dhcpd_omapi_algorithm: Literal["hmac-md5", "hmac-sha256"] = "hmac-md5"
+    # dhcpd's leases file (`-lf`), readable by the provisioner: tailed into lease history in its own
+    # database, so attribution by address and time works and the garden follows a device to a new
+    # address, as with Kea. Unset: no lease history with dhcpd (the command's own address is gardened).
+    dhcpd_leases_file: Path | None = None
+    # Seconds between reads of the leases file (an interval starts at most this late).
+    dhcpd_leases_poll_interval: float = Field(default=1.0, gt=0)
     # dhcpd's class whose members get the quarantine pool (`class "quarantine" { match hardware; }`).
     dhcpd_quarantine_class: str = "quarantine"
     # Seconds between reconciles of every layer with the desired state (one also runs at start).
