@@ -252,7 +252,9 @@ async def test_a_type_on_another_types_routing_key_is_dead_lettered_not_handled(
     assert reason == "message type 'garden.apply.v1' arrived with routing key 'garden.remove.v1'"
 
 
-async def test_message_count_is_the_queues_depth_and_none_for_a_missing_queue(bus: Bus, amqp_url: str) -> None:
+async def test_message_count_is_the_queues_depth_and_none_for_a_missing_queue(
+    bus: Bus, amqp_url: str
+) -> None:
     # Given a dead-letter queue holding two messages (put there directly, as the broker would)
     dlq = dead_letter_queue_name(queue_name("test", "depth"))
     connection = await aio_pika.connect(amqp_url)
