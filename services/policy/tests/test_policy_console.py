@@ -310,10 +310,10 @@ async def test_the_desk_opens_a_case_by_address_and_extends_it_the_admin_apis_wa
         data={"csrf": csrf, "by_seconds": "86400", "reason": "second complaint"},
     )
     assert extended.status_code == 303
-    page = text((await browser.get(extended.headers["location"])).text)
-    assert "extended_by_s: 86400" in page
-    assert "operator_extend" in page
-    assert "second complaint" in page
+    shown = text((await browser.get(extended.headers["location"])).text)
+    assert "extended_by_s: 86400" in shown
+    assert "operator_extend" in shown
+    assert "second complaint" in shown
     # A duration the form does not offer is refused
     odd = await browser.post(
         opened.headers["location"].split("?")[0] + "/extend",
