@@ -250,3 +250,22 @@ async def test_a_type_on_another_types_routing_key_is_dead_lettered_not_handled(
     assert [m.message_id for m in letters] == ["lie-1"]
     reason = str((letters[0].headers or {})[REASON_HEADER])
     assert reason == "message type 'garden.apply.v1' arrived with routing key 'garden.remove.v1'"
+
+
+async def test_message_count_is_the_queues_depth_and_none_for_a_missing_queue(
+    bus: Bus, amqp_url: str
+) -> None:
+    # Given a dead-letter queue holding two messages (put there directly, as the broker would)
+    dlq = dead_letter_queue_name(queue_name("test", "depth"))
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(dlq, durable=True)
+        for body in (b"one", b"two"):
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=dlq)
+        # Then the bus counts them, says None for a queue nobody declared, and stays usable
+        assert await bus.message_count(dlq) == 2
+        assert await bus.message_count("lazaretto.nobody.main.dlq") is None
+        await bus.ping()
+    finally:
+        await connection.close()

@@ -3,15 +3,27 @@ to a small lease-history and CPE-table server the tests fill."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import (
+    AbuseObserved,
+    GardenApplied,
+    GardenApply,
+    ModemReset,
+    ModemResetCompleted,
+)
 from lazaretto_lab.lease_stub import LeaseBook, serve
 from lazaretto_lab.testing import BusProbe
+from policy import store
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
@@ -128,3 +140,60 @@ async def portal_api(policy: PolicyService) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://policy", headers={"Authorization": f"Bearer {PORTAL_TOKEN}"}
     ) as client:
         yield client
+
+
+QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]
+
+
+@pytest.fixture
+async def quarantine_device(
+    policy: PolicyService, probe: BusProbe, book: LeaseBook, amqp_url: str
+) -> AsyncIterator[QuarantineDevice]:
+    """`await quarantine_device(ip, cpe_mac)`: a PC with a lease behind CM_MAC scans; the rules open its
+    case and the executors' answers (garden applied, modem back online after 3.2 s) are published as
+    provisioner and cmts-agent would, until the case is quarantined. Returns its case id."""
+    executor = Bus(amqp_url, "test-executor")
+    await executor.connect()
+    made = 0
+
+    async def make(ip: str, cpe_mac: str) -> uuid.UUID:
+        nonlocal made
+        now = datetime.now(UTC)
+        book.bind(ip, cpe_mac, now - timedelta(minutes=10))
+        book.plug(cpe_mac, CM_MAC, ip)
+        seen = AbuseObserved.model_validate(
+            {
+                **AbuseObserved.example,
+                "observation_id": str(uuid.uuid4()),
+                "ip": ip,
+                "distinct_destinations": 25,
+                "direction": "outbound",
+                "first_seen": (now - timedelta(seconds=2)).isoformat(),
+                "last_seen": now.isoformat(),
+            }
+        )
+        await executor.publish(seen)
+        made += 1
+        apply = (await probe.wait_for(GardenApply, count=made))[-1]
+        await executor.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+        reset = next(m for m in await probe.wait_for(ModemReset, count=made) if m.case_id == apply.case_id)
+        await executor.publish(
+            ModemResetCompleted(
+                case_id=apply.case_id,
+                step_id=reset.step_id,
+                cm_mac=CM_MAC,
+                method="cisco-cdxCmCpeResetNow",
+                went_offline=True,
+                seconds_to_online=3.2,
+            )
+        )
+        async with asyncio.timeout(20):
+            while True:
+                async with policy.work.uow.read() as conn:
+                    case = await store.get_case(conn, apply.case_id)
+                if case is not None and case.state == "quarantined":
+                    return apply.case_id
+                await asyncio.sleep(0.05)
+
+    yield make
+    await executor.close()

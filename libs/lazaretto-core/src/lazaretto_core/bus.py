@@ -173,6 +173,22 @@ class Bus:
             self._publish_channel.declare_exchange(EVENTS_EXCHANGE, passive=True), timeout=2.0
         )
 
+    async def message_count(self, queue: str) -> int | None:
+        """How many messages `queue` holds now (None: no such queue). A passive declare on a channel
+        of its own (a missing queue closes the channel) needs no permission on the queue."""
+        if self._connection is None or self._connection.is_closed:
+            raise ConnectionError("not connected to RabbitMQ")
+        channel = await self._connection.channel()
+        try:
+            declared = await asyncio.wait_for(channel.declare_queue(queue, passive=True), timeout=5.0)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        count: int | None = declared.declaration_result.message_count
+        return count
+
     # -- publishing -------------------------------------------------------------------------------
 
     async def publish(

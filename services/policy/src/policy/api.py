@@ -11,19 +11,19 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import RELEASING_STATES, normalize_mac, utcnow
+from lazaretto_core.contracts import normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import appeals, audit, commands, desk, identity, ladder, store
+from . import actions, appeals, desk, identity, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
-from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
+from .commands import SelfReleaseAllowance
 from .reference import normalize_reference
 from .roles import Principal, RoleGuard, TokenBook
 from .rulebook import RuleBook, RulesError
 from .rulebook import load as rulebook_load
-from .rules import Network, is_allowlisted
+from .rules import Network
 from .subscriber_api import install_subscriber_routes
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def install_api(
         prefix="/v1/portal", dependencies=[Depends(bearer_token_guard(portal_token))], tags=["portal"]
     )
     allowance = SelfReleaseAllowance(max_self_releases, self_release_window)
+    operators = actions.OperatorDesk(work, attributor, allowlist, allowance)
     rulebook = rules if rules is not None else RuleBook(None)
 
     @admin.get("/rules")
@@ -169,75 +170,20 @@ def install_api(
     ) -> dict[str, Any]:
         """Open a case by address (now, or as of `at`), by device (`mac`) or household (`cm_mac`),
         with the desk's evidence; refused for an allow-listed address before any look-up."""
-        if request.ip is not None and is_allowlisted(request.ip, allowlist):
-            raise HTTPException(409, f"{request.ip} is on the allowlist and is never quarantined")
         try:
-            # Like an alert: the device holding the address (then), never the address itself if known.
-            attribution, leases = await desk.attribute(attributor, request)
-        except RetryLater as exc:
-            raise HTTPException(503, f"cannot attribute {request.describe()} now: {exc}") from None
-        except desk.NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        command = OpenCase(
-            attribution,
-            scope=request.scope,
-            category=request.category,
-            reason=request.reason,
-            actor=f"operator:{request.operator}",
-            leases=leases,
-            source="operator",
-        )
-        try:
-            async with work.uow() as conn:
-                case = await commands.open_case(work, conn, command, allowlist)
-                await audit.append(
-                    conn,
-                    f"case:{case.case_id}",
-                    "manual_case",
-                    principal.actor,
-                    {
-                        **principal.audit(),
-                        "operator": request.operator,
-                        "subject": request.describe(),
-                        "evidence": [e.model_dump(mode="json") for e in request.evidence],
-                    },
-                )
-        except commands.AlreadyOpen as exists:
-            raise HTTPException(
-                409,
-                f"case {exists.case.case_id} is already open for {request.describe()}"
-                f" ({exists.case.key_kind} {exists.case.device_key})",
-            ) from None
-        except Refused as exc:
-            raise HTTPException(exc.http_status, str(exc)) from None
+            case = await actions.quarantine(operators, request, principal)
+        except actions.ActionRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
         return case.public()
 
     @admin.post("/cases/{case_id}/release")
     async def release(
         case_id: uuid.UUID, request: ReleaseRequest, principal: Principal = Depends(as_operator)
     ) -> dict[str, Any]:
-        async with work.uow.read() as conn:
-            known = await store.get_case(conn, case_id)
-        if known is None:
-            raise HTTPException(404, "no such case")
-        leases = None
-        if known.cpe_mac is not None:
-            try:  # where the device is now, so the removal names its current address
-                leases = await attributor.device_leases(known.cpe_mac, known.opened_at)
-            except RetryLater as exc:
-                # An operator's release does not wait for the lease history: the provisioner removes
-                # every address it gardened for the device anyway.
-                log.warning("releasing case %s without its current address: %s", case_id, exc)
-        command = Release(case_id, actor=f"operator:{request.operator}", reason=request.reason, leases=leases)
         try:
-            async with work.uow() as conn:
-                case = await commands.release(work, conn, command, allowance)
-                await audit.append(
-                    conn, f"case:{case_id}", "operator_release", principal.actor, principal.audit()
-                )
-        except Refused as exc:
-            raise HTTPException(exc.http_status, str(exc)) from None
-        assert case is not None  # only a subscriber's repeated release is a no-op
+            case = await actions.release(operators, case_id, request.reason, request.operator, principal)
+        except actions.ActionRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
         return case.public()
 
     @admin.post("/cases/{case_id}/extend")
@@ -247,28 +193,12 @@ def install_api(
         """Keep an open case longer: its expiry (if any) and the subscriber's earliest self-release
         move `by_seconds` later; a case the subscriber could release now can only be released later."""
         by = timedelta(seconds=request.by_seconds)
-        async with work.uow() as conn:
-            case = await store.lock_case(conn, case_id)
-            if case is None:
-                raise HTTPException(404, "no such case")
-            if case.closed_at is not None or case.state in RELEASING_STATES:
-                raise HTTPException(409, f"case {case_id} is {case.state}: there is nothing to extend")
-            terms = ladder.extended(
-                await store.get_terms(conn, case_id), by, utcnow(), allowance.max_releases
+        try:
+            case, terms = await actions.extend(
+                operators, case_id, by, request.reason, request.operator, principal
             )
-            await store.replace_terms(conn, case_id, terms)
-            detail = {
-                "extended_by_s": request.by_seconds,
-                "reason": request.reason,
-                "operator": request.operator,
-                "expires_at": terms.expires_at,
-                "self_release_not_before": terms.self_release_not_before,
-            }
-            actor = f"operator:{request.operator}"
-            await store.add_event(conn, case_id, actor, case.state, case.state, detail)
-            await audit.append(
-                conn, f"case:{case_id}", "operator_extend", principal.actor, {**principal.audit(), **detail}
-            )
+        except actions.ActionRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
         return {
             **case.public(),
             "terms": {

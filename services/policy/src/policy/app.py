@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,17 +28,21 @@ from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
 from . import allowlist, guard
+from .actions import OperatorDesk
 from .api import install_api
 from .appeals import AppealLimit
 from .attribution import Attributor
 from .batch import ObservationBatcher
 from .breaker import BreakerLimits
 from .casework import CaseWork
-from .commands import expire_due
+from .commands import SelfReleaseAllowance, expire_due
+from .console import ConsoleDeps, install_console
+from .console.sessions import SessionSigner
 from .guard import Guard
 from .guard_api import install_guard_api
 from .handlers import PolicyHandlers
 from .maildir import MaildirWatcher
+from .roles import TokenBook
 from .rulebook import RuleBook
 from .settings import PolicySettings
 from .uow import UnitOfWork
@@ -145,6 +150,29 @@ def breaker_limits(settings: PolicySettings) -> BreakerLimits:
     )
 
 
+def console_deps(
+    settings: PolicySettings,
+    work: CaseWork,
+    attributor: Attributor,
+    tokens: TokenBook,
+    limits: BreakerLimits,
+    bus: Bus,
+) -> ConsoleDeps:
+    allowance = SelfReleaseAllowance(
+        settings.max_self_releases, timedelta(seconds=settings.self_release_window)
+    )
+    # Without a configured key, one per start: sessions end at a restart, never forged.
+    key = settings.console_secret.get_secret_value().encode() if settings.console_secret else None
+    return ConsoleDeps(
+        operators=OperatorDesk(work, attributor, settings.allowlist, allowance),
+        tokens=tokens,
+        limits=limits,
+        signer=SessionSigner(key or secrets.token_bytes(32), settings.console_session_ttl),
+        dlq_depth=bus.message_count,
+        dlq_queues=settings.console_dlq_queues,
+    )
+
+
 async def build(settings: PolicySettings, attributor: Attributor | None = None) -> PolicyService:
     """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
     pool = await db.create_pool(settings.database_url.get_secret_value())
@@ -201,4 +229,5 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         appeal_limit=AppealLimit(settings.max_appeals_per_day, timedelta(days=1)),
     )
     install_guard_api(app, work, tokens, limits, settings.own_prefixes)
+    install_console(app, console_deps(settings, work, attributor, tokens, limits, bus))
     return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)

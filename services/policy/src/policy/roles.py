@@ -71,6 +71,10 @@ class TokenBook:
                 found = (name, role)
         return found
 
+    def role_of(self, name: str) -> Role | None:
+        """The role a token's name holds now (None: no such token), for the console's sessions."""
+        return next((role for _, known, role in self._tokens if known == name), None)
+
     def holds(self, value: str) -> bool:
         return any(hmac.compare_digest(value.encode(), secret) for secret, _, _ in self._tokens)
 

@@ -82,6 +82,17 @@ class PolicySettings(ServiceSettings):
     # reaching an idle consumer is decided at once, alone.
     observation_batch_max: int = Field(default=200, ge=1)
 
+    # The operator console (/console on this port): the key its session cookies are signed with (None:
+    # a random key per start, so a restart signs everyone out), and how long a sign-in lasts (seconds).
+    console_secret: SecretStr | None = None
+    console_session_ttl: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    # The dead-letter queues whose depth the console's overview shows.
+    console_dlq_queues: tuple[str, ...] = (
+        "lazaretto.policy.main.dlq",
+        "lazaretto.provisioner.main.dlq",
+        "lazaretto.cmts-agent.main.dlq",
+    )
+
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
         return TokenBook([legacy, *self.operator_tokens])

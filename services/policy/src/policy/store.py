@@ -640,3 +640,14 @@ async def replace_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) 
     """An operator's change of a case's terms (`lazaretto cases extend`): the row, made if missing."""
     await conn.execute("DELETE FROM case_terms WHERE case_id = $1", case_id)
     await save_terms(conn, case_id, terms)
+
+
+async def open_cases_in_states(conn: Connection, states: list[str], limit: int = 100) -> list[Case]:
+    """Open cases in any of `states`, oldest first (the console's "needs an operator" and "held")."""
+    rows = await conn.fetch(
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE closed_at IS NULL AND state = ANY($1::text[])"
+        " ORDER BY opened_at LIMIT $2",
+        states,
+        limit,
+    )
+    return [Case.from_row(r) for r in rows]

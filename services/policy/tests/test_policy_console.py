@@ -1,0 +1,400 @@
+"""The operator console on policy's admin port, on the real PostgreSQL and RabbitMQ, as a browser without
+JavaScript uses it (plain GETs and form posts with the cookies it was given): sign-in with the operator
+tokens, roles, CSRF, search, a case's timeline and audit, and the actions through the admin API's paths."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes on the wire)
+import httpx
+import pytest
+
+from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.testing import BusProbe
+from policy import store
+from policy.app import PolicyService
+from policy.console import ROUTES
+from policy.console.sessions import COOKIE, SessionSigner
+
+VIEWER_TOKEN = "viewer-token-for-tests-0123456789"
+OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+TOKENS = [
+    {"name": "vera", "role": "viewer", "token": VIEWER_TOKEN},
+    {"name": "otto", "role": "operator", "token": OPERATOR_TOKEN},
+]
+CPE_MAC = "02:00:00:00:00:07"
+CM_MAC = "00:02:8a:d3:7c:6e"  # the household conftest's `quarantine_device` plugs the PC into
+QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]
+
+
+@pytest.fixture
+def policy_overrides() -> dict[str, object]:
+    return {"operator_tokens": TOKENS}
+
+
+@pytest.fixture
+async def browser(policy: PolicyService) -> AsyncIterator[httpx.AsyncClient]:
+    """A cookie-keeping client that follows nothing by itself (each redirect is checked)."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app, client=("192.0.2.7", 50000)),
+        base_url="http://policy",
+    ) as client:
+        yield client
+
+
+def hidden(page: str, name: str = "csrf") -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert found is not None, f"no {name} field in the page"
+    return html.unescape(found.group(1))
+
+
+def text(page: str) -> str:
+    """The page's text as a reader sees it (tags dropped, entities read)."""
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+
+
+def served_routes(routes: list[Any]) -> list[Any]:
+    """Every route of the app, those of included routers too (FastAPI keeps them in their router)."""
+    found = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        found += served_routes(inner.routes) if inner is not None else [route]
+    return found
+
+
+async def sign_in(client: httpx.AsyncClient, token: str) -> str:
+    """Sign in through the form; returns the session's CSRF token as the pages carry it."""
+    form = await client.get("/console/login")
+    assert form.status_code == 200
+    answer = await client.post("/console/login", data={"token": token, "csrf": hidden(form.text)})
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/console/"
+    overview = await client.get("/console/")
+    assert overview.status_code == 200
+    return hidden(overview.text)
+
+
+async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_session(
+    browser: httpx.AsyncClient, policy: PolicyService
+) -> None:
+    # Given the sign-in form
+    form = await browser.get("/console/login")
+    assert 'type="password"' in form.text
+    # An unknown token is refused, a form without its CSRF token too
+    wrong = await browser.post("/console/login", data={"token": "x" * 32, "csrf": hidden(form.text)})
+    assert wrong.status_code == 401
+    assert "not known" in wrong.text
+    assert COOKIE not in browser.cookies
+    forged = await browser.post("/console/login", data={"token": OPERATOR_TOKEN, "csrf": "guess"})
+    assert forged.status_code == 403
+    # A known token signs in: the cookie is HttpOnly, SameSite=Strict, limited to /console, expiring
+    form = await browser.get("/console/login")
+    answer = await browser.post("/console/login", data={"token": OPERATOR_TOKEN, "csrf": hidden(form.text)})
+    assert answer.status_code == 303
+    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}="))
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "max-age", "path"} <= flags
+    assert "samesite=strict" in cookie.lower()
+    assert "path=/console" in cookie.lower()
+    assert "secure" not in flags  # served over plain HTTP here
+    assert OPERATOR_TOKEN not in cookie
+    overview = await browser.get("/console/")
+    assert "otto (operator)" in text(overview.text)
+    # Sign-out needs the CSRF token, then the session is gone
+    refused = await browser.post("/console/logout", data={})
+    assert refused.status_code == 403
+    out = await browser.post("/console/logout", data={"csrf": hidden(overview.text)})
+    assert out.status_code == 303
+    after = await browser.get("/console/")
+    assert (after.status_code, after.headers["location"]) == (303, "/console/login")
+
+
+async def test_over_tls_the_cookie_is_secure_and_a_tampered_or_expired_cookie_is_no_session(
+    policy: PolicyService,
+) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app), base_url="https://policy"
+    ) as client:
+        form = await client.get("/console/login")
+        answer = await client.post("/console/login", data={"token": VIEWER_TOKEN, "csrf": hidden(form.text)})
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}="))
+        assert "secure" in cookie.lower()
+        value = client.cookies[COOKIE]
+        # One character changed in the signed body: no session
+        client.cookies.set(COOKIE, ("A" if value[0] != "A" else "B") + value[1:], path="/console")
+        assert (await client.get("/console/")).status_code == 303
+        # A cookie signed with another key (another installation, or before a restart): no session
+        _, foreign = SessionSigner(b"another key" * 4, 3600).issue("otto", "operator")
+        client.cookies.set(COOKIE, foreign, path="/console")
+        assert (await client.get("/console/")).status_code == 303
+
+
+async def test_the_console_serves_exactly_its_listed_routes_and_none_without_a_session(
+    policy: PolicyService, browser: httpx.AsyncClient
+) -> None:
+    served = {
+        (method, path)
+        for route in served_routes(policy.http_app.routes)
+        if (path := getattr(route, "path", "")).startswith("/console/")
+        and path != "/console/static/console.css"
+        for method in getattr(route, "methods", ())
+        if method != "HEAD"
+    }
+    assert served == set(ROUTES)
+    case_id, entry_id = uuid.uuid4(), uuid.uuid4()
+    for method, path in ROUTES:
+        url = path.format(case_id=case_id, entry_id=entry_id)
+        if path == "/console/login":
+            continue
+        if method == "GET":
+            answer = await browser.get(url)
+            assert (answer.status_code, answer.headers.get("location")) == (303, "/console/login"), url
+        else:
+            answer = await browser.post(url, data={"reason": "x", "csrf": "x"})
+            assert answer.status_code == 401, url
+
+
+async def test_an_operator_finds_the_case_by_every_key_reads_its_timeline_and_releases_it_with_a_reason(
+    policy: PolicyService,
+    browser: httpx.AsyncClient,
+    quarantine_device: QuarantineDevice,
+    probe: BusProbe,
+    book: LeaseBook,
+) -> None:
+    # Given a PC the rules quarantined (garden applied, modem back online after 3.2 s)
+    case_id = await quarantine_device("100.64.0.7", CPE_MAC)
+    async with policy.work.uow.read() as conn:
+        case = await store.get_case(conn, case_id)
+    assert case is not None
+    csrf = await sign_in(browser, OPERATOR_TOKEN)
+    # When the operator searches by address, device MAC, household, case id and reference
+    for query in (
+        "100.64.0.7",
+        CPE_MAC.upper(),
+        CM_MAC,
+        str(case_id),
+        case.reference.lower().replace("-", " "),
+    ):
+        found = await browser.get("/console/search", params={"q": query})
+        assert found.status_code == 200
+        assert f"/console/cases/{case_id}" in found.text, query
+        assert "1 case(s)" in text(found.text), query
+    nothing = await browser.get("/console/search", params={"q": "not a thing"})
+    assert "is not an address" in text(nothing.text)
+    # Then the case page shows the observation with its rule, the decision, every step, the reset timing
+    page = await browser.get(f"/console/cases/{case_id}")
+    assert page.status_code == 200
+    shown = text(page.text)
+    assert "quarantined" in shown
+    assert "scan from" in shown
+    assert "opened_case" in shown
+    assert "ruleset_version" in shown  # the decision names the rule set's version
+    assert "→ garden_requested" in shown
+    assert "→ quarantined" in shown
+    assert "seconds_to_online: 3.2" in shown
+    assert "cisco-cdxCmCpeResetNow" in shown
+    assert 'id="release"' in page.text
+    assert 'id="extend"' in page.text
+    # A release without a reason is refused and changes nothing
+    empty = await browser.post(f"/console/cases/{case_id}/release", data={"csrf": csrf, "reason": " "})
+    assert empty.status_code == 422
+    # With a reason it goes the admin API's way: the garden removal is commanded
+    done = await browser.post(
+        f"/console/cases/{case_id}/release", data={"csrf": csrf, "reason": "customer cleaned the PC"}
+    )
+    assert (done.status_code, done.headers["location"]) == (303, f"/console/cases/{case_id}?done=released")
+    (remove,) = await probe.wait_for("garden.remove.v1")
+    assert remove.case_id == case_id  # type: ignore[attr-defined]
+    after = await browser.get(done.headers["location"])
+    shown = text(after.text)
+    assert "The case is being released." in shown
+    assert "quarantined → release_requested" in shown
+    assert "operator:otto" in shown
+    assert "customer cleaned the PC" in shown
+    # The audit trail names the token, its role and the client's address
+    assert "operator_release" in shown
+    assert "operator:otto" in shown
+    assert "192.0.2.7" in shown
+    assert 'id="release"' not in after.text  # nothing left to release
+
+
+async def test_a_viewer_sees_everything_but_no_action_and_is_refused_one_anyway(
+    policy: PolicyService, browser: httpx.AsyncClient, quarantine_device: QuarantineDevice
+) -> None:
+    case_id = await quarantine_device("100.64.0.8", CPE_MAC)
+    csrf = await sign_in(browser, VIEWER_TOKEN)
+    page = await browser.get(f"/console/cases/{case_id}")
+    assert page.status_code == 200
+    assert 'id="release"' not in page.text
+    assert 'id="extend"' not in page.text
+    assert "Open a case" not in page.text
+    # A release posted by hand (with the viewer's own CSRF token) is refused server-side
+    refused = await browser.post(f"/console/cases/{case_id}/release", data={"csrf": csrf, "reason": "r"})
+    assert refused.status_code == 403
+    assert "operator role" in refused.text
+    for path, data in (
+        ("/console/quarantine", {"by": "ip", "subject": "100.64.0.9", "reason": "r"}),
+        ("/console/breaker/resume", {"reason": "r"}),
+        ("/console/allowlist", {"kind": "address", "value": "100.64.0.9", "owner": "o", "reason": "r"}),
+    ):
+        assert (await browser.post(path, data={**data, "csrf": csrf})).status_code == 403, path
+    assert (await browser.get("/console/quarantine")).status_code == 403
+    async with policy.work.uow.read() as conn:
+        case = await store.get_case(conn, case_id)
+    assert case is not None
+    assert case.state == "quarantined"
+
+
+async def test_every_form_needs_the_sessions_csrf_token(
+    policy: PolicyService, browser: httpx.AsyncClient, quarantine_device: QuarantineDevice
+) -> None:
+    case_id = await quarantine_device("100.64.0.9", CPE_MAC)
+    await sign_in(browser, ADMIN_TOKEN)
+    for path in ROUTES:
+        method, url = path
+        if method != "POST" or url == "/console/login":
+            continue
+        url = url.format(case_id=case_id, entry_id=uuid.uuid4())
+        for fields in ({"reason": "r"}, {"reason": "r", "csrf": "forged"}):
+            answer = await browser.post(url, data=fields)
+            assert answer.status_code == 403, (url, fields)
+    # Another session's token does not do either
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app), base_url="http://policy"
+    ) as other:
+        others = await sign_in(other, ADMIN_TOKEN)
+    answer = await browser.post(f"/console/cases/{case_id}/release", data={"reason": "r", "csrf": others})
+    assert answer.status_code == 403
+    async with policy.work.uow.read() as conn:
+        case = await store.get_case(conn, case_id)
+    assert case is not None
+    assert case.state == "quarantined"
+
+
+async def test_the_desk_opens_a_case_by_address_and_extends_it_the_admin_apis_way(
+    policy: PolicyService, browser: httpx.AsyncClient, book: LeaseBook
+) -> None:
+    book.bind("100.64.0.20", "02:00:00:00:00:20")
+    book.plug("02:00:00:00:00:20", CM_MAC, "100.64.0.20")
+    csrf = await sign_in(browser, OPERATOR_TOKEN)
+    # An allow-listed address (settings) is refused with the reason
+    listed = await browser.post(
+        "/console/quarantine", data={"csrf": csrf, "by": "ip", "subject": "100.64.99.5", "reason": "spam"}
+    )
+    assert listed.status_code == 409
+    assert "allowlist" in listed.text
+    opened = await browser.post(
+        "/console/quarantine",
+        data={
+            "csrf": csrf,
+            "by": "ip",
+            "subject": "100.64.0.20",
+            "category": "spam",
+            "reason": "complaint #7",
+        },
+    )
+    assert opened.status_code == 303
+    page = await browser.get(opened.headers["location"])
+    shown = text(page.text)
+    assert "The case was opened." in shown
+    assert "02:00:00:00:00:20" in shown
+    assert "manual_case" in shown
+    extended = await browser.post(
+        opened.headers["location"].split("?")[0] + "/extend",
+        data={"csrf": csrf, "by_seconds": "86400", "reason": "second complaint"},
+    )
+    assert extended.status_code == 303
+    shown = text((await browser.get(extended.headers["location"])).text)
+    assert "extended_by_s: 86400" in shown
+    assert "operator_extend" in shown
+    assert "second complaint" in shown
+    # A duration the form does not offer is refused
+    odd = await browser.post(
+        opened.headers["location"].split("?")[0] + "/extend",
+        data={"csrf": csrf, "by_seconds": "5", "reason": "x"},
+    )
+    assert odd.status_code == 422
+
+
+async def test_the_admin_manages_the_allowlist_and_an_operator_may_not(
+    policy: PolicyService, browser: httpx.AsyncClient
+) -> None:
+    csrf = await sign_in(browser, ADMIN_TOKEN)
+    added = await browser.post(
+        "/console/allowlist",
+        data={
+            "csrf": csrf,
+            "kind": "mac",
+            "value": "02:00:00:00:00:99",
+            "effect": "exempt",
+            "owner": "NOC",
+            "reason": "the NOC's monitoring box",
+        },
+    )
+    assert (added.status_code, added.headers["location"]) == (303, "/console/allowlist?done=allow-added")
+    page = await browser.get("/console/allowlist")
+    assert "02:00:00:00:00:99" in page.text
+    assert "the NOC" in html.unescape(page.text)
+    bad = await browser.post(
+        "/console/allowlist",
+        data={"csrf": csrf, "kind": "address", "value": "nope", "owner": "x", "reason": "x"},
+    )
+    assert bad.status_code == 422
+    entry_id = re.search(r"/console/allowlist/([0-9a-f-]{36})/remove", page.text)
+    assert entry_id is not None
+    # An operator sees the list but no form, and is refused a removal
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app), base_url="http://policy"
+    ) as operator:
+        operator_csrf = await sign_in(operator, OPERATOR_TOKEN)
+        seen = await operator.get("/console/allowlist")
+        assert "02:00:00:00:00:99" in seen.text
+        assert "/remove" not in seen.text
+        refused = await operator.post(
+            f"/console/allowlist/{entry_id.group(1)}/remove", data={"csrf": operator_csrf, "reason": "r"}
+        )
+        assert refused.status_code == 403
+    gone = await browser.post(
+        f"/console/allowlist/{entry_id.group(1)}/remove", data={"csrf": csrf, "reason": "box retired"}
+    )
+    assert gone.status_code == 303
+    assert "02:00:00:00:00:99" not in (await browser.get("/console/allowlist")).text
+
+
+async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
+    policy: PolicyService, browser: httpx.AsyncClient, quarantine_device: QuarantineDevice, amqp_url: str
+) -> None:
+    await quarantine_device("100.64.0.30", CPE_MAC)
+    # A message policy could not handle, as the bus leaves it in policy's dead-letter queue
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}"), routing_key="lazaretto.policy.main.dlq"
+        )
+    finally:
+        await connection.close()
+    await sign_in(browser, VIEWER_TOKEN)
+    page = await browser.get("/console/")
+    shown = text(page.text)
+    assert re.search(r"Open cases (\d+)", shown) is not None
+    assert re.search(r"Quarantined in the last hour 1\b", shown), shown
+    assert "quarantined scan 1" in shown
+    assert "lazaretto.provisioner.main.dlq not declared" in shown  # no provisioner in this vhost
+
+
+async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scope(
+    policy: PolicyService, browser: httpx.AsyncClient
+) -> None:
+    csrf = await sign_in(browser, OPERATOR_TOKEN)
+    page = text((await browser.get("/console/breaker")).text)
+    assert "Automatic enforcement is running." in page
+    nothing = await browser.post("/console/breaker/resume", data={"csrf": csrf, "reason": "check"})
+    assert nothing.status_code == 404
+    assert "No tripped scope" in nothing.text
