@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .contracts import normalize_ip
 from .progress import ProgressMonitor as ProgressMonitor  # where services have always found it
+from .tracing import TraceRequests
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -37,6 +38,7 @@ def create_http_app(
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
     app.add_middleware(RequestGate)
+    app.add_middleware(TraceRequests)  # added last, so outermost: a refused request is a span too
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

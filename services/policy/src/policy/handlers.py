@@ -25,6 +25,7 @@ from lazaretto_core.contracts import (
     utcnow,
 )
 from lazaretto_core.errors import InvalidMessage
+from lazaretto_core.logs import bind
 
 from . import commands, identity, ladder
 from .attribution import Attribution, Attributor
@@ -111,6 +112,7 @@ class PolicyHandlers:
             else:
                 # Network I/O stays outside the transaction; a peer down retries the message.
                 attribution = await self.attributor.attribute(event.ip, event.last_seen)
+                bind(device=attribution.cpe_mac or attribution.cm_mac)
                 audit |= attribution.audit()
                 if attribution.found == "conflict":
                     action = "attribution_conflict"
@@ -167,6 +169,7 @@ class PolicyHandlers:
                 return
             except commands.AlreadyOpen as exists:
                 # The device's case is open: the observation feeds it (and says where the device is).
+                bind(case_id=exists.case.case_id, device=exists.case.device_key)
                 await self.work.record_alert_address(conn, exists.case, attribution, "alert")
                 await self.work.follow_device(conn, exists.case, leases)
                 await record(exists.case.case_id, "fed_open_case")

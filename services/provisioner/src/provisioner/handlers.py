@@ -19,6 +19,7 @@ from lazaretto_core.contracts import (
     GardenRemoved,
 )
 from lazaretto_core.errors import RetryLater
+from lazaretto_core.logs import bind
 
 from .dhcpd import DhcpdError
 from .garden import Garden, GardenPending
@@ -44,6 +45,7 @@ class ProvisionerHandlers:
         await self.allowlist.store(snapshot)
 
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        _bind_case(command)
         # Checked again here, whoever sent the command: an allow-listed device is never gardened.
         entry = await self.allowlist.covering(
             ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
@@ -84,6 +86,7 @@ class ProvisionerHandlers:
         )
 
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
+        _bind_case(command)
         try:
             if command.scope == "modem" and self.household is not None:
                 changes = await self.household.remove(command)
@@ -127,6 +130,13 @@ class ProvisionerHandlers:
             ),
             correlation_id=str(command.case_id),
         )
+
+
+def _bind_case(command: GardenApply | GardenRemove) -> None:
+    """The case and its device (the modem for a household, else the PC, else its static address) on
+    every log line of this command."""
+    device = command.cm_mac if command.scope == "modem" else command.cpe_mac
+    bind(case_id=command.case_id, device=device or command.cpe_ip)
 
 
 def _error_class(exc: Exception) -> str:
