@@ -12,7 +12,7 @@ from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +27,9 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 DEFAULT_MAX_BODY: Final = 64 * 1024
 _MAX_BODY_ATTRIBUTE: Final = "__lazaretto_max_body__"
 UNAUTHORIZED_DETAIL: Final = "missing or invalid bearer token"
+
+READY = Gauge("lazaretto_ready", "1 if every readiness check (as /readyz) passed at this scrape, else 0")
+READY_CHECK = Gauge("lazaretto_ready_check", "1 if this readiness check passed at this scrape", ["check"])
 
 
 def create_http_app(
@@ -49,13 +52,7 @@ def create_http_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        results: dict[str, str] = {}
-        for name, check in readiness.items():
-            try:
-                await asyncio.wait_for(check(), timeout=3.0)
-                results[name] = "ok"
-            except Exception as exc:  # a readiness probe reports every failure, it never raises
-                results[name] = f"failed: {type(exc).__name__}"
+        results = await _check(readiness)
         ready = all(v == "ok" for v in results.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": results},
@@ -64,9 +61,25 @@ def create_http_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        # Each scrape runs the readiness checks, so "not ready" can alert like "down" does.
+        results = await _check(readiness)
+        for name, result in results.items():
+            READY_CHECK.labels(name).set(1 if result == "ok" else 0)
+        READY.set(1 if all(v == "ok" for v in results.values()) else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _check(readiness: Mapping[str, ReadinessCheck]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for name, check in readiness.items():
+        try:
+            await asyncio.wait_for(check(), timeout=3.0)
+            results[name] = "ok"
+        except Exception as exc:  # a readiness probe reports every failure, it never raises
+            results[name] = f"failed: {type(exc).__name__}"
+    return results
 
 
 def path_ip(text: str) -> str:
