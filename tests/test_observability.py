@@ -31,7 +31,7 @@ KPIS = {
     "lazaretto_policy_repeat_cases_total",  # recidivism within 30 days
     "lazaretto_policy_cases_opened_total",
     "lazaretto_policy_cases_needing_operator",
-    "lazaretto_policy_cases_held",
+    "lazaretto_policy_held_cases",
     "lazaretto_policy_breaker_tripped",
     "lazaretto_policy_breaker_trips_total",
     "lazaretto_cmts_resets_total",  # resets per CMTS by outcome

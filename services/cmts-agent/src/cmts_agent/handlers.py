@@ -88,6 +88,14 @@ class CmtsAgentHandlers:
             detail += f" after {elapsed:.1f} s"
             await self._failed(command, "not_back_online", detail, report.cmts, report.attempts)
             return
+        log.info(
+            "modem %s of case %s back online after %.1f s (%s on %s)",
+            command.cm_mac,
+            command.case_id,
+            result.seconds_to_online or result.elapsed,
+            report.method,
+            report.cmts,
+        )
         await self._finish(
             ModemResetCompleted(
                 case_id=command.case_id,

@@ -202,6 +202,7 @@ class CaseWork:
             self_releases=detail.get("self_releases"),
         )
         await self.store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
+        log.info("case %s: %s -> %s by %s", case.case_id, case.state, outcome.state, actor)
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
             await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)

@@ -32,7 +32,7 @@ CASES_OPENED = Counter("lazaretto_policy_cases_opened_total", "Cases opened (the
 NEEDING_OPERATOR = Gauge(
     "lazaretto_policy_cases_needing_operator", "Open cases in needs_operator, as the database last said"
 )
-HELD = Gauge("lazaretto_policy_cases_held", "Open cases the breaker holds, as the database last said")
+HELD = Gauge("lazaretto_policy_held_cases", "Open cases the breaker holds, as the database last said")
 BREAKER_TRIPPED = Gauge(
     "lazaretto_policy_breaker_tripped", "1 while a breaker scope is tripped and not resumed, else 0"
 )

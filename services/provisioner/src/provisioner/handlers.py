@@ -80,6 +80,7 @@ class ProvisionerHandlers:
         ) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
+        log.info("garden applied for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
             GardenApplied(case_id=command.case_id, step_id=command.step_id, changes=changes),
             correlation_id=str(command.case_id),
@@ -103,6 +104,7 @@ class ProvisionerHandlers:
         ) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
+        log.info("garden removed for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
             GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes),
             correlation_id=str(command.case_id),
