@@ -163,11 +163,14 @@ async def test_cases_needing_an_operator_are_counted_from_the_database(
         await executor.publish(observation("100.64.0.60", first_seen_ago=5))
         failure = {"operation": "apply", "error_class": "dns_timeout", "detail": "BIND did not answer"}
         # When the garden fails as often as a step may (step_max_attempts=2)
+        case_id = None
         for attempt in (1, 2):
             apply = (await probe.wait_for("garden.apply.v1", count=attempt))[-1]
             assert isinstance(apply, GardenApply)
+            case_id = apply.case_id
             await executor.publish(GardenFailed(case_id=apply.case_id, step_id=apply.step_id, **failure))
-        await state(admin, apply.case_id, "needs_operator")
+        assert case_id is not None
+        await state(admin, case_id, "needs_operator")
         # Then the gauge says one case needs an operator, as the database does
         await until(
             "one case needing an operator", lambda: value("lazaretto_policy_cases_needing_operator") == 1

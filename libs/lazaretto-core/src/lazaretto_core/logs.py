@@ -59,6 +59,17 @@ def log_fields(*, case_id: object = None, device: object = None, message_id: obj
         _fields.reset(token)
 
 
+@contextlib.contextmanager
+def bound(*, case_id: object = None, device: object = None, message_id: object = None) -> Iterator[None]:
+    """Add fields for the block only (a loop that works through several cases, not one message)."""
+    token = _fields.set(_fields.get())
+    try:
+        bind(case_id=case_id, device=device, message_id=message_id)
+        yield
+    finally:
+        _fields.reset(token)
+
+
 def current_fields() -> dict[str, str]:
     """The fields bound now, and the trace and span ids of the current span when there is one."""
     fields = dict(_fields.get())
