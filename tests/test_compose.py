@@ -34,6 +34,8 @@ APP_SERVICES = {
     "detector-smtp": "detector_smtp",
 }
 PEERS = ("rabbitmq", "postgres", "kea", "bind", "portal-tls", "lab-cmts")
+# Lab profile only, nothing depends on them (tests/test_observability.py checks them).
+OBSERVABILITY = ("prometheus", "grafana", "jaeger")
 # Steps that run once and exit; services wait for them to complete instead of being healthy.
 ONE_SHOTS = ("bus-users",)
 PORTAL_PORTS = ("8080:8080", "443:8443", "80:8081")
@@ -89,7 +91,7 @@ def walk_strings(node: object, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def test_every_expected_service_is_defined(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) == set(APP_SERVICES) | set(PEERS) | set(ONE_SHOTS)
+    assert set(services(compose)) == set(APP_SERVICES) | set(PEERS) | set(ONE_SHOTS) | set(OBSERVABILITY)
 
 
 @pytest.mark.parametrize(("name", "module"), sorted(APP_SERVICES.items()))
@@ -107,7 +109,7 @@ def test_app_service_builds_from_the_one_dockerfile(compose: dict[str, Any], nam
     assert f'name = "lazaretto-{name}"' in pyproject
 
 
-@pytest.mark.parametrize("name", sorted(APP_SERVICES) + list(PEERS))
+@pytest.mark.parametrize("name", sorted(APP_SERVICES) + list(PEERS) + list(OBSERVABILITY))
 def test_every_service_has_a_healthcheck(compose: dict[str, Any], name: str) -> None:
     healthcheck = services(compose)[name].get("healthcheck")
     assert healthcheck, f"{name} has no healthcheck"
@@ -142,7 +144,7 @@ def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
 def test_lab_cmts_is_only_in_the_lab_profile(compose: dict[str, Any]) -> None:
     svc = services(compose)
     assert svc["lab-cmts"]["profiles"] == ["lab"]
-    assert [name for name, s in svc.items() if "profiles" in s] == ["lab-cmts"]
+    assert [name for name, s in svc.items() if "profiles" in s] == ["lab-cmts", *OBSERVABILITY]
     command = " ".join(svc["lab-cmts"]["command"])
     assert "snmpd" in command
     mounts = svc["lab-cmts"]["volumes"]

@@ -1,7 +1,9 @@
-"""deploy/prometheus alert rules and the deploy/grafana dashboard: `promtool check rules` accepts the rules,
-the dashboard has the structure Grafana imports, and every metric either names is one a service exports
-today (or Prometheus's own `up`), apart from those listed as still to come. No Prometheus or Grafana runs
-here (neither is a Debian package on this machine's list but promtool's `prometheus`)."""
+"""deploy/prometheus alert rules and scrape configuration, the deploy/grafana dashboard and its provisioning,
+and compose's lab profile that starts Prometheus, Grafana and Jaeger: `promtool check rules` and `promtool
+check config` accept them, the dashboard has the structure Grafana imports, every metric either names is
+one a service exports (or Prometheus's own `up`), every KPI the issue names is on the dashboard, and the
+compose services mount what exists. No Prometheus, Grafana, Jaeger or Docker engine runs here (none is a
+Debian package on this machine's list but promtool's `prometheus`)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,34 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "lazaretto-alerts.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "lazaretto-overview.json"
+PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Metrics the rules use before a service exports them (the rule fires once it does).
-TO_COME = {"lazaretto_policy_breaker_tripped"}
+TO_COME: set[str] = set()
+# The issue's KPIs and technical signals, each a metric the dashboard must show.
+KPIS = {
+    "lazaretto_policy_alert_to_garden_seconds",  # first alert to garden in effect
+    "lazaretto_policy_releases_total",  # self-release rate (by="subscriber" of all)
+    "lazaretto_policy_repeat_cases_total",  # recidivism within 30 days
+    "lazaretto_policy_cases_opened_total",
+    "lazaretto_policy_cases_needing_operator",
+    "lazaretto_policy_held_cases",
+    "lazaretto_policy_breaker_tripped",
+    "lazaretto_policy_breaker_trips_total",
+    "lazaretto_cmts_resets_total",  # resets per CMTS by outcome
+    "lazaretto_dead_letter_messages",  # DLQ depth per queue
+    "lazaretto_ready",
+}
+SERVICE_PORTS = {
+    "policy": 8400,
+    "provisioner": 8300,
+    "cmts-agent": 8500,
+    "portal": 8080,
+    "detector-snort": 8100,
+    "detector-smtp": 8200,
+}
 PROMETHEUS_OWN = {"up"}
 # What the issue asks the alerts to cover, by alert name.
 REQUIRED_ALERTS = {
@@ -89,6 +116,70 @@ def test_the_rules_and_the_dashboard_use_metrics_that_exist() -> None:
     assert not unknown, f"metrics no service exports: {sorted(unknown)}"
     assert used >= TO_COME  # nothing listed here that nobody waits for
     assert not (TO_COME & exported), "exported now: remove it from TO_COME"
+    assert exported >= KPIS
+
+
+def test_every_kpi_is_on_the_dashboard() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    shown = {name for p in dashboard["panels"] for t in p["targets"] for name in metrics_in(t["expr"])}
+    assert shown >= KPIS, sorted(KPIS - shown)
+
+
+def test_histograms_name_their_unit() -> None:
+    # (prometheus_client itself exposes every counter as <name>_total.)
+    sources = [*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("libs/lazaretto-core/src/**/*.py")]
+    declared = re.compile(r"(Histogram)\(\s*\"(lazaretto_[a-z0-9_]+)\"", re.S)
+    found = [match for path in sources for match in declared.findall(path.read_text())]
+    assert ("Histogram", "lazaretto_policy_alert_to_garden_seconds") in found
+    for _, name in found:
+        assert name.endswith("_seconds"), name
+
+
+def test_prometheus_scrapes_every_service_under_the_job_names_the_rules_use() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    done = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert config["rule_files"] == [RULES.name]
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert jobs == {f"lazaretto-{name}": [f"{name}:{port}"] for name, port in SERVICE_PORTS.items()}
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name, port in SERVICE_PORTS.items():
+        assert compose["services"][name]["environment"]["LAZARETTO_HTTP_PORT"] == str(port), name
+
+
+def test_compose_lab_profile_starts_prometheus_grafana_and_jaeger_provisioned() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    prometheus, grafana, jaeger = services["prometheus"], services["grafana"], services["jaeger"]
+    for service in (prometheus, grafana, jaeger):
+        assert service["profiles"] == ["lab"]
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"])
+    # Prometheus reads this repository's configuration and rules
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    # Grafana gets the data source and the dashboard provider, and the dashboard where the provider looks
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"]}
+    assert mounts["./deploy/grafana/provisioning/datasources"] == "/etc/grafana/provisioning/datasources"
+    assert mounts["./deploy/grafana/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+    provider = yaml.safe_load((PROVISIONING / "dashboards" / "lazaretto.yml").read_text())["providers"][0]
+    dashboard_path = provider["options"]["path"]
+    assert mounts["./deploy/grafana/lazaretto-overview.json"] == f"{dashboard_path}/{DASHBOARD.name}"
+    (source,) = yaml.safe_load((PROVISIONING / "datasources" / "lazaretto.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090"
+    for host in mounts:
+        assert (ROOT / host).exists(), host
+    # Jaeger takes OTLP over HTTP, where the services send spans when the endpoint is set
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    for name in SERVICE_PORTS:
+        assert (
+            services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+        )
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=" in (ROOT / "deploy" / "compose" / "env.example").read_text()
 
 
 def test_the_dashboard_has_the_structure_grafana_imports() -> None:
@@ -112,7 +203,9 @@ def test_the_dashboard_has_the_structure_grafana_imports() -> None:
         assert len(refs) == len(set(refs))
         for t in p["targets"]:
             assert t["expr"].count("(") == t["expr"].count(")"), t["expr"]
-    # What the issue names: breaker trips still to come; resets per CMTS and dead letters are there.
+    # What the issue names: resets per CMTS by outcome, dead letters, the self-release rate.
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    assert "lazaretto_cmts_reset_attempts_total" in exprs
+    assert "sum by (cmts, outcome) (increase(lazaretto_cmts_resets_total" in exprs
+    assert "max by (queue) (lazaretto_dead_letter_messages)" in exprs
+    assert 'lazaretto_policy_releases_total{by="subscriber"}' in exprs
     assert 'outcome="dead_lettered"' in exprs

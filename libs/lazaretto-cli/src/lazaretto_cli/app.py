@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lazaretto_core.tracing import configure_tracing, shutdown_tracing
+
 from . import cases, guard, modem, rules
 from .config import Settings, service_urls
 from .doctor import doctor
@@ -71,4 +73,9 @@ def root(
 
 
 def main() -> None:
-    app()
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, each API call is a span the services' spans continue.
+    configure_tracing("lazaretto-cli", batch=False)
+    try:
+        app()
+    finally:
+        shutdown_tracing()

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from lazaretto_core.tracing import SyncTracingTransport
+
 from .exits import CliError, Exit
 
 
@@ -15,7 +17,9 @@ class Api:
         self.service = service
         self.base_url = base_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._client = httpx.Client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=SyncTracingTransport()
+        )
 
     def __enter__(self) -> Api:
         return self

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -30,8 +30,10 @@ import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
-from prometheus_client import Counter
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Gauge
 
+from . import tracing
 from .bus_queues import (
     QueueType,
     QueueTypeMismatch,
@@ -45,6 +47,7 @@ from .contracts import BY_ROUTING_KEY, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contr
 from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
 from .dispatch import Handler as Handler
 from .dispatch import MessageContext as MessageContext
+from .logs import log_fields
 from .progress import ProgressMonitor
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,13 @@ MESSAGES_HANDLED = Counter(
     "lazaretto_messages_handled_total", "Messages consumed, by queue and outcome", ["queue", "outcome"]
 )
 MESSAGES_PUBLISHED = Counter("lazaretto_messages_published_total", "Messages published", ["routing_key"])
+DEAD_LETTERS_WAITING = Gauge(
+    "lazaretto_dead_letter_messages",
+    "Messages in a consumer's dead-letter queue, as the broker last counted them",
+    ["queue"],
+)
+# Seconds between two counts of a dead-letter queue's messages.
+DEAD_LETTER_POLL_SECONDS = 15.0
 
 C = TypeVar("C", bound=Contract)
 
@@ -199,6 +209,14 @@ class Bus:
         A retried publish may reach consumers twice: they deduplicate by `message_id`.
         """
         message_id = message_id or str(uuid.uuid4())
+        with _traced_publish(message.routing_key, message_id) as trace_headers:
+            await self._publish_traced(message, correlation_id, message_id, trace_headers)
+        MESSAGES_PUBLISHED.labels(message.routing_key).inc()
+        return message_id
+
+    async def _publish_traced(
+        self, message: Contract, correlation_id: str | None, message_id: str, trace_headers: dict[str, str]
+    ) -> None:
         amqp_message = aio_pika.Message(
             body=message.model_dump_json().encode(),
             content_type="application/json",
@@ -209,11 +227,13 @@ class Bus:
             app_id=self.app_id,
             user_id=self.identity.login,
             correlation_id=correlation_id,
-            headers={SCHEMA_HEADER: message.routing_key.rsplit(".", 1)[-1], ATTEMPT_HEADER: 1},
+            headers={
+                SCHEMA_HEADER: message.routing_key.rsplit(".", 1)[-1],
+                ATTEMPT_HEADER: 1,
+                **trace_headers,
+            },
         )
         await self._publish_with_retry(message.exchange, message.routing_key, amqp_message, message.mandatory)
-        MESSAGES_PUBLISHED.labels(message.routing_key).inc()
-        return message_id
 
     async def _publish_with_retry(
         self, exchange: str, routing_key: str, message: aio_pika.Message, mandatory: bool
@@ -305,6 +325,8 @@ class Bus:
                 del in_flight[key]
 
         await main.consume(on_message, no_ack=False)
+        dlq = dead_letter_queue_name(queue)
+        self._watchers.append(asyncio.create_task(self._count_dead_letters(dlq), name=f"count {dlq}"))
         if progress is not None:
             self._watchers.append(
                 asyncio.create_task(_watch(queue, channel, in_flight, progress), name=f"watch {queue}")
@@ -349,10 +371,11 @@ class Bus:
             timestamp=incoming.timestamp,
             user_id=publisher,
         )
-        mismatch = _routing_mismatch(incoming)
-        if mismatch is not None:
-            log.warning("dead-lettering %r from %s: %s", incoming.type, queue, mismatch)
-        verdict = DeadLetter(mismatch) if mismatch else await self.dispatcher.dispatch(envelope, queue)
+        with _traced_delivery(queue, incoming):
+            mismatch = _routing_mismatch(incoming)
+            if mismatch is not None:
+                log.warning("dead-lettering %r from %s: %s", incoming.type, queue, mismatch)
+            verdict = DeadLetter(mismatch) if mismatch else await self.dispatcher.dispatch(envelope, queue)
         if isinstance(verdict, Retry):
             copy = self._copy(incoming, publisher, {ATTEMPT_HEADER: verdict.attempt})
             # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
@@ -392,6 +415,55 @@ class Bus:
             correlation_id=incoming.correlation_id,
             headers=headers,
         )
+
+    async def _count_dead_letters(self, dlq: str) -> None:
+        """Keep `lazaretto_dead_letter_messages{queue=dlq}` at the broker's count, polled on a channel of
+        its own (a failed passive declare closes its channel; the consumer's must not go with it)."""
+        channel: aio_pika.abc.AbstractChannel | None = None
+        while True:
+            try:
+                if channel is None or channel.is_closed:
+                    assert self._connection is not None
+                    channel = await self._connection.channel()
+                # On the raw channel: aio-pika's robust channel answers a second declare from its cache.
+                raw = await channel.get_underlay_channel()
+                declared = await raw.queue_declare(dlq, passive=True)
+                DEAD_LETTERS_WAITING.labels(dlq).set(declared.message_count or 0)
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+                log.debug("could not count %s: %s", dlq, exc)
+                channel = None
+            await asyncio.sleep(DEAD_LETTER_POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def _traced_publish(routing_key: str, message_id: str) -> Iterator[dict[str, str]]:
+    """A producer span for one publish; yields the W3C headers that make it the consumer's parent."""
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": routing_key,
+        "messaging.message.id": message_id,
+    }
+    with tracing.span(f"publish {routing_key}", kind=SpanKind.PRODUCER, attributes=attributes):
+        yield tracing.current_carrier()
+
+
+@contextlib.contextmanager
+def _traced_delivery(queue: str, incoming: aio_pika.abc.AbstractIncomingMessage) -> Iterator[None]:
+    """A consumer span, child of the publisher's (`traceparent` header), and the log fields of the
+    delivery (its message id; the case its correlation id names) for whatever the handler logs."""
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": incoming.routing_key or "",
+        "messaging.message.id": incoming.message_id or "",
+        "messaging.consumer.group.name": queue,
+    }
+    parent = tracing.extract(incoming.headers)
+    name = f"process {incoming.type or incoming.routing_key}"
+    with (
+        log_fields(message_id=incoming.message_id, case_id=incoming.correlation_id),
+        tracing.span(name, kind=SpanKind.CONSUMER, attributes=attributes, parent=parent),
+    ):
+        yield
 
 
 async def _declare_queue(

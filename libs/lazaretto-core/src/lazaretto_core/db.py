@@ -36,6 +36,12 @@ CORE_MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        # The W3C trace context of the decision that stored the message (tracing.py), so the relay
+        # publishes it as part of that decision's trace.
+        "core_0002_outbox_trace_context",
+        "ALTER TABLE outbox ADD COLUMN trace_context jsonb;",
+    ),
 )
 
 # Any constant works; it only has to be the same for every service process.

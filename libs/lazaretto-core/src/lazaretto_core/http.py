@@ -14,12 +14,13 @@ from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .contracts import normalize_ip
 from .progress import ProgressMonitor as ProgressMonitor  # where services have always found it
+from .tracing import TraceRequests
 
 
 def tcp_listener(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
@@ -49,6 +50,9 @@ DEFAULT_MAX_BODY: Final = 64 * 1024
 _MAX_BODY_ATTRIBUTE: Final = "__lazaretto_max_body__"
 UNAUTHORIZED_DETAIL: Final = "missing or invalid bearer token"
 
+READY = Gauge("lazaretto_ready", "1 if every readiness check (as /readyz) passed at this scrape, else 0")
+READY_CHECK = Gauge("lazaretto_ready_check", "1 if this readiness check passed at this scrape", ["check"])
+
 
 def create_http_app(
     service: str,
@@ -59,6 +63,7 @@ def create_http_app(
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
     app.add_middleware(RequestGate)
+    app.add_middleware(TraceRequests)  # added last, so outermost: a refused request is a span too
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -69,13 +74,7 @@ def create_http_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        results: dict[str, str] = {}
-        for name, check in readiness.items():
-            try:
-                await asyncio.wait_for(check(), timeout=3.0)
-                results[name] = "ok"
-            except Exception as exc:  # a readiness probe reports every failure, it never raises
-                results[name] = f"failed: {type(exc).__name__}"
+        results = await _check(readiness)
         ready = all(v == "ok" for v in results.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": results},
@@ -84,9 +83,25 @@ def create_http_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        # Each scrape runs the readiness checks, so "not ready" can alert like "down" does.
+        results = await _check(readiness)
+        for name, result in results.items():
+            READY_CHECK.labels(name).set(1 if result == "ok" else 0)
+        READY.set(1 if all(v == "ok" for v in results.values()) else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _check(readiness: Mapping[str, ReadinessCheck]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for name, check in readiness.items():
+        try:
+            await asyncio.wait_for(check(), timeout=3.0)
+            results[name] = "ok"
+        except Exception as exc:  # a readiness probe reports every failure, it never raises
+            results[name] = f"failed: {type(exc).__name__}"
+    return results
 
 
 def path_ip(text: str) -> str:

@@ -42,6 +42,7 @@ from typing import Any, Final, Generic, TypeVar
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
+from . import tracing
 from .bus import PublishError
 from .checkpoints import CheckpointStore
 from .contracts import Contract
@@ -142,6 +143,9 @@ class ObservationOutbox(Generic[M]):
         self._added: list[str] = []
         self._removed: list[str] = []
         self._pending_gauge = PENDING.labels(name)
+        # With tracing on: each pending message's trace context when it was queued (an HTTP ingest's
+        # request) and when, so its span starts at the input that yielded it, not at the publish.
+        self._traces: dict[str, tuple[dict[str, str], int]] = {}
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -298,6 +302,8 @@ class ObservationOutbox(Generic[M]):
                 self._pending[key] = message
                 self._added.append(key)
                 added += 1
+                if tracing.enabled():
+                    self._traces[key] = (tracing.current_carrier(), time.time_ns())
         if added:
             self._dirty = True
             self._bound()
@@ -322,7 +328,7 @@ class ObservationOutbox(Generic[M]):
             while self._pending:
                 batch = list(self._pending.items())[:IN_FLIGHT]
                 results = await asyncio.gather(
-                    *(self._publish(message, key) for key, message in batch), return_exceptions=True
+                    *(self._publish_traced(message, key) for key, message in batch), return_exceptions=True
                 )
                 failure: BaseException | None = None
                 for (key, message), result in zip(batch, results, strict=True):
@@ -347,11 +353,22 @@ class ObservationOutbox(Generic[M]):
                 self.save()  # right after the confirms: they are not published again after a crash
         return sent
 
+    async def _publish_traced(self, message: M, key: str) -> object:
+        """Publish as a span from when the message was queued (the trace's root for a tailed line)."""
+        carrier, queued_at = self._traces.pop(key, ({}, None))
+        attributes = {"lazaretto.outbox": self.name, "messaging.message.id": key}
+        with (
+            tracing.resumed(carrier),
+            tracing.span(f"observe {message.routing_key}", attributes=attributes, start_time=queued_at),
+        ):
+            return await self._publish(message, key)
+
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             for key in list(self._pending)[:excess]:
                 del self._pending[key]
+                self._traces.pop(key, None)
                 self._removed.append(key)
             DROPPED.labels(self.name).inc(excess)
             log.error("%s: broker away, dropped the %d oldest unconfirmed messages", self.name, excess)

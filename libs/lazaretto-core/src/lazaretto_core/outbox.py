@@ -1,7 +1,8 @@
 """Publish after commit: messages are stored with the decision, then relayed to the bus.
 
 `enqueue` writes inside the caller's transaction; the relay publishes committed rows and deletes
-them once the broker confirmed. A crash between the two republishes (consumers deduplicate).
+them once the broker confirmed. A crash between the two republishes (consumers deduplicate). Each row
+keeps the trace context it was stored in, and is published in it (one trace from alert to reset).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 
 import asyncpg
 
+from . import tracing
 from .bus import PublishError
 from .contracts import BY_ROUTING_KEY, Contract
 from .db import Connection
@@ -25,12 +27,15 @@ log = logging.getLogger(__name__)
 
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
     message_id = str(uuid.uuid4())
+    trace_context = tracing.current_carrier()
     await conn.execute(
-        "INSERT INTO outbox (message_id, routing_key, body, correlation_id) VALUES ($1, $2, $3::jsonb, $4)",
+        "INSERT INTO outbox (message_id, routing_key, body, correlation_id, trace_context)"
+        " VALUES ($1, $2, $3::jsonb, $4, $5::jsonb)",
         uuid.UUID(message_id),
         message.routing_key,
         message.model_dump_json(),
         correlation_id,
+        json.dumps(trace_context) if trace_context else None,
     )
     return message_id
 
@@ -86,15 +91,17 @@ class OutboxRelay:
         """Publish up to one batch of committed messages; returns how many were sent."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, message_id, routing_key, body, correlation_id FROM outbox"
+                "SELECT id, message_id, routing_key, body, correlation_id, trace_context FROM outbox"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
             )
             for row in rows:
                 contract = BY_ROUTING_KEY[row["routing_key"]]
                 message = contract.model_validate(json.loads(row["body"]))
-                await self._bus.publish(
-                    message, correlation_id=row["correlation_id"], message_id=str(row["message_id"])
-                )
+                stored = json.loads(row["trace_context"]) if row["trace_context"] else None
+                with tracing.resumed(stored):
+                    await self._bus.publish(
+                        message, correlation_id=row["correlation_id"], message_id=str(row["message_id"])
+                    )
                 await conn.execute("DELETE FROM outbox WHERE id = $1", row["id"])
         return len(rows)

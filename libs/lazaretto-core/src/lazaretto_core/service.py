@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from .logs import configure_logging
 from .settings import ServiceSettings, SettingsInvalid
 from .slow_clients import head_deadline_protocol
+from .tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
         await http_task
     stop_task.cancel()
     await service.stop()
+    shutdown_tracing()  # exports the spans still buffered
     log.info("%s stopped", settings.service_name)
 
 
@@ -69,7 +71,8 @@ def main(settings_factory: Callable[[], S], build: Callable[[S], Awaitable[Servi
         # One clear line (it never quotes a value: they may be secrets), no traceback.
         print(f"lazaretto: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.service_name, settings.log_level)
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    configure_tracing(settings.service_name)
 
     async def run() -> None:
         service = await build(settings)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +61,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"
+    # One JSON object per line (`json`), or `text`: a line with the bound fields as key=value.
+    log_format: Literal["json", "text"] = "json"
     # Seconds a client has to send a whole HTTP request head (slowloris: cut, not waited for).
     http_head_timeout: float = Field(default=10.0, gt=0)
     # Attempts of a message before it is dead-lettered, and the delays between them (seconds).

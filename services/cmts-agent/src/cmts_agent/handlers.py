@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
+
 from lazaretto_core import allowlist as matcher
 from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import AllowlistChanged, ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_core.errors import RetryLater
+from lazaretto_core.logs import bind
 
 from .inventory import Inventory
 from .resets import Attempt, ResetFailed, Resetter, error_class
@@ -24,6 +27,14 @@ from .snmp import SnmpError, UnknownModem
 from .steps import ResetSteps, StepResult
 
 log = logging.getLogger(__name__)
+
+# One per reset command answered (its attempts are `lazaretto_cmts_reset_attempts_total`); cmts
+# "unknown" when no CMTS was found for the modem.
+RESETS_DONE = Counter(
+    "lazaretto_cmts_resets_total",
+    "Modem resets asked by policy, by CMTS and outcome (back_online or the failure's error class)",
+    ["cmts", "outcome"],
+)
 
 
 class CmtsAgentHandlers:
@@ -40,6 +51,7 @@ class CmtsAgentHandlers:
         await self.allowlist.store(snapshot)
 
     async def on_modem_reset(self, command: ModemReset, ctx: MessageContext) -> None:
+        bind(case_id=command.case_id, device=command.cm_mac)
         row = await self.steps.get(command.step_id)
         if row is not None and row.result is not None:
             log.info("step %s already handled: publishing its result again", command.step_id)
@@ -76,6 +88,14 @@ class CmtsAgentHandlers:
             detail += f" after {elapsed:.1f} s"
             await self._failed(command, "not_back_online", detail, report.cmts, report.attempts)
             return
+        log.info(
+            "modem %s of case %s back online after %.1f s (%s on %s)",
+            command.cm_mac,
+            command.case_id,
+            result.seconds_to_online or result.elapsed,
+            report.method,
+            report.cmts,
+        )
         await self._finish(
             ModemResetCompleted(
                 case_id=command.case_id,
@@ -107,6 +127,8 @@ class CmtsAgentHandlers:
 
     async def _finish(self, result: StepResult) -> None:
         await self.steps.finish(result)  # stored first: a redelivery republishes, never resets again
+        outcome = "back_online" if isinstance(result, ModemResetCompleted) else result.error_class
+        RESETS_DONE.labels(result.cmts or "unknown", outcome).inc()
         await self._publish(result)
 
     async def _publish(self, result: StepResult) -> None:

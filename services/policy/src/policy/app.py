@@ -27,7 +27,7 @@ from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
-from . import allowlist, guard
+from . import allowlist, guard, kpi
 from .actions import OperatorDesk
 from .api import install_api
 from .appeals import AppealLimit
@@ -98,6 +98,12 @@ class PolicyService:
         self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("rules-reload", self.settings.rules_reload_interval, self.rules.reload_if_changed)
         self.loops.every(
+            "kpi-refresh",
+            self.settings.metrics_refresh_interval,
+            self._refresh_kpis,
+            errors=(OSError, asyncpg.PostgresError),
+        )
+        self.loops.every(
             "allowlist-republish",
             self.settings.allowlist_publish_interval,
             self._republish_allowlist,
@@ -115,6 +121,10 @@ class PolicyService:
 
     async def _expire_due(self) -> int:
         return await expire_due(self.work, self.handlers.allowance)
+
+    async def _refresh_kpis(self) -> None:
+        async with self.work.uow.read() as conn:
+            await kpi.refresh(conn)
 
     async def _republish_allowlist(self) -> None:
         async with self.work.uow() as conn:

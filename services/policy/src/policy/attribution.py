@@ -27,6 +27,7 @@ from lazaretto_core.attribution import (
 )
 from lazaretto_core.contracts import Mac, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
+from lazaretto_core.tracing import TracingTransport
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class Attributor:
     answer that does not match the versioned schema is transient (`RetryLater`), never a guess."""
 
     def __init__(self, provisioner_url: str, cmts_agent_url: str, token: str, timeout: float = 5.0) -> None:
-        self._client = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+        self._client = httpx.AsyncClient(
+            timeout=timeout, headers={"Authorization": f"Bearer {token}"}, transport=TracingTransport()
+        )
         self._provisioner = provisioner_url.rstrip("/")
         self._cmts_agent = cmts_agent_url.rstrip("/")
 

@@ -21,6 +21,7 @@ from lazaretto_core.contracts import (
     utcnow,
 )
 from lazaretto_core.db import Connection
+from lazaretto_core.logs import bound
 
 from . import flow, identity, store
 from .attribution import Attribution
@@ -210,6 +211,8 @@ class CaseWork:
             self_releases=detail.get("self_releases"),
         )
         await self.store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
+        with bound(case_id=case.case_id, device=case.device_key):
+            log.info("case %s: %s -> %s by %s", case.case_id, case.state, outcome.state, actor)
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
             await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)

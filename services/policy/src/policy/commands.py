@@ -18,8 +18,9 @@ from typing import Any
 from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import RELEASING_STATES, Category, IpAddress, Scope, utcnow
 from lazaretto_core.db import Connection
+from lazaretto_core.logs import bind
 
-from . import flow, guard, identity, ladder
+from . import flow, guard, identity, kpi, ladder
 from .attribution import Attribution
 from .casework import IN_FLIGHT_STATE, CaseExists, CaseWork
 from .flow import Step
@@ -161,7 +162,11 @@ async def open_case(
         )
     except CaseExists as exists:
         raise AlreadyOpen(exists) from None
+    bind(case_id=case.case_id, device=case.device_key)
     await work.guard.opened(conn, case, verdict)
+    kpi.case_opened(
+        await work.store.last_release_of_device(conn, case.key_kind, case.device_key), case.opened_at
+    )
     return case
 
 
@@ -177,6 +182,7 @@ async def release(
     case = await work.store.lock_case(conn, command.case_id)
     if case is None:
         raise UnknownCase(f"no case {command.case_id}")
+    bind(case_id=case.case_id, device=case.device_key)
     detail: dict[str, Any] = {"reason": command.reason}
     subscriber = command.subscriber
     if subscriber is not None:
@@ -220,7 +226,9 @@ async def release(
     case = await work.follow_device(conn, case, command.leases)
     if subscriber is not None:
         await work.store.add_self_release(conn, case)
-    return await work.apply(conn, case, outcome, command.actor, detail)
+    released = await work.apply(conn, case, outcome, command.actor, detail)
+    kpi.RELEASES.labels(kpi.released_by(command.actor)).inc()
+    return released
 
 
 async def step_result(
@@ -236,11 +244,15 @@ async def step_result(
     """A result for a step moves the case only if that step is the one in flight (None otherwise: a
     stale or duplicate result, or one for the other reset step)."""
     case = await work.store.lock_case_by_step(conn, step_id)
+    if case is not None:
+        bind(case_id=case.case_id, device=case.device_key)
     if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
         log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
         return None
     if succeeded:
         outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None)
+        if step is Step.GARDEN_APPLY:
+            kpi.garden_confirmed(await work.store.first_alert_of_case(conn, case.case_id), utcnow())
     else:
         error_class = detail.get("error_class")
         outcome = flow.step_failed(step, case.step_attempts, work.step_max_attempts, error_class)

@@ -27,6 +27,7 @@ from lazaretto_core.contracts import (
 )
 from lazaretto_core.db import Connection
 from lazaretto_core.errors import InvalidMessage
+from lazaretto_core.logs import bind, bound
 
 from . import commands, identity, ladder
 from .attribution import Attribution, Attributor
@@ -249,6 +250,12 @@ class PolicyHandlers:
 
     async def _open_or_feed(self, conn: Connection, w: Weighed, now: datetime) -> None:
         """An enforcing observation attributed to a device: open its case (or feed the open one)."""
+        assert w.attribution is not None
+        # Log fields for this observation only: the batch goes on to the next one in this task.
+        with bound(device=w.attribution.cpe_mac or w.attribution.cm_mac):
+            await self._open_or_feed_device(conn, w, now)
+
+    async def _open_or_feed_device(self, conn: Connection, w: Weighed, now: datetime) -> None:
         event, rule, attribution = w.event, w.decision.rule, w.attribution
         assert rule is not None
         assert attribution is not None
@@ -281,6 +288,7 @@ class PolicyHandlers:
             return
         except commands.AlreadyOpen as exists:
             # The device's case is open: the observation feeds it (and says where the device is).
+            bind(case_id=exists.case.case_id)
             await self.work.record_alert_address(conn, exists.case, attribution, "alert")
             await self.work.follow_device(conn, exists.case, w.leases)
             w.case_id, w.outcome = exists.case.case_id, "fed_open_case"

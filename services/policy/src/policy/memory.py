@@ -345,6 +345,10 @@ class MemoryStore:
         found = {ip: await self.last_release_at_address(conn, ip) for ip in ips}
         return {ip: at for ip, at in found.items() if at is not None}
 
+    async def first_alert_of_case(self, conn: Connection, case_id: uuid.UUID) -> datetime | None:
+        seen = [o["seen"].first_seen for o in self.state.observations.values() if o["case_id"] == case_id]
+        return min(seen, default=None)
+
     async def observation_revision(self, conn: Connection, observation_id: uuid.UUID) -> int | None:
         stored = self.state.observations.get(observation_id)
         return None if stored is None else int(stored["revision"])

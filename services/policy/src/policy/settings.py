@@ -33,6 +33,8 @@ class PolicySettings(ServiceSettings):
     rules_file: Path | None = None
     # Seconds between checks of the rule file for a change.
     rules_reload_interval: float = Field(default=2.0, gt=0)
+    # Seconds between two reads of the KPI gauges (cases needing an operator, held, breaker) from PostgreSQL.
+    metrics_refresh_interval: float = Field(default=15.0, gt=0)
     allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Attempts of one step (garden apply, modem reset, ...) before the case needs an operator.
     step_max_attempts: int = 5

@@ -422,6 +422,14 @@ async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
     return at
 
 
+async def first_alert_of_case(conn: Connection, case_id: uuid.UUID) -> datetime | None:
+    """When the first alert line behind the case's own observations was seen (index observations_case)."""
+    at: datetime | None = await conn.fetchval(
+        "SELECT min(first_seen) FROM observations WHERE case_id = $1", case_id
+    )
+    return at
+
+
 async def last_release_of_device(conn: Connection, key_kind: str, device_key: str) -> datetime | None:
     at: datetime | None = await conn.fetchval(
         "SELECT max(closed_at) FROM cases WHERE key_kind = $1 AND device_key = $2 AND state = 'released'",

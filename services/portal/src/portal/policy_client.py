@@ -10,6 +10,8 @@ import httpx
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
+from lazaretto_core.tracing import TracingTransport
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -90,7 +92,9 @@ class ReleaseProgress(BaseModel):
 class PolicyClient:
     def __init__(self, base_url: str, token: str, timeout: float = 3.0) -> None:
         self._base = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+        self._client = httpx.AsyncClient(
+            timeout=timeout, headers={"Authorization": f"Bearer {token}"}, transport=TracingTransport()
+        )
 
     async def _call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         try:

@@ -19,6 +19,7 @@ from lazaretto_core.contracts import (
     GardenRemoved,
 )
 from lazaretto_core.errors import RetryLater
+from lazaretto_core.logs import bind
 from lazaretto_core.ranges import SubscriberRanges
 
 from .dhcpd import DhcpdError
@@ -52,6 +53,7 @@ class ProvisionerHandlers:
         await self.allowlist.store(snapshot)
 
     async def on_garden_apply(self, command: GardenApply, ctx: MessageContext) -> None:
+        _bind_case(command)
         outside = self._outside_subscriber_ranges(command)
         if outside:
             detail = f"address {', '.join(outside)} is outside the subscriber ranges"
@@ -86,6 +88,7 @@ class ProvisionerHandlers:
         ) as exc:
             await self._failed(command, ctx, "apply", exc)
             return
+        log.info("garden applied for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
             GardenApplied(case_id=command.case_id, step_id=command.step_id, changes=changes),
             correlation_id=str(command.case_id),
@@ -113,6 +116,7 @@ class ProvisionerHandlers:
         )
 
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
+        _bind_case(command)
         try:
             if command.scope == "modem" and self.household is not None:
                 changes = await self.household.remove(command)
@@ -129,6 +133,7 @@ class ProvisionerHandlers:
         ) as exc:
             await self._failed(command, ctx, "remove", exc)
             return
+        log.info("garden removed for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
             GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes),
             correlation_id=str(command.case_id),
@@ -172,6 +177,13 @@ class ProvisionerHandlers:
             ),
             correlation_id=str(command.case_id),
         )
+
+
+def _bind_case(command: GardenApply | GardenRemove) -> None:
+    """The case and its device (the modem for a household, else the PC, else its static address) on
+    every log line of this command."""
+    device = command.cm_mac if command.scope == "modem" else command.cpe_mac
+    bind(case_id=command.case_id, device=device or command.cpe_ip)
 
 
 def _error_class(exc: Exception) -> str:

@@ -18,6 +18,7 @@ import httpx
 from lazaretto_core import allowlist as matcher
 from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.contracts import GardenApply, GardenRemove, normalize_mac
+from lazaretto_core.tracing import TracingTransport
 
 from .garden import NO_ADDRESS, Garden
 
@@ -47,7 +48,7 @@ class CmtsAgentCpes:
     async def cpes_of(self, cm_mac: str) -> list[Cpe]:
         url = f"{self._url}/modems/{normalize_mac(cm_mac)}/cpes"
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
+            async with httpx.AsyncClient(timeout=self._timeout, transport=TracingTransport()) as client:
                 response = await client.get(url, params={"refresh": "true"}, headers=self._headers)
         except httpx.HTTPError as exc:
             raise HouseholdError(f"cmts-agent {url}: {exc.__class__.__name__}: {exc}") from None

@@ -1,0 +1,42 @@
+"""A service's /metrics says whether it is ready (each /readyz check at the scrape), so Prometheus can
+alert on "not ready" as it does on "down"."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from lazaretto_core.http import ProgressMonitor, create_http_app
+from lazaretto_lab.testing import serving
+
+
+def sample(text: str, series: str) -> float:
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, series
+    return float(match.group(1))
+
+
+async def test_metrics_report_each_readiness_check_and_the_whole() -> None:
+    broker_up = True
+
+    async def broker() -> None:
+        if not broker_up:
+            raise ConnectionError("broker gone")
+
+    async def database() -> None:
+        pass
+
+    app = create_http_app(
+        "test", readiness={"broker": broker, "database": database}, progress=ProgressMonitor()
+    )
+    async with serving(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        ready = (await client.get("/metrics")).text
+        assert sample(ready, "lazaretto_ready") == 1
+        assert sample(ready, 'lazaretto_ready_check{check="broker"}') == 1
+        broker_up = False
+        assert (await client.get("/readyz")).status_code == 503
+        not_ready = (await client.get("/metrics")).text
+    assert sample(not_ready, "lazaretto_ready") == 0
+    assert sample(not_ready, 'lazaretto_ready_check{check="broker"}') == 0
+    assert sample(not_ready, 'lazaretto_ready_check{check="database"}') == 1
