@@ -340,3 +340,34 @@ def test_held_cases_are_listed_then_dropped_or_enforced(paused_system: LabSystem
     assert system.resets_for(CM_MAC)
     assert lazaretto.json("cases", "show", dropped_id)["state"] == "released"
     assert lazaretto.json("breaker", "held") == []
+
+
+@pytest.fixture
+def read_only_system(tmp_path: Path, amqp_url: str, database_url: str) -> Iterator[LabSystem]:
+    """cmts-agent given the lab CMTS's read-only community as its write community: every read works."""
+    config = SystemConfig(
+        workdir=tmp_path / "system",
+        amqp_url=amqp_url,
+        database_url=database_url,
+        modems=[LabModem(CM_MAC, "10.1.0.10")],
+        service_env={"cmts_agent": {"LAZARETTO_CMTS_WRITE_COMMUNITY": "public"}},
+    )
+    with LabSystem(config) as running:
+        yield running
+
+
+def test_doctor_names_a_cmts_whose_write_community_is_read_only(read_only_system: LabSystem) -> None:
+    system = read_only_system
+    lazaretto = Lazaretto({**service_urls(system), "LAZARETTO_ADMIN_TOKEN": system.admin_token})
+    # Given every service ready (the CMTS answers reads), doctor still finds the one problem, in one line
+    sick = lazaretto("doctor")
+    assert sick.exit_code == 1, sick.output
+    (line,) = sick.stdout.splitlines()
+    assert line.startswith("cmts-agent: CMTS "), line
+    assert "SNMP SET refused: the write credentials have no write view" in line
+    assert "noAccess" in line
+    assert "modem resets on it will fail" in line
+    report = json.loads(lazaretto("--json", "doctor").stdout)
+    assert [(p["service"], p["check"].split(":")[0]) for p in report["problems"]] == [
+        ("cmts-agent", "cmts-write")
+    ]
