@@ -191,8 +191,8 @@ def test_make_run_tells_the_whole_story_infect_watch_release_through_the_subscri
         household = re.search(r"PC (\S+) at (\S+) \(normal pool, lease from Kea\)", text)
         assert household is not None, text
         pc_mac = household.group(1)
-        infect = re.search(r"infect it:\s+uv run (lazaretto-lab infect --workdir \S+)", text)
-        cli = re.search(r"watch:\s+uv run lazaretto (--token-file \S+ --policy-url \S+) cases list", text)
+        infect = re.search(r"infect it:\s+\.venv/bin/(lazaretto-lab infect --workdir \S+)", text)
+        cli = re.search(r"watch:\s+\.venv/bin/lazaretto (--token-file \S+ --policy-url \S+) cases list", text)
         proxy = re.search(r"open (http://127\.0\.0\.1:\d+/) in your browser", text)
         assert infect is not None, text
         assert cli is not None, text

@@ -20,8 +20,9 @@ WRONG_COMMUNITY = "wrong-community-9f3a"
 WRONG_KEY = "not-the-auth-key-1234"
 
 
-async def location(client: CmtsClient) -> Any:
+async def location(client: CmtsClient) -> bytes:
     (value,) = await client.snmp.get("test", [SYS_LOCATION])
+    assert value is not None
     return bytes(value)
 
 
