@@ -2,8 +2,12 @@
 
 python -m lazaretto_lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
 
+It also brings a lab subscriber household (`lazaretto_lab.household`: a PC with a real lease behind the
+first demo modem, and the subscriber-view proxy) and ends by printing what to do next with it.
+
 Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
-kea-dhcp4 with its veth pair, network namespace and database. RabbitMQ and PostgreSQL are not started
+kea-dhcp4 with its veth pair, network namespace and database, the household's DHCP client and proxy.
+RabbitMQ and PostgreSQL are not started
 here (deploy/bin/start-peers, shared with `make test`) and keep running.
 """
 
