@@ -7,8 +7,8 @@ first demo modem, and the subscriber-view proxy) and ends by printing what to do
 
 Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
 kea-dhcp4 with its veth pair, network namespace and database, the household's DHCP client and proxy.
-RabbitMQ and PostgreSQL are not started
-here (deploy/bin/start-peers, shared with `make test`) and keep running.
+RabbitMQ and PostgreSQL are not started here (deploy/bin/start-peers, shared with `make test`) and keep
+running.
 """
 
 from __future__ import annotations
