@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from lazaretto_cli.app import app
 from lazaretto_lab.snmpd import LabModem
+from lazaretto_lab.suricata import portscan_rule, readdress, run_suricata, write_sweep_pcap
 from lazaretto_lab.system import SERVICES, LabSystem, SystemConfig, lease_cpe
 from lazaretto_lab.testing import wait_until
 
@@ -260,3 +262,112 @@ def test_doctor_on_a_healthy_system_then_with_bind_and_a_service_down(
         ("provisioner", "dns"),
         ("cmts-agent", "reachable"),
     }
+
+
+@pytest.fixture
+def paused_system(tmp_path: Path, amqp_url: str, database_url: str) -> Iterator[LabSystem]:
+    """A system whose breaker trips at the first automatic enforcement (limit 0): new cases are held."""
+    tokens = [
+        {"name": "desk-viewer", "role": "viewer", "token": VIEWER_TOKEN},
+        {"name": "desk-operator", "role": "operator", "token": OPERATOR_TOKEN},
+    ]
+    config = SystemConfig(
+        workdir=tmp_path / "system",
+        amqp_url=amqp_url,
+        database_url=database_url,
+        modems=[LabModem(CM_MAC, "10.1.0.10")],
+        service_env={
+            "policy": {
+                "LAZARETTO_OPERATOR_TOKENS": json.dumps(tokens),
+                "LAZARETTO_BREAKER_GLOBAL_LIMIT": "0",
+            }
+        },
+    )
+    with LabSystem(config) as running:
+        yield running
+
+
+def test_held_cases_are_listed_then_dropped_or_enforced(paused_system: LabSystem, tmp_path: Path) -> None:
+    system = paused_system
+    assert system.kea is not None
+    lazaretto = Lazaretto({**service_urls(system), "LAZARETTO_ADMIN_TOKEN": OPERATOR_TOKEN})
+    viewer = {"LAZARETTO_ADMIN_TOKEN": VIEWER_TOKEN}
+    # Given two PCs that Suricata sees scanning while the breaker is tripped
+    first, second = (lease_cpe(system, mac, CM_MAC) for mac in ("02:00:00:00:00:11", "02:00:00:00:00:12"))
+    pcap = tmp_path / "sweep.pcap"
+    neighbours = [str(system.kea.subnet[n]) for n in range(10, 35)]
+    write_sweep_pcap(pcap, first.ip, neighbours, 445, start=time.time())
+    scan = run_suricata(pcap, portscan_rule(), tmp_path / "suricata", home_net=f"[{system.kea.subnet}]")
+    alerts = scan.eve_alert_lines()
+    assert alerts
+    with system.eve_path.open("ab") as eve:
+        eve.writelines([*alerts, *readdress(alerts, first.ip, second.ip)])
+
+    # Then `breaker held` lists both cases, held (nothing applied)
+    def held() -> list[dict[str, Any]] | None:
+        cases: list[dict[str, Any]] = lazaretto.json("breaker", "held")
+        return cases if len(cases) == 2 else None
+
+    cases = wait_until("two held cases", held, timeout=120, interval=1.0)
+    by_mac = {c["cpe_mac"]: c for c in cases}
+    assert set(by_mac) == {first.mac, second.mac}
+    assert all(c["state"] == "held" for c in cases)
+    table = lazaretto("breaker", "held")
+    assert table.exit_code == 0
+    assert by_mac[first.mac]["case_id"] in table.stdout
+    assert "held" in table.stdout
+    dropped_id, enforced_id = by_mac[first.mac]["case_id"], by_mac[second.mac]["case_id"]
+
+    # When an operator names nothing (exit 2), or a viewer tries (exit 4), nothing moves
+    assert lazaretto("breaker", "drop", "--reason", "x").exit_code == 2
+    assert lazaretto("breaker", "drop", dropped_id, "--reason", "x", env=viewer).exit_code == 4
+    # When the operator drops the first (a false positive) it closes as released; again: not held (exit 1)
+    dropped = lazaretto("breaker", "drop", dropped_id, "--reason", "false positive")
+    assert dropped.exit_code == 0, dropped.output
+    assert f"released: {dropped_id}" in dropped.stdout
+    again = lazaretto("breaker", "drop", dropped_id, "--reason", "false positive")
+    assert again.exit_code == 1
+    assert "not held (skipped)" in again.stdout
+    # and enforces every other held case: the second PC's case goes through the garden and the reset
+    enforced = lazaretto.json("breaker", "enforce", "--all", "--reason", "confirmed scanning")
+    assert enforced == {"enforced": [enforced_id], "skipped": []}
+    wait_until(
+        "the enforced case quarantined",
+        lambda: lazaretto.json("cases", "show", enforced_id)["state"] == "quarantined",
+        timeout=120,
+        interval=1.0,
+    )
+    assert system.resets_for(CM_MAC)
+    assert lazaretto.json("cases", "show", dropped_id)["state"] == "released"
+    assert lazaretto.json("breaker", "held") == []
+
+
+@pytest.fixture
+def read_only_system(tmp_path: Path, amqp_url: str, database_url: str) -> Iterator[LabSystem]:
+    """cmts-agent given the lab CMTS's read-only community as its write community: every read works."""
+    config = SystemConfig(
+        workdir=tmp_path / "system",
+        amqp_url=amqp_url,
+        database_url=database_url,
+        modems=[LabModem(CM_MAC, "10.1.0.10")],
+        service_env={"cmts_agent": {"LAZARETTO_CMTS_WRITE_COMMUNITY": "public"}},
+    )
+    with LabSystem(config) as running:
+        yield running
+
+
+def test_doctor_names_a_cmts_whose_write_community_is_read_only(read_only_system: LabSystem) -> None:
+    system = read_only_system
+    lazaretto = Lazaretto({**service_urls(system), "LAZARETTO_ADMIN_TOKEN": system.admin_token})
+    # Given every service ready (the CMTS answers reads), doctor still finds the one problem, in one line
+    sick = lazaretto("doctor")
+    assert sick.exit_code == 1, sick.output
+    (line,) = sick.stdout.splitlines()
+    assert line.startswith("cmts-agent: CMTS "), line
+    assert "SNMP SET refused: the write credentials have no write view" in line
+    assert "noAccess" in line
+    assert "modem resets on it will fail" in line
+    report = json.loads(lazaretto("--json", "doctor").stdout)
+    assert [(p["service"], p["check"].split(":")[0]) for p in report["problems"]] == [
+        ("cmts-agent", "cmts-write")
+    ]

@@ -31,7 +31,7 @@ Operator = Annotated[
 ]
 
 
-def _row(case: dict[str, Any]) -> dict[str, Any]:
+def case_row(case: dict[str, Any]) -> dict[str, Any]:
     return {
         **case,
         "device": f"{case.get('key_kind', '?')} {case.get('device_key', '?')}",
@@ -39,7 +39,7 @@ def _row(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _columns(cases: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def case_columns(cases: list[dict[str, Any]]) -> list[tuple[str, str]]:
     # The human reference (LZ-XXXX-XX) is shown once policy gives one.
     return [c for c in CASE_COLUMNS if c[1] != "reference" or any("reference" in k for k in cases)]
 
@@ -65,7 +65,7 @@ def list_cases(
     if want_json(ctx, json):
         output.emit_json(cases)
         return
-    output.table([_row(c) for c in cases], _columns(cases), "no cases")
+    output.table([case_row(c) for c in cases], case_columns(cases), "no cases")
 
 
 @app.command("show")

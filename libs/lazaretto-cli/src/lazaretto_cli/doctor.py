@@ -1,6 +1,7 @@
 """`lazaretto doctor`: is everything an installation needs there? Each service's /readyz names its
 dependencies (broker, databases, Kea, BIND, the CMTSes, the packet filter, ...), and the admin APIs
-tell the rest (each CMTS's last inventory walk, the token, the circuit breaker). One line per problem."""
+tell the rest (each CMTS's last inventory walk and whether it takes a SET, the token, the circuit
+breaker). One line per problem."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def admin_checks(service: str, agent: Api) -> list[Problem]:
                 )
                 for c in cmtses
                 if c.get("last_walk_error")
-            ]
+            ] + write_view_problems(agent)
         elif service == "provisioner":
             # Any admin route checks the token; an address nobody leases answers 404.
             response = agent.raw("GET", "/v1/leases/192.0.2.1")
@@ -103,6 +104,23 @@ def admin_checks(service: str, agent: Api) -> list[Problem]:
             return []  # already said by the readiness check
         return [Problem(service, "admin", str(exc))]
     return []
+
+
+def write_view_problems(agent: Api) -> list[Problem]:
+    """Each CMTS must take a SET with the write credentials (cmts-agent writes a harmless object back
+    unchanged): a read-only community passes every read check and fails only at the first reset."""
+    answer = agent.raw("POST", "/v1/cmtses/write-check", timeout=60.0)  # a silent agent takes a while
+    if answer.status_code == 404:  # a cmts-agent from before the check
+        return []
+    if answer.status_code >= 400:
+        raise refusal(agent.service, answer)
+    return [
+        Problem(
+            agent.service, f"cmts-write:{c['cmts']}", f"CMTS {c['cmts']} ({c['address']}): {c['problem']}"
+        )
+        for c in answer.json()
+        if not c.get("ok")
+    ]
 
 
 def diagnose(ctx: typer.Context, skip: list[str]) -> tuple[dict[str, Any], list[Problem]]:

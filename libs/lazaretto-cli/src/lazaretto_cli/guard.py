@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import output
+from .cases import case_columns, case_row
 from .common import JsonFlag, api, guarded, short_time, want_json
 from .exits import CliError, Exit
 
@@ -133,7 +134,8 @@ def breaker_resume(
     scope: Annotated[str | None, typer.Option(help="Only this tripped scope (default: every one).")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Resume automatic enforcement (needs the operator role). Held cases stay held."""
+    """Resume automatic enforcement (needs the operator role). Held cases stay held: see `breaker held`,
+    `breaker enforce` and `breaker drop`."""
     body: dict[str, Any] = {"reason": reason}
     if scope is not None:
         body["scope"] = scope
@@ -143,6 +145,87 @@ def breaker_resume(
         output.emit_json(answer)
         return
     typer.echo("resumed: " + ", ".join(answer.get("resumed", [])))
+
+
+@breaker.command("held")
+@guarded
+def breaker_held(ctx: typer.Context, json: JsonFlag = False) -> None:
+    """The cases the breaker holds (opened while enforcement was paused; nothing applied yet)."""
+    with api(ctx, "policy") as policy:
+        held = policy.get("/v1/cases", state="held", open_only="true", limit=1000)
+    if want_json(ctx, json):
+        output.emit_json(held)
+        return
+    output.table([case_row(c) for c in held], case_columns(held), "no held cases")
+
+
+HeldIds = Annotated[
+    list[str] | None,
+    typer.Argument(help="The held cases' ids (see `lazaretto breaker held`).", show_default=False),
+]
+AllHeld = Annotated[bool, typer.Option("--all", help="Every held case (instead of naming them).")]
+HeldReason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in each case and the audit).")]
+
+
+@breaker.command("enforce")
+@guarded
+def breaker_enforce(
+    ctx: typer.Context,
+    reason: HeldReason,
+    case_ids: HeldIds = None,
+    all_held: AllHeld = False,
+    json: JsonFlag = False,
+) -> None:
+    """Enforce held cases now, as the rules decided: the garden, then the modem reset (operator role)."""
+    _move_held(ctx, "enforce", "enforced", case_ids, all_held, reason, json)
+
+
+@breaker.command("drop")
+@guarded
+def breaker_drop(
+    ctx: typer.Context,
+    reason: HeldReason,
+    case_ids: HeldIds = None,
+    all_held: AllHeld = False,
+    json: JsonFlag = False,
+) -> None:
+    """Let held cases go: nothing was applied, they close as released (operator role)."""
+    _move_held(ctx, "release", "released", case_ids, all_held, reason, json)
+
+
+def _move_held(
+    ctx: typer.Context,
+    action: str,
+    moved_key: str,
+    case_ids: list[str] | None,
+    all_held: bool,
+    reason: str,
+    json: bool,
+) -> None:
+    if bool(case_ids) == all_held:
+        raise CliError("name the held cases, or give --all (not both)", Exit.USAGE)
+    body: dict[str, Any] = {
+        "reason": reason,
+        "case_ids": None if all_held else [_case_id(c) for c in case_ids or []],
+    }
+    with api(ctx, "policy") as policy:
+        answer = policy.post(f"/v1/breaker/held/{action}", body)
+    moved, skipped = answer.get(moved_key, []), answer.get("skipped", [])
+    if want_json(ctx, json):
+        output.emit_json(answer)
+    else:
+        typer.echo(f"{moved_key}: " + (", ".join(moved) or "none"))
+        if skipped:
+            typer.echo("not held (skipped): " + ", ".join(skipped))
+    if skipped:
+        raise typer.Exit(int(Exit.FAILED))
+
+
+def _case_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise CliError(f"not a case id: {text!r}", Exit.USAGE) from None
 
 
 @audit.command("verify")

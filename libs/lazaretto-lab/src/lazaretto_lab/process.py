@@ -45,6 +45,7 @@ class LabProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -60,6 +61,7 @@ class LabProcess:
             env=full_env,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
 
     @property

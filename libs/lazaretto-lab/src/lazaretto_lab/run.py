@@ -2,9 +2,13 @@
 
 python -m lazaretto_lab.run [--workdir run] [--free-ports] [--amqp-url URL] [--database-url URL]
 
+It also brings a lab subscriber household (`lazaretto_lab.household`: a PC with a real lease behind the
+first demo modem, and the subscriber-view proxy) and ends by printing what to do next with it.
+
 Ctrl-C stops everything this started: the six services, BIND, the lab CMTS (snmpd and its emulator),
-kea-dhcp4 with its veth pair, network namespace and database. RabbitMQ and PostgreSQL are not started
-here (deploy/bin/start-peers, shared with `make test`) and keep running.
+kea-dhcp4 with its veth pair, network namespace and database, the household's DHCP client and proxy.
+RabbitMQ and PostgreSQL are not started here (deploy/bin/start-peers, shared with `make test`) and keep
+running.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from .databases import STATEFUL
+from .household import LabHousehold
 from .snmpd import LabModem
 from .system import LabSystem, SystemConfig
 
@@ -31,6 +36,9 @@ DEFAULT_PORTS = {
     "portal": 8080,
 }
 DEMO_MODEMS = [LabModem("00:02:8a:d3:7c:6e", "10.1.0.10"), LabModem("00:11:22:33:44:55", "10.1.0.11")]
+# The lab household: a PC behind the first demo modem (a locally administered MAC).
+HOUSEHOLD_PC_MAC = "02:1a:b0:00:00:01"
+PROXY_PORT = 8888
 
 
 def main() -> None:
@@ -48,6 +56,7 @@ def main() -> None:
     user = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
     password = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
     db_password = os.environ.get("LAZARETTO_DB_PASSWORD", "lazaretto")
+    proxy_port = 0 if args.free_ports else PROXY_PORT
     config = SystemConfig(
         workdir=args.workdir.resolve(),
         amqp_url=args.amqp_url or f"amqp://{user}:{password}@127.0.0.1:5672/",
@@ -78,7 +87,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, interrupt)
     print("starting Lazaretto (lab BIND, Kea, CMTS and the six services)...", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        run(config)
+        run(config, proxy_port)
     print(
         "stopped: services, BIND, Kea (veth, netns, database) and the lab CMTS are gone; RabbitMQ and"
         " PostgreSQL keep running (deploy/bin/stop-peers stops them)",
@@ -86,8 +95,11 @@ def main() -> None:
     )
 
 
-def run(config: SystemConfig) -> None:
-    with LabSystem(config) as system:
+def run(config: SystemConfig, proxy_port: int = PROXY_PORT) -> None:
+    with (
+        LabSystem(config) as system,
+        LabHousehold(system, DEMO_MODEMS[0].cm_mac, HOUSEHOLD_PC_MAC, proxy_port) as household,
+    ):
         assert system.bind is not None
         assert system.cmts is not None
         assert system.kea is not None
@@ -115,15 +127,36 @@ def run(config: SystemConfig) -> None:
             f"{system.portal_public_url}\n"
             f"  broker users  {system.bus_users.prefix}<service>, one per service, in vhost "
             f"{system.bus_users.vhost} (deleted at exit)\n"
-            f"  logs          {config.workdir / 'logs'}\n"
-            "Ctrl-C stops everything started here.",
+            f"  logs          {config.workdir / 'logs'}\n",
             flush=True,
         )
+        print(story(system, household, token_file), flush=True)
         try:
             while True:
                 time.sleep(3600)
         finally:
             print("stopping...", flush=True)
+
+
+def story(system: LabSystem, household: LabHousehold, token_file: Path) -> str:
+    """What a newcomer does next: the household, the infect command, the subscriber's view, the CLI."""
+    state = household.state()
+    workdir = system.workdir
+    cli = f"lazaretto --token-file {token_file} --policy-url {system.url('policy')}"
+    return (
+        "The lab household (only addresses in the subscriber range above count as subscribers):\n"
+        f"  PC {state.pc_mac} at {state.pc_ip} ({state.lease_class} pool, lease from Kea), in netns "
+        f"{state.netns}, behind modem {state.cm_mac} on the lab CMTS\n"
+        "What to do next:\n"
+        f"  1. infect it:   .venv/bin/lazaretto-lab infect --workdir {workdir}\n"
+        "                  (the PC scans its subnet; Suricata's alerts go to detector-snort)\n"
+        f"  2. watch:       .venv/bin/{cli} cases list\n"
+        f"                  (admin console, if installed: {system.url('policy')}/)\n"
+        f"  3. be the PC:   open {household.proxy_url} in your browser: the portal as that PC sees it\n"
+        "                  (a proxy inside the PC's namespace); tick the box to release the case\n"
+        "  4. watch the release in the case list; the PC renews back into the normal pool\n"
+        "Ctrl-C stops everything started here."
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .fleet import Fleet
 from .inventory import CpeRecord, Inventory
 from .resets import ResetFailed, ResetReport, Resetter, error_class
 from .snmp import SnmpError, UnknownModem
+from .writeview import check_write_view
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,15 @@ class CmtsOut(BaseModel):
     modems: int
     cpes: int
     last_walk_error: str | None
+
+
+class WriteCheckOut(BaseModel):
+    cmts: str
+    address: str
+    ok: bool
+    problem: str | None = Field(None, description="what is wrong, in one line (when not ok)")
+    error_class: str | None = None
+    note: str | None = None
 
 
 class ErrorOut(BaseModel):
@@ -247,6 +257,17 @@ def install_api(
                 )
             )
         return out
+
+    @router.post(
+        "/cmtses/write-check",
+        summary="Check each CMTS accepts a SET",
+        response_model=list[WriteCheckOut],
+    )
+    async def write_check() -> list[WriteCheckOut]:
+        """An SNMP SET that changes nothing on each CMTS (sysLocation.0 written back with its current
+        value) with the write credentials resets use: does the write view exist?"""
+        checks = await asyncio.gather(*(check_write_view(client) for client in fleet.all()))
+        return [WriteCheckOut(**vars(c)) for c in checks]
 
     app.include_router(router)
 

@@ -18,6 +18,8 @@ from lazaretto_core.contracts import normalize_mac
 # `::= { parent n }` clauses, in tests/data/mib_oid_assignments.txt, and compares).
 
 SYS_UPTIME = "1.3.6.1.2.1.1.3.0"  # SNMPv2-MIB sysUpTime.0
+# SNMPv2-MIB sysLocation.0 (read-write, RFC 3418): written back with its own value to check the write view.
+SYS_LOCATION = "1.3.6.1.2.1.1.6.0"
 # CISCO-DOCS-EXT-MIB cdxCmCpeEntry (INDEX cdxCmCpeMacAddress): .2 cdxCmCpeType, .3 cdxCmCpeIpAddress,
 # .6 cdxCmCpeCmStatusIndex, .8 cdxCmCpeResetNow, .9 cdxCmCpeDeleteNow
 CDX_CM_CPE_ENTRY = "1.3.6.1.4.1.9.9.116.1.3.1.1"
@@ -37,6 +39,7 @@ DOCS_DEV_RESET_NOW = "1.3.6.1.2.1.69.1.1.3.0"  # DOCS-CABLE-DEVICE-MIB docsDevRe
 # Every MIB object the agent reads or writes, by its MIB name (column or scalar, no instance).
 MIB_OBJECTS: dict[str, str] = {
     "sysUpTime": SYS_UPTIME.removesuffix(".0"),
+    "sysLocation": SYS_LOCATION.removesuffix(".0"),
     "cdxCmCpeEntry": CDX_CM_CPE_ENTRY,
     "cdxCmCpeType": f"{CDX_CM_CPE_ENTRY}.2",
     "cdxCmCpeIpAddress": f"{CDX_CM_CPE_ENTRY}.3",
