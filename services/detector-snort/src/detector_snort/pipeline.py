@@ -335,10 +335,10 @@ class AlertPipeline:
         )
         return True
 
-    def due(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
-        """The last revisions of the windows that close now."""
+    def due(self, source: Source, aggregator: Aggregator, limit: int | None = None) -> list[AbuseObserved]:
+        """The last revisions of the windows that close now (at most `limit` windows)."""
         counts: dict[str, int] = {}
-        out = self._observations(source, aggregator.due(self.clock()), counts)
+        out = self._observations(source, aggregator.due(self.clock(), limit), counts)
         count(source, counts)
         return out
 
