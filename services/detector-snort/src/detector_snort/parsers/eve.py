@@ -103,6 +103,7 @@ def eve_event_alert(event: _EveEvent, src_ip: str, dst_ip: str, sensor: str) -> 
     alert = event.alert
     assert alert is not None  # eve_event checked these
     assert event.timestamp is not None
+    assert event.proto
     try:
         stamp = datetime.fromisoformat(event.timestamp)  # 3.11 reads Suricata's "+0000" offsets
     except ValueError:
