@@ -492,3 +492,29 @@ async def test_a_newer_revision_replaces_the_pending_one_even_while_the_older_is
     reloaded = make_outbox(CheckpointStore(tmp_path, fsync=False), publish, Input())
     reloaded.load()
     assert reloaded.pending == []
+
+
+async def test_urgent_messages_are_published_before_older_ones(tmp_path: Path) -> None:
+    # Given 600 later revisions queued (more than one round of publishes) and then one urgent message
+    sent: list[int] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        sent.append(message.count)
+
+    outbox = ObservationOutbox(
+        CheckpointStore(tmp_path, fsync=False),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        urgent=lambda o: o.count == 1,
+    )
+    outbox.add([observation(n) for n in range(2, 602)])
+    outbox.add([observation(1)])
+    # When the outbox publishes
+    assert await outbox.flush() == 601
+    # Then the urgent one went out in the first round, ahead of the others, and nothing is left
+    assert sent.index(1) < 256
+    assert sorted(sent) == list(range(1, 602))
+    assert len(outbox) == 0

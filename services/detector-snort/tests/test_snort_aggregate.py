@@ -177,3 +177,16 @@ def test_later_revisions_share_a_total_budget_but_first_revisions_never_wait() -
     assert sum(r.revision == 1 for r in now) == 10
     assert len(aggregator.updates(now=1.5)) == 10
     assert aggregator.changed == 30
+
+
+def test_due_closes_at_most_the_oldest_limit_windows_per_call() -> None:
+    # Given 5 windows opened one after the other, all over
+    aggregator = Aggregator(60.0)
+    for n in range(5):
+        aggregator.add(alert(80), f"100.64.0.{n + 1}", "scan", 2, float(n))
+    # When they are closed 2 at a time
+    first, second, third = aggregator.due(100.0, 2), aggregator.due(100.0, 2), aggregator.due(100.0, 2)
+    # Then the oldest close first, every window's last revision comes out once, and none stays open
+    assert [f.ip for f in first] == ["100.64.0.1", "100.64.0.2"]
+    assert [f.ip for f in second + third] == ["100.64.0.3", "100.64.0.4", "100.64.0.5"]
+    assert len(aggregator) == 0

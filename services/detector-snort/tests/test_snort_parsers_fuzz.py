@@ -1,10 +1,12 @@
 """Property tests: whatever bytes arrive, every parser returns a result or raises ParseError, nothing
-else; and the byte-level prefilter never drops an alert the full parse would keep."""
+else; the byte-level prefilter never drops an alert the full parse would keep; and the pipeline's
+typed EVE path folds exactly what the general parse folds."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from ipaddress import ip_address
@@ -12,6 +14,7 @@ from ipaddress import ip_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector_snort.aggregate import Aggregator
 from detector_snort.alerts import Alert
 from detector_snort.parsers import (
     ParseError,
@@ -21,8 +24,9 @@ from detector_snort.parsers import (
     parse_snort3_json_line,
     parse_syslog,
 )
-from detector_snort.pipeline import AlertPipeline, Source
+from detector_snort.pipeline import AlertPipeline, Source, _token
 from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.tail import TailLine
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 FAST = (
@@ -188,3 +192,46 @@ def test_prefilter_drops_only_what_the_full_parse_drops(src: str, dst: str, sid:
             continue
         assert alert is not None
         assert PIPELINE.subscriber_side(alert) is None, (source.format, line)
+
+
+TYPED_ADDRESSES = st.sampled_from(
+    ["100.64.1.10", "203.0.113.9", "2001:DB8:100::9", "2001:db8:ffff::1", "100.64.9", "", "1.2.3.4 "]
+)
+ODD_VALUES = json_values | st.sampled_from(["2025-01-15T10:00:01", "to_client"])
+EVE_FIELDS = st.sampled_from(
+    ["timestamp", "src_port", "dest_port", "proto", "in_iface", "app_proto", "tx_id", "direction", "flow"]
+)
+
+
+@settings(max_examples=400)
+@given(
+    TYPED_ADDRESSES,
+    TYPED_ADDRESSES,
+    st.sampled_from([9000001, 498, 2100498]),
+    st.sampled_from(["", "Attempted Information Leak", "x\\u0041"]),
+    st.dictionaries(
+        EVE_FIELDS, json_values | st.sampled_from(["2025-01-15T10:00:01", "to_client"]), max_size=3
+    ),
+)
+def test_typed_eve_path_folds_what_the_general_path_folds(
+    src: str, dst: str, sid: int, category: str, changed: dict[str, object]
+) -> None:
+    # Given an EVE alert line, well-formed or not, with any mix of addresses and odd field values
+    fields: dict[str, object] = {**ALERT, "signature_id": sid, "category": category}
+    eve = dict(EVE, src_ip=src, dest_ip=dst, alert=fields, **changed)
+    line = json.dumps(eve, separators=(",", ":")).encode()
+    tail_line = TailLine(line, 1, len(line) + 1, head=line)
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10", "2001:db8:100::/40"]), clock=lambda: 1000.0)
+    # When the pipeline's hot path reads it (decoded by type, placed by its decoded addresses)
+    typed = Aggregator(60.0)
+    pipeline.run_lines(EVE_SOURCE, [tail_line], typed, emit=False)
+    # Then it folds exactly what the general parse folds (nothing, if that finds no subscriber's alert)
+    general = Aggregator(60.0)
+    try:
+        alert = parse_eve_line(line, sensor="ids")
+    except ParseError:
+        alert = None
+    if alert is not None:
+        token = _token(tail_line, f"{zlib.crc32(line):08x}")
+        pipeline.fold(EVE_SOURCE, alert, general, 1000.0, token, {})
+    assert typed.to_json() == general.to_json()

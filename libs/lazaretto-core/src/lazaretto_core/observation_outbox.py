@@ -109,6 +109,7 @@ class ObservationOutbox(Generic[M]):
         delta: Callable[[], StateDelta] | None = None,
         full_every: float | None = None,
         supersedes: Callable[[M, M], bool] | None = None,
+        urgent: Callable[[M], bool] | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -129,7 +130,11 @@ class ObservationOutbox(Generic[M]):
         # supersedes(new, pending): a newer version of a message (a later revision of running
         # evidence, same id) replaces the pending one; None: the first queued version stays.
         self.supersedes = supersedes
+        # urgent(message): published before the others pending (a new address's first evidence
+        # ahead of later revisions of running windows); None: oldest first.
+        self.urgent = urgent
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
+        self._urgent: dict[str, None] = {}  # keys of pending urgent messages, oldest first
         self._dirty = False
         self._saved_at = clock()
         self._full_at = clock()
@@ -163,6 +168,7 @@ class ObservationOutbox(Generic[M]):
         """The caller's state as last saved (None: never saved, or unreadable); the pending messages
         saved with it are back in the outbox, to be published again by `flush()`."""
         self._pending.clear()
+        self._urgent.clear()
         self._dirty = False
         self._need_full = True  # the caller's change tracking starts afresh with what it loads
         self._added.clear()
@@ -304,6 +310,8 @@ class ObservationOutbox(Generic[M]):
                 added += 1
                 if tracing.enabled():
                     self._traces[key] = (tracing.current_carrier(), time.time_ns())
+                if self.urgent is not None and self.urgent(message):
+                    self._urgent[key] = None
         if added:
             self._dirty = True
             self._bound()
@@ -326,7 +334,7 @@ class ObservationOutbox(Generic[M]):
         sent = 0
         try:
             while self._pending:
-                batch = list(self._pending.items())[:IN_FLIGHT]
+                batch = self._next_batch()
                 results = await asyncio.gather(
                     *(self._publish_traced(message, key) for key, message in batch), return_exceptions=True
                 )
@@ -362,6 +370,24 @@ class ObservationOutbox(Generic[M]):
             tracing.span(f"observe {message.routing_key}", attributes=attributes, start_time=queued_at),
         ):
             return await self._publish(message, key)
+
+    def _next_batch(self) -> list[tuple[str, M]]:
+        """Up to IN_FLIGHT pending messages: the urgent ones first, then the oldest."""
+        pending = self._pending
+        batch: list[tuple[str, M]] = []
+        if self._urgent:
+            for key in list(self._urgent)[:IN_FLIGHT]:
+                del self._urgent[key]
+                if key in pending:
+                    batch.append((key, pending[key]))
+        if len(batch) < IN_FLIGHT:
+            chosen = {key for key, _ in batch}
+            for key, message in pending.items():
+                if len(batch) >= IN_FLIGHT:
+                    break
+                if key not in chosen:
+                    batch.append((key, message))
+        return batch
 
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending

@@ -29,13 +29,18 @@ from .aggregate import Aggregator, Folded
 from .alerts import Alert
 from .categories import Categorizer, classtype_short_name, default_categorizer
 from .parsers import (
+    MAX_EVE_LINE,
     FastLayout,
     ParseError,
     _endpoint,
+    eve_event,
+    eve_event_alert,
+    normalise_ip,
     parse_eve_line,
     parse_fast_line,
     parse_snort3_json_line,
 )
+from .parsers.common import _CANONICAL_IP
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,7 @@ class AlertPipeline:
         self._address_cache: dict[bytes, int] = {}  # raw address -> _INSIDE / _OUTSIDE / _UNKNOWN
         self._inside: dict[str, bool] = {}  # canonical address -> in the subscriber ranges
         self._verdicts: dict[tuple[str | None, str, int | None, int], tuple[str, int]] = {}
+        self._inbound_rules: dict[tuple[str | None, str, int], bool] = {}
 
     # -- parsing ----------------------------------------------------------------------------------
 
@@ -158,42 +164,72 @@ class AlertPipeline:
         subscriber_alerts = 0
         inside_get, verdicts, add = self._inside.get, self._verdicts, aggregator.add
         upstream = self.upstream
+        # EVE alerts (the usual, well-formed ones) are decoded once by type and placed by their
+        # decoded addresses: no byte prefilter, no Alert built for an alert that is not a subscriber's.
+        typed = source.format == "eve"
+        sensor = source.sensor
+        canonical = _CANONICAL_IP.get
         for line in lines:
             if line.too_long:
                 counts["bad:too_long"] = counts.get("bad:too_long", 0) + 1
                 self.bad_lines.warning("too_long", "over-long line in %s: %d bytes", source.name, line.length)
                 continue
             data = line.data
-            if skip is not None:
-                reason = skip(data)
-                if reason is not None:
-                    counts[reason] = counts.get(reason, 0) + 1
-                    continue
-            try:
-                alert = parse(data)
-            except ParseError as exc:
-                self.bad(source, exc, counts)
-                continue
+            alert: Alert | None = None
+            if typed and b'"alert"' in data and len(data) <= MAX_EVE_LINE:
+                event = eve_event(data)
+                if event is not None:
+                    src, dst = event.src_ip or "", event.dest_ip or ""
+                    src_ip, dst_ip = canonical(src) or _address(src), canonical(dst) or _address(dst)
+                    # Not addresses: the general path names the fault.
+                    if src_ip is not None and dst_ip is not None:
+                        inside = inside_get(src_ip)
+                        if inside is None:
+                            inside = self._is_inside(src_ip)
+                        if inside:
+                            ip = src_ip
+                        else:
+                            rule = event.alert
+                            assert rule is not None  # eve_event checked it
+                            if self._is_inside(dst_ip) and self._inbound(
+                                rule.category or None, rule.signature, rule.signature_id
+                            ):
+                                ip = dst_ip
+                            else:
+                                counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                                continue
+                        alert = eve_event_alert(event, src_ip, dst_ip, sensor)
             if alert is None:
-                counts["not_alert"] = counts.get("not_alert", 0) + 1
-                continue
+                if skip is not None:
+                    reason = skip(data)
+                    if reason is not None:
+                        counts[reason] = counts.get(reason, 0) + 1
+                        continue
+                try:
+                    alert = parse(data)
+                except ParseError as exc:
+                    self.bad(source, exc, counts)
+                    continue
+                if alert is None:
+                    counts["not_alert"] = counts.get("not_alert", 0) + 1
+                    continue
+                # `subscriber_side`, inlined for the usual case (a subscriber's own alert).
+                ip = alert.src_ip
+                if not inside_get(ip):
+                    side = self.subscriber_side(alert)
+                    if side is None:
+                        counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                        continue
+                    ip = side
             head = line.head
             if head is not last_head:
                 last_head, head_crc = head, f"{zlib.crc32(head):08x}"
-            # `fold`, inlined for the usual case (a subscriber's own alert, a known rule).
-            ip = alert.src_ip
-            if not inside_get(ip):
-                side = self.subscriber_side(alert)
-                if side is None:
-                    counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
-                    continue
-                ip = side
             if upstream and ip == alert.src_ip and self._forged(alert):
                 _spoofed(source, alert, counts)
                 continue
             subscriber_alerts += 1
-            rule = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
-            verdict = verdicts.get(rule) or self._verdict(rule)
+            rule_key = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
+            verdict = verdicts.get(rule_key) or self._verdict(rule_key)
             token = partial(_token, line, head_crc)
             add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
         if emit:
@@ -246,18 +282,32 @@ class AlertPipeline:
 
     def subscriber_side(self, alert: Alert) -> str | None:
         """The subscriber the alert is about: its source, or for inbound-infection rules its destination."""
-        inside = self._inside.get(alert.src_ip)
-        if inside is None:
-            if len(self._inside) >= _ADDRESS_CACHE:
-                self._inside.clear()
-            inside = self._inside[alert.src_ip] = alert.src_ip in self.ranges
-        if inside:
+        if self._is_inside(alert.src_ip):
             return alert.src_ip
-        if alert.dst_ip in self.ranges and self.categorizer.inbound_indicates_infection(
+        if self._is_inside(alert.dst_ip) and self._inbound(
             alert.classtype, alert.signature, alert.signature_id
         ):
             return alert.dst_ip
         return None
+
+    def _is_inside(self, ip: str) -> bool:
+        """Is a canonical address in the subscriber ranges? (remembered: `_inside` is the hot path's cache)"""
+        inside = self._inside.get(ip)
+        if inside is None:
+            if len(self._inside) >= _ADDRESS_CACHE:
+                self._inside.clear()
+            inside = self._inside[ip] = ip in self.ranges
+        return inside
+
+    def _inbound(self, classtype: str | None, signature: str, signature_id: int) -> bool:
+        """Does the rule name the destination as the infected host? (remembered per rule)"""
+        rule = (classtype, signature, signature_id)
+        found = self._inbound_rules.get(rule)
+        if found is None:
+            if len(self._inbound_rules) >= _ADDRESS_CACHE:
+                self._inbound_rules.clear()
+            found = self._inbound_rules[rule] = self.categorizer.inbound_indicates_infection(*rule)
+        return found
 
     def fold(
         self,
@@ -285,10 +335,10 @@ class AlertPipeline:
         )
         return True
 
-    def due(self, source: Source, aggregator: Aggregator) -> list[AbuseObserved]:
-        """The last revisions of the windows that close now."""
+    def due(self, source: Source, aggregator: Aggregator, limit: int | None = None) -> list[AbuseObserved]:
+        """The last revisions of the windows that close now (at most `limit` windows)."""
         counts: dict[str, int] = {}
-        out = self._observations(source, aggregator.due(self.clock()), counts)
+        out = self._observations(source, aggregator.due(self.clock(), limit), counts)
         count(source, counts)
         return out
 
@@ -429,6 +479,14 @@ _INSIDE: Final = 1
 _OUTSIDE: Final = 0
 _UNKNOWN: Final = 2
 _ADDRESS_CACHE: Final = 131_072
+
+
+def _address(text: str) -> str | None:
+    """The canonical text of an address seen for the first time; None if it is not one."""
+    try:
+        return normalise_ip(text)
+    except ParseError:
+        return None
 
 
 def _short(exc: ValidationError) -> str:

@@ -19,7 +19,7 @@ from .common import (
     normalise_action,
     normalise_ip,
 )
-from .eve import _eve_typed, alert_from_eve, parse_eve_line
+from .eve import _eve_typed, alert_from_eve, eve_event, eve_event_alert, parse_eve_line
 from .fast import _endpoint, parse_fast_line
 from .snort3 import alert_from_object, alert_from_snort3, parse_snort3_json_line
 from .syslog import SyslogMessage, parse_syslog, parse_syslog_header
@@ -36,6 +36,8 @@ __all__ = [
     "alert_from_eve",
     "alert_from_object",
     "alert_from_snort3",
+    "eve_event",
+    "eve_event_alert",
     "normalise_action",
     "normalise_ip",
     "parse_eve_line",

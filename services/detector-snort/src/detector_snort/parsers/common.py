@@ -42,7 +42,9 @@ def normalise_action(raw: str | None) -> str:
 
 
 _CANONICAL_IP: dict[str, str] = {}  # address text -> canonical text (valid addresses only)
-_CANONICAL_IP_MAX: Final = 65_536
+# As many as the pipeline remembers sides of: with fewer, a mix of more distinct addresses than
+# this validates every line's addresses again.
+_CANONICAL_IP_MAX: Final = 131_072
 
 
 def normalise_ip(text: str) -> str:

@@ -28,8 +28,9 @@ from .common import (
 from .flow import MAX_APP_PROTO, MAX_INTERFACE, app_name, eve_established, eve_flow_facts, text
 
 
-class _EveAlert(msgspec.Struct):
-    """The `alert` object's fields an `Alert` needs (others are parsed as JSON and skipped)."""
+class _EveAlert(msgspec.Struct, gc=False):
+    """The `alert` object's fields an `Alert` needs (others are parsed as JSON and skipped).
+    `gc=False` on these: plain values, no cycles, so the collector need not track one per line."""
 
     signature_id: int
     signature: str
@@ -40,7 +41,7 @@ class _EveAlert(msgspec.Struct):
     action: str | None = None
 
 
-class _EveFlow(msgspec.Struct):
+class _EveFlow(msgspec.Struct, gc=False):
     """The `flow` object of an alert (Suricata 7): what says whether the flow was two-way."""
 
     pkts_toserver: int = 0
@@ -51,7 +52,7 @@ class _EveFlow(msgspec.Struct):
     src_ip: str | None = None
 
 
-class _EveEvent(msgspec.Struct):
+class _EveEvent(msgspec.Struct, gc=False):
     """An EVE event's fields an `Alert` needs; `alert` only for alerts."""
 
     event_type: str
@@ -73,53 +74,66 @@ class _EveEvent(msgspec.Struct):
 _EVE_DECODER: Final = msgspec.json.Decoder(_EveEvent)
 
 
-def _eve_typed(line: bytes, sensor: str) -> Alert | None:
-    """The usual alert line, decoded by type; None: not one (the general path decides why)."""
+def eve_event(line: bytes) -> _EveEvent | None:
+    """The usual alert line decoded by type, its fields present and in range (its time is checked
+    when it becomes an `Alert`); None: not one (the general path decides why)."""
     try:
         event = _EVE_DECODER.decode(line)
     except msgspec.MsgspecError:
         return None
     alert = event.alert
-    ts, src, dst, proto = event.timestamp, event.src_ip, event.dest_ip, event.proto
     sport, dport = event.src_port, event.dest_port
     if (
         event.event_type != "alert"
         or alert is None
-        or ts is None
-        or not src
-        or not dst
-        or not proto
+        or event.timestamp is None
+        or not event.src_ip
+        or not event.dest_ip
+        or not event.proto
         or not alert.signature
         or (sport is not None and not 0 <= sport <= 65535)
         or (dport is not None and not 0 <= dport <= 65535)
     ):
         return None
+    return event
+
+
+def eve_event_alert(event: _EveEvent, src_ip: str, dst_ip: str, sensor: str) -> Alert | None:
+    """An `eve_event` with its canonical addresses -> `Alert`; None if its time is not one."""
+    alert = event.alert
+    assert alert is not None  # eve_event checked these
+    assert event.timestamp is not None
+    assert event.proto
     try:
-        stamp = datetime.fromisoformat(ts)  # 3.11 reads Suricata's "+0000" offsets
+        stamp = datetime.fromisoformat(event.timestamp)  # 3.11 reads Suricata's "+0000" offsets
     except ValueError:
         return None
     if stamp.tzinfo is None:
         return None
-    canonical = _CANONICAL_IP.get
-    src_ip, dst_ip = canonical(src), canonical(dst)
     action = alert.action
     flow = event.flow
-    app_proto = text(event.app_proto, MAX_APP_PROTO)
+    # Absent fields (the usual case) skip the calls: this runs for every subscriber's alert.
+    app_proto = event.app_proto
+    if app_proto is not None:
+        app_proto = text(app_proto, MAX_APP_PROTO)
+    interface = event.in_iface
+    if interface is not None:
+        interface = text(interface, MAX_INTERFACE)
     if flow is not None:
         established = eve_established(
             event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
         )
-        to_client = flow.src_ip != src if flow.src_ip else event.direction == "to_client"
+        to_client = flow.src_ip != event.src_ip if flow.src_ip else event.direction == "to_client"
     else:
         established = eve_established(event.tx_id is not None, app_proto, None, False, None)
         to_client = event.direction == "to_client"
     return Alert(  # positional: the fields in their declared order (cheaper than keywords)
         stamp,
-        src_ip or normalise_ip(src),
-        sport,
-        dst_ip or normalise_ip(dst),
-        dport,
-        proto,
+        src_ip,
+        event.src_port,
+        dst_ip,
+        event.dest_port,
+        event.proto,
         alert.gid,
         alert.signature_id,
         alert.rev,
@@ -129,10 +143,30 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
         "allowed" if action == "allowed" else normalise_action(action),
         sensor,
         event.flow_id or None,
-        text(event.in_iface, MAX_INTERFACE),
+        interface,
         established,
-        app_name(app_proto),
+        None if app_proto is None else app_name(app_proto),
         to_client,
+    )
+
+
+def _eve_typed(line: bytes, sensor: str) -> Alert | None:
+    """The usual alert line, decoded by type; None: not one (the general path decides why)."""
+    event = eve_event(line)
+    if event is None:
+        return None
+    assert event.timestamp is not None  # eve_event checked these
+    assert event.src_ip
+    assert event.dest_ip
+    try:
+        if datetime.fromisoformat(event.timestamp).tzinfo is None:
+            return None
+    except ValueError:
+        return None
+    src, dst = event.src_ip, event.dest_ip
+    canonical = _CANONICAL_IP.get
+    return eve_event_alert(
+        event, canonical(src) or normalise_ip(src), canonical(dst) or normalise_ip(dst), sensor
     )
 
 
