@@ -298,6 +298,8 @@ async def test_an_address_outside_the_subscriber_ranges_is_never_gardened(
     settings = settings_for(amqp_url, database_url, lab_kea, lab_bind, subscriber_ranges=("127.0.0.0/25",))
     service = await build(settings)
     await service.start()
+    # Policy's allowlist has arrived (without one the provisioner gardens nobody: fail closed).
+    await service.handlers.allowlist.store(FIRST_ALLOWLIST)
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
     bus = Bus(amqp_url, "test-anyone")
     await bus.connect()
