@@ -4,16 +4,20 @@ tokens, roles, CSRF, search, a case's timeline and audit, and the actions throug
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes on the wire)
 import httpx
 import pytest
 
+from lazaretto_core.bus import Bus
+from lazaretto_core.contracts import AbuseObserved, GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
 from policy import store
@@ -398,3 +402,148 @@ async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scop
     nothing = await browser.post("/console/breaker/resume", data={"csrf": csrf, "reason": "check"})
     assert nothing.status_code == 404
     assert "No tripped scope" in nothing.text
+
+
+# The breaker trips at the second automatic enforcement: the first device is gardened, the next are held.
+TRIPS_AT_ONCE = {"operator_tokens": TOKENS, "breaker_global_limit": 1}
+
+
+async def scanners_held(policy: PolicyService, book: LeaseBook, amqp_url: str, count: int) -> list[uuid.UUID]:
+    """`count` more PCs scan while the breaker is tripped; their cases (held) in the order they opened."""
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    now = datetime.now(UTC)
+    try:
+        for n in range(count):
+            ip, mac = f"100.64.1.{10 + n}", f"02:00:00:00:01:{n:02x}"
+            book.bind(ip, mac, now - timedelta(minutes=10))
+            book.plug(mac, CM_MAC, ip)
+            seen = {
+                **AbuseObserved.example,
+                "observation_id": str(uuid.uuid4()),
+                "ip": ip,
+                "distinct_destinations": 25,
+                "direction": "outbound",
+                "first_seen": (now - timedelta(seconds=2)).isoformat(),
+                "last_seen": now.isoformat(),
+            }
+            await bus.publish(AbuseObserved.model_validate(seen))
+    finally:
+        await bus.close()
+    async with asyncio.timeout(30):
+        while True:
+            held = await policy.pool.fetch(
+                "SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL ORDER BY opened_at"
+            )
+            if len(held) == count:
+                return [r["case_id"] for r in held]
+            await asyncio.sleep(0.05)
+
+
+async def state_of(policy: PolicyService, case_id: uuid.UUID) -> str:
+    async with policy.work.uow.read() as conn:
+        case = await store.get_case(conn, case_id)
+    assert case is not None
+    return case.state
+
+
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
+async def test_an_operator_enforces_or_drops_held_cases_with_a_reason_and_resumes_the_breaker(
+    policy: PolicyService,
+    browser: httpx.AsyncClient,
+    quarantine_device: QuarantineDevice,
+    probe: BusProbe,
+    book: LeaseBook,
+    amqp_url: str,
+) -> None:
+    # Given one PC gardened, then three more scanning once the breaker has tripped: held, nothing applied
+    await quarantine_device("100.64.0.50", CPE_MAC)
+    first, second, third = await scanners_held(policy, book, amqp_url, 3)
+    csrf = await sign_in(browser, OPERATOR_TOKEN)
+    page = await browser.get("/console/breaker")
+    shown = text(page.text)
+    assert "Automatic enforcement is paused" in shown
+    assert "3 shown of 3" in shown
+    for held in (first, second, third):
+        assert f'name="case_id" value="{held}"' in page.text
+    # A held case's page offers to enforce or drop it, not to release it
+    case_page = await browser.get(f"/console/cases/{first}")
+    assert 'id="enforce"' in case_page.text
+    assert 'id="drop"' in case_page.text
+    assert 'id="release"' not in case_page.text
+    # Dropping needs a reason; with one, the case closes as released and nothing is applied
+    empty = await browser.post(f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": ""})
+    assert empty.status_code == 422
+    dropped = await browser.post(
+        f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": "false positive"}
+    )
+    assert (dropped.status_code, dropped.headers["location"]) == (303, f"/console/cases/{first}?done=dropped")
+    shown = text((await browser.get(dropped.headers["location"])).text)
+    assert "were dropped" in shown
+    assert "held → released" in shown
+    assert "false positive" in shown
+    # The audit chain names who did it, with which role, from where
+    assert "transition operator:otto" in shown
+    assert "from: 192.0.2.7" in shown
+    assert await state_of(policy, first) == "released"
+    again = await browser.post(f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": "again"})
+    assert again.status_code == 409
+    assert "held" in text(again.text)
+    # From the breaker page: the ticked case is enforced, the garden is commanded for it alone
+    enforced = await browser.post(
+        "/console/breaker/held",
+        data={"csrf": csrf, "case_id": str(second), "decision": "enforce", "reason": "confirmed scanning"},
+    )
+    assert (enforced.status_code, enforced.headers["location"]) == (303, "/console/breaker?done=enforced")
+    applies = await probe.wait_for(GardenApply, count=2)
+    assert applies[-1].case_id == second
+    assert await state_of(policy, second) == "garden_requested"
+    assert await state_of(policy, third) == "held"
+    # Nothing ticked, or ticked and "every held case" at once, or no decision: refused
+    for fields in (
+        {"decision": "drop", "reason": "r"},
+        {"decision": "drop", "reason": "r", "all": "yes", "case_id": str(third)},
+        {"decision": "maybe", "reason": "r", "case_id": str(third)},
+    ):
+        refused = await browser.post("/console/breaker/held", data={"csrf": csrf, **fields})
+        assert refused.status_code == 422, fields
+    assert await state_of(policy, third) == "held"
+    # Resuming the breaker leaves held cases held
+    resumed = await browser.post("/console/breaker/resume", data={"csrf": csrf, "reason": "rule fixed"})
+    assert (resumed.status_code, resumed.headers["location"]) == (303, "/console/breaker?done=resumed")
+    shown = text((await browser.get(resumed.headers["location"])).text)
+    assert "Automatic enforcement is running." in shown
+    assert "1 shown of 1" in shown
+    # A case ticked on a page another operator already acted on is left alone; the rest is done
+    partly = await browser.post(
+        "/console/breaker/held",
+        data={"csrf": csrf, "case_id": [str(first), str(third)], "decision": "drop", "reason": "quiet now"},
+    )
+    assert (partly.status_code, partly.headers["location"]) == (303, "/console/breaker?done=partly")
+    assert await state_of(policy, third) == "released"
+    assert len(await probe.wait_for(GardenApply, count=2)) == 2  # dropping applied nothing
+
+
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
+async def test_a_viewer_sees_held_cases_but_cannot_enforce_or_drop_them(
+    policy: PolicyService,
+    browser: httpx.AsyncClient,
+    quarantine_device: QuarantineDevice,
+    book: LeaseBook,
+    amqp_url: str,
+) -> None:
+    await quarantine_device("100.64.0.51", CPE_MAC)
+    (held,) = await scanners_held(policy, book, amqp_url, 1)
+    csrf = await sign_in(browser, VIEWER_TOKEN)
+    page = await browser.get("/console/breaker")
+    assert str(held) in page.text
+    assert 'name="case_id"' not in page.text
+    assert 'id="enforce"' not in (await browser.get(f"/console/cases/{held}")).text
+    for path, fields in (
+        ("/console/breaker/held", {"case_id": str(held), "decision": "enforce"}),
+        (f"/console/cases/{held}/enforce", {}),
+        (f"/console/cases/{held}/drop", {}),
+    ):
+        answer = await browser.post(path, data={"csrf": csrf, "reason": "r", **fields})
+        assert answer.status_code == 403, path
+    assert await state_of(policy, held) == "held"
