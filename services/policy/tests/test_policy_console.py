@@ -547,3 +547,65 @@ async def test_a_viewer_sees_held_cases_but_cannot_enforce_or_drop_them(
         answer = await browser.post(path, data={"csrf": csrf, "reason": "r", **fields})
         assert answer.status_code == 403, path
     assert await state_of(policy, held) == "held"
+
+
+# Three failed sign-ins per client, nine on the whole console, in an hour.
+SIGN_IN_LIMITS = {
+    "operator_tokens": TOKENS,
+    "console_signin_failures_per_client": 3,
+    "console_signin_failures_global": 9,
+    "console_signin_window": 3600,
+}
+
+
+async def try_sign_in(policy: PolicyService, address: str, token: str) -> httpx.Response:
+    """One sign-in through the form, from a browser at `address`."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app, client=(address, 50000)), base_url="http://policy"
+    ) as client:
+        form = await client.get("/console/login")
+        return await client.post("/console/login", data={"token": token, "csrf": hidden(form.text)})
+
+
+@pytest.mark.parametrize("policy_overrides", [SIGN_IN_LIMITS])
+async def test_sign_in_is_refused_with_429_after_too_many_failures_per_client_and_on_the_whole_console(
+    policy: PolicyService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    guesses = [f"guess-{n}-abcdefghijklmnopqrstuvwxyz" for n in range(9)]
+    # A client that failed three times is refused, the right token too, and told how long to wait
+    for guess in guesses[:3]:
+        assert (await try_sign_in(policy, "192.0.2.10", guess)).status_code == 401
+    refused = await try_sign_in(policy, "192.0.2.10", OPERATOR_TOKEN)
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["retry-after"]) <= 3600
+    assert "Too many failed sign-ins from your address: try again in" in text(refused.text)
+    assert not [c for c in refused.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}=")]
+    assert 'type="password"' in refused.text  # the form is still there, for later
+    # Another address signs in
+    assert (await try_sign_in(policy, "192.0.2.11", OPERATOR_TOKEN)).status_code == 303
+    # An IPv6 client's failures count against its /64, whichever address in it it uses
+    assert (await try_sign_in(policy, "2001:db8:1:2::1", guesses[3])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::1", guesses[4])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::99", guesses[5])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::7", VIEWER_TOKEN)).status_code == 429
+    assert (await try_sign_in(policy, "2001:db8:1:3::7", VIEWER_TOKEN)).status_code == 303
+    # A right token forgives the client's own failures; the ninth failure anywhere stops everyone
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[6])).status_code == 401
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[7])).status_code == 401
+    assert (await try_sign_in(policy, "198.51.100.1", OPERATOR_TOKEN)).status_code == 303
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[8])).status_code == 401
+    everyone = await try_sign_in(policy, "198.51.100.2", OPERATOR_TOKEN)
+    assert everyone.status_code == 429
+    assert "sign-in is paused for everyone" in text(everyone.text)
+    # Every attempt is in the log with where it came from, never with a token or a part of one
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("unknown token" in m and "192.0.2.10" in m for m in logged)
+    assert any("now refused to 192.0.2.10" in m for m in logged)
+    assert any("now refused to 2001:db8:1:2::/64" in m for m in logged)
+    assert any("now refused to everyone" in m for m in logged)
+    assert any("sign-in by otto (operator) from 192.0.2.11" in m for m in logged)
+    for secret in [*guesses, OPERATOR_TOKEN, VIEWER_TOKEN]:
+        for record in caplog.records:
+            assert secret[:12] not in record.getMessage()
+            assert secret[:12] not in repr(record.args)
