@@ -4,20 +4,17 @@ tokens, roles, CSRF, search, a case's timeline and audit, and the actions throug
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes on the wire)
 import httpx
 import pytest
 
-from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_core.contracts import GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
 from policy import store
@@ -35,6 +32,7 @@ TOKENS = [
 CPE_MAC = "02:00:00:00:00:07"
 CM_MAC = "00:02:8a:d3:7c:6e"  # the household conftest's `quarantine_device` plugs the PC into
 QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]
+ScannersHeld = Callable[[int], Awaitable[list[uuid.UUID]]]
 
 
 @pytest.fixture
@@ -202,6 +200,12 @@ async def test_an_operator_finds_the_case_by_every_key_reads_its_timeline_and_re
     assert "→ garden_requested" in shown
     assert "→ quarantined" in shown
     assert "seconds_to_online: 3.2" in shown
+    # Each step's outcome says how long it took; the garden's delay after the first alert (2 s before)
+    assert re.search(r"garden_requested → modem_reset_requested \d+\.\d\d s provisioner", shown), shown
+    assert re.search(r"modem_reset_requested → quarantined \d+\.\d\d s cmts-agent", shown), shown
+    delay = re.search(r"Garden in effect (\d+\.\d) s after the first alert", shown)
+    assert delay is not None
+    assert float(delay.group(1)) >= 2.0
     assert "cisco-cdxCmCpeResetNow" in shown
     assert 'id="release"' in page.text
     assert 'id="extend"' in page.text
@@ -408,38 +412,6 @@ async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scop
 TRIPS_AT_ONCE = {"operator_tokens": TOKENS, "breaker_global_limit": 1}
 
 
-async def scanners_held(policy: PolicyService, book: LeaseBook, amqp_url: str, count: int) -> list[uuid.UUID]:
-    """`count` more PCs scan while the breaker is tripped; their cases (held) in the order they opened."""
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    now = datetime.now(UTC)
-    try:
-        for n in range(count):
-            ip, mac = f"100.64.1.{10 + n}", f"02:00:00:00:01:{n:02x}"
-            book.bind(ip, mac, now - timedelta(minutes=10))
-            book.plug(mac, CM_MAC, ip)
-            seen = {
-                **AbuseObserved.example,
-                "observation_id": str(uuid.uuid4()),
-                "ip": ip,
-                "distinct_destinations": 25,
-                "direction": "outbound",
-                "first_seen": (now - timedelta(seconds=2)).isoformat(),
-                "last_seen": now.isoformat(),
-            }
-            await bus.publish(AbuseObserved.model_validate(seen))
-    finally:
-        await bus.close()
-    async with asyncio.timeout(30):
-        while True:
-            held = await policy.pool.fetch(
-                "SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL ORDER BY opened_at"
-            )
-            if len(held) == count:
-                return [r["case_id"] for r in held]
-            await asyncio.sleep(0.05)
-
-
 async def state_of(policy: PolicyService, case_id: uuid.UUID) -> str:
     async with policy.work.uow.read() as conn:
         case = await store.get_case(conn, case_id)
@@ -454,11 +426,11 @@ async def test_an_operator_enforces_or_drops_held_cases_with_a_reason_and_resume
     quarantine_device: QuarantineDevice,
     probe: BusProbe,
     book: LeaseBook,
-    amqp_url: str,
+    scanners_held: ScannersHeld,
 ) -> None:
     # Given one PC gardened, then three more scanning once the breaker has tripped: held, nothing applied
     await quarantine_device("100.64.0.50", CPE_MAC)
-    first, second, third = await scanners_held(policy, book, amqp_url, 3)
+    first, second, third = await scanners_held(3)
     csrf = await sign_in(browser, OPERATOR_TOKEN)
     page = await browser.get("/console/breaker")
     shown = text(page.text)
@@ -529,11 +501,10 @@ async def test_a_viewer_sees_held_cases_but_cannot_enforce_or_drop_them(
     policy: PolicyService,
     browser: httpx.AsyncClient,
     quarantine_device: QuarantineDevice,
-    book: LeaseBook,
-    amqp_url: str,
+    scanners_held: ScannersHeld,
 ) -> None:
     await quarantine_device("100.64.0.51", CPE_MAC)
-    (held,) = await scanners_held(policy, book, amqp_url, 1)
+    (held,) = await scanners_held(1)
     csrf = await sign_in(browser, VIEWER_TOKEN)
     page = await browser.get("/console/breaker")
     assert str(held) in page.text

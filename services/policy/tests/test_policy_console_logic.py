@@ -1,11 +1,51 @@
-"""The console's sign-in limit as pure logic (the clock is given): failures counted per client (an IPv6
-client's /64) and from everyone, in a sliding window; how long a refused client waits."""
+"""The console's pure logic: the sign-in limit (the clock is given: failures counted per client, an IPv6
+client's /64, and from everyone, in a sliding window; how long a refused client waits), and the
+timings a case page shows (how long each step took, the garden's delay after the first alert)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import pytest
 
+from policy.console.queries import garden_delay, step_durations
 from policy.console.throttle import MAX_CLIENTS, Limited, SignInThrottle, client_key
+
+T0 = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+
+
+def event(seconds: float, from_state: str | None, to_state: str) -> dict[str, Any]:
+    return {"at": T0 + timedelta(seconds=seconds), "from_state": from_state, "to_state": to_state}
+
+
+# A case's transitions as policy records them: the garden failed once and was retried, the modem reset
+# went through, then an operator released it (the garden removed, the modem reset again).
+HISTORY = [
+    event(0.0, None, "open"),
+    event(0.0, "open", "garden_requested"),
+    event(1.5, "garden_requested", "failed_retrying"),
+    event(4.0, "failed_retrying", "modem_reset_requested"),
+    event(9.25, "modem_reset_requested", "quarantined"),
+    event(60.0, "quarantined", "quarantined"),  # extended: no move
+    event(100.0, "quarantined", "release_requested"),
+    event(100.5, "release_requested", "release_reset_requested"),
+    event(104.0, "release_reset_requested", "released"),
+]
+
+
+def test_each_step_outcome_took_the_time_since_its_request() -> None:
+    assert step_durations(HISTORY) == [None, None, 1.5, None, 5.25, None, None, 0.5, 3.5]
+
+
+def test_the_garden_was_in_effect_seconds_after_the_first_alert() -> None:
+    alerts = [{"first_seen": T0 - timedelta(seconds=2)}, {"first_seen": T0 - timedelta(seconds=30)}]
+    assert garden_delay(alerts, HISTORY) == 34.0  # 30 s before the case, 4 s to the retried garden
+    direct = [event(0.0, "open", "garden_requested"), event(0.5, "garden_requested", "quarantined")]
+    assert garden_delay(alerts, direct) == 30.5  # no modem: straight to quarantined
+    held = [event(0.0, None, "open"), event(0.0, "open", "held")]
+    assert garden_delay(alerts, held) is None
+    assert garden_delay([], direct) is None
 
 
 @pytest.mark.parametrize(
