@@ -349,6 +349,45 @@ async def test_the_admin_manages_the_allowlist_and_an_operator_may_not(
     page = await browser.get("/console/allowlist")
     assert "02:00:00:00:00:99" in page.text
     assert "the NOC" in html.unescape(page.text)
+    # An entry for a week: it says until when (the other, added without a choice, never expires)
+    week = await browser.post(
+        "/console/allowlist",
+        data={
+            "csrf": csrf,
+            "kind": "prefix",
+            "value": "100.64.200.0/24",
+            "effect": "notify_only",
+            "owner": "lab",
+            "reason": "load test this week",
+            "expires_in_s": str(7 * 86400),
+        },
+    )
+    assert week.status_code == 303
+    async with policy.work.uow.read() as conn:
+        lasts = await conn.fetchval(
+            "SELECT expires_at - created_at FROM allowlist_entries WHERE value = '100.64.200.0/24'"
+        )
+    assert abs(lasts.total_seconds() - 7 * 86400) < 3600
+    rows = {
+        cells[1]: cells[6]
+        for row in re.findall(r"<tr>(.*?)</tr>", (await browser.get("/console/allowlist")).text, re.S)
+        if len(cells := [text(c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]) > 6
+    }
+    assert rows["02:00:00:00:00:99"] == "never"
+    assert rows["100.64.200.0/24"].endswith("UTC")
+    odd = await browser.post(
+        "/console/allowlist",
+        data={
+            "csrf": csrf,
+            "kind": "address",
+            "value": "100.64.200.9",
+            "owner": "x",
+            "reason": "x",
+            "expires_in_s": "5",
+        },
+    )
+    assert odd.status_code == 422
+    page = await browser.get("/console/allowlist")
     bad = await browser.post(
         "/console/allowlist",
         data={"csrf": csrf, "kind": "address", "value": "nope", "owner": "x", "reason": "x"},
@@ -395,6 +434,11 @@ async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
     assert re.search(r"Quarantined in the last hour 1\b", shown), shown
     assert "quarantined scan 1" in shown
     assert "lazaretto.provisioner.main.dlq not declared" in shown  # no provisioner in this vhost
+    # It reloads itself only when asked to (an HTTP Refresh, no JavaScript), with a way back
+    assert "refresh" not in page.headers
+    live = await browser.get("/console/", params={"live": "1"})
+    assert live.headers["refresh"] == "30"
+    assert 'href="/console/">stop reloading' in live.text
 
 
 async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scope(

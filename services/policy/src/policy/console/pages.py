@@ -37,6 +37,16 @@ FORM_LIMIT = 16 * 1024
 REASON_MAX = 500
 # What the extend form offers (seconds), as an operator thinks of it.
 EXTEND_CHOICES = {3600: "1 hour", 86400: "1 day", 3 * 86400: "3 days", 7 * 86400: "7 days"}
+# How long an allowlist entry may last, as the add form offers it (seconds; 0: until removed).
+EXPIRY_CHOICES = {
+    0: "never",
+    86400: "1 day",
+    7 * 86400: "7 days",
+    30 * 86400: "30 days",
+    90 * 86400: "90 days",
+}
+# How often the overview reloads itself when asked to (seconds).
+LIVE_S = 30
 # The message a redirect after an action shows (a fixed text per key: nothing from the URL is echoed).
 DONE = {
     "released": "The case is being released.",
@@ -224,7 +234,12 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                 depths.append((queue, "not declared" if depth is None else str(depth)))
             except (OSError, ConnectionError, TimeoutError) as exc:
                 depths.append((queue, f"unavailable ({type(exc).__name__})"))
-        return page(request, session, "overview.html", facts=facts, depths=depths)
+        live = request.query_params.get("live") == "1"
+        context = {"facts": facts, "depths": depths, "live": live, "now": utcnow(), "every": LIVE_S}
+        answer = page(request, session, "overview.html", **context)
+        if live:  # reloaded by the browser itself (no JavaScript); the page links to the still one
+            answer.headers["Refresh"] = str(LIVE_S)
+        return answer
 
     async def search(request: Request, session: Session) -> Response:
         text = request.query_params.get("q", "")[:100]
@@ -322,7 +337,14 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
     async def allowlist_page(request: Request, session: Session) -> Response:
         async with work.uow.read() as conn:
             entries = await allowlist.entry_details(conn)
-        return page(request, session, "allowlist.html", entries=entries, csrf=session.csrf)
+        return page(
+            request,
+            session,
+            "allowlist.html",
+            entries=entries,
+            csrf=session.csrf,
+            expiry_choices=EXPIRY_CHOICES,
+        )
 
     async def allowlist_add(request: Request, session: Session, fields: dict[str, str]) -> Response:
         kind = fields.get("kind", "")
@@ -333,6 +355,10 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         owner = fields.get("owner", "").strip()
         if not 1 <= len(value) <= 64 or not 1 <= len(owner) <= 128:
             raise Refusal(422, "Give the value (at most 64 characters) and its owner (at most 128).")
+        lasts = fields.get("expires_in_s", "0")
+        if not lasts.isdigit() or int(lasts) not in EXPIRY_CHOICES:
+            raise Refusal(422, "Choose how long the entry lasts.")
+        expires_at = utcnow() + timedelta(seconds=int(lasts)) if int(lasts) else None
         who = principal(request, session)
         try:
             async with work.uow() as conn:
@@ -344,7 +370,7 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                     subscriber_class=None,
                     owner=owner,
                     reason=_reason(fields),
-                    expires_at=None,
+                    expires_at=expires_at,
                     actor=who.actor,
                     audit_detail=who.audit(),
                 )
