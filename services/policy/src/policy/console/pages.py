@@ -235,8 +235,8 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             except (OSError, ConnectionError, TimeoutError) as exc:
                 depths.append((queue, f"unavailable ({type(exc).__name__})"))
         live = request.query_params.get("live") == "1"
-        context = {"facts": facts, "depths": depths, "live": live, "now": utcnow(), "every": LIVE_S}
-        answer = page(request, session, "overview.html", **context)
+        context: dict[str, Any] = {"facts": facts, "depths": depths, "live": live, "every": LIVE_S}
+        answer = page(request, session, "overview.html", now=utcnow(), **context)
         if live:  # reloaded by the browser itself (no JavaScript); the page links to the still one
             answer.headers["Refresh"] = str(LIVE_S)
         return answer

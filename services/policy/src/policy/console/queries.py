@@ -145,7 +145,8 @@ def garden_delay(observations: list[dict[str, Any]], events: list[dict[str, Any]
     applied = next((e["at"] for e in events if e["to_state"] in GARDEN_IN_EFFECT), None)
     if not firsts or applied is None:
         return None
-    return (applied - min(firsts)).total_seconds()
+    delay: float = (applied - min(firsts)).total_seconds()
+    return delay
 
 
 @dataclass(frozen=True)
