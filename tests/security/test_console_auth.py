@@ -1,12 +1,14 @@
 """The operator console on the running lab system's policy: no console route answers without a session
-(pages send to the sign-in form, forms are refused), the portal's token does not sign in, and with a
-session no form is taken without the session's CSRF token."""
+(pages send to the sign-in form, forms are refused), the portal's token does not sign in, with a
+session no form is taken without the session's CSRF token, and a client that keeps failing to sign in
+is refused (429) while others still sign in."""
 
 from __future__ import annotations
 
 import re
 import uuid
 
+import httpx
 import requests
 
 from lazaretto_lab.system import LabSystem
@@ -56,3 +58,28 @@ def test_every_console_route_needs_a_session_and_every_form_its_csrf_token(
         for fields in ({"reason": "x"}, {"reason": "x", "csrf": "forged"}):
             answer = admin.post(base + path, data=fields, allow_redirects=False, timeout=15)
             assert answer.status_code == 403, (path, fields)
+
+
+def test_a_client_guessing_tokens_is_refused_with_429_and_another_still_signs_in(
+    lab: LabSystem, lab_secrets: dict[str, str]
+) -> None:
+    base = lab.url("policy")
+    # The guesser comes from another loopback address, so the other tests' sign-ins are not its own
+    guesser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=15)
+    with guesser:
+        answers = []
+        for n in range(20):
+            form = guesser.get(f"{base}/console/login")
+            found = re.search(r'name="csrf" value="([^"]*)"', form.text)
+            assert found is not None
+            token = lab_secrets["admin_token"] if n == 19 else f"guess-{n}-{uuid.uuid4()}"
+            answers.append(
+                guesser.post(f"{base}/console/login", data={"token": token, "csrf": found.group(1)})
+            )
+    codes = [a.status_code for a in answers]
+    # The default limit (10 failures per client in 5 minutes), then refusals, the right token's too
+    assert codes == [401] * 10 + [429] * 10, codes
+    assert 0 < int(answers[-1].headers["retry-after"]) <= 300
+    assert "Too many failed sign-ins from your address" in answers[-1].text
+    # Another client signs in
+    assert sign_in(requests.Session(), base, lab_secrets["admin_token"]).status_code == 303

@@ -197,3 +197,53 @@ async def quarantine_device(
 
     yield make
     await executor.close()
+
+
+ScannersHeld = Callable[[int], Awaitable[list[uuid.UUID]]]
+
+
+@pytest.fixture
+async def scanners_held(policy: PolicyService, book: LeaseBook, amqp_url: str) -> ScannersHeld:
+    """`await scanners_held(n)`: n more PCs behind CM_MAC scan while the circuit breaker is tripped (a
+    test sets a low `breaker_global_limit`); returns the held cases' ids, oldest first."""
+    made = 0
+
+    async def make(count: int) -> list[uuid.UUID]:
+        nonlocal made
+        bus = Bus(amqp_url, "test-detector")
+        await bus.connect()
+        now = datetime.now(UTC)
+        observed: list[uuid.UUID] = []
+        try:
+            for _ in range(count):
+                ip, mac = f"100.64.1.{10 + made}", f"02:00:00:00:01:{made:02x}"
+                made += 1
+                book.bind(ip, mac, now - timedelta(minutes=10))
+                book.plug(mac, CM_MAC, ip)
+                seen = AbuseObserved.model_validate(
+                    {
+                        **AbuseObserved.example,
+                        "observation_id": str(uuid.uuid4()),
+                        "ip": ip,
+                        "distinct_destinations": 25,
+                        "direction": "outbound",
+                        "first_seen": (now - timedelta(seconds=2)).isoformat(),
+                        "last_seen": now.isoformat(),
+                    }
+                )
+                observed.append(seen.observation_id)
+                await bus.publish(seen)
+        finally:
+            await bus.close()
+        async with asyncio.timeout(30):
+            while True:
+                held = await policy.pool.fetch(
+                    "SELECT c.case_id FROM observations o JOIN cases c USING (case_id)"
+                    " WHERE o.observation_id = ANY($1::uuid[]) AND c.state = 'held' ORDER BY c.opened_at",
+                    observed,
+                )
+                if len(held) == count:
+                    return [r["case_id"] for r in held]
+                await asyncio.sleep(0.05)
+
+    return make

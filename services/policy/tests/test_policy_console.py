@@ -14,6 +14,7 @@ import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes 
 import httpx
 import pytest
 
+from lazaretto_core.contracts import GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
 from policy import store
@@ -31,6 +32,7 @@ TOKENS = [
 CPE_MAC = "02:00:00:00:00:07"
 CM_MAC = "00:02:8a:d3:7c:6e"  # the household conftest's `quarantine_device` plugs the PC into
 QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]
+ScannersHeld = Callable[[int], Awaitable[list[uuid.UUID]]]
 
 
 @pytest.fixture
@@ -198,6 +200,12 @@ async def test_an_operator_finds_the_case_by_every_key_reads_its_timeline_and_re
     assert "→ garden_requested" in shown
     assert "→ quarantined" in shown
     assert "seconds_to_online: 3.2" in shown
+    # Each step's outcome says how long it took; the garden's delay after the first alert (2 s before)
+    assert re.search(r"garden_requested → modem_reset_requested \d+\.\d\d s provisioner", shown), shown
+    assert re.search(r"modem_reset_requested → quarantined \d+\.\d\d s cmts-agent", shown), shown
+    delay = re.search(r"Garden in effect (\d+\.\d) s after the first alert", shown)
+    assert delay is not None
+    assert float(delay.group(1)) >= 2.0
     assert "cisco-cdxCmCpeResetNow" in shown
     assert 'id="release"' in page.text
     assert 'id="extend"' in page.text
@@ -341,6 +349,45 @@ async def test_the_admin_manages_the_allowlist_and_an_operator_may_not(
     page = await browser.get("/console/allowlist")
     assert "02:00:00:00:00:99" in page.text
     assert "the NOC" in html.unescape(page.text)
+    # An entry for a week: it says until when (the other, added without a choice, never expires)
+    week = await browser.post(
+        "/console/allowlist",
+        data={
+            "csrf": csrf,
+            "kind": "prefix",
+            "value": "100.64.200.0/24",
+            "effect": "notify_only",
+            "owner": "lab",
+            "reason": "load test this week",
+            "expires_in_s": str(7 * 86400),
+        },
+    )
+    assert week.status_code == 303
+    async with policy.work.uow.read() as conn:
+        lasts = await conn.fetchval(
+            "SELECT expires_at - created_at FROM allowlist_entries WHERE value = '100.64.200.0/24'"
+        )
+    assert abs(lasts.total_seconds() - 7 * 86400) < 3600
+    rows = {
+        cells[1]: cells[6]
+        for row in re.findall(r"<tr>(.*?)</tr>", (await browser.get("/console/allowlist")).text, re.S)
+        if len(cells := [text(c).strip() for c in re.findall(r"<td>(.*?)</td>", row, re.S)]) > 6
+    }
+    assert rows["02:00:00:00:00:99"] == "never"
+    assert rows["100.64.200.0/24"].endswith("UTC")
+    odd = await browser.post(
+        "/console/allowlist",
+        data={
+            "csrf": csrf,
+            "kind": "address",
+            "value": "100.64.200.9",
+            "owner": "x",
+            "reason": "x",
+            "expires_in_s": "5",
+        },
+    )
+    assert odd.status_code == 422
+    page = await browser.get("/console/allowlist")
     bad = await browser.post(
         "/console/allowlist",
         data={"csrf": csrf, "kind": "address", "value": "nope", "owner": "x", "reason": "x"},
@@ -387,6 +434,11 @@ async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
     assert re.search(r"Quarantined in the last hour 1\b", shown), shown
     assert "quarantined scan 1" in shown
     assert "lazaretto.provisioner.main.dlq not declared" in shown  # no provisioner in this vhost
+    # It reloads itself only when asked to (an HTTP Refresh, no JavaScript), with a way back
+    assert "refresh" not in page.headers
+    live = await browser.get("/console/", params={"live": "1"})
+    assert live.headers["refresh"] == "30"
+    assert 'href="/console/">stop reloading' in live.text
 
 
 async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scope(
@@ -398,3 +450,177 @@ async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scop
     nothing = await browser.post("/console/breaker/resume", data={"csrf": csrf, "reason": "check"})
     assert nothing.status_code == 404
     assert "No tripped scope" in nothing.text
+
+
+# The breaker trips at the second automatic enforcement: the first device is gardened, the next are held.
+TRIPS_AT_ONCE = {"operator_tokens": TOKENS, "breaker_global_limit": 1}
+
+
+async def state_of(policy: PolicyService, case_id: uuid.UUID) -> str:
+    async with policy.work.uow.read() as conn:
+        case = await store.get_case(conn, case_id)
+    assert case is not None
+    return case.state
+
+
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
+async def test_an_operator_enforces_or_drops_held_cases_with_a_reason_and_resumes_the_breaker(
+    policy: PolicyService,
+    browser: httpx.AsyncClient,
+    quarantine_device: QuarantineDevice,
+    probe: BusProbe,
+    book: LeaseBook,
+    scanners_held: ScannersHeld,
+) -> None:
+    # Given one PC gardened, then three more scanning once the breaker has tripped: held, nothing applied
+    await quarantine_device("100.64.0.50", CPE_MAC)
+    first, second, third = await scanners_held(3)
+    csrf = await sign_in(browser, OPERATOR_TOKEN)
+    page = await browser.get("/console/breaker")
+    shown = text(page.text)
+    assert "Automatic enforcement is paused" in shown
+    assert "3 shown of 3" in shown
+    for held in (first, second, third):
+        assert f'name="case_id" value="{held}"' in page.text
+    # A held case's page offers to enforce or drop it, not to release it
+    case_page = await browser.get(f"/console/cases/{first}")
+    assert 'id="enforce"' in case_page.text
+    assert 'id="drop"' in case_page.text
+    assert 'id="release"' not in case_page.text
+    # Dropping needs a reason; with one, the case closes as released and nothing is applied
+    empty = await browser.post(f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": ""})
+    assert empty.status_code == 422
+    dropped = await browser.post(
+        f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": "false positive"}
+    )
+    assert (dropped.status_code, dropped.headers["location"]) == (303, f"/console/cases/{first}?done=dropped")
+    shown = text((await browser.get(dropped.headers["location"])).text)
+    assert "were dropped" in shown
+    assert "held → released" in shown
+    assert "false positive" in shown
+    # The audit chain names who did it, with which role, from where
+    assert "transition operator:otto" in shown
+    assert "from: 192.0.2.7" in shown
+    assert await state_of(policy, first) == "released"
+    again = await browser.post(f"/console/cases/{first}/drop", data={"csrf": csrf, "reason": "again"})
+    assert again.status_code == 409
+    assert "held" in text(again.text)
+    # From the breaker page: the ticked case is enforced, the garden is commanded for it alone
+    enforced = await browser.post(
+        "/console/breaker/held",
+        data={"csrf": csrf, "case_id": str(second), "decision": "enforce", "reason": "confirmed scanning"},
+    )
+    assert (enforced.status_code, enforced.headers["location"]) == (303, "/console/breaker?done=enforced")
+    applies = await probe.wait_for(GardenApply, count=2)
+    assert applies[-1].case_id == second
+    assert await state_of(policy, second) == "garden_requested"
+    assert await state_of(policy, third) == "held"
+    # Nothing ticked, or ticked and "every held case" at once, or no decision: refused
+    for fields in (
+        {"decision": "drop", "reason": "r"},
+        {"decision": "drop", "reason": "r", "all": "yes", "case_id": str(third)},
+        {"decision": "maybe", "reason": "r", "case_id": str(third)},
+    ):
+        refused = await browser.post("/console/breaker/held", data={"csrf": csrf, **fields})
+        assert refused.status_code == 422, fields
+    assert await state_of(policy, third) == "held"
+    # Resuming the breaker leaves held cases held
+    resumed = await browser.post("/console/breaker/resume", data={"csrf": csrf, "reason": "rule fixed"})
+    assert (resumed.status_code, resumed.headers["location"]) == (303, "/console/breaker?done=resumed")
+    shown = text((await browser.get(resumed.headers["location"])).text)
+    assert "Automatic enforcement is running." in shown
+    assert "1 shown of 1" in shown
+    # A case ticked on a page another operator already acted on is left alone; the rest is done
+    partly = await browser.post(
+        "/console/breaker/held",
+        data={"csrf": csrf, "case_id": [str(first), str(third)], "decision": "drop", "reason": "quiet now"},
+    )
+    assert (partly.status_code, partly.headers["location"]) == (303, "/console/breaker?done=partly")
+    assert await state_of(policy, third) == "released"
+    assert len(await probe.wait_for(GardenApply, count=2)) == 2  # dropping applied nothing
+
+
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
+async def test_a_viewer_sees_held_cases_but_cannot_enforce_or_drop_them(
+    policy: PolicyService,
+    browser: httpx.AsyncClient,
+    quarantine_device: QuarantineDevice,
+    scanners_held: ScannersHeld,
+) -> None:
+    await quarantine_device("100.64.0.51", CPE_MAC)
+    (held,) = await scanners_held(1)
+    csrf = await sign_in(browser, VIEWER_TOKEN)
+    page = await browser.get("/console/breaker")
+    assert str(held) in page.text
+    assert 'name="case_id"' not in page.text
+    assert 'id="enforce"' not in (await browser.get(f"/console/cases/{held}")).text
+    for path, fields in (
+        ("/console/breaker/held", {"case_id": str(held), "decision": "enforce"}),
+        (f"/console/cases/{held}/enforce", {}),
+        (f"/console/cases/{held}/drop", {}),
+    ):
+        answer = await browser.post(path, data={"csrf": csrf, "reason": "r", **fields})
+        assert answer.status_code == 403, path
+    assert await state_of(policy, held) == "held"
+
+
+# Three failed sign-ins per client, nine on the whole console, in an hour.
+SIGN_IN_LIMITS = {
+    "operator_tokens": TOKENS,
+    "console_signin_failures_per_client": 3,
+    "console_signin_failures_global": 9,
+    "console_signin_window": 3600,
+}
+
+
+async def try_sign_in(policy: PolicyService, address: str, token: str) -> httpx.Response:
+    """One sign-in through the form, from a browser at `address`."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=policy.http_app, client=(address, 50000)), base_url="http://policy"
+    ) as client:
+        form = await client.get("/console/login")
+        return await client.post("/console/login", data={"token": token, "csrf": hidden(form.text)})
+
+
+@pytest.mark.parametrize("policy_overrides", [SIGN_IN_LIMITS])
+async def test_sign_in_is_refused_with_429_after_too_many_failures_per_client_and_on_the_whole_console(
+    policy: PolicyService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    guesses = [f"guess-{n}-abcdefghijklmnopqrstuvwxyz" for n in range(9)]
+    # A client that failed three times is refused, the right token too, and told how long to wait
+    for guess in guesses[:3]:
+        assert (await try_sign_in(policy, "192.0.2.10", guess)).status_code == 401
+    refused = await try_sign_in(policy, "192.0.2.10", OPERATOR_TOKEN)
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["retry-after"]) <= 3600
+    assert "Too many failed sign-ins from your address: try again in" in text(refused.text)
+    assert not [c for c in refused.headers.get_list("set-cookie") if c.startswith(f"{COOKIE}=")]
+    assert 'type="password"' in refused.text  # the form is still there, for later
+    # Another address signs in
+    assert (await try_sign_in(policy, "192.0.2.11", OPERATOR_TOKEN)).status_code == 303
+    # An IPv6 client's failures count against its /64, whichever address in it it uses
+    assert (await try_sign_in(policy, "2001:db8:1:2::1", guesses[3])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::1", guesses[4])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::99", guesses[5])).status_code == 401
+    assert (await try_sign_in(policy, "2001:db8:1:2::7", VIEWER_TOKEN)).status_code == 429
+    assert (await try_sign_in(policy, "2001:db8:1:3::7", VIEWER_TOKEN)).status_code == 303
+    # A right token forgives the client's own failures; the ninth failure anywhere stops everyone
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[6])).status_code == 401
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[7])).status_code == 401
+    assert (await try_sign_in(policy, "198.51.100.1", OPERATOR_TOKEN)).status_code == 303
+    assert (await try_sign_in(policy, "198.51.100.1", guesses[8])).status_code == 401
+    everyone = await try_sign_in(policy, "198.51.100.2", OPERATOR_TOKEN)
+    assert everyone.status_code == 429
+    assert "sign-in is paused for everyone" in text(everyone.text)
+    # Every attempt is in the log with where it came from, never with a token or a part of one
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("unknown token" in m and "192.0.2.10" in m for m in logged)
+    assert any("now refused to 192.0.2.10" in m for m in logged)
+    assert any("now refused to 2001:db8:1:2::/64" in m for m in logged)
+    assert any("now refused to everyone" in m for m in logged)
+    assert any("sign-in by otto (operator) from 192.0.2.11" in m for m in logged)
+    for secret in [*guesses, OPERATOR_TOKEN, VIEWER_TOKEN]:
+        for record in caplog.records:
+            assert secret[:12] not in record.getMessage()
+            assert secret[:12] not in repr(record.args)

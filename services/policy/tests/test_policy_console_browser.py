@@ -24,16 +24,18 @@ TABLET: ViewportSize = {"width": 820, "height": 1180}
 VIEWER_TOKEN = "viewer-token-for-tests-0123456789"
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
 QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]
+ScannersHeld = Callable[[int], Awaitable[list[uuid.UUID]]]
+TOKENS = [
+    {"name": "vera", "role": "viewer", "token": VIEWER_TOKEN},
+    {"name": "otto", "role": "operator", "token": OPERATOR_TOKEN},
+]
+# The breaker trips at the second automatic enforcement: the next cases are held.
+TRIPS_AT_ONCE = {"operator_tokens": TOKENS, "breaker_global_limit": 1}
 
 
 @pytest.fixture
 def policy_overrides() -> dict[str, object]:
-    return {
-        "operator_tokens": [
-            {"name": "vera", "role": "viewer", "token": VIEWER_TOKEN},
-            {"name": "otto", "role": "operator", "token": OPERATOR_TOKEN},
-        ]
-    }
+    return {"operator_tokens": TOKENS}
 
 
 @pytest.fixture
@@ -96,11 +98,45 @@ async def test_an_operator_releases_a_case_without_javascript_and_a_viewer_canno
         await context.close()
 
 
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
+async def test_an_operator_drops_a_held_case_from_the_breaker_page_without_javascript(
+    policy: PolicyService,
+    browser: Browser,
+    quarantine_device: QuarantineDevice,
+    scanners_held: ScannersHeld,
+) -> None:
+    await quarantine_device("100.64.0.43", "02:00:00:00:00:43")
+    kept, dropped = await scanners_held(2)
+    async with serving(policy.http_app) as port:
+        base = f"http://127.0.0.1:{port}"
+        context = await browser.new_context(viewport=TABLET, java_script_enabled=False)
+        page = await context.new_page()
+        await sign_in(page, base, OPERATOR_TOKEN)
+        await page.get_by_role("link", name="Breaker").click()
+        await page.locator(f'input[name="case_id"][value="{dropped}"]').check()
+        await page.get_by_label("Reason for enforcing or dropping them").fill("the IDS rule misfired")
+        await page.get_by_role("button", name="Drop").click()
+        await page.wait_for_url("**/console/breaker?done=dropped")
+        held = await page.inner_text("#held-table")
+        assert str(kept) in await page.inner_html("#held-table")
+        assert str(dropped) not in await page.inner_html("#held-table")
+        assert "1 shown of 1" in held
+        await page.goto(f"{base}/console/cases/{dropped}")
+        assert "released" in await page.inner_text("#state")
+        assert "the IDS rule misfired" in await page.inner_text("#timeline")
+        await context.close()
+
+
+@pytest.mark.parametrize("policy_overrides", [TRIPS_AT_ONCE])
 async def test_every_console_page_passes_axe_at_desktop_and_tablet_sizes(
-    policy: PolicyService, browser: Browser, quarantine_device: QuarantineDevice
+    policy: PolicyService,
+    browser: Browser,
+    quarantine_device: QuarantineDevice,
+    scanners_held: ScannersHeld,
 ) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     case_id = await quarantine_device("100.64.0.42", "02:00:00:00:00:42")
+    (held,) = await scanners_held(1)  # the breaker page lists it, with the forms to enforce or drop it
     async with serving(policy.http_app) as port:
         base = f"http://127.0.0.1:{port}"
         pages = {
@@ -111,6 +147,7 @@ async def test_every_console_page_passes_axe_at_desktop_and_tablet_sizes(
             "quarantine": "/console/quarantine",
             "allowlist": "/console/allowlist",
             "breaker": "/console/breaker",
+            "held-case": f"/console/cases/{held}",
             "error": f"/console/cases/{uuid.uuid4()}",
         }
         for size in (DESKTOP, TABLET):

@@ -7,6 +7,7 @@ listeners are real sockets, and TLS is verified against a CA made like the lab's
 
 from __future__ import annotations
 
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from lazaretto_lab.tls import make_portal_certificates
 from portal.app import PortalService, build
 from portal.captive import CaptiveCheck, original_url
 from portal.catchall import build_catch_all
+from portal.listeners import Listener
 from portal.policy_client import PolicyClient, PolicyUnavailable, VisitorCase
 from portal.probes import match_probe, normal_host
 from portal.settings import PortalSettings
@@ -291,10 +293,22 @@ async def test_tls_and_catch_all_listeners_serve_the_portal_name(amqp_url: str, 
                 await device.get(f"https://127.0.0.1:{tls.port}/", extensions={"sni_hostname": "other.test"})
         async with httpx.AsyncClient() as browser:
             landed = await browser.head(f"http://127.0.0.1:{catch_all.port}/x", headers={"Host": "a.test"})
+            # The connection the listener accepted (kept alive) sends its answers without Nagle's delay
+            assert nodelay_of_accepted(catch_all) == [1]
         assert landed.status_code == 302
         assert landed.headers["location"].startswith(PORTAL)
     finally:
         await service.stop()
+
+
+def nodelay_of_accepted(listener: Listener) -> list[int]:
+    """TCP_NODELAY of each connection the listener's server holds open now."""
+    server = listener._server  # the accepted sockets are only reachable through its server
+    assert server is not None
+    return [
+        connection.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        for connection in server.server_state.connections
+    ]
 
 
 def test_a_tls_port_without_certificate_and_key_is_refused_at_start(amqp_url: str) -> None:

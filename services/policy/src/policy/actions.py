@@ -13,7 +13,7 @@ from typing import Any
 from lazaretto_core.contracts import RELEASING_STATES, utcnow
 from lazaretto_core.errors import RetryLater
 
-from . import audit, commands, desk, ladder, store
+from . import audit, commands, desk, flow, ladder, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfReleaseAllowance
@@ -151,3 +151,41 @@ async def extend(
             conn, f"case:{case_id}", "operator_extend", principal.actor, {**principal.audit(), **detail}
         )
     return case, terms
+
+
+@dataclass(frozen=True)
+class HeldMoved:
+    """What became of the held cases an operator enforced or dropped: those moved, and those skipped
+    because they were (no longer) held — another operator was quicker, or the id was wrong."""
+
+    moved: list[uuid.UUID]
+    skipped: list[uuid.UUID]
+
+
+async def move_held(
+    work: CaseWork,
+    case_ids: list[uuid.UUID] | None,
+    reason: str,
+    principal: Principal,
+    *,
+    enforce: bool,
+) -> HeldMoved:
+    """Enforce held cases now (the garden, then the modem reset, as the rules decided) or drop them
+    (nothing was applied, so they close as released); `case_ids` None: every held case. Each move is a
+    transition by the principal, with the reason, in the case's audit chain."""
+    if case_ids is None:
+        async with work.uow.read() as conn:
+            rows = await conn.fetch("SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL")
+        case_ids = [r["case_id"] for r in rows]
+    moved: list[uuid.UUID] = []
+    skipped: list[uuid.UUID] = []
+    for case_id in case_ids:
+        async with work.uow() as conn:  # one unit of work per case: a failure leaves the rest done
+            case = await store.lock_case(conn, case_id)
+            if case is None or case.state != "held":
+                skipped.append(case_id)
+                continue
+            outcome = flow.opened() if enforce else flow.held_released()
+            await work.apply(conn, case, outcome, principal.actor, {**principal.audit(), "reason": reason})
+            moved.append(case_id)
+    return HeldMoved(moved, skipped)

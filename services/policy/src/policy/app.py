@@ -38,6 +38,7 @@ from .casework import CaseWork
 from .commands import SelfReleaseAllowance, expire_due
 from .console import ConsoleDeps, install_console
 from .console.sessions import SessionSigner
+from .console.throttle import SignInThrottle
 from .guard import Guard
 from .guard_api import install_guard_api
 from .handlers import PolicyHandlers
@@ -178,6 +179,11 @@ def console_deps(
         tokens=tokens,
         limits=limits,
         signer=SessionSigner(key or secrets.token_bytes(32), settings.console_session_ttl),
+        throttle=SignInThrottle(
+            settings.console_signin_failures_per_client,
+            settings.console_signin_failures_global,
+            settings.console_signin_window,
+        ),
         dlq_depth=bus.message_count,
         dlq_queues=settings.console_dlq_queues,
     )

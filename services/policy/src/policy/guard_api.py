@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from lazaretto_core.contracts import AllowlistEffect, AllowlistKind, utcnow
 from lazaretto_core.http import max_body
 
-from . import allowlist, audit, flow, guard, report_intake, store
+from . import actions, allowlist, audit, guard, report_intake
 from .breaker import BreakerLimits
 from .casework import CaseWork
 from .roles import Principal, RoleGuard, TokenBook
@@ -135,26 +135,13 @@ def install_guard_api(
         return await _move_held(request, principal, enforce=True)
 
     async def _move_held(request: HeldRequest, principal: Principal, *, enforce: bool) -> dict[str, Any]:
-        async with work.uow.read() as conn:
-            ids = request.case_ids or [
-                r["case_id"]
-                for r in await conn.fetch(
-                    "SELECT case_id FROM cases WHERE state = 'held' AND closed_at IS NULL"
-                )
-            ]
-        moved: list[str] = []
-        skipped: list[str] = []
-        for case_id in ids:
-            async with work.uow() as conn:  # one unit of work per case: a failure leaves the rest done
-                case = await store.lock_case(conn, case_id)
-                if case is None or case.state != "held":
-                    skipped.append(str(case_id))
-                    continue
-                outcome = flow.opened() if enforce else flow.held_released()
-                detail = {**principal.audit(), "reason": request.reason}
-                await work.apply(conn, case, outcome, principal.actor, detail)
-                moved.append(str(case_id))
-        return {"enforced" if enforce else "released": moved, "skipped": skipped}
+        # An empty list, like none, means every held case (as this API always took it).
+        ids = request.case_ids or None
+        done = await actions.move_held(work, ids, request.reason, principal, enforce=enforce)
+        return {
+            "enforced" if enforce else "released": [str(c) for c in done.moved],
+            "skipped": [str(c) for c in done.skipped],
+        }
 
     @viewer.get("/audit/verify")
     async def verify_audit(

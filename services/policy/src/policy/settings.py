@@ -88,6 +88,11 @@ class PolicySettings(ServiceSettings):
     # a random key per start, so a restart signs everyone out), and how long a sign-in lasts (seconds).
     console_secret: SecretStr | None = None
     console_session_ttl: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    # Failed console sign-ins (unknown tokens) taken per client address (an IPv6 client's /64) and from
+    # everyone together within `console_signin_window` seconds; past either, sign-in answers 429.
+    console_signin_failures_per_client: int = Field(default=10, ge=1, le=10_000)
+    console_signin_failures_global: int = Field(default=100, ge=1, le=1_000_000)
+    console_signin_window: int = Field(default=300, ge=1, le=86400)
     # The dead-letter queues whose depth the console's overview shows.
     console_dlq_queues: tuple[str, ...] = (
         "lazaretto.policy.main.dlq",

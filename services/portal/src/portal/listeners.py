@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from lazaretto_core.http import tcp_listener
 from lazaretto_core.slow_clients import head_deadline_protocol
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class Listener:
         config.load()  # reads the certificate and key: a bad file fails here
         if config.ssl is not None:
             config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._socket = socket.create_server((self.host, self.port), family=family, backlog=config.backlog)
+        # TCP_NODELAY on every connection it accepts (see tcp_listener): no answer waits for a delayed ACK.
+        self._socket = tcp_listener(self.host, self.port, backlog=config.backlog)
         self.port = self._socket.getsockname()[1]
         self._server = uvicorn.Server(config)
         # What Server.serve() does before startup(), without taking over the process's signals.

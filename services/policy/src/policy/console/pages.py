@@ -4,7 +4,10 @@ timeline, and the operator actions, each through the same functions the admin AP
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,12 +28,25 @@ from policy.roles import Principal, Role, TokenBook
 from . import queries
 from .rendering import STATIC, Renderer
 from .sessions import COOKIE, LOGIN_COOKIE, Session, SessionSigner, csrf_matches
+from .throttle import Limited, SignInThrottle, client_key
+
+log = logging.getLogger(__name__)
 
 # Every form is small: a body over this is refused before it is parsed (RequestGate).
 FORM_LIMIT = 16 * 1024
 REASON_MAX = 500
 # What the extend form offers (seconds), as an operator thinks of it.
 EXTEND_CHOICES = {3600: "1 hour", 86400: "1 day", 3 * 86400: "3 days", 7 * 86400: "7 days"}
+# How long an allowlist entry may last, as the add form offers it (seconds; 0: until removed).
+EXPIRY_CHOICES = {
+    0: "never",
+    86400: "1 day",
+    7 * 86400: "7 days",
+    30 * 86400: "30 days",
+    90 * 86400: "90 days",
+}
+# How often the overview reloads itself when asked to (seconds).
+LIVE_S = 30
 # The message a redirect after an action shows (a fixed text per key: nothing from the URL is echoed).
 DONE = {
     "released": "The case is being released.",
@@ -39,6 +55,9 @@ DONE = {
     "allow-added": "The allowlist entry was added.",
     "allow-removed": "The allowlist entry was removed.",
     "resumed": "Automatic enforcement was resumed.",
+    "enforced": "The held case(s) are being enforced: the garden, then the modem reset.",
+    "dropped": "The held case(s) were dropped: nothing had been applied, they are closed as released.",
+    "partly": "Done for the cases still held; the others were no longer held and were left as they are.",
 }
 # Every console route (method, path), for the security tests; a test checks the app serves exactly these.
 ROUTES = (
@@ -50,6 +69,8 @@ ROUTES = (
     ("GET", "/console/cases/{case_id}"),
     ("POST", "/console/cases/{case_id}/release"),
     ("POST", "/console/cases/{case_id}/extend"),
+    ("POST", "/console/cases/{case_id}/enforce"),
+    ("POST", "/console/cases/{case_id}/drop"),
     ("GET", "/console/quarantine"),
     ("POST", "/console/quarantine"),
     ("GET", "/console/allowlist"),
@@ -57,7 +78,10 @@ ROUTES = (
     ("POST", "/console/allowlist/{entry_id}/remove"),
     ("GET", "/console/breaker"),
     ("POST", "/console/breaker/resume"),
+    ("POST", "/console/breaker/held"),
 )
+# What enforcing or dropping held cases is called in the forms, and the message shown after it.
+HELD_DONE = {"enforce": "enforced", "drop": "dropped"}
 PUBLIC = {("GET", "/console/login"), ("POST", "/console/login"), ("GET", "/console/static/console.css")}
 
 
@@ -75,6 +99,7 @@ class ConsoleDeps:
     tokens: TokenBook
     limits: BreakerLimits
     signer: SessionSigner
+    throttle: SignInThrottle
     dlq_depth: Callable[[str], Awaitable[int | None]]
     dlq_queues: tuple[str, ...]
 
@@ -146,8 +171,12 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
 
     @router.get("/login")
     async def login_form(request: Request) -> Response:
+        return sign_in_form(request, 200, None)
+
+    def sign_in_form(request: Request, status: int, problem: str | None) -> HTMLResponse:
+        """The form with a fresh nonce in its double-submit cookie."""
         nonce = secrets.token_urlsafe(24)
-        answer = page(request, None, "login.html", login_csrf=nonce, problem=None)
+        answer = page(request, None, "login.html", status, login_csrf=nonce, problem=problem)
         _set_cookie(request, answer, LOGIN_COOKIE, nonce, max_age=3600)
         return answer
 
@@ -159,14 +188,29 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         if not csrf_matches(request.cookies.get(LOGIN_COOKIE, ""), given):
             answer = page(request, None, "error.html", 403, message="The sign-in form expired: try again.")
             return answer
+        # Nothing here ever logs the token, nor a part of it: only where the attempt came from.
+        client = client_key(request.client.host if request.client else None)
+        now = time.monotonic()
+        limited = deps.throttle.check(client, now)
+        if limited is not None:  # refused before the token is looked at: no guess is answered
+            log.info("console sign-in from %s refused: too many failed sign-ins", client)
+            answer = sign_in_form(request, 429, _too_many(limited))
+            answer.headers["Retry-After"] = str(limited.retry_after_s)
+            return answer
         found = deps.tokens.identify(f"Bearer {token}") if token.isascii() and token.isprintable() else None
         if found is None:
-            nonce = secrets.token_urlsafe(24)
-            answer = page(
-                request, None, "login.html", 401, login_csrf=nonce, problem="That token is not known."
-            )
-            _set_cookie(request, answer, LOGIN_COOKIE, nonce, max_age=3600)
-            return answer
+            deps.throttle.failed(client, now)
+            log.warning("console sign-in from %s with an unknown token", client)
+            reached = deps.throttle.check(client, now)
+            if reached is not None:  # this failure reached a limit: said once, not at every refusal
+                log.warning(
+                    "console sign-in now refused to %s for %d s: too many failed sign-ins",
+                    "everyone" if reached.everyone else client,
+                    reached.retry_after_s,
+                )
+            return sign_in_form(request, 401, "That token is not known.")
+        deps.throttle.succeeded(client)
+        log.info("console sign-in by %s (%s) from %s", found[0], found[1], client)
         _, value = deps.signer.issue(*found)
         signed_in = RedirectResponse("/console/", status_code=303)
         _set_cookie(request, signed_in, COOKIE, value, max_age=deps.signer.ttl_s)
@@ -190,7 +234,12 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                 depths.append((queue, "not declared" if depth is None else str(depth)))
             except (OSError, ConnectionError, TimeoutError) as exc:
                 depths.append((queue, f"unavailable ({type(exc).__name__})"))
-        return page(request, session, "overview.html", facts=facts, depths=depths)
+        live = request.query_params.get("live") == "1"
+        context: dict[str, Any] = {"facts": facts, "depths": depths, "live": live, "every": LIVE_S}
+        answer = page(request, session, "overview.html", now=utcnow(), **context)
+        if live:  # reloaded by the browser itself (no JavaScript); the page links to the still one
+            answer.headers["Refresh"] = str(LIVE_S)
+        return answer
 
     async def search(request: Request, session: Session) -> Response:
         text = request.query_params.get("q", "")[:100]
@@ -288,7 +337,14 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
     async def allowlist_page(request: Request, session: Session) -> Response:
         async with work.uow.read() as conn:
             entries = await allowlist.entry_details(conn)
-        return page(request, session, "allowlist.html", entries=entries, csrf=session.csrf)
+        return page(
+            request,
+            session,
+            "allowlist.html",
+            entries=entries,
+            csrf=session.csrf,
+            expiry_choices=EXPIRY_CHOICES,
+        )
 
     async def allowlist_add(request: Request, session: Session, fields: dict[str, str]) -> Response:
         kind = fields.get("kind", "")
@@ -299,6 +355,10 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         owner = fields.get("owner", "").strip()
         if not 1 <= len(value) <= 64 or not 1 <= len(owner) <= 128:
             raise Refusal(422, "Give the value (at most 64 characters) and its owner (at most 128).")
+        lasts = fields.get("expires_in_s", "0")
+        if not lasts.isdigit() or int(lasts) not in EXPIRY_CHOICES:
+            raise Refusal(422, "Choose how long the entry lasts.")
+        expires_at = utcnow() + timedelta(seconds=int(lasts)) if int(lasts) else None
         who = principal(request, session)
         try:
             async with work.uow() as conn:
@@ -310,7 +370,7 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                     subscriber_class=None,
                     owner=owner,
                     reason=_reason(fields),
-                    expires_at=None,
+                    expires_at=expires_at,
                     actor=who.actor,
                     audit_detail=who.audit(),
                 )
@@ -346,6 +406,37 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             raise Refusal(404, "No tripped scope to resume" + (f" named {scope}." if scope else "."))
         return RedirectResponse("/console/breaker?done=resumed", status_code=303)
 
+    async def move_held(
+        request: Request, session: Session, case_ids: list[uuid.UUID] | None, decision: str, reason: str
+    ) -> str:
+        """Enforce or drop held cases the admin API's way; the `done` key of the page to show."""
+        done = await actions.move_held(
+            work, case_ids, reason, principal(request, session), enforce=decision == "enforce"
+        )
+        if not done.moved:
+            raise Refusal(409, "None of these cases is held any more: nothing was done.")
+        return "partly" if done.skipped else HELD_DONE[decision]
+
+    async def held_cases(request: Request, session: Session, fields: dict[str, str]) -> Response:
+        decision = fields.get("decision", "")
+        if decision not in HELD_DONE:
+            raise Refusal(422, "Choose to enforce or to drop the held cases.")
+        every = fields.get("all") == "yes"
+        chosen = (await request.form()).getlist("case_id")  # the form is read once, then kept
+        if every == bool(chosen):
+            raise Refusal(422, "Tick the held cases to act on, or every held case (not both).")
+        ids = None if every else [_uuid(str(c), "held case") for c in chosen]
+        key = await move_held(request, session, ids, decision, _reason(fields))
+        return RedirectResponse(f"/console/breaker?done={key}", status_code=303)
+
+    def held_case(decision: str) -> Callable[[Request, Session, dict[str, str]], Awaitable[Response]]:
+        async def act(request: Request, session: Session, fields: dict[str, str]) -> Response:
+            case_id = _case_id(request)
+            key = await move_held(request, session, [case_id], decision, _reason(fields))
+            return RedirectResponse(f"/console/cases/{case_id}?done={key}", status_code=303)
+
+        return act
+
     async def stylesheet() -> FileResponse:
         return FileResponse(
             STATIC / "console.css", media_type="text/css", headers={"Cache-Control": "no-cache"}
@@ -370,6 +461,9 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         "/allowlist": ("admin", allowlist_add),
         "/allowlist/{entry_id}/remove": ("admin", allowlist_remove),
         "/breaker/resume": ("operator", resume),
+        "/breaker/held": ("operator", held_cases),
+        "/cases/{case_id}/enforce": ("operator", held_case("enforce")),
+        "/cases/{case_id}/drop": ("operator", held_case("drop")),
     }
     for path, (role, post) in posts.items():
         router.add_api_route(path, max_body(FORM_LIMIT)(action(role, post)), methods=["POST"])
@@ -390,6 +484,17 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, *, 
         samesite="strict",
         secure=request.url.scheme == "https",
     )
+
+
+def _too_many(limited: Limited) -> str:
+    minutes = math.ceil(limited.retry_after_s / 60)
+    wait = f"{limited.retry_after_s} seconds" if limited.retry_after_s < 120 else f"{minutes} minutes"
+    if limited.everyone:
+        return (
+            f"Too many failed sign-ins on this console: sign-in is paused for everyone for {wait}."
+            " The admin API and the lazaretto command still take your token."
+        )
+    return f"Too many failed sign-ins from your address: try again in {wait}."
 
 
 def _reason(fields: dict[str, str]) -> str:

@@ -17,6 +17,8 @@ from policy.reference import normalize_reference
 from policy.store import Case
 
 SEARCH_LIMIT = 200
+# The states a case reaches once its garden applied: the modem reset next, or quarantined at once.
+GARDEN_IN_EFFECT = ("modem_reset_requested", "quarantined")
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,10 @@ class Entry:
     what: str
     who: str
     detail: dict[str, Any]
+    took_s: float | None = None  # a step's outcome: how long after the step was asked for
 
 
-def _event_entry(event: dict[str, Any]) -> Entry:
+def _event_entry(event: dict[str, Any], took_s: float | None = None) -> Entry:
     detail = dict(event["detail"])
     moved = event["from_state"] != event["to_state"]
     if moved:
@@ -117,10 +120,42 @@ def _event_entry(event: dict[str, Any]) -> Entry:
         kind = "reset"
     elif str(event["actor"]).startswith(("operator:", "admin:", "viewer:")):
         kind = "operator"
-    return Entry(event["at"], kind, what, str(event["actor"]), detail)
+    return Entry(event["at"], kind, what, str(event["actor"]), detail, took_s)
 
 
-async def timeline(conn: Connection, case_id: uuid.UUID) -> list[Entry]:
+def step_durations(events: list[dict[str, Any]]) -> list[float | None]:
+    """For each transition, oldest first: if it left a state that waits for a step's outcome (garden
+    or modem reset requested, release requested...), the seconds since that state was entered. Pure."""
+    entered: dict[str, datetime] = {}
+    took: list[float | None] = []
+    for event in events:
+        left, now = event["from_state"], event["at"]
+        waited = left in entered and left != event["to_state"] and str(left).endswith("_requested")
+        took.append((now - entered[left]).total_seconds() if waited else None)
+        if event["to_state"] != left:
+            entered[event["to_state"]] = now
+    return took
+
+
+def garden_delay(observations: list[dict[str, Any]], events: list[dict[str, Any]]) -> float | None:
+    """Seconds from the case's first alert (its earliest evidence) to the garden in effect (the first
+    move past the garden step: to the modem reset, or straight to quarantined without a modem), or
+    None if it never was. Pure."""
+    firsts = [o["first_seen"] for o in observations if o["first_seen"] is not None]
+    applied = next((e["at"] for e in events if e["to_state"] in GARDEN_IN_EFFECT), None)
+    if not firsts or applied is None:
+        return None
+    delay: float = (applied - min(firsts)).total_seconds()
+    return delay
+
+
+@dataclass(frozen=True)
+class Timeline:
+    entries: list[Entry]
+    garden_in_effect_s: float | None  # after the first alert
+
+
+async def timeline(conn: Connection, case_id: uuid.UUID) -> Timeline:
     """Observations (with the rule that decided them), every transition and step outcome (resets with
     their timings) and appeals, oldest first."""
     observations = await conn.fetch(
@@ -144,12 +179,14 @@ async def timeline(conn: Connection, case_id: uuid.UUID) -> list[Entry]:
         )
         for o in observations
     ]
-    entries += [_event_entry(e) for e in await store.case_history(conn, case_id)]
+    events = await store.case_history(conn, case_id)
+    entries += [_event_entry(e, took) for e, took in zip(events, step_durations(events), strict=True)]
     entries += [
         Entry(a["at"], "appeal", "appeal filed", f"subscriber:{a['client_ip']}", {"message": a["message"]})
         for a in await appeals.case_appeals(conn, case_id)
     ]
-    return sorted(entries, key=lambda e: e.at)
+    delay = garden_delay([dict(o) for o in observations], events)
+    return Timeline(sorted(entries, key=lambda e: e.at), delay)
 
 
 async def audit_entries(conn: Connection, case_id: uuid.UUID) -> list[dict[str, Any]]:
