@@ -37,3 +37,37 @@ def test_scoped_addresses_are_refused(given: str) -> None:
         observed(given)
     with pytest.raises(pydantic.ValidationError):
         ReleaseRequested.model_validate({**ReleaseRequested.example, "client_ip": given})
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "10.0.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        " 192.168.1.20 ",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..2.3",
+        "1.2.3.-4",
+        "1.2.3.+4",
+        "1.2.3.٣",
+        "1.2.3.4 5",
+        "1.2.3.0x4",
+        "1.2.3.1000",
+    ],
+)
+def test_the_ipv4_fast_path_answers_as_ipaddress_does(given: str) -> None:
+    import ipaddress
+
+    try:
+        expected: str | None = str(ipaddress.ip_address(given.strip()))
+    except ValueError:
+        expected = None
+    try:
+        answered: str | None = normalize_ip(given)
+    except ValueError:
+        answered = None
+    assert answered == expected

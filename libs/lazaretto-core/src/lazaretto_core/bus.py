@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge
 
 from . import tracing
+from .bus_acks import AckBatcher
 from .bus_queues import (
     QueueType,
     QueueTypeMismatch,
@@ -119,6 +120,7 @@ class Bus:
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self.last_progress = time.monotonic()
         self._watchers: list[asyncio.Task[None]] = []
+        self._acks = AckBatcher()
         self._renew_lock = asyncio.Lock()
 
     @property
@@ -171,6 +173,7 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._watchers.clear()
+        await self._acks.drain()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -390,7 +393,8 @@ class Bus:
             MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
         else:
             MESSAGES_HANDLED.labels(queue, "ok").inc()
-        await incoming.ack()
+        # Acked with the others that finished in this turn of the loop (bus_acks: one frame for many).
+        self._acks.finished(incoming)
         self.last_progress = time.monotonic()
 
     def _copy(

@@ -40,13 +40,25 @@ def normalize_mac(value: str) -> str:
 def normalize_ip(value: str) -> str:
     """One spelling per host: `::ffff:a.b.c.d` is the IPv4 address; a scoped IPv6 address
     (`fe80::1%eth0`) names a link of some machine, not a subscriber, and is refused."""
-    ip = ipaddress.ip_address(value.strip())
+    value = value.strip()
+    if _is_canonical_ipv4(value):
+        return value  # what ipaddress would answer, without making an address of it (once a message)
+    ip = ipaddress.ip_address(value)
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id is not None:
             raise ValueError(f"scoped IPv6 address: {value!r}")
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def _is_canonical_ipv4(value: str) -> bool:
+    """Four decimal octets, 0-255, without leading zeros: its own canonical spelling."""
+    octets = value.split(".")
+    return len(octets) == 4 and all(
+        0 < len(o) <= 3 and o.isascii() and o.isdigit() and (o == "0" or o[0] != "0") and int(o) <= 255
+        for o in octets
+    )
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]

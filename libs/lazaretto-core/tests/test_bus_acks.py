@@ -1,0 +1,63 @@
+"""The ack batcher's choice of frames (pure logic; test_bus.py runs it against RabbitMQ)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lazaretto_core.bus_acks import AckBatcher
+
+
+class FakeDelivery:
+    def __init__(self, channel: object, tag: int, sent: list[tuple[int, bool]]) -> None:
+        self.channel = channel
+        self.delivery_tag: int | None = tag
+        self._sent = sent
+
+    async def ack(self, multiple: bool = False) -> None:
+        self._sent.append((self.delivery_tag or 0, multiple))
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_a_run_of_finished_deliveries_is_one_multiple_ack() -> None:
+    sent: list[tuple[int, bool]] = []
+    acks, channel = AckBatcher(), object()
+    for tag in range(1, 201):
+        acks.finished(FakeDelivery(channel, tag, sent))
+    await settle()
+    assert sent == [(200, True)]
+
+
+async def test_a_delivery_still_in_its_handler_is_not_covered() -> None:
+    sent: list[tuple[int, bool]] = []
+    acks, channel = AckBatcher(), object()
+    for tag in (1, 2, 4, 5):
+        acks.finished(FakeDelivery(channel, tag, sent))
+    await settle()
+    # 3 is still being handled: 1-2 together, 4 and 5 each alone (never a multiple ack over 3).
+    assert sent == [(2, True), (4, False), (5, False)]
+    acks.finished(FakeDelivery(channel, 3, sent))
+    acks.finished(FakeDelivery(channel, 6, sent))
+    await settle()
+    assert sent[3:] == [(6, True)]  # 3 and 6; 4 and 5 were acked already
+
+
+async def test_channels_count_their_own_tags() -> None:
+    sent: list[tuple[int, bool]] = []
+    acks, first, second = AckBatcher(), object(), object()
+    acks.finished(FakeDelivery(first, 1, sent))
+    acks.finished(FakeDelivery(second, 1, sent))
+    acks.finished(FakeDelivery(second, 2, sent))
+    await settle()
+    assert sorted(sent) == [(1, False), (2, True)]
+
+
+async def test_drain_sends_what_waits() -> None:
+    sent: list[tuple[int, bool]] = []
+    acks = AckBatcher()
+    acks.finished(FakeDelivery(object(), 1, sent))
+    await acks.drain()
+    assert sent == [(1, False)]
