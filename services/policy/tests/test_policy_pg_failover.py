@@ -108,7 +108,7 @@ async def test_policy_loses_no_decision_when_the_primary_dies_and_the_standby_is
         first = SUBSCRIBERS // 3
         for ip, _ in subscribers[:first]:
             await detector.publish(scan_of(ip))
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(120 + SUBSCRIBERS):
             while len(garden_steps()) < first:
                 await asyncio.sleep(0.1)
         committed_before = set(garden_steps())
@@ -129,7 +129,7 @@ async def test_policy_loses_no_decision_when_the_primary_dies_and_the_standby_is
         await flood(subscribers[2 * first :])
 
         # then every subscriber has one case and one garden step, decided on the new primary,
-        async with asyncio.timeout(180):
+        async with asyncio.timeout(180 + SUBSCRIBERS):
             while len(garden_steps()) < SUBSCRIBERS:
                 await asyncio.sleep(0.2)
         await asyncio.sleep(3.0)  # room for a late duplicate to show
