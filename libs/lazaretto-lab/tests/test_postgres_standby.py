@@ -27,15 +27,18 @@ async def test_a_committed_row_survives_the_primarys_crash_and_the_url_follows_t
     url = standby.failover_url(primary.user, primary.password, "postgres")
     # Given the multi-host URL, the service reaches the primary (the standby is read-only and skipped).
     conn = await asyncpg.connect(url)
-    assert conn.get_settings().in_hot_standby == "off"
-    assert standby.sql("SELECT sync_state FROM pg_stat_replication", port=primary.port).strip() == "sync"
-    await conn.execute("CREATE TABLE decisions (id int PRIMARY KEY)")
-    await conn.execute("INSERT INTO decisions SELECT generate_series(1, 100)")
-    # When the primary is killed (no shutdown: its machine lost) and the standby promoted,
-    primary.kill()
-    with pytest.raises((asyncpg.PostgresConnectionError, ConnectionError, OSError)):
-        await conn.fetchval("SELECT 1")
-    conn.terminate()
+    try:
+        assert conn.get_settings().in_hot_standby == "off"
+        states = standby.sql("SELECT sync_state FROM pg_stat_replication", port=primary.port)
+        assert states.strip() == "sync"
+        await conn.execute("CREATE TABLE decisions (id int PRIMARY KEY)")
+        await conn.execute("INSERT INTO decisions SELECT generate_series(1, 100)")
+        # When the primary is killed (no shutdown: its machine lost) and the standby promoted,
+        primary.kill()
+        with pytest.raises((asyncpg.PostgresConnectionError, ConnectionError, OSError)):
+            await conn.fetchval("SELECT 1")
+    finally:
+        conn.terminate()
     assert standby.in_recovery()
     standby.promote()
     # then the same URL reaches the promoted standby, holding every committed row, and writable.

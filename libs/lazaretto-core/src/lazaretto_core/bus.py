@@ -69,6 +69,8 @@ DEAD_LETTERS_WAITING = Gauge(
     "Messages in a consumer's dead-letter queue, as the broker last counted them",
     ["queue"],
 )
+# Seconds a delivery whose retry or dead-letter copy the broker refused is held before it goes back.
+REQUEUE_PAUSE_SECONDS = 1.0
 # Seconds between two counts of a dead-letter queue's messages.
 DEAD_LETTER_POLL_SECONDS = 15.0
 
@@ -390,8 +392,10 @@ class Bus:
                 MESSAGES_HANDLED.labels(queue, "ok").inc()
         except PublishError as exc:
             # The broker would not take the copy (a quorum queue between leaders nacks): hand the
-            # delivery back rather than hold it unacked on this channel for as long as it lives.
+            # delivery back rather than hold it unacked on this channel for as long as it lives; after
+            # a pause, so a copy refused for good (its queue deleted by hand) is no tight requeue loop.
             log.warning("returning %s to %s: copy not confirmed (%s)", incoming.message_id, queue, exc)
+            await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
             await _settle(incoming.nack(requeue=True), incoming, queue)
             return
         await _settle(incoming.ack(), incoming, queue)

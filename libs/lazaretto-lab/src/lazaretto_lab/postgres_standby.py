@@ -2,7 +2,8 @@
 
 `LabStandby(primary)` copies the running primary with Debian's `pg_basebackup -R` (standby.signal and
 `primary_conninfo` written for it) into a temp dir of its own, starts it on its own loopback port as a hot
-standby streaming from the primary, and waits until the primary reports it `streaming`. `promote()` ends
+standby streaming from the primary, and waits until the primary reports it `streaming` (and `sync` when the
+primary was started with `synchronous_standby_names`). `promote()` ends
 recovery (`pg_ctl promote`): it becomes a read-write primary on the same port. `failover_url()` names both
 servers in one libpq multi-host URL with `target_session_attrs=read-write`, as a service is configured.
 """
@@ -87,8 +88,13 @@ class LabStandby(LabPeer):
     def _ready(self) -> bool:
         if not tcp_open(self.port):
             return False
-        states = self.sql("SELECT state FROM pg_stat_replication", port=self.primary.port)
-        return "streaming" in states.split()
+        # With synchronous replication asked for, ready means the primary counts this standby as its
+        # synchronous one (it reports `async` for a moment after streaming starts).
+        wanted = "sync" if self.primary.settings.get("synchronous_standby_names") else "async"
+        states = self.sql(
+            "SELECT state || ' ' || sync_state FROM pg_stat_replication", port=self.primary.port
+        )
+        return f"streaming {wanted}" in states.splitlines()
 
     def sql(self, query: str, *, port: int | None = None) -> str:
         """One query's unaligned output as the lab's superuser, on the standby (or on `port`)."""
