@@ -34,6 +34,7 @@ test: lint typecheck pytest
 # leader's node is killed, then two policy replicas on the cluster (`make test` runs a short flood).
 test-cluster: peers
 	LAZARETTO_CLUSTER_FLOOD=20000 $(UV) run --frozen pytest -q -s libs/lazaretto-core/tests/test_bus_cluster.py services/policy/tests/test_policy_cluster.py
+	LAZARETTO_PG_FAILOVER_FLOOD=1000 $(UV) run --frozen pytest -q -s services/policy/tests/test_policy_pg_failover.py
 
 # Faults (under 40 minutes here): 1,000 subscribers behind four lab CMTSes while each service is
 # SIGKILLed, PostgreSQL restarted, BIND down 30 s, 30% SNMP loss, Kea's database cut 20 s, two replicas

@@ -61,3 +61,15 @@ async def test_drain_sends_what_waits() -> None:
     acks.finished(FakeDelivery(object(), 1, sent))
     await acks.drain()
     assert sent == [(1, False)]
+
+
+async def test_a_nacked_delivery_does_not_stop_later_runs() -> None:
+    sent: list[tuple[int, bool]] = []
+    acks, channel = AckBatcher(), object()
+    acks.finished(FakeDelivery(channel, 1, sent))
+    # 2 was handed back with a nack by the bus itself: never acked here, and no longer in the way
+    acks.settled(FakeDelivery(channel, 2, sent))
+    for tag in (3, 4, 5):
+        acks.finished(FakeDelivery(channel, tag, sent))
+    await settle()
+    assert sent == [(5, True)]

@@ -5,7 +5,10 @@ holding queues whose TTL dead-letters back into `q`, and `q.dlq` for messages th
 handled. The ack policy lives in `dispatch.Dispatcher` (shared with the in-memory bus); this module carries
 its verdicts out: ack after the handler returned (its work is committed); a dead letter is copied to
 the DLQ with the reason; a retry is copied to the delay queue with the attempt counted in the
-`x-lazaretto-attempt` header. Only this module imports aio-pika (a ruff rule says so).
+`x-lazaretto-attempt` header. A copy goes out like any publish (confirmed, retried on a new channel
+when nacked); one the broker still refuses hands its delivery back (nack with requeue), and an ack
+whose channel died is left to the broker's redelivery. Only this module imports aio-pika (a ruff rule
+says so).
 
 Privileges (`bus_users`): every message carries `user_id` = this connection's login (the broker
 refuses any other), and the dispatcher checks it for commands. A copy this consumer puts in its own
@@ -21,7 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -67,6 +70,8 @@ DEAD_LETTERS_WAITING = Gauge(
     "Messages in a consumer's dead-letter queue, as the broker last counted them",
     ["queue"],
 )
+# Seconds a delivery whose retry or dead-letter copy the broker refused is held before it goes back.
+REQUEUE_PAUSE_SECONDS = 1.0
 # Seconds between two counts of a dead-letter queue's messages.
 DEAD_LETTER_POLL_SECONDS = 15.0
 
@@ -323,7 +328,7 @@ class Bus:
             key = id(incoming)
             in_flight[key] = time.monotonic()
             try:
-                await self._deliver(channel, queue, incoming)
+                await self._deliver(queue, incoming)
             finally:
                 del in_flight[key]
 
@@ -352,12 +357,7 @@ class Bus:
         arguments = main_queue_arguments(self.queue_type, dlq, self.max_attempts)
         return await _declare_queue(channel, queue, self.queue_type, arguments)
 
-    async def _deliver(
-        self,
-        channel: aio_pika.abc.AbstractChannel,
-        queue: str,
-        incoming: aio_pika.abc.AbstractIncomingMessage,
-    ) -> None:
+    async def _deliver(self, queue: str, incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
         self.last_progress = time.monotonic()
         headers = incoming.headers or {}
         publisher = incoming.user_id
@@ -379,20 +379,29 @@ class Bus:
             if mismatch is not None:
                 log.warning("dead-lettering %r from %s: %s", incoming.type, queue, mismatch)
             verdict = DeadLetter(mismatch) if mismatch else await self.dispatcher.dispatch(envelope, queue)
-        if isinstance(verdict, Retry):
-            copy = self._copy(incoming, publisher, {ATTEMPT_HEADER: verdict.attempt})
-            # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
-            target = retry_queue_name(queue, verdict.delay)
-            await channel.default_exchange.publish(copy, target, mandatory=True)
-            MESSAGES_HANDLED.labels(queue, "retried").inc()
-        elif isinstance(verdict, DeadLetter):
-            copy = self._copy(
-                incoming, publisher, {REASON_HEADER: verdict.reason[:1000], "x-lazaretto-queue": queue}
-            )
-            await channel.default_exchange.publish(copy, dead_letter_queue_name(queue), mandatory=True)
-            MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
-        else:
-            MESSAGES_HANDLED.labels(queue, "ok").inc()
+        try:
+            if isinstance(verdict, Retry):
+                copy = self._copy(incoming, publisher, {ATTEMPT_HEADER: verdict.attempt})
+                # Confirmed before the ack: a crash in between redelivers (a duplicate), never loses.
+                await self._publish_with_retry("", retry_queue_name(queue, verdict.delay), copy, True)
+                MESSAGES_HANDLED.labels(queue, "retried").inc()
+            elif isinstance(verdict, DeadLetter):
+                copy = self._copy(
+                    incoming, publisher, {REASON_HEADER: verdict.reason[:1000], "x-lazaretto-queue": queue}
+                )
+                await self._publish_with_retry("", dead_letter_queue_name(queue), copy, True)
+                MESSAGES_HANDLED.labels(queue, "dead_lettered").inc()
+            else:
+                MESSAGES_HANDLED.labels(queue, "ok").inc()
+        except PublishError as exc:
+            # The broker would not take the copy (a quorum queue between leaders nacks): hand the
+            # delivery back rather than hold it unacked on this channel for as long as it lives; after
+            # a pause, so a copy refused for good (its queue deleted by hand) is no tight requeue loop.
+            log.warning("returning %s to %s: copy not confirmed (%s)", incoming.message_id, queue, exc)
+            await asyncio.sleep(REQUEUE_PAUSE_SECONDS)
+            await _settle(incoming.nack(requeue=True), incoming, queue)
+            self._acks.settled(incoming)
+            return
         # Acked with the others that finished in this turn of the loop (bus_acks: one frame for many).
         self._acks.finished(incoming)
         self.last_progress = time.monotonic()
@@ -529,6 +538,24 @@ async def _connect_robust(urls: Sequence[str], app_id: str) -> aio_pika.abc.Abst
     return await aio_pika.connect_robust(
         urls[0], client_properties={"app_id": app_id}, reconnect_interval=1, connection_class=Failover
     )
+
+
+async def _settle(
+    answer: Awaitable[None], incoming: aio_pika.abc.AbstractIncomingMessage, queue: str
+) -> None:
+    """Send an ack or nack on the delivery's own channel. If that channel died meanwhile (its node or
+    connection went away; the robust connection restores a new one), the delivery tag means nothing
+    on any other channel: the broker already took the message back and redelivers it, and the
+    consumer's dedupe by id makes the second handling change nothing."""
+    try:
+        await answer
+    except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPConnectionError) as exc:
+        log.warning(
+            "%s from %s not settled, its channel closed (%s): the broker redelivers it",
+            incoming.message_id,
+            queue,
+            type(exc).__name__,
+        )
 
 
 def _nacked(exc: aio_pika.exceptions.DeliveryError) -> bool:

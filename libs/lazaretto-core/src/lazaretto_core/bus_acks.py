@@ -52,15 +52,24 @@ class AckBatcher:
         tag = delivery.delivery_tag
         if tag is None:  # no tag, nothing to ack (never the case on a consumer with acks)
             return
-        channel = delivery.channel
+        self._of(delivery.channel).finished[tag] = delivery
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def settled(self, delivery: Delivery) -> None:
+        """The delivery was answered another way (a nack, sent by the caller): later runs skip its tag."""
+        tag = delivery.delivery_tag
+        if tag is None:
+            return
+        self._of(delivery.channel).acked_alone.add(tag)
+
+    def _of(self, channel: object) -> _ChannelAcks:
         known = self._channels.get(id(channel))
         if known is None or known[0] is not channel:
             known = (channel, _ChannelAcks())
             self._channels[id(channel)] = known
-        known[1].finished[tag] = delivery
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+        return known[1]
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False  # a call scheduled earlier then finds nothing left to send

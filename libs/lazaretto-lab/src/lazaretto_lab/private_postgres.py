@@ -9,12 +9,14 @@ temp dir owned by the `postgres` account (initdb refuses root) and removed on `s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from .process import LabPeer, LabProcess, free_port, tcp_open
@@ -26,8 +28,11 @@ OS_USER = "postgres"
 class LabPostgres(LabPeer):
     ready_what = "accepting connections"
 
-    def __init__(self, user: str = "lazaretto_admin") -> None:
+    def __init__(self, user: str = "lazaretto_admin", settings: Mapping[str, str] | None = None) -> None:
         self.user = user
+        # Server settings given as `-c name=value` (e.g. synchronous replication); pg_basebackup does
+        # not copy them to a standby, so a promoted standby does not inherit them.
+        self.settings = dict(settings or {})
         self.password = secrets.token_urlsafe(18)
         self.port = 0
         self.root: Path | None = None
@@ -90,6 +95,8 @@ class LabPostgres(LabPeer):
             "-c",
             "fsync=off",  # a lab run: a host crash may lose it, a postgres crash may not (WAL stays on)
         ]
+        for name, value in self.settings.items():
+            argv += ["-c", f"{name}={value}"]
         return LabProcess("postgres", argv, self.root / "postgres.log")
 
     def _ready(self) -> bool:
@@ -128,13 +135,22 @@ class LabPostgres(LabPeer):
         self.start_again()
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and its backends, as an OOM kill would; `start_again()` recovers."""
+        """SIGKILL the postmaster and every backend at once, as losing the machine would (no shutdown,
+        no last WAL sent anywhere); `start_again()` recovers."""
         assert self.process is not None
+        postmaster = self._postmaster_pid()
+        # Each backend makes itself a process group leader (setsid), so the group kill misses them.
+        backends = _children(postmaster) if postmaster is not None else []
         os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in backends:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.popen.wait(30)
         self.process.stop()
-        # Backends outlive a killed postmaster briefly; the next start waits for them (its pid file).
+        # A restart would otherwise wait for the dead postmaster's pid and socket lock files.
         (self.data / "postmaster.pid").unlink(missing_ok=True)
+        assert self.root is not None
+        (self.root / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
 
     def start_again(self) -> None:
         self.process = self._postmaster()
@@ -144,3 +160,14 @@ class LabPostgres(LabPeer):
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
