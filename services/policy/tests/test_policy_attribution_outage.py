@@ -184,3 +184,27 @@ async def case_state(service: PolicyService, case_id: uuid.UUID) -> str | None:
 
 def applies(probe: BusProbe) -> list[GardenApply]:
     return [m for key, m, _ in probe.received if isinstance(m, GardenApply)]
+
+
+async def test_an_address_case_becomes_the_devices_once_the_cmts_lists_it_without_another_alert(
+    make_settings: Callable[..., PolicySettings], book: LeaseBook, probe: BusProbe, sender: Bus
+) -> None:
+    service = await build(make_settings(address_case_recheck_interval=0.2))
+    await service.start()
+    try:
+        await sender.publish(scan())
+        [by_address] = await probe.wait_for(GardenApply)
+        assert by_address.key_kind == "address"
+        # When the CMTS table lists the PC (and no other alert comes)
+        book.plug(CPE_MAC, CM_MAC, IP)
+        # Then policy finds it and applies the garden to the device, on the same case
+        second = (await probe.wait_for(GardenApply, count=2, timeout=60))[1]
+        assert (second.case_id, second.key_kind, second.cpe_mac) == (by_address.case_id, "cpe_mac", CPE_MAC)
+        async with service.pool.acquire() as conn:
+            events = await conn.fetch(
+                "SELECT detail->>'reason' AS reason FROM case_events WHERE case_id = $1 ORDER BY id",
+                by_address.case_id,
+            )
+        assert any("device identified at" in e["reason"] for e in events)
+    finally:
+        await service.stop()

@@ -100,6 +100,13 @@ class PolicyService:
             self.handlers.retry_pending_attributions,
             errors=(OSError, asyncpg.PostgresError),
         )
+        # Cases keyed by an address alone become their device's once a CMTS table lists it there.
+        self.loops.every(
+            "address-cases",
+            self.settings.address_case_recheck_interval,
+            self.handlers.adopt_address_cases,
+            errors=(OSError, asyncpg.PostgresError),
+        )
         # Delayed enforcement and expiry are stored: these loops pick them up after a restart too.
         self.loops.every("enforcements", 1.0, self.work.enforce_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))

@@ -25,6 +25,10 @@ class CaseStore(Protocol):
 
     async def lock_case(self, conn: Connection, case_id: uuid.UUID) -> Case | None: ...
 
+    async def open_address_cases(
+        self, conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+    ) -> list[Case]: ...
+
     async def rekey_case(
         self,
         conn: Connection,

@@ -132,11 +132,11 @@ class CaseWork:
         self, conn: Connection, attribution: Attribution, leases: DeviceLeases | None = None
     ) -> Case | None:
         """The open case keyed by `attribution.ip` alone (opened while no lease or CMTS table named a
-        device there), now that a CMTS table lists the device at that address: re-keyed to the device, so the device
-        never gets a second case for one address. A garden applied (or in flight) by address only is
-        applied again with the device's identity (its MAC; the modem reset follows, as for any device
-        case); a stale result of the earlier step is ignored (its step id no longer matches). None when
-        there is no such case, or the device has its own open case already (that one is fed)."""
+        device there), now that a CMTS table lists the device at that address: re-keyed to the
+        device, so it never gets a second case for one address. A garden applied (or in flight) by
+        address only is applied again with the device's identity (its MAC; the modem reset follows,
+        as for any device case); a stale result of the earlier step is ignored (its step id no longer
+        matches). None when there is no such case, or the device has its own open case already."""
         if attribution.found != "cmts":
             # Only a CMTS table listing a device at that (static) address names the same PC; a lease
             # there later is DHCP giving the address to another device, which must not inherit it.

@@ -114,6 +114,7 @@ class PolicyHandlers:
         self.max_observation_age = max_observation_age
         self.attribution_pending_alert_after = attribution_pending_alert_after
         self._pending_alerted_at: datetime | None = None
+        self._address_cases_after: tuple[datetime, uuid.UUID] | None = None
 
     async def on_abuse_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """Weigh the observation with the address's stored evidence under the rules in force; when a
@@ -331,6 +332,29 @@ class PolicyHandlers:
             decided += 1
         await self._report_waiting()
         return decided
+
+    async def adopt_address_cases(self, limit: int = 100) -> int:
+        """Look again at open cases keyed by an address alone (no lease and no CMTS table named a
+        device when they opened): once a CMTS table lists a device at that address, the case becomes
+        the device's (`CaseWork.adopt_address_case`) without waiting for another alert, so a later
+        alert feeds it instead of opening a second case. `limit` cases per turn, in pages."""
+        async with self.work.uow.read() as conn:
+            cases = await self.work.store.open_address_cases(conn, self._address_cases_after, limit)
+        self._address_cases_after = (cases[-1].opened_at, cases[-1].case_id) if len(cases) == limit else None
+        adopted = 0
+        for case in cases:
+            try:
+                visitor = await self.attributor.attribute(case.device_key)
+            except RetryLater as exc:
+                log.info("address cases not looked at again now: %s", exc)
+                self._address_cases_after = None
+                break
+            if visitor.found != "cmts":
+                continue
+            async with self.work.uow() as conn:
+                if await self.work.adopt_address_case(conn, visitor) is not None:
+                    adopted += 1
+        return adopted
 
     def _rebuild(self, kept: PendingAttribution) -> Weighed:
         """The weighed observation as it was kept, under its rule as the rules in force define it."""

@@ -68,6 +68,15 @@ class MemoryStore:
             None,
         )
 
+    async def open_address_cases(
+        self, conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+    ) -> list[Case]:
+        found = sorted(
+            (c for c in self.state.cases.values() if c.closed_at is None and c.key_kind == "address"),
+            key=lambda c: (c.opened_at, c.case_id),
+        )
+        return [c for c in found if after is None or (c.opened_at, c.case_id) > after][:limit]
+
     async def rekey_case(
         self,
         conn: Connection,

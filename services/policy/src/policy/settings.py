@@ -56,6 +56,10 @@ class PolicySettings(ServiceSettings):
     # policy logs an error (and lazaretto_policy_attribution_pending_oldest_seconds alerts).
     attribution_pending_alert_after: float = Field(default=600.0, gt=0)
 
+    # Seconds between looks at the open cases keyed by an address alone (no device known when they
+    # opened): a CMTS table that now lists a device there makes the case that device's.
+    address_case_recheck_interval: float = Field(default=10.0, gt=0)
+
     @field_validator("rules_file")
     @classmethod
     def _rules_load(cls, path: Path | None) -> Path | None:

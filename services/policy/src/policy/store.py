@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -749,3 +749,18 @@ async def redecide_observations(conn: Connection, rows: Sequence[ObservationRow]
                 for r in rows
             ],
         )
+
+
+async def open_address_cases(
+    conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+) -> list[Case]:
+    """Open cases keyed by an address alone, by (opened_at, case_id) after `after` (keyset pages)."""
+    start = after or (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    rows = await conn.fetch(
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE closed_at IS NULL AND key_kind = 'address'"
+        " AND (opened_at, case_id) > ($1, $2) ORDER BY opened_at, case_id LIMIT $3",
+        start[0],
+        start[1],
+        limit,
+    )
+    return [Case.from_row(r) for r in rows]
