@@ -44,7 +44,6 @@ import dns.tsigkeyring
 import dns.zone
 import httpx
 
-from lazaretto_core.attribution import IP_MODEM_PATH
 from lazaretto_lab.private_postgres import LabPostgres
 from lazaretto_lab.process import free_port
 from lazaretto_lab.rabbit_nodes import LabRabbitNodes
@@ -186,7 +185,6 @@ class FaultRun:
             raise
         try:
             self._place_subscribers()
-            self._wait_for_inventory()
             self.template = self._template_alert()
         except BaseException:
             self.system.stop()
@@ -250,22 +248,6 @@ class FaultRun:
                 for m in cmts.modems
                 if (sub := by_mac[m["cm_mac"]])
             )
-
-    def _wait_for_inventory(self) -> None:
-        """Until cmts-agent's CPE tables know every PC, as a CMTS does once the PC sends traffic (an
-        alert about a PC nobody knows yet gets an address-keyed case: another ground truth)."""
-        url = self.system.url("cmts_agent") + IP_MODEM_PATH
-        headers = self.system.admin_headers()
-        pending = list(self.subscribers)
-        deadline = time.monotonic() + 300
-        with httpx.Client(headers=headers, timeout=10) as client:
-            while pending:
-                if client.get(url.format(ip=pending[-1].ip)).status_code == 200:
-                    pending.pop()
-                    continue
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cmts-agent never listed {pending[-1]}")
-                time.sleep(1)
 
     def _template_alert(self) -> dict[str, Any]:
         """A real Suricata EVE alert (a scan rule's), the template every flood line is made from."""

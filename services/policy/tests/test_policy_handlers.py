@@ -148,7 +148,7 @@ async def test_an_observation_opens_the_devices_case_once_however_often_it_is_de
     assert policy.bus.dead_letters[QUEUE] == []
 
 
-async def test_an_observation_nobody_can_attribute_now_is_retried_then_dead_lettered(
+async def test_an_observation_nobody_can_attribute_now_is_kept_pending_not_dead_lettered(
     policy: Policy, database_url: str
 ) -> None:
     # Given the attribution peer gone (a closed port), policy cannot tell who held the address
@@ -161,19 +161,23 @@ async def test_an_observation_nobody_can_attribute_now_is_retried_then_dead_lett
     )
     bus.on(AbuseObserved, handlers.on_abuse_observed)
     await bus.consume(QUEUE)
+    seen = observation()
     try:
-        await bus.publish(observation())
+        await bus.publish(seen)
         await bus.drain()
+        # and the pending loop tries again while the peer is still down
+        assert await handlers.retry_pending_attributions() == 0
     finally:
         await attributor.close()
-    # Then the message was retried (attempt counted), then parked with the reason; nothing was decided
-    assert [r.attempt for r in bus.retries[QUEUE]] == [2]
-    [letter] = bus.dead_letters[QUEUE]
-    assert letter.reason.startswith("gave up after 2 attempts: RetryLater: attribution peer unreachable")
-    assert [p.message.routing_key for p in bus.published] == ["abuse.observed.v1"]
+    # Then the message was handled (no retry, no dead letter): the observation waits for attribution
+    assert bus.retries[QUEUE] == []
+    assert bus.dead_letters[QUEUE] == []
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM cases") == 0
-        assert await conn.fetchval("SELECT count(*) FROM observations") == 0
+        assert await conn.fetchval("SELECT decision FROM observations") == "pending_attribution"
+        kept = await conn.fetchrow("SELECT rule, attempts, last_error FROM attribution_pending")
+    assert (kept["rule"], kept["attempts"]) == ("scan", 1)
+    assert "attribution peer unreachable" in kept["last_error"]
 
 
 async def test_an_observation_of_an_address_in_conflict_opens_nothing(

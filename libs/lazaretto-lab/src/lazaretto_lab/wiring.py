@@ -98,6 +98,9 @@ def provisioner(w: LabWires) -> dict[str, str]:
         "LAZARETTO_ALLOW_ZONE": w.bind.allow_zone,
         "LAZARETTO_PORTAL_NAME": w.bind.portal_name,
         "LAZARETTO_QUARANTINE_POOLS": json.dumps([str(w.kea.quarantine_cidr)]),
+        # The subscriber subnet the detectors watch (its quarantine pool inside it): a garden command
+        # for any other address is refused, as in production.
+        "LAZARETTO_SUBSCRIBER_RANGES": json.dumps([str(w.kea.subnet)]),
         "LAZARETTO_GARDEN_SWEEP_INTERVAL": "10",
     }
 

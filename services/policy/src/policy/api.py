@@ -233,6 +233,10 @@ def install_api(
                 cm_mac=visitor.cm_mac,
                 static_ip=ip if visitor.found == "none" else None,
             )
+            if case is None:
+                # A case opened for this address before any table named the device there is the
+                # visitor's device's case now (re-keyed), not a case the visitor cannot see.
+                case = await work.adopt_address_case(conn, visitor)
             if case is None or not identity.owns(case, visitor):
                 raise HTTPException(404, "no open case for this address")
             if visitor.lease is not None and visitor.cpe_mac == case.cpe_mac:

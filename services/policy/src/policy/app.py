@@ -94,6 +94,20 @@ class PolicyService:
         )
         # An outage is logged and is still a turn: /healthz is about the loop being alive.
         self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
+        # Observations whose attribution peers did not answer are stored and decided here (pending.py).
+        self.loops.every(
+            "attribution-pending",
+            1.0,
+            self.handlers.retry_pending_attributions,
+            errors=(OSError, asyncpg.PostgresError),
+        )
+        # Cases keyed by an address alone become their device's once a CMTS table lists it there.
+        self.loops.every(
+            "address-cases",
+            self.settings.address_case_recheck_interval,
+            self.handlers.adopt_address_cases,
+            errors=(OSError, asyncpg.PostgresError),
+        )
         # Delayed enforcement and expiry are stored: these loops pick them up after a restart too.
         self.loops.every("enforcements", 1.0, self.work.enforce_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))
@@ -224,6 +238,7 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         settings.max_self_releases,
         max_observation_age=timedelta(seconds=settings.max_observation_age),
         self_release_window=window,
+        attribution_pending_alert_after=timedelta(seconds=settings.attribution_pending_alert_after),
     )
 
     async def database_ready() -> None:

@@ -15,7 +15,7 @@ from lazaretto_core.db import Connection
 from .flow import Step
 from .ladder import CaseTerms
 from .rules import Seen
-from .store import AddressSource, Case, ObservationRow
+from .store import AddressSource, Case, ObservationRow, PendingAttribution
 
 
 class CaseStore(Protocol):
@@ -24,6 +24,21 @@ class CaseStore(Protocol):
     ) -> Case | None: ...
 
     async def lock_case(self, conn: Connection, case_id: uuid.UUID) -> Case | None: ...
+
+    async def open_address_cases(
+        self, conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+    ) -> list[Case]: ...
+
+    async def rekey_case(
+        self,
+        conn: Connection,
+        case_id: uuid.UUID,
+        *,
+        key_kind: KeyKind,
+        device_key: str,
+        cpe_mac: str | None,
+        cm_mac: str | None,
+    ) -> Case: ...
 
     async def lock_case_by_step(self, conn: Connection, step_id: uuid.UUID) -> Case | None: ...
 
@@ -100,6 +115,10 @@ class CaseStore(Protocol):
     ) -> bool: ...
 
     async def insert_observations(self, conn: Connection, rows: Sequence[ObservationRow]) -> None: ...
+
+    async def redecide_observations(self, conn: Connection, rows: Sequence[ObservationRow]) -> None: ...
+
+    async def hold_for_attribution(self, conn: Connection, pending: Sequence[PendingAttribution]) -> None: ...
 
     async def observation_revision(self, conn: Connection, observation_id: uuid.UUID) -> int | None: ...
 

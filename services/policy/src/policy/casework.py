@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import (
@@ -127,6 +127,57 @@ class CaseWork:
                 return case
         # A case the circuit breaker holds is recorded without its garden (policy-guard).
         return await self.apply(conn, case, flow.held() if hold else flow.opened(), actor, detail)
+
+    async def adopt_address_case(
+        self, conn: Connection, attribution: Attribution, leases: DeviceLeases | None = None
+    ) -> Case | None:
+        """The open case keyed by `attribution.ip` alone (opened while no lease or CMTS table named a
+        device there), now that a CMTS table lists the device at that address: re-keyed to the
+        device, so it never gets a second case for one address. A garden applied (or in flight) by
+        address only is applied again with the device's identity (its MAC; the modem reset follows,
+        as for any device case); a stale result of the earlier step is ignored (its step id no longer
+        matches). None when there is no such case, or the device has its own open case already."""
+        if attribution.found != "cmts":
+            # Only a CMTS table listing a device at that (static) address names the same PC; a lease
+            # there later is DHCP giving the address to another device, which must not inherit it.
+            return None
+        by_address = await self.store.open_case_for_device(conn, "address", attribution.ip, lock=True)
+        if by_address is None:
+            return None
+        key_kind, device_key = identity.case_key(cast(Scope, by_address.scope), attribution)
+        if key_kind == "address" or await self.store.open_case_for_device(conn, key_kind, device_key):
+            return None
+        case = await self.store.rekey_case(
+            conn,
+            by_address.case_id,
+            key_kind=key_kind,
+            device_key=device_key,
+            cpe_mac=attribution.cpe_mac,
+            cm_mac=attribution.cm_mac,
+        )
+        reason = f"device identified at {attribution.ip} ({attribution.found}): case now keyed by {key_kind}"
+        detail = {
+            "reason": reason,
+            "key_kind": key_kind,
+            "device_key": device_key,
+            "attribution": attribution.audit(),
+        }
+        await self.store.add_event(conn, case.case_id, "policy", case.state, case.state, detail)
+        with bound(case_id=case.case_id, device=device_key):
+            log.info("case %s: %s", case.case_id, reason)
+        await self.record_alert_address(conn, case, attribution, "alert")
+        case = await self.follow_device(conn, case, leases)
+        gardened_by_address = case.state in ("garden_requested", "quarantined") or (
+            case.state == "failed_retrying" and case.step is Step.GARDEN_APPLY
+        )
+        if gardened_by_address:
+            return await self.apply(
+                conn, case, flow.opened(), "policy", {"reason": f"{reason}; garden applied to the device"}
+            )
+        # Not enforced yet (a delay, held) or past it (needs an operator, releasing): re-keyed only;
+        # listeners still learn the device (case.changed.v1).
+        await self._enqueue(conn, self._changed(case, case.state, reason), case)
+        return case
 
     async def enforce_due(self) -> int:
         """Request the garden for cases whose enforcement delay has passed (stored, so a restart

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.bus import MessageContext
@@ -26,10 +26,10 @@ from lazaretto_core.contracts import (
     utcnow,
 )
 from lazaretto_core.db import Connection
-from lazaretto_core.errors import InvalidMessage
+from lazaretto_core.errors import InvalidMessage, RetryLater
 from lazaretto_core.logs import bind, bound
 
-from . import commands, identity, ladder
+from . import commands, identity, ladder, pending
 from .attribution import Attribution, Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
@@ -37,7 +37,7 @@ from .flow import Step
 from .release_progress import record_refusal
 from .rulebook import LoadedRules, RuleBook
 from .rules import Decision, Network, Seen, evaluate, is_allowlisted
-from .store import ObservationRow
+from .store import ObservationRow, PendingAttribution
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ DECISIONS = Counter(
 )
 DRY_RUNS = Counter(
     "lazaretto_policy_dry_run_total", "What dry-run rules would have enforced, by rule", ["rule"]
+)
+ATTRIBUTION_PENDING = Gauge(
+    "lazaretto_policy_attribution_pending",
+    "Enforcing observations waiting for their attribution peers (provisioner, cmts-agent) to answer",
+)
+ATTRIBUTION_PENDING_OLDEST = Gauge(
+    "lazaretto_policy_attribution_pending_oldest_seconds",
+    "How long the oldest observation waiting for attribution has waited",
+)
+ATTRIBUTION_HELD = Counter(
+    "lazaretto_policy_attribution_held_total",
+    "Enforcing observations kept pending attribution because the peers did not answer",
 )
 
 
@@ -68,6 +80,8 @@ class Weighed:
     # What storing it decided last (grace, opened_case, fed_open_case, ...), and the case it feeds.
     outcome: str | None = None
     case_id: uuid.UUID | None = None
+    # Taken from `attribution_pending`: its stored row (decision pending_attribution) is updated.
+    pending: bool = False
 
     @property
     def rule_name(self) -> str | None:
@@ -90,6 +104,7 @@ class PolicyHandlers:
         *,
         max_observation_age: timedelta = timedelta(hours=1),
         self_release_window: timedelta = timedelta(days=30),
+        attribution_pending_alert_after: timedelta = timedelta(minutes=10),
     ) -> None:
         self.work = work
         self.attributor = attributor
@@ -97,6 +112,9 @@ class PolicyHandlers:
         self.allowlist = tuple(allowlist)
         self.allowance = SelfReleaseAllowance(max_self_releases, self_release_window)
         self.max_observation_age = max_observation_age
+        self.attribution_pending_alert_after = attribution_pending_alert_after
+        self._pending_alerted_at: datetime | None = None
+        self._address_cases_after: tuple[datetime, uuid.UUID] | None = None
 
     async def on_abuse_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """Weigh the observation with the address's stored evidence under the rules in force; when a
@@ -212,9 +230,19 @@ class PolicyHandlers:
         return Weighed(event, ctx, decision, action, loaded.version, audit)
 
     async def _attribute(self, weighed: Weighed) -> None:
-        """Who held the address when an enforcing observation was last seen (HTTP to the peers)."""
+        """Who held the address when an enforcing observation was last seen (HTTP to the peers). Peers
+        that do not answer make it `pending_attribution`: stored, and decided when they answer again
+        (`retry_pending_attributions`), never dead-lettered after the bus's retries."""
         if weighed.action != "quarantine":
             return
+        try:
+            await self._look_up(weighed)
+        except RetryLater as exc:
+            weighed.action = "pending_attribution"
+            weighed.attribution, weighed.leases = None, None
+            weighed.audit["attribution_error"] = str(exc)[:500]
+
+    async def _look_up(self, weighed: Weighed) -> None:
         event = weighed.event
         attribution = await self.attributor.attribute(event.ip, event.last_seen)
         weighed.attribution = attribution
@@ -228,15 +256,34 @@ class PolicyHandlers:
         """Store observations with their decision (one statement for many)."""
         if not weighed:
             return
-        rows = []
+        rows: list[ObservationRow] = []
+        redecided: list[ObservationRow] = []
+        held: list[PendingAttribution] = []
         for w in weighed:
             outcome = w.outcome or w.action
             DECISIONS.labels(outcome, w.rule_name or "").inc()
-            rows.append(
-                ObservationRow(
-                    w.event, w.case_id, outcome, w.audit, rule=w.rule_name, ruleset_version=w.version
-                )
+            row = ObservationRow(
+                w.event, w.case_id, outcome, w.audit, rule=w.rule_name, ruleset_version=w.version
             )
+            (redecided if w.pending else rows).append(row)
+            if outcome == "pending_attribution" and w.rule_name is not None:
+                held.append(
+                    PendingAttribution(
+                        w.event,
+                        w.rule_name,
+                        w.version,
+                        w.decision.reason,
+                        w.audit,
+                        w.audit.get("attribution_error", ""),
+                    )
+                )
+                ATTRIBUTION_HELD.inc()
+                log.warning(
+                    "observation %s for %s kept pending attribution: %s",
+                    w.event.observation_id,
+                    w.event.ip,
+                    w.audit.get("attribution_error"),
+                )
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "observation %s for %s: %s (%s, rules %s)",
@@ -247,6 +294,106 @@ class PolicyHandlers:
                     w.version,
                 )
         await self.work.store.insert_observations(conn, rows)
+        await self.work.store.redecide_observations(conn, redecided)
+        await self.work.store.hold_for_attribution(conn, held)
+
+    async def retry_pending_attributions(self, limit: int = 50) -> int:
+        """Decide the observations kept pending attribution whose backoff has passed (`pending.py`):
+        attribute each as of its `last_seen`, then open or feed its case as on arrival. The decision
+        is the one the rules took on arrival (rule, rule set version, reason): the observation was
+        timely then, and the lease history answers for `last_seen`, so waiting for the peers does not
+        make it stale. While the peers stay down one look-up per turn says so and every claimed row
+        waits its backoff. Returns how many were decided."""
+        decided = 0
+        async with self.work.uow() as conn:
+            due = await pending.claim_due(conn, limit)
+        for i, kept in enumerate(due):
+            w = self._rebuild(kept)
+            if w.action == "quarantine":
+                try:
+                    await self._look_up(w)
+                except RetryLater as exc:
+                    async with self.work.uow() as conn:
+                        for still in due[i:]:
+                            event = still.event
+                            await pending.put_back(
+                                conn, event.observation_id, event.revision, still.attempts + 1, str(exc)
+                            )
+                    log.info("%d observation(s) still pending attribution: %s", len(due) - i, exc)
+                    break
+            async with self.work.uow() as conn:
+                if not await pending.take(conn, kept.event.observation_id, kept.event.revision):
+                    continue
+                with bound(message_id=w.ctx.message_id):
+                    if w.opens:
+                        await self._open_or_feed(conn, w, utcnow())
+                    else:
+                        await self._record(conn, [w])
+            decided += 1
+        await self._report_waiting()
+        return decided
+
+    async def adopt_address_cases(self, limit: int = 100) -> int:
+        """Look again at open cases keyed by an address alone (no lease and no CMTS table named a
+        device when they opened): once a CMTS table lists a device at that address, the case becomes
+        the device's (`CaseWork.adopt_address_case`) without waiting for another alert, so a later
+        alert feeds it instead of opening a second case. `limit` cases per turn, in pages."""
+        async with self.work.uow.read() as conn:
+            cases = await self.work.store.open_address_cases(conn, self._address_cases_after, limit)
+        self._address_cases_after = (cases[-1].opened_at, cases[-1].case_id) if len(cases) == limit else None
+        adopted = 0
+        for case in cases:
+            try:
+                visitor = await self.attributor.attribute(case.device_key)
+            except RetryLater as exc:
+                log.info("address cases not looked at again now: %s", exc)
+                self._address_cases_after = None
+                break
+            if visitor.found != "cmts":
+                continue
+            async with self.work.uow() as conn:
+                if await self.work.adopt_address_case(conn, visitor) is not None:
+                    adopted += 1
+        return adopted
+
+    def _rebuild(self, kept: PendingAttribution) -> Weighed:
+        """The weighed observation as it was kept, under its rule as the rules in force define it."""
+        rule = self.rules.current.rules.rule(kept.rule)
+        audit = {k: v for k, v in kept.audit.items() if k != "attribution_error"}
+        audit["waited_for_attribution"] = {"since": kept.waiting_since, "attempts": kept.attempts + 1}
+        action = "quarantine"
+        if rule is None:
+            # The operator withdrew the rule while it waited: recorded, not enforced.
+            action = "rule_withdrawn"
+        ctx = MessageContext(
+            message_id=f"attribution-pending:{kept.event.observation_id}",
+            message_type=kept.event.routing_key,
+            correlation_id=None,
+            attempt=kept.attempts + 1,
+            app_id=None,
+            timestamp=None,
+        )
+        decision = Decision("quarantine", rule, kept.reason)
+        return Weighed(kept.event, ctx, decision, action, kept.ruleset_version, audit, pending=True)
+
+    async def _report_waiting(self) -> None:
+        now = utcnow()
+        async with self.work.uow.read() as conn:
+            waiting = await pending.waiting(conn, now)
+        ATTRIBUTION_PENDING.set(waiting.count)
+        ATTRIBUTION_PENDING_OLDEST.set(waiting.oldest_seconds)
+        bound_s = self.attribution_pending_alert_after.total_seconds()
+        quiet = self._pending_alerted_at is not None and now - self._pending_alerted_at < timedelta(minutes=1)
+        # Never dropped: an operator must bring the peers back; said once a minute at most.
+        if waiting.count and waiting.oldest_seconds > bound_s and not quiet:
+            self._pending_alerted_at = now
+            log.error(
+                "%d observation(s) waiting for attribution, the oldest %.0f s (over %.0f s):"
+                " are the provisioner and cmts-agent reachable?",
+                waiting.count,
+                waiting.oldest_seconds,
+                bound_s,
+            )
 
     async def _open_or_feed(self, conn: Connection, w: Weighed, now: datetime) -> None:
         """An enforcing observation attributed to a device: open its case (or feed the open one)."""
@@ -259,6 +406,14 @@ class PolicyHandlers:
         event, rule, attribution = w.event, w.decision.rule, w.attribution
         assert rule is not None
         assert attribution is not None
+        adopted = await self.work.adopt_address_case(conn, attribution, w.leases)
+        if adopted is not None:
+            # The case opened for this address before the device was known is the device's now.
+            bind(case_id=adopted.case_id)
+            w.case_id, w.outcome = adopted.case_id, "fed_open_case"
+            w.audit["adopted_address_case"] = True
+            await self._record(conn, [w])
+            return
         key_kind, device_key = identity.case_key(rule.scope, attribution)
         released = await self.work.store.last_release_of_device(conn, key_kind, device_key)
         if released is not None and now - released < timedelta(seconds=rule.ladder.grace):

@@ -28,7 +28,7 @@ from .guard import Verdict
 from .ladder import CaseTerms
 from .reference import reference_for
 from .rules import Seen
-from .store import AddressSource, Case, ObservationRow
+from .store import AddressSource, Case, ObservationRow, PendingAttribution
 
 
 def _now() -> datetime:
@@ -45,6 +45,7 @@ class MemoryState:
     terms: dict[uuid.UUID, CaseTerms] = field(default_factory=dict)
     inbox: set[tuple[str, str]] = field(default_factory=set)
     outbox: list[tuple[Contract, str | None]] = field(default_factory=list)
+    pending: dict[uuid.UUID, PendingAttribution] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -66,6 +67,35 @@ class MemoryStore:
             ),
             None,
         )
+
+    async def open_address_cases(
+        self, conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+    ) -> list[Case]:
+        found = sorted(
+            (c for c in self.state.cases.values() if c.closed_at is None and c.key_kind == "address"),
+            key=lambda c: (c.opened_at, c.case_id),
+        )
+        return [c for c in found if after is None or (c.opened_at, c.case_id) > after][:limit]
+
+    async def rekey_case(
+        self,
+        conn: Connection,
+        case_id: uuid.UUID,
+        *,
+        key_kind: KeyKind,
+        device_key: str,
+        cpe_mac: str | None,
+        cm_mac: str | None,
+    ) -> Case:
+        case = dataclasses.replace(
+            self.state.cases[case_id],
+            key_kind=key_kind,
+            device_key=device_key,
+            cpe_mac=cpe_mac,
+            cm_mac=cm_mac,
+        )
+        self.state.cases[case_id] = case
+        return case
 
     async def get_case(self, conn: Connection, case_id: uuid.UUID) -> Case | None:
         return self.state.cases.get(case_id)
@@ -329,6 +359,23 @@ class MemoryStore:
                 rule=row.rule,
                 ruleset_version=row.ruleset_version,
             )
+
+    async def redecide_observations(self, conn: Connection, rows: Sequence[ObservationRow]) -> None:
+        for row in rows:
+            stored = self.state.observations.get(row.event.observation_id)
+            if stored is None or stored.get("revision") != row.event.revision:
+                continue
+            if stored.get("decision") != "pending_attribution":
+                continue
+            stored["decision"] = row.decision
+            stored["case_id"] = row.case_id or stored.get("case_id")
+            stored["attribution"] = row.attribution or {}
+
+    async def hold_for_attribution(self, conn: Connection, pending: Sequence[PendingAttribution]) -> None:
+        for p in pending:
+            kept = self.state.pending.get(p.event.observation_id)
+            if kept is None or kept.event.revision < p.event.revision:
+                self.state.pending[p.event.observation_id] = p
 
     async def observation_revisions(
         self, conn: Connection, observation_ids: Sequence[uuid.UUID]

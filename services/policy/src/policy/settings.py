@@ -51,6 +51,15 @@ class PolicySettings(ServiceSettings):
     # the address may be someone else's.
     max_observation_age: float = Field(default=3600, gt=0)
 
+    # An enforcing observation whose attribution peers (provisioner, cmts-agent) do not answer is kept
+    # and decided when they answer again, however long that takes; past this many seconds of waiting
+    # policy logs an error (and lazaretto_policy_attribution_pending_oldest_seconds alerts).
+    attribution_pending_alert_after: float = Field(default=600.0, gt=0)
+
+    # Seconds between looks at the open cases keyed by an address alone (no device known when they
+    # opened): a CMTS table that now lists a device there makes the case that device's.
+    address_case_recheck_interval: float = Field(default=10.0, gt=0)
+
     @field_validator("rules_file")
     @classmethod
     def _rules_load(cls, path: Path | None) -> Path | None:

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -658,6 +658,111 @@ async def open_cases_in_states(conn: Connection, states: list[str], limit: int =
         f"SELECT {_CASE_COLUMNS} FROM cases WHERE closed_at IS NULL AND state = ANY($1::text[])"
         " ORDER BY opened_at LIMIT $2",
         states,
+        limit,
+    )
+    return [Case.from_row(r) for r in rows]
+
+
+async def rekey_case(
+    conn: Connection,
+    case_id: uuid.UUID,
+    *,
+    key_kind: KeyKind,
+    device_key: str,
+    cpe_mac: str | None,
+    cm_mac: str | None,
+) -> Case:
+    """An address-keyed case adopted by the device attribution now finds at that address."""
+    row = await conn.fetchrow(
+        "UPDATE cases SET key_kind = $2, device_key = $3, cpe_mac = $4, cm_mac = $5, updated_at = now()"
+        f" WHERE case_id = $1 RETURNING {_CASE_COLUMNS}",
+        case_id,
+        key_kind,
+        device_key,
+        cpe_mac,
+        cm_mac,
+    )
+    assert row is not None
+    return Case.from_row(row)
+
+
+_HOLD_FOR_ATTRIBUTION = (
+    "INSERT INTO attribution_pending (observation_id, revision, event, rule, ruleset_version, reason,"
+    " audit, last_error) VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7::jsonb, $8)"
+    " ON CONFLICT (observation_id) DO UPDATE SET revision = EXCLUDED.revision, event = EXCLUDED.event,"
+    " rule = EXCLUDED.rule, ruleset_version = EXCLUDED.ruleset_version, reason = EXCLUDED.reason,"
+    " audit = EXCLUDED.audit, last_error = EXCLUDED.last_error, next_attempt_at = now()"
+    " WHERE attribution_pending.revision < EXCLUDED.revision"
+)
+
+
+@dataclass(frozen=True)
+class PendingAttribution:
+    """An enforcing observation kept until its attribution peers answer (`attribution_pending`)."""
+
+    event: AbuseObserved
+    rule: str
+    ruleset_version: str
+    reason: str
+    audit: dict[str, Any]
+    error: str = ""
+    waiting_since: datetime | None = None
+    attempts: int = 0
+
+
+async def hold_for_attribution(conn: Connection, pending: Sequence[PendingAttribution]) -> None:
+    """Keep enforcing observations nobody can attribute now (a higher revision replaces a lower)."""
+    if pending:
+        await conn.executemany(
+            _HOLD_FOR_ATTRIBUTION,
+            [
+                (
+                    p.event.observation_id,
+                    p.event.revision,
+                    p.event.model_dump_json(),
+                    p.rule,
+                    p.ruleset_version,
+                    p.reason,
+                    json.dumps(p.audit, default=str),
+                    p.error[:500],
+                )
+                for p in pending
+            ],
+        )
+
+
+async def redecide_observations(conn: Connection, rows: Sequence[ObservationRow]) -> None:
+    """The decision on observations kept pending attribution, at the revision that was kept."""
+    if rows:
+        await conn.executemany(
+            "UPDATE observations SET case_id = COALESCE($2, case_id), decision = $3,"
+            " attribution = $4::jsonb, rule = $5, ruleset_version = $6, decided_at = now()"
+            " WHERE observation_id = $1 AND revision = $7 AND decision = 'pending_attribution'",
+            [
+                (
+                    r.event.observation_id,
+                    r.case_id,
+                    r.decision,
+                    json.dumps(r.attribution or {}, default=str),
+                    r.rule,
+                    r.ruleset_version,
+                    r.event.revision,
+                )
+                for r in rows
+            ],
+        )
+
+
+async def open_address_cases(
+    conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int = 100
+) -> list[Case]:
+    """Open cases keyed by an address alone, by (opened_at, case_id) after `after` (keyset pages)."""
+    start = after or (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    rows = await conn.fetch(
+        f"SELECT {_CASE_COLUMNS} FROM cases WHERE closed_at IS NULL AND key_kind = 'address'"
+        " AND (opened_at, case_id) > ($1, $2) ORDER BY opened_at, case_id LIMIT $3",
+        start[0],
+        start[1],
         limit,
     )
     return [Case.from_row(r) for r in rows]

@@ -1,0 +1,95 @@
+"""Observations waiting for attribution (`attribution_pending`): claim the due ones, put one back with
+its backoff, take one once decided, and how many wait. PostgreSQL; the loop is in `handlers.py`.
+
+Why a table and not the bus's retries: the bus retries a message on a fixed schedule (42.5 s shipped)
+and then dead-letters it, so a provisioner or cmts-agent down longer than that lost the decision. A
+stored row waits as long as the peers are down (never dropped; an alert says when it waits too long,
+`lazaretto_policy_attribution_pending_oldest_seconds`) and is retried with a capped backoff, at a
+bounded rate: one look-up per row per `BACKOFF_CAP` at most while the peers stay down.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.db import Connection
+
+from .store import PendingAttribution
+
+# Seconds between two look-ups of one waiting observation: doubles from 1 s up to this.
+BACKOFF_CAP = 60.0
+# A claimed row is not claimed again (by another replica) for this long unless put back sooner.
+CLAIM_SECONDS = 120.0
+
+
+def backoff(attempts: int) -> float:
+    return min(BACKOFF_CAP, 2.0 ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True)
+class Waiting:
+    count: int
+    oldest_seconds: float
+
+
+async def claim_due(conn: Connection, limit: int) -> list[PendingAttribution]:
+    """The due rows, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's)."""
+    rows = await conn.fetch(
+        "UPDATE attribution_pending SET next_attempt_at = now() + make_interval(secs => $2)"
+        " WHERE observation_id IN (SELECT observation_id FROM attribution_pending"
+        "  WHERE next_attempt_at <= now() ORDER BY waiting_since LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING event, rule, ruleset_version, reason, audit, last_error, waiting_since, attempts",
+        limit,
+        CLAIM_SECONDS,
+    )
+    return [
+        PendingAttribution(
+            AbuseObserved.model_validate_json(r["event"]),
+            r["rule"],
+            r["ruleset_version"],
+            r["reason"],
+            json.loads(r["audit"]),
+            r["last_error"],
+            r["waiting_since"],
+            r["attempts"],
+        )
+        for r in sorted(rows, key=lambda r: r["waiting_since"])
+    ]
+
+
+async def put_back(
+    conn: Connection, observation_id: uuid.UUID, revision: int, attempts: int, error: str
+) -> None:
+    """The peers still do not answer: the next look-up after the backoff."""
+    await conn.execute(
+        "UPDATE attribution_pending SET attempts = $3, last_error = $4,"
+        " next_attempt_at = now() + make_interval(secs => $5)"
+        " WHERE observation_id = $1 AND revision = $2",
+        observation_id,
+        revision,
+        attempts,
+        error[:500],
+        backoff(attempts),
+    )
+
+
+async def take(conn: Connection, observation_id: uuid.UUID, revision: int) -> bool:
+    """Remove the row to decide it in this transaction; False when another replica took it, or a
+    higher revision replaced it (that one is decided on its own turn)."""
+    taken = await conn.fetchval(
+        "DELETE FROM attribution_pending WHERE observation_id = $1 AND revision = $2 RETURNING 1",
+        observation_id,
+        revision,
+    )
+    return taken is not None
+
+
+async def waiting(conn: Connection, now: datetime) -> Waiting:
+    row = await conn.fetchrow("SELECT count(*) AS n, min(waiting_since) AS oldest FROM attribution_pending")
+    assert row is not None
+    oldest = row["oldest"]
+    return Waiting(row["n"], (now - oldest).total_seconds() if oldest is not None else 0.0)

@@ -1,0 +1,210 @@
+"""Nothing lost when attribution fails (issue 15's fault run): policy built through its real bootstrap
+on real RabbitMQ and PostgreSQL, its attribution peers (the lease-history and CPE-table stub) behind a
+TCP relay the test cuts for far longer than the bus's retry schedule; and a PC the CMTS table lists
+only after its first alert keeps one case."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from lazaretto_core.bus import Bus, dead_letter_queue_name, queue_name
+from lazaretto_core.contracts import AbuseObserved, GardenApplied, GardenApply, ModemReset
+from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.relays import CuttableTcpRelay
+from lazaretto_lab.testing import BusProbe
+from policy.app import PolicyService, build
+from policy.settings import PolicySettings
+
+IP = "100.64.0.10"
+CPE_MAC = "02:00:00:00:00:01"
+CM_MAC = "00:02:8a:d3:7c:6e"
+
+
+def scan(observation_id: uuid.UUID | None = None, revision: int = 0, ip: str = IP) -> AbuseObserved:
+    """A running scan's evidence: enough distinct destinations for the default scan rule."""
+    now = datetime.now(UTC)
+    return AbuseObserved.model_validate(
+        {
+            **AbuseObserved.example,
+            "observation_id": str(observation_id or uuid.uuid4()),
+            "revision": revision,
+            "count": 25 + revision,
+            "distinct_destinations": 25 + revision,
+            "direction": "outbound",
+            "ip": ip,
+            "first_seen": (now - timedelta(seconds=2)).isoformat(),
+            "last_seen": now.isoformat(),
+        }
+    )
+
+
+@pytest.fixture
+async def relay(leases: tuple[LeaseBook, str]) -> AsyncIterator[CuttableTcpRelay]:
+    port = int(leases[1].rsplit(":", 1)[1])
+    with CuttableTcpRelay(port) as relay:
+        yield relay
+
+
+@pytest.fixture
+async def policy_behind_relay(
+    make_settings: Callable[..., PolicySettings], relay: CuttableTcpRelay
+) -> AsyncIterator[PolicyService]:
+    # The bus's whole retry schedule is 0.3 s here (conftest): the outage below lasts far longer.
+    peers = f"http://127.0.0.1:{relay.port}"
+    service = await build(make_settings(provisioner_url=peers, cmts_agent_url=peers))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def sender(amqp_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+async def pending_attempts(service: PolicyService, observation_id: uuid.UUID) -> int | None:
+    async with service.pool.acquire() as conn:
+        attempts: int | None = await conn.fetchval(
+            "SELECT attempts FROM attribution_pending WHERE observation_id = $1", observation_id
+        )
+    return attempts
+
+
+async def test_an_observation_outlasting_the_retry_schedule_waits_for_attribution_then_opens_the_case(
+    policy_behind_relay: PolicyService,
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+) -> None:
+    service = policy_behind_relay
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    # Given the provisioner and cmts-agent unreachable (every connection dropped)
+    relay.cut()
+    seen = scan()
+    await sender.publish(seen)
+    # When the look-ups fail again and again, long after the bus would have given up (0.3 s)
+    async with asyncio.timeout(120):
+        while (await pending_attempts(service, seen.observation_id) or 0) < 3:
+            await asyncio.sleep(0.2)
+    # Then the observation is kept, counted, nothing is dead-lettered and nothing is gardened yet
+    async with service.pool.acquire() as conn:
+        decision = await conn.fetchval(
+            "SELECT decision FROM observations WHERE observation_id = $1", seen.observation_id
+        )
+    assert decision == "pending_attribution"
+    assert (REGISTRY.get_sample_value("lazaretto_policy_attribution_pending") or 0) >= 1
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert applies(probe) == []
+    # When the peers answer again
+    relay.restore()
+    [apply] = await probe.wait_for(GardenApply, timeout=90)
+    # Then the device's case opened from that observation, and nothing waits or was lost
+    assert (apply.key_kind, apply.cpe_mac, str(apply.cpe_ip)) == ("cpe_mac", CPE_MAC, IP)
+    async with service.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT decision, case_id FROM observations WHERE observation_id = $1", seen.observation_id
+        )
+        assert (row["decision"], row["case_id"]) == ("opened_case", apply.case_id)
+        assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+
+
+async def test_a_pc_the_cmts_lists_after_its_first_alert_keeps_one_case(
+    policy: PolicyService, book: LeaseBook, probe: BusProbe, sender: Bus
+) -> None:
+    # Given a static PC no lease and no CMTS table knows yet: its scan opens a case keyed by address
+    first = scan()
+    await sender.publish(first)
+    [by_address] = await probe.wait_for(GardenApply)
+    assert (by_address.key_kind, by_address.cpe_mac) == ("address", None)
+    await sender.publish(
+        GardenApplied(case_id=by_address.case_id, step_id=by_address.step_id, changes=["rpz"])
+    )
+    async with asyncio.timeout(30):
+        while await case_state(policy, by_address.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    # When the CMTS table lists the PC and the scan's next revision arrives
+    book.plug(CPE_MAC, CM_MAC, IP)
+    await sender.publish(scan(first.observation_id, revision=1))
+    # Then the same case is the device's now: the garden goes again with the PC's MAC, then the modem
+    # is reset (as for any device's case), and no second case opened
+    second = (await probe.wait_for(GardenApply, count=2))[1]
+    assert second.case_id == by_address.case_id
+    assert (second.key_kind, second.cpe_mac) == ("cpe_mac", CPE_MAC)
+    await sender.publish(GardenApplied(case_id=second.case_id, step_id=second.step_id, changes=["kea"]))
+    [reset] = await probe.wait_for(ModemReset)
+    assert (reset.case_id, reset.cm_mac) == (by_address.case_id, CM_MAC)
+    async with policy.pool.acquire() as conn:
+        cases = await conn.fetch("SELECT case_id, key_kind, device_key FROM cases WHERE closed_at IS NULL")
+        decision = await conn.fetchval(
+            "SELECT decision FROM observations WHERE observation_id = $1", first.observation_id
+        )
+    assert [(c["case_id"], c["key_kind"], c["device_key"]) for c in cases] == [
+        (by_address.case_id, "cpe_mac", CPE_MAC)
+    ]
+    assert decision == "fed_open_case"
+
+
+async def test_the_portal_finds_an_address_case_once_the_cmts_lists_the_pc(
+    policy: PolicyService, book: LeaseBook, probe: BusProbe, sender: Bus, portal_api: httpx.AsyncClient
+) -> None:
+    await sender.publish(scan())
+    [by_address] = await probe.wait_for(GardenApply)
+    assert by_address.key_kind == "address"
+    # When the PC, now listed by its CMTS, opens the portal
+    book.plug(CPE_MAC, CM_MAC, IP)
+    response = await portal_api.get(f"/v1/portal/cases/by-ip/{IP}")
+    # Then it sees its case (adopted by its device), not "no case" while it is gardened
+    assert response.status_code == 200, response.text
+    shown = response.json()
+    assert (shown["case_id"], shown["key_kind"], shown["device_key"]) == (
+        str(by_address.case_id),
+        "cpe_mac",
+        CPE_MAC,
+    )
+
+
+async def case_state(service: PolicyService, case_id: uuid.UUID) -> str | None:
+    async with service.pool.acquire() as conn:
+        state: str | None = await conn.fetchval("SELECT state FROM cases WHERE case_id = $1", case_id)
+    return state
+
+
+def applies(probe: BusProbe) -> list[GardenApply]:
+    return [m for key, m, _ in probe.received if isinstance(m, GardenApply)]
+
+
+async def test_an_address_case_becomes_the_devices_once_the_cmts_lists_it_without_another_alert(
+    make_settings: Callable[..., PolicySettings], book: LeaseBook, probe: BusProbe, sender: Bus
+) -> None:
+    service = await build(make_settings(address_case_recheck_interval=0.2))
+    await service.start()
+    try:
+        await sender.publish(scan())
+        [by_address] = await probe.wait_for(GardenApply)
+        assert by_address.key_kind == "address"
+        # When the CMTS table lists the PC (and no other alert comes)
+        book.plug(CPE_MAC, CM_MAC, IP)
+        # Then policy finds it and applies the garden to the device, on the same case
+        second = (await probe.wait_for(GardenApply, count=2, timeout=60))[1]
+        assert (second.case_id, second.key_kind, second.cpe_mac) == (by_address.case_id, "cpe_mac", CPE_MAC)
+        async with service.pool.acquire() as conn:
+            events = await conn.fetch(
+                "SELECT detail->>'reason' AS reason FROM case_events WHERE case_id = $1 ORDER BY id",
+                by_address.case_id,
+            )
+        assert any("device identified at" in e["reason"] for e in events)
+    finally:
+        await service.stop()
