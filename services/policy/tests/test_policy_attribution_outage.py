@@ -116,6 +116,7 @@ async def test_an_observation_outlasting_the_retry_schedule_waits_for_attributio
         row = await conn.fetchrow(
             "SELECT decision, case_id FROM observations WHERE observation_id = $1", seen.observation_id
         )
+        assert row is not None
         assert (row["decision"], row["case_id"]) == ("opened_case", apply.case_id)
         assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
     assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0

@@ -176,6 +176,7 @@ async def test_an_observation_nobody_can_attribute_now_is_kept_pending_not_dead_
         assert await conn.fetchval("SELECT count(*) FROM cases") == 0
         assert await conn.fetchval("SELECT decision FROM observations") == "pending_attribution"
         kept = await conn.fetchrow("SELECT rule, attempts, last_error FROM attribution_pending")
+    assert kept is not None
     assert (kept["rule"], kept["attempts"]) == ("scan", 1)
     assert "attribution peer unreachable" in kept["last_error"]
 
