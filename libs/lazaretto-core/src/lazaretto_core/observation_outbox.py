@@ -11,9 +11,11 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
   the saved position, with deterministic ids): nothing is written until their confirm. With
   `supersedes`, a newer version of a pending message (a later revision, same id) replaces it; one
   confirmed while a newer one was queued leaves the newer one pending.
-- `flush()` publishes what is pending (pipelined, with publisher confirms), drops each message only
-  once the broker confirmed it, and saves the document right after the confirms — the position
-  saved then includes the lines that produced them.
+- `flush()` publishes what is pending (a window of up to `IN_FLIGHT` publishes awaiting their
+  confirm, each confirm making room for the next message at once), drops each message only once the
+  broker confirmed it, and saves the document right after the confirms (those that arrive together,
+  and at least every `SAVE_WHILE_PUBLISHING` seconds while publishing goes on) — the position saved
+  then includes the lines that produced them.
 - `touch()` says the input state moved without anything to publish: it is saved at most every
   `save_every` seconds (a crash re-reads at most that much, which yields nothing to publish twice).
 
@@ -24,6 +26,10 @@ full document again every `full_every` seconds (default `save_every`), every `JO
 records, or when asked (`save(full=True)`). Loading applies the
 journal to the document; a record torn by a crash was never acknowledged, so it is ignored.
 
+With `offload`, saves are encoded in the loop and written (fsync) by a worker thread in order
+(`state_writer.StateWriter`): the loop never waits for the disk. Staged messages are published only
+once their write-ahead save is on disk; `drained()` waits for every write handed over.
+
 A message is kept under its id (`ident`): ids must be deterministic (`deterministic_id`), so a message
 derived again after a crash, or re-published from the document, is the same message to consumers,
 who deduplicate by id (the AMQP message id is the same id).
@@ -32,6 +38,7 @@ who deduplicate by id (the AMQP message id is the same id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -46,6 +53,7 @@ from . import tracing
 from .bus import PublishError
 from .checkpoints import CheckpointStore
 from .contracts import Contract
+from .state_writer import StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ M = TypeVar("M", bound=Contract)
 OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 MAX_PENDING: Final = 10_000
 IN_FLIGHT: Final = 256  # publishes awaiting their confirm at once
+# While confirms keep coming, the state is saved at least this often (and whenever none is in flight).
+SAVE_WHILE_PUBLISHING: Final = 0.02
 JOURNAL_RECORDS: Final = 1_000  # journal records before a full document is written again
 JOURNAL_BYTES: Final = 8 << 20
 
@@ -110,6 +120,7 @@ class ObservationOutbox(Generic[M]):
         full_every: float | None = None,
         supersedes: Callable[[M, M], bool] | None = None,
         urgent: Callable[[M], bool] | None = None,
+        offload: bool = False,
     ) -> None:
         self.store = store
         self.name = name
@@ -134,7 +145,17 @@ class ObservationOutbox(Generic[M]):
         # ahead of later revisions of running windows); None: oldest first.
         self.urgent = urgent
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
-        self._urgent: dict[str, None] = {}  # keys of pending urgent messages, oldest first
+        # Keys of pending messages not being published now, in the order they are due (oldest
+        # first), and those of them that are urgent; keys being published wait for their confirm.
+        self._queue: dict[str, None] = {}
+        self._urgent: dict[str, None] = {}
+        self._flying: set[str] = set()
+        # offload: the writes of the saves, in a thread; the write-ahead save staged messages wait
+        # for; a failed write (the next flush saves in full again before publishing).
+        self._writer = StateWriter(store, name) if offload else None
+        self._write_ahead: asyncio.Future[None] | None = None
+        self._last_write: asyncio.Future[None] | None = None
+        self._write_failed: BaseException | None = None
         self._dirty = False
         self._saved_at = clock()
         self._full_at = clock()
@@ -168,6 +189,7 @@ class ObservationOutbox(Generic[M]):
         """The caller's state as last saved (None: never saved, or unreadable); the pending messages
         saved with it are back in the outbox, to be published again by `flush()`."""
         self._pending.clear()
+        self._queue.clear()
         self._urgent.clear()
         self._dirty = False
         self._need_full = True  # the caller's change tracking starts afresh with what it loads
@@ -198,6 +220,7 @@ class ObservationOutbox(Generic[M]):
             return None
         self._seq = seq
         self._pending = pending
+        self._queue = dict.fromkeys(pending)
         self._pending_gauge.set(len(self._pending))
         return state
 
@@ -246,9 +269,13 @@ class ObservationOutbox(Generic[M]):
             self.delta()  # the full snapshot covers every change so far
         pending = [m.model_dump(mode="json") for m in self._pending.values()]
         seq = self._seq + 1
-        self.store.save_state(self.name, {"seq": seq, "state": self.snapshot(), "pending": pending})
+        document = {"seq": seq, "state": self.snapshot(), "pending": pending}
+        if self._writer is None:
+            self.store.save_state(self.name, document)
+            self.store.reset_journal(self.name)
+        else:
+            self._track(self._writer.document(self.store.encode_state(self.name, document)))
         self._seq = seq
-        self.store.reset_journal(self.name)
         self._need_full = False
         self._journal_records = self._journal_bytes = 0
         self._full_at = self.clock()
@@ -272,13 +299,44 @@ class ObservationOutbox(Generic[M]):
         removed = [k for k in self._removed if k not in added]
         if removed:
             record["removed"] = removed
-        try:
-            self._journal_bytes += self.store.append_journal(self.name, record)
-        except OSError:
-            self._need_full = True  # the changes handed over by delta() are not on disk
-            raise
+        if self._writer is None:
+            try:
+                self._journal_bytes += self.store.append_journal(self.name, record)
+            except OSError:
+                self._need_full = True  # the changes handed over by delta() are not on disk
+                raise
+        else:
+            line = self.store.encode_journal(record)
+            self._track(self._writer.journal(line))
+            self._journal_bytes += len(line)
         self._seq += 1
         self._journal_records += 1
+
+    def _track(self, write: asyncio.Future[None]) -> None:
+        self._last_write = write
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        if write.cancelled():
+            return
+        error = write.exception()
+        if error is not None:
+            # What that write held is not on disk: the next save is a full one, and the next flush
+            # makes it before publishing anything (staged messages must be on disk first).
+            self._need_full = True
+            if self._write_failed is None:
+                log.error("%s: saving the state failed: %s", self.name, error)
+            self._write_failed = error
+
+    async def drained(self) -> None:
+        """Wait until every save handed to the writer thread is written (or failed)."""
+        if self._writer is not None:
+            await self._writer.drained()
+
+    async def aclose(self) -> None:
+        """`close()`, and wait for the write."""
+        self.close()
+        await self.drained()
 
     def touch(self) -> None:
         """The input state moved, nothing new to publish: save within `save_every` seconds."""
@@ -310,8 +368,10 @@ class ObservationOutbox(Generic[M]):
                 added += 1
                 if tracing.enabled():
                     self._traces[key] = (tracing.current_carrier(), time.time_ns())
-                if self.urgent is not None and self.urgent(message):
-                    self._urgent[key] = None
+                if key not in self._flying:  # one being published is queued again after its confirm
+                    self._queue[key] = None
+                    if self.urgent is not None and self.urgent(message):
+                        self._urgent[key] = None
         if added:
             self._dirty = True
             self._bound()
@@ -323,43 +383,119 @@ class ObservationOutbox(Generic[M]):
         added = self.add(messages)
         if added:
             self.save(full=full)
+            if self._writer is not None:
+                self._write_ahead = self._last_write
         return added
 
     async def flush(self) -> int:
-        """Publish every pending message; each is dropped once confirmed, and the document saved right
-        after the confirms. Returns how many were confirmed. On a failed publish the confirmed ones
-        are saved as sent and `PublishError` is raised (the rest stay pending)."""
+        """Publish every pending message, up to `IN_FLIGHT` at once, the next one as soon as a
+        confirm makes room; each is dropped once confirmed, and the document saved right after the
+        confirms. Returns how many were confirmed. On a failed publish the confirmed ones are saved as
+        sent and `PublishError` is raised (the rest stay pending); `OSError` if a save failed."""
         if not self._pending:
             return 0
         sent = 0
+        unsaved = 0
+        saved_at = self.clock()
+        flying: dict[asyncio.Future[object], tuple[str, M]] = {}
+        failure: BaseException | None = None
         try:
-            while self._pending:
-                batch = self._next_batch()
-                results = await asyncio.gather(
-                    *(self._publish_traced(message, key) for key, message in batch), return_exceptions=True
-                )
-                failure: BaseException | None = None
-                for (key, message), result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        failure = failure or result
-                    else:
-                        sent += 1
-                        if self.on_sent is not None:
-                            self.on_sent(message)
-                        if self._pending.get(key) is not message:
-                            continue  # a newer version replaced it meanwhile: that one is still due
-                        del self._pending[key]
-                        self._removed.append(key)
-                if failure is not None:
-                    if isinstance(failure, PublishError | asyncio.CancelledError):
-                        raise failure
-                    raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
+            while True:
+                await self._write_ahead_done()
+                while failure is None and len(flying) < IN_FLIGHT:
+                    key = self._next_key()
+                    if key is None:
+                        break
+                    message = self._pending[key]
+                    self._flying.add(key)
+                    flying[asyncio.ensure_future(self._publish_traced(message, key))] = (key, message)
+                if not flying:
+                    break
+                done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    key, message = flying.pop(task)
+                    self._flying.discard(key)
+                    error = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    if error is not None:
+                        failure = failure or error
+                        self._requeue(key)
+                        continue
+                    sent += 1
+                    unsaved += 1
+                    if self.on_sent is not None:
+                        self.on_sent(message)
+                    if self._pending.get(key) is not message:
+                        self._requeue(key)  # a newer version replaced it meanwhile: that one is due
+                        continue
+                    del self._pending[key]
+                    self._removed.append(key)
+                self._pending_gauge.set(len(self._pending))
+                now = self.clock()
+                if unsaved and (not flying or now - saved_at >= SAVE_WHILE_PUBLISHING):
+                    # Right after the confirms: they are not published again after a crash.
+                    unsaved = 0
+                    saved_at = now
+                    self._dirty = True
+                    self.save()
+            if failure is not None:
+                if isinstance(failure, PublishError | asyncio.CancelledError):
+                    raise failure
+                raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
         finally:
+            for task, (key, _message) in flying.items():
+                task.cancel()
+                self._flying.discard(key)
+                self._requeue(key)
             self._pending_gauge.set(len(self._pending))
-            if sent:
+            if unsaved:
                 self._dirty = True
-                self.save()  # right after the confirms: they are not published again after a crash
+                self.save()
         return sent
+
+    async def _write_ahead_done(self) -> None:
+        """With offload: staged messages go out only once their save is on disk; after a failed
+        write, everything is saved again in full first."""
+        if self._writer is None:
+            return
+        if self._write_failed is not None:
+            self._write_failed = None
+            self.save(full=True)
+            self._write_ahead = self._last_write
+        if self._write_ahead is not None:
+            write = self._write_ahead
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(write)
+            if write.cancelled():
+                raise OSError(f"{self.name}: the write-ahead save was cancelled")
+            if self._write_ahead is write:
+                self._write_ahead = None
+            error = write.exception()
+            if error is not None:
+                raise OSError(f"{self.name}: the write-ahead save failed: {error}") from error
+
+    def _requeue(self, key: str) -> None:
+        message = self._pending.get(key)
+        if message is None or key in self._queue:
+            return
+        self._queue[key] = None
+        if self.urgent is not None and self.urgent(message):
+            self._urgent[key] = None
+
+    def _next_key(self) -> str | None:
+        """The next message to publish: the urgent ones first, then the oldest."""
+        queue = self._queue
+        while self._urgent:
+            key = next(iter(self._urgent))
+            del self._urgent[key]
+            if key in queue:
+                del queue[key]
+                return key
+        while queue:
+            key = next(iter(queue))
+            del queue[key]
+            if key in self._pending:
+                return key
+        return None
 
     async def _publish_traced(self, message: M, key: str) -> object:
         """Publish as a span from when the message was queued (the trace's root for a tailed line)."""
@@ -371,29 +507,13 @@ class ObservationOutbox(Generic[M]):
         ):
             return await self._publish(message, key)
 
-    def _next_batch(self) -> list[tuple[str, M]]:
-        """Up to IN_FLIGHT pending messages: the urgent ones first, then the oldest."""
-        pending = self._pending
-        batch: list[tuple[str, M]] = []
-        if self._urgent:
-            for key in list(self._urgent)[:IN_FLIGHT]:
-                del self._urgent[key]
-                if key in pending:
-                    batch.append((key, pending[key]))
-        if len(batch) < IN_FLIGHT:
-            chosen = {key for key, _ in batch}
-            for key, message in pending.items():
-                if len(batch) >= IN_FLIGHT:
-                    break
-                if key not in chosen:
-                    batch.append((key, message))
-        return batch
-
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             for key in list(self._pending)[:excess]:
                 del self._pending[key]
+                self._queue.pop(key, None)
+                self._urgent.pop(key, None)
                 self._traces.pop(key, None)
                 self._removed.append(key)
             DROPPED.labels(self.name).inc(excess)
