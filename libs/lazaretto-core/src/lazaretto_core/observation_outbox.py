@@ -38,7 +38,6 @@ who deduplicate by id (the AMQP message id is the same id).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -150,12 +149,14 @@ class ObservationOutbox(Generic[M]):
         self._queue: dict[str, None] = {}
         self._urgent: dict[str, None] = {}
         self._flying: set[str] = set()
-        # offload: the writes of the saves, in a thread; the write-ahead save staged messages wait
-        # for; a failed write (the next flush saves in full again before publishing).
+        # offload: the writes of the saves, in a thread; staged messages held until their
+        # write-ahead save is on disk (the others go on meanwhile); a failed write (the next flush
+        # saves in full again, and holds what it staged until that is on disk).
         self._writer = StateWriter(store, name) if offload else None
-        self._write_ahead: asyncio.Future[None] | None = None
+        self._held: dict[str, asyncio.Future[None]] = {}
         self._last_write: asyncio.Future[None] | None = None
         self._write_failed: BaseException | None = None
+        self._wakeup = asyncio.Event()  # a publish ended, or held messages may go
         self._dirty = False
         self._saved_at = clock()
         self._full_at = clock()
@@ -190,6 +191,7 @@ class ObservationOutbox(Generic[M]):
         saved with it are back in the outbox, to be published again by `flush()`."""
         self._pending.clear()
         self._queue.clear()
+        self._held.clear()
         self._urgent.clear()
         self._dirty = False
         self._need_full = True  # the caller's change tracking starts afresh with what it loads
@@ -368,7 +370,8 @@ class ObservationOutbox(Generic[M]):
                 added += 1
                 if tracing.enabled():
                     self._traces[key] = (tracing.current_carrier(), time.time_ns())
-                if key not in self._flying:  # one being published is queued again after its confirm
+                # One being published is queued again after its confirm; a staged one waits for its save.
+                if key not in self._flying and key not in self._held:
                     self._queue[key] = None
                     if self.urgent is not None and self.urgent(message):
                         self._urgent[key] = None
@@ -380,12 +383,32 @@ class ObservationOutbox(Generic[M]):
     def stage(self, messages: Iterable[M], *, full: bool = False) -> int:
         """Queue messages that cannot be derived again, and save them with the state before any of
         them is published (write-ahead); `full`: as a full document."""
+        messages = list(messages)
         added = self.add(messages)
         if added:
             self.save(full=full)
-            if self._writer is not None:
-                self._write_ahead = self._last_write
+            if self._writer is not None and self._last_write is not None:
+                self._hold((self.ident(m) for m in messages), self._last_write)
         return added
+
+    def _hold(self, keys: Iterable[str], write: asyncio.Future[None]) -> None:
+        """Keep `keys` from being published until `write` is on disk."""
+        held = [k for k in keys if k in self._pending]
+        for key in held:
+            self._held[key] = write
+            self._queue.pop(key, None)
+            self._urgent.pop(key, None)
+        if held:
+            write.add_done_callback(lambda done: self._release(held, done))
+
+    def _release(self, keys: list[str], write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            return  # still held: the next flush saves them again first
+        for key in keys:
+            if self._held.get(key) is write:
+                del self._held[key]
+                self._requeue(key)
+        self._wakeup.set()
 
     async def flush(self) -> int:
         """Publish every pending message, up to `IN_FLIGHT` at once, the next one as soon as a
@@ -398,20 +421,35 @@ class ObservationOutbox(Generic[M]):
         unsaved = 0
         saved_at = self.clock()
         flying: dict[asyncio.Future[object], tuple[str, M]] = {}
+        # Publishes that ended, in the order they did (O(1) per confirm, however many are in flight).
+        finished: list[asyncio.Future[object]] = []
+        wakeup = self._wakeup
+
+        def on_done(task: asyncio.Future[object]) -> None:
+            finished.append(task)
+            wakeup.set()
+
         failure: BaseException | None = None
         try:
             while True:
-                await self._write_ahead_done()
+                self._save_again_after_a_failed_write()
                 while failure is None and len(flying) < IN_FLIGHT:
                     key = self._next_key()
                     if key is None:
                         break
                     message = self._pending[key]
                     self._flying.add(key)
-                    flying[asyncio.ensure_future(self._publish_traced(message, key))] = (key, message)
+                    task = asyncio.ensure_future(self._publish_traced(message, key))
+                    flying[task] = (key, message)
+                    task.add_done_callback(on_done)
                 if not flying:
-                    break
-                done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                    if failure is not None or not self._held:
+                        break
+                    await self._held_written()
+                    continue
+                await wakeup.wait()
+                wakeup.clear()
+                done, finished[:] = finished[:], []
                 for task in done:
                     key, message = flying.pop(task)
                     self._flying.discard(key)
@@ -452,30 +490,29 @@ class ObservationOutbox(Generic[M]):
                 self.save()
         return sent
 
-    async def _write_ahead_done(self) -> None:
-        """With offload: staged messages go out only once their save is on disk; after a failed
-        write, everything is saved again in full first."""
-        if self._writer is None:
+    def _save_again_after_a_failed_write(self) -> None:
+        """With offload, after a failed write: save everything again in full, and hold the messages
+        staged before until that is on disk."""
+        if self._write_failed is None:
             return
-        if self._write_failed is not None:
-            self._write_failed = None
-            self.save(full=True)
-            self._write_ahead = self._last_write
-        if self._write_ahead is not None:
-            write = self._write_ahead
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(write)
-            if write.cancelled():
-                raise OSError(f"{self.name}: the write-ahead save was cancelled")
-            if self._write_ahead is write:
-                self._write_ahead = None
-            error = write.exception()
-            if error is not None:
-                raise OSError(f"{self.name}: the write-ahead save failed: {error}") from error
+        self._write_failed = None
+        self.save(full=True)
+        if self._held and self._last_write is not None:
+            self._hold(list(self._held), self._last_write)
+
+    async def _held_written(self) -> None:
+        """Wait for a write that holds staged messages; OSError if it failed."""
+        write = next(iter(self._held.values()))
+        await asyncio.wait([write])
+        if write.cancelled():
+            raise OSError(f"{self.name}: the write-ahead save was cancelled")
+        error = write.exception()
+        if error is not None:
+            raise OSError(f"{self.name}: the write-ahead save failed: {error}") from error
 
     def _requeue(self, key: str) -> None:
         message = self._pending.get(key)
-        if message is None or key in self._queue:
+        if message is None or key in self._queue or key in self._held:
             return
         self._queue[key] = None
         if self.urgent is not None and self.urgent(message):
@@ -514,6 +551,7 @@ class ObservationOutbox(Generic[M]):
                 del self._pending[key]
                 self._queue.pop(key, None)
                 self._urgent.pop(key, None)
+                self._held.pop(key, None)
                 self._traces.pop(key, None)
                 self._removed.append(key)
             DROPPED.labels(self.name).inc(excess)
