@@ -641,7 +641,7 @@ async def test_with_offload_a_failed_write_is_saved_again_in_full_before_publish
 
     # When a staged message's write-ahead save fails
     outbox.stage([observation(1)], full=True)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="write-ahead save failed"):
         await outbox.flush()
     assert published == []
 

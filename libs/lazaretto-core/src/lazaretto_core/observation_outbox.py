@@ -144,6 +144,9 @@ class ObservationOutbox(Generic[M]):
         # ahead of later revisions of running windows); None: oldest first.
         self.urgent = urgent
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
+        # Each pending message as saved (JSON-ready), made once: a full save of thousands of pending
+        # messages reuses them instead of dumping every message again.
+        self._dumps: dict[str, tuple[M, dict[str, Any]]] = {}
         # Keys of pending messages not being published now, in the order they are due (oldest
         # first), and those of them that are urgent; keys being published wait for their confirm.
         self._queue: dict[str, None] = {}
@@ -190,6 +193,7 @@ class ObservationOutbox(Generic[M]):
         """The caller's state as last saved (None: never saved, or unreadable); the pending messages
         saved with it are back in the outbox, to be published again by `flush()`."""
         self._pending.clear()
+        self._dumps.clear()
         self._queue.clear()
         self._held.clear()
         self._urgent.clear()
@@ -269,7 +273,8 @@ class ObservationOutbox(Generic[M]):
         self._need_full = True  # until it is on disk
         if self.delta is not None:
             self.delta()  # the full snapshot covers every change so far
-        pending = [m.model_dump(mode="json") for m in self._pending.values()]
+        pending = [self._dump(key, message) for key, message in self._pending.items()]
+        self._dumps = {key: self._dumps[key] for key in self._pending}  # forget the sent ones
         seq = self._seq + 1
         document = {"seq": seq, "state": self.snapshot(), "pending": pending}
         if self._writer is None:
@@ -293,9 +298,7 @@ class ObservationOutbox(Generic[M]):
             record["set"] = change.set
         if change.delete:
             record["delete"] = change.delete
-        new = [
-            self._pending[k].model_dump(mode="json") for k in dict.fromkeys(self._added) if k in self._pending
-        ]
+        new = [self._dump(k, self._pending[k]) for k in dict.fromkeys(self._added) if k in self._pending]
         if new:
             record["add"] = new
         removed = [k for k in self._removed if k not in added]
@@ -339,6 +342,12 @@ class ObservationOutbox(Generic[M]):
         """`close()`, and wait for the write."""
         self.close()
         await self.drained()
+
+    def _dump(self, key: str, message: M) -> dict[str, Any]:
+        dumped = self._dumps.get(key)
+        if dumped is None or dumped[0] is not message:
+            dumped = self._dumps[key] = (message, message.model_dump(mode="json"))
+        return dumped[1]
 
     def touch(self) -> None:
         """The input state moved, nothing new to publish: save within `save_every` seconds."""

@@ -15,9 +15,10 @@ What makes a restart (even after kill -9) neither lose nor repeat an alert in ef
   (write-ahead), and pending observations are published again at start (same id);
 - publishing runs beside the reader (one publisher task per source, a window of confirms in
   flight, the next message sent as each confirm arrives), so the reader never waits for the broker
-  nor for the disk (saves are written by a thread): whatever a save records as read has its observations either
-  confirmed or pending in the same record; a failed publish leaves them pending and is retried;
-  beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a broker outage stops reading).
+  nor for the disk (saves are written by a thread): whatever a save records as read has its
+  observations either confirmed or pending in the same record; a failed publish leaves them
+  pending and is retried; beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a
+  broker outage stops reading).
 Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
