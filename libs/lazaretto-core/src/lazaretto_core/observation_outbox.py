@@ -448,9 +448,11 @@ class ObservationOutbox(Generic[M]):
                         break
                     message = self._pending[key]
                     self._flying.add(key)
-                    task = asyncio.ensure_future(self._publish_traced(message, key))
-                    flying[task] = (key, message)
-                    task.add_done_callback(on_done)
+                    publishing: asyncio.Future[object] = asyncio.ensure_future(
+                        self._publish_traced(message, key)
+                    )
+                    flying[publishing] = (key, message)
+                    publishing.add_done_callback(on_done)
                 if not flying:
                     if failure is not None or not self._held:
                         break
@@ -489,8 +491,8 @@ class ObservationOutbox(Generic[M]):
                     raise failure
                 raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
         finally:
-            for task, (key, _message) in flying.items():
-                task.cancel()
+            for publishing, (key, _message) in flying.items():
+                publishing.cancel()
                 self._flying.discard(key)
                 self._requeue(key)
             self._pending_gauge.set(len(self._pending))
