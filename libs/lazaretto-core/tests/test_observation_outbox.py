@@ -17,7 +17,13 @@ import pytest
 from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.observation_outbox import IN_FLIGHT, ObservationOutbox, StateDelta, deterministic_id
+from lazaretto_core.observation_outbox import (
+    IN_FLIGHT,
+    OTHERS_IN_FLIGHT,
+    ObservationOutbox,
+    StateDelta,
+    deterministic_id,
+)
 
 TIMEOUT = 20.0
 
@@ -652,3 +658,50 @@ async def test_with_offload_a_failed_write_is_saved_again_in_full_before_publish
     saved = CheckpointStore(tmp_path).load_state("source-a")
     assert saved is not None
     assert saved["pending"] == []
+
+
+async def test_an_urgent_message_goes_out_at_once_past_later_revisions_awaiting_their_confirm(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox that puts first revisions ahead, and a broker that does not confirm the later
+    # revisions it was sent (slow), with many of them pending
+    awaiting: list[str] = []
+    published: list[str] = []
+    stuck = asyncio.Event()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.revision > 0:
+            awaiting.append(message_id)
+            await stuck.wait()
+        published.append(message_id)
+
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        urgent=lambda o: o.revision == 0,
+    )
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 201))
+    flushing = asyncio.create_task(outbox.flush())
+    async with asyncio.timeout(TIMEOUT):
+        while len(awaiting) < OTHERS_IN_FLIGHT:
+            await asyncio.sleep(0.01)
+
+    # When a new address's first revision is queued while the flush waits for those confirms
+    first = observation(500)
+    outbox.add([first])
+
+    # Then it is published at once (no confirm needed to make room), and no more later revisions
+    # await their confirm than the few allowed
+    async with asyncio.timeout(TIMEOUT):
+        while not published:
+            await asyncio.sleep(0.01)
+    assert published == [str(first.observation_id)]
+    assert len(awaiting) == OTHERS_IN_FLIGHT
+    stuck.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 201

@@ -62,6 +62,10 @@ M = TypeVar("M", bound=Contract)
 OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 MAX_PENDING: Final = 10_000
 IN_FLIGHT: Final = 256  # publishes awaiting their confirm at once
+# With `urgent`: publishes of the other messages awaiting their confirm at once, so that an urgent one
+# never queues at the broker behind more than these (a slow broker collapses the later revisions
+# waiting here instead: a newer one supersedes the pending one).
+OTHERS_IN_FLIGHT: Final = 64
 # While confirms keep coming, the state is saved at least this often (and whenever none is in flight).
 SAVE_WHILE_PUBLISHING: Final = 0.02
 JOURNAL_RECORDS: Final = 1_000  # journal records before a full document is written again
@@ -387,6 +391,7 @@ class ObservationOutbox(Generic[M]):
         if added:
             self._dirty = True
             self._bound()
+            self._wakeup.set()  # a flush under way publishes them now, not after its next confirm
         return added
 
     def stage(self, messages: Iterable[M], *, full: bool = False) -> int:
@@ -430,6 +435,8 @@ class ObservationOutbox(Generic[M]):
         unsaved = 0
         saved_at = self.clock()
         flying: dict[asyncio.Future[object], tuple[str, M]] = {}
+        others_cap = OTHERS_IN_FLIGHT if self.urgent is not None else IN_FLIGHT
+        others = 0  # publishes in flight that are not urgent
         # Publishes that ended, in the order they did (O(1) per confirm, however many are in flight).
         finished: list[asyncio.Future[object]] = []
         wakeup = self._wakeup
@@ -443,10 +450,12 @@ class ObservationOutbox(Generic[M]):
             while True:
                 self._save_again_after_a_failed_write()
                 while failure is None and len(flying) < IN_FLIGHT:
-                    key = self._next_key()
+                    key = self._next_key(others < others_cap)
                     if key is None:
                         break
                     message = self._pending[key]
+                    if self.urgent is None or not self.urgent(message):
+                        others += 1
                     self._flying.add(key)
                     publishing: asyncio.Future[object] = asyncio.ensure_future(
                         self._publish_traced(message, key)
@@ -463,6 +472,8 @@ class ObservationOutbox(Generic[M]):
                 done, finished[:] = finished[:], []
                 for task in done:
                     key, message = flying.pop(task)
+                    if self.urgent is None or not self.urgent(message):
+                        others -= 1
                     self._flying.discard(key)
                     error = asyncio.CancelledError() if task.cancelled() else task.exception()
                     if error is not None:
@@ -529,8 +540,8 @@ class ObservationOutbox(Generic[M]):
         if self.urgent is not None and self.urgent(message):
             self._urgent[key] = None
 
-    def _next_key(self) -> str | None:
-        """The next message to publish: the urgent ones first, then the oldest."""
+    def _next_key(self, others: bool = True) -> str | None:
+        """The next message to publish: the urgent ones first, then (if `others`) the oldest."""
         queue = self._queue
         while self._urgent:
             key = next(iter(self._urgent))
@@ -538,7 +549,7 @@ class ObservationOutbox(Generic[M]):
             if key in queue:
                 del queue[key]
                 return key
-        while queue:
+        while others and queue:
             key = next(iter(queue))
             del queue[key]
             if key in self._pending:
