@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,13 @@ import pytest
 from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta, deterministic_id
+from lazaretto_core.observation_outbox import (
+    IN_FLIGHT,
+    OTHERS_IN_FLIGHT,
+    ObservationOutbox,
+    StateDelta,
+    deterministic_id,
+)
 
 TIMEOUT = 20.0
 
@@ -518,3 +525,183 @@ async def test_urgent_messages_are_published_before_older_ones(tmp_path: Path) -
     assert sent.index(1) < 256
     assert sorted(sent) == list(range(1, 602))
     assert len(outbox) == 0
+
+
+async def test_a_slow_confirm_does_not_hold_back_the_messages_after_it(tmp_path: Path) -> None:
+    # Given more pending messages than may await their confirm at once, and a broker that confirms
+    # the first one only after every other one was confirmed
+    others_confirmed = asyncio.Event()
+    confirmed: list[str] = []
+    total = IN_FLIGHT + 44
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.count == 1:
+            await others_confirmed.wait()
+        confirmed.append(message_id)
+        if len(confirmed) == total - 1:
+            others_confirmed.set()
+
+    outbox = make_outbox(CheckpointStore(tmp_path), publish, Input())
+    outbox.add(observation(n) for n in range(1, total + 1))
+
+    # When it flushes (in rounds, the first round would wait for that confirm for ever)
+    async with asyncio.timeout(TIMEOUT):
+        sent = await outbox.flush()
+
+    # Then each confirm made room for the next message: all went out, the slow one last
+    assert sent == total
+    assert confirmed[-1] == str(observation(1).observation_id)
+    assert len(outbox) == 0
+
+
+class HeldStore(CheckpointStore):
+    """A disk whose document writes (in the writer thread) wait until the test lets them go."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def write_state(self, name: str, document: bytes) -> None:
+        self.writing.set()
+        self.release.wait(TIMEOUT)
+        super().write_state(name, document)
+
+
+async def test_with_offload_staged_messages_wait_for_their_save_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox whose saves are written by a thread, on a disk that is slow right now
+    published: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append(message_id)
+
+    store = HeldStore(tmp_path)
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        store,
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        offload=True,
+    )
+
+    # When a message that cannot be derived again is staged (write-ahead), one that can is added,
+    # and they are flushed
+    state.position = 7
+    outbox.stage([observation(1)], full=True)
+    outbox.add([observation(2)])
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.to_thread(store.writing.wait, TIMEOUT)
+
+    # Then the loop goes on while the thread writes: the one derived again is published, the staged
+    # one not while its save is not on disk
+    async with asyncio.timeout(TIMEOUT):
+        while not published:
+            await asyncio.sleep(0.01)
+    assert published == [str(observation(2).observation_id)]
+    assert not flushing.done()
+
+    # And once the disk is done, it is published and the saved document holds what was staged
+    store.release.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 2
+        await outbox.drained()
+    assert published == [str(observation(2).observation_id), str(observation(1).observation_id)]
+    saved = CheckpointStore(tmp_path).load_state("source-a")
+    assert saved is not None
+    assert saved["state"]["position"] == 7
+
+
+async def test_with_offload_a_failed_write_is_saved_again_in_full_before_publishing(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox writing its saves in a thread, and a disk that fails once
+    published: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append(message_id)
+
+    class FailingOnce(CheckpointStore):
+        failures = 1
+
+        def write_state(self, name: str, document: bytes) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("disk full")
+            super().write_state(name, document)
+
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        FailingOnce(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        offload=True,
+    )
+
+    # When a staged message's write-ahead save fails
+    outbox.stage([observation(1)], full=True)
+    with pytest.raises(OSError, match="write-ahead save failed"):
+        await outbox.flush()
+    assert published == []
+
+    # Then the next flush saves everything again first, and publishes once that is on disk
+    assert await outbox.flush() == 1
+    await outbox.drained()
+    assert published == [str(observation(1).observation_id)]
+    saved = CheckpointStore(tmp_path).load_state("source-a")
+    assert saved is not None
+    assert saved["pending"] == []
+
+
+async def test_an_urgent_message_goes_out_at_once_past_later_revisions_awaiting_their_confirm(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox that puts first revisions ahead, and a broker that does not confirm the later
+    # revisions it was sent (slow), with many of them pending
+    awaiting: list[str] = []
+    published: list[str] = []
+    stuck = asyncio.Event()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.revision > 0:
+            awaiting.append(message_id)
+            await stuck.wait()
+        published.append(message_id)
+
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        urgent=lambda o: o.revision == 0,
+    )
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 201))
+    flushing = asyncio.create_task(outbox.flush())
+    async with asyncio.timeout(TIMEOUT):
+        while len(awaiting) < OTHERS_IN_FLIGHT:
+            await asyncio.sleep(0.01)
+
+    # When a new address's first revision is queued while the flush waits for those confirms
+    first = observation(500)
+    outbox.add([first])
+
+    # Then it is published at once (no confirm needed to make room), and no more later revisions
+    # await their confirm than the few allowed
+    async with asyncio.timeout(TIMEOUT):
+        while not published:
+            await asyncio.sleep(0.01)
+    assert published == [str(first.observation_id)]
+    assert len(awaiting) == OTHERS_IN_FLIGHT
+    stuck.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 201

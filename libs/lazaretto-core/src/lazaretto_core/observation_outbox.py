@@ -11,9 +11,11 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
   the saved position, with deterministic ids): nothing is written until their confirm. With
   `supersedes`, a newer version of a pending message (a later revision, same id) replaces it; one
   confirmed while a newer one was queued leaves the newer one pending.
-- `flush()` publishes what is pending (pipelined, with publisher confirms), drops each message only
-  once the broker confirmed it, and saves the document right after the confirms — the position
-  saved then includes the lines that produced them.
+- `flush()` publishes what is pending (a window of up to `IN_FLIGHT` publishes awaiting their
+  confirm, each confirm making room for the next message at once), drops each message only once the
+  broker confirmed it, and saves the document right after the confirms (those that arrive together,
+  and at least every `SAVE_WHILE_PUBLISHING` seconds while publishing goes on) — the position saved
+  then includes the lines that produced them.
 - `touch()` says the input state moved without anything to publish: it is saved at most every
   `save_every` seconds (a crash re-reads at most that much, which yields nothing to publish twice).
 
@@ -23,6 +25,10 @@ entries of keyed collections, messages added and sent) after the last full docum
 full document again every `full_every` seconds (default `save_every`), every `JOURNAL_RECORDS`
 records, or when asked (`save(full=True)`). Loading applies the
 journal to the document; a record torn by a crash was never acknowledged, so it is ignored.
+
+With `offload`, saves are encoded in the loop and written (fsync) by a worker thread in order
+(`state_writer.StateWriter`): the loop never waits for the disk. Staged messages are published only
+once their write-ahead save is on disk; `drained()` waits for every write handed over.
 
 A message is kept under its id (`ident`): ids must be deterministic (`deterministic_id`), so a message
 derived again after a crash, or re-published from the document, is the same message to consumers,
@@ -46,6 +52,7 @@ from . import tracing
 from .bus import PublishError
 from .checkpoints import CheckpointStore
 from .contracts import Contract
+from .state_writer import StateWriter
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,12 @@ M = TypeVar("M", bound=Contract)
 OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 MAX_PENDING: Final = 10_000
 IN_FLIGHT: Final = 256  # publishes awaiting their confirm at once
+# With `urgent`: publishes of the other messages awaiting their confirm at once, so that an urgent one
+# never queues at the broker behind more than these (a slow broker collapses the later revisions
+# waiting here instead: a newer one supersedes the pending one).
+OTHERS_IN_FLIGHT: Final = 64
+# While confirms keep coming, the state is saved at least this often (and whenever none is in flight).
+SAVE_WHILE_PUBLISHING: Final = 0.02
 JOURNAL_RECORDS: Final = 1_000  # journal records before a full document is written again
 JOURNAL_BYTES: Final = 8 << 20
 
@@ -110,6 +123,7 @@ class ObservationOutbox(Generic[M]):
         full_every: float | None = None,
         supersedes: Callable[[M, M], bool] | None = None,
         urgent: Callable[[M], bool] | None = None,
+        offload: bool = False,
     ) -> None:
         self.store = store
         self.name = name
@@ -134,7 +148,22 @@ class ObservationOutbox(Generic[M]):
         # ahead of later revisions of running windows); None: oldest first.
         self.urgent = urgent
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
-        self._urgent: dict[str, None] = {}  # keys of pending urgent messages, oldest first
+        # Each pending message as saved (JSON-ready), made once: a full save of thousands of pending
+        # messages reuses them instead of dumping every message again.
+        self._dumps: dict[str, tuple[M, dict[str, Any]]] = {}
+        # Keys of pending messages not being published now, in the order they are due (oldest
+        # first), and those of them that are urgent; keys being published wait for their confirm.
+        self._queue: dict[str, None] = {}
+        self._urgent: dict[str, None] = {}
+        self._flying: set[str] = set()
+        # offload: the writes of the saves, in a thread; staged messages held until their
+        # write-ahead save is on disk (the others go on meanwhile); a failed write (the next flush
+        # saves in full again, and holds what it staged until that is on disk).
+        self._writer = StateWriter(store, name) if offload else None
+        self._held: dict[str, asyncio.Future[None]] = {}
+        self._last_write: asyncio.Future[None] | None = None
+        self._write_failed: BaseException | None = None
+        self._wakeup = asyncio.Event()  # a publish ended, or held messages may go
         self._dirty = False
         self._saved_at = clock()
         self._full_at = clock()
@@ -168,6 +197,9 @@ class ObservationOutbox(Generic[M]):
         """The caller's state as last saved (None: never saved, or unreadable); the pending messages
         saved with it are back in the outbox, to be published again by `flush()`."""
         self._pending.clear()
+        self._dumps.clear()
+        self._queue.clear()
+        self._held.clear()
         self._urgent.clear()
         self._dirty = False
         self._need_full = True  # the caller's change tracking starts afresh with what it loads
@@ -198,6 +230,7 @@ class ObservationOutbox(Generic[M]):
             return None
         self._seq = seq
         self._pending = pending
+        self._queue = dict.fromkeys(pending)
         self._pending_gauge.set(len(self._pending))
         return state
 
@@ -244,11 +277,16 @@ class ObservationOutbox(Generic[M]):
         self._need_full = True  # until it is on disk
         if self.delta is not None:
             self.delta()  # the full snapshot covers every change so far
-        pending = [m.model_dump(mode="json") for m in self._pending.values()]
+        pending = [self._dump(key, message) for key, message in self._pending.items()]
+        self._dumps = {key: self._dumps[key] for key in self._pending}  # forget the sent ones
         seq = self._seq + 1
-        self.store.save_state(self.name, {"seq": seq, "state": self.snapshot(), "pending": pending})
+        document = {"seq": seq, "state": self.snapshot(), "pending": pending}
+        if self._writer is None:
+            self.store.save_state(self.name, document)
+            self.store.reset_journal(self.name)
+        else:
+            self._track(self._writer.document(self.store.encode_state(self.name, document)))
         self._seq = seq
-        self.store.reset_journal(self.name)
         self._need_full = False
         self._journal_records = self._journal_bytes = 0
         self._full_at = self.clock()
@@ -264,21 +302,56 @@ class ObservationOutbox(Generic[M]):
             record["set"] = change.set
         if change.delete:
             record["delete"] = change.delete
-        new = [
-            self._pending[k].model_dump(mode="json") for k in dict.fromkeys(self._added) if k in self._pending
-        ]
+        new = [self._dump(k, self._pending[k]) for k in dict.fromkeys(self._added) if k in self._pending]
         if new:
             record["add"] = new
         removed = [k for k in self._removed if k not in added]
         if removed:
             record["removed"] = removed
-        try:
-            self._journal_bytes += self.store.append_journal(self.name, record)
-        except OSError:
-            self._need_full = True  # the changes handed over by delta() are not on disk
-            raise
+        if self._writer is None:
+            try:
+                self._journal_bytes += self.store.append_journal(self.name, record)
+            except OSError:
+                self._need_full = True  # the changes handed over by delta() are not on disk
+                raise
+        else:
+            line = self.store.encode_journal(record)
+            self._track(self._writer.journal(line))
+            self._journal_bytes += len(line)
         self._seq += 1
         self._journal_records += 1
+
+    def _track(self, write: asyncio.Future[None]) -> None:
+        self._last_write = write
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        if write.cancelled():
+            return
+        error = write.exception()
+        if error is not None:
+            # What that write held is not on disk: the next save is a full one, and the next flush
+            # makes it before publishing anything (staged messages must be on disk first).
+            self._need_full = True
+            if self._write_failed is None:
+                log.error("%s: saving the state failed: %s", self.name, error)
+            self._write_failed = error
+
+    async def drained(self) -> None:
+        """Wait until every save handed to the writer thread is written (or failed)."""
+        if self._writer is not None:
+            await self._writer.drained()
+
+    async def aclose(self) -> None:
+        """`close()`, and wait for the write."""
+        self.close()
+        await self.drained()
+
+    def _dump(self, key: str, message: M) -> dict[str, Any]:
+        dumped = self._dumps.get(key)
+        if dumped is None or dumped[0] is not message:
+            dumped = self._dumps[key] = (message, message.model_dump(mode="json"))
+        return dumped[1]
 
     def touch(self) -> None:
         """The input state moved, nothing new to publish: save within `save_every` seconds."""
@@ -310,56 +383,178 @@ class ObservationOutbox(Generic[M]):
                 added += 1
                 if tracing.enabled():
                     self._traces[key] = (tracing.current_carrier(), time.time_ns())
-                if self.urgent is not None and self.urgent(message):
-                    self._urgent[key] = None
+                # One being published is queued again after its confirm; a staged one waits for its save.
+                if key not in self._flying and key not in self._held:
+                    self._queue[key] = None
+                    if self.urgent is not None and self.urgent(message):
+                        self._urgent[key] = None
         if added:
             self._dirty = True
             self._bound()
+            self._wakeup.set()  # a flush under way publishes them now, not after its next confirm
         return added
 
     def stage(self, messages: Iterable[M], *, full: bool = False) -> int:
         """Queue messages that cannot be derived again, and save them with the state before any of
         them is published (write-ahead); `full`: as a full document."""
+        messages = list(messages)
         added = self.add(messages)
         if added:
             self.save(full=full)
+            if self._writer is not None and self._last_write is not None:
+                self._hold((self.ident(m) for m in messages), self._last_write)
         return added
 
+    def _hold(self, keys: Iterable[str], write: asyncio.Future[None]) -> None:
+        """Keep `keys` from being published until `write` is on disk."""
+        held = [k for k in keys if k in self._pending]
+        for key in held:
+            self._held[key] = write
+            self._queue.pop(key, None)
+            self._urgent.pop(key, None)
+        if held:
+            write.add_done_callback(lambda done: self._release(held, done))
+
+    def _release(self, keys: list[str], write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            return  # still held: the next flush saves them again first
+        for key in keys:
+            if self._held.get(key) is write:
+                del self._held[key]
+                self._requeue(key)
+        self._wakeup.set()
+
     async def flush(self) -> int:
-        """Publish every pending message; each is dropped once confirmed, and the document saved right
-        after the confirms. Returns how many were confirmed. On a failed publish the confirmed ones
-        are saved as sent and `PublishError` is raised (the rest stay pending)."""
+        """Publish every pending message, up to `IN_FLIGHT` at once, the next one as soon as a
+        confirm makes room; each is dropped once confirmed, and the document saved right after the
+        confirms. Returns how many were confirmed. On a failed publish the confirmed ones are saved as
+        sent and `PublishError` is raised (the rest stay pending); `OSError` if a save failed."""
         if not self._pending:
             return 0
         sent = 0
+        unsaved = 0
+        saved_at = self.clock()
+        flying: dict[asyncio.Future[object], tuple[str, M]] = {}
+        others_cap = OTHERS_IN_FLIGHT if self.urgent is not None else IN_FLIGHT
+        others = 0  # publishes in flight that are not urgent
+        # Publishes that ended, in the order they did (O(1) per confirm, however many are in flight).
+        finished: list[asyncio.Future[object]] = []
+        wakeup = self._wakeup
+
+        def on_done(task: asyncio.Future[object]) -> None:
+            finished.append(task)
+            wakeup.set()
+
+        failure: BaseException | None = None
         try:
-            while self._pending:
-                batch = self._next_batch()
-                results = await asyncio.gather(
-                    *(self._publish_traced(message, key) for key, message in batch), return_exceptions=True
-                )
-                failure: BaseException | None = None
-                for (key, message), result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        failure = failure or result
-                    else:
-                        sent += 1
-                        if self.on_sent is not None:
-                            self.on_sent(message)
-                        if self._pending.get(key) is not message:
-                            continue  # a newer version replaced it meanwhile: that one is still due
-                        del self._pending[key]
-                        self._removed.append(key)
-                if failure is not None:
-                    if isinstance(failure, PublishError | asyncio.CancelledError):
-                        raise failure
-                    raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
+            while True:
+                self._save_again_after_a_failed_write()
+                while failure is None and len(flying) < IN_FLIGHT:
+                    key = self._next_key(others < others_cap)
+                    if key is None:
+                        break
+                    message = self._pending[key]
+                    if self.urgent is None or not self.urgent(message):
+                        others += 1
+                    self._flying.add(key)
+                    publishing: asyncio.Future[object] = asyncio.ensure_future(
+                        self._publish_traced(message, key)
+                    )
+                    flying[publishing] = (key, message)
+                    publishing.add_done_callback(on_done)
+                if not flying:
+                    if failure is not None or not self._held:
+                        break
+                    await self._held_written()
+                    continue
+                await wakeup.wait()
+                wakeup.clear()
+                done, finished[:] = finished[:], []
+                for task in done:
+                    key, message = flying.pop(task)
+                    if self.urgent is None or not self.urgent(message):
+                        others -= 1
+                    self._flying.discard(key)
+                    error = asyncio.CancelledError() if task.cancelled() else task.exception()
+                    if error is not None:
+                        failure = failure or error
+                        self._requeue(key)
+                        continue
+                    sent += 1
+                    unsaved += 1
+                    if self.on_sent is not None:
+                        self.on_sent(message)
+                    if self._pending.get(key) is not message:
+                        self._requeue(key)  # a newer version replaced it meanwhile: that one is due
+                        continue
+                    del self._pending[key]
+                    self._removed.append(key)
+                self._pending_gauge.set(len(self._pending))
+                now = self.clock()
+                if unsaved and (not flying or now - saved_at >= SAVE_WHILE_PUBLISHING):
+                    # Right after the confirms: they are not published again after a crash.
+                    unsaved = 0
+                    saved_at = now
+                    self._dirty = True
+                    self.save()
+            if failure is not None:
+                if isinstance(failure, PublishError | asyncio.CancelledError):
+                    raise failure
+                raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
         finally:
+            for publishing, (key, _message) in flying.items():
+                publishing.cancel()
+                self._flying.discard(key)
+                self._requeue(key)
             self._pending_gauge.set(len(self._pending))
-            if sent:
+            if unsaved:
                 self._dirty = True
-                self.save()  # right after the confirms: they are not published again after a crash
+                self.save()
         return sent
+
+    def _save_again_after_a_failed_write(self) -> None:
+        """With offload, after a failed write: save everything again in full, and hold the messages
+        staged before until that is on disk."""
+        if self._write_failed is None:
+            return
+        self._write_failed = None
+        self.save(full=True)
+        if self._held and self._last_write is not None:
+            self._hold(list(self._held), self._last_write)
+
+    async def _held_written(self) -> None:
+        """Wait for a write that holds staged messages; OSError if it failed."""
+        write = next(iter(self._held.values()))
+        await asyncio.wait([write])
+        if write.cancelled():
+            raise OSError(f"{self.name}: the write-ahead save was cancelled")
+        error = write.exception()
+        if error is not None:
+            raise OSError(f"{self.name}: the write-ahead save failed: {error}") from error
+
+    def _requeue(self, key: str) -> None:
+        message = self._pending.get(key)
+        if message is None or key in self._queue or key in self._held:
+            return
+        self._queue[key] = None
+        if self.urgent is not None and self.urgent(message):
+            self._urgent[key] = None
+
+    def _next_key(self, others: bool = True) -> str | None:
+        """The next message to publish: the urgent ones first, then (if `others`) the oldest."""
+        queue = self._queue
+        while self._urgent:
+            key = next(iter(self._urgent))
+            del self._urgent[key]
+            if key in queue:
+                del queue[key]
+                return key
+        while others and queue:
+            key = next(iter(queue))
+            del queue[key]
+            if key in self._pending:
+                return key
+        return None
 
     async def _publish_traced(self, message: M, key: str) -> object:
         """Publish as a span from when the message was queued (the trace's root for a tailed line)."""
@@ -371,29 +566,14 @@ class ObservationOutbox(Generic[M]):
         ):
             return await self._publish(message, key)
 
-    def _next_batch(self) -> list[tuple[str, M]]:
-        """Up to IN_FLIGHT pending messages: the urgent ones first, then the oldest."""
-        pending = self._pending
-        batch: list[tuple[str, M]] = []
-        if self._urgent:
-            for key in list(self._urgent)[:IN_FLIGHT]:
-                del self._urgent[key]
-                if key in pending:
-                    batch.append((key, pending[key]))
-        if len(batch) < IN_FLIGHT:
-            chosen = {key for key, _ in batch}
-            for key, message in pending.items():
-                if len(batch) >= IN_FLIGHT:
-                    break
-                if key not in chosen:
-                    batch.append((key, message))
-        return batch
-
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             for key in list(self._pending)[:excess]:
                 del self._pending[key]
+                self._queue.pop(key, None)
+                self._urgent.pop(key, None)
+                self._held.pop(key, None)
                 self._traces.pop(key, None)
                 self._removed.append(key)
             DROPPED.labels(self.name).inc(excess)

@@ -3,6 +3,10 @@
 `enqueue` writes inside the caller's transaction; the relay publishes committed rows and deletes
 them once the broker confirmed. A crash between the two republishes (consumers deduplicate). Each row
 keeps the trace context it was stored in, and is published in it (one trace from alert to reset).
+
+The relay wakes when a commit stored messages: kicked by the unit of work in its own process, and
+through PostgreSQL's NOTIFY on `OUTBOX_CHANNEL` (a trigger, migration core_0003) for commits of any
+process; its timer is only the safety net (a notification lost with a connection).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -23,6 +28,8 @@ from .dispatch import MessageBus
 from .progress import ProgressMonitor
 
 log = logging.getLogger(__name__)
+
+OUTBOX_CHANNEL = "lazaretto_outbox"
 
 
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
@@ -59,9 +66,44 @@ class OutboxRelay:
         self._progress = progress
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # A pool connection kept LISTENing to OUTBOX_CHANNEL (None: not listening now).
+        self._listener: Any = None
 
     def kick(self) -> None:
         self._wake.set()
+
+    def _notified(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """Listen for the outbox's notifications, on a connection of its own (again if it was lost)."""
+        if self._listener is not None:
+            if not self._listener.is_closed():
+                return
+            await self._unlisten()
+        try:
+            conn = await self._pool.acquire(timeout=5.0)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning("outbox relay not listening for commits yet: %s", exc)
+            return
+        try:
+            await conn.add_listener(OUTBOX_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("outbox relay not listening for commits yet: %s", exc)
+            await self._pool.release(conn)
+            return
+        self._listener = conn
+        self._wake.set()  # what was committed before the LISTEN took effect
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if not conn.is_closed():
+                await conn.remove_listener(OUTBOX_CHANNEL, self._notified)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._pool.release(conn)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -71,9 +113,11 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._unlisten()
 
     async def _run(self) -> None:
         while True:
+            await self._listen()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
@@ -88,20 +132,41 @@ class OutboxRelay:
                 await asyncio.sleep(self._interval)
 
     async def drain_once(self) -> int:
-        """Publish up to one batch of committed messages; returns how many were sent."""
+        """Publish up to one batch of committed messages; returns how many were sent.
+
+        Messages of different correlations (cases) are published concurrently, their confirms
+        awaited together; those of one correlation one after another, in the order stored. The
+        confirmed ones are deleted in one statement, also when another publish failed (then raised).
+        """
+        failure: BaseException | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, message_id, routing_key, body, correlation_id, trace_context FROM outbox"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
             )
+            chains: dict[str | None, list[asyncpg.Record]] = {}
             for row in rows:
-                contract = BY_ROUTING_KEY[row["routing_key"]]
-                message = contract.model_validate(json.loads(row["body"]))
-                stored = json.loads(row["trace_context"]) if row["trace_context"] else None
-                with tracing.resumed(stored):
-                    await self._bus.publish(
-                        message, correlation_id=row["correlation_id"], message_id=str(row["message_id"])
-                    )
-                await conn.execute("DELETE FROM outbox WHERE id = $1", row["id"])
+                chains.setdefault(row["correlation_id"], []).append(row)
+            confirmed: list[int] = []
+            results = await asyncio.gather(
+                *(self._publish_chain(chain, confirmed) for chain in chains.values()), return_exceptions=True
+            )
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if confirmed:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", confirmed)
+        if failure is not None:
+            raise failure
         return len(rows)
+
+    async def _publish_chain(self, rows: list[asyncpg.Record], confirmed: list[int]) -> None:
+        """One correlation's messages, in order; stops at the first that fails."""
+        for row in rows:
+            contract = BY_ROUTING_KEY[row["routing_key"]]
+            message = contract.model_validate(json.loads(row["body"]))
+            stored = json.loads(row["trace_context"]) if row["trace_context"] else None
+            with tracing.resumed(stored):
+                await self._bus.publish(
+                    message, correlation_id=row["correlation_id"], message_id=str(row["message_id"])
+                )
+            confirmed.append(row["id"])

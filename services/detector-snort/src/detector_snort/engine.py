@@ -13,10 +13,12 @@ What makes a restart (even after kill -9) neither lose nor repeat an alert in ef
   copy-truncated file's copy gives the same ids — which consumers deduplicate;
 - a window that closes is saved as pending *before* its folded observation is published
   (write-ahead), and pending observations are published again at start (same id);
-- publishing runs beside the reader (one publisher task per source, confirms pipelined), so the
-  reader never waits for the broker: whatever a save records as read has its observations either
-  confirmed or pending in the same record; a failed publish leaves them pending and is retried;
-  beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a broker outage stops reading).
+- publishing runs beside the reader (one publisher task per source, a window of confirms in
+  flight, the next message sent as each confirm arrives), so the reader never waits for the broker
+  nor for the disk (saves are written by a thread): whatever a save records as read has its
+  observations either confirmed or pending in the same record; a failed publish leaves them
+  pending and is retried; beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a
+  broker outage stops reading).
 Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
@@ -108,6 +110,9 @@ class SourceEngine:
             clock=clock,
             delta=self._delta,
             full_every=max(FULL_EVERY, save_every),
+            # Saves written (fsync) by a thread: a full save of a flood's windows or a journal
+            # record never holds the loop, where the reader and the confirms run.
+            offload=True,
         )
 
     @property
@@ -203,7 +208,7 @@ class SourceEngine:
         self._kick.set()
 
     async def _publish_loop(self) -> None:
-        """Publish what is pending; the outbox saves the state right after each round of confirms."""
+        """Publish what is pending; the outbox saves the state right after the confirms."""
         while True:
             await self._kick.wait()
             self._kick.clear()
@@ -325,7 +330,7 @@ class SourceEngine:
                 await self._publisher  # its loop handles every publish and save failure
             self._publisher = None
         async with self.lock:
-            self.outbox.close()
+            await self.outbox.aclose()
 
 
 def _same_file(head: bytes, other: bytes) -> bool:

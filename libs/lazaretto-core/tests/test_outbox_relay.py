@@ -1,0 +1,150 @@
+"""OutboxRelay on the real PostgreSQL: woken by any commit that stored a message (NOTIFY), messages of
+different cases published together, one case's in order, confirmed ones deleted even when another
+publish fails."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from lazaretto_core import db
+from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
+from lazaretto_core.contracts import Contract, GardenApply
+from lazaretto_core.outbox import OutboxRelay, enqueue
+
+TIMEOUT = 30.0
+
+
+def command(case: uuid.UUID, reason: str) -> GardenApply:
+    return GardenApply.model_validate(
+        GardenApply.examples[0] | {"case_id": str(case), "step_id": str(uuid.uuid4()), "reason": reason}
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(database_url)
+    await db.migrate(pool, [])
+    yield pool
+    await pool.close()
+
+
+class GatedBus:
+    """A broker that confirms only once `together` publishes wait for their confirm (a relay that
+    publishes one message at a time never gets a confirm); `refuse` names reasons it nacks."""
+
+    def __init__(self, together: int, refuse: frozenset[str] = frozenset()) -> None:
+        self.together = together
+        self.refuse = refuse
+        self.waiting = 0
+        self.open = asyncio.Event()
+        self.order: list[str] = []
+
+    async def publish(
+        self, message: Contract, *, correlation_id: str | None = None, message_id: str | None = None
+    ) -> str:
+        assert isinstance(message, GardenApply)
+        self.order.append(message.reason)
+        self.waiting += 1
+        if self.waiting >= self.together:
+            self.open.set()
+        await self.open.wait()
+        if message.reason in self.refuse:
+            raise PublishError(f"{message.reason}: nacked")
+        return message_id or ""
+
+    async def drain(self) -> int:
+        return 0
+
+
+async def stored(pool: asyncpg.Pool, messages: list[tuple[GardenApply, str]]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for message, correlation in messages:
+            await enqueue(conn, message, correlation_id=correlation)
+
+
+async def left(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch("SELECT body->>'reason' AS reason FROM outbox ORDER BY id")
+    return [r["reason"] for r in rows]
+
+
+async def test_messages_of_different_cases_are_published_together_and_one_cases_in_order(
+    pool: asyncpg.Pool,
+) -> None:
+    # Given two cases' commands stored: case A's three steps, case B's one
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await stored(pool, [(command(a, "a1"), str(a)), (command(b, "b1"), str(b))])
+    await stored(pool, [(command(a, "a2"), str(a)), (command(a, "a3"), str(a))])
+    bus = GatedBus(together=2)
+    relay = OutboxRelay(pool, bus)  # type: ignore[arg-type]
+
+    # When the relay drains them (the broker confirms only with two publishes waiting)
+    async with asyncio.timeout(TIMEOUT):
+        sent = await relay.drain_once()
+
+    # Then all went out, case A's steps in the order they were stored, and the outbox is empty
+    assert sent == 4
+    assert sorted(bus.order) == ["a1", "a2", "a3", "b1"]
+    assert [r for r in bus.order if r.startswith("a")] == ["a1", "a2", "a3"]
+    assert await left(pool) == []
+
+
+async def test_a_refused_publish_leaves_its_case_pending_and_the_others_are_deleted(
+    pool: asyncpg.Pool,
+) -> None:
+    # Given case A's two steps and case B's one, and a broker that nacks case A's first step
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await stored(pool, [(command(a, "a1"), str(a)), (command(a, "a2"), str(a)), (command(b, "b1"), str(b))])
+    relay = OutboxRelay(pool, GatedBus(together=2, refuse=frozenset({"a1"})))  # type: ignore[arg-type]
+
+    # When the relay drains
+    with pytest.raises(PublishError):
+        async with asyncio.timeout(TIMEOUT):
+            await relay.drain_once()
+
+    # Then case B's confirmed command is gone, case A's stay (its second not sent before its first)
+    assert await left(pool) == ["a1", "a2"]
+
+
+async def test_a_commit_from_another_process_wakes_the_relay(
+    pool: asyncpg.Pool, database_url: str, amqp_url: str
+) -> None:
+    # Given a running relay whose timer would fire only in an hour, and a consumer on the broker
+    bus = Bus(amqp_url, "test")
+    await bus.connect()
+    received: list[str] = []
+
+    async def handler(message: GardenApply, ctx: MessageContext) -> None:
+        received.append(message.reason)
+
+    relay = OutboxRelay(pool, bus, interval=3600.0)
+    try:
+        bus.on(GardenApply, handler)
+        await bus.consume(queue_name("test"))
+        relay.start()
+        async with asyncio.timeout(TIMEOUT):
+            while relay._listener is None:  # listening (after its first drain)
+                await asyncio.sleep(0.01)
+
+        # When another connection commits a command (nobody kicks this relay)
+        case = uuid.uuid4()
+        conn: Any = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await enqueue(conn, command(case, "c1"), correlation_id=str(case))
+        finally:
+            await conn.close()
+
+        # Then it is published (PostgreSQL's NOTIFY woke the relay) and gone from the outbox
+        async with asyncio.timeout(TIMEOUT):
+            while not received or await left(pool):
+                await asyncio.sleep(0.02)
+        assert received == ["c1"]
+    finally:
+        await relay.stop()
+        await bus.close()
