@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
 
 from lazaretto_core import db
-from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
+from lazaretto_core.bus import PublishError
 from lazaretto_core.contracts import Contract, GardenApply
 from lazaretto_core.outbox import OutboxRelay, enqueue
 
@@ -109,42 +108,3 @@ async def test_a_refused_publish_leaves_its_case_pending_and_the_others_are_dele
 
     # Then case B's confirmed command is gone, case A's stay (its second not sent before its first)
     assert await left(pool) == ["a1", "a2"]
-
-
-async def test_a_commit_from_another_process_wakes_the_relay(
-    pool: asyncpg.Pool, database_url: str, amqp_url: str
-) -> None:
-    # Given a running relay whose timer would fire only in an hour, and a consumer on the broker
-    bus = Bus(amqp_url, "test")
-    await bus.connect()
-    received: list[str] = []
-
-    async def handler(message: GardenApply, ctx: MessageContext) -> None:
-        received.append(message.reason)
-
-    relay = OutboxRelay(pool, bus, interval=3600.0)
-    try:
-        bus.on(GardenApply, handler)
-        await bus.consume(queue_name("test"))
-        relay.start()
-        async with asyncio.timeout(TIMEOUT):
-            while relay._listener is None:  # listening (after its first drain)
-                await asyncio.sleep(0.01)
-
-        # When another connection commits a command (nobody kicks this relay)
-        case = uuid.uuid4()
-        conn: Any = await asyncpg.connect(database_url)
-        try:
-            async with conn.transaction():
-                await enqueue(conn, command(case, "c1"), correlation_id=str(case))
-        finally:
-            await conn.close()
-
-        # Then it is published (PostgreSQL's NOTIFY woke the relay) and gone from the outbox
-        async with asyncio.timeout(TIMEOUT):
-            while not received or await left(pool):
-                await asyncio.sleep(0.02)
-        assert received == ["c1"]
-    finally:
-        await relay.stop()
-        await bus.close()

@@ -42,22 +42,6 @@ CORE_MIGRATIONS: tuple[tuple[str, str], ...] = (
         "core_0002_outbox_trace_context",
         "ALTER TABLE outbox ADD COLUMN trace_context jsonb;",
     ),
-    (
-        # Every commit that stored outbox messages notifies the relays (outbox.OUTBOX_CHANNEL), in
-        # whichever process or replica it ran: they publish at once instead of at their next timer.
-        # PostgreSQL delivers a NOTIFY at commit, once per transaction and payload.
-        "core_0003_outbox_notify",
-        """
-        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM pg_notify('lazaretto_outbox', '');
-            RETURN NULL;
-        END
-        $$;
-        CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
-            FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
-        """,
-    ),
 )
 
 # Any constant works; it only has to be the same for every service process.

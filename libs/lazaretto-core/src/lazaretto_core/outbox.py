@@ -4,9 +4,8 @@
 them once the broker confirmed. A crash between the two republishes (consumers deduplicate). Each row
 keeps the trace context it was stored in, and is published in it (one trace from alert to reset).
 
-The relay wakes when a commit stored messages: kicked by the unit of work in its own process, and
-through PostgreSQL's NOTIFY on `OUTBOX_CHANNEL` (a trigger, migration core_0003) for commits of any
-process; its timer is only the safety net (a notification lost with a connection).
+The relay wakes when a commit stored messages: kicked by the unit of work in its own process; its
+timer picks up what another process or replica committed.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Any
 
 import asyncpg
 
@@ -28,8 +26,6 @@ from .dispatch import MessageBus
 from .progress import ProgressMonitor
 
 log = logging.getLogger(__name__)
-
-OUTBOX_CHANNEL = "lazaretto_outbox"
 
 
 async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
@@ -66,44 +62,9 @@ class OutboxRelay:
         self._progress = progress
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # A pool connection kept LISTENing to OUTBOX_CHANNEL (None: not listening now).
-        self._listener: Any = None
 
     def kick(self) -> None:
         self._wake.set()
-
-    def _notified(self, *_args: object) -> None:
-        self._wake.set()
-
-    async def _listen(self) -> None:
-        """Listen for the outbox's notifications, on a connection of its own (again if it was lost)."""
-        if self._listener is not None:
-            if not self._listener.is_closed():
-                return
-            await self._unlisten()
-        try:
-            conn = await self._pool.acquire(timeout=5.0)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            log.warning("outbox relay not listening for commits yet: %s", exc)
-            return
-        try:
-            await conn.add_listener(OUTBOX_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("outbox relay not listening for commits yet: %s", exc)
-            await self._pool.release(conn)
-            return
-        self._listener = conn
-        self._wake.set()  # what was committed before the LISTEN took effect
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            if not conn.is_closed():
-                await conn.remove_listener(OUTBOX_CHANNEL, self._notified)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self._pool.release(conn)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -113,11 +74,9 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._unlisten()
 
     async def _run(self) -> None:
         while True:
-            await self._listen()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
