@@ -517,12 +517,18 @@ class Resetter:
                 log.info("%s timed out and the modem is unchanged; sending again", op)
 
     async def _acted(self, record: ModemRecord, baseline: str | None) -> bool:
-        """Whether a SET whose answer never came reached the CMTS: the modem left the online state or
-        re-registered (a resend would reset it a second time). A failed read tells nothing: False."""
-        try:
-            status = await self.inventory.status(record)
-        except SnmpTimeout:
-            return False
+        """Whether a SET whose answer never came may have reached the CMTS: the modem left the online
+        state or re-registered (a resend would reset it a second time). A read that fails twice tells
+        nothing, and a resend is sent only when the first SET provably had no effect: then it is left
+        to the verification (a SET that never arrived ends `never_offline`, retried by policy)."""
+        for _ in range(2):
+            try:
+                status = await self.inventory.status(record)
+                break
+            except SnmpTimeout:
+                continue
+        else:
+            return True
         if status is None:
             return True  # the CMTS no longer lists it: it went down
         return not status.online or (baseline is not None and status.marker not in (None, baseline))

@@ -63,8 +63,12 @@ class PolicySettings(ServiceSettings):
     @field_validator("rules_file")
     @classmethod
     def _rules_load(cls, path: Path | None) -> Path | None:
-        # A rule file that does not load stops the start with its reasons (RulesError is a ValueError).
-        rulebook.load(path)
+        # A rule file that does not load stops the start with its reasons (RulesError is a ValueError),
+        # without the path: no setting's value is echoed in a settings error.
+        try:
+            rulebook.load(path)
+        except rulebook.RulesError as exc:
+            raise rulebook.RulesError(str(exc).replace(str(path), "the rule file")) from None
         return path
 
     # Named operator tokens with their roles (JSON list of {"name", "role": viewer|operator|admin,
