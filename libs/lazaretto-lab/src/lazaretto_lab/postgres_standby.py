@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .private_postgres import OS_USER, PG_BIN, LabPostgres
+from .private_postgres import OS_USER, PG_BIN, LabPostgres, postmaster_argv
 from .process import LabPeer, LabProcess, LabProcessError, free_port, tcp_open
 
 
@@ -62,27 +62,7 @@ class LabStandby(LabPeer):
                 "-c",
                 "fast",
             )
-        argv = [
-            "runuser",
-            "-u",
-            OS_USER,
-            "--",
-            str(PG_BIN / "postgres"),
-            "-D",
-            str(self.data),
-            "-p",
-            str(self.port),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            f"unix_socket_directories={self.root}",
-            "-c",
-            "max_connections=300",
-            "-c",
-            "hot_standby=on",
-            "-c",
-            "fsync=off",  # as the primary: a postgres crash loses nothing, a host crash may
-        ]
+        argv = postmaster_argv(self.data, self.port, self.root, {"hot_standby": "on"})
         return LabProcess("postgres-standby", argv, self.root / "postgres.log")
 
     def _ready(self) -> bool:

@@ -76,27 +76,7 @@ class LabPostgres(LabPeer):
 
     def _postmaster(self) -> LabProcess:
         assert self.root is not None
-        argv = [
-            "runuser",
-            "-u",
-            OS_USER,
-            "--",
-            str(PG_BIN / "postgres"),
-            "-D",
-            str(self.data),
-            "-p",
-            str(self.port),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            f"unix_socket_directories={self.root}",
-            "-c",
-            "max_connections=300",
-            "-c",
-            "fsync=off",  # a lab run: a host crash may lose it, a postgres crash may not (WAL stays on)
-        ]
-        for name, value in self.settings.items():
-            argv += ["-c", f"{name}={value}"]
+        argv = postmaster_argv(self.data, self.port, self.root, self.settings)
         return LabProcess("postgres", argv, self.root / "postgres.log")
 
     def _ready(self) -> bool:
@@ -171,3 +151,29 @@ def _children(pid: int) -> list[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(stat.parent.name))
     return found
+
+
+def postmaster_argv(data: Path, port: int, root: Path, settings: Mapping[str, str]) -> list[str]:
+    """A lab postmaster on loopback as the postgres OS user, its socket in `root`, plus `settings`."""
+    argv = [
+        "runuser",
+        "-u",
+        OS_USER,
+        "--",
+        str(PG_BIN / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={root}",
+        "-c",
+        "max_connections=300",
+        "-c",
+        "fsync=off",  # a lab run: a host crash may lose it, a postgres crash may not (WAL stays on)
+    ]
+    for name, value in settings.items():
+        argv += ["-c", f"{name}={value}"]
+    return argv
