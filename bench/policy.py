@@ -9,7 +9,8 @@
   file at WARNING (the service logs each decision at INFO).
 - Attribution and the executors: a separate process answers the provisioner's lease-history and
   cmts-agent's CPE-table look-ups over HTTP (the real paths and typed answers of
-  `lazaretto_core.attribution`, from the arithmetic population: one active lease per subscriber) and
+  `lazaretto_core.attribution`, from the arithmetic population: one active lease per subscriber; the
+  batch look-ups too) and
   consumes the garden and modem-reset commands from the broker, answering them at once as the
   provisioner and cmts-agent would once done. `lazaretto_lab.lease_stub` is not used: it scans a list
   per look-up, too slow for 400,000 subscribers.
@@ -55,7 +56,18 @@ from fastapi import FastAPI, HTTPException  # noqa: E402
 from policy_load import LiveTraffic, Population, load_history  # noqa: E402
 
 # FastAPI reads the stub's annotations at run time: its types are imported here, not in the function.
-from lazaretto_core.attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval  # noqa: E402
+from lazaretto_core.attribution import (  # noqa: E402
+    CpeModem,
+    DeviceLeases,
+    DeviceLeasesAnswers,
+    DeviceLeasesQuery,
+    HoldersAnswers,
+    HoldersQuery,
+    LeaseHolders,
+    LeaseInterval,
+    ModemsAnswers,
+    ModemsQuery,
+)
 from lazaretto_core.bus import Bus, MessageContext, queue_name  # noqa: E402
 from lazaretto_core.contracts import (  # noqa: E402
     AbuseObserved,
@@ -163,6 +175,25 @@ async def run_peers(args: argparse.Namespace) -> None:
         if i is None:
             raise HTTPException(404, "no CMTS lists it")
         return modem(i)
+
+    # The batch look-ups policy asks for a whole batch of observations (one request per peer and step).
+    @app.post("/v1/leases/holders")
+    async def holders_batch(query: HoldersQuery) -> HoldersAnswers:
+        return HoldersAnswers(answers=[await holders(q.ip, q.at) for q in query.queries])
+
+    @app.post("/v1/devices/leases")
+    async def device_leases_batch(query: DeviceLeasesQuery) -> DeviceLeasesAnswers:
+        return DeviceLeasesAnswers(answers=[await device_leases(q.mac, q.since) for q in query.queries])
+
+    @app.post("/v1/cpes/modems")
+    async def modems_batch(query: ModemsQuery) -> ModemsAnswers:
+        def listed(i: int | None) -> CpeModem | None:
+            return modem(i) if i is not None else None
+
+        return ModemsAnswers(
+            by_cpe_mac=[listed(by_mac(mac)) for mac in query.cpe_macs],
+            by_ip=[listed(pop.index(ip)) for ip in query.ips],
+        )
 
     bus = Bus(args.amqp, "bench-peers")
     await bus.connect()

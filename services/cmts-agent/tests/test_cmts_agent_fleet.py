@@ -19,6 +19,7 @@ from pydantic import SecretStr, ValidationError
 from cmts_agent.app import CmtsAgentService, build
 from cmts_agent.settings import CmtsAgentSettings, CmtsProfile
 from cmts_agent.vendors import reset_varbinds
+from lazaretto_core.attribution import CpeModem, ModemsAnswers
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_lab.snmpd import LabCmts, LabCpe, LabModem
@@ -177,6 +178,12 @@ async def test_admin_api_bounce_status_cpes_refresh_and_no_secrets(
         cpes = await client.get(f"/v1/modems/{UBR_CM}/cpes", headers=HEADERS)
         cpe_modem = await client.get(f"/v1/cpes/{UBR_CPE}/modem", headers=HEADERS)
         by_ip = await client.get("/v1/ips/100.64.0.10/modem", headers=HEADERS)
+        many = await client.post(
+            "/v1/cpes/modems",
+            headers=HEADERS,
+            json={"cpe_macs": [UBR_CPE, "02:00:00:00:00:77"], "ips": ["100.64.0.250", "100.64.0.10"]},
+        )
+        not_v4 = await client.post("/v1/cpes/modems", headers=HEADERS, json={"ips": ["2001:db8::1"]})
         unknown = await client.get("/v1/modems/00:00:00:00:00:99", headers=HEADERS)
         cmtses = await client.get("/v1/cmtses", headers=HEADERS)
         openapi = await client.get("/openapi.json")
@@ -208,6 +215,11 @@ async def test_admin_api_bounce_status_cpes_refresh_and_no_secrets(
     assert cpes.json()["cpes"] == [{"cpe_mac": UBR_CPE, "cm_mac": UBR_CM, "cmts": "ubr", "ip": "100.64.0.10"}]
     assert cpe_modem.json()["cm_mac"] == UBR_CM  # the field policy's attribution reads
     assert by_ip.json()["cpe_mac"] == UBR_CPE
+    # The batch look-up answers as the single ones, in the queries' order, null for "not listed".
+    answers = ModemsAnswers.model_validate(many.json())
+    assert answers.by_cpe_mac == [CpeModem.model_validate(cpe_modem.json()), None]
+    assert answers.by_ip == [None, CpeModem.model_validate(by_ip.json())]
+    assert not_v4.status_code == 422
     assert unknown.status_code == 404
     assert {c["name"]: c["methods"] for c in cmtses.json()} == {
         "ubr": ["cisco-reset", "cisco-delete"],
@@ -220,6 +232,7 @@ async def test_admin_api_bounce_status_cpes_refresh_and_no_secrets(
         "/v1/modems/{mac}/cpes",
         "/v1/cpes/{mac}/modem",
         "/v1/ips/{ip}/modem",
+        "/v1/cpes/modems",
         "/v1/inventory/refresh",
         "/v1/cmtses",
     ):

@@ -4,12 +4,13 @@ conflicts, and peers that are down or speak another version (transient, never a 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from lazaretto_core.errors import RetryLater
-from lazaretto_lab.lease_stub import LeaseBook, serve, serve_app
+from lazaretto_lab.lease_stub import LeaseBook, serve, serve_app, stub_app
 from policy.attribution import Attributor
 
 A_MAC = "02:00:00:00:0a:01"
@@ -108,3 +109,98 @@ async def test_an_answer_with_fields_a_newer_peer_added_is_understood() -> None:
             assert [(h.ip, h.mac, h.ended) for h in found.holders] == [("100.64.0.10", A_MAC, "active")]
         finally:
             await client.close()
+
+
+def _counting(app: FastAPI) -> list[str]:
+    """The requests `app` answers, as 'METHOD path'."""
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Any:
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    return seen
+
+
+def _one_of_each() -> tuple[LeaseBook, list[tuple[str, datetime]]]:
+    """A lease as of an earlier time, a live lease with its modem, a lease the CMTS contradicts, a
+    static address only a CMTS lists, an address nobody held, and an IPv6 address."""
+    book = LeaseBook()
+    t0 = datetime.now(UTC) - timedelta(minutes=40)  # the leases run for an hour
+    book.bind("100.64.0.10", A_MAC, t0)
+    book.bind("100.64.0.10", B_MAC, t0 + timedelta(minutes=30))
+    book.plug(A_MAC, CM, None)
+    book.bind("100.64.0.11", "02:00:00:00:0c:01", t0)
+    book.plug("02:00:00:00:0c:01", CM, "100.64.0.11")
+    book.bind("100.64.0.12", "02:00:00:00:0d:01", t0)
+    book.plug("02:00:00:00:0e:01", CM, "100.64.0.12")
+    book.plug("02:00:00:00:0f:01", CM, "100.64.0.13")
+    now = datetime.now(UTC)
+    asked = [
+        ("100.64.0.10", t0 + timedelta(minutes=10)),
+        ("100.64.0.10", now),
+        ("100.64.0.11", now),
+        ("100.64.0.12", now),
+        ("100.64.0.13", now),
+        ("100.64.0.14", now),
+    ]
+    return book, asked
+
+
+async def test_a_batch_is_attributed_as_one_by_one_with_one_request_per_peer_and_step() -> None:
+    book, asked = _one_of_each()
+    app = stub_app(book)
+    seen = _counting(app)
+    async with serve_app(app) as url:
+        client = attributor(url)
+        try:
+            alone = [await client.attribute(ip, at) for ip, at in asked]
+            seen.clear()
+            together = await client.attribute_many(asked)
+            assert seen == ["POST /v1/leases/holders", "POST /v1/cpes/modems"]
+            assert [a.found for a in together] == ["lease", "lease", "lease", "conflict", "cmts", "none"]
+            assert [(a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in together] == [
+                (a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in alone
+            ]
+            macs = [(A_MAC, asked[0][1]), (B_MAC, asked[0][1] - timedelta(hours=1))]
+            seen.clear()
+            leases = await client.device_leases_many(macs)
+            assert seen == ["POST /v1/devices/leases"]
+            assert leases == [await client.device_leases(mac, since) for mac, since in macs]
+        finally:
+            await client.close()
+
+
+async def test_peers_without_the_batch_look_ups_are_asked_one_by_one() -> None:
+    # Given peers older than policy: only the single look-ups
+    book, asked = _one_of_each()
+    asked.append(("2001:db8::1", datetime.now(UTC)))
+    app = stub_app(book)
+    app.router.routes = [r for r in app.router.routes if "POST" not in getattr(r, "methods", set())]
+    seen = _counting(app)
+    async with serve_app(app) as url:
+        client = attributor(url)
+        try:
+            together = await client.attribute_many(asked)
+            leases = await client.device_leases_many([(A_MAC, asked[0][1])])
+        finally:
+            await client.close()
+    # Then the batch was asked of them once, and answered one by one
+    assert seen.count("POST /v1/leases/holders") == 1
+    assert seen.count("POST /v1/devices/leases") == 1
+    assert [a.found for a in together] == ["lease", "lease", "lease", "conflict", "cmts", "none", "none"]
+    assert [(lease.ip, lease.ended) for lease in leases[0].leases] == [("100.64.0.10", "reassigned")]
+
+
+async def test_a_batch_with_a_peer_down_is_transient() -> None:
+    async with serve(LeaseBook()) as url:
+        pass  # the server is gone: its port refuses connections
+    client = attributor(url)
+    try:
+        with pytest.raises(RetryLater, match="unreachable"):
+            await client.attribute_many([("100.64.0.10", datetime.now(UTC))])
+        with pytest.raises(RetryLater, match="unreachable"):
+            await client.device_leases_many([(A_MAC, datetime.now(UTC))])
+    finally:
+        await client.close()

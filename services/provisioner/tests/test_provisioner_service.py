@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.attribution import DeviceLeases, LeaseHolders
+from lazaretto_core.attribution import DeviceLeases, DeviceLeasesAnswers, HoldersAnswers, LeaseHolders
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import (
     AllowlistChanged,
@@ -181,6 +181,29 @@ async def test_attribution_lookups_answer_typed_versioned_models(
             await client.get(f"/v1/leases/{lease.ip}/holders", params={"at": "2001-01-01T00:00:00Z"})
         ).json()
         assert before["holders"] == []
+        # and the batch look-ups answer the same, in the queries' order
+        many = await client.post(
+            "/v1/leases/holders",
+            json={"queries": [{"ip": lease.ip, "at": now}, {"ip": lease.ip, "at": "2001-01-01T00:00:00Z"}]},
+        )
+        assert many.status_code == 200, many.text
+        answers = HoldersAnswers.model_validate(many.json()).answers
+        assert answers[0] == holders
+        assert (answers[1].ip, answers[1].holders) == (lease.ip, [])
+        since = "2001-01-01T00:00:00Z"
+        device_many = await client.post(
+            "/v1/devices/leases", json={"queries": [{"mac": mac.upper(), "since": since}]}
+        )
+        assert device_many.status_code == 200, device_many.text
+        [device_again] = DeviceLeasesAnswers.model_validate(device_many.json()).answers
+        assert (device_again.mac, device_again.leases) == (mac, device.leases)
+        for bad_batch in (
+            {"queries": [{"ip": "2001:db8::1", "at": now}]},
+            {"queries": [{"ip": lease.ip, "at": "2026-01-01T00:00:00"}]},
+            {"queries": [{"ip": lease.ip, "at": now}] * 1001},
+        ):
+            response = await client.post("/v1/leases/holders", json=bad_batch)
+            assert response.status_code == 422, response.text
         # and bad input is a clear 422, never a 500
         for bad in (
             "/v1/leases/2001:db8::1/holders",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from .contracts import IpAddress, Mac
 
@@ -24,6 +24,13 @@ DEVICE_LEASES_PATH = "/v1/devices/{mac}/leases"  # ?since=<ISO-8601 with offset>
 # cmts-agent's CPE table look-ups, both answering `CpeModem` (404 when no CMTS lists it).
 IP_MODEM_PATH = "/v1/ips/{ip}/modem"
 CPE_MODEM_PATH = "/v1/cpes/{mac}/modem"
+# The same look-ups for many addresses or devices in one request (POST, answers in query order): policy
+# attributes a whole batch of observations with one request per peer and step instead of four each.
+HOLDERS_BATCH_PATH = "/v1/leases/holders"  # HoldersQuery -> HoldersAnswers
+DEVICE_LEASES_BATCH_PATH = "/v1/devices/leases"  # DeviceLeasesQuery -> DeviceLeasesAnswers
+MODEMS_BATCH_PATH = "/v1/cpes/modems"  # ModemsQuery -> ModemsAnswers
+# At most this many look-ups in one request (a bigger one is answered 422).
+MAX_BATCH = 1000
 
 
 class _Answer(BaseModel):
@@ -114,4 +121,93 @@ class CpeModem(_Answer):
     }
 
 
-ALL_ANSWERS: tuple[type[_Answer], ...] = (LeaseInterval, LeaseHolders, DeviceLeases, CpeModem)
+class HolderQuery(_Answer):
+    """Who held `ip` (IPv4: the lease history is DHCPv4's) at `at`."""
+
+    ip: IpAddress
+    at: AwareDatetime
+
+    example = {"ip": "100.64.0.10", "at": "2026-11-26T05:00:02+00:00"}
+
+
+class HoldersQuery(_Answer):
+    """Many `HOLDERS_PATH` look-ups in one request."""
+
+    schema_version: Literal[1] = 1
+    queries: list[HolderQuery] = Field(max_length=MAX_BATCH)
+
+    example = {"schema_version": 1, "queries": [HolderQuery.example]}
+
+
+class HoldersAnswers(_Answer):
+    """One `LeaseHolders` per query, in the queries' order."""
+
+    schema_version: Literal[1] = 1
+    answers: list[LeaseHolders]
+
+    example = {"schema_version": 1, "answers": [LeaseHolders.example]}
+
+
+class DeviceLeasesQueryItem(_Answer):
+    """Every address `mac` held since `since`."""
+
+    mac: Mac
+    since: AwareDatetime
+
+    example = {"mac": "02:00:00:00:00:01", "since": "2026-11-26T00:00:00+00:00"}
+
+
+class DeviceLeasesQuery(_Answer):
+    """Many `DEVICE_LEASES_PATH` look-ups in one request."""
+
+    schema_version: Literal[1] = 1
+    queries: list[DeviceLeasesQueryItem] = Field(max_length=MAX_BATCH)
+
+    example = {"schema_version": 1, "queries": [DeviceLeasesQueryItem.example]}
+
+
+class DeviceLeasesAnswers(_Answer):
+    """One `DeviceLeases` per query, in the queries' order."""
+
+    schema_version: Literal[1] = 1
+    answers: list[DeviceLeases]
+
+    example = {"schema_version": 1, "answers": [DeviceLeases.example]}
+
+
+class ModemsQuery(_Answer):
+    """cmts-agent: the modems behind many CPE MACs (`CPE_MODEM_PATH`) and CPE addresses
+    (`IP_MODEM_PATH`, IPv4) in one request."""
+
+    schema_version: Literal[1] = 1
+    cpe_macs: list[Mac] = Field(default_factory=list, max_length=MAX_BATCH)
+    ips: list[IpAddress] = Field(default_factory=list, max_length=MAX_BATCH)
+
+    example = {"schema_version": 1, "cpe_macs": ["02:00:00:00:00:01"], "ips": ["100.64.0.10"]}
+
+
+class ModemsAnswers(_Answer):
+    """One entry per queried MAC and address, in their order; null where no CMTS lists it (the single
+    look-ups' 404)."""
+
+    schema_version: Literal[1] = 1
+    by_cpe_mac: list[CpeModem | None]
+    by_ip: list[CpeModem | None]
+
+    example = {"schema_version": 1, "by_cpe_mac": [CpeModem.example], "by_ip": [None]}
+
+
+ALL_ANSWERS: tuple[type[_Answer], ...] = (
+    LeaseInterval,
+    LeaseHolders,
+    DeviceLeases,
+    CpeModem,
+    HolderQuery,
+    HoldersQuery,
+    HoldersAnswers,
+    DeviceLeasesQueryItem,
+    DeviceLeasesQuery,
+    DeviceLeasesAnswers,
+    ModemsQuery,
+    ModemsAnswers,
+)

@@ -15,7 +15,18 @@ from datetime import datetime, timedelta
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
-from lazaretto_core.attribution import CpeModem, DeviceLeases, LeaseHolders, LeaseInterval
+from lazaretto_core.attribution import (
+    CpeModem,
+    DeviceLeases,
+    DeviceLeasesAnswers,
+    DeviceLeasesQuery,
+    HoldersAnswers,
+    HoldersQuery,
+    LeaseHolders,
+    LeaseInterval,
+    ModemsAnswers,
+    ModemsQuery,
+)
 from lazaretto_core.contracts import normalize_mac, utcnow
 from lazaretto_core.http import tcp_listener
 
@@ -84,6 +95,25 @@ def stub_app(book: LeaseBook) -> FastAPI:
         if found is None:
             raise HTTPException(404, "no CMTS lists it")
         return found
+
+    @app.post("/v1/leases/holders")
+    async def holders_batch(query: HoldersQuery) -> HoldersAnswers:
+        return HoldersAnswers(answers=[await holders(q.ip, q.at) for q in query.queries])
+
+    @app.post("/v1/devices/leases")
+    async def device_leases_batch(query: DeviceLeasesQuery) -> DeviceLeasesAnswers:
+        return DeviceLeasesAnswers(answers=[await device_leases(q.mac, q.since) for q in query.queries])
+
+    @app.post("/v1/cpes/modems")
+    async def modems_batch(query: ModemsQuery) -> ModemsAnswers:
+        by_ip: dict[str, CpeModem] = {}
+        for cpe in book.cpes.values():  # the first listed wins, as in `ip_modem`
+            if cpe.ip is not None:
+                by_ip.setdefault(cpe.ip, cpe)
+        return ModemsAnswers(
+            by_cpe_mac=[book.cpes.get(mac) for mac in query.cpe_macs],
+            by_ip=[by_ip.get(ip) for ip in query.ips],
+        )
 
     return app
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, SecretStr
 
+from lazaretto_core.attribution import MODEMS_BATCH_PATH, CpeModem, ModemsAnswers, ModemsQuery
 from lazaretto_core.contracts import ResetAttempt, normalize_mac
 from lazaretto_core.http import bearer_token_guard
 
@@ -213,6 +214,30 @@ def install_api(
             raise HTTPException(404, f"no CMTS lists a CPE at {address}")
         return _cpe(found)
 
+    @router.post(
+        MODEMS_BATCH_PATH.removeprefix("/v1"),
+        summary="Many CPE -> modem look-ups",
+        response_model=ModemsAnswers,
+    )
+    async def modems_batch(query: ModemsQuery) -> ModemsAnswers:
+        """`modem_of_cpe` for each MAC and `modem_of_ip` for each address of the query, answered in
+        their order, null where no CMTS lists it (policy attributes a batch with one request)."""
+        for ip in query.ips:
+            if not isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address):
+                raise HTTPException(422, f"not an IPv4 address: {ip!r}")
+        by_cpe: list[CpeModem | None] = []
+        for cpe_mac in query.cpe_macs:
+            try:
+                found = await inventory.cpe(cpe_mac)
+            except SnmpError as exc:
+                raise _bad_gateway(exc) from None
+            by_cpe.append(None if found is None else _cpe_modem(found))
+        by_ip: list[CpeModem | None] = []
+        for ip in query.ips:
+            found = await inventory.cpe_by_ip(ip)
+            by_ip.append(None if found is None else _cpe_modem(found))
+        return ModemsAnswers(by_cpe_mac=by_cpe, by_ip=by_ip)
+
     @router.post("/inventory/refresh", summary="Walk the CMTSes now", response_model=list[WalkOut])
     async def refresh(cmts: str | None = Query(None, description="only this CMTS")) -> list[WalkOut]:
         """Walk the status and CPE tables of every CMTS (or one) and store what they list."""
@@ -316,6 +341,10 @@ def _result(report: ResetReport) -> ResetResult:
 
 def _cpe(c: CpeRecord) -> CpeOut:
     return CpeOut(cpe_mac=c.cpe_mac, cm_mac=c.cm_mac, cmts=c.cmts, ip=c.ip)
+
+
+def _cpe_modem(c: CpeRecord) -> CpeModem:
+    return CpeModem(cpe_mac=c.cpe_mac, cm_mac=c.cm_mac, cmts=c.cmts, ip=c.ip)
 
 
 def _mac(text: str) -> str:

@@ -6,8 +6,10 @@ leases (one transaction), so its answer is the record; cmts-agent answers from t
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookiejar import CookieJar
@@ -18,13 +20,25 @@ import pydantic
 
 from lazaretto_core.attribution import (
     CPE_MODEM_PATH,
+    DEVICE_LEASES_BATCH_PATH,
     DEVICE_LEASES_PATH,
+    HOLDERS_BATCH_PATH,
     HOLDERS_PATH,
     IP_MODEM_PATH,
+    MAX_BATCH,
+    MODEMS_BATCH_PATH,
     CpeModem,
     DeviceLeases,
+    DeviceLeasesAnswers,
+    DeviceLeasesQuery,
+    DeviceLeasesQueryItem,
+    HolderQuery,
+    HoldersAnswers,
+    HoldersQuery,
     LeaseHolders,
     LeaseInterval,
+    ModemsAnswers,
+    ModemsQuery,
 )
 from lazaretto_core.contracts import Mac, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
@@ -134,41 +148,75 @@ class Attributor:
         conflict."""
         at = at or utcnow()
         holders = await self.holders(ip, at)
-        if len(holders.macs) > 1:
-            macs = ", ".join(sorted(holders.macs))
-            return Attribution(
-                ip, None, None, at, "conflict", conflict=f"lease history: {macs} all held {ip}"
+        lease = _sole_lease(holders)
+        modem = await self.modem_of_cpe(lease.mac) if lease is not None else None
+        listed = await self.modem_of_ip(ip) if _needs_cmts_listing(holders) else None
+        return _attribution(ip, at, holders, modem, listed)
+
+    async def attribute_many(self, asked: Sequence[tuple[str, datetime]]) -> list[Attribution]:
+        """`attribute` for many (address, time) pairs, in their order, with one request per peer and
+        step (the lease history, then the CMTS tables) instead of up to three each. Peers without
+        the batch look-ups (older) are asked one by one. IPv6 addresses are asked one by one, as
+        before (the lease history is DHCPv4's)."""
+        if not asked:
+            return []
+        if len(asked) > MAX_BATCH:
+            head = await self.attribute_many(asked[:MAX_BATCH])
+            return head + await self.attribute_many(asked[MAX_BATCH:])
+        v4 = [i for i, (ip, _) in enumerate(asked) if ipaddress.ip_address(ip).version == 4]
+        answers: list[Attribution | None] = [None] * len(asked)
+        query = HoldersQuery(queries=[HolderQuery(ip=asked[i][0], at=asked[i][1]) for i in v4])
+        found = await self._post(self._provisioner + HOLDERS_BATCH_PATH, query, HoldersAnswers)
+        if found is None or len(found.answers) != len(v4):
+            return list(await asyncio.gather(*(self.attribute(ip, at) for ip, at in asked)))
+        holders = dict(zip(v4, found.answers, strict=True))
+        leases = {i: _sole_lease(h) for i, h in holders.items()}
+        by_lease = [i for i, lease in leases.items() if lease is not None]
+        by_ip = [i for i, h in holders.items() if _needs_cmts_listing(h)]
+        modems = await self._post(
+            self._cmts_agent + MODEMS_BATCH_PATH,
+            ModemsQuery(
+                cpe_macs=[leases[i].mac for i in by_lease],  # type: ignore[union-attr]
+                ips=[asked[i][0] for i in by_ip],
+            ),
+            ModemsAnswers,
+        )
+        if modems is None or (len(modems.by_cpe_mac), len(modems.by_ip)) != (len(by_lease), len(by_ip)):
+            return list(await asyncio.gather(*(self.attribute(ip, at) for ip, at in asked)))
+        modem_of = dict(zip(by_lease, modems.by_cpe_mac, strict=True))
+        listed_at = dict(zip(by_ip, modems.by_ip, strict=True))
+        for i, h in holders.items():
+            ip, at = asked[i]
+            answers[i] = _attribution(ip, at, h, modem_of.get(i), listed_at.get(i))
+        for i, (ip, at) in enumerate(asked):
+            if answers[i] is None:
+                answers[i] = await self.attribute(ip, at)
+        return [a for a in answers if a is not None]
+
+    async def device_leases_many(self, asked: Sequence[tuple[str, datetime]]) -> list[DeviceLeases]:
+        """`device_leases` for many (MAC, since) pairs in one request, in their order."""
+        if not asked:
+            return []
+        if len(asked) > MAX_BATCH:
+            head = await self.device_leases_many(asked[:MAX_BATCH])
+            return head + await self.device_leases_many(asked[MAX_BATCH:])
+        query = DeviceLeasesQuery(queries=[DeviceLeasesQueryItem(mac=m, since=t) for m, t in asked])
+        found = await self._post(self._provisioner + DEVICE_LEASES_BATCH_PATH, query, DeviceLeasesAnswers)
+        if found is None or len(found.answers) != len(asked):
+            return list(await asyncio.gather(*(self.device_leases(m, t) for m, t in asked)))
+        return found.answers
+
+    async def _post(self, url: str, query: pydantic.BaseModel, answer: type[Answer]) -> Answer | None:
+        """A batch look-up; None when the peer does not serve it (404 or 405: older than policy)."""
+        try:
+            response = await self._client.post(
+                url, content=query.model_dump_json(), headers={"Content-Type": "application/json"}
             )
-        if holders.macs:
-            lease = holders.holders[-1]
-            modem = await self.modem_of_cpe(lease.mac)
-            if lease.ended == "active":
-                # The CMTS table is about now; it speaks about `at` only while that lease still runs.
-                listed = await self.modem_of_ip(ip)
-                if listed is not None and listed.cpe_mac != lease.mac:
-                    return Attribution(
-                        ip,
-                        None,
-                        None,
-                        at,
-                        "conflict",
-                        lease,
-                        f"lease says {lease.mac} holds {ip}, CMTS {listed.cmts} lists {listed.cpe_mac}",
-                    )
-            return Attribution(
-                ip,
-                lease.mac,
-                modem.cm_mac if modem else None,
-                at,
-                "lease",
-                lease,
-                cmts=modem.cmts if modem else None,
-            )
-        listed = await self.modem_of_ip(ip)
-        if listed is None:
-            log.info("no lease and no CMTS lists %s at %s: attributing by address only", ip, at)
-            return Attribution(ip, None, None, at, "none")
-        return Attribution(ip, listed.cpe_mac, listed.cm_mac, at, "cmts", cmts=listed.cmts)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"attribution peer unreachable: {url}: {type(exc).__name__}") from exc
+        if response.status_code in (404, 405):
+            return None
+        return self._answer(url, response, answer)
 
     async def _require(self, url: str, answer: type[Answer], params: dict[str, str]) -> Answer:
         # The lease history answers 200 even when nobody held the address: a 404 is a provisioner
@@ -187,6 +235,10 @@ class Attributor:
             raise RetryLater(f"attribution peer unreachable: {url}: {type(exc).__name__}") from exc
         if response.status_code == 404:
             return None
+        return self._answer(url, response, answer)
+
+    @staticmethod
+    def _answer(url: str, response: httpx.Response, answer: type[Answer]) -> Answer:
         if response.status_code != 200:
             raise RetryLater(f"attribution peer answered {response.status_code} for {url}")
         try:
@@ -197,3 +249,50 @@ class Attributor:
             raise RetryLater(
                 f"{url} answered no valid {answer.__name__}: {exc.error_count()} error(s)"
             ) from exc
+
+
+def _sole_lease(holders: LeaseHolders) -> LeaseInterval | None:
+    """The lease naming the one device that held the address (None: nobody, or a conflict)."""
+    return holders.holders[-1] if len(holders.macs) == 1 else None
+
+
+def _needs_cmts_listing(holders: LeaseHolders) -> bool:
+    """Whether the CMTS table's listing of the address matters: nobody held it (a static address), or
+    the lease still runs (the table is about now, and may contradict it)."""
+    lease = _sole_lease(holders)
+    return (not holders.macs) or (lease is not None and lease.ended == "active")
+
+
+def _attribution(
+    ip: str, at: datetime, holders: LeaseHolders, modem: CpeModem | None, listed: CpeModem | None
+) -> Attribution:
+    """The attribution from the answers: `modem` is the CMTS's modem of the lease's MAC, `listed` the
+    CPE the CMTS lists at `ip` (asked only when `_needs_cmts_listing`)."""
+    if len(holders.macs) > 1:
+        macs = ", ".join(sorted(holders.macs))
+        return Attribution(ip, None, None, at, "conflict", conflict=f"lease history: {macs} all held {ip}")
+    lease = _sole_lease(holders)
+    if lease is not None:
+        if lease.ended == "active" and listed is not None and listed.cpe_mac != lease.mac:
+            return Attribution(
+                ip,
+                None,
+                None,
+                at,
+                "conflict",
+                lease,
+                f"lease says {lease.mac} holds {ip}, CMTS {listed.cmts} lists {listed.cpe_mac}",
+            )
+        return Attribution(
+            ip,
+            lease.mac,
+            modem.cm_mac if modem else None,
+            at,
+            "lease",
+            lease,
+            cmts=modem.cmts if modem else None,
+        )
+    if listed is None:
+        log.info("no lease and no CMTS lists %s at %s: attributing by address only", ip, at)
+        return Attribution(ip, None, None, at, "none")
+    return Attribution(ip, listed.cpe_mac, listed.cm_mac, at, "cmts", cmts=listed.cmts)

@@ -3,7 +3,6 @@ on one unit of work with the message's claim, so a redelivery changes nothing tw
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -93,6 +92,14 @@ class Weighed:
         return self.attribution is not None and self.action == "quarantine" and self.decision.rule is not None
 
 
+def _held_for_attribution(weighed: Sequence[Weighed], exc: RetryLater) -> None:
+    """The peers did not answer: these observations wait for them (`pending_attribution`)."""
+    for w in weighed:
+        w.action = "pending_attribution"
+        w.attribution, w.leases = None, None
+        w.audit["attribution_error"] = str(exc)[:500]
+
+
 class PolicyHandlers:
     def __init__(
         self,
@@ -176,8 +183,8 @@ class PolicyHandlers:
             # The next observations of this address weigh this one as stored (its highest revision).
             at_ip[:] = [s for s in at_ip if s.observation_id != event.observation_id] + [Seen.of(event)]
         enforcing = [w for w in weighed if w.action == "quarantine"]
-        # Network I/O outside the transaction, concurrently; a peer down fails the batch (retried).
-        await asyncio.gather(*(self._attribute(w) for w in enforcing))
+        # Network I/O outside the transaction, one request per peer and step for the whole batch.
+        await self._attribute_all(enforcing)
         async with self.work.uow() as conn:
             claimed = await self.work.store.claim_messages(
                 conn, CONSUMER, [ctx.message_id for _, ctx in items]
@@ -238,9 +245,36 @@ class PolicyHandlers:
         try:
             await self._look_up(weighed)
         except RetryLater as exc:
-            weighed.action = "pending_attribution"
-            weighed.attribution, weighed.leases = None, None
-            weighed.audit["attribution_error"] = str(exc)[:500]
+            _held_for_attribution([weighed], exc)
+
+    async def _attribute_all(self, enforcing: Sequence[Weighed]) -> None:
+        """`_attribute` for the enforcing observations of a batch, with one request per peer and
+        step for all of them. Peers that do not answer make those still waiting for an answer
+        `pending_attribution`, as one by one."""
+        if not enforcing:
+            return
+        try:
+            found = await self.attributor.attribute_many([(w.event.ip, w.event.last_seen) for w in enforcing])
+        except RetryLater as exc:
+            _held_for_attribution(enforcing, exc)
+            return
+        devices: list[tuple[Weighed, str]] = []
+        for w, attribution in zip(enforcing, found, strict=True):
+            w.attribution = attribution
+            w.audit |= attribution.audit()
+            if attribution.found == "conflict":
+                w.action = "attribution_conflict"
+            elif attribution.cpe_mac is not None:
+                devices.append((w, attribution.cpe_mac))
+        try:
+            leases = await self.attributor.device_leases_many(
+                [(mac, w.event.first_seen) for w, mac in devices]
+            )
+        except RetryLater as exc:
+            _held_for_attribution([w for w, _ in devices], exc)
+            return
+        for (w, _), held in zip(devices, leases, strict=True):
+            w.leases = held
 
     async def _look_up(self, weighed: Weighed) -> None:
         event = weighed.event

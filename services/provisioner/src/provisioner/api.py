@@ -10,9 +10,15 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from pydantic import AwareDatetime, SecretStr
 
 from lazaretto_core.attribution import (
+    DEVICE_LEASES_BATCH_PATH,
     DEVICE_LEASES_PATH,
+    HOLDERS_BATCH_PATH,
     HOLDERS_PATH,
     DeviceLeases,
+    DeviceLeasesAnswers,
+    DeviceLeasesQuery,
+    HoldersAnswers,
+    HoldersQuery,
     LeaseEnd,
     LeaseHolders,
     LeaseInterval,
@@ -112,6 +118,32 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
         found = [to_answer(i, now) for i in await lease_history().device_leases(mac, start)]
         return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
+
+    @router.post(HOLDERS_BATCH_PATH.removeprefix("/v1"), response_model=HoldersAnswers)
+    async def holders_batch(query: HoldersQuery) -> HoldersAnswers:
+        """`holders` for many (address, time) pairs at once, answered in their order (policy
+        attributes a batch of observations with one request)."""
+        history = lease_history()
+        now = datetime.now(UTC)
+        answers: list[LeaseHolders] = []
+        for q in query.queries:
+            ip = path_ipv4(q.ip)
+            when = utc(q.at, "at")
+            found = [to_answer(i, now) for i in await history.holders(ip, when)]
+            answers.append(LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None]))
+        return HoldersAnswers(answers=answers)
+
+    @router.post(DEVICE_LEASES_BATCH_PATH.removeprefix("/v1"), response_model=DeviceLeasesAnswers)
+    async def device_leases_batch(query: DeviceLeasesQuery) -> DeviceLeasesAnswers:
+        """`device_leases` for many (MAC, since) pairs at once, answered in their order."""
+        history = lease_history()
+        now = datetime.now(UTC)
+        answers: list[DeviceLeases] = []
+        for q in query.queries:
+            start = utc(q.since, "since")
+            found = [to_answer(i, now) for i in await history.device_leases(q.mac, start)]
+            answers.append(DeviceLeases(mac=q.mac, since=q.since, leases=[i for i in found if i is not None]))
+        return DeviceLeasesAnswers(answers=answers)
 
     @router.get("/leases/{ip}")
     async def lease(ip: str) -> dict[str, Any]:
