@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -50,6 +51,10 @@ from .uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
+# Allocations between two young collections (CPython's default 700): a backlog's batch allocates tens
+# of thousands of short-lived objects, most gone before a collection sees them.
+GC_YOUNG_THRESHOLD = 20_000
+
 
 @dataclass
 class PolicyService:
@@ -89,6 +94,7 @@ class PolicyService:
         self.bus.on(ModemResetCompleted, h.on_modem_reset_completed)
         self.bus.on(ModemResetFailed, h.on_modem_reset_failed)
         self.bus.on(ReleaseRequested, h.on_release_requested)
+        _settle_heap()
         await self.bus.consume(
             queue_name("policy"), prefetch=self.settings.consumer_prefetch, progress=self.progress
         )
@@ -201,6 +207,16 @@ def console_deps(
         dlq_depth=bus.message_count,
         dlq_queues=settings.console_dlq_queues,
     )
+
+
+def _settle_heap() -> None:
+    """Leave what start-up built (modules, schemas, the app) out of the cyclic collector's scans, and
+    let it run less often: under a backlog each delivery allocates many short-lived objects, and the
+    collections scanning everything took a fifth of policy's CPU (bench-policy)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def build(settings: PolicySettings, attributor: Attributor | None = None) -> PolicyService:
