@@ -54,6 +54,10 @@ class Threshold(_Strict):
 
     def scaled(self, factor: float) -> Threshold:
         """Lower numeric thresholds (probation): never below 1."""
+        if factor == 1.0:
+            # Off probation nothing is lowered (the integer fields are at least 1): no copy per rule
+            # and observation weighed.
+            return self
 
         def lower(value: int | None) -> int | None:
             return None if value is None else max(1, math.ceil(value * factor))
