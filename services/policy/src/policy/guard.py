@@ -94,21 +94,18 @@ class Guard:
             )
 
     async def _breaker(self, conn: Connection, attribution: Attribution) -> Verdict:
+        # Its own statement: a statement's snapshot is taken before it waits for the lock, so the
+        # reads below must come after it to see the enforcements of whoever held it.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _BREAKER_LOCK)
         cmts = attribution.cmts
         scopes = scopes_of(attribution.ip, cmts)
-        tripped = await conn.fetchval(
-            "SELECT scope FROM breaker_trips WHERE resumed_at IS NULL AND scope = ANY($1::text[])"
-            " ORDER BY tripped_at LIMIT 1",
-            list(scopes),
-        )
+        window = self.limits.window
+        tripped, counts = await self._state(conn, scopes, window)
         if tripped is not None:
             return Verdict(
                 True, f"circuit breaker tripped for {tripped}: waiting for an operator", scopes, cmts
             )
-        window = self.limits.window
-        for scope in scopes:
-            count = await self._count(conn, scope, window)
+        for scope, count in zip(scopes, counts, strict=True):
             limit = self.limits.limit_of(scope)
             if trips(count, limit):
                 await self._trip(conn, scope, count + 1, limit)
@@ -119,27 +116,34 @@ class Guard:
                 return Verdict(True, reason, scopes, cmts)
         return Verdict(False, "", scopes, cmts)
 
-    async def _count(self, conn: Connection, scope: str, window: timedelta) -> int:
-        # Counting restarts at the scope's last resume (else the backlog would trip it again at once).
-        since = (
-            "GREATEST(now() - $1::interval,"
-            " COALESCE((SELECT max(resumed_at) FROM breaker_trips WHERE scope = $2), '-infinity'))"
-        )
-        if scope == GLOBAL:
-            return int(
-                await conn.fetchval(
-                    f"SELECT count(*) FROM breaker_enforcements WHERE at > {since}", window, scope
-                )
+    @staticmethod
+    async def _state(
+        conn: Connection, scopes: tuple[str, ...], window: timedelta
+    ) -> tuple[str | None, list[int]]:
+        """The first open trip among `scopes`, and each scope's enforcements in the window, in one
+        statement (one round trip per case opened, not one per scope)."""
+        params: list[object] = [list(scopes), window]
+        counts: list[str] = []
+        for scope in scopes:
+            params.append(scope)
+            # Counting restarts at the scope's last resume (else the backlog would trip it again at once).
+            since = (
+                f"GREATEST(now() - $2::interval, COALESCE((SELECT max(resumed_at) FROM breaker_trips"
+                f" WHERE scope = ${len(params)}), '-infinity'))"
             )
-        kind, _, value = scope.partition(":")
-        column = "cmts" if kind == "cmts" else "net"
-        count = await conn.fetchval(
-            f"SELECT count(*) FROM breaker_enforcements WHERE at > {since} AND {column} = $3",
-            window,
-            scope,
-            value,
+            where = f"at > {since}"
+            if scope != GLOBAL:
+                kind, _, value = scope.partition(":")
+                params.append(value)
+                where += f" AND {'cmts' if kind == 'cmts' else 'net'} = ${len(params)}"
+            counts.append(f"(SELECT count(*) FROM breaker_enforcements WHERE {where})")
+        row = await conn.fetchrow(
+            "SELECT (SELECT scope FROM breaker_trips WHERE resumed_at IS NULL AND scope = ANY($1::text[])"
+            f" ORDER BY tripped_at LIMIT 1), {', '.join(counts)}",
+            *params,
         )
-        return int(count)
+        assert row is not None
+        return row[0], [int(c) for c in list(row)[1:]]
 
     async def _trip(self, conn: Connection, scope: str, count: int, limit: int) -> None:
         window_s = self.limits.window.total_seconds()
