@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,6 +76,12 @@ class TableAttributor(Attributor):
 
     async def device_leases(self, mac: str, since: datetime) -> DeviceLeases:
         return DeviceLeases(mac=mac, leases=[])
+
+    async def attribute_many(self, asked: Sequence[tuple[str, datetime]]) -> list[Attribution]:
+        return [await self.attribute(ip, at) for ip, at in asked]
+
+    async def device_leases_many(self, asked: Sequence[tuple[str, datetime]]) -> list[DeviceLeases]:
+        return [await self.device_leases(mac, since) for mac, since in asked]
 
 
 @dataclass
