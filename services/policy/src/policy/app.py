@@ -199,7 +199,7 @@ def console_deps(
             settings.console_signin_window,
         ),
         dlq_depth=bus.message_count,
-        dlq_queues=settings.console_dlq_queues,
+        dlq_queues=settings.dlq_queues(),
     )
 
 
