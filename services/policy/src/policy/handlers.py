@@ -453,10 +453,10 @@ class PolicyHandlers:
         await self._record(conn, [w])
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", {"changes": event.changes})
+        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_removed(self, event: GardenRemoved, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", {"changes": event.changes})
+        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_failed(self, event: GardenFailed, ctx: MessageContext) -> None:
         step = Step.GARDEN_APPLY if event.operation == "apply" else Step.GARDEN_REMOVE
@@ -523,3 +523,12 @@ class PolicyHandlers:
                     self.work.store, conn, event.case_id, event.client_ip, event.request_id, exc
                 )
             raise InvalidMessage(str(exc)) from exc
+
+
+def _garden_done(event: GardenApplied | GardenRemoved) -> dict[str, Any]:
+    """What a garden step's result records; the mode applied when the provisioner says (it decides
+    whether the modem is reset, `commands.step_result`)."""
+    detail: dict[str, Any] = {"changes": event.changes}
+    if event.mode is not None:
+        detail["mode"] = event.mode
+    return detail
