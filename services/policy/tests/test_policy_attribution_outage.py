@@ -23,6 +23,8 @@ from lazaretto_core.contracts import (
     GardenRemove,
     GardenRemoved,
     ModemReset,
+    ModemResetCompleted,
+    ReleaseRequested,
 )
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.relays import CuttableTcpRelay
@@ -332,3 +334,82 @@ async def test_a_held_address_case_whose_device_turns_out_allow_listed_is_closed
         assert "clinic modem" in why
     finally:
         await service.stop()
+
+
+async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_done(
+    policy_behind_relay: PolicyService,
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+    amqp_url: str,
+) -> None:
+    service = policy_behind_relay
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    # Given the PC's case quarantined (garden applied, modem back online)
+    await sender.publish(scan())
+    [apply] = await probe.wait_for(GardenApply)
+    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+    [reset] = await probe.wait_for(ModemReset)
+    await sender.publish(
+        ModemResetCompleted(
+            case_id=apply.case_id,
+            step_id=reset.step_id,
+            cm_mac=CM_MAC,
+            method="test",
+            went_offline=True,
+            seconds_to_online=1.0,
+        )
+    )
+    async with asyncio.timeout(30):
+        while await case_state(service, apply.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    kept_before = REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0
+    # and the provisioner and cmts-agent unreachable
+    relay.cut()
+    # When the subscriber ticks the box (the portal's release request)
+    portal = Bus(amqp_url, "test-portal")
+    await portal.connect()
+    try:
+        request = ReleaseRequested(
+            request_id=uuid.uuid4(),
+            case_id=apply.case_id,
+            client_ip=IP,
+            attestation_version="v1",
+            requested_at=datetime.now(UTC),
+            device_mac=CPE_MAC,
+        )
+        await portal.publish(request)
+        # and the look-ups fail again and again, long after the bus would have given up (0.3 s)
+        async with asyncio.timeout(120):
+            while (await release_attempts(service, request.request_id) or 0) < 2:
+                await asyncio.sleep(0.2)
+    finally:
+        await portal.close()
+    # Then the request is kept and counted, nothing is dead-lettered, and the case waits
+    assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0) == kept_before + 1
+    assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_pending") or 0) >= 1
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await case_state(service, apply.case_id) == "quarantined"
+    # When the peers answer again
+    relay.restore()
+    # Then the release goes ahead as the subscriber asked, and nothing waits or was lost
+    [remove] = await probe.wait_for(GardenRemove, timeout=90)
+    assert (remove.case_id, remove.cpe_mac) == (apply.case_id, CPE_MAC)
+    async with service.pool.acquire() as conn:
+        actor = await conn.fetchval(
+            "SELECT actor FROM case_events WHERE case_id = $1 AND to_state = 'release_requested'",
+            apply.case_id,
+        )
+        assert await conn.fetchval("SELECT count(*) FROM release_pending") == 0
+    assert actor == f"subscriber:{IP}"
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+
+
+async def release_attempts(service: PolicyService, request_id: uuid.UUID) -> int | None:
+    async with service.pool.acquire() as conn:
+        attempts: int | None = await conn.fetchval(
+            "SELECT attempts FROM release_pending WHERE request_id = $1", request_id
+        )
+    return attempts
