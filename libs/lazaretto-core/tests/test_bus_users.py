@@ -19,7 +19,15 @@ from lazaretto_core.bus import (
     dead_letter_queue_name,
     queue_name,
 )
-from lazaretto_core.bus_users import ACCOUNTS, ANNOUNCEMENTS, VERIFIED, BusIdentity, definitions, senders
+from lazaretto_core.bus_users import (
+    ACCOUNTS,
+    ANNOUNCEMENTS,
+    VERIFIED,
+    BusIdentity,
+    dead_letter_queues,
+    definitions,
+    senders,
+)
 from lazaretto_core.contracts import (
     ALL_CONTRACTS,
     AllowlistChanged,
@@ -80,6 +88,20 @@ def test_every_contract_has_a_publisher_and_a_consumer_in_the_table() -> None:
     assert published == set(ALL_CONTRACTS)
     assert consumed | set(ANNOUNCEMENTS) == set(ALL_CONTRACTS)
     assert not consumed & set(ANNOUNCEMENTS)
+
+
+def test_every_consumer_s_dead_letter_queue_is_listed_one_per_smtp_sensor() -> None:
+    assert dead_letter_queues(["mta", "mx2"]) == (
+        "lazaretto.policy.main.dlq",
+        "lazaretto.provisioner.main.dlq",
+        "lazaretto.cmts-agent.main.dlq",
+        "lazaretto.detector-smtp.cases.mta.dlq",
+        "lazaretto.detector-smtp.cases.mx2.dlq",
+    )
+    # Each is a queue its service's user may declare (its own `lazaretto.<service>.` queues)
+    for account in ACCOUNTS:
+        for queue in account.work_queues(["mta"]):
+            assert re.fullmatch(account.permissions()["configure"], queue + ".dlq")
 
 
 def test_a_login_named_after_its_service_gives_the_names_of_the_others() -> None:

@@ -6,6 +6,7 @@ only after its first alert keeps one case."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from lazaretto_core.bus import Bus, dead_letter_queue_name, queue_name
-from lazaretto_core.contracts import AbuseObserved, GardenApplied, GardenApply, ModemReset
+from lazaretto_core.contracts import (
+    AbuseObserved,
+    GardenApplied,
+    GardenApply,
+    GardenRemove,
+    GardenRemoved,
+    ModemReset,
+    ModemResetCompleted,
+    ReleaseRequested,
+)
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.relays import CuttableTcpRelay
 from lazaretto_lab.testing import BusProbe
@@ -209,3 +219,197 @@ async def test_an_address_case_becomes_the_devices_once_the_cmts_lists_it_withou
         assert any("device identified at" in e["reason"] for e in events)
     finally:
         await service.stop()
+
+
+# What an admin allow-lists: the PC itself, its household's modem, or the PC as a business customer
+# (a subscriber class, notify only).
+ALLOWLISTED_BY = {
+    "pc_mac": {"kind": "mac", "value": CPE_MAC, "owner": "noc", "reason": "hospital PC"},
+    "household_modem": {"kind": "mac", "value": CM_MAC, "owner": "noc", "reason": "clinic modem"},
+    "business_class": {
+        "kind": "mac",
+        "value": CPE_MAC,
+        "effect": "notify_only",
+        "subscriber_class": "business",
+        "owner": "sales",
+        "reason": "business static",
+    },
+}
+
+
+@pytest.mark.parametrize("entry", ALLOWLISTED_BY.values(), ids=ALLOWLISTED_BY.keys())
+async def test_an_address_case_whose_device_turns_out_allow_listed_is_released_not_kept(
+    policy: PolicyService,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+    admin: httpx.AsyncClient,
+    entry: dict[str, str],
+) -> None:
+    # Given a static PC no table knows yet, gardened by address after its scan
+    first = scan()
+    await sender.publish(first)
+    [by_address] = await probe.wait_for(GardenApply)
+    assert by_address.key_kind == "address"
+    await sender.publish(
+        GardenApplied(case_id=by_address.case_id, step_id=by_address.step_id, changes=["rpz"])
+    )
+    async with asyncio.timeout(30):
+        while await case_state(policy, by_address.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    # and the PC (or its household, or its class) is on the allowlist
+    added = await admin.post("/v1/allowlist", json=entry)
+    assert added.status_code == 201, added.text
+    # When the CMTS table lists the PC at that address and its scan goes on
+    book.plug(CPE_MAC, CM_MAC, IP)
+    await sender.publish(scan(first.observation_id, revision=1))
+    # Then the address case is released: its garden removed as it was applied (by address), no garden
+    # with the PC's identity, no modem reset; the case says why, naming the entry
+    [remove] = await probe.wait_for(GardenRemove)
+    assert (remove.case_id, remove.key_kind, remove.cpe_mac, remove.cm_mac) == (
+        by_address.case_id,
+        "address",
+        None,
+        None,
+    )
+    assert len(applies(probe)) == 1
+    await sender.publish(GardenRemoved(case_id=remove.case_id, step_id=remove.step_id, changes=["rpz"]))
+    async with asyncio.timeout(30):
+        while await case_state(policy, by_address.case_id) != "released":
+            await asyncio.sleep(0.05)
+    assert not [m for key, m, _ in probe.received if isinstance(m, ModemReset)]
+    async with policy.pool.acquire() as conn:
+        let_go = await conn.fetchrow(
+            "SELECT actor, detail FROM case_events WHERE case_id = $1 AND to_state = 'release_requested'",
+            by_address.case_id,
+        )
+        decision = await conn.fetchval(
+            "SELECT decision FROM observations WHERE observation_id = $1", first.observation_id
+        )
+        open_cases = await conn.fetchval("SELECT count(*) FROM cases WHERE closed_at IS NULL")
+    assert let_go is not None
+    assert let_go["actor"] == "policy:allowlist"
+    assert entry["reason"] in json.loads(let_go["detail"])["reason"]
+    # and the scan's newer revision is recorded like any allow-listed device's: no new case
+    assert decision in ("allowlisted", "notify_only")
+    assert open_cases == 0
+
+
+async def test_a_held_address_case_whose_device_turns_out_allow_listed_is_closed(
+    make_settings: Callable[..., PolicySettings],
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+) -> None:
+    # Given a breaker that holds every automatic case, and an address case it held
+    service = await build(make_settings(breaker_global_limit=0, address_case_recheck_interval=0.2))
+    await service.start()
+    try:
+        await sender.publish(scan())
+        async with asyncio.timeout(30):
+            while True:
+                async with service.pool.acquire() as conn:
+                    held = await conn.fetchval("SELECT case_id FROM cases WHERE state = 'held'")
+                if held is not None:
+                    break
+                await asyncio.sleep(0.05)
+        async with service.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO allowlist_entries (entry_id, kind, value, effect, owner, reason, created_by)"
+                " VALUES ($1, 'mac', $2, 'exempt', 'noc', 'clinic modem', 'admin:admin')",
+                uuid.uuid4(),
+                CM_MAC,
+            )
+        # When the CMTS table lists the PC (no other alert: policy's own re-check finds it)
+        book.plug(CPE_MAC, CM_MAC, IP)
+        # Then the held case is closed without any garden, and says why
+        async with asyncio.timeout(60):
+            while await case_state(service, held) != "released":
+                await asyncio.sleep(0.1)
+        assert not applies(probe)
+        async with service.pool.acquire() as conn:
+            why = await conn.fetchval(
+                "SELECT detail->>'reason' FROM case_events WHERE case_id = $1 AND to_state = 'released'", held
+            )
+        assert "clinic modem" in why
+    finally:
+        await service.stop()
+
+
+async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_done(
+    policy_behind_relay: PolicyService,
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+    amqp_url: str,
+) -> None:
+    service = policy_behind_relay
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    # Given the PC's case quarantined (garden applied, modem back online)
+    await sender.publish(scan())
+    [apply] = await probe.wait_for(GardenApply)
+    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+    [reset] = await probe.wait_for(ModemReset)
+    await sender.publish(
+        ModemResetCompleted(
+            case_id=apply.case_id,
+            step_id=reset.step_id,
+            cm_mac=CM_MAC,
+            method="test",
+            went_offline=True,
+            seconds_to_online=1.0,
+        )
+    )
+    async with asyncio.timeout(30):
+        while await case_state(service, apply.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    kept_before = REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0
+    # and the provisioner and cmts-agent unreachable
+    relay.cut()
+    # When the subscriber ticks the box (the portal's release request)
+    portal = Bus(amqp_url, "test-portal")
+    await portal.connect()
+    try:
+        request = ReleaseRequested(
+            request_id=uuid.uuid4(),
+            case_id=apply.case_id,
+            client_ip=IP,
+            attestation_version="v1",
+            requested_at=datetime.now(UTC),
+            device_mac=CPE_MAC,
+        )
+        await portal.publish(request)
+        # and the look-ups fail again and again, long after the bus would have given up (0.3 s)
+        async with asyncio.timeout(120):
+            while (await release_attempts(service, request.request_id) or 0) < 2:
+                await asyncio.sleep(0.2)
+    finally:
+        await portal.close()
+    # Then the request is kept and counted, nothing is dead-lettered, and the case waits
+    assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0) == kept_before + 1
+    assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_pending") or 0) >= 1
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await case_state(service, apply.case_id) == "quarantined"
+    # When the peers answer again
+    relay.restore()
+    # Then the release goes ahead as the subscriber asked, and nothing waits or was lost
+    [remove] = await probe.wait_for(GardenRemove, timeout=90)
+    assert (remove.case_id, remove.cpe_mac) == (apply.case_id, CPE_MAC)
+    async with service.pool.acquire() as conn:
+        actor = await conn.fetchval(
+            "SELECT actor FROM case_events WHERE case_id = $1 AND to_state = 'release_requested'",
+            apply.case_id,
+        )
+        assert await conn.fetchval("SELECT count(*) FROM release_pending") == 0
+    assert actor == f"subscriber:{IP}"
+    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+
+
+async def release_attempts(service: PolicyService, request_id: uuid.UUID) -> int | None:
+    async with service.pool.acquire() as conn:
+        attempts: int | None = await conn.fetchval(
+            "SELECT attempts FROM release_pending WHERE request_id = $1", request_id
+        )
+    return attempts

@@ -14,6 +14,8 @@ import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes 
 import httpx
 import pytest
 
+from lazaretto_core.bus import Bus
+from lazaretto_core.bus_users import work_queue
 from lazaretto_core.contracts import GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
@@ -434,6 +436,9 @@ async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
     assert re.search(r"Quarantined in the last hour 1\b", shown), shown
     assert "quarantined scan 1" in shown
     assert "lazaretto.provisioner.main.dlq not declared" in shown  # no provisioner in this vhost
+    # Every consuming service's DLQ is listed, detector-smtp's per-sensor one too
+    for dlq in ("policy.main", "provisioner.main", "cmts-agent.main", "detector-smtp.cases.mta"):
+        assert f"lazaretto.{dlq}.dlq" in shown
     # It reloads itself only when asked to (an HTTP Refresh, no JavaScript), with a way back
     assert "refresh" not in page.headers
     live = await browser.get("/console/", params={"live": "1"})
@@ -624,3 +629,35 @@ async def test_sign_in_is_refused_with_429_after_too_many_failures_per_client_an
         for record in caplog.records:
             assert secret[:12] not in record.getMessage()
             assert secret[:12] not in repr(record.args)
+
+
+@pytest.fixture
+def smtp_sensors(policy_overrides: dict[str, object]) -> None:
+    policy_overrides["console_smtp_sensors"] = ("mta", "mx2")
+
+
+@pytest.mark.usefixtures("smtp_sensors")
+async def test_the_overview_shows_a_dead_letter_of_any_smtp_sensor(
+    policy: PolicyService, browser: httpx.AsyncClient, amqp_url: str
+) -> None:
+    # Given detector-smtp's sensor mx2 consuming its own queue (declared as the bus declares it) and a
+    # case change it could not handle, in that sensor's dead-letter queue
+    sensor_bus = Bus(amqp_url, "detector-smtp")
+    await sensor_bus.connect()
+    try:
+        await sensor_bus.consume(work_queue("detector-smtp", "mx2"))
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            channel = await connection.channel()
+            dlq = "lazaretto.detector-smtp.cases.mx2.dlq"
+            await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=dlq)
+        finally:
+            await connection.close()
+        # When a viewer opens the overview
+        await sign_in(browser, VIEWER_TOKEN)
+        shown = text((await browser.get("/console/")).text)
+    finally:
+        await sensor_bus.close()
+    # Then that DLQ's depth is there, beside the default sensor's
+    assert "lazaretto.detector-smtp.cases.mx2.dlq 1" in shown, shown
+    assert "lazaretto.detector-smtp.cases.mta.dlq not declared" in shown

@@ -223,7 +223,7 @@ async def test_the_checkbox_only_when_policy_says_now_else_when_or_call_us(make_
 
 
 def progress(
-    state: str, *, accepted: bool = True, closed: bool = False, refusal: str = ""
+    state: str, *, accepted: bool = True, closed: bool = False, refusal: str = "", modem_restarts: bool = True
 ) -> ReleaseProgress:
     return ReleaseProgress(
         case_id=CASE_ID,
@@ -232,7 +232,31 @@ def progress(
         closed=closed,
         accepted=accepted,
         refusal={"code": refusal, "at": "2026-11-26T05:10:00+00:00"} if refusal else None,
+        modem_restarts=modem_restarts,
     )
+
+
+async def test_a_mail_block_release_promises_no_modem_restart(make_portal: MakePortal) -> None:
+    # Given a spam case policy says restarts no modem (only the PC's mail was blocked)
+    policy = TablePolicy(by_ip={HELD: a_case("spam", modem_restarts=False)})
+    portal = await make_portal(policy)
+    async with visitor(portal) as client:
+        page = (await client.get("/")).text
+        # Then its page offers the release without the modem-restart notice
+        assert 'name="attest"' in page
+        assert "Your modem will restart" not in page
+        # and the progress page lists no modem step: the lifted block is the last one before done
+        policy.progress_of[HELD] = progress("garden_removed", modem_restarts=False)
+        url = f"/progress?case={CASE_ID}"
+        step = (await client.get(url)).text
+        assert "Modem restarting" not in step
+        assert step.count("✓") == 2
+        policy.progress_of[HELD] = progress("released", closed=True, modem_restarts=False)
+        assert "Your connection is restored" in text_of((await client.get(url)).text)
+    # whereas a case whose release restarts the modem (or an older policy's answer) says so
+    policy.by_ip = {HELD: a_case("spam")}
+    async with visitor(portal) as client:
+        assert "Your modem will restart" in (await client.get("/")).text
 
 
 async def test_after_the_checkbox_the_progress_page_follows_policy_and_never_promises_early(

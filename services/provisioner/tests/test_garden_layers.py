@@ -317,6 +317,18 @@ async def test_the_service_gardens_in_every_layer_through_the_bus(
         (removed,) = await probe.wait_for(GardenRemoved)
         assert f"nft: {STATIC_PC} out of the full garden" in removed.changes
         assert router.http_get(STATIC_PC, f"http://{a.origin_web}/").startswith("ORIGIN ")
+        assert (applied.mode, removed.mode) == ("full", "full")
+        # When policy asks for a spam-only case's garden, the result says it is a mail block only
+        # (the PC keeps its address and DHCP config: policy has no modem to reset for it)
+        spam = apply(PC, new_mac(), mode="smtp_block", cm=CM)
+        await bus.publish(spam)
+        blocked = (await probe.wait_for(GardenApplied, count=2))[1]
+        assert (blocked.step_id, blocked.mode) == (spam.step_id, "smtp_block")
+        assert router.smtp(PC, a.smtp, 25) == "refused"
+        await bus.publish(remove(spam))
+        unblocked = (await probe.wait_for(GardenRemoved, count=2))[1]
+        assert unblocked.mode == "smtp_block"
+        assert router.smtp(PC, a.smtp, 25).startswith("connected")
     finally:
         await bus.close()
         await probe.stop()

@@ -110,6 +110,33 @@ async def test_apply_then_remove_through_the_bus(
         await probe.stop()
 
 
+async def test_a_spam_only_case_without_a_packet_filter_is_gardened_fully_and_says_so(
+    provisioner: ProvisionerService, amqp_url: str
+) -> None:
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.removed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        # Given no packet-filter layer, when policy asks for a spam-only case's mail block
+        spam = GardenApply.model_validate(
+            command("127.0.0.3", "02:00:00:00:00:43").model_dump() | {"mode": "smtp_block"}
+        )
+        await bus.publish(spam)
+        # Then the PC is gardened fully (DHCP class: it must renew, so policy resets its modem) and the
+        # result says so
+        (applied,) = await probe.wait_for(GardenApplied)
+        assert applied.mode == "full"
+        assert "no packet-filter layer to block only mail: gardened fully instead" in applied.changes
+        assert await provisioner.garden.dhcp.is_quarantined("02:00:00:00:00:43")
+        await bus.publish(GardenRemove.model_validate(spam.model_dump() | {"step_id": uuid.uuid4()}))
+        (removed,) = await probe.wait_for(GardenRemoved)
+        assert removed.mode == "full"
+        assert not await provisioner.garden.dhcp.is_quarantined("02:00:00:00:00:43")
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
 async def test_a_refused_dns_update_is_reported_as_failed(
     amqp_url: str, database_url: str, lab_kea: LabKea, lab_bind: LabBind
 ) -> None:

@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,17 @@ class Account:
     service: str
     publishes: tuple[type[Contract], ...] = ()
     consumes: tuple[type[Contract], ...] = ()
+    # One work queue per sensor (`cases.<sensor>`: every detector-smtp sensor must see every case
+    # change, so its replicas of one sensor share a queue and sensors do not) instead of one `main`.
+    per_sensor: bool = False
+
+    def work_queues(self, sensors: Iterable[str]) -> tuple[str, ...]:
+        """The queues this service consumes from (none for a pure publisher)."""
+        if not self.consumes:
+            return ()
+        if self.per_sensor:
+            return tuple(work_queue(self.service, sensor) for sensor in sensors)
+        return (work_queue(self.service),)
 
     def permissions(self) -> dict[str, str]:
         """configure/write/read regexes on exchange and queue names (`lazaretto.<service>.*` queues)."""
@@ -135,9 +146,27 @@ ACCOUNTS: tuple[Account, ...] = (
     ),
     Account("portal", publishes=(ReleaseRequested,)),
     Account("detector-snort", publishes=(AbuseObserved,)),
-    Account("detector-smtp", publishes=(AbuseObserved,), consumes=(CaseChanged,)),
+    Account("detector-smtp", publishes=(AbuseObserved,), consumes=(CaseChanged,), per_sensor=True),
 )
 BY_SERVICE: dict[str, Account] = {account.service: account for account in ACCOUNTS}
+
+
+def work_queue(service: str, sensor: str | None = None) -> str:
+    """The queue a consuming service reads: `lazaretto.<service>.main`, or its sensor's own."""
+    # Imported here: `bus` imports this module for `BusIdentity`.
+    from .bus import queue_name
+
+    return queue_name(service, "main" if sensor is None else f"cases.{sensor}")
+
+
+def dead_letter_queues(sensors: Iterable[str]) -> tuple[str, ...]:
+    """Every consuming service's dead-letter queue, one per sensor for a per-sensor service (`sensors`
+    names them: the bus cannot list queues), in `ACCOUNTS` order: what an operator must look at."""
+    from .bus import dead_letter_queue_name
+
+    names = tuple(sensors)
+    return tuple(dead_letter_queue_name(q) for account in ACCOUNTS for q in account.work_queues(names))
+
 
 # The messages whose publisher the consumer verifies: commands to an executor, the allowlist the
 # executors obey, and the subscriber's release request. Only the services the table lets publish them

@@ -369,6 +369,11 @@ class _GardenDone(_CaseStep):
     exchange = EVENTS_EXCHANGE
 
     changes: list[str]
+    # Optional (older provisioners leave it out): the garden actually applied or removed. "smtp_block"
+    # only when the packet filter alone blocked (unblocked) the device's mail: it kept its address and
+    # DHCP config, so no modem reset has a purpose. "full" also for a spam-only case gardened fully
+    # (no packet-filter layer, or the household's modem config): then the reset moves it.
+    mode: GardenMode | None = None
 
 
 class GardenApplied(_GardenDone):
@@ -382,7 +387,13 @@ class GardenApplied(_GardenDone):
             "step_id": _STEP,
             "changes": ["kea: host 02:00:00:00:00:01 class quarantine", "rpz: client-ip 100.64.0.10"],
         },
-        {"case_id": _CASE, "step_id": _STEP, "changes": ["rpz: client-ip 192.0.2.77"]},
+        {"case_id": _CASE, "step_id": _STEP, "changes": ["rpz: client-ip 192.0.2.77"], "mode": "full"},
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "changes": ["nft: 100.64.0.10 may not send mail (TCP/25, 465/587 outside the ISP)"],
+            "mode": "smtp_block",
+        },
     )
     example = examples[0]
 
@@ -399,6 +410,12 @@ class GardenRemoved(_GardenDone):
             "changes": ["kea: host 02:00:00:00:00:01 released", "rpz: client-ip 100.64.0.10 removed"],
         },
         {"case_id": _CASE, "step_id": _STEP, "changes": []},
+        {
+            "case_id": _CASE,
+            "step_id": _STEP,
+            "changes": ["nft: 100.64.0.10 may send mail again"],
+            "mode": "smtp_block",
+        },
     )
     example = examples[0]
 

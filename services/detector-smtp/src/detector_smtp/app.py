@@ -15,7 +15,8 @@ from typing import Final
 
 from fastapi import FastAPI
 
-from lazaretto_core.bus import Bus, queue_name
+from lazaretto_core.bus import Bus
+from lazaretto_core.bus_users import work_queue
 from lazaretto_core.checkpoints import checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import CaseChanged
 from lazaretto_core.http import ProgressMonitor, create_http_app
@@ -75,9 +76,7 @@ class DetectorSmtpService:
         self.tail_gate.set()
         await self.bus.connect()
         self.bus.on(CaseChanged, CaseTracker(self.quarantine).on_case_changed)
-        await self.bus.consume(
-            queue_name("detector-smtp", f"cases.{self.settings.sensor}"), progress=self.progress
-        )
+        await self.bus.consume(work_queue("detector-smtp", self.settings.sensor), progress=self.progress)
         # The state to restart from exists before the first line is read or request counted: a crash
         # before the first periodic snapshot re-reads the logs from here instead of skipping them.
         await self.snapshot()

@@ -15,7 +15,7 @@ from lazaretto_core.contracts import normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
-from . import actions, appeals, desk, identity, ladder, store
+from . import actions, appeals, desk, identity, ladder, release_progress, store
 from .attribution import Attributor
 from .casework import CaseWork
 from .commands import SelfReleaseAllowance
@@ -247,6 +247,7 @@ def install_api(
             used = await store.self_releases_since(conn, case.key_kind, case.device_key, allowance.since())
             terms = await store.get_terms(conn, case.case_id)
             seen = await store.case_seen(conn, case.case_id)
+            modem_restarts = await release_progress.release_restarts_modem(conn, case)
         answer = ladder.self_release(case.state, terms, used, allowance.max_releases, utcnow())
         limit = min(allowance.max_releases, terms.max_self_releases) if terms else allowance.max_releases
         left = max(0, limit - used)
@@ -266,6 +267,7 @@ def install_api(
             "self_release_allowed": answer.when == "now",
             "self_release": answer.public(),
             "portal_template": terms.portal_template if terms else "default",
+            "modem_restarts": modem_restarts,
         }
 
     install_subscriber_routes(portal, work, attributor, appeal_limit or appeals.AppealLimit())

@@ -107,6 +107,13 @@ class PolicyService:
             self.handlers.retry_pending_attributions,
             errors=(OSError, asyncpg.PostgresError),
         )
+        # Subscribers' release requests whose device look-up failed are kept and decided here.
+        self.loops.every(
+            "release-pending",
+            1.0,
+            self.handlers.retry_pending_releases,
+            errors=(OSError, asyncpg.PostgresError),
+        )
         # Cases keyed by an address alone become their device's once a CMTS table lists it there.
         self.loops.every(
             "address-cases",
@@ -205,7 +212,7 @@ def console_deps(
             settings.console_signin_window,
         ),
         dlq_depth=bus.message_count,
-        dlq_queues=settings.console_dlq_queues,
+        dlq_queues=settings.dlq_queues(),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.contracts import (
+    RELEASING_STATES,
     CaseChanged,
     CaseState,
     Contract,
@@ -23,7 +24,7 @@ from lazaretto_core.contracts import (
 from lazaretto_core.db import Connection
 from lazaretto_core.logs import bound
 
-from . import flow, identity, store
+from . import flow, guard, identity, store
 from .attribution import Attribution
 from .breaker import BreakerLimits
 from .casestore import CaseStore
@@ -136,7 +137,9 @@ class CaseWork:
         device, so it never gets a second case for one address. A garden applied (or in flight) by
         address only is applied again with the device's identity (its MAC; the modem reset follows,
         as for any device case); a stale result of the earlier step is ignored (its step id no longer
-        matches). None when there is no such case, or the device has its own open case already."""
+        matches). None when there is no such case, or the device has its own open case already, or
+        the device is allow-listed: then the address case is let go instead (`_let_go_allowlisted`) and
+        the caller treats the device like any allow-listed one."""
         if attribution.found != "cmts":
             # Only a CMTS table listing a device at that (static) address names the same PC; a lease
             # there later is DHCP giving the address to another device, which must not inherit it.
@@ -146,6 +149,13 @@ class CaseWork:
             return None
         key_kind, device_key = identity.case_key(cast(Scope, by_address.scope), attribution)
         if key_kind == "address" or await self.store.open_case_for_device(conn, key_kind, device_key):
+            return None
+        try:
+            # The allowlist was checked for the address when the case opened; the device (its MACs, its
+            # household's modem, its class) is checked now, as a device's own case would have been.
+            await self.guard.check(conn, attribution, automatic=False)
+        except guard.Covered as covered:
+            await self._let_go_allowlisted(conn, by_address, attribution, covered)
             return None
         case = await self.store.rekey_case(
             conn,
@@ -178,6 +188,33 @@ class CaseWork:
         # listeners still learn the device (case.changed.v1).
         await self._enqueue(conn, self._changed(case, case.state, reason), case)
         return case
+
+    async def _let_go_allowlisted(
+        self, conn: Connection, case: Case, attribution: Attribution, covered: guard.Covered
+    ) -> None:
+        """The address case's device turns out to be allow-listed: it must not stay quarantined by it.
+        Nothing applied yet (a delay, held): closed at once. Gardened, in flight or stuck: released (the
+        garden removed as it was applied, by address; no modem reset, none was made for it). Audited on
+        the case with the entry that covers the device. Left alone when already being released."""
+        stepping_out = case.state == "failed_retrying" and case.step in (Step.GARDEN_REMOVE, Step.RESET_OUT)
+        if case.state in RELEASING_STATES or stepping_out:
+            return
+        reason = (
+            f"device identified at {attribution.ip} ({attribution.found}) is on the allowlist: {covered};"
+            " the address case is let go"
+        )
+        detail = {
+            "reason": reason,
+            "allowlist": covered.entry.model_dump(mode="json"),
+            "attribution": attribution.audit(),
+        }
+        with bound(case_id=case.case_id, device=attribution.cpe_mac or attribution.cm_mac):
+            log.warning("case %s: %s", case.case_id, reason)
+        if case.state in ("open", "held"):
+            await self.store.clear_due(conn, case.case_id, "enforce_at")
+            await self.apply(conn, case, flow.held_released(), "policy:allowlist", detail)
+            return
+        await self.apply(conn, case, flow.let_go(), "policy:allowlist", detail)
 
     async def enforce_due(self) -> int:
         """Request the garden for cases whose enforcement delay has passed (stored, so a restart

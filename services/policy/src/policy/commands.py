@@ -250,7 +250,16 @@ async def step_result(
         log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
         return None
     if succeeded:
-        outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None)
+        # A spam-only case's mail block (on the packet filter alone) leaves the device its address and
+        # DHCP config: a modem reset would only cut the household off, so none is sent either way.
+        mail_only = detail.get("mode") == "smtp_block"
+        outcome = flow.step_succeeded(step, has_modem=case.cm_mac is not None and not mail_only)
+        if mail_only and case.cm_mac is not None:
+            why = "mail blocked" if step is Step.GARDEN_APPLY else "mail block lifted"
+            detail = {
+                **detail,
+                "reason": f"{why} on the packet filter only: the device keeps its address, no modem reset",
+            }
         if step is Step.GARDEN_APPLY:
             kpi.garden_confirmed(await work.store.first_alert_of_case(conn, case.case_id), utcnow())
     else:

@@ -42,6 +42,11 @@ def held_released() -> Outcome:
     return Outcome("released", None, closed=True)
 
 
+def let_go() -> Outcome:
+    """Remove a garden whatever state the case is in (its device turned out to be allow-listed)."""
+    return Outcome("release_requested", Step.GARDEN_REMOVE)
+
+
 def step_succeeded(step: Step, has_modem: bool) -> Outcome:
     if step is Step.GARDEN_APPLY:
         return Outcome("modem_reset_requested", Step.RESET_IN) if has_modem else Outcome("quarantined", None)

@@ -28,7 +28,7 @@ from lazaretto_core.db import Connection
 from lazaretto_core.errors import InvalidMessage, RetryLater
 from lazaretto_core.logs import bind, bound
 
-from . import commands, identity, ladder, pending
+from . import commands, identity, ladder, pending, release_pending
 from .attribution import Attribution, Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
@@ -36,7 +36,7 @@ from .flow import Step
 from .release_progress import record_refusal
 from .rulebook import LoadedRules, RuleBook
 from .rules import Decision, Network, Seen, evaluate, is_allowlisted
-from .store import ObservationRow, PendingAttribution
+from .store import Case, ObservationRow, PendingAttribution
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,18 @@ ATTRIBUTION_PENDING = Gauge(
 ATTRIBUTION_PENDING_OLDEST = Gauge(
     "lazaretto_policy_attribution_pending_oldest_seconds",
     "How long the oldest observation waiting for attribution has waited",
+)
+RELEASES_KEPT = Counter(
+    "lazaretto_policy_release_requests_kept_total",
+    "Subscribers' release requests kept because the device look-up (provisioner, cmts-agent) failed",
+)
+RELEASES_PENDING = Gauge(
+    "lazaretto_policy_release_requests_pending",
+    "Subscribers' release requests waiting for the device look-up to answer",
+)
+RELEASES_PENDING_OLDEST = Gauge(
+    "lazaretto_policy_release_requests_pending_oldest_seconds",
+    "How long the oldest release request waiting for the device look-up has waited",
 )
 ATTRIBUTION_HELD = Counter(
     "lazaretto_policy_attribution_held_total",
@@ -487,10 +499,10 @@ class PolicyHandlers:
         await self._record(conn, [w])
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", {"changes": event.changes})
+        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_removed(self, event: GardenRemoved, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", {"changes": event.changes})
+        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_failed(self, event: GardenFailed, ctx: MessageContext) -> None:
         step = Step.GARDEN_APPLY if event.operation == "apply" else Step.GARDEN_REMOVE
@@ -522,16 +534,39 @@ class PolicyHandlers:
 
     async def on_release_requested(self, event: ReleaseRequested, ctx: MessageContext) -> None:
         """Release only for the case's own device, as policy itself finds it holding the address now,
-        within the device's self-release allowance across its cases."""
+        within the device's self-release allowance across its cases. When the device look-up fails
+        (the provisioner or cmts-agent down), the request is kept (`release_pending`) and decided once
+        they answer: a subscriber's release is never dead-lettered for an outage."""
         async with self.work.uow.read() as conn:
             known = await self.work.store.get_case(conn, event.case_id)
         if known is None:
             raise InvalidMessage(f"release requested for unknown case {event.case_id}")
+        try:
+            command = await self._self_release(event, known)
+        except RetryLater as exc:
+            async with self.work.uow() as conn:
+                kept = await release_pending.keep(conn, event, ctx.message_id, str(exc))
+            if kept:
+                RELEASES_KEPT.inc()
+                log.warning(
+                    "release request %s for case %s kept until the device look-up answers: %s",
+                    event.request_id,
+                    event.case_id,
+                    exc,
+                )
+            return
+        refused = await self._release(event, command, ctx.message_id, kept=False)
+        if refused is not None:
+            raise InvalidMessage(str(refused)) from refused
+
+    async def _self_release(self, event: ReleaseRequested, known: Case) -> Release:
+        """The release command with the device found at the visitor's address now (RetryLater: the
+        attribution peers did not answer)."""
         visitor = await self.attributor.attribute(event.client_ip)
         leases = None
         if known.cpe_mac is not None:
             leases = await self.attributor.device_leases(known.cpe_mac, known.opened_at)
-        command = Release(
+        return Release(
             event.case_id,
             actor=f"subscriber:{event.client_ip}",
             reason="subscriber attested the problem is fixed",
@@ -544,16 +579,73 @@ class PolicyHandlers:
                 user_agent=event.user_agent,
             ),
         )
+
+    async def _release(
+        self, event: ReleaseRequested, command: Release, message_id: str, *, kept: bool
+    ) -> Refused | None:
+        """Release under the request's message id (claimed once, whichever path decides it: the bus's
+        delivery or the kept request); the refusal when refused, recorded on the case so the
+        subscriber's progress page can say so (release_progress)."""
         try:
             async with self.work.uow() as conn:
-                if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
-                    return
+                if kept and not await release_pending.take(conn, event.request_id):
+                    return None  # another replica decided it
+                if not await self.work.store.claim_message(conn, CONSUMER, message_id):
+                    return None
                 await commands.release(self.work, conn, command, self.allowance)
         except Refused as exc:
-            # Never deliverable: the same request would be refused again. Recorded on the case so
-            # the subscriber's progress page can say so (release_progress).
+            # Never deliverable: the same request would be refused again.
             async with self.work.uow() as conn:
+                if kept and not await release_pending.take(conn, event.request_id):
+                    return None
                 await record_refusal(
                     self.work.store, conn, event.case_id, event.client_ip, event.request_id, exc
                 )
-            raise InvalidMessage(str(exc)) from exc
+            log.warning("release request %s for case %s refused: %s", event.request_id, event.case_id, exc)
+            return exc
+        return None
+
+    async def retry_pending_releases(self, limit: int = 20) -> int:
+        """Decide the release requests kept for their device look-up whose backoff has passed; while
+        the peers stay down one look-up per turn says so and every claimed request waits its backoff.
+        Returns how many were decided."""
+        decided = 0
+        async with self.work.uow() as conn:
+            due = await release_pending.claim_due(conn, limit)
+        for i, kept in enumerate(due):
+            event = kept.request
+            async with self.work.uow.read() as conn:
+                known = await self.work.store.get_case(conn, event.case_id)
+            try:
+                if known is None:  # never: cases are not deleted
+                    raise InvalidMessage(f"release requested for unknown case {event.case_id}")
+                command = await self._self_release(event, known)
+            except RetryLater as exc:
+                async with self.work.uow() as conn:
+                    for still in due[i:]:
+                        await release_pending.put_back(
+                            conn, still.request.request_id, still.attempts + 1, str(exc)
+                        )
+                log.info("%d release request(s) still waiting for the device look-up: %s", len(due) - i, exc)
+                break
+            except InvalidMessage as exc:
+                log.error("kept release request %s dropped: %s", event.request_id, exc)
+                async with self.work.uow() as conn:
+                    await release_pending.take(conn, event.request_id)
+                continue
+            await self._release(event, command, kept.message_id, kept=True)
+            decided += 1
+        async with self.work.uow.read() as conn:
+            waiting = await release_pending.waiting(conn, utcnow())
+        RELEASES_PENDING.set(waiting.count)
+        RELEASES_PENDING_OLDEST.set(waiting.oldest_seconds)
+        return decided
+
+
+def _garden_done(event: GardenApplied | GardenRemoved) -> dict[str, Any]:
+    """What a garden step's result records; the mode applied when the provisioner says (it decides
+    whether the modem is reset, `commands.step_result`)."""
+    detail: dict[str, Any] = {"changes": event.changes}
+    if event.mode is not None:
+        detail["mode"] = event.mode
+    return detail

@@ -56,6 +56,20 @@ async def record_refusal(
     await storage.add_event(conn, case_id, "policy", case.state, case.state, detail)
 
 
+async def release_restarts_modem(conn: Connection, case: store.Case) -> bool:
+    """Whether releasing the case resets the modem: only a case with a modem whose garden was not a
+    mail block alone (a spam-only case the provisioner blocked on the packet filter: the device kept
+    its address, so nothing needs it to renew; `commands.step_result`)."""
+    if case.cm_mac is None:
+        return False
+    applied = await conn.fetchval(
+        "SELECT detail->>'mode' FROM case_events WHERE case_id = $1 AND from_state = 'garden_requested'"
+        " AND to_state IN ('quarantined', 'modem_reset_requested') ORDER BY id DESC LIMIT 1",
+        case.case_id,
+    )
+    return bool(applied != "smtp_block")
+
+
 async def progress(conn: Connection, case: store.Case, since: datetime | None) -> dict[str, Any]:
     """The case's step for the visitor, and the newest refusal of a self-release since `since`."""
     refused = await conn.fetchrow(
@@ -75,4 +89,5 @@ async def progress(conn: Connection, case: store.Case, since: datetime | None) -
         "closed": case.closed_at is not None,
         "accepted": case.state in RELEASING_STATES,
         "refusal": refusal,
+        "modem_restarts": await release_restarts_modem(conn, case),
     }

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from lazaretto_core.bus_users import dead_letter_queues
 from lazaretto_core.settings import ServiceSettings
 
 from . import rulebook
@@ -106,12 +107,15 @@ class PolicySettings(ServiceSettings):
     console_signin_failures_per_client: int = Field(default=10, ge=1, le=10_000)
     console_signin_failures_global: int = Field(default=100, ge=1, le=1_000_000)
     console_signin_window: int = Field(default=300, ge=1, le=86400)
-    # The dead-letter queues whose depth the console's overview shows.
-    console_dlq_queues: tuple[str, ...] = (
-        "lazaretto.policy.main.dlq",
-        "lazaretto.provisioner.main.dlq",
-        "lazaretto.cmts-agent.main.dlq",
-    )
+    # The dead-letter queues whose depth the console's overview shows; None: every consuming service's
+    # (`bus_users.dead_letter_queues`), with one per detector-smtp sensor named in `console_smtp_sensors`.
+    console_dlq_queues: tuple[str, ...] | None = None
+    console_smtp_sensors: tuple[str, ...] = ("mta",)
+
+    def dlq_queues(self) -> tuple[str, ...]:
+        if self.console_dlq_queues is not None:
+            return self.console_dlq_queues
+        return dead_letter_queues(self.console_smtp_sensors)
 
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)

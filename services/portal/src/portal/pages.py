@@ -93,7 +93,12 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             return render(request, "free.html", language, client_ip=client_of(request))
         if case.state in RELEASING_STATES:
             state = ReleaseProgress(
-                case_id=case.case_id, reference=case.reference, state=case.state, closed=False, accepted=True
+                case_id=case.case_id,
+                reference=case.reference,
+                state=case.state,
+                closed=False,
+                accepted=True,
+                modem_restarts=case.modem_restarts,
             )
             return progress_page(request, state, language, waited=0.0)
         if case.state in ("open", "failed_retrying") and case.state not in RELEASABLE_STATES:
@@ -103,10 +108,12 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
     def progress_page(
         request: Request, state: ReleaseProgress, language: Language, waited: float
     ) -> Response:
-        step = 4 if state.closed else _STEP_OF_STATE.get(state.state, 0)
+        # A release that restarts no modem (a spam-only mail block, a device without one) lists no such step.
+        steps = STEPS if state.modem_restarts else tuple(s for s in STEPS if s != "modem_restarting")
+        step = len(steps) if state.closed else min(_STEP_OF_STATE.get(state.state, 0), len(steps))
         refused = state.refusal is not None and not state.accepted
         stuck = state.state == "needs_operator" or (not state.accepted and waited > PROGRESS_PATIENCE)
-        final = refused or step == len(STEPS)
+        final = refused or step == len(steps)
         # The page reloads itself (HTTP Refresh, no JavaScript) until the release is done or refused;
         # a link stops that (WCAG 2.2.1: a time limit the visitor can turn off).
         auto = request.query_params.get("auto") != "0"
@@ -120,8 +127,9 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             still_url=f"{request.url.path}?{urlencode({**here, 'auto': '0'})}",
             auto_url=f"{request.url.path}?{urlencode(here)}",
             progress=state,
-            steps=STEPS,
+            steps=steps,
             step=step,
+            done=step == len(steps),
             refusal=(state.refusal or {}).get("code", "") if refused else "",
             stuck=stuck and not refused,
             refresh=not final,

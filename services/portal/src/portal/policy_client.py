@@ -64,6 +64,8 @@ class VisitorCase(BaseModel):
     reference: str = ""
     seen: Seen | None = None
     self_release: SelfRelease | None = None
+    # Whether the release restarts the modem (not for a spam-only mail block; from an older policy: yes).
+    modem_restarts: bool = True
 
     @property
     def release(self) -> SelfRelease:
@@ -87,6 +89,7 @@ class ReleaseProgress(BaseModel):
     closed: bool
     accepted: bool
     refusal: dict[str, str] | None = None
+    modem_restarts: bool = True
 
 
 class PolicyClient:

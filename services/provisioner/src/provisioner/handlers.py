@@ -15,6 +15,7 @@ from lazaretto_core.contracts import (
     GardenApplied,
     GardenApply,
     GardenFailed,
+    GardenMode,
     GardenRemove,
     GardenRemoved,
 )
@@ -90,9 +91,17 @@ class ProvisionerHandlers:
             return
         log.info("garden applied for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
-            GardenApplied(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            GardenApplied(
+                case_id=command.case_id, step_id=command.step_id, changes=changes, mode=self._mode(command)
+            ),
             correlation_id=str(command.case_id),
         )
+
+    def _mode(self, command: GardenApply | GardenRemove) -> GardenMode:
+        """The garden a command came to (policy resets the modem only for a full one): a spam-only
+        case (a household's too: its modem keeps its normal config) is a mail block on the packet
+        filter; without a packet-filter layer it was gardened fully."""
+        return "smtp_block" if command.mode == "smtp_block" and self.garden.blocks_mail else "full"
 
     def _outside_subscriber_ranges(self, command: GardenApply) -> list[str]:
         if not self.subscriber_ranges:
@@ -135,7 +144,9 @@ class ProvisionerHandlers:
             return
         log.info("garden removed for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
-            GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes),
+            GardenRemoved(
+                case_id=command.case_id, step_id=command.step_id, changes=changes, mode=self._mode(command)
+            ),
             correlation_id=str(command.case_id),
         )
 
