@@ -1,0 +1,41 @@
+"""Keep the cyclic garbage collector off the long-lived state (windows, their last revisions, the
+caches of addresses and rules).
+
+A flood keeps thousands of windows open, tens of thousands of container objects that the collector's
+full passes walk again and again while the loop waits (tens of milliseconds each, several times a
+minute under a flood), although they are acyclic and freed by reference counting when their window
+closes. So, now and then, the young generations are collected and what is alive is moved to the
+permanent generation (`gc.freeze`): the collector then walks only what was allocated since. Rarely
+(`FULL_EVERY`), everything is unfrozen and collected in full, so that a cycle that became garbage
+after it was frozen is not kept for good.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Final
+
+FREEZE_EVERY: Final = 10.0  # seconds between freezes (the service's loop interval)
+FULL_EVERY: Final = 3600.0  # seconds between full collections of everything
+
+
+class CollectorPolicy:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._full_at = clock() + FULL_EVERY
+
+    def freeze(self) -> None:
+        """Collect the young generations, then freeze what survived (a full collection first, if due)."""
+        now = self.clock()
+        if now >= self._full_at:
+            self._full_at = now + FULL_EVERY
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)
+        gc.freeze()
+
+    async def turn(self) -> None:
+        self.freeze()
