@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from detector_snort.collector import FULL_EVERY, CollectorPolicy
+from detector_snort.collector import FREEZE_EVERY, FULL_EVERY, CollectorPolicy
 
 
 class _Node:
@@ -44,3 +44,18 @@ def test_a_frozen_cycle_that_became_garbage_is_freed_by_the_full_collection() ->
     now = FULL_EVERY
     policy.freeze()
     assert alive() is None
+
+
+async def test_the_service_loop_freezes_at_its_first_turn_then_every_freeze_interval() -> None:
+    now = 0.0
+    policy = CollectorPolicy(clock=lambda: now)
+    await policy.turn()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    gc.unfreeze()
+    now = FREEZE_EVERY / 2
+    await policy.turn()  # not due
+    assert gc.get_freeze_count() == 0
+    now = FREEZE_EVERY
+    await policy.turn()
+    assert gc.get_freeze_count() > 0

@@ -24,7 +24,7 @@ from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
 
 from .aggregate import Aggregator
 from .categories import load_mapping
-from .collector import FREEZE_EVERY, CollectorPolicy
+from .collector import TURN_EVERY, CollectorPolicy
 from .engine import SourceEngine
 from .ingest import add_ingest_route
 from .pipeline import AlertPipeline, Source
@@ -94,7 +94,7 @@ class DetectorSnortService:
             "flush", min(0.1, max(0.05, self.settings.aggregation_window / 4)), self._flush_folded
         )
         # The windows loaded (and the imports, settings, caches) are long-lived: keep the collector off them.
-        self.loops.every("collector", FREEZE_EVERY, CollectorPolicy().turn)
+        self.loops.every("collector", TURN_EVERY, CollectorPolicy().turn)
 
     async def stop(self) -> None:
         await self.loops.stop()
