@@ -11,8 +11,29 @@ from detector_snort.pipeline import AlertPipeline, Source, _token
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer, TailLine
 
-from .test_snort_evidence_parsing import BEACON, SYN
-
+# Real Suricata 7.0.10 alerts (lab notes §1.8): a SYN nobody answered, and a bot's HTTP beacon.
+SYN = (
+    b'{"timestamp":"2025-01-15T10:00:00.219498+0000","flow_id":98314299770144,"pcap_cnt":49,'
+    b'"event_type":"alert","src_ip":"100.64.1.10","src_port":55000,"dest_ip":"198.51.100.7",'
+    b'"dest_port":39,"proto":"TCP","pkt_src":"wire/pcap","alert":{"action":"allowed","gid":1,'
+    b'"signature_id":9000001,"rev":1,"signature":"LAB SCAN subscriber TCP SYN port scan",'
+    b'"category":"Attempted Information Leak","severity":2},"direction":"to_server","flow":'
+    b'{"pkts_toserver":1,"pkts_toclient":0,"bytes_toserver":54,"bytes_toclient":0,"start":'
+    b'"2025-01-15T10:00:00.219498+0000","src_ip":"100.64.1.10","dest_ip":"198.51.100.7",'
+    b'"src_port":55000,"dest_port":39}}'
+)
+BEACON = (
+    b'{"timestamp":"2025-01-15T10:00:04.126962+0000","flow_id":1363955367838157,"pcap_cnt":617,'
+    b'"event_type":"alert","src_ip":"100.64.3.30","src_port":49152,"dest_ip":"192.0.2.66",'
+    b'"dest_port":80,"proto":"TCP","pkt_src":"wire/pcap","tx_id":0,"alert":{"action":"allowed",'
+    b'"gid":1,"signature_id":9000005,"rev":2,"signature":"LAB MALWARE EvilBot C2 beacon User-Agent",'
+    b'"category":"A Network Trojan was detected","severity":1},"http":{"hostname":"c2.bad.example",'
+    b'"url":"/gate.php","http_user_agent":"EvilBot/6.6 (lab)","http_method":"POST","protocol":'
+    b'"HTTP/1.1","status":200,"length":4},"app_proto":"http","direction":"to_server","flow":'
+    b'{"pkts_toserver":4,"pkts_toclient":3,"bytes_toserver":327,"bytes_toclient":204,"start":'
+    b'"2025-01-15T10:00:04.120962+0000","src_ip":"100.64.3.30","dest_ip":"192.0.2.66",'
+    b'"src_port":49152,"dest_port":80}}'
+)
 SOURCE = Source("eve.json", "eve", "ids")
 
 
