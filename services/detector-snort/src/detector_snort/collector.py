@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-FREEZE_EVERY: Final = 10.0  # seconds between freezes
+FREEZE_EVERY: Final = 1.0  # seconds between freezes
 FULL_EVERY: Final = 3600.0  # seconds between full collections of everything
 TURN_EVERY: Final = 1.0  # the service's loop: a turn is cheap, and /healthz sees it alive
 
