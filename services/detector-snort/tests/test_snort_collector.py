@@ -59,3 +59,11 @@ async def test_the_service_loop_freezes_at_its_first_turn_then_every_freeze_inte
     now = FREEZE_EVERY
     await policy.turn()
     assert gc.get_freeze_count() > 0
+
+
+def test_release_gives_the_frozen_objects_back_to_the_collector() -> None:
+    policy = CollectorPolicy(clock=lambda: 0.0)
+    policy.freeze()
+    assert gc.get_freeze_count() > 0
+    policy.release()
+    assert gc.get_freeze_count() == 0

@@ -2,12 +2,12 @@
 caches of addresses and rules).
 
 A flood keeps thousands of windows open, tens of thousands of container objects that the collector's
-full passes walk again and again while the loop waits (tens of milliseconds each, several times a
-minute under a flood), although they are acyclic and freed by reference counting when their window
-closes. So, now and then, the young generations are collected and what is alive is moved to the
-permanent generation (`gc.freeze`): the collector then walks only what was allocated since. Rarely
-(`FULL_EVERY`), everything is unfrozen and collected in full, so that a cycle that became garbage
-after it was frozen is not kept for good.
+full passes walk again and again while the loop waits (up to 850 ms at a time under bench-snort's
+flood, on a loaded machine), although they are acyclic and freed by reference counting when their
+window closes. So, every second, the young generations are collected and what is alive is moved to
+the permanent generation (`gc.freeze`): the collector then walks only what was allocated since.
+Rarely (`FULL_EVERY`), and when the service stops (tests run it in their own process), everything is
+unfrozen, so that a cycle that became garbage after it was frozen is not kept for good.
 """
 
 from __future__ import annotations
@@ -44,3 +44,7 @@ class CollectorPolicy:
         """A turn of the service's loop: a freeze when one is due."""
         if self.clock() >= self._freeze_at:
             self.freeze()
+
+    def release(self) -> None:
+        """Give the frozen objects back to the collector (the service stops)."""
+        gc.unfreeze()
