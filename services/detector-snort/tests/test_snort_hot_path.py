@@ -1,0 +1,81 @@
+"""The per-line hot path (`run_lines`: typed EVE decode, per-rule caches, lines as named tuples)
+folds real Suricata alerts exactly as folding each fully parsed alert does."""
+
+from __future__ import annotations
+
+import zlib
+
+from detector_snort.aggregate import Aggregator, signature_label
+from detector_snort.parsers import parse_eve_line
+from detector_snort.pipeline import AlertPipeline, Source, _token
+from lazaretto_core.ranges import SubscriberRanges
+from lazaretto_core.tail import FileTailer, TailLine
+
+# Real Suricata 7.0.10 alerts (lab notes §1.8): a SYN nobody answered, and a bot's HTTP beacon.
+SYN = (
+    b'{"timestamp":"2025-01-15T10:00:00.219498+0000","flow_id":98314299770144,"pcap_cnt":49,'
+    b'"event_type":"alert","src_ip":"100.64.1.10","src_port":55000,"dest_ip":"198.51.100.7",'
+    b'"dest_port":39,"proto":"TCP","pkt_src":"wire/pcap","alert":{"action":"allowed","gid":1,'
+    b'"signature_id":9000001,"rev":1,"signature":"LAB SCAN subscriber TCP SYN port scan",'
+    b'"category":"Attempted Information Leak","severity":2},"direction":"to_server","flow":'
+    b'{"pkts_toserver":1,"pkts_toclient":0,"bytes_toserver":54,"bytes_toclient":0,"start":'
+    b'"2025-01-15T10:00:00.219498+0000","src_ip":"100.64.1.10","dest_ip":"198.51.100.7",'
+    b'"src_port":55000,"dest_port":39}}'
+)
+BEACON = (
+    b'{"timestamp":"2025-01-15T10:00:04.126962+0000","flow_id":1363955367838157,"pcap_cnt":617,'
+    b'"event_type":"alert","src_ip":"100.64.3.30","src_port":49152,"dest_ip":"192.0.2.66",'
+    b'"dest_port":80,"proto":"TCP","pkt_src":"wire/pcap","tx_id":0,"alert":{"action":"allowed",'
+    b'"gid":1,"signature_id":9000005,"rev":2,"signature":"LAB MALWARE EvilBot C2 beacon User-Agent",'
+    b'"category":"A Network Trojan was detected","severity":1},"http":{"hostname":"c2.bad.example",'
+    b'"url":"/gate.php","http_user_agent":"EvilBot/6.6 (lab)","http_method":"POST","protocol":'
+    b'"HTTP/1.1","status":200,"length":4},"app_proto":"http","direction":"to_server","flow":'
+    b'{"pkts_toserver":4,"pkts_toclient":3,"bytes_toserver":327,"bytes_toclient":204,"start":'
+    b'"2025-01-15T10:00:04.120962+0000","src_ip":"100.64.3.30","dest_ip":"192.0.2.66",'
+    b'"src_port":49152,"dest_port":80}}'
+)
+SOURCE = Source("eve.json", "eve", "ids")
+
+
+def _lines(data: bytes) -> list[TailLine]:
+    """The lines as the tailer cuts them from a file holding `data`."""
+    tailer = FileTailer("eve.json")
+    return tailer._feed(data)
+
+
+def test_a_storm_of_real_alerts_folds_the_same_by_the_hot_path_and_by_the_full_parse() -> None:
+    # Given a file of the lab's real Suricata 7 alerts (a SYN scan and a bot's beacon), repeated with
+    # other destinations and ports, as a storm of one subscriber's alerts looks
+    lines = []
+    for n in range(300):
+        lines.append(SYN.replace(b"198.51.100.7", f"198.51.{n % 7}.{n % 200 + 1}".encode()))
+        lines.append(BEACON.replace(b'"dest_port":80', f'"dest_port":{8000 + n % 90}'.encode()))
+    tail_lines = _lines(b"\n".join(lines) + b"\n")
+    assert len(tail_lines) == 600
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0)
+    # When the hot path reads them in the tailer's batches
+    hot = Aggregator(60.0)
+    for batch in (tail_lines[:250], tail_lines[250:]):
+        pipeline.run_lines(SOURCE, batch, hot, emit=False)
+    # Then its windows are the ones the full parse of each line, folded one by one, gives
+    full = Aggregator(60.0)
+    head_crc = f"{zlib.crc32(tail_lines[0].head):08x}"
+    for line in tail_lines:
+        alert = parse_eve_line(line.data, sensor="ids")
+        assert alert is not None
+        assert pipeline.fold(SOURCE, alert, full, 1000.0, _token(line, head_crc), {})
+    assert hot.to_json() == full.to_json()
+    # And the evidence names the rules as before: "sid: signature"
+    signatures = {s for o in pipeline.updates(SOURCE, hot) for s in o.signatures}
+    assert signatures == {
+        signature_label(9000001, "LAB SCAN subscriber TCP SYN port scan"),
+        signature_label(9000005, "LAB MALWARE EvilBot C2 beacon User-Agent"),
+    }
+    assert signature_label(1, "x" * 300) == ("1: " + "x" * 300)[:200]
+
+
+def test_a_line_is_an_immutable_value() -> None:
+    line = _lines(SYN + b"\n")[0]
+    assert line == TailLine(SYN, 0, len(SYN) + 1, False, len(SYN), line.head)
+    assert line.checkpoint.offset == len(SYN) + 1
+    assert hash(line) == hash(TailLine(SYN, 0, len(SYN) + 1, False, len(SYN), line.head))
