@@ -212,6 +212,11 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
                 # Before the PCs move: the provisioner forgets an address once its device leaves it.
                 hops = asyncio.run(hop_times(system, cpes, written_at, dns_at))
                 portal_ms = moved_pcs_to_portal(system, cpes, probe.stdin, probe.stdout)
+            except RuntimeError:
+                load.stop()
+                # What the flood cost until then: why a subscriber can wait beyond the probe's timeout.
+                print("\n".join(f"{k}={v}" for k, v in load.figures().items()), file=sys.stderr, flush=True)
+                raise
             finally:
                 load.stop()
                 if flooder.poll() is None:
@@ -259,8 +264,8 @@ class FloodLoad:
     """What the flood costs while the subscribers are timed, sampled about once a second: the
     detector's published observations per second (`lazaretto_messages_published_total`), the lines it
     is behind the flood (lines written since the flood began, at its rate, minus the lines it read:
-    `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and policy's
-    queue depth (`rabbitmqctl list_queues`)."""
+    `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and the
+    messages waiting in policy's queue."""
 
     def __init__(self, system: LabSystem | None, vhost: str, flood_started: float) -> None:
         import threading
@@ -281,35 +286,38 @@ class FloodLoad:
             self._thread.join(30)
 
     def _run(self) -> None:
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
         import httpx
+
+        from lazaretto_core.bus import Bus
 
         assert self.system is not None
         url = f"{self.system.url('detector_snort')}/metrics"
-        while not self._stop.wait(1.0):
-            try:
-                text = httpx.get(url, timeout=5).text
-            except httpx.HTTPError:
-                continue
-            now = time.monotonic()
-            published = read = 0.0
-            for line in text.splitlines():
-                if line.startswith("lazaretto_messages_published_total{"):
-                    published += float(line.rsplit(" ", 1)[1])
-                elif line.startswith("lazaretto_alert_lines_total{"):
-                    read += float(line.rsplit(" ", 1)[1])
-            self.published.append((now, published))
-            self.behind.append((now - self.flood_started) * FLOOD_PER_S - read)
-            listed = subprocess.run(
-                ["rabbitmqctl", "list_queues", "-q", "-p", self.vhost, "name", "messages"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            self.queued += [
-                int(parts[1])
-                for parts in (row.split() for row in listed.splitlines())
-                if len(parts) == 2 and parts[0].startswith("lazaretto.policy") and parts[1].isdigit()
-            ]
+        # A passive declare answers the queue's depth (ready messages): cheap, unlike rabbitmqctl.
+        bus = Bus(self.system.config.amqp_url, "bench-e2e")
+        await bus.connect()
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                while not self._stop.is_set():
+                    await asyncio.sleep(1.0)
+                    try:
+                        text = (await client.get(url)).text
+                    except httpx.HTTPError:
+                        continue
+                    now = time.monotonic()
+                    published = read = 0.0
+                    for line in text.splitlines():
+                        if line.startswith("lazaretto_messages_published_total{"):
+                            published += float(line.rsplit(" ", 1)[1])
+                        elif line.startswith("lazaretto_alert_lines_total{"):
+                            read += float(line.rsplit(" ", 1)[1])
+                    self.published.append((now, published))
+                    self.behind.append((now - self.flood_started) * FLOOD_PER_S - read)
+                    self.queued.append(await bus.message_count("lazaretto.policy.main") or 0)
+        finally:
+            await bus.close()
 
     def figures(self) -> dict[str, str]:
         if len(self.published) < 2:
