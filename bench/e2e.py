@@ -179,6 +179,7 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
     dns_at: dict[str, float] = {}
     hops: dict[str, list[float]] = {}
     flood_lines = 0
+    load = FloodLoad(None, vhost, 0.0)
     try:
         with LabSystem(config) as system:
             assert system.kea is not None
@@ -190,6 +191,8 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
             probe = start_probe(system)
             assert probe.stdin is not None
             assert probe.stdout is not None
+            load = FloodLoad(system, vhost, flood_started)
+            load.start()
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
                     written_wall, answer_ms = time_to_garden(system, probe, template, cpe, evidence_lines)
@@ -203,12 +206,19 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
                         time.sleep(0.005)
                     reset_ms.append((float(sets[0]["ts"]) - written_wall) * 1000)
                 flood_lines = round((time.monotonic() - flood_started) * FLOOD_PER_S)
+                load.stop()
                 flooder.kill()
                 flooder.wait()
                 # Before the PCs move: the provisioner forgets an address once its device leaves it.
                 hops = asyncio.run(hop_times(system, cpes, written_at, dns_at))
                 portal_ms = moved_pcs_to_portal(system, cpes, probe.stdin, probe.stdout)
+            except RuntimeError:
+                load.stop()
+                # What the flood cost until then: why a subscriber can wait beyond the probe's timeout.
+                print("\n".join(f"{k}={v}" for k, v in load.figures().items()), file=sys.stderr, flush=True)
+                raise
             finally:
+                load.stop()
                 if flooder.poll() is None:
                     flooder.kill()
                     flooder.wait()
@@ -228,6 +238,7 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
         ),
         "flood_lines_per_s": str(FLOOD_PER_S),
         "flood_lines_written": str(flood_lines),
+        **load.figures(),
         "alert_to_dns_ms_p50": f"{statistics.median(dns_ms):.1f}",
         "alert_to_dns_ms_p99": f"{percentile(dns_ms, 99):.1f}",
         "alert_to_dns_ms_max": f"{max(dns_ms):.1f}",
@@ -247,6 +258,78 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
         "samples_moved_pc_portal_ms": " ".join(f"{v:.0f}" for v in portal_ms),
         "machine": f"{platform.machine()}-{os.cpu_count()}cpu-{platform.python_version()}",
     }
+
+
+class FloodLoad:
+    """What the flood costs while the subscribers are timed, sampled about once a second: the
+    detector's published observations per second (`lazaretto_messages_published_total`), the lines it
+    is behind the flood (lines written since the flood began, at its rate, minus the lines it read:
+    `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and the
+    messages waiting in policy's queue."""
+
+    def __init__(self, system: LabSystem | None, vhost: str, flood_started: float) -> None:
+        import threading
+
+        self.system, self.vhost, self.flood_started = system, vhost, flood_started
+        self.published: list[tuple[float, float]] = []
+        self.behind: list[float] = []
+        self.queued: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        import httpx
+
+        from lazaretto_core.bus import Bus
+
+        assert self.system is not None
+        url = f"{self.system.url('detector_snort')}/metrics"
+        # A passive declare answers the queue's depth (ready messages): cheap, unlike rabbitmqctl.
+        bus = Bus(self.system.config.amqp_url, "bench-e2e")
+        await bus.connect()
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                while not self._stop.is_set():
+                    await asyncio.sleep(1.0)
+                    try:
+                        text = (await client.get(url)).text
+                    except httpx.HTTPError:
+                        continue
+                    now = time.monotonic()
+                    published = read = 0.0
+                    for line in text.splitlines():
+                        if line.startswith("lazaretto_messages_published_total{"):
+                            published += float(line.rsplit(" ", 1)[1])
+                        elif line.startswith("lazaretto_alert_lines_total{"):
+                            read += float(line.rsplit(" ", 1)[1])
+                    self.published.append((now, published))
+                    self.behind.append((now - self.flood_started) * FLOOD_PER_S - read)
+                    self.queued.append(await bus.message_count("lazaretto.policy.main") or 0)
+        finally:
+            await bus.close()
+
+    def figures(self) -> dict[str, str]:
+        if len(self.published) < 2:
+            return {}
+        (t0, p0), (t1, p1) = self.published[0], self.published[-1]
+        return {
+            "flood_detector_published_per_s": f"{(p1 - p0) / (t1 - t0):.0f}",
+            "flood_detector_behind_lines_p50": f"{statistics.median(self.behind):.0f}",
+            "flood_detector_behind_lines_max": f"{max(self.behind):.0f}",
+            "flood_policy_queue_p50": f"{statistics.median(self.queued or [0]):.0f}",
+            "flood_policy_queue_max": f"{max(self.queued or [0])}",
+        }
 
 
 def lab_modems(subscribers: int) -> list[LabModem]:
