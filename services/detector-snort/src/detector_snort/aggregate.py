@@ -68,7 +68,7 @@ class Folded:
 
 
 EXACT_COUNTS: Final = 20  # every distinct count up to this is decisive; beyond, each doubling
-COUNT_STEPS: Final = frozenset({2, 3, 5, 10, 20})  # decisive counts (the default rules': 2, 3, 10, 20)
+COUNT_STEPS: Final = frozenset({2, 3, 5, 10, 20})  # counts that are decisive (the default rules' 2, 3, 10, 20)
 STAGGER: Final = 0.25  # a window lasts between (1 - STAGGER) and 1 times `window`, per key
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 MAX_APP_PROTOS: Final = 10
