@@ -4,30 +4,18 @@ passed in.
 A window's evidence is published as it grows: every revision has the window's observation identity
 (from the `token` of its first alert: where it was read, so a re-read after a crash yields the same
 id) and the revision number `count - 1`, so the same alerts always give the same revision with the
-same content, whichever run publishes it. `add` folds an alert and sorts what changed:
-
-- decisive: what a rule measures reached a new step (the window's first alert; a new distinct
-  destination or port while there are at most 20, then at each doubling; an established flow; a
-  new direction; a higher severity; the count reaching 2, 3, 5, 10 or 20). Such a revision may
-  complete a rule: `updates` hands it out at once, whatever the rates (a window has at most a few
-  dozen in its life).
-- anything else (more of the same alerts, later times, new signatures or protocols): refreshed
-  slowly, through a token bucket per window (`burst` at once, then `rate` per second) and a budget
-  shared by all windows (`total_rate` per second), so that a flood of repeated alerts from many
-  addresses costs the broker and policy a bounded trickle.
-
-`due` closes the windows that are over and returns the revisions they still owe (a window's final
-evidence is always published). A window lasts between 75% and 100% of `window`, fixed per key (a
-hash of it): windows opened together by one flood do not all close, reopen and publish together.
-The open windows can be saved (`to_json`) and restored (`load_json`) with the read position.
+same content, whichever run publishes it. `add` folds an alert and marks the window changed;
+`updates` returns a revision of each changed window whose rate allows one (a token bucket per window:
+`burst` at once, then `rate` per second — the alert that completes the evidence goes out at once
+unless the address is already updating several times a second); `due` closes the windows that are
+over and returns the revisions they still owe. The open windows can be saved (`to_json`) and restored
+(`load_json`) with the read position.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +55,7 @@ class Folded:
     window: _Window | None = field(default=None, compare=False, repr=False)
 
 
-EXACT_COUNTS: Final = 20  # every distinct count up to this is decisive; beyond, each doubling
-COUNT_STEPS: Final = frozenset({2, 3, 5, 10, 20})  # counts that are decisive (the default rules' 2, 3, 10, 20)
-STAGGER: Final = 0.25  # a window lasts between (1 - STAGGER) and 1 times `window`, per key
+EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 MAX_APP_PROTOS: Final = 10
 SAMPLE_DESTINATIONS: Final = 5  # destinations quoted in `evidence` (the distinct count covers all)
@@ -93,9 +79,6 @@ class _Window:
     app_protos: list[str] = field(default_factory=list)
     interface: str | None = None
     published: int = 0  # the count of the last revision handed out (0: none yet)
-    published_peers: int = 0  # the distinct counts of that revision
-    published_ports: int = 0
-    closes_at: float = 0.0  # set by the aggregator (from the key and `opened_at`), never saved
     tokens: float = 0.0  # the rate's token bucket
     refilled_at: float = 0.0
     memo: Any = field(default=None, compare=False, repr=False)  # see Folded.window
@@ -123,8 +106,6 @@ class _Window:
             "app_protos": self.app_protos,
             "interface": self.interface,
             "published": self.published,
-            "published_peers": self.published_peers,
-            "published_ports": self.published_ports,
             "tokens": self.tokens,
             "refilled_at": self.refilled_at,
         }
@@ -161,8 +142,6 @@ class _Window:
             app_protos=[str(p) for p in data.get("app_protos") or []][:MAX_APP_PROTOS],
             interface=data.get("interface") if isinstance(data.get("interface"), str) else None,
             published=int(data.get("published", 0)),
-            published_peers=int(data.get("published_peers", 0)),
-            published_ports=int(data.get("published_ports", 0)),
             tokens=float(data.get("tokens", 0.0)),
             refilled_at=float(data.get("refilled_at", 0.0)),
         )
@@ -175,9 +154,9 @@ class Aggregator:
         window: float = 60.0,
         *,
         top_signatures: int = 5,
-        rate: float = 0.1,
-        burst: int = 1,
-        total_rate: float = 100.0,
+        rate: float = 1.0,
+        burst: int = 3,
+        total_rate: float = 1000.0,
         track_changes: bool = False,
     ) -> None:
         self.window = window
@@ -191,11 +170,7 @@ class Aggregator:
         self._total_at: float | None = None
         self._open: dict[Key, _Window] = {}  # in the order they opened
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
-        self._decisive: dict[Key, _Window] = {}  # a decisive change since their last revision
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
-        # (closes_at, sequence, key, window) of the open windows: the next to close first.
-        self._closing: list[tuple[float, int, Key, _Window]] = []
-        self._sequence = 0
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -210,18 +185,10 @@ class Aggregator:
 
     @property
     def changed(self) -> int:
-        return len(self._fresh) + len(self._decisive) + len(self._changed)
+        return len(self._fresh) + len(self._changed)
 
     def _mark(self, key: Key, window: _Window) -> None:
         (self._fresh if window.published == 0 else self._changed)[key] = window
-
-    def _schedule(self, key: Key, window: _Window) -> None:
-        """When the window closes: its key's share of the stagger, so that windows opened together
-        close apart."""
-        share = zlib.crc32(key_text(key).encode()) / 0x1_0000_0000
-        window.closes_at = window.opened_at + self.window * (1.0 - STAGGER * share)
-        self._sequence += 1
-        heapq.heappush(self._closing, (window.closes_at, self._sequence, key, window))
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The open windows by a text key (saved as a keyed collection)."""
@@ -233,10 +200,8 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._fresh, self._decisive, self._changed = {}, {}, {}
-        self._closing = []
+        self._fresh, self._changed = {}, {}
         for key, window in self._open.items():
-            self._schedule(key, window)
             if window.count > window.published:
                 self._mark(key, window)
         if self._touched is not None:
@@ -274,17 +239,17 @@ class Aggregator:
             window = self._open[key] = _Window(
                 now, severity, made or f"fresh:{uuid.uuid4()}", ts, ts, tokens=self.burst, refilled_at=now
             )
-            self._schedule(key, window)
-        decisive = False
-        if severity > window.severity:
+        elif severity > window.severity:
             window.severity = severity
-            decisive = True
+            self._mark(key, window)
         if self._touched is not None:
             self._touched.add(key)
         # The hot path of a storm: plain comparisons instead of min()/max() calls.
         count = window.count = window.count + 1
-        if count in COUNT_STEPS:
-            decisive = True
+        # What a rule may weigh changed: a small count, a count that doubled since the last revision,
+        # a new destination, port, signature or protocol, an established flow. A repeat of the same
+        # alert otherwise waits for the count to double (or the window's close).
+        material = count <= EXACT_COUNTS or count >= 2 * window.published
         if ts < window.first_seen:
             window.first_seen = ts
         elif ts > window.last_seen:
@@ -295,6 +260,7 @@ class Aggregator:
             signatures[signature] += 1
         elif len(signatures) < MAX_SIGNATURES:
             signatures[signature] = 1
+            material = True
         # The flow's two ends: the packet goes client -> server unless the sensor says otherwise.
         if alert.to_client:
             client, server, server_port = alert.dst_ip, alert.src_ip, alert.src_port
@@ -302,44 +268,37 @@ class Aggregator:
             client, server, server_port = alert.src_ip, alert.dst_ip, alert.dst_port
         if client == ip:
             if not window.outbound:
-                window.outbound = decisive = True
+                window.outbound = material = True
             peer = server
         else:
             if not window.inbound:
-                window.inbound = decisive = True
+                window.inbound = material = True
             peer = client
         if window.peers.add(peer):
+            material = True
             if len(window.destinations) < SAMPLE_DESTINATIONS:
                 window.destinations.append(_destination(alert))
-            peers = len(window.peers)
-            if peers <= EXACT_COUNTS or peers >= 2 * window.published_peers:
-                decisive = True
         if server_port is not None and window.ports.add(server_port):
-            ports = len(window.ports)
-            if ports <= EXACT_COUNTS or ports >= 2 * window.published_ports:
-                decisive = True
+            material = True
         established = alert.established
         if established is not None and window.established is not True and window.established != established:
             window.established = established
-            decisive = decisive or established
+            material = True
         app = alert.app_proto
         if app is not None and app not in window.app_protos and len(window.app_protos) < MAX_APP_PROTOS:
             window.app_protos.append(app)
+            material = True
         if window.interface is None and alert.interface is not None:
             window.interface = alert.interface
-        if window.published == 0:
-            self._fresh[key] = window
-        elif decisive:
-            self._decisive[key] = window
-        else:
-            self._changed[key] = window  # refreshed at the slow rate
+            material = True
+        if material:
+            (self._fresh if window.published == 0 else self._changed)[key] = window
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
         queued) with before; a changed window covered by it owes nothing."""
-        for key, window in [*self._fresh.items(), *self._decisive.items(), *self._changed.items()]:
+        for key, window in [*self._fresh.items(), *self._changed.items()]:
             self._fresh.pop(key, None)
-            self._decisive.pop(key, None)
             self._changed.pop(key, None)
             published = handed_out(window.token)
             if published >= window.count:
@@ -349,8 +308,7 @@ class Aggregator:
             self._mark(key, window)
 
     def updates(self, now: float) -> list[Folded]:
-        """A revision of each window with a decisive change, and of each other changed window whose
-        rates allow one now (the others wait)."""
+        """A revision of each changed window whose rate allows one now (the others wait)."""
         out: list[Folded] = []
         rate, burst = self.rate, self.burst
         for key, window in self._fresh.items():  # a window's first revision: its bucket is full
@@ -358,10 +316,6 @@ class Aggregator:
             window.refilled_at = now
             out.append(self._revision(key, window))
         self._fresh.clear()
-        for key, window in self._decisive.items():  # may complete a rule: never held back
-            self._changed.pop(key, None)
-            out.append(self._revision(key, window))
-        self._decisive.clear()
         if not self._changed:
             return out
         at = self._total_at if self._total_at is not None else now
@@ -383,21 +337,16 @@ class Aggregator:
         return out
 
     def due(self, now: float, limit: int | None = None) -> list[Folded]:
-        """Close the windows that are over (the `limit` first to close, if given); return the last
+        """Close the windows that are over (the `limit` oldest of them, if given); return the last
         revision of those that owe one."""
         closed: list[Folded] = []
-        closing = self._closing
-        n = 0
-        while closing and closing[0][0] <= now and (limit is None or n < limit):
-            _, _, key, window = heapq.heappop(closing)
-            if self._open.get(key) is not window:
-                continue  # replaced by `load_json`
-            n += 1
+        for n, (key, window) in enumerate(list(self._open.items())):
+            if now - window.opened_at < self.window or (limit is not None and n >= limit):
+                break  # opened in order: the rest are younger
             del self._open[key]
             if self._touched is not None:
                 self._touched.add(key)
             self._changed.pop(key, None)
-            self._decisive.pop(key, None)
             self._fresh.pop(key, None)
             if window.count > window.published:
                 closed.append(self._revision(key, window))
@@ -405,8 +354,6 @@ class Aggregator:
 
     def _revision(self, key: Key, window: _Window) -> Folded:
         window.published = window.count
-        window.published_peers = len(window.peers)
-        window.published_ports = len(window.ports)
         return Folded(
             ip=key[1],
             category=key[2],

@@ -56,19 +56,14 @@ class DetectorSnortSettings(ServiceSettings):
     # at most this much; what was published is always saved at once).
     checkpoint_interval: float = 1.0
     # Repeats of an (address, category) inside this many seconds are folded into one observation,
-    # published as running evidence while it grows (same observation id, higher revision). A window
-    # lasts between 75% and 100% of this, fixed per address and category (windows a flood opened
-    # together close apart).
+    # published as running evidence while it grows (same observation id, higher revision).
     aggregation_window: float = 60.0
-    # Revisions no rule can complete on (more of the same alerts, later times, new signatures) of
-    # one window: `evidence_burst` at once, then at most this many a second. Decisive ones (a new
-    # distinct destination or port, an established flow, a new direction, a higher severity, the
-    # count reaching 2, 3, 5, 10 or 20) go at once.
-    evidence_updates_per_s: float = Field(default=0.1, gt=0)
-    evidence_burst: int = Field(default=1, ge=1)
-    # Those slow revisions of all windows of a source together, per second (first and decisive
-    # revisions are never held back): however many addresses alert, the broker gets a bounded stream.
-    evidence_updates_total_per_s: float = Field(default=100.0, gt=0)
+    # Revisions of one window's evidence: `evidence_burst` at once, then at most this many a second.
+    evidence_updates_per_s: float = Field(default=1.0, gt=0)
+    evidence_burst: int = Field(default=3, ge=1)
+    # Later revisions of all windows of a source together, per second (a window's first revision is
+    # never held back): however many addresses alert, the broker gets a bounded stream.
+    evidence_updates_total_per_s: float = Field(default=1000.0, gt=0)
     # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
     # subscriber's source address arrived on one of them was forged, and is discarded (counted in
     # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
