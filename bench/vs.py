@@ -263,7 +263,6 @@ def bench(subscribers: int) -> dict[str, str]:
         "cpu_count": str(os.cpu_count()),
         "loadavg_before": " ".join(f"{v:.2f}" for v in load_before),
         "loadavg_after": " ".join(f"{v:.2f}" for v in load_after),
-        "machine_shared": "yes: other helpers' tests and benchmarks run on the same cores",
     }
 
 
