@@ -4,6 +4,7 @@ folds real Suricata alerts exactly as folding each fully parsed alert does."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from detector_snort.aggregate import Aggregator, signature_label
 from detector_snort.parsers import ParseError, parse_eve_line
@@ -83,7 +84,7 @@ def test_a_line_is_an_immutable_value() -> None:
 
 def _variant(line: bytes, n: int) -> bytes:
     """One of the shapes Suricata writes an alert in, by `n`: each touches a fact the fold reads."""
-    shapes = [
+    shapes: list[Callable[[bytes], bytes]] = [
         lambda d: d,
         # The packet went server -> client (`direction`, and the flow's own source says so too).
         lambda d: d.replace(b'"direction":"to_server"', b'"direction":"to_client"'),
