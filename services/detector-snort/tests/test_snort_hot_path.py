@@ -4,9 +4,10 @@ folds real Suricata alerts exactly as folding each fully parsed alert does."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from detector_snort.aggregate import Aggregator, signature_label
-from detector_snort.parsers import parse_eve_line
+from detector_snort.parsers import ParseError, parse_eve_line
 from detector_snort.pipeline import AlertPipeline, Source, _token
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer, TailLine
@@ -79,3 +80,67 @@ def test_a_line_is_an_immutable_value() -> None:
     assert line == TailLine(SYN, 0, len(SYN) + 1, False, len(SYN), line.head)
     assert line.checkpoint.offset == len(SYN) + 1
     assert hash(line) == hash(TailLine(SYN, 0, len(SYN) + 1, False, len(SYN), line.head))
+
+
+def _variant(line: bytes, n: int) -> bytes:
+    """One of the shapes Suricata writes an alert in, by `n`: each touches a fact the fold reads."""
+    shapes: list[Callable[[bytes], bytes]] = [
+        lambda d: d,
+        # The packet went server -> client (`direction`, and the flow's own source says so too).
+        lambda d: d.replace(b'"direction":"to_server"', b'"direction":"to_client"'),
+        lambda d: d.replace(b'"flow":{"pkts_toserver"', b'"in_iface":"eth1","flow":{"pkts_toserver"'),
+        lambda d: d.replace(b'"flow":{"pkts_toserver"', b'"in_iface":"eth0","flow":{"pkts_toserver"'),
+        lambda d: d.replace(b'"flow":{"pkts_toserver"', b'"app_proto":"failed","flow":{"pkts_toserver"'),
+        lambda d: d.replace(
+            b'"flow":{"pkts_toserver"', b'"app_proto":"TLS","flow":{"state":"established","pkts_toserver"'
+        ),
+        # No flow object (older Suricata), and a time without its offset (the general path's fault).
+        lambda d: d[: d.index(b',"flow":')] + b"}",
+        lambda d: d[: d.index(b',"flow":')].replace(b"to_server", b"to_client") + b"}",
+        lambda d: d.replace(b'+0000"', b'"', 1),
+        # An answer to a subscriber's infected host (an inbound-infection rule), and other noise at it.
+        lambda d: (
+            d.replace(b'"src_ip":"100.64.1.10"', b'"src_ip":"203.0.113.9"')
+            .replace(b'"dest_ip":"198.51.100.7"', b'"dest_ip":"100.64.1.10"')
+            .replace(b"9000001", b"2100498" if n // 10 % 2 else b"2100499")
+        ),
+        lambda d: d.replace(b'"severity":2', b'"severity":0').replace(
+            b'"category":"Attempted Information Leak"', b'"category":""'
+        ),
+    ]
+    return shapes[n % len(shapes)](line)
+
+
+def test_every_shape_of_alert_folds_the_same_by_the_hot_path_and_by_the_full_parse() -> None:
+    # Given alerts in every shape the fold reads differently (direction, interface, app protocol,
+    # flow state, no flow, a bad time, inbound rules, no severity), some on a sensor's upstream port
+    lines = [
+        _variant(SYN, n).replace(b"198.51.100.7", f"198.51.{n % 5}.{n % 70 + 1}".encode()) for n in range(270)
+    ]
+    lines += [_variant(BEACON, n) for n in range(27)]
+    tail_lines = _lines(b"\n".join(lines) + b"\n")
+    pipeline = AlertPipeline(
+        SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0, upstream_interfaces={"ids": ["eth1"]}
+    )
+    # When the hot path reads them, and each one fully parsed is folded one by one
+    hot = Aggregator(60.0)
+    pipeline.run_lines(SOURCE, tail_lines, hot, emit=False)
+    full = Aggregator(60.0)
+    head_crc = f"{zlib.crc32(tail_lines[0].head):08x}"
+    folded = 0
+    for line in tail_lines:
+        try:
+            alert = parse_eve_line(line.data, sensor="ids")
+        except ParseError:
+            continue
+        assert alert is not None
+        folded += pipeline.fold(SOURCE, alert, full, 1000.0, _token(line, head_crc), {})
+    # Then both give the same windows (the forged, the outsiders' and the unreadable ones left out)
+    assert 0 < folded < len(tail_lines)
+    assert hot.to_json() == full.to_json()
+    windows = {w["ip"]: w for w in hot.to_json().values()}
+    syn = windows["100.64.1.10"]
+    assert syn["outbound"]
+    assert syn["inbound"]
+    assert syn["interface"] == "eth0"  # eth1's were forged
+    assert syn["app_protos"] == ["tls"]

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from .alerts import Alert
-from .distinct import Distinct
+from .distinct import EXACT, Distinct
 
 Direction = Literal["outbound", "inbound", "unknown"]
 Key = tuple[str, str, str]
@@ -231,9 +231,50 @@ class Aggregator:
 
         `token` may be a function that makes it: only the alerts that open a window pay for it.
         `label` is the alert's `signature_label`, if the caller has it already (cached per rule)."""
+        self.fold(
+            ip,
+            category,
+            severity,
+            now,
+            sensor,
+            token,
+            label if label is not None else signature_label(alert.signature_id, alert.signature),
+            alert.timestamp,
+            alert.src_ip,
+            alert.src_port,
+            alert.dst_ip,
+            alert.dst_port,
+            alert.proto,
+            alert.to_client,
+            alert.established,
+            alert.app_proto,
+            alert.interface,
+        )
+
+    def fold(
+        self,
+        ip: str,
+        category: str,
+        severity: int,
+        now: float,
+        sensor: str,
+        token: str | Callable[[], str] | None,
+        signature: str,
+        ts: datetime,
+        src_ip: str,
+        src_port: int | None,
+        dst_ip: str,
+        dst_port: int | None,
+        proto: str,
+        to_client: bool,
+        established: bool | None,
+        app: str | None,
+        interface: str | None,
+    ) -> None:
+        """`add` from an alert's fields (those of `Alert`; `signature` its `signature_label`): the hot
+        path folds a decoded EVE event with it, without building an `Alert`."""
         key = (sensor, ip, category)
         window = self._open.get(key)
-        ts = alert.timestamp
         if window is None:
             made = token() if callable(token) else token
             window = self._open[key] = _Window(
@@ -254,7 +295,6 @@ class Aggregator:
             window.first_seen = ts
         elif ts > window.last_seen:
             window.last_seen = ts
-        signature = label if label is not None else signature_label(alert.signature_id, alert.signature)
         signatures = window.signatures
         if signature in signatures:
             signatures[signature] += 1
@@ -262,10 +302,10 @@ class Aggregator:
             signatures[signature] = 1
             material = True
         # The flow's two ends: the packet goes client -> server unless the sensor says otherwise.
-        if alert.to_client:
-            client, server, server_port = alert.dst_ip, alert.src_ip, alert.src_port
+        if to_client:
+            client, server, server_port = dst_ip, src_ip, src_port
         else:
-            client, server, server_port = alert.src_ip, alert.dst_ip, alert.dst_port
+            client, server, server_port = src_ip, dst_ip, dst_port
         if client == ip:
             if not window.outbound:
                 window.outbound = material = True
@@ -274,22 +314,34 @@ class Aggregator:
             if not window.inbound:
                 window.inbound = material = True
             peer = client
-        if window.peers.add(peer):
+        # `Distinct.add` inlined for the usual case, an exact set below its bound (same result).
+        peers = window.peers
+        exact = peers.exact
+        if exact is not None and len(exact) < EXACT:
+            new_peer = peer not in exact
+            if new_peer:
+                exact.add(peer)
+        else:
+            new_peer = peers.add(peer)
+        if new_peer:
             material = True
             if len(window.destinations) < SAMPLE_DESTINATIONS:
-                window.destinations.append(_destination(alert))
-        if server_port is not None and window.ports.add(server_port):
-            material = True
-        established = alert.established
+                window.destinations.append(destination(proto, dst_ip, dst_port))
+        if server_port is not None:
+            ports = window.ports
+            exact_ports = ports.exact
+            if exact_ports is not None and server_port in exact_ports:
+                pass  # a repeat: no change
+            elif ports.add(server_port):
+                material = True
         if established is not None and window.established is not True and window.established != established:
             window.established = established
             material = True
-        app = alert.app_proto
         if app is not None and app not in window.app_protos and len(window.app_protos) < MAX_APP_PROTOS:
             window.app_protos.append(app)
             material = True
-        if window.interface is None and alert.interface is not None:
-            window.interface = alert.interface
+        if window.interface is None and interface is not None:
+            window.interface = interface
             material = True
         if material:
             (self._fresh if window.published == 0 else self._changed)[key] = window
@@ -392,6 +444,7 @@ def key_text(key: Key) -> str:
     return json.dumps(key)
 
 
-def _destination(alert: Alert) -> str:
-    port = f":{alert.dst_port}" if alert.dst_port is not None else ""
-    return f"{alert.proto} {alert.dst_ip}{port}"
+def destination(proto: str, dst_ip: str, dst_port: int | None) -> str:
+    """How a window quotes a destination in its evidence: `proto address[:port]`."""
+    port = f":{dst_port}" if dst_port is not None else ""
+    return f"{proto} {dst_ip}{port}"

@@ -13,7 +13,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from typing import Final, Literal
 
@@ -34,7 +34,7 @@ from .parsers import (
     ParseError,
     _endpoint,
     eve_event,
-    eve_event_alert,
+    eve_event_flow,
     normalise_ip,
     parse_eve_line,
     parse_fast_line,
@@ -93,9 +93,9 @@ def count(source: Source, counts: dict[str, int]) -> None:
             LINES.labels(source.name, result).inc(n)
 
 
-def _spoofed(source: Source, alert: Alert, counts: dict[str, int]) -> None:
+def _spoofed(source: Source, sensor: str, counts: dict[str, int]) -> None:
     counts["discarded:spoofed_source"] = counts.get("discarded:spoofed_source", 0) + 1
-    DISCARDED.labels(source.name, alert.sensor, "spoofed_source").inc()
+    DISCARDED.labels(source.name, sensor, "spoofed_source").inc()
 
 
 class AlertPipeline:
@@ -162,10 +162,10 @@ class AlertPipeline:
         last_head: bytes | None = None
         head_crc = ""
         subscriber_alerts = 0
-        inside_get, verdicts, add = self._inside.get, self._verdicts, aggregator.add
+        inside_get, verdicts, add, fold = self._inside.get, self._verdicts, aggregator.add, aggregator.fold
         upstream = self.upstream
-        # EVE alerts (the usual, well-formed ones) are decoded once by type and placed by their
-        # decoded addresses: no byte prefilter, no Alert built for an alert that is not a subscriber's.
+        # EVE alerts (the usual, well-formed ones) are decoded once by type, placed by their decoded
+        # addresses and folded from the decoded event: no byte prefilter, no `Alert` built.
         typed = source.format == "eve"
         sensor = source.sensor
         canonical = _CANONICAL_IP.get
@@ -183,22 +183,58 @@ class AlertPipeline:
                     src_ip, dst_ip = canonical(src) or _address(src), canonical(dst) or _address(dst)
                     # Not addresses: the general path names the fault.
                     if src_ip is not None and dst_ip is not None:
+                        rule = event.alert
+                        assert rule is not None  # eve_event checked it
                         inside = inside_get(src_ip)
                         if inside is None:
                             inside = self._is_inside(src_ip)
                         if inside:
                             ip = src_ip
+                        elif self._is_inside(dst_ip) and self._inbound(
+                            rule.category or None, rule.signature, rule.signature_id
+                        ):
+                            ip = dst_ip
                         else:
-                            rule = event.alert
-                            assert rule is not None  # eve_event checked it
-                            if self._is_inside(dst_ip) and self._inbound(
-                                rule.category or None, rule.signature, rule.signature_id
-                            ):
-                                ip = dst_ip
-                            else:
-                                counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                            counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
+                            continue
+                        # What `eve_event_alert` would build, folded as `add` folds it (a time
+                        # without its offset goes the general way, which names the fault).
+                        try:
+                            stamp: datetime | None = datetime.fromisoformat(event.timestamp or "")
+                        except ValueError:
+                            stamp = None
+                        if stamp is not None and stamp.tzinfo is not None:
+                            interface, established, app, to_client = eve_event_flow(event)
+                            if upstream and ip == src_ip and self._forged(sensor, interface):
+                                _spoofed(source, sensor, counts)
                                 continue
-                        alert = eve_event_alert(event, src_ip, dst_ip, sensor)
+                            head = line.head
+                            if head is not last_head:
+                                last_head, head_crc = head, f"{zlib.crc32(head):08x}"
+                            subscriber_alerts += 1
+                            severity = rule.severity or None
+                            rule_key = (rule.category or None, rule.signature, severity, rule.signature_id)
+                            verdict = verdicts.get(rule_key) or self._verdict(rule_key)
+                            fold(
+                                ip,
+                                verdict[0],
+                                verdict[1],
+                                now,
+                                sensor,
+                                partial(_token, line, head_crc),
+                                verdict[2],
+                                stamp,
+                                src_ip,
+                                event.src_port,
+                                dst_ip,
+                                event.dest_port,
+                                event.proto or "",
+                                to_client,
+                                established,
+                                app,
+                                interface,
+                            )
+                            continue
             if alert is None:
                 if skip is not None:
                     reason = skip(data)
@@ -224,8 +260,8 @@ class AlertPipeline:
             head = line.head
             if head is not last_head:
                 last_head, head_crc = head, f"{zlib.crc32(head):08x}"
-            if upstream and ip == alert.src_ip and self._forged(alert):
-                _spoofed(source, alert, counts)
+            if upstream and ip == alert.src_ip and self._forged(alert.sensor, alert.interface):
+                _spoofed(source, alert.sensor, counts)
                 continue
             subscriber_alerts += 1
             rule_key = (alert.classtype, alert.signature, alert.priority, alert.signature_id)
@@ -249,10 +285,10 @@ class AlertPipeline:
         verdict = self._verdicts[rule] = (found.category.value, found.severity, label)
         return verdict
 
-    def _forged(self, alert: Alert) -> bool:
+    def _forged(self, sensor: str, interface: str | None) -> bool:
         """Did a packet from the subscriber's address arrive on an upstream interface?"""
-        interfaces = self.upstream.get(alert.sensor)
-        return interfaces is not None and alert.interface in interfaces
+        interfaces = self.upstream.get(sensor)
+        return interfaces is not None and interface in interfaces
 
     def _observations(
         self, source: Source, revisions: Iterable[Folded], counts: dict[str, int]
@@ -325,8 +361,8 @@ class AlertPipeline:
         if ip is None:
             counts["not_subscriber"] = counts.get("not_subscriber", 0) + 1
             return False
-        if ip == alert.src_ip and self.upstream and self._forged(alert):
-            _spoofed(source, alert, counts)
+        if ip == alert.src_ip and self.upstream and self._forged(alert.sensor, alert.interface):
+            _spoofed(source, alert.sensor, counts)
             return False
         counts["subscriber_alert"] = counts.get("subscriber_alert", 0) + 1
         verdict = self.categorizer.classify(

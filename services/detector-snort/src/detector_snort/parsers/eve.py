@@ -111,22 +111,7 @@ def eve_event_alert(event: _EveEvent, src_ip: str, dst_ip: str, sensor: str) -> 
     if stamp.tzinfo is None:
         return None
     action = alert.action
-    flow = event.flow
-    # Absent fields (the usual case) skip the calls: this runs for every subscriber's alert.
-    app_proto = event.app_proto
-    if app_proto is not None:
-        app_proto = text(app_proto, MAX_APP_PROTO)
-    interface = event.in_iface
-    if interface is not None:
-        interface = text(interface, MAX_INTERFACE)
-    if flow is not None:
-        established = eve_established(
-            event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
-        )
-        to_client = flow.src_ip != event.src_ip if flow.src_ip else event.direction == "to_client"
-    else:
-        established = eve_established(event.tx_id is not None, app_proto, None, False, None)
-        to_client = event.direction == "to_client"
+    interface, established, app_proto, to_client = eve_event_flow(event)
     return Alert(  # positional: the fields in their declared order (cheaper than keywords)
         stamp,
         src_ip,
@@ -145,9 +130,31 @@ def eve_event_alert(event: _EveEvent, src_ip: str, dst_ip: str, sensor: str) -> 
         event.flow_id or None,
         interface,
         established,
-        None if app_proto is None else app_name(app_proto),
+        app_proto,
         to_client,
     )
+
+
+def eve_event_flow(event: _EveEvent) -> tuple[str | None, bool | None, str | None, bool]:
+    """(interface, established, app_proto, to_client) of an `eve_event`, as `eve_flow_facts` reads
+    them from a decoded object."""
+    flow = event.flow
+    # Absent fields (the usual case) skip the calls: this runs for every subscriber's alert.
+    app_proto = event.app_proto
+    if app_proto is not None:
+        app_proto = text(app_proto, MAX_APP_PROTO)
+    interface = event.in_iface
+    if interface is not None:
+        interface = text(interface, MAX_INTERFACE)
+    if flow is not None:
+        established = eve_established(
+            event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
+        )
+        to_client = flow.src_ip != event.src_ip if flow.src_ip else event.direction == "to_client"
+    else:
+        established = eve_established(event.tx_id is not None, app_proto, None, False, None)
+        to_client = event.direction == "to_client"
+    return interface, established, None if app_proto is None else app_name(app_proto), to_client
 
 
 def _eve_typed(line: bytes, sensor: str) -> Alert | None:
