@@ -14,6 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.db import Connection
@@ -89,7 +90,14 @@ async def take(conn: Connection, observation_id: uuid.UUID, revision: int) -> bo
 
 
 async def waiting(conn: Connection, now: datetime) -> Waiting:
-    row = await conn.fetchrow("SELECT count(*) AS n, min(waiting_since) AS oldest FROM attribution_pending")
+    return await waiting_in(conn, "attribution_pending", now)
+
+
+async def waiting_in(
+    conn: Connection, table: Literal["attribution_pending", "release_pending"], now: datetime
+) -> Waiting:
+    """How many rows of a waiting table there are, and how long the oldest has waited."""
+    row = await conn.fetchrow(f"SELECT count(*) AS n, min(waiting_since) AS oldest FROM {table}")
     assert row is not None
     oldest = row["oldest"]
     return Waiting(row["n"], (now - oldest).total_seconds() if oldest is not None else 0.0)

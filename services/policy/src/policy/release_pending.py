@@ -18,7 +18,7 @@ from datetime import datetime
 from lazaretto_core.contracts import ReleaseRequested
 from lazaretto_core.db import Connection
 
-from .pending import CLAIM_SECONDS, Waiting, backoff
+from .pending import CLAIM_SECONDS, Waiting, backoff, waiting_in
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,4 @@ async def take(conn: Connection, request_id: uuid.UUID) -> bool:
 
 
 async def waiting(conn: Connection, now: datetime) -> Waiting:
-    row = await conn.fetchrow("SELECT count(*) AS n, min(waiting_since) AS oldest FROM release_pending")
-    assert row is not None
-    oldest = row["oldest"]
-    return Waiting(row["n"], (now - oldest).total_seconds() if oldest is not None else 0.0)
+    return await waiting_in(conn, "release_pending", now)
