@@ -170,13 +170,13 @@ class Attributor:
         if found is None or len(found.answers) != len(v4):
             return list(await asyncio.gather(*(self.attribute(ip, at) for ip, at in asked)))
         holders = dict(zip(v4, found.answers, strict=True))
-        leases = {i: _sole_lease(h) for i, h in holders.items()}
-        by_lease = [i for i, lease in leases.items() if lease is not None]
+        lease_macs = {i: lease.mac for i, h in holders.items() if (lease := _sole_lease(h)) is not None}
+        by_lease = list(lease_macs)
         by_ip = [i for i, h in holders.items() if _needs_cmts_listing(h)]
         modems = await self._post(
             self._cmts_agent + MODEMS_BATCH_PATH,
             ModemsQuery(
-                cpe_macs=[leases[i].mac for i in by_lease],  # type: ignore[union-attr]
+                cpe_macs=list(lease_macs.values()),
                 ips=[asked[i][0] for i in by_ip],
             ),
             ModemsAnswers,
