@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -126,6 +127,9 @@ class LabPostgres(LabPeer):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.popen.wait(30)
+        # A SIGKILLed backend still holding the listening socket lets the kernel accept a client and
+        # then reset it; once every one is gone, the port refuses as a dead machine's would.
+        _wait_until_gone(backends, timeout=30)
         self.process.stop()
         # A restart would otherwise wait for the dead postmaster's pid and socket lock files.
         (self.data / "postmaster.pid").unlink(missing_ok=True)
@@ -140,6 +144,24 @@ class LabPostgres(LabPeer):
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+
+def _wait_until_gone(pids: list[int], timeout: float) -> None:
+    """Wait until each of `pids` has exited (a zombie has already closed its files)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {pid} outlived SIGKILL by {timeout} s")
+            time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _children(pid: int) -> list[int]:
