@@ -35,6 +35,7 @@ from policy.settings import PolicySettings
 IP = "100.64.0.10"
 CPE_MAC = "02:00:00:00:00:01"
 CM_MAC = "00:02:8a:d3:7c:6e"
+OTHER_MAC = "02:00:00:00:00:02"
 
 
 def scan(observation_id: uuid.UUID | None = None, revision: int = 0, ip: str = IP) -> AbuseObserved:
@@ -405,6 +406,76 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
         assert await conn.fetchval("SELECT count(*) FROM release_pending") == 0
     assert actor == f"subscriber:{IP}"
     assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+
+
+async def test_a_kept_release_is_judged_by_who_held_the_address_when_it_was_asked(
+    policy_behind_relay: PolicyService,
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+    amqp_url: str,
+) -> None:
+    service = policy_behind_relay
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    # Given the PC's case quarantined
+    await sender.publish(scan())
+    [apply] = await probe.wait_for(GardenApply)
+    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+    [reset] = await probe.wait_for(ModemReset)
+    await sender.publish(
+        ModemResetCompleted(
+            case_id=apply.case_id,
+            step_id=reset.step_id,
+            cm_mac=CM_MAC,
+            method="test",
+            went_offline=True,
+            seconds_to_online=1.0,
+        )
+    )
+    async with asyncio.timeout(30):
+        while await case_state(service, apply.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    # and, while the look-ups fail, another PC holding the address asks to release that case (an
+    # older portal's request, naming no device)
+    book.bind(IP, OTHER_MAC, datetime.now(UTC) - timedelta(seconds=5))
+    relay.cut()
+    portal = Bus(amqp_url, "test-portal")
+    await portal.connect()
+    try:
+        request = ReleaseRequested(
+            request_id=uuid.uuid4(),
+            case_id=apply.case_id,
+            client_ip=IP,
+            attestation_version="v1",
+            requested_at=datetime.now(UTC),
+        )
+        await portal.publish(request)
+        async with asyncio.timeout(120):
+            while not await release_attempts(service, request.request_id):
+                await asyncio.sleep(0.2)
+    finally:
+        await portal.close()
+    # When the case's own PC has the address back by the time the peers answer
+    book.bind(IP, CPE_MAC)
+    relay.restore()
+    # Then the request is refused (the one who asked was not the case's device) and the case stays
+    async with asyncio.timeout(90):
+        while True:
+            async with service.pool.acquire() as conn:
+                if await conn.fetchval("SELECT count(*) FROM release_pending") == 0:
+                    break
+            await asyncio.sleep(0.2)
+    assert await case_state(service, apply.case_id) == "quarantined"
+    assert not [m for _, m, _ in probe.received if isinstance(m, GardenRemove)]
+    async with service.pool.acquire() as conn:
+        refusal = await conn.fetchval(
+            "SELECT detail FROM case_events WHERE case_id = $1 AND detail::jsonb ? 'release_refused'",
+            apply.case_id,
+        )
+    assert refusal is not None
+    assert OTHER_MAC in refusal
 
 
 async def release_attempts(service: PolicyService, request_id: uuid.UUID) -> int | None:

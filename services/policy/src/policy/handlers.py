@@ -533,10 +533,11 @@ class PolicyHandlers:
             )
 
     async def on_release_requested(self, event: ReleaseRequested, ctx: MessageContext) -> None:
-        """Release only for the case's own device, as policy itself finds it holding the address now,
-        within the device's self-release allowance across its cases. When the device look-up fails
-        (the provisioner or cmts-agent down), the request is kept (`release_pending`) and decided once
-        they answer: a subscriber's release is never dead-lettered for an outage."""
+        """Release only for the case's own device, as policy itself finds it holding the address when
+        the subscriber asked, within the device's self-release allowance across its cases. When the
+        device look-up fails (the provisioner or cmts-agent down), the request is kept
+        (`release_pending`) and decided once they answer: a subscriber's release is never
+        dead-lettered for an outage."""
         async with self.work.uow.read() as conn:
             known = await self.work.store.get_case(conn, event.case_id)
         if known is None:
@@ -560,9 +561,12 @@ class PolicyHandlers:
             raise InvalidMessage(str(refused)) from refused
 
     async def _self_release(self, event: ReleaseRequested, known: Case) -> Release:
-        """The release command with the device found at the visitor's address now (RetryLater: the
-        attribution peers did not answer)."""
-        visitor = await self.attributor.attribute(event.client_ip)
+        """The release command with the device that held the visitor's address when the subscriber
+        asked (RetryLater: the attribution peers did not answer). A request kept through an outage is
+        judged as of its own time: whoever holds the address by the time the peers answer again did
+        not tick the box."""
+        asked_at = min(event.requested_at, utcnow())  # the portal's clock may run ahead
+        visitor = await self.attributor.attribute(event.client_ip, asked_at)
         leases = None
         if known.cpe_mac is not None:
             leases = await self.attributor.device_leases(known.cpe_mac, known.opened_at)
