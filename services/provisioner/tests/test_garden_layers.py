@@ -202,6 +202,39 @@ async def dhcp(kea: LabKea, mac: str) -> DhcpResult:
     return await asyncio.to_thread(dhcp_exchange, kea.client_netns, kea.client_iface, mac, "dora", 15.0)
 
 
+async def test_a_spam_only_case_gardened_before_the_packet_filter_is_released_fully(
+    router: LabRouter,
+    garden: Garden,
+    lab_kea: LabKea,
+    kea_pool: asyncpg.Pool[asyncpg.Record],
+    provisioner_pool: asyncpg.Pool[asyncpg.Record],
+    rpz: RpzAdapter,
+) -> None:
+    mac = new_mac()
+    # Given a spam-only case gardened fully while the provisioner had no packet filter
+    kea = KeaHosts(kea_pool)
+    without_filter = Garden(
+        kea,
+        rpz,
+        kea_pool,
+        [str(lab_kea.quarantine_cidr)],
+        layers=LayeredGarden([KeaLayer(kea), RpzLayer(rpz)], DesiredState(provisioner_pool)),
+    )
+    command = apply(PC, mac, mode="smtp_block")
+    await without_filter.apply(command)
+    assert await garden.dhcp.is_quarantined(mac)
+    assert await garden.rpz.is_quarantined(PC)
+    # When the provisioner, restarted with the packet filter, releases it
+    release = remove(command)
+    assert await garden.gardened_as(release) == "full"
+    changes = await garden.remove(release)
+    # Then its whole garden goes, not just a mail block it never had
+    assert f"dhcp: host {mac} out of class quarantine" in changes
+    assert not await garden.dhcp.is_quarantined(mac)
+    assert not await garden.rpz.is_quarantined(PC)
+    assert router.http_get(PC, f"http://{router.addresses.origin_web}/").startswith("ORIGIN ")
+
+
 async def test_household_quarantine_hands_the_modem_the_filtered_config_file(
     router: LabRouter, make_garden: GardenFactory, lab_kea: LabKea
 ) -> None:

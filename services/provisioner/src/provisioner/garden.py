@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from lazaretto_core.contracts import GardenApply, GardenRemove, normalize_mac
+from lazaretto_core.contracts import GardenApply, GardenMode, GardenRemove, normalize_mac
 
 from .desired import LayeredGarden, LayerOutcome
 from .dhcp import DhcpHosts
@@ -181,11 +181,20 @@ class Garden:
                 raise GardenPending(outcome)
             return changes
 
-    async def remove(self, command: GardenRemove) -> list[str]:
+    async def gardened_as(self, command: GardenRemove) -> GardenMode:
+        """How the case was gardened, from what it recorded: a spam-only case gardened fully (no
+        packet filter then) is released fully, even if a packet filter was turned on since."""
+        if command.mode != "smtp_block" or not self.blocks_mail:
+            return "full"
+        recorded = await self.layers.desired.case_elements(command.case_id)
+        return "full" if any(element.kind != "smtp" for element in recorded) else "smtp_block"
+
+    async def remove(self, command: GardenRemove, mode: GardenMode | None = None) -> list[str]:
+        """Undo the case's garden as it was applied (`mode`: `gardened_as`, looked up if not given)."""
         async with self._lock.held():
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
-            if command.mode == "smtp_block" and self.blocks_mail:
+            if (mode or await self.gardened_as(command)) == "smtp_block":
                 return await self._smtp_unblock(mac, command)
             ips = await self._addresses_to_ungarden(mac, command)
             elements = [Element.ip(ip) for ip in ips]

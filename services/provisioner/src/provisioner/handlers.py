@@ -126,11 +126,13 @@ class ProvisionerHandlers:
 
     async def on_garden_remove(self, command: GardenRemove, ctx: MessageContext) -> None:
         _bind_case(command)
+        mode = self._mode(command)
         try:
             if command.scope == "modem" and self.household is not None:
                 changes = await self.household.remove(command)
             else:
-                changes = await self.garden.remove(command)
+                mode = await self.garden.gardened_as(command)
+                changes = await self.garden.remove(command, mode)
         except (
             GardenPending,
             RpzError,
@@ -144,9 +146,7 @@ class ProvisionerHandlers:
             return
         log.info("garden removed for case %s (%s scope)", command.case_id, command.scope)
         await self.bus.publish(
-            GardenRemoved(
-                case_id=command.case_id, step_id=command.step_id, changes=changes, mode=self._mode(command)
-            ),
+            GardenRemoved(case_id=command.case_id, step_id=command.step_id, changes=changes, mode=mode),
             correlation_id=str(command.case_id),
         )
 
