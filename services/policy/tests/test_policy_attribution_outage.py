@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ from lazaretto_core.contracts import (
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.relays import CuttableTcpRelay
 from lazaretto_lab.testing import BusProbe
+from policy import release_progress
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
@@ -393,6 +395,8 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
     assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_pending") or 0) >= 1
     assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
     assert await case_state(service, apply.case_id) == "quarantined"
+    # and the portal's progress page is told the request is kept, to go ahead by itself
+    assert (await progress_of(service, apply.case_id))["queued"] is True
     # When the peers answer again
     relay.restore()
     # Then the release goes ahead as the subscriber asked, and nothing waits or was lost
@@ -406,6 +410,7 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
         assert await conn.fetchval("SELECT count(*) FROM release_pending") == 0
     assert actor == f"subscriber:{IP}"
     assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert (await progress_of(service, apply.case_id))["queued"] is False
 
 
 async def test_a_kept_release_is_judged_by_who_held_the_address_when_it_was_asked(
@@ -476,6 +481,14 @@ async def test_a_kept_release_is_judged_by_who_held_the_address_when_it_was_aske
         )
     assert refusal is not None
     assert OTHER_MAC in refusal
+
+
+async def progress_of(service: PolicyService, case_id: uuid.UUID) -> dict[str, Any]:
+    """What policy answers the portal's progress page for the case."""
+    async with service.pool.acquire() as conn:
+        case = await service.handlers.work.store.get_case(conn, case_id)
+        assert case is not None
+        return await release_progress.progress(conn, case, None)
 
 
 async def release_attempts(service: PolicyService, request_id: uuid.UUID) -> int | None:

@@ -7,6 +7,7 @@ appeal. Policy's answers come from a table here; the real policy is exercised en
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -223,7 +224,13 @@ async def test_the_checkbox_only_when_policy_says_now_else_when_or_call_us(make_
 
 
 def progress(
-    state: str, *, accepted: bool = True, closed: bool = False, refusal: str = "", modem_restarts: bool = True
+    state: str,
+    *,
+    accepted: bool = True,
+    closed: bool = False,
+    refusal: str = "",
+    modem_restarts: bool = True,
+    queued: bool = False,
 ) -> ReleaseProgress:
     return ReleaseProgress(
         case_id=CASE_ID,
@@ -233,6 +240,7 @@ def progress(
         accepted=accepted,
         refusal={"code": refusal, "at": "2026-11-26T05:10:00+00:00"} if refusal else None,
         modem_restarts=modem_restarts,
+        queued=queued,
     )
 
 
@@ -311,6 +319,22 @@ async def test_after_the_checkbox_the_progress_page_follows_policy_and_never_pro
     await released.stop()
     assert isinstance(request, ReleaseRequested)
     assert str(request.case_id) == CASE_ID
+
+
+async def test_a_release_kept_through_an_outage_says_it_will_go_ahead_by_itself(
+    make_portal: MakePortal,
+) -> None:
+    # Given a release policy keeps because it cannot check the device yet, asked long ago
+    policy = TablePolicy()
+    policy.progress_of[HELD] = progress("quarantined", accepted=False, queued=True)
+    portal = await make_portal(policy)
+    async with visitor(portal) as client:
+        long_ago = int(time.time()) - 3600
+        page = text_of((await client.get(f"/progress?case={CASE_ID}&since={long_ago}")).text)
+    # Then the page says it is kept and needs no second request, and it does not call it stuck
+    assert "Your request is kept and will go ahead by itself" in page
+    assert "waiting for it to be accepted" not in page
+    assert "taking longer than usual" not in page
 
 
 @pytest.mark.parametrize(

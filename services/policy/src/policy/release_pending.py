@@ -85,3 +85,12 @@ async def take(conn: Connection, request_id: uuid.UUID) -> bool:
 
 async def waiting(conn: Connection, now: datetime) -> Waiting:
     return await waiting_in(conn, "release_pending", now)
+
+
+async def queued_for(conn: Connection, case_id: uuid.UUID) -> bool:
+    """Whether a release request for the case waits for the device look-up (the portal says so)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM release_pending WHERE request->>'case_id' = $1)", str(case_id)
+        )
+    )

@@ -16,7 +16,7 @@ from typing import Any
 from lazaretto_core.contracts import RELEASING_STATES
 from lazaretto_core.db import Connection
 
-from . import commands, store
+from . import commands, release_pending, store
 from .casestore import CaseStore
 
 log = logging.getLogger(__name__)
@@ -90,4 +90,6 @@ async def progress(conn: Connection, case: store.Case, since: datetime | None) -
         "accepted": case.state in RELEASING_STATES,
         "refusal": refusal,
         "modem_restarts": await release_restarts_modem(conn, case),
+        # Kept through an outage of the device look-up: decided by itself once the peers answer.
+        "queued": not refusal and await release_pending.queued_for(conn, case.case_id),
     }

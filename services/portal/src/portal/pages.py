@@ -112,7 +112,10 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
         steps = STEPS if state.modem_restarts else tuple(s for s in STEPS if s != "modem_restarting")
         step = len(steps) if state.closed else min(_STEP_OF_STATE.get(state.state, 0), len(steps))
         refused = state.refusal is not None and not state.accepted
-        stuck = state.state == "needs_operator" or (not state.accepted and waited > PROGRESS_PATIENCE)
+        queued = state.queued and not state.accepted
+        stuck = state.state == "needs_operator" or (
+            not state.accepted and not queued and waited > PROGRESS_PATIENCE
+        )
         final = refused or step == len(steps)
         # The page reloads itself (HTTP Refresh, no JavaScript) until the release is done or refused;
         # a link stops that (WCAG 2.2.1: a time limit the visitor can turn off).
@@ -132,6 +135,7 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             done=step == len(steps),
             refusal=(state.refusal or {}).get("code", "") if refused else "",
             stuck=stuck and not refused,
+            queued=queued and not refused,
             refresh=not final,
         )
 

@@ -90,6 +90,8 @@ class ReleaseProgress(BaseModel):
     accepted: bool
     refusal: dict[str, str] | None = None
     modem_restarts: bool = True
+    # Policy keeps the request until it can check the device (older policies never say so).
+    queued: bool = False
 
 
 class PolicyClient:
