@@ -351,23 +351,7 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
     book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
     book.plug(CPE_MAC, CM_MAC, IP)
     # Given the PC's case quarantined (garden applied, modem back online)
-    await sender.publish(scan())
-    [apply] = await probe.wait_for(GardenApply)
-    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
-    [reset] = await probe.wait_for(ModemReset)
-    await sender.publish(
-        ModemResetCompleted(
-            case_id=apply.case_id,
-            step_id=reset.step_id,
-            cm_mac=CM_MAC,
-            method="test",
-            went_offline=True,
-            seconds_to_online=1.0,
-        )
-    )
-    async with asyncio.timeout(30):
-        while await case_state(service, apply.case_id) != "quarantined":
-            await asyncio.sleep(0.05)
+    apply = await quarantined(service, probe, sender)
     kept_before = REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0
     # and the provisioner and cmts-agent unreachable
     relay.cut()
@@ -425,23 +409,7 @@ async def test_a_kept_release_is_judged_by_who_held_the_address_when_it_was_aske
     book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
     book.plug(CPE_MAC, CM_MAC, IP)
     # Given the PC's case quarantined
-    await sender.publish(scan())
-    [apply] = await probe.wait_for(GardenApply)
-    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
-    [reset] = await probe.wait_for(ModemReset)
-    await sender.publish(
-        ModemResetCompleted(
-            case_id=apply.case_id,
-            step_id=reset.step_id,
-            cm_mac=CM_MAC,
-            method="test",
-            went_offline=True,
-            seconds_to_online=1.0,
-        )
-    )
-    async with asyncio.timeout(30):
-        while await case_state(service, apply.case_id) != "quarantined":
-            await asyncio.sleep(0.05)
+    apply = await quarantined(service, probe, sender)
     # and, while the look-ups fail, another PC holding the address asks to release that case (an
     # older portal's request, naming no device)
     book.bind(IP, OTHER_MAC, datetime.now(UTC) - timedelta(seconds=5))
@@ -481,6 +449,28 @@ async def test_a_kept_release_is_judged_by_who_held_the_address_when_it_was_aske
         )
     assert refusal is not None
     assert OTHER_MAC in refusal
+
+
+async def quarantined(service: PolicyService, probe: BusProbe, sender: Bus) -> GardenApply:
+    """The PC's scan opens its case, gardened and its modem back online: the apply command."""
+    await sender.publish(scan())
+    [apply] = await probe.wait_for(GardenApply)
+    await sender.publish(GardenApplied(case_id=apply.case_id, step_id=apply.step_id, changes=["kea"]))
+    [reset] = await probe.wait_for(ModemReset)
+    await sender.publish(
+        ModemResetCompleted(
+            case_id=apply.case_id,
+            step_id=reset.step_id,
+            cm_mac=CM_MAC,
+            method="test",
+            went_offline=True,
+            seconds_to_online=1.0,
+        )
+    )
+    async with asyncio.timeout(30):
+        while await case_state(service, apply.case_id) != "quarantined":
+            await asyncio.sleep(0.05)
+    return apply
 
 
 async def progress_of(service: PolicyService, case_id: uuid.UUID) -> dict[str, Any]:
