@@ -375,9 +375,12 @@ class Replica:
     async def _read(self) -> None:
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
-            kind, *fields = raw.decode().split()
+            kind, *fields = raw.decode().split() or [""]
             if kind == "failed":
                 self.decisions.failure()
+                continue
+            if kind != "batch":  # not a report (a library printing): shown, not parsed
+                print(f"policy replica: {raw.decode().rstrip()}", file=sys.stderr)
                 continue
             began, finished, size = float(fields[0]), float(fields[1]), int(fields[2])
             timed = [pair.split("=", 1) for pair in fields[3:]]
