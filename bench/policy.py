@@ -4,10 +4,10 @@
   policy's history COPYed into its schema (`policy_load.py`): 100,000 open cases of 400,000
   subscribers, 20,000 released ones, 1,000,000 stored observations.
 - Policy is its real app (`policy.app.build`: bus consumers, rules, outbox relay, loops, HTTP API)
-  as `--replicas` replicas (default 2, as the README's Replicas has an operator run them): one in
-  this process, the others child processes of the same app and settings on the same vhost and
-  database, each timing a decision where it commits (the handler returns once its transaction
-  committed; a child reports each batch on its stdout) without adding a column to policy's tables.
+  run in this process, with `--replicas N` N-1 more as child processes of the same app and settings
+  on the same vhost and database (as the README's Replicas has an operator run them), each timing a
+  decision where it commits (the handler returns once its transaction committed; a child reports
+  each batch on its stdout) without adding a column to policy's tables.
   Their logs go to files at WARNING (the service logs each decision at INFO).
 - Attribution and the executors: a separate process answers the provisioner's lease-history and
   cmts-agent's CPE-table look-ups over HTTP (the real paths and typed answers of
@@ -748,7 +748,7 @@ def main() -> int:
     parser.add_argument(
         "--replicas",
         type=int,
-        default=2,
+        default=1,
         help="policy replicas on the one queue and database (README: Replicas)",
     )
     parser.add_argument("--seed", type=int, default=11)
