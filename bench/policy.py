@@ -4,9 +4,11 @@
   policy's history COPYed into its schema (`policy_load.py`): 100,000 open cases of 400,000
   subscribers, 20,000 released ones, 1,000,000 stored observations.
 - Policy is its real app (`policy.app.build`: bus consumers, rules, outbox relay, loops, HTTP API)
-  run in this process, so the bench can time each decision where it commits (the handler returns
-  once its transaction committed) without adding a column to policy's tables. Its log goes to a
-  file at WARNING (the service logs each decision at INFO).
+  run in this process, with `--replicas N` N-1 more as child processes of the same app and settings
+  on the same vhost and database (as the README's Replicas has an operator run them), each timing a
+  decision where it commits (the handler returns once its transaction committed; a child reports
+  each batch on its stdout) without adding a column to policy's tables.
+  Their logs go to files at WARNING (the service logs each decision at INFO).
 - Attribution and the executors: a separate process answers the provisioner's lease-history and
   cmts-agent's CPE-table look-ups over HTTP (the real paths and typed answers of
   `lazaretto_core.attribution`, from the arithmetic population: one active lease per subscriber; the
@@ -48,6 +50,7 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -99,21 +102,6 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
-
-
-def batches() -> tuple[float, float]:
-    """Observations decided and batches they went in so far (policy.batch's histogram)."""
-    from prometheus_client import REGISTRY
-
-    name = "lazaretto_policy_observation_batch_size"
-    total = REGISTRY.get_sample_value(f"{name}_sum") or 0.0
-    count = REGISTRY.get_sample_value(f"{name}_count") or 0.0
-    return total, count
-
-
-def mean_batch(before: tuple[float, float]) -> str:
-    total, count = batches()
-    return f"{(total - before[0]) / max(1.0, count - before[1]):.1f}"
 
 
 def load() -> str:
@@ -272,6 +260,159 @@ async def run_publisher(args: argparse.Namespace) -> None:
     await bus.close()
 
 
+# -- policy's replicas ----------------------------------------------------------------------------------
+
+
+def policy_settings(amqp: str, dsn: str, peer_url: str) -> Any:
+    from pydantic import SecretStr
+
+    from policy.settings import PolicySettings
+
+    return PolicySettings(
+        amqp_url=SecretStr(amqp),
+        database_url=SecretStr(dsn),
+        admin_token=SecretStr(ADMIN_TOKEN),
+        portal_token=SecretStr(PORTAL_TOKEN),
+        provisioner_url=peer_url,
+        cmts_agent_url=peer_url,
+        # The live traffic opens hundreds of cases in minutes: the circuit breaker's defaults would
+        # hold most of them (held cases publish no command), so the bench raises them.
+        breaker_global_limit=1_000_000,
+        breaker_per_cmts=1_000_000,
+        breaker_per_net=1_000_000,
+    )
+
+
+Batch = list[tuple[Any, float, float]]  # (event, handler started, committed) of one batch
+
+
+def time_decisions(
+    service: Any, gate: asyncio.Event, decided: Callable[[Batch], None], failed: Callable[[], None]
+) -> None:
+    """Wrap the replica's observation handlers: held until `gate`, each batch reported once committed."""
+    real_batch = service.handlers.on_abuse_batch
+    real_one = service.handlers.on_abuse_observed
+
+    async def timed_batch(items: Any) -> None:
+        # Policy decides observations in batches (policy.batch), each batch in one transaction;
+        # a batch that fails is rolled back and its observations decided one by one (below).
+        await gate.wait()
+        began = time.time()
+        await real_batch(items)
+        finished = time.time()
+        decided([(event, began, finished) for event, _ in items])
+
+    async def timed_one(event: Any, ctx: Any) -> None:
+        began = time.time()
+        try:
+            await real_one(event, ctx)
+        except BaseException:
+            failed()
+            raise
+        decided([(event, began, time.time())])
+
+    service.handlers.on_abuse_batch = timed_batch
+    service.handlers.on_abuse_observed = timed_one
+
+
+async def run_replica(args: argparse.Namespace) -> None:
+    """Another replica of policy (`--child policy`): the same app and settings on the same vhost and
+    database, as an operator runs two (README: Replicas). It reports each batch it decided on stdout
+    (`batch <started> <committed> <size> <message key>=<due>...`, `failed` for one that failed)."""
+    from policy.app import build
+
+    logging.basicConfig(filename=args.log, level=logging.WARNING, force=True)
+    service = await build(policy_settings(args.amqp, args.dsn, args.peer_url))
+    gate = asyncio.Event()
+
+    def decided(batch: Batch) -> None:
+        timed = []
+        for event, _, _ in batch:
+            due = event.evidence.get("bench_due")
+            if isinstance(due, float):
+                timed.append(f"{event.message_key()}={due!r}")
+        _, began, finished = batch[0]
+        sys.stdout.write(f"batch {began!r} {finished!r} {len(batch)} {' '.join(timed)}\n")
+        sys.stdout.flush()
+
+    def failed() -> None:
+        sys.stdout.write("failed\n")
+        sys.stdout.flush()
+
+    time_decisions(service, gate, decided, failed)
+    await service.start()
+    try:
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.readline)  # "go": the backlog is published
+        gate.set()
+        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    finally:
+        await service.stop()
+
+
+class Replica:
+    """A policy replica in a child process, its reports fed into `decisions`."""
+
+    def __init__(self, process: asyncio.subprocess.Process, decisions: Decisions) -> None:
+        self.process = process
+        self.decisions = decisions
+        self.reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, script: str, common: list[str], decisions: Decisions, **opts: str) -> Replica:
+        extra = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", v)]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, script, "--child", "policy", *common, *extra,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        replica = cls(process, decisions)
+        assert process.stdout is not None
+        ready = await process.stdout.readline()
+        if ready.strip() != b"ready":
+            raise RuntimeError("a policy replica did not start")
+        replica.reader = asyncio.create_task(replica._read())
+        return replica
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            kind, *fields = raw.decode().split() or [""]
+            if kind == "failed":
+                self.decisions.failure()
+                continue
+            if kind != "batch":  # not a report (a library printing): shown, not parsed
+                print(f"policy replica: {raw.decode().rstrip()}", file=sys.stderr)
+                continue
+            began, finished, size = float(fields[0]), float(fields[1]), int(fields[2])
+            timed = [pair.split("=", 1) for pair in fields[3:]]
+            self.decisions.batch(size)
+            for key, due in timed:
+                self.decisions.record_key(key, float(due), began, finished)
+            for _ in range(size - len(timed)):
+                self.decisions.record_key("", None, began, finished)
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"go\n")
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the child so far (/proc: clock ticks)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        if self.reader is not None:
+            await self.reader
+
+
 # -- the bench ----------------------------------------------------------------------------------------
 
 
@@ -287,14 +428,31 @@ class Decisions:
         self.timed: set[str] = set()  # a publish the broker confirmed late may be delivered twice
         self.changed = asyncio.Event()
 
+        self.batches = 0  # batches decided (by every replica) and the observations in them
+        self.batched = 0
+
     def record(self, event: Any, started: float, finished: float) -> None:
-        self.done += 1
-        self.last_done = finished
         due = event.evidence.get("bench_due")
-        if isinstance(due, float) and event.message_key() not in self.timed:
-            self.timed.add(event.message_key())
+        self.record_key(event.message_key(), due if isinstance(due, float) else None, started, finished)
+
+    def record_key(self, key: str, due: float | None, started: float, finished: float) -> None:
+        self.done += 1
+        self.last_done = max(self.last_done, finished)
+        if due is not None and key not in self.timed:
+            self.timed.add(key)
             self.from_due.append(finished - due)
             self.handler.append(finished - started)
+        self.changed.set()
+
+    def batch(self, size: int) -> None:
+        self.batches += 1
+        self.batched += size
+
+    def mean_batch_since(self, before: tuple[int, int]) -> str:
+        return f"{(self.batched - before[1]) / max(1, self.batches - before[0]):.1f}"
+
+    def failure(self) -> None:
+        self.failed += 1
         self.changed.set()
 
     async def wait_for(self, count: int, timeout: float) -> bool:
@@ -311,7 +469,6 @@ class Decisions:
 
 async def run(args: argparse.Namespace) -> int:
     import httpx
-    from pydantic import SecretStr
 
     from lazaretto_core import db
     from lazaretto_lab.process import free_port
@@ -324,7 +481,6 @@ async def run(args: argparse.Namespace) -> int:
         serving,
     )
     from policy.app import build
-    from policy.settings import PolicySettings
 
     logging.basicConfig(filename=args.log, level=logging.WARNING, force=True)
     started_all = time.monotonic()
@@ -336,6 +492,7 @@ async def run(args: argparse.Namespace) -> int:
     amqp = f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}"
     db_name = await create_database("bench_policy")
     children: list[subprocess.Popen[str]] = []
+    replicas: list[Replica] = []
     service = None
     try:
         pop = Population(args.subscribers)
@@ -368,52 +525,33 @@ async def run(args: argparse.Namespace) -> int:
             print("the peers process did not start", file=sys.stderr)
             return 1
         peer_url = f"http://127.0.0.1:{port}"
-        settings = PolicySettings(
-            amqp_url=SecretStr(amqp),
-            database_url=SecretStr(database_dsn(db_name)),
-            admin_token=SecretStr(ADMIN_TOKEN),
-            portal_token=SecretStr(PORTAL_TOKEN),
-            provisioner_url=peer_url,
-            cmts_agent_url=peer_url,
-            # The live traffic opens hundreds of cases in minutes: the circuit breaker's defaults would
-            # hold most of them (held cases publish no command), so the bench raises them.
-            breaker_global_limit=1_000_000,
-            breaker_per_cmts=1_000_000,
-            breaker_per_net=1_000_000,
-        )
+        settings = policy_settings(amqp, database_dsn(db_name), peer_url)
         print(
             f"breaker_limits={settings.breaker_global_limit}/{settings.breaker_per_cmts}/{settings.breaker_per_net}"
         )
         print(f"consumer_prefetch={settings.consumer_prefetch}")
         print(f"observation_batch_max={settings.observation_batch_max}")
+        # Replica 1 runs in this process; the others are child processes of the same app and settings
+        # on the same vhost and database (README: Replicas), each reporting its batches here.
+        print(f"policy_replicas={args.replicas}")
         service = await build(settings)
         decisions = Decisions()
         gate = asyncio.Event()
-        real_batch = service.handlers.on_abuse_batch
-        real_one = service.handlers.on_abuse_observed
 
-        async def timed_batch(items: Any) -> None:
-            # Policy decides observations in batches (policy.batch), each batch in one transaction;
-            # a batch that fails is rolled back and its observations decided one by one (below).
-            await gate.wait()
-            began = time.time()
-            await real_batch(items)
-            finished = time.time()
-            for event, _ in items:
+        def decided_here(batch: Batch) -> None:
+            decisions.batch(len(batch))
+            for event, began, finished in batch:
                 decisions.record(event, began, finished)
 
-        async def timed_one(event: Any, ctx: Any) -> None:
-            began = time.time()
-            try:
-                await real_one(event, ctx)
-            except BaseException:
-                decisions.failed += 1
-                raise
-            decisions.record(event, began, time.time())
-
-        service.handlers.on_abuse_batch = timed_batch  # type: ignore[method-assign]
-        service.handlers.on_abuse_observed = timed_one  # type: ignore[method-assign]
+        time_decisions(service, gate, decided_here, decisions.failure)
         await service.start()
+        for n in range(2, args.replicas + 1):
+            replicas.append(
+                await Replica.start(
+                    script, common, decisions, dsn=database_dsn(db_name), peer_url=peer_url,
+                    log=f"{args.log}.{n}",
+                )
+            )  # fmt: skip
 
         # 1. Throughput: a backlog, then the handler released.
         detector = Bus(amqp, "bench-detector")
@@ -428,26 +566,32 @@ async def run(args: argparse.Namespace) -> int:
         print(f"backlog={args.backlog}")
         print(f"backlog_publish_s={time.monotonic() - began:.1f}")
         profile = cProfile.Profile() if args.profile else None
-        cpu = time.process_time()
+
+        def cpu_seconds() -> float:
+            return time.process_time() + sum(r.cpu_seconds() for r in replicas)
+
+        cpu = cpu_seconds()
         released = time.time()
-        batched = batches()
+        batched = (decisions.batches, decisions.batched)
         if profile is not None:
             profile.enable()
         gate.set()
+        for replica in replicas:
+            replica.go()
         if not await decisions.wait_for(args.backlog, timeout=args.backlog / 50 + 60):
             print(f"backlog not drained: {decisions.done} of {args.backlog}", file=sys.stderr)
         elapsed = decisions.last_done - released
-        cpu = time.process_time() - cpu
+        cpu = cpu_seconds() - cpu
         if profile is not None:
             profile.disable()
             profile.dump_stats(args.profile + ".drain")
         print(f"observations_per_s={decisions.done / elapsed:.0f}")
         print(f"backlog_drain_s={elapsed:.1f}")
-        # CPU of this process (policy's app; the publishers and peers are other processes) per
-        # decision: what the machine's load does not change.
+        # CPU of policy's replicas (this process and the child replicas; the publishers and peers are
+        # other processes) per decision: what the machine's load does not change.
         print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
         print(f"backlog_failed={decisions.failed}")
-        print(f"backlog_mean_batch={mean_batch(batched)}")
+        print(f"backlog_mean_batch={decisions.mean_batch_since(batched)}")
         print(f"load_average_after_backlog={load()}")
 
         # 2. Latency at a fixed offered rate, from another process; then at a low rate, where a
@@ -455,7 +599,7 @@ async def run(args: argparse.Namespace) -> int:
         async def offer(rate: float, seconds: float, seed: int) -> tuple[str, list[float], list[float], str]:
             before = decisions.done + decisions.failed
             timed_before = len(decisions.from_due)
-            batched = batches()
+            batched = (decisions.batches, decisions.batched)
             publisher = subprocess.Popen(  # noqa: ASYNC220
                 [
                     sys.executable, script, "--child", "publish", "--rate", str(rate),
@@ -471,7 +615,7 @@ async def run(args: argparse.Namespace) -> int:
             await decisions.wait_for(before + int(rate * seconds), timeout=300)
             from_due = [1000 * x for x in decisions.from_due[timed_before:]]
             handler = [1000 * x for x in decisions.handler[timed_before:]]
-            return report, from_due, handler, mean_batch(batched)
+            return report, from_due, handler, decisions.mean_batch_since(batched)
 
         offered = int(args.rate * args.seconds)
         report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1)
@@ -573,6 +717,8 @@ async def run(args: argparse.Namespace) -> int:
         print(f"total_seconds={time.monotonic() - started_all:.0f}")
         return 0
     finally:
+        for replica in replicas:
+            await replica.stop()
         if service is not None:
             await service.stop()
         for child in children:
@@ -599,13 +745,21 @@ def main() -> int:
     )
     parser.add_argument("--low-seconds", type=float, default=5.0, help="length of the low-rate run")
     parser.add_argument("--searches", type=int, default=1000)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="policy replicas on the one queue and database (README: Replicas)",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
     parser.add_argument(
         "--profile",
         help="write cProfiles of the backlog's drain and of the searches to PROFILE.drain, PROFILE.search",
     )
-    parser.add_argument("--child", choices=("peers", "publish"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("peers", "publish", "policy"), help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-url", help=argparse.SUPPRESS)
     parser.add_argument("--amqp", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -614,6 +768,9 @@ def main() -> int:
         return 0
     if args.child == "publish":
         asyncio.run(run_publisher(args))
+        return 0
+    if args.child == "policy":
+        asyncio.run(run_replica(args))
         return 0
     return asyncio.run(run(args))
 

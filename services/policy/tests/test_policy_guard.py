@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.bus import Bus
+from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.contracts import (
     AbuseObserved,
     AllowlistChanged,
@@ -308,6 +308,60 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/reports", "operator", {"not": "a report"}),
 ]
 RANKED = [("viewer", VIEWER_TOKEN), ("operator", OPERATOR_TOKEN), ("admin", ADMIN_TOKEN)]
+
+
+async def test_in_one_batch_the_breaker_counts_each_case_and_the_allowlist_covers_every_device(
+    policy: PolicyService, book: LeaseBook, amqp_url: str, guard_probe: BusProbe
+) -> None:
+    # The guard reads the allowlist and takes the breaker's lock once per batch (one transaction):
+    # what it decides must be what it decides one observation at a time.
+    sizes: list[int] = []
+    gate = asyncio.Event()
+    decide = policy.handlers.on_abuse_batch
+
+    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        sizes.append(len(items))
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    # Given two allow-listed PCs (by MAC, exempt; by address, notify only) among six scanning PCs,
+    # with a global limit of 3 per 10 minutes
+    devices = [device(book, n) for n in range(40, 48)]
+    (exempt_ip, exempt_mac), (notify_ip, _) = devices[1], devices[4]
+    async with client(policy, ADMIN_TOKEN) as admin:
+        for entry in (
+            {"kind": "mac", "value": exempt_mac, "owner": "noc", "reason": "hospital PC"},
+            {"kind": "prefix", "value": f"{notify_ip}/32", "effect": "notify_only", "owner": "sales",
+             "reason": "business static"},
+        ):  # fmt: skip
+            assert (await admin.post("/v1/allowlist", json=entry)).status_code == 201
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    try:
+        # When they all scan at once and are decided in one batch (the first may wait alone)
+        observed = [observation(ip) for ip, _ in devices]
+        for event in observed:
+            await bus.publish(event)
+        async with asyncio.timeout(20):
+            while await policy.bus.message_count(queue_name("policy")) != 0:
+                await asyncio.sleep(0.05)
+        gate.set()
+        decisions = [await observation_decision(policy.pool, o.observation_id) for o in observed]
+    finally:
+        await bus.close()
+    assert max(sizes) >= len(devices) - 1
+    # Then the allow-listed ones are recorded, not enforced, and of the six others three are
+    # enforced and three held
+    assert decisions[1] == "allowlisted"
+    assert decisions[4] == "notify_only"
+    others = [d for i, d in enumerate(decisions) if i not in (1, 4)]
+    assert others == ["opened_case"] * 6
+    states = sorted(r["state"] for r in await policy.pool.fetch("SELECT state FROM cases"))
+    assert states.count("held") == 3
+    assert len(states) == 6
+    applied = await guard_probe.wait_for(GardenApply, count=3)
+    assert {a.cpe_ip for a in applied}.isdisjoint({exempt_ip, notify_ip})
 
 
 async def test_every_admin_operation_needs_a_token_of_its_role(policy: PolicyService) -> None:

@@ -5,7 +5,10 @@ restart keeps a trip. Operators resume a tripped scope and release or enforce he
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -33,6 +36,36 @@ ALLOWLISTED = Counter(
 
 # Any constant: serialises the breaker's count-and-decide between concurrent openers and replicas.
 _BREAKER_LOCK = 0x6C7A6272
+
+
+@dataclass
+class _Shared:
+    """What one transaction's enforcing observations share (`one_transaction`)."""
+
+    conn: Connection
+    entries: list[AllowlistEntry] | None = None
+    locked: bool = False  # the breaker's transaction-scoped lock is held until commit
+
+
+_SHARED: ContextVar[_Shared | None] = ContextVar("policy_guard_shared", default=None)
+
+
+@contextlib.contextmanager
+def one_transaction(conn: Connection) -> Iterator[None]:
+    """Inside the block, `Guard.check` on `conn` (one transaction: a batch of observations) reads the
+    allowlist once and takes the breaker's lock once: the lock is held to the commit anyway, and the
+    allowlist's unexpired entries are those of the batch's first enforcing observation (an entry added
+    meanwhile applies from the next batch; the executors re-check it before they act)."""
+    token = _SHARED.set(_Shared(conn))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared(conn: Connection) -> _Shared | None:
+    shared = _SHARED.get()
+    return shared if shared is not None and shared.conn is conn else None
 
 
 class Covered(Exception):
@@ -66,8 +99,15 @@ class Guard:
     async def check(self, conn: Connection, attribution: Attribution, *, automatic: bool) -> Verdict:
         """Raise `Covered` for an allow-listed device (any of its addresses or MACs); else say whether
         the breaker holds this case. Operators' manual cases are never held (nor counted)."""
+        shared = _shared(conn)
+        if shared is None:
+            entries = await allowlist.entries(conn, include_expired=False)
+        else:
+            if shared.entries is None:
+                shared.entries = await allowlist.entries(conn, include_expired=False)
+            entries = shared.entries
         entry = matcher.covering_entry(
-            await allowlist.entries(conn, include_expired=False),
+            entries,
             ips=(attribution.ip, attribution.lease.ip if attribution.lease else None),
             macs=(attribution.cpe_mac, attribution.cm_mac),
             now=utcnow(),
@@ -96,7 +136,11 @@ class Guard:
     async def _breaker(self, conn: Connection, attribution: Attribution) -> Verdict:
         # Its own statement: a statement's snapshot is taken before it waits for the lock, so the
         # reads below must come after it to see the enforcements of whoever held it.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BREAKER_LOCK)
+        shared = _shared(conn)
+        if shared is None or not shared.locked:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _BREAKER_LOCK)
+            if shared is not None:
+                shared.locked = True
         cmts = attribution.cmts
         scopes = scopes_of(attribution.ip, cmts)
         window = self.limits.window

@@ -28,7 +28,7 @@ from lazaretto_core.db import Connection
 from lazaretto_core.errors import InvalidMessage, RetryLater
 from lazaretto_core.logs import bind, bound
 
-from . import commands, identity, ladder, pending, release_pending
+from . import commands, guard, identity, ladder, pending, release_pending
 from .attribution import Attribution, Attributor
 from .casework import CaseWork
 from .commands import OpenCase, Refused, Release, SelfRelease, SelfReleaseAllowance
@@ -202,15 +202,16 @@ class PolicyHandlers:
                 conn, CONSUMER, [ctx.message_id for _, ctx in items]
             )
             recorded: list[Weighed] = []
-            for w in weighed:
-                if w.ctx.message_id not in claimed:
-                    continue
-                claimed.discard(w.ctx.message_id)  # the same message twice in a batch counts once
-                if w.opens:
-                    # Cases first, in order: a later revision stored below keeps the case it opened.
-                    await self._open_or_feed(conn, w, now)
-                else:
-                    recorded.append(w)
+            with guard.one_transaction(conn):
+                for w in weighed:
+                    if w.ctx.message_id not in claimed:
+                        continue
+                    claimed.discard(w.ctx.message_id)  # the same message twice in a batch counts once
+                    if w.opens:
+                        # Cases first, in order: a later revision stored below keeps the case it opened.
+                        await self._open_or_feed(conn, w, now)
+                    else:
+                        recorded.append(w)
             await self._record(conn, recorded)
 
     def _weigh(
