@@ -21,12 +21,20 @@ shared machine the wall-clock rate also measures the other processes, the CPU ra
 engine's collector policy (`CollectorPolicy`) freezes the long-lived objects before each throughput
 run, as the service does at its start and every 10 s.
 
+Under the flood it also records how long the event loop was held by each of its callbacks (a
+callback runs alone: every sample line waits for the longest ones): `flood_loop_hold_max_ms` (wall
+clock) and `flood_loop_hold_cpu_max_ms` (the loop thread's CPU time in that callback, which the other
+processes on a shared machine move much less), and `flood_cpu_us_per_line`, the detector's CPU per
+line read during the timed part (all its threads).
+
 Runs everything 3 times and prints the medians, one `name=value` per line, and the load averages
-(`uptime`) at the start and the end.
+(`uptime`) at the start and the end. For iteration: `--parts flood --runs 5` runs only the flood
+part; `--holds 10` prints the callbacks that held the loop longest (a dev aid).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
@@ -38,9 +46,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from detector_snort.aggregate import Aggregator
@@ -197,10 +207,84 @@ with open(path, "ab", buffering=0) as out:
 """
 
 
-async def latency(workdir: Path, flood: bool, offset: int) -> tuple[list[float], float]:
-    """Milliseconds from each sample line's append to the broker's confirm of its observation, and
-    the share of one core this process (the detector) used meanwhile: above what the machine can
-    give it, the detector falls behind the flood and the latency grows."""
+class LoopHolds:
+    """How long each callback of the event loop ran, while `recording` (the loop runs one callback
+    at a time: a line read meanwhile waits for it). Each `Handle` is timed in wall-clock time and in
+    the loop thread's CPU time; the longest `keep` are kept with what they were."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self.longest: list[tuple[float, float, str]] = []  # (wall ms, CPU ms, what), longest first
+        self.costliest: list[tuple[float, float, str]] = []  # (CPU ms, wall ms, what), most CPU first
+        self.count = 0
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        original = asyncio.events.Handle._run
+        longest, costliest, keep = self.longest, self.costliest, self.keep
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            cpu, wall = time.thread_time(), time.perf_counter()
+            original(handle)
+            wall_ms, cpu_ms = (time.perf_counter() - wall) * 1000, (time.thread_time() - cpu) * 1000
+            self.count += 1
+            if len(longest) < keep or wall_ms > longest[-1][0]:
+                longest.append((wall_ms, cpu_ms, _callback_name(handle)))
+                longest.sort(reverse=True)
+                del longest[keep:]
+            if len(costliest) < keep or cpu_ms > costliest[-1][0]:
+                costliest.append((cpu_ms, wall_ms, _callback_name(handle)))
+                costliest.sort(reverse=True)
+                del costliest[keep:]
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]  # timing hook, bench only
+        try:
+            yield
+        finally:
+            asyncio.events.Handle._run = original  # type: ignore[method-assign]
+
+    @property
+    def max_wall(self) -> float:
+        return self.longest[0][0] if self.longest else 0.0
+
+    @property
+    def max_cpu(self) -> float:
+        return self.costliest[0][0] if self.costliest else 0.0
+
+
+def _callback_name(handle: asyncio.events.Handle) -> str:
+    """A task's name and where its coroutine stands, or the callback's name."""
+    callback = getattr(handle, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        frames = []
+        while coro is not None and hasattr(coro, "cr_frame"):
+            if coro.cr_frame is not None:
+                frames.append(coro.cr_code.co_qualname)
+            coro = getattr(coro, "cr_await", None)
+        return f"task {owner.get_name()}: {' > '.join(frames[:4])}"
+    return getattr(callback, "__qualname__", repr(callback))
+
+
+def _lines_read(source: str) -> float:
+    """The detector's `lazaretto_alert_lines_total` of one source, all results together."""
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name == "lazaretto_alert_lines":
+            total += sum(
+                s.value for s in metric.samples if s.name.endswith("_total") and s.labels["source"] == source
+            )
+    return total
+
+
+async def latency(
+    workdir: Path, flood: bool, offset: int, samples: int = SAMPLES, holds: LoopHolds | None = None
+) -> tuple[list[float], float, float]:
+    """Milliseconds from each sample line's append to the broker's confirm of its observation, the
+    share of one core this process (the detector) used meanwhile (above what the machine can give
+    it, the detector falls behind the flood and the latency grows) and its CPU µs per line read
+    meanwhile. `holds` records the loop's callbacks during the timed part."""
     vhost = create_vhost()
     amqp_url = f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@127.0.0.1:5672/{vhost}"
     eve = workdir / f"latency-{offset}.json"
@@ -249,25 +333,29 @@ async def latency(workdir: Path, flood: bool, offset: int) -> tuple[list[float],
                     break
                 await asyncio.sleep(0.05)
         sent: dict[str, float] = {}
+        print(f"# the timed part starts (pid {os.getpid()})", flush=True)  # for a profiler to attach
+        lines_before = _lines_read(str(eve))
         cpu, wall = time.process_time(), time.monotonic()
         rng = random.Random(offset)
-        with eve.open("ab", buffering=0) as out:
-            for n in range(SAMPLES):
+        with eve.open("ab", buffering=0) as out, holds.recording() if holds else contextlib.nullcontext():
+            for n in range(samples):
                 ip = subscriber(offset + n)
                 line = eve_line(ip, outsider(n))
                 sent[ip] = time.monotonic()
                 out.write(line)
                 await asyncio.sleep(rng.uniform(0.02, 0.05))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(60):
-                while not set(sent) <= set(confirmed):
-                    await asyncio.sleep(0.01)
-        share = (time.process_time() - cpu) / (time.monotonic() - wall)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    while not set(sent) <= set(confirmed):
+                        await asyncio.sleep(0.01)
+        used = time.process_time() - cpu
+        share = used / (time.monotonic() - wall)
+        per_line = used * 1e6 / max(1.0, _lines_read(str(eve)) - lines_before)
         missing = len(set(sent) - set(confirmed))
         if missing:  # counted as the 60 s waited: the percentiles show it, the run goes on
             print(f"# {missing} of {len(sent)} samples not confirmed within 60 s", flush=True)
         end = time.monotonic()
-        return [(confirmed.get(ip, end) - t) * 1000 for ip, t in sent.items()], share
+        return [(confirmed.get(ip, end) - t) * 1000 for ip, t in sent.items()], share, per_line
     finally:
         if flooder is not None:
             flooder.kill()
@@ -291,37 +379,69 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main() -> None:
+PARTS = ("throughput", "quiet", "flood")
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--runs", type=int, default=RUNS, help="runs of each part (medians printed)")
+    parser.add_argument("--lines", type=int, default=LINES, help="lines of each throughput file")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="timed lines of each latency part")
+    parser.add_argument("--holds", type=int, default=0, help="print each flood run's N longest loop holds")
+    args = parser.parse_args()
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown parts: {sorted(unknown)}")
+    return args
+
+
+async def main(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {}
     load_at_start = os.getloadavg()
 
     def note(name: str, value: float) -> None:
         results.setdefault(name, []).append(value)
 
-    eve_data, fast_data = realistic(eve_line, LINES), realistic(fast_line, LINES)
-    # 2,000 infected subscribers, each alerting over and over: every line parsed, classified, folded.
-    worst = b"".join(eve_line(subscriber(n % 2000), outsider(n)) for n in range(LINES // 3))
+    parts, lines = args.parts, args.lines
+    if "throughput" in parts:
+        eve_data, fast_data = realistic(eve_line, lines), realistic(fast_line, lines)
+        # 2,000 infected subscribers, each alerting over and over: every line parsed, classified, folded.
+        worst = b"".join(eve_line(subscriber(n % 2000), outsider(n)) for n in range(lines // 3))
     with tempfile.TemporaryDirectory(prefix="bench-snort-") as tmp:
         workdir = Path(tmp)
-        for run in range(RUNS):
-            # The headline first: the full-parse rate (every line decoded, classified and folded).
-            wall_rate, cpu_rate = await throughput(worst, "eve", workdir)
-            note("eve_subscriber_lines_per_s", wall_rate)
-            note("eve_subscriber_lines_per_cpu_s", cpu_rate)
-            note("eve_lines_per_s", (await throughput(eve_data, "eve", workdir))[0])
-            note("fast_lines_per_s", (await throughput(fast_data, "fast", workdir))[0])
-            quiet, _ = await latency(workdir, flood=False, offset=run * 1000)
-            note("latency_p50_ms", percentile(quiet, 0.5))
-            note("latency_p99_ms", percentile(quiet, 0.99))
-            flooded, share = await latency(workdir, flood=True, offset=run * 1000 + 500)
-            note("flood_cpu_share", share)
-            note("latency_p50_flood_ms", percentile(flooded, 0.5))
-            note("latency_p99_flood_ms", percentile(flooded, 0.99))
+        for run in range(args.runs):
+            if "throughput" in parts:
+                # The headline first: the full-parse rate (every line decoded, classified and folded).
+                wall_rate, cpu_rate = await throughput(worst, "eve", workdir)
+                note("eve_subscriber_lines_per_s", wall_rate)
+                note("eve_subscriber_lines_per_cpu_s", cpu_rate)
+                note("eve_lines_per_s", (await throughput(eve_data, "eve", workdir))[0])
+                note("fast_lines_per_s", (await throughput(fast_data, "fast", workdir))[0])
+            if "quiet" in parts:
+                quiet, _, _ = await latency(workdir, flood=False, offset=run * 1000, samples=args.samples)
+                note("latency_p50_ms", percentile(quiet, 0.5))
+                note("latency_p99_ms", percentile(quiet, 0.99))
+            if "flood" in parts:
+                holds = LoopHolds()
+                flooded, share, per_line = await latency(
+                    workdir, flood=True, offset=run * 1000 + 500, samples=args.samples, holds=holds
+                )
+                note("flood_cpu_share", share)
+                note("flood_cpu_us_per_line", per_line)
+                note("flood_loop_hold_max_ms", holds.max_wall)
+                note("flood_loop_hold_cpu_max_ms", holds.max_cpu)
+                note("latency_p50_flood_ms", percentile(flooded, 0.5))
+                note("latency_p99_flood_ms", percentile(flooded, 0.99))
+                for wall_ms, cpu_ms, what in holds.longest[: args.holds]:
+                    print(f"# hold {wall_ms:.1f} ms (CPU {cpu_ms:.1f} ms): {what}", flush=True)
+                for cpu_ms, wall_ms, what in holds.costliest[: args.holds]:
+                    print(f"# hold CPU {cpu_ms:.1f} ms ({wall_ms:.1f} ms): {what}", flush=True)
             print(
                 f"# run {run + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in results.items()), flush=True
             )
     for name, values in results.items():
-        digits = 0 if "per_s" in name or "per_cpu_s" in name else 2 if "share" in name else 1
+        digits = 0 if "per_s" in name else 2 if "share" in name or "_us_" in name else 1
         print(f"{name}={statistics.median(values):.{digits}f}")
     print(f"machine={os.cpu_count()} cpu, {_cpu_model()}, python {sys.version.split()[0]}")
     print(
@@ -341,4 +461,4 @@ def _cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(arguments()))
