@@ -14,12 +14,12 @@ over and returns the revisions they still owe. The open windows can be saved (`t
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _json_text  # what json.dumps quotes a str with
 from typing import Any, Final, Literal
 
 from .alerts import Alert
@@ -61,7 +61,7 @@ MAX_APP_PROTOS: Final = 10
 SAMPLE_DESTINATIONS: Final = 5  # destinations quoted in `evidence` (the distinct count covers all)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a full save reads every open window's fields
 class _Window:
     opened_at: float
     severity: int
@@ -441,7 +441,9 @@ def signature_label(signature_id: int, signature: str) -> str:
 
 
 def key_text(key: Key) -> str:
-    return json.dumps(key)
+    """A window's key as saved: `json.dumps(key)`'s text, made without the encoder's set-up (a full
+    save names every open window: ~0.3 µs instead of ~2 µs each)."""
+    return f"[{_json_text(key[0])}, {_json_text(key[1])}, {_json_text(key[2])}]"
 
 
 def destination(proto: str, dst_ip: str, dst_port: int | None) -> str:
