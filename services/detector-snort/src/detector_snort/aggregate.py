@@ -61,7 +61,7 @@ MAX_APP_PROTOS: Final = 10
 SAMPLE_DESTINATIONS: Final = 5  # destinations quoted in `evidence` (the distinct count covers all)
 
 
-@dataclass(slots=True)  # slots: a full save reads every open window's fields
+@dataclass
 class _Window:
     opened_at: float
     severity: int
