@@ -14,6 +14,7 @@ over and returns the revisions they still owe. The open windows can be saved (`t
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +56,9 @@ class Folded:
     window: _Window | None = field(default=None, compare=False, repr=False)
 
 
+# `updates` walks the changed windows from a little before the first is due: the time it is
+# computed at may round differently from the bucket's own arithmetic.
+_EARLY: Final = 1e-6
 EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 MAX_APP_PROTOS: Final = 10
@@ -171,6 +175,10 @@ class Aggregator:
         self._open: dict[Key, _Window] = {}  # in the order they opened
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
+        # No changed window's bucket holds a token before this time (a lower bound): until then
+        # `updates` need not walk them. A flood's windows, each changed by every alert while its
+        # count is small, are otherwise walked on every batch only to find their buckets empty.
+        self._ready_at = -math.inf
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -188,7 +196,14 @@ class Aggregator:
         return len(self._fresh) + len(self._changed)
 
     def _mark(self, key: Key, window: _Window) -> None:
-        (self._fresh if window.published == 0 else self._changed)[key] = window
+        if window.published == 0:
+            self._fresh[key] = window
+        elif key not in self._changed:
+            self._changed[key] = window
+            # When its bucket holds a token again (already, if it does).
+            ready = window.refilled_at + (1.0 - window.tokens) / self.rate
+            if ready < self._ready_at:
+                self._ready_at = ready
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The open windows by a text key (saved as a keyed collection)."""
@@ -200,7 +215,7 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._fresh, self._changed = {}, {}
+        self._fresh, self._changed, self._ready_at = {}, {}, math.inf
         for key, window in self._open.items():
             if window.count > window.published:
                 self._mark(key, window)
@@ -344,7 +359,10 @@ class Aggregator:
             window.interface = interface
             material = True
         if material:
-            (self._fresh if window.published == 0 else self._changed)[key] = window
+            if window.published == 0:
+                self._fresh[key] = window
+            elif key not in self._changed:
+                self._mark(key, window)
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
@@ -373,19 +391,28 @@ class Aggregator:
         at = self._total_at if self._total_at is not None else now
         total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
         self._total_at = now
+        if now < self._ready_at - _EARLY:
+            self._total_tokens = total
+            return out  # every changed window's bucket is still empty
+        ready_at = math.inf
         for key, window in list(self._changed.items()):
             if total < 1.0:
+                ready_at = -math.inf  # the rest were not looked at: walk them next time
                 break  # the rest wait (oldest first) for the next round
             tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
             window.refilled_at = now
             if tokens < 1.0:
                 window.tokens = tokens
+                ready = now + (1.0 - tokens) / rate
+                if ready < ready_at:
+                    ready_at = ready
                 continue
             window.tokens = tokens - 1.0
             total -= 1.0
             del self._changed[key]
             out.append(self._revision(key, window))
         self._total_tokens = total
+        self._ready_at = ready_at
         return out
 
     def due(self, now: float, limit: int | None = None) -> list[Folded]:
