@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector_snort.aggregate import Aggregator, Folded
+from detector_snort.aggregate import Aggregator, Folded, _top
 from detector_snort.alerts import Alert
 from detector_snort.distinct import EXACT, Distinct
 
@@ -229,3 +230,9 @@ def test_updates_hand_out_what_walking_every_changed_window_would(
     # Then the same revisions go out at the same times, and the same are still owed
     assert handed["skipping"] == handed["walking"]
     assert skipping.changed == walking.changed
+
+
+@given(st.lists(st.sampled_from("abcdefg"), max_size=40), st.integers(0, 8))
+def test_the_top_signatures_are_most_common_ones_in_its_order(seen: list[str], n: int) -> None:
+    signatures = Counter(seen)
+    assert _top(signatures, n) == [s for s, _ in signatures.most_common(n)]

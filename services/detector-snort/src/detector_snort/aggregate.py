@@ -440,7 +440,7 @@ class Aggregator:
             count=window.count,
             first_seen=window.first_seen,
             last_seen=window.last_seen,
-            signatures=[s for s, _ in window.signatures.most_common(self.top_signatures)],
+            signatures=_top(window.signatures, self.top_signatures),
             destinations=list(window.destinations),
             sensor=key[0],
             token=window.token,
@@ -453,6 +453,14 @@ class Aggregator:
             interface=window.interface,
             window=window,
         )
+
+
+def _top(signatures: Counter[str], n: int) -> list[str]:
+    """`most_common(n)`'s names (the most frequent first, ties in the order first seen), without its
+    heap for the usual window of one rule (each revision names them)."""
+    if len(signatures) < 2:
+        return list(signatures)[:n]
+    return sorted(signatures, key=signatures.__getitem__, reverse=True)[:n]
 
 
 def _datetime(value: object) -> datetime | None:
