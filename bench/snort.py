@@ -24,8 +24,10 @@ run, as the service does at its start and every 10 s.
 Under the flood it also records how long the event loop was held by each of its callbacks (a
 callback runs alone: every sample line waits for the longest ones): `flood_loop_hold_max_ms` (wall
 clock) and `flood_loop_hold_cpu_max_ms` (the loop thread's CPU time in that callback, which the other
-processes on a shared machine move much less), and `flood_cpu_us_per_line`, the detector's CPU per
-line read during the timed part (all its threads).
+processes on a shared machine move much less), `flood_cpu_us_per_line`, the detector's CPU per
+line read during the timed part (all its threads), and `flood_handed_to_publisher_p50/p99_ms`: from
+the append to when the sample's observation is handed to the publisher (the detector's read and
+fold and whatever held its loop meanwhile; the rest of the latency is publishing and the confirm).
 
 Runs everything 3 times and prints the medians, one `name=value` per line, and the load averages
 (`uptime`) at the start and the end. For iteration: `--parts flood --runs 5` runs only the flood
@@ -46,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +239,7 @@ class LoopHolds:
                 costliest.sort(reverse=True)
                 del costliest[keep:]
 
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]  # timing hook, bench only
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]  # timing hook, bench only
         try:
             yield
         finally:
@@ -257,7 +259,7 @@ def _callback_name(handle: asyncio.events.Handle) -> str:
     callback = getattr(handle, "_callback", None)
     owner = getattr(callback, "__self__", None)
     if isinstance(owner, asyncio.Task):
-        coro = owner.get_coro()
+        coro: Any = owner.get_coro()
         frames = []
         while coro is not None and hasattr(coro, "cr_frame"):
             if coro.cr_frame is not None:
@@ -280,7 +282,7 @@ def _lines_read(source: str) -> float:
 
 async def latency(
     workdir: Path, flood: bool, offset: int, samples: int = SAMPLES, holds: LoopHolds | None = None
-) -> tuple[list[float], float, float]:
+) -> tuple[list[float], list[float], float, float]:
     """Milliseconds from each sample line's append to the broker's confirm of its observation, the
     share of one core this process (the detector) used meanwhile (above what the machine can give
     it, the detector falls behind the flood and the latency grows) and its CPU µs per line read
@@ -306,6 +308,20 @@ async def latency(
         return message_id
 
     service.bus.publish = timed_publish  # type: ignore[method-assign]  # timing hook, bench only
+    # When each sample's observation is handed to the publisher: the detector's own part (read,
+    # fold, the loop's other work) of the latency, apart from publishing and the broker's confirm.
+    handed: dict[str, float] = {}
+    outbox = service.files[0].outbox
+    hand_over = outbox.add
+
+    def timed_add(messages: Iterable[AbuseObserved]) -> int:
+        messages = list(messages)
+        now = time.monotonic()
+        for message in messages:
+            handed.setdefault(str(message.ip), now)
+        return hand_over(messages)
+
+    outbox.add = timed_add  # type: ignore[method-assign]  # timing hook, bench only
     consumer = Bus(amqp_url, "bench")
     flooder: subprocess.Popen[bytes] | None = None
     try:
@@ -355,7 +371,12 @@ async def latency(
         if missing:  # counted as the 60 s waited: the percentiles show it, the run goes on
             print(f"# {missing} of {len(sent)} samples not confirmed within 60 s", flush=True)
         end = time.monotonic()
-        return [(confirmed.get(ip, end) - t) * 1000 for ip, t in sent.items()], share, per_line
+        return (
+            [(confirmed.get(ip, end) - t) * 1000 for ip, t in sent.items()],
+            [(handed.get(ip, end) - t) * 1000 for ip, t in sent.items()],
+            share,
+            per_line,
+        )
     finally:
         if flooder is not None:
             flooder.kill()
@@ -419,12 +440,12 @@ async def main(args: argparse.Namespace) -> None:
                 note("eve_lines_per_s", (await throughput(eve_data, "eve", workdir))[0])
                 note("fast_lines_per_s", (await throughput(fast_data, "fast", workdir))[0])
             if "quiet" in parts:
-                quiet, _, _ = await latency(workdir, flood=False, offset=run * 1000, samples=args.samples)
+                quiet, _, _, _ = await latency(workdir, flood=False, offset=run * 1000, samples=args.samples)
                 note("latency_p50_ms", percentile(quiet, 0.5))
                 note("latency_p99_ms", percentile(quiet, 0.99))
             if "flood" in parts:
                 holds = LoopHolds()
-                flooded, share, per_line = await latency(
+                flooded, read, share, per_line = await latency(
                     workdir, flood=True, offset=run * 1000 + 500, samples=args.samples, holds=holds
                 )
                 note("flood_cpu_share", share)
@@ -433,6 +454,8 @@ async def main(args: argparse.Namespace) -> None:
                 note("flood_loop_hold_cpu_max_ms", holds.max_cpu)
                 note("latency_p50_flood_ms", percentile(flooded, 0.5))
                 note("latency_p99_flood_ms", percentile(flooded, 0.99))
+                note("flood_handed_to_publisher_p50_ms", percentile(read, 0.5))
+                note("flood_handed_to_publisher_p99_ms", percentile(read, 0.99))
                 for wall_ms, cpu_ms, what in holds.longest[: args.holds]:
                     print(f"# hold {wall_ms:.1f} ms (CPU {cpu_ms:.1f} ms): {what}", flush=True)
                 for cpu_ms, wall_ms, what in holds.costliest[: args.holds]:
