@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -198,8 +197,32 @@ class _WalkEveryTime(Aggregator):
     """The aggregator as it was: `updates` walks every changed window on every call."""
 
     def updates(self, now: float) -> list[Folded]:
-        self._ready_at = -math.inf
-        return super().updates(now)
+        out: list[Folded] = []
+        rate, burst = self.rate, self.burst
+        for key, window in self._fresh.items():
+            window.tokens = min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0
+            window.refilled_at = now
+            out.append(self._revision(key, window))
+        self._fresh.clear()
+        if not self._changed:
+            return out
+        at = self._total_at if self._total_at is not None else now
+        total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
+        self._total_at = now
+        for key, window in list(self._changed.items()):
+            if total < 1.0:
+                break
+            tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
+            window.refilled_at = now
+            if tokens < 1.0:
+                window.tokens = tokens
+                continue
+            window.tokens = tokens - 1.0
+            total -= 1.0
+            del self._changed[key]
+            out.append(self._revision(key, window))
+        self._total_tokens = total
+        return out
 
 
 @settings(max_examples=60, deadline=None)

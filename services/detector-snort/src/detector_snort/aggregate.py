@@ -14,7 +14,7 @@ over and returns the revisions they still owe. The open windows can be saved (`t
 
 from __future__ import annotations
 
-import math
+import heapq
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -56,8 +56,8 @@ class Folded:
     window: _Window | None = field(default=None, compare=False, repr=False)
 
 
-# `updates` walks the changed windows from a little before the first is due: the time it is
-# computed at may round differently from the bucket's own arithmetic.
+# `updates` looks at a changed window from a little before its bucket holds a token: the time that
+# is computed may round differently from the bucket's own arithmetic.
 _EARLY: Final = 1e-6
 EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
@@ -85,6 +85,7 @@ class _Window:
     published: int = 0  # the count of the last revision handed out (0: none yet)
     tokens: float = 0.0  # the rate's token bucket
     refilled_at: float = 0.0
+    changed: int = field(default=0, compare=False)  # when last marked changed (`Aggregator._seq`); not saved
     memo: Any = field(default=None, compare=False, repr=False)  # see Folded.window
 
     def to_json(self, key: Key) -> dict[str, Any]:
@@ -175,10 +176,15 @@ class Aggregator:
         self._open: dict[Key, _Window] = {}  # in the order they opened
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
-        # No changed window's bucket holds a token before this time (a lower bound): until then
-        # `updates` need not walk them. A flood's windows, each changed by every alert while its
-        # count is small, are otherwise walked on every batch only to find their buckets empty.
-        self._ready_at = -math.inf
+        # The changed windows by when their bucket holds a token again, and those whose bucket may
+        # hold one, by when they changed (the order of `_changed`): `updates` looks only at these,
+        # not at every changed window (a flood's thousands, each changed by every alert while its
+        # count is small, would be walked on every batch only to find their buckets empty).
+        # Entries of windows no longer changed, or changed again since (`_Window.changed`), are
+        # skipped when they come up.
+        self._seq = 0
+        self._waiting: list[tuple[float, int, Key, _Window]] = []  # (ready at, seq, ...), a heap
+        self._ready: list[tuple[int, Key, _Window]] = []  # (seq, ...), a heap
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -200,10 +206,10 @@ class Aggregator:
             self._fresh[key] = window
         elif key not in self._changed:
             self._changed[key] = window
+            seq = window.changed = self._seq = self._seq + 1
             # When its bucket holds a token again (already, if it does).
-            ready = window.refilled_at + (1.0 - window.tokens) / self.rate
-            if ready < self._ready_at:
-                self._ready_at = ready
+            ready_at = window.refilled_at + (1.0 - window.tokens) / self.rate
+            heapq.heappush(self._waiting, (ready_at, seq, key, window))
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The open windows by a text key (saved as a keyed collection)."""
@@ -215,7 +221,7 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._fresh, self._changed, self._ready_at = {}, {}, math.inf
+        self._fresh, self._changed, self._waiting, self._ready = {}, {}, [], []
         for key, window in self._open.items():
             if window.count > window.published:
                 self._mark(key, window)
@@ -391,28 +397,28 @@ class Aggregator:
         at = self._total_at if self._total_at is not None else now
         total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
         self._total_at = now
-        if now < self._ready_at - _EARLY:
-            self._total_tokens = total
-            return out  # every changed window's bucket is still empty
-        ready_at = math.inf
-        for key, window in list(self._changed.items()):
-            if total < 1.0:
-                ready_at = -math.inf  # the rest were not looked at: walk them next time
-                break  # the rest wait (oldest first) for the next round
+        changed, waiting, ready = self._changed, self._waiting, self._ready
+        soon = now + _EARLY
+        while waiting and waiting[0][0] <= soon:
+            _, seq, key, window = heapq.heappop(waiting)
+            if window.changed == seq and changed.get(key) is window:
+                heapq.heappush(ready, (seq, key, window))
+        # The oldest changed first, as many as the total allows; the rest wait for the next round.
+        while ready and total >= 1.0:
+            seq, key, window = heapq.heappop(ready)
+            if window.changed != seq or changed.get(key) is not window:
+                continue  # closed, or changed again since (a later entry stands for it)
             tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
             window.refilled_at = now
-            if tokens < 1.0:
+            if tokens < 1.0:  # a hair early
                 window.tokens = tokens
-                ready = now + (1.0 - tokens) / rate
-                if ready < ready_at:
-                    ready_at = ready
+                heapq.heappush(waiting, (now + (1.0 - tokens) / rate, seq, key, window))
                 continue
             window.tokens = tokens - 1.0
             total -= 1.0
-            del self._changed[key]
+            del changed[key]
             out.append(self._revision(key, window))
         self._total_tokens = total
-        self._ready_at = ready_at
         return out
 
     def due(self, now: float, limit: int | None = None) -> list[Folded]:
