@@ -531,7 +531,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"# run {run + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in results.items()), flush=True
             )
     for name, values in results.items():
-        digits = 0 if "per_s" in name else 2 if "share" in name or "_us_" in name else 1
+        digits = 0 if name.endswith(("per_s", "per_cpu_s")) else 2 if "share" in name or "_us_" in name else 1
         print(f"{name}={statistics.median(values):.{digits}f}")
     print(f"machine={os.cpu_count()} cpu, {_cpu_model()}, python {sys.version.split()[0]}")
     print(
