@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector_snort.aggregate import Aggregator
+from detector_snort.aggregate import Aggregator, Folded, _top
 from detector_snort.alerts import Alert
 from detector_snort.distinct import EXACT, Distinct
 
@@ -190,3 +191,71 @@ def test_due_closes_at_most_the_oldest_limit_windows_per_call() -> None:
     assert [f.ip for f in first] == ["100.64.0.1", "100.64.0.2"]
     assert [f.ip for f in second + third] == ["100.64.0.3", "100.64.0.4", "100.64.0.5"]
     assert len(aggregator) == 0
+
+
+class _WalkEveryTime(Aggregator):
+    """The aggregator as it was: `updates` walks every changed window on every call."""
+
+    def updates(self, now: float) -> list[Folded]:
+        out: list[Folded] = []
+        rate, burst = self.rate, self.burst
+        for key, window in self._fresh.items():
+            window.tokens = min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0
+            window.refilled_at = now
+            out.append(self._revision(key, window))
+        self._fresh.clear()
+        if not self._changed:
+            return out
+        at = self._total_at if self._total_at is not None else now
+        total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
+        self._total_at = now
+        for key, window in list(self._changed.items()):
+            if total < 1.0:
+                break
+            tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
+            window.refilled_at = now
+            if tokens < 1.0:
+                window.tokens = tokens
+                continue
+            window.tokens = tokens - 1.0
+            total -= 1.0
+            del self._changed[key]
+            out.append(self._revision(key, window))
+        self._total_tokens = total
+        return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # Times on a grid of 1/64 s and rates that are powers of two: the buckets' arithmetic is exact,
+    # so skipping the walk must give exactly what walking every time gives.
+    st.lists(st.tuples(st.integers(0, 6 * 64), st.integers(0, 4)), min_size=1, max_size=300),
+    st.sampled_from([0.5, 1.0, 2.0, 4.0]),
+    st.integers(1, 4),
+    st.sampled_from([1.0, 4.0, 1000.0]),
+)
+def test_updates_hand_out_what_walking_every_changed_window_would(
+    events: list[tuple[int, int]], rate: float, burst: int, total_rate: float
+) -> None:
+    # Given alerts of a few addresses at various times, folded into two aggregators
+    skipping = Aggregator(window=3600, rate=rate, burst=burst, total_rate=total_rate)
+    walking = _WalkEveryTime(window=3600, rate=rate, burst=burst, total_rate=total_rate)
+    handed: dict[str, list[tuple[float, str, int]]] = {"skipping": [], "walking": []}
+    for n, (tick, who) in enumerate(sorted(events)):
+        now, ip = tick / 64, f"100.64.0.{who + 1}"
+        for name, aggregator in (("skipping", skipping), ("walking", walking)):
+            aggregator.add(alert(n % 7, dst=f"198.51.100.{n % 3}"), ip, "scan", 3, now=now, token=ip)
+            handed[name] += [(now, r.ip, r.revision) for r in aggregator.updates(now=now)]
+    # When time goes on without alerts
+    for tick in range(6 * 64, 12 * 64, 8):
+        for name, aggregator in (("skipping", skipping), ("walking", walking)):
+            handed[name] += [(tick / 64, r.ip, r.revision) for r in aggregator.updates(now=tick / 64)]
+    # Then the same revisions go out at the same times, and the same are still owed
+    assert handed["skipping"] == handed["walking"]
+    assert skipping.changed == walking.changed
+
+
+@given(st.lists(st.sampled_from("abcdefg"), max_size=40), st.integers(0, 8))
+def test_the_top_signatures_are_most_common_ones_in_its_order(seen: list[str], n: int) -> None:
+    signatures = Counter(seen)
+    assert _top(signatures, n) == [s for s, _ in signatures.most_common(n)]

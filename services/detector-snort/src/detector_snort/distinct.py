@@ -53,8 +53,10 @@ class Distinct:
         return max(EXACT + 1, int((EXACT - 1) * _SPACE / (self.hashes[-1] + 1)))
 
     def to_json(self) -> dict[str, Any]:
-        if self.exact is not None:
-            return {"exact": sorted(self.exact, key=str)}
+        exact = self.exact
+        if exact is not None:
+            # One value, the usual case of a flood's windows: nothing to sort.
+            return {"exact": sorted(exact, key=str) if len(exact) > 1 else list(exact)}
         return {"hashes": self.hashes}
 
     @classmethod
