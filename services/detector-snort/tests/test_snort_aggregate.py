@@ -190,3 +190,45 @@ def test_due_closes_at_most_the_oldest_limit_windows_per_call() -> None:
     assert [f.ip for f in first] == ["100.64.0.1", "100.64.0.2"]
     assert [f.ip for f in second + third] == ["100.64.0.3", "100.64.0.4", "100.64.0.5"]
     assert len(aggregator) == 0
+
+
+def test_the_alert_completing_a_rules_evidence_goes_out_at_once_whatever_the_rates() -> None:
+    # A scan rule wants 20 distinct destinations; the window's rate is spent by earlier revisions.
+    held = Aggregator(window=60, rate=1.0, burst=1, total_rate=1.0)
+    milestone = Aggregator(window=60, rate=1.0, burst=1, total_rate=1.0, milestones=(20,))
+    for aggregator in (held, milestone):
+        for n in range(19):
+            aggregator.add(
+                alert(22, n / 100, dst=f"198.51.100.{n}"), SUBSCRIBER, "scan", 3, now=0.0, token="t"
+            )
+            aggregator.updates(now=0.0)
+        # the 20th destination, read half a second later (before the window's next token)
+        aggregator.add(alert(22, 0.5, dst="198.51.100.19"), SUBSCRIBER, "scan", 3, now=0.5, token="t")
+    assert held.updates(now=0.5) == []  # without a milestone the rate holds it back
+    (at_once,) = milestone.updates(now=0.5)
+    assert (at_once.distinct_destinations, at_once.count, at_once.revision) == (20, 20, 19)
+    assert milestone.updates(now=0.6) == []  # nothing more owed
+
+
+def test_each_milestone_goes_out_once_and_repeats_keep_the_rates() -> None:
+    aggregator = Aggregator(window=60, rate=1.0, burst=1, total_rate=1.0, milestones=(2, 3, 10))
+    aggregator.add(alert(22), SUBSCRIBER, "scan", 3, now=0.0, token="t")
+    assert [r.count for r in aggregator.updates(now=0.0)] == [1]
+    published = []
+    for n in range(2, 13):  # the same alert again: counts 2..12, one update round after each
+        aggregator.add(alert(22, n), SUBSCRIBER, "scan", 3, now=0.1, token="t")
+        published += [r.count for r in aggregator.updates(now=0.1)]
+    # the counts 2, 3 and 10 went out at once; 4..9 and 11, 12 wait for the rate
+    assert published == [2, 3, 10]
+    assert aggregator.updates(now=0.2) == []
+    (later,) = aggregator.updates(now=1.2)
+    assert later.count == 12
+
+
+def test_a_first_established_flow_is_a_milestone() -> None:
+    aggregator = Aggregator(window=60, rate=1.0, burst=1, total_rate=1.0, milestones=(3,))
+    aggregator.add(alert(80, established=False), SUBSCRIBER, "malware", 1, now=0.0, token="t")
+    aggregator.updates(now=0.0)
+    aggregator.add(alert(80, 1, established=True), SUBSCRIBER, "malware", 1, now=0.1, token="t")
+    (revision,) = aggregator.updates(now=0.1)
+    assert (revision.count, revision.established) == (2, True)
