@@ -6,10 +6,8 @@ A window's evidence is published as it grows: every revision has the window's ob
 id) and the revision number `count - 1`, so the same alerts always give the same revision with the
 same content, whichever run publishes it. `add` folds an alert and marks the window changed;
 `updates` returns a revision of each changed window whose rate allows one (a token bucket per window:
-`burst` at once, then `rate` per second); a revision whose evidence reached a `milestone` (a count, a
-number of distinct destinations or ports that rules act on, or a first established flow) goes out at
-once whatever the rates: the alert that completes a rule's evidence is never held back, and each
-window reaches each milestone once, so the stream stays bounded; `due` closes the windows that are
+`burst` at once, then `rate` per second — the alert that completes the evidence goes out at once
+unless the address is already updating several times a second); `due` closes the windows that are
 over and returns the revisions they still owe. The open windows can be saved (`to_json`) and restored
 (`load_json`) with the read position.
 """
@@ -19,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -160,7 +158,6 @@ class Aggregator:
         burst: int = 3,
         total_rate: float = 1000.0,
         track_changes: bool = False,
-        milestones: Iterable[int] = (),
     ) -> None:
         self.window = window
         self.top_signatures = top_signatures
@@ -174,9 +171,6 @@ class Aggregator:
         self._open: dict[Key, _Window] = {}  # in the order they opened
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
-        # Counts and distinct destinations/ports rules act on: reaching one is decisive evidence.
-        self.milestones = frozenset(milestones)
-        self._decisive: dict[Key, _Window] = {}  # changed windows that reached one: due at once
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -191,7 +185,7 @@ class Aggregator:
 
     @property
     def changed(self) -> int:
-        return len(self._fresh) + len(self._changed) + len(self._decisive)
+        return len(self._fresh) + len(self._changed)
 
     def _mark(self, key: Key, window: _Window) -> None:
         (self._fresh if window.published == 0 else self._changed)[key] = window
@@ -206,7 +200,7 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._fresh, self._changed, self._decisive = {}, {}, {}
+        self._fresh, self._changed = {}, {}
         for key, window in self._open.items():
             if window.count > window.published:
                 self._mark(key, window)
@@ -293,8 +287,6 @@ class Aggregator:
             self._touched.add(key)
         # The hot path of a storm: plain comparisons instead of min()/max() calls.
         count = window.count = window.count + 1
-        milestones = self.milestones
-        decisive = count in milestones
         # What a rule may weigh changed: a small count, a count that doubled since the last revision,
         # a new destination, port, signature or protocol, an established flow. A repeat of the same
         # alert otherwise waits for the count to double (or the window's close).
@@ -329,8 +321,6 @@ class Aggregator:
             new_peer = peer not in exact
             if new_peer:
                 exact.add(peer)
-                if len(exact) in milestones:
-                    decisive = True
         else:
             new_peer = peers.add(peer)
         if new_peer:
@@ -344,12 +334,9 @@ class Aggregator:
                 pass  # a repeat: no change
             elif ports.add(server_port):
                 material = True
-                if exact_ports is not None and len(exact_ports) in milestones:
-                    decisive = True
         if established is not None and window.established is not True and window.established != established:
             window.established = established
             material = True
-            decisive = decisive or established
         if app is not None and app not in window.app_protos and len(window.app_protos) < MAX_APP_PROTOS:
             window.app_protos.append(app)
             material = True
@@ -358,13 +345,10 @@ class Aggregator:
             material = True
         if material:
             (self._fresh if window.published == 0 else self._changed)[key] = window
-        if decisive and window.published:
-            self._decisive[key] = window
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
         queued) with before; a changed window covered by it owes nothing."""
-        self._decisive.clear()  # what a restart owes goes out at the usual rates
         for key, window in [*self._fresh.items(), *self._changed.items()]:
             self._fresh.pop(key, None)
             self._changed.pop(key, None)
@@ -384,13 +368,6 @@ class Aggregator:
             window.refilled_at = now
             out.append(self._revision(key, window))
         self._fresh.clear()
-        for key, window in self._decisive.items():  # whatever the rates: bounded by the milestones
-            if window.count > window.published:
-                window.tokens = max(0.0, min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0)
-                window.refilled_at = now
-                self._changed.pop(key, None)
-                out.append(self._revision(key, window))
-        self._decisive.clear()
         if not self._changed:
             return out
         at = self._total_at if self._total_at is not None else now
@@ -423,7 +400,6 @@ class Aggregator:
                 self._touched.add(key)
             self._changed.pop(key, None)
             self._fresh.pop(key, None)
-            self._decisive.pop(key, None)
             if window.count > window.published:
                 closed.append(self._revision(key, window))
         return closed

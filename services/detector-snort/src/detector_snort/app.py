@@ -196,7 +196,6 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
                 rate=settings.evidence_updates_per_s,
                 burst=settings.evidence_burst,
                 total_rate=settings.evidence_updates_total_per_s,
-                milestones=settings.evidence_milestones,
             ),
             store,
             publish,

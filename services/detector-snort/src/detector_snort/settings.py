@@ -64,11 +64,6 @@ class DetectorSnortSettings(ServiceSettings):
     # Later revisions of all windows of a source together, per second (a window's first revision is
     # never held back): however many addresses alert, the broker gets a bounded stream.
     evidence_updates_total_per_s: float = Field(default=1000.0, gt=0)
-    # Counts and numbers of distinct destinations or ports that policy's rules act on (its default
-    # rules: 2, 3, 10, 20): a revision whose evidence reaches one (or a first established flow) is
-    # published at once, whatever the two rates above, so the alert completing a rule's evidence is
-    # never held back. Each window reaches each milestone once: the extra revisions are bounded.
-    evidence_milestones: tuple[Annotated[int, Field(ge=1)], ...] = (2, 3, 10, 20)
     # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
     # subscriber's source address arrived on one of them was forged, and is discarded (counted in
     # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
