@@ -20,9 +20,9 @@ policy's commit, its outbox relay's publish, the command's delivery, then the Ke
 RPZ update, pushed concurrently; the record is written once both answered) → its address's record
 (`lazaretto_garden_address.added_at`, written concurrently with the device's: `kea_to_rpz` is about
 0, not a hop of its own) → the client's DNS answer changed (the probe). PostgreSQL's `now()` is the
-time its statement's transaction started. The services record no time for the detector's read or the broker's confirms, so those hops are
-not split out. Then, once every modem is back, each PC renews as a
-real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
+time its statement's transaction started. The services record no time for the detector's read or
+the broker's confirms, so those hops are not split out. Then, once every modem is back, each PC
+renews as a real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
 its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
 page it fetches from that address shows its own case. Prints one `name=value` per line.
 
