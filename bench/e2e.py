@@ -22,8 +22,8 @@ RPZ update, pushed concurrently; the record is written once both answered) → i
 0, not a hop of its own) → the client's DNS answer changed (the probe). PostgreSQL's `now()` is the
 time its statement's transaction started. The services record no time for the detector's read or
 the broker's confirms, so those hops are not split out. Then, once every modem is back, each PC
-renews as a real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
-its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
+renews as a real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and
+we time (c) from its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
 page it fetches from that address shows its own case. Prints one `name=value` per line.
 
 The DNS probe runs inside the subscribers' network namespace (CLOCK_MONOTONIC is shared across
