@@ -12,19 +12,19 @@ modem. The detector publishes the window's running evidence as it grows: the com
 revision reaches policy at once.
 
 Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
-of this machine): line written → policy's decision transaction began (`observations.received_at`
-and the case's first `case_events.at`, one transaction: the detector's read, parse and publish, the
+of this machine): line written → policy's decision transaction began (`observations.received_at` and
+the case's first `case_events.at`, one transaction: the detector's read, parse and publish, the
 broker's confirm, the delivery to policy and policy's attribution look-ups at the provisioner and
-cmts-agent) → the provisioner wrote the Kea host row (its `lazaretto_garden_device.applied_at`,
-written right after the host row's commit: policy's commit, its outbox relay's publish and confirm,
-the command's delivery, the Kea write) → BIND acknowledged the RPZ update
-(`lazaretto_garden_address.added_at`, written right after the update's answer) → the client's DNS
-answer changed (the probe). PostgreSQL's `now()` is the time its statement's transaction started.
-The services record no time for the detector's read or the broker's confirms, so those hops are
-not split out. Then, once every modem is back, each PC renews as a
-real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time (c) from
-its first DNS query at the new address (the portal's name, to its lease's DNS server) until the portal
-page it fetches from that address shows its own case. Prints one `name=value` per line.
+cmts-agent) → the provisioner recorded the device (its `lazaretto_garden_device.applied_at`:
+policy's commit, its outbox relay's publish, the command's delivery, then the Kea host row and the
+RPZ update, pushed concurrently; the record is written once both answered) → its address's record
+(`lazaretto_garden_address.added_at`, written concurrently with the device's: `kea_to_rpz` is about
+0, not a hop of its own) → the client's DNS answer changed (the probe). PostgreSQL's `now()` is the
+time its statement's transaction started. The services record no time for the detector's read or the
+broker's confirms, so those hops are not split out. Then, once every modem is back, each PC renews
+as a real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time
+(c) from its first DNS query at the new address (the portal's name, to its lease's DNS server) until
+the portal page it fetches from that address shows its own case. Prints one `name=value` per line.
 
 The DNS probe runs inside the subscribers' network namespace (CLOCK_MONOTONIC is shared across
 namespaces, so its timestamps compare with ours).

@@ -10,7 +10,7 @@ import asyncio
 import ipaddress
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import asyncpg
 import pytest
@@ -192,6 +192,59 @@ async def test_a_layer_that_is_down_is_retried_without_blocking_the_others(
     assert report.missing == {"dhcp": [Element.mac(mac)]}
     assert await dhcpd_hosts.is_quarantined(mac)
     assert await desired.unconfirmed_layers(case) == []
+
+
+class MeetingLayer:
+    """A real layer that, before pushing, waits until every layer of the change has begun its push:
+    a change that pushes its layers one after another never gets past the first."""
+
+    def __init__(
+        self, inner: KeaLayer | RpzLayer, arrived: list[str], everyone: asyncio.Event, n: int
+    ) -> None:
+        self.inner, self.arrived, self.everyone, self.n = inner, arrived, everyone, n
+        self.name, self.kinds = inner.name, inner.kinds
+
+    def handles(self, element: Element) -> bool:
+        return self.inner.handles(element)
+
+    async def apply_many(self, elements: Sequence[Element]) -> None:
+        self.arrived.append(self.name)
+        if len(self.arrived) == self.n:
+            self.everyone.set()
+        await self.everyone.wait()
+        await self.inner.apply_many(elements)
+
+    async def remove_many(self, elements: Sequence[Element]) -> None:
+        await self.inner.remove_many(elements)
+
+    async def list_elements(self, known: Collection[Element]) -> set[Element]:
+        return await self.inner.list_elements(known)
+
+
+async def test_the_layers_of_a_change_are_pushed_concurrently(
+    desired: DesiredState, kea_hosts: KeaHosts, rpz: RpzAdapter
+) -> None:
+    arrived: list[str] = []
+    everyone = asyncio.Event()
+    layers = [
+        MeetingLayer(KeaLayer(kea_hosts), arrived, everyone, 2),
+        MeetingLayer(RpzLayer(rpz), arrived, everyone, 2),
+    ]
+    mac, ip, case = new_mac(), new_ip(), uuid.uuid4()
+
+    # when a device is gardened in Kea and in BIND (the timeout only keeps a sequential push from hanging)
+    outcome = await asyncio.wait_for(
+        LayeredGarden(layers, desired).apply([Element.mac(mac), Element.ip(ip)], case), timeout=60
+    )
+
+    # then both pushes had begun before either went on, and both layers hold and confirmed it
+    assert sorted(arrived) == ["dhcp", "dns"]
+    assert outcome.complete
+    assert outcome.confirmed == ["dhcp", "dns"]
+    assert await kea_hosts.is_quarantined(mac)
+    assert await rpz.is_quarantined(ip)
+    assert await desired.unconfirmed_layers(case) == []
+    assert await desired.case_elements(case) == {Element.mac(mac), Element.ip(ip)}
 
 
 async def test_a_storm_is_applied_in_batched_zone_updates(desired: DesiredState, rpz: RpzAdapter) -> None:

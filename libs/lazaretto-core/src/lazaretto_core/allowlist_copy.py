@@ -61,8 +61,15 @@ class AllowlistCopy:
     async def covering(
         self, *, ips: Iterable[str | None], macs: Iterable[str | None]
     ) -> AllowlistEntry | None:
-        raw = await self._pool.fetchval(f"SELECT entries FROM {self._table}")
-        if raw is None:
-            return None
-        entries = [AllowlistEntry.model_validate(e) for e in json.loads(raw)]
-        return matcher.covering_entry(entries, ips=ips, macs=macs, now=utcnow())
+        return (await self.check(ips=ips, macs=macs))[1]
+
+    async def check(
+        self, *, ips: Iterable[str | None], macs: Iterable[str | None]
+    ) -> tuple[int | None, AllowlistEntry | None]:
+        """The copy's version (None: no snapshot yet) and the entry covering these addresses or MACs,
+        if any, read together (one round trip on a command's path)."""
+        row = await self._pool.fetchrow(f"SELECT version, entries FROM {self._table}")
+        if row is None:
+            return None, None
+        entries = [AllowlistEntry.model_validate(e) for e in json.loads(row["entries"])]
+        return row["version"], matcher.covering_entry(entries, ips=ips, macs=macs, now=utcnow())

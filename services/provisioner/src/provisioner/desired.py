@@ -1,13 +1,15 @@
 """Desired state of the garden in provisioner's own database, and applying it layer by layer.
 
 `DesiredState` records, per layer, which elements should be present (or absent) and whether the
-layer confirmed it. `LayeredGarden.apply`/`remove` record first, then push each layer's part as one
-batch: a layer that fails keeps its rows unconfirmed (with the error) for the next try or the next
+layer confirmed it. `LayeredGarden.apply`/`remove` record first (every layer's wish in one statement),
+then push each layer's part as one batch, the layers concurrently, and record what they confirmed in
+one statement: a layer that fails keeps its rows unconfirmed (with the error) for the next try or the next
 reconcile, and never stops the other layers. A case counts as applied only once every layer confirmed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,25 +36,45 @@ class DesiredState:
     async def want(
         self, layer: str, elements: Iterable[Element], *, present: bool, case_id: uuid.UUID | None
     ) -> None:
-        rows = [(layer, e.kind, e.value, case_id, present) for e in elements]
+        await self.want_layers({layer: list(elements)}, present=present, case_id=case_id)
+
+    async def want_layers(
+        self, wanted: Mapping[str, Iterable[Element]], *, present: bool, case_id: uuid.UUID | None
+    ) -> None:
+        """`want` for several layers in one statement (one round trip and one commit)."""
+        rows = [(layer, e.kind, e.value, case_id, present) for layer, els in wanted.items() for e in els]
         if not rows:
             return
+        layers, kinds, values = (list(column) for column in zip(*(r[:3] for r in rows), strict=True))
         # Every new wish is unconfirmed until the layer says so, even one equal to the last.
-        await self._pool.executemany(
-            "INSERT INTO garden_desired (layer, kind, value, case_id, present) VALUES ($1, $2, $3, $4, $5)"
+        await self._pool.execute(
+            "INSERT INTO garden_desired (layer, kind, value, case_id, present)"
+            " SELECT layer, kind, value, $4, $5 FROM unnest($1::text[], $2::text[], $3::text[])"
+            "   AS e(layer, kind, value)"
             " ON CONFLICT (layer, kind, value) DO UPDATE SET case_id = EXCLUDED.case_id,"
             " present = EXCLUDED.present, confirmed_at = NULL, last_error = NULL, updated_at = now()",
-            rows,
+            layers,
+            kinds,
+            values,
+            case_id,
+            present,
         )
 
     async def confirm(self, layer: str, elements: Iterable[Element], *, present: bool) -> None:
-        kinds, values = _columns(elements)
+        await self.confirm_layers({layer: list(elements)}, present=present)
+
+    async def confirm_layers(self, confirmed: Mapping[str, Iterable[Element]], *, present: bool) -> None:
+        """`confirm` for several layers in one statement."""
+        rows = [(layer, e.kind, e.value) for layer, els in confirmed.items() for e in els]
+        if not rows:
+            return
+        layers, kinds, values = (list(column) for column in zip(*rows, strict=True))
         await self._pool.execute(
             "UPDATE garden_desired SET confirmed_at = now(), last_error = NULL"
-            " FROM unnest($2::text[], $3::text[]) AS e(kind, value)"
-            " WHERE layer = $1 AND garden_desired.kind = e.kind AND garden_desired.value = e.value"
-            "   AND present = $4",
-            layer,
+            " FROM unnest($1::text[], $2::text[], $3::text[]) AS e(layer, kind, value)"
+            " WHERE garden_desired.layer = e.layer AND garden_desired.kind = e.kind"
+            "   AND garden_desired.value = e.value AND present = $4",
+            layers,
             kinds,
             values,
             present,
@@ -189,25 +211,36 @@ class LayeredGarden:
         wanted: Mapping[str, list[Element]] = {
             layer.name: self.for_layer(layer, elements) for layer in self.layers
         }
-        for layer in self.layers:
-            await self.desired.want(layer.name, wanted[layer.name], present=present, case_id=case_id)
-        for layer in self.layers:
-            mine = wanted[layer.name]
-            if not mine:
-                outcome.confirmed.append(layer.name)
-                continue
-            try:
-                if present:
-                    await layer.apply_many(mine)
-                else:
-                    await layer.remove_many(mine)
-            except Exception as exc:  # any layer's failure: recorded, reported, retried; never hidden
+        await self.desired.want_layers(wanted, present=present, case_id=case_id)
+        # The layers are independent (Kea's database, BIND, the packet filter): pushed concurrently,
+        # a change takes as long as its slowest layer, not the sum of them.
+        busy = [layer for layer in self.layers if wanted[layer.name]]
+        results = await asyncio.gather(
+            *(self._push(layer, wanted[layer.name], present) for layer in busy), return_exceptions=True
+        )
+        confirmed: dict[str, list[Element]] = {}
+        for layer, result in zip(busy, results, strict=True):
+            if isinstance(result, Exception):  # any layer's failure: recorded, reported, retried
                 log.warning(
-                    "garden layer %s %s failed: %s", layer.name, "apply" if present else "remove", exc
+                    "garden layer %s %s failed: %s", layer.name, "apply" if present else "remove", result
                 )
-                await self.desired.failed(layer.name, mine, f"{type(exc).__name__}: {exc}")
-                outcome.failed[layer.name] = exc
-                continue
-            await self.desired.confirm(layer.name, mine, present=present)
-            outcome.confirmed.append(layer.name)
+                await self.desired.failed(
+                    layer.name, wanted[layer.name], f"{type(result).__name__}: {result}"
+                )
+                outcome.failed[layer.name] = result
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: not a layer's failure
+            else:
+                confirmed[layer.name] = wanted[layer.name]
+        await self.desired.confirm_layers(confirmed, present=present)
+        outcome.confirmed = [
+            layer.name for layer in self.layers if layer.name in confirmed or not wanted[layer.name]
+        ]
         return outcome
+
+    @staticmethod
+    async def _push(layer: Layer, elements: list[Element], present: bool) -> None:
+        if present:
+            await layer.apply_many(elements)
+        else:
+            await layer.remove_many(elements)

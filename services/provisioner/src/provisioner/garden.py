@@ -17,10 +17,11 @@ command's own address is gardened, and remove takes the addresses the desired st
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -162,17 +163,23 @@ class Garden:
             if mac is not None:
                 elements.append(Element.mac(mac))
             outcome = await self.layers.apply(elements, command.case_id)
+            # The device and its addresses are separate rows: written concurrently (under the lock).
+            records: list[Awaitable[object]] = [self._record(a, command.case_id) for a in addresses]
             if mac is not None:
                 changes.append(f"dhcp: host {mac} in class quarantine")
                 if self._pool is not None:
-                    await self._pool.execute(
-                        "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'full')"
-                        " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id, mode = 'full'",
-                        mac,
-                        command.case_id,
+                    records.append(
+                        self._pool.execute(
+                            "INSERT INTO lazaretto_garden_device (mac, case_id, mode) VALUES ($1, $2, 'full')"
+                            " ON CONFLICT (mac) DO UPDATE SET case_id = EXCLUDED.case_id, mode = 'full'",
+                            mac,
+                            command.case_id,
+                        )
                     )
+            for result in await asyncio.gather(*records, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result  # the others finished first: nothing left running
             for address in addresses:
-                await self._record(address, command.case_id)
                 how = "leased by" if address.leased else "static, device"
                 changes.append(f"rpz: client-ip {address.ip} -> portal ({how} {address.mac or 'unknown'})")
                 if self._filters(Element.ip(address.ip)):

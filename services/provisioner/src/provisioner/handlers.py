@@ -60,16 +60,16 @@ class ProvisionerHandlers:
             detail = f"address {', '.join(outside)} is outside the subscriber ranges"
             await self._refuse(command, "outside_subscriber_ranges", detail)
             return
-        if await self.allowlist.version() is None:
+        # Checked again here, whoever sent the command: an allow-listed device is never gardened.
+        version, entry = await self.allowlist.check(
+            ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
+        )
+        if version is None:
             # Fail closed: without any allowlist the provisioner cannot tell an allow-listed device
             # from another, so it gardens nobody until policy's snapshot (republished every minute)
             # arrives; the command is held (retried), then reported for policy to retry later.
             await self._no_allowlist_yet(command, ctx)
             return
-        # Checked again here, whoever sent the command: an allow-listed device is never gardened.
-        entry = await self.allowlist.covering(
-            ips=(command.cpe_ip, *command.case_ips), macs=(command.cpe_mac, command.cm_mac)
-        )
         if entry is not None:
             await self._refuse(command, "allowlisted", matcher.describe(entry))
             return
