@@ -388,14 +388,17 @@ class PolicyHandlers:
         async with self.work.uow.read() as conn:
             cases = await self.work.store.open_address_cases(conn, self._address_cases_after, limit)
         self._address_cases_after = (cases[-1].opened_at, cases[-1].case_id) if len(cases) == limit else None
+        # One request per peer for the page: one by one, a flood's address cases cost the provisioner
+        # and cmts-agent hundreds of requests every turn, beside the subscribers' look-ups.
+        now = utcnow()
+        try:
+            visitors = await self.attributor.attribute_many([(case.device_key, now) for case in cases])
+        except RetryLater as exc:
+            log.info("address cases not looked at again now: %s", exc)
+            self._address_cases_after = None
+            return 0
         adopted = 0
-        for case in cases:
-            try:
-                visitor = await self.attributor.attribute(case.device_key)
-            except RetryLater as exc:
-                log.info("address cases not looked at again now: %s", exc)
-                self._address_cases_after = None
-                break
+        for visitor in visitors:
             if visitor.found != "cmts":
                 continue
             async with self.work.uow() as conn:
