@@ -33,15 +33,11 @@ class DesiredState:
     def pool(self) -> asyncpg.Pool[asyncpg.Record]:
         return self._pool
 
-    async def want(
-        self, layer: str, elements: Iterable[Element], *, present: bool, case_id: uuid.UUID | None
-    ) -> None:
-        await self.want_layers({layer: list(elements)}, present=present, case_id=case_id)
-
     async def want_layers(
         self, wanted: Mapping[str, Iterable[Element]], *, present: bool, case_id: uuid.UUID | None
     ) -> None:
-        """`want` for several layers in one statement (one round trip and one commit)."""
+        """Record that each layer should hold (or not) its elements, unconfirmed until it says so, for
+        every layer in one statement (one round trip and one commit)."""
         rows = [(layer, e.kind, e.value, case_id, present) for layer, els in wanted.items() for e in els]
         if not rows:
             return
@@ -60,11 +56,8 @@ class DesiredState:
             present,
         )
 
-    async def confirm(self, layer: str, elements: Iterable[Element], *, present: bool) -> None:
-        await self.confirm_layers({layer: list(elements)}, present=present)
-
     async def confirm_layers(self, confirmed: Mapping[str, Iterable[Element]], *, present: bool) -> None:
-        """`confirm` for several layers in one statement."""
+        """Mark each layer's elements as confirmed by that layer, for every layer in one statement."""
         rows = [(layer, e.kind, e.value) for layer, els in confirmed.items() for e in els]
         if not rows:
             return
