@@ -267,27 +267,26 @@ class PolicyHandlers:
         if not enforcing:
             return
         try:
-            found = await self.attributor.attribute_many([(w.event.ip, w.event.last_seen) for w in enforcing])
+            found, leases = await self.attributor.attribute_devices_many(
+                [(w.event.ip, w.event.last_seen, w.event.first_seen) for w in enforcing]
+            )
         except RetryLater as exc:
             _held_for_attribution(enforcing, exc)
             return
-        devices: list[tuple[Weighed, str]] = []
+        devices: list[Weighed] = []
         for w, attribution in zip(enforcing, found, strict=True):
             w.attribution = attribution
             w.audit |= attribution.audit()
             if attribution.found == "conflict":
                 w.action = "attribution_conflict"
             elif attribution.cpe_mac is not None:
-                devices.append((w, attribution.cpe_mac))
-        try:
-            leases = await self.attributor.device_leases_many(
-                [(mac, w.event.first_seen) for w, mac in devices]
-            )
-        except RetryLater as exc:
-            _held_for_attribution([w for w, _ in devices], exc)
+                devices.append(w)
+        if isinstance(leases, RetryLater):
+            _held_for_attribution(devices, leases)
             return
-        for (w, _), held in zip(devices, leases, strict=True):
-            w.leases = held
+        for w, held in zip(enforcing, leases, strict=True):
+            if held is not None:
+                w.leases = held
 
     async def _look_up(self, weighed: Weighed) -> None:
         event = weighed.event
