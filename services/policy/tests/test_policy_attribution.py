@@ -3,6 +3,7 @@ conflicts, and peers that are down or speak another version (transient, never a 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,6 +171,48 @@ async def test_a_batch_is_attributed_as_one_by_one_with_one_request_per_peer_and
             assert leases == [await client.device_leases(mac, since) for mac, since in macs]
         finally:
             await client.close()
+
+
+async def test_a_batchs_device_leases_are_asked_beside_the_cmts_tables_and_are_as_one_by_one() -> None:
+    book, asked = _one_of_each()
+    app = stub_app(book)
+    seen = _counting(app)
+    leases_asked = asyncio.Event()
+
+    @app.middleware("http")
+    async def cmts_answers_once_leases_are_asked(request: Request, call_next: Any) -> Any:
+        # The CMTS tables answer only once the leases of the lease history's devices were asked:
+        # one after the other, this request would wait for nothing and fail.
+        if request.url.path == "/v1/devices/leases":
+            leases_asked.set()
+        elif request.url.path == "/v1/cpes/modems":
+            async with asyncio.timeout(20):
+                await leases_asked.wait()
+        return await call_next(request)
+
+    since = [at - timedelta(minutes=30) for _, at in asked]
+    async with serve_app(app) as url:
+        client = attributor(url)
+        try:
+            alone = [await client.attribute(ip, at) for ip, at in asked]
+            expected = [
+                await client.device_leases(a.cpe_mac, t) if a.found != "conflict" and a.cpe_mac else None
+                for a, t in zip(alone, since, strict=True)
+            ]
+            seen.clear()
+            together, leases = await client.attribute_devices_many(
+                [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
+            )
+        finally:
+            await client.close()
+    assert seen[0] == "POST /v1/leases/holders"
+    # The lease history's devices beside the CMTS tables; the static address's device after them.
+    assert sorted(seen[1:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases", "POST /v1/devices/leases"]
+    assert [(a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in together] == [
+        (a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in alone
+    ]
+    assert leases == expected
+    assert [held is not None for held in expected] == [True, True, True, False, True, False]
 
 
 async def test_peers_without_the_batch_look_ups_are_asked_one_by_one() -> None:

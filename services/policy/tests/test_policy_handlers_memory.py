@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,6 +82,11 @@ class TableAttributor(Attributor):
 
     async def device_leases_many(self, asked: Sequence[tuple[str, datetime]]) -> list[DeviceLeases]:
         return [await self.device_leases(mac, since) for mac, since in asked]
+
+    async def _attribute_many(
+        self, asked: Sequence[tuple[str, datetime]], on_leases: Callable[[dict[int, str]], None] | None
+    ) -> list[Attribution]:
+        return await self.attribute_many(asked)
 
 
 @dataclass

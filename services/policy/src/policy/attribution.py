@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookiejar import CookieJar
@@ -163,6 +163,77 @@ class Attributor:
         if len(asked) > MAX_BATCH:
             head = await self.attribute_many(asked[:MAX_BATCH])
             return head + await self.attribute_many(asked[MAX_BATCH:])
+        return await self._attribute_many(asked, None)
+
+    async def attribute_devices_many(
+        self, asked: Sequence[tuple[str, datetime, datetime]]
+    ) -> tuple[list[Attribution], list[DeviceLeases | None] | RetryLater]:
+        """`attribute_many` for (address, time, since) triples, then `device_leases_many` since
+        `since` for each device found (None for a conflict or an address nobody is known to hold).
+        The leases of a device a lease names are asked concurrently with the CMTS tables (the lease
+        history's first answer names it): one round trip less before an enforcing observation is
+        decided. The attribution's failure is raised (RetryLater); the device look-up's is returned
+        instead of the leases: the attributions stand and the caller holds only the devices."""
+        if len(asked) > MAX_BATCH:
+            head, head_leases = await self.attribute_devices_many(asked[:MAX_BATCH])
+            tail, tail_leases = await self.attribute_devices_many(asked[MAX_BATCH:])
+            if isinstance(head_leases, RetryLater) or isinstance(tail_leases, RetryLater):
+                return head + tail, head_leases if isinstance(head_leases, RetryLater) else tail_leases
+            return head + tail, head_leases + tail_leases
+        # The MAC each sole lease names (by position) and the one look-up of their leases.
+        prefetch: dict[int, str] = {}
+        tasks: list[asyncio.Task[list[DeviceLeases]]] = []
+
+        def prefetch_leases(macs: dict[int, str]) -> None:
+            if macs:
+                prefetch.update(macs)
+                tasks.append(
+                    asyncio.ensure_future(
+                        self.device_leases_many([(mac, asked[i][2]) for i, mac in macs.items()])
+                    )
+                )
+
+        try:
+            attributions = await self._attribute_many([(ip, at) for ip, at, _ in asked], prefetch_leases)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        # Its answer (or failure) is taken even when no device is left to use it.
+        fetched = await asyncio.gather(*tasks, return_exceptions=True)
+        devices = [i for i, a in enumerate(attributions) if a.found != "conflict" and a.cpe_mac is not None]
+        leases: list[DeviceLeases | None] = [None] * len(asked)
+        prefetched = {i for i in devices if i in prefetch and prefetch[i] == attributions[i].cpe_mac}
+        if prefetched:
+            answer = fetched[0]
+            if isinstance(answer, RetryLater):
+                return attributions, answer
+            if isinstance(answer, BaseException):
+                raise answer
+            for i, held in zip(prefetch, answer, strict=True):
+                if i in prefetched:
+                    leases[i] = held
+        rest = [i for i in devices if i not in prefetched]
+        try:
+            found = await self.device_leases_many(
+                [(attributions[i].cpe_mac or "", asked[i][2]) for i in rest]
+            )
+        except RetryLater as exc:
+            return attributions, exc
+        for i, held in zip(rest, found, strict=True):
+            leases[i] = held
+        return attributions, leases
+
+    async def _attribute_many(
+        self,
+        asked: Sequence[tuple[str, datetime]],
+        on_leases: Callable[[dict[int, str]], None] | None,
+    ) -> list[Attribution]:
+        """`attribute_many` for at most MAX_BATCH; `on_leases` learns the MAC each sole lease names
+        (by position in `asked`) as soon as the lease history answers."""
+        if not asked:
+            return []
         v4 = [i for i, (ip, _) in enumerate(asked) if ipaddress.ip_address(ip).version == 4]
         answers: list[Attribution | None] = [None] * len(asked)
         query = HoldersQuery(queries=[HolderQuery(ip=asked[i][0], at=asked[i][1]) for i in v4])
@@ -171,6 +242,8 @@ class Attributor:
             return list(await asyncio.gather(*(self.attribute(ip, at) for ip, at in asked)))
         holders = dict(zip(v4, found.answers, strict=True))
         lease_macs = {i: lease.mac for i, h in holders.items() if (lease := _sole_lease(h)) is not None}
+        if on_leases is not None:
+            on_leases(lease_macs)
         by_lease = list(lease_macs)
         by_ip = [i for i, h in holders.items() if _needs_cmts_listing(h)]
         modems = await self._post(

@@ -15,7 +15,7 @@ from lazaretto_core.db import Connection
 from .flow import Step
 from .ladder import CaseTerms
 from .rules import Seen
-from .store import AddressSource, Case, ObservationRow, PendingAttribution
+from .store import AddressSource, Case, DevicePast, HeldAddress, ObservationRow, PendingAttribution
 
 
 class CaseStore(Protocol):
@@ -56,6 +56,7 @@ class CaseStore(Protocol):
         key_kind: KeyKind,
         device_key: str,
         attribution: dict[str, Any],
+        terms: CaseTerms | None = None,
     ) -> Case: ...
 
     async def record_address(
@@ -68,9 +69,13 @@ class CaseStore(Protocol):
         source: AddressSource,
     ) -> None: ...
 
+    async def record_addresses(self, conn: Connection, rows: Sequence[HeldAddress]) -> None: ...
+
     async def case_addresses(self, conn: Connection, case_id: uuid.UUID) -> list[dict[str, Any]]: ...
 
-    async def set_current_ip(self, conn: Connection, case_id: uuid.UUID, ip: str) -> None: ...
+    async def garden_targets(self, conn: Connection, case_id: uuid.UUID) -> tuple[list[str], str]: ...
+
+    async def set_current_ip(self, conn: Connection, case_id: uuid.UUID, ip: str) -> Case | None: ...
 
     async def self_releases_since(
         self, conn: Connection, key_kind: str, device_key: str, since: datetime
@@ -89,8 +94,10 @@ class CaseStore(Protocol):
         step_attempts: int,
         next_retry_at: datetime | None,
         closed: bool,
+        actor: str,
+        detail: dict[str, Any],
         self_releases: int | None = None,
-    ) -> None: ...
+    ) -> Case: ...
 
     async def add_event(
         self,
@@ -145,6 +152,10 @@ class CaseStore(Protocol):
     ) -> datetime | None: ...
 
     async def first_alert_of_case(self, conn: Connection, case_id: uuid.UUID) -> datetime | None: ...
+
+    async def device_past(
+        self, conn: Connection, key_kind: str, device_key: str, since: datetime
+    ) -> DevicePast: ...
 
     async def cases_of_device_since(
         self, conn: Connection, key_kind: str, device_key: str, since: datetime

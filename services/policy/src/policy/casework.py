@@ -107,6 +107,7 @@ class CaseWork:
                 key_kind=key_kind,
                 device_key=device_key,
                 attribution=attribution.audit(),
+                terms=terms,
             )
         except store.DeviceCaseOpened:
             # Opened by a concurrent transaction since the look-up above (which had no row to lock):
@@ -115,12 +116,12 @@ class CaseWork:
             if existing is None:
                 raise  # and closed again meanwhile: the message is retried
             raise CaseExists(existing) from None
-        await self.record_alert_address(conn, case, attribution, source)
-        await self.follow_device(conn, case, leases)
-        case = await self.store.get_case(conn, case.case_id) or case
+        # The case as stored now (create_case returned its row; follow_device one it moved).
+        case = await self.follow_device(
+            conn, case, leases, alert=self.alert_address(case, attribution, source)
+        )
         detail: dict[str, Any] = {"reason": reason}
         if terms is not None:
-            await self.store.save_terms(conn, case.case_id, terms)
             detail |= {"rule": terms.rule, "ruleset_version": terms.ruleset_version, "offence": terms.offence}
             if terms.enforce_at is not None and not hold:
                 detail["enforce_at"] = terms.enforce_at.isoformat()
@@ -175,8 +176,9 @@ class CaseWork:
         await self.store.add_event(conn, case.case_id, "policy", case.state, case.state, detail)
         with bound(case_id=case.case_id, device=device_key):
             log.info("case %s: %s", case.case_id, reason)
-        await self.record_alert_address(conn, case, attribution, "alert")
-        case = await self.follow_device(conn, case, leases)
+        case = await self.follow_device(
+            conn, case, leases, alert=self.alert_address(case, attribution, "alert")
+        )
         gardened_by_address = case.state in ("garden_requested", "quarantined") or (
             case.state == "failed_retrying" and case.step is Step.GARDEN_APPLY
         )
@@ -232,33 +234,40 @@ class CaseWork:
                 count += 1
         return count
 
-    async def record_alert_address(
-        self, conn: Connection, case: Case, attribution: Attribution, source: AddressSource
-    ) -> None:
+    @staticmethod
+    def alert_address(case: Case, attribution: Attribution, source: AddressSource) -> store.HeldAddress:
         """The address the evidence named, over the lease that covered it when known."""
         lease = attribution.lease
         if lease is not None:
             until = None if lease.ended == "active" else lease.valid_until
-            await self.store.record_address(
-                conn, case.case_id, attribution.ip, lease.valid_from, until, source
-            )
-        else:
-            if attribution.found == "cmts":
-                source = "cmts"
-            await self.store.record_address(conn, case.case_id, attribution.ip, attribution.at, None, source)
+            return store.HeldAddress(case.case_id, attribution.ip, lease.valid_from, until, source)
+        if attribution.found == "cmts":
+            source = "cmts"
+        return store.HeldAddress(case.case_id, attribution.ip, attribution.at, None, source)
 
-    async def follow_device(self, conn: Connection, case: Case, leases: DeviceLeases | None) -> Case:
-        """Record every lease the device held during the case and make its newest active one current."""
-        if leases is None:
-            return case
-        for lease in leases.leases:
+    async def follow_device(
+        self,
+        conn: Connection,
+        case: Case,
+        leases: DeviceLeases | None,
+        *,
+        alert: store.HeldAddress | None = None,
+    ) -> Case:
+        """Record the `alert` address (the evidence's), then every lease the device held during the
+        case, in one round trip, and make its newest active lease current."""
+        held = [alert] if alert is not None else []
+        for lease in leases.leases if leases is not None else ():
             until = None if lease.ended == "active" else lease.valid_until
-            await self.store.record_address(conn, case.case_id, lease.ip, lease.valid_from, until, "lease")
+            held.append(store.HeldAddress(case.case_id, lease.ip, lease.valid_from, until, "lease"))
+        await self.store.record_addresses(conn, held)
         current = identity.current_lease(leases)
         if current is None or current.ip == case.ip:
             return case
         reason = f"device moved from {case.ip} to {current.ip}"
-        await self.store.set_current_ip(conn, case.case_id, current.ip)
+        moved = await self.store.set_current_ip(conn, case.case_id, current.ip)
+        if moved is None:  # never: the stored case was at `case.ip`
+            moved = await self.store.get_case(conn, case.case_id)
+            assert moved is not None
         await self.store.add_event(
             conn,
             case.case_id,
@@ -267,8 +276,6 @@ class CaseWork:
             case.state,
             {"reason": reason, "lease": current.model_dump(mode="json")},
         )
-        moved = await self.store.get_case(conn, case.case_id)
-        assert moved is not None
         # Listeners that act per address (detector-smtp) learn the device's new one.
         await self._enqueue(conn, self._changed(moved, moved.state, reason), moved)
         return moved
@@ -287,7 +294,7 @@ class CaseWork:
             next_retry_at = datetime.now(UTC) + timedelta(
                 seconds=flow.retry_delay(attempts, self.step_retry_base)
             )
-        await self.store.save_transition(
+        updated = await self.store.save_transition(
             conn,
             case,
             state=outcome.state,
@@ -296,9 +303,10 @@ class CaseWork:
             step_attempts=attempts if outcome.next_step else 0,
             next_retry_at=next_retry_at,
             closed=outcome.closed,
+            actor=actor,
+            detail=detail,
             self_releases=detail.get("self_releases"),
         )
-        await self.store.add_event(conn, case.case_id, actor, case.state, outcome.state, detail)
         with bound(case_id=case.case_id, device=case.device_key):
             log.info("case %s: %s -> %s by %s", case.case_id, case.state, outcome.state, actor)
         if outcome.next_step and outcome.state != "failed_retrying":
@@ -306,8 +314,6 @@ class CaseWork:
             await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)
         reason = str(detail.get("reason", outcome.state))
         await self._enqueue(conn, self._changed(case, outcome.state, reason), case)
-        updated = await self.store.get_case(conn, case.case_id)
-        assert updated is not None
         return updated
 
     async def retry_due(self) -> int:
@@ -342,9 +348,9 @@ class CaseWork:
     async def _command(self, conn: Connection, case: Case, step: Step, step_id: uuid.UUID) -> Contract:
         if step in (Step.GARDEN_APPLY, Step.GARDEN_REMOVE):
             command = GardenApply if step is Step.GARDEN_APPLY else GardenRemove
-            held = {a["ip"] for a in await self.store.case_addresses(conn, case.case_id)} | {case.ip}
             # The rule's garden mode (an operator's case: full); the remove names the apply's mode.
-            terms = await self.store.get_terms(conn, case.case_id)
+            ips, mode = await self.store.garden_targets(conn, case.case_id)
+            held = set(ips) | {case.ip}
             return command(
                 case_id=case.case_id,
                 step_id=step_id,
@@ -355,7 +361,7 @@ class CaseWork:
                 reason=case.reason[:500],
                 case_ips=tuple(sorted(held)),
                 key_kind=case.key_kind,
-                mode=terms.garden if terms is not None else "full",
+                mode=mode,
             )
         assert case.cm_mac is not None
         return ModemReset(case_id=case.case_id, step_id=step_id, cm_mac=case.cm_mac)

@@ -9,6 +9,7 @@ dead-letters it (it will never succeed on a redelivery).
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from dataclasses import dataclass
@@ -81,6 +82,13 @@ class AlreadyOpen(Refused):
         self.case = exists.case
 
 
+class Unread(enum.Enum):
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
+
+
 @dataclass(frozen=True)
 class OpenCase:
     """Open a case for the device `attribution` found (an alert's rule, or an operator)."""
@@ -94,6 +102,9 @@ class OpenCase:
     source: AddressSource = "alert"
     # The ladder's terms when a rule opens the case (None: an operator's case, released as before).
     terms: CaseTerms | None = None
+    # When the device's last case was released, if the caller read it already in this transaction
+    # (the ladder's grace): the repeat-offence KPI needs it, and it cannot change by opening a case.
+    last_release: datetime | Unread | None = UNREAD
 
 
 @dataclass(frozen=True)
@@ -164,9 +175,10 @@ async def open_case(
         raise AlreadyOpen(exists) from None
     bind(case_id=case.case_id, device=case.device_key)
     await work.guard.opened(conn, case, verdict)
-    kpi.case_opened(
-        await work.store.last_release_of_device(conn, case.key_kind, case.device_key), case.opened_at
-    )
+    last_release = command.last_release
+    if last_release is UNREAD:
+        last_release = await work.store.last_release_of_device(conn, case.key_kind, case.device_key)
+    kpi.case_opened(last_release, case.opened_at)
     return case
 
 

@@ -267,27 +267,26 @@ class PolicyHandlers:
         if not enforcing:
             return
         try:
-            found = await self.attributor.attribute_many([(w.event.ip, w.event.last_seen) for w in enforcing])
+            found, leases = await self.attributor.attribute_devices_many(
+                [(w.event.ip, w.event.last_seen, w.event.first_seen) for w in enforcing]
+            )
         except RetryLater as exc:
             _held_for_attribution(enforcing, exc)
             return
-        devices: list[tuple[Weighed, str]] = []
+        devices: list[Weighed] = []
         for w, attribution in zip(enforcing, found, strict=True):
             w.attribution = attribution
             w.audit |= attribution.audit()
             if attribution.found == "conflict":
                 w.action = "attribution_conflict"
             elif attribution.cpe_mac is not None:
-                devices.append((w, attribution.cpe_mac))
-        try:
-            leases = await self.attributor.device_leases_many(
-                [(mac, w.event.first_seen) for w, mac in devices]
-            )
-        except RetryLater as exc:
-            _held_for_attribution([w for w, _ in devices], exc)
+                devices.append(w)
+        if isinstance(leases, RetryLater):
+            _held_for_attribution(devices, leases)
             return
-        for (w, _), held in zip(devices, leases, strict=True):
-            w.leases = held
+        for w, held in zip(enforcing, leases, strict=True):
+            if held is not None:
+                w.leases = held
 
     async def _look_up(self, weighed: Weighed) -> None:
         event = weighed.event
@@ -465,14 +464,15 @@ class PolicyHandlers:
             await self._record(conn, [w])
             return
         key_kind, device_key = identity.case_key(rule.scope, attribution)
-        released = await self.work.store.last_release_of_device(conn, key_kind, device_key)
+        decay_since = now - timedelta(seconds=rule.ladder.decay)
+        past = await self.work.store.device_past(conn, key_kind, device_key, decay_since)
+        released = past.last_release
         if released is not None and now - released < timedelta(seconds=rule.ladder.grace):
             w.audit["grace_until"] = (released + timedelta(seconds=rule.ladder.grace)).isoformat()
             w.outcome = "grace"
             await self._record(conn, [w])
             return
-        decay_since = now - timedelta(seconds=rule.ladder.decay)
-        offence = await self.work.store.cases_of_device_since(conn, key_kind, device_key, decay_since) + 1
+        offence = past.offences + 1
         command = OpenCase(
             attribution,
             scope=rule.scope,
@@ -481,6 +481,7 @@ class PolicyHandlers:
             actor=f"rule:{rule.name}",
             leases=w.leases,
             terms=ladder.terms_for(rule, w.version, offence, now),
+            last_release=past.last_release,
         )
         try:
             case = await commands.open_case(self.work, conn, command, self.allowlist)
@@ -494,8 +495,8 @@ class PolicyHandlers:
         except commands.AlreadyOpen as exists:
             # The device's case is open: the observation feeds it (and says where the device is).
             bind(case_id=exists.case.case_id)
-            await self.work.record_alert_address(conn, exists.case, attribution, "alert")
-            await self.work.follow_device(conn, exists.case, w.leases)
+            alert = self.work.alert_address(exists.case, attribution, "alert")
+            await self.work.follow_device(conn, exists.case, w.leases, alert=alert)
             w.case_id, w.outcome = exists.case.case_id, "fed_open_case"
             await self._record(conn, [w])
             return

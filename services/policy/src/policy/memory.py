@@ -28,7 +28,7 @@ from .guard import Verdict
 from .ladder import CaseTerms
 from .reference import reference_for
 from .rules import Seen
-from .store import AddressSource, Case, ObservationRow, PendingAttribution
+from .store import AddressSource, Case, DevicePast, HeldAddress, ObservationRow, PendingAttribution
 
 
 def _now() -> datetime:
@@ -120,6 +120,7 @@ class MemoryStore:
         key_kind: KeyKind,
         device_key: str,
         attribution: dict[str, Any],
+        terms: CaseTerms | None = None,
     ) -> Case:
         now = _now()
         case_id = uuid.uuid4()
@@ -153,6 +154,8 @@ class MemoryStore:
             "attribution": attribution,
         }
         await self.add_event(conn, case.case_id, opened_by, None, "open", detail)
+        if terms is not None:
+            await self.save_terms(conn, case.case_id, terms)
         return case
 
     async def save_transition(
@@ -166,8 +169,10 @@ class MemoryStore:
         step_attempts: int,
         next_retry_at: datetime | None,
         closed: bool,
+        actor: str,
+        detail: dict[str, Any],
         self_releases: int | None = None,
-    ) -> None:
+    ) -> Case:
         stored = self.state.cases[case.case_id]
         self.state.cases[case.case_id] = dataclasses.replace(
             stored,
@@ -180,9 +185,14 @@ class MemoryStore:
             updated_at=_now(),
             self_releases=stored.self_releases if self_releases is None else self_releases,
         )
+        await self.add_event(conn, case.case_id, actor, case.state, state, detail)
+        return self.state.cases[case.case_id]
 
-    async def set_current_ip(self, conn: Connection, case_id: uuid.UUID, ip: str) -> None:
+    async def set_current_ip(self, conn: Connection, case_id: uuid.UUID, ip: str) -> Case | None:
+        if self.state.cases[case_id].ip == ip:
+            return None
         self.state.cases[case_id] = dataclasses.replace(self.state.cases[case_id], ip=ip)
+        return self.state.cases[case_id]
 
     async def add_event(
         self,
@@ -223,6 +233,15 @@ class MemoryStore:
                 "valid_until": valid_until,
                 "source": source,
             }
+
+    async def record_addresses(self, conn: Connection, rows: Sequence[HeldAddress]) -> None:
+        for row in rows:
+            await self.record_address(conn, *row)
+
+    async def garden_targets(self, conn: Connection, case_id: uuid.UUID) -> tuple[list[str], str]:
+        terms = self.state.terms.get(case_id)
+        ips = [a["ip"] for a in await self.case_addresses(conn, case_id)]
+        return ips, terms.garden if terms is not None else "full"
 
     async def case_addresses(self, conn: Connection, case_id: uuid.UUID) -> list[dict[str, Any]]:
         rows = [dict(v) for (c, _, _), v in self.state.addresses.items() if c == case_id]
@@ -310,6 +329,14 @@ class MemoryStore:
             if (c.key_kind, c.device_key) == (key_kind, device_key) and c.state == "released" and c.closed_at
         ]
         return max(times, default=None)
+
+    async def device_past(
+        self, conn: Connection, key_kind: str, device_key: str, since: datetime
+    ) -> DevicePast:
+        return DevicePast(
+            await self.last_release_of_device(conn, key_kind, device_key),
+            await self.cases_of_device_since(conn, key_kind, device_key, since),
+        )
 
     async def cases_of_device_since(
         self, conn: Connection, key_kind: str, device_key: str, since: datetime

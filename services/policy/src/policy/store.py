@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 
@@ -123,41 +123,95 @@ async def create_case(
     key_kind: KeyKind,
     device_key: str,
     attribution: dict[str, Any],
+    terms: CaseTerms | None = None,
 ) -> Case:
-    row = None
-    # The reference is unique: on the rare collision of its 30 bits, the id's other word, then a new id.
+    """The case, its opening event and its rule's `terms` (`save_terms`) in one statement. A unique
+    index refusing the row inserts nothing (no savepoint needed to go on): the device's open case
+    (`DeviceCaseOpened`), or the rare collision of the reference's 30 bits, then the id's other word,
+    then a new id."""
+    detail = {"reason": reason, "key_kind": key_kind, "device_key": device_key, "attribution": attribution}
     for attempt in range(6):
         case_id = uuid.uuid4()
-        try:
-            async with conn.transaction():
-                row = await conn.fetchrow(
-                    "INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state,"
-                    " opened_by, key_kind, device_key, reference)"
-                    " VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11)"
-                    f" RETURNING {_CASE_COLUMNS}",
-                    case_id,
-                    ip,
-                    cpe_mac,
-                    cm_mac,
-                    scope,
-                    category,
-                    reason,
-                    opened_by,
-                    key_kind,
-                    device_key,
-                    reference_for(case_id, word=attempt % 2),
-                )
-            break
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "cases_one_open_per_device":
-                # Only a savepoint rolled back: the caller's transaction goes on (and feeds that case).
-                raise DeviceCaseOpened(f"{key_kind} {device_key} has an open case already") from None
-            if exc.constraint_name != "cases_reference":
-                raise
-    assert row is not None
-    detail = {"reason": reason, "key_kind": key_kind, "device_key": device_key, "attribution": attribution}
-    await add_event(conn, row["case_id"], opened_by, None, "open", detail)
-    return Case.from_row(row)
+        row = await conn.fetchrow(
+            "WITH c AS (INSERT INTO cases (case_id, ip, cpe_mac, cm_mac, scope, category, reason, state,"
+            " opened_by, key_kind, device_key, reference)"
+            " VALUES ($1, $2::inet, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11)"
+            f" ON CONFLICT DO NOTHING RETURNING {_CASE_COLUMNS}),"
+            " e AS (INSERT INTO case_events (case_id, actor, from_state, to_state, detail)"
+            " SELECT case_id, $8, NULL, 'open', $12::jsonb FROM c)"
+            + (_TERMS_OF_NEW_CASE if terms is not None else "")
+            + " SELECT * FROM c",
+            case_id,
+            ip,
+            cpe_mac,
+            cm_mac,
+            scope,
+            category,
+            reason,
+            opened_by,
+            key_kind,
+            device_key,
+            reference_for(case_id, word=attempt % 2),
+            json.dumps(detail, default=str),
+            *(_terms_arguments(terms) if terms is not None else ()),
+        )
+        if row is not None:
+            return Case.from_row(row)
+        # Waited for a concurrent opener's commit, if any: its case is visible to this next statement.
+        if await open_case_for_device(conn, key_kind, device_key) is not None:
+            raise DeviceCaseOpened(f"{key_kind} {device_key} has an open case already")
+    raise RuntimeError(f"no unique case reference found for {key_kind} {device_key}")
+
+
+_TERMS_COLUMNS = (
+    "case_id, rule, ruleset_version, offence, self_release, self_release_not_before, max_self_releases,"
+    " portal_template, enforce_at, expires_at, garden"
+)
+_TERMS_OF_NEW_CASE = (
+    f", t AS (INSERT INTO case_terms ({_TERMS_COLUMNS})"
+    " SELECT case_id, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM c)"
+)
+
+
+def _terms_arguments(terms: CaseTerms) -> tuple[Any, ...]:
+    return (
+        terms.rule,
+        terms.ruleset_version,
+        terms.offence,
+        terms.self_release,
+        terms.self_release_not_before,
+        terms.max_self_releases,
+        terms.portal_template,
+        terms.enforce_at,
+        terms.expires_at,
+        terms.garden,
+    )
+
+
+class HeldAddress(NamedTuple):
+    """An interval over which a case's device held an address (a `case_addresses` row)."""
+
+    case_id: uuid.UUID
+    ip: str
+    valid_from: datetime
+    valid_until: datetime | None
+    source: AddressSource
+
+
+_RECORD_ADDRESS = (
+    "INSERT INTO case_addresses (case_id, ip, valid_from, valid_until, source)"
+    " VALUES ($1, $2::inet, $3, $4, $5)"
+    " ON CONFLICT (case_id, ip, valid_from) DO UPDATE SET valid_until = EXCLUDED.valid_until"
+)
+
+
+async def record_addresses(conn: Connection, rows: Sequence[HeldAddress]) -> None:
+    """`record_address` for many, in order, in one round trip (a later row for the same interval
+    updates the earlier one, as one by one)."""
+    if len(rows) == 1:
+        await conn.execute(_RECORD_ADDRESS, *rows[0])
+    elif rows:
+        await conn.executemany(_RECORD_ADDRESS, rows)
 
 
 async def record_address(
@@ -170,9 +224,7 @@ async def record_address(
 ) -> None:
     """Record that the case's device held `ip` over an interval (an update closes an open interval)."""
     await conn.execute(
-        "INSERT INTO case_addresses (case_id, ip, valid_from, valid_until, source)"
-        " VALUES ($1, $2::inet, $3, $4, $5)"
-        " ON CONFLICT (case_id, ip, valid_from) DO UPDATE SET valid_until = EXCLUDED.valid_until",
+        _RECORD_ADDRESS,
         case_id,
         ip,
         valid_from,
@@ -190,8 +242,14 @@ async def case_addresses(conn: Connection, case_id: uuid.UUID) -> list[dict[str,
     return [dict(r) for r in rows]
 
 
-async def set_current_ip(conn: Connection, case_id: uuid.UUID, ip: str) -> None:
-    await conn.execute("UPDATE cases SET ip = $2::inet WHERE case_id = $1 AND ip <> $2::inet", case_id, ip)
+async def set_current_ip(conn: Connection, case_id: uuid.UUID, ip: str) -> Case | None:
+    """The case at its device's new address (None: it was there already, nothing changed)."""
+    row = await conn.fetchrow(
+        f"UPDATE cases SET ip = $2::inet WHERE case_id = $1 AND ip <> $2::inet RETURNING {_CASE_COLUMNS}",
+        case_id,
+        ip,
+    )
+    return Case.from_row(row) if row else None
 
 
 async def self_releases_since(conn: Connection, key_kind: str, device_key: str, since: datetime) -> int:
@@ -224,12 +282,19 @@ async def save_transition(
     step_attempts: int,
     next_retry_at: datetime | None,
     closed: bool,
+    actor: str,
+    detail: dict[str, Any],
     self_releases: int | None = None,
-) -> None:
-    await conn.execute(
-        "UPDATE cases SET state = $2, step = $3, step_id = $4, step_attempts = $5, next_retry_at = $6,"
-        " closed_at = CASE WHEN $7 THEN now() ELSE NULL END, updated_at = now(),"
-        " self_releases = COALESCE($8, self_releases) WHERE case_id = $1",
+) -> Case:
+    """Store a transition and its event (`add_event`, from `case.state`) in one statement; the case
+    as the transition leaves it."""
+    row = await conn.fetchrow(
+        "WITH u AS (UPDATE cases SET state = $2, step = $3, step_id = $4, step_attempts = $5,"
+        " next_retry_at = $6, closed_at = CASE WHEN $7 THEN now() ELSE NULL END, updated_at = now(),"
+        f" self_releases = COALESCE($8, self_releases) WHERE case_id = $1 RETURNING {_CASE_COLUMNS}),"
+        " e AS (INSERT INTO case_events (case_id, actor, from_state, to_state, detail)"
+        " SELECT case_id, $9, $10, $2, $11::jsonb FROM u)"
+        " SELECT * FROM u",
         case.case_id,
         state,
         step.value if step else None,
@@ -238,7 +303,12 @@ async def save_transition(
         next_retry_at,
         closed,
         self_releases,
+        actor,
+        case.state,
+        json.dumps(detail, default=str),
     )
+    assert row is not None
+    return Case.from_row(row)
 
 
 async def add_event(
@@ -441,6 +511,28 @@ async def last_release_of_device(conn: Connection, key_kind: str, device_key: st
     return at
 
 
+@dataclass(frozen=True)
+class DevicePast:
+    """What a device's earlier cases say when an enforcing observation of it comes in."""
+
+    last_release: datetime | None  # when a case of it was last released (grace, repeat offences)
+    offences: int  # its cases opened since the escalation's decay began
+
+
+async def device_past(conn: Connection, key_kind: str, device_key: str, since: datetime) -> DevicePast:
+    """`last_release_of_device` and `cases_of_device_since` in one statement (index cases_device_history)."""
+    row = await conn.fetchrow(
+        "SELECT max(closed_at) FILTER (WHERE state = 'released') AS last_release,"
+        " count(*) FILTER (WHERE opened_at >= $3) AS offences"
+        " FROM cases WHERE key_kind = $1 AND device_key = $2",
+        key_kind,
+        device_key,
+        since,
+    )
+    assert row is not None
+    return DevicePast(row["last_release"], row["offences"])
+
+
 async def cases_of_device_since(conn: Connection, key_kind: str, device_key: str, since: datetime) -> int:
     """The device's cases opened since `since` (its offences within the escalation's decay)."""
     count: int = await conn.fetchval(
@@ -454,20 +546,9 @@ async def cases_of_device_since(conn: Connection, key_kind: str, device_key: str
 
 async def save_terms(conn: Connection, case_id: uuid.UUID, terms: CaseTerms) -> None:
     await conn.execute(
-        "INSERT INTO case_terms (case_id, rule, ruleset_version, offence, self_release,"
-        " self_release_not_before, max_self_releases, portal_template, enforce_at, expires_at, garden)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        f"INSERT INTO case_terms ({_TERMS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         case_id,
-        terms.rule,
-        terms.ruleset_version,
-        terms.offence,
-        terms.self_release,
-        terms.self_release_not_before,
-        terms.max_self_releases,
-        terms.portal_template,
-        terms.enforce_at,
-        terms.expires_at,
-        terms.garden,
+        *_terms_arguments(terms),
     )
 
 
@@ -479,6 +560,18 @@ async def get_terms(conn: Connection, case_id: uuid.UUID) -> CaseTerms | None:
         case_id,
     )
     return CaseTerms(**dict(row)) if row else None
+
+
+async def garden_targets(conn: Connection, case_id: uuid.UUID) -> tuple[list[str], str]:
+    """What a garden command names beside the case: every address the case recorded and the garden
+    mode of its terms ("full" without terms: an operator's case), in one statement."""
+    row = await conn.fetchrow(
+        "SELECT ARRAY(SELECT host(ip) FROM case_addresses WHERE case_id = $1) AS ips,"
+        " COALESCE((SELECT garden FROM case_terms WHERE case_id = $1), 'full') AS mode",
+        case_id,
+    )
+    assert row is not None
+    return list(row["ips"]), row["mode"]
 
 
 async def clear_due(
