@@ -96,6 +96,8 @@ class FileWatch:
         if not self.active:
             await asyncio.sleep(timeout)
             return False
+        if self._drain():
+            return True  # events queued already (while the caller was reading): no need to register
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiter = waiter
@@ -113,10 +115,13 @@ class FileWatch:
         if self._waiter is not None:
             _settle(self._waiter, True)
 
-    def _drain(self) -> None:
-        with contextlib.suppress(OSError):
-            while os.read(self._fd, 65536):
-                pass
+    def _drain(self) -> bool:
+        """Read away the queued events (their content does not matter); whether there were any."""
+        got = False
+        with contextlib.suppress(OSError):  # BlockingIOError once the queue is empty
+            while os.read(self._fd, 4096):
+                got = True
+        return got
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -109,7 +109,7 @@ class FileTailer:
         from_end: bool = False,
         poll_interval: float = 0.02,
         watched_poll_interval: float = 0.5,
-        min_wake_interval: float = 0.002,
+        min_wake_interval: float = 0.005,
         watch: bool = True,
         max_line: int = DEFAULT_MAX_LINE,
         read_size: int = 1 << 18,
@@ -182,8 +182,12 @@ class FileTailer:
                     lines = self._feed(data)
                     if lines:
                         yield lines
-                    await asyncio.sleep(0)  # let the loop breathe while catching up
-                    continue
+                    if len(data) == self.read_size or self._then_switch or not self.watching:
+                        await asyncio.sleep(0)  # let the loop breathe while catching up
+                        continue
+                    # A short read reached the end: what is appended next wakes us (inotify). Carry on
+                    # as at the end rather than read again now: under a writer writing line by line,
+                    # every read would find a few lines, and a read costs more than a few lines.
                 if self._then_switch:
                     self._then_switch = False
                     leftover = self._flush_partial()
@@ -212,15 +216,13 @@ class FileTailer:
                 watch.follow()  # the directory may have appeared since
             await asyncio.sleep(self.poll_interval)
             return
+        # A writer writing line by line would wake us per line: let a few gather between wake-ups.
+        gather = self._last_wake + self.min_wake_interval - time.monotonic()
+        if gather > 0:
+            await asyncio.sleep(gather)
         if await watch.wait(self.watched_poll_interval):
             self.wakeups += 1
-            # A writer writing line by line wakes us per line: gather a few before reading again.
-            now = time.monotonic()
-            gather = self._last_wake + self.min_wake_interval - now
-            self._last_wake = now
-            if gather > 0:
-                await asyncio.sleep(gather)
-                self._last_wake += gather
+            self._last_wake = time.monotonic()
 
     # ------------------------------------------------------------------------------------ files
 
