@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,9 +255,9 @@ async def replay(seconds: float, workdir: Path) -> tuple[float, float, str]:
 
 FLOOD = """
 import sys, time
-path, rate, blob = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read()
+path, rate, blob, writes = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), int(sys.argv[4])
 lines = blob.splitlines(keepends=True)
-per_tick, tick = rate // 100, 0.01
+per_tick = max(1, rate // writes)
 with open(path, "ab", buffering=0) as out:
     n, start = 0, time.monotonic()
     while True:
@@ -342,12 +342,19 @@ def _lines_read(source: str) -> float:
 
 
 async def latency(
-    workdir: Path, flood: bool, offset: int, samples: int = SAMPLES, holds: LoopHolds | None = None
-) -> tuple[list[float], list[float], float, float]:
+    workdir: Path,
+    flood: bool,
+    offset: int,
+    samples: int = SAMPLES,
+    holds: LoopHolds | None = None,
+    flood_writes_per_s: int = 100,
+) -> tuple[list[float], list[float], float, float, float]:
     """Milliseconds from each sample line's append to the broker's confirm of its observation, the
     share of one core this process (the detector) used meanwhile (above what the machine can give
     it, the detector falls behind the flood and the latency grows) and its CPU µs per line read
-    meanwhile. `holds` records the loop's callbacks during the timed part."""
+    meanwhile, and the lines its tailer handed over per read meanwhile. `holds` records the loop's callbacks
+    during the timed part; the flood is written in `flood_writes_per_s` writes a second (50,000: a
+    line a write, as a sensor that flushes every alert)."""
     vhost = create_vhost()
     amqp_url = f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@127.0.0.1:5672/{vhost}"
     eve = workdir / f"latency-{offset}.json"
@@ -383,6 +390,15 @@ async def latency(
         return hand_over(messages)
 
     outbox.add = timed_add  # type: ignore[method-assign]  # timing hook, bench only
+    # How many batches the tailer hands over (a wake-up per write must not make them tiny).
+    fed: list[int] = []
+    feed = service.files[0].feed_lines
+
+    async def counted_feed(lines: Sequence[TailLine], position: Checkpoint) -> list[AbuseObserved]:
+        fed.append(len(lines))
+        return await feed(lines, position)
+
+    service.files[0].feed_lines = counted_feed  # type: ignore[method-assign]  # counting hook, bench only
     consumer = Bus(amqp_url, "bench")
     flooder: subprocess.Popen[bytes] | None = None
     try:
@@ -397,7 +413,7 @@ async def latency(
             blob = workdir / "flood.bin"
             blob.write_bytes(b"".join(eve_line(flood_subscriber(n), outsider(n + 5)) for n in range(5000)))
             flooder = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; it runs on its own
-                [sys.executable, "-c", FLOOD, str(eve), str(FLOOD_PER_S), str(blob)]
+                [sys.executable, "-c", FLOOD, str(eve), str(FLOOD_PER_S), str(blob), str(flood_writes_per_s)]
             )
             # Measure the steady state: the flood's 5,000 subscribers' first alerts are published
             # and the detector has caught up with the file.
@@ -412,6 +428,7 @@ async def latency(
         sent: dict[str, float] = {}
         print(f"# the timed part starts (pid {os.getpid()})", flush=True)  # for a profiler to attach
         lines_before = _lines_read(str(eve))
+        batches_before = len(fed)
         cpu, wall = time.process_time(), time.monotonic()
         rng = random.Random(offset)
         with eve.open("ab", buffering=0) as out, holds.recording() if holds else contextlib.nullcontext():
@@ -428,6 +445,8 @@ async def latency(
         used = time.process_time() - cpu
         share = used / (time.monotonic() - wall)
         per_line = used * 1e6 / max(1.0, _lines_read(str(eve)) - lines_before)
+        reads = fed[batches_before:]
+        lines_per_read = sum(reads) / max(1, len(reads))
         missing = len(set(sent) - set(confirmed))
         if missing:  # counted as the 60 s waited: the percentiles show it, the run goes on
             print(f"# {missing} of {len(sent)} samples not confirmed within 60 s", flush=True)
@@ -437,6 +456,7 @@ async def latency(
             [(handed.get(ip, end) - t) * 1000 for ip, t in sent.items()],
             share,
             per_line,
+            lines_per_read,
         )
     finally:
         if flooder is not None:
@@ -472,6 +492,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--replay-seconds", type=float, default=12.0, help="seconds of flood replayed")
     parser.add_argument("--samples", type=int, default=SAMPLES, help="timed lines of each latency part")
     parser.add_argument("--holds", type=int, default=0, help="print each flood run's N longest loop holds")
+    parser.add_argument(
+        "--flood-writes-per-s",
+        type=int,
+        default=100,
+        help="writes a second of the flood's 50,000 lines (50000: a line a write)",
+    )
     args = parser.parse_args()
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := set(args.parts) - set(PARTS):
@@ -507,16 +533,22 @@ async def main(args: argparse.Namespace) -> None:
                 note("flood_replay_longest_call_cpu_ms", longest)
                 print(f"# replay: the longest call {longest:.1f} ms CPU, {what}", flush=True)
             if "quiet" in parts:
-                quiet, _, _, _ = await latency(workdir, flood=False, offset=run * 1000, samples=args.samples)
+                quiet = (await latency(workdir, flood=False, offset=run * 1000, samples=args.samples))[0]
                 note("latency_p50_ms", percentile(quiet, 0.5))
                 note("latency_p99_ms", percentile(quiet, 0.99))
             if "flood" in parts:
                 holds = LoopHolds()
-                flooded, read, share, per_line = await latency(
-                    workdir, flood=True, offset=run * 1000 + 500, samples=args.samples, holds=holds
+                flooded, read, share, per_line, lines_per_read = await latency(
+                    workdir,
+                    flood=True,
+                    offset=run * 1000 + 500,
+                    samples=args.samples,
+                    holds=holds,
+                    flood_writes_per_s=args.flood_writes_per_s,
                 )
                 note("flood_cpu_share", share)
                 note("flood_cpu_us_per_line", per_line)
+                note("flood_lines_per_read", lines_per_read)
                 note("flood_loop_hold_max_ms", holds.max_wall)
                 note("flood_loop_hold_cpu_max_ms", holds.max_cpu)
                 note("latency_p50_flood_ms", percentile(flooded, 0.5))

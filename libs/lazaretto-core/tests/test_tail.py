@@ -1,4 +1,7 @@
-"""FileTailer: appends, partial lines, rename and copy-truncate rotation, checkpoints, over-long lines."""
+"""FileTailer: appends, partial lines, rename and copy-truncate rotation, checkpoints, over-long lines.
+
+Every test runs twice: woken by inotify, and on a system without inotify (the timed poll alone).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,19 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 
+import pytest
+
+from lazaretto_core import filewatch
 from lazaretto_core.tail import Checkpoint, FileTailer, TailLine, line_key
 
 TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True, params=["inotify", "polling"])
+def wake_up(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "polling":
+        monkeypatch.setattr(filewatch, "_LIBC", None)  # as on a system without inotify
+    return str(request.param)
 
 
 async def take(it: AsyncGenerator[TailLine, None], n: int) -> list[TailLine]:

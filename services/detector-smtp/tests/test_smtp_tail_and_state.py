@@ -142,6 +142,9 @@ async def test_postfix_sendmail_and_exim_logs_are_counted_across_rotation(
         maillog.rename(logs / "mail.log.1")
         append(maillog, postfix_message(CPE, 50))
         await until("the rotated file to be read", lambda: service.followers[0].lines >= 5 * (THRESHOLD - 1))
+        tailer = service.followers[0].tailer
+        assert tailer is not None
+        assert tailer.wakeups >= 1  # the rename woke it (inotify), not its poll
         assert observed(probe, CPE) == []
         state = service.detector.windows.get(CPE)
         assert state is not None

@@ -167,3 +167,40 @@ async def test_lines_written_between_copy_and_truncate_are_counted_as_a_gap(
     finally:
         writer.close()
         await service.stop()
+
+
+async def test_an_alert_written_to_the_idle_file_is_read_on_the_file_s_inotify_event(
+    amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput], probe: BusProbe
+) -> None:
+    # Given the detector following an idle eve.json
+    eve = tmp_path / "eve.json"
+    writer = Writer(eve)
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url),
+        sources=(AlertFile(path=eve, format="eve", sensor="suricata"),),
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    service = await build(settings)
+    await service.start()
+    one = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
+    transport = httpx.ASGITransport(app=service.http_app)
+    try:
+        # When Suricata writes an alert, and another once the first is published (the tailer waits)
+        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
+        await probe.wait_for("abuse.observed.v1", count=1)
+        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
+        await probe.wait_for("abuse.observed.v1", count=2)
+        # Then it was read because the file's event woke the tailer (counted once it is idle again)
+        woken = f'lazaretto_tail_events_total{{event="wakeup",source="{eve}"}} '
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://detector") as client,
+            asyncio.timeout(10),
+        ):
+            while not any(
+                line.startswith(woken) and float(line.split()[-1]) >= 1
+                for line in (await client.get("/metrics")).text.splitlines()
+            ):
+                await asyncio.sleep(0.05)
+    finally:
+        writer.close()
+        await service.stop()

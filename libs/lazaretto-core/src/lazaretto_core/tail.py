@@ -10,6 +10,13 @@ copy (a sibling whose first bytes are the file's), then the truncated file is re
 carries the file's first bytes too, so a restart notices a file that was truncated and regrew, or a
 reused inode, instead of resuming in the middle of other lines.
 
+Waking up: at the end of the file the tailer waits for an inotify event on the file or its directory
+(`lazaretto_core.filewatch`), so a line written to an idle file is read at once, not at the next
+poll; the timed poll stays as the fallback (`watched_poll_interval` with inotify, `poll_interval`
+without), and every wake-up, event or poll, runs the same rotation and truncation checks. Wake-ups
+by events come at most once per `min_wake_interval`, so a writer writing line by line does not make
+the tailer read a line at a time.
+
 Every line carries its file's first bytes (`TailLine.head`): with the offset, they name the line
 whichever copy of the file it is read from (`line_key`), unlike the inode, which a copy does not keep.
 
@@ -25,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import zlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
+
+from lazaretto_core.filewatch import FileWatch
 
 DEFAULT_MAX_LINE: Final = 1 << 20
 HEAD_BYTES: Final = 64  # a file's first bytes identify it across copy-truncate and inode reuse
@@ -86,6 +96,9 @@ class FileTailer:
     `async for line in tailer` (or `tailer.batches()` for lists, cheaper at high rates) runs until
     `close()` is called or the consumer stops iterating (use `contextlib.aclosing` to release the file
     at once). A missing file is waited for.
+
+    At the end of the file it waits for an inotify event (`watch=True`, where the system has it),
+    at most `watched_poll_interval` s; without inotify it polls every `poll_interval` s.
     """
 
     def __init__(
@@ -95,6 +108,9 @@ class FileTailer:
         start: Checkpoint | None = None,
         from_end: bool = False,
         poll_interval: float = 0.02,
+        watched_poll_interval: float = 0.5,
+        min_wake_interval: float = 0.005,
+        watch: bool = True,
         max_line: int = DEFAULT_MAX_LINE,
         read_size: int = 1 << 18,
         head_bytes: int = 256,
@@ -102,7 +118,12 @@ class FileTailer:
     ) -> None:
         self.path = Path(path)
         self.on_idle = on_idle  # called at each idle poll: a liveness signal for health checks
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # without inotify
+        self.watched_poll_interval = watched_poll_interval  # with inotify: the fallback look
+        self.min_wake_interval = min_wake_interval
+        self._watch_wanted = watch
+        self._watch: FileWatch | None = None
+        self._last_wake = 0.0
         self.max_line = max_line
         self.read_size = read_size
         self.head_bytes = head_bytes
@@ -114,6 +135,7 @@ class FileTailer:
         self.truncations = 0
         self.too_long = 0
         self.gaps = 0  # truncations after which lines may be missing (see the module's known limits)
+        self.wakeups = 0  # waits ended by an inotify event (not by the poll's timeout)
         # Per open file.
         self._fd = -1
         self._inode = 0
@@ -129,6 +151,11 @@ class FileTailer:
         """Stop the iteration at the next chance (the file is closed by the iterator itself)."""
         self._closed = True
 
+    @property
+    def watching(self) -> bool:
+        """Whether inotify events wake the tailer (else it polls every `poll_interval` s)."""
+        return self._watch is not None and self._watch.active
+
     def checkpoint(self, line: TailLine) -> Checkpoint:
         """`line.checkpoint` plus the first bytes of its file, for a restart that verifies identity."""
         return Checkpoint(line.inode, line.offset, line.head[: line.offset])
@@ -139,6 +166,9 @@ class FileTailer:
                 yield line
 
     async def batches(self) -> AsyncGenerator[list[TailLine], None]:
+        if self._watch_wanted:
+            self._watch = FileWatch(self.path)
+            self._watch.follow()
         try:
             await self._open_initial()
             while not self._closed:
@@ -152,8 +182,12 @@ class FileTailer:
                     lines = self._feed(data)
                     if lines:
                         yield lines
-                    await asyncio.sleep(0)  # let the loop breathe while catching up
-                    continue
+                    if len(data) == self.read_size or self._then_switch or not self.watching:
+                        await asyncio.sleep(0)  # let the loop breathe while catching up
+                        continue
+                    # A short read reached the end: what is appended next wakes us (inotify). Carry on
+                    # as at the end rather than read again now: under a writer writing line by line,
+                    # every read would find a few lines, and a read costs more than a few lines.
                 if self._then_switch:
                     self._then_switch = False
                     leftover = self._flush_partial()
@@ -167,9 +201,28 @@ class FileTailer:
                 if not changed:
                     if self.on_idle is not None:
                         self.on_idle()
-                    await asyncio.sleep(self.poll_interval)
+                    await self._wait()
         finally:
             self._close_fd()
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
+    async def _wait(self) -> None:
+        """Until the file may have changed: an inotify event or the poll's timeout."""
+        watch = self._watch
+        if watch is None or not watch.active:
+            if watch is not None:
+                watch.follow()  # the directory may have appeared since
+            await asyncio.sleep(self.poll_interval)
+            return
+        # A writer writing line by line would wake us per line: let a few gather between wake-ups.
+        gather = self._last_wake + self.min_wake_interval - time.monotonic()
+        if gather > 0:
+            await asyncio.sleep(gather)
+        if await watch.wait(self.watched_poll_interval):
+            self.wakeups += 1
+            self._last_wake = time.monotonic()
 
     # ------------------------------------------------------------------------------------ files
 
@@ -181,7 +234,7 @@ class FileTailer:
                 break
             except FileNotFoundError:
                 waited = True
-                await asyncio.sleep(self.poll_interval)
+                await self._wait()
         else:
             return
         start = self._start
@@ -211,6 +264,8 @@ class FileTailer:
         self._close_fd()
         self._fd = os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC)
         self._inode = os.fstat(self._fd).st_ino
+        if self._watch is not None:
+            self._watch.follow(self._inode)  # the file now at the path (after a rotation: the new one)
         self._head = os.pread(self._fd, HEAD_BYTES, 0)
         self._buf.clear()
         self._skipping = False

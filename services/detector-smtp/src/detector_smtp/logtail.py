@@ -87,10 +87,12 @@ class LogFollower:
         self.lines = 0
         self.reported = 0
         self.position: Checkpoint | None = start if start is not None else end_of(source.path)
+        self.tailer: FileTailer | None = None  # the current one (woken by inotify where there is)
         self._labels = {o: LINES.labels(source.format, o) for o in ("counted", "ignored", "too_long")}
 
     async def run(self) -> None:
         tailer = FileTailer(self.source.path, start=self.position, poll_interval=self.poll_interval)
+        self.tailer = tailer
         async with contextlib.aclosing(tailer.batches()) as batches:
             async for batch in batches:
                 if self.gate is not None and not self.gate.is_set():

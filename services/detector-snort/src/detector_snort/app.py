@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 TAIL_EVENTS = Counter(
     "lazaretto_tail_events_total",
     "Alert file events: rotation (renamed away), truncation (copy-truncate), gap (a truncation after "
-    "which lines may be missing: written between logrotate's copy and its truncate)",
+    "which lines may be missing: written between logrotate's copy and its truncate), wakeup (the "
+    "tailer woken by an inotify event of the file or its directory, not by its timed poll)",
     ["source", "event"],
 )
 
@@ -45,11 +46,18 @@ class _TailMetrics:
     """Carries a tailer's counters into Prometheus (a tailer is re-created after a broker outage)."""
 
     def __init__(self, source: str) -> None:
-        self.counters = {e: TAIL_EVENTS.labels(source, e) for e in ("rotation", "truncation", "gap")}
+        self.counters = {
+            e: TAIL_EVENTS.labels(source, e) for e in ("rotation", "truncation", "gap", "wakeup")
+        }
         self.seen = dict.fromkeys(self.counters, 0)
 
     def sync(self, tailer: FileTailer) -> None:
-        now = {"rotation": tailer.rotations, "truncation": tailer.truncations, "gap": tailer.gaps}
+        now = {
+            "rotation": tailer.rotations,
+            "truncation": tailer.truncations,
+            "gap": tailer.gaps,
+            "wakeup": tailer.wakeups,
+        }
         for event, value in now.items():
             if value > self.seen[event]:
                 self.counters[event].inc(value - self.seen[event])
