@@ -108,3 +108,59 @@ async def test_a_refused_publish_leaves_its_case_pending_and_the_others_are_dele
 
     # Then case B's confirmed command is gone, case A's stay (its second not sent before its first)
     assert await left(pool) == ["a1", "a2"]
+
+
+class SessionKillingBus:
+    """A broker during a database failover: while the relay holds its transaction, the first publish
+    sees every other session of the database terminated (as a dying primary ends them)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.killed = False
+        self.sent: list[str] = []
+
+    async def publish(
+        self, message: Contract, *, correlation_id: str | None = None, message_id: str | None = None
+    ) -> str:
+        assert isinstance(message, GardenApply)
+        if not self.killed:
+            self.killed = True
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await conn.close()
+            await asyncio.sleep(0.5)  # the relay's connection sees its end before the transaction's
+            raise PublishError("the broker answered, but the database session is gone")
+        self.sent.append(message.reason)
+        return message_id or ""
+
+    async def drain(self) -> int:
+        return 0
+
+
+async def test_the_relay_outlives_its_database_session_dying_mid_batch_and_sends_the_message_after(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    # Given a stored command, and a relay whose database session dies while it publishes it
+    case = uuid.uuid4()
+    await stored(pool, [(command(case, "c1"), str(case))])
+    bus = SessionKillingBus(database_url)
+    relay = OutboxRelay(pool, bus, interval=0.1)  # type: ignore[arg-type]
+
+    # When the relay runs
+    relay.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not bus.sent:
+                await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+
+    # Then it went on after the session died, sent the command once, and the outbox is empty
+    assert bus.killed
+    assert bus.sent == ["c1"]
+    assert await left(pool) == []

@@ -86,8 +86,14 @@ class OutboxRelay:
                 if self._progress is not None:
                     # /healthz fails when the outbox stops draining (broker or database gone for long).
                     self._progress.beat("outbox-relay")
-            except (PublishError, OSError, asyncpg.PostgresError) as exc:
+            except (PublishError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # InterfaceError: the session died under the transaction (a failover); rows not
+                # deleted are sent again on the next turn.
                 log.warning("outbox relay paused: %s", exc)
+                await asyncio.sleep(self._interval)
+            except Exception:
+                # The relay must outlive whatever it did not foresee: a dead relay sends nothing more.
+                log.exception("outbox relay failed unexpectedly; again in %.1fs", self._interval)
                 await asyncio.sleep(self._interval)
 
     async def drain_once(self) -> int:

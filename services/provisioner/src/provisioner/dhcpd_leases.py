@@ -189,5 +189,8 @@ class DhcpdLeaseFeed:
             await asyncio.sleep(self.interval)
             try:
                 await self.read_once()
-            except (OSError, asyncpg.PostgresError) as exc:  # retried next round from the same offset
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Retried next round from the same offset (InterfaceError: the session died mid-way).
                 log.error("reading dhcpd's leases file %s failed (retried): %s", self.path, exc)
+            except Exception:
+                log.exception("reading dhcpd's leases file %s failed unexpectedly (retried)", self.path)
