@@ -180,6 +180,34 @@ def test_later_revisions_share_a_total_budget_but_first_revisions_never_wait() -
     assert aggregator.changed == 30
 
 
+def test_news_goes_before_doubled_counts_which_are_spread_at_their_own_rate() -> None:
+    # Given 500 addresses repeating one alert, in step (as a flood's started together), and a
+    # subscriber scanning, each reported once; budgets: 1,000 later revisions a second, 100 of them
+    # doubled counts
+    aggregator = Aggregator(window=600, rate=1000.0, burst=1000, total_rate=1000.0, repeat_rate=100.0)
+    flood = [f"100.64.1.{n % 250}" if n < 250 else f"100.64.2.{n % 250}" for n in range(500)]
+    for ip in flood:
+        for _ in range(20):
+            aggregator.add(alert(80, src_ip=ip), ip, "scan", 3, now=0, token=ip)
+    for n in range(19):
+        aggregator.add(alert(22, dst=f"198.51.100.{n}"), SUBSCRIBER, "scan", 3, now=0, token="scan")
+    assert len(aggregator.updates(now=0)) == 501
+    # When every flood count doubles, and then the subscriber's scan reaches a 20th destination
+    for ip in flood:
+        for _ in range(20):
+            aggregator.add(alert(80, src_ip=ip), ip, "scan", 3, now=1.0, token=ip)
+    aggregator.add(alert(22, dst="198.51.100.19"), SUBSCRIBER, "scan", 3, now=1.0, token="scan")
+    first = aggregator.updates(now=1.0)
+    # Then the scan's revision goes out at once, ahead of the doubled counts, which go out at most
+    # a second's worth at once and 100 a second after that
+    assert [r.ip for r in first if r.ip == SUBSCRIBER] == [SUBSCRIBER]
+    assert sum(r.ip != SUBSCRIBER for r in first) == 100
+    assert all(r.count == 40 for r in first if r.ip != SUBSCRIBER)
+    later = [len(aggregator.updates(now=1.0 + tick / 4)) for tick in range(1, 18)]
+    assert later == [25] * 16 + [0]
+    assert aggregator.changed == 0
+
+
 def test_due_closes_at_most_the_oldest_limit_windows_per_call() -> None:
     # Given 5 windows opened one after the other, all over
     aggregator = Aggregator(60.0)
@@ -194,7 +222,9 @@ def test_due_closes_at_most_the_oldest_limit_windows_per_call() -> None:
 
 
 class _WalkEveryTime(Aggregator):
-    """The aggregator as it was: `updates` walks every changed window on every call."""
+    """The aggregator as it was, with news first: `updates` walks every changed window on every call,
+    those with news, then those whose only news is a doubled count (their own budget), each in the
+    order they changed."""
 
     def updates(self, now: float) -> list[Folded]:
         out: list[Folded] = []
@@ -209,8 +239,12 @@ class _WalkEveryTime(Aggregator):
         at = self._total_at if self._total_at is not None else now
         total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
         self._total_at = now
-        for key, window in list(self._changed.items()):
-            if total < 1.0:
+        at = self._repeat_at if self._repeat_at is not None else now
+        repeats = min(self._repeat_burst, self._repeat_tokens + (now - at) * self.repeat_rate)
+        self._repeat_at = now
+        changed = list(self._changed.items())
+        for key, window in [kw for kw in changed if kw[1].news] + [kw for kw in changed if not kw[1].news]:
+            if total < 1.0 or (not window.news and repeats < 1.0):
                 break
             tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
             window.refilled_at = now
@@ -219,9 +253,13 @@ class _WalkEveryTime(Aggregator):
                 continue
             window.tokens = tokens - 1.0
             total -= 1.0
+            if not window.news:
+                repeats -= 1.0
             del self._changed[key]
+            window.news = False
             out.append(self._revision(key, window))
         self._total_tokens = total
+        self._repeat_tokens = repeats
         return out
 
 
@@ -233,13 +271,15 @@ class _WalkEveryTime(Aggregator):
     st.sampled_from([0.5, 1.0, 2.0, 4.0]),
     st.integers(1, 4),
     st.sampled_from([1.0, 4.0, 1000.0]),
+    st.sampled_from([0.5, 2.0, 10.0, 100.0]),
 )
 def test_updates_hand_out_what_walking_every_changed_window_would(
-    events: list[tuple[int, int]], rate: float, burst: int, total_rate: float
+    events: list[tuple[int, int]], rate: float, burst: int, total_rate: float, repeat_rate: float
 ) -> None:
-    # Given alerts of a few addresses at various times, folded into two aggregators
-    skipping = Aggregator(window=3600, rate=rate, burst=burst, total_rate=total_rate)
-    walking = _WalkEveryTime(window=3600, rate=rate, burst=burst, total_rate=total_rate)
+    # Given alerts of a few addresses at various times (beyond 20 alerts, most only double a count),
+    # folded into two aggregators
+    skipping = Aggregator(3600, rate=rate, burst=burst, total_rate=total_rate, repeat_rate=repeat_rate)
+    walking = _WalkEveryTime(3600, rate=rate, burst=burst, total_rate=total_rate, repeat_rate=repeat_rate)
     handed: dict[str, list[tuple[float, str, int]]] = {"skipping": [], "walking": []}
     for n, (tick, who) in enumerate(sorted(events)):
         now, ip = tick / 64, f"100.64.0.{who + 1}"

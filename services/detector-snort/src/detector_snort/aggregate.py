@@ -7,7 +7,11 @@ id) and the revision number `count - 1`, so the same alerts always give the same
 same content, whichever run publishes it. `add` folds an alert and marks the window changed;
 `updates` returns a revision of each changed window whose rate allows one (a token bucket per window:
 `burst` at once, then `rate` per second — the alert that completes the evidence goes out at once
-unless the address is already updating several times a second); `due` closes the windows that are
+unless the address is already updating several times a second). Later revisions of all windows share
+a total budget, and those with news (a new destination, port, signature, direction, flow fact, or a
+count still small) go before those whose only news is a doubled count, which also have a smaller
+budget of their own: windows that grow alike double alike, and hundreds of such revisions at once
+would queue a completing revision behind them at policy. `due` closes the windows that are
 over and returns the revisions they still owe. The open windows can be saved (`to_json`) and restored
 (`load_json`) with the read position.
 """
@@ -86,6 +90,7 @@ class _Window:
     tokens: float = 0.0  # the rate's token bucket
     refilled_at: float = 0.0
     changed: int = field(default=0, compare=False)  # when last marked changed (`Aggregator._seq`); not saved
+    news: bool = field(default=False, compare=False)  # the change is more than a doubled count; not saved
     memo: Any = field(default=None, compare=False, repr=False)  # see Folded.window
 
     def to_json(self, key: Key) -> dict[str, Any]:
@@ -162,6 +167,7 @@ class Aggregator:
         rate: float = 1.0,
         burst: int = 3,
         total_rate: float = 1000.0,
+        repeat_rate: float = 100.0,
         track_changes: bool = False,
     ) -> None:
         self.window = window
@@ -173,6 +179,12 @@ class Aggregator:
         self.total_rate = total_rate
         self._total_tokens = total_rate
         self._total_at: float | None = None
+        # Of those, revisions whose only news is a doubled count, per second (one second's worth at
+        # once): they go after the others, spread out.
+        self.repeat_rate = repeat_rate
+        self._repeat_burst = max(1.0, repeat_rate)
+        self._repeat_tokens = self._repeat_burst
+        self._repeat_at: float | None = None
         self._open: dict[Key, _Window] = {}  # in the order they opened
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
@@ -184,7 +196,7 @@ class Aggregator:
         # skipped when they come up.
         self._seq = 0
         self._waiting: list[tuple[float, int, Key, _Window]] = []  # (ready at, seq, ...), a heap
-        self._ready: list[tuple[int, Key, _Window]] = []  # (seq, ...), a heap
+        self._ready: list[tuple[int, int, Key, _Window]] = []  # (0 news / 1 a doubled count, seq, ...)
         # Keys whose window changed or closed since `changes()` was last called (for journals of
         # sources that cannot be read again); None: not tracked.
         self._touched: set[Key] | None = set() if track_changes else None
@@ -201,11 +213,15 @@ class Aggregator:
     def changed(self) -> int:
         return len(self._fresh) + len(self._changed)
 
-    def _mark(self, key: Key, window: _Window) -> None:
+    def _mark(self, key: Key, window: _Window, news: bool = True) -> None:
         if window.published == 0:
             self._fresh[key] = window
-        elif key not in self._changed:
+        elif key not in self._changed or (news and not window.news):
+            # Changed, or a doubled count now has news too: (again) in line, as news if it is; the
+            # order of `_changed` stays the order of the entries' `seq`.
+            self._changed.pop(key, None)
             self._changed[key] = window
+            window.news = news
             seq = window.changed = self._seq = self._seq + 1
             # When its bucket holds a token again (already, if it does).
             ready_at = window.refilled_at + (1.0 - window.tokens) / self.rate
@@ -311,7 +327,8 @@ class Aggregator:
         # What a rule may weigh changed: a small count, a count that doubled since the last revision,
         # a new destination, port, signature or protocol, an established flow. A repeat of the same
         # alert otherwise waits for the count to double (or the window's close).
-        material = count <= EXACT_COUNTS or count >= 2 * window.published
+        material = count <= EXACT_COUNTS  # news; a doubled count alone is less urgent (`_mark`)
+        doubled = count >= 2 * window.published
         if ts < window.first_seen:
             window.first_seen = ts
         elif ts > window.last_seen:
@@ -364,11 +381,11 @@ class Aggregator:
         if window.interface is None and interface is not None:
             window.interface = interface
             material = True
-        if material:
+        if material or doubled:
             if window.published == 0:
                 self._fresh[key] = window
-            elif key not in self._changed:
-                self._mark(key, window)
+            elif (material and not window.news) or key not in self._changed:
+                self._mark(key, window, material)
 
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
@@ -397,17 +414,25 @@ class Aggregator:
         at = self._total_at if self._total_at is not None else now
         total = min(self.total_rate, self._total_tokens + (now - at) * self.total_rate)
         self._total_at = now
+        at = self._repeat_at if self._repeat_at is not None else now
+        repeats = min(self._repeat_burst, self._repeat_tokens + (now - at) * self.repeat_rate)
+        self._repeat_at = now
         changed, waiting, ready = self._changed, self._waiting, self._ready
         soon = now + _EARLY
         while waiting and waiting[0][0] <= soon:
             _, seq, key, window = heapq.heappop(waiting)
             if window.changed == seq and changed.get(key) is window:
-                heapq.heappush(ready, (seq, key, window))
-        # The oldest changed first, as many as the total allows; the rest wait for the next round.
+                heapq.heappush(ready, (0 if window.news else 1, seq, key, window))
+        # News first, then doubled counts, each the oldest changed first, as many as the budgets
+        # allow; the rest wait for the next round.
         while ready and total >= 1.0:
-            seq, key, window = heapq.heappop(ready)
+            rank, seq, key, window = ready[0]
             if window.changed != seq or changed.get(key) is not window:
+                heapq.heappop(ready)
                 continue  # closed, or changed again since (a later entry stands for it)
+            if rank and repeats < 1.0:
+                break  # only doubled counts are left, and their budget is spent
+            heapq.heappop(ready)
             tokens = min(burst, window.tokens + (now - window.refilled_at) * rate)
             window.refilled_at = now
             if tokens < 1.0:  # a hair early
@@ -416,9 +441,13 @@ class Aggregator:
                 continue
             window.tokens = tokens - 1.0
             total -= 1.0
+            if rank:
+                repeats -= 1.0
             del changed[key]
+            window.news = False
             out.append(self._revision(key, window))
         self._total_tokens = total
+        self._repeat_tokens = repeats
         return out
 
     def due(self, now: float, limit: int | None = None) -> list[Folded]:

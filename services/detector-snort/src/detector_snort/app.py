@@ -204,6 +204,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
                 rate=settings.evidence_updates_per_s,
                 burst=settings.evidence_burst,
                 total_rate=settings.evidence_updates_total_per_s,
+                repeat_rate=settings.evidence_repeat_updates_total_per_s,
             ),
             store,
             publish,

@@ -64,6 +64,10 @@ class DetectorSnortSettings(ServiceSettings):
     # Later revisions of all windows of a source together, per second (a window's first revision is
     # never held back): however many addresses alert, the broker gets a bounded stream.
     evidence_updates_total_per_s: float = Field(default=1000.0, gt=0)
+    # Of those, revisions whose only news is a doubled count, per second: they go after revisions
+    # with news (a new destination, port, signature...), spread out, so that windows doubling together
+    # do not queue a completing revision behind hundreds of others at policy.
+    evidence_repeat_updates_total_per_s: float = Field(default=100.0, gt=0)
     # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
     # subscriber's source address arrived on one of them was forged, and is discarded (counted in
     # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
