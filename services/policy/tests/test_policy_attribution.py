@@ -4,6 +4,8 @@ conflicts, and peers that are down or speak another version (transient, never a 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,18 +176,37 @@ async def test_a_batch_is_attributed_as_one_by_one_with_one_request_per_peer_and
             await client.close()
 
 
-def _one_by_one_with_devices(
-    client: Attributor, asked: list[tuple[str, datetime]], since: list[datetime]
-) -> Any:
-    async def ask() -> tuple[list[Attribution], list[DeviceLeases | None]]:
-        alone = [await client.attribute(ip, at) for ip, at in asked]
-        devices = [
-            await client.device_leases(a.cpe_mac, t) if a.found != "conflict" and a.cpe_mac else None
-            for a, t in zip(alone, since, strict=True)
-        ]
-        return alone, devices
+@dataclass
+class _BothWays:
+    """One batch attributed one look-up at a time and with `attribute_devices_many`."""
 
-    return ask()
+    alone: list[Attribution]
+    expected: list[DeviceLeases | None]
+    together: list[Attribution]
+    leases: list[DeviceLeases | None] | RetryLater
+
+
+async def _both_ways(
+    app: FastAPI, asked: list[tuple[str, datetime]], before_batch: Callable[[], None] = lambda: None
+) -> _BothWays:
+    """`asked` (each with its device's leases since half an hour before) attributed one by one, then
+    as a batch; `seen` requests cleared between the two, and `before_batch` called."""
+    since = [at - timedelta(minutes=30) for _, at in asked]
+    async with serve_app(app) as url:
+        client = attributor(url)
+        try:
+            alone = [await client.attribute(ip, at) for ip, at in asked]
+            expected = [
+                await client.device_leases(a.cpe_mac, t) if a.found != "conflict" and a.cpe_mac else None
+                for a, t in zip(alone, since, strict=True)
+            ]
+            before_batch()
+            together, leases = await client.attribute_devices_many(
+                [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
+            )
+        finally:
+            await client.close()
+    return _BothWays(alone, expected, together, leases)
 
 
 def _fields(found: list[Attribution]) -> list[tuple[object, ...]]:
@@ -201,7 +222,6 @@ async def test_live_leases_the_cmts_lists_are_attributed_with_their_devices_in_o
         book.bind(f"100.64.0.{20 + n}", mac, t0)
         book.plug(mac, CM, f"100.64.0.{20 + n}")
     asked = [(f"100.64.0.{20 + n}", datetime.now(UTC)) for n in range(3)]
-    since = [at - timedelta(minutes=30) for _, at in asked]
     app = stub_app(book)
     seen = _counting(app)
     listing_asked = asyncio.Event()
@@ -217,47 +237,28 @@ async def test_live_leases_the_cmts_lists_are_attributed_with_their_devices_in_o
                 await listing_asked.wait()
         return await call_next(request)
 
-    async with serve_app(app) as url:
-        client = attributor(url)
-        try:
-            alone, expected = await _one_by_one_with_devices(client, asked, since)
-            seen.clear()
-            # When policy attributes them as one batch, with their devices' leases
-            together, leases = await client.attribute_devices_many(
-                [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
-            )
-        finally:
-            await client.close()
+    # When policy attributes them as one batch, with their devices' leases
+    both = await _both_ways(app, asked, seen.clear)
     # Then one request to each peer, at the same time, answered as one look-up at a time would be
     assert sorted(seen) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
-    assert _fields(together) == _fields(alone)
-    assert [(a.found, a.cm_mac, a.cmts) for a in together] == [("lease", CM, "stub-cmts")] * 3
-    assert leases == expected
-    assert all(held is not None and held.leases for held in expected)
+    assert _fields(both.together) == _fields(both.alone)
+    assert [(a.found, a.cm_mac, a.cmts) for a in both.together] == [("lease", CM, "stub-cmts")] * 3
+    assert both.leases == both.expected
+    assert all(held is not None and held.leases for held in both.expected)
 
 
 async def test_a_batch_of_every_kind_at_once_is_as_one_by_one() -> None:
     book, asked = _one_of_each()
     app = stub_app(book)
     seen = _counting(app)
-    since = [at - timedelta(minutes=30) for _, at in asked]
-    async with serve_app(app) as url:
-        client = attributor(url)
-        try:
-            alone, expected = await _one_by_one_with_devices(client, asked, since)
-            seen.clear()
-            together, leases = await client.attribute_devices_many(
-                [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
-            )
-        finally:
-            await client.close()
+    both = await _both_ways(app, asked, seen.clear)
     # The first round to both peers; then the ended and unlisted leases' modems, by MAC, beside the
     # static address's device's leases
     assert sorted(seen[:2]) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
     assert sorted(seen[2:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases"]
-    assert _fields(together) == _fields(alone)
-    assert leases == expected
-    assert [held is not None for held in expected] == [True, True, True, False, True, False]
+    assert _fields(both.together) == _fields(both.alone)
+    assert both.leases == both.expected
+    assert [held is not None for held in both.expected] == [True, True, True, False, True, False]
 
 
 async def test_a_provisioner_without_the_holders_and_leases_look_up_is_asked_in_steps() -> None:
@@ -284,27 +285,20 @@ async def test_a_provisioner_without_the_holders_and_leases_look_up_is_asked_in_
                 await leases_asked.wait()
         return await call_next(request)
 
-    since = [at - timedelta(minutes=30) for _, at in asked]
-    async with serve_app(app) as url:
-        client = attributor(url)
-        try:
-            alone, expected = await _one_by_one_with_devices(client, asked, since)
-            seen.clear()
-            history_asked.clear()
-            leases_asked.clear()
-            together, leases = await client.attribute_devices_many(
-                [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
-            )
-        finally:
-            await client.close()
+    def start_counting() -> None:
+        seen.clear()
+        history_asked.clear()
+        leases_asked.clear()
+
+    both = await _both_ways(app, asked, start_counting)
     # Then after the look-up it lacks (and the CMTS listing asked beside it), the steps: the lease
     # history, then its devices' leases beside the CMTS tables, the static address's device after them
     assert sorted(seen[:2]) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
     assert seen[2] == "POST /v1/leases/holders"
     assert sorted(seen[3:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases", "POST /v1/devices/leases"]
-    assert _fields(together) == _fields(alone)
-    assert leases == expected
-    assert [held is not None for held in expected] == [True, True, True, False, True, False]
+    assert _fields(both.together) == _fields(both.alone)
+    assert both.leases == both.expected
+    assert [held is not None for held in both.expected] == [True, True, True, False, True, False]
 
 
 async def test_peers_without_the_batch_look_ups_are_asked_one_by_one() -> None:

@@ -259,15 +259,26 @@ class Attributor:
                 missing.append(i)
         if isinstance(static_leases, RetryLater):
             return attributions, static_leases
+        return attributions, await self._with_leases_of(missing, attributions, asked, leases)
+
+    async def _with_leases_of(
+        self,
+        devices: list[int],
+        attributions: list[Attribution],
+        asked: Sequence[tuple[str, datetime, datetime]],
+        leases: list[DeviceLeases | None],
+    ) -> list[DeviceLeases | None] | RetryLater:
+        """`leases` with the leases of the devices attributed at `devices` (positions) asked now,
+        each since its `since`; the look-up's failure instead."""
         try:
-            asked_after = await self.device_leases_many(
-                [(attributions[i].cpe_mac or "", asked[i][2]) for i in missing]
+            found = await self.device_leases_many(
+                [(attributions[i].cpe_mac or "", asked[i][2]) for i in devices]
             )
         except RetryLater as exc:
-            return attributions, exc
-        for i, held_after in zip(missing, asked_after, strict=True):
-            leases[i] = held_after
-        return attributions, leases
+            return exc
+        for i, held in zip(devices, found, strict=True):
+            leases[i] = held
+        return leases
 
     async def _modems_of_cpes(self, macs: list[str]) -> list[CpeModem | None]:
         """The CMTS tables' modem of each CPE MAC, in their order (one by one from an older agent)."""
@@ -328,15 +339,7 @@ class Attributor:
                 if i in prefetched:
                     leases[i] = held
         rest = [i for i in devices if i not in prefetched]
-        try:
-            found = await self.device_leases_many(
-                [(attributions[i].cpe_mac or "", asked[i][2]) for i in rest]
-            )
-        except RetryLater as exc:
-            return attributions, exc
-        for i, held in zip(rest, found, strict=True):
-            leases[i] = held
-        return attributions, leases
+        return attributions, await self._with_leases_of(rest, attributions, asked, leases)
 
     async def _attribute_many(
         self,

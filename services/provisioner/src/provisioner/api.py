@@ -91,6 +91,12 @@ def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
     )
 
 
+async def holders_at(history: LeaseHistory, ip: str, when: datetime, now: datetime) -> LeaseHolders:
+    """Who held `ip` at `when`, as the versioned answer."""
+    found = [to_answer(i, now) for i in await history.holders(ip, when)]
+    return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
+
+
 def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admin_token: SecretStr) -> None:
     """`history` None (dhcpd without its leases file): the lease look-ups answer 501, the garden state
     stays."""
@@ -113,11 +119,8 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
     @router.get(HOLDERS_PATH.removeprefix("/v1"), response_model=LeaseHolders)
     async def holders(ip: str, at: AwareDatetime | None = None) -> LeaseHolders:
         """Who held `ip` at `at` (default now), from the lease history; more than one is a conflict."""
-        ip = path_ipv4(ip)
         now = datetime.now(UTC)
-        when = utc(at, "at") if at is not None else now
-        found = [to_answer(i, now) for i in await lease_history().holders(ip, when)]
-        return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
+        return await holders_at(lease_history(), path_ipv4(ip), utc(at, "at") if at is not None else now, now)
 
     @router.get(DEVICE_LEASES_PATH.removeprefix("/v1"), response_model=DeviceLeases)
     async def device_leases(mac: str, since: AwareDatetime | None = None) -> DeviceLeases:
@@ -135,13 +138,9 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         attributes a batch of observations with one request)."""
         history = lease_history()
         now = datetime.now(UTC)
-        answers: list[LeaseHolders] = []
-        for q in query.queries:
-            ip = path_ipv4(q.ip)
-            when = utc(q.at, "at")
-            found = [to_answer(i, now) for i in await history.holders(ip, when)]
-            answers.append(LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None]))
-        return HoldersAnswers(answers=answers)
+        return HoldersAnswers(
+            answers=[await holders_at(history, path_ipv4(q.ip), utc(q.at, "at"), now) for q in query.queries]
+        )
 
     @router.post(DEVICE_LEASES_BATCH_PATH.removeprefix("/v1"), response_model=DeviceLeasesAnswers)
     @max_body(BATCH_MAX_BODY)
@@ -166,10 +165,7 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         now = datetime.now(UTC)
         answers: list[HolderLeases] = []
         for q in query.queries:
-            ip = path_ipv4(q.ip)
-            when = utc(q.at, "at")
-            found = [to_answer(i, now) for i in await history.holders(ip, when)]
-            held = LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
+            held = await holders_at(history, path_ipv4(q.ip), utc(q.at, "at"), now)
             device = None
             if len(held.macs) == 1:
                 (mac,) = held.macs
