@@ -157,7 +157,9 @@ BREAKER_LIMITS = {
 }
 
 
-def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, str]:
+def bench(
+    subscribers: int, evidence_lines: int = EVIDENCE_LINES, flood_per_s: int = FLOOD_PER_S
+) -> dict[str, str]:
     from lazaretto_lab.system import LabSystem
     from lazaretto_lab.testing import (
         create_database,
@@ -180,7 +182,7 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
     hops: dict[str, list[float]] = {}
     flood_lines = 0
     settled_s = 0.0
-    load = FloodLoad(None, vhost, 0.0)
+    load = FloodLoad(None, vhost, 0.0, flood_per_s)
     try:
         with LabSystem(config) as system:
             assert system.kea is not None
@@ -188,11 +190,11 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
             assert system.cmts is not None
             cpes = lease_cpes(system, modems)
             template = one_alert_line(workdir, str(system.kea.subnet))
-            flooder, flood_started, settled_s = start_flood(system, template, workdir)
+            flooder, flood_started, settled_s = start_flood(system, template, workdir, flood_per_s)
             probe = start_probe(system)
             assert probe.stdin is not None
             assert probe.stdout is not None
-            load = FloodLoad(system, vhost, flood_started)
+            load = FloodLoad(system, vhost, flood_started, flood_per_s)
             load.start()
             try:
                 for cpe, modem in zip(cpes, modems, strict=True):
@@ -206,7 +208,7 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
                             raise RuntimeError(f"no reset for {modem.cm_mac}")
                         time.sleep(0.005)
                     reset_ms.append((float(sets[0]["ts"]) - written_wall) * 1000)
-                flood_lines = round((time.monotonic() - flood_started) * FLOOD_PER_S)
+                flood_lines = round((time.monotonic() - flood_started) * flood_per_s)
                 load.stop()
                 flooder.kill()
                 flooder.wait()
@@ -237,7 +239,7 @@ def bench(subscribers: int, evidence_lines: int = EVIDENCE_LINES) -> dict[str, s
         "breaker_limits": ",".join(
             f"{k.removeprefix('LAZARETTO_').lower()}={v}" for k, v in BREAKER_LIMITS.items()
         ),
-        "flood_lines_per_s": str(FLOOD_PER_S),
+        "flood_lines_per_s": str(flood_per_s),
         "flood_lines_written": str(flood_lines),
         "flood_burst_decided_s": f"{settled_s:.1f}",
         **load.figures(),
@@ -269,10 +271,10 @@ class FloodLoad:
     `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and the
     messages waiting in policy's queue."""
 
-    def __init__(self, system: LabSystem | None, vhost: str, flood_started: float) -> None:
+    def __init__(self, system: LabSystem | None, vhost: str, flood_started: float, per_s: int) -> None:
         import threading
 
-        self.system, self.vhost, self.flood_started = system, vhost, flood_started
+        self.system, self.vhost, self.flood_started, self.per_s = system, vhost, flood_started, per_s
         self.published: list[tuple[float, float]] = []
         self.behind: list[float] = []
         self.queued: list[int] = []
@@ -316,7 +318,7 @@ class FloodLoad:
                         elif line.startswith("lazaretto_alert_lines_total{"):
                             read += float(line.rsplit(" ", 1)[1])
                     self.published.append((now, published))
-                    self.behind.append((now - self.flood_started) * FLOOD_PER_S - read)
+                    self.behind.append((now - self.flood_started) * self.per_s - read)
                     self.queued.append(await bus.message_count("lazaretto.policy.main") or 0)
         finally:
             await bus.close()
@@ -440,12 +442,12 @@ def lease_cpes(system: LabSystem, modems: list[LabModem]) -> list[CpeHost]:
 
 
 def start_flood(
-    system: LabSystem, template: dict[str, object], workdir: Path
+    system: LabSystem, template: dict[str, object], workdir: Path, per_s: int
 ) -> tuple[subprocess.Popen[bytes], float, float]:
-    """50,000 lines/s of alerts from addresses of the subscriber subnet outside both pools (no lease:
-    policy cannot attribute them), appended to the EVE file by another process; returns once the
-    first alert of each flood address has reached policy and the opening burst of revisions is
-    decided, so the run measures the steady state."""
+    """`per_s` (50,000 by default) lines/s of alerts from addresses of the subscriber subnet outside
+    both pools (no lease: policy cannot attribute them), appended to the EVE file by another
+    process; returns once the first alert of each flood address has reached policy and the opening
+    burst of revisions is decided, so the run measures the steady state."""
     assert system.kea is not None
     kea = system.kea
     first = int(ipaddress.IPv4Address(kea.normal_pool[1])) + 1
@@ -459,9 +461,7 @@ def start_flood(
             for n in range(5000)
         )
     )
-    flooder = subprocess.Popen(
-        [sys.executable, "-c", FLOOD, str(system.eve_path), str(FLOOD_PER_S), str(blob)]
-    )
+    flooder = subprocess.Popen([sys.executable, "-c", FLOOD, str(system.eve_path), str(per_s), str(blob)])
     started = time.monotonic()
     deadline = started + 120
     while asyncio.run(_observed(system, addresses)) < len(addresses):
@@ -611,11 +611,17 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
     parser.add_argument("--evidence-lines", type=int, default=EVIDENCE_LINES)
+    parser.add_argument(
+        "--flood-per-s",
+        type=int,
+        default=FLOOD_PER_S,
+        help="alert lines per second of the flood (a slower machine)",
+    )
     args = parser.parse_args()
     if args.probe:
         probe_main()
         return
-    for name, value in bench(args.subscribers, args.evidence_lines).items():
+    for name, value in bench(args.subscribers, args.evidence_lines, args.flood_per_s).items():
         print(f"{name}={value}")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from lazaretto_core.attribution import ALL_ANSWERS, LeaseHolders, LeaseInterval
+from lazaretto_core.attribution import ALL_ANSWERS, DeviceLeases, HolderLeases, LeaseHolders, LeaseInterval
 
 SCHEMAS = Path(__file__).parent / "schemas"
 
@@ -55,3 +55,13 @@ def test_covers_is_half_open() -> None:
     interval = LeaseInterval.model_validate(LeaseInterval.example)
     assert interval.covers(datetime(2026, 11, 26, 4, 0, tzinfo=UTC))
     assert not interval.covers(datetime(2026, 11, 26, 5, 0, tzinfo=UTC))
+
+
+def test_holder_leases_follow_only_the_sole_holder() -> None:
+    other = dict(DeviceLeases.example, mac="02:00:00:00:00:02")
+    with pytest.raises(pydantic.ValidationError, match="not the sole holder"):
+        HolderLeases.model_validate({"holders": LeaseHolders.example, "device": other})
+    nobody = dict(LeaseHolders.example, holders=[])
+    with pytest.raises(pydantic.ValidationError, match="not the sole holder"):
+        HolderLeases.model_validate({"holders": nobody, "device": DeviceLeases.example})
+    assert HolderLeases.model_validate({"holders": nobody, "device": None}).device is None

@@ -4,15 +4,18 @@ conflicts, and peers that are down or speak another version (transient, never a 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
 
+from lazaretto_core.attribution import DeviceLeases
 from lazaretto_core.errors import RetryLater
 from lazaretto_lab.lease_stub import LeaseBook, serve, serve_app, stub_app
-from policy.attribution import Attributor
+from policy.attribution import Attribution, Attributor
 
 A_MAC = "02:00:00:00:0a:01"
 B_MAC = "02:00:00:00:0b:01"
@@ -173,23 +176,21 @@ async def test_a_batch_is_attributed_as_one_by_one_with_one_request_per_peer_and
             await client.close()
 
 
-async def test_a_batchs_device_leases_are_asked_beside_the_cmts_tables_and_are_as_one_by_one() -> None:
-    book, asked = _one_of_each()
-    app = stub_app(book)
-    seen = _counting(app)
-    leases_asked = asyncio.Event()
+@dataclass
+class _BothWays:
+    """One batch attributed one look-up at a time and with `attribute_devices_many`."""
 
-    @app.middleware("http")
-    async def cmts_answers_once_leases_are_asked(request: Request, call_next: Any) -> Any:
-        # The CMTS tables answer only once the leases of the lease history's devices were asked:
-        # one after the other, this request would wait for nothing and fail.
-        if request.url.path == "/v1/devices/leases":
-            leases_asked.set()
-        elif request.url.path == "/v1/cpes/modems":
-            async with asyncio.timeout(20):
-                await leases_asked.wait()
-        return await call_next(request)
+    alone: list[Attribution]
+    expected: list[DeviceLeases | None]
+    together: list[Attribution]
+    leases: list[DeviceLeases | None] | RetryLater
 
+
+async def _both_ways(
+    app: FastAPI, asked: list[tuple[str, datetime]], before_batch: Callable[[], None] = lambda: None
+) -> _BothWays:
+    """`asked` (each with its device's leases since half an hour before) attributed one by one, then
+    as a batch; `seen` requests cleared between the two, and `before_batch` called."""
     since = [at - timedelta(minutes=30) for _, at in asked]
     async with serve_app(app) as url:
         client = attributor(url)
@@ -199,20 +200,105 @@ async def test_a_batchs_device_leases_are_asked_beside_the_cmts_tables_and_are_a
                 await client.device_leases(a.cpe_mac, t) if a.found != "conflict" and a.cpe_mac else None
                 for a, t in zip(alone, since, strict=True)
             ]
-            seen.clear()
+            before_batch()
             together, leases = await client.attribute_devices_many(
                 [(ip, at, t) for (ip, at), t in zip(asked, since, strict=True)]
             )
         finally:
             await client.close()
-    assert seen[0] == "POST /v1/leases/holders"
-    # The lease history's devices beside the CMTS tables; the static address's device after them.
-    assert sorted(seen[1:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases", "POST /v1/devices/leases"]
-    assert [(a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in together] == [
-        (a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in alone
+    return _BothWays(alone, expected, together, leases)
+
+
+def _fields(found: list[Attribution]) -> list[tuple[object, ...]]:
+    return [(a.ip, a.cpe_mac, a.cm_mac, a.found, a.lease, a.conflict, a.cmts) for a in found]
+
+
+async def test_live_leases_the_cmts_lists_are_attributed_with_their_devices_in_one_round_trip() -> None:
+    # Given three PCs on live leases, each listed by the CMTS at its address behind its modem
+    book = LeaseBook()
+    t0 = datetime.now(UTC) - timedelta(minutes=20)
+    for n in range(3):
+        mac = f"02:00:00:00:1{n}:01"
+        book.bind(f"100.64.0.{20 + n}", mac, t0)
+        book.plug(mac, CM, f"100.64.0.{20 + n}")
+    asked = [(f"100.64.0.{20 + n}", datetime.now(UTC)) for n in range(3)]
+    app = stub_app(book)
+    seen = _counting(app)
+    listing_asked = asyncio.Event()
+
+    @app.middleware("http")
+    async def history_answers_once_the_tables_are_asked(request: Request, call_next: Any) -> Any:
+        # The lease history answers only once the CMTS tables were asked: one after the other, this
+        # request would wait for nothing and fail.
+        if request.url.path == "/v1/cpes/modems":
+            listing_asked.set()
+        elif request.url.path == "/v1/leases/holders-and-leases":
+            async with asyncio.timeout(20):
+                await listing_asked.wait()
+        return await call_next(request)
+
+    # When policy attributes them as one batch, with their devices' leases
+    both = await _both_ways(app, asked, seen.clear)
+    # Then one request to each peer, at the same time, answered as one look-up at a time would be
+    assert sorted(seen) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
+    assert _fields(both.together) == _fields(both.alone)
+    assert [(a.found, a.cm_mac, a.cmts) for a in both.together] == [("lease", CM, "stub-cmts")] * 3
+    assert both.leases == both.expected
+    assert all(held is not None and held.leases for held in both.expected)
+
+
+async def test_a_batch_of_every_kind_at_once_is_as_one_by_one() -> None:
+    book, asked = _one_of_each()
+    app = stub_app(book)
+    seen = _counting(app)
+    both = await _both_ways(app, asked, seen.clear)
+    # The first round to both peers; then the ended and unlisted leases' modems, by MAC, beside the
+    # static address's device's leases
+    assert sorted(seen[:2]) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
+    assert sorted(seen[2:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases"]
+    assert _fields(both.together) == _fields(both.alone)
+    assert both.leases == both.expected
+    assert [held is not None for held in both.expected] == [True, True, True, False, True, False]
+
+
+async def test_a_provisioner_without_the_holders_and_leases_look_up_is_asked_in_steps() -> None:
+    # Given a provisioner older than policy: no holders-and-leases look-up
+    book, asked = _one_of_each()
+    app = stub_app(book)
+    app.router.routes = [
+        r for r in app.router.routes if getattr(r, "path", "") != "/v1/leases/holders-and-leases"
     ]
-    assert leases == expected
-    assert [held is not None for held in expected] == [True, True, True, False, True, False]
+    seen = _counting(app)
+    history_asked = asyncio.Event()
+    leases_asked = asyncio.Event()
+
+    @app.middleware("http")
+    async def cmts_answers_once_leases_are_asked(request: Request, call_next: Any) -> Any:
+        # After the lease history, the CMTS tables answer only once the leases of the history's
+        # devices were asked: one after the other, this request would wait for nothing and fail.
+        if request.url.path == "/v1/leases/holders":
+            history_asked.set()
+        elif request.url.path == "/v1/devices/leases":
+            leases_asked.set()
+        elif request.url.path == "/v1/cpes/modems" and history_asked.is_set():
+            async with asyncio.timeout(20):
+                await leases_asked.wait()
+        return await call_next(request)
+
+    def start_counting() -> None:
+        seen.clear()
+        history_asked.clear()
+        leases_asked.clear()
+
+    both = await _both_ways(app, asked, start_counting)
+    # Then after the look-up it lacks (and the CMTS listing asked beside it), the steps: the lease
+    # history, then its devices' leases beside the CMTS tables, the static address's device after them
+    assert sorted(seen[:2]) == ["POST /v1/cpes/modems", "POST /v1/leases/holders-and-leases"]
+    assert seen[2] == "POST /v1/leases/holders"
+    assert sorted(seen[3:]) == ["POST /v1/cpes/modems", "POST /v1/devices/leases", "POST /v1/devices/leases"]
+    assert _fields(both.together) == _fields(both.alone)
+    assert both.leases == both.expected
+    assert [held is not None for held in both.expected] == [True, True, True, False, True, False]
 
 
 async def test_peers_without_the_batch_look_ups_are_asked_one_by_one() -> None:

@@ -11,7 +11,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.attribution import DeviceLeases, DeviceLeasesAnswers, HoldersAnswers, LeaseHolders
+from lazaretto_core.attribution import (
+    DeviceLeases,
+    DeviceLeasesAnswers,
+    HoldersAnswers,
+    HoldersLeasesAnswers,
+    LeaseHolders,
+)
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import (
     AllowlistChanged,
@@ -224,12 +230,39 @@ async def test_attribution_lookups_answer_typed_versioned_models(
         assert device_many.status_code == 200, device_many.text
         [device_again] = DeviceLeasesAnswers.model_validate(device_many.json()).answers
         assert (device_again.mac, device_again.leases) == (mac, device.leases)
+        # and holders with their device's leases in one request answer as the two look-ups did
+        both = await client.post(
+            "/v1/leases/holders-and-leases",
+            json={
+                "queries": [
+                    {"ip": lease.ip, "at": now, "since": since},
+                    {"ip": lease.ip, "at": "2001-01-01T00:00:00Z", "since": since},
+                ]
+            },
+        )
+        assert both.status_code == 200, both.text
+        held_now, held_before = HoldersLeasesAnswers.model_validate(both.json()).answers
+        assert held_now.holders == holders
+        assert held_now.device is not None
+        assert (held_now.device.mac, held_now.device.leases) == (mac, device.leases)
+        assert (held_before.holders.holders, held_before.device) == ([], None)
+        # and a full batch, every address and time written out in full, is answered
+        full = {
+            "queries": [{"ip": "100.127.248.216", "at": "2026-11-26T05:00:02.123456+00:00", "since": since}]
+            * 1000
+        }
+        answered = await client.post("/v1/leases/holders-and-leases", json=full)
+        assert answered.status_code == 200, answered.text
+        assert len(HoldersLeasesAnswers.model_validate(answered.json()).answers) == 1000
         for bad_batch in (
             {"queries": [{"ip": "2001:db8::1", "at": now}]},
             {"queries": [{"ip": lease.ip, "at": "2026-01-01T00:00:00"}]},
             {"queries": [{"ip": lease.ip, "at": now}] * 1001},
         ):
             response = await client.post("/v1/leases/holders", json=bad_batch)
+            assert response.status_code == 422, response.text
+            with_since = {"queries": [dict(q, since=since) for q in bad_batch["queries"]]}
+            response = await client.post("/v1/leases/holders-and-leases", json=with_since)
             assert response.status_code == 422, response.text
         # and bad input is a clear 422, never a 500
         for bad in (

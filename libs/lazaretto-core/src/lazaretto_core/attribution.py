@@ -29,6 +29,10 @@ CPE_MODEM_PATH = "/v1/cpes/{mac}/modem"
 HOLDERS_BATCH_PATH = "/v1/leases/holders"  # HoldersQuery -> HoldersAnswers
 DEVICE_LEASES_BATCH_PATH = "/v1/devices/leases"  # DeviceLeasesQuery -> DeviceLeasesAnswers
 MODEMS_BATCH_PATH = "/v1/cpes/modems"  # ModemsQuery -> ModemsAnswers
+# Who held each address, and every address its sole holder held since a moment, in one request: the
+# device's leases without a second round trip once the history named it (HoldersLeasesQuery ->
+# HoldersLeasesAnswers).
+HOLDERS_LEASES_BATCH_PATH = "/v1/leases/holders-and-leases"
 # At most this many look-ups in one request (a bigger one is answered 422).
 MAX_BATCH = 1000
 
@@ -175,6 +179,51 @@ class DeviceLeasesAnswers(_Answer):
     example = {"schema_version": 1, "answers": [DeviceLeases.example]}
 
 
+class HolderLeasesQuery(_Answer):
+    """Who held `ip` at `at` and, when one device did, every address it held since `since`."""
+
+    ip: IpAddress
+    at: AwareDatetime
+    since: AwareDatetime
+
+    example = {"ip": "100.64.0.10", "at": "2026-11-26T05:00:02+00:00", "since": "2026-11-26T04:30:02+00:00"}
+
+
+class HoldersLeasesQuery(_Answer):
+    """Many `HolderLeasesQuery` in one request (`HOLDERS_LEASES_BATCH_PATH`)."""
+
+    schema_version: Literal[1] = 1
+    queries: list[HolderLeasesQuery] = Field(max_length=MAX_BATCH)
+
+    example = {"schema_version": 1, "queries": [HolderLeasesQuery.example]}
+
+
+class HolderLeases(_Answer):
+    """The address's holders at the time, and the leases since `since` of the one device among them
+    (null when nobody or several devices held it: no device to follow)."""
+
+    holders: LeaseHolders
+    device: DeviceLeases | None
+
+    example = {"holders": LeaseHolders.example, "device": DeviceLeases.example}
+
+    @model_validator(mode="after")
+    def _device_is_the_sole_holder(self) -> HolderLeases:
+        macs = self.holders.macs
+        if self.device is not None and (len(macs) != 1 or self.device.mac not in macs):
+            raise ValueError("device is not the sole holder")
+        return self
+
+
+class HoldersLeasesAnswers(_Answer):
+    """One `HolderLeases` per query, in the queries' order."""
+
+    schema_version: Literal[1] = 1
+    answers: list[HolderLeases]
+
+    example = {"schema_version": 1, "answers": [HolderLeases.example]}
+
+
 class ModemsQuery(_Answer):
     """cmts-agent: the modems behind many CPE MACs (`CPE_MODEM_PATH`) and CPE addresses
     (`IP_MODEM_PATH`, IPv4) in one request."""
@@ -208,6 +257,10 @@ ALL_ANSWERS: tuple[type[_Answer], ...] = (
     DeviceLeasesQueryItem,
     DeviceLeasesQuery,
     DeviceLeasesAnswers,
+    HolderLeasesQuery,
+    HoldersLeasesQuery,
+    HolderLeases,
+    HoldersLeasesAnswers,
     ModemsQuery,
     ModemsAnswers,
 )

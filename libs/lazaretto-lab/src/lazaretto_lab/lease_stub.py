@@ -20,7 +20,10 @@ from lazaretto_core.attribution import (
     DeviceLeases,
     DeviceLeasesAnswers,
     DeviceLeasesQuery,
+    HolderLeases,
     HoldersAnswers,
+    HoldersLeasesAnswers,
+    HoldersLeasesQuery,
     HoldersQuery,
     LeaseHolders,
     LeaseInterval,
@@ -103,6 +106,15 @@ def stub_app(book: LeaseBook) -> FastAPI:
     @app.post("/v1/devices/leases")
     async def device_leases_batch(query: DeviceLeasesQuery) -> DeviceLeasesAnswers:
         return DeviceLeasesAnswers(answers=[await device_leases(q.mac, q.since) for q in query.queries])
+
+    @app.post("/v1/leases/holders-and-leases")
+    async def holders_leases_batch(query: HoldersLeasesQuery) -> HoldersLeasesAnswers:
+        answers: list[HolderLeases] = []
+        for q in query.queries:
+            held = await holders(q.ip, q.at)
+            device = await device_leases(next(iter(held.macs)), q.since) if len(held.macs) == 1 else None
+            answers.append(HolderLeases(holders=held, device=device))
+        return HoldersLeasesAnswers(answers=answers)
 
     @app.post("/v1/cpes/modems")
     async def modems_batch(query: ModemsQuery) -> ModemsAnswers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookiejar import CookieJar
@@ -23,6 +23,7 @@ from lazaretto_core.attribution import (
     DEVICE_LEASES_BATCH_PATH,
     DEVICE_LEASES_PATH,
     HOLDERS_BATCH_PATH,
+    HOLDERS_LEASES_BATCH_PATH,
     HOLDERS_PATH,
     IP_MODEM_PATH,
     MAX_BATCH,
@@ -32,8 +33,11 @@ from lazaretto_core.attribution import (
     DeviceLeasesAnswers,
     DeviceLeasesQuery,
     DeviceLeasesQueryItem,
+    HolderLeasesQuery,
     HolderQuery,
     HoldersAnswers,
+    HoldersLeasesAnswers,
+    HoldersLeasesQuery,
     HoldersQuery,
     LeaseHolders,
     LeaseInterval,
@@ -170,16 +174,136 @@ class Attributor:
     ) -> tuple[list[Attribution], list[DeviceLeases | None] | RetryLater]:
         """`attribute_many` for (address, time, since) triples, then `device_leases_many` since
         `since` for each device found (None for a conflict or an address nobody is known to hold).
-        The leases of a device a lease names are asked concurrently with the CMTS tables (the lease
-        history's first answer names it): one round trip less before an enforcing observation is
-        decided. The attribution's failure is raised (RetryLater); the device look-up's is returned
-        instead of the leases: the attributions stand and the caller holds only the devices."""
+        One round trip when the peers serve it (`_attribute_devices_at_once`), else two
+        (`_attribute_devices_in_steps`). The attribution's failure is raised (RetryLater); the device
+        look-up's is returned instead of the leases: the attributions stand and the caller holds
+        only the devices."""
         if len(asked) > MAX_BATCH:
             head, head_leases = await self.attribute_devices_many(asked[:MAX_BATCH])
             tail, tail_leases = await self.attribute_devices_many(asked[MAX_BATCH:])
             if isinstance(head_leases, RetryLater) or isinstance(tail_leases, RetryLater):
                 return head + tail, head_leases if isinstance(head_leases, RetryLater) else tail_leases
             return head + tail, head_leases + tail_leases
+        at_once = await self._attribute_devices_at_once(asked)
+        if at_once is not None:
+            return at_once
+        return await self._attribute_devices_in_steps(asked)
+
+    async def _attribute_devices_at_once(
+        self, asked: Sequence[tuple[str, datetime, datetime]]
+    ) -> tuple[list[Attribution], list[DeviceLeases | None] | RetryLater] | None:
+        """`attribute_devices_many` (at most MAX_BATCH, IPv4) in one round trip when the lease is live:
+        the provisioner answers the holders with their device's leases, and cmts-agent what its
+        tables list at each address, asked at the same time. A live lease whose address the CMTS
+        lists for the same device needs nothing more (the table's row is the device's); only an
+        ended lease (its device's modem, by MAC) and a static address (its device's leases) take a
+        second. None when a peer does not serve these look-ups (older than policy) or the batch
+        holds an IPv6 address: then the steps."""
+        if not asked or any(ipaddress.ip_address(ip).version != 4 for ip, _, _ in asked):
+            return None
+        history_query = HoldersLeasesQuery(
+            queries=[HolderLeasesQuery(ip=ip, at=at, since=since) for ip, at, since in asked]
+        )
+        history, listing = await _both(
+            self._post(self._provisioner + HOLDERS_LEASES_BATCH_PATH, history_query, HoldersLeasesAnswers),
+            self._post(
+                self._cmts_agent + MODEMS_BATCH_PATH,
+                ModemsQuery(ips=[ip for ip, _, _ in asked]),
+                ModemsAnswers,
+            ),
+        )
+        if (
+            history is None
+            or listing is None
+            or len(history.answers) != len(asked)
+            or (len(listing.by_cpe_mac), len(listing.by_ip)) != (0, len(asked))
+        ):
+            return None
+        # What the first round leaves open: the modem of an ended lease's device (or of a live one
+        # the table lists elsewhere), and the leases of a static address's device.
+        modem_wanted: dict[int, str] = {}
+        static_devices: dict[int, str] = {}
+        for i, (held, listed) in enumerate(zip(history.answers, listing.by_ip, strict=True)):
+            lease = _sole_lease(held.holders)
+            if lease is not None and (listed is None or listed.cpe_mac != lease.mac):
+                modem_wanted[i] = lease.mac
+            elif not held.holders.macs and listed is not None:
+                static_devices[i] = listed.cpe_mac
+        modems, static_leases = await _both(
+            self._modems_of_cpes(list(modem_wanted.values())),
+            self._leases_or_failure([(mac, asked[i][2]) for i, mac in static_devices.items()]),
+        )
+        modem_of = dict(zip(modem_wanted, modems, strict=True))
+        attributions: list[Attribution] = []
+        leases: list[DeviceLeases | None] = [None] * len(asked)
+        static_of: dict[int, DeviceLeases] = {}
+        if not isinstance(static_leases, RetryLater):
+            static_of = dict(zip(static_devices, static_leases, strict=True))
+        missing: list[int] = []
+        for i, ((ip, at, _), held, listed) in enumerate(
+            zip(asked, history.answers, listing.by_ip, strict=True)
+        ):
+            lease = _sole_lease(held.holders)
+            modem = modem_of[i] if i in modem_wanted else (listed if lease is not None else None)
+            found = _attribution(
+                ip, at, held.holders, modem, listed if _needs_cmts_listing(held.holders) else None
+            )
+            attributions.append(found)
+            if found.found == "conflict" or found.cpe_mac is None:
+                continue
+            if held.device is not None and held.device.mac == found.cpe_mac:
+                leases[i] = held.device
+            elif i in static_of and static_of[i].mac == found.cpe_mac:
+                leases[i] = static_of[i]
+            else:
+                missing.append(i)
+        if isinstance(static_leases, RetryLater):
+            return attributions, static_leases
+        return attributions, await self._with_leases_of(missing, attributions, asked, leases)
+
+    async def _with_leases_of(
+        self,
+        devices: list[int],
+        attributions: list[Attribution],
+        asked: Sequence[tuple[str, datetime, datetime]],
+        leases: list[DeviceLeases | None],
+    ) -> list[DeviceLeases | None] | RetryLater:
+        """`leases` with the leases of the devices attributed at `devices` (positions) asked now,
+        each since its `since`; the look-up's failure instead."""
+        try:
+            found = await self.device_leases_many(
+                [(attributions[i].cpe_mac or "", asked[i][2]) for i in devices]
+            )
+        except RetryLater as exc:
+            return exc
+        for i, held in zip(devices, found, strict=True):
+            leases[i] = held
+        return leases
+
+    async def _modems_of_cpes(self, macs: list[str]) -> list[CpeModem | None]:
+        """The CMTS tables' modem of each CPE MAC, in their order (one by one from an older agent)."""
+        if not macs:
+            return []
+        found = await self._post(
+            self._cmts_agent + MODEMS_BATCH_PATH, ModemsQuery(cpe_macs=macs), ModemsAnswers
+        )
+        if found is None or len(found.by_cpe_mac) != len(macs):
+            return list(await asyncio.gather(*(self.modem_of_cpe(mac) for mac in macs)))
+        return found.by_cpe_mac
+
+    async def _leases_or_failure(
+        self, asked: Sequence[tuple[str, datetime]]
+    ) -> list[DeviceLeases] | RetryLater:
+        try:
+            return await self.device_leases_many(asked)
+        except RetryLater as exc:
+            return exc
+
+    async def _attribute_devices_in_steps(
+        self, asked: Sequence[tuple[str, datetime, datetime]]
+    ) -> tuple[list[Attribution], list[DeviceLeases | None] | RetryLater]:
+        """`attribute_devices_many` (at most MAX_BATCH) from the lease history, then the CMTS tables;
+        the leases of a device a lease names are asked concurrently with the CMTS tables."""
         # The MAC each sole lease names (by position) and the one look-up of their leases.
         prefetch: dict[int, str] = {}
         tasks: list[asyncio.Task[list[DeviceLeases]]] = []
@@ -215,15 +339,7 @@ class Attributor:
                 if i in prefetched:
                     leases[i] = held
         rest = [i for i in devices if i not in prefetched]
-        try:
-            found = await self.device_leases_many(
-                [(attributions[i].cpe_mac or "", asked[i][2]) for i in rest]
-            )
-        except RetryLater as exc:
-            return attributions, exc
-        for i, held in zip(rest, found, strict=True):
-            leases[i] = held
-        return attributions, leases
+        return attributions, await self._with_leases_of(rest, attributions, asked, leases)
 
     async def _attribute_many(
         self,
@@ -322,6 +438,20 @@ class Attributor:
             raise RetryLater(
                 f"{url} answered no valid {answer.__name__}: {exc.error_count()} error(s)"
             ) from exc
+
+
+First = TypeVar("First")
+Second = TypeVar("Second")
+
+
+async def _both(first: Awaitable[First], second: Awaitable[Second]) -> tuple[First, Second]:
+    """Both awaited concurrently, each to its end; the first failure is raised once both ended."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(one, BaseException):
+        raise one
+    if isinstance(two, BaseException):
+        raise two
+    return one, two
 
 
 def _sole_lease(holders: LeaseHolders) -> LeaseInterval | None:

@@ -13,18 +13,22 @@ from lazaretto_core.attribution import (
     DEVICE_LEASES_BATCH_PATH,
     DEVICE_LEASES_PATH,
     HOLDERS_BATCH_PATH,
+    HOLDERS_LEASES_BATCH_PATH,
     HOLDERS_PATH,
     DeviceLeases,
     DeviceLeasesAnswers,
     DeviceLeasesQuery,
+    HolderLeases,
     HoldersAnswers,
+    HoldersLeasesAnswers,
+    HoldersLeasesQuery,
     HoldersQuery,
     LeaseEnd,
     LeaseHolders,
     LeaseInterval,
 )
 from lazaretto_core.contracts import normalize_mac
-from lazaretto_core.http import bearer_token_guard, path_ip
+from lazaretto_core.http import bearer_token_guard, max_body, path_ip
 
 from .garden import Garden
 from .kea import KeaHosts
@@ -64,6 +68,11 @@ def utc(value: datetime, name: str) -> datetime:
         raise HTTPException(422, f"{name} is out of range: {value.isoformat()}") from None
 
 
+# A batch look-up of MAX_BATCH queries, each with its address and one or two times to the microsecond
+# (about 130 bytes), is over the default cap: room for it, and no more than that.
+BATCH_MAX_BODY = 256 * 1024
+
+
 def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
     if interval.mac is None:  # a client-id-only lease names no device
         return None
@@ -80,6 +89,12 @@ def to_answer(interval: Interval, now: datetime) -> LeaseInterval | None:
         valid_until=max(until, interval.valid_from),
         ended=ended,
     )
+
+
+async def holders_at(history: LeaseHistory, ip: str, when: datetime, now: datetime) -> LeaseHolders:
+    """Who held `ip` at `when`, as the versioned answer."""
+    found = [to_answer(i, now) for i in await history.holders(ip, when)]
+    return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
 
 
 def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admin_token: SecretStr) -> None:
@@ -104,11 +119,8 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
     @router.get(HOLDERS_PATH.removeprefix("/v1"), response_model=LeaseHolders)
     async def holders(ip: str, at: AwareDatetime | None = None) -> LeaseHolders:
         """Who held `ip` at `at` (default now), from the lease history; more than one is a conflict."""
-        ip = path_ipv4(ip)
         now = datetime.now(UTC)
-        when = utc(at, "at") if at is not None else now
-        found = [to_answer(i, now) for i in await lease_history().holders(ip, when)]
-        return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
+        return await holders_at(lease_history(), path_ipv4(ip), utc(at, "at") if at is not None else now, now)
 
     @router.get(DEVICE_LEASES_PATH.removeprefix("/v1"), response_model=DeviceLeases)
     async def device_leases(mac: str, since: AwareDatetime | None = None) -> DeviceLeases:
@@ -120,20 +132,18 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
 
     @router.post(HOLDERS_BATCH_PATH.removeprefix("/v1"), response_model=HoldersAnswers)
+    @max_body(BATCH_MAX_BODY)
     async def holders_batch(query: HoldersQuery) -> HoldersAnswers:
         """`holders` for many (address, time) pairs at once, answered in their order (policy
         attributes a batch of observations with one request)."""
         history = lease_history()
         now = datetime.now(UTC)
-        answers: list[LeaseHolders] = []
-        for q in query.queries:
-            ip = path_ipv4(q.ip)
-            when = utc(q.at, "at")
-            found = [to_answer(i, now) for i in await history.holders(ip, when)]
-            answers.append(LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None]))
-        return HoldersAnswers(answers=answers)
+        return HoldersAnswers(
+            answers=[await holders_at(history, path_ipv4(q.ip), utc(q.at, "at"), now) for q in query.queries]
+        )
 
     @router.post(DEVICE_LEASES_BATCH_PATH.removeprefix("/v1"), response_model=DeviceLeasesAnswers)
+    @max_body(BATCH_MAX_BODY)
     async def device_leases_batch(query: DeviceLeasesQuery) -> DeviceLeasesAnswers:
         """`device_leases` for many (MAC, since) pairs at once, answered in their order."""
         history = lease_history()
@@ -144,6 +154,26 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
             found = [to_answer(i, now) for i in await history.device_leases(q.mac, start)]
             answers.append(DeviceLeases(mac=q.mac, since=q.since, leases=[i for i in found if i is not None]))
         return DeviceLeasesAnswers(answers=answers)
+
+    @router.post(HOLDERS_LEASES_BATCH_PATH.removeprefix("/v1"), response_model=HoldersLeasesAnswers)
+    @max_body(BATCH_MAX_BODY)
+    async def holders_leases_batch(query: HoldersLeasesQuery) -> HoldersLeasesAnswers:
+        """`holders` for many (address, time) pairs and, where one device held the address, that
+        device's `device_leases` since the query's `since`: policy follows the device without
+        asking again once the history named it."""
+        history = lease_history()
+        now = datetime.now(UTC)
+        answers: list[HolderLeases] = []
+        for q in query.queries:
+            held = await holders_at(history, path_ipv4(q.ip), utc(q.at, "at"), now)
+            device = None
+            if len(held.macs) == 1:
+                (mac,) = held.macs
+                start = utc(q.since, "since")
+                leases = [to_answer(i, now) for i in await history.device_leases(mac, start)]
+                device = DeviceLeases(mac=mac, since=q.since, leases=[i for i in leases if i is not None])
+            answers.append(HolderLeases(holders=held, device=device))
+        return HoldersLeasesAnswers(answers=answers)
 
     @router.get("/leases/{ip}")
     async def lease(ip: str) -> dict[str, Any]:
