@@ -26,7 +26,7 @@ typecheck: deps
 	@set -e; for p in tests bench; do echo "mypy $$p"; $(UV) run --frozen mypy $$p; done
 
 pytest: peers
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -n 2 --dist loadfile
 
 test: lint typecheck pytest
 

@@ -87,6 +87,11 @@ def _delete_retired_vhosts() -> None:
         _retired_vhosts.clear()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The last test's vhost goes with the session (a pytest-xdist worker may end without atexit)."""
+    _delete_retired_vhosts()
+
+
 async def create_database(prefix: str = "test") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
