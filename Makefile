@@ -25,6 +25,7 @@ typecheck: deps
 	@set -e; for p in $(PACKAGES); do echo "mypy $$p"; $(UV) run --frozen mypy $$p/src $$p/tests; done
 	@set -e; for p in tests bench; do echo "mypy $$p"; $(UV) run --frozen mypy $$p; done
 
+# Two workers, a test file to each (its module fixtures, such as a 3-node cluster, start once).
 pytest: peers
 	$(UV) run --frozen pytest -n 2 --dist loadfile
 
