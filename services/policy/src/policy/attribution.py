@@ -222,63 +222,52 @@ class Attributor:
         # What the first round leaves open: the modem of an ended lease's device (or of a live one
         # the table lists elsewhere), and the leases of a static address's device.
         modem_wanted: dict[int, str] = {}
-        static_devices: dict[int, str] = {}
+        static_devices: list[tuple[int, str, datetime]] = []
         for i, (held, listed) in enumerate(zip(history.answers, listing.by_ip, strict=True)):
             lease = _sole_lease(held.holders)
             if lease is not None and (listed is None or listed.cpe_mac != lease.mac):
                 modem_wanted[i] = lease.mac
             elif not held.holders.macs and listed is not None:
-                static_devices[i] = listed.cpe_mac
-        modems, static_leases = await _both(
-            self._modems_of_cpes(list(modem_wanted.values())),
-            self._leases_or_failure([(mac, asked[i][2]) for i, mac in static_devices.items()]),
+                static_devices.append((i, listed.cpe_mac, asked[i][2]))
+        leases: list[DeviceLeases | None] = [held.device for held in history.answers]
+        modems, failed = await _both(
+            self._modems_of_cpes(list(modem_wanted.values())), self._fill_leases(leases, static_devices)
         )
         modem_of = dict(zip(modem_wanted, modems, strict=True))
         attributions: list[Attribution] = []
-        leases: list[DeviceLeases | None] = [None] * len(asked)
-        static_of: dict[int, DeviceLeases] = {}
-        if not isinstance(static_leases, RetryLater):
-            static_of = dict(zip(static_devices, static_leases, strict=True))
-        missing: list[int] = []
         for i, ((ip, at, _), held, listed) in enumerate(
             zip(asked, history.answers, listing.by_ip, strict=True)
         ):
-            lease = _sole_lease(held.holders)
-            modem = modem_of[i] if i in modem_wanted else (listed if lease is not None else None)
-            found = _attribution(
-                ip, at, held.holders, modem, listed if _needs_cmts_listing(held.holders) else None
+            holders = held.holders
+            modem = modem_of[i] if i in modem_wanted else (listed if _sole_lease(holders) else None)
+            attributions.append(
+                _attribution(ip, at, holders, modem, listed if _needs_cmts_listing(holders) else None)
             )
-            attributions.append(found)
+        if failed is not None:
+            return attributions, failed
+        # A conflict follows no device; a device whose leases did not come with the answers (a
+        # provisioner that left them out) is asked now.
+        missing: list[tuple[int, str, datetime]] = []
+        for i, found in enumerate(attributions):
+            held_leases = leases[i]
             if found.found == "conflict" or found.cpe_mac is None:
-                continue
-            if held.device is not None and held.device.mac == found.cpe_mac:
-                leases[i] = held.device
-            elif i in static_of and static_of[i].mac == found.cpe_mac:
-                leases[i] = static_of[i]
-            else:
-                missing.append(i)
-        if isinstance(static_leases, RetryLater):
-            return attributions, static_leases
-        return attributions, await self._with_leases_of(missing, attributions, asked, leases)
+                leases[i] = None
+            elif held_leases is None or held_leases.mac != found.cpe_mac:
+                missing.append((i, found.cpe_mac, asked[i][2]))
+        return attributions, await self._fill_leases(leases, missing) or leases
 
-    async def _with_leases_of(
-        self,
-        devices: list[int],
-        attributions: list[Attribution],
-        asked: Sequence[tuple[str, datetime, datetime]],
-        leases: list[DeviceLeases | None],
-    ) -> list[DeviceLeases | None] | RetryLater:
-        """`leases` with the leases of the devices attributed at `devices` (positions) asked now,
-        each since its `since`; the look-up's failure instead."""
+    async def _fill_leases(
+        self, leases: list[DeviceLeases | None], wanted: Sequence[tuple[int, str, datetime]]
+    ) -> RetryLater | None:
+        """Put in `leases` each wanted device's leases (position, MAC, since), asked in one request;
+        the look-up's failure instead (the attributions stand without them)."""
         try:
-            found = await self.device_leases_many(
-                [(attributions[i].cpe_mac or "", asked[i][2]) for i in devices]
-            )
+            found = await self.device_leases_many([(mac, since) for _, mac, since in wanted])
         except RetryLater as exc:
             return exc
-        for i, held in zip(devices, found, strict=True):
+        for (i, _, _), held in zip(wanted, found, strict=True):
             leases[i] = held
-        return leases
+        return None
 
     async def _modems_of_cpes(self, macs: list[str]) -> list[CpeModem | None]:
         """The CMTS tables' modem of each CPE MAC, in their order (one by one from an older agent)."""
@@ -290,14 +279,6 @@ class Attributor:
         if found is None or len(found.by_cpe_mac) != len(macs):
             return list(await asyncio.gather(*(self.modem_of_cpe(mac) for mac in macs)))
         return found.by_cpe_mac
-
-    async def _leases_or_failure(
-        self, asked: Sequence[tuple[str, datetime]]
-    ) -> list[DeviceLeases] | RetryLater:
-        try:
-            return await self.device_leases_many(asked)
-        except RetryLater as exc:
-            return exc
 
     async def _attribute_devices_in_steps(
         self, asked: Sequence[tuple[str, datetime, datetime]]
@@ -338,8 +319,8 @@ class Attributor:
             for i, held in zip(prefetch, answer, strict=True):
                 if i in prefetched:
                     leases[i] = held
-        rest = [i for i in devices if i not in prefetched]
-        return attributions, await self._with_leases_of(rest, attributions, asked, leases)
+        rest = [(i, attributions[i].cpe_mac or "", asked[i][2]) for i in devices if i not in prefetched]
+        return attributions, await self._fill_leases(leases, rest) or leases
 
     async def _attribute_many(
         self,
