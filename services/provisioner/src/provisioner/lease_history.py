@@ -115,10 +115,13 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_ip inet;
     v_reason text;
+    -- The time of this write, not now() (the transaction's start): one CI run saw now() 4 ms before
+    -- Kea's client transaction time, which made an interval longer than the lease Kea granted.
+    v_now timestamptz := clock_timestamp();
 BEGIN
     IF TG_OP = 'DELETE' THEN
         v_ip := lazaretto_lease4_ip(OLD.address);
-        IF OLD.state = 2 OR OLD.expire <= now() THEN
+        IF OLD.state = 2 OR OLD.expire <= v_now THEN
             v_reason := 'expired';
         ELSIF EXISTS (SELECT 1 FROM lease4 l
                        WHERE l.hwaddr = OLD.hwaddr AND l.address <> OLD.address AND l.state = 0) THEN
@@ -126,14 +129,14 @@ BEGIN
         ELSE
             v_reason := 'released';   -- DHCPRELEASE or lease4-del
         END IF;
-        PERFORM lazaretto_lease_close(v_ip, now(), v_reason);
+        PERFORM lazaretto_lease_close(v_ip, v_now, v_reason);
         RETURN OLD;
     END IF;
 
     v_ip := lazaretto_lease4_ip(NEW.address);
     IF TG_OP = 'UPDATE' THEN
         IF OLD.state = 0 AND NEW.state = 0 AND OLD.hwaddr IS NOT DISTINCT FROM NEW.hwaddr
-           AND OLD.client_id IS NOT DISTINCT FROM NEW.client_id AND OLD.expire > now() THEN
+           AND OLD.client_id IS NOT DISTINCT FROM NEW.client_id AND OLD.expire > v_now THEN
             -- A renewal: the same holder, a later expiry. (Back after its lease ran out, the holder
             -- gets a new interval below: it held nothing in between.)
             UPDATE lazaretto_lease_history h SET valid_until = NEW.expire
@@ -142,15 +145,15 @@ BEGIN
                 RETURN NEW;
             END IF;
         ELSIF OLD.state = 0 AND NEW.state = 2 THEN
-            PERFORM lazaretto_lease_close(v_ip, now(), 'expired');
+            PERFORM lazaretto_lease_close(v_ip, v_now, 'expired');
             RETURN NEW;
         ELSIF NEW.state = 1 THEN
-            PERFORM lazaretto_lease_close(v_ip, now(), 'declined');
+            PERFORM lazaretto_lease_close(v_ip, v_now, 'declined');
             RETURN NEW;
         ELSIF NEW.state = 0 THEN
             -- Another holder (or the same one back after a reclaim) on a row Kea reused.
-            PERFORM lazaretto_lease_close(v_ip, now(),
-                CASE WHEN OLD.state = 0 AND OLD.expire > now() AND OLD.hwaddr IS DISTINCT FROM NEW.hwaddr
+            PERFORM lazaretto_lease_close(v_ip, v_now,
+                CASE WHEN OLD.state = 0 AND OLD.expire > v_now AND OLD.hwaddr IS DISTINCT FROM NEW.hwaddr
                      THEN 'reassigned' ELSE 'expired' END);
         ELSE
             RETURN NEW;
@@ -160,11 +163,13 @@ BEGIN
             RETURN NEW;
         END IF;
         -- An interval left open for this address means its end was never seen: close it now.
-        PERFORM lazaretto_lease_close(v_ip, now(), 'reassigned');
+        PERFORM lazaretto_lease_close(v_ip, v_now, 'reassigned');
     END IF;
-    -- From now (the transaction that binds it), not from Kea's whole-second client transaction time:
-    -- a holder that took the address within the second another gave it up must not overlap it.
-    PERFORM lazaretto_lease_open(v_ip, lazaretto_lease4_mac(NEW.hwaddr), NEW.subnet_id, now(), NEW.expire);
+    -- From the write that binds it, not from Kea's whole-second client transaction time: a holder that
+    -- took the address within the second another gave it up must not overlap it. Never before that
+    -- time either: the interval is at most the lease Kea granted.
+    PERFORM lazaretto_lease_open(v_ip, lazaretto_lease4_mac(NEW.hwaddr), NEW.subnet_id,
+        GREATEST(v_now, NEW.expire - make_interval(secs => NEW.valid_lifetime)), NEW.expire);
     RETURN NEW;
 END $$;
 
