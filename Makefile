@@ -8,9 +8,12 @@ PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 
 .PHONY: deps peers test test-cluster test-fresh lint typecheck pytest run fuzz bench-e2e bench-snort bench-smtp bench-cmts bench-vs bench-policy bench-provisioner test-faults
 
+# Bytecode compiled once, here: where PYTHONDONTWRITEBYTECODE is set (as on CI machines), every Python
+# process would otherwise compile each module it imports from source (a lab's services: 21 s -> 11 s).
 deps:
 	LAZARETTO_UV_HOME=$(UV_HOME) deploy/bin/install-deps
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
+	$(PY) -m compileall -q libs/*/src services/*/src
 	deploy/bin/link-system-nftables .venv
 
 peers: deps
