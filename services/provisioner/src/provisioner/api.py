@@ -97,6 +97,15 @@ async def holders_at(history: LeaseHistory, ip: str, when: datetime, now: dateti
     return LeaseHolders(ip=ip, at=when, holders=[i for i in found if i is not None])
 
 
+async def leases_since(
+    history: LeaseHistory, mac: str, since: datetime | None, now: datetime
+) -> DeviceLeases:
+    """Every address `mac` held from `since` on (None: all the history keeps), as the versioned answer."""
+    start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
+    found = [to_answer(i, now) for i in await history.device_leases(mac, start)]
+    return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
+
+
 def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admin_token: SecretStr) -> None:
     """`history` None (dhcpd without its leases file): the lease look-ups answer 501, the garden state
     stays."""
@@ -125,11 +134,7 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
     @router.get(DEVICE_LEASES_PATH.removeprefix("/v1"), response_model=DeviceLeases)
     async def device_leases(mac: str, since: AwareDatetime | None = None) -> DeviceLeases:
         """Every address `mac` held from `since` on (default: all the history keeps), oldest first."""
-        mac = path_mac(mac)
-        now = datetime.now(UTC)
-        start = utc(since, "since") if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
-        found = [to_answer(i, now) for i in await lease_history().device_leases(mac, start)]
-        return DeviceLeases(mac=mac, since=since, leases=[i for i in found if i is not None])
+        return await leases_since(lease_history(), path_mac(mac), since, datetime.now(UTC))
 
     @router.post(HOLDERS_BATCH_PATH.removeprefix("/v1"), response_model=HoldersAnswers)
     @max_body(BATCH_MAX_BODY)
@@ -148,12 +153,9 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         """`device_leases` for many (MAC, since) pairs at once, answered in their order."""
         history = lease_history()
         now = datetime.now(UTC)
-        answers: list[DeviceLeases] = []
-        for q in query.queries:
-            start = utc(q.since, "since")
-            found = [to_answer(i, now) for i in await history.device_leases(q.mac, start)]
-            answers.append(DeviceLeases(mac=q.mac, since=q.since, leases=[i for i in found if i is not None]))
-        return DeviceLeasesAnswers(answers=answers)
+        return DeviceLeasesAnswers(
+            answers=[await leases_since(history, q.mac, q.since, now) for q in query.queries]
+        )
 
     @router.post(HOLDERS_LEASES_BATCH_PATH.removeprefix("/v1"), response_model=HoldersLeasesAnswers)
     @max_body(BATCH_MAX_BODY)
@@ -166,12 +168,8 @@ def install_api(app: FastAPI, garden: Garden, history: LeaseHistory | None, admi
         answers: list[HolderLeases] = []
         for q in query.queries:
             held = await holders_at(history, path_ipv4(q.ip), utc(q.at, "at"), now)
-            device = None
-            if len(held.macs) == 1:
-                (mac,) = held.macs
-                start = utc(q.since, "since")
-                leases = [to_answer(i, now) for i in await history.device_leases(mac, start)]
-                device = DeviceLeases(mac=mac, since=q.since, leases=[i for i in leases if i is not None])
+            mac = next(iter(held.macs)) if len(held.macs) == 1 else None
+            device = await leases_since(history, mac, q.since, now) if mac is not None else None
             answers.append(HolderLeases(holders=held, device=device))
         return HoldersLeasesAnswers(answers=answers)
 
