@@ -181,7 +181,7 @@ async def run_peers(args: argparse.Namespace) -> None:
         answers: list[HolderLeases] = []
         for q in query.queries:
             held = await holders(q.ip, q.at)
-            device = await device_leases(held.holders[0].mac, q.since) if held.holders else None
+            device = await device_leases(next(iter(held.macs)), q.since) if len(held.macs) == 1 else None
             answers.append(HolderLeases(holders=held, device=device))
         return HoldersLeasesAnswers(answers=answers)
 
