@@ -139,6 +139,33 @@ async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again
         await probe.stop()
 
 
+async def test_step_finished_in_the_journal_but_not_answered_is_not_reset_again(
+    fleet_agent: tuple[CmtsAgentService, LabCmts, LabCmts], amqp_url: str
+) -> None:
+    service, ubr, _ = fleet_agent
+    step = command(UBR_CM)
+    # What an agent left behind when the database went away (or the process died) between the reset's
+    # outcome in the journal and the step's result: the reset done and recorded, no step row.
+    await service.inventory.refresh()
+    first = await service.resetter.reset(UBR_CM, step_id=step.step_id)
+    assert first.ok
+    assert await service.handlers.steps.get(step.step_id) is None
+    probe = await BusProbe(amqp_url).start(RESULTS)
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        await bus.publish(step)  # the redelivery
+        (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
+
+        assert isinstance(done, ModemResetCompleted)
+        assert done.step_id == step.step_id
+        assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the first run's SET only
+        assert list(done.attempts) == [a.to_contract() for a in first.attempts]  # its report, shared
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
 async def test_never_back_and_unknown_are_failures_policy_can_see(
     fleet_agent: tuple[CmtsAgentService, LabCmts, LabCmts], amqp_url: str
 ) -> None:

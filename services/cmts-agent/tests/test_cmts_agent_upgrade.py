@@ -134,7 +134,7 @@ async def test_an_installation_with_prefixed_tables_upgrades_in_place_and_keeps_
         assert unpublished is not None
         assert unpublished.state == "sent"
         journal = ResetJournal(pool, ModemLocks(database_url, poll=0.05))
-        pending_cm2, _ = await journal.pending(CM_2)  # 0002 turned CM_2's `sent` step into an intent
+        pending_cm2, _, _ = await journal.pending(CM_2)  # 0002 turned CM_2's `sent` step into an intent
         assert [(i.cm_mac, i.method, i.answered_at is not None) for i in pending_cm2] == [
             (CM_2, "cisco-cdxCmCpeResetNow", True)
         ]

@@ -165,17 +165,23 @@ class ResetJournal:
             None if report is None else json.dumps(report),
         )
 
-    async def pending(self, cm_mac: str) -> tuple[list[Intent], int]:
+    async def pending(
+        self, cm_mac: str, step_id: UUID | None = None
+    ) -> tuple[list[Intent], int, dict[str, Any] | None]:
         """One round trip before a reset: this modem's intents without an outcome, newest first (only
-        a dead run leaves them: the caller holds the modem's lock), and `resets_last_hour`."""
+        a dead run leaves them: the caller holds the modem's lock), `resets_last_hour`, and the report
+        of a reset of `step_id` already finished here (see `Resetter._reset`)."""
         rows = await self.pool.fetch(
             """
             SELECT *, (SELECT count(*) FROM reset_intents c WHERE c.cm_mac = $1 AND c.counted
-                       AND c.intent_at > now() - interval '1 hour') AS done
+                       AND c.intent_at > now() - interval '1 hour') AS done,
+                      (SELECT s.report FROM reset_intents s WHERE s.cm_mac = $1 AND s.step_id = $2
+                       AND s.report IS NOT NULL ORDER BY s.id DESC LIMIT 1) AS step_report
             FROM (SELECT 1) one LEFT JOIN reset_intents i ON i.cm_mac = $1 AND i.outcome IS NULL
             ORDER BY i.id DESC
             """,
             cm_mac,
+            step_id,
         )
         intents = [
             Intent(
@@ -184,7 +190,8 @@ class ResetJournal:
             for r in rows
             if r["id"] is not None
         ]
-        return intents, int(rows[0]["done"])
+        report = rows[0]["step_report"]
+        return intents, int(rows[0]["done"]), None if report is None else dict(json.loads(report))
 
     async def resets_last_hour(self, cm_mac: str) -> int:
         """SETs of the last hour that may have reached the modem (the per-modem cap counts these)."""

@@ -227,7 +227,14 @@ class Resetter:
                 async with client.slot(), self._global:
                     # In the slot: a burst of resets waiting for slots must not queue their journal
                     # reads ahead of the intents and outcomes of the resets in flight.
-                    unfinished, resets_done = await self.journal.pending(mac)
+                    unfinished, resets_done, step_done = await self.journal.pending(mac, step_id)
+                    if step_done is not None:
+                        # This step's reset already finished, but its result was never stored (the
+                        # database went away, or the process died, between the two writes): the
+                        # redelivered command gets that reset's report; a second SET would bounce
+                        # the household twice for one command.
+                        log.info("%s: step %s was already reset: sharing that reset", mac, step_id)
+                        return report_from_json(step_done)
                     if unfinished:
                         # Only the newest can still be in progress; older ones are closed as they
                         # are (still counted) so they never stand in for a later reset.
