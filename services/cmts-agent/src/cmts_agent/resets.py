@@ -260,8 +260,8 @@ class Resetter:
         age = max(0.0, (await self.journal.now() - intent.intent_at).total_seconds())
         started = time.monotonic() - age
         log.warning(
-            "%s: a reset by %s recorded %.1f s ago has no outcome (the agent stopped): looking at the "
-            "modem before sending anything",
+            "%s: a reset by %s recorded %.1f s ago has no outcome (its run stopped or lost the "
+            "database): looking at the modem before sending anything",
             record.cm_mac,
             intent.method,
             age,
@@ -274,7 +274,7 @@ class Resetter:
         attempt = Attempt(
             intent.method,
             verification.outcome.value,
-            "found after an agent restart: SET not sent again; " + _describe(verification),
+            "found without an outcome in the journal: SET not sent again; " + _describe(verification),
             verification.elapsed,
         )
         RESETS.labels(client.name, intent.method, verification.outcome.value).inc()
