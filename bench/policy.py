@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta  # noqa: E402
 from typing import Any  # noqa: E402
 
 import uvicorn  # noqa: E402
+from bus_floor import receive_floors  # noqa: E402
 from fastapi import FastAPI, HTTPException  # noqa: E402
 from policy_load import LiveTraffic, Population, load_history  # noqa: E402
 
@@ -296,6 +297,27 @@ def policy_settings(amqp: str, dsn: str, peer_url: str) -> Any:
 
 
 Batch = list[tuple[Any, float, float]]  # (event, handler started, committed) of one batch
+
+
+async def print_floors(args: argparse.Namespace, pop: Population, prefetch: int, batch: int) -> None:
+    """The bus's floor on this machine (bus_floor.py): the backlog's size of the same traffic, with
+    policy's prefetch and batch size, on a vhost of its own, before policy starts."""
+    from lazaretto_lab.testing import create_vhost, delete_vhost
+
+    traffic = LiveTraffic(pop, seed=args.seed + 3)
+    now = datetime.now(UTC)
+    events = [traffic.next(now) for _ in range(args.backlog)]
+    vhost = create_vhost()
+    try:
+        floors = await receive_floors(
+            f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}", events, prefetch=prefetch, ack_every=batch
+        )
+    finally:
+        delete_vhost(vhost)
+    print(f"floor_messages={len(events)}")
+    for name, drain in floors.items():
+        print(f"{name}_floor_per_s={drain.per_s:.0f}")
+        print(f"{name}_floor_cpu_us_per_message={drain.cpu_us_per_message:.0f}")
 
 
 def time_decisions(
@@ -543,6 +565,7 @@ async def run(args: argparse.Namespace) -> int:
         )
         print(f"consumer_prefetch={settings.consumer_prefetch}")
         print(f"observation_batch_max={settings.observation_batch_max}")
+        await print_floors(args, pop, settings.consumer_prefetch, settings.observation_batch_max)
         # Replica 1 runs in this process; the others are child processes of the same app and settings
         # on the same vhost and database (README: Replicas), each reporting its batches here.
         print(f"policy_replicas={args.replicas}")
