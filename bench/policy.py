@@ -16,6 +16,9 @@
   consumes the garden and modem-reset commands from the broker, answering them at once as the
   provisioner and cmts-agent would once done. `lazaretto_lab.lease_stub` is not used: it scans a list
   per look-up, too slow for 400,000 subscribers.
+- The floor first (`bus_floor.py`, a vhost of its own, before policy starts): the backlog's size of
+  the same traffic drained by a do-nothing consumer, the bus's (`bus_floor_per_s`) and aio-pika's
+  alone (`aio_pika_floor_per_s`), with their CPU per message: what receiving alone allows here.
 - observations_per_s: a backlog of observations (realistic evidence, one in four a later revision of
   a running window, a few percent reaching a rule) is published while the handler is held, then
   released; the rate is the backlog over the time until the last decision committed.
