@@ -63,11 +63,19 @@ class ModemLocks:
         # one query at a time per connection
         self._mutexes = [asyncio.Lock() for _ in range(connections)]
 
+    @property
+    def sessions(self) -> int:
+        """How many lock connections this process keeps."""
+        return len(self._conns)
+
     async def _connection(self, slot: int) -> asyncpg.Connection[Any]:
         conn = self._conns[slot]
         if conn is None or conn.is_closed():
             if conn is not None:
                 log.error("modem lock connection was lost: locks held on it were released")
+                # Said once per lost session: the connects below may fail for as long as the
+                # database is away, and each later try finds the slot empty.
+                self._conns[slot] = None
             conn = self._conns[slot] = await asyncpg.connect(self.dsn)
         return conn
 
