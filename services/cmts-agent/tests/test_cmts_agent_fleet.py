@@ -121,22 +121,13 @@ async def test_step_whose_set_went_out_before_a_crash_is_verified_not_sent_again
             if now is not None and now.online and now.marker != before.marker:
                 break
             await asyncio.sleep(0.1)
-    probe = await BusProbe(amqp_url).start(RESULTS)
-    bus = Bus(amqp_url, "test-policy")
-    await bus.connect()
-    try:
-        await bus.publish(step)  # the redelivery
-        (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
+    done = await completed_when_redelivered(amqp_url, step)
 
-        assert isinstance(done, ModemResetCompleted)
-        assert done.method == "cisco-cdxCmCpeResetNow"
-        assert "SET not sent again" in done.attempts[0].detail
-        assert "re-registered between polls" in done.attempts[0].detail
-        assert not done.went_offline  # nobody saw it offline after the restart: not claimed
-        assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the crashed run's SET only
-    finally:
-        await bus.close()
-        await probe.stop()
+    assert done.method == "cisco-cdxCmCpeResetNow"
+    assert "SET not sent again" in done.attempts[0].detail
+    assert "re-registered between polls" in done.attempts[0].detail
+    assert not done.went_offline  # nobody saw it offline after the restart: not claimed
+    assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the crashed run's SET only
 
 
 async def test_step_finished_in_the_journal_but_not_answered_is_not_reset_again(
@@ -150,20 +141,11 @@ async def test_step_finished_in_the_journal_but_not_answered_is_not_reset_again(
     first = await service.resetter.reset(UBR_CM, step_id=step.step_id)
     assert first.ok
     assert await service.handlers.steps.get(step.step_id) is None
-    probe = await BusProbe(amqp_url).start(RESULTS)
-    bus = Bus(amqp_url, "test-policy")
-    await bus.connect()
-    try:
-        await bus.publish(step)  # the redelivery
-        (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
+    done = await completed_when_redelivered(amqp_url, step)
 
-        assert isinstance(done, ModemResetCompleted)
-        assert done.step_id == step.step_id
-        assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the first run's SET only
-        assert list(done.attempts) == [a.to_contract() for a in first.attempts]  # its report, shared
-    finally:
-        await bus.close()
-        await probe.stop()
+    assert done.step_id == step.step_id
+    assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]  # the first run's SET only
+    assert list(done.attempts) == [a.to_contract() for a in first.attempts]  # its report, shared
 
 
 async def test_never_back_and_unknown_are_failures_policy_can_see(
@@ -352,3 +334,18 @@ async def test_admin_api_answers_429_once_the_modem_hourly_cap_is_reached(
     assert second.status_code == 429
     assert second.json()["detail"]["error_class"] == "modem_reset_capped"
     assert ubr.resets() == [("cdxCmCpeResetNow", UBR_CM)]
+
+
+async def completed_when_redelivered(amqp_url: str, step: ModemReset) -> ModemResetCompleted:
+    """Publish `step` again, as the broker redelivers policy's command, and return its completed result."""
+    probe = await BusProbe(amqp_url).start(RESULTS)
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        await bus.publish(step)
+        (done,) = await probe.wait_for("modem.reset.completed.v1", timeout=30)
+    finally:
+        await bus.close()
+        await probe.stop()
+    assert isinstance(done, ModemResetCompleted)
+    return done
