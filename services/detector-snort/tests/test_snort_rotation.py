@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from detector_snort.app import build
+from detector_snort.app import DetectorSnortService, build
 from detector_snort.settings import AlertFile, DetectorSnortSettings
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_lab.suricata import SuricataOutput, readdress
@@ -130,49 +130,51 @@ async def test_rotation_both_ways_while_appending_loses_and_repeats_nothing(
 
 
 async def test_lines_written_between_copy_and_truncate_are_counted_as_a_gap(
-    amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput], probe: BusProbe
+    eve_detector: tuple[DetectorSnortService, Path, Writer],
+    tmp_path: Path,
+    suricata_scans: dict[str, SuricataOutput],
+    probe: BusProbe,
 ) -> None:
     # Given the detector following eve.json
-    eve = tmp_path / "eve.json"
-    writer = Writer(eve)
-    settings = DetectorSnortSettings(
-        amqp_url=SecretStr(amqp_url),
-        sources=(AlertFile(path=eve, format="eve", sensor="suricata"),),
-        checkpoint_dir=tmp_path / "checkpoints",
-    )
-    service = await build(settings)
-    await service.start()
+    service, eve, writer = eve_detector
     one = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
-    try:
-        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
-        await probe.wait_for("abuse.observed.v1", count=1)
-        # When logrotate copies the file, Suricata writes on (and the detector reads it), then
-        # logrotate truncates: the copy lacks what was written after it
-        shutil.copyfile(eve, tmp_path / "eve.json.1")
-        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
-        await probe.wait_for("abuse.observed.v1", count=2)
-        os.truncate(eve, 0)
-        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[2]))
-        await probe.wait_for("abuse.observed.v1", count=3)
+    writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
+    await probe.wait_for("abuse.observed.v1", count=1)
+    # When logrotate copies the file, Suricata writes on (and the detector reads it), then
+    # logrotate truncates: the copy lacks what was written after it
+    shutil.copyfile(eve, tmp_path / "eve.json.1")
+    writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
+    await probe.wait_for("abuse.observed.v1", count=2)
+    os.truncate(eve, 0)
+    writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[2]))
+    await probe.wait_for("abuse.observed.v1", count=3)
 
-        # Then the possible loss is counted in the metrics
-        gap = f'lazaretto_tail_events_total{{event="gap",source="{eve}"}} 1.0'
-        transport = httpx.ASGITransport(app=service.http_app)
-        async with (
-            httpx.AsyncClient(transport=transport, base_url="http://detector") as client,
-            asyncio.timeout(10),
-        ):
-            while gap not in (await client.get("/metrics")).text:
-                await asyncio.sleep(0.05)
-    finally:
-        writer.close()
-        await service.stop()
+    # Then the possible loss is counted in the metrics, once
+    assert await tail_events_reach(service, "gap", eve, 1) == 1
 
 
 async def test_an_alert_written_to_the_idle_file_is_read_on_the_file_s_inotify_event(
-    amqp_url: str, tmp_path: Path, suricata_scans: dict[str, SuricataOutput], probe: BusProbe
+    eve_detector: tuple[DetectorSnortService, Path, Writer],
+    suricata_scans: dict[str, SuricataOutput],
+    probe: BusProbe,
 ) -> None:
     # Given the detector following an idle eve.json
+    service, eve, writer = eve_detector
+    one = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
+    # When Suricata writes an alert, and another once the first is published (the tailer waits)
+    writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
+    await probe.wait_for("abuse.observed.v1", count=1)
+    writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
+    await probe.wait_for("abuse.observed.v1", count=2)
+    # Then it was read because the file's event woke the tailer (counted once it is idle again)
+    await tail_events_reach(service, "wakeup", eve, 1)
+
+
+@pytest.fixture
+async def eve_detector(
+    amqp_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[DetectorSnortService, Path, Writer]]:
+    """The detector following tmp_path/eve.json, and Suricata's writer of that file."""
     eve = tmp_path / "eve.json"
     writer = Writer(eve)
     settings = DetectorSnortSettings(
@@ -182,25 +184,25 @@ async def test_an_alert_written_to_the_idle_file_is_read_on_the_file_s_inotify_e
     )
     service = await build(settings)
     await service.start()
-    one = suricata_scans[SUBSCRIBER].eve_alert_lines()[:1]
-    transport = httpx.ASGITransport(app=service.http_app)
     try:
-        # When Suricata writes an alert, and another once the first is published (the tailer waits)
-        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[0]))
-        await probe.wait_for("abuse.observed.v1", count=1)
-        writer.write(readdress(one, SUBSCRIBER, SUBSCRIBERS[1]))
-        await probe.wait_for("abuse.observed.v1", count=2)
-        # Then it was read because the file's event woke the tailer (counted once it is idle again)
-        woken = f'lazaretto_tail_events_total{{event="wakeup",source="{eve}"}} '
-        async with (
-            httpx.AsyncClient(transport=transport, base_url="http://detector") as client,
-            asyncio.timeout(10),
-        ):
-            while not any(
-                line.startswith(woken) and float(line.split()[-1]) >= 1
-                for line in (await client.get("/metrics")).text.splitlines()
-            ):
-                await asyncio.sleep(0.05)
+        yield service, eve, writer
     finally:
         writer.close()
         await service.stop()
+
+
+async def tail_events_reach(service: DetectorSnortService, event: str, source: Path, count: int) -> float:
+    """Wait until the service's /metrics count at least `count` tail events of kind `event` for
+    `source`; the count then."""
+    prefix = f'lazaretto_tail_events_total{{event="{event}",source="{source}"}} '
+    transport = httpx.ASGITransport(app=service.http_app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://detector") as client,
+        asyncio.timeout(10),
+    ):
+        while True:
+            lines = (await client.get("/metrics")).text.splitlines()
+            counted = max((float(line.split()[-1]) for line in lines if line.startswith(prefix)), default=0.0)
+            if counted >= count:
+                return counted
+            await asyncio.sleep(0.05)
