@@ -670,6 +670,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
         print(f"latency_mean_batch={mean}")
         print(f"load_average_after_latency={load()}")
+        # What policy's queue still holds as the low rate begins (the executors' answers to the cases
+        # the fixed rate opened share it with the observations).
+        queued = await service.bus.message_count(queue_name("policy"))
+        print(f"policy_queue_before_low_rate={queued}")
         _, low, _, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
         print(f"low_rate={args.low_rate}")
         print(f"low_rate_decided={len(low)}")
