@@ -674,11 +674,15 @@ async def run(args: argparse.Namespace) -> int:
         # the fixed rate opened share it with the observations).
         queued = await service.bus.message_count(queue_name("policy"))
         print(f"policy_queue_before_low_rate={queued}")
-        _, low, _, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
+        low_report, low, low_handler, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
         print(f"low_rate={args.low_rate}")
+        for pair in low_report.split():
+            if pair.startswith("publisher_max_late_ms="):
+                print(f"low_rate_{pair}")
         print(f"low_rate_decided={len(low)}")
         print(f"low_rate_decision_p50_ms={percentile(low, 50):.1f}")
         print(f"low_rate_decision_p99_ms={percentile(low, 99):.1f}")
+        print(f"low_rate_handler_p99_ms={percentile(low_handler, 99):.1f}")
         print(f"low_rate_mean_batch={low_mean}")
 
         # 3. The admin search over HTTP, once the consumer is idle (no decision for 3 s).
