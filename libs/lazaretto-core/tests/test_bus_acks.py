@@ -73,3 +73,49 @@ async def test_a_nacked_delivery_does_not_stop_later_runs() -> None:
         acks.finished(FakeDelivery(channel, tag, sent))
     await settle()
     assert sent == [(5, True)]
+
+
+class Broker:
+    """AMQP 0-9-1's rule for acks on one channel: a tag that is not outstanding is a channel error."""
+
+    def __init__(self, delivered: int) -> None:
+        self.outstanding = set(range(1, delivered + 1))
+        self.errors: list[int] = []
+
+    def ack(self, tag: int, multiple: bool) -> None:
+        if tag not in self.outstanding:
+            self.errors.append(tag)  # RabbitMQ: PRECONDITION_FAILED - unknown delivery tag
+        elif multiple:
+            self.outstanding -= {t for t in self.outstanding if t <= tag}
+        else:
+            self.outstanding.discard(tag)
+
+
+class SlowDelivery(FakeDelivery):
+    """A delivery whose ack frame reaches the broker after `turns` turns of the loop (the write path
+    awaits, and a busy connection takes longer for some frames than for others)."""
+
+    def __init__(self, channel: object, tag: int, broker: Broker, turns: int = 0) -> None:
+        super().__init__(channel, tag, [])
+        self.broker, self.turns = broker, turns
+
+    async def ack(self, multiple: bool = False) -> None:
+        for _ in range(self.turns):
+            await asyncio.sleep(0)
+        self.broker.ack(self.delivery_tag or 0, multiple)
+
+
+async def test_a_later_multiple_ack_never_overtakes_an_earlier_single_ack_in_its_range() -> None:
+    broker, acks, channel = Broker(4), AckBatcher(), object()
+    # 1 and 3 finish while 2 is still in its handler: 1, then 3 alone, and 3's frame is slow
+    acks.finished(SlowDelivery(channel, 1, broker))
+    acks.finished(SlowDelivery(channel, 3, broker, turns=5))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # 2 and 4 finish meanwhile: one multiple ack up to 4, which covers 3 too
+    acks.finished(SlowDelivery(channel, 2, broker))
+    acks.finished(SlowDelivery(channel, 4, broker))
+    await acks.drain()
+    # The broker saw 3 acked before the multiple ack over it, and knew every tag it was asked about
+    assert broker.errors == []
+    assert broker.outstanding == set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,12 @@ class AckBatcher:
     def __init__(self) -> None:
         self._channels: dict[int, tuple[object, _ChannelAcks]] = {}
         self._flush_scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
+        # Frames go out in the order they were chosen, by one sender: a multiple ack that overtook an
+        # earlier single ack of a tag in its range (two senders, each awaiting its writes) made that
+        # single ack name a tag the broker no longer knew, and it closed the consumer's channel
+        # (`unknown delivery tag`: every unacked delivery redelivered, tens of seconds lost).
+        self._outgoing: deque[tuple[Delivery, bool]] = deque()
+        self._sender: asyncio.Task[None] | None = None
 
     def finished(self, delivery: Delivery) -> None:
         """The delivery's handler finished (its verdict carried out): ack it soon."""
@@ -73,19 +79,24 @@ class AckBatcher:
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False  # a call scheduled earlier then finds nothing left to send
-        frames: list[tuple[Delivery, bool]] = []
         for _, acks in self._channels.values():
-            frames.extend(_frames(acks))
-        if frames:
-            task = asyncio.get_running_loop().create_task(_send(frames), name="bus acks")
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+            self._outgoing.extend(_frames(acks))
+        if self._outgoing and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.get_running_loop().create_task(self._send(), name="bus acks")
+
+    async def _send(self) -> None:
+        while self._outgoing:
+            delivery, multiple = self._outgoing.popleft()
+            try:
+                await delivery.ack(multiple=multiple)
+            except Exception as exc:  # the channel closed: the broker redelivers what was not acked
+                log.warning("ack of delivery %s failed: %s", delivery.delivery_tag, exc)
 
     async def drain(self) -> None:
         """Send the acks still waiting (before the connection closes)."""
         self._start_flush()
-        if self._flushes:
-            await asyncio.gather(*self._flushes)
+        if self._sender is not None:
+            await self._sender
 
 
 def _frames(acks: _ChannelAcks) -> list[tuple[Delivery, bool]]:
@@ -111,11 +122,3 @@ def _frames(acks: _ChannelAcks) -> list[tuple[Delivery, bool]]:
         acks.acked_alone.add(later)
     acks.finished.clear()
     return frames
-
-
-async def _send(frames: list[tuple[Delivery, bool]]) -> None:
-    for delivery, multiple in frames:
-        try:
-            await delivery.ack(multiple=multiple)
-        except Exception as exc:  # the channel closed: the broker redelivers what was not acked
-            log.warning("ack of delivery %s failed: %s", delivery.delivery_tag, exc)
