@@ -244,34 +244,3 @@ async def test_a_batch_committed_but_never_acked_is_redelivered_and_decides_noth
         assert {r["decision"] for i, r in rows.items() if i != scan.observation_id} == {"below_threshold"}
     finally:
         await second.stop()
-
-
-async def test_observations_are_decided_while_every_shared_connection_is_busy(
-    policy: PolicyService, sender: Bus, probe: BusProbe, scanner: None
-) -> None:
-    # Given every connection of policy's shared pool taken (under a storm the executors' answers to
-    # the cases it opened, the loops and the API hold them, each in its own task)
-    busy = [await policy.pool.acquire() for _ in range(policy.pool.get_max_size())]
-    try:
-        # When other subscribers' noise and a scan arrive
-        events = [*noise(5), observation(SCAN_IP, 30)]
-        for event in events:
-            await sender.publish(event, message_id=event.message_key())
-        # Then they are decided meanwhile, on the observations' own connection: stored with their
-        # decisions, the scan's case opened
-        async with asyncio.timeout(30):
-            while True:
-                rows = await busy[0].fetch("SELECT ip, decision FROM observations")
-                if len(rows) == len(events):
-                    break
-                await asyncio.sleep(0.05)
-        decisions = {str(r["ip"]): r["decision"] for r in rows}
-        assert decisions.pop(SCAN_IP) == "opened_case"
-        assert set(decisions.values()) == {"below_threshold"}
-        assert await busy[0].fetchval("SELECT count(*) FROM cases WHERE closed_at IS NULL") == 1
-    finally:
-        for conn in busy:
-            await policy.pool.release(conn)
-    # And once the shared pool is free, the outbox sends the case's garden command.
-    [apply] = await probe.wait_for(GardenApply)
-    assert (apply.cpe_mac, apply.cpe_ip) == (MAC, SCAN_IP)

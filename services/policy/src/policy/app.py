@@ -60,7 +60,6 @@ GC_YOUNG_THRESHOLD = 20_000
 class PolicyService:
     settings: PolicySettings
     pool: asyncpg.Pool
-    observation_pool: asyncpg.Pool
     bus: Bus
     relay: OutboxRelay
     work: CaseWork
@@ -177,7 +176,6 @@ class PolicyService:
         await self.relay.stop()
         await self.bus.close()
         await self.attributor.close()
-        await self.observation_pool.close()
         await self.pool.close()
 
 
@@ -232,8 +230,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
     pool = await db.create_pool(settings.database_url.get_secret_value())
     await db.migrate(pool, db.package_migrations("policy"))
-    # One worker decides the observations (batch.py): one connection of their own (handlers.py).
-    observation_pool = await db.create_pool(settings.database_url.get_secret_value(), max_size=1)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "policy",
@@ -266,7 +262,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_observation_age=timedelta(seconds=settings.max_observation_age),
         self_release_window=window,
         attribution_pending_alert_after=timedelta(seconds=settings.attribution_pending_alert_after),
-        observations=UnitOfWork(observation_pool, relay),
     )
 
     async def database_ready() -> None:
@@ -289,6 +284,4 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     )
     install_guard_api(app, work, tokens, limits, settings.own_prefixes)
     install_console(app, console_deps(settings, work, attributor, tokens, limits, bus))
-    return PolicyService(
-        settings, pool, observation_pool, bus, relay, work, handlers, attributor, progress, app, rules
-    )
+    return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)

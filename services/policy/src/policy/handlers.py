@@ -37,7 +37,6 @@ from .release_progress import record_refusal
 from .rulebook import LoadedRules, RuleBook
 from .rules import Decision, Network, Seen, evaluate, is_allowlisted
 from .store import Case, ObservationRow, PendingAttribution
-from .uow import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +124,8 @@ class PolicyHandlers:
         max_observation_age: timedelta = timedelta(hours=1),
         self_release_window: timedelta = timedelta(days=30),
         attribution_pending_alert_after: timedelta = timedelta(minutes=10),
-        observations: Transactions | None = None,
     ) -> None:
         self.work = work
-        # The observations' own connection (app.build): deciding one never waits for a connection
-        # behind the executors' answers, the loops and the API, which share the pool (under a storm
-        # the answers to the cases it opened held it for seconds).
-        self.observations = observations or work.uow
         self.attributor = attributor
         self.rules = rules
         self.allowlist = tuple(allowlist)
@@ -152,7 +146,7 @@ class PolicyHandlers:
         consumes through `batch.ObservationBatcher`, which calls `on_abuse_batch`."""
         loaded = self.rules.current
         now = utcnow()
-        async with self.observations.read() as conn:
+        async with self.work.uow.read() as conn:
             stored = await self.work.store.observation_revision(conn, event.observation_id)
             if stored is not None and stored >= event.revision:
                 log.info("observation %s revision %d: duplicate", event.observation_id, event.revision)
@@ -162,7 +156,7 @@ class PolicyHandlers:
             released_at = await self.work.store.last_release_at_address(conn, event.ip)
         weighed = self._weigh(event, ctx, history, released_at, loaded, now)
         await self._attribute(weighed)
-        async with self.observations() as conn:
+        async with self.work.uow() as conn:
             if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
                 return
             if weighed.opens:
@@ -180,7 +174,7 @@ class PolicyHandlers:
         now = utcnow()
         window = loaded.rules.longest_window()
         events = [event for event, _ in items]
-        async with self.observations.read() as conn:
+        async with self.work.uow.read() as conn:
             revisions = await self.work.store.observation_revisions(conn, [e.observation_id for e in events])
             since_by_ip: dict[str, datetime] = {}
             for e in events:
@@ -203,7 +197,7 @@ class PolicyHandlers:
         enforcing = [w for w in weighed if w.action == "quarantine"]
         # Network I/O outside the transaction, one request per peer and step for the whole batch.
         await self._attribute_all(enforcing)
-        async with self.observations() as conn:
+        async with self.work.uow() as conn:
             claimed = await self.work.store.claim_messages(
                 conn, CONSUMER, [ctx.message_id for _, ctx in items]
             )
