@@ -133,7 +133,8 @@ async def load_history(
 
 _AUDIT_TRIGGERS = (
     "ALTER TABLE case_events {switch} TRIGGER case_events_audit;"
-    " ALTER TABLE observations {switch} TRIGGER observations_audit"
+    " ALTER TABLE observations {switch} TRIGGER observations_audit_insert;"
+    " ALTER TABLE observations {switch} TRIGGER observations_audit_update"
 )
 
 

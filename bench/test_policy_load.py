@@ -43,10 +43,12 @@ async def test_history_is_what_policy_reads(database_url: str) -> None:
             assert await conn.fetchval("SELECT count(*) FROM audit_log") == 0
             enabled = await conn.fetch(
                 "SELECT tgname, tgenabled::text FROM pg_trigger"
-                " WHERE tgname IN ('observations_audit', 'case_events_audit')"
+                " WHERE tgname IN"
+                " ('observations_audit_insert', 'observations_audit_update', 'case_events_audit')"
             )
             assert {(r["tgname"], r["tgenabled"]) for r in enabled} == {
-                ("observations_audit", "O"),
+                ("observations_audit_insert", "O"),
+                ("observations_audit_update", "O"),
                 ("case_events_audit", "O"),
             }
             rows = await conn.fetch(

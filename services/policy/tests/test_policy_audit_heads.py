@@ -90,8 +90,10 @@ async def test_replacing_the_newest_row_with_a_rehashed_one_is_named(pool: async
 
 
 async def test_decisions_written_by_the_database_triggers_keep_their_heads(pool: asyncpg.Pool) -> None:
-    # Observations are audited by a trigger: the head follows every decision and revision
+    # Observations are audited by a trigger, once per statement in the writing session's chain
+    # (migration 0013): the head follows every statement
     async with pool.acquire() as conn, conn.transaction():
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
         for n in range(3):
             await conn.execute(
                 "INSERT INTO observations (observation_id, detector, sensor, ip, category, severity, count,"
@@ -100,5 +102,5 @@ async def test_decisions_written_by_the_database_triggers_keep_their_heads(pool:
                 " '[]', '{}', 'below_threshold')",
                 n + 1,
             )
-    assert await pool.fetchval("SELECT seq FROM audit_heads WHERE chain = 'address:100.64.0.7'") == 3
+    assert await pool.fetchval("SELECT seq FROM audit_heads WHERE chain = $1", f"decisions:{pid}") == 3
     assert (await verified(pool)).ok

@@ -1,7 +1,8 @@
 """The tamper-evident record: hash chains in `audit_log` (migration 0004) and their verification.
 
 Case transitions and observation decisions are appended by triggers in the database (so no writer can
-forget them); operator actions that are not case transitions are appended here. Each row's hash is
+forget them; the decisions no case took, one link per statement: migration 0013); operator actions
+that are not case transitions are appended here. Each row's hash is
 sha256(prev_hash || body) over the stored body text; a chain starts from 32 zero bytes.
 Each chain's newest link is also kept as its head (`audit_heads`, migration 0008): the verifier
 compares every chain's last row with its head, so deleting the newest rows of a chain shows too.
