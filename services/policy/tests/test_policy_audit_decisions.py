@@ -156,3 +156,23 @@ async def test_decisions_a_case_took_stay_links_of_the_cases_chain(pool: asyncpg
         str(e.observation_id) for e in rest
     ]
     assert (await verified(pool)).ok
+
+
+async def test_a_later_revision_in_the_same_batch_keeps_the_case_an_earlier_one_opened(
+    pool: asyncpg.Pool,
+) -> None:
+    case_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO cases (case_id, ip, scope, category, reason, state, opened_by, key_kind, device_key)"
+        " VALUES ($1, '100.64.9.8', 'cpe', 'scan', 'r', 'open', 'rule:x', 'address', '100.64.9.8')",
+        case_id,
+    )
+    oid = uuid.uuid4()
+    opened = ObservationRow(observed(1, oid=oid, revision=1), case_id, "opened_case", rule="scan")
+    await store(pool, [opened, below(observed(1, oid=oid, revision=2, count=4))])
+    row = await pool.fetchrow(
+        "SELECT revision, case_id, decision FROM observations WHERE observation_id = $1", oid
+    )
+    assert row is not None
+    assert (row["revision"], row["case_id"], row["decision"]) == (2, case_id, "below_threshold")
+    assert [link["kind"] for link in await links(pool, f"case:{case_id}")] == ["decision"]

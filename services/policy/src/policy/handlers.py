@@ -161,8 +161,7 @@ class PolicyHandlers:
                 return
             if weighed.opens:
                 await self._open_or_feed(conn, weighed, now)
-            else:
-                await self._record(conn, [weighed])
+            await self._record(conn, [weighed])
 
     async def on_abuse_batch(self, items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
         """`on_abuse_observed` for many messages at once, in their order: one pass of reads (`= ANY`),
@@ -208,10 +207,10 @@ class PolicyHandlers:
                         continue
                     claimed.discard(w.ctx.message_id)  # the same message twice in a batch counts once
                     if w.opens:
-                        # Cases first, in order: a later revision stored below keeps the case it opened.
                         await self._open_or_feed(conn, w, now)
-                    else:
-                        recorded.append(w)
+                    recorded.append(w)
+            # Every observation in one statement, in order: a later revision keeps the case an
+            # earlier one opened (`insert_observations`, as one by one).
             await self._record(conn, recorded)
 
     def _weigh(
@@ -373,8 +372,7 @@ class PolicyHandlers:
                 with bound(message_id=w.ctx.message_id):
                     if w.opens:
                         await self._open_or_feed(conn, w, utcnow())
-                    else:
-                        await self._record(conn, [w])
+                    await self._record(conn, [w])
             decided += 1
         await self._report_waiting()
         return decided
@@ -445,7 +443,8 @@ class PolicyHandlers:
             )
 
     async def _open_or_feed(self, conn: Connection, w: Weighed, now: datetime) -> None:
-        """An enforcing observation attributed to a device: open its case (or feed the open one)."""
+        """An enforcing observation attributed to a device: open its case (or feed the open one), and
+        say so in `w` (`case_id`, `outcome`); the caller records `w` (with the batch's others)."""
         assert w.attribution is not None
         # Log fields for this observation only: the batch goes on to the next one in this task.
         with bound(device=w.attribution.cpe_mac or w.attribution.cm_mac):
@@ -461,7 +460,6 @@ class PolicyHandlers:
             bind(case_id=adopted.case_id)
             w.case_id, w.outcome = adopted.case_id, "fed_open_case"
             w.audit["adopted_address_case"] = True
-            await self._record(conn, [w])
             return
         key_kind, device_key = identity.case_key(rule.scope, attribution)
         decay_since = now - timedelta(seconds=rule.ladder.decay)
@@ -470,7 +468,6 @@ class PolicyHandlers:
         if released is not None and now - released < timedelta(seconds=rule.ladder.grace):
             w.audit["grace_until"] = (released + timedelta(seconds=rule.ladder.grace)).isoformat()
             w.outcome = "grace"
-            await self._record(conn, [w])
             return
         offence = past.offences + 1
         command = OpenCase(
@@ -489,7 +486,6 @@ class PolicyHandlers:
             # policy-guard: the database allowlist covers the device (exempt, or notify only).
             w.outcome = "notify_only" if covered.effect == "notify_only" else "allowlisted"
             w.audit["allowlist"] = str(covered)
-            await self._record(conn, [w])
             log.info("observation %s for %s: %s", event.observation_id, event.ip, covered)
             return
         except commands.AlreadyOpen as exists:
@@ -498,10 +494,8 @@ class PolicyHandlers:
             alert = self.work.alert_address(exists.case, attribution, "alert")
             await self.work.follow_device(conn, exists.case, w.leases, alert=alert)
             w.case_id, w.outcome = exists.case.case_id, "fed_open_case"
-            await self._record(conn, [w])
             return
         w.case_id, w.outcome = case.case_id, "opened_case"
-        await self._record(conn, [w])
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
         await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", _garden_done(event))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
@@ -428,14 +428,17 @@ assert _INSERT_OBSERVATIONS != _INSERT_OBSERVATION
 async def insert_observations(conn: Connection, rows: Sequence[ObservationRow]) -> None:
     """`insert_observation` for many in one statement, as if one by one in order: of several rows of
     one observation only the highest revision (the first of equals) can change what is stored, so it
-    alone is sent (a statement may not update a row twice)."""
+    alone is sent (a statement may not update a row twice), with the case an earlier one named if it
+    names none (the upsert's `COALESCE`)."""
     if not rows:
         return
     kept: dict[uuid.UUID, ObservationRow] = {}
     for row in rows:
         held = kept.get(row.event.observation_id)
-        if held is None or row.event.revision > held.event.revision:
+        if held is None:
             kept[row.event.observation_id] = row
+        elif row.event.revision > held.event.revision:
+            kept[row.event.observation_id] = replace(row, case_id=row.case_id or held.case_id)
     columns = list(zip(*(row.arguments() for row in kept.values()), strict=True))
     await conn.execute(_INSERT_OBSERVATIONS, *columns)
 
