@@ -130,6 +130,9 @@ class LabPostgres(LabPeer):
         # A SIGKILLed backend still holding the listening socket lets the kernel accept a client and
         # then reset it; once every one is gone, the port refuses as a dead machine's would.
         _wait_until_gone(backends, timeout=30)
+        # A backend forked after the list was taken can still hold the listening socket for a moment
+        # (until it closes the postmaster's ports); wait until the port refuses.
+        _wait_until_refused(self.port, timeout=30)
         self.process.stop()
         # A restart would otherwise wait for the dead postmaster's pid and socket lock files.
         (self.data / "postmaster.pid").unlink(missing_ok=True)
@@ -154,6 +157,15 @@ def _wait_until_gone(pids: list[int], timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"process {pid} outlived SIGKILL by {timeout} s")
             time.sleep(0.01)
+
+
+def _wait_until_refused(port: int, timeout: float) -> None:
+    """Wait until nothing listens on 127.0.0.1:`port` (a connection is refused, not accepted)."""
+    deadline = time.monotonic() + timeout
+    while tcp_open(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"port {port} still accepts {timeout} s after SIGKILL")
+        time.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:
