@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import asyncpg
 from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
@@ -42,6 +44,30 @@ def tcp_listener(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     return sock
 
 
+def unstorable_text(exc: BaseException) -> bool:
+    """The database refused text a client sent: a NUL character (in a text or JSON value) or half of
+    a surrogate pair (valid JSON escapes, but no UTF-8 can encode them)."""
+    if isinstance(
+        exc,
+        asyncpg.exceptions.CharacterNotInRepertoireError | asyncpg.exceptions.UntranslatableCharacterError,
+    ):
+        return True
+    # asyncpg's own encoding error names the argument (a server-side DataError is a subclass).
+    return type(exc) is asyncpg.exceptions.DataError and "surrogates not allowed" in str(exc)
+
+
+async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
+    """A client's text the database cannot store is the client's error (422), not a crash; any other
+    data error is ours (500, logged)."""
+    if unstorable_text(exc):
+        return JSONResponse(
+            {"detail": "text with a NUL character or an unpaired surrogate cannot be stored"},
+            status_code=422,
+        )
+    log.error("%s %r failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+
+
 ReadinessCheck = Callable[[], Awaitable[None]]
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
@@ -49,6 +75,8 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 DEFAULT_MAX_BODY: Final = 64 * 1024
 _MAX_BODY_ATTRIBUTE: Final = "__lazaretto_max_body__"
 UNAUTHORIZED_DETAIL: Final = "missing or invalid bearer token"
+
+log = logging.getLogger(__name__)
 
 READY = Gauge("lazaretto_ready", "1 if every readiness check (as /readyz) passed at this scrape, else 0")
 READY_CHECK = Gauge("lazaretto_ready_check", "1 if this readiness check passed at this scrape", ["check"])
@@ -63,6 +91,7 @@ def create_http_app(
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
     app.add_middleware(RequestGate)
+    app.add_exception_handler(asyncpg.exceptions.DataError, _unstorable_text)
     app.add_middleware(TraceRequests)  # added last, so outermost: a refused request is a span too
 
     @app.get("/healthz", include_in_schema=False)
