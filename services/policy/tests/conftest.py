@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from lazaretto_core import db
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import (
     AbuseObserved,
@@ -31,6 +33,15 @@ ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 PORTAL_TOKEN = "portal-token-for-tests-0123456789"
 CPE_MAC = "02:00:00:00:00:01"
 CM_MAC = "00:02:8a:d3:7c:6e"
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Policy's schema on a fresh database (its migrations), for tests of its SQL alone."""
+    pool = await db.create_pool(database_url)
+    await db.migrate(pool, db.package_migrations("policy"))
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
 
-from lazaretto_core import db
 from lazaretto_core.contracts import AbuseObserved
 from policy import audit
 from policy.store import ObservationRow, insert_observations
 
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url)
-    await db.migrate(pool, db.package_migrations("policy"))
-    yield pool
-    await pool.close()
 
 
 def observed(n: int, *, revision: int = 0, count: int = 1, oid: uuid.UUID | None = None) -> AbuseObserved:

@@ -3,21 +3,10 @@ chain's newest rows were deleted; its head (last seq and hash) can, and the veri
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
-from lazaretto_core import db
 from policy import audit
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url)
-    await db.migrate(pool, db.package_migrations("policy"))
-    yield pool
-    await pool.close()
 
 
 async def chains(pool: asyncpg.Pool) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -26,14 +25,6 @@ from policy.uow import UnitOfWork
 IP = "100.64.40.10"
 MAC = "02:00:00:00:28:01"
 CM_MAC = "00:02:8a:00:28:01"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url)
-    await db.migrate(pool, db.package_migrations("policy"))
-    yield pool
-    await pool.close()
 
 
 def opening(actor: str) -> OpenCase:
