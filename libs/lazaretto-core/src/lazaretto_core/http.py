@@ -44,7 +44,7 @@ def tcp_listener(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def unstorable_text(exc: BaseException) -> bool:
+def _is_unstorable_text(exc: BaseException) -> bool:
     """The database refused text a client sent: a NUL character (in a text or JSON value) or half of
     a surrogate pair (valid JSON escapes, but no UTF-8 can encode them)."""
     if isinstance(
@@ -56,10 +56,10 @@ def unstorable_text(exc: BaseException) -> bool:
     return type(exc) is asyncpg.exceptions.DataError and "surrogates not allowed" in str(exc)
 
 
-async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
+async def _refuse_unstorable_text(request: Request, exc: Exception) -> JSONResponse:
     """A client's text the database cannot store is the client's error (422), not a crash; any other
     data error is ours (500, logged)."""
-    if unstorable_text(exc):
+    if _is_unstorable_text(exc):
         return JSONResponse(
             {"detail": "text with a NUL character or an unpaired surrogate cannot be stored"},
             status_code=422,
@@ -91,7 +91,7 @@ def create_http_app(
 ) -> FastAPI:
     app = FastAPI(title=title or f"Lazaretto {service}", version="0.1.0")
     app.add_middleware(RequestGate)
-    app.add_exception_handler(asyncpg.exceptions.DataError, _unstorable_text)
+    app.add_exception_handler(asyncpg.exceptions.DataError, _refuse_unstorable_text)
     app.add_middleware(TraceRequests)  # added last, so outermost: a refused request is a span too
 
     @app.get("/healthz", include_in_schema=False)
