@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ReleaseRequested,
 )
+from lazaretto_core.logs import current_fields
 from lazaretto_core.memory_bus import InMemoryBus
 from lazaretto_core.outbox import OutboxRelay, enqueue
 from lazaretto_lab.lease_stub import LeaseBook
@@ -146,6 +148,41 @@ async def test_an_observation_opens_the_devices_case_once_however_often_it_is_de
         ]
     assert sorted(decisions) == ["fed_open_case", "opened_case"]
     assert policy.bus.dead_letters[QUEUE] == []
+
+
+class _DecisionLines(logging.Handler):
+    """The log fields bound when policy logs each observation's decision."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.fields: dict[str, dict[str, str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("observation %s for %s: "):
+            self.fields[str(record.args[2])] = current_fields()  # type: ignore[index]
+
+
+async def test_the_decision_line_of_an_observation_that_opens_or_feeds_a_case_names_its_device_and_case(
+    policy: Policy, book: LeaseBook
+) -> None:
+    device(book)
+    lines = _DecisionLines()
+    logger = logging.getLogger("policy.handlers")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        # When one observation opens the device's case and the next feeds it
+        await policy.deliver(observation())
+        await policy.deliver(observation())
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    [apply] = policy.bus.sent(GardenApply)
+    # Then both decisions are logged with the device and the case, as an operator filters them
+    for outcome in ("opened_case", "fed_open_case"):
+        assert lines.fields[outcome]["device"] == CPE_MAC
+        assert lines.fields[outcome]["case_id"] == str(apply.case_id)
 
 
 async def test_an_observation_nobody_can_attribute_now_is_kept_pending_not_dead_lettered(

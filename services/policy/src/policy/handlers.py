@@ -330,14 +330,18 @@ class PolicyHandlers:
                     w.audit.get("attribution_error"),
                 )
             if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "observation %s for %s: %s (%s, rules %s)",
-                    w.event.observation_id,
-                    w.event.ip,
-                    outcome,
-                    w.decision.reason,
-                    w.version,
-                )
+                # The device and case it opened or fed, as the case work logged them (a batch's
+                # observations are recorded together, after every case's work).
+                device = (w.attribution.cpe_mac or w.attribution.cm_mac) if w.attribution else None
+                with bound(device=device, case_id=w.case_id):
+                    log.info(
+                        "observation %s for %s: %s (%s, rules %s)",
+                        w.event.observation_id,
+                        w.event.ip,
+                        outcome,
+                        w.decision.reason,
+                        w.version,
+                    )
         await self.work.store.insert_observations(conn, rows)
         await self.work.store.redecide_observations(conn, redecided)
         await self.work.store.hold_for_attribution(conn, held)
