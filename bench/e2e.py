@@ -11,20 +11,28 @@ subscriber's own address returns the portal, and (b) until the lab CMTS logs the
 modem. The detector publishes the window's running evidence as it grows: the completing line's
 revision reaches policy at once.
 
-Where (a) goes, per hop, from the times the services record anyway (read after the run, wall clock
-of this machine): line written → policy's decision transaction began (`observations.received_at` and
-the case's first `case_events.at`, one transaction: the detector's read, parse and publish, the
-broker's confirm, the delivery to policy and policy's attribution look-ups at the provisioner and
-cmts-agent) → the provisioner recorded the device (its `lazaretto_garden_device.applied_at`:
-policy's commit, its outbox relay's publish, the command's delivery, then the Kea host row and the
-RPZ update, pushed concurrently; the record is written once both answered) → its address's record
-(`lazaretto_garden_address.added_at`, written concurrently with the device's: `kea_to_rpz` is about
-0, not a hop of its own) → the client's DNS answer changed (the probe). PostgreSQL's `now()` is the
-time its statement's transaction started. The services record no time for the detector's read or the
-broker's confirms, so those hops are not split out. Then, once every modem is back, each PC renews
-as a real one does after the reset (NAK, DISCOVER: it moves into the quarantine pool), and we time
-(c) from its first DNS query at the new address (the portal's name, to its lease's DNS server) until
-the portal page it fetches from that address shows its own case. Prints one `name=value` per line.
+Where (a) goes, per hop (`hop_<name>_ms_p50/p99`), from the times the services record anyway (read
+after the run) and from a bus tap of the bench's own (`BusTap`: a queue bound beside policy's and the
+provisioner's, which the broker hands a message once it routed it, at or before the publisher's
+confirm), all on this machine's wall clock: line written → `line_to_published`: the detector's read,
+parse, fold and publish of the revision the line completes, routed by the broker (the tap saw it) →
+`published_to_decision`: its delivery to policy, the batch's reads and the attribution look-ups at the
+provisioner and cmts-agent, until policy's decision transaction began (the case's first
+`case_events.at`) → `decision_to_command`: that transaction (the case opened, its audit, the outbox),
+its commit and the outbox relay's publish of the garden command, routed by the broker (the tap saw
+it) → `command_to_kea`: its delivery to the provisioner, the allowlist check, the garden lock, the
+device's addresses, the desired state, the Kea host row and the RPZ update pushed concurrently, until
+the provisioner recorded the device (`lazaretto_garden_device.applied_at`, written once both layers
+answered) → `kea_to_rpz`: its address's record (`lazaretto_garden_address.added_at`, written
+concurrently with the device's: about 0, not a hop of its own) → `rpz_to_dns`: the client's DNS answer
+changed (the probe). PostgreSQL's `now()` is the time its statement's transaction started. The
+detector's read is not split from its publish: it records no time for it. `hop_line_to_decision` and
+`hop_decision_to_kea`, the hops of earlier runs, are printed too (each spans two of the above).
+
+Then, once every modem is back, each PC renews as a real one does after the reset (NAK, DISCOVER: it
+moves into the quarantine pool), and we time (c) from its first DNS query at the new address (the
+portal's name, to its lease's DNS server) until the portal page it fetches from that address shows its
+own case. Prints one `name=value` per line.
 
 The DNS probe runs inside the subscribers' network namespace (CLOCK_MONOTONIC is shared across
 namespaces, so its timestamps compare with ours).
@@ -60,7 +68,18 @@ KEA_PREFIXLEN = 21
 # reach policy first.
 EVIDENCE_LINES = EVIDENCE_DESTINATIONS
 EVIDENCE_SETTLE = 0.5
-HOPS = ("line_to_decision", "decision_to_kea", "kea_to_rpz", "rpz_to_dns")
+# The marks each subscriber's path passes, in order (`hop_times`), and the hops between them.
+MARKS = ("written", "published", "decided", "commanded", "kea", "rpz", "dns")
+HOPS = (
+    "line_to_published",
+    "published_to_decision",
+    "decision_to_command",
+    "command_to_kea",
+    "kea_to_rpz",
+    "rpz_to_dns",
+)
+# Two hops of earlier runs, each spanning two of the above, still printed to compare with them.
+SPANS = {"line_to_decision": ("written", "decided"), "decision_to_kea": ("decided", "kea")}
 
 FLOOD = """
 import sys, time
@@ -196,7 +215,9 @@ def bench(
             assert probe.stdout is not None
             load = FloodLoad(system, vhost, flood_started, flood_per_s)
             load.start()
+            tap = BusTap(system.config.amqp_url)
             try:
+                tap.start()
                 for cpe, modem in zip(cpes, modems, strict=True):
                     written_wall, answer_ms = time_to_garden(system, probe, template, cpe, evidence_lines)
                     written_at[cpe.ip] = written_wall
@@ -210,10 +231,11 @@ def bench(
                     reset_ms.append((float(sets[0]["ts"]) - written_wall) * 1000)
                 flood_lines = round((time.monotonic() - flood_started) * flood_per_s)
                 load.stop()
+                tap.stop()
                 flooder.kill()
                 flooder.wait()
                 # Before the PCs move: the provisioner forgets an address once its device leaves it.
-                hops = asyncio.run(hop_times(system, cpes, written_at, dns_at))
+                hops = asyncio.run(hop_times(system, cpes, written_at, dns_at, tap))
                 portal_ms = moved_pcs_to_portal(system, cpes, probe.stdin, probe.stdout)
             except RuntimeError:
                 load.stop()
@@ -222,6 +244,7 @@ def bench(
                 raise
             finally:
                 load.stop()
+                tap.stop()
                 if flooder.poll() is None:
                     flooder.kill()
                     flooder.wait()
@@ -254,7 +277,7 @@ def bench(
         "moved_pc_portal_ms_max": f"{max(portal_ms):.1f}",
         **{
             f"hop_{name}_ms_{label}": f"{percentile(hops[name], q):.1f}"
-            for name in HOPS
+            for name in (*HOPS, *SPANS)
             for label, q in (("p50", 50), ("p99", 99))
         },
         "samples_dns_ms": " ".join(f"{v:.0f}" for v in dns_ms),
@@ -334,6 +357,87 @@ class FloodLoad:
             "flood_policy_queue_p50": f"{statistics.median(self.queued or [0]):.0f}",
             "flood_policy_queue_max": f"{max(self.queued or [0])}",
         }
+
+
+class BusTap:
+    """When the broker handed each subscriber's observations (`abuse.observed`) and garden command
+    (`garden.apply`) to a consumer: an exclusive queue of the bench's own, bound beside policy's and
+    the provisioner's and read with aio-pika in a thread of its own (like the tests' `BusProbe`: no
+    acks, no publisher checks, the time taken before the body is parsed). A message reaches it once
+    the broker routed it, which for these persistent messages is at or before the publisher's
+    confirm."""
+
+    def __init__(self, amqp_url: str) -> None:
+        import threading
+
+        self.amqp_url = amqp_url
+        self.observed: dict[str, list[float]] = {}  # address -> each revision's arrival
+        self.commanded: dict[str, float] = {}  # the command's PC address -> its first arrival
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError(f"the bench's bus tap did not start: {self._failed!r}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._tap())
+        except Exception as exc:  # said by `start`, or by the look-ups of what it missed
+            self._failed = exc
+
+    async def _tap(self) -> None:
+        # A measuring tool, like bus_floor.py: it reads the wire under lazaretto_core.bus directly.
+        import aio_pika  # noqa: TID251
+
+        from lazaretto_core.contracts import AbuseObserved, GardenApply
+
+        connection = await aio_pika.connect(self.amqp_url)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True)
+            for contract in (AbuseObserved, GardenApply):
+                # Declared as the bus declares them (a fresh vhost may not have them yet).
+                exchange = await channel.declare_exchange(
+                    contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                await queue.bind(exchange, routing_key=contract.routing_key)
+
+            async def arrived(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                at = time.time()
+                if message.routing_key == AbuseObserved.routing_key:
+                    event = AbuseObserved.read(message.body)
+                    self.observed.setdefault(event.ip, []).append(at)
+                elif message.routing_key == GardenApply.routing_key:
+                    command = GardenApply.read(message.body)
+                    self.commanded.setdefault(str(command.cpe_ip), at)
+
+            await queue.consume(arrived, no_ack=True)
+            self._ready.set()
+            while not self._stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            await connection.close()
+
+    def failure(self) -> str:
+        return f"its failure: {self._failed!r}" if self._failed else "it did not fail"
+
+    def published_before(self, ip: str, decided: float) -> float:
+        """When the revision policy decided on arrived: the last of the address's before the decision
+        began (the completing line's; the earlier lines' revision came `EVIDENCE_SETTLE` before)."""
+        arrivals = self.observed.get(ip)
+        if not arrivals:
+            raise RuntimeError(f"the bus tap saw no observation of {ip} ({self.failure()})")
+        before = [t for t in arrivals if t <= decided]
+        return max(before) if before else min(arrivals)
 
 
 def lab_modems(subscribers: int) -> list[LabModem]:
@@ -516,9 +620,14 @@ async def _observed(system: LabSystem, addresses: list[str]) -> int:
 
 
 async def hop_times(
-    system: LabSystem, cpes: list[CpeHost], written_at: dict[str, float], dns_at: dict[str, float]
+    system: LabSystem,
+    cpes: list[CpeHost],
+    written_at: dict[str, float],
+    dns_at: dict[str, float],
+    tap: BusTap,
 ) -> dict[str, list[float]]:
-    """Milliseconds per hop and subscriber, from the rows policy and the provisioner wrote anyway."""
+    """Milliseconds per hop (and span) and subscriber, from the rows policy and the provisioner wrote
+    anyway and from when the bench's bus tap saw the observation and the command."""
     import asyncpg
 
     assert system.kea is not None
@@ -553,17 +662,29 @@ async def hop_times(
         }
     finally:
         await kea.close()
-    out: dict[str, list[float]] = {name: [] for name in HOPS}
+    out: dict[str, list[float]] = {name: [] for name in (*HOPS, *SPANS)}
     for cpe in cpes:
-        marks = (
-            written_at[cpe.ip],
-            decided[cpe.ip],
-            applied[normalize_mac(cpe.mac)],
-            gardened[cpe.ip],
-            dns_at[cpe.ip],
+        if cpe.ip not in tap.commanded:
+            raise RuntimeError(f"the bus tap saw no garden command for {cpe.ip} ({tap.failure()})")
+        at = dict(
+            zip(
+                MARKS,
+                (
+                    written_at[cpe.ip],
+                    tap.published_before(cpe.ip, decided[cpe.ip]),
+                    decided[cpe.ip],
+                    tap.commanded[cpe.ip],
+                    applied[normalize_mac(cpe.mac)],
+                    gardened[cpe.ip],
+                    dns_at[cpe.ip],
+                ),
+                strict=True,
+            )
         )
-        for name, start, end in zip(HOPS, marks[:-1], marks[1:], strict=True):
-            out[name].append((end - start) * 1000)
+        for name, start, end in zip(HOPS, MARKS[:-1], MARKS[1:], strict=True):
+            out[name].append((at[end] - at[start]) * 1000)
+        for name, (start, end) in SPANS.items():
+            out[name].append((at[end] - at[start]) * 1000)
     return out
 
 
