@@ -207,6 +207,7 @@ def bench(
             assert system.kea is not None
             assert system.bind is not None
             assert system.cmts is not None
+            print(f"# lab up, work directory (logs): {workdir}", file=sys.stderr, flush=True)
             cpes = lease_cpes(system, modems)
             template = one_alert_line(workdir, str(system.kea.subnet))
             flooder, flood_started, settled_s = start_flood(system, template, workdir, flood_per_s)
@@ -742,7 +743,15 @@ def main() -> None:
     if args.probe:
         probe_main()
         return
-    for name, value in bench(args.subscribers, args.evidence_lines, args.flood_per_s).items():
+    from lazaretto_lab.signals import unwind_on_stop_signals
+
+    # Ctrl-C, SIGTERM or SIGHUP stop the lab this started (its services, BIND, Kea, the lab CMTS).
+    unwind_on_stop_signals()
+    try:
+        figures = bench(args.subscribers, args.evidence_lines, args.flood_per_s)
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the lab it started is stopped")
+    for name, value in figures.items():
         print(f"{name}={value}")
 
 

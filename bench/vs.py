@@ -270,7 +270,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
     args = parser.parse_args()
-    for name, value in bench(args.subscribers).items():
+    from lazaretto_lab.signals import unwind_on_stop_signals
+
+    # Ctrl-C, SIGTERM or SIGHUP stop the lab and fail2ban this started.
+    unwind_on_stop_signals()
+    try:
+        figures = bench(args.subscribers)
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the lab and fail2ban it started are stopped")
+    for name, value in figures.items():
         print(f"{name}={value}")
 
 

@@ -22,43 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from lazaretto_lab.testing import wait_until
+from lazaretto_lab.testing import descendants, is_running, wait_until
 
 ROOT = Path(__file__).parent.parent
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _descendants(pid: int) -> set[int]:
-    tree = _children()
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _psql(sql: str) -> str:
@@ -106,8 +72,8 @@ def test_ctrl_c_stops_everything_make_run_started(
         netns = re.search(r"PCs in netns (lazaretto-kea-[0-9a-f]+);", text)
         assert netns is not None, text
         tag = netns.group(1).removeprefix("lazaretto-kea-")
-        started = _descendants(make.pid)
-        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started if _running(pid)}
+        started = descendants(make.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started if is_running(pid)}
         # Given: the real peers run (not only the services).
         assert {"named", "snmpd", "kea-dhcp4"} <= names, names
         assert f"lzk{tag}s" in os.listdir("/sys/class/net")
@@ -132,7 +98,7 @@ def test_ctrl_c_stops_everything_make_run_started(
 
     # Then: every process it started is gone, and the network namespace, veth pair and Kea database.
     assert "stopped:" in text, text[-3000:]
-    wait_until("every process make run started to exit", lambda: not any(_running(p) for p in started), 15)
+    wait_until("every process make run started to exit", lambda: not any(is_running(p) for p in started), 15)
     netns_list = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"lazaretto-kea-{tag}" not in netns_list
     assert f"lzk{tag}s" not in os.listdir("/sys/class/net")
@@ -199,7 +165,7 @@ def test_make_run_tells_the_whole_story_infect_watch_release_through_the_subscri
         assert proxy is not None, text
         connection = cli.group(1).split()
         proxy_url = proxy.group(1)
-        started = _descendants(make.pid)
+        started = descendants(make.pid)
         assert _cli(connection, "cases", "list", "--mac", pc_mac) == []
 
         # When the newcomer runs the printed infect command
@@ -257,7 +223,7 @@ def test_make_run_tells_the_whole_story_infect_watch_release_through_the_subscri
             _household(workdir)["quarantine_pool"]
         )
         assert "not restricted" in httpx.get(proxy_url, timeout=30).text
-        started |= _descendants(make.pid)
+        started |= descendants(make.pid)
 
         # When Ctrl-C
         os.killpg(make.pid, signal.SIGINT)
@@ -273,4 +239,4 @@ def test_make_run_tells_the_whole_story_infect_watch_release_through_the_subscri
                 make.wait()
     # Then everything it started is gone, the proxy and the household's DHCP client included
     assert "stopped:" in "".join(output), "".join(output)[-3000:]
-    wait_until("every process make run started to exit", lambda: not any(_running(p) for p in started), 15)
+    wait_until("every process make run started to exit", lambda: not any(is_running(p) for p in started), 15)

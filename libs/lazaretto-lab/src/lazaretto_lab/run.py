@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 from .databases import STATEFUL
 from .household import LabHousehold
+from .signals import unwind_on_stop_signals
 from .snmpd import LabModem
 from .system import LabSystem, SystemConfig
 
@@ -72,19 +70,8 @@ def main() -> None:
         smtp_policy_port=0 if args.free_ports else 10040,
         portal_on_subscriber_side=True,
     )
-    stopping = threading.Event()
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        # The first Ctrl-C, SIGTERM or SIGHUP (the terminal closed) unwinds whatever runs (start-up
-        # included: LabSystem cleans up on any exception); later ones are ignored so they cannot cut the
-        # clean-up short.
-        if not stopping.is_set():
-            stopping.set()
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    # The first Ctrl-C, SIGTERM or SIGHUP (the terminal closed) unwinds whatever runs, start-up included.
+    unwind_on_stop_signals()
     print("starting Lazaretto (lab BIND, Kea, CMTS and the six services)...", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         run(config, proxy_port)
