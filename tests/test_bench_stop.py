@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lazaretto_lab.testing import descendants, is_running, wait_until
+from lazaretto_lab.process import descendants, is_running
+from lazaretto_lab.testing import wait_until
 
 ROOT = Path(__file__).parent.parent
 

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from lazaretto_lab.testing import descendants, is_running, wait_until
+from lazaretto_lab.process import descendants, is_running
+from lazaretto_lab.testing import wait_until
 
 ROOT = Path(__file__).parent.parent
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .process import LabPeer, LabProcess, free_port, tcp_open
+from .process import LabPeer, LabProcess, children_by_parent, free_port, is_running, tcp_open
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
@@ -121,7 +121,7 @@ class LabPostgres(LabPeer):
         assert self.process is not None
         postmaster = self._postmaster_pid()
         # Each backend makes itself a process group leader (setsid), so the group kill misses them.
-        backends = _children(postmaster) if postmaster is not None else []
+        backends = children_by_parent().get(postmaster, []) if postmaster is not None else []
         os.killpg(self.process.pid, signal.SIGKILL)
         for pid in backends:
             with contextlib.suppress(ProcessLookupError):
@@ -153,7 +153,7 @@ def _wait_until_gone(pids: list[int], timeout: float) -> None:
     """Wait until each of `pids` has exited (a zombie has already closed its files)."""
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while _alive(pid):
+        while is_running(pid):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"process {pid} outlived SIGKILL by {timeout} s")
             time.sleep(0.01)
@@ -166,25 +166,6 @@ def _wait_until_refused(port: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"port {port} still accepts {timeout} s after SIGKILL")
         time.sleep(0.01)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    """The PIDs whose parent is `pid` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def postmaster_argv(data: Path, port: int, root: Path, settings: Mapping[str, str]) -> list[str]:

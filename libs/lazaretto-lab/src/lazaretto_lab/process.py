@@ -35,6 +35,39 @@ def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, by parent pid (from /proc)."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process started under `pid`, however deep (those in sessions of their own too)."""
+    tree = children_by_parent()
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class LabProcess:
     """One running peer: its argv, log file and PID; `stop()` ends it and its process group."""
 
