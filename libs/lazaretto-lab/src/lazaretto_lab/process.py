@@ -1,32 +1,144 @@
 """Lab processes: start an outside program as a child, wait until it serves, stop it by PID.
 
 `LabPeer` is the start/stop/readiness shape every long-running lab peer (BIND, Kea, snmpd, Postfix) shares.
+`free_port` hands out loopback ports that parallel labs on one machine cannot both be handed.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
+import functools
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 
 class LabProcessError(RuntimeError):
     """A lab peer did not start; the message carries the tail of its log."""
 
 
+# The machine's port registry: byte N of this file, write-locked (fcntl record lock), reserves port N
+# for the locking process. The kernel drops a process's record locks when it dies, so a crashed test
+# leaves no stale reservation, and one descriptor holds any number of ports (no per-port files or fds).
+PORT_REGISTRY: Final = Path("/tmp/lazaretto-ports.lock")
+# The lowest port free_port hands out; the kernel's ephemeral range is left out above it.
+PORT_POOL_START: Final = 20000
+
+_registry_fd: int | None = None
+# Record locks belong to the process, not to a descriptor: the process's own ports are remembered here
+# (the kernel would let a second lock of the same byte succeed), under a lock for threads.
+_held: set[int] = set()
+_held_lock = threading.Lock()
+
+
+def _forget_held_ports() -> None:
+    # A forked child inherits no record lock: its parent's ports are the parent's, not its own.
+    global _held, _held_lock
+    _held = set()
+    _held_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_held_ports)
+
+
+def ephemeral_ports() -> range:
+    """Where the kernel picks the local port of an outgoing connection (and of a bind to port 0)."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port on 127.0.0.1 that nothing listens on right now (TCP or UDP)."""
+    """A port that nothing on this machine is bound to right now (TCP or UDP, as `kind`), reserved for
+    this process while it lives: no other `free_port` caller, in any process, is handed it meanwhile.
+
+    Binding to port 0 and releasing it is not enough: a parallel lab, or any outgoing connection, could
+    be handed the same port before the service we start binds it. So the ports come from outside the
+    kernel's ephemeral range, and each is reserved in `PORT_REGISTRY` until this process exits (it
+    starts the services that bind it later, and may restart them). The reservation binds `free_port`
+    callers only; the bind check covers whatever else already holds the port.
+    """
+    ephemeral = ephemeral_ports()
+    pool = _pool(ephemeral)
+    start = random.randrange(len(pool))  # noqa: S311 - spreads parallel callers, not a secret
+    for port in pool[start:] + pool[:start]:
+        if _reserve(port, kind):
+            return port
+    raise LabProcessError(
+        f"no port left to reserve in {PORT_POOL_START}-65535 outside {ephemeral.start}-{ephemeral.stop - 1}"
+    )
+
+
+@functools.cache
+def _pool(ephemeral: range) -> tuple[int, ...]:
+    return tuple(port for port in range(PORT_POOL_START, 65536) if port not in ephemeral)
+
+
+def reserve_port(port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    """Reserve `port` for this process as `free_port` does: False if another process holds it or
+    something is bound to it (TCP or UDP, as `kind`); True if it is this process's now (or already was)."""
+    return port in _held or _reserve(port, kind)
+
+
+def _reserve(port: int, kind: int) -> bool:
+    """True if this process has just reserved `port` (False if it held it already: not handed twice)."""
+    with _held_lock:
+        if port in _held:
+            return False
+        fd = _registry()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError:  # EACCES or EAGAIN: another process holds it
+            return False
+        if not _bindable(port, kind):
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, port)
+            return False
+        _held.add(port)
+        return True
+
+
+def _registry() -> int:
+    """This process's one descriptor of the registry (opened once: closing any descriptor of the file
+    would drop every record lock the process holds on it)."""
+    global _registry_fd
+    if _registry_fd is None:
+        _registry_fd = _open_shared(PORT_REGISTRY)
+    return _registry_fd
+
+
+def _open_shared(path: Path) -> int:
+    """Open (or create, writable by every user: labs may run as different users) a file in /tmp.
+
+    An existing file is opened without O_CREAT: with fs.protected_regular, O_CREAT on another user's
+    file in a sticky directory is refused even when the file exists.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            return os.open(path, flags)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # past the umask
+            return fd
+
+
+def _bindable(port: int, kind: int) -> bool:
+    """Nothing is bound to `port` on any IPv4 address (a wildcard bind conflicts with each of them)."""
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
