@@ -1,5 +1,5 @@
 """A service's /metrics says whether it is ready (each /readyz check at the scrape), so Prometheus can
-alert on "not ready" as it does on "down"."""
+alert on "not ready" as it does on "down"; /readyz itself names the service and each check."""
 
 from __future__ import annotations
 
@@ -34,8 +34,21 @@ async def test_metrics_report_each_readiness_check_and_the_whole() -> None:
         ready = (await client.get("/metrics")).text
         assert sample(ready, "lazaretto_ready") == 1
         assert sample(ready, 'lazaretto_ready_check{check="broker"}') == 1
+        readyz = await client.get("/readyz")
+        assert (readyz.status_code, readyz.json()) == (
+            200,
+            {"status": "ready", "service": "test", "checks": {"broker": "ok", "database": "ok"}},
+        )
         broker_up = False
-        assert (await client.get("/readyz")).status_code == 503
+        readyz = await client.get("/readyz")
+        assert (readyz.status_code, readyz.json()) == (
+            503,
+            {
+                "status": "not ready",
+                "service": "test",
+                "checks": {"broker": "failed: ConnectionError", "database": "ok"},
+            },
+        )
         not_ready = (await client.get("/metrics")).text
     assert sample(not_ready, "lazaretto_ready") == 0
     assert sample(not_ready, 'lazaretto_ready_check{check="broker"}') == 0

@@ -177,6 +177,7 @@ async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> 
         ready = await client.get("/readyz")
         assert ready.json() == {
             "status": "ready",
+            "service": "provisioner",
             "checks": {
                 "broker": "ok",
                 "database": "ok",

@@ -105,8 +105,9 @@ def create_http_app(
     async def readyz() -> JSONResponse:
         results = await _check(readiness)
         ready = all(v == "ok" for v in results.values())
+        # Named, so a prober knows which service answered on the port (a lab checks it is its own).
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": results},
+            {"status": "ready" if ready else "not ready", "service": service, "checks": results},
             status_code=200 if ready else 503,
         )
 
