@@ -275,7 +275,7 @@ class LabSystem:
         name = key.removesuffix("-2")
         env = {
             # The service's own broker user (`lazaretto_core.bus_users`), e.g. lazaretto-<tag>-cmts-agent.
-            "LAZARETTO_AMQP_URL": self.bus_users.urls[name.replace("_", "-")],
+            "LAZARETTO_AMQP_URL": self.bus_users.urls[service_name(name)],
             "LAZARETTO_HTTP_HOST": "127.0.0.1",
             "LAZARETTO_HTTP_PORT": str(self.ports[key]),
             "LAZARETTO_LOG_LEVEL": self.config.log_level,
@@ -352,7 +352,10 @@ class LabSystem:
         self.processes[key] = LabProcess(key, [sys.executable, "-m", module], logs / f"{key}.log", env=env)
 
     def _wait_ready(self, name: str, timeout: float = 120.0) -> None:
+        """Wait until the service started as `name` answers /readyz with 200 in its own name. Another
+        service answering on its port (a parallel lab's, say) is an error, never readiness."""
         url = f"{self.url(name)}/readyz"
+        expected = service_name(name)
         process = self.processes[name]
         deadline = time.monotonic() + timeout
         last = ""
@@ -361,11 +364,33 @@ class LabSystem:
                 raise LabProcessError(f"{name} exited:\n{process.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 response = httpx.get(url, timeout=2.0)
-                if response.status_code == 200:
+                answered = _service_answering(response)
+                if answered == expected and response.status_code == 200:
                     return
+                if answered not in (None, expected) or response.status_code == 200:
+                    raise LabProcessError(
+                        f"{name}: {url} answered {response.status_code} for another service"
+                        f" ({answered or response.text[:200]!r}), not {expected!r}:\n{process.log_tail()}"
+                    )
                 last = response.text
             time.sleep(0.1)
         raise LabProcessError(f"{name} not ready after {timeout}s ({last}):\n{process.log_tail()}")
+
+
+def service_name(key: str) -> str:
+    """The name a service gives itself (its /readyz, its broker user) from its key in `LabSystem.ports`:
+    `cmts_agent` and its replica `cmts_agent-2` are both `cmts-agent`."""
+    return key.removesuffix("-2").replace("_", "-")
+
+
+def _service_answering(response: httpx.Response) -> str | None:
+    """The service a /readyz answer names, if it is one of ours (JSON with a "service")."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    service = body.get("service") if isinstance(body, dict) else None
+    return service if isinstance(service, str) else None
 
 
 @dataclass(frozen=True)
