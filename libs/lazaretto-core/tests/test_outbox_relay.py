@@ -14,7 +14,7 @@ import pytest
 from lazaretto_core import db
 from lazaretto_core.bus import PublishError
 from lazaretto_core.contracts import Contract, GardenApply
-from lazaretto_core.outbox import OutboxRelay, enqueue
+from lazaretto_core.outbox import OutboxRelay, enqueue, enqueue_many
 
 TIMEOUT = 30.0
 
@@ -90,6 +90,28 @@ async def test_messages_of_different_cases_are_published_together_and_one_cases_
     assert sent == 4
     assert sorted(bus.order) == ["a1", "a2", "a3", "b1"]
     assert [r for r in bus.order if r.startswith("a")] == ["a1", "a2", "a3"]
+    assert await left(pool) == []
+
+
+async def test_messages_stored_in_one_statement_are_relayed_in_the_order_given(pool: asyncpg.Pool) -> None:
+    # Given one case's messages stored together in one statement, after one stored alone
+    a = uuid.uuid4()
+    given = [command(a, f"a{n}") for n in range(2, 9)]
+    async with pool.acquire() as conn, conn.transaction():
+        first = await enqueue(conn, command(a, "a1"), correlation_id=str(a))
+        ids = await enqueue_many(conn, given, correlation_id=str(a))
+        assert await enqueue_many(conn, [], correlation_id=str(a)) == []
+    stored_ids = [str(r["message_id"]) for r in await pool.fetch("SELECT message_id FROM outbox ORDER BY id")]
+    bus = GatedBus(together=1)
+
+    # When the relay drains them
+    async with asyncio.timeout(TIMEOUT):
+        sent = await OutboxRelay(pool, bus).drain_once()  # type: ignore[arg-type]
+
+    # Then each kept the id it was given, and they went out in the order given
+    assert stored_ids == [first, *ids]
+    assert sent == 8
+    assert bus.order == [f"a{n}" for n in range(1, 9)]
     assert await left(pool) == []
 
 

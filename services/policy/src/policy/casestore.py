@@ -186,3 +186,7 @@ class CaseStore(Protocol):
     async def enqueue(
         self, conn: Connection, message: Contract, *, correlation_id: str | None = None
     ) -> str: ...
+
+    async def enqueue_many(
+        self, conn: Connection, messages: Sequence[Contract], *, correlation_id: str | None = None
+    ) -> None: ...

@@ -90,9 +90,6 @@ class CaseWork:
         are stored beside the case; with a delay, the case waits in state `open` for `enforce_due`.
         """
         key_kind, device_key = identity.case_key(scope, attribution)
-        existing = await self.store.open_case_for_device(conn, key_kind, device_key, lock=True)
-        if existing is not None:
-            raise CaseExists(existing)
         current = identity.current_lease(leases)
         try:
             case = await self.store.create_case(
@@ -110,8 +107,9 @@ class CaseWork:
                 terms=terms,
             )
         except store.DeviceCaseOpened:
-            # Opened by a concurrent transaction since the look-up above (which had no row to lock):
-            # committed now, so it is read (and locked) like any open case, and fed instead.
+            # The device has an open case (the unique index refused the row; one a concurrent
+            # transaction opened is committed by now): read and locked like any open case, and fed
+            # instead. Inserting first spares the common path, a new case, a look-up.
             existing = await self.store.open_case_for_device(conn, key_kind, device_key, lock=True)
             if existing is None:
                 raise  # and closed again meanwhile: the message is retried
@@ -309,11 +307,14 @@ class CaseWork:
         )
         with bound(case_id=case.case_id, device=case.device_key):
             log.info("case %s: %s -> %s by %s", case.case_id, case.state, outcome.state, actor)
+        # The step's command first (the executor's work starts before the notice), in one statement.
+        messages: list[Contract] = []
         if outcome.next_step and outcome.state != "failed_retrying":
             assert step_id is not None
-            await self._enqueue(conn, await self._command(conn, case, outcome.next_step, step_id), case)
+            messages.append(await self._command(conn, case, outcome.next_step, step_id))
         reason = str(detail.get("reason", outcome.state))
-        await self._enqueue(conn, self._changed(case, outcome.state, reason), case)
+        messages.append(self._changed(case, outcome.state, reason))
+        await self.store.enqueue_many(conn, messages, correlation_id=str(case.case_id))
         return updated
 
     async def retry_due(self) -> int:

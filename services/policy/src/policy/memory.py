@@ -28,7 +28,15 @@ from .guard import Verdict
 from .ladder import CaseTerms
 from .reference import reference_for
 from .rules import Seen
-from .store import AddressSource, Case, DevicePast, HeldAddress, ObservationRow, PendingAttribution
+from .store import (
+    AddressSource,
+    Case,
+    DeviceCaseOpened,
+    DevicePast,
+    HeldAddress,
+    ObservationRow,
+    PendingAttribution,
+)
 
 
 def _now() -> datetime:
@@ -122,6 +130,9 @@ class MemoryStore:
         attribution: dict[str, Any],
         terms: CaseTerms | None = None,
     ) -> Case:
+        # As the database's unique index of open cases per device (cases_one_open_per_device).
+        if await self.open_case_for_device(conn, key_kind, device_key) is not None:
+            raise DeviceCaseOpened(f"{key_kind} {device_key} has an open case already")
         now = _now()
         case_id = uuid.uuid4()
         case = Case(
@@ -449,6 +460,11 @@ class MemoryStore:
     async def enqueue(self, conn: Connection, message: Contract, *, correlation_id: str | None = None) -> str:
         self.state.outbox.append((message, correlation_id))
         return str(uuid.uuid4())
+
+    async def enqueue_many(
+        self, conn: Connection, messages: Sequence[Contract], *, correlation_id: str | None = None
+    ) -> None:
+        self.state.outbox.extend((message, correlation_id) for message in messages)
 
 
 class MemoryUnitOfWork:

@@ -749,6 +749,13 @@ async def enqueue(conn: Connection, message: Contract, *, correlation_id: str | 
     return await outbox.enqueue(conn, message, correlation_id=correlation_id)
 
 
+async def enqueue_many(
+    conn: Connection, messages: Sequence[Contract], *, correlation_id: str | None = None
+) -> None:
+    """Store messages in the outbox in one statement, relayed in this order after the commit."""
+    await outbox.enqueue_many(conn, messages, correlation_id=correlation_id)
+
+
 async def case_seen(conn: Connection, case_id: uuid.UUID) -> dict[str, Any] | None:
     """When the case's observations were first and last seen and how many events they counted."""
     row = await conn.fetchrow(
