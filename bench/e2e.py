@@ -284,6 +284,8 @@ def bench(
         "samples_dns_ms": " ".join(f"{v:.0f}" for v in dns_ms),
         "samples_reset_ms": " ".join(f"{v:.0f}" for v in reset_ms),
         "samples_moved_pc_portal_ms": " ".join(f"{v:.0f}" for v in portal_ms),
+        # Each hop per subscriber, in the order of samples_dns_ms: where an outlier's time went.
+        **{f"samples_hop_{name}_ms": " ".join(f"{v:.0f}" for v in hops[name]) for name in HOPS},
         "machine": f"{platform.machine()}-{os.cpu_count()}cpu-{platform.python_version()}",
     }
 
