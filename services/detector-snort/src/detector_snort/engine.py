@@ -81,6 +81,9 @@ class SourceEngine:
         # so the lines read again up to the confirmed position do not publish it again.
         self._confirmed: dict[str, int] = {}
         self._handed_out: dict[str, int] = {}
+        # Observations whose window the clock closed, with their last revision pending: the only
+        # revisions not published first (see `urgent` below). Forgotten once confirmed.
+        self._closing: set[str] = set()
         self._kick = asyncio.Event()  # something is pending: the publisher task should run
         self._publisher: asyncio.Task[None] | None = None
         # Sources that cannot be read again journal their changed windows with every save (a
@@ -101,9 +104,12 @@ class SourceEngine:
             # One pending message per observation: a newer revision replaces a queued older one.
             ident=lambda o: str(o.observation_id),
             supersedes=lambda new, queued: new.revision > queued.revision,
-            # A window's first revision (a new address's first evidence: what policy acts on) goes
-            # ahead of later revisions of running windows, however many a flood queued.
-            urgent=lambda o: o.revision == 0,
+            # A running window's revision (a first one, or one that grew: what policy acts on, the
+            # alert completing a scan's evidence among them) goes ahead of the last revisions of
+            # windows the clock closed: a flood's windows, opened together, close together, hundreds
+            # at once, and a revision queued behind them reached the broker seconds late. Running
+            # windows' revisions are bounded by the aggregator's budgets; closing ones are not.
+            urgent=lambda o: str(o.observation_id) not in self._closing,
             on_sent=self._confirmed_revision,
             snapshot=self._snapshot,
             save_every=save_every,
@@ -186,6 +192,7 @@ class SourceEngine:
     def _confirmed_revision(self, observation: AbuseObserved) -> None:
         key = str(observation.observation_id)
         self._confirmed[key] = max(self._confirmed.get(key, 0), observation.revision + 1)
+        self._closing.discard(key)  # a closed window is revised no more: its last revision is out
 
     def save(self) -> None:
         self.outbox.save()
@@ -314,9 +321,12 @@ class SourceEngine:
                     self.outbox.stage(waited)
             due = self.pipeline.due(self.source, self.aggregator, limit=DUE_PER_FLUSH)
             if due:
+                self._closing.update(str(o.observation_id) for o in due)  # before queued: not urgent
                 # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
                 # them at start and does not fold their lines again.
                 self.outbox.stage(due, full=True)
+            if len(self._closing) > len(self.outbox):  # some were dropped unsent (broker away long)
+                self._closing = {key for key in self._closing if key in self.outbox}
             if len(self.outbox):
                 self._publish_soon()
             self.outbox.save_if_due()

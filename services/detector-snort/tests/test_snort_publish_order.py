@@ -1,0 +1,101 @@
+"""What the detector publishes first when a flood's windows close together: the revision of a running
+window (an alert that completed some address's evidence) does not queue behind them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from detector_snort.aggregate import Aggregator
+from detector_snort.alerts import Alert
+from detector_snort.engine import SourceEngine
+from detector_snort.parsers import parse_syslog
+from detector_snort.pipeline import AlertPipeline, Source
+from lazaretto_core.checkpoints import CheckpointStore
+from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.ranges import SubscriberRanges
+
+FLOOD = 300
+SUBSCRIBER = "100.64.9.9"
+
+
+def alert(src: str, dst: str) -> tuple[Alert, None]:
+    text = (
+        "<38>Sep  5 16:05:26 dev snort: [1:1000017:0] UDP Connection [Classification: Misc activity] "
+        f"[Priority: 3] {{UDP}} {src}:55776 -> {dst}:32414"
+    )
+    parsed = parse_syslog(text.encode(), sensor="ids-syslog")
+    assert parsed is not None
+    return parsed, None
+
+
+class SlowBroker:
+    """Confirms only while `open` is set; remembers the order publishes began in."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.began: list[AbuseObserved] = []
+
+    async def publish(self, observation: AbuseObserved, message_id: str) -> None:
+        self.began.append(observation)
+        await self.open.wait()
+
+
+async def test_a_running_windows_revision_goes_out_before_the_last_revisions_of_closed_windows(
+    tmp_path: Path,
+) -> None:
+    now = [1_000.0]
+    broker = SlowBroker()
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: now[0])
+    engine = SourceEngine(
+        Source("syslog", "syslog", "ids-syslog"),
+        pipeline,
+        Aggregator(60.0, burst=2, rate=0.001),  # two revisions per window, then none in this test
+        CheckpointStore(tmp_path / "state"),
+        broker.publish,
+        save_every=3600,
+    )
+    await engine.recover()
+
+    async def confirmed() -> None:
+        async with asyncio.timeout(30):
+            while len(engine.outbox):
+                await asyncio.sleep(0.01)
+
+    # Given a flood of addresses whose windows opened together, each with a third alert its window's
+    # rate held back (owed at close)
+    flood = [f"100.65.{n // 250}.{n % 250 + 1}" for n in range(FLOOD)]
+    for destination in ("10.25.10.1", "10.25.10.2", "10.25.10.3"):
+        await engine.feed_alerts([alert(ip, destination) for ip in flood])
+        await confirmed()
+    assert len(broker.began) == 2 * FLOOD
+    # and a subscriber whose window opened 30 s later, its first revision confirmed
+    now[0] += 30
+    await engine.feed_alerts([alert(SUBSCRIBER, "10.25.10.1")])
+    await confirmed()
+    # When the flood's windows close, with a broker slow to confirm, and right then an alert of the
+    # subscriber to a new destination grows its evidence
+    broker.open.clear()
+    now[0] += 31
+    before = len(broker.began)
+    assert await engine.flush() == FLOOD
+    await asyncio.sleep(0.05)  # the publisher took what it may
+    [grown] = await engine.feed_alerts([alert(SUBSCRIBER, "10.25.10.2")])
+    for _ in range(500):  # up to 5 s
+        if grown in broker.began:
+            break
+        await asyncio.sleep(0.01)
+    # Then the subscriber's revision was published while the closing revisions still waited for
+    # their confirms, most of them not even begun
+    begun = broker.began[before:]
+    assert grown in begun, f"queued behind {FLOOD - len(begun)} closing revisions not yet begun"
+    assert (grown.revision, grown.distinct_destinations) == (1, 2)
+    assert len(begun) < FLOOD // 2
+    broker.open.set()
+    await confirmed()
+    # and every closing revision went out too, with the count its window reached
+    closing = [o for o in broker.began[before:] if o.ip != SUBSCRIBER]
+    assert sorted(o.ip for o in closing) == sorted(flood)
+    assert {(o.revision, o.count) for o in closing} == {(2, 3)}
+    await engine.close()
