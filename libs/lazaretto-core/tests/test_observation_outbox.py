@@ -616,6 +616,48 @@ async def test_with_offload_staged_messages_wait_for_their_save_and_nothing_else
     assert saved["state"]["position"] == 7
 
 
+async def test_with_offload_a_message_added_while_a_staged_one_waits_for_the_disk_goes_out_at_once(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox whose saves are written by a thread, on a disk that is slow right now (a full
+    # document's fsync behind another process's heavy writes), flushing a staged message
+    published: list[str] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append(message_id)
+
+    store = HeldStore(tmp_path)
+    state = Input()
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        store,
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=state.snapshot,
+        offload=True,
+    )
+    outbox.stage([observation(1)], full=True)
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.to_thread(store.writing.wait, TIMEOUT)
+    await asyncio.sleep(0.05)  # the flush has nothing else to publish: it waits for the disk
+
+    # When a message derived from input read meanwhile is added
+    outbox.add([observation(2)])
+
+    # Then it is published while the disk still writes, and the staged one once that is done
+    async with asyncio.timeout(TIMEOUT):
+        while not published:
+            await asyncio.sleep(0.01)
+    assert published == [str(observation(2).observation_id)]
+    assert not flushing.done()
+    store.release.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 2
+        await outbox.drained()
+    assert published == [str(observation(2).observation_id), str(observation(1).observation_id)]
+
+
 async def test_with_offload_a_failed_write_is_saved_again_in_full_before_publishing(
     tmp_path: Path,
 ) -> None:

@@ -465,7 +465,7 @@ class ObservationOutbox(Generic[M]):
                 if not flying:
                     if failure is not None or not self._held:
                         break
-                    await self._held_written()
+                    await self._held_written_or_added()
                     continue
                 await wakeup.wait()
                 wakeup.clear()
@@ -521,6 +521,21 @@ class ObservationOutbox(Generic[M]):
         self.save(full=True)
         if self._held and self._last_write is not None:
             self._hold(list(self._held), self._last_write)
+
+    async def _held_written_or_added(self) -> None:
+        """Wait for a write that holds staged messages (OSError if it failed), or for a message
+        queued meanwhile: that one goes out at once, not after the disk (a full save's fsync can take
+        hundreds of ms while another process writes heavily)."""
+        written = asyncio.ensure_future(self._held_written())
+        added = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            done, _ = await asyncio.wait((written, added), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (written, added):
+                waiting.cancel()  # no-op once done
+        self._wakeup.clear()
+        if written in done:
+            written.result()  # OSError if the write failed
 
     async def _held_written(self) -> None:
         """Wait for a write that holds staged messages; OSError if it failed."""
