@@ -1,5 +1,5 @@
-"""What the detector publishes first when a flood's windows close together: the revision of a running
-window (an alert that completed some address's evidence) does not queue behind them."""
+"""What the detector publishes first when a flood's windows close and open again together: the revision
+of a running window (an alert that completed some address's evidence) does not queue behind them."""
 
 from __future__ import annotations
 
@@ -80,22 +80,27 @@ async def test_a_running_windows_revision_goes_out_before_the_last_revisions_of_
     now[0] += 31
     before = len(broker.began)
     assert await engine.flush() == FLOOD
+    # and the flood's next alerts open each address's window again (a first revision each)
+    continued = await engine.feed_alerts([alert(ip, "10.25.10.4") for ip in flood])
+    assert {o.revision for o in continued} == {0}
     await asyncio.sleep(0.05)  # the publisher took what it may
     [grown] = await engine.feed_alerts([alert(SUBSCRIBER, "10.25.10.2")])
     for _ in range(500):  # up to 5 s
         if grown in broker.began:
             break
         await asyncio.sleep(0.01)
-    # Then the subscriber's revision was published while the closing revisions still waited for
-    # their confirms, most of them not even begun
+    # Then the subscriber's revision was published while the flood's closing and continuing
+    # revisions still waited for their confirms, most of them not even begun
     begun = broker.began[before:]
-    assert grown in begun, f"queued behind {FLOOD - len(begun)} closing revisions not yet begun"
+    assert grown in begun, f"queued behind {2 * FLOOD - len(begun)} flood revisions not yet begun"
     assert (grown.revision, grown.distinct_destinations) == (1, 2)
     assert len(begun) < FLOOD // 2
     broker.open.set()
     await confirmed()
-    # and every closing revision went out too, with the count its window reached
-    closing = [o for o in broker.began[before:] if o.ip != SUBSCRIBER]
-    assert sorted(o.ip for o in closing) == sorted(flood)
-    assert {(o.revision, o.count) for o in closing} == {(2, 3)}
+    # and every closing revision went out too, with the count its window reached, and every
+    # continuing window's first
+    later = [o for o in broker.began[before:] if str(o.ip) != SUBSCRIBER]
+    assert sorted((str(o.ip), o.revision, o.count) for o in later) == sorted(
+        [(ip, 2, 3) for ip in flood] + [(ip, 0, 1) for ip in flood]
+    )
     await engine.close()

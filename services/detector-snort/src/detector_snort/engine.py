@@ -81,9 +81,12 @@ class SourceEngine:
         # so the lines read again up to the confirmed position do not publish it again.
         self._confirmed: dict[str, int] = {}
         self._handed_out: dict[str, int] = {}
-        # Observations whose window the clock closed, with their last revision pending: the only
-        # revisions not published first (see `urgent` below). Forgotten once confirmed.
-        self._closing: set[str] = set()
+        # Observations published behind the others (see `urgent` below): a closed window's last
+        # revision, and the first of a window that continues one the clock closed within a window's
+        # length (the same sensor, address and category: nothing new). Forgotten once confirmed.
+        self._behind: set[str] = set()
+        self._closed_at: dict[tuple[str, str, str], float] = {}  # oldest first
+        self._clock = clock
         self._kick = asyncio.Event()  # something is pending: the publisher task should run
         self._publisher: asyncio.Task[None] | None = None
         # Sources that cannot be read again journal their changed windows with every save (a
@@ -104,12 +107,13 @@ class SourceEngine:
             # One pending message per observation: a newer revision replaces a queued older one.
             ident=lambda o: str(o.observation_id),
             supersedes=lambda new, queued: new.revision > queued.revision,
-            # A running window's revision (a first one, or one that grew: what policy acts on, the
-            # alert completing a scan's evidence among them) goes ahead of the last revisions of
-            # windows the clock closed: a flood's windows, opened together, close together, hundreds
-            # at once, and a revision queued behind them reached the broker seconds late. Running
-            # windows' revisions are bounded by the aggregator's budgets; closing ones are not.
-            urgent=lambda o: str(o.observation_id) not in self._closing,
+            # A new address's first evidence and a running window's revision (one that grew: what
+            # policy acts on, the alert completing a scan's evidence among them) go ahead of the
+            # last revisions of windows the clock closed and of the windows that continue them: a
+            # flood's windows, opened together, close and open again together, hundreds at once,
+            # and a revision queued behind them reached the broker up to seconds late. Running
+            # windows' revisions are bounded by the aggregator's budgets; these are not.
+            urgent=lambda o: str(o.observation_id) not in self._behind,
             on_sent=self._confirmed_revision,
             snapshot=self._snapshot,
             save_every=save_every,
@@ -192,7 +196,7 @@ class SourceEngine:
     def _confirmed_revision(self, observation: AbuseObserved) -> None:
         key = str(observation.observation_id)
         self._confirmed[key] = max(self._confirmed.get(key, 0), observation.revision + 1)
-        self._closing.discard(key)  # a closed window is revised no more: its last revision is out
+        self._behind.discard(key)  # its last revision, or a continued window's first, is out
 
     def save(self) -> None:
         self.outbox.save()
@@ -247,6 +251,7 @@ class SourceEngine:
                 self.replayed += replayed
                 lines = lines[replayed:]
             observations = self.pipeline.run_lines(self.source, lines, self.aggregator)
+            self._continued_behind(observations)
             self.position = position
             if observations:
                 # Re-derived with the same ids if we crash before the confirm: no write-ahead. The
@@ -302,6 +307,7 @@ class SourceEngine:
         failed publish leaves them pending (published again by the next flush or at start)."""
         async with self.lock:
             observations = self.pipeline.run_alerts(self.source, alerts, self.aggregator, counts)
+            self._continued_behind(observations)
             if observations:
                 self.outbox.stage(observations)
                 self._publish_soon()
@@ -314,6 +320,7 @@ class SourceEngine:
         over and publish their last revisions; returns how many observations were queued."""
         async with self.lock:
             waited = self.pipeline.updates(self.source, self.aggregator) if self.aggregator.changed else []
+            self._continued_behind(waited)
             if waited:
                 if self.rereadable:
                     self.outbox.add(waited)  # derived again from the lines after a crash
@@ -321,16 +328,37 @@ class SourceEngine:
                     self.outbox.stage(waited)
             due = self.pipeline.due(self.source, self.aggregator, limit=DUE_PER_FLUSH)
             if due:
-                self._closing.update(str(o.observation_id) for o in due)  # before queued: not urgent
+                now = self._clock()
+                for closed in due:  # before they are queued: not urgent
+                    self._behind.add(str(closed.observation_id))
+                    self._closed_at.pop(_window_key(closed), None)
+                    self._closed_at[_window_key(closed)] = now
                 # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
                 # them at start and does not fold their lines again.
                 self.outbox.stage(due, full=True)
-            if len(self._closing) > len(self.outbox):  # some were dropped unsent (broker away long)
-                self._closing = {key for key in self._closing if key in self.outbox}
+            self._forget_closed_before(self._clock() - self.aggregator.window)
+            if len(self._behind) > len(self.outbox):  # some were dropped unsent (broker away long)
+                self._behind = {key for key in self._behind if key in self.outbox}
             if len(self.outbox):
                 self._publish_soon()
             self.outbox.save_if_due()
             return len(waited) + len(due)
+
+    def _continued_behind(self, observations: Sequence[AbuseObserved]) -> None:
+        """Queue the first revision of a window continuing one closed lately behind the others."""
+        if not self._closed_at:
+            return
+        for observation in observations:
+            if observation.revision == 0 and _window_key(observation) in self._closed_at:
+                self._behind.add(str(observation.observation_id))
+
+    def _forget_closed_before(self, cutoff: float) -> None:
+        closed_at = self._closed_at
+        while closed_at:
+            key, at = next(iter(closed_at.items()))
+            if at >= cutoff:
+                break
+            del closed_at[key]
 
     async def close(self) -> None:
         """Stop publishing (what is unconfirmed stays pending) and save the state in full."""
@@ -341,6 +369,10 @@ class SourceEngine:
             self._publisher = None
         async with self.lock:
             await self.outbox.aclose()
+
+
+def _window_key(observation: AbuseObserved) -> tuple[str, str, str]:
+    return observation.sensor, str(observation.ip), observation.category
 
 
 def _same_file(head: bytes, other: bytes) -> bool:
