@@ -568,10 +568,10 @@ class HeldStore(CheckpointStore):
         super().write_state(name, document)
 
 
-async def test_with_offload_staged_messages_wait_for_their_save_and_nothing_else_does(
+def offloaded_on_held_disk(
     tmp_path: Path,
-) -> None:
-    # Given an outbox whose saves are written by a thread, on a disk that is slow right now
+) -> tuple[ObservationOutbox[AbuseObserved], HeldStore, Input, list[str]]:
+    """An outbox whose saves a thread writes to a `HeldStore`; the ids it published, in order."""
     published: list[str] = []
 
     async def publish(message: AbuseObserved, message_id: str) -> None:
@@ -588,6 +588,14 @@ async def test_with_offload_staged_messages_wait_for_their_save_and_nothing_else
         snapshot=state.snapshot,
         offload=True,
     )
+    return outbox, store, state, published
+
+
+async def test_with_offload_staged_messages_wait_for_their_save_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    # Given an outbox whose saves are written by a thread, on a disk that is slow right now
+    outbox, store, state, published = offloaded_on_held_disk(tmp_path)
 
     # When a message that cannot be derived again is staged (write-ahead), one that can is added,
     # and they are flushed
@@ -621,22 +629,7 @@ async def test_with_offload_a_message_added_while_a_staged_one_waits_for_the_dis
 ) -> None:
     # Given an outbox whose saves are written by a thread, on a disk that is slow right now (a full
     # document's fsync behind another process's heavy writes), flushing a staged message
-    published: list[str] = []
-
-    async def publish(message: AbuseObserved, message_id: str) -> None:
-        published.append(message_id)
-
-    store = HeldStore(tmp_path)
-    state = Input()
-    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
-        store,
-        "source-a",
-        AbuseObserved,
-        publish=publish,
-        ident=lambda o: str(o.observation_id),
-        snapshot=state.snapshot,
-        offload=True,
-    )
+    outbox, store, _, published = offloaded_on_held_disk(tmp_path)
     outbox.stage([observation(1)], full=True)
     flushing = asyncio.create_task(outbox.flush())
     await asyncio.to_thread(store.writing.wait, TIMEOUT)
