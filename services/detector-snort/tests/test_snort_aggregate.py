@@ -161,6 +161,39 @@ def test_a_repeated_alert_revises_every_count_up_to_20_then_at_each_doubling() -
     assert [r.count for r in aggregator.due(now=61)] == [100]
 
 
+def test_the_next_window_of_a_busy_address_revises_only_at_doublings_and_news() -> None:
+    # Given no rate limit in the way, an address whose window counted 30 repeats of one alert and
+    # another whose window counted 5, both closed
+    aggregator = Aggregator(window=60, rate=1000.0, burst=1000)
+    busy, quiet = SUBSCRIBER, "100.64.0.11"
+    for n in range(30):
+        aggregator.add(alert(22), busy, "scan", 3, now=n / 1000, token="busy-1")
+    for n in range(5):
+        aggregator.add(alert(22), quiet, "scan", 3, now=n / 1000, token="quiet-1")
+    assert sorted(r.count for r in aggregator.updates(now=1.0)) == [5, 30]
+    aggregator.due(now=61)
+    assert aggregator.continues(("", busy, "scan"))
+    assert aggregator.continues(("", quiet, "scan"))
+    # When both alert on, 19 more repeats each, then the busy one to a new destination
+    counts: dict[str, list[int]] = {busy: [], quiet: []}
+    for n in range(20):
+        for ip in (busy, quiet):
+            aggregator.add(alert(22), ip, "scan", 3, now=62 + n / 1000, token=f"{ip}-2")
+        for r in aggregator.updates(now=62 + n / 1000):
+            counts[r.ip].append(r.count)
+    aggregator.add(alert(22, dst="198.51.100.81"), busy, "scan", 3, now=63, token="busy-2")
+    grown = aggregator.updates(now=63)
+    # Then the busy address's continuing window revised only when its count doubled (policy sums
+    # the counts of its observations: the closed window's 30 already passed every small count), and
+    # at once for the new destination; the quiet one's small counts were all news as before
+    assert counts[busy] == [1, 2, 4, 8, 16]
+    assert counts[quiet] == list(range(1, 21))
+    assert [(r.count, r.distinct_destinations) for r in grown] == [(21, 2)]
+    # and a window's length after the close, an address's window is new evidence again
+    assert aggregator.due(now=61 + 60) == []
+    assert not aggregator.continues(("", quiet, "scan"))
+
+
 def test_later_revisions_share_a_total_budget_but_first_revisions_never_wait() -> None:
     # Given 50 addresses already reported once, and a total budget of 10 later revisions a second
     aggregator = Aggregator(window=60, rate=100.0, burst=100, total_rate=10.0)

@@ -12,7 +12,10 @@ a total budget, and those with news (a new destination, port, signature, directi
 count still small) go before those whose only news is a doubled count, which also have a smaller
 budget of their own: windows that grow alike double alike, and hundreds of such revisions at once
 would queue a completing revision behind them at policy. `due` closes the windows that are
-over and returns the revisions they still owe. The open windows can be saved (`to_json`) and restored
+over and returns the revisions they still owe. A window that opens again for an address whose window
+closed within a window's length continues that evidence (`continues`); if the closed one counted past
+`EXACT_COUNTS`, its small counts are no news (policy sums the counts of its window's observations),
+so only a doubled count or real news makes a revision. The open windows can be saved (`to_json`) and restored
 (`load_json`) with the read position.
 """
 
@@ -87,6 +90,8 @@ class _Window:
     app_protos: list[str] = field(default_factory=list)
     interface: str | None = None
     published: int = 0  # the count of the last revision handed out (0: none yet)
+    # Counts up to this are news; 0 for a window continuing a closed one that counted past them.
+    exact_counts: int = EXACT_COUNTS
     tokens: float = 0.0  # the rate's token bucket
     refilled_at: float = 0.0
     changed: int = field(default=0, compare=False)  # when last marked changed (`Aggregator._seq`); not saved
@@ -116,6 +121,7 @@ class _Window:
             "app_protos": self.app_protos,
             "interface": self.interface,
             "published": self.published,
+            "exact_counts": self.exact_counts,
             "tokens": self.tokens,
             "refilled_at": self.refilled_at,
         }
@@ -152,6 +158,7 @@ class _Window:
             app_protos=[str(p) for p in data.get("app_protos") or []][:MAX_APP_PROTOS],
             interface=data.get("interface") if isinstance(data.get("interface"), str) else None,
             published=int(data.get("published", 0)),
+            exact_counts=int(data.get("exact_counts", EXACT_COUNTS)),
             tokens=float(data.get("tokens", 0.0)),
             refilled_at=float(data.get("refilled_at", 0.0)),
         )
@@ -186,6 +193,8 @@ class Aggregator:
         self._repeat_tokens = self._repeat_burst
         self._repeat_at: float | None = None
         self._open: dict[Key, _Window] = {}  # in the order they opened
+        # Windows closed within a window's length, oldest first: when, and the count they reached.
+        self._closed: dict[Key, tuple[float, int]] = {}
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
         # The changed windows by when their bucket holds a token again, and those whose bucket may
@@ -208,6 +217,10 @@ class Aggregator:
         """Remember which windows changed or closed, for `changes()`."""
         if self._touched is None:
             self._touched = set()
+
+    def continues(self, key: Key) -> bool:
+        """Did a window for `key` close within a window's length (an open one continues it)?"""
+        return key in self._closed
 
     @property
     def changed(self) -> int:
@@ -317,6 +330,9 @@ class Aggregator:
             window = self._open[key] = _Window(
                 now, severity, made or f"fresh:{uuid.uuid4()}", ts, ts, tokens=self.burst, refilled_at=now
             )
+            closed = self._closed.get(key)
+            if closed is not None and closed[1] > EXACT_COUNTS:
+                window.exact_counts = 0  # a busy address's evidence goes on: small counts are no news
         elif severity > window.severity:
             window.severity = severity
             self._mark(key, window)
@@ -327,7 +343,7 @@ class Aggregator:
         # What a rule may weigh changed: a small count, a count that doubled since the last revision,
         # a new destination, port, signature or protocol, an established flow. A repeat of the same
         # alert otherwise waits for the count to double (or the window's close).
-        material = count <= EXACT_COUNTS  # news; a doubled count alone is less urgent (`_mark`)
+        material = count <= window.exact_counts  # news; a doubled count alone is less urgent (`_mark`)
         doubled = count >= 2 * window.published
         if ts < window.first_seen:
             window.first_seen = ts
@@ -454,10 +470,18 @@ class Aggregator:
         """Close the windows that are over (the `limit` oldest of them, if given); return the last
         revision of those that owe one."""
         closed: list[Folded] = []
+        lately = self._closed
+        while lately:
+            key, (at, _) = next(iter(lately.items()))
+            if now - at < self.window:
+                break
+            del lately[key]
         for n, (key, window) in enumerate(list(self._open.items())):
             if now - window.opened_at < self.window or (limit is not None and n >= limit):
                 break  # opened in order: the rest are younger
             del self._open[key]
+            lately.pop(key, None)
+            lately[key] = (now, window.count)
             if self._touched is not None:
                 self._touched.add(key)
             self._changed.pop(key, None)

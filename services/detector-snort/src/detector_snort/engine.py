@@ -83,10 +83,9 @@ class SourceEngine:
         self._handed_out: dict[str, int] = {}
         # Observations published behind the others (see `urgent` below): a closed window's last
         # revision, and the first of a window that continues one the clock closed within a window's
-        # length (the same sensor, address and category: nothing new). Forgotten once confirmed.
+        # length (the same sensor, address and category: nothing new). Forgotten once confirmed, or
+        # once the continuing window's next revision (within the aggregator's budgets) replaces it.
         self._behind: set[str] = set()
-        self._closed_at: dict[tuple[str, str, str], float] = {}  # oldest first
-        self._clock = clock
         self._kick = asyncio.Event()  # something is pending: the publisher task should run
         self._publisher: asyncio.Task[None] | None = None
         # Sources that cannot be read again journal their changed windows with every save (a
@@ -328,15 +327,11 @@ class SourceEngine:
                     self.outbox.stage(waited)
             due = self.pipeline.due(self.source, self.aggregator, limit=DUE_PER_FLUSH)
             if due:
-                now = self._clock()
                 for closed in due:  # before they are queued: not urgent
                     self._behind.add(str(closed.observation_id))
-                    self._closed_at.pop(_window_key(closed), None)
-                    self._closed_at[_window_key(closed)] = now
                 # Write-ahead, with the windows (closed ones gone): a crash from here on publishes
                 # them at start and does not fold their lines again.
                 self.outbox.stage(due, full=True)
-            self._forget_closed_before(self._clock() - self.aggregator.window)
             if len(self._behind) > len(self.outbox):  # some were dropped unsent (broker away long)
                 self._behind = {key for key in self._behind if key in self.outbox}
             if len(self.outbox):
@@ -345,20 +340,15 @@ class SourceEngine:
             return len(waited) + len(due)
 
     def _continued_behind(self, observations: Sequence[AbuseObserved]) -> None:
-        """Queue the first revision of a window continuing one closed lately behind the others."""
-        if not self._closed_at:
-            return
+        """Queue the first revision of a window continuing one closed lately behind the others; its
+        later revisions are a running window's, within the aggregator's budgets, like any other."""
+        continues, behind = self.aggregator.continues, self._behind
         for observation in observations:
-            if observation.revision == 0 and _window_key(observation) in self._closed_at:
-                self._behind.add(str(observation.observation_id))
-
-    def _forget_closed_before(self, cutoff: float) -> None:
-        closed_at = self._closed_at
-        while closed_at:
-            key, at = next(iter(closed_at.items()))
-            if at >= cutoff:
-                break
-            del closed_at[key]
+            if observation.revision == 0:
+                if continues(_window_key(observation)):
+                    behind.add(str(observation.observation_id))
+            elif behind:
+                behind.discard(str(observation.observation_id))
 
     async def close(self) -> None:
         """Stop publishing (what is unconfirmed stays pending) and save the state in full."""
