@@ -8,6 +8,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.observation_outbox import (
     IN_FLIGHT,
     OTHERS_IN_FLIGHT,
+    PACE_SLACK,
     ObservationOutbox,
+    Pace,
     StateDelta,
     deterministic_id,
 )
@@ -740,3 +743,93 @@ async def test_an_urgent_message_goes_out_at_once_past_later_revisions_awaiting_
     stuck.set()
     async with asyncio.timeout(TIMEOUT):
         assert await flushing == 201
+
+
+def paced_outbox(tmp_path: Path, publish: Any, pace: Pace) -> ObservationOutbox[AbuseObserved]:
+    """First revisions urgent, the others paced."""
+    return ObservationOutbox(
+        CheckpointStore(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        urgent=lambda o: o.revision == 0,
+        pace=pace,
+    )
+
+
+def test_the_pace_follows_the_backlog_between_its_floor_and_no_pacing() -> None:
+    pace = Pace(per_s=100, within=10, unpaced_above=2_000)
+    assert pace.interval(1) == pytest.approx(0.01)  # its floor: 100 a second
+    assert pace.interval(1_000) == pytest.approx(0.01)  # 1,000 within 10 s
+    assert pace.interval(1_500) == pytest.approx(1 / 150)
+    assert pace.interval(2_000) == 0.0  # beyond: as fast as the broker confirms
+
+
+async def test_paced_messages_go_out_spread_over_time_and_an_urgent_one_past_them(tmp_path: Path) -> None:
+    # Given an outbox pacing its later revisions at 50 a second, and a broker that confirms at once
+    published: list[tuple[float, AbuseObserved]] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append((time.monotonic(), message))
+
+    outbox = paced_outbox(tmp_path, publish, Pace(per_s=50, within=100))
+    # When 40 later revisions are queued, and a first revision a little later
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 41))
+    started = time.monotonic()
+    flushing = asyncio.create_task(outbox.flush())
+    async with asyncio.timeout(TIMEOUT):
+        while len(published) < 5:
+            await asyncio.sleep(0.005)
+    first = observation(500)
+    outbox.add([first])
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 41
+    # Then the later revisions went out no faster than the pace (a burst of PACE_SLACK's worth at
+    # most: 40 at once took a millisecond before), and the first revision at once, ahead of most
+    later = [at for at, message in published if message.revision]
+    assert later[-1] - started >= (40 - 50 * PACE_SLACK - 1) / 50
+    assert all(
+        sum(1 for t in later if at <= t < at + 0.2) <= 0.2 * 50 + 50 * PACE_SLACK + 1 for at in later
+    ), "more than the pace allows went out within 0.2 s"
+    order = [message for _, message in published]
+    assert sum(1 for message in order[order.index(first) :] if message.revision) >= 20
+
+
+async def test_a_backlog_of_paced_messages_goes_faster_the_larger_it_is(tmp_path: Path) -> None:
+    # Given an outbox pacing its later revisions at 2 a second at least, a backlog within 0.2 s
+    published: list[float] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append(time.monotonic())
+
+    outbox = paced_outbox(tmp_path, publish, Pace(per_s=2, within=0.2, unpaced_above=10_000))
+    # When 200 are queued at once
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 201))
+    started = time.monotonic()
+    async with asyncio.timeout(TIMEOUT):
+        assert await outbox.flush() == 200
+    # Then they went out in seconds (at 2 a second they would take 100 s), slowing as the backlog
+    # shrank: the first half sooner than the second
+    assert published[-1] - started < 8
+    assert published[99] - started < published[-1] - published[99]
+
+
+async def test_a_flush_waiting_for_the_pace_ends_when_cancelled(tmp_path: Path) -> None:
+    # Given a flush waiting to send paced messages (one a second)
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        return None
+
+    outbox = paced_outbox(tmp_path, publish, Pace(per_s=1, within=1_000))
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 11))
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.sleep(0.3)
+    # When it is cancelled (the service stops), then it ends at once, the rest still pending
+    for _ in range(20):
+        flushing.cancel()
+        await asyncio.sleep(0.01)
+    async with asyncio.timeout(2):
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+    assert 0 < len(outbox) < 10

@@ -4,6 +4,7 @@ of a running window (an alert that completed some address's evidence) does not q
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from detector_snort.aggregate import Aggregator
@@ -13,6 +14,7 @@ from detector_snort.parsers import parse_syslog
 from detector_snort.pipeline import AlertPipeline, Source
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.observation_outbox import PACE_SLACK
 from lazaretto_core.ranges import SubscriberRanges
 
 FLOOD = 300
@@ -104,3 +106,54 @@ async def test_a_running_windows_revision_goes_out_before_the_last_revisions_of_
         [(ip, 2, 3) for ip in flood] + [(ip, 0, 1) for ip in flood]
     )
     await engine.close()
+
+
+async def test_closing_and_continuing_revisions_reach_the_broker_spread_over_time(tmp_path: Path) -> None:
+    now = [1_000.0]
+    began: list[tuple[float, AbuseObserved]] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        began.append((time.monotonic(), observation))
+
+    engine = SourceEngine(
+        Source("syslog", "syslog", "ids-syslog"),
+        AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: now[0]),
+        Aggregator(60.0, burst=2, rate=0.001),
+        CheckpointStore(tmp_path / "state"),
+        publish,
+        save_every=3600,
+        behind_per_s=400,
+    )
+    await engine.recover()
+
+    async def confirmed() -> None:
+        async with asyncio.timeout(30):
+            while len(engine.outbox):
+                await asyncio.sleep(0.01)
+
+    # Given a flood of addresses whose windows opened together, each owing a revision at its close
+    flood = [f"100.65.{n // 250}.{n % 250 + 1}" for n in range(FLOOD)]
+    for destination in ("10.25.10.1", "10.25.10.2", "10.25.10.3"):
+        await engine.feed_alerts([alert(ip, destination) for ip in flood])
+        await confirmed()
+    before = len(began)
+    # When the windows close, the flood's next alerts open them again, and one continuing window
+    # gets news (a new destination) a moment later
+    now[0] += 61
+    started = time.monotonic()
+    assert await engine.flush() == FLOOD
+    await engine.feed_alerts([alert(ip, "10.25.10.4") for ip in flood])
+    await asyncio.sleep(0.1)
+    [news] = await engine.feed_alerts([alert(flood[7], "10.25.10.5")])
+    await confirmed()
+    # Then the 600 closing and continuing revisions reached the broker at the engine's pace (400 a
+    # second, more while more than 4,000 wait), not at once, and the continuing window's news went
+    # past them like any running window's revision
+    spread = [(at, o) for at, o in began[before:] if o is not news]
+    assert sorted(str(o.ip) for _, o in spread if o.revision == 2) == sorted(flood)  # each close
+    continued = {str(o.ip) for _, o in spread if o.revision == 0}
+    assert continued >= set(flood) - {flood[7]}  # its first revision may have been replaced unsent
+    assert spread[-1][0] - started >= (len(spread) - 400 * PACE_SLACK - 1) / 400
+    order = [o for _, o in began[before:]]
+    assert (news.revision, news.distinct_destinations) == (1, 2)
+    assert order.index(news) < FLOOD

@@ -16,6 +16,9 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
   broker confirmed it, and saves the document right after the confirms (those that arrive together,
   and at least every `SAVE_WHILE_PUBLISHING` seconds while publishing goes on) — the position saved
   then includes the lines that produced them.
+- With `urgent`, the urgent messages go first; with `pace` too, the others go out spread over time
+  (`Pace`), so that a burst of them (a flood's windows closing together) reaches consumers as a
+  stream, not as a wave that an urgent message behind it at the consumer would wait for.
 - `touch()` says the input state moved without anything to publish: it is saved at most every
   `save_every` seconds (a crash re-reads at most that much, which yields nothing to publish twice).
 
@@ -71,6 +74,28 @@ SAVE_WHILE_PUBLISHING: Final = 0.02
 JOURNAL_RECORDS: Final = 1_000  # journal records before a full document is written again
 JOURNAL_BYTES: Final = 8 << 20
 
+# With `pace`: how far the pace may fall behind and catch up at once (a burst of this many seconds).
+PACE_SLACK: Final = 0.05
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How the messages that are not urgent go out: `per_s` a second, and while more wait, as fast as
+    sends what waits now within `within` seconds (a backlog of n at n/within a second, slowing as it
+    shrinks). From `unpaced_above` waiting on, they go as fast as the broker confirms them: pacing
+    never lets them pile up towards the reader's back-pressure."""
+
+    per_s: float
+    within: float = 10.0
+    unpaced_above: int = 2_000
+
+    def interval(self, waiting: int) -> float:
+        """Seconds between two sends while `waiting` messages wait (0: no pacing)."""
+        if waiting >= self.unpaced_above:
+            return 0.0
+        return 1.0 / max(self.per_s, waiting / self.within)
+
+
 DROPPED = Counter(
     "lazaretto_outbox_dropped_total",
     "Unconfirmed messages dropped because the outbox was full (broker away too long)",
@@ -123,6 +148,7 @@ class ObservationOutbox(Generic[M]):
         full_every: float | None = None,
         supersedes: Callable[[M, M], bool] | None = None,
         urgent: Callable[[M], bool] | None = None,
+        pace: Pace | None = None,
         offload: bool = False,
     ) -> None:
         self.store = store
@@ -147,6 +173,9 @@ class ObservationOutbox(Generic[M]):
         # urgent(message): published before the others pending (a new address's first evidence
         # ahead of later revisions of running windows); None: oldest first.
         self.urgent = urgent
+        # pace: the others spread over time (with `urgent` only); None: as fast as the broker confirms.
+        self.pace = pace if urgent is not None else None
+        self._others_at = clock()  # with `pace`: when the next of the others may go
         self._pending: dict[str, M] = {}  # insertion-ordered: oldest first
         # Each pending message as saved (JSON-ready), made once: a full save of thousands of pending
         # messages reuses them instead of dumping every message again.
@@ -450,24 +479,29 @@ class ObservationOutbox(Generic[M]):
             while True:
                 self._save_again_after_a_failed_write()
                 while failure is None and len(flying) < IN_FLIGHT:
-                    key = self._next_key(others < others_cap)
+                    key = self._next_key(others < others_cap and self._others_may_go())
                     if key is None:
                         break
                     message = self._pending[key]
                     if self.urgent is None or not self.urgent(message):
                         others += 1
+                        self._paced()
                     self._flying.add(key)
                     publishing: asyncio.Future[object] = asyncio.ensure_future(
                         self._publish_traced(message, key)
                     )
                     flying[publishing] = (key, message)
                     publishing.add_done_callback(on_done)
+                paced = self._pace_wait(others < others_cap) if failure is None else None
                 if not flying:
-                    if failure is not None or not self._held:
+                    if failure is not None or (not self._held and paced is None):
                         break
-                    await self._held_written_or_added()
+                    await self._held_written_or_added(paced)
                     continue
-                await wakeup.wait()
+                if paced is None:
+                    await wakeup.wait()
+                else:
+                    await _set_or_timeout(wakeup, paced)
                 wakeup.clear()
                 done, finished[:] = finished[:], []
                 for task in done:
@@ -522,20 +556,45 @@ class ObservationOutbox(Generic[M]):
         if self._held and self._last_write is not None:
             self._hold(list(self._held), self._last_write)
 
-    async def _held_written_or_added(self) -> None:
-        """Wait for a write that holds staged messages (OSError if it failed), or for a message
-        queued meanwhile: that one goes out at once, not after the disk (a full save's fsync can take
-        hundreds of ms while another process writes heavily)."""
-        written = asyncio.ensure_future(self._held_written())
+    async def _held_written_or_added(self, timeout: float | None = None) -> None:
+        """Wait for a write that holds staged messages (OSError if it failed), for a message queued
+        meanwhile (that one goes out at once, not after the disk: a full save's fsync can take
+        hundreds of ms while another process writes heavily), or `timeout` seconds (the pace's next
+        send)."""
         added = asyncio.ensure_future(self._wakeup.wait())
+        written = asyncio.ensure_future(self._held_written()) if self._held else None
+        waits = [added] if written is None else [added, written]
         try:
-            done, _ = await asyncio.wait((written, added), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiting in (written, added):
+            for waiting in waits:
                 waiting.cancel()  # no-op once done
         self._wakeup.clear()
-        if written in done:
+        if written is not None and written in done:
             written.result()  # OSError if the write failed
+
+    def _others_may_go(self) -> bool:
+        return self.pace is None or self.clock() >= self._others_at
+
+    def _paced(self) -> None:
+        """One of the others went: when the next may."""
+        if self.pace is None:
+            return
+        interval = self.pace.interval(self._others_waiting())
+        if interval:
+            self._others_at = max(self._others_at, self.clock() - PACE_SLACK) + interval
+        else:
+            self._others_at = self.clock()
+
+    def _pace_wait(self, others_allowed: bool) -> float | None:
+        """Seconds until the next of the others may go, if one waits for the pace alone; else None."""
+        if self.pace is None or not others_allowed or not self._queue:
+            return None
+        return max(self._others_at - self.clock(), 0.0)
+
+    def _others_waiting(self) -> int:
+        """Queued messages that are not urgent (about: `_urgent` may still name a few sent ones)."""
+        return max(len(self._queue) - len(self._urgent), 0)
 
     async def _held_written(self) -> None:
         """Wait for a write that holds staged messages; OSError if it failed."""
@@ -594,3 +653,13 @@ class ObservationOutbox(Generic[M]):
             DROPPED.labels(self.name).inc(excess)
             log.error("%s: broker away, dropped the %d oldest unconfirmed messages", self.name, excess)
         self._pending_gauge.set(len(self._pending))
+
+
+async def _set_or_timeout(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` seconds passed (not `wait_for`, which on Python 3.11
+    can swallow a cancellation that arrives as the wait ends)."""
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiting], timeout=timeout)
+    finally:
+        waiting.cancel()

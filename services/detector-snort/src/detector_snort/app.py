@@ -209,6 +209,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
             store,
             publish,
             save_every=settings.checkpoint_interval,
+            behind_per_s=settings.evidence_closed_per_s,
         )
 
     file_engines = [engine(source) for source in files]

@@ -34,7 +34,7 @@ from typing import Any, Final
 from lazaretto_core.bus import PublishError
 from lazaretto_core.checkpoints import CheckpointStore, checkpoint_from_json, checkpoint_to_json
 from lazaretto_core.contracts import AbuseObserved
-from lazaretto_core.observation_outbox import ObservationOutbox, StateDelta
+from lazaretto_core.observation_outbox import ObservationOutbox, Pace, StateDelta
 from lazaretto_core.tail import Checkpoint, TailLine
 
 from .aggregate import Aggregator
@@ -53,6 +53,10 @@ RETRY_AFTER: Final = 1.0  # seconds before a failed publish is tried again
 # Windows closed per flush round (the rest close in the next rounds, 50-100 ms apart): thousands
 # opened together by a flood close together, and closing them all at once held the loop ~350 ms.
 DUE_PER_FLUSH: Final = 500
+# The revisions queued behind the others (see `urgent` below) go out at least this many a second, and
+# a backlog of them within about `BEHIND_WITHIN` seconds (faster while more wait).
+BEHIND_PER_S: Final = 100.0
+BEHIND_WITHIN: Final = 10.0
 
 
 class SourceEngine:
@@ -65,6 +69,7 @@ class SourceEngine:
         publish: Publish,
         *,
         save_every: float = 1.0,
+        behind_per_s: float = BEHIND_PER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
@@ -111,8 +116,11 @@ class SourceEngine:
             # last revisions of windows the clock closed and of the windows that continue them: a
             # flood's windows, opened together, close and open again together, hundreds at once,
             # and a revision queued behind them reached the broker up to seconds late. Running
-            # windows' revisions are bounded by the aggregator's budgets; these are not.
+            # windows' revisions are bounded by the aggregator's budgets; these are not...
             urgent=lambda o: str(o.observation_id) not in self._behind,
+            # ... and they go out spread over time: all at once, they reached policy as a wave of a
+            # thousand (a flood of 500 addresses) that a subscriber's revision queued behind there.
+            pace=Pace(behind_per_s, within=BEHIND_WITHIN),
             on_sent=self._confirmed_revision,
             snapshot=self._snapshot,
             save_every=save_every,

@@ -68,6 +68,11 @@ class DetectorSnortSettings(ServiceSettings):
     # with news (a new destination, port, signature...), spread out, so that windows doubling together
     # do not queue a completing revision behind hundreds of others at policy.
     evidence_repeat_updates_total_per_s: float = Field(default=100.0, gt=0)
+    # The last revisions of windows the clock closed, and the first of windows continuing them (the
+    # same address and category: nothing new), go after the others, at least this many a second and
+    # a backlog of them within about 10 s: a flood's windows close together, and all at once they
+    # reached policy as a wave that a subscriber's revision queued behind there.
+    evidence_closed_per_s: float = Field(default=100.0, gt=0)
     # Per sensor name, its interfaces facing the internet (upstream): an alert whose packet with a
     # subscriber's source address arrived on one of them was forged, and is discarded (counted in
     # lazaretto_alerts_discarded_total{reason="spoofed_source"}). Needs the interface in the alert
