@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 
 from lazaretto_cli.app import app
 from lazaretto_cli.common import parse_duration
+from lazaretto_cli.config import SERVICES
 from lazaretto_cli.exits import CliError
 
 GOOD_RULES = """
@@ -106,3 +109,55 @@ def test_durations(text: str, seconds: int) -> None:
 def test_not_durations(text: str) -> None:
     with pytest.raises(CliError):
         parse_duration(text)
+
+
+class Impostor:
+    """A real HTTP server on loopback answering every GET with `body`; remembers what it was asked."""
+
+    def __init__(self, body: bytes) -> None:
+        self.asked: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        impostor = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                impostor.asked.append((self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"status": "ready", "service": "policy", "checks": {}}', "answers as 'policy', not as portal"),
+        (b'{"status": "ok"}', "answers as something that is not a Lazaretto service, not as portal"),
+    ],
+)
+def test_doctor_names_a_url_where_another_service_answers_and_sends_it_no_token(
+    body: bytes, said: str
+) -> None:
+    # Given the portal's URL pointing at another service's port (or at something else) that is ready
+    impostor = Impostor(body)
+    try:
+        skip = [arg for s in SERVICES if s != "portal" for arg in ("--skip", s)]
+        # When doctor checks the portal with an admin token at hand
+        code, out, _ = run("doctor", *skip, LAZARETTO_PORTAL_URL=impostor.url, LAZARETTO_ADMIN_TOKEN="t" * 32)
+    finally:
+        impostor.close()
+    # Then it says so on one line, exits 1, and asked only /readyz, without the token
+    assert code == 1
+    assert out.splitlines() == [f"portal: {impostor.url} {said} (check LAZARETTO_PORTAL_URL)"]
+    assert impostor.asked == [("/readyz", None)]

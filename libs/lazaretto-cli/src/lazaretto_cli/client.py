@@ -16,10 +16,9 @@ class Api:
     def __init__(self, service: str, base_url: str, token: str | None, timeout: float) -> None:
         self.service = service
         self.base_url = base_url
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            base_url=base_url, headers=headers, timeout=timeout, transport=SyncTracingTransport()
-        )
+        # Per request, not on the client: a probe of what answers at the URL goes without it.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=base_url, timeout=timeout, transport=SyncTracingTransport())
 
     def __enter__(self) -> Api:
         return self
@@ -42,8 +41,11 @@ class Api:
             raise refusal(self.service, response)
         return response.json() if response.content else None
 
-    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The answer whatever its status; only a transport failure raises (exit code 3)."""
+    def raw(self, method: str, path: str, *, authenticated: bool = True, **kwargs: Any) -> httpx.Response:
+        """The answer whatever its status; only a transport failure raises (exit code 3). Without
+        `authenticated`, the token is not sent."""
+        if authenticated and self._auth:
+            kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
         try:
             return self._client.request(method, path, **kwargs)
         except httpx.TimeoutException:

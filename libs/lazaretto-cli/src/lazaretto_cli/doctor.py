@@ -13,7 +13,7 @@ import typer
 from . import output
 from .client import Api, refusal
 from .common import JsonFlag, guarded, settings, want_json
-from .config import SERVICES
+from .config import SERVICES, url_variable
 from .exits import CliError, Exit
 
 # What each readiness check of a service stands for, in an operator's words.
@@ -42,14 +42,28 @@ class Problem:
 
 
 def readiness(agent: Api) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The service's /readyz (asked without the token) and what it says is wrong; None when what
+    answers is not that service (its admin checks, with the token, are then skipped)."""
     try:
-        response = agent.raw("GET", "/readyz")
+        response = agent.raw("GET", "/readyz", authenticated=False)
     except CliError as exc:
         return None, [Problem(agent.service, "reachable", str(exc))]
     try:
         body = response.json()
     except ValueError:
         body = {}
+    named = body.get("service") if isinstance(body, dict) else None
+    if named != agent.service:
+        # A URL pointing at another service's port (or at something else) would pass for it.
+        what = repr(named) if isinstance(named, str) else "something that is not a Lazaretto service"
+        return None, [
+            Problem(
+                agent.service,
+                "identity",
+                f"{agent.base_url} answers as {what}, not as {agent.service}"
+                f" (check {url_variable(agent.service)})",
+            )
+        ]
     if response.status_code == 200:
         return body, []
     checks = body.get("checks") if isinstance(body, dict) else None

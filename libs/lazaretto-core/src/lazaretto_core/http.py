@@ -98,7 +98,7 @@ def create_http_app(
     async def healthz() -> JSONResponse:
         stalled = progress.stalled()
         if stalled:
-            return JSONResponse({"status": "stalled", "loops": stalled}, status_code=503)
+            return JSONResponse({"status": "stalled", "service": service, "loops": stalled}, status_code=503)
         return JSONResponse({"status": "ok", "service": service})
 
     @app.get("/readyz", include_in_schema=False)
