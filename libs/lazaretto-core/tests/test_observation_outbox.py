@@ -833,3 +833,44 @@ async def test_a_flush_waiting_for_the_pace_ends_when_cancelled(tmp_path: Path) 
         with pytest.raises(asyncio.CancelledError):
             await flushing
     assert 0 < len(outbox) < 10
+
+
+async def test_a_paced_flush_waiting_for_confirms_does_not_spin(tmp_path: Path) -> None:
+    # Given a broker that does not confirm first revisions yet, as many in flight as allowed, and
+    # paced revisions queued behind them
+    stuck = asyncio.Event()
+    looked = 0
+
+    def clock() -> float:
+        nonlocal looked
+        looked += 1
+        return time.monotonic()
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        if message.revision == 0:
+            await stuck.wait()
+
+    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
+        CheckpointStore(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        urgent=lambda o: o.revision == 0,
+        pace=Pace(per_s=1_000),
+        clock=clock,
+    )
+    outbox.add(observation(n) for n in range(1, IN_FLIGHT + 11))
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1_000, 1_010))
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.sleep(0.05)  # it sent what it may
+    # When the flush waits for their confirms for 0.3 s
+    looked = 0
+    await asyncio.sleep(0.3)
+    # Then it looked at the clock a few times at most, not in a loop (a wait of 0 with confirms
+    # pending: tens of thousands of times)
+    assert looked < 10, looked
+    stuck.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == IN_FLIGHT + 20

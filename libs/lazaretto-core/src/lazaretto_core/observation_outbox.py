@@ -492,7 +492,7 @@ class ObservationOutbox(Generic[M]):
                     )
                     flying[publishing] = (key, message)
                     publishing.add_done_callback(on_done)
-                paced = self._pace_wait(others < others_cap) if failure is None else None
+                paced = self._pace_wait(others < others_cap, bool(flying)) if failure is None else None
                 if not flying:
                     if failure is not None or (not self._held and paced is None):
                         break
@@ -586,11 +586,15 @@ class ObservationOutbox(Generic[M]):
         else:
             self._others_at = self.clock()
 
-    def _pace_wait(self, others_allowed: bool) -> float | None:
-        """Seconds until the next of the others may go, if one waits for the pace alone; else None."""
+    def _pace_wait(self, others_allowed: bool, flying: bool) -> float | None:
+        """Seconds until the next of the others may go, if one waits for the pace alone; else None
+        (with publishes in flight, their confirms wake the flush: never a wait of 0, a busy loop)."""
         if self.pace is None or not others_allowed or not self._queue:
             return None
-        return max(self._others_at - self.clock(), 0.0)
+        wait = self._others_at - self.clock()
+        if wait > 0:
+            return wait
+        return None if flying else 0.0  # its time came meanwhile: go round again
 
     def _others_waiting(self) -> int:
         """Queued messages that are not urgent (about: `_urgent` may still name a few sent ones)."""
