@@ -7,7 +7,6 @@ import asyncio
 import signal
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +26,7 @@ from lazaretto_core.observation_outbox import (
     StateDelta,
     deterministic_id,
 )
+from lazaretto_lab.testing import HeldStore
 
 TIMEOUT = 20.0
 
@@ -557,20 +557,6 @@ async def test_a_slow_confirm_does_not_hold_back_the_messages_after_it(tmp_path:
     assert len(outbox) == 0
 
 
-class HeldStore(CheckpointStore):
-    """A disk whose document writes (in the writer thread) wait until the test lets them go."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.release = threading.Event()
-        self.writing = threading.Event()
-
-    def write_state(self, name: str, document: bytes) -> None:
-        self.writing.set()
-        self.release.wait(TIMEOUT)
-        super().write_state(name, document)
-
-
 def offloaded_on_held_disk(
     tmp_path: Path,
 ) -> tuple[ObservationOutbox[AbuseObserved], HeldStore, Input, list[str]]:
@@ -580,7 +566,7 @@ def offloaded_on_held_disk(
     async def publish(message: AbuseObserved, message_id: str) -> None:
         published.append(message_id)
 
-    store = HeldStore(tmp_path)
+    store = HeldStore(tmp_path, hold=TIMEOUT)
     state = Input()
     outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
         store,

@@ -22,6 +22,7 @@ from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer
 from lazaretto_lab.suricata import SuricataOutput, readdress
+from lazaretto_lab.testing import HeldStore
 
 SUBSCRIBER = "100.64.0.10"
 OUTSIDER = "192.0.2.7"
@@ -191,3 +192,62 @@ async def test_the_confirmed_position_is_saved_right_after_the_confirm(
         while not handled_on_disk():
             await asyncio.sleep(0.01)
     await engine.close()
+
+
+async def test_nothing_read_from_a_file_is_published_before_its_first_bytes_are_on_disk(
+    tmp_path: Path, suricata_scans: dict[str, SuricataOutput]
+) -> None:
+    # Given detector-snort's engine on an EVE file that was empty at its start (its position saved:
+    # offset 0, no first bytes), its state written by a thread to a disk that is slow right now
+    published: list[AbuseObserved] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        published.append(observation)
+
+    eve = tmp_path / "eve.json"
+    eve.touch()
+    source = Source(str(eve), "eve", "ids-eve")
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]))
+    store = HeldStore(tmp_path / "state")
+    store.release.set()
+    engine = SourceEngine(source, pipeline, Aggregator(60.0), store, publish, save_every=3600.0)
+    await engine.recover()
+    engine.position = Checkpoint(os.stat(eve).st_ino, 0, b"")
+    engine.save()
+    await engine.outbox.drained()
+    store.release.clear()
+    store.writing.clear()
+    # When the sensor writes its first alerts and the engine reads them
+    with eve.open("ab") as out:
+        out.writelines(suricata_scans[SUBSCRIBER].eve_alert_lines()[:5])
+    tailer = FileTailer(str(eve), start=engine.position)
+
+    async def tail() -> None:
+        async with contextlib.aclosing(tailer.batches()) as batches:
+            async for batch in batches:
+                await engine.feed_lines(batch, tailer.checkpoint(batch[-1]))
+
+    task = asyncio.create_task(tail())
+    try:
+        assert await asyncio.to_thread(store.writing.wait, 10)  # a save waits for the disk
+        await asyncio.sleep(0.3)
+        # Then nothing read from it is published while the file's first bytes are not on disk (a
+        # crash now restarts from "offset 0 of an empty file": after a copy-truncate, the copy's
+        # lines would never be read, and what had been published from them would stay counted)
+        assert published == []
+        # and once they are, its observation goes out
+        store.release.set()
+        async with asyncio.timeout(20):
+            while not published:
+                await asyncio.sleep(0.01)
+        assert {str(o.ip) for o in published} == {SUBSCRIBER}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.release.set()
+        await engine.close()
+    restarted = SourceEngine(source, pipeline, Aggregator(60.0), CheckpointStore(tmp_path / "state"), publish)
+    restarted.load()
+    assert restarted.position is not None
+    assert restarted.position.head == eve.read_bytes()[:HEAD_BYTES]

@@ -11,14 +11,17 @@ import atexit
 import contextlib
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import asyncpg
 import pytest
 
+from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import BY_ROUTING_KEY, Contract
 
 AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
@@ -271,3 +274,19 @@ async def dead_letters(amqp_url: str, queues: Iterable[str]) -> list[tuple[str, 
     finally:
         await connection.close()
     return found
+
+
+class HeldStore(CheckpointStore):
+    """A disk whose document writes (in an outbox's writer thread) wait until the test sets `release`
+    (at most `hold` seconds); `writing` is set once one waits."""
+
+    def __init__(self, directory: Path, hold: float = 20.0) -> None:
+        super().__init__(directory)
+        self.hold = hold
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def write_state(self, name: str, document: bytes) -> None:
+        self.writing.set()
+        self.release.wait(self.hold)
+        super().write_state(name, document)

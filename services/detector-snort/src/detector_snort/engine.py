@@ -247,7 +247,11 @@ class SourceEngine:
         """Lines read from a file up to `position`: folded at once, their observations handed to
         the publisher (not awaited: the reader goes on while the broker confirms)."""
         async with self.lock:
-            self._remember_identity(lines)
+            if self._remember_identity(lines):
+                # On disk before anything read from the file is published: a crash before it
+                # restarted from the empty file's position, which after a copy-truncate knew
+                # nothing of the copy (what was published from it stayed, the rest was lost).
+                await self.outbox.drained()
             replayed = self._replayed(lines)
             if replayed:
                 # Confirmed before the restart: fold them into the windows, publish nothing now (the
@@ -294,18 +298,20 @@ class SourceEngine:
             count += 1
         return count
 
-    def _remember_identity(self, lines: Sequence[TailLine]) -> None:
+    def _remember_identity(self, lines: Sequence[TailLine]) -> bool:
         """Save the file's first bytes with the unchanged offset before handling its first lines: a
         position saved at offset 0 (an empty file at start) says nothing of what the file held, so
-        after a crash and a copy-truncate its lines could not be found in the copy."""
+        after a crash and a copy-truncate its lines could not be found in the copy. True if saved."""
         position = self.position
         if position is None or not lines or lines[0].inode != position.inode:
-            return
+            return False
         head = lines[0].head
         if len(head) > len(position.head) and head.startswith(position.head):
             self.position = Checkpoint(position.inode, position.offset, head)
             if self.replay_until is None:
                 self.outbox.save(full=True)  # the offset is unchanged: nothing handled is claimed
+                return True
+        return False
 
     async def feed_alerts(
         self, alerts: Iterable[tuple[Alert, str | None]], counts: dict[str, int] | None = None
