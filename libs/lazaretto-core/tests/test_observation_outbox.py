@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -731,7 +732,9 @@ async def test_an_urgent_message_goes_out_at_once_past_later_revisions_awaiting_
         assert await flushing == 201
 
 
-def paced_outbox(tmp_path: Path, publish: Any, pace: Pace) -> ObservationOutbox[AbuseObserved]:
+def paced_outbox(
+    tmp_path: Path, publish: Any, pace: Pace, clock: Callable[[], float] = time.monotonic
+) -> ObservationOutbox[AbuseObserved]:
     """First revisions urgent, the others paced."""
     return ObservationOutbox(
         CheckpointStore(tmp_path),
@@ -742,6 +745,7 @@ def paced_outbox(tmp_path: Path, publish: Any, pace: Pace) -> ObservationOutbox[
         snapshot=Input().snapshot,
         urgent=lambda o: o.revision == 0,
         pace=pace,
+        clock=clock,
     )
 
 
@@ -836,17 +840,7 @@ async def test_a_paced_flush_waiting_for_confirms_does_not_spin(tmp_path: Path) 
         if message.revision == 0:
             await stuck.wait()
 
-    outbox: ObservationOutbox[AbuseObserved] = ObservationOutbox(
-        CheckpointStore(tmp_path),
-        "source-a",
-        AbuseObserved,
-        publish=publish,
-        ident=lambda o: str(o.observation_id),
-        snapshot=Input().snapshot,
-        urgent=lambda o: o.revision == 0,
-        pace=Pace(per_s=1_000),
-        clock=clock,
-    )
+    outbox = paced_outbox(tmp_path, publish, Pace(per_s=1_000), clock)
     outbox.add(observation(n) for n in range(1, IN_FLIGHT + 11))
     outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1_000, 1_010))
     flushing = asyncio.create_task(outbox.flush())

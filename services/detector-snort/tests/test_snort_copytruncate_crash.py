@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ class Ledger:
         self.first.setdefault(ctx.message_id, event)
 
 
-async def run(engine: SourceEngine, until: Any) -> None:
-    """Tail the engine's file from its position until `until()` holds (publishing runs beside)."""
+@contextlib.asynccontextmanager
+async def tailing(engine: SourceEngine) -> AsyncIterator[asyncio.Task[None]]:
+    """The engine reading its file from its position, as a task (publishing runs beside)."""
     tailer = FileTailer(engine.source.name, start=engine.position)
 
     async def tail() -> None:
@@ -54,14 +56,19 @@ async def run(engine: SourceEngine, until: Any) -> None:
 
     task = asyncio.create_task(tail())
     try:
-        async with asyncio.timeout(20):
-            while not until():
-                assert not task.done(), task
-                await asyncio.sleep(0.01)
+        yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def run(engine: SourceEngine, until: Any) -> None:
+    """Tail the engine's file from its position until `until()` holds."""
+    async with tailing(engine) as task, asyncio.timeout(20):
+        while not until():
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
 
 
 async def test_crash_after_confirm_then_copy_truncate_rereads_the_copy_with_the_same_ids(
@@ -220,31 +227,21 @@ async def test_nothing_read_from_a_file_is_published_before_its_first_bytes_are_
     # When the sensor writes its first alerts and the engine reads them
     with eve.open("ab") as out:
         out.writelines(suricata_scans[SUBSCRIBER].eve_alert_lines()[:5])
-    tailer = FileTailer(str(eve), start=engine.position)
-
-    async def tail() -> None:
-        async with contextlib.aclosing(tailer.batches()) as batches:
-            async for batch in batches:
-                await engine.feed_lines(batch, tailer.checkpoint(batch[-1]))
-
-    task = asyncio.create_task(tail())
     try:
-        assert await asyncio.to_thread(store.writing.wait, 10)  # a save waits for the disk
-        await asyncio.sleep(0.3)
-        # Then nothing read from it is published while the file's first bytes are not on disk (a
-        # crash now restarts from "offset 0 of an empty file": after a copy-truncate, the copy's
-        # lines would never be read, and what had been published from them would stay counted)
-        assert published == []
-        # and once they are, its observation goes out
-        store.release.set()
-        async with asyncio.timeout(20):
-            while not published:
-                await asyncio.sleep(0.01)
-        assert {str(o.ip) for o in published} == {SUBSCRIBER}
+        async with tailing(engine):
+            assert await asyncio.to_thread(store.writing.wait, 10)  # a save waits for the disk
+            await asyncio.sleep(0.3)
+            # Then nothing read from it is published while the file's first bytes are not on disk
+            # (a crash now restarts from "offset 0 of an empty file": after a copy-truncate, the
+            # copy's lines would never be read, and what had been published from them would stay)
+            assert published == []
+            # and once they are, its observation goes out
+            store.release.set()
+            async with asyncio.timeout(20):
+                while not published:
+                    await asyncio.sleep(0.01)
+            assert {str(o.ip) for o in published} == {SUBSCRIBER}
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         store.release.set()
         await engine.close()
     restarted = SourceEngine(source, pipeline, Aggregator(60.0), CheckpointStore(tmp_path / "state"), publish)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from detector_snort.aggregate import Aggregator
 from detector_snort.alerts import Alert
-from detector_snort.engine import SourceEngine
+from detector_snort.engine import BEHIND_PER_S, Publish, SourceEngine
 from detector_snort.parsers import parse_syslog
 from detector_snort.pipeline import AlertPipeline, Source
 from lazaretto_core.checkpoints import CheckpointStore
@@ -31,6 +31,37 @@ def alert(src: str, dst: str) -> tuple[Alert, None]:
     return parsed, None
 
 
+def flood_engine(
+    tmp_path: Path, now: list[float], publish: Publish, behind_per_s: float = BEHIND_PER_S
+) -> SourceEngine:
+    """A syslog source's engine on a clock the test moves: two revisions per window, then none."""
+    return SourceEngine(
+        Source("syslog", "syslog", "ids-syslog"),
+        AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: now[0]),
+        Aggregator(60.0, burst=2, rate=0.001),
+        CheckpointStore(tmp_path / "state"),
+        publish,
+        save_every=3600,
+        behind_per_s=behind_per_s,
+    )
+
+
+async def confirmed(engine: SourceEngine) -> None:
+    async with asyncio.timeout(30):
+        while len(engine.outbox):
+            await asyncio.sleep(0.01)
+
+
+async def open_flood_windows(engine: SourceEngine) -> list[str]:
+    """A flood of addresses whose windows opened together, each with a third alert its window's rate
+    held back (owed at close); their addresses."""
+    flood = [f"100.65.{n // 250}.{n % 250 + 1}" for n in range(FLOOD)]
+    for destination in ("10.25.10.1", "10.25.10.2", "10.25.10.3"):
+        await engine.feed_alerts([alert(ip, destination) for ip in flood])
+        await confirmed(engine)
+    return flood
+
+
 class SlowBroker:
     """Confirms only while `open` is set; remembers the order publishes began in."""
 
@@ -49,33 +80,16 @@ async def test_a_running_windows_revision_goes_out_before_the_last_revisions_of_
 ) -> None:
     now = [1_000.0]
     broker = SlowBroker()
-    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: now[0])
-    engine = SourceEngine(
-        Source("syslog", "syslog", "ids-syslog"),
-        pipeline,
-        Aggregator(60.0, burst=2, rate=0.001),  # two revisions per window, then none in this test
-        CheckpointStore(tmp_path / "state"),
-        broker.publish,
-        save_every=3600,
-    )
+    engine = flood_engine(tmp_path, now, broker.publish)
     await engine.recover()
-
-    async def confirmed() -> None:
-        async with asyncio.timeout(30):
-            while len(engine.outbox):
-                await asyncio.sleep(0.01)
-
     # Given a flood of addresses whose windows opened together, each with a third alert its window's
     # rate held back (owed at close)
-    flood = [f"100.65.{n // 250}.{n % 250 + 1}" for n in range(FLOOD)]
-    for destination in ("10.25.10.1", "10.25.10.2", "10.25.10.3"):
-        await engine.feed_alerts([alert(ip, destination) for ip in flood])
-        await confirmed()
+    flood = await open_flood_windows(engine)
     assert len(broker.began) == 2 * FLOOD
     # and a subscriber whose window opened 30 s later, its first revision confirmed
     now[0] += 30
     await engine.feed_alerts([alert(SUBSCRIBER, "10.25.10.1")])
-    await confirmed()
+    await confirmed(engine)
     # When the flood's windows close, with a broker slow to confirm, and right then an alert of the
     # subscriber to a new destination grows its evidence
     broker.open.clear()
@@ -98,7 +112,7 @@ async def test_a_running_windows_revision_goes_out_before_the_last_revisions_of_
     assert (grown.revision, grown.distinct_destinations) == (1, 2)
     assert len(begun) < FLOOD // 2
     broker.open.set()
-    await confirmed()
+    await confirmed(engine)
     # and every closing revision went out too, with the count its window reached, and every
     # continuing window's first
     later = [o for o in broker.began[before:] if str(o.ip) != SUBSCRIBER]
@@ -115,27 +129,10 @@ async def test_closing_and_continuing_revisions_reach_the_broker_spread_over_tim
     async def publish(observation: AbuseObserved, message_id: str) -> None:
         began.append((time.monotonic(), observation))
 
-    engine = SourceEngine(
-        Source("syslog", "syslog", "ids-syslog"),
-        AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: now[0]),
-        Aggregator(60.0, burst=2, rate=0.001),
-        CheckpointStore(tmp_path / "state"),
-        publish,
-        save_every=3600,
-        behind_per_s=400,
-    )
+    engine = flood_engine(tmp_path, now, publish, behind_per_s=400)
     await engine.recover()
-
-    async def confirmed() -> None:
-        async with asyncio.timeout(30):
-            while len(engine.outbox):
-                await asyncio.sleep(0.01)
-
     # Given a flood of addresses whose windows opened together, each owing a revision at its close
-    flood = [f"100.65.{n // 250}.{n % 250 + 1}" for n in range(FLOOD)]
-    for destination in ("10.25.10.1", "10.25.10.2", "10.25.10.3"):
-        await engine.feed_alerts([alert(ip, destination) for ip in flood])
-        await confirmed()
+    flood = await open_flood_windows(engine)
     before = len(began)
     # When the windows close, the flood's next alerts open them again, and one continuing window
     # gets news (a new destination) a moment later
@@ -145,7 +142,7 @@ async def test_closing_and_continuing_revisions_reach_the_broker_spread_over_tim
     await engine.feed_alerts([alert(ip, "10.25.10.4") for ip in flood])
     await asyncio.sleep(0.1)
     [news] = await engine.feed_alerts([alert(flood[7], "10.25.10.5")])
-    await confirmed()
+    await confirmed(engine)
     # Then the 600 closing and continuing revisions reached the broker at the engine's pace (400 a
     # second, more while more than 4,000 wait), not at once, and the continuing window's news went
     # past them like any running window's revision
