@@ -143,8 +143,9 @@ class Reports:
             self.progress.beat(PUBLISHER_LOOP)
             if not len(self.outbox):
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.beat_every)
+                try:  # asyncio.timeout: wait_for (3.11) can swallow the cancellation that stops it
+                    async with asyncio.timeout(self.beat_every):
+                        await self._wake.wait()
                 except TimeoutError:
                     continue
             try:

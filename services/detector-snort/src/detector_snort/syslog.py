@@ -158,8 +158,9 @@ class SyslogReceiver:
         pipeline = self.engine.pipeline
         while True:
             self.on_progress()
-            try:
-                batch = [await asyncio.wait_for(self.queue.get(), timeout=BEAT_EVERY)]
+            try:  # asyncio.timeout: wait_for (3.11) can swallow the cancellation that stops it
+                async with asyncio.timeout(BEAT_EVERY):
+                    batch = [await self.queue.get()]
             except TimeoutError:
                 continue
             while len(batch) < BATCH and not self.queue.empty():

@@ -128,5 +128,7 @@ class GardenFollower:
                     next_sweep = loop.time() + self.sweep_interval
             # Wake for a notification, the next sweep, or at least every 10 s to show the loop is alive.
             timeout = max(0.0, min(next_sweep - loop.time(), 10.0))
+            # asyncio.timeout: wait_for (3.11) can swallow the cancellation that stops the loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
