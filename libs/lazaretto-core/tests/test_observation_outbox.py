@@ -814,11 +814,11 @@ async def test_a_flush_waiting_for_the_pace_ends_when_cancelled(tmp_path: Path) 
     outbox = paced_outbox(tmp_path, publish, Pace(per_s=1, within=1_000))
     outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 11))
     flushing = asyncio.create_task(outbox.flush())
-    await asyncio.sleep(0.3)
-    # When it is cancelled (the service stops), then it ends at once, the rest still pending
-    for _ in range(20):
-        flushing.cancel()
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(TIMEOUT):
+        while len(outbox) == 10:  # until the first went: the flush now waits for the pace
+            await asyncio.sleep(0.01)
+    # When it is cancelled once (the service stops), then it ends at once, the rest still pending
+    flushing.cancel()
     async with asyncio.timeout(2):
         with pytest.raises(asyncio.CancelledError):
             await flushing
@@ -836,7 +836,11 @@ async def test_a_paced_flush_waiting_for_confirms_does_not_spin(tmp_path: Path) 
         looked += 1
         return time.monotonic()
 
+    began = 0
+
     async def publish(message: AbuseObserved, message_id: str) -> None:
+        nonlocal began
+        began += 1
         if message.revision == 0:
             await stuck.wait()
 
@@ -844,7 +848,9 @@ async def test_a_paced_flush_waiting_for_confirms_does_not_spin(tmp_path: Path) 
     outbox.add(observation(n) for n in range(1, IN_FLIGHT + 11))
     outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1_000, 1_010))
     flushing = asyncio.create_task(outbox.flush())
-    await asyncio.sleep(0.05)  # it sent what it may
+    async with asyncio.timeout(TIMEOUT):
+        while began < IN_FLIGHT:  # it sent what it may
+            await asyncio.sleep(0.01)
     # When the flush waits for their confirms for 0.3 s
     looked = 0
     await asyncio.sleep(0.3)

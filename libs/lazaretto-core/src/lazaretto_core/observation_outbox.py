@@ -41,6 +41,7 @@ who deduplicate by id (the AMQP message id is the same id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -498,10 +499,10 @@ class ObservationOutbox(Generic[M]):
                         break
                     await self._held_written_or_added(paced)
                     continue
-                if paced is None:
-                    await wakeup.wait()
-                else:
-                    await _set_or_timeout(wakeup, paced)
+                # asyncio.timeout, not wait_for (which on 3.11 can swallow the cancellation of a stop).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(paced):  # None: no limit
+                        await wakeup.wait()
                 wakeup.clear()
                 done, finished[:] = finished[:], []
                 for task in done:
@@ -657,13 +658,3 @@ class ObservationOutbox(Generic[M]):
             DROPPED.labels(self.name).inc(excess)
             log.error("%s: broker away, dropped the %d oldest unconfirmed messages", self.name, excess)
         self._pending_gauge.set(len(self._pending))
-
-
-async def _set_or_timeout(event: asyncio.Event, timeout: float) -> None:
-    """Wait until `event` is set or `timeout` seconds passed (not `wait_for`, which on Python 3.11
-    can swallow a cancellation that arrives as the wait ends)."""
-    waiting = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait([waiting], timeout=timeout)
-    finally:
-        waiting.cancel()
