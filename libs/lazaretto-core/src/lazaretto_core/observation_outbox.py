@@ -499,10 +499,12 @@ class ObservationOutbox(Generic[M]):
                         break
                     await self._held_written_or_added(paced)
                     continue
-                # asyncio.timeout, not wait_for (which on 3.11 can swallow the cancellation of a stop).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(paced):  # None: no limit
-                        await wakeup.wait()
+                if paced is None:
+                    await wakeup.wait()
+                else:  # asyncio.timeout, not wait_for (on 3.11 it can swallow a stop's cancellation)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(paced):
+                            await wakeup.wait()
                 wakeup.clear()
                 done, finished[:] = finished[:], []
                 for task in done:
