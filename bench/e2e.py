@@ -34,6 +34,11 @@ moves into the quarantine pool), and we time (c) from its first DNS query at the
 portal's name, to its lease's DNS server) until the portal page it fetches from that address shows its
 own case. Prints one `name=value` per line.
 
+The flood's gigabytes go to the disk every commit of PostgreSQL, RabbitMQ and BIND goes to: the run
+sets the host's writeback as `deploy/sysctl/60-lazaretto-writeback.conf` says to deploy (restored
+after; `--host-as-found` leaves it) and prints what it ran with (`host_*`). With the kernel's default,
+the flood's pages leave memory 600 MB at a time every 30 s, and each commit waits behind them.
+
 The DNS probe runs inside the subscribers' network namespace (CLOCK_MONOTONIC is shared across
 namespaces, so its timestamps compare with ours).
 """
@@ -741,6 +746,11 @@ def main() -> None:
         default=FLOOD_PER_S,
         help="alert lines per second of the flood (a slower machine)",
     )
+    parser.add_argument(
+        "--host-as-found",
+        action="store_true",
+        help="leave the host's writeback settings as they are (default: deploy/sysctl's for the run)",
+    )
     args = parser.parse_args()
     if args.probe:
         probe_main()
@@ -749,10 +759,22 @@ def main() -> None:
 
     # Ctrl-C, SIGTERM or SIGHUP stop the lab this started (its services, BIND, Kea, the lab CMTS).
     unwind_on_stop_signals()
+    import writeback
+
+    # The flood's log shares the disk with every commit: the host writes it out as deployment says
+    # (deploy/sysctl), or as it was found; either way the run prints what it used.
+    wanted = writeback.recommended()
     try:
-        figures = bench(args.subscribers, args.evidence_lines, args.flood_per_s)
+        with writeback.applied({} if args.host_as_found else wanted):
+            host = writeback.read(list(wanted))
+            figures = bench(args.subscribers, args.evidence_lines, args.flood_per_s)
     except KeyboardInterrupt:
         sys.exit("interrupted: the lab it started is stopped")
+    figures = {
+        "host_writeback": "as found" if args.host_as_found else f"deploy/sysctl/{writeback.DROP_IN.name}",
+        **{f"host_{key.replace('.', '_')}": value for key, value in host.items()},
+        **figures,
+    }
     for name, value in figures.items():
         print(f"{name}={value}")
 

@@ -1,0 +1,73 @@
+"""The host's dirty-page writeback as `deploy/sysctl/60-lazaretto-writeback.conf` sets it, for the
+length of a benchmark run, then as it was: bench-e2e measures the system deployed as the README says,
+and prints what the host ran with.
+
+Setting `vm.dirty_background_bytes` makes the kernel zero `vm.dirty_background_ratio` (and the
+reverse), and 0 is not a value either file takes: what was in use is restored through whichever of
+the two held it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+DROP_IN = Path(__file__).resolve().parents[1] / "deploy" / "sysctl" / "60-lazaretto-writeback.conf"
+PROC_SYS = Path("/proc/sys")
+
+
+def recommended(path: Path = DROP_IN) -> dict[str, str]:
+    """The settings of a sysctl.d file (`key = value` lines; `#` and `;` begin comments)."""
+    settings: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"{path}: not a sysctl setting: {raw!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def _file(root: Path, key: str) -> Path:
+    return root / key.replace(".", "/")
+
+
+def _partner(key: str) -> str | None:
+    """The setting the kernel zeroes when `key` is set (`…_bytes` and `…_ratio`)."""
+    if key.endswith("_bytes"):
+        return key.removesuffix("_bytes") + "_ratio"
+    if key.endswith("_ratio"):
+        return key.removesuffix("_ratio") + "_bytes"
+    return None
+
+
+def read(keys: list[str], root: Path = PROC_SYS) -> dict[str, str]:
+    """Each key's value now, with its bytes/ratio partner."""
+    names = {k: None for key in keys for k in (key, _partner(key)) if k is not None}
+    return {key: _file(root, key).read_text().strip() for key in names if _file(root, key).exists()}
+
+
+@contextmanager
+def applied(settings: Mapping[str, str], root: Path = PROC_SYS) -> Iterator[dict[str, str]]:
+    """Set `settings` for the block, then put back what was; yields the values set, read back. A
+    write that fails (not root: PermissionError) raises, after what was set before it is put back."""
+    keys = list(settings)
+    before = read(keys, root)
+    for key in keys:
+        if not _file(root, key).exists():
+            raise FileNotFoundError(f"no such kernel setting: {key}")
+    changed: list[str] = []
+    try:
+        for key, value in settings.items():
+            _file(root, key).write_text(value)
+            changed.append(key)
+        yield read(keys, root)
+    finally:
+        for key in reversed(changed):
+            partner = _partner(key)
+            if before.get(key, "0") != "0" or partner is None or partner not in before:
+                _file(root, key).write_text(before[key])
+            else:  # the partner held it: writing that brings this one back to 0
+                _file(root, partner).write_text(before[partner])

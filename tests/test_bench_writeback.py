@@ -1,0 +1,116 @@
+"""bench-e2e's host writeback (bench/writeback.py): it applies the shipped sysctl drop-in for the run
+and puts back what the host had, through whichever of the bytes/ratio pair held it (a fake /proc/sys
+that behaves as the kernel's: setting one zeroes the other, 0 is refused)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def writeback(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setattr(sys, "path", [*sys.path, str(BENCH)])
+    return importlib.import_module("writeback")
+
+
+class KernelVm:
+    """/proc/sys/vm's dirty_background pair, written through `Path.write_text` as the kernel takes it."""
+
+    def __init__(self, root: Path, *, ratio: str = "10", size: str = "0") -> None:
+        self.vm = root / "vm"
+        self.vm.mkdir(parents=True)
+        (self.vm / "dirty_background_ratio").write_text(ratio + "\n")
+        (self.vm / "dirty_background_bytes").write_text(size + "\n")
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_write = Path.write_text
+        vm = self.vm
+
+        def write_text(path: Path, data: str, *args: object, **kwargs: object) -> int:
+            if path.parent == vm and path.name.startswith("dirty_background_"):
+                if int(data) <= 0:
+                    raise OSError(22, "Invalid argument")
+                other = "ratio" if path.name.endswith("bytes") else "bytes"
+                real_write(vm / f"dirty_background_{other}", "0\n")
+            return real_write(path, data)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+
+    def now(self) -> tuple[str, str]:
+        return (
+            (self.vm / "dirty_background_bytes").read_text().strip(),
+            (self.vm / "dirty_background_ratio").read_text().strip(),
+        )
+
+
+def test_the_drop_in_starts_background_writeback_at_64_mib(writeback: ModuleType) -> None:
+    assert writeback.recommended() == {"vm.dirty_background_bytes": str(64 * 1024 * 1024)}
+
+
+def test_applied_for_the_run_then_the_ratio_the_host_had_is_back(
+    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = KernelVm(tmp_path, ratio="10")
+    kernel.install(monkeypatch)
+    with writeback.applied(writeback.recommended(), root=tmp_path) as used:
+        assert kernel.now() == ("67108864", "0")
+        assert used == {"vm.dirty_background_bytes": "67108864", "vm.dirty_background_ratio": "0"}
+    assert kernel.now() == ("0", "10")
+
+
+def test_a_host_that_set_bytes_itself_gets_its_bytes_back(
+    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = KernelVm(tmp_path, ratio="0", size="33554432")
+    kernel.install(monkeypatch)
+    with writeback.applied({"vm.dirty_background_bytes": "67108864"}, root=tmp_path):
+        assert kernel.now() == ("67108864", "0")
+    assert kernel.now() == ("33554432", "0")
+
+
+def test_put_back_when_the_run_fails(
+    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = KernelVm(tmp_path, ratio="10")
+    kernel.install(monkeypatch)
+    with pytest.raises(RuntimeError), writeback.applied(writeback.recommended(), root=tmp_path):
+        raise RuntimeError("the lab did not start")
+    assert kernel.now() == ("0", "10")
+
+
+def test_as_found_changes_nothing_and_reads_the_pair(
+    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = KernelVm(tmp_path, ratio="10")
+    kernel.install(monkeypatch)
+    with writeback.applied({}, root=tmp_path):
+        read = writeback.read(["vm.dirty_background_bytes"], root=tmp_path)
+    assert read == {"vm.dirty_background_bytes": "0", "vm.dirty_background_ratio": "10"}
+    assert kernel.now() == ("0", "10")
+
+
+def test_a_setting_the_kernel_does_not_have_is_refused_before_anything_changes(
+    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = KernelVm(tmp_path, ratio="10")
+    kernel.install(monkeypatch)
+    wanted = {"vm.dirty_background_bytes": "67108864", "vm.no_such_knob": "1"}
+    with (
+        pytest.raises(FileNotFoundError, match=r"vm\.no_such_knob"),
+        writeback.applied(wanted, root=tmp_path),
+    ):
+        pass
+    assert kernel.now() == ("0", "10")
+
+
+def test_this_kernel_has_the_setting_and_its_partner(writeback: ModuleType) -> None:
+    read = writeback.read(list(writeback.recommended()))
+    assert set(read) == {"vm.dirty_background_bytes", "vm.dirty_background_ratio"}
+    assert all(value.isdigit() for value in read.values())
