@@ -48,8 +48,25 @@ CORE_MIGRATIONS: tuple[tuple[str, str], ...] = (
 _MIGRATION_LOCK = 0x6C617A61
 
 
+# asyncpg learns the codec of most array types (and macaddr[]) by asking the server, once per
+# connection and type, on the first statement that uses one: three such look-ups made a fresh
+# connection's first decision in policy about 50 ms slower. Each new connection learns them all in
+# one statement when it is opened instead, off the path of the work.
+_ARRAY_TYPES = (
+    "uuid[]", "inet[]", "cidr[]", "macaddr[]", "timestamptz[]", "jsonb[]",
+    "smallint[]", "int[]", "bigint[]", "float8[]", "numeric[]", "boolean[]",
+)  # fmt: skip
+_LEARN_ARRAY_TYPES = "SELECT " + ", ".join(f"NULL::{name}" for name in _ARRAY_TYPES)
+
+
+async def _learn_array_types(conn: asyncpg.Connection) -> None:
+    await conn.fetchrow(_LEARN_ARRAY_TYPES)
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, command_timeout=30, init=_learn_array_types
+    )
     assert pool is not None
     return pool
 
