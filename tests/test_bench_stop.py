@@ -1,5 +1,6 @@
 """A benchmark that starts the lab (`bench/e2e.py`), stopped with SIGTERM as `kill`, `timeout` or a
-supervisor would stop it: nothing it started keeps running, as with `make run` and Ctrl-C.
+supervisor would stop it: nothing it started keeps running, as with `make run` and Ctrl-C, and the host's
+writeback settings it changed for the run are as they were.
 
 Its services, BIND, snmpd and kea-dhcp4 run in sessions of their own: without the benchmark's own
 unwinding, SIGTERM ended Python at once and left them all running, with Kea's network namespace and
@@ -37,6 +38,8 @@ def _kea_tag(pid: int) -> str:
 def test_bench_e2e_stopped_by_sigterm_stops_the_lab_it_started(tmp_path: Path) -> None:
     # The benchmark's work directory (tempfile) under this test's own directory.
     env = {**os.environ, "TMPDIR": str(tmp_path)}
+    writeback = Path("/proc/sys/vm")
+    host_before = {f.name: f.read_text() for f in writeback.glob("dirty_background_*")}
     bench = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "e2e.py"), "--subscribers", "1", "--flood-per-s", "1000"],
         cwd=ROOT,
@@ -69,6 +72,7 @@ def test_bench_e2e_stopped_by_sigterm_stops_the_lab_it_started(tmp_path: Path) -
         ]
         tag = _kea_tag(kea)
         assert f"lzk{tag}s" in os.listdir("/sys/class/net")
+        assert (writeback / "dirty_background_bytes").read_text().strip() == "67108864"
         assert f"lazaretto-kea-{tag}" in _namespaces()
         # When it is sent SIGTERM, to its own process only (as `kill PID` does)
         bench.send_signal(signal.SIGTERM)
@@ -89,6 +93,7 @@ def test_bench_e2e_stopped_by_sigterm_stops_the_lab_it_started(tmp_path: Path) -
     assert f"lazaretto-kea-{tag}" not in _namespaces()
     assert f"lzk{tag}s" not in os.listdir("/sys/class/net")
     assert bench.returncode != 0
+    assert {f.name: f.read_text() for f in writeback.glob("dirty_background_*")} == host_before
     assert "interrupted: the lab it started is stopped" in "".join(said), "".join(said)[-3000:]
 
 
