@@ -50,15 +50,22 @@ class KernelVm:
         )
 
 
+@pytest.fixture
+def debian_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KernelVm:
+    """A host as Debian leaves it: background writeback at 10 % of memory."""
+    kernel = KernelVm(tmp_path, ratio="10")
+    kernel.install(monkeypatch)
+    return kernel
+
+
 def test_the_drop_in_starts_background_writeback_at_64_mib(writeback: ModuleType) -> None:
     assert writeback.recommended() == {"vm.dirty_background_bytes": str(64 * 1024 * 1024)}
 
 
 def test_applied_for_the_run_then_the_ratio_the_host_had_is_back(
-    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writeback: ModuleType, debian_host: KernelVm, tmp_path: Path
 ) -> None:
-    kernel = KernelVm(tmp_path, ratio="10")
-    kernel.install(monkeypatch)
+    kernel = debian_host
     with writeback.applied(writeback.recommended(), root=tmp_path) as used:
         assert kernel.now() == ("67108864", "0")
         assert used == {"vm.dirty_background_bytes": "67108864", "vm.dirty_background_ratio": "0"}
@@ -75,21 +82,17 @@ def test_a_host_that_set_bytes_itself_gets_its_bytes_back(
     assert kernel.now() == ("33554432", "0")
 
 
-def test_put_back_when_the_run_fails(
-    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    kernel = KernelVm(tmp_path, ratio="10")
-    kernel.install(monkeypatch)
+def test_put_back_when_the_run_fails(writeback: ModuleType, debian_host: KernelVm, tmp_path: Path) -> None:
+    kernel = debian_host
     with pytest.raises(RuntimeError), writeback.applied(writeback.recommended(), root=tmp_path):
         raise RuntimeError("the lab did not start")
     assert kernel.now() == ("0", "10")
 
 
 def test_as_found_changes_nothing_and_reads_the_pair(
-    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writeback: ModuleType, debian_host: KernelVm, tmp_path: Path
 ) -> None:
-    kernel = KernelVm(tmp_path, ratio="10")
-    kernel.install(monkeypatch)
+    kernel = debian_host
     with writeback.applied({}, root=tmp_path):
         read = writeback.read(["vm.dirty_background_bytes"], root=tmp_path)
     assert read == {"vm.dirty_background_bytes": "0", "vm.dirty_background_ratio": "10"}
@@ -97,10 +100,9 @@ def test_as_found_changes_nothing_and_reads_the_pair(
 
 
 def test_a_setting_the_kernel_does_not_have_is_refused_before_anything_changes(
-    writeback: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writeback: ModuleType, debian_host: KernelVm, tmp_path: Path
 ) -> None:
-    kernel = KernelVm(tmp_path, ratio="10")
-    kernel.install(monkeypatch)
+    kernel = debian_host
     wanted = {"vm.dirty_background_bytes": "67108864", "vm.no_such_knob": "1"}
     with (
         pytest.raises(FileNotFoundError, match=r"vm\.no_such_knob"),
