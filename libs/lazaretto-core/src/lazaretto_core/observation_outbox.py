@@ -41,7 +41,6 @@ who deduplicate by id (the AMQP message id is the same id).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -57,6 +56,7 @@ from .bus import PublishError
 from .checkpoints import CheckpointStore
 from .contracts import Contract
 from .state_writer import StateWriter
+from .wake import woken
 
 log = logging.getLogger(__name__)
 
@@ -499,12 +499,7 @@ class ObservationOutbox(Generic[M]):
                         break
                     await self._held_written_or_added(paced)
                     continue
-                if paced is None:
-                    await wakeup.wait()
-                else:  # asyncio.timeout, not wait_for (on 3.11 it can swallow a stop's cancellation)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(paced):
-                            await wakeup.wait()
+                await woken(wakeup, paced)
                 wakeup.clear()
                 done, finished[:] = finished[:], []
                 for task in done:

@@ -25,6 +25,7 @@ from .contracts import BY_ROUTING_KEY, Contract
 from .db import Connection
 from .dispatch import MessageBus
 from .progress import ProgressMonitor
+from .wake import woken
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
-            # arrives as the wake-up does (a kick right before `stop`), and the relay ran on while
-            # `stop` waited for it forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._wake.wait()
+            await woken(self._wake, self._interval)
             self._wake.clear()
             try:
                 while await self.drain_once() == self._batch:

@@ -22,6 +22,7 @@ from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_core.observation_outbox import ObservationOutbox
+from lazaretto_core.wake import woken
 
 from .offloop import OffLoopStore
 
@@ -143,10 +144,7 @@ class Reports:
             self.progress.beat(PUBLISHER_LOOP)
             if not len(self.outbox):
                 self._wake.clear()
-                try:  # asyncio.timeout: wait_for (3.11) can swallow the cancellation that stops it
-                    async with asyncio.timeout(self.beat_every):
-                        await self._wake.wait()
-                except TimeoutError:
+                if not await woken(self._wake, self.beat_every):
                     continue
             try:
                 # Write-ahead: what is published must be on disk first (no await between the two).

@@ -14,6 +14,7 @@ import asyncpg
 
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_core.supervise import Supervisor
+from lazaretto_core.wake import woken
 
 from .garden import Garden, GardenPending
 from .lease_history import NOTIFY_CHANNEL, LeaseHistory
@@ -128,7 +129,4 @@ class GardenFollower:
                     next_sweep = loop.time() + self.sweep_interval
             # Wake for a notification, the next sweep, or at least every 10 s to show the loop is alive.
             timeout = max(0.0, min(next_sweep - loop.time(), 10.0))
-            # asyncio.timeout: wait_for (3.11) can swallow the cancellation that stops the loop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            await woken(self._wake, timeout)
