@@ -1,7 +1,8 @@
 """Observations decided in batches on the real service (RabbitMQ, PostgreSQL, attribution over HTTP):
 a backlog is decided in batches of many, each observation once and in order; a poisonous message
 in a batch is dead-lettered alone; a batch committed but never acked (the process killed in between)
-is redelivered and decides nothing twice."""
+is redelivered and decides nothing twice; decisions go on while other work holds every connection of
+the service's pool."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika  # noqa: TID251 (the test reads the dead-letter queue as an operator would)
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -140,6 +142,42 @@ async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisio
     # And the backlog went in batches of many (the first delivery waited alone at the gate)
     assert sum(sizes) == 60 + 5 + 1 + 1
     assert max(sizes) > 10
+
+
+async def test_observations_are_decided_while_other_work_holds_every_connection_of_the_pool(
+    policy: PolicyService, sender: Bus, probe: BusProbe, scanner: None
+) -> None:
+    # Given every connection of the service's pool taken, each in a transaction, as a storm of
+    # executors' answers and the loops take them
+    held = [await policy.pool.acquire() for _ in range(policy.pool.get_max_size())]
+    try:
+        for conn in held:
+            await conn.execute("BEGIN")
+        # When a scan and others' noise arrive
+        scan = observation(SCAN_IP, 25)
+        for event in [scan, *noise(5)]:
+            await sender.publish(event, message_id=event.message_key())
+        # Then they are decided and committed meanwhile: the scan's case opened, its garden stored
+        database = await asyncpg.connect(policy.settings.database_url.get_secret_value())
+        try:
+            async with asyncio.timeout(20):
+                while await database.fetchval("SELECT count(*) FROM observations") < 6:
+                    await asyncio.sleep(0.05)
+            decision = await database.fetchval(
+                "SELECT decision FROM observations WHERE observation_id = $1", scan.observation_id
+            )
+            assert decision == "opened_case"
+            garden = "SELECT count(*) FROM outbox WHERE routing_key = $1"
+            assert await database.fetchval(garden, GardenApply.routing_key) == 1
+        finally:
+            await database.close()
+    finally:
+        for conn in held:
+            await conn.execute("ROLLBACK")
+            await policy.pool.release(conn)
+    # And the garden command goes out once the relay gets a connection again
+    [apply] = await probe.wait_for(GardenApply)
+    assert (apply.cpe_mac, apply.cpe_ip) == (MAC, SCAN_IP)
 
 
 async def dead_letters(amqp_url: str) -> list[tuple[bytes, str]]:

@@ -68,6 +68,8 @@ class PolicyService:
     progress: ProgressMonitor
     http_app: FastAPI
     rules: RuleBook
+    # The observations' own connection (`PolicyHandlers.observations`), beside `pool`.
+    observation_pool: asyncpg.Pool
     loops: Supervisor = field(init=False)
     batcher: ObservationBatcher = field(init=False)
 
@@ -176,6 +178,7 @@ class PolicyService:
         await self.relay.stop()
         await self.bus.close()
         await self.attributor.close()
+        await self.observation_pool.close()
         await self.pool.close()
 
 
@@ -230,6 +233,9 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
     pool = await db.create_pool(settings.database_url.get_secret_value())
     await db.migrate(pool, db.package_migrations("policy"))
+    # One worker decides the observations, one transaction at a time (batch.py): one connection of its
+    # own, so a storm of executors' answers holding the pool never makes a decision wait for it.
+    observation_pool = await db.create_pool(settings.database_url.get_secret_value(), max_size=1)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "policy",
@@ -262,6 +268,7 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
         max_observation_age=timedelta(seconds=settings.max_observation_age),
         self_release_window=window,
         attribution_pending_alert_after=timedelta(seconds=settings.attribution_pending_alert_after),
+        observations=UnitOfWork(observation_pool, relay),
     )
 
     async def database_ready() -> None:
@@ -284,4 +291,6 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     )
     install_guard_api(app, work, tokens, limits, settings.own_prefixes)
     install_console(app, console_deps(settings, work, attributor, tokens, limits, bus))
-    return PolicyService(settings, pool, bus, relay, work, handlers, attributor, progress, app, rules)
+    return PolicyService(
+        settings, pool, bus, relay, work, handlers, attributor, progress, app, rules, observation_pool
+    )

@@ -37,6 +37,7 @@ from .release_progress import record_refusal
 from .rulebook import LoadedRules, RuleBook
 from .rules import Decision, Network, Seen, evaluate, is_allowlisted
 from .store import Case, ObservationRow, PendingAttribution
+from .uow import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,12 @@ class PolicyHandlers:
         max_observation_age: timedelta = timedelta(hours=1),
         self_release_window: timedelta = timedelta(days=30),
         attribution_pending_alert_after: timedelta = timedelta(minutes=10),
+        observations: Transactions | None = None,
     ) -> None:
         self.work = work
+        # Observations' units of work: the service gives them a connection of their own (app.py), so
+        # a decision never queues for the pool behind the executors' answers and the loops.
+        self.observations = observations or work.uow
         self.attributor = attributor
         self.rules = rules
         self.allowlist = tuple(allowlist)
@@ -146,7 +151,7 @@ class PolicyHandlers:
         consumes through `batch.ObservationBatcher`, which calls `on_abuse_batch`."""
         loaded = self.rules.current
         now = utcnow()
-        async with self.work.uow.read() as conn:
+        async with self.observations.read() as conn:
             stored = await self.work.store.observation_revision(conn, event.observation_id)
             if stored is not None and stored >= event.revision:
                 log.info("observation %s revision %d: duplicate", event.observation_id, event.revision)
@@ -156,7 +161,7 @@ class PolicyHandlers:
             released_at = await self.work.store.last_release_at_address(conn, event.ip)
         weighed = self._weigh(event, ctx, history, released_at, loaded, now)
         await self._attribute(weighed)
-        async with self.work.uow() as conn:
+        async with self.observations() as conn:
             if not await self.work.store.claim_message(conn, CONSUMER, ctx.message_id):
                 return
             if weighed.opens:
@@ -173,7 +178,7 @@ class PolicyHandlers:
         now = utcnow()
         window = loaded.rules.longest_window()
         events = [event for event, _ in items]
-        async with self.work.uow.read() as conn:
+        async with self.observations.read() as conn:
             revisions = await self.work.store.observation_revisions(conn, [e.observation_id for e in events])
             since_by_ip: dict[str, datetime] = {}
             for e in events:
@@ -196,7 +201,7 @@ class PolicyHandlers:
         enforcing = [w for w in weighed if w.action == "quarantine"]
         # Network I/O outside the transaction, one request per peer and step for the whole batch.
         await self._attribute_all(enforcing)
-        async with self.work.uow() as conn:
+        async with self.observations() as conn:
             claimed = await self.work.store.claim_messages(
                 conn, CONSUMER, [ctx.message_id for _, ctx in items]
             )
