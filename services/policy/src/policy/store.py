@@ -105,8 +105,12 @@ async def lock_case(conn: Connection, case_id: uuid.UUID) -> Case | None:
     return Case.from_row(row) if row else None
 
 
+# The case an executor's answer is for (index `cases_step`, migration 0014).
+CASE_BY_STEP = f"SELECT {_CASE_COLUMNS} FROM cases WHERE step_id = $1 FOR UPDATE"
+
+
 async def lock_case_by_step(conn: Connection, step_id: uuid.UUID) -> Case | None:
-    row = await conn.fetchrow(f"SELECT {_CASE_COLUMNS} FROM cases WHERE step_id = $1 FOR UPDATE", step_id)
+    row = await conn.fetchrow(CASE_BY_STEP, step_id)
     return Case.from_row(row) if row else None
 
 
