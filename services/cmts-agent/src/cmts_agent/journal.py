@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 _LOCK_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/modem/' || $1::text, 0)"
 _CMTS_BUDGET_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/cmts-budget/' || $1::text, 0)"
 
+# The CMTS's SETs of the last hour that may have reached a modem (what its hourly budget counts);
+# index `reset_intents_by_cmts` (migration 0005), as the journal is never purged.
+CMTS_RESETS_LAST_HOUR = """
+SELECT count(*) FROM reset_intents
+WHERE cmts = $1 AND counted AND intent_at > now() - interval '1 hour'
+"""
+
 
 class CmtsBudgetSpent(Exception):
     """The CMTS's resets of the last hour already reach its budget: the SET was not recorded."""
@@ -136,13 +143,7 @@ class ResetJournal:
         async with self.pool.acquire() as conn, conn.transaction():
             if cmts_budget is not None:
                 await conn.execute(f"SELECT pg_advisory_xact_lock(({_CMTS_BUDGET_KEY}))", cmts)
-                done = await conn.fetchval(
-                    """
-                    SELECT count(*) FROM reset_intents
-                    WHERE cmts = $1 AND counted AND intent_at > now() - interval '1 hour'
-                    """,
-                    cmts,
-                )
+                done = await conn.fetchval(CMTS_RESETS_LAST_HOUR, cmts)
                 if int(done) >= cmts_budget:
                     raise CmtsBudgetSpent(cmts, int(done), cmts_budget)
             value = await conn.fetchval(
