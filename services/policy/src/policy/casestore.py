@@ -83,6 +83,7 @@ class CaseStore(Protocol):
 
     async def add_self_release(self, conn: Connection, case: Case) -> None: ...
 
+    # Closing the case (`closed`) also clears its terms' `enforce_at` and `expires_at`.
     async def save_transition(
         self,
         conn: Connection,

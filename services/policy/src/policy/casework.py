@@ -210,8 +210,7 @@ class CaseWork:
         }
         with bound(case_id=case.case_id, device=attribution.cpe_mac or attribution.cm_mac):
             log.warning("case %s: %s", case.case_id, reason)
-        if case.state in ("open", "held"):
-            await self.store.clear_due(conn, case.case_id, "enforce_at")
+        if case.state in ("open", "held"):  # closing clears its enforce_at (`save_transition`)
             await self.apply(conn, case, flow.held_released(), "policy:allowlist", detail)
             return
         await self.apply(conn, case, flow.let_go(), "policy:allowlist", detail)

@@ -196,6 +196,9 @@ class MemoryStore:
             updated_at=_now(),
             self_releases=stored.self_releases if self_releases is None else self_releases,
         )
+        terms = self.state.terms.get(case.case_id)
+        if closed and terms is not None:  # as the store: a closed case's terms drive no loop
+            self.state.terms[case.case_id] = dataclasses.replace(terms, enforce_at=None, expires_at=None)
         await self.add_event(conn, case.case_id, actor, case.state, state, detail)
         return self.state.cases[case.case_id]
 

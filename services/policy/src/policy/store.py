@@ -291,13 +291,20 @@ async def save_transition(
     self_releases: int | None = None,
 ) -> Case:
     """Store a transition and its event (`add_event`, from `case.state`) in one statement; the case
-    as the transition leaves it."""
+    as the transition leaves it.
+
+    A transition that closes the case also clears its terms' `enforce_at` and `expires_at` (same
+    statement): they only drive the loops, which never act on a closed case, and a value left behind
+    would stay in the partial indexes `due_enforcements` and `due_expiries` walk every second, for
+    good (the loops clear them only when they fire)."""
     row = await conn.fetchrow(
         "WITH u AS (UPDATE cases SET state = $2, step = $3, step_id = $4, step_attempts = $5,"
         " next_retry_at = $6, closed_at = CASE WHEN $7 THEN now() ELSE NULL END, updated_at = now(),"
         f" self_releases = COALESCE($8, self_releases) WHERE case_id = $1 RETURNING {_CASE_COLUMNS}),"
         " e AS (INSERT INTO case_events (case_id, actor, from_state, to_state, detail)"
-        " SELECT case_id, $9, $10, $2, $11::jsonb FROM u)"
+        " SELECT case_id, $9, $10, $2, $11::jsonb FROM u),"
+        " t AS (UPDATE case_terms SET enforce_at = NULL, expires_at = NULL WHERE $7 AND case_id = $1"
+        " AND (enforce_at IS NOT NULL OR expires_at IS NOT NULL))"
         " SELECT * FROM u",
         case.case_id,
         state,
