@@ -3,6 +3,10 @@ chain's newest rows were deleted; its head (last seq and hash) can, and the veri
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -93,3 +97,34 @@ async def test_decisions_written_by_the_database_triggers_keep_their_heads(pool:
             )
     assert await pool.fetchval("SELECT seq FROM audit_heads WHERE chain = $1", f"decisions:{pid}") == 3
     assert (await verified(pool)).ok
+
+
+async def test_each_page_of_a_long_log_is_read_from_its_key(pool: asyncpg.Pool) -> None:
+    # Given a long log (rows written straight into the table: only the verifier's reading is looked at)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO audit_log (chain, seq, at, kind, actor, body, prev_hash, hash)"
+            " SELECT 'case:' || lpad((n / 100)::text, 5, '0'), n % 100 + 1, now(), 'transition',"
+            "        'operator:otto', '{}', '\\x00', '\\x00'"
+            " FROM generate_series(0, 19999) AS n"
+        )
+        await conn.execute("ANALYZE audit_log")
+        # When the verifier asks for a page near the end, by the plan a prepared statement settles on
+        # after its first executions (a generic one, for any key)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE next_page AS {audit.NEXT_PAGE}")
+        [explained] = json.loads(
+            await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE next_page('case:00190', 50, 100)")
+        )
+    # Then it starts reading at that key: the page and no row before it
+    scans = [n for n in nodes(explained["Plan"]) if n.get("Relation Name") == "audit_log"]
+    assert [n["Node Type"] for n in scans] == ["Index Scan"]
+    [scan] = scans
+    assert "Index Cond" in scan
+    assert (scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)) * scan["Actual Loops"] <= 101
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)

@@ -91,6 +91,16 @@ def check_head(last: dict[str, Any] | None, head_seq: int | None, head_hash: byt
     return None
 
 
+_PAGE = (
+    "SELECT a.id, a.chain, a.seq, a.kind, a.actor, a.body, a.prev_hash, a.hash,"
+    " h.seq AS head_seq, h.hash AS head_hash FROM audit_log a LEFT JOIN audit_heads h USING (chain)"
+)
+FIRST_PAGE = _PAGE + " ORDER BY a.chain, a.seq LIMIT $1"
+# Its own statement, not the first's with `OR $1 IS NULL`: that prepared statement's generic plan
+# could not start the (chain, seq) index at the key, so each page read the log from its start.
+NEXT_PAGE = _PAGE + " WHERE (a.chain, a.seq) > ($1, $2) ORDER BY a.chain, a.seq LIMIT $3"
+
+
 async def verify(conn: Connection, batch: int = 5000) -> Verification:
     """Walk every chain in order, each ending where its head says; the first broken link (lowest id
     among the first breaks) is named."""
@@ -99,7 +109,7 @@ async def verify(conn: Connection, batch: int = 5000) -> Verification:
     current: dict[str, Any] | None = None  # the last row walked, with its chain's head
     expected, prev = 1, GENESIS
     broken_chain: str | None = None
-    last = (None, 0)
+    last: tuple[str | None, int] = (None, 0)
 
     def broken(link: BrokenLink) -> None:
         nonlocal first, broken_chain
@@ -114,14 +124,10 @@ async def verify(conn: Connection, batch: int = 5000) -> Verification:
                 broken(BrokenLink(row["chain"], row["seq"], row["id"], problem))
 
     while True:
-        page = await conn.fetch(
-            "SELECT a.id, a.chain, a.seq, a.kind, a.actor, a.body, a.prev_hash, a.hash,"
-            " h.seq AS head_seq, h.hash AS head_hash FROM audit_log a LEFT JOIN audit_heads h USING (chain)"
-            " WHERE (a.chain, a.seq) > ($1, $2) OR $1::text IS NULL ORDER BY a.chain, a.seq LIMIT $3",
-            last[0],
-            last[1],
-            batch,
-        )
+        if last[0] is None:
+            page = await conn.fetch(FIRST_PAGE, batch)
+        else:
+            page = await conn.fetch(NEXT_PAGE, last[0], last[1], batch)
         if not page:
             break
         for record in page:
