@@ -5,11 +5,10 @@ reads only the CMTS's counted SETs of the last hour."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 from cmts_agent import journal
 from lazaretto_core import db
+from lazaretto_lab.testing import plan_nodes
 
 INTENTS = 20_000
 CMTSES = 8
@@ -24,12 +23,6 @@ FROM generate_series(1, {INTENTS}) AS n
 CMTS = 3
 # The rows of CMTS 3 within the hour that count: n < 60, n % 8 == 3, n % 5 != 0.
 COUNTED_LAST_HOUR = sum(1 for n in range(1, 60) if n % CMTSES == CMTS and n % 5 != 0)
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
 
 
 async def test_the_cmts_budget_counts_the_last_hour_not_the_whole_journal(database_url: str) -> None:
@@ -52,7 +45,7 @@ async def test_the_cmts_budget_counts_the_last_hour_not_the_whole_journal(databa
         # Then it counts that CMTS's counted SETs of the last hour ...
         assert done == COUNTED_LAST_HOUR > 0
         # ... through the per-CMTS index, reading a few pages, not the journal
-        plan = list(nodes(explained["Plan"]))
+        plan = list(plan_nodes(explained["Plan"]))
         scans = [n["Node Type"] for n in plan if n.get("Relation Name") == "reset_intents"]
         assert scans
         assert "Seq Scan" not in scans

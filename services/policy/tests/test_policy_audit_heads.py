@@ -4,12 +4,11 @@ chain's newest rows were deleted; its head (last seq and hash) can, and the veri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import asyncpg
 import pytest
 
+from lazaretto_lab.testing import plan_nodes
 from policy import audit
 
 
@@ -117,14 +116,8 @@ async def test_each_page_of_a_long_log_is_read_from_its_key(pool: asyncpg.Pool) 
             await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE next_page('case:00190', 50, 100)")
         )
     # Then it starts reading at that key: the page and no row before it
-    scans = [n for n in nodes(explained["Plan"]) if n.get("Relation Name") == "audit_log"]
+    scans = [n for n in plan_nodes(explained["Plan"]) if n.get("Relation Name") == "audit_log"]
     assert [n["Node Type"] for n in scans] == ["Index Scan"]
     [scan] = scans
     assert "Index Cond" in scan
     assert (scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)) * scan["Actual Loops"] <= 101
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)

@@ -4,10 +4,9 @@ on real PostgreSQL holding many cases, `store.CASE_BY_STEP` reads the one row it
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 from lazaretto_core import db
+from lazaretto_lab.testing import plan_nodes
 from policy import store
 
 CASES = 20_000
@@ -21,12 +20,6 @@ SELECT gen_random_uuid(), '100.64.0.0'::inet + n, 'cpe', 'scan', 'r',
        CASE WHEN n % 50 = 0 THEN 'garden_apply' END, CASE WHEN n % 50 = 0 THEN gen_random_uuid() END
 FROM generate_series(1, {CASES}) AS n
 """
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
 
 
 async def test_a_step_result_reads_only_its_own_case_among_many(database_url: str) -> None:
@@ -46,7 +39,7 @@ async def test_a_step_result_reads_only_its_own_case_among_many(database_url: st
                     )
                 )
         # Then it goes through the step index and reads that one case, not the table
-        scans = [n for n in nodes(explained["Plan"]) if n.get("Relation Name") == "cases"]
+        scans = [n for n in plan_nodes(explained["Plan"]) if n.get("Relation Name") == "cases"]
         assert [(n["Node Type"], n.get("Index Name")) for n in scans] == [("Index Scan", "cases_step")]
         assert scans[0]["Actual Rows"] == 1
         assert scans[0]["Shared Hit Blocks"] + scans[0].get("Shared Read Blocks", 0) < 10

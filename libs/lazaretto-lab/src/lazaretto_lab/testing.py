@@ -290,3 +290,10 @@ class HeldStore(CheckpointStore):
         self.writing.set()
         self.release.wait(self.hold)
         super().write_state(name, document)
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a PostgreSQL plan (`EXPLAIN (FORMAT JSON)`'s `Plan`), the node itself first."""
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
