@@ -48,20 +48,21 @@ SELECT host(lazaretto_lease4_ip(l.address)) AS ip FROM lease4 l
 """
 _OTHER_HOLDER = f"""
 SELECT 1 FROM lease4 l
- WHERE lazaretto_lease4_ip(l.address) = $1::inet AND {_ACTIVE}
+ WHERE l.address = lazaretto_lease4_address($1::inet) AND {_ACTIVE}
    AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("$2::macaddr")}
 """
 # Addresses to un-garden: the device no longer holds the lease it was gardened for, or another MAC
-# holds an active lease on it now (a static or address-keyed entry included).
+# holds an active lease on it now (a static or address-keyed entry included). Each look-up goes
+# through lease4's key (`lazaretto_lease4_address`): for every gardened address, on every NOTIFY.
 _LEFT = f"""
 SELECT host(g.ip) AS ip, g.mac::text AS mac, g.mode FROM lazaretto_garden_address g
  WHERE (g.leased AND NOT EXISTS (
             SELECT 1 FROM lease4 l
-             WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
+             WHERE l.address = lazaretto_lease4_address(g.ip) AND {_ACTIVE}
                AND l.hwaddr = {_MAC_BYTES.format("g.mac")}))
     OR EXISTS (
             SELECT 1 FROM lease4 l
-             WHERE lazaretto_lease4_ip(l.address) = g.ip AND {_ACTIVE}
+             WHERE l.address = lazaretto_lease4_address(g.ip) AND {_ACTIVE}
                AND l.hwaddr IS DISTINCT FROM {_MAC_BYTES.format("g.mac")})
 """
 # Addresses a gardened device holds now that are not recorded yet.

@@ -71,6 +71,10 @@ ALTER TABLE lazaretto_garden_address ADD COLUMN IF NOT EXISTS mode text NOT NULL
 
 CREATE OR REPLACE FUNCTION lazaretto_lease4_ip(address bigint) RETURNS inet
 LANGUAGE sql IMMUTABLE AS $$ SELECT '0.0.0.0'::inet + address $$;
+-- The other way (NULL for an IPv6 address): `l.address = lazaretto_lease4_address(ip)` can use lease4's
+-- primary key, where `lazaretto_lease4_ip(l.address) = ip` reads every lease.
+CREATE OR REPLACE FUNCTION lazaretto_lease4_address(ip inet) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN family(ip) = 4 THEN ip - '0.0.0.0'::inet END $$;
 
 CREATE OR REPLACE FUNCTION lazaretto_lease4_mac(hwaddr bytea) RETURNS macaddr
 LANGUAGE sql IMMUTABLE AS $$
