@@ -1,14 +1,17 @@
-"""PostgreSQL access: an asyncpg pool, SQL migrations, and the inbox that makes consumers idempotent."""
+"""PostgreSQL access: an asyncpg pool, SQL migrations, and the inbox that makes consumers idempotent
+(claimed in the handler's transaction, purged after a retention)."""
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
 import asyncpg.pool
+from prometheus_client import Counter
 
 # A plain connection or one borrowed from a pool: every query helper accepts both.
 Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
@@ -41,6 +44,12 @@ CORE_MIGRATIONS: tuple[tuple[str, str], ...] = (
         # publishes it as part of that decision's trace.
         "core_0002_outbox_trace_context",
         "ALTER TABLE outbox ADD COLUMN trace_context jsonb;",
+    ),
+    (
+        # The inbox is purged oldest first after a retention (`purge_inbox`); every row already has
+        # its `received_at` (NOT NULL DEFAULT now() since core_0001), so the index is all it lacked.
+        "core_0003_inbox_received_at",
+        "CREATE INDEX inbox_received_at ON inbox (received_at);",
     ),
 )
 
@@ -110,6 +119,53 @@ async def claim_message(conn: Connection, consumer: str, message_id: str) -> boo
         message_id,
     )
     return status.endswith(" 1")
+
+
+# Seconds between two purges of the inbox (each a turn of a service's loop).
+INBOX_PURGE_INTERVAL = 60.0
+# Rows deleted by one statement (its own short transaction, about a millisecond here), and statements
+# in one turn at most: a turn stays short even on the backlog of an inbox never purged before, and
+# clears up to 200,000 rows a minute, more than policy decides at its fastest (bench-policy).
+INBOX_PURGE_BATCH = 1_000
+INBOX_PURGE_MAX_BATCHES = 200
+
+# The oldest rows first through `inbox_received_at`, deleted by their row address (a TID scan): a
+# plan that reads neither the whole table nor its primary key. SKIP LOCKED: replicas purging at the
+# same time take different rows.
+PURGE_INBOX = """
+DELETE FROM inbox WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM inbox WHERE received_at < now() - $1::interval
+    ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
+
+INBOX_PURGED = Counter(
+    "lazaretto_inbox_purged_total", "Inbox rows deleted because they were older than the retention"
+)
+
+
+async def purge_inbox(
+    pool: asyncpg.Pool,
+    retention: timedelta,
+    *,
+    batch: int = INBOX_PURGE_BATCH,
+    max_batches: int = INBOX_PURGE_MAX_BATCHES,
+) -> int:
+    """Forget the messages claimed more than `retention` ago, `batch` rows a statement, until none is
+    left or `max_batches` statements ran; returns how many rows went.
+
+    A message redelivered after its row went is handled again: the retention must outlast every
+    redelivery the service should still recognise (the broker's, a dead letter moved back)."""
+    purged = 0
+    for _ in range(max_batches):
+        status: str = await pool.execute(PURGE_INBOX, retention, batch)
+        deleted = int(status.split()[-1])
+        purged += deleted
+        INBOX_PURGED.inc(deleted)
+        if deleted < batch:
+            break
+    if purged:
+        log.debug("purged %d inbox rows older than %s", purged, retention)
+    return purged
 
 
 async def ping(pool: asyncpg.Pool) -> None:
