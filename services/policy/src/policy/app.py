@@ -127,6 +127,10 @@ class PolicyService:
         self.loops.every("enforcements", 1.0, self.work.enforce_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("expiries", 1.0, self._expire_due, errors=(OSError, asyncpg.PostgresError))
         self.loops.every("rules-reload", self.settings.rules_reload_interval, self.rules.reload_if_changed)
+        # The inbox keeps each consumed message's id for the retention, then forgets it (db.purge_inbox).
+        self.loops.every(
+            "inbox-purge", db.INBOX_PURGE_INTERVAL, self._purge_inbox, errors=(OSError, asyncpg.PostgresError)
+        )
         self.loops.every(
             "kpi-refresh",
             self.settings.metrics_refresh_interval,
@@ -151,6 +155,9 @@ class PolicyService:
 
     async def _expire_due(self) -> int:
         return await expire_due(self.work, self.handlers.allowance)
+
+    async def _purge_inbox(self) -> int:
+        return await db.purge_inbox(self.pool, timedelta(days=self.settings.inbox_retention_days))
 
     async def _refresh_kpis(self) -> None:
         async with self.work.uow.read() as conn:

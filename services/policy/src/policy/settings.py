@@ -57,6 +57,12 @@ class PolicySettings(ServiceSettings):
     # policy logs an error (and lazaretto_policy_attribution_pending_oldest_seconds alerts).
     attribution_pending_alert_after: float = Field(default=600.0, gt=0)
 
+    # Days a consumed message's id is kept in the inbox (purged every minute, oldest first): a redelivery
+    # within them is recognised and changes nothing, one after them is handled again. The broker
+    # redelivers within seconds; a .dlq keeps its dead letters with no time limit, so this is how long
+    # an operator has to move them back without any being handled twice.
+    inbox_retention_days: int = Field(default=30, ge=1)
+
     # Seconds between looks at the open cases keyed by an address alone (no device known when they
     # opened): a CMTS table that now lists a device there makes the case that device's.
     address_case_recheck_interval: float = Field(default=10.0, gt=0)
