@@ -1,0 +1,152 @@
+"""The console's overview on real PostgreSQL holding a long case history (closed cases, case events and
+self-releases are kept for good): its answers, the same by whichever plan."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from lazaretto_core.db import Connection
+from policy.console import queries
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+HOUR_AGO = NOW - timedelta(hours=1)
+INSERT_CASE = (
+    "INSERT INTO cases (case_id, ip, scope, category, reason, state, opened_by, key_kind, device_key,"
+    " reference, opened_at, closed_at)"
+    " VALUES ($1, '100.66.0.1', 'cpe', $2, 'r', $3, 'rule:scan', 'cpe_mac', $4, $4, $5, $6)"
+)
+INSERT_EVENT = (
+    "INSERT INTO case_events (case_id, at, actor, from_state, to_state) VALUES ($1, $2, 'policy', $3, $4)"
+)
+INSERT_SELF_RELEASE = (
+    "INSERT INTO self_releases (key_kind, device_key, case_id, at) VALUES ('cpe_mac', $1, $2, $3)"
+)
+# Three months of history before the last hour: 20,000 closed cases with their six transitions and their
+# self-release each, then 400 open cases (a third needing an operator or held), none touched in the hour.
+HISTORY = [
+    """
+    INSERT INTO cases (case_id, ip, scope, category, reason, state, opened_by, key_kind, device_key,
+                       reference, opened_at, closed_at)
+    SELECT gen_random_uuid(), '100.64.0.0'::inet + n, 'cpe', (ARRAY['scan', 'spam'])[1 + n % 2], 'r',
+           'released', 'rule:scan', 'cpe_mac', 'closed-' || n, 'closed-' || n,
+           $1::timestamptz - interval '90 days' + n * interval '6 minutes',
+           $1::timestamptz - interval '90 days' + n * interval '6 minutes' + interval '3 hours'
+    FROM generate_series(1, 20000) AS n
+    """,
+    """
+    INSERT INTO cases (case_id, ip, scope, category, reason, state, opened_by, key_kind, device_key,
+                       reference, opened_at)
+    SELECT gen_random_uuid(), '100.65.0.0'::inet + n, 'cpe', (ARRAY['scan', 'spam'])[1 + n % 2], 'r',
+           (ARRAY['quarantined', 'quarantined', 'garden_requested', 'needs_operator', 'held',
+                  'quarantined'])[1 + n % 6],
+           'rule:scan', 'cpe_mac', 'open-' || n, 'open-' || n,
+           $1::timestamptz - interval '4 days' + n * interval '14 minutes'
+    FROM generate_series(1, 400) AS n
+    """,
+    """
+    INSERT INTO case_events (case_id, at, actor, from_state, to_state)
+    SELECT c.case_id, c.opened_at + s.i * interval '10 minutes', 'policy', s.f, s.t
+    FROM cases c,
+         (VALUES (0, NULL, 'garden_requested'), (1, 'garden_requested', 'modem_reset_requested'),
+                 (2, 'modem_reset_requested', 'quarantined'), (3, 'quarantined', 'release_requested'),
+                 (4, 'release_requested', 'release_reset_requested'),
+                 (5, 'release_reset_requested', 'released')) AS s(i, f, t)
+    WHERE s.i < 3 OR c.closed_at IS NOT NULL
+    """,
+    """
+    INSERT INTO self_releases (key_kind, device_key, case_id, at)
+    SELECT key_kind, device_key, case_id, closed_at - interval '1 hour' FROM cases
+    WHERE closed_at IS NOT NULL
+    """,
+]
+
+
+async def given_a_long_history(conn: Connection) -> None:
+    """The history, then the last hour's cases: what moved into quarantine and self-released, what not."""
+    for statement in HISTORY:
+        await conn.execute(statement, *([NOW] if "$1" in statement else []))
+    named: dict[str, uuid.UUID] = {}
+
+    async def case(name: str, state: str, opened_min_ago: int, closed_min_ago: int | None = None) -> None:
+        named[name] = uuid.uuid4()
+        closed = None if closed_min_ago is None else NOW - timedelta(minutes=closed_min_ago)
+        opened = NOW - timedelta(minutes=opened_min_ago)
+        await conn.execute(INSERT_CASE, named[name], "scan", state, name, opened, closed)
+
+    async def moved(name: str, min_ago: float, from_state: str | None, to_state: str) -> None:
+        await conn.execute(INSERT_EVENT, named[name], NOW - timedelta(minutes=min_ago), from_state, to_state)
+
+    async def self_released(name: str, min_ago: float) -> None:
+        await conn.execute(INSERT_SELF_RELEASE, name, named[name], NOW - timedelta(minutes=min_ago))
+
+    # Gardened, then the modem reset: in quarantine 40 minutes ago
+    await case("after-reset", "quarantined", 50)
+    await moved("after-reset", 50, None, "garden_requested")
+    await moved("after-reset", 45, "garden_requested", "modem_reset_requested")
+    await moved("after-reset", 40, "modem_reset_requested", "quarantined")
+    # No modem: quarantined at once, then a transition that stays there (an extension) does not count
+    await case("no-modem", "quarantined", 25)
+    await moved("no-modem", 25, None, "garden_requested")
+    await moved("no-modem", 20, "garden_requested", "quarantined")
+    await moved("no-modem", 5, "quarantined", "quarantined")
+    # Quarantined, then self-released within the hour: counted for both
+    await case("self-released", "released", 35, closed_min_ago=10)
+    await moved("self-released", 30, "garden_requested", "quarantined")
+    await moved("self-released", 10, "quarantined", "released")
+    await self_released("self-released", 10)
+    # Entered quarantine twice in the hour (a refused release): one case
+    await case("twice", "quarantined", 55)
+    await moved("twice", 50, "garden_requested", "quarantined")
+    await moved("twice", 45, "quarantined", "release_requested")
+    await moved("twice", 30, "release_requested", "quarantined")
+    # A first transition straight into quarantine (no state before it)
+    await case("straight-in", "quarantined", 15)
+    await moved("straight-in", 15, None, "quarantined")
+    # Just before the hour: exactly an hour ago, and a minute more
+    await case("an-hour-ago", "quarantined", 70)
+    await moved("an-hour-ago", 60, "garden_requested", "quarantined")
+    await case("before-the-hour", "released", 80, closed_min_ago=60)
+    await moved("before-the-hour", 61, "garden_requested", "quarantined")
+    await self_released("before-the-hour", 60)
+    # An older case's device self-released 59 minutes ago
+    named["closed-20000"] = await conn.fetchval("SELECT case_id FROM cases WHERE device_key = 'closed-20000'")
+    await self_released("closed-20000", 59)
+    await conn.execute("ANALYZE cases")
+    await conn.execute("ANALYZE case_events")
+    await conn.execute("ANALYZE self_releases")
+
+
+async def test_the_overview_answers_the_same_whatever_the_plan(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # Given a long history and a busy last hour
+        await given_a_long_history(conn)
+        # When the overview is read by the planner's plans, and by reading whole tables (no index at all)
+        facts = await queries.overview(conn, NOW)
+        async with conn.transaction():
+            for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+                await conn.execute(f"SET LOCAL {setting} = off")
+            by_table_scans = await queries.overview(conn, NOW)
+    # Then both answer alike
+    assert facts == by_table_scans
+    # And the last hour counts the cases that entered quarantine in it (after the reset, with no modem,
+    # self-released since, twice, straight in) once each, and the self-releases after an hour ago
+    assert facts["quarantined_last_hour"] == 5
+    assert facts["self_released_last_hour"] == 2
+    # And the open cases are counted by state: the history's 400 and the hour's five quarantined
+    assert facts["open_total"] == 405
+    by_state: dict[str, int] = {}
+    for row in facts["by_state"]:
+        by_state[row["state"]] = by_state.get(row["state"], 0) + row["n"]
+    assert by_state == {"quarantined": 204, "garden_requested": 67, "needs_operator": 67, "held": 67}
+    # And of the 134 cases needing an operator or held, the oldest 100 are listed, oldest first
+    listed = facts["needs_operator"] + facts["held"]
+    assert len(listed) == 100
+    assert {c.state for c in facts["needs_operator"]} == {"needs_operator"}
+    assert {c.state for c in facts["held"]} == {"held"}
+    for cases in (facts["needs_operator"], facts["held"]):
+        assert [c.opened_at for c in cases] == sorted(c.opened_at for c in cases)
+    # (the 100th is the history's case 298: n % 6 is 3 or 4 for two cases in six)
+    assert max(c.opened_at for c in listed) == NOW - timedelta(days=4) + 298 * timedelta(minutes=14)
