@@ -1,14 +1,21 @@
 """The console's overview on real PostgreSQL holding a long case history (closed cases, case events and
-self-releases are kept for good): its answers, the same by whichever plan."""
+self-releases are kept for good): its answers, and what each of its statements reads. The last hour's
+figures read that hour through an index and the open cases' figures read open cases only, by the plan a
+prepared statement starts with and by the generic one it may settle on (migration 0016)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
 
 from lazaretto_core.db import Connection
+from lazaretto_lab.testing import plan_nodes
 from policy.console import queries
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -150,3 +157,95 @@ async def test_the_overview_answers_the_same_whatever_the_plan(pool: asyncpg.Poo
         assert [c.opened_at for c in cases] == sorted(c.opened_at for c in cases)
     # (the 100th is the history's case 298: n % 6 is 3 or 4 for two cases in six)
     assert max(c.opened_at for c in listed) == NOW - timedelta(days=4) + 298 * timedelta(minutes=14)
+
+
+def literal(value: Any) -> str:
+    """A statement's argument as SQL text, for `EXECUTE` (which takes no bound parameters)."""
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, bool | int):
+        return str(int(value))
+    if isinstance(value, list) and all(isinstance(v, str) and "'" not in v for v in value):
+        return "ARRAY[" + ", ".join(f"'{v}'" for v in value) + "]::text[]"
+    raise TypeError(f"no literal for {value!r}")
+
+
+async def explained(conn: Connection, query: str, args: tuple[Any, ...], generic: bool) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of `query`: as planned for these arguments, or by the generic plan (any argument)."""
+    if not generic:
+        [plan] = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args))
+        return dict(plan["Plan"])
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE overview_statement AS {query}")
+        arguments = f"({', '.join(literal(a) for a in args)})" if args else ""
+        [plan] = json.loads(
+            await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE overview_statement{arguments}")
+        )
+        await conn.execute("DEALLOCATE overview_statement")
+    return dict(plan["Plan"])
+
+
+def reads(plan: dict[str, Any], table_of_index: dict[str, str]) -> dict[str, tuple[set[str], int]]:
+    """Per table: how the plan read it (scan node types) and the most rows any one node read from it."""
+    found: dict[str, tuple[set[str], int]] = {}
+    for node in plan_nodes(plan):
+        table = node.get("Relation Name") or table_of_index.get(node.get("Index Name", ""))
+        if table is None:
+            continue
+        rows = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+        rows += node.get("Rows Removed by Index Recheck", 0)
+        kinds, most = found.get(table, (set(), 0))
+        found[table] = (kinds | {node["Node Type"]}, max(most, rows * node["Actual Loops"]))
+    return found
+
+
+async def test_each_overview_statement_reads_the_last_hour_or_the_open_cases_only(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        # Given a long history: 20,000 closed cases, 120,000 events and 20,000 self-releases before the
+        # last hour, and 405 open cases
+        await given_a_long_history(conn)
+        hour = "SELECT count(*) FROM {} WHERE at > $1"
+        bound = {  # what each table holds that the overview is about: the open cases, the last hour
+            "cases": await conn.fetchval("SELECT count(*) FROM cases WHERE closed_at IS NULL"),
+            "case_events": await conn.fetchval(hour.format("case_events"), HOUR_AGO),
+            "self_releases": await conn.fetchval(hour.format("self_releases"), HOUR_AGO),
+        }
+        assert bound == {"cases": 405, "case_events": 12, "self_releases": 2}
+        table_of_index = {
+            r["indexname"]: r["tablename"]
+            for r in await conn.fetch(
+                "SELECT indexname, tablename FROM pg_indexes WHERE schemaname = 'public'"
+            )
+        }
+        # When the overview runs, each of its statements recorded
+        ran: list[tuple[str, tuple[Any, ...]]] = []
+
+        def record(query: LoggedQuery) -> None:
+            ran.append((query.query, tuple(query.args)))
+
+        conn.add_query_logger(record)
+        await queries.overview(conn, NOW)
+        conn.remove_query_logger(record)
+        await asyncio.sleep(0)  # asyncpg calls the logger soon after each statement, not within it
+        # (four: open cases by state, those needing an operator or held, the hour's quarantines and
+        # self-releases; a new one must be looked at here)
+        assert len(ran) == 4
+        # And each is explained, as planned for its arguments and by its generic plan
+        found = {
+            (query, generic): reads(await explained(conn, query, args, generic), table_of_index)
+            for query, args in ran
+            for generic in (False, True)
+        }
+    # Then none reads a whole table, nor more rows of a table than its open cases or its last hour
+    too_much = [
+        f"{'generic' if generic else 'custom'} plan of {query!r} on {table}: {sorted(kinds)}, {most} rows"
+        for (query, generic), tables in found.items()
+        for table, (kinds, most) in tables.items()
+        if "Seq Scan" in kinds or most > bound[table]
+    ]
+    assert too_much == []
+    # And every table of the overview was read
+    assert {table for tables in found.values() for table in tables} == set(bound)

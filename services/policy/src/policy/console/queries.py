@@ -78,6 +78,7 @@ async def overview(conn: Connection, now: datetime) -> dict[str, Any]:
         " GROUP BY state, category ORDER BY state, category"
     )
     cases = await store.open_cases_in_states(conn, ["needs_operator", "held"])
+    # The partial index case_events_into_quarantine (migration 0016) has this predicate: change both.
     quarantined = await conn.fetchval(
         "SELECT count(DISTINCT case_id) FROM case_events WHERE to_state = 'quarantined'"
         " AND from_state IS DISTINCT FROM 'quarantined' AND at > $1",
