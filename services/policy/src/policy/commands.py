@@ -246,20 +246,24 @@ async def release(
 async def step_result(
     work: CaseWork,
     conn: Connection,
-    step: Step,
+    steps: tuple[Step, ...],
     step_id: uuid.UUID,
     *,
     succeeded: bool,
     actor: str,
     detail: dict[str, Any],
 ) -> Case | None:
-    """A result for a step moves the case only if that step is the one in flight (None otherwise: a
-    stale or duplicate result, or one for the other reset step)."""
+    """A result for one of `steps` (a modem reset's answer is the way in's or the way out's: the case
+    knows which) moves the case only if that step is the one in flight (None otherwise: a stale or
+    duplicate result)."""
     case = await work.store.lock_case_by_step(conn, step_id)
     if case is not None:
         bind(case_id=case.case_id, device=case.device_key)
-    if case is None or case.step is not step or case.state != IN_FLIGHT_STATE[step]:
-        log.info("ignoring a stale or duplicate %s result for step %s", step.value, step_id)
+    step = case.step if case is not None else None
+    if case is None or step not in steps or case.state != IN_FLIGHT_STATE[step]:
+        log.info(
+            "ignoring a stale or duplicate %s result for step %s", "/".join(s.value for s in steps), step_id
+        )
         return None
     if succeeded:
         # A spam-only case's mail block (on the packet filter alone) leaves the device its address and

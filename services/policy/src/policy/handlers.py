@@ -42,6 +42,8 @@ from .uow import Transactions
 log = logging.getLogger(__name__)
 
 CONSUMER = "policy"
+# A modem reset answers for the way in or the way out; the case whose step id it carries knows which.
+RESET_STEPS = (Step.RESET_IN, Step.RESET_OUT)
 
 
 DECISIONS = Counter(
@@ -507,15 +509,15 @@ class PolicyHandlers:
         w.case_id, w.outcome = case.case_id, "opened_case"
 
     async def on_garden_applied(self, event: GardenApplied, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_APPLY, event.step_id, True, "provisioner", _garden_done(event))
+        await self._result((Step.GARDEN_APPLY,), event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_removed(self, event: GardenRemoved, ctx: MessageContext) -> None:
-        await self._result(Step.GARDEN_REMOVE, event.step_id, True, "provisioner", _garden_done(event))
+        await self._result((Step.GARDEN_REMOVE,), event.step_id, True, "provisioner", _garden_done(event))
 
     async def on_garden_failed(self, event: GardenFailed, ctx: MessageContext) -> None:
         step = Step.GARDEN_APPLY if event.operation == "apply" else Step.GARDEN_REMOVE
         detail = {"error_class": event.error_class, "reason": event.detail}
-        await self._result(step, event.step_id, False, "provisioner", detail)
+        await self._result((step,), event.step_id, False, "provisioner", detail)
 
     async def on_modem_reset_completed(self, event: ModemResetCompleted, ctx: MessageContext) -> None:
         detail = {
@@ -524,20 +526,18 @@ class PolicyHandlers:
             "seconds_to_online": event.seconds_to_online,
             "reason": f"modem {event.cm_mac} back online after {event.seconds_to_online:.1f} s",
         }
-        for step in (Step.RESET_IN, Step.RESET_OUT):
-            await self._result(step, event.step_id, True, "cmts-agent", detail)
+        await self._result(RESET_STEPS, event.step_id, True, "cmts-agent", detail)
 
     async def on_modem_reset_failed(self, event: ModemResetFailed, ctx: MessageContext) -> None:
         detail = {"error_class": event.error_class, "reason": event.detail}
-        for step in (Step.RESET_IN, Step.RESET_OUT):
-            await self._result(step, event.step_id, False, "cmts-agent", detail)
+        await self._result(RESET_STEPS, event.step_id, False, "cmts-agent", detail)
 
     async def _result(
-        self, step: Step, step_id: uuid.UUID, succeeded: bool, actor: str, detail: dict[str, Any]
+        self, steps: tuple[Step, ...], step_id: uuid.UUID, succeeded: bool, actor: str, detail: dict[str, Any]
     ) -> None:
         async with self.work.uow() as conn:
             await commands.step_result(
-                self.work, conn, step, step_id, succeeded=succeeded, actor=actor, detail=detail
+                self.work, conn, steps, step_id, succeeded=succeeded, actor=actor, detail=detail
             )
 
     async def on_release_requested(self, event: ReleaseRequested, ctx: MessageContext) -> None:
