@@ -446,6 +446,37 @@ async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
     assert 'href="/console/">stop reloading' in live.text
 
 
+async def test_the_overview_counts_every_case_needing_an_operator_or_held_and_says_the_lists_are_cut(
+    policy: PolicyService, browser: httpx.AsyncClient
+) -> None:
+    # Given 150 held cases, then 10 needing an operator opened after them (an oldest-first list of 100
+    # across both states would hold held cases only)
+    opened = "now() - interval '1 day' + $2 * interval '1 minute'"
+    async with policy.work.uow() as conn:
+        for n in range(160):
+            state = "held" if n < 150 else "needs_operator"
+            await conn.execute(
+                "INSERT INTO cases (case_id, ip, scope, category, reason, state, opened_by, key_kind,"
+                " device_key, reference, opened_at)"
+                " VALUES (gen_random_uuid(), '100.66.0.0'::inet + $2, 'cpe', 'scan', 'r', $1, 'rule:scan',"
+                f" 'cpe_mac', 'dev-' || $2, 'ref-' || $2, {opened})",
+                state,
+                n,
+            )
+    # When a viewer reads the overview
+    await sign_in(browser, VIEWER_TOKEN)
+    page = (await browser.get("/console/")).text
+    shown = text(page)
+    # Then the figures are the counts of each state
+    assert re.search(r"Need an operator 10 Held by the breaker 150\b", shown), shown
+    # And the ten needing an operator are all listed; the held list says it shows the oldest 100 of 150
+    assert "oldest 10 of" not in shown
+    assert "The list shows the oldest 100 of 150 held cases." in shown
+    assert 'href="/console/breaker#held-cases"' in page
+    assert page.count('<span class="state state-needs_operator">') == 10
+    assert page.count('<span class="state state-held">') == 100
+
+
 async def test_the_breaker_page_shows_the_limits_and_resume_needs_a_tripped_scope(
     policy: PolicyService, browser: httpx.AsyncClient
 ) -> None:

@@ -225,7 +225,8 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
     # -- what is going on -----------------------------------------------------------------------------
 
     async def overview(request: Request, session: Session) -> Response:
-        async with work.uow.read() as conn:
+        # One snapshot: the figures and the lists under them agree (a list never longer than its count).
+        async with work.uow.read() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             facts = await queries.overview(conn, utcnow())
         depths: list[tuple[str, str]] = []
         for queue in deps.dlq_queues:

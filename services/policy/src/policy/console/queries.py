@@ -17,6 +17,8 @@ from policy.reference import normalize_reference
 from policy.store import Case
 
 SEARCH_LIMIT = 200
+# The overview lists at most this many cases needing an operator, and as many held, oldest first.
+ATTENTION_LIMIT = 100
 # The states a case reaches once its garden applied: the modem reset next, or quarantined at once.
 GARDEN_IN_EFFECT = ("modem_reset_requested", "quarantined")
 
@@ -71,13 +73,16 @@ async def search(conn: Connection, text: str) -> Search:
 
 
 async def overview(conn: Connection, now: datetime) -> dict[str, Any]:
-    """Open cases by state and category, the cases an operator must look at, the last hour's flow."""
+    """Open cases by state and category, the cases an operator must look at (how many, and the oldest
+    `ATTENTION_LIMIT` of each state), the last hour's flow."""
     hour_ago = now - timedelta(hours=1)
     by_state = await conn.fetch(
         "SELECT state, category, count(*) AS n FROM cases WHERE closed_at IS NULL"
         " GROUP BY state, category ORDER BY state, category"
     )
-    cases = await store.open_cases_in_states(conn, ["needs_operator", "held"])
+    # Each state its own list, so the oldest of one cannot crowd the other out of a shared cap.
+    needs_operator = await store.open_cases_in_states(conn, ["needs_operator"], ATTENTION_LIMIT)
+    held = await store.open_cases_in_states(conn, ["held"], ATTENTION_LIMIT)
     # The partial index case_events_into_quarantine (migration 0016) has this predicate: change both.
     quarantined = await conn.fetchval(
         "SELECT count(DISTINCT case_id) FROM case_events WHERE to_state = 'quarantined'"
@@ -88,8 +93,12 @@ async def overview(conn: Connection, now: datetime) -> dict[str, Any]:
     return {
         "by_state": [dict(r) for r in by_state],
         "open_total": sum(r["n"] for r in by_state),
-        "needs_operator": [c for c in cases if c.state == "needs_operator"],
-        "held": [c for c in cases if c.state == "held"],
+        # The figures are counts (the by-state statement above), never the lengths of the capped lists.
+        "needs_operator": needs_operator,
+        "needs_operator_total": sum(r["n"] for r in by_state if r["state"] == "needs_operator"),
+        "held": held,
+        "held_total": sum(r["n"] for r in by_state if r["state"] == "held"),
+        "attention_limit": ATTENTION_LIMIT,
         "quarantined_last_hour": quarantined,
         "self_released_last_hour": self_released,
     }
