@@ -187,9 +187,8 @@ class Bus:
         """Raise unless the broker answers now (a passive declare is a round trip)."""
         if self._connection is None or self._connection.is_closed or self._publish_channel is None:
             raise ConnectionError("not connected to RabbitMQ")
-        await asyncio.wait_for(
-            self._publish_channel.declare_exchange(EVENTS_EXCHANGE, passive=True), timeout=2.0
-        )
+        async with asyncio.timeout(2.0):
+            await self._publish_channel.declare_exchange(EVENTS_EXCHANGE, passive=True)
 
     async def message_count(self, queue: str) -> int | None:
         """How many messages `queue` holds now (None: no such queue). A passive declare on a channel
@@ -198,7 +197,8 @@ class Bus:
             raise ConnectionError("not connected to RabbitMQ")
         channel = await self._connection.channel()
         try:
-            declared = await asyncio.wait_for(channel.declare_queue(queue, passive=True), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                declared = await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         finally:

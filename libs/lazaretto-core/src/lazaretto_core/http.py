@@ -127,7 +127,8 @@ async def _check(readiness: Mapping[str, ReadinessCheck]) -> dict[str, str]:
     results: dict[str, str] = {}
     for name, check in readiness.items():
         try:
-            await asyncio.wait_for(check(), timeout=3.0)
+            async with asyncio.timeout(3.0):
+                await check()
             results[name] = "ok"
         except Exception as exc:  # a readiness probe reports every failure, it never raises
             results[name] = f"failed: {type(exc).__name__}"

@@ -23,7 +23,8 @@ import dns.rrset
 
 async def _http(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
         writer.close()
         return
@@ -50,7 +51,11 @@ async def _smtp(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamW
     writer.write(f"220 {name} ESMTP lab\r\n".encode())
     await writer.drain()
     try:
-        while line := await asyncio.wait_for(reader.readline(), 10):
+        while True:
+            async with asyncio.timeout(10):
+                line = await reader.readline()
+            if not line:
+                break
             verb = line.strip().split(b" ", 1)[0].upper()
             if verb == b"QUIT":
                 writer.write(b"221 bye\r\n")

@@ -514,9 +514,8 @@ class CmtsSnmp:
         budget = self.target.timeout * attempts + 5.0
         try:
             engine, transport = await self._session(kind)
-            indication, status, index, result = await asyncio.wait_for(
-                self._send(engine, transport, kind, creds, varbinds), budget
-            )
+            async with asyncio.timeout(budget):
+                indication, status, index, result = await self._send(engine, transport, kind, creds, varbinds)
         except TimeoutError:
             raise SnmpTimeout(
                 f"{kind}: no response within {budget:.1f}s", target=where, operation=op

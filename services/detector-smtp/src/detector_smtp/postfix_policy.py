@@ -462,7 +462,8 @@ class PostfixPolicyServer:
         try:
             result = self.handler(request)
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, self.handler_timeout)
+                async with asyncio.timeout(self.handler_timeout):
+                    result = await result
             format_reply(result)
             return result
         except TimeoutError:
