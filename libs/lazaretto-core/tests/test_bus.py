@@ -106,6 +106,40 @@ async def test_invalid_body_goes_to_the_dlq_with_the_reason_and_consumer_keeps_r
     assert "ip" in reason
 
 
+async def test_a_nul_in_nested_evidence_is_dead_lettered_as_invalid_and_never_handled(
+    bus: Bus, amqp_url: str
+) -> None:
+    seen: list[AbuseObserved] = []
+
+    async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.append(event)
+
+    queue = queue_name("test")
+    bus.on(AbuseObserved, handler)
+    await bus.consume(queue)
+    # Given an observation whose evidence (nested JSON) holds a NUL, which PostgreSQL cannot store
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange("lazaretto.events")
+    body = dict(AbuseObserved.example, evidence={"destinations": ["TCP 198.51.100.7:25\u0000"]})
+    await exchange.publish(
+        aio_pika.Message(json.dumps(body).encode(), type="abuse.observed.v1", message_id="nul-1"),
+        routing_key="abuse.observed.v1",
+    )
+    await connection.close()
+    # When a valid one follows, it is handled, and it is the only one the handler ever saw
+    await bus.publish(EXAMPLE)
+    await wait_for(lambda: seen)
+    await asyncio.sleep(0.2)
+    assert seen == [EXAMPLE]
+    # Then the NUL one was dead-lettered as invalid (not retried) with a reason naming the field
+    letters = await dead_letters(amqp_url, queue)
+    assert [m.message_id for m in letters] == ["nul-1"]
+    reason = str((letters[0].headers or {})[REASON_HEADER])
+    assert reason.startswith("abuse.observed.v1 failed validation: evidence: ")
+    assert "evidence.destinations[0] holds a NUL character (U+0000)" in reason
+
+
 async def test_transient_failure_is_retried_with_the_attempt_counted_in_the_message(bus: Bus) -> None:
     attempts: list[int] = []
 

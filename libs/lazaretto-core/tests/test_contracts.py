@@ -179,3 +179,72 @@ def test_evidence_fields_are_optional_and_revisions_have_their_own_message_ids()
         AbuseObserved.model_validate(dict(AbuseObserved.examples[2], app_protos=["x"] * 11))
     with pytest.raises(pydantic.ValidationError):
         AbuseObserved.model_validate(dict(AbuseObserved.examples[2], direction="sideways"))
+
+
+TEXT_FIELDS = [
+    pytest.param(contract, n, name, id=f"{contract.routing_key}-{n}-{name}")
+    for contract in ALL_CONTRACTS
+    for n, example in enumerate(contract.examples)
+    for name, value in example.items()
+    if isinstance(value, str)
+]
+
+
+@pytest.mark.parametrize(("contract", "n", "name"), TEXT_FIELDS)
+def test_a_nul_in_any_text_field_is_refused_naming_the_field(
+    contract: type[Contract], n: int, name: str
+) -> None:
+    """Given any example with a NUL added to one of its text fields (PostgreSQL text cannot hold it),
+    a consumer's read refuses it, and the error names that field."""
+    body = dict(contract.examples[n], **{name: contract.examples[n][name] + "\x00"})
+    with pytest.raises(pydantic.ValidationError) as refused:
+        contract.read(json.dumps(body))
+    assert [e["loc"][0] for e in refused.value.errors()] == [name]
+
+
+@pytest.mark.parametrize(
+    ("contract", "field", "value", "where"),
+    [
+        (AbuseObserved, "sensor", "ids\x00edge", "sensor"),
+        (AbuseObserved, "signatures", ["1:1: ok", "1:2: bad\x00"], "signatures[1]"),
+        (AbuseObserved, "evidence", {"note": "nul\x00here"}, "evidence.note"),
+        (
+            AbuseObserved,
+            "evidence",
+            {"destinations": ["TCP 192.0.2.1:25", "\x00x"]},
+            "evidence.destinations[1]",
+        ),
+        (AbuseObserved, "evidence", {"hour": {"by": {"a\x00.example": 3}}}, "evidence.hour.by (a key)"),
+        (GardenApply, "reason", "scan\x00", "reason"),
+        (GardenApplied, "changes", ["kea: ok", "rpz: \x00"], "changes[1]"),
+    ],
+)
+def test_a_nul_top_level_or_nested_is_refused_with_where_it_is(
+    contract: type[Contract], field: str, value: object, where: str
+) -> None:
+    """Given a NUL in a top-level string, a list item, or a value or key of nested JSON (`evidence`),
+    building or reading the message fails, and the reason says where and why."""
+    body = dict(contract.example, **{field: value})
+    with pytest.raises(pydantic.ValidationError) as built:
+        contract.model_validate(body)
+    with pytest.raises(pydantic.ValidationError) as read:
+        contract.read(json.dumps(body))
+    for refused in (built, read):
+        [error] = refused.value.errors()
+        assert error["loc"] == (field,)
+        assert f"{where} holds a NUL character (U+0000), which PostgreSQL text cannot store" in error["msg"]
+    # the same message without the NUL is fine
+    contract.model_validate(json.loads(json.dumps(body).replace("\\u0000", "")))
+
+
+def test_a_nul_in_a_nested_model_is_refused_at_its_field() -> None:
+    # Given a reset attempt (a model nested in the message) whose detail holds a NUL
+    body = dict(
+        ModemResetCompleted.example,
+        attempts=[{"method": "cisco-cdxCmCpeResetNow", "outcome": "rejected", "detail": "no\x00SuchName"}],
+    )
+    with pytest.raises(pydantic.ValidationError) as refused:
+        ModemResetCompleted.read(json.dumps(body))
+    [error] = refused.value.errors()
+    assert error["loc"] == ("attempts", 0, "detail")
+    assert "NUL character" in error["msg"]

@@ -7,6 +7,7 @@ the service's pool."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import uuid
@@ -39,7 +40,7 @@ def observation(
     *,
     observation_id: uuid.UUID | None = None,
     revision: int = 0,
-    sensor: str = "s1",
+    count: int = 30,
 ) -> AbuseObserved:
     last = datetime.now(UTC)
     return AbuseObserved.model_validate(
@@ -47,8 +48,8 @@ def observation(
             **AbuseObserved.example,
             "observation_id": str(observation_id or uuid.uuid4()),
             "ip": ip,
-            "sensor": sensor,
-            "count": 30,
+            "sensor": "s1",
+            "count": count,
             "first_seen": (last - timedelta(seconds=5)).isoformat(),
             "last_seen": last.isoformat(),
             "revision": revision,
@@ -204,9 +205,10 @@ async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_d
         await decide(items)
 
     policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
-    # Given a backlog with one observation PostgreSQL cannot store (a NUL in its sensor's name)
+    # Given a backlog with one observation the contract takes but PostgreSQL cannot store: a count
+    # over its int (the contract bounds no count; a NUL, the old poison, never passes the contract now)
     others = noise(30)
-    poison = observation("100.64.32.1", 1, sensor="sensor\x00one")
+    poison = observation("100.64.32.1", 1, count=2**31)
     for event in [*others[:15], poison, *others[15:]]:
         await sender.publish(event)
     ok, dead = handled("ok"), handled("dead_lettered")
@@ -221,6 +223,60 @@ async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_d
     [(body, reason)] = await dead_letters(amqp_url)
     assert AbuseObserved.read(body).observation_id == poison.observation_id
     assert "gave up after 3 attempts" in reason
+    assert poison.observation_id not in await stored(policy, 30)
+
+
+def batch_fallbacks() -> float:
+    return REGISTRY.get_sample_value("lazaretto_policy_observation_batch_fallbacks_total") or 0.0
+
+
+async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_others_are_decided_in_batches(
+    policy: PolicyService, sender: Bus, amqp_url: str
+) -> None:
+    sizes: list[int] = []
+    gate = asyncio.Event()
+    decide = policy.handlers.on_abuse_batch
+
+    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        sizes.append(len(items))
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    # Given a backlog with one observation whose evidence holds a NUL, as a hostile or garbled
+    # producer sends it (raw JSON: our own producers cannot build such a message)
+    others = noise(30)
+    poison = observation("100.64.32.1", 1)
+    body = poison.model_dump(mode="json") | {"evidence": {"destinations": ["TCP 198.51.100.7:25\u0000"]}}
+    fallbacks, dead = batch_fallbacks(), handled("dead_lettered")
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        exchange = await (await connection.channel()).get_exchange("lazaretto.events")
+        for event in others[:15]:
+            await sender.publish(event)
+        await exchange.publish(
+            aio_pika.Message(json.dumps(body).encode(), type=AbuseObserved.routing_key, message_id="nul"),
+            routing_key=AbuseObserved.routing_key,
+        )
+        for event in others[15:]:
+            await sender.publish(event)
+    finally:
+        await connection.close()
+    gate.set()
+    # Then the others are decided in batches, none of which failed and fell back to one by one
+    rows = await stored(policy, 30)
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    assert sum(sizes) == 30
+    assert max(sizes) > 1
+    assert batch_fallbacks() == fallbacks
+    # And the NUL one was dead-lettered as invalid at once, with a reason naming the field
+    async with asyncio.timeout(30):
+        while handled("dead_lettered") == dead:
+            await asyncio.sleep(0.05)
+    [(letter, reason)] = await dead_letters(amqp_url)
+    assert json.loads(letter)["observation_id"] == str(poison.observation_id)
+    assert reason.startswith("abuse.observed.v1 failed validation: evidence: ")
+    assert "evidence.destinations[0] holds a NUL character (U+0000)" in reason
     assert poison.observation_id not in await stored(policy, 30)
 
 

@@ -5,6 +5,10 @@ additive change (a new optional field) keeps the key, so both sides must live wi
 messages strictly (an unknown field is a bug of ours: `extra="forbid"`), consumers read them with
 `Contract.read`, which ignores fields they do not know yet (a newer producer's), so an older consumer
 never dead-letters a message only for carrying something new.
+
+Every contract (and every model nested in one) refuses text PostgreSQL cannot store — a NUL character,
+anywhere: a field, an item of a list, a key or value of a nested dict like `evidence` — with the field
+that holds it (`StorableModel`), so such a message is dead-lettered as invalid before any handler runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 EVENTS_EXCHANGE = "lazaretto.events"
 COMMANDS_EXCHANGE = "lazaretto.commands"
@@ -59,6 +72,57 @@ def _is_canonical_ipv4(value: str) -> bool:
         0 < len(o) <= 3 and o.isascii() and o.isdigit() and (o == "0" or o[0] != "0") and int(o) <= 255
         for o in octets
     )
+
+
+def nul_at(value: object, where: str) -> str | None:
+    """Where `value` (named `where`) holds a NUL character — itself, an item of a list or tuple, a key or
+    value of a dict, however deep — or None. PostgreSQL text and jsonb cannot hold one; anything else
+    (numbers, UUIDs, times, models that checked themselves) holds no text of its own here."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{where} (a key)"
+            found = nul_at(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            found = nul_at(item, f"{where}[{n}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _refuse_nul(value: object, where: str) -> None:
+    found = nul_at(value, where)
+    if found is not None:
+        raise ValueError(f"{found} holds a NUL character (U+0000), which PostgreSQL text cannot store")
+
+
+def refuse_nul(value: str) -> str:
+    """An AfterValidator for one text input (a form field, a query): a NUL character is refused."""
+    _refuse_nul(value, "the text")
+    return value
+
+
+# A text input outside a model (a form field): refused if it holds a NUL character.
+StorableText = Annotated[str, AfterValidator(refuse_nul)]
+
+
+class StorableModel(BaseModel):
+    """A model whose every field PostgreSQL can store: a NUL character in any text it holds, nested
+    dicts and lists included, fails validation naming the field (`evidence.note`, `changes[1]`).
+
+    The base of every bus contract and of the services' request bodies: one check at the boundary, for
+    fields that exist now and fields added later, instead of a database error deep in a transaction."""
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        _refuse_nul(value, info.field_name or "the value")
+        return value
 
 
 Mac = Annotated[str, AfterValidator(normalize_mac)]
@@ -127,7 +191,7 @@ ResetOutcome = Literal[
 ]
 
 
-class Contract(BaseModel):
+class Contract(StorableModel):
     """Base of every message body. Subclasses set the routing key, exchange and examples (the first,
     `example`, is the canonical one; the others show the optional fields and the other variants)."""
 
@@ -466,7 +530,7 @@ class ModemReset(_CaseStep):
     example = examples[0]
 
 
-class ResetAttempt(BaseModel):
+class ResetAttempt(StorableModel):
     """One try of one reset method, as cmts-agent recorded it (fallbacks make several per reset)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -652,7 +716,7 @@ AllowlistKind = Literal["address", "prefix", "mac"]
 AllowlistEffect = Literal["exempt", "notify_only"]
 
 
-class AllowlistEntry(BaseModel):
+class AllowlistEntry(StorableModel):
     """One allow-listed address, prefix or MAC (a CPE's or a CM's), who owns it, why, until when."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
