@@ -143,3 +143,26 @@ async def test_a_crash_between_the_commit_and_the_move_queues_no_second_observat
     assert apply.cpe_mac == "02:00:00:00:81:01"
     await asyncio.sleep(1.0)
     assert len([m for m in probe.received if m[0] == "garden.apply.v1"]) == 1
+
+
+async def test_a_report_with_a_nul_in_its_reporter_is_refused_with_the_reason_and_the_next_one_is_taken(
+    policy: PolicyService, maildir: Path, book: LeaseBook, probe: BusProbe
+) -> None:
+    now = datetime.now(UTC)
+    book.bind("100.64.82.5", "02:00:00:00:82:01", now - timedelta(minutes=30), lease_time=86400)
+    # Given a report whose reporter (kept as the observation's sensor) holds a NUL, delivered first
+    garbled = deliver(
+        maildir,
+        arf("100.64.82.9", now - timedelta(minutes=5)).replace(b"SomeGenerator", b"Some\x00Generator"),
+    )
+    report = deliver(maildir, arf("100.64.82.5", now - timedelta(minutes=5)))
+    # Then the good one behind it is taken in and opens its device's case
+    (apply,) = await probe.wait_for(GardenApply)
+    assert apply.cpe_mac == "02:00:00:00:82:01"
+    await until(lambda: not any((maildir / "new").iterdir()))
+    assert [p.name for p in (maildir / "cur").iterdir()] == [f"{report}:2,S"]
+    # And the garbled one is in failed/ beside its reason
+    failed = maildir / "failed"
+    assert sorted(p.name for p in failed.iterdir()) == sorted([garbled, f"{garbled}.reason"])
+    reason = (failed / f"{garbled}.reason").read_text()
+    assert "the reporter (Reporting-MTA, User-Agent or From) holds a NUL character" in reason

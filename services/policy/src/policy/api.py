@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import normalize_mac, utcnow
+from lazaretto_core.contracts import StorableModel, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import bearer_token_guard, path_ip
 
@@ -29,12 +29,12 @@ from .subscriber_api import install_subscriber_routes
 log = logging.getLogger(__name__)
 
 
-class ReleaseRequest(BaseModel):
+class ReleaseRequest(StorableModel):
     reason: str = Field(min_length=1, max_length=500)
     operator: str = Field(default="operator", min_length=1, max_length=64)
 
 
-class ExtendRequest(BaseModel):
+class ExtendRequest(StorableModel):
     # Up to a year at a time; the CLI's `lazaretto cases extend --by 3d`.
     by_seconds: float = Field(gt=0, le=366 * 86400)
     reason: str = Field(min_length=1, max_length=500)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from lazaretto_core.attribution import DeviceLeases
-from lazaretto_core.contracts import Category, IpAddress, Mac, Scope, utcnow
+from lazaretto_core.contracts import Category, IpAddress, Mac, Scope, StorableModel, utcnow
 
 from . import identity
 from .attribution import Attribution, Attributor
@@ -21,7 +21,7 @@ EvidenceKind = Literal["spam_complaint", "virus", "copyright_notice", "abuse_rep
 _LEASE_LOOKBACK = timedelta(days=7)
 
 
-class Evidence(BaseModel):
+class Evidence(StorableModel):
     """One piece of the desk's evidence: what it is, its reference (ticket, notice id), when, a summary."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +33,7 @@ class Evidence(BaseModel):
     url: str | None = Field(default=None, max_length=500)
 
 
-class QuarantineRequest(BaseModel):
+class QuarantineRequest(StorableModel):
     """Exactly one of `ip` (with `at`: the device that held it then), `mac` (a device) or `cm_mac` (a
     household: scope modem; `ip` may name one of its addresses)."""
 

@@ -8,9 +8,9 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, ConfigDict, Field
 
-from lazaretto_core.contracts import AllowlistEffect, AllowlistKind, utcnow
+from lazaretto_core.contracts import AllowlistEffect, AllowlistKind, StorableModel, utcnow
 from lazaretto_core.http import max_body
 
 from . import actions, allowlist, audit, guard, report_intake
@@ -20,7 +20,7 @@ from .roles import Principal, RoleGuard, TokenBook
 from .rules import Network
 
 
-class AllowlistRequest(BaseModel):
+class AllowlistRequest(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: AllowlistKind
@@ -32,14 +32,14 @@ class AllowlistRequest(BaseModel):
     expires_at: AwareDatetime | None = None
 
 
-class ResumeRequest(BaseModel):
+class ResumeRequest(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
     scope: str | None = Field(default=None, max_length=128)  # None: every tripped scope
     reason: str = Field(min_length=1, max_length=500)
 
 
-class HeldRequest(BaseModel):
+class HeldRequest(StorableModel):
     model_config = ConfigDict(extra="forbid")
 
     case_ids: list[uuid.UUID] | None = Field(default=None, max_length=10_000)  # None: every held case

@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pydantic
+
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.db import Connection
 from lazaretto_core.outbox import enqueue
@@ -29,7 +31,16 @@ def observation_for(
         raise ReportRefused(str(exc)) from None
     if not reports.within(report.ip, own_prefixes):
         raise ReportRefused(f"{report.ip} is not in our prefixes (LAZARETTO_OWN_PREFIXES)")
-    observation = AbuseObserved(
+    try:
+        observation = _observation(report, via)
+    except pydantic.ValidationError as exc:  # the parser's checks should have refused it already
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise ReportRefused(f"not a valid observation: {problems}") from None
+    return report, observation
+
+
+def _observation(report: reports.AbuseReport, via: str) -> AbuseObserved:
+    return AbuseObserved(
         observation_id=uuid.uuid4(),
         detector="abuse-report",
         sensor=report.reporter[:128],
@@ -44,7 +55,6 @@ def observation_for(
         established=True,
         evidence={"format": report.format, "report_type": report.report_type, "via": via},
     )
-    return report, observation
 
 
 async def record(

@@ -6,6 +6,10 @@ ARF: a multipart/report (report-type=feedback-report) whose `message/feedback-re
 `Feedback-Type`, `Source-IP` and `Arrival-Date` (RFC 5965 section 3.5). X-ARF: a multipart message
 with the header `X-ARF: yes` whose second part is a short YAML document with `Source`, `Date`,
 `Category` and `Report-Type` (X-ARF v0.1/v0.2). Anything else is refused with the reason.
+
+Of the whole message only the address, time, category, report type and reporter are kept (in the
+observation): a NUL character in the report type or the reporter is refused, as PostgreSQL cannot store
+it, while one anywhere else (an attached sample's bytes) is no reason to refuse the complaint.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def _arf(message: Message) -> AbuseReport:
     ip = _address(fields.get("source-ip", ""), "Source-IP")
     at = _date(fields.get("arrival-date") or fields.get("received-date") or str(message.get("Date", "")))
     reporter = fields.get("reporting-mta") or fields.get("user-agent") or str(message.get("From", ""))
+    _storable(reporter, "the reporter (Reporting-MTA, User-Agent or From)")
     return AbuseReport("arf", ip, at, _ARF_CATEGORIES[feedback], feedback, reporter[:128] or "unknown")
 
 
@@ -100,6 +105,8 @@ def _x_arf(message: Message) -> AbuseReport:
     report_type = (fields.get("report-type") or fields.get("category") or "").lower()
     category: Category = next((c for word, c in _XARF_WORDS if word in report_type), "other")
     reporter = fields.get("reported-from") or str(message.get("From", ""))
+    _storable(report_type, "Report-Type (or Category)")
+    _storable(reporter, "the reporter (Reported-From or From)")
     return AbuseReport("x-arf", ip, at, category, report_type[:64], reporter[:128] or "unknown")
 
 
@@ -131,6 +138,11 @@ def _text(part: Message) -> str:
         return payload.decode("utf-8", "replace")
     raw = part.get_payload()
     return raw if isinstance(raw, str) else ""
+
+
+def _storable(value: str, field: str) -> None:
+    if "\x00" in value:
+        raise ReportInvalid(f"{field} holds a NUL character, which cannot be stored")
 
 
 def _address(value: str, field: str) -> str:

@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from lazaretto_core.contracts import StorableModel
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.http import max_body, path_ip
 
@@ -27,7 +28,7 @@ APPEAL_MAX_CHARS = 2000
 APPEAL_MAX_BODY = 16 * 1024
 
 
-class AppealRequest(BaseModel):
+class AppealRequest(StorableModel):
     case_id: uuid.UUID
     message: str = Field(min_length=1, max_length=APPEAL_MAX_CHARS)
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")

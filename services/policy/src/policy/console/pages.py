@@ -145,7 +145,8 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
         role: Role, handler: Callable[[Request, Session, dict[str, str]], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         """A form post: a session (401), the role (403, whatever the page offered), the session's CSRF
-        token in the form (403), then the handler with the form's fields."""
+        token in the form (403), a NUL character in any field (422: PostgreSQL cannot store one), then
+        the handler with the form's fields."""
 
         async def run(request: Request) -> Response:
             session = session_of(request)
@@ -158,6 +159,11 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
                 if not csrf_matches(session.csrf, fields.get("csrf", "")):
                     raise Refusal(403, "This form has expired or did not come from the console: try again.")
+                for name, value in form.multi_items():
+                    if "\x00" in name or (isinstance(value, str) and "\x00" in value):
+                        raise Refusal(
+                            422, f"The field {name!r} holds a NUL character, which cannot be stored."
+                        )
                 return await handler(request, session, fields)
             except Refusal as refusal:
                 return refused(request, session, refusal)
