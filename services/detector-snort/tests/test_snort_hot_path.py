@@ -6,6 +6,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
+from prometheus_client import REGISTRY
+
 from detector_snort.aggregate import Aggregator, signature_label
 from detector_snort.parsers import ParseError, parse_eve_line
 from detector_snort.pipeline import AlertPipeline, Source, _token
@@ -144,3 +146,22 @@ def test_every_shape_of_alert_folds_the_same_by_the_hot_path_and_by_the_full_par
     assert syn["inbound"]
     assert syn["interface"] == "eth0"  # eth1's were forged
     assert syn["app_protos"] == ["tls"]
+
+
+def test_a_line_with_a_nul_in_its_kept_text_is_counted_and_dropped_and_its_window_still_reports() -> None:
+    # Given a subscriber's scan whose first line, and another, JSON-escape a NUL in the signature or
+    # protocol (text its observation would keep, which PostgreSQL cannot store)
+    lines = [SYN.replace(b"LAB SCAN", b"LAB \\u0000 SCAN")]
+    lines += [SYN.replace(b"198.51.100.7", f"198.51.100.{n + 10}".encode()) for n in range(5)]
+    lines.append(SYN.replace(b'"proto":"TCP"', b'"proto":"TCP\\u0000"'))
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0)
+    source = Source("unit-nul.json", "eve", "ids")
+    # When the hot path reads them
+    out = pipeline.run_lines(source, _lines(b"\n".join(lines) + b"\n"), Aggregator(60.0))
+    # Then both are counted as bad and dropped, and the window of the others reports them all
+    labels = {"source": "unit-nul.json", "result": "bad:nul"}
+    assert REGISTRY.get_sample_value("lazaretto_alert_lines_total", labels) == 2.0
+    [observation] = out
+    assert observation.count == 5
+    assert observation.signatures == [signature_label(9000001, "LAB SCAN subscriber TCP SYN port scan")]
+    assert sorted(observation.evidence["destinations"]) == [f"TCP 198.51.100.{n + 10}:39" for n in range(5)]

@@ -140,6 +140,9 @@ def test_eve_non_alert_events_are_none(line: bytes) -> None:
         (EVE_SCAN.replace(b'"100.64.1.10"', b'"100.64.1.300"', 1), "bad_address"),
         (EVE_SCAN.replace(b"LAB SCAN", b"LAB \xff SCAN"), "binary"),
         (b'{"event_type":"alert"}\x00', "binary"),
+        # A NUL as JSON escapes it, in text the observation would keep (PostgreSQL cannot store it)
+        (EVE_SCAN.replace(b"LAB SCAN", b"LAB \\u0000 SCAN"), "nul"),
+        (EVE_SCAN.replace(b'"proto":"TCP"', b'"proto":"TCP\\u0000"'), "nul"),
         (b'{"event_type":"alert","x":"' + b"a" * (1 << 20) + b'"}', "too_long"),
     ],
 )
@@ -388,6 +391,11 @@ def test_snort3_json_default_fields_split_ipv6_ap_at_the_last_colon() -> None:
             "bad_timestamp",
         ),
         (b'{ "proto" : "TCP", "src_ap" : "1.2.3.4", "dst_ap" : "5.6.7.8:2", "sid" : 1 }', "bad_field"),
+        (
+            b'{ "seconds" : 1511787706, "proto" : "TCP", "src_ap" : "1.2.3.4:1", "dst_ap" : "5.6.7.8:2", '
+            b'"sid" : 1, "msg" : "MALWARE\\u0000" }',
+            "nul",
+        ),
     ],
 )
 def test_snort3_json_garbage(line: bytes, reason: str) -> None:

@@ -4,6 +4,7 @@ that is not a valid observation is counted and dropped, and /healthz follows the
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -155,3 +156,68 @@ def test_the_pipeline_drops_an_invalid_observation_and_goes_on() -> None:
     assert [str(o.ip) for o in out] == ["100.64.0.51"]
     labels = {"source": "unit-invalid", "result": "bad:invalid_observation"}
     assert REGISTRY.get_sample_value("lazaretto_alert_lines_total", labels) == 1.0
+
+
+def bad_nul(source: str) -> float:
+    labels = {"source": source, "result": "bad:nul"}
+    return REGISTRY.get_sample_value("lazaretto_alert_lines_total", labels) or 0.0
+
+
+def observed(probe: BusProbe) -> list[AbuseObserved]:
+    return [m for _, m, _ in probe.received if isinstance(m, AbuseObserved)]
+
+
+def eve_json(src: str, signature: str = "LAB SCAN", proto: str = "TCP") -> dict[str, object]:
+    return {
+        "timestamp": "2025-01-15T10:00:00.219498+0000",
+        "event_type": "alert",
+        "src_ip": src,
+        "src_port": 55000,
+        "dest_ip": "198.51.100.7",
+        "dest_port": 39,
+        "proto": proto,
+        "alert": {"signature_id": 9000001, "signature": signature, "category": "Attempted Information Leak"},
+    }
+
+
+async def test_posted_alerts_with_a_nul_in_kept_text_are_rejected_as_nul_and_the_others_reported(
+    service: DetectorSnortService, probe: BusProbe
+) -> None:
+    # Given a batch where one alert's signature, one's protocol and one's sensor hold a NUL
+    batch = [
+        eve_json("100.64.0.60", signature="LAB\u0000SCAN"),
+        eve_json("100.64.0.61", proto="TCP\u0000"),
+        eve_json("100.64.0.62") | {"sensor": "script\u0000"},
+        eve_json("100.64.0.63") | {"sensor": "script"},
+    ]
+    before = bad_nul("http")
+    transport = httpx.ASGITransport(app=service.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://detector") as client:
+        answer = await client.post("/v1/alerts", json=batch, headers={"Authorization": f"Bearer {TOKEN}"})
+    # Then those three are rejected with the reason, and only the fourth is reported
+    assert answer.status_code == 202
+    assert answer.json()["rejected"] == [{"index": i, "reason": "nul"} for i in range(3)]
+    await probe.wait_for("abuse.observed.v1", count=1)
+    await asyncio.sleep(0.3)
+    assert [(str(o.ip), o.sensor) for o in observed(probe)] == [("100.64.0.63", "script")]
+    assert bad_nul("http") - before == 3
+
+
+async def test_a_syslog_eve_alert_with_a_nul_is_counted_and_dropped_and_syslog_goes_on(
+    service: DetectorSnortService, probe: BusProbe
+) -> None:
+    # Given a sensor sending EVE over syslog, one alert's signature holding a NUL (JSON-escaped)
+    def message(src: str, signature: str) -> bytes:
+        return b"<33>Sep  5 16:05:26 ids-2 suricata: " + json.dumps(eve_json(src, signature)).encode()
+
+    port = service.settings.syslog_udp_port
+    before = bad_nul("syslog")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(message("100.64.0.70", "LAB\u0000SCAN"), ("127.0.0.1", port))
+        await asyncio.sleep(0.2)
+        udp.sendto(message("100.64.0.71", "LAB SCAN"), ("127.0.0.1", port))
+        # Then only the second is reported, and the first is counted as bad
+        await probe.wait_for("abuse.observed.v1", count=1)
+    await asyncio.sleep(0.3)
+    assert [str(o.ip) for o in observed(probe)] == ["100.64.0.71"]
+    assert bad_nul("syslog") - before == 1

@@ -21,7 +21,7 @@ from lazaretto_core.http import bearer_token_guard, max_body
 
 from .alerts import Alert
 from .engine import SourceEngine
-from .parsers import ParseError, alert_from_object
+from .parsers import ParseError, alert_from_object, kept
 
 MAX_BODY: Final = 10 * 1024 * 1024
 MAX_ALERTS: Final = 10_000
@@ -59,7 +59,7 @@ def add_ingest_route(app: FastAPI, engine: SourceEngine, token: SecretStr) -> No
             sensor = item.get("sensor") if isinstance(item, dict) else None
             try:
                 alert = alert_from_object(
-                    item, sensor=sensor if isinstance(sensor, str) and sensor else "http"
+                    item, sensor=kept(sensor, "sensor") if isinstance(sensor, str) and sensor else "http"
                 )
             except ParseError as exc:
                 pipeline.bad(source, exc, counts)

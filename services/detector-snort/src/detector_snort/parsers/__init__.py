@@ -16,6 +16,7 @@ from .common import (
     MAX_SYSLOG_MESSAGE,
     FastLayout,
     ParseError,
+    kept,
     normalise_action,
     normalise_ip,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "eve_event",
     "eve_event_alert",
     "eve_event_flow",
+    "kept",
     "normalise_action",
     "normalise_ip",
     "parse_eve_line",

@@ -72,8 +72,17 @@ def _normalise_ip(text: str) -> str:
 def _str(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
     if type(value) is str and value:
-        return value
+        return kept(value, key)
     raise ParseError("missing_field" if value is None else "bad_field", key)
+
+
+def kept(value: str, key: str) -> str:
+    """Text an observation keeps (the signature, the protocol): with a NUL character in it (JSON's
+    `\u0000`; a raw NUL byte is refused as binary) it could never be stored in PostgreSQL, so the
+    alert is refused, counted as `bad:nul`."""
+    if "\x00" in value:
+        raise ParseError("nul", key)
+    return value
 
 
 def _opt_str(obj: dict[str, Any], key: str) -> str | None:

@@ -91,6 +91,9 @@ def eve_event(line: bytes) -> _EveEvent | None:
         or not event.dest_ip
         or not event.proto
         or not alert.signature
+        # A NUL in the text the observation keeps: the general path refuses it (`kept`).
+        or "\x00" in alert.signature
+        or "\x00" in event.proto
         or (sport is not None and not 0 <= sport <= 65535)
         or (dport is not None and not 0 <= dport <= 65535)
     ):
@@ -267,6 +270,8 @@ def _eve_fast(obj: dict[str, Any], alert: dict[str, Any], sensor: str) -> Alert 
         and type(sid) is int
         and type(sig) is str
         and sig
+        and "\x00" not in sig  # the field-by-field path refuses a NUL (`kept`)
+        and "\x00" not in proto
         and type(gid) is int
         and type(rev) is int
         and type(severity) is int

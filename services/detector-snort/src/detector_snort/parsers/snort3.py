@@ -19,6 +19,7 @@ from .common import (
     _opt_port,
     _opt_str,
     _str,
+    kept,
     normalise_action,
     normalise_ip,
 )
@@ -74,7 +75,7 @@ def alert_from_snort3(
         if len(ids) != 3:
             raise ParseError("bad_field", "rule")
         gid, sid, rev = (_digits(part, "bad_field") for part in ids)
-    msg = _opt_str(obj, "msg") or f"rule {gid}:{sid}:{rev}"
+    msg = kept(_opt_str(obj, "msg") or f"rule {gid}:{sid}:{rev}", "msg")
     if len(msg) >= 2 and msg[0] == '"' and msg[-1] == '"':
         msg = msg[1:-1]
     classtype = _opt_str(obj, "class")
