@@ -271,3 +271,27 @@ async def test_addresses_quarantined_for_spam_get_the_configured_answer(
     finally:
         await conn.close()
         await service.stop()
+
+
+async def test_nul_characters_in_a_postfix_log_are_cleaned_and_the_observation_is_storable(
+    amqp_url: str, tmp_path: Path, probe: BusProbe
+) -> None:
+    # Given a Postfix log the detector follows
+    maillog = tmp_path / "mail.log"
+    maillog.touch()
+    service = await started(settings_for(amqp_url, tmp_path / "state", postfix_logs=(maillog,)))
+    try:
+        # When a subscriber's messages cross the threshold, their sender addresses holding a NUL (which
+        # PostgreSQL text cannot store) and one line behind a run of NULs (a hole a crash left)
+        lines = []
+        for n in range(THRESHOLD):
+            lines += [line.replace("spam.example", "sp\x00am.example") for line in postfix_message(CPE, n)]
+        lines[3] = "\x00" * 64 + lines[3]
+        append(maillog, lines)
+        # Then one observation counts them all, its evidence quoting the address with U+FFFD for the NUL
+        (event,) = [e for e in await probe.wait_for(OBSERVED) if isinstance(e, AbuseObserved)]
+        assert (event.ip, event.count) == (CPE, THRESHOLD)
+        assert "sp\ufffdam.example" in event.evidence["sender_domains"]
+        assert "\\u0000" not in event.model_dump_json()
+    finally:
+        await service.stop()

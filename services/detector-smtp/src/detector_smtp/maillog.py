@@ -34,7 +34,10 @@ _IP: Final = rb"(?:IPv6:)?([0-9A-Fa-f:.]+)"
 
 
 def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
+    # Cleaned, not refused: a byte that is no UTF-8 and a NUL (a hole of NULs a crash left in the log,
+    # or an address a client chose; PostgreSQL text cannot hold one) both become U+FFFD, so the
+    # MTA's event still counts and the evidence quoting its addresses can be stored.
+    return value.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
 class LogParser(Protocol):
