@@ -148,6 +148,25 @@ async def test_quarantined_visitor_sees_why_and_releases_with_the_checkbox(
     assert request.user_agent == "pytest"
 
 
+async def test_a_nul_in_the_user_agent_is_cleaned_out_of_the_release_request(
+    portal: PortalService, released: BusProbe
+) -> None:
+    # Given a quarantined visitor whose browser sends a User-Agent holding a NUL and other controls
+    async with visitor(portal, "100.64.0.10") as client:
+        token = form_token_of((await client.get("/")).text)
+        # When it releases the case
+        done = await client.post(
+            "/release",
+            data={"case_id": CASE_ID, "form_token": token, "attest": "yes"},
+            headers={"user-agent": "Mozilla/5.0\x00 (X11;\x1b Linux)"},
+        )
+    # Then the release goes ahead, and the request policy stores carries the User-Agent without them
+    assert done.status_code == 303
+    (request,) = await released.wait_for("release.requested.v1")
+    assert isinstance(request, ReleaseRequested)
+    assert request.user_agent == "Mozilla/5.0 (X11; Linux)"
+
+
 async def test_the_form_follows_the_device_not_the_address(portal: PortalService, released: BusProbe) -> None:
     policy = policy_of(portal)
     async with visitor(portal, "100.64.0.10") as before:

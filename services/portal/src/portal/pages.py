@@ -199,7 +199,10 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             client_ip=client_ip,
             attestation_version=settings.attestation_version,
             requested_at=utcnow(),
-            user_agent=request.headers.get("user-agent", "")[:500],
+            # Kept for the record only, so cleaned rather than refused: a browser's garbled header must
+            # not cost the subscriber the release, and a control character (a NUL above all: PostgreSQL
+            # text cannot hold one) has no place in it.
+            user_agent="".join(c for c in request.headers.get("user-agent", "") if c.isprintable())[:500],
             device_mac=case.visitor_mac,
         )
         try:
