@@ -74,7 +74,7 @@ def _is_canonical_ipv4(value: str) -> bool:
     )
 
 
-def nul_at(value: object, where: str) -> str | None:
+def _nul_at(value: object, where: str) -> str | None:
     """Where `value` (named `where`) holds a NUL character — itself, an item of a list or tuple, a key or
     value of a dict, however deep — or None. PostgreSQL text and jsonb cannot hold one; anything else
     (numbers, UUIDs, times, models that checked themselves) holds no text of its own here."""
@@ -84,31 +84,15 @@ def nul_at(value: object, where: str) -> str | None:
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
                 return f"{where} (a key)"
-            found = nul_at(item, f"{where}.{key}")
+            found = _nul_at(item, f"{where}.{key}")
             if found is not None:
                 return found
     elif isinstance(value, list | tuple):
         for n, item in enumerate(value):
-            found = nul_at(item, f"{where}[{n}]")
+            found = _nul_at(item, f"{where}[{n}]")
             if found is not None:
                 return found
     return None
-
-
-def _refuse_nul(value: object, where: str) -> None:
-    found = nul_at(value, where)
-    if found is not None:
-        raise ValueError(f"{found} holds a NUL character (U+0000), which PostgreSQL text cannot store")
-
-
-def refuse_nul(value: str) -> str:
-    """An AfterValidator for one text input (a form field, a query): a NUL character is refused."""
-    _refuse_nul(value, "the text")
-    return value
-
-
-# A text input outside a model (a form field): refused if it holds a NUL character.
-StorableText = Annotated[str, AfterValidator(refuse_nul)]
 
 
 class StorableModel(BaseModel):
@@ -121,7 +105,9 @@ class StorableModel(BaseModel):
     @field_validator("*")
     @classmethod
     def _storable(cls, value: Any, info: ValidationInfo) -> Any:
-        _refuse_nul(value, info.field_name or "the value")
+        found = _nul_at(value, info.field_name or "the value")
+        if found is not None:
+            raise ValueError(f"{found} holds a NUL character (U+0000), which PostgreSQL text cannot store")
         return value
 
 
