@@ -1,5 +1,5 @@
-"""PostgreSQL access: an asyncpg pool, SQL migrations, and the inbox that makes consumers idempotent
-(claimed in the handler's transaction, purged after a retention)."""
+"""PostgreSQL access: an asyncpg pool, SQL migrations, the inbox that makes consumers idempotent
+(claimed in the handler's transaction, purged after a retention), and batched purges of such tables."""
 
 from __future__ import annotations
 
@@ -121,13 +121,18 @@ async def claim_message(conn: Connection, consumer: str, message_id: str) -> boo
     return status.endswith(" 1")
 
 
-# Seconds between two purges of the inbox (each a turn of a service's loop).
-INBOX_PURGE_INTERVAL = 60.0
+# Seconds between two purges of a table kept for a retention (each a turn of a service's loop).
+PURGE_INTERVAL = 60.0
 # Rows deleted by one statement (its own short transaction, about a millisecond here), and statements
-# in one turn at most: a turn stays short even on the backlog of an inbox never purged before, and
+# in one turn at most: a turn stays short even on the backlog of a table never purged before, and
 # clears up to 200,000 rows a minute, more than policy decides at its fastest (bench-policy).
-INBOX_PURGE_BATCH = 1_000
-INBOX_PURGE_MAX_BATCHES = 200
+PURGE_BATCH = 1_000
+PURGE_MAX_BATCHES = 200
+
+# The inbox's purge runs at the common pace.
+INBOX_PURGE_INTERVAL = PURGE_INTERVAL
+INBOX_PURGE_BATCH = PURGE_BATCH
+INBOX_PURGE_MAX_BATCHES = PURGE_MAX_BATCHES
 
 # The oldest rows first through `inbox_received_at`, deleted by their row address (a TID scan): a
 # plan that reads neither the whole table nor its primary key. SKIP LOCKED: replicas purging at the
@@ -143,6 +148,29 @@ INBOX_PURGED = Counter(
 )
 
 
+async def purge_in_batches(
+    pool: asyncpg.Pool,
+    delete: str,
+    retention: timedelta,
+    purged: Counter,
+    *,
+    batch: int = PURGE_BATCH,
+    max_batches: int = PURGE_MAX_BATCHES,
+) -> int:
+    """Run `delete` (a DELETE of at most `$2` rows older than the retention `$1`, shaped like
+    `PURGE_INBOX`) until a statement deletes fewer than `batch` rows or `max_batches` statements ran,
+    each in its own transaction; every deleted row is counted in `purged`. Returns how many went."""
+    total = 0
+    for _ in range(max_batches):
+        status: str = await pool.execute(delete, retention, batch)
+        deleted = int(status.split()[-1])
+        total += deleted
+        purged.inc(deleted)
+        if deleted < batch:
+            break
+    return total
+
+
 async def purge_inbox(
     pool: asyncpg.Pool,
     retention: timedelta,
@@ -155,14 +183,9 @@ async def purge_inbox(
 
     A message redelivered after its row went is handled again: the retention must outlast every
     redelivery the service should still recognise (the broker's, a dead letter moved back)."""
-    purged = 0
-    for _ in range(max_batches):
-        status: str = await pool.execute(PURGE_INBOX, retention, batch)
-        deleted = int(status.split()[-1])
-        purged += deleted
-        INBOX_PURGED.inc(deleted)
-        if deleted < batch:
-            break
+    purged = await purge_in_batches(
+        pool, PURGE_INBOX, retention, INBOX_PURGED, batch=batch, max_batches=max_batches
+    )
     if purged:
         log.debug("purged %d inbox rows older than %s", purged, retention)
     return purged
