@@ -116,6 +116,7 @@ async def test_an_installation_with_prefixed_tables_upgrades_in_place_and_keeps_
             "cmts_agent_0003_allowlist_copy",
             "cmts_agent_0004_drop_table_prefix",
             "cmts_agent_0005_reset_intents_by_cmts",
+            "cmts_agent_0006_reset_journal_retention",
         ]
         for old, new in zip(OLD_TABLES, NEW_TABLES, strict=True):
             assert await pool.fetchval("SELECT to_regclass($1) IS NULL", old), old

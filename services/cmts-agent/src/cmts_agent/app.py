@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -60,6 +61,19 @@ class CmtsAgentService:
             errors=(OSError, asyncpg.PostgresError),
             progress_on_error=False,
         )
+        # The reset journal and the handled steps keep a finished reset for the retention, then go
+        # (a purge in batches every minute); an intent without an outcome is never purged.
+        self.loops.every(
+            "reset-journal-purge",
+            db.PURGE_INTERVAL,
+            self.purge_reset_journal,
+            errors=(OSError, asyncpg.PostgresError),
+        )
+
+    async def purge_reset_journal(self) -> int:
+        retention = timedelta(days=self.settings.reset_journal_retention_days)
+        intents = await self.resetter.journal.purge(retention)
+        return intents + await self.handlers.steps.purge(retention)
 
     async def stop(self) -> None:
         await self.loops.stop()

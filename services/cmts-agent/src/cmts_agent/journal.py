@@ -1,5 +1,6 @@
 """The reset journal in PostgreSQL: one reset of a modem at a time across every replica (advisory
-locks), each SET's intent recorded before it is sent and its outcome after, the per-modem hourly cap.
+locks), each SET's intent recorded before it is sent and its outcome after, the per-modem hourly cap,
+and its purge after a retention (intents without an outcome are never purged).
 
 Why PostgreSQL: two cmts-agent replicas may get commands for the same modem, and a replica may die
 between a SET and its outcome; only state outside the process survives both.
@@ -13,11 +14,14 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+from prometheus_client import Counter
+
+from lazaretto_core import db
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +30,34 @@ log = logging.getLogger(__name__)
 _LOCK_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/modem/' || $1::text, 0)"
 _CMTS_BUDGET_KEY = "SELECT hashtextextended('lazaretto/cmts-agent/cmts-budget/' || $1::text, 0)"
 
+# The longest span of the past the journal is read over: the per-modem and per-CMTS caps count the
+# last hour. (A redelivered step reads its reset's report at any age: the retention is how long a
+# redelivery of a step is still recognised.) The retention must be longer.
+LONGEST_WINDOW = timedelta(hours=1)
+
 # The CMTS's SETs of the last hour that may have reached a modem (what its hourly budget counts);
-# index `reset_intents_by_cmts` (migration 0005), as the journal is never purged.
+# index `reset_intents_by_cmts` (migration 0005), not the whole journal.
 CMTS_RESETS_LAST_HOUR = """
 SELECT count(*) FROM reset_intents
 WHERE cmts = $1 AND counted AND intent_at > now() - interval '1 hour'
 """
+
+
+# Finished intents (those with an outcome) older than the retention, oldest first through
+# `reset_intents_finished` (migration 0006), deleted by row address, as `db.PURGE_INBOX`. An intent
+# without an outcome is never purged: it is the record of a run that died after it (its SET may have
+# reached the modem), which the next reset of the modem looks at before sending anything.
+PURGE_RESET_INTENTS = """
+DELETE FROM reset_intents WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM reset_intents WHERE outcome IS NOT NULL AND finished_at < now() - $1::interval
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
+
+JOURNAL_PURGED = Counter(
+    "lazaretto_cmts_reset_journal_purged_total",
+    "Reset journal rows deleted because they were older than the retention, by table",
+    ["table"],
+)
 
 
 class CmtsBudgetSpent(Exception):
@@ -225,6 +251,15 @@ class ResetJournal:
             since,
         )
         return None if value is None else dict(json.loads(value))
+
+    async def purge(self, retention: timedelta) -> int:
+        """Delete the intents finished more than `retention` ago, in batches (`db.purge_in_batches`)."""
+        purged = await db.purge_in_batches(
+            self.pool, PURGE_RESET_INTENTS, retention, JOURNAL_PURGED.labels("reset_intents")
+        )
+        if purged:
+            log.debug("purged %d reset intents finished more than %s ago", purged, retention)
+        return purged
 
     async def now(self) -> datetime:
         value = await self.pool.fetchval("SELECT now()")

@@ -8,11 +8,14 @@ of the value itself, so the JSON can live in a config map and the secrets elsewh
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lazaretto_core.settings import NestedSecret, ServiceSettings
+
+from .journal import LONGEST_WINDOW
 
 Vendor = Literal["cisco", "casa", "arris", "docsis3"]
 Method = Literal["cisco-reset", "cisco-delete", "casa-reset", "arris-reset", "docsis3-cmreinit", "cm-reset"]
@@ -149,6 +152,25 @@ class CmtsAgentSettings(ServiceSettings):
     # but not more often than inventory_min_interval.
     inventory_interval: float = 300.0
     inventory_min_interval: float = 5.0
+    # Days the reset journal keeps a finished reset SET (and a handled command's result), then forgets
+    # it (purged every minute, oldest first). The hourly caps read the last hour; a command delivered
+    # again within the retention is recognised by its step id, one delivered after it is reset again
+    # (within the caps). An intent without an outcome (a run died after it) is never purged.
+    reset_journal_retention_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _retention_outlasts_what_the_journal_is_read_for(self) -> CmtsAgentSettings:
+        retention = timedelta(days=self.reset_journal_retention_days)
+        # A command's redeliveries by the broker (the delays between its attempts) must find its step.
+        delays = [self.retry_delays[min(a, len(self.retry_delays) - 1)] for a in range(self.max_attempts - 1)]
+        redelivered_within = timedelta(seconds=sum(delays)) if self.retry_delays else timedelta(0)
+        longest = max(LONGEST_WINDOW, redelivered_within)
+        if retention <= longest:
+            raise ValueError(
+                f"LAZARETTO_RESET_JOURNAL_RETENTION_DAYS must be longer than {longest}: the reset journal"
+                " is read over that span (the hourly caps, a command's redeliveries)"
+            )
+        return self
 
     def profiles(self) -> tuple[CmtsProfile, ...]:
         """The configured CMTSes; the single-CMTS settings make one named `default`."""

@@ -1,18 +1,31 @@
 """Reset commands already handled, by step id: a redelivered command republishes its result instead
-of resetting the modem again (one interrupted mid-reset is recovered through the reset journal)."""
+of resetting the modem again (one interrupted mid-reset is recovered through the reset journal), as
+long as the retention keeps the step."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 
+from lazaretto_core import db
 from lazaretto_core.contracts import ModemResetCompleted, ModemResetFailed
 
+from .journal import JOURNAL_PURGED
+
 StepResult = ModemResetCompleted | ModemResetFailed
+
+# Steps last written more than the retention ago, oldest first through `reset_steps_updated`
+# (migration 0006), as `journal.PURGE_RESET_INTENTS`. A step a previous version left `sent` goes too:
+# migration 0002 copied it into the journal as an intent without an outcome, which is kept.
+PURGE_RESET_STEPS = """
+DELETE FROM reset_steps WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM reset_steps WHERE updated_at < now() - $1::interval
+    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
 
 
 @dataclass(frozen=True)
@@ -55,4 +68,11 @@ class ResetSteps:
             result.cmts,
             kind,
             result.model_dump_json(),
+        )
+
+    async def purge(self, retention: timedelta) -> int:
+        """Forget the steps handled more than `retention` ago, in batches (`db.purge_in_batches`): a
+        command delivered again after that is no longer recognised by its step id here."""
+        return await db.purge_in_batches(
+            self.pool, PURGE_RESET_STEPS, retention, JOURNAL_PURGED.labels("reset_steps")
         )
