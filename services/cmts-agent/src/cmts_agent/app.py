@@ -53,11 +53,13 @@ class CmtsAgentService:
             queue_name("cmts-agent"), prefetch=self.settings.global_max_in_flight, progress=self.progress
         )
         # Walk every CMTS now and then every interval; /healthz fails when walks stop being stored
-        # (a CMTS that fails is logged per CMTS by `refresh` and does not stop the others).
+        # (a CMTS that fails is logged per CMTS by `refresh` and does not stop the others). Each turn
+        # first deletes what is stored of CMTSes no longer configured (at start: removed from the
+        # settings; later: written by a replica still configured with them, during a rollout).
         self.loops.every(
             "inventory",
             self.settings.inventory_interval,
-            self.inventory.refresh,
+            self.inventory.walk_all,
             errors=(OSError, asyncpg.PostgresError),
             progress_on_error=False,
         )

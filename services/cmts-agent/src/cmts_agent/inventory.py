@@ -3,6 +3,8 @@
 Built by walking every CMTS's status table (docsIfCmtsCmStatusTable or docsIf3CmtsCmRegStatusTable)
 and CPE table (cdxCmCpeTable, casaCmtsCmCpeTable, cadIfCmtsMacToIpTable) on a schedule and on a
 miss, and kept in PostgreSQL, so a reset needs only the CM MAC. Live status reads go to the CMTS.
+Only the configured CMTSes answer: the rows of a CMTS taken out of the configuration are deleted by
+the inventory loop, and no look-up answers from them meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ log = logging.getLogger(__name__)
 MODEMS = Gauge("lazaretto_cmts_inventory_modems", "Cable modems listed by the last walk", ["cmts"])
 CPES = Gauge("lazaretto_cmts_inventory_cpes", "CPEs listed by the last walk", ["cmts"])
 WALK_OK = Gauge("lazaretto_cmts_inventory_walk_ok", "1 if the last walk of the CMTS succeeded", ["cmts"])
+
+# The CMTS names a table holds, one index probe each through its `*_by_cmts` index (a loose index
+# scan), not a read of the whole table: the inventory loop asks on every turn.
+_STORED_CMTSES = """
+WITH RECURSIVE stored(cmts) AS (
+    (SELECT cmts FROM {table} ORDER BY cmts LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.cmts FROM {table} t WHERE t.cmts > stored.cmts ORDER BY t.cmts LIMIT 1)
+    FROM stored WHERE stored.cmts IS NOT NULL
+)
+SELECT cmts FROM stored WHERE cmts IS NOT NULL
+"""
+STORED_MODEM_CMTSES = _STORED_CMTSES.format(table="modems")
+STORED_CPE_CMTSES = _STORED_CMTSES.format(table="cpes")
 
 
 @dataclass(frozen=True)
@@ -93,11 +109,36 @@ class Inventory:
         self.fleet = fleet
         self.min_interval = min_interval
         self._locks = {name: asyncio.Lock() for name in fleet.names()}
+        # Look-ups answer only from these: rows of another CMTS are of one no longer configured (until
+        # `forget_removed` deletes them), or written by a replica configured otherwise.
+        self._configured = fleet.names()
         self._walked_at: dict[str, float] = {}
         self._failed: dict[str, str] = {}  # CMTS -> error of its last walk
         self._last: dict[str, WalkResult] = {}
 
     # -- walking ----------------------------------------------------------------------------------
+
+    async def walk_all(self) -> list[WalkResult]:
+        """The inventory loop's turn: forget the CMTSes no longer configured, then walk every one."""
+        await self.forget_removed()
+        return await self.refresh()
+
+    async def forget_removed(self) -> dict[str, tuple[int, int]]:
+        """Delete the modems and CPEs stored for CMTSes this agent is not configured with (taken out of
+        `LAZARETTO_CMTSES`, or renamed); returns (modems, CPEs) deleted per such CMTS."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored = {r["cmts"] for r in await conn.fetch(STORED_MODEM_CMTSES)}
+            stored |= {r["cmts"] for r in await conn.fetch(STORED_CPE_CMTSES)}
+            gone: dict[str, tuple[int, int]] = {}
+            for name in sorted(stored - set(self._configured)):
+                modems = await conn.execute("DELETE FROM modems WHERE cmts = $1", name)
+                cpes = await conn.execute("DELETE FROM cpes WHERE cmts = $1", name)
+                gone[name] = (int(modems.split()[-1]), int(cpes.split()[-1]))
+        for name, (m, c) in gone.items():
+            log.warning(
+                "inventory: CMTS %s is no longer configured: its %d modems and %d CPEs forgotten", name, m, c
+            )
+        return gone
 
     async def refresh(self, names: list[str] | None = None, *, force: bool = True) -> list[WalkResult]:
         """Walk these CMTSes (all by default) concurrently and store what they list.
@@ -246,7 +287,11 @@ class Inventory:
 
     async def find(self, cm_mac: str) -> ModemRecord | None:
         """The stored record of a CM, without asking any CMTS."""
-        row = await self.pool.fetchrow("SELECT * FROM modems WHERE cm_mac = $1", normalize_mac(cm_mac))
+        row = await self.pool.fetchrow(
+            "SELECT * FROM modems WHERE cm_mac = $1 AND cmts = ANY($2::text[])",
+            normalize_mac(cm_mac),
+            self._configured,
+        )
         return None if row is None else _modem(row)
 
     async def locate(self, cm_mac: str) -> ModemRecord | None:
@@ -257,11 +302,11 @@ class Inventory:
         """
         mac = normalize_mac(cm_mac)
         found = await self.find(mac)
-        if found is not None and found.cmts in self._locks:
+        if found is not None:
             return found
         results = await self.refresh(force=False)
         found = await self.find(mac)
-        if found is not None and found.cmts in self._locks:
+        if found is not None:
             return found
         failed = [r.cmts for r in results if r.error]
         if failed:
@@ -273,7 +318,9 @@ class Inventory:
 
     async def cpes_of(self, cm_mac: str) -> list[CpeRecord]:
         rows = await self.pool.fetch(
-            "SELECT * FROM cpes WHERE cm_mac = $1 ORDER BY cpe_mac", normalize_mac(cm_mac)
+            "SELECT * FROM cpes WHERE cm_mac = $1 AND cmts = ANY($2::text[]) ORDER BY cpe_mac",
+            normalize_mac(cm_mac),
+            self._configured,
         )
         return [_cpe(r) for r in rows]
 
@@ -291,7 +338,9 @@ class Inventory:
         for error in errors:
             if not isinstance(error, SnmpError):
                 raise error
-        row = await self.pool.fetchrow("SELECT * FROM cpes WHERE cpe_mac = $1", mac)
+        row = await self.pool.fetchrow(
+            "SELECT * FROM cpes WHERE cpe_mac = $1 AND cmts = ANY($2::text[])", mac, self._configured
+        )
         if row is not None:
             return _cpe(row)
         if errors and len(errors) == len(answers):
@@ -300,11 +349,11 @@ class Inventory:
 
     async def cpe_by_ip(self, ip: str) -> CpeRecord | None:
         """The CPE (and its CM) holding this IPv4 as the CMTSes last listed it; walks on a miss."""
-        query = "SELECT * FROM cpes WHERE ip = $1 ORDER BY seen_at DESC LIMIT 1"
-        row = await self.pool.fetchrow(query, ip)
+        query = "SELECT * FROM cpes WHERE ip = $1 AND cmts = ANY($2::text[]) ORDER BY seen_at DESC LIMIT 1"
+        row = await self.pool.fetchrow(query, ip, self._configured)
         if row is None:
             await self.refresh(force=False)
-            row = await self.pool.fetchrow(query, ip)
+            row = await self.pool.fetchrow(query, ip, self._configured)
         return None if row is None else _cpe(row)
 
     async def _cpe_live(self, client: CmtsClient, cpe_mac: str) -> CpeRecord | None:
@@ -389,12 +438,9 @@ class Inventory:
 
     async def counts(self) -> dict[str, tuple[int, int]]:
         """(modems, CPEs) stored per CMTS."""
-        modems = {
-            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM modems GROUP BY 1")
-        }
-        cpes = {
-            r["cmts"]: r["n"] for r in await self.pool.fetch("SELECT cmts, count(*) n FROM cpes GROUP BY 1")
-        }
+        query = "SELECT cmts, count(*) n FROM {} WHERE cmts = ANY($1::text[]) GROUP BY 1"
+        modems = {r["cmts"]: r["n"] for r in await self.pool.fetch(query.format("modems"), self._configured)}
+        cpes = {r["cmts"]: r["n"] for r in await self.pool.fetch(query.format("cpes"), self._configured)}
         return {name: (int(modems.get(name, 0)), int(cpes.get(name, 0))) for name in self.fleet.names()}
 
     def last_error(self, cmts: str) -> str | None:
