@@ -1,6 +1,6 @@
 """The per-CMTS hourly budget is counted through an index (migration 0005), not by reading the whole
-reset journal (never purged): on real PostgreSQL holding a long journal, `journal.CMTS_RESETS_LAST_HOUR`
-reads only the CMTS's counted SETs of the last hour."""
+reset journal (a month of resets by default): on real PostgreSQL holding a long journal,
+`journal.CMTS_RESETS_LAST_HOUR` reads only the CMTS's counted SETs of the last hour."""
 
 from __future__ import annotations
 
