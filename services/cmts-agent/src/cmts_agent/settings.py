@@ -162,8 +162,9 @@ class CmtsAgentSettings(ServiceSettings):
     def _retention_outlasts_what_the_journal_is_read_for(self) -> CmtsAgentSettings:
         retention = timedelta(days=self.reset_journal_retention_days)
         # A command's redeliveries by the broker (the delays between its attempts) must find its step.
-        delays = [self.retry_delays[min(a, len(self.retry_delays) - 1)] for a in range(self.max_attempts - 1)]
-        redelivered_within = timedelta(seconds=sum(delays)) if self.retry_delays else timedelta(0)
+        delays = self.retry_delays or (0.0,)
+        between_attempts = (delays[min(a, len(delays) - 1)] for a in range(self.max_attempts - 1))
+        redelivered_within = timedelta(seconds=sum(between_attempts))
         longest = max(LONGEST_WINDOW, redelivered_within)
         if retention <= longest:
             raise ValueError(
