@@ -1,24 +1,32 @@
 """Observations no case took are purged after the retention, on the real PostgreSQL: old case-less
 ones go, oldest first and in small batches through `observations_caseless_age`; a case's evidence,
 the observations waiting for attribution and the recent ones stay; the audit chain still verifies and
-still holds the decision on every purged observation."""
+still holds the decision on every purged observation; the retention must cover what the rules read."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 from lazaretto_core import db
+from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.settings import SettingsInvalid
 from lazaretto_lab.testing import plan_nodes
-from policy import audit, retention, store
+from policy import audit, retention, rulebook, store
+from policy.app import build
+from policy.handlers import CONSUMER
+from policy.settings import PolicySettings
 from policy.store import ObservationRow, PendingAttribution
 
 RETENTION = timedelta(days=90)
@@ -275,3 +283,169 @@ async def test_a_purge_reads_the_old_case_less_rows_through_the_index_not_the_wh
     )
     # And the delete appended nothing to the audit log (there is no trigger on DELETE)
     assert audit_links == 0
+
+
+def settings(rules_file: Path | None = None) -> PolicySettings:
+    return PolicySettings(
+        admin_token=SecretStr("admin-token-0123456789"),
+        portal_token=SecretStr("portal-token-0123456789"),
+        rules_file=rules_file,
+    )
+
+
+LONG_WINDOW_RULES = """
+name: slow
+rules:
+  - name: slow-scan
+    categories: [scan]
+    window: 864000
+    when: [{distinct_destinations: 20}]
+"""
+
+
+def test_the_retention_is_90_days_unless_set_and_covers_what_the_rules_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", raising=False)
+    monkeypatch.delenv("LAZARETTO_MAX_OBSERVATION_AGE", raising=False)
+    assert settings().observation_retention_days == 90
+    monkeypatch.setenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", "1")
+    assert settings().observation_retention_days == 1
+    monkeypatch.setenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", "0")
+    with pytest.raises(SettingsInvalid, match="LAZARETTO_OBSERVATION_RETENTION_DAYS"):
+        settings()
+    # A rule reading 10 days back (its window) after an observation at most an hour old needs 11 days
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(LONG_WINDOW_RULES)
+    monkeypatch.setenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", "10")
+    with pytest.raises(SettingsInvalid, match=r"LAZARETTO_OBSERVATION_RETENTION_DAYS is shorter .* 867600 s"):
+        settings(rules_file)
+    monkeypatch.setenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", "11")
+    assert settings(rules_file).observation_retention_days == 11
+    # And so does a day's observations: a day's max age beside the packaged rules' hour
+    monkeypatch.setenv("LAZARETTO_OBSERVATION_RETENTION_DAYS", "1")
+    monkeypatch.setenv("LAZARETTO_MAX_OBSERVATION_AGE", "86400")
+    with pytest.raises(SettingsInvalid, match="LAZARETTO_OBSERVATION_RETENTION_DAYS"):
+        settings()
+
+
+def test_a_rule_set_reloaded_with_a_longer_reach_keeps_observations_longer() -> None:
+    # Given a 1-day retention that covered the rules at start (an hour's window after an hour's age)
+    packaged = rulebook.load(None).rules
+    hour = timedelta(hours=1)
+    assert retention.keep(timedelta(days=1), packaged, hour) == timedelta(days=1)
+    # When the operator reloads rules reading 10 days back
+    slow = rulebook.parse(LONG_WINDOW_RULES.encode(), "test").rules
+    # Then the purge keeps what they read: their window after the oldest timely observation
+    assert retention.keep(timedelta(days=1), slow, hour) == timedelta(days=10, hours=1)
+
+
+def handled_ok() -> float:
+    value = REGISTRY.get_sample_value(
+        "lazaretto_messages_handled_total", {"queue": queue_name("policy"), "outcome": "ok"}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+async def sender(amqp_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+async def test_the_service_purges_old_case_less_observations_and_the_inbox_and_revisions_still_deduplicate(
+    make_settings: Callable[..., PolicySettings], sender: Bus
+) -> None:
+    policy = await build(make_settings(observation_retention_days=7, inbox_retention_days=7))
+    try:
+        # Given, with a 7-day retention of observations and of the inbox: a case-less observation
+        # last seen and decided 8 days ago, another 6 days ago, both consumed (their inbox claims) 8
+        # days ago; a case's evidence from 400 days ago; one waiting 30 days for its attribution peers
+        forgotten, remembered = observed("100.64.53.1", days_ago=8), observed("100.64.53.2", days_ago=6)
+        evidence, waiting = observed("100.64.53.9", days_ago=400), observed("100.64.53.3", days_ago=30)
+        async with policy.pool.acquire() as conn:
+            case_id = await a_case(conn, "100.64.53.9")
+            await stored(conn, [ObservationRow(forgotten, None, "below_threshold")], seen_days_ago=8)
+            await stored(conn, [ObservationRow(remembered, None, "below_threshold")], seen_days_ago=6)
+            await stored(conn, [ObservationRow(evidence, case_id, "opened_case")], seen_days_ago=400)
+            await stored(conn, [ObservationRow(waiting, None, "pending_attribution")], seen_days_ago=30)
+            await store.hold_for_attribution(
+                conn, [PendingAttribution(waiting, "scan", "test@1", "r", {}, "peers down")]
+            )
+            # (its next look-up an hour away: the peers stay down meanwhile)
+            await conn.execute("UPDATE attribution_pending SET next_attempt_at = now() + interval '1 hour'")
+            await conn.executemany(
+                "INSERT INTO inbox (consumer, message_id, received_at)"
+                " VALUES ($1, $2, now() - interval '8 days')",
+                [(CONSUMER, forgotten.message_key()), (CONSUMER, remembered.message_key())],
+            )
+        before = purged_total()
+        # When the service runs
+        await policy.start()
+        # Then its loop deletes the case-less observation past the retention, and keeps the others
+        async with asyncio.timeout(20):
+            while forgotten.observation_id in await ids(policy.pool):
+                await asyncio.sleep(0.05)
+        assert "observation-purge" in policy.loops.names
+        assert await ids(policy.pool) == {
+            remembered.observation_id,
+            evidence.observation_id,
+            waiting.observation_id,
+        }
+        assert purged_total() - before == 1
+        async with policy.pool.acquire() as conn:
+            verified = await audit.verify(conn)
+        assert verified.ok, verified.broken
+        # And when both observations are delivered again once the inbox forgot them too
+        async with asyncio.timeout(20):
+            while await policy.pool.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CONSUMER):
+                await asyncio.sleep(0.05)
+        ok = handled_ok()
+        await sender.publish(remembered, message_id=remembered.message_key())
+        await sender.publish(forgotten, message_id=forgotten.message_key())
+        async with asyncio.timeout(20):
+            while handled_ok() - ok < 2:
+                await asyncio.sleep(0.05)
+        # Then the one still stored is a duplicate by its revision: unchanged; the purged one is
+        # decided and stored anew, kept a retention from now
+        decided = {
+            r["observation_id"]: r["decided_at"]
+            for r in await policy.pool.fetch("SELECT observation_id, decided_at FROM observations")
+        }
+        assert datetime.now(UTC) - decided[remembered.observation_id] > timedelta(days=5)
+        assert datetime.now(UTC) - decided[forgotten.observation_id] < timedelta(minutes=1)
+    finally:
+        await policy.stop()
+
+
+async def test_the_service_keeps_what_a_reloaded_rule_set_reads_past_the_retention(
+    make_settings: Callable[..., PolicySettings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a 1-day retention and rules reading 10 minutes back when policy started
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(LONG_WINDOW_RULES.replace("864000", "600"))
+    policy = await build(make_settings(observation_retention_days=1, rules_file=rules_file))
+    try:
+        # And then rules reading 10 days back, reloaded by the operator
+        rules_file.write_text(LONG_WINDOW_RULES)
+        assert policy.rules.reload()
+        # And case-less observations last seen 3 and 20 days ago
+        within_reach, beyond = observed("100.64.54.1", days_ago=3), observed("100.64.54.2", days_ago=20)
+        async with policy.pool.acquire() as conn:
+            await stored(conn, [ObservationRow(within_reach, None, "below_threshold")], seen_days_ago=3)
+            await stored(conn, [ObservationRow(beyond, None, "below_threshold")], seen_days_ago=20)
+        # When the service runs its purge
+        await policy.start()
+        async with asyncio.timeout(20):
+            while beyond.observation_id in await ids(policy.pool):
+                await asyncio.sleep(0.05)
+        # Then the one the rules in force would still weigh is kept past the retention, and the log
+        # says why
+        assert await ids(policy.pool) == {within_reach.observation_id}
+        assert any(
+            "longer than LAZARETTO_OBSERVATION_RETENTION_DAYS" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        await policy.stop()

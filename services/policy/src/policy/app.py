@@ -28,7 +28,7 @@ from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.outbox import OutboxRelay
 from lazaretto_core.supervise import Supervisor
 
-from . import allowlist, guard, kpi
+from . import allowlist, guard, kpi, retention
 from .actions import OperatorDesk
 from .api import install_api
 from .appeals import AppealLimit
@@ -72,6 +72,8 @@ class PolicyService:
     observation_pool: asyncpg.Pool
     loops: Supervisor = field(init=False)
     batcher: ObservationBatcher = field(init=False)
+    # The rule set whose reach past the observation retention was last logged (once per version).
+    _retention_warned: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
@@ -131,6 +133,13 @@ class PolicyService:
         self.loops.every(
             "inbox-purge", db.INBOX_PURGE_INTERVAL, self._purge_inbox, errors=(OSError, asyncpg.PostgresError)
         )
+        # Observations no case took are kept for their retention, then deleted (retention.py).
+        self.loops.every(
+            "observation-purge",
+            retention.PURGE_INTERVAL,
+            self._purge_observations,
+            errors=(OSError, asyncpg.PostgresError),
+        )
         self.loops.every(
             "kpi-refresh",
             self.settings.metrics_refresh_interval,
@@ -158,6 +167,21 @@ class PolicyService:
 
     async def _purge_inbox(self) -> int:
         return await db.purge_inbox(self.pool, timedelta(days=self.settings.inbox_retention_days))
+
+    async def _purge_observations(self) -> int:
+        configured = timedelta(days=self.settings.observation_retention_days)
+        older_than = retention.keep(
+            configured, self.rules.current.rules, timedelta(seconds=self.settings.max_observation_age)
+        )
+        if older_than > configured and self._retention_warned != self.rules.version:
+            self._retention_warned = self.rules.version
+            log.warning(
+                "observations kept %s, longer than LAZARETTO_OBSERVATION_RETENTION_DAYS: rules %s read"
+                " that far back",
+                older_than,
+                self.rules.version,
+            )
+        return await retention.purge_observations(self.pool, older_than)
 
     async def _refresh_kpis(self) -> None:
         async with self.work.uow.read() as conn:

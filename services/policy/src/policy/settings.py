@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lazaretto_core.bus_users import dead_letter_queues
 from lazaretto_core.settings import ServiceSettings
 
-from . import rulebook
+from . import retention, rulebook
 from .roles import OperatorToken, TokenBook
 
 
@@ -62,6 +63,14 @@ class PolicySettings(ServiceSettings):
     # redelivers within seconds; a .dlq keeps its dead letters with no time limit, so this is how long
     # an operator has to move them back without any being handled twice.
     inbox_retention_days: int = Field(default=30, ge=1)
+
+    # Days an observation no case took is kept after it was last seen and last decided (purged every
+    # minute, oldest first, `retention.py`). A case's observations (its evidence) are kept with the
+    # case, and those waiting for attribution until decided, whatever their age. It must cover what
+    # the rules read back to weigh an observation (their longest window before a `last_seen` at most
+    # `max_observation_age` old: checked at start); grace, probation and the escalation's decay read
+    # cases, not observations.
+    observation_retention_days: int = Field(default=90, ge=1)
 
     # Seconds between looks at the open cases keyed by an address alone (no device known when they
     # opened): a CMTS table that now lists a device there makes the case that device's.
@@ -126,6 +135,20 @@ class PolicySettings(ServiceSettings):
     def token_book(self) -> TokenBook:
         legacy = OperatorToken(name="admin", role="admin", token=self.admin_token)
         return TokenBook([legacy, *self.operator_tokens])
+
+    @model_validator(mode="after")
+    def _observation_retention_covers_the_rules(self) -> PolicySettings:
+        # What the rules read back must still be stored. A rule set reloaded later with a longer window
+        # is covered by the purge itself (`retention.keep`).
+        reach = retention.rules_reach(
+            rulebook.load(self.rules_file).rules, timedelta(seconds=self.max_observation_age)
+        )
+        if timedelta(days=self.observation_retention_days) < reach:
+            raise ValueError(
+                "LAZARETTO_OBSERVATION_RETENTION_DAYS is shorter than what the rules read back:"
+                f" their longest window after LAZARETTO_MAX_OBSERVATION_AGE, {reach.total_seconds():.0f} s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _portal_token_is_nobody_elses(self) -> PolicySettings:
