@@ -126,6 +126,15 @@ async def policy(policy_settings: PolicySettings) -> AsyncIterator[PolicyService
 
 
 @pytest.fixture
+async def sender(amqp_url: str) -> AsyncIterator[Bus]:
+    """A detector's connection to the bus, to publish observations as one would."""
+    bus = Bus(amqp_url, "test-detector")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
 async def probe(amqp_url: str) -> AsyncIterator[BusProbe]:
     probe = await BusProbe(amqp_url).start(
         ["garden.apply.v1", "garden.remove.v1", "modem.reset.v1", "case.changed.v1"]

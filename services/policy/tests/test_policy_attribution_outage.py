@@ -77,14 +77,6 @@ async def policy_behind_relay(
     await service.stop()
 
 
-@pytest.fixture
-async def sender(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    yield bus
-    await bus.close()
-
-
 async def pending_attempts(service: PolicyService, observation_id: uuid.UUID) -> int | None:
     async with service.pool.acquire() as conn:
         attempts: int | None = await conn.fetchval(

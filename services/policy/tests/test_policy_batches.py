@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,14 +62,6 @@ def observation(
 def noise(n: int) -> list[AbuseObserved]:
     """Observations of other subscribers that reach no rule (one destination each)."""
     return [observation(f"100.64.31.{i + 1}", 1) for i in range(n)]
-
-
-@pytest.fixture
-async def sender(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,14 +79,6 @@ def rules_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def policy_overrides(rules_path: Path) -> dict[str, object]:
     return {"rules_file": rules_path, "rules_reload_interval": 3600}
-
-
-@pytest.fixture
-async def sender(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 async def decided(policy: PolicyService, observation_id: uuid.UUID, revision: int = 0) -> dict[str, Any]:

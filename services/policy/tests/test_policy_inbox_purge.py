@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,14 +42,6 @@ def handled_ok() -> float:
         "lazaretto_messages_handled_total", {"queue": queue_name("policy"), "outcome": "ok"}
     )
     return value or 0.0
-
-
-@pytest.fixture
-async def sender(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 async def test_the_service_forgets_claims_past_the_retention_and_still_recognises_the_others(

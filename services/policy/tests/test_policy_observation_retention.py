@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -345,14 +345,6 @@ def handled_ok() -> float:
         "lazaretto_messages_handled_total", {"queue": queue_name("policy"), "outcome": "ok"}
     )
     return value or 0.0
-
-
-@pytest.fixture
-async def sender(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "test-detector")
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 async def test_the_service_purges_old_case_less_observations_and_the_inbox_and_revisions_still_deduplicate(
