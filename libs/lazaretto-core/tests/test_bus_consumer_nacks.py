@@ -114,3 +114,27 @@ async def test_a_delivery_whose_connection_died_in_its_handler_is_redelivered_an
     await wait_for(lambda: len(handled) >= 2)
     assert handled[:2] == [message_id, message_id]
     assert "Consumer callback failed" not in caplog.text
+
+
+async def test_publishes_awaiting_their_confirm_when_a_nack_renews_the_channel_are_published_again(
+    bus: Bus,
+) -> None:
+    # (The race behind a flaky run of the test above: the retry copy's nack renewed the channel while
+    # the test's own publish still waited for its confirm on it, and that publish raised ChannelClosed.)
+    seen: set[str] = set()
+
+    async def handler(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.add(ctx.message_id)
+
+    bus.on(AbuseObserved, handler)
+    await bus.consume(queue_name("test"))
+    # Given many publishes in flight on the publish channel, their confirms not all in yet
+    ids = [f"in-flight-{n}" for n in range(300)]
+    publishes = [asyncio.create_task(bus.publish(EXAMPLE, message_id=i)) for i in ids]
+    await asyncio.sleep(0)
+    # When a nacked publish renews the channel meanwhile (what `_publish_with_retry` does on a nack)
+    await bus._renew_publish_channel(bus._publish_channel)
+    # Then every publish still completes (again on the new channel where its confirm was lost), and
+    # every message reaches the consumer
+    assert await asyncio.gather(*publishes) == ids
+    await wait_for(lambda: seen == set(ids))

@@ -270,6 +270,10 @@ class Bus:
                 TimeoutError,
                 aiormq.exceptions.AMQPConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError,
+                # The channel closed under a publish awaiting its confirm: renewed after a concurrent
+                # publish's nack (`_renew_publish_channel`), or closed by the broker. Again, on the
+                # channel in use now (a copy the broker did store is a duplicate consumers drop).
+                aiormq.exceptions.ChannelClosed,
                 ConnectionError,
                 RuntimeError,
             ) as exc:
