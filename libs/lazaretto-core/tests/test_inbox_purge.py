@@ -116,7 +116,7 @@ FROM generate_series(1, 2000) AS n
 async def explain_purge(conn: db.Connection) -> dict[str, Any]:
     [explained] = json.loads(
         await conn.fetchval(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + db.PURGE_INBOX, RETENTION, db.INBOX_PURGE_BATCH
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + db.PURGE_INBOX, RETENTION, db.PURGE_BATCH
         )
     )
     plan: dict[str, Any] = explained["Plan"]
@@ -144,8 +144,8 @@ async def test_a_purge_reads_the_old_rows_through_the_index_not_the_whole_inbox(
         ("Tid Scan", None),
     ]
     [index_scan] = [n for n in plan if n.get("Index Name") == "inbox_received_at"]
-    assert index_scan["Actual Rows"] == db.INBOX_PURGE_BATCH
-    assert left == 102_000 - db.INBOX_PURGE_BATCH
+    assert index_scan["Actual Rows"] == db.PURGE_BATCH
+    assert left == 102_000 - db.PURGE_BATCH
     # And found them reading a few dozen pages (index and heap), where the inbox has over a thousand
     pages = await pool.fetchval("SELECT relpages FROM pg_class WHERE relname = 'inbox'")
     assert pages > 1000

@@ -238,7 +238,7 @@ async def explain_purge(conn: db.Connection) -> dict[str, Any]:
         await conn.fetchval(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + retention.PURGE_OBSERVATIONS,
             RETENTION,
-            retention.PURGE_BATCH,
+            db.PURGE_BATCH,
         )
     )
     plan: dict[str, Any] = explained["Plan"]
@@ -269,8 +269,8 @@ async def test_a_purge_reads_the_old_case_less_rows_through_the_index_not_the_wh
         ("Tid Scan", None),
     ]
     [index_scan] = [n for n in plan if n.get("Index Name") == "observations_caseless_age"]
-    assert index_scan["Actual Rows"] == retention.PURGE_BATCH
-    assert left == 205_000 - retention.PURGE_BATCH
+    assert index_scan["Actual Rows"] == db.PURGE_BATCH
+    assert left == 205_000 - db.PURGE_BATCH
     # And found them reading a few dozen pages (index and heap), where the table has thousands
     pages = await pool.fetchval("SELECT relpages FROM pg_class WHERE relname = 'observations'")
     assert pages > 3000

@@ -129,11 +129,6 @@ PURGE_INTERVAL = 60.0
 PURGE_BATCH = 1_000
 PURGE_MAX_BATCHES = 200
 
-# The inbox's purge runs at the common pace.
-INBOX_PURGE_INTERVAL = PURGE_INTERVAL
-INBOX_PURGE_BATCH = PURGE_BATCH
-INBOX_PURGE_MAX_BATCHES = PURGE_MAX_BATCHES
-
 # The oldest rows first through `inbox_received_at`, deleted by their row address (a TID scan): a
 # plan that reads neither the whole table nor its primary key. SKIP LOCKED: replicas purging at the
 # same time take different rows.
@@ -175,8 +170,8 @@ async def purge_inbox(
     pool: asyncpg.Pool,
     retention: timedelta,
     *,
-    batch: int = INBOX_PURGE_BATCH,
-    max_batches: int = INBOX_PURGE_MAX_BATCHES,
+    batch: int = PURGE_BATCH,
+    max_batches: int = PURGE_MAX_BATCHES,
 ) -> int:
     """Forget the messages claimed more than `retention` ago, `batch` rows a statement, until none is
     left or `max_batches` statements ran; returns how many rows went.

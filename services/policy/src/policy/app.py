@@ -131,12 +131,12 @@ class PolicyService:
         self.loops.every("rules-reload", self.settings.rules_reload_interval, self.rules.reload_if_changed)
         # The inbox keeps each consumed message's id for the retention, then forgets it (db.purge_inbox).
         self.loops.every(
-            "inbox-purge", db.INBOX_PURGE_INTERVAL, self._purge_inbox, errors=(OSError, asyncpg.PostgresError)
+            "inbox-purge", db.PURGE_INTERVAL, self._purge_inbox, errors=(OSError, asyncpg.PostgresError)
         )
         # Observations no case took are kept for their retention, then deleted (retention.py).
         self.loops.every(
             "observation-purge",
-            retention.PURGE_INTERVAL,
+            db.PURGE_INTERVAL,
             self._purge_observations,
             errors=(OSError, asyncpg.PostgresError),
         )

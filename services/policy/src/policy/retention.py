@@ -24,12 +24,6 @@ from .rules import RuleSet
 
 log = logging.getLogger(__name__)
 
-# The common pace of the purges (as the inbox's): every minute, 1,000 rows a statement (its own short
-# transaction), at most 200,000 a turn, so a turn stays short on the backlog of a table never purged.
-PURGE_INTERVAL = db.PURGE_INTERVAL
-PURGE_BATCH = db.PURGE_BATCH
-PURGE_MAX_BATCHES = db.PURGE_MAX_BATCHES
-
 # The oldest case-less rows first through `observations_caseless_age` (its expression and predicate
 # repeated exactly, or the planner cannot use it), deleted by row address. Waiting for attribution:
 # such a row's decision is `pending_attribution`, and `attribution_pending` holds the revision that
@@ -68,8 +62,8 @@ async def purge_observations(
     pool: asyncpg.Pool,
     older_than: timedelta,
     *,
-    batch: int = PURGE_BATCH,
-    max_batches: int = PURGE_MAX_BATCHES,
+    batch: int = db.PURGE_BATCH,
+    max_batches: int = db.PURGE_MAX_BATCHES,
 ) -> int:
     """Delete the observations no case took and none waits on, last seen and last decided more than
     `older_than` ago, `batch` a statement, until none is left or `max_batches` ran; how many went."""
