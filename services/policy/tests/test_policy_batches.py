@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from lazaretto_core.bus import REASON_HEADER, Bus, MessageContext, dead_letter_queue_name, queue_name
 from lazaretto_core.contracts import AbuseObserved, GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
-from lazaretto_lab.testing import BusProbe
+from lazaretto_lab.testing import BusProbe, messages_handled
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
@@ -84,10 +84,7 @@ async def stored(service: PolicyService, count: int, timeout: float = 60) -> dic
 
 
 def handled(outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "lazaretto_messages_handled_total", {"queue": QUEUE, "outcome": outcome}
-    )
-    return value or 0.0
+    return messages_handled(QUEUE, outcome)
 
 
 async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisions_in_order(

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.settings import SettingsInvalid
+from lazaretto_lab.testing import messages_handled
 from policy.app import build
 from policy.handlers import CONSUMER
 from policy.settings import PolicySettings
@@ -38,10 +38,7 @@ def below_threshold(ip: str) -> AbuseObserved:
 
 
 def handled_ok() -> float:
-    value = REGISTRY.get_sample_value(
-        "lazaretto_messages_handled_total", {"queue": queue_name("policy"), "outcome": "ok"}
-    )
-    return value or 0.0
+    return messages_handled(queue_name("policy"), "ok")
 
 
 async def test_the_service_forgets_claims_past_the_retention_and_still_recognises_the_others(

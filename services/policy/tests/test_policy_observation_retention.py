@@ -22,7 +22,7 @@ from lazaretto_core import db
 from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.settings import SettingsInvalid
-from lazaretto_lab.testing import plan_nodes
+from lazaretto_lab.testing import messages_handled, plan_nodes
 from policy import audit, retention, rulebook, store
 from policy.app import build
 from policy.handlers import CONSUMER
@@ -341,10 +341,7 @@ def test_a_rule_set_reloaded_with_a_longer_reach_keeps_observations_longer() -> 
 
 
 def handled_ok() -> float:
-    value = REGISTRY.get_sample_value(
-        "lazaretto_messages_handled_total", {"queue": queue_name("policy"), "outcome": "ok"}
-    )
-    return value or 0.0
+    return messages_handled(queue_name("policy"), "ok")
 
 
 async def test_the_service_purges_old_case_less_observations_and_the_inbox_and_revisions_still_deduplicate(

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from lazaretto_core.checkpoints import CheckpointStore
 from lazaretto_core.contracts import BY_ROUTING_KEY, Contract
@@ -290,6 +291,14 @@ class HeldStore(CheckpointStore):
         self.writing.set()
         self.release.wait(self.hold)
         super().write_state(name, document)
+
+
+def messages_handled(queue: str, outcome: str) -> float:
+    """This process's `lazaretto_messages_handled_total` for `queue` and `outcome` (0 before any)."""
+    value = REGISTRY.get_sample_value(
+        "lazaretto_messages_handled_total", {"queue": queue, "outcome": outcome}
+    )
+    return value or 0.0
 
 
 def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
