@@ -141,14 +141,18 @@ def observed(probe: BusProbe, ip: str) -> list[AbuseObserved]:
     ]
 
 
-async def barrier(conn: PolicyConnection, probe: BusProbe, client: str = OTHER_CPE) -> None:
-    """Make `client` (a fresh subscriber) cross and wait for its observation: the publisher keeps
-    order, so anything queued before it has been published by then."""
+async def barrier(
+    detector: DetectorSmtpService, conn: PolicyConnection, probe: BusProbe, client: str = OTHER_CPE
+) -> None:
+    """Make `client` (a fresh subscriber) cross and wait for its observation and for the detector to
+    have its confirm: the publisher keeps order, so anything queued before it has been published and
+    confirmed by then. (The probe can receive the message before the confirm reaches the detector,
+    which marks the client reported, counts it published and drops it from the outbox only then.)"""
     assert observed(probe, client) == []
     await conn.send_messages(client, THRESHOLD, f"barrier-{client}")
     deadline = time.monotonic() + 20
-    while not observed(probe, client):
-        assert time.monotonic() < deadline, "the barrier observation was never published"
+    while not observed(probe, client) or client not in detector.reports.ledger.confirmed:
+        assert time.monotonic() < deadline, "the barrier observation was never published and confirmed"
         await asyncio.sleep(0.02)
 
 
@@ -159,7 +163,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     replies = await conn.send_messages(CPE, THRESHOLD - 1, "a")
     # Then every request was answered DUNNO and nothing was published
     assert replies == ["action=DUNNO\n\n"] * (3 * (THRESHOLD - 1))
-    await barrier(conn, probe)
+    await barrier(detector, conn, probe)
     assert observed(probe, CPE) == []
 
     # When it sends the message that reaches the threshold, and a few more after it
@@ -193,7 +197,7 @@ async def test_below_the_threshold_nothing_is_published_and_crossing_it_publishe
     assert event.evidence["sender_domains"] == ["spam.example"]
     assert sorted(event.evidence["recipient_domains"]) == ["example.net", "example.org"]
     assert "@" not in json.dumps(event.evidence)
-    await barrier(conn, probe, "100.64.7.8")  # OTHER_CPE has crossed already: a fresh subscriber
+    await barrier(detector, conn, probe, "100.64.7.8")  # OTHER_CPE has crossed already: a fresh subscriber
     assert len(observed(probe, CPE)) == 1
     assert len(detector.reports.outbox) == 0  # every report confirmed
 
@@ -206,7 +210,7 @@ async def test_clients_outside_the_subscriber_ranges_or_never_reported_are_not_c
     replies += await conn.send_messages(ISP_RELAY, 3 * THRESHOLD, "relay")
     # Then they get DUNNO, and only the subscriber that crosses afterwards is reported
     assert set(replies) == {"action=DUNNO\n\n"}
-    await barrier(conn, probe)
+    await barrier(detector, conn, probe)
     assert [m.ip for _, m, _ in probe.received if isinstance(m, AbuseObserved)] == [OTHER_CPE]
     assert OUTSIDER not in detector.detector.windows
     assert ISP_RELAY not in detector.detector.windows
@@ -235,7 +239,7 @@ async def test_a_malformed_request_is_answered_and_the_server_keeps_serving(
     # and the server goes on counting and reporting for real clients
     good = await PolicyConnection.open(detector.policy_server.port)
     try:
-        await barrier(good, probe)
+        await barrier(detector, good, probe)
     finally:
         await good.close()
     assert detector.policy_server.protocol_errors == 1
@@ -270,10 +274,12 @@ async def test_with_the_broker_gone_postfix_still_gets_dunno_at_once(
         metrics = (await http.get("/metrics")).text
         assert 'lazaretto_outbox_pending{outbox="detector-smtp"} 1.0' in metrics
         # When the broker is back, the same report (same id) is published and only then marked
+        # (the probe can have it before the confirm reaches the detector, which marks it then: wait
+        # for both)
         await detector.bus.connect()
         deadline = time.monotonic() + 60
-        while not observed(probe, CPE):
-            assert time.monotonic() < deadline, "the kept report was never published"
+        while not observed(probe, CPE) or CPE not in detector.reports.ledger.confirmed:
+            assert time.monotonic() < deadline, "the kept report was never published and confirmed"
             await asyncio.sleep(0.05)
         (event,) = observed(probe, CPE)
         assert event.observation_id == pending.observation_id
@@ -291,7 +297,7 @@ async def test_health_and_metrics_reflect_the_work(
         assert ready.json()["checks"] == {"broker": "ok", "policy_server": "ok"}
         assert (await http.get("/healthz")).json() == {"status": "ok", "service": "detector-smtp"}
         await conn.send_messages(OUTSIDER, 1, "m")
-        await barrier(conn, probe)
+        await barrier(detector, conn, probe)
         metrics = (await http.get("/metrics")).text
         assert 'lazaretto_smtp_policy_requests_total{outcome="outside_ranges"}' in metrics
         assert 'lazaretto_smtp_observations_total{outcome="published"}' in metrics
