@@ -18,7 +18,7 @@ from lazaretto_core.attribution import (
     HoldersLeasesAnswers,
     LeaseHolders,
 )
-from lazaretto_core.bus import Bus
+from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import (
     AllowlistChanged,
     AllowlistEntry,
@@ -31,7 +31,7 @@ from lazaretto_core.contracts import (
 from lazaretto_lab.bind import LabBind
 from lazaretto_lab.dhcp_client import dhcp_exchange
 from lazaretto_lab.kea import LabKea
-from lazaretto_lab.testing import BusProbe
+from lazaretto_lab.testing import BusProbe, messages_handled
 from provisioner.app import ProvisionerService, build
 from provisioner.settings import ProvisionerSettings
 
@@ -324,6 +324,7 @@ async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_dire
     probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
     bus = Bus(amqp_url, "test-anyone")
     await bus.connect()
+    handled = messages_handled(queue_name("provisioner"), "ok")
     try:
         # Given policy's allowlist names a CPE's MAC, a modem, and a prefix
         await bus.publish(
@@ -338,8 +339,14 @@ async def test_an_allow_listed_device_is_never_gardened_even_when_commanded_dire
             )
         )
         await until_version(provisioner, 5)
-        # And an older snapshot arriving late changes nothing
+        # And an older snapshot arriving late changes nothing: handled (both snapshots consumed, neither
+        # failed) before the commands below, which the copy at version 5 must still refuse
         await bus.publish(snapshot(4))
+        async with asyncio.timeout(10):
+            while messages_handled(queue_name("provisioner"), "ok") - handled < 2:
+                await asyncio.sleep(0.05)
+        assert messages_handled(queue_name("provisioner"), "ok") - handled == 2
+        assert await provisioner.handlers.allowlist.version() == 5
         # When garden commands for them arrive on the bus (from anyone)
         by_mac, by_modem, by_prefix = (
             garden("127.0.0.61", "02:00:00:00:aa:01"),
