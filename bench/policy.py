@@ -22,7 +22,10 @@
 - observations_per_s: a backlog of observations (realistic evidence, one in four a later revision of
   a running window, a few percent reaching a rule) is published while the handler is held, then
   released; the rate is the backlog over the time until the last decision committed.
-- decision_p99_ms: another process publishes at a fixed rate (open loop); each observation carries
+- decision_p99_ms: once the backlog's cases have settled (`settle`: every case it opened has its
+  executors' answers, the outbox is empty and nothing waits in policy's queue; they come behind the
+  backlog in policy's one queue, about a thousand in two seconds, and would be timed as the rate's own),
+  another process publishes at a fixed rate (open loop); each observation carries
   the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
   committed; `handler_p99_ms` is consumed -> committed only. Then the same at a low rate
   (`--low-rate`, 50/s): `low_rate_decision_p99_ms`, where no observation waits for a batch to fill.
@@ -453,6 +456,31 @@ class Replica:
 # -- the bench ----------------------------------------------------------------------------------------
 
 
+_AWAITING_EXECUTORS = "SELECT count(*) FROM cases WHERE opened_at >= $1 AND state = ANY($2::text[])"
+
+
+async def settle(service: Any, since: datetime, *, timeout: float = 300.0) -> float:
+    """Wait until what the cases opened `since` set going is done: no such case waits for an executor,
+    the outbox is empty and policy's queue holds nothing ready, three times 0.2 s apart; returns the
+    seconds waited. The executors' answers to a backlog's cases come behind it in policy's one queue
+    (about a thousand within two seconds after 20,000 observations): a phase started meanwhile would
+    time decisions behind them."""
+    from policy.casework import IN_FLIGHT_STATE
+
+    in_flight = sorted(set(IN_FLIGHT_STATE.values()))
+    began = time.monotonic()
+    quiet = 0
+    while quiet < 3:
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"policy did not settle within {timeout:.0f} s")
+        waiting = await service.pool.fetchval(_AWAITING_EXECUTORS, since, in_flight)
+        outbox = await service.pool.fetchval("SELECT count(*) FROM outbox")
+        queued = await service.bus.message_count(queue_name("policy"))
+        quiet = quiet + 1 if waiting == 0 and outbox == 0 and queued == 0 else 0
+        await asyncio.sleep(0.2)
+    return time.monotonic() - began
+
+
 class Decisions:
     """Counts and times each decision as the real handler returns (its transaction committed)."""
 
@@ -595,6 +623,7 @@ async def run(args: argparse.Namespace) -> int:
         detector = Bus(amqp, "bench-detector")
         await detector.connect()
         traffic = LiveTraffic(pop, seed=args.seed)
+        backlog_began_at = await service.pool.fetchval("SELECT now()")
         began = time.monotonic()
         for offset in range(0, args.backlog, 500):
             now = datetime.now(UTC)
@@ -655,6 +684,7 @@ async def run(args: argparse.Namespace) -> int:
             handler = [1000 * x for x in decisions.handler[timed_before:]]
             return report, from_due, handler, decisions.mean_batch_since(batched)
 
+        print(f"settle_before_rate_s={await settle(service, backlog_began_at):.1f}")
         offered = int(args.rate * args.seconds)
         report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1)
         print(f"offered_rate={args.rate}")
