@@ -326,7 +326,13 @@ class Inventory:
 
     async def cpe(self, cpe_mac: str) -> CpeRecord | None:
         """The CM a CPE is behind: asked live of every CMTS with a CPE table (CPEs come and go faster
-        than a walk schedule), remembered; the stored answer if no CMTS could answer now."""
+        than a walk schedule), remembered.
+
+        The stored row answers only while the CMTS that listed it cannot answer now (an SnmpError):
+        if that CMTS answers that it no longer lists the CPE (it moved house, changed ISP, the modem
+        was swapped), the row is stale: forgotten, and the answer is None (unknown). Raises when no
+        CMTS could answer and nothing stored may be served: that is not "unknown".
+        """
         mac = normalize_mac(cpe_mac)
         clients = [c for c in self.fleet.all() if c.profile.vendor in CPE_COLUMNS]
         answers = await asyncio.gather(*(self._cpe_live(c, mac) for c in clients), return_exceptions=True)
@@ -338,11 +344,24 @@ class Inventory:
         for error in errors:
             if not isinstance(error, SnmpError):
                 raise error
+        failed = {c.name for c, a in zip(clients, answers, strict=True) if isinstance(a, BaseException)}
+        not_listed = {c.name for c, a in zip(clients, answers, strict=True) if a is None}
         row = await self.pool.fetchrow(
             "SELECT * FROM cpes WHERE cpe_mac = $1 AND cmts = ANY($2::text[])", mac, self._configured
         )
         if row is not None:
-            return _cpe(row)
+            verdict = stored_cpe_verdict(row["cmts"], failed=failed, not_listed=not_listed)
+            if verdict == "serve":
+                return _cpe(row)
+            if verdict == "stale":
+                await self._forget_cpe(row)
+            else:
+                log.warning(
+                    "CPE %s: stored behind %s on CMTS %s, which has no CPE table to confirm it: not served",
+                    mac,
+                    row["cm_mac"],
+                    row["cmts"],
+                )
         if errors and len(errors) == len(answers):
             raise errors[0]  # nobody could answer: that is not "unknown"
         return None
@@ -388,6 +407,24 @@ class Inventory:
             cpe.cmts,
             cpe.ip,
         )
+
+    async def _forget_cpe(self, row: Any) -> None:
+        """Delete a stored CPE row its CMTS no longer lists, unless it was written again meanwhile (a
+        walk or another look-up that saw the CPE since)."""
+        deleted = await self.pool.execute(
+            "DELETE FROM cpes WHERE cpe_mac = $1 AND cmts = $2 AND cm_mac = $3 AND seen_at = $4",
+            row["cpe_mac"],
+            row["cmts"],
+            row["cm_mac"],
+            row["seen_at"],
+        )
+        if deleted != "DELETE 0":
+            log.info(
+                "CPE %s: CMTS %s no longer lists it (behind %s): stored row forgotten",
+                row["cpe_mac"],
+                row["cmts"],
+                row["cm_mac"],
+            )
 
     # -- live status ------------------------------------------------------------------------------
 
@@ -445,6 +482,17 @@ class Inventory:
 
     def last_error(self, cmts: str) -> str | None:
         return self._failed.get(cmts)
+
+
+def stored_cpe_verdict(row_cmts: str, *, failed: set[str], not_listed: set[str]) -> str:
+    """What a stored CPE row is worth after the live look-up found the CPE nowhere: `serve` while the
+    CMTS that listed it could not answer now, `stale` once that CMTS answered that it no longer lists
+    it (whatever the others could answer), `unconfirmed` if it was not asked (no CPE table now)."""
+    if row_cmts in failed:
+        return "serve"
+    if row_cmts in not_listed:
+        return "stale"
+    return "unconfirmed"
 
 
 def as_marker(value: Any) -> str | None:
