@@ -194,6 +194,50 @@ async def test_a_cpe_that_moved_to_another_cmts_is_answered_from_there(
     assert await stored(agent, CPE) == (CM_B, "b")
 
 
+async def test_an_address_its_cpe_no_longer_holds_is_unknown_and_its_row_corrected(
+    make_cmts: Callable[..., LabCmts],
+    make_agent: MakeAgent,
+    profile_for: Callable[..., CmtsProfile],
+    relays: Callable[[LabCmts], LossyUdpRelay],
+) -> None:
+    cmts = make_cmts(
+        [
+            LabModem(CM_A, CM_A_IP, cpes=(LabCpe(CPE, CPE_IP),)),
+            LabModem(CM_B, CM_B_IP, cpes=(LabCpe(OTHER_CPE, OTHER_CPE_IP),)),
+        ],
+        vendor="cisco",
+    )
+    relay = relays(cmts)
+    agent = await make_agent(quick(profile_for, cmts, relay, "a"))
+    # Given the inventory stored both CPEs at their addresses
+    await agent.inventory.refresh()
+    # When the CPE behind modem A is given another address, and the one behind B leaves (the walk
+    # that would notice both not yet run)
+    cmts.set_modems([LabModem(CM_A, CM_A_IP, cpes=(LabCpe(CPE, "100.64.1.99"),)), LabModem(CM_B, CM_B_IP)])
+    async with client_of(agent) as client:
+        by_ip = await client.get(f"/v1/ips/{CPE_IP}/modem", headers=HEADERS)
+        gone = await client.get(f"/v1/ips/{OTHER_CPE_IP}/modem", headers=HEADERS)
+        batch = await client.post(
+            MODEMS_BATCH_PATH, headers=HEADERS, json={"cpe_macs": [], "ips": [CPE_IP, OTHER_CPE_IP]}
+        )
+        moved = await client.get("/v1/ips/100.64.1.99/modem", headers=HEADERS)
+    # Then neither old address is attributed to the modem it was behind
+    assert (by_ip.status_code, gone.status_code) == (404, 404), (by_ip.text, gone.text)
+    assert batch.status_code == 200, batch.text
+    assert ModemsAnswers.model_validate(batch.json()).by_ip == [None, None]
+    # And the rows say what the CMTS lists now
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["cpe_mac"], moved.json()["cm_mac"]) == (CPE, CM_A)
+    row = await agent.pool.fetchrow("SELECT cm_mac, ip FROM cpes WHERE cpe_mac = $1", CPE)
+    assert (row["cm_mac"], row["ip"]) == (CM_A, "100.64.1.99")
+    assert await stored(agent, OTHER_CPE) is None
+    # And while the CMTS does not answer, the stored address is served as it last listed it
+    relay.loss = 1.0
+    served = await agent.inventory.cpe_by_ip("100.64.1.99")
+    assert served is not None
+    assert (served.cpe_mac, served.cm_mac, served.cmts) == (CPE, CM_A, "a")
+
+
 @pytest.mark.parametrize(
     ("row_cmts", "failed", "not_listed", "verdict"),
     [

@@ -354,7 +354,7 @@ class Inventory:
             if verdict == "serve":
                 return _cpe(row)
             if verdict == "stale":
-                await self._forget_cpe(row)
+                await self._correct_cpe(row, None)
             else:
                 log.warning(
                     "CPE %s: stored behind %s on CMTS %s, which has no CPE table to confirm it: not served",
@@ -367,13 +367,34 @@ class Inventory:
         return None
 
     async def cpe_by_ip(self, ip: str) -> CpeRecord | None:
-        """The CPE (and its CM) holding this IPv4 as the CMTSes last listed it; walks on a miss."""
+        """The CPE (and its CM) holding this IPv4 as the CMTSes last listed it (walks on a miss),
+        confirmed live with the CMTS that listed it (the CPE tables are indexed by CPE MAC: an address
+        cannot be asked for, the stored CPE can). As `cpe()`: the stored row answers only while that
+        CMTS cannot; once it answers that it no longer lists that CPE at this address, the row is
+        stale (forgotten, or given the CPE's new address and modem) and the address is looked up again.
+        """
         query = "SELECT * FROM cpes WHERE ip = $1 AND cmts = ANY($2::text[]) ORDER BY seen_at DESC LIMIT 1"
-        row = await self.pool.fetchrow(query, ip, self._configured)
-        if row is None:
-            await self.refresh(force=False)
+        walked = False
+        for _ in range(3):  # a stale row, then a walk's answer, then that one's confirmation
             row = await self.pool.fetchrow(query, ip, self._configured)
-        return None if row is None else _cpe(row)
+            if row is None:
+                if walked:
+                    return None
+                await self.refresh(force=False)
+                walked = True
+                continue
+            client = self.fleet[row["cmts"]]
+            if client.profile.vendor not in CPE_COLUMNS:
+                return None  # not asked by `cpe()` either: nothing can confirm it
+            try:
+                live = await self._cpe_live(client, row["cpe_mac"])
+            except SnmpError:
+                return _cpe(row)  # its CMTS cannot answer now: as it last listed it
+            if live is not None and live.ip == ip:
+                await self._remember_cpe(live)
+                return live
+            await self._correct_cpe(row, live)
+        return None
 
     async def _cpe_live(self, client: CmtsClient, cpe_mac: str) -> CpeRecord | None:
         spec = CPE_COLUMNS[client.profile.vendor]
@@ -408,22 +429,31 @@ class Inventory:
             cpe.ip,
         )
 
-    async def _forget_cpe(self, row: Any) -> None:
-        """Delete a stored CPE row its CMTS no longer lists, unless it was written again meanwhile (a
-        walk or another look-up that saw the CPE since)."""
-        deleted = await self.pool.execute(
-            "DELETE FROM cpes WHERE cpe_mac = $1 AND cmts = $2 AND cm_mac = $3 AND seen_at = $4",
-            row["cpe_mac"],
-            row["cmts"],
-            row["cm_mac"],
-            row["seen_at"],
-        )
-        if deleted != "DELETE 0":
+    async def _correct_cpe(self, row: Any, live: CpeRecord | None) -> None:
+        """Replace a stored CPE row its CMTS no longer lists as stored with what it lists now (None:
+        not at all, the row is deleted), unless the row was written again meanwhile (a walk or
+        another look-up that saw the CPE since)."""
+        key = (row["cpe_mac"], row["cmts"], row["cm_mac"], row["seen_at"])
+        match = "cpe_mac = $1 AND cmts = $2 AND cm_mac = $3 AND seen_at = $4"
+        if live is None:
+            done = await self.pool.execute(f"DELETE FROM cpes WHERE {match}", *key)
+        else:
+            done = await self.pool.execute(
+                f"UPDATE cpes SET cm_mac = $5, cmts = $6, ip = $7, seen_at = now() WHERE {match}",
+                *key,
+                live.cm_mac,
+                live.cmts,
+                live.ip,
+            )
+        if done.split()[-1] != "0":
+            now = "not at all" if live is None else f"behind {live.cm_mac} at {live.ip}"
             log.info(
-                "CPE %s: CMTS %s no longer lists it (behind %s): stored row forgotten",
+                "CPE %s: CMTS %s no longer lists it behind %s at %s (now: %s): stored row corrected",
                 row["cpe_mac"],
                 row["cmts"],
                 row["cm_mac"],
+                row["ip"],
+                now,
             )
 
     # -- live status ------------------------------------------------------------------------------
