@@ -191,7 +191,8 @@ def install_api(
 
     @router.get("/cpes/{mac}/modem", summary="The modem a CPE is behind", response_model=CpeOut)
     async def modem_of_cpe(mac: str) -> CpeOut:
-        """CPE MAC -> CM MAC, asked live of every CMTS with a CPE table (policy's attribution)."""
+        """CPE MAC -> CM MAC, asked live of every CMTS with a CPE table (policy's attribution); the
+        stored answer only while the CMTS that listed it does not answer."""
         cpe_mac = _mac(mac)
         try:
             found = await inventory.cpe(cpe_mac)
@@ -204,7 +205,8 @@ def install_api(
     @router.get("/ips/{ip}/modem", summary="The modem behind a CPE address", response_model=CpeOut)
     async def modem_of_ip(ip: str) -> CpeOut:
         """CPE IPv4 -> CPE MAC and CM MAC from the CMTSes' CPE tables: a second attribution source
-        next to the DHCP leases (Cisco and Casa list CPE addresses)."""
+        next to the DHCP leases (Cisco and Casa list CPE addresses), the CPE confirmed live with its
+        CMTS."""
         try:
             address = str(ipaddress.IPv4Address(ip))
         except ValueError:
