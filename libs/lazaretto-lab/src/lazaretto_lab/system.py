@@ -38,6 +38,11 @@ from .wiring import WIRINGS, CmtsTarget, LabWires
 
 # The portal's own name: the lab zone's A record, the TLS certificate's name, option 114's host.
 PORTAL_NAME = "portal.lazaretto.test"
+# How long a lab PC starting over (DISCOVER) waits for each DHCP answer, resending meanwhile:
+# dhclient's default `timeout` (dhclient.conf(5)). A real PC keeps asking while Kea is busy; the 10 s
+# of a bare exchange once failed a test's set-up on a loaded machine. (A renewal's silence still ends
+# after 10 s in a new DISCOVER, as `renew` says.)
+PC_DHCP_TIMEOUT = 60.0
 SERVICES = ("policy", "provisioner", "cmts_agent", "portal", "detector_snort", "detector_smtp")
 
 
@@ -459,7 +464,9 @@ class CpeHost:
 
     def dhcp(self, requested_ip: str | None = None) -> DhcpResult:
         """DISCOVER/OFFER/REQUEST/ACK; the acknowledged address replaces the PC's previous one."""
-        result = dhcp_exchange(self.netns, self.iface, self.mac, mode="dora", requested_ip=requested_ip)
+        result = dhcp_exchange(
+            self.netns, self.iface, self.mac, "dora", PC_DHCP_TIMEOUT, requested_ip=requested_ip
+        )
         if result.message_type != "ACK" or result.acked_ip is None:
             raise RuntimeError(f"no lease for {self.mac}: {result}")
         self._configure(result)
