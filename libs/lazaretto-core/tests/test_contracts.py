@@ -11,11 +11,15 @@ import pytest
 
 from lazaretto_core.contracts import (
     ALL_CONTRACTS,
+    INT4_MAX,
+    INT8_MAX,
     OPEN_STATES,
     QUARANTINED_STATES,
     RELEASABLE_STATES,
     RELEASING_STATES,
     AbuseObserved,
+    AllowlistChanged,
+    BreakerTripped,
     CaseState,
     Contract,
     GardenApplied,
@@ -25,6 +29,7 @@ from lazaretto_core.contracts import (
     ModemResetCompleted,
     ResetAttempt,
     normalize_mac,
+    saturated,
 )
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -248,3 +253,80 @@ def test_a_nul_in_a_nested_model_is_refused_at_its_field() -> None:
     [error] = refused.value.errors()
     assert error["loc"] == ("attempts", 0, "detail")
     assert "NUL character" in error["msg"]
+
+
+# Every integer field a service stores in PostgreSQL, and the largest value its column holds: policy's
+# `observations` and `attribution_pending` (int), `breaker_trips` (int), the executors' allowlist
+# copies (bigint).
+STORED_INTEGERS: list[tuple[type[Contract], str, int]] = [
+    (AbuseObserved, "count", INT4_MAX),
+    (AbuseObserved, "revision", INT4_MAX),
+    (AbuseObserved, "distinct_destinations", INT4_MAX),
+    (AbuseObserved, "distinct_dst_ports", INT4_MAX),
+    (BreakerTripped, "count", INT4_MAX),
+    (BreakerTripped, "limit", INT4_MAX),
+    (AllowlistChanged, "version", INT8_MAX),
+]
+
+
+@pytest.mark.parametrize(
+    ("contract", "field", "bound"),
+    STORED_INTEGERS,
+    ids=[f"{c.routing_key}-{f}" for c, f, _ in STORED_INTEGERS],
+)
+def test_an_integer_its_column_cannot_hold_is_refused_naming_the_field(
+    contract: type[Contract], field: str, bound: int
+) -> None:
+    """Given an integer one over what its PostgreSQL column holds (or 2**40, or 2**64: a buggy or
+    hostile producer's), building or reading the message fails naming the field; the bound is taken."""
+    for value in (bound + 1, 2**40, 2**64):
+        if value <= bound:
+            continue
+        body = dict(contract.example, **{field: value})
+        with pytest.raises(pydantic.ValidationError) as built:
+            contract.model_validate(body)
+        with pytest.raises(pydantic.ValidationError) as read:
+            contract.read(json.dumps(body))
+        for refused in (built, read):
+            [error] = refused.value.errors()
+            assert error["loc"] == (field,)
+            assert f"less than or equal to {bound}" in error["msg"]
+    assert getattr(contract.read(json.dumps(dict(contract.example, **{field: bound}))), field) == bound
+
+
+def _integers(schema: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every integer in a JSON schema, with where it is (nested models and optional fields too)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if schema.get("type") == "integer":
+        found.append((where, schema))
+    for name, prop in schema.get("properties", {}).items():
+        found += _integers(prop, f"{where}.{name}")
+    for n, option in enumerate(schema.get("anyOf", [])):
+        found += _integers(option, f"{where}|{n}")
+    for name, nested in schema.get("$defs", {}).items():
+        found += _integers(nested, f"$defs.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += _integers(schema["items"], f"{where}[]")
+    return found
+
+
+@pytest.mark.parametrize("contract", ALL_CONTRACTS, ids=lambda c: c.routing_key)
+def test_every_integer_of_a_contract_has_an_upper_bound(contract: type[Contract]) -> None:
+    """A contract's integer without a maximum would take a value no PostgreSQL integer column holds:
+    a new one is bounded by what stores it (`INT4_MAX` for an int column) when it is added."""
+    integers = _integers(contract.model_json_schema(), contract.routing_key)
+    unbounded = [where for where, schema in integers if not schema.get("maximum", INT8_MAX + 1) <= INT8_MAX]
+    assert unbounded == []
+
+
+def test_a_counter_saturates_at_the_bound_of_an_int_column() -> None:
+    assert [saturated(n) for n in (0, 1, INT4_MAX - 1, INT4_MAX, INT4_MAX + 1, 2**40)] == [
+        0,
+        1,
+        INT4_MAX - 1,
+        INT4_MAX,
+        INT4_MAX,
+        INT4_MAX,
+    ]
+    # a saturated count makes a valid message
+    assert AbuseObserved.model_validate(dict(AbuseObserved.example, count=saturated(2**40))).count == INT4_MAX

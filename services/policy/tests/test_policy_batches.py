@@ -183,6 +183,19 @@ async def dead_letters(amqp_url: str) -> list[tuple[bytes, str]]:
     return letters
 
 
+POISON_IP = "100.64.32.1"
+REFUSE_POISON = f"""
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.ip = '{POISON_IP}'::inet THEN
+        RAISE EXCEPTION 'observation % refused by the test', NEW.observation_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON observations FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
 async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_decided(
     policy: PolicyService, sender: Bus, amqp_url: str
 ) -> None:
@@ -194,10 +207,13 @@ async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_d
         await decide(items)
 
     policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
-    # Given a backlog with one observation the contract takes but PostgreSQL cannot store: a count
-    # over its int (the contract bounds no count; a NUL, the old poison, never passes the contract now)
+    # Given a backlog with one observation the contract takes but PostgreSQL refuses: a trigger stands
+    # in for what no contract foresees (the old poisons, a NUL and then a count over the int column,
+    # are refused by the contract now)
+    async with policy.pool.acquire() as conn:
+        await conn.execute(REFUSE_POISON)
     others = noise(30)
-    poison = observation("100.64.32.1", 1, count=2**31)
+    poison = observation(POISON_IP, 1)
     for event in [*others[:15], poison, *others[15:]]:
         await sender.publish(event)
     ok, dead = handled("ok"), handled("dead_lettered")
@@ -266,6 +282,58 @@ async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_othe
     assert json.loads(letter)["observation_id"] == str(poison.observation_id)
     assert reason.startswith("abuse.observed.v1 failed validation: evidence: ")
     assert "evidence.destinations[0] holds a NUL character (U+0000)" in reason
+    assert poison.observation_id not in await stored(policy, 30)
+
+
+async def test_a_count_no_int_column_holds_is_refused_before_any_batch_and_the_others_are_decided(
+    policy: PolicyService, sender: Bus, amqp_url: str
+) -> None:
+    sizes: list[int] = []
+    gate = asyncio.Event()
+    decide = policy.handlers.on_abuse_batch
+
+    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        sizes.append(len(items))
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    # Given a backlog with one observation whose count (2**40) no int column holds, as a buggy or
+    # hostile detector sends it (raw JSON: our own producers cannot build such a message)
+    others = noise(30)
+    poison = observation("100.64.32.2", 1)
+    body = poison.model_dump(mode="json") | {"count": 2**40}
+    fallbacks, dead = batch_fallbacks(), handled("dead_lettered")
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        exchange = await (await connection.channel()).get_exchange("lazaretto.events")
+        for event in others[:15]:
+            await sender.publish(event)
+        await exchange.publish(
+            aio_pika.Message(json.dumps(body).encode(), type=AbuseObserved.routing_key, message_id="huge"),
+            routing_key=AbuseObserved.routing_key,
+        )
+        for event in others[15:]:
+            await sender.publish(event)
+    finally:
+        await connection.close()
+    gate.set()
+    # Then the others are decided in batches, none of which failed and fell back to one by one
+    rows = await stored(policy, 30)
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    assert sum(sizes) == 30
+    assert max(sizes) > 1
+    assert batch_fallbacks() == fallbacks
+    # And the huge one was dead-lettered as invalid at once (no retries), with a reason naming the field
+    async with asyncio.timeout(30):
+        while handled("dead_lettered") == dead:
+            await asyncio.sleep(0.05)
+    [(letter, reason)] = await dead_letters(amqp_url)
+    assert json.loads(letter)["observation_id"] == str(poison.observation_id)
+    assert (
+        reason
+        == "abuse.observed.v1 failed validation: count: Input should be less than or equal to 2147483647"
+    )
     assert poison.observation_id not in await stored(policy, 30)
 
 

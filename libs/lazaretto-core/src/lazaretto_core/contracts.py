@@ -9,6 +9,9 @@ never dead-letters a message only for carrying something new.
 Every contract (and every model nested in one) refuses text PostgreSQL cannot store — a NUL character,
 anywhere: a field, an item of a list, a key or value of a nested dict like `evidence` — with the field
 that holds it (`StorableModel`), so such a message is dead-lettered as invalid before any handler runs.
+Likewise every integer a service stores in a PostgreSQL `int` column is bounded to what the column holds
+(`INT4_MAX`; a producer's counter saturates there: `saturated`), and a snapshot version to `bigint`'s
+`INT8_MAX`: a larger value is refused naming the field, not an error deep in a batch's transaction.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+# The largest value of a PostgreSQL `int` (int4) column: the bound of every integer field of a contract
+# that a service stores in one (policy's observations, attribution_pending and breaker_trips).
+INT4_MAX: Final = 2**31 - 1
+# The largest value of a `bigint` (int8) column: the bound of a snapshot version executors store.
+INT8_MAX: Final = 2**63 - 1
+
+
+def saturated(value: int) -> int:
+    """`value`, or `INT4_MAX` if it is larger: what a producer publishes for a counter (an alert count,
+    an estimate of distinct destinations) that outgrew what a contract's integer field holds."""
+    return value if value <= INT4_MAX else INT4_MAX
+
 
 EVENTS_EXCHANGE = "lazaretto.events"
 COMMANDS_EXCHANGE = "lazaretto.commands"
@@ -218,18 +234,18 @@ class AbuseObserved(Contract):
     ip: IpAddress
     category: Category
     severity: int = Field(ge=1, le=5)
-    count: int = Field(ge=1)
+    count: int = Field(ge=1, le=INT4_MAX)
     signatures: list[str] = Field(default_factory=list, max_length=20)
     evidence: dict[str, Any] = Field(default_factory=dict)
     # The evidence rules weigh (optional: older producers leave them out). A detector publishes a
     # window's running evidence as it grows: every update has the same `observation_id` and a higher
     # `revision` (an older or equal revision is a duplicate); `count`, `first_seen` and `last_seen`
     # are then running totals of the window.
-    revision: int = Field(default=0, ge=0)
+    revision: int = Field(default=0, ge=0, le=INT4_MAX)
     # Distinct other parties and distinct server-side ports of the flows (exact, or a bounded
     # sketch's estimate); None: the detector does not know.
-    distinct_destinations: int | None = Field(default=None, ge=0)
-    distinct_dst_ports: int | None = Field(default=None, ge=0)
+    distinct_destinations: int | None = Field(default=None, ge=0, le=INT4_MAX)
+    distinct_dst_ports: int | None = Field(default=None, ge=0, le=INT4_MAX)
     # "outbound": from the subscriber (it initiated the flow, or sent the packet); "inbound": towards it.
     direction: Literal["outbound", "inbound", "unknown"] = "unknown"
     # Any flow of the evidence was established / had an application-layer transaction; None: unknown.
@@ -742,7 +758,7 @@ class AllowlistChanged(Contract):
     exchange = EVENTS_EXCHANGE
     mandatory = False
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT8_MAX)
     published_at: AwareDatetime
     entries: tuple[AllowlistEntry, ...] = Field(default=(), max_length=100_000)
 
@@ -784,8 +800,8 @@ class BreakerTripped(Contract):
     mandatory = False
 
     scope: str = Field(min_length=1, max_length=128)
-    count: int = Field(ge=0)
-    limit: int = Field(ge=0)
+    count: int = Field(ge=0, le=INT4_MAX)
+    limit: int = Field(ge=0, le=INT4_MAX)
     window_s: float = Field(gt=0)
     tripped_at: AwareDatetime
     case_id: UUID | None = None
