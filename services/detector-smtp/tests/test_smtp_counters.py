@@ -13,6 +13,7 @@ from detector_smtp.quarantine import QuarantineList
 from detector_smtp.rules import RuleSet, SmtpRule, default_rules
 from detector_smtp.state import StateStore
 from detector_smtp.windows import ClientWindows, MailEvent
+from lazaretto_core.contracts import INT4_MAX
 from lazaretto_core.ranges import SubscriberRanges
 
 CPE = "100.64.2.20"
@@ -52,6 +53,18 @@ def test_burst_rule_fires_on_a_minute_even_far_below_the_hourly_threshold() -> N
     assert first.hits[0].rule.name == "dynamic-burst"
     assert first.observation.count == 100
     assert first.observation.evidence["window_seconds"] == 60.0
+
+
+def test_a_count_beyond_what_the_contract_holds_is_reported_saturated_at_its_bound() -> None:
+    # Given a message whose recipient count no int column holds (a Postfix `recipient_count` or
+    # log `nrcpt=` as a buggy or hostile sender makes it)
+    det = detector(default_rules(messages_per_hour=1000, recipients_per_hour=500))
+    _, report = det.observe(MailEvent(CPE, 1000.0, messages=1, recipients=2**40), "t")
+    # Then it is reported with the count stopped at the bound: a valid observation
+    assert report is not None
+    assert report.hits[0].rule.name == "dynamic-recipients"
+    assert report.observation.count == INT4_MAX
+    assert report.observation.evidence["recipients"] == 2**40  # the evidence keeps what was counted
 
 
 def test_business_addresses_have_their_own_thresholds_and_isp_servers_are_never_counted() -> None:

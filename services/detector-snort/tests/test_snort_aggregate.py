@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from detector_snort.aggregate import Aggregator, Folded, _top
 from detector_snort.alerts import Alert
 from detector_snort.distinct import EXACT, Distinct
+from detector_snort.pipeline import next_revision, to_observation
+from lazaretto_core.contracts import INT4_MAX
 
 T0 = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
 SUBSCRIBER = "100.64.0.10"
@@ -109,6 +111,36 @@ def test_saved_windows_restore_their_evidence_and_what_they_owe() -> None:
     assert restored.changed == 1
     (last,) = restored.due(now=60)
     assert (last.revision, last.distinct_destinations, last.token) == (30, 31, "t0")
+
+
+def test_counts_and_estimates_beyond_what_the_contract_holds_saturate_at_its_bound() -> None:
+    # Given a window that counted past what an int column holds (a long window of a flood) and whose
+    # sketches estimate far more (64 tiny hashes: an outlier, or a saved state read back)
+    aggregator = Aggregator(window=60, rate=1.0, burst=1)
+    for n in range(100):
+        aggregator.add(alert(n, dst=f"198.51.100.{n}"), SUBSCRIBER, "scan", 3, now=0, token=f"t{n}")
+    (first,) = aggregator.updates(now=0)
+    saved = aggregator.to_json()
+    [window] = saved.values()
+    tiny = {"hashes": [n << 24 for n in range(1, EXACT + 1)]}  # an estimate of about 10**12
+    assert len(Distinct.from_json(tiny)) > INT4_MAX
+    window.update(count=2**40, peers=tiny, ports=tiny)
+    restored = Aggregator(window=60, rate=1.0, burst=1)
+    restored.load_json(saved)
+    # When its last revision is handed out
+    (last,) = restored.due(now=60)
+    # Then its numbers stop at the bound, and the observations built from it are valid
+    assert (last.count, last.revision) == (INT4_MAX, INT4_MAX - 1)
+    assert (last.distinct_destinations, last.distinct_dst_ports) == (INT4_MAX, INT4_MAX)
+    observation = to_observation(last, "eve")
+    assert (observation.count, observation.revision, observation.distinct_destinations) == (
+        INT4_MAX,
+        INT4_MAX - 1,
+        INT4_MAX,
+    )
+    later = next_revision(to_observation(first, "eve"), last)
+    assert type(later).model_validate(later.model_dump()) == later
+    assert later.count == INT4_MAX
 
 
 @settings(max_examples=50, deadline=None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, saturated
 from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
 
@@ -169,7 +169,8 @@ def observation_for(
         ip=client,
         category=CATEGORY,
         severity=severity,
-        count=max(1, count),
+        # Counters beyond what the contract's integers hold (policy's int columns) saturate there.
+        count=max(1, saturated(count)),
         signatures=[
             f"smtp {h.rule.name}: {h.rule.metric} {h.value:g} >= {h.rule.threshold:g}"
             f" in {h.counts.seconds:g}s"
@@ -192,7 +193,7 @@ def observation_for(
         # first rule's window); every event comes from an SMTP dialogue with the client, which a
         # forged source address cannot hold (the TCP handshake needs the answers), so established.
         direction="outbound",
-        distinct_destinations=first.counts.recipient_domains,
+        distinct_destinations=saturated(first.counts.recipient_domains),
         established=True,
         app_protos=["smtp"],
     )

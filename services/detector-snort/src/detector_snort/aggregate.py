@@ -30,6 +30,8 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_text  # what json.dumps quotes a str with
 from typing import Any, Final, Literal
 
+from lazaretto_core.contracts import saturated
+
 from .alerts import Alert
 from .distinct import EXACT, Distinct
 
@@ -492,20 +494,26 @@ class Aggregator:
 
     def _revision(self, key: Key, window: _Window) -> Folded:
         window.published = window.count
+        # What the contract's integers hold (policy stores them in int columns): a window's count
+        # (a long `aggregation_window` of a flood) or the sketch's estimate (an outlier, a saved
+        # state read back) beyond that saturates there. Its revision then stays at the bound too, so
+        # policy takes the window's later revisions as duplicates: past two billion alerts, its
+        # evidence stops growing there.
+        count = saturated(window.count)
         return Folded(
             ip=key[1],
             category=key[2],
             severity=window.severity,
-            count=window.count,
+            count=count,
             first_seen=window.first_seen,
             last_seen=window.last_seen,
             signatures=_top(window.signatures, self.top_signatures),
             destinations=list(window.destinations),
             sensor=key[0],
             token=window.token,
-            revision=window.count - 1,
-            distinct_destinations=len(window.peers),
-            distinct_dst_ports=len(window.ports) if window.ports.exact != set() else None,
+            revision=count - 1,
+            distinct_destinations=saturated(len(window.peers)),
+            distinct_dst_ports=saturated(len(window.ports)) if window.ports.exact != set() else None,
             direction="outbound" if window.outbound else "inbound" if window.inbound else "unknown",
             established=window.established,
             app_protos=tuple(window.app_protos),
