@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Final, Literal
 
 import asyncpg
 
@@ -20,7 +20,7 @@ from lazaretto_core.contracts import (
     GardenRemoved,
 )
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.logs import bind
+from lazaretto_core.logs import bind, escape_control
 from lazaretto_core.ranges import SubscriberRanges
 
 from .dhcpd import DhcpdError
@@ -31,6 +31,17 @@ from .nft import NftError
 from .rpz import RpzError
 
 log = logging.getLogger(__name__)
+
+# What `GardenFailed.detail` holds (its max_length).
+DETAIL_MAX: Final = 2000
+
+
+def failure_detail(text: str) -> str:
+    """A `GardenFailed.detail` made of text from outside (an exception of Kea, BIND, nftables, dhcpd,
+    the database): control characters escaped (a NUL, which the contract refuses and PostgreSQL
+    cannot store, reads `\\x00`; a line break `\\n`), then cut to what the field holds, so the
+    failure is always reported."""
+    return escape_control(text)[:DETAIL_MAX]
 
 
 class ProvisionerHandlers:
@@ -119,7 +130,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation="apply",
                 error_class=error_class,
-                detail=detail[:2000],
+                detail=failure_detail(detail),
             ),
             correlation_id=str(command.case_id),
         )
@@ -161,7 +172,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation="apply",
                 error_class="allowlist_unknown",
-                detail=detail,
+                detail=failure_detail(detail),
             ),
             correlation_id=str(command.case_id),
         )
@@ -184,7 +195,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation=operation,
                 error_class=_error_class(exc),
-                detail=str(exc)[:2000],
+                detail=failure_detail(str(exc)),
             ),
             correlation_id=str(command.case_id),
         )
