@@ -242,6 +242,31 @@ def test_a_nul_top_level_or_nested_is_refused_with_where_it_is(
     contract.model_validate(json.loads(json.dumps(body).replace("\\u0000", "")))
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ('{{"rate": {token}}}', "evidence.rate"),
+        ('{{"hour": {{"by": [1.5, {token}]}}}}', "evidence.hour.by[1]"),
+    ],
+)
+def test_a_number_jsonb_cannot_store_in_the_evidence_is_refused_with_where_it_is(
+    token: str, body: str, where: str
+) -> None:
+    """Given evidence holding NaN or an infinity (Python's JSON reads and writes those tokens; PostgreSQL's
+    jsonb refuses them, which would fail policy's whole batch), reading the message fails, saying where."""
+    message = json.dumps(dict(AbuseObserved.example, evidence={})).replace(
+        '"evidence": {}', '"evidence": ' + body.format(token=token)
+    )
+    with pytest.raises(pydantic.ValidationError) as refused:
+        AbuseObserved.read(message)
+    [error] = refused.value.errors()
+    assert error["loc"] == ("evidence",)
+    assert f"{where} holds a number that is not finite (NaN or infinity)" in error["msg"]
+    # and a finite number there is fine
+    AbuseObserved.read(message.replace(token, "2.5"))
+
+
 def test_a_nul_in_a_nested_model_is_refused_at_its_field() -> None:
     # Given a reset attempt (a model nested in the message) whose detail holds a NUL
     body = dict(

@@ -17,6 +17,7 @@ Likewise every integer a service stores in a PostgreSQL `int` column is bounded 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
@@ -90,22 +91,29 @@ def _is_canonical_ipv4(value: str) -> bool:
     )
 
 
-def _nul_at(value: object, where: str) -> str | None:
-    """Where `value` (named `where`) holds a NUL character — itself, an item of a list or tuple, a key or
-    value of a dict, however deep — or None. PostgreSQL text and jsonb cannot hold one; anything else
-    (numbers, UUIDs, times, models that checked themselves) holds no text of its own here."""
+_NUL = "holds a NUL character (U+0000), which PostgreSQL text cannot store"
+_NON_FINITE = "holds a number that is not finite (NaN or infinity), which PostgreSQL jsonb cannot store"
+
+
+def _unstorable_at(value: object, where: str, *, in_json: bool = False) -> str | None:
+    """What in `value` (named `where`) PostgreSQL cannot store, said with where it is, or None: a NUL
+    character in any text (itself, an item of a list or tuple, a key or value of a dict, however deep),
+    and inside a dict or list (stored as jsonb) a NaN or infinite number. Anything else (numbers of a
+    column of their own, UUIDs, times, models that checked themselves) holds nothing of the kind."""
     if isinstance(value, str):
-        return where if "\x00" in value else None
+        return f"{where} {_NUL}" if "\x00" in value else None
+    if in_json and isinstance(value, float) and not math.isfinite(value):
+        return f"{where} {_NON_FINITE}"
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
-                return f"{where} (a key)"
-            found = _nul_at(item, f"{where}.{key}")
+                return f"{where} (a key) {_NUL}"
+            found = _unstorable_at(item, f"{where}.{key}", in_json=True)
             if found is not None:
                 return found
     elif isinstance(value, list | tuple):
         for n, item in enumerate(value):
-            found = _nul_at(item, f"{where}[{n}]")
+            found = _unstorable_at(item, f"{where}[{n}]", in_json=True)
             if found is not None:
                 return found
     return None
@@ -113,7 +121,8 @@ def _nul_at(value: object, where: str) -> str | None:
 
 class StorableModel(BaseModel):
     """A model whose every field PostgreSQL can store: a NUL character in any text it holds, nested
-    dicts and lists included, fails validation naming the field (`evidence.note`, `changes[1]`).
+    dicts and lists included, or a NaN or infinite number inside a dict or list (stored as jsonb),
+    fails validation naming the field (`evidence.note`, `changes[1]`).
 
     The base of every bus contract and of the services' request bodies: one check at the boundary, for
     fields that exist now and fields added later, instead of a database error deep in a transaction."""
@@ -121,9 +130,9 @@ class StorableModel(BaseModel):
     @field_validator("*")
     @classmethod
     def _storable(cls, value: Any, info: ValidationInfo) -> Any:
-        found = _nul_at(value, info.field_name or "the value")
+        found = _unstorable_at(value, info.field_name or "the value")
         if found is not None:
-            raise ValueError(f"{found} holds a NUL character (U+0000), which PostgreSQL text cannot store")
+            raise ValueError(found)
         return value
 
 
