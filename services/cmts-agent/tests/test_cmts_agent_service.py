@@ -12,7 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from cmts_agent.app import CmtsAgentService, build
+from cmts_agent.resets import Attempt, ResetFailed, ResetReport
 from cmts_agent.settings import CmtsAgentSettings
+from cmts_agent.snmp import SnmpError
 from lazaretto_core.bus import Bus
 from lazaretto_core.contracts import (
     AllowlistChanged,
@@ -86,6 +88,34 @@ async def test_unknown_modem_is_reported_as_failed_not_done(agent: CmtsAgentServ
         (failed,) = await probe.wait_for("modem.reset.failed.v1")
         assert isinstance(failed, ModemResetFailed)
         assert failed.error_class == "unknown_modem"
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
+async def test_a_failure_in_words_from_outside_is_still_reported(
+    agent: CmtsAgentService, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a reset that fails with an error whose text (from the CMTS or the SNMP stack) holds a NUL
+    # and a line break, on an attempt that was made
+    attempt = Attempt("cisco-cdxCmCpeResetNow", "rejected", "noSuchName\x00 from the CMTS")
+
+    async def failing(cm_mac: str, *, step_id: uuid.UUID | None = None) -> ResetReport:
+        error = SnmpError("genErr\x00\nInjected: line", target="lab", operation="set")
+        raise ResetFailed(cm_mac, "lab", error, (attempt,))
+
+    monkeypatch.setattr(agent.handlers.resetter, "reset", failing)
+    probe = await BusProbe(amqp_url).start(["modem.reset.completed.v1", "modem.reset.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        # When policy asks for the reset
+        await bus.publish(reset_command(CM_A))
+        # Then the failure is reported, its words escaped, not lost to the contract's refusal of a NUL
+        (failed,) = await probe.wait_for("modem.reset.failed.v1", timeout=30)
+        assert isinstance(failed, ModemResetFailed)
+        assert "genErr\\x00\\nInjected: line" in failed.detail
+        assert [a.detail for a in failed.attempts] == ["noSuchName\\x00 from the CMTS"]
     finally:
         await bus.close()
         await probe.stop()

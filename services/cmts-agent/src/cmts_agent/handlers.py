@@ -19,7 +19,7 @@ from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import AllowlistChanged, ModemReset, ModemResetCompleted, ModemResetFailed
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.logs import bind
+from lazaretto_core.logs import bind, escape_control
 
 from .inventory import Inventory
 from .resets import Attempt, ResetFailed, Resetter, error_class
@@ -112,6 +112,9 @@ class CmtsAgentHandlers:
     async def _failed(
         self, command: ModemReset, error: str, detail: str, cmts: str | None, attempts: tuple[Attempt, ...]
     ) -> None:
+        # Text from outside (a CMTS's or the SNMP stack's error) with its control characters escaped: a
+        # NUL, which the contract refuses, must not keep the failure from being reported.
+        detail = escape_control(detail)[:2000]
         log.warning("reset of %s for case %s failed: %s", command.cm_mac, command.case_id, detail)
         await self._finish(
             ModemResetFailed(
@@ -119,7 +122,7 @@ class CmtsAgentHandlers:
                 step_id=command.step_id,
                 cm_mac=command.cm_mac,
                 error_class=error,
-                detail=detail[:2000],
+                detail=detail,
                 cmts=cmts,
                 attempts=tuple(a.to_contract() for a in attempts),
             )

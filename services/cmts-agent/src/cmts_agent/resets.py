@@ -23,6 +23,7 @@ from uuid import UUID
 from prometheus_client import Counter, Histogram
 
 from lazaretto_core.contracts import ResetAttempt, normalize_mac
+from lazaretto_core.logs import escape_control
 
 from .fleet import CmtsClient, Fleet, modem_target
 from .inventory import Inventory, ModemRecord, ModemStatus
@@ -73,7 +74,7 @@ class Attempt:
             {
                 "method": self.method,
                 "outcome": self.outcome,
-                "detail": self.detail[:500],
+                "detail": escape_control(self.detail)[:500],  # a CMTS's words: a NUL is refused
                 "seconds": round(self.seconds, 3),
             }
         )
