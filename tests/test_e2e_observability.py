@@ -144,8 +144,10 @@ def scan_alerts(system: LabSystem, cpe: CpeHost, workdir: Path) -> list[str]:
 
 
 def log_records(system: LabSystem, service: str) -> list[dict[str, Any]]:
-    lines = (system.workdir / "logs" / f"{service}.log").read_text().splitlines()
-    return [json.loads(line) for line in lines]  # every line is one JSON object
+    text = (system.workdir / "logs" / f"{service}.log").read_text()
+    # Every line is one JSON object; one the service is writing meanwhile may be read half-copied.
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines()]
 
 
 def chain_to_root(span: Span, by_id: dict[str, Span]) -> list[Span]:

@@ -202,8 +202,11 @@ class LabCmts(LabPeer):
         (with a CM emulator sharing this log: its docsDevResetNow SETs too)."""
         if not self.sets_log_path.exists():
             return []
-        lines = self.sets_log_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        text = self.sets_log_path.read_text()
+        # A record being appended meanwhile can be read half-copied (a read takes no lock against a
+        # write): only lines their newline ended are whole.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def resets(self) -> list[tuple[str, str]]:
         """(object, MAC) of every accepted SET that resets a modem, oldest first."""
