@@ -235,8 +235,32 @@ def batch_fallbacks() -> float:
     return REGISTRY.get_sample_value("lazaretto_policy_observation_batch_fallbacks_total") or 0.0
 
 
-async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_others_are_decided_in_batches(
-    policy: PolicyService, sender: Bus, amqp_url: str
+# What a hostile or garbled producer can send that the contract refuses (raw JSON: our own producers
+# cannot build such a message), and what the dead letter's reason says of it.
+UNSTORABLE = [
+    pytest.param(
+        {"evidence": {"destinations": ["TCP 198.51.100.7:25\u0000"]}},
+        "evidence",
+        "evidence.destinations[0] holds a NUL character (U+0000)",
+        id="a NUL PostgreSQL text cannot hold",
+    ),
+    pytest.param(
+        {"count": 2**40},
+        "count",
+        "Input should be less than or equal to 2147483647",
+        id="a count no int column holds",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "reason_says"), UNSTORABLE)
+async def test_what_policy_could_not_store_is_refused_before_any_batch_and_the_others_are_decided_in_batches(
+    policy: PolicyService,
+    sender: Bus,
+    amqp_url: str,
+    change: dict[str, object],
+    field: str,
+    reason_says: str,
 ) -> None:
     sizes: list[int] = []
     gate = asyncio.Event()
@@ -248,11 +272,10 @@ async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_othe
         await decide(items)
 
     policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
-    # Given a backlog with one observation whose evidence holds a NUL, as a hostile or garbled
-    # producer sends it (raw JSON: our own producers cannot build such a message)
+    # Given a backlog with one observation the contract refuses
     others = noise(30)
     poison = observation("100.64.32.1", 1)
-    body = poison.model_dump(mode="json") | {"evidence": {"destinations": ["TCP 198.51.100.7:25\u0000"]}}
+    body = poison.model_dump(mode="json") | change
     fallbacks, dead = batch_fallbacks(), handled("dead_lettered")
     connection = await aio_pika.connect(amqp_url)
     try:
@@ -260,7 +283,7 @@ async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_othe
         for event in others[:15]:
             await sender.publish(event)
         await exchange.publish(
-            aio_pika.Message(json.dumps(body).encode(), type=AbuseObserved.routing_key, message_id="nul"),
+            aio_pika.Message(json.dumps(body).encode(), type=AbuseObserved.routing_key, message_id="poison"),
             routing_key=AbuseObserved.routing_key,
         )
         for event in others[15:]:
@@ -274,66 +297,14 @@ async def test_a_nul_in_one_observation_is_refused_before_any_batch_and_the_othe
     assert sum(sizes) == 30
     assert max(sizes) > 1
     assert batch_fallbacks() == fallbacks
-    # And the NUL one was dead-lettered as invalid at once, with a reason naming the field
+    # And the refused one was dead-lettered as invalid at once (no retries), its reason naming the field
     async with asyncio.timeout(30):
         while handled("dead_lettered") == dead:
             await asyncio.sleep(0.05)
     [(letter, reason)] = await dead_letters(amqp_url)
     assert json.loads(letter)["observation_id"] == str(poison.observation_id)
-    assert reason.startswith("abuse.observed.v1 failed validation: evidence: ")
-    assert "evidence.destinations[0] holds a NUL character (U+0000)" in reason
-    assert poison.observation_id not in await stored(policy, 30)
-
-
-async def test_a_count_no_int_column_holds_is_refused_before_any_batch_and_the_others_are_decided(
-    policy: PolicyService, sender: Bus, amqp_url: str
-) -> None:
-    sizes: list[int] = []
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        sizes.append(len(items))
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
-    # Given a backlog with one observation whose count (2**40) no int column holds, as a buggy or
-    # hostile detector sends it (raw JSON: our own producers cannot build such a message)
-    others = noise(30)
-    poison = observation("100.64.32.2", 1)
-    body = poison.model_dump(mode="json") | {"count": 2**40}
-    fallbacks, dead = batch_fallbacks(), handled("dead_lettered")
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        exchange = await (await connection.channel()).get_exchange("lazaretto.events")
-        for event in others[:15]:
-            await sender.publish(event)
-        await exchange.publish(
-            aio_pika.Message(json.dumps(body).encode(), type=AbuseObserved.routing_key, message_id="huge"),
-            routing_key=AbuseObserved.routing_key,
-        )
-        for event in others[15:]:
-            await sender.publish(event)
-    finally:
-        await connection.close()
-    gate.set()
-    # Then the others are decided in batches, none of which failed and fell back to one by one
-    rows = await stored(policy, 30)
-    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
-    assert sum(sizes) == 30
-    assert max(sizes) > 1
-    assert batch_fallbacks() == fallbacks
-    # And the huge one was dead-lettered as invalid at once (no retries), with a reason naming the field
-    async with asyncio.timeout(30):
-        while handled("dead_lettered") == dead:
-            await asyncio.sleep(0.05)
-    [(letter, reason)] = await dead_letters(amqp_url)
-    assert json.loads(letter)["observation_id"] == str(poison.observation_id)
-    assert (
-        reason
-        == "abuse.observed.v1 failed validation: count: Input should be less than or equal to 2147483647"
-    )
+    assert reason.startswith(f"abuse.observed.v1 failed validation: {field}: ")
+    assert reason_says in reason
     assert poison.observation_id not in await stored(policy, 30)
 
 
