@@ -207,6 +207,20 @@ def test_a_nul_in_any_text_field_is_refused_naming_the_field(
     assert [e["loc"][0] for e in refused.value.errors()] == [name]
 
 
+def refused_at(contract: type[Contract], body: dict[str, object], field: str) -> list[str]:
+    """Building and reading `body` both fail, each with one error at `field`: their messages."""
+    with pytest.raises(pydantic.ValidationError) as built:
+        contract.model_validate(body)
+    with pytest.raises(pydantic.ValidationError) as read:
+        contract.read(json.dumps(body))
+    messages = []
+    for refused in (built, read):
+        [error] = refused.value.errors()
+        assert error["loc"] == (field,)
+        messages.append(str(error["msg"]))
+    return messages
+
+
 @pytest.mark.parametrize(
     ("contract", "field", "value", "where"),
     [
@@ -230,14 +244,8 @@ def test_a_nul_top_level_or_nested_is_refused_with_where_it_is(
     """Given a NUL in a top-level string, a list item, or a value or key of nested JSON (`evidence`),
     building or reading the message fails, and the reason says where and why."""
     body = dict(contract.example, **{field: value})
-    with pytest.raises(pydantic.ValidationError) as built:
-        contract.model_validate(body)
-    with pytest.raises(pydantic.ValidationError) as read:
-        contract.read(json.dumps(body))
-    for refused in (built, read):
-        [error] = refused.value.errors()
-        assert error["loc"] == (field,)
-        assert f"{where} holds a NUL character (U+0000), which PostgreSQL text cannot store" in error["msg"]
+    for message in refused_at(contract, body, field):
+        assert f"{where} holds a NUL character (U+0000), which PostgreSQL text cannot store" in message
     # the same message without the NUL is fine
     contract.model_validate(json.loads(json.dumps(body).replace("\\u0000", "")))
 
@@ -307,15 +315,8 @@ def test_an_integer_its_column_cannot_hold_is_refused_naming_the_field(
     for value in (bound + 1, 2**40, 2**64):
         if value <= bound:
             continue
-        body = dict(contract.example, **{field: value})
-        with pytest.raises(pydantic.ValidationError) as built:
-            contract.model_validate(body)
-        with pytest.raises(pydantic.ValidationError) as read:
-            contract.read(json.dumps(body))
-        for refused in (built, read):
-            [error] = refused.value.errors()
-            assert error["loc"] == (field,)
-            assert f"less than or equal to {bound}" in error["msg"]
+        for message in refused_at(contract, dict(contract.example, **{field: value}), field):
+            assert f"less than or equal to {bound}" in message
     assert getattr(contract.read(json.dumps(dict(contract.example, **{field: bound}))), field) == bound
 
 
