@@ -11,6 +11,8 @@ import pytest
 
 from lazaretto_core.contracts import (
     ALL_CONTRACTS,
+    ATTEMPT_DETAIL_MAX,
+    DETAIL_MAX,
     INT4_MAX,
     INT8_MAX,
     OPEN_STATES,
@@ -24,11 +26,14 @@ from lazaretto_core.contracts import (
     Contract,
     GardenApplied,
     GardenApply,
+    GardenFailed,
     GardenRemove,
     GardenRemoved,
     ModemResetCompleted,
+    ModemResetFailed,
     ResetAttempt,
     normalize_mac,
+    outside_text,
     saturated,
 )
 
@@ -356,3 +361,17 @@ def test_a_counter_saturates_at_the_bound_of_an_int_column() -> None:
     ]
     # a saturated count makes a valid message
     assert AbuseObserved.model_validate(dict(AbuseObserved.example, count=saturated(2**40))).count == INT4_MAX
+
+
+def test_outside_text_escapes_control_characters_and_keeps_to_the_fields_bound() -> None:
+    """What an executor reports of an outside system's error: readable on one line, never refused."""
+    assert (
+        outside_text("BIND: refused\x00 zone\nquarantine.rpz", DETAIL_MAX)
+        == "BIND: refused\\x00 zone\\nquarantine.rpz"
+    )
+    assert outside_text("plain text stays as it is", DETAIL_MAX) == "plain text stays as it is"
+    assert outside_text("x" * 5000, DETAIL_MAX) == "x" * DETAIL_MAX
+    # The bounds are the contracts' own
+    for contract in (GardenFailed, ModemResetFailed):
+        assert contract.model_json_schema()["properties"]["detail"]["maxLength"] == DETAIL_MAX
+    assert ResetAttempt.model_json_schema()["properties"]["detail"]["maxLength"] == ATTEMPT_DETAIL_MAX

@@ -11,9 +11,16 @@ import pytest
 
 from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
-from lazaretto_core.contracts import AllowlistEntry, Contract, GardenApply, GardenFailed, GardenRemove
+from lazaretto_core.contracts import (
+    DETAIL_MAX,
+    AllowlistEntry,
+    Contract,
+    GardenApply,
+    GardenFailed,
+    GardenRemove,
+)
 from provisioner.garden import Garden
-from provisioner.handlers import DETAIL_MAX, ProvisionerHandlers, failure_detail
+from provisioner.handlers import ProvisionerHandlers
 from provisioner.kea import KeaError
 from provisioner.nft import NftError
 
@@ -94,13 +101,3 @@ async def test_an_error_text_holding_a_nul_still_reports_a_readable_garden_faile
     assert message.detail.isprintable()
     assert "\\x00" in message.detail
     assert len(message.detail) <= DETAIL_MAX
-
-
-def test_the_detail_escapes_control_characters_and_keeps_to_the_fields_bound() -> None:
-    assert (
-        failure_detail("BIND: refused\x00 zone\nquarantine.rpz") == "BIND: refused\\x00 zone\\nquarantine.rpz"
-    )
-    assert failure_detail("plain text stays as it is") == "plain text stays as it is"
-    assert failure_detail("x" * 5000) == "x" * DETAIL_MAX
-    # The bound is the contract's
-    assert GardenFailed.model_json_schema()["properties"]["detail"]["maxLength"] == DETAIL_MAX

@@ -34,11 +34,25 @@ from pydantic import (
     model_validator,
 )
 
+from .logs import escape_control
+
 # The largest value of a PostgreSQL `int` (int4) column: the bound of every integer field of a contract
 # that a service stores in one (policy's observations, attribution_pending and breaker_trips).
 INT4_MAX: Final = 2**31 - 1
 # The largest value of a `bigint` (int8) column: the bound of a snapshot version executors store.
 INT8_MAX: Final = 2**63 - 1
+
+
+# What a failure's `detail` holds (GardenFailed, ModemResetFailed), and one reset attempt's.
+DETAIL_MAX: Final = 2000
+ATTEMPT_DETAIL_MAX: Final = 500
+
+
+def outside_text(text: str, max_length: int) -> str:
+    """Text from outside (an error of Kea, BIND, nftables, dhcpd, a CMTS, the SNMP stack) for a field
+    holding at most `max_length`: control characters escaped (a NUL, which every contract refuses,
+    reads `\\x00`; a line break `\\n`), then cut to fit, so the failure it tells is always reported."""
+    return escape_control(text)[:max_length]
 
 
 def saturated(value: int) -> int:
@@ -504,7 +518,7 @@ class GardenFailed(_CaseStep):
 
     operation: Literal["apply", "remove"]
     error_class: str
-    detail: str = Field(max_length=2000)
+    detail: str = Field(max_length=DETAIL_MAX)
 
     examples = (
         {
@@ -548,7 +562,7 @@ class ResetAttempt(StorableModel):
 
     method: str
     outcome: ResetOutcome
-    detail: str = Field(default="", max_length=500)
+    detail: str = Field(default="", max_length=ATTEMPT_DETAIL_MAX)
     seconds: float = 0.0
 
 
@@ -600,7 +614,7 @@ class ModemResetFailed(_CaseStep):
 
     cm_mac: Mac
     error_class: str
-    detail: str = Field(max_length=2000)
+    detail: str = Field(max_length=DETAIL_MAX)
     cmts: str | None = None
     attempts: tuple[ResetAttempt, ...] = ()
 

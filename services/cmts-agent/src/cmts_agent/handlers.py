@@ -17,9 +17,16 @@ from prometheus_client import Counter
 from lazaretto_core import allowlist as matcher
 from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
-from lazaretto_core.contracts import AllowlistChanged, ModemReset, ModemResetCompleted, ModemResetFailed
+from lazaretto_core.contracts import (
+    DETAIL_MAX,
+    AllowlistChanged,
+    ModemReset,
+    ModemResetCompleted,
+    ModemResetFailed,
+    outside_text,
+)
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.logs import bind, escape_control
+from lazaretto_core.logs import bind
 
 from .inventory import Inventory
 from .resets import Attempt, ResetFailed, Resetter, error_class
@@ -112,9 +119,7 @@ class CmtsAgentHandlers:
     async def _failed(
         self, command: ModemReset, error: str, detail: str, cmts: str | None, attempts: tuple[Attempt, ...]
     ) -> None:
-        # Text from outside (a CMTS's or the SNMP stack's error) with its control characters escaped: a
-        # NUL, which the contract refuses, must not keep the failure from being reported.
-        detail = escape_control(detail)[:2000]
+        detail = outside_text(detail, DETAIL_MAX)  # a CMTS's or the SNMP stack's words
         log.warning("reset of %s for case %s failed: %s", command.cm_mac, command.case_id, detail)
         await self._finish(
             ModemResetFailed(

@@ -22,8 +22,7 @@ from uuid import UUID
 
 from prometheus_client import Counter, Histogram
 
-from lazaretto_core.contracts import ResetAttempt, normalize_mac
-from lazaretto_core.logs import escape_control
+from lazaretto_core.contracts import ATTEMPT_DETAIL_MAX, ResetAttempt, normalize_mac, outside_text
 
 from .fleet import CmtsClient, Fleet, modem_target
 from .inventory import Inventory, ModemRecord, ModemStatus
@@ -74,7 +73,7 @@ class Attempt:
             {
                 "method": self.method,
                 "outcome": self.outcome,
-                "detail": escape_control(self.detail)[:500],  # a CMTS's words: a NUL is refused
+                "detail": outside_text(self.detail, ATTEMPT_DETAIL_MAX),  # a CMTS's words
                 "seconds": round(self.seconds, 3),
             }
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Final, Literal
+from typing import Literal
 
 import asyncpg
 
@@ -11,6 +11,7 @@ from lazaretto_core import allowlist as matcher
 from lazaretto_core.allowlist_copy import AllowlistCopy
 from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import (
+    DETAIL_MAX,
     AllowlistChanged,
     GardenApplied,
     GardenApply,
@@ -18,9 +19,10 @@ from lazaretto_core.contracts import (
     GardenMode,
     GardenRemove,
     GardenRemoved,
+    outside_text,
 )
 from lazaretto_core.errors import RetryLater
-from lazaretto_core.logs import bind, escape_control
+from lazaretto_core.logs import bind
 from lazaretto_core.ranges import SubscriberRanges
 
 from .dhcpd import DhcpdError
@@ -31,17 +33,6 @@ from .nft import NftError
 from .rpz import RpzError
 
 log = logging.getLogger(__name__)
-
-# What `GardenFailed.detail` holds (its max_length).
-DETAIL_MAX: Final = 2000
-
-
-def failure_detail(text: str) -> str:
-    """A `GardenFailed.detail` made of text from outside (an exception of Kea, BIND, nftables, dhcpd,
-    the database): control characters escaped (a NUL, which the contract refuses and PostgreSQL
-    cannot store, reads `\\x00`; a line break `\\n`), then cut to what the field holds, so the
-    failure is always reported."""
-    return escape_control(text)[:DETAIL_MAX]
 
 
 class ProvisionerHandlers:
@@ -130,7 +121,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation="apply",
                 error_class=error_class,
-                detail=failure_detail(detail),
+                detail=outside_text(detail, DETAIL_MAX),
             ),
             correlation_id=str(command.case_id),
         )
@@ -172,7 +163,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation="apply",
                 error_class="allowlist_unknown",
-                detail=failure_detail(detail),
+                detail=outside_text(detail, DETAIL_MAX),
             ),
             correlation_id=str(command.case_id),
         )
@@ -195,7 +186,7 @@ class ProvisionerHandlers:
                 step_id=command.step_id,
                 operation=operation,
                 error_class=_error_class(exc),
-                detail=failure_detail(str(exc)),
+                detail=outside_text(str(exc), DETAIL_MAX),
             ),
             correlation_id=str(command.case_id),
         )
