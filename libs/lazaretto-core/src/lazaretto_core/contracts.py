@@ -29,6 +29,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -53,6 +54,14 @@ def outside_text(text: str, max_length: int) -> str:
     holding at most `max_length`: control characters escaped (a NUL, which every contract refuses,
     reads `\\x00`; a line break `\\n`), then cut to fit, so the failure it tells is always reported."""
     return escape_control(text)[:max_length]
+
+
+def validation_summary(exc: ValidationError, most: int = 5) -> str:
+    """Where a contract refused its input and why, field by field (the first `most`), on one line:
+    pydantic's messages without the input it keeps beside them; a message of a contract's own
+    validator may quote the value (anyone's text), so control characters are escaped."""
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:most]]
+    return escape_control("; ".join(parts))
 
 
 def saturated(value: int) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import pydantic
 
 from .bus_users import BusIdentity
-from .contracts import Contract
+from .contracts import Contract, validation_summary
 from .errors import InvalidMessage, RetryLater
 from .progress import ProgressMonitor
 
@@ -136,7 +136,9 @@ class Dispatcher:
             try:
                 body = route.contract.read(envelope.body)
             except pydantic.ValidationError as exc:
-                raise InvalidMessage(f"{envelope.message_type} failed validation: {_short(exc)}") from exc
+                raise InvalidMessage(
+                    f"{envelope.message_type} failed validation: {validation_summary(exc)}"
+                ) from exc
             context = MessageContext(
                 message_id=envelope.message_id or fallback_id(envelope.body),
                 message_type=envelope.message_type,
@@ -172,11 +174,6 @@ class Dispatcher:
             )
             return Retry(self.retry_delay(attempt), attempt + 1, reason)
         return Ack()
-
-
-def _short(exc: pydantic.ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:5]]
-    return "; ".join(parts)
 
 
 def fallback_id(body: bytes) -> str:

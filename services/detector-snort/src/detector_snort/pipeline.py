@@ -20,7 +20,7 @@ from typing import Final, Literal
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, validation_summary
 from lazaretto_core.observation_outbox import deterministic_id
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import TailLine, line_key
@@ -400,7 +400,7 @@ class AlertPipeline:
                 "invalid_observation",
                 "alert in %s dropped, not a valid observation: %s",
                 source.name,
-                _short(exc),
+                validation_summary(exc, most=3),
             )
             return None
 
@@ -525,11 +525,6 @@ def _address(text: str) -> str | None:
         return normalise_ip(text)
     except ParseError:
         return None
-
-
-def _short(exc: ValidationError) -> str:
-    """Field names and messages only: the rejected values are attacker-controlled text."""
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
 
 
 def _token(line: TailLine, head_crc: str) -> str:
