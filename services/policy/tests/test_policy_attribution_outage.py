@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
@@ -30,7 +31,7 @@ from lazaretto_core.contracts import (
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.relays import CuttableTcpRelay
 from lazaretto_lab.testing import BusProbe
-from policy import release_progress
+from policy import release_pending, release_progress
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
@@ -125,6 +126,68 @@ async def test_an_observation_outlasting_the_retry_schedule_waits_for_attributio
         assert (row["decision"], row["case_id"]) == ("opened_case", apply.case_id)
         assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
     assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+
+
+async def test_a_kept_observation_that_no_longer_reads_is_set_aside_and_the_others_are_decided(
+    policy_behind_relay: PolicyService,
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+) -> None:
+    service = policy_behind_relay
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    # Given an observation kept pending attribution while the peers are unreachable
+    relay.cut()
+    seen = scan()
+    await sender.publish(seen)
+    async with asyncio.timeout(60):
+        while await pending_attempts(service, seen.observation_id) is None:
+            await asyncio.sleep(0.1)
+    # And, kept before it, one an older version stored with a count no contract takes any more
+    unreadable = uuid.uuid4()
+    event = {**json.loads(seen.model_dump_json()), "observation_id": str(unreadable), "count": 2**40}
+    async with service.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO attribution_pending (observation_id, revision, event, rule, ruleset_version,"
+            " reason, audit, waiting_since) SELECT $1, revision, $2::jsonb, rule, ruleset_version, reason,"
+            " audit, waiting_since - interval '1 minute' FROM attribution_pending WHERE observation_id = $3",
+            unreadable,
+            json.dumps(event),
+            seen.observation_id,
+        )
+    set_aside = (
+        REGISTRY.get_sample_value(
+            "lazaretto_policy_pending_set_aside_total", {"table": "attribution_pending"}
+        )
+        or 0
+    )
+    # When the peers answer again
+    relay.restore()
+    # Then the readable one is decided: its device's case opened
+    [apply] = await probe.wait_for(GardenApply, timeout=90)
+    assert (apply.cpe_mac, str(apply.cpe_ip)) == (CPE_MAC, IP)
+    # And the other is set aside with its reason, never claimed again, not counted as waiting
+    async with service.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT next_attempt_at = 'infinity' AS aside, last_error FROM attribution_pending"
+            " WHERE observation_id = $1",
+            unreadable,
+        )
+        assert row is not None
+        assert row["aside"]
+        assert row["last_error"].startswith("set aside: no longer a valid abuse.observed.v1: count: ")
+        assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 1
+    assert (
+        REGISTRY.get_sample_value(
+            "lazaretto_policy_pending_set_aside_total", {"table": "attribution_pending"}
+        )
+        == set_aside + 1
+    )
+    async with asyncio.timeout(10):
+        while REGISTRY.get_sample_value("lazaretto_policy_attribution_pending") != 0:
+            await asyncio.sleep(0.1)
 
 
 async def test_a_pc_the_cmts_lists_after_its_first_alert_keeps_one_case(
@@ -479,3 +542,43 @@ async def release_attempts(service: PolicyService, request_id: uuid.UUID) -> int
             "SELECT attempts FROM release_pending WHERE request_id = $1", request_id
         )
     return attempts
+
+
+async def test_a_kept_release_that_no_longer_reads_is_set_aside_and_the_others_are_claimed(
+    pool: asyncpg.Pool,
+) -> None:
+    # Given two kept release requests, the older stored by a version that took a scoped IPv6 address
+    good = ReleaseRequested.model_validate(ReleaseRequested.example)
+    bad = {**json.loads(good.model_dump_json()), "request_id": str(uuid.uuid4()), "client_ip": "fe80::1%eth0"}
+    async with pool.acquire() as conn:
+        assert await release_pending.keep(conn, good, "m-good", "peers down")
+        await conn.execute(
+            "INSERT INTO release_pending (request_id, message_id, request, waiting_since, next_attempt_at)"
+            " VALUES ($1, 'm-bad', $2::jsonb, now() - interval '1 minute', now() - interval '1 minute')",
+            uuid.UUID(bad["request_id"]),
+            json.dumps(bad),
+        )
+        await conn.execute("UPDATE release_pending SET next_attempt_at = now() - interval '1 second'")
+        # When the loop claims the due ones
+        async with conn.transaction():
+            claimed = await release_pending.claim_due(conn, 10)
+        # Then the readable one is claimed, the other set aside with its reason and never claimed again
+        assert [k.request.request_id for k in claimed] == [good.request_id]
+        row = await conn.fetchrow(
+            "SELECT next_attempt_at = 'infinity' AS aside, last_error FROM release_pending"
+            " WHERE request_id = $1",
+            uuid.UUID(bad["request_id"]),
+        )
+        assert row is not None
+        assert row["aside"]
+        assert row["last_error"].startswith("set aside: no longer a valid release.requested.v1: client_ip: ")
+        assert "scoped IPv6 address" in row["last_error"]
+        await conn.execute(
+            "UPDATE release_pending SET next_attempt_at = now() WHERE request_id = $1", good.request_id
+        )
+        async with conn.transaction():
+            assert [k.request.request_id for k in await release_pending.claim_due(conn, 10)] == [
+                good.request_id
+            ]
+        # And only the one that waits for its peers is counted as waiting
+        assert (await release_pending.waiting(conn, datetime.now(UTC))).count == 1

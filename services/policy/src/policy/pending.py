@@ -6,17 +6,25 @@ and then dead-letters it, so a provisioner or cmts-agent down longer than that l
 stored row waits as long as the peers are down (never dropped; an alert says when it waits too long,
 `lazaretto_policy_attribution_pending_oldest_seconds`) and is retried with a capped backoff, at a
 bounded rate: one look-up per row per `BACKOFF_CAP` at most while the peers stay down.
+
+A kept row that no longer reads as its contract (stored by an older version whose contract let more
+through, or edited by hand) is set aside (`set_aside`): never claimed again, left in its table with
+the reason for an operator, so that it cannot stop every other row behind it from being decided.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from lazaretto_core.contracts import AbuseObserved
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from lazaretto_core.contracts import AbuseObserved, ReleaseRequested, validation_summary
 from lazaretto_core.db import Connection
 
 from .store import PendingAttribution
@@ -25,6 +33,21 @@ from .store import PendingAttribution
 BACKOFF_CAP = 60.0
 # A claimed row is not claimed again (by another replica) for this long unless put back sooner.
 CLAIM_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
+
+Table = Literal["attribution_pending", "release_pending"]
+# Each table's key column, and the contract its rows hold.
+_ROWS: dict[Table, tuple[str, str]] = {
+    "attribution_pending": ("observation_id", AbuseObserved.routing_key),
+    "release_pending": ("request_id", ReleaseRequested.routing_key),
+}
+
+SET_ASIDE = Counter(
+    "lazaretto_policy_pending_set_aside_total",
+    "Kept rows that no longer read as their contract, set aside for an operator (never retried)",
+    ["table"],
+)
 
 
 def backoff(attempts: int) -> float:
@@ -38,28 +61,51 @@ class Waiting:
 
 
 async def claim_due(conn: Connection, limit: int) -> list[PendingAttribution]:
-    """The due rows, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's)."""
+    """The due rows, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's); a row
+    that does not read as an `AbuseObserved` is set aside instead (`set_aside`)."""
     rows = await conn.fetch(
         "UPDATE attribution_pending SET next_attempt_at = now() + make_interval(secs => $2)"
         " WHERE observation_id IN (SELECT observation_id FROM attribution_pending"
         "  WHERE next_attempt_at <= now() ORDER BY waiting_since LIMIT $1 FOR UPDATE SKIP LOCKED)"
-        " RETURNING event, rule, ruleset_version, reason, audit, last_error, waiting_since, attempts",
+        " RETURNING observation_id, event, rule, ruleset_version, reason, audit, last_error,"
+        " waiting_since, attempts",
         limit,
         CLAIM_SECONDS,
     )
-    return [
-        PendingAttribution(
-            AbuseObserved.model_validate_json(r["event"]),
-            r["rule"],
-            r["ruleset_version"],
-            r["reason"],
-            json.loads(r["audit"]),
-            r["last_error"],
-            r["waiting_since"],
-            r["attempts"],
+    due: list[PendingAttribution] = []
+    for r in sorted(rows, key=lambda r: r["waiting_since"]):
+        try:
+            event = AbuseObserved.model_validate_json(r["event"])
+        except ValidationError as exc:
+            await set_aside(conn, "attribution_pending", r["observation_id"], exc)
+            continue
+        due.append(
+            PendingAttribution(
+                event,
+                r["rule"],
+                r["ruleset_version"],
+                r["reason"],
+                json.loads(r["audit"]),
+                r["last_error"],
+                r["waiting_since"],
+                r["attempts"],
+            )
         )
-        for r in sorted(rows, key=lambda r: r["waiting_since"])
-    ]
+    return due
+
+
+async def set_aside(conn: Connection, table: Table, key: uuid.UUID, exc: ValidationError) -> None:
+    """Never claim this row again (its next attempt at infinity) and say why in `last_error`, in the
+    log and in `lazaretto_policy_pending_set_aside_total`: decided by no loop, lost by none."""
+    key_column, contract = _ROWS[table]
+    reason = f"set aside: no longer a valid {contract}: {validation_summary(exc)}"
+    await conn.execute(
+        f"UPDATE {table} SET next_attempt_at = 'infinity', last_error = $2 WHERE {key_column} = $1",
+        key,
+        reason[:500],
+    )
+    SET_ASIDE.labels(table).inc()
+    log.error("%s row %s %s: an operator decides it by hand, then deletes the row", table, key, reason)
 
 
 async def put_back(
@@ -93,11 +139,12 @@ async def waiting(conn: Connection, now: datetime) -> Waiting:
     return await waiting_in(conn, "attribution_pending", now)
 
 
-async def waiting_in(
-    conn: Connection, table: Literal["attribution_pending", "release_pending"], now: datetime
-) -> Waiting:
-    """How many rows of a waiting table there are, and how long the oldest has waited."""
-    row = await conn.fetchrow(f"SELECT count(*) AS n, min(waiting_since) AS oldest FROM {table}")
+async def waiting_in(conn: Connection, table: Table, now: datetime) -> Waiting:
+    """How many rows of a waiting table wait for their peers (the rows set aside do not), and how
+    long the oldest has waited."""
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS n, min(waiting_since) AS oldest FROM {table} WHERE next_attempt_at < 'infinity'"
+    )
     assert row is not None
     oldest = row["oldest"]
     return Waiting(row["n"], (now - oldest).total_seconds() if oldest is not None else 0.0)

@@ -15,10 +15,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from lazaretto_core.contracts import ReleaseRequested
 from lazaretto_core.db import Connection
 
-from .pending import CLAIM_SECONDS, Waiting, backoff, waiting_in
+from .pending import CLAIM_SECONDS, Waiting, backoff, set_aside, waiting_in
 
 
 @dataclass(frozen=True)
@@ -44,25 +46,25 @@ async def keep(conn: Connection, request: ReleaseRequested, message_id: str, err
 
 
 async def claim_due(conn: Connection, limit: int) -> list[KeptRelease]:
-    """The due requests, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's)."""
+    """The due requests, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's); one
+    that does not read as a `ReleaseRequested` is set aside instead (`pending.set_aside`)."""
     rows = await conn.fetch(
         "UPDATE release_pending SET next_attempt_at = now() + make_interval(secs => $2)"
         " WHERE request_id IN (SELECT request_id FROM release_pending"
         "  WHERE next_attempt_at <= now() ORDER BY waiting_since LIMIT $1 FOR UPDATE SKIP LOCKED)"
-        " RETURNING request, message_id, waiting_since, attempts",
+        " RETURNING request_id, request, message_id, waiting_since, attempts",
         limit,
         CLAIM_SECONDS,
     )
-    kept = [
-        KeptRelease(
-            ReleaseRequested.model_validate_json(r["request"]),
-            r["message_id"],
-            r["waiting_since"],
-            r["attempts"],
-        )
-        for r in rows
-    ]
-    return sorted(kept, key=lambda k: k.waiting_since)
+    kept: list[KeptRelease] = []
+    for r in sorted(rows, key=lambda r: r["waiting_since"]):
+        try:
+            request = ReleaseRequested.model_validate_json(r["request"])
+        except ValidationError as exc:
+            await set_aside(conn, "release_pending", r["request_id"], exc)
+            continue
+        kept.append(KeptRelease(request, r["message_id"], r["waiting_since"], r["attempts"]))
+    return kept
 
 
 async def put_back(conn: Connection, request_id: uuid.UUID, attempts: int, error: str) -> None:
