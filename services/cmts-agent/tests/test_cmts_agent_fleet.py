@@ -254,6 +254,29 @@ async def test_admin_api_bounce_status_cpes_refresh_and_no_secrets(
         assert secret not in caplog.text
 
 
+async def test_a_large_batch_look_up_answers_as_the_single_ones_in_order(
+    fleet_agent: tuple[CmtsAgentService, LabCmts, LabCmts],
+) -> None:
+    # Given a batch of 40 CPE MACs and 40 addresses, one of each listed by a CMTS, in the middle
+    service, _, _ = fleet_agent
+    macs = [f"02:00:00:00:10:{i:02x}" for i in range(40)]
+    macs[23] = UBR_CPE
+    ips = [f"100.64.0.{100 + i}" for i in range(40)]
+    ips[17] = "100.64.0.10"
+    transport = httpx.ASGITransport(app=service.http_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=60) as client:
+        await client.post("/v1/inventory/refresh", headers=HEADERS)
+        many = await client.post("/v1/cpes/modems", headers=HEADERS, json={"cpe_macs": macs, "ips": ips})
+        one_mac = await client.get(f"/v1/cpes/{UBR_CPE}/modem", headers=HEADERS)
+        one_ip = await client.get("/v1/ips/100.64.0.10/modem", headers=HEADERS)
+    # Then each answer is the single look-up's, at its query's place (asked several at a time)
+    answers = ModemsAnswers.model_validate(many.json())
+    assert answers.by_cpe_mac == [
+        CpeModem.model_validate(one_mac.json()) if i == 23 else None for i in range(40)
+    ]
+    assert answers.by_ip == [CpeModem.model_validate(one_ip.json()) if i == 17 else None for i in range(40)]
+
+
 def test_profiles_from_json_with_secrets_from_env_and_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -116,6 +116,9 @@ async def test_a_stored_cpe_is_served_while_its_cmts_cannot_answer(
         batch = await client.post(MODEMS_BATCH_PATH, headers=HEADERS, json={"cpe_macs": [CPE], "ips": []})
         # (a CPE nothing stored while nobody can answer is not "unknown": the CMTS failed)
         unknown = await client.get(f"/v1/cpes/{OTHER_CPE}/modem", headers=HEADERS)
+        unknown_in_batch = await client.post(
+            MODEMS_BATCH_PATH, headers=HEADERS, json={"cpe_macs": [CPE, OTHER_CPE], "ips": []}
+        )
     # Then the stored row answers, and is kept
     assert answer.status_code == 200, answer.text
     assert (answer.json()["cm_mac"], answer.json()["cmts"]) == (CM_A, "a")
@@ -125,6 +128,8 @@ async def test_a_stored_cpe_is_served_while_its_cmts_cannot_answer(
     ]
     assert unknown.status_code == 502, unknown.text
     assert unknown.json()["detail"]["error_class"] == "snmp_timeout"
+    assert unknown_in_batch.status_code == 502, unknown_in_batch.text  # the same in a batch
+    assert unknown_in_batch.json()["detail"]["error_class"] == "snmp_timeout"
     assert relay.dropped > 0
     assert await stored(agent, CPE) == (CM_A, "a")
 

@@ -227,18 +227,15 @@ def install_api(
         for ip in query.ips:
             if not isinstance(ipaddress.ip_address(ip), ipaddress.IPv4Address):
                 raise HTTPException(422, f"not an IPv4 address: {ip!r}")
-        by_cpe: list[CpeModem | None] = []
-        for cpe_mac in query.cpe_macs:
-            try:
-                found = await inventory.cpe(cpe_mac)
-            except SnmpError as exc:
-                raise _bad_gateway(exc) from None
-            by_cpe.append(None if found is None else _cpe_modem(found))
-        by_ip: list[CpeModem | None] = []
-        for ip in query.ips:
-            found = await inventory.cpe_by_ip(ip)
-            by_ip.append(None if found is None else _cpe_modem(found))
-        return ModemsAnswers(by_cpe_mac=by_cpe, by_ip=by_ip)
+        try:
+            by_cpe = await inventory.cpes(query.cpe_macs)
+        except* SnmpError as failed:
+            raise _bad_gateway(_first(failed)) from None
+        by_ip = await inventory.cpes_by_ip(query.ips)
+        return ModemsAnswers(
+            by_cpe_mac=[None if c is None else _cpe_modem(c) for c in by_cpe],
+            by_ip=[None if c is None else _cpe_modem(c) for c in by_ip],
+        )
 
     @router.post("/inventory/refresh", summary="Walk the CMTSes now", response_model=list[WalkOut])
     async def refresh(cmts: str | None = Query(None, description="only this CMTS")) -> list[WalkOut]:
@@ -314,6 +311,12 @@ async def _quiet(reset: Any) -> None:
         await reset
     except SnmpError as exc:
         log.warning("background reset failed: %s", exc)
+
+
+def _first(group: BaseExceptionGroup[SnmpError]) -> SnmpError:
+    """The first SNMP error of a batch's look-ups (the others were cancelled or failed alike)."""
+    first = group.exceptions[0]
+    return first if isinstance(first, SnmpError) else _first(first)
 
 
 def _bad_gateway(exc: SnmpError) -> HTTPException:

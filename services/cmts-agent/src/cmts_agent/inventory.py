@@ -13,9 +13,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from prometheus_client import Gauge
@@ -34,6 +34,31 @@ WALK_OK = Gauge("lazaretto_cmts_inventory_walk_ok", "1 if the last walk of the C
 
 # The CMTS names a table holds, one index probe each through its `*_by_cmts` index (a loose index
 # scan), not a read of the whole table: the inventory loop asks on every turn.
+# Look-ups of one batch (`cpes`, `cpes_by_ip`) asked at once: each asks a CMTS by SNMP (a GET per CMTS
+# with a CPE table). One after another, a batch of 1,000 took 1,000 round trips; all at once, it would
+# burst the CMTSes' SNMP agents, which answer slowly under load, and take every database connection.
+LOOKUPS_AT_ONCE = 8
+
+_Item = TypeVar("_Item")
+_Answer = TypeVar("_Answer")
+
+
+async def in_order(
+    items: Sequence[_Item], look_up: Callable[[_Item], Awaitable[_Answer]], at_once: int = LOOKUPS_AT_ONCE
+) -> list[_Answer]:
+    """`look_up` of every item, at most `at_once` at a time, the answers in the items' order. The
+    first to raise cancels the others and is raised (in an `ExceptionGroup`)."""
+    slots = asyncio.Semaphore(at_once)
+
+    async def one(item: _Item) -> _Answer:
+        async with slots:
+            return await look_up(item)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(item)) for item in items]
+    return [task.result() for task in tasks]
+
+
 _STORED_CMTSES = """
 WITH RECURSIVE stored(cmts) AS (
     (SELECT cmts FROM {table} ORDER BY cmts LIMIT 1)
@@ -395,6 +420,15 @@ class Inventory:
                 return live
             await self._correct_cpe(row, live)
         return None
+
+    async def cpes(self, cpe_macs: Sequence[str]) -> list[CpeRecord | None]:
+        """`cpe` of each, `LOOKUPS_AT_ONCE` at a time, in their order; an `SnmpError` of any is
+        raised (in an `ExceptionGroup`) as `cpe` raises it."""
+        return await in_order(cpe_macs, self.cpe)
+
+    async def cpes_by_ip(self, ips: Sequence[str]) -> list[CpeRecord | None]:
+        """`cpe_by_ip` of each, `LOOKUPS_AT_ONCE` at a time, in their order."""
+        return await in_order(ips, self.cpe_by_ip)
 
     async def _cpe_live(self, client: CmtsClient, cpe_mac: str) -> CpeRecord | None:
         spec = CPE_COLUMNS[client.profile.vendor]
