@@ -7,6 +7,7 @@ import dataclasses
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,6 +142,20 @@ def test_counts_and_estimates_beyond_what_the_contract_holds_saturate_at_its_bou
     later = next_revision(to_observation(first, "eve"), last)
     assert type(later).model_validate(later.model_dump()) == later
     assert later.count == INT4_MAX
+
+
+@pytest.mark.parametrize("hashes", [[-1] * EXACT, [1 << 64], [-(10**30), 5]])
+def test_a_saved_state_with_a_hash_no_sketch_makes_is_refused_as_unreadable(hashes: list[int]) -> None:
+    # Given a saved window whose sketch holds a hash outside 64 bits (-1 made the estimate divide by zero)
+    aggregator = Aggregator(window=60, rate=1.0, burst=1)
+    for n in range(100):
+        aggregator.add(alert(n, dst=f"198.51.100.{n}"), SUBSCRIBER, "scan", 3, now=0, token=f"t{n}")
+    saved = aggregator.to_json()
+    [window] = saved.values()
+    window.update(peers={"hashes": hashes})
+    # When it is read back, it is refused as malformed (ValueError: the engine starts that source afresh)
+    with pytest.raises(ValueError, match="outside 64 bits"):
+        Aggregator(window=60, rate=1.0, burst=1).load_json(saved)
 
 
 @settings(max_examples=50, deadline=None)

@@ -64,8 +64,15 @@ class Distinct:
         distinct = cls()
         if isinstance(data, dict):
             if isinstance(data.get("hashes"), list) and data["hashes"]:
+                hashes = sorted(int(h) for h in data["hashes"])[:EXACT]
+                # What `_hash` gives: a hash outside 64 bits (a hand-edited or corrupt state) would
+                # make the estimate negative or divide by zero, later, on the hot path.
+                if hashes[0] < 0 or hashes[-1] >= 1 << 64:
+                    raise ValueError(
+                        f"a saved distinct-count hash outside 64 bits: {hashes[0]}..{hashes[-1]}"
+                    )
                 distinct.exact = None
-                distinct.hashes = sorted(int(h) for h in data["hashes"])[:EXACT]
+                distinct.hashes = hashes
             else:
                 for value in data.get("exact") or []:
                     distinct.add(value if isinstance(value, int) else str(value))
