@@ -86,6 +86,22 @@ async def pending_attempts(service: PolicyService, observation_id: uuid.UUID) ->
     return attempts
 
 
+async def kept_pending(
+    service: PolicyService, relay: CuttableTcpRelay, book: LeaseBook, sender: Bus, *, attempts: int
+) -> AbuseObserved:
+    """A scan by the PC at IP published while its attribution peers are cut off, once it is kept
+    pending attribution and its look-up has failed `attempts` more times."""
+    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
+    book.plug(CPE_MAC, CM_MAC, IP)
+    relay.cut()
+    seen = scan()
+    await sender.publish(seen)
+    async with asyncio.timeout(120):
+        while (tried := await pending_attempts(service, seen.observation_id)) is None or tried < attempts:
+            await asyncio.sleep(0.1)
+    return seen
+
+
 async def test_an_observation_outlasting_the_retry_schedule_waits_for_attribution_then_opens_the_case(
     policy_behind_relay: PolicyService,
     relay: CuttableTcpRelay,
@@ -94,16 +110,9 @@ async def test_an_observation_outlasting_the_retry_schedule_waits_for_attributio
     sender: Bus,
 ) -> None:
     service = policy_behind_relay
-    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
-    book.plug(CPE_MAC, CM_MAC, IP)
     # Given the provisioner and cmts-agent unreachable (every connection dropped)
-    relay.cut()
-    seen = scan()
-    await sender.publish(seen)
     # When the look-ups fail again and again, long after the bus would have given up (0.3 s)
-    async with asyncio.timeout(120):
-        while (await pending_attempts(service, seen.observation_id) or 0) < 3:
-            await asyncio.sleep(0.2)
+    seen = await kept_pending(service, relay, book, sender, attempts=3)
     # Then the observation is kept, counted, nothing is dead-lettered and nothing is gardened yet
     async with service.pool.acquire() as conn:
         decision = await conn.fetchval(
@@ -136,15 +145,8 @@ async def test_a_kept_observation_that_no_longer_reads_is_set_aside_and_the_othe
     sender: Bus,
 ) -> None:
     service = policy_behind_relay
-    book.bind(IP, CPE_MAC, datetime.now(UTC) - timedelta(minutes=10))
-    book.plug(CPE_MAC, CM_MAC, IP)
     # Given an observation kept pending attribution while the peers are unreachable
-    relay.cut()
-    seen = scan()
-    await sender.publish(seen)
-    async with asyncio.timeout(60):
-        while await pending_attempts(service, seen.observation_id) is None:
-            await asyncio.sleep(0.1)
+    seen = await kept_pending(service, relay, book, sender, attempts=0)
     # And, kept before it, one an older version stored with a count no contract takes any more
     unreadable = uuid.uuid4()
     event = {**json.loads(seen.model_dump_json()), "observation_id": str(unreadable), "count": 2**40}

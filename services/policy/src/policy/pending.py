@@ -8,7 +8,7 @@ stored row waits as long as the peers are down (never dropped; an alert says whe
 bounded rate: one look-up per row per `BACKOFF_CAP` at most while the peers stay down.
 
 A kept row that no longer reads as its contract (stored by an older version whose contract let more
-through, or edited by hand) is set aside (`set_aside`): never claimed again, left in its table with
+through, or edited by hand) is set aside (`read_or_set_aside`): never claimed again, left in its table with
 the reason for an operator, so that it cannot stop every other row behind it from being decided.
 """
 
@@ -19,7 +19,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from prometheus_client import Counter
 from pydantic import ValidationError
@@ -37,11 +37,8 @@ CLAIM_SECONDS = 120.0
 log = logging.getLogger(__name__)
 
 Table = Literal["attribution_pending", "release_pending"]
-# Each table's key column, and the contract its rows hold.
-_ROWS: dict[Table, tuple[str, str]] = {
-    "attribution_pending": ("observation_id", AbuseObserved.routing_key),
-    "release_pending": ("request_id", ReleaseRequested.routing_key),
-}
+_KEY_COLUMN: dict[Table, str] = {"attribution_pending": "observation_id", "release_pending": "request_id"}
+_Kept = TypeVar("_Kept", AbuseObserved, ReleaseRequested)
 
 SET_ASIDE = Counter(
     "lazaretto_policy_pending_set_aside_total",
@@ -62,7 +59,7 @@ class Waiting:
 
 async def claim_due(conn: Connection, limit: int) -> list[PendingAttribution]:
     """The due rows, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's); a row
-    that does not read as an `AbuseObserved` is set aside instead (`set_aside`)."""
+    that does not read as an `AbuseObserved` is set aside instead (`read_or_set_aside`)."""
     rows = await conn.fetch(
         "UPDATE attribution_pending SET next_attempt_at = now() + make_interval(secs => $2)"
         " WHERE observation_id IN (SELECT observation_id FROM attribution_pending"
@@ -74,10 +71,10 @@ async def claim_due(conn: Connection, limit: int) -> list[PendingAttribution]:
     )
     due: list[PendingAttribution] = []
     for r in sorted(rows, key=lambda r: r["waiting_since"]):
-        try:
-            event = AbuseObserved.model_validate_json(r["event"])
-        except ValidationError as exc:
-            await set_aside(conn, "attribution_pending", r["observation_id"], exc)
+        event = await read_or_set_aside(
+            conn, "attribution_pending", r["observation_id"], AbuseObserved, r["event"]
+        )
+        if event is None:
             continue
         due.append(
             PendingAttribution(
@@ -94,18 +91,24 @@ async def claim_due(conn: Connection, limit: int) -> list[PendingAttribution]:
     return due
 
 
-async def set_aside(conn: Connection, table: Table, key: uuid.UUID, exc: ValidationError) -> None:
-    """Never claim this row again (its next attempt at infinity) and say why in `last_error`, in the
-    log and in `lazaretto_policy_pending_set_aside_total`: decided by no loop, lost by none."""
-    key_column, contract = _ROWS[table]
-    reason = f"set aside: no longer a valid {contract}: {validation_summary(exc)}"
+async def read_or_set_aside(
+    conn: Connection, table: Table, key: uuid.UUID, contract: type[_Kept], stored: str
+) -> _Kept | None:
+    """The stored message as its contract reads it; None if it no longer does: then the row is never
+    claimed again (its next attempt at infinity), and `last_error`, the log and
+    `lazaretto_policy_pending_set_aside_total` say why: decided by no loop, lost by none."""
+    try:
+        return contract.model_validate_json(stored)
+    except ValidationError as exc:
+        reason = f"set aside: no longer a valid {contract.routing_key}: {validation_summary(exc)}"
     await conn.execute(
-        f"UPDATE {table} SET next_attempt_at = 'infinity', last_error = $2 WHERE {key_column} = $1",
+        f"UPDATE {table} SET next_attempt_at = 'infinity', last_error = $2 WHERE {_KEY_COLUMN[table]} = $1",
         key,
         reason[:500],
     )
     SET_ASIDE.labels(table).inc()
     log.error("%s row %s %s: an operator decides it by hand, then deletes the row", table, key, reason)
+    return None
 
 
 async def put_back(

@@ -15,12 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import ValidationError
-
 from lazaretto_core.contracts import ReleaseRequested
 from lazaretto_core.db import Connection
 
-from .pending import CLAIM_SECONDS, Waiting, backoff, set_aside, waiting_in
+from .pending import CLAIM_SECONDS, Waiting, backoff, read_or_set_aside, waiting_in
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ async def keep(conn: Connection, request: ReleaseRequested, message_id: str, err
 
 async def claim_due(conn: Connection, limit: int) -> list[KeptRelease]:
     """The due requests, oldest first, claimed for `CLAIM_SECONDS` (replicas skip each other's); one
-    that does not read as a `ReleaseRequested` is set aside instead (`pending.set_aside`)."""
+    that does not read as a `ReleaseRequested` is set aside instead (`pending.read_or_set_aside`)."""
     rows = await conn.fetch(
         "UPDATE release_pending SET next_attempt_at = now() + make_interval(secs => $2)"
         " WHERE request_id IN (SELECT request_id FROM release_pending"
@@ -58,10 +56,10 @@ async def claim_due(conn: Connection, limit: int) -> list[KeptRelease]:
     )
     kept: list[KeptRelease] = []
     for r in sorted(rows, key=lambda r: r["waiting_since"]):
-        try:
-            request = ReleaseRequested.model_validate_json(r["request"])
-        except ValidationError as exc:
-            await set_aside(conn, "release_pending", r["request_id"], exc)
+        request = await read_or_set_aside(
+            conn, "release_pending", r["request_id"], ReleaseRequested, r["request"]
+        )
+        if request is None:
             continue
         kept.append(KeptRelease(request, r["message_id"], r["waiting_since"], r["attempts"]))
     return kept
