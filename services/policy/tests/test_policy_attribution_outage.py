@@ -582,5 +582,8 @@ async def test_a_kept_release_that_no_longer_reads_is_set_aside_and_the_others_a
             assert [k.request.request_id for k in await release_pending.claim_due(conn, 10)] == [
                 good.request_id
             ]
-        # And only the one that waits for its peers is counted as waiting
+        # And only the one that waits for its peers is counted as waiting, or told to its subscriber as
+        # going ahead by itself
         assert (await release_pending.waiting(conn, datetime.now(UTC))).count == 1
+        await conn.execute("DELETE FROM release_pending WHERE request_id = $1", good.request_id)
+        assert not await release_pending.queued_for(conn, uuid.UUID(bad["case_id"]))

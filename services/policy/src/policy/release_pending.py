@@ -88,9 +88,12 @@ async def waiting(conn: Connection, now: datetime) -> Waiting:
 
 
 async def queued_for(conn: Connection, case_id: uuid.UUID) -> bool:
-    """Whether a release request for the case waits for the device look-up (the portal says so)."""
+    """Whether a release request for the case waits for the device look-up (the portal says so); one
+    set aside (`pending.read_or_set_aside`) goes ahead by itself no more, so it is not."""
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM release_pending WHERE request->>'case_id' = $1)", str(case_id)
+            "SELECT EXISTS (SELECT 1 FROM release_pending WHERE request->>'case_id' = $1"
+            " AND next_attempt_at < 'infinity')",
+            str(case_id),
         )
     )
