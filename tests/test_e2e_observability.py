@@ -6,7 +6,6 @@ log line about the case carries its case id, device and message id."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from lazaretto_lab.process import json_lines
 from lazaretto_lab.snmpd import LabModem
 from lazaretto_lab.suricata import portscan_rule, run_suricata, write_sweep_pcap
 from lazaretto_lab.system import CpeHost, LabSystem, SystemConfig, lease_cpe
@@ -144,10 +144,8 @@ def scan_alerts(system: LabSystem, cpe: CpeHost, workdir: Path) -> list[str]:
 
 
 def log_records(system: LabSystem, service: str) -> list[dict[str, Any]]:
-    text = (system.workdir / "logs" / f"{service}.log").read_text()
-    # Every line is one JSON object; one the service is writing meanwhile may be read half-copied.
-    complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines()]
+    records: list[dict[str, Any]] = json_lines(system.workdir / "logs" / f"{service}.log")
+    return records  # every line one JSON object; the service may be writing the last one
 
 
 def chain_to_root(span: Span, by_id: dict[str, Span]) -> list[Span]:

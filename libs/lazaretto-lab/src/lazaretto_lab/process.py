@@ -10,6 +10,7 @@ import abc
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 
 class LabProcessError(RuntimeError):
@@ -55,6 +56,15 @@ def ephemeral_ports() -> range:
     """Where the kernel picks the local port of an outgoing connection (and of a bind to port 0)."""
     low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     return range(int(low), int(high) + 1)
+
+
+def json_lines(path: Path) -> list[Any]:
+    """The whole records of a JSON-lines file a process is appending to, oldest first. A read takes no
+    lock against the append: the last record can be caught half-written, so only the lines a newline
+    ended are read (the rest is read next time, whole)."""
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError, free_port
+from lazaretto_lab.process import LabPeer, LabProcess, LabProcessError, free_port, json_lines
 
 EMULATOR_ENV = "LAZARETTO_LAB_CMTS_EMULATOR"
 # Beside this module: stdlib-only, so compose's lab-cmts image mounts the very same file.
@@ -202,11 +202,7 @@ class LabCmts(LabPeer):
         (with a CM emulator sharing this log: its docsDevResetNow SETs too)."""
         if not self.sets_log_path.exists():
             return []
-        text = self.sets_log_path.read_text()
-        # A record being appended meanwhile can be read half-copied (a read takes no lock against a
-        # write): only lines their newline ended are whole.
-        complete = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return json_lines(self.sets_log_path)  # the emulator may be appending a record
 
     def resets(self) -> list[tuple[str, str]]:
         """(object, MAC) of every accepted SET that resets a modem, oldest first."""

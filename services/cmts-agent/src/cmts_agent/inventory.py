@@ -32,8 +32,6 @@ MODEMS = Gauge("lazaretto_cmts_inventory_modems", "Cable modems listed by the la
 CPES = Gauge("lazaretto_cmts_inventory_cpes", "CPEs listed by the last walk", ["cmts"])
 WALK_OK = Gauge("lazaretto_cmts_inventory_walk_ok", "1 if the last walk of the CMTS succeeded", ["cmts"])
 
-# The CMTS names a table holds, one index probe each through its `*_by_cmts` index (a loose index
-# scan), not a read of the whole table: the inventory loop asks on every turn.
 # Look-ups of one batch (`cpes`, `cpes_by_ip`) asked at once: each asks a CMTS by SNMP (a GET per CMTS
 # with a CPE table). One after another, a batch of 1,000 took 1,000 round trips; all at once, it would
 # burst the CMTSes' SNMP agents, which answer slowly under load, and take every database connection.
@@ -59,6 +57,8 @@ async def in_order(
     return [task.result() for task in tasks]
 
 
+# The CMTS names a table holds, one index probe each through its `*_by_cmts` index (a loose index
+# scan), not a read of the whole table: the inventory loop asks on every turn.
 _STORED_CMTSES = """
 WITH RECURSIVE stored(cmts) AS (
     (SELECT cmts FROM {table} ORDER BY cmts LIMIT 1)
