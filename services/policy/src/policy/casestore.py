@@ -15,7 +15,15 @@ from lazaretto_core.db import Connection
 from .flow import Step
 from .ladder import CaseTerms
 from .rules import Seen
-from .store import AddressSource, Case, DevicePast, HeldAddress, ObservationRow, PendingAttribution
+from .store import (
+    AddressSource,
+    BatchReads,
+    Case,
+    DevicePast,
+    HeldAddress,
+    ObservationRow,
+    PendingAttribution,
+)
 
 
 class CaseStore(Protocol):
@@ -141,6 +149,14 @@ class CaseStore(Protocol):
     async def last_releases_at_addresses(
         self, conn: Connection, ips: Sequence[str]
     ) -> dict[str, datetime]: ...
+
+    async def batch_reads(
+        self,
+        conn: Connection,
+        observation_ids: Sequence[uuid.UUID],
+        since_by_ip: Mapping[str, datetime],
+        limit: int = 1000,
+    ) -> BatchReads: ...
 
     async def recent_observations(
         self, conn: Connection, ip: str, since: datetime, limit: int = 1000

@@ -30,6 +30,7 @@ from .reference import reference_for
 from .rules import Seen
 from .store import (
     AddressSource,
+    BatchReads,
     Case,
     DeviceCaseOpened,
     DevicePast,
@@ -432,6 +433,21 @@ class MemoryStore:
     async def last_releases_at_addresses(self, conn: Connection, ips: Sequence[str]) -> dict[str, datetime]:
         found = {ip: await self.last_release_at_address(conn, ip) for ip in ips}
         return {ip: at for ip, at in found.items() if at is not None}
+
+    async def batch_reads(
+        self,
+        conn: Connection,
+        observation_ids: Sequence[uuid.UUID],
+        since_by_ip: Mapping[str, datetime],
+        limit: int = 1000,
+    ) -> BatchReads:
+        revisions = {i: await self.observation_revision(conn, i) for i in observation_ids}
+        releases = {ip: await self.last_release_at_address(conn, ip) for ip in since_by_ip}
+        return BatchReads(
+            {i: r for i, r in revisions.items() if r is not None},
+            {ip: await self.recent_observations(conn, ip, s, limit) for ip, s in since_by_ip.items()},
+            {ip: at for ip, at in releases.items() if at is not None},
+        )
 
     async def first_alert_of_case(self, conn: Connection, case_id: uuid.UUID) -> datetime | None:
         seen = [o["seen"].first_seen for o in self.state.observations.values() if o["case_id"] == case_id]

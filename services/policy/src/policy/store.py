@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
@@ -516,6 +516,67 @@ async def last_releases_at_addresses(conn: Connection, ips: Sequence[str]) -> di
         list(ips),
     )
     return {ips[r["n"] - 1]: r["at"] for r in rows if r["at"] is not None}
+
+
+# What a batch of observations reads before it is weighed, in ONE statement (one round trip on the hot
+# path): three SELECTs that each keep their own access path (the primary key; observations_ip per
+# address, newest first, stopping at the limit; cases_ip and case_addresses_ip per address), tagged by
+# `kind`, NULL in the columns a kind has not. `n` is the address's position in $2 (by ordinality: asyncpg
+# returns inet as ipaddress objects). Rows of one address come in its subquery's order, which the
+# Append and the nested loop keep, as the separate statements did.
+_BATCH_READS = (
+    "SELECT 'revision' AS kind, NULL::bigint AS n, observation_id, revision, NULL::text AS detector,"
+    " NULL::text AS category, NULL::int AS severity, NULL::int AS count, NULL::timestamptz AS first_seen,"
+    " NULL::timestamptz AS last_seen, NULL::int AS distinct_destinations, NULL::int AS distinct_dst_ports,"
+    " NULL::text AS direction, NULL::boolean AS established, NULL::timestamptz AS released_at"
+    " FROM observations WHERE observation_id = ANY($1::uuid[])"
+    " UNION ALL"
+    " SELECT 'recent', a.n, o.observation_id, NULL, o.detector, o.category, o.severity, o.count,"
+    " o.first_seen, o.last_seen, o.distinct_destinations, o.distinct_dst_ports, o.direction,"
+    " o.established, NULL"
+    " FROM unnest($2::text[]::inet[], $3::timestamptz[]) WITH ORDINALITY AS a(ip, since, n)"
+    " CROSS JOIN LATERAL (SELECT * FROM observations WHERE ip = a.ip AND last_seen >= a.since"
+    " ORDER BY last_seen DESC LIMIT $4) o"
+    " UNION ALL"
+    " SELECT 'release', a.n, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " (SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
+    " SELECT case_id FROM cases WHERE ip = a.ip UNION SELECT case_id FROM case_addresses WHERE ip = a.ip))"
+    " FROM unnest($2::text[]::inet[]) WITH ORDINALITY AS a(ip, n)"
+)
+_SEEN_FIELDS = tuple(f.name for f in fields(Seen))
+
+
+@dataclass(frozen=True)
+class BatchReads:
+    """What `batch_reads` found for a batch of observations."""
+
+    revisions: dict[uuid.UUID, int]  # the stored revision of each asked observation that is stored
+    recent: dict[str, list[Seen]]  # every asked address: its observations since its `since`, newest first
+    releases: dict[str, datetime]  # when a case at the address was last released (addresses with one)
+
+
+async def batch_reads(
+    conn: Connection,
+    observation_ids: Sequence[uuid.UUID],
+    since_by_ip: Mapping[str, datetime],
+    limit: int = 1000,
+) -> BatchReads:
+    """`observation_revision`, `recent_observations` (each address with its own `since`, at most
+    `limit` each) and `last_release_at_address` for a batch's observations and addresses, in one
+    statement."""
+    ips = list(since_by_ip)
+    rows = await conn.fetch(
+        _BATCH_READS, list(set(observation_ids)), ips, [since_by_ip[ip] for ip in ips], limit
+    )
+    found = BatchReads({}, {ip: [] for ip in ips}, {})
+    for r in rows:
+        if r["kind"] == "revision":
+            found.revisions[r["observation_id"]] = r["revision"]
+        elif r["kind"] == "recent":
+            found.recent[ips[r["n"] - 1]].append(Seen(*(r[f] for f in _SEEN_FIELDS)))
+        elif r["released_at"] is not None:
+            found.releases[ips[r["n"] - 1]] = r["released_at"]
+    return found
 
 
 async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
