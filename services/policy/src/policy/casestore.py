@@ -138,18 +138,6 @@ class CaseStore(Protocol):
 
     async def observation_revision(self, conn: Connection, observation_id: uuid.UUID) -> int | None: ...
 
-    async def observation_revisions(
-        self, conn: Connection, observation_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, int]: ...
-
-    async def recent_observations_at(
-        self, conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
-    ) -> dict[str, list[Seen]]: ...
-
-    async def last_releases_at_addresses(
-        self, conn: Connection, ips: Sequence[str]
-    ) -> dict[str, datetime]: ...
-
     async def batch_reads(
         self,
         conn: Connection,

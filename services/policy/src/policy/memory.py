@@ -419,21 +419,6 @@ class MemoryStore:
             if kept is None or kept.event.revision < p.event.revision:
                 self.state.pending[p.event.observation_id] = p
 
-    async def observation_revisions(
-        self, conn: Connection, observation_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, int]:
-        found = {i: await self.observation_revision(conn, i) for i in observation_ids}
-        return {i: r for i, r in found.items() if r is not None}
-
-    async def recent_observations_at(
-        self, conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
-    ) -> dict[str, list[Seen]]:
-        return {ip: await self.recent_observations(conn, ip, s, limit) for ip, s in since_by_ip.items()}
-
-    async def last_releases_at_addresses(self, conn: Connection, ips: Sequence[str]) -> dict[str, datetime]:
-        found = {ip: await self.last_release_at_address(conn, ip) for ip in ips}
-        return {ip: at for ip, at in found.items() if at is not None}
-
     async def batch_reads(
         self,
         conn: Connection,

@@ -474,50 +474,6 @@ async def recent_observations(conn: Connection, ip: str, since: datetime, limit:
     return [Seen(**dict(r)) for r in rows]
 
 
-async def observation_revisions(
-    conn: Connection, observation_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, int]:
-    """The stored revision of each of these observations that is stored."""
-    rows = await conn.fetch(
-        "SELECT observation_id, revision FROM observations WHERE observation_id = ANY($1::uuid[])",
-        list(set(observation_ids)),
-    )
-    return {r["observation_id"]: r["revision"] for r in rows}
-
-
-async def recent_observations_at(
-    conn: Connection, since_by_ip: Mapping[str, datetime], limit: int = 1000
-) -> dict[str, list[Seen]]:
-    """`recent_observations` for many addresses in one query (each address with its own `since`)."""
-    ips = list(since_by_ip)
-    rows = await conn.fetch(
-        "SELECT a.n, o.observation_id, o.detector, o.category, o.severity, o.count, o.first_seen,"
-        " o.last_seen, o.distinct_destinations, o.distinct_dst_ports, o.direction, o.established"
-        " FROM unnest($1::text[]::inet[], $2::timestamptz[]) WITH ORDINALITY AS a(ip, since, n)"
-        " CROSS JOIN LATERAL (SELECT * FROM observations WHERE ip = a.ip AND last_seen >= a.since"
-        " ORDER BY last_seen DESC LIMIT $3) o",
-        ips,
-        [since_by_ip[ip] for ip in ips],
-        limit,
-    )
-    found: dict[str, list[Seen]] = {ip: [] for ip in ips}
-    for r in rows:
-        values = dict(r)
-        found[ips[values.pop("n") - 1]].append(Seen(**values))
-    return found
-
-
-async def last_releases_at_addresses(conn: Connection, ips: Sequence[str]) -> dict[str, datetime]:
-    """`last_release_at_address` for many addresses in one query (addresses without one left out)."""
-    rows = await conn.fetch(
-        "SELECT a.n, (SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
-        " SELECT case_id FROM cases WHERE ip = a.ip UNION SELECT case_id FROM case_addresses"
-        " WHERE ip = a.ip)) AS at FROM unnest($1::text[]::inet[]) WITH ORDINALITY AS a(ip, n)",
-        list(ips),
-    )
-    return {ips[r["n"] - 1]: r["at"] for r in rows if r["at"] is not None}
-
-
 # What a batch of observations reads before it is weighed, in ONE statement (one round trip on the hot
 # path): three SELECTs that each keep their own access path (the primary key; observations_ip per
 # address, newest first, stopping at the limit; cases_ip and case_addresses_ip per address), tagged by
