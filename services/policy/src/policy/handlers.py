@@ -175,7 +175,7 @@ class PolicyHandlers:
         (`batch_reads`, one round trip), the rules weighed in memory (each observation sees the ones
         before it in the batch, as it would have seen them stored), attribution for the few that
         enforce, then ONE transaction that claims every message id, opens or feeds cases, and stores
-        the rest with one `executemany`.
+        every decision with one statement (`insert_observations`).
         Any error rolls the whole batch back (the caller then takes its messages one by one)."""
         loaded = self.rules.current
         now = utcnow()

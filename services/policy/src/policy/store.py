@@ -474,6 +474,13 @@ async def recent_observations(conn: Connection, ip: str, since: datetime, limit:
     return [Seen(**dict(r)) for r in rows]
 
 
+# When a case of whichever device held the address `{ip}` was last released: the cases at the address
+# come from two indexes (cases_ip, case_addresses_ip), never from a scan of all cases.
+_LAST_RELEASE_AT = (
+    "SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
+    " SELECT case_id FROM cases WHERE ip = {ip} UNION SELECT case_id FROM case_addresses WHERE ip = {ip})"
+)
+
 # What a batch of observations reads before it is weighed, in ONE statement (one round trip on the hot
 # path): three SELECTs that each keep their own access path (the primary key; observations_ip per
 # address, newest first, stopping at the limit; cases_ip and case_addresses_ip per address), tagged by
@@ -495,8 +502,7 @@ _BATCH_READS = (
     " ORDER BY last_seen DESC LIMIT $4) o"
     " UNION ALL"
     " SELECT 'release', a.n, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-    " (SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
-    " SELECT case_id FROM cases WHERE ip = a.ip UNION SELECT case_id FROM case_addresses WHERE ip = a.ip))"
+    f" ({_LAST_RELEASE_AT.format(ip='a.ip')})"
     " FROM unnest($2::text[]::inet[]) WITH ORDINALITY AS a(ip, n)"
 )
 _SEEN_FIELDS = tuple(f.name for f in fields(Seen))
@@ -537,14 +543,7 @@ async def batch_reads(
 
 async def last_release_at_address(conn: Connection, ip: str) -> datetime | None:
     """When a case of whichever device held `ip` was last released (probation, before attribution)."""
-    # Read on every observation: the cases at the address come from two indexes (cases_ip,
-    # case_addresses_ip), never from a scan of all cases.
-    at: datetime | None = await conn.fetchval(
-        "SELECT max(closed_at) FROM cases WHERE state = 'released' AND case_id IN ("
-        " SELECT case_id FROM cases WHERE ip = $1::inet"
-        " UNION SELECT case_id FROM case_addresses WHERE ip = $1::inet)",
-        ip,
-    )
+    at: datetime | None = await conn.fetchval(_LAST_RELEASE_AT.format(ip="$1::inet"), ip)
     return at
 
 
