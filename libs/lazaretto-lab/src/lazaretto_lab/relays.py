@@ -123,7 +123,9 @@ def _snmp_pdu_tag(data: bytes) -> int | None:
 class CuttableTcpRelay:
     """A TCP relay in front of a lab peer (Kea's PostgreSQL in the fault run) whose link can be cut:
     `cut()` drops every open connection and refuses new ones until `restore()`, as a network
-    partition or a database host going away does."""
+    partition or a database host going away does. `stall()` instead keeps every connection open and
+    accepts new ones but forwards nothing either way until `restore()`, as a hung peer or a path
+    that drops packets does: the client waits for its own timeout."""
 
     host = "127.0.0.1"
 
@@ -136,6 +138,8 @@ class CuttableTcpRelay:
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
         self.cut_now = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -147,6 +151,7 @@ class CuttableTcpRelay:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._flowing.set()  # stalled pumps end with their sockets
         self._thread.join(5)
         self._listener.close()
         self._drop_all()
@@ -163,8 +168,12 @@ class CuttableTcpRelay:
         self.cut_now = True
         self._drop_all()
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
     def restore(self) -> None:
         self.cut_now = False
+        self._flowing.set()
 
     def _drop_all(self) -> None:
         with self._lock:
@@ -196,12 +205,13 @@ class CuttableTcpRelay:
             with self._lock:
                 self._pairs.append((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=_pump, args=(src, dst, self._flowing), daemon=True).start()
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, flowing: threading.Event) -> None:
     with contextlib.suppress(OSError):
         while data := src.recv(65536):
+            flowing.wait()  # stalled: held until restored
             dst.sendall(data)
     for sock in (src, dst):
         with contextlib.suppress(OSError):
