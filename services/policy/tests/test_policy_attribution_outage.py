@@ -192,6 +192,91 @@ async def test_a_kept_observation_that_no_longer_reads_is_set_aside_and_the_othe
             await asyncio.sleep(0.1)
 
 
+async def stored_decision(service: PolicyService, observation_id: uuid.UUID) -> tuple[str, str] | None:
+    """The decision stored for an observation, and the attribution error it was kept with."""
+    async with service.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT decision, attribution->>'attribution_error' AS error FROM observations"
+            " WHERE observation_id = $1",
+            observation_id,
+        )
+    return None if row is None else (row["decision"], row["error"] or "")
+
+
+async def decided(service: PolicyService, observation_id: uuid.UUID) -> tuple[str, str]:
+    async with asyncio.timeout(30):
+        while (found := await stored_decision(service, observation_id)) is None:
+            await asyncio.sleep(0.05)
+    return found
+
+
+async def test_a_hung_attribution_peer_holds_up_one_look_up_and_the_next_ones_fail_fast(
+    make_settings: Callable[..., PolicySettings],
+    relay: CuttableTcpRelay,
+    book: LeaseBook,
+    probe: BusProbe,
+    sender: Bus,
+) -> None:
+    peers = f"http://127.0.0.1:{relay.port}"
+    service = await build(make_settings(provisioner_url=peers, cmts_agent_url=peers, attribution_timeout=1.0))
+    await service.start()
+    try:
+        # Given two PCs, and attribution peers that accept connections but answer nothing (hung)
+        other_ip = "100.64.0.11"
+        for ip, mac in ((IP, CPE_MAC), (other_ip, OTHER_MAC)):
+            book.bind(ip, mac, datetime.now(UTC) - timedelta(minutes=10))
+            book.plug(mac, CM_MAC, ip)
+        relay.stall()
+        failed_fast = (
+            REGISTRY.get_sample_value(
+                "lazaretto_policy_attribution_failed_fast_total", {"peer": "provisioner"}
+            )
+            or 0
+        )
+        # When the first PC scans: its look-up waits for the timeout, and it is kept pending
+        first = scan()
+        await sender.publish(first)
+        decision, error = await decided(service, first.observation_id)
+        assert decision == "pending_attribution"
+        assert "Timeout" in error
+        assert (
+            REGISTRY.get_sample_value("lazaretto_policy_attribution_peer_stalled", {"peer": "provisioner"})
+            == 1
+        )
+        # And the second PC scans right after: its look-up is not sent to the hung peer at all
+        second = scan(ip=other_ip)
+        await sender.publish(second)
+        decision, error = await decided(service, second.observation_id)
+        assert decision == "pending_attribution"
+        assert error.startswith("attribution peer not answering: provisioner timed out; next try in ")
+        assert (
+            REGISTRY.get_sample_value(
+                "lazaretto_policy_attribution_failed_fast_total", {"peer": "provisioner"}
+            )
+            or 0
+        ) > failed_fast
+        assert applies(probe) == []
+        # When the peers answer again
+        relay.restore()
+        # Then, once a probe found them answering, both devices' cases open and nothing waits
+        async with asyncio.timeout(60):
+            while len(applies(probe)) < 2:
+                await asyncio.sleep(0.1)
+        assert sorted((a.cpe_mac, str(a.cpe_ip)) for a in applies(probe)) == [
+            (CPE_MAC, IP),
+            (OTHER_MAC, other_ip),
+        ]
+        assert (
+            REGISTRY.get_sample_value("lazaretto_policy_attribution_peer_stalled", {"peer": "provisioner"})
+            == 0
+        )
+        async with service.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
+        assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    finally:
+        await service.stop()
+
+
 async def test_a_pc_the_cmts_lists_after_its_first_alert_keeps_one_case(
     policy: PolicyService, book: LeaseBook, probe: BusProbe, sender: Bus
 ) -> None:

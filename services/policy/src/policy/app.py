@@ -285,7 +285,10 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     )
     tokens = settings.token_book()
     attributor = attributor or Attributor(
-        settings.provisioner_url, settings.cmts_agent_url, settings.admin_token.get_secret_value()
+        settings.provisioner_url,
+        settings.cmts_agent_url,
+        settings.admin_token.get_secret_value(),
+        timeout=settings.attribution_timeout,
     )
     window = timedelta(seconds=settings.self_release_window)
     rules = RuleBook(settings.rules_file)

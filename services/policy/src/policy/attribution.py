@@ -48,6 +48,8 @@ from lazaretto_core.contracts import Mac, normalize_mac, utcnow
 from lazaretto_core.errors import RetryLater
 from lazaretto_core.tracing import TracingTransport
 
+from .peer_stall import PeerStall
+
 log = logging.getLogger(__name__)
 
 Answer = TypeVar("Answer", bound=pydantic.BaseModel)
@@ -108,7 +110,8 @@ class _NoCookies(CookieJar):
 
 class Attributor:
     """Typed client of the provisioner's lease history and cmts-agent's CPE tables. A peer down or an
-    answer that does not match the versioned schema is transient (`RetryLater`), never a guess."""
+    answer that does not match the versioned schema is transient (`RetryLater`), never a guess; so is
+    a peer that timed out, whose look-ups then fail fast for a while (`peer_stall`)."""
 
     def __init__(self, provisioner_url: str, cmts_agent_url: str, token: str, timeout: float = 5.0) -> None:
         self._client = httpx.AsyncClient(
@@ -119,6 +122,10 @@ class Attributor:
         )
         self._provisioner = provisioner_url.rstrip("/")
         self._cmts_agent = cmts_agent_url.rstrip("/")
+        # One stall state per peer; the lab may serve both look-ups from one URL, then one peer.
+        self._stalls: dict[str, PeerStall] = {}
+        for name, base in (("provisioner", self._provisioner), ("cmts-agent", self._cmts_agent)):
+            self._stalls.setdefault(base, PeerStall(name))
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -379,9 +386,10 @@ class Attributor:
     async def _post(self, url: str, query: pydantic.BaseModel, answer: type[Answer]) -> Answer | None:
         """A batch look-up; None when the peer does not serve it (404 or 405: older than policy)."""
         try:
-            response = await self._client.post(
-                url, content=query.model_dump_json(), headers={"Content-Type": "application/json"}
-            )
+            with self._stall_of(url).look_up(httpx.TimeoutException):
+                response = await self._client.post(
+                    url, content=query.model_dump_json(), headers={"Content-Type": "application/json"}
+                )
         except httpx.HTTPError as exc:
             raise RetryLater(f"attribution peer unreachable: {url}: {type(exc).__name__}") from exc
         if response.status_code in (404, 405):
@@ -400,12 +408,17 @@ class Attributor:
         self, url: str, answer: type[Answer], params: dict[str, str] | None = None
     ) -> Answer | None:
         try:
-            response = await self._client.get(url, params=params)
+            with self._stall_of(url).look_up(httpx.TimeoutException):
+                response = await self._client.get(url, params=params)
         except httpx.HTTPError as exc:
             raise RetryLater(f"attribution peer unreachable: {url}: {type(exc).__name__}") from exc
         if response.status_code == 404:
             return None
         return self._answer(url, response, answer)
+
+    def _stall_of(self, url: str) -> PeerStall:
+        base = max((b for b in self._stalls if url.startswith(b + "/")), key=len)
+        return self._stalls[base]
 
     @staticmethod
     def _answer(url: str, response: httpx.Response, answer: type[Answer]) -> Answer:

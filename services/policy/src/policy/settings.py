@@ -57,6 +57,9 @@ class PolicySettings(ServiceSettings):
     # and decided when they answer again, however long that takes; past this many seconds of waiting
     # policy logs an error (and lazaretto_policy_attribution_pending_oldest_seconds alerts).
     attribution_pending_alert_after: float = Field(default=600.0, gt=0)
+    # Seconds a look-up waits for an attribution peer. One that times out makes the peer's look-ups
+    # fail fast for a while (peer_stall.py), so a hung peer holds up one batch, not every one.
+    attribution_timeout: float = Field(default=5.0, gt=0)
 
     # Days a consumed message's id is kept in the inbox (purged every minute, oldest first): a redelivery
     # within them is recognised and changes nothing, one after them is handled again. The broker
