@@ -122,3 +122,27 @@ def test_mypy_refuses_a_handler_for_another_contract() -> None:
         below as unused if it ever stops being one)."""
 
     InMemoryBus().on(GardenApply, removal)  # type: ignore[arg-type]
+
+
+async def test_a_queue_bound_to_some_contracts_gets_those_only() -> None:
+    bus = InMemoryBus()
+    seen: list[str] = []
+
+    async def observed(event: AbuseObserved, ctx: MessageContext) -> None:
+        seen.append("observed")
+
+    async def applied(event: GardenApplied, ctx: MessageContext) -> None:
+        seen.append("applied")
+
+    bus.on(AbuseObserved, observed)
+    bus.on(GardenApplied, applied)
+    await bus.consume("lazaretto.test.main", contracts=[AbuseObserved])
+    bus.listen("lazaretto.test.cases", GardenApplied)  # a queue nobody consumes here
+    await bus.publish(GardenApplied.model_validate(GardenApplied.example))
+    await bus.publish(EXAMPLE)
+    assert await bus.drain() == 1
+    assert seen == ["observed"]
+    assert [e.message_type for e in bus.held("lazaretto.test.cases")] == ["garden.applied.v1"]
+    # A contract with no handler cannot be bound: nothing would handle what it routes there
+    with pytest.raises(ValueError, match=r"no handler registered for garden\.apply\.v1"):
+        await bus.consume("lazaretto.test.other", contracts=[GardenApply])

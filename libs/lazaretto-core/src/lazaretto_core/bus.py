@@ -48,7 +48,7 @@ from .bus_queues import (
 )
 from .bus_users import BusIdentity
 from .contracts import BY_ROUTING_KEY, COMMANDS_EXCHANGE, EVENTS_EXCHANGE, Contract, utcnow
-from .dispatch import DeadLetter, Dispatcher, Envelope, Retry
+from .dispatch import DeadLetter, Dispatcher, Envelope, Retry, bound_contracts
 from .dispatch import Handler as Handler
 from .dispatch import MessageContext as MessageContext
 from .logs import log_fields
@@ -312,20 +312,31 @@ class Bus:
         self.dispatcher.on(contract, handler)
 
     async def consume(
-        self, queue: str, *, prefetch: int = 32, progress: ProgressMonitor | None = None
+        self,
+        queue: str,
+        *,
+        contracts: Sequence[type[Contract]] | None = None,
+        prefetch: int = 32,
+        progress: ProgressMonitor | None = None,
     ) -> None:
         """Declare `queue` with its retry and dead-letter queues, bind it to every contract registered
-        with `on`, and start consuming. With `progress`, /healthz watches the consumer as `queue`: it
-        beats while the channel is open and no delivery has been in the handler since the last beat
-        for longer than the monitor tolerates."""
+        with `on` (or to `contracts` only, and unbind it from the other registered ones: a binding an
+        earlier version made, now another queue's), and start consuming. Any registered contract that
+        arrives is handled, whichever queue it came by. With `progress`, /healthz watches the consumer
+        as `queue`: it beats while the channel is open and no delivery has been in the handler since
+        the last beat for longer than the monitor tolerates."""
         assert self._connection is not None, "connect() first"
+        taken = bound_contracts(self.dispatcher, contracts)
         channel = await self._connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=prefetch)
         main = await self.declare_queues(channel, queue)
         for contract in self.dispatcher.contracts():
             # connect() made sure the exchange exists; the topic read permission is checked here.
             exchange = await channel.get_exchange(contract.exchange, ensure=False)
-            await main.bind(exchange, routing_key=contract.routing_key)
+            if contract in taken:
+                await main.bind(exchange, routing_key=contract.routing_key)
+            else:
+                await main.unbind(exchange, routing_key=contract.routing_key)
         in_flight: dict[int, float] = {}
 
         async def on_message(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:

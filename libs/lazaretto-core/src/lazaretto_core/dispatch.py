@@ -176,6 +176,19 @@ class Dispatcher:
         return Ack()
 
 
+def bound_contracts(
+    dispatcher: Dispatcher, contracts: Sequence[type[Contract]] | None
+) -> frozenset[type[Contract]]:
+    """The contracts a consumed queue is bound to: `contracts`, or every registered one."""
+    registered = frozenset(dispatcher.contracts())
+    if contracts is None:
+        return registered
+    unknown = [c.routing_key for c in contracts if c not in registered]
+    if unknown:
+        raise ValueError(f"no handler registered for {', '.join(unknown)}: bind a queue only to those")
+    return frozenset(contracts)
+
+
 def fallback_id(body: bytes) -> str:
     # A message without an id (published by hand) still needs a stable key for deduplication.
     return "sha256:" + hashlib.sha256(body).hexdigest()
@@ -195,7 +208,12 @@ class MessageBus(Protocol):
     def on(self, contract: type[C], handler: Handler[C]) -> None: ...
 
     async def consume(
-        self, queue: str, *, prefetch: int = 32, progress: ProgressMonitor | None = None
+        self,
+        queue: str,
+        *,
+        contracts: Sequence[type[Contract]] | None = None,
+        prefetch: int = 32,
+        progress: ProgressMonitor | None = None,
     ) -> None: ...
 
     async def publish(

@@ -21,7 +21,7 @@ from typing import TypeVar
 from .bus import PublishError
 from .bus_users import BusIdentity
 from .contracts import Contract, utcnow
-from .dispatch import DeadLetter, Dispatcher, Envelope, Handler, Retry
+from .dispatch import DeadLetter, Dispatcher, Envelope, Handler, Retry, bound_contracts
 from .progress import ProgressMonitor
 
 C = TypeVar("C", bound=Contract)
@@ -87,9 +87,14 @@ class InMemoryBus:
         self.dispatcher.on(contract, handler)
 
     async def consume(
-        self, queue: str, *, prefetch: int = 32, progress: ProgressMonitor | None = None
+        self,
+        queue: str,
+        *,
+        contracts: Sequence[type[Contract]] | None = None,
+        prefetch: int = 32,
+        progress: ProgressMonitor | None = None,
     ) -> None:
-        self._bindings[queue] = {c.routing_key for c in self.dispatcher.contracts()}
+        self._bindings[queue] = {c.routing_key for c in bound_contracts(self.dispatcher, contracts)}
         self._queues.setdefault(queue, deque())
         self._consumed.add(queue)
         self.dead_letters.setdefault(queue, [])
