@@ -23,8 +23,9 @@
   a running window, a few percent reaching a rule) is published while the handler is held, then
   released; the rate is the backlog over the time until the last decision committed.
 - decision_p99_ms: once the backlog's cases have settled (`settle`: every case it opened has its
-  executors' answers, the outbox is empty and nothing waits in policy's queue; they come behind the
-  backlog in policy's one queue, about a thousand in two seconds, and would be timed as the rate's own),
+  executors' answers, the outbox is empty and nothing waits in policy's queues; the answers, about a
+  thousand, come on policy's case queue beside the backlog, and a phase started before the last of
+  them would share policy with them),
   another process publishes at a fixed rate (open loop); each observation carries
   the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
   committed; `handler_p99_ms` is consumed -> committed only. Then the same at a low rate
@@ -82,6 +83,7 @@ from lazaretto_core.attribution import (  # noqa: E402
     ModemsQuery,
 )
 from lazaretto_core.bus import Bus, MessageContext, queue_name  # noqa: E402
+from lazaretto_core.bus_users import BY_SERVICE  # noqa: E402
 from lazaretto_core.contracts import (  # noqa: E402
     AbuseObserved,
     GardenApplied,
@@ -461,10 +463,10 @@ _AWAITING_EXECUTORS = "SELECT count(*) FROM cases WHERE opened_at >= $1 AND stat
 
 async def settle(service: Any, since: datetime, *, timeout: float = 300.0) -> float:
     """Wait until what the cases opened `since` set going is done: no such case waits for an executor,
-    the outbox is empty and policy's queue holds nothing ready, three times 0.2 s apart; returns the
-    seconds waited. The executors' answers to a backlog's cases come behind it in policy's one queue
-    (about a thousand within two seconds after 20,000 observations): a phase started meanwhile would
-    time decisions behind them."""
+    the outbox is empty and policy's queues hold nothing ready, three times 0.2 s apart; returns the
+    seconds waited. The executors' answers to a backlog's cases (about a thousand after 20,000
+    observations) come on policy's case queue while it decides: a phase started before the last of
+    them would time decisions beside them."""
     from policy.casework import IN_FLIGHT_STATE
 
     in_flight = sorted(set(IN_FLIGHT_STATE.values()))
@@ -475,8 +477,8 @@ async def settle(service: Any, since: datetime, *, timeout: float = 300.0) -> fl
             raise TimeoutError(f"policy did not settle within {timeout:.0f} s")
         waiting = await service.pool.fetchval(_AWAITING_EXECUTORS, since, in_flight)
         outbox = await service.pool.fetchval("SELECT count(*) FROM outbox")
-        queued = await service.bus.message_count(queue_name("policy"))
-        quiet = quiet + 1 if waiting == 0 and outbox == 0 and queued == 0 else 0
+        queued = [await service.bus.message_count(q) for q in BY_SERVICE["policy"].work_queues(())]
+        quiet = quiet + 1 if waiting == 0 and outbox == 0 and not any(queued) else 0
         await asyncio.sleep(0.2)
     return time.monotonic() - began
 
@@ -700,10 +702,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"handler_p99_ms={percentile(handler, 99):.1f}")
         print(f"latency_mean_batch={mean}")
         print(f"load_average_after_latency={load()}")
-        # What policy's queue still holds as the low rate begins (the executors' answers to the cases
-        # the fixed rate opened share it with the observations).
-        queued = await service.bus.message_count(queue_name("policy"))
-        print(f"policy_queue_before_low_rate={queued}")
+        # What policy's queues still hold as the low rate begins (observations, and the executors'
+        # answers to the cases the fixed rate opened on the case queue).
+        queued = [await service.bus.message_count(q) for q in BY_SERVICE["policy"].work_queues(())]
+        print(f"policy_queue_before_low_rate={sum(n or 0 for n in queued)}")
         low_report, low, low_handler, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
         print(f"low_rate={args.low_rate}")
         for pair in low_report.split():

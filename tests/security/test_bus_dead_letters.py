@@ -46,6 +46,13 @@ CONSUMERS = [
     Consumer(
         "policy",
         queue_name("policy"),
+        AbuseObserved,
+        GardenApplied,
+        {**AbuseObserved.example, "observation_id": str(uuid.uuid4())},
+    ),
+    Consumer(
+        "policy",
+        queue_name("policy", "cases"),
         GardenFailed,
         GardenApplied,
         {**GardenFailed.example, "step_id": str(uuid.uuid4()), "case_id": str(uuid.uuid4())},
@@ -127,7 +134,7 @@ def handled(lab: LabSystem, service: str, queue: str) -> dict[str, float]:
     return counts
 
 
-@pytest.mark.parametrize("consumer", CONSUMERS, ids=[c.service for c in CONSUMERS])
+@pytest.mark.parametrize("consumer", CONSUMERS, ids=[c.queue.removeprefix("lazaretto.") for c in CONSUMERS])
 async def test_every_invalid_message_is_dead_lettered_with_its_reason_and_the_consumer_goes_on(
     lab: LabSystem, consumer: Consumer
 ) -> None:

@@ -93,6 +93,7 @@ def test_every_contract_has_a_publisher_and_a_consumer_in_the_table() -> None:
 def test_every_consumer_s_dead_letter_queue_is_listed_one_per_smtp_sensor() -> None:
     assert dead_letter_queues(["mta", "mx2"]) == (
         "lazaretto.policy.main.dlq",
+        "lazaretto.policy.cases.dlq",
         "lazaretto.provisioner.main.dlq",
         "lazaretto.cmts-agent.main.dlq",
         "lazaretto.detector-smtp.cases.mta.dlq",

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from lazaretto_core.bus import Bus, dead_letter_queue_name, queue_name
+from lazaretto_core.bus import Bus, dead_letter_queue_name
+from lazaretto_core.bus_users import BY_SERVICE
 from lazaretto_core.contracts import (
     AbuseObserved,
     GardenApplied,
@@ -78,6 +79,15 @@ async def policy_behind_relay(
     await service.stop()
 
 
+async def dead_lettered(service: PolicyService) -> int:
+    """Messages in policy's dead-letter queues (the observations' and the case queue's)."""
+    counts = [
+        await service.bus.message_count(dead_letter_queue_name(queue))
+        for queue in BY_SERVICE["policy"].work_queues(())
+    ]
+    return sum(c or 0 for c in counts)
+
+
 async def pending_attempts(service: PolicyService, observation_id: uuid.UUID) -> int | None:
     async with service.pool.acquire() as conn:
         attempts: int | None = await conn.fetchval(
@@ -120,7 +130,7 @@ async def test_an_observation_outlasting_the_retry_schedule_waits_for_attributio
         )
     assert decision == "pending_attribution"
     assert (REGISTRY.get_sample_value("lazaretto_policy_attribution_pending") or 0) >= 1
-    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await dead_lettered(service) == 0
     assert applies(probe) == []
     # When the peers answer again
     relay.restore()
@@ -134,7 +144,7 @@ async def test_an_observation_outlasting_the_retry_schedule_waits_for_attributio
         assert row is not None
         assert (row["decision"], row["case_id"]) == ("opened_case", apply.case_id)
         assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
-    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await dead_lettered(service) == 0
 
 
 async def test_a_kept_observation_that_no_longer_reads_is_set_aside_and_the_others_are_decided(
@@ -272,7 +282,7 @@ async def test_a_hung_attribution_peer_holds_up_one_look_up_and_the_next_ones_fa
         )
         async with service.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM attribution_pending") == 0
-        assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+        assert await dead_lettered(service) == 0
     finally:
         await service.stop()
 
@@ -519,7 +529,7 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
     # Then the request is kept and counted, nothing is dead-lettered, and the case waits
     assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_kept_total") or 0) == kept_before + 1
     assert (REGISTRY.get_sample_value("lazaretto_policy_release_requests_pending") or 0) >= 1
-    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await dead_lettered(service) == 0
     assert await case_state(service, apply.case_id) == "quarantined"
     # and the portal's progress page is told the request is kept, to go ahead by itself
     assert (await progress_of(service, apply.case_id))["queued"] is True
@@ -535,7 +545,7 @@ async def test_a_release_requested_while_the_device_look_up_fails_is_kept_then_d
         )
         assert await conn.fetchval("SELECT count(*) FROM release_pending") == 0
     assert actor == f"subscriber:{IP}"
-    assert await service.bus.message_count(dead_letter_queue_name(queue_name("policy"))) == 0
+    assert await dead_lettered(service) == 0
     assert (await progress_of(service, apply.case_id))["queued"] is False
 
 

@@ -437,7 +437,13 @@ async def test_the_overview_counts_open_cases_the_last_hour_and_dead_letters(
     assert "quarantined scan 1" in shown
     assert "lazaretto.provisioner.main.dlq not declared" in shown  # no provisioner in this vhost
     # Every consuming service's DLQ is listed, detector-smtp's per-sensor one too
-    for dlq in ("policy.main", "provisioner.main", "cmts-agent.main", "detector-smtp.cases.mta"):
+    for dlq in (
+        "policy.main",
+        "policy.cases",
+        "provisioner.main",
+        "cmts-agent.main",
+        "detector-smtp.cases.mta",
+    ):
         assert f"lazaretto.{dlq}.dlq" in shown
     # It reloads itself only when asked to (an HTTP Refresh, no JavaScript), with a way back
     assert "refresh" not in page.headers

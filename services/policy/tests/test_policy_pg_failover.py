@@ -19,7 +19,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.bus import Bus, dead_letter_queue_name, queue_name
+from lazaretto_core.bus import Bus, dead_letter_queue_name
+from lazaretto_core.bus_users import BY_SERVICE
 from lazaretto_core.contracts import AbuseObserved, GardenApply
 from lazaretto_lab.databases import create_service_databases
 from lazaretto_lab.lease_stub import LeaseBook
@@ -29,6 +30,8 @@ from lazaretto_lab.testing import BusProbe, dead_letters
 from policy.app import build
 from policy.settings import PolicySettings
 
+# Policy's queues: the observations' and the case queue.
+POLICY_QUEUES = BY_SERVICE["policy"].work_queues(())
 SUBSCRIBERS = max(30, int(os.environ.get("LAZARETTO_PG_FAILOVER_FLOOD", "90")))
 CM_MAC = "00:02:8a:d3:7c:6e"
 # A commit returns only once the standby has flushed its WAL: what policy committed is on the standby.
@@ -151,7 +154,7 @@ async def test_policy_loses_no_decision_when_the_primary_dies_and_the_standby_is
         assert set(steps) == set(cases)
         assert max(len(s) for s in steps.values()) == 1
         # nothing dead-lettered, and policy ready again without a restart.
-        assert await dead_letters(amqp_url, [dead_letter_queue_name(queue_name("policy"))]) == []
+        assert await dead_letters(amqp_url, [dead_letter_queue_name(q) for q in POLICY_QUEUES]) == []
         transport = httpx.ASGITransport(app=service.http_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://policy") as client:
             assert (await client.get("/readyz")).status_code == 200

@@ -71,6 +71,15 @@ class Account:
     # One work queue per sensor (`cases.<sensor>`: every detector-smtp sensor must see every case
     # change, so its replicas of one sensor share a queue and sensors do not) instead of one `main`.
     per_sensor: bool = False
+    # Consumed contracts with a queue of their own (`lazaretto.<service>.<purpose>`) instead of
+    # `main`, by purpose: what must not wait behind a backlog of the others.
+    side_queues: tuple[tuple[str, tuple[type[Contract], ...]], ...] = ()
+
+    def lanes(self) -> tuple[tuple[str, tuple[type[Contract], ...]], ...]:
+        """(purpose, contracts) of each queue a service that is not per sensor consumes: `main`
+        with every consumed contract no side queue takes, then the side queues."""
+        aside = {c for _, contracts in self.side_queues for c in contracts}
+        return (("main", tuple(c for c in self.consumes if c not in aside)), *self.side_queues)
 
     def work_queues(self, sensors: Iterable[str]) -> tuple[str, ...]:
         """The queues this service consumes from (none for a pure publisher)."""
@@ -78,7 +87,7 @@ class Account:
             return ()
         if self.per_sensor:
             return tuple(work_queue(self.service, sensor) for sensor in sensors)
-        return (work_queue(self.service),)
+        return tuple(work_queue(self.service, purpose=purpose) for purpose, _ in self.lanes())
 
     def permissions(self) -> dict[str, str]:
         """configure/write/read regexes on exchange and queue names (`lazaretto.<service>.*` queues)."""
@@ -133,6 +142,21 @@ ACCOUNTS: tuple[Account, ...] = (
             ModemResetFailed,
             ReleaseRequested,
         ),
+        # What moves cases on: never behind a flood of observations (a subscriber waiting on the
+        # portal for a release, a garden confirmed by the provisioner).
+        side_queues=(
+            (
+                "cases",
+                (
+                    GardenApplied,
+                    GardenRemoved,
+                    GardenFailed,
+                    ModemResetCompleted,
+                    ModemResetFailed,
+                    ReleaseRequested,
+                ),
+            ),
+        ),
     ),
     Account(
         "provisioner",
@@ -151,12 +175,13 @@ ACCOUNTS: tuple[Account, ...] = (
 BY_SERVICE: dict[str, Account] = {account.service: account for account in ACCOUNTS}
 
 
-def work_queue(service: str, sensor: str | None = None) -> str:
-    """The queue a consuming service reads: `lazaretto.<service>.main`, or its sensor's own."""
+def work_queue(service: str, sensor: str | None = None, *, purpose: str = "main") -> str:
+    """A queue a consuming service reads: `lazaretto.<service>.main` (or another `purpose`: a side
+    queue), or its sensor's own."""
     # Imported here: `bus` imports this module for `BusIdentity`.
     from .bus import queue_name
 
-    return queue_name(service, "main" if sensor is None else f"cases.{sensor}")
+    return queue_name(service, purpose if sensor is None else f"cases.{sensor}")
 
 
 def dead_letter_queues(sensors: Iterable[str]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from lazaretto_core import db
 from lazaretto_core.bus import Bus, queue_name
+from lazaretto_core.bus_users import BY_SERVICE
 from lazaretto_core.contracts import (
     AbuseObserved,
     GardenApplied,
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 # Allocations between two young collections (CPython's default 700): a backlog's batch allocates tens
 # of thousands of short-lived objects, most gone before a collection sees them.
 GC_YOUNG_THRESHOLD = 20_000
+# Deliveries in flight at once on the case queue (executors' answers, release requests): each takes a
+# transaction of its own, and the pool is shared with the observations' batches.
+CASE_QUEUE_PREFETCH = 32
 
 
 @dataclass
@@ -99,9 +103,15 @@ class PolicyService:
         self.bus.on(ModemResetFailed, h.on_modem_reset_failed)
         self.bus.on(ReleaseRequested, h.on_release_requested)
         _settle_heap()
-        await self.bus.consume(
-            queue_name("policy"), prefetch=self.settings.consumer_prefetch, progress=self.progress
-        )
+        # Observations (a flood at times, decided in batches) on `main`; what moves cases on (the
+        # executors' answers, subscribers' release requests) on a queue of its own, so a backlog of
+        # observations delays no release and no garden's confirmation (bus_users: the account's lanes).
+        for purpose, contracts in BY_SERVICE["policy"].lanes():
+            # The observations' prefetch lets batches form; each case message is handled on its own.
+            prefetch = self.settings.consumer_prefetch if purpose == "main" else CASE_QUEUE_PREFETCH
+            await self.bus.consume(
+                queue_name("policy", purpose), contracts=contracts, prefetch=prefetch, progress=self.progress
+            )
         # An outage is logged and is still a turn: /healthz is about the loop being alive.
         self.loops.every("step-retries", 1.0, self.work.retry_due, errors=(OSError, asyncpg.PostgresError))
         # Observations whose attribution peers did not answer are stored and decided here (pending.py).
