@@ -121,6 +121,17 @@ def _any_of(names: Any) -> str:
     return f"^({'|'.join(escaped)})$" if escaped else NOTHING
 
 
+# What moves policy's cases on, on a queue of its own: never behind a flood of observations (a
+# subscriber waiting on the portal for a release, a garden confirmed by the provisioner).
+POLICY_CASE_WORK: tuple[type[Contract], ...] = (
+    GardenApplied,
+    GardenRemoved,
+    GardenFailed,
+    ModemResetCompleted,
+    ModemResetFailed,
+    ReleaseRequested,
+)
+
 ACCOUNTS: tuple[Account, ...] = (
     Account(
         "policy",
@@ -133,30 +144,8 @@ ACCOUNTS: tuple[Account, ...] = (
             BreakerTripped,
             BreakerResumed,
         ),
-        consumes=(
-            AbuseObserved,
-            GardenApplied,
-            GardenRemoved,
-            GardenFailed,
-            ModemResetCompleted,
-            ModemResetFailed,
-            ReleaseRequested,
-        ),
-        # What moves cases on: never behind a flood of observations (a subscriber waiting on the
-        # portal for a release, a garden confirmed by the provisioner).
-        side_queues=(
-            (
-                "cases",
-                (
-                    GardenApplied,
-                    GardenRemoved,
-                    GardenFailed,
-                    ModemResetCompleted,
-                    ModemResetFailed,
-                    ReleaseRequested,
-                ),
-            ),
-        ),
+        consumes=(AbuseObserved, *POLICY_CASE_WORK),
+        side_queues=(("cases", POLICY_CASE_WORK),),
     ),
     Account(
         "provisioner",
