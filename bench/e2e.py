@@ -300,7 +300,7 @@ class FloodLoad:
     detector's published observations per second (`lazaretto_messages_published_total`), the lines it
     is behind the flood (lines written since the flood began, at its rate, minus the lines it read:
     `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and the
-    messages waiting in policy's queue."""
+    messages waiting in policy's observation queue (`lazaretto.policy.main`)."""
 
     def __init__(self, system: LabSystem | None, vhost: str, flood_started: float, per_s: int) -> None:
         import threading
@@ -594,7 +594,8 @@ async def _burst_decided(system: LabSystem, deadline: float) -> None:
     """Wait until the flood's opening burst is decided: each flood window may publish `evidence_burst`
     revisions at once before its rate holds it (1,500 for 500 addresses), which policy takes a few
     seconds to decide. Until then a subscriber's observation queues behind them, which is the flood's
-    start and not its steady state: wait out the burst, then until policy's queue has stayed empty."""
+    start and not its steady state: wait out the burst, then until policy's observation queue has
+    stayed empty."""
     from detector_snort.settings import DetectorSnortSettings
     from lazaretto_core.bus import Bus
 

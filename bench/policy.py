@@ -827,7 +827,7 @@ def main() -> int:
         "--replicas",
         type=int,
         default=1,
-        help="policy replicas on the one queue and database (README: Replicas)",
+        help="policy replicas on the same queues and database (README: Replicas)",
     )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log", default="/tmp/bench-policy.log", help="policy's log (WARNING and up)")
