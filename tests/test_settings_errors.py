@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from lazaretto_core.settings import ServiceSettings, SettingsInvalid
+from lazaretto_core.settings import MAX_DAYS, MAX_SECONDS, ServiceSettings, SettingsInvalid
 
 SECRETS = ("write-community-SECRET", "auth-key-SECRET-1", "priv-key-SECRET-2", "read-community-SECRET")
 PROFILE: dict[str, Any] = {
@@ -83,3 +83,72 @@ def test_the_error_names_the_variable_and_field_but_no_value(monkeypatch: pytest
     # Raised "from None": a traceback would not print pydantic's error (with the inputs) as its cause.
     assert raised.value.__suppress_context__
     assert raised.value.__cause__ is None
+
+
+# Every setting that names a span of days or seconds: its service, its largest value, the largest that
+# starts, and what else that needs (policy's retention must cover the observations' oldest age).
+DURATIONS: list[tuple[str, str, int, int, dict[str, str]]] = [
+    ("policy", "LAZARETTO_OBSERVATION_RETENTION_DAYS", MAX_DAYS, MAX_DAYS, {}),
+    ("policy", "LAZARETTO_INBOX_RETENTION_DAYS", MAX_DAYS, MAX_DAYS, {}),
+    (
+        "policy",
+        "LAZARETTO_MAX_OBSERVATION_AGE",
+        MAX_SECONDS,
+        # The rules' longest window (1 h) after the oldest age must still be kept: a day less fits.
+        MAX_SECONDS - 86_400,
+        {"LAZARETTO_OBSERVATION_RETENTION_DAYS": str(MAX_DAYS)},
+    ),
+    ("policy", "LAZARETTO_SELF_RELEASE_WINDOW", MAX_SECONDS, MAX_SECONDS, {}),
+    ("policy", "LAZARETTO_ATTRIBUTION_PENDING_ALERT_AFTER", MAX_SECONDS, MAX_SECONDS, {}),
+    ("policy", "LAZARETTO_BREAKER_WINDOW", MAX_SECONDS, MAX_SECONDS, {}),
+    ("cmts-agent", "LAZARETTO_RESET_JOURNAL_RETENTION_DAYS", MAX_DAYS, MAX_DAYS, {}),
+    ("provisioner", "LAZARETTO_LEASE_HISTORY_DAYS", MAX_DAYS, MAX_DAYS, {}),
+]
+
+
+def service_settings(service: str) -> ServiceSettings:
+    from cmts_agent.settings import CmtsAgentSettings
+    from policy.settings import PolicySettings
+    from provisioner.settings import ProvisionerSettings
+
+    settings: dict[str, type[ServiceSettings]] = {
+        "policy": PolicySettings,
+        "cmts-agent": CmtsAgentSettings,
+        "provisioner": ProvisionerSettings,
+    }
+    return settings[service]()
+
+
+@pytest.mark.parametrize(
+    ("service", "variable", "most", "starts", "extra"), DURATIONS, ids=[d[1] for d in DURATIONS]
+)
+def test_a_span_too_long_for_a_date_is_refused_by_name_not_crashed_on(
+    monkeypatch: pytest.MonkeyPatch,
+    service: str,
+    variable: str,
+    most: int,
+    starts: int,
+    extra: dict[str, str],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("LAZARETTO_"):
+            monkeypatch.delenv(name)
+    environment = {
+        "LAZARETTO_ADMIN_TOKEN": "admin-token-0123456789",
+        "LAZARETTO_PORTAL_TOKEN": "portal-token-0123456789",
+        "LAZARETTO_TSIG_SECRET": "tsig-secret-0123456789",
+        "LAZARETTO_CMTS_WRITE_COMMUNITY": "private",
+        **extra,
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # The longest span allowed still starts (its dates exist)
+    monkeypatch.setenv(variable, str(starts))
+    service_settings(service)
+    # One beyond it (once an OverflowError from a date's arithmetic at start) is refused, by name
+    monkeypatch.setenv(variable, str(most + 1))
+    with pytest.raises(SettingsInvalid, match=variable):
+        service_settings(service)
+    monkeypatch.setenv(variable, str(most * 30_000))  # past what a date can hold at all
+    with pytest.raises(SettingsInvalid, match=variable):
+        service_settings(service)

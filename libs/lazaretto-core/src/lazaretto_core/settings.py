@@ -41,6 +41,12 @@ def resolve_secret(value: Any) -> Any:
 # A nested secret: its value, `env:NAME` or `file:/path`.
 NestedSecret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
 
+# The longest span a duration setting may name, 100 years: a date that far back or ahead is still a
+# date (Python's stop at year 1 and 9999); beyond it a retention or a window would crash the
+# service with an OverflowError instead of being refused by name.
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400
+
 
 class SettingsInvalid(ValueError):
     """Settings that failed validation, told by variable and rule only.

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from lazaretto_core.settings import NestedSecret, ServiceSettings
+from lazaretto_core.settings import MAX_DAYS, NestedSecret, ServiceSettings
 
 from .journal import LONGEST_WINDOW
 
@@ -156,7 +156,7 @@ class CmtsAgentSettings(ServiceSettings):
     # it (purged every minute, oldest first). The hourly caps read the last hour; a command delivered
     # again within the retention is recognised by its step id, one delivered after it is reset again
     # (within the caps). An intent without an outcome (a run died after it) is never purged.
-    reset_journal_retention_days: int = Field(default=30, ge=1)
+    reset_journal_retention_days: int = Field(default=30, ge=1, le=MAX_DAYS)
 
     @model_validator(mode="after")
     def _retention_outlasts_what_the_journal_is_read_for(self) -> CmtsAgentSettings:

@@ -10,7 +10,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from lazaretto_core.bus_users import dead_letter_queues
-from lazaretto_core.settings import ServiceSettings
+from lazaretto_core.settings import MAX_DAYS, MAX_SECONDS, ServiceSettings
 
 from . import retention, rulebook
 from .roles import OperatorToken, TokenBook
@@ -46,17 +46,17 @@ class PolicySettings(ServiceSettings):
     # needs the helpdesk.
     max_self_releases: int = 3
     # Seconds over which self-releases are counted per device (default 30 days).
-    self_release_window: float = Field(default=30 * 86400, gt=0)
+    self_release_window: float = Field(default=30 * 86400, gt=0, le=MAX_SECONDS)
     # Appeals ("I think this is a mistake") one device may file per day, across its cases.
     max_appeals_per_day: int = Field(default=3, ge=1)
     # Seconds after an observation's last_seen beyond which it is recorded and not acted on: by then
     # the address may be someone else's.
-    max_observation_age: float = Field(default=3600, gt=0)
+    max_observation_age: float = Field(default=3600, gt=0, le=MAX_SECONDS)
 
     # An enforcing observation whose attribution peers (provisioner, cmts-agent) do not answer is kept
     # and decided when they answer again, however long that takes; past this many seconds of waiting
     # policy logs an error (and lazaretto_policy_attribution_pending_oldest_seconds alerts).
-    attribution_pending_alert_after: float = Field(default=600.0, gt=0)
+    attribution_pending_alert_after: float = Field(default=600.0, gt=0, le=MAX_SECONDS)
     # Seconds a look-up waits for an attribution peer. One that times out makes the peer's look-ups
     # fail fast for a while (peer_stall.py), so a hung peer holds up one batch, not every one.
     attribution_timeout: float = Field(default=5.0, gt=0)
@@ -65,7 +65,7 @@ class PolicySettings(ServiceSettings):
     # within them is recognised and changes nothing, one after them is handled again. The broker
     # redelivers within seconds; a .dlq keeps its dead letters with no time limit, so this is how long
     # an operator has to move them back without any being handled twice.
-    inbox_retention_days: int = Field(default=30, ge=1)
+    inbox_retention_days: int = Field(default=30, ge=1, le=MAX_DAYS)
 
     # Days an observation no case took is kept after it was last seen and last decided (purged every
     # minute, oldest first, `retention.py`). A case's observations (its evidence) are kept with the
@@ -73,7 +73,7 @@ class PolicySettings(ServiceSettings):
     # the rules read back to weigh an observation (their longest window before a `last_seen` at most
     # `max_observation_age` old: checked at start); grace, probation and the escalation's decay read
     # cases, not observations.
-    observation_retention_days: int = Field(default=90, ge=1)
+    observation_retention_days: int = Field(default=90, ge=1, le=MAX_DAYS)
 
     # Seconds between looks at the open cases keyed by an address alone (no device known when they
     # opened): a CMTS table that now lists a device there makes the case that device's.
@@ -95,7 +95,7 @@ class PolicySettings(ServiceSettings):
     operator_tokens: tuple[OperatorToken, ...] = ()
     # The circuit breaker: more than these many new automatic enforcements within `breaker_window`
     # seconds, everywhere / behind one CMTS / in one /24 (IPv6 /64), pause automatic enforcement there.
-    breaker_window: float = Field(default=600.0, gt=0)
+    breaker_window: float = Field(default=600.0, gt=0, le=MAX_SECONDS)
     breaker_global_limit: int = Field(default=50, ge=0)
     breaker_per_cmts: int = Field(default=20, ge=0)
     breaker_per_net: int = Field(default=10, ge=0)

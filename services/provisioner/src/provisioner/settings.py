@@ -8,7 +8,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from lazaretto_core.settings import ServiceSettings
+from lazaretto_core.settings import MAX_DAYS, ServiceSettings
 
 
 class ProvisionerSettings(ServiceSettings):
@@ -85,7 +85,7 @@ class ProvisionerSettings(ServiceSettings):
     # it at once, the sweep only catches what a lost notification missed.
     garden_sweep_interval: float = Field(default=30.0, gt=0)
     # Days an ended lease interval is kept (attribution of evidence older than this is impossible).
-    lease_history_days: int = Field(default=400, gt=0)
+    lease_history_days: int = Field(default=400, gt=0, le=MAX_DAYS)
 
     @model_validator(mode="after")
     def _settings_complete(self) -> Self:
