@@ -11,10 +11,17 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from lazaretto_lab.process import PORT_POOL_START, ephemeral_ports, free_port, reserve_port
+from lazaretto_lab.process import (
+    PORT_POOL_END,
+    PORT_POOL_START,
+    ephemeral_ports,
+    free_port,
+    reserve_port,
+)
 
 # A holder: waits for "go", takes `count` ports, prints them as one JSON line, then holds them until its
 # stdin closes (or it is killed).
@@ -76,7 +83,7 @@ def test_two_processes_taking_ports_at_once_never_share_one(holders: list[subpro
     # ... all outside the kernel's ephemeral range, so no outgoing connection can take one meanwhile
     ephemeral = ephemeral_ports()
     every = ports[0] + ports[1]
-    assert all(PORT_POOL_START <= port <= 65535 and port not in ephemeral for port in every)
+    assert all(PORT_POOL_START <= port < PORT_POOL_END and port not in ephemeral for port in every)
     # ... and this process (a third lab) can reserve none of them, nor is it handed one
     assert not any(reserve_port(port) for port in every)
     assert not {free_port() for _ in range(200)} & set(every)
@@ -101,7 +108,7 @@ def test_a_port_in_use_is_not_reserved_until_it_is_released() -> None:
     # Given a port something listens on without having reserved it (a program not using free_port)
     ephemeral = ephemeral_ports()
     with socket.socket() as listener:
-        for port in range(PORT_POOL_START, 65536):
+        for port in range(PORT_POOL_START, PORT_POOL_END):
             if port not in ephemeral:
                 try:
                     listener.bind(("127.0.0.1", port))
@@ -119,3 +126,20 @@ def test_a_port_in_use_is_not_reserved_until_it_is_released() -> None:
 def test_a_process_is_never_handed_the_same_port_twice() -> None:
     ports = [free_port() for _ in range(100)] + [free_port(socket.SOCK_DGRAM) for _ in range(100)]
     assert len(set(ports)) == 200
+
+
+@pytest.mark.parametrize("highest", [True, False], ids=["highest pool port", "65535"])
+def test_named_accepts_every_port_the_pool_hands_out(tmp_path: Path, highest: bool) -> None:
+    # A lab's named listens on a port from the pool: BIND's own check must accept the highest of them,
+    # and refuses 65535, which the pool therefore leaves out (a lab that drew it once failed to start).
+    ephemeral = ephemeral_ports()
+    pool = [p for p in range(PORT_POOL_START, PORT_POOL_END) if p not in ephemeral]
+    port = max(pool) if highest else 65535
+    conf = tmp_path / "named.conf"
+    conf.write_text(f'options {{ directory "{tmp_path}"; listen-on port {port} {{ 127.0.0.1; }}; }};\n')
+    checked = subprocess.run(["named-checkconf", str(conf)], capture_output=True, text=True, check=False)
+    if highest:
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    else:
+        assert checked.returncode == 1
+        assert "port value '65535' is out of range" in checked.stdout + checked.stderr

@@ -34,6 +34,9 @@ class LabProcessError(RuntimeError):
 PORT_REGISTRY: Final = Path("/tmp/lazaretto-ports.lock")
 # The lowest port free_port hands out; the kernel's ephemeral range is left out above it.
 PORT_POOL_START: Final = 20000
+# The pool stops below 65535: BIND refuses that port ("port value '65535' is out of range"), and a lab
+# that drew it for named failed to start.
+PORT_POOL_END: Final = 65535
 
 _registry_fd: int | None = None
 # Record locks belong to the process, not to a descriptor: the process's own ports are remembered here
@@ -84,13 +87,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         if _reserve(port, kind):
             return port
     raise LabProcessError(
-        f"no port left to reserve in {PORT_POOL_START}-65535 outside {ephemeral.start}-{ephemeral.stop - 1}"
+        f"no port left to reserve in {PORT_POOL_START}-{PORT_POOL_END - 1}"
+        f" outside {ephemeral.start}-{ephemeral.stop - 1}"
     )
 
 
 @functools.cache
 def _pool(ephemeral: range) -> tuple[int, ...]:
-    return tuple(port for port in range(PORT_POOL_START, 65536) if port not in ephemeral)
+    return tuple(port for port in range(PORT_POOL_START, PORT_POOL_END) if port not in ephemeral)
 
 
 def reserve_port(port: int, kind: int = socket.SOCK_STREAM) -> bool:
