@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from lazaretto_core import db
-from lazaretto_core.bus import Bus
+from lazaretto_core.bus import Bus, MessageContext
 from lazaretto_core.contracts import (
     AbuseObserved,
     GardenApplied,
@@ -267,3 +267,22 @@ async def scanners_held(policy: PolicyService, book: LeaseBook, amqp_url: str) -
                 await asyncio.sleep(0.05)
 
     return make
+
+
+HeldBatches = tuple[asyncio.Event, list[int]]
+
+
+@pytest.fixture
+def held_batches(policy: PolicyService) -> HeldBatches:
+    """`gate, sizes = held_batches`: policy's observation batches, each held before its transaction
+    until `gate` is set (a backlog forms behind it); `sizes`, each batch's size as it went on."""
+    gate, sizes = asyncio.Event(), []
+    decide = policy.handlers.on_abuse_batch
+
+    async def hold(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
+        await gate.wait()
+        sizes.append(len(items))
+        await decide(items)
+
+    policy.handlers.on_abuse_batch = hold  # type: ignore[method-assign]
+    return gate, sizes

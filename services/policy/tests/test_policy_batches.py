@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from lazaretto_core.bus import REASON_HEADER, Bus, MessageContext, dead_letter_queue_name, queue_name
+from lazaretto_core.bus import REASON_HEADER, Bus, dead_letter_queue_name, queue_name
 from lazaretto_core.contracts import AbuseObserved, GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe, messages_handled
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
+
+HeldBatches = tuple[asyncio.Event, list[int]]  # the conftest's `held_batches`
 
 SCAN_IP = "100.64.30.10"
 MAC = "02:00:00:00:1b:01"
@@ -88,18 +90,13 @@ def handled(outcome: str) -> float:
 
 
 async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisions_in_order(
-    policy: PolicyService, sender: Bus, probe: BusProbe, scanner: None
+    policy: PolicyService,
+    sender: Bus,
+    probe: BusProbe,
+    scanner: None,
+    held_batches: HeldBatches,
 ) -> None:
-    sizes: list[int] = []
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        sizes.append(len(items))
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    gate, sizes = held_batches
     # Given a backlog: a running scan window growing revision by revision among other subscribers'
     # noise, a stale lower revision, and one message delivered twice (same message id)
     scan = uuid.uuid4()
@@ -197,16 +194,12 @@ CREATE TRIGGER refuse_poison BEFORE INSERT ON observations FOR EACH ROW EXECUTE 
 
 
 async def test_a_poisonous_observation_is_dead_lettered_alone_and_its_batch_is_decided(
-    policy: PolicyService, sender: Bus, amqp_url: str
+    policy: PolicyService,
+    sender: Bus,
+    amqp_url: str,
+    held_batches: HeldBatches,
 ) -> None:
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    gate, _ = held_batches
     # Given a backlog with one observation the contract takes but PostgreSQL refuses: a trigger stands
     # in for what no contract foresees (the old poisons, a NUL and then a count over the int column,
     # are refused by the contract now)
@@ -261,17 +254,9 @@ async def test_what_policy_could_not_store_is_refused_before_any_batch_and_the_o
     change: dict[str, object],
     field: str,
     reason_says: str,
+    held_batches: HeldBatches,
 ) -> None:
-    sizes: list[int] = []
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        sizes.append(len(items))
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    gate, sizes = held_batches
     # Given a backlog with one observation the contract refuses
     others = noise(30)
     poison = observation("100.64.32.1", 1)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import aio_pika  # noqa: TID251 (the test binds policy's queue as an earlier version did)
 import pytest
 
-from lazaretto_core.bus import Bus, MessageContext, dead_letter_queue_name, queue_name
+from lazaretto_core.bus import Bus, dead_letter_queue_name, queue_name
 from lazaretto_core.bus_users import BY_SERVICE
 from lazaretto_core.contracts import (
     EVENTS_EXCHANGE,
@@ -28,6 +28,7 @@ from policy.app import PolicyService, build
 from policy.settings import PolicySettings
 
 QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]  # the conftest's fixture
+HeldBatches = tuple[asyncio.Event, list[int]]  # the conftest's `held_batches`
 IP = "100.64.3.10"
 CPE_MAC = "02:00:00:00:03:01"
 PREFETCH = 20
@@ -59,19 +60,15 @@ async def test_a_release_and_the_executors_answers_are_handled_while_a_backlog_o
     probe: BusProbe,
     sender: Bus,
     amqp_url: str,
+    held_batches: HeldBatches,
 ) -> None:
+    gate, _ = held_batches
+    gate.set()
     # Given a quarantined PC
     case_id = await quarantine_device(IP, CPE_MAC)
     # And observations decided no more for now (their transaction held), with more of them waiting
     # than policy takes in at once: a backlog in its queue
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    gate.clear()
     backlog = [observed(f"100.64.4.{n}") for n in range(10, 10 + 3 * PREFETCH)]
     for event in backlog:
         await sender.publish(event)

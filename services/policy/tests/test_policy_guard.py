@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from lazaretto_core.bus import Bus, MessageContext, queue_name
+from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.contracts import (
     AbuseObserved,
     AllowlistChanged,
@@ -30,6 +30,8 @@ from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService, build
 from policy.settings import PolicySettings
+
+HeldBatches = tuple[asyncio.Event, list[int]]  # the conftest's `held_batches`
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 PORTAL_TOKEN = "portal-token-for-tests-0123456789"
@@ -311,20 +313,15 @@ RANKED = [("viewer", VIEWER_TOKEN), ("operator", OPERATOR_TOKEN), ("admin", ADMI
 
 
 async def test_in_one_batch_the_breaker_counts_each_case_and_the_allowlist_covers_every_device(
-    policy: PolicyService, book: LeaseBook, amqp_url: str, guard_probe: BusProbe
+    policy: PolicyService,
+    book: LeaseBook,
+    amqp_url: str,
+    guard_probe: BusProbe,
+    held_batches: HeldBatches,
 ) -> None:
     # The guard reads the allowlist and takes the breaker's lock once per batch (one transaction):
     # what it decides must be what it decides one observation at a time.
-    sizes: list[int] = []
-    gate = asyncio.Event()
-    decide = policy.handlers.on_abuse_batch
-
-    async def held(items: Sequence[tuple[AbuseObserved, MessageContext]]) -> None:
-        await gate.wait()
-        sizes.append(len(items))
-        await decide(items)
-
-    policy.handlers.on_abuse_batch = held  # type: ignore[method-assign]
+    gate, sizes = held_batches
     # Given two allow-listed PCs (by MAC, exempt; by address, notify only) among six scanning PCs,
     # with a global limit of 3 per 10 minutes
     devices = [device(book, n) for n in range(40, 48)]
