@@ -237,7 +237,10 @@ def audit_verify(ctx: typer.Context, json: JsonFlag = False) -> None:
     if want_json(ctx, json):
         output.emit_json(result)
     elif result.get("ok"):
-        typer.echo(f"audit intact: {result.get('chains')} chains, {result.get('rows')} entries")
+        typer.echo(
+            f"audit intact: {result.get('chains')} chains, {result.get('rows')} entries"
+            f" ({result.get('anchored', 0)} chains cut by the retention)"
+        )
     else:
         typer.echo(f"audit BROKEN: {result.get('broken')}")
     if not result.get("ok"):

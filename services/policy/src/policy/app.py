@@ -8,7 +8,7 @@ import logging
 import secrets
 import signal
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from fastapi import FastAPI
@@ -34,6 +34,7 @@ from .actions import OperatorDesk
 from .api import install_api
 from .appeals import AppealLimit
 from .attribution import Attributor
+from .audit_retention import AuditPurge
 from .batch import ObservationBatcher
 from .breaker import BreakerLimits
 from .casework import CaseWork
@@ -76,12 +77,14 @@ class PolicyService:
     observation_pool: asyncpg.Pool
     loops: Supervisor = field(init=False)
     batcher: ObservationBatcher = field(init=False)
+    audit_purge: AuditPurge = field(init=False)
     # The rule set whose reach past the observation retention was last logged (once per version).
     _retention_warned: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
         self.batcher = ObservationBatcher(self.handlers, max_size=self.settings.observation_batch_max)
+        self.audit_purge = AuditPurge(self.pool)
 
     async def start(self) -> None:
         await self.bus.connect()
@@ -150,6 +153,11 @@ class PolicyService:
             self._purge_observations,
             errors=(OSError, asyncpg.PostgresError),
         )
+        # Audit links are kept for their retention, then deleted from each chain's oldest end
+        # (audit_retention.py); the chains still verify.
+        self.loops.every(
+            "audit-purge", db.PURGE_INTERVAL, self._purge_audit, errors=(OSError, asyncpg.PostgresError)
+        )
         self.loops.every(
             "kpi-refresh",
             self.settings.metrics_refresh_interval,
@@ -192,6 +200,11 @@ class PolicyService:
                 self.rules.version,
             )
         return await retention.purge_observations(self.pool, older_than)
+
+    async def _purge_audit(self) -> int:
+        return await self.audit_purge.purge(
+            datetime.now(UTC) - timedelta(days=self.settings.audit_retention_days)
+        )
 
     async def _refresh_kpis(self) -> None:
         async with self.work.uow.read() as conn:

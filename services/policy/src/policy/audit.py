@@ -6,7 +6,10 @@ that are not case transitions are appended here. Each row's hash is
 sha256(prev_hash || body) over the stored body text; a chain starts from 32 zero bytes.
 Each chain's newest link is also kept as its head (`audit_heads`, migration 0008): the verifier
 compares every chain's last row with its head, so deleting the newest rows of a chain shows too.
-`python -m policy audit-verify` (and later `lazaretto audit verify`) call `verify`.
+A chain whose oldest links the retention deleted (audit_retention.py) starts at its anchor
+(`audit_anchors`, migration 0018) instead of at seq 1, and each anchor must be where the last purge
+recorded it in the chain `retention:audit`.
+`python -m policy audit-verify` (and `lazaretto audit verify`) call `verify`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lazaretto_core.db import Connection
 
 GENESIS = bytes(32)
+# The chain recording every cut the retention made (audit_retention.py); it is never purged itself.
+RETENTION_CHAIN = "retention:audit"
+
+Anchor = tuple[int, bytes]  # (seq of the last link deleted, its hash)
 
 
 async def append(conn: Connection, chain: str, kind: str, actor: str, detail: dict[str, Any]) -> int:
@@ -50,20 +58,32 @@ class Verification:
     chains: int
     rows: int
     broken: BrokenLink | None
+    anchored: int = 0  # chains that start after links the retention deleted (all of them, for some)
 
     @property
     def ok(self) -> bool:
         return self.broken is None
 
 
+EDITED = "hash does not match the body (the row was edited)"
+
+
+def check_chaining(seq: int, prev_hash: bytes, expected_seq: int, expected_prev: bytes) -> str | None:
+    """What is wrong with where a row sits in its chain, given its predecessor, or None. Pure."""
+    if seq != expected_seq:
+        return f"sequence jumps from {expected_seq - 1} to {seq} (a row is missing)"
+    if prev_hash != expected_prev:
+        return "prev_hash is not the previous row's hash (a row was removed, inserted or rehashed)"
+    return None
+
+
 def check_link(row: dict[str, Any], expected_seq: int, prev_hash: bytes) -> str | None:
     """What is wrong with one row given its predecessor's hash, or None. Pure."""
-    if row["seq"] != expected_seq:
-        return f"sequence jumps from {expected_seq - 1} to {row['seq']} (a row is missing)"
-    if bytes(row["prev_hash"]) != prev_hash:
-        return "prev_hash is not the previous row's hash (a row was removed, inserted or rehashed)"
+    problem = check_chaining(row["seq"], bytes(row["prev_hash"]), expected_seq, prev_hash)
+    if problem is not None:
+        return problem
     if hashlib.sha256(prev_hash + row["body"].encode()).digest() != bytes(row["hash"]):
-        return "hash does not match the body (the row was edited)"
+        return EDITED
     try:
         body = json.loads(row["body"])
     except json.JSONDecodeError:
@@ -71,7 +91,18 @@ def check_link(row: dict[str, Any], expected_seq: int, prev_hash: bytes) -> str 
     for column in ("chain", "seq", "kind", "actor"):
         if body.get(column) != row[column]:
             return f"column {column} differs from the hashed body (the row was edited)"
+    if "at" in row and parse_at(body.get("at") if isinstance(body, dict) else None) != row["at"]:
+        # The retention goes by the hashed time: a column set back must not pass for an old link.
+        return "column at differs from the hashed body (the row was edited)"
     return None
+
+
+def parse_at(at: object) -> datetime | None:
+    """A link's time as its body states it (None: nothing usable). Pure."""
+    try:
+        return datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        return None
 
 
 def check_head(last: dict[str, Any] | None, head_seq: int | None, head_hash: bytes | None) -> str | None:
@@ -91,8 +122,37 @@ def check_head(last: dict[str, Any] | None, head_seq: int | None, head_hash: byt
     return None
 
 
+def check_anchor(anchor: Anchor | None, recorded: Anchor | None) -> str | None:
+    """What is wrong with where a chain starts, given where the retention chain says the last purge
+    left it (None: never purged), or None. Pure."""
+    if anchor == recorded:
+        return None
+    if recorded is None:
+        assert anchor is not None
+        return (
+            f"its links through seq {anchor[0]} are gone and no purge recorded that"
+            " (deleted by hand, an anchor written to hide it)"
+        )
+    if anchor is None:
+        return f"a purge recorded its start after seq {recorded[0]}, but that anchor is gone"
+    return f"its anchor (after seq {anchor[0]}) is not where the last purge left it (after seq {recorded[0]})"
+
+
+def recorded_cuts(bodies: list[str]) -> dict[str, Anchor]:
+    """Each purged chain's anchor as the retention chain's links (their bodies, in order) last set
+    it. Pure; a body of another shape is skipped (the walk names the link if it was edited)."""
+    recorded: dict[str, Anchor] = {}
+    for body in bodies:
+        try:
+            for chain, seq, hash_hex, _rows in json.loads(body)["detail"]["cuts"]:
+                recorded[str(chain)] = (int(seq), bytes.fromhex(hash_hex))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return recorded
+
+
 _PAGE = (
-    "SELECT a.id, a.chain, a.seq, a.kind, a.actor, a.body, a.prev_hash, a.hash,"
+    "SELECT a.id, a.chain, a.seq, a.kind, a.actor, a.at, a.body, a.prev_hash, a.hash,"
     " h.seq AS head_seq, h.hash AS head_hash FROM audit_log a LEFT JOIN audit_heads h USING (chain)"
 )
 FIRST_PAGE = _PAGE + " ORDER BY a.chain, a.seq LIMIT $1"
@@ -102,20 +162,52 @@ NEXT_PAGE = _PAGE + " WHERE (a.chain, a.seq) > ($1, $2) ORDER BY a.chain, a.seq 
 
 
 async def verify(conn: Connection, batch: int = 5000) -> Verification:
-    """Walk every chain in order, each ending where its head says; the first broken link (lowest id
-    among the first breaks) is named."""
+    """Walk every chain in order, from its anchor if the retention cut it, each ending where its head
+    says; the first broken link (lowest id among the first breaks) is named. One snapshot throughout:
+    a purge or an append that commits meanwhile is not half seen."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _verify(conn, batch)
+
+
+async def _verify(conn: Connection, batch: int) -> Verification:
     first: BrokenLink | None = None
     chains = rows = 0
     current: dict[str, Any] | None = None  # the last row walked, with its chain's head
     expected, prev = 1, GENESIS
     broken_chain: str | None = None
     last: tuple[str | None, int] = (None, 0)
+    recorded = recorded_cuts(
+        [
+            r["body"]
+            for r in await conn.fetch(
+                "SELECT body FROM audit_log WHERE chain = $1 ORDER BY seq", RETENTION_CHAIN
+            )
+        ]
+    )
+    anchors: dict[str, Anchor] = {
+        r["chain"]: (r["seq"], bytes(r["hash"])) for r in await conn.fetch("SELECT * FROM audit_anchors")
+    }
+    seen: set[str] = set()
 
     def broken(link: BrokenLink) -> None:
         nonlocal first, broken_chain
         broken_chain = link.chain
         if first is None or link.row_id < first.row_id:
+            # A broken record of the cuts comes first: the anchors it then misplaces are its doing.
+            if first is None or first.chain != RETENTION_CHAIN or link.chain == RETENTION_CHAIN:
+                first = link
+        elif link.chain == RETENTION_CHAIN:
             first = link
+
+    def start_of(row: dict[str, Any]) -> tuple[int, bytes]:
+        """Where the chain's first row must follow on, after checking its anchor."""
+        chain = row["chain"]
+        seen.add(chain)
+        anchor = anchors.get(chain)
+        problem = check_anchor(anchor, recorded.get(chain))
+        if problem is not None:
+            broken(BrokenLink(chain, row["seq"], row["id"], problem))
+        return (1, GENESIS) if anchor is None else (anchor[0] + 1, anchor[1])
 
     def end_of(row: dict[str, Any]) -> None:
         if broken_chain != row["chain"]:
@@ -136,7 +228,7 @@ async def verify(conn: Connection, batch: int = 5000) -> Verification:
             if current is None or row["chain"] != current["chain"]:
                 if current is not None:
                     end_of(current)
-                expected, prev = 1, GENESIS
+                expected, prev = start_of(row)
                 chains += 1
             if broken_chain != row["chain"]:
                 problem = check_link(row, expected, prev)
@@ -147,13 +239,24 @@ async def verify(conn: Connection, batch: int = 5000) -> Verification:
         last = (page[-1]["chain"], page[-1]["seq"])
     if current is not None:
         end_of(current)
-    # Heads whose chain has no row left at all.
+    # Heads whose chain has no row left: every link purged (the head is its anchor), or deleted.
     for head in await conn.fetch(
-        "SELECT chain, seq FROM audit_heads h"
-        " WHERE NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.chain = h.chain) ORDER BY chain LIMIT 1"
+        "SELECT chain, seq, hash FROM audit_heads h"
+        " WHERE NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.chain = h.chain) ORDER BY chain"
     ):
+        chain = head["chain"]
+        seen.add(chain)
         chains += 1
-        problem = check_head(None, head["seq"], None)
-        assert problem is not None
-        broken(BrokenLink(head["chain"], head["seq"], 0, problem))
-    return Verification(chains, rows, first)
+        anchor = anchors.get(chain)
+        problem = check_anchor(anchor, recorded.get(chain))
+        if problem is None and anchor != (head["seq"], bytes(head["hash"])):
+            problem = check_head(None, head["seq"], None)
+        if problem is not None:
+            broken(BrokenLink(chain, head["seq"], 0, problem))
+    # Anchors, or recorded cuts, of a chain with neither a head nor a row left.
+    for chain in sorted((anchors.keys() | recorded.keys()) - seen):
+        chains += 1
+        problem = check_anchor(anchors.get(chain), recorded.get(chain))
+        problem = problem or "it has an anchor but neither a head nor a link (the whole chain was deleted)"
+        broken(BrokenLink(chain, (anchors.get(chain) or recorded[chain])[0], 0, problem))
+    return Verification(chains, rows, first, anchored=len(anchors))

@@ -154,6 +154,7 @@ def install_guard_api(
             "ok": result.ok,
             "chains": result.chains,
             "rows": result.rows,
+            "anchored": result.anchored,
             "broken": str(result.broken) if result.broken else None,
         }
 

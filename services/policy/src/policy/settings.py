@@ -75,6 +75,11 @@ class PolicySettings(ServiceSettings):
     # cases, not observations.
     observation_retention_days: int = Field(default=90, ge=1, le=MAX_DAYS)
 
+    # Days an audit link is kept after it was appended (purged every minute, each chain from its
+    # oldest end, `audit_retention.py`); a case's chain only once the case closed that long ago. The
+    # chains still verify: each starts at its anchor, and every cut is recorded in `retention:audit`.
+    audit_retention_days: int = Field(default=400, ge=1, le=MAX_DAYS)
+
     # Seconds between looks at the open cases keyed by an address alone (no device known when they
     # opened): a CMTS table that now lists a device there makes the case that device's.
     address_case_recheck_interval: float = Field(default=10.0, gt=0)
