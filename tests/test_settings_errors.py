@@ -103,6 +103,7 @@ DURATIONS: list[tuple[str, str, int, int, dict[str, str]]] = [
     ("policy", "LAZARETTO_BREAKER_WINDOW", MAX_SECONDS, MAX_SECONDS, {}),
     ("policy", "LAZARETTO_AUDIT_RETENTION_DAYS", MAX_DAYS, MAX_DAYS, {}),
     ("cmts-agent", "LAZARETTO_RESET_JOURNAL_RETENTION_DAYS", MAX_DAYS, MAX_DAYS, {}),
+    ("cmts-agent", "LAZARETTO_INVENTORY_FORGET_AFTER", MAX_SECONDS, MAX_SECONDS, {}),
     ("provisioner", "LAZARETTO_LEASE_HISTORY_DAYS", MAX_DAYS, MAX_DAYS, {}),
 ]
 

@@ -1,12 +1,16 @@
 """A CMTS taken out of the configuration (`LAZARETTO_CMTSES`): what the inventory stored of it answers no
-look-up (policy's CPE -> modem attribution, a reset by modem MAC), and the inventory loop deletes it at
-start and on every turn after (real lab CMTSes, real PostgreSQL, the real service)."""
+look-up (policy's CPE -> modem attribution, a reset by modem MAC), and the inventory loop deletes it
+once no replica has walked it for `LAZARETTO_INVENTORY_FORGET_AFTER`: at start, and on a later turn
+once a replica still configured with it (a rollout) stops walking it (real lab CMTSes, real
+PostgreSQL, the real service)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -107,7 +111,7 @@ async def test_lookups_answer_only_from_the_configured_cmtses(
     assert await agent.inventory.counts() == {"kept": (1, 1)}
 
 
-async def test_the_inventory_loop_forgets_a_removed_cmts_at_start_and_on_every_turn(
+async def test_the_inventory_loop_forgets_a_removed_cmts_once_no_replica_walks_it(
     amqp_url: str,
     database_url: str,
     make_agent: MakeAgent,
@@ -116,14 +120,17 @@ async def test_the_inventory_loop_forgets_a_removed_cmts_at_start_and_on_every_t
     kept: LabCmts,
 ) -> None:
     old_profile, kept_profile = profile_for(old, name="old"), profile_for(kept, name="kept")
-    # Given an inventory that holds what both CMTSes listed
+    # Given an inventory that holds what both CMTSes listed, the old CMTS last walked an hour ago
     both = await walked_by_both(make_agent, old_profile, kept_profile)
+    for table in ("modems", "cpes"):
+        await both.pool.execute(f"UPDATE {table} SET seen_at = now() - interval '1 hour' WHERE cmts = 'old'")
     settings = CmtsAgentSettings(
         amqp_url=SecretStr(amqp_url),
         database_url=SecretStr(database_url),
         admin_token=SecretStr(TOKEN),
         cmtses=(kept_profile,),
-        inventory_interval=0.3,
+        inventory_interval=0.2,
+        inventory_forget_after=3.0,
     )
     service = await build(settings)
     try:
@@ -134,13 +141,40 @@ async def test_the_inventory_loop_forgets_a_removed_cmts_at_start_and_on_every_t
             while "old" in await stored_cmtses(both):
                 await asyncio.sleep(0.05)
         assert await stored_cmtses(both) == {"kept": (1, 1)}
-        # And when a replica still configured with both (a rollout under way) stores the old CMTS again
-        [walk] = await both.inventory.refresh(["old"])
-        assert (walk.error, walk.modems, walk.cpes) == (None, 1, 1)
-        # Then a later turn deletes it again
+
+        # And when a replica still configured with both (a rollout under way) walks the old CMTS on
+        # its own schedule
+        async def replica_walking_old() -> None:
+            while True:
+                [walk] = await both.inventory.refresh(["old"])
+                assert (walk.error, walk.modems, walk.cpes) == (None, 1, 1)
+                await asyncio.sleep(0.2)
+
+        replica = asyncio.create_task(replica_walking_old())
+        try:
+            async with asyncio.timeout(20):
+                while "old" not in await stored_cmtses(both):
+                    await asyncio.sleep(0.05)
+            # Then the service's turns leave its rows alone for longer than the forget delay, turn
+            # after turn (each walks the kept CMTS: a new stamp on its modem), though it answers
+            # nothing from them (the look-up test above)
+            turns: set[datetime] = set()
+            watch_until = asyncio.get_running_loop().time() + 4.0
+            while asyncio.get_running_loop().time() < watch_until:
+                assert await stored_cmtses(both) == {"old": (1, 1), "kept": (1, 1)}
+                turns.add(await both.pool.fetchval("SELECT seen_at FROM modems WHERE cmts = 'kept'"))
+                await asyncio.sleep(0.05)
+            assert len(turns) >= 5
+        finally:
+            replica.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replica
+        # And once that replica is gone, a turn after the forget delay deletes them again
+        gone_at = asyncio.get_running_loop().time()
         async with asyncio.timeout(20):
             while "old" in await stored_cmtses(both):
                 await asyncio.sleep(0.05)
+        assert asyncio.get_running_loop().time() - gone_at >= 2.0
         assert await stored_cmtses(both) == {"kept": (1, 1)}
     finally:
         await service.stop()

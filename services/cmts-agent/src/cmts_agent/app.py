@@ -90,7 +90,12 @@ async def build(settings: CmtsAgentSettings) -> CmtsAgentService:
     pool = await db.create_pool(settings.database_url.get_secret_value())
     await db.migrate(pool, db.package_migrations("cmts_agent"))
     fleet = Fleet(profiles)
-    inventory = Inventory(pool, fleet, min_interval=settings.inventory_min_interval)
+    inventory = Inventory(
+        pool,
+        fleet,
+        min_interval=settings.inventory_min_interval,
+        forget_after=settings.inventory_forget_after,
+    )
     # Per-modem locks on their own connection: held for a whole reset, released by PostgreSQL if
     # this process dies.
     journal = ResetJournal(pool, ModemLocks(settings.database_url.get_secret_value()))

@@ -4,7 +4,8 @@ Built by walking every CMTS's status table (docsIfCmtsCmStatusTable or docsIf3Cm
 and CPE table (cdxCmCpeTable, casaCmtsCmCpeTable, cadIfCmtsMacToIpTable) on a schedule and on a
 miss, and kept in PostgreSQL, so a reset needs only the CM MAC. Live status reads go to the CMTS.
 Only the configured CMTSes answer: the rows of a CMTS taken out of the configuration are deleted by
-the inventory loop, and no look-up answers from them meanwhile.
+the inventory loop once no replica has walked it for a while, and no look-up answers from them
+meanwhile.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ SELECT cmts FROM stored WHERE cmts IS NOT NULL
 """
 STORED_MODEM_CMTSES = _STORED_CMTSES.format(table="modems")
 STORED_CPE_CMTSES = _STORED_CMTSES.format(table="cpes")
+# Whether any replica walked CMTS `$1` within the last `$2` seconds (its walk stamps every row it
+# stores), read through the `*_by_cmts` indexes.
+WALKED_LATELY = """
+SELECT EXISTS (SELECT 1 FROM modems WHERE cmts = $1 AND seen_at > now() - make_interval(secs => $2))
+    OR EXISTS (SELECT 1 FROM cpes WHERE cmts = $1 AND seen_at > now() - make_interval(secs => $2))
+"""
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,13 @@ class InventoryIncomplete(SnmpError):
 
 
 class Inventory:
-    def __init__(self, pool: asyncpg.Pool, fleet: Fleet, *, min_interval: float = 5.0) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, fleet: Fleet, *, min_interval: float = 5.0, forget_after: float = 900.0
+    ) -> None:
         self.pool = pool
         self.fleet = fleet
         self.min_interval = min_interval
+        self.forget_after = forget_after
         self._locks = {name: asyncio.Lock() for name in fleet.names()}
         # Look-ups answer only from these: rows of another CMTS are of one no longer configured (until
         # `forget_removed` deletes them), or written by a replica configured otherwise.
@@ -150,12 +160,18 @@ class Inventory:
 
     async def forget_removed(self) -> dict[str, tuple[int, int]]:
         """Delete the modems and CPEs stored for CMTSes this agent is not configured with (taken out of
-        `LAZARETTO_CMTSES`, or renamed); returns (modems, CPEs) deleted per such CMTS."""
+        `LAZARETTO_CMTSES`, or renamed) that no replica walked for `forget_after` seconds: during a
+        rollout a replica configured with a CMTS the others are not keeps walking it, and the others
+        leave its rows alone (a look-up of theirs answers nothing from them). Returns (modems, CPEs)
+        deleted per such CMTS."""
         async with self.pool.acquire() as conn, conn.transaction():
             stored = {r["cmts"] for r in await conn.fetch(STORED_MODEM_CMTSES)}
             stored |= {r["cmts"] for r in await conn.fetch(STORED_CPE_CMTSES)}
             gone: dict[str, tuple[int, int]] = {}
             for name in sorted(stored - set(self._configured)):
+                if await conn.fetchval(WALKED_LATELY, name, self.forget_after):
+                    log.debug("inventory: CMTS %s is not configured here but a replica walks it", name)
+                    continue
                 modems = await conn.execute("DELETE FROM modems WHERE cmts = $1", name)
                 cpes = await conn.execute("DELETE FROM cpes WHERE cmts = $1", name)
                 gone[name] = (int(modems.split()[-1]), int(cpes.split()[-1]))

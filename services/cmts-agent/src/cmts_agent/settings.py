@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from lazaretto_core.settings import MAX_DAYS, NestedSecret, ServiceSettings
+from lazaretto_core.settings import MAX_DAYS, MAX_SECONDS, NestedSecret, ServiceSettings
 
 from .journal import LONGEST_WINDOW
 
@@ -152,6 +152,10 @@ class CmtsAgentSettings(ServiceSettings):
     # but not more often than inventory_min_interval.
     inventory_interval: float = 300.0
     inventory_min_interval: float = 5.0
+    # Seconds after which what the inventory holds of a CMTS this agent is not configured with (taken
+    # out of the list, or renamed) is deleted, counted from the last walk of it by any replica: during
+    # a rollout, replicas configured with different lists do not delete each other's rows.
+    inventory_forget_after: float = Field(default=900.0, gt=0, le=MAX_SECONDS)
     # Days the reset journal keeps a finished reset SET (and a handled command's result), then forgets
     # it (purged every minute, oldest first). The hourly caps read the last hour; a command delivered
     # again within the retention is recognised by its step id, one delivered after it is reset again
