@@ -8,6 +8,7 @@ import html
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika  # noqa: TID251 (a poison message for policy's queue: raw bytes on the wire)
@@ -19,8 +20,9 @@ from lazaretto_core.bus_users import work_queue
 from lazaretto_core.contracts import GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe
-from policy import store
+from policy import audit, store
 from policy.app import PolicyService
+from policy.audit_retention import AuditPurge
 from policy.console import ROUTES
 from policy.console.sessions import COOKIE, SessionSigner
 
@@ -698,3 +700,30 @@ async def test_the_overview_shows_a_dead_letter_of_any_smtp_sensor(
     # Then that DLQ's depth is there, beside the default sensor's
     assert "lazaretto.detector-smtp.cases.mx2.dlq 1" in shown, shown
     assert "lazaretto.detector-smtp.cases.mta.dlq not declared" in shown
+
+
+async def test_a_case_whose_audit_links_the_retention_deleted_says_so_on_its_page(
+    policy: PolicyService, browser: httpx.AsyncClient, quarantine_device: QuarantineDevice
+) -> None:
+    # Given a case whose chain holds its quarantine, closed long ago (set here: the retention counts days)
+    case_id = await quarantine_device("100.64.0.9", CPE_MAC)
+    chain = f"case:{case_id}"
+    links = await policy.pool.fetchval("SELECT count(*) FROM audit_log WHERE chain = $1", chain)
+    assert links >= 3
+    await policy.pool.execute(
+        "UPDATE cases SET state = 'released', closed_at = now() - interval '500 days' WHERE case_id = $1",
+        case_id,
+    )
+    # When the audit retention deletes every link older than now
+    await AuditPurge(policy.pool).purge(datetime.now(UTC) + timedelta(seconds=1))
+    assert await policy.pool.fetchval("SELECT count(*) FROM audit_log WHERE chain = $1", chain) == 0
+    # Then the case's page says which links went and why, where its audit trail was
+    await sign_in(browser, OPERATOR_TOKEN)
+    page = await browser.get(f"/console/cases/{case_id}")
+    assert page.status_code == 200
+    assert 'id="audit-cut"' in page.text
+    assert f"Links 1 to {links} were deleted by the audit retention" in text(page.text)
+    # And the chain still verifies
+    async with policy.pool.acquire() as conn:
+        verified = await audit.verify(conn)
+    assert verified.ok, verified.broken

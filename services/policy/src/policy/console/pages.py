@@ -264,6 +264,7 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
                 raise Refusal(404, "There is no such case.")
             timeline = await queries.timeline(conn, case_id)
             audit = await queries.audit_entries(conn, case_id)
+            audit_cut = await queries.audit_cut(conn, case_id)
             addresses = await store.case_addresses(conn, case_id)
             terms = await store.get_terms(conn, case_id)
         return page(
@@ -273,6 +274,7 @@ def install_console(app: FastAPI, deps: ConsoleDeps) -> None:
             case=case,
             timeline=timeline,
             audit=audit,
+            audit_cut=audit_cut,
             addresses=addresses,
             terms=terms,
             extend_choices=EXTEND_CHOICES,

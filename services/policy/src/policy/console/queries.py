@@ -199,6 +199,12 @@ async def timeline(conn: Connection, case_id: uuid.UUID) -> Timeline:
     return Timeline(sorted(entries, key=lambda e: e.at), delay)
 
 
+async def audit_cut(conn: Connection, case_id: uuid.UUID) -> int | None:
+    """The last of the case chain's links the audit retention deleted (None: none was)."""
+    seq: int | None = await conn.fetchval("SELECT seq FROM audit_anchors WHERE chain = $1", f"case:{case_id}")
+    return seq
+
+
 async def audit_entries(conn: Connection, case_id: uuid.UUID) -> list[dict[str, Any]]:
     """The case's audit chain: who did what, when (the hashed body's detail)."""
     rows = await conn.fetch(
