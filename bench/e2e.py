@@ -765,6 +765,9 @@ def main() -> None:
     # The flood's log shares the disk with every commit: the host writes it out as deployment says
     # (deploy/sysctl), or as it was found; either way the run prints what it used.
     wanted = writeback.recommended()
+    restored = writeback.recover()
+    if restored:
+        print(f"put back the host writeback a killed run left set: {restored}", file=sys.stderr)
     try:
         with writeback.applied({} if args.host_as_found else wanted):
             host = writeback.read(list(wanted))

@@ -4,16 +4,22 @@ and prints what the host ran with.
 
 Setting `vm.dirty_background_bytes` makes the kernel zero `vm.dirty_background_ratio` (and the
 reverse), and 0 is not a value either file takes: what was in use is restored through whichever of
-the two held it."""
+the two held it.
+
+What was in use is also written to a journal (in /run: gone at a reboot, when the host's own settings
+are back anyway) before anything changes, and deleted once it is put back: a run killed with SIGKILL
+cannot put it back itself, and the next run does, first (`recover`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 DROP_IN = Path(__file__).resolve().parents[1] / "deploy" / "sysctl" / "60-lazaretto-writeback.conf"
 PROC_SYS = Path("/proc/sys")
+JOURNAL = Path("/run/lazaretto-bench-writeback.json")
 
 
 def recommended(path: Path = DROP_IN) -> dict[str, str]:
@@ -49,15 +55,41 @@ def read(keys: list[str], root: Path = PROC_SYS) -> dict[str, str]:
     return {key: _file(root, key).read_text().strip() for key in names if _file(root, key).exists()}
 
 
+def _put_back(changed: list[str], before: Mapping[str, str], root: Path) -> None:
+    """Write back what `before` held for the `changed` keys, each through whichever of its pair held it."""
+    for key in reversed(changed):
+        partner = _partner(key)
+        if before.get(key, "0") != "0" or partner is None or partner not in before:
+            _file(root, key).write_text(before[key])
+        else:  # the partner held it: writing that brings this one back to 0
+            _file(root, partner).write_text(before[partner])
+
+
+def recover(root: Path = PROC_SYS, journal: Path = JOURNAL) -> dict[str, str]:
+    """Put back what a run that was killed before it could had set (its journal); what was put back."""
+    if not journal.exists():
+        return {}
+    entry = json.loads(journal.read_text())
+    _put_back(entry["changed"], entry["before"], root)
+    journal.unlink()
+    return {key: entry["before"][key] for key in entry["changed"]}
+
+
 @contextmanager
-def applied(settings: Mapping[str, str], root: Path = PROC_SYS) -> Iterator[dict[str, str]]:
+def applied(
+    settings: Mapping[str, str], root: Path = PROC_SYS, journal: Path = JOURNAL
+) -> Iterator[dict[str, str]]:
     """Set `settings` for the block, then put back what was; yields the values set, read back. A
-    write that fails (not root: PermissionError) raises, after what was set before it is put back."""
+    write that fails (not root: PermissionError) raises, after what was set before it is put back.
+    What a killed earlier run left set is put back first (`recover`)."""
+    recover(root, journal)
     keys = list(settings)
     before = read(keys, root)
     for key in keys:
         if not _file(root, key).exists():
             raise FileNotFoundError(f"no such kernel setting: {key}")
+    if keys:
+        journal.write_text(json.dumps({"changed": keys, "before": before}))
     changed: list[str] = []
     try:
         for key, value in settings.items():
@@ -65,9 +97,5 @@ def applied(settings: Mapping[str, str], root: Path = PROC_SYS) -> Iterator[dict
             changed.append(key)
         yield read(keys, root)
     finally:
-        for key in reversed(changed):
-            partner = _partner(key)
-            if before.get(key, "0") != "0" or partner is None or partner not in before:
-                _file(root, key).write_text(before[key])
-            else:  # the partner held it: writing that brings this one back to 0
-                _file(root, partner).write_text(before[partner])
+        _put_back(changed, before, root)
+        journal.unlink(missing_ok=True)
