@@ -34,6 +34,7 @@ from .actions import OperatorDesk
 from .api import install_api
 from .appeals import AppealLimit
 from .attribution import Attributor
+from .audit_retention import PURGE_INTERVAL as AUDIT_PURGE_INTERVAL
 from .audit_retention import AuditPurge
 from .batch import ObservationBatcher
 from .breaker import BreakerLimits
@@ -156,7 +157,7 @@ class PolicyService:
         # Audit links are kept for their retention, then deleted from each chain's oldest end
         # (audit_retention.py); the chains still verify.
         self.loops.every(
-            "audit-purge", db.PURGE_INTERVAL, self._purge_audit, errors=(OSError, asyncpg.PostgresError)
+            "audit-purge", AUDIT_PURGE_INTERVAL, self._purge_audit, errors=(OSError, asyncpg.PostgresError)
         )
         self.loops.every(
             "kpi-refresh",

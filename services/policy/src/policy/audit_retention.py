@@ -40,10 +40,13 @@ AUDIT_PURGED = Counter(
 # One purge at a time over every replica: a transaction-scoped advisory lock (another replica's turn
 # that finds it taken does nothing). The key is arbitrary, this module's own.
 PURGE_LOCK = 0x1A2A_0A0D_17
+# Seconds between two turns: the retention counts days, and each transaction that cuts anything
+# appends a link to `retention:audit` (kept for good): hourly turns keep that chain small.
+PURGE_INTERVAL = 3600.0
 # Links read per transaction.
 PAGE_LINKS = 200
-# Pages per turn: at most 20,000 links a minute with the default loop.
-MAX_PAGES = 100
+# Pages per turn: at most 200,000 links an hour (a log never purged is worked down at that rate).
+MAX_PAGES = 1000
 
 # The oldest links first (by the primary key), each with where its chain now starts, whether its
 # hash holds and the time its body states: the database reads the bodies, policy only the answers.
