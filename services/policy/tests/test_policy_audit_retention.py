@@ -164,8 +164,8 @@ async def a_purged_log(pool: asyncpg.Pool) -> None:
     """A chain cut in part (allowlist: links 4-5 left), one cut whole (an address's), one never cut."""
     async with pool.acquire() as conn:
         await appended_days_ago(conn, "operator:allowlist", 3, 400)
-        await appended_now(conn, "operator:allowlist", 2)
         await appended_days_ago(conn, "address:100.64.0.9", 2, 400)
+        await appended_now(conn, "operator:allowlist", 2)
         await appended_now(conn, "operator:breaker", 3)
     await AuditPurge(pool).purge(cutoff())
     assert (await verified(pool)).ok
@@ -261,8 +261,10 @@ async def test_a_purge_stops_at_a_broken_link_which_audit_verify_still_names(
 
 async def test_two_replicas_purging_at_once_cut_each_link_once(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
+        # (the old links first: ids follow time, as appends make them, and the purge reads by id)
         for n in range(20):
             await appended_days_ago(conn, f"decisions:{n}", 5, 400)
+        for n in range(20):
             await appended_now(conn, f"decisions:{n}", 1)
     first, second = AuditPurge(pool, page_links=7), AuditPurge(pool, page_links=7)
     deleted = 0
