@@ -91,7 +91,7 @@ def check_link(row: dict[str, Any], expected_seq: int, prev_hash: bytes) -> str 
     for column in ("chain", "seq", "kind", "actor"):
         if body.get(column) != row[column]:
             return f"column {column} differs from the hashed body (the row was edited)"
-    if "at" in row and parse_at(body.get("at") if isinstance(body, dict) else None) != row["at"]:
+    if "at" in row and parse_at(body.get("at")) != row["at"]:
         # The retention goes by the hashed time: a column set back must not pass for an old link.
         return "column at differs from the hashed body (the row was edited)"
     return None
@@ -189,14 +189,14 @@ async def _verify(conn: Connection, batch: int) -> Verification:
     }
     seen: set[str] = set()
 
+    def rank(link: BrokenLink) -> tuple[bool, int]:
+        # A broken record of the cuts is named first: the anchors it then misplaces are its doing.
+        return (link.chain != RETENTION_CHAIN, link.row_id)
+
     def broken(link: BrokenLink) -> None:
         nonlocal first, broken_chain
         broken_chain = link.chain
-        if first is None or link.row_id < first.row_id:
-            # A broken record of the cuts comes first: the anchors it then misplaces are its doing.
-            if first is None or first.chain != RETENTION_CHAIN or link.chain == RETENTION_CHAIN:
-                first = link
-        elif link.chain == RETENTION_CHAIN:
+        if first is None or rank(link) < rank(first):
             first = link
 
     def start_of(row: dict[str, Any]) -> tuple[int, bytes]:
