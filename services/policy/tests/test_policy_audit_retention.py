@@ -249,6 +249,7 @@ async def test_a_purge_stops_at_a_broken_link_which_audit_verify_still_names(
         assert await purge.purge(cutoff()) == 0
     # Then it deleted the links before the edited one only, said why once, and the edit is named
     assert await seqs(pool, "operator:allowlist") == [3, 4, 5]
+    assert REGISTRY.get_sample_value("lazaretto_policy_audit_purge_broken_links") == 1
     said = [r.getMessage() for r in caplog.records if "keeps operator:allowlist" in r.getMessage()]
     assert len(said) == 1
     assert "broken at seq 3" in said[0]

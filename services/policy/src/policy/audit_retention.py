@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from lazaretto_core.db import Connection
 
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 AUDIT_PURGED = Counter(
     "lazaretto_policy_audit_links_purged_total",
     "Audit links deleted because they were older than the audit retention",
+)
+BROKEN_LINKS = Gauge(
+    "lazaretto_policy_audit_purge_broken_links",
+    "Audit links whose hash or place in the chain did not hold, met by the retention's last turn",
 )
 
 # One purge at a time over every replica: a transaction-scoped advisory lock (another replica's turn
@@ -137,24 +141,27 @@ class AuditPurge:
     pool: asyncpg.Pool
     page_links: int = PAGE_LINKS
     max_pages: int = MAX_PAGES
-    # Broken links already logged (once per process, not every minute).
+    # Broken links already logged (once per process, not every turn).
     _reported: set[tuple[str, int]] = field(default_factory=set)
 
     async def purge(self, cutoff: datetime) -> int:
         """Delete the links older than `cutoff` that may go; how many went."""
         stopped: set[str] = set()
         after, purged = 0, 0
+        broken: list[audit.BrokenLink] = []
+        elsewhere = False  # another replica took the lock: this turn saw part of the log
         for _ in range(self.max_pages):
             async with self.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PURGE_LOCK):
-                    break  # another replica is purging
+                    elsewhere = True  # another replica is purging
+                    break
                 links = [
                     dict(r) for r in await conn.fetch(PAGE, after, audit.RETENTION_CHAIN, self.page_links)
                 ]
                 if not links:
                     break
                 kept = await _cases_kept(conn, links, cutoff)
-                cuts = plan_cuts(links, cutoff, kept.__contains__, stopped, self._report)
+                cuts = plan_cuts(links, cutoff, kept.__contains__, stopped, broken.append)
                 deleted = await _cut(conn, cuts, cutoff) if cuts else 0
             AUDIT_PURGED.inc(deleted)
             purged += deleted
@@ -165,12 +172,13 @@ class AuditPurge:
                 break
         if purged:
             log.info("audit retention: deleted %d links older than %s", purged, cutoff.isoformat())
+        if not elsewhere:  # a turn cut short leaves the gauge as the last whole one set it
+            BROKEN_LINKS.set(len(broken))
+        for link in broken:
+            if (link.chain, link.seq) not in self._reported:
+                self._reported.add((link.chain, link.seq))
+                log.error("audit retention keeps %s and the links after it (%s)", link.chain, link)
         return purged
-
-    def _report(self, link: audit.BrokenLink) -> None:
-        if (link.chain, link.seq) not in self._reported:
-            self._reported.add((link.chain, link.seq))
-            log.error("audit retention keeps %s and the links after it (%s)", link.chain, link)
 
 
 async def _cases_kept(conn: Connection, links: Sequence[dict[str, Any]], cutoff: datetime) -> set[str]:
