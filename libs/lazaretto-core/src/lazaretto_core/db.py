@@ -87,8 +87,41 @@ def package_migrations(package: str) -> list[tuple[str, str]]:
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 
+# A migration whose first line is this runs outside a transaction, one statement at a time (a line
+# ending in `;` ends one): for `CREATE INDEX CONCURRENTLY`, which PostgreSQL refuses inside one, so an
+# index built on a large table does not hold up the writes of the replicas still running. Its
+# statements must be safe to run again (`IF NOT EXISTS`): one interrupted is run again from its first
+# statement, after the index a failed concurrent build left behind (invalid) is dropped.
+OUTSIDE_TRANSACTION = "-- lazaretto: outside-transaction"
+# Seconds a migration's statement may take (the pool's command timeout is for the service's work):
+# an index on a table of a hundred million rows takes minutes.
+MIGRATION_STATEMENT_TIMEOUT = 6 * 3600.0
+# The indexes of this schema a concurrent build left invalid (it failed, or its session died).
+_INVALID_INDEXES = """
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND n.nspname = current_schema()
+"""
+
+
+def statements(sql: str) -> list[str]:
+    """A migration's statements: each ends with the line that ends in `;` (comment lines go with the
+    statement after them; a trailing comment alone is no statement). Pure."""
+    found, lines = [], []
+    for line in sql.splitlines():
+        lines.append(line)
+        if line.rstrip().endswith(";"):
+            found.append("\n".join(lines))
+            lines = []
+    rest = [line for line in lines if line.strip() and not line.strip().startswith("--")]
+    if rest:
+        raise ValueError(f"a statement does not end with a line ending in ';': {rest[0]!r}")
+    return found
+
+
 async def migrate(pool: asyncpg.Pool, migrations: Iterable[tuple[str, str]]) -> list[str]:
-    """Apply the migrations not yet applied, each in its own transaction, under an advisory lock."""
+    """Apply the migrations not yet applied, each in its own transaction (or none: see
+    OUTSIDE_TRANSACTION), under an advisory lock."""
     applied_now: list[str] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
@@ -101,9 +134,17 @@ async def migrate(pool: asyncpg.Pool, migrations: Iterable[tuple[str, str]]) -> 
             for name, sql in [*CORE_MIGRATIONS, *migrations]:
                 if name in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(sql)
+                if sql.startswith(OUTSIDE_TRANSACTION):
+                    # Under the migration lock no other build runs: an invalid index is a failed one's.
+                    for index in await conn.fetch(_INVALID_INDEXES):
+                        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index[0]}")
+                    for statement in statements(sql):
+                        await conn.execute(statement, timeout=MIGRATION_STATEMENT_TIMEOUT)
                     await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                else:
+                    async with conn.transaction():
+                        await conn.execute(sql, timeout=MIGRATION_STATEMENT_TIMEOUT)
+                        await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
                 applied_now.append(name)
                 log.info("applied migration %s", name)
         finally:
