@@ -7,7 +7,8 @@ and the observations waiting for their attribution peers (`pending.py`: their ro
 when the peers answer). What the rules in force read is never older than the retention (the settings
 check it at start; `keep` also covers a rule set reloaded since with a longer window). The decision
 on every purged observation stays in the audit log (its full row, migrations 0004 and 0013), which
-this does not touch: `audit-verify` still holds.
+this does not touch: `audit-verify` still holds. The audit log has a retention of its own
+(`audit_retention.py`).
 """
 
 from __future__ import annotations
