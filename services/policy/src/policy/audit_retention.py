@@ -106,7 +106,7 @@ def plan_cuts(
     """The cuts one page of links (in id order: each chain's in seq order, from its start) allows:
     each chain's links up to the first that is too recent, kept (`kept(chain)`) or broken (reported
     to `broken`). A chain stopped here, or on an earlier page of the turn (`stopped`, updated), is
-    not cut further. Pure."""
+    not cut further. No I/O."""
     walks: dict[str, tuple[int, bytes]] = {}
     cuts: dict[str, Cut] = {}
     for link in links:
