@@ -110,3 +110,40 @@ async def test_keep_running_restarts_a_follower_and_stop_cancels_it() -> None:
     await supervisor.stop()
     assert supervisor.names == []
     assert starts == 3
+
+
+async def test_a_loop_waiting_longer_than_the_tolerance_for_its_next_turn_is_not_stalled() -> None:
+    # Given a loop whose turns come further apart than /healthz tolerates silence (an hourly purge
+    # watched with a minute's tolerance, here 2 s apart and 0.3 s)
+    monitor = ProgressMonitor(stall_after=0.3)
+    turns = 0
+
+    async def step() -> None:
+        nonlocal turns
+        turns += 1
+
+    supervisor = Supervisor(monitor)
+    supervisor.every("hourly", 2.0, step)
+    try:
+        # When it has turned once and waits for the next turn
+        await asyncio.sleep(1.0)
+        # Then it is not stalled: it waits as told, it does not hang
+        assert turns == 1
+        assert monitor.stalled() == []
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_loop_whose_turn_failed_is_stalled_while_it_waits_for_the_next() -> None:
+    monitor = ProgressMonitor(stall_after=0.3)
+
+    async def step() -> None:
+        raise OSError("database down")
+
+    supervisor = Supervisor(monitor)
+    supervisor.every("hourly", 2.0, step, errors=(OSError,), progress_on_error=False)
+    try:
+        await asyncio.sleep(1.0)
+        assert monitor.stalled() == ["hourly"]
+    finally:
+        await supervisor.stop()

@@ -46,7 +46,8 @@ class Supervisor:
         A turn that ends, or ends with one of `errors` (an outage the step expects: logged as a warning,
         no traceback), is progress (`progress.beat(name)`) unless `progress_on_error` is False: then only
         a turn that succeeds is (a loop whose job is to store something is stalled while it cannot).
-        Any other exception is logged with its traceback and is never progress."""
+        Any other exception is logged with its traceback and is never progress. Between turns the
+        loop is watched as waiting, not stalled (`_wait`)."""
         if self.progress is not None:
             self.progress.beat(name)  # watched from the start: a first turn that hangs shows too
         self._tasks.append(
@@ -89,7 +90,21 @@ class Supervisor:
                 log.exception("%s failed unexpectedly; again in %.1fs", name, interval)
             if progressed and self.progress is not None:
                 self.progress.beat(name)
+            await self._wait(name, interval, progressed)
+
+    async def _wait(self, name: str, interval: float, progressed: bool) -> None:
+        """Sleep until the next turn. A loop waiting for it is not stalled: after a turn that made
+        progress it goes on beating while it waits, so one whose turns come further apart than the
+        monitor tolerates silence (an hourly purge) passes /healthz; after one that did not, it stays
+        silent and shows as stalled."""
+        if not progressed or self.progress is None:
             await asyncio.sleep(interval)
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + interval
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, self.progress.stall_after / 2))
+            self.progress.beat(name)
 
     async def _keep_running(
         self, name: str, run: Step, errors: tuple[type[BaseException], ...], retry_after: float
