@@ -24,6 +24,13 @@ UNIQUE_CODES = (
 )
 
 
+# A session building an index, waiting for a lock (a concurrent build waits for older transactions).
+BUILD_WAITING = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+    " AND query ILIKE '%CREATE %INDEX%' AND wait_event_type = 'Lock')"
+)
+
+
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.create_pool(database_url)
@@ -62,7 +69,10 @@ async def test_an_index_is_built_concurrently_while_a_writer_keeps_writing(pool:
         # When the migration runs (a concurrent build waits for that transaction to end, and takes
         # no lock that would stop its writes meanwhile)
         migrating = asyncio.create_task(db.migrate(pool, [*TABLE, UNIQUE_CODES]))
-        await asyncio.sleep(0.5)
+        # (the build has begun and waits for the writer, as PostgreSQL shows it)
+        async with asyncio.timeout(10):
+            while not await pool.fetchval(BUILD_WAITING):
+                await asyncio.sleep(0.05)
         assert not migrating.done()
         # Then another writer (a transaction begun after the build) writes at once, where a plain
         # CREATE INDEX's lock, queued behind the first writer, would hold it until the build ended
