@@ -461,6 +461,12 @@ class Replica:
 _AWAITING_EXECUTORS = "SELECT count(*) FROM cases WHERE opened_at >= $1 AND state = ANY($2::text[])"
 
 
+async def ready_in_policy_queues(service: Any) -> int:
+    """Messages ready in policy's queues (observations, and the executors' answers on the case queue)."""
+    counts = [await service.bus.message_count(q) for q in BY_SERVICE["policy"].work_queues(())]
+    return sum(n or 0 for n in counts)
+
+
 async def settle(service: Any, since: datetime, *, timeout: float = 300.0) -> float:
     """Wait until what the cases opened `since` set going is done: no such case waits for an executor,
     the outbox is empty and policy's queues hold nothing ready, three times 0.2 s apart; returns the
@@ -477,8 +483,8 @@ async def settle(service: Any, since: datetime, *, timeout: float = 300.0) -> fl
             raise TimeoutError(f"policy did not settle within {timeout:.0f} s")
         waiting = await service.pool.fetchval(_AWAITING_EXECUTORS, since, in_flight)
         outbox = await service.pool.fetchval("SELECT count(*) FROM outbox")
-        queued = [await service.bus.message_count(q) for q in BY_SERVICE["policy"].work_queues(())]
-        quiet = quiet + 1 if waiting == 0 and outbox == 0 and not any(queued) else 0
+        queued = await ready_in_policy_queues(service)
+        quiet = quiet + 1 if waiting == 0 and outbox == 0 and queued == 0 else 0
         await asyncio.sleep(0.2)
     return time.monotonic() - began
 
@@ -704,8 +710,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"load_average_after_latency={load()}")
         # What policy's queues still hold as the low rate begins (observations, and the executors'
         # answers to the cases the fixed rate opened on the case queue).
-        queued = [await service.bus.message_count(q) for q in BY_SERVICE["policy"].work_queues(())]
-        print(f"policy_queue_before_low_rate={sum(n or 0 for n in queued)}")
+        print(f"policy_queue_before_low_rate={await ready_in_policy_queues(service)}")
         low_report, low, low_handler, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
         print(f"low_rate={args.low_rate}")
         for pair in low_report.split():
