@@ -38,6 +38,7 @@ from .contracts import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
     AbuseObserved,
+    AbuseObservedBatch,
     AllowlistChanged,
     BreakerResumed,
     BreakerTripped,
@@ -144,7 +145,7 @@ ACCOUNTS: tuple[Account, ...] = (
             BreakerTripped,
             BreakerResumed,
         ),
-        consumes=(AbuseObserved, *POLICY_CASE_WORK),
+        consumes=(AbuseObserved, AbuseObservedBatch, *POLICY_CASE_WORK),
         side_queues=(("cases", POLICY_CASE_WORK),),
     ),
     Account(
@@ -158,8 +159,13 @@ ACCOUNTS: tuple[Account, ...] = (
         consumes=(ModemReset, AllowlistChanged),
     ),
     Account("portal", publishes=(ReleaseRequested,)),
-    Account("detector-snort", publishes=(AbuseObserved,)),
-    Account("detector-smtp", publishes=(AbuseObserved,), consumes=(CaseChanged,), per_sensor=True),
+    Account("detector-snort", publishes=(AbuseObserved, AbuseObservedBatch)),
+    Account(
+        "detector-smtp",
+        publishes=(AbuseObserved, AbuseObservedBatch),
+        consumes=(CaseChanged,),
+        per_sensor=True,
+    ),
 )
 BY_SERVICE: dict[str, Account] = {account.service: account for account in ACCOUNTS}
 

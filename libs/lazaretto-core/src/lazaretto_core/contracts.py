@@ -21,7 +21,7 @@ import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from pydantic import (
     AfterValidator,
@@ -354,6 +354,35 @@ class AbuseObserved(Contract):
             "established": True,
             "app_protos": ["smtp"],
         },
+    )
+    example = examples[0]
+
+
+# Observations one `AbuseObservedBatch` may carry (a consumer refuses more).
+OBSERVATION_BATCH_MAX: Final = 500
+# uuid5 namespace of a batch's message id (derived from its members' ids).
+_BATCH_NAMESPACE: Final = UUID("3d5e7f91-2b4c-5d6e-8f01-a2b3c4d5e6f7")
+
+
+class AbuseObservedBatch(Contract):
+    """Several observations in one message: what a detector's outbox has pending at once (a flood's
+    windows, a burst of revisions) goes out together, so the broker and policy receive one message
+    instead of hundreds. Each member keeps its identity (`AbuseObserved.message_key`): policy
+    decides and deduplicates the members one by one, as if each had come alone, in their order."""
+
+    routing_key = "abuse.observed.batch.v1"
+    exchange = EVENTS_EXCHANGE
+
+    observations: list[AbuseObserved] = Field(min_length=1, max_length=OBSERVATION_BATCH_MAX)
+
+    def message_key(self) -> str:
+        """The AMQP message id: the same members in the same order give the same id."""
+        keys = "|".join(o.message_key() for o in self.observations)
+        return f"batch/{uuid5(_BATCH_NAMESPACE, keys)}"
+
+    examples = (
+        {"observations": [AbuseObserved.examples[0], AbuseObserved.examples[1]]},
+        {"observations": [AbuseObserved.examples[2]]},
     )
     example = examples[0]
 
@@ -892,6 +921,7 @@ class BreakerResumed(Contract):
 
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     AbuseObserved,
+    AbuseObservedBatch,
     GardenApply,
     GardenRemove,
     GardenApplied,

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from lazaretto_core.checkpoints import CheckpointStore
-from lazaretto_core.contracts import BY_ROUTING_KEY, Contract
+from lazaretto_core.contracts import BY_ROUTING_KEY, AbuseObserved, AbuseObservedBatch, Contract
 
 AMQP_USER = os.environ.get("LAZARETTO_AMQP_USER", "lazaretto")
 AMQP_PASSWORD = os.environ.get("LAZARETTO_AMQP_PASSWORD", "lazaretto")
@@ -173,7 +173,14 @@ class BusProbe:
         self._connection = await aio_pika.connect(self._url)
         channel = await self._connection.channel()
         self._queue = await channel.declare_queue(exclusive=True)
-        for key in routing_keys:
+        keys = list(routing_keys)
+        # Observations come alone or several to a message, as detectors send them: a probe of
+        # `abuse.observed.v1` sees every observation (a batch's members each recorded alone, in
+        # order) unless it asks for the batches themselves.
+        unpack = AbuseObserved.routing_key in keys and AbuseObservedBatch.routing_key not in keys
+        if unpack:
+            keys.append(AbuseObservedBatch.routing_key)
+        for key in keys:
             contract = BY_ROUTING_KEY[key]
             exchange = await channel.declare_exchange(
                 contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -181,8 +188,12 @@ class BusProbe:
             await self._queue.bind(exchange, routing_key=key)
 
         async def on_message(message: Any) -> None:
-            contract = BY_ROUTING_KEY[message.type]
-            self.received.append((message.type, contract.read(message.body), message.correlation_id))
+            body = BY_ROUTING_KEY[message.type].read(message.body)
+            if unpack and isinstance(body, AbuseObservedBatch):
+                for observation in body.observations:
+                    self.received.append((AbuseObserved.routing_key, observation, message.correlation_id))
+            else:
+                self.received.append((message.type, body, message.correlation_id))
             await message.ack()
 
         await self._queue.consume(on_message)
