@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from lazaretto_core.bus import REASON_HEADER, Bus, dead_letter_queue_name, queue_name
-from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch, GardenApply
 from lazaretto_lab.lease_stub import LeaseBook
 from lazaretto_lab.testing import BusProbe, messages_handled
 from policy.app import PolicyService, build
@@ -351,3 +351,114 @@ async def test_a_batch_committed_but_never_acked_is_redelivered_and_decides_noth
         assert {r["decision"] for i, r in rows.items() if i != scan.observation_id} == {"below_threshold"}
     finally:
         await second.stop()
+
+
+# -- batch messages: several observations in one AMQP message, as detectors send a flood -------------
+
+
+async def test_a_batch_message_s_members_are_decided_each_once_in_order_as_if_each_came_alone(
+    policy: PolicyService,
+    sender: Bus,
+    probe: BusProbe,
+    scanner: None,
+    held_batches: HeldBatches,
+) -> None:
+    gate, sizes = held_batches
+    # Given a detector's flood in two batch messages: a scan window growing revision by revision
+    # among others' noise, one member also sent alone before, and the first message sent twice
+    scan = uuid.uuid4()
+    grown = [observation(SCAN_IP, d, observation_id=scan, revision=r) for r, d in enumerate((5, 15, 25, 30))]
+    others = noise(60)
+    alone = others[0]
+    await sender.publish(alone, message_id=alone.message_key())
+    first = AbuseObservedBatch(observations=[*others[:30], *grown[:3]])
+    second = AbuseObservedBatch(observations=[grown[3], *others[30:]])
+    ok = handled("ok")
+    for batch in (first, first, second):
+        await sender.publish(batch, message_id=batch.message_key())
+    gate.set()
+    # Then every observation is stored once, with the decision on its highest revision
+    rows = await stored(policy, 61)
+    async with asyncio.timeout(30):
+        while handled("ok") - ok < 3:
+            await asyncio.sleep(0.05)
+    assert len(await stored(policy, 61)) == 61
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    assert (rows[scan]["revision"], rows[scan]["decision"]) == (3, "fed_open_case")
+    # And the scan opened one case (at revision 2), asked for one garden, and revision 3 fed it
+    [apply] = await probe.wait_for(GardenApply)
+    assert (apply.cpe_mac, apply.cpe_ip) == (MAC, SCAN_IP)
+    assert rows[scan]["case_id"] == apply.case_id
+    async with policy.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM cases") == 1
+        # Each member was claimed under its own message id, as if it had come alone
+        claimed = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM inbox")}
+    assert claimed >= {o.message_key() for o in [*others, *grown]}
+    await asyncio.sleep(0.5)
+    assert len([m for key, m, _ in probe.received if key == GardenApply.routing_key]) == 1
+    # And a message's members shared batches with the others waiting (one transaction for many)
+    assert sum(sizes) == 1 + 33 + 33 + 31
+    assert max(sizes) > 31
+
+
+async def test_a_batch_message_with_a_poisonous_member_is_dead_lettered_naming_it_and_others_decided_once(
+    policy: PolicyService,
+    sender: Bus,
+    amqp_url: str,
+) -> None:
+    # Given a batch message whose one member PostgreSQL refuses (a trigger stands in for what no
+    # contract foresees)
+    async with policy.pool.acquire() as conn:
+        await conn.execute(REFUSE_POISON)
+    others = noise(20)
+    poison = observation(POISON_IP, 1)
+    batch = AbuseObservedBatch(observations=[*others[:10], poison, *others[10:]])
+    dead = handled("dead_lettered")
+    await sender.publish(batch, message_id=batch.message_key())
+    # Then the others are decided, once, though the message was delivered three times
+    rows = await stored(policy, 20)
+    async with asyncio.timeout(30):
+        while handled("dead_lettered") == dead:
+            await asyncio.sleep(0.05)
+    assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
+    assert poison.observation_id not in await stored(policy, 20)
+    async with policy.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM observations") == 20
+        assert await conn.fetchval("SELECT count(*) FROM inbox") == 20
+    # And the message is dead-lettered whole, its reason naming the member that failed
+    [(body, reason)] = await dead_letters(amqp_url)
+    assert AbuseObservedBatch.read(body) == batch
+    assert reason.startswith("gave up after 3 attempts: BatchMemberFailed: ")
+    assert f"observation {poison.message_key()} (11 of 21 in the batch)" in reason
+    assert "refused by the test" in reason
+
+
+async def test_a_batch_message_with_an_invalid_member_is_dead_lettered_at_once_naming_the_field(
+    policy: PolicyService, amqp_url: str
+) -> None:
+    # Given a batch message from a garbled producer: one member's count no int column holds
+    members = [o.model_dump(mode="json") for o in noise(3)]
+    members[1]["count"] = 2**40
+    dead = handled("dead_lettered")
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        exchange = await (await connection.channel()).get_exchange("lazaretto.events")
+        await exchange.publish(
+            aio_pika.Message(
+                json.dumps({"observations": members}).encode(),
+                type=AbuseObservedBatch.routing_key,
+                message_id="garbled",
+            ),
+            routing_key=AbuseObservedBatch.routing_key,
+        )
+    finally:
+        await connection.close()
+    # Then it is dead-lettered as invalid at once, the reason naming the member's field
+    async with asyncio.timeout(30):
+        while handled("dead_lettered") == dead:
+            await asyncio.sleep(0.05)
+    [(_, reason)] = await dead_letters(amqp_url)
+    assert reason.startswith("abuse.observed.batch.v1 failed validation: observations.1.count: ")
+    assert "less than or equal to 2147483647" in reason
+    async with policy.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM observations") == 0

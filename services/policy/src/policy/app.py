@@ -18,6 +18,7 @@ from lazaretto_core.bus import Bus, queue_name
 from lazaretto_core.bus_users import BY_SERVICE
 from lazaretto_core.contracts import (
     AbuseObserved,
+    AbuseObservedBatch,
     GardenApplied,
     GardenFailed,
     GardenRemoved,
@@ -100,6 +101,7 @@ class PolicyService:
         h = self.handlers
         # Observations are decided in batches, one transaction each (batch.py).
         self.bus.on(AbuseObserved, self.batcher.submit)
+        self.bus.on(AbuseObservedBatch, self.batcher.submit_many)
         self.bus.on(GardenApplied, h.on_garden_applied)
         self.bus.on(GardenRemoved, h.on_garden_removed)
         self.bus.on(GardenFailed, h.on_garden_failed)

@@ -11,12 +11,19 @@ redelivers the messages, and their claimed ids make them duplicates.
 A batch that fails is rolled back whole and its messages taken one by one (`on_abuse_observed`), so
 a poisonous message gets its own retry or dead letter and the others their decision. One worker
 keeps the order of the deliveries: a later revision of an observation is decided after the earlier.
+
+A detector sends what it has pending at once as one `AbuseObservedBatch` message (`submit_many`):
+its members join the waiting observations as if each had come alone, with its own message id, so
+each is deduplicated alone. The message is acked once every member's batch committed; a member
+that failed fails the message, which is retried (its decided members are then duplicates) or
+dead-lettered with a reason naming that member.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +31,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Histogram
 
 from lazaretto_core.bus import MessageContext
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
+from lazaretto_core.errors import InvalidMessage, RetryLater
 
 from .handlers import PolicyHandlers
 
@@ -61,12 +69,33 @@ class ObservationBatcher:
     async def submit(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """The bus handler: returns once the observation's batch committed; raises what deciding
         it alone raised (the bus then retries or dead-letters this message only)."""
+        await self._queue([(event, ctx)])[0]
+
+    async def submit_many(self, batch: AbuseObservedBatch, ctx: MessageContext) -> None:
+        """The bus handler of a batch message: returns once every member's batch committed; raises
+        for the first member that failed, naming it (the whole message is retried or dead-lettered,
+        and its members decided meanwhile are duplicates the next time)."""
+        members = [
+            (event, dataclasses.replace(ctx, message_id=event.message_key())) for event in batch.observations
+        ]
+        outcomes = await asyncio.gather(*self._queue(members), return_exceptions=True)
+        for n, (event, outcome) in enumerate(zip(batch.observations, outcomes, strict=True), 1):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                raise _member_failed(event, n, len(members), outcome) from outcome
+
+    def _queue(self, items: list[tuple[AbuseObserved, MessageContext]]) -> list[asyncio.Future[None]]:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="policy observation batches")
-        decided = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Delivery(event, ctx, decided))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for event, ctx in items:
+            decided = loop.create_future()
+            self._waiting.append(_Delivery(event, ctx, decided))
+            futures.append(decided)
         self._ready.set()
-        await decided
+        return futures
 
     async def stop(self) -> None:
         """Stop deciding; the messages still waiting are not acked (the broker redelivers them)."""
@@ -121,6 +150,20 @@ class ObservationBatcher:
             return
         for delivery in batch:
             _settle(delivery, None)
+
+
+class BatchMemberFailed(Exception):
+    """A member of a batch message could not be decided."""
+
+
+def _member_failed(event: AbuseObserved, n: int, of: int, error: Exception) -> Exception:
+    """The member's failure, of the kind the bus reads (invalid: dead-lettered at once; retry later:
+    retried quietly), its text naming the member."""
+    text = f"observation {event.message_key()} ({n} of {of} in the batch): {type(error).__name__}: {error}"
+    for kind in (InvalidMessage, RetryLater):
+        if isinstance(error, kind):
+            return kind(text)
+    return BatchMemberFailed(text)
 
 
 def _settle(delivery: _Delivery, error: Exception | None) -> None:
