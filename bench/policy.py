@@ -86,6 +86,7 @@ from lazaretto_core.bus import Bus, MessageContext, queue_name  # noqa: E402
 from lazaretto_core.bus_users import BY_SERVICE  # noqa: E402
 from lazaretto_core.contracts import (  # noqa: E402
     AbuseObserved,
+    AbuseObservedBatch,
     GardenApplied,
     GardenApply,
     GardenRemove,
@@ -636,7 +637,15 @@ async def run(args: argparse.Namespace) -> int:
         for offset in range(0, args.backlog, 500):
             now = datetime.now(UTC)
             batch = [traffic.next(now) for _ in range(min(500, args.backlog - offset))]
-            await asyncio.gather(*(detector.publish(e, message_id=e.message_key()) for e in batch))
+            # As a detector's outbox sends a flood: what it has pending at once, several to a message.
+            if args.wire_batch > 1:
+                messages = [
+                    AbuseObservedBatch(observations=batch[i : i + args.wire_batch])
+                    for i in range(0, len(batch), args.wire_batch)
+                ]
+                await asyncio.gather(*(detector.publish(m, message_id=m.message_key()) for m in messages))
+            else:
+                await asyncio.gather(*(detector.publish(e, message_id=e.message_key()) for e in batch))
         await detector.close()
         print(f"backlog={args.backlog}")
         print(f"backlog_publish_s={time.monotonic() - began:.1f}")
@@ -822,6 +831,9 @@ def main() -> int:
     parser.add_argument("--observations", type=int, default=1_000_000)
     parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
+    parser.add_argument(
+        "--wire-batch", type=int, default=100, help="observations per message of the backlog (1: one each)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
     parser.add_argument(
         "--low-rate", type=float, default=50.0, help="observations/s for the low-rate latency"
