@@ -111,11 +111,14 @@ async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisio
             await sender.publish(event, message_id=event.message_key())
     await sender.publish(observation(SCAN_IP, 12, observation_id=scan, revision=2))
     await sender.publish(others[0], message_id=others[0].message_key())
+    ok = handled("ok")
     gate.set()
     # Then every observation is stored once, with the decision on its highest revision
+    async with asyncio.timeout(30):
+        while handled("ok") - ok < 67:
+            await asyncio.sleep(0.05)
     rows = await stored(policy, 61)
-    await asyncio.sleep(0.5)  # the duplicates have been consumed too
-    assert len(await stored(policy, 61)) == 61
+    assert len(rows) == 61
     assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
     assert (rows[scan]["revision"], rows[scan]["decision"]) == (4, "fed_open_case")
     # And the scan opened one case (at revision 3), asked for one garden, and revision 4 fed it
@@ -378,11 +381,11 @@ async def test_a_batch_message_s_members_are_decided_each_once_in_order_as_if_ea
         await sender.publish(batch, message_id=batch.message_key())
     gate.set()
     # Then every observation is stored once, with the decision on its highest revision
-    rows = await stored(policy, 61)
     async with asyncio.timeout(30):
         while handled("ok") - ok < 3:
             await asyncio.sleep(0.05)
-    assert len(await stored(policy, 61)) == 61
+    rows = await stored(policy, 61)
+    assert len(rows) == 61
     assert {rows[o.observation_id]["decision"] for o in others} == {"below_threshold"}
     assert (rows[scan]["revision"], rows[scan]["decision"]) == (3, "fed_open_case")
     # And the scan opened one case (at revision 2), asked for one garden, and revision 3 fed it
