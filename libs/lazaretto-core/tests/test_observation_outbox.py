@@ -17,8 +17,9 @@ import pytest
 
 from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import OBSERVATION_BATCH_MAX, AbuseObserved
 from lazaretto_core.observation_outbox import (
+    BATCH_MAX,
     IN_FLIGHT,
     OTHERS_IN_FLIGHT,
     PACE_SLACK,
@@ -860,3 +861,243 @@ async def test_a_paced_flush_waiting_for_confirms_does_not_spin(tmp_path: Path) 
     stuck.set()
     async with asyncio.timeout(TIMEOUT):
         assert await flushing == IN_FLIGHT + 20
+
+
+class Broker:
+    """A fake broker behind `publish` and `publish_batch`: what each publish carried, in order."""
+
+    def __init__(self) -> None:
+        self.publishes: list[list[AbuseObserved]] = []  # one per publish; a single one is a list of 1
+        self.singles = 0
+        self.gate = asyncio.Event()  # confirms wait for it
+        self.gate.set()
+        self.single_gate = asyncio.Event()  # and those of single messages for this one too
+        self.single_gate.set()
+        self.refuse = 0  # batch publishes still to refuse
+
+    async def publish(self, message: AbuseObserved, message_id: str) -> None:
+        assert message_id == str(message.observation_id)
+        self.singles += 1
+        self.publishes.append([message])
+        await self.gate.wait()
+        await self.single_gate.wait()
+
+    async def publish_batch(self, messages: list[AbuseObserved]) -> None:
+        assert len(messages) > 1, "a group of one goes through publish"
+        self.publishes.append(list(messages))
+        await self.gate.wait()
+        if self.refuse:
+            self.refuse -= 1
+            raise PublishError("nacked")
+
+    @property
+    def batches(self) -> list[list[AbuseObserved]]:
+        return [carried for carried in self.publishes if len(carried) > 1]
+
+
+def batching_outbox(
+    store: CheckpointStore, broker: Broker, sent: list[AbuseObserved], **options: Any
+) -> ObservationOutbox[AbuseObserved]:
+    return ObservationOutbox(
+        store,
+        "source-a",
+        AbuseObserved,
+        publish=broker.publish,
+        publish_batch=broker.publish_batch,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        on_sent=sent.append,
+        **options,
+    )
+
+
+def test_the_default_batch_fits_the_batch_contract() -> None:
+    assert 1 < BATCH_MAX <= OBSERVATION_BATCH_MAX
+
+
+async def test_a_burst_goes_out_in_batches_each_member_confirmed_once(tmp_path: Path) -> None:
+    # Given an outbox publishing in batches of up to 100, with 250 messages pending at once
+    broker = Broker()
+    sent: list[AbuseObserved] = []
+    outbox = batching_outbox(CheckpointStore(tmp_path), broker, sent, batch_max=100)
+    burst = [observation(n) for n in range(1, 251)]
+    outbox.stage(burst)
+
+    # When it flushes
+    assert await outbox.flush() == 250
+
+    # Then three batch publishes carried them, in order, each confirmed once; nothing is pending,
+    # in memory or in the saved document
+    assert [len(carried) for carried in broker.publishes] == [100, 100, 50]
+    assert broker.singles == 0
+    assert [o for carried in broker.publishes for o in carried] == burst
+    assert sent == burst
+    assert outbox.pending == []
+    reloaded = make_outbox(CheckpointStore(tmp_path), broker.publish, Input())
+    reloaded.load()
+    assert reloaded.pending == []
+
+
+async def test_a_message_alone_at_an_idle_outbox_goes_out_at_once_as_a_single_message(
+    tmp_path: Path,
+) -> None:
+    # Given a batching outbox with nothing in flight
+    broker = Broker()
+    sent: list[AbuseObserved] = []
+    outbox = batching_outbox(CheckpointStore(tmp_path), broker, sent)
+    # When one message is queued and flushed, and one more while that one awaits its confirm
+    broker.gate.clear()
+    outbox.add([observation(1)])
+    flushing = asyncio.create_task(outbox.flush())
+    async with asyncio.timeout(TIMEOUT):
+        while not broker.publishes:
+            await asyncio.sleep(0.001)
+    outbox.add([observation(2)])
+    async with asyncio.timeout(TIMEOUT):
+        while len(broker.publishes) < 2:
+            await asyncio.sleep(0.001)
+    broker.gate.set()
+    # Then each went out at once (no confirm awaited, no linger), in the single message form
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 2
+    assert broker.publishes == [[observation(1)], [observation(2)]]
+    assert broker.singles == 2
+    assert sent == [observation(1), observation(2)]
+
+
+async def test_a_refused_batch_leaves_every_member_pending_for_the_next_flush(tmp_path: Path) -> None:
+    # Given 250 staged messages and a broker that refuses the first batch only
+    broker = Broker()
+    sent: list[AbuseObserved] = []
+    outbox = batching_outbox(CheckpointStore(tmp_path), broker, sent, batch_max=100)
+    burst = [observation(n) for n in range(1, 251)]
+    outbox.stage(burst)
+    broker.refuse = 1
+
+    # When it flushes
+    with pytest.raises(PublishError):
+        await outbox.flush()
+
+    # Then the refused batch's members are all pending (in memory and on disk), none marked sent;
+    # the other batches' are sent
+    refused = broker.publishes[0]
+    assert len(refused) == 100
+    assert outbox.pending == refused
+    assert sent == [o for o in burst if o not in refused]
+    reloaded = make_outbox(CheckpointStore(tmp_path), broker.publish, Input())
+    reloaded.load()
+    assert reloaded.pending == refused
+
+    # And the next flush sends them: every message confirmed once, none lost
+    assert await outbox.flush() == 100
+    assert broker.publishes[-1] == refused
+    assert sorted(o.count for o in sent) == list(range(1, 251))
+    assert outbox.pending == []
+
+
+async def test_a_newer_revision_of_a_member_of_a_batch_in_flight_stays_pending(tmp_path: Path) -> None:
+    # Given three observations' first revisions published together, awaiting their confirm
+    broker = Broker()
+    sent: list[AbuseObserved] = []
+    outbox = batching_outbox(
+        CheckpointStore(tmp_path), broker, sent, supersedes=lambda new, old: new.revision > old.revision
+    )
+    a, b, c = (observation(n) for n in (1, 2, 3))
+    outbox.add([a, b, c])
+    broker.gate.clear()
+    flushing = asyncio.create_task(outbox.flush())
+    async with asyncio.timeout(TIMEOUT):
+        while not broker.publishes:
+            await asyncio.sleep(0.001)
+
+    # When b's next revision is queued meanwhile, and then the batch confirmed
+    b1 = b.model_copy(update={"revision": 1, "count": 5})
+    outbox.add([b1])
+    assert broker.publishes == [[a, b, c]]  # b1 does not go out before b's confirm
+    broker.single_gate.clear()
+    broker.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        while len(broker.publishes) < 2:
+            await asyncio.sleep(0.001)
+
+    # Then b1 stays pending (the confirm of b did not drop it) and is published after it
+    assert sent == [a, b, c]
+    assert outbox.pending == [b1]
+    broker.single_gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 4
+    assert broker.publishes == [[a, b, c], [b1]]
+    assert sent == [a, b, c, b1]
+    assert outbox.pending == []
+
+
+async def test_urgent_messages_lead_the_batches_and_the_others_in_flight_stay_bounded(
+    tmp_path: Path,
+) -> None:
+    # Given 300 later revisions pending, then two first revisions (urgent)
+    broker = Broker()
+    sent: list[AbuseObserved] = []
+    outbox = batching_outbox(
+        CheckpointStore(tmp_path), broker, sent, batch_max=100, urgent=lambda o: o.revision == 0
+    )
+    later = [observation(n).model_copy(update={"revision": 1}) for n in range(1, 301)]
+    firsts = [observation(1_000), observation(1_001)]
+    outbox.add(later)
+    outbox.add(firsts)
+
+    # When it flushes while the broker holds the confirms
+    broker.gate.clear()
+    flushing = asyncio.create_task(outbox.flush())
+    await asyncio.sleep(0.05)
+
+    # Then the first batch starts with the urgent ones, and no more later revisions await their
+    # confirm than one at a time would have
+    assert broker.publishes[0][:2] == firsts
+    in_flight = [o for carried in broker.publishes for o in carried]
+    assert sum(1 for o in in_flight if o.revision) == OTHERS_IN_FLIGHT
+
+    # And an urgent one queued now goes out at once, alone, past the later revisions still pending
+    third = observation(1_002)
+    outbox.add([third])
+    async with asyncio.timeout(TIMEOUT):
+        while broker.publishes[-1] != [third]:
+            await asyncio.sleep(0.001)
+    broker.gate.set()
+    async with asyncio.timeout(TIMEOUT):
+        assert await flushing == 303
+    assert sorted(o.count for o in sent) == sorted(o.count for o in [*later, *firsts, third])
+
+
+async def test_batched_paced_messages_still_go_out_at_the_pace(tmp_path: Path) -> None:
+    # Given a batching outbox pacing its later revisions at 50 a second
+    published: list[tuple[float, AbuseObserved]] = []
+
+    async def publish(message: AbuseObserved, message_id: str) -> None:
+        published.append((time.monotonic(), message))
+
+    async def publish_batch(messages: list[AbuseObserved]) -> None:
+        published.extend((time.monotonic(), message) for message in messages)
+
+    outbox = ObservationOutbox(
+        CheckpointStore(tmp_path),
+        "source-a",
+        AbuseObserved,
+        publish=publish,
+        publish_batch=publish_batch,
+        ident=lambda o: str(o.observation_id),
+        snapshot=Input().snapshot,
+        urgent=lambda o: o.revision == 0,
+        pace=Pace(per_s=50, within=100),
+    )
+    # When 40 are queued at once after a while idle (the pace's slack allows a short burst, no more)
+    await asyncio.sleep(2 * PACE_SLACK)
+    outbox.add(observation(n).model_copy(update={"revision": 1}) for n in range(1, 41))
+    started = time.monotonic()
+    async with asyncio.timeout(TIMEOUT):
+        assert await outbox.flush() == 40
+    # Then batching did not let them out faster than the pace (a burst of PACE_SLACK's worth at most)
+    times = [at for at, _ in published]
+    assert times[-1] - started >= (40 - 50 * PACE_SLACK - 1) / 50
+    assert all(
+        sum(1 for t in times if at <= t < at + 0.2) <= 0.2 * 50 + 50 * PACE_SLACK + 1 for at in times
+    ), "more than the pace allows went out within 0.2 s"

@@ -16,6 +16,11 @@ its `snapshot` callable) and hands the outbox the messages that state implies. R
   broker confirmed it, and saves the document right after the confirms (those that arrive together,
   and at least every `SAVE_WHILE_PUBLISHING` seconds while publishing goes on) — the position saved
   then includes the lines that produced them.
+- With `publish_batch`, each publish carries what is pending when it starts (up to `batch_max`
+  messages, in the order they are due) and at most `BATCH_IN_FLIGHT` publishes await their confirm:
+  under a flood, what piles up behind them goes out as one message (a consumer pays per message
+  received), while a message at an idle outbox goes out at once, alone, through `publish`. Each
+  member of a batch is then handled as if it had been published alone.
 - With `urgent`, the urgent messages go first; with `pace` too, the others go out spread over time
   (`Pace`), so that a burst of them (a flood's windows closing together) reaches consumers as a
   stream, not as a wave that an urgent message behind it at the consumer would wait for.
@@ -35,7 +40,7 @@ once their write-ahead save is on disk; `drained()` waits for every write handed
 
 A message is kept under its id (`ident`): ids must be deterministic (`deterministic_id`), so a message
 derived again after a crash, or re-published from the document, is the same message to consumers,
-who deduplicate by id (the AMQP message id is the same id).
+who deduplicate by id (the AMQP message id is the same id; a batch's members each carry their own).
 """
 
 from __future__ import annotations
@@ -66,9 +71,14 @@ M = TypeVar("M", bound=Contract)
 OBSERVATION_NAMESPACE: Final = uuid.UUID("5b0f3c1e-8d4a-5e8f-9a51-1a2b3c4d5e6f")
 MAX_PENDING: Final = 10_000
 IN_FLIGHT: Final = 256  # publishes awaiting their confirm at once
-# With `urgent`: publishes of the other messages awaiting their confirm at once, so that an urgent one
-# never queues at the broker behind more than these (a slow broker collapses the later revisions
-# waiting here instead: a newer one supersedes the pending one).
+# With `publish_batch`: publishes (batches) awaiting their confirm at once. Few, so that a flood piles
+# up behind them and forms batches (with 256 free slots every message would go alone); more than one,
+# so that the broker's confirm latency is pipelined rather than waited for batch after batch.
+BATCH_IN_FLIGHT: Final = 4
+BATCH_MAX: Final = 100  # default `batch_max`: messages one batch publish carries at most
+# With `urgent`: other messages awaiting their confirm at once (counted one by one, batched or not), so
+# that an urgent one never queues at the broker behind more than these (a slow broker collapses the
+# later revisions waiting here instead: a newer one supersedes the pending one).
 OTHERS_IN_FLIGHT: Final = 64
 # While confirms keep coming, the state is saved at least this often (and whenever none is in flight).
 SAVE_WHILE_PUBLISHING: Final = 0.02
@@ -127,7 +137,8 @@ class ObservationOutbox(Generic[M]):
     """Pending messages of one input (a file, a listener, a policy server) plus that input's state.
 
     `publish(message, message_id)` must return only after the broker's publisher confirm and raise
-    `PublishError` otherwise (`Bus.publish` does). `snapshot()` returns the caller's state as it is
+    `PublishError` otherwise (`Bus.publish` does); so must `publish_batch(messages)`, which publishes
+    them as one message (each keeping its own id). `snapshot()` returns the caller's state as it is
     now; it must be consistent with `pending`: every effect of the input up to the saved position is
     in the state or in a pending (or already confirmed) message.
     """
@@ -151,11 +162,17 @@ class ObservationOutbox(Generic[M]):
         urgent: Callable[[M], bool] | None = None,
         pace: Pace | None = None,
         offload: bool = False,
+        publish_batch: Callable[[list[M]], Awaitable[object]] | None = None,
+        batch_max: int = BATCH_MAX,
     ) -> None:
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be at least 1, not {batch_max}")
         self.store = store
         self.name = name
         self.contract = contract
         self._publish = publish
+        self._publish_batch = publish_batch
+        self.batch_max = batch_max
         self.ident = ident
         self.snapshot = snapshot
         self.save_every = save_every
@@ -455,18 +472,24 @@ class ObservationOutbox(Generic[M]):
         self._wakeup.set()
 
     async def flush(self) -> int:
-        """Publish every pending message, up to `IN_FLIGHT` at once, the next one as soon as a
-        confirm makes room; each is dropped once confirmed, and the document saved right after the
-        confirms. Returns how many were confirmed. On a failed publish the confirmed ones are saved as
-        sent and `PublishError` is raised (the rest stay pending); `OSError` if a save failed."""
+        """Publish every pending message, up to `IN_FLIGHT` publishes at once (with `publish_batch`:
+        `BATCH_IN_FLIGHT`, each of up to `batch_max` messages), the next one as soon as a confirm
+        makes room; each message is dropped once confirmed, and the document saved right after the
+        confirms. Returns how many messages were confirmed. On a failed publish the confirmed ones are
+        saved as sent and `PublishError` is raised (the rest, the failed batch's members among them,
+        stay pending); `OSError` if a save failed."""
         if not self._pending:
             return 0
         sent = 0
         unsaved = 0
         saved_at = self.clock()
-        flying: dict[asyncio.Future[object], tuple[str, M]] = {}
-        others_cap = OTHERS_IN_FLIGHT if self.urgent is not None else IN_FLIGHT
-        others = 0  # publishes in flight that are not urgent
+        batched = self._publish_batch is not None
+        room = BATCH_IN_FLIGHT if batched else IN_FLIGHT  # publishes in flight at most
+        take = self.batch_max if batched else 1  # messages per publish at most
+        # Each publish in flight: its messages (key, message), and how many of them are not urgent.
+        flying: dict[asyncio.Future[object], tuple[list[tuple[str, M]], int]] = {}
+        others_cap = OTHERS_IN_FLIGHT if self.urgent is not None else room * take
+        others = 0  # messages in flight that are not urgent
         # Publishes that ended, in the order they did (O(1) per confirm, however many are in flight).
         finished: list[asyncio.Future[object]] = []
         wakeup = self._wakeup
@@ -479,21 +502,35 @@ class ObservationOutbox(Generic[M]):
         try:
             while True:
                 self._save_again_after_a_failed_write()
-                while failure is None and len(flying) < IN_FLIGHT:
-                    key = self._next_key(others < others_cap and self._others_may_go())
-                    if key is None:
+                while failure is None and len(flying) < room:
+                    group: list[tuple[str, M]] = []
+                    group_others = 0
+                    while len(group) < take:
+                        key = self._next_key(others < others_cap and self._others_may_go())
+                        if key is None:
+                            break
+                        message = self._pending[key]
+                        if self.urgent is None or not self.urgent(message):
+                            others += 1
+                            group_others += 1
+                            self._paced()  # per message: the pace counts messages, not publishes
+                        self._flying.add(key)
+                        group.append((key, message))
+                    if not group:
                         break
-                    message = self._pending[key]
-                    if self.urgent is None or not self.urgent(message):
-                        others += 1
-                        self._paced()
-                    self._flying.add(key)
+                    # One alone keeps the single message form (what an idle outbox sends).
                     publishing: asyncio.Future[object] = asyncio.ensure_future(
-                        self._publish_traced(message, key)
+                        self._publish_traced(group[0][1], group[0][0])
+                        if len(group) == 1
+                        else self._publish_group(group)
                     )
-                    flying[publishing] = (key, message)
+                    flying[publishing] = (group, group_others)
                     publishing.add_done_callback(on_done)
-                paced = self._pace_wait(others < others_cap, bool(flying)) if failure is None else None
+                paced = (
+                    self._pace_wait(others < others_cap and len(flying) < room, bool(flying))
+                    if failure is None
+                    else None
+                )
                 if not flying:
                     if failure is not None or (not self._held and paced is None):
                         break
@@ -503,24 +540,25 @@ class ObservationOutbox(Generic[M]):
                 wakeup.clear()
                 done, finished[:] = finished[:], []
                 for task in done:
-                    key, message = flying.pop(task)
-                    if self.urgent is None or not self.urgent(message):
-                        others -= 1
-                    self._flying.discard(key)
+                    group, group_others = flying.pop(task)
+                    others -= group_others
                     error = asyncio.CancelledError() if task.cancelled() else task.exception()
                     if error is not None:
                         failure = failure or error
-                        self._requeue(key)
-                        continue
-                    sent += 1
-                    unsaved += 1
-                    if self.on_sent is not None:
-                        self.on_sent(message)
-                    if self._pending.get(key) is not message:
-                        self._requeue(key)  # a newer version replaced it meanwhile: that one is due
-                        continue
-                    del self._pending[key]
-                    self._removed.append(key)
+                    for key, message in group:
+                        self._flying.discard(key)
+                        if error is not None:
+                            self._requeue(key)
+                            continue
+                        sent += 1
+                        unsaved += 1
+                        if self.on_sent is not None:
+                            self.on_sent(message)
+                        if self._pending.get(key) is not message:
+                            self._requeue(key)  # a newer version replaced it meanwhile: that one is due
+                            continue
+                        del self._pending[key]
+                        self._removed.append(key)
                 self._pending_gauge.set(len(self._pending))
                 now = self.clock()
                 if unsaved and (not flying or now - saved_at >= SAVE_WHILE_PUBLISHING):
@@ -534,10 +572,11 @@ class ObservationOutbox(Generic[M]):
                     raise failure
                 raise PublishError(f"{self.name}: publish failed: {failure!r}") from failure
         finally:
-            for publishing, (key, _message) in flying.items():
+            for publishing, (group, _others) in flying.items():
                 publishing.cancel()
-                self._flying.discard(key)
-                self._requeue(key)
+                for key, _message in group:
+                    self._flying.discard(key)
+                    self._requeue(key)
             self._pending_gauge.set(len(self._pending))
             if unsaved:
                 self._dirty = True
@@ -641,6 +680,27 @@ class ObservationOutbox(Generic[M]):
             tracing.span(f"observe {message.routing_key}", attributes=attributes, start_time=queued_at),
         ):
             return await self._publish(message, key)
+
+    async def _publish_group(self, group: list[tuple[str, M]]) -> object:
+        """Publish several messages as one (`publish_batch`), as one span from when the first of them
+        was queued, in the trace of the first that has one."""
+        assert self._publish_batch is not None
+        traces: list[tuple[dict[str, str], int | None]] = [
+            self._traces.pop(key, ({}, None)) for key, _ in group
+        ]
+        carrier = next((carrier for carrier, _ in traces if carrier), {})
+        queued_at = min((at for _, at in traces if at is not None), default=None)
+        attributes: dict[str, str | int] = {
+            "lazaretto.outbox": self.name,
+            "messaging.batch.message_count": len(group),
+        }
+        with (
+            tracing.resumed(carrier),
+            tracing.span(
+                f"observe {group[0][1].routing_key} batch", attributes=attributes, start_time=queued_at
+            ),
+        ):
+            return await self._publish_batch([message for _, message in group])
 
     def _bound(self) -> None:
         excess = len(self._pending) - self.max_pending
