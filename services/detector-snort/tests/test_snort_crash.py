@@ -18,7 +18,7 @@ from uuid import UUID
 import httpx
 
 from lazaretto_core.bus import Bus, MessageContext, queue_name
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
 from lazaretto_lab.process import LabProcess, free_port
 from lazaretto_lab.suricata import SuricataOutput, readdress
 
@@ -29,8 +29,9 @@ WINDOW = 1.0
 
 
 class PolicyLedger:
-    """Policy's deduplication: the inbox claims a message id once (one per revision), observations
-    keep their highest revision; a repeated revision must be the same message."""
+    """Policy's deduplication: the inbox claims a message id once (one per revision; a batch's members
+    each by their own), observations keep their highest revision; a repeated revision must be the same
+    message."""
 
     def __init__(self) -> None:
         self.inbox: set[str] = set()
@@ -40,13 +41,22 @@ class PolicyLedger:
         self.on_delivery: Callable[[int], None] = lambda n: None
 
     async def on_observed(self, event: AbuseObserved, ctx: MessageContext) -> None:
-        self.deliveries += 1
-        self.on_delivery(self.deliveries)
         if ctx.message_id != event.message_key():
             self.id_mismatches.append(ctx.message_id)
-        if ctx.message_id in self.inbox:
+        self._observed(event, ctx.message_id)
+
+    async def on_observed_batch(self, batch: AbuseObservedBatch, ctx: MessageContext) -> None:
+        if ctx.message_id != batch.message_key():
+            self.id_mismatches.append(ctx.message_id)
+        for event in batch.observations:
+            self._observed(event, event.message_key())
+
+    def _observed(self, event: AbuseObserved, message_id: str) -> None:
+        self.deliveries += 1  # observations delivered, alone or in a batch
+        self.on_delivery(self.deliveries)
+        if message_id in self.inbox:
             return
-        self.inbox.add(ctx.message_id)
+        self.inbox.add(message_id)
         kept = self.observations.get(event.observation_id)
         if kept is None or event.revision > kept.revision:
             self.observations[event.observation_id] = event
@@ -116,6 +126,7 @@ async def test_kill_9_mid_stream_copy_truncate_then_restart_counts_every_alert_o
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()
     bus.on(AbuseObserved, ledger.on_observed)
+    bus.on(AbuseObservedBatch, ledger.on_observed_batch)
     await bus.consume(queue_name("test-policy"))
     eve, fast = tmp_path / "eve.json", tmp_path / "fast.log"
     eve.touch()

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from detector_snort.app import DetectorSnortService, build
 from detector_snort.settings import DetectorSnortSettings
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
 from lazaretto_lab.suricata import portscan_rule, run_suricata, write_portscan_pcap
 from lazaretto_lab.testing import BusProbe
 
@@ -258,3 +258,40 @@ def _eve_line(src: str) -> str:
         '"signature":"LAB SCAN subscriber TCP SYN port scan","category":"Attempted Information Leak",'
         '"severity":2}}'
     )
+
+
+async def test_a_flood_of_alerts_goes_out_in_batches_and_every_observation_arrives(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given a running detector and a consumer that sees the messages as sent (batches not unpacked)
+    wire = await BusProbe(amqp_url).start([AbuseObserved.routing_key, AbuseObservedBatch.routing_key])
+    eve = tmp_path / "eve.json"
+    eve.touch()
+    service = await started(settings_for(amqp_url, eve, tmp_path / "checkpoints"))
+    try:
+        # When a flood brings alerts of 2,000 subscribers at once
+        flood = [f"100.64.{n // 250}.{n % 250 + 1}" for n in range(2_000)]
+        with eve.open("a") as out:
+            out.write("".join(_eve_line(ip) + "\n" for ip in flood))
+
+        # Then every subscriber's observation arrives, most of them several to a message
+        def observations() -> list[AbuseObserved]:
+            return [
+                observation
+                for _, message, _ in wire.received
+                for observation in (
+                    message.observations if isinstance(message, AbuseObservedBatch) else [message]
+                )
+                if isinstance(observation, AbuseObserved)
+            ]
+
+        async with asyncio.timeout(30):
+            while {o.ip for o in observations()} != set(flood):
+                await asyncio.sleep(0.05)
+        batches = [m for _, m, _ in wire.received if isinstance(m, AbuseObservedBatch)]
+        assert batches, "no batch on the wire"
+        assert len(wire.received) <= len(flood) / 10, f"{len(wire.received)} messages for {len(flood)}"
+        assert len({o.message_key() for o in observations()}) == len(observations())
+    finally:
+        await service.stop()
+        await wire.stop()

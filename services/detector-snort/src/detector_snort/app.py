@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from lazaretto_core.bus import Bus, PublishError
 from lazaretto_core.checkpoints import CheckpointStore
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
 from lazaretto_core.http import ProgressMonitor, create_http_app
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.supervise import Supervisor
@@ -195,6 +195,11 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
         # The message id is the observation id: a re-publish after a crash is deduplicated by id.
         await bus.publish(observation, message_id=message_id)
 
+    async def publish_batch(observations: list[AbuseObserved]) -> None:
+        # Each member keeps its message id (policy deduplicates by it); the batch's derives from them.
+        batch = AbuseObservedBatch(observations=observations)
+        await bus.publish(batch, message_id=batch.message_key())
+
     def engine(source: Source) -> SourceEngine:
         return SourceEngine(
             source,
@@ -210,6 +215,7 @@ async def build(settings: DetectorSnortSettings) -> DetectorSnortService:
             publish,
             save_every=settings.checkpoint_interval,
             behind_per_s=settings.evidence_closed_per_s,
+            publish_batch=publish_batch,
         )
 
     file_engines = [engine(source) for source in files]

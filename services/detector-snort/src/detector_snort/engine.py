@@ -13,12 +13,12 @@ What makes a restart (even after kill -9) neither lose nor repeat an alert in ef
   copy-truncated file's copy gives the same ids — which consumers deduplicate;
 - a window that closes is saved as pending *before* its folded observation is published
   (write-ahead), and pending observations are published again at start (same id);
-- publishing runs beside the reader (one publisher task per source, a window of confirms in
-  flight, the next message sent as each confirm arrives), so the reader never waits for the broker
-  nor for the disk (saves are written by a thread): whatever a save records as read has its
-  observations either confirmed or pending in the same record; a failed publish leaves them
-  pending and is retried; beyond `MAX_UNCONFIRMED` unconfirmed observations the reader waits (a
-  broker outage stops reading).
+- publishing runs beside the reader (one publisher task per source, a few publishes in flight, what
+  is pending when a confirm makes room sent at once, several observations to a message), so the
+  reader never waits for the broker nor for the disk (saves are written by a thread): whatever a
+  save records as read has its observations either confirmed or pending in the same record; a
+  failed publish leaves them pending and is retried; beyond `MAX_UNCONFIRMED` unconfirmed
+  observations the reader waits (a broker outage stops reading).
 Sources that cannot be re-read (syslog, HTTP) stage their observations write-ahead as well.
 """
 
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # publish(observation, message_id): returns after the broker's confirm, raises PublishError otherwise.
 Publish = Callable[[AbuseObserved, str], Awaitable[object]]
+# publish_batch(observations): the same for several observations in one message (each keeping its id).
+PublishBatch = Callable[[list[AbuseObserved]], Awaitable[object]]
 # Seconds between full saves of the windows: bounds what a restart reads again (and folds without
 # publishing); a full save costs time in proportion to the open windows.
 FULL_EVERY: Final = 10.0
@@ -71,6 +73,7 @@ class SourceEngine:
         save_every: float = 1.0,
         behind_per_s: float = BEHIND_PER_S,
         clock: Callable[[], float] = time.monotonic,
+        publish_batch: PublishBatch | None = None,
     ) -> None:
         self.source = source
         self.pipeline = pipeline
@@ -108,6 +111,9 @@ class SourceEngine:
             source.name,
             AbuseObserved,
             publish=publish_revision,
+            # What piles up under a flood goes out several revisions to a message (each keeps its
+            # message id): policy pays per message received. One alone still goes out at once.
+            publish_batch=publish_batch,
             # One pending message per observation: a newer revision replaces a queued older one.
             ident=lambda o: str(o.observation_id),
             supersedes=lambda new, queued: new.revision > queued.revision,
