@@ -10,7 +10,9 @@ import resource
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from pydantic import SecretStr
 from detector_smtp.app import DetectorSmtpService, build, connection_cap
 from detector_smtp.postfix_policy import PostfixPolicyRequest
 from detector_smtp.settings import DetectorSmtpSettings
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
 from lazaretto_lab.testing import BusProbe
 
 THRESHOLD = 5
@@ -421,3 +423,49 @@ def test_the_connection_cap_is_lowered_to_fit_the_descriptor_limit(monkeypatch: 
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
     assert connection_cap(5000) == 1024 - 64
     assert connection_cap(500) == 500
+
+
+async def test_a_burst_of_reports_goes_out_in_batches_each_report_confirmed(
+    amqp_url: str, detector: DetectorSmtpService
+) -> None:
+    # Given a consumer that sees the messages as sent (batches not unpacked)
+    wire = await BusProbe(amqp_url).start([OBSERVED, AbuseObservedBatch.routing_key])
+    try:
+        # When 300 subscribers' reports are made at once (a spam run crossing the threshold together)
+        now = datetime.now(UTC).isoformat()
+        reports = [
+            AbuseObserved.model_validate(
+                AbuseObserved.example
+                | {
+                    "observation_id": str(uuid.uuid4()),
+                    "ip": f"100.64.{n // 250}.{n % 250 + 1}",
+                    "detector": "detector-smtp",
+                    "first_seen": now,
+                    "last_seen": now,
+                }
+            )
+            for n in range(300)
+        ]
+        for report in reports:
+            detector.reports.report(report)
+
+        # Then they reach the broker several to a message, every one of them, each keeping its id,
+        # and each client is marked reported once its report is confirmed
+        deadline = time.monotonic() + 20
+        while len(detector.reports.outbox) or len(detector.reports.ledger.confirmed) < 300:
+            assert time.monotonic() < deadline, "the reports were not all confirmed"
+            await asyncio.sleep(0.02)
+        members = [
+            (report, batch.message_key())
+            for _, batch, _ in wire.received
+            if isinstance(batch, AbuseObservedBatch)
+            for report in batch.observations
+        ]
+        singles = [m for _, m, _ in wire.received if isinstance(m, AbuseObserved)]
+        assert len(members) >= 200, f"{len(members)} of 300 reports in batches"
+        assert sorted(str(r.observation_id) for r in [*singles, *(r for r, _ in members)]) == sorted(
+            str(r.observation_id) for r in reports
+        )
+        assert set(detector.reports.ledger.confirmed) == {r.ip for r in reports}
+    finally:
+        await wire.stop()

@@ -19,7 +19,7 @@ from typing import Any, Final
 from prometheus_client import Counter
 
 from lazaretto_core.bus import Bus, PublishError
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch
 from lazaretto_core.http import ProgressMonitor
 from lazaretto_core.observation_outbox import ObservationOutbox
 from lazaretto_core.wake import woken
@@ -98,6 +98,9 @@ class Reports:
             OUTBOX_NAME,
             AbuseObserved,
             publish=self._publish,
+            # A burst of reports (a spam run's clients crossing the threshold together) goes out
+            # several to a message (each keeps its id): policy pays per message received.
+            publish_batch=self._publish_batch,
             ident=lambda event: str(event.observation_id),
             snapshot=self._snapshot,
             max_pending=max_pending,
@@ -179,14 +182,19 @@ class Reports:
         self.outbox.close()
         await self.store.written()
 
-    async def _publish(self, event: AbuseObserved, message_id: str) -> None:
+    async def _publish(self, message: AbuseObserved | AbuseObservedBatch, message_id: str) -> None:
         try:
-            await self.bus.publish(event, message_id=message_id)
+            await self.bus.publish(message, message_id=message_id)
         except PublishError:
             raise
         except (ConnectionError, RuntimeError, KeyError) as exc:
             # A closed or never-opened bus raises these rather than PublishError.
             raise PublishError(f"bus unavailable: {exc!r}") from exc
+
+    async def _publish_batch(self, events: list[AbuseObserved]) -> None:
+        # Each report keeps its message id (policy deduplicates by it); the batch's derives from them.
+        batch = AbuseObservedBatch(observations=events)
+        await self._publish(batch, batch.message_key())
 
     def _sent(self, event: AbuseObserved) -> None:
         self.ledger.sent(event)
