@@ -95,6 +95,7 @@ from lazaretto_core.contracts import (  # noqa: E402
     ModemResetCompleted,
     normalize_mac,
 )
+from lazaretto_core.observation_outbox import BATCH_IN_FLIGHT, BATCH_MAX  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105
 PORTAL_TOKEN = "bench-portal-token-0123456789"  # noqa: S105
@@ -247,22 +248,40 @@ async def run_peers(args: argparse.Namespace) -> None:
 
 
 async def run_publisher(args: argparse.Namespace) -> None:
+    """Observations due at a fixed rate, sent as a detector's outbox sends them: at most
+    `BATCH_IN_FLIGHT` publishes awaiting their confirm, each carrying what is due and waiting then
+    (one alone as `AbuseObserved`, several as one `AbuseObservedBatch` of at most `--wire-batch`)."""
     bus = Bus(args.amqp, "bench-detector")
     await bus.connect()
     traffic = LiveTraffic(Population(args.subscribers), seed=args.seed)
     total = int(args.rate * args.seconds)
-    # At most this many publishes wait for the broker's confirm: beyond it the publisher falls behind
-    # its schedule (the lateness counts in each observation's time, which runs from when it was due)
-    # instead of piling up publishes the broker then times out and retries.
-    in_flight = asyncio.Semaphore(1000)
-    pending: set[asyncio.Task[str]] = set()
+    waiting: list[AbuseObserved] = []
+    due_now = asyncio.Event()
+    slots = asyncio.Semaphore(BATCH_IN_FLIGHT)
+    sending: set[asyncio.Task[None]] = set()
+    messages = 0
 
-    async def publish(event: AbuseObserved) -> str:
+    async def send(group: list[AbuseObserved]) -> None:
         try:
-            return await bus.publish(event, message_id=event.message_key())
+            await publish_observations(bus, group)
         finally:
-            in_flight.release()
+            slots.release()
 
+    async def sender() -> None:
+        nonlocal messages
+        while True:
+            await due_now.wait()
+            due_now.clear()
+            while waiting:
+                await slots.acquire()
+                group = waiting[: args.wire_batch]
+                del waiting[: args.wire_batch]
+                messages += 1
+                task = asyncio.create_task(send(group))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+
+    sending_task = asyncio.create_task(sender())
     start = time.time() + 0.5
     late = 0.0
     for n in range(total):
@@ -272,14 +291,22 @@ async def run_publisher(args: argparse.Namespace) -> None:
             await asyncio.sleep(delay)
         else:
             late = max(late, -delay)
-        await in_flight.acquire()
-        event = traffic.next(datetime.fromtimestamp(due, UTC), {"bench_due": due})
-        task = asyncio.create_task(publish(event))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
-    print(f"published={total} publisher_max_late_ms={late * 1000:.1f}", flush=True)
+        waiting.append(traffic.next(datetime.fromtimestamp(due, UTC), {"bench_due": due}))
+        due_now.set()
+    while waiting or sending:
+        await asyncio.sleep(0.01)
+    sending_task.cancel()
+    print(f"published={total} messages={messages} publisher_max_late_ms={late * 1000:.1f}", flush=True)
     await bus.close()
+
+
+async def publish_observations(bus: Bus, group: list[AbuseObserved]) -> None:
+    """One observation as itself, several as one batch message (as the detectors' outbox does)."""
+    if len(group) == 1:
+        await bus.publish(group[0], message_id=group[0].message_key())
+    else:
+        batch = AbuseObservedBatch(observations=group)
+        await bus.publish(batch, message_id=batch.message_key())
 
 
 # -- policy's replicas ----------------------------------------------------------------------------------
@@ -605,6 +632,8 @@ async def run(args: argparse.Namespace) -> int:
         )
         print(f"consumer_prefetch={settings.consumer_prefetch}")
         print(f"observation_batch_max={settings.observation_batch_max}")
+        print(f"observation_batch_workers={settings.observation_batch_workers}")
+        print(f"wire_batch_max={args.wire_batch}")
         await print_floors(args, pop, settings.consumer_prefetch, settings.observation_batch_max)
         # Replica 1 runs in this process; the others are child processes of the same app and settings
         # on the same vhost and database (README: Replicas), each reporting its batches here.
@@ -638,14 +667,8 @@ async def run(args: argparse.Namespace) -> int:
             now = datetime.now(UTC)
             batch = [traffic.next(now) for _ in range(min(500, args.backlog - offset))]
             # As a detector's outbox sends a flood: what it has pending at once, several to a message.
-            if args.wire_batch > 1:
-                messages = [
-                    AbuseObservedBatch(observations=batch[i : i + args.wire_batch])
-                    for i in range(0, len(batch), args.wire_batch)
-                ]
-                await asyncio.gather(*(detector.publish(m, message_id=m.message_key()) for m in messages))
-            else:
-                await asyncio.gather(*(detector.publish(e, message_id=e.message_key()) for e in batch))
+            groups = [batch[i : i + args.wire_batch] for i in range(0, len(batch), args.wire_batch)]
+            await asyncio.gather(*(publish_observations(detector, group) for group in groups))
         await detector.close()
         print(f"backlog={args.backlog}")
         print(f"backlog_publish_s={time.monotonic() - began:.1f}")
@@ -723,7 +746,7 @@ async def run(args: argparse.Namespace) -> int:
         low_report, low, low_handler, low_mean = await offer(args.low_rate, args.low_seconds, args.seed + 2)
         print(f"low_rate={args.low_rate}")
         for pair in low_report.split():
-            if pair.startswith("publisher_max_late_ms="):
+            if pair.startswith(("publisher_max_late_ms=", "messages=")):
                 print(f"low_rate_{pair}")
         print(f"low_rate_decided={len(low)}")
         print(f"low_rate_decision_p50_ms={percentile(low, 50):.1f}")
@@ -832,7 +855,10 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=20_000, help="observations for observations_per_s")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered observations/s for the latency")
     parser.add_argument(
-        "--wire-batch", type=int, default=100, help="observations per message of the backlog (1: one each)"
+        "--wire-batch",
+        type=int,
+        default=BATCH_MAX,
+        help="observations one message carries at most, as the detectors' outbox sends them (1: one each)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
     parser.add_argument(
