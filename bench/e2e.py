@@ -297,7 +297,8 @@ def bench(
 
 class FloodLoad:
     """What the flood costs while the subscribers are timed, sampled about once a second: the
-    detector's published observations per second (`lazaretto_messages_published_total`), the lines it
+    detector's published observations per second (`lazaretto_outbox_confirmed_total`: a batch
+    message's each), the lines it
     is behind the flood (lines written since the flood began, at its rate, minus the lines it read:
     `lazaretto_alert_lines_total`; an estimate, the writer may fall behind its rate too) and the
     messages waiting in policy's observation queue (`lazaretto.policy.main`)."""
@@ -344,7 +345,7 @@ class FloodLoad:
                     now = time.monotonic()
                     published = read = 0.0
                     for line in text.splitlines():
-                        if line.startswith("lazaretto_messages_published_total{"):
+                        if line.startswith("lazaretto_outbox_confirmed_total{"):
                             published += float(line.rsplit(" ", 1)[1])
                         elif line.startswith("lazaretto_alert_lines_total{"):
                             read += float(line.rsplit(" ", 1)[1])
@@ -368,12 +369,12 @@ class FloodLoad:
 
 
 class BusTap:
-    """When the broker handed each subscriber's observations (`abuse.observed`) and garden command
-    (`garden.apply`) to a consumer: an exclusive queue of the bench's own, bound beside policy's and
-    the provisioner's and read with aio-pika in a thread of its own (like the tests' `BusProbe`: no
-    acks, no publisher checks, the time taken before the body is parsed). A message reaches it once
-    the broker routed it, which for these persistent messages is at or before the publisher's
-    confirm."""
+    """When the broker handed each subscriber's observations (`abuse.observed`, alone or in a batch)
+    and garden command (`garden.apply`) to a consumer: an exclusive queue of the bench's own, bound
+    beside policy's and the provisioner's and read with aio-pika in a thread of its own (like the
+    tests' `BusProbe`: no acks, no publisher checks, the time taken before the body is parsed). A
+    message reaches it once the broker routed it, which for these persistent messages is at or before
+    the publisher's confirm."""
 
     def __init__(self, amqp_url: str) -> None:
         import threading
@@ -406,13 +407,13 @@ class BusTap:
         # A measuring tool, like bus_floor.py: it reads the wire under lazaretto_core.bus directly.
         import aio_pika  # noqa: TID251
 
-        from lazaretto_core.contracts import AbuseObserved, GardenApply
+        from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch, GardenApply
 
         connection = await aio_pika.connect(self.amqp_url)
         try:
             channel = await connection.channel()
             queue = await channel.declare_queue(exclusive=True)
-            for contract in (AbuseObserved, GardenApply):
+            for contract in (AbuseObserved, AbuseObservedBatch, GardenApply):
                 # Declared as the bus declares them (a fresh vhost may not have them yet).
                 exchange = await channel.declare_exchange(
                     contract.exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -424,6 +425,10 @@ class BusTap:
                 if message.routing_key == AbuseObserved.routing_key:
                     event = AbuseObserved.read(message.body)
                     self.observed.setdefault(event.ip, []).append(at)
+                elif message.routing_key == AbuseObservedBatch.routing_key:
+                    # Under the flood the detector sends what it has pending at once, several to a message.
+                    for member in AbuseObservedBatch.read(message.body).observations:
+                        self.observed.setdefault(member.ip, []).append(at)
                 elif message.routing_key == GardenApply.routing_key:
                     command = GardenApply.read(message.body)
                     self.commanded.setdefault(str(command.cpe_ip), at)

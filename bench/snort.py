@@ -64,7 +64,7 @@ from detector_snort.pipeline import AlertPipeline, Format, Source
 from detector_snort.settings import AlertFile, DetectorSnortSettings
 from lazaretto_core.bus import Bus, MessageContext, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
-from lazaretto_core.contracts import AbuseObserved, Contract
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch, Contract
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer, TailLine
 from lazaretto_lab.process import free_port
@@ -371,8 +371,10 @@ async def latency(
 
     async def timed_publish(message: Contract, **kwargs: Any) -> str:
         message_id = await publish(message, **kwargs)  # returns once RabbitMQ confirmed
-        if isinstance(message, AbuseObserved):
-            confirmed.setdefault(str(message.ip), time.monotonic())
+        observations = message.observations if isinstance(message, AbuseObservedBatch) else [message]
+        for observation in observations:
+            if isinstance(observation, AbuseObserved):
+                confirmed.setdefault(str(observation.ip), time.monotonic())
         return message_id
 
     service.bus.publish = timed_publish  # type: ignore[method-assign]  # timing hook, bench only
@@ -406,6 +408,7 @@ async def latency(
         # nobody consumes it during the run, so no delivery competes with the detector for the CPU.
         await consumer.connect()
         consumer.on(AbuseObserved, _ignore)
+        consumer.on(AbuseObservedBatch, _ignore_batch)
         await consumer.consume(queue_name("bench"))
         await consumer.close()
         await service.start()
@@ -470,6 +473,10 @@ async def latency(
 def _behind(path: Path, engine: SourceEngine) -> int:
     """Bytes of the file the detector has not read yet."""
     return path.stat().st_size - (engine.position.offset if engine.position else 0)
+
+
+async def _ignore_batch(event: AbuseObservedBatch, ctx: MessageContext) -> None:
+    return None
 
 
 async def _ignore(event: AbuseObserved, ctx: MessageContext) -> None:

@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 
 from lazaretto_core.bus import Bus
-from lazaretto_core.contracts import AbuseObserved, GardenApply
+from lazaretto_core.contracts import AbuseObserved, AbuseObservedBatch, GardenApply
 from lazaretto_lab.testing import create_vhost, delete_vhost, wait_until
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -55,7 +55,9 @@ def garden(cpe_ip: str) -> GardenApply:
     )
 
 
-async def publish(amqp: str, *messages: AbuseObserved | GardenApply) -> list[tuple[float, float]]:
+async def publish(
+    amqp: str, *messages: AbuseObserved | AbuseObservedBatch | GardenApply
+) -> list[tuple[float, float]]:
     """Each message published and confirmed in turn: (wall clock before, after) for each."""
     bus = Bus(amqp, "test-bench-tap")
     await bus.connect()
@@ -105,3 +107,29 @@ def test_the_tap_times_each_revision_and_the_first_garden_command(e2e: ModuleTyp
     assert tap.published_before(SUBSCRIBER, first - 1) == first
     with pytest.raises(RuntimeError, match=r"no observation of 100\.64\.0\.99"):
         tap.published_before("100.64.0.99", second)
+
+
+def test_the_tap_times_each_member_of_a_batch_message_as_it_arrived(e2e: ModuleType) -> None:
+    vhost = create_vhost()
+    amqp = f"amqp://lazaretto:lazaretto@127.0.0.1:5672/{vhost}"
+    tap = e2e.BusTap(amqp)
+    other = "100.64.0.98"
+    try:
+        tap.start()
+        # Given a detector's flood: the subscriber's revision and another address's, in one message
+        window, flooder = uuid.uuid4(), uuid.uuid4()
+        batch = AbuseObservedBatch(
+            observations=[revision(window, 0), revision(flooder, 0).model_copy(update={"ip": other})]
+        )
+        [(before, after)] = asyncio.run(publish(amqp, batch))
+        wait_until(
+            "the tap to see both members", lambda: SUBSCRIBER in tap.observed and other in tap.observed, 20
+        )
+    finally:
+        tap.stop()
+        delete_vhost(vhost)
+    # Then each member's arrival is the message's, after its publish began
+    [arrived] = tap.observed[SUBSCRIBER]
+    assert tap.observed[other] == [arrived]
+    assert before <= arrived
+    assert tap.published_before(SUBSCRIBER, after + 1) == arrived

@@ -45,7 +45,10 @@ def test_policy_and_cmts_agent_crashes_lose_nothing(system: LabSystem, cpe: CpeH
     published = "lazaretto_messages_published_total"
     wait_until(
         "detector-snort to publish the observation",
-        lambda: system.metric("detector_snort", published, routing_key="abuse.observed.v1"),
+        lambda: (
+            system.metric("detector_snort", published, routing_key="abuse.observed.v1")
+            + system.metric("detector_snort", published, routing_key="abuse.observed.batch.v1")
+        ),
     )
     system.restart("policy")
     wait_for_state(system, cpe.ip, "modem_reset_requested")

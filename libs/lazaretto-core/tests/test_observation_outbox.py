@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from lazaretto_core.bus import Bus, MessageContext, PublishError, queue_name
 from lazaretto_core.checkpoints import CheckpointStore
@@ -922,6 +923,7 @@ async def test_a_burst_goes_out_in_batches_each_member_confirmed_once(tmp_path: 
     outbox = batching_outbox(CheckpointStore(tmp_path), broker, sent, batch_max=100)
     burst = [observation(n) for n in range(1, 251)]
     outbox.stage(burst)
+    confirmed = REGISTRY.get_sample_value("lazaretto_outbox_confirmed_total", {"outbox": "source-a"}) or 0.0
 
     # When it flushes
     assert await outbox.flush() == 250
@@ -932,6 +934,10 @@ async def test_a_burst_goes_out_in_batches_each_member_confirmed_once(tmp_path: 
     assert broker.singles == 0
     assert [o for carried in broker.publishes for o in carried] == burst
     assert sent == burst
+    assert (
+        REGISTRY.get_sample_value("lazaretto_outbox_confirmed_total", {"outbox": "source-a"})
+        == confirmed + 250
+    )
     assert outbox.pending == []
     reloaded = make_outbox(CheckpointStore(tmp_path), broker.publish, Input())
     reloaded.load()

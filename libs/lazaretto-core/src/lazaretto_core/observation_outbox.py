@@ -113,6 +113,11 @@ DROPPED = Counter(
     ["outbox"],
 )
 PENDING = Gauge("lazaretto_outbox_pending", "Messages waiting for the broker's confirm", ["outbox"])
+CONFIRMED = Counter(
+    "lazaretto_outbox_confirmed_total",
+    "Messages the broker confirmed (each member of a batch message counted)",
+    ["outbox"],
+)
 
 
 @dataclass
@@ -224,6 +229,7 @@ class ObservationOutbox(Generic[M]):
         self._added: list[str] = []
         self._removed: list[str] = []
         self._pending_gauge = PENDING.labels(name)
+        self._confirmed = CONFIRMED.labels(name)
         # With tracing on: each pending message's trace context when it was queued (an HTTP ingest's
         # request) and when, so its span starts at the input that yielded it, not at the publish.
         self._traces: dict[str, tuple[dict[str, str], int]] = {}
@@ -552,6 +558,7 @@ class ObservationOutbox(Generic[M]):
                             continue
                         sent += 1
                         unsaved += 1
+                        self._confirmed.inc()
                         if self.on_sent is not None:
                             self.on_sent(message)
                         if self._pending.get(key) is not message:
