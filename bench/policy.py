@@ -632,7 +632,6 @@ async def run(args: argparse.Namespace) -> int:
         )
         print(f"consumer_prefetch={settings.consumer_prefetch}")
         print(f"observation_batch_max={settings.observation_batch_max}")
-        print(f"observation_batch_workers={settings.observation_batch_workers}")
         print(f"wire_batch_max={args.wire_batch}")
         await print_floors(args, pop, settings.consumer_prefetch, settings.observation_batch_max)
         # Replica 1 runs in this process; the others are child processes of the same app and settings

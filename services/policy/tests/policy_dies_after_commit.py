@@ -25,8 +25,6 @@ async def main(amqp_url: str, database_url: str, peers_url: str) -> None:
             "portal_token": "portal-token-for-tests-0123456789",
             "provisioner_url": peers_url,
             "cmts_agent_url": peers_url,
-            # One batch at a time: the first to commit is the one holding the first delivery.
-            "observation_batch_workers": 1,
         }
     )
     service = await build(settings)

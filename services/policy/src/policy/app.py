@@ -85,11 +85,7 @@ class PolicyService:
 
     def __post_init__(self) -> None:
         self.loops = Supervisor(self.progress)
-        self.batcher = ObservationBatcher(
-            self.handlers,
-            max_size=self.settings.observation_batch_max,
-            workers=self.settings.observation_batch_workers,
-        )
+        self.batcher = ObservationBatcher(self.handlers, max_size=self.settings.observation_batch_max)
         self.audit_purge = AuditPurge(self.pool)
 
     async def start(self) -> None:
@@ -294,11 +290,9 @@ async def build(settings: PolicySettings, attributor: Attributor | None = None) 
     """Wire the service; tests pass their own `attributor`, production builds the HTTP one."""
     pool = await db.create_pool(settings.database_url.get_secret_value())
     await db.migrate(pool, db.package_migrations("policy"))
-    # The observations' batches (batch.py) have a connection each, of their own, so a storm of
-    # executors' answers holding the pool never makes a decision wait for it.
-    observation_pool = await db.create_pool(
-        settings.database_url.get_secret_value(), max_size=settings.observation_batch_workers
-    )
+    # One worker decides the observations, one transaction at a time (batch.py): one connection of its
+    # own, so a storm of executors' answers holding the pool never makes a decision wait for it.
+    observation_pool = await db.create_pool(settings.database_url.get_secret_value(), max_size=1)
     bus = Bus(
         settings.amqp_url.get_secret_value(),
         "policy",

@@ -1,22 +1,16 @@
 """Observations decided in batches, each batch in one transaction, without waiting for company.
 
 The bus hands each delivery to `submit` in its own task (up to the consumer's prefetch at once).
-A worker takes whatever is waiting, up to `max_size`, and decides it with
+One worker takes whatever is waiting, up to `max_size`, and decides it with
 `PolicyHandlers.on_abuse_batch` (one transaction); meanwhile the next deliveries queue up and form
 the next batch. There is no timer: an observation arriving at an idle consumer is decided at once,
 alone, and batches grow only when observations arrive faster than they are decided. `submit`
 returns (so its message is acked) once its batch committed: a crash between the commit and the acks
 redelivers the messages, and their claimed ids make them duplicates.
 
-Up to `workers` batches are decided at once, each on a connection of its own: one batch's reads,
-weighing and look-ups overlap another's transaction (a batch spends most of its time waiting for
-PostgreSQL and the attribution peers). Batches never share an address: an observation whose address
-a batch being decided holds waits, with every later one of that address, so each address's
-observations are decided one batch after another in the order they came (a later revision after the
-earlier, each weighed with the evidence stored before it), as by one worker.
-
 A batch that fails is rolled back whole and its messages taken one by one (`on_abuse_observed`), so
-a poisonous message gets its own retry or dead letter and the others their decision.
+a poisonous message gets its own retry or dead letter and the others their decision. One worker
+keeps the order of the deliveries: a later revision of an observation is decided after the earlier.
 
 A detector sends what it has pending at once as one `AbuseObservedBatch` message (`submit_many`):
 its members join the waiting observations as if each had come alone, with its own message id, so
@@ -63,17 +57,14 @@ class _Delivery:
 
 
 class ObservationBatcher:
-    def __init__(self, handlers: PolicyHandlers, *, max_size: int = 200, workers: int = 1) -> None:
-        if max_size < 1 or workers < 1:
-            raise ValueError("max_size and workers must be at least 1")
+    def __init__(self, handlers: PolicyHandlers, *, max_size: int = 200) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
         self._handlers = handlers
         self.max_size = max_size
-        self.workers = workers
         self._waiting: deque[_Delivery] = deque()
-        self._wake = asyncio.Event()  # a delivery came, or a batch ended
+        self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._deciding: set[asyncio.Task[None]] = set()
-        self._busy: set[str] = set()  # the addresses of the batches being decided
 
     async def submit(self, event: AbuseObserved, ctx: MessageContext) -> None:
         """The bus handler: returns once the observation's batch committed; raises what deciding
@@ -103,75 +94,39 @@ class ObservationBatcher:
             decided = loop.create_future()
             self._waiting.append(_Delivery(event, ctx, decided))
             futures.append(decided)
-        self._wake.set()
+        self._ready.set()
         return futures
 
     async def stop(self) -> None:
         """Stop deciding; the messages still waiting are not acked (the broker redelivers them)."""
-        tasks = [t for t in (self._worker, *self._deciding) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._worker is not None:
+            self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._worker = None
+                await self._worker
+            self._worker = None
         while self._waiting:
             self._waiting.popleft().decided.cancel()
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._ready.wait()
             # Deliveries read from the socket with this one are in tasks about to submit: one turn
             # of the loop lets them join this batch (no timer: an idle consumer decides at once).
             await asyncio.sleep(0)
-            while len(self._deciding) < self.workers:
-                batch = self._take()
-                if not batch:
-                    break
-                task = asyncio.create_task(self._decide_then_free(batch), name="policy observation batch")
-                self._deciding.add(task)
-
-    def _take(self) -> list[_Delivery]:
-        """The next batch: the waiting deliveries in order, but not those of an address a batch being
-        decided holds (nor any later one of that address: they keep their order)."""
-        batch: list[_Delivery] = []
-        kept: list[_Delivery] = []
-        held: set[str] = set()
-        waiting, busy = self._waiting, self._busy
-        # Past this many held ones the rest waits for the next turn (a flood from one address would
-        # make every turn read the whole queue).
-        while waiting and len(batch) < self.max_size and len(kept) < 4 * self.max_size:
-            delivery = waiting.popleft()
-            if delivery.decided.done():  # its task was cancelled: the broker redelivers it
-                continue
-            address = delivery.event.ip
-            if address in busy or address in held:
-                held.add(address)
-                kept.append(delivery)
-            else:
-                batch.append(delivery)
-        waiting.extendleft(reversed(kept))
-        busy.update(d.event.ip for d in batch)
-        return batch
-
-    async def _decide_then_free(self, batch: list[_Delivery]) -> None:
-        try:
-            await self._decide(batch)
-        except asyncio.CancelledError:
-            for delivery in batch:
-                delivery.decided.cancel()
-            raise
-        except Exception as exc:  # a bug here must not leave its messages unacked forever
-            log.exception("deciding a batch of %d observations failed", len(batch))
-            for delivery in batch:
-                _settle(delivery, exc)
-        finally:
-            self._busy.difference_update(d.event.ip for d in batch)
-            task = asyncio.current_task()
-            if task is not None:
-                self._deciding.discard(task)
-            self._wake.set()
+            batch: list[_Delivery] = []
+            while self._waiting and len(batch) < self.max_size:
+                delivery = self._waiting.popleft()
+                if not delivery.decided.done():  # its task was cancelled: the broker redelivers it
+                    batch.append(delivery)
+            if not self._waiting:
+                self._ready.clear()
+            if batch:
+                try:
+                    await self._decide(batch)
+                except asyncio.CancelledError:
+                    for delivery in batch:
+                        delivery.decided.cancel()
+                    raise
 
     async def _decide(self, batch: list[_Delivery]) -> None:
         BATCH_SIZE.observe(len(batch))

@@ -120,9 +120,6 @@ class PolicySettings(ServiceSettings):
     # Observations decided in one transaction at most. Batches form only under load: an observation
     # reaching an idle consumer is decided at once, alone.
     observation_batch_max: int = Field(default=200, ge=1)
-    # Batches decided at once, each on a PostgreSQL connection of its own (never two holding one
-    # address): one batch's reads and look-ups overlap another's transaction.
-    observation_batch_workers: int = Field(default=2, ge=1, le=16)
 
     # The operator console (/console on this port): the key its session cookies are signed with (None:
     # a random key per start, so a restart signs everyone out), and how long a sign-in lasts (seconds).
