@@ -709,7 +709,8 @@ async def run(args: argparse.Namespace) -> int:
             publisher = subprocess.Popen(  # noqa: ASYNC220
                 [
                     sys.executable, script, "--child", "publish", "--rate", str(rate),
-                    "--seconds", str(seconds), "--seed", str(seed), *common,
+                    "--seconds", str(seconds), "--seed", str(seed), "--wire-batch", str(args.wire_batch),
+                    *common,
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
