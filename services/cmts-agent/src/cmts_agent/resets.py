@@ -5,8 +5,9 @@ Each method: read the modem's registration marker, record the intent (PostgreSQL
 backoff on a timeout), then watch the CMTS status until the modem has gone down and come back, or
 came back with a new marker (re-registered between two polls). The next method is tried only when
 the previous one provably had no effect: its SET was refused, or the modem stayed online with the
-same marker. An intent left without an outcome by a dead run is looked at (the modem's marker and
-state) before anything is sent again. Every try is recorded as an `Attempt`.
+same marker. An intent left without an outcome (by a dead run, or by a SET unanswered while the CMTS
+stopped answering reads) is looked at (the modem's marker and state) before anything is sent again.
+Every try is recorded as an `Attempt`.
 """
 
 from __future__ import annotations
@@ -251,7 +252,8 @@ class Resetter:
                     await self.journal.finish(intent_id, outcome, counted=counted, report=body)
 
     async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
-        """A run died after recording this intent: did its SET reach the modem? Look before sending.
+        """A run died after recording this intent, or its SET went unanswered while the CMTS stopped
+        answering reads too: did its SET reach the modem? Look before sending.
 
         Watched from the intent's time: offline, or back with a registration marker other than the
         one read before that SET, means it did (verified, never sent again). Online with the same
@@ -261,7 +263,8 @@ class Resetter:
         started = time.monotonic() - age
         log.warning(
             "%s: a reset by %s recorded %.1f s ago has no outcome (its run stopped or lost the "
-            "database): looking at the modem before sending anything",
+            "database, or the CMTS stopped answering after its SET): looking at the modem before "
+            "sending anything",
             record.cm_mac,
             intent.method,
             age,
@@ -336,8 +339,9 @@ class Resetter:
                 try:
                     await self.inventory.status(record)
                 except SnmpTimeout:
-                    # Reads fail too: the CMTS is unreachable (transient, worth retrying later).
-                    await self.journal.finish(intent, "unreachable", counted=True)
+                    # Reads fail too: the CMTS is unreachable (transient, worth retrying later). The
+                    # SET may have reached it before its answer was lost: the intent keeps no outcome,
+                    # so the retry looks at the modem before sending anything (`_recover`).
                     attempts.append(Attempt(method.label, "timeout", str(exc), time.monotonic() - started))
                     RESETS.labels(client.name, method.label, "timeout").inc()
                     raise ResetFailed(record.cm_mac, client.name, exc, tuple(attempts)) from exc
