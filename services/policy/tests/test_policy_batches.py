@@ -89,6 +89,13 @@ def handled(outcome: str) -> float:
     return messages_handled(QUEUE, outcome)
 
 
+async def handled_ok(before: float, messages: int) -> None:
+    """Wait until `messages` more messages were handled (acked) since the count was `before`."""
+    async with asyncio.timeout(30):
+        while handled("ok") - before < messages:
+            await asyncio.sleep(0.05)
+
+
 async def one_case_fed_by_the_scan(
     policy: PolicyService,
     probe: BusProbe,
@@ -136,9 +143,7 @@ async def test_a_backlog_is_decided_in_batches_each_observation_once_and_revisio
     ok = handled("ok")
     gate.set()
     # Then every observation is stored once, with the decision on its highest revision
-    async with asyncio.timeout(30):
-        while handled("ok") - ok < 67:
-            await asyncio.sleep(0.05)
+    await handled_ok(ok, 67)
     rows = await stored(policy, 61)
     assert len(rows) == 61
     # And the scan opened one case (at revision 3), asked for one garden, and revision 4 fed it
@@ -351,9 +356,7 @@ async def test_a_batch_committed_but_never_acked_is_redelivered_and_decides_noth
         await second.start()
         # Then every message is delivered to it, the killed batch's again
         rows = await stored(second, 41)
-        async with asyncio.timeout(30):
-            while handled("ok") - ok < 41:
-                await asyncio.sleep(0.05)
+        await handled_ok(ok, 41)
         # And the redelivered ones decided nothing twice: the scan's decision, its one case, one garden
         assert rows[scan.observation_id]["decided_at"] == before["decided_at"]
         async with second.pool.acquire() as conn:
@@ -395,9 +398,7 @@ async def test_a_batch_message_s_members_are_decided_each_once_in_order_as_if_ea
         await sender.publish(batch, message_id=batch.message_key())
     gate.set()
     # Then every observation is stored once, with the decision on its highest revision
-    async with asyncio.timeout(30):
-        while handled("ok") - ok < 4:
-            await asyncio.sleep(0.05)
+    await handled_ok(ok, 4)
     rows = await stored(policy, 61)
     assert len(rows) == 61
     # And the scan opened one case (at revision 2), asked for one garden, and revision 3 fed it
