@@ -1107,3 +1107,13 @@ async def test_batched_paced_messages_still_go_out_at_the_pace(tmp_path: Path) -
     assert all(
         sum(1 for t in times if at <= t < at + 0.2) <= 0.2 * 50 + 50 * PACE_SLACK + 1 for at in times
     ), "more than the pace allows went out within 0.2 s"
+
+
+async def test_waiting_for_held_messages_whose_write_was_released_meanwhile_returns(tmp_path: Path) -> None:
+    # (found by the publish-order test: the staged messages were released between the creation of
+    # the task that waits for their write and its first step; it raised StopIteration and killed the
+    # detector's publisher task)
+    outbox = batching_outbox(CheckpointStore(tmp_path), Broker(), [])
+    waiting = asyncio.ensure_future(outbox._held_written())  # nothing held by the time it runs
+    async with asyncio.timeout(TIMEOUT):
+        await waiting

@@ -646,6 +646,10 @@ class ObservationOutbox(Generic[M]):
 
     async def _held_written(self) -> None:
         """Wait for a write that holds staged messages; OSError if it failed."""
+        if not self._held:
+            # Released between this task's creation and its first step: nothing to wait for. (A
+            # `next()` on the empty dict raised StopIteration, which killed the publisher's task.)
+            return
         write = next(iter(self._held.values()))
         await asyncio.wait([write])
         if write.cancelled():
