@@ -7,6 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
+import detector_snort.engine as engine_module
 from detector_snort.aggregate import Aggregator
 from detector_snort.alerts import Alert
 from detector_snort.engine import BEHIND_PER_S, Publish, SourceEngine
@@ -154,3 +157,38 @@ async def test_closing_and_continuing_revisions_reach_the_broker_spread_over_tim
     order = [o for _, o in began[before:]]
     assert (news.revision, news.distinct_destinations) == (1, 2)
     assert order.index(news) < FLOOD
+
+
+async def test_the_publisher_carries_on_after_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an outbox whose first flush raises what no broker error is (a bug, as the StopIteration
+    # a held write's wait once raised), not the PublishError a failed publish becomes
+    monkeypatch.setattr(engine_module, "RETRY_AFTER", 0.05)
+    published: list[AbuseObserved] = []
+
+    async def publish(observation: AbuseObserved, message_id: str) -> None:
+        published.append(observation)
+
+    now = [time.monotonic()]
+    engine = flood_engine(tmp_path, now, publish)
+    await engine.recover()
+    flush = engine.outbox.flush
+    flushes = 0
+
+    async def flush_with_a_bug() -> None:
+        nonlocal flushes
+        flushes += 1
+        if flushes == 1:
+            raise RuntimeError("a bug in the outbox")
+        await flush()
+
+    monkeypatch.setattr(engine.outbox, "flush", flush_with_a_bug)
+    # When one alert is fed and nothing else arrives
+    await engine.feed_alerts([alert(SUBSCRIBER, "10.25.10.1")])
+    # Then its observation is still published, without waiting for another alert
+    await confirmed(engine)
+    assert [o.ip for o in published] == [SUBSCRIBER]
+    # and the error was logged with its traceback
+    assert "publishing raised unexpectedly" in caplog.text
+    assert "RuntimeError: a bug in the outbox" in caplog.text
