@@ -30,6 +30,11 @@
   the moment it was due (in `evidence.bench_due`) and is timed from then until its decision
   committed; `handler_p99_ms` is consumed -> committed only. Then the same at a low rate
   (`--low-rate`, 50/s): `low_rate_decision_p99_ms`, where no observation waits for a batch to fill.
+- Who used the machine meanwhile (`cpu_split.py`), in cores (CPU seconds per second) during the drain
+  (`drain_cores_*`) and the fixed rate (`latency_cores_*`): policy's replicas, the peers process,
+  PostgreSQL's backends, RabbitMQ, and at the fixed rate the publishing process (its own count); and
+  `*_machine_busy`, the share of all the machine's cores that were busy. On a 2-core machine the
+  broker, the database and the load generator share policy's cores.
 - search_p99_ms: the admin list endpoint over HTTP, one request at a time: by a case's address, by an
   address it held before, by CPE MAC, by household (CM MAC), and by an address without a case.
 
@@ -63,6 +68,7 @@ from typing import Any  # noqa: E402
 
 import uvicorn  # noqa: E402
 from bus_floor import receive_floors  # noqa: E402
+from cpu_split import CpuSplit, command_cpu, process_cpu  # noqa: E402
 from fastapi import FastAPI, HTTPException  # noqa: E402
 from policy_load import LiveTraffic, Population, load_history  # noqa: E402
 
@@ -296,7 +302,11 @@ async def run_publisher(args: argparse.Namespace) -> None:
     while waiting or sending:
         await asyncio.sleep(0.01)
     sending_task.cancel()
-    print(f"published={total} messages={messages} publisher_max_late_ms={late * 1000:.1f}", flush=True)
+    print(
+        f"published={total} messages={messages} publisher_max_late_ms={late * 1000:.1f}"
+        f" publisher_cpu_s={time.process_time():.2f}",
+        flush=True,
+    )
     await bus.close()
 
 
@@ -676,7 +686,25 @@ async def run(args: argparse.Namespace) -> int:
         def cpu_seconds() -> float:
             return time.process_time() + sum(r.cpu_seconds() for r in replicas)
 
+        def machine_split() -> CpuSplit:
+            """Policy's replicas, the peers process, PostgreSQL's backends and RabbitMQ: who used the
+            machine's 2 cores during a phase (the publisher reports its own CPU)."""
+            return CpuSplit(
+                {
+                    "policy": cpu_seconds,
+                    "peers": lambda: process_cpu(peers.pid),
+                    "postgresql": lambda: command_cpu("postgres"),
+                    "rabbitmq": lambda: command_cpu("beam.smp"),
+                }
+            )
+
+        def print_split(phase: str, cores: dict[str, float]) -> None:
+            for name, used in cores.items():
+                print(f"{phase}_{'' if name == 'machine_busy' else 'cores_'}{name}={used:.2f}")
+
         cpu = cpu_seconds()
+        drain_split = machine_split()
+        drain_split.start()
         released = time.time()
         batched = (decisions.batches, decisions.batched)
         if profile is not None:
@@ -698,12 +726,17 @@ async def run(args: argparse.Namespace) -> int:
         print(f"policy_cpu_ms_per_observation={1000 * cpu / max(1, decisions.done):.2f}")
         print(f"backlog_failed={decisions.failed}")
         print(f"backlog_mean_batch={decisions.mean_batch_since(batched)}")
+        print_split("drain", drain_split.stop())
         print(f"load_average_after_backlog={load()}")
 
         # 2. Latency at a fixed offered rate, from another process; then at a low rate, where a
         # decision must not wait for company (policy.batch has no timer).
-        async def offer(rate: float, seconds: float, seed: int) -> tuple[str, list[float], list[float], str]:
+        async def offer(
+            rate: float, seconds: float, seed: int, split: CpuSplit | None = None
+        ) -> tuple[str, list[float], list[float], str]:
             before = decisions.done + decisions.failed
+            if split is not None:
+                split.start()
             timed_before = len(decisions.from_due)
             batched = (decisions.batches, decisions.batched)
             publisher = subprocess.Popen(  # noqa: ASYNC220
@@ -720,13 +753,20 @@ async def run(args: argparse.Namespace) -> int:
             report = await asyncio.to_thread(publisher.stdout.read)
             await asyncio.to_thread(publisher.wait)
             await decisions.wait_for(before + int(rate * seconds), timeout=300)
+            if split is not None:
+                cores = split.stop()
+                pairs = dict(pair.split("=", 1) for pair in report.split())
+                # The publisher's own CPU (it ended before the phase did: its /proc entry is gone).
+                cores["publisher"] = float(pairs.pop("publisher_cpu_s", "nan")) / split.seconds
+                report = " ".join(f"{k}={v}" for k, v in pairs.items())
+                print_split("latency", cores)
             from_due = [1000 * x for x in decisions.from_due[timed_before:]]
             handler = [1000 * x for x in decisions.handler[timed_before:]]
             return report, from_due, handler, decisions.mean_batch_since(batched)
 
         print(f"settle_before_rate_s={await settle(service, backlog_began_at):.1f}")
         offered = int(args.rate * args.seconds)
-        report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1)
+        report, from_due, handler, mean = await offer(args.rate, args.seconds, args.seed + 1, machine_split())
         print(f"offered_rate={args.rate}")
         print(f"offered={offered}")
         for pair in report.split():
