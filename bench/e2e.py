@@ -769,21 +769,11 @@ def main() -> None:
 
     # The flood's log shares the disk with every commit: the host writes it out as deployment says
     # (deploy/sysctl), or as it was found; either way the run prints what it used.
-    wanted = writeback.recommended()
-    restored = writeback.recover()
-    if restored:
-        print(f"put back the host writeback a killed run left set: {restored}", file=sys.stderr)
     try:
-        with writeback.applied({} if args.host_as_found else wanted):
-            host = writeback.read(list(wanted))
-            figures = bench(args.subscribers, args.evidence_lines, args.flood_per_s)
+        with writeback.for_the_run(args.host_as_found) as host:
+            figures = {**host, **bench(args.subscribers, args.evidence_lines, args.flood_per_s)}
     except KeyboardInterrupt:
         sys.exit("interrupted: the lab it started is stopped")
-    figures = {
-        "host_writeback": "as found" if args.host_as_found else f"deploy/sysctl/{writeback.DROP_IN.name}",
-        **{f"host_{key.replace('.', '_')}": value for key, value in host.items()},
-        **figures,
-    }
     for name, value in figures.items():
         print(f"{name}={value}")
 

@@ -918,6 +918,11 @@ def main() -> int:
         "--profile",
         help="write cProfiles of the backlog's drain and of the searches to PROFILE.drain, PROFILE.search",
     )
+    parser.add_argument(
+        "--host-as-found",
+        action="store_true",
+        help="leave the host's writeback settings as they are (default: deploy/sysctl's for the run)",
+    )
     parser.add_argument("--child", choices=("peers", "publish", "policy"), help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--peer-url", help=argparse.SUPPRESS)
@@ -933,7 +938,14 @@ def main() -> int:
     if args.child == "policy":
         asyncio.run(run_replica(args))
         return 0
-    return asyncio.run(run(args))
+    import writeback
+
+    # Every decision waits for its COMMIT, the WAL's flush to the disk: the host writes its dirty
+    # pages out as deployment says (deploy/sysctl), or as it was found; the run prints which.
+    with writeback.for_the_run(args.host_as_found) as host:
+        for name, value in host.items():
+            print(f"{name}={value}")
+        return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

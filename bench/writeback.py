@@ -13,6 +13,7 @@ cannot put it back itself, and the next run does, first (`recover`)."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,3 +100,20 @@ def applied(
     finally:
         _put_back(changed, before, root)
         journal.unlink(missing_ok=True)
+
+
+@contextmanager
+def for_the_run(as_found: bool) -> Iterator[dict[str, str]]:
+    """A benchmark's run with the host's writeback as deploy/sysctl sets it (`as_found`: as it is),
+    put back afterwards; yields the figures saying what the run used (`host_writeback` and each
+    setting's value), for it to print."""
+    wanted = recommended()
+    restored = recover()
+    if restored:
+        print(f"put back the host writeback a killed run left set: {restored}", file=sys.stderr)
+    with applied({} if as_found else wanted):
+        host = read(list(wanted))
+        yield {
+            "host_writeback": "as found" if as_found else f"deploy/sysctl/{DROP_IN.name}",
+            **{f"host_{key.replace('.', '_')}": value for key, value in host.items()},
+        }
