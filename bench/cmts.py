@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from cpu_split import tree_cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 VENDORS = ("cisco", "casa", "arris", "docsis3")
 
@@ -101,11 +103,11 @@ async def run(args: argparse.Namespace) -> int:
         setup_seconds = time.monotonic() - started_setup
 
         macs = [m["cm_mac"] for lab in labs for m in lab.modems]
-        emulator_cpu_before = sum(tree_cpu_seconds(lab.process.pid) for lab in labs if lab.process)
+        emulator_cpu_before = sum(tree_cpu(lab.process.pid) for lab in labs if lab.process)
         started, cpu_started = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(resetter.reset(mac) for mac in macs), return_exceptions=True)
         seconds, agent_cpu = time.monotonic() - started, time.process_time() - cpu_started
-        emulator_cpu = sum(tree_cpu_seconds(lab.process.pid) for lab in labs if lab.process)
+        emulator_cpu = sum(tree_cpu(lab.process.pid) for lab in labs if lab.process)
         emulator_cpu -= emulator_cpu_before
 
         failed = [r for r in results if isinstance(r, BaseException) or not r.ok]
@@ -163,19 +165,6 @@ async def run(args: argparse.Namespace) -> int:
         for lab in labs:
             lab.stop()
         await drop_database(db_name)
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (snmpd's pass_persist emulators)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            own, parent = int(stat.parent.name), int(fields[1])
-            if pid in (own, parent):
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def slot_overheads(starts: list[float], limit: int, outage: float) -> list[float]:

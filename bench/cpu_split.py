@@ -16,7 +16,7 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_cpu(stat: str) -> float:
+def stat_cpu(stat: str) -> float:
     """User and system CPU seconds from a /proc/<pid>/stat line (the name may hold spaces and ')')."""
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
@@ -25,7 +25,7 @@ def _stat_cpu(stat: str) -> float:
 def process_cpu(pid: int) -> float:
     """CPU seconds the process used so far; 0 once it is gone."""
     try:
-        return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
+        return stat_cpu(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -41,7 +41,23 @@ def command_cpu(*names: str) -> float:
         except OSError:
             continue  # ended meanwhile
         if stat[stat.index("(") + 1 : stat.rindex(")")] in names:
-            total += _stat_cpu(stat)
+            total += stat_cpu(stat)
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by the process and its live children (snmpd's pass_persist emulators)."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if pid in (int(entry.name), parent):
+            total += stat_cpu(stat)
     return total
 
 

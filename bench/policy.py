@@ -477,9 +477,8 @@ class Replica:
         self.process.stdin.write(b"go\n")
 
     def cpu_seconds(self) -> float:
-        """User and system CPU of the child so far (/proc: clock ticks)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User and system CPU of the child so far."""
+        return process_cpu(self.process.pid)
 
     async def stop(self) -> None:
         if self.process.stdin is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from cpu_split import CpuSplit, command_cpu, process_cpu
+from cpu_split import CpuSplit, command_cpu, process_cpu, tree_cpu
 
 # Burns 0.3 s of its own CPU (whatever else the machine runs meanwhile), says so, then waits.
 BURN = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('ready', flush=True)\nsys.stdin.read()"
@@ -52,3 +52,20 @@ def test_a_process_that_ended_counts_nothing() -> None:
     with running(SLEEP) as ended:
         pass
     assert process_cpu(ended.pid) == 0.0
+
+
+def test_a_process_tree_counts_its_live_children() -> None:
+    # A parent that waits while its child burns (as snmpd waits while its emulators answer)
+    parent = (
+        "import subprocess, sys\n"
+        "from subprocess import PIPE\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {BURN!r}], stdin=PIPE, stdout=PIPE)\n"
+        "child.stdout.readline()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+        "child.stdin.close()\n"
+        "child.wait()\n"
+    )
+    with running(parent) as waiting:
+        assert process_cpu(waiting.pid) < 0.2
+        assert tree_cpu(waiting.pid) >= process_cpu(waiting.pid) + 0.29
