@@ -240,14 +240,14 @@ class SourceEngine:
                 await self.outbox.flush()
             except (PublishError, OSError) as exc:  # OSError: the state could not be saved
                 log.error("%s: publish failed (%s); kept pending, retrying", self.source.name, exc)
-                await asyncio.sleep(RETRY_AFTER)
-                self._kick.set()
             except Exception:
                 # A bug, not the broker: ending the task would hold every pending observation
                 # until the next alert restarts it; logged with its traceback and retried instead.
                 log.exception("%s: publishing raised unexpectedly; kept pending, retrying", self.source.name)
-                await asyncio.sleep(RETRY_AFTER)
-                self._kick.set()
+            else:
+                continue
+            await asyncio.sleep(RETRY_AFTER)
+            self._kick.set()
 
     async def unconfirmed_below(self, limit: int = MAX_UNCONFIRMED) -> None:
         """Wait until fewer than `limit` observations await their confirm (back-pressure)."""
