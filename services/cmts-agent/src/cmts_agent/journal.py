@@ -81,6 +81,8 @@ class Intent:
     baseline: str | None
     intent_at: datetime
     answered_at: datetime | None
+    step_id: UUID | None = None  # the reset command that recorded it, if any
+    age: float = 0.0  # seconds between its record and the database's now(), when read
 
 
 class ModemLocks:
@@ -208,7 +210,8 @@ class ResetJournal:
         of a reset of `step_id` already finished here (see `Resetter._reset`)."""
         rows = await self.pool.fetch(
             """
-            SELECT *, (SELECT count(*) FROM reset_intents c WHERE c.cm_mac = $1 AND c.counted
+            SELECT *, extract(epoch FROM now() - i.intent_at)::float8 AS age,
+                      (SELECT count(*) FROM reset_intents c WHERE c.cm_mac = $1 AND c.counted
                        AND c.intent_at > now() - interval '1 hour') AS done,
                       (SELECT s.report FROM reset_intents s WHERE s.cm_mac = $1 AND s.step_id = $2
                        AND s.report IS NOT NULL ORDER BY s.id DESC LIMIT 1) AS step_report
@@ -220,7 +223,15 @@ class ResetJournal:
         )
         intents = [
             Intent(
-                r["id"], r["cm_mac"], r["cmts"], r["method"], r["baseline"], r["intent_at"], r["answered_at"]
+                r["id"],
+                r["cm_mac"],
+                r["cmts"],
+                r["method"],
+                r["baseline"],
+                r["intent_at"],
+                r["answered_at"],
+                r["step_id"],
+                max(0.0, r["age"]),
             )
             for r in rows
             if r["id"] is not None
@@ -260,8 +271,3 @@ class ResetJournal:
         if purged:
             log.debug("purged %d reset intents finished more than %s ago", purged, retention)
         return purged
-
-    async def now(self) -> datetime:
-        value = await self.pool.fetchval("SELECT now()")
-        assert isinstance(value, datetime)
-        return value

@@ -6,7 +6,9 @@ backoff on a timeout), then watch the CMTS status until the modem has gone down 
 came back with a new marker (re-registered between two polls). The next method is tried only when
 the previous one provably had no effect: its SET was refused, or the modem stayed online with the
 same marker. An intent left without an outcome (by a dead run, or by a SET unanswered while the CMTS
-stopped answering reads) is looked at (the modem's marker and state) before anything is sent again.
+stopped answering reads) is looked at (the modem's marker and state) before anything is sent again,
+when it may be this command's reset: the same step, or one young enough to be still in progress on
+the modem's CMTS. An older one of another command is settled `superseded` (still counted).
 Every try is recorded as an `Attempt`.
 """
 
@@ -242,14 +244,32 @@ class Resetter:
                         newest, *older = unfinished
                         for stale in older:
                             await self.journal.finish(stale.id, "abandoned", counted=True)
-                        recovered = await self._recover(client, record, newest)
-                        if recovered is not None:
-                            return recovered
-                        resets_done = await self.journal.resets_last_hour(mac)  # that one no longer counts
+                        if _may_stand_in(newest, client, step_id):
+                            recovered = await self._recover(client, record, newest)
+                            if recovered is not None:
+                                return recovered
+                            resets_done = await self.journal.resets_last_hour(mac)  # it no longer counts
+                        else:
+                            await self._supersede(client, newest)
                     return await self._try_methods(client, record, step_id, resets_done, finishes)
             finally:
                 for intent_id, outcome, counted, body in finishes:
                     await self.journal.finish(intent_id, outcome, counted=counted, report=body)
+
+    async def _supersede(self, client: CmtsClient, intent: Intent) -> None:
+        """Settle an unfinished intent that cannot answer this command: its SET may have gone out, so
+        it stays counted against the caps, but whatever the modem did since is not this reset."""
+        log.warning(
+            "%s: a reset by %s on %s recorded %.1f s ago (step %s) has no outcome and cannot be this "
+            "command's reset: closed as superseded (still counted); sending a fresh reset",
+            intent.cm_mac,
+            intent.method,
+            intent.cmts,
+            intent.age,
+            intent.step_id,
+        )
+        RESETS.labels(client.name, intent.method, "superseded").inc()
+        await self.journal.finish(intent.id, "superseded", counted=True)
 
     async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
         """A run died after recording this intent, or its SET went unanswered while the CMTS stopped
@@ -259,7 +279,7 @@ class Resetter:
         one read before that SET, means it did (verified, never sent again). Online with the same
         marker until offline_within after the intent means it provably did not: None (send now).
         """
-        age = max(0.0, (await self.journal.now() - intent.intent_at).total_seconds())
+        age = intent.age
         started = time.monotonic() - age
         log.warning(
             "%s: a reset by %s recorded %.1f s ago has no outcome (its run stopped or lost the "
@@ -561,6 +581,16 @@ class Resetter:
             started_at=started,
             baseline=baseline,
         )
+
+
+def _may_stand_in(intent: Intent, client: CmtsClient, step_id: UUID | None) -> bool:
+    """Whether an unfinished intent may be taken for the current command's reset: it was recorded
+    for the same step (a redelivery), or its reset could still be in progress on the modem's CMTS
+    (younger than the verification's longest wait). Otherwise what the modem did since (any reboot
+    re-registers it) says nothing about this command, which must send its own reset."""
+    if step_id is not None and intent.step_id == step_id:
+        return True
+    return intent.cmts == client.name and intent.age < client.profile.verify_max_wait
 
 
 def _describe(v: VerifyResult) -> str:
