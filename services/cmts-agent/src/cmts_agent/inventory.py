@@ -208,12 +208,14 @@ class Inventory:
             try:
                 modems, cpes = await self._walk(client)
             except SnmpError as exc:
-                self._walked_at[client.name] = time.monotonic()
-                self._failed[client.name] = str(exc)
-                WALK_OK.labels(client.name).set(0)
-                log.warning("inventory walk of CMTS %s failed: %s", client.name, exc)
-                return WalkResult(client.name, 0, 0, time.monotonic() - started, str(exc), classify(exc))
-            await self._store(client.name, modems, cpes)
+                return self._walk_failed(client.name, started, str(exc), classify(exc))
+            try:
+                await self._store(client.name, modems, cpes)
+            except asyncpg.PostgresError as exc:
+                # The database refused what this CMTS lists: a failed walk of it (doctor shows it),
+                # not an error that takes the other CMTSes' walks down with it.
+                error = f"storing the walk failed: {type(exc).__name__}: {exc}"
+                return self._walk_failed(client.name, started, error, "inventory_store_failed")
             self._walked_at[client.name] = time.monotonic()
             self._failed.pop(client.name, None)
             WALK_OK.labels(client.name).set(1)
@@ -228,6 +230,13 @@ class Inventory:
                 seconds,
             )
             return WalkResult(client.name, len(modems), len(cpes), seconds)
+
+    def _walk_failed(self, cmts: str, started: float, error: str, error_class: str) -> WalkResult:
+        self._walked_at[cmts] = time.monotonic()
+        self._failed[cmts] = error
+        WALK_OK.labels(cmts).set(0)
+        log.warning("inventory walk of CMTS %s failed: %s", cmts, error)
+        return WalkResult(cmts, 0, 0, time.monotonic() - started, error, error_class)
 
     async def _walk(self, client: CmtsClient) -> tuple[list[ModemRecord], list[CpeRecord]]:
         profile, snmp = client.profile, client.snmp
@@ -246,8 +255,9 @@ class Inventory:
             value = value_of.get(key)
             online = value is not None and cols.online(value)
             modems.append(ModemRecord(mac, profile.name, cols.table, index, ip_of.get(key), value, online))
-        cpes = await self._walk_cpes(client, modems)
-        return modems, cpes
+        cpes = await self._walk_cpes(client, modems)  # every row: a CPE may point at either one
+        # The store keeps one row per MAC: a MAC twice in one upsert fails the whole statement.
+        return one_row_per_modem(modems), list({c.cpe_mac: c for c in cpes}.values())
 
     async def _walk_cpes(self, client: CmtsClient, modems: list[ModemRecord]) -> list[CpeRecord]:
         profile, snmp = client.profile, client.snmp
@@ -562,6 +572,18 @@ class Inventory:
 
     def last_error(self, cmts: str) -> str | None:
         return self._failed.get(cmts)
+
+
+def one_row_per_modem(rows: list[ModemRecord]) -> list[ModemRecord]:
+    """One record per CM MAC: a CMTS may list a modem on two status rows (a stale offline row it has
+    not aged out yet beside the live one). The online row wins (it is where a reset and a status read
+    must go); among equals, the higher index, so that every walk keeps the same one."""
+    best: dict[str, ModemRecord] = {}
+    for row in rows:
+        kept = best.get(row.cm_mac)
+        if kept is None or (row.online, row.index) > (kept.online, kept.index):
+            best[row.cm_mac] = row
+    return list(best.values())
 
 
 def stored_cpe_verdict(row_cmts: str, *, failed: set[str], not_listed: set[str]) -> str:
