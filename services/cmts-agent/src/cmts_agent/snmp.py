@@ -532,7 +532,9 @@ class CmtsSnmp:
             raise self._from_indication(op, kind, indication)
         if status:
             raise self._from_status(op, kind, status, index, varbinds)
-        return [(oid, value) for oid, value in result]
+        answered = [(oid, value) for oid, value in result]
+        self._check_answers(op, kind, varbinds, answered)
+        return answered
 
     async def _send(
         self,
@@ -557,6 +559,22 @@ class CmtsSnmp:
             engine, target, _CONTEXT.contextEngineId, _CONTEXT.contextName, varbinds, answered
         )
         return await future
+
+    def _check_answers(self, op: str, kind: str, asked: list[Any], answered: list[tuple[Any, Any]]) -> None:
+        """A GET or SET answer names the objects asked, in their order (RFC 3416): callers read the
+        values by position, so a short, empty or reordered answer is a bad response, not data."""
+        where = self.target.address
+        if len(answered) != len(asked):
+            raise SnmpBadResponse(
+                f"{kind}: answered {len(answered)} objects for the {len(asked)} asked",
+                target=where,
+                operation=op,
+            )
+        for (want, _), (got, _) in zip(asked, answered, strict=True):
+            if tuple(got) != tuple(want):
+                raise SnmpBadResponse(
+                    f"{kind}: answered {got} where {want} was asked", target=where, operation=op
+                )
 
     def _from_indication(self, op: str, kind: str, indication: Any) -> SnmpError:
         where = self.target.address
