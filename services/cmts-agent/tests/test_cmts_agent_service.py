@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -29,11 +30,11 @@ from lazaretto_lab.testing import BusProbe
 TOKEN = "cmts-agent-admin-token-0123456789"
 CM_A = "00:02:8a:d3:7c:6e"
 CPE_A = "02:00:00:00:00:01"
+CM_B = "00:11:22:33:44:55"
 
 
-@pytest.fixture
-async def agent(amqp_url: str, database_url: str, lab_cmts: LabCmts) -> AsyncIterator[CmtsAgentService]:
-    settings = CmtsAgentSettings(
+def agent_settings(amqp_url: str, database_url: str, lab_cmts: LabCmts, **kw: Any) -> CmtsAgentSettings:
+    return CmtsAgentSettings(
         amqp_url=SecretStr(amqp_url),
         database_url=SecretStr(database_url),
         admin_token=SecretStr(TOKEN),
@@ -46,8 +47,24 @@ async def agent(amqp_url: str, database_url: str, lab_cmts: LabCmts) -> AsyncIte
         verify_interval=0.2,
         max_attempts=2,
         retry_delays=(0.1,),
+        **kw,
     )
-    service = await build(settings)
+
+
+@pytest.fixture
+async def agent(amqp_url: str, database_url: str, lab_cmts: LabCmts) -> AsyncIterator[CmtsAgentService]:
+    service = await build(agent_settings(amqp_url, database_url, lab_cmts))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def one_slot_agent(
+    amqp_url: str, database_url: str, lab_cmts: LabCmts
+) -> AsyncIterator[CmtsAgentService]:
+    """An agent that resets one modem of the CMTS at a time: a second reset waits for the slot."""
+    service = await build(agent_settings(amqp_url, database_url, lab_cmts, max_in_flight=1))
     await service.start()
     yield service
     await service.stop()
@@ -100,7 +117,7 @@ async def test_a_failure_in_words_from_outside_is_still_reported(
     # and a line break, on an attempt that was made
     attempt = Attempt("cisco-cdxCmCpeResetNow", "rejected", "noSuchName\x00 from the CMTS")
 
-    async def failing(cm_mac: str, *, step_id: uuid.UUID | None = None) -> ResetReport:
+    async def failing(cm_mac: str, *, step_id: uuid.UUID | None = None, **_: Any) -> ResetReport:
         error = SnmpError("genErr\x00\nInjected: line", target="lab", operation="set")
         raise ResetFailed(cm_mac, "lab", error, (attempt,))
 
@@ -174,6 +191,44 @@ async def test_an_allow_listed_household_is_never_reset_even_when_commanded_dire
         await asyncio.sleep(0.5)
         assert await agent.handlers.allowlist.version() == 4
         assert lab_cmts.sets() == []
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
+async def test_an_allowlist_arriving_while_a_reset_waits_for_its_cmts_slot_refuses_it(
+    one_slot_agent: CmtsAgentService, amqp_url: str, lab_cmts: LabCmts
+) -> None:
+    agent = one_slot_agent
+    probe = await BusProbe(amqp_url).start(["modem.reset.completed.v1", "modem.reset.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        # Given the CMTS's only reset slot is taken by a reset of another modem (down for 3 s)
+        busy = reset_command(CM_B)
+        await bus.publish(busy)
+        async with asyncio.timeout(10):
+            while not lab_cmts.resets():
+                await asyncio.sleep(0.05)
+        # And a reset of CM_A that passed the allowlist (empty then) and waits for that slot
+        waiting = reset_command(CM_A)
+        await bus.publish(waiting)
+        async with asyncio.timeout(10):
+            while CM_A not in agent.resetter.in_flight():
+                await asyncio.sleep(0.02)
+        # When policy's allowlist naming CM_A arrives meanwhile
+        await bus.publish(allowlist(1, "mac", CM_A))
+        async with asyncio.timeout(10):
+            while await agent.handlers.allowlist.version() != 1:
+                await asyncio.sleep(0.02)
+        # Then the waiting reset is refused once it gets the slot, and never reaches the CMTS
+        (failed,) = await probe.wait_for(ModemResetFailed, timeout=30)
+        assert failed.step_id == waiting.step_id
+        assert failed.error_class == "allowlisted"
+        assert "hospital" in failed.detail
+        (done,) = await probe.wait_for(ModemResetCompleted, timeout=30)
+        assert done.step_id == busy.step_id
+        assert lab_cmts.resets() == [("cdxCmCpeResetNow", CM_B)]
     finally:
         await bus.close()
         await probe.stop()

@@ -29,7 +29,7 @@ from lazaretto_core.errors import RetryLater
 from lazaretto_core.logs import bind
 
 from .inventory import Inventory
-from .resets import Attempt, ResetFailed, Resetter, error_class
+from .resets import Attempt, ResetFailed, ResetRefused, Resetter, error_class
 from .snmp import SnmpError, UnknownModem
 from .steps import ResetSteps, StepResult
 
@@ -65,19 +65,24 @@ class CmtsAgentHandlers:
             await self._publish(row.result)
             return
         # Checked again here, whoever sent the command: a reset bounces the whole household, so the
-        # modem and every device its CMTS lists behind it must be clear of the allowlist.
-        household = await self.inventory.cpes_of(command.cm_mac)
-        entry = await self.allowlist.covering(
-            ips=[c.ip for c in household], macs=[command.cm_mac, *(c.cpe_mac for c in household)]
-        )
-        if entry is not None:
-            detail = f"refused to reset {command.cm_mac}: {matcher.describe(entry)}"
-            await self._failed(command, "allowlisted", detail, None, ())
+        # modem and every device its CMTS lists behind it must be clear of the allowlist. Checked
+        # now (refused at once), and again once the CMTS slot is taken, against the allowlist as it
+        # is then: the command may wait there while a new snapshot arrives.
+        refusal = await self._allowlisted(command.cm_mac)
+        if refusal is not None:
+            await self._failed(command, "allowlisted", refusal, None, ())
             return
         try:
             # The journal (not this step row) knows whether a SET of an earlier delivery may have
             # reached the modem: the resetter looks at the modem before sending anything again.
-            report = await self.resetter.reset(command.cm_mac, step_id=command.step_id)
+            report = await self.resetter.reset(
+                command.cm_mac,
+                step_id=command.step_id,
+                refuse_if=lambda: self._allowlisted(command.cm_mac),
+            )
+        except ResetRefused as exc:
+            await self._failed(command, "allowlisted", str(exc), None, ())
+            return
         except UnknownModem as exc:
             await self._failed(command, "unknown_modem", str(exc), None, ())
             return
@@ -115,6 +120,15 @@ class CmtsAgentHandlers:
                 attempts=tuple(a.to_contract() for a in report.attempts),
             )
         )
+
+    async def _allowlisted(self, cm_mac: str) -> str | None:
+        """Why the household of `cm_mac` must not be reset (an allowlist entry covers the modem or a
+        device its CMTS lists behind it), or None."""
+        household = await self.inventory.cpes_of(cm_mac)
+        entry = await self.allowlist.covering(
+            ips=[c.ip for c in household], macs=[cm_mac, *(c.cpe_mac for c in household)]
+        )
+        return None if entry is None else f"refused to reset {cm_mac}: {matcher.describe(entry)}"
 
     async def _failed(
         self, command: ModemReset, error: str, detail: str, cmts: str | None, attempts: tuple[Attempt, ...]

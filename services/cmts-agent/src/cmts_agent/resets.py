@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -110,6 +111,11 @@ class ResetFailed(SnmpError):
         )
 
 
+class ResetRefused(Exception):
+    """The caller's last check (`reset(refuse_if=...)`), made once the modem's CMTS slot was taken,
+    gave a reason not to reset it: nothing was sent."""
+
+
 class ResetCapped(SnmpError):
     """The modem was already reset `max` times in the last hour (the per-modem cap): not sent."""
 
@@ -192,13 +198,22 @@ class Resetter:
         self._global = asyncio.Semaphore(global_max_in_flight)
         self._in_flight: dict[str, asyncio.Task[ResetReport]] = {}
 
-    async def reset(self, cm_mac: str, *, step_id: UUID | None = None) -> ResetReport:
+    async def reset(
+        self,
+        cm_mac: str,
+        *,
+        step_id: UUID | None = None,
+        refuse_if: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> ResetReport:
         """Reset `cm_mac` and verify it. Raises UnknownModem (no CMTS lists it), InventoryIncomplete,
-        or ResetFailed (no method's SET was accepted, the CMTS cannot be reached, or the hourly cap)."""
+        or ResetFailed (no method's SET was accepted, the CMTS cannot be reached, or the hourly cap).
+
+        `refuse_if`: asked once the CMTS slot is taken (a reset may wait there for long, and what it
+        checks may change meanwhile); a reason it returns raises ResetRefused, nothing sent."""
         mac = normalize_mac(cm_mac)
         task = self._in_flight.get(mac)
         if task is None:
-            task = asyncio.create_task(self._reset(mac, step_id), name=f"reset {mac}")
+            task = asyncio.create_task(self._reset(mac, step_id, refuse_if), name=f"reset {mac}")
             self._in_flight[mac] = task
             task.add_done_callback(lambda _: self._in_flight.pop(mac, None))
         else:
@@ -211,7 +226,9 @@ class Resetter:
     async def close(self) -> None:
         await self.journal.locks.close()
 
-    async def _reset(self, mac: str, step_id: UUID | None) -> ResetReport:
+    async def _reset(
+        self, mac: str, step_id: UUID | None, refuse_if: Callable[[], Awaitable[str | None]] | None
+    ) -> ResetReport:
         record = await self.inventory.locate(mac)
         if record is None:
             raise UnknownModem(f"no CMTS lists cable modem {mac}", operation=f"reset({mac})")
@@ -228,6 +245,8 @@ class Resetter:
             finishes: list[tuple[int, str, bool, dict[str, Any] | None]] = []
             try:
                 async with client.slot(), self._global:
+                    if refuse_if is not None and (reason := await refuse_if()) is not None:
+                        raise ResetRefused(reason)
                     # In the slot: a burst of resets waiting for slots must not queue their journal
                     # reads ahead of the intents and outcomes of the resets in flight.
                     unfinished, resets_done, step_done = await self.journal.pending(mac, step_id)
