@@ -81,8 +81,8 @@ class Intent:
     baseline: str | None
     intent_at: datetime
     answered_at: datetime | None
-    step_id: UUID | None = None  # the reset command that recorded it, if any
-    age: float = 0.0  # seconds between its record and the database's now(), when read
+    step_id: UUID | None  # the reset command that recorded it, if any
+    age: float  # seconds from its record to the database's now() when it was read
 
 
 class ModemLocks:

@@ -269,13 +269,13 @@ class Resetter:
                                 return recovered
                             resets_done = await self.journal.resets_last_hour(mac)  # it no longer counts
                         else:
-                            await self._supersede(client, newest)
+                            await self._supersede(newest)
                     return await self._try_methods(client, record, step_id, resets_done, finishes)
             finally:
                 for intent_id, outcome, counted, body in finishes:
                     await self.journal.finish(intent_id, outcome, counted=counted, report=body)
 
-    async def _supersede(self, client: CmtsClient, intent: Intent) -> None:
+    async def _supersede(self, intent: Intent) -> None:
         """Settle an unfinished intent that cannot answer this command: its SET may have gone out, so
         it stays counted against the caps, but whatever the modem did since is not this reset."""
         log.warning(
@@ -287,7 +287,6 @@ class Resetter:
             intent.age,
             intent.step_id,
         )
-        RESETS.labels(client.name, intent.method, "superseded").inc()
         await self.journal.finish(intent.id, "superseded", counted=True)
 
     async def _recover(self, client: CmtsClient, record: ModemRecord, intent: Intent) -> ResetReport | None:
