@@ -5,6 +5,9 @@ layer confirmed it. `LayeredGarden.apply`/`remove` record first (every layer's w
 then push each layer's part as one batch, the layers concurrently, and record what they confirmed in
 one statement: a layer that fails keeps its rows unconfirmed (with the error) for the next try or the next
 reconcile, and never stops the other layers. A case counts as applied only once every layer confirmed.
+
+Several cases can hold one element (a PC under its own case and its household's): `garden_hold` records
+each case's hold, and a remove un-gardens only the elements no other case still holds.
 """
 
 from __future__ import annotations
@@ -121,11 +124,55 @@ class DesiredState:
         )
 
     async def case_elements(self, case_id: uuid.UUID) -> set[Element]:
-        """What `case_id` asked to be present, in any layer."""
-        rows = await self._pool.fetch(
-            "SELECT DISTINCT kind, value FROM garden_desired WHERE case_id = $1 AND present", case_id
-        )
+        """What `case_id` holds (asked to be present and has not released), in any layer."""
+        rows = await self._pool.fetch("SELECT kind, value FROM garden_hold WHERE case_id = $1", case_id)
         return {Element(r["kind"], r["value"]) for r in rows}
+
+    async def hold(self, elements: Iterable[Element], case_ids: Iterable[uuid.UUID]) -> None:
+        """Record that each case holds each element (again: no change)."""
+        rows = [(e.kind, e.value, case) for e in elements for case in case_ids]
+        if not rows:
+            return
+        kinds, values, cases = (list(column) for column in zip(*rows, strict=True))
+        await self._pool.execute(
+            "INSERT INTO garden_hold (kind, value, case_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+            kinds,
+            values,
+            cases,
+        )
+
+    async def release(self, elements: Iterable[Element], case_id: uuid.UUID | None) -> list[Element]:
+        """Drop `case_id`'s hold on each element (None: every case's) and return the elements no other
+        case holds: those alone may leave the layers."""
+        items = list(dict.fromkeys(elements))
+        if not items:
+            return []
+        kinds, values = _columns(items)
+        # The outer query sees the holds as they were before the DELETE: hence `case_id <> $3`.
+        rows = await self._pool.fetch(
+            "WITH e AS (SELECT * FROM unnest($1::text[], $2::text[]) AS e(kind, value)),"
+            " dropped AS (DELETE FROM garden_hold h USING e WHERE h.kind = e.kind AND h.value = e.value"
+            "   AND ($3::uuid IS NULL OR h.case_id = $3))"
+            " SELECT e.kind, e.value FROM e WHERE NOT EXISTS (SELECT 1 FROM garden_hold h"
+            "   WHERE h.kind = e.kind AND h.value = e.value AND $3::uuid IS NOT NULL AND h.case_id <> $3)",
+            kinds,
+            values,
+            case_id,
+        )
+        released = {Element(r["kind"], r["value"]) for r in rows}
+        return [e for e in items if e in released]
+
+    async def holders(self, element: Element, *, besides: uuid.UUID | None = None) -> list[uuid.UUID]:
+        """The cases that hold `element` (other than `besides`), oldest hold first."""
+        rows = await self._pool.fetch(
+            "SELECT case_id FROM garden_hold WHERE kind = $1 AND value = $2"
+            " AND case_id IS DISTINCT FROM $3 ORDER BY held_since, case_id",
+            element.kind,
+            element.value,
+            besides,
+        )
+        return [r["case_id"] for r in rows]
 
     async def unconfirmed_layers(self, case_id: uuid.UUID) -> list[str]:
         rows = await self._pool.fetch(
@@ -159,6 +206,8 @@ class LayerOutcome:
 
     confirmed: list[str] = field(default_factory=list)
     failed: dict[str, Exception] = field(default_factory=dict)
+    # A remove's elements that another case still holds: left in every layer.
+    kept: list[Element] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -186,16 +235,22 @@ class LayeredGarden:
         return sorted({e for e in elements if layer.handles(e)})
 
     async def apply(self, elements: Iterable[Element], case_id: uuid.UUID | None) -> LayerOutcome:
-        return await self._change(list(elements), case_id, present=True)
+        """Garden the elements, held by `case_id` (None: the provisioner's own, e.g. a pool's trigger)."""
+        items = list(elements)
+        async with self.lock.held():
+            if case_id is not None:
+                await self.desired.hold(items, [case_id])
+            return await self._change_locked(items, case_id, present=True)
 
     async def remove(self, elements: Iterable[Element], case_id: uuid.UUID | None) -> LayerOutcome:
-        return await self._change(list(elements), case_id, present=False)
-
-    async def _change(
-        self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool
-    ) -> LayerOutcome:
+        """Drop `case_id`'s hold and un-garden the elements no other case holds (`outcome.kept` lists the
+        others). None drops every case's hold: the provisioner's own removal (an address its device left)."""
+        items = list(elements)
         async with self.lock.held():
-            return await self._change_locked(elements, case_id, present=present)
+            released = await self.desired.release(items, case_id)
+            outcome = await self._change_locked(released, case_id, present=False)
+            outcome.kept = [e for e in items if e not in set(released)]
+            return outcome
 
     async def _change_locked(
         self, elements: list[Element], case_id: uuid.UUID | None, *, present: bool

@@ -7,9 +7,11 @@ the device holds. Which device and which addresses are gardened is kept in Kea's
 lease trigger can tell the provisioner at once when one of them changes; `follow()` then moves the
 garden: an address the device left loses its trigger before its next holder can be gardened by
 someone else's case, and a new normal-pool address of a gardened device gains one. Every call is
-idempotent. The layers are changed through `LayeredGarden` (desired state in provisioner's own
-database, per-layer confirmation): an apply is complete only once every layer confirmed it
-(`GardenPending` otherwise, and the layer that failed is retried by the bus retry and by reconcile).
+idempotent. Each case holds what it gardened (`garden_hold`): a device under two open cases (its own
+and its household's) leaves the garden only with the last of them. The layers are changed through
+`LayeredGarden` (desired state in provisioner's own database, per-layer confirmation): an apply is
+complete only once every layer confirmed it (`GardenPending` otherwise, and the layer that failed is
+retried by the bus retry and by reconcile).
 
 Without Kea's lease database (`dhcp_backend = "dhcpd"`, `pool` None) nothing follows the device: the
 command's own address is gardened, and remove takes the addresses the desired state holds for the case.
@@ -127,13 +129,16 @@ class Garden:
         return [f"dhcp: modem {element.value} gets the filtered config file"]
 
     async def remove_modem(self, cm_mac: str, case_id: uuid.UUID) -> list[str]:
-        """The modem's reservation hands out its normal config file again."""
+        """The modem's reservation hands out its normal config file again (unless another case holds it)."""
         element = Element.modem(cm_mac)
         if not any(layer.handles(element) for layer in self.layers.layers):
             return []
+        others = await self.layers.desired.holders(element, besides=case_id)
         outcome = await self.layers.remove([element], case_id)
         if not outcome.complete:
             raise GardenPending(outcome)
+        if element in outcome.kept:
+            return [f"dhcp: modem {element.value} keeps the filtered config file ({_held_by(others)})"]
         return [f"dhcp: modem {element.value} gets its normal config again"]
 
     def _not_gardened(self, ip: str) -> bool:
@@ -198,7 +203,8 @@ class Garden:
         return "full" if any(element.kind != "smtp" for element in recorded) else "smtp_block"
 
     async def remove(self, command: GardenRemove, mode: GardenMode | None = None) -> list[str]:
-        """Undo the case's garden as it was applied (`mode`: `gardened_as`, looked up if not given)."""
+        """Undo the case's garden as it was applied (`mode`: `gardened_as`, looked up if not given): what
+        another open case still holds (the device, its addresses) stays gardened for that case."""
         async with self._lock.held():
             changes: list[str] = []
             mac = normalize_mac(command.cpe_mac) if command.cpe_mac else None
@@ -206,15 +212,36 @@ class Garden:
                 return await self._smtp_unblock(mac, command)
             ips = await self._addresses_to_ungarden(mac, command)
             elements = [Element.ip(ip) for ip in ips]
+            others: list[uuid.UUID] = []
             if mac is not None:
                 elements.append(Element.mac(mac))
-                changes.append(f"dhcp: host {mac} out of class quarantine")
-                if self._pool is not None:
-                    await self._pool.execute(
-                        "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'full'", mac
-                    )
+                others = await self.layers.desired.holders(Element.mac(mac), besides=command.case_id)
+                # A device another case still holds keeps its addresses gardened too, whichever case
+                # gardened them (follow() may have added one for this case alone).
+                await self.layers.desired.hold([Element.ip(ip) for ip in ips], others)
             outcome = await self.layers.remove(elements, command.case_id)
+            kept = set(outcome.kept)
+            if mac is not None:
+                if Element.mac(mac) in kept:
+                    changes.append(f"dhcp: host {mac} stays in class quarantine ({_held_by(others)})")
+                    if self._pool is not None and others:
+                        # follow() gardens the device's new addresses for the case its record names.
+                        await self._pool.execute(
+                            "UPDATE lazaretto_garden_device SET case_id = $2"
+                            " WHERE mac = $1 AND mode = 'full'",
+                            mac,
+                            others[0],
+                        )
+                else:
+                    changes.append(f"dhcp: host {mac} out of class quarantine")
+                    if self._pool is not None:
+                        await self._pool.execute(
+                            "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'full'", mac
+                        )
             for ip in ips:
+                if Element.ip(ip) in kept:
+                    changes.append(f"rpz: client-ip {ip} stays -> portal (held by another case)")
+                    continue
                 await self._unrecord(ip)
                 changes.append(f"rpz: client-ip {ip} removed")
                 if self._filters(Element.ip(ip)):
@@ -276,6 +303,11 @@ class Garden:
                 if self.in_quarantine_pool(row["ip"]):
                     continue
                 address = GardenedAddress(row["ip"], row["mac"], True)
+                if row["mode"] == "full":
+                    # Every case that holds the device holds its new address: the first to be
+                    # released must not take it out of the garden.
+                    holders = await self.layers.desired.holders(Element.mac(row["mac"]))
+                    await self.layers.desired.hold([Element.ip(address.ip)], holders)
                 await self._garden(address, row["case_id"], row["mode"])
                 if row["mode"] == "smtp_block":
                     changes.append(f"nft: {row['ip']} may not send mail (new address of {row['mac']})")
@@ -330,18 +362,21 @@ class Garden:
         ips = [ip for ip in dict.fromkeys([*recorded, *held, *named]) if ip != NO_ADDRESS]
         elements = [e for e in (Element.smtp(ip) for ip in ips) if self._filters(e)]
         outcome = await self.layers.remove(elements, command.case_id)
+        released = [e for e in elements if e not in set(outcome.kept)]
         if self._pool is not None:
-            if mac is not None:
+            if mac is not None and not outcome.kept:
                 await self._pool.execute(
                     "DELETE FROM lazaretto_garden_device WHERE mac = $1 AND mode = 'smtp_block'", mac
                 )
             await self._pool.execute(
                 "DELETE FROM lazaretto_garden_address WHERE ip = ANY($1::inet[]) AND mode = 'smtp_block'",
-                [e.address for e in elements],
+                [e.address for e in released],
             )
         if not outcome.complete:
             raise GardenPending(outcome)
-        return [f"nft: {e.address} may send mail again" for e in elements]
+        return [f"nft: {e.address} may send mail again" for e in released] + [
+            f"nft: {e.address} still may not send mail (held by another case)" for e in outcome.kept
+        ]
 
     def _filters(self, element: Element) -> bool:
         """Whether a packet-filter layer enforces `element` (an IPv4 host address)."""
@@ -399,6 +434,10 @@ class Garden:
 def _element(ip: str, mode: str) -> Element:
     """The layers' element for a recorded address: a mail block (`smtp`) or the full garden (`ip`)."""
     return Element.smtp(ip) if mode == "smtp_block" else Element.ip(ip)
+
+
+def _held_by(cases: Sequence[uuid.UUID]) -> str:
+    return "still held by case " + ", ".join(str(case) for case in cases) if cases else "still held"
 
 
 def _case_uuid(case_id: object) -> uuid.UUID | None:
