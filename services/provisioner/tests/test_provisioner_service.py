@@ -167,6 +167,41 @@ async def test_a_refused_dns_update_is_reported_as_failed(
         await service.stop()
 
 
+@pytest.mark.parametrize("scope", ["cpe", "modem"])
+async def test_a_command_that_names_nothing_to_garden_is_refused(
+    provisioner: ProvisionerService, amqp_url: str, scope: str
+) -> None:
+    probe = await BusProbe(amqp_url).start(["garden.applied.v1", "garden.failed.v1"])
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        # When a command names no device (no CPE MAC, no modem) and no address (0.0.0.0)
+        nothing = GardenApply.model_validate(
+            {
+                "case_id": uuid.uuid4(),
+                "step_id": uuid.uuid4(),
+                "scope": scope,
+                "cpe_mac": None,
+                "cpe_ip": "0.0.0.0",
+                "cm_mac": None,
+                "reason": "scan",
+            }
+        )
+        await bus.publish(nothing)
+        # Then it is refused for good, saying why, rather than reported applied (policy would then
+        # reset the modem as if the case were gardened)
+        (failed,) = await probe.wait_for(GardenFailed)
+        assert failed.step_id == nothing.step_id
+        assert failed.operation == "apply"
+        assert failed.error_class == "nothing_to_garden"
+        assert "names no device (no CPE MAC) and no address (cpe_ip 0.0.0.0)" in failed.detail
+        assert not [m for key, m, _ in probe.received if key == "garden.applied.v1"]
+        assert await provisioner.garden.layers.desired.case_elements(nothing.case_id) == set()
+    finally:
+        await bus.close()
+        await probe.stop()
+
+
 async def test_lease_lookup_needs_the_token(provisioner: ProvisionerService) -> None:
     transport = httpx.ASGITransport(app=provisioner.http_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://provisioner") as client:

@@ -86,6 +86,13 @@ class GardenPending(Exception):
         self.transient = outcome.transient
 
 
+class NothingToGarden(Exception):
+    """The command names no device and no address to garden: reporting it applied would let policy
+    reset the modem as if the case were gardened. Permanent: a retry names nothing either."""
+
+    transient = False
+
+
 @dataclass(frozen=True)
 class GardenedAddress:
     ip: str
@@ -164,6 +171,11 @@ class Garden:
                 if self.blocks_mail:
                     return await self._smtp_block(mac, command)
                 changes.append("no packet-filter layer to block only mail: gardened fully instead")
+            if mac is None and str(command.cpe_ip) == NO_ADDRESS:
+                raise NothingToGarden(
+                    f"case {command.case_id} names no device (no CPE MAC) and no address (cpe_ip"
+                    f" {NO_ADDRESS}): nothing to garden"
+                )
             addresses = await self._addresses_to_garden(mac, str(command.cpe_ip))
             elements = [Element.ip(a.ip) for a in addresses]
             if mac is not None:

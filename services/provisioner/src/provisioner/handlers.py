@@ -26,7 +26,7 @@ from lazaretto_core.logs import bind
 from lazaretto_core.ranges import SubscriberRanges
 
 from .dhcpd import DhcpdError
-from .garden import Garden, GardenPending
+from .garden import Garden, GardenPending, NothingToGarden
 from .household import Household, HouseholdError
 from .kea import KeaError
 from .nft import NftError
@@ -82,6 +82,7 @@ class ProvisionerHandlers:
                 changes = await self.garden.apply(command)
         except (
             GardenPending,
+            NothingToGarden,
             RpzError,
             KeaError,
             NftError,
@@ -209,6 +210,8 @@ def _error_class(exc: Exception) -> str:
         return "dns_" + type(exc).__name__.removeprefix("Rpz").lower()
     if isinstance(exc, KeaError | asyncpg.PostgresError):
         return "dhcp_" + type(exc).__name__.lower()
+    if isinstance(exc, NothingToGarden):
+        return "nothing_to_garden"
     if isinstance(exc, HouseholdError):
         return "cmts_lookup_error"
     if isinstance(exc, NftError):

@@ -91,8 +91,9 @@ class Household:
                     continue
             device = command.model_copy(update={"scope": "cpe", "cpe_mac": mac, "cpe_ip": ip})
             changes += await self.garden.apply(device)
-        if not devices and command.cpe_mac is None:
-            # Nobody listed behind the modem: at least the address the case named.
+        if not devices and command.cpe_mac is None and (str(command.cpe_ip) != NO_ADDRESS or not changes):
+            # Nobody listed behind the modem: at least the address the case named (with no address and
+            # no modem config either, the garden refuses the command: nothing was gardened).
             changes += await self.garden.apply(command.model_copy(update={"scope": "cpe"}))
         return changes
 
