@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from babel.messages.pofile import read_po
 from lazaretto_core.contracts import ReleaseRequested
 from lazaretto_core.remediation import load_remediation
 from lazaretto_lab.testing import BusProbe
+from policy import ladder
 from portal.app import PortalService
 from portal.i18n import Catalogues, accepted_languages, package_locales
 from portal.policy_client import AppealRefused, PolicyClient, PolicyUnavailable, ReleaseProgress, VisitorCase
@@ -527,3 +528,54 @@ async def test_policy_down_is_the_unavailable_page_never_an_error(make_portal: M
             assert page.status_code == 503, path
             assert "This page is briefly unavailable" in page.text
             assert "tel:+15550100200" in page.text
+
+
+# While a case is between policy's resting states: the restriction still being put in place, a case the
+# circuit breaker holds (recorded, nothing applied), a self-release whose step policy retries. Policy's
+# answers are its own (ladder, flow and progress functions); only the transport to it is a table.
+
+CALL_US = "cannot be lifted from this page"
+RELOAD = "We are still putting this restriction in place. Once that is done, in a few minutes, you can"
+
+
+def policy_answer(state: str) -> dict[str, Any]:
+    """Policy's self-release answer for a case in `state` (first offence, no release used yet)."""
+    return ladder.self_release(state, None, 0, 3, datetime.now(UTC)).public()
+
+
+@pytest.mark.parametrize("state", ["garden_requested", "garden_applied", "modem_reset_requested"])
+async def test_while_the_restriction_goes_up_the_page_says_to_reload_soon_not_to_call(
+    make_portal: MakePortal, state: str
+) -> None:
+    # Given a case whose garden (or modem restart) is still being applied: policy says "later", no date
+    case = a_case(state=state, self_release_allowed=False, self_release=policy_answer(state))
+    policy = TablePolicy(by_ip={HELD: case})
+    portal = await make_portal(policy)
+    async with visitor(portal) as client:
+        page = (await client.get("/")).text
+        # Then the page says self-release comes in a few minutes, never that it cannot be lifted here
+        assert RELOAD in text_of(page)
+        assert CALL_US not in text_of(page)
+        assert 'name="attest"' not in page
+        # and once the restriction is in place policy says "now": the checkbox is there
+        policy.by_ip = {HELD: a_case(self_release=policy_answer("quarantined"))}
+        assert 'name="attest"' in (await client.get("/")).text
+
+
+async def test_a_held_case_says_it_is_recorded_and_nothing_is_restricted(make_portal: MakePortal) -> None:
+    # Given a case the circuit breaker holds: recorded, no garden applied
+    case = a_case(state="held", self_release_allowed=False, self_release=policy_answer("held"))
+    portal = await make_portal(TablePolicy(by_ip={HELD: case}))
+    async with visitor(portal) as client:
+        page = (await client.get("/")).text
+        api = await client.get("/captive-portal/api", headers={"Accept": "application/captive+json"})
+    text = text_of(page)
+    # Then the page says the connection is not restricted, as the RFC 8908 API does (captive: false)
+    assert "your connection is not restricted: it works as usual" in text
+    assert api.json()["captive"] is False
+    # and promises no restore, no call to lift it, no restriction since a date
+    for untrue in (CALL_US, RELOAD, "restricted since", "Restore your connection"):
+        assert untrue not in text, untrue
+    assert 'name="attest"' not in page
+    # The helpdesk and the reference stay on the page
+    assert "LZ-7K3M-Q9" in text

@@ -91,6 +91,9 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
     def page_for_visitor(request: Request, case: VisitorCase | None, language: Language) -> Response:
         if case is None:
             return render(request, "free.html", language, client_ip=client_of(request))
+        if case.state == "held":
+            # The breaker holds the case: recorded, nothing applied (the captive API says captive:false).
+            return render(request, "held.html", language, case=case)
         if case.state in RELEASING_STATES:
             state = ReleaseProgress(
                 case_id=case.case_id,
