@@ -5,6 +5,7 @@ refusals included. Real PostgreSQL and RabbitMQ; attribution over real HTTP."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -14,15 +15,24 @@ from hypothesis import strategies as st
 
 from lazaretto_core import db
 from lazaretto_core.bus import MessageContext
-from lazaretto_core.contracts import ReleaseRequested
+from lazaretto_core.contracts import (
+    GardenFailed,
+    GardenRemove,
+    GardenRemoved,
+    ModemReset,
+    ModemResetFailed,
+    ReleaseRequested,
+)
 from lazaretto_core.errors import InvalidMessage
 from lazaretto_lab.lease_stub import LeaseBook
+from lazaretto_lab.testing import BusProbe
 from policy.app import PolicyService
 from policy.reference import normalize_reference, reference_for
 
 PC = "02:00:00:00:0d:01"
 NEIGHBOUR = "02:00:00:00:0d:02"
 CM = "00:02:8a:00:0d:01"
+QuarantineDevice = Callable[[str, str], Awaitable[uuid.UUID]]  # the conftest's fixture
 
 
 def device(book: LeaseBook, ip: str, mac: str) -> None:
@@ -184,3 +194,51 @@ async def test_a_refused_self_release_is_what_the_progress_page_reads(
     assert (
         await portal_api.get(f"/v1/portal/cases/by-ip/100.64.13.31/progress/{case['case_id']}")
     ).status_code == 404
+
+
+async def test_a_release_whose_step_is_retried_is_still_accepted_at_that_step(
+    policy: PolicyService, portal_api: httpx.AsyncClient, quarantine_device: QuarantineDevice, probe: BusProbe
+) -> None:
+    # Given a quarantined PC behind a modem whose subscriber released the case
+    case_id = await quarantine_device("100.64.13.40", PC)
+    context = MessageContext(str(uuid.uuid4()), "test", None, 1, "test", None)
+    request = ReleaseRequested(
+        request_id=uuid.uuid4(),
+        case_id=case_id,
+        client_ip="100.64.13.40",
+        attestation_version="v1",
+        requested_at=datetime.now(UTC),
+        user_agent="pytest",
+        device_mac=PC,
+    )
+    await policy.handlers.on_release_requested(request, context)
+    [remove] = [m for m in await probe.wait_for(GardenRemove) if m.case_id == case_id]
+    progress_url = f"/v1/portal/cases/by-ip/100.64.13.40/progress/{case_id}"
+
+    async def progress() -> tuple[str, bool, str | None]:
+        answer = (await portal_api.get(progress_url)).json()
+        return answer["state"], answer["accepted"], answer["step"]
+
+    assert await progress() == ("release_requested", True, "garden_remove")
+    # When the garden removal fails once, policy retries it: the release is still accepted, at that step
+    await policy.handlers.on_garden_failed(
+        GardenFailed(
+            case_id=case_id, step_id=remove.step_id, operation="remove", error_class="timeout", detail="slow"
+        ),
+        context,
+    )
+    assert await progress() == ("failed_retrying", True, "garden_remove")
+    # and likewise when the retried removal succeeds and the modem reset out then fails once
+    [retried] = [m for m in await probe.wait_for(GardenRemove, count=2) if m.case_id == case_id][-1:]
+    await policy.handlers.on_garden_removed(
+        GardenRemoved(case_id=case_id, step_id=retried.step_id, changes=["kea"]), context
+    )
+    assert await progress() == ("release_reset_requested", True, "modem_reset_out")
+    [reset] = [m for m in await probe.wait_for(ModemReset, count=2) if m.case_id == case_id][-1:]
+    await policy.handlers.on_modem_reset_failed(
+        ModemResetFailed(
+            case_id=case_id, step_id=reset.step_id, cm_mac=reset.cm_mac, error_class="timeout", detail="slow"
+        ),
+        context,
+    )
+    assert await progress() == ("failed_retrying", True, "modem_reset_out")

@@ -18,6 +18,7 @@ from lazaretto_core.db import Connection
 
 from . import commands, release_pending, store
 from .casestore import CaseStore
+from .flow import Step
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,15 @@ REFUSAL_CODES: dict[type[commands.Refused], str] = {
     commands.SelfReleaseLater: "not_yet",
     commands.SelfReleaseNever: "helpdesk_only",
 }
+
+
+# The release's own steps. While one is in flight the release was accepted and is under way, retried
+# after a failure too (`failed_retrying` keeps the step it retries in `step`).
+RELEASE_STEPS: frozenset[Step] = frozenset({Step.GARDEN_REMOVE, Step.RESET_OUT})
+
+
+def release_under_way(case: store.Case) -> bool:
+    return case.state in RELEASING_STATES or case.step in RELEASE_STEPS
 
 
 def refusal_code(exc: commands.Refused) -> str:
@@ -87,7 +97,9 @@ async def progress(conn: Connection, case: store.Case, since: datetime | None) -
         "reference": case.reference,
         "state": case.state,
         "closed": case.closed_at is not None,
-        "accepted": case.state in RELEASING_STATES,
+        "accepted": release_under_way(case),
+        # Which of the release's steps is under way when the state does not say (`failed_retrying`).
+        "step": case.step.value if case.step is not None else None,
         "refusal": refusal,
         "modem_restarts": await release_restarts_modem(conn, case),
         # Kept through an outage of the device look-up: decided by itself once the peers answer.
