@@ -23,7 +23,7 @@ from babel.messages.pofile import read_po
 from lazaretto_core.contracts import ReleaseRequested
 from lazaretto_core.remediation import load_remediation
 from lazaretto_lab.testing import BusProbe
-from policy import ladder
+from policy import flow, ladder, release_progress, store
 from portal.app import PortalService
 from portal.i18n import Catalogues, accepted_languages, package_locales
 from portal.policy_client import AppealRefused, PolicyClient, PolicyUnavailable, ReleaseProgress, VisitorCase
@@ -579,3 +579,78 @@ async def test_a_held_case_says_it_is_recorded_and_nothing_is_restricted(make_po
     assert 'name="attest"' not in page
     # The helpdesk and the reference stay on the page
     assert "LZ-7K3M-Q9" in text
+
+
+class NoEvents:
+    """Policy's database as `release_progress.progress` reads it for a case with no refusal, no kept
+    request and no recorded garden mode (its queries are tested on PostgreSQL in policy's tests)."""
+
+    async def fetchrow(self, *args: object) -> None:
+        return None
+
+    async def fetchval(self, *args: object) -> None:
+        return None
+
+
+def policy_case(outcome: flow.Outcome) -> store.Case:
+    now = datetime.now(UTC)
+    return store.Case(
+        case_id=uuid.UUID(CASE_ID),
+        ip=HELD,
+        cpe_mac=DEVICE,
+        cm_mac="00:02:8a:00:00:01",
+        scope="cpe",
+        category="scan",
+        reason="scan",
+        state=outcome.state,
+        opened_by="rule:scan",
+        opened_at=now,
+        updated_at=now,
+        closed_at=None,
+        step=outcome.next_step,
+        step_id=uuid.uuid4(),
+        step_attempts=1,
+        next_retry_at=now,
+        self_releases=1,
+        key_kind="cpe_mac",
+        device_key=DEVICE,
+        reference="LZ-7K3M-Q9",
+    )
+
+
+@pytest.mark.parametrize(
+    ("failed_step", "current", "done_steps"),
+    [
+        (flow.Step.GARDEN_REMOVE, "Restriction removed", 1),
+        (flow.Step.RESET_OUT, "Modem restarting: expect a few minutes offline", 2),
+    ],
+)
+async def test_a_release_whose_step_is_retried_stays_on_the_progress_page(
+    make_portal: MakePortal, failed_step: flow.Step, current: str, done_steps: int
+) -> None:
+    # Given a self-released case whose garden removal (or modem reset out) failed once: policy retries it
+    outcome = flow.step_failed(failed_step, attempts=1, max_attempts=5)
+    case = policy_case(outcome)
+    answer = await release_progress.progress(NoEvents(), case, None)  # type: ignore[arg-type]
+    visitor_case = a_case(
+        state=outcome.state,
+        self_release_allowed=False,
+        self_releases_left=2,
+        self_release=ladder.self_release(outcome.state, None, 1, 3, datetime.now(UTC)).public(),
+    )
+    policy = TablePolicy(
+        by_ip={HELD: visitor_case}, progress_of={HELD: ReleaseProgress.model_validate(answer)}
+    )
+    portal = await make_portal(policy)
+    async with visitor(portal) as client:
+        home = text_of((await client.get("/")).text)
+        since = int(time.time()) - 200
+        progress = (await client.get(f"/progress?case={CASE_ID}&since={since}")).text
+    # Then the visitor's page is the release's progress, not the restriction being put in place
+    assert "Restoring your connection" in home
+    assert "Your connection is being restricted" not in home
+    # and the progress page says the request was accepted, at the step being retried
+    assert "Your request was accepted." in text_of(progress)
+    assert "waiting for it to be accepted" not in text_of(progress)
+    assert f'<li aria-current="step">{current}</li>' in progress.replace("\n", "").replace("  ", "")
+    assert progress.count("✓") == done_steps

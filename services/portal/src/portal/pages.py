@@ -41,6 +41,11 @@ PROGRESS_PATIENCE = 120.0
 STEPS = ("accepted", "garden_removed", "modem_restarting", "done")
 # (how many steps are done: the next one is under way; the modem restarts from garden_removed on)
 _STEP_OF_STATE = {"release_requested": 1, "garden_removed": 2, "release_reset_requested": 2, "released": 4}
+# The same from the release's step in flight, for a case whose state does not say (`failed_retrying`
+# while policy retries the garden removal or the modem reset out).
+_STEP_OF_COMMAND = {"garden_remove": 1, "modem_reset_out": 2}
+# Not walled in yet (an enforcement delay) or a step being retried: the details come in a minute.
+_PENDING_STATES = frozenset({"open", "failed_retrying"})
 
 
 def remediation_links(remediation: RemediationList, category: str) -> list[RemediationEntry]:
@@ -88,12 +93,17 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             purchase_links=settings.purchase_links,
         )
 
-    def page_for_visitor(request: Request, case: VisitorCase | None, language: Language) -> Response:
+    async def page_for_visitor(request: Request, case: VisitorCase | None, language: Language) -> Response:
         if case is None:
             return render(request, "free.html", language, client_ip=client_of(request))
         if case.state == "held":
             # The breaker holds the case: recorded, nothing applied (the captive API says captive:false).
             return render(request, "held.html", language, case=case)
+        if case.state == "failed_retrying":
+            # A retried step may be the release's own: then policy says the release was accepted.
+            state = await policy.progress(client_of(request), case.case_id, None)
+            if state is not None and state.accepted:
+                return progress_page(request, state, language, waited=0.0)
         if case.state in RELEASING_STATES:
             state = ReleaseProgress(
                 case_id=case.case_id,
@@ -104,7 +114,7 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
                 modem_restarts=case.modem_restarts,
             )
             return progress_page(request, state, language, waited=0.0)
-        if case.state in ("open", "failed_retrying") and case.state not in RELEASABLE_STATES:
+        if case.state in _PENDING_STATES and case.state not in RELEASABLE_STATES:
             return render(request, "pending.html", language, case=case)
         return case_page(request, case, language)
 
@@ -113,7 +123,8 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
     ) -> Response:
         # A release that restarts no modem (a spam-only mail block, a device without one) lists no such step.
         steps = STEPS if state.modem_restarts else tuple(s for s in STEPS if s != "modem_restarting")
-        step = len(steps) if state.closed else min(_STEP_OF_STATE.get(state.state, 0), len(steps))
+        under_way = _STEP_OF_STATE.get(state.state) or _STEP_OF_COMMAND.get(state.step or "", 0)
+        step = len(steps) if state.closed else min(under_way, len(steps))
         refused = state.refusal is not None and not state.accepted
         queued = state.queued and not state.accepted
         stuck = state.state == "needs_operator" or (
@@ -149,11 +160,10 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
     async def index(request: Request) -> Response:
         language = language_of(request)
         try:
-            case = await lookup(client_of(request))
+            return await page_for_visitor(request, await lookup(client_of(request)), language)
         except PolicyUnavailable as exc:
             log.warning("policy unavailable for the portal: %s", exc)
             return unavailable(request, language)
-        return page_for_visitor(request, case, language)
 
     @app.get("/logo", include_in_schema=False)
     async def logo() -> Response:
@@ -195,7 +205,11 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
         if attest != "yes":
             return error(request, language, 400, "unticked")
         if case.release.when != "now" or case.state not in RELEASABLE_STATES:
-            return page_for_visitor(request, case, language)
+            try:
+                return await page_for_visitor(request, case, language)
+            except PolicyUnavailable as exc:
+                log.warning("policy unavailable for the portal: %s", exc)
+                return unavailable(request, language)
         request_event = ReleaseRequested(
             request_id=uuid.uuid4(),
             case_id=uuid.UUID(case.case_id),
@@ -233,7 +247,7 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
         try:
             state = await policy.progress(client_ip, case_id, asked_at)
             if state is None:  # not this device's case: the visitor's own page instead
-                return page_for_visitor(request, await lookup(client_ip), language)
+                return await page_for_visitor(request, await lookup(client_ip), language)
         except PolicyUnavailable as exc:
             log.warning("policy unavailable for the portal: %s", exc)
             return unavailable(request, language)
@@ -249,7 +263,7 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             log.warning("policy unavailable for the portal: %s", exc)
             return unavailable(request, language)
         if case is None:
-            return page_for_visitor(request, case, language)
+            return await page_for_visitor(request, case, language)
         token = issue_token(secret, f"appeal:{case.case_id}", case.device_key)
         return render(
             request, "appeal.html", language, case=case, form_token=token, max_chars=APPEAL_MAX_CHARS

@@ -92,6 +92,8 @@ class ReleaseProgress(BaseModel):
     modem_restarts: bool = True
     # Policy keeps the request until it can check the device (older policies never say so).
     queued: bool = False
+    # The step in flight (`garden_remove`, `modem_reset_out`...): where a release being retried is.
+    step: str | None = None
 
 
 class PolicyClient:
