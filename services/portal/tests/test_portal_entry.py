@@ -7,6 +7,8 @@ listeners are real sockets, and TLS is verified against a CA made like the lab's
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import ssl
 import uuid
@@ -299,6 +301,56 @@ async def test_tls_and_catch_all_listeners_serve_the_portal_name(amqp_url: str, 
         assert landed.headers["location"].startswith(PORTAL)
     finally:
         await service.stop()
+
+
+async def raw_http(port: int, request: bytes) -> tuple[str, dict[str, str]]:
+    """Send `request` as written (no client re-encodes its path); the status line and the headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = (await asyncio.wait_for(reader.read(65536), 5)).split(b"\r\n\r\n")[0].decode("latin-1")
+    finally:
+        writer.close()
+    status, *lines = head.split("\r\n")
+    return status, {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
+@pytest.mark.parametrize(
+    ("path", "encoded"),
+    [
+        (b"/%0d%0aSet-Cookie:%20x=1", "/%0D%0ASet-Cookie:%20x=1"),
+        (b"/%E2%82%AC", "/%E2%82%AC"),
+        (b"/a%00b", "/a%00b"),
+    ],
+)
+async def test_a_path_with_an_encoded_newline_or_any_character_lands_on_the_portal(
+    amqp_url: str, caplog: pytest.LogCaptureFixture, path: bytes, encoded: str
+) -> None:
+    catch_all = Listener(
+        "catch-all", build_catch_all(CaptiveCheck(settings_for(amqp_url), TablePolicy())), "127.0.0.1", 0
+    )
+    await catch_all.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            own = await raw_http(
+                catch_all.port, b"GET " + path + b" HTTP/1.1\r\nHost: portal.lazaretto.test\r\n\r\n"
+            )
+            other = await raw_http(
+                catch_all.port, b"GET " + path + b" HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+            )
+    finally:
+        await catch_all.stop()
+    # The portal's own name: the same path over https, percent-encoded again in the Location header
+    assert own[0] == "HTTP/1.1 302 Found"
+    assert own[1]["location"] == PORTAL.rstrip("/") + encoded
+    assert "set-cookie" not in own[1]
+    # Any other name: the portal, remembering the address as the browser asked for it
+    assert other[0] == "HTTP/1.1 302 Found"
+    location = urlsplit(other[1]["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == PORTAL
+    assert parse_qs(location.query)["from"] == ["http://www.example.test" + path.decode()]
+    # and nothing failed on the way (no traceback logged per request)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def nodelay_of_accepted(listener: Listener) -> list[int]:

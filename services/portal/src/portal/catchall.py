@@ -9,11 +9,13 @@ never a JSON error.
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from .captive import NO_STORE, ORIGINAL_URL_MAX, CaptiveCheck, answer_probe, to_portal
 from .probes import match_probe, normal_host
@@ -21,6 +23,22 @@ from .probes import match_probe, normal_host
 log = logging.getLogger(__name__)
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# What stays as it is in a path put back into a URL (RFC 3986 pchar and "/"); anything else, an encoded
+# CR/LF or a non-Latin-1 character above all, is percent-encoded again, so a Location header holds it.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class EveryPath(Route):
+    """A route for every path. Starlette's `/{path:path}` does not match one with an encoded newline
+    (`%0a`: its pattern's `.` stops there), which then got a plain-text 404 instead of the portal."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        child_scope = {"endpoint": self.endpoint, "path_params": {}}
+        if self.methods and scope["method"] not in self.methods:
+            return Match.PARTIAL, child_scope
+        return Match.FULL, child_scope
 
 
 def build_catch_all(check: CaptiveCheck) -> Starlette:
@@ -36,7 +54,8 @@ def build_catch_all(check: CaptiveCheck) -> Starlette:
                 return answer
         if host_header and normal_host(host_header) == settings.portal_name:
             # Our own name over plain HTTP: the same page, over TLS.
-            target = settings.public_origin + request.url.path
+            # (the path as decoded: `request.url` drops a decoded CR, LF or tab, as `urlsplit` does)
+            target = settings.public_origin + quote(request.scope["path"], safe=PATH_SAFE)
             if request.url.query:
                 target += "?" + request.url.query
             status = 302 if request.method in ("GET", "HEAD") else 307
@@ -48,7 +67,7 @@ def build_catch_all(check: CaptiveCheck) -> Starlette:
         return to_portal(settings, request.method)
 
     return Starlette(
-        routes=[Route("/{path:path}", land, methods=METHODS)],
+        routes=[EveryPath("/", land, methods=METHODS)],
         exception_handlers={Exception: failed},
     )
 
