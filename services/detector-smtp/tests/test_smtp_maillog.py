@@ -117,6 +117,24 @@ def test_exim_lines() -> None:
     ]
 
 
+def test_exim_a_for_in_the_subject_or_another_quoted_field_is_no_recipient_list() -> None:
+    # Given arrival lines whose subject (T="...", a quote inside escaped as \") says " for "
+    head = b"2016-03-25 15:06:04 1ajLoq-0001wC-Pk <= email@buytickets.com.my H=mail.buytickets.com.my (buytickets.com.my) [124.217.254.72]:39926 P=esmtp S=964 id=f08@buytickets.com.my"
+    lines = [
+        head + b' T="Thanks for your order" for alice@example.org',
+        head + b' T="Invoice for March"',
+        head + b' T="say \\" for bob@evil.example \\" twice" for alice@example.org carol@example.net',
+        head + b' DN="CN=mail for x" T="Hi" for alice@example.org',
+    ]
+    # Then the recipients are the `for` list after the quoted fields, or 1 without one
+    assert [(e[2], e[7]) for e in parse_all(EximLogParser(), b"\n".join(lines))] == [
+        (1, "example.org"),
+        (1, None),
+        (2, "example.org"),
+        (1, "example.org"),
+    ]
+
+
 def test_garbage_lines_are_ignored() -> None:
     for parser in (PostfixLogParser(), SendmailLogParser(), EximLogParser()):
         for line in (

@@ -15,8 +15,9 @@ is counted"): a message is a transaction the MTA accepted, with its accepted rec
 - Sendmail: `QID: from=<...>, ..., nrcpts=N, ..., relay=host [ip]` (a message of N recipients),
   `ruleset=check_rcpt, arg1=<rcpt>, relay=host [ip], reject=...` (a rejected recipient).
 - Exim: `<= sender H=host (helo) [ip]:port P=esmtpa A=... for rcpt...` (a message; recipients from
-  `for`, else 1; SASL if `A=` or P=esmtpa/esmtpsa), `H=... [ip] ... rejected RCPT <rcpt>` (a rejected
-  recipient), `SMTP connection from host [ip]` (a connection, with log_selector +smtp_connection).
+  `for` outside quoted fields such as `T="subject"`, else 1; SASL if `A=` or P=esmtpa/esmtpsa),
+  `H=... [ip] ... rejected RCPT <rcpt>` (a rejected recipient), `SMTP connection from host [ip]` (a
+  connection, with log_selector +smtp_connection).
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ _EX_ARRIVAL: Final = re.compile(rb" <= (\S+) .*?" + _EX_HOST + rb"(.*)")
 _EX_REJECT: Final = re.compile(_EX_HOST + rb".*? rejected RCPT <?([^\s>:]*)")
 _EX_CONNECT: Final = re.compile(rb"SMTP connection from (?:[^\[]*?\s)?\[" + _IP + rb"\]")
 _EX_FOR: Final = re.compile(rb" for (.+)$")
+# A quoted field (`T="subject"`, `DN="..."`; Exim escapes a quote inside as \") is the sender's text: a
+# " for " in it is no recipient list. Emptied before the `for` list is looked for.
+_EX_QUOTED: Final = re.compile(rb'="(?:[^"\\]|\\.)*"')
 
 
 class EximLogParser(_Parser):
@@ -194,7 +198,7 @@ class EximLogParser(_Parser):
             sender, ip, rest = m.groups()
             recipients = 1
             first: bytes | None = None
-            rcpts = _EX_FOR.search(rest)
+            rcpts = _EX_FOR.search(_EX_QUOTED.sub(b'=""', rest) if b'"' in rest else rest)
             addresses = rcpts.group(1).split() if rcpts is not None else []
             if addresses:  # "for" followed by only blanks (a damaged line) names nobody
                 recipients, first = len(addresses), addresses[0]
