@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,10 @@ import pytest
 from detector_smtp.quarantine import QuarantineList
 from detector_smtp.state import StateStore
 from detector_smtp.windows import ClientWindows
+from lazaretto_core.bus import Bus
+from lazaretto_core.bus_users import work_queue
 from lazaretto_core.checkpoints import CheckpointStore
-from lazaretto_core.contracts import AbuseObserved
+from lazaretto_core.contracts import AbuseObserved, CaseChanged
 from lazaretto_lab.process import free_port
 from lazaretto_lab.testing import BusProbe
 
@@ -113,6 +117,20 @@ class Detector:
         StateStore(self.state_dir).load(self.saved()["state"]["windows"], windows, QuarantineList())
         state = windows.get(ip)
         return 0 if state is None else windows.counts(state, time.time())[1].messages
+
+    async def answer(self, ip: str) -> bytes:
+        """Postfix's RCPT question about a client at `ip`, and the answer."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.policy_port)
+        writer.write(policy_message(ip, 0)[0])
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+        writer.close()
+        await writer.wait_closed()
+        return reply
+
+    async def case_changes_handled(self) -> float:
+        queue = work_queue("detector-smtp", "mta")
+        return await self.metric("lazaretto_messages_handled_total", outcome="ok", queue=queue)
 
 
 async def until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> None:
@@ -267,3 +285,66 @@ async def test_killed_just_after_a_report_on_the_policy_path_it_never_reports_wi
         assert CPE in second.saved()["state"]["reported"]
     finally:
         await probe.stop()
+
+
+async def publish_change(amqp_url: str, case: uuid.UUID, state: str, at: datetime) -> None:
+    bus = Bus(amqp_url, "test-policy")
+    await bus.connect()
+    try:
+        await bus.publish(
+            CaseChanged(
+                case_id=case, state=state, reason="test", scope="cpe", ip=CPE, changed_at=at, category="spam"
+            )
+        )
+    finally:
+        await bus.close()
+
+
+async def killed_once_handled(detector: Detector, handled: float) -> None:
+    """SIGKILL `detector` once it has handled `handled` case changes and acknowledged them."""
+    await until("the case change to be handled", _at_least(detector, handled))
+    await asyncio.sleep(0.5)  # the ack leaves in the loop turn the handler returns in; give it time
+    detector.kill()
+    await detector.wait()
+
+
+def _at_least(detector: Detector, handled: float) -> Callable[[], Any]:
+    async def check() -> bool:
+        return await detector.case_changes_handled() >= handled
+
+    return check
+
+
+REFUSED = b"action=REJECT"
+PASSED = b"action=DUNNO\n\n"
+
+
+async def test_killed_after_acknowledging_a_quarantine_and_then_a_release_it_forgets_neither(
+    amqp_url: str, tmp_path: Path, processes: list[Detector]
+) -> None:
+    maillog = tmp_path / "mail.log"
+    maillog.touch()
+    settings = {"LAZARETTO_QUARANTINE_ACTION": "reject"}
+    case, start = uuid.uuid4(), datetime.now(UTC)
+    # Given a detector (snapshots an hour apart) that acknowledged a spam quarantine, then was killed
+    first = Detector(amqp_url, tmp_path / "state", maillog, **settings)
+    processes.append(await first.start())
+    await publish_change(amqp_url, case, "quarantined", start)
+    await killed_once_handled(first, 1)
+    # Then the restarted detector still refuses the subscriber's mail
+    second = Detector(amqp_url, tmp_path / "state", maillog, **settings)
+    processes.append(await second.start())
+    assert (await second.answer(CPE)).startswith(REFUSED)
+    # When it acknowledges the release and is killed
+    await publish_change(amqp_url, case, "released", start + timedelta(seconds=20))
+    await killed_once_handled(second, 1)
+    # Then the restarted detector lets the subscriber's mail through, from what it saved (no redelivery)
+    third = Detector(amqp_url, tmp_path / "state", maillog, **settings)
+    processes.append(await third.start())
+    assert await third.answer(CPE) == PASSED
+    assert await third.case_changes_handled() == 0
+    # And an older change of the case delivered late does not refuse it again
+    await publish_change(amqp_url, case, "quarantined", start + timedelta(seconds=10))
+    await until("the late change to be handled", _at_least(third, 1))
+    assert await third.answer(CPE) == PASSED
+    await third.stop()

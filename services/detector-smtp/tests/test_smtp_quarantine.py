@@ -4,21 +4,23 @@ move, and the case's entry goes on release whichever address the release names."
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from detector_smtp.quarantine import QuarantineList
 from detector_smtp.state import _quarantined_cases
 from lazaretto_core.contracts import CaseChanged
 
 
-def change(case_id: uuid.UUID, ip: str, state: str, category: str | None = "spam") -> CaseChanged:
+def change(
+    case_id: uuid.UUID, ip: str, state: str, category: str | None = "spam", at: datetime | None = None
+) -> CaseChanged:
     return CaseChanged(
         case_id=case_id,
         state=state,
         reason="test",
         scope="cpe",
         ip=ip,
-        changed_at=datetime.now(UTC),
+        changed_at=at or datetime.now(UTC),
         category=category,
     )
 
@@ -80,3 +82,43 @@ def test_the_snapshot_keeps_cases_and_reads_the_older_address_keyed_form() -> No
     assert "100.64.0.5" not in older
     older.apply(change(case, "100.64.0.9", "released"))
     assert len(older) == 0
+
+
+def test_a_change_delivered_after_a_newer_one_of_its_case_is_ignored() -> None:
+    quarantine, case = QuarantineList(), uuid.uuid4()
+    start = datetime.now(UTC)
+    quarantined, moved, released = (start + timedelta(seconds=s) for s in (0, 10, 20))
+    # Given a case released after a move
+    quarantine.apply(change(case, "100.64.0.5", "quarantined", at=quarantined))
+    quarantine.apply(change(case, "100.64.0.9", "quarantined", at=moved))
+    assert quarantine.apply(change(case, "100.64.0.9", "released", at=released))
+    # When its older changes come again (a redelivery, a retry)
+    assert not quarantine.apply(change(case, "100.64.0.9", "quarantined", at=moved))
+    assert not quarantine.apply(change(case, "100.64.0.5", "garden_applied", at=quarantined))
+    # Then the address stays released
+    assert len(quarantine) == 0
+    # Also when the release came first, and across a save and load of the list
+    other, restored = uuid.uuid4(), QuarantineList()
+    quarantine.apply(change(other, "100.64.0.7", "released", at=released))
+    restored.load_document(quarantine.document())
+    assert not restored.apply(change(other, "100.64.0.7", "quarantined", at=quarantined))
+    assert not restored.apply(change(case, "100.64.0.9", "quarantined", at=moved))
+    assert len(restored) == 0
+
+
+def test_the_list_document_changes_with_each_change_applied_and_keeps_released_cases_a_while() -> None:
+    quarantine, case = QuarantineList(), uuid.uuid4()
+    revision = quarantine.revision
+    quarantine.apply(change(case, "100.64.0.5", "quarantined"))
+    assert quarantine.revision > revision
+    # A case of a category the list ignores leaves the document as it was
+    revision = quarantine.revision
+    quarantine.apply(change(uuid.uuid4(), "100.64.0.6", "quarantined", "scan"))
+    quarantine.apply(change(uuid.uuid4(), "100.64.0.6", "released", "scan"))
+    assert quarantine.revision == revision
+    # A release older than the memory of released cases is forgotten at the next release
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    quarantine.apply(change(case, "100.64.0.5", "released", at=datetime.now(UTC)))
+    forgotten = uuid.uuid4()
+    quarantine.apply(change(forgotten, "100.64.0.8", "released", at=long_ago))
+    assert set(quarantine.document()["changed_at"]) == {str(case)}

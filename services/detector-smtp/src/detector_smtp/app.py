@@ -33,6 +33,7 @@ from .offloop import OffLoopStore
 from .postfix_answers import SmtpPolicyHandler
 from .postfix_policy import PostfixPolicyServer
 from .quarantine import QuarantineList
+from .quarantine_store import QuarantineStore
 from .reports import Reports
 from .rules import RuleSet
 from .settings import DetectorSmtpSettings
@@ -58,6 +59,7 @@ class DetectorSmtpService:
     handler: SmtpPolicyHandler
     detector: SpamDetector
     quarantine: QuarantineList
+    quarantine_store: QuarantineStore
     state: StateStore
     followers: list[LogFollower]
     progress: ProgressMonitor
@@ -75,7 +77,7 @@ class DetectorSmtpService:
     async def start(self) -> None:
         self.tail_gate.set()
         await self.bus.connect()
-        self.bus.on(CaseChanged, CaseTracker(self.quarantine).on_case_changed)
+        self.bus.on(CaseChanged, CaseTracker(self.quarantine, self.quarantine_store).on_case_changed)
         await self.bus.consume(work_queue("detector-smtp", self.settings.sensor), progress=self.progress)
         # The state to restart from exists before the first line is read or request counted: a crash
         # before the first periodic snapshot re-reads the logs from here instead of skipping them.
@@ -241,6 +243,9 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
     state = StateStore(settings.state_dir, budget=settings.handler_budget)
     saved = reports.load()
     restored = state.load(saved.get("windows"), windows, quarantine)
+    # Saved at each change, so newer than any snapshot's copy of the list.
+    quarantine_store = QuarantineStore(OffLoopStore(settings.state_dir / "checkpoints"))
+    quarantine_store.load(quarantine)
     if restored.saved_at:
         log.info(
             "restored %d client(s), %d quarantined address(es) and %d unconfirmed report(s) from the "
@@ -307,6 +312,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
         handler,
         detector,
         quarantine,
+        quarantine_store,
         state,
         followers,
         progress,
