@@ -79,6 +79,26 @@ def test_postfix_queue_join_is_bounded() -> None:
     assert len(parser._queue) == 10
 
 
+def test_postfix_queue_ids_waiting_for_their_message_are_handed_to_the_next_parser() -> None:
+    # Given a parser that read two client= lines, one long ago (a message abandoned in DATA)
+    before = PostfixLogParser()
+    before.parse(b"Nov 26 03:00:00 mx postfix/smtpd[1]: 0LDQ1: client=x[100.64.0.9]", 100.0)
+    before.parse(
+        b"Nov 26 03:58:14 mx postfix/smtpd[1]: 4AbCdE1234: client=cpe[100.64.2.21], sasl_username=joe", 3600.0
+    )
+    saved = before.pending_joins(since=3000.0)
+    assert saved == [("4AbCdE1234", "100.64.2.21", True, 3600.0)]
+    # When a restarted parser takes them back (a malformed row is skipped) and reads the qmgr line
+    after = PostfixLogParser()
+    assert after.restore_joins([*saved, ["bad"], ("Q\u00e9", "100.64.0.1", False, 1.0)]) == 1
+    qmgr = b"Nov 26 03:58:15 mx postfix/qmgr[100]: 4AbCdE1234: from=<a@bulk.example>, size=512, nrcpt=25 (queue active)"
+    # Then the message counts, with its client and its 25 recipients
+    assert parse_all(after, qmgr) == [("100.64.2.21", 1, 25, 0, 0, 1, "bulk.example", None)]
+    assert after.pending_joins(since=0.0) == []
+    # Formats without a join table have nothing to hand over
+    assert SendmailLogParser().pending_joins(0.0) == EximLogParser().pending_joins(0.0) == []
+
+
 def test_sendmail_lines() -> None:
     assert parse_all(SendmailLogParser(), SENDMAIL) == [
         ("127.0.0.1", 1, 1, 0, 0, 0, "myhost.mydomain.com", None),  # nrcpts=0 line skipped

@@ -217,6 +217,30 @@ async def test_a_restart_resumes_the_windows_from_the_snapshot(
         await second.stop()
 
 
+async def test_a_postfix_message_whose_lines_straddle_a_restart_is_counted(
+    amqp_url: str, tmp_path: Path, probe: BusProbe
+) -> None:
+    maillog = tmp_path / "mail.log"
+    maillog.touch()
+    settings = settings_for(amqp_url, tmp_path / "state", postfix_logs=(maillog,))
+    messages = [postfix_message(CPE, n) for n in range(THRESHOLD)]
+    # Given a detector that read the client= lines of a sender's messages, then was stopped
+    first = await started(settings)
+    append(maillog, [line for message in messages for line in message[:3]])
+    await until("the lines to be read", lambda: first.followers[0].lines == 3 * THRESHOLD)
+    await first.stop()
+    # When a new detector starts on the same state directory and Postfix accepts those messages
+    second = await started(settings)
+    try:
+        append(maillog, [line for message in messages for line in message[3:]])
+        # Then each is counted, joined to the client its client= line named before the restart
+        await until("the observation", lambda: observed(probe, CPE))
+        (event,) = observed(probe, CPE)
+        assert (event.count, event.evidence["hour"]["recipients"]) == (THRESHOLD, 2 * THRESHOLD)
+    finally:
+        await second.stop()
+
+
 async def publish_case(amqp_url: str, ip: str, state: str, category: str | None, case_id: uuid.UUID) -> None:
     bus = Bus(amqp_url, "test-policy")
     await bus.connect()

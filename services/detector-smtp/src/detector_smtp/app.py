@@ -11,7 +11,7 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI
 
@@ -27,7 +27,7 @@ from lazaretto_core.tail import Checkpoint
 from .counters import PolicyAccounting
 from .handlers import CaseTracker
 from .logtail import LogFollower, LogSource
-from .maillog import parser_for
+from .maillog import LogParser, parser_for
 from .observations import AddressClasses, SpamDetector
 from .offloop import OffLoopStore
 from .postfix_answers import SmtpPolicyHandler
@@ -122,7 +122,10 @@ class DetectorSmtpService:
                 for f in self.followers
                 if f.position is not None
             }
-            generation = await self.state.save(self.detector.windows, self.quarantine)
+            # Queue ids whose qmgr line has not come within the hour never get one (abandoned in DATA).
+            since = time.time() - self.detector.windows.long_window
+            joins = {str(f.source.path): j for f in self.followers if (j := f.parser.pending_joins(since))}
+            generation = await self.state.save(self.detector.windows, self.quarantine, joins=joins)
             self.reports.commit({"windows": generation, "tail": positions})
         finally:
             self.tail_gate.set()
@@ -192,6 +195,16 @@ def saved_position(tail: dict[str, object], source: LogSource) -> Checkpoint | N
     except (KeyError, TypeError, ValueError) as exc:
         log.error("saved position of %s unreadable (%s): starting at its end", source.path, exc)
         return None
+
+
+def resumed_parser(source: LogSource, full_addresses: bool, joins: dict[str, list[Any]]) -> LogParser:
+    """A parser for `source` holding the queue ids the snapshot saw waiting for their message: the log
+    is re-read from the snapshot's position, after their `client=` lines."""
+    parser = parser_for(source.format, full_addresses)
+    rows = joins.get(str(source.path), [])
+    if parser.restore_joins(rows) < len(rows):
+        log.warning("some saved queue ids of %s were unreadable and are skipped", source.path)
+    return parser
 
 
 def connection_cap(configured: int) -> int:
@@ -280,7 +293,7 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
     followers = [
         LogFollower(
             source,
-            parser_for(source.format, settings.evidence_full_addresses),
+            resumed_parser(source, settings.evidence_full_addresses, restored.joins),
             detector,
             reports,
             gate=gate,

@@ -1,6 +1,7 @@
 """MTA log lines -> per-client mail events, for servers without a policy hook: Postfix, Sendmail, Exim.
 
-Pure (a parser object holds only a bounded queue-id join table). Lines are bytes, as the tailer
+Pure (a parser object holds only a bounded queue-id join table, saved with the windows snapshot so
+that a message whose lines straddle a restart is still counted). Lines are bytes, as the tailer
 gives them; a cheap substring test rejects the many lines that say nothing about a client before any
 regex runs. Times are the arrival time passed in, not the line's own timestamp: syslog stamps carry no
 year and no zone, and a detector in another time zone than the MTA would misplace every line.
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Final, Literal, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Literal, Protocol
 
 from .counters import domain_of, shown
 from .windows import MailEvent
@@ -41,15 +43,31 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
+# A queue id waiting for its message, as the snapshot keeps it: [queue id, client, SASL, read at].
+PendingJoin = tuple[str, str, bool, float]
+
+
 class LogParser(Protocol):
     format: str
 
     def parse(self, line: bytes, now: float) -> MailEvent | None: ...
 
+    def pending_joins(self, since: float) -> list[PendingJoin]: ...
+
+    def restore_joins(self, rows: Iterable[Sequence[Any]]) -> int: ...
+
 
 class _Parser:
     def __init__(self, full_addresses: bool = False) -> None:
         self.full_addresses = full_addresses
+
+    def pending_joins(self, since: float) -> list[PendingJoin]:
+        """The joins read at `since` or later still waiting for their message (none but for Postfix)."""
+        return []
+
+    def restore_joins(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Take back what `pending_joins` gave before a restart; returns how many were usable."""
+        return 0
 
     def _sender(self, address: bytes | None) -> str | None:
         return shown(_text(address), self.full_addresses) if address else None
@@ -78,8 +96,8 @@ class PostfixLogParser(_Parser):
     def __init__(self, full_addresses: bool = False, max_queue_ids: int = 100_000) -> None:
         super().__init__(full_addresses)
         self.max_queue_ids = max_queue_ids
-        # queue id -> (client, SASL-authenticated), until qmgr shows the message accepted
-        self._queue: OrderedDict[bytes, tuple[str, bool]] = OrderedDict()
+        # queue id -> (client, SASL-authenticated, read at), until qmgr shows the message accepted
+        self._queue: OrderedDict[bytes, tuple[str, bool, float]] = OrderedDict()
 
     def parse(self, line: bytes, now: float) -> MailEvent | None:
         if b"postfix" not in line:
@@ -89,9 +107,7 @@ class PostfixLogParser(_Parser):
             if m is None:
                 return None
             queue_id, ip, rest = m.groups()
-            self._queue[queue_id] = (_text(ip), b"sasl_username=" in rest)
-            if len(self._queue) > self.max_queue_ids:
-                self._queue.popitem(last=False)
+            self._remember(queue_id, (_text(ip), b"sasl_username=" in rest, now))
             return None
         if b", nrcpt=" in line:
             m = _PF_QMGR.search(line)
@@ -103,7 +119,7 @@ class PostfixLogParser(_Parser):
             recipients = int(m.group(3))
             if joined is None or recipients < 1:
                 return None
-            client, auth = joined
+            client, auth, _ = joined
             return MailEvent(
                 client,
                 now,
@@ -124,6 +140,28 @@ class PostfixLogParser(_Parser):
             m = _PF_CONNECT.search(line)
             return MailEvent(_text(m.group(1)), now, connections=1) if m is not None else None
         return None
+
+    def _remember(self, queue_id: bytes, join: tuple[str, bool, float]) -> None:
+        self._queue[queue_id] = join
+        if len(self._queue) > self.max_queue_ids:
+            self._queue.popitem(last=False)
+
+    def pending_joins(self, since: float) -> list[PendingJoin]:
+        # Older ones are messages abandoned in DATA: their qmgr line never comes.
+        return [(qid.decode(), ip, auth, at) for qid, (ip, auth, at) in self._queue.items() if at >= since]
+
+    def restore_joins(self, rows: Iterable[Sequence[Any]]) -> int:
+        restored = 0
+        for row in rows:
+            try:
+                queue_id, ip, auth, at = row
+                join = (str(ip), bool(auth), float(at))
+                key = str(queue_id).encode("ascii")
+            except (TypeError, ValueError):
+                continue
+            self._remember(key, join)
+            restored += 1
+        return restored
 
 
 # ----------------------------------------------------------------------------------------- Sendmail

@@ -1,5 +1,7 @@
-"""The windows on disk: every client's sliding windows and the quarantine list, one JSON-lines file per
-snapshot ("generation"), so that a restart resumes the windows instead of silently starting from zero.
+"""The windows on disk: every client's sliding windows, a copy of the quarantine list (`quarantine_store`
+keeps the list itself) and the Postfix queue ids still waiting for their message (per log), one
+JSON-lines file per snapshot ("generation"), so that a restart resumes the windows instead of
+silently starting from zero.
 
 A generation is written to a temporary name, fsynced, renamed and its directory fsynced; it only
 becomes the one to restart from when the outbox document (`reports.Reports.commit`) names it, with
@@ -21,12 +23,14 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
 import msgspec
 
+from .maillog import PendingJoin
 from .quarantine import QuarantineList
 from .slices import TimeSlice
 from .windows import ClientWindows
@@ -44,6 +48,8 @@ class Restored:
     saved_at: float = 0.0
     clients: int = 0
     skipped: int = 0
+    # log path -> its Postfix queue ids waiting for their message (rows of `PendingJoin`)
+    joins: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class StateStore:
@@ -83,6 +89,7 @@ class StateStore:
                     return restored
                 restored.saved_at = float(header["saved_at"])
                 quarantine.load(_quarantined_cases(header))
+                restored.joins = _pending_joins(header)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("snapshot %s unreadable (%s); starting empty", generation, exc)
                 return restored
@@ -99,7 +106,13 @@ class StateStore:
         windows.reorder()
         return restored
 
-    async def save(self, windows: ClientWindows, quarantine: QuarantineList, now: float | None = None) -> str:
+    async def save(
+        self,
+        windows: ClientWindows,
+        quarantine: QuarantineList,
+        now: float | None = None,
+        joins: Mapping[str, list[PendingJoin]] | None = None,
+    ) -> str:
         """Write a new generation; returns its name (not yet the one to restart from: commit it)."""
         now = time.time() if now is None else now
         generation = f"{PREFIX}{int(now)}-{uuid.uuid4().hex[:8]}{SUFFIX}"
@@ -108,6 +121,7 @@ class StateStore:
             "saved_at": now,
             "bucket_seconds": windows.bucket_seconds,
             "quarantined_cases": quarantine.as_dict(),
+            "joins": dict(joins or {}),
         }
         target = self.path(generation)
         tmp = target.with_suffix(".tmp")
@@ -158,6 +172,14 @@ class StateStore:
 def _write_lines(out: IO[bytes], lines: list[bytes]) -> None:
     lines.append(b"")
     out.write(b"\n".join(lines))
+
+
+def _pending_joins(header: dict[str, Any]) -> dict[str, list[Any]]:
+    """Log path -> its saved queue ids; none if unreadable (the windows are still good)."""
+    joins = header.get("joins", {})
+    if not isinstance(joins, dict):
+        return {}
+    return {str(path): rows for path, rows in joins.items() if isinstance(rows, list)}
 
 
 def _quarantined_cases(header: dict[str, Any]) -> dict[str, str]:
