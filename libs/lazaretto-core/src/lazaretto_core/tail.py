@@ -20,8 +20,13 @@ the tailer read a line at a time.
 Every line carries its file's first bytes (`TailLine.head`): with the offset, they name the line
 whichever copy of the file it is read from (`line_key`), unlike the inode, which a copy does not keep.
 
-Known limits: lines a writer appends to the old file after we switched to the new one are not read
-(Snort reopens at once); lines written between logrotate's copy and its truncate are in neither file.
+Rename-and-create loses nothing: the writer appends to the renamed file until it reopens the path
+(logrotate `create` then a SIGHUP that Suricata or rsyslog acts on at its next write), so the old file
+stays open and is read on until the writer has reopened (the new file has data) and the old file has
+been quiet for `rotation_grace` seconds; only then is the new file read, from 0. Lines come in the
+order written, old file first, so a checkpoint never goes back to the old file once past it.
+
+Known limits: lines written between logrotate's copy and its truncate are in neither file.
 Where a truncation shows that such lines may be missing (no copy holds everything from our position:
 none was found, or it is shorter than what we had already read, so the writer wrote after the copy),
 `gaps` counts it.
@@ -114,6 +119,7 @@ class FileTailer:
         max_line: int = DEFAULT_MAX_LINE,
         read_size: int = 1 << 18,
         head_bytes: int = 256,
+        rotation_grace: float = 1.0,
         on_idle: Callable[[], object] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -127,6 +133,7 @@ class FileTailer:
         self.max_line = max_line
         self.read_size = read_size
         self.head_bytes = head_bytes
+        self.rotation_grace = rotation_grace  # the old file's quiet time before the new one is read
         self._start = start
         self._from_end = from_end
         self._closed = False
@@ -144,7 +151,11 @@ class FileTailer:
         self._skipping = False  # inside an over-long line: discard until its newline
         self._skip_head = b""
         self._skip_len = 0
-        self._then_switch = False  # reading a rotated-away file (or a copy) before the current one
+        self._then_switch = False  # reading a copy (or a rotated-away file) before the current one
+        # After a rename: the file now at the path, opened but not read until the writer has left the
+        # old one (see `_follow_rename`), and when the old file last grew.
+        self._next_fd = -1
+        self._old_grew_at = 0.0
         self._head = b""  # the open file's first bytes, as far as known
 
     def close(self) -> None:
@@ -174,6 +185,8 @@ class FileTailer:
             while not self._closed:
                 data = os.read(self._fd, self.read_size)
                 if data:
+                    if self._next_fd >= 0:
+                        self._old_grew_at = time.monotonic()
                     if self._pos and not self._starts_with(self._fd, self._head):
                         # Truncated and regrown past our offset since the last poll: what we just
                         # read may be the new file's middle. Drop it; resume from the copy or at 0.
@@ -204,6 +217,7 @@ class FileTailer:
                     await self._wait()
         finally:
             self._close_fd()
+            self._close_next()
             if self._watch is not None:
                 self._watch.close()
                 self._watch = None
@@ -214,13 +228,13 @@ class FileTailer:
         if watch is None or not watch.active:
             if watch is not None:
                 watch.follow()  # the directory may have appeared since
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(min(self.poll_interval, self._rename_due_in()))
             return
         # A writer writing line by line would wake us per line: let a few gather between wake-ups.
         gather = self._last_wake + self.min_wake_interval - time.monotonic()
         if gather > 0:
             await asyncio.sleep(gather)
-        if await watch.wait(self.watched_poll_interval):
+        if await watch.wait(min(self.watched_poll_interval, self._rename_due_in())):
             self.wakeups += 1
             self._last_wake = time.monotonic()
 
@@ -253,16 +267,26 @@ class FileTailer:
             if older is None and start.inode == self._inode and start.offset > 0:
                 self.gaps += 1  # truncated while we were down, and no copy holds what we had not read
             if older is not None:
-                self._close_fd()
+                current, self._fd = self._fd, -1
                 self._open(None, older)
                 self._seek(start.offset)
-                self._then_switch = True
+                if self._inode == start.inode:
+                    # Renamed: the writer may still be appending to it, as after a rename seen live.
+                    self._next_fd = current
+                    self._old_grew_at = time.monotonic()
+                else:
+                    os.close(current)  # a copy-truncate copy: no one writes to it
+                    self._then_switch = True
             else:
                 self._seek(0)
 
     def _open(self, offset: int | None, path: Path | None = None) -> None:
+        self._adopt(os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC), offset)
+
+    def _adopt(self, fd: int, offset: int | None) -> None:
+        """Read from `fd` from now on (the old file, if any, is closed)."""
         self._close_fd()
-        self._fd = os.open(path or self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = fd
         self._inode = os.fstat(self._fd).st_ino
         if self._watch is not None:
             self._watch.follow(self._inode)  # the file now at the path (after a rotation: the new one)
@@ -289,6 +313,12 @@ class FileTailer:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+    def _close_next(self) -> None:
+        if self._next_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._next_fd)
+            self._next_fd = -1
 
     def _find_sibling(self, start: Checkpoint) -> Path | None:
         """The file a checkpoint was taken in, now under another name (`eve.json.1`, `x.1700000000`).
@@ -320,26 +350,53 @@ class FileTailer:
 
         Returns the lines still due from the old file, and whether anything changed (read again now).
         """
+        if self._next_fd >= 0:
+            return self._follow_rename()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return [], False  # renamed away, not yet recreated: keep the old file until one appears
         if st.st_ino != self._inode:
-            # The writer may have appended between our last read and the rename: drain, then switch.
-            leftover = self._drain()
-            leftover += self._flush_partial()
             try:
-                self._open(0)
+                self._next_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                return leftover, False
-            self.rotations += 1
-            return leftover, True
+                return [], False
+            self._old_grew_at = time.monotonic()
+            return self._follow_rename()
         size = os.fstat(self._fd).st_size
         regrown = size >= self._pos and self._pos > 0 and not self._starts_with(self._fd, self._head)
         if size < self._pos or regrown:
             self._on_truncation()
             return [], True
         return [], False
+
+    def _follow_rename(self) -> tuple[list[TailLine], bool]:
+        """At the old file's end after a rename: switch to the new file once the writer has reopened
+        the path (the new file has data) and the old file has been quiet for `rotation_grace` s.
+
+        The new file is looked at before the old one's size: a writer that wrote to the new file is
+        done with the old one, so the drain that follows reads the old file's last line.
+        """
+        assert self._next_fd >= 0
+        reopened = os.fstat(self._next_fd).st_size > 0
+        if os.fstat(self._fd).st_size > self._pos:
+            return [], True  # the writer is still appending to the old file: read on
+        if not reopened or time.monotonic() - self._old_grew_at < self.rotation_grace:
+            return [], False
+        leftover = self._drain()
+        leftover += self._flush_partial()
+        next_fd, self._next_fd = self._next_fd, -1
+        self._adopt(next_fd, 0)
+        self.rotations += 1
+        return leftover, True
+
+    def _rename_due_in(self) -> float:
+        """How long to wait at most while an old file is kept after a rename (inotify watches only
+        the old one): until its quiet time is over, or a look for the writer's reopening."""
+        if self._next_fd < 0:
+            return float("inf")
+        remaining = self._old_grew_at + self.rotation_grace - time.monotonic()
+        return remaining if remaining > 0 else self.rotation_grace / 4
 
     def _on_truncation(self) -> None:
         """The open file was truncated (copy-truncate): read what we missed from the copy, then the
