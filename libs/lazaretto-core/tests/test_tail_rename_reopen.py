@@ -164,3 +164,25 @@ async def test_a_restart_between_rename_and_reopen_resumes_in_the_renamed_file(
     assert [x.data for x in got] == expected
     assert got[-1].inode == log.stat().st_ino
     assert got[-1].offset == log.stat().st_size
+
+
+async def test_files_renamed_away_before_the_tailer_got_to_them_are_each_read_in_turn(tmp_path: Path) -> None:
+    # Given a tailer reading a log whose writer keeps its descriptor across renames
+    log = tmp_path / "alert_fast.txt"
+    old = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(old, b"a1\n")
+    reader = Reader(FileTailer(log, rotation_grace=0.5))
+    await reader.first()
+    # When the log is rotated three times while the writer still writes the first file (rotations
+    # faster than the tailer's quiet time), each file seen at the path by the tailer
+    for n, line in enumerate((b"b1\n", b"c1\n", b"d1\n"), 1):
+        os.rename(log, tmp_path / f"alert_fast.txt.{n}")
+        with open(log, "ab") as new:  # noqa: ASYNC230 (one small write)
+            new.write(line)
+        os.write(old, b"a%d\n" % (n + 1))
+        await asyncio.sleep(0.1)
+    os.close(old)
+    # Then every file is read, each after the one before
+    expected = [b"a1", b"a2", b"a3", b"a4", b"b1", b"c1", b"d1"]
+    got = await reader.all_of(expected)
+    assert [x.data for x in got] == expected

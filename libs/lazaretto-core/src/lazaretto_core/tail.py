@@ -24,7 +24,8 @@ Rename-and-create loses nothing: the writer appends to the renamed file until it
 (logrotate `create` then a SIGHUP that Suricata or rsyslog acts on at its next write), so the old file
 stays open and is read on until the writer has reopened (the new file has data) and the old file has
 been quiet for `rotation_grace` seconds; only then is the new file read, from 0. Lines come in the
-order written, old file first, so a checkpoint never goes back to the old file once past it.
+order written, old file first, so a checkpoint never goes back to the old file once past it. Each file
+seen at the path meanwhile is opened at once and read in its turn, even if renamed away again before.
 
 Known limits: lines written between logrotate's copy and its truncate are in neither file.
 Where a truncation shows that such lines may be missing (no copy holds everything from our position:
@@ -39,6 +40,7 @@ import contextlib
 import os
 import time
 import zlib
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +154,10 @@ class FileTailer:
         self._skip_head = b""
         self._skip_len = 0
         self._then_switch = False  # reading a copy (or a rotated-away file) before the current one
-        # After a rename: the file now at the path, opened but not read until the writer has left the
-        # old one (see `_follow_rename`), and when the old file last grew.
-        self._next_fd = -1
+        # After a rename: the files seen at the path since, oldest first, each opened at once (it may be
+        # renamed away in turn) but read only once the writer has left the one before (`_follow_rename`);
+        # and when the file being read last grew.
+        self._next: deque[tuple[int, int]] = deque()  # (descriptor, inode)
         self._old_grew_at = 0.0
         self._head = b""  # the open file's first bytes, as far as known
 
@@ -185,7 +188,7 @@ class FileTailer:
             while not self._closed:
                 data = os.read(self._fd, self.read_size)
                 if data:
-                    if self._next_fd >= 0:
+                    if self._next:
                         self._old_grew_at = time.monotonic()
                     if self._pos and not self._starts_with(self._fd, self._head):
                         # Truncated and regrown past our offset since the last poll: what we just
@@ -272,7 +275,7 @@ class FileTailer:
                 self._seek(start.offset)
                 if self._inode == start.inode:
                     # Renamed: the writer may still be appending to it, as after a rename seen live.
-                    self._next_fd = current
+                    self._next.append((current, os.fstat(current).st_ino))
                     self._old_grew_at = time.monotonic()
                 else:
                     os.close(current)  # a copy-truncate copy: no one writes to it
@@ -315,10 +318,9 @@ class FileTailer:
             self._fd = -1
 
     def _close_next(self) -> None:
-        if self._next_fd >= 0:
+        while self._next:
             with contextlib.suppress(OSError):
-                os.close(self._next_fd)
-            self._next_fd = -1
+                os.close(self._next.popleft()[0])
 
     def _find_sibling(self, start: Checkpoint) -> Path | None:
         """The file a checkpoint was taken in, now under another name (`eve.json.1`, `x.1700000000`).
@@ -350,18 +352,17 @@ class FileTailer:
 
         Returns the lines still due from the old file, and whether anything changed (read again now).
         """
-        if self._next_fd >= 0:
+        if self._next:
+            self._note_new_file()
             return self._follow_rename()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return [], False  # renamed away, not yet recreated: keep the old file until one appears
         if st.st_ino != self._inode:
-            try:
-                self._next_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return [], False
             self._old_grew_at = time.monotonic()
+            if not self._note_new_file():
+                return [], False
             return self._follow_rename()
         size = os.fstat(self._fd).st_size
         regrown = size >= self._pos and self._pos > 0 and not self._starts_with(self._fd, self._head)
@@ -370,6 +371,20 @@ class FileTailer:
             return [], True
         return [], False
 
+    def _note_new_file(self) -> bool:
+        """Open the file at the path if it is neither the one being read nor one already queued
+        (renamed again before we got to it: it is read in its turn); whether one was."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        inode = os.fstat(fd).st_ino
+        if inode == self._inode or any(inode == queued for _, queued in self._next):
+            os.close(fd)
+            return False
+        self._next.append((fd, inode))
+        return True
+
     def _follow_rename(self) -> tuple[list[TailLine], bool]:
         """At the old file's end after a rename: switch to the new file once the writer has reopened
         the path (the new file has data) and the old file has been quiet for `rotation_grace` s.
@@ -377,23 +392,22 @@ class FileTailer:
         The new file is looked at before the old one's size: a writer that wrote to the new file is
         done with the old one, so the drain that follows reads the old file's last line.
         """
-        assert self._next_fd >= 0
-        reopened = os.fstat(self._next_fd).st_size > 0
+        reopened = os.fstat(self._next[0][0]).st_size > 0
         if os.fstat(self._fd).st_size > self._pos:
             return [], True  # the writer is still appending to the old file: read on
         if not reopened or time.monotonic() - self._old_grew_at < self.rotation_grace:
             return [], False
         leftover = self._drain()
         leftover += self._flush_partial()
-        next_fd, self._next_fd = self._next_fd, -1
-        self._adopt(next_fd, 0)
+        self._adopt(self._next.popleft()[0], 0)
+        self._old_grew_at = time.monotonic()  # when another file followed this one too
         self.rotations += 1
         return leftover, True
 
     def _rename_due_in(self) -> float:
         """How long to wait at most while an old file is kept after a rename (inotify watches only
         the old one): until its quiet time is over, or a look for the writer's reopening."""
-        if self._next_fd < 0:
+        if not self._next:
             return float("inf")
         remaining = self._old_grew_at + self.rotation_grace - time.monotonic()
         return remaining if remaining > 0 else self.rotation_grace / 4
