@@ -35,6 +35,7 @@ from .parsers import (
     _endpoint,
     eve_event,
     eve_event_flow,
+    eve_record_after_torn_line,
     normalise_ip,
     parse_eve_line,
     parse_fast_line,
@@ -244,8 +245,19 @@ class AlertPipeline:
                 try:
                     alert = parse(data)
                 except ParseError as exc:
-                    self.bad(source, exc, counts)
-                    continue
+                    torn = typed and exc.reason == "invalid_json"
+                    glued = eve_record_after_torn_line(data) if torn else None
+                    if glued is None:
+                        self.bad(source, exc, counts)
+                        continue
+                    # A torn last line (Suricata killed mid-write) with the restarted Suricata's first
+                    # record appended to it: the torn part is lost, the whole record is not.
+                    self.bad(source, ParseError("torn_line", f"{glued[0]} bytes before a record"), counts)
+                    try:
+                        alert = parse(glued[1])
+                    except ParseError as again:
+                        self.bad(source, again, counts)
+                        continue
                 if alert is None:
                     counts["not_alert"] = counts.get("not_alert", 0) + 1
                     continue

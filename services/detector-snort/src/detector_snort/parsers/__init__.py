@@ -20,7 +20,15 @@ from .common import (
     normalise_action,
     normalise_ip,
 )
-from .eve import _eve_typed, alert_from_eve, eve_event, eve_event_alert, eve_event_flow, parse_eve_line
+from .eve import (
+    _eve_typed,
+    alert_from_eve,
+    eve_event,
+    eve_event_alert,
+    eve_event_flow,
+    eve_record_after_torn_line,
+    parse_eve_line,
+)
 from .fast import _endpoint, parse_fast_line
 from .snort3 import alert_from_object, alert_from_snort3, parse_snort3_json_line
 from .syslog import SyslogMessage, parse_syslog, parse_syslog_header
@@ -40,6 +48,7 @@ __all__ = [
     "eve_event",
     "eve_event_alert",
     "eve_event_flow",
+    "eve_record_after_torn_line",
     "kept",
     "normalise_action",
     "normalise_ip",

@@ -180,6 +180,19 @@ def _eve_typed(line: bytes, sensor: str) -> Alert | None:
     )
 
 
+# Suricata writes every EVE record's `timestamp` first, and `{"` cannot occur unescaped inside a JSON
+# string: in a line that is not JSON, it marks where a whole record begins.
+EVE_RECORD_START: Final = b'{"timestamp"'
+
+
+def eve_record_after_torn_line(line: bytes) -> tuple[int, bytes] | None:
+    """(length of the torn prefix, the record after it) for a line that is not JSON because a
+    Suricata killed mid-write left its last line unterminated and the restarted one appended a whole
+    record to it; None when no record starts after the line's first byte."""
+    start = line.rfind(EVE_RECORD_START)
+    return (start, line[start:]) if start > 0 else None
+
+
 def parse_eve_line(line: bytes, *, sensor: str = "", max_len: int = MAX_EVE_LINE) -> Alert | None:
     """One EVE JSON line -> `Alert`; None for other event types (flow, smtp, http, stats...)."""
     if len(line) > max_len:
