@@ -165,3 +165,26 @@ def test_a_line_with_a_nul_in_its_kept_text_is_counted_and_dropped_and_its_windo
     assert observation.count == 5
     assert observation.signatures == [signature_label(9000001, "LAB SCAN subscriber TCP SYN port scan")]
     assert sorted(observation.evidence["destinations"]) == [f"TCP 198.51.100.{n + 10}:39" for n in range(5)]
+
+
+def test_a_server_s_answer_in_a_flow_the_subscriber_opened_is_the_subscriber_s_on_either_path() -> None:
+    # Given the C2 server's answer to the beacon (the packet goes to the subscriber, who opened the
+    # flow: Suricata 7's flow.src_ip and direction say so), and the same from a Suricata without `flow`
+    request = b'"src_ip":"100.64.3.30","src_port":49152,"dest_ip":"192.0.2.66","dest_port":80'
+    reply = b'"src_ip":"192.0.2.66","src_port":80,"dest_ip":"100.64.3.30","dest_port":49152'
+    answer = BEACON.replace(request, reply, 1).replace(b'"direction":"to_server"', b'"direction":"to_client"')
+    without_flow = answer[: answer.index(b',"flow":')] + b"}"
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0)
+    for data in (answer, without_flow):
+        # When the hot path reads it, and its full parse is folded
+        lines = _lines(data + b"\n")
+        hot = Aggregator(60.0)
+        [observation] = pipeline.run_lines(Source("unit-answer.json", "eve", "ids"), lines, hot)
+        full = Aggregator(60.0)
+        alert = parse_eve_line(data, sensor="ids")
+        assert alert is not None
+        assert pipeline.fold(SOURCE, alert, full, 1000.0, "token", {})
+        # Then both make it the subscriber's own outbound activity, the same way
+        assert (str(observation.ip), observation.direction) == ("100.64.3.30", "outbound")
+        assert [w["ip"] for w in full.to_json().values()] == ["100.64.3.30"]
+        assert full.to_json().popitem()[1]["outbound"] is True

@@ -159,3 +159,44 @@ async def test_real_suricata_sweep_and_beacon_become_evidence_a_rule_can_weigh(
     finally:
         await service.stop()
         await probe.stop()
+
+
+# An "ET ... CnC Response"-style rule: it fires on the server's answer, a packet sent to the subscriber.
+CNC_RESPONSE_RULE = (
+    'alert http any any -> $HOME_NET any (msg:"LAZARETTO TEST EvilBot CnC Response"; '
+    'flow:established,to_client; http.stat_code; content:"200"; classtype:trojan-activity; '
+    "sid:9000011; rev:1;)\n"
+)
+
+
+async def test_real_suricata_alert_on_a_c2_answer_to_the_subscriber_s_own_request_is_the_subscriber_s(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given real Suricata output for a CPE's HTTP exchange with a C2 server, where the rule fires on
+    # the server's answer (the packet goes server -> CPE; the CPE opened the flow)
+    write_http_beacon_pcap(tmp_path / "c2.pcap", "100.64.3.30", "192.0.2.66")
+    out = await asyncio.to_thread(run_suricata, tmp_path / "c2.pcap", CNC_RESPONSE_RULE, tmp_path / "out")
+    (line,) = out.eve_alert_lines()
+    assert b'"src_ip":"192.0.2.66"' in line
+    assert b'"dest_ip":"100.64.3.30"' in line
+    # and detector-snort tailing the sensor's EVE file, publishing to RabbitMQ
+    eve = tmp_path / "eve.json"
+    eve.touch()
+    probe = await BusProbe(amqp_url).start(["abuse.observed.v1"])
+    settings = DetectorSnortSettings(
+        amqp_url=SecretStr(amqp_url), eve_files=(eve,), checkpoint_dir=tmp_path / "state", sensor="ids-lab"
+    )
+    service = await build(settings)
+    await service.start()
+    try:
+        # When the alert line is appended
+        with eve.open("ab") as sensor:
+            sensor.write(line)
+        # Then it is the subscriber's evidence: its own (outbound) flow with the C2 server
+        (observed,) = await probe.wait_for(AbuseObserved, count=1)
+        assert (str(observed.ip), observed.category, observed.count) == ("100.64.3.30", "malware", 1)
+        assert (observed.direction, observed.established) == ("outbound", True)
+        assert observed.app_protos == ["http"]
+    finally:
+        await service.stop()
+        await probe.stop()

@@ -35,6 +35,7 @@ from .parsers import (
     _endpoint,
     eve_event,
     eve_event_flow,
+    eve_event_to_client,
     eve_record_after_torn_line,
     normalise_ip,
     parse_eve_line,
@@ -191,8 +192,9 @@ class AlertPipeline:
                             inside = self._is_inside(src_ip)
                         if inside:
                             ip = src_ip
-                        elif self._is_inside(dst_ip) and self._inbound(
-                            rule.category or None, rule.signature, rule.signature_id
+                        elif self._is_inside(dst_ip) and (
+                            eve_event_to_client(event)
+                            or self._inbound(rule.category or None, rule.signature, rule.signature_id)
                         ):
                             ip = dst_ip
                         else:
@@ -331,11 +333,13 @@ class AlertPipeline:
         return out
 
     def subscriber_side(self, alert: Alert) -> str | None:
-        """The subscriber the alert is about: its source, or for inbound-infection rules its destination."""
+        """The subscriber the alert is about: its source; or its destination when that opened the flow
+        (the reply of a server the subscriber contacted, e.g. a C2's answer: its own outbound activity)
+        or, in a flow someone else opened, for inbound-infection rules."""
         if self._is_inside(alert.src_ip):
             return alert.src_ip
-        if self._is_inside(alert.dst_ip) and self._inbound(
-            alert.classtype, alert.signature, alert.signature_id
+        if self._is_inside(alert.dst_ip) and (
+            alert.to_client or self._inbound(alert.classtype, alert.signature, alert.signature_id)
         ):
             return alert.dst_ip
         return None
@@ -433,8 +437,10 @@ class AlertPipeline:
         if len(dests) < 2:
             return None
         side = self._sides(dests)
-        if side is _UNKNOWN or (side is _INSIDE and self._maybe_inbound_eve(line)):
-            return None
+        if side is _UNKNOWN or (
+            side is _INSIDE and (b'"direction":"to_client"' in line or self._maybe_inbound_eve(line))
+        ):
+            return None  # a subscriber's destination: its own flow's reply, or maybe an inbound rule
         return "not_subscriber"
 
     def _sides(self, pieces: list[bytes]) -> int:

@@ -26,6 +26,7 @@ from .eve import (
     eve_event,
     eve_event_alert,
     eve_event_flow,
+    eve_event_to_client,
     eve_record_after_torn_line,
     parse_eve_line,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "eve_event",
     "eve_event_alert",
     "eve_event_flow",
+    "eve_event_to_client",
     "eve_record_after_torn_line",
     "kept",
     "normalise_action",

@@ -138,6 +138,15 @@ def eve_event_alert(event: _EveEvent, src_ip: str, dst_ip: str, sensor: str) -> 
     )
 
 
+def eve_event_to_client(event: _EveEvent) -> bool:
+    """Did the packet go from the flow's server to its client, i.e. did its destination open the flow?
+    (`flow.src_ip` is the client in Suricata 7; `direction` where there is no `flow`.)"""
+    flow = event.flow
+    if flow is not None and flow.src_ip:
+        return flow.src_ip != event.src_ip
+    return event.direction == "to_client"
+
+
 def eve_event_flow(event: _EveEvent) -> tuple[str | None, bool | None, str | None, bool]:
     """(interface, established, app_proto, to_client) of an `eve_event`, as `eve_flow_facts` reads
     them from a decoded object."""
@@ -153,11 +162,10 @@ def eve_event_flow(event: _EveEvent) -> tuple[str | None, bool | None, str | Non
         established = eve_established(
             event.tx_id is not None, app_proto, flow.state, True, flow.pkts_toclient
         )
-        to_client = flow.src_ip != event.src_ip if flow.src_ip else event.direction == "to_client"
     else:
         established = eve_established(event.tx_id is not None, app_proto, None, False, None)
-        to_client = event.direction == "to_client"
-    return interface, established, None if app_proto is None else app_name(app_proto), to_client
+    app = None if app_proto is None else app_name(app_proto)
+    return interface, established, app, eve_event_to_client(event)
 
 
 def _eve_typed(line: bytes, sensor: str) -> Alert | None:
