@@ -153,7 +153,7 @@ class FileTailer:
         self._skipping = False  # inside an over-long line: discard until its newline
         self._skip_head = b""
         self._skip_len = 0
-        self._then_switch = False  # reading a copy (or a rotated-away file) before the current one
+        self._then_switch = False  # reading a copy-truncate copy before the current file
         # After a rename: the files seen at the path since, oldest first, each opened at once (it may be
         # renamed away in turn) but read only once the writer has left the one before (`_follow_rename`);
         # and when the file being read last grew.
