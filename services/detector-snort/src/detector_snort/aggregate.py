@@ -17,6 +17,12 @@ closed within a window's length continues that evidence (`continues`); if the cl
 `EXACT_COUNTS`, its small counts are no news (policy sums the counts of its window's observations),
 so only a doubled count or real news makes a revision. The open windows can be saved (`to_json`) and restored
 (`load_json`) with the read position.
+
+Windows open and close by read time, but a window's evidence never spans more than its length of
+alert time: an alert that would stretch it further (a backlog read after downtime, hours of alerts
+at once) closes the window and opens the next (`updates` hands out the closed one's last revision
+first). Policy credits an observation's whole count and distinct destinations at its `last_seen`:
+evidence spread over hours must not look like a minute's.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii as _json_text  # what json.dumps quotes a str with
 from typing import Any, Final, Literal
 
@@ -180,6 +186,7 @@ class Aggregator:
         track_changes: bool = False,
     ) -> None:
         self.window = window
+        self._span = timedelta(seconds=window)  # of alert time: what one window's evidence may cover
         self.top_signatures = top_signatures
         self.rate = rate
         self.burst = float(max(1, burst))
@@ -199,6 +206,8 @@ class Aggregator:
         self._closed: dict[Key, tuple[float, int]] = {}
         self._fresh: dict[Key, _Window] = {}  # changed, nothing handed out yet: first revisions due
         self._changed: dict[Key, _Window] = {}  # with newer evidence than their last revision
+        # Closed by an alert of a later time slice (`fold`), with their last revision still to hand out.
+        self._ended: list[tuple[Key, _Window]] = []
         # The changed windows by when their bucket holds a token again, and those whose bucket may
         # hold one, by when they changed (the order of `_changed`): `updates` looks only at these,
         # not at every changed window (a flood's thousands, each changed by every alert while its
@@ -226,7 +235,7 @@ class Aggregator:
 
     @property
     def changed(self) -> int:
-        return len(self._fresh) + len(self._changed)
+        return len(self._fresh) + len(self._changed) + len(self._ended)
 
     def _mark(self, key: Key, window: _Window, news: bool = True) -> None:
         if window.published == 0:
@@ -252,7 +261,7 @@ class Aggregator:
         windows_read = (_Window.from_json(data) for data in items)
         loaded = sorted((kw for kw in windows_read if kw is not None), key=lambda kw: kw[1].opened_at)
         self._open = dict(loaded)
-        self._fresh, self._changed, self._waiting, self._ready = {}, {}, [], []
+        self._fresh, self._changed, self._waiting, self._ready, self._ended = {}, {}, [], [], []
         for key, window in self._open.items():
             if window.count > window.published:
                 self._mark(key, window)
@@ -327,6 +336,14 @@ class Aggregator:
         path folds a decoded EVE event with it, without building an `Alert`."""
         key = (sensor, ip, category)
         window = self._open.get(key)
+        if window is not None and (
+            ts - window.first_seen > self._span
+            if ts > window.last_seen
+            else window.last_seen - ts > self._span
+        ):
+            # Read long after it happened: a window of read time would hold hours of alerts.
+            self._end(key, window, now)
+            window = None
         if window is None:
             made = token() if callable(token) else token
             window = self._open[key] = _Window(
@@ -405,9 +422,24 @@ class Aggregator:
             elif (material and not window.news) or key not in self._changed:
                 self._mark(key, window, material)
 
+    def _end(self, key: Key, window: _Window, now: float) -> None:
+        """Close `key`'s window before its read time is over (`fold`): as `due` closes it, its last
+        revision handed out by the next `updates`."""
+        del self._open[key]
+        lately = self._closed
+        lately.pop(key, None)
+        lately[key] = (now, window.count)
+        self._changed.pop(key, None)
+        self._fresh.pop(key, None)
+        if window.count > window.published:
+            self._ended.append((key, window))
+
     def settle(self, handed_out: Callable[[str], int]) -> None:
         """After a restart: `handed_out(token)` is the count a window's evidence was published (or
         queued) with before; a changed window covered by it owes nothing."""
+        for _, window in self._ended:
+            window.published = max(window.published, handed_out(window.token))
+        self._ended = [(key, window) for key, window in self._ended if window.count > window.published]
         for key, window in [*self._fresh.items(), *self._changed.items()]:
             self._fresh.pop(key, None)
             self._changed.pop(key, None)
@@ -420,7 +452,9 @@ class Aggregator:
 
     def updates(self, now: float) -> list[Folded]:
         """A revision of each changed window whose rate allows one now (the others wait)."""
-        out: list[Folded] = []
+        # The last revisions of windows a later alert closed: owed like those `due` returns.
+        out = [self._revision(key, window) for key, window in self._ended]
+        self._ended.clear()
         rate, burst = self.rate, self.burst
         for key, window in self._fresh.items():  # a window's first revision: its bucket is full
             window.tokens = min(burst, window.tokens + (now - window.refilled_at) * rate) - 1.0
