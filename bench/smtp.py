@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -281,17 +282,20 @@ class NoReports:
 
 def write_maillog(path: Path, lines: int) -> int:
     written = 0
+    # Stamped now, in the local zone: the follower counts each line at its own time, and would not
+    # count lines older than its windows reach.
+    now = datetime.now()
+    head = f"{now:%b} {now.day:2d} {now:%H:%M:%S} mx-lab"
     with path.open("w") as out:
         n = 0
         while written < lines:
             ip = client_ip(n % 50_000)
             qid = f"{0x10000000 + n:X}"
-            head = "Nov 26 03:58:13 mx-lab"
             out.write(
-                f"Nov 26 03:58:13 mx-lab postfix/smtpd[32295]: connect from cpe-{n}.dyn.isp.example[{ip}]\n"
-                f"Nov 26 03:58:13 mx-lab postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]\n"
-                f"Nov 26 03:58:13 mx-lab postfix/cleanup[32436]: {qid}: message-id=<{n}.032439@vm>\n"
-                f"Nov 26 03:58:13 mx-lab postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, "
+                f"{head} postfix/smtpd[32295]: connect from cpe-{n}.dyn.isp.example[{ip}]\n"
+                f"{head} postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]\n"
+                f"{head} postfix/cleanup[32436]: {qid}: message-id=<{n}.032439@vm>\n"
+                f"{head} postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, "
                 "nrcpt=3 (queue active)\n"
                 f"{head} postfix/discard[32437]: {qid}: to=<v{n}@example.com>, relay=none, "
                 "delay=0.01, delays=0/0/0/0, dsn=2.0.0, status=sent (lab-no-delivery)\n"

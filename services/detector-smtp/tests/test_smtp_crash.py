@@ -145,12 +145,18 @@ async def until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> N
         await asyncio.sleep(0.05)
 
 
+def syslog_now() -> str:
+    """Now as syslog stamps a line (local time, the day space-padded): lines are counted at their time."""
+    now = datetime.now()
+    return f"{now:%b} {now.day:2d} {now:%H:%M:%S}"
+
+
 def postfix_message(ip: str, n: int) -> str:
-    qid = f"{0xA000 + n:X}F2187"
+    qid, t = f"{0xA000 + n:X}F2187", syslog_now()
     return (
-        f"Nov 26 03:58:13 mx postfix/smtpd[32295]: connect from cpe[{ip}]\n"
-        f"Nov 26 03:58:13 mx postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]\n"
-        f"Nov 26 03:58:13 mx postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, nrcpt=2"
+        f"{t} mx postfix/smtpd[32295]: connect from cpe[{ip}]\n"
+        f"{t} mx postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]\n"
+        f"{t} mx postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, nrcpt=2"
         " (queue active)\n"
     )
 

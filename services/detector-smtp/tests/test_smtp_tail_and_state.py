@@ -103,15 +103,20 @@ def append(path: Path, lines: list[str]) -> None:
         out.write("".join(line + "\n" for line in lines))
 
 
+def syslog_now() -> str:
+    """Now as syslog stamps a line (local time, the day space-padded): lines are counted at their time."""
+    now = datetime.now()
+    return f"{now:%b} {now.day:2d} {now:%H:%M:%S}"
+
+
 def postfix_message(ip: str, n: int) -> list[str]:
-    qid = f"{0xA000 + n:X}F2187"
+    qid, t = f"{0xA000 + n:X}F2187", syslog_now()
     return [
-        f"Nov 26 03:58:13 mx postfix/smtpd[32295]: connect from cpe[{ip}]",
-        f"Nov 26 03:58:13 mx postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]",
-        f"Nov 26 03:58:13 mx postfix/cleanup[32436]: {qid}: message-id=<{n}@vm>",
-        f"Nov 26 03:58:13 mx postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, nrcpt=2"
-        " (queue active)",
-        f"Nov 26 03:58:13 mx postfix/discard[32437]: {qid}: to=<v{n}@example.com>, relay=none, status=sent",
+        f"{t} mx postfix/smtpd[32295]: connect from cpe[{ip}]",
+        f"{t} mx postfix/smtpd[32295]: {qid}: client=cpe-{n}.dyn.isp.example[{ip}]",
+        f"{t} mx postfix/cleanup[32436]: {qid}: message-id=<{n}@vm>",
+        f"{t} mx postfix/qmgr[32285]: {qid}: from=<a{n}@spam.example>, size=423, nrcpt=2 (queue active)",
+        f"{t} mx postfix/discard[32437]: {qid}: to=<v{n}@example.com>, relay=none, status=sent",
     ]
 
 
@@ -164,7 +169,7 @@ async def test_postfix_sendmail_and_exim_logs_are_counted_across_rotation(
         append(
             sendmail,
             [
-                f"Nov 26 05:00:0{n} mx sm-mta[1]: 5AQ5{n:010d}: from=<x@bulk.example>, size=900, class=0, "
+                f"{syslog_now()} mx sm-mta[1]: 5AQ5{n:010d}: from=<x@bulk.example>, size=900, class=0, "
                 f"nrcpts=3, msgid=<a@b>, proto=ESMTP, daemon=MTA, relay=cpe [100.64.9.1]"
                 for n in range(THRESHOLD)
             ],
@@ -172,8 +177,8 @@ async def test_postfix_sendmail_and_exim_logs_are_counted_across_rotation(
         append(
             exim,
             [
-                f"2026-11-26 05:00:0{n} 1Pwzn4-0002xx-A{n} <= a@b.example H=(pc) [100.64.9.2]:5123 "
-                f"P=esmtpa A=plain:joe S=100 for v@x.org w@y.org"
+                f"{datetime.now():%Y-%m-%d %H:%M:%S} 1Pwzn4-0002xx-A{n} <= a@b.example H=(pc) "
+                f"[100.64.9.2]:5123 P=esmtpa A=plain:joe S=100 for v@x.org w@y.org"
                 for n in range(THRESHOLD)
             ],
         )

@@ -298,6 +298,8 @@ async def build(settings: DetectorSmtpSettings) -> DetectorSmtpService:
             reports,
             gate=gate,
             start=saved_position(tail, source),
+            tz=settings.log_zone(),
+            saved_at=restored.saved_at or None,
         )
         for source in sources
     ]

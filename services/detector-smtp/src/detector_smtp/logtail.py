@@ -6,6 +6,10 @@ document (`reports.Reports.commit`), and a restart resumes from it, so the lines
 snapshot are read again and counted once — into windows that did not hold them. A report a line
 fires is staged in the outbox at once (saved before it is published) and its client marked pending,
 so re-reading that line after a crash does not report the client again.
+
+Each event is counted at its line's own time (`linetime`), so lines read long after they were written
+(the restart's, a backlog's) keep their real spacing: two hours of a client's mail read in a second
+are two hours of mail to the windows, not a minute's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +30,7 @@ from prometheus_client import Counter
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.tail import HEAD_BYTES, Checkpoint, FileTailer, TailLine
 
+from .linetime import LineTime
 from .maillog import LogParser
 from .observations import COUNTED, SpamDetector
 
@@ -62,7 +68,11 @@ def end_of(path: Path) -> Checkpoint | None:
 class LogFollower:
     """Follow one log for ever. `position` is the read position the windows reflect (for snapshots);
     while `gate` is clear (a snapshot is being written) no new line is counted. No health beat: an
-    idle log is not a stalled loop (a failing follower logs and restarts instead)."""
+    idle log is not a stalled loop (a failing follower logs and restarts instead).
+
+    `tz` is the zone of the log's stamps that carry none (None: the local one); `saved_at` the time of
+    the snapshot the windows were restored from (None: none, they start now). A line stamped more
+    than a long window before that time is not counted (`LineTime.at`)."""
 
     def __init__(
         self,
@@ -75,6 +85,8 @@ class LogFollower:
         gate: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.05,
+        tz: tzinfo | None = None,
+        saved_at: float | None = None,
     ) -> None:
         self.source = source
         self.parser = parser
@@ -87,6 +99,9 @@ class LogFollower:
         self.lines = 0
         self.reported = 0
         self.position: Checkpoint | None = start if start is not None else end_of(source.path)
+        since = saved_at if saved_at is not None else clock()
+        self.line_time = LineTime(tz, since - detector.windows.long_window)
+        self._warned = False  # about stamps out of place: once
         self.tailer: FileTailer | None = None  # the current one (woken by inotify where there is)
         self._labels = {o: LINES.labels(source.format, o) for o in ("counted", "ignored", "too_long")}
 
@@ -103,7 +118,7 @@ class LogFollower:
         """Count a batch and move `position` past it in one synchronous step (a snapshot sees both or
         neither)."""
         now = self.clock()
-        parse, observe = self.parser.parse, self.detector.observe
+        parse, observe, line_time = self.parser.parse, self.detector.observe, self.line_time.at
         fmt = self.source.format
         counted = ignored = too_long = 0
         for line in batch:
@@ -114,6 +129,12 @@ class LogFollower:
             if event is None:
                 ignored += 1
                 continue
+            # Stamped after the parse: most lines are no event, and pay nothing for their time.
+            at = line_time(line.data, now)
+            if at is None:
+                ignored += 1
+                continue
+            event.at = at
             klass, report = observe(event, fmt + "-log")
             if klass not in COUNTED:
                 ignored += 1
@@ -132,6 +153,15 @@ class LogFollower:
         if batch:
             self.position = tailer.checkpoint(batch[-1])
         self.lines += len(batch)
+        if not self._warned and (self.line_time.before_earliest or self.line_time.ahead):
+            self._warned = True
+            log.warning(
+                "%s: %d line(s) stamped before the windows' reach (not counted), %d ahead of the clock "
+                "(counted as now): a backlog, or a log time zone other than LAZARETTO_LOG_TIMEZONE",
+                self.source.path,
+                self.line_time.before_earliest,
+                self.line_time.ahead,
+            )
         for outcome, n in (("counted", counted), ("ignored", ignored), ("too_long", too_long)):
             if n:
                 self._labels[outcome].inc(n)

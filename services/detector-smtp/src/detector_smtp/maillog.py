@@ -4,7 +4,7 @@ Pure (a parser object holds only a bounded queue-id join table, saved with the w
 that a message whose lines straddle a restart is still counted). Lines are bytes, as the tailer
 gives them; a cheap substring test rejects the many lines that say nothing about a client before any
 regex runs. Times are the arrival time passed in, not the line's own timestamp: syslog stamps carry no
-year and no zone, and a detector in another time zone than the MTA would misplace every line.
+year and no zone. The log follower then sets each event's time from its line's stamp (`linetime`).
 
 What each format gives (lab notes 3.4), counted as the policy path counts (counters.py; README, "What
 is counted"): a message is a transaction the MTA accepted, with its accepted recipients.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import tzinfo
 from pathlib import Path
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import field_validator
 
@@ -34,6 +36,10 @@ class DetectorSmtpSettings(ServiceSettings):
     postfix_logs: tuple[Path, ...] = ()
     sendmail_logs: tuple[Path, ...] = ()
     exim_logs: tuple[Path, ...] = ()
+    # The zone of the logs' time stamps that carry none (syslog's, Exim's by default): an IANA name;
+    # None, the detector's local zone (the MTA's syslog writes local time). Events are counted at
+    # their line's time: a wrong zone misplaces them by its offset (see `logtail.LogFollower`).
+    log_timezone: str | None = None
     # Subscriber classes: dynamic residential ranges, business/static ranges (inside or outside the
     # dynamic ones), and the ISP's own servers, never counted nor reported.
     subscriber_ranges: tuple[Network, ...] = (ipaddress.ip_network("100.64.0.0/10"),)
@@ -91,6 +97,16 @@ class DetectorSmtpSettings(ServiceSettings):
             raise ValueError("must be positive")
         return value
 
+    @field_validator("log_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            log_zone(value)
+        return value
+
+    def log_zone(self) -> tzinfo | None:
+        return log_zone(self.log_timezone) if self.log_timezone is not None else None
+
     @field_validator("policy_max_connections")
     @classmethod
     def _positive_int(cls, value: int) -> int:
@@ -123,3 +139,10 @@ class DetectorSmtpSettings(ServiceSettings):
         if self.quarantine_action == "reject":
             return f"REJECT 5.7.1 {self.quarantine_reply}"
         return None
+
+
+def log_zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
