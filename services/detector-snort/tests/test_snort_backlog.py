@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from detector_snort.aggregate import Aggregator
-from detector_snort.pipeline import AlertPipeline, Source
+from detector_snort.pipeline import AlertPipeline, Source, observation_id
 from lazaretto_core.contracts import AbuseObserved
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer, TailLine
@@ -150,3 +150,29 @@ def test_alerts_read_as_they_happen_fold_into_one_window_as_before() -> None:
     assert (scan.count, scan.distinct_destinations, scan.revision) == (20, 20, 19)
     assert (scan.first_seen, scan.last_seen) == (T0, T0 + timedelta(seconds=times[-1]))
     assert scan_rule_destinations(told) == SCAN_DESTINATIONS
+
+
+def test_a_window_a_later_alert_closed_owes_nothing_its_confirmed_revision_covered_after_a_restart() -> None:
+    # Given a backlog window of two alerts, closed by an alert six minutes later, whose last
+    # revision (count 2) was published and confirmed before a crash
+    lines = tail_lines(
+        [
+            eve_alert(T0, "198.51.100.1", 1),
+            eve_alert(T0 + timedelta(seconds=10), "198.51.100.2", 2),
+            eve_alert(T0 + timedelta(minutes=6), "198.51.100.3", 3),
+        ]
+    )
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1_000_000.0)
+    before = Aggregator(WINDOW)
+    pipeline.run_lines(SOURCE, lines[:1], before)
+    closed = [o for o in pipeline.run_lines(SOURCE, lines[1:], before) if o.first_seen == T0]
+    assert [(o.revision, o.count) for o in closed] == [(1, 2)]
+    confirmed = {str(closed[0].observation_id): closed[0].revision + 1}
+    # When the restarted detector reads the lines again without publishing, and settles with what
+    # was confirmed (as the engine does up to its confirmed position)
+    after = Aggregator(WINDOW)
+    pipeline.run_lines(SOURCE, lines, after, emit=False)
+    after.settle(lambda token: confirmed.get(str(observation_id(SOURCE.name, token)), 0))
+    # Then only the next window's evidence is still owed, not the closed one's again
+    owed = pipeline.updates(SOURCE, after)
+    assert [(o.first_seen, o.count) for o in owed] == [(T0 + timedelta(minutes=6), 1)]
