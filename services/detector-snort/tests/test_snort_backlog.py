@@ -176,3 +176,51 @@ def test_a_window_a_later_alert_closed_owes_nothing_its_confirmed_revision_cover
     # Then only the next window's evidence is still owed, not the closed one's again
     owed = pipeline.updates(SOURCE, after)
     assert [(o.first_seen, o.count) for o in owed] == [(T0 + timedelta(minutes=6), 1)]
+
+
+def test_a_live_window_keeps_the_alerts_read_before_it_closes_whatever_the_readings_jitter() -> None:
+    # Given a window whose first alert was read 0.5 s after it happened, and whose last alert,
+    # 60.3 s later, is read 0.05 s after it happened: before the window's read time is over
+    times_and_delays = [(0.0, 0.5), (30.0, 0.05), (60.3, 0.05)]
+    lines = tail_lines(
+        [
+            eve_alert(T0 + timedelta(seconds=t), f"198.51.100.{n + 1}", n)
+            for n, (t, _) in enumerate(times_and_delays)
+        ]
+    )
+    now = [0.0]
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1_000_000.0 + now[0])
+    aggregator = Aggregator(WINDOW)
+    published: list[AbuseObserved] = []
+    # When each is read then, with the flush's closes in between
+    for line, (t, delay) in zip(lines, times_and_delays, strict=True):
+        now[0] = t + delay
+        published += pipeline.due(SOURCE, aggregator) + pipeline.run_lines(SOURCE, [line], aggregator)
+    now[0] = 61.0
+    published += pipeline.updates(SOURCE, aggregator) + pipeline.due(SOURCE, aggregator)
+    # Then the window holds all three, as it always did (its evidence spans 60.3 s of alert time)
+    (window,) = what_policy_is_told(published).values()
+    assert (window.count, window.distinct_destinations) == (3, 3)
+
+
+def test_a_window_restored_after_downtime_does_not_take_in_the_backlog() -> None:
+    # Given a window saved with the read position, its one alert at 08:00, when the detector went down
+    lines = tail_lines(
+        [eve_alert(T0 + timedelta(minutes=6 * n), f"198.51.100.{n + 1}", n) for n in range(SCAN_DESTINATIONS)]
+    )
+    clock = [1_000_000.0]
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: clock[0])
+    before = Aggregator(WINDOW)
+    published = pipeline.run_lines(SOURCE, lines[:1], before)
+    restored = Aggregator(WINDOW)
+    restored.load_json(before.to_json())
+    restored.settle(lambda token: 1)  # its revision was confirmed
+    # When the detector restarts two hours later and reads the rest at once, before any close
+    clock[0] += 2 * 3600
+    published += pipeline.run_lines(SOURCE, lines[1:], restored)
+    clock[0] += WINDOW
+    published += pipeline.due(SOURCE, restored)
+    # Then the saved window kept its one alert and each later alert is its own window
+    told = list(what_policy_is_told(published).values())
+    assert len(told) == SCAN_DESTINATIONS
+    assert scan_rule_destinations(told) == 1

@@ -18,11 +18,12 @@ closed within a window's length continues that evidence (`continues`); if the cl
 so only a doubled count or real news makes a revision. The open windows can be saved (`to_json`) and restored
 (`load_json`) with the read position.
 
-Windows open and close by read time, but a window's evidence never spans more than its length of
-alert time: an alert that would stretch it further (a backlog read after downtime, hours of alerts
-at once) closes the window and opens the next (`updates` hands out the closed one's last revision
-first). Policy credits an observation's whole count and distinct destinations at its `last_seen`:
-evidence spread over hours must not look like a minute's.
+Windows open and close by read time, and a window's evidence never spans much more than its length
+of alert time: an alert that would stretch it further while the alerts' time outruns the reading (a
+backlog read after downtime, hours of alerts at once) closes the window and opens the next
+(`_outgrown`; `updates` hands out the closed one's last revision first). Policy credits an
+observation's whole count and distinct destinations at its `last_seen`: evidence spread over hours
+must not look like a minute's.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Folded:
 # `updates` looks at a changed window from a little before its bucket holds a token: the time that
 # is computed may round differently from the bucket's own arithmetic.
 _EARLY: Final = 1e-6
+# How far a window's alert time may run ahead of its read time (capped at its length) before the
+# alerts are taken as a backlog's: more than a live sensor's and reader's jitter, or `due`'s lag.
+READ_SLACK: Final = 10.0
 EXACT_COUNTS: Final = 20  # every count up to this is worth a revision; beyond, each doubling
 MAX_SIGNATURES: Final = 64  # distinct signatures remembered per window (the count covers all)
 MAX_APP_PROTOS: Final = 10
@@ -336,10 +340,14 @@ class Aggregator:
         path folds a decoded EVE event with it, without building an `Alert`."""
         key = (sensor, ip, category)
         window = self._open.get(key)
-        if window is not None and (
-            ts - window.first_seen > self._span
-            if ts > window.last_seen
-            else window.last_seen - ts > self._span
+        if (
+            window is not None
+            and (
+                ts - window.first_seen > self._span
+                if ts > window.last_seen
+                else window.last_seen - ts > self._span
+            )
+            and self._outgrown(window, ts, now)
         ):
             # Read long after it happened: a window of read time would hold hours of alerts.
             self._end(key, window, now)
@@ -421,6 +429,16 @@ class Aggregator:
                 self._fresh[key] = window
             elif (material and not window.news) or key not in self._changed:
                 self._mark(key, window, material)
+
+    def _outgrown(self, window: _Window, ts: datetime, now: float) -> bool:
+        """Does an alert `ts`, a window's length or more from the window's other end, outrun the
+        reading? Read live, alert time and read time advance together: a window's alerts cover at
+        most its read time (its length, until `due` closes it) and the reading's jitter, and it
+        folds as it always did. A backlog's alerts advance faster than they are read."""
+        if ts < window.first_seen:
+            return True  # older than the window's latest by its length: out of order by that much
+        ahead = (ts - window.first_seen).total_seconds()
+        return ahead - min(now - window.opened_at, self.window) > READ_SLACK
 
     def _end(self, key: Key, window: _Window, now: float) -> None:
         """Close `key`'s window before its read time is over (`fold`): as `due` closes it, its last
