@@ -168,8 +168,23 @@ async def test_an_allow_listed_refusal_goes_to_an_operator_at_once_other_failure
     assert len(policy.bus.sent(GardenApply)) == 2
 
 
-async def test_an_address_outside_the_provisioners_ranges_goes_to_an_operator_with_the_reason(
-    policy: Policy, book: LeaseBook
+@pytest.mark.parametrize(
+    ("error_class", "words", "detail"),
+    [
+        (
+            "outside_subscriber_ranges",
+            "the address is outside its subscriber ranges",
+            "refused to garden: address 100.64.72.5 is outside the subscriber ranges",
+        ),
+        (
+            "nothing_to_garden",
+            "the command named no device and no address to garden",
+            "names no device (no CPE MAC) and no address (cpe_ip 0.0.0.0)",
+        ),
+    ],
+)
+async def test_a_refusal_that_a_retry_cannot_change_goes_to_an_operator_with_the_reason(
+    policy: Policy, book: LeaseBook, error_class: str, words: str, detail: str
 ) -> None:
     book.bind("100.64.72.5", CPE_MAC, datetime.now(UTC) - timedelta(seconds=600))
     await policy.deliver(scan("100.64.72.5"))
@@ -179,15 +194,16 @@ async def test_an_address_outside_the_provisioners_ranges_goes_to_an_operator_wi
             case_id=apply.case_id,
             step_id=apply.step_id,
             operation="apply",
-            error_class="outside_subscriber_ranges",
-            detail="refused to garden: address 100.64.72.5 is outside the subscriber ranges",
+            error_class=error_class,
+            detail=detail,
         )
     )
     case = await policy.case(apply.case_id)
     assert (case.state, case.step_attempts) == ("needs_operator", 0)
+    assert len(policy.bus.sent(GardenApply)) == 1  # not sent again
     [changed] = [c for c in policy.bus.sent(CaseChanged) if c.case_id == apply.case_id][-1:]
-    assert "provisioner refused: the address is outside its subscriber ranges" in changed.reason
-    assert "100.64.72.5 is outside the subscriber ranges" in changed.reason
+    assert f"provisioner refused: {words}" in changed.reason
+    assert detail in changed.reason
 
 
 def test_the_rule_sets_the_garden_mode_and_the_rulebook_checks_it() -> None:

@@ -64,6 +64,8 @@ def step_succeeded(step: Step, has_modem: bool) -> Outcome:
 FINAL_ERRORS = {
     "allowlisted": "the device is allow-listed",
     "outside_subscriber_ranges": "the address is outside its subscriber ranges",
+    # No device and no address: sending the same command again cannot garden anything.
+    "nothing_to_garden": "the command named no device and no address to garden",
 }
 
 
