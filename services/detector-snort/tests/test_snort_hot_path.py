@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from detector_snort.aggregate import Aggregator, signature_label
 from detector_snort.parsers import ParseError, parse_eve_line
-from detector_snort.pipeline import AlertPipeline, Source, _token
+from detector_snort.pipeline import AlertPipeline, Source, _token, to_observation
 from lazaretto_core.ranges import SubscriberRanges
 from lazaretto_core.tail import FileTailer, TailLine
 
@@ -188,3 +188,47 @@ def test_a_server_s_answer_in_a_flow_the_subscriber_opened_is_the_subscriber_s_o
         assert (str(observation.ip), observation.direction) == ("100.64.3.30", "outbound")
         assert [w["ip"] for w in full.to_json().values()] == ["100.64.3.30"]
         assert full.to_json().popitem()[1]["outbound"] is True
+
+
+def test_the_evidence_sample_of_a_server_s_answer_names_the_server_not_the_subscriber() -> None:
+    # Given the C2 server's answer to the subscriber's beacon (packet 192.0.2.66:80 -> 100.64.3.30:49152;
+    # flow.src_ip, the side that opened the flow, is the subscriber), and the beacon itself
+    request = b'"src_ip":"100.64.3.30","src_port":49152,"dest_ip":"192.0.2.66","dest_port":80'
+    reply = b'"src_ip":"192.0.2.66","src_port":80,"dest_ip":"100.64.3.30","dest_port":49152'
+    answer = BEACON.replace(request, reply, 1).replace(b'"direction":"to_server"', b'"direction":"to_client"')
+    assert b'"flow":{"pkts_toserver"' in answer
+    assert b'"src_ip":"100.64.3.30","dest_ip":"192.0.2.66"' in answer
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0)
+    for data in (answer, BEACON):
+        # When the hot path publishes it, and its full parse is folded and published
+        [hot] = pipeline.run_lines(
+            Source("unit-sample.json", "eve", "ids"), _lines(data + b"\n"), Aggregator(60.0)
+        )
+        aggregator = Aggregator(60.0)
+        alert = parse_eve_line(data, sensor="ids")
+        assert alert is not None
+        assert pipeline.fold(SOURCE, alert, aggregator, 1000.0, "token", {})
+        [folded] = aggregator.updates(1000.0)
+        full = to_observation(folded, SOURCE.name)
+        # Then the sample names the server and its port, as the distinct counts do, on both paths
+        for observation in (hot, full):
+            assert observation.evidence["destinations"] == ["TCP 192.0.2.66:80"]
+            assert (observation.distinct_destinations, observation.distinct_dst_ports) == (1, 1)
+
+
+def test_the_evidence_sample_of_an_attack_on_the_subscriber_names_the_attacker() -> None:
+    # Given an inbound-infection alert in a flow an outside host opened to the subscriber's port 22
+    attack = (
+        SYN.replace(b'"src_ip":"100.64.1.10","src_port":55000', b'"src_ip":"192.0.2.99","src_port":40000')
+        .replace(b'"dest_ip":"198.51.100.7","dest_port":39', b'"dest_ip":"100.64.1.10","dest_port":22')
+        .replace(b'"signature_id":9000001', b'"signature_id":498')
+    )
+    attack = attack[: attack.index(b',"flow":')] + b"}"
+    pipeline = AlertPipeline(SubscriberRanges(["100.64.0.0/10"]), clock=lambda: 1000.0)
+    # When the hot path publishes it
+    [observation] = pipeline.run_lines(
+        Source("unit-in.json", "eve", "ids"), _lines(attack + b"\n"), Aggregator(60.0)
+    )
+    # Then the sample names the other party, the one distinct_destinations counts, not the subscriber
+    assert (str(observation.ip), observation.direction) == ("100.64.1.10", "inbound")
+    assert observation.evidence["destinations"] == ["TCP 192.0.2.99:40000"]

@@ -197,6 +197,8 @@ async def test_real_suricata_alert_on_a_c2_answer_to_the_subscriber_s_own_reques
         assert (str(observed.ip), observed.category, observed.count) == ("100.64.3.30", "malware", 1)
         assert (observed.direction, observed.established) == ("outbound", True)
         assert observed.app_protos == ["http"]
+        # and its evidence names the C2 server and its port, not the subscriber's own end
+        assert observed.evidence["destinations"] == ["TCP 192.0.2.66:80"]
     finally:
         await service.stop()
         await probe.stop()

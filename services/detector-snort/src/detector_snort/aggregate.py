@@ -384,17 +384,17 @@ class Aggregator:
             material = True
         # The flow's two ends: the packet goes client -> server unless the sensor says otherwise.
         if to_client:
-            client, server, server_port = dst_ip, src_ip, src_port
+            client, client_port, server, server_port = dst_ip, dst_port, src_ip, src_port
         else:
-            client, server, server_port = src_ip, dst_ip, dst_port
+            client, client_port, server, server_port = src_ip, src_port, dst_ip, dst_port
         if client == ip:
             if not window.outbound:
                 window.outbound = material = True
-            peer = server
+            peer, peer_port = server, server_port
         else:
             if not window.inbound:
                 window.inbound = material = True
-            peer = client
+            peer, peer_port = client, client_port
         # `Distinct.add` inlined for the usual case, an exact set below its bound (same result).
         peers = window.peers
         exact = peers.exact
@@ -407,7 +407,9 @@ class Aggregator:
         if new_peer:
             material = True
             if len(window.destinations) < SAMPLE_DESTINATIONS:
-                window.destinations.append(destination(proto, dst_ip, dst_port))
+                # The other party's end of the flow, as counted: not the packet's destination, which
+                # for a server's answer (or an attack on the subscriber) is the subscriber itself.
+                window.destinations.append(destination(proto, peer, peer_port))
         if server_port is not None:
             ports = window.ports
             exact_ports = ports.exact
@@ -600,7 +602,8 @@ def key_text(key: Key) -> str:
     return f"[{_json_text(key[0])}, {_json_text(key[1])}, {_json_text(key[2])}]"
 
 
-def destination(proto: str, dst_ip: str, dst_port: int | None) -> str:
-    """How a window quotes a destination in its evidence: `proto address[:port]`."""
-    port = f":{dst_port}" if dst_port is not None else ""
-    return f"{proto} {dst_ip}{port}"
+def destination(proto: str, peer_ip: str, peer_port: int | None) -> str:
+    """How a window quotes a destination in its evidence, the other party's end of the flow (for the
+    subscriber's own flow the server and its port): `proto address[:port]`."""
+    port = f":{peer_port}" if peer_port is not None else ""
+    return f"{proto} {peer_ip}{port}"
