@@ -385,3 +385,37 @@ def test_the_original_url_is_offered_to_the_page_only_when_it_is_a_plain_http_ur
 ) -> None:
     request = Request({"type": "http", "query_string": urlencode({"from": given}).encode(), "headers": []})
     assert original_url(request) == shown
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"PROPFIND", b"MKCOL", b"LOCK", b"REPORT", b"BREW"])
+async def test_any_method_lands_on_the_portal_over_a_real_listener(
+    amqp_url: str, caplog: pytest.LogCaptureFixture, method: bytes
+) -> None:
+    # Given the catch-all on a real uvicorn listener
+    catch_all = Listener(
+        "catch-all", build_catch_all(CaptiveCheck(settings_for(amqp_url), TablePolicy())), "127.0.0.1", 0
+    )
+    await catch_all.start()
+    try:
+        # When a client sends a method outside the usual ones (WebDAV, TRACE, any token), with a cookie
+        with caplog.at_level(logging.ERROR):
+            headers = b" HTTP/1.1\r\nHost: www.example.test\r\nCookie: secret=1\r\nContent-Length: 0\r\n\r\n"
+            other = await raw_http(catch_all.port, method + b" /dav/x?y=1" + headers)
+            own = await raw_http(
+                catch_all.port, method + b" /a" + headers.replace(b"www.example", b"portal.lazaretto")
+            )
+    finally:
+        await catch_all.stop()
+    # Then it lands on the portal as any other form does (a 303 to the page, remembering the address),
+    # as HTML that echoes nothing of the request
+    assert other[0] == "HTTP/1.1 303 See Other"
+    location = urlsplit(other[1]["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == PORTAL
+    assert parse_qs(location.query)["from"] == ["http://www.example.test/dav/x?y=1"]
+    assert other[1]["content-type"].startswith("text/html")
+    assert other[1]["cache-control"] == "no-store"
+    assert not [value for value in (*other[1].values(), *own[1].values()) if "secret" in value]
+    # and the portal's own name goes to the same path over https, the method kept
+    assert own[0] == "HTTP/1.1 307 Temporary Redirect"
+    assert own[1]["location"] == PORTAL.rstrip("/") + "/a"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -9,6 +9,7 @@ never a JSON error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -22,23 +23,25 @@ from .probes import match_probe, normal_host
 
 log = logging.getLogger(__name__)
 
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # What stays as it is in a path put back into a URL (RFC 3986 pchar and "/"); anything else, an encoded
 # CR/LF or a non-Latin-1 character above all, is percent-encoded again, so a Location header holds it.
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 class EveryPath(Route):
-    """A route for every path. Starlette's `/{path:path}` does not match one with an encoded newline
-    (`%0a`: its pattern's `.` stops there), which then got a plain-text 404 instead of the portal."""
+    """A route for every path and every method. Starlette's `/{path:path}` does not match one with an
+    encoded newline (`%0a`: its pattern's `.` stops there), which then got a plain-text 404 instead of
+    the portal; a method list left TRACE, WebDAV's and any other token with Starlette's plain-text 405.
+    No answer repeats the request's headers or body (TRACE's risk, an echo of its cookies)."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        super().__init__(path, endpoint)
+        self.methods = None  # Route adds GET/HEAD when given none: every method, as the README says
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
-        child_scope = {"endpoint": self.endpoint, "path_params": {}}
-        if self.methods and scope["method"] not in self.methods:
-            return Match.PARTIAL, child_scope
-        return Match.FULL, child_scope
+        return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
 
 
 def build_catch_all(check: CaptiveCheck) -> Starlette:
@@ -67,7 +70,7 @@ def build_catch_all(check: CaptiveCheck) -> Starlette:
         return to_portal(settings, request.method)
 
     return Starlette(
-        routes=[EveryPath("/", land, methods=METHODS)],
+        routes=[EveryPath("/", land)],
         exception_handlers={Exception: failed},
     )
 
