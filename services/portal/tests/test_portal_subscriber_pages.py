@@ -562,6 +562,39 @@ async def test_while_the_restriction_goes_up_the_page_says_to_reload_soon_not_to
         assert 'name="attest"' in (await client.get("/")).text
 
 
+@pytest.mark.parametrize("state", ["garden_requested", "garden_applied", "modem_reset_requested"])
+async def test_while_the_restriction_goes_up_the_page_says_it_is_being_put_in_place_not_since_when(
+    make_portal: MakePortal, state: str
+) -> None:
+    # Given a case whose garden (or modem restart) is still being applied, of a category whose headline
+    # speaks of the restriction too
+    case = a_case("other", state=state, self_release_allowed=False, self_release=policy_answer(state))
+    policy = TablePolicy(by_ip={HELD: case})
+    portal = await make_portal(policy)
+    async with visitor(portal) as english, visitor(portal, **{"accept-language": "es"}) as spanish:
+        # When the visitor opens the page, in English and in Spanish
+        text = text_of((await english.get("/")).text)
+        texto = text_of((await spanish.get("/")).text)
+        # Then it says the restriction is being put in place, since the case opened, not that it is
+        assert "We began restricting your connection on Nov 26, 2026" in text
+        assert "and are still putting the restriction in place." in text
+        assert "Your connection is being restricted" in text
+        for untrue in ("has been restricted since", "Your connection was restricted"):
+            assert untrue not in text, untrue
+        assert "Empezamos a restringir su conexión el 26 nov 2026" in texto
+        assert "y todavía estamos aplicando la restricción." in texto
+        assert "Su conexión se está restringiendo" in texto
+        assert "Su conexión está restringida desde" not in texto
+        # and once it is in place, since when it has been
+        policy.by_ip = {HELD: a_case("other", self_release=policy_answer("quarantined"))}
+        text = text_of((await english.get("/")).text)
+        texto = text_of((await spanish.get("/")).text)
+    assert "Your connection has been restricted since Nov 26, 2026" in text
+    assert "Your connection was restricted" in text
+    assert "We began restricting" not in text
+    assert "Su conexión está restringida desde el 26 nov 2026" in texto
+
+
 async def test_a_held_case_says_it_is_recorded_and_nothing_is_restricted(make_portal: MakePortal) -> None:
     # Given a case the circuit breaker holds: recorded, no garden applied
     case = a_case(state="held", self_release_allowed=False, self_release=policy_answer("held"))

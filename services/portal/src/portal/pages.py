@@ -15,7 +15,13 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from lazaretto_core.bus import Bus, PublishError
-from lazaretto_core.contracts import RELEASABLE_STATES, RELEASING_STATES, ReleaseRequested, utcnow
+from lazaretto_core.contracts import (
+    QUARANTINED_STATES,
+    RELEASABLE_STATES,
+    RELEASING_STATES,
+    ReleaseRequested,
+    utcnow,
+)
 from lazaretto_core.http import max_body
 from lazaretto_core.remediation import RemediationEntry, RemediationList, load_remediation
 
@@ -46,6 +52,9 @@ _STEP_OF_STATE = {"release_requested": 1, "garden_removed": 2, "release_reset_re
 _STEP_OF_COMMAND = {"garden_remove": 1, "modem_reset_out": 2}
 # Not walled in yet (an enforcement delay) or a step being retried: the details come in a minute.
 _PENDING_STATES = frozenset({"open", "failed_retrying"})
+# The garden (or the entry modem reset) is still being put in place: the case page must not say the
+# connection has been restricted since a date yet.
+_RESTRICTING_STATES = QUARANTINED_STATES - {"quarantined"}
 
 
 def remediation_links(remediation: RemediationList, category: str) -> list[RemediationEntry]:
@@ -87,6 +96,7 @@ def install_pages(app: FastAPI, kit: PageKit, policy: PolicyClient, bus: Bus) ->
             [page_for(case.category).template, "category/other.html"],
             language,
             case=case,
+            restricting=case.state in _RESTRICTING_STATES,
             release=release,
             form_token=token,
             links=remediation_links(remediation, case.category),
