@@ -79,6 +79,13 @@ SELECT EXISTS (SELECT 1 FROM modems WHERE cmts = $1 AND seen_at > now() - make_i
 """
 
 
+# The walks of the CMTSes run concurrently and each upserts by CM MAC: a modem that moved stays listed
+# (offline, until aged out) on the CMTS it left, and that walk may commit last. An offline row must not
+# replace an online row another CMTS listed, or a reset goes where the modem is not; between rows of
+# the same status, and on the same CMTS, the newest walk wins. When the upsert updates the stored row:
+WALKED_ROW_REPLACES_STORED = "modems.cmts = EXCLUDED.cmts OR EXCLUDED.online OR NOT modems.online"
+
+
 @dataclass(frozen=True)
 class ModemRecord:
     """A cable modem as the inventory knows it."""
@@ -297,7 +304,7 @@ class Inventory:
         async with self.pool.acquire() as conn, conn.transaction():
             walked_at = await conn.fetchval("SELECT now()")
             await conn.execute(
-                """
+                f"""
                 INSERT INTO modems
                     (cm_mac, cmts, status_table, row_index, ip, status_value, online, seen_at)
                 SELECT m, $2, t, i, ip, v, o, $3
@@ -306,6 +313,7 @@ class Inventory:
                 ON CONFLICT (cm_mac) DO UPDATE SET cmts = EXCLUDED.cmts, status_table = EXCLUDED.status_table,
                     row_index = EXCLUDED.row_index, ip = EXCLUDED.ip, status_value = EXCLUDED.status_value,
                     online = EXCLUDED.online, seen_at = EXCLUDED.seen_at
+                WHERE {WALKED_ROW_REPLACES_STORED}
                 """,
                 [m.cm_mac for m in modems],
                 cmts,
