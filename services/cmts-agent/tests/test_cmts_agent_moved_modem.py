@@ -63,3 +63,17 @@ async def test_a_modem_that_went_offline_on_its_cmts_is_stored_offline_there(
     located = await agent.inventory.find(CM)
     assert located is not None
     assert (located.cmts, located.online) == ("new", False)
+
+
+async def test_a_modem_that_moved_since_the_last_walk_is_reset_where_it_registered(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # Given a modem stored offline on CMTS old, and not yet walked on CMTS new, where it registered
+    agent, old, new = await moved_modem(make_cmts, make_agent, profile_for)
+    await agent.inventory.refresh(["old"])
+    # When it is reset
+    report = await agent.resetter.reset(CM, step_id=uuid.uuid4())
+    # Then the offline row sends the reset looking for it elsewhere first: it goes to new
+    assert (report.cmts, report.ok) == ("new", True), report
+    assert new.resets() == [RESET]
+    assert old.resets() == []

@@ -375,6 +375,20 @@ class Inventory:
             )
         return None
 
+    async def locate_preferring_online(self, cm_mac: str) -> ModemRecord | None:
+        """`locate`, but a modem stored offline is looked for on the other CMTSes first (walked, not
+        more often than `min_interval`): it may have registered on one of them since their last walk,
+        while the CMTS it left still lists it offline. The row stored then answers (online on another
+        CMTS replaces the offline one); offline still when no CMTS lists it online."""
+        record = await self.locate(cm_mac)
+        if record is None or record.online:
+            return record
+        others = [name for name in self.fleet.names() if name != record.cmts]
+        if not others:
+            return record
+        await self.refresh(others, force=False)
+        return await self.find(record.cm_mac) or record
+
     async def cpes_of(self, cm_mac: str) -> list[CpeRecord]:
         rows = await self.pool.fetch(
             "SELECT * FROM cpes WHERE cm_mac = $1 AND cmts = ANY($2::text[]) ORDER BY cpe_mac",

@@ -229,7 +229,9 @@ class Resetter:
     async def _reset(
         self, mac: str, step_id: UUID | None, refuse_if: Callable[[], Awaitable[str | None]] | None
     ) -> ResetReport:
-        record = await self.inventory.locate(mac)
+        # Not where the modem was last seen offline, if it registered on another CMTS since: a reset
+        # sent there ends `still_offline`, counts against the modem's cap, and bounces nothing.
+        record = await self.inventory.locate_preferring_online(mac)
         if record is None:
             raise UnknownModem(f"no CMTS lists cable modem {mac}", operation=f"reset({mac})")
         client = self.fleet[record.cmts]
