@@ -77,3 +77,23 @@ async def test_a_modem_that_moved_since_the_last_walk_is_reset_where_it_register
     assert (report.cmts, report.ok) == ("new", True), report
     assert new.resets() == [RESET]
     assert old.resets() == []
+
+
+async def test_an_unfinished_intent_of_the_same_step_on_another_cmts_does_not_stand_in(
+    make_cmts: MakeCmts, make_agent: MakeAgent, profile_for: ProfileFor
+) -> None:
+    # Given a modem online on CMTS new, and an intent of this step without an outcome on CMTS old
+    # (recorded there before the modem moved, with old's registration marker)
+    agent, old, new = await moved_modem(make_cmts, make_agent, profile_for)
+    await agent.inventory.refresh()
+    step = uuid.uuid4()
+    await agent.resetter.journal.intend(CM, "old", "cisco-cdxCmCpeResetNow", "4242", step)
+    # When the step's command is delivered again
+    report = await agent.resetter.reset(CM, step_id=step)
+    # Then new's modem is reset (new's marker, not old's, is what says it re-registered)
+    assert (report.cmts, report.ok) == ("new", True), report
+    assert new.resets() == [RESET]
+    assert old.resets() == []
+    # And the intent on old is settled superseded, still counted (its SET may have gone out)
+    rows = await agent.pool.fetch("SELECT cmts, outcome, counted FROM reset_intents ORDER BY id")
+    assert [tuple(r) for r in rows] == [("old", "superseded", True), ("new", "back_online", True)]

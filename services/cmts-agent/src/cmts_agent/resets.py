@@ -7,8 +7,9 @@ came back with a new marker (re-registered between two polls). The next method i
 the previous one provably had no effect: its SET was refused, or the modem stayed online with the
 same marker. An intent left without an outcome (by a dead run, or by a SET unanswered while the CMTS
 stopped answering reads) is looked at (the modem's marker and state) before anything is sent again,
-when it may be this command's reset: the same step, or one young enough to be still in progress on
-the modem's CMTS. An older one of another command is settled `superseded` (still counted).
+when it may be this command's reset: one on the modem's CMTS of the same step, or young enough to be
+still in progress. Any other (an older one, or one on a CMTS the modem has left) is settled
+`superseded` (still counted).
 Every try is recorded as an `Attempt`.
 """
 
@@ -604,13 +605,17 @@ class Resetter:
 
 
 def _may_stand_in(intent: Intent, client: CmtsClient, step_id: UUID | None) -> bool:
-    """Whether an unfinished intent may be taken for the current command's reset: it was recorded
-    for the same step (a redelivery), or its reset could still be in progress on the modem's CMTS
-    (younger than the verification's longest wait). Otherwise what the modem did since (any reboot
-    re-registers it) says nothing about this command, which must send its own reset."""
+    """Whether an unfinished intent may be taken for the current command's reset: recorded on the
+    CMTS that serves the modem now, and for the same step (a redelivery), or its reset could still
+    be in progress (younger than the verification's longest wait). Otherwise what the modem did since
+    (any reboot re-registers it) says nothing about this command, which must send its own reset. An
+    intent of another CMTS (the modem moved since) never does: its SET went where the modem no longer
+    is, and its registration marker is that CMTS's, not comparable with this one's."""
+    if intent.cmts != client.name:
+        return False
     if step_id is not None and intent.step_id == step_id:
         return True
-    return intent.cmts == client.name and intent.age < client.profile.verify_max_wait
+    return intent.age < client.profile.verify_max_wait
 
 
 def _describe(v: VerifyResult) -> str:
