@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -30,35 +30,30 @@ def process_cpu(pid: int) -> float:
         return 0.0
 
 
+def _processes() -> Iterator[tuple[int, str]]:
+    """(pid, /proc/<pid>/stat line) of every running process (one that ends meanwhile is skipped)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+
+
 def command_cpu(*names: str) -> float:
     """CPU seconds used so far by every running process whose command name is one of `names`."""
-    total = 0.0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # ended meanwhile
-        if stat[stat.index("(") + 1 : stat.rindex(")")] in names:
-            total += stat_cpu(stat)
-    return total
+    return sum(
+        stat_cpu(stat) for _, stat in _processes() if stat[stat.index("(") + 1 : stat.rindex(")")] in names
+    )
 
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds used so far by the process and its live children (snmpd's pass_persist emulators)."""
-    total = 0.0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # ended meanwhile
-        if pid in (int(entry.name), parent):
-            total += stat_cpu(stat)
-    return total
+    return sum(stat_cpu(stat) for child, stat in _processes() if pid in (child, _parent(stat)))
+
+
+def _parent(stat: str) -> int:
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def machine_busy() -> tuple[float, float]:
