@@ -171,7 +171,7 @@ async def test_files_renamed_away_before_the_tailer_got_to_them_are_each_read_in
     log = tmp_path / "alert_fast.txt"
     old = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(old, b"a1\n")
-    reader = Reader(FileTailer(log, rotation_grace=0.5))
+    reader = Reader(FileTailer(log, rotation_grace=1.0))
     await reader.first()
     # When the log is rotated three times while the writer still writes the first file (rotations
     # faster than the tailer's quiet time), each file seen at the path by the tailer
@@ -180,7 +180,9 @@ async def test_files_renamed_away_before_the_tailer_got_to_them_are_each_read_in
         with open(log, "ab") as new:  # noqa: ASYNC230 (one small write)
             new.write(line)
         os.write(old, b"a%d\n" % (n + 1))
-        await asyncio.sleep(0.1)
+        # Long enough for the tailer to see the file at the path (it polls every 20 ms, or inotify
+        # wakes it) on a loaded machine; shorter than the quiet time, as the old file keeps growing.
+        await asyncio.sleep(0.25)
     os.close(old)
     # Then every file is read, each after the one before
     expected = [b"a1", b"a2", b"a3", b"a4", b"b1", b"c1", b"d1"]
